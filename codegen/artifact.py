@@ -1,0 +1,163 @@
+"""Deployable artifacts: one shared library (``export_library``) plus a JSON metadata file beside it.
+
+``model.so`` is described by ``model.so.json``::
+
+    {"format": "optc-artifact", "format_version": 1,
+     "inputs":  [{"name": "x", "shape": [1, 3, "H", "W"], "dtype": "float32"}],
+     "outputs": [{"name": "y", "shape": [1, 10], "dtype": "float32"}],
+     "target": "cpu", "target_spec": {...}, "optc_version": "...", "tvm_version": "0.27.0.post1"}
+
+Symbolic dimensions are strings. Both files are written to a temporary name and renamed, so an
+interrupted export leaves no half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..errors import OptcError
+from .targets import cross_compiler, resolve_target, target_kind
+
+FORMAT = "optc-artifact"
+FORMAT_VERSION = 1
+
+
+def metadata_path(path) -> Path:
+    """``model.so`` -> ``model.so.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def optc_version() -> str:
+    try:
+        from .. import __version__  # noqa: PLC0415
+
+        return str(__version__)
+    except Exception:
+        pass
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("optc")
+    except Exception:
+        return "0+unknown"
+
+
+def _normalize_sig(entries, what: str) -> list[dict]:
+    out = []
+    for e in entries or []:
+        try:
+            name, shape, dtype = e["name"], e["shape"], e["dtype"]
+        except (KeyError, TypeError) as exc:
+            raise OptcError(f"artifact metadata: each {what} needs name, shape and dtype") from exc
+        dims = []
+        for d in shape:
+            if isinstance(d, (int,)) or (hasattr(d, "__index__") and not isinstance(d, str)):
+                dims.append(int(d))
+            else:
+                dims.append(str(d))
+        out.append({"name": str(name), "shape": dims, "dtype": str(dtype)})
+    return out
+
+
+def signature_from_relax(mod, func_name: str = "main"):
+    """Input signature (names, shapes with symbolic dims as strings, dtypes) of a Relax function's
+    parameters, and the output signature of its return type when it is a tensor or a tuple."""
+
+    func = mod[func_name]
+
+    def tensor_sig(name, ty):
+        shape = getattr(ty, "shape", None)
+        dims = []
+        if shape is not None and hasattr(shape, "values"):
+            for d in shape.values:
+                dims.append(int(d) if hasattr(d, "value") and not hasattr(d, "name") else str(d))
+        return {"name": name, "shape": dims, "dtype": str(ty.dtype)}
+
+    n_inputs = None
+    if func.attrs is not None and "num_input" in func.attrs:
+        n_inputs = int(func.attrs["num_input"])
+    params = list(func.params)[: n_inputs if n_inputs is not None else len(func.params)]
+    inputs = []
+    for p in params:
+        name = getattr(p, "name_hint", None) or p.name
+        inputs.append(tensor_sig(name, p.ty if hasattr(p, "ty") else p.struct_info))
+    ret = func.ret_type if hasattr(func, "ret_type") else func.ret_struct_info
+    fields = list(ret.fields) if hasattr(ret, "fields") else [ret]
+    outputs = [tensor_sig(f"output_{i}", f) for i, f in enumerate(fields)]
+    return inputs, outputs
+
+
+def _atomic_target(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export(executable, path, metadata: Mapping, *, target=None) -> Path:
+    """Write ``executable`` (from ``codegen.build``) to ``path`` and its metadata to ``path + '.json'``.
+
+    ``metadata`` must hold ``inputs`` and ``outputs`` (lists of ``{"name", "shape", "dtype"}``); any
+    other keys are kept. ``target`` (preset name or Target) selects the linker: arm64 links with the
+    aarch64 cross compiler. Returns the library path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OptcError(f"cannot write artifact '{path}': it is a directory")
+    if not path.parent.exists():
+        raise OptcError(f"cannot write artifact '{path}': directory '{path.parent}' does not exist")
+    meta = dict(metadata)
+    tgt = resolve_target(target if target is not None else meta.get("target", "cpu"))
+    meta["inputs"] = _normalize_sig(meta.get("inputs"), "input")
+    meta["outputs"] = _normalize_sig(meta.get("outputs"), "output")
+    meta.setdefault("target", target_kind(tgt))
+    meta["target_spec"] = json.loads(json.dumps(dict(tgt.export()), default=str))
+    meta["format"] = FORMAT
+    meta["format_version"] = FORMAT_VERSION
+    meta["optc_version"] = optc_version()
+    import tvm  # noqa: PLC0415
+
+    meta["tvm_version"] = tvm.__version__
+    meta["library"] = path.name
+
+    kwargs = {}
+    cc = cross_compiler(tgt)
+    if cc:
+        kwargs["cc"] = cc
+    lib_tmp = _atomic_target(path)
+    meta_file = metadata_path(path)
+    meta_tmp = _atomic_target(meta_file)
+    try:
+        try:
+            executable.export_library(str(lib_tmp), **kwargs)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            raise OptcError(f"export_library failed for '{path}': {first[-1] if first else type(exc).__name__}") from exc
+        meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        os.replace(lib_tmp, path)
+        os.replace(meta_tmp, meta_file)
+    finally:
+        for tmp in (lib_tmp, meta_tmp):
+            if tmp.exists():
+                tmp.unlink()
+    return path
+
+
+def read_metadata(path) -> dict:
+    """Metadata of an exported artifact (``path`` is the library; its ``.json`` sibling is read)."""
+    meta_file = metadata_path(path)
+    if not Path(path).exists():
+        raise OptcError(f"no such artifact: '{path}'")
+    if not meta_file.exists():
+        raise OptcError(f"artifact '{path}' has no metadata file '{meta_file.name}' beside it")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise OptcError(f"cannot read artifact metadata '{meta_file}': {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise OptcError(f"'{meta_file}' is not optc artifact metadata")
+    return meta

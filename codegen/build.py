@@ -1,0 +1,179 @@
+"""Relax IRModule -> TVM executable, with a good default schedule when there is no tuning database.
+
+Pipeline (see SCHEDULES.md for why):
+
+1. bind the weights as constants, decompose inference-only ops, canonicalize;
+2. (cpu/arm64) convert conv2d to NHWC activations / HWIO weights and fold the weight transposes;
+3. legalize to TIR, fuse (LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR);
+4. apply the tuning database if one is given (MetaScheduleApplyDatabase), then schedule every
+   PrimFunc still unscheduled with optc's CPU rules (``schedules.py``) or dlight's GPU rules;
+5. TVM's usual lowering to the Relax VM (``tvm.compile`` with that pipeline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import OptcError
+from .targets import resolve_target, target_kind
+
+
+def _tvm():
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415, F401
+
+    return tvm
+
+
+def bind_params(mod, params: Mapping[str, np.ndarray] | None, func_name: str = "main"):
+    """Bind weights (by parameter name) as constants of ``func_name``; unknown names raise OptcError."""
+    tvm = _tvm()
+    from tvm import relax  # noqa: PLC0415
+
+    if not params:
+        return mod
+    func = mod[func_name]
+    names = {getattr(p, "name_hint", None) or p.name for p in func.params}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise OptcError(f"params name no input of '{func_name}': {', '.join(unknown[:5])}")
+    binding = {k: tvm.runtime.tensor(np.ascontiguousarray(v)) for k, v in params.items()}
+    return relax.transform.BindParams(func_name, binding)(mod)
+
+
+def preprocess_passes(target, layout: str | None = "auto"):
+    """Relax-level passes before legalization: inference decompositions and layout choice."""
+    from tvm import relax  # noqa: PLC0415
+
+    passes = [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+    ]
+    if layout == "auto":
+        layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
+    if layout == "NHWC":
+        passes += [
+            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.FoldConstant(),
+        ]
+    passes += [relax.transform.DeadCodeElimination()]
+    return passes
+
+
+def fusion_passes():
+    """Legalize and fuse: the module that MetaSchedule tunes (same as relax's 'zero' pipeline)."""
+    from tvm import relax  # noqa: PLC0415
+
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def schedule_passes(target, *, schedule: str = "default"):
+    """Passes that give every PrimFunc a schedule (those the tuning database did not cover)."""
+    from tvm.s_tir import dlight as dl  # noqa: PLC0415
+
+    kind = target_kind(target)
+    if schedule == "none":
+        return []
+    if kind == "cuda":
+        return [
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(),
+                dl.gpu.GEMV(),
+                dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(),
+                dl.gpu.Fallback(),
+            )
+        ]
+    from . import schedules  # noqa: PLC0415
+
+    return [dl.ApplyDefaultSchedule(*schedules.cpu_rules())]
+
+
+def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto"):
+    """Bind params and run the relax-level passes before legalization (layout, decompositions)."""
+    tvm = _tvm()
+    target = resolve_target(target)
+    mod = bind_params(mod, params)
+    with target:
+        mod = tvm.transform.Sequential(preprocess_passes(target, layout))(mod)
+    return mod
+
+
+def fuse(mod, target):
+    """Legalize + fuse a prepared module (the module that tuning sees)."""
+    tvm = _tvm()
+    with target:
+        return tvm.transform.Sequential(fusion_passes())(mod)
+
+
+def _lowering_pipeline(target, database=None, schedule: str = "default"):
+    tvm = _tvm()
+    from tvm import relax  # noqa: PLC0415
+
+    kind = target_kind(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_lowering")
+    def _pipeline(mod, _ctx):
+        passes = [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
+        passes += fusion_passes()
+        if database is not None:
+            passes.append(relax.transform.MetaScheduleApplyDatabase())
+        passes += schedule_passes(target, schedule=schedule)
+        passes += [
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+        ]
+        if kind == "cuda":
+            passes.append(relax.transform.RewriteCUDAGraph())
+        passes += [
+            relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(),
+            relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(),
+            relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol(),
+        ]
+        with target:
+            if database is not None:
+                with database:
+                    return tvm.transform.Sequential(passes)(mod)
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, database=None,
+          schedule: str = "default", layout: str | None = "auto"):
+    """Compile a Relax IRModule to a ``tvm.relax.VMExecutable``.
+
+    - ``params``: weights by ``main`` parameter name; bound as constants (folded into the library).
+    - ``target``: preset name (``cpu``, ``cuda``, ``arm64``) or a ``tvm.target.Target``.
+    - ``database``: a MetaSchedule database (see ``tuning.tune``); its records are applied first and
+      the default schedule covers whatever it does not.
+    - ``schedule``: ``"default"`` (optc's rules) or ``"none"`` (TVM's naive loops; for comparison).
+    - ``layout``: ``"auto"`` (NHWC on CPU), ``"NHWC"`` or ``None`` (keep the model's layout).
+    """
+    tvm = _tvm()
+    target = resolve_target(target)
+    mod = prepare(mod, params, target, layout=layout)
+    try:
+        return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule))
+    except OptcError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()
+        raise OptcError(f"TVM build for {target_kind(target)} failed: {type(exc).__name__}: "
+                        f"{first[-1] if first else ''}") from exc

@@ -1,0 +1,304 @@
+"""optc's default CPU schedules (dlight-style rules) for kernels that no tuning record covers.
+
+TVM's llvm pipeline applies no schedule: every kernel is a naive, single-threaded loop nest. These
+rules give each fused PrimFunc a reasonable schedule in milliseconds, without measuring anything:
+
+* ``TiledReduction`` — one reduction block (conv2d in NHWC/HWIO, matmul, pooling, mean) plus
+  injective epilogues. Register-tiles the two innermost spatial axes (``u_m`` rows x ``u_n`` SIMD
+  vectors along the contiguous output axis), keeps all reduction loops outside the tile so the
+  accumulators live in registers, parallelizes the fused outer spatial loops and computes the
+  epilogue (bias, activation, residual add) per tile while it is hot in cache.
+* dlight's ``cpu.GEMV`` and ``cpu.Reduction`` (softmax, layer norm: multi-block reductions).
+* ``Injective`` — elementwise/layout kernels: parallel outer loop, vectorized contiguous inner loop.
+* ``ParallelFallback`` — anything else: parallelize the outermost spatial loop of each block.
+
+See SCHEDULES.md for the measurements behind these choices.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+from tvm.target import Target
+
+#: below this many output elements a kernel runs single-threaded (thread-pool wake-up costs ~us)
+PARALLEL_MIN_WORK = 1 << 14
+#: at most this many float accumulators per register tile (AVX-512 has 32 x 16 registers)
+MAX_ACC_VECTORS = 16
+
+
+def _is_cpu(target: Target) -> bool:
+    return target.kind.name == "llvm"
+
+
+def _vector_lanes(target: Target, dtype_bits: int) -> int:
+    from tvm.target.codegen import llvm_get_vector_width  # noqa: PLC0415
+
+    try:
+        width = int(llvm_get_vector_width(target))
+    except Exception:  # pragma: no cover
+        width = 128
+    if width <= 0:
+        width = 128
+    return max(2, width // max(8, dtype_bits))
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _vars_in(expr) -> set:
+    found = set()
+
+    def visit(node):
+        found.add(node)
+
+    import tvm_ffi  # noqa: PLC0415
+
+    tvm_ffi.structural_walk(expr, (tirx.Var, visit), order="post")
+    return found
+
+
+def _largest_divisor(n: int, limit: int, candidates=None) -> int:
+    cands = candidates or range(min(n, limit), 0, -1)
+    for d in cands:
+        if d <= limit and n % d == 0:
+            return d
+    return 1
+
+
+def _fuse_parallel(sch: s_tir.Schedule, loops: list, work: int | None):
+    """Fuse ``loops`` and mark the result parallel when the kernel is big enough to pay for threads."""
+    if not loops:
+        return None
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if work is None or work >= PARALLEL_MIN_WORK:
+        sch.parallel(fused)
+    return fused
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int, *, keep_outer: int = 0) -> None:
+    """Split the innermost loop of ``block`` by ``lanes`` (when it divides) and vectorize it."""
+    loops = sch.get_loops(block)[keep_outer:]
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    if ext is None or ext < 2:
+        return
+    if ext <= lanes:
+        sch.vectorize(inner)
+        return
+    vec = _largest_divisor(ext, lanes, [lanes, lanes // 2, lanes // 4])
+    if vec < 2:
+        return
+    _, v = sch.split(inner, factors=[None, vec])
+    sch.vectorize(v)
+
+
+def _buffer_last_index_vars(region) -> set:
+    """Variables in the (single-point) index of the last dimension of a buffer access region."""
+    if len(region.region) == 0:
+        return set()
+    return _vars_in(region.region[-1].min)
+
+
+class TiledReduction(ScheduleRule):
+    """Register-tiled, vectorized, parallel schedule for one reduction block + injective epilogues."""
+
+    def apply(self, func, target: Target, _tunable: bool):  # noqa: C901 (one linear recipe)
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        reductions = [i for i, b in enumerate(infos) if not b.is_injective()]
+        if len(reductions) != 1 or reductions[0] != 0:
+            return None
+        main, epilogues = infos[0], infos[1:]
+        if any(not e.is_injective() for e in epilogues):
+            return None
+        kinds = main.dom_kind()
+        if "O" in kinds or "S" not in kinds:
+            return None
+        n_s = len(kinds) - len(kinds.lstrip("S"))
+        if kinds[n_s:].strip("R") or len(kinds) == n_s:  # want S...S R...R
+            return None
+        block = main.block_rv
+        stmt = sch.get(block)
+        if len(stmt.writes) != 1:
+            return None
+        iter_vars = [iv.var for iv in stmt.iter_vars]
+        s_vars, r_vars = iter_vars[:n_s], set(iter_vars[n_s:])
+        out_last = _buffer_last_index_vars(stmt.writes[0])
+        vec_var = s_vars[-1]
+        # the innermost spatial axis must be the output's contiguous axis and be contiguous in at
+        # least one operand (weights/activations); otherwise vectorizing it would gather
+        vectorizable = out_last == {vec_var} and any(
+            vec_var in _buffer_last_index_vars(r) for r in stmt.reads
+        )
+        if not vectorizable:
+            return None
+        loops = sch.get_loops(block)
+        s_loops, r_loops = loops[:n_s], loops[n_s:]
+        extents = [_extent(sch, lp) for lp in s_loops]
+        if any(e is None for e in extents):
+            return None
+        dtype_bits = stmt.writes[0].source.dtype.bits
+        lanes = _vector_lanes(target, dtype_bits)
+
+        # --- choose the register tile: u_m rows x (u_n x vec) columns
+        n_ext = extents[-1]
+        vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
+        if vec < 2 and n_ext > lanes:
+            vec = lanes  # no divisor: let the tail be predicated
+        n_vecs = math.ceil(n_ext / vec)
+        u_n = 2 if n_vecs % 2 == 0 and n_vecs >= 2 else 1
+        if n_ext > vec * u_n and n_vecs % 4 == 0 and vec * 4 <= 32:
+            u_n = 4  # narrow vectors (e.g. 4 lanes on NEON): block more of them
+        m_ext = extents[-2] if n_s >= 2 else 1
+        max_m = max(1, min(8, MAX_ACC_VECTORS // u_n))
+        u_m = _largest_divisor(m_ext, max_m) if n_s >= 2 else 1
+        if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
+            u_m = max_m
+
+        n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
+        if n_s >= 2:
+            m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
+            outer = list(s_loops[:-2]) + [m_o, n_o]
+            inner = [m_i, n_u, n_v]
+        else:
+            outer = [n_o]
+            inner = [n_u, n_v]
+        sch.reorder(*outer, *r_loops, *inner)
+        work = math.prod(extents)
+        par = _fuse_parallel(sch, outer, work)
+
+        # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
+        if epilogues:
+            for epi in epilogues:
+                sch.reverse_compute_at(epi.block_rv, par, preserve_unit_loops=True)
+        else:
+            wb = sch.cache_write(block, 0, "global")
+            sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
+            epilogues_rv = [wb]
+        # --- accumulate in registers: unroll the tile, vectorize the contiguous axis
+        for lp in inner[:-1]:
+            sch.unroll(lp)
+        sch.vectorize(inner[-1])
+        if r_loops:
+            init = sch.decompose_reduction(block, r_loops[0])
+            init_loops = sch.get_loops(init)
+            for lp in init_loops[1:-1]:
+                sch.unroll(lp)
+            if len(init_loops) > 1:
+                sch.vectorize(init_loops[-1])
+        for epi_rv in [e.block_rv for e in epilogues] if epilogues else epilogues_rv:
+            epi_loops = sch.get_loops(epi_rv)[1:]
+            if epi_loops:
+                inner_fused = sch.fuse(*epi_loops) if len(epi_loops) > 1 else epi_loops[0]
+                _ = inner_fused
+                _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1)
+        return sch
+
+
+class Injective(ScheduleRule):
+    """Elementwise / broadcast / layout kernels: parallel outer loop, vectorized inner loop."""
+
+    def apply(self, func, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        if not infos or any(not b.is_injective() for b in infos):
+            return None
+        for info in infos:
+            self.schedule_block(sch, info.block_rv, target)
+        return sch
+
+    @staticmethod
+    def schedule_block(sch: s_tir.Schedule, block, target: Target) -> None:
+        loops = sch.get_loops(block)
+        if not loops:
+            return
+        stmt = sch.get(block)
+        extents = [_extent(sch, lp) for lp in loops]
+        if any(e is None for e in extents):
+            _fuse_parallel(sch, loops[:1], None)
+            return
+        work = math.prod(extents)
+        bits = stmt.writes[0].source.dtype.bits if stmt.writes else 32
+        lanes = _vector_lanes(target, bits)
+        iter_vars = [iv.var for iv in stmt.iter_vars]
+        last_var = iter_vars[-1] if iter_vars else None
+        contiguous = (
+            last_var is not None
+            and len(stmt.writes) == 1
+            and _buffer_last_index_vars(stmt.writes[0]) == {last_var}
+            and all(
+                last_var in _buffer_last_index_vars(r) or not (_vars_in_region(r) & {last_var})
+                for r in stmt.reads
+            )
+        )
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        chunk = 1
+        if contiguous and extents[-1] >= 4:
+            chunk = _largest_divisor(extents[-1], lanes, [lanes, lanes // 2, lanes // 4])
+            if chunk < 2:
+                chunk = 1
+        if chunk > 1:
+            o, v = sch.split(fused, factors=[None, chunk])
+            if work >= PARALLEL_MIN_WORK:
+                sch.parallel(o)
+            sch.vectorize(v)
+        elif work >= PARALLEL_MIN_WORK:
+            o, _ = sch.split(fused, factors=[None, 64])
+            sch.parallel(o)
+
+
+def _vars_in_region(region) -> set:
+    out = set()
+    for rng in region.region:
+        out |= _vars_in(rng.min)
+    return out
+
+
+class ParallelFallback(ScheduleRule):
+    """Anything else: inline what can be inlined, parallelize each block's outer spatial loops."""
+
+    def apply(self, func, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        for info in infos:
+            kinds = info.dom_kind()
+            n_s = len(kinds) - len(kinds.lstrip("S"))
+            loops = sch.get_loops(info.block_rv)
+            if n_s == 0 or not loops:
+                continue
+            extents = [_extent(sch, lp) for lp in loops[:n_s]]
+            work = math.prod(extents) if all(e is not None for e in extents) else None
+            if work is not None and work < 64:
+                continue
+            _fuse_parallel(sch, list(loops[:n_s]), None if work is None else work * 64)
+        return sch
+
+
+def cpu_rules():
+    """The rules ApplyDefaultSchedule tries, in order, on every unscheduled PrimFunc (llvm targets)."""
+    from tvm.s_tir import dlight as dl  # noqa: PLC0415
+
+    return [TiledReduction(), Injective(), dl.cpu.GEMV(), dl.cpu.Reduction(), ParallelFallback()]

@@ -1,0 +1,189 @@
+"""MetaSchedule tuning with a persistent database directory.
+
+``tune(mod, params, target, db_dir, trials)`` extracts the kernels of the module exactly as
+``codegen.build`` will see them (same relax preprocessing, same legalize + fusion), tunes only the
+kernels the database in ``db_dir`` does not know yet, and returns the database. Build with it::
+
+    db = tune(mod, params, "cpu", "tuning-db", trials=200)
+    ex = build(mod, params, "cpu", database=db)
+
+A second ``tune`` with the same database runs no new trials. Pitfalls handled here (TVM 0.27):
+
+* tasks are extracted from the *fused* module, and ``build`` applies the database right after its own
+  fusion of the same module (never re-fusing a fused module), so records do match;
+* the LocalBuilder's default build function imports ``tvm.s_tir.tensor_intrin`` (slower than the
+  builder's timeout on small machines): a build function without that import is used;
+* the cost model is ``xgb`` when xgboost is installed, else ``random``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OptcError
+from .targets import host_num_cores, resolve_target, target_kind
+
+
+def _ms():
+    from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+
+    return ms
+
+
+def open_database(db_dir, *, create: bool = True):
+    """The JSON MetaSchedule database stored in ``db_dir`` (created when missing)."""
+    ms = _ms()
+    path = Path(db_dir)
+    if path.exists() and not path.is_dir():
+        raise OptcError(f"tuning database '{db_dir}' is not a directory")
+    if not path.exists():
+        if not create:
+            raise OptcError(f"no tuning database at '{db_dir}'")
+        path.mkdir(parents=True)
+    return ms.database.JSONDatabase(
+        path_workload=str(path / "database_workload.json"),
+        path_tuning_record=str(path / "database_tuning_record.json"),
+        allow_missing=True,
+    )
+
+
+def _make_builder(max_workers: int, timeout_sec: float):
+    """LocalBuilder whose build function skips the slow ``tvm.s_tir.tensor_intrin`` import."""
+    ms = _ms()
+
+    def f_build(mod, target, _params):  # pickled by value (nested function) into the workers
+        from tvm.driver import build as tvm_build  # noqa: PLC0415
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # noqa: PLC0415
+
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        return tvm_build(mod, target=target)
+
+    return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec, f_build=f_build)
+
+
+def _cost_model(kind: str):
+    if kind == "auto":
+        try:
+            import xgboost  # noqa: F401, PLC0415
+
+            return "xgb"
+        except ImportError:
+            return "random"
+    return kind
+
+
+def _progress_callback(progress, task_names, total: int):
+    ms = _ms()
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.utils import derived_object  # noqa: PLC0415
+
+    bar = progress.add_task("tuning", total=total)
+    state = {"best": {}}
+
+    @derived_object
+    class _Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            best = state["best"]
+            for res in runner_results:
+                secs = [float(s) for s in (res.run_secs or [])]
+                if res.error_msg is None and secs:
+                    t = float(np.mean(secs)) * 1e3
+                    if t < best.get(task_id, float("inf")):
+                        best[task_id] = t
+            name = task_names[task_id] if task_id < len(task_names) else str(task_id)
+            total_best = sum(best.values())
+            progress.update(bar, advance=len(measure_candidates),
+                            description=f"tuning {name[:32]:32s} sum of best kernels {total_best:8.3f} ms")
+
+    _ = ms
+    return _Progress()
+
+
+def extract_tasks(mod, params, target, *, layout: str | None = "auto"):
+    """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module."""
+    from .build import fuse, prepare  # noqa: PLC0415
+
+    ms = _ms()
+    target = resolve_target(target)
+    fused = fuse(prepare(mod, params, target, layout=layout), target)
+    return [t for t in ms.relax_integration.extract_tasks(fused, target)
+            if not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: int, progress: bool = True,
+         *, max_trials_per_task: int | None = None, num_trials_per_iter: int = 64,
+         cost_model: str = "auto", runner=None, builder=None, seed: int | None = None,
+         layout: str | None = "auto", report: dict | None = None):
+    """Tune the kernels of ``mod`` for ``target`` with at most ``trials`` measured candidates in all.
+
+    Kernels already in the database at ``db_dir`` are skipped (0 new trials when all are known).
+    ``runner`` may be a MetaSchedule runner (e.g. ``ms.runner.RPCRunner`` for a remote device);
+    cross targets (arm64 on x86, cuda without a GPU) need one. Returns the database; ``report``
+    (a dict), when given, receives ``tasks``, ``tuned_tasks``, ``trials`` and ``cost_model``.
+    """
+    ms = _ms()
+    from .targets import is_cross_target  # noqa: PLC0415
+
+    target = resolve_target(target)
+    if trials < 0:
+        raise OptcError(f"trials must be >= 0, got {trials}")
+    database = open_database(db_dir)
+    tasks = extract_tasks(mod, params, target, layout=layout)
+    todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    info = {"tasks": len(tasks), "tuned_tasks": len(todo), "trials": 0, "cost_model": _cost_model(cost_model)}
+    if report is not None:
+        report.update(info)
+    if not todo or trials == 0:
+        return database
+    if runner is None and is_cross_target(target):
+        raise OptcError(f"cannot measure {target_kind(target)} kernels on this machine: "
+                        "give an RPC runner for a remote device")
+    work_dir = Path(db_dir) / "logs"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        todo, str(work_dir), num_threads=host_num_cores(), seed=seed)
+    if builder is None:
+        builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0)
+    if runner is None:
+        runner = ms.runner.LocalRunner(timeout_sec=30.0)
+    per_task = max_trials_per_task or max(1, -(-trials // len(contexts)))
+    per_task = min(per_task, trials)
+    callbacks = ms.measure_callback.MeasureCallback.create("default")
+    progress_ctx = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+        progress_ctx = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), transient=False)
+        callbacks = list(callbacks) + [_progress_callback(progress_ctx, [t.task_name for t in todo],
+                                                          min(trials, per_task * len(contexts)))]
+    before = len(database.get_all_tuning_records())
+    try:
+        if progress_ctx is not None:
+            progress_ctx.start()
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=trials,
+            max_trials_per_task=per_task,
+            num_trials_per_iter=min(num_trials_per_iter, per_task),
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model=info["cost_model"],
+            measure_callbacks=callbacks,
+            task_scheduler="gradient" if len(contexts) > 1 else "round-robin",
+        )
+    finally:
+        if progress_ctx is not None:
+            progress_ctx.stop()
+    info["trials"] = len(database.get_all_tuning_records()) - before
+    if report is not None:
+        report.update(info)
+    _ = os
+    return database

@@ -1,0 +1,222 @@
+"""Loading and saving models: validation with one-line errors, external data, atomic writes.
+
+`load` never reads external-data weights (they are memory-mapped on demand). `save` writes to temporary files
+beside the target and renames them into place, streams external weights from their source file, and switches
+to external data on its own when the model would not fit protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from ..errors import OptcError
+from .core import Model
+from .onnx_export import to_onnx
+from .onnx_import import from_onnx
+from .tensors import ExternalTensor, ProtoTensor, Tensor, external_proto
+from .types import DataType
+
+PROTOBUF_LIMIT = 2**31 - 1
+_SAFE_INLINE_BYTES = 1_800_000_000
+_ALIGN = 4096
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+
+def load(source: ModelSource) -> Model:
+    """Load a model from a path, serialized bytes, or a ModelProto. Raises OptcError on bad input."""
+    if isinstance(source, onnx.ModelProto):
+        _check_versions(source)
+        model = from_onnx(source)
+    elif isinstance(source, bytes | bytearray):
+        model = from_onnx(_parse(bytes(source), "<bytes>"))
+    else:
+        path = os.fspath(source)
+        data = _read_model_file(path)
+        proto = _parse(data, path)
+        del data
+        model = from_onnx(proto, base_dir=os.path.dirname(os.path.abspath(path)))
+        _check_external_data(model, path)
+    _check_ops(model)
+    return model
+
+
+def _read_model_file(path: str) -> bytes:
+    if not os.path.exists(path):
+        raise OptcError(f"cannot read '{path}': no such file")
+    if os.path.isdir(path):
+        raise OptcError(f"cannot read '{path}': it is a directory, not an ONNX file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise OptcError(f"cannot read '{path}': {exc.strerror}") from None
+    if not data:
+        raise OptcError(f"cannot read '{path}': the file is empty")
+    return data
+
+
+def _parse(data: bytes, label: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        raise OptcError(f"'{label}' is not a valid ONNX model: the protobuf is truncated or corrupt") from None
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise OptcError(f"'{label}' is not a valid ONNX model: no graph or IR version (is it an ONNX file?)")
+    _check_versions(proto)
+    return proto
+
+
+def _check_versions(proto: onnx.ModelProto) -> None:
+    if proto.ir_version > onnx.IR_VERSION:
+        raise OptcError(f"model IR version {proto.ir_version} is newer than this onnx supports "
+                        f"({onnx.IR_VERSION}); upgrade onnx")
+    known = onnx.defs.onnx_opset_version()
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > known:
+            raise OptcError(f"model imports opset {o.version} of the default ONNX domain, newer than this onnx "
+                            f"knows ({known}); upgrade onnx")
+
+
+def _check_external_data(model: Model, path: str) -> None:
+    for g in model.graphs():
+        for v in g.initializers.values():
+            t = v.const
+            if isinstance(t, ExternalTensor):
+                try:
+                    t.check_exists()
+                except FileNotFoundError:
+                    raise OptcError(f"external data file '{t.path}' for tensor '{v.name}' of '{path}' "
+                                    f"does not exist") from None
+                except ValueError as exc:
+                    raise OptcError(str(exc)) from None
+
+
+def _check_ops(model: Model) -> None:
+    known = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    for g in model.graphs():
+        for domain, op_type in g.op_keys():
+            if domain in ("", "ai.onnx") and known is not None:
+                if not onnx.defs.has(op_type, domain) and (domain, op_type) not in _local_functions(model):
+                    raise OptcError(f"unknown op '{op_type}' in the default ONNX domain")
+
+
+def _local_functions(model: Model) -> set[tuple[str, str]]:
+    return {(d, n) for d, n, _ in model.functions}
+
+
+# -- saving -------------------------------------------------------------------------------------------
+
+
+def save(model: Model, path: str | os.PathLike, external_data: bool | None = None,
+         size_threshold: int = 1024) -> None:
+    """Save atomically. `external_data`: True writes tensors of at least `size_threshold` bytes to
+    `<file>.data`; False inlines everything; None (default) keeps external data if the model has some
+    and switches to it when the model would pass protobuf's 2 GB limit."""
+    path = os.fspath(path)
+    target_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(target_dir):
+        raise OptcError(f"cannot write '{path}': directory '{target_dir}' does not exist")
+    if external_data is None:
+        external_data = _has_external(model) or _estimated_size(model) > _SAFE_INLINE_BYTES
+    temps: list[str] = []
+    try:
+        if external_data:
+            location = os.path.basename(path) + ".data"
+            data_tmp = _temp_beside(path, temps)
+            with open(data_tmp, "wb") as f:
+                writer = _ExternalWriter(f, location, size_threshold)
+                proto = to_onnx(model, writer)
+            moves = [(data_tmp, os.path.join(target_dir, location))]
+        else:
+            proto = to_onnx(model, _inline_writer)
+            moves = []
+        if proto.ByteSize() > PROTOBUF_LIMIT:
+            raise OptcError("the model is over protobuf's 2 GB limit; save it with external data")
+        model_tmp = _temp_beside(path, temps)
+        with open(model_tmp, "wb") as f:
+            f.write(proto.SerializeToString())
+        for src, dst in moves + [(model_tmp, path)]:
+            os.replace(src, dst)
+        temps.clear()
+    except OSError as exc:
+        raise OptcError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    finally:
+        for t in temps:
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+
+
+def _temp_beside(path: str, temps: list[str]) -> str:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{Path(path).name}.",
+                               suffix=".tmp")
+    os.close(fd)
+    temps.append(tmp)
+    return tmp
+
+
+def _has_external(model: Model) -> bool:
+    return any(isinstance(v.const, ExternalTensor) for g in model.graphs() for v in g.initializers.values())
+
+
+def _estimated_size(model: Model) -> int:
+    total = 0
+    for g in model.graphs():
+        total += 64 * len(g)
+        for v in g.initializers.values():
+            total += getattr(v.const, "nbytes", 0)
+    return total
+
+
+def _inline_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
+    if isinstance(tensor, ExternalTensor):
+        return tensor.inline_proto(name)
+    return tensor.to_proto(name)
+
+
+class _ExternalWriter:
+    """Writes tensors of at least `threshold` bytes into one data file, 4 KiB-aligned."""
+
+    def __init__(self, f, location: str, threshold: int):
+        self.f = f
+        self.location = location
+        self.threshold = threshold
+        self.offset = 0
+
+    def _align(self) -> None:
+        pad = -self.offset % _ALIGN
+        if pad:
+            self.f.write(b"\0" * pad)
+            self.offset += pad
+
+    def __call__(self, name: str, tensor: Tensor) -> onnx.TensorProto:
+        if isinstance(tensor, ExternalTensor):
+            self._align()
+            start = self.offset
+            tensor.copy_to(self.f)
+            self.offset += tensor.length
+            return tensor.external_proto(name, self.location, start)
+        if tensor.dtype == DataType.STRING or tensor.nbytes < self.threshold:
+            return tensor.to_proto(name)
+        proto = tensor.proto if isinstance(tensor, ProtoTensor) else tensor.to_proto(name)
+        raw = proto.raw_data if proto.HasField("raw_data") else _packed_bytes(proto)
+        self._align()
+        start = self.offset
+        self.f.write(raw)
+        self.offset += len(raw)
+        doc = tensor.doc_string or ""
+        return external_proto(name, tensor.dtype, tensor.shape, doc, self.location, start, len(raw))
+
+
+def _packed_bytes(proto: onnx.TensorProto) -> bytes:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(numpy_helper.to_array(proto)).raw_data

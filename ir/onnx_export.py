@@ -1,0 +1,252 @@
+"""optc IR -> ONNX ModelProto.
+
+Values without a name, or whose name another value of the same scope already took, get fresh names; graph
+inputs and outputs keep theirs. Export never mutates the model. Unchanged attributes are copied from their
+original protos without being decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from .core import Attr, AttrType, Function, Graph, Model, Node, Value, gc_paused
+from .tensors import NumpyTensor, SparseTensor, Tensor
+from .types import fill_type_proto
+
+TensorWriter = Callable[[str, Tensor], onnx.TensorProto]
+
+
+def _default_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
+    return tensor.to_proto(name)
+
+
+def to_onnx(model: Model, tensor_writer: TensorWriter | None = None) -> onnx.ModelProto:
+    """Export a model. `tensor_writer(name, tensor)` may turn tensors into external-data references."""
+    mp = onnx.ModelProto()
+    mp.ir_version = model.ir_version
+    for domain, version in model.opset_imports.items():
+        o = mp.opset_import.add()
+        o.domain = domain
+        o.version = version
+    if model.producer_name:
+        mp.producer_name = model.producer_name
+    if model.producer_version:
+        mp.producer_version = model.producer_version
+    if model.domain:
+        mp.domain = model.domain
+    if model.model_version:
+        mp.model_version = model.model_version
+    if model.doc_string:
+        mp.doc_string = model.doc_string
+    _fill_props(mp.metadata_props, model.metadata_props)
+    exporter = _Exporter(tensor_writer or _default_writer)
+    with gc_paused():
+        exporter.graph(model.graph, mp.graph, set())
+        for fn in model.functions.values():
+            exporter.function(fn, mp.functions.add())
+    return mp
+
+
+def node_to_proto(node: Node) -> onnx.NodeProto:
+    """One node as a NodeProto; unnamed values are named by position (`_in0`, `_out0`, ...)."""
+    exporter = _Exporter(_default_writer)
+    for prefix, values in (("_in", node.inputs), ("_out", node.outputs)):
+        for i, v in enumerate(values):
+            if v is not None and not v.name:
+                exporter.renamed[id(v)] = f"{prefix}{i}"
+    p = onnx.NodeProto()
+    exporter.fill_node(node, p, set())
+    return p
+
+
+def _fill_props(field, props: dict[str, str] | None) -> None:
+    if props:
+        for k, v in props.items():
+            e = field.add()
+            e.key, e.value = k, v
+
+
+class _Exporter:
+    def __init__(self, tensor_writer: TensorWriter):
+        self.write_tensor = tensor_writer
+        self.renamed: dict[int, str] = {}
+
+    def name_of(self, v: Value | None) -> str:
+        if v is None:
+            return ""
+        return self.renamed.get(id(v)) or v.name
+
+    def claim(self, v: Value, used: set[str], hint: str = "v") -> None:
+        """Reserve a unique name for a value defined in the current scope."""
+        name = v.name
+        if name and name not in used:
+            used.add(name)
+            return
+        base = name or hint
+        i = len(used)
+        while f"{base}_{i}" in used:
+            i += 1
+        new = f"{base}_{i}"
+        used.add(new)
+        self.renamed[id(v)] = new
+
+    def value_info(self, vi: onnx.ValueInfoProto, v: Value) -> None:
+        vi.name = self.name_of(v)
+        if v.type is not None:
+            fill_type_proto(vi.type, v.type)
+        if v.doc_string:
+            vi.doc_string = v.doc_string
+        if v.meta and "onnx.metadata_props" in v.meta:
+            _fill_props(vi.metadata_props, v.meta["onnx.metadata_props"])
+
+    def graph(self, g: Graph, gp: onnx.GraphProto, used: set[str]) -> None:
+        """Fill `gp` from `g`. `used` holds the names of enclosing scopes (copied, not changed)."""
+        used = set(used)
+        gp.name = g.name
+        if g.doc_string:
+            gp.doc_string = g.doc_string
+        _fill_props(gp.metadata_props, g.metadata_props)
+        for v in g.inputs:
+            self.claim(v, used, "input")
+            self.value_info(gp.input.add(), v)
+        inputs = {id(v) for v in g.inputs}
+        for v in g.initializers.values():
+            if id(v) not in inputs:
+                self.claim(v, used, "init")
+            name = self.name_of(v)
+            if isinstance(v.const, SparseTensor):
+                gp.sparse_initializer.append(v.const.to_proto(name))
+            else:
+                gp.initializer.append(self.write_tensor(name, v.const))
+        self.nodes(g, gp.node, used)
+        outputs = {id(v) for v in g.outputs}
+        for n in g:
+            for o in n.outputs:
+                if o is not None and o.type is not None and id(o) not in outputs:
+                    self.value_info(gp.value_info.add(), o)
+        for v in g.initializers.values():
+            if v.type is not None and id(v) not in inputs and id(v) not in outputs:
+                self.value_info(gp.value_info.add(), v)
+        gp.value_info.extend(g.extra_value_info)
+        for v in g.outputs:
+            self.value_info(gp.output.add(), v)
+        gp.quantization_annotation.extend(g.quantization_annotation)
+
+    def nodes(self, g: Graph, field, used: set[str]) -> None:
+        for n in g:
+            outs = n.outputs
+            for o in outs:
+                if o is not None:
+                    name = o.name
+                    if name and name not in used:
+                        used.add(name)
+                    else:
+                        self.claim(o, used, n.op_type.lower())
+            self.fill_node(n, field.add(), used)
+
+    def fill_node(self, n: Node, p: onnx.NodeProto, used: set[str]) -> None:
+        """Write one node (its output names already claimed) into `p`."""
+        if self.renamed:
+            p.input.extend([self.name_of(v) for v in n._inputs])
+            p.output.extend([self.name_of(v) for v in n.outputs])
+        else:
+            p.input.extend(["" if v is None else v.name for v in n._inputs])
+            p.output.extend(["" if v is None else v.name for v in n.outputs])
+        p.op_type = n.op_type
+        if n.domain:
+            p.domain = n.domain
+        if n.name:
+            p.name = n.name
+        if n.overload:
+            p.overload = n.overload
+        if n.doc_string:
+            p.doc_string = n.doc_string
+        if n.metadata_props:
+            _fill_props(p.metadata_props, n.metadata_props)
+        if n._attr_protos is not None:
+            p.attribute.extend(n._attr_protos)
+        elif n._attrs:
+            for a in n._attrs.values():
+                self.attribute(a, p.attribute.add(), used)
+
+    def function(self, fn: Function, fp: onnx.FunctionProto) -> None:
+        fp.name = fn.name
+        fp.domain = fn.domain
+        if fn.overload:
+            fp.overload = fn.overload
+        used: set[str] = set()
+        g = fn.graph
+        for v in g.inputs:
+            self.claim(v, used, "input")
+        fp.input.extend(self.name_of(v) for v in g.inputs)
+        self.nodes(g, fp.node, used)
+        fp.output.extend(self.name_of(v) for v in g.outputs)
+        fp.attribute.extend(fn.attributes)
+        for a in fn.attribute_defaults.values():
+            self.attribute(a, fp.attribute_proto.add(), used)
+        for domain, version in fn.opset_imports.items():
+            o = fp.opset_import.add()
+            o.domain, o.version = domain, version
+        if fn.doc_string:
+            fp.doc_string = fn.doc_string
+        for n in g:
+            for o in n.outputs:
+                if o is not None and o.type is not None:
+                    self.value_info(fp.value_info.add(), o)
+        fp.value_info.extend(g.extra_value_info)
+        _fill_props(fp.metadata_props, fn.metadata_props)
+
+    def attribute(self, a: Attr, ap: onnx.AttributeProto, used: set[str]) -> None:
+        ap.name = a.name
+        ap.type = int(a.type)
+        if a.doc_string:
+            ap.doc_string = a.doc_string
+        if a.ref_attr_name:
+            ap.ref_attr_name = a.ref_attr_name
+            return
+        t, v = a.type, a.value
+        if t == AttrType.FLOAT:
+            ap.f = float(v)
+        elif t == AttrType.INT:
+            ap.i = int(v)
+        elif t == AttrType.STRING:
+            ap.s = _encode_str(v)
+        elif t == AttrType.TENSOR:
+            ap.t.CopyFrom(_attr_tensor(v))
+        elif t == AttrType.GRAPH:
+            self.graph(v, ap.g, used)
+        elif t == AttrType.FLOATS:
+            ap.floats.extend(float(x) for x in v)
+        elif t == AttrType.INTS:
+            ap.ints.extend(int(x) for x in v)
+        elif t == AttrType.STRINGS:
+            ap.strings.extend(_encode_str(x) for x in v)
+        elif t == AttrType.TENSORS:
+            ap.tensors.extend(_attr_tensor(x) for x in v)
+        elif t == AttrType.GRAPHS:
+            for sub in v:
+                self.graph(sub, ap.graphs.add(), used)
+        elif t == AttrType.SPARSE_TENSOR:
+            ap.sparse_tensor.CopyFrom(v.proto)
+        elif t == AttrType.SPARSE_TENSORS:
+            ap.sparse_tensors.extend(x.proto for x in v)
+        elif t == AttrType.TYPE_PROTO:
+            fill_type_proto(ap.tp, v)
+        elif t == AttrType.TYPE_PROTOS:
+            for x in v:
+                fill_type_proto(ap.type_protos.add(), x)
+        else:
+            raise ValueError(f"attribute '{a.name}' has no type")
+
+
+def _attr_tensor(v: Tensor | np.ndarray) -> onnx.TensorProto:
+    if isinstance(v, np.ndarray):
+        v = NumpyTensor(v)
+    return v.to_proto(v.name)
+
+
+def _encode_str(v: str | bytes) -> bytes:
+    return v if isinstance(v, bytes) else v.encode("utf-8")

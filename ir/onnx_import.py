@@ -1,0 +1,313 @@
+"""ONNX ModelProto -> optc IR, losslessly.
+
+Everything the ONNX format can carry is kept (opsets, metadata, doc strings, node names, value_info, raw/typed/
+external/sparse initializers, subgraphs with outer-scope references, model-local functions, custom domains).
+What optc cannot represent (training_info, configuration, device configurations, segments, denotations) is
+refused with an `OptcError`, never dropped.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..errors import OptcError
+from .core import Attr, AttrType, Function, Graph, Model, Node, Use, Value, gc_paused
+from .tensors import SparseTensor, tensor_from_proto
+from .types import UnsupportedTypeFeature, type_from_proto
+
+_GRAPH_ATTRS = (5, 10)  # GRAPH, GRAPHS
+
+
+def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
+    """Import an ONNX model. The IR shares tensor and attribute data with `proto`: do not mutate it after.
+
+    `base_dir` is the directory external-data locations are relative to.
+    """
+    try:
+        with gc_paused():
+            return _Importer(base_dir).model(proto)
+    except UnsupportedTypeFeature as exc:
+        raise OptcError(f"unsupported model: {exc}") from None
+
+
+class _Importer:
+    def __init__(self, base_dir: str | None):
+        self.base_dir = base_dir
+
+    def model(self, mp: onnx.ModelProto) -> Model:
+        if len(mp.training_info):
+            raise OptcError("unsupported model: training_info is not supported")
+        if len(mp.configuration):
+            raise OptcError("unsupported model: configuration (multi-device) is not supported")
+        if not mp.HasField("graph"):
+            raise OptcError("invalid model: it has no graph")
+        opsets: dict[str, int] = {}
+        for o in mp.opset_import:
+            if o.domain in opsets:
+                raise OptcError(f"invalid model: opset domain '{o.domain}' is imported twice")
+            opsets[o.domain] = o.version
+        graph = self.graph(mp.graph, [])
+        model = Model(graph, opsets, ir_version=mp.ir_version)
+        model.producer_name = mp.producer_name
+        model.producer_version = mp.producer_version
+        model.domain = mp.domain
+        model.model_version = mp.model_version
+        model.doc_string = mp.doc_string
+        model.metadata_props = {p.key: p.value for p in mp.metadata_props}
+        model.base_dir = self.base_dir
+        for fp in mp.functions:
+            fn = self.function(fp)
+            if fn.key in model.functions:
+                raise OptcError(f"invalid model: function '{fp.domain}::{fp.name}' is defined twice")
+            model.functions[fn.key] = fn
+        return model
+
+    def function(self, fp: onnx.FunctionProto) -> Function:
+        g = Graph(name=fp.name)
+        scope: dict[str, Value] = {}
+        for name in fp.input:
+            v = Value(name)
+            if name in scope:
+                raise OptcError(f"invalid model: function '{fp.name}' input '{name}' is defined twice")
+            scope[name] = v
+            g.inputs.append(v)
+        self.nodes(g, fp.node, scope, [])
+        self.value_info(g, fp.value_info, scope)
+        for name in fp.output:
+            v = scope.get(name)
+            if v is None:
+                raise OptcError(f"invalid model: function '{fp.name}' output '{name}' is not defined")
+            g.outputs.append(v)
+        defaults = {a.name: decode_attribute(a, self) for a in fp.attribute_proto}
+        fn = Function(fp.domain, fp.name, g, overload=fp.overload, attributes=list(fp.attribute),
+                      attribute_defaults=defaults, opset_imports={o.domain: o.version for o in fp.opset_import})
+        fn.doc_string = fp.doc_string
+        if len(fp.metadata_props):
+            fn.metadata_props = {p.key: p.value for p in fp.metadata_props}
+        return fn
+
+    def graph(self, gp: onnx.GraphProto, outer: list[dict[str, Value]]) -> Graph:
+        g = Graph(name=gp.name)
+        g.doc_string = gp.doc_string
+        if len(gp.metadata_props):
+            g.metadata_props = {p.key: p.value for p in gp.metadata_props}
+        scope: dict[str, Value] = {}
+        for vi in gp.input:
+            name = vi.name
+            if name in scope:
+                raise OptcError(f"invalid model: graph input '{name}' is defined twice")
+            v = Value(name)
+            _set_value_info(v, vi)
+            scope[name] = v
+            g.inputs.append(v)
+        base_dir = self.base_dir
+        for tp in gp.initializer:
+            self._add_initializer(g, scope, tp.name, tensor_from_proto(tp, base_dir))
+        for sp in gp.sparse_initializer:
+            self._add_initializer(g, scope, sp.values.name, SparseTensor(sp))
+        self.nodes(g, gp.node, scope, outer)
+        self.value_info(g, gp.value_info, scope)
+        for vi in gp.output:
+            name = vi.name
+            v = scope.get(name) or _lookup(outer, name)
+            if v is None:
+                raise OptcError(f"invalid model: graph output '{name}' is not produced by any node or input")
+            if v.type is None or v.producer is not None:
+                _set_value_info(v, vi)
+            g.outputs.append(v)
+        g.quantization_annotation = list(gp.quantization_annotation)
+        return g
+
+    def _add_initializer(self, g: Graph, scope: dict[str, Value], name: str, tensor) -> None:
+        v = scope.get(name)
+        if v is None:
+            v = Value(name)
+            scope[name] = v
+        elif v.const is not None:
+            raise OptcError(f"invalid model: initializer '{name}' is defined twice")
+        elif not any(i is v for i in g.inputs):
+            raise OptcError(f"invalid model: value '{name}' is defined twice")
+        v.const = tensor
+        g.initializers[name] = v
+
+    def value_info(self, g: Graph, infos, scope: dict[str, Value]) -> None:
+        for vi in infos:
+            v = scope.get(vi.name)
+            if v is None or v.type is not None:
+                g.extra_value_info.append(vi)
+            else:
+                _set_value_info(v, vi)
+
+    def nodes(self, g: Graph, node_protos, scope: dict[str, Value], outer: list[dict[str, Value]]) -> None:
+        """Import nodes in file order; forward references are resolved, then the graph is sorted."""
+        forward: dict[str, Value] = {}
+        had_forward = False
+        scope_get = scope.get
+        head = g._head
+        by_op = g._by_op
+        count = 0
+        new_node = Node.__new__
+        for np_ in node_protos:
+            inputs = []
+            for i, name in enumerate(np_.input):
+                if not name:
+                    inputs.append(None)
+                    continue
+                v = scope_get(name)
+                if v is None:
+                    v = _lookup(outer, name)
+                    if v is None:
+                        v = forward.get(name)
+                        if v is None:
+                            v = forward[name] = Value(name)
+                            had_forward = True
+                inputs.append(v)
+            outputs = []
+            for name in np_.output:
+                if not name:
+                    outputs.append(None)
+                    continue
+                if name in scope:
+                    raise OptcError(f"invalid model: value '{name}' is defined twice")
+                v = forward.pop(name, None)
+                if v is None:
+                    v = Value(name)
+                scope[name] = v
+                outputs.append(v)
+            node = new_node(Node)
+            op_type = np_.op_type
+            domain = np_.domain
+            node.op_type = op_type
+            node.domain = domain
+            node.overload = np_.overload
+            node.name = np_.name
+            node.doc_string = np_.doc_string
+            node.version = None
+            node.meta = None
+            node.metadata_props = {p.key: p.value for p in np_.metadata_props} if len(np_.metadata_props) else None
+            if len(np_.device_configurations):
+                raise OptcError("unsupported model: node device_configurations are not supported")
+            node._inputs = tuple(inputs)
+            for i, v in enumerate(inputs):
+                if v is not None:
+                    v._uses[Use(node, i)] = None
+            node.outputs = tuple(outputs)
+            for i, v in enumerate(outputs):
+                if v is not None:
+                    v.producer = node
+                    v.index = i
+            attrs = np_.attribute
+            if len(attrs):
+                if any(a.type in _GRAPH_ATTRS for a in attrs):
+                    node._attr_protos = None
+                    node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
+                else:
+                    node._attr_protos = attrs
+                    node._attrs = {}
+            else:
+                node._attr_protos = None
+                node._attrs = {}
+            # append (inlined Graph._link for import speed)
+            node.graph = g
+            last = head._prev
+            node._prev = last
+            node._next = head
+            last._next = node
+            head._prev = node
+            count += 1
+            key = (domain, op_type)
+            bucket = by_op.get(key)
+            if bucket is None:
+                by_op[key] = {node: None}
+            else:
+                bucket[node] = None
+        g._len += count
+        if forward:
+            raise OptcError(f"invalid model: node input '{next(iter(forward))}' is not defined by any node, input "
+                            f"or initializer")
+        if had_forward:
+            try:
+                g.sort()
+            except ValueError as exc:
+                raise OptcError(f"invalid model: {exc}") from None
+
+
+def _lookup(outer: list[dict[str, Value]], name: str) -> Value | None:
+    for scope in outer:
+        v = scope.get(name)
+        if v is not None:
+            return v
+    return None
+
+
+def _set_value_info(v: Value, vi: onnx.ValueInfoProto) -> None:
+    if vi.HasField("type"):
+        v.type = type_from_proto(vi.type)
+    v.doc_string = vi.doc_string
+    if len(vi.metadata_props):
+        v.meta = {**(v.meta or {}), "onnx.metadata_props": {p.key: p.value for p in vi.metadata_props}}
+
+
+def decode_attributes(protos, node: Node, importer: _Importer | None = None,
+                      scopes: list[dict[str, Value]] | None = None) -> dict[str, Attr]:
+    """Decode a node's AttributeProtos; GRAPH attributes become optc Graphs owned by `node`."""
+    importer = importer or _Importer(None)
+    attrs: dict[str, Attr] = {}
+    for ap in protos:
+        a = decode_attribute(ap, importer, scopes or [])
+        if a.name in attrs:
+            raise OptcError(f"invalid model: attribute '{a.name}' of {node.op_type} is given twice")
+        if a.type == AttrType.GRAPH:
+            a.value.parent = node
+        elif a.type == AttrType.GRAPHS:
+            for sub in a.value:
+                sub.parent = node
+        attrs[a.name] = a
+    return attrs
+
+
+def decode_attribute(ap: onnx.AttributeProto, importer: _Importer,
+                     scopes: list[dict[str, Value]] | None = None) -> Attr:
+    """Decode one AttributeProto into an Attr (tensors stay lazy)."""
+    t = ap.type
+    if ap.ref_attr_name:
+        return Attr(ap.name, AttrType(t), None, ap.ref_attr_name, ap.doc_string)
+    base_dir = importer.base_dir
+    if t == 1:
+        value = ap.f
+    elif t == 2:
+        value = ap.i
+    elif t == 3:
+        value = _decode_str(ap.s)
+    elif t == 4:
+        value = tensor_from_proto(ap.t, base_dir)
+    elif t == 5:
+        value = importer.graph(ap.g, scopes or [])
+    elif t == 6:
+        value = list(ap.floats)
+    elif t == 7:
+        value = list(ap.ints)
+    elif t == 8:
+        value = [_decode_str(s) for s in ap.strings]
+    elif t == 9:
+        value = [tensor_from_proto(x, base_dir) for x in ap.tensors]
+    elif t == 10:
+        value = [importer.graph(x, scopes or []) for x in ap.graphs]
+    elif t == 11:
+        value = SparseTensor(ap.sparse_tensor)
+    elif t == 12:
+        value = [SparseTensor(x) for x in ap.sparse_tensors]
+    elif t == 13:
+        value = type_from_proto(ap.tp)
+    elif t == 14:
+        value = [type_from_proto(x) for x in ap.type_protos]
+    else:
+        raise OptcError(f"invalid model: attribute '{ap.name}' has no type")
+    return Attr(ap.name, AttrType(t), value, "", ap.doc_string)
+
+
+def _decode_str(b: bytes) -> str | bytes:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b

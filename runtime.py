@@ -1,0 +1,144 @@
+"""Run an artifact exported by optc: ``optc.runtime.load("model.so").run({"x": array})``.
+
+Only needs TVM's runtime (``tvm.runtime``), numpy and the JSON metadata written beside the library.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OptcError
+
+__all__ = ["Module", "load"]
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class Module:
+    """A loaded artifact. ``run`` checks inputs against the metadata before calling the kernels."""
+
+    def __init__(self, path, metadata: dict, vm, device):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.inputs: list[dict] = list(metadata["inputs"])
+        self.outputs: list[dict] = list(metadata["outputs"])
+        self.target: str = metadata.get("target", "cpu")
+        self._vm = vm
+        self._device = device
+        self._main = vm["main"]
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{i['name']}: {_fmt_shape(i['shape'])} {i['dtype']}" for i in self.inputs)
+        return f"<optc.runtime.Module {self.path.name} ({ins}) on {self.target}>"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.outputs]
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Arrays in signature order; raises OptcError (one line) on a wrong name, shape or dtype."""
+        if not isinstance(inputs, Mapping):
+            raise OptcError("inputs must be a mapping {name: array}")
+        expected = self.input_names
+        unknown = [k for k in inputs if k not in expected]
+        if unknown:
+            raise OptcError(f"unknown input '{unknown[0]}' (expected inputs: {', '.join(expected)})")
+        missing = [k for k in expected if k not in inputs]
+        if missing:
+            raise OptcError(f"missing input '{missing[0]}' (expected inputs: {', '.join(expected)})")
+        bound: dict[str, int] = {}
+        arrays = []
+        for spec in self.inputs:
+            name = spec["name"]
+            value = inputs[name]
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+            want_shape, want_dtype = spec["shape"], spec["dtype"]
+            got = f"got {_fmt_shape(arr.shape)} ({arr.dtype})"
+            msg = f"input '{name}': expected shape {_fmt_shape(want_shape)} ({want_dtype}), {got}"
+            if arr.dtype != np.dtype(want_dtype) or arr.ndim != len(want_shape):
+                raise OptcError(msg)
+            for want, have in zip(want_shape, arr.shape):
+                if isinstance(want, str):
+                    if bound.setdefault(want, have) != have:
+                        raise OptcError(f"{msg}; dimension '{want}' is {bound[want]} elsewhere")
+                elif want != have:
+                    raise OptcError(msg)
+            arrays.append(np.ascontiguousarray(arr))
+        return arrays
+
+    def _to_device(self, arrays):
+        import tvm  # noqa: PLC0415
+
+        return [tvm.runtime.tensor(a, self._device) for a in arrays]
+
+    def _outputs(self, result) -> dict[str, np.ndarray]:
+        values = list(result) if not hasattr(result, "numpy") else [result]
+        names = self.output_names
+        if len(values) != len(names):
+            names = names + [f"output_{i}" for i in range(len(names), len(values))]
+        return {n: v.numpy() for n, v in zip(names, values)}
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model: ``{input name: array}`` -> ``{output name: array}``."""
+        args = self._to_device(self.check_inputs(inputs))
+        return self._outputs(self._main(*args))
+
+    __call__ = run
+
+    def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 50, warmup: int = 5) -> float:
+        """Median latency in milliseconds of ``repeat`` runs after ``warmup`` runs (inputs already
+        on the device; includes copying the outputs back to the host)."""
+        args = self._to_device(self.check_inputs(inputs))
+        for _ in range(max(0, warmup)):
+            self._sync(self._main(*args))
+        times = []
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            self._sync(self._main(*args))
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1e3)
+
+    def _sync(self, result):
+        if int(getattr(self._device, "device_type", 1)) != 1:  # not kDLCPU: wait for the kernels
+            self._device.sync()
+        return result
+
+
+def _device_for(target: str):
+    import tvm  # noqa: PLC0415
+
+    if target == "cuda":
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            raise OptcError("this artifact was built for cuda, but no CUDA GPU is available here")
+        return dev
+    return tvm.cpu(0)
+
+
+def load(path) -> Module:
+    """Load an artifact exported by ``optc.codegen.export`` (the ``.so``; its ``.json`` sits beside it)."""
+    from .codegen.artifact import read_metadata  # noqa: PLC0415
+
+    path = Path(path)
+    meta = read_metadata(path)
+    import tvm  # noqa: PLC0415
+    from tvm.runtime.vm import VirtualMachine  # noqa: PLC0415
+
+    device = _device_for(meta.get("target", "cpu"))
+    try:
+        lib = tvm.runtime.load_module(str(path.resolve()))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()
+        raise OptcError(f"cannot load artifact '{path}': {first[-1] if first else type(exc).__name__}") from exc
+    vm = VirtualMachine(lib, device)
+    return Module(path, meta, vm, device)

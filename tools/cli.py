@@ -1,0 +1,54 @@
+"""The `optc` command line. Each subcommand lives in its own module with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import OptcError
+from . import convert_cmd, inspect_cmd, show_cmd
+
+COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="optc",
+        description="optc: a model-optimizing compiler. Imports ONNX into optc's IR, optimizes it, and emits "
+        "ONNX or TVM-compiled libraries.",
+    )
+    parser.add_argument("--version", action="version", version=f"optc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; user errors print one line on stderr and exit with code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except OptcError as exc:
+        print(f"optc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an optc bug, not a user error: still one line unless debugging
+        if os.environ.get("OPTC_DEBUG"):
+            raise
+        print(f"optc: internal error: {type(exc).__name__}: {exc} (set OPTC_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

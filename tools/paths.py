@@ -1,0 +1,15 @@
+"""Checks on the paths a command reads and writes."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import OptcError
+
+
+def check_output_path(source: str, output: str) -> None:
+    """Refuse to write over the input model (the input is never modified)."""
+    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(source, output):
+        raise OptcError(f"output '{output}' is the input model; choose another path (the input is never modified)")
+    if os.path.isdir(output):
+        raise OptcError(f"output '{output}' is a directory")
