@@ -1,0 +1,59 @@
+"""The lowering op table: one converter per op key `(domain, op_type)`.
+
+Standard ONNX ops reuse the converters of TVM's own ONNX frontend (`_get_convert_map()`, selected by opset).
+Ops that optc's rewrites create, or that the frontend lacks, register their own converter here with
+`@converter(domain, op_type)`. A converter is called as `fn(bb, inputs, attrs, ctx)`: `inputs` are Relax
+expressions (None for omitted optional inputs), `attrs` is the frontend's attribute dict (ints, floats, bytes,
+tuples, TensorProtos), `ctx` the lowering state (the frontend's `[nodes, params]` pair lives in `ctx.frontend_params`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+Converter = Callable[..., Any]
+
+_OPTC_CONVERTERS: dict[tuple[str, str], Converter] = {}
+
+
+def converter(domain: str, op_type: str) -> Callable[[Converter], Converter]:
+    """Register optc's own converter for an op key (takes precedence over TVM's frontend)."""
+
+    def register(fn: Converter) -> Converter:
+        _OPTC_CONVERTERS[(domain, op_type)] = fn
+        return fn
+
+    return register
+
+
+@lru_cache(maxsize=1)
+def _frontend_map() -> dict[str, Any]:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return _get_convert_map()
+
+
+def lookup(domain: str, op_type: str, opset: int) -> Converter | None:
+    """The converter for an op, or None when the op cannot be lowered."""
+    fn = _OPTC_CONVERTERS.get((domain, op_type))
+    if fn is not None:
+        return fn
+    if domain in ("", "ai.onnx"):
+        cls = _frontend_map().get(op_type)
+        if cls is not None:
+            impl = cls.get_converter(opset)
+
+            def call_frontend(bb, inputs, attrs, ctx, _impl=impl):
+                return _impl(bb, inputs, attrs, ctx.frontend_params)
+
+            return call_frontend
+    return None
+
+
+def is_supported(domain: str, op_type: str, opset: int) -> bool:
+    """True if `(domain, op_type)` can be lowered (If is handled by the lowering itself)."""
+    if domain in ("", "ai.onnx") and op_type == "If":
+        return True
+    return lookup(domain, op_type, opset) is not None

@@ -1,0 +1,249 @@
+"""optc IR -> TVM Relax IRModule, through a BlockBuilder and the op table in `converters.py`.
+
+Graph inputs become Relax parameters whose symbolic dims are shared TIR variables (a model with a dynamic batch
+dim compiles once and runs at any batch size). Initializers become Relax constants, so the exported library is
+self-contained. A model with ops that cannot be lowered fails with one error listing every such op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptcError
+from ..ir.core import Attr, AttrType, Graph, Model, Node, Value
+from ..ir.types import DataType, TensorType
+from .converters import is_supported, lookup
+from .shape_values import ShapeEvaluator
+
+
+def unsupported_ops(model: Model) -> Counter[str]:
+    """Op names (with node counts) in the main graph and its subgraphs that have no converter."""
+    opset = _default_opset(model)
+    missing: Counter[str] = Counter()
+    for g in _graphs(model.graph):
+        for n in g:
+            if not is_supported(n.domain, n.op_type, opset):
+                missing[f"{n.domain}::{n.op_type}" if n.domain else n.op_type] += 1
+    return missing
+
+
+def lower(model: Model, func_name: str = "main"):
+    """Lower a model's main graph to a Relax IRModule with one function `func_name`.
+
+    Raises OptcError listing every op that cannot be lowered, or naming the node whose conversion failed.
+    """
+    missing = unsupported_ops(model)
+    if missing:
+        listed = ", ".join(f"{op} ({count} node{'s' if count > 1 else ''})" for op, count in sorted(missing.items()))
+        raise OptcError(f"cannot lower to TVM: {len(missing)} op type(s) have no converter: {listed}")
+    return _Lowering(model).run(func_name)
+
+
+def _graphs(g: Graph):
+    yield g
+    yield from g.subgraphs()
+
+
+def _default_opset(model: Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 21))
+
+
+class _Lowering:
+    """Lowering state; `frontend_params` is the `[nodes, params]` pair TVM's converters expect."""
+
+    def __init__(self, model: Model):
+        from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+        self.model = model
+        self.opset = _default_opset(model)
+        self.frontend = ONNXGraphImporter({}, {}, keep_params_in_input=False, sanitize=True)
+        self.frontend.opset = self.opset
+        self.bb = self.frontend.bb
+        self.frontend_params = [self.frontend._nodes, self.frontend._params]
+        self.exprs: dict[Value, Any] = {}
+        self.shapes = ShapeEvaluator(self)
+        self.dims: dict[str, Any] = {}
+        self._anonymous = 0
+
+    # -- entry ------------------------------------------------------------------------------------
+    def run(self, func_name: str):
+        from tvm import relax
+
+        g = self.model.graph
+        params = []
+        for v in g.inputs:
+            if v.const is not None:
+                continue  # an input with a default (initializer): lowered as the constant
+            var = self.frontend._new_var(self.frontend._sanitize_name(v.name), shape=self._shape(v),
+                                         dtype=self._dtype(v))
+            self.exprs[v] = var
+            params.append(var)
+        self._constants(g)
+        has_if = any(True for _ in _if_nodes(g))
+        with self.bb.function(func_name, params=params):
+            with contextlib.ExitStack() as stack:
+                if not has_if:
+                    stack.enter_context(self.bb.dataflow())
+                self._body(g)
+                outs = [self._expr(v) for v in g.outputs]
+                result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+                if not has_if:
+                    result = self.bb.emit_output(result)
+            self.bb.emit_func_output(result)
+        mod = self.bb.get()
+        mod[func_name] = mod[func_name].with_attrs({"num_input": len(params)})
+        return mod
+
+    # -- values -----------------------------------------------------------------------------------
+    def _shape(self, v: Value) -> list | None:
+        t = v.type
+        if not isinstance(t, TensorType):
+            raise OptcError(f"cannot lower input '{v.name}': only tensor inputs are supported, not {t}")
+        if t.shape is None:
+            return None
+        from tvm import tirx
+
+        shape = []
+        for d in t.shape:
+            if isinstance(d, int):
+                shape.append(d)
+            else:
+                key = d if isinstance(d, str) else f"_unk{len(self.dims)}"
+                if key not in self.dims:
+                    self.dims[key] = tirx.Var(_identifier(key), "int64")
+                shape.append(self.dims[key])
+        return shape
+
+    @staticmethod
+    def _dtype(v: Value) -> str:
+        from tvm.relax.frontend.onnx.onnx_frontend import get_type
+
+        return get_type(int(v.dtype or DataType.FLOAT))
+
+    def _constants(self, g: Graph) -> None:
+        from tvm import relax
+
+        for v in g.initializers.values():
+            self.exprs[v] = relax.const(np.ascontiguousarray(v.const.numpy()))
+
+    # -- nodes ------------------------------------------------------------------------------------
+    def _body(self, g: Graph):
+        for n in g:
+            self._node(n)
+
+    def _expr(self, v: Value):
+        """The Relax expression of a value (materializing a symbolic shape value on first need)."""
+        expr = self.exprs.get(v)
+        if expr is None:
+            expr = self.exprs[v] = self.shapes.materialize(v)
+        return expr
+
+    def _node(self, n: Node) -> None:
+        from tvm import relax
+        from tvm.relax.frontend.onnx.onnx_frontend import onnx_input
+
+        if self.shapes.try_lower(n):
+            return
+        inputs = onnx_input()
+        for v in n.inputs:
+            inputs.append(None if v is None else self._expr(v))
+        if n.op_type == "If" and n.domain in ("", "ai.onnx"):
+            self._if(n, inputs)
+            return
+        for i, x in enumerate(inputs):
+            if x is not None and isinstance(x.ty, relax.ShapeType) and n.op_type not in _SHAPE_COMPATIBLE:
+                raise OptcError(f"cannot lower {n.op_type} node '{n.name}': input {i} is a shape expression")
+        attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
+        attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
+        convert = lookup(n.domain, n.op_type, self.opset)
+        try:
+            result = convert(self.bb, inputs, attrs, self)
+        except OptcError:
+            raise
+        except Exception as exc:  # a converter rejecting the node: name it
+            raise OptcError(f"cannot lower {n.op_type} node '{n.name or '?'}': {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if isinstance(result, relax.Expr):
+            result = self.bb.normalize(result)
+        self._bind_outputs(n, result)
+
+    def _bind_outputs(self, n: Node, result) -> None:
+        from tvm import relax
+
+        if n.op_type in _RETURNS_TUPLE_VALUE:
+            items = [result]
+        elif isinstance(result, relax.Tuple):
+            items = list(result.fields)
+        elif isinstance(result.ty, relax.TupleType):
+            items = [self.bb.emit(relax.TupleGetItem(result, i)) for i in range(len(result.ty.fields))]
+        else:
+            items = [result]
+        if len(n.outputs) > len(items):
+            raise OptcError(f"cannot lower {n.op_type} node '{n.name}': it yields {len(items)} outputs, the node "
+                            f"has {len(n.outputs)}")
+        for out, expr in zip(n.outputs, items):
+            if out is not None:
+                self.exprs[out] = expr
+
+    def _if(self, n: Node, inputs) -> None:
+        from tvm import relax
+
+        branches = []
+        for name in ("then_branch", "else_branch"):
+            body: Graph = n.attr(name)
+            self._constants(body)
+            self._body(body)
+            outs = [self._expr(v) for v in body.outputs]
+            expr = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+            branches.append(relax.SeqExpr(blocks=[], body=expr))
+        result = self.bb.emit(relax.If(inputs[0], branches[0], branches[1]))
+        if len(n.outputs) == 1:
+            self.exprs[n.outputs[0]] = result
+        else:
+            for i, out in enumerate(n.outputs):
+                self.exprs[out] = self.bb.emit(relax.TupleGetItem(result, i))
+
+    def _fresh_name(self, n: Node) -> str:
+        self._anonymous += 1
+        return f"{n.op_type.lower()}_{self._anonymous}"
+
+
+_SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
+                     "Equal", "Where", "Cast", "CastLike", "Squeeze"}
+_RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
+                        "SequenceInsert", "ConcatFromSequence", "SplitToSequence"}
+
+
+def _if_nodes(g: Graph):
+    return (n for n in g if n.op_type == "If" and n.domain in ("", "ai.onnx"))
+
+
+def _frontend_attr(a: Attr) -> Any:
+    """An attribute in the form TVM's ONNX converters read (bytes for strings, tuples, TensorProtos)."""
+    t, v = a.type, a.value
+    if t == AttrType.STRING:
+        return v if isinstance(v, bytes) else v.encode("utf-8")
+    if t in (AttrType.INTS, AttrType.FLOATS):
+        return tuple(v)
+    if t == AttrType.STRINGS:
+        return tuple(x if isinstance(x, bytes) else x.encode("utf-8") for x in v)
+    if t == AttrType.TENSOR:
+        return v.to_proto(v.name)
+    if t == AttrType.TENSORS:
+        return tuple(x.to_proto(x.name) for x in v)
+    if t in (AttrType.SPARSE_TENSOR,):
+        return v.proto
+    if t == AttrType.TYPE_PROTO:
+        from ..ir.types import type_to_proto
+
+        return type_to_proto(v)
+    return v
+
+
+def _identifier(name: str) -> str:
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return out if out and (out[0].isalpha() or out[0] == "_") else f"d_{out}"
