@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import gc
+import operator
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,17 +24,24 @@ from .types import DataType, TensorType, ValueType
 
 
 @contextlib.contextmanager
-def gc_paused():
+def gc_paused(promote: bool = False):
     """Pause the cyclic garbage collector while building or walking large graphs.
 
     Nodes and values reference each other, so every allocation burst of an import triggers full collections
     that rescan the whole (growing) graph: quadratic time for no garbage. Pausing it makes import linear.
+
+    With `promote=True` (after building a graph), the objects created meanwhile move straight to the oldest
+    generation (`gc.freeze()` then `gc.unfreeze()`), instead of being scanned by the young generations'
+    collections that would follow the pause: they are long-lived, and that scan costs as much as the import.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if promote:
+            gc.freeze()
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 
@@ -45,9 +54,13 @@ class Use(NamedTuple):
 
 
 class Value:
-    """An SSA value: produced by one node output, a graph input, or an initializer (`const`)."""
+    """An SSA value: produced by one node output, a graph input, or an initializer (`const`).
 
-    __slots__ = ("name", "type", "producer", "index", "const", "_uses", "doc_string", "meta")
+    An imported value remembers its ValueInfoProto (`_vi`, with the type decoded from it): while the name,
+    type, doc string and meta are unchanged, export copies that proto instead of encoding it again.
+    """
+
+    __slots__ = ("_name", "type", "_vi", "_vi_type", "producer", "index", "const", "_uses", "doc_string", "meta")
 
     def __init__(
         self,
@@ -55,14 +68,36 @@ class Value:
         type: ValueType | None = None,  # noqa: A002 - mirrors ONNX's field name
         const: Tensor | SparseTensor | None = None,
     ):
-        self.name = name
+        self._name = name
         self.type = type
+        self._vi: onnx.ValueInfoProto | None = None
+        self._vi_type: ValueType | None = None
         self.producer: Node | None = None
         self.index = 0
         self.const = const
         self._uses: dict[Use, None] = {}
         self.doc_string = ""
         self.meta: dict[str, Any] | None = None
+
+    # -- name -------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if name != self._name:
+            self._name = name
+            self._forget_protos()
+
+    def _forget_protos(self) -> None:
+        """Drop the imported protos that spell this value's old name (its own, its producer's, its users')."""
+        self._vi = None
+        p = self.producer
+        if p is not None:
+            p._proto = None
+        for use in self._uses:
+            use.node._proto = None
 
     # -- uses -------------------------------------------------------------------------------------
     def uses(self) -> tuple[Use, ...]:
@@ -197,11 +232,17 @@ def infer_attr_type(value: Any) -> AttrType:
 
 class Node:
     """An operation: op key `(domain, op_type)`, inputs (Value or None for an omitted optional input),
-    outputs, typed attributes (decoded lazily) and subgraphs inside GRAPH attributes."""
+    outputs, typed attributes (decoded lazily) and subgraphs inside GRAPH attributes.
+
+    An imported node keeps its NodeProto (`_proto`) so that export can copy it unchanged. Every change that
+    export would spell differently drops it: `set_input(s)`, assigning `outputs`, reading `attributes` (the
+    returned dict and Attrs are mutable), renaming an input or output value. Its op key, name, doc string
+    and overload are compared with `_proto_key` at export, and metadata_props must stay empty.
+    """
 
     __slots__ = (
-        "op_type", "domain", "overload", "name", "doc_string", "version", "_inputs", "outputs", "_attrs",
-        "_attr_protos", "metadata_props", "meta", "graph", "_prev", "_next",
+        "op_type", "domain", "overload", "name", "doc_string", "version", "_inputs", "_outputs", "_attrs",
+        "_attr_protos", "metadata_props", "meta", "graph", "_prev", "_next", "_proto", "_proto_key",
     )
 
     def __init__(
@@ -227,6 +268,8 @@ class Node:
         self.meta: dict[str, Any] | None = None
         self.graph: Graph | None = None
         self._prev = self._next = None
+        self._proto: onnx.NodeProto | None = None
+        self._proto_key: tuple | None = None
         self._attr_protos = None
         self._attrs: dict[str, Attr] = {}
         if attributes:
@@ -241,8 +284,8 @@ class Node:
                 v._uses[Use(self, i)] = None
         if outputs is None:
             outputs = [Value() for _ in range(num_outputs)]
-        self.outputs: tuple[Value | None, ...] = tuple(outputs)
-        for i, v in enumerate(self.outputs):
+        self._outputs: tuple[Value | None, ...] = tuple(outputs)
+        for i, v in enumerate(self._outputs):
             if v is not None:
                 v.producer = self
                 v.index = i
@@ -261,6 +304,7 @@ class Node:
         old = inputs[index]
         if old is value:
             return
+        self._proto = None
         if old is not None:
             old._uses.pop(Use(self, index), None)
         if value is not None:
@@ -272,6 +316,7 @@ class Node:
 
     def set_inputs(self, values: Sequence[Value | None]) -> None:
         """Replace all inputs."""
+        self._proto = None
         self._detach_inputs()
         self._inputs = tuple(values)
         for i, v in enumerate(self._inputs):
@@ -284,6 +329,16 @@ class Node:
                 v._uses.pop(Use(self, i), None)
 
     @property
+    def outputs(self) -> tuple[Value | None, ...]:
+        """The output values, in order."""
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, values: Sequence[Value | None]) -> None:
+        self._outputs = tuple(values)
+        self._proto = None
+
+    @property
     def output(self) -> Value:
         """The single output (error if the node has several)."""
         if len(self.outputs) != 1:
@@ -294,6 +349,7 @@ class Node:
     @property
     def attributes(self) -> dict[str, Attr]:
         """Attributes by name (decoded from ONNX on first access)."""
+        self._proto = None  # the caller may change the dict or its Attrs
         if self._attr_protos is not None:
             from .onnx_import import decode_attributes
 
@@ -371,6 +427,9 @@ def constant_node_value(node: Node) -> np.ndarray | None:
     if a.name in ("value_string", "value_strings"):
         return np.array(v, dtype=object)
     return None
+
+
+_decoded_attrs = operator.attrgetter("_attrs")
 
 
 class _Head:
@@ -492,11 +551,21 @@ class Graph:
 
     def subgraphs(self) -> Iterator[Graph]:
         """Every graph nested in this one's nodes, recursively."""
+        if not self._may_have_subgraphs():
+            return
         for n in self:
             if n._attrs and n._attr_protos is None:
                 for g in n.subgraphs():
                     yield g
                     yield from g.subgraphs()
+
+    def _may_have_subgraphs(self) -> bool:
+        """False when no node holds a subgraph: a scan of the op index at C speed, not of the linked list.
+
+        Subgraphs live in decoded attributes only (GRAPH attributes are always decoded at import): when no
+        node has decoded attributes, there are none.
+        """
+        return any(map(len, map(_decoded_attrs, chain.from_iterable(self._by_op.values()))))
 
     def first(self) -> Node | None:
         n = self._head._next
@@ -520,6 +589,12 @@ class Graph:
             self._by_op[key] = {node: None}
         else:
             bucket[node] = None
+        # `remove` dropped the uses of a node taken out of a graph: a node moved back in reads its inputs again.
+        _attach_inputs(node)
+        if node._attrs and node._attr_protos is None:
+            for g in node.subgraphs():
+                for inner in g.all_nodes():
+                    _attach_inputs(inner)
 
     def append(self, *nodes: Node) -> None:
         """Add nodes at the end."""
@@ -625,6 +700,13 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {self._len} nodes)"
+
+
+def _attach_inputs(node: Node) -> None:
+    """Register the node's uses of its inputs (a no-op for those already registered)."""
+    for i, v in enumerate(node._inputs):
+        if v is not None:
+            v._uses[Use(node, i)] = None
 
 
 def _node_free_inputs(node: Node) -> Iterator[Value]:

@@ -40,7 +40,8 @@ def infer_node(node: Node, opsets: dict[str, int], *, use_constants: bool = True
     opset_protos = [onnx.helper.make_opsetid(d, ver) for d, ver in opsets.items()]
     try:
         out = shape_inference.infer_node_outputs(schema, proto, input_types, input_data, opset_imports=opset_protos)
-    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError, TypeError) as exc:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError,
+            TypeError) as exc:
         raise InferenceError(f"{node!r}: {exc}") from None
     return [type_from_proto(out[o]) if o and o in out else None for o in proto.output]
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from ..errors import OptcError
 from .core import Model
@@ -124,7 +124,7 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
     if not os.path.isdir(target_dir):
         raise OptcError(f"cannot write '{path}': directory '{target_dir}' does not exist")
     if external_data is None:
-        external_data = _has_external(model) or _estimated_size(model) > _SAFE_INLINE_BYTES
+        external_data = _wants_external(model)
     temps: list[str] = []
     try:
         if external_data:
@@ -137,11 +137,11 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
         else:
             proto = to_onnx(model, _inline_writer)
             moves = []
-        if proto.ByteSize() > PROTOBUF_LIMIT:
-            raise OptcError("the model is over protobuf's 2 GB limit; save it with external data")
+        data = _serialize(proto)
+        del proto
         model_tmp = _temp_beside(path, temps)
         with open(model_tmp, "wb") as f:
-            f.write(proto.SerializeToString())
+            f.write(data)
         for src, dst in moves + [(model_tmp, path)]:
             os.replace(src, dst)
         temps.clear()
@@ -155,6 +155,17 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
                 pass
 
 
+def _serialize(proto: onnx.ModelProto) -> bytes:
+    """The model's bytes; OptcError past protobuf's 2 GB limit (checked on the result: no ByteSize pass)."""
+    try:
+        data = proto.SerializeToString()
+    except EncodeError:  # what protobuf raises past 2 GB
+        data = None
+    if data is None or len(data) > PROTOBUF_LIMIT:
+        raise OptcError("the model is over protobuf's 2 GB limit; save it with external data")
+    return data
+
+
 def _temp_beside(path: str, temps: list[str]) -> str:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{Path(path).name}.",
                                suffix=".tmp")
@@ -163,17 +174,24 @@ def _temp_beside(path: str, temps: list[str]) -> str:
     return tmp
 
 
-def _has_external(model: Model) -> bool:
-    return any(isinstance(v.const, ExternalTensor) for g in model.graphs() for v in g.initializers.values())
-
-
-def _estimated_size(model: Model) -> int:
+def _wants_external(model: Model) -> bool:
+    """True if the model has external data, or its estimated size passes `_SAFE_INLINE_BYTES`."""
     total = 0
     for g in model.graphs():
         total += 64 * len(g)
         for v in g.initializers.values():
-            total += getattr(v.const, "nbytes", 0)
-    return total
+            t = v.const
+            if isinstance(t, ExternalTensor):
+                return True
+            total += _payload_size(t)
+    return total > _SAFE_INLINE_BYTES
+
+
+def _payload_size(t) -> int:
+    """About the bytes a tensor takes in the model file (a parsed proto knows its size: no dtype math)."""
+    if isinstance(t, ProtoTensor):
+        return t.proto.ByteSize()
+    return getattr(t, "nbytes", 0)
 
 
 def _inline_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
@@ -213,7 +231,9 @@ class _ExternalWriter:
         self.f.write(raw)
         self.offset += len(raw)
         doc = tensor.doc_string or ""
-        return external_proto(name, tensor.dtype, tensor.shape, doc, self.location, start, len(raw))
+        out = external_proto(name, tensor.dtype, tensor.shape, doc, self.location, start, len(raw))
+        out.metadata_props.extend(proto.metadata_props)
+        return out
 
 
 def _packed_bytes(proto: onnx.TensorProto) -> bytes:

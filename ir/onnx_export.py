@@ -123,29 +123,75 @@ class _Exporter:
                 gp.initializer.append(self.write_tensor(name, v.const))
         self.nodes(g, gp.node, used)
         outputs = {id(v) for v in g.outputs}
-        for n in g:
-            for o in n.outputs:
-                if o is not None and o.type is not None and id(o) not in outputs:
-                    self.value_info(gp.value_info.add(), o)
-        for v in g.initializers.values():
-            if v.type is not None and id(v) not in inputs and id(v) not in outputs:
-                self.value_info(gp.value_info.add(), v)
+        self.value_infos(gp.value_info, (o for n in g for o in n._outputs if o is not None and id(o) not in outputs))
+        self.value_infos(gp.value_info, (v for v in g.initializers.values()
+                                         if id(v) not in inputs and id(v) not in outputs))
         gp.value_info.extend(g.extra_value_info)
         for v in g.outputs:
             self.value_info(gp.output.add(), v)
         gp.quantization_annotation.extend(g.quantization_annotation)
 
+    def value_infos(self, field, values) -> None:
+        """Append the ValueInfoProtos of the typed `values`; unchanged imported ones are copied in bulk."""
+        run: list[onnx.ValueInfoProto] = []
+        for v in values:
+            if v.type is None:
+                continue
+            vi = v._vi
+            if vi is not None and self._vi_unchanged(v, vi):
+                run.append(vi)
+                continue
+            if run:
+                field.extend(run)
+                run = []
+            self.value_info(field.add(), v)
+        if run:
+            field.extend(run)
+
+    def _vi_unchanged(self, v: Value, vi: onnx.ValueInfoProto) -> bool:
+        """True if `vi` (imported with `v`, and dropped on rename) still says what export would write."""
+        return (v.type is v._vi_type and not v.doc_string and not v.meta
+                and not (self.renamed and id(v) in self.renamed))
+
     def nodes(self, g: Graph, field, used: set[str]) -> None:
+        """Append the nodes of `g`; unchanged imported NodeProtos are copied in bulk."""
+        run: list[onnx.NodeProto] = []
         for n in g:
-            outs = n.outputs
-            for o in outs:
+            for o in n._outputs:
                 if o is not None:
-                    name = o.name
+                    name = o._name
                     if name and name not in used:
                         used.add(name)
                     else:
                         self.claim(o, used, n.op_type.lower())
+            p = n._proto
+            if p is not None and self._node_unchanged(n):
+                run.append(p)
+                continue
+            if run:
+                field.extend(run)
+                run = []
             self.fill_node(n, field.add(), used)
+        if run:
+            field.extend(run)
+
+    def _node_unchanged(self, n: Node) -> bool:
+        """True if the node's imported NodeProto still says what `fill_node` would write.
+
+        Mutations of inputs, outputs and attributes, and renames of its values, drop `n._proto` (see `Node`);
+        what is left to check: the plain fields, metadata, and names this export gives to values.
+        """
+        if (n.op_type, n.domain, n.name, n.doc_string, n.overload) != n._proto_key or n.metadata_props:
+            return False
+        renamed = self.renamed
+        if renamed:
+            for v in n._inputs:
+                if v is not None and id(v) in renamed:
+                    return False
+            for v in n._outputs:
+                if v is not None and id(v) in renamed:
+                    return False
+        return True
 
     def fill_node(self, n: Node, p: onnx.NodeProto, used: set[str]) -> None:
         """Write one node (its output names already claimed) into `p`."""
@@ -192,10 +238,7 @@ class _Exporter:
             o.domain, o.version = domain, version
         if fn.doc_string:
             fp.doc_string = fn.doc_string
-        for n in g:
-            for o in n.outputs:
-                if o is not None and o.type is not None:
-                    self.value_info(fp.value_info.add(), o)
+        self.value_infos(fp.value_info, (o for n in g for o in n._outputs if o is not None))
         fp.value_info.extend(g.extra_value_info)
         _fill_props(fp.metadata_props, fn.metadata_props)
 

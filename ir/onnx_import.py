@@ -24,7 +24,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     `base_dir` is the directory external-data locations are relative to.
     """
     try:
-        with gc_paused():
+        with gc_paused(promote=True):
             return _Importer(base_dir).model(proto)
     except UnsupportedTypeFeature as exc:
         raise OptcError(f"unsupported model: {exc}") from None
@@ -33,6 +33,8 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
 class _Importer:
     def __init__(self, base_dir: str | None):
         self.base_dir = base_dir
+        self.types: dict[bytes, object] = {}
+        self.forward_refs = 0  # forward references met so far (a graph that had some gets sorted)
 
     def model(self, mp: onnx.ModelProto) -> Model:
         if len(mp.training_info):
@@ -97,7 +99,7 @@ class _Importer:
             if name in scope:
                 raise OptcError(f"invalid model: graph input '{name}' is defined twice")
             v = Value(name)
-            _set_value_info(v, vi)
+            self.set_value_info(v, vi)
             scope[name] = v
             g.inputs.append(v)
         base_dir = self.base_dir
@@ -106,14 +108,14 @@ class _Importer:
         for sp in gp.sparse_initializer:
             self._add_initializer(g, scope, sp.values.name, SparseTensor(sp))
         self.nodes(g, gp.node, scope, outer)
-        self.value_info(g, gp.value_info, scope)
+        self.value_info(g, gp.value_info, scope, {vi.name for vi in gp.output})
         for vi in gp.output:
             name = vi.name
             v = scope.get(name) or _lookup(outer, name)
             if v is None:
                 raise OptcError(f"invalid model: graph output '{name}' is not produced by any node or input")
             if v.type is None or v.producer is not None:
-                _set_value_info(v, vi)
+                self.set_value_info(v, vi)
             g.outputs.append(v)
         g.quantization_annotation = list(gp.quantization_annotation)
         return g
@@ -130,106 +132,173 @@ class _Importer:
         v.const = tensor
         g.initializers[name] = v
 
-    def value_info(self, g: Graph, infos, scope: dict[str, Value]) -> None:
+    def value_info(self, g: Graph, infos, scope: dict[str, Value], outputs=frozenset()) -> None:
+        """Give typeless values the types of `infos`; other entries (and those of graph `outputs`, whose types
+        export writes in `output`) are kept aside as they are."""
+        scope_get = scope.get
+        decode = self.decode_type
         for vi in infos:
-            v = scope.get(vi.name)
-            if v is None or v.type is not None:
+            fields = vi.ListFields()
+            v = scope_get(vi.name)
+            if v is None or v.type is not None or vi.name in outputs:
                 g.extra_value_info.append(vi)
+            elif len(fields) == 2 and fields[0][0] is _VI_NAME and fields[1][0] is _VI_TYPE:
+                v.type = v._vi_type = decode(fields[1][1])
+                v._vi = vi  # name and type only: export may copy it as it is
             else:
-                _set_value_info(v, vi)
+                self.set_value_info(v, vi)
+
+    def set_value_info(self, v: Value, vi: onnx.ValueInfoProto) -> None:
+        """Set a value's type, doc string and metadata from a ValueInfoProto."""
+        if vi.HasField("type"):
+            v.type = self.decode_type(vi.type)
+        v.doc_string = vi.doc_string
+        if len(vi.metadata_props):
+            v.meta = {**(v.meta or {}), "onnx.metadata_props": {p.key: p.value for p in vi.metadata_props}}
+
+    def decode_type(self, tp: onnx.TypeProto):
+        """`type_from_proto`, memoized on the serialized proto (types are immutable, so they are shared)."""
+        key = tp.SerializeToString()
+        types = self.types
+        t = types.get(key, _MISSING)
+        if t is _MISSING:
+            t = types[key] = type_from_proto(tp)
+        return t
 
     def nodes(self, g: Graph, node_protos, scope: dict[str, Value], outer: list[dict[str, Value]]) -> None:
         """Import nodes in file order; forward references are resolved, then the graph is sorted."""
         forward: dict[str, Value] = {}
-        had_forward = False
-        scope_get = scope.get
-        head = g._head
-        by_op = g._by_op
-        count = 0
-        new_node = Node.__new__
+        forward_refs = self.forward_refs
         for np_ in node_protos:
-            inputs = []
-            for i, name in enumerate(np_.input):
-                if not name:
-                    inputs.append(None)
-                    continue
-                v = scope_get(name)
-                if v is None:
-                    v = _lookup(outer, name)
-                    if v is None:
-                        v = forward.get(name)
-                        if v is None:
-                            v = forward[name] = Value(name)
-                            had_forward = True
-                inputs.append(v)
-            outputs = []
-            for name in np_.output:
-                if not name:
-                    outputs.append(None)
-                    continue
-                if name in scope:
-                    raise OptcError(f"invalid model: value '{name}' is defined twice")
-                v = forward.pop(name, None)
-                if v is None:
-                    v = Value(name)
-                scope[name] = v
-                outputs.append(v)
-            node = new_node(Node)
-            op_type = np_.op_type
-            domain = np_.domain
-            node.op_type = op_type
-            node.domain = domain
-            node.overload = np_.overload
-            node.name = np_.name
-            node.doc_string = np_.doc_string
-            node.version = None
-            node.meta = None
-            node.metadata_props = {p.key: p.value for p in np_.metadata_props} if len(np_.metadata_props) else None
-            if len(np_.device_configurations):
-                raise OptcError("unsupported model: node device_configurations are not supported")
-            node._inputs = tuple(inputs)
-            for i, v in enumerate(inputs):
-                if v is not None:
-                    v._uses[Use(node, i)] = None
-            node.outputs = tuple(outputs)
-            for i, v in enumerate(outputs):
-                if v is not None:
-                    v.producer = node
-                    v.index = i
-            attrs = np_.attribute
-            if len(attrs):
-                if any(a.type in _GRAPH_ATTRS for a in attrs):
-                    node._attr_protos = None
-                    node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
-                else:
-                    node._attr_protos = attrs
-                    node._attrs = {}
-            else:
-                node._attr_protos = None
-                node._attrs = {}
-            # append (inlined Graph._link for import speed)
-            node.graph = g
-            last = head._prev
-            node._prev = last
-            node._next = head
-            last._next = node
-            head._prev = node
-            count += 1
-            key = (domain, op_type)
-            bucket = by_op.get(key)
-            if bucket is None:
-                by_op[key] = {node: None}
-            else:
-                bucket[node] = None
-        g._len += count
+            node = self.node(np_, scope, outer, forward)
+            _append_node(g, node)
         if forward:
             raise OptcError(f"invalid model: node input '{next(iter(forward))}' is not defined by any node, input "
                             f"or initializer")
-        if had_forward:
+        if self.forward_refs != forward_refs:
             try:
                 g.sort()
             except ValueError as exc:
                 raise OptcError(f"invalid model: {exc}") from None
+
+    def node(self, np_: onnx.NodeProto, scope: dict[str, Value], outer: list[dict[str, Value]],
+             forward: dict[str, Value]) -> Node:
+        """One node. Only the fields that are set are read (`ListFields`); the proto is kept for export."""
+        ins = outs = attrs = ()
+        op_type = domain = name = doc = overload = ""
+        props = None
+        for fd, val in np_.ListFields():
+            num = fd.number
+            if num == 1:
+                ins = val
+            elif num == 2:
+                outs = val
+            elif num == 3:
+                name = val
+            elif num == 4:
+                op_type = val
+            elif num == 5:
+                attrs = val
+            elif num == 7:
+                domain = val
+            elif num == 6:
+                doc = val
+            elif num == 8:
+                overload = val
+            elif num == 9:
+                props = {p.key: p.value for p in val}
+            elif num == 10:
+                raise OptcError("unsupported model: node device_configurations are not supported")
+        node = _new_node(Node)
+        node.op_type = op_type
+        node.domain = domain
+        node.overload = overload
+        node.name = name
+        node.doc_string = doc
+        node.version = None
+        node.meta = None
+        node.metadata_props = props
+        node._inputs = self.node_inputs(node, ins, scope, outer, forward) if ins else ()
+        node._outputs = self.node_outputs(node, outs, scope, forward) if outs else ()
+        if not attrs:
+            node._attr_protos = None
+            node._attrs = {}
+        elif any(a.type in _GRAPH_ATTRS for a in attrs):
+            node._attr_protos = None
+            node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
+        else:
+            node._attr_protos = attrs
+            node._attrs = {}
+        if props is None and (not attrs or node._attr_protos is not None):
+            node._proto = np_
+            node._proto_key = (op_type, domain, name, doc, overload)
+        else:
+            node._proto = node._proto_key = None
+        return node
+
+    def node_inputs(self, node: Node, names, scope: dict[str, Value], outer: list[dict[str, Value]],
+                    forward: dict[str, Value]) -> tuple:
+        """Resolve input names (outer scopes, then forward references) and register the uses."""
+        inputs = []
+        scope_get = scope.get
+        for i, name in enumerate(names):
+            if not name:
+                inputs.append(None)
+                continue
+            v = scope_get(name)
+            if v is None:
+                v = _lookup(outer, name)
+                if v is None:
+                    v = forward.get(name)
+                    if v is None:
+                        v = forward[name] = Value(name)
+                        self.forward_refs += 1
+            v._uses[_new_use(Use, (node, i))] = None
+            inputs.append(v)
+        return tuple(inputs)
+
+    def node_outputs(self, node: Node, names, scope: dict[str, Value], forward: dict[str, Value]) -> tuple:
+        """Define the output values in `scope` (taking over forward references)."""
+        outputs = []
+        for i, name in enumerate(names):
+            if not name:
+                outputs.append(None)
+                continue
+            if name in scope:
+                raise OptcError(f"invalid model: value '{name}' is defined twice")
+            v = forward.pop(name, None) if forward else None
+            if v is None:
+                v = Value(name)
+            v.producer = node
+            v.index = i
+            scope[name] = v
+            outputs.append(v)
+        return tuple(outputs)
+
+
+_new_node = Node.__new__
+_new_use = tuple.__new__  # Use(node, i) without NamedTuple's Python-level __new__
+_MISSING = object()
+_VI_NAME = onnx.ValueInfoProto.DESCRIPTOR.fields_by_name["name"]
+_VI_TYPE = onnx.ValueInfoProto.DESCRIPTOR.fields_by_name["type"]
+
+
+def _append_node(g: Graph, node: Node) -> None:
+    """Graph.append without its checks (the node is new): link it last and index it by op."""
+    node.graph = g
+    head = g._head
+    last = head._prev
+    node._prev = last
+    node._next = head
+    last._next = node
+    head._prev = node
+    g._len += 1
+    key = (node.domain, node.op_type)
+    bucket = g._by_op.get(key)
+    if bucket is None:
+        g._by_op[key] = {node: None}
+    else:
+        bucket[node] = None
 
 
 def _lookup(outer: list[dict[str, Value]], name: str) -> Value | None:
@@ -238,14 +307,6 @@ def _lookup(outer: list[dict[str, Value]], name: str) -> Value | None:
         if v is not None:
             return v
     return None
-
-
-def _set_value_info(v: Value, vi: onnx.ValueInfoProto) -> None:
-    if vi.HasField("type"):
-        v.type = type_from_proto(vi.type)
-    v.doc_string = vi.doc_string
-    if len(vi.metadata_props):
-        v.meta = {**(v.meta or {}), "onnx.metadata_props": {p.key: p.value for p in vi.metadata_props}}
 
 
 def decode_attributes(protos, node: Node, importer: _Importer | None = None,

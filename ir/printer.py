@@ -104,7 +104,9 @@ def _attr_value(a: Attr) -> str:
         return f"@{a.ref_attr_name}"
     v = a.value
     if a.type == AttrType.FLOAT:
-        return repr(float(v))
+        return str(np.float32(v))  # ONNX floats are float32: shortest repr, 0.2 not 0.20000000298023224
+    if a.type == AttrType.FLOATS:
+        return "[" + ", ".join(str(np.float32(x)) for x in v) + "]"
     if a.type in (AttrType.TENSOR, AttrType.SPARSE_TENSOR):
         return _tensor_summary(v)
     if a.type in (AttrType.TENSORS, AttrType.SPARSE_TENSORS):

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .types import DataType
+from .types import DataType, UnsupportedTypeFeature
 
 _CHUNK = 16 << 20
 
@@ -87,7 +87,10 @@ class NumpyTensor(Tensor):
     __slots__ = ("array", "dtype")
 
     def __init__(self, array: np.ndarray, dtype: DataType | None = None, name: str = ""):
-        self.array = np.asarray(array)
+        array = np.asarray(array)
+        if not array.dtype.isnative:  # ONNX is little-endian; onnx's helpers reject big-endian dtypes
+            array = array.astype(array.dtype.newbyteorder("="))
+        self.array = array
         self.dtype = DataType.from_numpy(self.array.dtype) if dtype is None else DataType(dtype)
         self.name = name
         self.doc_string = ""
@@ -182,12 +185,15 @@ class ExternalTensor(Tensor):
         p.raw_data = bytes(self.raw_view())
         if self.doc_string:
             p.doc_string = self.doc_string
+        p.metadata_props.extend(self._proto.metadata_props)
         return p
 
     def external_proto(self, name: str, location: str, offset: int) -> onnx.TensorProto:
         """A proto that points at `location` + `offset` (the caller writes the bytes there)."""
         extra = {k: v for k, v in self.extra.items() if k != "checksum"}
-        return external_proto(name, self.dtype, self.shape, self.doc_string, location, offset, self.length, extra)
+        p = external_proto(name, self.dtype, self.shape, self.doc_string, location, offset, self.length, extra)
+        p.metadata_props.extend(self._proto.metadata_props)
+        return p
 
 
 def external_proto(name: str, dtype: DataType, shape: tuple, doc_string: str, location: str, offset: int,
@@ -256,6 +262,9 @@ class SparseTensor:
 
 def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None) -> Tensor:
     """A lazy tensor for a proto: external data becomes an `ExternalTensor`."""
+    if proto.HasField("segment"):
+        raise UnsupportedTypeFeature(f"tensor '{proto.name}' is a segment of a larger tensor; segments are not "
+                                     f"supported")
     if proto.data_location == onnx.TensorProto.EXTERNAL:
         if base_dir is None:
             raise ValueError(f"tensor '{proto.name}' uses external data but the model has no directory")

@@ -88,7 +88,10 @@ class DataType(enum.IntEnum):
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> DataType:
         """The element type for a numpy dtype."""
-        return cls(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+        dtype = np.dtype(dtype)
+        if not dtype.isnative:
+            dtype = dtype.newbyteorder("=")
+        return cls(helper.np_dtype_to_tensor_dtype(dtype))
 
 
 _SHORT_NAMES = {

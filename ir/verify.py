@@ -37,6 +37,7 @@ def _verify_graph(g: Graph, outer: list[set[int]]) -> None:
                 raise VerifyError(f"two values are named '{v.name}' in graph '{g.name}'")
             names[v.name] = v
         defined.add(id(v))
+        _check_uses(v)  # every use of every value, including uses by nodes that are in no graph
 
     for v in g.inputs:
         define(v, "graph input")
@@ -69,9 +70,6 @@ def _verify_graph(g: Graph, outer: list[set[int]]) -> None:
             if o.producer is not n or o.index != i:
                 raise VerifyError(f"output {i} '{o.name}' of {n!r} does not point back at it")
             define(o, f"output of {n!r}")
-        for v in n.inputs:
-            if v is not None:
-                _check_uses(v)
     if count != len(g):
         raise VerifyError(f"graph '{g.name}' counts {len(g)} nodes but lists {count}")
     for v in g.outputs:
