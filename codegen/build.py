@@ -35,11 +35,15 @@ def bind_params(mod, params: Mapping[str, np.ndarray] | None, func_name: str = "
     if not params:
         return mod
     func = mod[func_name]
-    names = {getattr(p, "name_hint", None) or p.name for p in func.params}
-    unknown = sorted(set(params) - names)
+    binding = {}
+    for var in func.params:
+        name = getattr(var, "name_hint", None) or var.name
+        if name in params:
+            binding[var] = tvm.runtime.tensor(np.ascontiguousarray(params[name]))
+    bound = {getattr(v, "name_hint", None) or v.name for v in binding}
+    unknown = sorted(set(params) - bound)
     if unknown:
         raise OptcError(f"params name no input of '{func_name}': {', '.join(unknown[:5])}")
-    binding = {k: tvm.runtime.tensor(np.ascontiguousarray(v)) for k, v in params.items()}
     return relax.transform.BindParams(func_name, binding)(mod)
 
 
@@ -55,13 +59,34 @@ def preprocess_passes(target, layout: str | None = "auto"):
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
-        passes += [
-            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.FoldConstant(),
-        ]
+        passes += [_convert_layout_nhwc()]
     passes += [relax.transform.DeadCodeElimination()]
     return passes
+
+
+def _convert_layout_nhwc():
+    """conv2d -> NHWC activations / HWIO weights (weight transposes fold away once weights are bound).
+
+    TVM's ConvertLayout fails on some graphs (tuples through Concat/Split); the module is then kept
+    in its own layout, which the CPU rules still schedule (vectorized along the width axis).
+    """
+    tvm = _tvm()
+    from tvm import relax  # noqa: PLC0415
+
+    seq = tvm.transform.Sequential([
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+    ])
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_convert_layout_nhwc")
+    def _pass(mod, _ctx):
+        try:
+            return seq(mod)
+        except Exception:  # noqa: BLE001 - keep the original layout
+            return mod
+
+    return _pass
 
 
 def fusion_passes():
@@ -116,7 +141,23 @@ def fuse(mod, target):
         return tvm.transform.Sequential(fusion_passes())(mod)
 
 
-def _lowering_pipeline(target, database=None, schedule: str = "default"):
+def _count_kernels(report: dict | None, key: str):
+    """A pass that records how many PrimFuncs exist / are already scheduled into ``report[key]``."""
+    tvm = _tvm()
+
+    @tvm.transform.module_pass(opt_level=0, name=f"optc_count_{key}")
+    def _count(mod, _ctx):
+        if report is not None:
+            funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+            scheduled = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
+            report[key] = scheduled
+            report["kernels"] = len(funcs)
+        return mod
+
+    return _count
+
+
+def _lowering_pipeline(target, database=None, schedule: str = "default", report: dict | None = None):
     tvm = _tvm()
     from tvm import relax  # noqa: PLC0415
 
@@ -128,7 +169,9 @@ def _lowering_pipeline(target, database=None, schedule: str = "default"):
         passes += fusion_passes()
         if database is not None:
             passes.append(relax.transform.MetaScheduleApplyDatabase())
+        passes.append(_count_kernels(report, "tuned"))
         passes += schedule_passes(target, schedule=schedule)
+        passes.append(_count_kernels(report, "scheduled"))
         passes += [
             relax.transform.RewriteDataflowReshape(),
             relax.transform.ToNonDataflow(),
@@ -156,7 +199,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default"):
 
 
 def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, database=None,
-          schedule: str = "default", layout: str | None = "auto"):
+          schedule: str = "default", layout: str | None = "auto", report: dict | None = None):
     """Compile a Relax IRModule to a ``tvm.relax.VMExecutable``.
 
     - ``params``: weights by ``main`` parameter name; bound as constants (folded into the library).
@@ -165,12 +208,14 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
       the default schedule covers whatever it does not.
     - ``schedule``: ``"default"`` (optc's rules) or ``"none"`` (TVM's naive loops; for comparison).
     - ``layout``: ``"auto"`` (NHWC on CPU), ``"NHWC"`` or ``None`` (keep the model's layout).
+    - ``report``: a dict that receives ``kernels`` (PrimFuncs), ``tuned`` (scheduled from the
+      database) and ``scheduled`` (with a schedule after the default rules).
     """
     tvm = _tvm()
     target = resolve_target(target)
     mod = prepare(mod, params, target, layout=layout)
     try:
-        return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule))
+        return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule, report))
     except OptcError:
         raise
     except Exception as exc:

@@ -79,7 +79,7 @@ def _cost_model(kind: str):
 def _progress_callback(progress, task_names, total: int):
     ms = _ms()
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: PLC0415
-    from tvm.s_tir.meta_schedule.utils import derived_object  # noqa: PLC0415
+    from tvm.ir.utils import derived_object  # noqa: PLC0415
 
     bar = progress.add_task("tuning", total=total)
     state = {"best": {}}
@@ -150,7 +150,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
         builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0)
     if runner is None:
         runner = ms.runner.LocalRunner(timeout_sec=30.0)
-    per_task = max_trials_per_task or max(1, -(-trials // len(contexts)))
+    per_task = max_trials_per_task or max(1, trials // len(contexts))
     per_task = min(per_task, trials)
     callbacks = ms.measure_callback.MeasureCallback.create("default")
     progress_ctx = None
@@ -162,8 +162,13 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
         callbacks = list(callbacks) + [_progress_callback(progress_ctx, [t.task_name for t in todo],
                                                           min(trials, per_task * len(contexts)))]
     before = len(database.get_all_tuning_records())
+    import logging  # noqa: PLC0415
+
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    old_level = ms_logger.level
     try:
         if progress_ctx is not None:
+            ms_logger.setLevel(logging.WARNING)  # the bar replaces MetaSchedule's per-batch tables
             progress_ctx.start()
         ms.tune.tune_tasks(
             tasks=contexts,
@@ -180,6 +185,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
             task_scheduler="gradient" if len(contexts) > 1 else "round-robin",
         )
     finally:
+        ms_logger.setLevel(old_level)
         if progress_ctx is not None:
             progress_ctx.stop()
     info["trials"] = len(database.get_all_tuning_records()) - before

@@ -1,5 +1,6 @@
-"""optc IR -> TVM Relax lowering."""
+"""optc IR -> TVM Relax lowering: one op table keyed by (domain, op_type)."""
 
-from .relax_from_onnx import graph_io, lower_onnx
+from .converters import converter, is_supported, lookup
+from .relax_lowering import lower, signature, unsupported_ops
 
-__all__ = ["graph_io", "lower_onnx"]
+__all__ = ["converter", "is_supported", "lookup", "lower", "signature", "unsupported_ops"]

@@ -57,3 +57,27 @@ def is_supported(domain: str, op_type: str, opset: int) -> bool:
     if domain in ("", "ai.onnx") and op_type == "If":
         return True
     return lookup(domain, op_type, opset) is not None
+
+
+def _register_builtin() -> None:
+    """optc's converters for ops whose frontend lowering trips TVM's later passes."""
+    from tvm import relax
+
+    @converter("", "Sum")
+    def sum_as_adds(bb, inputs, attrs, ctx):
+        # The frontend lowers Sum to stack + reduce: a 5-D copy that TVM's ConvertLayout cannot handle.
+        acc = inputs[0]
+        for x in list(inputs)[1:]:
+            acc = bb.normalize(relax.op.add(acc, x))
+        return acc
+
+    @converter("", "Dropout")
+    def dropout_at_inference(bb, inputs, attrs, ctx):
+        # Inference: Dropout is the identity; the frontend's tuple-valued Dropout blocks ConvertLayout.
+        x = inputs[0]
+        if attrs["tvm_custom"]["num_outputs"] < 2:
+            return x
+        return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
+
+
+_register_builtin()

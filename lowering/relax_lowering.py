@@ -43,6 +43,22 @@ def lower(model: Model, func_name: str = "main"):
     return _Lowering(model).run(func_name)
 
 
+def signature(model: Model) -> tuple[list[dict], list[dict]]:
+    """The graph's inputs (initializers excluded) and outputs as `{"name", "shape", "dtype"}` dicts;
+    symbolic dims are strings, unknown dims get a name of their own (`<value>_dim<i>`)."""
+
+    def entry(v: Value) -> dict:
+        t = v.type
+        if not isinstance(t, TensorType):
+            raise OptcError(f"cannot compile: '{v.name}' is not a tensor ({t})")
+        shape = [] if t.shape is None else [
+            d if isinstance(d, int | str) else f"{v.name}_dim{i}" for i, d in enumerate(t.shape)]
+        return {"name": v.name, "shape": shape, "dtype": t.dtype.numpy().name}
+
+    g = model.graph
+    return [entry(v) for v in g.inputs if v.const is None], [entry(v) for v in g.outputs]
+
+
 def _graphs(g: Graph):
     yield g
     yield from g.subgraphs()

@@ -1,0 +1,312 @@
+"""Tests of the TVM back end: targets, build (default schedules), artifacts, runtime, tuning."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("tvm")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from optc import runtime  # noqa: E402
+from optc.codegen import build, export, read_metadata, resolve_target, tune  # noqa: E402
+from optc.errors import OptcError  # noqa: E402
+from optc import from_onnx  # noqa: E402
+from optc.lowering import lower, signature  # noqa: E402
+
+
+def lower_onnx(model):
+    """Lower an ONNX model through optc's IR (weights become Relax constants: no separate params)."""
+    return lower(from_onnx(model)), None
+
+
+def graph_io(model):
+    return signature(from_onnx(model))
+
+LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+# ----------------------------------------------------------------------------- models
+def _w(name, shape, rng, scale=0.1):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def small_cnn(res=32, batch=1):
+    """conv/depthwise/pointwise/residual/maxpool/GAP/gemm/softmax: the ops of a mobile CNN."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def conv(x, cin, cout, k, s, g=1, relu=True):
+        n = f"c{len(nodes)}"
+        inits.append(_w(n + "_w", (cout, cin // g, k, k), rng, (2.0 / (cin // g * k * k)) ** 0.5))
+        inits.append(_w(n + "_b", (cout,), rng))
+        nodes.append(helper.make_node("Conv", [x, n + "_w", n + "_b"], [n], kernel_shape=[k, k],
+                                      strides=[s, s], pads=[k // 2] * 4, group=g))
+        if not relu:
+            return n
+        nodes.append(helper.make_node("Relu", [n], [n + "_r"]))
+        return n + "_r"
+
+    x = conv("x", 3, 16, 3, 2)
+    x = conv(x, 16, 16, 3, 1, g=16)
+    x = conv(x, 16, 32, 1, 1)
+    y = conv(x, 32, 32, 3, 1, g=32)
+    y = conv(y, 32, 32, 1, 1, relu=False)
+    nodes.append(helper.make_node("Add", [x, y], ["res"]))
+    nodes.append(helper.make_node("MaxPool", ["res"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]))
+    x = conv("mp", 32, 48, 3, 1)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["fl"]))
+    inits += [_w("fc_w", (10, 48), rng), _w("fc_b", (10,), rng)]
+    nodes.append(helper.make_node("Gemm", ["fl", "fc_w", "fc_b"], ["logits"], transB=1))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=1))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, res, res])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits)
+
+
+def mlp(batch=4, d=64):
+    rng = np.random.default_rng(1)
+    inits = [_w("w1", (d, 2 * d), rng), _w("b1", (2 * d,), rng), _w("w2", (2 * d, d), rng),
+             numpy_helper.from_array(np.ones(d, np.float32), "g"),
+             numpy_helper.from_array(np.zeros(d, np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["hr"]), helper.make_node("MatMul", ["hr", "w2"], ["o"]),
+             helper.make_node("LayerNormalization", ["o", "g", "b"], ["y"], axis=-1)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, d])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, d])], inits)
+
+
+def two_io():
+    """Two inputs, two outputs, a symbolic batch dimension."""
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Mul", ["a", "b"], ["p"]),
+             helper.make_node("Tanh", ["s"], ["t"])]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 8]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 8]),
+         helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 8])], [])
+
+
+# ----------------------------------------------------------------------------- helpers
+def _random_inputs(model, batch=1, seed=0):
+    rng = np.random.default_rng(seed)
+    ins, _ = graph_io(model)
+    return {i["name"]: rng.standard_normal([d if isinstance(d, int) else batch for d in i["shape"]])
+            .astype(i["dtype"]) for i in ins}
+
+
+def _ort(model, feed):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feed)))
+
+
+def _compile(model, path, target="cpu", database=None):
+    mod, params = lower_onnx(model)
+    ex = build(mod, params, target, database=database)
+    ins, outs = graph_io(model)
+    export(ex, path, {"inputs": ins, "outputs": outs}, target=target)
+    return runtime.load(path)
+
+
+def _rel_err(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6))
+
+
+# ----------------------------------------------------------------------------- targets
+def test_target_presets():
+    cpu = resolve_target("cpu")
+    assert cpu.kind.name == "llvm" and int(cpu.attrs["num-cores"]) >= 1 and str(cpu.attrs["mcpu"])
+    cuda = resolve_target("cuda")
+    assert cuda.kind.name == "cuda" and str(cuda.attrs["arch"]).startswith("sm_")
+    arm = resolve_target("arm64")
+    assert arm.kind.name == "llvm" and str(arm.attrs["mtriple"]) == "aarch64-linux-gnu"
+
+
+def test_unknown_target():
+    with pytest.raises(OptcError, match=r"unsupported target 'tpu' \(choose from cpu, cuda, arm64\)"):
+        resolve_target("tpu")
+
+
+# ----------------------------------------------------------------------------- numerics
+@pytest.mark.parametrize("make", [small_cnn, mlp], ids=["small_cnn", "mlp"])
+def test_compile_matches_onnxruntime(make, tmp_path):
+    model = make()
+    module = _compile(model, tmp_path / "model.so")
+    feed = _random_inputs(model)
+    got, want = module.run(feed), _ort(model, feed)
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        assert _rel_err(got[name], want[name]) < 1e-4, name
+
+
+def test_multiple_io_and_symbolic_dims(tmp_path):
+    model = two_io()
+    module = _compile(model, tmp_path / "two.so")
+    meta = read_metadata(tmp_path / "two.so")
+    assert meta["inputs"][0]["shape"] == ["N", 8] and meta["outputs"][1]["name"] == "p"
+    for batch in (1, 3):
+        feed = _random_inputs(model, batch=batch)
+        got, want = module.run(feed), _ort(model, feed)
+        assert list(got) == ["t", "p"]
+        for name in want:
+            assert _rel_err(got[name], want[name]) < 1e-5
+    # symbolic dims must agree across inputs
+    feed = {"a": np.zeros((2, 8), np.float32), "b": np.zeros((3, 8), np.float32)}
+    with pytest.raises(OptcError, match="dimension 'N'"):
+        module.run(feed)
+
+
+LIGHT_FAST = ["squeezenet", "shufflenet"]
+LIGHT_SLOW = ["bvlc_alexnet", "resnet50", "inception_v1", "zfnet512"]
+
+
+def _light(name):
+    path = os.path.join(LIGHT_DIR, f"light_{name}.onnx")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not shipped with this onnx")
+    return onnx.load(path)
+
+
+def _check_light(name, tmp_path):
+    model = _light(name)
+    module = _compile(model, tmp_path / f"{name}.so")
+    feed = _random_inputs(model)
+    got, want = module.run(feed), _ort(model, feed)
+    for out in want:
+        assert _rel_err(got[out], want[out]) < 1e-4, out
+
+
+@pytest.mark.parametrize("name", LIGHT_FAST)
+def test_light_models(name, tmp_path):
+    _check_light(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT_SLOW)
+def test_light_models_slow(name, tmp_path):
+    _check_light(name, tmp_path)
+
+
+def test_light_models_listed():
+    assert len(glob.glob(os.path.join(LIGHT_DIR, "light_*.onnx"))) >= len(LIGHT_FAST)
+
+
+# ----------------------------------------------------------------------------- artifacts / runtime
+@pytest.fixture(scope="module")
+def mlp_module(tmp_path_factory):
+    path = tmp_path_factory.mktemp("art") / "mlp.so"
+    return _compile(mlp(), path), path
+
+
+def test_artifact_metadata(mlp_module):
+    module, path = mlp_module
+    assert path.exists() and path.with_name("mlp.so.json").exists()
+    meta = json.loads(path.with_name("mlp.so.json").read_text())
+    assert meta["inputs"] == [{"name": "x", "shape": [4, 64], "dtype": "float32"}]
+    assert meta["outputs"] == [{"name": "y", "shape": [4, 64], "dtype": "float32"}]
+    assert meta["target"] == "cpu" and meta["tvm_version"] and meta["optc_version"]
+    leftovers = [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # atomic writes leave no temporary files
+
+
+def test_wrong_input_name(mlp_module):
+    module, _ = mlp_module
+    with pytest.raises(OptcError, match=r"unknown input 'z' \(expected inputs: x\)"):
+        module.run({"z": np.zeros((4, 64), np.float32)})
+    with pytest.raises(OptcError, match="missing input 'x'"):
+        module.run({})
+
+
+def test_wrong_input_shape(mlp_module):
+    module, _ = mlp_module
+    with pytest.raises(OptcError) as info:
+        module.run({"x": np.zeros((4, 63), np.float32)})
+    assert str(info.value) == "input 'x': expected shape [4,64] (float32), got [4,63] (float32)"
+
+
+def test_wrong_input_dtype(mlp_module):
+    module, _ = mlp_module
+    with pytest.raises(OptcError, match=r"expected shape \[4,64\] \(float32\), got \[4,64\] \(float64\)"):
+        module.run({"x": np.zeros((4, 64), np.float64)})
+
+
+def test_benchmark(mlp_module):
+    module, _ = mlp_module
+    ms = module.benchmark({"x": np.ones((4, 64), np.float32)}, repeat=3, warmup=1)
+    assert ms > 0
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(OptcError, match="no such artifact"):
+        runtime.load(tmp_path / "missing.so")
+    (tmp_path / "lonely.so").write_bytes(b"")
+    with pytest.raises(OptcError, match="no metadata file"):
+        runtime.load(tmp_path / "lonely.so")
+
+
+def test_cuda_codegen(tmp_path):
+    """CUDA code is generated and compiled with nvcc even without a GPU."""
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    mod, params = lower_onnx(mlp())
+    ex = build(mod, params, "cuda")
+    export(ex, tmp_path / "mlp_cuda.so", {"inputs": [], "outputs": []}, target="cuda")
+    assert (tmp_path / "mlp_cuda.so").stat().st_size > 0
+
+
+def test_arm64(tmp_path):
+    """arm64 code generates; exporting needs the aarch64 cross compiler (a clear error otherwise)."""
+    import shutil
+
+    mod, params = lower_onnx(mlp())
+    ex = build(mod, params, "arm64")
+    meta = {"inputs": [], "outputs": []}
+    if shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc"):
+        export(ex, tmp_path / "mlp_arm.so", meta, target="arm64")
+        assert (tmp_path / "mlp_arm.so").read_bytes()[:4] == b"\x7fELF"
+    else:
+        with pytest.raises(OptcError, match="aarch64 cross compiler"):
+            export(ex, tmp_path / "mlp_arm.so", meta, target="arm64")
+        assert not (tmp_path / "mlp_arm.so").exists()
+
+
+# ----------------------------------------------------------------------------- tuning
+@pytest.mark.slow
+def test_tuning_database_reuse(tmp_path):
+    model = mlp(batch=4, d=32)
+    mod, params = lower_onnx(model)
+    db_dir = tmp_path / "db"
+    first, second = {}, {}
+    db = tune(mod, params, "cpu", db_dir, trials=8, progress=False, report=first)
+    assert first["tasks"] >= 1 and first["trials"] >= 1
+    assert (db_dir / "database_tuning_record.json").stat().st_size > 0
+    db = tune(mod, params, "cpu", db_dir, trials=8, progress=False, report=second)
+    assert second["tuned_tasks"] == 0 and second["trials"] == 0
+    report = {}
+    ex = build(mod, params, "cpu", database=db, report=report)
+    assert report["tuned"] >= 1  # records from the database were really applied
+    export(ex, tmp_path / "tuned.so", dict(zip(("inputs", "outputs"), graph_io(model))))
+    feed = _random_inputs(model)
+    got, want = runtime.load(tmp_path / "tuned.so").run(feed), _ort(model, feed)
+    assert _rel_err(got["y"], want["y"]) < 1e-4
