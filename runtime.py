@@ -24,7 +24,7 @@ class Module:
     """A loaded artifact. ``run`` checks inputs against the metadata before calling the kernels."""
 
     def __init__(self, path, metadata: dict, vm, device):
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self.metadata = metadata
         self.inputs: list[dict] = list(metadata["inputs"])
         self.outputs: list[dict] = list(metadata["outputs"])
@@ -35,7 +35,8 @@ class Module:
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{i['name']}: {_fmt_shape(i['shape'])} {i['dtype']}" for i in self.inputs)
-        return f"<optc.runtime.Module {self.path.name} ({ins}) on {self.target}>"
+        where = self.path.name if self.path is not None else "in memory"
+        return f"<optc.runtime.Module {where} ({ins}) on {self.target}>"
 
     @property
     def input_names(self) -> list[str]:

@@ -37,6 +37,7 @@ def _frontend_map() -> dict[str, Any]:
 
 def lookup(domain: str, op_type: str, opset: int) -> Converter | None:
     """The converter for an op, or None when the op cannot be lowered."""
+    _register_builtin()
     fn = _OPTC_CONVERTERS.get((domain, op_type))
     if fn is not None:
         return fn
@@ -59,8 +60,10 @@ def is_supported(domain: str, op_type: str, opset: int) -> bool:
     return lookup(domain, op_type, opset) is not None
 
 
+@lru_cache(maxsize=1)
 def _register_builtin() -> None:
-    """optc's converters for ops whose frontend lowering trips TVM's later passes."""
+    """optc's converters for ops whose frontend lowering trips TVM's later passes (registered on first use,
+    so that importing optc does not import TVM)."""
     from tvm import relax
 
     @converter("", "Sum")
@@ -79,5 +82,3 @@ def _register_builtin() -> None:
             return x
         return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
 
-
-_register_builtin()

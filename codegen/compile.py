@@ -1,0 +1,76 @@
+"""The whole compile pipeline: optimize (-O) -> lower to Relax -> (tune) -> build -> export / load.
+
+`compile` is `optc.compile`; `compile_to_file` is what `optc compile` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import OptcError
+from ..ir import Model, load
+from ..lowering import lower, signature
+from .artifact import export
+from .build import build
+from .targets import resolve_target, target_kind
+from .tuning import tune as tune_kernels
+
+
+def _as_model(model: Model | str | os.PathLike | bytes) -> Model:
+    return model if isinstance(model, Model) else load(model)
+
+
+def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2,
+                     trials: int = 0, db: str | os.PathLike | None = None, progress: bool = False,
+                     report: dict | None = None):
+    """Optimize, lower and build a model. Returns `(executable, metadata)`.
+
+    With `trials > 0` the kernels are tuned with MetaSchedule first, into the database directory `db`
+    (required); a database that already holds them runs no new trials. `report` receives `tuning`
+    (tasks, trials) and `build` (kernels, tuned, scheduled) figures.
+    """
+    from ..rewrites import optimize
+
+    tvm_target = resolve_target(target)
+    model = optimize(_as_model(model), level=level)
+    mod = lower(model)
+    database = None
+    report = report if report is not None else {}
+    if db is not None:
+        if trials < 0:
+            raise OptcError(f"--trials must be >= 0, got {trials}")
+        report["tuning"] = {}
+        database = tune_kernels(mod, None, tvm_target, Path(db), trials, progress=progress,
+                                report=report["tuning"])
+    elif trials:
+        raise OptcError("tuning needs a database directory (--db DIR) to keep its results")
+    report["build"] = {}
+    executable = build(mod, None, tvm_target, database=database, report=report["build"])
+    inputs, outputs = signature(model)
+    meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target), "opt_level": level}
+    return executable, meta
+
+
+def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike, target: str = "cpu",
+                    **options) -> Path:
+    """Compile a model into a shared library at `output` (metadata in `output + '.json'`)."""
+    executable, meta = build_executable(model, target, **options)
+    return export(executable, output, meta, target=target)
+
+
+def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2, trials: int = 0,  # noqa: A001
+            db: str | os.PathLike | None = None, progress: bool = False):
+    """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
+    with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
+    compiled to a file (`optc compile`)."""
+    from tvm.runtime.vm import VirtualMachine
+
+    from ..runtime import Module, _device_for
+
+    kind = target_kind(resolve_target(target))
+    if kind == "arm64":
+        raise OptcError("an arm64 module cannot run here; compile it to a file with `optc compile --target arm64`")
+    executable, meta = build_executable(model, target, level=level, trials=trials, db=db, progress=progress)
+    device = _device_for(kind)
+    return Module(None, meta, VirtualMachine(executable, device), device)

@@ -1,0 +1,97 @@
+"""`optc bench`: latency of the optc artifact beside onnxruntime, and how far their outputs differ."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from ..errors import OptcError
+from .verify_cmd import parse_dims, random_inputs
+
+
+def _ort_session(path: str, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OptcError(f"onnxruntime cannot load '{path}': {msg}") from None
+
+
+def _median_ms(fn, repeat: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat: int = 50, warmup: int = 5,
+          dims: dict[str, int] | None = None, seed: int = 0) -> dict:
+    """Median latencies (ms) of optc and onnxruntime on the same random inputs, their ratio and the max abs
+    difference of their outputs. Without `artifact`, the model is compiled for the CPU (-O2) first."""
+    from .. import runtime
+    from ..codegen.compile import compile as compile_model
+    from ..ir import load
+
+    model = load(model_path)
+    session = _ort_session(model_path, threads)
+    feeds = random_inputs(session, dims, seed)
+    module = runtime.load(artifact) if artifact else compile_model(model, "cpu")
+    ort_out = session.run(None, feeds)
+    optc_out = module.run(feeds)
+    diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0)
+               for a, b in zip(ort_out, optc_out.values()))
+    optc_ms = module.benchmark(feeds, repeat=repeat, warmup=warmup)
+    ort_ms = _median_ms(lambda: session.run(None, feeds), repeat, warmup)
+    return {"model": model_path, "artifact": artifact, "threads": threads, "repeat": repeat,
+            "optc_ms": optc_ms, "onnxruntime_ms": ort_ms, "ratio": optc_ms / ort_ms, "max_abs_diff": diff}
+
+
+def run(args) -> int:
+    if args.threads < 1:
+        raise OptcError("--threads must be at least 1")
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
+    result = bench(args.model, args.artifact, args.threads, args.repeat, args.warmup, parse_dims(args.dim))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.model}: median of {args.repeat} runs, {args.threads} thread(s)")
+    for col in ("runtime", "median ms"):
+        table.add_column(col, justify="right" if col != "runtime" else "left")
+    table.add_row("optc (TVM)", f"{result['optc_ms']:.3f}")
+    table.add_row("onnxruntime (ORT_ENABLE_ALL)", f"{result['onnxruntime_ms']:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"ratio optc/onnxruntime: {result['ratio']:.2f}x   max abs difference: {result['max_abs_diff']:.3g}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="latency of optc's compiled model beside onnxruntime",
+                       description="Median latency of the optc artifact (compiled for the CPU when --artifact is "
+                       "not given) and of onnxruntime (ORT_ENABLE_ALL, same thread count) after warm-up, their "
+                       "ratio, and the max abs difference of their outputs on the same random inputs.")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("--artifact", metavar="MODEL.so", help="a library from optc compile (default: compile now)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="threads for both runtimes (default 1)")
+    p.add_argument("--repeat", type=int, default=50, metavar="N", help="timed runs (default 50)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first (default 5)")
+    p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)

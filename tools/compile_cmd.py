@@ -1,0 +1,50 @@
+"""`optc compile`: optimize, lower through TVM and export a shared library."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import OptcError
+from .paths import check_output_path
+
+
+def run(args) -> int:
+    from ..codegen.compile import compile_to_file
+
+    check_output_path(args.model, args.output)
+    if args.tune and not args.db:
+        raise OptcError("--tune needs --db DIR, the tuning database directory (reused by later compiles)")
+    report: dict = {}
+    start = time.perf_counter()
+    path = compile_to_file(args.model, args.output, args.target, level=args.level,
+                           trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
+                           progress=not args.quiet, report=report)
+    build = report.get("build", {})
+    line = (f"wrote {path} ({args.target}, -O{args.level}) in {time.perf_counter() - start:.1f} s: "
+            f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
+    tuning = report.get("tuning")
+    if tuning is not None:
+        line += f"; tuning ran {tuning.get('trials', 0)} new trials on {tuning.get('tuned_tasks', 0)} of " \
+                f"{tuning.get('tasks', 0)} tasks"
+    print(line)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compile", help="compile a model to a shared library with TVM",
+                       description="Optimize a model (-O), lower it to TVM Relax, optionally tune its kernels "
+                       "with MetaSchedule, and export a shared library plus a JSON metadata file beside it.")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("-o", "--output", required=True, help="the library to write, e.g. model.so")
+    p.add_argument("--target", default="cpu", help="target preset: cpu, cuda or arm64 (default cpu)")
+    levels = p.add_mutually_exclusive_group()
+    for level in range(4):
+        levels.add_argument(f"-O{level}", dest="level", action="store_const", const=level,
+                            help=f"optimization level {level}" + (" (default)" if level == 2 else ""))
+    p.set_defaults(level=2)
+    p.add_argument("--tune", action="store_true", help="tune the kernels with MetaSchedule")
+    p.add_argument("--trials", type=int, default=64, metavar="N", help="tuning trials in all (default 64)")
+    p.add_argument("--db", metavar="DIR", help="tuning database directory; a second compile with the same "
+                   "database runs no new trials")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
