@@ -1,0 +1,120 @@
+"""`optc compile`, `optc run`, `optc bench` and `optc.compile` end to end, with their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import optc
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_cnn.onnx")
+
+
+def optc_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optc.tools.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def _ort(path: str, feeds: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("optc: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("artifact") / "tiny.so")
+    proc = optc_cli("compile", EXAMPLE, "-o", path, "--target", "cpu", "-O2", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    return path
+
+
+def test_compile_writes_library_and_metadata(artifact):
+    meta = json.loads(open(artifact + ".json").read())
+    assert meta["inputs"] == [{"name": "x", "shape": ["N", 3, 32, 32], "dtype": "float32"}]
+    assert meta["outputs"][0]["name"] == "probs"
+    assert meta["target"] == "cpu" and meta["optc_version"] and meta["tvm_version"]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_run_matches_onnxruntime_at_any_batch(artifact, tmp_path, batch):
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    proc = optc_cli("run", artifact, "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"))
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "y.npz")["probs"]
+    (want,) = _ort(EXAMPLE, {"x": x})
+    assert got.shape == (batch, 10)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-4
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"x": np.zeros((1, 3, 32), np.float32)}, "input 'x': expected shape [N,3,32,32] (float32), got [1,3,32]"),
+    ({"x": np.zeros((1, 3, 32, 32), np.float64)}, "(float32), got [1,3,32,32] (float64)"),
+    ({"y": np.zeros((1, 3, 32, 32), np.float32)}, "unknown input 'y'"),
+])
+def test_run_rejects_wrong_inputs(artifact, tmp_path, arrays, fragment):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    out = tmp_path / "y.npz"
+    proc = optc_cli("run", artifact, "--inputs", str(tmp_path / "bad.npz"), "-o", str(out))
+    _assert_one_line_error(proc, fragment)
+    assert not out.exists()
+
+
+def test_bench_reports_both_runtimes(artifact):
+    proc = optc_cli("bench", EXAMPLE, "--artifact", artifact, "--repeat", "5", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["optc_ms"] > 0 and result["onnxruntime_ms"] > 0
+    assert result["ratio"] == pytest.approx(result["optc_ms"] / result["onnxruntime_ms"])
+    assert result["max_abs_diff"] < 1e-4
+
+
+def test_compile_unknown_target(tmp_path):
+    out = tmp_path / "m.so"
+    proc = optc_cli("compile", EXAMPLE, "-o", str(out), "--target", "tpu")
+    _assert_one_line_error(proc, "unsupported target 'tpu' (choose from cpu, cuda, arm64)")
+    assert not out.exists()
+
+
+def test_compile_lists_every_unsupported_op(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Foo", ["x"], ["a"], domain="custom"), helper.make_node("Bar", ["a"], ["y"], domain="custom")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    onnx.save(model, tmp_path / "custom.onnx")
+    out = tmp_path / "m.so"
+    proc = optc_cli("compile", str(tmp_path / "custom.onnx"), "-o", str(out))
+    _assert_one_line_error(proc, "custom::Bar (1 node), custom::Foo (1 node)")
+    assert not out.exists() and not list(tmp_path.glob(".m.so*"))
+
+
+def test_tune_needs_a_database(tmp_path):
+    proc = optc_cli("compile", EXAMPLE, "-o", str(tmp_path / "m.so"), "--tune")
+    _assert_one_line_error(proc, "--tune needs --db DIR")
+
+
+def test_python_api_compile_runs_in_memory():
+    module = optc.compile(EXAMPLE, target="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    got = module.run({"x": x})["probs"]
+    (want,) = _ort(EXAMPLE, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(optc.OptcError, match="unknown input 'z'"):
+        module.run({"z": x})
