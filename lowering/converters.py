@@ -35,6 +35,19 @@ def _frontend_map() -> dict[str, Any]:
     return _get_convert_map()
 
 
+def lookup_frontend(op_type: str, opset: int) -> Converter | None:
+    """The converter of TVM's ONNX frontend for a default-domain op, or None."""
+    cls = _frontend_map().get(op_type)
+    if cls is None:
+        return None
+    impl = cls.get_converter(opset)
+
+    def call_frontend(bb, inputs, attrs, ctx, _impl=impl):
+        return _impl(bb, inputs, attrs, ctx.frontend_params)
+
+    return call_frontend
+
+
 def lookup(domain: str, op_type: str, opset: int) -> Converter | None:
     """The converter for an op, or None when the op cannot be lowered."""
     _register_builtin()
@@ -42,14 +55,7 @@ def lookup(domain: str, op_type: str, opset: int) -> Converter | None:
     if fn is not None:
         return fn
     if domain in ("", "ai.onnx"):
-        cls = _frontend_map().get(op_type)
-        if cls is not None:
-            impl = cls.get_converter(opset)
-
-            def call_frontend(bb, inputs, attrs, ctx, _impl=impl):
-                return _impl(bb, inputs, attrs, ctx.frontend_params)
-
-            return call_frontend
+        return lookup_frontend(op_type, opset)
     return None
 
 
@@ -81,4 +87,38 @@ def _register_builtin() -> None:
         if attrs["tvm_custom"]["num_outputs"] < 2:
             return x
         return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
+
+    @converter("", "Mod")
+    def python_style_float_mod(bb, inputs, attrs, ctx):
+        # ONNX Mod(fmod=0) on floats is numpy.mod: the result has the divisor's sign, and x mod ±inf is x
+        # (or ±inf). TVM's floor_mod returns NaN for an infinite divisor; build it from the truncated fmod.
+        x, y = inputs[0], inputs[1]
+        if attrs.get("fmod", 0) or x.ty.dtype not in ("float16", "float32", "float64"):
+            return lookup_frontend("Mod", ctx.opset)(bb, inputs, attrs, ctx)
+        r = bb.normalize(relax.op.mod(x, y))
+        zero = relax.const(0, x.ty.dtype)
+        wrong_sign = relax.op.logical_xor(relax.op.less(r, zero), relax.op.less(y, zero))
+        fix = bb.normalize(relax.op.logical_and(relax.op.not_equal(r, zero), wrong_sign))
+        return relax.op.where(fix, relax.op.add(r, y), r)
+
+    @converter("", "LayerNormalization")
+    def layer_norm_with_statistics(bb, inputs, attrs, ctx):
+        # The frontend returns placeholder zeros for the Mean and InvStdDev outputs: compute them for real.
+        if attrs["tvm_custom"]["num_outputs"] == 1:
+            return lookup_frontend("LayerNormalization", ctx.opset)(bb, inputs, attrs, ctx)
+        x, scale, bias = inputs[0], inputs[1], inputs[2]
+        rank = len(x.ty.shape)
+        axis = attrs.get("axis", -1)
+        axes = list(range(axis % rank, rank))
+        eps = relax.const(attrs.get("epsilon", 1e-5), "float32")
+        xf = x if x.ty.dtype == "float32" else bb.normalize(relax.op.astype(x, "float32"))
+        mean = bb.normalize(relax.op.mean(xf, axes, keepdims=True))
+        centered = bb.normalize(relax.op.subtract(xf, mean))
+        var = bb.normalize(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
+        inv_std = bb.normalize(relax.op.rsqrt(relax.op.add(var, eps)))
+        y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, "float32"))
+        if bias is not None:
+            y = relax.op.add(y, relax.op.astype(bias, "float32"))
+        y = bb.normalize(relax.op.astype(y, x.ty.dtype))
+        return relax.Tuple([y, mean, inv_std])
 
