@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, EncodeError
 
 from ..errors import OptcError
 from .core import Model
-from .onnx_export import to_onnx
+from .onnx_export import to_onnx_bytes
 from .onnx_import import from_onnx
 from .tensors import ExternalTensor, ProtoTensor, Tensor, external_proto
 from .types import DataType
@@ -34,16 +34,53 @@ def load(source: ModelSource) -> Model:
         _check_versions(source)
         model = from_onnx(source)
     elif isinstance(source, bytes | bytearray):
-        model = from_onnx(_parse(bytes(source), "<bytes>"))
+        proto = _parse(bytes(source), "<bytes>")
+        if _EXTERNAL_MARK in source:
+            _inline_external_attributes(proto, None, "<bytes>")
+        model = from_onnx(proto)
     else:
         path = os.fspath(source)
         data = _read_model_file(path)
         proto = _parse(data, path)
+        external = _EXTERNAL_MARK in data
         del data
-        model = from_onnx(proto, base_dir=os.path.dirname(os.path.abspath(path)))
-        _check_external_data(model, path)
+        base_dir = os.path.dirname(os.path.abspath(path))
+        if external:
+            _inline_external_attributes(proto, base_dir, path)
+        model = from_onnx(proto, base_dir=base_dir)
+        graphs = list(model.graphs())  # one walk for both checks
+        _check_external_data(model, path, graphs)
+        _check_ops(model, graphs)
+        return model
     _check_ops(model)
     return model
+
+
+# Every external-data tensor has an entry with key "location"; serialized, it holds these bytes (a fast test).
+_EXTERNAL_MARK = b"\n\x08location"
+
+
+def _inline_external_attributes(proto: onnx.ModelProto, base_dir: str | None, label: str) -> None:
+    """Read the external data of attribute tensors (Constant values saved with `convert_attribute=True`) into
+    the proto: only initializers are streamed from their files, and a copy saved elsewhere must not point at
+    a data file that is not there."""
+    from onnx.external_data_helper import _get_attribute_tensors, load_external_data_for_tensor, uses_external_data
+
+    for t in _get_attribute_tensors(proto):
+        if not uses_external_data(t):
+            continue
+        if base_dir is None:
+            raise OptcError("a node attribute's tensor uses external data, but the model was not loaded from a "
+                            "file (load it by its path, so that its data can be found)")
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not os.path.isfile(os.path.join(base_dir, location)):
+            raise OptcError(f"external data file '{os.path.join(base_dir, location)}' for a node attribute's tensor "
+                            f"of '{label}' does not exist")
+        try:
+            load_external_data_for_tensor(t, base_dir)
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise OptcError(f"external data file '{location}' of a node attribute's tensor in '{label}' cannot be "
+                            f"read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _read_model_file(path: str) -> bytes:
@@ -84,11 +121,19 @@ def _check_versions(proto: onnx.ModelProto) -> None:
                             f"knows ({known}); upgrade onnx")
 
 
-def _check_external_data(model: Model, path: str) -> None:
-    for g in model.graphs():
+def _check_external_data(model: Model, path: str, graphs: list | None = None) -> None:
+    base = os.path.dirname(os.path.abspath(path))
+    for g in graphs if graphs is not None else model.graphs():
         for v in g.initializers.values():
             t = v.const
             if isinstance(t, ExternalTensor):
+                data_path = os.path.normpath(t.path)
+                if os.path.commonpath([data_path, base]) != base:  # "../x" or "/etc/x": never read (nor copy) it
+                    raise OptcError(f"external data of tensor '{v.name}' of '{path}' is at '{data_path}', outside "
+                                    f"the model's directory; refusing to read it")
+                if os.path.isdir(data_path):
+                    raise OptcError(f"external data file '{data_path}' for tensor '{v.name}' of '{path}' is a "
+                                    f"directory")
                 try:
                     t.check_exists()
                 except FileNotFoundError:
@@ -98,9 +143,9 @@ def _check_external_data(model: Model, path: str) -> None:
                     raise OptcError(str(exc)) from None
 
 
-def _check_ops(model: Model) -> None:
+def _check_ops(model: Model, graphs: list | None = None) -> None:
     known = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    for g in model.graphs():
+    for g in graphs if graphs is not None else model.graphs():
         for domain, op_type in g.op_keys():
             if domain in ("", "ai.onnx") and known is not None:
                 if not onnx.defs.has(op_type, domain) and (domain, op_type) not in _local_functions(model):
@@ -132,19 +177,52 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
             data_tmp = _temp_beside(path, temps)
             with open(data_tmp, "wb") as f:
                 writer = _ExternalWriter(f, location, size_threshold)
-                proto = to_onnx(model, writer)
+                data = _serialize(model, writer)
             moves = [(data_tmp, os.path.join(target_dir, location))]
+            if not writer.offset:  # every tensor stayed inline: no empty data file
+                moves = []
+                temps.remove(data_tmp)
+                os.unlink(data_tmp)
         else:
-            proto = to_onnx(model, _inline_writer)
+            data = _serialize(model, _inline_writer)
             moves = []
-        data = _serialize(proto)
-        del proto
         model_tmp = _temp_beside(path, temps)
         with open(model_tmp, "wb") as f:
             f.write(data)
-        for src, dst in moves + [(model_tmp, path)]:
-            os.replace(src, dst)
+        # The data file goes first; should the model's rename fail, the previous data file is put back (the
+        # previous model, still in place, points into it) or, if there was none, the new one is removed.
+        restore: list[tuple[str | None, str]] = []
+        try:
+            for src, dst in moves:
+                backup = None
+                if os.path.exists(dst):
+                    backup = _temp_beside(path, temps)
+                    os.replace(dst, backup)
+                restore.append((backup, dst))
+                os.replace(src, dst)
+            os.replace(model_tmp, path)
+        except BaseException:
+            for backup, dst in reversed(restore):
+                try:
+                    if backup:
+                        os.replace(backup, dst)
+                    else:
+                        os.unlink(dst)
+                except OSError:
+                    pass
+            raise
         temps.clear()
+        if moves:  # tensors read from the data file just replaced (saving over the model's own path) now
+            new_data = os.path.abspath(moves[0][1])  # find their bytes at their offsets in the new file
+            for t, offset in writer.placed:
+                if os.path.abspath(t.path) == new_data:
+                    t.offset = offset
+        for backup, _ in restore:
+            if backup:
+                try:
+                    os.unlink(backup)
+                except OSError:
+                    pass
     except OSError as exc:
         raise OptcError(f"cannot write '{path}': {exc.strerror or exc}") from None
     finally:
@@ -155,10 +233,10 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
                 pass
 
 
-def _serialize(proto: onnx.ModelProto) -> bytes:
+def _serialize(model: Model, writer) -> bytes:
     """The model's bytes; OptcError past protobuf's 2 GB limit (checked on the result: no ByteSize pass)."""
     try:
-        data = proto.SerializeToString()
+        data = to_onnx_bytes(model, writer)
     except EncodeError:  # what protobuf raises past 2 GB
         data = None
     if data is None or len(data) > PROTOBUF_LIMIT:
@@ -208,6 +286,7 @@ class _ExternalWriter:
         self.location = location
         self.threshold = threshold
         self.offset = 0
+        self.placed: list[tuple[ExternalTensor, int]] = []  # streamed tensors and their offsets in the new file
 
     def _align(self) -> None:
         pad = -self.offset % _ALIGN
@@ -221,6 +300,7 @@ class _ExternalWriter:
             start = self.offset
             tensor.copy_to(self.f)
             self.offset += tensor.length
+            self.placed.append((tensor, start))
             return tensor.external_proto(name, self.location, start)
         if tensor.dtype == DataType.STRING or tensor.nbytes < self.threshold:
             return tensor.to_proto(name)

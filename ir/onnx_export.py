@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 
 from .core import Attr, AttrType, Function, Graph, Model, Node, Value, gc_paused
 from .tensors import NumpyTensor, SparseTensor, Tensor
@@ -25,6 +26,27 @@ def _default_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
 
 def to_onnx(model: Model, tensor_writer: TensorWriter | None = None) -> onnx.ModelProto:
     """Export a model. `tensor_writer(name, tensor)` may turn tensors into external-data references."""
+    return _export(model, _Exporter(tensor_writer or _default_writer))
+
+
+def to_onnx_bytes(model: Model, tensor_writer: TensorWriter | None = None) -> bytes:
+    """Export and serialize a model, with the same content as `to_onnx(...).SerializeToString()`.
+
+    The main graph's nodes and value_info are serialized one by one (unchanged imported protos as they are,
+    without first being copied into a ModelProto) and written after the graph's other fields, inside the
+    one `graph` field, which is written last. (Protobuf parsers accept fields in any order; the graph is not
+    split in two, which parsers that do not merge repeated messages, such as protobuf.js, would misread.)
+    Raises `google.protobuf.message.EncodeError` past protobuf's 2 GB limit.
+    """
+    exporter = _Exporter(tensor_writer or _default_writer)
+    exporter.spliced = _SplicedGraph()
+    mp = _export(model, exporter)
+    graph_head = mp.graph.SerializeToString()
+    mp.ClearField("graph")
+    return exporter.spliced.join(mp.SerializeToString(), graph_head)
+
+
+def _export(model: Model, exporter: _Exporter) -> onnx.ModelProto:
     mp = onnx.ModelProto()
     mp.ir_version = model.ir_version
     for domain, version in model.opset_imports.items():
@@ -42,9 +64,8 @@ def to_onnx(model: Model, tensor_writer: TensorWriter | None = None) -> onnx.Mod
     if model.doc_string:
         mp.doc_string = model.doc_string
     _fill_props(mp.metadata_props, model.metadata_props)
-    exporter = _Exporter(tensor_writer or _default_writer)
     with gc_paused():
-        exporter.graph(model.graph, mp.graph, set())
+        exporter.graph(model.graph, mp.graph, set(), exporter.spliced)
         for fn in model.functions.values():
             exporter.function(fn, mp.functions.add())
     return mp
@@ -69,10 +90,72 @@ def _fill_props(field, props: dict[str, str] | None) -> None:
             e.key, e.value = k, v
 
 
+_MAX_PROTO = 2**31 - 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [_varint(n) for n in range(1 << 14)]
+
+
+class _SerializedField:
+    """Stands in for a repeated message field of a GraphProto (`add`, `extend`) and keeps its items to be
+    serialized one by one: framed with the field's tag, they form that field's part of the graph's bytes."""
+
+    def __init__(self, field_number: int, message_type):
+        self.tag = bytes([field_number << 3 | 2])
+        self.message_type = message_type
+        self.items: list = []
+
+    def add(self):
+        m = self.message_type()
+        self.items.append(m)
+        return m
+
+    def extend(self, messages) -> None:
+        self.items.extend(messages)
+
+    def encode(self, parts: list[bytes]) -> None:
+        tag, small = self.tag, _SMALL_VARINTS
+        for m in self.items:
+            data = m.SerializeToString()
+            n = len(data)
+            parts.append(tag)
+            parts.append(small[n] if n < 16384 else _varint(n))
+            parts.append(data)
+
+
+class _SplicedGraph:
+    """The main graph's `node` and `value_info` fields, serialized apart from the rest of the model."""
+
+    def __init__(self):
+        self.node = _SerializedField(1, onnx.NodeProto)
+        self.value_info = _SerializedField(13, onnx.ValueInfoProto)
+
+    def join(self, model_head: bytes, graph_head: bytes) -> bytes:
+        """The model's bytes: `model_head` (a serialized ModelProto without its graph), then the `graph` field
+        (number 7): `graph_head` (the graph's other fields) followed by these fields."""
+        parts: list[bytes] = [graph_head]
+        self.node.encode(parts)
+        self.value_info.encode(parts)
+        graph = b"".join(parts)
+        if len(model_head) + len(graph) + 6 > _MAX_PROTO:
+            raise EncodeError("the model is over protobuf's 2 GB limit")
+        return b"".join((model_head, b"\x3a", _varint(len(graph)), graph))
+
+
 class _Exporter:
     def __init__(self, tensor_writer: TensorWriter):
         self.write_tensor = tensor_writer
         self.renamed: dict[int, str] = {}
+        self.spliced: _SplicedGraph | None = None
 
     def name_of(self, v: Value | None) -> str:
         if v is None:
@@ -102,17 +185,33 @@ class _Exporter:
         if v.meta and "onnx.metadata_props" in v.meta:
             _fill_props(vi.metadata_props, v.meta["onnx.metadata_props"])
 
-    def graph(self, g: Graph, gp: onnx.GraphProto, used: set[str]) -> None:
-        """Fill `gp` from `g`. `used` holds the names of enclosing scopes (copied, not changed)."""
+    def graph(self, g: Graph, gp: onnx.GraphProto, used: set[str], fields: _SplicedGraph | None = None) -> None:
+        """Fill `gp` from `g`. `used` holds the names of enclosing scopes (copied, not changed). The nodes and
+        value_info go to `fields` when given (see `to_onnx_bytes`), else into `gp`."""
         used = set(used)
+        node_field = gp.node if fields is None else fields.node
+        vi_field = gp.value_info if fields is None else fields.value_info
         gp.name = g.name
         if g.doc_string:
             gp.doc_string = g.doc_string
         _fill_props(gp.metadata_props, g.metadata_props)
         for v in g.inputs:
             self.claim(v, used, "input")
-            self.value_info(gp.input.add(), v)
+        self.value_infos(gp.input, g.inputs, typed_only=False)
         inputs = {id(v) for v in g.inputs}
+        self.initializers(g, gp, used, inputs)
+        self.nodes(g, node_field, used)
+        outputs = {id(v) for v in g.outputs}
+        self.value_infos(vi_field, (o for n in g for o in n._outputs if o is not None and id(o) not in outputs))
+        self.value_infos(vi_field, (v for v in g.initializers.values()
+                                    if id(v) not in inputs and id(v) not in outputs))
+        vi_field.extend(g.extra_value_info)
+        self.value_infos(gp.output, g.outputs, typed_only=False)
+        gp.quantization_annotation.extend(g.quantization_annotation)
+
+    def initializers(self, g: Graph, gp: onnx.GraphProto, used: set[str], inputs: set[int]) -> None:
+        """Write the initializers (dense ones through the tensor writer), appended in bulk."""
+        dense: list[onnx.TensorProto] = []
         for v in g.initializers.values():
             if id(v) not in inputs:
                 self.claim(v, used, "init")
@@ -120,22 +219,15 @@ class _Exporter:
             if isinstance(v.const, SparseTensor):
                 gp.sparse_initializer.append(v.const.to_proto(name))
             else:
-                gp.initializer.append(self.write_tensor(name, v.const))
-        self.nodes(g, gp.node, used)
-        outputs = {id(v) for v in g.outputs}
-        self.value_infos(gp.value_info, (o for n in g for o in n._outputs if o is not None and id(o) not in outputs))
-        self.value_infos(gp.value_info, (v for v in g.initializers.values()
-                                         if id(v) not in inputs and id(v) not in outputs))
-        gp.value_info.extend(g.extra_value_info)
-        for v in g.outputs:
-            self.value_info(gp.output.add(), v)
-        gp.quantization_annotation.extend(g.quantization_annotation)
+                dense.append(self.write_tensor(name, v.const))
+        gp.initializer.extend(dense)
 
-    def value_infos(self, field, values) -> None:
-        """Append the ValueInfoProtos of the typed `values`; unchanged imported ones are copied in bulk."""
+    def value_infos(self, field, values, typed_only: bool = True) -> None:
+        """Append the ValueInfoProtos of `values` (of the typed ones only, with `typed_only`); unchanged
+        imported ones are copied in bulk."""
         run: list[onnx.ValueInfoProto] = []
         for v in values:
-            if v.type is None:
+            if typed_only and v.type is None:
                 continue
             vi = v._vi
             if vi is not None and self._vi_unchanged(v, vi):

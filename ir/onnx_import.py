@@ -28,6 +28,8 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
             return _Importer(base_dir).model(proto)
     except UnsupportedTypeFeature as exc:
         raise OptcError(f"unsupported model: {exc}") from None
+    except ValueError as exc:  # a malformed part, e.g. an element type that does not exist
+        raise OptcError(f"invalid model: {exc}") from None
 
 
 class _Importer:
@@ -103,31 +105,35 @@ class _Importer:
             scope[name] = v
             g.inputs.append(v)
         base_dir = self.base_dir
+        input_ids = {id(v) for v in g.inputs}
         for tp in gp.initializer:
-            self._add_initializer(g, scope, tp.name, tensor_from_proto(tp, base_dir))
+            self._add_initializer(g, scope, tp.name, tensor_from_proto(tp, base_dir), input_ids)
         for sp in gp.sparse_initializer:
-            self._add_initializer(g, scope, sp.values.name, SparseTensor(sp))
+            self._add_initializer(g, scope, sp.values.name, SparseTensor(sp), input_ids)
         self.nodes(g, gp.node, scope, outer)
         self.value_info(g, gp.value_info, scope, {vi.name for vi in gp.output})
         for vi in gp.output:
             name = vi.name
-            v = scope.get(name) or _lookup(outer, name)
-            if v is None:
-                raise OptcError(f"invalid model: graph output '{name}' is not produced by any node or input")
-            if v.type is None or v.producer is not None:
+            v = scope.get(name)
+            if v is None:  # an outer-scope value: its own value_info is its enclosing graph's, not this output's
+                v = _lookup(outer, name)
+                if v is None:
+                    raise OptcError(f"invalid model: graph output '{name}' is not produced by any node or input")
+            elif v.type is None or v.producer is not None:
                 self.set_value_info(v, vi)
             g.outputs.append(v)
         g.quantization_annotation = list(gp.quantization_annotation)
         return g
 
-    def _add_initializer(self, g: Graph, scope: dict[str, Value], name: str, tensor) -> None:
+    def _add_initializer(self, g: Graph, scope: dict[str, Value], name: str, tensor, input_ids: set[int]) -> None:
+        """Define initializer `name` (it may also be a graph input: `input_ids` are the ids of those)."""
         v = scope.get(name)
         if v is None:
             v = Value(name)
             scope[name] = v
         elif v.const is not None:
             raise OptcError(f"invalid model: initializer '{name}' is defined twice")
-        elif not any(i is v for i in g.inputs):
+        elif id(v) not in input_ids:
             raise OptcError(f"invalid model: value '{name}' is defined twice")
         v.const = tensor
         g.initializers[name] = v
@@ -150,6 +156,12 @@ class _Importer:
 
     def set_value_info(self, v: Value, vi: onnx.ValueInfoProto) -> None:
         """Set a value's type, doc string and metadata from a ValueInfoProto."""
+        fields = vi.ListFields()
+        if len(fields) == 2 and fields[0][0] is _VI_NAME and fields[1][0] is _VI_TYPE:
+            v.type = v._vi_type = self.decode_type(fields[1][1])
+            v.doc_string = ""
+            v._vi = vi  # name and type only: export may copy it as it is
+            return
         if vi.HasField("type"):
             v.type = self.decode_type(vi.type)
         v.doc_string = vi.doc_string
@@ -169,9 +181,10 @@ class _Importer:
         """Import nodes in file order; forward references are resolved, then the graph is sorted."""
         forward: dict[str, Value] = {}
         forward_refs = self.forward_refs
+        node = self.node
+        append = _append_node
         for np_ in node_protos:
-            node = self.node(np_, scope, outer, forward)
-            _append_node(g, node)
+            append(g, node(np_, scope, outer, forward))
         if forward:
             raise OptcError(f"invalid model: node input '{next(iter(forward))}' is not defined by any node, input "
                             f"or initializer")
@@ -183,7 +196,8 @@ class _Importer:
 
     def node(self, np_: onnx.NodeProto, scope: dict[str, Value], outer: list[dict[str, Value]],
              forward: dict[str, Value]) -> Node:
-        """One node. Only the fields that are set are read (`ListFields`); the proto is kept for export."""
+        """One node; the hot loop of import. Only the fields that are set are read (`ListFields`), and the
+        proto is kept so that export can copy it while the node is unchanged."""
         ins = outs = attrs = ()
         op_type = domain = name = doc = overload = ""
         props = None
@@ -241,9 +255,11 @@ class _Importer:
         """Resolve input names (outer scopes, then forward references) and register the uses."""
         inputs = []
         scope_get = scope.get
-        for i, name in enumerate(names):
+        i = 0
+        for name in names:
             if not name:
                 inputs.append(None)
+                i += 1
                 continue
             v = scope_get(name)
             if v is None:
@@ -255,14 +271,17 @@ class _Importer:
                         self.forward_refs += 1
             v._uses[_new_use(Use, (node, i))] = None
             inputs.append(v)
+            i += 1
         return tuple(inputs)
 
     def node_outputs(self, node: Node, names, scope: dict[str, Value], forward: dict[str, Value]) -> tuple:
         """Define the output values in `scope` (taking over forward references)."""
         outputs = []
-        for i, name in enumerate(names):
+        i = 0
+        for name in names:
             if not name:
                 outputs.append(None)
+                i += 1
                 continue
             if name in scope:
                 raise OptcError(f"invalid model: value '{name}' is defined twice")
@@ -273,6 +292,7 @@ class _Importer:
             v.index = i
             scope[name] = v
             outputs.append(v)
+            i += 1
         return tuple(outputs)
 
 

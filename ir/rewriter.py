@@ -262,7 +262,7 @@ class Rewriter:
         """Replace each output of `node` by the corresponding new value (None entries are skipped)."""
         if len(new_values) != len(node.outputs):
             raise RewriteError(f"{node!r} has {len(node.outputs)} outputs, got {len(new_values)} replacements")
-        for old, new in zip(node.outputs, new_values):
+        for old, new in zip(node.outputs, new_values, strict=False):
             if old is not None and new is not None:
                 self.replace_all_uses_with(old, new, replace_graph_outputs=replace_graph_outputs)
 
@@ -282,6 +282,16 @@ class Rewriter:
         idx.setdefault(value, []).append(graph)
         if old is not value and old in idx:
             idx[old] = [g for g in idx[old] if g is not graph or any(o is old for o in graph.outputs)]
+
+    def clear_graph_outputs(self, graph: Graph) -> None:
+        """Forget `graph`'s outputs (a body that is being inlined and then dropped)."""
+        idx = self._output_index()
+        for v in graph.outputs:
+            if v in idx:
+                idx[v] = [g for g in idx[v] if g is not graph]
+                if not idx[v]:
+                    del idx[v]
+        graph.outputs = []
 
     # -- constants --------------------------------------------------------------------------------
     def add_initializer(self, array: np.ndarray | Tensor, hint: str = "const", graph: Graph | None = None) -> Value:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import OptcError
 from .types import DataType, UnsupportedTypeFeature
 
 _CHUNK = 16 << 20
@@ -260,13 +261,19 @@ class SparseTensor:
         return f"SparseTensor({self.dtype.short_name}{list(self.shape)})"
 
 
+_ELEMENT_TYPES = frozenset(int(d) for d in DataType if d != DataType.UNDEFINED)
+
+
 def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None) -> Tensor:
     """A lazy tensor for a proto: external data becomes an `ExternalTensor`."""
+    if proto.data_type not in _ELEMENT_TYPES:
+        raise ValueError(f"tensor '{proto.name}' has element type {proto.data_type}, which is not an ONNX type")
     if proto.HasField("segment"):
         raise UnsupportedTypeFeature(f"tensor '{proto.name}' is a segment of a larger tensor; segments are not "
                                      f"supported")
     if proto.data_location == onnx.TensorProto.EXTERNAL:
         if base_dir is None:
-            raise ValueError(f"tensor '{proto.name}' uses external data but the model has no directory")
+            raise OptcError(f"tensor '{proto.name}' uses external data, but the model was not loaded from a file "
+                            f"(load it by its path, so that its data can be found)")
         return ExternalTensor(proto, base_dir)
     return ProtoTensor(proto)

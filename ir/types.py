@@ -200,6 +200,13 @@ class UnsupportedTypeFeature(ValueError):
     """A part of an ONNX type optc does not represent (refused rather than dropped)."""
 
 
+def _element_type(t: int) -> DataType:
+    try:
+        return DataType(t)
+    except ValueError:
+        raise ValueError(f"element type {t} is not an ONNX type") from None
+
+
 def type_from_proto(tp: onnx.TypeProto) -> ValueType | None:
     """Convert an ONNX TypeProto; None for an empty (unset) type."""
     if tp.denotation:
@@ -208,11 +215,11 @@ def type_from_proto(tp: onnx.TypeProto) -> ValueType | None:
     if which == "tensor_type":
         t = tp.tensor_type
         shape = _shape_from_proto(t.shape) if t.HasField("shape") else None
-        return TensorType(DataType(t.elem_type), shape)
+        return TensorType(_element_type(t.elem_type), shape)
     if which == "sparse_tensor_type":
         t = tp.sparse_tensor_type
         shape = _shape_from_proto(t.shape) if t.HasField("shape") else None
-        return SparseTensorType(DataType(t.elem_type), shape)
+        return SparseTensorType(_element_type(t.elem_type), shape)
     if which == "sequence_type":
         st = tp.sequence_type
         return SequenceType(type_from_proto(st.elem_type) if st.HasField("elem_type") else None)
@@ -220,7 +227,7 @@ def type_from_proto(tp: onnx.TypeProto) -> ValueType | None:
         ot = tp.optional_type
         return OptionalType(type_from_proto(ot.elem_type) if ot.HasField("elem_type") else None)
     if which == "map_type":
-        return MapType(DataType(tp.map_type.key_type), type_from_proto(tp.map_type.value_type))
+        return MapType(_element_type(tp.map_type.key_type), type_from_proto(tp.map_type.value_type))
     if which is None:
         return None
     raise UnsupportedTypeFeature(f"value type '{which}' is not supported")

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from ..errors import OptcError
+
 Converter = Callable[..., Any]
 
 _OPTC_CONVERTERS: dict[tuple[str, str], Converter] = {}
@@ -66,11 +68,17 @@ def is_supported(domain: str, op_type: str, opset: int) -> bool:
     return lookup(domain, op_type, opset) is not None
 
 
+def _dtype(expr) -> str:
+    """The element type of a Relax tensor expression as a string (`float32`, ...)."""
+    return str(expr.ty.dtype.dtype)
+
+
 @lru_cache(maxsize=1)
 def _register_builtin() -> None:
     """optc's converters for ops whose frontend lowering trips TVM's later passes (registered on first use,
     so that importing optc does not import TVM)."""
     from tvm import relax
+    from tvm.ir.expr import Constant
 
     @converter("", "Sum")
     def sum_as_adds(bb, inputs, attrs, ctx):
@@ -88,15 +96,59 @@ def _register_builtin() -> None:
             return x
         return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
 
+    def refuse_when(op_type: str, why: str, condition) -> None:
+        """Lower `op_type` with the frontend, except where `condition(inputs, attrs)` holds: the frontend
+        would silently compute something else there, so the node is refused with `why`."""
+
+        @converter("", op_type)
+        def guarded(bb, inputs, attrs, ctx):
+            if condition(inputs, attrs):
+                raise OptcError(f"{op_type} {why} is not supported by the TVM back end")
+            return lookup_frontend(op_type, ctx.opset)(bb, inputs, attrs, ctx)
+
+    refuse_when("BatchNormalization", "in training mode", lambda i, a: a.get("training_mode", 0))
+    refuse_when("ConvTranspose", "with an output_shape attribute", lambda i, a: "output_shape" in a)
+    refuse_when("RoiAlign", "with mode 'max'", lambda i, a: a.get("mode", b"avg") == b"max")
+    refuse_when("SpaceToDepth", "with mode 'CRD'", lambda i, a: a.get("mode", b"DCR") == b"CRD")
+    refuse_when("Expand", "with a shape computed at run time",
+                lambda i, a: not isinstance(i[1], Constant | relax.ShapeExpr))
+
+    @converter("", "IsInf")
+    def is_inf(bb, inputs, attrs, ctx):
+        x = inputs[0]
+        inf = bb.normalize(relax.op.isinf(x))
+        pos, neg = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
+        if pos and neg:
+            return inf
+        zero = relax.const(0, _dtype(x))
+        sign = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
+        return relax.op.logical_and(inf, sign) if (pos or neg) else relax.op.zeros_like(inf)
+
+    @converter("", "BitShift")
+    def bit_shift(bb, inputs, attrs, ctx):
+        # ONNX: shifting by the bit width or more (or by a negative amount) gives 0; LLVM leaves it undefined.
+        x, shift = inputs[0], inputs[1]
+        left = attrs.get("direction", b"LEFT") == b"LEFT"
+        shifted = bb.normalize((relax.op.left_shift if left else relax.op.right_shift)(x, shift))
+        bits = int("".join(ch for ch in _dtype(x) if ch.isdigit()))
+        zero = relax.const(0, _dtype(shift))
+        out_of_range = relax.op.logical_or(relax.op.less(shift, zero),
+                                           relax.op.greater_equal(shift, relax.const(bits, _dtype(shift))))
+        fill = relax.op.zeros_like(shifted)
+        if not left and not _dtype(x).startswith("uint"):  # an arithmetic right shift fills with the sign
+            negative = relax.op.less(x, relax.const(0, _dtype(x)))
+            fill = relax.op.where(negative, relax.op.negative(relax.op.ones_like(shifted)), fill)
+        return relax.op.where(out_of_range, fill, shifted)
+
     @converter("", "Mod")
     def python_style_float_mod(bb, inputs, attrs, ctx):
         # ONNX Mod(fmod=0) on floats is numpy.mod: the result has the divisor's sign, and x mod ±inf is x
         # (or ±inf). TVM's floor_mod returns NaN for an infinite divisor; build it from the truncated fmod.
         x, y = inputs[0], inputs[1]
-        if attrs.get("fmod", 0) or x.ty.dtype not in ("float16", "float32", "float64"):
+        if attrs.get("fmod", 0) or _dtype(x) not in ("float16", "float32", "float64"):
             return lookup_frontend("Mod", ctx.opset)(bb, inputs, attrs, ctx)
         r = bb.normalize(relax.op.mod(x, y))
-        zero = relax.const(0, x.ty.dtype)
+        zero = relax.const(0, _dtype(x))
         wrong_sign = relax.op.logical_xor(relax.op.less(r, zero), relax.op.less(y, zero))
         fix = bb.normalize(relax.op.logical_and(relax.op.not_equal(r, zero), wrong_sign))
         return relax.op.where(fix, relax.op.add(r, y), r)
@@ -111,7 +163,7 @@ def _register_builtin() -> None:
         axis = attrs.get("axis", -1)
         axes = list(range(axis % rank, rank))
         eps = relax.const(attrs.get("epsilon", 1e-5), "float32")
-        xf = x if x.ty.dtype == "float32" else bb.normalize(relax.op.astype(x, "float32"))
+        xf = x if _dtype(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))
         mean = bb.normalize(relax.op.mean(xf, axes, keepdims=True))
         centered = bb.normalize(relax.op.subtract(xf, mean))
         var = bb.normalize(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
@@ -119,6 +171,6 @@ def _register_builtin() -> None:
         y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, "float32"))
         if bias is not None:
             y = relax.op.add(y, relax.op.astype(bias, "float32"))
-        y = bb.normalize(relax.op.astype(y, x.ty.dtype))
+        y = bb.normalize(relax.op.astype(y, _dtype(x)))
         return relax.Tuple([y, mean, inv_std])
 

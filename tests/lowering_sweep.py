@@ -60,6 +60,8 @@ def run_case(case) -> tuple[str, str]:
         return "mismatch", f"{len(outs)} outputs, expected {len(expected)}"
     rtol, atol = max(getattr(case, "rtol", 1e-3), 1e-4), max(getattr(case, "atol", 1e-7), 1e-5)
     for i, (got, want) in enumerate(zip(outs, expected)):
+        if want.dtype == np.float16:  # a few half-precision ulps: accumulation order differs between runtimes
+            rtol, atol = max(rtol, 1e-2), max(atol, 1e-3)
         if not _close(got.numpy(), want, rtol, atol):
             return "mismatch", f"output {i} differs"
     return "pass", ""

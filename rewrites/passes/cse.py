@@ -1,0 +1,155 @@
+"""`cse`: common-subexpression elimination. Nodes with the same op, attributes and inputs compute the same
+values, so later ones are replaced by the first (never for non-deterministic or side-effecting ops; inputs of
+commutative ops are compared as a multiset). Initializers with identical content (same type, shape and bytes:
+a hash first, then an exact comparison) are merged too. Recurses into If/Loop/Scan bodies and functions."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...ir.core import AttrType, Graph, Model, Node, Value
+from ...ir.schema import Trait, traits
+from ...ir.tensors import SparseTensor, Tensor
+from ..context import PassContext, PassResult
+from ..pass_manager import Pass, register_pass
+from ._util import describe
+
+
+class _Unhashable(Exception):
+    pass
+
+
+def _tensor_key(t: Tensor) -> tuple:
+    a = t.numpy()
+    return ("tensor", int(t.dtype), tuple(a.shape), hashlib.blake2b(np.ascontiguousarray(a).tobytes(),
+                                                                   digest_size=16).digest())
+
+
+def _attr_value_key(t: AttrType, v: Any) -> Any:
+    if t in (AttrType.GRAPH, AttrType.GRAPHS, AttrType.SPARSE_TENSOR, AttrType.SPARSE_TENSORS):
+        raise _Unhashable
+    if t == AttrType.TENSOR:
+        return _tensor_key(v)
+    if t == AttrType.TENSORS:
+        return tuple(_tensor_key(x) for x in v)
+    if t == AttrType.FLOAT:
+        f = float(v)
+        if f != f:
+            raise _Unhashable  # NaN never equals itself
+        return f
+    if t == AttrType.FLOATS:
+        return tuple(float(x) for x in v)
+    if isinstance(v, list):
+        return tuple(v)
+    return v
+
+
+def node_key(node: Node) -> tuple | None:
+    """A hashable key: equal keys mean the nodes compute the same values (None: never merge this node)."""
+    tr = traits(node.domain, node.op_type)
+    if tr & (Trait.NONDETERMINISTIC | Trait.SIDE_EFFECTS):
+        return None
+    try:
+        attrs = tuple(sorted((a.name, int(a.type), a.ref_attr_name or None,
+                              None if a.ref_attr_name else _attr_value_key(a.type, a.value))
+                             for a in node.attributes.values()))
+    except (_Unhashable, TypeError):
+        return None
+    ins = tuple(id(v) if v is not None else None for v in node.inputs)
+    if tr & Trait.COMMUTATIVE and None not in ins:
+        ins = tuple(sorted(ins))
+    return (node.domain, node.op_type, node.overload, node.version, len(node.outputs),
+            tuple(o is None for o in node.outputs), attrs, ins)
+
+
+@register_pass
+@dataclass
+class CommonSubexpressionElimination(Pass):
+    """Merge identical nodes and identical initializers."""
+
+    name: ClassVar[str] = "cse"
+    description: ClassVar[str] = ("merge nodes with the same op, attributes and inputs, and initializers with the "
+                                  "same content (never non-deterministic ops)")
+    initializers: bool = True
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        counts: dict[str, int] = {}
+        for g in list(model.graphs()):
+            if ctx.budget.exhausted:
+                break
+            if self.initializers:
+                self._merge_initializers(g, ctx, counts)
+            self._merge_nodes(g, ctx, counts)
+        return PassResult(bool(counts), converged=not ctx.budget.exhausted, counts=counts)
+
+    def _count(self, ctx: PassContext, counts: dict[str, int], rule: str, label: str) -> None:
+        counts[rule] = counts.get(rule, 0) + 1
+        ctx.record(self.name, rule, label)
+
+    def _merge_nodes(self, g: Graph, ctx: PassContext, counts: dict[str, int]) -> None:
+        seen: dict[tuple, Node] = {}
+        outputs = {id(v) for v in g.outputs}
+        for node in g:
+            if node.subgraphs():
+                continue
+            key = node_key(node)
+            if key is None:
+                continue
+            first = seen.get(key)
+            if first is None:
+                seen[key] = node
+                continue
+            if any(o is not None and id(o) in outputs for o in node.outputs):
+                continue  # its output names are part of the graph's interface
+            if not ctx.budget.take():
+                return
+            label = describe(node)
+            for o, keep in zip(node.outputs, first.outputs, strict=True):
+                if o is not None:
+                    if keep.type is None and o.type is not None:
+                        keep.type = o.type
+                    o.replace_all_uses_with(keep)
+            g.remove(node, safe=False)
+            self._count(ctx, counts, "merge-node", label)
+
+    def _merge_initializers(self, g: Graph, ctx: PassContext, counts: dict[str, int]) -> None:
+        if len(g.initializers) < 2:
+            return
+        protected = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
+        # Group by cheap metadata first: only same-type, same-shape tensors are ever read and hashed.
+        groups: dict[tuple, list[Value]] = {}
+        for v in g.initializers.values():
+            t = v.const
+            if isinstance(t, SparseTensor) or id(v) in protected or t is None:
+                continue
+            groups.setdefault((int(t.dtype), tuple(t.shape)), []).append(v)
+        for vals in groups.values():
+            if len(vals) < 2:
+                continue
+            # A strided sample of the bytes sorts out different tensors cheaply; tensors whose samples agree
+            # are compared exactly (byte for byte: -0.0 and 0.0 differ, equal NaN payloads match).
+            by_sample: dict[bytes, list[tuple[Value, np.ndarray]]] = {}
+            for v in vals:
+                a = v.const.numpy()
+                if a.dtype == object:
+                    continue
+                flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+                step = max(1, flat.size // 512)
+                sample = flat[::step][:512].tobytes()
+                bucket = by_sample.setdefault(sample, [])
+                for keep, kflat in bucket:
+                    if np.array_equal(kflat, flat):
+                        if not v._uses:
+                            break  # unused: dce removes it, merging it is no rewrite
+                        if not ctx.budget.take():
+                            return
+                        v.replace_all_uses_with(keep)
+                        del g.initializers[v.name]
+                        self._count(ctx, counts, "merge-initializer", f"initializer '{v.name}'")
+                        break
+                else:
+                    bucket.append((v, flat))

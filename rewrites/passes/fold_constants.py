@@ -1,0 +1,452 @@
+"""`fold-constants`: evaluate nodes whose inputs are all constants, and shape computations on static shapes.
+
+A folded node's outputs become initializers (the output Value object is kept, so its name, its uses and its
+place among the graph outputs stay the same). Inside model-local functions, which cannot hold initializers, they
+become `Constant` nodes instead. Evaluation uses numpy for the common cheap ops and onnx's reference evaluator
+for everything else. Never folded: non-deterministic ops (op table trait), ops with side effects, nodes with
+subgraphs, calls of model-local functions, ops of domains the reference evaluator does not know, and results
+larger than `size-limit` bytes when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ...ir.core import Graph, Model, Node, Value, constant_node_value
+from ...ir.schema import Trait, get_schema, has_trait
+from ...ir.tensors import NumpyTensor
+from ...ir.types import DataType, TensorType
+from ..context import PassContext, PassResult
+from ..pass_manager import Pass, register_pass
+from ._util import describe, function_graphs, graphs_of, root_graph
+
+DEFAULT_SIZE_LIMIT = 1 << 30  # bytes per produced tensor, for folds that grow the model
+_FOLDABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+class _Skip(Exception):
+    pass
+
+
+def _np(v: Value) -> np.ndarray | None:
+    return v.const_value()
+
+
+def _reshape(data: np.ndarray, shape: np.ndarray, allowzero: int) -> np.ndarray:
+    shape = [int(s) for s in shape]
+    if not allowzero:
+        shape = [data.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return data.reshape(shape)
+
+
+def _axes_input(node: Node, vals: list, index: int, attr: str = "axes"):
+    if len(vals) > index and vals[index] is not None:
+        return [int(a) for a in vals[index].reshape(-1)]
+    a = node.attr(attr)
+    return None if a is None else [int(x) for x in a]
+
+
+def _fast_eval(node: Node, vals: list[np.ndarray | None], version: int) -> list[np.ndarray] | None:
+    """numpy implementations of cheap, common ops (None: use the reference evaluator)."""
+    op = node.op_type
+    x = vals[0] if vals else None
+    if op == "Identity":
+        return [x]
+    if op in ("Add", "Sub", "Mul") and len(vals) == 2 and x.dtype == vals[1].dtype and x.dtype.kind in "fiu":
+        f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
+        return [np.asarray(f(x, vals[1]), dtype=x.dtype)]
+    if op == "Div" and len(vals) == 2 and x.dtype == vals[1].dtype and x.dtype.kind == "f":
+        return [np.asarray(np.divide(x, vals[1]), dtype=x.dtype)]
+    if op == "Transpose":
+        perm = node.attr("perm")
+        return [np.array(np.transpose(x, None if perm is None else [int(p) for p in perm]), order="C")]
+    if op == "Reshape" and version >= 5:
+        return [_reshape(x, vals[1], int(node.attr("allowzero", 0)))]
+    if op == "Unsqueeze":
+        axes = _axes_input(node, vals, 1)  # an input from opset 13, an attribute before
+        if axes is None:
+            return None
+        rank = x.ndim + len(axes)
+        out = x
+        for a in sorted(a % rank for a in axes):
+            out = np.expand_dims(out, a)
+        return [out]
+    if op == "Squeeze":
+        axes = _axes_input(node, vals, 1)
+        return [np.squeeze(x, axis=None if axes is None else tuple(a % x.ndim for a in axes))]
+    if op == "Concat" and all(v is not None for v in vals):
+        return [np.concatenate(vals, axis=int(node.attr("axis")))]
+    if op == "ConstantOfShape":
+        t = node.attr("value")
+        fill = t.numpy().reshape(-1) if t is not None else np.zeros(1, np.float32)
+        return [np.full(tuple(int(d) for d in x.reshape(-1)), fill[0], dtype=fill.dtype)]
+    if op == "Gather" and vals[1].dtype.kind in "iu":
+        axis = int(node.attr("axis", 0))
+        idx = vals[1].astype(np.int64)
+        idx = np.where(idx < 0, idx + x.shape[axis], idx)
+        return [np.take(x, idx, axis=axis)]
+    if op == "Cast":
+        to = DataType(int(node.attr("to")))
+        if to.is_floating and to in (DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16) and x.dtype.kind in "fiub":
+            return [x.astype(to.numpy())]
+        if to.is_integer and to.itemsize_bits >= 8 and x.dtype.kind in "iub":
+            return [x.astype(to.numpy())]
+        return None
+    if op == "Shape":
+        return [_shape_slice(node, x.shape)]
+    if op == "Size":
+        return [np.array(x.size, dtype=np.int64)]
+    return None
+
+
+def _shape_slice(node: Node, shape: tuple) -> np.ndarray:
+    start = int(node.attr("start", 0))
+    end = node.attr("end")
+    dims = list(shape)[start:None if end is None else int(end)]
+    return np.array(dims, dtype=np.int64)
+
+
+def _reference_eval(node: Node, vals: list[np.ndarray | None], opsets: dict[str, int]) -> list:
+    from onnx.reference import ReferenceEvaluator
+
+    from ...ir.onnx_export import node_to_proto
+
+    proto = node_to_proto(node)
+    feeds = {name: v for name, v in zip(proto.input, vals, strict=False) if name}
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    ops = {domain: opsets.get(node.domain, opsets.get(domain, 21))}
+    if domain != "":
+        ops[""] = opsets.get("", 21)
+    ev = ReferenceEvaluator(proto, opsets=ops)
+    outs = ev.run(None, feeds)
+    return list(outs)
+
+
+class ConstantFolder:
+    """Folds one node at a time (`fold(node) -> bool`); shared by the pass and the rewrite driver."""
+
+    def __init__(self, ctx: PassContext, *, size_limit: int = DEFAULT_SIZE_LIMIT, fold_shapes: bool = True,
+                 constant_nodes: bool = True, pass_name: str = "fold-constants", model: Model | None = None,
+                 rewriter=None):
+        self.ctx = ctx
+        self.rewriter = rewriter
+        if model is None and rewriter is not None:
+            model = rewriter.model
+        self.size_limit = size_limit
+        self.fold_shapes = fold_shapes
+        self.constant_nodes = constant_nodes
+        self.pass_name = pass_name
+        self.counts: dict[str, int] = {}
+        self._fn_opsets = function_graphs(model) if model is not None else {}
+        self._fn_roots: set[int] = set(self._fn_opsets)
+        self._local_fns = {(d, n) for d, n, _ in model.functions} if model is not None else set()
+        self._names = 0
+        self._input_ids: dict[int, set[int]] = {}
+
+    # -- queries ------------------------------------------------------------------------------------
+    def _opsets(self, graph: Graph) -> dict[str, int]:
+        return self._fn_opsets.get(id(root_graph(graph))) or self.ctx.opsets
+
+    def _in_function(self, graph: Graph) -> bool:
+        return id(root_graph(graph)) in self._fn_roots
+
+    def _is_input(self, v: Value, graph: Graph) -> bool:
+        g = graph
+        while g is not None:
+            ids = self._input_ids.get(id(g))
+            if ids is None or len(ids) != len(g.inputs):
+                ids = self._input_ids[id(g)] = {id(i) for i in g.inputs}
+            if id(v) in ids:
+                return True
+            g = g.parent.graph if g.parent is not None else None
+        return False
+
+    def _is_constant(self, v: Value, graph: Graph) -> bool:
+        if v.const is not None:
+            return not self._is_input(v, graph)
+        p = v.producer
+        return p is not None and p.op_type == "Constant" and p.domain == ""
+
+    def _constant(self, v: Value, graph: Graph) -> np.ndarray | None:
+        if v.const is not None:
+            if self._is_input(v, graph):
+                return None
+            return v.const.numpy()
+        p = v.producer
+        if p is not None and p.op_type == "Constant" and p.domain == "":
+            return constant_node_value(p)
+        return None
+
+    # -- folding ------------------------------------------------------------------------------------
+    def __call__(self, node: Node) -> bool:
+        return self.fold(node)
+
+    def fold(self, node: Node) -> bool:
+        graph = node.graph
+        if graph is None:
+            return False
+        if node.op_type == "Constant" and node.domain == "":
+            return self._constant_to_initializer(node, graph)
+        if node.domain not in _FOLDABLE_DOMAINS or (node.domain, node.op_type) in self._local_fns:
+            return False
+        if has_trait(node.domain, node.op_type, Trait.NONDETERMINISTIC | Trait.SIDE_EFFECTS):
+            return False
+        if node.subgraphs() or not node.outputs or all(o is None for o in node.outputs):
+            return False
+        if node.op_type == "Identity" and node.domain == "" and self._forward_identity(node, graph):
+            return True
+        opsets = self._opsets(graph)
+        version = opsets.get(node.domain, opsets.get("", 21))
+        if get_schema(node.domain, node.op_type, version) is None:
+            return False
+        try:
+            results = self._evaluate(node, graph, opsets, version)
+        except _Skip:
+            return False
+        except Exception:  # the evaluator cannot run it (unsupported case): leave the node alone
+            return False
+        if results is None:
+            return False
+        return self._replace(node, graph, results)
+
+    def _evaluate(self, node: Node, graph: Graph, opsets: dict[str, int], version: int):
+        op = node.op_type
+        self._in_bytes = 0
+        if self.fold_shapes and op in ("Shape", "Size") and node.domain == "" and node.inputs:
+            x = node.inputs[0]
+            shape = x.shape if x is not None else None
+            if shape is not None:
+                if op == "Size" and all(isinstance(d, int) for d in shape):
+                    return [np.array(math.prod(shape), dtype=np.int64)]
+                if op == "Shape":
+                    start = int(node.attr("start", 0))
+                    end = node.attr("end")
+                    part = list(shape)[start:None if end is None else int(end)]
+                    if all(isinstance(d, int) for d in part):
+                        return [np.array(part, dtype=np.int64)]
+        if not any(v is not None for v in node.inputs):
+            return None  # nothing to fold (random ops and Constant are handled elsewhere)
+        # Constness first (cheap), data second: a Gather of a big embedding by a runtime index decodes nothing.
+        for v in node.inputs:
+            if v is not None and not self._is_constant(v, graph):
+                return None
+        vals: list[np.ndarray | None] = []
+        in_bytes = 0
+        for v in node.inputs:
+            if v is None:
+                vals.append(None)
+                continue
+            a = self._constant(v, graph)
+            if a is None:
+                return None
+            if a.dtype == object:
+                raise _Skip  # string tensors: leave to the runtime
+            vals.append(a)
+            in_bytes += a.nbytes
+        self._in_bytes = in_bytes
+        # Cheap pre-check: ops whose output size is given by a constant input.
+        if op in ("ConstantOfShape", "Expand", "Tile", "Range") and self.size_limit is not None:
+            est = self._estimate_size(op, vals, node)
+            if est is not None and est > self.size_limit and est > in_bytes:
+                return None
+        outs = _fast_eval(node, vals, version) if node.domain == "" else None
+        if outs is None:
+            outs = _reference_eval(node, vals, opsets)
+        return outs
+
+    @staticmethod
+    def _estimate_size(op: str, vals: list, node: Node) -> int | None:
+        try:
+            if op == "ConstantOfShape":
+                t = node.attr("value")
+                itemsize = t.numpy().itemsize if t is not None else 4
+                return int(np.prod(vals[0].astype(np.int64))) * itemsize
+            if op == "Expand":
+                shape = np.broadcast_shapes(vals[0].shape, tuple(int(d) for d in vals[1].reshape(-1)))
+                return math.prod(shape) * vals[0].itemsize
+            if op == "Tile":
+                return int(vals[0].size * np.prod(vals[1].astype(np.int64))) * vals[0].itemsize
+        except Exception:
+            return None
+        return None
+
+    def _check_outputs(self, node: Node, results: list) -> list[np.ndarray] | None:
+        if len(results) < len(node.outputs):
+            return None
+        arrays = []
+        out_bytes = 0
+        for o, r in zip(node.outputs, results, strict=False):
+            if o is None:
+                arrays.append(None)
+                continue
+            if not isinstance(r, np.ndarray) and not np.isscalar(r):
+                return None  # sequences, optionals, maps: not a tensor constant
+            r = np.asarray(r)
+            if r.dtype == object:
+                return None
+            t = o.type
+            if t is not None:
+                if not isinstance(t, TensorType):
+                    return None
+                try:
+                    expected = DataType(t.dtype).numpy()
+                except ValueError:
+                    return None
+                if r.dtype != expected:
+                    if r.dtype.kind == expected.kind == "f" or r.dtype.kind in "iu" and expected.kind in "iu":
+                        if r.dtype.itemsize > expected.itemsize and r.dtype.kind == "f":
+                            return None  # a silent precision change: do not trust it
+                        r = r.astype(expected)
+                    else:
+                        return None
+                if t.shape is not None:
+                    if len(t.shape) != r.ndim or any(isinstance(d, int) and d != s for d, s in zip(t.shape, r.shape, strict=True)):
+                        return None
+            out_bytes += r.nbytes
+            arrays.append(r)
+        in_bytes = getattr(self, "_in_bytes", 0)
+        if self.size_limit is not None and out_bytes > in_bytes:
+            if any(a is not None and a.nbytes > self.size_limit for a in arrays):
+                return None
+        return arrays
+
+    def _replace(self, node: Node, graph: Graph, results: list) -> bool:
+        arrays = self._check_outputs(node, results)
+        if arrays is None:
+            return False
+        if not self.ctx.budget.take():
+            return False
+        label = describe(node)
+        in_fn = self._in_function(graph)
+        for o, a in zip(node.outputs, arrays, strict=True):
+            if o is None:
+                continue
+            tensor = NumpyTensor(a if a.flags.c_contiguous else np.array(a, order="C"))
+            if in_fn:
+                c = Node("Constant", [], {"value": tensor}, outputs=[o])
+                if self.rewriter is not None:
+                    self.rewriter.insert_before(node, c)
+                else:
+                    graph.insert_before(node, c)
+            else:
+                self._make_initializer(o, tensor, graph)
+            o.type = TensorType(tensor.dtype, tensor.shape)
+        self._erase(node, graph)
+        rule = f"fold:{node.op_type}"
+        self.counts[rule] = self.counts.get(rule, 0) + 1
+        self.ctx.record(self.pass_name, rule, label)
+        return True
+
+    def _forward_identity(self, node: Node, graph: Graph) -> bool:
+        """Identity of an initializer: its users read the initializer itself (no copy of the weight)."""
+        x = node.inputs[0] if node.inputs else None
+        o = node.outputs[0] if node.outputs else None
+        if x is None or o is None or x.const is None or self._is_input(x, graph):
+            return False
+        if self.rewriter is not None:
+            if self.rewriter.is_graph_output(o):
+                return False
+        elif any(out is o for out in graph.outputs):
+            return False
+        if not self.ctx.budget.take():
+            return False
+        label = describe(node)
+        if self.rewriter is not None:
+            self.rewriter.replace_all_uses_with(o, x)
+        else:
+            o.replace_all_uses_with(x)
+        if x.type is None and o.type is not None:
+            x.type = o.type
+        self._erase(node, graph)
+        self.counts["fold:Identity"] = self.counts.get("fold:Identity", 0) + 1
+        self.ctx.record(self.pass_name, "fold:Identity", label)
+        return True
+
+    def _erase(self, node: Node, graph: Graph) -> None:
+        if self.rewriter is not None:
+            self.rewriter.erase(node, safe=False)
+        else:
+            graph.remove(node, safe=False)
+
+    def _make_initializer(self, o: Value, tensor: NumpyTensor, graph: Graph) -> None:
+        o.producer = None
+        o.index = 0
+        o.const = tensor
+        if self.rewriter is not None and (not o.name or o.name in graph.initializers):
+            o.name = self.rewriter.fresh_name(o.name or "folded")
+        elif not o.name or o.name in graph.initializers:
+            base = o.name or "folded"
+            while True:
+                self._names += 1
+                name = f"{base}__{self._names}"
+                if name not in graph.initializers:
+                    break
+            o.name = name
+        graph.initializers[o.name] = o
+
+    def _constant_to_initializer(self, node: Node, graph: Graph) -> bool:
+        if not self.constant_nodes or self._in_function(graph):
+            return False
+        o = node.outputs[0] if node.outputs else None
+        if o is None:
+            return False
+        a = constant_node_value(node)
+        if a is None or a.dtype == object:
+            return False
+        if not self.ctx.budget.take():
+            return False
+        label = describe(node)
+        a_attr = next(iter(node.attributes.values()))
+        tensor = a_attr.value if a_attr.name == "value" else NumpyTensor(a)
+        self._erase(node, graph)
+        self._make_initializer(o, tensor, graph)
+        if o.type is None:
+            o.type = TensorType(tensor.dtype, tuple(tensor.shape))
+        self.counts["fold:Constant"] = self.counts.get("fold:Constant", 0) + 1
+        self.ctx.record(self.pass_name, "fold:Constant", label)
+        return True
+
+
+def make_folder(ctx: PassContext, *, size_limit: int = DEFAULT_SIZE_LIMIT, fold_shapes: bool = True,
+                constant_nodes: bool = True, pass_name: str = "fold-constants",
+                model: Model | None = None, rewriter=None) -> Callable[[Node], bool]:
+    """A callable that folds one node in place and says whether it did (for the rewrite driver).
+
+    On True the node has been removed from its graph, each of its former outputs is now an initializer (or,
+    in a function body, the output of a new Constant node) and keeps its uses; the caller should revisit the
+    users of those values. The folder asks `ctx.budget.take()` before each fold and records it in `ctx`.
+    Pass `model` so folds inside model-local functions use their own opsets, and `rewriter` (an
+    `ir.rewriter.Rewriter`) so erasures and inserted nodes reach its listeners and new names come from it.
+    """
+    return ConstantFolder(ctx, size_limit=size_limit, fold_shapes=fold_shapes, constant_nodes=constant_nodes,
+                          pass_name=pass_name, model=model, rewriter=rewriter)
+
+
+@register_pass
+@dataclass
+class FoldConstants(Pass):
+    """Evaluate nodes whose inputs are all constants; fold Shape/Size of static shapes."""
+
+    name: ClassVar[str] = "fold-constants"
+    description: ClassVar[str] = ("evaluate nodes whose inputs are constants (numpy / onnx reference evaluator), "
+                                  "Shape/Size of static shapes; Constant nodes become initializers")
+    size_limit: int = DEFAULT_SIZE_LIMIT
+    fold_shapes: bool = True
+    constant_nodes: bool = True
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        folder = ConstantFolder(ctx, size_limit=self.size_limit, fold_shapes=self.fold_shapes,
+                                constant_nodes=self.constant_nodes, pass_name=self.name, model=model)
+        changed = False
+        for g in graphs_of(model):
+            for node in g:  # safe while removing; folds cascade forward in topological order
+                if folder.fold(node):
+                    changed = True
+                elif ctx.budget.exhausted:
+                    break
+        return PassResult(changed, converged=not ctx.budget.exhausted, counts=folder.counts)

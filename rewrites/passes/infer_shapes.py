@@ -1,0 +1,131 @@
+"""`infer-shapes`: fill in unknown value types and shapes with ONNX's own inference, so shape folding and
+rules that check ranks and shapes see them.
+
+The whole model goes through `onnx.shape_inference.infer_shapes` (C++, with data propagation) in one call;
+weights above a few KB are handed over as external-data stubs (dims and type only), so no weight is copied.
+Function bodies, which whole-model inference does not annotate, are inferred node by node (`ir.infer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import onnx
+
+from ...ir.core import Graph, Model
+from ...ir.infer import InferenceError, infer_node
+from ...ir.tensors import ExternalTensor, Tensor
+from ...ir.types import type_from_proto
+from ..context import PassContext, PassResult
+from ..pass_manager import Pass, register_pass
+from ._util import function_graphs, root_graph
+
+_INLINE_ELEMENTS = 1024
+
+
+def _stub_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
+    """Small tensors inline (data propagation reads them), large ones as dims-only external stubs."""
+    if tensor.size <= _INLINE_ELEMENTS and not isinstance(tensor, ExternalTensor):
+        return tensor.to_proto(name)
+    p = onnx.TensorProto()
+    p.name = name
+    p.data_type = int(tensor.dtype)
+    p.dims.extend(tensor.shape)
+    p.data_location = onnx.TensorProto.EXTERNAL
+    e = p.external_data.add()
+    e.key, e.value = "location", "optc-shape-inference-stub"
+    return p
+
+
+def _collect(gp: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
+    for vi in (*gp.value_info, *gp.output):
+        if vi.HasField("type"):
+            types.setdefault(vi.name, vi.type)
+    for n in gp.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _collect(a.g, types)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    _collect(g, types)
+
+
+def infer_model_types(model: Model) -> int:
+    """Whole-model inference; returns how many value types were filled in (raises on failure)."""
+    from ...ir.onnx_export import to_onnx
+
+    proto = to_onnx(model, _stub_writer)
+    proto.ClearField("functions") if not model.functions else None
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    types: dict[str, onnx.TypeProto] = {}
+    _collect(inferred.graph, types)
+    count = 0
+    cache: dict[bytes, object] = {}
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for g in graphs:
+        for node in g:
+            for o in node.outputs:
+                if o is None or o.type is not None or not o.name:
+                    continue
+                tp = types.get(o.name)
+                if tp is None:
+                    continue
+                key = tp.SerializeToString()
+                t = cache.get(key, cache)
+                if t is cache:
+                    try:
+                        t = type_from_proto(tp)
+                    except Exception:
+                        t = None
+                    cache[key] = t
+                if t is not None:
+                    o.type = t
+                    count += 1
+    return count
+
+
+def infer_graph_nodewise(g: Graph, opsets: dict[str, int]) -> int:
+    count = 0
+    for node in g:
+        if all(o is None or o.type is not None for o in node.outputs) or node.subgraphs():
+            continue
+        try:
+            types = infer_node(node, opsets)
+        except (InferenceError, Exception):
+            continue
+        for o, t in zip(node.outputs, types, strict=False):
+            if o is not None and o.type is None and t is not None:
+                o.type = t
+                count += 1
+    return count
+
+
+@register_pass
+@dataclass
+class InferShapes(Pass):
+    """Infer unknown value types and shapes (changes no node: it is not a rewrite)."""
+
+    name: ClassVar[str] = "infer-shapes"
+    description: ClassVar[str] = ("infer unknown value types and shapes with ONNX's inference (whole model, data "
+                                  "propagation; no rewrites)")
+    nodewise: bool = False
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        inferred = 0
+        fn_opsets = function_graphs(model)
+        done_main = False
+        if not self.nodewise:
+            try:
+                inferred += infer_model_types(model)
+                done_main = True
+            except Exception:
+                done_main = False
+        for g in list(model.graphs()):
+            in_fn = id(root_graph(g)) in fn_opsets
+            if done_main and not in_fn:
+                continue
+            opsets = fn_opsets.get(id(root_graph(g))) or dict(model.opset_imports)
+            inferred += infer_graph_nodewise(g, opsets)
+        # Types are annotations, not rewrites: report no change so fixed-point groups are not kept spinning.
+        return PassResult(False, counts={"inferred-types": inferred} if inferred else {})

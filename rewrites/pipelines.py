@@ -1,0 +1,116 @@
+"""The `-O0..-O3` pipelines, written as pipeline strings so `optc passes` can print them.
+
+-O0  nothing
+-O1  cleanup: fold-constants, eliminate-noops, dce
+-O2  (default) adds cse, canonicalize and the fusions (and makes the weights of IR < 4 models, which had to be
+     listed as graph inputs, plain constants)
+-O3  adds shape inference (so more shape computations fold) and runs the groups to a fixed point
+Rule-set passes appear only when `optc.rewrites.rules` provides their set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import onnx
+
+from ..errors import OptcError
+from ..ir.core import Model
+from .context import PassContext, RewriteBudget
+from .pass_manager import Instrument, Pass, PassManager, Pipeline, PipelineReport, parse_pipeline
+from .passes.rule_pass import available_rule_sets
+
+DEFAULT_LEVEL = 2
+
+
+def _has(*sets: str) -> bool:
+    avail = available_rule_sets()
+    return all(s in avail for s in sets)
+
+
+def _fuse() -> list[str]:
+    return ["fuse{fold=true}"] if any(s.startswith("fuse-") for s in available_rule_sets()) else []
+
+
+def level_spec(level: int) -> str:
+    """The pipeline string of an optimization level."""
+    noops = ["eliminate-noops"] if _has("eliminate-noops") else []
+    canon = ["canonicalize{fold=true}"] if _has("canonicalize") else []
+    if level == 0:
+        return ""
+    if level == 1:
+        return ",".join(["fold-constants", *noops, "dce"])
+    if level == 2:
+        noops_f = ["eliminate-noops{fold=true}"] if noops else []
+        # Fusions before cse: merging two Convs that feed different BatchNorms would block both fusions.
+        return ",".join(["remove-initializer-inputs", "infer-shapes", "fold-constants", *noops_f, *canon, *_fuse(),
+                         "cse", "fold-constants", "dce"])
+    if level == 3:
+        noops_f = ["eliminate-noops{fold=true}"] if noops else []
+        group = ",".join(["fold-constants", *noops_f, *canon, *_fuse(), "cse", "dce"])
+        return f"remove-initializer-inputs,infer-shapes,fixed-point{{max-iterations=8}}({group}),infer-shapes,fixed-point{{max-iterations=8}}({group})"
+    raise OptcError(f"unknown optimization level {level} (use 0, 1, 2 or 3)")
+
+
+def level_pipeline(level: int) -> Pipeline:
+    """The pipeline of an optimization level (0..3)."""
+    return parse_pipeline(level_spec(level))
+
+
+# -- running pipelines ------------------------------------------------------------------------------------
+
+
+def build_pipeline(level: int | None = DEFAULT_LEVEL, passes: str | Pass | list[Pass] | None = None) -> Pass:
+    """`passes` (a pipeline string, a pass, or a list of passes) wins over `level`."""
+    if passes is None:
+        return level_pipeline(DEFAULT_LEVEL if level is None else level)
+    if isinstance(passes, str):
+        return parse_pipeline(passes)
+    if isinstance(passes, Pass):
+        return passes
+    return Pipeline(list(passes))
+
+
+def copy_model(model: Model) -> Model:
+    """An independent copy (through ONNX; tensor payloads are shared read-only, external data stays mapped)."""
+    from ..ir.onnx_export import to_onnx
+    from ..ir.onnx_import import from_onnx
+
+    return from_onnx(to_onnx(model), base_dir=model.base_dir)
+
+
+def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrument] = (),
+                 disable: Iterable[str] = (), bisect_limit: int | None = None, verify_each: bool = False,
+                 ctx: PassContext | None = None) -> PipelineReport:
+    """Run `pipeline` on `model` in place and return the report."""
+    if ctx is None:
+        ctx = PassContext(opsets=dict(model.opset_imports), budget=RewriteBudget(limit=bisect_limit),
+                          verify_each=verify_each)
+    instruments = list(instruments)
+    if ctx.verify_each and not any(type(i).__name__ == "VerifyEach" for i in instruments):
+        from .pass_manager import VerifyEach
+
+        instruments.append(VerifyEach())
+    return PassManager(pipeline, instruments=instruments, disable=disable).run(model, ctx)
+
+
+def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DEFAULT_LEVEL,
+             passes: str | Pass | list[Pass] | None = None, *, inplace: bool = False,
+             disable: Iterable[str] = ()) -> Model:
+    """Optimize a model with the `-O<level>` pipeline, or with `passes` (a pipeline string such as
+    `"fold-constants,cse,dce"` or pass objects). Returns the optimized Model; the argument is not modified
+    unless `inplace=True`."""
+    from ..ir.io import load
+
+    if isinstance(model, Model):
+        if not inplace:
+            model = copy_model(model)
+    elif isinstance(model, onnx.ModelProto | str | os.PathLike | bytes):
+        model = load(model)
+    else:
+        raise OptcError(f"optimize() takes a Model, a ModelProto or a path, not {type(model).__name__}")
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise OptcError(f"level must be an int 0..3, not {level!r}")
+    run_pipeline(model, build_pipeline(level, passes), disable=disable)
+    return model

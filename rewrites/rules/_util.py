@@ -1,0 +1,96 @@
+"""Small helpers shared by the rule families: shapes, broadcasting, attribute-or-input operands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...ir.core import Node, Value
+from ...ir.types import DataType
+from ..pattern import node_attr
+
+INT64_MAX = 2**63 - 1
+
+
+def full_shape(v: Value | None) -> tuple | None:
+    """The shape if its rank and every dim are known (ints or symbolic names), else None."""
+    if v is None:
+        return None
+    s = v.shape
+    if s is None or any(d is None for d in s):
+        return None
+    return tuple(s)
+
+
+def static_shape(v: Value | None) -> tuple[int, ...] | None:
+    """The shape if every dim is a known integer."""
+    s = full_shape(v)
+    if s is None or not all(isinstance(d, int) for d in s):
+        return None
+    return tuple(int(d) for d in s)
+
+
+def same_shape(a: Value | None, b: Value | None) -> bool:
+    """True when both shapes are fully known and equal (equal symbolic names count as equal)."""
+    sa, sb = full_shape(a), full_shape(b)
+    return sa is not None and sb is not None and sa == sb
+
+
+def same_dtype(a: Value | None, b: Value | None) -> bool:
+    return a is not None and b is not None and a.dtype is not None and a.dtype == b.dtype
+
+
+def broadcast_keeps_shape(x: Value, c_shape: tuple) -> bool:
+    """True if broadcasting `x` with a tensor of shape `c_shape` yields exactly x's shape."""
+    xs = full_shape(x)
+    if xs is None or len(c_shape) > len(xs):
+        return False
+    for xd, cd in zip(xs[len(xs) - len(c_shape):], c_shape, strict=False):
+        if cd == 1:
+            continue
+        if not (isinstance(xd, int) and xd == cd):
+            return False
+    return True
+
+
+def operand(node: Node, index: int, attr: str, opsets: dict[str, int], m=None) -> tuple[bool, Any]:
+    """An operand that moved from an attribute to an input across opsets (Squeeze axes, Pad pads, ...).
+
+    Returns (known, value): from the input `index` when present (known only if it is a constant), else from
+    the attribute `attr`, else (True, None).
+    """
+    if index < len(node.inputs) and node.inputs[index] is not None:
+        arr = m.const(node.inputs[index]) if m is not None else node.inputs[index].const_value()
+        if arr is None:
+            return False, None
+        return True, arr
+    a = node.attributes.get(attr)
+    if a is not None:
+        return True, np.asarray(a.value)
+    return True, node_attr(node, attr, opsets)
+
+
+def np_dtype(v: Value) -> np.dtype | None:
+    dt = v.dtype
+    if dt is None:
+        return None
+    try:
+        return DataType(dt).numpy()
+    except ValueError:
+        return None
+
+
+def is_float(v: Value | None) -> bool:
+    return v is not None and v.dtype is not None and DataType(v.dtype) in (
+        DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16, DataType.BFLOAT16)
+
+
+def normalize_axes(axes, rank: int) -> list[int] | None:
+    out = []
+    for a in np.asarray(axes).reshape(-1).tolist():
+        a = int(a)
+        if a < -rank or a >= rank:
+            return None
+        out.append(a + rank if a < 0 else a)
+    return out

@@ -1,0 +1,371 @@
+"""Operator fusions: BatchNormalization / Add / Mul / Pad into Conv (and friends), MatMul + Add into Gemm.
+
+Weights are recomputed in float64 and stored back in the original element type under fresh names; the
+original (possibly shared) initializers are never changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..pattern import Optional, Or, require
+from ..rule import Rule
+from ._util import is_float, operand
+
+_FLOAT_KINDS = "f"
+
+
+def _arr(m, v):
+    a = m.const(v)
+    return None if a is None else np.asarray(a)
+
+
+def _is_float_array(a) -> bool:
+    return a is not None and a.dtype.kind in _FLOAT_KINDS
+
+
+def _bn_scale_shift(m, scale, bias, mean, var):
+    """Per-channel (s, t) with BN(y) = y * s + t, in float64."""
+    eps = float(m.root.attr("epsilon", 1e-5))
+    sc, bi, mu, va = (_arr(m, v).astype(np.float64) for v in (scale, bias, mean, var))
+    s = sc / np.sqrt(va + eps)
+    return s, bi - mu * s
+
+
+def _check_bn(m, w, b, scale, bias, mean, var, channels_axis: int):
+    """Common BatchNormalization checks; returns the number of output channels."""
+    bn = m.root
+    require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
+    require(bn.attr("is_test", 1) != 0 and bn.attr("spatial", 1) == 1, "BatchNormalization (old opset) trains")
+    require(len([o for o in bn.outputs if o is not None]) == 1, "BatchNormalization has running-stat outputs")
+    arrays = [_arr(m, v) for v in (w, scale, bias, mean, var)]
+    require(all(_is_float_array(a) for a in arrays), "weights are not float constants")
+    if b is not None:
+        require(_is_float_array(_arr(m, b)), "the bias is not a float constant")
+    wa = arrays[0]
+    require(wa.ndim >= 2, "unexpected weight rank")
+    c = wa.shape[channels_axis]
+    require(all(a.size == c for a in arrays[1:]), "BatchNormalization's parameters do not match the channels")
+    if b is not None:
+        require(_arr(m, b).size == c, "the bias does not match the channels")
+    return c
+
+
+class FuseConvBatchNorm(Rule):
+    """BatchNormalization(Conv(x, w, b)) -> Conv(x, w * s, (b - mean) * s + beta)."""
+
+    def pattern(self, op, x, w, b, scale, bias, mean, var):
+        conv = op.Conv(x, w.const(), Optional(b.const()), _name="conv")
+        return op.BatchNormalization(conv, scale.const(), bias.const(), mean.const(), var.const())
+
+    def check(self, m, x, w, b, scale, bias, mean, var):
+        return _check_bn(m, w, b, scale, bias, mean, var, 0) > 0
+
+    def rewrite(self, op, m, x, w, b, scale, bias, mean, var):
+        s, t = _bn_scale_shift(m, scale, bias, mean, var)
+        wa = _arr(m, w)
+        new_w = (wa.astype(np.float64) * s.reshape((-1,) + (1,) * (wa.ndim - 1))).astype(wa.dtype)
+        b0 = _arr(m, b).astype(np.float64) if b is not None else np.zeros_like(s)
+        new_b = (b0 * s + t).astype(wa.dtype)
+        conv = m["conv"]
+        return op.Conv(x, op.const(new_w, hint=f"{w.name}_bn"), op.const(new_b, hint=f"{w.name}_bn_bias"),
+                       **_attrs(conv))
+
+
+class FuseConvTransposeBatchNorm(Rule):
+    """BatchNormalization(ConvTranspose(x, w, b)) -> ConvTranspose with scaled weights and shifted bias."""
+
+    def pattern(self, op, x, w, b, scale, bias, mean, var):
+        conv = op.ConvTranspose(x, w.const(), Optional(b.const()), _name="conv")
+        return op.BatchNormalization(conv, scale.const(), bias.const(), mean.const(), var.const())
+
+    def check(self, m, x, w, b, scale, bias, mean, var):
+        wa = _arr(m, w)
+        require(wa is not None and wa.ndim >= 2, "unexpected weight")
+        group = int(m["conv"].attr("group", 1))
+        out_ch = wa.shape[1] * group
+        bn = m.root
+        require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
+        require(len([o for o in bn.outputs if o is not None]) == 1, "BatchNormalization has running-stat outputs")
+        arrays = [_arr(m, v) for v in (scale, bias, mean, var)] + ([_arr(m, b)] if b is not None else [])
+        require(_is_float_array(wa) and all(_is_float_array(a) for a in arrays), "weights are not float constants")
+        return require(all(a.size == out_ch for a in arrays), "parameters do not match the output channels")
+
+    def rewrite(self, op, m, x, w, b, scale, bias, mean, var):
+        s, t = _bn_scale_shift(m, scale, bias, mean, var)
+        wa = _arr(m, w)
+        group = int(m["conv"].attr("group", 1))
+        cin, mg = wa.shape[0], wa.shape[1]
+        w64 = wa.astype(np.float64).reshape((group, cin // group, mg) + wa.shape[2:])
+        w64 = w64 * s.reshape((group, 1, mg) + (1,) * (wa.ndim - 2))
+        new_w = w64.reshape(wa.shape).astype(wa.dtype)
+        b0 = _arr(m, b).astype(np.float64) if b is not None else np.zeros_like(s)
+        new_b = (b0 * s + t).astype(wa.dtype)
+        return op.ConvTranspose(x, op.const(new_w, hint=f"{w.name}_bn"), op.const(new_b, hint=f"{w.name}_bn_bias"),
+                                **_attrs(m["conv"]))
+
+
+class FuseGemmBatchNorm(Rule):
+    """BatchNormalization(Gemm(a, B, C)) -> Gemm(a, B * s, (beta * C - mean) * s + bias) for 2-D Gemm output."""
+
+    def pattern(self, op, a, w, c, scale, bias, mean, var):
+        gemm = op.Gemm(a, w.const(), Optional(c.const()), _name="gemm")
+        return op.BatchNormalization(gemm, scale.const(), bias.const(), mean.const(), var.const())
+
+    def check(self, m, a, w, c, scale, bias, mean, var):
+        bn = m.root
+        require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
+        require(len([o for o in bn.outputs if o is not None]) == 1, "BatchNormalization has running-stat outputs")
+        wa = _arr(m, w)
+        require(_is_float_array(wa) and wa.ndim == 2, "B is not a 2-D float constant")
+        n_out = wa.shape[0] if m["gemm"].attr("transB", 0) else wa.shape[1]
+        arrays = [_arr(m, v) for v in (scale, bias, mean, var)]
+        require(all(_is_float_array(x) and x.size == n_out for x in arrays), "parameters do not match the columns")
+        if c is not None:
+            ca = _arr(m, c)
+            require(_is_float_array(ca) and ca.ndim <= 2, "C is not a float constant")
+            require(ca.ndim == 0 or ca.shape[-1] in (1, n_out), "C does not broadcast over the columns")
+        return True
+
+    def rewrite(self, op, m, a, w, c, scale, bias, mean, var):
+        s, t = _bn_scale_shift(m, scale, bias, mean, var)
+        gemm = m["gemm"]
+        wa = _arr(m, w)
+        w64 = wa.astype(np.float64)
+        w64 = w64 * (s.reshape(-1, 1) if gemm.attr("transB", 0) else s.reshape(1, -1))
+        beta = float(gemm.attr("beta", 1.0))
+        if c is not None:
+            ca = _arr(m, c).astype(np.float64) * beta
+            cvec = ca if ca.ndim == 2 and ca.shape[0] != 1 else np.broadcast_to(ca.reshape(-1), s.shape)
+        else:
+            cvec = np.zeros_like(s)
+        new_c = ((cvec - np.asarray(_arr(m, mean), np.float64)) * s + np.asarray(_arr(m, bias), np.float64))
+        attrs = _attrs(gemm)
+        attrs["beta"] = 1.0
+        return op.Gemm(a, op.const(w64.astype(wa.dtype), hint=f"{w.name}_bn"),
+                       op.const(new_c.astype(wa.dtype), hint=f"{w.name}_bn_bias"), **attrs)
+
+
+def _attrs(node) -> dict:
+    """The node's attributes (Attr objects keep their exact types, e.g. empty lists)."""
+    return dict(node.attributes)
+
+
+def _channel_vector(m, c, out_rank: int, channels: int) -> np.ndarray | None:
+    """The constant `c` as a per-channel vector when broadcasting it over a conv output (N, C, ...) only
+    varies along C (and does not grow the output); else None."""
+    arr = _arr(m, c)
+    if arr is None or arr.ndim > out_rank:
+        return None
+    if arr.size == 1:
+        return np.full(channels, arr.reshape(-1)[0], dtype=np.float64)
+    shape = (1,) * (out_rank - arr.ndim) + arr.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] != channels:
+        return None
+    return arr.reshape(-1).astype(np.float64)
+
+
+class FuseConvAdd(Rule):
+    """Conv(x, w, b) + c with c constant per output channel -> Conv(x, w, b + c)."""
+
+    def pattern(self, op, x, w, b, c):
+        return op.Add(op.Conv(x, w.const(), Optional(b.const()), _name="conv"), c.const())
+
+    def check(self, m, x, w, b, c):
+        wa = _arr(m, w)
+        require(_is_float_array(wa), "the weight is not a float constant")
+        out = m.outputs[0]
+        require(out.rank is not None, "the output rank is unknown")
+        require(c.dtype == w.dtype, "element types differ")
+        return require(_channel_vector(m, c, out.rank, wa.shape[0]) is not None, "the addend is not per-channel")
+
+    def rewrite(self, op, m, x, w, b, c):
+        wa = _arr(m, w)
+        vec = _channel_vector(m, c, m.outputs[0].rank, wa.shape[0])
+        b0 = _arr(m, b).astype(np.float64) if b is not None else np.zeros(wa.shape[0])
+        return op.Conv(x, w, op.const((b0 + vec).astype(wa.dtype), hint=f"{w.name}_bias"), **_attrs(m["conv"]))
+
+
+class FuseConvMul(Rule):
+    """Conv(x, w, b) * c with c constant per output channel -> Conv(x, w * c, b * c)."""
+
+    def pattern(self, op, x, w, b, c):
+        return op.Mul(op.Conv(x, w.const(), Optional(b.const()), _name="conv"), c.const())
+
+    def check(self, m, x, w, b, c):
+        wa = _arr(m, w)
+        require(_is_float_array(wa), "the weight is not a float constant")
+        out = m.outputs[0]
+        require(out.rank is not None, "the output rank is unknown")
+        require(c.dtype == w.dtype, "element types differ")
+        return require(_channel_vector(m, c, out.rank, wa.shape[0]) is not None, "the factor is not per-channel")
+
+    def rewrite(self, op, m, x, w, b, c):
+        wa = _arr(m, w)
+        vec = _channel_vector(m, c, m.outputs[0].rank, wa.shape[0])
+        new_w = (wa.astype(np.float64) * vec.reshape((-1,) + (1,) * (wa.ndim - 1))).astype(wa.dtype)
+        bias = None
+        if b is not None:
+            bias = op.const((_arr(m, b).astype(np.float64) * vec).astype(wa.dtype), hint=f"{w.name}_bias")
+        return op.Conv(x, op.const(new_w, hint=f"{w.name}_scaled"), bias, **_attrs(m["conv"]))
+
+
+def _pad_amounts(m, pad_node, rank: int) -> list[int] | None:
+    """The Pad's pads as [begin..., end...] over all `rank` axes, or None when not constant / not plain."""
+    known, pads = operand(pad_node, 1, "pads", m.opsets, m)
+    if not known or pads is None:
+        return None
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    if len(pad_node.inputs) > 3 and pad_node.inputs[3] is not None:
+        axes = m.const(pad_node.inputs[3])
+        if axes is None:
+            return None
+        axes = [int(a) + rank if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1)]
+        full = [0] * (2 * rank)
+        k = len(axes)
+        for i, a in enumerate(axes):
+            full[a], full[a + rank] = pads[i], pads[i + k]
+        pads = full
+    if len(pads) != 2 * rank:
+        return None
+    return pads
+
+
+def _pad_value(m, pad_node) -> float | None:
+    known, v = operand(pad_node, 2, "value", m.opsets, m)
+    if not known:
+        return None
+    if v is None:
+        return 0.0
+    v = np.asarray(v).reshape(-1)
+    return float(v[0]) if v.size == 1 else (0.0 if v.size == 0 else None)
+
+
+def _fused_pads(m, x, op_node, kernel_rank: int) -> list[int] | str:
+    pad_node = m["pad"]
+    rank = x.rank
+    if rank is None or rank != kernel_rank + 2:
+        return "the input rank is unknown"
+    mode = pad_node.attr("mode", "constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return "the Pad is not constant padding"
+    pads = _pad_amounts(m, pad_node, rank)
+    if pads is None:
+        return "the pads are not constant"
+    if any(p < 0 for p in pads):
+        return "negative pads crop"
+    if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return "the Pad pads the batch or channel axis"
+    auto_pad = op_node.attr("auto_pad", "NOTSET")
+    if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) not in ("NOTSET", ""):
+        return "the consumer uses auto_pad"
+    own = op_node.attr("pads") or [0] * (2 * kernel_rank)
+    begin = [own[i] + pads[2 + i] for i in range(kernel_rank)]
+    end = [own[kernel_rank + i] + pads[rank + 2 + i] for i in range(kernel_rank)]
+    return begin + end
+
+
+def _kernel_rank(m, node) -> int | None:
+    ks = node.attr("kernel_shape")
+    if ks is not None:
+        return len(ks)
+    if node.op_type == "Conv" and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].rank:
+        return node.inputs[1].rank - 2
+    return None
+
+
+class FusePadConv(Rule):
+    """Conv(Pad(x, zeros on spatial axes)) -> Conv(x) with the pads added to its own."""
+
+    def pattern(self, op, x, w, b):
+        pad = op.Pad(x, _allow_other_inputs=True, _name="pad")
+        return op.Conv(pad, w, Optional(b))
+
+    def check(self, m, x, w, b):
+        kr = _kernel_rank(m, m.root)
+        require(kr is not None, "the kernel rank is unknown")
+        v = _pad_value(m, m["pad"])
+        require(v == 0.0, "the pad value is not a constant 0")
+        fused = _fused_pads(m, x, m.root, kr)
+        return require(not isinstance(fused, str), fused if isinstance(fused, str) else "")
+
+    def rewrite(self, op, m, x, w, b):
+        attrs = _attrs(m.root)
+        attrs["pads"] = _fused_pads(m, x, m.root, _kernel_rank(m, m.root))
+        attrs.pop("auto_pad", None)
+        return op.Conv(x, w, b, **attrs)
+
+
+class FusePadAveragePool(Rule):
+    """AveragePool(Pad(x, zeros)) -> AveragePool(x, pads + count_include_pad=1) when exact."""
+
+    def pattern(self, op, x):
+        return op.AveragePool(op.Pad(x, _allow_other_inputs=True, _name="pad"))
+
+    def check(self, m, x):
+        pool = m.root
+        kr = _kernel_rank(m, pool)
+        require(kr is not None, "the kernel rank is unknown")
+        require(_pad_value(m, m["pad"]) == 0.0, "the pad value is not a constant 0")
+        own = pool.attr("pads") or [0] * (2 * kr)
+        require(pool.attr("count_include_pad", 0) == 1 or not any(own),
+                "the pool's own padding is excluded from the average")
+        require(pool.attr("ceil_mode", 0) == 0, "ceil_mode windows may reach past the padding")
+        fused = _fused_pads(m, x, pool, kr)
+        return require(not isinstance(fused, str), fused if isinstance(fused, str) else "")
+
+    def rewrite(self, op, m, x):
+        attrs = _attrs(m.root)
+        attrs["pads"] = _fused_pads(m, x, m.root, _kernel_rank(m, m.root))
+        attrs["count_include_pad"] = 1
+        attrs.pop("auto_pad", None)
+        return op.AveragePool(x, **attrs)
+
+
+class FusePadMaxPool(Rule):
+    """MaxPool(Pad(x, -inf)) -> MaxPool(x, pads) (MaxPool's implicit padding is -inf)."""
+
+    def pattern(self, op, x):
+        return op.MaxPool(op.Pad(x, _allow_other_inputs=True, _name="pad"))
+
+    def check(self, m, x):
+        pool = m.root
+        kr = _kernel_rank(m, pool)
+        require(kr is not None, "the kernel rank is unknown")
+        v = _pad_value(m, m["pad"])
+        require(v is not None and v == -np.inf, "the pad value is not -inf")
+        fused = _fused_pads(m, x, pool, kr)
+        return require(not isinstance(fused, str), fused if isinstance(fused, str) else "")
+
+    def rewrite(self, op, m, x):
+        attrs = _attrs(m.root)
+        attrs["pads"] = _fused_pads(m, x, m.root, _kernel_rank(m, m.root))
+        attrs.pop("auto_pad", None)
+        return op.MaxPool(x, **attrs)
+
+
+class MatMulAddToGemm(Rule):
+    """Add(MatMul(a, b), c) with rank-2 a and b, float, c broadcastable to the product -> Gemm(a, b, c)."""
+
+    def pattern(self, op, a, b, c):
+        return op.Add(op.MatMul(a, b), c)
+
+    def check(self, m, a, b, c):
+        require(a.rank == 2 and b.rank == 2, "Gemm needs rank-2 A and B")
+        require(is_float(a) and a.dtype == b.dtype == c.dtype, "Gemm needs float operands of one type")
+        require(c.rank is not None and c.rank <= 2, "C must have rank <= 2")
+        prod = (a.shape[0], b.shape[1])
+        for cd, pd in zip(c.shape, prod[2 - c.rank:], strict=True):
+            require(cd == 1 or (cd is not None and cd == pd), "C may broadcast the product to a larger shape")
+        return True
+
+    def rewrite(self, op, m, a, b, c):
+        return op.Gemm(a, b, c)
+
+
+CONV_BN: list[type[Rule]] = [FuseConvBatchNorm, FuseConvTransposeBatchNorm, FuseGemmBatchNorm]
+CONV_ADD_MUL: list[type[Rule]] = [FuseConvAdd, FuseConvMul]
+PAD: list[type[Rule]] = [FusePadConv, FusePadAveragePool, FusePadMaxPool]
+MATMUL_ADD: list[type[Rule]] = [MatMulAddToGemm]
+
+__all__ = ["CONV_ADD_MUL", "CONV_BN", "MATMUL_ADD", "PAD", "Or"]

@@ -1,0 +1,217 @@
+"""fold-constants: positive and negative cases, outputs compared on onnxruntime before and after."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from optc.ir import from_onnx
+from optc.rewrites import PassContext, RewriteBudget
+from optc.rewrites.passes import make_folder
+
+from .test_passes_support import assert_same_outputs, check, op_types, parse, run_passes
+
+
+def test_folds_constant_arithmetic_chain():
+    _, after, report = check("""
+    g (float[2,3] x) => (float[2,3] y) <float[3] c = {1.0, 2.0, 3.0}> {
+      two = Constant<value = float {2.0}>()
+      c2 = Mul(c, two)
+      c3 = Sqrt(c2)
+      c4 = Neg(c3)
+      y = Add(x, c4)
+    }""", "fold-constants")
+    assert op_types(after) == ["Add"]
+    counts = report.passes[0].counts
+    assert counts["fold:Mul"] == 1 and counts["fold:Sqrt"] == 1 and counts["fold:Constant"] == 1
+
+
+def test_folded_graph_output_keeps_its_name():
+    _, after, _ = check("""
+    g (float[3] x) => (float[3] y, float[3] k) <float[3] a = {1.0, 2.0, 3.0}, float[3] b = {4.0, 5.0, 6.0}> {
+      k = Add(a, b)
+      y = Mul(x, k)
+    }""", "fold-constants,dce")
+    assert [o.name for o in after.graph.output] == ["y", "k"]
+    assert op_types(after) == ["Mul"]
+
+
+def test_reference_evaluator_ops_fold():
+    _, after, report = check("""
+    g (float[4] x) => (float[4] y) <int64 s = {0}, int64 l = {4}, int64 d = {1}> {
+      r = Range(s, l, d)
+      f = Cast<to = 1>(r)
+      e = Exp(f)
+      t = TopK<axis = 0>(e, l)
+      y = Add(x, t)
+    }""".replace("t = TopK<axis = 0>(e, l)", "t, idx = TopK<axis = 0>(e, l1)").replace(
+        "int64 d = {1}>", "int64 d = {1}, int64[1] l1 = {4}>"), "fold-constants")
+    assert op_types(after) == ["Add"]
+    assert report.passes[0].counts["fold:TopK"] == 1
+
+
+def test_shape_of_static_input_folds_and_feeds_constant_of_shape():
+    _, after, _ = check("""
+    g (float[2,3] x) => (float[2,3] y) {
+      s = Shape(x)
+      z = ConstantOfShape<value = float[1] {0.5}>(s)
+      n = Size(x)
+      nf = Cast<to = 1>(n)
+      z2 = Mul(z, nf)
+      y = Add(x, z2)
+    }""", "fold-constants,dce")
+    assert op_types(after) == ["Add"]
+
+
+def test_shape_with_start_end_folds_static_part_of_dynamic_shape():
+    _, after, _ = check("""
+    g (float[N,3,4] x) => (int64[2] y) {
+      y = Shape<start = 1>(x)
+    }""", "fold-constants")
+    assert op_types(after) == []
+
+
+def test_shape_of_dynamic_input_is_not_folded():
+    _, after, _ = check("""
+    g (float[N,3] x) => (int64[2] y) {
+      y = Shape(x)
+    }""", "fold-constants")
+    assert op_types(after) == ["Shape"]
+
+
+def test_size_limit_refuses_growing_folds():
+    text = """
+    g (float[1000,100] x) => (float[1000,100] y) <int64[2] s = {1000, 100}> {
+      z = ConstantOfShape<value = float[1] {1.0}>(s)
+      y = Add(x, z)
+    }"""
+    _, after, _ = check(text, "fold-constants{size-limit=1000}")
+    assert op_types(after) == ["ConstantOfShape", "Add"]
+    _, after, _ = check(text, "fold-constants{size-limit=1000000}")
+    assert op_types(after) == ["Add"]
+
+
+def test_shrinking_fold_of_large_inputs_is_allowed():
+    _, after, _ = check("""
+    g (float[1] x) => (float[1] y) <int64[2] s = {1000, 1000}> {
+      z = ConstantOfShape<value = float[1] {1.0}>(s)
+      r = ReduceSum<keepdims = 0>(z)
+      r1 = Reshape(r, one)
+      y = Add(x, r1)
+    }""".replace("s = {1000, 1000}>", "s = {1000, 1000}, int64[1] one = {1}>"),
+        "fold-constants{size-limit=1000000},fold-constants{size-limit=1000}")
+    assert op_types(after) == ["ConstantOfShape", "ReduceSum", "Reshape", "Add"] or op_types(after) == ["Add"]
+
+
+def test_nondeterministic_ops_are_never_folded():
+    after, _, _ = run_passes(parse("""
+    g (float[2] x) => (float[2] y) <float[2] c = {1.0, 2.0}> {
+      r = RandomUniformLike<seed = 1.0>(c)
+      y = Add(x, r)
+    }"""), "fold-constants")
+    assert op_types(after) == ["RandomUniformLike", "Add"]
+
+
+def test_initializer_that_is_also_an_input_is_not_a_constant():
+    before = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, float[2] c) => (float[2] y) <float[2] c = {1.0, 2.0}, float[2] d = {1.0, 1.0}> {
+      e = Add(c, d)
+      y = Mul(x, e)
+    }""")
+    after, _, _ = run_passes(before, "fold-constants")
+    assert op_types(after) == ["Add", "Mul"]
+
+
+def test_sequence_results_are_not_folded():
+    after, _, _ = run_passes(parse("""
+    g (float[2] x) => (float[2] y) <float[2] c = {1.0, 2.0}> {
+      s = SequenceConstruct(c, c)
+      i = Constant<value = int64 {0}>()
+      e = SequenceAt(s, i)
+      y = Add(x, e)
+    }"""), "fold-constants")
+    assert "SequenceConstruct" in op_types(after)
+
+
+def test_folds_inside_if_branches():
+    before = parse("""
+    g (bool b, float[2] x) => (float[2] y) <float[2] c = {1.0, 2.0}> {
+      y = If(b) <
+        then_branch = t () => (float[2] ty) { k = Add(c, c)  ty = Mul(x, k) },
+        else_branch = e () => (float[2] ey) { one = Constant<value = float {1.0}>()  ey = Add(x, one) }
+      >
+    }""")
+    after, report, model = run_passes(before, "fold-constants")
+    then_ops = [n.op_type for n in after.graph.node[0].attribute[0].g.node]
+    else_ops = [n.op_type for n in after.graph.node[0].attribute[1].g.node]
+    assert then_ops == ["Mul"] and else_ops == ["Add"]
+    for b in (True, False):
+        assert_same_outputs(before, after, {"b": np.array(b), "x": np.array([3.0, 4.0], np.float32)})
+
+
+def test_folds_inside_functions_as_constant_nodes():
+    before = parse("""
+    <ir_version: 10, opset_import: ["" : 21, "local" : 1]>
+    g (float[2] x) => (float[2] y) { y = local.F(x) }
+    <domain: "local", opset_import: ["" : 21]>
+    F (a) => (b) {
+      c = Constant<value = float[2] {1.0, 2.0}>()
+      k = Add(c, c)
+      b = Mul(a, k)
+    }""", header="")
+    after, report, _ = run_passes(before, "fold-constants,dce")
+    fn_ops = [n.op_type for n in after.functions[0].node]
+    assert fn_ops == ["Constant", "Mul"]
+    assert_same_outputs(before, after)
+
+
+def test_make_folder_folds_one_node_and_respects_the_budget():
+    model = from_onnx(parse("""
+    g (float[2] x) => (float[2] y) <float[2] a = {1.0, 2.0}, float[2] b = {3.0, 4.0}> {
+      k = Add(a, b)
+      j = Mul(k, x)
+      y = Sub(j, k)
+    }"""))
+    nodes = model.graph.nodes
+    ctx = PassContext(budget=RewriteBudget(limit=0))
+    fold = make_folder(ctx)
+    assert fold(nodes[0]) is False and len(model.graph) == 3  # budget: no rewrite allowed
+    ctx = PassContext(budget=RewriteBudget(limit=1))
+    fold = make_folder(ctx)
+    assert fold(nodes[1]) is False  # x is not a constant
+    assert fold(nodes[0]) is True
+    assert len(model.graph) == 2 and ctx.budget.used == 1
+    k = nodes[2].inputs[1]
+    assert k.const is not None and list(k.const.numpy()) == [4.0, 6.0]
+    assert [r.rule for r in ctx.records] == ["fold:Add"]
+
+
+def test_nothing_to_fold_reports_no_change():
+    _, after, report = check("""
+    g (float[2] x) => (float[2] y) { y = Relu(x) }""", "fold-constants")
+    assert report.result.changed is False and op_types(after) == ["Relu"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "double", "int32", "int64"])
+def test_folding_keeps_element_types(dtype):
+    _, after, _ = check(f"""
+    g ({dtype}[2] x) => ({dtype}[2] y) <{dtype}[2] a = {{1, 2}}, {dtype}[2] b = {{3, 4}}> {{
+      k = Mul(a, b)
+      y = Add(x, k)
+    }}""", "fold-constants")
+    assert op_types(after) == ["Add"]
+
+
+def test_identity_of_a_weight_forwards_the_weight_without_copying_it():
+    before = parse("""
+    g (float[2] x) => (float[2] y, float[2] w2) <float[2] w = {1.0, 2.0}> {
+      w1 = Identity(w)
+      w2 = Identity(w)
+      y = Mul(x, w1)
+    }""")
+    after, report, model = run_passes(before, "fold-constants")
+    # w1 is read through w itself; w2 is a graph output, so it becomes its own initializer
+    assert op_types(after) == ["Mul"]
+    assert list(after.graph.node[0].input) == ["x", "w"]
+    assert sorted(t.name for t in after.graph.initializer) == ["w", "w2"]
+    assert_same_outputs(before, after)

@@ -1,0 +1,297 @@
+"""fuse-conv-bn, fuse-conv-add-mul, fuse-pad, fuse-matmul-add: a positive and a negative test per rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from optc.rewrites.rules import RULE_SETS
+from optc.rewrites.rules import fusion as F
+from optc.rewrites.rules._testing import check_rewrite, count_ops
+
+H17 = '<ir_version: 8, opset_import: ["" : 17]>\n'
+H18 = '<ir_version: 8, opset_import: ["" : 18]>\n'
+RNG = np.random.default_rng(0)
+
+
+def init(name: str, arr: np.ndarray) -> str:
+    """An initializer declaration in ONNX's text syntax."""
+    arr = np.asarray(arr)
+    kind = {np.dtype("float32"): "float", np.dtype("int64"): "int64"}[arr.dtype]
+    dims = "[" + ",".join(str(d) for d in arr.shape) + "]" if arr.ndim else ""
+    vals = ", ".join(repr(float(v)) if kind == "float" else str(int(v)) for v in arr.reshape(-1))
+    return f"{kind}{dims} {name} = {{{vals}}}"
+
+
+def inits(**arrays) -> str:
+    return "<" + ", ".join(init(k, v) for k, v in arrays.items()) + ">"
+
+
+def r(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def bn_params(c):
+    return dict(scale=r(c), bias=r(c), mean=r(c), var=(np.abs(r(c)) + 0.5).astype(np.float32))
+
+
+def test_registry():
+    assert RULE_SETS["fuse-conv-bn"] == F.CONV_BN
+    assert RULE_SETS["fuse-conv-add-mul"] == F.CONV_ADD_MUL
+    assert RULE_SETS["fuse-pad"] == F.PAD
+    assert RULE_SETS["fuse-matmul-add"] == F.MATMUL_ADD
+
+
+# -- BatchNormalization ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_bias,group", [(True, 1), (False, 1), (True, 2)])
+def test_conv_bn_positive(with_bias, group):
+    ws = dict(w=r(4, 4 // group, 3, 3), **bn_params(4))
+    if with_bias:
+        ws["b"] = r(4)
+    conv = f"c = Conv<pads = [1, 1, 1, 1], group = {group}>(x, w{', b' if with_bias else ''})"
+    model, _ = check_rewrite(F.FuseConvBatchNorm, H17 + f"""
+    g (float[2,4,5,5] x) => (float[2,4,5,5] y) {inits(**ws)} {{
+      {conv}
+      y = BatchNormalization<epsilon = 0.001>(c, scale, bias, mean, var)
+    }}""", expect="FuseConvBatchNorm", gone=["BatchNormalization"], rtol=1e-4, atol=1e-5)
+    # the original weight is not overwritten: the fused one has a fresh name
+    conv_node = next(n for n in model.graph if n.op_type == "Conv")
+    assert conv_node.inputs[1].name != "w" and "w" in model.graph.initializers
+
+
+def test_conv_bn_negative_conv_output_used():
+    ws = dict(w=r(4, 3, 3, 3), **bn_params(4))
+    check_rewrite(F.FuseConvBatchNorm, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y, float[2,4,3,3] c) {inits(**ws)} {{
+      c = Conv(x, w)
+      y = BatchNormalization(c, scale, bias, mean, var)
+    }}""", expect=None)
+
+
+def test_conv_bn_negative_weight_not_constant():
+    ws = bn_params(4)
+    check_rewrite(F.FuseConvBatchNorm, H17 + f"""
+    g (float[2,3,5,5] x, float[4,3,3,3] w) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w)
+      y = BatchNormalization(c, scale, bias, mean, var)
+    }}""", expect=None)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_convtranspose_bn_positive(group):
+    ws = dict(w=r(4, 6 // group, 3, 3), b=r(6), **bn_params(6))
+    check_rewrite(F.FuseConvTransposeBatchNorm, H17 + f"""
+    g (float[2,4,5,5] x) => (float[2,6,7,7] y) {inits(**ws)} {{
+      c = ConvTranspose<group = {group}>(x, w, b)
+      y = BatchNormalization(c, scale, bias, mean, var)
+    }}""", expect="FuseConvTransposeBatchNorm", gone=["BatchNormalization"], rtol=1e-4, atol=1e-5)
+
+
+def test_convtranspose_bn_negative_channels():
+    ws = dict(w=r(4, 6, 3, 3), **bn_params(6))
+    check_rewrite(F.FuseConvTransposeBatchNorm, H17 + f"""
+    g (float[2,4,5,5] x) => (float[2,6,7,7] y, float[2,6,7,7] c) {inits(**ws)} {{
+      c = ConvTranspose(x, w)
+      y = BatchNormalization(c, scale, bias, mean, var)
+    }}""", expect=None)
+
+
+@pytest.mark.parametrize("trans_b,cshape", [(0, (5,)), (1, (5,)), (0, (3, 5)), (1, None)])
+def test_gemm_bn_positive(trans_b, cshape):
+    ws = dict(w=r(5, 4) if trans_b else r(4, 5), **bn_params(5))
+    if cshape is not None:
+        ws["c"] = r(*cshape)
+    args = "a, w, c" if cshape is not None else "a, w"
+    check_rewrite(F.FuseGemmBatchNorm, H17 + f"""
+    g (float[3,4] a) => (float[3,5] y) {inits(**ws)} {{
+      t = Gemm<transB = {trans_b}, alpha = 0.5, beta = 2.0>({args})
+      y = BatchNormalization(t, scale, bias, mean, var)
+    }}""", expect="FuseGemmBatchNorm", gone=["BatchNormalization"], rtol=1e-4, atol=1e-5)
+
+
+def test_gemm_bn_negative_training_outputs():
+    ws = dict(w=r(4, 5), **bn_params(5))
+    check_rewrite(F.FuseGemmBatchNorm, H17 + f"""
+    g (float[3,4] a) => (float[3,5] y, float[3,5] t) {inits(**ws)} {{
+      t = Gemm(a, w)
+      y = BatchNormalization(t, scale, bias, mean, var)
+    }}""", expect=None)
+
+
+# -- Add / Mul into Conv --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cshape", [(1, 4, 1, 1), (4, 1, 1), (1,), ()])
+def test_conv_add_positive(cshape):
+    ws = dict(w=r(4, 3, 3, 3), b=r(4), k=r(*cshape))
+    check_rewrite(F.FuseConvAdd, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w, b)
+      y = Add(k, c)
+    }}""", expect="FuseConvAdd", gone=["Add"], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_add_negative_spatial_addend():
+    ws = dict(w=r(4, 3, 3, 3), k=r(1, 4, 3, 3))
+    check_rewrite(F.FuseConvAdd, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w)
+      y = Add(c, k)
+    }}""", expect=None)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv_mul_positive(with_bias):
+    ws = dict(w=r(4, 3, 3, 3), k=r(4, 1, 1))
+    if with_bias:
+        ws["b"] = r(4)
+    check_rewrite(F.FuseConvMul, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w{', b' if with_bias else ''})
+      y = Mul(c, k)
+    }}""", expect="FuseConvMul", gone=["Mul"], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_mul_negative_dynamic_factor():
+    ws = dict(w=r(4, 3, 3, 3))
+    check_rewrite(F.FuseConvMul, H17 + f"""
+    g (float[2,3,5,5] x, float[4,1,1] k) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w)
+      y = Mul(c, k)
+    }}""", expect=None)
+
+
+# -- Pad into Conv / pools ------------------------------------------------------------------------------------
+
+
+def test_pad_conv_positive():
+    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 2, 0, 0, 1, 0], np.int64))
+    check_rewrite(F.FusePadConv, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,5,6] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = Conv<pads = [0, 0, 0, 1]>(t, w)
+    }}""", expect="FusePadConv", gone=["Pad"])
+
+
+def test_pad_conv_negative_nonzero_value():
+    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), v=np.array(1.0, np.float32))
+    check_rewrite(F.FusePadConv, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,5,5] y) {inits(**ws)} {{
+      t = Pad(x, p, v)
+      y = Conv(t, w)
+    }}""", expect=None)
+
+
+def test_pad_conv_negative_reflect():
+    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadConv, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,5,5] y) {inits(**ws)} {{
+      t = Pad<mode = "reflect">(x, p)
+      y = Conv(t, w)
+    }}""", expect=None)
+
+
+def test_pad_conv_negative_channel_pad():
+    ws = dict(w=r(4, 5, 3, 3), p=np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))
+    check_rewrite(F.FusePadConv, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = Conv(t, w)
+    }}""", expect=None)
+
+
+def test_pad_avgpool_positive():
+    ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadAveragePool, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,3,5,5] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = AveragePool<kernel_shape = [3, 3]>(t)
+    }}""", expect="FusePadAveragePool", gone=["Pad"])
+
+
+def test_pad_avgpool_negative_own_pads_excluded():
+    ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadAveragePool, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,3,7,7] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = AveragePool<kernel_shape = [3, 3], pads = [1, 1, 1, 1]>(t)
+    }}""", expect=None)
+
+
+def test_pad_maxpool_positive():
+    import onnx.numpy_helper
+
+    ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), v=np.array(-1.0, np.float32))
+    proto = onnx.parser.parse_model(H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,3,5,5] y) {inits(**ws)} {{
+      t = Pad(x, p, v)
+      y = MaxPool<kernel_shape = [3, 3]>(t)
+    }}""")
+    proto.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "v"))
+    check_rewrite(F.FusePadMaxPool, proto, expect="FusePadMaxPool", gone=["Pad"])
+
+
+def test_pad_maxpool_negative_zero_pad():
+    ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadMaxPool, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,3,5,5] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = MaxPool<kernel_shape = [3, 3]>(t)
+    }}""", expect=None)
+
+
+# -- MatMul + Add -> Gemm -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("add", ["Add(t, c)", "Add(c, t)"])
+def test_matmul_add_positive(add):
+    model, _ = check_rewrite(F.MatMulAddToGemm, H17 + f"""
+    g (float[3,4] a, float[4,5] b, float[5] c) => (float[3,5] y) {{
+      t = MatMul(a, b)
+      y = {add}
+    }}""", expect="MatMulAddToGemm", gone=["MatMul", "Add"], present=["Gemm"])
+    assert count_ops(model) == {"Gemm": 1}
+
+
+def test_matmul_add_negative_rank3():
+    check_rewrite(F.MatMulAddToGemm, H17 + """
+    g (float[2,3,4] a, float[4,5] b, float[5] c) => (float[2,3,5] y) {
+      t = MatMul(a, b)
+      y = Add(t, c)
+    }""", expect=None)
+
+
+def test_matmul_add_negative_broadcasting_addend():
+    check_rewrite(F.MatMulAddToGemm, H17 + """
+    g (float[3,4] a, float[4,5] b, float[2,3,5] c) => (float[2,3,5] y) {
+      t = MatMul(a, b)
+      y = Add(t, c)
+    }""", expect=None)
+
+
+def test_matmul_add_negative_int():
+    check_rewrite(F.MatMulAddToGemm, H17 + """
+    g (int32[3,4] a, int32[4,5] b, int32[5] c) => (int32[3,5] y) {
+      t = MatMul(a, b)
+      y = Add(t, c)
+    }""", expect=None)
+
+
+def test_matmul_add_negative_symbolic_broadcast():
+    # C's leading dim K may differ from A's M (and broadcast a 1-row product): Gemm cannot express that
+    check_rewrite(F.MatMulAddToGemm, H17 + """
+    g (float[M,4] a, float[4,5] b, float[K,5] c) => (float[K,5] y) {
+      t = MatMul(a, b)
+      y = Add(t, c)
+    }""", expect=None, feeds={"a": np.ones((1, 4), np.float32), "b": np.ones((4, 5), np.float32),
+                              "c": np.ones((3, 5), np.float32)}, infer=False)
+
+
+def test_pad_avgpool_negative_ceil_mode():
+    ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadAveragePool, H17 + f"""
+    g (float[2,3,6,6] x) => (float[2,3,4,4] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = AveragePool<kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1>(t)
+    }}""", expect=None)

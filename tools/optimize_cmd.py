@@ -1,0 +1,101 @@
+"""`optc optimize`: run the -O pipeline (or a -p pipeline string) on a model and write the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from ..errors import OptcError
+from ..ir import load, save
+from .paths import check_output_path
+
+
+def run(args) -> int:
+    from ..rewrites.pass_manager import PrintIRAfter, TimePasses, VerifyEach, get_pass_info
+    from ..rewrites.pipelines import build_pipeline, run_pipeline
+
+    check_output_path(args.model, args.output)
+    if args.level is not None and args.passes is not None:
+        raise OptcError("give an optimization level (-O0..-O3) or a pipeline (-p), not both")
+    if args.bisect_limit is not None and args.bisect_limit < 0:
+        raise OptcError("--bisect-limit must be 0 or more")
+    if args.report:
+        check_output_path(args.model, args.report)
+    pipeline = build_pipeline(args.level, args.passes)
+    for name in args.print_ir_after or []:
+        if name != "all":
+            get_pass_info(name)
+    instruments = []
+    if args.print_ir_after:
+        instruments.append(PrintIRAfter(args.print_ir_after))
+    if args.verify_each:
+        instruments.append(VerifyEach())
+    if args.time_passes:
+        instruments.append(TimePasses())
+    model = load(args.model)
+    report = run_pipeline(model, pipeline, instruments=instruments, disable=args.disable or [],
+                          bisect_limit=args.bisect_limit, verify_each=args.verify_each)
+    save(model, args.output)
+    if args.report:
+        data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), **report.to_json()}
+        _write_json(args.report, data)
+    summary = (f"optc: {report.nodes_before} -> {report.nodes_after} nodes, {report.rewrites} rewrites in "
+               f"{report.seconds:.3f}s; wrote {args.output}")
+    print(summary, file=sys.stderr)
+    if args.bisect_limit is not None:
+        last = report.last_rewrite
+        if last is None:
+            print(f"optc: bisect: the pipeline applied {report.rewrites} rewrites, fewer than the limit "
+                  f"{args.bisect_limit}", file=sys.stderr)
+        else:
+            print(f"optc: bisect: rewrite #{last.index} (the last one applied) was {last.rule} on {last.node} "
+                  f"in pass '{last.pass_name}'", file=sys.stderr)
+    return 0
+
+
+def _write_json(path: str, data) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OptcError(f"cannot write '{path}': directory '{directory}' does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "optimize", help="optimize a model (-O0..-O3 or a pass pipeline)",
+        description="Optimize an ONNX model with optc's rewrite passes and write the result (atomically; the "
+        "input is never modified). `optc passes` lists the passes and rules.")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("-o", "--output", required=True, help="where to write the optimized model")
+    levels = p.add_mutually_exclusive_group()
+    for level in range(4):
+        levels.add_argument(f"-O{level}", dest="level", action="store_const", const=level,
+                            help=f"optimization level {level}" + (" (default)" if level == 2 else ""))
+    p.set_defaults(level=None)
+    p.add_argument("-p", "--passes", metavar="PIPELINE", default=None,
+                   help='a pass pipeline instead of a level, e.g. "fold-constants,cse,fuse{set=conv-bn},dce" or '
+                   '"fixed-point{max-iterations=4}(cse,dce)"')
+    p.add_argument("--disable", action="append", metavar="NAME", help="skip the pass NAME (repeatable)")
+    p.add_argument("--report", metavar="FILE", help="write a JSON report: time, nodes before/after and rule "
+                   "counts per pass")
+    p.add_argument("--print-ir-after", action="append", metavar="NAME",
+                   help="print the IR (on stderr) after every run of pass NAME, or after every pass with 'all'")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass; fail naming the "
+                   "pass that broke it")
+    p.add_argument("--time-passes", action="store_true", help="print the time spent in each pass")
+    p.add_argument("--bisect-limit", type=int, metavar="N", default=None,
+                   help="apply only the first N rewrites and say which rewrite was number N")
+    p.set_defaults(func=run)
