@@ -9,14 +9,17 @@ from .paths import check_output_path
 
 
 def run(args) -> int:
-    from ..codegen.compile import compile_to_file
+    from ..ir import load
 
     check_output_path(args.model, args.output)
+    model = load(args.model)  # a bad input fails here, before TVM is imported
+    from ..codegen.compile import compile_to_file
+
     if args.tune and not args.db:
         raise OptcError("--tune needs --db DIR, the tuning database directory (reused by later compiles)")
     report: dict = {}
     start = time.perf_counter()
-    path = compile_to_file(args.model, args.output, args.target, level=args.level,
+    path = compile_to_file(model, args.output, args.target, level=args.level,
                            trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
                            progress=not args.quiet, report=report)
     build = report.get("build", {})

@@ -25,8 +25,9 @@ _ORT_TYPES = {
 def _session(path: str):
     import onnxruntime as ort
 
-    if not os.path.exists(path):
-        raise OptcError(f"cannot read '{path}': no such file")
+    from ..ir import load
+
+    load(path)  # the same one-line errors as every other subcommand for a bad file, before onnxruntime sees it
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # Compare the models as written: onnxruntime's own graph optimizations would blur the comparison.
