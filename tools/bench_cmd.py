@@ -39,9 +39,11 @@ def _median_ms(fn, repeat: int, warmup: int) -> float:
 
 
 def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat: int = 50, warmup: int = 5,
-          dims: dict[str, int] | None = None, seed: int = 0) -> dict:
+          dims: dict[str, int] | None = None, seed: int = 0, *, level: int = 2, trials: int = 0,
+          db: str | None = None) -> dict:
     """Median latencies (ms) of optc and onnxruntime on the same random inputs, their ratio and the max abs
-    difference of their outputs. Without `artifact`, the model is compiled for the CPU (-O2) first."""
+    difference of their outputs. Without `artifact`, the model is compiled for the CPU first (`level`, and
+    tuned with `trials` into the database `db` when given); `compile_s` is then the compile time."""
     from .. import runtime
     from ..codegen.compile import compile as compile_model
     from ..ir import load
@@ -49,15 +51,19 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     model = load(model_path)
     session = _ort_session(model_path, threads)
     feeds = random_inputs(session, dims, seed)
-    module = runtime.load(artifact) if artifact else compile_model(model, "cpu")
+    start = time.perf_counter()
+    module = runtime.load(artifact) if artifact else compile_model(model, "cpu", level=level, trials=trials, db=db)
+    compile_s = None if artifact else time.perf_counter() - start
     ort_out = session.run(None, feeds)
     optc_out = module.run(feeds)
     diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0)
                for a, b in zip(ort_out, optc_out.values()))
+    scale = max((float(np.max(np.abs(np.asarray(a, np.float64)))) if np.size(a) else 0.0) for a in ort_out)
     optc_ms = module.benchmark(feeds, repeat=repeat, warmup=warmup)
     ort_ms = _median_ms(lambda: session.run(None, feeds), repeat, warmup)
     return {"model": model_path, "artifact": artifact, "threads": threads, "repeat": repeat,
-            "optc_ms": optc_ms, "onnxruntime_ms": ort_ms, "ratio": optc_ms / ort_ms, "max_abs_diff": diff}
+            "optc_ms": optc_ms, "onnxruntime_ms": ort_ms, "ratio": optc_ms / ort_ms, "max_abs_diff": diff,
+            "max_abs_output": scale, "compile_s": compile_s}
 
 
 def run(args) -> int:

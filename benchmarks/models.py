@@ -1,0 +1,308 @@
+"""Models the benchmarks generate: a ResNet-like CNN, a MobileNetV2-like CNN, a BERT-like encoder (built with
+onnx.helper in the style of a PyTorch export), scaling graphs of any size, and torch-exported versions of the
+ResNet-like and BERT-like models when torch is installed (the `bench` extra)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class Builder:
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.n = 0
+
+    def name(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}_{self.n}"
+
+    def weight(self, *shape, scale: float = 0.05, hint: str = "w") -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array((self.rng.standard_normal(shape) * scale).astype(np.float32),
+                                                  name))
+        return name
+
+    def const_node(self, arr) -> str:
+        """A Constant node (as exporters write small constants)."""
+        out = self.name("const")
+        self.nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.asarray(arr))))
+        return out
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs):
+        outs = [self.name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def model(self, inputs, outputs, name: str, opset: int = 17) -> onnx.ModelProto:
+        g = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        onnx.checker.check_model(m)
+        return m
+
+
+def resnet_like(width: int = 32, blocks=(3, 4, 6, 3), image: int = 224) -> onnx.ModelProto:
+    """A ResNet-50-shaped CNN: explicit Pad + Conv, Conv + BatchNorm + Relu, bottleneck blocks with residual
+    Add, GlobalAveragePool, a Shape-computed Flatten and MatMul + Add classifier."""
+    b = Builder(1)
+
+    def conv_bn(x, cin, cout, k, stride=1, relu=True, explicit_pad=False):
+        pad = k // 2
+        if explicit_pad and pad:
+            pads = b.const_node(np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))
+            x = b.op("Pad", [x, pads], mode="constant")
+            conv = b.op("Conv", [x, b.weight(cout, cin, k, k, scale=np.sqrt(2 / (cin * k * k)))],
+                        kernel_shape=[k, k], strides=[stride, stride])
+        else:
+            conv = b.op("Conv", [x, b.weight(cout, cin, k, k, scale=np.sqrt(2 / (cin * k * k)))],
+                        kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+        scale = b.name("bn_s")
+        b.inits.append(numpy_helper.from_array(b.rng.uniform(0.5, 1.5, cout).astype(np.float32), scale))
+        bias, mean = b.weight(cout, scale=0.1), b.weight(cout, scale=0.1)
+        var = b.name("bn_v")
+        b.inits.append(numpy_helper.from_array(b.rng.uniform(0.5, 1.5, cout).astype(np.float32), var))
+        y = b.op("BatchNormalization", [conv, scale, bias, mean, var], epsilon=1e-5)
+        return b.op("Relu", [y]) if relu else y
+
+    x = conv_bn("image", 3, width * 2, 7, stride=2, explicit_pad=True)
+    x = b.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = width * 2
+    for stage, n in enumerate(blocks):
+        mid = width * 2 * 2 ** stage
+        cout = mid * 4
+        for i in range(n):
+            stride = 2 if i == 0 and stage > 0 else 1
+            h = conv_bn(x, cin, mid, 1)
+            h = conv_bn(h, mid, mid, 3, stride=stride)
+            h = conv_bn(h, mid, cout, 1, relu=False)
+            short = conv_bn(x, cin, cout, 1, stride=stride, relu=False) if i == 0 else x
+            x = b.op("Relu", [b.op("Add", [h, short])])
+            cin = cout
+    pooled = b.op("GlobalAveragePool", [x])
+    shape = b.op("Shape", [pooled])
+    batch = b.op("Gather", [shape, b.const_node(np.array(0, np.int64))], axis=0)
+    flat_shape = b.op("Concat", [b.op("Unsqueeze", [batch, b.const_node(np.array([0], np.int64))]),
+                                 b.const_node(np.array([-1], np.int64))], axis=0)
+    flat = b.op("Reshape", [pooled, flat_shape])
+    logits = b.op("Add", [b.op("MatMul", [flat, b.weight(cin, 1000, scale=0.02)]), b.weight(1000, scale=0.01)])
+    out = b.op("Softmax", [logits], axis=1)
+    return b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, image, image])],
+                   [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 1000])], "resnet_like")
+
+
+def mobilenetv2_like(image: int = 224, width: float = 1.0) -> onnx.ModelProto:
+    """A MobileNetV2-shaped CNN: inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project, each Conv +
+    BatchNorm, Clip(0, 6) as ReLU6), residual Add on stride-1 blocks, GlobalAveragePool, Flatten, Gemm."""
+    b = Builder(4)
+    six = b.const_node(np.array(6.0, np.float32))
+    zero = b.const_node(np.array(0.0, np.float32))
+
+    def conv_bn(x, cin, cout, k, stride=1, group=1, relu6=True):
+        w = b.weight(cout, cin // group, k, k, scale=np.sqrt(2 / (cin // group * k * k)))
+        conv = b.op("Conv", [x, w], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+        scale, var = b.name("bn_s"), b.name("bn_v")
+        b.inits.append(numpy_helper.from_array(b.rng.uniform(0.5, 1.5, cout).astype(np.float32), scale))
+        b.inits.append(numpy_helper.from_array(b.rng.uniform(0.5, 1.5, cout).astype(np.float32), var))
+        y = b.op("BatchNormalization", [conv, scale, b.weight(cout, scale=0.1), b.weight(cout, scale=0.1), var],
+                 epsilon=1e-5)
+        return b.op("Clip", [y, zero, six]) if relu6 else y
+
+    def ch(c: int) -> int:
+        return max(8, int(c * width + 4) // 8 * 8)
+
+    cin = ch(32)
+    x = conv_bn("image", 3, cin, 3, stride=2)
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)):
+        cout = ch(c)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            h = conv_bn(x, cin, hidden, 1) if t != 1 else x
+            h = conv_bn(h, hidden, hidden, 3, stride=stride, group=hidden)
+            h = conv_bn(h, hidden, cout, 1, relu6=False)
+            x = b.op("Add", [x, h]) if stride == 1 and cin == cout else h
+            cin = cout
+    x = conv_bn(x, cin, 1280, 1)
+    flat = b.op("Flatten", [b.op("GlobalAveragePool", [x])], axis=1)
+    logits = b.op("Gemm", [flat, b.weight(1000, 1280, scale=0.02), b.weight(1000, scale=0.01)], transB=1)
+    return b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, image, image])],
+                   [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [1, 1000])], "mobilenetv2_like")
+
+
+def bert_like(layers: int = 6, hidden: int = 256, heads: int = 4, seq: int = 128, vocab: int = 2000,
+              ffn: int = 1024) -> onnx.ModelProto:
+    """A BERT-shaped encoder written as an older PyTorch export would: embeddings with Gather, an additive
+    attention mask computed from an int mask, Shape-based head reshapes, decomposed LayerNorm, Erf GELU,
+    Dropout at inference, MatMul + Add projections."""
+    b = Builder(2)
+    dh = hidden // heads
+
+    def layer_norm(x):
+        mean = b.op("ReduceMean", [x], axes=[-1], keepdims=1)
+        d = b.op("Sub", [x, mean])
+        var = b.op("ReduceMean", [b.op("Pow", [d, b.const_node(np.array(2.0, np.float32))])], axes=[-1],
+                   keepdims=1)
+        std = b.op("Sqrt", [b.op("Add", [var, b.const_node(np.array(1e-12, np.float32))])])
+        n = b.op("Div", [d, std])
+        gamma = b.name("ln_g")
+        b.inits.append(numpy_helper.from_array(np.ones(hidden, np.float32), gamma))
+        return b.op("Add", [b.op("Mul", [n, gamma]), b.weight(hidden, scale=0.01)])
+
+    def linear(x, cin, cout):
+        return b.op("Add", [b.op("MatMul", [x, b.weight(cin, cout, scale=0.05)]), b.weight(cout, scale=0.01)])
+
+    def split_heads(x):
+        shape = b.op("Shape", [x])
+        bs = b.op("Unsqueeze", [b.op("Gather", [shape, b.const_node(np.array(0, np.int64))], axis=0),
+                                b.const_node(np.array([0], np.int64))])
+        sl = b.op("Unsqueeze", [b.op("Gather", [shape, b.const_node(np.array(1, np.int64))], axis=0),
+                                b.const_node(np.array([0], np.int64))])
+        new_shape = b.op("Concat", [bs, sl, b.const_node(np.array([heads], np.int64)),
+                                    b.const_node(np.array([dh], np.int64))], axis=0)
+        return b.op("Transpose", [b.op("Reshape", [x, new_shape])], perm=[0, 2, 1, 3])
+
+    ids, mask = "input_ids", "attention_mask"
+    word = b.op("Gather", [b.weight(vocab, hidden, scale=0.02), ids], axis=0)
+    pos_ids = b.op("Unsqueeze", [b.op("Range", [b.const_node(np.array(0, np.int64)),
+                                               b.op("Gather", [b.op("Shape", [ids]),
+                                                               b.const_node(np.array(1, np.int64))], axis=0),
+                                               b.const_node(np.array(1, np.int64))]),
+                                 b.const_node(np.array([0], np.int64))])
+    pos = b.op("Gather", [b.weight(512, hidden, scale=0.02), pos_ids], axis=0)
+    x = layer_norm(b.op("Add", [word, pos]))
+    x = b.op("Dropout", [x])
+    m = b.op("Unsqueeze", [b.op("Unsqueeze", [mask, b.const_node(np.array([1], np.int64))]),
+                           b.const_node(np.array([2], np.int64))])
+    m = b.op("Cast", [m], to=TensorProto.FLOAT)
+    add_mask = b.op("Mul", [b.op("Sub", [b.const_node(np.array(1.0, np.float32)), m]),
+                            b.const_node(np.array(-10000.0, np.float32))])
+    for _ in range(layers):
+        q = split_heads(linear(x, hidden, hidden))
+        k = b.op("Transpose", [split_heads(linear(x, hidden, hidden))], perm=[0, 1, 3, 2])
+        v = split_heads(linear(x, hidden, hidden))
+        scores = b.op("Div", [b.op("MatMul", [q, k]), b.const_node(np.array(np.sqrt(dh), np.float32))])
+        probs = b.op("Dropout", [b.op("Softmax", [b.op("Add", [scores, add_mask])], axis=-1)])
+        ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        shape = b.op("Shape", [ctx])
+        bs = b.op("Unsqueeze", [b.op("Gather", [shape, b.const_node(np.array(0, np.int64))], axis=0),
+                                b.const_node(np.array([0], np.int64))])
+        sl = b.op("Unsqueeze", [b.op("Gather", [shape, b.const_node(np.array(1, np.int64))], axis=0),
+                                b.const_node(np.array([0], np.int64))])
+        merged = b.op("Reshape", [ctx, b.op("Concat", [bs, sl, b.const_node(np.array([hidden], np.int64))],
+                                                  axis=0)])
+        attn = b.op("Dropout", [linear(merged, hidden, hidden)])
+        x = layer_norm(b.op("Add", [attn, x]))
+        h = linear(x, hidden, ffn)
+        gelu = b.op("Mul", [b.op("Mul", [h, b.op("Add", [b.op("Erf", [b.op("Div", [
+            h, b.const_node(np.array(1.4142135, np.float32))])]), b.const_node(np.array(1.0, np.float32))])]),
+            b.const_node(np.array(0.5, np.float32))])
+        out = b.op("Dropout", [linear(gelu, ffn, hidden)])
+        x = layer_norm(b.op("Add", [out, x]))
+    pooled = b.op("Tanh", [linear(b.op("Gather", [x, b.const_node(np.array(0, np.int64))], axis=1), hidden,
+                                  hidden)])
+    return b.model([helper.make_tensor_value_info(ids, TensorProto.INT64, [1, seq]),
+                    helper.make_tensor_value_info(mask, TensorProto.INT64, [1, seq])],
+                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, seq, hidden]),
+                    helper.make_tensor_value_info(pooled, TensorProto.FLOAT, [1, hidden])], "bert_like")
+
+
+def scaling_graph(n_nodes: int, width: int = 16) -> onnx.ModelProto:
+    """Repeated 12-node blocks (n_nodes // 11 of them) with the redundancy real exports have: MatMul+Add,
+    Identity, x*1, a duplicated subexpression, a constant-only subexpression and a dead branch."""
+    b = Builder(3)
+    one = "one"
+    b.inits.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+    x = "x"
+    for _ in range(max(1, n_nodes // 11)):
+        h = b.op("Add", [b.op("MatMul", [x, b.weight(width, width, scale=0.25)]), b.weight(width, scale=0.1)])
+        r = b.op("Relu", [b.op("Identity", [h])])
+        s1 = b.op("Sigmoid", [r])
+        s2 = b.op("Sigmoid", [r])
+        k = b.op("Mul", [b.weight(width, scale=0.1), b.const_node(np.array(0.5, np.float32))])
+        b.op("Exp", [r])  # dead
+        y = b.op("Add", [b.op("Mul", [s1, s2]), k])
+        x = b.op("Mul", [y, one])
+    return b.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], "scaling")
+
+
+def torch_models(work_dir: str) -> dict[str, onnx.ModelProto]:
+    """The ResNet-like and BERT-like models exported by torch (when torch is installed), saved in `work_dir`."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return {}
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, mid, stride):
+            super().__init__()
+            cout = mid * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+                nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+                nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                          if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.short(x))
+
+    class ResNet(nn.Module):
+        def __init__(self, width=32, blocks=(3, 4, 6, 3)):
+            super().__init__()
+            layers = [nn.Conv2d(3, width * 2, 7, 2, 3, bias=False), nn.BatchNorm2d(width * 2), nn.ReLU(),
+                      nn.MaxPool2d(3, 2, 1)]
+            cin = width * 2
+            for s, n in enumerate(blocks):
+                mid = width * 2 * 2 ** s
+                for i in range(n):
+                    layers.append(Bottleneck(cin, mid, 2 if i == 0 and s > 0 else 1))
+                    cin = mid * 4
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(cin, 1000)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)),
+                                 dim=1)
+
+    class Bert(nn.Module):
+        def __init__(self, layers=6, hidden=256, heads=4, vocab=2000, ffn=1024):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, hidden)
+            self.pos = nn.Embedding(512, hidden)
+            self.ln = nn.LayerNorm(hidden)
+            layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.1, activation="gelu", batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+        def forward(self, ids, mask):
+            pos = torch.arange(ids.shape[1]).unsqueeze(0)
+            x = self.ln(self.emb(ids) + self.pos(pos))
+            return self.enc(x, src_key_padding_mask=mask == 0)
+
+    out = {}
+    torch.manual_seed(0)
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder kernel has no ONNX export
+    except AttributeError:
+        pass
+    for name, module, args, names in (
+        ("torch_resnet", ResNet().eval(), (torch.randn(1, 3, 224, 224),), ["image"]),
+        ("torch_bert", Bert().eval(), (torch.randint(0, 2000, (1, 128)), torch.ones(1, 128, dtype=torch.int64)),
+         ["input_ids", "attention_mask"]),
+    ):
+        path = os.path.join(work_dir, f"{name}.onnx")
+        try:
+            with torch.no_grad():
+                torch.onnx.export(module, args, path, input_names=names, opset_version=17, dynamo=False)
+            out[name] = onnx.load(path)
+        except Exception as exc:  # exporter missing or failing: say so, keep going
+            print(f"[torch] export of {name} failed: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+    return out

@@ -1,0 +1,25 @@
+"""Writing a benchmark's section of benchmarks/RESULTS.md (other sections are left as they are)."""
+
+from __future__ import annotations
+
+import os
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def write_section(path: str, section: str) -> None:
+    """Replace the section whose `## Title` line opens `section` (append it when missing), atomically."""
+    title = section.lstrip("\n").splitlines()[0].strip()
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == title), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + section.strip("\n").splitlines() + ([""] if end < len(lines) else [])
+                        + lines[end:]) + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
