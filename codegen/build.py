@@ -106,22 +106,20 @@ def schedule_passes(target, *, schedule: str = "default"):
     """Passes that give every PrimFunc a schedule (those the tuning database did not cover)."""
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
-    kind = target_kind(target)
     if schedule == "none":
         return []
-    if kind == "cuda":
-        return [
-            dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(),
-                dl.gpu.GEMV(),
-                dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(),
-                dl.gpu.Fallback(),
-            )
-        ]
+    return [dl.ApplyDefaultSchedule(*default_rules(target))]
+
+
+def default_rules(target):
+    """The dlight-style rules that schedule what no tuning record covers, first match wins."""
+    from tvm.s_tir import dlight as dl  # noqa: PLC0415
+
+    if target_kind(target) == "cuda":
+        return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     from . import schedules  # noqa: PLC0415
 
-    return [dl.ApplyDefaultSchedule(*schedules.cpu_rules())]
+    return schedules.cpu_rules()
 
 
 def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto"):

@@ -100,6 +100,23 @@ def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int, *, keep_outer: 
     sch.vectorize(v)
 
 
+def _group_size(stmt, var) -> int | None:
+    """K when an operand of ``stmt`` is indexed by ``var // K`` (grouped convolution in NHWC: the group of
+    output channel ``var``), else None. A vector along ``var`` must then stay inside one group."""
+    sizes = []
+
+    def visit(node):
+        if isinstance(node.b, tirx.IntImm) and var in _vars_in(node.a):
+            sizes.append(int(node.b))
+
+    import tvm_ffi  # noqa: PLC0415
+
+    for region in stmt.reads:
+        for rng in region.region:
+            tvm_ffi.structural_walk(rng.min, (tirx.FloorDiv, visit), order="post")
+    return min(sizes) if sizes else None
+
+
 def _buffer_last_index_vars(region) -> set:
     """Variables in the (single-point) index of the last dimension of a buffer access region."""
     if len(region.region) == 0:
@@ -135,7 +152,7 @@ class TiledReduction(ScheduleRule):
         if len(stmt.writes) != 1:
             return None
         iter_vars = [iv.var for iv in stmt.iter_vars]
-        s_vars, r_vars = iter_vars[:n_s], set(iter_vars[n_s:])
+        s_vars = iter_vars[:n_s]
         out_last = _buffer_last_index_vars(stmt.writes[0])
         vec_var = s_vars[-1]
         # the innermost spatial axis must be the output's contiguous axis and be contiguous in at
@@ -152,11 +169,22 @@ class TiledReduction(ScheduleRule):
             return None
         dtype_bits = stmt.writes[0].source.dtype.bits
         lanes = _vector_lanes(target, dtype_bits)
+        work = math.prod(extents)
+
+        # --- grouped convolution: split the channel axis into (group, channel in group) so that the input
+        # channel index `c // K * K + rc` is one scalar per group and a vector never straddles two groups
+        group_loops = []
+        group = _group_size(stmt, vec_var)
+        if group is not None and group < extents[-1]:
+            if extents[-1] % group:
+                return None
+            g_loop, c_loop = sch.split(s_loops[-1], factors=[None, group])
+            group_loops, s_loops, extents = [g_loop], [*s_loops[:-1], c_loop], [*extents[:-1], group]
 
         # --- choose the register tile: u_m rows x (u_n x vec) columns
         n_ext = extents[-1]
         vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
-        if vec < 2 and n_ext > lanes:
+        if vec < 2 and n_ext > lanes and not group_loops:
             vec = lanes  # no divisor: let the tail be predicated
         n_vecs = math.ceil(n_ext / vec)
         u_n = 2 if n_vecs % 2 == 0 and n_vecs >= 2 else 1
@@ -171,13 +199,12 @@ class TiledReduction(ScheduleRule):
         n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
         if n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
-            outer = list(s_loops[:-2]) + [m_o, n_o]
+            outer = list(s_loops[:-2]) + [m_o, *group_loops, n_o]
             inner = [m_i, n_u, n_v]
         else:
-            outer = [n_o]
+            outer = [*group_loops, n_o]
             inner = [n_u, n_v]
         sch.reorder(*outer, *r_loops, *inner)
-        work = math.prod(extents)
         par = _fuse_parallel(sch, outer, work)
 
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop

@@ -18,7 +18,6 @@ A second ``tune`` with the same database runs no new trials. Pitfalls handled he
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -77,9 +76,8 @@ def _cost_model(kind: str):
 
 
 def _progress_callback(progress, task_names, total: int):
-    ms = _ms()
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: PLC0415
     from tvm.ir.utils import derived_object  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: PLC0415
 
     bar = progress.add_task("tuning", total=total)
     state = {"best": {}}
@@ -99,7 +97,6 @@ def _progress_callback(progress, task_names, total: int):
             progress.update(bar, advance=len(measure_candidates),
                             description=f"tuning {name[:32]:32s} sum of best kernels {total_best:8.3f} ms")
 
-    _ = ms
     return _Progress()
 
 
@@ -112,6 +109,50 @@ def extract_tasks(mod, params, target, *, layout: str | None = "auto"):
     fused = fuse(prepare(mod, params, target, layout=layout), target)
     return [t for t in ms.relax_integration.extract_tasks(fused, target)
             if not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def default_schedule(func, target):
+    """optc's untuned schedule of one kernel (the rule that ``build`` would apply), or None."""
+    from tvm.s_tir.dlight.base.transform import _apply_rules  # noqa: PLC0415
+
+    from .build import default_rules  # noqa: PLC0415
+
+    space = _apply_rules(func, target, default_rules(target), tunable=False)
+    return space[0] if space else None
+
+
+def seed_default_records(tasks, database, target, builder, runner) -> int:
+    """Measure optc's default schedule of each task and commit it to ``database`` as a tuning record.
+
+    The database's best record for a kernel is then never slower than what an untuned build gets (a
+    small trial budget cannot make a model slower), and MetaSchedule's evolutionary search starts its
+    population from it. Returns how many records were committed.
+    """
+    ms = _ms()
+    from tvm.s_tir.meta_schedule.utils import remove_build_dir  # noqa: PLC0415
+
+    entries = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        sch = default_schedule(mod["main"], target)
+        if sch is not None:
+            entries.append((mod, sch))
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in entries])
+    ready = [(mod, sch, res.artifact_path) for (mod, sch), res in zip(entries, built, strict=True) if res.error_msg is None]
+    futures = runner.run([ms.runner.RunnerInput(path, device_type="cuda" if target.kind.name == "cuda" else "cpu",
+                                                args_info=ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
+                          for _, sch, path in ready])
+    committed = 0
+    for (mod, sch, path), future in zip(ready, futures, strict=True):
+        result = future.result()
+        remove_build_dir(path)
+        if result.error_msg is not None or not result.run_secs:
+            continue
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(mod), result.run_secs, target,
+            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        committed += 1
+    return committed
 
 
 def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: int, progress: bool = True,
@@ -150,6 +191,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
         builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0)
     if runner is None:
         runner = ms.runner.LocalRunner(timeout_sec=30.0)
+    info["default_records"] = seed_default_records(todo, database, target, builder, runner)
     per_task = max_trials_per_task or max(1, trials // len(contexts))
     per_task = min(per_task, trials)
     callbacks = ms.measure_callback.MeasureCallback.create("default")
@@ -191,5 +233,4 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     info["trials"] = len(database.get_all_tuning_records()) - before
     if report is not None:
         report.update(info)
-    _ = os
     return database

@@ -300,6 +300,8 @@ def test_tuning_database_reuse(tmp_path):
     first, second = {}, {}
     db = tune(mod, params, "cpu", db_dir, trials=8, progress=False, report=first)
     assert first["tasks"] >= 1 and first["trials"] >= 1
+    # optc's default schedule of every kernel is measured and kept too: tuning never makes a kernel slower
+    assert first["default_records"] == first["tuned_tasks"]
     assert (db_dir / "database_tuning_record.json").stat().st_size > 0
     db = tune(mod, params, "cpu", db_dir, trials=8, progress=False, report=second)
     assert second["tuned_tasks"] == 0 and second["trials"] == 0
