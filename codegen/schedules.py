@@ -8,7 +8,8 @@ rules give each fused PrimFunc a reasonable schedule in milliseconds, without me
   vectors along the contiguous output axis), keeps all reduction loops outside the tile so the
   accumulators live in registers, parallelizes the fused outer spatial loops and computes the
   epilogue (bias, activation, residual add) per tile while it is hot in cache.
-* dlight's ``cpu.GEMV`` and ``cpu.Reduction`` (softmax, layer norm: multi-block reductions).
+* dlight's ``cpu.GEMV``; ``RowReduction`` (softmax, layer norm: reductions and elementwise blocks
+  computed row by row).
 * ``Injective`` — elementwise/layout kernels: parallel outer loop, vectorized contiguous inner loop.
 * ``ParallelFallback`` — anything else: parallelize the outermost spatial loop of each block.
 
@@ -324,8 +325,66 @@ class ParallelFallback(ScheduleRule):
         return sch
 
 
+class RowReduction(ScheduleRule):
+    """Softmax, layer norm and the like: reduction blocks and elementwise blocks over the same rows.
+
+    The rows are the axes that the last block uses to read a reduction's result; they become one
+    (parallel) loop of the last block, and every other block is computed per row under it, so the
+    row stays in cache. dlight's ``cpu.Reduction`` takes the *leading spatial loops* as the rows
+    instead, which recomputes every reduction once per element when the row axis is not the leading
+    one (softmax over the last axis of a 1 x N tensor: N times the work; softmax over axis 1).
+    """
+
+    def apply(self, func, target: Target, _tunable: bool):  # noqa: C901 (one linear recipe)
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or len(infos) < 2 or not infos[-1].is_injective():
+            return None
+        reductions = [i for i in infos if not i.is_injective()]
+        if not reductions:
+            return None
+        for info in reductions:
+            kinds = info.dom_kind()
+            if kinds.rstrip("R").strip("S") or not kinds.endswith("R"):
+                return None
+        reduced = {sch.get(i.block_rv).writes[0].source for i in reductions}
+        last = sch.get(infos[-1].block_rv)
+        row_vars: set = set()
+        for region in last.reads:
+            if region.source in reduced:
+                row_vars |= _vars_in_region(region)
+        loops = sch.get_loops(infos[-1].block_rv)
+        loop_vars = [iv.var for iv in last.iter_vars]
+        if len(loops) != len(loop_vars):
+            return None
+        row_loops = [lp for lp, v in zip(loops, loop_vars, strict=True) if v in row_vars]
+        rest = [lp for lp, v in zip(loops, loop_vars, strict=True) if v not in row_vars]
+        bits = last.writes[0].source.dtype.bits if last.writes else 32
+        lanes = _vector_lanes(target, bits)
+        extents = [_extent(sch, lp) for lp in loops]
+        work = math.prod(extents) if all(e is not None for e in extents) else None
+        if row_loops:
+            sch.reorder(*row_loops, *rest)
+            row = _fuse_parallel(sch, row_loops, work)
+            for info in reversed(infos[:-1]):
+                sch.compute_at(info.block_rv, row, preserve_unit_loops=True)
+        for info in infos:
+            if info.is_injective():
+                _vectorize_innermost(sch, info.block_rv, lanes, keep_outer=1 if row_loops else 0)
+            else:
+                inner = sch.get_loops(info.block_rv)[-1]
+                ext = _extent(sch, inner)
+                if ext is not None and ext > lanes:
+                    _, unrolled = sch.split(inner, factors=[None, lanes])
+                    sch.annotate(unrolled, "pragma_auto_unroll_max_step", lanes)
+                    sch.annotate(unrolled, "pragma_unroll_explicit", 1)
+        return sch
+
+
 def cpu_rules():
     """The rules ApplyDefaultSchedule tries, in order, on every unscheduled PrimFunc (llvm targets)."""
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
-    return [TiledReduction(), Injective(), dl.cpu.GEMV(), dl.cpu.Reduction(), ParallelFallback()]
+    return [TiledReduction(), Injective(), dl.cpu.GEMV(), RowReduction(), ParallelFallback()]

@@ -175,6 +175,57 @@ def test_multiple_io_and_symbolic_dims(tmp_path):
         module.run(feed)
 
 
+def _single_op(op, shape, out_shape=None, inits=(), extra_inputs=(), **attrs):
+    return _model([helper.make_node(op, ["x", *extra_inputs], ["y"], **attrs)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape or shape)], list(inits))
+
+
+def _fused_kernels(model, target="cpu"):
+    from tvm.tirx import PrimFunc
+
+    from optc.codegen.build import fuse, prepare
+
+    mod, params = lower_onnx(model)
+    tvm_target = resolve_target(target)
+    fused = fuse(prepare(mod, params, tvm_target), tvm_target)
+    return tvm_target, {gv.name_hint: f for gv, f in fused.functions_items() if isinstance(f, PrimFunc)}
+
+
+@pytest.mark.parametrize("shape,axis", [([1, 1000], 1), ([1, 4, 16, 16], -1), ([2, 8, 5, 6], 1), ([3, 7], 0)])
+def test_row_reduction_schedule(shape, axis, tmp_path):
+    """Softmax over the last, a middle and the first axis: optc's RowReduction rule schedules it (rows
+    found from how the last block reads the reductions) and the numbers match onnxruntime."""
+    from optc.codegen.schedules import RowReduction
+
+    model = _single_op("Softmax", shape, axis=axis)
+    target, kernels = _fused_kernels(model)
+    assert [RowReduction().apply(f, target, False) is not None for f in kernels.values()] == [True]
+    feed = _random_inputs(model)
+    got, want = _compile(model, tmp_path / "softmax.so").run(feed), _ort(model, feed)
+    assert _rel_err(got["y"], want["y"]) < 1e-5
+
+
+def test_row_reduction_declines_plain_elementwise():
+    from optc.codegen.schedules import RowReduction
+
+    target, kernels = _fused_kernels(_single_op("Relu", [4, 32]))
+    assert all(RowReduction().apply(f, target, False) is None for f in kernels.values())
+
+
+@pytest.mark.parametrize("groups,cin,cout,k", [(4, 24, 136, 1), (3, 12, 60, 3), (2, 8, 8, 3)])
+def test_grouped_conv_schedule(groups, cin, cout, k, tmp_path):
+    """Grouped convolutions whose channels per group are not a multiple of the SIMD width: vectors stay
+    inside one group (no gathers) and the result matches onnxruntime."""
+    rng = np.random.default_rng(3)
+    w = _w("w", (cout, cin // groups, k, k), rng)
+    model = _single_op("Conv", [1, cin, 9, 9], [1, cout, 9, 9], inits=[w], extra_inputs=["w"], group=groups,
+                       kernel_shape=[k, k], pads=[k // 2] * 4)
+    feed = _random_inputs(model)
+    got, want = _compile(model, tmp_path / "gconv.so").run(feed), _ort(model, feed)
+    assert _rel_err(got["y"], want["y"]) < 1e-4
+
+
 LIGHT_FAST = ["squeezenet", "shufflenet"]
 LIGHT_SLOW = ["bvlc_alexnet", "resnet50", "inception_v1", "zfnet512"]
 
