@@ -51,7 +51,10 @@ def preprocess_passes(target, layout: str | None = "auto"):
     """Relax-level passes before legalization: inference decompositions and layout choice."""
     from tvm import relax  # noqa: PLC0415
 
+    from .fast_math import fast_math_pass  # noqa: PLC0415
+
     passes = [
+        fast_math_pass(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),

@@ -5,7 +5,7 @@ the worst outcome), `unsupported` (an op or a value type the lowering does not h
 the TVM build rejected the model with an OptcError) or `crash` (TVM killed the worker process). Cases run in a
 worker subprocess that is restarted after a crash, so one native fault does not end the sweep.
 
-Run the whole sweep: `python -m optc.tests.lowering_sweep [--every N]`.
+Run the whole sweep: `python -m optc.tests.lowering_sweep [--every N] [--match TEXT]`.
 """
 
 from __future__ import annotations
@@ -118,18 +118,20 @@ def sweep(names: list[str], case_timeout: float = 300.0) -> dict[str, tuple[str,
     return results
 
 
-def select_cases(every: int = 1) -> list[str]:
-    """Names of every `every`-th node conformance case, in a fixed order."""
+def select_cases(every: int = 1, match: str | None = None) -> list[str]:
+    """Names of every `every`-th node conformance case (those containing `match`), in a fixed order."""
     from onnx.backend.test.case import node
 
-    return sorted(c.name for c in node.collect_testcases())[::every]
+    names = sorted(c.name for c in node.collect_testcases())
+    return [n for n in names if match is None or match in n][::every]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=1, help="run every N-th case (default: all)")
+    parser.add_argument("--match", help="only the cases whose name contains this text, e.g. softmax")
     args = parser.parse_args(argv)
-    names = select_cases(args.every)
+    names = select_cases(args.every, args.match)
     start = time.perf_counter()
     results = sweep(names)
     counts = Counter(status for status, _ in results.values())
