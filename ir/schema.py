@@ -43,7 +43,9 @@ _set(
     "BitwiseXor BitwiseNot Swish",
     _E,
 )
-_set("RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli", _N)
+# Dropout is random in training mode (a training_mode input from opset 12, is_test=0 before opset 7), which
+# can be a runtime value: treated as random always (at inference, eliminate-noops removes it anyway).
+_set("RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli Dropout", _N)
 _set("Reshape Transpose Squeeze Unsqueeze Flatten Identity Expand Slice Concat Split Gather", _S)
 
 

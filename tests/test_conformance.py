@@ -24,6 +24,7 @@ The whole sweep takes 10-25 s here, so it is not marked slow; a quick subset (ev
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -45,13 +46,19 @@ from .conftest import (
 QUICK_STRIDE = 20  # the non-slow subset: every 20th case
 
 
-@pytest.fixture(scope="session")
-def node_cases():
+@functools.cache
+def all_node_cases() -> list:
+    """Every node case of the installed onnx, by name (built once per process: it takes a few seconds)."""
     from onnx.backend.test.case.node import collect_testcases
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sorted(collect_testcases(), key=lambda c: c.name)
+
+
+@pytest.fixture(scope="session")
+def node_cases():
+    return all_node_cases()
 
 
 def _run(runtime: str, model: onnx.ModelProto, inputs: list) -> list:

@@ -56,6 +56,17 @@ def test_random_ops_are_never_merged():
     assert op_types(after) == ["RandomNormalLike", "RandomNormalLike", "Add"]
 
 
+def test_training_mode_dropouts_are_never_merged():
+    """Two Dropouts in training mode draw independent masks."""
+    after, _, _ = run_passes(parse("""
+    g (float[4] x, bool t) => (float[4] y) <float r = {0.5}> {
+      a = Dropout(x, r, t)
+      b = Dropout(x, r, t)
+      y = Add(a, b)
+    }"""), "cse")
+    assert op_types(after) == ["Dropout", "Dropout", "Add"]
+
+
 def test_duplicate_whose_output_is_a_graph_output_is_kept():
     _, after, _ = check("""
     g (float[2] x) => (float[2] y, float[2] z) {

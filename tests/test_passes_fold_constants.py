@@ -111,6 +111,16 @@ def test_nondeterministic_ops_are_never_folded():
     assert op_types(after) == ["RandomUniformLike", "Add"]
 
 
+def test_training_mode_dropout_is_never_folded():
+    """Dropout with a true training_mode draws a random mask (even with a seed, each runtime draws its own):
+    folding it would bake the reference evaluator's sample into the model (test_training_dropout, -O2)."""
+    after, _, _ = run_passes(parse("""
+    g () => (float[4] y, bool[4] m) <float[4] c = {1.0, 2.0, 3.0, 4.0}, float r = {0.5}, bool t = {1}> {
+      y, m = Dropout<seed = 0>(c, r, t)
+    }"""), "fold-constants")
+    assert op_types(after) == ["Dropout"]
+
+
 def test_initializer_that_is_also_an_input_is_not_a_constant():
     before = parse("""
     <ir_version: 8, opset_import: ["" : 17]>
