@@ -68,7 +68,7 @@ class Module:
             msg = f"input '{name}': expected shape {_fmt_shape(want_shape)} ({want_dtype}), {got}"
             if arr.dtype != np.dtype(want_dtype) or arr.ndim != len(want_shape):
                 raise OptcError(msg)
-            for want, have in zip(want_shape, arr.shape):
+            for want, have in zip(want_shape, arr.shape, strict=False):
                 if isinstance(want, str):
                     if bound.setdefault(want, have) != have:
                         raise OptcError(f"{msg}; dimension '{want}' is {bound[want]} elsewhere")
@@ -87,7 +87,7 @@ class Module:
         names = self.output_names
         if len(values) != len(names):
             names = names + [f"output_{i}" for i in range(len(names), len(values))]
-        return {n: v.numpy() for n, v in zip(names, values)}
+        return {n: v.numpy() for n, v in zip(names, values, strict=False)}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model: ``{input name: array}`` -> ``{output name: array}``."""

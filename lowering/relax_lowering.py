@@ -201,7 +201,7 @@ class _Lowering:
         if len(n.outputs) > len(items):
             raise OptcError(f"cannot lower {n.op_type} node '{n.name}': it yields {len(items)} outputs, the node "
                             f"has {len(n.outputs)}")
-        for out, expr in zip(n.outputs, items):
+        for out, expr in zip(n.outputs, items, strict=False):
             if out is not None:
                 self.exprs[out] = expr
 

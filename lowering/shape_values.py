@@ -186,7 +186,7 @@ class ShapeEvaluator:
         size = max(len(a.dims), len(b.dims))
         ad = a.dims * size if len(a.dims) == 1 else a.dims
         bd = b.dims * size if len(b.dims) == 1 else b.dims
-        return ShapeValue([fn(x, y) for x, y in zip(ad, bd)], scalar=a.scalar and b.scalar)
+        return ShapeValue([fn(x, y) for x, y in zip(ad, bd, strict=False)], scalar=a.scalar and b.scalar)
 
     def _op_Add(self, n: Node):
         return self._binary(n, lambda x, y: x + y)
@@ -231,7 +231,7 @@ class ShapeEvaluator:
         rank = max(len(target.dims), len(in_dims))
         shape = [1] * (rank - len(target.dims)) + list(target.dims)
         src = [1] * (rank - len(in_dims)) + list(in_dims)
-        out = [s if (isinstance(t, int) and t == 1) else t for t, s in zip(shape, src)]
+        out = [s if (isinstance(t, int) and t == 1) else t for t, s in zip(shape, src, strict=False)]
         data = self.lowering.exprs[n.inputs[0]]
         return self.lowering.bb.emit(relax.op.broadcast_to(data, relax.ShapeExpr([_simplify(d) for d in out])))
 

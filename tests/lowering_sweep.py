@@ -31,12 +31,11 @@ def _close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> bool:
 
 def run_case(case) -> tuple[str, str]:
     """Lower, build and run one conformance case on the CPU; returns (status, detail)."""
-    import tvm
-    from tvm import relax
-
     import optc
+    import tvm
     from optc.codegen import build
     from optc.lowering import lower, unsupported_ops
+    from tvm import relax
 
     model = optc.from_onnx(case.model)
     missing = unsupported_ops(model)
@@ -59,7 +58,7 @@ def run_case(case) -> tuple[str, str]:
     if len(outs) != len(expected):
         return "mismatch", f"{len(outs)} outputs, expected {len(expected)}"
     rtol, atol = max(getattr(case, "rtol", 1e-3), 1e-4), max(getattr(case, "atol", 1e-7), 1e-5)
-    for i, (got, want) in enumerate(zip(outs, expected)):
+    for i, (got, want) in enumerate(zip(outs, expected, strict=False)):
         if want.dtype == np.float16:  # a few half-precision ulps: accumulation order differs between runtimes
             rtol, atol = max(rtol, 1e-2), max(atol, 1e-3)
         if not _close(got.numpy(), want, rtol, atol):

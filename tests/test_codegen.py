@@ -14,11 +14,9 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tvm")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from optc import runtime  # noqa: E402
+from optc import from_onnx, runtime  # noqa: E402
 from optc.codegen import build, export, read_metadata, resolve_target, tune  # noqa: E402
 from optc.errors import OptcError  # noqa: E402
-from optc import from_onnx  # noqa: E402
 from optc.lowering import lower, signature  # noqa: E402
 
 
@@ -115,7 +113,7 @@ def _ort(model, feed):
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feed)))
+    return dict(zip(names, sess.run(None, feed), strict=False))
 
 
 def _compile(model, path, target="cpu", database=None):
@@ -182,9 +180,8 @@ def _single_op(op, shape, out_shape=None, inits=(), extra_inputs=(), **attrs):
 
 
 def _fused_kernels(model, target="cpu"):
-    from tvm.tirx import PrimFunc
-
     from optc.codegen.build import fuse, prepare
+    from tvm.tirx import PrimFunc
 
     mod, params = lower_onnx(model)
     tvm_target = resolve_target(target)
@@ -375,7 +372,7 @@ def test_tuning_database_reuse(tmp_path):
     report = {}
     ex = build(mod, params, "cpu", database=db, report=report)
     assert report["tuned"] >= 1  # records from the database were really applied
-    export(ex, tmp_path / "tuned.so", dict(zip(("inputs", "outputs"), graph_io(model))))
+    export(ex, tmp_path / "tuned.so", dict(zip(("inputs", "outputs"), graph_io(model), strict=False)))
     feed = _random_inputs(model)
     got, want = runtime.load(tmp_path / "tuned.so").run(feed), _ort(model, feed)
     assert _rel_err(got["y"], want["y"]) < 1e-4

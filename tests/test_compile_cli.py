@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import optc
 import pytest
 from onnx import TensorProto, helper
-
-import optc
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_cnn.onnx")
 

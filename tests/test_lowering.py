@@ -7,10 +7,9 @@ import os
 import numpy as np
 import onnx
 import onnxruntime as ort
+import optc
 import pytest
 from onnx import TensorProto, helper
-
-import optc
 from optc.lowering.relax_lowering import lower, unsupported_ops
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_cnn.onnx")
@@ -18,9 +17,8 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _vm_run(mod, feeds: list[np.ndarray]) -> list[np.ndarray]:
     import tvm
-    from tvm import relax
-
     from optc.codegen import build
+    from tvm import relax
 
     vm = relax.VirtualMachine(build(mod, target="cpu"), tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(x) for x in feeds])
@@ -38,9 +36,8 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_dynamic_batch_compiles_once_and_runs_at_batch_1_and_8():
     import tvm
-    from tvm import relax
-
     from optc.codegen import build
+    from tvm import relax
 
     proto = onnx.load(EXAMPLE)
     mod = lower(optc.from_onnx(proto))

@@ -57,7 +57,7 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     ort_out = session.run(None, feeds)
     optc_out = module.run(feeds)
     diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0)
-               for a, b in zip(ort_out, optc_out.values()))
+               for a, b in zip(ort_out, optc_out.values(), strict=False))
     scale = max((float(np.max(np.abs(np.asarray(a, np.float64)))) if np.size(a) else 0.0) for a in ort_out)
     optc_ms = module.benchmark(feeds, repeat=repeat, warmup=warmup)
     ort_ms = _median_ms(lambda: session.run(None, feeds), repeat, warmup)

@@ -7,8 +7,7 @@ import os
 import sys
 
 from ..errors import OptcError
-from . import convert_cmd, inspect_cmd, show_cmd
-from . import bench_cmd, compile_cmd, optimize_cmd, passes_cmd, run_cmd, verify_cmd
+from . import bench_cmd, compile_cmd, convert_cmd, inspect_cmd, optimize_cmd, passes_cmd, run_cmd, show_cmd, verify_cmd
 
 COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
 COMMANDS += [optimize_cmd, passes_cmd, verify_cmd]
