@@ -118,6 +118,31 @@ def _group_size(stmt, var) -> int | None:
     return min(sizes) if sizes else None
 
 
+#: keep zero padding as its own block when each output sums at least this many products (a 3x3 conv over 64
+#: channels: 576); a depthwise 3x3 conv (9) is cheaper with the bounds checks than with the copy
+PAD_COPY_MIN_REDUCTION = 64
+
+
+def _reduction_size(sch: s_tir.Schedule, infos) -> int:
+    """Product of the reduction loop extents of the (first) reduction block; 0 when there is none."""
+    for info in infos:
+        if not info.is_injective():
+            kinds = info.dom_kind()
+            extents = [_extent(sch, lp) for lp, k in zip(sch.get_loops(info.block_rv), kinds, strict=False)
+                       if k == "R"]
+            return math.prod(e for e in extents if e is not None)
+    return 0
+
+
+def _is_padding(sch: s_tir.Schedule, info) -> bool:
+    """An injective block that stores `if_then_else(in bounds, x[...], 0)`: zero padding."""
+    if not info.is_injective():
+        return False
+    body = sch.get(info.block_rv).body
+    value = getattr(body, "value", None)
+    return "if_then_else" in str(getattr(getattr(value, "op", None), "name", ""))
+
+
 def _buffer_last_index_vars(region) -> set:
     """Variables in the (single-point) index of the last dimension of a buffer access region."""
     if len(region.region) == 0:
@@ -135,7 +160,11 @@ class TiledReduction(ScheduleRule):
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
-        infos = try_inline(sch, infos)
+        # zero padding stays a block of its own: inlined, it puts a bounds check on every load of the
+        # innermost reduction loop; materialized, it is one cheap vectorized copy
+        pads = [i for i in infos if _is_padding(sch, i)] if _reduction_size(sch, infos) >= PAD_COPY_MIN_REDUCTION \
+            else []
+        infos = try_inline(sch, [i for i in infos if i not in pads])
         reductions = [i for i, b in enumerate(infos) if not b.is_injective()]
         if len(reductions) != 1 or reductions[0] != 0:
             return None
@@ -230,9 +259,11 @@ class TiledReduction(ScheduleRule):
         for epi_rv in [e.block_rv for e in epilogues] if epilogues else epilogues_rv:
             epi_loops = sch.get_loops(epi_rv)[1:]
             if epi_loops:
-                inner_fused = sch.fuse(*epi_loops) if len(epi_loops) > 1 else epi_loops[0]
-                _ = inner_fused
+                if len(epi_loops) > 1:
+                    sch.fuse(*epi_loops)
                 _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1)
+        for pad in pads:
+            Injective.schedule_block(sch, pad.block_rv, target)
         return sch
 
 
