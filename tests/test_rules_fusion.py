@@ -288,6 +288,78 @@ def test_matmul_add_negative_symbolic_broadcast():
                               "c": np.ones((3, 5), np.float32)}, infer=False)
 
 
+def _ops(model):
+    return {k: v for k, v in count_ops(model).items() if k != "Constant"}
+
+
+@pytest.mark.parametrize("a_dims,target,y_dims", [("2,3", "{3, 2, 2, 3}", "3,2,2,3"),
+                                                  ("N,3", "{-1, 3, 2, 3}", "M,3,2,3")])
+def test_matmul_add_reshape_positive(a_dims, target, y_dims):
+    ws = dict(b=r(4, 6), c=r(6))
+    model, _ = check_rewrite(F.MatMulAddReshapeToGemm, H17 + f"""
+    g (float[{a_dims},4] a) => (float[{y_dims}] y) {inits(**ws)} {{
+      s = Constant<value = int64[4] {target}>()
+      t = MatMul(a, b)
+      u = Add(c, t)
+      y = Reshape(u, s)
+    }}""", expect="MatMulAddReshapeToGemm", gone=["MatMul", "Add"], present=["Gemm"])
+    assert _ops(model) == {"Reshape": 2, "Gemm": 1}
+
+
+def test_matmul_add_reshape_folds_producing_reshape_positive():
+    ws = dict(b=r(4, 4), c=r(4))
+    model, _ = check_rewrite(F.MatMulAddReshapeToGemm, H17 + f"""
+    g (float[6,4] x) => (float[2,3,2,2] y) {inits(**ws)} {{
+      s0 = Constant<value = int64[3] {{2, 3, 4}}>()
+      s = Constant<value = int64[4] {{2, 3, 2, 2}}>()
+      a = Reshape(x, s0)
+      t = MatMul(a, b)
+      u = Add(t, c)
+      y = Reshape(u, s)
+    }}""", expect="MatMulAddReshapeToGemm", gone=["MatMul", "Add"])
+    assert _ops(model) == {"Reshape": 2, "Gemm": 1}
+
+
+def test_matmul_add_reshape_shared_input_positive():
+    # q and k of one input (cse then merges the two identical flattenings of a)
+    ws = dict(bq=r(4, 4), cq=r(4), bk=r(4, 4), ck=r(4))
+    model, res = check_rewrite(F.MatMulAddReshapeToGemm, H17 + f"""
+    g (float[2,3,4] a) => (float[2,3,2,2] q, float[2,3,2,2] k) {inits(**ws)} {{
+      s = Constant<value = int64[4] {{2, 3, 2, 2}}>()
+      tq = MatMul(a, bq)
+      uq = Add(tq, cq)
+      q = Reshape(uq, s)
+      tk = MatMul(a, bk)
+      uk = Add(tk, ck)
+      k = Reshape(uk, s)
+    }}""", expect="MatMulAddReshapeToGemm", gone=["MatMul", "Add"])
+    assert res.counts["MatMulAddReshapeToGemm"] == 2 and _ops(model) == {"Reshape": 4, "Gemm": 2}
+
+
+def test_matmul_add_reshape_negative_row_addend():
+    # C varies along the rows of A: Gemm's C would have to be the broadcast (6, 6) matrix
+    ws = dict(b=r(4, 6), c=r(3, 6))
+    check_rewrite(F.MatMulAddReshapeToGemm, H17 + f"""
+    g (float[2,3,4] a) => (float[6,6] y) {inits(**ws)} {{
+      s = Constant<value = int64[2] {{6, 6}}>()
+      t = MatMul(a, b)
+      u = Add(t, c)
+      y = Reshape(u, s)
+    }}""", expect=None)
+
+
+def test_matmul_add_reshape_negative_copied_dim():
+    # the target copies dim 0 (0) of the 3-D product; with a dynamic batch it cannot be rewritten for the 2-D one
+    ws = dict(b=r(4, 6), c=r(6))
+    check_rewrite(F.MatMulAddReshapeToGemm, H17 + f"""
+    g (float[N,3,4] a) => (float[N,18] y) {inits(**ws)} {{
+      s = Constant<value = int64[2] {{0, 18}}>()
+      t = MatMul(a, b)
+      u = Add(t, c)
+      y = Reshape(u, s)
+    }}""", expect=None)
+
+
 def test_pad_avgpool_negative_ceil_mode():
     ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
     check_rewrite(F.FusePadAveragePool, H17 + f"""

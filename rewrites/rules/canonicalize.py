@@ -7,7 +7,7 @@ import numpy as np
 from ...ir.types import DataType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, static_shape
+from ._util import full_shape, normalize_axes, operand, static_shape
 
 
 def _shape_producers(op, x):
@@ -187,7 +187,167 @@ def _flattenable(m) -> set:
     return found
 
 
+class UnsqueezeChain(Rule):
+    """Unsqueeze(Unsqueeze(x, a1), a2) -> Unsqueeze(x, a) with the inserted axes of both (x's rank known)."""
+
+    def pattern(self, op, x):
+        return op.Unsqueeze(op.Unsqueeze(x, _allow_other_inputs=True, _name="inner"), _allow_other_inputs=True)
+
+    def check(self, m, x):
+        return require(_merged_unsqueeze_axes(m, x) is not None, "the axes or the input rank are unknown")
+
+    def rewrite(self, op, m, x):
+        axes = _merged_unsqueeze_axes(m, x)
+        if (m.opset() or 21) >= 13:
+            return op.Unsqueeze(x, op.const(np.array(axes, np.int64), hint="axes"))
+        return op.Unsqueeze(x, axes=axes)
+
+
+def _merged_unsqueeze_axes(m, x) -> list[int] | None:
+    """The output positions of every axis the two Unsqueezes insert (sorted), or None when unknown."""
+    if x.rank is None:
+        return None
+    inner, outer = m["inner"], m.root
+    k1, a1 = operand(inner, 1, "axes", m.opsets, m)
+    k2, a2 = operand(outer, 1, "axes", m.opsets, m)
+    if not (k1 and k2) or a1 is None or a2 is None:
+        return None
+    r1 = x.rank + np.asarray(a1).size
+    r2 = r1 + np.asarray(a2).size
+    n1, n2 = normalize_axes(a1, r1), normalize_axes(a2, r2)
+    if n1 is None or n2 is None or len(set(n1)) != len(n1) or len(set(n2)) != len(n2):
+        return None
+    # the outer's output positions that are not new hold the inner's output axes, in order
+    kept = [i for i in range(r2) if i not in set(n2)]
+    return sorted(set(n2) | {kept[j] for j in n1})
+
+
+def _shape_consumers(op, inner):
+    """Reshape / Flatten / Squeeze / Unsqueeze of `inner` (one pattern per op, for a root Or)."""
+    return [op.Reshape(inner(), ANY, _allow_other_inputs=True), op.Flatten(inner()),
+            op.Squeeze(inner(), _allow_other_inputs=True), op.Unsqueeze(inner(), _allow_other_inputs=True)]
+
+
+def _non_unit(shape) -> list:
+    return [d for d in shape if d != 1]
+
+
+def _moves_only_unit_axes(perm: list[int], shape: tuple) -> bool:
+    """True when Transpose(perm) keeps the relative order of every axis that is not statically 1: it then keeps
+    the elements in order, i.e. it is a reshape (a symbolic dim counts as not 1, which is only stricter)."""
+    kept = [p for p in perm if shape[p] != 1]
+    return kept == sorted(kept)
+
+
+def _transpose_perm(m):
+    t = m["t"]
+    shape = t.inputs[0].shape
+    if shape is None:
+        return None, None
+    p = _perm(t, len(shape))
+    if p is None or sorted(p) != list(range(len(shape))):
+        return None, None
+    return p, shape
+
+
+class UnitTransposeReshape(Rule):
+    """A Transpose that only moves size-1 axes, fed by or feeding a Reshape / Flatten / Squeeze / Unsqueeze ->
+    one Reshape to the (static) output shape.
+
+    Such a Transpose keeps the elements in order (it is a reshape), so the pair is one reshape.
+    """
+
+    benefit = 2  # before TransposeBetweenReshapes, which would keep a Transpose
+
+    def pattern(self, op, x):
+        return Or(op.Transpose(_shape_producers(op, x), _name="t"),
+                  *_shape_consumers(op, lambda: op.Transpose(x, _name="t")))
+
+    def check(self, m, x):
+        perm, shape = _transpose_perm(m)
+        require(perm is not None, "the permutation or the input rank is unknown")
+        require(_moves_only_unit_axes(perm, shape), "the Transpose moves axes that are not (known to be) 1")
+        out = static_shape(m.outputs[0])
+        return require(out is not None and 0 not in out, "the output shape is not static (or is empty)")
+
+    def rewrite(self, op, m, x):
+        shape = static_shape(m.outputs[0])
+        if static_shape(x) == shape:
+            return x
+        return op.Reshape(x, op.const(np.array(shape, np.int64), hint="shape"))
+
+
+class TransposeBetweenReshapes(Rule):
+    """Reshape(Transpose(Reshape(y), p)) whose outer reshape only inserts or removes size-1 axes ->
+    Transpose(Reshape(y), q) (each reshape may also be a Flatten / Squeeze / Unsqueeze; static shapes).
+
+    The outer reshape keeps the order of the non-1 axes, so it moves into the inner one: the inner reshape
+    produces x's non-1 axes (in x's order) after the size-1 axes the output needs, and q places them.
+    """
+
+    def pattern(self, op, y):
+        return Or(*_shape_consumers(op, lambda: op.Transpose(_shape_producers(op, y), _name="t")))
+
+    def check(self, m, y):
+        require(_between_plan(m) is not None, "shapes not static, or the outer reshape moves non-1 axes")
+        perm, shape = _transpose_perm(m)
+        return require(not _moves_only_unit_axes(perm, shape), "the Transpose is a reshape (UnitTransposeReshape)")
+
+    def rewrite(self, op, m, y):
+        shape, perm = _between_plan(m)
+        inner = y if static_shape(y) == tuple(shape) else op.Reshape(y, op.const(np.array(shape, np.int64),
+                                                                                hint="shape"))
+        return op.Transpose(inner, perm=perm)  # not the identity: the Transpose moves non-1 axes (check)
+
+
+def _between_plan(m) -> tuple[list[int], list[int]] | None:
+    """(shape of the new inner reshape, new permutation) for TransposeBetweenReshapes, or None."""
+    perm, _ = _transpose_perm(m)
+    s = static_shape(m["t"].inputs[0])
+    u = static_shape(m.outputs[0])
+    if perm is None or s is None or u is None or 0 in s:  # a 0 in a Reshape target would copy a dim
+        return None
+    sp = [s[p] for p in perm]
+    if _non_unit(sp) != _non_unit(u):
+        return None
+    k = sum(1 for d in u if d == 1)
+    non_unit_axes = [i for i, d in enumerate(s) if d != 1]      # x's non-1 axes, in order
+    pos = {a: k + r for r, a in enumerate(non_unit_axes)}      # their axis in the new inner shape
+    src = iter(p for p in perm if s[p] != 1)                   # x's axis behind each non-1 output axis
+    units = iter(range(k))
+    q = [next(units) if d == 1 else pos[next(src)] for d in u]
+    return [1] * k + [s[a] for a in non_unit_axes], q
+
+
+class ReshapeOfExpand(Rule):
+    """Reshape / Flatten / Squeeze / Unsqueeze of Expand(x, shape) that keeps the expanded shape -> the Expand.
+
+    The expanded shape is computed from x's static shape and the constant target, so this also works where
+    shape inference ran before the target was folded to a constant (and left the Expand's shape unknown).
+    """
+
+    min_opset = 8
+
+    def pattern(self, op, x, shape):
+        return Or(*_shape_consumers(op, lambda: op.Expand(x, shape.const())))
+
+    def check(self, m, x, shape):
+        xs = static_shape(x)
+        require(xs is not None, "the input shape is not static")
+        target = np.asarray(m.const(shape)).reshape(-1)
+        require(target.dtype.kind in "iu" and (target >= 0).all(), "the target shape is not non-negative ints")
+        try:
+            expanded = tuple(int(d) for d in np.broadcast_shapes(xs, tuple(int(d) for d in target)))
+        except ValueError:
+            return require(False, "the shapes do not broadcast")
+        return require(expanded == static_shape(m.outputs[0]), "the reshape changes the expanded shape")
+
+    def rewrite(self, op, m, x, shape):
+        return op.Expand(x, shape)  # a new node: its inferred type has the static shape
+
+
 RULES: list[type[Rule]] = [ReshapeChain, TransposeChain, CastChain, MinMaxToClip, DoubleNegation, IdempotentUnary,
-                          ConcatFlatten]
+                          ConcatFlatten, UnsqueezeChain, UnitTransposeReshape, TransposeBetweenReshapes,
+                          ReshapeOfExpand]
 
 __all__ = ["RULES", "cast_is_exact", "full_shape"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..pattern import Optional, Or, require
 from ..rule import Rule
-from ._util import is_float, operand
+from ._util import is_float, operand, static_shape
 
 _FLOAT_KINDS = "f"
 
@@ -363,9 +363,70 @@ class MatMulAddToGemm(Rule):
         return op.Gemm(a, b, c)
 
 
+_RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+class MatMulAddReshapeToGemm(Rule):
+    """Reshape(Add(MatMul(a, b), c)) with a of rank >= 3, a 2-D b and c constant along the rows ->
+    Reshape(Gemm(Reshape(a, [-1, K]), b, c)) (float).
+
+    With b 2-D, MatMul multiplies every row of a's leading axes alike, so it is one 2-D product; the outer
+    Reshape takes the 2-D result straight to its target. The node count stays the same, and the flattening of a
+    is shared (cse) by every projection of the same input (attention's q, k and v); a reshape that produces a
+    (used only here) is folded into it.
+    """
+
+    min_opset = 7  # Gemm broadcasts C
+
+    def pattern(self, op, a, b, c, s):
+        return op.Reshape(op.Add(op.MatMul(a, b), c), s)
+
+    def check(self, m, a, b, c, s):
+        require(a.rank is not None and a.rank >= 3 and b.rank == 2, "needs A of rank >= 3 and a 2-D B")
+        require(is_float(a) and a.dtype == b.dtype == c.dtype, "Gemm needs float operands of one type")
+        k, n = b.shape
+        require(isinstance(k, int) and k > 0 and a.shape[-1] == k, "K is not a known positive int")
+        require(c.rank is not None and c.rank <= 2, "C must have rank <= 2")
+        if c.rank == 2:
+            require(c.shape[0] == 1, "C may vary along the rows")
+        if c.rank >= 1:
+            require(c.shape[-1] == 1 or (isinstance(n, int) and c.shape[-1] == n), "C may broadcast the columns")
+        return require(_reshape_target(m, s) is not None, "the target shape is neither static nor constant "
+                                                          "without 0s")
+
+    def rewrite(self, op, m, a, b, c, s):
+        src = a
+        p = a.producer
+        if (p is not None and p.op_type in _RESHAPE_LIKE and p.domain == "" and p.graph is m.graph
+                and a.num_uses == 1 and not m.graph.is_output(a)):
+            src = p.inputs[0]  # reshapes keep the element order: flatten the reshape's input instead
+        k = b.shape[0]
+        sa = static_shape(a)
+        rows = int(np.prod(sa[:-1])) if sa is not None else 0
+        rows = rows or -1  # (a 0 in a Reshape target would copy a dim)
+        flat = op.Reshape(src, op.const(np.array([rows, k], np.int64), hint="shape"))
+        target, allowzero = _reshape_target(m, s)
+        return op.Reshape(op.Gemm(flat, b, c), target, allowzero=allowzero)
+
+
+def _reshape_target(m, s):
+    """(target, allowzero) for a Reshape of the root's input replaced by another of the same size: the static
+    output shape, or the constant target when it copies no dim (0); None otherwise."""
+    shape = static_shape(m.outputs[0])
+    if shape is not None and 0 not in shape:  # a 0 in the target would copy a dim
+        return np.array(shape, np.int64), None
+    arr = m.const(s)
+    if arr is None:
+        return None
+    allowzero = m.root.attr("allowzero", 0)
+    if allowzero != 1 and (np.asarray(arr) == 0).any():
+        return None
+    return s, m.root.attr("allowzero")
+
+
 CONV_BN: list[type[Rule]] = [FuseConvBatchNorm, FuseConvTransposeBatchNorm, FuseGemmBatchNorm]
 CONV_ADD_MUL: list[type[Rule]] = [FuseConvAdd, FuseConvMul]
 PAD: list[type[Rule]] = [FusePadConv, FusePadAveragePool, FusePadMaxPool]
-MATMUL_ADD: list[type[Rule]] = [MatMulAddToGemm]
+MATMUL_ADD: list[type[Rule]] = [MatMulAddToGemm, MatMulAddReshapeToGemm]
 
 __all__ = ["CONV_ADD_MUL", "CONV_BN", "MATMUL_ADD", "PAD", "Or"]
