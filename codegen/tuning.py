@@ -100,15 +100,25 @@ def _progress_callback(progress, task_names, total: int):
     return _Progress()
 
 
+def _static_shapes(task) -> bool:
+    """Whether MetaSchedule can measure the kernel: every buffer shape is static."""
+    try:
+        _ms().arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
+    except Exception:  # noqa: BLE001 - symbolic dims: no concrete arguments to measure with
+        return False
+    return True
+
+
 def extract_tasks(mod, params, target, *, layout: str | None = "auto"):
-    """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module."""
+    """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module (kernels with symbolic
+    shapes cannot be measured; they keep optc's default schedule)."""
     from .build import fuse, prepare  # noqa: PLC0415
 
     ms = _ms()
     target = resolve_target(target)
     fused = fuse(prepare(mod, params, target, layout=layout), target)
     return [t for t in ms.relax_integration.extract_tasks(fused, target)
-            if not t.mod.attrs.get("tirx.is_scheduled", False)]
+            if not t.mod.attrs.get("tirx.is_scheduled", False) and _static_shapes(t)]
 
 
 def default_schedule(func, target):
