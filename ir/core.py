@@ -14,13 +14,15 @@ import gc
 import operator
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
 
+from ..errors import OptcError
 from .tensors import NumpyTensor, SparseTensor, Tensor
-from .types import DataType, TensorType, ValueType
+from .types import DataType, TensorType, UnsupportedTypeFeature, ValueType, type_from_proto
 
 
 @contextlib.contextmanager
@@ -33,17 +35,48 @@ def gc_paused(promote: bool = False):
     With `promote=True` (after building a graph), the objects created meanwhile move straight to the oldest
     generation (`gc.freeze()` then `gc.unfreeze()`), instead of being scanned by the young generations'
     collections that would follow the pause: they are long-lived, and that scan costs as much as the import.
+    Objects promoted so are not counted by the collector's own trigger for full collections, so models
+    dropped since (cyclic garbage) would never be freed in a process that loads model after model: once
+    `_PROMOTED_LIMIT` objects were promoted with no full collection since, the next `promote=True` pause
+    starts with one.
     """
+    global _promoted, _full_collections
+    if promote:
+        full = gc.get_stats()[2]["collections"]
+        if full != _full_collections:  # a full collection ran: what was promoted before has been looked at
+            _promoted, _full_collections = 0, full
+        elif _promoted > _PROMOTED_LIMIT:
+            gc.collect()
+            _promoted, _full_collections = 0, gc.get_stats()[2]["collections"]
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if promote:
+            _promoted += gc.get_count()[0]  # objects created (and still alive) since the last collection
             gc.freeze()
             gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+_PROMOTED_LIMIT = 500_000
+_promoted = 0  # objects promoted by `gc_paused(promote=True)` since the last full collection ...
+_full_collections = 0  # ... whose count (of `gc.get_stats()`) was this
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<pending>"
+
+
+_PENDING: Any = _Pending()  # `Value._type` while the type is still to be decoded from the imported ValueInfoProto
+
+
+_NO_ATTRS: Any = MappingProxyType({})  # `Node._attrs` of an imported node without (decoded) attributes
 
 
 class Use(NamedTuple):
@@ -56,11 +89,15 @@ class Use(NamedTuple):
 class Value:
     """An SSA value: produced by one node output, a graph input, or an initializer (`const`).
 
-    An imported value remembers its ValueInfoProto (`_vi`, with the type decoded from it): while the name,
-    type, doc string and meta are unchanged, export copies that proto instead of encoding it again.
+    An imported value remembers its ValueInfoProto (`_vi`): while the name, type, doc string and meta are
+    unchanged, export copies that proto instead of encoding it again. The type, doc string and metadata of a
+    node output's value_info are decoded from it on first access (`_type is _PENDING` until then), so import
+    does not decode types nothing reads. Reading or writing any of them (or the name) decodes them first;
+    only setting the type skips decoding the old one. A type optc cannot represent is refused then, with an
+    `OptcError` (graph inputs and outputs are decoded, and checked, at import).
     """
 
-    __slots__ = ("_name", "type", "_vi", "_vi_type", "producer", "index", "const", "_uses", "doc_string", "meta")
+    __slots__ = ("_name", "_type", "_vi_proto", "producer", "index", "const", "_uses", "_doc_string", "_meta")
 
     def __init__(
         self,
@@ -69,15 +106,14 @@ class Value:
         const: Tensor | SparseTensor | None = None,
     ):
         self._name = name
-        self.type = type
-        self._vi: onnx.ValueInfoProto | None = None
-        self._vi_type: ValueType | None = None
+        self._type = type
+        self._vi_proto: onnx.ValueInfoProto | None = None
         self.producer: Node | None = None
         self.index = 0
         self.const = const
         self._uses: dict[Use, None] = {}
-        self.doc_string = ""
-        self.meta: dict[str, Any] | None = None
+        self._doc_string = ""
+        self._meta: dict[str, Any] | None = None
 
     # -- name -------------------------------------------------------------------------------------
     @property
@@ -87,17 +123,96 @@ class Value:
     @name.setter
     def name(self, name: str) -> None:
         if name != self._name:
+            if self._type is _PENDING:
+                self._decode_vi()
             self._name = name
             self._forget_protos()
 
     def _forget_protos(self) -> None:
         """Drop the imported protos that spell this value's old name (its own, its producer's, its users')."""
-        self._vi = None
+        self._vi_proto = None
         p = self.producer
         if p is not None:
             p._proto = None
         for use in self._uses:
             use.node._proto = None
+
+    # -- type, doc string, meta (decoded from the imported ValueInfoProto on first access) -------------
+    @property
+    def type(self) -> ValueType | None:
+        t = self._type
+        if t is _PENDING:
+            t = self._decode_vi()
+        return t
+
+    @type.setter
+    def type(self, t: ValueType | None) -> None:
+        if self._type is _PENDING:  # the old type is not needed: only the doc string and metadata
+            self._decode_vi(with_type=False)
+        elif t is not self._type:
+            self._vi_proto = None  # the imported proto spells the old type
+        self._type = t
+
+    @property
+    def doc_string(self) -> str:
+        if self._type is _PENDING:
+            self._decode_vi()
+        return self._doc_string
+
+    @doc_string.setter
+    def doc_string(self, doc: str) -> None:
+        if self._type is _PENDING:
+            self._decode_vi()
+        if doc != self._doc_string:
+            self._vi_proto = None
+        self._doc_string = doc
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        if self._type is _PENDING:
+            self._decode_vi()
+        return self._meta
+
+    @meta.setter
+    def meta(self, meta: dict[str, Any] | None) -> None:
+        if self._type is _PENDING:
+            self._decode_vi()
+        self._meta = meta
+
+    @property
+    def _vi(self) -> onnx.ValueInfoProto | None:
+        """The imported ValueInfoProto that export may copy (None: export encodes the value's own info)."""
+        return self._vi_proto
+
+    @_vi.setter
+    def _vi(self, vi: onnx.ValueInfoProto | None) -> None:
+        if self._type is _PENDING:  # dropping (or replacing) the proto must not lose what it says
+            self._decode_vi()
+        self._vi_proto = vi
+
+    def _decode_vi(self, with_type: bool = True) -> ValueType | None:
+        """Decode the pending ValueInfoProto: type, doc string and metadata_props. The proto stays for export
+        to copy only when it holds nothing else than the name and the type (and, `with_type=False`, when the
+        caller is about to replace the type, not at all)."""
+        vi = self._vi_proto
+        t = None
+        if not with_type:
+            self._vi_proto = None
+        elif vi.HasField("type"):
+            try:
+                t = type_from_proto(vi.type)
+            except ValueError as exc:  # UnsupportedTypeFeature, or an element type that does not exist
+                kind = "unsupported" if isinstance(exc, UnsupportedTypeFeature) else "invalid"
+                raise OptcError(f"{kind} model: the type of value '{self._name}': {exc}") from None
+        self._type = t
+        doc = vi.doc_string
+        if doc or len(vi.metadata_props):
+            self._doc_string = doc
+            if len(vi.metadata_props):
+                props = {p.key: p.value for p in vi.metadata_props}
+                self._meta = {**(self._meta or {}), "onnx.metadata_props": props}
+            self._vi_proto = None  # export encodes these fields anew (as it would for a value built by hand)
+        return t
 
     # -- uses -------------------------------------------------------------------------------------
     def uses(self) -> tuple[Use, ...]:
@@ -350,11 +465,16 @@ class Node:
     def attributes(self) -> dict[str, Attr]:
         """Attributes by name (decoded from ONNX on first access)."""
         self._proto = None  # the caller may change the dict or its Attrs
+        g = self.graph
+        if g is not None:
+            g._no_subgraphs = False  # ... and add a subgraph to it
         if self._attr_protos is not None:
             from .onnx_import import decode_attributes
 
             protos, self._attr_protos = self._attr_protos, None
             self._attrs = decode_attributes(protos, self)
+        elif self._attrs is _NO_ATTRS:
+            self._attrs = {}
         return self._attrs
 
     def attr(self, name: str, default: Any = None) -> Any:
@@ -447,7 +567,7 @@ class Graph:
 
     __slots__ = (
         "name", "inputs", "outputs", "initializers", "doc_string", "parent", "metadata_props",
-        "quantization_annotation", "extra_value_info", "_head", "_len", "_by_op",
+        "quantization_annotation", "extra_value_info", "_head", "_len", "_by_op", "_no_subgraphs",
     )
 
     def __init__(
@@ -472,6 +592,9 @@ class Graph:
         self._head = head
         self._len = 0
         self._by_op: dict[tuple[str, str], dict[Node, None]] = {}
+        # True while no node can hold a subgraph: none was linked by `_link` (nodes built in Python) and no
+        # node's `attributes` were handed out (import sets it for the nodes it links itself).
+        self._no_subgraphs = True
         for v in initializers:
             self.add_initializer(v)
         for n in nodes:
@@ -563,8 +686,10 @@ class Graph:
         """False when no node holds a subgraph: a scan of the op index at C speed, not of the linked list.
 
         Subgraphs live in decoded attributes only (GRAPH attributes are always decoded at import): when no
-        node has decoded attributes, there are none.
+        node has decoded attributes, there are none. No scan at all while `_no_subgraphs` holds.
         """
+        if self._no_subgraphs:
+            return False
         return any(map(len, map(_decoded_attrs, chain.from_iterable(self._by_op.values()))))
 
     def first(self) -> Node | None:
@@ -591,6 +716,8 @@ class Graph:
             bucket[node] = None
         # `remove` dropped the uses of a node taken out of a graph: a node moved back in reads its inputs again.
         _attach_inputs(node)
+        if node._attr_protos is None:  # decoded attributes (or a dict handed out) may hold a subgraph
+            self._no_subgraphs = False
         if node._attrs and node._attr_protos is None:
             for g in node.subgraphs():
                 for inner in g.all_nodes():

@@ -7,16 +7,17 @@ to external data on its own when the model would not fit protobuf's 2 GB limit.
 
 from __future__ import annotations
 
+import errno
+import functools
+import itertools
 import os
-import tempfile
-from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
 from ..errors import OptcError
 from .core import Model
-from .onnx_export import to_onnx_bytes
+from .onnx_export import to_onnx_parts
 from .onnx_import import from_onnx
 from .tensors import ExternalTensor, ProtoTensor, Tensor, external_proto
 from .types import DataType
@@ -84,14 +85,16 @@ def _inline_external_attributes(proto: onnx.ModelProto, base_dir: str | None, la
 
 
 def _read_model_file(path: str) -> bytes:
-    if not os.path.exists(path):
-        raise OptcError(f"cannot read '{path}': no such file")
-    if os.path.isdir(path):
-        raise OptcError(f"cannot read '{path}': it is a directory, not an ONNX file")
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:
             data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        raise OptcError(f"cannot read '{path}': no such file") from None
+    except IsADirectoryError:
+        raise OptcError(f"cannot read '{path}': it is a directory, not an ONNX file") from None
     except OSError as exc:
+        if os.path.isdir(path):  # where opening a directory is not IsADirectoryError
+            raise OptcError(f"cannot read '{path}': it is a directory, not an ONNX file") from None
         raise OptcError(f"cannot read '{path}': {exc.strerror}") from None
     if not data:
         raise OptcError(f"cannot read '{path}': the file is empty")
@@ -114,11 +117,17 @@ def _check_versions(proto: onnx.ModelProto) -> None:
     if proto.ir_version > onnx.IR_VERSION:
         raise OptcError(f"model IR version {proto.ir_version} is newer than this onnx supports "
                         f"({onnx.IR_VERSION}); upgrade onnx")
-    known = onnx.defs.onnx_opset_version()
+    known = _known_opset()
     for o in proto.opset_import:
         if o.domain in ("", "ai.onnx") and o.version > known:
             raise OptcError(f"model imports opset {o.version} of the default ONNX domain, newer than this onnx "
                             f"knows ({known}); upgrade onnx")
+
+
+@functools.cache
+def _known_opset() -> int:
+    """The newest opset of the default domain this onnx knows (fixed for the process: asked once)."""
+    return onnx.defs.onnx_opset_version()
 
 
 def _check_external_data(model: Model, path: str, graphs: list | None = None) -> None:
@@ -147,9 +156,14 @@ def _check_ops(model: Model, graphs: list | None = None) -> None:
     known = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     for g in graphs if graphs is not None else model.graphs():
         for domain, op_type in g.op_keys():
-            if domain in ("", "ai.onnx") and known is not None:
-                if not onnx.defs.has(op_type, domain) and (domain, op_type) not in _local_functions(model):
+            if domain in ("", "ai.onnx") and known is not None and (op_type, domain) not in _ONNX_OPS:
+                if onnx.defs.has(op_type, domain):
+                    _ONNX_OPS.add((op_type, domain))
+                elif (domain, op_type) not in _local_functions(model):
                     raise OptcError(f"unknown op '{op_type}' in the default ONNX domain")
+
+
+_ONNX_OPS: set[tuple[str, str]] = set()  # ops onnx.defs was asked about and has (schemas are not taken back)
 
 
 def _local_functions(model: Model) -> set[tuple[str, str]]:
@@ -186,9 +200,9 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
         else:
             data = _serialize(model, _inline_writer)
             moves = []
-        model_tmp = _temp_beside(path, temps)
-        with open(model_tmp, "wb") as f:
-            f.write(data)
+        fd, model_tmp = _new_temp(path, temps)
+        with open(fd, "wb", buffering=_WRITE_BUFFER) as f:
+            f.writelines(data)  # the pieces, without joining them first
         # The data file goes first; should the model's rename fail, the previous data file is put back (the
         # previous model, still in place, points into it) or, if there was none, the new one is removed.
         restore: list[tuple[str | None, str]] = []
@@ -233,40 +247,70 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
                 pass
 
 
-def _serialize(model: Model, writer) -> bytes:
-    """The model's bytes; OptcError past protobuf's 2 GB limit (checked on the result: no ByteSize pass)."""
+def _serialize(model: Model, writer) -> list[bytes]:
+    """The model's bytes, in pieces to write one after the other; OptcError past protobuf's 2 GB limit
+    (checked on the result: no ByteSize pass)."""
     try:
-        data = to_onnx_bytes(model, writer)
+        parts, size = to_onnx_parts(model, writer)
     except EncodeError:  # what protobuf raises past 2 GB
-        data = None
-    if data is None or len(data) > PROTOBUF_LIMIT:
+        size = PROTOBUF_LIMIT + 1
+    if size > PROTOBUF_LIMIT:
         raise OptcError("the model is over protobuf's 2 GB limit; save it with external data")
-    return data
+    return parts
+
+
+_WRITE_BUFFER = 1 << 20
 
 
 def _temp_beside(path: str, temps: list[str]) -> str:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{Path(path).name}.",
-                               suffix=".tmp")
+    """A new empty file beside `path` (see `_new_temp`)."""
+    fd, tmp = _new_temp(path, temps)
     os.close(fd)
-    temps.append(tmp)
     return tmp
+
+
+def _new_temp(path: str, temps: list[str]) -> tuple[int, str]:
+    """Create `.<name>.<unique>.tmp` beside `path` as `tempfile.mkstemp` would (exclusively, mode 0600), without
+    its random-name machinery; return its open descriptor and path (added to `temps`)."""
+    head = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.")
+    for _ in range(100):
+        tmp = f"{head}{os.getpid()}-{next(_temp_counter)}-{os.urandom(3).hex()}.tmp"
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+        except FileExistsError:
+            continue
+        temps.append(tmp)
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, "no usable temporary file name found", head)
+
+
+_temp_counter = itertools.count()
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _wants_external(model: Model) -> bool:
     """True if the model has external data, or its estimated size passes `_SAFE_INLINE_BYTES`."""
     total = 0
+    protos: list[onnx.TensorProto] = []
     for g in model.graphs():
         total += 64 * len(g)
         for v in g.initializers.values():
             t = v.const
-            if isinstance(t, ExternalTensor):
+            if type(t) is ProtoTensor:
+                protos.append(t.proto)
+            elif isinstance(t, ExternalTensor):
                 return True
-            total += _payload_size(t)
-    return total > _SAFE_INLINE_BYTES
+            else:
+                total += _payload_size(t)
+    # A parsed proto knows its size: summed in one C loop, with no dtype math.
+    return total + sum(map(_byte_size, protos)) > _SAFE_INLINE_BYTES
+
+
+_byte_size = onnx.TensorProto.ByteSize
 
 
 def _payload_size(t) -> int:
-    """About the bytes a tensor takes in the model file (a parsed proto knows its size: no dtype math)."""
+    """About the bytes a tensor takes in the model file."""
     if isinstance(t, ProtoTensor):
         return t.proto.ByteSize()
     return getattr(t, "nbytes", 0)

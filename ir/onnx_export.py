@@ -8,6 +8,7 @@ original protos without being decoded.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 
 import numpy as np
 import onnx
@@ -32,18 +33,24 @@ def to_onnx(model: Model, tensor_writer: TensorWriter | None = None) -> onnx.Mod
 def to_onnx_bytes(model: Model, tensor_writer: TensorWriter | None = None) -> bytes:
     """Export and serialize a model, with the same content as `to_onnx(...).SerializeToString()`.
 
-    The main graph's nodes and value_info are serialized one by one (unchanged imported protos as they are,
-    without first being copied into a ModelProto) and written after the graph's other fields, inside the
-    one `graph` field, which is written last. (Protobuf parsers accept fields in any order; the graph is not
-    split in two, which parsers that do not merge repeated messages, such as protobuf.js, would misread.)
-    Raises `google.protobuf.message.EncodeError` past protobuf's 2 GB limit.
+    The main graph's nodes, initializers and value_info are serialized one by one (unchanged imported protos
+    as they are, without first being copied into a ModelProto) and written after the graph's other fields,
+    inside the one `graph` field, which is written last. (Protobuf parsers accept fields in any order; the
+    graph is not split in two, which parsers that do not merge repeated messages, such as protobuf.js, would
+    misread.) Raises `google.protobuf.message.EncodeError` past protobuf's 2 GB limit.
     """
+    return b"".join(to_onnx_parts(model, tensor_writer)[0])
+
+
+def to_onnx_parts(model: Model, tensor_writer: TensorWriter | None = None) -> tuple[list[bytes], int]:
+    """`to_onnx_bytes` in pieces, and their total size: written one after the other (`writelines`), they are
+    the model's bytes, without joining them into one large object first."""
     exporter = _Exporter(tensor_writer or _default_writer)
     exporter.spliced = _SplicedGraph()
     mp = _export(model, exporter)
     graph_head = mp.graph.SerializeToString()
     mp.ClearField("graph")
-    return exporter.spliced.join(mp.SerializeToString(), graph_head)
+    return exporter.spliced.parts(mp.SerializeToString(), graph_head)
 
 
 def _export(model: Model, exporter: _Exporter) -> onnx.ModelProto:
@@ -102,15 +109,33 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL_VARINTS = [_varint(n) for n in range(1 << 14)]
+class _Frames(dict):
+    """The frame of a field's item of each size: the field's tag and the size (a varint), made on demand."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, tag: bytes):
+        super().__init__()
+        self.tag = tag
+
+    def __missing__(self, size: int) -> bytes:
+        if len(self) >= 1 << 16:  # sizes of large tensors are seldom met twice: stay small
+            self.clear()
+        frame = self[size] = self.tag + _varint(size)
+        return frame
 
 
 class _SerializedField:
     """Stands in for a repeated message field of a GraphProto (`add`, `extend`) and keeps its items to be
     serialized one by one: framed with the field's tag, they form that field's part of the graph's bytes."""
 
+    _frames: dict[int, _Frames] = {}  # by field number, shared by all exports
+
     def __init__(self, field_number: int, message_type):
-        self.tag = bytes([field_number << 3 | 2])
+        frames = self._frames.get(field_number)
+        if frames is None:
+            frames = self._frames[field_number] = _Frames(bytes([field_number << 3 | 2]))
+        self.frames = frames
         self.message_type = message_type
         self.items: list = []
 
@@ -123,32 +148,36 @@ class _SerializedField:
         self.items.extend(messages)
 
     def encode(self, parts: list[bytes]) -> None:
-        tag, small = self.tag, _SMALL_VARINTS
-        for m in self.items:
-            data = m.SerializeToString()
-            n = len(data)
-            parts.append(tag)
-            parts.append(small[n] if n < 16384 else _varint(n))
-            parts.append(data)
+        """Append the framed items to `parts`: for each, its frame (tag and size) and its bytes (C loops)."""
+        data = list(map(_serialize, self.items))
+        parts.extend(chain.from_iterable(zip(map(self.frames.__getitem__, map(len, data)), data, strict=True)))
+
+
+_serialize = onnx.NodeProto.SerializeToString  # the Message method: serializes a message of any type
 
 
 class _SplicedGraph:
-    """The main graph's `node` and `value_info` fields, serialized apart from the rest of the model."""
+    """The main graph's `node`, `initializer` and `value_info` fields, serialized apart from the rest of the
+    model."""
 
     def __init__(self):
         self.node = _SerializedField(1, onnx.NodeProto)
+        self.initializer = _SerializedField(5, onnx.TensorProto)
         self.value_info = _SerializedField(13, onnx.ValueInfoProto)
 
-    def join(self, model_head: bytes, graph_head: bytes) -> bytes:
-        """The model's bytes: `model_head` (a serialized ModelProto without its graph), then the `graph` field
-        (number 7): `graph_head` (the graph's other fields) followed by these fields."""
-        parts: list[bytes] = [graph_head]
+    def parts(self, model_head: bytes, graph_head: bytes) -> tuple[list[bytes], int]:
+        """The model's bytes in pieces, and their total size: `model_head` (a serialized ModelProto without its
+        graph), then the `graph` field (number 7): `graph_head` (the graph's other fields) followed by these
+        fields."""
+        parts: list[bytes] = [model_head, b"\x3a", b"", graph_head]
+        self.initializer.encode(parts)
         self.node.encode(parts)
         self.value_info.encode(parts)
-        graph = b"".join(parts)
-        if len(model_head) + len(graph) + 6 > _MAX_PROTO:
+        size = sum(map(len, parts)) - len(model_head) - 1
+        if len(model_head) + size + 6 > _MAX_PROTO:
             raise EncodeError("the model is over protobuf's 2 GB limit")
-        return b"".join((model_head, b"\x3a", _varint(len(graph)), graph))
+        parts[2] = head = _varint(size)
+        return parts, len(model_head) + 1 + len(head) + size
 
 
 class _Exporter:
@@ -186,8 +215,8 @@ class _Exporter:
             _fill_props(vi.metadata_props, v.meta["onnx.metadata_props"])
 
     def graph(self, g: Graph, gp: onnx.GraphProto, used: set[str], fields: _SplicedGraph | None = None) -> None:
-        """Fill `gp` from `g`. `used` holds the names of enclosing scopes (copied, not changed). The nodes and
-        value_info go to `fields` when given (see `to_onnx_bytes`), else into `gp`."""
+        """Fill `gp` from `g`. `used` holds the names of enclosing scopes (copied, not changed). The nodes,
+        initializers and value_info go to `fields` when given (see `to_onnx_bytes`), else into `gp`."""
         used = set(used)
         node_field = gp.node if fields is None else fields.node
         vi_field = gp.value_info if fields is None else fields.value_info
@@ -199,18 +228,18 @@ class _Exporter:
             self.claim(v, used, "input")
         self.value_infos(gp.input, g.inputs, typed_only=False)
         inputs = {id(v) for v in g.inputs}
-        self.initializers(g, gp, used, inputs)
-        self.nodes(g, node_field, used)
+        self.initializers(g, gp, used, inputs, gp.initializer if fields is None else fields.initializer)
+        values = self.nodes(g, node_field, used)
         outputs = {id(v) for v in g.outputs}
-        self.value_infos(vi_field, (o for n in g for o in n._outputs if o is not None and id(o) not in outputs))
-        self.value_infos(vi_field, (v for v in g.initializers.values()
-                                    if id(v) not in inputs and id(v) not in outputs))
+        self.value_infos(vi_field, [v for v in values if id(v) not in outputs])
+        self.value_infos(vi_field, [v for v in g.initializers.values()
+                                    if id(v) not in inputs and id(v) not in outputs])
         vi_field.extend(g.extra_value_info)
         self.value_infos(gp.output, g.outputs, typed_only=False)
         gp.quantization_annotation.extend(g.quantization_annotation)
 
-    def initializers(self, g: Graph, gp: onnx.GraphProto, used: set[str], inputs: set[int]) -> None:
-        """Write the initializers (dense ones through the tensor writer), appended in bulk."""
+    def initializers(self, g: Graph, gp: onnx.GraphProto, used: set[str], inputs: set[int], field) -> None:
+        """Write the initializers (dense ones through the tensor writer) into `field`, appended in bulk."""
         dense: list[onnx.TensorProto] = []
         for v in g.initializers.values():
             if id(v) not in inputs:
@@ -220,18 +249,19 @@ class _Exporter:
                 gp.sparse_initializer.append(v.const.to_proto(name))
             else:
                 dense.append(self.write_tensor(name, v.const))
-        gp.initializer.extend(dense)
+        field.extend(dense)
 
     def value_infos(self, field, values, typed_only: bool = True) -> None:
         """Append the ValueInfoProtos of `values` (of the typed ones only, with `typed_only`); unchanged
-        imported ones are copied in bulk."""
+        imported ones (those whose type is still undecoded included) are copied in bulk."""
         run: list[onnx.ValueInfoProto] = []
+        renamed = self.renamed
         for v in values:
-            if typed_only and v.type is None:
+            vi = v._vi_proto
+            if vi is not None and not v._doc_string and not v._meta and not (renamed and id(v) in renamed):
+                run.append(vi)  # the type, doc string and meta were not changed since import
                 continue
-            vi = v._vi
-            if vi is not None and self._vi_unchanged(v, vi):
-                run.append(vi)
+            if typed_only and v._type is None:
                 continue
             if run:
                 field.extend(run)
@@ -240,25 +270,27 @@ class _Exporter:
         if run:
             field.extend(run)
 
-    def _vi_unchanged(self, v: Value, vi: onnx.ValueInfoProto) -> bool:
-        """True if `vi` (imported with `v`, and dropped on rename) still says what export would write."""
-        return (v.type is v._vi_type and not v.doc_string and not v.meta
-                and not (self.renamed and id(v) in self.renamed))
-
-    def nodes(self, g: Graph, field, used: set[str]) -> None:
-        """Append the nodes of `g`; unchanged imported NodeProtos are copied in bulk."""
+    def nodes(self, g: Graph, field, used: set[str]) -> list[Value]:
+        """Append the nodes of `g` (unchanged imported NodeProtos are copied in bulk); return their output
+        values, in order."""
         run: list[onnx.NodeProto] = []
+        values: list[Value] = []
+        add_value = values.append
+        add_used = used.add
+        renamed = self.renamed
         for n in g:
             for o in n._outputs:
                 if o is not None:
+                    add_value(o)
                     name = o._name
                     if name and name not in used:
-                        used.add(name)
+                        add_used(name)
                     else:
                         self.claim(o, used, n.op_type.lower())
             p = n._proto
-            if p is not None and self._node_unchanged(n):
-                run.append(p)
+            if (p is not None and (n.op_type, n.domain, n.name, n.doc_string, n.overload) == n._proto_key
+                    and not n.metadata_props and (not renamed or self._names_kept(n))):
+                run.append(p)  # the imported NodeProto still says what `fill_node` would write
                 continue
             if run:
                 field.extend(run)
@@ -266,23 +298,21 @@ class _Exporter:
             self.fill_node(n, field.add(), used)
         if run:
             field.extend(run)
+        return values
 
-    def _node_unchanged(self, n: Node) -> bool:
-        """True if the node's imported NodeProto still says what `fill_node` would write.
+    def _names_kept(self, n: Node) -> bool:
+        """True if this export renames none of the node's values.
 
-        Mutations of inputs, outputs and attributes, and renames of its values, drop `n._proto` (see `Node`);
-        what is left to check: the plain fields, metadata, and names this export gives to values.
+        (Mutations of inputs, outputs and attributes, and renames of its values, drop `n._proto` (see `Node`);
+        the plain fields and metadata are compared with `_proto_key` by `nodes`.)
         """
-        if (n.op_type, n.domain, n.name, n.doc_string, n.overload) != n._proto_key or n.metadata_props:
-            return False
         renamed = self.renamed
-        if renamed:
-            for v in n._inputs:
-                if v is not None and id(v) in renamed:
-                    return False
-            for v in n._outputs:
-                if v is not None and id(v) in renamed:
-                    return False
+        for v in n._inputs:
+            if v is not None and id(v) in renamed:
+                return False
+        for v in n._outputs:
+            if v is not None and id(v) in renamed:
+                return False
         return True
 
     def fill_node(self, n: Node, p: onnx.NodeProto, used: set[str]) -> None:
@@ -320,7 +350,7 @@ class _Exporter:
         for v in g.inputs:
             self.claim(v, used, "input")
         fp.input.extend(self.name_of(v) for v in g.inputs)
-        self.nodes(g, fp.node, used)
+        values = self.nodes(g, fp.node, used)
         fp.output.extend(self.name_of(v) for v in g.outputs)
         fp.attribute.extend(fn.attributes)
         for a in fn.attribute_defaults.values():
@@ -330,7 +360,7 @@ class _Exporter:
             o.domain, o.version = domain, version
         if fn.doc_string:
             fp.doc_string = fn.doc_string
-        self.value_infos(fp.value_info, (o for n in g for o in n._outputs if o is not None))
+        self.value_infos(fp.value_info, values)
         fp.value_info.extend(g.extra_value_info)
         _fill_props(fp.metadata_props, fn.metadata_props)
 

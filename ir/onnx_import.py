@@ -8,11 +8,13 @@ refused with an `OptcError`, never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import onnx
 
 from ..errors import OptcError
-from .core import Attr, AttrType, Function, Graph, Model, Node, Use, Value, gc_paused
-from .tensors import SparseTensor, tensor_from_proto
+from .core import _NO_ATTRS, _PENDING, Attr, AttrType, Function, Graph, Model, Node, Use, Value, gc_paused
+from .tensors import _ELEMENT_TYPES, ProtoTensor, SparseTensor, tensor_from_proto
 from .types import UnsupportedTypeFeature, type_from_proto
 
 _GRAPH_ATTRS = (5, 10)  # GRAPH, GRAPHS
@@ -106,8 +108,35 @@ class _Importer:
             g.inputs.append(v)
         base_dir = self.base_dir
         input_ids = {id(v) for v in g.inputs}
+        scope_get = scope.get
+        initializers = g.initializers
+        element_types = _ELEMENT_TYPES
+        new_tensor, new_value = _new_proto_tensor, _new_value
         for tp in gp.initializer:
-            self._add_initializer(g, scope, tp.name, tensor_from_proto(tp, base_dir), input_ids)
+            name = tp.name
+            if tp.data_type in element_types and tp.data_location != _EXTERNAL and not tp.HasField("segment"):
+                tensor = new_tensor(ProtoTensor)  # what tensor_from_proto returns, without its calls
+                tensor.proto = tp
+                tensor.name = name
+                tensor.doc_string = tp.doc_string
+            else:
+                tensor = tensor_from_proto(tp, base_dir)  # external data, or the error for a bad tensor
+            v = scope_get(name)
+            if v is None:
+                v = new_value(Value)
+                v._name = name
+                v._type = None
+                v._vi_proto = None
+                v.producer = None
+                v.index = 0
+                v._uses = {}
+                v._doc_string = ""
+                v._meta = None
+                scope[name] = v
+            elif v.const is not None or id(v) not in input_ids:
+                self._add_initializer(g, scope, name, tensor, input_ids)  # the error
+            v.const = tensor
+            initializers[name] = v
         for sp in gp.sparse_initializer:
             self._add_initializer(g, scope, sp.values.name, SparseTensor(sp), input_ids)
         self.nodes(g, gp.node, scope, outer)
@@ -119,7 +148,7 @@ class _Importer:
                 v = _lookup(outer, name)
                 if v is None:
                     raise OptcError(f"invalid model: graph output '{name}' is not produced by any node or input")
-            elif v.type is None or v.producer is not None:
+            elif v._type is None or v.producer is not None:
                 self.set_value_info(v, vi)
             g.outputs.append(v)
         g.quantization_annotation = list(gp.quantization_annotation)
@@ -140,33 +169,45 @@ class _Importer:
 
     def value_info(self, g: Graph, infos, scope: dict[str, Value], outputs=frozenset()) -> None:
         """Give typeless values the types of `infos`; other entries (and those of graph `outputs`, whose types
-        export writes in `output`) are kept aside as they are."""
+        export writes in `output`) are kept aside as they are.
+
+        The entries are not decoded here: a value keeps its ValueInfoProto and decodes its type, doc string and
+        metadata on first access (see `Value`); until then, export copies the proto as it is. Tools write
+        value_info in node order: each entry is first compared with the node output after the last one found,
+        and looked up by name only when that is not it."""
         scope_get = scope.get
-        decode = self.decode_type
+        extra = g.extra_value_info
+        pending = _PENDING
+        head = g._head
+        values = iter(())  # the node outputs after the last value found
         for vi in infos:
-            fields = vi.ListFields()
-            v = scope_get(vi.name)
-            if v is None or v.type is not None or vi.name in outputs:
-                g.extra_value_info.append(vi)
-            elif len(fields) == 2 and fields[0][0] is _VI_NAME and fields[1][0] is _VI_TYPE:
-                v.type = v._vi_type = decode(fields[1][1])
-                v._vi = vi  # name and type only: export may copy it as it is
+            name = vi.name
+            v = next(values, None)
+            if v is None or v._name != name:
+                v = scope_get(name)
+                if v is not None and v.producer is not None and v.producer.graph is g:
+                    values = _outputs_after(v, head)
+            if v is None or v._type is not None or name in outputs:
+                extra.append(vi)
             else:
-                self.set_value_info(v, vi)
+                v._type = pending
+                v._vi_proto = vi
 
     def set_value_info(self, v: Value, vi: onnx.ValueInfoProto) -> None:
-        """Set a value's type, doc string and metadata from a ValueInfoProto."""
+        """Set a value's type, doc string and metadata from a ValueInfoProto (decoded now: graph inputs and
+        outputs are few, and a type optc cannot represent is refused at import)."""
         fields = vi.ListFields()
         if len(fields) == 2 and fields[0][0] is _VI_NAME and fields[1][0] is _VI_TYPE:
-            v.type = v._vi_type = self.decode_type(fields[1][1])
-            v.doc_string = ""
-            v._vi = vi  # name and type only: export may copy it as it is
+            v._type = self.decode_type(fields[1][1])
+            v._doc_string = ""
+            v._vi_proto = vi  # name and type only: export may copy it as it is
             return
         if vi.HasField("type"):
-            v.type = self.decode_type(vi.type)
-        v.doc_string = vi.doc_string
+            v._type = self.decode_type(vi.type)
+        v._vi_proto = None
+        v._doc_string = vi.doc_string
         if len(vi.metadata_props):
-            v.meta = {**(v.meta or {}), "onnx.metadata_props": {p.key: p.value for p in vi.metadata_props}}
+            v._meta = {**(v._meta or {}), "onnx.metadata_props": {p.key: p.value for p in vi.metadata_props}}
 
     def decode_type(self, tp: onnx.TypeProto):
         """`type_from_proto`, memoized on the serialized proto (types are immutable, so they are shared)."""
@@ -178,13 +219,157 @@ class _Importer:
         return t
 
     def nodes(self, g: Graph, node_protos, scope: dict[str, Value], outer: list[dict[str, Value]]) -> None:
-        """Import nodes in file order; forward references are resolved, then the graph is sorted."""
+        """Import nodes in file order; forward references are resolved, then the graph is sorted.
+
+        The hot loop of import, written out in one function: only the fields that are set are read
+        (`ListFields`), objects are built without their constructors, and each node keeps its proto so that
+        export can copy it while the node is unchanged."""
         forward: dict[str, Value] = {}
         forward_refs = self.forward_refs
-        node = self.node
-        append = _append_node
+        scope_get = scope.get
+        scope_setdefault = scope.setdefault
+        by_op = g._by_op
+        by_op_get = by_op.get
+        ops: dict[str, tuple] = {}  # op_type of the default domain -> (that string, its by_op bucket)
+        ops_get = ops.get
+        no_attrs = _NO_ATTRS
+        has_subgraphs = False
+        head = g._head
+        last = head._prev
+        count = 0
+        new_node, new_value, new_use = _new_node, _new_value, _new_use
+        node_cls, value_cls, use_cls = Node, Value, Use
+        f_input, f_output, f_name, f_op_type, f_attribute, f_domain = _NODE_FIELDS
+        graph_attrs = _GRAPH_ATTRS
+        # An input named "" is an omitted optional input; a scope that defines "" takes the slow path.
+        plain = "" not in scope
         for np_ in node_protos:
-            append(g, node(np_, scope, outer, forward))
+            ins = outs = attrs = ()
+            op_type = domain = name = doc = overload = ""
+            props = None
+            for fd, val in np_.ListFields():
+                if fd is f_input:
+                    ins = val
+                elif fd is f_output:
+                    outs = val
+                elif fd is f_name:
+                    name = val
+                elif fd is f_op_type:
+                    op_type = val
+                elif fd is f_attribute:
+                    attrs = val
+                elif fd is f_domain:
+                    domain = val
+                else:
+                    num = fd.number
+                    if num == 6:
+                        doc = val
+                    elif num == 8:
+                        overload = val
+                    elif num == 9:
+                        props = {p.key: p.value for p in val}
+                    elif num == 10:
+                        raise OptcError("unsupported model: node device_configurations are not supported")
+            if domain:
+                key = (domain, op_type)
+                bucket = by_op_get(key)
+                if bucket is None:
+                    bucket = by_op[key] = {}
+            else:  # one op_type string per op (not one per node) and no key tuple to build
+                entry = ops_get(op_type)
+                if entry is None:
+                    bucket = by_op_get(("", op_type))
+                    if bucket is None:
+                        bucket = by_op["", op_type] = {}
+                    entry = ops[op_type] = (op_type, bucket)
+                op_type, bucket = entry
+            node = new_node(node_cls)
+            bucket[node] = None
+            node.op_type = op_type
+            node.domain = domain
+            node.overload = overload
+            node.name = name
+            node.doc_string = doc
+            node.version = None
+            node.meta = None
+            node.metadata_props = props
+            node.graph = g
+            node._prev = last
+            node._next = head
+            last._next = node
+            last = node
+            count += 1
+            # inputs: resolve the names, register the uses
+            if not ins:
+                node._inputs = ()
+            else:
+                inputs = list(map(scope_get, ins))
+                i = 0
+                for v in inputs:
+                    if v is None:  # omitted, outer-scope or forward: the slow path (uses registered twice: no-op)
+                        node._inputs = self.node_inputs(node, ins, scope, outer, forward)
+                        break
+                    v._uses[new_use(use_cls, (node, i))] = None
+                    i += 1
+                else:
+                    node._inputs = tuple(inputs) if plain else self.node_inputs(node, ins, scope, outer, forward)
+            # outputs: define the values (taking over forward references)
+            if not outs:
+                node._outputs = ()
+            else:
+                outputs = list(outs)  # the names, replaced by their values
+                i = 0
+                for oname in outputs:
+                    if not oname:
+                        outputs[i] = None
+                        i += 1
+                        continue
+                    v = forward.pop(oname, None) if forward else None
+                    if v is None:
+                        v = new_value(value_cls)
+                        v._name = oname
+                        v._type = None
+                        v._vi_proto = None
+                        v.const = None
+                        v._uses = {}
+                        v._doc_string = ""
+                        v._meta = None
+                    v.producer = node
+                    v.index = i
+                    if scope_setdefault(oname, v) is not v:
+                        raise OptcError(f"invalid model: value '{oname}' is defined twice")
+                    outputs[i] = v
+                    i += 1
+                node._outputs = tuple(outputs)
+            # attributes: kept encoded (decoded on first access), except those holding subgraphs
+            if not attrs:
+                node._attr_protos = None
+                node._attrs = no_attrs
+                if props is None:
+                    node._proto = np_
+                    node._proto_key = (op_type, domain, name, doc, overload)
+                else:
+                    node._proto = node._proto_key = None
+            else:
+                for a in attrs:
+                    if a.type in graph_attrs:
+                        node._attr_protos = None
+                        node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
+                        node._proto = node._proto_key = None
+                        has_subgraphs = True
+                        break
+                else:
+                    node._attr_protos = attrs
+                    node._attrs = no_attrs
+                    if props is None:
+                        node._proto = np_
+                        node._proto_key = (op_type, domain, name, doc, overload)
+                    else:
+                        node._proto = node._proto_key = None
+        head._prev = last
+        g._len += count
+        if has_subgraphs:
+            g._no_subgraphs = False
         if forward:
             raise OptcError(f"invalid model: node input '{next(iter(forward))}' is not defined by any node, input "
                             f"or initializer")
@@ -194,65 +379,9 @@ class _Importer:
             except ValueError as exc:
                 raise OptcError(f"invalid model: {exc}") from None
 
-    def node(self, np_: onnx.NodeProto, scope: dict[str, Value], outer: list[dict[str, Value]],
-             forward: dict[str, Value]) -> Node:
-        """One node; the hot loop of import. Only the fields that are set are read (`ListFields`), and the
-        proto is kept so that export can copy it while the node is unchanged."""
-        ins = outs = attrs = ()
-        op_type = domain = name = doc = overload = ""
-        props = None
-        for fd, val in np_.ListFields():
-            num = fd.number
-            if num == 1:
-                ins = val
-            elif num == 2:
-                outs = val
-            elif num == 3:
-                name = val
-            elif num == 4:
-                op_type = val
-            elif num == 5:
-                attrs = val
-            elif num == 7:
-                domain = val
-            elif num == 6:
-                doc = val
-            elif num == 8:
-                overload = val
-            elif num == 9:
-                props = {p.key: p.value for p in val}
-            elif num == 10:
-                raise OptcError("unsupported model: node device_configurations are not supported")
-        node = _new_node(Node)
-        node.op_type = op_type
-        node.domain = domain
-        node.overload = overload
-        node.name = name
-        node.doc_string = doc
-        node.version = None
-        node.meta = None
-        node.metadata_props = props
-        node._inputs = self.node_inputs(node, ins, scope, outer, forward) if ins else ()
-        node._outputs = self.node_outputs(node, outs, scope, forward) if outs else ()
-        if not attrs:
-            node._attr_protos = None
-            node._attrs = {}
-        elif any(a.type in _GRAPH_ATTRS for a in attrs):
-            node._attr_protos = None
-            node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
-        else:
-            node._attr_protos = attrs
-            node._attrs = {}
-        if props is None and (not attrs or node._attr_protos is not None):
-            node._proto = np_
-            node._proto_key = (op_type, domain, name, doc, overload)
-        else:
-            node._proto = node._proto_key = None
-        return node
-
     def node_inputs(self, node: Node, names, scope: dict[str, Value], outer: list[dict[str, Value]],
                     forward: dict[str, Value]) -> tuple:
-        """Resolve input names (outer scopes, then forward references) and register the uses."""
+        """Resolve input names (omitted, outer scopes, forward references) and register the uses."""
         inputs = []
         scope_get = scope.get
         i = 0
@@ -274,51 +403,33 @@ class _Importer:
             i += 1
         return tuple(inputs)
 
-    def node_outputs(self, node: Node, names, scope: dict[str, Value], forward: dict[str, Value]) -> tuple:
-        """Define the output values in `scope` (taking over forward references)."""
-        outputs = []
-        i = 0
-        for name in names:
-            if not name:
-                outputs.append(None)
-                i += 1
-                continue
-            if name in scope:
-                raise OptcError(f"invalid model: value '{name}' is defined twice")
-            v = forward.pop(name, None) if forward else None
-            if v is None:
-                v = Value(name)
-            v.producer = node
-            v.index = i
-            scope[name] = v
-            outputs.append(v)
-            i += 1
-        return tuple(outputs)
-
 
 _new_node = Node.__new__
+_new_value = Value.__new__
+_new_proto_tensor = ProtoTensor.__new__
+_EXTERNAL = onnx.TensorProto.EXTERNAL
 _new_use = tuple.__new__  # Use(node, i) without NamedTuple's Python-level __new__
 _MISSING = object()
 _VI_NAME = onnx.ValueInfoProto.DESCRIPTOR.fields_by_name["name"]
 _VI_TYPE = onnx.ValueInfoProto.DESCRIPTOR.fields_by_name["type"]
+_NODE_FIELDS = tuple(onnx.NodeProto.DESCRIPTOR.fields_by_name[f]
+                     for f in ("input", "output", "name", "op_type", "attribute", "domain"))
 
 
-def _append_node(g: Graph, node: Node) -> None:
-    """Graph.append without its checks (the node is new): link it last and index it by op."""
-    node.graph = g
-    head = g._head
-    last = head._prev
-    node._prev = last
-    node._next = head
-    last._next = node
-    head._prev = node
-    g._len += 1
-    key = (node.domain, node.op_type)
-    bucket = g._by_op.get(key)
-    if bucket is None:
-        g._by_op[key] = {node: None}
-    else:
-        bucket[node] = None
+def _outputs_after(v: Value, head) -> Iterator[Value]:
+    """The node outputs (not None) that follow `v` in node order."""
+    node = v.producer
+    outs = node._outputs
+    for i in range(v.index + 1, len(outs)):
+        o = outs[i]
+        if o is not None:
+            yield o
+    node = node._next
+    while node is not head:
+        for o in node._outputs:
+            if o is not None:
+                yield o
+        node = node._next
 
 
 def _lookup(outer: list[dict[str, Value]], name: str) -> Value | None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import onnx
 from onnx import helper
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 Shape = tuple  # tuple[Dim, ...]
 
 
@@ -178,7 +177,7 @@ class MapType:
         return f"map<{DataType(self.key).short_name},{self.value}>"
 
 
-ValueType = Union[TensorType, SparseTensorType, SequenceType, OptionalType, MapType]
+ValueType = TensorType | SparseTensorType | SequenceType | OptionalType | MapType
 
 
 def _shape_from_proto(shape_proto: onnx.TensorShapeProto) -> Shape:
@@ -201,10 +200,13 @@ class UnsupportedTypeFeature(ValueError):
 
 
 def _element_type(t: int) -> DataType:
-    try:
-        return DataType(t)
-    except ValueError:
-        raise ValueError(f"element type {t} is not an ONNX type") from None
+    dt = _DATA_TYPES.get(t)
+    if dt is None:
+        raise ValueError(f"element type {t} is not an ONNX type")
+    return dt
+
+
+_DATA_TYPES = {int(d): d for d in DataType}
 
 
 def type_from_proto(tp: onnx.TypeProto) -> ValueType | None:
