@@ -54,13 +54,20 @@ def worker(path: str, threads: int, repeat: int, trials: int, db: str | None) ->
 
 
 def tune_worker(path: str, trials: int, db: str) -> dict:
-    """Tune a model's kernels into `db` (timed); returns the tuning report."""
+    """Tune a model's kernels into `db` (timed); returns the tuning report. A database that already holds
+    every kernel runs no trials: the report of the run that filled it (kept in `db`/tuning.json) is returned."""
     from optc.codegen.compile import build_executable
 
     report: dict = {}
     start = time.perf_counter()
     build_executable(path, "cpu", trials=trials, db=db, report=report)
-    return {"tune_s": time.perf_counter() - start, **report.get("tuning", {})}
+    result = {"tune_s": time.perf_counter() - start, **report.get("tuning", {})}
+    saved = os.path.join(db, "tuning.json")
+    if result.get("trials", 0) == 0 and os.path.exists(saved):
+        return {**json.load(open(saved)), "reused": True}
+    with open(saved, "w") as f:
+        json.dump(result, f)
+    return result
 
 
 def _spawn(args: list[str], threads: int, timeout: float) -> dict:
