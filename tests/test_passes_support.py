@@ -8,14 +8,11 @@ import onnx
 import onnx.parser
 from optc.ir import from_onnx, to_onnx
 from optc.rewrites import PassContext, RewriteBudget, parse_pipeline, run_pipeline
+from optc.rewrites.rules._testing import random_feeds as _random_feeds
 
 from .conftest import feed_names, mismatch, run_ort
 
 HEADER = '<ir_version: 10, opset_import: ["" : 21]>\n'
-
-_NP = {1: np.float32, 11: np.float64, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 2: np.uint8,
-       3: np.int8}
-
 
 def parse(text: str, header: str = HEADER) -> onnx.ModelProto:
     """An ONNX model from ONNX's text syntax (header added unless the text has one)."""
@@ -26,22 +23,8 @@ def parse(text: str, header: str = HEADER) -> onnx.ModelProto:
 
 
 def random_feeds(proto: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in proto.graph.initializer}
-    feeds = {}
-    for i in proto.graph.input:
-        if i.name in inits:
-            continue
-        tt = i.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 2 for d in tt.shape.dim]
-        dtype = _NP[tt.elem_type]
-        if np.issubdtype(dtype, np.floating):
-            feeds[i.name] = rng.uniform(-2, 2, size=shape).astype(dtype)
-        elif dtype is np.bool_:
-            feeds[i.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            feeds[i.name] = rng.integers(0, 3, size=shape).astype(dtype)
-    return feeds
+    """Inputs for pass tests: floats in [-2, 2), integers in [0, 3)."""
+    return _random_feeds(proto, seed, float_range=(-2, 2), int_range=(0, 3))
 
 
 def run_passes(proto: onnx.ModelProto, pipeline: str, *, limit: int | None = None, ctx: PassContext | None = None,

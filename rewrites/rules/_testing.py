@@ -27,8 +27,12 @@ def parse(text: str | onnx.ModelProto, infer: bool = True) -> onnx.ModelProto:
     return proto
 
 
-def random_feeds(proto: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input that is not an initializer (symbolic dims become 2)."""
+def random_feeds(proto: onnx.ModelProto, seed: int = 0, *, symbolic_dim: int = 2,
+                 float_range: tuple[float, float] | None = None,
+                 int_range: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input that is not an initializer (symbolic dims become `symbolic_dim`).
+    Floats: standard normal, or uniform in `float_range`; integers: in `int_range` (default [-5, 6) when
+    signed, [0, 10) when unsigned); booleans: fair coin flips."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in proto.graph.initializer}
     feeds = {}
@@ -36,13 +40,15 @@ def random_feeds(proto: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 2 for d in tt.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") else symbolic_dim for d in tt.shape.dim]
         dtype = DataType(tt.elem_type).numpy()
         if dtype == np.bool_:
             arr = rng.random(shape) > 0.5
         elif np.issubdtype(dtype, np.integer):
-            arr = rng.integers(-5, 6, size=shape).astype(dtype) if np.issubdtype(dtype, np.signedinteger) else \
-                rng.integers(0, 10, size=shape).astype(dtype)
+            low, high = int_range or ((-5, 6) if np.issubdtype(dtype, np.signedinteger) else (0, 10))
+            arr = rng.integers(low, high, size=shape).astype(dtype)
+        elif float_range is not None:
+            arr = rng.uniform(*float_range, size=shape).astype(dtype)
         else:
             arr = rng.standard_normal(shape).astype(dtype)
         feeds[vi.name] = np.asarray(arr)
