@@ -32,22 +32,27 @@ def _bn_scale_shift(m, scale, bias, mean, var):
     return s, bi - mu * s
 
 
-def _check_bn(m, w, b, scale, bias, mean, var, channels_axis: int):
-    """Common BatchNormalization checks; returns the number of output channels."""
-    bn = m.root
+def _require_inference_bn(bn) -> None:
+    """The BatchNormalization normalizes with its constant statistics (inference, no running-stat outputs)."""
     require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
     require(bn.attr("is_test", 1) != 0 and bn.attr("spatial", 1) == 1, "BatchNormalization (old opset) trains")
     require(len([o for o in bn.outputs if o is not None]) == 1, "BatchNormalization has running-stat outputs")
-    arrays = [_arr(m, v) for v in (w, scale, bias, mean, var)]
+
+
+def _require_bn_params(m, channels: int, *params) -> None:
+    """Every BatchNormalization parameter (and bias, when given) is a float constant of `channels` values."""
+    arrays = [_arr(m, v) for v in params if v is not None]
     require(all(_is_float_array(a) for a in arrays), "weights are not float constants")
-    if b is not None:
-        require(_is_float_array(_arr(m, b)), "the bias is not a float constant")
-    wa = arrays[0]
-    require(wa.ndim >= 2, "unexpected weight rank")
+    require(all(a.size == channels for a in arrays), "BatchNormalization's parameters do not match the channels")
+
+
+def _check_bn(m, w, b, scale, bias, mean, var, channels_axis: int):
+    """Common BatchNormalization checks; returns the number of output channels."""
+    _require_inference_bn(m.root)
+    wa = _arr(m, w)
+    require(_is_float_array(wa) and wa.ndim >= 2, "the weight is not a float constant of rank >= 2")
     c = wa.shape[channels_axis]
-    require(all(a.size == c for a in arrays[1:]), "BatchNormalization's parameters do not match the channels")
-    if b is not None:
-        require(_arr(m, b).size == c, "the bias does not match the channels")
+    _require_bn_params(m, c, scale, bias, mean, var, b)
     return c
 
 
@@ -80,16 +85,11 @@ class FuseConvTransposeBatchNorm(Rule):
         return op.BatchNormalization(conv, scale.const(), bias.const(), mean.const(), var.const())
 
     def check(self, m, x, w, b, scale, bias, mean, var):
+        _require_inference_bn(m.root)
         wa = _arr(m, w)
-        require(wa is not None and wa.ndim >= 2, "unexpected weight")
-        group = int(m["conv"].attr("group", 1))
-        out_ch = wa.shape[1] * group
-        bn = m.root
-        require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
-        require(len([o for o in bn.outputs if o is not None]) == 1, "BatchNormalization has running-stat outputs")
-        arrays = [_arr(m, v) for v in (scale, bias, mean, var)] + ([_arr(m, b)] if b is not None else [])
-        require(_is_float_array(wa) and all(_is_float_array(a) for a in arrays), "weights are not float constants")
-        return require(all(a.size == out_ch for a in arrays), "parameters do not match the output channels")
+        require(_is_float_array(wa) and wa.ndim >= 2, "the weight is not a float constant of rank >= 2")
+        _require_bn_params(m, wa.shape[1] * int(m["conv"].attr("group", 1)), scale, bias, mean, var, b)
+        return True
 
     def rewrite(self, op, m, x, w, b, scale, bias, mean, var):
         s, t = _bn_scale_shift(m, scale, bias, mean, var)
@@ -113,14 +113,11 @@ class FuseGemmBatchNorm(Rule):
         return op.BatchNormalization(gemm, scale.const(), bias.const(), mean.const(), var.const())
 
     def check(self, m, a, w, c, scale, bias, mean, var):
-        bn = m.root
-        require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
-        require(len([o for o in bn.outputs if o is not None]) == 1, "BatchNormalization has running-stat outputs")
+        _require_inference_bn(m.root)
         wa = _arr(m, w)
         require(_is_float_array(wa) and wa.ndim == 2, "B is not a 2-D float constant")
         n_out = wa.shape[0] if m["gemm"].attr("transB", 0) else wa.shape[1]
-        arrays = [_arr(m, v) for v in (scale, bias, mean, var)]
-        require(all(_is_float_array(x) and x.size == n_out for x in arrays), "parameters do not match the columns")
+        _require_bn_params(m, n_out, scale, bias, mean, var)
         if c is not None:
             ca = _arr(m, c)
             require(_is_float_array(ca) and ca.ndim <= 2, "C is not a float constant")
