@@ -83,12 +83,20 @@ def _spawn(args: list[str], threads: int, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(name: str, path: str, threads: list[int], repeat: int, trials: int, timeout: float) -> dict:
-    row: dict = {"model": name, "untuned": {}, "tuned": {}, "trials": trials}
+def measure(name: str, path: str, threads: list[int], repeat: int, trials: int, timeout: float,
+            previous: dict | None = None) -> dict:
+    """One model's row; with `previous` (a row from an earlier run), the measurements it has are kept."""
+    previous = previous or {}
+    row: dict = {"model": name, "untuned": dict(previous.get("untuned", {})), "tuned": {}, "trials": trials}
     for t in threads:
+        if "optc_ms" in row["untuned"].get(t, {}):
+            continue
         row["untuned"][t] = _spawn(["--worker", path, str(t), str(repeat)], t, timeout)
         print(f"[{name}] untuned, {t} thread(s): {_brief(row['untuned'][t])}", file=sys.stderr)
-    if trials:
+    if trials and previous.get("trials") == trials and all("optc_ms" in previous.get("tuned", {}).get(t, {})
+                                                          for t in threads):
+        row["tuned"], row["tuning"] = previous["tuned"], previous.get("tuning", {})
+    elif trials:
         db = os.path.join(WORK, "db", name)
         row["tuning"] = _spawn(["--tune-worker", path, str(trials), db], max(threads), timeout * 20)
         print(f"[{name}] tuning: {row['tuning']}", file=sys.stderr)
@@ -97,6 +105,11 @@ def measure(name: str, path: str, threads: list[int], repeat: int, trials: int, 
                                      t, timeout)
             print(f"[{name}] tuned, {t} thread(s): {_brief(row['tuned'][t])}", file=sys.stderr)
     return row
+
+
+def _int_keys(row: dict) -> dict:
+    """A row as read back from JSON: thread counts (object keys) become ints again."""
+    return json.loads(json.dumps(row), object_hook=lambda d: {int(k) if k.isdigit() else k: v for k, v in d.items()})
 
 
 def _brief(r: dict) -> str:
@@ -174,7 +187,8 @@ def main() -> int:
     ap.add_argument("--tune-models", default="resnet_like,mobilenetv2_like",
                     help="models to tune when --trials > 0 (default resnet_like,mobilenetv2_like)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per measurement")
-    ap.add_argument("--resume", action="store_true", help="keep the models already in results.json")
+    ap.add_argument("--resume", action="store_true", help="keep the measurements already in results.json "
+                    "(only the missing ones are made)")
     ap.add_argument("--note", action="append", default=[], help="a line for the notes under the tables")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args()
@@ -195,18 +209,14 @@ def main() -> int:
     tune = set(args.tune_models.split(",")) if args.trials else set()
     results_path = os.path.join(WORK, "results.json")
     old = json.load(open(results_path))["models"] if args.resume and os.path.exists(results_path) else []
-    done = {r["model"]: r for r in old}
+    done = {r["model"]: _int_keys(r) for r in old}
     rows = []
     for name in names:
-        if name in done:
-            rows.append(done[name])
-            continue
         rows.append(measure(name, paths[name], threads, args.repeat, args.trials if name in tune else 0,
-                            args.timeout))
+                            args.timeout, done.get(name)))
         with open(results_path, "w") as f:  # after every model: a long run can be resumed
             json.dump({"models": rows}, f, indent=1)
-    rows = [json.loads(json.dumps(r), object_hook=lambda d: {int(k) if k.isdigit() else k: v
-                                                              for k, v in d.items()}) for r in rows]
+    rows = [_int_keys(r) for r in rows]
     from importlib.metadata import version
 
     meta = {"date": time.strftime("%Y-%m-%d"), "repeat": args.repeat, "argv": " ".join(sys.argv[1:]),

@@ -27,6 +27,8 @@ from tvm.target import Target
 
 #: below this many output elements a kernel runs single-threaded (thread-pool wake-up costs ~us)
 PARALLEL_MIN_WORK = 1 << 14
+#: ... unless the kernel does at least this many multiply-adds (~1 ms single-threaded)
+PARALLEL_MIN_MACS = 1 << 22
 #: at most this many float accumulators per register tile (AVX-512 has 32 x 16 registers)
 MAX_ACC_VECTORS = 16
 
@@ -200,6 +202,7 @@ class TiledReduction(ScheduleRule):
         dtype_bits = stmt.writes[0].source.dtype.bits
         lanes = _vector_lanes(target, dtype_bits)
         work = math.prod(extents)
+        reduction = math.prod(e for e in (_extent(sch, lp) for lp in r_loops) if e is not None)
 
         # --- grouped convolution: split the channel axis into (group, channel in group) so that the input
         # channel index `c // K * K + rc` is one scalar per group and a vector never straddles two groups
@@ -221,6 +224,8 @@ class TiledReduction(ScheduleRule):
         if n_ext > vec * u_n and n_vecs % 4 == 0 and vec * 4 <= 32:
             u_n = 4  # narrow vectors (e.g. 4 lanes on NEON): block more of them
         m_ext = extents[-2] if n_s >= 2 else 1
+        if m_ext == 1 and n_vecs % 8 == 0 and not group_loops:
+            u_n = 8  # matrix x vector: one row of the weights gives 8 whole vectors (512 contiguous bytes)
         max_m = max(1, min(8, MAX_ACC_VECTORS // u_n))
         u_m = _largest_divisor(m_ext, max_m) if n_s >= 2 else 1
         if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
@@ -235,7 +240,9 @@ class TiledReduction(ScheduleRule):
             outer = [*group_loops, n_o]
             inner = [n_u, n_v]
         sch.reorder(*outer, *r_loops, *inner)
-        par = _fuse_parallel(sch, outer, work)
+        # few outputs but long sums (matrix x vector: 4096 outputs of 9216 products) still pay for threads
+        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
+                             else work)
 
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
         if epilogues:
