@@ -29,6 +29,8 @@ from tvm.target import Target
 PARALLEL_MIN_WORK = 1 << 14
 #: ... unless the kernel does at least this many multiply-adds (~1 ms single-threaded)
 PARALLEL_MIN_MACS = 1 << 22
+#: channels per group up to which a grouped conv with no power-of-two divisor uses one vector per group
+GROUP_VECTOR_MAX = 0
 #: at most this many float accumulators per register tile (AVX-512 has 32 x 16 registers)
 MAX_ACC_VECTORS = 16
 
@@ -152,12 +154,26 @@ def _buffer_last_index_vars(region) -> set:
     return _vars_in(region.region[-1].min)
 
 
-class TiledReduction(ScheduleRule):
-    """Register-tiled, vectorized, parallel schedule for one reduction block + injective epilogues."""
+class _Rule(ScheduleRule):
+    """A rule whose recipe (``schedule``) may meet a kernel it cannot handle: a schedule primitive's error then
+    means "does not apply" (the next rule gets the kernel), never a failed build."""
 
-    def apply(self, func, target: Target, _tunable: bool):  # noqa: C901 (one linear recipe)
+    def apply(self, func, target: Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
             return None
+        try:
+            return self.schedule(func, target)
+        except s_tir.ScheduleError:
+            return None
+
+    def schedule(self, func, target: Target):
+        raise NotImplementedError
+
+
+class TiledReduction(_Rule):
+    """Register-tiled, vectorized, parallel schedule for one reduction block + injective epilogues."""
+
+    def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
@@ -217,6 +233,8 @@ class TiledReduction(ScheduleRule):
         # --- choose the register tile: u_m rows x (u_n x vec) columns
         n_ext = extents[-1]
         vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
+        if group_loops and vec < 4 and n_ext <= GROUP_VECTOR_MAX:
+            vec = n_ext  # few channels per group, no good divisor (shufflenet: 34): one vector for the group
         if vec < 2 and n_ext > lanes and not group_loops:
             vec = lanes  # no divisor: let the tail be predicated
         n_vecs = math.ceil(n_ext / vec)
@@ -274,12 +292,10 @@ class TiledReduction(ScheduleRule):
         return sch
 
 
-class Injective(ScheduleRule):
+class Injective(_Rule):
     """Elementwise / broadcast / layout kernels: parallel outer loop, vectorized inner loop."""
 
-    def apply(self, func, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
-            return None
+    def schedule(self, func, target: Target):
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
@@ -338,12 +354,10 @@ def _vars_in_region(region) -> set:
     return out
 
 
-class ParallelFallback(ScheduleRule):
+class ParallelFallback(_Rule):
     """Anything else: inline what can be inlined, parallelize each block's outer spatial loops."""
 
-    def apply(self, func, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
-            return None
+    def schedule(self, func, target: Target):
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
@@ -363,7 +377,7 @@ class ParallelFallback(ScheduleRule):
         return sch
 
 
-class RowReduction(ScheduleRule):
+class RowReduction(_Rule):
     """Softmax, layer norm and the like: reduction blocks and elementwise blocks over the same rows.
 
     The rows are the axes that the last block uses to read a reduction's result; they become one
@@ -373,9 +387,7 @@ class RowReduction(ScheduleRule):
     one (softmax over the last axis of a 1 x N tensor: N times the work; softmax over axis 1).
     """
 
-    def apply(self, func, target: Target, _tunable: bool):  # noqa: C901 (one linear recipe)
-        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
-            return None
+    def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None or len(infos) < 2 or not infos[-1].is_injective():

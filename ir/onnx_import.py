@@ -342,30 +342,24 @@ class _Importer:
                     i += 1
                 node._outputs = tuple(outputs)
             # attributes: kept encoded (decoded on first access), except those holding subgraphs
-            if not attrs:
+            holds_graph = False
+            for a in attrs:
+                if a.type in graph_attrs:
+                    holds_graph = True
+                    break
+            if holds_graph:
                 node._attr_protos = None
+                node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
+                node._proto = node._proto_key = None
+                has_subgraphs = True
+            else:
+                node._attr_protos = attrs if attrs else None
                 node._attrs = no_attrs
                 if props is None:
                     node._proto = np_
                     node._proto_key = (op_type, domain, name, doc, overload)
                 else:
                     node._proto = node._proto_key = None
-            else:
-                for a in attrs:
-                    if a.type in graph_attrs:
-                        node._attr_protos = None
-                        node._attrs = decode_attributes(attrs, node, self, [scope, *outer])
-                        node._proto = node._proto_key = None
-                        has_subgraphs = True
-                        break
-                else:
-                    node._attr_protos = attrs
-                    node._attrs = no_attrs
-                    if props is None:
-                        node._proto = np_
-                        node._proto_key = (op_type, domain, name, doc, overload)
-                    else:
-                        node._proto = node._proto_key = None
         head._prev = last
         g._len += count
         if has_subgraphs:
