@@ -29,8 +29,9 @@ from tvm.target import Target
 PARALLEL_MIN_WORK = 1 << 14
 #: ... unless the kernel does at least this many multiply-adds (~1 ms single-threaded)
 PARALLEL_MIN_MACS = 1 << 22
-#: channels per group up to which a grouped conv with no power-of-two divisor uses one vector per group
-GROUP_VECTOR_MAX = 0
+#: grouped convs with an even number of channels per group up to twice this, and no divisor of 4 or more:
+#: pairs of lanes across the whole group (shufflenet's 34 channels: 17 accumulators of 2 lanes, not scalars)
+GROUP_PAIR_MAX = 32
 #: at most this many float accumulators per register tile (AVX-512 has 32 x 16 registers)
 MAX_ACC_VECTORS = 16
 
@@ -233,8 +234,6 @@ class TiledReduction(_Rule):
         # --- choose the register tile: u_m rows x (u_n x vec) columns
         n_ext = extents[-1]
         vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
-        if group_loops and vec < 4 and n_ext <= GROUP_VECTOR_MAX:
-            vec = n_ext  # few channels per group, no good divisor (shufflenet: 34): one vector for the group
         if vec < 2 and n_ext > lanes and not group_loops:
             vec = lanes  # no divisor: let the tail be predicated
         n_vecs = math.ceil(n_ext / vec)
@@ -244,6 +243,8 @@ class TiledReduction(_Rule):
         m_ext = extents[-2] if n_s >= 2 else 1
         if m_ext == 1 and n_vecs % 8 == 0 and not group_loops:
             u_n = 8  # matrix x vector: one row of the weights gives 8 whole vectors (512 contiguous bytes)
+        if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
+            vec, u_n = 2, n_ext // 2
         max_m = max(1, min(8, MAX_ACC_VECTORS // u_n))
         u_m = _largest_divisor(m_ext, max_m) if n_s >= 2 else 1
         if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
