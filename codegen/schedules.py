@@ -148,6 +148,22 @@ def _is_padding(sch: s_tir.Schedule, info) -> bool:
     return "if_then_else" in str(getattr(getattr(value, "op", None), "name", ""))
 
 
+def _data_dependent(sch: s_tir.Schedule, infos) -> bool:
+    """Whether some block indexes a buffer with values loaded from memory (gathers, NMS-style selections):
+    compute_at / reverse_compute_at would move such blocks on a region estimate they do not satisfy."""
+    import tvm_ffi  # noqa: PLC0415
+    from tvm.ir.expr import TensorLoad  # noqa: PLC0415  (a tirx.BufferLoad)
+
+    found = []
+    for info in infos:
+        stmt = sch.get(info.block_rv)
+        for region in [*stmt.reads, *stmt.writes]:
+            for rng in region.region:
+                tvm_ffi.structural_walk(rng.min, (TensorLoad, found.append), order="post")
+                tvm_ffi.structural_walk(rng.extent, (TensorLoad, found.append), order="post")
+    return bool(found)
+
+
 def _buffer_last_index_vars(region) -> set:
     """Variables in the (single-point) index of the last dimension of a buffer access region."""
     if len(region.region) == 0:
@@ -177,7 +193,7 @@ class TiledReduction(_Rule):
     def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
-        if infos is None:
+        if infos is None or _data_dependent(sch, infos):
             return None
         # zero padding stays a block of its own: inlined, it puts a bounds check on every load of the
         # innermost reduction loop; materialized, it is one cheap vectorized copy
@@ -391,7 +407,7 @@ class RowReduction(_Rule):
     def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
-        if infos is None or len(infos) < 2 or not infos[-1].is_injective():
+        if infos is None or len(infos) < 2 or not infos[-1].is_injective() or _data_dependent(sch, infos):
             return None
         reductions = [i for i in infos if not i.is_injective()]
         if not reductions:

@@ -381,3 +381,15 @@ def test_tuning_database_reuse(tmp_path):
     feed = _random_inputs(model)
     got, want = runtime.load(tmp_path / "tuned.so").run(feed), _ort(model, feed)
     assert _rel_err(got["y"], want["y"]) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["test_nonmaxsuppression_two_batches", "test_nonmaxsuppression_two_classes"])
+def test_data_dependent_kernels_never_compute_wrong_results(case):
+    """NonMaxSuppression's kernels index buffers with loaded values: optc's rules must not move such blocks
+    (RowReduction once did, and the compiled cases computed wrong boxes). Refusing to build is acceptable."""
+    from onnx.backend.test.case import node
+
+    from optc.tests.lowering_sweep import run_case
+
+    status, detail = run_case(next(c for c in node.collect_testcases() if c.name == case))
+    assert status != "mismatch", detail
