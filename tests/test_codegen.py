@@ -388,7 +388,6 @@ def test_data_dependent_kernels_never_compute_wrong_results(case):
     """NonMaxSuppression's kernels index buffers with loaded values: optc's rules must not move such blocks
     (RowReduction once did, and the compiled cases computed wrong boxes). Refusing to build is acceptable."""
     from onnx.backend.test.case import node
-
     from optc.tests.lowering_sweep import run_case
 
     status, detail = run_case(next(c for c in node.collect_testcases() if c.name == case))
