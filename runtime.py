@@ -64,8 +64,7 @@ class Module:
             value = inputs[name]
             arr = value if isinstance(value, np.ndarray) else np.asarray(value)
             want_shape, want_dtype = spec["shape"], spec["dtype"]
-            got = f"got {_fmt_shape(arr.shape)} ({arr.dtype})"
-            msg = f"input '{name}': expected shape {_fmt_shape(want_shape)} ({want_dtype}), {got}"
+            msg = f"input '{name}': expected {want_dtype} {_fmt_shape(want_shape)}, got {arr.dtype} {_fmt_shape(arr.shape)}"
             if arr.dtype != np.dtype(want_dtype) or arr.ndim != len(want_shape):
                 raise OptcError(msg)
             for want, have in zip(want_shape, arr.shape, strict=False):

@@ -219,7 +219,7 @@ def main() -> int:
     rows = [_int_keys(r) for r in rows]
     from importlib.metadata import version
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "repeat": args.repeat, "argv": " ".join(sys.argv[1:]),
+    meta = {"date": time.strftime("%Y-%m-%d"), "repeat": args.repeat, "argv": " ".join(a for a in sys.argv[1:] if a not in args.note and a != "--note"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "tvm": version("apache-tvm"), "onnxruntime": version("onnxruntime"), "notes": args.note}
     section = markdown(rows, threads, meta)

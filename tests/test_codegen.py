@@ -309,12 +309,12 @@ def test_wrong_input_shape(mlp_module):
     module, _ = mlp_module
     with pytest.raises(OptcError) as info:
         module.run({"x": np.zeros((4, 63), np.float32)})
-    assert str(info.value) == "input 'x': expected shape [4,64] (float32), got [4,63] (float32)"
+    assert str(info.value) == "input 'x': expected float32 [4,64], got float32 [4,63]"
 
 
 def test_wrong_input_dtype(mlp_module):
     module, _ = mlp_module
-    with pytest.raises(OptcError, match=r"expected shape \[4,64\] \(float32\), got \[4,64\] \(float64\)"):
+    with pytest.raises(OptcError, match=r"expected float32 \[4,64\], got float64 \[4,64\]"):
         module.run({"x": np.zeros((4, 64), np.float64)})
 
 
