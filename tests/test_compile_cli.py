@@ -64,7 +64,7 @@ def test_run_matches_onnxruntime_at_any_batch(artifact, tmp_path, batch):
 
 @pytest.mark.parametrize("arrays, fragment", [
     ({"x": np.zeros((1, 3, 32), np.float32)}, "input 'x': expected float32 [N,3,32,32], got float32 [1,3,32]"),
-    ({"x": np.zeros((1, 3, 32, 32), np.float64)}, "(float32), got [1,3,32,32] (float64)"),
+    ({"x": np.zeros((1, 3, 32, 32), np.float64)}, "expected float32 [N,3,32,32], got float64 [1,3,32,32]"),
     ({"y": np.zeros((1, 3, 32, 32), np.float32)}, "unknown input 'y'"),
 ])
 def test_run_rejects_wrong_inputs(artifact, tmp_path, arrays, fragment):
