@@ -6,6 +6,8 @@ original (possibly shared) initializers are never changed.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from ..pattern import Optional, Or, require
@@ -162,11 +164,14 @@ def _channel_vector(m, c, out_rank: int, channels: int) -> np.ndarray | None:
     return arr.reshape(-1).astype(np.float64)
 
 
-class FuseConvAdd(Rule):
-    """Conv(x, w, b) + c with c constant per output channel -> Conv(x, w, b + c)."""
+class _ConvThenChannelConstant(Rule):
+    """Conv(x, w, b) <binary> c with c a constant that only varies along the output channels."""
+
+    binary: ClassVar[str] = ""
+    operand: ClassVar[str] = ""
 
     def pattern(self, op, x, w, b, c):
-        return op.Add(op.Conv(x, w.const(), Optional(b.const()), _name="conv"), c.const())
+        return getattr(op, self.binary)(op.Conv(x, w.const(), Optional(b.const()), _name="conv"), c.const())
 
     def check(self, m, x, w, b, c):
         wa = _arr(m, w)
@@ -174,7 +179,15 @@ class FuseConvAdd(Rule):
         out = m.outputs[0]
         require(out.rank is not None, "the output rank is unknown")
         require(c.dtype == w.dtype, "element types differ")
-        return require(_channel_vector(m, c, out.rank, wa.shape[0]) is not None, "the addend is not per-channel")
+        return require(_channel_vector(m, c, out.rank, wa.shape[0]) is not None,
+                       f"the {self.operand} is not per-channel")
+
+
+class FuseConvAdd(_ConvThenChannelConstant):
+    """Conv(x, w, b) + c with c constant per output channel -> Conv(x, w, b + c)."""
+
+    binary: ClassVar[str] = "Add"
+    operand: ClassVar[str] = "addend"
 
     def rewrite(self, op, m, x, w, b, c):
         wa = _arr(m, w)
@@ -183,19 +196,11 @@ class FuseConvAdd(Rule):
         return op.Conv(x, w, op.const((b0 + vec).astype(wa.dtype), hint=f"{w.name}_bias"), **_attrs(m["conv"]))
 
 
-class FuseConvMul(Rule):
+class FuseConvMul(_ConvThenChannelConstant):
     """Conv(x, w, b) * c with c constant per output channel -> Conv(x, w * c, b * c)."""
 
-    def pattern(self, op, x, w, b, c):
-        return op.Mul(op.Conv(x, w.const(), Optional(b.const()), _name="conv"), c.const())
-
-    def check(self, m, x, w, b, c):
-        wa = _arr(m, w)
-        require(_is_float_array(wa), "the weight is not a float constant")
-        out = m.outputs[0]
-        require(out.rank is not None, "the output rank is unknown")
-        require(c.dtype == w.dtype, "element types differ")
-        return require(_channel_vector(m, c, out.rank, wa.shape[0]) is not None, "the factor is not per-channel")
+    binary: ClassVar[str] = "Mul"
+    operand: ClassVar[str] = "factor"
 
     def rewrite(self, op, m, x, w, b, c):
         wa = _arr(m, w)
