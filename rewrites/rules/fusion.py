@@ -34,6 +34,12 @@ def _bn_scale_shift(m, scale, bias, mean, var):
     return s, bi - mu * s
 
 
+def _bn_bias(m, b, s, t, dtype) -> np.ndarray:
+    """The bias of a conv followed by BatchNormalization (y * s + t): b * s + t (b = 0 when absent)."""
+    b0 = _arr(m, b).astype(np.float64) if b is not None else np.zeros_like(s)
+    return (b0 * s + t).astype(dtype)
+
+
 def _require_inference_bn(bn) -> None:
     """The BatchNormalization normalizes with its constant statistics (inference, no running-stat outputs)."""
     require(bn.attr("training_mode", 0) == 0, "BatchNormalization is in training mode")
@@ -72,11 +78,8 @@ class FuseConvBatchNorm(Rule):
         s, t = _bn_scale_shift(m, scale, bias, mean, var)
         wa = _arr(m, w)
         new_w = (wa.astype(np.float64) * s.reshape((-1,) + (1,) * (wa.ndim - 1))).astype(wa.dtype)
-        b0 = _arr(m, b).astype(np.float64) if b is not None else np.zeros_like(s)
-        new_b = (b0 * s + t).astype(wa.dtype)
-        conv = m["conv"]
-        return op.Conv(x, op.const(new_w, hint=f"{w.name}_bn"), op.const(new_b, hint=f"{w.name}_bn_bias"),
-                       **_attrs(conv))
+        return op.Conv(x, op.const(new_w, hint=f"{w.name}_bn"),
+                       op.const(_bn_bias(m, b, s, t, wa.dtype), hint=f"{w.name}_bn_bias"), **_attrs(m["conv"]))
 
 
 class FuseConvTransposeBatchNorm(Rule):
@@ -101,9 +104,8 @@ class FuseConvTransposeBatchNorm(Rule):
         w64 = wa.astype(np.float64).reshape((group, cin // group, mg) + wa.shape[2:])
         w64 = w64 * s.reshape((group, 1, mg) + (1,) * (wa.ndim - 2))
         new_w = w64.reshape(wa.shape).astype(wa.dtype)
-        b0 = _arr(m, b).astype(np.float64) if b is not None else np.zeros_like(s)
-        new_b = (b0 * s + t).astype(wa.dtype)
-        return op.ConvTranspose(x, op.const(new_w, hint=f"{w.name}_bn"), op.const(new_b, hint=f"{w.name}_bn_bias"),
+        return op.ConvTranspose(x, op.const(new_w, hint=f"{w.name}_bn"),
+                                op.const(_bn_bias(m, b, s, t, wa.dtype), hint=f"{w.name}_bn_bias"),
                                 **_attrs(m["conv"]))
 
 
