@@ -102,6 +102,7 @@ def fusion_passes():
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        relax.transform.AttachAttrLayoutFreeBuffers(),
     ]
 
 
@@ -174,6 +175,8 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
         passes += schedule_passes(target, schedule=schedule)
         passes.append(_count_kernels(report, "scheduled"))
         passes += [
+            relax.transform.SplitLayoutRewritePreproc(),  # packed weights: computed once, at compile time
+            relax.transform.FoldConstant(),
             relax.transform.RewriteDataflowReshape(),
             relax.transform.ToNonDataflow(),
             relax.transform.RemovePurityChecking(),

@@ -34,6 +34,8 @@ PARALLEL_MIN_MACS = 1 << 22
 GROUP_PAIR_MAX = 32
 #: at most this many float accumulators per register tile (AVX-512 has 32 x 16 registers)
 MAX_ACC_VECTORS = 16
+#: repack a constant weight into tile-contiguous panels when it is at least this large (bytes)
+PREPACK_MIN_BYTES = 1 << 16
 
 
 def _is_cpu(target: Target) -> bool:
@@ -171,6 +173,43 @@ def _buffer_last_index_vars(region) -> set:
     return _vars_in(region.region[-1].min)
 
 
+def _bytes(buffer) -> int:
+    """Size of a buffer with a static shape (0 when some dim is symbolic)."""
+    dims = [d for d in buffer.shape]
+    if not all(isinstance(d, tirx.IntImm) for d in dims):
+        return 0
+    return math.prod(int(d) for d in dims) * buffer.dtype.bits // 8
+
+
+def _layout_free_reads(func, stmt) -> list[int]:
+    """Indices (into ``stmt.reads``) of the buffers that are constant weights of the model: the function
+    parameters that ``relax.transform.AttachAttrLayoutFreeBuffers`` listed as ``layout_free_buffers``."""
+    free = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    if not free:
+        return []
+    params = [func.params[int(i)] for i in free]
+    return [i for i, region in enumerate(stmt.reads) if any(region.source.same_as(p) for p in params)]
+
+
+def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int) -> None:
+    """Store a constant weight ``W[..., n]`` as ``W[n // panel, ..., n % panel]`` so that one register tile's
+    weights over the whole reduction are one contiguous stream.
+
+    The copy is a block annotated ``meta_schedule.layout_rewrite_preproc``: the build splits it into a
+    function of its own (``SplitLayoutRewritePreproc``) and evaluates that on the constant at compile time
+    (``FoldConstant``), so the library holds only the packed weight.
+    """
+    from tvm.tirx import IndexMap  # noqa: PLC0415
+
+    reads = sch.get(block).reads
+    read_index = next(i for i, region in enumerate(reads) if region.source.same_as(weight))
+    ndim = len(reads[read_index].region)
+    copy = sch.cache_read(block, read_index, "global")
+    sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", 1)
+    sch.transform_layout(block, ("read", read_index), IndexMap.from_func(
+        lambda *idx: (idx[-1] // panel, *idx[:-1], idx[-1] % panel), ndim=ndim))
+
+
 class _Rule(ScheduleRule):
     """A rule whose recipe (``schedule``) may meet a kernel it cannot handle: a schedule primitive's error then
     means "does not apply" (the next rule gets the kernel), never a failed build."""
@@ -266,6 +305,7 @@ class TiledReduction(_Rule):
         if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
             u_m = max_m
 
+        exact_tile = n_ext % (u_n * vec) == 0 and m_ext % u_m == 0
         n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
         if n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
@@ -274,6 +314,16 @@ class TiledReduction(_Rule):
         else:
             outer = [*group_loops, n_o]
             inner = [n_u, n_v]
+        # --- constant weights read along the vector axis: packed into panels of one tile's width; when they
+        # outweigh the activations, the panel loop goes outermost so each panel streams from memory once
+        packed = [idx for idx in _layout_free_reads(func, stmt)
+                  if _buffer_last_index_vars(stmt.reads[idx]) == {vec_var}
+                  and _bytes(stmt.reads[idx].source) >= PREPACK_MIN_BYTES] \
+            if not group_loops and n_ext % (u_n * vec) == 0 else []
+        weight_bytes = sum(_bytes(stmt.reads[i].source) for i in packed)
+        act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i not in packed)
+        if packed and weight_bytes > act_bytes and len(outer) > 1:
+            outer = [outer[-1], *outer[:-1]]
         sch.reorder(*outer, *r_loops, *inner)
         # few outputs but long sums (matrix x vector: 4096 outputs of 9216 products) still pay for threads
         par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
@@ -301,11 +351,15 @@ class TiledReduction(_Rule):
         for epi_rv in [e.block_rv for e in epilogues] if epilogues else epilogues_rv:
             epi_loops = sch.get_loops(epi_rv)[1:]
             if epi_loops:
-                if len(epi_loops) > 1:
+                # one vector across tile rows only when the tile is whole: LLVM codegen of a predicated
+                # vector whose lanes span two rows computed wrong values (a 13-wide conv output, 8 lanes)
+                if len(epi_loops) > 1 and exact_tile:
                     sch.fuse(*epi_loops)
                 _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1)
         for pad in pads:
             Injective.schedule_block(sch, pad.block_rv, target)
+        for idx in packed:
+            _prepack_weight(sch, block, stmt.reads[idx].source, u_n * vec)
         return sch
 
 

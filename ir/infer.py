@@ -27,7 +27,7 @@ def infer_node(node: Node, opsets: dict[str, int], *, use_constants: bool = True
     proto = node_to_proto(node)
     input_types: dict[str, onnx.TypeProto] = {}
     input_data: dict[str, onnx.TensorProto] = {}
-    for v, name in zip(node.inputs, proto.input):
+    for v, name in zip(node.inputs, proto.input, strict=False):
         if v is None:
             continue
         t = v.type
@@ -48,6 +48,6 @@ def infer_node(node: Node, opsets: dict[str, int], *, use_constants: bool = True
 
 def infer_types(node: Node, opsets: dict[str, int]) -> None:
     """Set the types of `node`'s outputs that are still unknown."""
-    for value, t in zip(node.outputs, infer_node(node, opsets)):
+    for value, t in zip(node.outputs, infer_node(node, opsets), strict=False):
         if value is not None and value.type is None and t is not None:
             value.type = t

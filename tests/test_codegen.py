@@ -273,6 +273,57 @@ def test_light_models_slow(name):
     _check_light(name)
 
 
+def _assert_kernels_match(model):
+    """Every kernel, scheduled by optc's default rules, computes what its unscheduled form computes on
+    random inputs and weights (the light models' constant weights would hide a misplaced bias)."""
+    from optc.codegen.kernel_check import check_kernels, fused_kernels
+
+    assert check_kernels(fused_kernels(from_onnx(model), "cpu"), "cpu") == []
+
+
+def test_kernels_match_unscheduled_small_cnn():
+    _assert_kernels_match(small_cnn(res=26))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT_FAST + LIGHT_SLOW)
+def test_kernels_match_unscheduled_light(name):
+    _assert_kernels_match(_light(name))
+
+
+def test_kernel_check_reports_a_wrong_schedule(monkeypatch):
+    """The check fails when a schedule changes what a kernel computes (here: Relu becomes x * 2)."""
+    import importlib
+
+    import tvm
+    from optc.codegen import kernel_check
+    from tvm import te
+
+    build_module = importlib.import_module("optc.codegen.build")
+
+    def wrong_schedules(target, schedule="default"):
+        @tvm.transform.module_pass(opt_level=0, name="wrong_schedule")
+        def _wrong(mod, _ctx):
+            funcs = {}
+            for gvar, func in mod.functions_items():
+                if isinstance(func, tvm.tirx.PrimFunc):
+                    shape = [int(d) for d in func.params[0].ty.shape]
+                    a = te.placeholder(shape, "float32", "a")
+                    func = te.create_prim_func([a, te.compute(shape, lambda *i, a=a: a(*i) * 2, "b")])
+                funcs[gvar] = func
+            return tvm.IRModule(funcs)
+
+        return [_wrong]
+
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [])
+    fused = kernel_check.fused_kernels(from_onnx(relu), "cpu")
+    assert kernel_check.check_kernels(fused, "cpu") == []
+    monkeypatch.setattr(build_module, "schedule_passes", wrong_schedules)
+    [bad] = kernel_check.check_kernels(fused, "cpu")
+    assert bad.max_abs_diff > 0.5 and bad.max_abs_expected > 0.5
+
+
 def test_light_models_listed():
     """The two lists above cover every light model onnx ships."""
     shipped = {os.path.basename(p)[len("light_"):-len(".onnx")] for p in glob.glob(os.path.join(LIGHT_DIR, "light_*.onnx"))}
