@@ -301,6 +301,9 @@ def test_kernel_check_reports_a_wrong_schedule(monkeypatch):
 
     build_module = importlib.import_module("optc.codegen.build")
 
+    def _doubled(a):
+        return a, te.compute(a.shape, lambda *i: a(*i) * 2, "b")
+
     def wrong_schedules(target, schedule="default"):
         @tvm.transform.module_pass(opt_level=0, name="wrong_schedule")
         def _wrong(mod, _ctx):
@@ -308,8 +311,7 @@ def test_kernel_check_reports_a_wrong_schedule(monkeypatch):
             for gvar, func in mod.functions_items():
                 if isinstance(func, tvm.tirx.PrimFunc):
                     shape = [int(d) for d in func.params[0].ty.shape]
-                    a = te.placeholder(shape, "float32", "a")
-                    func = te.create_prim_func([a, te.compute(shape, lambda *i, a=a: a(*i) * 2, "b")])
+                    func = te.create_prim_func(list(_doubled(te.placeholder(shape, "float32", "a"))))
                 funcs[gvar] = func
             return tvm.IRModule(funcs)
 
