@@ -73,7 +73,7 @@ class Module:
                         raise OptcError(f"{msg}; dimension '{want}' is {bound[want]} elsewhere")
                 elif want != have:
                     raise OptcError(msg)
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(np.array(arr, order="C", copy=None))  # (ascontiguousarray makes a 0-d array 1-d)
         return arrays
 
     def _to_device(self, arrays):

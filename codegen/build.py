@@ -39,7 +39,7 @@ def bind_params(mod, params: Mapping[str, np.ndarray] | None, func_name: str = "
     for var in func.params:
         name = getattr(var, "name_hint", None) or var.name
         if name in params:
-            binding[var] = tvm.runtime.tensor(np.ascontiguousarray(params[name]))
+            binding[var] = tvm.runtime.tensor(np.array(params[name], order="C", copy=None))
     bound = {getattr(v, "name_hint", None) or v.name for v in binding}
     unknown = sorted(set(params) - bound)
     if unknown:

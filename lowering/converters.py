@@ -77,6 +77,7 @@ def _dtype(expr) -> str:
 def _register_builtin() -> None:
     """optc's converters for ops whose frontend lowering trips TVM's later passes (registered on first use,
     so that importing optc does not import TVM)."""
+    import numpy as np
     from tvm import relax
     from tvm.ir.expr import Constant
 
@@ -112,6 +113,32 @@ def _register_builtin() -> None:
     refuse_when("SpaceToDepth", "with mode 'CRD'", lambda i, a: a.get("mode", b"DCR") == b"CRD")
     refuse_when("Expand", "with a shape computed at run time",
                 lambda i, a: not isinstance(i[1], Constant | relax.ShapeExpr))
+
+    @converter("", "Clip")
+    def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
+        # The frontend emits TOPI kernels (call_tir), opaque to ConvertLayout: in an NHWC build every Clip
+        # (ReLU6) got a transpose pair around it and stayed out of the convolution's epilogue.
+        x = inputs[0]
+        dtype = _dtype(x)
+        if ctx.opset < 11:
+            bounds = [relax.const(attrs.get("min", -np.inf), dtype), relax.const(attrs.get("max", np.inf), dtype)]
+        else:
+            bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
+        for bound, op, unbounded in ((bounds[0], relax.op.maximum, -np.inf), (bounds[1], relax.op.minimum, np.inf)):
+            if bound is None or not dtype.startswith(("float", "bfloat")):
+                x = x if bound is None else bb.normalize(op(x, bound))
+                continue
+            if isinstance(bound, Constant) and hasattr(bound.value, "numpy"):  # ONNX: a NaN bound is no bound
+                value = bound.value.numpy()
+                if np.isnan(value).any():
+                    continue
+                # rank of x, not 0-d: ConvertLayout cannot give a 0-d operand a layout and would transpose x
+                rank = getattr(x.ty, "ndim", -1)
+                bound = relax.const(value.reshape([1] * rank) if rank >= 0 else value, dtype)
+            else:
+                bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
+            x = bb.normalize(op(x, bound))
+        return x
 
     @converter("", "IsInf")
     def is_inf(bb, inputs, attrs, ctx):

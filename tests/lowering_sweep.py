@@ -48,10 +48,11 @@ def run_case(case) -> tuple[str, str]:
         text = str(exc)
         return ("unsupported" if "only tensor inputs" in text or "is not a tensor" in text else "error"), text
     inputs, expected = case.data_sets[0]
+    inputs, expected = ([np.asarray(x) if isinstance(x, np.generic) else x for x in xs] for xs in (inputs, expected))
     if any(not isinstance(x, np.ndarray) for x in list(inputs) + list(expected)):
         return "unsupported", "sequence or optional values"
     try:
-        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs])
+        result = vm["main"](*[tvm.runtime.tensor(np.array(x, order="C")) for x in inputs])
     except Exception as exc:  # a run-time failure of the compiled code
         return "error", f"run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     outs = [result] if hasattr(result, "numpy") else list(result)

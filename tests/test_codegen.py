@@ -291,6 +291,42 @@ def test_kernels_match_unscheduled_light(name):
     _assert_kernels_match(_light(name))
 
 
+def _conv_clip(scalar_input=False):
+    """Conv -> Clip(0, 6) (ReLU6); with ``scalar_input`` the lower bound is a 0-d graph input."""
+    rng = np.random.default_rng(3)
+    inits = [_w("w", (8, 3, 3, 3), rng, 1.0), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    if scalar_input:
+        inputs.append(helper.make_tensor_value_info("lo", TensorProto.FLOAT, []))
+    else:
+        inits.append(numpy_helper.from_array(np.array(0, np.float32), "lo"))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+
+
+def test_clip_fuses_into_the_convolution():
+    """Clip with constant bounds lowers to maximum/minimum that NHWC layout conversion passes through: it is
+    the conv kernel's epilogue (the frontend's TOPI kernels put a transpose pair around every ReLU6)."""
+    import tvm
+    from optc.codegen.kernel_check import fused_kernels
+
+    fused = fused_kernels(from_onnx(_conv_clip()), "cpu")
+    names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("conv2d" in n and "maximum" in n and "minimum" in n for n in names), names
+    assert not any("maximum" in n and "transpose" in n for n in names), names
+
+
+def test_scalar_input_runs():
+    """A 0-d graph input (Clip's bound) passes the input check and runs; the result matches onnxruntime."""
+    import optc
+
+    model = _conv_clip(scalar_input=True)
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32),
+            "lo": np.array(0.25, np.float32)}
+    got, want = optc.compile(from_onnx(model)).run(feed), _ort(model, feed)
+    assert _rel_err(got["y"], want["y"]) < 1e-5
+
+
 def test_kernel_check_reports_a_wrong_schedule(monkeypatch):
     """The check fails when a schedule changes what a kernel computes (here: Relu becomes x * 2)."""
     import importlib
