@@ -358,6 +358,10 @@ class TiledReduction(_Rule):
                 _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1)
         for pad in pads:
             Injective.schedule_block(sch, pad.block_rv, target)
+        if packed:
+            # weight packing is what MetaSchedule's RewriteLayout postprocessor does: a tuner that replays
+            # this trace (the seeded default record) drops it and lets its postprocessor pack instead
+            sch.enter_postproc()
         for idx in packed:
             _prepack_weight(sch, block, stmt.reads[idx].source, u_n * vec)
         return sch

@@ -452,7 +452,7 @@ def test_arm64(tmp_path):
 # ----------------------------------------------------------------------------- tuning
 @pytest.mark.slow
 def test_tuning_database_reuse(tmp_path):
-    model = mlp(batch=4, d=32)
+    model = mlp(batch=4, d=128)  # weights >= PREPACK_MIN_BYTES: packed at compile time
     mod, params = lower_onnx(model)
     db_dir = tmp_path / "db"
     first, second = {}, {}
