@@ -63,19 +63,22 @@ def _run(func, arrays, target):
     return args[-1].numpy()
 
 
-def check_kernels(fused, target="cpu", *, rtol: float = 1e-4, seed: int = 0) -> list[KernelMismatch]:
-    """Build each PrimFunc of ``fused`` unscheduled and with ``build``'s default schedule, run both on the
-    same random inputs (uniform in [-1, 1); the output starts as NaN so unwritten elements show) and
-    return the kernels whose outputs differ by more than ``rtol`` times the largest expected magnitude.
-    Kernels with symbolic shapes or non-float parameters are skipped."""
+def check_kernels(fused, target="cpu", *, rules=None, rtol: float = 1e-4, seed: int = 0) -> list[KernelMismatch]:
+    """Build each PrimFunc of ``fused`` unscheduled and with ``build``'s default schedule (or with the dlight
+    ``rules`` given, first match wins), run both on the same random inputs (uniform in [-1, 1); the output
+    starts as NaN so unwritten elements show) and return the kernels whose outputs differ by more than
+    ``rtol`` times the largest expected magnitude. Kernels with symbolic shapes or non-float parameters
+    are skipped."""
     import tvm  # noqa: PLC0415
+    from tvm.s_tir import dlight  # noqa: PLC0415
 
     from .build import schedule_passes  # noqa: PLC0415
 
     tvm_target = resolve_target(target)
     copy = tvm.IRModule(dict(fused.functions_items()), attrs=fused.attrs)  # dlight schedules in place
+    passes = schedule_passes(tvm_target) if rules is None else [dlight.ApplyDefaultSchedule(*rules)]
     with tvm_target:
-        scheduled = tvm.transform.Sequential(schedule_passes(tvm_target))(copy)
+        scheduled = tvm.transform.Sequential(passes)(copy)
     rng = np.random.default_rng(seed)
     mismatches = []
     for gvar, func in scheduled.functions_items():

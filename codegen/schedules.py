@@ -227,7 +227,21 @@ class _Rule(ScheduleRule):
 
 
 class TiledReduction(_Rule):
-    """Register-tiled, vectorized, parallel schedule for one reduction block + injective epilogues."""
+    """Register-tiled, vectorized, parallel schedule for one reduction block + injective epilogues.
+
+    With no arguments every choice is a heuristic. The tuner also measures variants (``variants()``) that fix
+    one choice: ``u_n`` vectors per tile row, whether the packed-weight ``panel_outer`` loop goes outermost,
+    and whether zero padding is a ``pad_copy`` of its own.
+    """
+
+    def __init__(self, *, u_n: int | None = None, panel_outer: bool | None = None, pad_copy: bool | None = None):
+        self.u_n, self.panel_outer, self.pad_copy = u_n, panel_outer, pad_copy
+
+    @classmethod
+    def variants(cls) -> list[TiledReduction]:
+        """The rule with one heuristic choice fixed each way (for measuring, not for untuned builds)."""
+        return [cls(u_n=1), cls(u_n=2), cls(u_n=4), cls(panel_outer=True), cls(panel_outer=False),
+                cls(pad_copy=True), cls(pad_copy=False)]
 
     def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
@@ -236,8 +250,9 @@ class TiledReduction(_Rule):
             return None
         # zero padding stays a block of its own: inlined, it puts a bounds check on every load of the
         # innermost reduction loop; materialized, it is one cheap vectorized copy
-        pads = [i for i in infos if _is_padding(sch, i)] if _reduction_size(sch, infos) >= PAD_COPY_MIN_REDUCTION \
-            else []
+        pad_copy = self.pad_copy if self.pad_copy is not None else \
+            _reduction_size(sch, infos) >= PAD_COPY_MIN_REDUCTION
+        pads = [i for i in infos if _is_padding(sch, i)] if pad_copy else []
         infos = try_inline(sch, [i for i in infos if i not in pads])
         reductions = [i for i, b in enumerate(infos) if not b.is_injective()]
         if len(reductions) != 1 or reductions[0] != 0:
@@ -300,6 +315,8 @@ class TiledReduction(_Rule):
             u_n = 8  # matrix x vector: one row of the weights gives 8 whole vectors (512 contiguous bytes)
         if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
             vec, u_n = 2, n_ext // 2
+        if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
+            u_n = self.u_n
         max_m = max(1, min(8, MAX_ACC_VECTORS // u_n))
         u_m = _largest_divisor(m_ext, max_m) if n_s >= 2 else 1
         if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
@@ -322,7 +339,7 @@ class TiledReduction(_Rule):
             if not group_loops and n_ext % (u_n * vec) == 0 else []
         weight_bytes = sum(_bytes(stmt.reads[i].source) for i in packed)
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i not in packed)
-        if packed and weight_bytes > act_bytes and len(outer) > 1:
+        if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):
             outer = [outer[-1], *outer[:-1]]
         sch.reorder(*outer, *r_loops, *inner)
         # few outputs but long sums (matrix x vector: 4096 outputs of 9216 products) still pay for threads

@@ -100,6 +100,16 @@ def _progress_callback(progress, task_names, total: int):
     return _Progress()
 
 
+def _search_strategy(cost_model: str):
+    """MetaSchedule's evolutionary search; without a learned cost model (``random``) its genetic rounds rank
+    candidates by random scores, so a small population and one round give the same quality of candidates
+    in a fraction of the search time (4 rounds over 512 schedules took ~20 s per batch on 2 cores)."""
+    ms = _ms()
+    if cost_model == "random":
+        return ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=1, init_min_unmeasured=32)
+    return "evolutionary"
+
+
 def measure_config():
     """How candidates are timed: the weights and outputs are flushed from the CPU caches before every run,
     as they are in a whole model (the weights of one layer stream in from memory once per inference);
@@ -138,29 +148,56 @@ def default_schedule(func, target):
     return space[0] if space else None
 
 
-def seed_default_records(tasks, database, target, builder, runner) -> int:
-    """Measure optc's default schedule of each task and commit it to ``database`` as a tuning record.
+def _rule_variants(func, target, seen: set) -> list:
+    """Schedules of ``func`` by the variants of optc's rules that differ from every schedule in ``seen``."""
+    import tvm_ffi  # noqa: PLC0415
+
+    from .schedules import TiledReduction  # noqa: PLC0415
+
+    if target.kind.name != "llvm":
+        return []
+    out = []
+    for rule in TiledReduction.variants():
+        sch = rule.apply(func, target, False)
+        if sch is None:
+            continue
+        key = tvm_ffi.structural_hash(sch.mod)
+        if key not in seen:
+            seen.add(key)
+            out.append(sch)
+    return out
+
+
+def seed_default_records(tasks, database, target, builder, runner, max_variants: int = 0) -> tuple[int, int]:
+    """Measure optc's default schedule of each task and commit it to ``database`` as a tuning record; also
+    measure up to ``max_variants`` schedules by variants of optc's rules (``TiledReduction.variants()``).
 
     The database's best record for a kernel is then never slower than what an untuned build gets (a
     small trial budget cannot make a model slower), and MetaSchedule's evolutionary search starts its
-    population from it. Returns how many records were committed.
+    population from it. Returns (default records committed, variant records committed).
     """
+    import tvm_ffi  # noqa: PLC0415
+
     ms = _ms()
     from tvm.s_tir.meta_schedule.utils import remove_build_dir  # noqa: PLC0415
 
-    entries = []
+    defaults, variants = [], []
     for task in tasks:
         mod = task.dispatched[0]
         sch = default_schedule(mod["main"], target)
+        seen = set()
         if sch is not None:
-            entries.append((mod, sch))
-    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in entries])
-    ready = [(mod, sch, res.artifact_path) for (mod, sch), res in zip(entries, built, strict=True) if res.error_msg is None]
+            defaults.append((mod, sch, True))
+            seen.add(tvm_ffi.structural_hash(sch.mod))
+        variants += [(mod, v, False) for v in _rule_variants(mod["main"], target, seen)]
+    entries = defaults + variants[:max_variants]
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch, _ in entries])
+    ready = [(*entry, res.artifact_path) for entry, res in zip(entries, built, strict=True) if res.error_msg is None]
     futures = runner.run([ms.runner.RunnerInput(path, device_type="cuda" if target.kind.name == "cuda" else "cpu",
                                                 args_info=ms.arg_info.ArgInfo.from_entry_func(sch.mod))
-                          for _, sch, path in ready])
-    committed = 0
-    for (mod, sch, path), future in zip(ready, futures, strict=True):
+                          for _, sch, _, path in ready])
+    committed = [0, 0]
+    for (mod, sch, is_default, path), future in zip(ready, futures, strict=True):
         result = future.result()
         remove_build_dir(path)
         if result.error_msg is not None or not result.run_secs:
@@ -168,8 +205,8 @@ def seed_default_records(tasks, database, target, builder, runner) -> int:
         database.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, database.commit_workload(mod), result.run_secs, target,
             ms.arg_info.ArgInfo.from_entry_func(sch.mod)))
-        committed += 1
-    return committed
+        committed[0 if is_default else 1] += 1
+    return committed[0], committed[1]
 
 
 def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: int, progress: bool = True,
@@ -181,7 +218,9 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     Kernels already in the database at ``db_dir`` are skipped (0 new trials when all are known).
     ``runner`` may be a MetaSchedule runner (e.g. ``ms.runner.RPCRunner`` for a remote device);
     cross targets (arm64 on x86, cuda without a GPU) need one. Returns the database; ``report``
-    (a dict), when given, receives ``tasks``, ``tuned_tasks``, ``trials`` and ``cost_model``.
+    (a dict), when given, receives ``tasks``, ``tuned_tasks``, ``trials`` (all measured candidates),
+    ``default_records``, ``variant_trials`` (schedules by variants of optc's rules, measured first) and
+    ``cost_model``.
     """
     ms = _ms()
     from .targets import is_cross_target  # noqa: PLC0415
@@ -203,12 +242,19 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     work_dir = Path(db_dir) / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        todo, str(work_dir), num_threads=host_num_cores(), seed=seed)
+        todo, str(work_dir), strategy=_search_strategy(info["cost_model"]), num_threads=host_num_cores(), seed=seed)
     if builder is None:
         builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0)
     if runner is None:
         runner = ms.runner.LocalRunner(timeout_sec=30.0, evaluator_config=measure_config())
-    info["default_records"] = seed_default_records(todo, database, target, builder, runner)
+    info["default_records"], info["variant_trials"] = seed_default_records(todo, database, target, builder, runner,
+                                                                           max_variants=trials)
+    trials -= info["variant_trials"]  # the rule variants are measured candidates: they count as trials
+    if trials <= 0:
+        info["trials"] = info["variant_trials"]
+        if report is not None:
+            report.update(info)
+        return database
     per_task = max_trials_per_task or max(1, trials // len(contexts))
     per_task = min(per_task, trials)
     callbacks = ms.measure_callback.MeasureCallback.create("default")
@@ -247,7 +293,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
         ms_logger.setLevel(old_level)
         if progress_ctx is not None:
             progress_ctx.stop()
-    info["trials"] = len(database.get_all_tuning_records()) - before
+    info["trials"] = len(database.get_all_tuning_records()) - before + info["variant_trials"]
     if report is not None:
         report.update(info)
     return database

@@ -76,6 +76,17 @@ def small_cnn(res=32, batch=1):
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits)
 
 
+def wide_convs(res=13):
+    """3x3 64->128 and 1x1 128->256 convs (weights above PREPACK_MIN_BYTES: packed) + residual-free ReLUs, at a
+    prime resolution (predicated tile tails)."""
+    rng = np.random.default_rng(2)
+    inits = [_w("w1", (128, 64, 3, 3), rng), _w("b1", (128,), rng), _w("w2", (256, 128, 1, 1), rng), _w("b2", (256,), rng)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]), helper.make_node("Relu", ["c2"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, res, res])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, res, res])], inits)
+
+
 def mlp(batch=4, d=64):
     rng = np.random.default_rng(1)
     inits = [_w("w1", (d, 2 * d), rng), _w("b1", (2 * d,), rng), _w("w2", (2 * d, d), rng),
@@ -281,8 +292,23 @@ def _assert_kernels_match(model):
     assert check_kernels(fused_kernels(from_onnx(model), "cpu"), "cpu") == []
 
 
-def test_kernels_match_unscheduled_small_cnn():
-    _assert_kernels_match(small_cnn(res=26))
+@pytest.mark.parametrize("make", [small_cnn, wide_convs])
+def test_kernels_match_unscheduled(make):
+    _assert_kernels_match(make())
+
+
+@pytest.mark.parametrize("variant", range(7))
+def test_rule_variants_match_unscheduled(variant):
+    """The schedules that tuning measures besides the default (one heuristic choice fixed each way) are
+    correct too: they become the build's schedule when they measure fastest."""
+    from optc.codegen.kernel_check import check_kernels, fused_kernels
+    from optc.codegen.schedules import TiledReduction, cpu_rules
+
+    rules = TiledReduction.variants()
+    assert len(rules) == 7
+    for model in (small_cnn(res=26), wide_convs()):
+        fused = fused_kernels(from_onnx(model), "cpu")
+        assert check_kernels(fused, "cpu", rules=[rules[variant], *cpu_rules()]) == []
 
 
 @pytest.mark.slow
