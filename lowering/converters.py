@@ -93,6 +93,11 @@ def _register_builtin() -> None:
     def dropout_at_inference(bb, inputs, attrs, ctx):
         # Inference: Dropout is the identity; the frontend's tuple-valued Dropout blocks ConvertLayout.
         x = inputs[0]
+        training = inputs[2] if len(inputs) > 2 else None
+        if training is not None and not (isinstance(training, Constant) and hasattr(training.value, "numpy")
+                                         and not training.value.numpy().any()):
+            raise OptcError("Dropout in training mode (or with a run-time training_mode) is not supported by the "
+                            "TVM back end")
         if attrs["tvm_custom"]["num_outputs"] < 2:
             return x
         return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])

@@ -126,3 +126,32 @@ def test_unsupported_ops_are_all_listed_in_one_error():
 
 def test_supported_model_has_no_unsupported_ops():
     assert not unsupported_ops(optc.load(EXAMPLE))
+
+
+def _dropout(training: bool | None) -> onnx.ModelProto:
+    """Dropout(x, ratio=0.5[, training_mode]) with constant inputs."""
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "ratio")]
+    inputs = ["x", "ratio"]
+    if training is not None:
+        inits.append(numpy_helper.from_array(np.array(training), "training"))
+        inputs.append("training")
+    graph = helper.make_graph([helper.make_node("Dropout", inputs, ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("training", [None, False])
+def test_inference_dropout_is_the_identity(training):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    [y] = _vm_run(lower(optc.from_onnx(_dropout(training))), [x])
+    np.testing.assert_array_equal(y, x)
+
+
+def test_training_dropout_is_refused():
+    """Dropout in training mode zeroes a random half: computing the identity instead would be a silent
+    wrong result, so the lowering refuses it with one line."""
+    with pytest.raises(optc.OptcError, match="Dropout in training mode"):
+        lower(optc.from_onnx(_dropout(True)))
