@@ -45,8 +45,9 @@ def register(sub) -> None:
         levels.add_argument(f"-O{level}", dest="level", action="store_const", const=level,
                             help=f"optimization level {level}" + (" (default)" if level == 2 else ""))
     p.set_defaults(level=2)
-    p.add_argument("--tune", action="store_true", help="tune the kernels with MetaSchedule")
-    p.add_argument("--trials", type=int, default=64, metavar="N", help="tuning trials in all (default 64)")
+    p.add_argument("--tune", action="store_true", help="tune the kernels: measure optc's default schedule and its rule variants, then "
+                   "MetaSchedule's search (see codegen/SCHEDULES.md)")
+    p.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in all, rule variants included (default 64)")
     p.add_argument("--db", metavar="DIR", help="tuning database directory; a second compile with the same "
                    "database runs no new trials")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
