@@ -175,7 +175,7 @@ def _buffer_last_index_vars(region) -> set:
 
 def _bytes(buffer) -> int:
     """Size of a buffer with a static shape (0 when some dim is symbolic)."""
-    dims = [d for d in buffer.shape]
+    dims = list(buffer.shape)
     if not all(isinstance(d, tirx.IntImm) for d in dims):
         return 0
     return math.prod(int(d) for d in dims) * buffer.dtype.bits // 8
@@ -322,7 +322,8 @@ class TiledReduction(_Rule):
         if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
             u_m = max_m
 
-        exact_tile = n_ext % (u_n * vec) == 0 and m_ext % u_m == 0
+        whole_panels = n_ext % (u_n * vec) == 0
+        exact_tile = whole_panels and m_ext % u_m == 0
         n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
         if n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
@@ -336,7 +337,7 @@ class TiledReduction(_Rule):
         packed = [idx for idx in _layout_free_reads(func, stmt)
                   if _buffer_last_index_vars(stmt.reads[idx]) == {vec_var}
                   and _bytes(stmt.reads[idx].source) >= PREPACK_MIN_BYTES] \
-            if not group_loops and n_ext % (u_n * vec) == 0 else []
+            if not group_loops and whole_panels else []
         weight_bytes = sum(_bytes(stmt.reads[i].source) for i in packed)
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i not in packed)
         if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):

@@ -73,6 +73,14 @@ def _dtype(expr) -> str:
     return str(expr.ty.dtype.dtype)
 
 
+def _constant_value(expr):
+    """The value of a Relax constant as a numpy array, or None when `expr` is not a constant tensor."""
+    from tvm.ir.expr import Constant
+
+    value = getattr(expr, "value", None) if isinstance(expr, Constant) else None
+    return value.numpy() if hasattr(value, "numpy") else None
+
+
 @lru_cache(maxsize=1)
 def _register_builtin() -> None:
     """optc's converters for ops whose frontend lowering trips TVM's later passes (registered on first use,
@@ -94,8 +102,8 @@ def _register_builtin() -> None:
         # Inference: Dropout is the identity; the frontend's tuple-valued Dropout blocks ConvertLayout.
         x = inputs[0]
         training = inputs[2] if len(inputs) > 2 else None
-        if training is not None and not (isinstance(training, Constant) and hasattr(training.value, "numpy")
-                                         and not training.value.numpy().any()):
+        training_value = None if training is None else _constant_value(training)
+        if training is not None and (training_value is None or training_value.any()):
             raise OptcError("Dropout in training mode (or with a run-time training_mode) is not supported by the "
                             "TVM back end")
         if attrs["tvm_custom"]["num_outputs"] < 2:
@@ -130,17 +138,16 @@ def _register_builtin() -> None:
         else:
             bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
         for bound, op, unbounded in ((bounds[0], relax.op.maximum, -np.inf), (bounds[1], relax.op.minimum, np.inf)):
-            if bound is None or not dtype.startswith(("float", "bfloat")):
-                x = x if bound is None else bb.normalize(op(x, bound))
+            if bound is None:
                 continue
-            if isinstance(bound, Constant) and hasattr(bound.value, "numpy"):  # ONNX: a NaN bound is no bound
-                value = bound.value.numpy()
-                if np.isnan(value).any():
+            value = _constant_value(bound)
+            if value is not None:
+                if np.isnan(value).any():  # ONNX: a NaN bound is no bound
                     continue
                 # rank of x, not 0-d: ConvertLayout cannot give a 0-d operand a layout and would transpose x
                 rank = getattr(x.ty, "ndim", -1)
                 bound = relax.const(value.reshape([1] * rank) if rank >= 0 else value, dtype)
-            else:
+            elif dtype.startswith(("float", "bfloat")):
                 bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
             x = bb.normalize(op(x, bound))
         return x
