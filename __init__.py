@@ -2,11 +2,11 @@
 
 from . import runtime
 from .codegen.compile import compile  # noqa: A004 - optc.compile is the public name
-from .errors import OptcError
+from .errors import OptcError, UnsupportedError
 from .ir import Model, from_onnx, load, save, to_onnx
 from .rewrites import optimize
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "OptcError", "__version__", "compile", "from_onnx", "load", "optimize", "runtime", "save",
-           "to_onnx"]
+__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "compile", "from_onnx", "load", "optimize",
+           "runtime", "save", "to_onnx"]

@@ -1,10 +1,17 @@
 """The lowering op table: one converter per op key `(domain, op_type)`.
 
 Standard ONNX ops reuse the converters of TVM's own ONNX frontend (`_get_convert_map()`, selected by opset).
-Ops that optc's rewrites create, or that the frontend lacks, register their own converter here with
-`@converter(domain, op_type)`. A converter is called as `fn(bb, inputs, attrs, ctx)`: `inputs` are Relax
-expressions (None for omitted optional inputs), `attrs` is the frontend's attribute dict (ints, floats, bytes,
-tuples, TensorProtos), `ctx` the lowering state (the frontend's `[nodes, params]` pair lives in `ctx.frontend_params`).
+Ops that optc's rewrites create, or that the frontend lowers wrongly or not at all, register their own
+converter with `@converter(domain, op_type)` in a module of `lowering/ops/` (every module there is imported
+on first use, so that importing optc does not import TVM). A converter is called as
+`fn(bb, inputs, attrs, ctx)`: `inputs` are Relax expressions (None for omitted optional inputs), `attrs` is
+the frontend's attribute dict (ints, floats, bytes, tuples, TensorProtos; `attrs["tvm_custom"]` holds the
+node's `name` and `num_outputs`), `ctx` the lowering state (`ctx.opset`, `ctx.node`, and the frontend's
+`[nodes, params]` pair in `ctx.frontend_params`).
+
+A converter that cannot lower a node raises `UnsupportedError` (through `refuse`) with the reason; the
+lowering prefixes the op and node name, so the user sees one line such as
+`cannot lower Loop node 'loop_0': Loop is not supported by the TVM back end (a data-dependent trip count)`.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from ..errors import OptcError
+import numpy as np
+
+from ..errors import UnsupportedError
 
 Converter = Callable[..., Any]
 
@@ -28,6 +37,22 @@ def converter(domain: str, op_type: str) -> Callable[[Converter], Converter]:
         return fn
 
     return register
+
+
+def refuse(reason: str) -> UnsupportedError:
+    """The error a converter raises to refuse a node: `raise refuse("with a run-time axis")`."""
+    return UnsupportedError(reason)
+
+
+def refuse_when(op_type: str, why: str, condition: Callable[[list, dict], Any]) -> None:
+    """Lower `op_type` with the frontend, except where `condition(inputs, attrs)` holds: the frontend would
+    silently compute something else there, so the node is refused with `why`."""
+
+    @converter("", op_type)
+    def guarded(bb, inputs, attrs, ctx):
+        if condition(inputs, attrs):
+            raise refuse(f"{op_type} {why} is not supported by the TVM back end")
+        return lookup_frontend(op_type, ctx.opset)(bb, inputs, attrs, ctx)
 
 
 @lru_cache(maxsize=1)
@@ -68,12 +93,21 @@ def is_supported(domain: str, op_type: str, opset: int) -> bool:
     return lookup(domain, op_type, opset) is not None
 
 
-def _dtype(expr) -> str:
+def dtype_of(expr) -> str:
     """The element type of a Relax tensor expression as a string (`float32`, ...)."""
     return str(expr.ty.dtype.dtype)
 
 
-def _constant_value(expr):
+def const(value, dtype: str | None = None):
+    """A Relax constant that keeps the numpy array's dtype and rank exactly (`relax.const` alone narrows
+    int64 to int32 and float64 to float32); `dtype` casts first (Python scalars: give it)."""
+    from tvm import relax
+
+    arr = np.asarray(value) if dtype is None else np.asarray(value).astype(dtype)
+    return relax.const(np.array(arr, order="C", copy=None), str(arr.dtype))
+
+
+def constant_value(expr) -> np.ndarray | None:
     """The value of a Relax constant as a numpy array, or None when `expr` is not a constant tensor."""
     from tvm.ir.expr import Constant
 
@@ -83,133 +117,11 @@ def _constant_value(expr):
 
 @lru_cache(maxsize=1)
 def _register_builtin() -> None:
-    """optc's converters for ops whose frontend lowering trips TVM's later passes (registered on first use,
-    so that importing optc does not import TVM)."""
-    import numpy as np
-    from tvm import relax
-    from tvm.ir.expr import Constant
+    """Import every module of `lowering/ops/` (each registers its converters)."""
+    import importlib
+    import pkgutil
 
-    @converter("", "Sum")
-    def sum_as_adds(bb, inputs, attrs, ctx):
-        # The frontend lowers Sum to stack + reduce: a 5-D copy that TVM's ConvertLayout cannot handle.
-        acc = inputs[0]
-        for x in list(inputs)[1:]:
-            acc = bb.normalize(relax.op.add(acc, x))
-        return acc
+    from . import ops
 
-    @converter("", "Dropout")
-    def dropout_at_inference(bb, inputs, attrs, ctx):
-        # Inference: Dropout is the identity; the frontend's tuple-valued Dropout blocks ConvertLayout.
-        x = inputs[0]
-        training = inputs[2] if len(inputs) > 2 else None
-        training_value = None if training is None else _constant_value(training)
-        if training is not None and (training_value is None or training_value.any()):
-            raise OptcError("Dropout in training mode (or with a run-time training_mode) is not supported by the "
-                            "TVM back end")
-        if attrs["tvm_custom"]["num_outputs"] < 2:
-            return x
-        return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
-
-    def refuse_when(op_type: str, why: str, condition) -> None:
-        """Lower `op_type` with the frontend, except where `condition(inputs, attrs)` holds: the frontend
-        would silently compute something else there, so the node is refused with `why`."""
-
-        @converter("", op_type)
-        def guarded(bb, inputs, attrs, ctx):
-            if condition(inputs, attrs):
-                raise OptcError(f"{op_type} {why} is not supported by the TVM back end")
-            return lookup_frontend(op_type, ctx.opset)(bb, inputs, attrs, ctx)
-
-    refuse_when("BatchNormalization", "in training mode", lambda i, a: a.get("training_mode", 0))
-    refuse_when("ConvTranspose", "with an output_shape attribute", lambda i, a: "output_shape" in a)
-    refuse_when("RoiAlign", "with mode 'max'", lambda i, a: a.get("mode", b"avg") == b"max")
-    refuse_when("SpaceToDepth", "with mode 'CRD'", lambda i, a: a.get("mode", b"DCR") == b"CRD")
-    refuse_when("Expand", "with a shape computed at run time",
-                lambda i, a: not isinstance(i[1], Constant | relax.ShapeExpr))
-
-    @converter("", "Clip")
-    def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
-        # The frontend emits TOPI kernels (call_tir), opaque to ConvertLayout: in an NHWC build every Clip
-        # (ReLU6) got a transpose pair around it and stayed out of the convolution's epilogue.
-        x = inputs[0]
-        dtype = _dtype(x)
-        if ctx.opset < 11:
-            bounds = [relax.const(attrs.get("min", -np.inf), dtype), relax.const(attrs.get("max", np.inf), dtype)]
-        else:
-            bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
-        for bound, op, unbounded in ((bounds[0], relax.op.maximum, -np.inf), (bounds[1], relax.op.minimum, np.inf)):
-            if bound is None:
-                continue
-            value = _constant_value(bound)
-            if value is not None:
-                if np.isnan(value).any():  # ONNX: a NaN bound is no bound
-                    continue
-                # rank of x, not 0-d: ConvertLayout cannot give a 0-d operand a layout and would transpose x
-                rank = getattr(x.ty, "ndim", -1)
-                bound = relax.const(value.reshape([1] * rank) if rank >= 0 else value, dtype)
-            elif dtype.startswith(("float", "bfloat")):
-                bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
-            x = bb.normalize(op(x, bound))
-        return x
-
-    @converter("", "IsInf")
-    def is_inf(bb, inputs, attrs, ctx):
-        x = inputs[0]
-        inf = bb.normalize(relax.op.isinf(x))
-        pos, neg = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
-        if pos and neg:
-            return inf
-        zero = relax.const(0, _dtype(x))
-        sign = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
-        return relax.op.logical_and(inf, sign) if (pos or neg) else relax.op.zeros_like(inf)
-
-    @converter("", "BitShift")
-    def bit_shift(bb, inputs, attrs, ctx):
-        # ONNX: shifting by the bit width or more (or by a negative amount) gives 0; LLVM leaves it undefined.
-        x, shift = inputs[0], inputs[1]
-        left = attrs.get("direction", b"LEFT") == b"LEFT"
-        shifted = bb.normalize((relax.op.left_shift if left else relax.op.right_shift)(x, shift))
-        bits = int("".join(ch for ch in _dtype(x) if ch.isdigit()))
-        zero = relax.const(0, _dtype(shift))
-        out_of_range = relax.op.logical_or(relax.op.less(shift, zero),
-                                           relax.op.greater_equal(shift, relax.const(bits, _dtype(shift))))
-        fill = relax.op.zeros_like(shifted)
-        if not left and not _dtype(x).startswith("uint"):  # an arithmetic right shift fills with the sign
-            negative = relax.op.less(x, relax.const(0, _dtype(x)))
-            fill = relax.op.where(negative, relax.op.negative(relax.op.ones_like(shifted)), fill)
-        return relax.op.where(out_of_range, fill, shifted)
-
-    @converter("", "Mod")
-    def python_style_float_mod(bb, inputs, attrs, ctx):
-        # ONNX Mod(fmod=0) on floats is numpy.mod: the result has the divisor's sign, and x mod ±inf is x
-        # (or ±inf). TVM's floor_mod returns NaN for an infinite divisor; build it from the truncated fmod.
-        x, y = inputs[0], inputs[1]
-        if attrs.get("fmod", 0) or _dtype(x) not in ("float16", "float32", "float64"):
-            return lookup_frontend("Mod", ctx.opset)(bb, inputs, attrs, ctx)
-        r = bb.normalize(relax.op.mod(x, y))
-        zero = relax.const(0, _dtype(x))
-        wrong_sign = relax.op.logical_xor(relax.op.less(r, zero), relax.op.less(y, zero))
-        fix = bb.normalize(relax.op.logical_and(relax.op.not_equal(r, zero), wrong_sign))
-        return relax.op.where(fix, relax.op.add(r, y), r)
-
-    @converter("", "LayerNormalization")
-    def layer_norm_with_statistics(bb, inputs, attrs, ctx):
-        # The frontend returns placeholder zeros for the Mean and InvStdDev outputs: compute them for real.
-        if attrs["tvm_custom"]["num_outputs"] == 1:
-            return lookup_frontend("LayerNormalization", ctx.opset)(bb, inputs, attrs, ctx)
-        x, scale, bias = inputs[0], inputs[1], inputs[2]
-        rank = len(x.ty.shape)
-        axis = attrs.get("axis", -1)
-        axes = list(range(axis % rank, rank))
-        eps = relax.const(attrs.get("epsilon", 1e-5), "float32")
-        xf = x if _dtype(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))
-        mean = bb.normalize(relax.op.mean(xf, axes, keepdims=True))
-        centered = bb.normalize(relax.op.subtract(xf, mean))
-        var = bb.normalize(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
-        inv_std = bb.normalize(relax.op.rsqrt(relax.op.add(var, eps)))
-        y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, "float32"))
-        if bias is not None:
-            y = relax.op.add(y, relax.op.astype(bias, "float32"))
-        y = bb.normalize(relax.op.astype(y, _dtype(x)))
-        return relax.Tuple([y, mean, inv_std])
-
+    for info in pkgutil.iter_modules(ops.__path__):
+        importlib.import_module(f"{ops.__name__}.{info.name}")

@@ -11,12 +11,10 @@ import contextlib
 from collections import Counter
 from typing import Any
 
-import numpy as np
-
-from ..errors import OptcError
+from ..errors import OptcError, UnsupportedError
 from ..ir.core import Attr, AttrType, Graph, Model, Node, Value
 from ..ir.types import DataType, TensorType
-from .converters import is_supported, lookup
+from .converters import const, is_supported, lookup
 from .shape_values import ShapeEvaluator
 
 
@@ -39,7 +37,7 @@ def lower(model: Model, func_name: str = "main"):
     missing = unsupported_ops(model)
     if missing:
         listed = ", ".join(f"{op} ({count} node{'s' if count > 1 else ''})" for op, count in sorted(missing.items()))
-        raise OptcError(f"cannot lower to TVM: {len(missing)} op type(s) have no converter: {listed}")
+        raise UnsupportedError(f"cannot lower to TVM: {len(missing)} op type(s) have no converter: {listed}")
     return _Lowering(model).run(func_name)
 
 
@@ -83,6 +81,7 @@ class _Lowering:
         self.exprs: dict[Value, Any] = {}
         self.shapes = ShapeEvaluator(self)
         self.dims: dict[str, Any] = {}
+        self.node: Node | None = None  # the node being converted (converters may read its IR types)
         self._anonymous = 0
 
     # -- entry ------------------------------------------------------------------------------------
@@ -141,10 +140,8 @@ class _Lowering:
         return get_type(int(v.dtype or DataType.FLOAT))
 
     def _constants(self, g: Graph) -> None:
-        from tvm import relax
-
         for v in g.initializers.values():
-            self.exprs[v] = relax.const(np.ascontiguousarray(v.const.numpy()))
+            self.exprs[v] = const(v.const.numpy())
 
     # -- nodes ------------------------------------------------------------------------------------
     def _body(self, g: Graph):
@@ -176,13 +173,16 @@ class _Lowering:
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)
+        self.node = n
         try:
             result = convert(self.bb, inputs, attrs, self)
+        except UnsupportedError as exc:  # a deliberate refusal: name the node
+            raise UnsupportedError(f"cannot lower {n.op_type} node '{n.name or '?'}': {exc}") from exc
         except OptcError:
             raise
-        except Exception as exc:  # a converter rejecting the node: name it
+        except Exception as exc:  # the converter failed: a back-end bug, named with its node
             raise OptcError(f"cannot lower {n.op_type} node '{n.name or '?'}': {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         if isinstance(result, relax.Expr):
             result = self.bb.normalize(result)
         self._bind_outputs(n, result)

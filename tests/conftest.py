@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 # -- running models ----------------------------------------------------------------------------------
 
@@ -57,6 +58,36 @@ def run_reference(model: onnx.ModelProto | str, feeds: dict | Sequence) -> list:
     if not isinstance(feeds, dict):
         feeds = dict(zip(feed_names(model), feeds, strict=False))
     return list(ref.run(None, feeds))
+
+
+def bind_inputs(model: onnx.ModelProto, inputs: list, keep_first: bool) -> tuple[onnx.ModelProto, list] | None:
+    """`model` with its tensor inputs (all, or all but the first) made initializers holding `inputs`' values,
+    and the inputs that are still fed; None if nothing could be bound. (IR < 4 models keep the bound names
+    listed as graph inputs, as those IR versions require.)"""
+    bound: dict[str, onnx.TensorProto] = {}
+    rest = []
+    for i, (name, x) in enumerate(zip(feed_names(model), inputs, strict=False)):
+        if not (keep_first and i == 0):
+            if isinstance(x, onnx.TensorProto):
+                t = onnx.TensorProto()
+                t.CopyFrom(x)
+                t.name = name
+                bound[name] = t
+                continue
+            if isinstance(x, np.ndarray | np.generic):
+                bound[name] = numpy_helper.from_array(np.asarray(x), name)
+                continue
+        rest.append(x)
+    if not bound:
+        return None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if m.ir_version >= 4:
+        keep = [vi for vi in m.graph.input if vi.name not in bound]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
+    m.graph.initializer.extend(bound.values())
+    return m, rest
 
 
 # -- comparing outputs -------------------------------------------------------------------------------

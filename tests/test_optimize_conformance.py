@@ -28,14 +28,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 import optc
 import pytest
-from onnx import numpy_helper
 from optc.ir.verify import verify
 
-from .conftest import feed_names
+from .conftest import bind_inputs
 from .test_conformance import QUICK_STRIDE, _reproduces, all_node_cases
 
 LEVELS = (2, 3)
@@ -55,36 +53,6 @@ class Outcome:
 
 def _optimize(model: optc.Model, level: int) -> optc.Model:
     return optc.optimize(model, level=level, inplace=True)
-
-
-def bind_inputs(model: onnx.ModelProto, inputs: list, keep_first: bool) -> tuple[onnx.ModelProto, list] | None:
-    """`model` with its tensor inputs (all, or all but the first) made initializers holding `inputs`' values,
-    and the inputs that are still fed; None if nothing could be bound. (IR < 4 models keep the bound names
-    listed as graph inputs, as those IR versions require.)"""
-    bound: dict[str, onnx.TensorProto] = {}
-    rest = []
-    for i, (name, x) in enumerate(zip(feed_names(model), inputs, strict=False)):
-        if not (keep_first and i == 0):
-            if isinstance(x, onnx.TensorProto):
-                t = onnx.TensorProto()
-                t.CopyFrom(x)
-                t.name = name
-                bound[name] = t
-                continue
-            if isinstance(x, np.ndarray | np.generic):
-                bound[name] = numpy_helper.from_array(np.asarray(x), name)
-                continue
-        rest.append(x)
-    if not bound:
-        return None
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    if m.ir_version >= 4:
-        keep = [vi for vi in m.graph.input if vi.name not in bound]
-        del m.graph.input[:]
-        m.graph.input.extend(keep)
-    m.graph.initializer.extend(bound.values())
-    return m, rest
 
 
 def _first_runtime(model: onnx.ModelProto, case) -> str | None:

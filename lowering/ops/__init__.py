@@ -1,0 +1,1 @@
+"""optc's own converters, one module per op family; `converters._register_builtin` imports them all."""

@@ -1,0 +1,126 @@
+"""optc's converters for ops whose frontend lowering is wrong or trips TVM's later passes."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+from tvm.ir.expr import Constant
+
+from ...errors import UnsupportedError
+from ..converters import constant_value, converter, dtype_of, lookup_frontend, refuse_when
+
+
+@converter("", "Sum")
+def sum_as_adds(bb, inputs, attrs, ctx):
+    # The frontend lowers Sum to stack + reduce: a 5-D copy that TVM's ConvertLayout cannot handle.
+    acc = inputs[0]
+    for x in list(inputs)[1:]:
+        acc = bb.normalize(relax.op.add(acc, x))
+    return acc
+
+@converter("", "Dropout")
+def dropout_at_inference(bb, inputs, attrs, ctx):
+    # Inference: Dropout is the identity; the frontend's tuple-valued Dropout blocks ConvertLayout.
+    x = inputs[0]
+    training = inputs[2] if len(inputs) > 2 else None
+    training_value = None if training is None else constant_value(training)
+    if training is not None and (training_value is None or training_value.any()):
+        raise UnsupportedError("Dropout in training mode (or with a run-time training_mode) is not supported "
+                               "by the TVM back end")
+    if attrs["tvm_custom"]["num_outputs"] < 2:
+        return x
+    return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
+
+refuse_when("BatchNormalization", "in training mode", lambda i, a: a.get("training_mode", 0))
+refuse_when("ConvTranspose", "with an output_shape attribute", lambda i, a: "output_shape" in a)
+refuse_when("RoiAlign", "with mode 'max'", lambda i, a: a.get("mode", b"avg") == b"max")
+refuse_when("SpaceToDepth", "with mode 'CRD'", lambda i, a: a.get("mode", b"DCR") == b"CRD")
+refuse_when("Expand", "with a shape computed at run time",
+            lambda i, a: not isinstance(i[1], Constant | relax.ShapeExpr))
+
+@converter("", "Clip")
+def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
+    # The frontend emits TOPI kernels (call_tir), opaque to ConvertLayout: in an NHWC build every Clip
+    # (ReLU6) got a transpose pair around it and stayed out of the convolution's epilogue.
+    x = inputs[0]
+    dtype = dtype_of(x)
+    if ctx.opset < 11:
+        bounds = [relax.const(attrs.get("min", -np.inf), dtype), relax.const(attrs.get("max", np.inf), dtype)]
+    else:
+        bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
+    for bound, op, unbounded in ((bounds[0], relax.op.maximum, -np.inf), (bounds[1], relax.op.minimum, np.inf)):
+        if bound is None:
+            continue
+        value = constant_value(bound)
+        if value is not None:
+            if np.isnan(value).any():  # ONNX: a NaN bound is no bound
+                continue
+            # rank of x, not 0-d: ConvertLayout cannot give a 0-d operand a layout and would transpose x
+            rank = getattr(x.ty, "ndim", -1)
+            bound = relax.const(value.reshape([1] * rank) if rank >= 0 else value, dtype)
+        elif dtype.startswith(("float", "bfloat")):
+            bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
+        x = bb.normalize(op(x, bound))
+    return x
+
+@converter("", "IsInf")
+def is_inf(bb, inputs, attrs, ctx):
+    x = inputs[0]
+    inf = bb.normalize(relax.op.isinf(x))
+    pos, neg = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
+    if pos and neg:
+        return inf
+    zero = relax.const(0, dtype_of(x))
+    sign = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
+    return relax.op.logical_and(inf, sign) if (pos or neg) else relax.op.zeros_like(inf)
+
+@converter("", "BitShift")
+def bit_shift(bb, inputs, attrs, ctx):
+    # ONNX: shifting by the bit width or more (or by a negative amount) gives 0; LLVM leaves it undefined.
+    x, shift = inputs[0], inputs[1]
+    left = attrs.get("direction", b"LEFT") == b"LEFT"
+    shifted = bb.normalize((relax.op.left_shift if left else relax.op.right_shift)(x, shift))
+    bits = int("".join(ch for ch in dtype_of(x) if ch.isdigit()))
+    zero = relax.const(0, dtype_of(shift))
+    out_of_range = relax.op.logical_or(relax.op.less(shift, zero),
+                                       relax.op.greater_equal(shift, relax.const(bits, dtype_of(shift))))
+    fill = relax.op.zeros_like(shifted)
+    if not left and not dtype_of(x).startswith("uint"):  # an arithmetic right shift fills with the sign
+        negative = relax.op.less(x, relax.const(0, dtype_of(x)))
+        fill = relax.op.where(negative, relax.op.negative(relax.op.ones_like(shifted)), fill)
+    return relax.op.where(out_of_range, fill, shifted)
+
+@converter("", "Mod")
+def python_style_float_mod(bb, inputs, attrs, ctx):
+    # ONNX Mod(fmod=0) on floats is numpy.mod: the result has the divisor's sign, and x mod ±inf is x
+    # (or ±inf). TVM's floor_mod returns NaN for an infinite divisor; build it from the truncated fmod.
+    x, y = inputs[0], inputs[1]
+    if attrs.get("fmod", 0) or dtype_of(x) not in ("float16", "float32", "float64"):
+        return lookup_frontend("Mod", ctx.opset)(bb, inputs, attrs, ctx)
+    r = bb.normalize(relax.op.mod(x, y))
+    zero = relax.const(0, dtype_of(x))
+    wrong_sign = relax.op.logical_xor(relax.op.less(r, zero), relax.op.less(y, zero))
+    fix = bb.normalize(relax.op.logical_and(relax.op.not_equal(r, zero), wrong_sign))
+    return relax.op.where(fix, relax.op.add(r, y), r)
+
+@converter("", "LayerNormalization")
+def layer_norm_with_statistics(bb, inputs, attrs, ctx):
+    # The frontend returns placeholder zeros for the Mean and InvStdDev outputs: compute them for real.
+    if attrs["tvm_custom"]["num_outputs"] == 1:
+        return lookup_frontend("LayerNormalization", ctx.opset)(bb, inputs, attrs, ctx)
+    x, scale, bias = inputs[0], inputs[1], inputs[2]
+    rank = len(x.ty.shape)
+    axis = attrs.get("axis", -1)
+    axes = list(range(axis % rank, rank))
+    eps = relax.const(attrs.get("epsilon", 1e-5), "float32")
+    xf = x if dtype_of(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))
+    mean = bb.normalize(relax.op.mean(xf, axes, keepdims=True))
+    centered = bb.normalize(relax.op.subtract(xf, mean))
+    var = bb.normalize(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
+    inv_std = bb.normalize(relax.op.rsqrt(relax.op.add(var, eps)))
+    y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, "float32"))
+    if bias is not None:
+        y = relax.op.add(y, relax.op.astype(bias, "float32"))
+    y = bb.normalize(relax.op.astype(y, dtype_of(x)))
+    return relax.Tuple([y, mean, inv_std])
+
