@@ -39,9 +39,15 @@ class RewriteRecord:
 
 @dataclass
 class PassContext:
-    """Options and shared state of one pipeline run."""
+    """Options and shared state of one pipeline run.
+
+    `fast_math`: also apply the rewrites that are exact only in real arithmetic, not under IEEE 754 (e.g.
+    `x + 0.0 -> x`, wrong for x = -0.0); off by default. Rules say which of their cases need it
+    (`Rule.fast_math`).
+    """
 
     opsets: dict[str, int] = field(default_factory=lambda: {"": 21})
+    fast_math: bool = False
     budget: RewriteBudget = field(default_factory=RewriteBudget)
     trace: bool = False
     verify_each: bool = False

@@ -164,7 +164,7 @@ class _Driver:
         self.wl = wl
         self.base_opsets = base_opsets
         self.erase_dead = erase_dead
-        self.applier = RuleApplier(rw, base_opsets, trace=ctx.trace)
+        self.applier = RuleApplier(rw, base_opsets, trace=ctx.trace, fast_math=ctx.fast_math)
         self.result = DriverResult(changed=False, converged=False)
         self._graph_env: dict[Graph, tuple[dict[str, int], dict]] = {}
         self._indexes: dict[tuple, dict] = {}

@@ -82,11 +82,11 @@ def copy_model(model: Model) -> Model:
 
 def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrument] = (),
                  disable: Iterable[str] = (), bisect_limit: int | None = None, verify_each: bool = False,
-                 ctx: PassContext | None = None) -> PipelineReport:
-    """Run `pipeline` on `model` in place and return the report."""
+                 fast_math: bool = False, ctx: PassContext | None = None) -> PipelineReport:
+    """Run `pipeline` on `model` in place and return the report (`fast_math`: see `optimize`)."""
     if ctx is None:
         ctx = PassContext(opsets=dict(model.opset_imports), budget=RewriteBudget(limit=bisect_limit),
-                          verify_each=verify_each)
+                          verify_each=verify_each, fast_math=fast_math)
     instruments = list(instruments)
     if ctx.verify_each and not any(type(i).__name__ == "VerifyEach" for i in instruments):
         from .pass_manager import VerifyEach
@@ -97,10 +97,14 @@ def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrume
 
 def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DEFAULT_LEVEL,
              passes: str | Pass | list[Pass] | None = None, *, inplace: bool = False,
-             disable: Iterable[str] = ()) -> Model:
+             disable: Iterable[str] = (), fast_math: bool = False) -> Model:
     """Optimize a model with the `-O<level>` pipeline, or with `passes` (a pipeline string such as
     `"fold-constants,cse,dce"` or pass objects). Returns the optimized Model; the argument is not modified
-    unless `inplace=True`."""
+    unless `inplace=True`.
+
+    Every rewrite preserves IEEE 754 semantics (NaN, infinities, signed zeros) by default. `fast_math=True`
+    also applies the rewrites that are exact only in real arithmetic (e.g. `x + 0.0 -> x`, which turns
+    -0.0 + 0.0 = +0.0 into -0.0); `optc passes` lists them."""
     from ..ir.io import load
 
     if isinstance(model, Model):
@@ -112,5 +116,5 @@ def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DE
         raise OptcError(f"optimize() takes a Model, a ModelProto or a path, not {type(model).__name__}")
     if not isinstance(level, int) or isinstance(level, bool):
         raise OptcError(f"level must be an int 0..3, not {level!r}")
-    run_pipeline(model, build_pipeline(level, passes), disable=disable)
+    run_pipeline(model, build_pipeline(level, passes), disable=disable, fast_math=bool(fast_math))
     return model

@@ -52,6 +52,13 @@ class Rule:
     Class attributes: `name` (default: the class name), `domain` / `min_opset` / `max_opset` (the rule applies
     only where the model imports `domain` at a version in that range), `benefit` (higher is tried first among
     rules with the same root op).
+
+    IEEE semantics: a rule must not change what the model computes, bit for bit, NaN, infinities and signed
+    zeros included (NaNs count as equal whatever their payload). Its docstring says why it is exact. A rule
+    with cases that are exact only in real arithmetic (`x + 0 -> x` is wrong for x = -0.0) applies them only
+    when `m.fast_math` is set (`optimize(..., fast_math=True)`, `optc optimize --fast-math`) and names them in
+    `fast_math` (shown by `optc passes`). A rule that keeps the operations but changes their rounding (a fusion
+    that rescales weights) says how in `rounding` (also shown by `optc passes`).
     """
 
     name: ClassVar[str] = ""
@@ -62,6 +69,11 @@ class Rule:
     #: replace every output of the root node (for roots of variable arity, e.g. If): `rewrite` returns one value
     #: per output of the matched root node instead of one per pattern output
     replace_all_outputs: ClassVar[bool] = False
+    #: the cases that apply only under fast-math (not exact under IEEE 754); empty when there are none
+    fast_math: ClassVar[str] = ""
+    #: how the rewrite changes rounding at default settings (a documented, accepted reassociation); empty when
+    #: the rewrite is bit-exact
+    rounding: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -146,8 +158,10 @@ class Match:
     """A successful match: root node, matched nodes (root first), bindings, and the values to be replaced."""
 
     def __init__(self, rule: Rule, root: Node, nodes: list[Node], bindings: dict[str, Any], outputs: list[Value],
-                 graph: Graph, opsets: dict[str, int], st: MatchState):
+                 graph: Graph, opsets: dict[str, int], st: MatchState, fast_math: bool = False):
         self.rule = rule
+        #: whether rewrites that are exact only in real arithmetic are allowed (`PassContext.fast_math`)
+        self.fast_math = fast_math
         self.root = root
         self.nodes = nodes
         self.bindings = bindings
@@ -271,10 +285,11 @@ def _types_compatible(old, new) -> str | None:
 class RuleApplier:
     """Matches rules at nodes and applies them safely through a Rewriter (used by the driver and `explain`)."""
 
-    def __init__(self, rewriter: Rewriter, opsets: dict[str, int], trace: bool = False):
+    def __init__(self, rewriter: Rewriter, opsets: dict[str, int], trace: bool = False, fast_math: bool = False):
         self.rw = rewriter
         self.opsets = opsets
         self.trace = trace
+        self.fast_math = fast_math
         self.attempts = 0
         self._inputs: set[Value] | None = None
         self._function_graphs: set[Graph] | None = None
@@ -317,7 +332,7 @@ class RuleApplier:
                 if why:
                     st.fail(why)
                     continue
-                m = Match(rule, node, nodes, dict(st.bindings), outputs, g, opsets, st)
+                m = Match(rule, node, nodes, dict(st.bindings), outputs, g, opsets, st, self.fast_math)
                 args = [m.bindings.get(n) for n in cp.var_names]
                 try:
                     ok = rule.check(m, *args)
@@ -500,8 +515,9 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
-def explain(rule: Rule | type[Rule], node: Node, model: Model | None = None) -> str:
-    """Why `rule` does (not) match at `node`: the best partial match and the failing reason.
+def explain(rule: Rule | type[Rule], node: Node, model: Model | None = None, *, fast_math: bool = False) -> str:
+    """Why `rule` does (not) match at `node`: the best partial match and the failing reason (`fast_math`: as
+    under `optimize(..., fast_math=True)`).
 
     Reports the automatic safety checks and the rewrite's own rejections (type changes, graph outputs) too.
     """
@@ -512,7 +528,7 @@ def explain(rule: Rule | type[Rule], node: Node, model: Model | None = None) -> 
     if model is not None and not rule.applies_to(opsets):
         return f"{rule.name} does not apply to this model's opsets ({opsets}); it needs {rule.domain or 'ai.onnx'} " \
                f"in [{rule.min_opset}, {rule.max_opset}]"
-    applier = RuleApplier(Rewriter(target), opsets, trace=True)
+    applier = RuleApplier(Rewriter(target), opsets, trace=True, fast_math=fast_math)
     if node.key not in rule.compiled().root_keys:
         return f"{rule.name} did not match at {node.op_type} '{node.name}': the pattern's root is " \
                f"{' or '.join(k[1] for k in rule.compiled().root_keys)}"

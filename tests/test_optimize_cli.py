@@ -154,3 +154,74 @@ def test_python_optimize_returns_new_model_and_leaves_argument():
         optc.optimize(model, passes="nope")
     with pytest.raises(optc.OptcError, match="unknown optimization level"):
         optc.optimize(model, level=5)
+
+
+# -- IEEE semantics: x + 0.0 is not x for x = -0.0 ------------------------------------------------------------
+
+ADD_ZERO = """
+<ir_version: 8, opset_import: ["" : 13]>
+add_zero_negzero (float[3] x) => (float[3] y, float[3] y2) <float[3] z = {0, 0, 0}, float one = {1}> {
+  a = Add(x, z)
+  y = Div(one, a)
+  b = Sub(x, z)
+  y2 = Div(one, b)
+}"""
+SHARED_CASE = "/work/shared/cases/lowering/add_zero_negzero"  # the issue's case, when the checkout has it beside it
+
+
+def _ort(path, feeds):
+    from .conftest import run_ort
+
+    return run_ort(str(path), feeds)
+
+
+@pytest.mark.parametrize("source", ["inline", "shared"])
+def test_optimize_O3_keeps_add_zero_for_negative_zero(source, tmp_path):
+    """`optc optimize -O3` on the add_zero_negzero case computes exactly what onnxruntime computes on the
+    original (y = 1 / (x + 0) = [inf, inf, 0.5] for x = [-0, 0, 2]); `--fast-math` removes the Add."""
+    import os
+
+    from optc.rewrites.rules._testing import assert_same_bits
+
+    if source == "shared":
+        if not os.path.exists(SHARED_CASE + ".onnx"):
+            pytest.skip("the shared case files are not beside this checkout")
+        model, feeds = SHARED_CASE + ".onnx", dict(np.load(SHARED_CASE + "_inputs.npz"))
+    else:
+        model = tmp_path / "add_zero_negzero.onnx"
+        model.write_bytes(onnx.parser.parse_model(ADD_ZERO).SerializeToString())
+        feeds = {"x": np.array([-0.0, 0.0, 2.0], np.float32)}
+    out = tmp_path / "a.onnx"
+    r = optc_cli("optimize", model, "-O3", "-o", out)
+    assert r.returncode == 0, r.stderr
+    expected = _ort(model, feeds)
+    assert_same_bits(expected[0], np.array([np.inf, np.inf, 0.5], np.float32), "y on the original")
+    for got, want in zip(_ort(out, feeds), expected, strict=True):
+        assert_same_bits(got, want, "optimized vs original")
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert "Add" in ops and "Sub" not in ops  # x - (+0.0) is exact and goes
+    np.savez(tmp_path / "in.npz", **feeds)
+    v = optc_cli("verify", model, out, "--inputs", tmp_path / "in.npz")
+    assert v.returncode == 0, v.stdout + v.stderr
+    fast = tmp_path / "fast.onnx"
+    r = optc_cli("optimize", model, "-O3", "--fast-math", "-o", fast, "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert "Add" not in [n.op_type for n in onnx.load(fast).graph.node]
+    assert json.loads((tmp_path / "r.json").read_text())["fast_math"] is True
+    assert np.signbit(_ort(fast, feeds)[0][0]) and not np.signbit(expected[0][0])  # -inf: what fast-math gives up
+
+
+def test_passes_marks_fast_math_and_rounding_rules():
+    r = optc_cli("passes")
+    assert r.returncode == 0, r.stderr
+    line = next(i for i, ln in enumerate(r.stdout.splitlines()) if ln.strip().startswith("AddZero"))
+    assert "--fast-math only" in r.stdout.splitlines()[line + 1]
+    assert "[not bit-exact" in r.stdout
+    v = optc_cli("passes", "-v")
+    assert "rounding: not bit-exact: weights and bias rescaled" in v.stdout
+
+
+def test_python_optimize_fast_math_flag():
+    proto = onnx.parser.parse_model(ADD_ZERO)
+    assert "Add" in [n.op_type for n in optc.optimize(proto).graph]
+    assert "Add" not in [n.op_type for n in optc.optimize(proto, fast_math=True).graph]

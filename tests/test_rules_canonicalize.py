@@ -114,6 +114,27 @@ def test_cast_chain_round_trip_positive():
                   expect="CastChain", gone=["Cast"])
 
 
+@pytest.mark.parametrize("src,mid,dst,x", [
+    ("int8", 1, 7, np.array([-128, 127, 0, -1], np.int8)),
+    # out of int8's range: double -> int8 is undefined in ONNX, the direct cast wraps (a refinement), and
+    # onnxruntime wraps both ways
+    ("int32", 11, 3, np.array([300, -300, 127, 2**31 - 1], np.int32)),
+])
+def test_cast_chain_int_through_float_positive(src, mid, dst, x):
+    check_rewrite(C.CastChain, H17 + f"""
+    g ({src}[4] x) => ({ {7: "int64", 3: "int8"}[dst] }[4] y) {{ a = Cast<to = {mid}>(x)  y = Cast<to = {dst}>(a) }}""",
+                  expect="CastChain", exact=True, feeds={"x": x})
+
+
+def test_cast_chain_keeps_saturate():
+    # float -> double -> float8e4m3fn with saturate = 0: out-of-range values become NaN, not the largest float8
+    model, _ = check_rewrite(C.CastChain, '<ir_version: 9, opset_import: ["" : 19]>\n' + """
+    g (float[3] x) => (float8e4m3fn[3] y) { a = Cast<to = 11>(x)  y = Cast<to = 17, saturate = 0>(a) }""",
+                             expect="CastChain", exact=True, feeds={"x": np.array([1000.0, -1e6, 1.5], np.float32)})
+    (cast,) = [n for n in model.graph if n.op_type == "Cast"]
+    assert cast.attr("saturate") == 0
+
+
 def test_cast_chain_negative_lossy():
     check_rewrite(C.CastChain, H17 + """
     g (float[2,3] x) => (float[2,3] y) { a = Cast<to = 6>(x)  b = Cast<to = 1>(a)  y = Neg(b) }""", expect=None)
@@ -131,6 +152,59 @@ def test_min_max_to_clip_positive(body):
       {body}
       y = Neg(b)
     }}""", expect="MinMaxToClip", gone=["Min", "Max"], present=["Clip"])
+
+
+SPECIALS = np.array([[np.nan, np.inf, -np.inf, -0.0, 0.0, 0.5],
+                     [-0.5, 1e-45, -3.4028235e38, 0.25, -0.75, 2.0]], np.float32)
+
+
+@pytest.mark.parametrize("lo,hi", [("-0.5", "0.5"), ("1.0", "6.0"), ("-6.0", "-1.0"), ("0.5", "0.5")])
+def test_min_max_to_clip_exact_on_special_values(lo, hi):
+    # non-zero bounds: NaN stays NaN, infinities clamp, ties are the same bits
+    check_rewrite(C.MinMaxToClip, H17 + f"""
+    g (float[2,6] x) => (float[2,6] y) {{
+      lo = Constant<value = float {{{lo}}}>()
+      hi = Constant<value = float {{{hi}}}>()
+      a = Max(x, lo)
+      b = Min(a, hi)
+      y = Identity(b)
+    }}""", expect="MinMaxToClip", gone=["Min", "Max"], exact=True, feeds={"x": SPECIALS})
+
+
+@pytest.mark.parametrize("lo,hi", [("0.0", "6.0"), ("-0.0", "6.0"), ("-6.0", "0.0")])
+def test_min_max_to_clip_negative_zero_bound(lo, hi):
+    # Relu6 as Min(Max(x, 0), 6): onnxruntime's Max gives +0.0 for x = -0.0, Clip gives -0.0
+    check_rewrite(C.MinMaxToClip, H17 + f"""
+    g (float[2,6] x) => (float[2,6] y) {{
+      lo = Constant<value = float {{{lo}}}>()
+      hi = Constant<value = float {{{hi}}}>()
+      a = Max(x, lo)
+      b = Min(a, hi)
+      y = Identity(b)
+    }}""", expect=None, exact=True, feeds={"x": SPECIALS})
+
+
+def test_min_max_to_clip_zero_bound_positive_fast_math():
+    check_rewrite(C.MinMaxToClip, H17 + """
+    g (float[2,6] x) => (float[2,6] y) {
+      lo = Constant<value = float {0.0}>()
+      hi = Constant<value = float {6.0}>()
+      a = Max(x, lo)
+      b = Min(a, hi)
+      y = Identity(b)
+    }""", expect="MinMaxToClip", gone=["Min", "Max"], fast_math=True)
+
+
+def test_min_max_to_clip_integer_zero_bound_positive():
+    check_rewrite(C.MinMaxToClip, H17 + """
+    g (int32[5] x) => (int32[5] y) {
+      lo = Constant<value = int32 {0}>()
+      hi = Constant<value = int32 {6}>()
+      a = Min(x, hi)
+      b = Max(a, lo)
+      y = Identity(b)
+    }""", expect="MinMaxToClip", gone=["Min", "Max"], exact=True,
+                  feeds={"x": np.array([-2**31, 2**31 - 1, 0, 3, 7], np.int32)})
 
 
 def test_min_max_to_clip_negative_lo_above_hi():
@@ -161,6 +235,12 @@ def test_double_negation_positive():
                   gone=["Neg"])
 
 
+def test_double_negation_exact_on_special_values():
+    check_rewrite(C.DoubleNegation, H17 + """
+    g (float[2,6] x) => (float[2,6] y) { a = Neg(x)  b = Neg(a)  y = Identity(b) }""", expect="DoubleNegation",
+                  gone=["Neg"], exact=True, feeds={"x": SPECIALS})
+
+
 def test_double_negation_negative():
     check_rewrite(C.DoubleNegation, H17 + """
     g (float[2,3] x) => (float[2,3] y, float[2,3] a) { a = Neg(x)  b = Neg(a)  y = Relu(b) }""", expect=None)
@@ -170,6 +250,26 @@ def test_idempotent_positive():
     model, _ = check_rewrite(C.IdempotentUnary, H17 + """
     g (float[2,3] x) => (float[2,3] y) { a = Relu(x)  b = Relu(a)  y = Neg(b) }""", expect="IdempotentUnary")
     assert count_ops(model)["Relu"] == 1
+
+
+@pytest.mark.parametrize("op", C.IdempotentUnary.OPS)
+def test_idempotent_exact_on_special_values(op):
+    # f(f(x)) == f(x) bit for bit on NaN, +-inf, +-0.0, subnormals, halves (Round/Ceil to -0.0)
+    x = np.array([[np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45],
+                  [0.5, -0.5, 1.5, -2.5, -0.49999997, 3.4028235e38, -7.0]], np.float32)
+    check_rewrite(C.IdempotentUnary, H17 + f"""
+    g (float[2,7] x) => (float[2,7] y) {{ a = {op}(x)  b = {op}(a)  y = Identity(b) }}""",
+                  expect="IdempotentUnary", exact=True, feeds={"x": x})
+
+
+@pytest.mark.parametrize("op", ["Abs", "Sign", "Neg"])
+def test_integer_extremes_exact(op):
+    # Abs(INT_MIN) and Neg(INT_MIN) wrap to INT_MIN
+    rule = C.DoubleNegation if op == "Neg" else C.IdempotentUnary
+    x = np.array([-2**31, 2**31 - 1, -1, 0, 5], np.int32)
+    check_rewrite(rule, H17 + f"""
+    g (int32[5] x) => (int32[5] y) {{ a = {op}(x)  b = {op}(a)  y = Identity(b) }}""", expect=rule.name, exact=True,
+                  feeds={"x": x})
 
 
 def test_idempotent_negative_mixed():

@@ -34,6 +34,15 @@ def bn_params(c):
     return dict(scale=r(c), bias=r(c), mean=r(c), var=(np.abs(r(c)) + 0.5).astype(np.float32))
 
 
+def test_every_fusion_states_its_ieee_status():
+    # each rule says why it is exact, or how it rounds differently (accepted reassociation), or needs fast-math
+    for rules in (F.CONV_BN, F.CONV_ADD_MUL, F.PAD, F.MATMUL_ADD):
+        for rule in rules:
+            doc = rule.__doc__ or ""
+            assert "Exact" in doc or rule.rounding or rule.fast_math, rule.__name__
+            assert not (rule.rounding and rule.fast_math), rule.__name__
+
+
 def test_registry():
     assert RULE_SETS["fuse-conv-bn"] == F.CONV_BN
     assert RULE_SETS["fuse-conv-add-mul"] == F.CONV_ADD_MUL
@@ -58,6 +67,46 @@ def test_conv_bn_positive(with_bias, group):
     # the original weight is not overwritten: the fused one has a fresh name
     conv_node = next(n for n in model.graph if n.op_type == "Conv")
     assert conv_node.inputs[1].name != "w" and "w" in model.graph.initializers
+
+
+def test_conv_bn_within_rounding_bound():
+    # not bit-exact (a documented reassociation); the difference is a few units of rounding of the sum of the
+    # magnitudes of the products, sum |w * s * x| + |s| (|b| + |mean|) + |beta| (see fusion's docstring)
+    from optc.ir import from_onnx, to_onnx
+    from optc.rewrites.rules._testing import apply, parse, run_ort
+
+    c_in, k = 16, 3
+    ws = dict(w=r(8, c_in, k, k), b=r(8), **bn_params(8))
+    proto = parse(H17 + f"""
+    g (float[2,{c_in},9,9] x) => (float[2,8,7,7] y) {inits(**ws)} {{
+      c = Conv(x, w, b)
+      y = BatchNormalization<epsilon = 0.001>(c, scale, bias, mean, var)
+    }}""")
+    model = from_onnx(proto)
+    assert apply([F.FuseConvBatchNorm], model).counts.get("FuseConvBatchNorm") == 1
+    x = RNG.standard_normal((2, c_in, 9, 9)).astype(np.float32)
+    (before,), (after,) = run_ort(proto, {"x": x}), run_ort(to_onnx(model), {"x": x})
+    s = ws["scale"].astype(np.float64) / np.sqrt(ws["var"].astype(np.float64) + 1e-3)
+    mag_proto = parse(H17 + f"""
+    g (float[2,{c_in},9,9] x) => (float[2,8,7,7] y) {inits(w=np.abs(ws["w"] * s.reshape(-1, 1, 1, 1)).astype(np.float32))} {{
+      y = Conv(x, w)
+    }}""")
+    (mag,) = run_ort(mag_proto, {"x": np.abs(x)})
+    mag = mag + (np.abs(s) * (np.abs(ws["b"]) + np.abs(ws["mean"])) + np.abs(ws["bias"])).reshape(1, -1, 1, 1)
+    terms = c_in * k * k + 4
+    err = np.abs(after.astype(np.float64) - before)
+    assert (err <= terms * 2.0**-23 * mag).all(), float((err / mag).max())
+
+
+def test_conv_bn_negative_fold_overflows():
+    # a tiny variance makes w * s overflow float32: the fold would put +-inf into the weights
+    ws = dict(w=np.full((4, 3, 3, 3), 1e30, np.float32), scale=np.full(4, 1e10, np.float32),
+              bias=np.zeros(4, np.float32), mean=np.zeros(4, np.float32), var=np.ones(4, np.float32))
+    check_rewrite(F.FuseConvBatchNorm, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w)
+      y = BatchNormalization(c, scale, bias, mean, var)
+    }}""", expect=None)
 
 
 def test_conv_bn_negative_conv_output_used():
@@ -153,6 +202,18 @@ def test_conv_mul_positive(with_bias):
     }}""", expect="FuseConvMul", gone=["Mul"], rtol=1e-5, atol=1e-5)
 
 
+def test_conv_mul_negative_infinite_factor():
+    # w * inf is NaN where w is 0: the fused conv would be NaN where the original is +-inf or finite
+    k = np.ones((4, 1, 1), np.float32)
+    k[1] = np.inf
+    ws = dict(w=r(4, 3, 3, 3), k=k)
+    check_rewrite(F.FuseConvMul, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
+      c = Conv(x, w)
+      y = Mul(c, k)
+    }}""", expect=None)
+
+
 def test_conv_mul_negative_dynamic_factor():
     ws = dict(w=r(4, 3, 3, 3))
     check_rewrite(F.FuseConvMul, H17 + f"""
@@ -201,13 +262,47 @@ def test_pad_conv_negative_channel_pad():
     }}""", expect=None)
 
 
-def test_pad_avgpool_positive():
+def test_pad_conv_negative_minus_zero_value():
+    # a -0.0 pad: a window of -0.0 products sums to -0.0 with it, to +0.0 with the Conv's implicit padding
+    ws = dict(w=np.ones((1, 1, 3, 3), np.float32), p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+              v=np.array(-0.0, np.float32))
+    check_rewrite(F.FusePadConv, H17 + f"""
+    g (float[1,1,4,4] x) => (float[1,1,4,4] y) {inits(**ws)} {{
+      t = Pad(x, p, v)
+      y = Conv(t, w)
+    }}""", expect=None, exact=True, feeds={"x": np.full((1, 1, 4, 4), -0.0, np.float32)})
+
+
+def test_pad_conv_exact_on_special_values():
+    # the implicit padding is the Pad's +0.0: bit for bit the same, NaN and +-inf and -0.0 inputs included
+    x = RNG.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    x[1] = -0.0
+    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadConv, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,4,5,5] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = Conv(t, w)
+    }}""", expect="FusePadConv", gone=["Pad"], exact=True, feeds={"x": x})
+
+
+def test_pad_avgpool_positive_fast_math():
     ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
     check_rewrite(F.FusePadAveragePool, H17 + f"""
     g (float[2,3,5,5] x) => (float[2,3,5,5] y) {inits(**ws)} {{
       t = Pad(x, p)
       y = AveragePool<kernel_shape = [3, 3]>(t)
-    }}""", expect="FusePadAveragePool", gone=["Pad"])
+    }}""", expect="FusePadAveragePool", gone=["Pad"], fast_math=True)
+
+
+def test_pad_avgpool_negative_without_fast_math():
+    # -0.0 inputs: the padded window sums -0.0 + +0.0 = +0.0; implicit padding averages the -0.0s to -0.0
+    ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    check_rewrite(F.FusePadAveragePool, H17 + f"""
+    g (float[2,3,5,5] x) => (float[2,3,5,5] y) {inits(**ws)} {{
+      t = Pad(x, p)
+      y = AveragePool<kernel_shape = [3, 3]>(t)
+    }}""", expect=None, exact=True, feeds={"x": np.full((2, 3, 5, 5), -0.0, np.float32)})
 
 
 def test_pad_avgpool_negative_own_pads_excluded():
@@ -216,10 +311,10 @@ def test_pad_avgpool_negative_own_pads_excluded():
     g (float[2,3,5,5] x) => (float[2,3,7,7] y) {inits(**ws)} {{
       t = Pad(x, p)
       y = AveragePool<kernel_shape = [3, 3], pads = [1, 1, 1, 1]>(t)
-    }}""", expect=None)
+    }}""", expect=None, fast_math=True)
 
 
-def test_pad_maxpool_positive():
+def _pad_maxpool_proto():
     import onnx.numpy_helper
 
     ws = dict(p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), v=np.array(-1.0, np.float32))
@@ -229,7 +324,18 @@ def test_pad_maxpool_positive():
       y = MaxPool<kernel_shape = [3, 3]>(t)
     }}""")
     proto.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "v"))
-    check_rewrite(F.FusePadMaxPool, proto, expect="FusePadMaxPool", gone=["Pad"])
+    return proto
+
+
+def test_pad_maxpool_positive_fast_math():
+    check_rewrite(F.FusePadMaxPool, _pad_maxpool_proto(), expect="FusePadMaxPool", gone=["Pad"], fast_math=True)
+
+
+def test_pad_maxpool_negative_without_fast_math():
+    # onnxruntime's implicit MaxPool padding starts from -FLT_MAX: an all -inf input pools to -3.4e38 at the
+    # corners without the Pad, to -inf with it
+    check_rewrite(F.FusePadMaxPool, _pad_maxpool_proto(), expect=None, exact=True,
+                  feeds={"x": np.full((2, 3, 5, 5), -np.inf, np.float32)})
 
 
 def test_pad_maxpool_negative_zero_pad():
@@ -238,7 +344,7 @@ def test_pad_maxpool_negative_zero_pad():
     g (float[2,3,5,5] x) => (float[2,3,5,5] y) {inits(**ws)} {{
       t = Pad(x, p)
       y = MaxPool<kernel_shape = [3, 3]>(t)
-    }}""", expect=None)
+    }}""", expect=None, fast_math=True)
 
 
 # -- MatMul + Add -> Gemm -------------------------------------------------------------------------------------
@@ -366,4 +472,4 @@ def test_pad_avgpool_negative_ceil_mode():
     g (float[2,3,6,6] x) => (float[2,3,4,4] y) {inits(**ws)} {{
       t = Pad(x, p)
       y = AveragePool<kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1>(t)
-    }}""", expect=None)
+    }}""", expect=None, fast_math=True)

@@ -36,10 +36,11 @@ def run(args) -> int:
         instruments.append(TimePasses())
     model = load(args.model)
     report = run_pipeline(model, pipeline, instruments=instruments, disable=args.disable or [],
-                          bisect_limit=args.bisect_limit, verify_each=args.verify_each)
+                          bisect_limit=args.bisect_limit, verify_each=args.verify_each, fast_math=args.fast_math)
     save(model, args.output)
     if args.report:
-        data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), **report.to_json()}
+        data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), "fast_math": args.fast_math,
+                **report.to_json()}
         _write_json(args.report, data)
     summary = (f"optc: {report.nodes_before} -> {report.nodes_after} nodes, {report.rewrites} rewrites in "
                f"{report.seconds:.3f}s; wrote {args.output}")
@@ -88,6 +89,10 @@ def register(sub) -> None:
     p.add_argument("-p", "--passes", metavar="PIPELINE", default=None,
                    help='a pass pipeline instead of a level, e.g. "fold-constants,cse,fuse{set=conv-bn},dce" or '
                    '"fixed-point{max-iterations=4}(cse,dce)"')
+    p.add_argument("--fast-math", action="store_true",
+                   help="also apply rewrites that are exact only in real arithmetic, not under IEEE 754 (x + 0.0 -> x "
+                   "changes -0.0; `optc passes` marks them); off by default: every rewrite keeps NaN, infinities and "
+                   "signed zeros")
     p.add_argument("--disable", action="append", metavar="NAME", help="skip the pass NAME (repeatable)")
     p.add_argument("--report", metavar="FILE", help="write a JSON report: time, nodes before/after and rule "
                    "counts per pass")

@@ -36,6 +36,17 @@ def run(args) -> int:
             cls = r if isinstance(r, type) else type(r)
             rname = getattr(cls, "name", None) or cls.__name__
             print(f"    {rname:<{max(width, 28)}}{_first_line(cls)}")
+            fast, rounding = getattr(cls, "fast_math", ""), getattr(cls, "rounding", "")
+            if fast:
+                print(f"    {'':<{max(width, 28)}}  [--fast-math only: {fast}]")
+            if rounding and args.verbose:
+                print(f"    {'':<{max(width, 28)}}  [rounding: {rounding}]")
+            elif rounding:
+                print(f"    {'':<{max(width, 28)}}  [not bit-exact (-v: how)]")
+    print()
+    print("Every rule keeps IEEE 754 results (NaN, infinities, signed zeros) unless marked: [--fast-math only] parts")
+    print("run only with `optc optimize --fast-math`; [not bit-exact] rules keep the real-number result but round")
+    print("differently (folded weights, fused kernels), as onnxruntime's default fusions do.")
     print()
     print("Levels:")
     for level in range(4):

@@ -76,7 +76,7 @@ class _NamedRuleSetPass(Pass):
 class EliminateNoops(_NamedRuleSetPass):
     name: ClassVar[str] = "eliminate-noops"
     description: ClassVar[str] = ("remove ops that do nothing (Identity, Dropout, same-type Cast, no-op "
-                                  "Reshape/Transpose/Slice/Pad/Expand, x*1, x+0, constant Where/If, ...)")
+                                  "Reshape/Transpose/Slice/Pad/Expand, x*1, x+(-0.0), constant Where/If, ...)")
     rule_set: ClassVar[str] = "eliminate-noops"
 
 

@@ -67,23 +67,48 @@ def run_ort(proto: onnx.ModelProto, feeds: dict) -> list:
     return sess.run(None, feeds)
 
 
-def apply(rules: Iterable[Rule | type[Rule]], model: Model, ctx: PassContext | None = None,
-          **kwargs) -> DriverResult:
+def apply(rules: Iterable[Rule | type[Rule]], model: Model, ctx: PassContext | None = None, *,
+          fast_math: bool = False, **kwargs) -> DriverResult:
     kwargs.setdefault("max_rewrites", 1000)  # a rule that rewrites into itself fails fast in tests
-    return apply_rules(model, rules, ctx or PassContext(opsets=dict(model.opset_imports)), "test", **kwargs)
+    ctx = ctx or PassContext(opsets=dict(model.opset_imports), fast_math=fast_math)
+    return apply_rules(model, rules, ctx, "test", **kwargs)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise: equal bit patterns (so -0.0 differs from +0.0), or both NaN (whatever the payload)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return np.zeros(np.broadcast_shapes(a.shape, b.shape), bool)
+    if a.dtype.kind in "fc":
+        u = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else None
+        if u is None:
+            return same_bits(a.real, b.real) & same_bits(a.imag, b.imag)
+        return (np.isnan(a) & np.isnan(b)) | (np.ascontiguousarray(a).view(u) == np.ascontiguousarray(b).view(u))
+    return a == b
+
+
+def assert_same_bits(actual: np.ndarray, expected: np.ndarray, msg: str = "") -> None:
+    """Fail unless `actual` equals `expected` bit for bit (NaN matches NaN; -0.0 does not match +0.0)."""
+    ok = same_bits(actual, expected)
+    if not ok.all():
+        bad = np.argwhere(~ok)[:5]
+        detail = ", ".join(f"{tuple(int(i) for i in idx)}: {np.asarray(actual)[tuple(idx)]!r} vs "
+                           f"{np.asarray(expected)[tuple(idx)]!r}" for idx in bad)
+        raise AssertionError(f"{msg}: {int((~ok).sum())} elements differ in their bits ({detail})")
 
 
 def check_rewrite(rules, text: str | onnx.ModelProto, *, expect: str | None = None, rtol: float = 1e-5, atol: float = 1e-6,
                   gone: Iterable[str] = (), present: Iterable[str] = (), feeds: dict | None = None,
-                  infer: bool = True) -> tuple[Model, DriverResult]:
+                  infer: bool = True, exact: bool = False, fast_math: bool = False) -> tuple[Model, DriverResult]:
     """Apply `rules` to the model in `text`; assert `expect` (a rule name) fired (or, with expect=None, that
     nothing did), the IR verifies, the result passes onnx's checker with the same output names and types, and
-    onnxruntime gives the same outputs before and after. `gone` / `present`: op types that must have
-    disappeared / must exist afterwards."""
+    onnxruntime gives the same outputs before and after (within rtol/atol, or bit for bit with `exact`: NaN
+    matches NaN, -0.0 does not match +0.0). `gone` / `present`: op types that must have disappeared / must
+    exist afterwards. `fast_math`: apply the rules as under `optimize(..., fast_math=True)`."""
     rules = list(rules) if isinstance(rules, list | tuple) else [rules]
     proto = parse(text, infer)
     model = from_onnx(proto)
-    res = apply(rules, model)
+    res = apply(rules, model, fast_math=fast_math)
     verify(model)
     rule_counts = {k: v for k, v in res.counts.items() if k not in ("dead-nodes", "folded")}
     if expect is None:
@@ -107,7 +132,10 @@ def check_rewrite(rules, text: str | onnx.ModelProto, *, expect: str | None = No
     assert len(before) == len(after)
     for i, (x, y) in enumerate(zip(before, after, strict=False)):
         assert x.shape == y.shape and x.dtype == y.dtype, f"output {i}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
-        np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"output {i}")
+        if exact:
+            assert_same_bits(y, x, f"output {i}")
+        else:
+            np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"output {i}")
     return model, res
 
 
@@ -119,4 +147,5 @@ def count_ops(model: Model) -> dict[str, int]:
     return out
 
 
-__all__ = ["TensorType", "apply", "check_rewrite", "count_ops", "parse", "random_feeds", "run_ort"]
+__all__ = ["TensorType", "apply", "assert_same_bits", "check_rewrite", "count_ops", "parse", "random_feeds", "run_ort",
+           "same_bits"]

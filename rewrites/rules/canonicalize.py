@@ -1,6 +1,13 @@
-"""canonicalize: merge chains into one op where that is exact; prefer the canonical form of a computation."""
+"""canonicalize: merge chains into one op where that is exact; prefer the canonical form of a computation.
+
+Exact means bit for bit under IEEE 754 and integer wrap-around, NaN, +-inf and signed zeros included (NaN
+payloads aside), as onnxruntime computes the original; each rule's docstring says why. Shape and layout chains
+(Reshape, Transpose, Unsqueeze, Concat, Expand) move elements without arithmetic and are exact for every type.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 
@@ -92,7 +99,14 @@ def cast_is_exact(src, dst) -> bool:
 
 
 class CastChain(Rule):
-    """Cast(Cast(x, T1), T2) -> Cast(x, T2) when the first cast is exact (x's values survive T1 unchanged)."""
+    """Cast(Cast(x, T1), T2) -> Cast(x, T2) when the first cast is exact (x's values survive T1 unchanged).
+
+    Exact: every value of x is representable in T1 (float16 -> float32 -> T2, int8 -> int32 -> T2, ...), so the
+    second cast sees x's own values and the outer cast converts them once, as the direct cast does; the outer
+    cast's attributes (`saturate`) are kept. An integer through a float to a narrower integer (int32 -> double
+    -> int8) is a refinement: ONNX leaves an out-of-range float -> integer cast undefined and defines the
+    integer -> integer one (wrap-around), which onnxruntime computes for both.
+    """
 
     def pattern(self, op, x):
         return op.Cast(op.Cast(x, _name="inner"))
@@ -105,7 +119,9 @@ class CastChain(Rule):
         to = int(m.root.attr("to"))
         if x.dtype is not None and int(x.dtype) == to:
             return x
-        return op.Cast(x, to=to)
+        attrs = dict(m.root.attributes)
+        attrs.pop("to", None)
+        return op.Cast(x, to=to, **attrs)
 
 
 def _scalar(arr) -> bool:
@@ -113,7 +129,16 @@ def _scalar(arr) -> bool:
 
 
 class MinMaxToClip(Rule):
-    """Min(Max(x, lo), hi) and Max(Min(x, hi), lo) with scalar constants lo <= hi -> Clip(x, lo, hi)."""
+    """Min(Max(x, lo), hi) and Max(Min(x, hi), lo) with scalar constants lo <= hi -> Clip(x, lo, hi).
+
+    Exact for non-zero bounds: NaN in x stays NaN either way (onnxruntime's Min, Max and Clip propagate NaN, as
+    do numpy and the ONNX reference evaluator), +-inf clamp alike, and a tie x == lo (or hi) of non-zero
+    floats means the same bits. Refused: NaN bounds, lo > hi. A zero bound applies only under fast-math:
+    on a tie of signed zeros onnxruntime's Max/Min with a constant scalar return the bound while Clip returns
+    x (Min(Max(-0.0, 0.0), 6) is +0.0, Clip(-0.0, 0, 6) is -0.0). Integers: exact (Clip takes the same types).
+    """
+
+    fast_math: ClassVar[str] = "a zero bound (Relu6 as Min(Max(x, 0), 6)): -0.0 and +0.0 ties differ"
 
     min_opset = 12
 
@@ -128,6 +153,8 @@ class MinMaxToClip(Rule):
         fa, fb = np.asarray(a).reshape(()), np.asarray(b).reshape(())
         if np.issubdtype(fa.dtype, np.floating):
             require(not (np.isnan(fa) or np.isnan(fb)), "a bound is NaN")
+            require(m.fast_math or (fa != 0 and fb != 0),
+                    "a zero bound: Min/Max and Clip break -0.0/+0.0 ties differently (applies only under fast-math)")
         return require(fa <= fb, "lo > hi")
 
     def rewrite(self, op, m, x, lo, hi):
@@ -137,7 +164,11 @@ class MinMaxToClip(Rule):
 
 
 class DoubleNegation(Rule):
-    """Neg(Neg(x)) -> x and Not(Not(x)) -> x."""
+    """Neg(Neg(x)) -> x and Not(Not(x)) -> x.
+
+    Exact: float Neg flips the sign bit (NaN, +-inf, +-0.0 included), twice restores it; integer Neg wraps
+    (Neg(INT_MIN) = INT_MIN), twice is x again; Not is a boolean involution.
+    """
 
     def pattern(self, op, x):
         return Or(op.Neg(op.Neg(x)), op.Not(op.Not(x)))
@@ -147,7 +178,14 @@ class DoubleNegation(Rule):
 
 
 class IdempotentUnary(Rule):
-    """f(f(x)) -> f(x) for idempotent f (Relu, Abs, Floor, Ceil, Round, Sign)."""
+    """f(f(x)) -> f(x) for idempotent f (Relu, Abs, Floor, Ceil, Round, Sign).
+
+    Exact: each f maps onto its own fixed points, special values included: Relu(x) is >= 0, -0.0 or NaN and
+    Relu keeps those; Abs(x) is non-negative or NaN (Abs(INT_MIN) = INT_MIN wraps to itself); Floor, Ceil and
+    Round return integral values, +-0.0 (Ceil(-0.5) = -0.0), +-inf or NaN, which they keep; Sign returns -1, 0,
+    1 or NaN, which it keeps. Checked bit for bit on onnxruntime over NaN, +-inf, +-0.0, subnormals, halves and
+    the integer extremes.
+    """
 
     OPS = ("Relu", "Abs", "Floor", "Ceil", "Round", "Sign")
 

@@ -1,16 +1,22 @@
 """eliminate-noops: ops that compute their input unchanged are replaced by that input.
 
 Every rule proves that the replacement has the same element type and shape as the removed output (broadcasting
-by a constant must not grow the shape; a reshape must restore the very same shape).
+by a constant must not grow the shape; a reshape must restore the very same shape), and that it holds the same
+values bit for bit under IEEE 754 (NaN, +-inf and signed zeros included; see each rule). Data-movement no-ops
+(Identity, Reshape, Transpose, Slice, Pad, Expand, Concat, Split, Where/If on a constant condition) copy
+elements unchanged, so they are exact for every element type. `x + 0.0` and `x - (-0.0)` are not exact for
+x = -0.0 and apply only under fast-math (`AddZero`, `SubZero`).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 
 from ..pattern import ANY, Const, Optional, Or, require
 from ..rule import Rule
-from ._util import INT64_MAX, broadcast_keeps_shape, normalize_axes, operand, same_shape
+from ._util import INT64_MAX, broadcast_keeps_shape, is_float, normalize_axes, operand, same_shape
 
 
 class IdentityNoop(Rule):
@@ -24,7 +30,10 @@ class IdentityNoop(Rule):
 
 
 class DropoutNoop(Rule):
-    """Dropout at inference (no training_mode, or a constant false one) -> its input; the mask must be unused."""
+    """Dropout at inference (no training_mode, or a constant false one) -> its input; the mask must be unused.
+
+    Exact: inference Dropout is the identity (no scaling, no randomness).
+    """
 
     def pattern(self, op, x):
         return op.Dropout(x, _allow_other_inputs=True)
@@ -43,7 +52,11 @@ class DropoutNoop(Rule):
 
 
 class CastNoop(Rule):
-    """Cast(x, to=T) where x already has type T -> x (also CastLike to the same type)."""
+    """Cast(x, to=T) where x already has type T -> x (also CastLike to the same type).
+
+    Exact: a cast to the element's own type converts nothing (`saturate` only matters for float8 targets that
+    differ from the source).
+    """
 
     def pattern(self, op, x, like):
         return Or(op.Cast(x), op.CastLike(x, like))
@@ -223,6 +236,8 @@ def _neutral(value):
 
 
 class _NeutralElement(Rule):
+    """x <op> c -> x for a constant c of neutral elements (every element equal to `value` of the pattern)."""
+
     op = ""
 
     def check(self, m, x, c):
@@ -234,48 +249,100 @@ class _NeutralElement(Rule):
         return x
 
 
+def _zero_sign_ok(m, x, c, keep_negative: bool) -> bool:
+    """For a float x: are all the zeros of c of the sign that makes `x + c` (`keep_negative`) or `x - c` exact?
+
+    Under round-to-nearest, x + (-0.0) = x for every x (-0 + -0 = -0, +0 + -0 = +0, NaN stays NaN), but
+    -0.0 + (+0.0) = +0.0, so x + (+0.0) is not x for x = -0.0; x - (+0.0) = x + (-0.0) is exact and
+    x - (-0.0) = x + (+0.0) is not. Integer zeros have no sign: always exact (fast-math allows any zero).
+    """
+    if not is_float(x) or m.fast_math:
+        return True
+    signs = np.signbit(np.asarray(m.const(c)))
+    return bool(signs.all()) if keep_negative else not bool(signs.any())
+
+
 class MulOne(_NeutralElement):
-    """x * 1 -> x (and 1 * x), when broadcasting with the ones keeps x's shape."""
+    """x * 1 -> x (and 1 * x), when broadcasting with the ones keeps x's shape.
+
+    Exact: 1 is the multiplicative identity under IEEE 754 (x * 1 is x rounded, i.e. x, for every x: -0.0,
+    +-inf and subnormals unchanged, NaN stays NaN); for integers x * 1 = x with no overflow.
+    """
 
     op = "Mul"
     pattern = _neutral(1)
 
 
 class AddZero(_NeutralElement):
-    """x + 0 -> x (and 0 + x), when broadcasting with the zeros keeps x's shape."""
+    """x + (-0.0) -> x (and -0.0 + x); x + (+0.0) -> x for integers, and for floats only under fast-math.
+
+    Exact for -0.0: x + (-0.0) = x for every float x (+0 + -0 = +0, -0 + -0 = -0, NaN and +-inf unchanged)
+    and for integer zeros. Not exact for +0.0: -0.0 + (+0.0) = +0.0 (1 / (x + 0) is +inf, not -inf, for
+    x = -0.0), so a float constant with a +0.0 is removed only under fast-math. Broadcasting with the zeros
+    must keep x's shape.
+    """
 
     op = "Add"
     pattern = _neutral(0)
+    fast_math: ClassVar[str] = "x + (+0.0) for float x (wrong for x = -0.0)"
+
+    def check(self, m, x, c):
+        super().check(m, x, c)
+        return require(_zero_sign_ok(m, x, c, keep_negative=True),
+                       "x + (+0.0) is not x for x = -0.0 (applies only under fast-math)")
 
 
 class SubZero(_NeutralElement):
-    """x - 0 -> x, when broadcasting with the zeros keeps x's shape."""
+    """x - (+0.0) -> x; x - (-0.0) -> x for integers, and for floats only under fast-math.
+
+    Exact for +0.0: x - (+0.0) = x + (-0.0) = x for every float x, and for integer zeros. Not exact for
+    -0.0: -0.0 - (-0.0) = +0.0, so a float constant with a -0.0 is removed only under fast-math. Broadcasting
+    with the zeros must keep x's shape; 0 - x is not matched (Sub is not commutative).
+    """
 
     op = "Sub"
     pattern = _neutral(0)
+    fast_math: ClassVar[str] = "x - (-0.0) for float x (wrong for x = -0.0)"
+
+    def check(self, m, x, c):
+        super().check(m, x, c)
+        return require(_zero_sign_ok(m, x, c, keep_negative=False),
+                       "x - (-0.0) is not x for x = -0.0 (applies only under fast-math)")
 
 
 class DivOne(_NeutralElement):
-    """x / 1 -> x, when broadcasting with the ones keeps x's shape."""
+    """x / 1 -> x, when broadcasting with the ones keeps x's shape.
+
+    Exact: x / 1 is x rounded, i.e. x, for every float x (-0.0, +-inf, subnormals, NaN); integer division by 1
+    truncates nothing.
+    """
 
     op = "Div"
     pattern = _neutral(1)
 
 
 class PowOne(_NeutralElement):
-    """x ^ 1 -> x, when broadcasting keeps x's shape (float x)."""
+    """x ^ 1 -> x for floating-point x (any numeric exponent type), when broadcasting keeps x's shape.
+
+    Exact: pow(x, 1) = x for every float x (C99/IEEE pow: pow(+-0, 1) = +-0, pow(+-inf, 1) = +-inf,
+    pow(NaN, 1) = NaN; checked on onnxruntime for float16/32/64). Not applied to integer x: onnxruntime
+    computes integer Pow through double, so an int64 x above 2^53 does not come back unchanged there.
+    """
 
     op = "Pow"
     pattern = _neutral(1)
 
     def check(self, m, x, c):
         arr = m.const(c)
-        return require(broadcast_keeps_shape(x, tuple(arr.shape)) and x.dtype is not None,
-                       "broadcasting with the constant changes the shape")
+        require(is_float(x), "x is not a floating-point tensor (integer Pow may round through double)")
+        return require(broadcast_keeps_shape(x, tuple(arr.shape)), "broadcasting with the constant changes the shape")
 
 
 class WhereConstant(Rule):
-    """Where(c, a, b) with a constant all-true (all-false) condition -> a (b), when broadcasting keeps its shape."""
+    """Where(c, a, b) with a constant all-true (all-false) condition -> a (b), when broadcasting keeps its shape.
+
+    Exact: Where selects elements without arithmetic.
+    """
 
     def pattern(self, op, c, a, b):
         return op.Where(c.const(), a, b)
