@@ -131,3 +131,46 @@ def test_nodes_with_subgraphs_are_left_alone():
     }""")
     after, _, _ = run_passes(before, "cse")
     assert op_types(after) == ["If", "If", "Add"]
+
+
+def test_max_min_keep_their_input_order():
+    # onnxruntime's Max/Min return their second input on a -0.0 / +0.0 tie: Max(x, z) and Max(z, x) differ
+    from optc.rewrites.rules._testing import assert_same_bits
+
+    from .conftest import run_ort
+
+    before, after, _ = check("""
+    g (float[2] x, float[2] z) => (float[2] y, float[2] y2) <float one = {1.0}> {
+      a = Max(x, z)
+      b = Max(z, x)
+      y = Div(one, a)
+      y2 = Div(one, b)
+    }""", "cse")
+    assert op_types(after) == ["Max", "Max", "Div", "Div"]
+    feeds = {"x": np.array([-0.0, 0.0], np.float32), "z": np.array([0.0, -0.0], np.float32)}
+    for a, e in zip(run_ort(after, feeds), run_ort(before, feeds), strict=True):
+        assert_same_bits(a, e)
+
+
+def test_sum_of_three_keeps_its_order():
+    # (a + b) + c and (c + b) + a round differently
+    _, after, _ = check("""
+    g (float[2] a, float[2] b, float[2] c) => (float[2] y) {
+      s = Sum(a, b, c)
+      t = Sum(c, b, a)
+      y = Sub(s, t)
+    }""", "cse")
+    assert op_types(after) == ["Sum", "Sum", "Sub"]
+
+
+def test_float_attributes_compare_signed_zeros():
+    # LeakyRelu(x, alpha = 0.0) gives -0.0 for negative x, alpha = -0.0 gives +0.0: not the same node
+    _, after, _ = check("""
+    g (float[2] x) => (float[2] y) {
+      a = LeakyRelu<alpha = 0.0>(x)
+      b = LeakyRelu<alpha = -0.0>(x)
+      c = LeakyRelu<alpha = 0.0>(x)
+      d = Div(a, b)
+      y = Add(d, c)
+    }""", "cse")
+    assert op_types(after) == ["LeakyRelu", "LeakyRelu", "Div", "Add"]

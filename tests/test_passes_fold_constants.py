@@ -225,3 +225,50 @@ def test_identity_of_a_weight_forwards_the_weight_without_copying_it():
     assert list(after.graph.node[0].input) == ["x", "w"]
     assert sorted(t.name for t in after.graph.initializer) == ["w", "w2"]
     assert_same_outputs(before, after)
+
+
+def test_int64_division_folds_exactly_above_2_53():
+    # /work/shared/cases/lowering/int64_div_fold: no float64 round trip, truncation toward zero
+    before = parse("""
+    g (int64[4] x) => (int64[4] y) <int64[4] A = {9007199254740993, 4611686018427387911, -9007199254740995, 7},
+                                    int64[4] B = {1, 3, 1, -2}> {
+      q = Div(A, B)
+      y = Add(q, x)
+    }""")
+    after, _, _ = run_passes(before, "fold-constants")
+    assert op_types(after) == ["Add"]
+    (y,) = run_ort_feeds(after, {"x": np.zeros(4, np.int64)})
+    assert y.tolist() == [9007199254740993, 1537228672809129303, -9007199254740995, -3]
+
+
+def test_integer_division_by_zero_is_left_to_the_runtime():
+    after, _, _ = run_passes(parse("""
+    g (int32[2] x) => (int32[2] y) <int32[2] a = {6, 7}, int32[2] b = {2, 0}> {
+      q = Div(a, b)
+      y = Add(q, x)
+    }"""), "fold-constants")
+    assert op_types(after) == ["Div", "Add"]
+
+
+def test_float_folds_keep_signed_zeros_and_infinities():
+    from optc.rewrites.rules._testing import assert_same_bits
+
+    before = parse("""
+    g (float[4] x) => (float[4] y) <float[4] a = {1.0, -1.0, 0.0, -0.0}, float[4] z = {-0.0, 0.0, 0.0, 0.0},
+                                    float[4] big = {3.0e38, 1.0, 1.0, 1.0}> {
+      s = Add(z, z)
+      q = Div(a, s)
+      m = Mul(big, big)
+      t = Add(q, m)
+      y = Add(t, x)
+    }""")
+    after, _, _ = run_passes(before, "fold-constants")
+    assert op_types(after) == ["Add"]
+    feeds = {"x": np.zeros(4, np.float32)}
+    assert_same_bits(run_ort_feeds(after, feeds)[0], run_ort_feeds(before, feeds)[0])
+
+
+def run_ort_feeds(proto, feeds):
+    from .conftest import run_ort
+
+    return run_ort(proto, feeds)

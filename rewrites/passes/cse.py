@@ -1,7 +1,14 @@
 """`cse`: common-subexpression elimination. Nodes with the same op, attributes and inputs compute the same
-values, so later ones are replaced by the first (never for non-deterministic or side-effecting ops; inputs of
-commutative ops are compared as a multiset). Initializers with identical content (same type, shape and bytes:
-a hash first, then an exact comparison) are merged too. Recurses into If/Loop/Scan bodies and functions."""
+values, so later ones are replaced by the first (never for non-deterministic or side-effecting ops).
+Initializers with identical content (same type, shape and bytes: a hash first, then an exact comparison) are
+merged too. Recurses into If/Loop/Scan bodies and functions.
+
+Exact under IEEE 754: float attributes are compared by their bits (-0.0 differs from 0.0, NaN never matches),
+tensors byte for byte. Only the two inputs of a binary commutative op are compared in either order:
+a + b = b + a and a * b = b * a bit for bit, but Sum(a, b, c) rounds (a + b) + c, not (c + b) + a, and
+onnxruntime's Max / Min return their second input on a -0.0 / +0.0 tie (Max(-0.0, 0.0) = +0.0,
+Max(0.0, -0.0) = -0.0), so those keep their input order.
+"""
 
 from __future__ import annotations
 
@@ -37,15 +44,24 @@ def _attr_value_key(t: AttrType, v: Any) -> Any:
     if t == AttrType.TENSORS:
         return tuple(_tensor_key(x) for x in v)
     if t == AttrType.FLOAT:
-        f = float(v)
-        if f != f:
-            raise _Unhashable  # NaN never equals itself
-        return f
+        return _float_key(v)
     if t == AttrType.FLOATS:
-        return tuple(float(x) for x in v)
+        return tuple(_float_key(x) for x in v)
     if isinstance(v, list):
         return tuple(v)
     return v
+
+
+def _float_key(v: Any) -> str:
+    """The exact value of a float attribute: its hex form keeps the sign of zero (-0.0 == 0.0 in Python)."""
+    f = float(v)
+    if f != f:
+        raise _Unhashable  # NaN never equals itself
+    return f.hex()
+
+
+# commutative in the op table, but not bit for bit in either input order (see the module docstring)
+_ORDER_SENSITIVE = frozenset({"Max", "Min"})
 
 
 def node_key(node: Node) -> tuple | None:
@@ -60,7 +76,7 @@ def node_key(node: Node) -> tuple | None:
     except (_Unhashable, TypeError):
         return None
     ins = tuple(id(v) if v is not None else None for v in node.inputs)
-    if tr & Trait.COMMUTATIVE and None not in ins:
+    if tr & Trait.COMMUTATIVE and len(ins) == 2 and None not in ins and node.op_type not in _ORDER_SENSITIVE:
         ins = tuple(sorted(ins))
     return (node.domain, node.op_type, node.overload, node.version, len(node.outputs),
             tuple(o is None for o in node.outputs), attrs, ins)

@@ -6,6 +6,15 @@ become `Constant` nodes instead. Evaluation uses numpy for the common cheap ops 
 for everything else. Never folded: non-deterministic ops (op table trait), ops with side effects, nodes with
 subgraphs, calls of model-local functions, ops of domains the reference evaluator does not know, and results
 larger than `size-limit` bytes when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...).
+
+IEEE semantics: data movement, integer arithmetic (wrapping as onnxruntime does; integer Div truncates toward
+zero, in integers: no float64 round trip of int64 values) and the correctly rounded float operations (+ - * /,
+sqrt, casts) fold to exactly what a runtime computes, NaN, infinities and signed zeros included. A result in
+another element type than the node's output is refused unless the conversion is exact (a float32 computed
+for a float64 output, or an int64 that does not fit an int32 output, is not folded). Integer Div / Mod by
+zero is left to the runtime. Transcendental functions and reductions fold to numpy's (or the reference
+evaluator's) value, which ONNX does not specify to the bit: it may differ from a runtime's by its libm's
+rounding or summation order.
 """
 
 from __future__ import annotations
@@ -59,9 +68,11 @@ def _fast_eval(node: Node, vals: list[np.ndarray | None], version: int) -> list[
         return [x]
     if op in ("Add", "Sub", "Mul") and len(vals) == 2 and x.dtype == vals[1].dtype and x.dtype.kind in "fiu":
         f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
-        return [np.asarray(f(x, vals[1]), dtype=x.dtype)]
+        with np.errstate(all="ignore"):  # integers wrap and floats overflow to inf, as in onnxruntime
+            return [np.asarray(f(x, vals[1]), dtype=x.dtype)]
     if op == "Div" and len(vals) == 2 and x.dtype == vals[1].dtype and x.dtype.kind == "f":
-        return [np.asarray(np.divide(x, vals[1]), dtype=x.dtype)]
+        with np.errstate(all="ignore"):  # x / 0 is +-inf or NaN, as in IEEE
+            return [np.asarray(np.divide(x, vals[1]), dtype=x.dtype)]
     if op == "Transpose":
         perm = node.attr("perm")
         return [np.array(np.transpose(x, None if perm is None else [int(p) for p in perm]), order="C")]
@@ -249,6 +260,9 @@ class ConstantFolder:
             vals.append(a)
             in_bytes += a.nbytes
         self._in_bytes = in_bytes
+        if op in ("Div", "Mod") and len(vals) == 2 and vals[1] is not None and vals[1].dtype.kind in "iu" \
+                and not vals[1].all():
+            return None  # integer division by zero: undefined (onnxruntime traps); leave it to the runtime
         # Cheap pre-check: ops whose output size is given by a constant input.
         if op in ("ConstantOfShape", "Expand", "Tile", "Range") and self.size_limit is not None:
             est = self._estimate_size(op, vals, node)
@@ -298,12 +312,16 @@ class ConstantFolder:
                 except ValueError:
                     return None
                 if r.dtype != expected:
-                    if r.dtype.kind == expected.kind == "f" or r.dtype.kind in "iu" and expected.kind in "iu":
-                        if r.dtype.itemsize > expected.itemsize and r.dtype.kind == "f":
-                            return None  # a silent precision change: do not trust it
-                        r = r.astype(expected)
-                    else:
+                    # Only exact conversions: a float result of another precision was computed with other
+                    # rounding (wider: not rounded to the output type; narrower: rounded too early), and an
+                    # integer result must fit (no wrap-around that the op did not do).
+                    if not (r.dtype.kind in "iub" and expected.kind in "iu"):
                         return None
+                    converted = r.astype(expected)
+                    if not np.array_equal(converted.astype(r.dtype), r) or \
+                            ((r < 0) != (converted < 0)).any():
+                        return None
+                    r = converted
                 if t.shape is not None:
                     if len(t.shape) != r.ndim or any(isinstance(d, int) and d != s for d, s in zip(t.shape, r.shape, strict=True)):
                         return None
