@@ -11,6 +11,7 @@ import errno
 import functools
 import itertools
 import os
+import stat
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
@@ -46,11 +47,12 @@ def load(source: ModelSource) -> Model:
         external = _EXTERNAL_MARK in data
         del data
         base_dir = os.path.dirname(os.path.abspath(path))
+        places = _ExternalPlaces(path)
         if external:
-            _inline_external_attributes(proto, base_dir, path)
+            _inline_external_attributes(proto, base_dir, path, places)
         model = from_onnx(proto, base_dir=base_dir)
         graphs = list(model.graphs())  # one walk for both checks
-        _check_external_data(model, path, graphs)
+        _check_external_data(model, path, graphs, places)
         _check_ops(model, graphs)
         return model
     _check_ops(model)
@@ -61,27 +63,37 @@ def load(source: ModelSource) -> Model:
 _EXTERNAL_MARK = b"\n\x08location"
 
 
-def _inline_external_attributes(proto: onnx.ModelProto, base_dir: str | None, label: str) -> None:
+def _inline_external_attributes(proto: onnx.ModelProto, base_dir: str | None, label: str,
+                                places: _ExternalPlaces | None = None) -> None:
     """Read the external data of attribute tensors (Constant values saved with `convert_attribute=True`) into
     the proto: only initializers are streamed from their files, and a copy saved elsewhere must not point at
-    a data file that is not there."""
-    from onnx.external_data_helper import _get_attribute_tensors, load_external_data_for_tensor, uses_external_data
+    a data file that is not there. Their locations are checked as initializers' are (`_ExternalPlaces.resolve`)."""
+    from onnx.external_data_helper import _get_attribute_tensors, uses_external_data
 
     for t in _get_attribute_tensors(proto):
         if not uses_external_data(t):
             continue
-        if base_dir is None:
+        if base_dir is None or places is None:
             raise OptcError("a node attribute's tensor uses external data, but the model was not loaded from a "
                             "file (load it by its path, so that its data can be found)")
-        location = next((e.value for e in t.external_data if e.key == "location"), "")
-        if not os.path.isfile(os.path.join(base_dir, location)):
-            raise OptcError(f"external data file '{os.path.join(base_dir, location)}' for a node attribute's tensor "
-                            f"of '{label}' does not exist")
+        what = f"node attribute tensor '{t.name}'" if t.name else "a node attribute's tensor"
         try:
-            load_external_data_for_tensor(t, base_dir)
-        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-            raise OptcError(f"external data file '{location}' of a node attribute's tensor in '{label}' cannot be "
-                            f"read: {getattr(exc, 'strerror', None) or exc}") from None
+            ext = ExternalTensor(t, base_dir)
+        except ValueError as exc:
+            raise OptcError(f"invalid model: {exc}") from None
+        real = places.resolve(ext, what)
+        try:
+            with open(real, "rb") as f:
+                f.seek(ext.offset)
+                raw = f.read(ext.length)
+        except OSError as exc:
+            raise OptcError(f"external data file '{ext.location}' of {what} in '{label}' cannot be read: "
+                            f"{exc.strerror or exc}") from None
+        if len(raw) != ext.length:
+            raise OptcError(f"external data file '{ext.location}' of {what} in '{label}' ended early")
+        t.raw_data = raw
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
 
 
 def _read_model_file(path: str) -> bytes:
@@ -130,26 +142,105 @@ def _known_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
-def _check_external_data(model: Model, path: str, graphs: list | None = None) -> None:
-    base = os.path.dirname(os.path.abspath(path))
+def _check_external_data(model: Model, path: str, graphs: list | None = None,
+                         places: _ExternalPlaces | None = None) -> None:
+    """Every external-data initializer: inside the model's directory, in bounds, of its tensor's size, and not
+    partly overlapping another's bytes (`_ExternalPlaces`). Nothing is read."""
+    places = places if places is not None else _ExternalPlaces(path)
     for g in graphs if graphs is not None else model.graphs():
         for v in g.initializers.values():
             t = v.const
             if isinstance(t, ExternalTensor):
-                data_path = os.path.normpath(t.path)
-                if os.path.commonpath([data_path, base]) != base:  # "../x" or "/etc/x": never read (nor copy) it
-                    raise OptcError(f"external data of tensor '{v.name}' of '{path}' is at '{data_path}', outside "
-                                    f"the model's directory; refusing to read it")
-                if os.path.isdir(data_path):
-                    raise OptcError(f"external data file '{data_path}' for tensor '{v.name}' of '{path}' is a "
-                                    f"directory")
-                try:
-                    t.check_exists()
-                except FileNotFoundError:
-                    raise OptcError(f"external data file '{t.path}' for tensor '{v.name}' of '{path}' "
-                                    f"does not exist") from None
-                except ValueError as exc:
-                    raise OptcError(str(exc)) from None
+                places.resolve(t, f"tensor '{v.name}'")
+    places.check_overlaps()
+
+
+class _ExternalPlaces:
+    """Where a model's external data is, checked: the one place that resolves and validates an external-data
+    location (of initializers and of node attribute tensors alike) and remembers the byte ranges taken.
+
+    A location must resolve, symbolic links included (a linked file, a linked directory on the way), to a
+    regular file inside the model's directory: `realpath(dirname(model))`, or the directory of the model's own
+    real file (`dirname(realpath(model))`). The second is what onnxruntime allows too: a Hugging Face cache
+    links `snapshots/<rev>/model.onnx` and its data to files side by side in `blobs/`. onnx refuses every
+    symbolic link, even one that stays inside; onnxruntime accepts those, and so do we.
+    """
+
+    def __init__(self, model_path: str):
+        self.label = model_path
+        apath = os.path.abspath(model_path)
+        self.roots = tuple(dict.fromkeys((os.path.realpath(os.path.dirname(apath)),
+                                          os.path.dirname(os.path.realpath(apath)))))
+        self._files: dict[str, tuple[str, int]] = {}  # location -> (real path, size), each resolved once
+        self._ranges: dict[str, list[tuple[int, int, str]]] = {}  # real path -> (offset, length, tensor)
+
+    def resolve(self, t: ExternalTensor, what: str) -> str:
+        """The real path of `t`'s data file, after checking the location and `t`'s byte range; OptcError if
+        they are bad. Records the range for `check_overlaps`."""
+        real, size = self._file(t, what)
+        if t.dtype == DataType.STRING:
+            raise OptcError(f"{what} of '{self.label}' is a string tensor stored as external data; string "
+                            f"tensors have no raw byte layout to store there")
+        if t.length != t.nbytes:
+            raise OptcError(f"external data of {what} of '{self.label}' has length {t.length}, but its type and "
+                            f"shape ({t.dtype.short_name}{list(t.shape)}) take {t.nbytes} bytes")
+        if t.offset + t.length > size:
+            raise OptcError(f"external data of {what} of '{self.label}' needs bytes {t.offset}..{t.offset + t.length}"
+                            f" of '{t.location}', which has {size}")
+        self._ranges.setdefault(real, []).append((t.offset, t.length, what))
+        return real
+
+    def _file(self, t: ExternalTensor, what: str) -> tuple[str, int]:
+        location = t.location
+        known = self._files.get(location)
+        if known is not None:
+            return known
+        if not location:
+            raise OptcError(f"external data of {what} of '{self.label}' has no location")
+        if os.path.isabs(location) or os.path.splitdrive(location)[0]:
+            raise OptcError(f"external data of {what} of '{self.label}' is at the absolute path '{location}'; "
+                            f"refusing to read it (locations are relative to the model's directory)")
+        try:
+            real = os.path.realpath(t.path)  # t.path: the location joined to the model's directory
+        except (ValueError, OSError):  # a NUL byte, a link loop on some Pythons
+            raise OptcError(f"external data location of {what} of '{self.label}' is not a usable path") from None
+        if not any(os.path.commonpath([real, root]) == root for root in self.roots):
+            raise OptcError(f"external data '{location}' of {what} of '{self.label}' resolves to '{real}', outside "
+                            f"the model's directory; refusing to read it")
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            raise OptcError(f"external data file '{location}' for {what} of '{self.label}' does not exist") from None
+        except OSError as exc:
+            raise OptcError(f"external data file '{location}' for {what} of '{self.label}' cannot be read: "
+                            f"{exc.strerror or exc}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OptcError(f"external data file '{location}' for {what} of '{self.label}' is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise OptcError(f"external data file '{location}' for {what} of '{self.label}' is not a regular file")
+        self._files[location] = known = (real, st.st_size)
+        return known
+
+    def check_overlaps(self) -> None:
+        """OptcError if two tensors' byte ranges in one file overlap without being the same range.
+
+        Exactly the same range for two tensors is allowed, following onnx and onnxruntime: onnx's checker and
+        `onnx.load` (1.23) and onnxruntime (1.31) load such a model (they accept partial overlaps too), and it
+        is how a writer stores a tied weight once for two tensors. A partial overlap is refused: the bytes of
+        one tensor would be read as part of another, which only wrong offsets produce."""
+        for real, ranges in self._ranges.items():
+            distinct: dict[tuple[int, int], str] = {}
+            for offset, length, what in ranges:
+                if length:  # an empty range holds no bytes
+                    distinct.setdefault((offset, length), what)
+            end, owner = -1, None
+            for (offset, length), what in sorted(distinct.items()):
+                if offset < end:
+                    raise OptcError(f"external data of {what} of '{self.label}' (bytes {offset}..{offset + length}"
+                                    f" of '{os.path.basename(real)}') overlaps that of {owner[0]} (bytes "
+                                    f"{owner[1]}..{owner[2]}); refusing to read them")
+                if offset + length > end:
+                    end, owner = offset + length, (what, offset, offset + length)
 
 
 def _check_ops(model: Model, graphs: list | None = None) -> None:

@@ -115,16 +115,17 @@ class NumpyTensor(Tensor):
 class ExternalTensor(Tensor):
     """A tensor whose bytes live in an external-data file: memory-mapped on read, streamed on save."""
 
-    __slots__ = ("dtype", "shape", "path", "offset", "length", "extra", "_proto")
+    __slots__ = ("dtype", "shape", "location", "path", "offset", "length", "extra", "_proto")
 
     def __init__(self, proto: onnx.TensorProto, base_dir: str):
         info = {e.key: e.value for e in proto.external_data}
-        location = info.get("location", "")
-        self.path = os.path.join(base_dir, location)
-        self.offset = int(info.get("offset", 0) or 0)
+        self.location = info.get("location", "")
+        self.path = os.path.join(base_dir, self.location)
+        self.offset = _external_int(info, "offset", proto.name)
         self.dtype = DataType(proto.data_type)
         self.shape = tuple(proto.dims)
-        self.length = int(info["length"]) if info.get("length") else self.nbytes
+        length = _external_int(info, "length", proto.name)
+        self.length = self.nbytes if length is None else length
         self.extra = {k: v for k, v in info.items() if k not in ("location", "offset", "length")}
         self.name = proto.name
         self.doc_string = proto.doc_string
@@ -195,6 +196,17 @@ class ExternalTensor(Tensor):
         p = external_proto(name, self.dtype, self.shape, self.doc_string, location, offset, self.length, extra)
         p.metadata_props.extend(self._proto.metadata_props)
         return p
+
+
+def _external_int(info: dict[str, str], key: str, name: str) -> int | None:
+    """The `offset` or `length` entry of an external-data tensor: None if absent (or empty), else a non-negative
+    decimal integer; ValueError for anything else ("-4", "1.5", "0x10", " 8")."""
+    value = info.get(key)
+    if not value:
+        return None if key == "length" else 0
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"external data {key} '{value}' of tensor '{name}' is not a non-negative integer")
+    return int(value)
 
 
 def external_proto(name: str, dtype: DataType, shape: tuple, doc_string: str, location: str, offset: int,
