@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 from tvm import s_tir, tirx
+from tvm.error import InternalError
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
@@ -219,7 +220,7 @@ class _Rule(ScheduleRule):
             return None
         try:
             return self.schedule(func, target)
-        except s_tir.ScheduleError:
+        except (s_tir.ScheduleError, InternalError):  # InternalError: e.g. fusing a zero-extent loop divides by 0
             return None
 
     def schedule(self, func, target: Target):

@@ -86,7 +86,6 @@ class _Lowering:
 
     # -- entry ------------------------------------------------------------------------------------
     def run(self, func_name: str):
-        from tvm import relax
 
         g = self.model.graph
         params = []
@@ -99,6 +98,18 @@ class _Lowering:
             params.append(var)
         self._constants(g)
         has_if = any(True for _ in _if_nodes(g))
+        try:
+            self._function(g, func_name, params, has_if)
+        except BaseException:
+            _discard_open_blocks(self.bb)
+            raise
+        mod = self.bb.get()
+        mod[func_name] = mod[func_name].with_attrs({"num_input": len(params)})
+        return mod
+
+    def _function(self, g: Graph, func_name: str, params: list, has_if: bool) -> None:
+        from tvm import relax
+
         with self.bb.function(func_name, params=params):
             with contextlib.ExitStack() as stack:
                 if not has_if:
@@ -109,9 +120,6 @@ class _Lowering:
                 if not has_if:
                     result = self.bb.emit_output(result)
             self.bb.emit_func_output(result)
-        mod = self.bb.get()
-        mod[func_name] = mod[func_name].with_attrs({"num_input": len(params)})
-        return mod
 
     # -- values -----------------------------------------------------------------------------------
     def _shape(self, v: Value) -> list | None:
@@ -169,7 +177,7 @@ class _Lowering:
             return
         for i, x in enumerate(inputs):
             if x is not None and isinstance(x.ty, relax.ShapeType) and n.op_type not in _SHAPE_COMPATIBLE:
-                raise OptcError(f"cannot lower {n.op_type} node '{n.name}': input {i} is a shape expression")
+                raise OptcError(f"cannot lower {_label(n)}: input {i} is a shape expression")
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)
@@ -177,11 +185,11 @@ class _Lowering:
         try:
             result = convert(self.bb, inputs, attrs, self)
         except UnsupportedError as exc:  # a deliberate refusal: name the node
-            raise UnsupportedError(f"cannot lower {n.op_type} node '{n.name or '?'}': {exc}") from exc
+            raise UnsupportedError(f"cannot lower {_label(n)}: {exc}") from exc
         except OptcError:
             raise
         except Exception as exc:  # the converter failed: a back-end bug, named with its node
-            raise OptcError(f"cannot lower {n.op_type} node '{n.name or '?'}': {type(exc).__name__}: "
+            raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         if isinstance(result, relax.Expr):
             result = self.bb.normalize(result)
@@ -199,7 +207,7 @@ class _Lowering:
         else:
             items = [result]
         if len(n.outputs) > len(items):
-            raise OptcError(f"cannot lower {n.op_type} node '{n.name}': it yields {len(items)} outputs, the node "
+            raise OptcError(f"cannot lower {_label(n)}: it yields {len(items)} outputs, the node "
                             f"has {len(n.outputs)}")
         for out, expr in zip(n.outputs, items, strict=False):
             if out is not None:
@@ -232,6 +240,28 @@ _SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", 
                      "Equal", "Where", "Cast", "CastLike", "Squeeze"}
 _RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
                         "SequenceInsert", "ConcatFromSequence", "SplitToSequence"}
+
+
+def _label(n: Node) -> str:
+    """How errors name a node: `Reshape node 'name'`, or by its first output when it has no name."""
+    if n.name:
+        return f"{n.op_type} node '{n.name}'"
+    first = next((v.name for v in n.outputs if v is not None), "?")
+    return f"{n.op_type} node (output '{first}')"
+
+
+def _discard_open_blocks(bb) -> None:
+    """Close what a failed conversion left open in the BlockBuilder (its binding blocks and the function's
+    scope), so that TVM does not warn "BlockBuilder destroyed with remaining blocks!" when it is freed."""
+    while True:
+        try:
+            bb._end_block()
+        except Exception:  # noqa: BLE001 - no block left open
+            break
+    try:
+        bb.end_scope()
+    except Exception:  # noqa: BLE001 - no scope left open
+        pass
 
 
 def _if_nodes(g: Graph):

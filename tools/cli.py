@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from ..errors import OptcError
 from . import bench_cmd, compile_cmd, convert_cmd, inspect_cmd, optimize_cmd, passes_cmd, run_cmd, show_cmd, verify_cmd
+from .native_log import quiet_native_log
 
 COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
 COMMANDS += [optimize_cmd, passes_cmd, verify_cmd]
@@ -37,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with quiet_native_log():
+            return int(args.func(args) or 0)
     except OptcError as exc:
+        if os.environ.get("OPTC_DEBUG"):  # the underlying cause of a refusal or error, then its one line
+            traceback.print_exception(exc)
         print(f"optc: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -42,7 +42,8 @@ refuse_when("Expand", "with a shape computed at run time",
 def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
     # The frontend emits TOPI kernels (call_tir), opaque to ConvertLayout: in an NHWC build every Clip
     # (ReLU6) got a transpose pair around it and stayed out of the convolution's epilogue.
-    x = inputs[0]
+    # A NaN input stays NaN (LLVM's max/min would return the bound).
+    x0 = x = inputs[0]
     dtype = dtype_of(x)
     if ctx.opset < 11:
         bounds = [relax.const(attrs.get("min", -np.inf), dtype), relax.const(attrs.get("max", np.inf), dtype)]
@@ -61,6 +62,8 @@ def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
         elif dtype.startswith(("float", "bfloat")):
             bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
         x = bb.normalize(op(x, bound))
+    if x is not x0 and dtype.startswith(("float", "bfloat")):
+        x = relax.op.where(relax.op.isnan(x0), x0, x)
     return x
 
 @converter("", "IsInf")

@@ -1,0 +1,96 @@
+"""IEEE 754 special values through the ops where LLVM's max/min lose them.
+
+TVM lowers max/min to instructions that return the non-NaN operand (or the second one), so a NaN could vanish
+in Relu, Max, Min and the max-pools, and ArgMax/ArgMin returned arbitrary indices for slices with a NaN. These
+converters say what happens instead, each as onnxruntime computes it where onnxruntime is consistent:
+
+- Relu(x) = x < 0 ? 0 : x: NaN stays NaN, Relu(-0.0) = -0.0 (onnxruntime; the reference evaluator gives +0.0).
+- Max / Min (float): NaN when any operand is NaN at that position (onnxruntime and the reference agree).
+- MaxPool / GlobalMaxPool (float): NaN inputs are skipped, as onnxruntime and the reference evaluator's
+  MaxPool do (a window of only NaN gives -inf); the `Indices` output of MaxPool is refused.
+- ArgMax / ArgMin (float): a slice holding a NaN gives the index of its first NaN (last with
+  `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..converters import const, converter, dtype_of, lookup_frontend, refuse
+
+
+def _is_float(expr) -> bool:
+    return dtype_of(expr).startswith(("float", "bfloat"))
+
+
+@converter("", "Relu")
+def relu(bb, inputs, attrs, ctx):
+    x = inputs[0]
+    zero = const(0, dtype_of(x))
+    if not _is_float(x):
+        return relax.op.maximum(x, zero)
+    return relax.op.where(relax.op.less(x, zero), zero, x)
+
+
+def _variadic(op_type: str, pick):
+    @converter("", op_type)
+    def variadic(bb, inputs, attrs, ctx):
+        operands = [x for x in inputs if x is not None]
+        dtypes = {dtype_of(x) for x in operands}
+        if len(dtypes) > 1:
+            raise refuse(f"{op_type} of mixed element types {sorted(dtypes)} is not valid ONNX")
+        acc = operands[0]
+        for x in operands[1:]:
+            picked = pick(acc, x)
+            if _is_float(x):  # a NaN on either side gives NaN (a + b is NaN then)
+                either_nan = relax.op.logical_or(relax.op.isnan(acc), relax.op.isnan(x))
+                picked = relax.op.where(either_nan, relax.op.add(acc, x), picked)
+            acc = bb.normalize(picked)
+        return acc
+
+    return variadic
+
+
+_variadic("Max", relax.op.maximum)
+_variadic("Min", relax.op.minimum)
+
+
+def _skip_nan(x):
+    return relax.op.where(relax.op.isnan(x), const(-np.inf, dtype_of(x)), x) if _is_float(x) else x
+
+
+@converter("", "MaxPool")
+def max_pool(bb, inputs, attrs, ctx):
+    if attrs["tvm_custom"]["num_outputs"] > 1:
+        raise refuse("MaxPool's Indices output is not supported by the TVM back end")
+    x = bb.normalize(_skip_nan(inputs[0]))
+    return lookup_frontend("MaxPool", ctx.opset)(bb, [x, *list(inputs)[1:]], attrs, ctx)
+
+
+@converter("", "GlobalMaxPool")
+def global_max_pool(bb, inputs, attrs, ctx):
+    x = bb.normalize(_skip_nan(inputs[0]))
+    return lookup_frontend("GlobalMaxPool", ctx.opset)(bb, [x, *list(inputs)[1:]], attrs, ctx)
+
+
+def _arg(op_type: str):
+    @converter("", op_type)
+    def arg(bb, inputs, attrs, ctx):
+        x = inputs[0]
+        result = bb.normalize(lookup_frontend(op_type, ctx.opset)(bb, inputs, attrs, ctx))
+        if not _is_float(x):
+            return result
+        # the position of the first (or last) NaN: ArgMax of the NaN mask, with the same attributes
+        mask = bb.normalize(relax.op.astype(relax.op.isnan(x), "int32"))
+        first_nan = bb.normalize(lookup_frontend("ArgMax", ctx.opset)(bb, [mask], attrs, ctx))
+        axis = attrs.get("axis", 0)
+        keepdims = bool(attrs.get("keepdims", 1))
+        has_nan = relax.op.greater(relax.op.max(mask, [axis % x.ty.ndim], keepdims), const(0, "int32"))
+        return relax.op.where(has_nan, first_nan, result)
+
+    return arg
+
+
+_arg("ArgMax")
+_arg("ArgMin")

@@ -1,0 +1,139 @@
+"""Reshape, Slice and OneHot with the ONNX spec's attribute semantics (TVM's frontend converters get
+`allowzero`, out-of-range and INT64_MAX slice bounds, negative steps and 0-d depths wrong).
+
+Run-time shape computations on symbolic dims (`Shape -> Gather -> Concat -> Reshape`) are handled before
+these converters by `shape_values.ShapeEvaluator`; what reaches them is a constant or a true run-time tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse
+
+_INT32_MAX = 2**31 - 1
+
+
+def _dims(x) -> list:
+    """x's dims: ints where static, TIR expressions where symbolic."""
+    return [int(d.value) if hasattr(d, "value") else d for d in x.ty.shape.values]
+
+
+@converter("", "Reshape")
+def reshape(bb, inputs, attrs, ctx):
+    x, target = inputs[0], inputs[1]
+    value = constant_value(target)
+    if value is None:
+        raise refuse("Reshape to a shape computed from run-time values is not supported by the TVM back end")
+    allowzero = attrs.get("allowzero", 0)
+    in_dims = _dims(x)
+    out = []
+    for i, d in enumerate(int(v) for v in value.reshape(-1)):
+        if d == 0 and not allowzero:  # 0 copies the input's dim (allowzero=1: a real 0)
+            if i >= len(in_dims):
+                raise refuse(f"Reshape copies dim {i} (a 0 in the shape) of a rank-{len(in_dims)} input")
+            d = in_dims[i]
+        elif d < -1:
+            raise refuse(f"Reshape to a shape with the invalid dim {d}")
+        out.append(d)
+    if out.count(-1) > 1:
+        raise refuse("Reshape to a shape with more than one -1")
+    if -1 in out and any(isinstance(d, int) and d == 0 for d in out):
+        raise refuse("Reshape with both -1 and a 0 dim (allowzero=1) is ambiguous")
+    return relax.op.reshape(x, out)
+
+
+def _slice_args(inputs):
+    """starts, ends, axes, steps as int lists (None when a run-time tensor)."""
+    values = []
+    for i in range(1, 5):
+        v = inputs[i] if len(inputs) > i else None
+        if v is None:
+            values.append(None if i < 3 else ())
+            continue
+        c = constant_value(v)
+        values.append(None if c is None else [int(a) for a in c.reshape(-1)])
+    return values
+
+
+@converter("", "Slice")
+def slice_(bb, inputs, attrs, ctx):
+    x = inputs[0]
+    if ctx.opset < 10:
+        starts, ends = list(attrs.get("starts", ())), list(attrs.get("ends", ()))
+        axes, steps = list(attrs.get("axes", range(len(starts)))), [1] * len(starts)
+    else:
+        starts, ends, axes, steps = _slice_args(inputs)
+        if starts is None or ends is None or axes is None or steps is None:
+            return lookup_frontend("Slice", ctx.opset)(bb, inputs, attrs, ctx)
+        axes = list(axes) or list(range(len(starts)))
+        steps = list(steps) or [1] * len(starts)
+    dims = _dims(x)
+    rank = len(dims)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise refuse("Slice with starts, ends, axes and steps of different lengths")
+    if any(s == 0 for s in steps):
+        raise refuse("Slice with a step of 0")
+    if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
+        raise refuse(f"Slice with invalid or repeated axes {axes} for a rank-{rank} input")
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis %= rank
+        dim = dims[axis]
+        if isinstance(dim, int):
+            x = _static_slice(bb, x, axis, dim, start, end, step)
+        elif step > 0:  # clamp INT64 extremes; strided_slice clips the rest to the (symbolic) bounds
+            start, end = (max(-_INT32_MAX, min(_INT32_MAX, v)) for v in (start, end))
+            x = bb.normalize(relax.op.strided_slice(x, [axis], [start], [end], [step]))
+        else:
+            raise refuse("Slice with a negative step along a dimension of unknown size is not supported by the "
+                         "TVM back end")
+    return x
+
+
+def slice_indices(dim: int, start: int, end: int, step: int) -> range:
+    """The indices Slice picks along a dim of size `dim` (ONNX spec: negative bounds count from the end, then
+    clamp to [0, dim] for positive steps, starts to [0, dim-1] and ends to [-1, dim-1] for negative ones; unlike
+    Python's slicing, which clamps a negative step's start to -1)."""
+    start, end = (v + dim if v < 0 else v for v in (start, end))
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+    else:
+        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return range(start, end, step)
+
+
+def _static_slice(bb, x, axis: int, dim: int, start: int, end: int, step: int):
+    """x[..., start:end:step, ...] along `axis` of static size `dim`."""
+    picked = slice_indices(dim, start, end, step)
+    if len(picked) == 0:  # (a zero-size constant would not survive TVM's executable serialization)
+        return bb.normalize(relax.op.strided_slice(x, [axis], [0], [0], [1], assume_inbound=True))
+    if len(picked) == dim and step == 1:
+        return x
+    lo, hi = min(picked[0], picked[-1]), max(picked[0], picked[-1])
+    y = bb.normalize(relax.op.strided_slice(x, [axis], [lo], [hi + 1], [abs(step)], assume_inbound=True))
+    return bb.normalize(relax.op.flip(y, axis)) if step < 0 else y
+
+
+@converter("", "OneHot")
+def one_hot(bb, inputs, attrs, ctx):
+    indices, depth, values = inputs[0], inputs[1], inputs[2]
+    depth_value = constant_value(depth)
+    if depth_value is None or depth_value.size != 1:
+        raise refuse("OneHot with a depth computed at run time is not supported by the TVM back end")
+    depth_n = int(np.asarray(depth_value).reshape(-1)[0])  # a 0-d or 1-element depth; floats truncate
+    if depth_n < 1:
+        raise refuse(f"OneHot with depth {depth_n}")
+    rank = indices.ty.ndim
+    axis = attrs.get("axis", -1)
+    if not -rank - 1 <= axis <= rank:
+        raise refuse(f"OneHot axis {axis} is out of range for rank-{rank} indices")
+    axis %= rank + 1
+    idx = indices if dtype_of(indices) == "int64" else relax.op.astype(indices, "int64")
+    d = const(depth_n, "int64")
+    idx = bb.normalize(relax.op.where(relax.op.less(idx, const(0, "int64")), relax.op.add(idx, d), idx))
+    positions = const(np.arange(depth_n, dtype=np.int64).reshape([depth_n] + [1] * (rank - axis)))
+    hot = relax.op.equal(relax.op.expand_dims(idx, axis), positions)
+    off = relax.op.strided_slice(values, [0], [0], [1])
+    on = relax.op.strided_slice(values, [0], [1], [2])
+    return relax.op.where(hot, relax.op.reshape(on, ()), relax.op.reshape(off, ()))
