@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import constant_value, converter, dtype_of, refuse
+from ..converters import const, constant_value, converter, dtype_of, refuse
 
 MAX_UNROLLED_STEPS = 1024  # time steps per direction; each step emits a dozen Relax bindings
 
@@ -42,6 +42,11 @@ _ACTIVATIONS = {
 
 def _text(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _floats(values: list[float]) -> str:
+    """Attribute floats as written (float32 values without their float64 digits)."""
+    return "[" + ", ".join(str(np.float32(v)) for v in values) + "]"
 
 
 def _dims(expr) -> list | None:
@@ -81,7 +86,7 @@ class _Activation:
         elif name == "leakyrelu":
             y = op.where(op.greater_equal(x, c(0.0)), x, op.multiply(x, c(alpha)))
         elif name == "thresholdedrelu":
-            y = op.where(op.greater(x, c(alpha)), x, op.zeros_like(x))
+            y = op.where(op.greater(x, c(alpha)), x, c(0.0))
         elif name == "scaledtanh":
             y = op.multiply(op.tanh(op.multiply(x, c(beta))), c(alpha))
         elif name == "hardsigmoid":
@@ -121,14 +126,14 @@ def _activations(op_type: str, attrs: dict, per_direction: int, defaults: list[s
             # onnxruntime's RNN kernel reads the i-th value for the i-th activation
             positional = alphas[i] if i < len(alphas) else default_alpha
             if op_type == "RNN" and positional != alpha:
-                raise refuse(f"RNN activation_alpha {alphas} is ambiguous for activations {names} (consumed in "
+                raise refuse(f"RNN activation_alpha {_floats(alphas)} is ambiguous for activations {names} (consumed in "
                              "order or one per direction)")
         if takes_beta:
             beta = betas[next_beta] if next_beta < len(betas) else default_beta
             next_beta += 1
             positional = betas[i] if i < len(betas) else default_beta
             if op_type == "RNN" and positional != beta:
-                raise refuse(f"RNN activation_beta {betas} is ambiguous for activations {names} (consumed in "
+                raise refuse(f"RNN activation_beta {_floats(betas)} is ambiguous for activations {names} (consumed in "
                              "order or one per direction)")
         if (takes_alpha and alpha is None) or (takes_beta and beta is None):
             raise refuse(f"{op_type} activation '{raw}' needs its alpha and beta in activation_alpha/"
@@ -162,6 +167,9 @@ class _Recurrence:
         seq_axis = 1 if self.layout else 0
         seq_len = x_dims[seq_axis]
         if not isinstance(seq_len, int):
+            ir_shape = getattr(getattr(self.node.inputs[0], "type", None), "shape", None) if self.node else None
+            if ir_shape is not None and len(ir_shape) == 3 and isinstance(ir_shape[seq_axis], str):
+                seq_len = ir_shape[seq_axis]  # the model's name for the dim, not its TIR variable's
             raise refuse(f"{op_type} with a symbolic sequence length ('{seq_len}') is not supported by the TVM back "
                          "end: the time loop is unrolled")
         if seq_len > MAX_UNROLLED_STEPS:
@@ -198,11 +206,16 @@ class _Recurrence:
                 self.lens = None  # every sequence is full length: no masks
         self.masks = None
         if self.lens is not None:
-            lens_dtype = dtype_of(self.lens)
-            self.masks = [bb.emit(relax.op.expand_dims(relax.op.less(relax.const(s, lens_dtype), self.lens), [1]))
-                          for s in range(seq_len)]
-            self.nonempty = bb.emit(relax.op.expand_dims(
-                relax.op.greater(self.lens, relax.const(0, lens_dtype)), [1]))
+            value = constant_value(self.lens)
+            if value is not None:  # masks of constant lengths made here (FoldConstant builds a kernel per op)
+                self.masks = [const((s < value)[:, None]) for s in range(seq_len)]
+                self.nonempty = const((value > 0)[:, None])
+            else:
+                lens_dtype = dtype_of(self.lens)
+                self.masks = [bb.emit(relax.op.expand_dims(relax.op.less(relax.const(s, lens_dtype), self.lens), [1]))
+                              for s in range(seq_len)]
+                self.nonempty = bb.emit(relax.op.expand_dims(
+                    relax.op.greater(self.lens, relax.const(0, lens_dtype)), [1]))
         outs = self.node.outputs if self.node is not None else ()
         self.wanted = [i < len(outs) and outs[i] is not None for i in range(3)]
 
@@ -225,16 +238,24 @@ class _Recurrence:
 
     def direction_slice(self, t, d: int):
         """t[d] of a [num_directions, ...] tensor."""
+        value = constant_value(t)
+        if value is not None:
+            return const(value[d])
         return self.emit(relax.op.squeeze(relax.op.strided_slice(t, [0], [d], [d + 1]), [0]))
 
     def cols(self, t, begin: int, end: int):
         """t[..., begin:end]."""
+        value = constant_value(t)
+        if value is not None:
+            return const(value[..., begin:end])
         return self.emit(relax.op.strided_slice(t, [len(_dims(t)) - 1], [begin], [end]))
 
     def initial_state(self, state, d: int):
         """A direction's initial state [batch, hidden] from an optional [num_directions, batch, hidden] input
         ([batch, num_directions, hidden] in layout 1); zeros when omitted."""
         if state is None:
+            if isinstance(self.batch, int):
+                return const(np.zeros([self.batch, self.hidden], self.dtype))
             return self.emit(relax.op.zeros(relax.ShapeExpr([self.batch, self.hidden]), self.dtype))
         if self.layout:
             return self.emit(relax.op.squeeze(relax.op.strided_slice(state, [1], [d], [d + 1]), [1]))
@@ -246,6 +267,9 @@ class _Recurrence:
         TiledReduction schedule (reverse_compute_at fails on the offset region)."""
         td = self.direction_slice(t, d)
         hs = self.hidden
+        value = constant_value(td)
+        if value is not None:  # constant weights are sliced here: TVM's FoldConstant builds a kernel per op
+            return [const(np.ascontiguousarray(value[k * hs:(k + 1) * hs].T)) for k in range(self.gates)]
         return [self.emit(relax.op.permute_dims(relax.op.strided_slice(td, [0], [k * hs], [(k + 1) * hs]), [1, 0]))
                 for k in range(self.gates)]
 
@@ -270,6 +294,9 @@ class _Recurrence:
         """a + b, where either may be None (an omitted bias)."""
         if a is None or b is None:
             return b if a is None else a
+        va, vb = constant_value(a), constant_value(b)
+        if va is not None and vb is not None:
+            return const(va + vb)
         return self.emit(relax.op.add(a, b))
 
     def run(self, d: int, xws: list, states: list, cell):
@@ -291,7 +318,7 @@ class _Recurrence:
                 mask = self.masks[t]
                 states = [self.emit(relax.op.where(mask, n, s)) for n, s in zip(new, states, strict=True)]
                 if self.wanted[0]:
-                    ys[t] = self.emit(relax.op.where(mask, new[0], relax.op.zeros_like(new[0])))
+                    ys[t] = self.emit(relax.op.where(mask, new[0], self.c(0.0)))
             else:
                 states = new
                 ys[t] = new[0]
@@ -301,7 +328,7 @@ class _Recurrence:
             if reverse and masked:
                 y = self.emit(relax.op.reverse_sequence(y, self.lens, 0, 1))
         if masked:  # an empty sequence has zero final states
-            states = [self.emit(relax.op.where(self.nonempty, s, relax.op.zeros_like(s))) for s in states]
+            states = [self.emit(relax.op.where(self.nonempty, s, self.c(0.0))) for s in states]
         return y, states
 
     def outputs(self, ys: list, finals: list[list]):
