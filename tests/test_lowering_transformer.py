@@ -87,24 +87,36 @@ def test_attention_bool_mask_fully_masked_row_gives_zeros_not_nan():
     _check(got, run_reference(model, feeds))
 
 
-def test_attention_qk_matmul_output_modes():
-    """The fourth output in modes 0..3 with softcap and a float mask holding -inf; mode 3 in float32 softmax
-    precision from float16 inputs. Mode 0 is the raw Q*K^T (the spec's text and function body: the reference
-    evaluator returns the softcapped value there, so mode 0 is checked against numpy)."""
+def _scores_feeds():
     rng = np.random.default_rng(3)
     mask = _rand(rng, 3, 5)
     mask[:, 4] = -np.inf
-    feeds = {"Q": _rand(rng, 1, 2, 3, 4), "K": 3 * _rand(rng, 1, 2, 5, 4), "V": _rand(rng, 1, 2, 5, 4), "attn_mask": mask}
-    outputs = ["Y", "", "", "qk"]
-    for mode in (1, 2, 3):
-        model = _model("Attention", feeds, outputs, softcap=2.0, qk_matmul_output_mode=mode)
-        _check(_run(model, feeds), run_reference(model, feeds))
-    model = _model("Attention", feeds, outputs, softcap=2.0, qk_matmul_output_mode=0)
+    return {"Q": _rand(rng, 1, 2, 3, 4), "K": 3 * _rand(rng, 1, 2, 5, 4), "V": _rand(rng, 1, 2, 5, 4), "attn_mask": mask}
+
+
+@pytest.mark.parametrize("mode", [1, 2, 3])
+def test_attention_qk_matmul_output_modes(mode):
+    """The fourth output after softcap (1), after the mask too (2), after softmax (3); the mask holds -inf."""
+    feeds = _scores_feeds()
+    model = _model("Attention", feeds, ["Y", "", "", "qk"], softcap=2.0, qk_matmul_output_mode=mode)
+    _check(_run(model, feeds), run_reference(model, feeds))
+
+
+def test_attention_qk_matmul_output_mode0_is_the_raw_product():
+    """Mode 0 is Q*K^T before softcap, as the spec's text and function body say (the reference evaluator
+    returns the softcapped value there), so it is checked against numpy."""
+    feeds = _scores_feeds()
+    model = _model("Attention", feeds, ["Y", "", "", "qk"], softcap=2.0, qk_matmul_output_mode=0)
     y, qk = _run(model, feeds)
     s = np.float32(np.sqrt(1 / np.sqrt(4)))
     np.testing.assert_allclose(qk, (feeds["Q"] * s) @ np.swapaxes(feeds["K"] * s, 2, 3), rtol=1e-5, atol=1e-6)
-    half = {n: (x.astype(np.float16) if x.dtype == np.float32 else x) for n, x in feeds.items()}
-    model = _model("Attention", half, outputs, opset=24, qk_matmul_output_mode=3, softmax_precision=1)
+    _check([y], run_reference(model, feeds)[:1])
+
+
+def test_attention_float16_softmax_in_float32():
+    """float16 Q/K/V with softmax_precision=1 (float32): the probabilities (mode 3) come back as float16."""
+    half = {n: x.astype(np.float16) if x.dtype == np.float32 else x for n, x in _scores_feeds().items()}
+    model = _model("Attention", half, ["Y", "", "", "qk"], opset=24, qk_matmul_output_mode=3, softmax_precision=1)
     _check(_run(model, half), run_reference(model, half), rtol=2e-3, atol=1e-3)
 
 
@@ -139,14 +151,18 @@ def test_attention_dynamic_sequence_lengths():
         _check([got["Y"], got["present_key"], got["present_value"]], want)
 
 
-def test_attention_integer_mask_with_causal_is_refused():
-    """An integer attn_mask is added as numbers; combined with causal masking it would need -inf in an integer
-    type, so optc refuses it with the reason."""
+@pytest.mark.parametrize(("mask_dtype", "attrs", "reason"), [
+    (np.int32, {"is_causal": 1}, r"an integer \(int32\) attn_mask combined with padding, causal"),
+    (np.float32, {"softcap": -1.0}, r"a negative softcap \(-1.0\) is ambiguous"),
+])
+def test_attention_refusals(mask_dtype, attrs, reason):
+    """Nodes optc cannot lower exactly are refused with the reason: an integer mask with causal masking (-inf
+    has no integer value), a negative softcap (the spec's function body and reference disagree)."""
     rng = np.random.default_rng(6)
     feeds = {"Q": _rand(rng, 1, 1, 2, 4), "K": _rand(rng, 1, 1, 2, 4), "V": _rand(rng, 1, 1, 2, 4),
-             "attn_mask": np.zeros((2, 2), np.int32)}
-    model = _model("Attention", feeds, ["Y"], is_causal=1)
-    with pytest.raises(optc.UnsupportedError, match=r"Attention.*integer \(int32\) attn_mask combined with"):
+             "attn_mask": np.zeros((2, 2), mask_dtype)}
+    model = _model("Attention", feeds, ["Y"], **attrs)
+    with pytest.raises(optc.UnsupportedError, match=r"cannot lower Attention node .*: Attention with " + reason):
         optc.compile(optc.from_onnx(model))
 
 

@@ -169,6 +169,10 @@ def attention(bb, inputs, attrs, ctx):
     left, right = attrs.get("left_window_size", -1), attrs.get("right_window_size", -1)
     if left < -1 or right < -1:
         raise refuse(f"Attention with left_window_size={left}, right_window_size={right} is invalid (-1 or >= 0)")
+    softcap = attrs.get("softcap", 0.0)
+    if softcap < 0:  # c * tanh(x / c) = |c| * tanh(x / |c|): the function body caps, the reference does not
+        raise refuse(f"Attention with a negative softcap ({softcap}) is ambiguous in the spec (its function body "
+                     "caps the scores, its reference implementation does not)")
     num_outputs = attrs["tvm_custom"]["num_outputs"]
 
     # Q, K, V as (batch, heads, seq, head size); the present cache is past ++ new along the sequence axis.
@@ -254,12 +258,12 @@ def attention(bb, inputs, attrs, ctx):
             raise refuse("Attention with a symbolic head size and no scale attribute is not supported by the TVM "
                          "back end")
         scale = 1.0 / np.sqrt(qd[3])
-    root = _scalar(bb, np.sqrt(np.float64(scale)), t)  # Q and K are each scaled by sqrt(scale)
+    with np.errstate(invalid="ignore"):  # a negative scale gives NaN, as the spec's Sqrt does
+        root = _scalar(bb, np.sqrt(np.float64(scale)), t)  # Q and K are each scaled by sqrt(scale)
     qs = bb.normalize(relax.op.multiply(q, root))
     ks = bb.normalize(relax.op.multiply(relax.op.permute_dims(k, [0, 1, 3, 2]), root))
     qk = _matmul(bb, qs, ks, t)
     capped = qk
-    softcap = attrs.get("softcap", 0.0)
     if softcap > 0:
         cap = _scalar(bb, softcap, t)
         capped = bb.normalize(relax.op.multiply(relax.op.tanh(relax.op.divide(qk, cap)), cap))
