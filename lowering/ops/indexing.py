@@ -1,0 +1,193 @@
+"""Gather and scatter ops with ONNX's index semantics: int32 or int64 indices, negative indices counting from
+the end of their axis.
+
+TVM's `gather_nd` and `scatter_nd` accept only int64 indices (exporters write int32 ones: torch's dynamo
+exporter turns `x[idx]` into GatherND with the index tensor's own dtype), and its `scatter_elements` kernel is
+an opaque extern that the build's layout-rewrite pass rejects. Every converter here casts the indices to
+int64 and maps negative ones to `index + extent`; ScatterElements (and the older Scatter) become a
+`scatter_nd` on explicit coordinates. Out-of-range indices are an error in ONNX; as in the frontend, the
+compiled code does not check them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse
+
+
+def _index_tensor(bb, idx, op: str):
+    """`idx` as an int64 tensor (ONNX allows int32 and int64 indices)."""
+    if isinstance(idx, relax.ShapeExpr):
+        return bb.normalize(relax.op.shape_to_tensor(idx))
+    if not isinstance(idx.ty, relax.TensorType):
+        raise refuse(f"{op} with indices that are not a tensor ({idx.ty})")
+    dtype = dtype_of(idx)
+    if dtype not in ("int32", "int64"):
+        raise refuse(f"{op} with {dtype} indices (ONNX allows int32 and int64)")
+    if dtype == "int64":
+        return idx
+    value = constant_value(idx)
+    if value is not None:
+        return const(value.astype(np.int64))
+    return bb.normalize(relax.op.astype(idx, "int64"))
+
+
+def _rank(x, what: str, op: str) -> int:
+    ndim = getattr(x.ty, "ndim", -1)
+    if ndim is None or ndim < 0:
+        raise refuse(f"{op} with {what} of unknown rank is not supported by the TVM back end")
+    return int(ndim)
+
+
+def _dims(x) -> list | None:
+    """x's dims (ints where static, TIR expressions where symbolic), or None when its shape is unknown."""
+    shape = getattr(x.ty, "shape", None)
+    if not isinstance(shape, relax.ShapeExpr):
+        return None
+    return [int(d.value) if hasattr(d, "value") else d for d in shape.values]
+
+
+def _extents(bb, data, start: int, count: int):
+    """data.shape[start:start + count] as an int64 tensor of shape [count]."""
+    dims = _dims(data)
+    if dims is not None:
+        part = dims[start:start + count]
+        if all(isinstance(d, int) for d in part):
+            return const(np.array(part, np.int64))
+        return bb.normalize(relax.op.shape_to_tensor(relax.ShapeExpr(part)))
+    shape = bb.normalize(relax.op.shape_to_tensor(relax.op.shape_of(data)))
+    return bb.normalize(relax.op.strided_slice(shape, [0], [start], [start + count]))
+
+
+def _wrap_negative(bb, idx, extent):
+    """ONNX: a negative index counts from the end of its axis (`extent` broadcasts against `idx`)."""
+    value = constant_value(idx)
+    if value is not None and not (value < 0).any():
+        return idx
+    zero = const(0, "int64")
+    return bb.normalize(relax.op.where(relax.op.less(idx, zero), relax.op.add(idx, extent), idx))
+
+
+def _coordinate_count(idx, op: str) -> int:
+    """The static size of the indices' last axis (how many leading data axes one index tuple addresses)."""
+    dims = _dims(idx)
+    if dims is None or not isinstance(dims[-1], int):
+        raise refuse(f"{op} with an index-tuple length (the indices' last dim) unknown at compile time is not "
+                     "supported by the TVM back end")
+    return dims[-1]
+
+
+def _reduction(attrs, op: str, allowed: tuple[str, ...]) -> str:
+    reduction = attrs.get("reduction", b"none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+    if reduction not in allowed:
+        raise refuse(f"{op} with reduction '{reduction}' (this opset allows {', '.join(allowed)})")
+    return "update" if reduction == "none" else reduction
+
+
+def _allowed_reductions(opset: int) -> tuple[str, ...]:
+    if opset >= 18:
+        return ("none", "add", "mul", "min", "max")
+    if opset >= 16:
+        return ("none", "add", "mul")
+    return ("none",)
+
+
+@converter("", "Gather")
+def gather(bb, inputs, attrs, ctx):
+    # The frontend handles shape-valued data and constant folding; give it int64 indices.
+    data, idx = inputs[0], inputs[1]
+    if not isinstance(idx, relax.ShapeExpr):
+        idx = _index_tensor(bb, idx, "Gather")
+    return lookup_frontend("Gather", ctx.opset)(bb, [data, idx], attrs, ctx)
+
+
+@converter("", "GatherElements")
+def gather_elements(bb, inputs, attrs, ctx):
+    data, idx = inputs[0], _index_tensor(bb, inputs[1], "GatherElements")
+    rank = _rank(data, "data", "GatherElements")
+    if _rank(idx, "indices", "GatherElements") != rank:
+        raise refuse("GatherElements with indices of a rank other than the data's")
+    axis = attrs.get("axis", 0)
+    if not -rank <= axis < rank:
+        raise refuse(f"GatherElements axis {axis} is out of range for rank-{rank} data")
+    axis %= rank
+    idx = _wrap_negative(bb, idx, _extents(bb, data, axis, 1))
+    return relax.op.gather_elements(data, idx, axis)
+
+
+@converter("", "GatherND")
+def gather_nd(bb, inputs, attrs, ctx):
+    data, idx = inputs[0], _index_tensor(bb, inputs[1], "GatherND")
+    r, q = _rank(data, "data", "GatherND"), _rank(idx, "indices", "GatherND")
+    b = attrs.get("batch_dims", 0)
+    if not 0 <= b < min(q, r):
+        raise refuse(f"GatherND with batch_dims={b} for rank-{r} data and rank-{q} indices")
+    k = _coordinate_count(idx, "GatherND")
+    if not 1 <= k <= r - b:
+        raise refuse(f"GatherND with index tuples of length {k} into {r - b} non-batch data axes")
+    data_dims, idx_dims = _dims(data), _dims(idx)
+    if data_dims is not None:
+        for i in range(b):
+            d, n = data_dims[i], idx_dims[i]
+            if isinstance(d, int) and isinstance(n, int) and d != n:
+                raise refuse(f"GatherND with batch dim {i} of size {d} in the data and {n} in the indices")
+    idx = _wrap_negative(bb, idx, _extents(bb, data, b, k))
+    return relax.op.gather_nd(data, idx, b)
+
+
+@converter("", "ScatterND")
+def scatter_nd(bb, inputs, attrs, ctx):
+    data, idx, updates = inputs[0], _index_tensor(bb, inputs[1], "ScatterND"), inputs[2]
+    reduction = _reduction(attrs, "ScatterND", _allowed_reductions(ctx.opset))
+    r, q = _rank(data, "data", "ScatterND"), _rank(idx, "indices", "ScatterND")
+    k = _coordinate_count(idx, "ScatterND")
+    if not 1 <= k <= r:
+        raise refuse(f"ScatterND with index tuples of length {k} into rank-{r} data")
+    if _rank(updates, "updates", "ScatterND") != q - 1 + r - k:
+        raise refuse("ScatterND with updates of a rank other than indices' rank - 1 + data's rank - tuple length")
+    idx = _wrap_negative(bb, idx, _extents(bb, data, 0, k))
+    return relax.op.scatter_nd(data, idx, updates, reduction)
+
+
+def _scatter_elements(bb, inputs, attrs, ctx, op: str, reductions: tuple[str, ...]):
+    # output[i_0, .., idx[i_0, .., i_r-1], .., i_r-1] (op)= updates[i_0, .., i_r-1] for every position of idx:
+    # a scatter_nd whose index tuples are the positions of idx with its values put in along `axis`.
+    data, idx, updates = inputs[0], _index_tensor(bb, inputs[1], op), inputs[2]
+    reduction = _reduction(attrs, op, reductions)
+    rank = _rank(data, "data", op)
+    if _rank(idx, "indices", op) != rank or _rank(updates, "updates", op) != rank:
+        raise refuse(f"{op} with indices or updates of a rank other than the data's")
+    axis = attrs.get("axis", 0)
+    if not -rank <= axis < rank:
+        raise refuse(f"{op} axis {axis} is out of range for rank-{rank} data")
+    axis %= rank
+    shape = _dims(idx)
+    if shape is None:
+        raise refuse(f"{op} with indices of unknown shape is not supported by the TVM back end")
+    idx = _wrap_negative(bb, idx, _extents(bb, data, axis, 1))
+    columns = []
+    for i in range(rank):
+        if i == axis:
+            column = idx
+        else:
+            line = relax.op.arange(0, shape[i], 1, "int64")
+            column = relax.op.broadcast_to(relax.op.reshape(line, [shape[i] if j == i else 1 for j in range(rank)]),
+                                           relax.ShapeExpr(shape))
+        columns.append(bb.normalize(relax.op.expand_dims(column, [rank])))
+    coordinates = bb.normalize(relax.op.concat(columns, axis=rank))
+    return relax.op.scatter_nd(data, coordinates, updates, reduction)
+
+
+@converter("", "ScatterElements")
+def scatter_elements(bb, inputs, attrs, ctx):
+    return _scatter_elements(bb, inputs, attrs, ctx, "ScatterElements", _allowed_reductions(ctx.opset))
+
+
+@converter("", "Scatter")
+def scatter(bb, inputs, attrs, ctx):
+    if ctx.opset >= 11:
+        raise refuse("Scatter was removed in opset 11 (use ScatterElements)")
+    return _scatter_elements(bb, inputs, attrs, ctx, "Scatter", ("none",))
