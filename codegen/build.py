@@ -163,6 +163,8 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
     tvm = _tvm()
     from tvm import relax  # noqa: PLC0415
 
+    from . import schedules  # noqa: PLC0415
+
     kind = target_kind(target)
 
     @tvm.transform.module_pass(opt_level=0, name="optc_lowering")
@@ -175,7 +177,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
         passes += schedule_passes(target, schedule=schedule)
         passes.append(_count_kernels(report, "scheduled"))
         passes += [
-            relax.transform.SplitLayoutRewritePreproc(),  # packed weights: computed once, at compile time
+            schedules.split_packed_weights(),  # packed weights: computed once, at compile time
             relax.transform.FoldConstant(),
             relax.transform.RewriteDataflowReshape(),
             relax.transform.ToNonDataflow(),

@@ -221,7 +221,7 @@ def attention(bb, inputs, attrs, ctx):
                              "nonpad_kv_seqlen masking is not supported (-inf has no integer value)")
             mask = _cast(bb, mask, t)
         if pad:
-            fill = relax.op.full(md[:-1] + [pad], _scalar(bb, -np.inf, bias_dtype), bias_dtype)
+            fill = relax.op.broadcast_to(_scalar(bb, -np.inf, bias_dtype), md[:-1] + [pad])  # (full's legalizer fails)
             mask = bb.normalize(relax.op.concat([mask, bb.normalize(fill)], axis=-1))
         bias = mask
     if is_causal or windowed:
@@ -282,10 +282,8 @@ def attention(bb, inputs, attrs, ctx):
 
 
 def _dim_tensor(bb, n):
-    """The dim `n` as an int64 0-d tensor."""
-    if _static(n):
-        return const(np.int64(n))
-    return bb.normalize(relax.op.full([], relax.PrimValue(n), "int64"))
+    """The dim `n` as an int64 tensor of one element."""
+    return _positions(bb, n, n + 1)
 
 
 # -- RMSNormalization --------------------------------------------------------------------------------------------
