@@ -1,18 +1,24 @@
-"""`optc verify`: check that two models compute the same outputs on onnxruntime.
+"""`optc verify`: check that two models — ONNX files run on onnxruntime, or artifacts from `optc compile` run
+with `optc.runtime` — compute the same outputs on the same inputs.
 
 Inputs come from an .npz file (`--inputs`) or are random with the right shapes and dtypes (symbolic dims are 1
-unless `--dim NAME=VALUE` says otherwise). Prints the max absolute and relative error per output; exits 0 when
-every output matches within `--rtol`/`--atol`, 1 on a mismatch, 2 on bad input.
+unless `--dim NAME=VALUE` says otherwise); both sides get exactly the same arrays. The element-wise rules live in
+`optc.tools.compare` (`compare`). Exits 0 when every output matches, 1 on a mismatch, 2 on bad input.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import OptcError
+from .compare import Comparison, compare_outputs
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -20,6 +26,15 @@ _ORT_TYPES = {
     "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32, "tensor(uint16)": np.uint16,
     "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
 }
+
+ARTIFACT_SUFFIXES = (".so", ".dylib", ".dll")
+
+
+def _first_line(exc: BaseException, last: bool = False) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if last else lines[0]
 
 
 def _session(path: str):
@@ -35,8 +50,7 @@ def _session(path: str):
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OptcError(f"onnxruntime cannot load '{path}': {msg}") from None
+        raise OptcError(f"onnxruntime cannot load '{path}': {_first_line(exc)}") from None
 
 
 def parse_dims(specs: list[str] | None) -> dict[str, int]:
@@ -54,119 +68,344 @@ def parse_dims(specs: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def random_inputs(session, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds for a session's inputs: floats in [-1, 1), integers in [0, 4), random booleans."""
+# -- input signatures and generated inputs -------------------------------------------------------------------
+
+
+@dataclass
+class InputSpec:
+    """One input: its dims (int, a symbolic name, or None for unknown) and dtype (None when numpy has none)."""
+
+    name: str
+    shape: list[int | str | None]
+    dtype: np.dtype | None
+    type_text: str = ""  # what the model calls the type, for messages
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype if self.dtype is not None else self.type_text} [{dims}]"
+
+
+def _ort_specs(session) -> list[InputSpec]:
+    specs = []
+    for inp in session.get_inputs():
+        dtype = _ORT_TYPES.get(inp.type)
+        shape = [d if isinstance(d, (int, str)) and not (isinstance(d, int) and d < 0) else None
+                 for d in (inp.shape or [])]
+        specs.append(InputSpec(inp.name, shape, np.dtype(dtype) if dtype is not None else None, inp.type))
+    return specs
+
+
+def random_feeds(specs: list[InputSpec], dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random arrays for `specs`, in order: floats in [-1, 1), integers in [0, 4), random booleans. A symbolic dim
+    takes its value from `dims` (1 when not there); an unknown dim is 1."""
     rng = np.random.default_rng(seed)
     dims = dims or {}
     feeds = {}
-    for inp in session.get_inputs():
-        dtype = _ORT_TYPES.get(inp.type)
-        if dtype is None:
-            raise OptcError(f"input '{inp.name}' has type {inp.type}; give its values with --inputs")
-        shape = []
-        for d in inp.shape:
-            if isinstance(d, int) and d >= 0:
-                shape.append(d)
-            elif isinstance(d, str) and d in dims:
-                shape.append(dims[d])
-            else:
-                shape.append(1)
-        if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.uniform(-1, 1, size=shape).astype(dtype)
-        elif dtype is np.bool_:
-            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+    for spec in specs:
+        dtype = spec.dtype
+        if dtype is None or dtype.kind not in "biuf":
+            raise OptcError(f"input '{spec.name}' has type {spec.type_text or dtype}; give its values with --inputs")
+        shape = [d if isinstance(d, int) else dims.get(d, 1) if isinstance(d, str) else 1 for d in spec.shape]
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.uniform(-1, 1, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
         else:
-            feeds[inp.name] = rng.integers(0, 4, size=shape).astype(dtype)
+            feeds[spec.name] = rng.integers(0, 4, size=shape).astype(dtype)
     return feeds
 
 
-def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> tuple[bool, float, float, str]:
-    """(equal, max abs error, max rel error, note) of two outputs."""
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.shape != b.shape:
-        return False, float("inf"), float("inf"), f"shape {a.shape} vs {b.shape}"
-    if a.dtype != b.dtype:
-        return False, float("inf"), float("inf"), f"dtype {a.dtype} vs {b.dtype}"
-    if a.size == 0:
-        return True, 0.0, 0.0, ""
-    if a.dtype == object or a.dtype.kind in "USb":
-        eq = bool(np.array_equal(a, b))
-        return eq, 0.0 if eq else 1.0, 0.0 if eq else 1.0, ""
-    af = a.astype(np.float64)
-    bf = b.astype(np.float64)
-    both_nan = np.isnan(af) & np.isnan(bf)
-    same_inf = np.isinf(af) & (af == bf)
-    ok = both_nan | same_inf
-    diff = np.where(ok, 0.0, np.abs(af - bf))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    rel = diff / np.maximum(np.abs(bf), np.finfo(np.float64).tiny)
-    rel = np.where(diff == 0, 0.0, rel)
-    equal = bool(np.all(ok | (diff <= atol + rtol * np.abs(bf))))
-    return equal, float(diff.max()), float(rel.max()), ""
+def random_inputs(session, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds for an onnxruntime session's inputs (see `random_feeds`)."""
+    return random_feeds(_ort_specs(session), dims, seed)
+
+
+# -- the two sides ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """A model to run: an ONNX file on onnxruntime or an optc artifact (loaded on the first run, so that input
+    checks read only its metadata and fail fast)."""
+
+    path: str
+    kind: str  # "onnx" | "artifact"
+    inputs: list[InputSpec]
+    outputs: list[str]
+    runner: object = field(repr=False, default=None)
+    target: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self.kind == "artifact":
+            return f"{self.path} (optc artifact, {self.target or 'cpu'})"
+        return f"{self.path} (onnxruntime)"
+
+    def _module(self):
+        if self.runner is None:
+            from .. import runtime
+
+            try:
+                self.runner = runtime.load(self.path)
+            except OptcError:
+                raise
+            except Exception as exc:
+                raise OptcError(f"cannot load artifact '{self.path}': {_first_line(exc, last=True)}") from None
+        return self.runner
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {s.name: feeds[s.name] for s in self.inputs}
+        if self.kind == "onnx":
+            try:
+                values = self.runner.run(None, feeds)
+            except Exception as exc:
+                raise OptcError(f"onnxruntime failed to run '{self.path}': {_first_line(exc)}") from None
+            return dict(zip(self.outputs, values, strict=False))
+        module = self._module()
+        try:
+            return module.run(feeds)
+        except OptcError as exc:
+            raise OptcError(f"'{self.path}': {exc}") from None
+        except Exception as exc:
+            raise OptcError(f"the artifact '{self.path}' failed to run: {_first_line(exc, last=True)}") from None
+
+
+def is_artifact(path: str) -> bool:
+    """An optc artifact: a library suffix (.so, .dylib, .dll) or a metadata file `PATH.json` beside it."""
+    from ..codegen.artifact import metadata_path
+
+    return Path(path).suffix.lower() in ARTIFACT_SUFFIXES or metadata_path(path).is_file()
+
+
+def open_side(path: str) -> Side:
+    """`path` as an artifact (see `is_artifact`; its metadata is read now, the library on the first run) or
+    else as an ONNX model on onnxruntime; OptcError when it is neither."""
+    lib = path[: -len(".json")] if path.endswith(".json") else None
+    if lib and os.path.isfile(lib) and is_artifact(lib):
+        raise OptcError(f"'{path}' is the metadata of an artifact; give the library '{lib}'")
+    if is_artifact(path):
+        from ..codegen.artifact import read_metadata
+
+        meta = read_metadata(path)
+        specs = []
+        try:
+            for spec in meta["inputs"]:
+                try:
+                    dtype = np.dtype(spec["dtype"])
+                except TypeError:
+                    dtype = None
+                shape = [d if isinstance(d, (int, str)) else None for d in spec["shape"]]
+                specs.append(InputSpec(str(spec["name"]), shape, dtype, str(spec["dtype"])))
+            outputs = [str(o["name"]) for o in meta["outputs"]]
+        except (KeyError, TypeError) as exc:
+            raise OptcError(f"artifact metadata of '{path}' is incomplete: {exc!r}") from None
+        return Side(path, "artifact", specs, outputs, None, str(meta.get("target", "cpu")))
+    session = _session(path)
+    return Side(path, "onnx", _ort_specs(session), [o.name for o in session.get_outputs()], session)
+
+
+def _merge_specs(a: Side, b: Side, dims: dict[str, int] | None = None) -> list[InputSpec]:
+    """One signature both sides accept: names must agree, known dtypes must agree, ranks and fixed dims must
+    agree; a dim fixed on one side and symbolic on the other takes the fixed value; a dim with two symbolic
+    names takes the one `dims` gives a value."""
+    dims = dims or {}
+    names_a = [s.name for s in a.inputs]
+    names_b = [s.name for s in b.inputs]
+    if sorted(names_a) != sorted(names_b):
+        raise OptcError(f"the models have different inputs: {names_a} vs {names_b}")
+    by_b = {s.name: s for s in b.inputs}
+    merged = []
+    for sa in a.inputs:
+        sb = by_b[sa.name]
+        if sa.dtype is not None and sb.dtype is not None and sa.dtype != sb.dtype:
+            raise OptcError(f"input '{sa.name}' is {sa.dtype} in '{a.path}' but {sb.dtype} in '{b.path}'")
+        dtype = sa.dtype if sa.dtype is not None else sb.dtype
+        if len(sa.shape) != len(sb.shape):
+            raise OptcError(f"input '{sa.name}' is {sa.describe()} in '{a.path}' but {sb.describe()} in '{b.path}'")
+        shape: list[int | str | None] = []
+        for da, db in zip(sa.shape, sb.shape, strict=True):
+            if isinstance(da, int) and isinstance(db, int) and da != db:
+                raise OptcError(f"input '{sa.name}' is {sa.describe()} in '{a.path}' but {sb.describe()} "
+                                f"in '{b.path}'")
+            if isinstance(db, int) or da is None or (
+                    isinstance(da, str) and isinstance(db, str) and db in dims and da not in dims):
+                da = db
+            shape.append(da)
+        merged.append(InputSpec(sa.name, shape, dtype, sa.type_text or sb.type_text))
+    return merged
+
+
+def _check_inputs(path: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The arrays of `path` that `specs` name, checked against their dtypes, ranks and fixed dims."""
+    feeds = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            raise OptcError(f"'{path}' has no value for input '{spec.name}'")
+        arr = arrays[spec.name]
+        ok = (spec.dtype is None or arr.dtype == spec.dtype) and arr.ndim == len(spec.shape) and all(
+            not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=True))
+        if not ok:
+            have = f"{arr.dtype} [{','.join(map(str, arr.shape))}]"
+            raise OptcError(f"'{path}': input '{spec.name}' is {have}; the models take {spec.describe()}")
+        feeds[spec.name] = arr
+    return feeds
+
+
+def _check_dims(dims: dict[str, int], specs: list[InputSpec], a: Side, b: Side) -> None:
+    known = {d for side in (a, b) for s in side.inputs for d in s.shape if isinstance(d, str)}
+    for name in dims:
+        if name not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise OptcError(f"--dim {name}: no input has a dimension named '{name}' (symbolic dims: {have})")
+
+
+# -- printing --------------------------------------------------------------------------------------------------
+
+
+def _fmt_err(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _fmt_index(idx) -> str:
+    return "[" + ", ".join(map(str, idx)) + "]"
+
+
+def _print_text(comp: Comparison, a: Side, b: Side, info: dict) -> None:
+    arrays = ", ".join(f"{n} {v['dtype']}[{','.join(map(str, v['shape']))}]" for n, v in info["arrays"].items())
+    source = f"random (seed {info['seed']})" if info["source"] == "random" else info["source"]
+    print(f"a: {a.description}")
+    print(f"b: {b.description}")
+    print(f"inputs: {source}: {arrays or 'none'}")
+    rows = []
+    for o in comp.outputs:
+        label = o.name if not o.name_b else f"{o.name} / {o.name_b}"
+        mism = "-" if o.mismatched is None else f"{o.mismatched}/{o.size}"
+        worst = (f"worst at {_fmt_index(o.worst_index)}: {o.worst_text[0]} vs {o.worst_text[1]}"
+                 if o.worst_index is not None and o.worst_text else "")
+        rows.append((label, "ok" if o.equal else "MISMATCH", mism, _fmt_err(o.max_abs), _fmt_err(o.max_rel), worst))
+    head = ("output", "result", "mismatched", "max abs err", "max rel err", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+    print(f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:>{widths[2]}}  {head[3]:>{widths[3]}}  "
+          f"{head[4]:>{widths[4]}}")
+    for r, o in zip(rows, comp.outputs, strict=True):
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+              f"{r[4]:>{widths[4]}}  {r[5]}".rstrip())
+        for note in o.notes:
+            print(f"{'':<{widths[0]}}  {note}")
+    for note in comp.notes:
+        print(note)
+    tol = f"rtol={comp.rtol:g}, atol={comp.atol:g}" + (", strict zeros" if comp.strict_zeros else "")
+    n = len(comp.outputs)
+    outputs = f"{n} output{'s' if n != 1 else ''}"
+    if comp.equal:
+        print(f"equal ({outputs}; {tol})")
+    else:
+        print(f"mismatch ({sum(not o.equal for o in comp.outputs)}/{n} outputs differ; {tol})")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool):
+    """While active, anything written to stdout (by Python or by a native library) goes to stderr, so that
+    `--json` leaves exactly one JSON document on stdout."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# -- the command -----------------------------------------------------------------------------------------------
+
+
+def verify(path_a: str, path_b: str, *, inputs: str | None = None, dims: dict[str, int] | None = None,
+           seed: int = 0, rtol: float = 1e-4, atol: float = 1e-5, strict_zeros: bool = False):
+    """Run both sides on the same inputs and compare: `(Comparison, side a, side b, inputs)`, where inputs says
+    where the arrays came from (`source`: the .npz path or "random", `seed`) and their `arrays` (dtype, shape)."""
+    if rtol < 0 or atol < 0 or not np.isfinite(rtol) or not np.isfinite(atol):
+        raise OptcError("--rtol and --atol must be finite and not negative")
+    arrays = None
+    if inputs:
+        from .run_cmd import read_npz
+
+        arrays = read_npz(inputs)
+    a = open_side(path_a)
+    b = open_side(path_b)
+    specs = _merge_specs(a, b, dims)
+    if inputs:
+        feeds = _check_inputs(inputs, arrays, specs)
+        info: dict = {"source": inputs}
+    else:
+        _check_dims(dims or {}, specs, a, b)
+        feeds = random_feeds(specs, dims, seed)
+        info = {"source": "random", "seed": seed}
+    info["arrays"] = {n: {"dtype": str(v.dtype), "shape": list(v.shape)} for n, v in feeds.items()}
+    outs_a = a.run(feeds)
+    outs_b = b.run(feeds)
+    comp = compare_outputs(outs_a, outs_b, rtol, atol, strict_zeros=strict_zeros)
+    return comp, a, b, info
+
+
+def _side_json(side: Side) -> dict:
+    return {"path": side.path, "kind": side.kind, **({"target": side.target} if side.kind == "artifact" else {})}
 
 
 def run(args) -> int:
-    if args.rtol < 0 or args.atol < 0:
-        raise OptcError("--rtol and --atol must not be negative")
-    dims = parse_dims(args.dim)
-    sa = _session(args.model_a)
-    sb = _session(args.model_b)
-    names_a = [i.name for i in sa.get_inputs()]
-    names_b = [i.name for i in sb.get_inputs()]
-    if sorted(names_a) != sorted(names_b):
-        raise OptcError(f"the models have different inputs: {names_a} vs {names_b}")
-    if args.inputs:
-        if not os.path.exists(args.inputs):
-            raise OptcError(f"cannot read '{args.inputs}': no such file")
-        try:
-            with np.load(args.inputs, allow_pickle=False) as data:
-                feeds = {k: data[k] for k in data.files}
-        except Exception as exc:
-            raise OptcError(f"cannot read '{args.inputs}' as an .npz file: {exc}") from None
-        missing = [n for n in names_a if n not in feeds]
-        if missing:
-            raise OptcError(f"'{args.inputs}' has no value for input '{missing[0]}'")
-        feeds = {n: feeds[n] for n in names_a}
+    with _stdout_to_stderr(args.json):
+        comp, a, b, info = verify(args.model_a, args.model_b, inputs=args.inputs, dims=parse_dims(args.dim),
+                                         seed=args.seed, rtol=args.rtol, atol=args.atol,
+                                         strict_zeros=args.strict_zeros)
+    if args.json:
+        doc = {"a": _side_json(a), "b": _side_json(b),
+               "inputs": info, **comp.to_json()}
+        print(json.dumps(doc, indent=2, allow_nan=False))
     else:
-        feeds = random_inputs(sa, dims, args.seed)
-    try:
-        outs_a = sa.run(None, feeds)
-        outs_b = sb.run(None, feeds)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OptcError(f"onnxruntime failed to run the models: {msg}") from None
-    oa = [o.name for o in sa.get_outputs()]
-    ob = [o.name for o in sb.get_outputs()]
-    if len(oa) != len(ob):
-        print(f"mismatch: {len(oa)} outputs vs {len(ob)} outputs")
-        return 1
-    by_name = sorted(oa) == sorted(ob)
-    all_ok = True
-    width = max(len(n) for n in oa) if oa else 6
-    print(f"{'output':<{width}}  {'max abs err':>12}  {'max rel err':>12}  result")
-    for i, name in enumerate(oa):
-        j = ob.index(name) if by_name else i
-        ok, abs_err, rel_err, note = compare(outs_a[i], outs_b[j], args.rtol, args.atol)
-        all_ok &= ok
-        label = name if by_name else f"{name} / {ob[j]}"
-        print(f"{label:<{width}}  {abs_err:12.4g}  {rel_err:12.4g}  {'ok' if ok else 'MISMATCH'}"
-              + (f" ({note})" if note else ""))
-    print("equal" if all_ok else f"mismatch (rtol={args.rtol}, atol={args.atol})",
-          file=sys.stdout)
-    return 0 if all_ok else 1
+        _print_text(comp, a, b, info)
+    return 0 if comp.equal else 1
 
 
 def register(sub) -> None:
-    p = sub.add_parser("verify", help="check two models compute the same outputs (onnxruntime)",
-                       description="Run two models on onnxruntime with the same inputs and compare every output. "
-                       "Exit 0 when equal within tolerances, 1 on a mismatch, 2 on bad input.")
-    p.add_argument("model_a", metavar="a.onnx")
-    p.add_argument("model_b", metavar="b.onnx")
+    import argparse
+
+    p = sub.add_parser(
+        "verify", help="check two models compute the same outputs (ONNX on onnxruntime, or an optc artifact)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run A and B on the same inputs and compare every output. Each of A and B is an ONNX model (run on
+onnxruntime, graph optimizations off) or an artifact from `optc compile` (a .so with its .so.json metadata
+beside it, run with optc.runtime), in any order and combination: `optc verify model.onnx model.so` checks a
+compiled library against its model.
+
+Element rules: integers and booleans must be identical; floats must satisfy
+|a - b| <= atol + rtol * max(|a|, |b|) (symmetric: swapping A and B never changes the verdict); NaN equals
+only NaN at the same position; an infinity equals only the same infinity (inf vs a finite number or vs -inf
+is a mismatch whatever the tolerances); a shape or dtype difference is a mismatch. -0.0 vs +0.0 is counted
+and reported ("N signed zeros differ") but is not a mismatch unless --strict-zeros is given.
+
+For every output it prints the number of mismatching elements, the max absolute and relative error
+(|a - b| / max(|a|, |b|)), and the worst element (furthest outside the tolerance) with both values.
+Exit 0 when all outputs are equal, 1 on a mismatch, 2 on bad input (one line on stderr).""")
+    p.add_argument("model_a", metavar="A", help="a.onnx or artifact.so")
+    p.add_argument("model_b", metavar="B", help="b.onnx or artifact.so")
     p.add_argument("--inputs", metavar="X.npz", help="input values by input name (default: random)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    p.add_argument("--strict-zeros", action="store_true",
+                   help="count -0.0 vs +0.0 as a mismatch (default: reported, not a mismatch)")
     p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim for random "
                    "inputs (default 1; repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object and nothing else on stdout: a, b, inputs, equal, rtol, atol, "
+                   "strict_zeros, notes, and per output: name, equal, shape_a/b, dtype_a/b, size, mismatched, "
+                   "max_abs, max_rel, worst_index, worst_a, worst_b, nan_a/b, nan_mismatched, inf_a/b, "
+                   "inf_mismatched, signed_zeros, notes (non-finite numbers as the strings \"inf\", \"-inf\", "
+                   "\"nan\")")
     p.set_defaults(func=run)
