@@ -205,6 +205,9 @@ def attention(bb, inputs, attrs, ctx):
     bias = None
     if mask is not None:
         md = _dims(mask)
+        if not 1 <= len(md) <= 4:
+            raise refuse(f"Attention with a rank-{len(md)} attn_mask is invalid (it must broadcast to "
+                         "(batch, heads, q_sequence_length, total_sequence_length))")
         pad = _difference(skv, md[-1])
         if pad is None:
             raise refuse("Attention with an attn_mask whose last dim may differ from the total sequence length "
