@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.core import Node, Value
+from .converters import const
 
 MAX_ELEMENTS = 64
 
@@ -40,6 +41,24 @@ def _simplify(e: Any) -> Any:
         return int(e.value)
     simplified = sym.Analyzer().simplify(e)
     return int(simplified.value) if isinstance(simplified, tirx.IntImm) else simplified
+
+
+def _provably_non_negative(e: Any) -> bool:
+    """True if `e` >= 0 for every value of its TIR variables (all of them are tensor dims, so >= 0)."""
+    from tvm import ir, sym, tirx
+
+    if isinstance(e, int):
+        return e >= 0
+    analyzer = sym.Analyzer()
+    for var in tirx.analysis.undefined_vars(e):
+        analyzer.bind(var, ir.Range(0, 2**62))
+    return bool(analyzer.can_prove(e >= 0))
+
+
+def tirx_ceildiv(a: Any, b: int) -> Any:
+    from tvm import tirx
+
+    return a if b == 1 else tirx.floordiv(a + (b - 1), b)
 
 
 class ShapeEvaluator:
@@ -71,9 +90,9 @@ class ShapeEvaluator:
         from tvm import relax
 
         sv = self.values[v]
-        if sv.is_static:
+        if sv.is_static:  # int64 as in ONNX (relax.const alone would narrow it to int32)
             arr = np.array(sv.dims, dtype=np.int64)
-            return relax.const(arr.reshape(()) if sv.scalar else arr)
+            return const(arr.reshape(()) if sv.scalar else arr)
         bb = self.lowering.bb
         t = bb.emit(relax.op.shape_to_tensor(relax.ShapeExpr(sv.dims)))
         return bb.emit(relax.op.reshape(t, ())) if sv.scalar else t
@@ -164,7 +183,9 @@ class ShapeEvaluator:
 
     def _op_Slice(self, n: Node):
         data = self.tracked(n.inputs[0])
-        if data is None or data.scalar:
+        if data is None:
+            return self._slice_tensor(n)
+        if data.scalar:
             return None
         args = [self.of(v) if i < len(n.inputs) else None for i, v in enumerate(n.inputs[1:5], 1)]
         while len(args) < 4:
@@ -176,6 +197,71 @@ class ShapeEvaluator:
             return None
         step = steps.dims[0] if steps is not None else 1
         return ShapeValue(data.dims[slice(starts.dims[0], ends.dims[0], step)])
+
+    def _slice_tensor(self, n: Node):
+        # x[:, :seq] with a symbolic `seq` (exporters slice position-id buffers so): the frontend's Slice with
+        # run-time bounds has an unknown shape, which loses every shape downstream. Bounds that are provably
+        # >= 0 (made of tensor dims) and positive static steps only. ONNX clamps the bounds to the dim; a
+        # symbolic bound not provably within it is checked at run time instead (a bound past the dim fails
+        # there: TVM's clamped strided_slice does not build with symbolic bounds).
+        from tvm import relax, tirx
+
+        if self.lowering.opset < 10:  # bounds were attributes
+            return None
+        args = [self.of(v) if v is not None else None for v in n.inputs[1:5]]
+        args += [None] * (4 - len(args))
+        starts, ends, axes, steps = args
+        if starts is None or ends is None or starts.scalar or ends.scalar or len(starts.dims) != len(ends.dims):
+            return None
+        if not any(v in self.values for v in n.inputs[1:3]) or starts.is_static and ends.is_static:
+            return None
+        in_dims = self._input_shape(n.inputs[0])
+        if in_dims is None:
+            return None
+        rank, count = len(in_dims), len(starts.dims)
+        axes_ = list(range(count)) if axes is None else axes.dims
+        steps_ = [1] * count if steps is None else steps.dims
+        if not (axes is None or axes.is_static) or not (steps is None or steps.is_static) or len(axes_) != count \
+                or len(steps_) != count or any(st <= 0 for st in steps_) or any(not -rank <= a < rank for a in axes_):
+            return None
+        axes_ = [a % rank for a in axes_]
+        if len(set(axes_)) != count:
+            return None
+        begins, finals, checks, out = [], [], [], [_simplify(d) for d in in_dims]
+        for start, end, axis, step in zip(starts.dims, ends.dims, axes_, steps_, strict=True):
+            dim = _simplify(in_dims[axis])
+            start, end = (_simplify(v) for v in (start, end))
+            bounds = []
+            for v in (start, end):
+                if isinstance(v, int):
+                    if isinstance(dim, int):
+                        v = min(max(v + dim if v < 0 else v, 0), dim)
+                    elif v < 0 or v >= 2**31:  # INT64_MAX ("to the end") and negatives on a symbolic dim
+                        return None
+                elif not _provably_non_negative(v):
+                    return None
+                bounds.append(v)
+            start, end = bounds
+            if not _provably_non_negative(end - start):
+                return None
+            if not _provably_non_negative(dim - end):
+                checks.append(tirx.floordiv(end, dim + 1))  # 0 exactly when end <= dim
+            begins.append(start)
+            finals.append(end)
+            out[axis] = _simplify((end - start + step - 1) // step if isinstance(end - start, int)
+                                  else tirx_ceildiv(end - start, step))
+        bb = self.lowering.bb
+        y = bb.emit(relax.op.strided_slice(self.lowering.exprs[n.inputs[0]], axes_, begins, finals, steps_,
+                                           assume_inbound=True))
+        if not checks:
+            return y
+        # The run-time check: a tensor of `sum(floordiv(end, dim + 1))` elements matched against 0 elements,
+        # concatenated to the result so that it is not dead code.
+        dtype = str(y.ty.dtype.dtype)
+        empty = bb.emit(relax.op.zeros(relax.ShapeExpr([_simplify(sum(checks[1:], checks[0]))]), dtype))
+        empty = bb.match_cast(empty, relax.TensorType([0], dtype))
+        flat = relax.op.concat([relax.op.reshape(y, [-1]), empty], axis=0)
+        return bb.emit(relax.op.reshape(flat, relax.ShapeExpr(out)))
 
     def _binary(self, n: Node, fn):
         a, b = self.of(n.inputs[0]), self.of(n.inputs[1])
@@ -202,6 +288,26 @@ class ShapeEvaluator:
 
         return self._binary(n, lambda x, y: x // y if isinstance(x, int) and isinstance(y, int)
                             else tirx.floordiv(x, y))
+
+    def _op_Range(self, n: Node):
+        # arange(0, seq): a tensor whose length is a symbolic dim (the frontend's Range has an unknown length,
+        # which loses every shape downstream). Only where the length is provably non-negative, as TVM's
+        # arange takes it to be (ONNX: max(ceil((limit - start) / delta), 0)).
+        from tvm import relax
+
+        args = [self.of(v) for v in n.inputs[:3]]
+        if len(args) != 3 or any(a is None or not a.scalar for a in args) or not any(
+                v in self.values for v in n.inputs[:3]):
+            return None
+        start, limit, delta = (_simplify(a.dims[0]) for a in args)
+        dtype = self.lowering._dtype(n.inputs[0])
+        if dtype not in ("int32", "int64") or not isinstance(delta, int) or delta <= 0:
+            return None
+        if isinstance(start, int) and isinstance(limit, int):
+            return const(np.arange(start, limit, delta, dtype=dtype))
+        if not _provably_non_negative(limit - start):
+            return None
+        return self.lowering.bb.emit(relax.op.arange(start, limit, delta, dtype))
 
     # -- consumers that take a Relax shape ---------------------------------------------------------
     def _op_Reshape(self, n: Node):
