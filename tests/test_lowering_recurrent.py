@@ -215,3 +215,106 @@ def test_ambiguous_rnn_alpha_is_refused():
 def test_wrong_number_of_activations_is_refused():
     model, _ = _recurrent_model("LSTM", "bidirectional", activations=["Sigmoid", "Tanh", "Tanh"])
     assert "LSTM needs 6 activations for 2 direction(s), the node has 3" in _refusal(model)
+
+
+# -- Scan and Loop -----------------------------------------------------------------------------------------
+
+def _scan_model(seq="T0") -> onnx.ModelProto:
+    """Scan-16 with a state, a scan input read backwards along axis 1, a scan output written backwards along
+    axis 1, and an outer-scope value (w) used in the body."""
+    s_in = helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [2])
+    x_t = helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [2])
+    s_out = helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [2])
+    y_t = helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [2])
+    body = helper.make_graph([
+        helper.make_node("Mul", ["s_in", "w"], ["sw"]),
+        helper.make_node("Add", ["sw", "x_t"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["s_out"]),
+        helper.make_node("Mul", ["s_out", "x_t"], ["y_t"]),
+    ], "body", [s_in, x_t], [s_out, y_t])
+    node = helper.make_node("Scan", ["s0", "x"], ["s_final", "y"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_input_directions=[1], scan_output_axes=[1],
+                            scan_output_directions=[1])
+    graph = helper.make_graph(
+        [node], "scan",
+        [helper.make_tensor_value_info("s0", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, seq]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("s_final", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+
+
+def test_scan_with_axes_and_directions_matches_onnxruntime():
+    rng = np.random.default_rng(2)
+    feeds = {"s0": rng.standard_normal(2).astype(np.float32), "x": rng.standard_normal([2, 4]).astype(np.float32),
+             "w": rng.standard_normal(2).astype(np.float32)}
+    _check(_scan_model(4), feeds)
+
+
+def test_scan_with_a_symbolic_sequence_length_is_refused():
+    assert "Scan with a symbolic sequence length" in _refusal(_scan_model("T0"))
+
+
+def _loop_model(*, trip: int | None, cond_out: str = "identity") -> onnx.ModelProto:
+    """Loop over y: y = y * w + iteration; scan output y * 2. The body's condition: `identity` (of cond_in),
+    `counter` (iteration + 1 < 4, a while loop) or `data` (sum(y) < 100, computed from run-time values)."""
+    it = helper.make_tensor_value_info("it", TensorProto.INT64, [])
+    c_in = helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])
+    y_in = helper.make_tensor_value_info("y_in", TensorProto.FLOAT, [3])
+    nodes = [
+        helper.make_node("Cast", ["it"], ["itf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["y_in", "w"], ["yw"]),
+        helper.make_node("Add", ["yw", "itf"], ["y_out"]),
+        helper.make_node("Add", ["y_out", "y_out"], ["scan"]),
+    ]
+    if cond_out == "identity":
+        nodes.append(helper.make_node("Identity", ["c_in"], ["c_out"]))
+    elif cond_out == "counter":
+        nodes += [helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.INT64, [], [1])),
+                  helper.make_node("Constant", [], ["four"],
+                                   value=helper.make_tensor("four", TensorProto.INT64, [], [4])),
+                  helper.make_node("Add", ["it", "one"], ["next"]),
+                  helper.make_node("Less", ["next", "four"], ["c_out"])]
+    else:
+        nodes += [helper.make_node("ReduceSum", ["y_out"], ["total"], keepdims=0),
+                  helper.make_node("Constant", [], ["limit"],
+                                   value=helper.make_tensor("limit", TensorProto.FLOAT, [], [100.0])),
+                  helper.make_node("Less", ["total", "limit"], ["c_out"])]
+    body = helper.make_graph(nodes, "body", [it, c_in, y_in], [
+        helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("y_out", TensorProto.FLOAT, [3]),
+        helper.make_tensor_value_info("scan", TensorProto.FLOAT, [3])])
+    inits = [numpy_helper.from_array(np.array(True), "cond")]
+    if trip is not None:
+        inits.append(numpy_helper.from_array(np.array(trip, np.int64), "M"))
+    node = helper.make_node("Loop", ["M" if trip is not None else "", "cond", "y0"], ["y_final", "ys"], body=body)
+    graph = helper.make_graph(
+        [node], "loop",
+        [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y_final", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("ys", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+
+
+@pytest.mark.parametrize("trip, cond_out", [(5, "identity"), (None, "counter"), (9, "counter")],
+                         ids=["for-5", "while-counter", "for-9-stopped-by-counter"])
+def test_loop_with_a_compile_time_trip_count_matches_onnxruntime(trip, cond_out):
+    rng = np.random.default_rng(3)
+    feeds = {"y0": rng.standard_normal(3).astype(np.float32), "w": rng.standard_normal(3).astype(np.float32)}
+    _check(_loop_model(trip=trip, cond_out=cond_out), feeds)
+
+
+def test_loop_with_a_run_time_trip_count_is_refused():
+    model = _loop_model(trip=5)
+    m_value = model.graph.initializer[1]
+    assert m_value.name == "M"
+    del model.graph.initializer[1]
+    model.graph.input.append(helper.make_tensor_value_info("M", TensorProto.INT64, []))
+    assert "Loop is not supported by the TVM back end: a data-dependent trip count" in _refusal(model)
+
+
+def test_loop_with_a_data_dependent_condition_is_refused():
+    assert "Loop is not supported by the TVM back end: a data-dependent condition" in \
+        _refusal(_loop_model(trip=5, cond_out="data"))

@@ -49,6 +49,13 @@ def _floats(values: list[float]) -> str:
     return "[" + ", ".join(str(np.float32(v)) for v in values) + "]"
 
 
+def _stack(items: list, axis: int):
+    """relax.op.stack as a concat of expand_dims: TVM's ConvertLayout fails on stack (an IndexError, which makes
+    optc's build keep the whole model out of NHWC; a floating-point exception, killing the process, on 0-d
+    items)."""
+    return relax.op.concat([relax.op.expand_dims(x, [axis]) for x in items], axis=axis)
+
+
 def _dims(expr) -> list | None:
     """The shape of a tensor expression (ints where static, PrimExprs where symbolic), or None."""
     shape = getattr(expr.ty, "shape", None)
@@ -324,7 +331,7 @@ class _Recurrence:
                 ys[t] = new[0]
         y = None
         if self.wanted[0]:
-            y = self.emit(relax.op.stack(ys, axis=0))
+            y = self.emit(_stack(ys, axis=0))
             if reverse and masked:
                 y = self.emit(relax.op.reverse_sequence(y, self.lens, 0, 1))
         if masked:  # an empty sequence has zero final states
@@ -336,10 +343,10 @@ class _Recurrence:
         outputs the node does not use are left out (a cheap placeholder keeps the tuple's positions)."""
         fields = []
         if self.wanted[0]:
-            y = self.emit(relax.op.stack(ys, axis=1))  # [seq, num_directions, batch, hidden]
+            y = self.emit(_stack(ys, axis=1))  # [seq, num_directions, batch, hidden]
             fields.append(self.emit(relax.op.permute_dims(y, [2, 0, 1, 3])) if self.layout else y)
         for k in range(len(finals[0])):
-            state = self.emit(relax.op.stack([f[k] for f in finals], axis=0))  # [num_directions, batch, hidden]
+            state = self.emit(_stack([f[k] for f in finals], axis=0))  # [num_directions, batch, hidden]
             fields.append(self.emit(relax.op.permute_dims(state, [1, 0, 2])) if self.layout else state)
         if not self.wanted[0]:
             fields.insert(0, fields[0])  # Y unused: its position holds Y_h, never bound
@@ -442,3 +449,230 @@ def lstm(bb, inputs, attrs, ctx):
         ys.append(y)
         finals.append(states)
     return rec.outputs(ys, finals)
+
+
+# -- Scan and Loop: unrolled, each step lowers the body graph once ---------------------------------------------
+#
+# TVM's ONNX frontend has neither. With a static number of steps the body is lowered once per step, its inputs
+# bound to that step's values: Scan when its sequence length is static, Loop when its trip count and condition
+# are known at compile time (constants, or small computations on constants and the iteration number).
+# A run-time trip count or condition is refused.
+
+MAX_UNROLLED_BODY_NODES = 20000  # steps x body nodes
+
+
+def _produced(body) -> list:
+    return [v for n in body.all_nodes() for v in n.outputs if v is not None]
+
+
+def _lower_body(ctx, body, bindings: list, shape_values: dict | None = None) -> list:
+    """Lower one instance of a subgraph with its inputs bound to `bindings`; its outputs' expressions.
+
+    Uses the walker's own node lowering (as its `_if` does), so a body node gets the same converters, shape
+    evaluation and errors as any node; the values of the previous instance are forgotten first."""
+    for v in _produced(body):
+        ctx.exprs.pop(v, None)
+        ctx.shapes.values.pop(v, None)
+    for v, expr in zip(body.inputs, bindings, strict=True):
+        ctx.exprs[v] = expr
+        ctx.shapes.values.pop(v, None)
+    for v, sv in (shape_values or {}).items():
+        ctx.shapes.values[v] = sv
+    ctx._constants(body)
+    ctx._body(body)
+    return [ctx._expr(v) for v in body.outputs]
+
+
+def _check_body(op_type: str, ctx, body, steps: int) -> None:
+    nodes = sum(1 for _ in body.all_nodes())
+    if steps * nodes > MAX_UNROLLED_BODY_NODES:
+        raise refuse(f"{op_type} is not supported by the TVM back end with {steps} steps of a {nodes}-node body "
+                     f"(it is unrolled, up to {MAX_UNROLLED_BODY_NODES} nodes)")
+    if ctx.bb.current_block_is_dataflow() and any(n.op_type == "If" for n in body.all_nodes()):
+        raise refuse(f"{op_type} with an If node in its body is not supported by the TVM back end")
+
+
+_NUMPY_OPS = {
+    "relax.less": np.less, "relax.less_equal": np.less_equal, "relax.greater": np.greater,
+    "relax.greater_equal": np.greater_equal, "relax.equal": np.equal, "relax.not_equal": np.not_equal,
+    "relax.logical_and": np.logical_and, "relax.logical_or": np.logical_or, "relax.logical_not": np.logical_not,
+    "relax.logical_xor": np.logical_xor, "relax.add": np.add, "relax.subtract": np.subtract,
+    "relax.multiply": np.multiply,
+}
+
+
+def _static_value(bb, expr, depth: int = 0) -> np.ndarray | None:
+    """The value of a small expression known at compile time (a constant, or comparisons, logic and integer
+    arithmetic on constants, as a Loop's condition is computed); None if it depends on run-time data."""
+    value = constant_value(expr)
+    if value is not None or depth > 16:
+        return value
+    if isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        return None if bound is None else _static_value(bb, bound, depth + 1)
+    if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) in _NUMPY_OPS:
+        args = [_static_value(bb, a, depth + 1) for a in expr.args]
+        if any(a is None for a in args):
+            return None
+        with np.errstate(all="ignore"):
+            return np.asarray(_NUMPY_OPS[expr.op.name](*args)).astype(dtype_of(expr))
+    return None
+
+
+def _stack_outputs(op_type: str, per_step: list, axis: int):
+    """Stack one scan output's per-step values along a new `axis` (the steps' shapes must agree)."""
+    shapes = [_dims(x) for x in per_step]
+    if shapes[0] is None or any(s != shapes[0] for s in shapes[1:]):
+        raise refuse(f"{op_type} scan output whose shape changes between iterations (or is unknown) is not "
+                     "supported by the TVM back end")
+    rank = len(shapes[0]) + 1
+    if not -rank <= axis < rank:
+        raise refuse(f"{op_type} scan output axis {axis} is out of range for rank {rank}")
+    return _stack(per_step, axis=axis % rank)
+
+
+def _scan_steps(ctx, body, states: list, xs: list, in_axes: list, in_dirs: list, out_axes: list,
+                out_dirs: list) -> list:
+    """Scan-9 semantics on one set of inputs: final states followed by the stacked scan outputs."""
+    bb = ctx.bb
+    lengths, axes = set(), []
+    for x, axis in zip(xs, in_axes, strict=True):
+        dims = _dims(x)
+        if dims is None:
+            raise refuse("Scan with a scan input of unknown shape is not supported by the TVM back end")
+        if not -len(dims) <= axis < len(dims):
+            raise refuse(f"Scan scan_input_axes value {axis} is out of range for rank {len(dims)}")
+        axes.append(axis % len(dims))
+        lengths.add(dims[axis % len(dims)])
+    if len(lengths) != 1:
+        raise refuse(f"Scan inputs disagree on the sequence length ({sorted(map(str, lengths))})")
+    (steps,) = lengths
+    if not isinstance(steps, int):
+        raise refuse(f"Scan with a symbolic sequence length ('{steps}') is not supported by the TVM back end: "
+                     "the loop is unrolled")
+    _check_body("Scan", ctx, body, steps)
+    n_state = len(states)
+    per_step: list[list] = [[] for _ in range(len(body.outputs) - n_state)]
+    for t in range(steps):
+        elems = []
+        for x, axis, reverse in zip(xs, axes, in_dirs, strict=True):
+            i = steps - 1 - t if reverse else t
+            elems.append(bb.emit(relax.op.squeeze(relax.op.strided_slice(x, [axis], [i], [i + 1]), [axis])))
+        results = _lower_body(ctx, body, states + elems)
+        states = results[:n_state]
+        for j, out in enumerate(results[n_state:]):
+            per_step[j].append(out)
+    outs = []
+    for j, values in enumerate(per_step):
+        if not values:
+            raise refuse("Scan with an empty sequence is not supported by the TVM back end")
+        if out_dirs[j]:
+            values = values[::-1]
+        outs.append(bb.emit(_stack_outputs("Scan", values, out_axes[j])))
+    return states + outs
+
+
+@converter("", "Scan")
+def scan(bb, inputs, attrs, ctx):
+    node = ctx.node
+    body = node.attr("body")
+    m = int(attrs["num_scan_inputs"])
+    if ctx.opset < 9:  # Scan-8: sequence_lens first, a batch axis 0 on every input, the scan axis 1
+        return _scan8(bb, inputs, attrs, ctx, body, m)
+    n_state = len(inputs) - m
+    if m < 1 or n_state < 0:
+        raise refuse(f"Scan with {m} scan inputs of {len(inputs)} inputs is not valid")
+    k = len(body.outputs) - n_state
+    result = _scan_steps(ctx, body, list(inputs[:n_state]), list(inputs[n_state:]),
+                         list(attrs.get("scan_input_axes", [0] * m)), list(attrs.get("scan_input_directions", [0] * m)),
+                         list(attrs.get("scan_output_axes", [0] * k)),
+                         list(attrs.get("scan_output_directions", [0] * k)))
+    ctx.node = node
+    return relax.Tuple(result)
+
+
+def _scan8(bb, inputs, attrs, ctx, body, m: int):
+    lens, rest = inputs[0], list(inputs[1:])
+    n_state = len(rest) - m
+    if m < 1 or n_state < 0:
+        raise refuse(f"Scan with {m} scan inputs of {len(rest)} inputs is not valid")
+    dims = [_dims(x) for x in rest]
+    if any(d is None or len(d) < 1 for d in dims) or not isinstance(dims[0][0], int):
+        raise refuse("Scan-8 with inputs of unknown shape or a symbolic batch size is not supported by the TVM "
+                     "back end")
+    batch = dims[0][0]
+    if lens is not None:
+        value = constant_value(lens)
+        full = dims[n_state][1] if len(dims[n_state]) > 1 else None
+        if value is None or not isinstance(full, int) or not np.all(value == full):
+            raise refuse("Scan-8 with sequence_lens shorter than the sequence (or computed at run time) is not "
+                         "supported by the TVM back end")
+    k = len(body.outputs) - n_state
+    per_batch = []
+    node = ctx.node
+    for b in range(batch):
+        parts = [bb.emit(relax.op.squeeze(relax.op.strided_slice(x, [0], [b], [b + 1]), [0])) for x in rest]
+        per_batch.append(_scan_steps(ctx, body, parts[:n_state], parts[n_state:], [0] * m,
+                                     list(attrs.get("directions", [0] * m)), [0] * k, [0] * k))
+    ctx.node = node
+    return relax.Tuple([bb.emit(_stack([r[j] for r in per_batch], axis=0))
+                        for j in range(len(per_batch[0]))])
+
+
+@converter("", "Loop")
+def loop(bb, inputs, attrs, ctx):
+    from ..shape_values import ShapeValue
+
+    node = ctx.node
+    body = node.attr("body")
+    trip_expr, cond_expr = inputs[0], inputs[1]
+    carried = list(inputs[2:])
+    trip = None
+    if trip_expr is not None:
+        value = _static_value(bb, trip_expr)
+        if value is None:
+            raise refuse("Loop is not supported by the TVM back end: a data-dependent trip count (M is computed "
+                         "at run time)")
+        trip = int(value.reshape(-1)[0])
+    keep_going = True
+    if cond_expr is not None:
+        value = _static_value(bb, cond_expr)
+        if value is None:
+            raise refuse("Loop is not supported by the TVM back end: a data-dependent condition (cond is "
+                         "computed at run time)")
+        keep_going = bool(value.reshape(-1)[0])
+    elif trip is None:
+        raise refuse("Loop without a trip count or a condition runs forever")
+    nodes = max(1, sum(1 for _ in body.all_nodes()))
+    limit = min(MAX_UNROLLED_STEPS, MAX_UNROLLED_BODY_NODES // nodes)
+    n_carried = len(carried)
+    per_step: list[list] = [[] for _ in range(len(body.outputs) - 1 - n_carried)]
+    i = 0
+    while keep_going and (trip is None or i < trip):
+        if i >= limit:
+            raise refuse(f"Loop is not supported by the TVM back end with more than {limit} iterations of a "
+                         f"{nodes}-node body (it is unrolled)")
+        if i == 0:
+            _check_body("Loop", ctx, body, 1)
+        iteration = const(np.array(i, np.int64))
+        results = _lower_body(ctx, body, [iteration, const(np.array(True))] + carried,
+                              {body.inputs[0]: ShapeValue([i], scalar=True)})
+        carried = results[1:1 + n_carried]
+        for j, out in enumerate(results[1 + n_carried:]):
+            per_step[j].append(out)
+        i += 1
+        if trip is not None and i >= trip:
+            break  # the last iteration's condition does not matter
+        value = _static_value(bb, results[0])
+        if value is None:
+            raise refuse("Loop is not supported by the TVM back end: a data-dependent condition (the body's "
+                         "cond output is computed from run-time values)")
+        keep_going = bool(value.reshape(-1)[0])
+    ctx.node = node
+    outs = []
+    for values in per_step:
+        if not values:
+            raise refuse("Loop that runs no iteration and has scan outputs is not supported by the TVM back end "
+                         "(their shape is unknown)")
+        outs.append(bb.emit(_stack_outputs("Loop", values, 0)))
+    return relax.Tuple(carried + outs)
