@@ -211,6 +211,35 @@ def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int) -> None:
         lambda *idx: (idx[-1] // panel, *idx[:-1], idx[-1] % panel), ndim=ndim))
 
 
+def _packing_splits_off(sch: s_tir.Schedule) -> bool:
+    """True when the packed weight's copy is a subtree of its own under the root block, as
+    SplitLayoutRewritePreproc needs (otherwise the whole build fails on that kernel)."""
+    body = sch.mod["main"].body
+    root = body.block.body if isinstance(body, s_tir.SBlockRealize) else body
+    return isinstance(root, tirx.SeqStmt) and len(root.seq) > 1
+
+
+def split_packed_weights():
+    """TVM's SplitLayoutRewritePreproc (the packed weights' copies become kernels of their own, folded at compile
+    time), run only when some kernel packs a weight: the pass also inspects every other kernel and rejects
+    shapes it does not expect (a scatter's single opaque block), failing builds that have nothing to split."""
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+
+    split = relax.transform.SplitLayoutRewritePreproc()
+
+    def packs(func) -> bool:  # (TVM 0.27 has no Python visitor for s_tir statements: read the printed form)
+        return "meta_schedule.layout_rewrite_preproc" in func.script()
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_split_packed_weights")
+    def _pass(mod, ctx):
+        if any(isinstance(f, tirx.PrimFunc) and packs(f) for _, f in mod.functions_items()):
+            return split(mod)
+        return mod
+
+    return _pass
+
+
 class _Rule(ScheduleRule):
     """A rule whose recipe (``schedule``) may meet a kernel it cannot handle: a schedule primitive's error then
     means "does not apply" (the next rule gets the kernel), never a failed build."""
@@ -383,6 +412,8 @@ class TiledReduction(_Rule):
             sch.enter_postproc()
         for idx in packed:
             _prepack_weight(sch, block, stmt.reads[idx].source, u_n * vec)
+        if packed and not _packing_splits_off(sch):
+            return None
         return sch
 
 

@@ -39,17 +39,17 @@ refuse_when("Expand", "with a shape computed at run time",
             lambda i, a: not isinstance(i[1], Constant | relax.ShapeExpr))
 
 @converter("", "Clip")
-def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
-    # The frontend emits TOPI kernels (call_tir), opaque to ConvertLayout: in an NHWC build every Clip
-    # (ReLU6) got a transpose pair around it and stayed out of the convolution's epilogue.
-    # A NaN input stays NaN (LLVM's max/min would return the bound).
-    x0 = x = inputs[0]
+def clip_as_selects(bb, inputs, attrs, ctx):
+    # Elementwise selects, not the frontend's TOPI kernel (call_tir, opaque to ConvertLayout: in an NHWC build
+    # every ReLU6 got a transpose pair and stayed out of the convolution's epilogue). `x < lo ? lo : x` rather
+    # than max/min keeps what onnxruntime computes: NaN stays NaN and -0.0 stays -0.0.
+    x = inputs[0]
     dtype = dtype_of(x)
     if ctx.opset < 11:
         bounds = [relax.const(attrs.get("min", -np.inf), dtype), relax.const(attrs.get("max", np.inf), dtype)]
     else:
         bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
-    for bound, op, unbounded in ((bounds[0], relax.op.maximum, -np.inf), (bounds[1], relax.op.minimum, np.inf)):
+    for bound, outside, unbounded in ((bounds[0], relax.op.less, -np.inf), (bounds[1], relax.op.greater, np.inf)):
         if bound is None:
             continue
         value = constant_value(bound)
@@ -61,10 +61,9 @@ def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
             bound = relax.const(value.reshape([1] * rank) if rank >= 0 else value, dtype)
         elif dtype.startswith(("float", "bfloat")):
             bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
-        x = bb.normalize(op(x, bound))
-    if x is not x0 and dtype.startswith(("float", "bfloat")):
-        x = relax.op.where(relax.op.isnan(x0), x0, x)
+        x = bb.normalize(relax.op.where(outside(x, bound), bound, x))
     return x
+
 
 @converter("", "IsInf")
 def is_inf(bb, inputs, attrs, ctx):
@@ -127,3 +126,41 @@ def layer_norm_with_statistics(bb, inputs, attrs, ctx):
     y = bb.normalize(relax.op.astype(y, dtype_of(x)))
     return relax.Tuple([y, mean, inv_std])
 
+
+
+@converter("", "Pow")
+def power(bb, inputs, attrs, ctx):
+    # ONNX lets the exponent's type differ from the base's; the result has the base's type. Relax's power
+    # wants one float type: integer bases are computed in float64 (exact below 2^53) and cast back.
+    x, y = inputs[0], inputs[1]
+    dtype = dtype_of(x)
+    if dtype.startswith(("float", "bfloat")):
+        return relax.op.power(x, y if dtype_of(y) == dtype else relax.op.astype(y, dtype))
+    wide = relax.op.power(relax.op.astype(x, "float64"), relax.op.astype(y, "float64"))
+    return relax.op.astype(wide, dtype)
+
+
+_NO_CPU_TYPES = ("float8", "float4", "float6")  # element types TVM cannot compute with on the CPU
+
+
+def _unsupported_type(*dtypes: str) -> str | None:
+    return next((d for d in dtypes if d.startswith(_NO_CPU_TYPES)), None)
+
+
+@converter("", "Cast")
+def cast(bb, inputs, attrs, ctx):
+    from tvm.relax.frontend.onnx.onnx_frontend import get_type
+
+    x = inputs[0]
+    bad = _unsupported_type(str(get_type(attrs["to"])), dtype_of(x) if isinstance(x.ty, relax.TensorType) else "")
+    if bad:
+        raise UnsupportedError(f"Cast with the element type {bad} is not supported by the TVM back end")
+    return lookup_frontend("Cast", ctx.opset)(bb, inputs, attrs, ctx)
+
+
+@converter("", "CastLike")
+def cast_like(bb, inputs, attrs, ctx):
+    bad = _unsupported_type(dtype_of(inputs[0]), dtype_of(inputs[1]))
+    if bad:
+        raise UnsupportedError(f"CastLike with the element type {bad} is not supported by the TVM back end")
+    return lookup_frontend("CastLike", ctx.opset)(bb, inputs, attrs, ctx)

@@ -6,8 +6,9 @@ converters say what happens instead, each as onnxruntime computes it where onnxr
 
 - Relu(x) = x < 0 ? 0 : x: NaN stays NaN, Relu(-0.0) = -0.0 (onnxruntime; the reference evaluator gives +0.0).
 - Max / Min (float): NaN when any operand is NaN at that position (onnxruntime and the reference agree).
-- MaxPool / GlobalMaxPool (float): NaN inputs are skipped, as onnxruntime and the reference evaluator's
-  MaxPool do (a window of only NaN gives -inf); the `Indices` output of MaxPool is refused.
+- MaxPool / GlobalMaxPool (float): a window holding a NaN gives NaN, as ReduceMax does. onnxruntime's MLAS
+  kernels return NaN or skip it depending on where in the window it is, and the reference evaluator skips NaN
+  (it marks padding with NaN), so neither is a semantics to copy. The `Indices` output of MaxPool is refused.
 - ArgMax / ArgMin (float): a slice holding a NaN gives the index of its first NaN (last with
   `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
 """
@@ -56,22 +57,28 @@ _variadic("Max", relax.op.maximum)
 _variadic("Min", relax.op.minimum)
 
 
-def _skip_nan(x):
-    return relax.op.where(relax.op.isnan(x), const(-np.inf, dtype_of(x)), x) if _is_float(x) else x
+def _max_pool(op_type: str):
+    @converter("", op_type)
+    def max_pool(bb, inputs, attrs, ctx):
+        if attrs["tvm_custom"]["num_outputs"] > 1:
+            raise refuse(f"{op_type}'s Indices output is not supported by the TVM back end")
+        x = inputs[0]
+        pool = lookup_frontend(op_type, ctx.opset)
+        if not _is_float(x):
+            return pool(bb, inputs, attrs, ctx)
+        dtype = dtype_of(x)
+        nan = bb.normalize(relax.op.isnan(x))
+        clean = bb.normalize(relax.op.where(nan, const(-np.inf, dtype), x))
+        pooled = bb.normalize(pool(bb, [clean, *list(inputs)[1:]], attrs, ctx))
+        flags = bb.normalize(relax.op.astype(nan, dtype))
+        any_nan = bb.normalize(pool(bb, [flags, *list(inputs)[1:]], attrs, ctx))
+        return relax.op.where(relax.op.greater(any_nan, const(0, dtype)), const(np.nan, dtype), pooled)
+
+    return max_pool
 
 
-@converter("", "MaxPool")
-def max_pool(bb, inputs, attrs, ctx):
-    if attrs["tvm_custom"]["num_outputs"] > 1:
-        raise refuse("MaxPool's Indices output is not supported by the TVM back end")
-    x = bb.normalize(_skip_nan(inputs[0]))
-    return lookup_frontend("MaxPool", ctx.opset)(bb, [x, *list(inputs)[1:]], attrs, ctx)
-
-
-@converter("", "GlobalMaxPool")
-def global_max_pool(bb, inputs, attrs, ctx):
-    x = bb.normalize(_skip_nan(inputs[0]))
-    return lookup_frontend("GlobalMaxPool", ctx.opset)(bb, [x, *list(inputs)[1:]], attrs, ctx)
+_max_pool("MaxPool")
+_max_pool("GlobalMaxPool")
 
 
 def _arg(op_type: str):

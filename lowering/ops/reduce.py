@@ -89,6 +89,8 @@ _REDUCE = {
 def _empty_value(op_type: str, dtype: str):
     if op_type in ("ReduceMax", "ReduceMin"):
         sign = -1 if op_type == "ReduceMax" else 1
+        if dtype == "bool":
+            return sign > 0
         if _is_float(dtype):
             return sign * np.inf
         info = np.iinfo(np.dtype(dtype))
@@ -125,9 +127,15 @@ def _make(op_type: str):
         shape = _static_shape(x)
         if shape is not None and any(shape[a] == 0 for a in axes):
             out = [1 if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes]
-            return const(np.full(out, _empty_value(op_type, dtype), dtype=dtype))
+            value = _empty_value(op_type, dtype)
+            if not _is_float(dtype) and isinstance(value, float) and np.isnan(value):
+                raise refuse(f"{op_type} of zero {dtype} elements has no value (NaN is not an integer)")
+            return const(np.full(out, value, dtype=dtype))
         if rank == 0:
             axes = []
+        if dtype == "bool" and reduce_fn in ("max", "min"):  # any / all, through int8
+            y = (relax.op.max if reduce_fn == "max" else relax.op.min)(relax.op.astype(x, "int8"), axes, keepdims)
+            return relax.op.astype(y, "bool")
         y = pre(x) if pre else x
         if reduce_fn == "max":
             y = _nan_propagating(relax.op.max, bb, y, axes, keepdims)

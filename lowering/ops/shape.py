@@ -8,7 +8,7 @@ these converters by `shape_values.ShapeEvaluator`; what reaches them is a consta
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse
 
@@ -39,8 +39,22 @@ def reshape(bb, inputs, attrs, ctx):
         out.append(d)
     if out.count(-1) > 1:
         raise refuse("Reshape to a shape with more than one -1")
-    if -1 in out and any(isinstance(d, int) and d == 0 for d in out):
-        raise refuse("Reshape with both -1 and a 0 dim (allowzero=1) is ambiguous")
+    if -1 in out:
+        if any(isinstance(d, int) and d == 0 for d in out):
+            raise refuse("Reshape with both -1 and a 0 dim (allowzero=1) is ambiguous")
+        known = 1
+        for d in out:
+            known = known * d if not (isinstance(d, int) and d == -1) else known
+        total = 1
+        for d in in_dims:
+            total = total * d
+        out[out.index(-1)] = tirx.floordiv(total, known) if not isinstance(total * known, int) else total // known
+    if any(isinstance(d, int) and d == 0 for d in out):  # allowzero=1 and a real 0: a zero-size result
+        # (relax.op.reshape reads a 0 as "copy this dim" whatever it is given: build the empty tensor from x)
+        where = next(i for i, d in enumerate(out) if isinstance(d, int) and d == 0)
+        flat = relax.op.reshape(x, [-1])
+        spread = relax.op.expand_dims(flat, [i for i in range(len(out)) if i != where]) if len(out) > 1 else flat
+        return relax.op.broadcast_to(spread, relax.ShapeExpr(out))
     return relax.op.reshape(x, out)
 
 

@@ -1,0 +1,246 @@
+"""optc's own converters for ops whose TVM frontend lowering computes something else: IEEE special values
+(NaN through Relu/Clip/Max/Min/reductions/pools), attribute semantics (Reduce noop_with_empty_axes, Reshape
+allowzero, Slice clamping, OneHot depth), mixed-type Pow, refused casts, and the one-line refusals.
+
+Each case compiles a small model with `optc.compile` and compares with onnxruntime exactly (NaN at the same
+places, zeros and infinities with their sign); where onnxruntime and the ONNX spec disagree, the test follows
+the spec and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from .conftest import run_ort
+from .test_shared_cases import identical
+
+NAN, INF = np.nan, np.inf
+X7 = np.array([NAN, -1.0, -0.0, 0.0, 2.0, INF, -INF], np.float32)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=18) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+
+
+def _in(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _out(name="y", dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, None)
+
+
+def _compiled(model, feeds) -> list[np.ndarray]:
+    return list(optc.compile(model).run(feeds).values())
+
+
+def _assert_as_onnxruntime(model, feeds):
+    want = run_ort(model, feeds)
+    got = _compiled(model, feeds)
+    for g, w in zip(got, want, strict=True):
+        assert identical(g, w) is None, identical(g, w)
+
+
+# -- IEEE special values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["Relu", "Neg", "Abs"])
+def test_unary_keeps_nan_inf_and_signed_zero(op):
+    _assert_as_onnxruntime(_model([helper.make_node(op, ["x"], ["y"])], [_in("x", [7])], [_out()]), {"x": X7})
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_propagate_nan(op):
+    other = np.array([1, 1, 0.0, -0.0, NAN, 1, 1], np.float32)
+    model = _model([helper.make_node(op, ["x", "c"], ["y"])], [_in("x", [7]), _in("c", [7])], [_out()])
+    _assert_as_onnxruntime(model, {"x": X7, "c": other})
+
+
+def test_max_min_of_integers_are_exact():
+    a = np.array([2**62 + 1, -5, 7], np.int64)
+    b = np.array([2**62, -4, 7], np.int64)
+    model = _model([helper.make_node("Max", ["a", "b"], ["y"])], [_in("a", [3], TensorProto.INT64),
+                   _in("b", [3], TensorProto.INT64)], [_out("y", TensorProto.INT64)])
+    _assert_as_onnxruntime(model, {"a": a, "b": b})
+
+
+def test_clip_keeps_nan_and_a_nan_bound_is_no_bound():
+    lo, hi = numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(NAN, np.float32), "hi")
+    model = _model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [_in("x", [7])], [_out()], [lo, hi])
+    _assert_as_onnxruntime(model, {"x": X7})
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+def test_reduce_max_min_propagate_nan_as_the_reference_does(op):
+    # onnxruntime keeps a leading NaN and skips later ones (its answer depends on the position); the onnx
+    # reference evaluator and numpy give NaN for any slice holding a NaN, and so does optc.
+    x = np.array([[NAN, 1, 2, 3], [1, NAN, -1, -2], [1, 2, 3, 4]], np.float32)
+    model = _model([helper.make_node(op, ["x"], ["y"], keepdims=0, axes=[1])], [_in("x", [3, 4])], [_out()], opset=17)
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+    assert identical(_compiled(model, {"x": x})[0], want) is None
+    assert np.isnan(want[:2]).all() and not np.isnan(want[2])
+
+
+def test_argmax_points_at_the_first_nan():
+    x = np.array([[NAN, 1, 2, 3], [1, 5, NAN, NAN], [1, 2, 3, 0]], np.float32)
+    model = _model([helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)], [_in("x", [3, 4])],
+                   [_out("y", TensorProto.INT64)])
+    assert _compiled(model, {"x": x})[0].tolist() == [0, 2, 2]  # numpy's and the reference evaluator's answer
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "GlobalMaxPool"])
+def test_maxpool_propagates_nan(op):
+    # onnxruntime's answer depends on where in the window the NaN is (here: the first window skips it, the last
+    # one gives NaN), the reference evaluator skips NaN; optc gives NaN for any window holding one, as ReduceMax.
+    x = np.array([[[[NAN, 1, 2, 3], [1, 2, 3, 4], [5, 1, NAN, 0], [0, 0, NAN, NAN]]]], np.float32)
+    attrs = {"kernel_shape": [2, 2], "strides": [2, 2]} if op == "MaxPool" else {}
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_in("x", [1, 1, 4, 4])], [_out()])
+    want = np.array([[[[NAN, 4], [5, NAN]]]] if op == "MaxPool" else [[[[NAN]]]], np.float32)
+    assert identical(_compiled(model, {"x": x})[0], want) is None
+
+
+# -- attribute semantics ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op, expected", [
+    ("ReduceSum", lambda x: x), ("ReduceSumSquare", lambda x: x * x), ("ReduceL1", np.abs),
+    ("ReduceL2", np.abs), ("ReduceMax", lambda x: x), ("ReduceLogSum", np.log),
+])
+def test_reduce_noop_with_empty_axes(op, expected):
+    x = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
+    model = _model([helper.make_node(op, ["x"], ["y"], noop_with_empty_axes=1)], [_in("x", [2, 2])], [_out()])
+    with np.errstate(invalid="ignore"):
+        want = expected(x).astype(np.float32)
+    assert identical(_compiled(model, {"x": x})[0], want) is None
+    _assert_as_onnxruntime(model, {"x": x})
+
+
+@pytest.mark.parametrize("op, value", [("ReduceSum", 0.0), ("ReduceProd", 1.0), ("ReduceMax", -INF),
+                                       ("ReduceMin", INF), ("ReduceLogSumExp", -INF)])
+def test_reduce_over_zero_elements_gives_the_identity(op, value):
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    model = _model([helper.make_node(op, ["x", "axes"], ["y"], keepdims=1)], [_in("x", [2, 0, 3])], [_out()], [axes])
+    got = _compiled(model, {"x": np.zeros((2, 0, 3), np.float32)})[0]
+    assert identical(got, np.full((2, 1, 3), value, np.float32)) is None
+
+
+def test_reduce_of_bools_is_any_and_all():
+    x = np.array([[True, False], [True, True]])
+    for op, want in (("ReduceMax", [True, True]), ("ReduceMin", [False, True])):
+        model = _model([helper.make_node(op, ["x"], ["y"], keepdims=0, axes=[1])], [_in("x", [2, 2], TensorProto.BOOL)],
+                       [_out("y", TensorProto.BOOL)], opset=17)
+        assert _compiled(model, {"x": x})[0].tolist() == want
+
+
+@pytest.mark.parametrize("start, end, step", [(1, 2**63 - 1, 1), (-2**63, 2**63 - 1, 1), (5, -2**63, -1),
+                                              (-1, -100, -2), (100, 0, -3), (2, 2, 1), (-2, 100, 4)])
+def test_slice_bounds_clamp_as_the_spec_says(start, end, step):
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for v, n in
+             ((start, "s"), (end, "e"), (1, "a"), (step, "st"))]
+    model = _model([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], [_in("x", [2, 6])], [_out()], inits)
+    assert identical(_compiled(model, {"x": x})[0], x[:, start:end:step]) is None  # Python's slicing agrees here
+
+
+def test_slice_where_onnxruntime_departs_from_the_spec():
+    # end = INT64_MAX with a negative step: the spec clamps it to dim-1, so x[:, 6:INT64_MAX:-1] is empty (the
+    # reference evaluator agrees); onnxruntime 1.31 returns the whole reversed row instead.
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for v, n in
+             ((6, "s"), (2**63 - 1, "e"), (1, "a"), (-1, "st"))]
+    model = _model([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], [_in("x", [2, 6])], [_out()], inits)
+    assert _compiled(model, {"x": x})[0].shape == (2, 0)
+    assert ReferenceEvaluator(model).run(None, {"x": x})[0].shape == (2, 0)
+
+
+def test_slice_where_the_reference_evaluator_departs_from_the_spec():
+    # start = INT64_MIN with a negative step: the spec clamps the adjusted start to [0, dim-1], so the slice
+    # holds element 0 (onnxruntime agrees); the reference evaluator uses Python's slicing and returns nothing.
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for v, n in
+             ((-2**63, "s"), (-2**63, "e"), (1, "a"), (-1, "st"))]
+    model = _model([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], [_in("x", [2, 6])], [_out()], inits)
+    _assert_as_onnxruntime(model, {"x": x})
+    assert _compiled(model, {"x": x})[0].tolist() == [[0.0], [6.0]]
+
+
+@pytest.mark.parametrize("shape, allowzero, x_shape", [([0, -1], 0, (4, 6)), ([0, 3], 1, (0, 6)),
+                                                       ([3, 4, 0], 1, (0, 3, 4)), ([-1], 0, (4, 6))])
+def test_reshape_zero_copies_or_is_zero_with_allowzero(shape, allowzero, x_shape):
+    x = np.arange(int(np.prod(x_shape)), dtype=np.float32).reshape(x_shape)
+    s = numpy_helper.from_array(np.array(shape, np.int64), "s")
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=allowzero)], [_in("x", list(x_shape))],
+                   [_out()], [s])
+    _assert_as_onnxruntime(model, {"x": x})
+
+
+@pytest.mark.parametrize("depth", [np.array(5, np.int64), np.array([5], np.int64), np.array(5.7, np.float32)])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_one_hot_depth_of_any_rank(depth, axis):
+    idx = np.array([[0, -1], [7, 3]], np.int64)
+    inits = [numpy_helper.from_array(depth, "d"), numpy_helper.from_array(np.array([0.5, 2], np.float32), "v")]
+    model = _model([helper.make_node("OneHot", ["i", "d", "v"], ["y"], axis=axis)], [_in("i", [2, 2], TensorProto.INT64)],
+                   [_out()], inits)
+    _assert_as_onnxruntime(model, {"i": idx})
+
+
+@pytest.mark.parametrize("base, exponent", [(TensorProto.FLOAT, TensorProto.INT64), (TensorProto.INT64, TensorProto.INT64),
+                                            (TensorProto.INT32, TensorProto.FLOAT), (TensorProto.DOUBLE, TensorProto.FLOAT)])
+def test_pow_of_mixed_types_has_the_base_type(base, exponent):
+    b = np.array([2, 3, -2, 5], helper.tensor_dtype_to_np_dtype(base))
+    e = np.array([3, 2, 3, 0], helper.tensor_dtype_to_np_dtype(exponent))
+    model = _model([helper.make_node("Pow", ["b", "e"], ["y"])], [_in("b", [4], base), _in("e", [4], exponent)],
+                   [_out("y", base)])
+    _assert_as_onnxruntime(model, {"b": b, "e": e})
+
+
+# -- refusals: one line, the op and the reason ---------------------------------------------------------------
+
+
+def test_cast_to_float8_is_refused_with_its_reason():
+    model = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN)], [_in("x", [3])],
+                   [_out("y", TensorProto.FLOAT8E4M3FN)], opset=19)
+    with pytest.raises(optc.UnsupportedError, match=r"cannot lower Cast node \(output 'y'\): .*float8_e4m3fn"):
+        optc.compile(model)
+
+
+def test_run_time_reshape_is_refused_in_one_line_and_debug_shows_the_cause(tmp_path):
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [_in("x", [2, 3]), _in("s", [2], TensorProto.INT64)],
+                   [_out()])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    cmd = [sys.executable, "-m", "optc.tools.cli", "compile", str(path), "-o", str(tmp_path / "m.so")]
+    env = {k: v for k, v in os.environ.items() if k != "OPTC_DEBUG"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["optc: error: cannot lower Reshape node (output 'y'): Reshape to a shape "
+                                        "computed from run-time values is not supported by the TVM back end"]
+    assert not (tmp_path / "m.so").exists()
+    debug = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OPTC_DEBUG": "1"})
+    assert debug.returncode == 2
+    assert "Traceback" in debug.stderr and "lowering/ops/shape.py" in debug.stderr
+    assert debug.stderr.splitlines()[-1].startswith("optc: error: cannot lower Reshape")
+
+
+def test_tvm_native_warnings_never_reach_the_user(tmp_path):
+    # A converter that fails mid-function left the BlockBuilder with open blocks: TVM then printed
+    # "BlockBuilder destroyed with remaining blocks!" on stderr after optc's error line.
+    model = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"])],
+                   [_in("x", [2, 3]), _in("s", [2], TensorProto.INT64)], [_out()])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    code = ("import optc, sys\ntry:\n    optc.compile(sys.argv[1])\nexcept optc.OptcError as e:\n    print('refused')\n"
+            "import gc; gc.collect()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.stdout.strip() == "refused"
+    assert "BlockBuilder" not in proc.stderr, proc.stderr
