@@ -2,7 +2,8 @@
 
 Pipeline (see SCHEDULES.md for why):
 
-1. bind the weights as constants, decompose inference-only ops, canonicalize;
+1. fast math (``fast_math.py``; off with ``fast_math=False``), bind the weights as constants, decompose
+   inference-only ops, canonicalize;
 2. (cpu/arm64) convert conv2d to NHWC activations / HWIO weights and fold the weight transposes;
 3. legalize to TIR, fuse (LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR);
 4. apply the tuning database if one is given (MetaScheduleApplyDatabase), then schedule every
@@ -12,7 +13,9 @@ Pipeline (see SCHEDULES.md for why):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -47,14 +50,33 @@ def bind_params(mod, params: Mapping[str, np.ndarray] | None, func_name: str = "
     return relax.transform.BindParams(func_name, binding)(mod)
 
 
-def preprocess_passes(target, layout: str | None = "auto"):
-    """Relax-level passes before legalization: inference decompositions and layout choice."""
+_FAST_MATH: contextvars.ContextVar[bool] = contextvars.ContextVar("optc_fast_math", default=True)
+
+
+@contextlib.contextmanager
+def fast_math_default(enabled: bool) -> Iterator[None]:
+    """Make `enabled` the fast-math setting of every `prepare` / `build` that does not pass its own (so tuning,
+    which prepares the module itself, sees the same kernels as the build)."""
+    token = _FAST_MATH.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FAST_MATH.reset(token)
+
+
+def _fast_math(value: bool | None) -> bool:
+    return _FAST_MATH.get() if value is None else bool(value)
+
+
+def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | None = None):
+    """Relax-level passes before legalization: fast math (see ``fast_math.py``; ``fast_math=False`` keeps libm's
+    exp / tanh / erf and the plain softmax), inference decompositions and layout choice."""
     from tvm import relax  # noqa: PLC0415
 
     from .fast_math import fast_math_pass  # noqa: PLC0415
 
     passes = [
-        fast_math_pass(),
+        fast_math_pass(_fast_math(fast_math)),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),
@@ -126,13 +148,14 @@ def default_rules(target):
     return schedules.cpu_rules()
 
 
-def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto"):
-    """Bind params and run the relax-level passes before legalization (layout, decompositions)."""
+def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto", fast_math: bool | None = None):
+    """Bind params and run the relax-level passes before legalization (fast math, layout, decompositions).
+    ``fast_math=None``: the setting of the enclosing ``fast_math_default`` (on by default)."""
     tvm = _tvm()
     target = resolve_target(target)
     mod = bind_params(mod, params)
     with target:
-        mod = tvm.transform.Sequential(preprocess_passes(target, layout))(mod)
+        mod = tvm.transform.Sequential(preprocess_passes(target, layout, fast_math))(mod)
     return mod
 
 
@@ -205,7 +228,8 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
 
 def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, database=None,
-          schedule: str = "default", layout: str | None = "auto", report: dict | None = None):
+          schedule: str = "default", layout: str | None = "auto", report: dict | None = None,
+          fast_math: bool | None = None):
     """Compile a Relax IRModule to a ``tvm.relax.VMExecutable``.
 
     - ``params``: weights by ``main`` parameter name; bound as constants (folded into the library).
@@ -216,10 +240,12 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
     - ``layout``: ``"auto"`` (NHWC on CPU), ``"NHWC"`` or ``None`` (keep the model's layout).
     - ``report``: a dict that receives ``kernels`` (PrimFuncs), ``tuned`` (scheduled from the
       database) and ``scheduled`` (with a schedule after the default rules).
+    - ``fast_math``: polynomial exp / softmax / tanh / erf (``fast_math.py``, errors measured in
+      benchmarks/RESULTS.md "Fast math"); False: libm's. None: ``fast_math_default``'s setting (True).
     """
     tvm = _tvm()
     target = resolve_target(target)
-    mod = prepare(mod, params, target, layout=layout)
+    mod = prepare(mod, params, target, layout=layout, fast_math=fast_math)
     try:
         return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule, report))
     except OptcError:

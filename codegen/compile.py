@@ -12,7 +12,7 @@ from ..errors import OptcError
 from ..ir import Model, load
 from ..lowering import lower, signature
 from .artifact import export
-from .build import build
+from .build import build, fast_math_default
 from .targets import resolve_target, target_kind
 from .tuning import tune as tune_kernels
 
@@ -23,12 +23,14 @@ def _as_model(model: Model | str | os.PathLike | bytes) -> Model:
 
 def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2,
                      trials: int = 0, db: str | os.PathLike | None = None, progress: bool = False,
-                     report: dict | None = None):
+                     report: dict | None = None, fast_math: bool = True):
     """Optimize, lower and build a model. Returns `(executable, metadata)`.
 
     With `trials > 0` the kernels are tuned with MetaSchedule first, into the database directory `db`
     (required); a database that already holds them runs no new trials. `report` receives `tuning`
-    (tasks, trials) and `build` (kernels, tuned, scheduled) figures.
+    (tasks, trials) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
+    exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math"); False uses
+    libm's. The graph rewrites before lowering are IEEE-exact either way (their own `fast_math` stays off).
     """
     from ..rewrites import optimize
 
@@ -41,14 +43,16 @@ def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, l
         if trials < 0:
             raise OptcError(f"--trials must be >= 0, got {trials}")
         report["tuning"] = {}
-        database = tune_kernels(mod, None, tvm_target, Path(db), trials, progress=progress,
-                                report=report["tuning"])
+        with fast_math_default(fast_math):  # tuning prepares the module itself: the same kernels as the build
+            database = tune_kernels(mod, None, tvm_target, Path(db), trials, progress=progress,
+                                    report=report["tuning"])
     elif trials:
         raise OptcError("tuning needs a database directory (--db DIR) to keep its results")
     report["build"] = {}
-    executable = build(mod, None, tvm_target, database=database, report=report["build"])
+    executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math)
     inputs, outputs = signature(model)
-    meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target), "opt_level": level}
+    meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target), "opt_level": level,
+            "fast_math": bool(fast_math)}
     return executable, meta
 
 
@@ -60,10 +64,11 @@ def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike,
 
 
 def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2, trials: int = 0,  # noqa: A001
-            db: str | os.PathLike | None = None, progress: bool = False):
+            db: str | os.PathLike | None = None, progress: bool = False, fast_math: bool = True):
     """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
-    compiled to a file (`optc compile`)."""
+    compiled to a file (`optc compile`). `fast_math=False`: libm's exp / tanh / erf and the plain softmax
+    instead of the polynomial approximations (see `build_executable`)."""
     from tvm.runtime.vm import VirtualMachine
 
     from ..runtime import Module, _device_for
@@ -71,6 +76,7 @@ def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int
     kind = target_kind(resolve_target(target))
     if kind == "arm64":
         raise OptcError("an arm64 module cannot run here; compile it to a file with `optc compile --target arm64`")
-    executable, meta = build_executable(model, target, level=level, trials=trials, db=db, progress=progress)
+    executable, meta = build_executable(model, target, level=level, trials=trials, db=db, progress=progress,
+                                        fast_math=fast_math)
     device = _device_for(kind)
     return Module(None, meta, VirtualMachine(executable, device), device)

@@ -1,18 +1,36 @@
 """Relax-level rewrites of expensive elementwise math into vectorizable forms (before legalization).
 
 LLVM lowers ``exp``, ``erf`` and ``tanh`` to one scalar libm call per element: in a BERT-like model the
-softmax and the Erf of GELU take longer than the matmuls. This pass uses TOPI's polynomial versions,
-which vectorize, and keeps IEEE special values:
+softmax and the Erf of GELU take longer than the matmuls. With fast math (the default of ``optc compile``;
+``--no-fast-math`` / ``fast_math=False`` turns it off) this pass uses TOPI's polynomial versions, which
+vectorize, float32 only:
 
-* ``exp`` and ``softmax`` -> ``topi.fast_exp`` / ``topi.nn.fast_softmax`` (max relative error 2.5e-7
-  in the normal range; NaN and +-inf as libm; results below the normal range flush to 0);
-* ``tanh`` -> ``topi.fast_tanh`` (max abs error 2.6e-7, NaN kept);
-* ``erf`` -> TOPI's fast_erf polynomial (max abs error 2.4e-7) in one elementwise expression, with NaN
-  passed through (``topi.fast_erf`` maps NaN to 1);
-* ``power(x, 2)`` with a constant exponent -> ``x * x`` (exact: pow(x, 2) is correctly rounded x*x).
+* ``exp`` and ``softmax`` -> ``topi.fast_exp`` / ``topi.nn.fast_softmax``;
+* ``tanh`` -> ``topi.fast_tanh`` (Eigen's rational approximation) with Eigen's small-|x| branch put back
+  (tanh x = x below 2^-12), clamped to [-1, 1], NaN passed through;
+* ``erf`` -> TOPI's fast_erf polynomial in one elementwise expression, with NaN passed through
+  (``topi.fast_erf`` maps NaN to 1), erf x = 2x/sqrt(pi) below 2^-12, clamped to [-1, 1];
+* ``power(x, 2)`` with a constant exponent -> ``x * x`` (exact: x * x is pow(x, 2) correctly rounded; also
+  without fast math).
 
-Measured on this machine (see SCHEDULES.md): the figures above, from a sweep over [-30, 30] and the
-special values, against float64 references.
+Max error in float32 ulp against a float64 reference, measured by ``benchmarks/fast_math_ulp.py`` over one
+float32 bit pattern in every 16 (2^28 inputs, all low-bit residues, plus the special values) on an AMD EPYC
+(LLVM -mcpu=znver3, AVX2 + FMA); the table is in benchmarks/RESULTS.md, "Fast math", and the bounds in
+``MAX_ULP`` (tests/test_fast_math.py checks them on a sample):
+
+=======  ==============  ===============================================================================
+op       max ulp (fast)  special values and what is not counted in the ulp figure
+=======  ==============  ===============================================================================
+exp      4.55            NaN -> NaN, +-inf -> inf / 0; overflows to inf from x = 88.38 (libm: 88.72, so
+                         exp(88.38..88.72) = 2.4e38..3.4e38 comes out inf); results below the normal
+                         range flush to 0 from x = -87.68 (libm returns subnormals down to -103.97)
+softmax  4.48            as exp (the error is fast_exp's; rows [x, 0]); subnormal results flush to 0
+tanh     4.67            NaN -> NaN, +-inf -> +-1, +-0 and subnormals exact, |result| <= 1
+erf      5.57            NaN -> NaN, +-inf -> +-1, +-0 kept, |result| <= 1
+=======  ==============  ===============================================================================
+
+Without fast math: exp 0.50 and erf 0.92 ulp (glibc's expf / erff), tanh correctly rounded (libm's double
+tanh, see ``fast_math_pass``), softmax 2.36 ulp on rows [x, 0]; subnormal results are kept.
 """
 
 from __future__ import annotations
@@ -24,22 +42,48 @@ _ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06
               -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
 _ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
              -1.42647390514189e-02)
+_TINY = 2.0**-12
+_TWO_OVER_SQRT_PI = 1.1283791670955126
 
 
-def fast_math_pass():
-    """The module pass (a function, so that importing optc does not import TVM)."""
+def fast_math_pass(enabled: bool = True):
+    """The module pass (a function, so that importing optc does not import TVM).
+
+    ``enabled=False`` (``--no-fast-math``): exp, softmax and erf stay as they are (LLVM calls libm's expf / erff),
+    and tanh becomes a call to libm's double tanh, rounded once to float32 (TVM's own llvm lowering of tanh,
+    (1 - e^-2x) / (1 + e^-2x), loses every bit near 0: tanh(1e-8) = 0; glibc's tanhf is off by up to 2 ulp).
+    ``power(x, 2) -> x * x`` is exact and applies either way.
+    """
     import tvm  # noqa: PLC0415
-    from tvm import relax, topi  # noqa: PLC0415
+    from tvm import relax, te, topi  # noqa: PLC0415
     from tvm.relax import expr_functor  # noqa: PLC0415
+
+    def libm_tanh(x):
+        """tanh as a call of the C library's double tanh per element (float32: on the promoted value, rounded
+        back once, which is correctly rounded but for near-ties; glibc's tanhf alone is off by up to 2 ulp)."""
+        tirx = tvm.tirx
+
+        def f(*i):
+            v = x(*i)
+            if x.dtype == "float64":
+                return tirx.call_pure_extern("float64", "tanh", v)
+            return tirx.Cast(x.dtype, tirx.call_pure_extern("float64", "tanh", tirx.Cast("float64", v)))
+
+        return te.compute(x.shape, f, name="tanh_libm", tag="elemwise")
+
+    def f32(value):
+        return relax.const(np.float32(value))
+
+    def tiny(x):
+        """|x| < 2^-12: where tanh(x) rounds to x and erf(x) to x * 2/sqrt(pi) (relative error x^2/3 < 2^-25);
+        the polynomials would lose precision there to subnormal intermediates (x * p(x^2) underflows)."""
+        return relax.op.less(relax.op.abs(x), f32(_TINY))
 
     def nan_safe_fast_erf(x):
         """TOPI's fast_erf polynomial (Eigen's rational approximation on [-4, 4]) as elementwise Relax ops,
-        which fuse and inline into the producing kernel like erf did, with NaN passed through."""
+        which fuse and inline into the producing kernel like erf did, with NaN passed through, the small-|x|
+        branch and the result clamped to [-1, 1] (the polynomial reaches 1.0000004 near |x| = 4)."""
         op = relax.op
-
-        def f32(value):
-            return relax.const(np.float32(value))
-
         c = op.clip(x, -4.0, 4.0)
         c2 = op.multiply(c, c)
         p, q = f32(_ERF_ALPHA[0]), f32(_ERF_BETA[0])
@@ -47,11 +91,19 @@ def fast_math_pass():
             p = op.add(op.multiply(p, c2), f32(a))
         for b in _ERF_BETA[1:]:
             q = op.add(op.multiply(q, c2), f32(b))
-        return op.where(op.isnan(x), x, op.divide(op.multiply(c, p), q))
+        poly = op.where(op.isnan(x), x, op.clip(op.divide(op.multiply(c, p), q), -1.0, 1.0))
+        return op.where(tiny(x), op.multiply(x, f32(_TWO_OVER_SQRT_PI)), poly)
 
-    def _is_float32(expr) -> bool:
+    def fast_tanh(builder, x):
+        """TOPI's fast_tanh (Eigen's rational approximation, without Eigen's small-|x| branch: added back),
+        clamped to [-1, 1] (the polynomial reaches 1.0000002 near |x| = 8.5), NaN passed through."""
+        op = relax.op
+        poly = op.clip(builder.call_te(topi.fast_tanh, x), -1.0, 1.0)
+        return op.where(op.logical_or(tiny(x), op.isnan(x)), x, poly)
+
+    def _dtype(expr) -> str | None:
         ty = getattr(expr, "ty", None)
-        return isinstance(ty, relax.TensorType) and ty.dtype == "float32"
+        return ty.dtype if isinstance(ty, relax.TensorType) else None
 
     def _const_two(expr) -> bool:
         if not isinstance(expr, tvm.ir.expr.Constant):
@@ -67,19 +119,26 @@ def fast_math_pass():
         def visit_call_(self, call):
             call = super().visit_call_(call)
             op = getattr(call.op, "name", None)
-            if op is None or not call.args or not _is_float32(call.args[0]):
+            if op is None or not call.args:
                 return call
+            dtype = _dtype(call.args[0])
             x = call.args[0]
+            if op == "relax.power" and dtype == "float32" and _const_two(call.args[1]):
+                return relax.op.multiply(x, x)  # exact: x * x is pow(x, 2) correctly rounded
+            if not enabled:
+                if op == "relax.tanh" and dtype in ("float32", "float64"):
+                    return self.builder_.call_te(libm_tanh, x)
+                return call
+            if dtype != "float32":
+                return call
             if op == "relax.nn.softmax":
                 return self.builder_.call_te(topi.nn.fast_softmax, x, int(call.attrs.axis))
             if op == "relax.exp":
                 return self.builder_.call_te(topi.fast_exp, x)
             if op == "relax.tanh":
-                return self.builder_.call_te(topi.fast_tanh, x)
+                return fast_tanh(self.builder_, x)
             if op == "relax.erf":
                 return nan_safe_fast_erf(x)
-            if op == "relax.power" and _const_two(call.args[1]):
-                return relax.op.multiply(x, x)
             return call
 
     @tvm.transform.module_pass(opt_level=0, name="optc_fast_math")
@@ -91,3 +150,38 @@ def fast_math_pass():
         return rewriter.builder_.get()
 
     return _pass
+
+
+OPS = ("exp", "tanh", "erf", "softmax")
+
+#: max error in float32 ulp of the fast kernels over every float32 input (benchmarks/fast_math_ulp.py;
+#: subnormal results flushed to zero are not counted, see the module docstring)
+MAX_ULP = {"exp": 4.55, "tanh": 4.67, "erf": 5.57, "softmax": 4.48}
+
+
+def compiled_op(op: str, shape: tuple[int, ...], *, fast_math: bool = True, target: str = "cpu"):
+    """`op` (one of `OPS`; softmax over the last axis) on a float32 tensor of `shape`, compiled by
+    `codegen.build.build` as in a model (this pass, legalization, optc's schedules). Returns a function
+    numpy array -> numpy array (for the error measurements in benchmarks/fast_math_ulp.py and the tests)."""
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+
+    from .build import build  # noqa: PLC0415
+
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r} (one of {', '.join(OPS)})")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(tuple(shape), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            call = relax.op.nn.softmax(x, axis=-1) if op == "softmax" else getattr(relax.op, op)(x)
+            out = bb.emit_output(bb.emit(call))
+        bb.emit_func_output(out)
+    executable = build(bb.get(), None, target, fast_math=fast_math)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    fn = vm["main"]
+
+    def run(a: np.ndarray) -> np.ndarray:
+        return fn(tvm.runtime.tensor(np.ascontiguousarray(a, dtype=np.float32))).numpy()
+
+    return run

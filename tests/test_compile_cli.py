@@ -117,3 +117,67 @@ def test_python_api_compile_runs_in_memory():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     with pytest.raises(optc.OptcError, match="unknown input 'z'"):
         module.run({"z": x})
+
+
+# -- fast math on / off ---------------------------------------------------------------------------------------
+
+
+def _math_model(path) -> str:
+    """y_exp = Exp(x), y_tanh = Tanh(x), y_erf = Erf(x), y_sm = Softmax(x) on float32 [N, 8]."""
+    ops = ["Exp", "Tanh", "Erf", "Softmax"]
+    nodes = [helper.make_node(op, ["x"], [f"y_{op.lower()}"]) for op in ops]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info(f"y_{op.lower()}", TensorProto.FLOAT, ["N", 8])
+                               for op in ops])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def _libm_reference(x: np.ndarray) -> dict[str, np.ndarray]:
+    import math
+
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    return {"y_exp": np.exp(x64), "y_tanh": np.tanh(x64), "y_erf": np.vectorize(math.erf)(x64),
+            "y_softmax": e / e.sum(axis=1, keepdims=True)}
+
+
+def test_compile_no_fast_math_uses_libm(tmp_path):
+    from .test_fast_math import ulp_errors
+
+    model = _math_model(tmp_path / "math.onnx")
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32) * 4
+    x[0, :6] = [np.nan, np.inf, -np.inf, -0.0, 1e-30, -1e-20]
+    np.savez(tmp_path / "x.npz", x=x)
+    ref = _libm_reference(x)
+    outs = {}
+    for flag in ("--no-fast-math", None):
+        lib = tmp_path / ("plain.so" if flag else "fast.so")
+        proc = optc_cli("compile", model, "-o", str(lib), "-q", *([flag] if flag else []))
+        assert proc.returncode == 0, proc.stderr
+        assert ("no fast math" in proc.stdout) == bool(flag)
+        assert json.loads(open(str(lib) + ".json").read())["fast_math"] is (flag is None)
+        proc = optc_cli("run", str(lib), "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"))
+        assert proc.returncode == 0, proc.stderr
+        outs[flag] = dict(np.load(tmp_path / "y.npz"))
+    plain, fast = outs["--no-fast-math"], outs[None]
+    for name in ("y_exp", "y_tanh", "y_erf"):  # libm: within 1 ulp, NaN / inf / -0.0 exactly
+        err = ulp_errors(plain[name], ref[name], allow_flush=False)
+        assert err.max() <= 1.0, (name, err.max())
+    # the plain float32 softmax: x - max rounds, exp magnifies that (not a libm question): a relative bound
+    np.testing.assert_allclose(plain["y_softmax"][1:], ref["y_softmax"][1:], rtol=1e-5, atol=0)
+    assert any(not np.array_equal(fast[k], plain[k], equal_nan=True) for k in ("y_exp", "y_tanh", "y_erf"))
+
+
+def test_python_compile_and_bench_take_fast_math(tmp_path):
+    model = _math_model(tmp_path / "math.onnx")
+    x = np.linspace(-3, 3, 16, dtype=np.float32).reshape(2, 8)
+    module = optc.compile(model, fast_math=False)
+    assert np.array_equal(module.run({"x": x})["y_tanh"], np.tanh(x.astype(np.float64)).astype(np.float32))
+    proc = optc_cli("bench", model, "--no-fast-math", "--repeat", "2", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fast_math"] is False
+    proc = optc_cli("bench", model, "--artifact", "x.so", "--no-fast-math")
+    _assert_one_line_error(proc, "--no-fast-math applies when bench compiles")

@@ -40,10 +40,11 @@ def _median_ms(fn, repeat: int, warmup: int) -> float:
 
 def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat: int = 50, warmup: int = 5,
           dims: dict[str, int] | None = None, seed: int = 0, *, level: int = 2, trials: int = 0,
-          db: str | None = None) -> dict:
+          db: str | None = None, fast_math: bool = True) -> dict:
     """Median latencies (ms) of optc and onnxruntime on the same random inputs, their ratio and the max abs
-    difference of their outputs. Without `artifact`, the model is compiled for the CPU first (`level`, and
-    tuned with `trials` into the database `db` when given); `compile_s` is then the compile time."""
+    difference of their outputs. Without `artifact`, the model is compiled for the CPU first (`level`,
+    `fast_math`, and tuned with `trials` into the database `db` when given); `compile_s` is then the compile
+    time."""
     from .. import runtime
     from ..codegen.compile import compile as compile_model
     from ..ir import load
@@ -52,7 +53,8 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     session = _ort_session(model_path, threads)
     feeds = random_inputs(session, dims, seed)
     start = time.perf_counter()
-    module = runtime.load(artifact) if artifact else compile_model(model, "cpu", level=level, trials=trials, db=db)
+    module = runtime.load(artifact) if artifact else compile_model(model, "cpu", level=level, trials=trials, db=db,
+                                                                   fast_math=fast_math)
     compile_s = None if artifact else time.perf_counter() - start
     ort_out = session.run(None, feeds)
     optc_out = module.run(feeds)
@@ -63,14 +65,18 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     ort_ms = _median_ms(lambda: session.run(None, feeds), repeat, warmup)
     return {"model": model_path, "artifact": artifact, "threads": threads, "repeat": repeat,
             "optc_ms": optc_ms, "onnxruntime_ms": ort_ms, "ratio": optc_ms / ort_ms, "max_abs_diff": diff,
-            "max_abs_output": scale, "compile_s": compile_s}
+            "max_abs_output": scale, "compile_s": compile_s,
+            "fast_math": None if artifact else bool(fast_math)}
 
 
 def run(args) -> int:
     if args.threads < 1:
         raise OptcError("--threads must be at least 1")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
-    result = bench(args.model, args.artifact, args.threads, args.repeat, args.warmup, parse_dims(args.dim))
+    if args.artifact and not args.fast_math:
+        raise OptcError("--no-fast-math applies when bench compiles the model; an --artifact is already compiled")
+    result = bench(args.model, args.artifact, args.threads, args.repeat, args.warmup, parse_dims(args.dim),
+                   fast_math=args.fast_math)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -99,5 +105,7 @@ def register(sub) -> None:
     p.add_argument("--repeat", type=int, default=50, metavar="N", help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first (default 5)")
     p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim (default 1)")
+    p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
+                   help="when compiling here: libm's exp / tanh / erf and the plain softmax (as optc compile)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

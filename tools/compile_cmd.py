@@ -21,9 +21,10 @@ def run(args) -> int:
     start = time.perf_counter()
     path = compile_to_file(model, args.output, args.target, level=args.level,
                            trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
-                           progress=not args.quiet, report=report)
+                           progress=not args.quiet, report=report, fast_math=args.fast_math)
     build = report.get("build", {})
-    line = (f"wrote {path} ({args.target}, -O{args.level}) in {time.perf_counter() - start:.1f} s: "
+    math = "" if args.fast_math else ", no fast math"
+    line = (f"wrote {path} ({args.target}, -O{args.level}{math}) in {time.perf_counter() - start:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
     tuning = report.get("tuning")
     if tuning is not None:
@@ -50,5 +51,8 @@ def register(sub) -> None:
     p.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in all, rule variants included (default 64)")
     p.add_argument("--db", metavar="DIR", help="tuning database directory; a second compile with the same "
                    "database runs no new trials")
+    p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
+                   help="use libm's exp, tanh and erf and the plain softmax instead of the vectorized polynomial "
+                   "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
