@@ -1,10 +1,14 @@
 """Quantization ops, written with Relax ops so that every rounding is the one ONNX specifies.
 
 - QuantizeLinear: `y = saturate(rint(x / y_scale) + y_zero_point)`; the division in the precision the spec
-  names (the `precision` attribute, else the type of `y_scale`), round half to even (`relax.op.round` lowers to
-  `nearbyint`), the zero point added in int32, then saturated. Per-tensor, per-axis and blocked (`block_size`).
-- DequantizeLinear: `y = (float32(x) - float32(x_zero_point)) * float32(x_scale)` cast to `output_dtype` (else
-  the scale's type), as the ONNX reference evaluator computes it (exact for 8/16-bit inputs).
+  names (the `precision` attribute, else the type of `y_scale`: with a float32 x and a float16 scale x is
+  rounded to float16 first, where the reference evaluator divides in float32), round half to even
+  (`relax.op.round` lowers to `nearbyint`), the zero point added in int32, then saturated. Per-tensor, per-axis
+  and blocked (`block_size`).
+- DequantizeLinear: `y = (float32(x) - float32(x_zero_point)) * float32(x_scale)` rounded once to
+  `output_dtype` (else the scale's type), as the reference evaluator and onnxruntime compute it (exact for
+  8/16-bit inputs; a float16 product of a float16 x - zero point would round int16 values first).
+- bfloat16 values are rounded on the bits (see `_to_grid`): TVM keeps bfloat16 arithmetic in float32.
 - DynamicQuantizeLinear: the reference's formula, including its scale of 1/255 when min == max (all-zero
   input) that the function body (`_expanded`) would turn into a division by zero.
 - MatMulInteger / ConvInteger: zero points subtracted in int32 first, int32 accumulation.
@@ -15,6 +19,8 @@
 Refused (one line each): 4-bit / 2-bit types (TVM cannot build tensors of sub-byte elements), float8 and float4
 types (TVM's own float8 casts are wrong on the CPU: float8 0 reads as 0.0078125, overflow gives garbage),
 float8e8m0 or int32 scales, run-time shapes where the blocked layout or auto_pad needs them.
+
+A matmul or convolution with a one-term reduction gets a zero term more (REDUCTION OF ONE, below).
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ def _qparam(bb, p, x, axis: int, block_size: int, what: str):
     if not block_size:
         if len(pshape) != 1:
             raise refuse(f"a {what} of shape {pshape} without block_size (neither per-tensor nor per-axis)")
+        if None not in (pshape[0], xshape and xshape[axis]) and pshape[0] != xshape[axis]:
+            raise refuse(f"a {what} of {pshape[0]} elements for {xshape[axis]} along axis {axis}")
         target = [1] * rank
         target[axis] = -1 if pshape[0] is None else pshape[0]
         return const(value.reshape(target)) if value is not None else bb.emit(relax.op.reshape(p, target))
