@@ -314,6 +314,17 @@ class ShapeEvaluator:
         from tvm import relax
 
         target = self.of(n.inputs[1])
+        sv = self.tracked(n.inputs[0])
+        if sv is not None:  # a shape value reshaped: scalar <-> [1], or [k] -> [-1] / [k] / [0] (copy)
+            if target is None or not target.is_static or target.scalar or len(target.dims) > 1:
+                return None
+            size = len(sv.dims)
+            if target.dims == [] and size == 1:
+                return ShapeValue(list(sv.dims), scalar=True)
+            if len(target.dims) == 1 and target.dims[0] in (-1, size) or (
+                    target.dims == [0] and not n.attr("allowzero", 0) and not sv.scalar):
+                return ShapeValue(list(sv.dims))
+            return None
         if target is None or n.inputs[1] not in self.values or target.scalar:
             return None
         data = self.lowering.exprs[n.inputs[0]]
@@ -332,7 +343,12 @@ class ShapeEvaluator:
 
         target = self.of(n.inputs[1])
         in_dims = self._input_shape(n.inputs[0])
-        if target is None or n.inputs[1] not in self.values or in_dims is None:
+        if target is None or in_dims is None or target.scalar:
+            return None
+        # a constant target too where the input has symbolic dims (the frontend reads static dims only)
+        if n.inputs[1] not in self.values and all(isinstance(_simplify(d), int) for d in in_dims):
+            return None
+        if any(isinstance(t, int) and t < 0 for t in target.dims):
             return None
         rank = max(len(target.dims), len(in_dims))
         shape = [1] * (rank - len(target.dims)) + list(target.dims)
