@@ -233,14 +233,105 @@ def scaling_graph(n_nodes: int, width: int = 16) -> onnx.ModelProto:
                    [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], "scaling")
 
 
-def torch_models(work_dir: str) -> dict[str, onnx.ModelProto]:
-    """The ResNet-like and BERT-like models exported by torch (when torch is installed), saved in `work_dir`."""
+def _torch_transformers():
+    """The BERT-like and GPT-2-like torch modules (imports torch; None when it is not installed)."""
     try:
         import torch
         from torch import nn
     except ImportError:
-        return {}
+        return None
 
+    class Bert(nn.Module):
+        """Embeddings + LayerNorm + nn.TransformerEncoder; `pool`: also the hidden state of each sequence's
+        last unmasked token (`x[arange(batch), mask.sum(-1) - 1]`: GatherND in a dynamo export)."""
+
+        def __init__(self, layers=6, hidden=256, heads=4, vocab=2000, ffn=1024, pool=False):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, hidden)
+            self.pos = nn.Embedding(512, hidden)
+            self.ln = nn.LayerNorm(hidden)
+            layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.1, activation="gelu", batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.pool = pool
+
+        def forward(self, ids, mask):
+            pos = torch.arange(ids.shape[1]).unsqueeze(0)
+            x = self.ln(self.emb(ids) + self.pos(pos))
+            x = self.enc(x, src_key_padding_mask=mask == 0)
+            if not self.pool:
+                return x
+            return x, x[torch.arange(ids.shape[0]), mask.sum(-1) - 1]
+
+    class Gpt2(nn.Module):
+        """A GPT-2-shaped decoder: token + position embeddings, pre-LayerNorm blocks with causal self-attention
+        (a lower-triangular mask) and a tanh-GELU MLP, a final LayerNorm, logits of each sequence's last
+        unmasked token (`x[arange(batch), mask.sum(-1) - 1]`) through the tied embedding."""
+
+        def __init__(self, layers=4, hidden=256, heads=4, vocab=2000, ctx=512):
+            super().__init__()
+            self.heads = heads
+            self.wte = nn.Embedding(vocab, hidden)
+            self.wpe = nn.Embedding(ctx, hidden)
+            self.blocks = nn.ModuleList(nn.ModuleDict({
+                "ln1": nn.LayerNorm(hidden), "qkv": nn.Linear(hidden, 3 * hidden), "proj": nn.Linear(hidden, hidden),
+                "ln2": nn.LayerNorm(hidden), "fc": nn.Linear(hidden, 4 * hidden), "out": nn.Linear(4 * hidden, hidden),
+            }) for _ in range(layers))
+            self.ln = nn.LayerNorm(hidden)
+            self.register_buffer("causal", torch.tril(torch.ones(ctx, ctx, dtype=torch.bool)), persistent=False)
+
+        def forward(self, ids, mask):
+            b, t = ids.shape
+            x = self.wte(ids) + self.wpe(torch.arange(t).unsqueeze(0))
+            allowed = self.causal[:t, :t].unsqueeze(0) & (mask[:, None, :] != 0)  # [b, t, t]
+            bias = torch.where(allowed, 0.0, torch.finfo(x.dtype).min).unsqueeze(1)
+            for blk in self.blocks:
+                q, k, v = blk["qkv"](blk["ln1"](x)).split(x.shape[-1], dim=-1)
+                q, k, v = (y.view(b, t, self.heads, -1).transpose(1, 2) for y in (q, k, v))
+                att = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5) + bias, dim=-1)
+                x = x + blk["proj"]((att @ v).transpose(1, 2).reshape(b, t, -1))
+                x = x + blk["out"](nn.functional.gelu(blk["fc"](blk["ln2"](x)), approximate="tanh"))
+            x = self.ln(x)
+            last = x[torch.arange(b), mask.sum(-1) - 1]
+            return last @ self.wte.weight.t()
+
+    return torch, nn, Bert, Gpt2
+
+
+def dynamo_export(kind: str, path: str, batch: int = 1, seq: int = 128, dynamic: bool = False, seed: int = 0,
+                  **sizes) -> onnx.ModelProto:
+    """Export the BERT-like (`kind="bert"`, with last-token pooling) or GPT-2-like (`"gpt2"`) module with
+    torch's dynamo exporter (opset 18) to `path` (weights inside the file) and load it. `sizes`: the module's
+    constructor arguments (layers, hidden, heads, vocab, ...); `dynamic`: symbolic batch and seq dims. The
+    inputs are `input_ids` and `attention_mask` (int64, [batch, seq]). Raises ImportError without torch."""
+    mods = _torch_transformers()
+    if mods is None:
+        raise ImportError("torch is not installed")
+    torch, _nn, Bert, Gpt2 = mods
+    torch.manual_seed(seed)
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder kernel has no ONNX export
+    except AttributeError:
+        pass
+    module = (Bert(pool=True, **sizes) if kind == "bert" else Gpt2(**sizes)).eval()
+    vocab = sizes.get("vocab", 2000)
+    ids = torch.randint(0, vocab, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    dims = {0: "batch", 1: "seq"} if dynamic else None
+    with torch.no_grad():
+        torch.onnx.export(module, (ids, mask), path, input_names=["input_ids", "attention_mask"], opset_version=18,
+                          dynamo=True, external_data=False, dynamic_shapes=(dims, dims) if dynamic else None)
+    return onnx.load(path)
+
+
+def torch_models(work_dir: str) -> dict[str, onnx.ModelProto]:
+    """The ResNet-like and BERT-like models exported by torch (when torch is installed), saved in `work_dir`:
+    `torch_resnet` and `torch_bert` with the TorchScript exporter, `torch_bert_dynamo` (the BERT-like with
+    last-token pooling) and `torch_gpt2_dynamo` (a GPT-2-like causal decoder) with the dynamo exporter
+    (needs onnxscript)."""
+    mods = _torch_transformers()
+    if mods is None:
+        return {}
+    torch, nn, Bert, _Gpt2 = mods
     class Bottleneck(nn.Module):
         def __init__(self, cin, mid, stride):
             super().__init__()
@@ -273,20 +364,6 @@ def torch_models(work_dir: str) -> dict[str, onnx.ModelProto]:
             return torch.softmax(self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)),
                                  dim=1)
 
-    class Bert(nn.Module):
-        def __init__(self, layers=6, hidden=256, heads=4, vocab=2000, ffn=1024):
-            super().__init__()
-            self.emb = nn.Embedding(vocab, hidden)
-            self.pos = nn.Embedding(512, hidden)
-            self.ln = nn.LayerNorm(hidden)
-            layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.1, activation="gelu", batch_first=True)
-            self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-        def forward(self, ids, mask):
-            pos = torch.arange(ids.shape[1]).unsqueeze(0)
-            x = self.ln(self.emb(ids) + self.pos(pos))
-            return self.enc(x, src_key_padding_mask=mask == 0)
-
     out = {}
     torch.manual_seed(0)
     try:
@@ -304,5 +381,10 @@ def torch_models(work_dir: str) -> dict[str, onnx.ModelProto]:
                 torch.onnx.export(module, args, path, input_names=names, opset_version=17, dynamo=False)
             out[name] = onnx.load(path)
         except Exception as exc:  # exporter missing or failing: say so, keep going
+            print(f"[torch] export of {name} failed: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+    for name, kind in (("torch_bert_dynamo", "bert"), ("torch_gpt2_dynamo", "gpt2")):
+        try:
+            out[name] = dynamo_export(kind, os.path.join(work_dir, f"{name}.onnx"))
+        except Exception as exc:  # onnxscript missing or the export failing: say so, keep going
             print(f"[torch] export of {name} failed: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
     return out
