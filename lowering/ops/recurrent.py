@@ -166,7 +166,7 @@ class _Recurrence:
         if self.layout not in (0, 1):
             raise refuse(f"{op_type} layout {self.layout} is not 0 or 1")
         self.dtype = dtype_of(x)
-        if not self.dtype.startswith(("float", "bfloat")):
+        if self.dtype not in ("float16", "float32", "float64"):
             raise refuse(f"{op_type} on {self.dtype} tensors is not supported")
         x_dims = _dims(x)
         if x_dims is None or len(x_dims) != 3:
