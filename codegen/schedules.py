@@ -23,7 +23,7 @@ import math
 from tvm import s_tir, tirx
 from tvm.error import InternalError
 from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 #: below this many output elements a kernel runs single-threaded (thread-pool wake-up costs ~us)
@@ -217,6 +217,35 @@ def _packing_splits_off(sch: s_tir.Schedule) -> bool:
     body = sch.mod["main"].body
     root = body.block.body if isinstance(body, s_tir.SBlockRealize) else body
     return isinstance(root, tirx.SeqStmt) and len(root.seq) > 1
+
+
+def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
+    """dlight's `try_inline` (inline every block that can be, producers first; returns the rest), except that
+    a consumer is never inlined into a block with an init statement. normalize_prim_func calls a sum of one
+    term (K = 1) spatial, and TVM's reverse_compute_inline then put the consumer into both the init and the
+    update: `x @ w + bias` computed `x @ w + 2 * bias`."""
+
+    def trial(inline, allowed) -> int | None:
+        for i, block in enumerate(blocks):
+            if not allowed(block):
+                continue
+            try:
+                inline(block.block_rv)
+            except Exception:  # noqa: BLE001 - this block cannot be inlined: try the next one
+                continue
+            return i
+        return None
+
+    def producers_have_no_init(block) -> bool:
+        return all(sch.get(p).init is None for p in sch.get_producers(block.block_rv))
+
+    while True:
+        i = trial(sch.compute_inline, lambda b: True)
+        if i is None:
+            i = trial(sch.reverse_compute_inline, producers_have_no_init)
+        if i is None:
+            return blocks
+        blocks.pop(i)
 
 
 def split_packed_weights():
