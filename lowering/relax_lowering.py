@@ -149,6 +149,9 @@ class _Lowering:
 
     def _constants(self, g: Graph) -> None:
         for v in g.initializers.values():
+            if v.const.dtype.itemsize_bits and v.const.dtype.itemsize_bits < 8:
+                raise UnsupportedError(f"cannot lower the {v.const.dtype.numpy().name} constant '{v.name}': TVM "
+                                       "cannot build tensors of sub-byte elements")
             self.exprs[v] = const(v.const.numpy())
 
     # -- nodes ------------------------------------------------------------------------------------
@@ -178,6 +181,9 @@ class _Lowering:
         for i, x in enumerate(inputs):
             if x is not None and isinstance(x.ty, relax.ShapeType) and n.op_type not in _SHAPE_COMPATIBLE:
                 raise OptcError(f"cannot lower {_label(n)}: input {i} is a shape expression")
+        scalar_result = False
+        if n.op_type in _ARITHMETIC and n.domain in ("", "ai.onnx"):
+            inputs, scalar_result = self._scalar_constants_as_tensors(inputs)
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)
@@ -188,12 +194,38 @@ class _Lowering:
             raise UnsupportedError(f"cannot lower {_label(n)}: {exc}") from exc
         except OptcError:
             raise
+        except NotImplementedError as exc:  # TVM's frontend says it does not handle this form: a refusal
+            raise UnsupportedError(f"cannot lower {_label(n)}: {str(exc).splitlines()[0] if str(exc) else ''}") \
+                from exc
         except Exception as exc:  # the converter failed: a back-end bug, named with its node
             raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         if isinstance(result, relax.Expr):
             result = self.bb.normalize(result)
+        if scalar_result:  # back to 0-d (see _scalar_constants_as_tensors)
+            result = self.bb.normalize(relax.op.reshape(result, ()))
         self._bind_outputs(n, result)
+
+    def _scalar_constants_as_tensors(self, inputs):
+        """0-d float constants reshaped to [1, ..., 1] of the widest operand's rank (the result's shape is the
+        same; when every operand is 0-d, the second value says to reshape the result back to 0-d). Legalized as a 0-d operand, the constant became an immediate in the kernel, and TVM's arithmetic
+        simplifier then rewrote x * 0.0 to 0.0 and x / 0.0 into a compile-time division by zero: IEEE says
+        inf * 0 = NaN and x / 0 = +-inf."""
+        from tvm import relax
+
+        from .converters import constant_value
+
+        ranks = [x.ty.ndim for x in inputs if x is not None and isinstance(x.ty, relax.TensorType)]
+        values = [None if x is None else constant_value(x) for x in inputs]
+        if not any(v is not None and v.ndim == 0 and v.dtype.kind == "f" for v in values) or min(ranks) < 0:
+            return inputs, False
+        rank = max(max(ranks), 1)  # all 0-d: compute on [1] and reshape the result back to 0-d
+        out = type(inputs)()
+        for x, value in zip(inputs, values, strict=True):
+            if value is not None and value.ndim == 0 and value.dtype.kind == "f":
+                x = const(value.reshape([1] * rank))
+            out.append(x)
+        return out, max(ranks) == 0
 
     def _bind_outputs(self, n: Node, result) -> None:
         from tvm import relax
@@ -236,6 +268,7 @@ class _Lowering:
         return f"{n.op_type.lower()}_{self._anonymous}"
 
 
+_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu"}
 _SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
                      "Equal", "Where", "Cast", "CastLike", "Squeeze"}
 _RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",

@@ -31,7 +31,7 @@ and `CI_COMPILE_EXAMPLES` on the compile path (~1 s each through TVM). A local h
     OPTC_DIFF_EXAMPLES=2000 python -m pytest -q tests/test_differential.py -p no:cacheprovider
 (`OPTC_DIFF_COMPILE_EXAMPLES` sets the compile path's count separately; `OPTC_DIFF_SEED=N` fixes the seed.)
 
-Faults found and not fixed yet are listed in `KNOWN_FAULTS`: examples tagged with an open fault are dropped from
+Faults found and not fixed yet are listed in `KNOWN_FAULTS` (fixed ones move to `FIXED_FAULTS`, regression tests): examples tagged with an open fault are dropped from
 that path's property test, and `test_known_fault_still_reproduces` checks each fault's minimal reproducer with
 xfail(strict=True), so a fix shows up as an XPASS failure and the entry must then be removed.
 """
@@ -114,33 +114,42 @@ KNOWN_FAULTS: list[Fault] = [
           "a graph output that is a zero-size constant (an initializer, or a subgraph that folds to one) fails to "
           "compile: TVM InternalError 'Invalid DLTensor file format'",
           _H + "g () => (float[1,0] y) <float[1,0] c = {}> { y = Tanh(c) }"),
-    Fault(("flatten-zero-size",), "compile",
-          "Flatten of a tensor with a zero-size dim returns the wrong shape ((0,3) axis=1 gives (0,0), "
-          "(2,0,3) axis=2 gives (2,0))",
-          _H + "g (float[0,3] x) => (float[0,3] y) { y = Flatten <axis = 1> (x) }",
-          {"x": np.zeros((0, 3), np.float32)}),
     Fault(("matmul-of-expand",), "compile",
           "MatMul of an Expand (of a scalar or [1] tensor) by a 1-D operand: dlight's CPU GEMV rule fails "
           "(normalize: assert s_loops) and the TVM build raises",
           _H + "g (float x) => (float[3] y) <int64[2] s = {3, 2}, float[2] b = {5, -3}> "
                "{ e = Expand(x, s)  y = MatMul(e, b) }",
           {"x": np.array(2.0, np.float32)}),
+    Fault(("zero-size-shared",), "compile",
+          "a zero-size tensor read by a shape op and by another op fails to build: Unsqueeze + Neg gives TVM "
+          "IndexError 'Index 1 out of bounds 1', Transpose + Relu a Reshape ValueError",
+          _H + "g (float[0] x) => (float[1,0] y, float[0] z) <int64[1] a = {0}> { y = Unsqueeze(x, a)  z = Neg(x) }",
+          {"x": np.zeros(0, np.float32)}),
+]
+
+# Faults this test found that are fixed: their reproducers are regression tests (test_fixed_fault_stays_fixed).
+FIXED_FAULTS: list[Fault] = [
+    Fault(("runtime-params:Slice",), "compile",
+          "Slice with starts/ends/axes/steps fed at run time is not refused: TVM build InternalError 'There is no "
+          "definition of I.GlobalVar(\"shape_func\")' (or 'emit_te now only supports Tensor that has ShapeExpr shape')",
+          _H + "g (float[3] x, int64[1] s) => (float[2] y) <int64[1] e = {3}> { y = Slice(x, s, e) }",
+          {"x": np.array([1.0, 2.0, 3.0], np.float32), "s": np.array([1], np.int64)}),
     Fault(("runtime-params:Unsqueeze",), "compile",
           "Unsqueeze with axes fed at run time: its result breaks the ops that use it (Unsqueeze + Mul: TVM build "
           "InternalError 'R.multiply(alloc6, z)'; + batched MatMul: TypeError 'NoneType' object is not iterable)",
           _H + "g (float[2] x, int64[1] q, float[1,2] z) => (float[1,2] y) { u = Unsqueeze(x, q)  y = Mul(u, z) }",
           {"x": np.array([1.0, 2.0], np.float32), "q": np.array([0], np.int64),
            "z": np.array([[3.0, 4.0]], np.float32)}),
+    Fault(("flatten-zero-size",), "compile",
+          "Flatten of a tensor with a zero-size dim returns the wrong shape ((0,3) axis=1 gives (0,0), "
+          "(2,0,3) axis=2 gives (2,0))",
+          _H + "g (float[0,3] x) => (float[0,3] y) { y = Flatten <axis = 1> (x) }",
+          {"x": np.zeros((0, 3), np.float32)}),
     Fault(("runtime-params:Squeeze",), "compile",
           "Squeeze with axes fed at run time on constant data fails with OptcError ('NotImplementedError: Squeeze "
           "with symbolic axes not supported') instead of UnsupportedError",
           _H + "g (int64[1] q) => (float[4] y) <float[4,1] c = {1, 2, 3, 4}> { y = Squeeze(c, q) }",
           {"q": np.array([-1], np.int64)}),
-    Fault(("runtime-params:Slice",), "compile",
-          "Slice with starts/ends/axes/steps fed at run time is not refused: TVM build InternalError 'There is no "
-          "definition of I.GlobalVar(\"shape_func\")' (or 'emit_te now only supports Tensor that has ShapeExpr shape')",
-          _H + "g (float[3] x, int64[1] s) => (float[2] y) <int64[1] e = {3}> { y = Slice(x, s, e) }",
-          {"x": np.array([1.0, 2.0, 3.0], np.float32), "s": np.array([1], np.int64)}),
     Fault(("ReduceMean:int32",), "compile",
           "ReduceMean of int32 returns int64 (the element type changes)",
           _H + "g (int32[2,3] x) => (int32 y) { y = ReduceMean <keepdims = 0> (x) }",
@@ -163,11 +172,6 @@ KNOWN_FAULTS: list[Fault] = [
           "zero' (constant folding of a float division) instead of computing +-inf/NaN",
           _H + "g (float x) => (float y) <float c = {0}> { y = Div(x, c) }",
           {"x": np.array(1.5, np.float32)}),
-    Fault(("zero-size-shared",), "compile",
-          "a zero-size tensor read by a shape op and by another op fails to build: Unsqueeze + Neg gives TVM "
-          "IndexError 'Index 1 out of bounds 1', Transpose + Relu a Reshape ValueError",
-          _H + "g (float[0] x) => (float[1,0] y, float[0] z) <int64[1] a = {0}> { y = Unsqueeze(x, a)  z = Neg(x) }",
-          {"x": np.zeros(0, np.float32)}),
 ]
 
 
@@ -1199,6 +1203,13 @@ def _case_from_text(text: str, feeds: dict) -> Case:
 def test_known_fault_still_reproduces(fault: Fault):
     """Each open fault's reproducer still fails. An XPASS means the fault is fixed: delete its KNOWN_FAULTS entry,
     and the property tests cover its tag again."""
+    case = _case_from_text(fault.repro, fault.feeds)
+    (check_optimize if fault.path == "optimize" else check_compile)(case)
+
+
+@pytest.mark.parametrize("fault", [pytest.param(f, id=f"{f.path}-{f.tags[0]}") for f in FIXED_FAULTS])
+def test_fixed_fault_stays_fixed(fault: Fault):
+    """The reproducer of each fault this test found and that was fixed computes what onnxruntime computes."""
     case = _case_from_text(fault.repro, fault.feeds)
     (check_optimize if fault.path == "optimize" else check_compile)(case)
 

@@ -18,6 +18,16 @@ def sum_as_adds(bb, inputs, attrs, ctx):
         acc = bb.normalize(relax.op.add(acc, x))
     return acc
 
+@converter("", "Mean")
+def mean_as_adds(bb, inputs, attrs, ctx):
+    # The frontend's stack + mean dies (SIGFPE in ConvertLayout) on 0-d operands: adds, then one divide.
+    operands = [x for x in inputs if x is not None]
+    acc = operands[0]
+    for x in operands[1:]:
+        acc = bb.normalize(relax.op.add(acc, x))
+    return relax.op.divide(acc, relax.const(len(operands), dtype_of(acc))) if len(operands) > 1 else acc
+
+
 @converter("", "Dropout")
 def dropout_at_inference(bb, inputs, attrs, ctx):
     # Inference: Dropout is the identity; the frontend's tuple-valued Dropout blocks ConvertLayout.

@@ -4,6 +4,7 @@ TVM lowers max/min to instructions that return the non-NaN operand (or the secon
 in Relu, Max, Min and the max-pools, and ArgMax/ArgMin returned arbitrary indices for slices with a NaN. These
 converters say what happens instead, each as onnxruntime computes it where onnxruntime is consistent:
 
+- Sign(NaN) = NaN.
 - Relu(x) = x < 0 ? 0 : x: NaN stays NaN, Relu(-0.0) = -0.0 (onnxruntime; the reference evaluator gives +0.0).
 - Max / Min (float): NaN when any operand is NaN at that position (onnxruntime and the reference agree).
 - MaxPool / GlobalMaxPool (float): a window holding a NaN gives NaN, as ReduceMax does. onnxruntime's MLAS
@@ -32,6 +33,14 @@ def relu(bb, inputs, attrs, ctx):
     if not _is_float(x):
         return relax.op.maximum(x, zero)
     return relax.op.where(relax.op.less(x, zero), zero, x)
+
+
+@converter("", "Sign")
+def sign(bb, inputs, attrs, ctx):
+    # relax's sign maps NaN to 0; ONNX (onnxruntime, the reference evaluator) keeps NaN
+    x = inputs[0]
+    y = relax.op.sign(x)
+    return relax.op.where(relax.op.isnan(x), x, y) if _is_float(x) else y
 
 
 def _variadic(op_type: str, pick):

@@ -179,6 +179,8 @@ class _Recurrence:
                 seq_len = ir_shape[seq_axis]  # the model's name for the dim, not its TIR variable's
             raise refuse(f"{op_type} with a symbolic sequence length ('{seq_len}') is not supported by the TVM back "
                          "end: the time loop is unrolled")
+        if seq_len < 1:
+            raise refuse(f"{op_type} with an empty sequence (seq_length 0) is not supported by the TVM back end")
         if seq_len > MAX_UNROLLED_STEPS:
             raise refuse(f"{op_type} with a sequence length of {seq_len} is not supported by the TVM back end "
                          f"(the time loop is unrolled, up to {MAX_UNROLLED_STEPS} steps)")
@@ -470,6 +472,8 @@ def _lower_body(ctx, body, bindings: list, shape_values: dict | None = None) -> 
 
     Uses the walker's own node lowering (as its `_if` does), so a body node gets the same converters, shape
     evaluation and errors as any node; the values of the previous instance are forgotten first."""
+    if len(body.inputs) != len(bindings):
+        raise refuse(f"the body graph has {len(body.inputs)} inputs, the node gives it {len(bindings)}")
     for v in _produced(body):
         ctx.exprs.pop(v, None)
         ctx.shapes.values.pop(v, None)
@@ -631,15 +635,15 @@ def loop(bb, inputs, attrs, ctx):
     if trip_expr is not None:
         value = _static_value(bb, trip_expr)
         if value is None:
-            raise refuse("Loop is not supported by the TVM back end: a data-dependent trip count (M is computed "
+            raise refuse("Loop is not supported by the TVM back end: a data-dependent trip count (M is known only "
                          "at run time)")
         trip = int(value.reshape(-1)[0])
     keep_going = True
     if cond_expr is not None:
         value = _static_value(bb, cond_expr)
         if value is None:
-            raise refuse("Loop is not supported by the TVM back end: a data-dependent condition (cond is "
-                         "computed at run time)")
+            raise refuse("Loop is not supported by the TVM back end: a data-dependent condition (cond is known "
+                         "only at run time)")
         keep_going = bool(value.reshape(-1)[0])
     elif trip is None:
         raise refuse("Loop without a trip count or a condition runs forever")

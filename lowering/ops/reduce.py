@@ -143,9 +143,18 @@ def _make(op_type: str):
             y = _nan_propagating(relax.op.min, bb, y, axes, keepdims)
         elif reduce_fn == "logsumexp":
             y = _log_sum_exp(bb, y, axes, keepdims)
+        elif post is not None and not _is_float(dtype):  # ReduceL2 / ReduceLogSum of integers: in float64
+            y = relax.op.astype(post(relax.op.astype(reduce_fn(y, axes, keepdims), "float64")), dtype)
+            return y
+        elif reduce_fn is relax.op.mean and not _is_float(dtype):  # relax's integer mean returns int64
+            if shape is None:
+                raise refuse(f"{op_type} of {dtype} over dims of unknown size is not supported by the TVM back end")
+            count = int(np.prod([shape[a] for a in axes]))
+            y = relax.op.divide(relax.op.sum(y, axes, keepdims), const(count, dtype))  # truncating, as onnxruntime
         else:
             y = reduce_fn(y, axes, keepdims)
-        return post(y) if post else y
+        y = post(y) if post else y
+        return y if dtype_of(bb.normalize(y)) == dtype else relax.op.astype(y, dtype)  # (relax's integer mean is int64)
 
     return reduce
 

@@ -49,13 +49,35 @@ def reshape(bb, inputs, attrs, ctx):
         for d in in_dims:
             total = total * d
         out[out.index(-1)] = tirx.floordiv(total, known) if not isinstance(total * known, int) else total // known
-    if any(isinstance(d, int) and d == 0 for d in out):  # allowzero=1 and a real 0: a zero-size result
-        # (relax.op.reshape reads a 0 as "copy this dim" whatever it is given: build the empty tensor from x)
+    return reshape_exactly(x, out)
+
+
+def reshape_exactly(x, out: list):
+    """x reshaped to `out` (ints or TIR dims, no -1), where a 0 is a real 0: relax.op.reshape reads a 0 as
+    "copy this dim" whatever it is given, so a zero-size result is built from x by broadcasting instead."""
+    if any(isinstance(d, int) and d == 0 for d in out):
         where = next(i for i, d in enumerate(out) if isinstance(d, int) and d == 0)
         flat = relax.op.reshape(x, [-1])
         spread = relax.op.expand_dims(flat, [i for i in range(len(out)) if i != where]) if len(out) > 1 else flat
         return relax.op.broadcast_to(spread, relax.ShapeExpr(out))
     return relax.op.reshape(x, out)
+
+
+@converter("", "Flatten")
+def flatten(bb, inputs, attrs, ctx):
+    x = inputs[0]
+    dims = _dims(x)
+    axis = attrs.get("axis", 1)
+    if not -len(dims) <= axis <= len(dims):
+        raise refuse(f"Flatten axis {axis} is out of range for a rank-{len(dims)} input")
+    if axis < 0:
+        axis += len(dims)
+    outer, inner = 1, 1
+    for d in dims[:axis]:
+        outer = outer * d
+    for d in dims[axis:]:
+        inner = inner * d
+    return reshape_exactly(x, [outer, inner])
 
 
 def _slice_args(inputs):
@@ -80,7 +102,8 @@ def slice_(bb, inputs, attrs, ctx):
     else:
         starts, ends, axes, steps = _slice_args(inputs)
         if starts is None or ends is None or axes is None or steps is None:
-            return lookup_frontend("Slice", ctx.opset)(bb, inputs, attrs, ctx)
+            raise refuse("Slice with starts, ends, axes or steps computed at run time is not supported by the TVM "
+                         "back end")
         axes = list(axes) or list(range(len(starts)))
         steps = list(steps) or [1] * len(starts)
     dims = _dims(x)
@@ -151,3 +174,10 @@ def one_hot(bb, inputs, attrs, ctx):
     off = relax.op.strided_slice(values, [0], [0], [1])
     on = relax.op.strided_slice(values, [0], [1], [2])
     return relax.op.where(hot, relax.op.reshape(on, ()), relax.op.reshape(off, ()))
+
+
+@converter("", "Unsqueeze")
+def unsqueeze(bb, inputs, attrs, ctx):
+    if len(inputs) > 1 and inputs[1] is not None and constant_value(inputs[1]) is None:
+        raise refuse("Unsqueeze with axes computed at run time is not supported by the TVM back end")
+    return lookup_frontend("Unsqueeze", ctx.opset)(bb, inputs, attrs, ctx)
