@@ -278,7 +278,9 @@ class _Rule(ScheduleRule):
             return None
         try:
             return self.schedule(func, target)
-        except (s_tir.ScheduleError, InternalError):  # InternalError: e.g. fusing a zero-extent loop divides by 0
+        # InternalError: e.g. fusing a zero-extent loop divides by 0; ValueError: reverse_compute_at of an
+        # epilogue that reads the output at an offset ("TensorRegion pattern match failed")
+        except (s_tir.ScheduleError, InternalError, ValueError):
             return None
 
     def schedule(self, func, target: Target):
