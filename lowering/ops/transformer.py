@@ -306,7 +306,7 @@ def rms_normalization(bb, inputs, attrs, ctx):
     t = dtype_of(x)
     rank = x.ty.ndim
     if t not in _FLOATS or dtype_of(scale) not in _FLOATS:
-        raise refuse(f"RMSNormalization on {t} is not supported (X must be a float type)")
+        raise refuse(f"RMSNormalization of {t} X and {dtype_of(scale)} scale is invalid (both must be float types)")
     if rank < 1:
         raise refuse("RMSNormalization needs an input of known rank >= 1")
     axis = attrs.get("axis", -1)
@@ -352,7 +352,8 @@ def rotary_embedding(bb, inputs, attrs, ctx):
         if not heads:
             raise refuse("3-D RotaryEmbedding needs the num_heads attribute")
         if not _static(dims[2]) or dims[2] % heads:
-            raise refuse(f"RotaryEmbedding with a hidden size {dims[2]} that is not a multiple of num_heads={heads}")
+            raise refuse(f"RotaryEmbedding with a hidden size {dims[2]} that is not a static multiple of "
+                         f"num_heads={heads} is not supported")
         x4 = bb.normalize(relax.op.reshape(x, [dims[0], dims[1], heads, dims[2] // heads]))
         head_axis = 2
     else:
