@@ -78,7 +78,7 @@ def lookup_frontend(op_type: str, opset: int) -> Converter | None:
 def lookup(domain: str, op_type: str, opset: int) -> Converter | None:
     """The converter for an op, or None when the op cannot be lowered."""
     _register_builtin()
-    fn = _OPTC_CONVERTERS.get((domain, op_type))
+    fn = _OPTC_CONVERTERS.get(("" if domain == "ai.onnx" else domain, op_type))
     if fn is not None:
         return fn
     if domain in ("", "ai.onnx"):

@@ -47,13 +47,21 @@ def _is_float(dtype: str) -> bool:
 
 
 def _nan_propagating(reduce_fn, bb, x, axes, keepdims):
-    """max/min whose result is NaN where the reduced slice holds a NaN (LLVM's max/min drop it)."""
+    """max/min with IEEE results: NaN where the reduced slice holds a NaN (LLVM's max/min drop it), and -inf
+    (+inf for min) where every element is -inf (TVM starts a max from the lowest finite value, not -inf)."""
     y = bb.normalize(reduce_fn(x, axes, keepdims))
-    if not _is_float(dtype_of(x)):
+    dtype = dtype_of(x)
+    if not _is_float(dtype):
         return y
-    has_nan = bb.normalize(relax.op.max(relax.op.astype(relax.op.isnan(x), "int8"), axes, keepdims))
-    nan = const(np.nan, dtype_of(x))
-    return relax.op.where(relax.op.greater(has_nan, const(0, "int8")), nan, y)
+    xf = x if dtype in ("float16", "float32", "float64") else relax.op.astype(x, "float32")  # (no isnan on bf16)
+    extreme = const(-np.inf if reduce_fn is relax.op.max else np.inf, dtype_of(xf))
+    # per element 2: NaN, 1: anything else, 0: the extreme infinity; the slice's max code says which result
+    code = relax.op.where(relax.op.isnan(xf), const(2, "int8"),
+                          relax.op.where(relax.op.equal(xf, extreme), const(0, "int8"), const(1, "int8")))
+    worst = bb.normalize(relax.op.max(code, axes, keepdims))
+    y = relax.op.where(relax.op.equal(worst, const(0, "int8")), const(-np.inf if reduce_fn is relax.op.max
+                                                                        else np.inf, dtype), y)
+    return relax.op.where(relax.op.equal(worst, const(2, "int8")), const(np.nan, dtype), y)
 
 
 def _log_sum_exp(bb, x, axes, keepdims):
