@@ -91,6 +91,15 @@ def test_reduce_max_min_propagate_nan_as_the_reference_does(op):
     assert np.isnan(want[:2]).all() and not np.isnan(want[2])
 
 
+def test_reduce_max_of_only_infinities_is_that_infinity():
+    # TVM starts a max reduction from the lowest finite float: a slice of -inf gave -3.4e38
+    x = np.array([[-INF, -INF], [INF, INF], [-INF, 2]], np.float32)
+    for op, want in (("ReduceMax", [-INF, INF, 2]), ("ReduceMin", [-INF, INF, -INF])):
+        model = _model([helper.make_node(op, ["x"], ["y"], keepdims=0, axes=[1])], [_in("x", [3, 2])], [_out()],
+                       opset=17)
+        assert _compiled(model, {"x": x})[0].tolist() == want
+
+
 def test_argmax_points_at_the_first_nan():
     x = np.array([[NAN, 1, 2, 3], [1, 5, NAN, NAN], [1, 2, 3, 0]], np.float32)
     model = _model([helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)], [_in("x", [3, 4])],
