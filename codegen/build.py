@@ -74,6 +74,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     from tvm import relax  # noqa: PLC0415
 
     from .fast_math import fast_math_pass  # noqa: PLC0415
+    from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
 
     passes = [
         fast_math_pass(_fast_math(fast_math)),
@@ -85,7 +86,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
         passes += [_convert_layout_nhwc()]
-    passes += [relax.transform.DeadCodeElimination()]
+    passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes
 
 

@@ -49,17 +49,17 @@ refuse_when("Expand", "with a shape computed at run time",
             lambda i, a: not isinstance(i[1], Constant | relax.ShapeExpr))
 
 @converter("", "Clip")
-def clip_as_selects(bb, inputs, attrs, ctx):
-    # Elementwise selects, not the frontend's TOPI kernel (call_tir, opaque to ConvertLayout: in an NHWC build
-    # every ReLU6 got a transpose pair and stayed out of the convolution's epilogue). `x < lo ? lo : x` rather
-    # than max/min keeps what onnxruntime computes: NaN stays NaN and -0.0 stays -0.0.
+def clip_as_maximum_minimum(bb, inputs, attrs, ctx):
+    # maximum/minimum, not the frontend's TOPI kernel (call_tir, opaque to ConvertLayout: in an NHWC build
+    # every ReLU6 got a transpose pair and stayed out of the convolution's epilogue). x comes first for
+    # ConvertLayout; codegen's nan_order pass then puts constant bounds first, so NaN and -0.0 come through.
     x = inputs[0]
     dtype = dtype_of(x)
     if ctx.opset < 11:
         bounds = [relax.const(attrs.get("min", -np.inf), dtype), relax.const(attrs.get("max", np.inf), dtype)]
     else:
         bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
-    for bound, outside, unbounded in ((bounds[0], relax.op.less, -np.inf), (bounds[1], relax.op.greater, np.inf)):
+    for bound, pick, unbounded in ((bounds[0], relax.op.maximum, -np.inf), (bounds[1], relax.op.minimum, np.inf)):
         if bound is None:
             continue
         value = constant_value(bound)
@@ -69,9 +69,11 @@ def clip_as_selects(bb, inputs, attrs, ctx):
             # rank of x, not 0-d: ConvertLayout cannot give a 0-d operand a layout and would transpose x
             rank = getattr(x.ty, "ndim", -1)
             bound = relax.const(value.reshape([1] * rank) if rank >= 0 else value, dtype)
-        elif dtype.startswith(("float", "bfloat")):
+            x = bb.normalize(pick(x, bound))
+            continue
+        if dtype.startswith(("float", "bfloat")):
             bound = relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound)
-        x = bb.normalize(relax.op.where(outside(x, bound), bound, x))
+        x = bb.normalize(pick(bound, x))  # a run-time bound: first, so that a NaN x comes through
     return x
 
 

@@ -5,7 +5,7 @@ in Relu, Max, Min and the max-pools, and ArgMax/ArgMin returned arbitrary indice
 converters say what happens instead, each as onnxruntime computes it where onnxruntime is consistent:
 
 - Sign(NaN) = NaN.
-- Relu(x) = x < 0 ? 0 : x: NaN stays NaN, Relu(-0.0) = -0.0 (onnxruntime; the reference evaluator gives +0.0).
+- Relu(x) = max(0, x), the 0 first (codegen/nan_order.py): NaN stays NaN, Relu(-0.0) = -0.0 (onnxruntime; the reference evaluator gives +0.0).
 - Max / Min (float): NaN when any operand is NaN at that position (onnxruntime and the reference agree).
 - MaxPool / GlobalMaxPool (float): a window holding a NaN gives NaN, as ReduceMax does. onnxruntime's MLAS
   kernels return NaN or skip it depending on where in the window it is, and the reference evaluator skips NaN
@@ -29,10 +29,11 @@ def _is_float(expr) -> bool:
 @converter("", "Relu")
 def relu(bb, inputs, attrs, ctx):
     x = inputs[0]
-    zero = const(0, dtype_of(x))
     if not _is_float(x):
-        return relax.op.maximum(x, zero)
-    return relax.op.where(relax.op.less(x, zero), zero, x)
+        return relax.op.maximum(x, const(0, dtype_of(x)))
+    # max(x, 0) with a rank-matched constant (ConvertLayout passes it through an NHWC conv's epilogue; a `where`
+    # would get a transpose pair); codegen's nan_order pass then puts the 0 first, so NaN and -0.0 come out as x
+    return relax.op.maximum(x, const(np.zeros([1] * x.ty.ndim, dtype_of(x))))
 
 
 @converter("", "Sign")
