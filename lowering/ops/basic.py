@@ -41,6 +41,17 @@ def dropout_at_inference(bb, inputs, attrs, ctx):
         return x
     return relax.Tuple([x, bb.normalize(relax.op.ones_like(x, "bool"))])
 
+def _run_time(*positions: int):
+    """A refuse_when condition: one of these inputs is present and not a compile-time constant."""
+    return lambda i, a: any(len(i) > p and i[p] is not None and constant_value(i[p]) is None for p in positions)
+
+
+# TVM's frontend needs these parameters as constants (after optc's constant folding, most models have them so)
+refuse_when("CumSum", "with an axis computed at run time", _run_time(1))
+refuse_when("Split", "with split sizes computed at run time", _run_time(1))
+refuse_when("Pad", "with pads or a constant value computed at run time", _run_time(1, 2, 3))
+refuse_when("Resize", "with roi, scales or sizes computed at run time", _run_time(1, 2, 3))
+refuse_when("AffineGrid", "with a size computed at run time", _run_time(1))
 refuse_when("BatchNormalization", "in training mode", lambda i, a: a.get("training_mode", 0))
 refuse_when("ConvTranspose", "with an output_shape attribute", lambda i, a: "output_shape" in a)
 refuse_when("RoiAlign", "with mode 'max'", lambda i, a: a.get("mode", b"avg") == b"max")
@@ -176,3 +187,12 @@ def cast_like(bb, inputs, attrs, ctx):
     if bad:
         raise UnsupportedError(f"CastLike with the element type {bad} is not supported by the TVM back end")
     return lookup_frontend("CastLike", ctx.opset)(bb, inputs, attrs, ctx)
+
+
+@converter("", "TopK")
+def top_k(bb, inputs, attrs, ctx):
+    if _run_time(1)(inputs, attrs):
+        raise UnsupportedError("TopK with k computed at run time is not supported by the TVM back end")
+    if dtype_of(inputs[0]) == "uint64":  # TVM's sort kernel rejects it at run time
+        raise UnsupportedError("TopK of uint64 is not supported by the TVM back end")
+    return lookup_frontend("TopK", ctx.opset)(bb, inputs, attrs, ctx)
