@@ -125,7 +125,7 @@ class _Lowering:
     def _shape(self, v: Value) -> list | None:
         t = v.type
         if not isinstance(t, TensorType):
-            raise OptcError(f"cannot lower input '{v.name}': only tensor inputs are supported, not {t}")
+            raise UnsupportedError(f"cannot lower input '{v.name}': only tensor inputs are supported, not {t}")
         if t.shape is None:
             return None
         from tvm import tirx
