@@ -234,14 +234,7 @@ def _compare_float(a, b, r: OutputComparison, rtol: float, atol: float, strict_z
     if strict_zeros:
         mis = mis | zeros
         score = np.where(zeros, np.maximum(score, 1.0), score)  # (after every element off by more)
-    r.nan_a, r.nan_b = int(nan_a.sum()), int(nan_b.sum())
-    r.nan_mismatched = int((nan_a ^ nan_b).sum())
-    r.inf_a, r.inf_b = int(inf_a.sum()), int(inf_b.sum())
-    r.inf_mismatched = int(((inf_a | inf_b) & ~(nan_a | nan_b) & special_mis).sum())
-    r.mismatched = int(mis.sum())
-    r.max_abs = float(diff.max())
-    r.max_rel = float(rel.max())
-    r.worst_index = _worst(mis, score, diff)
+    _record(r, nan_a, nan_b, inf_a, inf_b, special_mis, mis, diff, rel, score)
     if r.nan_mismatched:
         r.notes.append(f"{r.nan_mismatched} NaN{'s' if r.nan_mismatched != 1 else ''} at different positions "
                        f"({r.nan_a} in a, {r.nan_b} in b)")
@@ -252,6 +245,18 @@ def _compare_float(a, b, r: OutputComparison, rtol: float, atol: float, strict_z
         what = "mismatches (--strict-zeros)" if strict_zeros else "not mismatches without --strict-zeros"
         r.notes.append(f"{r.signed_zeros} signed zero{'s' if r.signed_zeros != 1 else ''} differ "
                        f"(-0.0 vs 0.0; {what})")
+
+
+def _record(r: OutputComparison, nan_a, nan_b, inf_a, inf_b, special_mis, mis, diff, rel, score) -> None:
+    """Store the element-wise masks and errors of one comparison as counts, maxima and the worst element."""
+    r.nan_a, r.nan_b = int(nan_a.sum()), int(nan_b.sum())
+    r.nan_mismatched = int((nan_a ^ nan_b).sum())
+    r.inf_a, r.inf_b = int(inf_a.sum()), int(inf_b.sum())
+    r.inf_mismatched = int(((inf_a | inf_b) & ~(nan_a | nan_b) & special_mis).sum())
+    r.mismatched = int(mis.sum())
+    r.max_abs = float(diff.max())
+    r.max_rel = float(rel.max())
+    r.worst_index = _worst(mis, score, diff)
 
 
 def _compare_complex(a, b, r: OutputComparison, rtol: float, atol: float) -> None:
@@ -270,14 +275,7 @@ def _compare_complex(a, b, r: OutputComparison, rtol: float, atol: float) -> Non
         mis = special_mis | (finite & ~(diff <= tol))
         rel = np.where(diff == 0, 0.0, np.where(finite & (mag > 0), diff / np.where(mag > 0, mag, 1.0), np.inf))
         score = np.where(diff == 0, 0.0, np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.inf))
-    r.nan_a, r.nan_b = int(nan_a.sum()), int(nan_b.sum())
-    r.nan_mismatched = int((nan_a ^ nan_b).sum())
-    r.inf_a, r.inf_b = int(inf_a.sum()), int(inf_b.sum())
-    r.inf_mismatched = int(((inf_a | inf_b) & ~(nan_a | nan_b) & special_mis).sum())
-    r.mismatched = int(mis.sum())
-    r.max_abs = float(diff.max())
-    r.max_rel = float(rel.max())
-    r.worst_index = _worst(mis, score, diff)
+    _record(r, nan_a, nan_b, inf_a, inf_b, special_mis, mis, diff, rel, score)
 
 
 @dataclass
