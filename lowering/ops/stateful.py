@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import converter, dtype_of, refuse
+from ..converters import const, converter, dtype_of, refuse
 from .transformer import _FLOATS, _ONNX_FLOAT, _cast, _dims, _matmul, _positions, _scalar, _static
 
 _MAX_STEPS = 256  # the longest LinearAttention sequence whose recurrence is unrolled
@@ -173,18 +173,22 @@ def linear_attention(bb, inputs, attrs, ctx):
     _check_dims("LinearAttention value", v, [batch, steps, v_last])
     f32 = "float32"
 
+    # Every per-step tensor is 5-D (B, 1, Hkv, ., .): each step's output is then a matmul result that the final
+    # concat over T reads as it is (reshapes between them fused into one kernel of T blocks, whose scheduling
+    # time grew quadratically with T), and each step's kernels are the same PrimFuncs whatever the step.
     def per_step(x, shape: list) -> list:
-        """x (B, T, n) in float32, split into T slices, each reshaped to `shape`."""
-        x = _cast(bb, x, f32)
+        """x (B, T, n) in float32 reshaped to (B, T, *shape), as T slices (B, 1, *shape): takes at a constant
+        index."""
+        x = bb.normalize(relax.op.reshape(_cast(bb, x, f32), [batch, steps, *shape]))
         if steps == 1:
-            return [bb.normalize(relax.op.reshape(x, shape))]
-        parts = bb.normalize(relax.op.split(x, steps, axis=1))
-        return [bb.normalize(relax.op.reshape(relax.TupleGetItem(parts, i), shape)) for i in range(steps)]
+            return [x]
+        return [bb.normalize(relax.op.take(x, const(np.array([i], np.int64)), axis=1, mode="clip"))
+                for i in range(steps)]
 
-    qs = per_step(q, [batch, hkv, group, dk])  # query head h = kv head * group + g
-    ks = per_step(k, [batch, hkv, dk, 1])
-    k_rows = [bb.normalize(relax.op.reshape(x, [batch, hkv, 1, dk])) for x in ks] if delta else []
-    vs = per_step(v, [batch, hkv, 1, dv])
+    qs = per_step(q, [hkv, group, dk])  # query head h = kv head * group + g
+    ks = per_step(k, [hkv, dk, 1])
+    k_rows = per_step(k, [hkv, 1, dk]) if delta else []
+    vs = per_step(v, [hkv, 1, dv])
     if decay is not None:
         d_last = _static_last("decay", decay)
         if d_last not in (hkv, hkv * dk):
@@ -192,20 +196,20 @@ def linear_attention(bb, inputs, attrs, ctx):
                          f"kv_num_heads * head size = {hkv * dk})")
         _check_dims("LinearAttention decay", decay, [batch, steps, d_last])
         factor = bb.normalize(relax.op.exp(_cast(bb, decay, f32)))
-        gates = per_step(factor, [batch, hkv, 1 if d_last == hkv else dk, 1])
+        gates = per_step(factor, [hkv, 1 if d_last == hkv else dk, 1])
     if beta is not None:
         b_last = _static_last("beta", beta)
         if b_last not in (hkv, 1):
             raise refuse(f"LinearAttention with a beta last dim of {b_last} is invalid (kv_num_heads={hkv} or 1)")
         _check_dims("LinearAttention beta", beta, [batch, steps, b_last])
-        betas = per_step(beta, [batch, b_last, 1, 1])
+        betas = per_step(beta, [b_last, 1, 1])
     state_type = t
     if past is not None:
         _check_dims("LinearAttention past_state", past, [batch, hkv, dk, dv])
         state_type = dtype_of(past)
-        state = _cast(bb, past, f32)
+        state = bb.normalize(relax.op.reshape(_cast(bb, past, f32), [batch, 1, hkv, dk, dv]))
     else:
-        state = _zeros(bb, [batch, hkv, dk, dv], f32)
+        state = _zeros(bb, [batch, 1, hkv, dk, dv], f32)
     scale = attrs.get("scale", 0.0) or 1.0 / np.sqrt(dk)
     scale = _scalar(bb, np.float32(scale), f32)
 
@@ -218,12 +222,13 @@ def linear_attention(bb, inputs, attrs, ctx):
             retrieved = bb.normalize(relax.op.matmul(k_rows[i], state))
             update = bb.normalize(relax.op.multiply(betas[i], relax.op.subtract(update, retrieved)))
         state = bb.normalize(relax.op.add(state, relax.op.multiply(ks[i], update)))  # S += k_t (x) v_t
-        o = bb.normalize(relax.op.multiply(relax.op.matmul(qs[i], state), scale))  # (B, Hkv, group, dv)
-        outputs.append(bb.normalize(relax.op.reshape(o, [batch, 1, hq * dv])))
+        outputs.append(bb.normalize(relax.op.multiply(relax.op.matmul(qs[i], state), scale)))  # (B, 1, Hkv, G, dv)
     if not outputs:
         out = _zeros(bb, [batch, 0, hq * dv], t)
     else:
         out = outputs[0] if steps == 1 else bb.normalize(relax.op.concat(outputs, axis=1))
+        out = bb.normalize(relax.op.reshape(out, [batch, steps, hq * dv]))
+    state = bb.normalize(relax.op.reshape(state, [batch, hkv, dk, dv]))
     return relax.Tuple([_cast(bb, out, t), _cast(bb, state, state_type)])
 
 
