@@ -49,6 +49,9 @@ def signature(model: Model) -> tuple[list[dict], list[dict]]:
         t = v.type
         if not isinstance(t, TensorType):
             raise OptcError(f"cannot compile: '{v.name}' is not a tensor ({t})")
+        if t.dtype == DataType.UNDEFINED:
+            raise OptcError(f"cannot compile: the element type of '{v.name}' is unknown (shape inference could not "
+                            "tell it; declare it in the model)")
         shape = [] if t.shape is None else [
             d if isinstance(d, int | str) else f"{v.name}_dim{i}" for i, d in enumerate(t.shape)]
         return {"name": v.name, "shape": shape, "dtype": t.dtype.numpy().name}

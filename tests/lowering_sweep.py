@@ -16,6 +16,7 @@ Run the whole sweep: `python -m optc.tests.lowering_sweep [--every N] [--match T
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import sys
 import time
@@ -99,14 +100,11 @@ def run_case(case) -> dict[str, tuple[str, str]]:
 def _worker(names: list[str], conn) -> None:
     import warnings
 
-    from onnx.backend.test.case import node
-
     warnings.filterwarnings("ignore")
-    by_name = {c.name: c for c in node.collect_testcases()}
     for name in names:
         conn.send(("start", name))
         try:
-            results = run_case(by_name[name])
+            results = run_case(conformance_case(name))
         except Exception as exc:  # noqa: BLE001 - any other failure is reported, never hidden
             results = {"inputs": ("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")}
         conn.send(("done", name, results))
@@ -159,12 +157,25 @@ def counts(results: dict[str, dict[str, tuple[str, str]]]) -> dict[str, Counter]
     return out
 
 
-def select_cases(every: int = 1, match: str | None = None) -> list[str]:
-    """Names of every `every`-th node conformance case (those containing `match`), in a fixed order."""
+@functools.lru_cache(maxsize=1)
+def _cases_by_name() -> dict:
+    import warnings
+
     from onnx.backend.test.case import node
 
-    names = sorted(c.name for c in node.collect_testcases())
-    return [n for n in names if match is None or match in n][::every]
+    with warnings.catch_warnings():  # the cases' generators overflow casts on purpose
+        warnings.simplefilter("ignore")
+        return {c.name: c for c in node.collect_testcases()}
+
+
+def conformance_case(name: str):
+    """ONNX's node conformance case `name` (cases are generated once per process: a few seconds)."""
+    return _cases_by_name()[name]
+
+
+def select_cases(every: int = 1, match: str | None = None) -> list[str]:
+    """Names of every `every`-th node conformance case (those containing `match`), in a fixed order."""
+    return [n for n in sorted(_cases_by_name()) if match is None or match in n][::every]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,3 +191,27 @@ def scatter(bb, inputs, attrs, ctx):
     if ctx.opset >= 11:
         raise refuse("Scatter was removed in opset 11 (use ScatterElements)")
     return _scatter_elements(bb, inputs, attrs, ctx, "Scatter", ("none",))
+
+
+@converter("", "ReverseSequence")
+def reverse_sequence(bb, inputs, attrs, ctx):
+    """Reverse the first `sequence_lens[b]` steps along `time_axis` of each batch entry b (ONNX
+    ReverseSequence-10): x of rank >= 2 with (batch, time) axes {0, 1}, sequence_lens int64 [batch] (a run-time
+    tensor is fine). A GatherElements along the time axis from index `t < len ? len - 1 - t : t`."""
+    x, lens = inputs[0], _index_tensor(bb, inputs[1], "ReverseSequence")
+    rank = _rank(x, "data", "ReverseSequence")
+    batch_axis, time_axis = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
+    if rank < 2 or {batch_axis, time_axis} != {0, 1}:
+        raise refuse(f"ReverseSequence with batch_axis {batch_axis} and time_axis {time_axis} (ONNX: 0 and 1)")
+    dims = _dims(x)
+    if dims is None:
+        raise refuse("ReverseSequence of data with an unknown shape is not supported by the TVM back end")
+    steps = bb.normalize(relax.op.arange(0, dims[time_axis], dtype="int64"))
+    lens_shape, steps_shape = ([-1, 1], [1, -1]) if batch_axis == 0 else ([1, -1], [-1, 1])
+    lens = bb.normalize(relax.op.reshape(lens, lens_shape))
+    steps = bb.normalize(relax.op.reshape(steps, steps_shape))
+    reversed_step = relax.op.subtract(relax.op.subtract(lens, const(1, "int64")), steps)
+    src = bb.normalize(relax.op.where(relax.op.less(steps, lens), reversed_step, steps))
+    src = bb.normalize(relax.op.reshape(src, [0, 0] + [1] * (rank - 2)))
+    src = bb.normalize(relax.op.broadcast_to(src, relax.ShapeExpr(dims)))
+    return relax.op.gather_elements(x, src, time_axis)

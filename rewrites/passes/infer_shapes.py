@@ -16,7 +16,7 @@ import onnx
 from ...ir.core import Graph, Model
 from ...ir.infer import InferenceError, infer_node
 from ...ir.tensors import ExternalTensor, Tensor
-from ...ir.types import type_from_proto
+from ...ir.types import DataType, TensorType, type_from_proto
 from ..context import PassContext, PassResult
 from ..pass_manager import Pass, register_pass
 from ._util import function_graphs, root_graph
@@ -36,6 +36,12 @@ def _stub_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
     e = p.external_data.add()
     e.key, e.value = "location", "optc-shape-inference-stub"
     return p
+
+
+def _known(t) -> bool:
+    """A value's type is known: set, and not a tensor of UNDEFINED element type (an output declared
+    without a type, which onnx allows)."""
+    return t is not None and not (isinstance(t, TensorType) and t.dtype == DataType.UNDEFINED and t.shape is None)
 
 
 def _collect(gp: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
@@ -66,7 +72,7 @@ def infer_model_types(model: Model) -> int:
     for g in graphs:
         for node in g:
             for o in node.outputs:
-                if o is None or o.type is not None or not o.name:
+                if o is None or _known(o.type) or not o.name:
                     continue
                 tp = types.get(o.name)
                 if tp is None:
@@ -88,14 +94,14 @@ def infer_model_types(model: Model) -> int:
 def infer_graph_nodewise(g: Graph, opsets: dict[str, int]) -> int:
     count = 0
     for node in g:
-        if all(o is None or o.type is not None for o in node.outputs) or node.subgraphs():
+        if all(o is None or _known(o.type) for o in node.outputs) or node.subgraphs():
             continue
         try:
             types = infer_node(node, opsets)
         except (InferenceError, Exception):
             continue
         for o, t in zip(node.outputs, types, strict=False):
-            if o is not None and o.type is None and t is not None:
+            if o is not None and not _known(o.type) and t is not None:
                 o.type = t
                 count += 1
     return count
