@@ -47,8 +47,12 @@ def _zeros(bb, shape: list, dtype: str):
     return bb.normalize(relax.op.broadcast_to(_scalar(bb, 0.0, dtype), shape))
 
 
-def _slice(bb, x, axis: int, begin, end):
-    return bb.normalize(relax.op.strided_slice(x, [axis], [begin], [end]))
+def _window(bb, x, axis: int, begin, size):
+    """x's positions [begin, begin + size) along `axis`; with a symbolic bound, a take of an arange (TVM's
+    strided_slice shape of symbolic bounds holds an if_then_else that its VM cannot lower)."""
+    if _static(begin) and _static(size):
+        return bb.normalize(relax.op.strided_slice(x, [axis], [begin], [begin + size]))
+    return bb.normalize(relax.op.take(x, _positions(bb, begin, begin + size), axis=axis, mode="clip"))
 
 
 def _silu(bb, x):
@@ -104,14 +108,14 @@ def causal_conv_with_state(bb, inputs, attrs, ctx):
     padded_acc = _cast(bb, padded, acc)
     out = None
     for j in range(k):  # output[..., i] = sum_j weight[:, 0, j] * padded[..., i + j]
-        term = bb.normalize(relax.op.multiply(_slice(bb, padded_acc, 2, j, j + length), _slice(bb, taps, 2, j, j + 1)))
+        term = bb.normalize(relax.op.multiply(_window(bb, padded_acc, 2, j, length), _window(bb, taps, 2, j, 1)))
         out = term if out is None else bb.normalize(relax.op.add(out, term))
     if bias is not None:
         out = bb.normalize(relax.op.add(out, relax.op.reshape(_cast(bb, bias, acc), [1, channels, 1])))
     out = _cast(bb, out, t)
     if activation != "none":
         out = _silu(bb, out)
-    present = _slice(bb, padded, 2, length, length + k - 1)
+    present = _window(bb, padded, 2, length, k - 1)
     return relax.Tuple([out, present])
 
 
