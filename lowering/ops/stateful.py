@@ -34,10 +34,19 @@ def _same(a, b) -> bool:
     return not (_static(a) and _static(b)) or a == b
 
 
+def _shape(x) -> list:
+    """The dims of a tensor (ints where static), refused where TVM does not know its shape."""
+    if not isinstance(x.ty.shape, relax.ShapeExpr):
+        raise refuse("an input of unknown shape is not supported by the TVM back end here")
+    return _dims(x)
+
+
 def _check_dims(name: str, x, want: list) -> None:
     """Refuse `x` unless its rank is len(want) and its static dims match `want`'s (None: any)."""
-    got = _dims(x)
-    if len(got) != len(want) or any(w is not None and not _same(g, w) for g, w in zip(got, want, strict=True)):
+    if x.ty.ndim != len(want):
+        raise refuse(f"{name} of rank {x.ty.ndim} is invalid here (expected rank {len(want)})")
+    got = _shape(x)
+    if any(w is not None and not _same(g, w) for g, w in zip(got, want, strict=True)):
         shown = ", ".join("?" if w is None else str(w) for w in want)
         raise refuse(f"{name} of shape {tuple(got)} is invalid here (expected ({shown}))")
 
@@ -86,10 +95,10 @@ def causal_conv_with_state(bb, inputs, attrs, ctx):
         raise refuse(f"CausalConvWithState with activation '{activation}' is invalid (none, silu or swish)")
     if x.ty.ndim != 3:
         raise refuse(f"CausalConvWithState needs a rank-3 input (batch, channels, length), got rank {x.ty.ndim}")
-    batch, channels, length = _dims(x)
-    if w.ty.ndim != 3 or not _static(_dims(w)[2]):
+    batch, channels, length = _shape(x)
+    if w.ty.ndim != 3 or not _static(_shape(w)[2]):
         raise refuse("CausalConvWithState needs a rank-3 weight (channels, 1, k) with a static kernel size k")
-    k = _dims(w)[2]
+    k = _shape(w)[2]
     if k < 1:
         raise refuse("CausalConvWithState with kernel size 0 is invalid")
     _check_dims("CausalConvWithState weight", w, [channels, 1, k])
@@ -125,7 +134,7 @@ def causal_conv_with_state(bb, inputs, attrs, ctx):
 def _static_last(name: str, x) -> int:
     if x.ty.ndim != 3:
         raise refuse(f"LinearAttention needs a rank-3 {name} (batch, sequence, heads * size), got rank {x.ty.ndim}")
-    last = _dims(x)[2]
+    last = _shape(x)[2]
     if not _static(last):
         raise refuse(f"LinearAttention with a symbolic last dim of {name} is not supported by the TVM back end")
     return last
@@ -165,7 +174,7 @@ def linear_attention(bb, inputs, attrs, ctx):
     if q_last % hq or v_last % hkv or k_last != hkv * (q_last // hq):
         raise refuse(f"LinearAttention with last dims {q_last} (query), {k_last} (key), {v_last} (value) does not "
                      f"split into {hq} query and {hkv} key/value heads of one key size")
-    batch, steps = _dims(q)[:2]
+    batch, steps = _shape(q)[:2]
     if not _static(steps):
         raise refuse("LinearAttention with a symbolic sequence length is not supported by the TVM back end (its "
                      "recurrence is unrolled over the static length)")
@@ -263,7 +272,7 @@ def tensor_scatter(bb, inputs, attrs, ctx):
     if not -rank <= axis < rank or axis % rank == 0:
         raise refuse(f"TensorScatter with axis={axis} is invalid for rank {rank} (not the batch axis 0)")
     axis %= rank
-    pd, ud = _dims(past), _dims(update)
+    pd, ud = _shape(past), _shape(update)
     for i, (a, b) in enumerate(zip(pd, ud, strict=True)):
         if i != axis and not _same(a, b):
             raise refuse(f"TensorScatter with past_cache {tuple(pd)} and update {tuple(ud)} is invalid (they differ "
@@ -303,7 +312,7 @@ def _modifier(bb, ctx, graph, x, name: str):
         raise refuse(f"FlexAttention with a {name} that holds subgraphs is not supported by the TVM back end")
     t = dtype_of(x)
     arg = graph.inputs[0]
-    if arg.dtype is not None and ctx._dtype(arg) != t:
+    if arg.dtype and ctx._dtype(arg) != t:  # (an undeclared type is UNDEFINED, 0)
         raise refuse(f"FlexAttention's {name} takes {ctx._dtype(arg)}, but its scores are {t} (softmax_precision)")
     ctx.exprs[arg] = x
     ctx._constants(graph)
@@ -311,8 +320,8 @@ def _modifier(bb, ctx, graph, x, name: str):
     out = ctx._expr(graph.outputs[0])
     if not isinstance(out.ty, relax.TensorType) or dtype_of(out) != t or out.ty.ndim != 4:
         raise refuse(f"FlexAttention's {name} must return a rank-4 {t} tensor")
-    if not all(_same(a, b) for a, b in zip(_dims(out), _dims(x), strict=True)):
-        raise refuse(f"FlexAttention's {name} changes the shape {tuple(_dims(x))} to {tuple(_dims(out))}")
+    if not all(_same(a, b) for a, b in zip(_shape(out), _shape(x), strict=True)):
+        raise refuse(f"FlexAttention's {name} changes the shape {tuple(_shape(x))} to {tuple(_shape(out))}")
     return out
 
 
@@ -334,7 +343,7 @@ def flex_attention(bb, inputs, attrs, ctx):
         raise refuse(f"FlexAttention with Q, K, V of types {t}, {dtype_of(k)}, {dtype_of(v)} is invalid (one type)")
     if q.ty.ndim != 4 or k.ty.ndim != 4 or v.ty.ndim != 4:
         raise refuse(f"FlexAttention needs rank-4 Q, K and V (got {q.ty.ndim}, {k.ty.ndim}, {v.ty.ndim})")
-    (_, hq, _, e), (_, hk, s, ek), (_, hv, sv, _) = _dims(q), _dims(k), _dims(v)
+    (_, hq, _, e), (_, hk, s, ek), (_, hv, sv, _) = _shape(q), _shape(k), _shape(v)
     if not (_static(hq) and _static(hk) and _static(hv)):
         raise refuse("FlexAttention with a symbolic number of heads is not supported by the TVM back end")
     if hk != hv or not _same(s, sv) or not _same(e, ek):
