@@ -219,9 +219,28 @@ def _packing_splits_off(sch: s_tir.Schedule) -> bool:
     return isinstance(root, tirx.SeqStmt) and len(root.seq) > 1
 
 
+def _read_by_opaque_blocks(sch: s_tir.Schedule) -> list:
+    """Buffers loaded inside opaque blocks (blocks that declare no reads and no writes: the hand-written loops of
+    NonMaxSuppression and the like). compute_inline does not see those loads, so it removed a producer they
+    read and the build failed with `Buffer T_gather is used before its definition`."""
+    import tvm_ffi  # noqa: PLC0415
+    from tvm.ir.expr import TensorLoad  # noqa: PLC0415  (a tirx.BufferLoad)
+
+    opaque: list = []
+    buffers: list = []
+    func = next(iter(sch.mod.functions.values()))
+    tvm_ffi.structural_walk(func.body, lambda node: opaque.append(node) if isinstance(node, s_tir.SBlock)
+                            and node.name_hint != "root" and not node.reads and not node.writes else None,
+                            order="post")
+    for block in opaque:
+        tvm_ffi.structural_walk(block.body, (TensorLoad, lambda load: buffers.append(load.source)), order="post")
+    return buffers
+
+
 def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
     """dlight's `try_inline` (inline every block that can be, producers first; returns the rest), except that
-    a consumer is never inlined into a block with an init statement. normalize_prim_func calls a sum of one
+    a block read inside an opaque block is never inlined (`_read_by_opaque_blocks`), and a consumer is never
+    inlined into a block with an init statement. normalize_prim_func calls a sum of one
     term (K = 1) spatial, and TVM's reverse_compute_inline then put the consumer into both the init and the
     update: `x @ w + bias` computed `x @ w + 2 * bias`."""
 
@@ -239,8 +258,13 @@ def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
     def producers_have_no_init(block) -> bool:
         return all(sch.get(p).init is None for p in sch.get_producers(block.block_rv))
 
+    hidden = _read_by_opaque_blocks(sch)
+
+    def not_read_opaquely(block) -> bool:
+        return not any(w.source.same_as(b) for w in sch.get(block.block_rv).writes for b in hidden)
+
     while True:
-        i = trial(sch.compute_inline, lambda b: True)
+        i = trial(sch.compute_inline, not_read_opaquely)
         if i is None:
             i = trial(sch.reverse_compute_inline, producers_have_no_init)
         if i is None:

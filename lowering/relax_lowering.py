@@ -148,10 +148,15 @@ class _Lowering:
     def _dtype(v: Value) -> str:
         from tvm.relax.frontend.onnx.onnx_frontend import get_type
 
+        if v.dtype == DataType.STRING:
+            raise UnsupportedError(f"cannot lower '{v.name}': string tensors are not supported by the TVM back end")
         return get_type(int(v.dtype or DataType.FLOAT))
 
     def _constants(self, g: Graph) -> None:
         for v in g.initializers.values():
+            if v.const.dtype == DataType.STRING:
+                raise UnsupportedError(f"cannot lower the constant '{v.name}': string tensors are not supported by "
+                                       "the TVM back end")
             if v.const.dtype.itemsize_bits and v.const.dtype.itemsize_bits < 8:
                 raise UnsupportedError(f"cannot lower the {v.const.dtype.numpy().name} constant '{v.name}': TVM "
                                        "cannot build tensors of sub-byte elements")
@@ -201,6 +206,13 @@ class _Lowering:
             raise UnsupportedError(f"cannot lower {_label(n)}: {str(exc).splitlines()[0] if str(exc) else ''}") \
                 from exc
         except Exception as exc:  # the converter failed: a back-end bug, named with its node
+            unknown = [i for i, x in enumerate(inputs) if x is not None and isinstance(x.ty, relax.TensorType)
+                       and x.ty.shape is None]
+            if unknown:  # TVM's converters need shapes: one computed from input values is a limit, not a bug
+                what = "rank" if inputs[unknown[0]].ty.ndim == -1 else "shape"
+                raise UnsupportedError(
+                    f"cannot lower {_label(n)}: the {what} of input {unknown[0]} depends on input values (known only "
+                    f"at run time); the TVM back end needs it at compile time") from exc
             raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         if isinstance(result, relax.Expr):

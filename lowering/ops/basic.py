@@ -7,7 +7,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from ...errors import UnsupportedError
-from ..converters import constant_value, converter, dtype_of, lookup_frontend, refuse_when
+from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse_when
 
 
 @converter("", "Sum")
@@ -48,7 +48,6 @@ def _run_time(*positions: int):
 
 # TVM's frontend needs these parameters as constants (after optc's constant folding, most models have them so)
 refuse_when("CumSum", "with an axis computed at run time", _run_time(1))
-refuse_when("Split", "with split sizes computed at run time", _run_time(1))
 refuse_when("Pad", "with pads or a constant value computed at run time", _run_time(1, 2, 3))
 _RESIZE_MODES = (b"half_pixel", b"align_corners", b"asymmetric", b"pytorch_half_pixel", b"tf_crop_and_resize")
 
@@ -220,3 +219,122 @@ def top_k(bb, inputs, attrs, ctx):
     if dtype_of(inputs[0]) == "uint64":  # TVM's sort kernel rejects it at run time
         raise UnsupportedError("TopK of uint64 is not supported by the TVM back end")
     return lookup_frontend("TopK", ctx.opset)(bb, inputs, attrs, ctx)
+
+
+_NMS_PARAMETERS = {2: "max_output_boxes_per_class", 3: "iou_threshold", 4: "score_threshold"}
+
+
+@converter("", "NonMaxSuppression")
+def non_max_suppression(bb, inputs, attrs, ctx):
+    """TVM's NonMaxSuppression with ONNX's comparisons. The frontend replaced run-time parameters by defaults
+    (wrong boxes: refused here), and its kernel suppresses a box when IoU >= iou_threshold where ONNX (onnx's
+    reference, torchvision) suppresses when IoU > iou_threshold: the threshold becomes the next float32 up,
+    for which the two comparisons agree on every float32 IoU."""
+    inputs = list(inputs)
+    for position, name in _NMS_PARAMETERS.items():
+        if _run_time(position)(inputs, attrs):
+            raise UnsupportedError(f"NonMaxSuppression with {name} computed at run time is not supported by the "
+                                   "TVM back end")
+    if len(inputs) > 3 and inputs[3] is not None:
+        iou = constant_value(inputs[3]).astype(np.float32)
+        inputs[3] = const(np.nextafter(iou, np.float32(np.inf)))
+    return lookup_frontend("NonMaxSuppression", ctx.opset)(bb, inputs, attrs, ctx)
+
+
+@converter("", "MaxUnpool")
+def max_unpool(bb, inputs, attrs, ctx):
+    """MaxUnpool; with an `output_shape` input (a constant) as onnx's reference computes it: the values scatter
+    into zeros of the inferred shape ((in - 1) * stride - pads + kernel) at their flat `indices`, and that
+    block is padded with zeros at the end of each axis up to `output_shape`. Without one, the frontend's."""
+    if len(inputs) < 3 or inputs[2] is None:
+        return lookup_frontend("MaxUnpool", ctx.opset)(bb, inputs, attrs, ctx)
+    shape = constant_value(inputs[2])
+    if shape is None:
+        raise UnsupportedError("MaxUnpool with an output_shape computed at run time is not supported by the TVM "
+                               "back end")
+    x, indices = inputs[0], inputs[1]
+    dims = [getattr(d, "value", None) for d in x.ty.shape.values] if x.ty.shape is not None else [None]
+    if any(d is None for d in dims):
+        raise UnsupportedError("MaxUnpool with an output_shape of an input with symbolic dims is not supported by "
+                               "the TVM back end")
+    kernel = list(attrs["kernel_shape"])
+    strides = list(attrs.get("strides", [1] * len(kernel)))
+    pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+    inferred = dims[:2] + [(dims[i + 2] - 1) * strides[i] - (pads[i] + pads[len(kernel) + i]) + kernel[i]
+                           for i in range(len(kernel))]
+    out = [int(d) for d in shape.reshape(-1)]
+    if len(out) != len(inferred) or any(o < i for o, i in zip(out, inferred, strict=True)):
+        raise UnsupportedError(f"MaxUnpool to output_shape {out}, smaller than the unpooled shape {inferred}")
+    zeros = bb.normalize(relax.op.zeros(relax.ShapeExpr(inferred), dtype_of(x)))
+    flat = bb.normalize(relax.op.scatter_elements(
+        bb.normalize(relax.op.reshape(zeros, [-1])), bb.normalize(relax.op.reshape(indices, [-1])),
+        bb.normalize(relax.op.reshape(x, [-1])), axis=0))
+    y = bb.normalize(relax.op.reshape(flat, relax.ShapeExpr(inferred)))
+    if out == inferred:
+        return y
+    pad_width = [w for o, i in zip(out, inferred, strict=True) for w in (0, o - i)]  # (before, after) per axis
+    return relax.op.nn.pad(y, pad_width)
+
+
+@converter("", "Upsample")
+def upsample(bb, inputs, attrs, ctx):
+    """Upsample (deprecated in opset 10) in nearest mode with integer scales: each element repeated
+    `scales[axis]` times along every axis, as onnx's reference computes it. Other modes and fractional
+    scales are refused (the reference does not define them either)."""
+    scales = (np.asarray(attrs["scales"], np.float32) if "scales" in attrs
+              else constant_value(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None)
+    if scales is None:
+        raise UnsupportedError("Upsample with scales computed at run time is not supported by the TVM back end")
+    mode = attrs.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "nearest" or not np.array_equal(scales, np.floor(scales)) or (scales < 1).any():
+        raise UnsupportedError(f"Upsample in mode '{mode}' with scales {scales.tolist()} (only nearest with whole "
+                               "scales) is not supported by the TVM back end")
+    y = inputs[0]
+    for axis, scale in enumerate(scales.astype(np.int64).tolist()):
+        if scale != 1:
+            y = bb.normalize(relax.op.repeat(y, scale, axis=axis))
+    return y
+
+
+@converter("", "OptionalHasElement")
+def optional_has_element(bb, inputs, attrs, ctx):
+    """False for an omitted input (an empty optional); a tensor input is always present."""
+    if not inputs or inputs[0] is None:
+        return const(np.array(False))
+    return lookup_frontend("OptionalHasElement", ctx.opset)(bb, inputs, attrs, ctx)
+
+
+@converter("", "Split")
+def split(bb, inputs, attrs, ctx):
+    """Split; sizes given as a constant `split` input (or attribute before opset 13) that hold a 0 become one
+    strided slice per output (TVM's split needs strictly increasing split points), others go to the frontend."""
+    if _run_time(1)(inputs, attrs):
+        raise UnsupportedError("Split with split sizes computed at run time is not supported by the TVM back end")
+    sizes = (constant_value(inputs[1]) if len(inputs) > 1 and inputs[1] is not None
+             else np.asarray(attrs["split"]) if "split" in attrs else None)
+    if sizes is None or not (sizes == 0).any():
+        return lookup_frontend("Split", ctx.opset)(bb, inputs, attrs, ctx)
+    x = inputs[0]
+    axis = int(attrs.get("axis", 0)) % x.ty.ndim
+    bounds = np.concatenate([[0], np.cumsum(sizes.reshape(-1))]).tolist()
+    return relax.Tuple([bb.normalize(relax.op.strided_slice(x, [axis], [begin], [end], assume_inbound=True))
+                        for begin, end in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+@converter("", "EyeLike")
+def eye_like(bb, inputs, attrs, ctx):
+    """Ones on the k-th diagonal of a 2-D tensor shaped like the input, zeros elsewhere (ONNX EyeLike-9), in the
+    `dtype` attribute's type (default: the input's); the frontend rejected a dtype differing from the input's."""
+    from tvm.relax.frontend.onnx.onnx_frontend import get_type
+
+    x = inputs[0]
+    if x.ty.ndim != 2 or x.ty.shape is None:
+        raise UnsupportedError("EyeLike of an input that is not 2-D with a known shape")
+    rows, cols = x.ty.shape.values
+    dtype = get_type(int(attrs["dtype"])) if "dtype" in attrs else dtype_of(x)
+    r = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, rows, dtype="int64")), [-1, 1]))
+    c = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, cols, dtype="int64")), [1, -1]))
+    offset = bb.normalize(relax.op.subtract(c, r))
+    on_diagonal = bb.normalize(relax.op.equal(offset, const(int(attrs.get("k", 0)), "int64")))
+    return relax.op.astype(on_diagonal, dtype)

@@ -180,4 +180,7 @@ def one_hot(bb, inputs, attrs, ctx):
 def unsqueeze(bb, inputs, attrs, ctx):
     if len(inputs) > 1 and inputs[1] is not None and constant_value(inputs[1]) is None:
         raise refuse("Unsqueeze with axes computed at run time is not supported by the TVM back end")
+    if len(inputs) > 1 and inputs[1] is not None and constant_value(inputs[1]).ndim == 0:
+        # a 0-d axes tensor (onnx's function bodies write them; onnxruntime accepts it) is one axis
+        inputs = [inputs[0], const(constant_value(inputs[1]).reshape(1))]
     return lookup_frontend("Unsqueeze", ctx.opset)(bb, inputs, attrs, ctx)
