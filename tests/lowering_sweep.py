@@ -10,7 +10,7 @@ process). Cases run in a worker subprocess that is restarted after a crash, so o
 the sweep. A case passes overall when it passes in either form; it mismatches or crashes when either form
 does.
 
-Run the whole sweep: `python -m optc.tests.lowering_sweep [--every N] [--match TEXT] [--show STATUS,...]`.
+Run the whole sweep: `python -m optc.tests.lowering_sweep [--every N] [--match TEXT] [--show STATUS,...] [--jobs N]`.
 """
 
 from __future__ import annotations
@@ -145,6 +145,16 @@ def sweep(names: list[str], case_timeout: float = 300.0) -> dict[str, dict[str, 
     return results
 
 
+def parallel_sweep(names: list[str], jobs: int = 1) -> dict[str, dict[str, tuple[str, str]]]:
+    """`sweep` with the cases dealt round-robin to `jobs` workers that run side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = max(1, min(jobs, len(names)))
+    with ThreadPoolExecutor(jobs) as pool:
+        parts = pool.map(sweep, [names[i::jobs] for i in range(jobs)])
+    return {name: forms for part in parts for name, forms in part.items()}
+
+
 def overall(forms: dict[str, tuple[str, str]]) -> tuple[str, str]:
     """A case's status over its forms: mismatch or crash if any form has it, else pass if any form passes."""
     return min(forms.values(), key=lambda sd: _RANK[sd[0]])
@@ -183,19 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="run every N-th case (default: all)")
     parser.add_argument("--match", help="only the cases whose name contains this text, e.g. softmax")
     parser.add_argument("--show", default="mismatch,crash,error",
-                        help="statuses whose cases are listed with their reason (default: mismatch,crash,error)")
+                        help="statuses whose cases are listed with their reason, per form (default: "
+                             "mismatch,crash,error)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes running cases side by side")
     args = parser.parse_args(argv)
     names = select_cases(args.every, args.match)
     start = time.perf_counter()
-    results = sweep(names)
+    results = parallel_sweep(names, args.jobs)
     print(f"{len(names)} cases in {time.perf_counter() - start:.0f} s")
     for form, c in counts(results).items():
         print(f"  {form:9s} " + ", ".join(f"{s} {c.get(s, 0)}" for s in STATUSES))
     show = set(args.show.split(","))
     for name, forms in sorted(results.items()):
-        status, detail = overall(forms)
-        if status in show:
-            print(f"  {status:11s} {name}: {detail[:160]}")
+        for form, (status, detail) in forms.items():
+            if status in show:
+                print(f"  {status:11s} {form:9s} {name}: {detail[:160]}")
     return 0
 
 
