@@ -311,6 +311,20 @@ class _Rule(ScheduleRule):
         raise NotImplementedError
 
 
+class Guarded(_Rule):
+    """One of dlight's rules under `_Rule`'s error handling: dlight's CPU GEMV asserted (`normalize: assert
+    s_loops`) on the matrix-vector product of an Expand of a scalar, and the whole build failed."""
+
+    def __init__(self, rule: ScheduleRule):
+        self.rule = rule
+
+    def schedule(self, func, target: Target):
+        try:
+            return self.rule.apply(func, target, False)
+        except AssertionError:
+            return None
+
+
 class TiledReduction(_Rule):
     """Register-tiled, vectorized, parallel schedule for one reduction block + injective epilogues.
 
@@ -617,4 +631,4 @@ def cpu_rules():
     """The rules ApplyDefaultSchedule tries, in order, on every unscheduled PrimFunc (llvm targets)."""
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
-    return [TiledReduction(), Injective(), dl.cpu.GEMV(), RowReduction(), ParallelFallback()]
+    return [TiledReduction(), Injective(), Guarded(dl.cpu.GEMV()), RowReduction(), ParallelFallback()]

@@ -114,12 +114,6 @@ KNOWN_FAULTS: list[Fault] = [
           "a graph output that is a zero-size constant (an initializer, or a subgraph that folds to one) fails to "
           "compile: TVM InternalError 'Invalid DLTensor file format'",
           _H + "g () => (float[1,0] y) <float[1,0] c = {}> { y = Tanh(c) }"),
-    Fault(("matmul-of-expand",), "compile",
-          "MatMul of an Expand (of a scalar or [1] tensor) by a 1-D operand: dlight's CPU GEMV rule fails "
-          "(normalize: assert s_loops) and the TVM build raises",
-          _H + "g (float x) => (float[3] y) <int64[2] s = {3, 2}, float[2] b = {5, -3}> "
-               "{ e = Expand(x, s)  y = MatMul(e, b) }",
-          {"x": np.array(2.0, np.float32)}),
     Fault(("zero-size-shared",), "compile",
           "a zero-size tensor read by a shape op and by another op fails to build: Unsqueeze + Neg gives TVM "
           "IndexError 'Index 1 out of bounds 1', Transpose + Relu a Reshape ValueError",
@@ -129,6 +123,12 @@ KNOWN_FAULTS: list[Fault] = [
 
 # Faults this test found that are fixed: their reproducers are regression tests (test_fixed_fault_stays_fixed).
 FIXED_FAULTS: list[Fault] = [
+    Fault(("matmul-of-expand",), "compile",
+          "MatMul of an Expand (of a scalar or [1] tensor) by a 1-D operand: dlight's CPU GEMV rule fails "
+          "(normalize: assert s_loops) and the TVM build raises",
+          _H + "g (float x) => (float[3] y) <int64[2] s = {3, 2}, float[2] b = {5, -3}> "
+               "{ e = Expand(x, s)  y = MatMul(e, b) }",
+          {"x": np.array(2.0, np.float32)}),
     Fault(("runtime-params:Slice",), "compile",
           "Slice with starts/ends/axes/steps fed at run time is not refused: TVM build InternalError 'There is no "
           "definition of I.GlobalVar(\"shape_func\")' (or 'emit_te now only supports Tensor that has ShapeExpr shape')",
