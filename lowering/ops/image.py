@@ -120,3 +120,55 @@ def col2im(bb, inputs, attrs, ctx):
     picked = bb.normalize(relax.op.reshape(picked, [batch, channels, table.shape[0], table.shape[1]]))
     summed = bb.normalize(relax.op.sum(picked, axis=3))  # (from +0.0, as the reference's zeros: -0.0 -> +0.0)
     return relax.op.reshape(summed, [batch, channels, *image])
+
+
+_MAX_DET = 16
+
+
+@converter("", "Det")
+def det(bb, inputs, attrs, ctx):
+    """Det-11/22 of x [..., M, M] (M static, at most 16): [...] in x's type, by LU factorization with partial
+    pivoting unrolled over the M steps on the whole matrix (the pivot is the first entry of largest magnitude,
+    as in LAPACK's getrf that numpy.linalg.det and onnx/reference/ops/op_det.py use; a zero pivot skips the
+    elimination, so a singular matrix gives 0), the determinant being the pivots' product times the
+    permutation's sign. Computed in float32 (float64 for float64)."""
+    x = inputs[0]
+    dtype = dtype_of(x)
+    if dtype not in ("float16", "bfloat16", "float32", "float64") or x.ty.ndim < 2:
+        raise refuse(f"Det of a rank-{x.ty.ndim} {dtype} input")
+    rank = x.ty.ndim
+    size = _static(x, rank - 1, "Det")
+    if size != _static(x, rank - 2, "Det") or not 1 <= size <= _MAX_DET:
+        raise refuse(f"Det of {x.ty.shape} matrices (square, at most {_MAX_DET}x{_MAX_DET})")
+    compute = "float64" if dtype == "float64" else "float32"
+    a = x if dtype == compute else bb.normalize(relax.op.astype(x, compute))
+    row = const(np.arange(size, dtype=np.int64))  # [M]
+    zero = const(np.zeros(1), compute)
+    result = sign = None
+    for j in range(size):
+        pivot = bb.normalize(relax.op.strided_slice(a, [rank - 2, rank - 1], [j, j], [j + 1, j + 1]))
+        if j + 1 < size:
+            column = bb.normalize(relax.op.squeeze(relax.op.strided_slice(a, [rank - 1], [j], [j + 1]), [rank - 1]))
+            magnitude = relax.op.where(relax.op.less(row, const(np.array(j))), const(-np.ones(1), compute),
+                                       relax.op.abs(column))
+            chosen = bb.normalize(relax.op.argmax(magnitude, rank - 2, keepdims=True))  # [..., 1]
+            chosen = bb.normalize(relax.op.maximum(relax.op.astype(chosen, "int64"), const(np.array([j]))))
+            # rows j and chosen swapped: a gather of a's rows by [0, .., chosen, .., j, ..]
+            order = relax.op.where(relax.op.equal(row, const(np.array(j))), chosen,
+                                   relax.op.where(relax.op.equal(row, chosen), const(np.array(j)), row))
+            order = relax.op.broadcast_to(relax.op.expand_dims(order, [rank - 1]), a.ty.shape)
+            a = bb.normalize(relax.op.gather_elements(a, order, rank - 2))
+            flip = relax.op.where(relax.op.equal(chosen, const(np.array([j]))), const(np.ones(1), compute),
+                                  const(-np.ones(1), compute))
+            sign = bb.normalize(flip if sign is None else relax.op.multiply(sign, flip))
+            pivot = bb.normalize(relax.op.strided_slice(a, [rank - 2, rank - 1], [j, j], [j + 1, j + 1]))
+            pivot_row = relax.op.strided_slice(a, [rank - 2], [j], [j + 1])  # [..., 1, M]
+            below = relax.op.greater(relax.op.expand_dims(row, [1]), const(np.array(j)))  # [M, 1]
+            usable = relax.op.logical_and(below, relax.op.not_equal(pivot, zero))
+            factor = relax.op.divide(relax.op.strided_slice(a, [rank - 1], [j], [j + 1]), pivot)  # [..., M, 1]
+            a = bb.normalize(relax.op.where(usable, relax.op.subtract(a, relax.op.multiply(factor, pivot_row)), a))
+        result = pivot if result is None else bb.normalize(relax.op.multiply(result, pivot))
+    if sign is not None:
+        result = relax.op.multiply(result, relax.op.expand_dims(sign, [rank - 1]))
+    result = bb.normalize(relax.op.squeeze(result, [rank - 2, rank - 1]))
+    return result if dtype == compute else relax.op.astype(result, dtype)
