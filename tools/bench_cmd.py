@@ -19,7 +19,7 @@ def _ort_session(path: str, threads: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures reach the user as optc's one-line error, not onnxruntime's log
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -44,7 +44,7 @@ def _session(path: str):
 
     load(path)  # the same one-line errors as every other subcommand for a bad file, before onnxruntime sees it
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # onnxruntime's failures reach the user as optc's one-line error, not its log
     # Compare the models as written: onnxruntime's own graph optimizations would blur the comparison.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -96,8 +96,9 @@ def _ort_specs(session) -> list[InputSpec]:
 
 
 def random_feeds(specs: list[InputSpec], dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random arrays for `specs`, in order: floats in [-1, 1), integers in [0, 4), random booleans. A symbolic dim
-    takes its value from `dims` (1 when not there); an unknown dim is 1."""
+    """Random arrays for `specs`, in order: floats in [-1, 1), integers 0 or 1 (valid as attention masks, token ids
+    and indices: a dynamo-exported BERT gathers at `mask.sum(-1) - 1`, which larger values push out of range),
+    random booleans. A symbolic dim takes its value from `dims` (1 when not there); an unknown dim is 1."""
     rng = np.random.default_rng(seed)
     dims = dims or {}
     feeds = {}
@@ -111,7 +112,7 @@ def random_feeds(specs: list[InputSpec], dims: dict[str, int] | None = None, see
         elif dtype.kind == "b":
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
         else:
-            feeds[spec.name] = rng.integers(0, 4, size=shape).astype(dtype)
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
 
 
