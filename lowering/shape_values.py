@@ -113,8 +113,8 @@ class ShapeEvaluator:
                 return False
             result.dims = [_simplify(d) for d in result.dims]
             self.values[n.outputs[0]] = result
-        else:
-            self.lowering.exprs[n.outputs[0]] = result
+        else:  # an op emitted on shape values: typed now, as every converter's result is
+            self.lowering.exprs[n.outputs[0]] = self.lowering.bb.normalize(result)
         return True
 
     def _input_shape(self, v: Value) -> list | None:

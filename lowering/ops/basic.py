@@ -338,3 +338,21 @@ def eye_like(bb, inputs, attrs, ctx):
     offset = bb.normalize(relax.op.subtract(c, r))
     on_diagonal = bb.normalize(relax.op.equal(offset, const(int(attrs.get("k", 0)), "int64")))
     return relax.op.astype(on_diagonal, dtype)
+
+
+@converter("", "Trilu")
+def trilu(bb, inputs, attrs, ctx):
+    """Trilu: a constant k goes to the frontend (relax triu/tril); a run-time k (0-d int64) keeps the elements
+    whose column - row is >= k (upper) or <= k (lower), as a mask over the last two axes."""
+    if len(inputs) < 2 or inputs[1] is None or constant_value(inputs[1]) is not None:
+        return lookup_frontend("Trilu", ctx.opset)(bb, inputs, attrs, ctx)
+    x = inputs[0]
+    if x.ty.shape is None or x.ty.ndim < 2:
+        raise UnsupportedError("Trilu of an input of unknown shape or rank below 2")
+    rows, cols = x.ty.shape.values[-2:]
+    r = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, rows, dtype="int64")), [-1, 1]))
+    c = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, cols, dtype="int64")), [1, -1]))
+    offset = bb.normalize(relax.op.subtract(c, r))
+    k = bb.normalize(relax.op.astype(inputs[1], "int64"))
+    keep = relax.op.greater_equal(offset, k) if attrs.get("upper", 1) else relax.op.less_equal(offset, k)
+    return relax.op.where(bb.normalize(keep), x, relax.op.zeros_like(x))

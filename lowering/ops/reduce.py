@@ -53,7 +53,7 @@ def _nan_propagating(reduce_fn, bb, x, axes, keepdims):
     dtype = dtype_of(x)
     if not _is_float(dtype):
         return y
-    xf = x if dtype in ("float16", "float32", "float64") else relax.op.astype(x, "float32")  # (no isnan on bf16)
+    xf = x if dtype in ("float16", "float32", "float64") else bb.normalize(relax.op.astype(x, "float32"))  # bf16
     extreme = const(-np.inf if reduce_fn is relax.op.max else np.inf, dtype_of(xf))
     # per element 2: NaN, 1: anything else, 0: the extreme infinity; the slice's max code says which result
     code = relax.op.where(relax.op.isnan(xf), const(2, "int8"),
