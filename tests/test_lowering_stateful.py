@@ -4,8 +4,6 @@ reference evaluator, onnxruntime where it has the op, and the ONNX conformance c
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnx
 import optc
@@ -13,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from .conftest import run_ort, run_reference
-from .lowering_sweep import overall, run_case
+from .lowering_sweep import conformance_case, overall, run_case
 
 _ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
          np.dtype(np.float64): TensorProto.DOUBLE, np.dtype(np.int64): TensorProto.INT64,
@@ -252,34 +250,15 @@ def test_flex_attention_score_mod_of_another_type_is_refused():
 # -- conformance cases -------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _conformance_cases() -> dict:
-    import warnings
-
-    from onnx.backend.test.case import node
-
-    with warnings.catch_warnings():  # some generators overflow casts on purpose
-        warnings.simplefilter("ignore")
-        return {c.name: c for c in node.collect_testcases()}
+# one case per op form; `python -m optc.tests.lowering_sweep --match linear_attention` (and causal_conv,
+# tensorscatter, flexattention) runs all of them
+_CASES = ["test_causal_conv_with_state_" + n for n in ("with_bias_and_past_state", "silu_fp16", "decode_step")]
+_CASES += ["test_linear_attention_" + n for n in ("gated_delta_mqa", "delta", "prefill_with_past", "fp16")]
+_CASES += ["test_tensorscatter_circular", "test_tensorscatter_3d"]
+_CASES += ["test_flexattention" + n for n in ("_gqa", "_prob_mod", "_relative_positional", "_double")]
 
 
-_CASES = ["test_causal_conv_with_state_" + n for n in (
-    "basic", "with_bias", "with_past_state", "silu", "swish_alias", "decode_step", "kernel_size_one",
-    "with_bias_and_past_state", "silu_with_past_state", "b1_c1_degenerate", "short_input_no_past_state", "fp16",
-    "silu_fp16")]
-_CASES += ["test_linear_attention_" + n for n in (
-    "linear", "gated", "gated_per_head_decay", "delta", "gated_delta", "gated_delta_beta_scalar", "gated_delta_gqa",
-    "gated_delta_mqa", "decode_step", "prefill_with_past", "no_past_explicit_zeros", "explicit_scale", "fp16",
-    "linear_t1_no_past")]
-_CASES += ["test_tensorscatter", "test_tensorscatter_3d", "test_tensorscatter_circular"]
-_CASES += ["test_flexattention" + n for n in (
-    "", "_scaled", "_gqa", "_diff_head_sizes", "_score_mod", "_prob_mod", "_fp16", "_double", "_causal_mask",
-    "_soft_cap", "_relative_positional")]
-_QUICK = {"test_causal_conv_with_state_decode_step", "test_linear_attention_gated_delta_mqa",
-          "test_flexattention_relative_positional"}
-
-
-@pytest.mark.parametrize("case", [c if c in _QUICK else pytest.param(c, marks=pytest.mark.slow) for c in _CASES])
+@pytest.mark.parametrize("case", _CASES)
 def test_conformance_case_passes(case):
-    status, detail = overall(run_case(_conformance_cases()[case]))
+    status, detail = overall(run_case(conformance_case(case)))
     assert status == "pass", detail
