@@ -272,3 +272,38 @@ def run_ort_feeds(proto, feeds):
     from .conftest import run_ort
 
     return run_ort(proto, feeds)
+
+
+def test_quantized_weights_keep_their_dequantize_linear():
+    """A QDQ model (as onnxruntime's quantizer writes it): -O2 must not fold the int8 weight's
+    DequantizeLinear into a float32 constant (4x the size, and the integer kernels lose their input);
+    a QuantizeLinear of a float constant still folds to the int8 weight."""
+    import onnx
+    import optc
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .conftest import run_ort
+
+    rng = np.random.default_rng(0)
+    w_q = rng.integers(-127, 128, size=(8, 4)).astype(np.int8)
+    w_f = rng.standard_normal((4, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w_q, "w_q"), numpy_helper.from_array(np.full(4, 0.02, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"), numpy_helper.from_array(w_f, "w_f"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=1),
+             helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("QuantizeLinear", ["w_f", "s", "z"], ["w2_q"]),
+             helper.make_node("DequantizeLinear", ["w2_q", "s", "z"], ["w2"]),
+             helper.make_node("MatMul", ["h", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(model), level=2))
+    assert [n.op_type for n in out.graph.node].count("DequantizeLinear") == 2
+    assert "QuantizeLinear" not in [n.op_type for n in out.graph.node]
+    dtypes = {t.name: t.data_type for t in out.graph.initializer}
+    assert dtypes["w_q"] == TensorProto.INT8 and dtypes["w2_q"] == TensorProto.INT8
+    assert not any(t.data_type == TensorProto.FLOAT and tuple(t.dims) in ((8, 4), (4, 3)) for t in out.graph.initializer)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])
+    onnx.checker.check_model(out)

@@ -4,7 +4,8 @@ A folded node's outputs become initializers (the output Value object is kept, so
 place among the graph outputs stay the same). Inside model-local functions, which cannot hold initializers, they
 become `Constant` nodes instead. Evaluation uses numpy for the common cheap ops and onnx's reference evaluator
 for everything else. Never folded: non-deterministic ops (op table trait), ops with side effects, nodes with
-subgraphs, calls of model-local functions, ops of domains the reference evaluator does not know, and results
+subgraphs, calls of model-local functions, ops of domains the reference evaluator does not know,
+DequantizeLinear (a QDQ model's int8/int4 weights stay quantized, for the runtime's integer kernels), and results
 larger than `size-limit` bytes when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...).
 
 IEEE semantics: data movement, integer arithmetic (wrapping as onnxruntime does; integer Div truncates toward
@@ -228,6 +229,8 @@ class ConstantFolder:
     def _evaluate(self, node: Node, graph: Graph, opsets: dict[str, int], version: int):
         op = node.op_type
         self._in_bytes = 0
+        if op == "DequantizeLinear":
+            return None  # a quantized weight stays quantized: folding it loses the int8/int4 data for a 4x float
         if self.fold_shapes and op in ("Shape", "Size") and node.domain == "" and node.inputs:
             x = node.inputs[0]
             shape = x.shape if x is not None else None
