@@ -144,6 +144,33 @@ class _Lowering:
                 shape.append(self.dims[key])
         return shape
 
+    def lower_subgraph(self, body: Graph, bindings: list, shape_values: dict | None = None) -> list:
+        """Lower one instance of a subgraph (a Loop/Scan body step, a FlexAttention modifier) with its inputs
+        bound to `bindings` (Relax expressions) and, optionally, symbolic shape values; returns the expressions
+        of its outputs. A body node gets the same converters, shape evaluation and errors as any node; values of
+        a previous instance are forgotten first, so a body can be instantiated once per step.
+
+        Raises UnsupportedError when the number of bindings differs from the body's inputs."""
+        if len(body.inputs) != len(bindings):
+            raise UnsupportedError(f"the body graph has {len(body.inputs)} inputs, the node gives it {len(bindings)}")
+        for n in body.all_nodes():
+            for v in n.outputs:
+                if v is not None:
+                    self.exprs.pop(v, None)
+                    self.shapes.values.pop(v, None)
+        for v, expr in zip(body.inputs, bindings, strict=True):
+            self.exprs[v] = expr
+            self.shapes.values.pop(v, None)
+        for v, sv in (shape_values or {}).items():
+            self.shapes.values[v] = sv
+        self._constants(body)
+        self._body(body)
+        return [self._expr(v) for v in body.outputs]
+
+    def element_type(self, v: Value) -> str:
+        """The Relax dtype string of an IR value's element type (`float32`, ...)."""
+        return self._dtype(v)
+
     @staticmethod
     def _dtype(v: Value) -> str:
         from tvm.relax.frontend.onnx.onnx_frontend import get_type

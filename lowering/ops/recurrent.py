@@ -463,30 +463,6 @@ def lstm(bb, inputs, attrs, ctx):
 MAX_UNROLLED_BODY_NODES = 20000  # steps x body nodes
 
 
-def _produced(body) -> list:
-    return [v for n in body.all_nodes() for v in n.outputs if v is not None]
-
-
-def _lower_body(ctx, body, bindings: list, shape_values: dict | None = None) -> list:
-    """Lower one instance of a subgraph with its inputs bound to `bindings`; its outputs' expressions.
-
-    Uses the walker's own node lowering (as its `_if` does), so a body node gets the same converters, shape
-    evaluation and errors as any node; the values of the previous instance are forgotten first."""
-    if len(body.inputs) != len(bindings):
-        raise refuse(f"the body graph has {len(body.inputs)} inputs, the node gives it {len(bindings)}")
-    for v in _produced(body):
-        ctx.exprs.pop(v, None)
-        ctx.shapes.values.pop(v, None)
-    for v, expr in zip(body.inputs, bindings, strict=True):
-        ctx.exprs[v] = expr
-        ctx.shapes.values.pop(v, None)
-    for v, sv in (shape_values or {}).items():
-        ctx.shapes.values[v] = sv
-    ctx._constants(body)
-    ctx._body(body)
-    return [ctx._expr(v) for v in body.outputs]
-
-
 def _check_body(op_type: str, ctx, body, steps: int) -> None:
     nodes = sum(1 for _ in body.all_nodes())
     if steps * nodes > MAX_UNROLLED_BODY_NODES:
@@ -562,7 +538,7 @@ def _scan_steps(ctx, body, states: list, xs: list, in_axes: list, in_dirs: list,
         for x, axis, reverse in zip(xs, axes, in_dirs, strict=True):
             i = steps - 1 - t if reverse else t
             elems.append(bb.emit(relax.op.squeeze(relax.op.strided_slice(x, [axis], [i], [i + 1]), [axis])))
-        results = _lower_body(ctx, body, states + elems)
+        results = ctx.lower_subgraph(body, states + elems)
         states = results[:n_state]
         for j, out in enumerate(results[n_state:]):
             per_step[j].append(out)
@@ -659,8 +635,8 @@ def loop(bb, inputs, attrs, ctx):
         if i == 0:
             _check_body("Loop", ctx, body, 1)
         iteration = const(np.array(i, np.int64))
-        results = _lower_body(ctx, body, [iteration, const(np.array(True))] + carried,
-                              {body.inputs[0]: ShapeValue([i], scalar=True)})
+        results = ctx.lower_subgraph(body, [iteration, const(np.array(True))] + carried,
+                                     {body.inputs[0]: ShapeValue([i], scalar=True)})
         carried = results[1:1 + n_carried]
         for j, out in enumerate(results[1 + n_carried:]):
             per_step[j].append(out)

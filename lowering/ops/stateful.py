@@ -312,12 +312,10 @@ def _modifier(bb, ctx, graph, x, name: str):
         raise refuse(f"FlexAttention with a {name} that holds subgraphs is not supported by the TVM back end")
     t = dtype_of(x)
     arg = graph.inputs[0]
-    if arg.dtype and ctx._dtype(arg) != t:  # (an undeclared type is UNDEFINED, 0)
-        raise refuse(f"FlexAttention's {name} takes {ctx._dtype(arg)}, but its scores are {t} (softmax_precision)")
-    ctx.exprs[arg] = x
-    ctx._constants(graph)
-    ctx._body(graph)
-    out = ctx._expr(graph.outputs[0])
+    if arg.dtype and ctx.element_type(arg) != t:  # (an undeclared type is UNDEFINED, 0)
+        raise refuse(f"FlexAttention's {name} takes {ctx.element_type(arg)}, but its scores are {t} "
+                     "(softmax_precision)")
+    (out,) = ctx.lower_subgraph(graph, [x])
     if not isinstance(out.ty, relax.TensorType) or dtype_of(out) != t or out.ty.ndim != 4:
         raise refuse(f"FlexAttention's {name} must return a rank-4 {t} tensor")
     if not all(_same(a, b) for a, b in zip(_shape(out), _shape(x), strict=True)):
