@@ -322,6 +322,13 @@ def split(bb, inputs, attrs, ctx):
                         for begin, end in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
+def _diagonal_offset(bb, rows, cols) -> relax.Expr:
+    """int64 [rows, cols]: column index minus row index (which diagonal each element is on)."""
+    r = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, rows, dtype="int64")), [-1, 1]))
+    c = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, cols, dtype="int64")), [1, -1]))
+    return bb.normalize(relax.op.subtract(c, r))
+
+
 @converter("", "EyeLike")
 def eye_like(bb, inputs, attrs, ctx):
     """Ones on the k-th diagonal of a 2-D tensor shaped like the input, zeros elsewhere (ONNX EyeLike-9), in the
@@ -333,9 +340,7 @@ def eye_like(bb, inputs, attrs, ctx):
         raise UnsupportedError("EyeLike of an input that is not 2-D with a known shape")
     rows, cols = x.ty.shape.values
     dtype = get_type(int(attrs["dtype"])) if "dtype" in attrs else dtype_of(x)
-    r = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, rows, dtype="int64")), [-1, 1]))
-    c = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, cols, dtype="int64")), [1, -1]))
-    offset = bb.normalize(relax.op.subtract(c, r))
+    offset = _diagonal_offset(bb, rows, cols)
     on_diagonal = bb.normalize(relax.op.equal(offset, const(int(attrs.get("k", 0)), "int64")))
     return relax.op.astype(on_diagonal, dtype)
 
@@ -350,9 +355,7 @@ def trilu(bb, inputs, attrs, ctx):
     if x.ty.shape is None or x.ty.ndim < 2:
         raise UnsupportedError("Trilu of an input of unknown shape or rank below 2")
     rows, cols = x.ty.shape.values[-2:]
-    r = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, rows, dtype="int64")), [-1, 1]))
-    c = bb.normalize(relax.op.reshape(bb.normalize(relax.op.arange(0, cols, dtype="int64")), [1, -1]))
-    offset = bb.normalize(relax.op.subtract(c, r))
+    offset = _diagonal_offset(bb, rows, cols)
     k = bb.normalize(relax.op.astype(inputs[1], "int64"))
     keep = relax.op.greater_equal(offset, k) if attrs.get("upper", 1) else relax.op.less_equal(offset, k)
     return relax.op.where(bb.normalize(keep), x, relax.op.zeros_like(x))

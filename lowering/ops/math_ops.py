@@ -8,23 +8,9 @@ cases' expected outputs, with IEEE special values carried through: NaN in gives 
 
 from __future__ import annotations
 
-import numpy as np
 from tvm import relax, topi
 
 from ..converters import const, constant_value, converter, dtype_of, refuse
-
-
-def _scalar(value: float, like) -> relax.Expr:
-    """A 0-d constant of `like`'s dtype."""
-    return const(np.asarray(value, dtype=_np_dtype(dtype_of(like))))
-
-
-def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return np.dtype(dtype)
 
 
 @converter("", "Elu")
@@ -33,8 +19,9 @@ def elu(bb, inputs, attrs, ctx):
     come through as x. x: float tensor of any dtype and shape."""
     x = inputs[0]
     alpha = float(attrs.get("alpha", 1.0))
-    negative = relax.op.multiply(_scalar(alpha, x), relax.op.subtract(relax.op.exp(x), _scalar(1.0, x)))
-    return relax.op.where(relax.op.less(x, _scalar(0.0, x)), negative, x)
+    t = dtype_of(x)
+    negative = relax.op.multiply(const(alpha, t), relax.op.subtract(relax.op.exp(x), const(1.0, t)))
+    return relax.op.where(relax.op.less(x, const(0.0, t)), negative, x)
 
 
 @converter("", "Celu")
@@ -43,14 +30,15 @@ def celu(bb, inputs, attrs, ctx):
     exponential branch; NaN takes the exponential branch, which gives NaN. x: float tensor, any shape."""
     x = inputs[0]
     alpha = float(attrs.get("alpha", 1.0))
+    t = dtype_of(x)
     negative = relax.op.multiply(
-        _scalar(alpha, x), relax.op.subtract(relax.op.exp(relax.op.divide(x, _scalar(alpha, x))), _scalar(1.0, x)))
-    return relax.op.where(relax.op.greater(x, _scalar(0.0, x)), x, negative)
+        const(alpha, t), relax.op.subtract(relax.op.exp(relax.op.divide(x, const(alpha, t))), const(1.0, t)))
+    return relax.op.where(relax.op.greater(x, const(0.0, t)), x, negative)
 
 
 def _swish(x, alpha: float) -> relax.Expr:
     """x * sigmoid(alpha * x) (ONNX Swish-24)."""
-    scaled = x if alpha == 1.0 else relax.op.multiply(_scalar(alpha, x), x)
+    scaled = x if alpha == 1.0 else relax.op.multiply(const(alpha, dtype_of(x)), x)
     return relax.op.multiply(x, relax.op.sigmoid(scaled))
 
 
@@ -86,7 +74,7 @@ def lp_normalization(bb, inputs, attrs, ctx):
     else:
         norm = relax.op.sqrt(relax.op.sum(relax.op.multiply(x, x), axis=[axis], keepdims=True))
     norm = bb.normalize(norm)
-    zero = _scalar(0.0, x)
+    zero = const(0.0, dtype_of(x))
     return relax.op.where(relax.op.equal(norm, zero), relax.op.zeros_like(x), relax.op.divide(x, norm))
 
 

@@ -8,7 +8,6 @@ arithmetic runs in each X's dtype, with R and T cast to it.
 
 from __future__ import annotations
 
-import numpy as np
 from tvm import relax
 
 from ..converters import const, converter, dtype_of, refuse
@@ -25,10 +24,6 @@ def _groups(inputs, count: int, op: str) -> tuple[relax.Expr, relax.Expr, list[l
     return r, t, [[rest[k * n + i] for k in range(count)] for i in range(n)]
 
 
-def _scalar(value: float, dtype: str) -> relax.Expr:
-    return const(np.asarray(value, dtype=dtype))
-
-
 def _scalar_of(bb, x: relax.Expr, dtype: str) -> relax.Expr:
     """A 0-d run-time value cast to `dtype`."""
     return bb.normalize(relax.op.astype(x, dtype)) if dtype_of(x) != dtype else x
@@ -36,7 +31,7 @@ def _scalar_of(bb, x: relax.Expr, dtype: str) -> relax.Expr:
 
 def _regularized(x, g, norm_coefficient: float, dtype: str):
     """g + norm_coefficient * x: the gradient of the L2 regularization term added."""
-    return relax.op.add(relax.op.multiply(_scalar(norm_coefficient, dtype), x), g)
+    return relax.op.add(relax.op.multiply(const(norm_coefficient, dtype), x), g)
 
 
 @converter(_DOMAIN, "Momentum")
@@ -54,9 +49,9 @@ def momentum(bb, inputs, attrs, ctx):
         dtype = dtype_of(x)
         g_r = bb.normalize(_regularized(x, g, float(attrs["norm_coefficient"]), dtype))
         first = relax.op.less_equal(t, const(0, dtype_of(t)))
-        beta_t = relax.op.where(first, _scalar(1.0, dtype), _scalar(beta, dtype))
-        v_new = bb.normalize(relax.op.add(relax.op.multiply(_scalar(alpha, dtype), v), relax.op.multiply(beta_t, g_r)))
-        step = v_new if mode == "standard" else relax.op.add(g_r, relax.op.multiply(_scalar(alpha, dtype), v_new))
+        beta_t = relax.op.where(first, const(1.0, dtype), const(beta, dtype))
+        v_new = bb.normalize(relax.op.add(relax.op.multiply(const(alpha, dtype), v), relax.op.multiply(beta_t, g_r)))
+        step = v_new if mode == "standard" else relax.op.add(g_r, relax.op.multiply(const(alpha, dtype), v_new))
         xs.append(relax.op.subtract(x, relax.op.multiply(_scalar_of(bb, r, dtype), step)))
         vs.append(v_new)
     return relax.Tuple([bb.normalize(e) for e in xs + vs])
@@ -73,9 +68,9 @@ def adagrad(bb, inputs, attrs, ctx):
         dtype = dtype_of(x)
         g_r = bb.normalize(_regularized(x, g, float(attrs.get("norm_coefficient", 0.0)), dtype))
         rate = relax.op.divide(_scalar_of(bb, r, dtype), relax.op.add(
-            _scalar(1.0, dtype), relax.op.multiply(_scalar_of(bb, t, dtype), _scalar(decay, dtype))))
+            const(1.0, dtype), relax.op.multiply(_scalar_of(bb, t, dtype), const(decay, dtype))))
         h_new = bb.normalize(relax.op.add(h, relax.op.multiply(g_r, g_r)))
-        scale = relax.op.add(relax.op.sqrt(h_new), _scalar(epsilon, dtype))
+        scale = relax.op.add(relax.op.sqrt(h_new), const(epsilon, dtype))
         xs.append(relax.op.subtract(x, relax.op.divide(relax.op.multiply(rate, g_r), scale)))
         hs.append(h_new)
     return relax.Tuple([bb.normalize(e) for e in xs + hs])
@@ -93,19 +88,19 @@ def adam(bb, inputs, attrs, ctx):
     for x, g, v, h in groups:
         dtype = dtype_of(x)
         g_r = bb.normalize(_regularized(x, g, float(attrs.get("norm_coefficient", 0.0)), dtype))
-        v_new = bb.normalize(relax.op.add(relax.op.multiply(_scalar(alpha, dtype), v),
-                                          relax.op.multiply(_scalar(1.0 - alpha, dtype), g_r)))
-        h_new = bb.normalize(relax.op.add(relax.op.multiply(_scalar(beta, dtype), h),
-                                          relax.op.multiply(_scalar(1.0 - beta, dtype), relax.op.multiply(g_r, g_r))))
+        v_new = bb.normalize(relax.op.add(relax.op.multiply(const(alpha, dtype), v),
+                                          relax.op.multiply(const(1.0 - alpha, dtype), g_r)))
+        h_new = bb.normalize(relax.op.add(relax.op.multiply(const(beta, dtype), h),
+                                          relax.op.multiply(const(1.0 - beta, dtype), relax.op.multiply(g_r, g_r))))
         steps, rate = _scalar_of(bb, t, dtype), _scalar_of(bb, r, dtype)
-        one = _scalar(1.0, dtype)
+        one = const(1.0, dtype)
         corrected = relax.op.divide(
-            relax.op.multiply(rate, relax.op.sqrt(relax.op.subtract(one, relax.op.power(_scalar(beta, dtype), steps)))),
-            relax.op.subtract(one, relax.op.power(_scalar(alpha, dtype), steps)))
+            relax.op.multiply(rate, relax.op.sqrt(relax.op.subtract(one, relax.op.power(const(beta, dtype), steps)))),
+            relax.op.subtract(one, relax.op.power(const(alpha, dtype), steps)))
         rate = relax.op.where(relax.op.greater(t, const(0, dtype_of(t))), corrected, rate)
-        scale = relax.op.add(relax.op.sqrt(h_new), _scalar(epsilon, dtype))
+        scale = relax.op.add(relax.op.sqrt(h_new), const(epsilon, dtype))
         x_new = relax.op.subtract(x, relax.op.multiply(rate, relax.op.divide(v_new, scale)))
-        xs.append(relax.op.multiply(_scalar(1.0 - post, dtype), x_new))
+        xs.append(relax.op.multiply(const(1.0 - post, dtype), x_new))
         vs.append(v_new)
         hs.append(h_new)
     return relax.Tuple([bb.normalize(e) for e in xs + vs + hs])
