@@ -98,6 +98,25 @@ def dtype_of(expr) -> str:
     return str(expr.ty.dtype.dtype)
 
 
+def dims_of(expr) -> list | None:
+    """The dims of a Relax tensor expression: ints where static, TIR expressions where symbolic; None when its
+    shape is unknown (computed from input values)."""
+    from tvm import relax
+
+    shape = getattr(expr.ty, "shape", None)
+    if not isinstance(shape, relax.ShapeExpr):
+        return None
+    return [int(d.value) if hasattr(d, "value") else d for d in shape.values]
+
+
+def static_dim(x, axis: int, op: str) -> int:
+    """x's dim `axis` as an int; refuses (UnsupportedError) when it is symbolic or unknown."""
+    dims = dims_of(x)
+    if dims is None or not isinstance(dims[axis], int):
+        raise refuse(f"{op} along a dimension of unknown size is not supported by the TVM back end")
+    return dims[axis]
+
+
 def const(value, dtype: str | None = None):
     """A Relax constant that keeps the numpy array's dtype and rank exactly (`relax.const` alone narrows
     int64 to int32 and float64 to float32); `dtype` casts first (Python scalars: give it)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, topi
 
-from ..converters import const, constant_value, converter, dtype_of, refuse
+from ..converters import const, constant_value, converter, dtype_of, refuse, static_dim
 
 
 def _constant_ints(x, what: str, op: str) -> list[int]:
@@ -19,13 +19,6 @@ def _constant_ints(x, what: str, op: str) -> list[int]:
         raise refuse(f"{op} with {what} computed at run time is not supported by the TVM back end (the output "
                      "shape is given by its values)")
     return [int(v) for v in value.reshape(-1)]
-
-
-def _static(x, axis: int, op: str) -> int:
-    dim = x.ty.shape.values[axis]
-    if not hasattr(dim, "value"):
-        raise refuse(f"{op} along a dimension of unknown size is not supported by the TVM back end")
-    return int(dim.value)
 
 
 @converter("", "CenterCropPad")
@@ -41,7 +34,7 @@ def center_crop_pad(bb, inputs, attrs, ctx):
         raise refuse(f"CenterCropPad with shape {sizes} and axes {axes} for a rank-{rank} input")
     before, after = [0] * rank, [0] * rank
     for axis, size in zip((a % rank for a in axes), sizes, strict=True):
-        dim = _static(x, axis, "CenterCropPad")
+        dim = static_dim(x, axis, "CenterCropPad")
         if size < 0:
             raise refuse(f"CenterCropPad to the negative size {size}")
         if size < dim:
@@ -104,7 +97,7 @@ def col2im(bb, inputs, attrs, ctx):
         raise refuse(f"Col2Im with image_shape {image}, block_shape {block}, dilations {dilations}, pads {pads} and "
                      f"strides {strides} for a rank-{x.ty.ndim} input")
     kernel = int(np.prod(block))
-    rows, length = _static(x, 1, "Col2Im"), _static(x, 2, "Col2Im")
+    rows, length = static_dim(x, 1, "Col2Im"), static_dim(x, 2, "Col2Im")
     table = col2im_map(image, block, dilations, pads, strides)
     if rows % kernel or table.max(initial=0) > kernel * length or table.size > _MAX_COL2IM_TABLE:
         raise refuse(f"Col2Im of a [N, {rows}, {length}] input with image_shape {image} and block_shape {block}")
@@ -137,8 +130,8 @@ def det(bb, inputs, attrs, ctx):
     if dtype not in ("float16", "bfloat16", "float32", "float64") or x.ty.ndim < 2:
         raise refuse(f"Det of a rank-{x.ty.ndim} {dtype} input")
     rank = x.ty.ndim
-    size = _static(x, rank - 1, "Det")
-    if size != _static(x, rank - 2, "Det") or not 1 <= size <= _MAX_DET:
+    size = static_dim(x, rank - 1, "Det")
+    if size != static_dim(x, rank - 2, "Det") or not 1 <= size <= _MAX_DET:
         raise refuse(f"Det of {x.ty.shape} matrices (square, at most {_MAX_DET}x{_MAX_DET})")
     compute = "float64" if dtype == "float64" else "float32"
     a = x if dtype == compute else bb.normalize(relax.op.astype(x, compute))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse
+from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse
 
 
 def _index_tensor(bb, idx, op: str):
@@ -41,17 +41,9 @@ def _rank(x, what: str, op: str) -> int:
     return int(ndim)
 
 
-def _dims(x) -> list | None:
-    """x's dims (ints where static, TIR expressions where symbolic), or None when its shape is unknown."""
-    shape = getattr(x.ty, "shape", None)
-    if not isinstance(shape, relax.ShapeExpr):
-        return None
-    return [int(d.value) if hasattr(d, "value") else d for d in shape.values]
-
-
 def _extents(bb, data, start: int, count: int):
     """data.shape[start:start + count] as an int64 tensor of shape [count]."""
-    dims = _dims(data)
+    dims = dims_of(data)
     if dims is not None:
         part = dims[start:start + count]
         if all(isinstance(d, int) for d in part):
@@ -72,7 +64,7 @@ def _wrap_negative(bb, idx, extent):
 
 def _coordinate_count(idx, op: str) -> int:
     """The static size of the indices' last axis (how many leading data axes one index tuple addresses)."""
-    dims = _dims(idx)
+    dims = dims_of(idx)
     if dims is None or not isinstance(dims[-1], int):
         raise refuse(f"{op} with an index-tuple length (the indices' last dim) unknown at compile time is not "
                      "supported by the TVM back end")
@@ -128,7 +120,7 @@ def gather_nd(bb, inputs, attrs, ctx):
     k = _coordinate_count(idx, "GatherND")
     if not 1 <= k <= r - b:
         raise refuse(f"GatherND with index tuples of length {k} into {r - b} non-batch data axes")
-    data_dims, idx_dims = _dims(data), _dims(idx)
+    data_dims, idx_dims = dims_of(data), dims_of(idx)
     if data_dims is not None:
         for i in range(b):
             d, n = data_dims[i], idx_dims[i]
@@ -164,7 +156,7 @@ def _scatter_elements(bb, inputs, attrs, ctx, op: str, reductions: tuple[str, ..
     if not -rank <= axis < rank:
         raise refuse(f"{op} axis {axis} is out of range for rank-{rank} data")
     axis %= rank
-    shape = _dims(idx)
+    shape = dims_of(idx)
     if shape is None:
         raise refuse(f"{op} with indices of unknown shape is not supported by the TVM back end")
     idx = _wrap_negative(bb, idx, _extents(bb, data, axis, 1))
@@ -203,7 +195,7 @@ def reverse_sequence(bb, inputs, attrs, ctx):
     batch_axis, time_axis = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
     if rank < 2 or {batch_axis, time_axis} != {0, 1}:
         raise refuse(f"ReverseSequence with batch_axis {batch_axis} and time_axis {time_axis} (ONNX: 0 and 1)")
-    dims = _dims(x)
+    dims = dims_of(x)
     if dims is None:
         raise refuse("ReverseSequence of data with an unknown shape is not supported by the TVM back end")
     steps = bb.normalize(relax.op.arange(0, dims[time_axis], dtype="int64"))

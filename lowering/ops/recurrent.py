@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, constant_value, converter, dtype_of, refuse
+from ..converters import const, constant_value, converter, dims_of, dtype_of, refuse
 
 MAX_UNROLLED_STEPS = 1024  # time steps per direction; each step emits a dozen Relax bindings
 
@@ -54,14 +54,6 @@ def _stack(items: list, axis: int):
     optc's build keep the whole model out of NHWC; a floating-point exception, killing the process, on 0-d
     items)."""
     return relax.op.concat([relax.op.expand_dims(x, [axis]) for x in items], axis=axis)
-
-
-def _dims(expr) -> list | None:
-    """The shape of a tensor expression (ints where static, PrimExprs where symbolic), or None."""
-    shape = getattr(expr.ty, "shape", None)
-    if not isinstance(shape, relax.ShapeExpr):
-        return None
-    return [int(d.value) if hasattr(d, "value") else d for d in shape.values]
 
 
 class _Activation:
@@ -168,7 +160,7 @@ class _Recurrence:
         self.dtype = dtype_of(x)
         if self.dtype not in ("float16", "float32", "float64"):
             raise refuse(f"{op_type} on {self.dtype} tensors is not supported")
-        x_dims = _dims(x)
+        x_dims = dims_of(x)
         if x_dims is None or len(x_dims) != 3:
             raise refuse(f"{op_type} with an input X of unknown shape is not supported")
         seq_axis = 1 if self.layout else 0
@@ -187,7 +179,7 @@ class _Recurrence:
         self.seq_len = seq_len
         self.batch = x_dims[1 - seq_axis]
         hidden = attrs.get("hidden_size")
-        r_dims = _dims(r)
+        r_dims = dims_of(r)
         if hidden is None and r_dims is not None and isinstance(r_dims[-1], int):
             hidden = r_dims[-1]
         if hidden is None:
@@ -207,7 +199,7 @@ class _Recurrence:
         self.w, self.r, self.b = w, r, inputs[3]
         self.lens = inputs[4]
         if self.lens is not None:
-            lens_dims = _dims(self.lens)
+            lens_dims = dims_of(self.lens)
             if lens_dims is not None and len(lens_dims) != 1:
                 raise refuse(f"{op_type} sequence_lens of rank {len(lens_dims)} is not a 1-D tensor")
             value = constant_value(self.lens)
@@ -232,7 +224,7 @@ class _Recurrence:
     def _check_shape(self, name: str, expr, want: list) -> None:
         if expr is None:
             return
-        dims = _dims(expr)
+        dims = dims_of(expr)
         if dims is None:
             return
         if len(dims) != len(want) or any(isinstance(d, int) and isinstance(e, int) and d != e
@@ -257,7 +249,7 @@ class _Recurrence:
         value = constant_value(t)
         if value is not None:
             return const(value[..., begin:end])
-        return self.emit(relax.op.strided_slice(t, [len(_dims(t)) - 1], [begin], [end]))
+        return self.emit(relax.op.strided_slice(t, [len(dims_of(t)) - 1], [begin], [end]))
 
     def initial_state(self, state, d: int):
         """A direction's initial state [batch, hidden] from an optional [num_directions, batch, hidden] input
@@ -501,7 +493,7 @@ def _static_value(bb, expr, depth: int = 0) -> np.ndarray | None:
 
 def _stack_outputs(op_type: str, per_step: list, axis: int):
     """Stack one scan output's per-step values along a new `axis` (the steps' shapes must agree)."""
-    shapes = [_dims(x) for x in per_step]
+    shapes = [dims_of(x) for x in per_step]
     if shapes[0] is None or any(s != shapes[0] for s in shapes[1:]):
         raise refuse(f"{op_type} scan output whose shape changes between iterations (or is unknown) is not "
                      "supported by the TVM back end")
@@ -517,7 +509,7 @@ def _scan_steps(ctx, body, states: list, xs: list, in_axes: list, in_dirs: list,
     bb = ctx.bb
     lengths, axes = set(), []
     for x, axis in zip(xs, in_axes, strict=True):
-        dims = _dims(x)
+        dims = dims_of(x)
         if dims is None:
             raise refuse("Scan with a scan input of unknown shape is not supported by the TVM back end")
         if not -len(dims) <= axis < len(dims):
@@ -576,7 +568,7 @@ def _scan8(bb, inputs, attrs, ctx, body, m: int):
     n_state = len(rest) - m
     if m < 1 or n_state < 0:
         raise refuse(f"Scan with {m} scan inputs of {len(rest)} inputs is not valid")
-    dims = [_dims(x) for x in rest]
+    dims = [dims_of(x) for x in rest]
     if any(d is None or len(d) < 1 for d in dims) or not isinstance(dims[0][0], int):
         raise refuse("Scan-8 with inputs of unknown shape or a symbolic batch size is not supported by the TVM "
                      "back end")

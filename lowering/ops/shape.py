@@ -10,14 +10,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, tirx
 
-from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse
+from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse
 
 _INT32_MAX = 2**31 - 1
-
-
-def _dims(x) -> list:
-    """x's dims: ints where static, TIR expressions where symbolic."""
-    return [int(d.value) if hasattr(d, "value") else d for d in x.ty.shape.values]
 
 
 @converter("", "Reshape")
@@ -27,7 +22,7 @@ def reshape(bb, inputs, attrs, ctx):
     if value is None:
         raise refuse("Reshape to a shape computed from run-time values is not supported by the TVM back end")
     allowzero = attrs.get("allowzero", 0)
-    in_dims = _dims(x)
+    in_dims = dims_of(x)
     out = []
     for i, d in enumerate(int(v) for v in value.reshape(-1)):
         if d == 0 and not allowzero:  # 0 copies the input's dim (allowzero=1: a real 0)
@@ -66,7 +61,7 @@ def reshape_exactly(x, out: list):
 @converter("", "Flatten")
 def flatten(bb, inputs, attrs, ctx):
     x = inputs[0]
-    dims = _dims(x)
+    dims = dims_of(x)
     axis = attrs.get("axis", 1)
     if not -len(dims) <= axis <= len(dims):
         raise refuse(f"Flatten axis {axis} is out of range for a rank-{len(dims)} input")
@@ -106,7 +101,7 @@ def slice_(bb, inputs, attrs, ctx):
                          "back end")
         axes = list(axes) or list(range(len(starts)))
         steps = list(steps) or [1] * len(starts)
-    dims = _dims(x)
+    dims = dims_of(x)
     rank = len(dims)
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise refuse("Slice with starts, ends, axes and steps of different lengths")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, constant_value, converter, dtype_of, refuse
+from ..converters import const, constant_value, converter, dtype_of, refuse, static_dim
 
 _LOW_PRECISION = ("float16", "bfloat16")
 _STASH_TYPES = {1: "float32", 11: "float64"}  # Range's stash_type (TensorProto FLOAT, DOUBLE)
@@ -98,13 +98,6 @@ def _scalar_input(inputs, i: int, what: str, op: str) -> int | None:
     return int(value.reshape(()).item())
 
 
-def _static_dim(x, axis: int, op: str) -> int:
-    dim = x.ty.shape.values[axis]
-    if not hasattr(dim, "value"):
-        raise refuse(f"{op} along a dimension of unknown size is not supported by the TVM back end")
-    return int(dim.value)
-
-
 def _twiddles(rows: int, cols: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of 2*pi*r*c/n for r < rows, c < cols (float64; exact at multiples of a quarter turn)."""
     turns = np.outer(np.arange(rows, dtype=np.int64), np.arange(cols, dtype=np.int64)) % n
@@ -150,10 +143,10 @@ def _transform(bb, x, axis: int, n: int, inverse: bool, onesided: bool, op: str)
     dtype = dtype_of(x)
     compute = _compute_type(dtype, op)
     rank = x.ty.ndim
-    channels = _static_dim(x, rank - 1, op)
+    channels = static_dim(x, rank - 1, op)
     if channels not in (1, 2):
         raise refuse(f"{op} of an input whose last dimension is {channels} (1: real, 2: complex)")
-    length = _static_dim(x, axis, op)
+    length = static_dim(x, axis, op)
     used = min(length, n // 2 + 1 if inverse and onesided else n)  # the samples (bins) that count
     matrix = dft_matrix(used, channels, n, inverse, onesided)
     if matrix.size > _MAX_TABLE:
@@ -198,7 +191,7 @@ def dft(bb, inputs, attrs, ctx):
     inverse, onesided = bool(attrs.get("inverse", 0)), bool(attrs.get("onesided", 0))
     n = _scalar_input(inputs, 1, "a dft_length", "DFT")
     if n is None:
-        length = _static_dim(x, axis, "DFT")
+        length = static_dim(x, axis, "DFT")
         n = 2 * (length - 1) if inverse and onesided else length
     if n < 1:
         raise refuse(f"DFT with dft_length {n}")
@@ -220,13 +213,13 @@ def stft(bb, inputs, attrs, ctx):
     if window is not None:
         if window.ty.ndim != 1:
             raise refuse("STFT with a window that is not 1-D")
-        size = _static_dim(window, 0, "STFT")
+        size = static_dim(window, 0, "STFT")
         if length is not None and length != size:
             raise refuse(f"STFT with frame_length {length} and a window of {size} samples")
         length = size
     if length is None:
         raise refuse("STFT without a window or frame_length")
-    signal = _static_dim(x, 1, "STFT")
+    signal = static_dim(x, 1, "STFT")
     if step is None or step < 1 or not 1 <= length <= signal:
         raise refuse(f"STFT with frame_step {step} and frame_length {length} for a signal of {signal} samples")
     frames = 1 + (signal - length) // step

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, converter, dtype_of, refuse
-from .transformer import _FLOATS, _ONNX_FLOAT, _cast, _dims, _matmul, _positions, _scalar, _static
+from ..converters import const, converter, dims_of, dtype_of, refuse
+from .transformer import _FLOATS, _ONNX_FLOAT, _cast, _matmul, _positions, _scalar, _static
 
 _MAX_STEPS = 256  # the longest LinearAttention sequence whose recurrence is unrolled
 
@@ -38,7 +38,7 @@ def _shape(x) -> list:
     """The dims of a tensor (ints where static), refused where TVM does not know its shape."""
     if not isinstance(x.ty.shape, relax.ShapeExpr):
         raise refuse("an input of unknown shape is not supported by the TVM back end here")
-    return _dims(x)
+    return dims_of(x)
 
 
 def _check_dims(name: str, x, want: list) -> None:

@@ -11,15 +11,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, tirx
 
-from ..converters import const, converter, dtype_of, refuse
+from ..converters import const, converter, dims_of, dtype_of, refuse
 
 _FLOATS = ("float16", "float32", "float64", "bfloat16")
 _ONNX_FLOAT = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}  # TensorProto element types
-
-
-def _dims(x) -> list:
-    """The shape of a Relax tensor: ints where static, TIR expressions where symbolic."""
-    return [int(d.value) if isinstance(d, tirx.IntImm) else d for d in x.ty.shape.values]
 
 
 def _static(d) -> bool:
@@ -69,7 +64,7 @@ def _difference(a, b):
 
 def _split_heads(bb, x, heads: int, name: str):
     """(batch, seq, heads * size) -> (batch, heads, seq, size)."""
-    b, s, hidden = _dims(x)
+    b, s, hidden = dims_of(x)
     if not _static(hidden):
         raise refuse(f"a 3-D {name} with a symbolic hidden size is not supported by the TVM back end")
     if heads <= 0 or hidden % heads:
@@ -187,7 +182,7 @@ def attention(bb, inputs, attrs, ctx):
         k = bb.normalize(relax.op.concat([past_k, k], axis=2))
         v = bb.normalize(relax.op.concat([past_v, v], axis=2))
     present_k, present_v = k, v
-    qd, kd, vd = _dims(q), _dims(k), _dims(v)
+    qd, kd, vd = dims_of(q), dims_of(k), dims_of(v)
     hq, hk, hv = qd[1], kd[1], vd[1]
     if not (_static(hq) and _static(hk) and _static(hv)):
         raise refuse("Attention with a symbolic number of heads is not supported by the TVM back end")
@@ -204,7 +199,7 @@ def attention(bb, inputs, attrs, ctx):
     bias_dtype = dtype_of(mask) if mask is not None and dtype_of(mask) in _FLOATS else t
     bias = None
     if mask is not None:
-        md = _dims(mask)
+        md = dims_of(mask)
         if not 1 <= len(md) <= 4:
             raise refuse(f"Attention with a rank-{len(md)} attn_mask is invalid (it must broadcast to "
                          "(batch, heads, q_sequence_length, total_sequence_length))")
@@ -231,7 +226,7 @@ def attention(bb, inputs, attrs, ctx):
         if nonpad is not None:  # an external cache: the query block ends at each batch's valid length
             offset = bb.normalize(relax.op.subtract(nonpad, _dim_tensor(bb, sq)))
         else:
-            offset = _dims(past_k)[2] if past_k is not None else 0
+            offset = dims_of(past_k)[2] if past_k is not None else 0
         if is_causal:
             bias = _add(bb, bias, _frontier_bias(bb, sq, skv, offset, _causal, bias_dtype))
         if windowed:
@@ -344,7 +339,7 @@ def rotary_embedding(bb, inputs, attrs, ctx):
     rank = x.ty.ndim
     interleaved = bool(attrs.get("interleaved", 0))
     rotary_dim = attrs.get("rotary_embedding_dim", 0)
-    dims = _dims(x)
+    dims = dims_of(x)
     if rank == 4:  # (batch, heads, seq, head size): the caches broadcast over axis 1
         x4, head_axis = x, 1
     elif rank == 3:  # (batch, seq, heads * head size) -> (batch, seq, heads, head size)
@@ -358,7 +353,7 @@ def rotary_embedding(bb, inputs, attrs, ctx):
         head_axis = 2
     else:
         raise refuse(f"RotaryEmbedding needs a 3-D or 4-D input (got rank {rank})")
-    d4 = _dims(x4)
+    d4 = dims_of(x4)
     head = d4[3]
     if not _static(head):
         raise refuse("RotaryEmbedding with a symbolic head size is not supported by the TVM back end")
@@ -374,7 +369,7 @@ def rotary_embedding(bb, inputs, attrs, ctx):
             c = bb.normalize(relax.op.take(c, position_ids, axis=0, mode="wrap"))
         elif c.ty.ndim != 3:
             raise refuse("RotaryEmbedding without position_ids needs 3-D cos_cache and sin_cache")
-        width = _dims(c)[-1]
+        width = dims_of(c)[-1]
         if not _static(width) or width < half:
             raise refuse(f"RotaryEmbedding with caches of width {width} for rotary_embedding_dim={rotary_dim} "
                          "is invalid")
