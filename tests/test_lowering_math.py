@@ -139,6 +139,17 @@ def test_reverse_sequence_with_run_time_lengths_and_symbolic_batch(batch_axis, t
     _same(_compiled(model, {"x": x, "lens": lens})[0], run_reference(model, {"x": x, "lens": lens})[0])
 
 
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_reverse_sequence_clamps_lengths_beyond_the_time_axis(symbolic):
+    """ONNX forbids a length above the time dim; the compiled code must still not read past x (it returned
+    garbage from outside the buffer): such a length counts as the whole axis, as onnx's reference computes."""
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    lens = np.array([1, 2, 3, 9], np.int64)
+    model = _model("ReverseSequence", {"x": x, "lens": lens}, shapes={"x": ["T", 4]} if symbolic else None,
+                   batch_axis=1, time_axis=0)
+    _same(_compiled(model, {"x": x, "lens": lens})[0], run_reference(model, {"x": x, "lens": lens})[0])
+
+
 def test_reverse_sequence_refuses_axes_other_than_0_and_1():
     x, lens = np.ones((2, 3, 4), np.float32), np.array([1, 2], np.int64)
     with pytest.raises(optc.UnsupportedError, match="batch_axis 0 and time_axis 2"):

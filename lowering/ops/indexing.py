@@ -200,6 +200,11 @@ def reverse_sequence(bb, inputs, attrs, ctx):
         raise refuse("ReverseSequence of data with an unknown shape is not supported by the TVM back end")
     steps = bb.normalize(relax.op.arange(0, dims[time_axis], dtype="int64"))
     lens_shape, steps_shape = ([-1, 1], [1, -1]) if batch_axis == 0 else ([1, -1], [-1, 1])
+    # lengths beyond the time axis (invalid ONNX) are clamped to it, as onnx's reference does: no read past x
+    extent = dims[time_axis]
+    extent = const(extent, "int64") if isinstance(extent, int) else bb.normalize(
+        relax.op.reshape(relax.op.shape_to_tensor(relax.ShapeExpr([extent])), ()))
+    lens = bb.normalize(relax.op.minimum(lens, extent))
     lens = bb.normalize(relax.op.reshape(lens, lens_shape))
     steps = bb.normalize(relax.op.reshape(steps, steps_shape))
     reversed_step = relax.op.subtract(relax.op.subtract(lens, const(1, "int64")), steps)
