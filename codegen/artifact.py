@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import OptcError
+from ..fileio import new_file_mode
 from .targets import cross_compiler, resolve_target, target_kind
 
 FORMAT = "optc-artifact"
@@ -95,6 +96,7 @@ def signature_from_relax(mod, func_name: str = "main"):
 def _atomic_target(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())  # the user's umask, as for any new file (mkstemp makes it 0600)
     return Path(tmp)
 
 

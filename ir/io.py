@@ -361,13 +361,13 @@ def _temp_beside(path: str, temps: list[str]) -> str:
 
 
 def _new_temp(path: str, temps: list[str]) -> tuple[int, str]:
-    """Create `.<name>.<unique>.tmp` beside `path` as `tempfile.mkstemp` would (exclusively, mode 0600), without
+    """Create `.<name>.<unique>.tmp` beside `path` as `tempfile.mkstemp` would (exclusively; mode 0666 less the umask), without
     its random-name machinery; return its open descriptor and path (added to `temps`)."""
     head = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.")
     for _ in range(100):
         tmp = f"{head}{os.getpid()}-{next(_temp_counter)}-{os.urandom(3).hex()}.tmp"
         try:
-            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+            fd = os.open(tmp, _TEMP_FLAGS, 0o666)  # the umask applies, as for open(path, "w")
         except FileExistsError:
             continue
         temps.append(tmp)

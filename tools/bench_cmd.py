@@ -9,22 +9,12 @@ import time
 import numpy as np
 
 from ..errors import OptcError
+from ..ortsession import session
 from .verify_cmd import parse_dims, random_inputs
 
 
 def _ort_session(path: str, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 4  # failures reach the user as optc's one-line error, not onnxruntime's log
-    try:
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OptcError(f"onnxruntime cannot load '{path}': {msg}") from None
+    return session(path, optimize=True, threads=threads)
 
 
 def _median_ms(fn, repeat: int, warmup: int) -> float:

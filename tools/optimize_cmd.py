@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 
 from ..errors import OptcError
+from ..fileio import write_json
 from ..ir import load, save
 from .paths import check_output_path
 
@@ -41,7 +39,7 @@ def run(args) -> int:
     if args.report:
         data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), "fast_math": args.fast_math,
                 **report.to_json()}
-        _write_json(args.report, data)
+        write_json(args.report, data)
     summary = (f"optc: {report.nodes_before} -> {report.nodes_after} nodes, {report.rewrites} rewrites in "
                f"{report.seconds:.3f}s; wrote {args.output}")
     print(summary, file=sys.stderr)
@@ -54,24 +52,6 @@ def run(args) -> int:
             print(f"optc: bisect: rewrite #{last.index} (the last one applied) was {last.rule} on {last.node} "
                   f"in pass '{last.pass_name}'", file=sys.stderr)
     return 0
-
-
-def _write_json(path: str, data) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OptcError(f"cannot write '{path}': directory '{directory}' does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def register(sub) -> None:

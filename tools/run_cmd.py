@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from ..errors import OptcError
+from ..fileio import write_npz
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
@@ -20,19 +20,6 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise OptcError(f"cannot read inputs '{path}': not a valid .npz file ({exc})") from None
-
-
-def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to an .npz file atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run(args) -> int:

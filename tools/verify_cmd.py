@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptcError
+from ..ortsession import first_line, session
 from .compare import Comparison, compare_outputs
 
 _ORT_TYPES = {
@@ -30,27 +31,12 @@ _ORT_TYPES = {
 ARTIFACT_SUFFIXES = (".so", ".dylib", ".dll")
 
 
-def _first_line(exc: BaseException, last: bool = False) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    return lines[-1] if last else lines[0]
-
-
 def _session(path: str):
-    import onnxruntime as ort
-
     from ..ir import load
 
     load(path)  # the same one-line errors as every other subcommand for a bad file, before onnxruntime sees it
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # onnxruntime's failures reach the user as optc's one-line error, not its log
     # Compare the models as written: onnxruntime's own graph optimizations would blur the comparison.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise OptcError(f"onnxruntime cannot load '{path}': {_first_line(exc)}") from None
+    return session(path, optimize=False)
 
 
 def parse_dims(specs: list[str] | None) -> dict[str, int]:
@@ -151,7 +137,7 @@ class Side:
             except OptcError:
                 raise
             except Exception as exc:
-                raise OptcError(f"cannot load artifact '{self.path}': {_first_line(exc, last=True)}") from None
+                raise OptcError(f"cannot load artifact '{self.path}': {first_line(exc, last=True)}") from None
         return self.runner
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,7 +146,7 @@ class Side:
             try:
                 values = self.runner.run(None, feeds)
             except Exception as exc:
-                raise OptcError(f"onnxruntime failed to run '{self.path}': {_first_line(exc)}") from None
+                raise OptcError(f"onnxruntime failed to run '{self.path}': {first_line(exc)}") from None
             return dict(zip(self.outputs, values, strict=False))
         module = self._module()
         try:
@@ -168,7 +154,7 @@ class Side:
         except OptcError as exc:
             raise OptcError(f"'{self.path}': {exc}") from None
         except Exception as exc:
-            raise OptcError(f"the artifact '{self.path}' failed to run: {_first_line(exc, last=True)}") from None
+            raise OptcError(f"the artifact '{self.path}' failed to run: {first_line(exc, last=True)}") from None
 
 
 def is_artifact(path: str) -> bool:

@@ -1,0 +1,53 @@
+"""The one place optc builds an onnxruntime InferenceSession (verify, bench, calibration, evaluate).
+
+onnxruntime's own log is silenced: a failure reaches the user as optc's one-line error instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import OptcError
+
+__all__ = ["first_line", "session"]
+
+
+def first_line(exc: BaseException, last: bool = False) -> str:
+    """The first (or last) non-empty line of an exception's message (its type name when it has none)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if last else lines[0]
+
+
+def session(source: Any, *, optimize: bool = True, threads: int | None = None, label: str | None = None):
+    """An onnxruntime CPU session for `source`: a path, serialized bytes, an `onnx.ModelProto` or an optc `Model`.
+
+    `optimize`: onnxruntime's graph optimizations (all levels) on, or all off (to run a model exactly as
+    written, as `optc verify` does). `threads`: intra-op threads (None: onnxruntime's default); inter-op is 1.
+    Raises OptcError (one line, naming `label` or the path) when onnxruntime cannot load the model.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from .ir.core import Model
+
+    if isinstance(source, Model):
+        from .ir import to_onnx
+
+        source = to_onnx(source)
+    if isinstance(source, onnx.ModelProto):
+        source = source.SerializeToString()
+    name = label or (os.fspath(source) if isinstance(source, str | os.PathLike) else "the model")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise OptcError(f"onnxruntime cannot load '{name}': {first_line(exc)}") from None
