@@ -4,8 +4,8 @@ scikit-learn, the `dev` tools — optc itself never imports torch).
 A small CNN trained on scikit-learn's digits set (1797 8x8 grey images of the digits 0-9, pixel values 0..16;
 `sklearn.datasets.load_digits`), split with `train_test_split(test_size=0.2, random_state=0, stratify=y)`. The
 architecture is the kind a real exported CNN has: Conv + BatchNorm + Relu, a depthwise (grouped) Conv, a 1x1
-Conv + Relu, MaxPool, Flatten, Linear + Relu, Linear (Dropout before the first Linear while training). Training is seeded and single-threaded, so a rerun writes
-the same model. Written files:
+Conv + Relu, MaxPool, Flatten, Linear + Relu, Linear (Dropout before the first Linear while training).
+Training is seeded and single-threaded, so a rerun writes the same model. Written files:
 
 - `digits_cnn.onnx`: input "x" float32 [N, 1, 8, 8] (pixels scaled to [0, 1]), output "logits" float32 [N, 10];
   torch's TorchScript exporter (`dynamo=False`), opset 17, dynamic batch axis.
@@ -58,7 +58,8 @@ def _module():
 def train_digits_cnn(path: str) -> float:
     """Train the CNN on the training split (Adam, lr 1e-2 with cosine decay, batch 64, `EPOCHS` epochs, dropout
     0.3 before the first Linear, seed `SEED`, one thread), export it to `path` (ONNX, opset 17, input "x"
-    [N, 1, 8, 8], output "logits" [N, 10], dynamic batch; BatchNorm folded into its Conv by the exporter) and return its top-1 accuracy on the test split (computed by torch, a fraction in [0, 1])."""
+    [N, 1, 8, 8], output "logits" [N, 10], dynamic batch; BatchNorm folded into its Conv by the exporter) and
+    return its top-1 accuracy on the test split (computed by torch, a fraction in [0, 1])."""
     import torch
     from torch import nn
 
