@@ -1,0 +1,319 @@
+"""Calibration: run the float model on onnxruntime over a dataset and measure the range of every float activation.
+
+Methods (after onnxruntime's `calibrate.py` and TensorRT's entropy calibration):
+
+- `minmax`: the smallest and largest finite value seen.
+- `percentile` (default 99.999): clip the tails so that `percentile`% of the values lie inside the range, the
+  excluded mass split equally between the two tails; read from a 2048-bin histogram over the MinMax range.
+- `entropy`: the threshold t minimising the KL divergence between the histogram of |x| (2048 bins over
+  [0, max |x|]) and its quantized version (TensorRT, "8-bit Inference with TensorRT", Migacz 2017); the range
+  is [max(min, -t), min(max, t)]. onnxruntime uses as many histogram bins as quantized levels (128), so its
+  candidate thresholds all equal the maximum and its Entropy ranges are the MinMax ones; with 2048 bins the
+  candidates really differ.
+
+Every float activation of the main graph is observed at once (the exclusions and per-op choices made later
+don't need a new run). Memory is bounded by one batch: the statistics are running minima/maxima and
+fixed-size histograms (the histogram methods take a second pass over the data, with the MinMax ranges fixed).
+Ranges are cached in a JSON file keyed by the model's bytes, the data files (name, size, mtime) and the method,
+so a re-run with other quantization options does not calibrate again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import OptcError
+from ..fileio import write_json
+from ..ir.core import Model, Value
+from ..ir.types import DataType
+from ..ortsession import first_line, session
+from ..progress import progress
+from .data import Dataset
+
+__all__ = ["METHODS", "Calibration", "calibrate", "observable_values"]
+
+METHODS = ("minmax", "percentile", "entropy")
+HISTOGRAM_BINS = 2048
+_CACHE_VERSION = 1
+_FLOAT_TYPES = {DataType.FLOAT, DataType.FLOAT16, DataType.BFLOAT16, DataType.DOUBLE}
+
+
+@dataclass
+class Calibration:
+    """Calibrated ranges: value name -> (min, max) in float; `nonfinite` names saw NaN or infinities (their range
+    covers the finite values only; the quantizer leaves them in float)."""
+
+    method: str
+    ranges: dict[str, tuple[float, float]]
+    samples: int
+    seconds: float
+    nonfinite: set[str] = field(default_factory=set)
+    cached: bool = False
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "samples": self.samples, "seconds": round(self.seconds, 3),
+                "cached": self.cached, "nonfinite": sorted(self.nonfinite),
+                "ranges": {k: [float(a), float(b)] for k, (a, b) in sorted(self.ranges.items())}}
+
+
+def observable_values(model: Model) -> list[Value]:
+    """The float activations of the main graph (graph inputs and node outputs that are not constants)."""
+    g = model.graph
+    out: list[Value] = []
+    seen: set[str] = set()
+    candidates = [v for v in g.inputs if v.const is None]
+    candidates += [o for n in g for o in n.outputs if o is not None and o.name]
+    for v in candidates:
+        if v.const is None and v.name not in seen and v.dtype is not None and DataType(v.dtype) in _FLOAT_TYPES:
+            seen.add(v.name)
+            out.append(v)
+    return out
+
+
+def _augmented(model: Model, names: list[str]) -> bytes:
+    from onnx import helper
+
+    from ..ir import to_onnx
+
+    proto = to_onnx(model)
+    have = {o.name for o in proto.graph.output}
+    types = {v.name: int(DataType(v.dtype)) for v in observable_values(model)}
+    for name in names:
+        if name not in have:
+            proto.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
+    try:
+        return proto.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise OptcError(f"cannot calibrate: {exc}") from None
+
+
+def _fingerprint(model_bytes: bytes, data: Dataset) -> tuple[str, list]:
+    files = [data.path] if os.path.isfile(data.path) else sorted(
+        os.path.join(data.path, f) for f in os.listdir(data.path) if f.endswith(".npz"))
+    stamp = []
+    for f in files:
+        st = os.stat(f)
+        stamp.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(model_bytes).hexdigest(), stamp
+
+
+def _cache_key(method: str, percentile: float) -> str:
+    return f"percentile:{percentile:g}" if method == "percentile" else method
+
+
+def _read_cache(path: str, model_hash: str, stamp: list, key: str) -> Calibration | None:
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise OptcError(f"cannot read the ranges cache '{path}': {exc}") from None
+    if (not isinstance(cache, dict) or cache.get("version") != _CACHE_VERSION or cache.get("model") != model_hash
+            or cache.get("data") != stamp):
+        return None
+    entry = cache.get("entries", {}).get(key)
+    if not entry:
+        return None
+    ranges = {k: (float(a), float(b)) for k, (a, b) in entry["ranges"].items()}
+    return Calibration(entry["method"], ranges, int(entry["samples"]), float(entry["seconds"]),
+                       set(entry.get("nonfinite", ())), cached=True)
+
+
+def _write_cache(path: str, model_hash: str, stamp: list, key: str, cal: Calibration) -> None:
+    cache = {"version": _CACHE_VERSION, "model": model_hash, "data": stamp, "entries": {}}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        if isinstance(old, dict) and old.get("model") == model_hash and old.get("data") == stamp:
+            cache["entries"] = dict(old.get("entries", {}))
+    except (OSError, ValueError):
+        pass
+    cache["entries"][key] = cal.to_json()
+    write_json(path, cache)
+
+
+class _Runner:
+    """The augmented model on onnxruntime, fed one batch at a time."""
+
+    def __init__(self, model: Model, names: list[str], data: Dataset, batch_size: int | None):
+        self.names = names
+        self.data = data
+        self.batch_size = batch_size
+        self.sess = session(_augmented(model, names), optimize=False, label="the calibration model")
+        self.feeds = [i.name for i in self.sess.get_inputs()]
+        outputs = [o.name for o in self.sess.get_outputs()]
+        self.index = [outputs.index(n) for n in names]
+
+    def batches(self, label: str, show: bool | None) -> Iterable[tuple[int, list[np.ndarray]]]:
+        with progress(label, self.data.num_samples, enabled=show) as advance:
+            for batch in self.data.batches(self.batch_size, self.feeds):
+                n = len(next(iter(batch.values())))
+                try:
+                    values = self.sess.run(None, {k: batch[k] for k in self.feeds})
+                except Exception as exc:
+                    raise OptcError(f"onnxruntime failed to run the model on the calibration data: "
+                                    f"{first_line(exc)}") from None
+                yield n, [values[i] for i in self.index]
+                advance(n)
+
+
+def _minmax(runner: _Runner, show: bool | None) -> tuple[dict, set, int]:
+    lo = {n: np.inf for n in runner.names}
+    hi = {n: -np.inf for n in runner.names}
+    nonfinite: set[str] = set()
+    samples = 0
+    for n, values in runner.batches("calibrating (min/max)", show):
+        samples += n
+        for name, v in zip(runner.names, values, strict=True):
+            v = np.asarray(v)
+            if v.size == 0:
+                continue
+            finite = np.isfinite(v)
+            if not finite.all():
+                nonfinite.add(name)
+                v = v[finite]
+                if v.size == 0:
+                    continue
+            lo[name] = min(lo[name], float(v.min()))
+            hi[name] = max(hi[name], float(v.max()))
+    ranges = {n: (lo[n], hi[n]) for n in runner.names if np.isfinite(lo[n])}
+    return ranges, nonfinite, samples
+
+
+def _histograms(runner: _Runner, ranges: dict, absolute: bool, show: bool | None) -> dict[str, np.ndarray]:
+    hists = {n: np.zeros(HISTOGRAM_BINS, np.float64) for n in ranges}
+    for _, values in runner.batches("calibrating (histograms)", show):
+        for name, v in zip(runner.names, values, strict=True):
+            if name not in hists:
+                continue
+            v = np.asarray(v, np.float32).ravel()
+            v = v[np.isfinite(v)]
+            lo, hi = ranges[name]
+            if absolute:
+                v = np.abs(v)
+                lo, hi = 0.0, max(abs(lo), abs(hi))
+            if hi <= lo or v.size == 0:
+                continue
+            hists[name] += np.histogram(v, bins=HISTOGRAM_BINS, range=(lo, hi))[0]
+    return hists
+
+
+def _percentile_range(hist: np.ndarray, lo: float, hi: float, percentile: float) -> tuple[float, float]:
+    total = hist.sum()
+    if total == 0 or hi <= lo:
+        return lo, hi
+    tail = (1.0 - percentile / 100.0) / 2.0 * total
+    cdf = np.cumsum(hist)
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    left = int(np.searchsorted(cdf, tail, side="right"))
+    right = int(np.searchsorted(cdf, total - tail, side="left"))
+    return float(edges[min(left, HISTOGRAM_BINS)]), float(edges[min(right + 1, HISTOGRAM_BINS)])
+
+
+def _kl_threshold(hist: np.ndarray, quant_levels: int) -> int:
+    """The number of histogram bins (from 0) to keep: the one minimising KL(P || Q) (TensorRT's algorithm)."""
+    n = hist.size
+    if hist.sum() == 0:
+        return n
+    best, best_i = np.inf, n
+    stride = max(1, (n - quant_levels) // 256)
+    for i in range(quant_levels, n + 1, stride):
+        p = hist[:i].astype(np.float64).copy()
+        p[i - 1] += hist[i:].sum()  # the clipped mass lands in the last kept bin
+        nonzero = hist[:i] > 0
+        # Q: merge the i bins into quant_levels groups, spread each group's mass over its nonzero bins.
+        groups = np.linspace(0, i, quant_levels + 1).astype(np.int64)
+        q = np.zeros(i, np.float64)
+        for a, b in zip(groups[:-1], groups[1:], strict=True):
+            if b <= a:
+                continue
+            mass = hist[a:b].sum()
+            nz = nonzero[a:b]
+            count = nz.sum()
+            if count:
+                q[a:b][nz] = mass / count
+        ps, qs = p.sum(), q.sum()
+        if ps == 0 or qs == 0:
+            continue
+        p /= ps
+        q /= qs
+        mask = p > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = float(np.sum(p[mask] * np.log(p[mask] / np.where(q[mask] > 0, q[mask], 1e-12))))
+        if kl < best:
+            best, best_i = kl, i
+    return best_i
+
+
+def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile: float = 99.999,
+              batch_size: int | None = None, cache: str | None = None, show_progress: bool | None = None) -> Calibration:
+    """Calibrate every float activation of `model` (an optc Model, not modified) on `data`.
+
+    `batch_size`: samples per run (None: 8, or the model's fixed batch dimension). `cache`: a JSON file of
+    cached ranges (read when it matches this model, data and method; written after calibrating).
+    Raises OptcError for an unknown method, a percentile outside (0, 100], or a model onnxruntime cannot run
+    on the data.
+    """
+    if method not in METHODS:
+        raise OptcError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
+    if not 0 < percentile <= 100:
+        raise OptcError(f"the percentile must be in (0, 100], not {percentile}")
+    names = [v.name for v in observable_values(model)]
+    if not names:
+        raise OptcError("the model has no float activations to calibrate")
+    if batch_size is None:
+        batch_size = _fixed_batch(model) or 8
+    start = time.perf_counter()
+    model_bytes = _augmented(model, [])
+    model_hash, stamp = _fingerprint(model_bytes, data)
+    key = _cache_key(method, percentile)
+    if cache:
+        hit = _read_cache(cache, model_hash, stamp, key)
+        if hit is not None:
+            return hit
+    runner = _Runner(model, names, data, batch_size)
+    ranges, nonfinite, samples = _minmax(runner, show_progress)
+    if samples == 0:
+        raise OptcError(f"calibration data '{data.path}' holds no samples")
+    if method == "percentile":
+        hists = _histograms(runner, ranges, False, show_progress)
+        ranges = {n: _percentile_range(hists[n], *ranges[n], percentile) for n in ranges}
+    elif method == "entropy":
+        hists = _histograms(runner, ranges, True, show_progress)
+        new = {}
+        for n, (lo, hi) in ranges.items():
+            top = max(abs(lo), abs(hi))
+            if top == 0:
+                new[n] = (lo, hi)
+                continue
+            levels = 255 if lo >= 0 else 128
+            t = _kl_threshold(hists[n], levels) / HISTOGRAM_BINS * top
+            new[n] = (max(lo, -t), min(hi, t))
+        ranges = new
+    cal = Calibration(method, ranges, samples, time.perf_counter() - start, nonfinite)
+    if cache:
+        _write_cache(cache, model_hash, stamp, key, cal)
+    return cal
+
+
+def _fixed_batch(model: Model) -> int | None:
+    """The batch size the model's inputs fix (axis 0 a number on every input), else None."""
+    dims = set()
+    for v in model.graph.inputs:
+        if v.const is not None:
+            continue
+        shape = v.shape
+        if not shape:
+            return None
+        if not isinstance(shape[0], int):
+            return None
+        dims.add(shape[0])
+    return dims.pop() if len(dims) == 1 else None

@@ -1,0 +1,148 @@
+"""Dynamic quantization as rewrite rules: int8 weights stored, activations quantized at run time.
+
+MatMul(a, W) with a constant [K, N] weight becomes, in onnxruntime's `quantize_dynamic` form (which its
+graph optimizer fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat, `core/optimizer/
+matmul_integer_to_float.cc`):
+
+    a_q, a_scale, a_zp = DynamicQuantizeLinear(a)                     # uint8, per tensor, at run time
+    y = Cast(MatMulInteger(a_q, W_q, a_zp, W_zp), to=float) * (a_scale * W_scale)   [+ bias]
+
+W_q: symmetric int8, per column (W_scale of shape [N], per_channel) or per tensor. Gemm (onnxruntime's
+quantizer skips it) becomes the same chain: B transposed at compile time when transB = 1, alpha folded into
+W_scale, beta * C added as the bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from onnx import TensorProto
+
+from ..ir.core import Node, Value
+from ..ir.types import DataType
+from ..rewrites.pattern import require
+from ..rewrites.rule import Rule
+from .numerics import quantize_weight
+from .qdq_rules import producer_dq
+
+__all__ = ["DynamicContext", "dynamic_rules"]
+
+#: weights smaller than this on either side stay float (the run-time quantization costs more than it saves)
+MIN_DIM = 16
+
+
+@dataclass
+class DynamicContext:
+    """Options and report of the dynamic rules: per-channel weights, exclusions (node names, op types, output
+    names), `quantized` (node name -> op type) and `skipped` (node name -> (op type, reason))."""
+
+    per_channel: bool = True
+    exclude: set[str] = field(default_factory=set)
+    quantized: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def excluded(self, node: Node) -> bool:
+        return bool(self.exclude) and (node.name in self.exclude or node.op_type in self.exclude
+                                       or any(o is not None and o.name in self.exclude for o in node.outputs))
+
+
+def _float32(v: Value | None) -> bool:
+    return v is not None and v.dtype is not None and DataType(v.dtype) == DataType.FLOAT
+
+
+class _DynamicRule(Rule):
+    def __init__(self, ctx: DynamicContext):
+        self.ctx = ctx
+
+    def _skip(self, node: Node, reason: str) -> None:
+        self.ctx.skipped[node.name] = (node.op_type, reason)
+        require(False, reason)
+
+    def _check_common(self, node: Node, a: Value, w: np.ndarray | None) -> None:
+        if self.ctx.excluded(node):
+            self._skip(node, "excluded by the user")
+        require(w is not None, "the weight is not a constant")
+        if producer_dq(a) is not None:
+            self._skip(node, "the input is already dequantized (a quantized model)")
+        if not _float32(a) or w.dtype != np.float32:
+            self._skip(node, "not float32")
+        if w.ndim != 2:
+            self._skip(node, f"the weight has rank {w.ndim}, not 2")
+        if min(w.shape) < MIN_DIM:
+            self._skip(node, f"the weight {list(w.shape)} is smaller than {MIN_DIM} on a side")
+        if not np.isfinite(w).all():
+            self._skip(node, "the weight holds NaN or infinities")
+
+    def _matmul(self, op, a: Value, w: np.ndarray, alpha: float, hint: str) -> Value:
+        axis = 1 if self.ctx.per_channel else None
+        q, qp = quantize_weight(w, "int8", axis, symmetric=True)
+        a_q, a_scale, a_zp = op.DynamicQuantizeLinear(a, _outputs=3)
+        w_zp = np.zeros(qp.scale.shape, np.int8)
+        y_int = op.MatMulInteger(a_q, op.const(q, hint=f"{hint}_weight_quantized"), a_zp,
+                                 op.const(w_zp, hint=f"{hint}_weight_zero_point"))
+        w_scale = (np.asarray(qp.scale, np.float32) * np.float32(alpha)).astype(np.float32)
+        scale = op.Mul(a_scale, op.const(w_scale, hint=f"{hint}_weight_scale"))
+        return op.Mul(op.Cast(y_int, to=TensorProto.FLOAT), scale)
+
+
+class DynamicQuantizeMatMul(_DynamicRule):
+    """MatMul(a, W) with a constant float32 [K, N] weight -> DynamicQuantizeLinear + MatMulInteger (int8 W)."""
+
+    def pattern(self, op, a, w):
+        return op.MatMul(a, w)
+
+    def check(self, m, a, w):
+        self._check_common(m.root, a, m.const(w))
+        return True
+
+    def rewrite(self, op, m, a, w):
+        y = self._matmul(op, a, np.asarray(m.const(w)), 1.0, m.root.name or "matmul")
+        self.ctx.quantized[m.root.name] = "MatMul"
+        self.ctx.skipped.pop(m.root.name, None)
+        return y
+
+
+class DynamicQuantizeGemm(_DynamicRule):
+    """Gemm(A, B, C) with a constant float32 B -> the dynamic MatMul chain (+ beta * C)."""
+
+    benefit: ClassVar[int] = 1
+
+    def pattern(self, op, a, w):
+        return op.Gemm(a, w, _allow_other_inputs=True)
+
+    def check(self, m, a, w):
+        node = m.root
+        require(int(node.attr("transA", 0)) == 0, "Gemm with transA")
+        b = m.const(w)
+        self._check_common(node, a, b)
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None:
+            ca = m.const(c)
+            if ca is None or ca.dtype != np.float32:
+                self._skip(node, "C is not a float32 constant")
+        return True
+
+    def rewrite(self, op, m, a, w):
+        node = m.root
+        b = np.asarray(m.const(w))
+        if int(node.attr("transB", 0)):
+            b = np.ascontiguousarray(b.T)
+        hint = node.name or "gemm"
+        y = self._matmul(op, a, b, float(node.attr("alpha", 1.0)), hint)
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None:
+            beta = np.float32(node.attr("beta", 1.0))
+            bias = np.asarray(m.const(c), np.float32)
+            if beta != 1:
+                bias = (bias * beta).astype(np.float32)
+            y = op.Add(y, op.const(bias, hint=f"{hint}_bias"))
+        self.ctx.quantized[node.name] = "Gemm"
+        self.ctx.skipped.pop(node.name, None)
+        return y
+
+
+def dynamic_rules(ctx: DynamicContext) -> list[Rule]:
+    """The rule list of dynamic quantization (MatMul and Gemm with constant weights)."""
+    return [DynamicQuantizeMatMul(ctx), DynamicQuantizeGemm(ctx)]
