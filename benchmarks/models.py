@@ -1,6 +1,6 @@
-"""Models the benchmarks generate: a ResNet-like CNN, a MobileNetV2-like CNN, a BERT-like encoder (built with
-onnx.helper in the style of a PyTorch export), scaling graphs of any size, and torch-exported versions of the
-ResNet-like and BERT-like models when torch is installed (the `bench` extra)."""
+"""Models the benchmarks generate: a ResNet-like CNN, a MobileNetV2-like CNN, a BERT-like encoder and a GPT-2-like
+decoder (built with onnx.helper in the style of a PyTorch export), scaling graphs of any size, and torch-exported
+versions of the ResNet-like and BERT-like models when torch is installed (the `bench` extra)."""
 
 from __future__ import annotations
 
@@ -211,6 +211,73 @@ def bert_like(layers: int = 6, hidden: int = 256, heads: int = 4, seq: int = 128
                     helper.make_tensor_value_info(mask, TensorProto.INT64, [1, seq])],
                    [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, seq, hidden]),
                     helper.make_tensor_value_info(pooled, TensorProto.FLOAT, [1, hidden])], "bert_like")
+
+
+def gpt2_like(layers: int = 4, hidden: int = 256, heads: int = 4, seq: int = 128, vocab: int = 2000,
+              ctx: int = 512) -> onnx.ModelProto:
+    """A GPT-2-shaped decoder as its TorchScript export (opset 17) looks: token + position embedding Gather,
+    LayerNormalization, HF-style Conv1D projections exported as Gemm on a [B*T, C] Reshape (c_attn, attn c_proj,
+    c_fc, mlp c_proj; weights [in, out]), Split into q/k/v, Shape-based head reshapes, a causal mask Sliced from a
+    bool [1, 1, ctx, ctx] buffer and applied with Where(mask, scores, finfo.min) before Softmax, tanh-form GELU
+    (Pow/Mul/Add/Tanh), a final LayerNorm and the tied LM head: MatMul with Transpose of the token embedding.
+    Input "input_ids" int64 [1, seq]; output logits float32 [1, seq, vocab]."""
+    b = Builder(5)
+    dh = hidden // heads
+
+    def const(v, dtype=np.int64):
+        return b.const_node(np.array(v, dtype))
+
+    def layer_norm(x):
+        gamma = b.name("ln_g")
+        b.inits.append(numpy_helper.from_array(b.rng.uniform(0.8, 1.2, hidden).astype(np.float32), gamma))
+        return b.op("LayerNormalization", [x, gamma, b.weight(hidden, scale=0.02)], axis=-1, epsilon=1e-5)
+
+    def conv1d(x, cin, cout):
+        flat = b.op("Reshape", [x, b.op("Concat", [const([-1]), const([cin])], axis=0)])
+        y = b.op("Gemm", [flat, b.weight(cin, cout, scale=0.02), b.weight(cout, scale=0.01)], alpha=1.0, beta=1.0)
+        return b.op("Reshape", [y, out_shape(cout)])
+
+    ids = "input_ids"
+    shape = b.op("Shape", [ids])
+    bs = b.op("Unsqueeze", [b.op("Gather", [shape, const(0)], axis=0), const([0])])
+    tl = b.op("Unsqueeze", [b.op("Gather", [shape, const(1)], axis=0), const([0])])
+
+    def out_shape(c):
+        return b.op("Concat", [bs, tl, const([c])], axis=0)
+
+    wte = b.weight(vocab, hidden, scale=0.02, hint="wte")
+    pos_ids = b.op("Unsqueeze", [b.op("Range", [const(0), b.op("Gather", [shape, const(1)], axis=0), const(1)]),
+                                 const([0])])
+    x = b.op("Add", [b.op("Gather", [wte, ids], axis=0),
+                     b.op("Gather", [b.weight(ctx, hidden, scale=0.01, hint="wpe"), pos_ids], axis=0)])
+    causal = b.name("causal")
+    b.inits.append(numpy_helper.from_array(np.tril(np.ones((ctx, ctx), bool))[None, None], causal))
+    mask = b.op("Slice", [causal, b.op("Concat", [const([0]), const([0])], axis=0),
+                          b.op("Concat", [tl, tl], axis=0), const([2, 3])])
+    min_value = const(np.finfo(np.float32).min, np.float32)
+    head_shape = b.op("Concat", [bs, tl, const([heads]), const([dh])], axis=0)
+    split = const([hidden, hidden, hidden])
+    for _ in range(layers):
+        qkv = conv1d(layer_norm(x), hidden, 3 * hidden)
+        q, k, v = b.op("Split", [qkv, split], n_out=3, axis=2)
+        q = b.op("Transpose", [b.op("Reshape", [q, head_shape])], perm=[0, 2, 1, 3])
+        k = b.op("Transpose", [b.op("Reshape", [k, head_shape])], perm=[0, 2, 3, 1])
+        v = b.op("Transpose", [b.op("Reshape", [v, head_shape])], perm=[0, 2, 1, 3])
+        scores = b.op("Div", [b.op("MatMul", [q, k]), const(np.sqrt(dh), np.float32)])
+        probs = b.op("Softmax", [b.op("Where", [mask, scores, min_value])], axis=-1)
+        merged = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3]),
+                                  out_shape(hidden)])
+        x = b.op("Add", [x, conv1d(merged, hidden, hidden)])
+        h = conv1d(layer_norm(x), hidden, 4 * hidden)
+        inner = b.op("Mul", [const(np.sqrt(2 / np.pi), np.float32),
+                             b.op("Add", [h, b.op("Mul", [const(0.044715, np.float32),
+                                                          b.op("Pow", [h, const(3.0, np.float32)])])])])
+        gelu = b.op("Mul", [b.op("Mul", [const(0.5, np.float32), h]),
+                            b.op("Add", [const(1.0, np.float32), b.op("Tanh", [inner])])])
+        x = b.op("Add", [x, conv1d(gelu, 4 * hidden, hidden)])
+    logits = b.op("MatMul", [layer_norm(x), b.op("Transpose", [wte], perm=[1, 0])])
+    return b.model([helper.make_tensor_value_info(ids, TensorProto.INT64, [1, seq])],
+                   [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [1, seq, vocab])], "gpt2_like")
 
 
 def scaling_graph(n_nodes: int, width: int = 16) -> onnx.ModelProto:
