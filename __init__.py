@@ -4,9 +4,11 @@ from . import runtime
 from .codegen.compile import compile  # noqa: A004 - optc.compile is the public name
 from .errors import OptcError, UnsupportedError
 from .ir import Model, from_onnx, load, save, to_onnx
+from .quantization import quantize
 from .rewrites import optimize
+from .workflow import evaluate
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "compile", "from_onnx", "load", "optimize",
+__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "compile", "evaluate", "from_onnx", "load", "optimize", "quantize",
            "runtime", "save", "to_onnx"]

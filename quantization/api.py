@@ -85,8 +85,11 @@ def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, perc
     apply_rules(model, qdq_rules(ctx), PassContext(), "quantize-qdq")
     optimize(model, passes="cse,dce", inplace=True)
     quantized, skipped = _entries(ctx.quantized, ctx.skipped, model)
+    live = {n.name for n in model.graph}
+    outputs = {k: (f, v.name) for k, (f, v) in ctx.outputs.items() if v.producer is not None
+               and v.producer.name in live}
     report = {"scheme": scheme.to_json(), "calibration": ranges.to_json(), "quantized": quantized,
-              "skipped": skipped}
+              "skipped": skipped, "_outputs": outputs}
     return model, report, ranges
 
 
@@ -143,6 +146,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
             result, extra, _ = _static(copy_model(source), calibration, scheme=scheme, method=method,
                                        percentile=percentile, exclude=exclude_set, batch_size=batch_size,
                                        cache=ranges_cache, show_progress=progress)
+            extra.pop("_outputs")
         report.update(extra)
     elif mode == "dynamic":
         from .dynamic import DynamicContext, dynamic_rules

@@ -225,21 +225,20 @@ def _kl_threshold(hist: np.ndarray, quant_levels: int) -> int:
         return n
     best, best_i = np.inf, n
     stride = max(1, (n - quant_levels) // 256)
-    for i in range(quant_levels, n + 1, stride):
+    candidates = list(range(quant_levels, n + 1, stride))
+    if candidates[-1] != n:
+        candidates.append(n)  # the MinMax range itself is always a candidate
+    for i in candidates:
         p = hist[:i].astype(np.float64).copy()
         p[i - 1] += hist[i:].sum()  # the clipped mass lands in the last kept bin
         nonzero = hist[:i] > 0
         # Q: merge the i bins into quant_levels groups, spread each group's mass over its nonzero bins.
-        groups = np.linspace(0, i, quant_levels + 1).astype(np.int64)
-        q = np.zeros(i, np.float64)
-        for a, b in zip(groups[:-1], groups[1:], strict=True):
-            if b <= a:
-                continue
-            mass = hist[a:b].sum()
-            nz = nonzero[a:b]
-            count = nz.sum()
-            if count:
-                q[a:b][nz] = mass / count
+        edges = np.linspace(0, i, quant_levels + 1).astype(np.int64)
+        starts = edges[:-1]
+        mass = np.add.reduceat(hist[:i], starts)
+        count = np.add.reduceat(nonzero.astype(np.int64), starts)
+        per_bin = np.where(count > 0, mass / np.maximum(count, 1), 0.0)
+        q = np.repeat(per_bin, np.diff(edges)) * nonzero
         ps, qs = p.sum(), q.sum()
         if ps == 0 or qs == 0:
             continue
@@ -258,7 +257,8 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     """Calibrate every float activation of `model` (an optc Model, not modified) on `data`.
 
     `batch_size`: samples per run (None: 8, or the model's fixed batch dimension). `cache`: a JSON file of
-    cached ranges (read when it matches this model, data and method; written after calibrating).
+    cached ranges (read when it matches this model, data and method; written after calibrating), or a
+    directory holding one such file per model.
     Raises OptcError for an unknown method, a percentile outside (0, 100], or a model onnxruntime cannot run
     on the data.
     """
@@ -275,6 +275,8 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     model_bytes = _augmented(model, [])
     model_hash, stamp = _fingerprint(model_bytes, data)
     key = _cache_key(method, percentile)
+    if cache and os.path.isdir(cache):
+        cache = os.path.join(cache, f"{model_hash[:24]}.json")
     if cache:
         hit = _read_cache(cache, model_hash, stamp, key)
         if hit is not None:

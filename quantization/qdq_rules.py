@@ -58,6 +58,8 @@ class QdqContext:
     exclude: set[str] = field(default_factory=set)
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: quantized node name -> (its output's name before quantization, the new node's float output Value)
+    outputs: dict[str, tuple[str, Value]] = field(default_factory=dict)
     _params: dict[str, QParams] = field(default_factory=dict)
 
     def excluded(self, node: Node) -> bool:
@@ -344,6 +346,7 @@ class QuantizeOp(Rule):
         y = getattr(op, node.op_type)(*inputs, _domain=node.domain, _version=node.version, **attrs)
         self.ctx.quantized[node.name] = node.op_type
         self.ctx.skipped.pop(node.name, None)
+        self.ctx.outputs[node.name] = (node.outputs[0].name, y)
         if out_qp is None:
             return y
         if absorbed is not None:

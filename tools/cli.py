@@ -8,11 +8,23 @@ import sys
 import traceback
 
 from ..errors import OptcError
-from . import bench_cmd, compile_cmd, convert_cmd, inspect_cmd, optimize_cmd, passes_cmd, run_cmd, show_cmd, verify_cmd
+from . import (
+    bench_cmd,
+    compile_cmd,
+    convert_cmd,
+    evaluate_cmd,
+    inspect_cmd,
+    optimize_cmd,
+    passes_cmd,
+    quantize_cmd,
+    run_cmd,
+    show_cmd,
+    verify_cmd,
+)
 from .native_log import quiet_native_log
 
 COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
-COMMANDS += [optimize_cmd, passes_cmd, verify_cmd]
+COMMANDS += [optimize_cmd, passes_cmd, verify_cmd, quantize_cmd, evaluate_cmd]
 COMMANDS += [compile_cmd, run_cmd, bench_cmd]
 
 

@@ -1,0 +1,171 @@
+"""Accuracy-aware static quantization: quantize, measure, and return the most sensitive layers to float one at a
+time until the accuracy drop is within the budget (as NNCF's and Intel Neural Compressor's accuracy-aware modes).
+
+Sensitivity of a quantized layer: the error it *adds*, measured on the calibration data in one run of the float
+and one of the quantized model: NRMSE(output) - max NRMSE(the nearest quantized layers feeding it), where
+NRMSE = sqrt(mean((quantized - float)^2)) / std(float) of the layer's output tensor. A layer with a large error
+of its own ranks first; a layer that only inherits its inputs' error ranks low.
+
+The ranges are calibrated once; each step re-runs only the QDQ rules (cheap) and the evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptcError
+from ..ir.core import Model
+from ..ortsession import first_line, session
+from ..rewrites.pipelines import copy_model
+from .data import Dataset, model_input_specs, open_dataset
+
+__all__ = ["accuracy_aware", "layer_sensitivity"]
+
+#: samples of the calibration data used to rank the layers
+SENSITIVITY_SAMPLES = 64
+
+
+def _drop(baseline: float, value: float, metric: str) -> float:
+    """How much worse `value` is than `baseline`: percentage points for top1/top5/cosine, the increase for mse."""
+    if metric == "mse":
+        return value - baseline
+    return (baseline - value) * 100.0
+
+
+def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The values `names` of `model` on the batches `feeds`, concatenated along axis 0."""
+    from onnx import helper
+
+    from ..ir import to_onnx
+    from ..ir.types import DataType
+
+    proto = to_onnx(model)
+    have = {o.name for o in proto.graph.output}
+    types = {o.name: o.dtype for n in model.graph for o in n.outputs if o is not None}
+    for name in names:
+        if name not in have:
+            proto.graph.output.append(helper.make_tensor_value_info(name, int(DataType(types[name])), None))
+    sess = session(proto, optimize=False, label="the sensitivity model")
+    outs = [o.name for o in sess.get_outputs()]
+    inputs = [i.name for i in sess.get_inputs()]
+    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in feeds:
+        try:
+            values = sess.run(None, {k: batch[k] for k in inputs})
+        except Exception as exc:
+            raise OptcError(f"onnxruntime failed in the sensitivity analysis: {first_line(exc)}") from None
+        for n in names:
+            got[n].append(values[outs.index(n)])
+    return {n: np.concatenate(v) for n, v in got.items()}
+
+
+def layer_sensitivity(float_model: Model, quantized: Model, outputs: dict[str, tuple[str, str]],
+                      data: Dataset, batch_size: int = 16) -> list[tuple[str, float]]:
+    """Rank the quantized layers by the error each adds (see the module docstring), most sensitive first.
+
+    `outputs`: quantized node name -> (its output's name in the float model, its float output's name in the
+    quantized model), as `QdqContext.outputs` records them."""
+    feeds = []
+    count = 0
+    for batch in data.batches(batch_size, [v.name for v in float_model.graph.inputs if v.const is None]):
+        feeds.append(batch)
+        count += len(next(iter(batch.values())))
+        if count >= SENSITIVITY_SAMPLES:
+            break
+    ref = _run(float_model, [f for f, _ in outputs.values()], feeds)
+    got = _run(quantized, [q for _, q in outputs.values()], feeds)
+    error: dict[str, float] = {}
+    for node, (f, q) in outputs.items():
+        a, b = ref[f].astype(np.float64), got[q].astype(np.float64)
+        scale = float(a.std()) or 1.0
+        error[node] = float(np.sqrt(np.mean((a - b) ** 2))) / scale if a.size else 0.0
+    by_output = {f: node for node, (f, _) in outputs.items()}
+    memo: dict[str, float] = {}
+
+    def inherited(value_name: str, seen: set[str]) -> float:
+        """The largest error of the quantized layers upstream of `value_name` (through unquantized nodes)."""
+        if value_name in memo:
+            return memo[value_name]
+        if value_name in by_output:
+            return error[by_output[value_name]]
+        v = _value(float_model, value_name)
+        p = v.producer if v is not None else None
+        if p is None or value_name in seen:
+            return 0.0
+        seen.add(value_name)
+        e = max((inherited(i.name, seen) for i in p.inputs if i is not None), default=0.0)
+        memo[value_name] = e
+        return e
+
+    nodes = {n.name: n for n in float_model.graph}
+    ranked = []
+    for node, e in error.items():
+        n = nodes.get(node)
+        upstream = max((inherited(i.name, set()) for i in n.inputs if i is not None), default=0.0) if n else 0.0
+        ranked.append((node, max(0.0, e - upstream)))
+    ranked.sort(key=lambda t: -t[1])
+    return ranked
+
+
+def _value(model: Model, name: str):
+    g = model.graph
+    for v in g.inputs:
+        if v.name == name:
+            return v
+    for n in g:
+        for o in n.outputs:
+            if o is not None and o.name == name:
+                return o
+    return None
+
+
+def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, method: str, percentile: float,
+                   exclude: set[str], labels: str, metric: str, max_drop: float, batch_size: int | None,
+                   cache: str | None, show_progress: bool | None, quantize: Callable) -> tuple[Model, dict]:
+    """Quantize `model` (the optimized float model, not modified) with `quantize` (api._static); while the drop
+    of `metric` on `eval_data` exceeds `max_drop`, return the next most sensitive layer to float. Returns the
+    model that met the budget (or, when none did, the one with the smallest drop, with `met: false`) and the
+    report: baseline, steps (layer returned to float, value, drop), the layers kept in float."""
+    from ..workflow.evaluate import evaluate
+
+    if max_drop < 0:
+        raise OptcError(f"--max-accuracy-drop must be 0 or more, not {max_drop}")
+    data = calibration if isinstance(calibration, Dataset) else open_dataset(
+        calibration, model_input_specs(model), role="calibration data")
+    test = eval_data if isinstance(eval_data, Dataset) else open_dataset(
+        eval_data, model_input_specs(model), labels=labels if metric in ("top1", "top5") else None,
+        role="test data")
+    base = evaluate(model, test, labels=labels, metric=metric, progress=show_progress)
+    kept = set(exclude)
+    q, report, ranges = quantize(copy_model(model), data, scheme=scheme, method=method, percentile=percentile,
+                                 exclude=kept, batch_size=batch_size, cache=cache, show_progress=show_progress)
+    value = evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
+    steps = [{"returned_to_float": None, "value": value, "drop": _drop(base["value"], value, metric)}]
+    best = (steps[0]["drop"], q, report, [])
+    if steps[0]["drop"] > max_drop:
+        ranked = layer_sensitivity(model, q, report.pop("_outputs"), data)
+        for node, sensitivity in ranked:
+            kept.add(node)
+            q, report, _ = quantize(copy_model(model), data, scheme=scheme, method=method, percentile=percentile,
+                                    exclude=kept, batch_size=batch_size, cache=cache, show_progress=show_progress,
+                                    ranges=ranges)
+            report.pop("_outputs", None)
+            value = evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
+            drop = _drop(base["value"], value, metric)
+            float_layers = sorted(kept - exclude)
+            steps.append({"returned_to_float": node, "sensitivity": round(sensitivity, 6), "value": value,
+                          "drop": drop})
+            if drop < best[0]:
+                best = (drop, q, report, float_layers)
+            if drop <= max_drop or not report["quantized"]:
+                break
+    report = best[2]
+    report.pop("_outputs", None)
+    met = best[0] <= max_drop
+    report["accuracy"] = {"metric": metric, "baseline": base["value"], "max_drop": max_drop, "met": met,
+                          "drop": best[0], "steps": steps,
+                          "float_layers": best[3]}
+    return best[1], report
