@@ -468,3 +468,19 @@ def test_bad_options(kw, match):
     with pytest.raises(OptcError, match=match):
         quantize_weight_only(m, **kw)
     assert "W" in m.graph.initializers
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float16_weight_keeps_float16_scales(fmt):
+    w = _w(64, 32).astype(np.float16)
+    p = _model([oh.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [_vi("x", [2, 64], TP.FLOAT16)],
+               [_vi("y", [2, 32], TP.FLOAT16)], {"W": w})
+    out, _ = _quantize(p, format=fmt)
+    assert {t.data_type for t in out.graph.initializer if "scale" in t.name} == {TP.FLOAT16}
+    x = RNG.standard_normal((2, 64)).astype(np.float16)
+    y = _run(out, {"x": x})[0]
+    assert y.dtype == np.float16
+    (w_deq,) = _dequantized_weights(out).values()
+    want = x.astype(np.float32) @ w_deq
+    np.testing.assert_allclose(y.astype(np.float32), want, rtol=0, atol=2e-3 * np.abs(want).max())  # fp16 output
+    _assert_int4_close(y, _run(p, {"x": x})[0])
