@@ -200,18 +200,16 @@ class _Converter:
             peak = float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
             if peak > self.limit:
                 self.overflow[v] = f"'{v.name}' holds |x| up to {peak:.6g} > {self.limit:.6g} ({name} overflows)"
+        named: dict[str, list[Value]] = {}
+        if self.ranges:
+            for v in (*self.graph.inputs, *(o for n in self.graph for o in n.outputs if o is not None)):
+                named.setdefault(v.name, []).append(v)
         for vname, (lo, hi) in self.ranges.items():
             peak = max(abs(float(lo)), abs(float(hi)))
             if peak > self.limit:
-                for v in self._values_named(vname):
+                for v in named.get(vname, ()):
                     self.overflow[v] = (f"'{vname}' ranges up to |x| = {peak:.6g} > {self.limit:.6g} "
                                         f"({name} overflows)")
-
-    def _values_named(self, name: str) -> list[Value]:
-        found = [v for v in self.graph.inputs if v.name == name]
-        for n in self.graph:
-            found.extend(o for o in n.outputs if o is not None and o.name == name)
-        return found
 
     def _plan(self, node: Node) -> _Plan | None:
         f32_in = [i for i, v in enumerate(node.inputs) if _is_f32(v)]
@@ -235,7 +233,7 @@ class _Converter:
         for v in (*node.inputs, *node.outputs):
             if v is not None and (v in self.overflow or (v in self.pinned and v.producer is node)):
                 plan.reason = self.overflow.get(v) or f"'{v.name}' is read inside a subgraph"
-                plan.weights_low = v in self.overflow
+                plan.weights_low = True
                 return plan
         low_in, low_out, why = self._positions(node, f32_in, f32_out)
         if not low_in and not low_out:
@@ -411,7 +409,8 @@ class _Converter:
             is_low = v.dtype == self.low
             stale = [u for u in v.uses() if u.node.graph is g and u.node in self.plans
                      and (self.want(u.node, u.index) == _Want.LOW) != is_low]
-            as_output = [i for i, o in enumerate(g.outputs) if o is v and out_low != is_low]
+            as_output = [i for i, o in enumerate(g.outputs) if o is v and out_low != is_low
+                         and v.producer is not None]  # an initializer that is an output keeps its name and type
             if not stale and not as_output:
                 continue
             to = _F32 if is_low else self.low

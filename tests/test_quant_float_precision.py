@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import optc
 import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
-
-import optc
 from optc.errors import OptcError
 from optc.quantization import float_precision as fp
 from optc.quantization.float_precision import convert_float
@@ -100,8 +99,46 @@ def shape_model() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TP.FLOAT, ["batch", 64])], inits)
 
 
-MODELS = {"conv": conv_net, "transformer": transformer, "overflow": overflowing, "shapes": shape_model}
-FEEDS = {"conv": (2, 3, 16, 16), "transformer": (2, 8, 32), "overflow": (4, 8), "shapes": (5, 3, 4)}
+def constants() -> onnx.ModelProto:
+    """Float32 made by a Constant node, ConstantOfShape's value and a Cast(to=float) of an int64 shape."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shp"], name="shape"),
+        helper.make_node("ConstantOfShape", ["shp"], ["co"], name="fill",
+                         value=numpy_helper.from_array(np.array([0.25], np.float32))),
+        helper.make_node("Constant", [], ["c"], name="half", value_float=0.5),
+        helper.make_node("Mul", ["x", "c"], ["m"], name="mul"),
+        helper.make_node("Add", ["m", "co"], ["a"], name="add"),
+        helper.make_node("Cast", ["shp"], ["fs"], name="cast", to=TP.FLOAT),
+        helper.make_node("ReduceMax", ["fs"], ["smax"], name="rmax", keepdims=0),
+        helper.make_node("Div", ["a", "smax"], ["d"], name="div"),
+        helper.make_node("MatMul", ["d", "w"], ["y"], name="mm"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TP.FLOAT, [4, 8])],
+                  [helper.make_tensor_value_info("y", TP.FLOAT, [4, 16])], [_init("w", 8, 16)])
+
+
+def with_if() -> onnx.ModelProto:
+    """An If whose branches read the outer float32 value 'h'."""
+    then = helper.make_graph([helper.make_node("Relu", ["h"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TP.FLOAT, [4, 8])])
+    other = helper.make_graph([helper.make_node("Neg", ["h"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TP.FLOAT, [4, 8])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("ReduceSum", ["x"], ["total"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["cond"], name="gt"),
+        helper.make_node("If", ["cond"], ["i"], name="if", then_branch=then, else_branch=other),
+        helper.make_node("MatMul", ["i", "w2"], ["y"], name="mm2"),
+    ]
+    inits = [_init("w", 8, 8), _init("w2", 8, 8), _init("zero", data=np.array(0, np.float32))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TP.FLOAT, [4, 8])],
+                  [helper.make_tensor_value_info("y", TP.FLOAT, [4, 8])], inits)
+
+
+MODELS = {"conv": conv_net, "transformer": transformer, "overflow": overflowing, "shapes": shape_model,
+          "constants": constants, "if": with_if}
+FEEDS = {"conv": (2, 3, 16, 16), "transformer": (2, 8, 32), "overflow": (4, 8), "shapes": (5, 3, 4),
+         "constants": (4, 8), "if": (4, 8)}
 
 
 def _feed(name: str) -> dict[str, np.ndarray]:
@@ -157,9 +194,7 @@ def _casts_ok(m: onnx.ModelProto) -> None:
         seen.add((n.input[0], to))
         p = producer.get(n.input[0])
         if p is not None and p.op_type == "Cast":
-            assert to != TP.FLOAT or p.input[0] not in {i.name for i in m.graph.input}, "cancelling Cast pair"
-            types = _types(m)
-            assert types.get(p.input[0]) != to, f"Cast pair {p.name} -> {n.name} cancels"
+            assert _types(m).get(p.input[0]) != to, f"Cast pair {p.name} -> {n.name} cancels"
 
 
 # -- the converted models -------------------------------------------------------------------------------
@@ -176,6 +211,7 @@ def test_converted_model_checks_runs_and_matches(name, dtype, keep_io):
     io_type = TP.FLOAT if keep_io else ELEM[dtype]
     assert [i.type.tensor_type.elem_type for i in converted.graph.input] == [io_type]
     assert [o.type.tensor_type.elem_type for o in converted.graph.output] == [io_type]
+    assert [o.name for o in converted.graph.output] == [o.name for o in original.graph.output]
     (actual,) = run_ort(converted if keep_io else _float32_boundary(converted), list(feeds.values()))
     assert _rel_err(actual, expected) < TOL[dtype], (report, _rel_err(actual, expected))
     assert _weight_bytes(converted) < 0.6 * _weight_bytes(original)
@@ -227,6 +263,25 @@ def test_shape_computation_stays_int64(dtype):
     for name in ("shp", "n", "n1", "new_shape"):
         assert types[name] == TP.INT64
     assert not any(k["node"] in ("shape", "gather", "unsq", "concat") for k in report["kept_float32"])
+
+
+def test_constant_nodes_fill_values_and_casts_take_the_new_type():
+    _, converted, report = _convert("constants", dtype="float16")
+    types = _types(converted)
+    assert types["c"] == types["co"] == types["fs"] == types["d"] == TP.FLOAT16
+    cast = next(n for n in converted.graph.node if n.name == "cast")
+    assert helper.get_attribute_value(cast.attribute[0]) == TP.FLOAT16
+    fill = next(n for n in converted.graph.node if n.name == "fill")
+    assert helper.get_attribute_value(fill.attribute[0]).data_type == TP.FLOAT16
+    assert report["kept_float32"] == []
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_subgraph_and_the_values_it_reads_stay_float32(dtype):
+    _, converted, report = _convert("if", dtype=dtype)
+    kept = {k["node"]: k["reason"] for k in report["kept_float32"]}
+    assert "subgraph" in kept["if"] and "read inside a subgraph" in kept["mm"]
+    assert _types(converted)["h"] == TP.FLOAT
 
 
 # -- overflow, ranges, exclude --------------------------------------------------------------------------
