@@ -264,7 +264,7 @@ class Dataset:
 
         `batch_size` None: the whole of each file per batch. Otherwise every batch has `batch_size` samples
         (a batch may span two files) except the last. Arrays keep the file's dtype; they are C-contiguous and
-        read-only when memory-mapped. Memory: one batch per array, except compressed Fortran-order members
+        may be read-only (views of the memory map or of the decompressed bytes). Memory: one batch per array, except compressed Fortran-order members
         (read whole). OptcError (one line) for a bad batch size, a name some file lacks or whose axis 0 does
         not match that file's samples, or a file that fails to read.
         """
