@@ -39,6 +39,21 @@ def host_cpu_name() -> str:
     return name or "generic"
 
 
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """The feature flags of this machine's CPU as /proc/cpuinfo lists them (``avx2``, ``avx512_vnni``,
+    ``amx_tile``, ``asimddp``, ...); empty where /proc/cpuinfo cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def host_num_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup affinity)."""
     try:

@@ -21,6 +21,7 @@ from ..ir.core import Model
 from ..ortsession import first_line, session
 from ..rewrites.pipelines import copy_model
 from .data import Dataset, model_input_specs, open_dataset
+from .qdq_rules import node_label
 
 __all__ = ["accuracy_aware", "layer_sensitivity"]
 
@@ -100,7 +101,7 @@ def layer_sensitivity(float_model: Model, quantized: Model, outputs: dict[str, t
         memo[value_name] = e
         return e
 
-    nodes = {n.name: n for n in float_model.graph}
+    nodes = {node_label(n): n for n in float_model.graph}
     ranked = []
     for node, e in error.items():
         n = nodes.get(node)

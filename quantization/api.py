@@ -63,7 +63,9 @@ def _check_opset(model: Model, mode: str) -> None:
 
 
 def _entries(quantized: dict[str, str], skipped: dict[str, tuple[str, str]], model: Model) -> tuple[list, list]:
-    live = {n.name for n in model.graph}
+    from .qdq_rules import node_label
+
+    live = {node_label(n) for n in model.graph}
     q = [{"node": k, "op": v} for k, v in quantized.items()]
     s = [{"node": k, "op": op, "reason": why} for k, (op, why) in skipped.items() if k in live]
     return q, s
@@ -85,9 +87,8 @@ def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, perc
     apply_rules(model, qdq_rules(ctx), PassContext(), "quantize-qdq")
     optimize(model, passes="cse,dce", inplace=True)
     quantized, skipped = _entries(ctx.quantized, ctx.skipped, model)
-    live = {n.name for n in model.graph}
     outputs = {k: (f, v.name) for k, (f, v) in ctx.outputs.items() if v.producer is not None
-               and v.producer.name in live}
+               and v.producer.graph is not None}
     report = {"scheme": scheme.to_json(), "calibration": ranges.to_json(), "quantized": quantized,
               "skipped": skipped, "_outputs": outputs}
     return model, report, ranges
@@ -95,7 +96,7 @@ def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, perc
 
 def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "minmax", percentile: float = 99.999,
                          per_channel: bool = True, activations: str | None = None, weights: str = "int8",
-                         symmetric_activations: bool | None = None, reduce_range: bool = False,
+                         symmetric_activations: bool | None = None, reduce_range: bool | None = None,
                          exclude: Sequence[str] = (), target: str = "cpu", dynamic: bool = False,
                          weight_only: str | None = None, block_size: int = 32, format: str = "standard",  # noqa: A002
                          float16: bool = False, bfloat16: bool = False, keep_io_types: bool = True,
@@ -112,7 +113,8 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
     blocked DequantizeLinear or "contrib" for com.microsoft MatMulNBits); `float16` / `bfloat16`.
     Static options: `method` minmax | percentile (`percentile`, default 99.999) | entropy; `per_channel`;
     `activations` uint8 | int8 and `symmetric_activations` (default: the target's, x86 `cpu`: uint8 asymmetric;
-    `arm64`: int8; `cuda`: int8 symmetric); `exclude`: node names, op types or output names left in float;
+    `arm64`: int8; `cuda`: int8 symmetric); `reduce_range` (7-bit weights; None: on for `cpu` when this x86 host
+    lacks VNNI, whose VPMADDUBSW saturates u8 x s8 sums); `exclude`: node names, op types or output names left in float;
     `ranges_cache`: JSON file of cached ranges; `eval_data` + `max_accuracy_drop` (points of `metric`):
     accuracy-aware, returning the most sensitive layers to float until the drop is within budget.
     Raises OptcError (one line) for bad options, bad data or a model with nothing to quantize.

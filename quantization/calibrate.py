@@ -254,7 +254,8 @@ def _kl_threshold(hist: np.ndarray, quant_levels: int) -> int:
 
 def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile: float = 99.999,
               batch_size: int | None = None, cache: str | None = None, show_progress: bool | None = None) -> Calibration:
-    """Calibrate every float activation of `model` (an optc Model, not modified) on `data`.
+    """Calibrate every float activation of `model` (an optc Model; only value types it lacks are filled in, by
+    ONNX shape inference) on `data`.
 
     `batch_size`: samples per run (None: 8, or the model's fixed batch dimension). `cache`: a JSON file of
     cached ranges (read when it matches this model, data and method; written after calibrating), or a
@@ -266,6 +267,10 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
         raise OptcError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
     if not 0 < percentile <= 100:
         raise OptcError(f"the percentile must be in (0, 100], not {percentile}")
+    if any(o is not None and o.dtype is None for n in model.graph for o in n.outputs):
+        from ..rewrites.passes.infer_shapes import infer_model_types
+
+        infer_model_types(model)
     names = [v.name for v in observable_values(model)]
     if not names:
         raise OptcError("the model has no float activations to calibrate")

@@ -25,7 +25,7 @@ from ..ir.types import DataType
 from ..rewrites.pattern import require
 from ..rewrites.rule import Rule
 from .numerics import quantize_weight
-from .qdq_rules import producer_dq
+from .qdq_rules import node_label, producer_dq
 
 __all__ = ["DynamicContext", "dynamic_rules"]
 
@@ -45,6 +45,7 @@ class DynamicContext:
 
     def excluded(self, node: Node) -> bool:
         return bool(self.exclude) and (node.name in self.exclude or node.op_type in self.exclude
+                                       or node_label(node) in self.exclude
                                        or any(o is not None and o.name in self.exclude for o in node.outputs))
 
 
@@ -57,7 +58,7 @@ class _DynamicRule(Rule):
         self.ctx = ctx
 
     def _skip(self, node: Node, reason: str) -> None:
-        self.ctx.skipped[node.name] = (node.op_type, reason)
+        self.ctx.skipped[node_label(node)] = (node.op_type, reason)
         require(False, reason)
 
     def _check_common(self, node: Node, a: Value, w: np.ndarray | None) -> None:
@@ -99,8 +100,8 @@ class DynamicQuantizeMatMul(_DynamicRule):
 
     def rewrite(self, op, m, a, w):
         y = self._matmul(op, a, np.asarray(m.const(w)), 1.0, m.root.name or "matmul")
-        self.ctx.quantized[m.root.name] = "MatMul"
-        self.ctx.skipped.pop(m.root.name, None)
+        self.ctx.quantized[node_label(m.root)] = "MatMul"
+        self.ctx.skipped.pop(node_label(m.root), None)
         return y
 
 
@@ -138,8 +139,8 @@ class DynamicQuantizeGemm(_DynamicRule):
             if beta != 1:
                 bias = (bias * beta).astype(np.float32)
             y = op.Add(y, op.const(bias, hint=f"{hint}_bias"))
-        self.ctx.quantized[node.name] = "Gemm"
-        self.ctx.skipped.pop(node.name, None)
+        self.ctx.quantized[node_label(node)] = "Gemm"
+        self.ctx.skipped.pop(node_label(node), None)
         return y
 
 

@@ -64,6 +64,7 @@ class QdqContext:
 
     def excluded(self, node: Node) -> bool:
         return bool(self.exclude) and (node.name in self.exclude or node.op_type in self.exclude
+                                       or node_label(node) in self.exclude
                                        or any(o is not None and o.name in self.exclude for o in node.outputs))
 
     def activation(self, v: Value) -> QParams | None:
@@ -109,6 +110,21 @@ def dq_params(dq: Node) -> tuple[np.ndarray, np.ndarray] | None:
     if z is None or z.size != 1:
         return None
     return s.reshape(()), z.reshape(())
+
+
+def node_label(node: Node) -> str:
+    """The node's name, or for an unnamed node its op type and first output ("Conv -> y")."""
+    if node.name:
+        return node.name
+    out = next((o.name for o in node.outputs if o is not None), "")
+    return f"{node.op_type} -> {out}"
+
+
+def keep_name(new_output: Value, old: Node) -> None:
+    """Give the node producing `new_output` (built by a rewrite, not inserted yet) the name of the node it
+    replaces, so reports, exclusions and error messages keep speaking of the user's node names."""
+    if new_output.producer is not None and old.name:
+        new_output.producer.name = old.name
 
 
 def _is_float32(v: Value | None) -> bool:
@@ -233,7 +249,7 @@ class QuantizeOp(Rule):
 
     # -- planning ---------------------------------------------------------------------------------
     def _skip(self, node: Node, reason: str) -> None:
-        self.ctx.skipped[node.name] = (node.op_type, reason)
+        self.ctx.skipped[node_label(node)] = (node.op_type, reason)
         require(False, reason)
 
     def _roles(self, node: Node) -> dict[int, str]:
@@ -344,13 +360,15 @@ class QuantizeOp(Rule):
             inputs[2] = self._bias(op, node, inputs, act_scale, weight_scale, hint)
         attrs = dict(node.attributes)
         y = getattr(op, node.op_type)(*inputs, _domain=node.domain, _version=node.version, **attrs)
-        self.ctx.quantized[node.name] = node.op_type
-        self.ctx.skipped.pop(node.name, None)
-        self.ctx.outputs[node.name] = (node.outputs[0].name, y)
+        keep_name(y, node)
+        label = node_label(node)
+        self.ctx.quantized[label] = node.op_type
+        self.ctx.skipped.pop(label, None)
+        self.ctx.outputs[label] = (node.outputs[0].name, y)
         if out_qp is None:
             return y
         if absorbed is not None:
-            self.ctx.quantized[absorbed.name] = f"{absorbed.op_type} (absorbed into {node.op_type}'s output range)"
+            self.ctx.quantized[node_label(absorbed)] = f"{absorbed.op_type} (absorbed into {node.op_type}'s output range)"
         return _qdq(op, y, out_qp, f"{node.outputs[0].name}")
 
     def _bias(self, op, node: Node, inputs: list, act_scale, wq: QParams | None, hint: str):

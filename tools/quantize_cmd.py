@@ -124,8 +124,10 @@ def register(sub) -> None:
                     "cpu: uint8)")
     st.add_argument("--weights", choices=["int8", "int4"], default="int8", help="weight type (int4: weight-only)")
     st.add_argument("--symmetric-activations", action="store_true", help="zero point 0 (128 for uint8)")
-    st.add_argument("--reduce-range", action="store_true", help="7-bit weights (avoids VPMADDUBSW saturation on "
-                    "AVX2 without VNNI)")
+    rr = st.add_mutually_exclusive_group()
+    rr.add_argument("--reduce-range", dest="reduce_range", action="store_true", default=None,
+                    help="7-bit weights (default on x86 CPUs without VNNI, whose VPMADDUBSW saturates u8 x s8 sums)")
+    rr.add_argument("--no-reduce-range", dest="reduce_range", action="store_false", help="full 8-bit weights")
     st.add_argument("--target", choices=TARGETS, default="cpu", help="whose integer kernels to suit (default cpu)")
     st.add_argument("--exclude", nargs="+", metavar="NODE_OR_OP", help="node names, op types or output names to "
                     "leave in float")
