@@ -307,3 +307,36 @@ def test_quantized_weights_keep_their_dequantize_linear():
     x = rng.standard_normal((2, 8)).astype(np.float32)
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])
     onnx.checker.check_model(out)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_a_half_precision_weight_is_widened_at_run_time_not_folded_to_float32(half):
+    """Weights stored as float16/bfloat16 behind a Cast to float32 (optc quantize --bfloat16 keeps float32
+    islands that way) stay half the size through -O2; a small half constant (< 64 elements) still folds."""
+    import ml_dtypes
+    import optc
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .conftest import run_ort
+
+    elem = TensorProto.FLOAT16 if half == "float16" else TensorProto.BFLOAT16
+    np_half = np.float16 if half == "float16" else ml_dtypes.bfloat16
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((16, 8)).astype(np_half)
+    small = rng.standard_normal((8,)).astype(np_half)
+    inits = [helper.make_tensor("w", elem, big.shape, big.view(np.uint16).ravel().tolist(), raw=False)
+             if half == "bfloat16" else numpy_helper.from_array(big, "w"),
+             helper.make_tensor("b", elem, small.shape, small.view(np.uint16).ravel().tolist(), raw=False)
+             if half == "bfloat16" else numpy_helper.from_array(small, "b")]
+    nodes = [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "wf"], ["h"]), helper.make_node("Add", ["h", "bf"], ["y"])]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(model), level=2))
+    casts = [n for n in out.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 1 and casts[0].input[0] == "w"
+    assert {t.name: t.data_type for t in out.graph.initializer}["w"] == elem
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])

@@ -11,3 +11,4 @@ __all__ = [
     "CommonSubexpressionElimination", "DeadCodeElimination", "FoldConstants", "InferShapes", "RewritePass",
     "available_rule_sets", "make_folder",
 ]
+from ...quantization import float_precision  # noqa: F401,E402  (registers convert-float)

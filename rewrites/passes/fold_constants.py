@@ -5,7 +5,9 @@ place among the graph outputs stay the same). Inside model-local functions, whic
 become `Constant` nodes instead. Evaluation uses numpy for the common cheap ops and onnx's reference evaluator
 for everything else. Never folded: non-deterministic ops (op table trait), ops with side effects, nodes with
 subgraphs, calls of model-local functions, ops of domains the reference evaluator does not know,
-DequantizeLinear (a QDQ model's int8/int4 weights stay quantized, for the runtime's integer kernels), and results
+DequantizeLinear (a QDQ model's int8/int4 weights stay quantized, for the runtime's integer kernels), a Cast
+that widens a float16/bfloat16 weight of 64 or more elements (weights stored in half precision stay half the
+size; the runtime widens them), and results
 larger than `size-limit` bytes when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...).
 
 IEEE semantics: data movement, integer arithmetic (wrapping as onnxruntime does; integer Div truncates toward
@@ -226,11 +228,24 @@ class ConstantFolder:
             return False
         return self._replace(node, graph, results)
 
+    @staticmethod
+    def _widens_half_weight(node: Node) -> bool:
+        """A Cast of a float16/bfloat16 constant of 64+ elements to float32/float64 (a weight stored in half
+        precision, see `quantization.float_precision`)."""
+        x = node.inputs[0] if node.inputs else None
+        if x is None or x.const is None or x.dtype is None:
+            return False
+        to = node.attr("to")
+        return (DataType(x.dtype) in (DataType.FLOAT16, DataType.BFLOAT16) and to is not None
+                and DataType(int(to)) in (DataType.FLOAT, DataType.DOUBLE) and math.prod(x.const.shape) >= 64)
+
     def _evaluate(self, node: Node, graph: Graph, opsets: dict[str, int], version: int):
         op = node.op_type
         self._in_bytes = 0
         if op == "DequantizeLinear":
             return None  # a quantized weight stays quantized: folding it loses the int8/int4 data for a 4x float
+        if op == "Cast" and node.domain == "" and self._widens_half_weight(node):
+            return None
         if self.fold_shapes and op in ("Shape", "Size") and node.domain == "" and node.inputs:
             x = node.inputs[0]
             shape = x.shape if x is not None else None
