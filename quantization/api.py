@@ -153,12 +153,15 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
     elif mode == "dynamic":
         from .dynamic import DynamicContext, dynamic_rules
 
-        ctx = DynamicContext(per_channel=per_channel, exclude=exclude_set)
+        if reduce_range is None:
+            reduce_range = target == "cpu" and QuantScheme.host_saturates()
+        ctx = DynamicContext(per_channel=per_channel, reduce_range=reduce_range, exclude=exclude_set)
         result = source
         apply_rules(result, dynamic_rules(ctx), PassContext(), "quantize-dynamic")
         optimize(result, passes="cse,dce", inplace=True)
         quantized, skipped = _entries(ctx.quantized, ctx.skipped, result)
-        report.update({"per_channel": per_channel, "quantized": quantized, "skipped": skipped})
+        report.update({"per_channel": per_channel, "reduce_range": reduce_range, "quantized": quantized,
+                       "skipped": skipped})
     elif mode == "weight-only":
         from .weight_only import quantize_weight_only
 

@@ -35,10 +35,12 @@ MIN_DIM = 16
 
 @dataclass
 class DynamicContext:
-    """Options and report of the dynamic rules: per-channel weights, exclusions (node names, op types, output
+    """Options and report of the dynamic rules: per-channel weights, 7-bit weights, exclusions (node names, op types, output
     names), `quantized` (node name -> op type) and `skipped` (node name -> (op type, reason))."""
 
     per_channel: bool = True
+    #: 7-bit weights (onnxruntime's VPMADDUBSW path saturates full 8-bit u8 x s8 pair sums; see scheme.py)
+    reduce_range: bool = False
     exclude: set[str] = field(default_factory=set)
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -78,7 +80,7 @@ class _DynamicRule(Rule):
 
     def _matmul(self, op, a: Value, w: np.ndarray, alpha: float, hint: str) -> Value:
         axis = 1 if self.ctx.per_channel else None
-        q, qp = quantize_weight(w, "int8", axis, symmetric=True)
+        q, qp = quantize_weight(w, "int8", axis, symmetric=True, reduce_range=self.ctx.reduce_range)
         a_q, a_scale, a_zp = op.DynamicQuantizeLinear(a, _outputs=3)
         w_zp = np.zeros(qp.scale.shape, np.int8)
         y_int = op.MatMulInteger(a_q, op.const(q, hint=f"{hint}_weight_quantized"), a_zp,

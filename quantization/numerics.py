@@ -26,13 +26,13 @@ _DTYPES = {"uint8": np.uint8, "int8": np.int8}
 
 def integer_range(dtype: str, *, symmetric: bool = False, reduce_range: bool = False) -> tuple[int, int]:
     """(qmin, qmax) of `dtype` ("uint8" or "int8"). Symmetric int8 is [-127, 127]; `reduce_range` uses 7 bits
-    ([0, 127]; [-64, 63], symmetric [-63, 63]), which avoids the int16 saturation of AVX2's VPMADDUBSW on u8 x s8 products."""
+    ([0, 127]; [-64, 63], symmetric [-64, 64] as onnxruntime), which avoids the int16 saturation of AVX2's VPMADDUBSW on u8 x s8 products."""
     if dtype not in _DTYPES:
         raise OptcError(f"unsupported quantized type '{dtype}' (use uint8 or int8)")
     if reduce_range:
         if dtype == "uint8":
             return 0, 127
-        return (-63, 63) if symmetric else (-64, 63)
+        return (-64, 64) if symmetric else (-64, 63)  # onnxruntime's: 255 x 64 x 2 = 32640 still fits int16
     if dtype == "uint8":
         return 0, 255
     return (-127, 127) if symmetric else (-128, 127)
