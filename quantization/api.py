@@ -94,6 +94,25 @@ def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, perc
     return model, report, ranges
 
 
+def _opset_for_standard_int4(model: Model) -> Model:
+    """The model at ai.onnx opset 21 (blocked int4 DequantizeLinear), converted by onnx's version converter
+    (its adapters rewrite the ops whose definition changed, e.g. Reshape/Squeeze/Cast); the model unchanged when
+    it already imports 21 or the converter cannot convert it (quantize_weight_only then explains)."""
+    from onnx import version_converter
+
+    from ..ir import from_onnx, to_onnx
+
+    have = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if have is None or have >= 21:
+        return model
+    try:
+        converted = version_converter.convert_version(to_onnx(model), 21)
+        onnx.checker.check_model(converted)
+    except Exception:  # noqa: BLE001 - the converter's failures are many kinds; the caller refuses in one line
+        return model
+    return from_onnx(converted)
+
+
 def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "minmax", percentile: float = 99.999,
                          per_channel: bool = True, activations: str | None = None, weights: str = "int8",
                          symmetric_activations: bool | None = None, reduce_range: bool | None = None,
@@ -167,7 +186,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
 
         if weight_only != "int4":
             raise OptcError(f"--weight-only supports int4, not '{weight_only}'")
-        result = source
+        result = _opset_for_standard_int4(source) if format == "standard" else source
         report.update(quantize_weight_only(result, bits=4, block_size=block_size, format=format,
                                            exclude=tuple(exclude_set)))
     else:
