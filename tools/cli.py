@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("optc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `optc ... --json | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:  # an optc bug, not a user error: still one line unless debugging
         if os.environ.get("OPTC_DEBUG"):
             raise
