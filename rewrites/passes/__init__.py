@@ -11,4 +11,4 @@ __all__ = [
     "CommonSubexpressionElimination", "DeadCodeElimination", "FoldConstants", "InferShapes", "RewritePass",
     "available_rule_sets", "make_folder",
 ]
-from ...quantization import float_precision  # noqa: F401,E402  (registers convert-float)
+from ...quantization import float_precision, passes  # noqa: F401,E402  (register convert-float, insert-qdq, quantize-dynamic)
