@@ -20,7 +20,7 @@ runs, ratio to float32), file size (ratio to float32), and calibration time and 
 onnxruntime's calibrator, each in a fresh process. A cell optc cannot fill says "n/a (first line of the error)".
 
     python benchmarks/quantize.py                      # everything; results into RESULTS.md ("Quantization")
-    python benchmarks/quantize.py --quick              # small models, few repeats (a smoke check, ~3 min)
+    python benchmarks/quantize.py --quick              # small models, few repeats (a smoke check, < 1 min)
     python benchmarks/quantize.py --models digits,gpt2 --repeat 50
 """
 
@@ -53,7 +53,7 @@ CALIB_SAMPLES, EVAL_SAMPLES = 32, 16
 
 # Sizes of the generated models. Default: a ResNet with ResNet-50's bottleneck widths and ResNet-18's depth (two
 # blocks a stage) at 224x224, MobileNetV2 1.0 at 224x224, and the BERT-like / GPT-2-like sizes of models.py's
-# torch modules; the whole default run takes about 10 minutes on 2 cores.
+# torch modules; the whole default run takes about 5 minutes on 2 cores (--quick: under a minute).
 SIZES: dict[str, dict[str, tuple[Callable, dict]]] = {
     "full": {"resnet": (resnet_like, {"width": 32, "blocks": (2, 2, 2, 2), "image": 224}),
              "mobilenet": (mobilenetv2_like, {"image": 224, "width": 1.0}),
@@ -271,7 +271,8 @@ def measure_model(spec: dict, repeat: int) -> dict:
             times[label].append(time.perf_counter() - t)
     for row in rows:
         if row["label"] in times:
-            row["ms"] = 1e3 * statistics.median(times[row["label"]])
+            q1, med, q3 = statistics.quantiles(times[row["label"]], n=4)
+            row["ms"], row["iqr_pct"] = 1e3 * med, 100 * (q3 - q1) / med
     return {"model": spec["name"], "desc": spec["desc"], "rows": rows, "notes": spec.get("notes", [])}
 
 
@@ -355,7 +356,7 @@ def _table(res: dict, groups: tuple[str, ...]) -> list[str]:
     rows = res["rows"]
     fp = next(r for r in rows if r["group"] == "fp32")
     acc = res["model"] == "digits"
-    head = ["candidate", "accuracy" if acc else "top-1 agree", "cosine", "latency ms", "vs fp32", "size kB",
+    head = ["candidate", "accuracy" if acc else "top-1 agree", "cosine", "latency ms", "IQR", "vs fp32", "size kB",
             "vs fp32"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -369,7 +370,8 @@ def _table(res: dict, groups: tuple[str, ...]) -> list[str]:
         first = f"{r['accuracy']:.4f}" if acc else f"{r['top1_agree']:.3f}"
         ms = r.get("ms")
         out.append(f"| {r['label']} | {first} | {r['cosine']:.4f} | " + (f"{ms:.3f}" if ms else "-")
-                   + f" | {_ratio(ms, fp.get('ms'))} | {r['bytes'] / 1e3:.1f} | {_ratio(r['bytes'], fp['bytes'])} |")
+                   + (f" | {r['iqr_pct']:.0f}%" if ms else " | -") + f" | {_ratio(ms, fp.get('ms'))} | "
+                   + f"{r['bytes'] / 1e3:.1f} | {_ratio(r['bytes'], fp['bytes'])} |")
     return out
 
 
@@ -440,7 +442,8 @@ def markdown(results: list[dict], calib: dict, meta: dict) -> str:
     out = ["## Quantization", "",
            f"`python benchmarks/quantize.py {meta['argv']}` — {meta['date']}, {meta['cpu']}, {meta['machine']}; "
            f"onnxruntime {meta['onnxruntime']} (CPU, 1 intra-op thread, all graph optimizations). Latency: median "
-           f"of {meta['repeat']} runs after 3 warm-up runs, every candidate of a model timed in alternation; batch "
+           f"of {meta['repeat']} runs after 3 warm-up runs (IQR: interquartile range / median), every candidate of "
+           "a model timed in alternation; batch "
            "1 (digits: batch 32). Agreement with float32: top-1 along the last axis and cosine similarity of the "
            f"first output on {EVAL_SAMPLES} held-out random inputs (digits: top-1 accuracy on the 360 held-out "
            f"images). Calibration: {CALIB_SAMPLES} random samples (images N(0, 1), token ids in range; digits: "
@@ -490,7 +493,7 @@ def main() -> int:
                     help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="small models, 10 repeats (a smoke check)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
-    ap.add_argument("--repeat", type=int, help="timed runs per candidate (default 50, --quick 10)")
+    ap.add_argument("--repeat", type=int, help="timed runs per candidate (default 100, --quick 10)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per calibration worker")
     ap.add_argument("--note", action="append", default=[], help="a line for the notes under the tables")
     ap.add_argument("--out", default=RESULTS)
@@ -503,7 +506,7 @@ def main() -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         ap.error(f"unknown models {unknown}; known: {', '.join(MODELS)}")
-    repeat = args.repeat or (10 if args.quick else 50)
+    repeat = args.repeat or (10 if args.quick else 100)
     results, calib = [], {}
     for name in names:
         print(f"{name}:", file=sys.stderr, flush=True)
