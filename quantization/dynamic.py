@@ -7,6 +7,8 @@ matmul_integer_to_float.cc`):
     a_q, a_scale, a_zp = DynamicQuantizeLinear(a)                     # uint8, per tensor, at run time
     y = Cast(MatMulInteger(a_q, W_q, a_zp, W_zp), to=float) * (a_scale * W_scale)   [+ bias]
 
+Gather on a constant table (an embedding) becomes a Gather of an int8 table followed by DequantizeLinear.
+
 W_q: symmetric int8, per column (W_scale of shape [N], per_channel) or per tensor. Gemm (onnxruntime's
 quantizer skips it) becomes the same chain: B transposed at compile time when transB = 1, alpha folded into
 W_scale, beta * C added as the bias.
@@ -25,7 +27,7 @@ from ..ir.types import DataType
 from ..rewrites.pattern import require
 from ..rewrites.rule import Rule
 from .numerics import quantize_weight
-from .qdq_rules import node_label, producer_dq
+from .qdq_rules import keep_name, node_label, producer_dq
 
 __all__ = ["DynamicContext", "dynamic_rules"]
 
@@ -102,6 +104,7 @@ class DynamicQuantizeMatMul(_DynamicRule):
 
     def rewrite(self, op, m, a, w):
         y = self._matmul(op, a, np.asarray(m.const(w)), 1.0, m.root.name or "matmul")
+        keep_name(y, m.root)
         self.ctx.quantized[node_label(m.root)] = "MatMul"
         self.ctx.skipped.pop(node_label(m.root), None)
         return y
@@ -141,11 +144,48 @@ class DynamicQuantizeGemm(_DynamicRule):
             if beta != 1:
                 bias = (bias * beta).astype(np.float32)
             y = op.Add(y, op.const(bias, hint=f"{hint}_bias"))
+        keep_name(y, node)
         self.ctx.quantized[node_label(node)] = "Gemm"
         self.ctx.skipped.pop(node_label(node), None)
         return y
 
 
+class DynamicQuantizeGather(_DynamicRule):
+    """Gather(table, ids) on a constant float32 [V, D] table (an embedding) -> DequantizeLinear(Gather(table_q,
+    ids)): an int8 table (symmetric, per tensor), dequantized after the lookup (exact: a per-tensor
+    DequantizeLinear commutes with Gather), as onnxruntime's quantize_dynamic does for Gather."""
+
+    def pattern(self, op, table, ids):
+        return op.Gather(table, ids)
+
+    def check(self, m, table, ids):
+        node = m.root
+        w = m.const(table)
+        require(w is not None, "the table is not a constant")
+        if self.ctx.excluded(node):
+            self._skip(node, "excluded by the user")
+        require(int(node.attr("axis", 0)) == 0, "Gather along an axis other than 0")
+        if w.dtype != np.float32 or w.ndim != 2:
+            self._skip(node, "not a float32 [V, D] table")
+        if min(w.shape) < MIN_DIM:
+            self._skip(node, f"the table {list(w.shape)} is smaller than {MIN_DIM} on a side")
+        if not np.isfinite(w).all():
+            self._skip(node, "the table holds NaN or infinities")
+        return True
+
+    def rewrite(self, op, m, table, ids):
+        node = m.root
+        q, qp = quantize_weight(np.asarray(m.const(table)), "int8", None, symmetric=True)
+        hint = node.name or "gather"
+        rows = op.Gather(op.const(q, hint=f"{hint}_table_quantized"), ids, axis=0)
+        y = op.DequantizeLinear(rows, op.const(np.asarray(qp.scale, np.float32).reshape(()), hint=f"{hint}_scale"),
+                                op.const(np.zeros((), np.int8), hint=f"{hint}_zero_point"))
+        keep_name(rows, node)
+        self.ctx.quantized[node_label(node)] = "Gather"
+        self.ctx.skipped.pop(node_label(node), None)
+        return y
+
+
 def dynamic_rules(ctx: DynamicContext) -> list[Rule]:
-    """The rule list of dynamic quantization (MatMul and Gemm with constant weights)."""
-    return [DynamicQuantizeMatMul(ctx), DynamicQuantizeGemm(ctx)]
+    """The rule list of dynamic quantization (MatMul and Gemm with constant weights, embedding Gathers)."""
+    return [DynamicQuantizeMatMul(ctx), DynamicQuantizeGemm(ctx), DynamicQuantizeGather(ctx)]

@@ -113,3 +113,27 @@ def test_an_old_opset_is_refused_in_one_line():
     m.opset_import[0].version = 10
     with pytest.raises(OptcError, match="needs ai.onnx opset 11"):
         quantize_with_report(m, dynamic=True)
+
+
+def test_embedding_gather_gets_an_int8_table_dequantized_after_the_lookup():
+    rng = np.random.default_rng(3)
+    table = (rng.standard_normal((100, 32)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Gather", ["small", "ids"], ["s"], name="small_embed"),
+             helper.make_node("Add", ["e", "s"], ["y"])]
+    inits = [numpy_helper.from_array(table, "table"),
+             numpy_helper.from_array(rng.standard_normal((100, 8)).astype(np.float32).repeat(4, 1), "small")]
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 32])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    q, report = quantize_with_report(m, dynamic=True)
+    proto = optc.to_onnx(q)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {e["node"] for e in report["quantized"]} == {"embed", "small_embed"}
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
+    inits_q = {t.name: t for t in proto.graph.initializer}
+    assert all(inits_q[n.input[0]].data_type == TensorProto.INT8 for n in gathers)
+    ids = rng.integers(0, 100, (2, 5)).astype(np.int64)
+    want, got = run_ort(m, {"ids": ids})[0], run_ort(proto, {"ids": ids})[0]
+    scale = np.abs(table).max() / 127
+    assert np.abs(got - want).max() <= 2 * scale  # each of the two tables within half a step (+ rounding)
