@@ -140,9 +140,9 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
         eval_data, model_input_specs(model), labels=labels if metric in ("top1", "top5") else None,
         role="test data")
     base = evaluate(model, test, labels=labels, metric=metric, progress=show_progress)
-    kept = set(exclude)
+    kept: set[str] = set()
     q, report, ranges = quantize(copy_model(model), data, scheme=scheme, method=method, percentile=percentile,
-                                 exclude=kept, batch_size=batch_size, cache=cache, show_progress=show_progress)
+                                 exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress)
     value = evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
     steps = [{"returned_to_float": None, "value": value, "drop": _drop(base["value"], value, metric)}]
     best = (steps[0]["drop"], q, report, [])
@@ -150,13 +150,15 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
         ranked = layer_sensitivity(model, q, report.pop("_outputs"), data)
         for node, sensitivity in ranked:
             kept.add(node)
+            if len(kept) == len(ranked):  # every layer back in float: nothing quantized is left to measure
+                break
             q, report, _ = quantize(copy_model(model), data, scheme=scheme, method=method, percentile=percentile,
-                                    exclude=kept, batch_size=batch_size, cache=cache, show_progress=show_progress,
-                                    ranges=ranges)
+                                    exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress,
+                                    ranges=ranges, keep_float=frozenset(kept))
             report.pop("_outputs", None)
             value = evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
             drop = _drop(base["value"], value, metric)
-            float_layers = sorted(kept - exclude)
+            float_layers = sorted(kept)
             steps.append({"returned_to_float": node, "sensitivity": round(sensitivity, 6), "value": value,
                           "drop": drop})
             if drop < best[0]:

@@ -25,6 +25,7 @@ from ..rewrites.context import PassContext
 from ..rewrites.driver import apply_rules
 from ..rewrites.pipelines import copy_model, optimize
 from .scheme import QuantScheme
+from .selection import check_names
 
 __all__ = ["quantize", "quantize_with_report"]
 
@@ -73,7 +74,7 @@ def _entries(quantized: dict[str, str], skipped: dict[str, tuple[str, str]], mod
 
 def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, percentile: float, exclude: set[str],
             batch_size: int | None, cache: str | None, show_progress: bool | None,
-            ranges=None) -> tuple[Model, dict, Any]:
+            ranges=None, keep_float: frozenset[str] = frozenset()) -> tuple[Model, dict, Any]:
     from .calibrate import calibrate
     from .data import Dataset, model_input_specs, open_dataset
     from .qdq_rules import QdqContext, qdq_rules
@@ -83,7 +84,7 @@ def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, perc
             calibration, model_input_specs(model), role="calibration data")
         ranges = calibrate(model, data, method=method, percentile=percentile, batch_size=batch_size, cache=cache,
                            show_progress=show_progress)
-    ctx = QdqContext(scheme, dict(ranges.ranges), set(ranges.nonfinite), set(exclude))
+    ctx = QdqContext(scheme, dict(ranges.ranges), set(ranges.nonfinite), set(exclude), set(keep_float))
     apply_rules(model, qdq_rules(ctx), PassContext(), "quantize-qdq")
     optimize(model, passes="cse,dce", inplace=True)
     quantized, skipped = _entries(ctx.quantized, ctx.skipped, model)
@@ -139,6 +140,10 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
     Raises OptcError (one line) for bad options, bad data or a model with nothing to quantize.
     """
     mode = _mode(calibration, dynamic, weight_only, float16, bfloat16)
+    if max_accuracy_drop is not None and not max_accuracy_drop >= 0:  # NaN too
+        raise OptcError(f"--max-accuracy-drop must be a number >= 0, not {max_accuracy_drop}")
+    if batch_size is not None and batch_size < 1:
+        raise OptcError(f"--batch-size must be 1 or more, not {batch_size}")
     if max_accuracy_drop is not None and (mode != "static" or eval_data is None):
         raise OptcError("--max-accuracy-drop needs static quantization (calibration data) and --eval data")
     if weights not in ("int8", "int4"):
@@ -148,6 +153,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
                         "dynamic quantization store int8 weights")
     start = time.perf_counter()
     source = _load(model)
+    check_names(source, exclude)
     _check_opset(source, mode)
     if optimize_first:
         optimize(source, level=2, inplace=True)

@@ -290,6 +290,9 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     ranges, nonfinite, samples = _minmax(runner, show_progress)
     if samples == 0:
         raise OptcError(f"calibration data '{data.path}' holds no samples")
+    bad = [v.name for v in model.graph.inputs if v.name in nonfinite]
+    if bad:
+        raise OptcError(f"calibration data '{data.path}' array '{bad[0]}' holds NaN or infinite values")
     if method == "percentile":
         hists = _histograms(runner, ranges, False, show_progress)
         ranges = {n: _percentile_range(hists[n], *ranges[n], percentile) for n in ranges}

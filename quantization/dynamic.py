@@ -27,7 +27,8 @@ from ..ir.types import DataType
 from ..rewrites.pattern import require
 from ..rewrites.rule import Rule
 from .numerics import quantize_weight
-from .qdq_rules import keep_name, node_label, producer_dq
+from .qdq_rules import keep_name, producer_dq
+from .selection import matches, node_label
 
 __all__ = ["DynamicContext", "dynamic_rules"]
 
@@ -48,9 +49,7 @@ class DynamicContext:
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def excluded(self, node: Node) -> bool:
-        return bool(self.exclude) and (node.name in self.exclude or node.op_type in self.exclude
-                                       or node_label(node) in self.exclude
-                                       or any(o is not None and o.name in self.exclude for o in node.outputs))
+        return matches(node, self.exclude)
 
 
 def _float32(v: Value | None) -> bool:
@@ -68,7 +67,8 @@ class _DynamicRule(Rule):
     def _check_common(self, node: Node, a: Value, w: np.ndarray | None) -> None:
         if self.ctx.excluded(node):
             self._skip(node, "excluded by the user")
-        require(w is not None, "the weight is not a constant")
+        if w is None:
+            self._skip(node, "the weight (input 1) is not a constant")
         if producer_dq(a) is not None:
             self._skip(node, "the input is already dequantized (a quantized model)")
         if not _float32(a) or w.dtype != np.float32:
@@ -120,7 +120,8 @@ class DynamicQuantizeGemm(_DynamicRule):
 
     def check(self, m, a, w):
         node = m.root
-        require(int(node.attr("transA", 0)) == 0, "Gemm with transA")
+        if int(node.attr("transA", 0)):
+            self._skip(node, "Gemm with transA = 1")
         b = m.const(w)
         self._check_common(node, a, b)
         c = node.inputs[2] if len(node.inputs) > 2 else None

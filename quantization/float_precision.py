@@ -47,6 +47,7 @@ from ..ir.types import DataType, TensorType, type_to_proto
 from ..ortsession import session
 from ..rewrites.context import PassContext, PassResult
 from ..rewrites.pass_manager import Pass, register_pass
+from .selection import matches, node_label
 
 __all__ = ["ConvertFloat", "convert_float"]
 
@@ -153,10 +154,6 @@ def _is_f32(v: Value | None) -> bool:
     return v is not None and (isinstance(v.type, TensorType) or v.type is None) and v.dtype == _F32
 
 
-def _label(node: Node) -> str:
-    return node.name or next((o.name for o in node.outputs if o is not None and o.name), node.op_type)
-
-
 # -- the conversion ----------------------------------------------------------------------------------------
 
 
@@ -217,7 +214,7 @@ class _Converter:
         if not f32_in and not f32_out:
             return None
         plan = _Plan()
-        if node.name in self.exclude or node.op_type in self.exclude:
+        if matches(node, self.exclude):
             plan.reason = "excluded"
             return plan
         if node.subgraphs():
@@ -355,7 +352,7 @@ class _Converter:
         stored_low = {v: self._store_low(v) for v in constants}
         self._retype(stored_low)
         casts = self._insert_casts(stored_low)
-        kept = [{"node": _label(n), "op": n.op_type, "reason": p.reason} for n, p in self.plans.items()
+        kept = [{"node": node_label(n), "op": n.op_type, "reason": p.reason} for n, p in self.plans.items()
                 if p.reason is not None]
         converted = sum(1 for p in self.plans.values() if p.reason is None)
         self.changed += converted + casts

@@ -42,8 +42,9 @@ from ..rewrites.pattern import require
 from ..rewrites.rule import Rule
 from .numerics import QParams, activation_qparams, integer_range, quantize, quantize_bias, quantize_weight
 from .scheme import QuantScheme
+from .selection import matches, node_label
 
-__all__ = ["OP_SPECS", "QdqContext", "qdq_rules"]
+__all__ = ["OP_SPECS", "QdqContext", "keep_name", "node_label", "qdq_rules"]
 
 
 @dataclass
@@ -56,6 +57,8 @@ class QdqContext:
     ranges: dict[str, tuple[float, float]]
     nonfinite: set[str] = field(default_factory=set)
     exclude: set[str] = field(default_factory=set)
+    #: nodes the accuracy-aware mode returned to float (reported apart from the user's exclusions)
+    keep_float: set[str] = field(default_factory=set)
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: quantized node name -> (its output's name before quantization, the new node's float output Value)
@@ -63,9 +66,7 @@ class QdqContext:
     _params: dict[str, QParams] = field(default_factory=dict)
 
     def excluded(self, node: Node) -> bool:
-        return bool(self.exclude) and (node.name in self.exclude or node.op_type in self.exclude
-                                       or node_label(node) in self.exclude
-                                       or any(o is not None and o.name in self.exclude for o in node.outputs))
+        return matches(node, self.exclude)
 
     def activation(self, v: Value) -> QParams | None:
         """Per-tensor parameters for activation `v` from its calibrated range (None: no usable range)."""
@@ -110,14 +111,6 @@ def dq_params(dq: Node) -> tuple[np.ndarray, np.ndarray] | None:
     if z is None or z.size != 1:
         return None
     return s.reshape(()), z.reshape(())
-
-
-def node_label(node: Node) -> str:
-    """The node's name, or for an unnamed node its op type and first output ("Conv -> y")."""
-    if node.name:
-        return node.name
-    out = next((o.name for o in node.outputs if o is not None), "")
-    return f"{node.op_type} -> {out}"
 
 
 def keep_name(new_output: Value, old: Node) -> None:
@@ -284,6 +277,8 @@ class QuantizeOp(Rule):
         ctx = self.ctx
         if ctx.excluded(node):
             self._skip(node, "excluded by the user")
+        if matches(node, ctx.keep_float):
+            self._skip(node, "returned to float to meet --max-accuracy-drop")
         roles = self._roles(node)
         plan: dict[int, str] = {}
         for i, role in roles.items():

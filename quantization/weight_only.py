@@ -52,6 +52,7 @@ from ..rewrites.driver import apply_rules
 from ..rewrites.passes.infer_shapes import infer_model_types
 from ..rewrites.pattern import MatchFailed, Optional
 from ..rewrites.rule import Match, Rule
+from .selection import matches, node_label
 
 __all__ = ["BlockQuant", "quantize_blocks", "quantize_weight_only", "pack_matmul_nbits"]
 
@@ -181,11 +182,6 @@ class _Log:
     weights: list[Value] = field(default_factory=list)
 
 
-def _node_label(node: Node) -> str:
-    out = next((o.name for o in node.outputs if o is not None and o.name), "")
-    return node.name or out
-
-
 class _WeightRule(Rule):
     """Shared checks of the weight-only rules; `options` and `log` are per run."""
 
@@ -196,13 +192,13 @@ class _WeightRule(Rule):
         self.log = log
 
     def _skip(self, node: Node, reason: str) -> None:
-        self.log.skipped[node] = {"node": _node_label(node), "op": node.op_type, "reason": reason}
+        self.log.skipped[node] = {"node": node_label(node), "op": node.op_type, "reason": reason}
         raise MatchFailed(reason)
 
     def _weight(self, m: Match, w: Value, what: str) -> np.ndarray:
         """The constant float 2-D array of `w`, or skip the node with the reason."""
         node = m.root
-        if _node_label(node) in self.options.exclude or node.name in self.options.exclude:
+        if matches(node, self.options.exclude):
             self._skip(node, "excluded")
         arr = m.const(w)
         if arr is None:
@@ -225,7 +221,7 @@ class _WeightRule(Rule):
             self._skip(node, f"too small: {k_name}={k}, {n_name}={n} (each must be >= {MIN_DIM})")
 
     def _record(self, m: Match, w: Value, shape: Sequence[int]) -> None:
-        self.log.quantized[m.root] = {"node": _node_label(m.root), "op": m.root.op_type, "weight": w.name,
+        self.log.quantized[m.root] = {"node": node_label(m.root), "op": m.root.op_type, "weight": w.name,
                                       "shape": [int(d) for d in shape]}
         self.log.skipped.pop(m.root, None)
         self.log.weights.append(w)
@@ -443,7 +439,7 @@ def quantize_weight_only(model: Model, *, bits: int = 4, block_size: int = 32, f
     apply_rules(model, rules, PassContext(opsets=dict(model.opset_imports)), "quantize-weight-only", rewriter=rw,
                 max_rewrites=max(100_000, 4 * sum(len(g) for g in model.graphs())))
     quantized = [entry for node, entry in log.quantized.items() if node.graph is None]
-    skipped = [log.skipped.get(node, {"node": _node_label(node), "op": node.op_type,
+    skipped = [log.skipped.get(node, {"node": node_label(node), "op": node.op_type,
                                       "reason": "the rewrite was rejected (its new nodes failed type inference)"})
                for node in candidates if node.graph is not None and (node in log.skipped or node in log.quantized)]
     if not quantized:

@@ -73,11 +73,19 @@ def build_pipeline(level: int | None = DEFAULT_LEVEL, passes: str | Pass | list[
 
 
 def copy_model(model: Model) -> Model:
-    """An independent copy (through ONNX; tensor payloads are shared read-only, external data stays mapped)."""
+    """An independent copy (through ONNX; tensor payloads are shared read-only, external data stays mapped).
+    Node `meta` (which rule made a node, which user nodes it stands for) is not ONNX: it is copied node by node."""
     from ..ir.onnx_export import to_onnx
     from ..ir.onnx_import import from_onnx
 
-    return from_onnx(to_onnx(model), base_dir=model.base_dir)
+    new = from_onnx(to_onnx(model), base_dir=model.base_dir)
+    for old_graph, new_graph in zip(model.graphs(), new.graphs(), strict=False):
+        old_nodes, new_nodes = list(old_graph), list(new_graph)
+        if len(old_nodes) == len(new_nodes):
+            for a, b in zip(old_nodes, new_nodes, strict=True):
+                if a.meta and a.op_type == b.op_type:
+                    b.meta = dict(a.meta)
+    return new
 
 
 def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrument] = (),

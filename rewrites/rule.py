@@ -262,6 +262,18 @@ class RewriteBuilder:
         return build
 
 
+def _origin(nodes: list[Node]) -> list[str]:
+    """The names of the user's nodes that `nodes` (a match) stand for: their names, or the names they carry in
+    `meta["from"]` when a rule made them; a rewrite's new nodes keep this list (`node.meta["from"]`), so a fused
+    node can still be found by the names of the nodes it replaced (`optc quantize --exclude`)."""
+    names: list[str] = []
+    for n in nodes:
+        for name in (n.meta or {}).get("from") or ([n.name] if n.name else []):
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def _types_compatible(old, new) -> str | None:
     """Why `new` cannot stand for `old` (None when compatible; unknown parts are compatible)."""
     if old is None or new is None:
@@ -399,6 +411,9 @@ class RuleApplier:
         why = self._infer(builder, m.opsets)
         if why:
             return why
+        origin = _origin(m.nodes)
+        for n in builder.nodes:
+            n.meta["from"] = origin
         for old, new in zip(m.outputs, results, strict=False):
             why = _types_compatible(old.type, new.type)
             if why:

@@ -197,3 +197,86 @@ def test_shared_quantization_case(tmp_path, capfd, name):
     src, out = onnx.load(case / "model.onnx"), onnx.load(out_path)
     for check in spec["checks"]:
         _check(check, case, src, out, out_path, spec.get("tol", {"atol": 0.0, "rtol": 0.0}))
+
+
+# -- found by a fresh user trying to break it -----------------------------------------------------------------
+
+
+def _mlp(path: Path, scale_outlier: float | None = None) -> tuple[Path, Path]:
+    """fc1 (MatMul) -> Relu -> fc2 (MatMul) + add (bias): -O2 fuses fc2 + add into one Gemm; and its data."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"],
+                                                                                          name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["z"], name="fc2"), helper.make_node("Add", ["z", "b"], ["y"],
+                                                                                         name="add")]
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32) * 0.3, "w1"),
+             numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32) * 0.3, "w2"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path / "m.onnx")
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    if scale_outlier:
+        x[0] *= scale_outlier
+    y = run_ort(str(path / "m.onnx"), {"x": x})[0].argmax(1)
+    write_npz(str(path / "data.npz"), {"x": x, "y": y.astype(np.int64)})
+    return path / "m.onnx", path / "data.npz"
+
+
+def test_exclude_follows_a_node_into_the_fusion_that_replaced_it_and_a_typo_is_an_error(tmp_path, capfd):
+    model, data = _mlp(tmp_path)
+    rc, _, err = _run(capfd, "quantize", model, "-o", tmp_path / "q.onnx", "--calibration", data, "--exclude", "fc2",
+                      "--report", tmp_path / "r.json")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [e["op"] for e in report["skipped"]] == ["Gemm"] and report["skipped"][0]["reason"] == "excluded by the user"
+    rc, _, err = _run(capfd, "quantize", model, "-o", tmp_path / "q2.onnx", "--calibration", data, "--exclude", "fc9")
+    assert rc == 2 and "--exclude 'fc9' names no node" in err and not (tmp_path / "q2.onnx").exists()
+
+
+def test_a_budget_no_quantized_model_meets_exits_1_with_the_best_model_and_the_steps(tmp_path, capfd):
+    model, data = _mlp(tmp_path, scale_outlier=300.0)  # one outlier sample ruins the ranges
+    rc, out, err = _run(capfd, "quantize", model, "-o", tmp_path / "q.onnx", "--calibration", data, "--eval", data,
+                        "--max-accuracy-drop", "0", "--json")
+    acc = json.loads(out)["accuracy"]
+    assert not acc["met"] and acc["steps"][0]["drop"] > 20 and len(acc["steps"]) == 2  # fc1 back; fc2 is the last
+    assert rc == 1 and "NOT within the budget" in err and (tmp_path / "q.onnx").exists()
+    assert "excluded by the user" not in out  # layers returned to float are not called user exclusions
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--max-accuracy-drop", "nan", "--eval", "DATA"], "must be a number >= 0"),
+    (["--batch-size", "0"], "--batch-size must be 1 or more"),
+    (["--block-size", "64"], "--block-size applies to weight-only quantization, not to static"),
+    (["--report", "nodir/r.json"], "does not exist"),
+])
+def test_options_that_cannot_apply_are_refused_before_any_work(tmp_path, capfd, argv, message):
+    model, data = _mlp(tmp_path)
+    argv = [str(data) if a == "DATA" else str(tmp_path / a) if a.startswith("nodir") else a for a in argv]
+    rc, _, err = _run(capfd, "quantize", model, "-o", tmp_path / "q.onnx", "--calibration", data, *argv)
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_nan_in_the_calibration_data_is_named_as_such(tmp_path, capfd):
+    model, _ = _mlp(tmp_path)
+    x = np.ones((8, 16), np.float32)
+    x[3, 2] = np.nan
+    write_npz(str(tmp_path / "nan.npz"), {"x": x})
+    rc, _, err = _run(capfd, "quantize", model, "-o", tmp_path / "q.onnx", "--calibration", tmp_path / "nan.npz")
+    assert rc == 2 and "array 'x' holds NaN or infinite values" in err
+
+
+def test_evaluate_names_the_baseline_when_the_baseline_is_the_one_with_too_few_classes(tmp_path, capfd):
+    model, data = _mlp(tmp_path)
+    g = helper.make_graph([helper.make_node("Slice", ["x", "st", "en", "ax"], ["y"])], "two",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                          [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in
+                           (("st", 0), ("en", 2), ("ax", 1))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "two.onnx")
+    with np.load(data) as d:
+        if d["y"].max() < 2:
+            pytest.skip("the labels happen to fit two classes")
+    rc, _, err = _run(capfd, "evaluate", model, "--data", data, "--baseline", tmp_path / "two.onnx")
+    assert rc == 2 and "two.onnx" in err and "m.onnx" not in err

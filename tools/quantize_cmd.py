@@ -37,6 +37,7 @@ def run(args) -> int:
     check_output_path(args.model, args.output)
     if args.report:
         check_output_path(args.model, args.report)
+    _check_mode_options(args)
     if args.calibration is not None and not args.no_cache and args.ranges_cache is None:
         os.makedirs(default_cache_dir(), exist_ok=True)
         args.ranges_cache = default_cache_dir()
@@ -53,7 +54,7 @@ def run(args) -> int:
         block_size=args.block_size, format=args.format, float16=args.float16, bfloat16=args.bfloat16,
         keep_io_types=not args.no_keep_io_types, eval_data=args.eval, labels=args.labels, metric=args.metric,
         max_accuracy_drop=max_drop, ranges_cache=args.ranges_cache, batch_size=args.batch_size)
-    save(model, args.output)
+    save(model, args.output)  # (the report's directory was checked before any work)
     report.update({"input": args.model, "output": args.output, "bytes_in": _size(args.model),
                    "bytes_out": _size(args.output)})
     if isinstance(report.get("accuracy", {}).get("max_drop"), float) and math.isinf(report["accuracy"]["max_drop"]):
@@ -64,7 +65,33 @@ def run(args) -> int:
         json.dump(report, sys.stdout, indent=2)
         print()
     _summary(report)
-    return 0
+    acc = report.get("accuracy")
+    return 1 if acc and acc["max_drop"] is not None and not acc["met"] else 0
+
+
+#: options that only one mode reads, with their defaults (given with another mode: an error, not silence)
+_MODE_OPTIONS = {
+    "static": {"method": "minmax", "percentile": 99.999, "activations": None, "symmetric_activations": False,
+               "eval": None, "max_accuracy_drop": None, "ranges_cache": None, "batch_size": None},
+    "weight-only": {"block_size": None, "format": None},
+    "float": {"no_keep_io_types": False},
+}
+
+
+def _check_mode_options(args) -> None:
+    mode = ("static" if args.calibration is not None else "weight-only" if args.weight_only
+            else "float" if args.float16 or args.bfloat16 else "dynamic")
+    for owner, options in _MODE_OPTIONS.items():
+        if owner == mode:
+            continue
+        for name, default in options.items():
+            if getattr(args, name) != default:
+                flag = "--" + name.replace("_", "-")
+                raise OptcError(f"{flag} applies to {owner} quantization, not to {mode}")
+    if args.block_size is None:
+        args.block_size = 32
+    if args.format is None:
+        args.format = "standard"
 
 
 def _summary(report: dict) -> None:
@@ -140,10 +167,11 @@ def register(sub) -> None:
     acc.add_argument("--labels", default="y", metavar="NAME", help="the labels array in --eval data (default y)")
     acc.add_argument("--metric", choices=["top1", "top5", "mse", "cosine"], default="top1")
     acc.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="return the most sensitive layers "
-                     "to float until the drop (percentage points; mse: increase) is at most POINTS")
+                     "to float until the drop (percentage points; mse: increase) is at most POINTS; exit 1 (the best "
+                     "model found still written) when no quantized model meets it")
     wo = p.add_argument_group("weight-only and float16")
-    wo.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
-    wo.add_argument("--format", choices=["standard", "contrib"], default="standard",
+    wo.add_argument("--block-size", type=int, default=None, help="int4 block size (default 32)")
+    wo.add_argument("--format", choices=["standard", "contrib"], default=None,
                     help="int4 as opset-21 blocked DequantizeLinear (standard) or com.microsoft MatMulNBits")
     wo.add_argument("--no-keep-io-types", action="store_true", help="float16/bfloat16 graph inputs and outputs too")
     p.add_argument("--report", metavar="FILE", help="write the JSON report (ranges, formats, skipped nodes)")

@@ -247,11 +247,11 @@ def evaluate(model, data, *, labels: str = "y", metric: str = "top1", baseline=N
     if reference == "labels":
         dataset.check([], labels)
 
-    def new_metric():
-        return _TopK(int(metric[3:]), runner.label) if topk else _MSE() if metric == "mse" else _Cosine()
+    def new_metric(label: str):
+        return _TopK(int(metric[3:]), label) if topk else _MSE() if metric == "mse" else _Cosine()
 
-    acc = new_metric()
-    base_acc = new_metric() if base is not None and reference == "labels" else None
+    acc = new_metric(runner.label)
+    base_acc = new_metric(base.label) if base is not None and reference == "labels" else None
     size = batch_size or runner.fixed_batch or DEFAULT_BATCH_SIZE
     start = time.perf_counter()
     samples = 0
