@@ -84,9 +84,10 @@ class _DynamicRule(Rule):
         axis = 1 if self.ctx.per_channel else None
         q, qp = quantize_weight(w, "int8", axis, symmetric=True, reduce_range=self.ctx.reduce_range)
         a_q, a_scale, a_zp = op.DynamicQuantizeLinear(a, _outputs=3)
-        w_zp = np.zeros(qp.scale.shape, np.int8)
+        # Symmetric weights: one scalar zero point 0 even with per-column scales (the scales live in the Mul
+        # after the integer product); a per-column zero-point vector sends MLAS to its slower per-column path.
         y_int = op.MatMulInteger(a_q, op.const(q, hint=f"{hint}_weight_quantized"), a_zp,
-                                 op.const(w_zp, hint=f"{hint}_weight_zero_point"))
+                                 op.const(np.zeros((), np.int8), hint=f"{hint}_weight_zero_point"))
         w_scale = (np.asarray(qp.scale, np.float32) * np.float32(alpha)).astype(np.float32)
         scale = op.Mul(a_scale, op.const(w_scale, hint=f"{hint}_weight_scale"))
         return op.Mul(op.Cast(y_int, to=TensorProto.FLOAT), scale)
