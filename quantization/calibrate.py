@@ -257,7 +257,8 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     """Calibrate every float activation of `model` (an optc Model; only value types it lacks are filled in, by
     ONNX shape inference) on `data`.
 
-    `batch_size`: samples per run (None: 8, or the model's fixed batch dimension). `cache`: a JSON file of
+    `batch_size`: samples per run (None: 1, or the model's fixed batch dimension; every activation of a run is
+    held at once, so memory grows with it). `cache`: a JSON file of
     cached ranges (read when it matches this model, data and method; written after calibrating), or a
     directory holding one such file per model.
     Raises OptcError for an unknown method, a percentile outside (0, 100], or a model onnxruntime cannot run
@@ -275,7 +276,7 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     if not names:
         raise OptcError("the model has no float activations to calibrate")
     if batch_size is None:
-        batch_size = _fixed_batch(model) or 8
+        batch_size = _fixed_batch(model) or 1
     start = time.perf_counter()
     model_bytes = _augmented(model, [])
     model_hash, stamp = _fingerprint(model_bytes, data)

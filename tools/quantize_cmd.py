@@ -161,7 +161,8 @@ def register(sub) -> None:
     st.add_argument("--ranges-cache", metavar="PATH", help="a JSON file (or directory) caching calibrated ranges "
                     "(default: a per-model file in $XDG_CACHE_HOME/optc/calibration)")
     st.add_argument("--no-cache", action="store_true", help="calibrate again; cache nothing")
-    st.add_argument("--batch-size", type=int, metavar="N", help="calibration samples per run (default 8)")
+    st.add_argument("--batch-size", type=int, metavar="N",
+                    help="calibration samples per run (default 1: every activation of a run is held at once)")
     acc = p.add_argument_group("accuracy")
     acc.add_argument("--eval", metavar="DATA", help="test data (with a labels array): measure float and quantized")
     acc.add_argument("--labels", default="y", metavar="NAME", help="the labels array in --eval data (default y)")
