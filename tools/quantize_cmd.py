@@ -156,8 +156,9 @@ def register(sub) -> None:
                     help="7-bit weights (default on x86 CPUs without VNNI, whose VPMADDUBSW saturates u8 x s8 sums)")
     rr.add_argument("--no-reduce-range", dest="reduce_range", action="store_false", help="full 8-bit weights")
     st.add_argument("--target", choices=TARGETS, default="cpu", help="whose integer kernels to suit (default cpu)")
-    st.add_argument("--exclude", nargs="+", metavar="NODE_OR_OP", help="node names, op types or output names to "
-                    "leave in float")
+    st.add_argument("--exclude", nargs="+", action="extend", metavar="NODE_OR_OP",
+                    help="node names, op types or output names to leave in float (repeatable; a fused node matches "
+                    "the names of the nodes it replaced)")
     st.add_argument("--ranges-cache", metavar="PATH", help="a JSON file (or directory) caching calibrated ranges "
                     "(default: a per-model file in $XDG_CACHE_HOME/optc/calibration)")
     st.add_argument("--no-cache", action="store_true", help="calibrate again; cache nothing")
