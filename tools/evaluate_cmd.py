@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ..workflow.evaluate import METRICS, evaluate
-from .verify_cmd import _stdout_to_stderr
+from .native_log import stdout_to_stderr
 
 
 def _fmt(metric: str, value: float | None) -> str:
@@ -48,7 +48,7 @@ def print_report(result: dict) -> None:
 
 
 def run(args) -> int:
-    with _stdout_to_stderr(args.json):  # native libraries' chatter must not break the JSON document
+    with stdout_to_stderr(args.json):  # native libraries' chatter must not break the JSON document
         result = evaluate(args.model, args.data, labels=args.labels, metric=args.metric, baseline=args.baseline,
                           batch_size=args.batch_size, threads=args.threads)
     if args.json:

@@ -53,3 +53,22 @@ def quiet_native_log() -> Iterator[None]:
         os.dup2(real, 2)  # closes the pipe's last writer: the thread reads to the end and stops
         thread.join(timeout=5)
         os.close(real)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool):
+    """While active, anything written to stdout (by Python or by a native library) goes to stderr, so that
+    `--json` leaves exactly one JSON document on stdout."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

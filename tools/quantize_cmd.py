@@ -9,6 +9,7 @@ import sys
 
 from ..errors import OptcError
 from ..fileio import write_json
+from .native_log import stdout_to_stderr
 from .paths import check_output_path
 
 
@@ -30,9 +31,21 @@ def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MB"
 
 
+def _quantize(args, max_drop: float | None):
+    from ..quantization.api import quantize_with_report
+
+    return quantize_with_report(
+        args.model, calibration=args.calibration, method=args.method, percentile=args.percentile,
+        per_channel=args.per_channel, activations=args.activations, weights=args.weights,
+        symmetric_activations=args.symmetric_activations or None, reduce_range=args.reduce_range,
+        exclude=args.exclude or (), target=args.target, dynamic=args.dynamic, weight_only=args.weight_only,
+        block_size=args.block_size, format=args.format, float16=args.float16, bfloat16=args.bfloat16,
+        keep_io_types=not args.no_keep_io_types, eval_data=args.eval, labels=args.labels, metric=args.metric,
+        max_accuracy_drop=max_drop, ranges_cache=args.ranges_cache, batch_size=args.batch_size)
+
+
 def run(args) -> int:
     from ..ir import save
-    from ..quantization.api import quantize_with_report
 
     check_output_path(args.model, args.output)
     if args.report:
@@ -46,14 +59,8 @@ def run(args) -> int:
         max_drop = math.inf  # --eval alone: measure, return nothing to float
     if max_drop is not None and args.eval is None:
         raise OptcError("--max-accuracy-drop needs --eval TEST_DATA")
-    model, report = quantize_with_report(
-        args.model, calibration=args.calibration, method=args.method, percentile=args.percentile,
-        per_channel=args.per_channel, activations=args.activations, weights=args.weights,
-        symmetric_activations=args.symmetric_activations or None, reduce_range=args.reduce_range,
-        exclude=args.exclude or (), target=args.target, dynamic=args.dynamic, weight_only=args.weight_only,
-        block_size=args.block_size, format=args.format, float16=args.float16, bfloat16=args.bfloat16,
-        keep_io_types=not args.no_keep_io_types, eval_data=args.eval, labels=args.labels, metric=args.metric,
-        max_accuracy_drop=max_drop, ranges_cache=args.ranges_cache, batch_size=args.batch_size)
+    with stdout_to_stderr(args.json):  # --json leaves exactly one JSON document on stdout
+        model, report = _quantize(args, max_drop)
     save(model, args.output)  # (the report's directory was checked before any work)
     report.update({"input": args.model, "output": args.output, "bytes_in": _size(args.model),
                    "bytes_out": _size(args.output)})

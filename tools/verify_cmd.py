@@ -8,10 +8,8 @@ unless `--dim NAME=VALUE` says otherwise); both sides get exactly the same array
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 from ..errors import OptcError
 from ..ortsession import first_line, session
 from .compare import Comparison, compare_outputs
+from .native_log import stdout_to_stderr
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -290,25 +289,6 @@ def _print_text(comp: Comparison, a: Side, b: Side, info: dict) -> None:
         print(f"mismatch ({sum(not o.equal for o in comp.outputs)}/{n} outputs differ; {tol})")
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr(active: bool):
-    """While active, anything written to stdout (by Python or by a native library) goes to stderr, so that
-    `--json` leaves exactly one JSON document on stdout."""
-    if not active:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 # -- the command -----------------------------------------------------------------------------------------------
 
 
@@ -345,7 +325,7 @@ def _side_json(side: Side) -> dict:
 
 
 def run(args) -> int:
-    with _stdout_to_stderr(args.json):
+    with stdout_to_stderr(args.json):
         comp, a, b, info = verify(args.model_a, args.model_b, inputs=args.inputs, dims=parse_dims(args.dim),
                                          seed=args.seed, rtol=args.rtol, atol=args.atol,
                                          strict_zeros=args.strict_zeros)
