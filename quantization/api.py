@@ -170,7 +170,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
                                            max_drop=max_accuracy_drop, batch_size=batch_size, cache=ranges_cache,
                                            show_progress=progress, quantize=_static)
         else:
-            result, extra, _ = _static(copy_model(source), calibration, scheme=scheme, method=method,
+            result, extra, _ = _static(source, calibration, scheme=scheme, method=method,
                                        percentile=percentile, exclude=exclude_set, batch_size=batch_size,
                                        cache=ranges_cache, show_progress=progress)
             extra.pop("_outputs")
