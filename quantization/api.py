@@ -118,7 +118,8 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
                          per_channel: bool = True, activations: str | None = None, weights: str = "int8",
                          symmetric_activations: bool | None = None, reduce_range: bool | None = None,
                          exclude: Sequence[str] = (), target: str = "cpu", dynamic: bool = False,
-                         weight_only: str | None = None, block_size: int = 32, format: str = "standard",  # noqa: A002
+                         dynamic_conv: bool = False, weight_only: str | None = None, block_size: int = 32,
+                         format: str = "standard",  # noqa: A002
                          float16: bool = False, bfloat16: bool = False, keep_io_types: bool = True,
                          eval_data: Any = None, labels: str = "y", metric: str = "top1",
                          max_accuracy_drop: float | None = None, ranges_cache: str | None = None,
@@ -129,7 +130,8 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
     with reasons, accuracy steps).
 
     Modes (exactly one): `calibration` (a .npz file or directory of them, arrays keyed by input name, batch on
-    axis 0) for static QDQ; `dynamic=True`; `weight_only="int4"` (`block_size`, `format` "standard" for opset-21
+    axis 0) for static QDQ; `dynamic=True` (`dynamic_conv=True`: Conv too, as ConvInteger);
+    `weight_only="int4"` (`block_size`, `format` "standard" for opset-21
     blocked DequantizeLinear or "contrib" for com.microsoft MatMulNBits); `float16` / `bfloat16`.
     Static options: `method` minmax | percentile (`percentile`, default 99.999) | entropy; `per_channel`;
     `activations` uint8 | int8 and `symmetric_activations` (default: the target's, x86 `cpu`: uint8 asymmetric;
@@ -180,7 +182,8 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
 
         if reduce_range is None:
             reduce_range = target == "cpu" and QuantScheme.host_saturates()
-        ctx = DynamicContext(per_channel=per_channel, reduce_range=reduce_range, exclude=exclude_set)
+        ctx = DynamicContext(per_channel=per_channel, reduce_range=reduce_range, conv=dynamic_conv,
+                             exclude=exclude_set)
         result = source
         apply_rules(result, dynamic_rules(ctx), PassContext(), "quantize-dynamic")
         optimize(result, passes="cse,dce", inplace=True)

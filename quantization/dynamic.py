@@ -44,6 +44,8 @@ class DynamicContext:
     per_channel: bool = True
     #: 7-bit weights (onnxruntime's VPMADDUBSW path saturates full 8-bit u8 x s8 pair sums; see scheme.py)
     reduce_range: bool = False
+    #: also Conv (ConvInteger): off by default, as onnxruntime's integer Conv is rarely faster than float
+    conv: bool = False
     exclude: set[str] = field(default_factory=set)
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -188,6 +190,58 @@ class DynamicQuantizeGather(_DynamicRule):
         return y
 
 
+class DynamicQuantizeConv(_DynamicRule):
+    """Conv(x, W, B) with constant float32 weights (opt-in: `conv`) -> DynamicQuantizeLinear + ConvInteger
+    (int8 W, symmetric per output channel, scalar zero point 0), Cast, times a_scale * W_scale[C] (shaped
+    [1, C, 1, ...]), plus B: onnxruntime's quantize_dynamic form for Conv."""
+
+    def pattern(self, op, x, w):
+        return op.Conv(x, w, _allow_other_inputs=True)
+
+    def check(self, m, x, w):
+        node = m.root
+        wa = m.const(w)
+        if self.ctx.excluded(node):
+            self._skip(node, "excluded by the user")
+        if wa is None:
+            self._skip(node, "the weight (input 1) is not a constant")
+        if producer_dq(x) is not None:
+            self._skip(node, "the input is already dequantized (a quantized model)")
+        if not _float32(x) or wa.dtype != np.float32 or wa.ndim < 3:
+            self._skip(node, "not a float32 convolution")
+        if not np.isfinite(wa).all():
+            self._skip(node, "the weight holds NaN or infinities")
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        if b is not None and m.const(b) is None:
+            self._skip(node, "the bias is not a constant")
+        return True
+
+    def rewrite(self, op, m, x, w):
+        node = m.root
+        wa = np.asarray(m.const(w))
+        axis = 0 if self.ctx.per_channel else None
+        q, qp = quantize_weight(wa, "int8", axis, symmetric=True, reduce_range=self.ctx.reduce_range)
+        hint = node.name or "conv"
+        x_q, x_scale, x_zp = op.DynamicQuantizeLinear(x, _outputs=3)
+        y_int = op.ConvInteger(x_q, op.const(q, hint=f"{hint}_weight_quantized"), x_zp,
+                               op.const(np.zeros((), np.int8), hint=f"{hint}_weight_zero_point"),
+                               **dict(node.attributes))
+        channel_shape = (1, -1) + (1,) * (wa.ndim - 2)
+        w_scale = np.asarray(qp.scale, np.float32).reshape(channel_shape if axis is not None else ())
+        y = op.Mul(op.Cast(y_int, to=TensorProto.FLOAT), op.Mul(x_scale, op.const(w_scale, hint=f"{hint}_weight_scale")))
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        if b is not None:
+            y = op.Add(y, op.const(np.asarray(m.const(b), np.float32).reshape(channel_shape), hint=f"{hint}_bias"))
+        keep_name(y, node)
+        self.ctx.quantized[node_label(node)] = "Conv"
+        self.ctx.skipped.pop(node_label(node), None)
+        return y
+
+
 def dynamic_rules(ctx: DynamicContext) -> list[Rule]:
-    """The rule list of dynamic quantization (MatMul and Gemm with constant weights, embedding Gathers)."""
-    return [DynamicQuantizeMatMul(ctx), DynamicQuantizeGemm(ctx), DynamicQuantizeGather(ctx)]
+    """The rule list of dynamic quantization (MatMul and Gemm with constant weights, embedding Gathers; Conv when
+    `ctx.conv`)."""
+    rules: list[Rule] = [DynamicQuantizeMatMul(ctx), DynamicQuantizeGemm(ctx), DynamicQuantizeGather(ctx)]
+    if ctx.conv:
+        rules.append(DynamicQuantizeConv(ctx))
+    return rules

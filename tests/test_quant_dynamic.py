@@ -137,3 +137,24 @@ def test_embedding_gather_gets_an_int8_table_dequantized_after_the_lookup():
     want, got = run_ort(m, {"ids": ids})[0], run_ort(proto, {"ids": ids})[0]
     scale = np.abs(table).max() / 127
     assert np.abs(got - want).max() <= 2 * scale  # each of the two tables within half a step (+ rounding)
+
+
+def test_conv_becomes_conv_integer_only_when_asked():
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], group=2),
+             helper.make_node("Relu", ["c"], ["y"])]
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 2, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b")]
+    g = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(OptcError, match="nothing to quantize"):
+        quantize_with_report(m, dynamic=True)
+    q, report = quantize_with_report(m, dynamic=True, dynamic_conv=True)
+    proto = optc.to_onnx(q)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [e["node"] for e in report["quantized"]] == ["conv"]
+    assert "ConvInteger" in [n.op_type for n in proto.graph.node]
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    want, got = run_ort(m, {"x": x})[0], run_ort(proto, {"x": x})[0]
+    assert np.abs(got - want).max() < 0.03 * np.abs(want).max()

@@ -38,7 +38,8 @@ def _quantize(args, max_drop: float | None):
         args.model, calibration=args.calibration, method=args.method, percentile=args.percentile,
         per_channel=args.per_channel, activations=args.activations, weights=args.weights,
         symmetric_activations=args.symmetric_activations or None, reduce_range=args.reduce_range,
-        exclude=args.exclude or (), target=args.target, dynamic=args.dynamic, weight_only=args.weight_only,
+        exclude=args.exclude or (), target=args.target, dynamic=args.dynamic, dynamic_conv=args.dynamic_conv,
+        weight_only=args.weight_only,
         block_size=args.block_size, format=args.format, float16=args.float16, bfloat16=args.bfloat16,
         keep_io_types=not args.no_keep_io_types, eval_data=args.eval, labels=args.labels, metric=args.metric,
         max_accuracy_drop=max_drop, ranges_cache=args.ranges_cache, batch_size=args.batch_size)
@@ -82,6 +83,7 @@ _MODE_OPTIONS = {
                "eval": None, "max_accuracy_drop": None, "ranges_cache": None, "batch_size": None},
     "weight-only": {"block_size": None, "format": None},
     "float": {"no_keep_io_types": False},
+    "dynamic": {"dynamic_conv": False},
 }
 
 
@@ -144,6 +146,7 @@ def register(sub) -> None:
     mode.add_argument("--calibration", metavar="DATA", help="calibration data: static quantization (QDQ)")
     mode.add_argument("--dynamic", action="store_true", help="int8 weights, activations quantized at run time "
                       "(MatMul/Gemm)")
+    mode.add_argument("--dynamic-conv", action="store_true", help="with --dynamic: Conv too (ConvInteger)")
     mode.add_argument("--weight-only", choices=["int4"], help="blockwise int4 weights (MatMul, Gemm, Gather)")
     mode.add_argument("--float16", action="store_true", help="float16 compute, float32 kept where needed")
     mode.add_argument("--bfloat16", action="store_true", help="bfloat16, float32 kept where needed")
