@@ -9,6 +9,10 @@ Every float32 tensor of the main graph (initializers, Constant nodes, activation
   own float32 Casts around ops that have only a float32 kernel (its InsertCastTransformer), so such an op still
   loads and is converted (it runs natively in float16 on providers that have the kernel); bfloat16 has no such
   fallback, so with bfloat16 most compute ops on the CPU provider stay float32 islands;
+- with bfloat16, every node: onnxruntime's CPU provider has few bfloat16 kernels, and bfloat16 data-movement
+  chains crashed its graph optimizer (a segfault at ORT_ENABLE_ALL, onnxruntime 1.31), so bfloat16 means
+  bfloat16 *weights* (half the file) with float32 compute; bfloat16 compute belongs to the TVM back end
+  (`optc compile --precision bf16`);
 - nodes named, or whose op type is listed, in `exclude`;
 - values whose magnitude exceeds the type's largest finite number (65504 for float16, ~3.39e38 for bfloat16):
   initializers and Constant nodes by their data, activations by calibrated `ranges`; every node reading or
@@ -52,6 +56,10 @@ from .selection import matches, node_label
 __all__ = ["ConvertFloat", "convert_float"]
 
 _TARGETS = {"float16": DataType.FLOAT16, "bfloat16": DataType.BFLOAT16}
+#: why bfloat16 keeps every activation in float32 (its weights are still stored in bfloat16)
+_BF16_ACTIVATIONS = ("bfloat16 activations are not used on onnxruntime's CPU provider: it has few bfloat16 "
+                     "kernels, and bfloat16 data-movement chains (Gather -> Transpose -> Shape/Cast) crash its "
+                     "graph optimizer (1.31); the weights are stored in bfloat16")
 _MIN_ISLAND_WEIGHT = 64  # elements: below this a Cast node costs more than storing the island's tensor in float32
 _F32 = DataType.FLOAT
 
@@ -222,6 +230,10 @@ class _Converter:
             return plan
         if (node.domain, node.op_type, node.overload) in self.model.functions:
             plan.reason = "calls a model-local function (its body is left float32)"
+            return plan
+        if self.low == DataType.BFLOAT16:
+            plan.reason = _BF16_ACTIVATIONS
+            plan.weights_low = True
             return plan
         unknown = [v.name for v in (*node.inputs, *node.outputs) if v is not None and v.dtype is None]
         if unknown:

@@ -236,24 +236,30 @@ def test_float16_converts_compute_ops():
     assert report["casts_inserted"] == 2  # input x once, output y once
 
 
-def test_bfloat16_keeps_islands_where_onnxruntime_has_no_kernel():
+def test_bfloat16_stores_weights_in_bfloat16_and_computes_in_float32():
+    """bfloat16 on onnxruntime's CPU provider: weights halved, activations float32 (its bfloat16 data-movement
+    chains crashed onnxruntime 1.31's optimizer; see float_precision's docstring)."""
     _, converted, report = _convert("transformer", dtype="bfloat16")
     kept = {k["node"]: k["reason"] for k in report["kept_float32"]}
-    assert "no onnxruntime CPU kernel at bfloat16" in kept["q"]
-    assert "softmax" in kept
-    assert "ln" not in kept  # onnxruntime has a bfloat16 LayerNormalization
+    assert "weights are stored in bfloat16" in kept["q"] and "weights are stored in bfloat16" in kept["ln"]
     types = _types(converted)
-    assert types["ln"] == TP.BFLOAT16 and types["q"] == TP.FLOAT
-    assert types["wq"] == TP.BFLOAT16  # an island's weight is stored as bfloat16, cast in front
+    assert types["ln"] == TP.FLOAT and types["q"] == TP.FLOAT and types["kt"] == TP.FLOAT
+    assert types["wq"] == TP.BFLOAT16  # the weight is stored as bfloat16, cast in front
     cast = next(n for n in converted.graph.node if n.op_type == "Cast" and n.input[0] == "wq")
     assert helper.get_attribute_value(cast.attribute[0]) == TP.FLOAT
+    outputs = {o for n in converted.graph.node for o in n.output}
+    assert not any(v.type.tensor_type.elem_type == TP.BFLOAT16 for v in converted.graph.value_info
+                   if v.name in outputs and not any(n.op_type == "Constant" and v.name in n.output
+                                                    for n in converted.graph.node))
 
 
-def test_bfloat16_movement_between_islands_stays_float32():
-    _, converted, report = _convert("transformer", dtype="bfloat16")
+def test_float16_keeps_islands_where_onnxruntime_has_no_kernel():
+    """A one-node probe decides; float16 ops load (onnxruntime inserts its own Casts), so a float16 model keeps
+    few islands; excluded nodes are islands whose weights are still float16."""
+    _, converted, report = _convert("transformer", dtype="float16", exclude=("q",))
     kept = {k["node"]: k["reason"] for k in report["kept_float32"]}
-    assert "moves data" in kept["kt"]  # Transpose between float32 MatMuls: no bf16 round trip
-    assert _types(converted)["kt"] == TP.FLOAT
+    assert kept["q"] == "excluded"
+    assert _types(converted)["q"] == TP.FLOAT and _types(converted)["ln"] == TP.FLOAT16
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -262,7 +268,8 @@ def test_shape_computation_stays_int64(dtype):
     types = _types(converted)
     for name in ("shp", "n", "n1", "new_shape"):
         assert types[name] == TP.INT64
-    assert not any(k["node"] in ("shape", "gather", "unsq", "concat") for k in report["kept_float32"])
+    if dtype == "float16":
+        assert not any(k["node"] in ("shape", "gather", "unsq", "concat") for k in report["kept_float32"])
 
 
 def test_constant_nodes_fill_values_and_casts_take_the_new_type():
@@ -276,7 +283,7 @@ def test_constant_nodes_fill_values_and_casts_take_the_new_type():
     assert report["kept_float32"] == []
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16"])
 def test_subgraph_and_the_values_it_reads_stay_float32(dtype):
     _, converted, report = _convert("if", dtype=dtype)
     kept = {k["node"]: k["reason"] for k in report["kept_float32"]}
@@ -349,19 +356,19 @@ def test_round_trip_through_optimize_O2(name, dtype):
 def test_pass_runs_from_a_pipeline_string():
     model = optc.optimize(transformer(), passes="convert-float{dtype=bfloat16}")
     out = optc.to_onnx(model)
-    assert _types(out)["ln"] == TP.BFLOAT16
+    assert {t.name: t.data_type for t in out.graph.initializer}["wq"] == TP.BFLOAT16
     assert out.graph.input[0].type.tensor_type.elem_type == TP.FLOAT
     model = optc.optimize(transformer(), passes="convert-float{keep-io-types=false}")
     assert optc.to_onnx(model).graph.input[0].type.tensor_type.elem_type == TP.FLOAT16
 
 
 def test_probes_are_cached(monkeypatch):
-    _convert("conv", dtype="bfloat16")
+    _convert("conv", dtype="float16")
     calls = []
     real = fp.session
     monkeypatch.setattr(fp, "session", lambda *a, **k: calls.append(1) or real(*a, **k))
-    _, _, report = _convert("conv", dtype="bfloat16")
+    _, _, report = _convert("conv", dtype="float16")
     assert calls == []
     fp._PROBES.clear()
-    _, _, again = _convert("conv", dtype="bfloat16")
+    _, _, again = _convert("conv", dtype="float16")
     assert calls and again == report

@@ -111,11 +111,15 @@ def _summary(report: dict) -> None:
         what = (f"static, {s['activations']} activations x {s['weights']} weights, "
                 f"{'per-channel' if s['per_channel'] else 'per-tensor'}, {report['calibration']['method']}"
                 f"{' (cached ranges)' if report['calibration']['cached'] else ''}")
-    quantized = len(report.get("quantized", ())) or report.get("converted_nodes", 0)
-    skipped = len(report.get("skipped", ())) or len(report.get("kept_float32", ()))
     err = sys.stderr
-    print(f"optc: quantized {quantized} nodes ({what}), {skipped} left in float; "
-          f"{_kb(report['bytes_in'])} -> {_kb(report['bytes_out'])}; wrote {report['output']}", file=err)
+    sizes = f"{_kb(report['bytes_in'])} -> {_kb(report['bytes_out'])}; wrote {report['output']}"
+    if mode in ("float16", "bfloat16"):
+        kept = len(report.get("kept_float32", ()))
+        print(f"optc: {report.get('converted_nodes', 0)} nodes compute in {mode}, {kept} in float32 (weights "
+              f"stored in {mode}); {sizes}", file=err)
+    else:
+        print(f"optc: quantized {len(report.get('quantized', ()))} nodes ({what}), "
+              f"{len(report.get('skipped', ()))} left in float; {sizes}", file=err)
     acc = report.get("accuracy")
     if acc:
         first = acc["steps"][0]
