@@ -1,16 +1,16 @@
 """Quantization rule sets as registered passes, so pipelines, `--bisect-limit`, `--print-ir-after` and the
 rewrite budget work for them as for every other pass:
 
-    optc optimize m.onnx -o q.onnx -p "insert-qdq{ranges=report.json},cse,dce" --bisect-limit 12
+    optc optimize m.onnx -o q.onnx -p "insert-qdq{calibration=calib.npz},cse,dce" --bisect-limit 12
     optc optimize m.onnx -o q.onnx -p "quantize-dynamic,cse,dce"
 
-`insert-qdq` reads calibrated ranges from a JSON file: the report of `optc quantize --report` (its
-`calibration` section) or any `{"ranges": {name: [min, max]}, "nonfinite": [...]}`.
+`insert-qdq` calibrates the graph it is given (the ranges belong to that graph's values: ranges measured on
+another model, or on this model before other passes renamed its values, would quantize with wrong ranges or
+not at all), then runs the QDQ rules. `optc quantize` is the same with -O2 first and a cache.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,49 +23,48 @@ from .dynamic import DynamicContext, dynamic_rules
 from .qdq_rules import QdqContext, qdq_rules
 from .scheme import QuantScheme
 
-__all__ = ["InsertQdq", "QuantizeDynamic", "read_ranges"]
-
-
-def read_ranges(path: str) -> tuple[dict[str, tuple[float, float]], set[str]]:
-    """(ranges, nonfinite names) from a quantize report or a ranges file; OptcError when unreadable."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise OptcError(f"cannot read ranges '{path}': {exc}") from None
-    section = data.get("calibration", data) if isinstance(data, dict) else None
-    if not isinstance(section, dict) or not isinstance(section.get("ranges"), dict):
-        raise OptcError(f"ranges '{path}' has no 'ranges' object (give the report of optc quantize --report)")
-    try:
-        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in section["ranges"].items()}
-    except (TypeError, ValueError, IndexError):
-        raise OptcError(f"ranges '{path}': every range must be [min, max]") from None
-    return ranges, set(section.get("nonfinite", ()))
+__all__ = ["InsertQdq", "QuantizeDynamic"]
 
 
 @register_pass
 @dataclass
 class InsertQdq(Pass):
-    """Static QDQ insertion from calibrated ranges (the rules of quantization/qdq_rules.py)."""
+    """Static QDQ insertion (the rules of quantization/qdq_rules.py) on ranges calibrated on this graph."""
 
     name: ClassVar[str] = "insert-qdq"
-    description: ClassVar[str] = ("put QuantizeLinear/DequantizeLinear around quantizable ops from calibrated ranges "
-                                  "(ranges=FILE: an optc quantize report); target, activations, per-channel options")
-    ranges: str = ""
+    description: ClassVar[str] = ("calibrate on calibration=DATA (.npz file or directory; method=minmax|percentile|"
+                                  "entropy) and put QuantizeLinear/DequantizeLinear around quantizable ops; target, "
+                                  "activations, per-channel options")
+    calibration: str = ""
+    method: str = "minmax"
     target: str = "cpu"
     activations: str = ""
     per_channel: bool = True
 
     def __post_init__(self):
-        if not self.ranges:
-            raise OptcError("pass 'insert-qdq' needs ranges=FILE (the report of optc quantize --report)")
-        QuantScheme.for_target(self.target, activations=self.activations or None)
+        from .calibrate import METHODS
+
+        if not self.calibration:
+            raise OptcError("pass 'insert-qdq' needs calibration=DATA (an .npz file or a directory of them)")
+        if self.method not in METHODS:
+            raise OptcError(f"pass 'insert-qdq': unknown method '{self.method}' (known: {', '.join(METHODS)})")
+        self._scheme()
+
+    def _scheme(self) -> QuantScheme:
+        try:
+            return QuantScheme.for_target(self.target, activations=self.activations or None,
+                                          per_channel=self.per_channel)
+        except OptcError as exc:
+            raise OptcError(f"pass 'insert-qdq': {str(exc).replace('--activations', 'activations')}") from None
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        ranges, nonfinite = read_ranges(self.ranges)
-        scheme = QuantScheme.for_target(self.target, activations=self.activations or None,
-                                        per_channel=self.per_channel)
-        return apply_rules(model, qdq_rules(QdqContext(scheme, ranges, nonfinite)), ctx, self.name)
+        from .calibrate import calibrate
+        from .data import model_input_specs, open_dataset
+
+        data = open_dataset(self.calibration, model_input_specs(model), role="calibration data")
+        cal = calibrate(model, data, method=self.method)
+        qctx = QdqContext(self._scheme(), dict(cal.ranges), set(cal.nonfinite))
+        return apply_rules(model, qdq_rules(qctx), ctx, self.name)
 
 
 @register_pass

@@ -53,21 +53,21 @@ def test_unknown_modes_and_options_are_one_line_errors():
 def test_insert_qdq_is_a_pass_that_bisects_like_every_other(tmp_path):
     from pathlib import Path
 
-    from optc.fileio import write_json
-
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    float_model = optc.optimize(optc.load(str(examples / "digits_cnn.onnx")), level=2)
-    q, report = quantize_with_report(float_model, calibration=str(examples / "digits_calib.npz"))
-    write_json(tmp_path / "r.json", report)
-    full = optc.optimize(float_model, passes=f"insert-qdq{{ranges={tmp_path / 'r.json'}}},cse,dce")
-    ops = [n.op_type for n in optc.to_onnx(full).graph.node]
-    assert ops == [n.op_type for n in optc.to_onnx(q).graph.node]  # the pass is what optc quantize runs
     from optc.rewrites.pipelines import build_pipeline, run_pipeline
 
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    calib = examples / "digits_calib.npz"
+    float_model = optc.optimize(optc.load(str(examples / "digits_cnn.onnx")), level=2)
+    q, report = quantize_with_report(float_model, calibration=str(calib))
+    full = optc.optimize(float_model, passes=f"insert-qdq{{calibration={calib}}},cse,dce")
+    ops = [n.op_type for n in optc.to_onnx(full).graph.node]
+    assert ops == [n.op_type for n in optc.to_onnx(q).graph.node]  # the pass is what optc quantize runs
     partial = optc.rewrites.copy_model(float_model)
-    rep = run_pipeline(partial, build_pipeline(None, f"insert-qdq{{ranges={tmp_path / 'r.json'}}}"), bisect_limit=1)
+    rep = run_pipeline(partial, build_pipeline(None, f"insert-qdq{{calibration={calib}}}"), bisect_limit=1)
     assert rep.rewrites == 1 and rep.last_rewrite.rule == "QuantizeConv"
-    with pytest.raises(OptcError, match="needs ranges=FILE"):
+    with pytest.raises(OptcError, match="needs calibration=DATA"):
         optc.optimize(float_model, passes="insert-qdq")
+    with pytest.raises(OptcError, match="pass 'insert-qdq': activations must be"):
+        optc.optimize(float_model, passes=f"insert-qdq{{calibration={calib},activations=int7}}")
     dyn = optc.optimize(float_model, passes="quantize-dynamic,cse,dce")
     assert "MatMulInteger" in [n.op_type for n in optc.to_onnx(dyn).graph.node]
