@@ -95,12 +95,17 @@ def _augmented(model: Model, names: list[str]) -> bytes:
 
 
 def _fingerprint(model_bytes: bytes, data: Dataset) -> tuple[str, list]:
+    """The cache key's parts: the model's SHA-256, and per data file its path, size and the BLAKE2 digest of its
+    bytes (a file rewritten with the same size and mtime is still noticed)."""
     files = [data.path] if os.path.isfile(data.path) else sorted(
         os.path.join(data.path, f) for f in os.listdir(data.path) if f.endswith(".npz"))
     stamp = []
     for f in files:
-        st = os.stat(f)
-        stamp.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+        digest = hashlib.blake2b(digest_size=16)
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        stamp.append([os.path.abspath(f), os.path.getsize(f), digest.hexdigest()])
     return hashlib.sha256(model_bytes).hexdigest(), stamp
 
 
@@ -108,23 +113,25 @@ def _cache_key(method: str, percentile: float) -> str:
     return f"percentile:{percentile:g}" if method == "percentile" else method
 
 
-def _read_cache(path: str, model_hash: str, stamp: list, key: str) -> Calibration | None:
+def _read_cache(path: str, model_hash: str, stamp: list, key: str, names: list[str]) -> Calibration | None:
+    """The cached calibration for this model, data and method, or None: a missing, unreadable, foreign or
+    malformed cache (every observed value needs a finite [min, max]) is a miss, recalibrated and overwritten."""
     try:
         with open(path) as f:
             cache = json.load(f)
-    except FileNotFoundError:
+        if (not isinstance(cache, dict) or cache.get("version") != _CACHE_VERSION or cache.get("model") != model_hash
+                or cache.get("data") != stamp):
+            return None
+        entry = cache["entries"][key]
+        ranges = {str(k): (float(a), float(b)) for k, (a, b) in entry["ranges"].items()}
+        nonfinite = {str(n) for n in entry.get("nonfinite", ())}
+        cal = Calibration(str(entry["method"]), ranges, int(entry["samples"]), float(entry["seconds"]), nonfinite,
+                          cached=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    except (OSError, ValueError) as exc:
-        raise OptcError(f"cannot read the ranges cache '{path}': {exc}") from None
-    if (not isinstance(cache, dict) or cache.get("version") != _CACHE_VERSION or cache.get("model") != model_hash
-            or cache.get("data") != stamp):
-        return None
-    entry = cache.get("entries", {}).get(key)
-    if not entry:
-        return None
-    ranges = {k: (float(a), float(b)) for k, (a, b) in entry["ranges"].items()}
-    return Calibration(entry["method"], ranges, int(entry["samples"]), float(entry["seconds"]),
-                       set(entry.get("nonfinite", ())), cached=True)
+    complete = all(n in ranges or n in nonfinite for n in names)
+    finite = all(np.isfinite(a) and np.isfinite(b) and a <= b for a, b in ranges.values())
+    return cal if complete and finite else None
 
 
 def _write_cache(path: str, model_hash: str, stamp: list, key: str, cal: Calibration) -> None:
@@ -134,10 +141,13 @@ def _write_cache(path: str, model_hash: str, stamp: list, key: str, cal: Calibra
             old = json.load(f)
         if isinstance(old, dict) and old.get("model") == model_hash and old.get("data") == stamp:
             cache["entries"] = dict(old.get("entries", {}))
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
     cache["entries"][key] = cal.to_json()
-    write_json(path, cache)
+    try:
+        write_json(path, cache)
+    except OptcError:  # an unwritable cache only costs the next run a calibration
+        pass
 
 
 class _Runner:
@@ -287,7 +297,7 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     if cache and os.path.isdir(cache):
         cache = os.path.join(cache, f"{model_hash[:24]}.json")
     if cache:
-        hit = _read_cache(cache, model_hash, stamp, key)
+        hit = _read_cache(cache, model_hash, stamp, key, names)
         if hit is not None:
             return hit
     runner = _Runner(augmented, names, data, batch_size)

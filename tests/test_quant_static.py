@@ -181,6 +181,37 @@ def test_ranges_are_cached_per_model_data_and_method(tmp_path):
     assert not fresh.cached and fresh.ranges["x"][1] == pytest.approx(2 * first.ranges["x"][1])
 
 
+def test_a_damaged_or_stale_cache_is_a_miss_never_a_crash_or_wrong_ranges(tmp_path):
+    import json
+    import os
+
+    x = np.random.default_rng(6).standard_normal((16, 64)).astype(np.float32)
+    data = _data(tmp_path, x)
+    cache = tmp_path / "ranges.json"
+    good = calibrate(_relu_model(), data, method="minmax", cache=str(cache))
+    saved = json.loads(cache.read_text())
+    entry = saved["entries"]["minmax"]
+    for damage in ({"x": "oops"}, {"x": [0, 1]}, {"x": [float("nan"), 1], "r": [0, 1], "y": [1, 2]}):
+        entry["ranges"] = damage
+        cache.write_text(json.dumps(saved))
+        again = calibrate(_relu_model(), data, method="minmax", cache=str(cache))
+        assert not again.cached and again.ranges == good.ranges
+    cache.write_text("{ truncated")
+    assert not calibrate(_relu_model(), data, method="minmax", cache=str(cache)).cached
+    # same size and mtime, other bytes: still noticed
+    path = tmp_path / "calib.npz"
+    st = os.stat(path)
+    write_npz(str(path), {"x": x[::-1].copy()})
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    same_stamp = open_dataset(str(path), model_input_specs(_relu_model()))
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns and os.stat(path).st_size == st.st_size
+    assert not calibrate(_relu_model(), same_stamp, method="minmax", cache=str(cache)).cached
+    # a cache path that cannot be written: calibration still works
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert calibrate(_relu_model(), data, method="minmax", cache=str(blocker / "r.json")).ranges == good.ranges
+
+
 def test_calibration_refuses_bad_options(tmp_path):
     data = _data(tmp_path, np.zeros((2, 64), np.float32))
     with pytest.raises(OptcError, match="unknown calibration method"):

@@ -52,9 +52,14 @@ def run(args) -> int:
     if args.report:
         check_output_path(args.model, args.report)
     _check_mode_options(args)
+    if args.no_cache and args.ranges_cache is not None:
+        raise OptcError("--no-cache and --ranges-cache contradict each other; give one")
     if args.calibration is not None and not args.no_cache and args.ranges_cache is None:
-        os.makedirs(default_cache_dir(), exist_ok=True)
-        args.ranges_cache = default_cache_dir()
+        try:
+            os.makedirs(default_cache_dir(), exist_ok=True)
+            args.ranges_cache = default_cache_dir()
+        except OSError:  # no usable cache directory: calibrate without one
+            pass
     max_drop = args.max_accuracy_drop
     if args.eval is not None and max_drop is None:
         max_drop = math.inf  # --eval alone: measure, return nothing to float
