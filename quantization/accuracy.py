@@ -30,9 +30,12 @@ SENSITIVITY_SAMPLES = 64
 
 
 def _drop(baseline: float, value: float, metric: str) -> float:
-    """How much worse `value` is than `baseline`: percentage points for top1/top5/cosine, the increase for mse."""
+    """How much worse `value` is than `baseline`: percentage points for top1/top5, metric units for cosine
+    (baseline - value) and mse (value - baseline), as `optc evaluate` reports them."""
     if metric == "mse":
         return value - baseline
+    if metric == "cosine":
+        return baseline - value
     return (baseline - value) * 100.0
 
 
@@ -139,11 +142,21 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
     test = eval_data if isinstance(eval_data, Dataset) else open_dataset(
         eval_data, model_input_specs(model), labels=labels if metric in ("top1", "top5") else None,
         role="test data")
-    base = evaluate(model, test, labels=labels, metric=metric, progress=show_progress)
+    if metric in ("mse", "cosine") and labels not in test.array_names:
+        # No reference outputs in the data: the float model is the reference (mse 0, cosine 1 by definition).
+        base = {"value": 0.0 if metric == "mse" else 1.0}
+
+        def measure(q: Model) -> float:
+            return evaluate(q, test, labels=labels, metric=metric, baseline=model, progress=show_progress)["value"]
+    else:
+        base = evaluate(model, test, labels=labels, metric=metric, progress=show_progress)
+
+        def measure(q: Model) -> float:
+            return evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
     kept: set[str] = set()
     q, report, ranges = quantize(copy_model(model), data, scheme=scheme, method=method, percentile=percentile,
                                  exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress)
-    value = evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
+    value = measure(q)
     steps = [{"returned_to_float": None, "value": value, "drop": _drop(base["value"], value, metric)}]
     best = (steps[0]["drop"], q, report, [])
     if steps[0]["drop"] > max_drop:
@@ -156,7 +169,7 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
                                     exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress,
                                     ranges=ranges, keep_float=frozenset(kept))
             report.pop("_outputs", None)
-            value = evaluate(q, test, labels=labels, metric=metric, progress=show_progress)["value"]
+            value = measure(q)
             drop = _drop(base["value"], value, metric)
             float_layers = sorted(kept)
             steps.append({"returned_to_float": node, "sensitivity": round(sensitivity, 6), "value": value,

@@ -155,10 +155,13 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
                         "dynamic quantization store int8 weights")
     start = time.perf_counter()
     source = _load(model)
-    check_names(source, exclude)
     _check_opset(source, mode)
+    if exclude:
+        given = copy_model(source)
     if optimize_first:
         optimize(source, level=2, inplace=True)
+    if exclude:  # names of the model as given, or as optimized (what reports print)
+        check_names([given, source], exclude)
     exclude_set = set(exclude)
     report: dict[str, Any] = {"mode": mode}
     if mode == "static":

@@ -68,6 +68,13 @@ class QdqContext:
     def excluded(self, node: Node) -> bool:
         return matches(node, self.exclude)
 
+    def alias(self, new: str, old: str) -> None:
+        """Value `new` replaces `old`: it has old's calibrated range."""
+        if old in self.ranges:
+            self.ranges[new] = self.ranges[old]
+        if old in self.nonfinite:
+            self.nonfinite.add(new)
+
     def activation(self, v: Value) -> QParams | None:
         """Per-tensor parameters for activation `v` from its calibrated range (None: no usable range)."""
         if v.name in self._params:
@@ -259,6 +266,9 @@ class QuantizeOp(Rule):
             return None, None
         uses = y.uses()
         act = uses[0].node if len(uses) == 1 else None
+        readers = [u.node for u in uses] + ([u.node for u in act.outputs[0].uses()] if act is not None else [])
+        if any(matches(r, self.ctx.keep_float) for r in readers):
+            return None, None  # a layer returned to float reads its input unquantized
         bounds = clip_bounds(act) if act is not None and not self.ctx.excluded(act) else None
         if self.spec.fixed_range is not None:
             lo, hi = self.spec.fixed_range
@@ -275,6 +285,7 @@ class QuantizeOp(Rule):
     def check(self, m, x):
         node = m.root
         ctx = self.ctx
+        require(any(_is_float32(v) for v in node.inputs if v is not None), "no float32 input (e.g. shape math)")
         if ctx.excluded(node):
             self._skip(node, "excluded by the user")
         if matches(node, ctx.keep_float):
@@ -356,6 +367,8 @@ class QuantizeOp(Rule):
         attrs = dict(node.attributes)
         y = getattr(op, node.op_type)(*inputs, _domain=node.domain, _version=node.version, **attrs)
         keep_name(y, node)
+        if out_qp is None:  # the output stays float under a new name: its readers quantize it with its range
+            self.ctx.alias(y.name, node.outputs[0].name)
         label = node_label(node)
         self.ctx.quantized[label] = node.op_type
         self.ctx.skipped.pop(label, None)

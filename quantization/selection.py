@@ -32,14 +32,15 @@ def matches(node: Node, names: Collection[str]) -> bool:
     return any(n in names for n in (node.meta or {}).get("from", ()))
 
 
-def check_names(model: Model, names: Collection[str]) -> None:
-    """OptcError naming the first of `names` that matches no node name, op type or value of `model` (a typo in
-    --exclude would otherwise quantize what the user meant to keep)."""
+def check_names(models: Collection[Model], names: Collection[str]) -> None:
+    """OptcError naming the first of `names` that matches no node name, op type or value of any of `models` (the
+    model as given and as optimized: a typo in --exclude would otherwise quantize what the user meant to keep)."""
     known: set[str] = set()
-    for g in model.graphs():
-        for n in g:
-            known.update((n.name, n.op_type, node_label(n)))
-            known.update(o.name for o in n.outputs if o is not None)
+    for model in models:
+        for g in model.graphs():
+            for n in g:
+                known.update((n.name, n.op_type, node_label(n)))
+                known.update(o.name for o in n.outputs if o is not None)
     for name in names:
         if name not in known:
             raise OptcError(f"--exclude '{name}' names no node, op type or output of the model")

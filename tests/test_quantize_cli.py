@@ -280,3 +280,18 @@ def test_evaluate_names_the_baseline_when_the_baseline_is_the_one_with_too_few_c
             pytest.skip("the labels happen to fit two classes")
     rc, _, err = _run(capfd, "evaluate", model, "--data", data, "--baseline", tmp_path / "two.onnx")
     assert rc == 2 and "two.onnx" in err and "m.onnx" not in err
+
+
+def test_argparse_mistakes_are_one_line_too(tmp_path, capfd):
+    rc, _, err = _run(capfd, "quantize", tmp_path / "m.onnx", "--calibration")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("optc: error: argument --calibration")
+
+
+def test_accuracy_aware_mse_without_labels_compares_with_the_float_model(tmp_path, capfd):
+    model, _ = _mlp(tmp_path)
+    x = np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)
+    write_npz(str(tmp_path / "nolabels.npz"), {"x": x})
+    rc, out, err = _run(capfd, "quantize", model, "-o", tmp_path / "q.onnx", "--calibration", tmp_path / "nolabels.npz",
+                        "--eval", tmp_path / "nolabels.npz", "--metric", "mse", "--max-accuracy-drop", "1", "--json")
+    acc = json.loads(out)["accuracy"]
+    assert rc == 0 and acc["baseline"] == 0.0 and 0 < acc["steps"][0]["value"] < 1, err

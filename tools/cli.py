@@ -28,10 +28,17 @@ COMMANDS += [optimize_cmd, passes_cmd, verify_cmd, quantize_cmd, evaluate_cmd]
 COMMANDS += [compile_cmd, run_cmd, bench_cmd]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with optc's error format: one line on stderr, exit code 2 (not the usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"optc: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="optc",
         description="optc: a model-optimizing compiler. Imports ONNX into optc's IR, optimizes it, and emits "
         "ONNX or TVM-compiled libraries.",

@@ -45,7 +45,9 @@ def run(args) -> int:
     print(summary, file=sys.stderr)
     if args.bisect_limit is not None:
         last = report.last_rewrite
-        if last is None:
+        if args.bisect_limit == 0:
+            print("optc: bisect: the limit is 0: no rewrite was applied", file=sys.stderr)
+        elif last is None:
             print(f"optc: bisect: the pipeline applied {report.rewrites} rewrites, fewer than the limit "
                   f"{args.bisect_limit}", file=sys.stderr)
         else:

@@ -188,7 +188,7 @@ def register(sub) -> None:
     acc.add_argument("--labels", default="y", metavar="NAME", help="the labels array in --eval data (default y)")
     acc.add_argument("--metric", choices=["top1", "top5", "mse", "cosine"], default="top1")
     acc.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="return the most sensitive layers "
-                     "to float until the drop (percentage points; mse: increase) is at most POINTS; exit 1 (the best "
+                     "to float until the drop (top1/top5: percentage points; mse: increase, cosine: decrease) is at most POINTS; exit 1 (the best "
                      "model found still written) when no quantized model meets it")
     wo = p.add_argument_group("weight-only and float16")
     wo.add_argument("--block-size", type=int, default=None, help="int4 block size (default 32)")
