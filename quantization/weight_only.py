@@ -258,7 +258,7 @@ class QuantizeMatMulWeight(_WeightRule):
         return op.MatMul(a, w)
 
     def check(self, m, a, w):
-        arr = self._weight(m, w, "weight")
+        arr = self._weight(m, w, "weight (input 1, the right operand)")
         k, n = arr.shape
         self._size(m.root, k, n)
         if self.options.format == "contrib" and (a.rank is None or a.rank < 2):
