@@ -41,18 +41,9 @@ def _drop(baseline: float, value: float, metric: str) -> float:
 
 def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The values `names` of `model` on the batches `feeds`, concatenated along axis 0."""
-    from onnx import helper
+    from .calibrate import with_outputs
 
-    from ..ir import to_onnx
-    from ..ir.types import DataType
-
-    proto = to_onnx(model)
-    have = {o.name for o in proto.graph.output}
-    types = {o.name: o.dtype for n in model.graph for o in n.outputs if o is not None}
-    for name in names:
-        if name not in have:
-            proto.graph.output.append(helper.make_tensor_value_info(name, int(DataType(types[name])), None))
-    sess = session(proto, optimize=False, label="the sensitivity model")
+    sess = session(with_outputs(model, names), optimize=False, label="the sensitivity model")
     outs = [o.name for o in sess.get_outputs()]
     inputs = [i.name for i in sess.get_inputs()]
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}

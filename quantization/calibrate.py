@@ -37,7 +37,7 @@ from ..ortsession import first_line, session
 from ..progress import progress
 from .data import Dataset
 
-__all__ = ["METHODS", "Calibration", "calibrate", "observable_values"]
+__all__ = ["METHODS", "Calibration", "calibrate", "observable_values", "with_outputs"]
 
 METHODS = ("minmax", "percentile", "entropy")
 HISTOGRAM_BINS = 2048
@@ -77,7 +77,9 @@ def observable_values(model: Model) -> list[Value]:
     return out
 
 
-def _augmented(model: Model, names: list[str]) -> bytes:
+def with_outputs(model: Model, names: list[str]) -> bytes:
+    """`model` serialized with the float activations `names` added as graph outputs (for onnxruntime to return
+    them); OptcError past protobuf's 2 GB limit."""
     from onnx import helper
 
     from ..ir import to_onnx
@@ -91,7 +93,7 @@ def _augmented(model: Model, names: list[str]) -> bytes:
     try:
         return proto.SerializeToString()
     except ValueError as exc:  # protobuf's 2 GB limit
-        raise OptcError(f"cannot calibrate: {exc}") from None
+        raise OptcError(f"cannot expose the model's activations: {exc}") from None
 
 
 def _fingerprint(model_bytes: bytes, data: Dataset) -> tuple[str, list]:
@@ -291,7 +293,7 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     start = time.perf_counter()
     # One serialization serves both the cache key and the session: a second copy of a big model's weights
     # (hashing the plain model, then building the augmented one) doubled calibration's peak memory.
-    augmented = _augmented(model, names)
+    augmented = with_outputs(model, names)
     model_hash, stamp = _fingerprint(augmented, data)
     key = _cache_key(method, percentile)
     if cache and os.path.isdir(cache):

@@ -76,6 +76,15 @@ def activation_qparams(rmin: float, rmax: float, dtype: str, *, symmetric: bool 
     return QParams(np.asarray(scale, np.float32), np.asarray(zp).astype(_DTYPES[dtype]), dtype)
 
 
+def _along(s: np.ndarray, z: np.ndarray, ndim: int, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis scale and zero point shaped to broadcast along `axis` of a rank-`ndim` tensor (as they are)."""
+    if axis is None or s.ndim != 1:
+        return s, z
+    shape = [1] * ndim
+    shape[axis] = -1
+    return s.reshape(shape), z.reshape(shape)
+
+
 def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, dtype: str, axis: int | None = None,
              *, qmin: int | None = None, qmax: int | None = None) -> np.ndarray:
     """QuantizeLinear in numpy: saturate(rint(x / scale) + zero_point), the division in float32 as onnxruntime
@@ -84,12 +93,7 @@ def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, dtype: st
     info = np.iinfo(_DTYPES[dtype])
     lo = info.min if qmin is None else qmin
     hi = info.max if qmax is None else qmax
-    s = np.asarray(scale, np.float32)
-    z = np.asarray(zero_point).astype(np.float64)
-    if axis is not None and s.ndim == 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
+    s, z = _along(np.asarray(scale, np.float32), np.asarray(zero_point).astype(np.float64), np.ndim(x), axis)
     with np.errstate(all="ignore"):
         q = np.rint(np.asarray(x, np.float32) / s).astype(np.float64) + z
     return np.clip(np.nan_to_num(q, nan=0.0), lo, hi).astype(_DTYPES[dtype])
@@ -97,12 +101,7 @@ def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, dtype: st
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:
     """DequantizeLinear in numpy: (q - zero_point) * scale in float32."""
-    s = np.asarray(scale, np.float32)
-    z = np.asarray(zero_point).astype(np.int32)
-    if axis is not None and s.ndim == 1:
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
+    s, z = _along(np.asarray(scale, np.float32), np.asarray(zero_point).astype(np.int32), np.ndim(q), axis)
     return ((q.astype(np.int32) - z).astype(np.float32) * s).astype(np.float32)
 
 

@@ -411,6 +411,19 @@ def _make_quantize_rule(spec: OpSpec) -> type[QuantizeOp]:
 QUANTIZE_RULES = [_make_quantize_rule(s) for s in OP_SPECS.values()]
 
 
+class _OneOpRule(Rule):
+    """A rule instantiated per op type (`PropagateDequantizeReshape`, `AbsorbRelu`, ...), rooted at that op."""
+
+    prefix: ClassVar[str] = ""
+
+    def __init__(self, op_type: str):
+        self.op_type = op_type
+        self.name = f"{self.prefix}{op_type}"
+
+    def pattern(self, op, x):
+        return getattr(op, self.op_type)(x, _allow_other_inputs=True)
+
+
 # -- moving DequantizeLinear behind value-selecting ops --------------------------------------------------
 
 _SELECTING = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Expand", "Identity",
@@ -419,18 +432,13 @@ _SELECTING = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice"
 _INT8_SINCE = {"MaxPool": 12, "GlobalMaxPool": 1, "Resize": 11, "Pad": 11, "Slice": 10}
 
 
-class PropagateDequantize(Rule):
+class PropagateDequantize(_OneOpRule):
     """op(DequantizeLinear(q, s, z), ...) -> DequantizeLinear(op(q, ...), s, z) for ops that only select,
     reorder or compare values (exact: see the module docstring). Per-tensor DequantizeLinear only."""
 
     benefit: ClassVar[int] = 2
 
-    def __init__(self, op_type: str):
-        self.op_type = op_type
-        self.name = f"PropagateDequantize{op_type}"
-
-    def pattern(self, op, x):
-        return getattr(op, self.op_type)(x, _allow_other_inputs=True)
+    prefix: ClassVar[str] = "PropagateDequantize"
 
     def check(self, m, x):
         node = m.root
@@ -481,18 +489,13 @@ class PropagateDequantize(Rule):
         return op.DequantizeLinear(y, sv, zv)
 
 
-class AbsorbActivation(Rule):
+class AbsorbActivation(_OneOpRule):
     """Relu/Clip(DequantizeLinear(q, s, z)) -> DequantizeLinear(q, s, z) when every dequantized value already lies
     in the activation's bounds (z at the type's minimum for Relu): exact, the activation changes nothing."""
 
     benefit: ClassVar[int] = 3
 
-    def __init__(self, op_type: str):
-        self.op_type = op_type
-        self.name = f"Absorb{op_type}"
-
-    def pattern(self, op, x):
-        return getattr(op, self.op_type)(x, _allow_other_inputs=True)
+    prefix: ClassVar[str] = "Absorb"
 
     def check(self, m, x):
         dq = producer_dq(x)
