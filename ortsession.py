@@ -21,11 +21,14 @@ def first_line(exc: BaseException, last: bool = False) -> str:
     return lines[-1] if last else lines[0]
 
 
-def session(source: Any, *, optimize: bool = True, threads: int | None = None, label: str | None = None):
+def session(source: Any, *, optimize: bool = True, threads: int | None = None, label: str | None = None,
+            profile_prefix: str | None = None):
     """An onnxruntime CPU session for `source`: a path, serialized bytes, an `onnx.ModelProto` or an optc `Model`.
 
     `optimize`: onnxruntime's graph optimizations (all levels) on, or all off (to run a model exactly as
     written, as `optc verify` does). `threads`: intra-op threads (None: onnxruntime's default); inter-op is 1.
+    `profile_prefix`: turn on onnxruntime's profiler, writing its JSON trace to `<prefix>_<date>.json` (the
+    path `end_profiling()` returns; `optc.workflow.profile` reads it).
     Raises OptcError (one line, naming `label` or the path) when onnxruntime cannot load the model.
     """
     import onnx
@@ -47,6 +50,9 @@ def session(source: Any, *, optimize: bool = True, threads: int | None = None, l
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
