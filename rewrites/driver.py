@@ -153,7 +153,7 @@ class _Driver:
     def __init__(self, model, rules, ctx, pass_name, folder, max_rewrites, max_iterations, rw, wl, base_opsets,
                  erase_dead):
         self.model = model
-        self.rules = rules
+        self.rules = [r for r in rules if ctx.rule_filter.allows(r.name)]
         self.ctx = ctx
         self.pass_name = pass_name
         self.folder = folder
@@ -164,7 +164,8 @@ class _Driver:
         self.wl = wl
         self.base_opsets = base_opsets
         self.erase_dead = erase_dead
-        self.applier = RuleApplier(rw, base_opsets, trace=ctx.trace, fast_math=ctx.fast_math)
+        self.applier = RuleApplier(rw, base_opsets, trace=ctx.trace, fast_math=ctx.fast_math,
+                                   trace_rules={r.name for r in self.rules if ctx.traced(r.name)})
         self.result = DriverResult(changed=False, converged=False)
         self._graph_env: dict[Graph, tuple[dict[str, int], dict]] = {}
         self._indexes: dict[tuple, dict] = {}
@@ -256,14 +257,24 @@ class _Driver:
             for rule in rules:
                 if res.rewrites >= self.max_rewrites:
                     return changed, True, skipped
+                stats = ctx.stats(rule.name)
+                stats.attempts += 1
+                traced = ctx.traced(rule.name)
+                where = f"{rule.name} at {n.op_type} '{n.name or _first_output(n)}' (pass {self.pass_name})"
                 m = applier.match(rule, n, opsets)
                 if m is None:
+                    stats.rejected += 1
+                    if traced:
+                        ctx.trace_sink(f"{where}: no match: {applier.last_reason}")
                     if ctx.trace and applier.last_failure:
                         res.trace.append(applier.last_failure)
                         log.debug("%s", applier.last_failure)
                     continue
                 built = applier.build(m)
                 if isinstance(built, str):
+                    stats.rejected += 1
+                    if traced:
+                        ctx.trace_sink(f"{where}: matched {_nodes(m.nodes)}, rewrite rejected: {built}")
                     if ctx.trace:
                         msg = f"{rule.name} matched at {n.op_type} '{n.name}' but was rejected: {built}"
                         res.trace.append(msg)
@@ -271,11 +282,19 @@ class _Driver:
                     continue
                 builder, results = built
                 if not ctx.budget.take():
+                    stats.skipped += 1
+                    if traced:
+                        ctx.trace_sink(f"{where}: matched {_nodes(m.nodes)}, not applied: the --bisect-limit "
+                                       "budget is spent")
                     discard(builder)
                     skipped = True
                     continue
                 ctx.record(self.pass_name, rule.name, n.name or f"{n.op_type}")
+                if traced:
+                    made = _nodes(builder.nodes) if builder.nodes else "no new node"
+                    ctx.trace_sink(f"{where}: rewrote {_nodes(m.nodes)} -> {made}")
                 applier.commit(m, builder, results)
+                stats.applied += 1
                 res.rewrites += 1
                 res.counts[rule.name] = res.counts.get(rule.name, 0) + 1
                 changed = True
@@ -302,6 +321,14 @@ class _Driver:
             self.wl.push(m)
         self.wl.push(n)
         return True
+
+
+def _first_output(n: Node) -> str:
+    return next((o.name for o in n.outputs if o is not None and o.name), "")
+
+
+def _nodes(nodes: Sequence[Node]) -> str:
+    return "[" + ", ".join(f"{x.op_type} '{x.name or _first_output(x)}'" for x in nodes) + "]"
 
 
 def _arity(fn: Callable) -> int:

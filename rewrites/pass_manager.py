@@ -492,6 +492,9 @@ class PipelineReport:
     rewrites: int = 0
     bisect_limit: int | None = None
     last_rewrite: Any = None  # the RewriteRecord numbered `bisect_limit`, when a limit was set
+    rule_stats: dict[str, Any] = field(default_factory=dict)  # rule name -> RuleStats (attempts, rejections...)
+    fold_refusals: list[Any] = field(default_factory=list)  # FoldRefusal: folds over the size limit
+    fold_size_limit: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -506,6 +509,9 @@ class PipelineReport:
             "changed": self.result.changed,
             "converged": self.result.converged,
             "rule_counts": counts,
+            "rule_stats": {k: v.to_json() for k, v in sorted(self.rule_stats.items())},
+            "fold_size_limit": self.fold_size_limit,
+            "folds_over_size_limit": [dataclasses.asdict(r) for r in self.fold_refusals],
             "passes": [r.to_json() for r in self.passes],
         }
         if self.bisect_limit is not None:
@@ -554,6 +560,9 @@ class PassManager:
         report.rewrites = ctx.budget.used - used0
         if ctx.budget.limit is not None:
             report.last_rewrite = next((r for r in ctx.records if r.index == ctx.budget.limit), None)
+        report.rule_stats = ctx.rule_stats
+        report.fold_refusals = ctx.fold_refusals
+        report.fold_size_limit = ctx.fold_size_limit
         for ins in self.instruments:
             ins.finish(report)
         return report

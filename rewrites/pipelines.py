@@ -33,22 +33,30 @@ def _fuse() -> list[str]:
     return ["fuse{fold=true}"] if any(s.startswith("fuse-") for s in available_rule_sets()) else []
 
 
+def _plugin_sets(level: int) -> list[str]:
+    """Registered rule sets that ask to run from `level` on (fuse-* sets run inside `fuse`)."""
+    from .rules import rule_sets
+
+    return [f"rules{{rule-set={name},fold=true}}" for name, info in rule_sets().items()
+            if info.level is not None and info.level <= level and not name.startswith("fuse-")]
+
+
 def level_spec(level: int) -> str:
-    """The pipeline string of an optimization level."""
+    """The pipeline string of an optimization level (rule sets registered with a level join it)."""
     noops = ["eliminate-noops"] if _has("eliminate-noops") else []
     canon = ["canonicalize{fold=true}"] if _has("canonicalize") else []
     if level == 0:
         return ""
     if level == 1:
-        return ",".join(["fold-constants", *noops, "dce"])
+        return ",".join(["fold-constants", *noops, *_plugin_sets(1), "dce"])
     if level == 2:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
         # Fusions before cse: merging two Convs that feed different BatchNorms would block both fusions.
         return ",".join(["remove-initializer-inputs", "infer-shapes", "fold-constants", *noops_f, *canon, *_fuse(),
-                         "cse", "fold-constants", "dce"])
+                         *_plugin_sets(2), "cse", "fold-constants", "dce"])
     if level == 3:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
-        group = ",".join(["fold-constants", *noops_f, *canon, *_fuse(), "cse", "dce"])
+        group = ",".join(["fold-constants", *noops_f, *canon, *_fuse(), *_plugin_sets(3), "cse", "dce"])
         return f"remove-initializer-inputs,infer-shapes,fixed-point{{max-iterations=8}}({group}),infer-shapes,fixed-point{{max-iterations=8}}({group})"
     raise OptcError(f"unknown optimization level {level} (use 0, 1, 2 or 3)")
 

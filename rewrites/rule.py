@@ -297,15 +297,18 @@ def _types_compatible(old, new) -> str | None:
 class RuleApplier:
     """Matches rules at nodes and applies them safely through a Rewriter (used by the driver and `explain`)."""
 
-    def __init__(self, rewriter: Rewriter, opsets: dict[str, int], trace: bool = False, fast_math: bool = False):
+    def __init__(self, rewriter: Rewriter, opsets: dict[str, int], trace: bool = False, fast_math: bool = False,
+                 trace_rules: set[str] | frozenset[str] = frozenset()):
         self.rw = rewriter
         self.opsets = opsets
-        self.trace = trace
+        self.trace = trace  # keep the best partial match of every failed match (for explanations)
+        self.trace_rules = trace_rules  # ... of these rules only
         self.fast_math = fast_math
         self.attempts = 0
         self._inputs: set[Value] | None = None
         self._function_graphs: set[Graph] | None = None
-        self.last_failure: str = ""
+        self.last_failure: str = ""  # with tracing: the explanation of the last failed match (multi-line)
+        self.last_reason: str = ""  # ... its reason and best partial match on one line
 
     def _all_graph_inputs(self) -> set[Value]:
         """Inputs of every graph: an initializer among them may be overridden at run time (not a constant)."""
@@ -324,8 +327,9 @@ class RuleApplier:
         cp = rule.compiled()
         g = node.graph
         opsets = opsets or self.opsets
-        st = MatchState(g, opsets, self.trace, self._all_graph_inputs())
+        st = MatchState(g, opsets, self.trace or rule.name in self.trace_rules, self._all_graph_inputs())
         self.last_failure = ""
+        self.last_reason = "the pattern does not match"
         for root in cp.roots:
             np_ = root[0].node
             if np_.key != node.key:
@@ -358,6 +362,8 @@ class RuleApplier:
         if st.best is not None:
             _, reason, nodes, bindings = st.best
             self.last_failure = _format_failure(rule, node, reason, nodes, bindings)
+            matched = ", ".join(f"{n.op_type} '{n.name}'" for n in nodes)
+            self.last_reason = reason + (f" (best partial match: [{matched}])" if matched else "")
         return None
 
     def _escapes(self, nodes: list[Node], outputs: list[Value]) -> str | None:

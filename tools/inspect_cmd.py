@@ -7,6 +7,7 @@ from collections import Counter
 
 from ..ir import Model, SparseTensor, load
 from ..ir.core import Value
+from ..units import format_bytes
 
 
 def summarize(model: Model) -> dict:
@@ -47,14 +48,6 @@ def _io(v: Value) -> dict:
     }
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return f"{n} B"
-
-
 def run(args) -> int:
     summary = summarize(load(args.model))
     if args.json:
@@ -68,7 +61,7 @@ def run(args) -> int:
                   + ", ".join(f"{d} {v}" for d, v in summary["opsets"].items())
                   + (f", producer {summary['producer']}" if summary["producer"] else ""))
     console.print(f"nodes: {summary['nodes']}   parameters: {summary['parameters']:,} "
-                  f"({_human_bytes(summary['parameter_bytes'])})   functions: {summary['functions']}")
+                  f"({format_bytes(summary['parameter_bytes'])})   functions: {summary['functions']}")
     io = Table(title="inputs / outputs", show_edge=False)
     for col in ("kind", "name", "dtype", "shape"):
         io.add_column(col)

@@ -9,6 +9,7 @@ import sys
 
 from ..errors import OptcError
 from ..fileio import write_json
+from ..units import format_bytes
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
 
@@ -25,10 +26,6 @@ def _size(path: str) -> int:
     total = os.path.getsize(path)
     data = path + ".data"
     return total + (os.path.getsize(data) if os.path.exists(data) else 0)
-
-
-def _kb(n: int) -> str:
-    return f"{n / 1024:.1f} KB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MB"
 
 
 def _quantize(args, max_drop: float | None):
@@ -117,7 +114,7 @@ def _summary(report: dict) -> None:
                 f"{'per-channel' if s['per_channel'] else 'per-tensor'}, {report['calibration']['method']}"
                 f"{' (cached ranges)' if report['calibration']['cached'] else ''}")
     err = sys.stderr
-    sizes = f"{_kb(report['bytes_in'])} -> {_kb(report['bytes_out'])}; wrote {report['output']}"
+    sizes = f"{format_bytes(report['bytes_in'])} -> {format_bytes(report['bytes_out'])}; wrote {report['output']}"
     if mode in ("float16", "bfloat16"):
         kept = len(report.get("kept_float32", ()))
         print(f"optc: {report.get('converted_nodes', 0)} nodes compute in {mode}, {kept} in float32 (weights "

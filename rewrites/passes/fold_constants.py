@@ -8,7 +8,9 @@ subgraphs, calls of model-local functions, ops of domains the reference evaluato
 DequantizeLinear (a QDQ model's int8/int4 weights stay quantized, for the runtime's integer kernels), a Cast
 that widens a float16/bfloat16 weight of 64 or more elements (weights stored in half precision stay half the
 size; the runtime widens them), and results
-larger than `size-limit` bytes when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...).
+larger than the size limit when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...): the
+pass option `size-limit` (bytes), else the run's `PassContext.fold_size_limit` (`optc optimize --size-limit`;
+1 MiB by default). Refused folds are listed in `PassContext.fold_refusals` so the summary can say so.
 
 IEEE semantics: data movement, integer arithmetic (wrapping as onnxruntime does; integer Div truncates toward
 zero, in integers: no float64 round trip of int64 values) and the correctly rounded float operations (+ - * /,
@@ -33,11 +35,11 @@ from ...ir.core import Graph, Model, Node, Value, constant_node_value
 from ...ir.schema import Trait, get_schema, has_trait
 from ...ir.tensors import NumpyTensor
 from ...ir.types import DataType, TensorType
-from ..context import PassContext, PassResult
+from ..context import FoldRefusal, PassContext, PassResult
 from ..pass_manager import Pass, register_pass
 from ._util import describe, function_graphs, graphs_of, root_graph
 
-DEFAULT_SIZE_LIMIT = 1 << 30  # bytes per produced tensor, for folds that grow the model
+FROM_CONTEXT = -1  # size_limit: use the run's PassContext.fold_size_limit
 _FOLDABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
@@ -144,14 +146,14 @@ def _reference_eval(node: Node, vals: list[np.ndarray | None], opsets: dict[str,
 class ConstantFolder:
     """Folds one node at a time (`fold(node) -> bool`); shared by the pass and the rewrite driver."""
 
-    def __init__(self, ctx: PassContext, *, size_limit: int = DEFAULT_SIZE_LIMIT, fold_shapes: bool = True,
+    def __init__(self, ctx: PassContext, *, size_limit: int | None = FROM_CONTEXT, fold_shapes: bool = True,
                  constant_nodes: bool = True, pass_name: str = "fold-constants", model: Model | None = None,
                  rewriter=None):
         self.ctx = ctx
         self.rewriter = rewriter
         if model is None and rewriter is not None:
             model = rewriter.model
-        self.size_limit = size_limit
+        self.size_limit = ctx.fold_size_limit if size_limit == FROM_CONTEXT else size_limit
         self.fold_shapes = fold_shapes
         self.constant_nodes = constant_nodes
         self.pass_name = pass_name
@@ -285,6 +287,7 @@ class ConstantFolder:
         if op in ("ConstantOfShape", "Expand", "Tile", "Range") and self.size_limit is not None:
             est = self._estimate_size(op, vals, node)
             if est is not None and est > self.size_limit and est > in_bytes:
+                self._refuse(node, est)
                 return None
         outs = _fast_eval(node, vals, version) if node.domain == "" else None
         if outs is None:
@@ -347,9 +350,16 @@ class ConstantFolder:
             arrays.append(r)
         in_bytes = getattr(self, "_in_bytes", 0)
         if self.size_limit is not None and out_bytes > in_bytes:
-            if any(a is not None and a.nbytes > self.size_limit for a in arrays):
+            big = max((a.nbytes for a in arrays if a is not None), default=0)
+            if big > self.size_limit:
+                self._refuse(node, big)
                 return None
         return arrays
+
+    def _refuse(self, node: Node, nbytes: int) -> None:
+        refusals = self.ctx.fold_refusals
+        if not any(r.node == describe(node) for r in refusals):
+            refusals.append(FoldRefusal(describe(node), node.op_type, int(nbytes)))
 
     def _replace(self, node: Node, graph: Graph, results: list) -> bool:
         arrays = self._check_outputs(node, results)
@@ -448,7 +458,7 @@ class ConstantFolder:
         return True
 
 
-def make_folder(ctx: PassContext, *, size_limit: int = DEFAULT_SIZE_LIMIT, fold_shapes: bool = True,
+def make_folder(ctx: PassContext, *, size_limit: int | None = FROM_CONTEXT, fold_shapes: bool = True,
                 constant_nodes: bool = True, pass_name: str = "fold-constants",
                 model: Model | None = None, rewriter=None) -> Callable[[Node], bool]:
     """A callable that folds one node in place and says whether it did (for the rewrite driver).
@@ -471,12 +481,19 @@ class FoldConstants(Pass):
     name: ClassVar[str] = "fold-constants"
     description: ClassVar[str] = ("evaluate nodes whose inputs are constants (numpy / onnx reference evaluator), "
                                   "Shape/Size of static shapes; Constant nodes become initializers")
-    size_limit: int = DEFAULT_SIZE_LIMIT
+    size_limit: int | None = None  # bytes (`size-limit=64KB` works too); None: the run's PassContext.fold_size_limit
     fold_shapes: bool = True
     constant_nodes: bool = True
 
+    def __post_init__(self):
+        if isinstance(self.size_limit, str):
+            from ...units import parse_bytes
+
+            self.size_limit = parse_bytes(self.size_limit, what="pass 'fold-constants': option 'size-limit'")
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        folder = ConstantFolder(ctx, size_limit=self.size_limit, fold_shapes=self.fold_shapes,
+        limit = FROM_CONTEXT if self.size_limit is None else self.size_limit
+        folder = ConstantFolder(ctx, size_limit=limit, fold_shapes=self.fold_shapes,
                                 constant_nodes=self.constant_nodes, pass_name=self.name, model=model)
         changed = False
         for g in graphs_of(model):

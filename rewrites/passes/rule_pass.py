@@ -13,10 +13,10 @@ from ..pass_manager import Pass, register_pass
 
 
 def available_rule_sets() -> dict[str, list]:
-    """The rule sets of `optc.rewrites.rules` by name."""
-    from ..rules import RULE_SETS
+    """The rule sets of `optc.rewrites.rules` by name (plugins included)."""
+    from ..rules import rule_sets
 
-    return dict(RULE_SETS)
+    return {name: list(info.rules) for name, info in rule_sets().items()}
 
 
 def _run_sets(model: Model, ctx: PassContext, sets: list[str], pass_name: str, fold: bool) -> PassResult:
@@ -40,7 +40,7 @@ def _run_sets(model: Model, ctx: PassContext, sets: list[str], pass_name: str, f
 
 @dataclass
 class RewritePass(Pass):
-    """Run one rule set (`RULE_SETS[rule_set]`) through the worklist driver."""
+    """Run one registered rule set (`optc.rewrites.rules.rule_sets()[rule_set]`) through the worklist driver."""
 
     name: ClassVar[str] = "rules"
     description: ClassVar[str] = "run a named rule set through the worklist driver"
@@ -54,7 +54,8 @@ class RewritePass(Pass):
             raise OptcError(f"unknown rule set '{self.rule_set}' (known: {known})")
 
     def spec(self) -> str:
-        return f"rules{{rule-set={self.rule_set}}}"
+        fold = ",fold=true" if self.fold else ""
+        return f"rules{{rule-set={self.rule_set}{fold}}}"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         return _run_sets(model, ctx, [self.rule_set], self.name, self.fold)

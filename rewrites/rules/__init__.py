@@ -1,30 +1,119 @@
-"""Rule sets, by the names the CLI and the passes use (`RewritePass(rule_set)`, `fuse{set=conv-bn}`).
+"""Rule sets, by the names the CLI and the passes use (`rules{rule-set=NAME}`, `fuse{set=conv-bn}`).
 
 One module per family: `noops` (eliminate-noops), `canonicalize`, `fusion` (the fuse-* sets).
+
+Rule sets are a registry, open to plugins: `register_rule_set(name, rules, level=2)` from Python, or a package
+that declares an entry point in the `optc.rules` group (its object: a callable that calls `register_rule_set`,
+or a dict {set name: list of Rule classes}). A set named `fuse-*` joins the `fuse` pass (so -O2 and -O3 run
+it); another set given a `level` runs, as `rules{rule-set=NAME,fold=true}`, in the -O pipelines from that level
+on; a set without a level runs only when named in a pipeline.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ...errors import OptcError
 from ..rule import Rule
 from . import canonicalize, fusion, noops
 
-RULE_SETS: dict[str, list[type[Rule]]] = {
-    "eliminate-noops": list(noops.RULES),
-    "canonicalize": list(canonicalize.RULES),
-    "fuse-conv-bn": list(fusion.CONV_BN),
-    "fuse-conv-add-mul": list(fusion.CONV_ADD_MUL),
-    "fuse-pad": list(fusion.PAD),
-    "fuse-matmul-add": list(fusion.MATMUL_ADD),
-}
+
+@dataclass(frozen=True)
+class RuleSetInfo:
+    """A registered rule set: its rules, the first -O level whose pipeline runs it (None: only when named in a
+    pipeline, or through `fuse` for a fuse-* set), and where it came from ("optc" or "plugin <dist>")."""
+
+    name: str
+    rules: tuple[type[Rule], ...]
+    level: int | None = None
+    origin: str = "optc"
+
+
+_SETS: dict[str, RuleSetInfo] = {}
+_plugins_loaded = False
+
+
+def register_rule_set(name: str, rules, *, level: int | None = None, replace: bool = False,
+                      origin: str = "optc") -> None:
+    """Register a rule set under `name` (kebab-case). `rules`: Rule subclasses (or instances). `level`: run it
+    in the -O pipelines from this level (1..3) on. Raises ValueError for a taken name (unless `replace`), an
+    empty name, a level outside 1..3, or an item that is not a Rule."""
+    if not name or name != name.lower() or " " in name:
+        raise ValueError(f"rule set name {name!r} must be kebab-case, e.g. 'fuse-my-op'")
+    if name in _SETS and not replace:
+        raise ValueError(f"rule set '{name}' is already registered ({_SETS[name].origin})")
+    if level is not None and level not in (1, 2, 3):
+        raise ValueError(f"rule set '{name}': level must be 1, 2 or 3, not {level!r}")
+    items = []
+    for r in rules:
+        cls = r if isinstance(r, type) else type(r)
+        if not issubclass(cls, Rule):
+            raise ValueError(f"rule set '{name}': {r!r} is not a Rule")
+        items.append(r)
+    _SETS[name] = RuleSetInfo(name, tuple(items), level, origin)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="optc.rules"):
+        dist = getattr(ep, "dist", None)
+        origin = f"plugin {dist.name if dist else ep.value}"
+        try:
+            obj = ep.load()
+            if isinstance(obj, dict):
+                for set_name, rules in obj.items():
+                    register_rule_set(set_name, rules, origin=origin)
+            elif callable(obj):
+                obj()
+            else:
+                raise TypeError(f"{obj!r} is neither a callable nor a dict of rule sets")
+        except Exception as exc:  # a broken plugin is the user's to fix: name it, in one line
+            raise OptcError(f"rule plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+
+
+def rule_sets() -> dict[str, RuleSetInfo]:
+    """Every registered rule set (built-ins, then plugins), by name."""
+    _load_plugins()
+    return dict(_SETS)
 
 
 def all_rules() -> list[type[Rule]]:
     """Every registered rule class, once, in registry order."""
     seen: dict[type[Rule], None] = {}
-    for rules in RULE_SETS.values():
-        for r in rules:
-            seen.setdefault(r, None)
+    for info in rule_sets().values():
+        for r in info.rules:
+            seen.setdefault(r if isinstance(r, type) else type(r), None)
     return list(seen)
 
 
-__all__ = ["RULE_SETS", "all_rules"]
+def check_rule_names(names, what: str = "rule") -> None:
+    """Raise OptcError (one line, with a suggestion) for a name that is no registered rule's."""
+    import difflib
+
+    known = {getattr(r, "name", None) or r.__name__ for r in all_rules()}
+    for name in names:
+        if name != "all" and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise OptcError(f"unknown {what} '{name}'{hint}; `optc passes` lists the rules")
+
+
+def __getattr__(name: str):
+    if name == "RULE_SETS":  # {set name: [rules]}: a snapshot of the registry, plugins included
+        return {k: list(v.rules) for k, v in rule_sets().items()}
+    raise AttributeError(name)
+
+
+register_rule_set("eliminate-noops", noops.RULES)
+register_rule_set("canonicalize", canonicalize.RULES)
+register_rule_set("fuse-conv-bn", fusion.CONV_BN)
+register_rule_set("fuse-conv-add-mul", fusion.CONV_ADD_MUL)
+register_rule_set("fuse-pad", fusion.PAD)
+register_rule_set("fuse-matmul-add", fusion.MATMUL_ADD)
+
+__all__ = ["RULE_SETS", "RuleSetInfo", "all_rules", "check_rule_names", "register_rule_set", "rule_sets"]
