@@ -16,6 +16,7 @@ from . import (
     inspect_cmd,
     optimize_cmd,
     passes_cmd,
+    profile_cmd,
     quantize_cmd,
     run_cmd,
     show_cmd,
@@ -26,6 +27,7 @@ from .native_log import quiet_native_log
 COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
 COMMANDS += [optimize_cmd, passes_cmd, verify_cmd, quantize_cmd, evaluate_cmd]
 COMMANDS += [compile_cmd, run_cmd, bench_cmd]
+COMMANDS += [profile_cmd]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,138 @@
+"""optc profile: per-op times from onnxruntime's profiler and per-kernel times of a compiled artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from optc.errors import OptcError
+from optc.tools import cli
+from optc.workflow.profile import Profile, _ort_samples, kernel_op_type, profile
+
+DIGITS = os.path.join(os.path.dirname(__file__), "..", "examples", "digits_cnn.onnx")
+
+
+def _small() -> onnx.ModelProto:
+    """x [N, 8] -> MatMul -> Relu -> MatMul -> Softmax."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["z"], name="mm2"),
+             helper.make_node("Softmax", ["z"], ["y"], name="sm", axis=-1)]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _check_sums(p: Profile, runs: int) -> None:
+    assert p.runs == runs
+    assert p.total_us > 0
+    assert sum(e.total_us for e in p.by_op_type) == pytest.approx(p.total_us, rel=1e-9)
+    assert sum(e.total_us for e in p.by_node) == pytest.approx(p.total_us, rel=1e-9)
+    assert sum(e.share for e in p.by_op_type) == pytest.approx(1.0, rel=1e-9)
+    assert [e.total_us for e in p.by_node] == sorted((e.total_us for e in p.by_node), reverse=True)
+    for e in p.by_node:  # every node runs once per measured run (no control flow in these models)
+        assert e.calls == runs
+
+
+def test_digits_onnxruntime_op_types_and_sums():
+    p = profile(DIGITS, runs=4)
+    _check_sums(p, 4)
+    types = {e.name for e in p.by_op_type}
+    assert "Conv" in types and types & {"Gemm", "FusedGemm"}
+    assert p.backend == "onnxruntime"
+    assert sum(e.calls for e in p.by_op_type) == sum(e.calls for e in p.by_node)
+
+
+def test_small_model_in_memory_with_given_inputs():
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    p = profile(_small(), {"x": x}, runs=3, threads=1)
+    _check_sums(p, 3)
+    assert {"MatMul", "Softmax"} <= {e.op_type for e in p.by_node}
+
+
+def test_warmup_runs_are_excluded():
+    """Synthetic trace: the first model_run's node events must not be counted."""
+    trace = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 50, "args": {"op_name": "Conv"}},
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+        {"cat": "Node", "name": "a_fence_before", "ts": 205, "dur": 1, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 210, "dur": 7, "args": {"op_name": "Conv"}},
+    ]
+    samples, walls = _ort_samples(trace, warmup=1)
+    assert samples == [("a", "Conv", 7.0)] and walls == [100.0]
+
+
+def test_top_keeps_the_largest_nodes_and_every_op_type():
+    full = profile(DIGITS, runs=2)
+    p = profile(DIGITS, runs=2, top=2)
+    assert len(p.by_node) == 2 and len(p.by_op_type) == len(full.by_op_type)
+
+
+def test_kernel_op_type():
+    assert kernel_op_type("fused_conv2d1_add1_maximum11") == "conv2d_add_maximum"
+    assert kernel_op_type("transpose31") == "transpose"
+    assert kernel_op_type("vm.builtin.alloc_tensor") == "vm.builtin.alloc_tensor"
+
+
+def test_cli_json_schema(capsys):
+    assert cli.main(["profile", DIGITS, "--runs", "2", "--json", "--top", "3"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {"model", "backend", "runs", "warmup", "threads", "total_us", "wall_us", "by_op_type", "by_node"} <= set(doc)
+    assert len(doc["by_node"]) == 3
+    for e in doc["by_op_type"] + doc["by_node"]:
+        assert set(e) == {"name", "op_type", "total_us", "calls", "share", "mean_us"}
+        assert e["mean_us"] == pytest.approx(e["total_us"] / e["calls"])
+
+
+def test_cli_table(capsys):
+    assert cli.main(["profile", DIGITS, "--runs", "2", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "by node" in out and "by op type" in out and "Conv" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--runs", "0"], "runs must be an integer >= 1"),
+    (["--threads", "0"], "threads must be an integer >= 1"),
+    (["--top", "-1"], "top must be an integer >= 1"),
+])
+def test_cli_bad_options_exit_2(capsys, argv, message):
+    assert cli.main(["profile", DIGITS, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_inputs_and_paths(tmp_path):
+    with pytest.raises(OptcError, match="does not exist"):
+        profile(str(tmp_path / "none.onnx"))
+    with pytest.raises(OptcError, match="unknown input 'z'"):
+        profile(_small(), {"z": np.zeros((1, 8), np.float32)})
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(OptcError):
+        profile(str(bad))
+
+
+@pytest.mark.slow
+def test_compiled_artifact_kernels(tmp_path, capsys):
+    from optc.codegen.compile import compile_to_file
+
+    src = tmp_path / "small.onnx"
+    onnx.save(_small(), src)
+    lib = compile_to_file(str(src), tmp_path / "small.so")
+    p = profile(str(lib), {"x": np.ones((2, 8), np.float32)}, runs=3)
+    assert p.total_us > 0 and p.backend == "tvm-cpu"
+    assert sum(e.total_us for e in p.by_node) == pytest.approx(p.total_us)
+    assert sum(e.total_us for e in p.by_op_type) == pytest.approx(p.total_us)
+    kernels = [e for e in p.by_node if not e.name.startswith("vm.")]
+    assert kernels and any("matmul" in e.op_type for e in kernels)
+    assert all(e.calls % 3 == 0 for e in p.by_node)  # the same instructions in every run
+    assert cli.main(["profile", str(src), "--artifact", str(lib), "--runs", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "tvm-cpu" and doc["by_node"]
