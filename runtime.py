@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptcError
+from .inputs import check_input_names
 
 __all__ = ["Module", "load"]
 
@@ -50,13 +51,7 @@ class Module:
         """Arrays in signature order; raises OptcError (one line) on a wrong name, shape or dtype."""
         if not isinstance(inputs, Mapping):
             raise OptcError("inputs must be a mapping {name: array}")
-        expected = self.input_names
-        unknown = [k for k in inputs if k not in expected]
-        if unknown:
-            raise OptcError(f"unknown input '{unknown[0]}' (expected inputs: {', '.join(expected)})")
-        missing = [k for k in expected if k not in inputs]
-        if missing:
-            raise OptcError(f"missing input '{missing[0]}' (expected inputs: {', '.join(expected)})")
+        check_input_names(inputs, self.input_names)
         bound: dict[str, int] = {}
         arrays = []
         for spec in self.inputs:

@@ -7,6 +7,9 @@ is memory-mapped at its offset inside the zip, so a batch costs only its own pag
 (`np.savez_compressed`) is decompressed sequentially, one batch of rows at a time; a compressed Fortran-order
 member has no contiguous rows and is read whole when its file is reached. The `.npy` layout is numpy's
 (`numpy.lib.format`); the zip local-header layout is PKWARE's APPNOTE 4.3.7.
+
+`read_npz` reads one whole `.npz` file (inputs for one run: `optc run`, `optc verify --inputs`), with the same
+checks. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ..errors import OptcError
+from ..inputs import InputSpec
 
-__all__ = ["Dataset", "InputSpec", "model_input_specs", "open_dataset"]
+__all__ = ["Dataset", "InputSpec", "model_input_specs", "open_dataset", "read_npz"]
 
 # What reading a broken zip or .npy member can raise.
 _READ_ERRORS = (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error)
@@ -33,20 +37,6 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, e
 
 def _fmt_dims(shape: Sequence[int | str | None]) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model expects of one graph input: its numpy dtype and shape (an int dim is fixed; a str is a
-    symbolic dim, None an unknown one). Axis 0 is the batch."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str | None, ...]
-
-    def describe(self) -> str:
-        """E.g. `float32 [N,64]`."""
-        return f"{self.dtype} {_fmt_dims(self.shape)}"
 
 
 def model_input_specs(model) -> list[InputSpec]:
@@ -314,3 +304,26 @@ def open_dataset(path: str | os.PathLike, inputs: Sequence[InputSpec], *, labels
     dataset = Dataset(path, role=role)
     dataset.check(inputs, labels)
     return dataset
+
+
+def read_npz(path: str | os.PathLike, *, role: str = "inputs") -> dict[str, np.ndarray]:
+    """Every array of one `.npz` file by name, read whole (for one run of a model, not a data set to stream).
+
+    The one reader of whole `.npz` files in optc: nothing is unpickled (`allow_pickle=False`). OptcError, one line
+    starting with f"{role} '{path}'", for a missing path, a file that is not a valid `.npz`, or an array of
+    Python objects.
+    """
+    path = os.fspath(path)
+    where = f"{role} '{path}'"
+    if not os.path.isfile(path):
+        raise OptcError(f"{where} {'is not a file' if os.path.exists(path) else 'does not exist'}")
+    file = _read_file(path, where)
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name, member in file.members.items():
+                with zf.open(member.info) as f:
+                    arrays[name] = npy_format.read_array(f, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise file.fail(f"cannot be read: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    return arrays

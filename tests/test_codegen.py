@@ -18,6 +18,7 @@ from optc import from_onnx, runtime  # noqa: E402
 from optc.codegen import build, export, read_metadata, resolve_target, tune  # noqa: E402
 from optc.errors import OptcError  # noqa: E402
 from optc.lowering import lower, signature  # noqa: E402
+from optc.rewrites.rules._testing import random_feeds  # noqa: E402
 
 
 def lower_onnx(model):
@@ -113,10 +114,7 @@ def two_io():
 
 # ----------------------------------------------------------------------------- helpers
 def _random_inputs(model, batch=1, seed=0):
-    rng = np.random.default_rng(seed)
-    ins, _ = graph_io(model)
-    return {i["name"]: rng.standard_normal([d if isinstance(d, int) else batch for d in i["shape"]])
-            .astype(i["dtype"]) for i in ins}
+    return random_feeds(model, seed, symbolic_dim=batch)
 
 
 def _ort(model, feed):

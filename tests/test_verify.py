@@ -257,9 +257,9 @@ BAD = {
     "missing artifact": (["{model}", "{d}/missing.so"], "no such artifact"),
     "artifact without metadata": (["{model}", "{d}/nometa.so"], "no metadata file"),
     "metadata instead of library": (["{model}", "{so}.json"], "give the library"),
-    "missing npz": (["{model}", "{so}", "--inputs", "{d}/missing.npz"], "no such file"),
+    "missing npz": (["{model}", "{so}", "--inputs", "{d}/missing.npz"], "does not exist"),
     "corrupt npz": (["{model}", "{so}", "--inputs", "{d}/not.npz"], "not a valid .npz"),
-    "npz without an input": (["{model}", "{so}", "--inputs", "{d}/no_x.npz"], "no value for input 'x'"),
+    "npz without an input": (["{model}", "{so}", "--inputs", "{d}/no_x.npz"], "unknown input 'z' (expected inputs: x)"),
     "wrong dtype for the artifact": (["{so}", "{model}", "--inputs", "{d}/x64.npz"], "input 'x' is float64"),
     "wrong shape": (["{model}", "{so}", "--inputs", "{d}/x_small.npz"], "float32 [N,3,32,32]"),
     "different inputs": (["{so}", "{other}"], "different inputs"),
@@ -278,7 +278,7 @@ def test_bad_input_is_one_line_and_exit_2(case, files):
 
 def test_bad_input_with_json_prints_nothing_on_stdout(files):
     r = optc_cli("verify", files["model"], files["so"], "--json", "--inputs", files["d"] + "/no_x.npz")
-    _assert_one_line_error(r, "no value for input 'x'")
+    _assert_one_line_error(r, "unknown input 'z'")
 
 
 # -- compare() itself -----------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import time
 import numpy as np
 
 from ..errors import OptcError
+from ..inputs import random_inputs, session_input_specs
 from ..ortsession import session
-from .verify_cmd import parse_dims, random_inputs
+from .verify_cmd import parse_dims
 
 
 def _ort_session(path: str, threads: int):
@@ -41,7 +42,7 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
 
     model = load(model_path)
     session = _ort_session(model_path, threads)
-    feeds = random_inputs(session, dims, seed)
+    feeds = random_inputs(session_input_specs(session), dims=dims, seed=seed)
     start = time.perf_counter()
     module = runtime.load(artifact) if artifact else compile_model(model, "cpu", level=level, trials=trials, db=db,
                                                                    fast_math=fast_math)

@@ -16,16 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptcError
+from ..inputs import InputSpec, check_input_names, random_inputs, session_input_specs
 from ..ortsession import first_line, session
 from .compare import Comparison, compare_outputs
 from .native_log import stdout_to_stderr
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
-    "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32, "tensor(uint16)": np.uint16,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-}
 
 ARTIFACT_SUFFIXES = (".so", ".dylib", ".dll")
 
@@ -51,59 +45,6 @@ def parse_dims(specs: list[str] | None) -> dict[str, int]:
         if dims[name] < 0:
             raise OptcError(f"--dim {name}: must not be negative")
     return dims
-
-
-# -- input signatures and generated inputs -------------------------------------------------------------------
-
-
-@dataclass
-class InputSpec:
-    """One input: its dims (int, a symbolic name, or None for unknown) and dtype (None when numpy has none)."""
-
-    name: str
-    shape: list[int | str | None]
-    dtype: np.dtype | None
-    type_text: str = ""  # what the model calls the type, for messages
-
-    def describe(self) -> str:
-        dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.dtype if self.dtype is not None else self.type_text} [{dims}]"
-
-
-def _ort_specs(session) -> list[InputSpec]:
-    specs = []
-    for inp in session.get_inputs():
-        dtype = _ORT_TYPES.get(inp.type)
-        shape = [d if isinstance(d, (int, str)) and not (isinstance(d, int) and d < 0) else None
-                 for d in (inp.shape or [])]
-        specs.append(InputSpec(inp.name, shape, np.dtype(dtype) if dtype is not None else None, inp.type))
-    return specs
-
-
-def random_feeds(specs: list[InputSpec], dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random arrays for `specs`, in order: floats in [-1, 1), integers 0 or 1 (valid as attention masks, token ids
-    and indices: a dynamo-exported BERT gathers at `mask.sum(-1) - 1`, which larger values push out of range),
-    random booleans. A symbolic dim takes its value from `dims` (1 when not there); an unknown dim is 1."""
-    rng = np.random.default_rng(seed)
-    dims = dims or {}
-    feeds = {}
-    for spec in specs:
-        dtype = spec.dtype
-        if dtype is None or dtype.kind not in "biuf":
-            raise OptcError(f"input '{spec.name}' has type {spec.type_text or dtype}; give its values with --inputs")
-        shape = [d if isinstance(d, int) else dims.get(d, 1) if isinstance(d, str) else 1 for d in spec.shape]
-        if dtype.kind == "f":
-            feeds[spec.name] = rng.uniform(-1, 1, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
-        else:
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
-    return feeds
-
-
-def random_inputs(session, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds for an onnxruntime session's inputs (see `random_feeds`)."""
-    return random_feeds(_ort_specs(session), dims, seed)
 
 
 # -- the two sides ---------------------------------------------------------------------------------------------
@@ -180,14 +121,14 @@ def open_side(path: str) -> Side:
                     dtype = np.dtype(spec["dtype"])
                 except TypeError:
                     dtype = None
-                shape = [d if isinstance(d, (int, str)) else None for d in spec["shape"]]
-                specs.append(InputSpec(str(spec["name"]), shape, dtype, str(spec["dtype"])))
+                shape = tuple(d if isinstance(d, (int, str)) else None for d in spec["shape"])
+                specs.append(InputSpec(str(spec["name"]), dtype, shape, str(spec["dtype"])))
             outputs = [str(o["name"]) for o in meta["outputs"]]
         except (KeyError, TypeError) as exc:
             raise OptcError(f"artifact metadata of '{path}' is incomplete: {exc!r}") from None
         return Side(path, "artifact", specs, outputs, None, str(meta.get("target", "cpu")))
     session = _session(path)
-    return Side(path, "onnx", _ort_specs(session), [o.name for o in session.get_outputs()], session)
+    return Side(path, "onnx", session_input_specs(session), [o.name for o in session.get_outputs()], session)
 
 
 def _merge_specs(a: Side, b: Side, dims: dict[str, int] | None = None) -> list[InputSpec]:
@@ -217,16 +158,16 @@ def _merge_specs(a: Side, b: Side, dims: dict[str, int] | None = None) -> list[I
                     isinstance(da, str) and isinstance(db, str) and db in dims and da not in dims):
                 da = db
             shape.append(da)
-        merged.append(InputSpec(sa.name, shape, dtype, sa.type_text or sb.type_text))
+        merged.append(InputSpec(sa.name, dtype, tuple(shape), sa.type_text or sb.type_text))
     return merged
 
 
 def _check_inputs(path: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    """The arrays of `path` that `specs` name, checked against their dtypes, ranks and fixed dims."""
+    """`arrays` (read from `path`) checked against `specs`: the same names (`check_input_names`), dtypes, ranks
+    and fixed dims."""
+    check_input_names(arrays, [s.name for s in specs], f"'{path}'")
     feeds = {}
     for spec in specs:
-        if spec.name not in arrays:
-            raise OptcError(f"'{path}' has no value for input '{spec.name}'")
         arr = arrays[spec.name]
         ok = (spec.dtype is None or arr.dtype == spec.dtype) and arr.ndim == len(spec.shape) and all(
             not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=True))
@@ -300,7 +241,7 @@ def verify(path_a: str, path_b: str, *, inputs: str | None = None, dims: dict[st
         raise OptcError("--rtol and --atol must be finite and not negative")
     arrays = None
     if inputs:
-        from .run_cmd import read_npz
+        from ..quantization.data import read_npz
 
         arrays = read_npz(inputs)
     a = open_side(path_a)
@@ -311,7 +252,7 @@ def verify(path_a: str, path_b: str, *, inputs: str | None = None, dims: dict[st
         info: dict = {"source": inputs}
     else:
         _check_dims(dims or {}, specs, a, b)
-        feeds = random_feeds(specs, dims, seed)
+        feeds = random_inputs(specs, dims=dims, seed=seed)
         info = {"source": "random", "seed": seed}
     info["arrays"] = {n: {"dtype": str(v.dtype), "shape": list(v.shape)} for n, v in feeds.items()}
     outs_a = a.run(feeds)

@@ -9,6 +9,7 @@ import onnx
 import onnx.parser
 import onnx.shape_inference
 
+from ...inputs import InputSpec, random_inputs
 from ...ir import from_onnx, to_onnx
 from ...ir.core import Model
 from ...ir.types import DataType, TensorType
@@ -30,29 +31,18 @@ def parse(text: str | onnx.ModelProto, infer: bool = True) -> onnx.ModelProto:
 def random_feeds(proto: onnx.ModelProto, seed: int = 0, *, symbolic_dim: int = 2,
                  float_range: tuple[float, float] | None = None,
                  int_range: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input that is not an initializer (symbolic dims become `symbolic_dim`).
-    Floats: standard normal, or uniform in `float_range`; integers: in `int_range` (default [-5, 6) when
-    signed, [0, 10) when unsigned); booleans: fair coin flips."""
-    rng = np.random.default_rng(seed)
+    """Random inputs (`optc.inputs.random_inputs`) for every graph input that is not an initializer (symbolic
+    dims become `symbolic_dim`). Floats: standard normal, or uniform in `float_range`; integers: in `int_range`
+    (default [-5, 6) when signed, [0, 10) when unsigned); booleans: fair coin flips."""
     inits = {t.name for t in proto.graph.initializer}
-    feeds = {}
+    specs = []
     for vi in proto.graph.input:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else symbolic_dim for d in tt.shape.dim]
-        dtype = DataType(tt.elem_type).numpy()
-        if dtype == np.bool_:
-            arr = rng.random(shape) > 0.5
-        elif np.issubdtype(dtype, np.integer):
-            low, high = int_range or ((-5, 6) if np.issubdtype(dtype, np.signedinteger) else (0, 10))
-            arr = rng.integers(low, high, size=shape).astype(dtype)
-        elif float_range is not None:
-            arr = rng.uniform(*float_range, size=shape).astype(dtype)
-        else:
-            arr = rng.standard_normal(shape).astype(dtype)
-        feeds[vi.name] = np.asarray(arr)
-    return feeds
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, np.dtype(DataType(tt.elem_type).numpy()), shape))
+    return random_inputs(specs, seed=seed, default_dim=symbolic_dim, float_range=float_range, int_range=int_range)
 
 
 def run_ort(proto: onnx.ModelProto, feeds: dict) -> list:
