@@ -99,6 +99,14 @@ class Rewriter:
         names.add(name)
         return name
 
+    def take_name(self, new: Value, old: Value) -> None:
+        """Give `new` the name of `old`, a value no longer in the graph (a rewrite replaced it), and leave `old`
+        unnamed, so the user's value names survive rewrites. Raises RewriteError if `old` is still produced or
+        used, or is a graph output (replacing an output already moves its name)."""
+        if old.uses() or self.is_graph_output(old) or (old.producer is not None and old.producer.graph is not None):
+            raise RewriteError(f"'{old.name}' is still in the graph; its name cannot move to '{new.name}'")
+        new.name, old.name = old.name, ""
+
     def reserve_name(self, name: str) -> None:
         if name:
             self._name_set().add(name)

@@ -467,6 +467,26 @@ class RuleApplier:
                 new.type = old.type
             rw.replace_all_uses_with(old, new, replace_graph_outputs=True)
         self.erase_unused(m.nodes)
+        self._keep_names(m, builder, results)
+
+    def _keep_names(self, m: Match, builder: RewriteBuilder, results: list[Value]) -> None:
+        """The user's names survive a fusion: a new value that replaces an erased one takes its name, and the
+        node that makes the (first) result takes the name of an erased matched node of its op type (Conv + BN
+        -> Conv keeps the Conv's name, as onnxruntime's fusion does), else the erased root's name."""
+        fresh = builder_outputs(builder)
+        for old, new in zip(m.outputs, results, strict=False):
+            erased = old.producer is None or old.producer.graph is None
+            if new in fresh and erased and old.name and new.name != old.name and not self.rw.is_graph_output(new):
+                self.rw.take_name(new, old)
+        first = results[0] if results else None
+        if first not in fresh or first.producer is None or first.producer not in builder.nodes:
+            return
+        made = first.producer
+        erased = [n for n in m.nodes if n.graph is None and n.name]
+        same = [n for n in erased if n.key == made.key]
+        donor = same[0] if same else (m.root if m.root in erased else None)
+        if donor is not None:
+            made.name = donor.name
 
     def _inline(self, body: Graph, root: Node) -> None:
         rw = self.rw

@@ -9,6 +9,7 @@ import sys
 
 from ..errors import OptcError
 from ..fileio import write_json
+from ..ir.stats import file_bytes
 from ..units import format_bytes
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
@@ -20,12 +21,6 @@ def default_cache_dir() -> str:
         return os.path.join(os.environ["OPTC_CACHE_DIR"], "calibration")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "optc", "calibration")
-
-
-def _size(path: str) -> int:
-    total = os.path.getsize(path)
-    data = path + ".data"
-    return total + (os.path.getsize(data) if os.path.exists(data) else 0)
 
 
 def _quantize(args, max_drop: float | None):
@@ -65,8 +60,8 @@ def run(args) -> int:
     with stdout_to_stderr(args.json):  # --json leaves exactly one JSON document on stdout
         model, report = _quantize(args, max_drop)
     save(model, args.output)  # (the report's directory was checked before any work)
-    report.update({"input": args.model, "output": args.output, "bytes_in": _size(args.model),
-                   "bytes_out": _size(args.output)})
+    report.update({"input": args.model, "output": args.output, "bytes_in": file_bytes(args.model),
+                   "bytes_out": file_bytes(args.output)})
     if isinstance(report.get("accuracy", {}).get("max_drop"), float) and math.isinf(report["accuracy"]["max_drop"]):
         report["accuracy"]["max_drop"] = None
     if args.report:
