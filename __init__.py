@@ -6,9 +6,9 @@ from .errors import OptcError, UnsupportedError
 from .ir import Model, from_onnx, load, save, to_onnx
 from .quantization import quantize
 from .rewrites import optimize
-from .workflow import evaluate, profile
+from .workflow import auto, evaluate, profile
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "compile", "evaluate", "from_onnx", "load", "optimize", "profile", "quantize",
+__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "auto", "compile", "evaluate", "from_onnx", "load", "optimize", "profile", "quantize",
            "runtime", "save", "to_onnx"]

@@ -9,6 +9,7 @@ import traceback
 
 from ..errors import OptcError
 from . import (
+    auto_cmd,
     bench_cmd,
     compare_cmd,
     compile_cmd,
@@ -28,6 +29,7 @@ from .native_log import quiet_native_log
 COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
 COMMANDS += [optimize_cmd, passes_cmd, verify_cmd, quantize_cmd, evaluate_cmd]
 COMMANDS += [compile_cmd, run_cmd, bench_cmd]
+COMMANDS += [auto_cmd]
 COMMANDS += [compare_cmd]
 COMMANDS += [profile_cmd]
 

@@ -1,6 +1,7 @@
 """The workflow: evaluate (metrics, per-class accuracy against a baseline), and what composes passes with it."""
 
+from .auto import AutoResult, auto
 from .evaluate import evaluate
 from .profile import Profile, ProfileEntry, profile
 
-__all__ = ["Profile", "ProfileEntry", "evaluate", "profile"]
+__all__ = ["AutoResult", "Profile", "ProfileEntry", "auto", "evaluate", "profile"]
