@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from ..errors import OptcError
+from .native_log import stdout_to_stderr
 from .paths import check_output_path
+
+SUFFIXES = (".so",)  # export_library links a shared object with the host's (or the cross) compiler
 
 
 def run(args) -> int:
     from ..ir import load
 
-    check_output_path(args.model, args.output)
+    check_output_path(args.model, args.output, SUFFIXES)
     model = load(args.model)  # a bad input fails here, before TVM is imported
     from ..codegen.compile import compile_to_file
 
@@ -19,12 +23,19 @@ def run(args) -> int:
         raise OptcError("--tune needs --db DIR, the tuning database directory (reused by later compiles)")
     report: dict = {}
     start = time.perf_counter()
-    path = compile_to_file(model, args.output, args.target, level=args.level,
-                           trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
-                           progress=not args.quiet, report=report, fast_math=args.fast_math)
+    with stdout_to_stderr(args.json):
+        path = compile_to_file(model, args.output, args.target, level=args.level,
+                               trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
+                               progress=not args.quiet, report=report, fast_math=args.fast_math)
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({"model": args.model, "output": str(path), "metadata": f"{path}.json",
+                          "target": args.target, "opt_level": args.level, "fast_math": args.fast_math,
+                          "seconds": seconds, **report}, indent=2, default=str))
+        return 0
     build = report.get("build", {})
     math = "" if args.fast_math else ", no fast math"
-    line = (f"wrote {path} ({args.target}, -O{args.level}{math}) in {time.perf_counter() - start:.1f} s: "
+    line = (f"wrote {path} ({args.target}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
     tuning = report.get("tuning")
     if tuning is not None:
@@ -39,7 +50,8 @@ def register(sub) -> None:
                        description="Optimize a model (-O), lower it to TVM Relax, optionally tune its kernels "
                        "with MetaSchedule, and export a shared library plus a JSON metadata file beside it.")
     p.add_argument("model", help="an ONNX file")
-    p.add_argument("-o", "--output", required=True, help="the library to write, e.g. model.so")
+    p.add_argument("-o", "--output", required=True, help="the library to write (a .so), e.g. model.so; its metadata "
+                   "goes to model.so.json")
     p.add_argument("--target", default="cpu", help="target preset: cpu, cuda or arm64 (default cpu)")
     levels = p.add_mutually_exclusive_group()
     for level in range(4):
@@ -55,4 +67,6 @@ def register(sub) -> None:
                    help="use libm's exp, tanh and erf and the plain softmax instead of the vectorized polynomial "
                    "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, output, metadata, "
+                   "target, opt_level, fast_math, seconds, build (kernels, tuned, ...) and, when tuning, tuning")
     p.set_defaults(func=run)

@@ -1,43 +1,76 @@
-"""`optc run`: run a compiled artifact on inputs from an .npz file."""
+"""`optc run`: run an ONNX model (on onnxruntime) or a compiled artifact on inputs from an .npz file (or random
+inputs), print what it returned and write the outputs to an .npz file."""
 
 from __future__ import annotations
 
-import os
-import zipfile
+import json
 
 import numpy as np
 
-from ..errors import OptcError
-from ..fileio import write_npz
+from ..inputs import random_inputs
+from .native_log import stdout_to_stderr
+from .paths import check_output_path
+from .verify_cmd import _check_inputs, open_side, parse_dims
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-    """Arrays of an .npz file by name; OptcError on a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise OptcError(f"cannot read inputs '{path}': no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise OptcError(f"cannot read inputs '{path}': not a valid .npz file ({exc})") from None
+def _describe(arrays: dict[str, np.ndarray]) -> list[dict]:
+    return [{"name": n, "dtype": str(v.dtype), "shape": list(v.shape)} for n, v in arrays.items()]
+
+
+def run_model(path: str, inputs: str | None = None, *, dims: dict[str, int] | None = None,
+              seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+    """Run `path` (an ONNX model on onnxruntime with its graph optimizations off, or an artifact from
+    `optc compile`, told apart as `optc verify` does) on the arrays of the .npz file `inputs` (exactly the model's
+    input names; dtypes and fixed dims checked) or, without it, on `optc.inputs.random_inputs` (symbolic dims from
+    `dims`, else 1). Returns `({output name: array}, info)`; `info` holds `model`, `kind` ("onnx" or "artifact")
+    and `inputs` (`source`: the .npz path or "random", `seed`, and `arrays`: name, dtype, shape). OptcError (one
+    line) for a bad model, a bad file or inputs that do not fit."""
+    from ..quantization.data import read_npz
+
+    arrays = read_npz(inputs) if inputs else None
+    side = open_side(path)
+    if arrays is not None:
+        feeds = _check_inputs(inputs, arrays, side.inputs)
+        source: dict = {"source": inputs}
+    else:
+        feeds = random_inputs(side.inputs, dims=dims, seed=seed)
+        source = {"source": "random", "seed": seed}
+    outputs = side.run(feeds)
+    info = {"model": path, "kind": side.kind, "inputs": {**source, "arrays": _describe(feeds)}}
+    return outputs, info
 
 
 def run(args) -> int:
-    from ..runtime import load
+    from ..fileio import write_npz
 
-    module = load(args.artifact)
-    outputs = module.run(read_npz(args.inputs))
-    write_npz(args.output, outputs)
-    for name, value in outputs.items():
-        print(f"{name}: {value.dtype}{list(value.shape)}")
+    if args.output:
+        check_output_path(args.model, args.output, (".npz",))
+    with stdout_to_stderr(args.json):
+        outputs, info = run_model(args.model, args.inputs, dims=parse_dims(args.dim), seed=args.seed)
+        if args.output:
+            write_npz(args.output, outputs)
+    if args.json:
+        print(json.dumps({**info, "outputs": _describe(outputs), "output_file": args.output}, indent=2))
+        return 0
+    for entry in _describe(outputs):
+        print(f"{entry['name']}: {entry['dtype']}{entry['shape']}")
+    if args.output:
+        print(f"wrote {args.output}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run a compiled artifact on inputs from an .npz file",
-                       description="Run a library made by `optc compile`. Inputs and outputs are .npz files keyed "
-                       "by input / output names; names, shapes and dtypes are checked against the artifact.")
-    p.add_argument("artifact", help="the .so written by optc compile")
-    p.add_argument("--inputs", required=True, metavar="X.npz", help="input arrays by input name")
-    p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the outputs")
+    p = sub.add_parser("run", help="run an ONNX model or a compiled artifact on inputs from an .npz file",
+                       description="Run an ONNX model (on onnxruntime, its graph optimizations off) or a library "
+                       "made by `optc compile`. Inputs and outputs are .npz files keyed by input / output names; "
+                       "the names (no more, no fewer), dtypes and fixed dims are checked against the model. "
+                       "Without --inputs the inputs are random, as for `optc verify`.")
+    p.add_argument("model", help="an ONNX file or the .so written by optc compile")
+    p.add_argument("--inputs", metavar="X.npz", help="input arrays by input name (default: random)")
+    p.add_argument("-o", "--output", metavar="Y.npz", help="where to write the outputs (an .npz file)")
+    p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim for random "
+                   "inputs (default 1; repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, kind, inputs "
+                   "(source, seed, arrays), outputs (name, dtype, shape), output_file")
     p.set_defaults(func=run)
