@@ -14,6 +14,7 @@ from . import (
     compare_cmd,
     compile_cmd,
     convert_cmd,
+    debug_cmd,
     evaluate_cmd,
     inspect_cmd,
     optimize_cmd,
@@ -30,7 +31,7 @@ COMMANDS = [inspect_cmd, show_cmd, convert_cmd]
 COMMANDS += [optimize_cmd, passes_cmd, verify_cmd, quantize_cmd, evaluate_cmd]
 COMMANDS += [compile_cmd, run_cmd, bench_cmd]
 COMMANDS += [auto_cmd]
-COMMANDS += [compare_cmd]
+COMMANDS += [compare_cmd, debug_cmd]
 COMMANDS += [profile_cmd]
 
 

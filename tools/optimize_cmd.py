@@ -22,6 +22,10 @@ def run(args) -> int:
     if args.report:
         check_output_path(args.model, args.report)
     pipeline = build_pipeline(args.level, args.passes)
+    if args.bisect:
+        from .debug_cmd import run_bisect
+
+        return run_bisect(args, pipeline)
     for name in args.print_ir_after or []:
         if name != "all":
             get_pass_info(name)
@@ -85,4 +89,9 @@ def register(sub) -> None:
     p.add_argument("--time-passes", action="store_true", help="print the time spent in each pass")
     p.add_argument("--bisect-limit", type=int, metavar="N", default=None,
                    help="apply only the first N rewrites and say which rewrite was number N")
+    p.add_argument("--bisect", action="store_true",
+                   help="find the first rewrite that changes the outputs (binary search over --bisect-limit, "
+                   "original vs partly optimized on onnxruntime); writes the model with the rewrites before it; "
+                   "exit 1 when one is found")
+    p.add_argument("--bisect-inputs", metavar="X.npz", help="inputs for --bisect (default: random, seed 0)")
     p.set_defaults(func=run)
