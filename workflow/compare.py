@@ -291,11 +291,12 @@ class TensorResult:
     paired_by: str
     node: str
     op_type: str
+    op_type_b: str  # the op that makes `name_b` in b
     comparison: OutputComparison
 
     def to_json(self) -> dict:
         return {"name": self.name, "name_b": self.name_b, "paired_by": self.paired_by, "node": self.node,
-                "op_type": self.op_type, **{k: v for k, v in self.comparison.to_json().items() if k != "name"}}
+                "op_type": self.op_type, "op_type_b": self.op_type_b, **{k: v for k, v in self.comparison.to_json().items() if k != "name"}}
 
 
 @dataclass
@@ -328,7 +329,8 @@ class Divergence:
                    "not every input could be compared: the difference may start at "
                    + ", ".join(f"{p} (making {i})" for i, p in self.producers.items()))
         mism = f"{c.mismatched}/{c.size} elements differ" if c.mismatched is not None else "shape differs"
-        return (f"first diverging node: {self.node} ({self.op_type}), output {self.output.name}"
+        in_b = f"; made by {self.output.op_type_b} in b" if self.output.op_type_b != self.op_type else ""
+        return (f"first diverging node: {self.node} ({self.op_type}{in_b}), output {self.output.name}"
                 + (f" (b: {self.output.name_b})" if self.output.name_b != self.output.name else "")
                 + f": {mism}, max abs err {c.max_abs:.4g}; {worst}\n"
                 f"  inputs: {ins}\n  {verdict}")
@@ -350,6 +352,20 @@ class MarkAll:
                 "tensors": [t.to_json() for t in self.tensors]}
 
 
+def _same_as_input(node: onnx.NodeProto, out: str, values: Mapping[str, np.ndarray],
+                   state: Mapping[str, str]) -> str | None:
+    """The input of `node` whose values `out` repeats exactly (an Identity, a same-type Cast, a no-op Reshape:
+    what optimizers remove, taking the name with them), when that input has a state to inherit; else None."""
+    if out not in values:
+        return None
+    for name in node.input:
+        if name in state and name in values and values[name].shape == values[out].shape \
+                and values[name].dtype == values[out].dtype and np.array_equal(values[name], values[out], equal_nan=
+                                                                            values[out].dtype.kind in "fc"):
+            return name
+    return None
+
+
 def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float, atol: float,
           strict_zeros: bool) -> tuple[MarkAll, dict[str, np.ndarray], dict[str, np.ndarray]]:
     values_a = a.run_all(feeds)
@@ -358,7 +374,8 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
     g = a.proto.graph
     graph_inputs = {i.name for i in g.input} - {t.name for t in g.initializer}
     producer: dict[str, tuple[str, str]] = {}
-    state: dict[str, str] = {}
+    state: dict[str, str] = dict.fromkeys(graph_inputs, "graph input")
+    op_b = {o: n.op_type for n in b.proto.graph.node for o in n.output}
     tensors: list[TensorResult] = []
     not_compared: list[str] = []
     first: Divergence | None = None
@@ -369,12 +386,13 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
                 continue
             producer[out] = (label, node.op_type)
             if out not in pairs or out not in values_a:
-                state[out] = "not compared"
+                same = _same_as_input(node, out, values_a, state)
+                state[out] = f"{state[same]} (the values of {same})" if same else "not compared"
                 not_compared.append(out)
                 continue
             name_b, how = pairs[out]
             c = compare(values_a[out], values_b[name_b], rtol, atol, strict_zeros=strict_zeros, name=out)
-            result = TensorResult(out, name_b, how, label, node.op_type, c)
+            result = TensorResult(out, name_b, how, label, node.op_type, op_b.get(name_b, ""), c)
             tensors.append(result)
             state[out] = "match" if c.equal else "mismatch"
             if not c.equal and first is None:
@@ -382,10 +400,9 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
                 for i in node.input:
                     if not i:
                         continue
-                    s = ("graph input" if i in graph_inputs else state.get(i, "constant"))
-                    inputs.append((i, s))
+                    inputs.append((i, state.get(i, "constant")))
                 unknown = {i: producer[i][0] + f" ({producer[i][1]})" for i, s in inputs if s == "not compared"}
-                culprit = all(s in ("match", "graph input", "constant") for _, s in inputs)
+                culprit = all(s.split(" (")[0] in ("match", "graph input", "constant") for _, s in inputs)
                 first = Divergence(label, node.op_type, result, inputs, culprit, unknown)
     return MarkAll(tensors, not_compared, first), values_a, values_b
 
