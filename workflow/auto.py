@@ -401,8 +401,10 @@ class _Search:
                 raise OptcError("static int8 needs calibration data (--calibration)")
             opts.update(calibration=self.calibration, eval_data=self.eval_path, labels=self.labels,
                         metric=self.metric, max_accuracy_drop=max(0.0, self.req.max_accuracy_drop - float_drop))
+        details: dict[str, Any] = {}
         model, report = quantize_with_report(float_path, **opts)
-        details: dict[str, Any] = {"quantized": len(report.get("quantized", []))} if "quantized" in report else {}
+        if "quantized" in report:
+            details["quantized"] = len(report["quantized"])
         if "accuracy" in report:
             details["float_layers"] = report["accuracy"]["float_layers"]
         return model, details
