@@ -40,9 +40,9 @@ def _quantize(args, max_drop: float | None):
 def run(args) -> int:
     from ..ir import save
 
-    check_output_path(args.model, args.output)
+    check_output_path(args.model, args.output, (".onnx",))
     if args.report:
-        check_output_path(args.model, args.report)
+        check_output_path(args.model, args.report, (".json",))
     _check_mode_options(args)
     if args.no_cache and args.ranges_cache is not None:
         raise OptcError("--no-cache and --ranges-cache contradict each other; give one")
