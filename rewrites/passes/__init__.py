@@ -1,6 +1,6 @@
 """Built-in passes. Importing this package registers them with the pass registry."""
 
-from . import cse, dce, fold_constants, infer_shapes, interface, rule_pass  # noqa: F401
+from . import cse, dce, fold_constants, infer_shapes, interface, prune, rule_pass  # noqa: F401
 from .cse import CommonSubexpressionElimination
 from .dce import DeadCodeElimination
 from .fold_constants import FoldConstants, make_folder

@@ -1,0 +1,272 @@
+"""`prune`: structured channel pruning (or, with unstructured=true, magnitude pruning to zeros) as a pass.
+
+Structured: the channel analysis (`prune_analysis`) groups the output channels of Conv/Gemm/MatMul weights that
+must be dropped together; in every group that nothing blocks, the `ratio` fraction of channels (rounded down,
+at least one kept) with the smallest summed weight norm (`criterion` l1: sum of |w|, l2: Euclidean, over each
+producer's filter) is removed from the producers' weights and biases and from every consumer on the way
+(BatchNorm parameters, broadcast constants, depthwise filters, the input rows of the next Conv/Gemm/MatMul,
+the flattened columns behind a Flatten). Graph outputs keep their shapes. No fine-tuning happens here: the
+outputs change (unless the dropped channels were zero all along) and accuracy must be measured.
+
+Unstructured: in every float constant weight of Conv/Gemm/MatMul, the `ratio` fraction of entries (rounded down)
+with the smallest magnitude becomes 0. Shapes and compute do not change: no CPU speed-up by itself; it helps
+only compression and sparse-aware back ends.
+
+Every change goes through the Rewriter (new initializers under fresh names, inputs re-pointed, `group` set);
+the types of the values whose channel count changed are updated. `last_report` holds what was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import OptcError
+from ...ir.core import Model, Node, Value
+from ...ir.rewriter import Rewriter
+from ...ir.types import TensorType
+from ..context import PassContext, PassResult
+from ..pass_manager import Pass, register_pass
+from .infer_shapes import infer_model_types
+from .prune_analysis import _PER_CHANNEL_PARAMS, ChannelAnalysis, ChannelMap, analyze, producer_weight_axis
+
+__all__ = ["GroupResult", "Prune", "node_macs"]
+
+CRITERIA = ("l1", "l2")
+
+
+@dataclass
+class GroupResult:
+    """One group of channels: its producer nodes, channels before and after (equal when skipped), and for a
+    pruned group the parameters and multiply-accumulates of Conv/Gemm/MatMul (per sample) it removes (an entry
+    of a weight cut by two groups, e.g. rows by one and columns by the next, counts for the first: the sums
+    over groups are the totals); for a skipped one, why."""
+
+    producers: list[str]
+    channels_before: int
+    channels_after: int
+    params_removed: int = 0
+    macs_removed: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class PruneResult:
+    """What one run of the pass did."""
+
+    pruned: list[GroupResult] = field(default_factory=list)
+    skipped: list[GroupResult] = field(default_factory=list)
+    zeroed: int = 0  # unstructured: weights set to zero
+
+
+def node_macs(node: Node) -> int:
+    """Multiply-accumulates of a Conv/Gemm/MatMul with a constant weight, per sample (symbolic dims count 1):
+    output elements x weight elements per output channel. 0 for other nodes or unknown shapes."""
+    wa = producer_weight_axis(node)
+    out = node.outputs[0] if node.outputs else None
+    w = node.inputs[1] if wa and len(node.inputs) > 1 else None
+    if w is None or out is None or out.shape is None or w.shape is None or not w.shape:
+        return 0
+    axis = wa[1] if node.op_type != "Conv" else 0
+    per_channel = int(np.prod(w.shape, dtype=np.int64)) // max(int(w.shape[axis]), 1)
+    return int(np.prod([d if isinstance(d, int) else 1 for d in out.shape], dtype=np.int64)) * per_channel
+
+
+def _label(node: Node) -> str:
+    return node.name or (node.outputs[0].name if node.outputs and node.outputs[0] is not None else node.op_type)
+
+
+@register_pass
+@dataclass
+class Prune(Pass):
+    """Structured channel pruning (or magnitude pruning to zeros with unstructured=true)."""
+
+    name: ClassVar[str] = "prune"
+    description: ClassVar[str] = ("remove the ratio (0..1) of output channels of Conv/Gemm/MatMul with the smallest "
+                                  "criterion=l1|l2 weight norm, and the matching inputs of their consumers "
+                                  "(unstructured=true: set the smallest weights to zero, shapes unchanged)")
+    ratio: float = 0.3
+    criterion: str = "l1"
+    unstructured: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0 < self.ratio < 1:
+            raise OptcError(f"prune ratio must be a number in (0, 1), got {self.ratio!r}")
+        if self.criterion not in CRITERIA:
+            raise OptcError(f"unknown prune criterion '{self.criterion}' (choose from {', '.join(CRITERIA)})")
+        self.last_report = PruneResult()
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        self.last_report = PruneResult()
+        rw = Rewriter(model)
+        if self.unstructured:
+            return self._unstructured(model, rw, ctx)
+        infer_model_types(model)
+        analysis = analyze(model)
+        kept = self._choose(analysis, ctx)
+        if not kept:
+            return PassResult(False, converged=not ctx.budget.exhausted)
+        _Apply(rw, analysis, kept, self.last_report).run()
+        return PassResult(True, converged=not ctx.budget.exhausted, counts={"prune-group": len(kept)})
+
+    # -- which channels ---------------------------------------------------------------------------------------
+    def _score(self, node: Node) -> np.ndarray:
+        w = node.inputs[1].const_value().astype(np.float64)
+        axis = producer_weight_axis(node)[1]
+        w = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        return np.abs(w).sum(1) if self.criterion == "l1" else np.sqrt(np.square(w).sum(1))
+
+    def _choose(self, analysis: ChannelAnalysis, ctx: PassContext) -> dict[int, np.ndarray]:
+        """Group root -> mask of kept channels, for the groups pruned; records every group in the report."""
+        kept: dict[int, np.ndarray] = {}
+        for root, producers in analysis.groups().items():
+            names = [_label(p.node) for p in producers]
+            channels = producers[0].channels
+            reason = analysis.group_blocked(root)
+            drop = min(int(self.ratio * channels), channels - 1)
+            if reason is None and drop == 0:
+                reason = f"ratio {self.ratio:g} of {channels} channels drops none"
+            if reason is None and not ctx.budget.take():
+                reason = "the rewrite budget (--bisect-limit) is spent"
+            if reason is not None:
+                self.last_report.skipped.append(GroupResult(names, channels, channels, reason=reason))
+                continue
+            score = sum(self._score(p.node) for p in producers)
+            mask = np.ones(channels, bool)
+            mask[np.argsort(score, kind="stable")[:drop]] = False
+            kept[root] = mask
+            self.last_report.pruned.append(GroupResult(names, channels, channels - drop))
+            ctx.record(self.name, "prune-group", f"{channels} -> {channels - drop} channels of {', '.join(names)}")
+        return kept
+
+    # -- unstructured -----------------------------------------------------------------------------------------
+    def _unstructured(self, model: Model, rw: Rewriter, ctx: PassContext) -> PassResult:
+        replaced: list[Value] = []
+        for node in list(model.graph):
+            if producer_weight_axis(node) is None or node.domain or len(node.inputs) < 2:
+                continue
+            w_value = node.inputs[1]
+            w = w_value.const_value() if w_value is not None else None
+            k = int(self.ratio * w.size) if w is not None and w.dtype.kind == "f" else 0
+            if k == 0 or not ctx.budget.take():
+                continue
+            flat = w.reshape(-1).copy()
+            flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+            self.last_report.zeroed += k
+            rw.set_input(node, 1, rw.add_initializer(flat.reshape(w.shape), hint=w_value.name or "weight"))
+            replaced.append(w_value)
+            ctx.record(self.name, "zero-weights", f"{k} of {w.size} weights of {_label(node)}")
+        _drop_unused(rw, replaced)
+        return PassResult(bool(replaced), converged=not ctx.budget.exhausted, counts={"zero-weights": len(replaced)})
+
+
+def _drop_unused(rw: Rewriter, values: list[Value]) -> None:
+    """Remove the replaced constants nothing reads any more (initializers, Constant nodes)."""
+    for v in dict.fromkeys(values):
+        if v.num_uses or rw.is_graph_output(v):
+            continue
+        if v.producer is not None:
+            rw.erase(v.producer)
+        elif rw.graph.initializers.get(v.name) is v and not any(i is v for i in rw.graph.inputs):
+            rw.remove_initializer(v)
+
+
+class _Apply:
+    """Slice every weight, bias and per-channel constant the kept channels touch; update value types."""
+
+    def __init__(self, rw: Rewriter, analysis: ChannelAnalysis, kept: dict[int, np.ndarray], report: PruneResult):
+        self.rw, self.a, self.kept = rw, analysis, kept
+        self.by_root = {root: g for root, g in zip(kept, report.pruned, strict=True)}
+        self.replaced: list[Value] = []
+        self.producers = {p.node for p in analysis.producers}
+
+    def positions(self, m: ChannelMap) -> np.ndarray:
+        """The mask of the positions of `m` that stay."""
+        keep = np.ones(m.size, bool)
+        for s in m.spaces():
+            mask = self.kept.get(self.a.find(s))
+            if mask is not None:
+                sel = m.space == s
+                keep[sel] = mask[m.index[sel]]
+        return keep
+
+    def account(self, m: ChannelMap, keep: np.ndarray, params_per_position: int, macs_per_position: int) -> None:
+        for s in m.spaces():
+            group = self.by_root.get(self.a.find(s))
+            if group is not None:
+                dropped = int(((m.space == s) & ~keep).sum())
+                group.params_removed += dropped * params_per_position
+                group.macs_removed += dropped * macs_per_position
+
+    def run(self) -> None:
+        for node in list(self.rw.graph):
+            self.node(node)
+        for v, m in self.a.maps.items():
+            keep = self.positions(m)
+            if not keep.all() and isinstance(v.type, TensorType) and v.shape is not None:
+                shape = list(v.shape)
+                shape[m.axis] = int(keep.sum())
+                v.type = TensorType(v.type.dtype, tuple(shape))
+        _drop_unused(self.rw, self.replaced)
+
+    def node(self, node: Node) -> None:
+        cuts: dict[int, list[tuple[int, ChannelMap, np.ndarray]]] = {}  # input -> (axis, map, kept positions)
+        maps = self.a.maps
+        src = node.inputs[0] if node.inputs else None
+        m_in = maps.get(src) if src is not None else None
+        op = node.op_type
+        wa = producer_weight_axis(node)
+        out = node.outputs[0] if node.outputs else None
+        m_out = maps.get(out) if out is not None else None
+        macs = node_macs(node)
+        if wa is not None and m_in is not None and not (op == "Conv" and node.attr("group", 1) != 1):
+            in_axis = {"Conv": 1, "MatMul": 0}.get(op, 1 if node.attr("transB", 0) else 0)
+            cuts.setdefault(1, []).append((in_axis, m_in, self.positions(m_in)))
+        if wa is not None and m_out is not None and node in self.producers:
+            keep = self.positions(m_out)
+            cuts.setdefault(1, []).append((wa[1], m_out, keep))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                bias = node.inputs[2]
+                if bias.shape and bias.shape[-1] == m_out.size and m_out.size > 1:
+                    cuts.setdefault(2, []).append((len(bias.shape) - 1, m_out, keep))
+        elif op == "Conv" and m_in is not None:  # depthwise: one filter per channel
+            keep = self.positions(m_in)
+            cuts.setdefault(1, []).append((0, m_in, keep))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                cuts.setdefault(2, []).append((0, m_in, keep))
+            if not keep.all():
+                self.rw.set_attr(node, "group", int(keep.sum()))
+        elif op in _PER_CHANNEL_PARAMS and m_in is not None:
+            keep = self.positions(m_in)
+            for i in _PER_CHANNEL_PARAMS[op]:
+                cuts.setdefault(i, []).append((0, m_in, keep))
+        elif m_out is not None and op not in ("Concat", "Flatten") and out.rank is not None:
+            self.broadcast_constants(node, m_out, cuts)
+        for i, items in cuts.items():
+            self.slice_input(node, i, items, macs if i == 1 else 0)
+
+    def broadcast_constants(self, node: Node, m_out: ChannelMap, cuts: dict) -> None:
+        """Constant operands of an elementwise op with one value per channel: sliced like the channels."""
+        keep = self.positions(m_out)
+        rank = node.outputs[0].rank
+        for i, v in enumerate(node.inputs):
+            if v is None or v in self.a.maps or v.const_value() is None or v.shape is None:
+                continue
+            pos = m_out.axis - (rank - len(v.shape))
+            if pos >= 0 and v.shape[pos] == m_out.size and m_out.size > 1:
+                cuts.setdefault(i, []).append((pos, m_out, keep))
+
+    def slice_input(self, node: Node, i: int, items: list[tuple[int, ChannelMap, np.ndarray]], macs: int) -> None:
+        if all(keep.all() for _, _, keep in items):
+            return
+        old = node.inputs[i]
+        arr = old.const_value()
+        for axis, m, keep in items:
+            n = max(arr.shape[axis], 1)
+            self.account(m, keep, arr.size // n, macs // n)
+            macs = macs * int(keep.sum()) // n
+            arr = np.compress(keep, arr, axis=axis)
+        self.rw.set_input(node, i, self.rw.add_initializer(np.ascontiguousarray(arr), hint=old.name or "pruned"))
+        self.replaced.append(old)

@@ -1,0 +1,110 @@
+"""Prune a model and say what it cost: `prune(model, ratio)` runs the `prune` pass (structured channel pruning,
+or magnitude pruning to zeros) on a copy and reports parameters, non-zero parameters and multiply-accumulates
+before and after, and each group of channels pruned or left alone (with the reason).
+
+Pruning here is without fine-tuning: the outputs change and accuracy usually drops; measure it with
+`optc.evaluate(pruned, data, baseline=original)` (what `optc prune --eval` does).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import OptcError
+from ..ir.core import Model
+from ..rewrites.passes.prune import GroupResult, Prune, node_macs
+
+__all__ = ["PruneReport", "count_macs", "count_params", "prune"]
+
+STRUCTURED_NOTE = ("pruned without fine-tuning: the outputs change and accuracy usually drops; measure it (optc prune "
+                   "--eval, optc evaluate) and fine-tune the pruned model if the drop is too large")
+UNSTRUCTURED_NOTE = ("unstructured: weights set to zero, shapes and compute unchanged: no CPU speed-up by itself "
+                     "(dense kernels do the same work); it helps only compression and sparse-aware back ends")
+
+
+@dataclass
+class PruneReport:
+    """What `prune` did. `params_*`: elements of all initializers; `nonzero_*`: of those, the non-zero ones;
+    `flops_*`: multiply-accumulates (MACs) of Conv/Gemm/MatMul per sample (symbolic dims count 1);
+    `groups_pruned` / `groups_skipped`: see `GroupResult` (structured only); `zeroed`: weights set to zero
+    (unstructured only); `accuracy`: an `optc.evaluate` result against the original, when measured."""
+
+    mode: str
+    ratio: float
+    criterion: str
+    params_before: int
+    params_after: int
+    nonzero_before: int
+    nonzero_after: int
+    flops_before: int
+    flops_after: int
+    groups_pruned: list[GroupResult] = field(default_factory=list)
+    groups_skipped: list[GroupResult] = field(default_factory=list)
+    zeroed: int = 0
+    note: str = ""
+    accuracy: dict | None = None
+
+    def to_json(self) -> dict:
+        """A JSON-serializable dict of the fields above."""
+        return asdict(self)
+
+
+def count_params(model: Model) -> tuple[int, int]:
+    """(elements, non-zero elements) of the main graph's initializers."""
+    total = nonzero = 0
+    for v in model.graph.initializers.values():
+        if v.const is None:
+            continue
+        total += int(v.const.size)
+        nonzero += int(np.count_nonzero(v.const.numpy()))
+    return total, nonzero
+
+
+def count_macs(model: Model) -> int:
+    """Multiply-accumulates of the main graph's Conv/Gemm/MatMul nodes with constant weights, per sample (value
+    shapes must be inferred; see `optc.rewrites.passes.prune.node_macs`)."""
+    return sum(node_macs(n) for n in model.graph)
+
+
+def _load(model) -> Model:
+    import onnx
+
+    from ..ir import load
+    from ..rewrites import copy_model
+
+    if isinstance(model, Model):
+        return copy_model(model)
+    if isinstance(model, str | os.PathLike | onnx.ModelProto):
+        return load(model)
+    raise OptcError(f"prune: expected a path, an optc Model or an onnx.ModelProto, got {type(model).__name__}")
+
+
+def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = False) -> tuple[Model, PruneReport]:
+    """Prune a copy of `model` (a path, an `onnx.ModelProto` or an optc `Model`; never modified).
+
+    Structured (default): in every group of Conv/Gemm/MatMul output channels that must be dropped together and
+    that nothing blocks (a graph output, an op the analysis does not understand: see
+    `optc.rewrites.passes.prune_analysis`), `ratio` of the channels (rounded down, one kept at least) with the
+    smallest `criterion` ("l1" or "l2") weight norm are removed, with the matching inputs of their consumers.
+    `unstructured=True`: the `ratio` smallest-magnitude entries of each Conv/Gemm/MatMul weight become zero.
+    Returns `(pruned model, PruneReport)`. Raises OptcError (one line) for `ratio` outside (0, 1), an unknown
+    criterion or a model that cannot be read.
+    """
+    from ..rewrites import run_pipeline
+    from ..rewrites.passes.infer_shapes import infer_model_types
+
+    prune_pass = Prune(ratio=ratio, criterion=criterion, unstructured=bool(unstructured))  # checks the options
+    pruned = _load(model)
+    infer_model_types(pruned)
+    params_before, nonzero_before = count_params(pruned)
+    macs_before = count_macs(pruned)
+    run_pipeline(pruned, prune_pass)
+    params_after, nonzero_after = count_params(pruned)
+    result = prune_pass.last_report
+    return pruned, PruneReport(
+        "unstructured" if unstructured else "structured", float(ratio), criterion, params_before, params_after,
+        nonzero_before, nonzero_after, macs_before, count_macs(pruned), result.pruned, result.skipped, result.zeroed,
+        UNSTRUCTURED_NOTE if unstructured else STRUCTURED_NOTE)
