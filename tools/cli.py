@@ -42,15 +42,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"optc: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """`--version`: `version_text()` as is (argparse's own version action would re-wrap its lines)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(0, version_text() + "\n")
+
+
+def version_text() -> str:
+    """One line per component, e.g. "onnxruntime 1.31.1", read from the installed distributions'
+    metadata (nothing is imported: TVM takes seconds to import); "not installed" when one is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from .. import __version__
 
+    lines = [f"optc {__version__}"]
+    for label, dist in (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("tvm", "apache-tvm"),
+                        ("tvm-ffi", "apache-tvm-ffi")):
+        try:
+            lines.append(f"{label} {version(dist)}")
+        except PackageNotFoundError:
+            lines.append(f"{label} not installed")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="optc",
         description="optc: a model-optimizing compiler. Imports ONNX into optc's IR, optimizes it, and emits "
         "ONNX or TVM-compiled libraries.",
     )
-    parser.add_argument("--version", action="version", version=f"optc {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS,
+                        help="print the versions of optc, onnx, onnxruntime, TVM and tvm-ffi, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
