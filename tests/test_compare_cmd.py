@@ -1,0 +1,133 @@
+"""`optc compare` / `optc.compare`: endpoints, --mark-all on a model where one rewrite was deliberately broken
+(tests/_broken_rewrite.py), saved inputs/outputs, --data, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+import optc
+from optc.ortsession import session
+from optc.rewrites.pipelines import build_pipeline, run_pipeline
+from optc.tests import _broken_rewrite as B
+from optc.tools.cli import main
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """(original, optimized by the broken pipeline, optimized by a good one) as files."""
+    B.install(monkeypatch)
+    src = B.make_model(tmp_path / "fixture.onnx")
+    out = {}
+    for name, spec in (("broken", B.PIPELINE), ("good", "rules{rule-set=eliminate-noops},dce")):
+        m = optc.load(src)
+        run_pipeline(m, build_pipeline(None, spec))
+        out[name] = str(tmp_path / f"{name}.onnx")
+        optc.save(m, out[name])
+    return src, out["broken"], out["good"]
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_mark_all_names_the_broken_rewrites_node(models, capsys, tmp_path):
+    src, broken, _ = models
+    rc, out, _ = _run(capsys, "compare", "--mark-all", src, broken, "--json", "--save-inputs",
+                      str(tmp_path / "x.npz"))
+    assert rc == 1
+    doc = json.loads(out)
+    first = doc["mark_all"]["first_divergence"]
+    assert (first["node"], first["op_type"], first["output"]["op_type_b"]) == ("pool", "MaxPool", "AveragePool")
+    assert first["culprit"] is True
+    assert [i["name"] for i in first["inputs"]] == ["r1"] and first["inputs"][0]["state"].startswith("match")
+    # every tensor before the pool matches; the worst element is what the two models compute there
+    tensors = doc["mark_all"]["tensors"]
+    names = [t["name"] for t in tensors]
+    assert all(t["equal"] for t in tensors[:names.index("p")]) and not tensors[names.index("p")]["equal"]
+    feeds = dict(np.load(tmp_path / "x.npz"))
+    want_a = ReferenceEvaluator(onnx.load(src)).run(None, feeds, intermediate=True)["p"]
+    want_b = ReferenceEvaluator(onnx.load(broken)).run(None, feeds, intermediate=True)["p"]
+    idx = tuple(first["output"]["worst_index"])
+    assert np.isclose(first["output"]["worst_a"], want_a[idx], rtol=1e-5)
+    assert np.isclose(first["output"]["worst_b"], want_b[idx], rtol=1e-5)
+    assert first["output"]["mismatched"] == int((~np.isclose(want_a, want_b, rtol=1e-4, atol=1e-5)).sum())
+    rc, out, _ = _run(capsys, "compare", "--mark-all", src, broken)
+    assert rc == 1 and "first diverging node: pool (MaxPool; made by AveragePool in b)" in out
+    assert "its inputs match: this node is where the models part" in out
+
+
+def test_mark_all_finds_nothing_when_the_rewrites_are_right(models, capsys):
+    src, _, good = models
+    rc, out, _ = _run(capsys, "compare", "--mark-all", src, good, "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["equal"] and doc["mark_all"]["first_divergence"] is None
+    assert doc["mark_all"]["compared"] >= 5 and doc["mark_all"]["mismatched"] == 0
+
+
+def test_api_in_memory_models_and_runtime_names(models):
+    src, _, _ = models
+    original = optc.load(src)
+    broken = optc.load(src)
+    run_pipeline(broken, build_pipeline(None, B.PIPELINE))
+    rep = optc.compare(original, broken, mark_all=True)
+    assert not rep.equal and rep.mark_all.first.node == "pool"
+    rep = optc.compare(src, "reference", mark_all=True)
+    assert rep.equal and rep.b.runtime == "reference" and rep.mark_all.first is None
+    rep = optc.compare(src, src + "@optimized")
+    assert rep.equal and rep.b.runtime == "optimized"
+    bad = optc.compare(src, src, inputs={"x": np.full((1, 2, 8, 8), np.nan, np.float32)})
+    assert bad.equal  # NaN equals NaN at the same place
+
+
+def test_saved_inputs_and_outputs_reproduce_the_run(models, capsys, tmp_path):
+    src, broken, _ = models
+    xi, xo = str(tmp_path / "in.npz"), str(tmp_path / "out.npz")
+    rc, _, _ = _run(capsys, "compare", src, broken, "--seed", "3", "--save-inputs", xi, "--save-outputs", xo)
+    assert rc == 1
+    feeds, outs = dict(np.load(xi)), dict(np.load(xo))
+    assert set(outs) == {"a:y", "b:y"}
+    np.testing.assert_array_equal(outs["a:y"], session(src, optimize=False).run(None, feeds)[0])  # a: as written
+    rc, out, _ = _run(capsys, "compare", src, broken, "--inputs", xi, "--json")
+    assert rc == 1 and json.loads(out)["outputs"][0]["max_abs"] > 1e-3
+
+
+def test_data_directory_compares_every_file(models, capsys, tmp_path):
+    src, broken, _ = models
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        np.savez(data / f"{i}.npz", x=np.random.default_rng(i).standard_normal((1, 2, 8, 8)).astype(np.float32))
+    rc, out, _ = _run(capsys, "compare", src, broken, "--data", str(data), "--json")
+    doc = json.loads(out)
+    assert rc == 1 and doc["samples"] == 3 and doc["mismatched_samples"] == 3
+    rc, out, _ = _run(capsys, "compare", src, "reference", "--data", str(data), "--json")
+    assert rc == 0 and json.loads(out)["samples"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{src}@foo", "reference"], "unknown runtime 'foo'"),
+    (["reference", "tvm"], "both runtime names"),
+    (["{src}", "tvm", "--mark-all"], "--mark-all cannot look inside"),
+    (["{src}", "{tmp}/lib.so", "--mark-all"], "--mark-all cannot look inside"),
+    (["{src}", "reference", "--inputs", "{tmp}/bad.npz"], "not a valid"),
+    (["{src}", "reference", "--inputs", "{tmp}/wrong.npz"], "input 'x'"),
+    (["{src}", "reference", "--inputs", "{tmp}/extra.npz"], "unknown input 'z'"),
+    (["{src}", "reference", "--inputs", "{tmp}/none.npz"], "does not exist"),
+    (["{src}", "reference", "--rtol", "-1"], "--rtol and --atol"),
+])
+def test_errors_are_one_line_exit_2(models, capsys, tmp_path, argv, message):
+    src = models[0]
+    (tmp_path / "bad.npz").write_text("not a zip")
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((1, 2, 4, 4), np.float32))
+    np.savez(tmp_path / "extra.npz", x=np.zeros((1, 2, 8, 8), np.float32), z=np.zeros(1))
+    args = [a.format(src=src, tmp=tmp_path) for a in argv]
+    rc, out, err = _run(capsys, "compare", *args)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("optc: error:") and message in err, err
