@@ -20,6 +20,7 @@ from . import (
     optimize_cmd,
     passes_cmd,
     profile_cmd,
+    prune_cmd,
     quantize_cmd,
     run_cmd,
     show_cmd,
@@ -32,7 +33,7 @@ COMMANDS += [optimize_cmd, passes_cmd, verify_cmd, quantize_cmd, evaluate_cmd]
 COMMANDS += [compile_cmd, run_cmd, bench_cmd]
 COMMANDS += [auto_cmd]
 COMMANDS += [compare_cmd, debug_cmd]
-COMMANDS += [profile_cmd]
+COMMANDS += [profile_cmd, prune_cmd]
 
 
 class _Parser(argparse.ArgumentParser):
