@@ -6,10 +6,10 @@ from .errors import OptcError, UnsupportedError
 from .ir import Model, from_onnx, load, save, to_onnx
 from .quantization import quantize
 from .rewrites import optimize
-from .workflow import auto, evaluate, profile
+from .workflow import auto, evaluate, profile, prune
 from .workflow.compare import compare_models as compare
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "auto", "compare", "compile", "evaluate", "from_onnx", "load", "optimize", "profile", "quantize",
+__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "auto", "compare", "compile", "evaluate", "from_onnx", "load", "optimize", "profile", "prune", "quantize",
            "runtime", "save", "to_onnx"]

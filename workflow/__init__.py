@@ -3,5 +3,6 @@
 from .auto import AutoResult, auto
 from .evaluate import evaluate
 from .profile import Profile, ProfileEntry, profile
+from .prune import PruneReport, prune
 
-__all__ = ["AutoResult", "Profile", "ProfileEntry", "auto", "evaluate", "profile"]
+__all__ = ["AutoResult", "Profile", "ProfileEntry", "PruneReport", "auto", "evaluate", "profile", "prune"]
