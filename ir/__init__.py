@@ -4,13 +4,14 @@ from .core import Attr, AttrType, Function, Graph, Model, Node, Use, Value, oute
 from .io import load, save
 from .onnx_export import to_onnx
 from .onnx_import import from_onnx
+from .parser import ParseError, parse
 from .tensors import ExternalTensor, NumpyTensor, ProtoTensor, SparseTensor, Tensor
 from .types import DataType, MapType, OptionalType, SequenceType, SparseTensorType, TensorType
 
 __all__ = [
     "Attr", "AttrType", "DataType", "ExternalTensor", "Function", "Graph", "MapType", "Model", "Node",
-    "NumpyTensor", "OptionalType", "ProtoTensor", "SequenceType", "SparseTensor", "SparseTensorType", "Tensor",
-    "TensorType", "Use", "Value", "from_graphsurgeon", "from_onnx", "load", "outer_scope_values", "save",
+    "NumpyTensor", "OptionalType", "ParseError", "ProtoTensor", "SequenceType", "SparseTensor", "SparseTensorType", "Tensor",
+    "TensorType", "Use", "Value", "from_graphsurgeon", "from_onnx", "load", "outer_scope_values", "parse", "save",
     "to_graphsurgeon", "to_networkx", "to_onnx",
 ]
 
