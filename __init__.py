@@ -6,10 +6,12 @@ from .errors import OptcError, UnsupportedError
 from .ir import Model, from_onnx, load, save, to_onnx
 from .quantization import quantize
 from .rewrites import optimize
+from .tools.bench_cmd import bench
+from .tools.verify_cmd import verify
 from .workflow import auto, evaluate, profile, prune
 from .workflow.compare import compare_models as compare
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "auto", "compare", "compile", "evaluate", "from_onnx", "load", "optimize", "profile", "prune", "quantize",
-           "runtime", "save", "to_onnx"]
+__all__ = ["Model", "OptcError", "UnsupportedError", "__version__", "auto", "bench", "compare", "compile", "evaluate", "from_onnx", "load", "optimize", "profile", "prune", "quantize",
+           "runtime", "save", "to_onnx", "verify"]

@@ -5,6 +5,8 @@ Only needs TVM's runtime (``tvm.runtime``), numpy and the JSON metadata written 
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +16,9 @@ import numpy as np
 from .errors import OptcError
 from .inputs import check_input_names
 
-__all__ = ["Module", "load"]
+__all__ = ["LIBRARY_SUFFIX", "Module", "load"]
+
+LIBRARY_SUFFIX = ".so"  # what an artifact's library is called (export_library links a shared object)
 
 
 def _fmt_shape(shape) -> str:
@@ -24,8 +28,9 @@ def _fmt_shape(shape) -> str:
 class Module:
     """A loaded artifact. ``run`` checks inputs against the metadata before calling the kernels."""
 
-    def __init__(self, path, metadata: dict, vm, device):
+    def __init__(self, path, metadata: dict, vm, device, executable=None):
         self.path = Path(path) if path is not None else None
+        self._executable = executable  # the compiled code, for `export` (None when loaded from a file)
         self.metadata = metadata
         self.inputs: list[dict] = list(metadata["inputs"])
         self.outputs: list[dict] = list(metadata["outputs"])
@@ -102,6 +107,28 @@ class Module:
             self._sync(self._main(*args))
             times.append(time.perf_counter() - t0)
         return float(np.median(times) * 1e3)
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write this module as an artifact, as `optc compile` does: the library at `path` (a `.so`) and its
+        metadata at `path + '.json'`, both atomically. A module from `optc.compile` is exported from its compiled
+        code; one loaded from a file is copied. Returns the library's path. OptcError (one line) for a name
+        without `.so`, a directory that does not exist, or `path` being the loaded library itself."""
+        path = Path(path)
+        if path.suffix.lower() != LIBRARY_SUFFIX:
+            raise OptcError(f"output '{path}' must end with {LIBRARY_SUFFIX}")
+        if self._executable is not None:
+            from .codegen.artifact import export  # noqa: PLC0415
+
+            return export(self._executable, path, self.metadata, target=self.metadata.get("target"))
+        if path.exists() and self.path.exists() and path.samefile(self.path):
+            raise OptcError(f"output '{path}' is the loaded library itself")
+        from .codegen.artifact import metadata_path  # noqa: PLC0415
+        from .fileio import atomic_path, write_json  # noqa: PLC0415
+
+        with atomic_path(path, suffix=LIBRARY_SUFFIX) as tmp:
+            shutil.copyfile(self.path, tmp)
+        write_json(metadata_path(path), {**self.metadata, "library": path.name})
+        return path
 
     def _sync(self, result):
         if int(getattr(self._device, "device_type", 1)) != 1:  # not kDLCPU: wait for the kernels

@@ -67,7 +67,8 @@ def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int
             db: str | os.PathLike | None = None, progress: bool = False, fast_math: bool = True):
     """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
-    compiled to a file (`optc compile`). `fast_math=False`: libm's exp / tanh / erf and the plain softmax
+    compiled to a file (`optc compile`); `Module.export(path)` writes the artifact `optc compile` would.
+    `fast_math=False`: libm's exp / tanh / erf and the plain softmax
     instead of the polynomial approximations (see `build_executable`)."""
     from tvm.runtime.vm import VirtualMachine
 
@@ -79,4 +80,4 @@ def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int
     executable, meta = build_executable(model, target, level=level, trials=trials, db=db, progress=progress,
                                         fast_math=fast_math)
     device = _device_for(kind)
-    return Module(None, meta, VirtualMachine(executable, device), device)
+    return Module(None, meta, VirtualMachine(executable, device), device, executable)

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import OptcError
 from ..inputs import random_inputs, session_input_specs
 from ..ortsession import session
+from .native_log import stdout_to_stderr
 from .verify_cmd import parse_dims
 
 
@@ -32,10 +33,18 @@ def _median_ms(fn, repeat: int, warmup: int) -> float:
 def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat: int = 50, warmup: int = 5,
           dims: dict[str, int] | None = None, seed: int = 0, *, level: int = 2, trials: int = 0,
           db: str | None = None, fast_math: bool = True) -> dict:
-    """Median latencies (ms) of optc and onnxruntime on the same random inputs, their ratio and the max abs
-    difference of their outputs. Without `artifact`, the model is compiled for the CPU first (`level`,
-    `fast_math`, and tuned with `trials` into the database `db` when given); `compile_s` is then the compile
-    time."""
+    """`optc.bench`: median latencies (ms) of optc and onnxruntime on the same random inputs
+    (`optc.inputs.random_inputs`, `seed`; symbolic dims from `dims`, else 1), their ratio and the max abs
+    difference of their outputs. `model_path`: an ONNX file; `artifact`: its library from `optc compile`, or
+    None to compile the model for the CPU first (`level`, `fast_math`, and tuned with `trials` into the database
+    `db` when given; `compile_s` is then the compile time in seconds). `threads`: onnxruntime's intra-op threads
+    (TVM's pool reads `TVM_NUM_THREADS` when it starts, as `optc bench --threads` sets it). Returns a dict:
+    model, artifact, threads, repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s,
+    fast_math. OptcError (one line) for a bad model or artifact or `threads`/`repeat` < 1."""
+    if threads < 1:
+        raise OptcError("--threads must be at least 1")
+    if repeat < 1 or warmup < 0:
+        raise OptcError("--repeat must be at least 1 and --warmup not negative")
     from .. import runtime
     from ..codegen.compile import compile as compile_model
     from ..ir import load
@@ -61,13 +70,12 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
 
 
 def run(args) -> int:
-    if args.threads < 1:
-        raise OptcError("--threads must be at least 1")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
     if args.artifact and not args.fast_math:
         raise OptcError("--no-fast-math applies when bench compiles the model; an --artifact is already compiled")
-    result = bench(args.model, args.artifact, args.threads, args.repeat, args.warmup, parse_dims(args.dim),
-                   fast_math=args.fast_math)
+    with stdout_to_stderr(args.json):
+        result = bench(args.model, args.artifact, args.threads, args.repeat, args.warmup, parse_dims(args.dim),
+                       fast_math=args.fast_math)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -98,5 +106,6 @@ def register(sub) -> None:
     p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim (default 1)")
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                    help="when compiling here: libm's exp / tanh / erf and the plain softmax (as optc compile)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, artifact, threads, "
+                   "repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s, fast_math")
     p.set_defaults(func=run)

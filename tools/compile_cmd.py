@@ -6,16 +6,15 @@ import json
 import time
 
 from ..errors import OptcError
+from ..runtime import LIBRARY_SUFFIX
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
-
-SUFFIXES = (".so",)  # export_library links a shared object with the host's (or the cross) compiler
 
 
 def run(args) -> int:
     from ..ir import load
 
-    check_output_path(args.model, args.output, SUFFIXES)
+    check_output_path(args.model, args.output, (LIBRARY_SUFFIX,))
     model = load(args.model)  # a bad input fails here, before TVM is imported
     from ..codegen.compile import compile_to_file
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,23 +234,32 @@ def _print_text(comp: Comparison, a: Side, b: Side, info: dict) -> None:
 # -- the command -----------------------------------------------------------------------------------------------
 
 
-def verify(path_a: str, path_b: str, *, inputs: str | None = None, dims: dict[str, int] | None = None,
-           seed: int = 0, rtol: float = 1e-4, atol: float = 1e-5, strict_zeros: bool = False):
-    """Run both sides on the same inputs and compare: `(Comparison, side a, side b, inputs)`, where inputs says
-    where the arrays came from (`source`: the .npz path or "random", `seed`) and their `arrays` (dtype, shape)."""
+def verify_sides(path_a: str | os.PathLike, path_b: str | os.PathLike, *,
+                 inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+                 dims: Mapping[str, int] | None = None, seed: int = 0, rtol: float = 1e-4, atol: float = 1e-5,
+                 strict_zeros: bool = False) -> tuple[Comparison, Side, Side, dict]:
+    """`verify`, also returning the two sides and where the inputs came from: `(Comparison, side a, side b,
+    info)`; `info` holds `source` (the .npz path, "given arrays" or "random"), `seed` and per input its dtype and
+    shape (`arrays`)."""
     if rtol < 0 or atol < 0 or not np.isfinite(rtol) or not np.isfinite(atol):
         raise OptcError("--rtol and --atol must be finite and not negative")
-    arrays = None
-    if inputs:
+    arrays = source = None
+    if isinstance(inputs, str | os.PathLike):
         from ..quantization.data import read_npz
 
-        arrays = read_npz(inputs)
-    a = open_side(path_a)
-    b = open_side(path_b)
+        source = os.fspath(inputs)
+        arrays = read_npz(source)
+    elif inputs is not None:
+        if not isinstance(inputs, Mapping):
+            raise OptcError(f"inputs must be a path to an .npz file or a mapping {{name: array}}, not "
+                            f"{type(inputs).__name__}")
+        arrays, source = {k: np.asarray(v) for k, v in inputs.items()}, "given arrays"
+    a = open_side(os.fspath(path_a))
+    b = open_side(os.fspath(path_b))
     specs = _merge_specs(a, b, dims)
-    if inputs:
-        feeds = _check_inputs(inputs, arrays, specs)
-        info: dict = {"source": inputs}
+    if arrays is not None:
+        feeds = _check_inputs(source, arrays, specs)
+        info: dict = {"source": source}
     else:
         _check_dims(dims or {}, specs, a, b)
         feeds = random_inputs(specs, dims=dims, seed=seed)
@@ -261,15 +271,32 @@ def verify(path_a: str, path_b: str, *, inputs: str | None = None, dims: dict[st
     return comp, a, b, info
 
 
+def verify(a: str | os.PathLike, b: str | os.PathLike, inputs: str | os.PathLike | Mapping[str, np.ndarray] | None
+           = None, *, dims: Mapping[str, int] | None = None, seed: int = 0, rtol: float = 1e-4, atol: float = 1e-5,
+           strict_zeros: bool = False) -> Comparison:
+    """`optc.verify`: run `a` and `b` (each an ONNX file, run on onnxruntime with its graph optimizations off, or
+    an artifact of `optc compile`) on the same inputs and compare every output, as `optc verify` does.
+
+    `inputs`: an .npz path or `{name: array}` (exactly the models' input names; dtypes and fixed dims checked),
+    or None for random inputs (`optc.inputs.random_inputs`, `seed`; symbolic dims from `dims`, else 1).
+    Element rule: |a - b| <= atol + rtol * max(|a|, |b|) for floats (NaN equals only NaN, an infinity only the
+    same infinity), exact for integers and booleans. Returns the `Comparison` (`.equal`, per output `.outputs`,
+    `.to_json()`). Raises OptcError (one line) for a bad file, models with different inputs, inputs that do not
+    fit them, or a model that fails to run.
+    """
+    return verify_sides(a, b, inputs=inputs, dims=dims, seed=seed, rtol=rtol, atol=atol,
+                        strict_zeros=strict_zeros)[0]
+
+
 def _side_json(side: Side) -> dict:
     return {"path": side.path, "kind": side.kind, **({"target": side.target} if side.kind == "artifact" else {})}
 
 
 def run(args) -> int:
     with stdout_to_stderr(args.json):
-        comp, a, b, info = verify(args.model_a, args.model_b, inputs=args.inputs, dims=parse_dims(args.dim),
-                                         seed=args.seed, rtol=args.rtol, atol=args.atol,
-                                         strict_zeros=args.strict_zeros)
+        comp, a, b, info = verify_sides(args.model_a, args.model_b, inputs=args.inputs, dims=parse_dims(args.dim),
+                                        seed=args.seed, rtol=args.rtol, atol=args.atol,
+                                        strict_zeros=args.strict_zeros)
     if args.json:
         doc = {"a": _side_json(a), "b": _side_json(b),
                "inputs": info, **comp.to_json()}
