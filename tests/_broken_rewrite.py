@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
 from optc.rewrites.rule import Rule
 
 PIPELINE = "rules{rule-set=test-broken},dce"

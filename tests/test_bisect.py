@@ -4,9 +4,8 @@ rule (tests/_broken_rewrite.py) is named, and none is named when every rewrite i
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import optc
+import pytest
 from optc.ortsession import session
 from optc.rewrites.context import PassContext
 from optc.rewrites.pipelines import build_pipeline, run_pipeline

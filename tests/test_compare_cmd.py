@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import onnx
+import optc
 import pytest
 from onnx.reference import ReferenceEvaluator
-
-import optc
 from optc.ortsession import session
 from optc.rewrites.pipelines import build_pipeline, run_pipeline
 from optc.tests import _broken_rewrite as B

@@ -8,9 +8,8 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
-
 import optc
+import pytest
 from optc.tests import _broken_rewrite as B
 from optc.tools.cli import main
 from optc.workflow.reduce import against_oracle
