@@ -431,7 +431,7 @@ class _Search:
             from .prune import prune
 
             new_float, report = prune(load(float_path), step["param"])
-            details = _jsonable(report)
+            details = {k: v for k, v in _jsonable(report).items() if isinstance(v, int | float | str)}
         save(new_float, stem + ".float.onnx")
         if state["precision"] is None:
             os.replace(stem + ".float.onnx", stem + ".onnx")

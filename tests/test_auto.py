@@ -1,0 +1,252 @@
+"""`optc auto`: the search, its requirement verdicts, per-class figures, report files, resume and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import optc
+from optc.errors import OptcError
+from optc.tools.cli import main
+from optc.workflow.auto import Requirements, _Search, verdicts
+from optc.workflow.report import pareto_front
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+MODEL = os.path.join(EXAMPLES, "digits_cnn.onnx")
+TEST = os.path.join(EXAMPLES, "digits_test.npz")
+CALIB = os.path.join(EXAMPLES, "digits_calib.npz")
+IMPOSSIBLE = 1000.0  # a speed-up no step can reach: every step is tried and the verdict must say by how much
+
+
+def _run(out, **kw):
+    opts = dict(max_accuracy_drop=0.5, min_speedup=IMPOSSIBLE, budget_minutes=5, latency_batch=32, progress=False)
+    opts.update(kw)
+    return optc.auto(MODEL, TEST, CALIB, output=out, **opts)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "out"
+    return _run(out), out
+
+
+# -- requirement verdicts ---------------------------------------------------------------------------------------
+
+
+def test_verdicts_met_and_unmet_with_gap():
+    req = Requirements.parse(0.5, "2.0ms", "2x", "4")
+    ok = {"drop": 0.5, "latency_ms": {"median_ms": 1.5}, "speedup": 2.5, "size_mb": 3.9, "backend": "onnxruntime"}
+    v = verdicts(req, ok, "points")
+    assert all(x["met"] and x["gap"] == 0 for x in v.values())
+    bad = {"drop": 0.8, "latency_ms": {"median_ms": 3.25}, "speedup": 1.25, "size_mb": 5.5, "backend": "onnxruntime"}
+    v = verdicts(req, bad, "points")
+    assert not any(x["met"] for x in v.values())
+    assert v["accuracy"]["gap"] == pytest.approx(0.3)
+    assert v["latency"]["gap"] == pytest.approx(1.25)
+    assert v["speedup"]["gap"] == pytest.approx(0.75)
+    assert v["size"]["gap"] == pytest.approx(1.5)
+    assert "NOT met" in v["speedup"]["text"]
+    nan = verdicts(Requirements.parse(0.5), {"drop": None}, "points")["accuracy"]
+    assert not nan["met"] and math.isinf(nan["gap"])
+
+
+@pytest.mark.parametrize("args", [("abc",), (0.5, "fast"), (0.5, None, "0"), (-1,), (0.5, None, None, "nan"),
+                                  (None,)])
+def test_requirements_that_cannot_be_parsed(args):
+    with pytest.raises(OptcError):
+        Requirements.parse(*args)
+
+
+def test_pareto_front():
+    pts = [(1.0, 90.0), (2.0, 95.0), (1.5, 89.0), (3.0, 95.0), (0.5, 80.0)]
+    assert pareto_front(pts) == [4, 0, 1]
+    assert pareto_front([(1.0, 0.2), (2.0, 0.1)], higher_is_better=False) == [0, 1]
+
+
+# -- the search on the digits classifier -------------------------------------------------------------------------
+
+
+def test_impossible_requirement_reported_unmet_with_gap(digits_run):
+    result, out = digits_run
+    assert not result.met
+    c = result.chosen
+    sp = result.verdicts["speedup"]
+    assert not sp["met"] and sp["value"] == c["speedup"] and sp["gap"] == pytest.approx(IMPOSSIBLE - c["speedup"])
+    acc = result.verdicts["accuracy"]
+    assert acc["met"] == (c["drop"] <= 0.5) and acc["met"]  # the chosen model keeps the accuracy budget
+    assert any("speed-up" in line for line in result.unmet)
+    # every step was tried (the requirement never held) and each candidate that ran was validated and timed
+    names = [s["name"] for s in result.steps]
+    assert names[:7] == ["-O2", "-O3", "float16", "bfloat16", "dynamic int8", "static int8", "int4 weight-only"]
+    assert result.stop_reason == "every step was tried"
+    for s in result.steps:
+        assert s["status"] in ("kept", "rejected", "failed", "skipped")
+        if s["status"] in ("kept", "rejected"):
+            assert {"value", "drop", "per_class", "worst_class", "max_abs_diff", "latency_ms", "speedup",
+                    "size_mb"} <= set(s)
+            assert s["latency_ms"]["p90_ms"] >= s["latency_ms"]["median_ms"] > 0
+        if s["status"] == "kept":
+            assert s["drop"] <= 0.5
+    kept = [s for s in result.steps if s["status"] == "kept"]
+    assert (c["name"] == kept[-1]["name"]) if kept else c["name"].startswith("baseline")
+
+
+def test_per_class_figures_match_evaluate(digits_run):
+    result, out = digits_run
+    base = optc.evaluate(MODEL, TEST)
+    b = result.baseline[0]
+    assert b["value"] == base["value"]
+    assert b["per_class"] == {k: v["accuracy"] for k, v in base["per_class"].items()}
+    mine = optc.evaluate(str(out / "model.onnx"), TEST, baseline=MODEL)
+    c = result.chosen
+    assert c["value"] == pytest.approx(mine["value"])
+    assert c["per_class"] == pytest.approx({k: v["accuracy"] for k, v in mine["per_class"].items()})
+    if not c["name"].startswith("baseline"):
+        assert c["worst_class"]["drop_points"] == pytest.approx(mine["worst_class"]["drop_points"])
+    for s in result.steps:  # the largest output difference of a step that changes numerics is not zero
+        if s.get("name") == "float16" and "max_abs_diff" in s:
+            assert s["max_abs_diff"] > 0
+
+
+def test_report_files(digits_run):
+    result, out = digits_run
+    for name in ("report.md", "report.html", "report.json", "model.onnx", "state.json"):
+        assert (out / name).is_file(), name
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary file left behind
+    data = json.loads((out / "report.json").read_text())
+    assert data["met"] is False and data["chosen"]["name"] == result.chosen["name"]
+    assert len(data["steps"]) == len(result.steps)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3  # trade-off, per-class and profile plots, embedded
+    assert "<script" not in html and "src='http" not in html  # self-contained
+    md = (out / "report.md").read_text()
+    assert "| dynamic int8 |" in md and "NOT met" in md
+    assert isinstance(data["profile"]["baseline"], dict) and data["profile"]["baseline"]["by_op_type"]
+
+
+class _Interrupted(Exception):
+    """Stands for the run being killed in the middle of a step."""
+
+
+def test_resume_continues_without_redoing_steps(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    calls, resumed = [], False
+    real = _Search.measure
+
+    def interrupted(self, name, *a, **k):
+        calls.append(name)
+        if name == "float16" and not resumed:
+            raise _Interrupted
+        return real(self, name, *a, **k)
+
+    monkeypatch.setattr(_Search, "measure", interrupted)
+    with pytest.raises(_Interrupted):
+        _run(out)
+    state = json.loads((out / "state.json").read_text())
+    assert [r["name"] for r in state["records"]] == ["-O2", "-O3"] and state["next_step"] == 2
+    assert not (out / "report.json").exists()
+    with pytest.raises(OptcError, match="--resume"):
+        _run(out)  # a directory holding a run is not overwritten
+    calls.clear()
+    resumed = True
+    result = _run(out, resume=True)
+    assert calls[0] == "float16" and "-O2" not in calls and "baseline (onnxruntime)" not in calls
+    assert [s["name"] for s in result.steps][:3] == ["-O2", "-O3", "float16"]
+    with pytest.raises(OptcError, match="other settings"):
+        _run(out, resume=True, max_accuracy_drop=1.0)
+
+
+def test_budget_ends_the_search(tmp_path):
+    result = _run(tmp_path / "out", budget_minutes=1e-6)
+    assert result.stop_reason == "the time budget ended" and result.steps == []
+    assert result.chosen["name"] == "baseline (onnxruntime)"
+    assert not result.verdicts["speedup"]["met"]
+
+
+# -- errors: one line, exit 2 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--min-speedup", "fast"], "cannot parse --min-speedup"),
+    (["--max-accuracy-drop", "half"], "cannot parse --max-accuracy-drop"),
+    (["--budget-minutes", "0"], "--budget-minutes must be"),
+    (["--backends", "tpu"], "unknown backend"),
+])
+def test_cli_errors(tmp_path, capsys, extra, message):
+    rc = main(["auto", MODEL, "--eval", TEST, "-o", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_error_test_set_does_not_match_model(tmp_path, capsys):
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros((4, 3, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    rc = main(["auto", MODEL, "--eval", str(other), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "test data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_error_no_labels(tmp_path, capsys):
+    rc = main(["auto", MODEL, "--eval", CALIB, "-o", str(tmp_path / "o")])  # calibration data has no labels
+    err = capsys.readouterr().err
+    assert rc == 2 and "labels 'y'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_runs_and_exit_code_says_unmet(tmp_path, capsys):
+    rc = main(["auto", MODEL, "--eval", TEST, "--min-speedup", "1000", "--budget-minutes", "0.00001",
+               "-o", str(tmp_path / "o"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["met"] is False and out["stop_reason"] == "the time budget ended"
+    assert any("speed-up" in line for line in out["unmet"])
+
+
+# -- slow: TVM, and the report in a real browser -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tvm_backend(tmp_path):
+    result = _run(tmp_path / "out", backends="onnxruntime,tvm-cpu", budget_minutes=3)
+    assert [b["backend"] for b in result.baseline] == ["onnxruntime", "tvm-cpu"]
+    tvm_base = result.baseline[1]
+    assert tvm_base["drop"] <= 0.5 and tvm_base["max_abs_diff"] < 1e-3 and tvm_base["latency_ms"]["median_ms"] > 0
+    tvm_steps = [s for s in result.steps if s["name"].startswith("tvm")]
+    assert tvm_steps and tvm_steps[0]["name"] == "tvm untuned"
+    first = tvm_steps[0]
+    assert first["status"] in ("kept", "rejected", "failed")
+    if first["status"] != "failed":
+        assert first["backend"] == "tvm-cpu" and first["file"].endswith(".so")
+    if result.chosen["backend"] == "tvm-cpu":
+        assert (tmp_path / "out" / "model.so").is_file() and (tmp_path / "out" / "model.so.json").is_file()
+        ev = optc.evaluate(str(tmp_path / "out" / "model.so"), TEST)
+        assert ev["value"] == pytest.approx(result.chosen["value"])
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(digits_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed here (.ci/run installs it: apt-get install -y chromium)")
+    from PIL import Image
+
+    _, out = digits_run
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,2600", f"file://{out / 'report.html'}"],
+                   check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    non_white = (img.sum(axis=2) < 720).mean()
+    assert non_white > 0.05, f"the page looks blank ({non_white:.1%} non-white pixels)"
+
+    def pixels(rgb):  # pixels of a plot colour (matplotlib's, see workflow/report.py)
+        return int((np.abs(img - np.array(rgb)).sum(axis=2) < 40).sum())
+
+    assert pixels((31, 119, 180)) > 500  # the baseline's blue: per-class bars and markers
+    assert pixels((255, 127, 14)) > 500  # the chosen model's orange: per-class bars and star
+    assert pixels((23, 190, 207)) > 500  # the profile chart's bars
