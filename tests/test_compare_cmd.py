@@ -130,3 +130,23 @@ def test_errors_are_one_line_exit_2(models, capsys, tmp_path, argv, message):
     rc, out, err = _run(capsys, "compare", *args)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("optc: error:") and message in err, err
+
+
+def test_mark_all_pairs_renamed_tensors_by_provenance(models, tmp_path):
+    src = models[0]
+    broken = optc.load(src)
+    run_pipeline(broken, build_pipeline(None, B.PIPELINE))
+    pool = next(n for n in broken.graph if n.op_type == "AveragePool")
+    assert pool.meta["from"] == ["pool"]  # (what the rewrite recorded)
+    pool.outputs[0].name = "renamed_by_a_fusion"
+    rep = optc.compare(optc.load(src), broken, mark_all=True)
+    first = rep.mark_all.first
+    assert (first.node, first.output.name_b, first.output.paired_by) == ("pool", "renamed_by_a_fusion",
+                                                                         "provenance")
+    assert first.culprit
+    # from a file the provenance is gone: the divergence shows at the next node, which says where to look
+    path = str(tmp_path / "renamed.onnx")
+    optc.save(broken, path)
+    first = optc.compare(src, path, mark_all=True).mark_all.first
+    assert first.node == "flatten" and not first.culprit
+    assert dict(first.inputs)["p1"].startswith("not compared") and "pool (MaxPool)" in first.describe()

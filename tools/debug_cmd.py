@@ -23,9 +23,10 @@ def run_bisect(args, pipeline) -> int:
         raise OptcError("--bisect searches the limit itself; give --bisect or --bisect-limit, not both")
     inputs = read_npz(args.bisect_inputs) if args.bisect_inputs else None
     model = load(args.model)
-    result = bisect_rewrites(model, pipeline, inputs, fast_math=args.fast_math, disable=args.disable or [])
+    options = {"disable": args.disable or [], "fast_math": args.fast_math}
+    result = bisect_rewrites(model, pipeline, inputs, **options)
     keep = result.index - 1 if result.found else None
-    run_pipeline(model, pipeline, disable=args.disable or [], bisect_limit=keep, fast_math=args.fast_math)
+    run_pipeline(model, pipeline, bisect_limit=keep, **options)
     save(model, args.output)
     print(f"optc: {result.describe()}", file=sys.stderr)
     what = "every rewrite" if keep is None else f"the first {keep} rewrites (the last good ones)"

@@ -65,11 +65,12 @@ def _worst(comp: Comparison) -> str:
 
 
 def bisect_rewrites(model: Model, pipeline: Any, inputs: Mapping[str, np.ndarray] | None = None, *,
-                    rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, fast_math: bool = False,
-                    disable: tuple[str, ...] | list[str] = (), seed: int = 0) -> BisectResult:
+                    rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
+                    **options: Any) -> BisectResult:
     """Binary-search the rewrites of `pipeline` (a Pass, as `build_pipeline` makes) on `model` (not modified)
     for the first one after which the outputs on `inputs` (random ones from `seed` when None) differ from the
     original's beyond |a - b| <= atol + rtol * max(|a|, |b|), or the model no longer runs on onnxruntime.
+    `options` go to every `run_pipeline` (e.g. `disable`, `fast_math`: the run being bisected).
     Raises OptcError when the original itself cannot run or the inputs do not fit it."""
     from ..inputs import random_inputs
     from ..ortsession import first_line, session
@@ -98,7 +99,7 @@ def bisect_rewrites(model: Model, pipeline: Any, inputs: Mapping[str, np.ndarray
         nonlocal runs
         runs += 1
         m = copy_model(model)
-        report = run_pipeline(m, pipeline, disable=disable, bisect_limit=limit, fast_math=fast_math)
+        report = run_pipeline(m, pipeline, bisect_limit=limit, **options)
         try:
             sess = session(m, optimize=False, label="the optimized model")
             out_names = [o.name for o in sess.get_outputs()]

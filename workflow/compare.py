@@ -121,15 +121,14 @@ def _model_endpoint(label: str, model, runtime: str) -> Endpoint:
 
         module = compile_model(model, "cpu")
         return Endpoint(label, runtime, specs, outputs, None, None, module.run)
-    ir = None
     if runtime == "optimized":
         from ..rewrites import optimize
 
-        model = ir = optimize(model)
+        model = optimize(model)
         outputs = [v.name for v in model.graph.outputs]
     proto = to_onnx(model)
     runner = _reference_runner(proto, label) if runtime == "reference" else _ort_runner(proto, label)
-    return Endpoint(label, runtime, specs, outputs, proto, ir, runner)
+    return Endpoint(label, runtime, specs, outputs, proto, model, runner)
 
 
 def _artifact_endpoint(path: str) -> Endpoint:
@@ -376,6 +375,7 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
     producer: dict[str, tuple[str, str]] = {}
     state: dict[str, str] = dict.fromkeys(graph_inputs, "graph input")
     op_b = {o: n.op_type for n in b.proto.graph.node for o in n.output}
+    alias: dict[str, str] = {}  # a tensor not compared -> the not-compared input it repeats
     tensors: list[TensorResult] = []
     not_compared: list[str] = []
     first: Divergence | None = None
@@ -387,7 +387,12 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
             producer[out] = (label, node.op_type)
             if out not in pairs or out not in values_a:
                 same = _same_as_input(node, out, values_a, state)
-                state[out] = f"{state[same]} (the values of {same})" if same else "not compared"
+                if same and state[same] != "not compared":
+                    state[out] = f"{state[same].split(' (')[0]} (the values of {same})"
+                else:
+                    state[out] = "not compared"
+                    if same:
+                        alias[out] = same
                 not_compared.append(out)
                 continue
             name_b, how = pairs[out]
@@ -401,7 +406,13 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
                     if not i:
                         continue
                     inputs.append((i, state.get(i, "constant")))
-                unknown = {i: producer[i][0] + f" ({producer[i][1]})" for i, s in inputs if s == "not compared"}
+                unknown = {}
+                for i, s in inputs:
+                    if s == "not compared":
+                        root = i
+                        while root in alias:  # (through the no-ops that only repeat it)
+                            root = alias[root]
+                        unknown[root] = producer[root][0] + f" ({producer[root][1]})"
                 culprit = all(s.split(" (")[0] in ("match", "graph input", "constant") for _, s in inputs)
                 first = Divergence(label, node.op_type, result, inputs, culprit, unknown)
     return MarkAll(tensors, not_compared, first), values_a, values_b
