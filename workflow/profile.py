@@ -81,7 +81,7 @@ class Profile:
             t = Table(title=title, title_justify="left")
             cols = (first, "op type") if with_type else (first,)
             for col in (*cols, "total ms", "share", "calls", "mean us"):
-                t.add_column(col, justify="left" if col in cols else "right")
+                t.add_column(col, justify="left" if col in cols else "right", overflow="fold")
             for e in entries[:top] if top else entries:
                 t.add_row(*(e.name, e.op_type)[: len(cols)], f"{e.total_us / 1e3:.3f}", f"{100 * e.share:.1f}%",
                           str(e.calls), f"{e.mean_us:.1f}")
