@@ -136,3 +136,17 @@ def test_compiled_artifact_kernels(tmp_path, capsys):
     assert cli.main(["profile", str(src), "--artifact", str(lib), "--runs", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["backend"] == "tvm-cpu" and doc["by_node"]
+
+
+def test_cli_inputs_from_npz(tmp_path, capsys):
+    from optc.fileio import write_npz
+
+    src, data = tmp_path / "small.onnx", tmp_path / "x.npz"
+    onnx.save(_small(), src)
+    write_npz(data, {"x": np.ones((5, 8), np.float32)})
+    assert cli.main(["profile", str(src), "--inputs", str(data), "--runs", "2", "--json"]) == 0
+    assert {e["name"] for e in json.loads(capsys.readouterr().out)["by_op_type"]} >= {"MatMul", "Softmax"}
+    write_npz(data, {"x": np.ones((5, 3), np.float32)})  # wrong shape: onnxruntime's one-line error
+    assert cli.main(["profile", str(src), "--inputs", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optc: error: onnxruntime failed to run") and len(err.strip().splitlines()) == 1
