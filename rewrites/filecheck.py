@@ -222,40 +222,76 @@ def _compare(test: IRTest, before, after) -> None:
 
 # -- matching -----------------------------------------------------------------------------------------------------
 
-_PIECE = re.compile(r"\{\{(?P<re>.*?)\}\}|\[\[(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<def>.*?))?\]\]")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _pieces(check: Check, source: str) -> list[tuple[str, str, str]]:
+    """Split a pattern into ("text", literal, ""), ("re", regex, ""), ("def", name, regex) and ("use", name, "").
+    A `[[NAME:regex]]` ends at the first `]]` outside brackets of the regex, so `[[V:[a-z]]]` works."""
+    text, out, pos, lit = check.pattern, [], 0, 0
+    while pos < len(text):
+        if text.startswith("{{", pos):
+            close = text.find("}}", pos + 2)
+            if close < 0:
+                raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: '{{{{' without '}}}}' in '{text}'")
+            out += [("text", text[lit:pos], ""), ("re", text[pos + 2:close], "")]
+            pos = lit = close + 2
+        elif text.startswith("[[", pos):
+            m = _VAR_NAME.match(text, pos + 2)
+            if m is None:
+                raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: '[[' needs a variable name in '{text}'")
+            out.append(("text", text[lit:pos], ""))
+            if text.startswith("]]", m.end()):
+                out.append(("use", m.group(0), ""))
+                pos = lit = m.end() + 2
+                continue
+            if not text.startswith(":", m.end()):
+                raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: expected ':' or ']]' after "
+                                   f"[[{m.group(0)} in '{text}'")
+            i, depth = m.end() + 1, 0
+            while i < len(text) and not (depth == 0 and text.startswith("]]", i)):
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "[":
+                    depth += 1
+                elif text[i] == "]":
+                    depth -= 1
+                i += 1
+            if i >= len(text):
+                raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: '[[' without ']]' in '{text}'")
+            out.append(("def", m.group(0), text[m.end() + 1:i]))
+            pos = lit = i + 2
+        else:
+            pos += 1
+    out.append(("text", text[lit:], ""))
+    return out
 
 
 def _compile(check: Check, variables: dict[str, str], source: str) -> tuple[re.Pattern, list[str]]:
     """The regex of a pattern, and the variables it defines."""
     parts: list[str] = []
     defined: list[str] = []
-    pos = 0
-    text = check.pattern
-    for m in _PIECE.finditer(text):
-        parts.append(_literal(text[pos:m.start()]))
-        pos = m.end()
-        if m.group("re") is not None:
-            parts.append(f"(?:{m.group('re')})")
-        elif m.group("def") is not None:
-            name = m.group("name")
+    for kind, a, b in _pieces(check, source):
+        if kind == "text":
+            parts.append(_literal(a))
+        elif kind == "re":
+            parts.append(f"(?:{a})")
+        elif kind == "def":
             if check.kind in ("CHECK-NOT", "CHECK-LABEL"):
                 raise CheckFailure(f"{source}:{check.lineno}: {check.kind} cannot define variables")
-            parts.append(f"(?P<v_{name}>{m.group('def')})" if name not in defined else f"(?:{m.group('def')})")
-            defined.append(name)
+            parts.append(f"(?P<v_{a}>{b})" if a not in defined else f"(?:{b})")
+            defined.append(a)
+        elif a in defined:
+            parts.append(f"(?P=v_{a})")
+        elif a in variables:
+            parts.append(re.escape(variables[a]))
         else:
-            name = m.group("name")
-            if name in defined:
-                parts.append(f"(?P=v_{name})")
-            elif name in variables:
-                parts.append(re.escape(variables[name]))
-            else:
-                raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: variable [[{name}]] is not defined "
-                                   f"by an earlier check")
-    parts.append(_literal(text[pos:]))
+            raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: variable [[{a}]] is not defined by an "
+                               f"earlier check")
     try:
         return re.compile("".join(parts)), defined
     except re.error as exc:
-        raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: bad regex in '{text}': {exc}") from None
+        raise CheckFailure(f"{source}:{check.lineno}: {check.kind}: bad regex in '{check.pattern}': {exc}") from None
 
 
 def _literal(s: str) -> str:
@@ -385,7 +421,7 @@ def _failure(c: Check, source: str, out: _Output, lo: int, hi: int, what: str) -
     lo = min(lo, len(out.text))
     first = out.line_of(lo)
     last = out.line_of(max(lo, min(hi, len(out.text)) - 1)) if out.text else 0
-    plain = _PIECE.sub("", c.pattern).strip()
+    plain = "".join(a for kind, a, _ in _pieces(c, source) if kind == "text").strip()
     best, best_score = first, -1.0
     for i in range(first, last + 1):
         score = difflib.SequenceMatcher(None, plain, out.line(i).strip()).ratio()
