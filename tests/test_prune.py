@@ -43,6 +43,12 @@ class Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
         return name
 
+    def ints(self, values: list[int]) -> str:
+        self.n += 1
+        name = f"i{self.n}"
+        self.inits.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
     def op(self, op: str, inputs: list[str], **attrs) -> str:
         self.n += 1
         out = f"{op.lower()}{self.n}"
@@ -137,6 +143,23 @@ def mlp(zero=(), seed=0):
     return b.model({"x": ["N", 5, 12]}, [b.op("MatMul", [h, b.const(b.weights((8, 3), []))])])
 
 
+def reshape_head(zero=(), seed=0):
+    """Conv(3->8) Relu Dropout MaxPool(2) [N,8,4,4] Reshape [0, -1] Gemm(128->5)."""
+    b = Builder(seed)
+    h = b.op("Dropout", [b.op("Relu", [b.conv("x", 3, 8, zero)])])
+    h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.op("Gemm", [b.op("Reshape", [h, b.ints([0, -1])]), b.const(b.weights((128, 5), [])), b.const(np.ones(5))])
+    return b.model(IMG, [y])
+
+
+def squeeze_head(zero=(), seed=0):
+    """Conv(3->8) Relu GlobalAveragePool Squeeze(axes 2, 3) Unsqueeze(axis 1) [N,1,8] MatMul(8->5)."""
+    b = Builder(seed)
+    h = b.op("GlobalAveragePool", [b.op("Relu", [b.conv("x", 3, 8, zero)])])
+    h = b.op("Unsqueeze", [b.op("Squeeze", [h, b.ints([2, 3])]), b.ints([1])])
+    return b.model(IMG, [b.op("MatMul", [h, b.const(b.weights((8, 5), []))])])
+
+
 def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
     inp = model.graph.input[0]
@@ -168,6 +191,10 @@ CASES = {
     "bn": (bn_cnn, 0.25, [1, 4], (3 * 9 + 1) * 6 + 4 * 6 + (6 * 9 * 4 + 4)),
     # 6 -> 4 channels: the Gemm keeps 4 * 16 of its 96 rows
     "flatten_gemm": (flatten_gemm, 0.34, [0, 5], (3 * 9 + 1) * 4 + 64 * 7 + 7),
+    # 8 -> 6 channels through Dropout, MaxPool and a Reshape to [N, -1]: 6 * 16 of the 128 Gemm rows stay
+    "reshape_head": (reshape_head, 0.25, [0, 4], (3 * 9 + 1) * 6 + 96 * 5 + 5 + 2),
+    # 8 -> 6 channels through Squeeze and Unsqueeze (the channel axis moves from 1 to 2)
+    "squeeze_head": (squeeze_head, 0.25, [6, 7], (3 * 9 + 1) * 6 + 6 * 5 + 2 + 1),
     # 16 -> 12 ([3, 7, 11, 15]) and 8 -> 6
     "mlp": (mlp, 0.25, [3, 7], (12 * 12 + 12) + (12 * 6 + 6) + 6 * 3),
 }

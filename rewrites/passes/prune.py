@@ -26,6 +26,7 @@ import numpy as np
 from ...errors import OptcError
 from ...ir.core import Model, Node, Value
 from ...ir.rewriter import Rewriter
+from ...ir.schema import Trait, has_trait
 from ...ir.types import TensorType
 from ..context import PassContext, PassResult
 from ..pass_manager import Pass, register_pass
@@ -242,7 +243,7 @@ class _Apply:
             keep = self.positions(m_in)
             for i in _PER_CHANNEL_PARAMS[op]:
                 cuts.setdefault(i, []).append((0, m_in, keep))
-        elif m_out is not None and op not in ("Concat", "Flatten") and out.rank is not None:
+        elif m_out is not None and has_trait(node.domain, op, Trait.ELEMENTWISE) and out.rank is not None:
             self.broadcast_constants(node, m_out, cuts)
         for i, items in cuts.items():
             self.slice_input(node, i, items, macs if i == 1 else 0)

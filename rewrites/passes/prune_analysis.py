@@ -12,7 +12,9 @@ every position on that axis, the (space, channel) it holds, or -1 for a channel 
     constants are sliced); a depthwise Conv (group == channels, one filter each) too (weights sliced, group set);
   - Concat along the channel axis concatenates the maps (so indices are offset); along another axis it is an
     elementwise join;
-  - Flatten repeats each channel over the flattened trailing dims (feature index = channel * H * W + ...);
+  - Flatten (or a Reshape to [batch, -1] with a constant shape) repeats each channel over the flattened trailing
+    dims (feature index = channel * H * W + ...); Squeeze/Unsqueeze of other axes move the channel axis; an
+    inference Dropout passes them through;
   - the contracting input of Conv (group 1), Gemm (A, transA = 0) and MatMul (A's last axis) with a constant
     weight *absorbs* the map: the weight's matching input rows are removed.
 Anything else — a graph output, Reshape, Transpose, a grouped Conv, an op in a subgraph, a non-constant weight,
@@ -151,6 +153,36 @@ def _producer_channels(node: Node) -> int | None:
     return None
 
 
+def _flatten_axis(node: Node) -> int | None:
+    """The axis a Flatten flattens from, or 1 for a Reshape to [batch, -1] with a constant shape; else None."""
+    shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return None
+    if node.op_type == "Flatten":
+        axis = node.attr("axis", 1)
+        return axis + len(shape) if axis < 0 else axis
+    target = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if target is None or target.shape != (2,) or target[1] != -1 or len(shape) < 2:
+        return None
+    if (target[0] == 0 and not node.attr("allowzero", 0)) or (target[0] > 0 and target[0] == shape[0]):
+        return 1
+    return None
+
+
+def _moved_axis(node: Node, axis: int) -> int | None:
+    """Where `axis` of a Squeeze/Unsqueeze input lands in its output (None: squeezed, or axes not constant)."""
+    axes = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else node.attr("axes")
+    rank_in, rank_out = node.inputs[0].rank, node.outputs[0].rank
+    if axes is None or rank_in is None or rank_out is None:
+        return None
+    if node.op_type == "Squeeze":
+        axes = {int(a) % rank_in for a in np.atleast_1d(axes)}
+        return None if axis in axes else axis - sum(a < axis for a in axes)
+    axes = {int(a) % rank_out for a in np.atleast_1d(axes)}
+    kept = [i for i in range(rank_out) if i not in axes]
+    return kept[axis] if axis < len(kept) else None
+
+
 def _aligned_dim(shape: tuple, out_rank: int, axis: int) -> int | None:
     """The dim of a broadcast operand of `shape` that lines up with `axis` of a rank-`out_rank` result (None:
     the operand has no such dim)."""
@@ -237,11 +269,21 @@ class _Walker:
                 if c is None or c.shape != (m.size,):
                     return "a per-channel parameter is not a constant of one value per channel"
             return None
-        if op == "Flatten":
-            axis = node.attr("axis", 1)
-            shape = node.inputs[0].shape
-            axis = axis + len(shape) if axis < 0 else axis
-            return None if axis <= m.axis and _static(shape[axis:]) else "it folds the channels into the batch"
+        if op in ("Flatten", "Reshape"):
+            if not first:
+                return "the channels reach its shape input"
+            axis = _flatten_axis(node)
+            if axis is None:
+                return "only a Reshape to [batch, -1] (a flatten) with a constant shape is understood"
+            return None if axis <= m.axis and _static(node.inputs[0].shape[axis:]) else \
+                "it folds the channels into the batch or a dim is not static"
+        if op in ("Squeeze", "Unsqueeze"):
+            return None if first and _moved_axis(node, m.axis) is not None else \
+                "it removes the channel axis, or its axes are not constant"
+        if op == "Dropout":
+            training = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else False
+            return None if first and training is not None and not bool(training) else \
+                "it may run in training mode"
         if op == "Concat":
             return self.why_not_concat(node, ins)
         if has_trait(node.domain, op, Trait.ELEMENTWISE):
@@ -297,10 +339,13 @@ class _Walker:
             return None  # absorbed; a producer's own space replaces it
         if op == "Conv" or op in _PER_CHANNEL_PARAMS or op in _POOLS:
             return m
-        if op == "Flatten":
+        if op in ("Squeeze", "Unsqueeze"):
+            return ChannelMap(_moved_axis(node, m.axis), m.space, m.index)
+        if op == "Dropout":
+            return m
+        if op in ("Flatten", "Reshape"):
             shape = node.inputs[0].shape
-            axis = node.attr("axis", 1)
-            axis = axis + len(shape) if axis < 0 else axis
+            axis = _flatten_axis(node)
             inner = int(np.prod(shape[m.axis + 1:], dtype=np.int64))
             outer = int(np.prod(shape[axis:m.axis], dtype=np.int64))
             return ChannelMap(1, np.tile(np.repeat(m.space, inner), outer), np.tile(np.repeat(m.index, inner), outer))
