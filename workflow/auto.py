@@ -50,6 +50,9 @@ __all__ = ["BACKENDS", "AutoResult", "Requirements", "auto", "parse_backends", "
 
 BACKENDS = ("onnxruntime", "tvm-cpu")
 PRUNE_RATIOS = (0.1, 0.25, 0.5)
+TUNE_TRIALS = 400  # MetaSchedule trials asked of the tuning step; the time budget usually ends it first
+TUNE_RESERVE_S = 30.0  # kept from the tuning for building the tuned library and measuring it
+TUNE_MIN_S = 30.0  # less time than this for tuning: the step fails with the reason
 MIN_GAIN = 0.03  # a step must be 3% faster than the best kept model to be kept
 STATE_FILE = "state.json"
 WORK_DIR = "work"
@@ -363,27 +366,38 @@ class _Search:
         return out
 
     def _tune(self, source: str, out: str) -> str:
-        """Tune in rounds of doubling trials into one database, each round only when the time it should take
-        (from the seconds per trial of the round before) fits in what is left of the budget."""
+        """Tune with MetaSchedule in a child process (`optc compile --tune`, `TUNE_TRIALS` trials) that gets what
+        is left of the budget, less `TUNE_RESERVE_S` for the build and the measurement: at the deadline it is
+        stopped, and the library is built with whatever kernels its database holds by then (the others keep
+        optc's default schedules)."""
+        import signal
+        import subprocess
+        import sys
+
         from ..codegen.compile import compile_to_file
 
         db = os.path.join(self.work, "tuning_db")
-        trials, per_trial = 16, None
-        done = 0
-        while True:
-            left = self.deadline - time.monotonic()
-            need = (trials - done) * per_trial if per_trial is not None else 0.0
-            if done and (left < need * 1.5 + 30):
-                break
-            if not done and left < 60:
-                raise OptcError(f"{left:.0f} s left of the budget: too little to tune")
-            t0 = time.monotonic()
-            compile_to_file(source, out, "cpu", level=2, trials=trials, db=db, progress=bool(self.progress))
-            per_trial = (time.monotonic() - t0) / max(1, trials - done)
-            done = trials
-            trials *= 2
-            if trials > 2000:
-                break
+        left = self.deadline - time.monotonic() - TUNE_RESERVE_S
+        if left < TUNE_MIN_S:
+            raise OptcError(f"{max(0.0, left + TUNE_RESERVE_S):.0f} s left of the budget: too little to tune")
+        cmd = [sys.executable, "-m", "optc.tools.cli", "compile", source, "-o", out + ".tuning.so", "--tune",
+               "--trials", str(TUNE_TRIALS), "--db", db, "-q"]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+        with progress_bar(f"tuning {TUNE_TRIALS} trials, at most {left:.0f} s", total=None, enabled=self.progress,
+                          unit="s"):
+            try:
+                _, err = child.communicate(timeout=left)
+                if child.returncode != 0:
+                    lines = (err or "").strip().splitlines()
+                    raise OptcError(f"tuning failed: {lines[-1] if lines else f'exit code {child.returncode}'}")
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)  # the child and its builder/runner workers
+                child.communicate()
+        for leftover in (out + ".tuning.so", out + ".tuning.so.json"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        compile_to_file(source, out, "cpu", level=2, trials=0, db=db)  # 0 new trials: the database's kernels
         return out
 
     def _precision(self, mode: str, float_path: str, float_drop: float) -> tuple[Any, dict]:
