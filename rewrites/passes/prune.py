@@ -68,11 +68,16 @@ def node_macs(node: Node) -> int:
     wa = producer_weight_axis(node)
     out = node.outputs[0] if node.outputs else None
     w = node.inputs[1] if wa and len(node.inputs) > 1 else None
-    if w is None or out is None or out.shape is None or w.shape is None or not w.shape:
+    if w is None or out is None or out.shape is None or not _is_constant(w) or not w.shape or \
+            (node.op_type != "Conv" and len(w.shape) != 2):
         return 0
-    axis = wa[1] if node.op_type != "Conv" else 0
-    per_channel = int(np.prod(w.shape, dtype=np.int64)) // max(int(w.shape[axis]), 1)
+    per_channel = int(np.prod(w.shape, dtype=np.int64)) // max(int(w.shape[wa[1]]), 1)
     return int(np.prod([d if isinstance(d, int) else 1 for d in out.shape], dtype=np.int64)) * per_channel
+
+
+def _is_constant(v: Value) -> bool:
+    """An initializer or a Constant node's output (its data is not read)."""
+    return v.const is not None or (v.producer is not None and v.producer.op_type == "Constant" and not v.producer.domain)
 
 
 def _label(node: Node) -> str:
