@@ -12,3 +12,24 @@ class UnsupportedError(OptcError):
     """optc deliberately refuses to lower something (an op, an attribute value, a run-time input it cannot
     handle). The message names the op and the reason; the conformance sweep counts these as refusals, any
     other error as a failure of the back end."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """` (did you mean 'X'?)` for the known name closest to `name` (a case-insensitive prefix match first, then
+    an abbreviation: `name`'s letters in order, `FuseConvBN` for `FuseConvBatchNorm`, then difflib's closest),
+    or "" when nothing is close."""
+    import difflib
+
+    known = sorted(set(known))
+    low = name.lower()
+    prefixed = [k for k in known if k.lower().startswith(low)]
+    lowered = {k.lower(): k for k in known}
+
+    def abbreviates(k: str) -> bool:
+        rest = iter(k.lower())
+        return all(c in rest for c in low)
+
+    abbrev = [k for k in known if abbreviates(k)]
+    close = prefixed[:1] or abbrev[:1] or difflib.get_close_matches(name, known, n=1) or \
+        [lowered[k] for k in difflib.get_close_matches(low, list(lowered), n=1)]
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -483,6 +483,10 @@ class ConvertFloat(Pass):
     description: ClassVar[str] = ("convert float32 tensors to float16 or bfloat16 (dtype=...), keeping float32 "
                                   "where onnxruntime has no kernel or values overflow; keep-io-types=false "
                                   "changes the graph's inputs and outputs too")
+    option_help: ClassVar[dict[str, str]] = {
+        "dtype": "float16 or bfloat16",
+        "keep-io-types": "keep the graph's inputs and outputs float32 (Cast at the boundary)",
+    }
     dtype: str = "float16"
     keep_io_types: bool = True
 

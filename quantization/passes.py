@@ -35,6 +35,13 @@ class InsertQdq(Pass):
     description: ClassVar[str] = ("calibrate on calibration=DATA (.npz file or directory; method=minmax|percentile|"
                                   "entropy) and put QuantizeLinear/DequantizeLinear around quantizable ops; target, "
                                   "activations, per-channel options")
+    option_help: ClassVar[dict[str, str]] = {
+        "calibration": "the calibration data: an .npz file or a directory of them (required)",
+        "method": "how ranges are chosen: minmax, percentile or entropy",
+        "target": "the quantization scheme of a target: cpu, arm64 or cuda",
+        "activations": "activation type: uint8 or int8 (default: the target's)",
+        "per-channel": "per-channel weight scales (false: one scale per tensor)",
+    }
     calibration: str = ""
     method: str = "minmax"
     target: str = "cpu"
@@ -75,6 +82,9 @@ class QuantizeDynamic(Pass):
     name: ClassVar[str] = "quantize-dynamic"
     description: ClassVar[str] = ("MatMul/Gemm with constant weights -> DynamicQuantizeLinear + MatMulInteger "
                                   "(int8 weights, per-channel)")
+    option_help: ClassVar[dict[str, str]] = {
+        "per-channel": "per-channel weight scales (false: one scale per tensor)",
+    }
     per_channel: bool = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

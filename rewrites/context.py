@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Bytes: the largest tensor a fold that grows the model may produce by default (`--size-limit` changes it). A
 # graph that builds its weights at run time (ConstantOfShape, Expand, Tile of a shape) stays small on disk;
@@ -84,6 +85,14 @@ class FoldRefusal:
     node: str
     op_type: str
     nbytes: int
+    ref: Any = field(default=None, repr=False, compare=False)  # the Node, to tell whether it is still there
+
+    @property
+    def still_in_graph(self) -> bool:
+        return self.ref is None or self.ref.graph is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "nbytes": self.nbytes}
 
 
 @dataclass

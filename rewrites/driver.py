@@ -290,10 +290,11 @@ class _Driver:
                     skipped = True
                     continue
                 ctx.record(self.pass_name, rule.name, n.name or f"{n.op_type}")
-                if traced:
-                    made = _nodes(builder.nodes) if builder.nodes else "no new node"
-                    ctx.trace_sink(f"{where}: rewrote {_nodes(m.nodes)} -> {made}")
+                matched = _nodes(m.nodes) if traced else ""
                 applier.commit(m, builder, results)
+                if traced:  # after commit: the new nodes carry the names they keep
+                    made = _nodes(builder.nodes) if builder.nodes else "no new node"
+                    ctx.trace_sink(f"{where}: rewrote {matched} -> {made}")
                 stats.applied += 1
                 res.rewrites += 1
                 res.counts[rule.name] = res.counts.get(rule.name, 0) + 1

@@ -12,6 +12,7 @@ applies exactly the first N rewrites of a whole pipeline.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import sys
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 
-from ..errors import OptcError
+from ..errors import OptcError, did_you_mean
 from ..ir.core import Model, gc_paused
 from .context import PassContext, PassResult
 
@@ -32,10 +33,12 @@ _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 @dataclass
 class Pass:
     """Base class of passes. Subclasses are dataclasses: `name` and `description` are class variables,
-    options are fields (`max_size: int = 1024` is written `name{max-size=1024}` in a pipeline string)."""
+    options are fields (`max_size: int = 1024` is written `name{max-size=1024}` in a pipeline string), and
+    `option_help` says what each option does (`optc passes NAME` prints it)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    option_help: ClassVar[dict[str, str]] = {}
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         raise NotImplementedError
@@ -95,6 +98,7 @@ class FixedPoint(Pass):
 
     name: ClassVar[str] = "fixed-point"
     description: ClassVar[str] = "repeat a group of passes until nothing changes (capped)"
+    option_help: ClassVar[dict[str, str]] = {"max-iterations": "at most this many rounds of the group"}
     passes: list[Pass] = field(default_factory=list)
     max_iterations: int = 8
 
@@ -123,6 +127,8 @@ class PassInfo:
     description: str
     options: dict[str, Any]  # kebab-case option name -> default (or a type when required)
     origin: str = "optc"
+    option_help: dict[str, str] = field(default_factory=dict)  # kebab-case option name -> what it does
+    doc: str = ""  # the full description (the pass class's docstring)
 
 
 _REGISTRY: dict[str, PassInfo] = {}
@@ -159,7 +165,9 @@ def register_pass(cls=None, *, name: str | None = None, description: str | None 
                     else:
                         opts[f.name.replace("_", "-")] = f.type
         desc = description if description is not None else (getattr(c, "description", "") or _first_line(c))
-        _REGISTRY[pname] = PassInfo(pname, factory or c, desc, opts, origin)
+        helps = {k.replace("_", "-"): v for k, v in (getattr(c, "option_help", None) or {}).items()}
+        doc = inspect.cleandoc(c.__doc__) if isinstance(c, type) and c.__doc__ else ""
+        _REGISTRY[pname] = PassInfo(pname, factory or c, desc, opts, origin, helps, doc)
         return c
 
     return add(cls) if cls is not None else add
@@ -223,10 +231,8 @@ def get_pass_info(name: str) -> PassInfo:
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
-    import difflib
 
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return did_you_mean(name, known)
 
 
 def create_pass(name: str, options: dict[str, str] | None = None) -> Pass:
@@ -511,7 +517,7 @@ class PipelineReport:
             "rule_counts": counts,
             "rule_stats": {k: v.to_json() for k, v in sorted(self.rule_stats.items())},
             "fold_size_limit": self.fold_size_limit,
-            "folds_over_size_limit": [dataclasses.asdict(r) for r in self.fold_refusals],
+            "folds_over_size_limit": [r.to_json() for r in self.fold_refusals],
             "passes": [r.to_json() for r in self.passes],
         }
         if self.bisect_limit is not None:
@@ -561,7 +567,7 @@ class PassManager:
         if ctx.budget.limit is not None:
             report.last_rewrite = next((r for r in ctx.records if r.index == ctx.budget.limit), None)
         report.rule_stats = ctx.rule_stats
-        report.fold_refusals = ctx.fold_refusals
+        report.fold_refusals = [r for r in ctx.fold_refusals if r.still_in_graph]
         report.fold_size_limit = ctx.fold_size_limit
         for ins in self.instruments:
             ins.finish(report)

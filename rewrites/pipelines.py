@@ -11,13 +11,13 @@ Rule-set passes appear only when `optc.rewrites.rules` provides their set.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import onnx
 
 from ..errors import OptcError
 from ..ir.core import Model
-from .context import PassContext, RewriteBudget
+from .context import DEFAULT_FOLD_SIZE_LIMIT, PassContext, RewriteBudget, RuleFilter
 from .pass_manager import Instrument, Pass, PassManager, Pipeline, PipelineReport, parse_pipeline
 from .passes.rule_pass import available_rule_sets
 
@@ -98,11 +98,29 @@ def copy_model(model: Model) -> Model:
 
 def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrument] = (),
                  disable: Iterable[str] = (), bisect_limit: int | None = None, verify_each: bool = False,
-                 fast_math: bool = False, ctx: PassContext | None = None) -> PipelineReport:
-    """Run `pipeline` on `model` in place and return the report (`fast_math`: see `optimize`)."""
+                 fast_math: bool = False, ctx: PassContext | None = None, disable_rules: Iterable[str] = (),
+                 enable_rules: Iterable[str] | None = None, trace_rules: Iterable[str] = (),
+                 trace_sink: Callable[[str], None] | None = None,
+                 size_limit: int | None = DEFAULT_FOLD_SIZE_LIMIT) -> PipelineReport:
+    """Run `pipeline` on `model` in place and return the report.
+
+    `fast_math`: see `optimize`. `disable_rules` / `enable_rules`: rule names that may not fire / the only ones
+    that may (MLIR's disable-patterns / enable-patterns); `trace_rules` ("all" for every rule): each attempted
+    match of these rules is reported to `trace_sink` (one line: the rewrite made or why it was rejected).
+    `size_limit`: bytes, the largest tensor a fold that grows the model may produce (None: no limit).
+    Unknown rule names raise OptcError."""
     if ctx is None:
+        from .rules import check_rule_names
+
+        disable_rules, trace_rules = frozenset(disable_rules), frozenset(trace_rules)
+        enable_rules = None if enable_rules is None else frozenset(enable_rules)
+        check_rule_names(disable_rules, "rule")
+        check_rule_names(enable_rules or (), "rule")
+        check_rule_names(trace_rules, "rule")
         ctx = PassContext(opsets=dict(model.opset_imports), budget=RewriteBudget(limit=bisect_limit),
-                          verify_each=verify_each, fast_math=fast_math)
+                          verify_each=verify_each, fast_math=fast_math,
+                          rule_filter=RuleFilter(disable_rules, enable_rules), trace_rules=trace_rules,
+                          trace_sink=trace_sink, fold_size_limit=size_limit)
     instruments = list(instruments)
     if ctx.verify_each and not any(type(i).__name__ == "VerifyEach" for i in instruments):
         from .pass_manager import VerifyEach
@@ -113,14 +131,19 @@ def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrume
 
 def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DEFAULT_LEVEL,
              passes: str | Pass | list[Pass] | None = None, *, inplace: bool = False,
-             disable: Iterable[str] = (), fast_math: bool = False) -> Model:
+             disable: Iterable[str] = (), fast_math: bool = False, disable_rules: Iterable[str] = (),
+             enable_rules: Iterable[str] | None = None,
+             size_limit: int | str | None = DEFAULT_FOLD_SIZE_LIMIT) -> Model:
     """Optimize a model with the `-O<level>` pipeline, or with `passes` (a pipeline string such as
     `"fold-constants,cse,dce"` or pass objects). Returns the optimized Model; the argument is not modified
     unless `inplace=True`.
 
     Every rewrite preserves IEEE 754 semantics (NaN, infinities, signed zeros) by default. `fast_math=True`
     also applies the rewrites that are exact only in real arithmetic (e.g. `x + 0.0 -> x`, which turns
-    -0.0 + 0.0 = +0.0 into -0.0); `optc passes` lists them."""
+    -0.0 + 0.0 = +0.0 into -0.0); `optc passes` lists them. `disable_rules` / `enable_rules`: rule names
+    that may not fire / the only ones that may. `size_limit`: the largest tensor (bytes, or a size such as
+    "64MB"; None: unlimited) that constant folding may create when the fold grows the model (1 MiB by
+    default). Raises OptcError for an unknown rule name or a bad size."""
     from ..ir.io import load
 
     if isinstance(model, Model):
@@ -132,5 +155,9 @@ def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DE
         raise OptcError(f"optimize() takes a Model, a ModelProto or a path, not {type(model).__name__}")
     if not isinstance(level, int) or isinstance(level, bool):
         raise OptcError(f"level must be an int 0..3, not {level!r}")
-    run_pipeline(model, build_pipeline(level, passes), disable=disable, fast_math=bool(fast_math))
+    from ..units import parse_bytes
+
+    limit = parse_bytes(size_limit, what="size_limit") if size_limit is not None else None
+    run_pipeline(model, build_pipeline(level, passes), disable=disable, fast_math=bool(fast_math),
+                 disable_rules=disable_rules, enable_rules=enable_rules, size_limit=limit)
     return model

@@ -40,15 +40,21 @@ def quiet_native_log() -> Iterator[None]:
     os.dup2(write_fd, 2)
     os.close(write_fd)
     python_stderr = sys.stderr
-    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb", buffering=0), encoding=python_stderr.encoding,
-                                  errors="backslashreplace", write_through=True)
+    try:
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # redirected in Python (a test's capture, a StringIO)
+        on_fd2 = False
+    if on_fd2:
+        sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb", buffering=0), encoding=python_stderr.encoding,
+                                      errors="backslashreplace", write_through=True)
     thread = threading.Thread(target=_forward, args=(read_fd, real), daemon=True)
     thread.start()
     try:
         yield
     finally:
-        sys.stderr.flush()
-        sys.stderr.close()
+        if on_fd2:
+            sys.stderr.flush()
+            sys.stderr.close()
         sys.stderr = python_stderr
         os.dup2(real, 2)  # closes the pipe's last writer: the thread reads to the end and stops
         thread.join(timeout=5)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from ..errors import OptcError
 from ..fileio import write_json
 from ..ir import load, save
+from ..ir.stats import file_bytes, model_stats
+from ..units import format_bytes, parse_bytes
 from .paths import check_output_path
 
 
@@ -29,6 +32,9 @@ def run(args) -> int:
     for name in args.print_ir_after or []:
         if name != "all":
             get_pass_info(name)
+    if args.check < 0:
+        raise OptcError("--check must be 0 or more (the number of random input sets to compare)")
+    size_limit = parse_bytes(args.size_limit, what="--size-limit")
     instruments = []
     if args.print_ir_after:
         instruments.append(PrintIRAfter(args.print_ir_after))
@@ -37,27 +43,99 @@ def run(args) -> int:
     if args.time_passes:
         instruments.append(TimePasses())
     model = load(args.model)
+    before = model_stats(model)
+    size_in = file_bytes(args.model, model)
     report = run_pipeline(model, pipeline, instruments=instruments, disable=args.disable or [],
-                          bisect_limit=args.bisect_limit, verify_each=args.verify_each, fast_math=args.fast_math)
+                          bisect_limit=args.bisect_limit, verify_each=args.verify_each, fast_math=args.fast_math,
+                          disable_rules=args.disable_rule or (), enable_rules=args.enable_rule,
+                          trace_rules=args.trace or (), trace_sink=_trace_line, size_limit=size_limit)
+    checked = _check(args, model) if args.check else None
     save(model, args.output)
+    after = model_stats(model)
+    sizes = (size_in, file_bytes(args.output))
+    data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), "fast_math": args.fast_math,
+            "before": _stats_json(before, sizes[0]), "after": _stats_json(after, sizes[1]),
+            **({"check": checked} if checked is not None else {}), **report.to_json()}
     if args.report:
-        data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), "fast_math": args.fast_math,
-                **report.to_json()}
         write_json(args.report, data)
-    summary = (f"optc: {report.nodes_before} -> {report.nodes_after} nodes, {report.rewrites} rewrites in "
-               f"{report.seconds:.3f}s; wrote {args.output}")
-    print(summary, file=sys.stderr)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_table(before, after, sizes)
+    say = _stderr
+    say(f"optc: {report.nodes_before} -> {report.nodes_after} nodes, {report.rewrites} rewrites in "
+        f"{report.seconds:.3f}s; wrote {args.output}")
+    if report.fold_refusals:
+        big = max(report.fold_refusals, key=lambda r: r.nbytes)
+        say(f"optc: {len(report.fold_refusals)} constant(s) larger than the {format_bytes(size_limit)} size limit "
+            f"left to be computed at run time (largest {format_bytes(big.nbytes)}, {big.node}); folding them would "
+            f"grow the file: --size-limit {_round_up(big.nbytes)} folds them")
+    if checked is not None:
+        say(f"optc: check: outputs equal on {checked['samples']} random input set(s) (rtol {checked['rtol']}, "
+            f"atol {checked['atol']}, onnxruntime)")
     if args.bisect_limit is not None:
         last = report.last_rewrite
         if args.bisect_limit == 0:
-            print("optc: bisect: the limit is 0: no rewrite was applied", file=sys.stderr)
+            say("optc: bisect: the limit is 0: no rewrite was applied")
         elif last is None:
-            print(f"optc: bisect: the pipeline applied {report.rewrites} rewrites, fewer than the limit "
-                  f"{args.bisect_limit}", file=sys.stderr)
+            say(f"optc: bisect: the pipeline applied {report.rewrites} rewrites, fewer than the limit "
+                f"{args.bisect_limit}")
         else:
-            print(f"optc: bisect: rewrite #{last.index} (the last one applied) was {last.rule} on {last.node} "
-                  f"in pass '{last.pass_name}'", file=sys.stderr)
+            say(f"optc: bisect: rewrite #{last.index} (the last one applied) was {last.rule} on {last.node} "
+                f"in pass '{last.pass_name}'")
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _trace_line(line: str) -> None:
+    print(f"optc: trace: {line}", file=sys.stderr)
+
+
+def _round_up(nbytes: int) -> str:
+    mb = -(-nbytes // (1 << 20))
+    return f"{mb}MB"
+
+
+def _stats_json(st, nbytes: int) -> dict:
+    return {"nodes": st.nodes, "ops": dict(sorted(st.ops.items())), "parameters": st.parameters,
+            "parameter_bytes": st.parameter_bytes, "file_bytes": nbytes}
+
+
+def _check(args, model) -> dict:
+    """Compare the input model and the optimized one on onnxruntime, on `args.check` random input sets (seeds
+    0..N-1); raise OptcError naming the first output that differs (nothing is written then)."""
+    from ..workflow.compare import compare_models
+    from .compare import DEFAULT_ATOL, DEFAULT_RTOL
+
+    for seed in range(args.check):
+        rep = compare_models(args.model, model, seed=seed)
+        if not rep.equal:
+            bad = next(c for c in rep.comparison.outputs if not c.equal)
+            raise OptcError(f"--check: the optimized model's output '{bad.name}' differs from the input model's on "
+                            f"random input set {seed} (max abs error {bad.max_abs}); {args.output} was not written; "
+                            f"find the rewrite with --bisect")
+    return {"samples": args.check, "rtol": DEFAULT_RTOL, "atol": DEFAULT_ATOL, "equal": True}
+
+
+def _print_table(before, after, sizes: tuple[int, int]) -> None:
+    """onnxsim-style before/after table on stderr: op counts, parameters and file size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("", style="bold")
+    table.add_column("input", justify="right")
+    table.add_column("optimized", justify="right")
+    for op in sorted(set(before.ops) | set(after.ops)):
+        a, b = before.ops.get(op, 0), after.ops.get(op, 0)
+        table.add_row(op, str(a), str(b) if a == b else f"[bold]{b}[/]")
+    table.add_row("nodes", str(before.nodes), str(after.nodes))
+    table.add_row("parameters", f"{before.parameters:,}", f"{after.parameters:,}")
+    table.add_row("file size", format_bytes(sizes[0]), format_bytes(sizes[1]))
+    Console(stderr=True, highlight=False).print(table)
 
 
 def register(sub) -> None:
@@ -80,13 +158,31 @@ def register(sub) -> None:
                    "changes -0.0; `optc passes` marks them); off by default: every rewrite keeps NaN, infinities and "
                    "signed zeros")
     p.add_argument("--disable", action="append", metavar="NAME", help="skip the pass NAME (repeatable)")
-    p.add_argument("--report", metavar="FILE", help="write a JSON report: time, nodes before/after and rule "
-                   "counts per pass")
+    p.add_argument("--report", metavar="FILE", help="write a JSON report: time, nodes before/after, rule counts "
+                   "per pass, attempts/rejections/applications per rule, folds refused by --size-limit")
     p.add_argument("--print-ir-after", action="append", metavar="NAME",
                    help="print the IR (on stderr) after every run of pass NAME, or after every pass with 'all'")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass; fail naming the "
                    "pass that broke it")
     p.add_argument("--time-passes", action="store_true", help="print the time spent in each pass")
+    p.add_argument("--trace", action="append", metavar="RULE",
+                   help="print every attempted match of rule RULE ('all': every rule) on stderr: the rewrite it "
+                   "made, or why it was rejected (the failing check, best partial match) (repeatable)")
+    p.add_argument("--disable-rule", action="append", metavar="NAME",
+                   help="never apply the rule NAME (repeatable; `optc passes` lists the rules)")
+    p.add_argument("--enable-rule", action="append", metavar="NAME",
+                   help="apply only the rules named (repeatable); other rules are filtered out, passes that are "
+                   "not rule sets (fold-constants, cse, dce) still run")
+    p.add_argument("--size-limit", metavar="SIZE", default="1MB",
+                   help="largest tensor constant folding may create when the fold grows the model (ConstantOfShape, "
+                   "Expand, Tile of constants), e.g. 64KB, 100MB, none (default 1MB): larger ones stay computed at "
+                   "run time, so a model that generates its weights keeps its file size")
+    p.add_argument("--check", type=int, metavar="N", default=0,
+                   help="compare the input and the optimized model on onnxruntime on N random input sets before "
+                   "writing; a difference is an error and nothing is written (default 0: no check)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stdout (before/after op counts, parameters, file bytes, rule "
+                   "statistics, passes) instead of the table")
     p.add_argument("--bisect-limit", type=int, metavar="N", default=None,
                    help="apply only the first N rewrites and say which rewrite was number N")
     p.add_argument("--bisect", action="store_true",

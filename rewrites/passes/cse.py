@@ -90,6 +90,9 @@ class CommonSubexpressionElimination(Pass):
     name: ClassVar[str] = "cse"
     description: ClassVar[str] = ("merge nodes with the same op, attributes and inputs, and initializers with the "
                                   "same content (never non-deterministic ops)")
+    option_help: ClassVar[dict[str, str]] = {
+        "initializers": 'also merge initializers with equal dtype, shape and bytes',
+    }
     initializers: bool = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -33,6 +33,11 @@ class DeadCodeElimination(Pass):
     name: ClassVar[str] = "dce"
     description: ClassVar[str] = ("remove nodes whose outputs nothing uses (not side-effecting ones, nor custom ops "
                                   "unless keep-unknown=false), unused initializers and unused model-local functions")
+    option_help: ClassVar[dict[str, str]] = {
+        "initializers": "also remove initializers nothing reads",
+        "functions": "also remove model-local functions nothing calls",
+        "keep-unknown": "keep dead nodes of ops without a known schema (custom ops may have side effects)",
+    }
     initializers: bool = True
     functions: bool = True
     keep_unknown: bool = True

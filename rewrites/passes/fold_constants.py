@@ -358,8 +358,8 @@ class ConstantFolder:
 
     def _refuse(self, node: Node, nbytes: int) -> None:
         refusals = self.ctx.fold_refusals
-        if not any(r.node == describe(node) for r in refusals):
-            refusals.append(FoldRefusal(describe(node), node.op_type, int(nbytes)))
+        if not any(r.ref is node for r in refusals):
+            refusals.append(FoldRefusal(describe(node), node.op_type, int(nbytes), node))
 
     def _replace(self, node: Node, graph: Graph, results: list) -> bool:
         arrays = self._check_outputs(node, results)
@@ -481,6 +481,11 @@ class FoldConstants(Pass):
     name: ClassVar[str] = "fold-constants"
     description: ClassVar[str] = ("evaluate nodes whose inputs are constants (numpy / onnx reference evaluator), "
                                   "Shape/Size of static shapes; Constant nodes become initializers")
+    option_help: ClassVar[dict[str, str]] = {
+        "size-limit": "bytes (or 64KB, 1MB, none): the largest tensor a fold that grows the model may create; default: the run's limit (optc optimize --size-limit, 1MB)",
+        "fold-shapes": 'also fold Shape/Size of values whose shape is static',
+        "constant-nodes": 'turn Constant nodes into initializers',
+    }
     size_limit: int | None = None  # bytes (`size-limit=64KB` works too); None: the run's PassContext.fold_size_limit
     fold_shapes: bool = True
     constant_nodes: bool = True

@@ -115,6 +115,9 @@ class InferShapes(Pass):
     name: ClassVar[str] = "infer-shapes"
     description: ClassVar[str] = ("infer unknown value types and shapes with ONNX's inference (whole model, data "
                                   "propagation; no rewrites)")
+    option_help: ClassVar[dict[str, str]] = {
+        "nodewise": "infer node by node (slower; for models whole-model inference rejects)",
+    }
     nodewise: bool = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -24,6 +24,9 @@ class RemoveInitializerInputs(Pass):
     name: ClassVar[str] = "remove-initializer-inputs"
     description: ClassVar[str] = ("initializers that are also graph inputs become constants (models of IR "
                                   "version < 4, where every weight had to be an input; all=true: any model)")
+    option_help: ClassVar[dict[str, str]] = {
+        "all": "also in models of IR version 4 and later (where an initializer listed as an input is an overridable default)",
+    }
     all: bool = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

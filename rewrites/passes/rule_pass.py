@@ -44,6 +44,10 @@ class RewritePass(Pass):
 
     name: ClassVar[str] = "rules"
     description: ClassVar[str] = "run a named rule set through the worklist driver"
+    option_help: ClassVar[dict[str, str]] = {
+        "rule-set": "the registered rule set to run (optc passes lists them)",
+        "fold": "fold constants in the same worklist loop",
+    }
     rule_set: str = ""
     fold: bool = False
 
@@ -66,6 +70,7 @@ class _NamedRuleSetPass(Pass):
     """A rule set exposed as a pass of the same name (`eliminate-noops`, `canonicalize`)."""
 
     rule_set: ClassVar[str] = ""
+    option_help: ClassVar[dict[str, str]] = {"fold": "fold constants in the same worklist loop"}
     fold: bool = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
@@ -98,6 +103,10 @@ class Fuse(Pass):
     name: ClassVar[str] = "fuse"
     description: ClassVar[str] = ("operator fusions: set=all or one of conv-bn, conv-add-mul, pad, matmul-add "
                                   "(BatchNorm/Add/Mul/Pad into Conv, MatMul+Add into Gemm)")
+    option_help: ClassVar[dict[str, str]] = {
+        "set": "all (every fuse-* rule set) or one set: conv-bn, conv-add-mul, pad, matmul-add",
+        "fold": "fold constants in the same worklist loop (folded weights feed further fusions)",
+    }
     set: str = "all"
     fold: bool = False
 

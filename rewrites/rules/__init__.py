@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import OptcError
+from ...errors import OptcError, did_you_mean
 from ..rule import Rule
 from . import canonicalize, fusion, noops
 
@@ -93,13 +93,10 @@ def all_rules() -> list[type[Rule]]:
 
 def check_rule_names(names, what: str = "rule") -> None:
     """Raise OptcError (one line, with a suggestion) for a name that is no registered rule's."""
-    import difflib
-
     known = {getattr(r, "name", None) or r.__name__ for r in all_rules()}
     for name in names:
         if name != "all" and name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(name, known)
             raise OptcError(f"unknown {what} '{name}'{hint}; `optc passes` lists the rules")
 
 
