@@ -329,3 +329,13 @@ def test_cli_text_report_unstructured(tmp_path, capsys):
     assert cli.main(["prune", DIGITS, "-o", str(tmp_path / "u.onnx"), "--ratio", "0.5", "--unstructured"]) == 0
     out = capsys.readouterr().out
     assert "unstructured" in out and "no CPU speed-up" in out and "non-zero parameters" in out
+
+
+def test_unstructured_keeps_a_shared_weight_shared():
+    b = Builder()
+    w = b.const(b.weights((8, 8), []))
+    model = b.model({"x": ["N", 8]}, [b.op("MatMul", [b.op("MatMul", ["x", w]), w])])
+    pruned, report = prune(model, 0.5, unstructured=True)
+    proto = _valid(pruned)
+    assert report.params_after == report.params_before == _params(proto) == 64
+    assert report.zeroed == 32 == report.nonzero_before - report.nonzero_after

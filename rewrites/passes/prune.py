@@ -149,11 +149,14 @@ class Prune(Pass):
 
     # -- unstructured -----------------------------------------------------------------------------------------
     def _unstructured(self, model: Model, rw: Rewriter, ctx: PassContext) -> PassResult:
-        replaced: list[Value] = []
+        replaced: dict[Value, Value] = {}  # a weight read by several nodes is zeroed once, and shared still
         for node in list(model.graph):
             if producer_weight_axis(node) is None or node.domain or len(node.inputs) < 2:
                 continue
             w_value = node.inputs[1]
+            if w_value in replaced:
+                rw.set_input(node, 1, replaced[w_value])
+                continue
             w = w_value.const_value() if w_value is not None else None
             k = int(self.ratio * w.size) if w is not None and w.dtype.kind == "f" else 0
             if k == 0 or not ctx.budget.take():
@@ -161,10 +164,10 @@ class Prune(Pass):
             flat = w.reshape(-1).copy()
             flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
             self.last_report.zeroed += k
-            rw.set_input(node, 1, rw.add_initializer(flat.reshape(w.shape), hint=w_value.name or "weight"))
-            replaced.append(w_value)
+            replaced[w_value] = rw.add_initializer(flat.reshape(w.shape), hint=w_value.name or "weight")
+            rw.set_input(node, 1, replaced[w_value])
             ctx.record(self.name, "zero-weights", f"{k} of {w.size} weights of {_label(node)}")
-        _drop_unused(rw, replaced)
+        _drop_unused(rw, list(replaced))
         return PassResult(bool(replaced), converged=not ctx.budget.exhausted, counts={"zero-weights": len(replaced)})
 
 
