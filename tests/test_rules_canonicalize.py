@@ -1,4 +1,5 @@
-"""canonicalize: a positive and a negative test per rule (ONNX text syntax, compared on onnxruntime)."""
+"""canonicalize: positive and negative tests per rule (ONNX text syntax, compared on onnxruntime). Those that read
+better as text IR are in tests/filecheck/canonicalize/*.ir; these need chosen inputs or Python-side checks."""
 
 from __future__ import annotations
 
@@ -13,105 +14,6 @@ H17 = '<ir_version: 8, opset_import: ["" : 17]>\n'
 
 def test_registry():
     assert RULE_SETS["canonicalize"] == C.RULES
-
-
-def test_reshape_chain_positive():
-    model, _ = check_rewrite(C.ReshapeChain, H17 + """
-    g (float[2,3,4] x) => (float[4,6] y) {
-      s1 = Constant<value = int64[2] {6, 4}>()
-      s2 = Constant<value = int64[2] {4, 6}>()
-      a = Reshape(x, s1)
-      b = Reshape(a, s2)
-      y = Relu(b)
-    }""", expect="ReshapeChain")
-    assert count_ops(model)["Reshape"] == 1
-
-
-def test_reshape_chain_dynamic_shape_positive():
-    model, _ = check_rewrite(C.ReshapeChain, H17 + """
-    g (float[N,3,4] x) => (float[N,12] y) {
-      s1 = Constant<value = int64[2] {-1, 4}>()
-      s2 = Constant<value = int64[2] {-1, 12}>()
-      a = Reshape(x, s1)
-      b = Reshape(a, s2)
-      y = Relu(b)
-    }""", expect="ReshapeChain")
-    assert count_ops(model)["Reshape"] == 1
-
-
-def test_flatten_then_reshape_positive():
-    check_rewrite(C.ReshapeChain, H17 + """
-    g (float[2,3,4] x) => (float[3,8] y) {
-      a = Flatten<axis = 2>(x)
-      s2 = Constant<value = int64[2] {3, 8}>()
-      b = Reshape(a, s2)
-      y = Relu(b)
-    }""", expect="ReshapeChain", gone=["Flatten"])
-
-
-def test_reshape_chain_negative_copies_dims():
-    # the outer Reshape copies dim 0 of the intermediate (0), which differs from x's dim 0; output not static
-    check_rewrite(C.ReshapeChain, H17 + """
-    g (float[N,3,4] x) => (float[M,4] y) {
-      s1 = Constant<value = int64[2] {-1, 4}>()
-      a = Reshape(x, s1)
-      s2 = Constant<value = int64[2] {0, 4}>()
-      b = Reshape(a, s2)
-      y = Relu(b)
-    }""", expect=None)
-
-
-def test_reshape_chain_negative_shared_intermediate():
-    check_rewrite(C.ReshapeChain, H17 + """
-    g (float[2,3,4] x) => (float[4,6] y, float[6,4] a) {
-      s1 = Constant<value = int64[2] {6, 4}>()
-      s2 = Constant<value = int64[2] {4, 6}>()
-      a = Reshape(x, s1)
-      b = Reshape(a, s2)
-      y = Relu(b)
-    }""", expect=None)
-
-
-def test_transpose_chain_positive():
-    model, _ = check_rewrite(C.TransposeChain, H17 + """
-    g (float[2,3,4] x) => (float[3,2,4] y) {
-      a = Transpose<perm = [1, 2, 0]>(x)
-      b = Transpose<perm = [0, 2, 1]>(a)
-      y = Relu(b)
-    }""", expect="TransposeChain")
-    assert count_ops(model)["Transpose"] == 1
-
-
-def test_transpose_chain_default_perm_positive():
-    model, _ = check_rewrite(C.TransposeChain, H17 + """
-    g (float[2,3,4] x) => (float[3,4,2] y) {
-      a = Transpose(x)
-      b = Transpose<perm = [1, 0, 2]>(a)
-      y = Relu(b)
-    }""", expect="TransposeChain")
-    assert count_ops(model)["Transpose"] == 1
-
-
-def test_transpose_chain_negative_shared():
-    check_rewrite(C.TransposeChain, H17 + """
-    g (float[2,3,4] x) => (float[3,2,4] y, float[3,4,2] a) {
-      a = Transpose<perm = [1, 2, 0]>(x)
-      b = Transpose<perm = [0, 2, 1]>(a)
-      y = Relu(b)
-    }""", expect=None)
-
-
-def test_cast_chain_positive():
-    model, _ = check_rewrite(C.CastChain, H17 + """
-    g (float16[2,3] x) => (double[2,3] y) { a = Cast<to = 1>(x)  b = Cast<to = 11>(a)  y = Neg(b) }""",
-                             expect="CastChain")
-    assert count_ops(model)["Cast"] == 1
-
-
-def test_cast_chain_round_trip_positive():
-    check_rewrite(C.CastChain, H17 + """
-    g (int32[2,3] x) => (int32[2,3] y) { a = Cast<to = 7>(x)  b = Cast<to = 6>(a)  y = Neg(b) }""",
-                  expect="CastChain", gone=["Cast"])
 
 
 @pytest.mark.parametrize("src,mid,dst,x", [
@@ -133,25 +35,6 @@ def test_cast_chain_keeps_saturate():
                              expect="CastChain", exact=True, feeds={"x": np.array([1000.0, -1e6, 1.5], np.float32)})
     (cast,) = [n for n in model.graph if n.op_type == "Cast"]
     assert cast.attr("saturate") == 0
-
-
-def test_cast_chain_negative_lossy():
-    check_rewrite(C.CastChain, H17 + """
-    g (float[2,3] x) => (float[2,3] y) { a = Cast<to = 6>(x)  b = Cast<to = 1>(a)  y = Neg(b) }""", expect=None)
-
-
-@pytest.mark.parametrize("body", [
-    "a = Max(x, lo)  b = Min(a, hi)",
-    "a = Min(x, hi)  b = Max(lo, a)",
-])
-def test_min_max_to_clip_positive(body):
-    check_rewrite(C.MinMaxToClip, H17 + f"""
-    g (float[2,3] x) => (float[2,3] y) {{
-      lo = Constant<value = float {{-0.5}}>()
-      hi = Constant<value = float {{0.5}}>()
-      {body}
-      y = Neg(b)
-    }}""", expect="MinMaxToClip", gone=["Min", "Max"], present=["Clip"])
 
 
 SPECIALS = np.array([[np.nan, np.inf, -np.inf, -0.0, 0.0, 0.5],
@@ -207,49 +90,10 @@ def test_min_max_to_clip_integer_zero_bound_positive():
                   feeds={"x": np.array([-2**31, 2**31 - 1, 0, 3, 7], np.int32)})
 
 
-def test_min_max_to_clip_negative_lo_above_hi():
-    check_rewrite(C.MinMaxToClip, H17 + """
-    g (float[2,3] x) => (float[2,3] y) {
-      lo = Constant<value = float {0.5}>()
-      hi = Constant<value = float {-0.5}>()
-      a = Min(x, hi)
-      b = Max(a, lo)
-      y = Neg(b)
-    }""", expect=None)
-
-
-def test_min_max_to_clip_negative_tensor_bound():
-    check_rewrite(C.MinMaxToClip, H17 + """
-    g (float[2,3] x) => (float[2,3] y) {
-      lo = Constant<value = float[3] {-0.5, 0, 0}>()
-      hi = Constant<value = float {0.5}>()
-      a = Max(x, lo)
-      b = Min(a, hi)
-      y = Neg(b)
-    }""", expect=None)
-
-
-def test_double_negation_positive():
-    check_rewrite(C.DoubleNegation, H17 + """
-    g (float[2,3] x) => (float[2,3] y) { a = Neg(x)  b = Neg(a)  y = Relu(b) }""", expect="DoubleNegation",
-                  gone=["Neg"])
-
-
 def test_double_negation_exact_on_special_values():
     check_rewrite(C.DoubleNegation, H17 + """
     g (float[2,6] x) => (float[2,6] y) { a = Neg(x)  b = Neg(a)  y = Identity(b) }""", expect="DoubleNegation",
                   gone=["Neg"], exact=True, feeds={"x": SPECIALS})
-
-
-def test_double_negation_negative():
-    check_rewrite(C.DoubleNegation, H17 + """
-    g (float[2,3] x) => (float[2,3] y, float[2,3] a) { a = Neg(x)  b = Neg(a)  y = Relu(b) }""", expect=None)
-
-
-def test_idempotent_positive():
-    model, _ = check_rewrite(C.IdempotentUnary, H17 + """
-    g (float[2,3] x) => (float[2,3] y) { a = Relu(x)  b = Relu(a)  y = Neg(b) }""", expect="IdempotentUnary")
-    assert count_ops(model)["Relu"] == 1
 
 
 @pytest.mark.parametrize("op", C.IdempotentUnary.OPS)
@@ -270,31 +114,6 @@ def test_integer_extremes_exact(op):
     check_rewrite(rule, H17 + f"""
     g (int32[5] x) => (int32[5] y) {{ a = {op}(x)  b = {op}(a)  y = Identity(b) }}""", expect=rule.name, exact=True,
                   feeds={"x": x})
-
-
-def test_idempotent_negative_mixed():
-    check_rewrite(C.IdempotentUnary, H17 + """
-    g (float[2,3] x) => (float[2,3] y) { a = Relu(x)  b = Abs(a)  y = Neg(b) }""", expect=None)
-
-
-def test_concat_flatten_positive():
-    model, _ = check_rewrite(C.ConcatFlatten, H17 + """
-    g (float[2,3] a, float[2,3] b, float[2,3] c) => (float[2,9] y) {
-      t = Concat<axis = 1>(a, b)
-      u = Concat<axis = 1>(c, t)
-      y = Relu(u)
-    }""", expect="ConcatFlatten")
-    assert count_ops(model)["Concat"] == 1
-
-
-def test_concat_flatten_negative_other_axis():
-    check_rewrite(C.ConcatFlatten, H17 + """
-    g (float[2,3] a, float[2,3] b, float[4,3] c) => (float[8,3] y, float[4,6] v) {
-      t = Concat<axis = 0>(a, b)
-      u = Concat<axis = 0>(c, t)
-      v = Concat<axis = 1>(t, t)
-      y = Relu(u)
-    }""", expect=None)
 
 
 H11 = '<ir_version: 7, opset_import: ["" : 11]>\n'

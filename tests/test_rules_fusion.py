@@ -1,4 +1,5 @@
-"""fuse-conv-bn, fuse-conv-add-mul, fuse-pad, fuse-matmul-add: a positive and a negative test per rule."""
+"""fuse-conv-bn, fuse-conv-add-mul, fuse-pad, fuse-matmul-add: positive and negative tests per rule. Those that
+read better as text IR are in tests/filecheck/fusion/*.ir; these need chosen inputs, weights or Python-side checks."""
 
 from __future__ import annotations
 
@@ -109,24 +110,6 @@ def test_conv_bn_negative_fold_overflows():
     }}""", expect=None)
 
 
-def test_conv_bn_negative_conv_output_used():
-    ws = dict(w=r(4, 3, 3, 3), **bn_params(4))
-    check_rewrite(F.FuseConvBatchNorm, H17 + f"""
-    g (float[2,3,5,5] x) => (float[2,4,3,3] y, float[2,4,3,3] c) {inits(**ws)} {{
-      c = Conv(x, w)
-      y = BatchNormalization(c, scale, bias, mean, var)
-    }}""", expect=None)
-
-
-def test_conv_bn_negative_weight_not_constant():
-    ws = bn_params(4)
-    check_rewrite(F.FuseConvBatchNorm, H17 + f"""
-    g (float[2,3,5,5] x, float[4,3,3,3] w) => (float[2,4,3,3] y) {inits(**ws)} {{
-      c = Conv(x, w)
-      y = BatchNormalization(c, scale, bias, mean, var)
-    }}""", expect=None)
-
-
 @pytest.mark.parametrize("group", [1, 2])
 def test_convtranspose_bn_positive(group):
     ws = dict(w=r(4, 6 // group, 3, 3), b=r(6), **bn_params(6))
@@ -181,15 +164,6 @@ def test_conv_add_positive(cshape):
     }}""", expect="FuseConvAdd", gone=["Add"], rtol=1e-5, atol=1e-5)
 
 
-def test_conv_add_negative_spatial_addend():
-    ws = dict(w=r(4, 3, 3, 3), k=r(1, 4, 3, 3))
-    check_rewrite(F.FuseConvAdd, H17 + f"""
-    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
-      c = Conv(x, w)
-      y = Add(c, k)
-    }}""", expect=None)
-
-
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv_mul_positive(with_bias):
     ws = dict(w=r(4, 3, 3, 3), k=r(4, 1, 1))
@@ -224,42 +198,6 @@ def test_conv_mul_negative_dynamic_factor():
 
 
 # -- Pad into Conv / pools ------------------------------------------------------------------------------------
-
-
-def test_pad_conv_positive():
-    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 2, 0, 0, 1, 0], np.int64))
-    check_rewrite(F.FusePadConv, H17 + f"""
-    g (float[2,3,5,5] x) => (float[2,4,5,6] y) {inits(**ws)} {{
-      t = Pad(x, p)
-      y = Conv<pads = [0, 0, 0, 1]>(t, w)
-    }}""", expect="FusePadConv", gone=["Pad"])
-
-
-def test_pad_conv_negative_nonzero_value():
-    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), v=np.array(1.0, np.float32))
-    check_rewrite(F.FusePadConv, H17 + f"""
-    g (float[2,3,5,5] x) => (float[2,4,5,5] y) {inits(**ws)} {{
-      t = Pad(x, p, v)
-      y = Conv(t, w)
-    }}""", expect=None)
-
-
-def test_pad_conv_negative_reflect():
-    ws = dict(w=r(4, 3, 3, 3), p=np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
-    check_rewrite(F.FusePadConv, H17 + f"""
-    g (float[2,3,5,5] x) => (float[2,4,5,5] y) {inits(**ws)} {{
-      t = Pad<mode = "reflect">(x, p)
-      y = Conv(t, w)
-    }}""", expect=None)
-
-
-def test_pad_conv_negative_channel_pad():
-    ws = dict(w=r(4, 5, 3, 3), p=np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))
-    check_rewrite(F.FusePadConv, H17 + f"""
-    g (float[2,3,5,5] x) => (float[2,4,3,3] y) {inits(**ws)} {{
-      t = Pad(x, p)
-      y = Conv(t, w)
-    }}""", expect=None)
 
 
 def test_pad_conv_negative_minus_zero_value():
@@ -348,40 +286,6 @@ def test_pad_maxpool_negative_zero_pad():
 
 
 # -- MatMul + Add -> Gemm -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("add", ["Add(t, c)", "Add(c, t)"])
-def test_matmul_add_positive(add):
-    model, _ = check_rewrite(F.MatMulAddToGemm, H17 + f"""
-    g (float[3,4] a, float[4,5] b, float[5] c) => (float[3,5] y) {{
-      t = MatMul(a, b)
-      y = {add}
-    }}""", expect="MatMulAddToGemm", gone=["MatMul", "Add"], present=["Gemm"])
-    assert count_ops(model) == {"Gemm": 1}
-
-
-def test_matmul_add_negative_rank3():
-    check_rewrite(F.MatMulAddToGemm, H17 + """
-    g (float[2,3,4] a, float[4,5] b, float[5] c) => (float[2,3,5] y) {
-      t = MatMul(a, b)
-      y = Add(t, c)
-    }""", expect=None)
-
-
-def test_matmul_add_negative_broadcasting_addend():
-    check_rewrite(F.MatMulAddToGemm, H17 + """
-    g (float[3,4] a, float[4,5] b, float[2,3,5] c) => (float[2,3,5] y) {
-      t = MatMul(a, b)
-      y = Add(t, c)
-    }""", expect=None)
-
-
-def test_matmul_add_negative_int():
-    check_rewrite(F.MatMulAddToGemm, H17 + """
-    g (int32[3,4] a, int32[4,5] b, int32[5] c) => (int32[3,5] y) {
-      t = MatMul(a, b)
-      y = Add(t, c)
-    }""", expect=None)
 
 
 def test_matmul_add_negative_symbolic_broadcast():
