@@ -47,7 +47,8 @@ class _Version(argparse.Action):
     """`--version`: `version_text()` as is (argparse's own version action would re-wrap its lines)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(0, version_text() + "\n")
+        print(version_text())  # on stdout, as argparse's own version action
+        parser.exit(0)
 
 
 def version_text() -> str:
