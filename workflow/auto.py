@@ -604,58 +604,56 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
     steps = _steps(search.backends)
     pruning_broke = any(r.get("kind") == "prune" and r["status"] == "rejected" and r.get("over_budget")
                         for r in state["records"])
-    with progress_bar("optc auto", total=len(steps), enabled=search.progress, unit="steps") as advance:
-        advance(state["next_step"])
-        while state["next_step"] < len(steps):
-            i = state["next_step"]
-            step = steps[i]
-            if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
-                state["stop_reason"] = "every requirement holds"
-            if state["stop_reason"] is None and time.monotonic() >= search.deadline:
-                state["stop_reason"] = "the time budget ended"
-            if state["stop_reason"] is not None:
-                break
-            rec = {"name": step["name"], "kind": step["kind"]}
-            skip = None
-            if step["kind"] == "prune" and not _available("prune"):
-                skip = "optc.workflow.prune is not available in this build"
-            elif step["kind"] == "prune" and pruning_broke:
-                skip = "a smaller pruning ratio already broke the accuracy budget"
-            elif step["param"] == "static" and search.calibration is None:
-                skip = "no calibration data (--calibration)"
-            if skip is None:
-                log(f"step {i + 1}/{len(steps)}: {step['name']}")
-                t0 = time.perf_counter()
-                try:
-                    path, float_path, details = search.candidate(step, state, i)
-                    backend = "tvm-cpu" if step["kind"] == "tvm" else "onnxruntime"
-                    rec.update(search.measure(step["name"], path, backend, base))
-                    rec["kind"], rec["details"] = step["kind"], details
-                    ok_acc = rec["drop"] is not None and rec["drop"] <= req.max_accuracy_drop + _EPS
-                    helps, why = _helps(rec, state["best"], req)
-                    if not ok_acc:
-                        rec["status"], rec["reason"] = "rejected", (
-                            f"accuracy drop {rec['drop']:.3g} {search.unit} over the budget "
-                            f"{req.max_accuracy_drop:g}" if rec["drop"] is not None else "accuracy is NaN")
-                        rec["over_budget"] = True
-                        pruning_broke |= step["kind"] == "prune"
-                    elif not helps:
-                        rec["status"], rec["reason"] = "rejected", why
-                    else:
-                        rec["status"], rec["reason"] = "kept", why
-                        _keep(state, step, rec, path, float_path, search.outdir)
-                except OptcError as exc:
-                    rec.update(status="failed", reason=str(exc), seconds=time.perf_counter() - t0)
-            else:
-                rec.update(status="skipped", reason=skip)
-            log(f"  {rec['status']}: {rec.get('reason', '')}")
-            state["records"].append(rec)
-            state["next_step"] = i + 1
-            save_state()
-            advance(1)
-        if state["stop_reason"] is None:
-            state["stop_reason"] = ("every requirement holds" if req.performance and
-                                    _all_met(req, state["best"], search.unit) else "every step was tried")
+    # one line per step (log); each long operation inside a step has its own progress bar (rich shows one at a time)
+    while state["next_step"] < len(steps):
+        i = state["next_step"]
+        step = steps[i]
+        if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
+            state["stop_reason"] = "every requirement holds"
+        if state["stop_reason"] is None and time.monotonic() >= search.deadline:
+            state["stop_reason"] = "the time budget ended"
+        if state["stop_reason"] is not None:
+            break
+        rec = {"name": step["name"], "kind": step["kind"]}
+        skip = None
+        if step["kind"] == "prune" and not _available("prune"):
+            skip = "optc.workflow.prune is not available in this build"
+        elif step["kind"] == "prune" and pruning_broke:
+            skip = "a smaller pruning ratio already broke the accuracy budget"
+        elif step["param"] == "static" and search.calibration is None:
+            skip = "no calibration data (--calibration)"
+        log(f"step {i + 1}/{len(steps)}: {step['name']}")
+        if skip is None:
+            t0 = time.perf_counter()
+            try:
+                path, float_path, details = search.candidate(step, state, i)
+                backend = "tvm-cpu" if step["kind"] == "tvm" else "onnxruntime"
+                rec.update(search.measure(step["name"], path, backend, base))
+                rec["kind"], rec["details"] = step["kind"], details
+                ok_acc = rec["drop"] is not None and rec["drop"] <= req.max_accuracy_drop + _EPS
+                helps, why = _helps(rec, state["best"], req)
+                if not ok_acc:
+                    rec["status"], rec["reason"] = "rejected", (
+                        f"accuracy drop {rec['drop']:.3g} {search.unit} over the budget "
+                        f"{req.max_accuracy_drop:g}" if rec["drop"] is not None else "accuracy is NaN")
+                    rec["over_budget"] = True
+                    pruning_broke |= step["kind"] == "prune"
+                elif not helps:
+                    rec["status"], rec["reason"] = "rejected", why
+                else:
+                    rec["status"], rec["reason"] = "kept", why
+                    _keep(state, step, rec, path, float_path, search.outdir)
+            except OptcError as exc:
+                rec.update(status="failed", reason=str(exc), seconds=time.perf_counter() - t0)
+        else:
+            rec.update(status="skipped", reason=skip)
+        log(f"  {rec['status']}: {rec.get('reason', '')}")
+        state["records"].append(rec)
+        state["next_step"] = i + 1
+        save_state()
+    if state["stop_reason"] is None:
+        state["stop_reason"] = ("every requirement holds" if req.performance and
+                                _all_met(req, state["best"], search.unit) else "every step was tried")
 
 
 def _all_met(req: Requirements, rec: dict, unit: str) -> bool:
