@@ -200,11 +200,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("criterion", ["l1", "l2", "path"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_pruning_zero_channels_keeps_outputs(case):
+def test_pruning_zero_channels_keeps_outputs(case, criterion):
     make, ratio, zero, expected_params = CASES[case]
     model = make(zero)
-    pruned, report = prune(model, ratio)
+    pruned, report = prune(model, ratio, criterion=criterion)
     proto = _valid(pruned)
     assert _params(proto) == expected_params == report.params_after
     assert report.params_before == _params(model)
@@ -339,3 +340,19 @@ def test_unstructured_keeps_a_shared_weight_shared():
     proto = _valid(pruned)
     assert report.params_after == report.params_before == _params(proto) == 64
     assert report.zeroed == 32 == report.nonzero_before - report.nonzero_after
+
+
+def test_path_criterion_drops_the_channel_the_next_layer_does_not_read():
+    """Two channels with the same filter norm: path drops the one whose reader's weights are small; l1 cannot
+    tell them apart and drops the first."""
+    b = Builder()
+    w1 = b.weights((2, 3, 3, 3), [])
+    w1[1] = w1[0]
+    h = b.op("Relu", [b.op("Conv", ["x", b.const(w1)], pads=[1] * 4)])
+    w2 = b.weights((4, 2, 1, 1), []).astype(np.float32)
+    w2[:, 1] *= 1e-3
+    model = b.model(IMG, [b.op("Conv", [h, b.const(w2)])])
+    for criterion, kept in (("l1", 1), ("path", 0)):  # l1: a tie, the first channel goes
+        pruned, _ = prune(model, 0.5, criterion=criterion)
+        reader = next(v.const_value() for v in pruned.graph.initializers.values() if v.shape == (4, 1, 1, 1))
+        np.testing.assert_array_equal(reader, w2[:, [kept]])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from ..errors import OptcError
+from ..rewrites.passes.prune import CRITERIA
 from ..workflow.prune import PruneReport, prune
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
@@ -44,7 +45,7 @@ def print_report(report: PruneReport, output: str) -> None:
     if acc is not None:
         print(f"{acc['metric']} on {acc['samples']} samples: {100 * acc['baseline']['value']:.2f}% -> "
               f"{100 * acc['value']:.2f}% (drop {acc['drop_points']:.2f} points; worst class "
-              f"{acc['worst_class']['class']}: -{acc['worst_class']['drop_points']:.2f} points)")
+              f"{acc['worst_class']['class']}: drop {acc['worst_class']['drop_points']:.2f} points)")
     print(f"note: {report.note}")
 
 
@@ -79,8 +80,10 @@ def register(sub) -> None:
     p.add_argument("model", help="the ONNX model (never modified)")
     p.add_argument("-o", "--output", required=True, help="the pruned ONNX model")
     p.add_argument("--ratio", required=True, metavar="R", help="fraction of channels (or weights) to remove, in (0, 1)")
-    p.add_argument("--criterion", choices=("l1", "l2"), default="l1", help="channel score: L1 or L2 norm of its "
-                   "weights, summed over the layers of a group (default: l1)")
+    p.add_argument("--criterion", choices=CRITERIA, default="l1", help="channel score: l1 or l2, the norm of its "
+                   "filter, summed over the layers of a group; path, the l1 norm times the depthwise filters and "
+                   "BatchNorm scales on its way and the l1 norm of the next layers' weights that read it "
+                   "(default: l1)")
     p.add_argument("--unstructured", action="store_true", help="magnitude pruning: set the smallest weights of "
                    "each Conv/Gemm/MatMul to zero, shapes unchanged (for compression and sparse-aware back ends; no "
                    "CPU speed-up by itself)")

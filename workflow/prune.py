@@ -88,7 +88,10 @@ def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = Fa
     Structured (default): in every group of Conv/Gemm/MatMul output channels that must be dropped together and
     that nothing blocks (a graph output, an op the analysis does not understand: see
     `optc.rewrites.passes.prune_analysis`), `ratio` of the channels (rounded down, one kept at least) with the
-    smallest `criterion` ("l1" or "l2") weight norm are removed, with the matching inputs of their consumers.
+    smallest `criterion` score are removed, with the matching inputs of their consumers: "l1" / "l2", the norm of
+    the producers' filters; "path", that L1 norm times the depthwise filters' and BatchNorm scales' on the way
+    and the summed L1 norm of the next layers' weights that read the channel (better on the digits CNN: see
+    the README).
     `unstructured=True`: the `ratio` smallest-magnitude entries of each Conv/Gemm/MatMul weight become zero.
     Returns `(pruned model, PruneReport)`. Raises OptcError (one line) for `ratio` outside (0, 1), an unknown
     criterion or a model that cannot be read.

@@ -3,7 +3,7 @@
 Structured: the channel analysis (`prune_analysis`) groups the output channels of Conv/Gemm/MatMul weights that
 must be dropped together; in every group that nothing blocks, the `ratio` fraction of channels (rounded down,
 at least one kept) with the smallest summed weight norm (`criterion` l1: sum of |w|, l2: Euclidean, over each
-producer's filter) is removed from the producers' weights and biases and from every consumer on the way
+producer's filter; path: the L1 norm times what lies on the channel's way, see `_path_factors`) is removed from the producers' weights and biases and from every consumer on the way
 (BatchNorm parameters, broadcast constants, depthwise filters, the input rows of the next Conv/Gemm/MatMul,
 the flattened columns behind a Flatten). Graph outputs keep their shapes. No fine-tuning happens here: the
 outputs change (unless the dropped channels were zero all along) and accuracy must be measured.
@@ -35,7 +35,7 @@ from .prune_analysis import _PER_CHANNEL_PARAMS, ChannelAnalysis, ChannelMap, an
 
 __all__ = ["GroupResult", "Prune", "node_macs"]
 
-CRITERIA = ("l1", "l2")
+CRITERIA = ("l1", "l2", "path")
 
 
 @dataclass
@@ -119,14 +119,13 @@ class Prune(Pass):
 
     # -- which channels ---------------------------------------------------------------------------------------
     def _score(self, node: Node) -> np.ndarray:
-        w = node.inputs[1].const_value().astype(np.float64)
         axis = producer_weight_axis(node)[1]
-        w = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-        return np.abs(w).sum(1) if self.criterion == "l1" else np.sqrt(np.square(w).sum(1))
+        return _norms(node.inputs[1].const_value(), axis, "l2" if self.criterion == "l2" else "l1")
 
     def _choose(self, analysis: ChannelAnalysis, ctx: PassContext) -> dict[int, np.ndarray]:
         """Group root -> mask of kept channels, for the groups pruned; records every group in the report."""
         kept: dict[int, np.ndarray] = {}
+        paths = _path_factors(analysis) if self.criterion == "path" else {}
         for root, producers in analysis.groups().items():
             names = [_label(p.node) for p in producers]
             channels = producers[0].channels
@@ -140,6 +139,8 @@ class Prune(Pass):
                 self.last_report.skipped.append(GroupResult(names, channels, channels, reason=reason))
                 continue
             score = sum(self._score(p.node) for p in producers)
+            if self.criterion == "path":
+                score = score * paths.get(root, 1.0)
             mask = np.ones(channels, bool)
             mask[np.argsort(score, kind="stable")[:drop]] = False
             kept[root] = mask
@@ -169,6 +170,60 @@ class Prune(Pass):
             ctx.record(self.name, "zero-weights", f"{k} of {w.size} weights of {_label(node)}")
         _drop_unused(rw, list(replaced))
         return PassResult(bool(replaced), converged=not ctx.budget.exhausted, counts={"zero-weights": len(replaced)})
+
+
+def _norms(w: np.ndarray, axis: int, criterion: str) -> np.ndarray:
+    """The L1 or L2 norm of each slice of `w` along `axis`."""
+    w = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
+    return np.abs(w).sum(1) if criterion == "l1" else np.sqrt(np.square(w).sum(1))
+
+
+def _consumer_axis(node: Node) -> int:
+    """The axis of a Conv/Gemm/MatMul weight that its input's channels index."""
+    return {"Conv": 1, "MatMul": 0}.get(node.op_type, 1 if node.attr("transB", 0) else 0)
+
+
+def _path_factors(a: ChannelAnalysis) -> dict[int, np.ndarray]:
+    """Group root -> per channel, what the `path` criterion multiplies the producers' L1 norms by: the L1 norms
+    of the depthwise filters and the |scale| / sqrt(var + eps) of the BatchNorms on the channel's way, times the
+    summed L1 norms of the input weights of the Conv/Gemm/MatMul layers that read it (a channel that the next
+    layer barely reads matters little, however large its own filter)."""
+    sizes = {a.find(p.space): p.channels for p in a.producers}
+    scale = {root: np.ones(n) for root, n in sizes.items()}
+    reads = {root: np.zeros(n) for root, n in sizes.items()}
+    seen: set[int] = set()
+    for v, m in a.maps.items():
+        for use in v.uses():
+            node = use.node
+            if use.index != 0 or id(node) in seen or node.graph is None:
+                continue
+            seen.add(id(node))
+            if node.op_type in ("Conv", "Gemm", "MatMul") and _const_input(node, 1) is not None:
+                w = _const_input(node, 1)
+                if node.op_type == "Conv" and node.attr("group", 1) != 1:
+                    per_position, target = _norms(w, 0, "l1"), scale
+                else:
+                    per_position, target = _norms(w, _consumer_axis(node), "l1"), reads
+            elif node.op_type == "BatchNormalization" and all(_const_input(node, i) is not None for i in (1, 4)):
+                eps = node.attr("epsilon", 1e-5)
+                per_position, target = np.abs(_const_input(node, 1)) / np.sqrt(_const_input(node, 4) + eps), scale
+            else:
+                continue
+            if per_position.shape != (m.size,):
+                continue
+            for s in m.spaces():
+                root, sel = a.find(s), m.space == s
+                if root in target:
+                    if target is scale:
+                        target[root][m.index[sel]] *= per_position[sel]
+                    else:
+                        np.add.at(target[root], m.index[sel], per_position[sel])
+    return {root: scale[root] * reads[root] for root in sizes}
+
+
+def _const_input(node: Node, i: int) -> np.ndarray | None:
+    v = node.inputs[i] if i < len(node.inputs) else None
+    return None if v is None else v.const_value()
 
 
 def _drop_unused(rw: Rewriter, values: list[Value]) -> None:
@@ -231,8 +286,7 @@ class _Apply:
         m_out = maps.get(out) if out is not None else None
         macs = node_macs(node)
         if wa is not None and m_in is not None and not (op == "Conv" and node.attr("group", 1) != 1):
-            in_axis = {"Conv": 1, "MatMul": 0}.get(op, 1 if node.attr("transB", 0) else 0)
-            cuts.setdefault(1, []).append((in_axis, m_in, self.positions(m_in)))
+            cuts.setdefault(1, []).append((_consumer_axis(node), m_in, self.positions(m_in)))
         if wa is not None and m_out is not None and node in self.producers:
             keep = self.positions(m_out)
             cuts.setdefault(1, []).append((wa[1], m_out, keep))
