@@ -44,9 +44,8 @@ def _reduce(args) -> int:
     from ..inputs import random_inputs
     from ..ir import load, to_onnx
     from ..quantization.data import model_input_specs, read_npz
-    from ..workflow.compare import check_tolerances
     from ..workflow.reduce import against_oracle, command_oracle, reduce_model
-    from .verify_cmd import _check_inputs
+    from .verify_cmd import _check_inputs, check_tolerances
 
     check_output_path(args.model, args.output)
     if not args.output.endswith(".onnx"):

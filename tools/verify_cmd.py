@@ -234,6 +234,47 @@ def _print_text(comp: Comparison, a: Side, b: Side, info: dict) -> None:
 # -- the command -----------------------------------------------------------------------------------------------
 
 
+def check_tolerances(rtol: float, atol: float) -> None:
+    """OptcError unless both tolerances are finite and not negative."""
+    if rtol < 0 or atol < 0 or not np.isfinite(rtol) or not np.isfinite(atol):
+        raise OptcError("--rtol and --atol must be finite and not negative")
+
+
+def read_inputs(inputs: str | os.PathLike | Mapping[str, np.ndarray] | None
+                ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """(arrays, where they came from) of an .npz path or a mapping {name: array}; (None, None) for None.
+    OptcError for an unreadable file or anything else."""
+    if inputs is None:
+        return None, None
+    if isinstance(inputs, str | os.PathLike):
+        from ..quantization.data import read_npz
+
+        return read_npz(os.fspath(inputs)), os.fspath(inputs)
+    if not isinstance(inputs, Mapping):
+        raise OptcError(f"inputs must be a path to an .npz file or a mapping {{name: array}}, not "
+                        f"{type(inputs).__name__}")
+    return {k: np.asarray(v) for k, v in inputs.items()}, "given arrays"
+
+
+def prepare_feeds(a, b, arrays: Mapping[str, np.ndarray] | None, source: str | None,
+                  dims: Mapping[str, int] | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+    """The inputs both sides get (`a`, `b`: anything with `path` and `inputs`, as `Side` and `optc compare`'s
+    endpoints): `arrays` (from `source`) checked against the signature both accept, or random ones (`seed`;
+    symbolic dims from `dims`, else 1); and `info`: `source` (the path, "given arrays" or "random"), `seed`,
+    and per input its dtype and shape (`arrays`). OptcError when the models' inputs disagree or the arrays do
+    not fit them."""
+    specs = _merge_specs(a, b, dims)
+    if arrays is not None:
+        feeds = _check_inputs(source or "inputs", dict(arrays), specs)
+        info: dict = {"source": source}
+    else:
+        _check_dims(dims or {}, specs, a, b)
+        feeds = random_inputs(specs, dims=dims, seed=seed)
+        info = {"source": "random", "seed": seed}
+    info["arrays"] = {n: {"dtype": str(v.dtype), "shape": list(v.shape)} for n, v in feeds.items()}
+    return feeds, info
+
+
 def verify_sides(path_a: str | os.PathLike, path_b: str | os.PathLike, *,
                  inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
                  dims: Mapping[str, int] | None = None, seed: int = 0, rtol: float = 1e-4, atol: float = 1e-5,
@@ -241,30 +282,11 @@ def verify_sides(path_a: str | os.PathLike, path_b: str | os.PathLike, *,
     """`verify`, also returning the two sides and where the inputs came from: `(Comparison, side a, side b,
     info)`; `info` holds `source` (the .npz path, "given arrays" or "random"), `seed` and per input its dtype and
     shape (`arrays`)."""
-    if rtol < 0 or atol < 0 or not np.isfinite(rtol) or not np.isfinite(atol):
-        raise OptcError("--rtol and --atol must be finite and not negative")
-    arrays = source = None
-    if isinstance(inputs, str | os.PathLike):
-        from ..quantization.data import read_npz
-
-        source = os.fspath(inputs)
-        arrays = read_npz(source)
-    elif inputs is not None:
-        if not isinstance(inputs, Mapping):
-            raise OptcError(f"inputs must be a path to an .npz file or a mapping {{name: array}}, not "
-                            f"{type(inputs).__name__}")
-        arrays, source = {k: np.asarray(v) for k, v in inputs.items()}, "given arrays"
+    check_tolerances(rtol, atol)
+    arrays, source = read_inputs(inputs)
     a = open_side(os.fspath(path_a))
     b = open_side(os.fspath(path_b))
-    specs = _merge_specs(a, b, dims)
-    if arrays is not None:
-        feeds = _check_inputs(source, arrays, specs)
-        info: dict = {"source": source}
-    else:
-        _check_dims(dims or {}, specs, a, b)
-        feeds = random_inputs(specs, dims=dims, seed=seed)
-        info = {"source": "random", "seed": seed}
-    info["arrays"] = {n: {"dtype": str(v.dtype), "shape": list(v.shape)} for n, v in feeds.items()}
+    feeds, info = prepare_feeds(a, b, arrays, source, dims, seed)
     outs_a = a.run(feeds)
     outs_b = b.run(feeds)
     comp = compare_outputs(outs_a, outs_b, rtol, atol, strict_zeros=strict_zeros)

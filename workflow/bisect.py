@@ -76,7 +76,7 @@ def bisect_rewrites(model: Model, pipeline: Any, inputs: Mapping[str, np.ndarray
     from ..ortsession import first_line, session
     from ..quantization.data import model_input_specs
     from ..rewrites.pipelines import copy_model, run_pipeline
-    from .compare import check_tolerances
+    from ..tools.verify_cmd import check_tolerances
 
     check_tolerances(rtol, atol)
     specs = model_input_specs(model)

@@ -35,6 +35,7 @@ from ..errors import OptcError
 from ..inputs import InputSpec
 from ..ortsession import first_line, session
 from ..tools.compare import DEFAULT_ATOL, DEFAULT_RTOL, Comparison, OutputComparison, compare, compare_outputs
+from ..tools.verify_cmd import _merge_specs, check_tolerances, is_artifact, open_side, prepare_feeds, read_inputs
 
 RUNTIMES = ("onnxruntime", "reference", "optimized", "tvm")
 
@@ -132,8 +133,6 @@ def _model_endpoint(label: str, model, runtime: str) -> Endpoint:
 
 
 def _artifact_endpoint(path: str) -> Endpoint:
-    from ..tools.verify_cmd import open_side
-
     side = open_side(path)
     return Endpoint(path, "artifact", list(side.inputs), list(side.outputs), None, None, side.run)
 
@@ -156,7 +155,6 @@ def open_endpoint(spec: Any, other: Any = None) -> Endpoint:
     `onnx.ModelProto` (run on onnxruntime). A bare runtime name takes the model of `other`. OptcError for an
     unknown runtime name, a missing or invalid file, or a runtime name with no model beside it."""
     from ..ir import Model, from_onnx, load
-    from ..tools.verify_cmd import is_artifact
 
     if isinstance(spec, Model):
         return _model_endpoint("the model", spec, "onnxruntime")
@@ -418,36 +416,6 @@ def _walk(a: Endpoint, b: Endpoint, feeds: Mapping[str, np.ndarray], rtol: float
     return MarkAll(tensors, not_compared, first), values_a, values_b
 
 
-# -- inputs ------------------------------------------------------------------------------------------------------
-
-
-def check_tolerances(rtol: float, atol: float) -> None:
-    """OptcError unless both tolerances are finite and not negative."""
-    if rtol < 0 or atol < 0 or not np.isfinite(rtol) or not np.isfinite(atol):
-        raise OptcError("--rtol and --atol must be finite and not negative")
-
-
-def prepare_feeds(a, b, source: str | None, arrays: Mapping[str, np.ndarray] | None,
-                  dims: Mapping[str, int] | None, seed: int) -> tuple[dict[str, np.ndarray], dict]:
-    """The inputs both sides get (`a`, `b`: anything with `path` and `inputs`, as `Endpoint` and `optc verify`'s
-    `Side`): `arrays` (read from `source`) checked against the signature both accept, or random ones (`seed`;
-    symbolic dims from `dims`, else 1); and where they came from (`source`: the path or "random", `seed`, and
-    per input its dtype and shape). OptcError when the models' inputs disagree or the arrays do not fit them."""
-    from ..inputs import random_inputs
-    from ..tools.verify_cmd import _check_dims, _check_inputs, _merge_specs
-
-    specs = _merge_specs(a, b, dict(dims or {}))
-    if arrays is not None:
-        feeds = _check_inputs(source or "inputs", dict(arrays), specs)
-        info: dict = {"source": source or "given arrays"}
-    else:
-        _check_dims(dict(dims or {}), specs, a, b)
-        feeds = random_inputs(specs, dims=dims, seed=seed)
-        info = {"source": "random", "seed": seed}
-    info["arrays"] = {n: {"dtype": str(v.dtype), "shape": list(v.shape)} for n, v in feeds.items()}
-    return feeds, info
-
-
 # -- the comparison ---------------------------------------------------------------------------------------------
 
 
@@ -483,8 +451,7 @@ class ComparisonReport:
 
 def _samples(a: Endpoint, b: Endpoint, inputs, data: str | None, dims, seed: int):
     """(feeds per sample, where they came from)."""
-    from ..quantization.data import Dataset, read_npz
-    from ..tools.verify_cmd import _merge_specs
+    from ..quantization.data import Dataset
 
     if inputs is not None and data is not None:
         raise OptcError("give --inputs or --data, not both")
@@ -495,19 +462,11 @@ def _samples(a: Endpoint, b: Endpoint, inputs, data: str | None, dims, seed: int
         fixed = specs[0].shape[0] if specs and specs[0].shape and isinstance(specs[0].shape[0], int) else None
         samples, info = [], {}
         for batch in dataset.batches(fixed):
-            feeds, info = prepare_feeds(a, b, data, batch, dims, seed)
+            feeds, info = prepare_feeds(a, b, batch, data, dims, seed)
             samples.append(feeds)
         return samples, {**info, "batches": len(samples)}
-    if isinstance(inputs, str | os.PathLike):
-        source = os.fspath(inputs)
-        feeds, info = prepare_feeds(a, b, source, read_npz(source), dims, seed)
-    elif inputs is not None:
-        if not isinstance(inputs, Mapping):
-            raise OptcError(f"inputs must be a path to an .npz file or a mapping {{name: array}}, not "
-                            f"{type(inputs).__name__}")
-        feeds, info = prepare_feeds(a, b, None, {k: np.asarray(v) for k, v in inputs.items()}, dims, seed)
-    else:
-        feeds, info = prepare_feeds(a, b, None, None, dims, seed)
+    arrays, source = read_inputs(inputs)
+    feeds, info = prepare_feeds(a, b, arrays, source, dims, seed)
     return [feeds], info
 
 
@@ -527,8 +486,6 @@ def compare_models(a: Any, b: Any, inputs: Any = None, *, rtol: float = DEFAULT_
     if mark_all:
         for spec in (a, b):
             if isinstance(spec, str | os.PathLike):
-                from ..tools.verify_cmd import is_artifact
-
                 path, runtime = _split(os.fspath(spec))
                 if runtime == "tvm" or (runtime is None and is_artifact(path)):
                     raise OptcError(f"--mark-all cannot look inside '{spec}': compiled code has no intermediate "
