@@ -91,7 +91,7 @@ class Prune(Pass):
 
     name: ClassVar[str] = "prune"
     description: ClassVar[str] = ("remove the ratio (0..1) of output channels of Conv/Gemm/MatMul with the smallest "
-                                  "criterion=l1|l2 weight norm, and the matching inputs of their consumers "
+                                  "criterion=l1|l2|path weight norm, and the matching inputs of their consumers "
                                   "(unstructured=true: set the smallest weights to zero, shapes unchanged)")
     ratio: float = 0.3
     criterion: str = "l1"
