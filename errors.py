@@ -1,5 +1,16 @@
 """Errors a user can cause. The CLI prints their one-line message and exits with code 2."""
 
+__all__ = ["OptcError", "UnsupportedError", "first_line"]
+
+
+def first_line(exc: BaseException, last: bool = False) -> str:
+    """The first (or, with `last`, the last) non-empty line of an exception's message, stripped; its type name
+    when the message is empty. The one way optc shortens a library's multi-line error to a one-line message."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if last else lines[0]
+
 
 class OptcError(Exception):
     """A user-facing error with a one-line message (bad path, invalid model, unsupported op or target)."""

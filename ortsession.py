@@ -8,17 +8,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import OptcError
+from .errors import OptcError, first_line  # first_line: re-exported for its callers
 
 __all__ = ["first_line", "session"]
-
-
-def first_line(exc: BaseException, last: bool = False) -> str:
-    """The first (or last) non-empty line of an exception's message (its type name when it has none)."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    return lines[-1] if last else lines[0]
 
 
 def session(source: Any, *, optimize: bool = True, threads: int | None = None, label: str | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OptcError
+from .errors import OptcError, first_line
 from .inputs import check_input_names
 
 __all__ = ["LIBRARY_SUFFIX", "Module", "load"]
@@ -160,7 +160,6 @@ def load(path) -> Module:
     try:
         lib = tvm.runtime.load_module(str(path.resolve()))
     except Exception as exc:
-        first = str(exc).strip().splitlines()
-        raise OptcError(f"cannot load artifact '{path}': {first[-1] if first else type(exc).__name__}") from exc
+        raise OptcError(f"cannot load artifact '{path}': {first_line(exc, last=True)}") from exc
     vm = VirtualMachine(lib, device)
     return Module(path, meta, vm, device)

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import OptcError
+from ..errors import OptcError, first_line
 from ..fileio import new_file_mode
 from .targets import cross_compiler, resolve_target, target_kind
 
@@ -137,8 +137,7 @@ def export(executable, path, metadata: Mapping, *, target=None) -> Path:
         try:
             executable.export_library(str(lib_tmp), **kwargs)
         except Exception as exc:
-            first = str(exc).strip().splitlines()
-            raise OptcError(f"export_library failed for '{path}': {first[-1] if first else type(exc).__name__}") from exc
+            raise OptcError(f"export_library failed for '{path}': {first_line(exc, last=True)}") from exc
         meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         os.replace(lib_tmp, path)
         os.replace(meta_tmp, meta_file)

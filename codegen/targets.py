@@ -10,7 +10,7 @@ import functools
 import os
 import shutil
 
-from ..errors import OptcError
+from ..errors import OptcError, first_line
 
 PRESETS = ("cpu", "cuda", "arm64")
 
@@ -100,7 +100,7 @@ def resolve_target(name, **options):
         try:
             return tvm.target.Target(name)
         except Exception as exc:
-            raise OptcError(f"invalid target {name!r}: {str(exc).splitlines()[0]}") from exc
+            raise OptcError(f"invalid target {name!r}: {first_line(exc)}") from exc
     key = str(name).strip().lower()
     if key == "cpu" or key == "llvm":
         return _cpu_target(options.get("num_cores"))

@@ -11,7 +11,7 @@ import contextlib
 from collections import Counter
 from typing import Any
 
-from ..errors import OptcError, UnsupportedError
+from ..errors import OptcError, UnsupportedError, first_line
 from ..ir.core import Attr, AttrType, Graph, Model, Node, Value
 from ..ir.types import DataType, TensorType
 from .converters import const, is_supported, lookup
@@ -230,8 +230,7 @@ class _Lowering:
         except OptcError:
             raise
         except NotImplementedError as exc:  # TVM's frontend says it does not handle this form: a refusal
-            raise UnsupportedError(f"cannot lower {_label(n)}: {str(exc).splitlines()[0] if str(exc) else ''}") \
-                from exc
+            raise UnsupportedError(f"cannot lower {_label(n)}: {first_line(exc)}") from exc
         except Exception as exc:  # the converter failed: a back-end bug, named with its node
             unknown = [i for i, x in enumerate(inputs) if x is not None and isinstance(x.ty, relax.TensorType)
                        and x.ty.shape is None]
@@ -240,8 +239,7 @@ class _Lowering:
                 raise UnsupportedError(
                     f"cannot lower {_label(n)}: the {what} of input {unknown[0]} depends on input values (known only "
                     f"at run time); the TVM back end needs it at compile time") from exc
-            raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: {first_line(exc)}") from exc
         if isinstance(result, relax.Expr):
             result = self.bb.normalize(result)
         if scalar_result:  # back to 0-d (see _scalar_constants_as_tensors)

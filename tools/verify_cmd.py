@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OptcError
+from ..errors import OptcError, first_line
 from ..inputs import InputSpec, check_input_names, random_inputs, session_input_specs
-from ..ortsession import first_line, session
+from ..ortsession import session
 from .compare import Comparison, compare_outputs
 from .native_log import stdout_to_stderr
 
