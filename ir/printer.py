@@ -171,7 +171,7 @@ def _node_lines(n: Node, indent: int, values: bool) -> list[str]:
     ins = ", ".join(_val(v) for v in n.inputs)
     plain, graphs = [], []
     for a in n.attributes.values():
-        if a.type in (AttrType.GRAPH, AttrType.GRAPHS) and not a.ref_attr_name and a.value:
+        if not a.ref_attr_name and (a.type == AttrType.GRAPH or (a.type == AttrType.GRAPHS and a.value)):
             graphs.append(a)
         else:
             plain.append(f"{_name(a.name)}={_attr_value(a, values)}")

@@ -377,3 +377,38 @@ def test_elided_stand_ins_are_opt_in_and_deterministic():
     assert r1.dtype == np.float32 and r1.shape == (3, 4) and np.array_equal(r1, r2) and r1.std() > 0.1
     # a stand-in is a plain tensor: only `@external` is gone from the text
     assert format_model(parse(text, elided="random")) == text.replace(" @external", "")
+
+
+def test_initializer_inputs_empty_branches_and_external_data(tmp_path):
+    # an old-style initializer that is also a graph input; a branch without nodes that returns an outer value
+    w = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    then = helper.make_graph([], "t", [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])])
+    els = helper.make_graph([helper.make_node("Neg", ["x"], ["nx"])], "e", [],
+                            [helper.make_tensor_value_info("nx", TensorProto.FLOAT, [2, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["a"]),
+         helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=6)
+    text, parsed = _round_trip(from_onnx(proto))
+    assert "then_branch: t () -> (%x: float32[2,3]) {\n      return %x\n    }" in text
+    assert parsed.graph.inputs[1] is parsed.graph.initializers["w"]
+    exported = to_onnx(parsed)  # (onnx's checker refuses the branch that returns an outer value, as given)
+    assert [t.name for t in exported.graph.initializer] == ["w"] and exported.graph.input[1].name == "w"
+    # external data: elided as `@external`, read in full with values=True
+    big = np.random.default_rng(3).random((16, 16)).astype(np.float32)
+    g2 = helper.make_graph([helper.make_node("Add", ["x", "big"], ["y"])], "g2",
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 16])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 16])],
+                           [onnx.numpy_helper.from_array(big, "big")])
+    path = str(tmp_path / "m.onnx")
+    onnx.save(helper.make_model(g2, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path,
+              save_as_external_data=True, size_threshold=0)
+    model = load(path)
+    assert "%big = init float32[16, 16] @external" in format_model(model)
+    _, parsed = _round_trip(model)
+    assert np.array_equal(parsed.graph.initializers["big"].const.numpy(), big)
