@@ -133,6 +133,10 @@ def test_compiled_artifact_kernels(tmp_path, capsys):
     kernels = [e for e in p.by_node if not e.name.startswith("vm.")]
     assert kernels and any("matmul" in e.op_type for e in kernels)
     assert all(e.calls % 3 == 0 for e in p.by_node)  # the same instructions in every run
+    from optc import runtime
+
+    loaded = profile(runtime.load(lib), {"x": np.ones((2, 8), np.float32)}, runs=2)
+    assert loaded.backend == "tvm-cpu" and {e.name for e in loaded.by_node} == {e.name for e in p.by_node}
     assert cli.main(["profile", str(src), "--artifact", str(lib), "--runs", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["backend"] == "tvm-cpu" and doc["by_node"]

@@ -178,15 +178,19 @@ def kernel_op_type(symbol: str) -> str:
 
 
 def _profile_artifact(path: str, feeds, threads, runs, warmup) -> Profile:
-    if threads is not None:
-        os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts (first kernel run)
     from ..tools.verify_cmd import open_side
 
     side = open_side(path)  # checks the metadata, one-line errors for a bad artifact
-    module = side._module()
+    return _profile_loaded(side._module(), feeds, threads, runs, warmup, path)
+
+
+def _profile_loaded(module, feeds, threads, runs, warmup, label: str) -> Profile:
+    """Profile a loaded `optc.runtime.Module`."""
+    if threads is not None:
+        os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts (first kernel run)
     specs = [InputSpec(s["name"], _np_dtype(s["dtype"]), tuple(s["shape"]), str(s["dtype"])) for s in module.inputs]
-    feeds = _feeds(specs, feeds, path)
-    return _profile_module(module, feeds, runs, warmup, path, f"tvm-{module.target}", threads,
+    feeds = _feeds(specs, feeds, label)
+    return _profile_module(module, feeds, runs, warmup, label, f"tvm-{module.target}", threads,
                            sync=module.target == "cuda")  # wait for each GPU kernel before reading the clock
 
 
@@ -259,7 +263,8 @@ def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: in
             warmup: int = 2) -> Profile:
     """Profile one model: an .onnx path, an optc `Model` or `onnx.ModelProto` (onnxruntime's profiler, its graph
     optimizations on: the ops are the ones onnxruntime runs, e.g. `FusedConv`), or an artifact path from
-    `optc compile` (every kernel and VM builtin of the compiled library, timed through the VM's instrument).
+    `optc compile` or an `optc.runtime.Module` (from `optc.compile` or `optc.runtime.load`: every kernel and VM
+    builtin of the compiled library, timed through the VM's instrument).
 
     `inputs`: `{name: array}` or an .npz path; None: random inputs (floats in [-1, 1), symbolic dims 1).
     `threads`: intra-op threads (onnxruntime) or TVM's thread-pool size (TVM_NUM_THREADS, honoured when TVM's
@@ -270,6 +275,7 @@ def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: in
     """
     import onnx
 
+    from .. import runtime
     from ..ir import Model
     from ..tools.verify_cmd import is_artifact
 
@@ -291,6 +297,9 @@ def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: in
             result = _profile_onnx(path, inputs, threads, runs, warmup, path)
     elif isinstance(model_or_artifact, Model | onnx.ModelProto):
         result = _profile_onnx(model_or_artifact, inputs, threads, runs, warmup, "in-memory model")
+    elif isinstance(model_or_artifact, runtime.Module):
+        result = _profile_loaded(model_or_artifact, inputs, threads, runs, warmup,
+                                 str(model_or_artifact.path or "in-memory module"))
     else:
         raise OptcError(f"profile: expected a path, an optc Model or an onnx.ModelProto, got "
                         f"{type(model_or_artifact).__name__}")
