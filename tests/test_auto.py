@@ -30,9 +30,17 @@ def _run(out, **kw):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def budget_ended_then_resumed(tmp_path_factory):
+    """A run whose budget ends after the baseline, then resumed with more time (the search goes on)."""
     out = tmp_path_factory.mktemp("auto") / "out"
-    return _run(out), out
+    first = _run(out, budget_minutes=1e-6)
+    return first, _run(out, resume=True), out
+
+
+@pytest.fixture(scope="module")
+def digits_run(budget_ended_then_resumed):
+    _, result, out = budget_ended_then_resumed
+    return result, out
 
 
 # -- requirement verdicts ---------------------------------------------------------------------------------------
@@ -161,11 +169,13 @@ def test_resume_continues_without_redoing_steps(tmp_path, monkeypatch):
         _run(out, resume=True, max_accuracy_drop=1.0)
 
 
-def test_budget_ends_the_search(tmp_path):
-    result = _run(tmp_path / "out", budget_minutes=1e-6)
-    assert result.stop_reason == "the time budget ended" and result.steps == []
-    assert result.chosen["name"] == "baseline (onnxruntime)"
-    assert not result.verdicts["speedup"]["met"]
+def test_budget_ends_the_search_and_resume_goes_on(budget_ended_then_resumed):
+    first, more, _ = budget_ended_then_resumed
+    assert first.stop_reason == "the time budget ended" and first.steps == []
+    assert first.chosen["name"] == "baseline (onnxruntime)"
+    assert not first.verdicts["speedup"]["met"]
+    assert more.stop_reason == "every step was tried" and more.steps[0]["name"] == "-O2"
+    assert more.baseline == first.baseline  # measured once
 
 
 # -- errors: one line, exit 2 -------------------------------------------------------------------------------------

@@ -557,6 +557,8 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
             changed = sorted(k for k in config if state.get("config", {}).get(k) != config[k])
             raise OptcError(f"--resume: the run in '{outdir}' was started with other settings ({', '.join(changed)}"
                             " differ); start a new run in another directory")
+        if state["stop_reason"] == "the time budget ended":  # resumed with time left: the search goes on
+            state["stop_reason"] = None
     else:
         if os.path.isdir(outdir) and os.listdir(outdir):
             raise OptcError(f"output directory '{outdir}' is not empty; continue its run with --resume or choose "
