@@ -67,3 +67,9 @@ def test_bisect_with_a_limit_is_refused(src, tmp_path, capfd):
     rc = main(["optimize", src, "-o", str(tmp_path / "o.onnx"), "--bisect", "--bisect-limit", "2"])
     err = capfd.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--bisect or --bisect-limit" in err
+
+
+def test_bisect_honours_disable_rule(src, tmp_path, capfd):
+    out = str(tmp_path / "out.onnx")
+    rc = main(["optimize", src, "-o", out, "-p", B.PIPELINE, "--bisect", "--disable-rule", "BrokenMaxPool"])
+    assert rc == 0 and "keep the outputs within the tolerance" in capfd.readouterr().err

@@ -23,7 +23,10 @@ def run_bisect(args, pipeline) -> int:
         raise OptcError("--bisect searches the limit itself; give --bisect or --bisect-limit, not both")
     inputs = read_npz(args.bisect_inputs) if args.bisect_inputs else None
     model = load(args.model)
-    options = {"disable": args.disable or [], "fast_math": args.fast_math}
+    from ..units import parse_bytes
+
+    options = {"disable": args.disable or [], "fast_math": args.fast_math, "disable_rules": args.disable_rule or (),
+               "enable_rules": args.enable_rule, "size_limit": parse_bytes(args.size_limit, what="--size-limit")}
     result = bisect_rewrites(model, pipeline, inputs, **options)
     keep = result.index - 1 if result.found else None
     run_pipeline(model, pipeline, bisect_limit=keep, **options)
