@@ -156,7 +156,7 @@ def _metric(report: dict, v) -> str:
 
 def _rows(report: dict) -> tuple[list[str], list[list[str]]]:
     head = ["step", "backend", "status", report["metric"], f"drop ({report['unit']})", "worst class drop",
-            "max |diff|", "median ms", "p90 ms", "speed-up", "size MB", "s", "reason"]
+            "max abs diff", "median ms", "p90 ms", "speed-up", "size MB", "s", "reason"]
     rows = []
     for r in [*report["baseline"], *report["steps"]]:
         worst = r.get("worst_class")
