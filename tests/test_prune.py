@@ -356,3 +356,18 @@ def test_path_criterion_drops_the_channel_the_next_layer_does_not_read():
         pruned, _ = prune(model, 0.5, criterion=criterion)
         reader = next(v.const_value() for v in pruned.graph.initializers.values() if v.shape == (4, 1, 1, 1))
         np.testing.assert_array_equal(reader, w2[:, [kept]])
+
+
+def test_weights_listed_as_graph_inputs():
+    """IR 3: every weight is also a graph input; prune makes them constants first (as -O2). At IR >= 4 such a
+    weight is an overridable default and its layer is left alone."""
+    model = chain_cnn([1, 5])
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    pruned, report = prune(model, 0.25)
+    assert report.params_after == report.params_before and report.groups_pruned == []
+    model.ir_version = 3
+    pruned, report = prune(model, 0.25)
+    assert report.params_after == CASES["chain"][3]
+    feeds = _feeds(model)
+    np.testing.assert_allclose(run_ort(_valid(pruned), feeds)[0], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)

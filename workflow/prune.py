@@ -96,15 +96,18 @@ def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = Fa
     Returns `(pruned model, PruneReport)`. Raises OptcError (one line) for `ratio` outside (0, 1), an unknown
     criterion or a model that cannot be read.
     """
-    from ..rewrites import run_pipeline
+    from ..rewrites import Pipeline, run_pipeline
     from ..rewrites.passes.infer_shapes import infer_model_types
+    from ..rewrites.passes.interface import RemoveInitializerInputs
 
     prune_pass = Prune(ratio=ratio, criterion=criterion, unstructured=bool(unstructured))  # checks the options
     pruned = _load(model)
     infer_model_types(pruned)
     params_before, nonzero_before = count_params(pruned)
     macs_before = count_macs(pruned)
-    run_pipeline(pruned, prune_pass)
+    # IR < 4 listed every weight as a graph input (an overridable default, which pruning leaves alone): as -O2,
+    # make those plain constants first (a no-op for later IR versions)
+    run_pipeline(pruned, Pipeline([RemoveInitializerInputs(), prune_pass]))
     params_after, nonzero_after = count_params(pruned)
     result = prune_pass.last_report
     return pruned, PruneReport(

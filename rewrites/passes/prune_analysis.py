@@ -116,7 +116,13 @@ def _label(node: Node) -> str:
 
 
 def _const(v: Value | None) -> np.ndarray | None:
-    return None if v is None else v.const_value()
+    """The value's data if it is a constant that cannot be overridden (not also a graph input), else None."""
+    if v is None:
+        return None
+    users = v.uses()
+    if v.producer is None and users and any(i is v for i in users[0].node.graph.inputs):
+        return None
+    return v.const_value()
 
 
 def _static(shape) -> bool:
