@@ -319,3 +319,57 @@ class Rewriter:
             raise RewriteError(f"initializer '{value.name}' is part of the graph's interface")
         if g.initializers.get(value.name) is value:
             del g.initializers[value.name]
+
+    def adopt_initializer(self, value: Value, graph: Graph | None = None, hint: str | None = None) -> Value:
+        """Make an existing constant Value (`value.const` set, no producer) an initializer of `graph` under a
+        fresh name (from `hint`, else its current name): for constants a rewrite built or moved from a body."""
+        if value.const is None or value.producer is not None:
+            raise RewriteError(f"'{value.name}' is not a free constant value")
+        g = graph or self.graph
+        value.name = self.fresh_name(hint or value.name or "const")
+        g.add_initializer(value)
+        for use in value.uses():
+            self._notify("on_modify", use.node)
+        return value
+
+    def detach_initializer(self, value: Value, graph: Graph) -> None:
+        """Take the initializer `value` out of `graph`'s table, keeping its uses (to adopt it elsewhere)."""
+        if graph.initializers.get(value.name) is not value:
+            raise RewriteError(f"'{value.name}' is not an initializer of this graph")
+        del graph.initializers[value.name]
+
+    def fold_to_initializer(self, value: Value, tensor: Tensor, graph: Graph) -> None:
+        """`value`, an output of a node about to be erased, becomes an initializer of `graph` holding `tensor`
+        (it keeps its uses and its name, unless the name is empty or taken by another initializer; its type
+        becomes the tensor's). The caller erases the producer next. Users are notified as modified."""
+        value.producer = None
+        value.index = 0
+        value.const = tensor
+        value.type = TensorType(tensor.dtype, tuple(tensor.shape))
+        if not value.name or (value.name in graph.initializers and graph.initializers[value.name] is not value):
+            value.name = self.fresh_name(value.name or "folded")
+        graph.add_initializer(value)
+        for use in value.uses():
+            self._notify("on_modify", use.node)
+
+    def set_constant(self, value: Value, tensor: Tensor) -> None:
+        """Give the initializer `value` a new payload (its type follows the tensor); users are notified."""
+        if value.const is None:
+            raise RewriteError(f"'{value.name}' is not a constant")
+        value.const = tensor
+        value.type = TensorType(tensor.dtype, tuple(tensor.shape))
+        for use in value.uses():
+            self._notify("on_modify", use.node)
+
+    def set_graph_inputs(self, graph: Graph, values: Sequence[Value]) -> None:
+        """Replace `graph`'s input list (e.g. drop weights that were listed as inputs); values keep their uses."""
+        graph.inputs = list(values)
+
+    def remove_function(self, key: tuple) -> None:
+        """Drop a model-local function (domain, name, overload) that nothing calls."""
+        if self.model is None or key not in self.model.functions:
+            raise RewriteError(f"no model-local function {key!r}")
+        for n in self.model.functions[key].graph:
+            self._notify("on_erase", n)
+        del self.model.functions[key]
+        self._outputs = None

@@ -378,15 +378,15 @@ class _Converter:
         return NumpyTensor(np.asarray(array, dtype=np.float32).astype(self.np_low), self.low)
 
     def _retype(self, stored_low: dict[Value, bool]) -> None:
-        """Constants, graph inputs and converted nodes' outputs take the target type. Value payloads and types
-        have no Rewriter method (fold-constants sets them the same way); attributes go through the Rewriter."""
+        """Constants, graph inputs and converted nodes' outputs take the target type: payloads and attributes
+        through the Rewriter (`set_constant`, `set_attr`), value types directly (a type is no graph edge)."""
         for v, low in stored_low.items():
             if not low:
                 continue
             self.changed += 1
             tensor = self._low_tensor(v.const_value())
             if v.producer is None:
-                v.const = tensor
+                self.rw.set_constant(v, tensor)
             else:
                 node = v.producer
                 for name in list(node.attributes):

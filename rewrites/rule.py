@@ -455,11 +455,13 @@ class RuleApplier:
         g = m.graph
         root = m.root
         for v in builder.inits:
-            v.name = rw.fresh_name((v.meta or {}).pop("hint", "const"))
+            hint = (v.meta or {}).pop("hint", "const")
             v.meta = None
-            g.add_initializer(v)
+            rw.adopt_initializer(v, g, hint)
+        moved: dict[Value, Value] = {}
         for body in builder.inlined:
-            self._inline(body, root)
+            moved.update(self._inline(body, root))
+        results = [moved.get(r, r) for r in results]
         if builder.nodes:
             rw.insert_before(root, *builder.nodes)
         for old, new in zip(m.outputs, results, strict=False):
@@ -488,28 +490,35 @@ class RuleApplier:
         if donor is not None:
             made.name = donor.name
 
-    def _inline(self, body: Graph, root: Node) -> None:
+    def _inline(self, body: Graph, root: Node) -> dict[Value, Value]:
+        """Move `body`'s nodes before `root`; its initializers become initializers of the main graph, or, in a
+        nested graph (which cannot hold them), Constant nodes. Returns {body initializer: the value that now
+        stands for it} for the latter, so the rewrite's results that named them are redirected."""
         rw = self.rw
         g = root.graph
+        moved: dict[Value, Value] = {}
         for name, v in list(body.initializers.items()):
-            del body.initializers[name]
+            rw.detach_initializer(v, body)
             if self._is_main_graph(g):
-                v.name = rw.fresh_name(name)
-                g.add_initializer(v)
+                rw.adopt_initializer(v, g, name)
             else:
                 node = Node("Constant", (), {"value": v.const}, name=rw.fresh_node_name("inlined"))
                 out = node.outputs[0]
                 out.name = rw.fresh_name(name)
                 out.type = v.type or TensorType(v.const.dtype, tuple(v.const.shape))
                 rw.insert_before(root, node)
-                v.replace_all_uses_with(out)
-                body.outputs = [out if o is v else o for o in body.outputs]
+                for i, o in enumerate(body.outputs):
+                    if o is v:
+                        rw.set_graph_output(body, i, out)
+                rw.replace_all_uses_with(v, out)
+                moved[v] = out
         for n in list(body):
             for o in n.outputs:
                 if o is not None:
                     o.name = rw.fresh_name(o.name or "v")
             rw.move_before(root, n)
         rw.clear_graph_outputs(body)
+        return moved
 
     def erase_unused(self, nodes: Sequence[Node]) -> None:
         pending = [n for n in nodes if n.graph is not None]

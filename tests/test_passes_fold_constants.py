@@ -184,10 +184,10 @@ def test_make_folder_folds_one_node_and_respects_the_budget():
     }"""))
     nodes = model.graph.nodes
     ctx = PassContext(budget=RewriteBudget(limit=0))
-    fold = make_folder(ctx)
+    fold = make_folder(ctx, model=model)
     assert fold(nodes[0]) is False and len(model.graph) == 3  # budget: no rewrite allowed
     ctx = PassContext(budget=RewriteBudget(limit=1))
-    fold = make_folder(ctx)
+    fold = make_folder(ctx, model=model)
     assert fold(nodes[1]) is False  # x is not a constant
     assert fold(nodes[0]) is True
     assert len(model.graph) == 2 and ctx.budget.used == 1

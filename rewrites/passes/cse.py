@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...ir.core import AttrType, Graph, Model, Node, Value
+from ...ir.rewriter import Rewriter
 from ...ir.schema import Trait, traits
 from ...ir.tensors import SparseTensor, Tensor
 from ..context import PassContext, PassResult
@@ -97,21 +98,21 @@ class CommonSubexpressionElimination(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         counts: dict[str, int] = {}
+        rw = Rewriter(model)
         for g in list(model.graphs()):
             if ctx.budget.exhausted:
                 break
             if self.initializers:
-                self._merge_initializers(g, ctx, counts)
-            self._merge_nodes(g, ctx, counts)
+                self._merge_initializers(rw, g, ctx, counts)
+            self._merge_nodes(rw, g, ctx, counts)
         return PassResult(bool(counts), converged=not ctx.budget.exhausted, counts=counts)
 
     def _count(self, ctx: PassContext, counts: dict[str, int], rule: str, label: str) -> None:
         counts[rule] = counts.get(rule, 0) + 1
         ctx.record(self.name, rule, label)
 
-    def _merge_nodes(self, g: Graph, ctx: PassContext, counts: dict[str, int]) -> None:
+    def _merge_nodes(self, rw: Rewriter, g: Graph, ctx: PassContext, counts: dict[str, int]) -> None:
         seen: dict[tuple, Node] = {}
-        outputs = {id(v) for v in g.outputs}
         for node in g:
             if node.subgraphs():
                 continue
@@ -122,8 +123,8 @@ class CommonSubexpressionElimination(Pass):
             if first is None:
                 seen[key] = node
                 continue
-            if any(o is not None and id(o) in outputs for o in node.outputs):
-                continue  # its output names are part of the graph's interface
+            if any(o is not None and rw.is_graph_output(o) for o in node.outputs):
+                continue  # its output names are part of a graph's interface
             if not ctx.budget.take():
                 return
             label = describe(node)
@@ -131,19 +132,19 @@ class CommonSubexpressionElimination(Pass):
                 if o is not None:
                     if keep.type is None and o.type is not None:
                         keep.type = o.type
-                    o.replace_all_uses_with(keep)
-            g.remove(node, safe=False)
+                    rw.replace_all_uses_with(o, keep)
+            rw.erase(node, safe=False)
             self._count(ctx, counts, "merge-node", label)
 
-    def _merge_initializers(self, g: Graph, ctx: PassContext, counts: dict[str, int]) -> None:
+    def _merge_initializers(self, rw: Rewriter, g: Graph, ctx: PassContext, counts: dict[str, int]) -> None:
         if len(g.initializers) < 2:
             return
-        protected = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
+        protected = {id(v) for v in g.inputs}
         # Group by cheap metadata first: only same-type, same-shape tensors are ever read and hashed.
         groups: dict[tuple, list[Value]] = {}
         for v in g.initializers.values():
             t = v.const
-            if isinstance(t, SparseTensor) or id(v) in protected or t is None:
+            if isinstance(t, SparseTensor) or id(v) in protected or t is None or rw.is_graph_output(v):
                 continue
             groups.setdefault((int(t.dtype), tuple(t.shape)), []).append(v)
         for vals in groups.values():
@@ -166,8 +167,8 @@ class CommonSubexpressionElimination(Pass):
                             break  # unused: dce removes it, merging it is no rewrite
                         if not ctx.budget.take():
                             return
-                        v.replace_all_uses_with(keep)
-                        del g.initializers[v.name]
+                        rw.replace_all_uses_with(v, keep)
+                        rw.remove_initializer(v, g)
                         self._count(ctx, counts, "merge-initializer", f"initializer '{v.name}'")
                         break
                 else:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...ir.core import Graph, Model, Node
+from ...ir.rewriter import Rewriter
 from ...ir.schema import Trait, get_schema, has_trait
 from ..context import PassContext, PassResult
 from ..pass_manager import Pass, register_pass
@@ -49,6 +50,7 @@ class DeadCodeElimination(Pass):
             counts[rule] = counts.get(rule, 0) + 1
             ctx.record(self.name, rule, label)
 
+        rw = Rewriter(model)
         # Bodies before the graphs that hold them: a body's dead nodes release their outer-scope uses first.
         graphs = list(model.graphs())
         local = set(model.functions)
@@ -59,24 +61,23 @@ class DeadCodeElimination(Pass):
                     if not ctx.budget.take():
                         break
                     label = describe(node)
-                    g.remove(node, safe=False)
+                    rw.erase(node, safe=False)
                     count("erase-node", label)
         if self.initializers:
             for g in reversed(list(model.graphs())):
-                outputs = {id(v) for v in g.outputs}
                 inputs = {id(v) for v in g.inputs}
                 for name, v in list(g.initializers.items()):
-                    if v._uses or id(v) in outputs or id(v) in inputs:
+                    if v._uses or id(v) in inputs or rw.is_graph_output(v):
                         continue
                     if not ctx.budget.take():
                         break
-                    del g.initializers[name]
+                    rw.remove_initializer(v, g)
                     count("erase-initializer", f"initializer '{name}'")
         if self.functions and model.functions:
             for key in self._unused_functions(model):
                 if not ctx.budget.take():
                     break
-                del model.functions[key]
+                rw.remove_function(key)
                 count("erase-function", f"function '{key[0]}::{key[1]}'" if key[0] else f"function '{key[1]}'")
         changed = bool(counts)
         return PassResult(changed, converged=not ctx.budget.exhausted, counts=counts)

@@ -149,9 +149,13 @@ class ConstantFolder:
     def __init__(self, ctx: PassContext, *, size_limit: int | None = FROM_CONTEXT, fold_shapes: bool = True,
                  constant_nodes: bool = True, pass_name: str = "fold-constants", model: Model | None = None,
                  rewriter=None):
+        from ...ir.rewriter import Rewriter
+
+        if model is None and rewriter is None:
+            raise TypeError("ConstantFolder needs the model or a Rewriter of it (every change goes through one)")
         self.ctx = ctx
-        self.rewriter = rewriter
-        if model is None and rewriter is not None:
+        self.rewriter = rewriter if rewriter is not None else Rewriter(model)
+        if model is None:
             model = rewriter.model
         self.size_limit = ctx.fold_size_limit if size_limit == FROM_CONTEXT else size_limit
         self.fold_shapes = fold_shapes
@@ -161,7 +165,6 @@ class ConstantFolder:
         self._fn_opsets = function_graphs(model) if model is not None else {}
         self._fn_roots: set[int] = set(self._fn_opsets)
         self._local_fns = {(d, n) for d, n, _ in model.functions} if model is not None else set()
-        self._names = 0
         self._input_ids: dict[int, set[int]] = {}
 
     # -- queries ------------------------------------------------------------------------------------
@@ -375,13 +378,10 @@ class ConstantFolder:
             tensor = NumpyTensor(a if a.flags.c_contiguous else np.array(a, order="C"))
             if in_fn:
                 c = Node("Constant", [], {"value": tensor}, outputs=[o])
-                if self.rewriter is not None:
-                    self.rewriter.insert_before(node, c)
-                else:
-                    graph.insert_before(node, c)
+                o.type = TensorType(tensor.dtype, tuple(tensor.shape))
+                self.rewriter.insert_before(node, c)
             else:
                 self._make_initializer(o, tensor, graph)
-            o.type = TensorType(tensor.dtype, tensor.shape)
         self._erase(node, graph)
         rule = f"fold:{node.op_type}"
         self.counts[rule] = self.counts.get(rule, 0) + 1
@@ -394,18 +394,12 @@ class ConstantFolder:
         o = node.outputs[0] if node.outputs else None
         if x is None or o is None or x.const is None or self._is_input(x, graph):
             return False
-        if self.rewriter is not None:
-            if self.rewriter.is_graph_output(o):
-                return False
-        elif any(out is o for out in graph.outputs):
+        if self.rewriter.is_graph_output(o):
             return False
         if not self.ctx.budget.take():
             return False
         label = describe(node)
-        if self.rewriter is not None:
-            self.rewriter.replace_all_uses_with(o, x)
-        else:
-            o.replace_all_uses_with(x)
+        self.rewriter.replace_all_uses_with(o, x)
         if x.type is None and o.type is not None:
             x.type = o.type
         self._erase(node, graph)
@@ -414,26 +408,10 @@ class ConstantFolder:
         return True
 
     def _erase(self, node: Node, graph: Graph) -> None:
-        if self.rewriter is not None:
-            self.rewriter.erase(node, safe=False)
-        else:
-            graph.remove(node, safe=False)
+        self.rewriter.erase(node, safe=False)
 
     def _make_initializer(self, o: Value, tensor: NumpyTensor, graph: Graph) -> None:
-        o.producer = None
-        o.index = 0
-        o.const = tensor
-        if self.rewriter is not None and (not o.name or o.name in graph.initializers):
-            o.name = self.rewriter.fresh_name(o.name or "folded")
-        elif not o.name or o.name in graph.initializers:
-            base = o.name or "folded"
-            while True:
-                self._names += 1
-                name = f"{base}__{self._names}"
-                if name not in graph.initializers:
-                    break
-            o.name = name
-        graph.initializers[o.name] = o
+        self.rewriter.fold_to_initializer(o, tensor, graph)
 
     def _constant_to_initializer(self, node: Node, graph: Graph) -> bool:
         if not self.constant_nodes or self._in_function(graph):
@@ -451,8 +429,6 @@ class ConstantFolder:
         tensor = a_attr.value if a_attr.name == "value" else NumpyTensor(a)
         self._erase(node, graph)
         self._make_initializer(o, tensor, graph)
-        if o.type is None:
-            o.type = TensorType(tensor.dtype, tuple(tensor.shape))
         self.counts["fold:Constant"] = self.counts.get("fold:Constant", 0) + 1
         self.ctx.record(self.pass_name, "fold:Constant", label)
         return True
@@ -466,8 +442,8 @@ def make_folder(ctx: PassContext, *, size_limit: int | None = FROM_CONTEXT, fold
     On True the node has been removed from its graph, each of its former outputs is now an initializer (or,
     in a function body, the output of a new Constant node) and keeps its uses; the caller should revisit the
     users of those values. The folder asks `ctx.budget.take()` before each fold and records it in `ctx`.
-    Pass `model` so folds inside model-local functions use their own opsets, and `rewriter` (an
-    `ir.rewriter.Rewriter`) so erasures and inserted nodes reach its listeners and new names come from it.
+    Pass `model` (folds inside model-local functions use their own opsets) and/or the `rewriter` (an
+    `ir.rewriter.Rewriter`) the caller listens to: every change goes through it (one is made when not given).
     """
     return ConstantFolder(ctx, size_limit=size_limit, fold_shapes=fold_shapes, constant_nodes=constant_nodes,
                           pass_name=pass_name, model=model, rewriter=rewriter)

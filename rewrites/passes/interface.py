@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...ir.core import Model
+from ...ir.rewriter import Rewriter
 from ..context import PassContext, PassResult
 from ..pass_manager import Pass, register_pass
 
@@ -46,7 +47,7 @@ class RemoveInitializerInputs(Pass):
                 keep.append(v)
         if not removed:
             return PassResult(False)
-        g.inputs = keep
+        Rewriter(model).set_graph_inputs(g, keep)
         if model.ir_version < 4:
             model.ir_version = 4
         return PassResult(True, converged=not ctx.budget.exhausted, counts={"input-to-constant": removed})
