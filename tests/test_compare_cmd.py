@@ -150,3 +150,19 @@ def test_mark_all_pairs_renamed_tensors_by_provenance(models, tmp_path):
     first = optc.compare(src, path, mark_all=True).mark_all.first
     assert first.node == "flatten" and not first.culprit
     assert dict(first.inputs)["p1"].startswith("not compared") and "pool (MaxPool)" in first.describe()
+
+
+@pytest.mark.slow
+def test_compiled_endpoints(models, capsys, tmp_path):
+    """The model compiled by optc (`tvm`) and an artifact of `optc compile` agree with onnxruntime; --mark-all
+    refuses both in one line."""
+    from optc.codegen.compile import compile_to_file
+
+    src = models[0]
+    lib = str(tmp_path / "fixture.so")
+    compile_to_file(optc.load(src), lib)
+    for other in ("tvm", lib):
+        rc, out, _ = _run(capsys, "compare", src, other, "--json")
+        assert rc == 0 and json.loads(out)["equal"], out
+    rc, _, err = _run(capsys, "compare", lib, src, "--mark-all")
+    assert rc == 2 and err.count("\n") == 1 and "--mark-all cannot look inside" in err
