@@ -627,10 +627,11 @@ class _Parser:
 def _round_decimal(texts: list[str], x64: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round decimals to float16/float32 correctly. Going through float64 rounds twice, which errs only when
     the float64 lands exactly on a midpoint of `dtype`: those few are settled with exact decimal arithmetic."""
-    y = x64.astype(dtype)
-    finite = np.isfinite(x64) & np.isfinite(y)
-    yb = y.astype(np.float64)
-    toward = np.nextafter(y, np.where(x64 > yb, np.inf, -np.inf).astype(dtype))
+    with np.errstate(over="ignore"):  # beyond the largest finite value: inf, as the cast itself rounds
+        y = x64.astype(dtype)
+        finite = np.isfinite(x64) & np.isfinite(y)
+        yb = y.astype(np.float64)
+        toward = np.nextafter(y, np.where(x64 > yb, np.inf, -np.inf).astype(dtype))
     mid = (yb + toward.astype(np.float64)) / 2
     for i in np.flatnonzero(finite & (x64 != yb) & (x64 == mid)):
         d = Decimal(texts[i])

@@ -412,3 +412,19 @@ def test_initializer_inputs_empty_branches_and_external_data(tmp_path):
     assert "%big = init float32[16, 16] @external" in format_model(model)
     _, parsed = _round_trip(model)
     assert np.array_equal(parsed.graph.initializers["big"].const.numpy(), big)
+
+
+@pytest.mark.parametrize("text,bits", [
+    ("1.000000059604644775390625", 0x3F800000),  # exactly halfway between 1 and the next float32: to even
+    ("1.000000059604644775390625000000001", 0x3F800001),  # a hair above: float64 rounds it to the midpoint
+    ("1.000000059604644775390624999999999", 0x3F800000),
+    ("1.0000001788139343261718750000001", 0x3F800002),  # halfway between ...01 and ...02, a hair above
+    ("3.40282356779733e38", 0x7F7FFFFF),  # just below the midpoint to infinity
+    ("3.4028235677973366e38", 0x7F800000),  # the midpoint itself: to even, which is infinity
+    ("1e39", 0x7F800000),
+])
+def test_decimals_round_once_to_float32(text, bits):
+    """Text to float32 is correctly rounded, also where going through float64 would round twice."""
+    model = parse(GOOD.replace("Relu(%x)", f"Relu(%x) {{t=float32[1] [{text}]}}"))
+    got = model.graph.first().attributes["t"].value.numpy()
+    assert int(got.view(np.uint32)[0]) == bits, hex(int(got.view(np.uint32)[0]))
