@@ -20,7 +20,7 @@ class Trait(enum.Flag):
     COMMUTATIVE = enum.auto()  # binary op whose two inputs may be swapped
     ELEMENTWISE = enum.auto()  # output[i] depends on input[i] only (with broadcasting)
     NONDETERMINISTIC = enum.auto()  # random: never folded, never deduplicated
-    SIDE_EFFECTS = enum.auto()  # must not be removed even when its outputs are unused
+    SIDE_EFFECTS = enum.auto()  # must not be removed even when its outputs are unused (see register_traits)
     SHAPE_OP = enum.auto()  # only moves or reinterprets data (Reshape, Transpose, ...)
 
 
@@ -47,6 +47,21 @@ _set(
 # can be a runtime value: treated as random always (at inference, eliminate-noops removes it anyway).
 _set("RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli Dropout", _N)
 _set("Reshape Transpose Squeeze Unsqueeze Flatten Identity Expand Slice Concat Split Gather", _S)
+
+
+# Side effects: every standard ONNX op is a function of its inputs (ONNX IR spec: a graph is a dataflow graph of
+# side-effect-free nodes; random ops are NONDETERMINISTIC, which lets DCE drop them when dead, as nothing observes
+# them). No standard op is declared SIDE_EFFECTS; ops of a domain optc does not know (no schema) are treated as
+# having them unless `dce{keep-unknown=false}`; a custom domain declares its own with `register_traits`.
+
+
+def register_traits(domain: str, op_types: str | list[str], trait: Trait) -> None:
+    """Declare traits of ops (added to what is declared already), e.g. `register_traits("my.domain", "Print
+    Flush", Trait.SIDE_EFFECTS)` so DCE never drops them, or COMMUTATIVE so patterns match both operand orders.
+    Read by the pattern matcher (COMMUTATIVE), DCE and the rewrite driver (SIDE_EFFECTS), cse and the constant
+    folder (NONDETERMINISTIC), float conversion (SHAPE_OP) and pruning (ELEMENTWISE)."""
+    names = op_types.split() if isinstance(op_types, str) else list(op_types)
+    _set(" ".join(names), trait, "" if domain == "ai.onnx" else domain)
 
 
 def traits(domain: str, op_type: str) -> Trait:

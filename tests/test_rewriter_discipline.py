@@ -130,3 +130,19 @@ def test_inlined_branch_constant_in_a_nested_graph_is_kept(level):
     want = session(m).run(None, {"x": x})[0]
     got = session(out).run(None, {"x": x})[0]
     assert np.array_equal(want, got) and np.array_equal(got, x + 3 * np.array([1, 2], np.float32))
+
+
+def test_declared_side_effects_keep_a_dead_custom_op(monkeypatch):
+    from optc.ir import schema
+
+    monkeypatch.setattr(schema, "_TRAITS", dict(schema._TRAITS))
+    schema.register_traits("test.effects", "Print", schema.Trait.SIDE_EFFECTS)
+    g = h.make_graph([h.make_node("Print", ["x"], ["p"], domain="test.effects"),
+                      h.make_node("Pure", ["x"], ["q"], domain="test.effects"),
+                      h.make_node("Relu", ["x"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2])], [h.make_tensor_value_info("y", T.FLOAT, [2])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test.effects", 1)], ir_version=10)
+    kept = optc.optimize(optc.from_onnx(m), passes="dce{keep-unknown=false}")
+    assert sorted(n.op_type for n in kept.graph) == ["Print", "Relu"]  # dead Pure dropped, dead Print kept
+    kept = optc.optimize(optc.from_onnx(m), passes="dce")
+    assert sorted(n.op_type for n in kept.graph) == ["Print", "Pure", "Relu"]  # unknown ops kept by default

@@ -93,6 +93,11 @@ class Prune(Pass):
     description: ClassVar[str] = ("remove the ratio (0..1) of output channels of Conv/Gemm/MatMul with the smallest "
                                   "criterion=l1|l2|path weight norm, and the matching inputs of their consumers "
                                   "(unstructured=true: set the smallest weights to zero, shapes unchanged)")
+    option_help: ClassVar[dict[str, str]] = {
+        "ratio": "the share of output channels (or, unstructured, of weights) to remove, in (0, 1)",
+        "criterion": "what ranks channels: l1 or l2 (norm of the filter) or path (l1 times the readers' weights)",
+        "unstructured": "zero the smallest weights instead (shapes unchanged: no CPU speed-up by itself)",
+    }
     ratio: float = 0.3
     criterion: str = "l1"
     unstructured: bool = False
