@@ -151,6 +151,7 @@ def _numerics(test: IRTest, rest: str, where: str) -> None:
 
 def run_file(path: str | Path) -> IRTestResult:
     """Run the test in file `path` (see the module docstring); raises CheckFailure when it fails."""
+    __tracebackhide__ = True  # pytest shows the failure message, not the harness's frames
     path = Path(path)
     return run_test(parse_test(path.read_text(), str(path)))
 
@@ -158,6 +159,7 @@ def run_file(path: str | Path) -> IRTestResult:
 def run_test(test: IRTest, passes=None) -> IRTestResult:
     """Parse the IR, run the pipeline (or `passes`, a Pass object that stands in for the RUN line), verify,
     print, match the checks and compare the numerics. Raises CheckFailure."""
+    __tracebackhide__ = True
     from ..ir import parse, to_onnx
     from ..ir.printer import format_model, format_type
     from ..ir.verify import verify
@@ -188,6 +190,7 @@ def run_test(test: IRTest, passes=None) -> IRTestResult:
 
 
 def _compare(test: IRTest, before, after) -> None:
+    __tracebackhide__ = True
     from ..ortsession import session
     from .rules._testing import random_feeds, same_bits
 
@@ -329,6 +332,7 @@ class _Output:
 def match_checks(checks: list[Check], output: str, *, source: str = "<checks>") -> None:
     """Match `checks` against `output` (FileCheck semantics, see the module docstring). Raises CheckFailure
     naming the failing check's line in `source` and the nearest output line."""
+    __tracebackhide__ = True  # pytest shows the failure message, not the harness's frames
     out = _Output(output)
     variables: dict[str, str] = {}
     # labels first: each is searched after the previous one, and bounds the block of checks after it
@@ -362,6 +366,7 @@ def match_checks(checks: list[Check], output: str, *, source: str = "<checks>") 
 
 def _match_block(group: list[Check], out: _Output, pos: int, end: int, last_line: int, variables: dict[str, str],
                  source: str) -> None:
+    __tracebackhide__ = True
     nots: list[tuple[Check, re.Pattern]] = []
     for c in group:
         if c.kind == "CHECK-NOT":
@@ -393,7 +398,8 @@ def _match_block(group: list[Check], out: _Output, pos: int, end: int, last_line
             if m is None:
                 where = {"CHECK": "in the output", "CHECK-SAME": "on the same line as the previous match",
                          "CHECK-NEXT": "on the line after the previous match"}[c.kind]
-                raise _failure(c, source, out, lo, end, f"expected string not found {where}")
+                raise _failure(c, source, out, lo, hi if c.kind == "CHECK-SAME" else end,
+                               f"expected string not found {where}")
             m_start, m_end = m.start(), m.end()
             new_vars = {k: m.group(f"v_{k}") for k in defined}
         for nc, nrx in nots:
