@@ -51,6 +51,7 @@ def test_reduce_with_a_command_oracle(src, tmp_path, capfd):
     (["--passes", "rules{rule-set=eliminate-noops},dce"], "nothing to reduce"),
     (["--check-cmd", "true"], "{model}"),
     (["--check-cmd", "x {model}", "--against", "tvm"], "not both"),
+    (["--check-cmd", "/nonexistent/tool {model}"], "--check-cmd cannot run"),
 ])
 def test_reduce_errors(src, tmp_path, capfd, argv, message):
     rc = main(["debug", "reduce", src, "-o", str(tmp_path / "r.onnx"), *argv])

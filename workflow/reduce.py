@@ -31,13 +31,21 @@ from ..tools.compare import DEFAULT_ATOL, DEFAULT_RTOL, compare_outputs
 AGAINST = ("optimized", "tvm", "reference")
 Oracle = Callable[[onnx.ModelProto, dict[str, np.ndarray]], bool]  # True: the candidate fails
 
-__all__ = ["AGAINST", "ReduceResult", "against_oracle", "command_oracle", "reduce_model"]
+__all__ = ["AGAINST", "OracleError", "ReduceResult", "against_oracle", "command_oracle", "reduce_model"]
 
 
-def _run_ort(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = session(proto, optimize=False, label="the candidate")
+class OracleError(OptcError):
+    """The oracle itself cannot work (a --check-cmd that cannot be started): the search stops."""
+
+
+def _run_ort(model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`model` (an onnx.ModelProto or an optc Model) on onnxruntime as written; OptcError when it cannot run."""
+    sess = session(model, optimize=False, label="the candidate")
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, dict(feeds)), strict=True))
+    try:
+        return dict(zip(names, sess.run(None, dict(feeds)), strict=True))
+    except Exception as exc:
+        raise OptcError(f"onnxruntime cannot run the candidate: {first_line(exc)}") from None
 
 
 def against_oracle(against: str = "optimized", *, passes: str | None = None, rtol: float = DEFAULT_RTOL,
@@ -63,7 +71,7 @@ def against_oracle(against: str = "optimized", *, passes: str | None = None, rto
             return compile_model(model, "cpu").run(feeds)
         from ..rewrites import optimize
 
-        return _run_ort(onnx.ModelProto.FromString(_serialize(optimize(model, passes=passes))), feeds)
+        return _run_ort(optimize(model, passes=passes), feeds)
 
     def fails(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> bool:
         expected = _run_ort(proto, feeds)
@@ -74,12 +82,6 @@ def against_oracle(against: str = "optimized", *, passes: str | None = None, rto
         return not compare_outputs(expected, got, rtol, atol).equal
 
     return fails
-
-
-def _serialize(model) -> bytes:
-    from ..ir import to_onnx
-
-    return to_onnx(model).SerializeToString()
 
 
 def command_oracle(command: str, timeout: float | None = None) -> Oracle:
@@ -100,7 +102,7 @@ def command_oracle(command: str, timeout: float | None = None) -> Oracle:
                 done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
                                       check=False)
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise OptcError(f"--check-cmd cannot run: {first_line(exc)}") from None
+                raise OracleError(f"--check-cmd cannot run: {first_line(exc)}") from None
             return done.returncode != 0
 
     return fails
@@ -197,9 +199,9 @@ def reduce_model(proto: onnx.ModelProto, fails: Oracle, feeds: Mapping[str, np.n
                 checks += 1
                 try:
                     cache[key] = fails(*built)
-                except OptcError as exc:
-                    if "--check-cmd" in str(exc):
-                        raise
+                except OracleError:
+                    raise
+                except OptcError:
                     cache[key] = False  # (a candidate onnxruntime cannot run is not a failing one)
         return cache[key]
 
