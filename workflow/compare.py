@@ -24,7 +24,7 @@ part) and its worst element. Compiled code (artifacts, ``tvm``) has no intermedi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -449,25 +449,24 @@ class ComparisonReport:
                 **({"mark_all": self.mark_all.to_json()} if self.mark_all is not None else {})}
 
 
-def _samples(a: Endpoint, b: Endpoint, inputs, data: str | None, dims, seed: int):
-    """(feeds per sample, where they came from)."""
+def _samples(a: Endpoint, b: Endpoint, inputs, data: str | None, dims, seed: int
+             ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+    """(feeds, where they came from) per sample: one for `inputs` (or random ones), one per batch of `data`
+    (read one at a time)."""
     from ..quantization.data import Dataset
 
     if inputs is not None and data is not None:
         raise OptcError("give --inputs or --data, not both")
-    if data is not None:
-        specs = _merge_specs(a, b, dims)
-        dataset = Dataset(data, role="data")
-        dataset.check(specs)
-        fixed = specs[0].shape[0] if specs and specs[0].shape and isinstance(specs[0].shape[0], int) else None
-        samples, info = [], {}
-        for batch in dataset.batches(fixed):
-            feeds, info = prepare_feeds(a, b, batch, data, dims, seed)
-            samples.append(feeds)
-        return samples, {**info, "batches": len(samples)}
-    arrays, source = read_inputs(inputs)
-    feeds, info = prepare_feeds(a, b, arrays, source, dims, seed)
-    return [feeds], info
+    if data is None:
+        arrays, source = read_inputs(inputs)
+        yield prepare_feeds(a, b, arrays, source, dims, seed)
+        return
+    specs = _merge_specs(a, b, dims)
+    dataset = Dataset(data, role="data")
+    dataset.check(specs)
+    fixed = specs[0].shape[0] if specs and specs[0].shape and isinstance(specs[0].shape[0], int) else None
+    for batch in dataset.batches(fixed):
+        yield prepare_feeds(a, b, batch, data, dims, seed)
 
 
 def compare_models(a: Any, b: Any, inputs: Any = None, *, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
@@ -492,17 +491,19 @@ def compare_models(a: Any, b: Any, inputs: Any = None, *, rtol: float = DEFAULT_
                                     "tensors to mark; compare its ONNX model instead")
     ea = open_endpoint(a, b)
     eb = open_endpoint(b, a)
-    samples, info = _samples(ea, eb, inputs, data, dims, seed)
     shown = None
-    mismatched = 0
-    for i, feeds in enumerate(samples):
+    mismatched = count = 0
+    for feeds, info in _samples(ea, eb, inputs, data, dims, seed):
         outs_a, outs_b = ea.run(feeds), eb.run(feeds)
         comp = compare_outputs(outs_a, outs_b, rtol, atol, strict_zeros=strict_zeros)
         mismatched += not comp.equal
         if shown is None or (not comp.equal and mismatched == 1):
-            shown = (i, feeds, comp, outs_a, outs_b)
-    i, feeds, comp, outs_a, outs_b = shown
-    report = ComparisonReport(ea, eb, comp, info, len(samples), i, mismatched, None, feeds, outs_a, outs_b)
+            shown = (count, feeds, comp, outs_a, outs_b, info)
+        count += 1
+    i, feeds, comp, outs_a, outs_b, info = shown
+    if data is not None:
+        info = {**info, "batches": count}
+    report = ComparisonReport(ea, eb, comp, info, count, i, mismatched, None, feeds, outs_a, outs_b)
     if mark_all:
         report.mark_all, all_a, all_b = _walk(ea, eb, feeds, rtol, atol, strict_zeros)
         report.outputs_a, report.outputs_b = {**all_a, **outs_a}, {**all_b, **outs_b}
