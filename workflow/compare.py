@@ -49,8 +49,8 @@ __all__ = ["RUNTIMES", "ComparisonReport", "Divergence", "Endpoint", "compare_mo
 @dataclass
 class Endpoint:
     """One way to run a model. `path` is how messages name it (what the user wrote); `runtime` one of RUNTIMES
-    or "artifact"; `proto` the ONNX model that runs (None for compiled code); `ir` optc's IR of it when the
-    endpoint made it (its nodes keep `meta["from"]`); `inputs`/`outputs` the signature."""
+    or "artifact"; `proto` the ONNX model that runs (None for compiled code); `ir` optc's IR of it (the nodes
+    of a model rewritten in this process keep `meta["from"]`); `inputs`/`outputs` the signature."""
 
     path: str
     runtime: str
@@ -63,10 +63,6 @@ class Endpoint:
     @property
     def description(self) -> str:
         return f"{self.path} ({self.runtime})"
-
-    @property
-    def can_mark(self) -> bool:
-        return self.proto is not None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph outputs by name for `feeds` (OptcError, one line, when the runtime fails)."""
@@ -166,7 +162,7 @@ def open_endpoint(spec: Any, other: Any = None) -> Endpoint:
     if path is None:
         base = other
         if isinstance(base, str | os.PathLike):
-            base, other_runtime = _split(os.fspath(base))
+            base, _ = _split(os.fspath(base))
             if base is None:
                 raise OptcError(f"'{spec}' and '{other}' are both runtime names; one side must name a model")
             if is_artifact(base):
