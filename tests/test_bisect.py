@@ -3,6 +3,8 @@ rule (tests/_broken_rewrite.py) is named, and none is named when every rewrite i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optc
 import pytest
@@ -67,6 +69,13 @@ def test_bisect_with_a_limit_is_refused(src, tmp_path, capfd):
     rc = main(["optimize", src, "-o", str(tmp_path / "o.onnx"), "--bisect", "--bisect-limit", "2"])
     err = capfd.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--bisect or --bisect-limit" in err
+
+
+def test_bisect_json(src, tmp_path, capfd):
+    rc = main(["optimize", src, "-o", str(tmp_path / "o.onnx"), "-p", B.PIPELINE, "--bisect", "--json"])
+    doc = json.loads(capfd.readouterr().out)
+    bad = next(r for r in _records(src, B.PIPELINE) if r.rule == "BrokenMaxPool")
+    assert rc == 1 and (doc["bisect"]["index"], doc["bisect"]["rule"]) == (bad.index, "BrokenMaxPool")
 
 
 def test_bisect_honours_disable_rule(src, tmp_path, capfd):

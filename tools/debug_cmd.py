@@ -34,11 +34,13 @@ def run_bisect(args, pipeline) -> int:
     print(f"optc: {result.describe()}", file=sys.stderr)
     what = "every rewrite" if keep is None else f"the first {keep} rewrites (the last good ones)"
     print(f"optc: wrote {args.output} with {what}", file=sys.stderr)
+    doc = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), "bisect": result.to_json()}
     if args.report:
         from ..fileio import write_json
 
-        write_json(args.report, {"input": args.model, "output": args.output, "pipeline": pipeline.spec(),
-                                 "bisect": result.to_json()})
+        write_json(args.report, doc)
+    if args.json:
+        print(json.dumps(doc, indent=2, allow_nan=False))
     return 1 if result.found else 0
 
 
