@@ -160,6 +160,14 @@ def squeeze_head(zero=(), seed=0):
     return b.model(IMG, [b.op("MatMul", [h, b.const(b.weights((8, 5), []))])])
 
 
+def reduce_pad(zero=(), seed=0):
+    """Conv(3->8) Relu Pad(1 on H, W) ReduceMean(axes 2, 3, keepdims 0) [N,8] Gemm(8->5)."""
+    b = Builder(seed)
+    h = b.op("Pad", [b.op("Relu", [b.conv("x", 3, 8, zero)]), b.ints([0, 0, 1, 1, 0, 0, 1, 1])])
+    h = b.op("ReduceMean", [h], axes=[2, 3], keepdims=0)
+    return b.model(IMG, [b.op("Gemm", [h, b.const(b.weights((8, 5), []))])])
+
+
 def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
     inp = model.graph.input[0]
@@ -195,6 +203,8 @@ CASES = {
     "reshape_head": (reshape_head, 0.25, [0, 4], (3 * 9 + 1) * 6 + 96 * 5 + 5 + 2),
     # 8 -> 6 channels through Squeeze and Unsqueeze (the channel axis moves from 1 to 2)
     "squeeze_head": (squeeze_head, 0.25, [6, 7], (3 * 9 + 1) * 6 + 6 * 5 + 2 + 1),
+    # 8 -> 6 channels through Pad (spatial) and ReduceMean over H, W (the channel axis stays 1)
+    "reduce_pad": (reduce_pad, 0.25, [2, 5], (3 * 9 + 1) * 6 + 8 + 6 * 5),
     # 16 -> 12 ([3, 7, 11, 15]) and 8 -> 6
     "mlp": (mlp, 0.25, [3, 7], (12 * 12 + 12) + (12 * 6 + 6) + 6 * 3),
 }
@@ -247,7 +257,7 @@ def test_channels_reaching_a_graph_output_are_kept():
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("what", ["reshape", "transpose", "grouped"])
+@pytest.mark.parametrize("what", ["reshape", "transpose", "grouped", "reduce", "pad"])
 def test_unknown_layout_ops_and_grouped_convs_block_their_group(what):
     b = Builder()
     h = b.op("Relu", [b.conv("x", 3, 8)])
@@ -256,11 +266,16 @@ def test_unknown_layout_ops_and_grouped_convs_block_their_group(what):
         y = b.op("ReduceMean", [h], axes=[2])
     elif what == "transpose":
         y = b.op("Transpose", [h], perm=[0, 2, 3, 1])
+    elif what == "reduce":
+        y = b.op("ReduceMax", [h], axes=[1])  # over the channels
+    elif what == "pad":
+        y = b.op("Pad", [h, b.ints([0, 1, 0, 0, 0, 1, 0, 0])])  # pads the channel axis
     else:
         y = b.conv(h, 8, 8, group=2)
     model = b.model(IMG, [y])
     pruned, report = prune(model, 0.5)
-    word = {"reshape": "Reshape", "transpose": "Transpose", "grouped": "grouped Conv"}[what]
+    word = {"reshape": "Reshape", "transpose": "Transpose", "grouped": "grouped Conv", "reduce": "ReduceMax",
+            "pad": "Pad"}[what]
     blocked = [g for g in report.groups_skipped if word in (g.reason or "")]
     assert blocked and all("Conv_" in p for p in blocked[0].producers)
     feeds = _feeds(model)

@@ -13,8 +13,8 @@ every position on that axis, the (space, channel) it holds, or -1 for a channel 
   - Concat along the channel axis concatenates the maps (so indices are offset); along another axis it is an
     elementwise join;
   - Flatten (or a Reshape to [batch, -1] with a constant shape) repeats each channel over the flattened trailing
-    dims (feature index = channel * H * W + ...); Squeeze/Unsqueeze of other axes move the channel axis; an
-    inference Dropout passes them through;
+    dims (feature index = channel * H * W + ...); Squeeze/Unsqueeze and Reduce* over other axes move the channel
+    axis; an inference Dropout, and a Pad that leaves the channel axis alone, pass them through;
   - the contracting input of Conv (group 1), Gemm (A, transA = 0) and MatMul (A's last axis) with a constant
     weight *absorbs* the map: the weight's matching input rows are removed.
 Anything else — a graph output, Reshape, Transpose, a grouped Conv, an op in a subgraph, a non-constant weight,
@@ -37,6 +37,8 @@ __all__ = ["ChannelAnalysis", "ChannelMap", "analyze", "producer_weight_axis"]
 # per-channel constants of shape [C] (sliced) for the normalizations.
 _PER_CHANNEL_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
 _POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+_REDUCTIONS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceSumSquare", "ReduceProd", "ReduceL1",
+               "ReduceL2", "ReduceLogSum", "ReduceLogSumExp"}
 
 
 @dataclass
@@ -189,6 +191,28 @@ def _moved_axis(node: Node, axis: int) -> int | None:
     return kept[axis] if axis < len(kept) else None
 
 
+def _reduced_axis(node: Node, axis: int) -> int | None:
+    """Where `axis` lands in the output of a Reduce* over other axes (None: it is reduced, or the axes are not
+    constant)."""
+    axes = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else node.attr("axes")
+    rank = node.inputs[0].rank
+    if axes is None or rank is None or np.size(axes) == 0:
+        return None
+    axes = {int(a) % rank for a in np.atleast_1d(axes)}
+    if axis in axes:
+        return None
+    return axis if node.attr("keepdims", 1) else axis - sum(a < axis for a in axes)
+
+
+def _pad_keeps_channels(node: Node, axis: int) -> bool:
+    """A Pad whose constant pads leave `axis` alone (and whose optional axes input is absent)."""
+    pads = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    rank = node.inputs[0].rank
+    if pads is None or rank is None or pads.shape != (2 * rank,) or (len(node.inputs) > 3 and node.inputs[3]):
+        return False
+    return pads[axis] == 0 and pads[rank + axis] == 0
+
+
 def _aligned_dim(shape: tuple, out_rank: int, axis: int) -> int | None:
     """The dim of a broadcast operand of `shape` that lines up with `axis` of a rank-`out_rank` result (None:
     the operand has no such dim)."""
@@ -286,6 +310,12 @@ class _Walker:
         if op in ("Squeeze", "Unsqueeze"):
             return None if first and _moved_axis(node, m.axis) is not None else \
                 "it removes the channel axis, or its axes are not constant"
+        if op in _REDUCTIONS:
+            return None if first and _reduced_axis(node, m.axis) is not None else \
+                "it reduces over the channels, or its axes are not constant"
+        if op == "Pad":
+            return None if first and _pad_keeps_channels(node, m.axis) else \
+                "it pads the channel axis, or its pads are not constant"
         if op == "Dropout":
             training = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else False
             return None if first and training is not None and not bool(training) else \
@@ -347,7 +377,9 @@ class _Walker:
             return m
         if op in ("Squeeze", "Unsqueeze"):
             return ChannelMap(_moved_axis(node, m.axis), m.space, m.index)
-        if op == "Dropout":
+        if op in _REDUCTIONS:
+            return ChannelMap(_reduced_axis(node, m.axis), m.space, m.index)
+        if op in ("Dropout", "Pad"):
             return m
         if op in ("Flatten", "Reshape"):
             shape = node.inputs[0].shape
