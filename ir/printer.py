@@ -6,7 +6,7 @@ The form, by example::
     graph main (%x: float32[N,3,32,32], %n: int64[]) -> (%y: float32[N,8,32,32]) {
       %w = init float32[8, 3, 3, 3]                  # elided payload (`values=True` prints it)
       %b = init float32[8] [0.5, -0.0, inf, nan, 1e-05, 2.0, 3.0, 4.0]
-      %c = Conv(%x, %w, %b) {pads=[1, 1, 1, 1], auto_pad='NOTSET'}
+      %c = Conv(%x, %w, %b) {pads=[1, 1, 1, 1], auto_pad='NOTSET'}   # `types=True`: %c: float32[N,8,32,32] = ...
       %y, None = com.microsoft::Op(%c, None) {alpha=0.2, axes=[]:ints, t=float32[2] [1.0, 2.0]}
       %z = If(%cond)
         then_branch: then (): -> (%a: float32[2]) {...}
@@ -24,6 +24,7 @@ strings, metadata, per-node opset versions and function overloads are not part o
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,12 +41,14 @@ KEYWORDS = frozenset({"None", "init", "return", "graph", "function", "sparse", "
                       "_"})
 
 
-def format_model(model: Model, max_nodes: int | None = None, *, values: bool = False) -> str:
+def format_model(model: Model, max_nodes: int | None = None, *, values: bool = False, types: bool = False) -> str:
     """The whole model as text: header, main graph, then model-local functions.
 
     `max_nodes`: print at most that many nodes per graph (the result no longer parses). `values`: print every
-    tensor payload in full (external data is read), so that `optc.ir.parse` rebuilds the exact model.
+    tensor payload in full (external data is read), so that `optc.ir.parse` rebuilds the exact model. `types`:
+    print the type of every node output too (`%c: float32[N,8,32,32] = Conv(...)`; `?` where unknown).
     """
+    style = _Style(values, types)
     opsets = ", ".join(f"{_domain(d)}: {v}" for d, v in model.opset_imports.items())
     header = f"<ir_version: {model.ir_version}, opsets: {{{opsets}}}"
     if model.producer_name or model.producer_version:
@@ -53,21 +56,26 @@ def format_model(model: Model, max_nodes: int | None = None, *, values: bool = F
         if model.producer_version:
             header += f" {model.producer_version!r}"
     lines = [header + ">"]
-    lines += _graph_lines(model.graph, "graph", 0, max_nodes, values)
+    lines += _graph_lines(model.graph, "graph", 0, max_nodes, style)
     for fn in model.functions.values():
         lines.append("")
-        lines += _function_lines(fn, values)
+        lines += _function_lines(fn, style)
     return "\n".join(lines)
 
 
-def format_graph(graph: Graph, *, values: bool = False) -> str:
-    """One graph as text."""
-    return "\n".join(_graph_lines(graph, "graph", 0, None, values))
+def format_graph(graph: Graph, *, values: bool = False, types: bool = False) -> str:
+    """One graph as text (`values`, `types`: see `format_model`)."""
+    return "\n".join(_graph_lines(graph, "graph", 0, None, _Style(values, types)))
 
 
-def format_node(node: Node, *, values: bool = False) -> str:
+def format_node(node: Node, *, values: bool = False, types: bool = False) -> str:
     """One node as a line of text (its subgraphs, if any, on the lines after it)."""
-    return "\n".join(_node_lines(node, 0, values))
+    return "\n".join(_node_lines(node, 0, _Style(values, types)))
+
+
+class _Style(NamedTuple):
+    values: bool  # tensor payloads in full
+    types: bool  # node output types
 
 
 def format_type(t) -> str:
@@ -126,27 +134,27 @@ def _typed(v: Value) -> str:
     return f"{_val(v)}: {format_type(t)}"
 
 
-def _graph_lines(g: Graph, keyword: str, indent: int, max_nodes: int | None, values: bool) -> list[str]:
+def _graph_lines(g: Graph, keyword: str, indent: int, max_nodes: int | None, style: _Style) -> list[str]:
     pad = "  " * indent
     ins = ", ".join(_typed(v) for v in g.inputs)
     outs = ", ".join(_typed(v) for v in g.outputs)
     lines = [f"{pad}{keyword} {_name(g.name, keywords=KEYWORDS) if g.name else '_'} ({ins}) -> ({outs}) {{"]
     for v in g.initializers.values():
-        lines.append(f"{pad}  {_val(v)} = init {format_tensor(v.const, values)}")
+        lines.append(f"{pad}  {_val(v)} = init {format_tensor(v.const, style.values)}")
     for i, n in enumerate(g):
         if max_nodes is not None and i >= max_nodes:
             lines.append(f"{pad}  ... {len(g) - max_nodes} more nodes")
             break
-        lines += _node_lines(n, indent + 1, values)
+        lines += _node_lines(n, indent + 1, style)
     lines.append(f"{pad}  return {', '.join(_val(v) for v in g.outputs)}")
     lines.append(f"{pad}}}")
     return lines
 
 
-def _function_lines(fn: Function, values: bool) -> list[str]:
+def _function_lines(fn: Function, style: _Style) -> list[str]:
     g = fn.graph
     params = [_name(a) for a in fn.attributes]  # attributes without a default, then those with one
-    params += [f"{_name(k)}={_attr_value(a, values)}" for k, a in fn.attribute_defaults.items()]
+    params += [f"{_name(k)}={_attr_value(a, style.values)}" for k, a in fn.attribute_defaults.items()]
     attrs = f"<{', '.join(params)}>" if params else ""
     ins = ", ".join(_val(v) for v in g.inputs)
     outs = ", ".join(_val(v) for v in g.outputs)
@@ -156,33 +164,33 @@ def _function_lines(fn: Function, values: bool) -> list[str]:
     lines = [f"function {_domain(fn.domain) if fn.domain else ''}::{_name(fn.name)}{attrs}({ins}) -> ({outs})"
              f"{opsets} {{"]
     for n in g:
-        lines += _node_lines(n, 1, values)
+        lines += _node_lines(n, 1, style)
     lines.append(f"  return {outs}")
     lines.append("}")
     return lines
 
 
-def _node_lines(n: Node, indent: int, values: bool) -> list[str]:
+def _node_lines(n: Node, indent: int, style: _Style) -> list[str]:
     pad = "  " * indent
     op = _name(n.op_type, keywords=KEYWORDS)
     if n.domain:
         op = f"{_domain(n.domain)}::{op}"
-    outs = ", ".join(_val(o) for o in n.outputs)
+    outs = ", ".join(_typed(o) if style.types and o is not None else _val(o) for o in n.outputs)
     ins = ", ".join(_val(v) for v in n.inputs)
     plain, graphs = [], []
     for a in n.attributes.values():
         if not a.ref_attr_name and (a.type == AttrType.GRAPH or (a.type == AttrType.GRAPHS and a.value)):
             graphs.append(a)
         else:
-            plain.append(f"{_name(a.name)}={_attr_value(a, values)}")
+            plain.append(f"{_name(a.name)}={_attr_value(a, style.values)}")
     attrs = f" {{{', '.join(plain)}}}" if plain else ""
     lines = [f"{pad}{outs + ' = ' if outs else ''}{op}({ins}){attrs}"]
     for a in graphs:
         if a.type == AttrType.GRAPH:
-            lines += _graph_lines(a.value, f"{_name(a.name)}:", indent + 1, None, values)
+            lines += _graph_lines(a.value, f"{_name(a.name)}:", indent + 1, None, style)
         else:
             for i, sub in enumerate(a.value):
-                lines += _graph_lines(sub, f"{_name(a.name)}[{i}]:", indent + 1, None, values)
+                lines += _graph_lines(sub, f"{_name(a.name)}[{i}]:", indent + 1, None, style)
     return lines
 
 

@@ -4,7 +4,7 @@ filecheck tests are).
 A test file holds the input IR, the pipeline to run and what its printed output must contain::
 
     // RUN: eliminate-noops,dce
-    // RUN-FLAGS: fast-math                      (optional: fast-math, elided=random|zeros, no-infer-shapes)
+    // RUN-FLAGS: fast-math       (optional: fast-math, print-types, elided=random|zeros, no-infer-shapes)
     // NUMERICS: rtol=1e-5 atol=1e-6             (optional; the default is bit-exact outputs)
     // NO-NUMERICS: why the outputs cannot be compared   (optional, instead of NUMERICS)
     <ir_version: 8, opsets: {ai.onnx: 17}>
@@ -21,7 +21,7 @@ A test file holds the input IR, the pipeline to run and what its printed output 
 The text outside `//` comments is parsed with `optc.ir.parse` (elided payloads stay an error unless
 `elided=random` or `elided=zeros` is given); ONNX shape inference runs first (as the rule tests' `parse` does)
 unless `no-infer-shapes`; then the pipeline (a `-p` string of `optc optimize`), then the IR verifier. The
-printed result (`format_model`) is matched against the checks:
+printed result (`format_model`; with `print-types`, node outputs show their types) is matched against the checks:
 
 - `CHECK: p` — `p` occurs at or after the end of the previous match;
 - `CHECK-NEXT: p` — on the line right after the previous match; `CHECK-SAME: p` — on the same line, after it;
@@ -53,7 +53,7 @@ from ..errors import OptcError
 _DIRECTIVE = re.compile(r"^\s*//\s*(?P<kind>[A-Z][A-Z-]*):(?P<rest>.*)$")
 _CHECK_KINDS = ("CHECK", "CHECK-NEXT", "CHECK-SAME", "CHECK-NOT", "CHECK-LABEL", "CHECK-EMPTY")
 _OTHER_KINDS = ("RUN", "RUN-FLAGS", "NUMERICS", "NO-NUMERICS")
-_FLAGS = ("fast-math", "no-infer-shapes", "elided=random", "elided=zeros")
+_FLAGS = ("fast-math", "print-types", "no-infer-shapes", "elided=random", "elided=zeros")
 
 
 class CheckFailure(AssertionError):
@@ -179,7 +179,7 @@ def run_test(test: IRTest, passes=None) -> IRTestResult:
         after = to_onnx(model)
     except OptcError as exc:
         raise CheckFailure(f"{test.source}: {exc}") from None
-    output = format_model(model)
+    output = format_model(model, types="print-types" in test.flags)
     outs_after = [(v.name, format_type(v.type)) for v in model.graph.outputs]
     if outs_after != outs_before:
         raise CheckFailure(f"{test.source}: the graph outputs changed: {outs_before} -> {outs_after}")

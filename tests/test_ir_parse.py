@@ -79,6 +79,8 @@ def test_examples_round_trip_and_compute_the_same(path):
     model = load(path)
     text, parsed = _round_trip(model)
     assert "init float32[" in text
+    typed = format_model(model, values=True, types=True)  # node output types (`?` where the model has none)
+    assert format_model(parse(typed), values=True, types=True) == typed and " = Conv(" in typed
     proto = onnx.load(path)
     _same_outputs(proto, parsed, random_feeds(proto))
     # the default (elided) form also round-trips as text once stand-ins are allowed, but refuses without them
@@ -303,6 +305,8 @@ def test_show_values_parses_back(tmp_path, capsys):
     assert main(["show", "--values", path]) == 0
     text = capsys.readouterr().out
     assert format_model(parse(text), values=True) == text.rstrip("\n")
+    assert main(["show", "--types", "--max-nodes", "1", path]) == 0
+    assert "... " in capsys.readouterr().out
     assert main(["show", "--help"]) == 0
     assert "optc.ir.parse" in capsys.readouterr().out
 

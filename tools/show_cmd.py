@@ -7,7 +7,7 @@ from ..ir.printer import format_model
 
 
 def run(args) -> int:
-    print(format_model(load(args.model), max_nodes=args.max_nodes, values=args.values))
+    print(format_model(load(args.model), max_nodes=args.max_nodes, values=args.values, types=args.types))
     return 0
 
 
@@ -24,4 +24,6 @@ def register(sub) -> None:
     p.add_argument("--values", action="store_true",
                    help="print every tensor payload in full (external data too), so the text parses back to the "
                         "exact model")
+    p.add_argument("--types", action="store_true",
+                   help="print the type of every node output (as far as the model states them; `?` where not)")
     p.set_defaults(func=run)
