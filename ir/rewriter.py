@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .constants import Constants
 from .core import AttrType, Graph, Model, Node, Value
 from .tensors import NumpyTensor, Tensor
 from .types import TensorType
@@ -53,6 +54,7 @@ class Rewriter:
         self.listeners: list[Any] = list(listeners)
         self._names: set[str] | None = None
         self._outputs: dict[Value, list[Graph]] | None = None
+        self._constants: Constants | None = None
         self._node_counter = 0
 
     # -- listeners --------------------------------------------------------------------------------
@@ -364,6 +366,13 @@ class Rewriter:
     def set_graph_inputs(self, graph: Graph, values: Sequence[Value]) -> None:
         """Replace `graph`'s input list (e.g. drop weights that were listed as inputs); values keep their uses."""
         graph.inputs = list(values)
+        self._constants = None
+
+    def constants(self) -> Constants:
+        """Which values are really constants (`ir.constants`), for the target as it is now."""
+        if self._constants is None:
+            self._constants = Constants(self.graphs())
+        return self._constants
 
     def remove_function(self, key: tuple) -> None:
         """Drop a model-local function (domain, name, overload) that nothing calls."""

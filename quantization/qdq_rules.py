@@ -301,7 +301,7 @@ class QuantizeOp(Rule):
             if not _is_float32(v):
                 self._skip(node, f"input {i} ('{v.name}') is not float32")
             if role == ACT:
-                if v.const is not None:
+                if m.is_initializer(v):
                     plan[i] = "const"
                 elif v.name in ctx.nonfinite:
                     self._skip(node, f"'{v.name}' held NaN or infinities during calibration")
@@ -310,14 +310,14 @@ class QuantizeOp(Rule):
                 else:
                     plan[i] = ACT
             elif role == WEIGHT:
-                if v.const is not None:
+                if m.is_initializer(v):
                     plan[i] = WEIGHT
                 elif ctx.activation(v) is not None and v.name not in ctx.nonfinite:
                     plan[i] = ACT  # MatMul of two activations (attention scores)
                 else:
                     self._skip(node, f"input {i} ('{v.name}') is neither a constant nor calibrated")
             elif role == BIAS:
-                plan[i] = BIAS if v.const is not None and plan.get(1) == WEIGHT and self._input_scale_known(node, plan) \
+                plan[i] = BIAS if m.is_initializer(v) and plan.get(1) == WEIGHT and self._input_scale_known(node, plan) \
                     else "keep"
         out_qp, absorbed = self._output_plan(node, m.graph)
         changes = {i: p for i, p in plan.items() if p != "keep"}

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ir.constants import Constants
 from ..ir.core import Graph, Node, Value
 from ..ir.schema import Trait, attribute_default, get_schema, has_trait
 
@@ -50,11 +51,11 @@ def require(cond: Any, reason: str = "a check failed") -> bool:
 class MatchState:
     """Bindings of one match attempt, plus trace bookkeeping."""
 
-    __slots__ = ("graph", "bindings", "nodes", "node_list", "opsets", "trace", "best", "graph_inputs",
+    __slots__ = ("graph", "bindings", "nodes", "node_list", "opsets", "trace", "best", "constants",
                  "fail_reason")
 
     def __init__(self, graph: Graph | None, opsets: dict[str, int], trace: bool = False,
-                 graph_inputs: set[Value] | None = None):
+                 constants: Constants | None = None):
         self.graph = graph
         self.bindings: dict[str, Any] = {}
         self.nodes: dict[NodePattern, Node] = {}
@@ -62,7 +63,9 @@ class MatchState:
         self.opsets = opsets
         self.trace = trace
         self.best: tuple[int, str, list[Node], dict[str, Any]] | None = None
-        self.graph_inputs = graph_inputs
+        # which values are constants (initializers that are also graph inputs are not); default: judged by the
+        # inputs of the matched graph and the graphs around it
+        self.constants = constants if constants is not None else Constants(_enclosing(graph))
         self.fail_reason = ""
 
     def fail(self, reason: str | Callable[[], str]) -> None:
@@ -73,11 +76,6 @@ class MatchState:
                 text = reason() if callable(reason) else reason
                 self.best = (depth, text, list(self.node_list), dict(self.bindings))
 
-    def is_graph_input(self, v: Value) -> bool:
-        if self.graph_inputs is None:
-            g = self.graph
-            self.graph_inputs = set(g.inputs) if g is not None else set()
-        return v in self.graph_inputs
 
 
 # -- value patterns ---------------------------------------------------------------------------------------
@@ -230,22 +228,17 @@ class Const(ValuePattern):
         return f"{self.name or ''}Const({', '.join(inner)})"
 
 
-def const_array(v: Value, st: MatchState | None = None) -> np.ndarray | None:
-    """The constant data of `v` (initializer not overridable by a graph input, or Constant node) or None."""
-    if v.const is not None:
-        if v.producer is None and st is not None and st.is_graph_input(v):
-            return None
-        try:
-            return v.const.numpy()
-        except Exception:  # noqa: BLE001 - unreadable payloads (missing external data) are not constants here
-            return None
-    p = v.producer
-    if p is not None and p.op_type == "Constant" and p.domain == "":
-        try:
-            return v.const_value()
-        except Exception:  # noqa: BLE001
-            return None
-    return None
+def const_array(v: Value, st: MatchState) -> np.ndarray | None:
+    """The constant data of `v` (an initializer that no graph input overrides, or a Constant node) or None."""
+    return st.constants.data(v)
+
+
+def _enclosing(graph: Graph | None) -> list[Graph]:
+    graphs = []
+    while graph is not None:
+        graphs.append(graph)
+        graph = graph.parent.graph if graph.parent is not None else None
+    return graphs
 
 
 def _const_equals(arr: np.ndarray, value: Any) -> bool:

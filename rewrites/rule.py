@@ -187,6 +187,10 @@ class Match:
             return None
         return const_array(v, self._st)
 
+    def is_initializer(self, v: Value | None) -> bool:
+        """Is `v` an initializer that no graph input can override (a weight the rewrite may read and bake)?"""
+        return v is not None and v.const is not None and self._st.constants.is_constant(v)
+
     def node(self, op_type: str) -> Node:
         """The first matched node with this op type."""
         for n in self.nodes:
@@ -305,16 +309,9 @@ class RuleApplier:
         self.trace_rules = trace_rules  # ... of these rules only
         self.fast_math = fast_math
         self.attempts = 0
-        self._inputs: set[Value] | None = None
         self._function_graphs: set[Graph] | None = None
         self.last_failure: str = ""  # with tracing: the explanation of the last failed match (multi-line)
         self.last_reason: str = ""  # ... its reason and best partial match on one line
-
-    def _all_graph_inputs(self) -> set[Value]:
-        """Inputs of every graph: an initializer among them may be overridden at run time (not a constant)."""
-        if self._inputs is None:
-            self._inputs = {v for g in self.rw.graphs() for v in g.inputs}
-        return self._inputs
 
     def _is_main_graph(self, g: Graph) -> bool:
         return g is self.rw.graph and g.parent is None and (
@@ -327,7 +324,7 @@ class RuleApplier:
         cp = rule.compiled()
         g = node.graph
         opsets = opsets or self.opsets
-        st = MatchState(g, opsets, self.trace or rule.name in self.trace_rules, self._all_graph_inputs())
+        st = MatchState(g, opsets, self.trace or rule.name in self.trace_rules, self.rw.constants())
         self.last_failure = ""
         self.last_reason = "the pattern does not match"
         for root in cp.roots:
@@ -487,7 +484,7 @@ class RuleApplier:
         erased = [n for n in m.nodes if n.graph is None and n.name]
         same = [n for n in erased if n.key == made.key]
         donor = same[0] if same else (m.root if m.root in erased else None)
-        if donor is not None:
+        if donor is not None and all(n.name != donor.name for n in builder.nodes):  # the rule named one itself
             made.name = donor.name
 
     def _inline(self, body: Graph, root: Node) -> dict[Value, Value]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...ir.core import Graph, Model, Node, Value
+from ...ir.core import Graph, Model, Node
 
 
 def graphs_of(model: Model) -> list[Graph]:
@@ -25,17 +25,6 @@ def root_graph(graph: Graph) -> Graph:
     while g.parent is not None and g.parent.graph is not None:
         g = g.parent.graph
     return g
-
-
-def is_graph_input(v: Value, graph: Graph | None) -> bool:
-    """True if `v` is an input of `graph` or of a graph enclosing it (an initializer that is also a graph
-    input can be overridden at run time, so it is not a constant)."""
-    g = graph
-    while g is not None:
-        if any(i is v for i in g.inputs):
-            return True
-        g = g.parent.graph if g.parent is not None else None
-    return False
 
 
 def describe(node: Node) -> str:

@@ -165,7 +165,6 @@ class ConstantFolder:
         self._fn_opsets = function_graphs(model) if model is not None else {}
         self._fn_roots: set[int] = set(self._fn_opsets)
         self._local_fns = {(d, n) for d, n, _ in model.functions} if model is not None else set()
-        self._input_ids: dict[int, set[int]] = {}
 
     # -- queries ------------------------------------------------------------------------------------
     def _opsets(self, graph: Graph) -> dict[str, int]:
@@ -174,32 +173,11 @@ class ConstantFolder:
     def _in_function(self, graph: Graph) -> bool:
         return id(root_graph(graph)) in self._fn_roots
 
-    def _is_input(self, v: Value, graph: Graph) -> bool:
-        g = graph
-        while g is not None:
-            ids = self._input_ids.get(id(g))
-            if ids is None or len(ids) != len(g.inputs):
-                ids = self._input_ids[id(g)] = {id(i) for i in g.inputs}
-            if id(v) in ids:
-                return True
-            g = g.parent.graph if g.parent is not None else None
-        return False
-
     def _is_constant(self, v: Value, graph: Graph) -> bool:
-        if v.const is not None:
-            return not self._is_input(v, graph)
-        p = v.producer
-        return p is not None and p.op_type == "Constant" and p.domain == ""
+        return self.rewriter.constants().is_constant(v)
 
     def _constant(self, v: Value, graph: Graph) -> np.ndarray | None:
-        if v.const is not None:
-            if self._is_input(v, graph):
-                return None
-            return v.const.numpy()
-        p = v.producer
-        if p is not None and p.op_type == "Constant" and p.domain == "":
-            return constant_node_value(p)
-        return None
+        return self.rewriter.constants().data(v)
 
     # -- folding ------------------------------------------------------------------------------------
     def __call__(self, node: Node) -> bool:
@@ -392,7 +370,7 @@ class ConstantFolder:
         """Identity of an initializer: its users read the initializer itself (no copy of the weight)."""
         x = node.inputs[0] if node.inputs else None
         o = node.outputs[0] if node.outputs else None
-        if x is None or o is None or x.const is None or self._is_input(x, graph):
+        if x is None or o is None or x.const is None or not self._is_constant(x, graph):
             return False
         if self.rewriter.is_graph_output(o):
             return False
