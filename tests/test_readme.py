@@ -4,11 +4,14 @@ repository root, in document order (a later block may use what an earlier one wr
 - bash: the block runs with `bash -e` and must exit 0. Install steps (`python3 -m venv DIR`, `. DIR/bin/activate`,
   `pip install ...`) at the start of a `&&` chain are left out: the test runs in the environment that has optc
   installed, and CI (`.ci/run`) runs the install itself. They are counted in the summary.
-- console: each `$ command` runs with bash; the lines after it are its expected output. When they hold
-  `optc: error:` the command must fail and its stderr must match, otherwise it must succeed and its stdout must
-  match. Lines are compared with numbers and runs of spaces normalized (timings and sizes vary); a line `...`
-  stands for any number of lines.
+- console: each `$ command` runs with bash; the lines after it are its expected output, compared with what
+  the terminal would show (stdout and stderr together, TVM's native log lines aside). When they hold
+  `optc: error:` the command must fail, otherwise it must succeed. Lines are compared with numbers and runs of
+  spaces normalized (timings and sizes vary); a line `...` stands for any number of lines.
 - python: the block runs with this interpreter and must exit 0.
+
+Every block starts with an empty calibration cache (`XDG_CACHE_HOME` in a temporary directory), so what a block
+prints does not depend on what ran before it, and the user's own cache is left alone.
 
 A block is skipped only when the line before it (blank lines aside) is `<!-- readme-test: skip (REASON) -->`;
 skipped blocks and their reasons are printed with the summary. Outputs must go outside the package directory
@@ -22,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,36 +147,37 @@ def match_lines(expected: list[str], actual: list[str]) -> str | None:
     return "expected:\n  " + "\n  ".join(expected) + "\ngot:\n  " + "\n  ".join(actual)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # this venv's optc, python
-    return env
-
-
-def _run(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(argv: list[str], cache: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run from the repository root with this venv's optc and python first on PATH; stderr joins stdout."""
+    env = dict(os.environ, XDG_CACHE_HOME=cache)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
 
 
 def run_block(block: Block) -> tuple[str | None, int]:
     """Run one block: (None or what failed, install steps left out)."""
-    if block.lang == "python":
-        r = _run([sys.executable, "-c", block.code])
-        return (None if r.returncode == 0 else f"exit {r.returncode}\n{r.stderr[-3000:]}"), 0
-    if block.lang == "bash":
-        code, dropped = without_install(block.code)
-        r = _run(["bash", "-e", "-c", code])
-        return (None if r.returncode == 0 else f"exit {r.returncode}\n{r.stdout[-1500:]}{r.stderr[-3000:]}"), dropped
-    for command, expected in console_commands(block.code):
-        command, dropped = without_install(command)
-        r = _run(["bash", "-c", command])
-        fails = any("optc: error:" in e for e in expected)
-        if fails != (r.returncode != 0):
-            return (f"$ {command.strip()}: exit {r.returncode}, expected {'a failure' if fails else '0'}\n"
-                    f"{r.stdout[-1500:]}{r.stderr[-3000:]}"), dropped
-        diff = match_lines(expected, (r.stderr if fails else r.stdout).splitlines()) if expected else None
-        if diff:
-            return f"$ {command.strip()}: output differs\n{diff}", dropped
-    return None, 0
+    with tempfile.TemporaryDirectory(prefix="optc-readme-cache-") as cache:
+        if block.lang == "python":
+            r = _run([sys.executable, "-c", block.code], cache)
+            return (None if r.returncode == 0 else f"exit {r.returncode}\n{r.stdout[-3000:]}"), 0
+        if block.lang == "bash":
+            code, dropped = without_install(block.code)
+            r = _run(["bash", "-e", "-c", code], cache)
+            return (None if r.returncode == 0 else f"exit {r.returncode}\n{r.stdout[-3000:]}"), dropped
+        dropped = 0
+        for command, expected in console_commands(block.code):
+            command, n = without_install(command)
+            dropped += n
+            r = _run(["bash", "-c", command], cache)
+            fails = any("optc: error:" in e for e in expected)
+            if fails != (r.returncode != 0):
+                return (f"$ {command.strip()}: exit {r.returncode}, expected {'a failure' if fails else '0'}\n"
+                        f"{r.stdout[-3000:]}"), dropped
+            diff = match_lines(expected, r.stdout.splitlines()) if expected else None
+            if diff:
+                return f"$ {command.strip()}: output differs\n{diff}", dropped
+        return None, dropped
 
 
 # -- fast checks ---------------------------------------------------------------------------------------------
