@@ -193,7 +193,7 @@ CASES = {
     # one group of 8 -> 6 (both convs before the Add), the Mul constant [8,1,1] -> 6, the last conv's inputs
     "residual": (residual_cnn, 0.25, [0, 3], (3 * 9 + 1) * 6 + (6 * 9 + 1) * 6 + 6 + (6 * 9 * 4 + 4)),
     # groups of 4 -> 3 and 8 -> 6; the Add constant and the consumer follow the concatenation (9 channels)
-    "concat": (concat_cnn, 0.25, [2, 6], (3 * 9 + 1) * 3 + (3 * 9 + 1) * 6 + 9 + (9 * 9 * 5 + 5)),
+    "concat": (concat_cnn, 0.25, [1, 6], (3 * 9 + 1) * 3 + (3 * 9 + 1) * 6 + 9 + (9 * 9 * 5 + 5)),
     # 8 -> 6 through the depthwise conv: (3*9+1)*6 + (9+1)*6 + 2 (Clip bounds) + (6+1)*6
     "depthwise": (depthwise_cnn, 0.25, [2, 7], (3 * 9 + 1) * 6 + (9 + 1) * 6 + 2 + (6 + 1) * 6),
     "bn": (bn_cnn, 0.25, [1, 4], (3 * 9 + 1) * 6 + 4 * 6 + (6 * 9 * 4 + 4)),
