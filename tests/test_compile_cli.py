@@ -63,9 +63,9 @@ def test_run_matches_onnxruntime_at_any_batch(artifact, tmp_path, batch):
 
 
 @pytest.mark.parametrize("arrays, fragment", [
-    ({"x": np.zeros((1, 3, 32), np.float32)}, "input 'x': expected float32 [N,3,32,32], got float32 [1,3,32]"),
-    ({"x": np.zeros((1, 3, 32, 32), np.float64)}, "expected float32 [N,3,32,32], got float64 [1,3,32,32]"),
-    ({"y": np.zeros((1, 3, 32, 32), np.float32)}, "unknown input 'y'"),
+    ({"x": np.zeros((1, 3, 32), np.float32)}, "input 'x' is float32 [1,3,32]; the model takes float32 [N,3,32,32]"),
+    ({"x": np.zeros((1, 3, 32, 32), np.float64)}, "input 'x' is float64 [1,3,32,32]; the model takes float32 [N,3,32,32]"),
+    ({"y": np.zeros((1, 3, 32, 32), np.float32)}, "unknown input 'y' (expected inputs: x)"),
 ])
 def test_run_rejects_wrong_inputs(artifact, tmp_path, arrays, fragment):
     np.savez(tmp_path / "bad.npz", **arrays)

@@ -30,7 +30,7 @@ def run_model(path: str, inputs: str | None = None, *, dims: dict[str, int] | No
     arrays = read_npz(inputs) if inputs else None
     side = open_side(path)
     if arrays is not None:
-        feeds = _check_inputs(inputs, arrays, side.inputs)
+        feeds = _check_inputs(inputs, arrays, side.inputs, "the model takes")
         source: dict = {"source": inputs}
     else:
         feeds = random_inputs(side.inputs, dims=dims, seed=seed)

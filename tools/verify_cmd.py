@@ -163,9 +163,10 @@ def _merge_specs(a: Side, b: Side, dims: dict[str, int] | None = None) -> list[I
     return merged
 
 
-def _check_inputs(path: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
+def _check_inputs(path: str, arrays: dict[str, np.ndarray], specs: list[InputSpec],
+                  takes: str = "the models take") -> dict[str, np.ndarray]:
     """`arrays` (read from `path`) checked against `specs`: the same names (`check_input_names`), dtypes, ranks
-    and fixed dims."""
+    and fixed dims; OptcError "'path': input 'x' is float64 [1,3]; <takes> float32 [N,3]" otherwise."""
     check_input_names(arrays, [s.name for s in specs], f"'{path}'")
     feeds = {}
     for spec in specs:
@@ -174,7 +175,7 @@ def _check_inputs(path: str, arrays: dict[str, np.ndarray], specs: list[InputSpe
             not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=True))
         if not ok:
             have = f"{arr.dtype} [{','.join(map(str, arr.shape))}]"
-            raise OptcError(f"'{path}': input '{spec.name}' is {have}; the models take {spec.describe()}")
+            raise OptcError(f"'{path}': input '{spec.name}' is {have}; {takes} {spec.describe()}")
         feeds[spec.name] = arr
     return feeds
 
