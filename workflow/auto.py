@@ -345,13 +345,13 @@ class _Search:
         """The baseline on every backend; the first backend's is the reference of every speed-up."""
         records = []
         for backend in self.backends:
-            path = self.model
+            path, t0 = self.model, time.perf_counter()
             if backend == "tvm-cpu":
                 path = self._compile(self.model, os.path.join(self.work, "baseline.so"), trials=0)
             if self.base_out is None:
                 self.base_out = np.concatenate([o for _, o in self._first_outputs(self.model)])
             rec = self.measure(f"baseline ({backend})", path, backend, records[0] if records else None)
-            rec["status"] = "baseline"
+            rec["status"], rec["seconds"] = "baseline", time.perf_counter() - t0  # compile included
             records.append(rec)
         return {"records": records}
 
@@ -558,7 +558,7 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
             changed = sorted(k for k in config if state.get("config", {}).get(k) != config[k])
             raise OptcError(f"--resume: the run in '{outdir}' was started with other settings ({', '.join(changed)}"
                             " differ); start a new run in another directory")
-        if state["stop_reason"] == "the time budget ended":  # resumed with time left: the search goes on
+        if (state["stop_reason"] or "").startswith("the time budget ended"):  # resumed with time left: the search goes on
             state["stop_reason"] = None
     else:
         if os.path.isdir(outdir) and os.listdir(outdir):
@@ -613,8 +613,10 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
         step = steps[i]
         if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
             state["stop_reason"] = "every requirement holds"
-        if state["stop_reason"] is None and time.monotonic() >= search.deadline:
-            state["stop_reason"] = "the time budget ended"
+        left, need = search.deadline - time.monotonic(), _estimate(step, state)
+        if state["stop_reason"] is None and left < need:
+            state["stop_reason"] = "the time budget ended" + (
+                f" ({step['name']} would take about {need:.0f} s; {max(0.0, left):.0f} s were left)" if left > 0 else "")
         if state["stop_reason"] is not None:
             break
         rec = {"name": step["name"], "kind": step["kind"]}
@@ -633,6 +635,7 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
                 backend = "tvm-cpu" if step["kind"] == "tvm" else "onnxruntime"
                 rec.update(search.measure(step["name"], path, backend, base))
                 rec["kind"], rec["details"] = step["kind"], details
+                rec["seconds"] = time.perf_counter() - t0  # building the candidate included
                 ok_acc = rec["drop"] is not None and rec["drop"] <= req.max_accuracy_drop + _EPS
                 helps, why = _helps(rec, state["best"], req)
                 if not ok_acc:
@@ -657,6 +660,23 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
     if state["stop_reason"] is None:
         state["stop_reason"] = ("every requirement holds" if req.performance and
                                 _all_met(req, state["best"], search.unit) else "every step was tried")
+
+
+def _estimate(step: dict, state: dict) -> float:
+    """Seconds `step` should take: the longest earlier step of its kind, else the median of the earlier steps
+    (the compiled baseline's compile and measurement for the first TVM step); 0 for tuning, which is given the
+    time left, and before any measurement."""
+    if step["param"] == "tuned":
+        return 0.0
+    done = [r["seconds"] for r in state["records"] if r.get("status") in ("kept", "rejected") and "seconds" in r]
+    same = [r["seconds"] for r in state["records"] if r.get("kind") == step["kind"] and "seconds" in r
+            and r.get("status") in ("kept", "rejected")]
+    if same:
+        return max(same)
+    if step["kind"] == "tvm":
+        compiled = [r.get("seconds", 0.0) for r in state["baseline"]["records"] if r["backend"] == "tvm-cpu"]
+        return max(compiled, default=0.0)
+    return float(np.median(done)) if done else 0.0
 
 
 def _all_met(req: Requirements, rec: dict, unit: str) -> bool:
