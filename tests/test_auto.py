@@ -202,6 +202,15 @@ def test_cli_error_test_set_does_not_match_model(tmp_path, capsys):
     assert rc == 2 and "test data" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_error_in_the_baseline_leaves_no_directory(tmp_path, capsys):
+    # mse against the labels array: the [N, 10] scores cannot be compared with [N] labels (found measuring)
+    rc = main(["auto", MODEL, "--eval", TEST, "--metric", "mse", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("optc: error:") and "mse" in err
+    assert err.count("optc:") == 1 and "Traceback" not in err  # progress lines before it, then one error line
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_error_no_labels(tmp_path, capsys):
     rc = main(["auto", MODEL, "--eval", CALIB, "-o", str(tmp_path / "o")])  # calibration data has no labels
     err = capsys.readouterr().err
@@ -221,7 +230,7 @@ def test_cli_runs_and_exit_code_says_unmet(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tvm_backend(tmp_path):
-    result = _run(tmp_path / "out", backends="onnxruntime,tvm-cpu", budget_minutes=3)
+    result = _run(tmp_path / "out", backends="onnxruntime,tvm-cpu", budget_minutes=1.5)
     assert [b["backend"] for b in result.baseline] == ["onnxruntime", "tvm-cpu"]
     tvm_base = result.baseline[1]
     assert tvm_base["drop"] <= 0.5 and tvm_base["max_abs_diff"] < 1e-3 and tvm_base["latency_ms"]["median_ms"] > 0

@@ -572,6 +572,7 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
     search = _Search(model, eval_data, calibration, labels=labels, metric=metric, req=req, backends=backend_list,
                      threads=threads, budget_s=budget * 60, outdir=outdir, latency_batch=latency_batch,
                      progress=progress, log=log)
+    created = [d for d in (outdir, search.work) if not os.path.isdir(d)]
     os.makedirs(search.work, exist_ok=True)
     started = time.monotonic()
     search.deadline = started + budget * 60 - state["elapsed_s"]
@@ -582,7 +583,13 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
         write_json(state_path, state)
 
     save_state.mark = started
-    _run_steps(search, state, save_state)
+    try:
+        _run_steps(search, state, save_state)
+    except OptcError:
+        if state["baseline"] is None:  # nothing measured, nothing saved: leave no directory behind
+            for d in reversed(created):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
     return _finish(search, state, save_state)
 
 
