@@ -143,7 +143,7 @@ class _Parser:
         if t.kind == "ident":
             return t.text
         if t.kind == "str":
-            return self.string(t)
+            return self.text_literal(t)
         raise self.error(f"expected {what}, found {t!r}", t)
 
     def string(self, t: _Tok) -> Any:
@@ -151,6 +151,13 @@ class _Parser:
             return ast.literal_eval(t.text)
         except (ValueError, SyntaxError) as exc:
             raise self.error(f"bad string literal: {exc}", t) from None
+
+    def text_literal(self, t: _Tok) -> str:
+        """A quoted name: a str literal (bytes are for STRING attributes and tensors only)."""
+        v = self.string(t)
+        if not isinstance(v, str):
+            raise self.error("expected a quoted name, found a bytes literal", t)
+        return v
 
     def integer(self, what: str) -> int:
         t = self.next()
@@ -162,7 +169,7 @@ class _Parser:
         raw = t.text
         if raw == "<":
             raise self.error("an unnamed value (printed as %<unnamed ...>) cannot be parsed: name it first", t)
-        return self.string(t) if raw[-1] in "'\"" else raw
+        return self.text_literal(t) if raw[-1] in "'\"" else raw
 
     # -- model ----------------------------------------------------------------------------------------------
     def model(self) -> Model:
@@ -201,7 +208,7 @@ class _Parser:
         t = self.next()
         if t.kind != "str":
             raise self.error(f"expected {what} (a quoted string), found {t!r}", t)
-        return self.string(t)
+        return self.text_literal(t)
 
     def opsets(self) -> dict[str, int]:
         self.expect("{")
@@ -487,7 +494,7 @@ class _Parser:
             elif t.kind == "ident":
                 dims.append(t.text)
             elif t.kind == "str":
-                dims.append(self.string(t))
+                dims.append(self.text_literal(t))
             else:
                 raise self.error(f"expected a dimension (a size, a name or ?), found {t!r}", t)
         return tuple(dims)

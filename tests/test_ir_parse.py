@@ -342,6 +342,7 @@ def test_good_text_parses():
     ("Relu(%x)", "Relu(%x) {t=float32[16]}", r"the payload of %t \(float32\[16\]\) is elided", 3, 20),
     ("Relu(%x)", "Relu(%x) {k=@s}", "expected ':' and the attribute's type", 3, 22),
     ("Relu(%x)", "Relu(%x) {k=@s:flot}", "unknown attribute type", 3, 23),
+    ("graph g (", "graph b'g' (", "expected a quoted name, found a bytes literal", 2, 7),
     ("(%x: float32[2])", "(%x: float32[2.5])", r"expected a dimension \(a size, a name or \?\), found '2.5'", 2, 22),
     ("%y = Relu", "%y = Relu(%x)\n  %z = If(%x)\n    branch[1]: b () -> () {\n      return\n    }\n  %q = Relu",
      r"graph branch\[1\] is out of order", 5, 5),
