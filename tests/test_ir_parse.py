@@ -433,3 +433,29 @@ def test_decimals_round_once_to_float32(text, bits):
     model = parse(GOOD.replace("Relu(%x)", f"Relu(%x) {{t=float32[1] [{text}]}}"))
     got = model.graph.first().attributes["t"].value.numpy()
     assert int(got.view(np.uint32)[0]) == bits, hex(int(got.view(np.uint32)[0]))
+
+
+def test_mutated_text_parses_or_fails_with_a_parse_error():
+    """Random edits of printed models: each parses (and then prints to text that parses back to itself), or
+    raises ParseError; nothing else escapes."""
+    import random
+
+    texts = [format_model(from_onnx(onnx.parser.parse_model(RUNNABLE)), values=True),
+             format_model(from_onnx(_every_attribute_type()), values=True)]
+    rng = random.Random(0)
+    pieces = list("%(){}[]<>,=:@?-\"'0123456789abN. \n") + [
+        "None", "init", "return", "graph", "float32", "::", "//", "b'x'", "nan:0x1", "type ", "[]:ints", "-inf",
+        "'a b'", "1e5", "-0.0", "seq<", "optional<?>", "->"]
+    parsed = 0
+    for _ in range(600):
+        t = rng.choice(texts)
+        k = rng.randrange(len(t))
+        t = t[:k] + rng.choice(pieces) + t[k + rng.randrange(0, 4):]
+        try:
+            m = parse(t)
+        except ParseError:
+            continue
+        parsed += 1
+        once = format_model(m, values=True)
+        assert format_model(parse(once), values=True) == once, t[max(0, k - 40):k + 40]
+    assert 20 < parsed < 600
