@@ -194,7 +194,11 @@ def _compare(test: IRTest, before, after) -> None:
     from ..ortsession import session
     from .rules._testing import random_feeds, same_bits
 
-    feeds = random_feeds(before)
+    try:
+        feeds = random_feeds(before)
+    except (OptcError, ValueError) as exc:  # a sequence, map or string input: no random values for it
+        raise CheckFailure(f"{test.source}: no random inputs for this model ({exc}); add '// NO-NUMERICS: <reason>'"
+                           ) from None
     try:
         expected = session(before, optimize=False, label="the input model").run(None, feeds)
         got = session(after, optimize=False, label="the output model").run(None, feeds)

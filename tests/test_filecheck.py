@@ -166,3 +166,17 @@ def test_ir_errors_and_bad_pipelines_are_check_failures():
     with pytest.raises(CheckFailure, match=r"t.ir: line 4, column 13: the payload of %w .* is elided"):
         run_test(parse_test(TEST.replace("  %i = Identity(%x)", "  %w = init float32[16]\n  %i = Identity(%x)"),
                             "t.ir"))
+
+
+def test_inputs_without_random_values_ask_for_no_numerics():
+    text = """// RUN: dce
+<ir_version: 8, opsets: {ai.onnx: 17}>
+graph g (%s: seq<float32[2]>) -> (%n: int64[]) {
+  %n = SequenceLength(%s)
+  return %n
+}
+// CHECK: SequenceLength(%s)
+"""
+    with pytest.raises(CheckFailure, match=r"t.ir: no random inputs for this model .*add '// NO-NUMERICS: <reason>'"):
+        run_test(parse_test(text, "t.ir"))
+    run_test(parse_test("// NO-NUMERICS: a sequence input\n" + text, "t.ir"))
