@@ -116,31 +116,6 @@ def test_integer_extremes_exact(op):
                   feeds={"x": x})
 
 
-H11 = '<ir_version: 7, opset_import: ["" : 11]>\n'
-
-
-def test_unsqueeze_chain_positive():
-    model, _ = check_rewrite(C.UnsqueezeChain, H17 + """
-    g (float[N,5] x) => (float[1,N,1,1,5] y) {
-      a1 = Constant<value = int64[1] {1}>()
-      a2 = Constant<value = int64[2] {0, -2}>()
-      a = Unsqueeze(x, a1)
-      b = Unsqueeze(a, a2)
-      y = Relu(b)
-    }""", expect="UnsqueezeChain")
-    assert count_ops(model)["Unsqueeze"] == 1
-
-
-def test_unsqueeze_chain_attribute_axes_positive():
-    model, _ = check_rewrite(C.UnsqueezeChain, H11 + """
-    g (float[2,5] x) => (float[2,1,1,5] y) {
-      a = Unsqueeze<axes = [1]>(x)
-      b = Unsqueeze<axes = [2]>(a)
-      y = Relu(b)
-    }""", expect="UnsqueezeChain")
-    assert count_ops(model)["Unsqueeze"] == 1
-
-
 def test_unsqueeze_chain_negative_axes_not_constant():
     check_rewrite(C.UnsqueezeChain, H17 + """
     g (float[2,5] x, int64[1] ax) => (float[2,1,1,5] y) {
@@ -149,51 +124,6 @@ def test_unsqueeze_chain_negative_axes_not_constant():
       b = Unsqueeze(a, ax)
       y = Relu(b)
     }""", expect=None, feeds={"x": np.ones((2, 5), np.float32), "ax": np.array([2], np.int64)})
-
-
-@pytest.mark.parametrize("order", ["after", "before"])
-def test_unit_transpose_reshape_positive(order):
-    body = ("""
-      a = Reshape(x, s)
-      t = Transpose<perm = [1, 0, 2]>(a)
-      y = Relu(t)""" if order == "after" else """
-      t = Transpose<perm = [1, 0, 2]>(x3)
-      a = Reshape(t, s2)
-      y = Relu(a)""")
-    model, _ = check_rewrite(C.UnitTransposeReshape, H17 + f"""
-    g (float[6,4] x, float[1,6,4] x3) => (float[6,1,4] y) {{
-      s = Constant<value = int64[3] {{1, 6, 4}}>()
-      s2 = Constant<value = int64[3] {{6, 1, 4}}>()
-      {body}
-    }}""", expect="UnitTransposeReshape", gone=["Transpose"])
-    assert count_ops(model).get("Reshape", 0) <= 1
-
-
-def test_unit_transpose_reshape_negative_moves_data():
-    # the symbolic axes N and M trade places: a real transpose, not a reshape
-    check_rewrite(C.UnitTransposeReshape, H17 + """
-    g (float[N,M] x) => (float[M,1,N] y) {
-      ax = Constant<value = int64[1] {1}>()
-      a = Unsqueeze(x, ax)
-      t = Transpose<perm = [2, 1, 0]>(a)
-      y = Relu(t)
-    }""", expect=None)
-
-
-def test_transpose_between_reshapes_positive():
-    # torch's head split of k: Reshape, Transpose, Reshape that adds a batch axis, then the key transpose
-    model, _ = check_rewrite([C.TransposeBetweenReshapes, C.TransposeChain, C.ReshapeChain], H17 + """
-    g (float[8,1,12] x) => (float[1,4,3,8] y) {
-      s1 = Constant<value = int64[3] {8, 4, 3}>()
-      s2 = Constant<value = int64[4] {1, 4, 8, 3}>()
-      a = Reshape(x, s1)
-      t = Transpose<perm = [1, 0, 2]>(a)
-      b = Reshape(t, s2)
-      k = Transpose<perm = [0, 1, 3, 2]>(b)
-      y = Relu(k)
-    }""", expect="TransposeBetweenReshapes")
-    ops = count_ops(model)
-    assert ops["Reshape"] == 1 and ops["Transpose"] == 1
 
 
 def test_transpose_between_squeeze_unsqueeze_positive():
@@ -209,38 +139,3 @@ def test_transpose_between_squeeze_unsqueeze_positive():
     }""", expect="TransposeBetweenReshapes", gone=["Squeeze", "Unsqueeze"])
     assert count_ops(model) == {"Reshape": 1, "Transpose": 1, "Relu": 1}
 
-
-def test_transpose_between_reshapes_negative_merges_axes():
-    # the outer reshape merges two non-1 axes of the transposed tensor: it depends on the transposed order
-    check_rewrite(C.TransposeBetweenReshapes, H17 + """
-    g (float[8,12] x) => (float[4,24] y) {
-      s1 = Constant<value = int64[3] {8, 4, 3}>()
-      s2 = Constant<value = int64[2] {4, 24}>()
-      a = Reshape(x, s1)
-      t = Transpose<perm = [1, 0, 2]>(a)
-      b = Reshape(t, s2)
-      y = Relu(b)
-    }""", expect=None)
-
-
-def test_reshape_of_expand_positive():
-    model, _ = check_rewrite(C.ReshapeOfExpand, H17 + """
-    g (float[1,1,1,6] x) => (float[1,4,1,6] y) {
-      e = Constant<value = int64[4] {1, 4, 1, 1}>()
-      s = Constant<value = int64[4] {1, 4, 1, 6}>()
-      a = Expand(x, e)
-      b = Reshape(a, s)
-      y = Relu(b)
-    }""", expect="ReshapeOfExpand", gone=["Reshape"])
-    assert count_ops(model)["Expand"] == 1
-
-
-def test_reshape_of_expand_negative_changes_shape():
-    check_rewrite(C.ReshapeOfExpand, H17 + """
-    g (float[1,1,1,6] x) => (float[4,1,6] y) {
-      e = Constant<value = int64[4] {1, 4, 1, 1}>()
-      s = Constant<value = int64[3] {4, 1, 6}>()
-      a = Expand(x, e)
-      b = Reshape(a, s)
-      y = Relu(b)
-    }""", expect=None)
