@@ -1,20 +1,27 @@
 """The readable text form of optc's IR (what `optc show` prints, and what `optc.ir.parse` reads back).
 
-The form, by example::
+The form, by example (`#` and `//` start comments, which the parser skips)::
 
     <ir_version: 8, opsets: {ai.onnx: 17, com.microsoft: 1}, producer: 'optc' '1.0'>
-    graph main (%x: float32[N,3,32,32], %n: int64[]) -> (%y: float32[N,8,32,32]) {
+    graph main (%x: float32[N,3,32,32], %cond: bool[]) -> (%y: float32[N,8,32,32], %z: float32[2]) {
       %w = init float32[8, 3, 3, 3]                  # elided payload (`values=True` prints it)
       %b = init float32[8] [0.5, -0.0, inf, nan, 1e-05, 2.0, 3.0, 4.0]
       %c = Conv(%x, %w, %b) {pads=[1, 1, 1, 1], auto_pad='NOTSET'}   # `types=True`: %c: float32[N,8,32,32] = ...
       %y, None = com.microsoft::Op(%c, None) {alpha=0.2, axes=[]:ints, t=float32[2] [1.0, 2.0]}
       %z = If(%cond)
-        then_branch: then (): -> (%a: float32[2]) {...}
-      return %y
+        then_branch: then () -> (%a: float32[2]) {   # a GRAPHS attribute prints as name[0]:, name[1]:, ...
+          ...
+          return %a
+        }
+        else_branch: ...
+      return %y, %z
     }
-    function local::Scale<s, t=2.0>(%F) -> (%G) opsets {ai.onnx: 18} { ... }
+    function local::Scale<s, t=2.0>(%F) -> (%G) opsets {ai.onnx: 18} {
+      %k = Constant() {value_float=@s:float}        # a reference to the function's attribute, and its type
+      ...
+    }
 
-Names that are not plain identifiers (`[A-Za-z0-9_./-]+` for values) print quoted (`%"in:0"`), strings
+Names that are not plain identifiers (`[A-Za-z0-9_./-]+` for values) print quoted (`%'in:0'`), strings
 print as Python literals. Floats print as the shortest decimal that reads back to the same bits (`-0.0`,
 `inf`, `nan`; a NaN with a non-default payload as `nan:0x7fc00001`). An empty list attribute carries its
 type (`[]:ints`). Tensor payloads of more than 8 elements are elided unless `values=True`. Node names, doc
