@@ -14,13 +14,11 @@ interrupted export leaves no half-written artifact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import OptcError, first_line
-from ..fileio import new_file_mode
+from ..fileio import atomic_path
 from .targets import cross_compiler, resolve_target, target_kind
 
 FORMAT = "optc-artifact"
@@ -93,13 +91,6 @@ def signature_from_relax(mod, func_name: str = "main"):
     return inputs, outputs
 
 
-def _atomic_target(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, new_file_mode())  # the user's umask, as for any new file (mkstemp makes it 0600)
-    return Path(tmp)
-
-
 def export(executable, path, metadata: Mapping, *, target=None) -> Path:
     """Write ``executable`` (from ``codegen.build``) to ``path`` and its metadata to ``path + '.json'``.
 
@@ -130,21 +121,14 @@ def export(executable, path, metadata: Mapping, *, target=None) -> Path:
     cc = cross_compiler(tgt)
     if cc:
         kwargs["cc"] = cc
-    lib_tmp = _atomic_target(path)
     meta_file = metadata_path(path)
-    meta_tmp = _atomic_target(meta_file)
-    try:
+    # Both files through the one atomic writer: the metadata is renamed into place first, the library last.
+    with atomic_path(path, suffix=path.suffix or ".so") as lib_tmp, atomic_path(meta_file) as meta_tmp:
         try:
-            executable.export_library(str(lib_tmp), **kwargs)
+            executable.export_library(lib_tmp, **kwargs)
         except Exception as exc:
             raise OptcError(f"export_library failed for '{path}': {first_line(exc, last=True)}") from exc
-        meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        os.replace(lib_tmp, path)
-        os.replace(meta_tmp, meta_file)
-    finally:
-        for tmp in (lib_tmp, meta_tmp):
-            if tmp.exists():
-                tmp.unlink()
+        Path(meta_tmp).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
     return path
 
 
