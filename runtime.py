@@ -131,7 +131,7 @@ class Module:
         return path
 
     def _sync(self, result):
-        if int(getattr(self._device, "device_type", 1)) != 1:  # not kDLCPU: wait for the kernels
+        if int(self._device.dlpack_device_type()) != 1:  # not kDLCPU: wait for the kernels
             self._device.sync()
         return result
 
