@@ -34,6 +34,14 @@ def optc_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
                           timeout=600, cwd=cwd, env=env)
 
 
+def in_process(capfd, *args) -> subprocess.CompletedProcess:
+    """`optc ARGS` run by `cli.main` in this process (no interpreter start-up), output captured at the fd level."""
+    capfd.readouterr()
+    rc = cli.main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["optc", *args], rc, out, err)
+
+
 def one_line_error(r: subprocess.CompletedProcess, fragment: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -125,16 +133,16 @@ def test_json_is_one_document_on_stdout(command, tmp_path):
     assert check(json.loads(r.stdout)), r.stdout
 
 
-def test_compile_run_inspect_bench_json_on_an_artifact(artifact, tmp_path):
-    r = optc_cli("inspect", artifact, "--json")
+def test_compile_run_inspect_bench_json_on_an_artifact(artifact, tmp_path, capfd):
+    r = in_process(capfd, "inspect", artifact, "--json")
     assert r.returncode == 0, r.stderr
     meta = json.loads(r.stdout)
     assert meta["kind"] == "artifact" and meta["target"] == "cpu" and meta["bytes"] == os.path.getsize(artifact)
     assert meta["inputs"] == [{"name": "x", "shape": ["N", 3, 32, 32], "dtype": "float32"}]
     assert meta["optc_version"] == optc.__version__ and meta["opt_level"] == 2
-    text = optc_cli("inspect", artifact)
+    text = in_process(capfd, "inspect", artifact)
     assert text.returncode == 0 and "optc artifact for cpu" in text.stdout and "[N,3,32,32]" in text.stdout
-    r = optc_cli("bench", TINY, "--artifact", artifact, "--repeat", "3", "--warmup", "1", "--json")
+    r = in_process(capfd, "bench", TINY, "--artifact", artifact, "--repeat", "3", "--warmup", "1", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["optc_ms"] > 0 and d["onnxruntime_ms"] > 0 and d["max_abs_diff"] < 1e-4
@@ -163,10 +171,10 @@ def test_run_onnx_matches_onnxruntime(tmp_path):
     np.testing.assert_allclose(got["probs"], want, rtol=1e-5, atol=1e-6)
 
 
-def test_run_artifact_matches_run_onnx(artifact, tmp_path):
+def test_run_artifact_matches_run_onnx(artifact, tmp_path, capfd):
     np.savez(tmp_path / "x.npz", x=x_input(3))
     for path, out in ((artifact, "a.npz"), (TINY, "b.npz")):
-        r = optc_cli("run", path, "--inputs", tmp_path / "x.npz", "-o", tmp_path / out)
+        r = in_process(capfd, "run", path, "--inputs", tmp_path / "x.npz", "-o", tmp_path / out)
         assert r.returncode == 0, r.stderr
     a, b = read_npz(tmp_path / "a.npz")["probs"], read_npz(tmp_path / "b.npz")["probs"]
     assert a.shape == (3, 10)
@@ -216,7 +224,7 @@ def test_read_npz_round_trips_and_never_unpickles(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["object array", "corrupt", "missing", "directory", "truncated"])
-def test_bad_npz_is_one_line_in_run_and_verify(kind, tmp_path):
+def test_bad_npz_is_one_line_in_run_and_verify(kind, tmp_path, capfd):
     path = tmp_path / "x.npz"
     if kind == "object array":
         np.savez(path, x=np.array([{"a": 1}], dtype=object))
@@ -234,7 +242,7 @@ def test_bad_npz_is_one_line_in_run_and_verify(kind, tmp_path):
         path.write_bytes(path.read_bytes()[:200])
         fragment = "not a valid .npz file"
     for argv in (["run", TINY, "--inputs", path], ["verify", TINY, TINY, "--inputs", path]):
-        one_line_error(optc_cli(*argv), fragment)
+        one_line_error(in_process(capfd, *argv), fragment)
 
 
 def test_no_other_npz_reader_or_pickle_in_the_package():
@@ -261,13 +269,13 @@ def test_check_input_names_messages():
         check_input_names(["a"], ["a", "b"])
 
 
-def test_extra_and_missing_inputs_are_rejected_alike_everywhere(artifact, tmp_path):
+def test_extra_and_missing_inputs_are_rejected_alike_everywhere(artifact, tmp_path, capfd):
     np.savez(tmp_path / "extra.npz", x=x_input(), q=np.zeros(2, np.float32))
     np.savez(tmp_path / "none.npz", y=np.zeros(2, np.float32))
     for npz, fragment in (("extra.npz", "unknown input 'q' (expected inputs: x)"),
                           ("none.npz", "unknown input 'y' (expected inputs: x)")):
         for argv in (["run", TINY], ["run", artifact], ["verify", TINY, artifact]):
-            one_line_error(optc_cli(*argv, "--inputs", tmp_path / npz), fragment)
+            one_line_error(in_process(capfd, *argv, "--inputs", tmp_path / npz), fragment)
     feeds = {"x": x_input(), "q": np.zeros(2, np.float32)}
     for call in (lambda: optc.verify(TINY, artifact, feeds), lambda: optc.runtime.load(artifact).run(feeds)):
         with pytest.raises(OptcError, match=r"unknown input 'q' \(expected inputs: x\)"):
@@ -329,9 +337,9 @@ BAD_OUTPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_OUTPUTS))
-def test_output_extensions_are_checked_before_any_work(case, tmp_path):
+def test_output_extensions_are_checked_before_any_work(case, tmp_path, capfd):
     argv, fragment = BAD_OUTPUTS[case]
-    one_line_error(optc_cli(*(a.format(tmp=tmp_path) for a in argv)), fragment.format(tmp=tmp_path))
+    one_line_error(in_process(capfd, *(a.format(tmp=tmp_path) for a in argv)), fragment.format(tmp=tmp_path))
     assert os.listdir(tmp_path) == []
 
 
