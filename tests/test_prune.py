@@ -386,3 +386,19 @@ def test_weights_listed_as_graph_inputs():
     assert report.params_after == CASES["chain"][3]
     feeds = _feeds(model)
     np.testing.assert_allclose(run_ort(_valid(pruned), feeds)[0], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_unstructured_leaves_a_weight_listed_as_a_graph_input_alone():
+    """At IR >= 4 an initializer that is also a graph input is a default the caller may replace: zeroing it
+    would change what a caller who feeds no weight gets and drop what one who does feeds."""
+    model = chain_cnn([1, 5])
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    _, report = prune(model, 0.5, unstructured=True)
+    assert report.zeroed == 0 and report.nonzero_after == report.nonzero_before
+    out = optimize(model, passes="prune{ratio=0.5,unstructured=true}")
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {v.name: v.const_value() for v in out.graph.initializers.values()}
+    assert set(before) == set(after)
+    for name, arr in before.items():
+        np.testing.assert_array_equal(after[name], arr)

@@ -163,7 +163,7 @@ class Prune(Pass):
             if w_value in replaced:
                 rw.set_input(node, 1, replaced[w_value])
                 continue
-            w = w_value.const_value() if w_value is not None else None
+            w = rw.constants().data(w_value)  # None for a weight a graph input overrides
             k = int(self.ratio * w.size) if w is not None and w.dtype.kind == "f" else 0
             if k == 0 or not ctx.budget.take():
                 continue

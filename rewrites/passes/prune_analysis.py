@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...ir.constants import Constants
 from ...ir.core import Model, Node, Value
 from ...ir.schema import Trait, has_trait
 
@@ -117,16 +118,6 @@ def _label(node: Node) -> str:
     return f"{node.op_type} '{node.name}'" if node.name else node.op_type
 
 
-def _const(v: Value | None) -> np.ndarray | None:
-    """The value's data if it is a constant that cannot be overridden (not also a graph input), else None."""
-    if v is None:
-        return None
-    users = v.uses()
-    if v.producer is None and users and any(i is v for i in users[0].node.graph.inputs):
-        return None
-    return v.const_value()
-
-
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) for d in shape)
 
@@ -142,15 +133,15 @@ def producer_weight_axis(node: Node) -> tuple[int, int] | None:
     return None
 
 
-def _producer_channels(node: Node) -> int | None:
+def _producer_channels(consts: Constants, node: Node) -> int | None:
     """The number of output channels if `node` is a producer (constant weight and bias), else None."""
     if node.domain != "" or len(node.outputs) != 1:
         return None
-    w = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    w = consts.data(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or w.dtype.kind != "f":
         return None
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and _const(bias) is None:
+    if bias is not None and consts.data(bias) is None:
         return None
     if node.op_type == "Conv" and node.attr("group", 1) == 1 and w.ndim >= 3:
         return int(w.shape[0])
@@ -161,7 +152,7 @@ def _producer_channels(node: Node) -> int | None:
     return None
 
 
-def _flatten_axis(node: Node) -> int | None:
+def _flatten_axis(consts: Constants, node: Node) -> int | None:
     """The axis a Flatten flattens from, or 1 for a Reshape to [batch, -1] with a constant shape; else None."""
     shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
     if shape is None:
@@ -169,7 +160,7 @@ def _flatten_axis(node: Node) -> int | None:
     if node.op_type == "Flatten":
         axis = node.attr("axis", 1)
         return axis + len(shape) if axis < 0 else axis
-    target = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    target = consts.data(node.inputs[1]) if len(node.inputs) > 1 else None
     if target is None or target.shape != (2,) or target[1] != -1 or len(shape) < 2:
         return None
     if (target[0] == 0 and not node.attr("allowzero", 0)) or (target[0] > 0 and target[0] == shape[0]):
@@ -177,9 +168,9 @@ def _flatten_axis(node: Node) -> int | None:
     return None
 
 
-def _moved_axis(node: Node, axis: int) -> int | None:
+def _moved_axis(consts: Constants, node: Node, axis: int) -> int | None:
     """Where `axis` of a Squeeze/Unsqueeze input lands in its output (None: squeezed, or axes not constant)."""
-    axes = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else node.attr("axes")
+    axes = consts.data(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else node.attr("axes")
     rank_in, rank_out = node.inputs[0].rank, node.outputs[0].rank
     if axes is None or rank_in is None or rank_out is None:
         return None
@@ -191,10 +182,10 @@ def _moved_axis(node: Node, axis: int) -> int | None:
     return kept[axis] if axis < len(kept) else None
 
 
-def _reduced_axis(node: Node, axis: int) -> int | None:
+def _reduced_axis(consts: Constants, node: Node, axis: int) -> int | None:
     """Where `axis` lands in the output of a Reduce* over other axes (None: it is reduced, or the axes are not
     constant)."""
-    axes = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else node.attr("axes")
+    axes = consts.data(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else node.attr("axes")
     rank = node.inputs[0].rank
     if axes is None or rank is None or np.size(axes) == 0:
         return None
@@ -204,9 +195,9 @@ def _reduced_axis(node: Node, axis: int) -> int | None:
     return axis if node.attr("keepdims", 1) else axis - sum(a < axis for a in axes)
 
 
-def _pad_keeps_channels(node: Node, axis: int) -> bool:
+def _pad_keeps_channels(consts: Constants, node: Node, axis: int) -> bool:
     """A Pad whose constant pads leave `axis` alone (and whose optional axes input is absent)."""
-    pads = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    pads = consts.data(node.inputs[1]) if len(node.inputs) > 1 else None
     rank = node.inputs[0].rank
     if pads is None or rank is None or pads.shape != (2 * rank,) or (len(node.inputs) > 3 and node.inputs[3]):
         return False
@@ -222,6 +213,7 @@ def _aligned_dim(shape: tuple, out_rank: int, axis: int) -> int | None:
 
 class _Walker:
     def __init__(self, model: Model):
+        self.consts = Constants(model)  # weights that are also graph inputs are defaults, not constants
         self.model = model
         self.a = ChannelAnalysis()
 
@@ -237,7 +229,7 @@ class _Walker:
         for node in g:
             ins = [(i, self.a.maps[v]) for i, v in enumerate(node.inputs) if v is not None and v in self.a.maps]
             out = self.visit(node, ins) if ins else None
-            channels = _producer_channels(node)
+            channels = _producer_channels(self.consts, node)
             if channels is not None and node.outputs[0].rank is not None:
                 out = self.new_space(node, channels)
             if out is not None:
@@ -276,7 +268,7 @@ class _Walker:
         if op in ("Conv", "Gemm", "MatMul"):
             if not first:
                 return "the channels reach its weight or bias"
-            w = _const(node.inputs[1])
+            w = self.consts.data(node.inputs[1])
             if w is None:
                 return "its weight is not a constant"
             if op == "Conv":
@@ -284,7 +276,7 @@ class _Walker:
                 if group == 1:
                     return None if m.axis == 1 and w.shape[1] == m.size else "its weight does not match the channels"
                 if group == m.size and w.shape[0] == group and w.shape[1] == 1:
-                    return None if len(node.inputs) < 3 or _const(node.inputs[2]) is not None else \
+                    return None if len(node.inputs) < 3 or self.consts.data(node.inputs[2]) is not None else \
                         "its bias is not a constant"
                 return f"a grouped Conv (group={group}) is left alone"
             if op == "Gemm":
@@ -295,29 +287,29 @@ class _Walker:
             if not first or m.axis != 1:
                 return "the channels are not its axis 1"
             for i in _PER_CHANNEL_PARAMS.get(op, ()):
-                c = _const(node.inputs[i]) if i < len(node.inputs) else None
+                c = self.consts.data(node.inputs[i]) if i < len(node.inputs) else None
                 if c is None or c.shape != (m.size,):
                     return "a per-channel parameter is not a constant of one value per channel"
             return None
         if op in ("Flatten", "Reshape"):
             if not first:
                 return "the channels reach its shape input"
-            axis = _flatten_axis(node)
+            axis = _flatten_axis(self.consts, node)
             if axis is None:
                 return "only a Reshape to [batch, -1] (a flatten) with a constant shape is understood"
             return None if axis <= m.axis and _static(node.inputs[0].shape[axis:]) else \
                 "it folds the channels into the batch or a dim is not static"
         if op in ("Squeeze", "Unsqueeze"):
-            return None if first and _moved_axis(node, m.axis) is not None else \
+            return None if first and _moved_axis(self.consts, node, m.axis) is not None else \
                 "it removes the channel axis, or its axes are not constant"
         if op in _REDUCTIONS:
-            return None if first and _reduced_axis(node, m.axis) is not None else \
+            return None if first and _reduced_axis(self.consts, node, m.axis) is not None else \
                 "it reduces over the channels, or its axes are not constant"
         if op == "Pad":
-            return None if first and _pad_keeps_channels(node, m.axis) else \
+            return None if first and _pad_keeps_channels(self.consts, node, m.axis) else \
                 "it pads the channel axis, or its pads are not constant"
         if op == "Dropout":
-            training = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else False
+            training = self.consts.data(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else False
             return None if first and training is not None and not bool(training) else \
                 "it may run in training mode"
         if op == "Concat":
@@ -342,7 +334,7 @@ class _Walker:
             dim = _aligned_dim(v.shape, out_rank, axis)
             if dim is None or dim == 1:
                 continue
-            if dim != size or _const(v) is None:
+            if dim != size or self.consts.data(v) is None:
                 return f"operand '{v.name}' has {dim} values along the channels and is not a constant to slice"
         if len(ins) > 1:
             maps = [m for _, m in ins]
@@ -376,14 +368,14 @@ class _Walker:
         if op == "Conv" or op in _PER_CHANNEL_PARAMS or op in _POOLS:
             return m
         if op in ("Squeeze", "Unsqueeze"):
-            return ChannelMap(_moved_axis(node, m.axis), m.space, m.index)
+            return ChannelMap(_moved_axis(self.consts, node, m.axis), m.space, m.index)
         if op in _REDUCTIONS:
-            return ChannelMap(_reduced_axis(node, m.axis), m.space, m.index)
+            return ChannelMap(_reduced_axis(self.consts, node, m.axis), m.space, m.index)
         if op in ("Dropout", "Pad"):
             return m
         if op in ("Flatten", "Reshape"):
             shape = node.inputs[0].shape
-            axis = _flatten_axis(node)
+            axis = _flatten_axis(self.consts, node)
             inner = int(np.prod(shape[m.axis + 1:], dtype=np.int64))
             outer = int(np.prod(shape[axis:m.axis], dtype=np.int64))
             return ChannelMap(1, np.tile(np.repeat(m.space, inner), outer), np.tile(np.repeat(m.index, inner), outer))
