@@ -142,6 +142,8 @@ def test_compile_run_inspect_bench_json_on_an_artifact(artifact, tmp_path, capfd
     assert meta["optc_version"] == optc.__version__ and meta["opt_level"] == 2
     text = in_process(capfd, "inspect", artifact)
     assert text.returncode == 0 and "optc artifact for cpu" in text.stdout and "[N,3,32,32]" in text.stdout
+    one_line_error(in_process(capfd, "inspect", f"{artifact}.json"), "is the metadata of an artifact; give the library")
+    one_line_error(in_process(capfd, "inspect", tmp_path / "none.so"), "no such artifact")
     r = in_process(capfd, "bench", TINY, "--artifact", artifact, "--repeat", "3", "--warmup", "1", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

@@ -68,9 +68,9 @@ def _io_table(summary: dict):
 
 
 def run(args) -> int:
-    from .verify_cmd import is_artifact
+    from .verify_cmd import is_artifact_path
 
-    artifact = is_artifact(args.model)
+    artifact = is_artifact_path(args.model)
     summary = summarize_artifact(args.model) if artifact else summarize(load(args.model))
     if args.json:
         print(json.dumps(summary, indent=2))

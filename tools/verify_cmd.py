@@ -105,13 +105,19 @@ def is_artifact(path: str) -> bool:
     return Path(path).suffix.lower() in ARTIFACT_SUFFIXES or metadata_path(path).is_file()
 
 
-def open_side(path: str) -> Side:
-    """`path` as an artifact (see `is_artifact`; its metadata is read now, the library on the first run) or
-    else as an ONNX model on onnxruntime; OptcError when it is neither."""
+def is_artifact_path(path: str) -> bool:
+    """Whether `path` names an artifact (see `is_artifact`); OptcError when it names an artifact's metadata
+    file (`lib.so.json`) instead of its library."""
     lib = path[: -len(".json")] if path.endswith(".json") else None
     if lib and os.path.isfile(lib) and is_artifact(lib):
         raise OptcError(f"'{path}' is the metadata of an artifact; give the library '{lib}'")
-    if is_artifact(path):
+    return is_artifact(path)
+
+
+def open_side(path: str) -> Side:
+    """`path` as an artifact (see `is_artifact_path`; its metadata is read now, the library on the first run) or
+    else as an ONNX model on onnxruntime; OptcError when it is neither."""
+    if is_artifact_path(path):
         from ..codegen.artifact import read_metadata
 
         meta = read_metadata(path)
