@@ -26,7 +26,9 @@ def _fmt_shape(shape) -> str:
 
 
 class Module:
-    """A loaded artifact. ``run`` checks inputs against the metadata before calling the kernels."""
+    """A loaded artifact. ``run({name: array}) -> {name: array}`` checks inputs against the metadata (names,
+    dtypes, fixed dims; OptcError, one line, on a mismatch) before calling the kernels; ``benchmark`` times
+    it (milliseconds); ``export(path)`` writes the library and its metadata."""
 
     def __init__(self, path, metadata: dict, vm, device, executable=None):
         self.path = Path(path) if path is not None else None
@@ -148,7 +150,10 @@ def _device_for(target: str):
 
 
 def load(path) -> Module:
-    """Load an artifact exported by ``optc.codegen.export`` (the ``.so``; its ``.json`` sits beside it)."""
+    """Load an artifact exported by ``optc.codegen.export`` (the ``.so``; its ``.json`` sits beside it).
+
+    Raises OptcError (one line) for a missing file or metadata, an artifact of another format version, and a
+    library that does not load (built for another target)."""
     from .codegen.artifact import read_metadata  # noqa: PLC0415
 
     path = Path(path)

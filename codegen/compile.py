@@ -69,7 +69,12 @@ def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
     compiled to a file (`optc compile`); `Module.export(path)` writes the artifact `optc compile` would.
     `fast_math=False`: libm's exp / tanh / erf and the plain softmax
-    instead of the polynomial approximations (see `build_executable`)."""
+    instead of the polynomial approximations (see `build_executable`). `trials` > 0 tunes with MetaSchedule
+    into the database `db` (a directory, reused across runs).
+
+    Raises OptcError (one line) for an unreadable model, an unknown target, an op or attribute the back end
+    refuses (`UnsupportedError`, naming the node and the reason), a target this machine cannot run, and a
+    build failure."""
     from tvm.runtime.vm import VirtualMachine
 
     from ..runtime import Module, _device_for

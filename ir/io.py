@@ -268,7 +268,9 @@ def save(model: Model, path: str | os.PathLike, external_data: bool | None = Non
          size_threshold: int = 1024) -> None:
     """Save atomically. `external_data`: True writes tensors of at least `size_threshold` bytes to
     `<file>.data`; False inlines everything; None (default) keeps external data if the model has some
-    and switches to it when the model would pass protobuf's 2 GB limit."""
+    and switches to it when the model would pass protobuf's 2 GB limit. The file (and `<file>.data`) get the
+    user's umask. Raises OptcError (one line) when the directory does not exist or the write fails; nothing
+    half-written is left."""
     path = os.fspath(path)
     target_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(target_dir):

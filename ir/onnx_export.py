@@ -26,7 +26,10 @@ def _default_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
 
 
 def to_onnx(model: Model, tensor_writer: TensorWriter | None = None) -> onnx.ModelProto:
-    """Export a model. `tensor_writer(name, tensor)` may turn tensors into external-data references."""
+    """Export a model. `tensor_writer(name, tensor)` may turn tensors into external-data references.
+
+    The result is what the IR holds (node meta such as provenance is not ONNX and is dropped). Raises
+    OptcError when a tensor's payload cannot be read (missing external data)."""
     return _export(model, _Exporter(tensor_writer or _default_writer))
 
 

@@ -23,7 +23,9 @@ _GRAPH_ATTRS = (5, 10)  # GRAPH, GRAPHS
 def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     """Import an ONNX model. The IR shares tensor and attribute data with `proto`: do not mutate it after.
 
-    `base_dir` is the directory external-data locations are relative to.
+    `base_dir` is the directory external-data locations are relative to. Raises OptcError (one line) for an
+    invalid model (no graph, undefined or doubly defined values, bad attributes) and for what the IR does not
+    hold (training_info, multi-device configurations).
     """
     try:
         with gc_paused(promote=True):

@@ -215,5 +215,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
 
 
 def quantize(model: Any, **options: Any) -> Model:
-    """Quantize `model`; see `quantize_with_report` for the options. Returns the quantized optc Model."""
+    """Quantize `model`; see `quantize_with_report` for the options. Returns the quantized optc Model (the
+    argument is not modified). Raises OptcError as `quantize_with_report` does (bad options, calibration data
+    that does not fit the model, an accuracy budget that cannot be met)."""
     return quantize_with_report(model, **options)[0]
