@@ -237,3 +237,31 @@ def test_passes_name_shows_options_and_rules(capsys):
     assert entry["rounding"]
     assert main(["passes", "FuseConvBN"]) == 2
     assert "did you mean 'FuseConvBatchNorm'" in capsys.readouterr().err
+
+
+def test_rule_plugins_load_from_the_optc_rules_entry_point_group(monkeypatch):
+    import importlib.metadata
+
+    class _EP:
+        name, value, dist = "broken", "tests:broken", None
+
+        def load(self):
+            return {"plugin-set": [_BrokenReluToNeg]}
+
+    def entry_points(group=None, **kw):
+        return [_EP()] if group == "optc.rules" else []
+
+    monkeypatch.setattr(rules_mod, "_SETS", dict(rules_mod._SETS))
+    monkeypatch.setattr(rules_mod, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    info = rules_mod.rule_sets()["plugin-set"]
+    assert info.rules == (_BrokenReluToNeg,) and info.origin == "plugin tests:broken" and info.level is None
+
+    class _Bad(_EP):
+        def load(self):
+            raise ImportError("no module named x")
+
+    monkeypatch.setattr(rules_mod, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None, **kw: [_Bad()])
+    with pytest.raises(optc.OptcError, match="rule plugin 'broken' .* failed to load: no module named x"):
+        rules_mod.rule_sets()
