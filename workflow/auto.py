@@ -357,17 +357,18 @@ class _Search:
 
     # -- building candidates ----------------------------------------------------------------------------------
 
-    def _compile(self, source: str, out: str, trials: int | str) -> str:
+    def _compile(self, source: str, out: str, trials: int | str, untuned_s: float | None = None) -> str:
         from ..codegen.compile import compile_to_file
 
         if trials == "tuned":
-            return self._tune(source, out)
+            return self._tune(source, out, untuned_s)
         compile_to_file(source, out, "cpu", level=2)
         return out
 
-    def _tune(self, source: str, out: str) -> str:
+    def _tune(self, source: str, out: str, untuned_s: float | None) -> str:
         """Tune with MetaSchedule in a child process (`optc compile --tune`, `TUNE_TRIALS` trials) that gets what
-        is left of the budget, less `TUNE_RESERVE_S` for the build and the measurement: at the deadline it is
+        is left of the budget, less the time to build and measure the library (1.2 x the untuned step's
+        `untuned_s` + 10 s, at least `TUNE_RESERVE_S`): at the deadline it is
         stopped, and the library is built with whatever kernels its database holds by then (the others keep
         optc's default schedules)."""
         import signal
@@ -377,9 +378,10 @@ class _Search:
         from ..codegen.compile import compile_to_file
 
         db = os.path.join(self.work, "tuning_db")
-        left = self.deadline - time.monotonic() - TUNE_RESERVE_S
+        reserve = max(TUNE_RESERVE_S, 1.2 * untuned_s + 10) if untuned_s else TUNE_RESERVE_S
+        left = self.deadline - time.monotonic() - reserve
         if left < TUNE_MIN_S:
-            raise OptcError(f"{max(0.0, left + TUNE_RESERVE_S):.0f} s left of the budget: too little to tune")
+            raise OptcError(f"{max(0.0, left + reserve):.0f} s left of the budget: too little to tune")
         cmd = [sys.executable, "-m", "optc.tools.cli", "compile", source, "-o", out + ".tuning.so", "--tune",
                "--trials", str(TUNE_TRIALS), "--db", db, "-q"]
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -434,7 +436,9 @@ class _Search:
         if kind == "tvm":
             # TVM compiles the best float32 model (the ResNet-like in float16 ran 3.5x slower than in float32 on it)
             source = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
-            return self._compile(source, stem + ".so", step["param"]), None, {"compiled": os.path.basename(source)}
+            untuned = [r["seconds"] for r in state["records"] if r["name"] == "tvm untuned" and "seconds" in r]
+            return (self._compile(source, stem + ".so", step["param"], untuned[0] if untuned else None), None,
+                    {"compiled": os.path.basename(source)})
         float_path = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
         if kind == "precision":
             model, details = self._precision(step["param"], float_path, state["float_drop"])
