@@ -6,10 +6,10 @@ from .errors import OptcError, UnsupportedError
 from .ir import Model, from_onnx, load, save, to_onnx
 from .quantization import quantize
 from .rewrites import optimize
-from .tools.bench_cmd import bench
-from .tools.verify_cmd import verify
 from .workflow import auto, evaluate, profile, prune
+from .workflow.bench import bench
 from .workflow.compare import compare_models as compare
+from .workflow.verify import verify
 
 __version__ = "0.1.0"
 

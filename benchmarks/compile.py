@@ -48,7 +48,7 @@ def model_paths() -> dict[str, str]:
 
 def worker(path: str, threads: int, repeat: int, trials: int, db: str | None) -> dict:
     """One measurement in this process: compile (timed), check against onnxruntime, time both."""
-    from optc.tools.bench_cmd import bench
+    from optc.workflow.bench import bench
 
     return bench(path, threads=threads, repeat=repeat, warmup=max(3, repeat // 10), trials=trials, db=db)
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from optc.tools.compare import compare, compare_outputs
-from optc.tools.verify_cmd import is_artifact
+from optc.workflow.verify import is_artifact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "tiny_cnn.onnx")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import OptcError
 from ..fileio import write_npz
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
@@ -35,11 +34,8 @@ def run(args) -> int:
 
     for path in (args.save_inputs, args.save_outputs):
         if path:
-            if not path.endswith(".npz"):
-                raise OptcError(f"'{path}': --save-inputs and --save-outputs write .npz files")
             for side in (args.a, args.b):
-                if os.path.exists(side):
-                    check_output_path(side, path)
+                check_output_path(side if os.path.exists(side) else None, path, (".npz",))
     with stdout_to_stderr(args.json):
         report = compare_models(args.a, args.b, args.inputs, rtol=args.rtol, atol=args.atol, mark_all=args.mark_all,
                                 data=args.data, dims=parse_dims(args.dim), seed=args.seed,

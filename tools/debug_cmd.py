@@ -50,17 +50,17 @@ def _reduce(args) -> int:
     from ..ir import load, to_onnx
     from ..quantization.data import model_input_specs, read_npz
     from ..workflow.reduce import against_oracle, command_oracle, reduce_model
-    from .verify_cmd import _check_inputs, check_tolerances
+    from ..workflow.verify import check_inputs, check_tolerances
 
-    check_output_path(args.model, args.output)
-    if not args.output.endswith(".onnx"):
-        raise OptcError(f"-o '{args.output}': the reduced model is written as .onnx")
+    check_output_path(args.model, args.output, (".onnx",))
+    if args.save_inputs:
+        check_output_path(args.model, args.save_inputs, (".npz",))
     check_tolerances(args.rtol, args.atol)
     if args.check_cmd and (args.against or args.passes):
         raise OptcError("give --check-cmd or --against/--passes, not both")
     model = load(args.model)
     specs = model_input_specs(model)
-    feeds = (_check_inputs(args.inputs, read_npz(args.inputs), specs) if args.inputs
+    feeds = (check_inputs(args.inputs, read_npz(args.inputs), specs) if args.inputs
              else random_inputs(specs, seed=args.seed))
     if args.check_cmd:
         oracle = command_oracle(args.check_cmd)

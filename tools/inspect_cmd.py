@@ -68,7 +68,7 @@ def _io_table(summary: dict):
 
 
 def run(args) -> int:
-    from .verify_cmd import is_artifact_path
+    from ..workflow.verify import is_artifact_path
 
     artifact = is_artifact_path(args.model)
     summary = summarize_artifact(args.model) if artifact else summarize(load(args.model))

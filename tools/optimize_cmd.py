@@ -17,13 +17,13 @@ def run(args) -> int:
     from ..rewrites.pass_manager import PrintIRAfter, TimePasses, VerifyEach, get_pass_info
     from ..rewrites.pipelines import build_pipeline, run_pipeline
 
-    check_output_path(args.model, args.output)
+    check_output_path(args.model, args.output, (".onnx",))
     if args.level is not None and args.passes is not None:
         raise OptcError("give an optimization level (-O0..-O3) or a pipeline (-p), not both")
     if args.bisect_limit is not None and args.bisect_limit < 0:
         raise OptcError("--bisect-limit must be 0 or more")
     if args.report:
-        check_output_path(args.model, args.report)
+        check_output_path(args.model, args.report, (".json",))
     pipeline = build_pipeline(args.level, args.passes)
     if args.bisect:
         from .debug_cmd import run_bisect

@@ -8,9 +8,10 @@ import json
 import numpy as np
 
 from ..inputs import random_inputs
+from ..workflow.verify import check_inputs, open_side
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
-from .verify_cmd import _check_inputs, open_side, parse_dims
+from .verify_cmd import parse_dims
 
 
 def _describe(arrays: dict[str, np.ndarray]) -> list[dict]:
@@ -30,7 +31,7 @@ def run_model(path: str, inputs: str | None = None, *, dims: dict[str, int] | No
     arrays = read_npz(inputs) if inputs else None
     side = open_side(path)
     if arrays is not None:
-        feeds = _check_inputs(inputs, arrays, side.inputs, "the model takes")
+        feeds = check_inputs(inputs, arrays, side.inputs, "the model takes")
         source: dict = {"source": inputs}
     else:
         feeds = random_inputs(side.inputs, dims=dims, seed=seed)

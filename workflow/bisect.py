@@ -76,16 +76,16 @@ def bisect_rewrites(model: Model, pipeline: Any, inputs: Mapping[str, np.ndarray
     from ..ortsession import first_line, session
     from ..quantization.data import model_input_specs
     from ..rewrites.pipelines import copy_model, run_pipeline
-    from ..tools.verify_cmd import check_tolerances
+    from .verify import check_tolerances
 
     check_tolerances(rtol, atol)
     specs = model_input_specs(model)
     if inputs is None:
         inputs = random_inputs(specs, seed=seed)
     else:
-        from ..tools.verify_cmd import _check_inputs
+        from .verify import check_inputs
 
-        inputs = _check_inputs("inputs", dict(inputs), specs)
+        inputs = check_inputs("inputs", dict(inputs), specs)
     original = session(model, optimize=False, label="the original model")
     names = [o.name for o in original.get_outputs()]
     try:

@@ -35,7 +35,7 @@ from ..errors import OptcError
 from ..inputs import InputSpec
 from ..ortsession import first_line, session
 from ..tools.compare import DEFAULT_ATOL, DEFAULT_RTOL, Comparison, OutputComparison, compare, compare_outputs
-from ..tools.verify_cmd import _merge_specs, check_tolerances, is_artifact, open_side, prepare_feeds, read_inputs
+from .verify import check_tolerances, is_artifact, merge_specs, open_side, prepare_feeds, read_inputs
 
 RUNTIMES = ("onnxruntime", "reference", "optimized", "tvm")
 
@@ -457,7 +457,7 @@ def _samples(a: Endpoint, b: Endpoint, inputs, data: str | None, dims, seed: int
         arrays, source = read_inputs(inputs)
         yield prepare_feeds(a, b, arrays, source, dims, seed)
         return
-    specs = _merge_specs(a, b, dims)
+    specs = merge_specs(a, b, dims)
     dataset = Dataset(data, role="data")
     dataset.check(specs)
     fixed = specs[0].shape[0] if specs and specs[0].shape and isinstance(specs[0].shape[0], int) else None

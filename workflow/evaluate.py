@@ -69,7 +69,7 @@ def _runner(model, threads: int | None, what: str) -> _Runner:
     import onnx
 
     from ..ir import Model
-    from ..tools.verify_cmd import is_artifact, open_side
+    from .verify import is_artifact, open_side
 
     if isinstance(model, str | os.PathLike):
         path = os.fspath(model)

@@ -178,7 +178,7 @@ def kernel_op_type(symbol: str) -> str:
 
 
 def _profile_artifact(path: str, feeds, threads, runs, warmup) -> Profile:
-    from ..tools.verify_cmd import open_side
+    from .verify import open_side
 
     side = open_side(path)  # checks the metadata, one-line errors for a bad artifact
     return _profile_loaded(side._module(), feeds, threads, runs, warmup, path)
@@ -277,7 +277,7 @@ def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: in
 
     from .. import runtime
     from ..ir import Model
-    from ..tools.verify_cmd import is_artifact
+    from .verify import is_artifact
 
     for what, value, low in (("runs", runs, 1), ("threads", threads, 1), ("top", top, 1), ("warmup", warmup, 0)):
         if value is None and what in ("threads", "top"):
