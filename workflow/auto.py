@@ -326,7 +326,7 @@ class _Search:
                      if c in base["per_class"]}
             worst = min(drops, key=lambda c: (-drops[c], int(c)))
             rec["worst_class"] = {"class": worst, "drop_points": drops[worst]}
-        rec["max_abs_diff"] = 0.0 if base is None and backend == self.backends[0] else self._max_diff(path)
+        rec["max_abs_diff"] = 0.0 if path == self.model and backend == "onnxruntime" else self._max_diff(path)
         fn = self._timer(path, backend)
         ref = self._fns.get("reference")
         timed = time_alternating({"reference": ref, "candidate": fn} if ref is not None else {"candidate": fn},
