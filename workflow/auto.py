@@ -362,7 +362,9 @@ class _Search:
 
         if trials == "tuned":
             return self._tune(source, out, untuned_s)
-        compile_to_file(source, out, "cpu", level=2)
+        with progress_bar(f"compiling {os.path.basename(source)} with TVM", total=None, enabled=self.progress,
+                          unit=""):
+            compile_to_file(source, out, "cpu", level=2)
         return out
 
     def _tune(self, source: str, out: str, untuned_s: float | None) -> str:
