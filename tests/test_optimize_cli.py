@@ -138,7 +138,7 @@ def test_verify_detects_mismatch_and_bad_input(model_path, tmp_path):
     assert r.returncode == 0
     np.savez(tmp_path / "bad.npz", z=np.ones((4, 3), np.float32))
     r = optc_cli("verify", model_path, model_path, "--inputs", tmp_path / "bad.npz")
-    assert r.returncode == 2 and "no value for input 'x'" in r.stderr
+    assert r.returncode == 2 and "unknown input 'z' (expected inputs: x)" in r.stderr
     r = optc_cli("verify", model_path, model_path, "--dim", "N")
     assert r.returncode == 2 and "NAME=VALUE" in r.stderr
 
