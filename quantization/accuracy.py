@@ -58,11 +58,15 @@ def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> 
 
 
 def layer_sensitivity(float_model: Model, quantized: Model, outputs: dict[str, tuple[str, str]],
-                      data: Dataset, batch_size: int = 16) -> list[tuple[str, float]]:
+                      data: Dataset, batch_size: int | None = None) -> list[tuple[str, float]]:
     """Rank the quantized layers by the error each adds (see the module docstring), most sensitive first.
 
     `outputs`: quantized node name -> (its output's name in the float model, its float output's name in the
-    quantized model), as `QdqContext.outputs` records them."""
+    quantized model), as `QdqContext.outputs` records them. `batch_size`: samples per run (default: the
+    batch the model's inputs fix, else 16)."""
+    from .calibrate import _fixed_batch
+
+    batch_size = batch_size or _fixed_batch(float_model) or 16
     feeds = []
     count = 0
     for batch in data.batches(batch_size, [v.name for v in float_model.graph.inputs if v.const is None]):

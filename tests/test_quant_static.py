@@ -511,3 +511,18 @@ def test_accuracy_aware_mode_returns_sensitive_layers_to_float_until_the_budget_
     with pytest.raises(OptcError, match="needs static quantization"):
         quantize_with_report(str(EXAMPLES / "digits_cnn.onnx"), dynamic=True,
                              eval_data=str(EXAMPLES / "digits_test.npz"), max_accuracy_drop=1.0)
+
+
+def test_accuracy_aware_mode_on_a_model_whose_inputs_fix_batch_1(tmp_path):
+    """The sensitivity analysis ran batches of 16 through a model that takes 1 sample (onnxruntime refused:
+    "Got invalid dimensions for input"); it now runs the batch the model fixes."""
+    m = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    for v in (*m.graph.input, *m.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path / "digits_b1.onnx"
+    onnx.save(m, str(path))
+    q, report = quantize_with_report(str(path), calibration=str(EXAMPLES / "digits_calib.npz"),
+                                     eval_data=str(EXAMPLES / "digits_test.npz"), max_accuracy_drop=0.0)
+    acc = report["accuracy"]
+    assert acc["met"] and acc["drop"] <= 0.0
+    assert acc["steps"][0]["drop"] > 0 and acc["float_layers"]  # the sensitivity analysis did run
