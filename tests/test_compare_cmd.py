@@ -166,3 +166,46 @@ def test_compiled_endpoints(models, capsys, tmp_path):
         assert rc == 0 and json.loads(out)["equal"], out
     rc, _, err = _run(capsys, "compare", lib, src, "--mark-all")
     assert rc == 2 and err.count("\n") == 1 and "--mark-all cannot look inside" in err
+
+
+def _relu_model(path, n: int, *, sliced: bool = False) -> str:
+    """x[4] -> Relu -> y[n]; `sliced`: y is Relu's output sliced to [n] (a differently shaped y)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r" if sliced else "y"])]
+    inits = []
+    if sliced:
+        inits = [helper.make_tensor("s", TensorProto.INT64, [1], [0]), helper.make_tensor("e", TensorProto.INT64,
+                                                                                          [1], [n])]
+        nodes.append(helper.make_node("Slice", ["r", "s", "e"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return str(path)
+
+
+def test_mark_all_reports_a_shape_difference(capsys, tmp_path):
+    """A paired tensor of another shape has no counts or errors (None): describe() says the shapes, no crash."""
+    a = _relu_model(tmp_path / "a.onnx", 4)
+    b = _relu_model(tmp_path / "b.onnx", 2, sliced=True)
+    first = optc.compare(a, b, mark_all=True).mark_all.first
+    c = first.output.comparison
+    assert c.max_abs is None and c.mismatched is None
+    text = first.describe()
+    assert "output y: shape [4] vs [2]" in text and "None" not in text
+    rc, out, err = _run(capsys, "compare", a, b, "--mark-all")
+    assert rc == 1 and "first diverging node" in out and "shape [4] vs [2]" in out and "error" not in err
+    rc, out, _ = _run(capsys, "compare", a, b, "--mark-all", "--json")
+    assert rc == 1 and json.loads(out)["mark_all"]["first_divergence"]["output"]["max_abs"] is None
+
+
+def test_mark_all_describes_strings_without_errors():
+    """String tensors have counts but no abs/rel errors (None): describe() gives the count and the worst element."""
+    from optc.tools.compare import compare
+    from optc.workflow.compare import Divergence, TensorResult
+
+    c = compare(np.array(["a", "b", "c"]), np.array(["a", "x", "c"]), name="s")
+    assert c.max_abs is None and c.mismatched == 1
+    text = Divergence("n", "Cast", TensorResult("s", "s", "name", "n", "Cast", "Cast", c), [("x", "match")],
+                      True).describe()
+    assert "output s: 1/3 elements differ; worst at [1]" in text and "max abs" not in text and "None" not in text

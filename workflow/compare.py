@@ -315,17 +315,21 @@ class Divergence:
     def describe(self) -> str:
         """Two or three lines: the node, its inputs, the worst element."""
         c = self.output.comparison
-        worst = (f"worst at [{', '.join(map(str, c.worst_index))}]: {c.worst_text[0]} vs {c.worst_text[1]}"
-                 if c.worst_index is not None and c.worst_text else "; ".join(c.notes))
+        # (a shape mismatch leaves the counts and errors None; strings leave the errors None: say what is known)
+        facts = [f"{c.mismatched}/{c.size} elements differ"] if c.mismatched is not None else []
+        if c.max_abs is not None:
+            facts.append(f"max abs err {c.max_abs:.4g}")
+        if c.worst_index is not None and c.worst_text:
+            facts.append(f"worst at [{', '.join(map(str, c.worst_index))}]: {c.worst_text[0]} vs {c.worst_text[1]}")
+        facts.extend(c.notes)
         ins = ", ".join(f"{n} {s}" for n, s in self.inputs) or "none"
         verdict = ("its inputs match: this node is where the models part" if self.culprit else
                    "not every input could be compared: the difference may start at "
                    + ", ".join(f"{p} (making {i})" for i, p in self.producers.items()))
-        mism = f"{c.mismatched}/{c.size} elements differ" if c.mismatched is not None else "shape differs"
         in_b = f"; made by {self.output.op_type_b} in b" if self.output.op_type_b != self.op_type else ""
         return (f"first diverging node: {self.node} ({self.op_type}{in_b}), output {self.output.name}"
                 + (f" (b: {self.output.name_b})" if self.output.name_b != self.output.name else "")
-                + f": {mism}, max abs err {c.max_abs:.4g}; {worst}\n"
+                + f": {'; '.join(facts) or 'values differ'}\n"
                 f"  inputs: {ins}\n  {verdict}")
 
 
