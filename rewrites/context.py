@@ -86,13 +86,14 @@ class FoldRefusal:
     op_type: str
     nbytes: int
     ref: Any = field(default=None, repr=False, compare=False)  # the Node, to tell whether it is still there
+    limit: int | None = None  # the limit in force (bytes): the run's, or a fold-constants pass option
 
     @property
     def still_in_graph(self) -> bool:
         return self.ref is None or self.ref.graph is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "op_type": self.op_type, "nbytes": self.nbytes}
+        return {"node": self.node, "op_type": self.op_type, "nbytes": self.nbytes, "limit": self.limit}
 
 
 @dataclass

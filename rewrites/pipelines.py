@@ -112,8 +112,11 @@ def run_pipeline(model: Model, pipeline: Pass, *, instruments: Iterable[Instrume
     if ctx is None:
         from .rules import check_rule_names
 
-        disable_rules, trace_rules = frozenset(disable_rules), frozenset(trace_rules)
-        enable_rules = None if enable_rules is None else frozenset(enable_rules)
+        def names(x) -> frozenset[str]:  # one rule name or several
+            return frozenset([x] if isinstance(x, str) else x)
+
+        disable_rules, trace_rules = names(disable_rules), names(trace_rules)
+        enable_rules = None if enable_rules is None else names(enable_rules)
         check_rule_names(disable_rules, "rule")
         check_rule_names(enable_rules or (), "rule")
         check_rule_names(trace_rules, "rule")

@@ -125,13 +125,16 @@ def test_plugin_rule_set_with_a_level_joins_O2_and_check_catches_it(tmp_path, ca
     assert "broken-plugin" not in level_spec(1)
     src = _conv_bn(str(tmp_path / "m.onnx"), shared=False)
     out = tmp_path / "o.onnx"
-    assert main(["optimize", src, "-o", str(out), "--check", "2"]) == 2
+    assert main(["optimize", src, "-o", str(out), "--check", "2"]) == 1
     err = capsys.readouterr().err
-    assert "--check: the optimized model's output 'y' differs" in err and err.count("\n") == 1
+    assert "check failed: the optimized model's output 'y' differs" in err and err.count("\n") == 1
     assert not out.exists()  # nothing written
     assert main(["optimize", src, "-o", str(out), "--check", "2", "--disable-rule", "BrokenReluToNeg"]) == 0
     err = capsys.readouterr().err
     assert "check: outputs equal on 2 random input set(s)" in err and out.exists()
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    assert main(["optimize", src, "-o", str(out), "--check", "1", "--inputs", str(tmp_path / "x.npz")]) == 1
+    assert "differs from the input model's on the inputs of" in capsys.readouterr().err
     assert main(["passes"]) == 0
     listing = capsys.readouterr().out
     assert "broken-plugin: (in -O2 and up) [plugin test]" in listing and "BrokenReluToNeg" in listing
@@ -166,7 +169,7 @@ def test_size_limit_keeps_generated_weights_unfolded_by_default(tmp_path, capsys
     assert main(["optimize", src, "-o", out, "--check", "1"]) == 0
     err = capsys.readouterr().err
     assert "ConstantOfShape" in _ops(out) and os.path.getsize(out) < 10_000
-    assert "1 constant(s) larger than the 1.0 MB size limit" in err and "--size-limit 2MB folds them" in err
+    assert "1 constant(s) larger than the size limit (1.0 MB)" in err and "--size-limit 2MB folds them" in err
     assert main(["optimize", src, "-o", out, "--size-limit", "2MB", "--check", "1"]) == 0
     assert _ops(out) == ["Add"] and os.path.getsize(out) > 2 << 20
     assert "size limit" not in capsys.readouterr().err.split("wrote")[-1]
@@ -193,6 +196,13 @@ def test_light_vgg19_keeps_its_size(tmp_path, capsys):
     assert "left to be computed at run time (largest 392.0 MB" in err
 
 
+def test_a_pipeline_size_limit_is_the_one_reported(tmp_path, capsys):
+    src = _generated_weight(str(tmp_path / "m.onnx"), 64)  # 256 bytes
+    assert main(["optimize", src, "-o", str(tmp_path / "o.onnx"), "-p", "fold-constants{size-limit=100}"]) == 0
+    err = capsys.readouterr().err
+    assert "larger than the size limit (100 B)" in err and "size-limit option of fold-constants" in err
+
+
 def test_json_summary_and_table(tmp_path, capsys):
     src = _conv_bn(str(tmp_path / "m.onnx"), shared=False)
     out = str(tmp_path / "o.onnx")
@@ -209,10 +219,17 @@ def test_json_summary_and_table(tmp_path, capsys):
     assert ["BatchNormalization", "1", "0"] in table and any(r[:2] == ["file", "size"] for r in table)
 
 
-def test_check_must_not_be_negative(tmp_path, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--check", "-1"], "--check must be 0 or more"),
+    (["--check", "1", "--bisect"], "give --bisect or --check, not both"),
+    (["--inputs", "x.npz"], "--inputs gives the inputs of --check or --bisect"),
+    (["-p", "fold-constants{size-limit=-5}"], "must be 0 or more bytes"),
+])
+def test_check_and_inputs_errors(tmp_path, capsys, args, message):
     src = _conv_bn(str(tmp_path / "m.onnx"), shared=False)
-    assert main(["optimize", src, "-o", str(tmp_path / "o.onnx"), "--check", "-1"]) == 2
-    assert "--check must be 0 or more" in capsys.readouterr().err
+    assert main(["optimize", src, "-o", str(tmp_path / "o.onnx"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 # -- optc passes -------------------------------------------------------------------------------------------
@@ -265,3 +282,11 @@ def test_rule_plugins_load_from_the_optc_rules_entry_point_group(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None, **kw: [_Bad()])
     with pytest.raises(optc.OptcError, match="rule plugin 'broken' .* failed to load: no module named x"):
         rules_mod.rule_sets()
+
+
+def test_api_takes_one_rule_name_as_a_string(tmp_path):
+    src = _conv_bn(str(tmp_path / "m.onnx"), shared=False)
+    kept = optc.optimize(src, disable_rules="FuseConvBatchNorm")
+    assert "BatchNormalization" in [n.op_type for n in kept.graph]
+    with pytest.raises(optc.OptcError, match="unknown rule 'NoSuchRule'"):
+        optc.optimize(src, enable_rules="NoSuchRule")

@@ -21,7 +21,7 @@ def run_bisect(args, pipeline) -> int:
 
     if args.bisect_limit is not None:
         raise OptcError("--bisect searches the limit itself; give --bisect or --bisect-limit, not both")
-    inputs = read_npz(args.bisect_inputs) if args.bisect_inputs else None
+    inputs = read_npz(args.inputs) if args.inputs else None
     model = load(args.model)
     from ..units import parse_bytes
 

@@ -25,6 +25,12 @@ def run(args) -> int:
     if args.report:
         check_output_path(args.model, args.report, (".json",))
     pipeline = build_pipeline(args.level, args.passes)
+    if args.check < 0:
+        raise OptcError("--check must be 0 or more (the number of random input sets to compare)")
+    if args.bisect and args.check:
+        raise OptcError("--bisect compares every step itself; give --bisect or --check, not both")
+    if args.inputs and not (args.check or args.bisect):
+        raise OptcError("--inputs gives the inputs of --check or --bisect; add one of them")
     if args.bisect:
         from .debug_cmd import run_bisect
 
@@ -32,8 +38,6 @@ def run(args) -> int:
     for name in args.print_ir_after or []:
         if name != "all":
             get_pass_info(name)
-    if args.check < 0:
-        raise OptcError("--check must be 0 or more (the number of random input sets to compare)")
     size_limit = parse_bytes(args.size_limit, what="--size-limit")
     instruments = []
     if args.print_ir_after:
@@ -50,6 +54,12 @@ def run(args) -> int:
                           disable_rules=args.disable_rule or (), enable_rules=args.enable_rule,
                           trace_rules=args.trace or (), trace_sink=_trace_line, size_limit=size_limit)
     checked = _check(args, model) if args.check else None
+    if checked is not None and not checked["equal"]:
+        print(f"optc: check failed: {checked['message']}; {args.output} was not written (find the rewrite with "
+              "--bisect)", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"input": args.model, "output": None, "check": checked}, indent=2, allow_nan=False))
+        return 1
     save(model, args.output)
     after = model_stats(model)
     sizes = (size_in, file_bytes(args.output))
@@ -67,12 +77,15 @@ def run(args) -> int:
         f"{report.seconds:.3f}s; wrote {args.output}")
     if report.fold_refusals:
         big = max(report.fold_refusals, key=lambda r: r.nbytes)
-        say(f"optc: {len(report.fold_refusals)} constant(s) larger than the {format_bytes(size_limit)} size limit "
-            f"left to be computed at run time (largest {format_bytes(big.nbytes)}, {big.node}); folding them would "
-            f"grow the file: --size-limit {_round_up(big.nbytes)} folds them")
+        limits = sorted({r.limit for r in report.fold_refusals if r.limit is not None})
+        how = f"--size-limit {_round_up(big.nbytes)} folds them" if limits == [size_limit] else \
+            f"raise the size-limit option of fold-constants in the pipeline (size-limit={_round_up(big.nbytes)})"
+        say(f"optc: {len(report.fold_refusals)} constant(s) larger than the size limit "
+            f"({', '.join(format_bytes(x) for x in limits)}) left to be computed at run time (largest "
+            f"{format_bytes(big.nbytes)}, {big.node}); folding them would grow the file: {how}")
     if checked is not None:
-        say(f"optc: check: outputs equal on {checked['samples']} random input set(s) (rtol {checked['rtol']}, "
-            f"atol {checked['atol']}, onnxruntime)")
+        say(f"optc: check: outputs equal on {checked['samples']} {checked['source']} input set(s) (rtol "
+            f"{checked['rtol']}, atol {checked['atol']}, onnxruntime)")
     if args.bisect_limit is not None:
         last = report.last_rewrite
         if args.bisect_limit == 0:
@@ -105,19 +118,24 @@ def _stats_json(st, nbytes: int) -> dict:
 
 
 def _check(args, model) -> dict:
-    """Compare the input model and the optimized one on onnxruntime, on `args.check` random input sets (seeds
-    0..N-1); raise OptcError naming the first output that differs (nothing is written then)."""
+    """Compare the input model and the optimized one on onnxruntime: on `args.inputs` when given, else on
+    `args.check` random input sets (seeds 0..N-1). Returns {samples, source, rtol, atol, equal} and, when an
+    output differs, `message` naming the first one."""
     from ..workflow.compare import compare_models
     from .compare import DEFAULT_ATOL, DEFAULT_RTOL
 
-    for seed in range(args.check):
-        rep = compare_models(args.model, model, seed=seed)
+    seeds = [0] if args.inputs else list(range(args.check))
+    result = {"samples": len(seeds), "source": "given" if args.inputs else "random", "rtol": DEFAULT_RTOL,
+              "atol": DEFAULT_ATOL, "equal": True}
+    for seed in seeds:
+        rep = compare_models(args.model, model, args.inputs, seed=seed)
         if not rep.equal:
             bad = next(c for c in rep.comparison.outputs if not c.equal)
-            raise OptcError(f"--check: the optimized model's output '{bad.name}' differs from the input model's on "
-                            f"random input set {seed} (max abs error {bad.max_abs}); {args.output} was not written; "
-                            f"find the rewrite with --bisect")
-    return {"samples": args.check, "rtol": DEFAULT_RTOL, "atol": DEFAULT_ATOL, "equal": True}
+            where = f"the inputs of {args.inputs}" if args.inputs else f"random input set {seed}"
+            result.update(equal=False, message=f"the optimized model's output '{bad.name}' differs from the input "
+                          f"model's on {where} (max abs error {bad.max_abs})")
+            break
+    return result
 
 
 def _print_table(before, after, sizes: tuple[int, int]) -> None:
@@ -178,8 +196,9 @@ def register(sub) -> None:
                    "Expand, Tile of constants), e.g. 64KB, 100MB, none (default 1MB): larger ones stay computed at "
                    "run time, so a model that generates its weights keeps its file size")
     p.add_argument("--check", type=int, metavar="N", default=0,
-                   help="compare the input and the optimized model on onnxruntime on N random input sets before "
-                   "writing; a difference is an error and nothing is written (default 0: no check)")
+                   help="compare the input and the optimized model on onnxruntime on N random input sets (or on "
+                   "--inputs) before writing; on a difference nothing is written and the exit code is 1 (default 0: "
+                   "no check)")
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON on stdout (before/after op counts, parameters, file bytes, rule "
                    "statistics, passes) instead of the table")
@@ -189,5 +208,6 @@ def register(sub) -> None:
                    help="find the first rewrite that changes the outputs (binary search over --bisect-limit, "
                    "original vs partly optimized on onnxruntime); writes the model with the rewrites before it; "
                    "exit 1 when one is found")
-    p.add_argument("--bisect-inputs", metavar="X.npz", help="inputs for --bisect (default: random, seed 0)")
+    p.add_argument("--inputs", metavar="X.npz", help="the inputs --check or --bisect run the models on (default: "
+                   "random, seeds 0..N-1)")
     p.set_defaults(func=run)

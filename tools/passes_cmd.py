@@ -84,7 +84,8 @@ def _show_one(name: str, data: dict, as_json: bool) -> int:
             print(f"options (in a pipeline: {entry['name']}{{option=value,...}}):")
             width = max(len(o["name"]) for o in entry["options"]) + 2
             for o in entry["options"]:
-                default = "required" if o["required"] else f"default {_option_text(o['default'])}"
+                default = "required" if o["required"] else "default: unset" if o["default"] is None else \
+                    f"default {_option_text(o['default'])}"
                 print(f"  {o['name']:<{width}}{o['help'] or '(undocumented)'} ({default})")
         return 0
     print(f"rule {entry['name']} (rule set {', '.join(entry['rule_sets'])}): {entry['summary']}")

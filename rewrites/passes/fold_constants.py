@@ -340,7 +340,7 @@ class ConstantFolder:
     def _refuse(self, node: Node, nbytes: int) -> None:
         refusals = self.ctx.fold_refusals
         if not any(r.ref is node for r in refusals):
-            refusals.append(FoldRefusal(describe(node), node.op_type, int(nbytes), node))
+            refusals.append(FoldRefusal(describe(node), node.op_type, int(nbytes), node, self.size_limit))
 
     def _replace(self, node: Node, graph: Graph, results: list) -> bool:
         arrays = self._check_outputs(node, results)
@@ -436,7 +436,7 @@ class FoldConstants(Pass):
     description: ClassVar[str] = ("evaluate nodes whose inputs are constants (numpy / onnx reference evaluator), "
                                   "Shape/Size of static shapes; Constant nodes become initializers")
     option_help: ClassVar[dict[str, str]] = {
-        "size-limit": "bytes (or 64KB, 1MB, none): the largest tensor a fold that grows the model may create; default: the run's limit (optc optimize --size-limit, 1MB)",
+        "size-limit": "bytes (or 64KB, 1MB): the largest tensor a fold that grows the model may create; unset: the run's limit (optc optimize --size-limit, 1MB)",
         "fold-shapes": 'also fold Shape/Size of values whose shape is static',
         "constant-nodes": 'turn Constant nodes into initializers',
     }
@@ -445,7 +445,7 @@ class FoldConstants(Pass):
     constant_nodes: bool = True
 
     def __post_init__(self):
-        if isinstance(self.size_limit, str):
+        if self.size_limit is not None:
             from ...units import parse_bytes
 
             self.size_limit = parse_bytes(self.size_limit, what="pass 'fold-constants': option 'size-limit'")
