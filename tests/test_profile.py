@@ -154,3 +154,52 @@ def test_cli_inputs_from_npz(tmp_path, capsys):
     assert cli.main(["profile", str(src), "--inputs", str(data)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("optc: error: onnxruntime failed to run") and len(err.strip().splitlines()) == 1
+
+
+def _fake_artifact(tmp_path, inputs, outputs) -> str:
+    """A library file (never loaded) with optc artifact metadata giving this signature."""
+    from optc.codegen.artifact import FORMAT, metadata_path
+
+    lib = tmp_path / "fake.so"
+    lib.write_bytes(b"not loaded")
+    metadata_path(lib).write_text(json.dumps({"format": FORMAT, "inputs": inputs, "outputs": outputs}))
+    return str(lib)
+
+
+def _sig(name, shape, dtype="float32") -> dict:
+    return {"name": name, "shape": shape, "dtype": dtype}
+
+
+@pytest.mark.parametrize("inputs, outputs, message", [
+    ([_sig("x", ["N", 8])], [_sig("y", ["N", 4], "float16")], "output 'y' is float32 in the model, float16 in the "
+                                                              "artifact"),
+    ([_sig("x", ["N", 8], "int64")], [_sig("y", ["N", 4])], "input 'x' is float32 in the model, int64"),
+    ([_sig("img", ["N", 8])], [_sig("y", ["N", 4])], "input 'x' only in the model; input 'img' only in the artifact"),
+    ([_sig("x", ["N", 8])], [_sig("y", ["N", 4]), _sig("z", [1])], "output 'z' only in the artifact"),
+    ([_sig("x", ["N", 3, 16, 16])], [_sig("y", ["N", 4])], "input 'x' has shape ['N', 8] in the model, ['N', 3, 16"),
+    ([_sig("x", [2, 9])], [_sig("y", [2, 4])], "input 'x' has shape ['N', 8] in the model, [2, 9]"),
+])
+def test_cli_refuses_an_artifact_of_another_model(tmp_path, capsys, inputs, outputs, message):
+    src = tmp_path / "small.onnx"
+    onnx.save(_small(), src)
+    lib = _fake_artifact(tmp_path, inputs, outputs)
+    assert cli.main(["profile", str(src), "--artifact", lib, "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "was not built from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_artifact_source_check_accepts_the_models_signature(tmp_path, capsys):
+    """Names, dtypes, ranks and fixed dims agree (a symbolic dim fixed by the compile is fine)."""
+    from optc.workflow.profile import check_artifact_source
+
+    src = tmp_path / "small.onnx"
+    onnx.save(_small(), src)
+    for n in ("N", 2):
+        check_artifact_source(str(src), _fake_artifact(tmp_path, [_sig("x", [n, 8])], [_sig("y", [n, 4])]))
+    # the model must exist and be a model, whatever the artifact
+    assert cli.main(["profile", str(tmp_path / "none.onnx"), "--artifact", _fake_artifact(
+        tmp_path, [_sig("x", ["N", 8])], [_sig("y", ["N", 4])])]) == 2
+    assert "'" + str(tmp_path / "none.onnx") + "' does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    assert cli.main(["profile", str(tmp_path / "bad.onnx"), "--artifact", str(tmp_path / "fake.so")]) == 2
+    assert "not a valid ONNX model" in capsys.readouterr().err

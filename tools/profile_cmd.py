@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 
 from ..errors import OptcError
-from ..workflow.profile import profile
+from ..workflow.profile import check_artifact_source, profile
 from .native_log import stdout_to_stderr
 
 
 def run(args) -> int:
     if args.artifact and args.model.endswith((".so", ".dylib", ".dll")):
         raise OptcError("give the artifact with --artifact and the ONNX model as MODEL, or the artifact alone")
+    if args.artifact:
+        check_artifact_source(args.model, args.artifact)  # MODEL must exist and be the artifact's source
     target = args.artifact or args.model
     with stdout_to_stderr(args.json):  # native libraries' chatter must not break the JSON document
         result = profile(target, args.inputs, threads=args.threads, runs=args.runs, top=args.top)
@@ -34,7 +36,8 @@ def register(sub) -> None:
         "as MODEL) the kernels of the library from `optc compile` are timed on TVM's Relax VM.")
     p.add_argument("model", help="an ONNX file (or a compiled artifact .so)")
     p.add_argument("--artifact", metavar="LIB", help="profile this compiled artifact (from `optc compile "
-                   "MODEL`) instead of the ONNX model on onnxruntime")
+                   "MODEL`) instead of the ONNX model on onnxruntime; refused when its inputs and outputs (names, "
+                   "dtypes) are not MODEL's")
     p.add_argument("--inputs", metavar="NPZ", help="input arrays by name (default: random, symbolic dims 1)")
     p.add_argument("--top", type=int, metavar="N", help="show the N slowest nodes and op types (default: all)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads (default: 1)")

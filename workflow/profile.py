@@ -25,7 +25,7 @@ from ..errors import OptcError
 from ..inputs import InputSpec, random_inputs, session_input_specs
 from ..ortsession import first_line, session
 
-__all__ = ["Profile", "ProfileEntry", "profile"]
+__all__ = ["Profile", "ProfileEntry", "check_artifact_source", "profile"]
 
 
 @dataclass
@@ -257,6 +257,57 @@ def _feeds(specs: list[InputSpec], feeds, label: str) -> dict[str, np.ndarray]:
         raise OptcError(f"inputs: expected a mapping {{name: array}} or an .npz path, got {type(feeds).__name__}")
     check_input_names(feeds, [s.name for s in specs], where=label)
     return {s.name: np.asarray(feeds[s.name]) for s in specs}
+
+
+def check_artifact_source(model, artifact: str | os.PathLike) -> None:
+    """Check that the artifact `artifact` (from `optc compile`) was built from `model` (an .onnx path or an optc
+    `Model`) as far as the artifact's metadata tells: its inputs (the model's initializers excluded) and outputs
+    must have the model's names, in order, and dtypes, and shapes of the same rank whose fixed dims agree (a
+    symbolic dim may have been fixed by the compile). Raises OptcError (one line) for a missing or invalid model
+    or artifact, and, naming what differs (the first four differences), when they do not agree."""
+    from ..codegen.artifact import read_metadata
+    from ..ir import DataType, TensorType, load
+
+    model_label = os.fspath(model) if isinstance(model, str | os.PathLike) else "the model"
+    if isinstance(model, str | os.PathLike):
+        if not os.path.exists(model):
+            raise OptcError(f"'{model_label}' does not exist")
+        model = load(model)  # optc's one-line errors for a file that is not a valid model
+    meta = read_metadata(artifact)
+
+    def sig(v) -> tuple[str | None, list | None]:
+        t = v.type
+        if not isinstance(t, TensorType):
+            return None, None
+        dtype = None if t.dtype == DataType.UNDEFINED else t.dtype.name.lower()
+        try:
+            dtype = t.dtype.numpy().name if dtype else None
+        except ValueError:  # (no numpy type: the artifact cannot have compiled it either)
+            pass
+        return dtype, None if t.shape is None else list(t.shape)
+
+    g = model.graph
+    ours = {"input": [(v.name, *sig(v)) for v in g.inputs if v.const is None and v.name not in g.initializers],
+            "output": [(v.name, *sig(v)) for v in g.outputs]}
+    differ: list[str] = []
+    for what in ("input", "output"):
+        mine = {name: (dtype, shape) for name, dtype, shape in ours[what]}
+        lib = {str(e.get("name")): (e.get("dtype"), e.get("shape")) for e in meta.get(f"{what}s") or []}
+        differ += [f"{what} '{n}' only in the model" for n in mine if n not in lib]
+        differ += [f"{what} '{n}' only in the artifact" for n in lib if n not in mine]
+        for name in (n for n in mine if n in lib):
+            (dt_m, sh_m), (dt_l, sh_l) = mine[name], lib[name]
+            if dt_m is not None and dt_m != dt_l:
+                differ.append(f"{what} '{name}' is {dt_m} in the model, {dt_l} in the artifact")
+            if sh_m is not None and isinstance(sh_l, list) and (len(sh_m) != len(sh_l) or any(
+                    isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(sh_m, sh_l, strict=True))):
+                differ.append(f"{what} '{name}' has shape {sh_m} in the model, {sh_l} in the artifact")
+        if not differ and list(mine) != list(lib):
+            differ.append(f"the {what}s are in another order")
+    if differ:
+        more = f"; and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise OptcError(f"the artifact '{os.fspath(artifact)}' was not built from '{model_label}': "
+                        + "; ".join(differ[:4]) + more)
 
 
 def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: int = 10, top: int | None = None,
