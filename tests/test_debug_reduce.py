@@ -47,9 +47,21 @@ def test_reduce_with_a_command_oracle(src, tmp_path, capfd):
     assert [n.op_type for n in onnx.load(out).graph.node] == ["Gemm"]
 
 
+def test_reduce_with_a_command_that_names_only_the_inputs(src, tmp_path, capfd):
+    """`{inputs}` alone is enough: the candidate is model.onnx beside it (as the help says)."""
+    out = str(tmp_path / "reduced.onnx")
+    script = ("import numpy, onnx, os, sys; x = numpy.load(sys.argv[1]); "
+              "m = onnx.load(os.path.join(os.path.dirname(sys.argv[1]), 'model.onnx')); "
+              "assert set(x.files) == {i.name for i in m.graph.input} - {t.name for t in m.graph.initializer}; "
+              "sys.exit(any(n.op_type == 'Gemm' for n in m.graph.node))")
+    rc = main(["debug", "reduce", src, "-o", out, "--check-cmd", f"{sys.executable} -c \"{script}\" {{inputs}}"])
+    assert rc == 0 and "9 -> 1 nodes" in capfd.readouterr().out
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Gemm"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--passes", "rules{rule-set=eliminate-noops},dce"], "nothing to reduce"),
-    (["--check-cmd", "true"], "{model}"),
+    (["--check-cmd", "true"], "needs '{model}' (the candidate's .onnx path) or '{inputs}'"),
     (["--check-cmd", "x {model}", "--against", "tvm"], "not both"),
     (["--check-cmd", "/nonexistent/tool {model}"], "--check-cmd cannot run"),
 ])

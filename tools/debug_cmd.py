@@ -110,7 +110,8 @@ The check (a candidate "fails"):
   default / --against optimized   onnxruntime vs the model optimized by optc (-O2, or --passes PIPELINE)
   --against tvm                   onnxruntime vs the model compiled by optc for the CPU
   --against reference             onnxruntime vs onnx's reference evaluator
-  --check-cmd "CMD {model}"       run CMD ({model}: the candidate .onnx, {inputs}: its inputs .npz);
+  --check-cmd "CMD {model}"       run CMD ({model}: the candidate .onnx, {inputs}: its inputs .npz, in
+                                  the same directory as model.onnx; CMD needs one of the two);
                                   exit 0 = good, anything else = fails
 
   optc debug reduce m.onnx -o /tmp/reduced.onnx --against tvm
@@ -122,7 +123,9 @@ The check (a candidate "fails"):
                    help="what onnxruntime's outputs are compared with (default: optimized)")
     r.add_argument("--passes", metavar="PIPELINE", default=None,
                    help="the pipeline of --against optimized (default: -O2)")
-    r.add_argument("--check-cmd", metavar="CMD", help="a command that exits 0 for a good model ({model}, {inputs})")
+    r.add_argument("--check-cmd", metavar="CMD", help="a command that exits 0 for a good model; {model}: the "
+                   "candidate's .onnx path, {inputs}: its inputs .npz (beside it as model.onnx); one of the two is "
+                   "needed")
     r.add_argument("--inputs", metavar="X.npz", help="the model's inputs (default: random, --seed)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     r.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")

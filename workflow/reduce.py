@@ -86,10 +86,12 @@ def against_oracle(against: str = "optimized", *, passes: str | None = None, rto
 
 def command_oracle(command: str, timeout: float | None = None) -> Oracle:
     """A candidate fails when `command` exits non-zero. `{model}` in it is replaced by the path of the candidate
-    (an .onnx file) and `{inputs}` by an .npz file with its inputs (the values the full model computes there);
-    the command is split as a shell would (shlex) and run without a shell."""
-    if "{model}" not in command:
-        raise OptcError("--check-cmd needs '{model}' where the candidate's path goes, e.g. \"mytool {model}\"")
+    (`model.onnx`) and `{inputs}` by the path of an .npz file with its inputs (the values the full model computes
+    there), `inputs.npz` in the same directory as `model.onnx`; the command must hold at least one of the two.
+    The command is split as a shell would (shlex) and run without a shell. OptcError when it holds neither."""
+    if "{model}" not in command and "{inputs}" not in command:
+        raise OptcError("--check-cmd needs '{model}' (the candidate's .onnx path) or '{inputs}' (its inputs .npz, "
+                        "beside it as model.onnx): without either the command cannot see the candidate")
     argv = shlex.split(command)
 
     def fails(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> bool:
