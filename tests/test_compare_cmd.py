@@ -119,7 +119,7 @@ def test_data_directory_compares_every_file(models, capsys, tmp_path):
     (["{src}", "reference", "--inputs", "{tmp}/wrong.npz"], "input 'x'"),
     (["{src}", "reference", "--inputs", "{tmp}/extra.npz"], "unknown input 'z'"),
     (["{src}", "reference", "--inputs", "{tmp}/none.npz"], "does not exist"),
-    (["{src}", "reference", "--rtol", "-1"], "--rtol and --atol"),
+    (["{src}", "reference", "--rtol", "-1"], "tolerances (rtol, atol) must be finite and not negative, got rtol=-1"),
 ])
 def test_errors_are_one_line_exit_2(models, capsys, tmp_path, argv, message):
     src = models[0]
@@ -209,3 +209,11 @@ def test_mark_all_describes_strings_without_errors():
     text = Divergence("n", "Cast", TensorResult("s", "s", "name", "n", "Cast", "Cast", c), [("x", "match")],
                       True).describe()
     assert "output s: 1/3 elements differ; worst at [1]" in text and "max abs" not in text and "None" not in text
+
+
+@pytest.mark.parametrize("rtol, atol", [(-1.0, 1e-5), (1e-4, float("nan")), (float("inf"), 0.0)])
+def test_api_tolerance_error_names_no_cli_flag(models, rtol, atol):
+    """The Python API's message names the arguments, not the CLI's --rtol/--atol flags."""
+    with pytest.raises(optc.OptcError, match=r"^tolerances \(rtol, atol\) must be finite and not negative") as e:
+        optc.compare(models[0], "reference", rtol=rtol, atol=atol)
+    assert "--" not in str(e.value)

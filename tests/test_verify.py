@@ -265,7 +265,8 @@ BAD = {
     "different inputs": (["{so}", "{other}"], "different inputs"),
     "bad --dim": (["{model}", "{so}", "--dim", "N"], "NAME=VALUE"),
     "unknown --dim": (["{model}", "{so}", "--dim", "B=2"], "no input has a dimension named 'B'"),
-    "negative tolerance": (["{model}", "{so}", "--rtol", "-1"], "--rtol"),
+    "negative tolerance": (["{model}", "{so}", "--rtol", "-1"],
+                           "tolerances (rtol, atol) must be finite and not negative, got rtol=-1"),
 }
 
 

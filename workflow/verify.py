@@ -184,7 +184,7 @@ def check_dims(dims: dict[str, int], specs: list[InputSpec], a: Side, b: Side) -
 def check_tolerances(rtol: float, atol: float) -> None:
     """OptcError unless both tolerances are finite and not negative."""
     if rtol < 0 or atol < 0 or not np.isfinite(rtol) or not np.isfinite(atol):
-        raise OptcError("--rtol and --atol must be finite and not negative")
+        raise OptcError(f"tolerances (rtol, atol) must be finite and not negative, got rtol={rtol:g}, atol={atol:g}")
 
 
 def read_inputs(inputs: str | os.PathLike | Mapping[str, np.ndarray] | None
