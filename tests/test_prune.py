@@ -402,3 +402,67 @@ def test_unstructured_leaves_a_weight_listed_as_a_graph_input_alone():
     assert set(before) == set(after)
     for name, arr in before.items():
         np.testing.assert_array_equal(after[name], arr)
+
+
+def _names(model) -> set[str]:
+    proto = model if isinstance(model, onnx.ModelProto) else to_onnx(model)
+    return {t.name for t in proto.graph.initializer}
+
+
+@pytest.mark.parametrize("case", ["chain", "residual", "bn", "mlp"])
+def test_structured_pruning_keeps_the_weights_names(case):
+    """A sliced weight replaces the old one under the old name (no `w_1`); the outputs are still right."""
+    make, ratio, zero, _ = CASES[case]
+    model = make(zero)
+    pruned, report = prune(model, ratio)
+    proto = _valid(pruned)
+    assert report.groups_pruned and _names(proto) == _names(model)
+    before = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    assert any(tuple(t.dims) != before[t.name] for t in proto.graph.initializer)  # sliced, same names
+    feeds = _feeds(model)
+    for want, got in zip(run_ort(model, feeds), run_ort(proto, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_shared_by_two_readers_sliced_differently_keeps_its_name_once():
+    """x -> MatMul(w_a) -> Relu -> MatMul(s) and x -> MatMul(w_b) -> Relu -> MatMul(s): the two groups keep
+    different rows of s, so one reader gets s under its name, the other a fresh copy (s_1); each computes what
+    the model computes with its rows."""
+    b = Builder(2)
+    s = b.const(b.weights((16, 4), []))
+    ws = [b.const(b.weights((8, 16), [])) for _ in range(2)]
+    ys = [b.op("MatMul", [b.op("Relu", [b.op("MatMul", ["x", w])]), s]) for w in ws]
+    model = b.model({"x": ["N", 8]}, ys)
+    pruned, report = prune(model, 0.25)
+    proto = _valid(pruned)
+    assert len(report.groups_pruned) == 2
+    readers = [n.input[1] for n in proto.graph.node if n.op_type == "MatMul" and n.input[0].startswith("relu")]
+    assert sorted(readers) == [s, f"{s}_1"] and _names(proto) == _names(model) | {f"{s}_1"}
+    data = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert not np.array_equal(data[s], data[f"{s}_1"])
+    feeds = _feeds(model)
+    got = run_ort(proto, feeds)
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for y, w in zip(got, ws, strict=True):  # the kept channels of each branch, with the original weights
+        keep = np.sort(np.argsort(np.abs(original[w]).sum(0), kind="stable")[4:])
+        h = np.maximum(feeds["x"] @ original[w][:, keep], 0)
+        np.testing.assert_allclose(y, h @ original[s][keep], rtol=1e-5, atol=1e-5)
+
+
+def test_unstructured_pruning_keeps_the_weights_names():
+    """Zeroed in place under the user's names; a weight that another op reads as well is not changed for it
+    (the readers that are pruned get a zeroed copy under a fresh name)."""
+    model = chain_cnn(seed=1)
+    pruned, report = prune(model, 0.3, unstructured=True)
+    proto = _valid(pruned)
+    assert report.zeroed and _names(proto) == _names(model)
+    b = Builder()
+    w = b.const(b.weights((8, 8), []))
+    model = b.model({"x": [8, 8]}, [b.op("MatMul", ["x", w]), b.op("Add", ["x", w])])
+    pruned, report = prune(model, 0.5, unstructured=True)
+    proto = _valid(pruned)
+    mm = next(n for n in proto.graph.node if n.op_type == "MatMul")
+    add = next(n for n in proto.graph.node if n.op_type == "Add")
+    assert report.zeroed == 32 and add.input[1] == w and mm.input[1] == f"{w}_1"
+    feeds = _feeds(model)
+    np.testing.assert_array_equal(run_ort(proto, feeds)[1], run_ort(model, feeds)[1])  # the Add is unchanged

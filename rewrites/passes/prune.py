@@ -12,8 +12,11 @@ Unstructured: in every float constant weight of Conv/Gemm/MatMul, the `ratio` fr
 with the smallest magnitude becomes 0. Shapes and compute do not change: no CPU speed-up by itself; it helps
 only compression and sparse-aware back ends.
 
-Every change goes through the Rewriter (new initializers under fresh names, inputs re-pointed, `group` set);
-the types of the values whose channel count changed are updated. `last_report` holds what was done.
+Every change goes through the Rewriter (inputs re-pointed, `group` set, weights replaced); a sliced or zeroed
+initializer keeps its name when nothing else reads the old data (its payload is replaced in place: not for a
+graph input or output), else the new one gets a fresh name (`w_1`) — a weight shared by two consumers that take
+different slices keeps its name on one. The types of the values whose channel count changed are updated.
+`last_report` holds what was done.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ...errors import OptcError
 from ...ir.core import Model, Node, Value
 from ...ir.rewriter import Rewriter
 from ...ir.schema import Trait, has_trait
+from ...ir.tensors import NumpyTensor
 from ...ir.types import TensorType
 from ..context import PassContext, PassResult
 from ..pass_manager import Pass, register_pass
@@ -157,11 +161,12 @@ class Prune(Pass):
     def _unstructured(self, model: Model, rw: Rewriter, ctx: PassContext) -> PassResult:
         replaced: dict[Value, Value] = {}  # a weight read by several nodes is zeroed once, and shared still
         for node in list(model.graph):
-            if producer_weight_axis(node) is None or node.domain or len(node.inputs) < 2:
+            if not _zeroable(node):
                 continue
             w_value = node.inputs[1]
             if w_value in replaced:
-                rw.set_input(node, 1, replaced[w_value])
+                if replaced[w_value] is not w_value:
+                    rw.set_input(node, 1, replaced[w_value])
                 continue
             w = rw.constants().data(w_value)  # None for a weight a graph input overrides
             k = int(self.ratio * w.size) if w is not None and w.dtype.kind == "f" else 0
@@ -170,11 +175,28 @@ class Prune(Pass):
             flat = w.reshape(-1).copy()
             flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
             self.last_report.zeroed += k
-            replaced[w_value] = rw.add_initializer(flat.reshape(w.shape), hint=w_value.name or "weight")
-            rw.set_input(node, 1, replaced[w_value])
+            zeroed = np.ascontiguousarray(flat.reshape(w.shape))
+            if all(use.index == 1 and _zeroable(use.node) for use in w_value.uses()) and _own_initializer(rw, w_value):
+                rw.set_constant(w_value, NumpyTensor(zeroed))  # every reader is zeroed alike: the name stays
+                replaced[w_value] = w_value
+            else:
+                replaced[w_value] = rw.add_initializer(zeroed, hint=w_value.name or "weight")
+                rw.set_input(node, 1, replaced[w_value])
             ctx.record(self.name, "zero-weights", f"{k} of {w.size} weights of {_label(node)}")
-        _drop_unused(rw, list(replaced))
+        _drop_unused(rw, [old for old, new in replaced.items() if new is not old])
         return PassResult(bool(replaced), converged=not ctx.budget.exhausted, counts={"zero-weights": len(replaced)})
+
+
+def _zeroable(node: Node) -> bool:
+    """A standard Conv/Gemm/MatMul with a weight input (what unstructured pruning zeroes)."""
+    return producer_weight_axis(node) is not None and not node.domain and len(node.inputs) >= 2
+
+
+def _own_initializer(rw: Rewriter, v: Value) -> bool:
+    """`v` is an initializer of the main graph that is neither a graph input nor a graph output: its payload
+    may be replaced in place, keeping the user's name."""
+    return (rw.graph.initializers.get(v.name) is v and not rw.is_graph_output(v)
+            and not any(i is v for i in rw.graph.inputs))
 
 
 def _norms(w: np.ndarray, axis: int, criterion: str) -> np.ndarray:
@@ -336,5 +358,9 @@ class _Apply:
             self.account(m, keep, arr.size // n, macs // n)
             macs = macs * int(keep.sum()) // n
             arr = np.compress(keep, arr, axis=axis)
-        self.rw.set_input(node, i, self.rw.add_initializer(np.ascontiguousarray(arr), hint=old.name or "pruned"))
+        arr = np.ascontiguousarray(arr)
+        if old.num_uses == 1 and old not in self.a.maps and _own_initializer(self.rw, old):
+            self.rw.set_constant(old, NumpyTensor(arr))  # its last reader: the sliced weight keeps the name
+            return
+        self.rw.set_input(node, i, self.rw.add_initializer(arr, hint=old.name or "pruned"))
         self.replaced.append(old)
