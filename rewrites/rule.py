@@ -359,7 +359,7 @@ class RuleApplier:
         if st.best is not None:
             _, reason, nodes, bindings = st.best
             self.last_failure = _format_failure(rule, node, reason, nodes, bindings)
-            matched = ", ".join(f"{n.op_type} '{n.name}'" for n in nodes)
+            matched = ", ".join(f"{n.op_type} '{_label(n)}'" for n in nodes)
             self.last_reason = reason + (f" (best partial match: [{matched}])" if matched else "")
         return None
 
@@ -372,9 +372,9 @@ class RuleApplier:
                     continue
                 for use in o._uses:
                     if use.node not in inside:
-                        return f"'{o.name}' (of {n.op_type} '{n.name}') is also used outside the match"
+                        return f"'{o.name}' (of {n.op_type} '{_label(n)}') is also used outside the match"
                 if self.rw.is_graph_output(o):
-                    return f"'{o.name}' (of {n.op_type} '{n.name}') is a graph output"
+                    return f"'{o.name}' (of {n.op_type} '{_label(n)}') is a graph output"
         return None
 
     # -- applying ---------------------------------------------------------------------------------
@@ -546,10 +546,15 @@ def builder_outputs(builder: RewriteBuilder) -> set[Value]:
     return fresh
 
 
+def _label(n: Node) -> str:
+    """How messages name a node, as the driver does: its name, else its first output's name."""
+    return n.name or next((o.name for o in n.outputs if o is not None and o.name), "")
+
+
 def _format_failure(rule: Rule, node: Node, reason: str, nodes: list[Node], bindings: dict[str, Any]) -> str:
-    matched = ", ".join(f"{n.op_type} '{n.name}'" for n in nodes) or "nothing"
+    matched = ", ".join(f"{n.op_type} '{_label(n)}'" for n in nodes) or "nothing"
     binds = ", ".join(f"{k}={_show(v)}" for k, v in bindings.items()) or "none"
-    return (f"{rule.name} did not match at {node.op_type} '{node.name}': {reason}\n"
+    return (f"{rule.name} did not match at {node.op_type} '{_label(node)}': {reason}\n"
             f"  pattern: {rule.compiled().describe()}\n"
             f"  best partial match: nodes [{matched}], bindings [{binds}]")
 
@@ -558,7 +563,7 @@ def _show(v: Any) -> str:
     if isinstance(v, Value):
         return f"%{v.name or '?'}"
     if isinstance(v, Node):
-        return f"{v.op_type} '{v.name}'"
+        return f"{v.op_type} '{_label(v)}'"
     return repr(v)
 
 
@@ -577,16 +582,16 @@ def explain(rule: Rule | type[Rule], node: Node, model: Model | None = None, *, 
                f"in [{rule.min_opset}, {rule.max_opset}]"
     applier = RuleApplier(Rewriter(target), opsets, trace=True, fast_math=fast_math)
     if node.key not in rule.compiled().root_keys:
-        return f"{rule.name} did not match at {node.op_type} '{node.name}': the pattern's root is " \
+        return f"{rule.name} did not match at {node.op_type} '{_label(node)}': the pattern's root is " \
                f"{' or '.join(k[1] for k in rule.compiled().root_keys)}"
     m = applier.match(rule, node)
     if m is None:
-        return applier.last_failure or f"{rule.name} did not match at {node.op_type} '{node.name}'"
+        return applier.last_failure or f"{rule.name} did not match at {node.op_type} '{_label(node)}'"
     built = applier.build(m)
     if isinstance(built, str):
-        return f"{rule.name} matched at {node.op_type} '{node.name}' but the rewrite was rejected: {built}"
+        return f"{rule.name} matched at {node.op_type} '{_label(node)}' but the rewrite was rejected: {built}"
     discard(built[0])
-    return f"{rule.name} matches at {node.op_type} '{node.name}' (nodes: {', '.join(n.op_type for n in m.nodes)})"
+    return f"{rule.name} matches at {node.op_type} '{_label(node)}' (nodes: {', '.join(n.op_type for n in m.nodes)})"
 
 
 def _root_graph(node: Node) -> Graph:

@@ -55,6 +55,21 @@ def test_trace_prints_the_rewrite_and_the_rejection(tmp_path, capsys):
     assert all("FusePadConv" not in x for x in err.splitlines())  # only the traced rule
 
 
+def test_trace_names_unnamed_nodes_by_their_first_output(tmp_path, capsys):
+    """Nodes without names are labelled by their first output everywhere on the trace line (the best partial
+    match and the reason too, not '')."""
+    src = _conv_bn(str(tmp_path / "m.onnx"))
+    m = onnx.load(src)
+    for n in m.graph.node:
+        n.name = ""
+    onnx.save(m, src)
+    assert main(["optimize", src, "-o", str(tmp_path / "o.onnx"), "--trace", "FuseConvBatchNorm"]) == 0
+    refused = [x for x in capsys.readouterr().err.splitlines() if "no match" in x]
+    assert refused and "at BatchNormalization 'bn2'" in refused[0] and "''" not in refused[0]
+    assert "(of Conv 'c2') is also used outside the match" in refused[0]
+    assert "best partial match: [BatchNormalization 'bn2', Conv 'c2']" in refused[0]
+
+
 def test_trace_of_an_unknown_rule_is_one_line_exit_2(tmp_path, capsys):
     src = _conv_bn(str(tmp_path / "m.onnx"))
     out = tmp_path / "o.onnx"
