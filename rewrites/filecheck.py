@@ -29,6 +29,11 @@ printed result (`format_model`; with `print-types`, node outputs show their type
 - `CHECK-NOT: p` — `p` does not occur between the previous match and the next one (or the end);
 - `CHECK-LABEL: p` — splits the output into blocks: the checks after a label match inside its block only.
 
+A file needs at least one CHECK line ("no check strings found"). As in LLVM FileCheck, a `//` comment line that
+looks like a misspelled directive fails the test: one that starts with `check` in any case (`// check:`,
+`// CHECK-next:`, `// CHECK :`, `// CHECK-NOT Relu`) or with a word close to a CHECK directive (`// CHEKC:`),
+unless it is a valid directive and its colon; write prose comments so that they do not start that way.
+
 Patterns are plain text (runs of blanks match any run of blanks) with `{{regex}}`, `[[NAME:regex]]` (match and
 remember the text) and `[[NAME]]` (the remembered text). Unless `NO-NUMERICS` is given, the input and output
 models run on onnxruntime with the same random inputs (`rules._testing.random_feeds`), and the outputs must
@@ -54,6 +59,26 @@ _DIRECTIVE = re.compile(r"^\s*//\s*(?P<kind>[A-Z][A-Z-]*):(?P<rest>.*)$")
 _CHECK_KINDS = ("CHECK", "CHECK-NEXT", "CHECK-SAME", "CHECK-NOT", "CHECK-LABEL", "CHECK-EMPTY")
 _OTHER_KINDS = ("RUN", "RUN-FLAGS", "NUMERICS", "NO-NUMERICS")
 _FLAGS = ("fast-math", "print-types", "no-infer-shapes", "elided=random", "elided=zeros")
+_COMMENT_WORD = re.compile(r"^\s*//\s*(?P<word>[A-Za-z][A-Za-z-]*)(?P<after>\s*:?)")
+
+
+def _misspelled(line: str) -> str | None:
+    """The word that starts a `//` comment line when it looks like a misspelled directive, as LLVM FileCheck
+    rejects them: a `check` prefix in any case (`check:`, `CHECK-next:`, `CHECK :`, `CHECK Nope`) or a word close
+    to a CHECK directive (`CHEKC:`), unless it is a valid directive followed by its colon."""
+    m = _COMMENT_WORD.match(line)
+    if m is None:
+        return None
+    word, after = m.group("word"), m.group("after")
+    if word in _CHECK_KINDS + _OTHER_KINDS and after == ":":
+        return None
+    upper = word.upper()
+    if word == upper and after == ":" and upper.startswith("CHECK"):
+        return None  # an unknown directive (CHECK-DAG:): parse_test names the known ones
+    if upper.startswith("CHECK"):
+        return word
+    close = difflib.get_close_matches(upper, _CHECK_KINDS, n=1, cutoff=0.8)
+    return word if close and (word.isupper() or after.strip() == ":") else None
 
 
 class CheckFailure(AssertionError):
@@ -94,12 +119,17 @@ class IRTestResult:
 
 
 def parse_test(text: str, source: str = "<test>") -> IRTest:
-    """Read the directives of a test file. Raises CheckFailure for a missing or repeated RUN line, unknown
-    flags or directives, and a NUMERICS line that is not `exact` or `rtol=.. atol=..`."""
+    """Read the directives of a test file. Raises CheckFailure for a missing or repeated RUN line, no CHECK
+    line at all ("no check strings found"), unknown flags or directives, a comment line that looks like a
+    misspelled directive (see the module docstring), and a NUMERICS line that is not `exact` or `rtol=.. atol=..`."""
     pipeline = None
     test = IRTest(source, text, "")
     numerics_seen = False
     for lineno, line in enumerate(text.splitlines(), 1):
+        word = _misspelled(line)
+        if word is not None:
+            raise CheckFailure(f"{source}:{lineno}: '{word}' looks like a misspelled directive (known: "
+                               f"{', '.join(_CHECK_KINDS + _OTHER_KINDS)}, each followed by ':')")
         m = _DIRECTIVE.match(line)
         if not m:
             continue
@@ -134,6 +164,8 @@ def parse_test(text: str, source: str = "<test>") -> IRTest:
         raise CheckFailure(f"{source}: no '// RUN: <pipeline>' line")
     if sum(1 for f in test.flags if f.startswith("elided=")) > 1:
         raise CheckFailure(f"{source}: give one of elided=random and elided=zeros")
+    if not test.checks:
+        raise CheckFailure(f"{source}: no check strings found (no '// CHECK...:' line)")
     test.pipeline = pipeline
     return test
 

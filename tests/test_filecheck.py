@@ -134,7 +134,8 @@ class _BreakLeakyRelu(Pass):
 
 
 def test_numerics_catch_a_wrong_rewrite():
-    test = parse_test(TEST.replace("// CHECK-NOT: Identity\n// CHECK: %y = LeakyRelu(%x) {alpha=0.1}\n", ""), "t.ir")
+    test = parse_test(TEST.replace("// CHECK-NOT: Identity\n// CHECK: %y = LeakyRelu(%x) {alpha=0.1}\n",
+                                   "// CHECK: LeakyRelu\n"), "t.ir")
     with pytest.raises(CheckFailure, match=r"t.ir: output y differs bit for bit in \d+ of 6 elements, first at"):
         run_test(test, passes=_BreakLeakyRelu())
     # ... and NO-NUMERICS or a wide enough tolerance let it through
@@ -151,6 +152,14 @@ def test_numerics_catch_a_wrong_rewrite():
     ("// RUN: dce\n// NUMERICS: loose\n", r"t.ir:2: NUMERICS takes 'exact' or 'rtol=<float> atol=<float>'"),
     ("// RUN: dce\n// CHECK-DAG: x\n", r"t.ir:2: unknown directive CHECK-DAG"),
     ("// RUN: dce\n// CHECK:\n", r"t.ir:2: CHECK has an empty pattern"),
+    ("// RUN: dce\n// NOTE: a prose comment\n", r"t.ir: no check strings found"),
+    ("// RUN: dce\n// CHECK-NOT: Relu\n// CHEKC: Relu\n", r"t.ir:3: 'CHEKC' looks like a misspelled directive"),
+    ("// RUN: dce\n// CHECK-next: Relu\n", r"t.ir:2: 'CHECK-next' looks like a misspelled directive"),
+    ("// RUN: dce\n// CHECK : Relu\n", r"t.ir:2: 'CHECK' looks like a misspelled directive"),
+    ("// RUN: dce\n// CHECK Nope\n", r"t.ir:2: 'CHECK' looks like a misspelled directive"),
+    ("// RUN: dce\n// check: Relu\n", r"t.ir:2: 'check' looks like a misspelled directive"),
+    ("// RUN: dce\n// CHECK-NOT Relu\n", r"t.ir:2: 'CHECK-NOT' looks like a misspelled directive"),
+    ("// RUN: dce\n  //CHECK-LABLE: g\n", r"t.ir:2: unknown directive CHECK-LABLE"),
     ("// RUN: dce\n// RUN-FLAGS: elided=random, elided=zeros\n", r"give one of elided=random and elided=zeros"),
 ])
 def test_bad_test_files(text, message):
@@ -180,3 +189,9 @@ graph g (%s: seq<float32[2]>) -> (%n: int64[]) {
     with pytest.raises(CheckFailure, match=r"t.ir: no random inputs for this model .*add '// NO-NUMERICS: <reason>'"):
         run_test(parse_test(text, "t.ir"))
     run_test(parse_test("// NO-NUMERICS: a sequence input\n" + text, "t.ir"))
+
+
+def test_prose_comments_and_valid_directives_are_not_misspellings():
+    test = parse_test("// RUN: dce\n// This checks that Relu stays.\n// NOTE: fine\n//CHECK-NOT: Sigmoid\n"
+                      "  // CHECK: Relu\n", "t.ir")
+    assert [(c.kind, c.pattern) for c in test.checks] == [("CHECK-NOT", "Sigmoid"), ("CHECK", "Relu")]
