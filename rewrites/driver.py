@@ -167,6 +167,7 @@ class _Driver:
         self.applier = RuleApplier(rw, base_opsets, trace=ctx.trace, fast_math=ctx.fast_math,
                                    trace_rules={r.name for r in self.rules if ctx.traced(r.name)})
         self.result = DriverResult(changed=False, converged=False)
+        self._traced: set[str] = set()
         self._graph_env: dict[Graph, tuple[dict[str, int], dict]] = {}
         self._indexes: dict[tuple, dict] = {}
         self._roots: list[tuple[Graph, dict[str, int]]] = []
@@ -265,7 +266,7 @@ class _Driver:
                 if m is None:
                     stats.rejected += 1
                     if traced:
-                        ctx.trace_sink(f"{where}: no match: {applier.last_reason}")
+                        self._trace(f"{where}: no match: {applier.last_reason}")
                     if ctx.trace and applier.last_failure:
                         res.trace.append(applier.last_failure)
                         log.debug("%s", applier.last_failure)
@@ -274,7 +275,7 @@ class _Driver:
                 if isinstance(built, str):
                     stats.rejected += 1
                     if traced:
-                        ctx.trace_sink(f"{where}: matched {_nodes(m.nodes)}, rewrite rejected: {built}")
+                        self._trace(f"{where}: matched {_nodes(m.nodes)}, rewrite rejected: {built}")
                     if ctx.trace:
                         msg = f"{rule.name} matched at {n.op_type} '{n.name}' but was rejected: {built}"
                         res.trace.append(msg)
@@ -284,7 +285,7 @@ class _Driver:
                 if not ctx.budget.take():
                     stats.skipped += 1
                     if traced:
-                        ctx.trace_sink(f"{where}: matched {_nodes(m.nodes)}, not applied: the --bisect-limit "
+                        self._trace(f"{where}: matched {_nodes(m.nodes)}, not applied: the --bisect-limit "
                                        "budget is spent")
                     discard(builder)
                     skipped = True
@@ -294,7 +295,7 @@ class _Driver:
                 applier.commit(m, builder, results)
                 if traced:  # after commit: the new nodes carry the names they keep
                     made = _nodes(builder.nodes) if builder.nodes else "no new node"
-                    ctx.trace_sink(f"{where}: rewrote {matched} -> {made}")
+                    self._trace(f"{where}: rewrote {matched} -> {made}")
                 stats.applied += 1
                 res.rewrites += 1
                 res.counts[rule.name] = res.counts.get(rule.name, 0) + 1
@@ -303,6 +304,12 @@ class _Driver:
                     wl.push(n)
                 break
         return changed, False, skipped
+
+    def _trace(self, line: str) -> None:
+        """Report a traced attempt once: the sweep that proves a fixed point retries every rejected match."""
+        if line not in self._traced:
+            self._traced.add(line)
+            self.ctx.trace_sink(line)
 
     def _fold(self, n: Node) -> bool:
         around: list[Node] = []
