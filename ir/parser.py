@@ -19,11 +19,14 @@ import zlib
 from decimal import Decimal
 from typing import Any, Literal
 
+import ml_dtypes
 import numpy as np
+import onnx
 
 from ..errors import OptcError
 from .core import Attr, AttrType, Function, Graph, Model, Node, Value
-from .tensors import NumpyTensor
+from .printer import KEYWORDS
+from .tensors import NumpyTensor, SparseTensor
 from .types import DataType, MapType, OptionalType, SequenceType, SparseTensorType, TensorType
 
 Elided = Literal["error", "zeros", "random"]
@@ -49,6 +52,9 @@ def parse(text: str, *, elided: Elided = "error") -> Model:
     """
     if elided not in ("error", "zeros", "random"):
         raise ValueError(f"elided must be 'error', 'zeros' or 'random', not {elided!r}")
+    if not isinstance(text, str):
+        raise ParseError(1, 1, f"the text IR must be a str, not {type(text).__name__}"
+                               f"{' (decode the bytes first)' if isinstance(text, bytes | bytearray) else ''}")
     return _Parser(text, elided).model()
 
 
@@ -82,7 +88,8 @@ class _Tok:
 _DTYPES = {d.short_name: d for d in DataType if d != DataType.UNDEFINED}
 _ATTR_KINDS = {t.name.lower(): t for t in AttrType if t != AttrType.UNDEFINED}
 _PLURAL = {AttrType.INT: AttrType.INTS, AttrType.FLOAT: AttrType.FLOATS, AttrType.STRING: AttrType.STRINGS,
-           AttrType.TENSOR: AttrType.TENSORS, AttrType.TYPE_PROTO: AttrType.TYPE_PROTOS}
+           AttrType.TENSOR: AttrType.TENSORS, AttrType.TYPE_PROTO: AttrType.TYPE_PROTOS,
+           AttrType.SPARSE_TENSOR: AttrType.SPARSE_TENSORS}
 
 
 class _Parser:
@@ -102,6 +109,7 @@ class _Parser:
         self.toks.append(_Tok("eof", "", len(text)))
         self.i = 0
         self.returned_at = self.toks[0]  # the last `return` read
+        self.in_function = False  # attribute references (@name:type) are allowed in function bodies only
 
     # -- token helpers --------------------------------------------------------------------------------------
     def _error_at(self, pos: int, msg: str) -> ParseError:
@@ -165,6 +173,14 @@ class _Parser:
             raise self.error(f"expected {what} (an integer), found {t!r}", t)
         return int(t.text)
 
+    def version(self, what: str) -> int:
+        """A positive int64 (an IR or opset version)."""
+        t = self.peek()
+        v = self.integer(what)
+        if not 1 <= v < 1 << 63:
+            raise self.error(f"{what} must be a positive 64-bit integer, not {v}", t)
+        return v
+
     def value_name(self, t: _Tok) -> str:
         raw = t.text
         if raw == "<":
@@ -176,7 +192,7 @@ class _Parser:
         self.expect("<", "at the start of the model header")
         self.expect("ir_version")
         self.expect(":")
-        ir_version = self.integer("the IR version")
+        ir_version = self.version("the IR version")
         self.expect(",")
         self.expect("opsets")
         self.expect(":")
@@ -222,7 +238,7 @@ class _Parser:
             self.expect(":")
             if domain in out:
                 raise self.error(f"opset of domain '{domain or 'ai.onnx'}' given twice", tok)
-            out[domain] = self.integer("an opset version")
+            out[domain] = self.version("an opset version")
         return out
 
     # -- graphs ---------------------------------------------------------------------------------------------
@@ -366,6 +382,14 @@ class _Parser:
                 if name in attrs:
                     raise self.error(f"attribute '{name}' is given twice", at)
                 attrs[name] = self.attr(name)
+        node_name = doc = ""
+        if self.accept("@"):  # the node's name, then its doc string: @conv1 doc 'text'
+            if self.peek().kind == "ident" and self.peek().text in KEYWORDS:  # (printed quoted)
+                raise self.error(f"expected a node name after '@', found {self.peek()!r}")
+            node_name = self.name("a node name after '@'")
+            if self.at("doc") and self.peek(1).kind == "str":
+                self.next()
+                doc = self.text_literal(self.next())
         # subgraph blocks: `name: graph ...` or `name[i]: graph ...` (GRAPHS)
         while self.peek().kind in ("ident", "str") and (self.at(":", 1) or self.at("[", 1)):
             at = self.peek()
@@ -388,7 +412,8 @@ class _Parser:
                     a.value.append(sub)
                 else:
                     raise self.error(f"graph {name}[{index}] is out of order", at)
-        node = Node(op_type, inputs, list(attrs.values()), domain=domain, outputs=outputs)
+        node = Node(op_type, inputs, list(attrs.values()), domain=domain, outputs=outputs, name=node_name)
+        node.doc_string = doc
         for v, t in zip([o for o in outputs if o is not None], out_toks, strict=True):
             if v.name in scope:
                 raise self.error(f"value %{v.name} is defined twice", t)
@@ -397,7 +422,10 @@ class _Parser:
 
     def attr(self, name: str) -> Attr:
         t = self.peek()
-        if self.accept("@"):
+        if self.at("@"):
+            if not self.in_function:
+                raise self.error("an attribute reference (@name:type) is allowed only in a function body")
+            self.next()
             ref = self.name("the name of a function attribute")
             self.expect(":", "and the attribute's type after the reference")
             kt = self.peek()
@@ -444,7 +472,8 @@ class _Parser:
             self.next()
             return AttrType.TYPE_PROTO, self.type()
         if t.kind == "ident" and (t.text in _DTYPES or t.text == "sparse"):
-            return AttrType.TENSOR, self.tensor(name)
+            tensor = self.tensor(name)
+            return (AttrType.SPARSE_TENSOR if isinstance(tensor, SparseTensor) else AttrType.TENSOR), tensor
         raise self.error(f"expected a value for attribute '{name}', found {t!r}", t)
 
     # -- types ----------------------------------------------------------------------------------------------
@@ -500,10 +529,10 @@ class _Parser:
         return tuple(dims)
 
     # -- tensors --------------------------------------------------------------------------------------------
-    def tensor(self, name: str) -> NumpyTensor:
+    def tensor(self, name: str, need_values: bool = False) -> NumpyTensor | SparseTensor:
         start = self.peek()
-        if self.at("sparse"):
-            raise self.error("sparse tensors print without their values and cannot be parsed")
+        if self.accept("sparse"):
+            return self.sparse_tensor(name, start)
         dt = self.dtype(self.next())
         shape = self.shape()
         if any(not isinstance(d, int) for d in shape):
@@ -522,29 +551,48 @@ class _Parser:
         external = self.accept("@")
         if external:
             self.expect("external")
-        if self.elided == "error" or dt in (DataType.COMPLEX64, DataType.COMPLEX128, DataType.STRING):
+        if self.elided == "error" or need_values or dt in (DataType.COMPLEX64, DataType.COMPLEX128, DataType.STRING):
             what = "external data" if external else "elided"
             raise self.error(f"the payload of %{name} ({dt.short_name}{list(shape)}) is {what}: print the "
                              f"model with values=True (optc show --values), or parse with elided='zeros' or "
                              f"'random' to stand in values", start)
         return NumpyTensor(_stand_in(dt, shape, name, self.elided), dt)
 
+    def sparse_tensor(self, name: str, start: _Tok) -> SparseTensor:
+        """After `sparse`: `float32[4, 4] values float32[2] [...] indices int64[2] [...]` (see the printer)."""
+        dt = self.dtype(self.next())
+        shape = self.shape()
+        if any(not isinstance(d, int) for d in shape):
+            raise self.error("a tensor needs a static shape", start)
+        self.expect("values", "after the shape of a sparse tensor")
+        values = self.tensor(name)
+        if isinstance(values, SparseTensor) or values.dtype != dt:
+            raise self.error(f"the values of a sparse {dt.short_name} tensor must be a dense {dt.short_name} "
+                             f"tensor", start)
+        self.expect("indices", "after the values of a sparse tensor")
+        at = self.peek()
+        indices = self.tensor(name, need_values=True)
+        if isinstance(indices, SparseTensor) or indices.dtype != DataType.INT64:
+            raise self.error("the indices of a sparse tensor must be a dense int64 tensor", at)
+        proto = onnx.SparseTensorProto()
+        proto.dims.extend(shape)
+        proto.values.CopyFrom(values.to_proto(name))
+        proto.indices.CopyFrom(indices.to_proto(""))
+        return SparseTensor(proto)
+
     def elements(self, items: list[_Tok], dt: DataType) -> np.ndarray:
         if dt == DataType.STRING:
             bad = next((t for t in items if t.kind != "str"), None)
             if bad is not None:
                 raise self.error(f"expected a string element, found {bad!r}", bad)
-            return np.array([self.string(t) for t in items] or [], dtype=object)
+            return np.array([self.string(t) for t in items] or [], dtype=object)  # str, or bytes (not UTF-8)
         if dt == DataType.BOOL:
             bad = next((t for t in items if t.text not in ("true", "false")), None)
             if bad is not None:
                 raise self.error(f"expected true or false, found {bad!r}", bad)
             return np.array([t.text == "true" for t in items], dtype=np.bool_)
         if dt.is_floating:
-            native = dt.numpy()
-            if native.kind == "f" and native.itemsize in (2, 4, 8):
-                return self.floats(items, native)
-            return self.floats(items, np.dtype(np.float32)).astype(native)  # exact: printed from float32
+            return self.floats(items, dt.numpy(), dt.short_name)
         if dt in (DataType.COMPLEX64, DataType.COMPLEX128):
             raise self.error("complex tensors print without their values and cannot be parsed", items[0])
         out = []
@@ -552,17 +600,24 @@ class _Parser:
             if t.kind != "num" or not re.fullmatch(r"-?\d+", t.text):
                 raise self.error(f"expected an integer element, found {t!r}", t)
             out.append(int(t.text))
-        try:
-            return np.array(out, dtype=dt.numpy())
-        except OverflowError:
-            raise self.error(f"an element does not fit {dt.short_name}", items[0]) from None
+        info = ml_dtypes.iinfo(dt.numpy())
+        for t, v in zip(items, out, strict=True):
+            if not info.min <= v <= info.max:
+                raise self.error(f"{v} does not fit {dt.short_name} ({info.min} to {info.max})", t)
+        return np.array(out, dtype=dt.numpy())
 
-    def floats(self, items: list[_Tok], dtype: np.dtype) -> np.ndarray:
-        """Decimal text to `dtype` (float16/32/64), correctly rounded; `nan:0x...` keeps a NaN's bits."""
+    def floats(self, items: list[_Tok], dtype: np.dtype, label: str = "") -> np.ndarray:
+        """Decimal text to `dtype` (float16/32/64 correctly rounded; bfloat16, float8, ... through float32, exact
+        for what the printer prints); `nan:0x...` gives a NaN's bits in `dtype`. A value that the narrow types
+        cannot hold (NaN or inf where they have none, beyond the largest finite value where they have no inf)
+        and bits that are not a NaN of `dtype` raise ParseError."""
+        label = label or str(dtype)
         texts = []
         payloads: dict[int, int] = {}  # element index -> the bits of a NaN written as nan:0x...
         for i, t in enumerate(items):
             if t.kind == "num" and ":" in t.text:
+                if t.text.startswith("-"):
+                    raise self.error("a NaN given by its bits (nan:0x...) takes no sign: the bits hold it", t)
                 payloads[i] = int(t.text.split(":")[1], 16)
                 texts.append("nan")
             elif t.kind == "num" or (t.kind == "ident" and t.text in ("inf", "nan")):
@@ -573,13 +628,39 @@ class _Parser:
             x64 = np.array([float(s) for s in texts], dtype=np.float64)
         except ValueError as exc:
             raise self.error(f"bad float: {exc}", items[0]) from None
-        y = x64 if dtype == np.float64 else _round_decimal(texts, x64, dtype)
-        bits = y.view(f"u{dtype.itemsize}")
+        if dtype == np.float64:
+            y = x64
+        elif dtype.kind == "f" and dtype.itemsize in (2, 4):
+            y = _round_decimal(texts, x64, dtype)
+        else:
+            with np.errstate(all="ignore"):  # NaN and out-of-range casts are checked below
+                y = _round_decimal(texts, x64, np.dtype(np.float32)).astype(dtype)
+            self._check_narrow(items, x64, dtype, label)
+        u = np.dtype(f"u{dtype.itemsize}")
+        bits = y.view(u)
         for i, b in payloads.items():
-            if b >= 1 << (8 * dtype.itemsize):
-                raise self.error(f"NaN bits {hex(b)} do not fit {dtype}", items[i])
+            with np.errstate(all="ignore"):
+                is_nan = b < 1 << (8 * dtype.itemsize) and bool(np.isnan(np.array(b, u).view(dtype).astype(np.float32)))
+            if not is_nan:
+                raise self.error(f"{hex(b)} is not the bits of a {label} NaN", items[i])
             bits[i] = b
         return y
+
+    def _check_narrow(self, items: list[_Tok], x64: np.ndarray, dtype: np.dtype, label: str) -> None:
+        """ParseError for an element that a narrow float type (ml_dtypes) cannot hold."""
+        with np.errstate(all="ignore"):
+            has_nan = bool(np.isnan(np.array(np.nan, np.float32).astype(dtype).astype(np.float32)))
+            has_inf = bool(np.isinf(np.array(np.inf, np.float32).astype(dtype).astype(np.float32)))
+        finfo = ml_dtypes.finfo(dtype)
+        top = float(finfo.max)
+        half_ulp = 2.0 ** math.floor(math.log2(top)) * float(finfo.eps) / 2  # values from here on do not round to max
+        for t, x in zip(items, x64.tolist(), strict=True):
+            if math.isnan(x) and not has_nan:
+                raise self.error(f"{label} has no NaN", t)
+            if math.isinf(x) and not has_inf:
+                raise self.error(f"{label} has no infinity", t)
+            if math.isfinite(x) and not has_inf and abs(x) >= top + half_ulp:
+                raise self.error(f"{x!r} is beyond the largest {label} ({top!r})", t)
 
     # -- functions ------------------------------------------------------------------------------------------
     def function(self) -> Function:
@@ -623,7 +704,9 @@ class _Parser:
         if self.accept("opsets"):
             opsets = self.opsets()
         self.expect("{")
+        self.in_function = True
         returned = self.body(g, scope, [], functions=True)
+        self.in_function = False
         if declared != [v.name for v in returned]:
             raise self.error(f"'return' names {[v.name for v in returned]}, but the function header declares "
                              f"{declared}", self.returned_at)
@@ -634,7 +717,7 @@ class _Parser:
 def _round_decimal(texts: list[str], x64: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round decimals to float16/float32 correctly. Going through float64 rounds twice, which errs only when
     the float64 lands exactly on a midpoint of `dtype`: those few are settled with exact decimal arithmetic."""
-    with np.errstate(over="ignore"):  # beyond the largest finite value: inf, as the cast itself rounds
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond the largest finite value: inf, as the cast rounds
         y = x64.astype(dtype)
         finite = np.isfinite(x64) & np.isfinite(y)
         yb = y.astype(np.float64)

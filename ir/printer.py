@@ -24,8 +24,12 @@ The form, by example (`#` and `//` start comments, which the parser skips)::
 Names that are not plain identifiers (`[A-Za-z0-9_./-]+` for values) print quoted (`%'in:0'`), strings
 print as Python literals. Floats print as the shortest decimal that reads back to the same bits (`-0.0`,
 `inf`, `nan`; a NaN with a non-default payload as `nan:0x7fc00001`). An empty list attribute carries its
-type (`[]:ints`). Tensor payloads of more than 8 elements are elided unless `values=True`. Node names, doc
-strings, metadata, per-node opset versions and function overloads are not part of the text form.
+type (`[]:ints`). Tensor payloads of more than 8 elements are elided unless `values=True`. A node's name
+prints after it, `%c = Conv(%x, %w) {group=1} @conv1` (quoted when not an identifier: `@'/conv/Conv'`), and
+its doc string after that (`@conv1 doc 'text'`; `@'' doc 'text'` when it has no name). Strings that are not
+UTF-8 print as bytes literals (`b'\\xff'`). Sparse tensors print their parts:
+`sparse float32[4, 4] values float32[2] [1.0, 2.0] indices int64[2] [0, 5]` (`values=True` or few elements).
+Metadata, per-node opset versions and function overloads are not part of the text form.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .core import Attr, AttrType, Function, Graph, Model, Node, Value
-from .tensors import ExternalTensor, SparseTensor, Tensor
+from .tensors import ExternalTensor, ProtoTensor, SparseTensor, Tensor
 from .types import DataType, MapType, OptionalType, SequenceType, SparseTensorType, TensorType
 
 _INLINE_ELEMENTS = 8
@@ -191,7 +195,10 @@ def _node_lines(n: Node, indent: int, style: _Style) -> list[str]:
         else:
             plain.append(f"{_name(a.name)}={_attr_value(a, style.values)}")
     attrs = f" {{{', '.join(plain)}}}" if plain else ""
-    lines = [f"{pad}{outs + ' = ' if outs else ''}{op}({ins}){attrs}"]
+    label = f" @{_name(n.name, keywords=KEYWORDS)}" if n.name or n.doc_string else ""
+    if n.doc_string:
+        label += f" doc {n.doc_string!r}"
+    lines = [f"{pad}{outs + ' = ' if outs else ''}{op}({ins}){attrs}{label}"]
     for a in graphs:
         if a.type == AttrType.GRAPH:
             lines += _graph_lines(a.value, f"{_name(a.name)}:", indent + 1, None, style)
@@ -240,11 +247,15 @@ def _attr_value(a: Attr, values: bool = False) -> str:
 
 def format_float(x) -> str:
     """The shortest decimal that reads back to the same bits of `x` (a numpy float scalar or a Python float):
-    `1.0`, `1e-05`, `-0.0`, `inf`, `nan`, and `nan:0x7fc00001` for a NaN whose bits are not numpy's own NaN."""
-    if np.isnan(x):
+    `1.0`, `1e-05`, `-0.0`, `inf`, `nan`, and `nan:0x7fc00001` for a NaN whose bits are not numpy's own NaN
+    (the bits of `x`'s own type: `nan:0x7f81` for a bfloat16, `nan:0xff` for a float8)."""
+    with np.errstate(invalid="ignore"):  # (a signaling NaN)
+        is_nan = bool(np.isnan(np.float32(x) if np.asarray(x).dtype.kind == "V" else x))
+    if is_nan:
         x = np.asarray(x)
-        bits = x.view(f"u{x.dtype.itemsize}")
-        canon = np.asarray(np.nan, x.dtype).view(f"u{x.dtype.itemsize}")
+        u = np.dtype(f"u{x.dtype.itemsize}")
+        bits = x.view(u)
+        canon = np.asarray(np.nan, x.dtype).view(u)
         return "nan" if bits == canon else f"nan:0x{int(bits):0{x.dtype.itemsize * 2}x}"
     s = str(x) if isinstance(x, np.generic) else repr(float(x))
     return s if any(c in s for c in ".enia") else s + ".0"
@@ -253,16 +264,20 @@ def format_float(x) -> str:
 def format_tensor(t: Tensor | SparseTensor, values: bool = False) -> str:
     """A tensor as text: `float32[2, 3] [1.0, ...]` (row-major values), or elided: `float32[16, 8, 3, 3]`
     (more than 8 elements, unless `values`), `float32[N] @external` (external data, unless `values`),
-    `sparse float32[4, 4]` (sparse tensors are always elided). Complex tensors are always elided."""
+    `sparse float32[4, 4] values float32[2] [1.0, 2.0] indices int64[2] [0, 5]` (a sparse tensor: its values
+    and indices as dense tensors, each elided as above). Complex tensors are always elided."""
     head = f"{DataType(t.dtype).short_name}{list(t.shape)}"
     if isinstance(t, SparseTensor):
-        return f"sparse {head}"
+        parts = ProtoTensor(t.proto.values), ProtoTensor(t.proto.indices)
+        return f"sparse {head} values {format_tensor(parts[0], values)} indices {format_tensor(parts[1], values)}"
     if isinstance(t, ExternalTensor) and not values:
         return f"{head} @external"
     dtype = DataType(t.dtype)
     if dtype in (DataType.COMPLEX64, DataType.COMPLEX128):
         return head
     if t.size <= _INLINE_ELEMENTS or values:
+        if dtype == DataType.STRING and isinstance(t, ProtoTensor):  # the bytes as stored: they need not be UTF-8
+            return f"{head} [{', '.join(_elements(np.array(list(t.proto.string_data), dtype=object), dtype))}]"
         return f"{head} [{', '.join(_elements(np.asarray(t.numpy()), dtype))}]"
     return head
 
@@ -270,13 +285,25 @@ def format_tensor(t: Tensor | SparseTensor, values: bool = False) -> str:
 def _elements(data: np.ndarray, dtype: DataType) -> list[str]:
     flat = data.reshape(-1)
     if dtype == DataType.STRING:
-        return [repr(x) for x in flat.tolist()]
+        return [repr(_text(x)) for x in flat.tolist()]
     if dtype == DataType.BOOL:
         return ["true" if x else "false" for x in flat.tolist()]
     if dtype.is_floating:
         if flat.dtype.kind == "f" and flat.dtype.itemsize in (2, 4, 8):
             return [format_float(x) for x in flat]
         # ml_dtypes (bfloat16, float8, float4, ...): the shortest decimal of the exact float32 value reads back
-        # to the same value; NaN payloads of these narrow types are not kept
-        return [format_float(x) for x in flat.astype(np.float32)]
+        # to the same value; a NaN prints with the bits of its own type unless it is the type's default NaN
+        with np.errstate(invalid="ignore"):  # (a signaling NaN)
+            nan = np.isnan(flat.astype(np.float32))
+        return [format_float(x) if is_nan else format_float(np.float32(x)) for x, is_nan in zip(flat, nan, strict=True)]
     return [str(int(x)) for x in flat.tolist()]
+
+
+def _text(x: str | bytes) -> str | bytes:
+    """A string element as printed: UTF-8 bytes as a str literal, other bytes as a bytes literal."""
+    if isinstance(x, bytes):
+        try:
+            return x.decode("utf-8")
+        except UnicodeDecodeError:
+            return x
+    return x

@@ -340,8 +340,24 @@ def test_good_text_parses():
     ("Relu(%x)", "Relu(%x, $)", r"unexpected character '\$'", 3, 17),
     ("  %y = Relu(%x)", "  %y = Relu(%x)\n  ... 3 more nodes", "the text was truncated", 4, 3),
     ("Relu(%x)", "Relu(%x) {t=float32[16]}", r"the payload of %t \(float32\[16\]\) is elided", 3, 20),
-    ("Relu(%x)", "Relu(%x) {k=@s}", "expected ':' and the attribute's type", 3, 22),
-    ("Relu(%x)", "Relu(%x) {k=@s:flot}", "unknown attribute type", 3, 23),
+    ("Relu(%x)", "Relu(%x) {k=@s:float}", r"an attribute reference \(@name:type\) is allowed only in a function", 3, 20),
+    ("Relu(%x)", "Relu(%x) @", "expected a node name after '@', found 'return'", 4, 3),
+    ("Relu(%x)", "Relu(%x) {t=int4[1] [9]}", r"9 does not fit int4 \(-8 to 7\)", 3, 29),
+    ("Relu(%x)", "Relu(%x) {t=uint4[1] [16]}", "16 does not fit uint4", 3, 30),
+    ("Relu(%x)", "Relu(%x) {t=float4e2m1[1] [nan]}", "float4e2m1 has no NaN", 3, 35),
+    ("Relu(%x)", "Relu(%x) {t=float4e2m1[1] [-inf]}", "float4e2m1 has no infinity", 3, 35),
+    ("Relu(%x)", "Relu(%x) {t=float8e4m3fn[1] [1000.0]}", r"1000.0 is beyond the largest float8e4m3fn \(448.0\)", 3, 37),
+    ("Relu(%x)", "Relu(%x) {t=float32[1] [nan:0x1]}", "0x1 is not the bits of a float32 NaN", 3, 32),
+    ("Relu(%x)", "Relu(%x) {t=float32[1] [nan:0x7f800000]}", "0x7f800000 is not the bits of a float32 NaN", 3, 32),
+    ("Relu(%x)", "Relu(%x) {t=float32[1] [-nan:0x7fc00001]}", "takes no sign", 3, 32),
+    ("Relu(%x)", "Relu(%x) {t=bfloat16[1] [nan:0x7fc00001]}", "0x7fc00001 is not the bits of a bfloat16 NaN", 3, 33),
+    ("Relu(%x)", "Relu(%x) {t=sparse float32[4] values float32[1] [1.0] indices int64[1]}",
+     r"the payload of %t \(int64\[1\]\) is elided", 3, 70),
+    ("Relu(%x)", "Relu(%x) {t=sparse float32[4] values int64[1] [1] indices int64[1] [0]}",
+     "the values of a sparse float32 tensor must be a dense float32 tensor", 3, 20),
+    ("ir_version: 8", "ir_version: -5", "the IR version must be a positive 64-bit integer, not -5", 1, 14),
+    ("ir_version: 8", "ir_version: 99999999999999999999999", "must be a positive 64-bit integer", 1, 14),
+    ("ai.onnx: 17", "ai.onnx: 0", "an opset version must be a positive 64-bit integer, not 0", 1, 35),
     ("graph g (", "graph b'g' (", "expected a quoted name, found a bytes literal", 2, 7),
     ("(%x: float32[2])", "(%x: float32[2.5])", r"expected a dimension \(a size, a name or \?\), found '2.5'", 2, 22),
     ("%y = Relu", "%y = Relu(%x)\n  %z = If(%x)\n    branch[1]: b () -> () {\n      return\n    }\n  %q = Relu",
@@ -459,3 +475,119 @@ def test_mutated_text_parses_or_fails_with_a_parse_error():
         once = format_model(m, values=True)
         assert format_model(parse(once), values=True) == once, t[max(0, k - 40):k + 40]
     assert 20 < parsed < 600
+
+
+# -- node names, narrow NaN payloads, non-UTF-8 strings, sparse values, non-text input ---------------------------
+
+def test_node_names_and_doc_strings_round_trip():
+    proto = onnx.load(os.path.join(ROOT, "examples", "tiny_cnn.onnx"))
+    _, parsed = _round_trip(from_onnx(proto))
+    assert [n.name for n in to_onnx(parsed).graph.node] == [n.name for n in proto.graph.node]
+    assert any(n.name for n in proto.graph.node)
+    odd = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="/conv/Conv 1", doc_string="it's\nhere"),
+         helper.make_node("Neg", ["a"], ["b"], name="return"),
+         helper.make_node("Abs", ["b"], ["c"], doc_string="no name"),
+         helper.make_node("Relu", ["c"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(odd, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    text, parsed = _round_trip(from_onnx(model))
+    assert "%a = Relu(%x) @'/conv/Conv 1' doc \"it's\\nhere\"" in text
+    assert "%b = Neg(%a) @'return'\n" in text and "%c = Abs(%b) @'' doc 'no name'" in text
+    assert "%y = Relu(%c)\n" in text  # no name: nothing printed
+    got = to_onnx(parsed).graph.node
+    assert [(n.name, n.doc_string) for n in got] == [(n.name, n.doc_string) for n in model.graph.node]
+
+
+@pytest.mark.parametrize("dtype,onnx_type", [(ml_dtypes.bfloat16, TensorProto.BFLOAT16),
+                                             (ml_dtypes.float8_e5m2, TensorProto.FLOAT8E5M2),
+                                             (ml_dtypes.float8_e4m3fn, TensorProto.FLOAT8E4M3FN),
+                                             (ml_dtypes.float8_e5m2fnuz, TensorProto.FLOAT8E5M2FNUZ)])
+def test_every_bit_pattern_of_narrow_floats_round_trips(dtype, onnx_type):
+    import warnings
+
+    u = np.uint16 if np.dtype(dtype).itemsize == 2 else np.uint8
+    codes = np.arange(1 << (8 * np.dtype(u).itemsize), dtype=np.uint32).astype(u)
+    t = helper.make_tensor("w", onnx_type, [codes.size], codes.tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", onnx_type, [codes.size])], [t])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from NaN casts
+        text, parsed = _round_trip(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                                               ir_version=10)))
+    got = onnx.numpy_helper.to_array(to_onnx(parsed).graph.initializer[0])
+    assert (got.view(u) == codes).all()
+    if dtype == ml_dtypes.bfloat16:
+        assert "nan:0x7f81," in text and "nan:0xffc0," in text  # the bits of the type itself
+    if dtype == ml_dtypes.float8_e5m2:
+        assert "nan:0x7d," in text and "nan:0xff]" in text
+
+
+def test_non_utf8_strings_print_as_bytes_and_parse_back(tmp_path, capsys):
+    from optc.tools.cli import main
+
+    t = helper.make_tensor("s", TensorProto.STRING, [3], [b"ok", b"\xff\xfe", "é".encode()])
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.STRING, [3])], [t])
+    path = str(tmp_path / "s.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    assert main(["show", path]) == 0
+    text = capsys.readouterr().out
+    assert "['ok', b'\\xff\\xfe', 'é']" in text
+    assert list(to_onnx(parse(text)).graph.initializer[0].string_data) == [b"ok", b"\xff\xfe", "é".encode()]
+
+
+def test_sparse_tensor_values_round_trip():
+    values = helper.make_tensor("sp", TensorProto.FLOAT, [2], [5.0, -0.0])
+    indices = helper.make_tensor("", TensorProto.INT64, [2], [1, 3])
+    sparse = helper.make_sparse_tensor(values, indices, [2, 2])  # (onnxruntime takes 2-d sparse tensors only)
+    node = helper.make_node("Constant", [], ["y"], sparse_value=sparse)
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    text, parsed = _round_trip(from_onnx(proto))
+    assert "sparse_value=sparse float32[2, 2] values float32[2] [5.0, -0.0] indices int64[2] [1, 3]" in text
+    got = to_onnx(parsed).graph.node[0].attribute[0].sparse_tensor  # (onnxruntime returns sparse objects)
+    assert list(got.dims) == [2, 2]
+    assert onnx.numpy_helper.to_array(got.values).tobytes() == np.array([5.0, -0.0], np.float32).tobytes()
+    assert onnx.numpy_helper.to_array(got.indices).tolist() == [1, 3]
+    onnx.checker.check_model(to_onnx(parsed), full_check=True)
+    with pytest.raises(ParseError, match="the indices of a sparse tensor must be a dense int64 tensor"):
+        parse(text.replace("indices int64[2] [1, 3]", "indices int32[2] [1, 3]"))
+
+
+@pytest.mark.parametrize("text", [GOOD.encode(), None, 3])
+def test_parse_wants_a_str(text):
+    with pytest.raises(ParseError, match=r"line 1, column 1: the text IR must be a str, not \w+") as info:
+        parse(text)
+    assert "\n" not in str(info.value)
+
+
+def test_attribute_references_are_kept_inside_functions():
+    text = GOOD + "\nfunction local::F<a>(%p) -> (%q) {\n  %q = LeakyRelu(%p) {alpha=@a:float}\n  return %q\n}"
+    text = text.replace("ai.onnx: 17}", "ai.onnx: 17, local: 1}")
+    assert "alpha=@a:float" in format_model(parse(text))
+    with pytest.raises(ParseError, match="expected ':' and the attribute's type"):
+        parse(text.replace("@a:float", "@a"))
+    with pytest.raises(ParseError, match="unknown attribute type"):
+        parse(text.replace("@a:float", "@a:flot"))
+
+
+def test_show_rejects_max_nodes_below_one_and_artifacts(tmp_path, capsys):
+    from optc.tools.cli import main
+
+    path = os.path.join(ROOT, "examples", "tiny_cnn.onnx")
+    n = len(load(path).graph)
+    for bad in ("0", "-1"):
+        assert main(["show", "--max-nodes", bad, path]) == 2
+        err = capsys.readouterr().err
+        assert "--max-nodes: must be at least 1" in err and len(err.strip().splitlines()) == 1
+    assert main(["show", "--max-nodes", "1", path]) == 0
+    assert f"... {n - 1} more nodes" in capsys.readouterr().out
+    assert main(["show", "--max-nodes", str(n), path]) == 0
+    assert "more nodes" not in capsys.readouterr().out
+    lib = tmp_path / "model.so"
+    lib.write_bytes(b"\x7fELF not really")
+    assert main(["show", str(lib)]) == 2
+    err = capsys.readouterr().err
+    assert "is an optc artifact" in err and f"optc inspect {lib}" in err
