@@ -58,7 +58,10 @@ def format_model(model: Model, max_nodes: int | None = None, *, values: bool = F
     `max_nodes`: print at most that many nodes per graph (the result no longer parses). `values`: print every
     tensor payload in full (external data is read), so that `optc.ir.parse` rebuilds the exact model. `types`:
     print the type of every node output too (`%c: float32[N,8,32,32] = Conv(...)`; `?` where unknown).
+    Raises ValueError for `max_nodes` below 1.
     """
+    if max_nodes is not None and max_nodes < 1:
+        raise ValueError(f"max_nodes must be at least 1, not {max_nodes}")
     style = _Style(values, types)
     opsets = ", ".join(f"{_domain(d)}: {v}" for d, v in model.opset_imports.items())
     header = f"<ir_version: {model.ir_version}, opsets: {{{opsets}}}"

@@ -586,6 +586,8 @@ def test_show_rejects_max_nodes_below_one_and_artifacts(tmp_path, capsys):
     assert f"... {n - 1} more nodes" in capsys.readouterr().out
     assert main(["show", "--max-nodes", str(n), path]) == 0
     assert "more nodes" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="max_nodes must be at least 1, not 0"):
+        format_model(load(path), max_nodes=0)
     lib = tmp_path / "model.so"
     lib.write_bytes(b"\x7fELF not really")
     assert main(["show", str(lib)]) == 2
