@@ -216,6 +216,11 @@ class _Lowering:
         for i, x in enumerate(inputs):
             if x is not None and isinstance(x.ty, relax.ShapeType) and n.op_type not in _SHAPE_COMPATIBLE:
                 raise OptcError(f"cannot lower {_label(n)}: input {i} is a shape expression")
+        if n.op_type in _SELF_OPS and n.domain in ("", "ai.onnx") and len(inputs) == 2 and inputs[0] is not None \
+                and inputs[0] is inputs[1] and isinstance(inputs[0].ty, relax.TensorType) \
+                and str(inputs[0].ty.dtype).startswith(("float", "bfloat")):
+            self._bind_outputs(n, self._self_op(n.op_type, inputs[0]))
+            return
         scalar_result = False
         if n.op_type in _ARITHMETIC and n.domain in ("", "ai.onnx"):
             inputs, scalar_result = self._scalar_constants_as_tensors(inputs)
@@ -245,6 +250,20 @@ class _Lowering:
         if scalar_result:  # back to 0-d (see _scalar_constants_as_tensors)
             result = self.bb.normalize(relax.op.reshape(result, ()))
         self._bind_outputs(n, result)
+
+    def _self_op(self, op: str, x):
+        """Sub or Div of a float tensor by itself, in the form IEEE 754 gives it: inside a fused kernel TVM's
+        arithmetic simplifier rewrites `a - a` to 0 and `a / a` to 1 (also without fast math; a division by such a
+        zero then fails to compile), wrong for infinities, NaN and 0 / 0. IEEE: x - x = +0 for finite x, NaN
+        otherwise; x / x = 1 for finite non-zero x, NaN otherwise. (`a == a` is left alone by TVM: tested.)"""
+        from tvm import relax
+
+        dtype = str(x.ty.dtype)
+        ok = relax.op.isfinite(x)
+        if op == "Div":
+            ok = relax.op.logical_and(ok, relax.op.not_equal(x, relax.const(0, dtype)))
+        value = relax.const(0.0 if op == "Sub" else 1.0, dtype)
+        return self.bb.normalize(relax.op.where(ok, value, relax.const(float("nan"), dtype)))
 
     def _scalar_constants_as_tensors(self, inputs):
         """0-d float constants reshaped to [1, ..., 1] of the widest operand's rank (the result's shape is the
@@ -309,6 +328,7 @@ class _Lowering:
 
 
 _ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu"}
+_SELF_OPS = {"Sub", "Div"}  # see _Lowering._self_op
 _SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
                      "Equal", "Where", "Cast", "CastLike", "Squeeze"}
 _RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",

@@ -167,6 +167,17 @@ FIXED_FAULTS: list[Fault] = [
           "the sign of zero is lost (-1 * 0.0 gives +0.0); a [1]-shaped constant zero is fine",
           _H + "g (float[4] x) => (float[4] y) <float c = {0}> { y = Mul(x, c) }",
           {"x": np.array([np.inf, np.nan, -1.0, 2.0], np.float32)}),
+    Fault(("self-operand:Sub",), "compile",
+          "Sub of a tensor by itself inside a fused kernel became 0 (TVM's simplifier: a - a -> 0, also without "
+          "fast math): inf - inf gave 0 instead of NaN",
+          _H + "g (float[4] x) => (float[4] y) { z = Sub(x, x)  y = Mul(z, x) }",
+          {"x": np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)}),
+    Fault(("self-operand:Div",), "compile",
+          "Div by Sub(x, x) failed to compile (TVM: 'Check failed: fb->value != 0: Divide by zero'), and x / x "
+          "became 1 in a fused kernel (0 / 0 and inf / inf are NaN)",
+          _H + "g (float[5] x) => (float[5] y, float[5] w) { z = Sub(x, x)  y = Div(x, z)  q = Div(x, x)  "
+               "w = Add(q, x) }",
+          {"x": np.array([np.inf, 0.0, np.nan, -2.0, 3.0], np.float32)}),
     Fault(("zero-scalar-const:Div",), "compile",
           "Div by a 0-d constant 0.0 fails to compile: TVM InternalError 'Check failed: fb->value != 0: Divide by "
           "zero' (constant folding of a float division) instead of computing +-inf/NaN",
