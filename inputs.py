@@ -82,18 +82,30 @@ def random_inputs(specs: Sequence[InputSpec], *, dims: Mapping[str, int] | None 
     Integers: uniform in [low, high) of `int_range`; the default {0, 1} is valid as attention masks, token ids and
     indices (a dynamo-exported BERT gathers at `mask.sum(-1) - 1`, which larger values push out of range); None
     gives [-5, 6) for signed and [0, 10) for unsigned types. Booleans: fair coin flips.
-    Raises OptcError when an input's type is not a numeric or boolean tensor (its values must then be given).
+    Raises OptcError when an input's type is not a numeric or boolean tensor (its values must then be given), and
+    when the arrays would not fit in the memory available now (a `--dim` typo such as N=99999999999).
     """
+    import psutil
+
     rng = np.random.default_rng(seed)
     dims = dims or {}
     feeds: dict[str, np.ndarray] = {}
+    shapes = {}
     for spec in specs:
         dtype = spec.dtype
         if dtype is None or dtype.kind not in "biuf":
             raise OptcError(f"input '{spec.name}' has type {spec.type_text or dtype}; random values cannot be "
                             "made for it, give its values (--inputs)")
-        shape = [d if isinstance(d, int) else dims.get(d, default_dim) if isinstance(d, str) else default_dim
-                 for d in spec.shape]
+        shapes[spec.name] = [d if isinstance(d, int) else dims.get(d, default_dim) if isinstance(d, str)
+                             else default_dim for d in spec.shape]
+    # generated in float64/int64, then cast: 8 bytes an element at the peak
+    need = sum(8 * int(np.prod(s, dtype=np.float64)) for s in shapes.values())
+    if need > psutil.virtual_memory().available:
+        raise OptcError(f"random inputs of {need / 2**30:.1f} GiB do not fit in the memory available "
+                        f"({psutil.virtual_memory().available / 2**30:.1f} GiB); check the --dim values")
+    for spec in specs:
+        dtype = spec.dtype
+        shape = shapes[spec.name]
         if dtype.kind == "f":
             arr = (rng.standard_normal(shape) if float_range is None else rng.uniform(*float_range, size=shape))
         elif dtype.kind == "b":

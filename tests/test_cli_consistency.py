@@ -399,3 +399,36 @@ def test_api_export_of_a_compiled_module(tmp_path):
     assert optc.verify(TINY, path, {"x": x}).equal
     with pytest.raises(OptcError, match="does not exist"):
         module.export(tmp_path / "nodir" / "m.so")
+
+
+# -- found by a fresh-user attack ------------------------------------------------------------------------------
+
+
+def test_outputs_never_overwrite_an_input_file(tmp_path, capfd):
+    np.savez(tmp_path / "x.npz", x=x_input())
+    one_line_error(in_process(capfd, "run", TINY, "--inputs", tmp_path / "x.npz", "-o", tmp_path / "x.npz"),
+                   "is the input")
+    one_line_error(in_process(capfd, "compare", TINY, "reference", "--inputs", tmp_path / "x.npz",
+                              "--save-outputs", tmp_path / "x.npz"), "is the input")
+    one_line_error(in_process(capfd, "compare", TINY, "reference", "--save-inputs", tmp_path / "s.npz",
+                              "--save-outputs", tmp_path / "s.npz"), "name the same file")
+    assert sorted(np.load(tmp_path / "x.npz").files) == ["x"]  # untouched
+
+
+def test_an_output_does_not_overwrite_the_input_models_external_data(tmp_path, capfd):
+    """`optc optimize m.onnx -o w.onnx` writes w.onnx.data: refused when m.onnx keeps its weights there."""
+    import onnx
+
+    model = optc.to_onnx(optc.load(DIGITS))
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.onnx.data", size_threshold=0)
+    before = (tmp_path / "w.onnx.data").read_bytes()
+    one_line_error(in_process(capfd, "optimize", tmp_path / "m.onnx", "-o", tmp_path / "w.onnx"),
+                   "which the input model")
+    assert (tmp_path / "w.onnx.data").read_bytes() == before
+    assert in_process(capfd, "optimize", tmp_path / "m.onnx", "-o", tmp_path / "other.onnx").returncode == 0
+
+
+def test_dims_that_do_not_exist_or_do_not_fit_are_one_line(tmp_path, capfd):
+    one_line_error(in_process(capfd, "run", TINY, "--dim", "Q=3"), "no input has a dimension named 'Q'")
+    one_line_error(in_process(capfd, "run", TINY, "--dim", "N=99999999999"), "do not fit in the memory")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import OptcError
 from ..fileio import write_npz
 from .native_log import stdout_to_stderr
 from .paths import check_output_path
@@ -32,10 +33,13 @@ def run(args) -> int:
     from ..workflow.compare import compare_models
     from .verify_cmd import _print_text, parse_dims
 
+    if args.save_inputs and args.save_outputs and os.path.abspath(args.save_inputs) == \
+            os.path.abspath(args.save_outputs):
+        raise OptcError("--save-inputs and --save-outputs name the same file")
     for path in (args.save_inputs, args.save_outputs):
         if path:
-            for side in (args.a, args.b):
-                check_output_path(side if os.path.exists(side) else None, path, (".npz",))
+            for source in (args.a, args.b, args.inputs):
+                check_output_path(source if source and os.path.exists(source) else None, path, (".npz",))
     with stdout_to_stderr(args.json):
         report = compare_models(args.a, args.b, args.inputs, rtol=args.rtol, atol=args.atol, mark_all=args.mark_all,
                                 data=args.data, dims=parse_dims(args.dim), seed=args.seed,

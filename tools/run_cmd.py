@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from ..errors import OptcError
 from ..inputs import random_inputs
 from ..workflow.verify import check_inputs, open_side
 from .native_log import stdout_to_stderr
@@ -34,6 +35,11 @@ def run_model(path: str, inputs: str | None = None, *, dims: dict[str, int] | No
         feeds = check_inputs(inputs, arrays, side.inputs, "the model takes")
         source: dict = {"source": inputs}
     else:
+        known = {d for s in side.inputs for d in s.shape if isinstance(d, str)}
+        unknown = sorted(set(dims or {}) - known)
+        if unknown:
+            raise OptcError(f"--dim {unknown[0]}: no input has a dimension named '{unknown[0]}' (symbolic dims: "
+                            f"{', '.join(sorted(known)) or 'none'})")
         feeds = random_inputs(side.inputs, dims=dims, seed=seed)
         source = {"source": "random", "seed": seed}
     outputs = side.run(feeds)
@@ -46,6 +52,8 @@ def run(args) -> int:
 
     if args.output:
         check_output_path(args.model, args.output, (".npz",))
+        if args.inputs:
+            check_output_path(args.inputs, args.output, (".npz",))
     with stdout_to_stderr(args.json):
         outputs, info = run_model(args.model, args.inputs, dims=parse_dims(args.dim), seed=args.seed)
         if args.output:
