@@ -29,16 +29,6 @@ __all__ = ["accuracy_aware", "layer_sensitivity"]
 SENSITIVITY_SAMPLES = 64
 
 
-def _drop(baseline: float, value: float, metric: str) -> float:
-    """How much worse `value` is than `baseline`: percentage points for top1/top5, metric units for cosine
-    (baseline - value) and mse (value - baseline), as `optc evaluate` reports them."""
-    if metric == "mse":
-        return value - baseline
-    if metric == "cosine":
-        return baseline - value
-    return (baseline - value) * 100.0
-
-
 def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The values `names` of `model` on the batches `feeds`, concatenated along axis 0."""
     from .calibrate import with_outputs
@@ -128,7 +118,7 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
     of `metric` on `eval_data` exceeds `max_drop`, return the next most sensitive layer to float. Returns the
     model that met the budget (or, when none did, the one with the smallest drop, with `met: false`) and the
     report: baseline, steps (layer returned to float, value, drop), the layers kept in float."""
-    from ..workflow.evaluate import evaluate
+    from ..workflow.evaluate import evaluate, metric_drop
 
     if max_drop < 0:
         raise OptcError(f"--max-accuracy-drop must be 0 or more, not {max_drop}")
@@ -152,7 +142,7 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
     q, report, ranges = quantize(copy_model(model), data, scheme=scheme, method=method, percentile=percentile,
                                  exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress)
     value = measure(q)
-    steps = [{"returned_to_float": None, "value": value, "drop": _drop(base["value"], value, metric)}]
+    steps = [{"returned_to_float": None, "value": value, "drop": metric_drop(base["value"], value, metric)}]
     best = (steps[0]["drop"], q, report, [])
     if steps[0]["drop"] > max_drop:
         ranked = layer_sensitivity(model, q, report.pop("_outputs"), data)
@@ -165,7 +155,7 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
                                     ranges=ranges, keep_float=frozenset(kept))
             report.pop("_outputs", None)
             value = measure(q)
-            drop = _drop(base["value"], value, metric)
+            drop = metric_drop(base["value"], value, metric)
             float_layers = sorted(kept)
             steps.append({"returned_to_float": node, "sensitivity": round(sensitivity, 6), "value": value,
                           "drop": drop})

@@ -317,3 +317,17 @@ def test_compiled_artifact_matches_onnxruntime(tmp_path, files, digits):
     r = evaluate(str(lib), files["data"], baseline=files["good"])
     assert r["model"] == str(lib)
     assert r["value"] == pytest.approx(r["baseline"]["value"]) and r["worst_class"]["drop_points"] == 0
+
+
+@pytest.mark.parametrize("n", [200, 360, 1000, 7])
+def test_metric_drop_of_k_samples_meets_a_budget_of_exactly_k_samples(n):
+    # 100 * (1.0 - 0.995) is 0.5000000000000004 in floating point: a 0.5-point budget refused a 1-in-200 drop
+    # and accuracy-aware quantization sent layers back to float for nothing (optc auto on the ResNet-like)
+    from optc.workflow.evaluate import metric_drop
+
+    for k in range(0, n + 1):
+        budget = 100.0 * k / n
+        for base in range(k, n + 1):
+            drop = metric_drop(base / n, (base - k) / n, "top1")
+            assert drop <= round(budget, 9) and drop >= round(budget, 9), (n, k, base, drop)
+    assert metric_drop(0.5, 0.25, "cosine") == 0.25 and metric_drop(0.25, 0.5, "mse") == 0.25

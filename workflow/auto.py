@@ -307,7 +307,7 @@ class _Search:
     def measure(self, name: str, path: str, backend: str, base: dict | None) -> dict:
         """A candidate's record: accuracy and per-class accuracy on the whole test set, the drop and the worst
         per-class drop against the baseline, the largest output difference, latency beside the baseline, size."""
-        from ..quantization.accuracy import _drop
+        from .evaluate import metric_drop
 
         start = time.perf_counter()
         ev = self._evaluate(path)
@@ -320,9 +320,9 @@ class _Search:
         elif self.against_baseline:
             rec["drop"] = ev["drop"]
         else:
-            rec["drop"] = None if ev["value"] is None else _drop(base["value"], ev["value"], self.metric)
+            rec["drop"] = None if ev["value"] is None else metric_drop(base["value"], ev["value"], self.metric)
         if self.topk and base is not None:
-            drops = {c: 100.0 * (base["per_class"][c] - a) for c, a in rec["per_class"].items()
+            drops = {c: metric_drop(base["per_class"][c], a, self.metric) for c, a in rec["per_class"].items()
                      if c in base["per_class"]}
             worst = min(drops, key=lambda c: (-drops[c], int(c)))
             rec["worst_class"] = {"class": worst, "drop_points": drops[worst]}

@@ -21,7 +21,7 @@ from ..ortsession import first_line, session
 from ..progress import progress as progress_bar
 from ..quantization.data import Dataset, InputSpec, model_input_specs, open_dataset
 
-__all__ = ["DEFAULT_BATCH_SIZE", "METRICS", "evaluate"]
+__all__ = ["DEFAULT_BATCH_SIZE", "METRICS", "evaluate", "metric_drop"]
 
 METRICS = ("top1", "top5", "mse", "cosine")
 DEFAULT_BATCH_SIZE = 256  # samples per batch when neither the caller nor the model fixes one
@@ -187,6 +187,19 @@ def _check_same_shape(out: np.ndarray, ref: np.ndarray, label: str, reference: s
                         "mse and cosine compare arrays of one shape")
 
 
+def metric_drop(baseline: float, value: float, metric: str) -> float:
+    """How much worse `value` is than `baseline`: percentage points for top1/top5 (accuracies as fractions in
+    [0, 1]), metric units for cosine (baseline - value) and mse (value - baseline).
+
+    Points are rounded to 1e-9 so that a drop of k samples in N compares exactly with a budget: in floating
+    point 100 * (1.0 - 0.995) is 0.5000000000000004, which a 0.5-point budget would refuse."""
+    if metric == "mse":
+        return value - baseline
+    if metric == "cosine":
+        return baseline - value
+    return round((baseline - value) * 100.0, 9)
+
+
 def _finite(x: float) -> float | None:
     """JSON has no NaN or infinity: those become null."""
     return x if math.isfinite(x) else None
@@ -297,9 +310,9 @@ def _compare(acc, base_acc, metric: str, label: str) -> dict:
     out = {"baseline": {"model": label, "value": _finite(base_value)}, "drop": _finite(drop)}
     if metric in ("top1", "top5"):
         out["baseline"]["per_class"] = base_acc.per_class()
-        out["drop_points"] = 100.0 * drop
+        out["drop_points"] = metric_drop(base_value, value, metric)
         mine, theirs = acc.per_class(), base_acc.per_class()
-        drops = {c: 100.0 * (theirs[c]["accuracy"] - mine[c]["accuracy"]) for c in mine}
+        drops = {c: metric_drop(theirs[c]["accuracy"], mine[c]["accuracy"], metric) for c in mine}
         worst = min(drops, key=lambda c: (-drops[c], int(c)))
         out["worst_class"] = {"class": worst, "drop_points": drops[worst], "baseline": theirs[worst]["accuracy"],
                               "value": mine[worst]["accuracy"]}
