@@ -30,9 +30,11 @@ class Module:
     dtypes, fixed dims; OptcError, one line, on a mismatch) before calling the kernels; ``benchmark`` times
     it (milliseconds); ``export(path)`` writes the library and its metadata."""
 
-    def __init__(self, path, metadata: dict, vm, device, executable=None):
+    def __init__(self, path, metadata: dict, vm, device, executable=None, remote=None):
         self.path = Path(path) if path is not None else None
         self._executable = executable  # the compiled code, for `export` (None when loaded from a file)
+        self._remote = remote  # the RPC session the VM runs in (kept open as long as the module), or None
+        self.server: str | None = None  # "host:port" of the RPC server it runs on
         self.metadata = metadata
         self.inputs: list[dict] = list(metadata["inputs"])
         self.outputs: list[dict] = list(metadata["outputs"])
@@ -44,7 +46,8 @@ class Module:
     def __repr__(self) -> str:
         ins = ", ".join(f"{i['name']}: {_fmt_shape(i['shape'])} {i['dtype']}" for i in self.inputs)
         where = self.path.name if self.path is not None else "in memory"
-        return f"<optc.runtime.Module {where} ({ins}) on {self.target}>"
+        remote = f" at {self.server}" if self.server else ""
+        return f"<optc.runtime.Module {where} ({ins}) on {self.target}{remote}>"
 
     @property
     def input_names(self) -> list[str]:
@@ -149,15 +152,22 @@ def _device_for(target: str):
     return tvm.cpu(0)
 
 
-def load(path) -> Module:
+def load(path, rpc: str | None = None, *, timeout: float = 30.0) -> Module:
     """Load an artifact exported by ``optc.codegen.export`` (the ``.so``; its ``.json`` sits beside it).
 
-    Raises OptcError (one line) for a missing file or metadata, an artifact of another format version, and a
-    library that does not load (built for another target)."""
+    With `rpc` (``HOST:PORT:KEY`` of a TVM RPC tracker and a server key) the library is uploaded to a free
+    server of that key and runs there (``optc.remote.session.load_remote``; `timeout`: seconds to wait for the
+    server). Raises OptcError (one line) for a missing file or metadata, an artifact of another format version,
+    and a library that does not load (built for another target); with `rpc`, also for a bad address, an
+    unreachable tracker, no server with the key and a server that does not answer."""
     from .codegen.artifact import read_metadata  # noqa: PLC0415
 
     path = Path(path)
     meta = read_metadata(path)
+    if rpc is not None:
+        from .remote.session import load_remote  # noqa: PLC0415
+
+        return load_remote(path, meta, rpc, timeout=timeout)
     import tvm  # noqa: PLC0415
     from tvm.runtime.vm import VirtualMachine  # noqa: PLC0415
 

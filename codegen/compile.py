@@ -23,7 +23,7 @@ def _as_model(model: Model | str | os.PathLike | bytes) -> Model:
 
 def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2,
                      trials: int = 0, db: str | os.PathLike | None = None, progress: bool = False,
-                     report: dict | None = None, fast_math: bool = True):
+                     report: dict | None = None, fast_math: bool = True, rpc: str | None = None):
     """Optimize, lower and build a model. Returns `(executable, metadata)`.
 
     With `trials > 0` the kernels are tuned with MetaSchedule first, into the database directory `db`
@@ -31,10 +31,18 @@ def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, l
     (tasks, trials) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
     exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math"); False uses
     libm's. The graph rewrites before lowering are IEEE-exact either way (their own `fast_math` stays off).
+    `rpc` (`HOST:PORT:KEY`): tuning measures on the servers of that key of a TVM RPC tracker (see
+    `codegen.tuning.tune`); the tracker, the key and one server are checked before anything else (OptcError).
     """
     from ..rewrites import optimize
 
     tvm_target = resolve_target(target)
+    if rpc is not None:
+        if trials <= 0:
+            raise OptcError("--rpc sends tuning measurements to remote servers: use it with --tune")
+        from ..remote.measure import check_servers
+
+        check_servers(rpc)
     model = optimize(_as_model(model), level=level)
     mod = lower(model)
     database = None
@@ -45,7 +53,7 @@ def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, l
         report["tuning"] = {}
         with fast_math_default(fast_math):  # tuning prepares the module itself: the same kernels as the build
             database = tune_kernels(mod, None, tvm_target, Path(db), trials, progress=progress,
-                                    report=report["tuning"])
+                                    report=report["tuning"], rpc=rpc)
     elif trials:
         raise OptcError("tuning needs a database directory (--db DIR) to keep its results")
     report["build"] = {}

@@ -18,6 +18,8 @@ A second ``tune`` with the same database runs no new trials. Pitfalls handled he
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,8 +52,9 @@ def open_database(db_dir, *, create: bool = True):
     )
 
 
-def _make_builder(max_workers: int, timeout_sec: float):
-    """LocalBuilder whose build function skips the slow ``tvm.s_tir.tensor_intrin`` import."""
+def _make_builder(max_workers: int, timeout_sec: float, f_export=None):
+    """LocalBuilder whose build function skips the slow ``tvm.s_tir.tensor_intrin`` import; `f_export`: how a
+    built candidate is written (None: MetaSchedule's default, a ``.tar`` the runner links)."""
     ms = _ms()
 
     def f_build(mod, target, _params):  # pickled by value (nested function) into the workers
@@ -61,7 +64,8 @@ def _make_builder(max_workers: int, timeout_sec: float):
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
         return tvm_build(mod, target=target)
 
-    return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec, f_build=f_build)
+    return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec, f_build=f_build,
+                                   f_export=f_export)
 
 
 def _cost_model(kind: str):
@@ -212,15 +216,19 @@ def seed_default_records(tasks, database, target, builder, runner, max_variants:
 def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: int, progress: bool = True,
          *, max_trials_per_task: int | None = None, num_trials_per_iter: int = 64,
          cost_model: str = "auto", runner=None, builder=None, seed: int | None = None,
-         layout: str | None = "auto", report: dict | None = None):
+         layout: str | None = "auto", report: dict | None = None, rpc: str | None = None):
     """Tune the kernels of ``mod`` for ``target`` with at most ``trials`` measured candidates in all.
 
     Kernels already in the database at ``db_dir`` are skipped (0 new trials when all are known).
-    ``runner`` may be a MetaSchedule runner (e.g. ``ms.runner.RPCRunner`` for a remote device);
-    cross targets (arm64 on x86, cuda without a GPU) need one. Returns the database; ``report``
+    ``rpc`` (``HOST:PORT:KEY``): measure on the servers of that key of a TVM RPC tracker, in parallel
+    (``optc.remote.measure``; builds stay here, linked with the target's cross compiler); a candidate
+    whose server dies fails and tuning goes on. ``runner`` may instead be any MetaSchedule runner. Cross
+    targets (arm64 on x86, cuda without a GPU) need one of them. Returns the database; ``report``
     (a dict), when given, receives ``tasks``, ``tuned_tasks``, ``trials`` (all measured candidates),
-    ``default_records``, ``variant_trials`` (schedules by variants of optc's rules, measured first) and
-    ``cost_model``.
+    ``default_records``, ``variant_trials`` (schedules by variants of optc's rules, measured first),
+    ``cost_model`` and, with ``rpc``, ``rpc``: ``servers`` (registered at the start), ``measured`` and
+    ``failed`` (candidates per ``host:port``). OptcError (one line) for a bad ``rpc`` address, an
+    unreachable tracker or no server with the key, before any kernel is extracted.
     """
     ms = _ms()
     from .targets import is_cross_target  # noqa: PLC0415
@@ -228,6 +236,10 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     target = resolve_target(target)
     if trials < 0:
         raise OptcError(f"trials must be >= 0, got {trials}")
+    if rpc is not None and runner is None:
+        from ..remote.tracker import parse_address, require_key  # noqa: PLC0415
+
+        require_key(parse_address(rpc))
     database = open_database(db_dir)
     tasks = extract_tasks(mod, params, target, layout=layout)
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
@@ -236,11 +248,37 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
         report.update(info)
     if not todo or trials == 0:
         return database
-    if runner is None and is_cross_target(target):
+    if runner is None and rpc is None and is_cross_target(target):
         raise OptcError(f"cannot measure {target_kind(target)} kernels on this machine: "
-                        "give an RPC runner for a remote device")
+                        "measure them on a remote device (--rpc HOST:PORT:KEY)")
     work_dir = Path(db_dir) / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
+    rpc_log = None
+    if runner is None and rpc is not None:
+        from ..remote.measure import export_function, rpc_runner  # noqa: PLC0415
+
+        if builder is None:
+            builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0, f_export=export_function(target))
+        fd, rpc_log = tempfile.mkstemp(prefix="optc-rpc-", suffix=".log")
+        os.close(fd)
+        runner, info["rpc"] = rpc_runner(rpc, measure_config(), rpc_log)
+        info["rpc"] = {"servers": info["rpc"]}
+    try:
+        return _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, progress,
+                     max_trials_per_task, num_trials_per_iter, seed, report)
+    finally:
+        if rpc_log is not None:
+            from ..remote.measure import servers_used  # noqa: PLC0415
+
+            info["rpc"].update(servers_used(rpc_log))
+            os.unlink(rpc_log)
+            if report is not None:
+                report.update(info)
+
+
+def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, progress, max_trials_per_task,
+          num_trials_per_iter, seed, report):
+    """`tune` once the tasks to tune, the builder and the runner are known."""
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         todo, str(work_dir), strategy=_search_strategy(info["cost_model"]), num_threads=host_num_cores(), seed=seed)
     if builder is None:

@@ -22,6 +22,7 @@ from . import (
     profile_cmd,
     prune_cmd,
     quantize_cmd,
+    rpc_cmd,
     run_cmd,
     show_cmd,
     verify_cmd,
@@ -34,6 +35,7 @@ COMMANDS += [compile_cmd, run_cmd, bench_cmd]
 COMMANDS += [auto_cmd]
 COMMANDS += [compare_cmd, debug_cmd]
 COMMANDS += [profile_cmd, prune_cmd]
+COMMANDS += [rpc_cmd]
 
 
 class _Parser(argparse.ArgumentParser):

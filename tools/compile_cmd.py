@@ -25,7 +25,8 @@ def run(args) -> int:
     with stdout_to_stderr(args.json):
         path = compile_to_file(model, args.output, args.target, level=args.level,
                                trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
-                               progress=not args.quiet, report=report, fast_math=args.fast_math)
+                               progress=not args.quiet, report=report, fast_math=args.fast_math,
+                               rpc=args.rpc)
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"model": args.model, "output": str(path), "metadata": f"{path}.json",
@@ -62,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in all, rule variants included (default 64)")
     p.add_argument("--db", metavar="DIR", help="tuning database directory; a second compile with the same "
                    "database runs no new trials")
+    p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="with --tune: measure the candidates on the servers "
+                   "registered under KEY with the TVM RPC tracker at HOST:PORT, in parallel (see `optc rpc`)")
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                    help="use libm's exp, tanh and erf and the plain softmax instead of the vectorized polynomial "
                    "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
