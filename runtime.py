@@ -168,6 +168,9 @@ def load(path, rpc: str | None = None, *, timeout: float = 30.0) -> Module:
         from .remote.session import load_remote  # noqa: PLC0415
 
         return load_remote(path, meta, rpc, timeout=timeout)
+    from .codegen.targets import check_runs_here  # noqa: PLC0415
+
+    check_runs_here(meta, path)  # built for another architecture or instructions this CPU lacks: one line, no SIGILL
     import tvm  # noqa: PLC0415
     from tvm.runtime.vm import VirtualMachine  # noqa: PLC0415
 

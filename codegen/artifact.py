@@ -5,7 +5,12 @@
     {"format": "optc-artifact", "format_version": 1,
      "inputs":  [{"name": "x", "shape": [1, 3, "H", "W"], "dtype": "float32"}],
      "outputs": [{"name": "y", "shape": [1, 10], "dtype": "float32"}],
-     "target": "cpu", "target_spec": {...}, "optc_version": "...", "tvm_version": "0.27.0.post1"}
+     "target": "cpu", "target_spec": {...}, "optc_version": "...", "tvm_version": "0.27.0.post1",
+     "target_info": {"kind": "llvm", "mtriple": "x86_64-...", "mcpu": "znver3", "mattr": [],
+                     "features": ["avx", "avx2", "fma", ...]}}
+
+``target_spec`` is the TVM target as JSON; ``target_info`` what ``optc.runtime.load`` checks against this CPU
+(``targets.target_metadata`` / ``targets.check_runs_here``).
 
 Symbolic dimensions are strings. Both files are written to a temporary name and renamed, so an
 interrupted export leaves no half-written artifact.
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from ..errors import OptcError, first_line
 from ..fileio import atomic_path
-from .targets import cross_compiler, resolve_target, target_kind
+from .targets import linker, resolve_target, target_kind, target_metadata
 
 FORMAT = "optc-artifact"
 FORMAT_VERSION = 1
@@ -91,12 +96,12 @@ def signature_from_relax(mod, func_name: str = "main"):
     return inputs, outputs
 
 
-def export(executable, path, metadata: Mapping, *, target=None) -> Path:
+def export(executable, path, metadata: Mapping, *, target=None, cc: str | None = None) -> Path:
     """Write ``executable`` (from ``codegen.build``) to ``path`` and its metadata to ``path + '.json'``.
 
     ``metadata`` must hold ``inputs`` and ``outputs`` (lists of ``{"name", "shape", "dtype"}``); any
     other keys are kept. ``target`` (preset name or Target) selects the linker: arm64 links with the
-    aarch64 cross compiler. Returns the library path.
+    aarch64 cross compiler, ``cc`` (a compiler on PATH or a path) overrides it. Returns the library path.
     """
     path = Path(path)
     if path.is_dir():
@@ -108,7 +113,8 @@ def export(executable, path, metadata: Mapping, *, target=None) -> Path:
     meta["inputs"] = _normalize_sig(meta.get("inputs"), "input")
     meta["outputs"] = _normalize_sig(meta.get("outputs"), "output")
     meta.setdefault("target", target_kind(tgt))
-    meta["target_spec"] = json.loads(json.dumps(dict(tgt.export()), default=str))
+    meta["target_spec"] = json.loads(str(tgt))
+    meta["target_info"] = target_metadata(tgt)
     meta["format"] = FORMAT
     meta["format_version"] = FORMAT_VERSION
     meta["optc_version"] = optc_version()
@@ -118,7 +124,7 @@ def export(executable, path, metadata: Mapping, *, target=None) -> Path:
     meta["library"] = path.name
 
     kwargs = {}
-    cc = cross_compiler(tgt)
+    cc = linker(tgt, cc)
     if cc:
         kwargs["cc"] = cc
     meta_file = metadata_path(path)
@@ -129,6 +135,45 @@ def export(executable, path, metadata: Mapping, *, target=None) -> Path:
         except Exception as exc:
             raise OptcError(f"export_library failed for '{path}': {first_line(exc, last=True)}") from exc
         Path(meta_tmp).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+#: what ``emit`` writes, by kind, and the file suffix it wants
+EMIT_SUFFIXES = {"llvm": ".ll", "asm": ".s", "tar": ".tar"}
+
+
+def check_emit(kind: str, path) -> Path:
+    """OptcError unless ``kind`` is one of ``EMIT_SUFFIXES`` and ``path`` ends with its suffix; returns the Path."""
+    if kind not in EMIT_SUFFIXES:
+        raise OptcError(f"--emit must be one of {', '.join(EMIT_SUFFIXES)}, not '{kind}'")
+    path = Path(path)
+    if path.suffix.lower() != EMIT_SUFFIXES[kind]:
+        raise OptcError(f"output '{path}' must end with {EMIT_SUFFIXES[kind]} for --emit {kind}")
+    return path
+
+
+def emit(executable, path, kind: str, *, target=None) -> Path:
+    """Write what ``optc compile --emit`` asks for instead of a linked library: ``llvm`` the LLVM IR and ``asm`` the
+    assembly of the kernels (llvm targets), ``tar`` the object files as a tar archive (link them on the device).
+    OptcError for an unknown kind, a suffix other than ``EMIT_SUFFIXES[kind]``, or llvm/asm of a non-llvm target."""
+    path = check_emit(kind, path)
+    tgt = resolve_target(target if target is not None else "cpu")
+    if kind in ("llvm", "asm"):
+        if tgt.kind.name != "llvm":
+            raise OptcError(f"--emit {kind} writes the code of llvm targets (cpu, arm64); for {target_kind(tgt)} "
+                            "use --emit tar or a library")
+        kernels = [m for m in executable.mod.imports if m.kind == "llvm"]
+        if not kernels:
+            raise OptcError(f"the build has no LLVM module to write as {kind}")
+        text = str(kernels[0].inspect_source("ll" if kind == "llvm" else "asm"))
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            Path(tmp).write_text(text)
+        return path
+    with atomic_path(path, suffix=".tar") as tmp:  # the suffix makes export_library write a tar of objects
+        try:
+            executable.export_library(tmp)
+        except Exception as exc:
+            raise OptcError(f"export_library failed for '{path}': {first_line(exc, last=True)}") from exc
     return path
 
 

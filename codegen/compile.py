@@ -11,45 +11,61 @@ from pathlib import Path
 from ..errors import OptcError
 from ..ir import Model, load
 from ..lowering import lower, signature
-from .artifact import export
+from .artifact import check_emit, emit as emit_file, export
 from .build import build, fast_math_default
-from .targets import resolve_target, target_kind
-from .tuning import tune as tune_kernels
+from .input_shapes import fix_input_shapes
+from .targets import check_measurable, linker, resolve_target, target_kind
+from .tuning import open_database, tune as tune_kernels
 
 
 def _as_model(model: Model | str | os.PathLike | bytes) -> Model:
     return model if isinstance(model, Model) else load(model)
 
 
-def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2,
+def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: int = 2,
                      trials: int = 0, db: str | os.PathLike | None = None, progress: bool = False,
-                     report: dict | None = None, fast_math: bool = True, rpc: str | None = None):
+                     report: dict | None = None, fast_math: bool = True, rpc: str | None = None,
+                     mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None):
     """Optimize, lower and build a model. Returns `(executable, metadata)`.
 
+    `target`, `mcpu`: see `targets.resolve_target` (a preset, any TVM target as dict/JSON, an LLVM CPU name).
+    `input_shapes` (`{input name: shape}`) fixes symbolic input dims before optimizing (`input_shapes.py`).
     With `trials > 0` the kernels are tuned with MetaSchedule first, into the database directory `db`
-    (required); a database that already holds them runs no new trials. `report` receives `tuning`
-    (tasks, trials) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
+    (required); a database that already holds them runs no new trials. With `trials == 0` an existing `db` is
+    applied (OptcError when the directory does not exist). Tuning for a target this machine cannot run (cuda
+    without a GPU, arm64 on x86) without `rpc` is refused before lowering. `report` receives `tuning` (tasks,
+    trials, skipped_symbolic) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
     exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math"); False uses
     libm's. The graph rewrites before lowering are IEEE-exact either way (their own `fast_math` stays off).
     `rpc` (`HOST:PORT:KEY`): tuning measures on the servers of that key of a TVM RPC tracker (see
     `codegen.tuning.tune`); the tracker, the key and one server are checked before anything else (OptcError).
     """
     from ..rewrites import optimize
+    from ..rewrites.pipelines import copy_model
 
-    tvm_target = resolve_target(target)
+    tvm_target = resolve_target(target, mcpu=mcpu)
+    if trials < 0:
+        raise OptcError(f"--trials must be >= 0, got {trials}")
+    if trials > 0:
+        check_measurable(tvm_target, remote=rpc is not None)
     if rpc is not None:
         if trials <= 0:
             raise OptcError("--rpc sends tuning measurements to remote servers: use it with --tune")
         from ..remote.measure import check_servers
 
         check_servers(rpc)
-    model = optimize(_as_model(model), level=level)
+    model = _as_model(model)
+    if input_shapes:
+        model = copy_model(model)
+        fix_input_shapes(model, input_shapes)
+    model = optimize(model, level=level)
     mod = lower(model)
     database = None
     report = report if report is not None else {}
-    if db is not None:
-        if trials < 0:
-            raise OptcError(f"--trials must be >= 0, got {trials}")
+    if db is not None and trials == 0:
+        database = open_database(db, create=False)
+        report["database"] = str(db)
+    elif db is not None:
         report["tuning"] = {}
         with fast_math_default(fast_math):  # tuning prepares the module itself: the same kernels as the build
             database = tune_kernels(mod, None, tvm_target, Path(db), trials, progress=progress,
@@ -64,21 +80,34 @@ def build_executable(model: Model | str | os.PathLike, target: str = "cpu", *, l
     return executable, meta
 
 
-def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike, target: str = "cpu",
-                    **options) -> Path:
-    """Compile a model into a shared library at `output` (metadata in `output + '.json'`)."""
-    executable, meta = build_executable(model, target, **options)
-    return export(executable, output, meta, target=target)
+def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike, target="cpu", *,
+                    cc: str | None = None, emit: str | None = None, **options) -> Path:
+    """Compile a model into a shared library at `output` (metadata in `output + '.json'`), linked with `cc` (default:
+    g++, or the aarch64 cross compiler for arm64; checked before the build). `emit` (`llvm`, `asm`, `tar`) writes
+    LLVM IR, assembly or the object files to `output` instead (`artifact.emit`). `options`: `build_executable`'s."""
+    tvm_target = resolve_target(target, mcpu=options.pop("mcpu", None))
+    if emit is not None:
+        check_emit(emit, output)
+        if cc is not None:
+            raise OptcError(f"--cc links a library; --emit {emit} links nothing")
+    else:
+        cc = linker(tvm_target, cc)
+    executable, meta = build_executable(model, tvm_target, **options)
+    if emit is not None:
+        return emit_file(executable, output, emit, target=tvm_target)
+    return export(executable, output, meta, target=tvm_target, cc=cc)
 
 
-def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int = 2, trials: int = 0,  # noqa: A001
-            db: str | os.PathLike | None = None, progress: bool = False, fast_math: bool = True):
+def compile(model: Model | str | os.PathLike, target="cpu", *, level: int = 2, trials: int = 0,  # noqa: A001
+            db: str | os.PathLike | None = None, progress: bool = False, fast_math: bool = True,
+            mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None):
     """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
     compiled to a file (`optc compile`); `Module.export(path)` writes the artifact `optc compile` would.
     `fast_math=False`: libm's exp / tanh / erf and the plain softmax
     instead of the polynomial approximations (see `build_executable`). `trials` > 0 tunes with MetaSchedule
-    into the database `db` (a directory, reused across runs).
+    into the database `db` (a directory, reused across runs); `trials=0` with `db` applies that database. `mcpu`,
+    `input_shapes`: see `build_executable`.
 
     Raises OptcError (one line) for an unreadable model, an unknown target, an op or attribute the back end
     refuses (`UnsupportedError`, naming the node and the reason), a target this machine cannot run, and a
@@ -87,10 +116,11 @@ def compile(model: Model | str | os.PathLike, target: str = "cpu", *, level: int
 
     from ..runtime import Module, _device_for
 
-    kind = target_kind(resolve_target(target))
+    tvm_target = resolve_target(target, mcpu=mcpu)
+    kind = target_kind(tvm_target)
     if kind == "arm64":
         raise OptcError("an arm64 module cannot run here; compile it to a file with `optc compile --target arm64`")
-    executable, meta = build_executable(model, target, level=level, trials=trials, db=db, progress=progress,
-                                        fast_math=fast_math)
+    executable, meta = build_executable(model, tvm_target, level=level, trials=trials, db=db, progress=progress,
+                                        fast_math=fast_math, input_shapes=input_shapes)
     device = _device_for(kind)
     return Module(None, meta, VirtualMachine(executable, device), device, executable)

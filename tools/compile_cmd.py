@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
+from ..codegen.artifact import EMIT_SUFFIXES
+from ..codegen.input_shapes import parse_input_shapes
 from ..errors import OptcError
 from ..runtime import LIBRARY_SUFFIX
 from .native_log import stdout_to_stderr
@@ -14,33 +17,43 @@ from .paths import check_output_path
 def run(args) -> int:
     from ..ir import load
 
-    check_output_path(args.model, args.output, (LIBRARY_SUFFIX,))
-    model = load(args.model)  # a bad input fails here, before TVM is imported
-    from ..codegen.compile import compile_to_file
-
+    check_output_path(args.model, args.output, (EMIT_SUFFIXES[args.emit],) if args.emit else (LIBRARY_SUFFIX,))
     if args.tune and not args.db:
         raise OptcError("--tune needs --db DIR, the tuning database directory (reused by later compiles)")
+    if args.db and not args.tune and not os.path.isdir(args.db):
+        raise OptcError(f"--db {args.db}: no such directory (without --tune, --db applies an existing database)")
+    input_shapes = parse_input_shapes(args.input_shape)
+    model = load(args.model)  # a bad input fails here, before TVM is imported
+    from ..codegen.compile import compile_to_file
+    from ..codegen.targets import describe_target, resolve_target, target_metadata
+
+    target = resolve_target(args.target, mcpu=args.mcpu)
     report: dict = {}
     start = time.perf_counter()
     with stdout_to_stderr(args.json):
-        path = compile_to_file(model, args.output, args.target, level=args.level,
-                               trials=args.trials if args.tune else 0, db=args.db if args.tune else None,
-                               progress=not args.quiet, report=report, fast_math=args.fast_math,
-                               rpc=args.rpc)
+        path = compile_to_file(model, args.output, target, level=args.level, trials=args.trials if args.tune else 0,
+                               db=args.db, progress=not args.quiet, report=report, fast_math=args.fast_math,
+                               rpc=args.rpc, cc=args.cc, emit=args.emit, input_shapes=input_shapes)
     seconds = time.perf_counter() - start
     if args.json:
-        print(json.dumps({"model": args.model, "output": str(path), "metadata": f"{path}.json",
-                          "target": args.target, "opt_level": args.level, "fast_math": args.fast_math,
-                          "seconds": seconds, **report}, indent=2, default=str))
+        print(json.dumps({"model": args.model, "output": str(path),
+                          "metadata": None if args.emit else f"{path}.json", "emit": args.emit or "so",
+                          "target": args.target, "target_info": target_metadata(target), "opt_level": args.level,
+                          "fast_math": args.fast_math, "seconds": seconds, **report}, indent=2, default=str))
         return 0
     build = report.get("build", {})
     math = "" if args.fast_math else ", no fast math"
-    line = (f"wrote {path} ({args.target}, -O{args.level}{math}) in {seconds:.1f} s: "
+    line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
+    if "database" in report:
+        line += f" from the database {report['database']}"
     tuning = report.get("tuning")
     if tuning is not None:
         line += f"; tuning ran {tuning.get('trials', 0)} new trials on {tuning.get('tuned_tasks', 0)} of " \
                 f"{tuning.get('tasks', 0)} tasks"
+        if tuning.get("skipped_symbolic"):
+            line += (f"; {tuning['skipped_symbolic']} kernels with symbolic shapes were not tuned "
+                     "(fix them with --input-shape NAME:DIMS)")
     print(line)
     return 0
 
@@ -52,7 +65,19 @@ def register(sub) -> None:
     p.add_argument("model", help="an ONNX file")
     p.add_argument("-o", "--output", required=True, help="the library to write (a .so), e.g. model.so; its metadata "
                    "goes to model.so.json")
-    p.add_argument("--target", default="cpu", help="target preset: cpu, cuda or arm64 (default cpu)")
+    p.add_argument("--target", default="cpu", help="cpu (this machine's CPU; default), cuda[:sm_XX] (the GPU's "
+                   "architecture, else sm_75), arm64 (aarch64 Linux), or any TVM target as JSON "
+                   "('{\"kind\": \"llvm\", \"mcpu\": \"znver4\"}') or in TVM's string form ('llvm -mcpu=skylake')")
+    p.add_argument("--mcpu", metavar="NAME", help="the CPU to generate code for (cpu and arm64 targets): native (this "
+                   "one, its features checked against /proc/cpuinfo), a portable level x86-64, x86-64-v2, x86-64-v3, "
+                   "x86-64-v4, or any LLVM CPU name (skylake-avx512, znver4, neoverse-n1, ...)")
+    p.add_argument("--cc", metavar="COMPILER", help="the compiler that links the library, e.g. aarch64-linux-gnu-g++ "
+                   "(default: g++; for arm64 the aarch64 cross compiler found on PATH)")
+    p.add_argument("--emit", choices=sorted(EMIT_SUFFIXES), help="write LLVM IR (-o x.ll), assembly (-o x.s) or the "
+                   "object files as a tar archive (-o x.tar) instead of linking a library")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix an input's shape before "
+                   "compiling, e.g. input_ids:1x128 (repeatable); symbolic dims it names are fixed everywhere, and "
+                   "the library then takes only that shape")
     levels = p.add_mutually_exclusive_group()
     for level in range(4):
         levels.add_argument(f"-O{level}", dest="level", action="store_const", const=level,
@@ -62,7 +87,7 @@ def register(sub) -> None:
                    "MetaSchedule's search (see codegen/SCHEDULES.md)")
     p.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in all, rule variants included (default 64)")
     p.add_argument("--db", metavar="DIR", help="tuning database directory; a second compile with the same "
-                   "database runs no new trials")
+                   "database runs no new trials; without --tune an existing database is applied")
     p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="with --tune: measure the candidates on the servers "
                    "registered under KEY with the TVM RPC tracker at HOST:PORT, in parallel (see `optc rpc`)")
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
@@ -70,5 +95,6 @@ def register(sub) -> None:
                    "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, output, metadata, "
-                   "target, opt_level, fast_math, seconds, build (kernels, tuned, ...) and, when tuning, tuning")
+                   "emit, target, target_info, opt_level, fast_math, seconds, build (kernels, tuned, ...), database (--db "
+                   "without --tune) and, when tuning, tuning")
     p.set_defaults(func=run)

@@ -1,0 +1,91 @@
+"""``optc compile --input-shape NAME:1x128``: fix a model's symbolic input dims before lowering.
+
+Fixed shapes let MetaSchedule measure (and tune) every kernel, and let TVM specialize loops; a library compiled
+with them accepts only those shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..errors import OptcError, did_you_mean
+from ..ir import Model
+from ..ir.types import TensorType
+
+
+def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``"input_ids:1x128"`` -> ``("input_ids", (1, 128))``; ``"x:"`` is a scalar. The name is what precedes the last
+    colon (names may hold colons). OptcError (one line) for a missing colon or name, or a dim that is not an
+    integer >= 1."""
+    name, colon, dims = spec.rpartition(":")
+    if not colon or not name:
+        raise OptcError(f"--input-shape expects NAME:DIMS such as input_ids:1x128, got '{spec}'")
+    shape = []
+    for d in dims.split("x") if dims else []:
+        try:
+            value = int(d)
+        except ValueError:
+            raise OptcError(f"--input-shape {name}: '{d}' is not an integer (dims are separated by x: 1x3x224x224)")\
+                from None
+        if value < 1:
+            raise OptcError(f"--input-shape {name}: dims must be >= 1, got {value}")
+        shape.append(value)
+    return name, tuple(shape)
+
+
+def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """Every ``--input-shape`` flag; OptcError when one input is given twice."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, shape = parse_input_shape(spec)
+        if name in shapes:
+            raise OptcError(f"--input-shape {name} is given twice")
+        shapes[name] = shape
+    return shapes
+
+
+def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """Give the graph inputs named in ``shapes`` those shapes, in place, and every other value's use of the same
+    symbolic dims their values (a dim name means one size throughout an ONNX graph). Returns the symbolic dims
+    fixed, ``{name: size}``.
+
+    OptcError (one line) for an unknown input (did-you-mean), a rank or fixed dim that differs from the model's,
+    an input that is not a tensor, and one symbolic dim given two sizes.
+    """
+    graph = model.graph
+    inputs = {v.name: v for v in graph.inputs if v.name not in graph.initializers}
+    bound: dict[str, int] = {}
+    for name, shape in shapes.items():
+        value = inputs.get(name)
+        if value is None:
+            raise OptcError(f"--input-shape: the model has no input '{name}'{did_you_mean(name, inputs)} "
+                            f"(inputs: {', '.join(inputs) or 'none'})")
+        ty = value.type
+        if not isinstance(ty, TensorType):
+            raise OptcError(f"--input-shape {name}: the input is not a tensor ({ty})")
+        shape = tuple(int(d) for d in shape)
+        if ty.shape is not None and len(ty.shape) != len(shape):
+            raise OptcError(f"--input-shape {name}: the model's input has rank {len(ty.shape)} {ty}, "
+                            f"got {len(shape)} dims")
+        for have, want in zip(ty.shape or (), shape, strict=True):
+            if isinstance(have, int) and have != want:
+                raise OptcError(f"--input-shape {name}: the model fixes this input to {ty}, got "
+                                f"{'x'.join(map(str, shape))}")
+            if isinstance(have, str) and bound.setdefault(have, want) != want:
+                raise OptcError(f"--input-shape {name}: dim '{have}' is {bound[have]} in another input, got {want}")
+        value.type = TensorType(ty.dtype, shape)
+
+    def substituted(ty):
+        if not isinstance(ty, TensorType) or ty.shape is None:
+            return ty
+        return TensorType(ty.dtype, tuple(bound.get(d, d) if isinstance(d, str) else d for d in ty.shape))
+
+    for value in inputs.values():
+        value.type = substituted(value.type)
+    for node in graph:
+        for out in node.outputs:
+            if out is not None and out.type is not None:
+                out.type = substituted(out.type)
+    for value in graph.outputs:
+        value.type = substituted(value.type)
+    return bound
