@@ -11,11 +11,13 @@ from pathlib import Path
 from ..errors import OptcError
 from ..ir import Model, load
 from ..lowering import lower, signature
-from .artifact import check_emit, emit as emit_file, export
+from .artifact import check_emit, export
+from .artifact import emit as emit_file
 from .build import build, fast_math_default
 from .input_shapes import fix_input_shapes
 from .targets import check_measurable, linker, resolve_target, target_kind
-from .tuning import open_database, tune as tune_kernels
+from .tuning import open_database
+from .tuning import tune as tune_kernels
 
 
 def _as_model(model: Model | str | os.PathLike | bytes) -> Model:

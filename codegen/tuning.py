@@ -130,16 +130,20 @@ def _static_shapes(task) -> bool:
     return True
 
 
-def extract_tasks(mod, params, target, *, layout: str | None = "auto"):
+def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: dict | None = None):
     """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module (kernels with symbolic
-    shapes cannot be measured; they keep optc's default schedule)."""
+    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them)."""
     from .build import fuse, prepare  # noqa: PLC0415
 
     ms = _ms()
     target = resolve_target(target)
     fused = fuse(prepare(mod, params, target, layout=layout), target)
-    return [t for t in ms.relax_integration.extract_tasks(fused, target)
-            if not t.mod.attrs.get("tirx.is_scheduled", False) and _static_shapes(t)]
+    tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
+             if not t.mod.attrs.get("tirx.is_scheduled", False)]
+    static = [t for t in tasks if _static_shapes(t)]
+    if skipped is not None:
+        skipped["symbolic"] = len(tasks) - len(static)
+    return static
 
 
 def default_schedule(func, target):
@@ -224,7 +228,8 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     (``optc.remote.measure``; builds stay here, linked with the target's cross compiler); a candidate
     whose server dies fails and tuning goes on. ``runner`` may instead be any MetaSchedule runner. Cross
     targets (arm64 on x86, cuda without a GPU) need one of them. Returns the database; ``report``
-    (a dict), when given, receives ``tasks``, ``tuned_tasks``, ``trials`` (all measured candidates),
+    (a dict), when given, receives ``tasks``, ``skipped_symbolic`` (kernels with symbolic shapes, not tuned),
+    ``tuned_tasks``, ``trials`` (all measured candidates),
     ``default_records``, ``variant_trials`` (schedules by variants of optc's rules, measured first),
     ``cost_model`` and, with ``rpc``, ``rpc``: ``servers`` (registered at the start), ``measured`` and
     ``failed`` (candidates per ``host:port``). OptcError (one line) for a bad ``rpc`` address, an
@@ -241,9 +246,11 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
 
         require_key(parse_address(rpc))
     database = open_database(db_dir)
-    tasks = extract_tasks(mod, params, target, layout=layout)
+    skipped: dict = {}
+    tasks = extract_tasks(mod, params, target, layout=layout, skipped=skipped)
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
-    info = {"tasks": len(tasks), "tuned_tasks": len(todo), "trials": 0, "cost_model": _cost_model(cost_model)}
+    info = {"tasks": len(tasks), "tuned_tasks": len(todo), "trials": 0, "cost_model": _cost_model(cost_model),
+            "skipped_symbolic": skipped["symbolic"]}
     if report is not None:
         report.update(info)
     if not todo or trials == 0:

@@ -95,6 +95,6 @@ def register(sub) -> None:
                    "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, output, metadata, "
-                   "emit, target, target_info, opt_level, fast_math, seconds, build (kernels, tuned, ...), database (--db "
-                   "without --tune) and, when tuning, tuning")
+                   "emit, target, target_info, opt_level, fast_math, seconds, build (kernels, tuned, ...), "
+                   "database (--db without --tune) and, when tuning, tuning")
     p.set_defaults(func=run)
