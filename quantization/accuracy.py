@@ -12,6 +12,7 @@ The ranges are calibrated once; each step re-runs only the QDQ rules (cheap) and
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -113,11 +114,16 @@ def _value(model: Model, name: str):
 
 def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, method: str, percentile: float,
                    exclude: set[str], labels: str, metric: str, max_drop: float, batch_size: int | None,
-                   cache: str | None, show_progress: bool | None, quantize: Callable) -> tuple[Model, dict]:
+                   cache: str | None, show_progress: bool | None, quantize: Callable,
+                   try_full_range: bool = False) -> tuple[Model, dict]:
     """Quantize `model` (the optimized float model, not modified) with `quantize` (api._static); while the drop
     of `metric` on `eval_data` exceeds `max_drop`, return the next most sensitive layer to float. Returns the
     model that met the budget (or, when none did, the one with the smallest drop, with `met: false`) and the
-    report: baseline, steps (layer returned to float, value, drop), the layers kept in float."""
+    report: baseline, steps (layer returned to float, value, drop), the layers kept in float.
+
+    `try_full_range`: the scheme's 7-bit weights (`reduce_range`) are only the host's default, not the user's
+    choice: when they break the budget, 8-bit weights are measured first (same ranges, same speed) and kept when
+    they drop less; layers go back to float only after that (onnxruntime's own U8S8 default is 8-bit)."""
     from ..workflow.evaluate import evaluate, metric_drop
 
     if max_drop < 0:
@@ -143,8 +149,19 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
                                  exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress)
     value = measure(q)
     steps = [{"returned_to_float": None, "value": value, "drop": metric_drop(base["value"], value, metric)}]
-    best = (steps[0]["drop"], q, report, [])
-    if steps[0]["drop"] > max_drop:
+    if steps[0]["drop"] > max_drop and try_full_range and scheme.reduce_range:
+        full = replace(scheme, reduce_range=False)
+        q8, report8, _ = quantize(copy_model(model), data, scheme=full, method=method, percentile=percentile,
+                                  exclude=exclude, batch_size=batch_size, cache=cache, show_progress=show_progress,
+                                  ranges=ranges)
+        value8 = measure(q8)
+        steps.append({"returned_to_float": None, "reduce_range": False, "value": value8,
+                      "drop": metric_drop(base["value"], value8, metric)})
+        if steps[-1]["drop"] < steps[0]["drop"]:
+            scheme, q, report = full, q8, report8
+    drop0 = min(step["drop"] for step in steps)
+    best = (drop0, q, report, [])
+    if drop0 > max_drop:
         ranked = layer_sensitivity(model, q, report.pop("_outputs"), data)
         for node, sensitivity in ranked:
             kept.add(node)

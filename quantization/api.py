@@ -173,7 +173,8 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
             result, extra = accuracy_aware(source, calibration, eval_data, scheme=scheme, method=method,
                                            percentile=percentile, exclude=exclude_set, labels=labels, metric=metric,
                                            max_drop=max_accuracy_drop, batch_size=batch_size, cache=ranges_cache,
-                                           show_progress=progress, quantize=_static)
+                                           show_progress=progress, quantize=_static,
+                                           try_full_range=reduce_range is None)
         else:
             result, extra, _ = _static(source, calibration, scheme=scheme, method=method,
                                        percentile=percentile, exclude=exclude_set, batch_size=batch_size,

@@ -506,7 +506,8 @@ def test_accuracy_aware_mode_returns_sensitive_layers_to_float_until_the_budget_
     assert acc["met"] and acc["drop"] <= 0.0
     assert acc["steps"][0]["returned_to_float"] is None
     if acc["steps"][0]["drop"] > 0:  # the fully quantized model lost something: layers went back to float
-        assert acc["float_layers"] and len(acc["steps"]) == 1 + len(acc["float_layers"])
+        returned = [s["returned_to_float"] for s in acc["steps"] if s["returned_to_float"] is not None]
+        assert acc["float_layers"] and sorted(returned) == acc["float_layers"]
         assert {e["node"] for e in report["skipped"]} >= set(acc["float_layers"])
     with pytest.raises(OptcError, match="needs static quantization"):
         quantize_with_report(str(EXAMPLES / "digits_cnn.onnx"), dynamic=True,
@@ -526,3 +527,52 @@ def test_accuracy_aware_mode_on_a_model_whose_inputs_fix_batch_1(tmp_path):
     acc = report["accuracy"]
     assert acc["met"] and acc["drop"] <= 0.0
     assert acc["steps"][0]["drop"] > 0 and acc["float_layers"]  # the sensitivity analysis did run
+
+
+def _mock_accuracy_aware(tmp_path, try_full_range: bool):
+    """accuracy_aware with a quantizer whose 7-bit-weight model flips every prediction and whose 8-bit one is exact."""
+    from optc.ir import from_onnx
+    from optc.quantization.accuracy import accuracy_aware
+    from optc.quantization.scheme import QuantScheme
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    float_model = from_onnx(_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                                   [numpy_helper.from_array(w, "w")]))
+    flipped = from_onnx(_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                               [numpy_helper.from_array(-w, "w")]))
+    x = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    test = tmp_path / "test.npz"
+    write_npz(test, {"x": x, "y": np.argmax(x @ w, axis=1).astype(np.int64)})
+    schemes = []
+
+    def quantize(model, data, *, scheme, ranges=None, keep_float=frozenset(), **_):
+        schemes.append(scheme.reduce_range)
+        return (flipped if scheme.reduce_range else model), {"_outputs": {}, "quantized": ["mm"]}, "ranges"
+
+    calib = tmp_path / "calib.npz"
+    write_npz(calib, {"x": x})
+    result, report = accuracy_aware(float_model, str(calib), str(test), scheme=QuantScheme(reduce_range=True),
+                                    method="minmax", percentile=99.9, exclude=set(), labels="y", metric="top1",
+                                    max_drop=0.5, batch_size=None, cache=None, show_progress=False,
+                                    quantize=quantize, try_full_range=try_full_range)
+    return result, report, schemes, float_model
+
+
+def test_accuracy_aware_tries_8bit_weights_before_returning_layers_to_float(tmp_path):
+    result, report, schemes, float_model = _mock_accuracy_aware(tmp_path, try_full_range=True)
+    w = lambda m: numpy_helper.to_array(optc.to_onnx(m).graph.initializer[0])  # noqa: E731
+    assert schemes == [True, False] and np.array_equal(w(result), w(float_model))
+    acc = report["accuracy"]
+    assert acc["met"] and acc["drop"] == 0 and acc["steps"][1]["reduce_range"] is False
+
+
+def test_accuracy_aware_keeps_a_chosen_reduce_range(tmp_path):
+    # reduce_range given by the user (try_full_range False): never replaced by 8-bit weights
+    result, report, schemes, float_model = _mock_accuracy_aware(tmp_path, try_full_range=False)
+    w = lambda m: numpy_helper.to_array(optc.to_onnx(m).graph.initializer[0])  # noqa: E731
+    assert schemes == [True] and np.array_equal(w(result), -w(float_model))
+    assert not report["accuracy"]["met"] and report["accuracy"]["drop"] > 0.5
