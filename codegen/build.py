@@ -255,3 +255,61 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
         first = str(exc).strip().splitlines()
         raise OptcError(f"TVM build for {target_kind(target)} failed: {type(exc).__name__}: "
                         f"{first[-1] if first else ''}") from exc
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else the one pip's ``nvidia-cuda-nvcc`` installs (``site-packages/nvidia/cu13/bin/nvcc``)."""
+    import importlib.util  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        for sub in ("cu13", "cu12", "cuda_nvcc"):
+            path = os.path.join(root, sub, "bin", "nvcc")
+            if os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def cuda_source(executable) -> str | None:
+    """The CUDA C source of the kernels of a cuda build (None when the build has no CUDA module)."""
+    stack = [executable.mod]
+    while stack:
+        module = stack.pop()
+        if module.kind == "cuda":
+            return str(module.inspect_source("")) or None
+        stack.extend(module.imports)
+    return None
+
+
+def compile_cuda_kernels(executable, target, nvcc: str | None = None) -> dict:
+    """Compile the kernels of a cuda build to a cubin for the target's ``arch`` with nvcc (``find_nvcc``), as a check
+    that they build: without a GPU, TVM keeps only their source in the library (compiled when it loads on a GPU).
+
+    Returns ``{"compiler", "arch", "kernels_bytes" (CUDA C), "cubin_bytes"}``. OptcError (one line) when no nvcc is
+    found, or with nvcc's first error when a kernel does not compile."""
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise OptcError("no nvcc found (PATH, or pip's nvidia-cuda-nvcc) to compile the CUDA kernels")
+    code = cuda_source(executable)
+    if code is None:
+        raise OptcError("the build has no CUDA kernels")
+    arch = str(target.attrs["arch"])
+    with tempfile.TemporaryDirectory(prefix="optc-cuda-") as tmp:
+        src, out = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.cubin"
+        src.write_text(code)
+        proc = subprocess.run([nvcc, "--cubin", "-O3", "-arch", arch, "--expt-relaxed-constexpr", "-o", str(out),
+                               str(src)], capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            lines = (proc.stderr + proc.stdout).splitlines()
+            errors = [ln for ln in lines if "error" in ln] or lines[-1:] or [f"exit {proc.returncode}"]
+            raise OptcError(f"nvcc could not compile the CUDA kernels for {arch}: {errors[0].strip()}")
+        return {"compiler": nvcc, "arch": arch, "kernels_bytes": len(code.encode()), "cubin_bytes": out.stat().st_size}

@@ -13,9 +13,9 @@ from ..ir import Model, load
 from ..lowering import lower, signature
 from .artifact import check_emit, export
 from .artifact import emit as emit_file
-from .build import build, fast_math_default
+from .build import build, compile_cuda_kernels, fast_math_default, find_nvcc
 from .input_shapes import fix_input_shapes
-from .targets import check_measurable, linker, resolve_target, target_kind
+from .targets import check_measurable, gpu_arch, linker, resolve_target, target_kind
 from .tuning import open_database
 from .tuning import tune as tune_kernels
 
@@ -86,7 +86,9 @@ def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike,
                     cc: str | None = None, emit: str | None = None, **options) -> Path:
     """Compile a model into a shared library at `output` (metadata in `output + '.json'`), linked with `cc` (default:
     g++, or the aarch64 cross compiler for arm64; checked before the build). `emit` (`llvm`, `asm`, `tar`) writes
-    LLVM IR, assembly or the object files to `output` instead (`artifact.emit`). `options`: `build_executable`'s."""
+    LLVM IR, assembly or the object files to `output` instead (`artifact.emit`). For cuda on a machine without a GPU
+    the kernels are compiled with nvcc when one is found (`build.compile_cuda_kernels`; `report["cuda"]`), since TVM
+    then only keeps their source. `options`: `build_executable`'s."""
     tvm_target = resolve_target(target, mcpu=options.pop("mcpu", None))
     if emit is not None:
         check_emit(emit, output)
@@ -95,6 +97,12 @@ def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike,
     else:
         cc = linker(tvm_target, cc)
     executable, meta = build_executable(model, tvm_target, **options)
+    if target_kind(tvm_target) == "cuda" and gpu_arch() is None and find_nvcc() is not None:
+        # no GPU: TVM kept only the kernels' source; check that they compile (when there is an nvcc to do it)
+        report = options.get("report")
+        cuda = compile_cuda_kernels(executable, tvm_target)
+        if report is not None:
+            report["cuda"] = cuda
     if emit is not None:
         return emit_file(executable, output, emit, target=tvm_target)
     return export(executable, output, meta, target=tvm_target, cc=cc)

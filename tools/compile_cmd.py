@@ -45,6 +45,11 @@ def run(args) -> int:
     math = "" if args.fast_math else ", no fast math"
     line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
+    cuda = report.get("cuda")
+    if cuda is not None:
+        line += f"; CUDA kernels compiled with nvcc to a {cuda['arch']} cubin ({cuda['cubin_bytes'] / 1024:.0f} KiB)"
+    elif target.kind.name == "cuda":
+        line += "; CUDA kernels not compiled here (no GPU, no nvcc): they compile when the library loads on a GPU"
     if "database" in report:
         line += f" from the database {report['database']}"
     tuning = report.get("tuning")
