@@ -6,6 +6,10 @@
      listed as graph inputs, plain constants)
 -O3  adds shape inference (so more shape computations fold) and runs the groups to a fixed point
 Rule-set passes appear only when `optc.rewrites.rules` provides their set.
+
+`runtime` ("standard" or "onnxruntime", `optc optimize --for`) adds `fuse-transformer{runtime=...}` to -O2 and
+-O3 (after the other fusions): attention, layer norms and Gelu fused into standard ONNX ops or onnxruntime's
+contrib ops. Without it (the default) the output keeps the input's operator set, so it runs where it ran.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ..ir.core import Model
 from .context import DEFAULT_FOLD_SIZE_LIMIT, PassContext, RewriteBudget, RuleFilter
 from .pass_manager import Instrument, Pass, PassManager, Pipeline, PipelineReport, parse_pipeline
 from .passes.rule_pass import available_rule_sets
+from .rules.transformer import check_runtime
 
 DEFAULT_LEVEL = 2
 
@@ -41,8 +46,11 @@ def _plugin_sets(level: int) -> list[str]:
             if info.level is not None and info.level <= level and not name.startswith("fuse-")]
 
 
-def level_spec(level: int) -> str:
-    """The pipeline string of an optimization level (rule sets registered with a level join it)."""
+def level_spec(level: int, runtime: str | None = None) -> str:
+    """The pipeline string of an optimization level (rule sets registered with a level join it); `runtime`
+    ("standard" / "onnxruntime"): with the transformer fusions for it (-O2 and -O3). Raises OptcError for an
+    unknown level or runtime."""
+    tf = [f"fuse-transformer{{runtime={check_runtime(runtime)}}}"] if runtime is not None else []
     noops = ["eliminate-noops"] if _has("eliminate-noops") else []
     canon = ["canonicalize{fold=true}"] if _has("canonicalize") else []
     if level == 0:
@@ -52,27 +60,31 @@ def level_spec(level: int) -> str:
     if level == 2:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
         # Fusions before cse: merging two Convs that feed different BatchNorms would block both fusions.
-        return ",".join(["remove-initializer-inputs", "infer-shapes", "fold-constants", *noops_f, *canon, *_fuse(),
+        return ",".join(["remove-initializer-inputs", "infer-shapes", "fold-constants", *noops_f, *canon, *_fuse(), *tf,
                          *_plugin_sets(2), "cse", "fold-constants", "dce"])
     if level == 3:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
-        group = ",".join(["fold-constants", *noops_f, *canon, *_fuse(), *_plugin_sets(3), "cse", "dce"])
+        group = ",".join(["fold-constants", *noops_f, *canon, *_fuse(), *tf, *_plugin_sets(3), "cse", "dce"])
         return f"remove-initializer-inputs,infer-shapes,fixed-point{{max-iterations=8}}({group}),infer-shapes,fixed-point{{max-iterations=8}}({group})"
     raise OptcError(f"unknown optimization level {level} (use 0, 1, 2 or 3)")
 
 
-def level_pipeline(level: int) -> Pipeline:
-    """The pipeline of an optimization level (0..3)."""
-    return parse_pipeline(level_spec(level))
+def level_pipeline(level: int, runtime: str | None = None) -> Pipeline:
+    """The pipeline of an optimization level (0..3), with the transformer fusions for `runtime` if given."""
+    return parse_pipeline(level_spec(level, runtime))
 
 
 # -- running pipelines ------------------------------------------------------------------------------------
 
 
-def build_pipeline(level: int | None = DEFAULT_LEVEL, passes: str | Pass | list[Pass] | None = None) -> Pass:
-    """`passes` (a pipeline string, a pass, or a list of passes) wins over `level`."""
+def build_pipeline(level: int | None = DEFAULT_LEVEL, passes: str | Pass | list[Pass] | None = None,
+                   runtime: str | None = None) -> Pass:
+    """`passes` (a pipeline string, a pass, or a list of passes) wins over `level`. `runtime`: see `level_spec`;
+    with `passes` it is an OptcError (name `fuse-transformer{runtime=...}` in the pipeline instead)."""
+    if passes is not None and runtime is not None:
+        raise OptcError("--for applies to the -O levels; with -p, add fuse-transformer{runtime=...} to the pipeline")
     if passes is None:
-        return level_pipeline(DEFAULT_LEVEL if level is None else level)
+        return level_pipeline(DEFAULT_LEVEL if level is None else level, runtime)
     if isinstance(passes, str):
         return parse_pipeline(passes)
     if isinstance(passes, Pass):
@@ -136,7 +148,7 @@ def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DE
              passes: str | Pass | list[Pass] | None = None, *, inplace: bool = False,
              disable: Iterable[str] = (), fast_math: bool = False, disable_rules: Iterable[str] = (),
              enable_rules: Iterable[str] | None = None,
-             size_limit: int | str | None = DEFAULT_FOLD_SIZE_LIMIT) -> Model:
+             size_limit: int | str | None = DEFAULT_FOLD_SIZE_LIMIT, runtime: str | None = None) -> Model:
     """Optimize a model with the `-O<level>` pipeline, or with `passes` (a pipeline string such as
     `"fold-constants,cse,dce"` or pass objects). Returns the optimized Model; the argument is not modified
     unless `inplace=True`.
@@ -146,7 +158,9 @@ def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DE
     -0.0 + 0.0 = +0.0 into -0.0); `optc passes` lists them. `disable_rules` / `enable_rules`: rule names
     that may not fire / the only ones that may. `size_limit`: the largest tensor (bytes, or a size such as
     "64MB"; None: unlimited) that constant folding may create when the fold grows the model (1 MiB by
-    default). Raises OptcError for an unknown rule name or a bad size."""
+    default). `runtime`: "standard" or "onnxruntime" also fuses transformer blocks (attention, layer norms, Gelu)
+    into standard ONNX ops the model's opset has, or into onnxruntime's com.microsoft contrib ops (None: not).
+    Raises OptcError for an unknown rule name, runtime or a bad size."""
     from ..ir.io import load
 
     if isinstance(model, Model):
@@ -161,6 +175,6 @@ def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DE
     from ..units import parse_bytes
 
     limit = parse_bytes(size_limit, what="size_limit") if size_limit is not None else None
-    run_pipeline(model, build_pipeline(level, passes), disable=disable, fast_math=bool(fast_math),
+    run_pipeline(model, build_pipeline(level, passes, runtime), disable=disable, fast_math=bool(fast_math),
                  disable_rules=disable_rules, enable_rules=enable_rules, size_limit=limit)
     return model

@@ -24,7 +24,7 @@ def run(args) -> int:
         raise OptcError("--bisect-limit must be 0 or more")
     if args.report:
         check_output_path(args.model, args.report, (".json",))
-    pipeline = build_pipeline(args.level, args.passes)
+    pipeline = build_pipeline(args.level, args.passes, args.runtime)
     if args.check < 0:
         raise OptcError("--check must be 0 or more (the number of random input sets to compare)")
     if args.bisect and args.check:
@@ -171,6 +171,10 @@ def register(sub) -> None:
     p.add_argument("-p", "--passes", metavar="PIPELINE", default=None,
                    help='a pass pipeline instead of a level, e.g. "fold-constants,cse,fuse{set=conv-bn},dce" or '
                    '"fixed-point{max-iterations=4}(cse,dce)"')
+    p.add_argument("--for", dest="runtime", choices=("standard", "onnxruntime"), default=None,
+                   help="also fuse transformer blocks (attention, layer norms, Gelu) into standard ONNX ops the "
+                        "model's opset has (standard) or into onnxruntime's com.microsoft contrib ops "
+                        "(onnxruntime); default: keep the input's operator set")
     p.add_argument("--fast-math", action="store_true",
                    help="also apply rewrites that are exact only in real arithmetic, not under IEEE 754 (x + 0.0 -> x "
                    "changes -0.0; `optc passes` marks them); off by default: every rewrite keeps NaN, infinities and "

@@ -1,6 +1,7 @@
 """Rule sets, by the names the CLI and the passes use (`rules{rule-set=NAME}`, `fuse{set=conv-bn}`).
 
-One module per family: `noops` (eliminate-noops), `canonicalize`, `fusion` (the fuse-* sets).
+One module per family: `noops` (eliminate-noops), `canonicalize`, `fusion` (the fuse-* sets), `transformer`
+(transformer-standard / transformer-onnxruntime, run by the fuse-transformer pass and `optc optimize --for`).
 
 Rule sets are a registry, open to plugins: `register_rule_set(name, rules, level=2)` from Python, or a package
 that declares an entry point in the `optc.rules` group (its object: a callable that calls `register_rule_set`,
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from ...errors import OptcError, did_you_mean
 from ..rule import Rule
-from . import canonicalize, fusion, noops
+from . import canonicalize, fusion, noops, transformer
 
 
 @dataclass(frozen=True)
@@ -112,5 +113,7 @@ register_rule_set("fuse-conv-bn", fusion.CONV_BN)
 register_rule_set("fuse-conv-add-mul", fusion.CONV_ADD_MUL)
 register_rule_set("fuse-pad", fusion.PAD)
 register_rule_set("fuse-matmul-add", fusion.MATMUL_ADD)
+register_rule_set("transformer-standard", transformer.STANDARD)
+register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
 
 __all__ = ["RULE_SETS", "RuleSetInfo", "all_rules", "check_rule_names", "register_rule_set", "rule_sets"]

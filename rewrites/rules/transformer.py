@@ -1,0 +1,79 @@
+"""Transformer fusions for ONNX out, in two output forms (`optc optimize --for standard|onnxruntime`).
+
+Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.py for the patterns and checks):
+
+* `transformer-standard`: standard ONNX ops only, each where the model's opset has it: Attention (23+),
+  RMSNormalization (23+), LayerNormalization (17+), Gelu (20+). The model's opset is never raised.
+* `transformer-onnxruntime`: onnxruntime's com.microsoft contrib ops MultiHeadAttention, SkipLayerNormalization,
+  Gelu, FastGelu, BiasGelu (any opset), and the standard LayerNormalization (17+) / RMSNormalization (23+).
+
+The pass `fuse-transformer{runtime=standard|onnxruntime}` runs one of them (with constant folding in the loop),
+adding the com.microsoft opset import while it runs and keeping it only if a contrib op was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...errors import OptcError
+from ...ir.core import Model
+from ..context import PassContext, PassResult
+from ..pass_manager import Pass, register_pass
+from .transformer_attention import FuseAttention, FuseMultiHeadAttention
+from .transformer_gelu import (
+    FuseBiasGelu,
+    FuseFastGelu,
+    FuseFastGeluBias,
+    FuseGeluErf,
+    FuseGeluErfContrib,
+    FuseGeluTanh,
+)
+from .transformer_norm import MS, FuseLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
+
+STANDARD = [FuseAttention, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
+ONNXRUNTIME = [FuseMultiHeadAttention, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm, FuseGeluErfContrib,
+               FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
+RUNTIMES = ("standard", "onnxruntime")
+
+
+def check_runtime(runtime: str) -> str:
+    """`runtime` if it is one of RUNTIMES; else OptcError (one line)."""
+    if runtime not in RUNTIMES:
+        raise OptcError(f"unknown runtime '{runtime}' for the transformer fusions (use standard or onnxruntime)")
+    return runtime
+
+
+def _uses_domain(model: Model, domain: str) -> bool:
+    return any(n.domain == domain for g in model.graphs() for n in g)
+
+
+@register_pass
+@dataclass
+class FuseTransformer(Pass):
+    """Transformer fusions (attention, layer norms, Gelu) into standard ONNX ops or onnxruntime's contrib ops."""
+
+    name: ClassVar[str] = "fuse-transformer"
+    description: ClassVar[str] = ("transformer fusions: attention, LayerNorm / SkipLayerNorm / RMSNorm, Gelu / "
+                                  "FastGelu / BiasGelu, as standard ONNX ops or onnxruntime contrib ops")
+    option_help: ClassVar[dict[str, str]] = {
+        "runtime": "standard (ONNX ops the model's opset has) or onnxruntime (com.microsoft contrib ops)",
+    }
+    runtime: str = "standard"
+
+    def __post_init__(self):
+        check_runtime(self.runtime)
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        from ..passes.rule_pass import _run_sets
+
+        had = MS in model.opset_imports
+        if self.runtime == "onnxruntime" and not had:
+            model.opset_imports[MS] = 1
+            ctx.opsets[MS] = 1
+        try:
+            return _run_sets(model, ctx, [f"transformer-{self.runtime}"], self.name, True)
+        finally:
+            if not had and MS in model.opset_imports and not _uses_domain(model, MS):
+                del model.opset_imports[MS]
+                ctx.opsets.pop(MS, None)

@@ -1,0 +1,211 @@
+"""Multi-head attention fusion for transformer exports (BERT-style padding masks, GPT-2-style causal masks).
+
+The block, as the TorchScript exporter and hand-written graphs write it::
+
+    q = Transpose(Reshape(q_in, [B, S, N, H]), perm=[0, 2, 1, 3])          q_in, k_in, v_in: [B, S|T, N*H]
+                                                              (or, with static shapes, e.g. the [B*S, N*H] of a Gemm)
+    k = Transpose(Reshape(k_in, [B, T, N, H]), perm=[0, 2, 3, 1])           (or perm [0,2,1,3] then [0,1,3,2])
+    v = Transpose(Reshape(v_in, [B, T, N, Hv]), perm=[0, 2, 1, 3])
+    s = Div(MatMul(q, k), c) | Mul(MatMul(q, k), c)                          c: a scalar constant
+    s = Add(s, mask) | Where(cond, s, fill) | s                              mask: additive, any broadcast
+    y = Reshape(Transpose(MatMul(Softmax(s, axis=-1), v), perm=[0, 2, 1, 3]), [B, S, N*Hv])
+                                         (the shape constant, or computed from the Transpose's own Shape)
+
+Checked: the shapes of the head split and merge (N and H known; the batch and sequence dims of q_in, the
+split and the merged output the same); the scale a float scalar; the mask does not broadcast the scores to a
+bigger shape; Softmax over the last axis. The mask stays what it is, an additive [.., .., S, T] bias
+(Where(cond, s, fill) becomes the bias Where(cond, 0, fill)): a 2-D [batch, seq] mask is never turned into
+sequence lengths, so masks with holes and left padding keep their meaning (onnxruntime#18945).
+
+Outputs: the standard `Attention` (opset 23+) or onnxruntime's com.microsoft `MultiHeadAttention` with the
+mask as its `attention_bias`; both want the bias's last two dims to be [S, T], so a smaller one is Expanded.
+Grouped-query attention (fewer K/V heads) is not matched.
+
+Rounding: not bit-exact: the fused kernel applies the scale and sums the products in its own order.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ...ir.types import DataType, TensorType
+from ..pattern import ANY, Or, require
+from ..rule import Rule
+from ._util import full_shape, is_float
+from .transformer_norm import MS
+
+ROUNDING = "not bit-exact: the fused attention applies the scale and sums the products in its own order"
+
+_SPLIT = [0, 2, 1, 3]
+
+
+def _heads(op, x, shape, perm):
+    return op.Transpose(op.Reshape(x, shape, _allow_other_inputs=True), perm=perm)
+
+
+def attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+    q = _heads(op, q_in, qs, _SPLIT)
+    k = Or(_heads(op, k_in, ks, [0, 2, 3, 1]),
+           op.Transpose(_heads(op, k_in, ks, _SPLIT), perm=[0, 1, 3, 2]))
+    v = _heads(op, v_in, vs, _SPLIT)
+    s = op.MatMul(q, k, _name="scores")
+    scaled = Or(op.Div(s, scale.const(scalar=True), _name="div"), op.Mul(s, scale.const(scalar=True)))
+    masked = Or(op.Add(scaled, mask, _name="add_mask"), op.Where(cond, scaled, fill.const(scalar=True)), scaled)
+    o = op.MatMul(op.Softmax(masked, _name="softmax"), v)
+    merged = op.Transpose(o, perm=_SPLIT)
+    return op.Reshape(merged, Or(_shape_of(op, merged), out_shape), _allow_other_inputs=True)
+
+
+def _shape_of(op, t):
+    """The merge's target shape computed from t's own shape, as exporters of dynamic shapes write it (its Shape
+    node must be part of the match): Concat(Slice(Shape(t)), D) or Concat(Unsqueeze(Gather(Shape(t), i)), ...)."""
+    sh = op.Shape(t)
+    dim = op.Unsqueeze(op.Gather(sh, ANY, axis=0), _allow_other_inputs=True)
+    return Or(op.Concat(op.Slice(sh, ANY, ANY, _allow_other_inputs=True), ANY, axis=0),
+              op.Concat(dim, op.Unsqueeze(op.Gather(sh, ANY, axis=0), _allow_other_inputs=True), ANY, axis=0))
+
+
+def _same_dim(a, b) -> bool:
+    return a is not None and a == b
+
+
+def _fits(small, big) -> bool:
+    """Broadcasting a tensor of shape `small` against `big` gives `big` (dims equal, or 1 in `small`)."""
+    if small is None or big is None or len(small) > len(big):
+        return False
+    return all(d == 1 or _same_dim(d, b) for d, b in zip(small, big[len(big) - len(small):], strict=True))
+
+
+def _static(*shapes) -> bool:
+    return all(s is not None and all(isinstance(d, int) for d in s) for s in shapes)
+
+
+def _as_3d(x_shape, want) -> bool | None:
+    """How a value of `x_shape` stands for the [B, S, D] tensor `want`: False (it is one), True (a Reshape makes
+    it one: static shapes with D last, e.g. the [B*S, D] of a Gemm), None (it is not)."""
+    if x_shape is None:
+        return None
+    if len(x_shape) == 3 and all(_same_dim(a, b) for a, b in zip(x_shape, want, strict=True)):
+        return False
+    if _static(x_shape, want) and x_shape[-1] == want[-1] and int(np.prod(x_shape)) == int(np.prod(want)):
+        return True
+    return None
+
+
+def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:
+    """The attention's sizes: {"heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape it to, or
+    None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects what is not a plain multi-head
+    attention."""
+    shapes, reshape = {}, {}
+    for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
+        split = next(u.node for u in x.uses() if u.node.op_type == "Reshape" and u.node in m.nodes)
+        s4 = full_shape(split.outputs[0])
+        require(s4 is not None and len(s4) == 4 and isinstance(s4[2], int) and isinstance(s4[3], int),
+                f"the {name} head split is not [B, S, N, H] with N and H known")
+        want = (s4[0], s4[1], s4[2] * s4[3])
+        how = _as_3d(full_shape(x), want)
+        require(how is not None, f"the {name} head split is not [B, S, N*H] -> [B, S, N, H]")
+        reshape[name] = want if how else None
+        shapes[name] = s4
+    q4, k4, v4 = shapes["q"], shapes["k"], shapes["v"]
+    n, h = q4[2], q4[3]
+    require(k4[2] == n and v4[2] == n, "K/V have another head count (grouped-query attention is not fused)")
+    require(k4[3] == h, "Q and K heads differ in size")
+    require(_same_dim(k4[0], q4[0]) and _same_dim(v4[0], q4[0]) and _same_dim(k4[1], v4[1]),
+            "Q, K and V disagree on B or T")
+    out_want = (q4[0], q4[1], n * v4[3])
+    how = _as_3d(full_shape(m.root.outputs[0]), out_want)
+    require(how is not None, "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]")
+    require(all(is_float(x) and x.dtype == q_in.dtype for x in (q_in, k_in, v_in)), "Q, K, V are not one float type")
+    sm = m["softmax"]
+    default_axis = -1 if (m.opset("") or 13) >= 13 else 1
+    require(int(sm.attr("axis", default_axis)) in (-1, 3), "Softmax is not over the last axis")
+    c = np.asarray(m.const(scale))
+    require(c.dtype.kind == "f" and np.isfinite(c).all() and float(c.reshape(-1)[0]) != 0.0,
+            "the scale is not a finite nonzero float")
+    value = float(c.reshape(-1)[0])
+    scores_shape = full_shape(m["scores"].outputs[0])
+    if mask is not None:
+        require(is_float(mask) and mask.dtype == q_in.dtype, "the mask is not of the scores' float type")
+        require(_fits(full_shape(mask), scores_shape), "the mask broadcasts the scores to another shape")
+    if cond is not None:
+        require(cond.dtype is not None and DataType(cond.dtype) == DataType.BOOL, "Where's condition is not bool")
+        require(_fits(full_shape(cond), scores_shape), "the Where broadcasts the scores to another shape")
+    return {"heads": n, "scale": 1.0 / value if m.get("div") is not None else value, "S": q4[1], "T": k4[1],
+            "reshape": reshape, "out": full_shape(m.root.outputs[0]) if how else None, "merged": out_want}
+
+
+def _inputs_3d(op, info, q_in, k_in, v_in):
+    """q_in, k_in, v_in as [B, S|T, D] (Reshaped where they are not)."""
+    out = []
+    for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
+        want = info["reshape"][name]
+        out.append(x if want is None else op.Reshape(x, np.array(want, np.int64)))
+    return out
+
+
+def _output(op, info, y):
+    return y if info["out"] is None else op.Reshape(y, np.array(info["out"], np.int64))
+
+
+def _bias(op, m, info, q3, k3, mask, cond, fill):
+    """The additive bias [.., .., S, T] the fused ops want, or None without a mask."""
+    ms = full_shape(cond if cond is not None else mask)  # Where(cond, 0, fill) has cond's shape
+    if cond is not None:
+        dtype = np.asarray(m.const(fill)).dtype
+        mask = op.Where(cond, np.zeros((), dtype), fill)
+    if mask is None:
+        return None
+    s, t = info["S"], info["T"]
+    if isinstance(s, int) and isinstance(t, int):
+        if len(ms) == 4 and ms[2] == s and ms[3] == t:
+            return mask
+        target = op.const(np.array([1, 1, s, t], np.int64), hint="attn_bias_shape")
+    else:
+        one, two = np.array([1], np.int64), np.array([2], np.int64)
+        target = op.Concat(np.array([1, 1], np.int64), op.Slice(op.Shape(q3), one, two),
+                           op.Slice(op.Shape(k3), one, two), axis=0)
+    return op.Expand(mask, target)
+
+
+class FuseAttention(Rule):
+    """The multi-head attention block -> Attention(q_in, k_in, v_in, bias) (opset 23+, 3-D inputs)."""
+
+    min_opset: ClassVar[int | None] = 23
+    rounding: ClassVar[str] = ROUNDING
+
+    def pattern(self, op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+        return attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape)
+
+    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+        m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond)
+        return True
+
+    def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+        info = m.info
+        q3, k3, v3 = _inputs_3d(op, info, q_in, k_in, v_in)
+        bias = _bias(op, m, info, q3, k3, mask, cond, fill)
+        return _output(op, info, op.Attention(q3, k3, v3, bias, q_num_heads=info["heads"],
+                                              kv_num_heads=info["heads"], scale=info["scale"]))
+
+
+class FuseMultiHeadAttention(FuseAttention):
+    """The multi-head attention block -> com.microsoft MultiHeadAttention(q_in, k_in, v_in, attention_bias)
+    (float32)."""
+
+    min_opset: ClassVar[int | None] = None
+
+    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+        require(q_in.dtype is not None and DataType(q_in.dtype) == DataType.FLOAT, "not float32")
+        return super().check(m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape)
+
+    def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+        info = m.info
+        q3, k3, v3 = _inputs_3d(op, info, q_in, k_in, v_in)
+        bias = _bias(op, m, info, q3, k3, mask, cond, fill)
+        y = op.MultiHeadAttention(q3, k3, v3, None, None, bias, _domain=MS, num_heads=info["heads"],
+                                  scale=info["scale"])
+        y.type = TensorType(q_in.dtype, info["merged"])  # ONNX's inference does not know contrib ops
+        return _output(op, info, y)
