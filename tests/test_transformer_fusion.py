@@ -1,0 +1,442 @@
+"""Transformer fusions (`optc optimize --for standard|onnxruntime`): each rule on small hand-written graphs with
+the exporters' patterns (positive and negative cases), the fused models checked by onnx's checker and run on
+onnxruntime against the unfused model (1e-4 of the output's largest magnitude), attention on masks with holes,
+left padding and all ones. Runs without torch; the torch exports are in test_transformer_exports."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from optc.rewrites.pipelines import level_spec
+from optc.rewrites.rules._testing import run_ort
+
+F = TensorProto.FLOAT
+RNG = np.random.default_rng(0)
+
+
+# -- building graphs --------------------------------------------------------------------------------------
+
+
+class G:
+    """A tiny graph builder: `g.op("Add", a, b)` returns the output name; numpy arrays become initializers."""
+
+    def __init__(self):
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def name(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}_{self.n}"
+
+    def const(self, arr, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def op(self, op_type: str, *inputs, domain: str = "", **attrs) -> str:
+        ins = [x if isinstance(x, str) else self.const(np.asarray(x, np.float32) if isinstance(x, float) else x)
+               for x in inputs]
+        out = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, ins, [out], domain=domain, **attrs))
+        return out
+
+    def model(self, inputs, outputs, opset: int) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                                  [helper.make_tensor_value_info(n, F, None) for n in outputs], self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 8
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+        inferred = {vi.name: vi for vi in m.graph.value_info}
+        for out in m.graph.output:  # the outputs' types, as inferred
+            if out.name in inferred:
+                out.type.CopyFrom(inferred[out.name].type)
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+
+def reduce_mean(g: G, x: str, axes, keepdims: int, opset: int) -> str:
+    if opset >= 18:
+        return g.op("ReduceMean", x, np.array(axes, np.int64), keepdims=keepdims)
+    return g.op("ReduceMean", x, axes=axes, keepdims=keepdims)
+
+
+def layer_norm_graph(*, opset: int = 17, square: str = "pow", div: str = "div", gamma: bool = True,
+                     keepdims: int = 1, axes=(-1,), shape=(2, 5, 8), eps_input: bool = False,
+                     residual: bool = False, sum_used: bool = False) -> onnx.ModelProto:
+    """The decomposed LayerNorm of PyTorch exports below opset 17 (optionally of a residual sum)."""
+    g = G()
+    c = shape[-1]
+    x = "x"
+    if residual:
+        x = g.op("Add", "x", "r")
+    mean = reduce_mean(g, x, list(axes), keepdims, opset)
+    d = g.op("Sub", x, mean)
+    sq = g.op("Pow", d, np.array(2.0, np.float32)) if square == "pow" else g.op("Mul", d, d)
+    var = reduce_mean(g, sq, list(axes), keepdims, opset)
+    std = g.op("Sqrt", g.op("Add", var, "eps" if eps_input else np.array(1e-5, np.float32)))
+    n = g.op("Div", d, std) if div == "div" else g.op("Mul", d, g.op("Reciprocal", std))
+    if gamma:
+        n = g.op("Mul", n, RNG.uniform(0.5, 1.5, c).astype(np.float32))
+    y = g.op("Add", n, RNG.normal(0, 0.1, c).astype(np.float32))
+    inputs = [("x", F, list(shape))] + ([("r", F, list(shape))] if residual else [])
+    inputs += [("eps", F, [])] if eps_input else []
+    outputs = [y] + ([x] if sum_used else [])
+    return g.model(inputs, outputs, opset)
+
+
+def rms_norm_graph(*, opset: int = 23, square: str = "pow", div: str = "recip", eps=1e-6) -> onnx.ModelProto:
+    """Llama's RMSNorm: x * 1/sqrt(mean(x^2) + eps) * gamma."""
+    g = G()
+    sq = g.op("Pow", "x", np.array(2.0, np.float32)) if square == "pow" else g.op("Mul", "x", "x")
+    std = g.op("Sqrt", g.op("Add", reduce_mean(g, sq, [-1], 1, opset), np.asarray(eps, np.float32)))
+    n = g.op("Mul", "x", g.op("Reciprocal", std)) if div == "recip" else g.op("Div", "x", std)
+    y = g.op("Mul", n, RNG.uniform(0.5, 1.5, 8).astype(np.float32))
+    return g.model([("x", F, [2, 5, 8])], [y], opset)
+
+
+def gelu_graph(*, form: str = "erf", order: int = 0, opset: int = 17, bias: str | None = None,
+               sqrt2: float = math.sqrt(2.0), k: float = 0.044715) -> onnx.ModelProto:
+    """Gelu as exporters write it (three orders of the 0.5 * x * t product); `bias`: "vec" (a [C] bias Add
+    first, BiasGelu), "mat" (a [S, C] bias, no BiasGelu)."""
+    g = G()
+    x = "x"
+    if bias is not None:
+        shape = (8,) if bias == "vec" else (5, 8)
+        x = g.op("Add", g.op("MatMul", "x", RNG.normal(0, 0.3, (8, 8)).astype(np.float32)),
+                 RNG.normal(0, 0.1, shape).astype(np.float32))
+    if form == "erf":
+        t = g.op("Add", g.op("Erf", g.op("Div", x, np.array(sqrt2, np.float32))), np.array(1.0, np.float32))
+    else:
+        inner = g.op("Add", x, g.op("Mul", g.op("Pow", x, np.array(3.0, np.float32)), np.array(k, np.float32)))
+        t = g.op("Add", g.op("Tanh", g.op("Mul", inner, np.array(math.sqrt(2 / math.pi), np.float32))),
+                 np.array(1.0, np.float32))
+    half = np.array(0.5, np.float32)
+    if order == 0:
+        y = g.op("Mul", g.op("Mul", x, t), half)
+    elif order == 1:
+        y = g.op("Mul", g.op("Mul", x, half), t)
+    else:
+        y = g.op("Mul", x, g.op("Mul", t, half))
+    return g.model([("x", F, [2, 5, 8])], [y], opset)
+
+
+def attention_graph(*, opset: int = 17, mask: str = "padding", heads: int = 4, kv_heads: int | None = None,
+                    scale: str = "div", softmax_axis: int = -1, dynamic: bool = True, hidden: int = 32,
+                    seq: int = 8, big_mask: bool = False) -> onnx.ModelProto:
+    """A BERT/GPT-2 self-attention block as the TorchScript exporter writes it: Q/K/V MatMul + Add, head split
+    Reshape (shape computed from Shape/Gather/Concat when `dynamic`) + Transpose, MatMul, Div or Mul scale, a mask
+    ("padding": from a 2-D int mask through Unsqueeze/Cast/Sub/Mul; "causal": Where with a constant lower
+    triangle; "causal_add": an additive constant triangle; "none"), Softmax, MatMul, Transpose + Reshape merge,
+    the output projection. `kv_heads=1`: one K/V head broadcast over the query heads by MatMul (multi-query attention, not fused)."""
+    g = G()
+    dh = hidden // heads
+    kvh = kv_heads or heads
+    i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+
+    def proj(cout):
+        return g.op("Add", g.op("MatMul", "x", RNG.normal(0, 0.2, (hidden, cout)).astype(np.float32)),
+                    RNG.normal(0, 0.1, cout).astype(np.float32))
+
+    def split(t, n, perm):
+        if dynamic:
+            shape = g.op("Shape", t)
+            b = g.op("Unsqueeze", g.op("Gather", shape, i64(0), axis=0), i64([0]))
+            s = g.op("Unsqueeze", g.op("Gather", shape, i64(1), axis=0), i64([0]))
+            target = g.op("Concat", b, s, i64([n]), i64([dh]), axis=0)
+        else:
+            target = i64([1, seq, n, dh])
+        return g.op("Transpose", g.op("Reshape", t, target), perm=perm)
+
+    q = split(proj(hidden), heads, [0, 2, 1, 3])
+    k = split(proj(kvh * dh), kvh, [0, 2, 3, 1])
+    v = split(proj(kvh * dh), kvh, [0, 2, 1, 3])
+    s = g.op("MatMul", q, k)
+    if scale == "div":
+        s = g.op("Div", s, np.array(math.sqrt(dh), np.float32))
+    elif scale == "mul":
+        s = g.op("Mul", s, np.array(1 / math.sqrt(dh), np.float32))
+    else:  # a scale that is a graph input: not fused
+        s = g.op("Div", s, "scale")
+    inputs = [("x", F, ["batch", "seq", hidden] if dynamic else [1, seq, hidden])]
+    if mask == "padding":
+        m = g.op("Cast", g.op("Unsqueeze", g.op("Unsqueeze", "attention_mask", i64([1])), i64([2])), to=F)
+        m = g.op("Mul", g.op("Sub", np.array(1.0, np.float32), m), np.array(-10000.0, np.float32))
+        if big_mask:  # broadcasts the scores to a bigger shape: not an attention mask
+            m = g.op("Add", m, np.zeros((3, 1, 1, 1), np.float32))
+        s = g.op("Add", s, m)
+        inputs.append(("attention_mask", TensorProto.INT64, ["batch", "seq"] if dynamic else [1, seq]))
+    elif mask == "causal":
+        tri = np.tril(np.ones((seq, seq), bool))[None, None]
+        s = g.op("Where", g.const(tri, "causal"), s, np.array(np.finfo(np.float32).min, np.float32))
+    elif mask == "causal_add":
+        tri = np.where(np.tril(np.ones((seq, seq), bool)), 0.0, -1e9).astype(np.float32)[None, None]
+        s = g.op("Add", s, tri)
+    if scale == "input":
+        inputs.append(("scale", F, []))
+    p = g.op("Softmax", s, axis=softmax_axis)
+    o = g.op("Transpose", g.op("MatMul", p, v), perm=[0, 2, 1, 3])
+    if dynamic:
+        shape = g.op("Shape", o)
+        merged = g.op("Reshape", o, g.op("Concat", g.op("Slice", shape, i64([0]), i64([2])), i64([hidden]), axis=0))
+    else:
+        merged = g.op("Reshape", o, i64([1, seq, hidden]))
+    y = g.op("Add", g.op("MatMul", merged, RNG.normal(0, 0.2, (hidden, hidden)).astype(np.float32)),
+             RNG.normal(0, 0.1, hidden).astype(np.float32))
+    return g.model(inputs, [y], opset)
+
+
+# -- running ----------------------------------------------------------------------------------------------
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
+
+
+def fuse(proto: onnx.ModelProto, runtime: str) -> onnx.ModelProto:
+    """The model through `fuse-transformer{runtime=...}` (and dce), checked by onnx's checker."""
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), passes=f"fuse-transformer{{runtime={runtime}}},dce"))
+    onnx.checker.check_model(out, full_check=runtime == "standard")
+    assert [o.name for o in out.graph.output] == [o.name for o in proto.graph.output]
+    return out
+
+
+def assert_close(proto: onnx.ModelProto, out: onnx.ModelProto, feeds_list) -> None:
+    """Same outputs on onnxruntime within 1e-4 of each output's largest magnitude (+1e-6)."""
+    for feeds in feeds_list:
+        for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            tol = 1e-4 * float(np.max(np.abs(want))) + 1e-6
+            assert float(np.max(np.abs(got - want))) <= tol, (float(np.max(np.abs(got - want))), tol)
+
+
+def x_feeds(shape=(2, 5, 8), seed: int = 1, **more) -> dict:
+    return {"x": np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32), **more}
+
+
+def check_fused(proto, runtime, present, gone=(), feeds_list=None) -> onnx.ModelProto:
+    out = fuse(proto, runtime)
+    have = ops(out)
+    for op in present:
+        assert have[op] >= 1, f"{op} missing: {dict(have)}"
+    for op in gone:
+        assert have[op] == 0, f"{op} still there: {dict(have)}"
+    assert_close(proto, out, feeds_list or [x_feeds()])
+    return out
+
+
+def check_not_fused(proto, runtime, feeds_list=None) -> None:
+    out = fuse(proto, runtime)
+    assert ops(out) == ops(proto), f"{dict(ops(proto))} -> {dict(ops(out))}"
+    assert_close(proto, out, feeds_list or [x_feeds()])
+
+
+# -- LayerNormalization -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("square,div,gamma,opset", [("pow", "div", True, 17), ("mul", "recip", True, 17),
+                                                    ("pow", "div", False, 17), ("pow", "div", True, 18)])
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+def test_decomposed_layernorm_fuses(square, div, gamma, opset, runtime):
+    proto = layer_norm_graph(square=square, div=div, gamma=gamma, opset=opset)
+    check_fused(proto, runtime, ["LayerNormalization"], gone=["ReduceMean", "Sqrt", "Sub"])
+
+
+def test_layernorm_keepdims0_is_not_a_layernorm():
+    # on a square input, x - mean(keepdims=0) subtracts row i's mean from column i
+    proto = layer_norm_graph(keepdims=0, shape=(8, 8))
+    check_not_fused(proto, "standard", [x_feeds((8, 8))])
+
+
+@pytest.mark.parametrize("case", ["other_axis", "eps_input", "opset14"])
+def test_layernorm_negative(case):
+    if case == "other_axis":
+        proto = layer_norm_graph(axes=(1,), shape=(2, 8, 8))
+        feeds = [x_feeds((2, 8, 8))]
+    elif case == "eps_input":
+        proto = layer_norm_graph(eps_input=True)
+        feeds = [x_feeds(eps=np.array(1e-5, np.float32))]
+    else:
+        proto = layer_norm_graph(opset=14)
+        feeds = None
+    check_not_fused(proto, "standard", feeds)
+
+
+def test_layernorm_means_of_one_tensor():
+    proto = layer_norm_graph()
+    sub = next(n for n in proto.graph.node if n.op_type == "Sub")
+    other = helper.make_node("Identity", ["x"], ["x_copy"])
+    sub.input[0] = "x_copy"  # (x' - mean(x)): not a layer norm of one tensor
+    proto.graph.node.insert(0, other)
+    check_not_fused(proto, "standard")
+
+
+# -- SkipLayerNormalization -------------------------------------------------------------------------------
+
+
+def test_skip_layernorm_fuses_post_ln_residual():
+    proto = layer_norm_graph(residual=True)
+    feeds = [x_feeds(r=np.random.default_rng(5).normal(0, 1, (2, 5, 8)).astype(np.float32))]
+    check_fused(proto, "onnxruntime", ["com.microsoft::SkipLayerNormalization"], gone=["ReduceMean", "Add"],
+                feeds_list=feeds)
+    out = check_fused(proto, "standard", ["LayerNormalization"], feeds_list=feeds)
+    assert "com.microsoft" not in {o.domain for o in out.opset_import}
+
+
+def test_skip_layernorm_keeps_a_sum_used_elsewhere():
+    proto = layer_norm_graph(residual=True, sum_used=True)
+    feeds = [x_feeds(r=np.random.default_rng(5).normal(0, 1, (2, 5, 8)).astype(np.float32))]
+    out = check_fused(proto, "onnxruntime", ["LayerNormalization", "Add"], feeds_list=feeds)
+    assert ops(out)["com.microsoft::SkipLayerNormalization"] == 0
+
+
+# -- RMSNormalization -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("square,div", [("pow", "recip"), ("mul", "div")])
+def test_rms_norm_fuses_at_opset_23(square, div):
+    check_fused(rms_norm_graph(square=square, div=div), "standard", ["RMSNormalization"], gone=["ReduceMean"])
+
+
+def test_rms_norm_negative():
+    check_not_fused(rms_norm_graph(opset=22), "standard")
+    check_not_fused(rms_norm_graph(eps=np.full(8, 1e-6)), "standard")  # eps not a scalar
+
+
+# -- Gelu -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("form", ["erf", "tanh"])
+def test_gelu_fuses(form, order):
+    std = check_fused(gelu_graph(form=form, order=order, opset=20), "standard", ["Gelu"], gone=["Mul"])
+    want = "tanh" if form == "tanh" else "none"
+    node = next(n for n in std.graph.node if n.op_type == "Gelu")
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("approximate", b"none") == \
+        want.encode()
+    contrib = "com.microsoft::Gelu" if form == "erf" else "com.microsoft::FastGelu"
+    check_fused(gelu_graph(form=form, order=order, opset=17), "onnxruntime", [contrib], gone=["Mul"])
+
+
+@pytest.mark.parametrize("kwargs", [{"form": "erf", "sqrt2": 1.5}, {"form": "tanh", "k": 0.045},
+                                    {"form": "erf", "opset": 17}])
+def test_gelu_negative(kwargs):
+    # wrong constants are another function; the standard Gelu needs opset 20
+    runtimes = ["standard"] if kwargs.get("opset") == 17 else ["standard", "onnxruntime"]
+    for runtime in runtimes:
+        check_not_fused(gelu_graph(**{"opset": 20, **kwargs}), runtime)
+
+
+@pytest.mark.parametrize("form,op", [("erf", "com.microsoft::BiasGelu"), ("tanh", "com.microsoft::FastGelu")])
+def test_bias_gelu(form, op):
+    out = check_fused(gelu_graph(form=form, bias="vec"), "onnxruntime", [op], gone=["Add"])
+    node = next(n for n in out.graph.node if n.op_type == op.split("::")[1])
+    assert len(node.input) == 2  # x and the bias
+    # a [S, C] bias is not a per-channel bias: Gelu / FastGelu without it
+    out = check_fused(gelu_graph(form=form, bias="mat"), "onnxruntime", ["Add"])
+    assert ops(out)["com.microsoft::BiasGelu"] == 0
+    assert all(len(n.input) == 1 for n in out.graph.node if n.op_type in ("Gelu", "FastGelu"))
+
+
+# -- attention --------------------------------------------------------------------------------------------
+
+
+def masks(batch: int = 3, seq: int = 8) -> list[np.ndarray]:
+    """A mask with holes, left padding, all ones (never to be turned into sequence lengths)."""
+    holes = np.array([[1, 0, 1, 1, 0, 1, 1, 1]] * batch, np.int64)
+    left = np.ones((batch, seq), np.int64)
+    left[:, :3] = 0
+    return [holes[:, :seq], left, np.ones((batch, seq), np.int64)]
+
+
+def attention_feeds(proto, batch: int = 3, seq: int = 8) -> list[dict]:
+    x = np.random.default_rng(3).normal(0, 1, (batch, seq, 32)).astype(np.float32)
+    names = {i.name for i in proto.graph.input}
+    if "attention_mask" not in names:
+        return [{"x": x}]
+    return [{"x": x, "attention_mask": m} for m in masks(batch, seq)]
+
+
+@pytest.mark.parametrize("scale", ["div", "mul"])
+def test_bert_attention_with_padding_mask_fuses(scale):
+    proto = attention_graph(scale=scale)
+    out = check_fused(proto, "onnxruntime", ["com.microsoft::MultiHeadAttention"], gone=["Softmax", "Transpose"],
+                      feeds_list=attention_feeds(proto))
+    node = next(n for n in out.graph.node if n.op_type == "MultiHeadAttention")
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["num_heads"] == 4
+    assert node.input[4] == ""  # no key_padding_mask: the mask stays an additive bias
+
+
+def test_attention_to_standard_attention_at_opset_23():
+    proto = attention_graph(opset=23)
+    check_fused(proto, "standard", ["Attention"], gone=["Softmax"], feeds_list=attention_feeds(proto))
+
+
+@pytest.mark.parametrize("mask", ["causal", "causal_add", "none"])
+@pytest.mark.parametrize("runtime,op", [("onnxruntime", "com.microsoft::MultiHeadAttention"),
+                                        ("standard", "Attention")])
+def test_gpt2_causal_attention_fuses(mask, runtime, op):
+    proto = attention_graph(mask=mask, dynamic=False, opset=23 if runtime == "standard" else 17)
+    check_fused(proto, runtime, [op], gone=["Softmax"], feeds_list=attention_feeds(proto, batch=1))
+
+
+@pytest.mark.parametrize("kwargs", [{"softmax_axis": 2}, {"kv_heads": 1}, {"big_mask": True},
+                                    {"scale": "input"}])
+def test_attention_negative(kwargs):
+    proto = attention_graph(**kwargs)
+    feeds = attention_feeds(proto, batch=1 if kwargs.get("big_mask") else 3)
+    if kwargs.get("scale") == "input":
+        feeds = [{**f, "scale": np.array(2.0, np.float32)} for f in feeds]
+    out = fuse(proto, "onnxruntime")
+    assert ops(out)["com.microsoft::MultiHeadAttention"] == 0 and ops(out)["Softmax"] == 1
+    assert_close(proto, out, feeds)
+    assert "com.microsoft" not in {o.domain for o in out.opset_import}
+
+
+def test_standard_attention_needs_opset_23():
+    check_not_fused(attention_graph(opset=22), "standard", attention_feeds(attention_graph(opset=22)))
+
+
+# -- pipeline, API and CLI --------------------------------------------------------------------------------
+
+
+def test_levels_run_the_fusions_only_when_asked():
+    assert "fuse-transformer" not in level_spec(2)
+    assert "fuse-transformer{runtime=onnxruntime}" in level_spec(2, "onnxruntime")
+    assert "fuse-transformer{runtime=standard}" in level_spec(3, "standard")
+    with pytest.raises(optc.OptcError, match="unknown runtime 'tvm'"):
+        level_spec(2, "tvm")
+    with pytest.raises(optc.OptcError, match="-p"):
+        optc.optimize(attention_graph(), passes="dce", runtime="onnxruntime")
+
+
+def test_optimize_api_fuses_at_O2():
+    proto = attention_graph()
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    assert ops(out)["com.microsoft::MultiHeadAttention"] == 1
+    assert_close(proto, out, attention_feeds(proto))
+    assert ops(optc.to_onnx(optc.optimize(proto)))["Softmax"] == 1  # without runtime: no fusion
+
+
+def test_cli_for(tmp_path):
+    src, dst = tmp_path / "attn.onnx", tmp_path / "out.onnx"
+    onnx.save(attention_graph(), src)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "optc", "optimize", str(src), "-o", str(dst), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    r = cli("--for", "onnxruntime")
+    assert r.returncode == 0, r.stderr
+    assert ops(onnx.load(dst))["com.microsoft::MultiHeadAttention"] == 1
+    r = cli("--for", "tvm")
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
+    r = cli("--for", "standard", "-p", "dce")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
