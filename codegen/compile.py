@@ -65,6 +65,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     database = None
     report = report if report is not None else {}
     if db is not None and trials == 0:
+        if not (Path(db) / "database_workload.json").is_file():
+            raise OptcError(f"no tuning database in '{db}' (tune into it first: --tune --db {db})")
         database = open_database(db, create=False)
         report["database"] = str(db)
     elif db is not None:

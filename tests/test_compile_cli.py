@@ -87,7 +87,7 @@ def test_bench_reports_both_runtimes(artifact):
 def test_compile_unknown_target(tmp_path):
     out = tmp_path / "m.so"
     proc = optc_cli("compile", EXAMPLE, "-o", str(out), "--target", "tpu")
-    _assert_one_line_error(proc, "unsupported target 'tpu' (choose from cpu, cuda, arm64)")
+    _assert_one_line_error(proc, "unsupported target 'tpu' (choose from cpu, cuda, cuda:sm_XX, arm64, or a TVM target")
     assert not out.exists()
 
 
