@@ -157,12 +157,15 @@ def attention_graph(*, opset: int = 17, mask: str = "padding", heads: int = 4, k
     q = split(proj(hidden), heads, [0, 2, 1, 3])
     k = split(proj(kvh * dh), kvh, [0, 2, 3, 1])
     v = split(proj(kvh * dh), kvh, [0, 2, 1, 3])
+    if scale == "qk":  # torch's nn.MultiheadAttention: q and k each times sqrt(1/sqrt(H))
+        f = np.array(math.sqrt(1 / math.sqrt(dh)), np.float32)
+        q, k = g.op("Mul", q, f), g.op("Mul", k, f)
     s = g.op("MatMul", q, k)
     if scale == "div":
         s = g.op("Div", s, np.array(math.sqrt(dh), np.float32))
     elif scale == "mul":
         s = g.op("Mul", s, np.array(1 / math.sqrt(dh), np.float32))
-    else:  # a scale that is a graph input: not fused
+    elif scale == "input":  # a scale that is a graph input: not fused
         s = g.op("Div", s, "scale")
     inputs = [("x", F, ["batch", "seq", hidden] if dynamic else [1, seq, hidden])]
     if mask == "padding":
@@ -363,7 +366,7 @@ def attention_feeds(proto, batch: int = 3, seq: int = 8) -> list[dict]:
     return [{"x": x, "attention_mask": m} for m in masks(batch, seq)]
 
 
-@pytest.mark.parametrize("scale", ["div", "mul"])
+@pytest.mark.parametrize("scale", ["div", "mul", "qk"])
 def test_bert_attention_with_padding_mask_fuses(scale):
     proto = attention_graph(scale=scale)
     out = check_fused(proto, "onnxruntime", ["com.microsoft::MultiHeadAttention"], gone=["Softmax", "Transpose"],

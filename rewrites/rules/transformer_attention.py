@@ -6,9 +6,11 @@ The block, as the TorchScript exporter and hand-written graphs write it::
                                                               (or, with static shapes, e.g. the [B*S, N*H] of a Gemm)
     k = Transpose(Reshape(k_in, [B, T, N, H]), perm=[0, 2, 3, 1])           (or perm [0,2,1,3] then [0,1,3,2])
     v = Transpose(Reshape(v_in, [B, T, N, Hv]), perm=[0, 2, 1, 3])
-    s = Div(MatMul(q, k), c) | Mul(MatMul(q, k), c)                          c: a scalar constant
+    s = Div(MatMul(q, k), c) | Mul(MatMul(q, k), c) | MatMul(q, k)           c: a scalar constant
+                                        (q and k may each be Mul'ed by a scalar first, as torch's MHA does)
     s = Add(s, mask) | Where(cond, s, fill) | s                              mask: additive, any broadcast
     y = Reshape(Transpose(MatMul(Softmax(s, axis=-1), v), perm=[0, 2, 1, 3]), [B, S, N*Hv])
+                                         (perm [2, 0, 1, 3], sequence-first, when B = 1)
                                          (the shape constant, or computed from the Transpose's own Shape)
 
 Checked: the shapes of the head split and merge (N and H known; the batch and sequence dims of q_in, the
@@ -45,16 +47,19 @@ def _heads(op, x, shape, perm):
     return op.Transpose(op.Reshape(x, shape, _allow_other_inputs=True), perm=perm)
 
 
-def attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+def attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
     q = _heads(op, q_in, qs, _SPLIT)
     k = Or(_heads(op, k_in, ks, [0, 2, 3, 1]),
            op.Transpose(_heads(op, k_in, ks, _SPLIT), perm=[0, 1, 3, 2]))
     v = _heads(op, v_in, vs, _SPLIT)
-    s = op.MatMul(q, k, _name="scores")
-    scaled = Or(op.Div(s, scale.const(scalar=True), _name="div"), op.Mul(s, scale.const(scalar=True)))
+    # PyTorch's nn.MultiheadAttention scales q and k by sqrt(1/sqrt(H)) each before their MatMul
+    s = op.MatMul(Or(q, op.Mul(q, qscale.const(scalar=True))), Or(k, op.Mul(k, kscale.const(scalar=True))),
+                  _name="scores")
+    scaled = Or(op.Div(s, scale.const(scalar=True), _name="div"), op.Mul(s, scale.const(scalar=True)), s)
     masked = Or(op.Add(scaled, mask, _name="add_mask"), op.Where(cond, scaled, fill.const(scalar=True)), scaled)
     o = op.MatMul(op.Softmax(masked, _name="softmax"), v)
-    merged = op.Transpose(o, perm=_SPLIT)
+    # [0, 2, 1, 3] gives [B, S, N, H]; [2, 0, 1, 3] gives the [S, B, N, H] of a sequence-first layout
+    merged = op.Transpose(o, perm=lambda p: list(p) in (_SPLIT, [2, 0, 1, 3]), _name="merge")
     return op.Reshape(merged, Or(_shape_of(op, merged), out_shape), _allow_other_inputs=True)
 
 
@@ -83,18 +88,15 @@ def _static(*shapes) -> bool:
 
 
 def _as_3d(x_shape, want) -> bool | None:
-    """How a value of `x_shape` stands for the [B, S, D] tensor `want`: False (it is one), True (a Reshape makes
-    it one: static shapes with D last, e.g. the [B*S, D] of a Gemm), None (it is not)."""
-    if x_shape is None:
-        return None
-    if len(x_shape) == 3 and all(_same_dim(a, b) for a, b in zip(x_shape, want, strict=True)):
+    """How a value that the graph Reshapes to [B, S, N, H] stands for the [B, S, N*H] tensor `want`: False (it
+    is one), True (a Reshape to a static `want` makes it one, in the same row-major order: e.g. the [B*S, D] of a
+    Gemm), None (it cannot: dynamic dims that differ)."""
+    if x_shape is not None and len(x_shape) == 3 and all(_same_dim(a, b) for a, b in zip(x_shape, want, strict=True)):
         return False
-    if _static(x_shape, want) and x_shape[-1] == want[-1] and int(np.prod(x_shape)) == int(np.prod(want)):
-        return True
-    return None
+    return True if _static(want) else None
 
 
-def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:
+def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:  # noqa: C901 - one list of checks
     """The attention's sizes: {"heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape it to, or
     None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects what is not a plain multi-head
     attention."""
@@ -116,16 +118,27 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:
     require(_same_dim(k4[0], q4[0]) and _same_dim(v4[0], q4[0]) and _same_dim(k4[1], v4[1]),
             "Q, K and V disagree on B or T")
     out_want = (q4[0], q4[1], n * v4[3])
-    how = _as_3d(full_shape(m.root.outputs[0]), out_want)
-    require(how is not None, "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]")
+    out = full_shape(m.root.outputs[0])
+    how = _as_3d(out, out_want)
+    require(how is not None and (not how or _static(out)), "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]")
+    if list(m["merge"].attr("perm")) != _SPLIT:
+        require(q4[0] == 1, "a sequence-first head merge ([S, B, N, H]) is [B, S, N, H] only for B = 1")
     require(all(is_float(x) and x.dtype == q_in.dtype for x in (q_in, k_in, v_in)), "Q, K, V are not one float type")
     sm = m["softmax"]
     default_axis = -1 if (m.opset("") or 13) >= 13 else 1
     require(int(sm.attr("axis", default_axis)) in (-1, 3), "Softmax is not over the last axis")
-    c = np.asarray(m.const(scale))
+    c = np.asarray(m.const(scale)) if scale is not None else np.ones((), np.float32)
     require(c.dtype.kind == "f" and np.isfinite(c).all() and float(c.reshape(-1)[0]) != 0.0,
             "the scale is not a finite nonzero float")
     value = float(c.reshape(-1)[0])
+    if m.get("div") is not None:
+        value = 1.0 / value
+    for name in ("qscale", "kscale"):  # q and k scaled before their MatMul
+        if m.get(name) is not None:
+            f = np.asarray(m.const(name))
+            require(f.dtype.kind == "f" and np.isfinite(f).all() and float(f.reshape(-1)[0]) != 0.0,
+                    "a q / k scale is not a finite nonzero float")
+            value *= float(f.reshape(-1)[0])
     scores_shape = full_shape(m["scores"].outputs[0])
     if mask is not None:
         require(is_float(mask) and mask.dtype == q_in.dtype, "the mask is not of the scores' float type")
@@ -133,7 +146,7 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:
     if cond is not None:
         require(cond.dtype is not None and DataType(cond.dtype) == DataType.BOOL, "Where's condition is not bool")
         require(_fits(full_shape(cond), scores_shape), "the Where broadcasts the scores to another shape")
-    return {"heads": n, "scale": 1.0 / value if m.get("div") is not None else value, "S": q4[1], "T": k4[1],
+    return {"heads": n, "scale": value, "S": q4[1], "T": k4[1],
             "reshape": reshape, "out": full_shape(m.root.outputs[0]) if how else None, "merged": out_want}
 
 
@@ -176,14 +189,15 @@ class FuseAttention(Rule):
     min_opset: ClassVar[int | None] = 23
     rounding: ClassVar[str] = ROUNDING
 
-    def pattern(self, op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
-        return attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape)
+    def pattern(self, op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
+        return attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale,
+                                 kscale)
 
-    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond)
         return True
 
-    def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+    def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         info = m.info
         q3, k3, v3 = _inputs_3d(op, info, q_in, k_in, v_in)
         bias = _bias(op, m, info, q3, k3, mask, cond, fill)
@@ -197,11 +211,12 @@ class FuseMultiHeadAttention(FuseAttention):
 
     min_opset: ClassVar[int | None] = None
 
-    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         require(q_in.dtype is not None and DataType(q_in.dtype) == DataType.FLOAT, "not float32")
-        return super().check(m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape)
+        return super().check(m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale,
+                             kscale)
 
-    def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape):
+    def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         info = m.info
         q3, k3, v3 = _inputs_3d(op, info, q_in, k_in, v_in)
         bias = _bias(op, m, info, q3, k3, mask, cond, fill)
