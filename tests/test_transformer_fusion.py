@@ -308,7 +308,7 @@ def test_rms_norm_fuses_at_opset_23(square, div):
 
 
 def test_rms_norm_negative():
-    check_not_fused(rms_norm_graph(opset=22), "standard")
+    check_not_fused(rms_norm_graph(opset=17), "standard")  # ReduceMean-17's attribute axes: no opset 23
     check_not_fused(rms_norm_graph(eps=np.full(8, 1e-6)), "standard")  # eps not a scalar
 
 
@@ -327,12 +327,10 @@ def test_gelu_fuses(form, order):
     check_fused(gelu_graph(form=form, order=order, opset=17), "onnxruntime", [contrib], gone=["Mul"])
 
 
-@pytest.mark.parametrize("kwargs", [{"form": "erf", "sqrt2": 1.5}, {"form": "tanh", "k": 0.045},
-                                    {"form": "erf", "opset": 17}])
+@pytest.mark.parametrize("kwargs", [{"form": "erf", "sqrt2": 1.5}, {"form": "tanh", "k": 0.045}])
 def test_gelu_negative(kwargs):
-    # wrong constants are another function; the standard Gelu needs opset 20
-    runtimes = ["standard"] if kwargs.get("opset") == 17 else ["standard", "onnxruntime"]
-    for runtime in runtimes:
+    # wrong constants are another function
+    for runtime in ("standard", "onnxruntime"):
         check_not_fused(gelu_graph(**{"opset": 20, **kwargs}), runtime)
 
 
@@ -402,8 +400,32 @@ def test_attention_negative(kwargs):
     assert "com.microsoft" not in {o.domain for o in out.opset_import}
 
 
-def test_standard_attention_needs_opset_23():
-    check_not_fused(attention_graph(opset=22), "standard", attention_feeds(attention_graph(opset=22)))
+@pytest.mark.parametrize("opset", [14, 17, 22])
+def test_standard_attention_raises_the_opset_when_safe(opset):
+    proto = attention_graph(opset=opset)
+    out = check_fused(proto, "standard", ["Attention"], gone=["Softmax"], feeds_list=attention_feeds(proto))
+    assert {o.domain: o.version for o in out.opset_import}[""] == 23
+    assert out.ir_version >= 10
+
+
+def test_standard_form_keeps_the_opset_when_an_op_changed_meaning():
+    # ReduceMean takes its axes as an input from opset 18: a model with the attribute form is not upgraded, so
+    # no opset-23 Attention; the opset stays
+    proto = attention_graph(opset=17)
+    proto.graph.node.append(helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1], keepdims=1))
+    proto.graph.output.append(helper.make_tensor_value_info("m", F, ["batch", "seq", 1]))
+    out = fuse(proto, "standard")
+    assert ops(out)["Attention"] == 0 and {o.domain: o.version for o in out.opset_import}[""] == 17
+    assert_close(proto, out, attention_feeds(proto))
+
+
+def test_standard_form_raises_the_opset_only_when_needed():
+    out = fuse(layer_norm_graph(opset=18), "standard")  # LayerNormalization is in opset 17
+    assert ops(out)["LayerNormalization"] == 1 and {o.domain: o.version for o in out.opset_import}[""] == 18
+    out = fuse(gelu_graph(opset=18), "standard")  # Gelu needs 20
+    assert ops(out)["Gelu"] == 1 and {o.domain: o.version for o in out.opset_import}[""] == 20
+    out = fuse(gelu_graph(opset=18), "onnxruntime")  # the contrib Gelu: no raise
+    assert ops(out)["com.microsoft::Gelu"] == 1 and {o.domain: o.version for o in out.opset_import}[""] == 18
 
 
 # -- pipeline, API and CLI --------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.py for the patterns and checks):
 
-* `transformer-standard`: standard ONNX ops only, each where the model's opset has it: Attention (23+),
-  RMSNormalization (23+), LayerNormalization (17+), Gelu (20+). The model's opset is never raised.
+* `transformer-standard`: standard ONNX ops only: Attention (opset 23+), RMSNormalization (23+),
+  LayerNormalization (17+), Gelu (20+). The model's opset is raised to what the fused ops need, and only when
+  a rule made one of them and every op of the model means the same at the new opset (transformer_opset.py);
+  otherwise a fusion whose op the model's opset lacks is not made.
 * `transformer-onnxruntime`: onnxruntime's com.microsoft contrib ops MultiHeadAttention, SkipLayerNormalization,
-  Gelu, FastGelu, BiasGelu (any opset), and the standard LayerNormalization (17+) / RMSNormalization (23+).
+  Gelu, FastGelu, BiasGelu (any opset), and the standard LayerNormalization (17+) / RMSNormalization (23+)
+  (the opset raised as for the standard form).
 
 The pass `fuse-transformer{runtime=standard|onnxruntime}` runs one of them (with constant folding in the loop),
 adding the com.microsoft opset import while it runs and keeping it only if a contrib op was made.
@@ -30,6 +33,7 @@ from .transformer_gelu import (
     FuseGeluTanh,
 )
 from .transformer_norm import MS, FuseLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
+from .transformer_opset import TARGET, opset_key, settle_opset, upgrade_problem
 
 STANDARD = [FuseAttention, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
 ONNXRUNTIME = [FuseMultiHeadAttention, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm, FuseGeluErfContrib,
@@ -68,12 +72,23 @@ class FuseTransformer(Pass):
         from ..passes.rule_pass import _run_sets
 
         had = MS in model.opset_imports
+        key = opset_key(model)
+        old = model.opset_imports.get(key)
+        raise_to = TARGET if old is not None and old < TARGET and upgrade_problem(model) is None else None
         if self.runtime == "onnxruntime" and not had:
-            model.opset_imports[MS] = 1
-            ctx.opsets[MS] = 1
+            self._set(model, ctx, MS, 1)
+        if raise_to is not None:  # fuse as if at opset 23; settle_opset keeps what the new ops need
+            self._set(model, ctx, key, raise_to)
         try:
             return _run_sets(model, ctx, [f"transformer-{self.runtime}"], self.name, True)
         finally:
+            if raise_to is not None:
+                self._set(model, ctx, key, settle_opset(model, old))
             if not had and MS in model.opset_imports and not _uses_domain(model, MS):
                 del model.opset_imports[MS]
                 ctx.opsets.pop(MS, None)
+
+    @staticmethod
+    def _set(model: Model, ctx: PassContext, domain: str, version: int) -> None:
+        model.opset_imports[domain] = version
+        ctx.opsets[domain] = version

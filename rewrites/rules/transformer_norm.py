@@ -101,6 +101,15 @@ def check_norm(m, x, eps, *params) -> int:
     return c
 
 
+def _centered(x) -> bool:
+    """x = Sub(y, ReduceMean(y, ...)): the centred input inside a decomposed layer norm."""
+    p = x.producer
+    if p is None or p.op_type != "Sub" or p.domain or len(p.inputs) != 2 or p.inputs[1] is None:
+        return False
+    mean = p.inputs[1].producer
+    return mean is not None and mean.op_type == "ReduceMean" and mean.inputs[0] is p.inputs[0]
+
+
 def eps_of(m, eps) -> float:
     return float(np.asarray(m.const(eps)).reshape(-1)[0])
 
@@ -194,6 +203,7 @@ class FuseRMSNorm(Rule):
 
     def check(self, m, x, eps, gamma):
         check_norm(m, x, eps, gamma)
+        require(not _centered(x), "x is x' - mean(x'): a layer norm (FuseLayerNorm's), not an RMS norm")
         return True
 
     def rewrite(self, op, m, x, eps, gamma):
