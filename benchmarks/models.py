@@ -364,6 +364,135 @@ def _torch_transformers():
     return torch, nn, Bert, Gpt2
 
 
+def _torch_vit_llama():
+    """The ViT-like and Llama-style torch modules (imports torch; None when it is not installed)."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+
+    class Vit(nn.Module):
+        """A ViT-shaped encoder: 16x16 stride-16 patch-embedding Conv, a class token, learned position embeddings
+        (197 tokens at 224x224), pre-LayerNorm nn.TransformerEncoder blocks with erf GELU, the class token's
+        final LayerNorm and a linear head."""
+
+        def __init__(self, layers=4, hidden=192, heads=3, image=224, ffn=768, classes=1000):
+            super().__init__()
+            self.patch = nn.Conv2d(3, hidden, 16, 16)
+            tokens = (image // 16) ** 2 + 1
+            self.cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
+            self.pos = nn.Parameter(torch.randn(1, tokens, hidden) * 0.02)
+            layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.0, activation="gelu", batch_first=True,
+                                               norm_first=True)
+            self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.ln = nn.LayerNorm(hidden)
+            self.head = nn.Linear(hidden, classes)
+
+        def forward(self, image):
+            x = self.patch(image).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+            return self.head(self.ln(self.enc(x)[:, 0]))
+
+    class RMSNorm(nn.Module):
+        def __init__(self, hidden, eps=1e-6):
+            super().__init__()
+            self.weight = nn.Parameter(1.0 + 0.1 * torch.randn(hidden))
+            self.eps = eps
+
+        def forward(self, x):
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+    def rotate_half(x):
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    class Llama(nn.Module):
+        """A Llama-style decoder: RMSNorm, rotary embeddings (rotate_half), grouped-query attention (K/V heads
+        repeated with repeat_interleave), a causal mask, SwiGLU MLP, tied-free LM head."""
+
+        def __init__(self, layers=4, hidden=256, heads=8, kv_heads=2, vocab=2000, ffn=688, ctx=512):
+            super().__init__()
+            self.heads, self.kv_heads, self.dh = heads, kv_heads, hidden // heads
+            self.emb = nn.Embedding(vocab, hidden)
+            self.blocks = nn.ModuleList(nn.ModuleDict({
+                "n1": RMSNorm(hidden), "q": nn.Linear(hidden, hidden, bias=False),
+                "k": nn.Linear(hidden, kv_heads * self.dh, bias=False),
+                "v": nn.Linear(hidden, kv_heads * self.dh, bias=False), "o": nn.Linear(hidden, hidden, bias=False),
+                "n2": RMSNorm(hidden), "gate": nn.Linear(hidden, ffn, bias=False),
+                "up": nn.Linear(hidden, ffn, bias=False), "down": nn.Linear(ffn, hidden, bias=False),
+            }) for _ in range(layers))
+            self.norm = RMSNorm(hidden)
+            self.lm = nn.Linear(hidden, vocab, bias=False)
+            inv = 1.0 / (10000 ** (torch.arange(0, self.dh, 2).float() / self.dh))
+            freqs = torch.outer(torch.arange(ctx).float(), inv)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self.register_buffer("cos", emb.cos(), persistent=False)
+            self.register_buffer("sin", emb.sin(), persistent=False)
+            self.register_buffer("causal", torch.tril(torch.ones(ctx, ctx, dtype=torch.bool)), persistent=False)
+
+        def forward(self, ids):
+            b, t = ids.shape
+            x = self.emb(ids)
+            cos, sin = self.cos[:t], self.sin[:t]
+            bias = torch.where(self.causal[:t, :t], 0.0, torch.finfo(x.dtype).min)
+            for blk in self.blocks:
+                h = blk["n1"](x)
+                q = blk["q"](h).view(b, t, self.heads, self.dh).transpose(1, 2)
+                k = blk["k"](h).view(b, t, self.kv_heads, self.dh).transpose(1, 2)
+                v = blk["v"](h).view(b, t, self.kv_heads, self.dh).transpose(1, 2)
+                q = q * cos + rotate_half(q) * sin
+                k = k * cos + rotate_half(k) * sin
+                rep = self.heads // self.kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+                att = torch.softmax(q @ k.transpose(-1, -2) / self.dh ** 0.5 + bias, dim=-1)
+                x = x + blk["o"]((att @ v).transpose(1, 2).reshape(b, t, -1))
+                h = blk["n2"](x)
+                x = x + blk["down"](nn.functional.silu(blk["gate"](h)) * blk["up"](h))
+            return self.lm(self.norm(x))
+
+    return torch, Vit, Llama
+
+
+TRANSFORMER_KINDS = ("bert", "gpt2", "vit", "llama")
+
+
+def export_transformer(kind: str, path: str, *, dynamo: bool, batch: int = 1, seq: int = 128, seed: int = 0,
+                       **sizes) -> onnx.ModelProto:
+    """Export one of TRANSFORMER_KINDS with torch's TorchScript exporter (`dynamo=False`, opset 17) or its
+    dynamo exporter (opset 18) to `path` (weights inside) and load it. Inputs: bert / gpt2 `input_ids` and
+    `attention_mask` (int64 [batch, seq]); vit `image` (float32 [batch, 3, image, image], `image` a size, 224 by
+    default: 197 tokens); llama `input_ids`. `sizes`: the module's constructor arguments. Raises ImportError
+    without torch (or onnxscript, for dynamo)."""
+    first, more = _torch_transformers(), _torch_vit_llama()
+    if first is None or more is None:
+        raise ImportError("torch is not installed")
+    torch, _nn, Bert, Gpt2 = first
+    _torch, Vit, Llama = more
+    torch.manual_seed(seed)
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder kernel has no ONNX export
+    except AttributeError:
+        pass
+    module = {"bert": Bert, "gpt2": Gpt2, "vit": Vit, "llama": Llama}[kind](**sizes).eval()
+    if kind == "vit":
+        image = sizes.get("image", 224)
+        args, names = (torch.randn(batch, 3, image, image),), ["image"]
+    else:
+        ids = torch.randint(0, sizes.get("vocab", 2000), (batch, seq))
+        if kind == "llama":
+            args, names = (ids,), ["input_ids"]
+        else:
+            args, names = (ids, torch.ones(batch, seq, dtype=torch.int64)), ["input_ids", "attention_mask"]
+    with torch.no_grad():
+        if dynamo:
+            torch.onnx.export(module, args, path, input_names=names, opset_version=18, dynamo=True,
+                              external_data=False)
+        else:
+            torch.onnx.export(module, args, path, input_names=names, opset_version=17, dynamo=False)
+    return onnx.load(path)
+
+
 def dynamo_export(kind: str, path: str, batch: int = 1, seq: int = 128, dynamic: bool = False, seed: int = 0,
                   **sizes) -> onnx.ModelProto:
     """Export the BERT-like (`kind="bert"`, with last-token pooling) or GPT-2-like (`"gpt2"`) module with
