@@ -1,0 +1,91 @@
+"""Transformer fusions on real exports: small BERT-like, GPT-2-like, ViT-like and Llama-style torch modules
+(benchmarks/models.py) through the TorchScript and the dynamo exporter, optimized `--for onnxruntime` and
+`--for standard`: which fusions fire, and the outputs on onnxruntime against the export's (1e-4 of the largest
+magnitude; BERT/GPT-2 also on a mask with left padding and a hole). Skipped without torch (CI has none: the
+hand-written graphs of test_transformer_fusion cover every rule there)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optc
+import pytest
+
+from .conftest import run_ort
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"bert": dict(layers=2, hidden=64, heads=4, vocab=100, ffn=128),
+         "gpt2": dict(layers=2, hidden=64, heads=4, vocab=100),
+         "vit": dict(layers=2, hidden=64, heads=4, image=64, ffn=128, classes=10),
+         "llama": dict(layers=2, hidden=64, heads=4, kv_heads=2, vocab=100, ffn=128)}
+SEQ = 16
+
+
+def _models():
+    spec = importlib.util.spec_from_file_location("optc_benchmark_models", ROOT / "benchmarks" / "models.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    return models
+
+
+def _export(kind: str, dynamo: bool, tmp_path) -> onnx.ModelProto:
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter's progress lines
+        return _models().export_transformer(kind, str(tmp_path / f"{kind}.onnx"), dynamo=dynamo, seq=SEQ,
+                                            **SMALL[kind])
+
+
+def _feeds(proto: onnx.ModelProto) -> list[dict]:
+    rng = np.random.default_rng(0)
+    names = [i.name for i in proto.graph.input]
+    if names == ["image"]:
+        return [{"image": rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32)}]
+    ids = rng.integers(0, 100, (1, SEQ))
+    if "attention_mask" not in names:
+        return [{"input_ids": ids}]
+    holes = np.ones((1, SEQ), np.int64)
+    holes[0, :3] = 0
+    holes[0, 7] = 0
+    return [{"input_ids": ids, "attention_mask": np.ones((1, SEQ), np.int64)},
+            {"input_ids": ids, "attention_mask": holes}]
+
+
+def _ops(proto: onnx.ModelProto) -> Counter:
+    return Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+
+
+WANT = {  # per runtime: the fused ops every BERT / GPT-2 / ViT export must have
+    "onnxruntime": ["com.microsoft::MultiHeadAttention"],
+    "standard": ["Attention", "Gelu", "LayerNormalization"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "vit", "llama"])
+def test_export_fuses_and_computes_the_same(kind, dynamo, tmp_path):
+    proto = _export(kind, dynamo, tmp_path)
+    feeds = _feeds(proto)
+    for runtime in ("onnxruntime", "standard"):
+        out = optc.to_onnx(optc.optimize(proto, runtime=runtime))
+        onnx.checker.check_model(out)
+        have = _ops(out)
+        if kind != "llama":  # Llama's attention (RoPE, GQA) is not fused yet
+            assert have["Softmax"] == 0, f"{kind} {runtime}: attention not fused: {dict(have)}"
+            for op in WANT[runtime]:
+                assert have[op] >= 1, f"{kind} {runtime}: no {op}: {dict(have)}"
+        elif dynamo:  # opset 18: the opset can be raised to 23 for RMSNormalization
+            assert have["RMSNormalization"] >= 1, dict(have)
+        for f in feeds:
+            for want, got in zip(run_ort(proto, f), run_ort(out, f), strict=True):
+                err, bound = float(np.max(np.abs(got - want))), 1e-4 * float(np.max(np.abs(want))) + 1e-6
+                assert err <= bound, f"{kind} {runtime}: max |diff| {err:.3g} > {bound:.3g}"
