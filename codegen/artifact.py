@@ -100,7 +100,8 @@ def export(executable, path, metadata: Mapping, *, target=None, cc: str | None =
     """Write ``executable`` (from ``codegen.build``) to ``path`` and its metadata to ``path + '.json'``.
 
     ``metadata`` must hold ``inputs`` and ``outputs`` (lists of ``{"name", "shape", "dtype"}``); any
-    other keys are kept. ``target`` (preset name or Target) selects the linker: arm64 links with the
+    other keys are kept. ``target`` (preset name, dict or Target; default: the metadata's ``target_spec``, which
+    also replaces a ``target`` equal to the metadata's preset name) selects the linker: arm64 links with the
     aarch64 cross compiler, ``cc`` (a compiler on PATH or a path) overrides it. Returns the library path.
     """
     path = Path(path)
@@ -109,7 +110,9 @@ def export(executable, path, metadata: Mapping, *, target=None, cc: str | None =
     if not path.parent.exists():
         raise OptcError(f"cannot write artifact '{path}': directory '{path.parent}' does not exist")
     meta = dict(metadata)
-    tgt = resolve_target(target if target is not None else meta.get("target", "cpu"))
+    if target is None or (isinstance(target, str) and target == meta.get("target") and "target_spec" in meta):
+        target = meta.get("target_spec") or meta.get("target", "cpu")  # the exact target built for (a re-export)
+    tgt = resolve_target(target)
     meta["inputs"] = _normalize_sig(meta.get("inputs"), "input")
     meta["outputs"] = _normalize_sig(meta.get("outputs"), "output")
     meta.setdefault("target", target_kind(tgt))

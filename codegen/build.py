@@ -30,6 +30,10 @@ def _tvm():
     return tvm
 
 
+def _var_name(var) -> str:
+    return getattr(var, "name_hint", None) or var.name
+
+
 def bind_params(mod, params: Mapping[str, np.ndarray] | None, func_name: str = "main"):
     """Bind weights (by parameter name) as constants of ``func_name``; unknown names raise OptcError."""
     tvm = _tvm()
@@ -82,12 +86,51 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),
     ]
+    if target_kind(target) == "cuda":
+        passes.insert(0, c_identifier_params())
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
         passes += [_convert_layout_nhwc()]
     passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes
+
+
+def c_identifier_params(func_name: str = "main"):
+    """Rename the parameters of ``func_name`` whose names are not C identifiers (``gpu_0/data_0`` -> ``gpu_0_data_0``):
+    TVM's CUDA code generator writes them into the kernels' source as they are, and nvcc / NVRTC reject it. The
+    runtime passes arguments by position, so the names are free to change."""
+    import re  # noqa: PLC0415
+
+    tvm = _tvm()
+    from tvm import relax  # noqa: PLC0415
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_c_identifier_params")
+    def _pass(mod, _ctx):
+        if func_name not in [gv.name_hint for gv in mod.get_global_vars()]:
+            return mod
+        func = mod[func_name]
+        taken = {_var_name(p) for p in func.params}
+        binding, params = {}, []
+        for p in func.params:
+            name = re.sub(r"\W", "_", _var_name(p))
+            name = name if re.match(r"[A-Za-z_]", name) else f"p_{name}"
+            if name == _var_name(p):
+                params.append(p)
+                continue
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            new = relax.Var(name, p.ty)
+            binding[p] = new
+            params.append(new)
+        if not binding:
+            return mod
+        body = func.bind_params(binding)
+        mod[func_name] = relax.Function(params, body.body, func.ret_ty, func.is_pure, func.attrs)
+        return mod
+
+    return _pass
 
 
 def _convert_layout_nhwc():

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     report["build"] = {}
     executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math)
     inputs, outputs = signature(model)
-    meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target), "opt_level": level,
+    meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target),
+            "target_spec": json.loads(str(tvm_target)), "opt_level": level,
             "fast_math": bool(fast_math)}
     return executable, meta
 

@@ -387,17 +387,19 @@ def test_db_alone_needs_an_existing_database(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_db_alone_applies_tuned_records(tmp_path, capsys):
-    db = tmp_path / "db"
-    out = _cli_ok(capsys, "compile", TINY_CNN, "-o", str(tmp_path / "t.so"), "--input-shape", "x:1x3x32x32",
-                  "--tune", "--trials", "8", "--db", str(db), "-q")
+    model, db = _two_inputs(tmp_path), tmp_path / "db"
+    out = _cli_ok(capsys, "compile", model, "-o", str(tmp_path / "t.so"), "--tune", "--trials", "4", "--db", str(db),
+                  "-q")
+    assert "tuning ran" in out and "kernels with symbolic shapes were not tuned (fix them with --input-shape" in out
+    out = _cli_ok(capsys, "compile", model, "-o", str(tmp_path / "t.so"), "--input-shape", "a:2x4", "--tune",
+                  "--trials", "4", "--db", str(db), "-q")
     assert "tuning ran" in out and "symbolic" not in out
-    out = _cli_ok(capsys, "compile", TINY_CNN, "-o", str(tmp_path / "a.so"), "--input-shape", "x:1x3x32x32",
-                  "--db", str(db), "-q", "--json")
-    report = json.loads(out)
+    report = json.loads(_cli_ok(capsys, "compile", model, "-o", str(tmp_path / "a.so"), "--input-shape", "a:2x4",
+                                "--db", str(db), "-q", "--json"))
     assert report["build"]["tuned"] >= 1 and report["database"] == str(db) and "tuning" not in report
-    feed = _feed(1)
-    np.testing.assert_allclose(runtime.load(tmp_path / "a.so").run(feed)["probs"], _ort(TINY_CNN, feed)[0],
-                               rtol=1e-4, atol=1e-5)
+    feed = {"a": np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32),
+            "b": np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)}
+    np.testing.assert_allclose(runtime.load(tmp_path / "a.so").run(feed)["y"], _ort(model, feed)[0], rtol=1e-5)
 
 
 def test_tuning_a_target_this_machine_cannot_run_is_refused_first(tmp_path, capsys, monkeypatch):
@@ -452,6 +454,30 @@ def test_cuda_kernels_build_models(name, tmp_path):
     _check_cuda_build(path, tmp_path, "sm_86")
 
 
+def test_cuda_parameter_names_become_c_identifiers(tmp_path):
+    """An input named like `gpu_0/data_0` (the ONNX model zoo's) made CUDA source nvcc rejects; the renamed module
+    computes the same (checked on the CPU)."""
+    from optc.codegen.build import build, c_identifier_params
+    from optc.ir import load
+    from optc.lowering import lower
+
+    path = str(tmp_path / "slash.onnx")
+    graph = helper.make_graph([helper.make_node("Relu", ["gpu_0/data_0"], ["y"])], "g",
+                              [helper.make_tensor_value_info("gpu_0/data_0", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("x:0", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    renamed = c_identifier_params()(lower(load(path)))
+    assert [p.name for p in renamed["main"].params] == ["gpu_0_data_0", "x_0"]
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    vm = VirtualMachine(build(renamed, None, "cpu"), tvm.cpu())
+    x = np.array([[-1, 2, -3], [4, -5, 6]], np.float32)
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(x))
+    np.testing.assert_array_equal(got.numpy(), np.maximum(x, 0))
+
+
 def test_nvcc_errors_are_one_line(monkeypatch, tmp_path):
     from optc.codegen.build import compile_cuda_kernels
 
@@ -469,3 +495,17 @@ def test_nvcc_errors_are_one_line(monkeypatch, tmp_path):
     nvcc = _nvcc_or_skip()
     with pytest.raises(OptcError, match="nvcc could not compile the CUDA kernels for sm_80: .*error"):
         compile_cuda_kernels(_Executable(), targets.resolve_target("cuda:sm_80"), nvcc)
+
+
+def test_python_api_takes_mcpu_and_targets_and_reexports_them(tmp_path):
+    import optc
+
+    module = optc.compile(TINY_CNN, mcpu="x86-64-v2", input_shapes={"x": (2, 3, 32, 32)})
+    feed = _feed(2)
+    np.testing.assert_allclose(module.run(feed)["probs"], _ort(TINY_CNN, feed)[0], rtol=1e-4, atol=1e-5)
+    module.export(tmp_path / "re.so")  # the exact target is recorded, not the preset's native CPU
+    meta = json.loads((tmp_path / "re.so.json").read_text())
+    assert meta["target_info"]["mcpu"] == "x86-64-v2" and meta["inputs"][0]["shape"] == [2, 3, 32, 32]
+    module = optc.compile(TINY_CNN, target={"kind": "llvm", "mcpu": "x86-64-v3"})
+    module.export(tmp_path / "v3.so")
+    assert json.loads((tmp_path / "v3.so.json").read_text())["target_spec"]["mcpu"] == "x86-64-v3"
