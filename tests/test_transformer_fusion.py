@@ -175,9 +175,10 @@ def attention_graph(*, opset: int = 17, mask: str = "padding", heads: int = 4, k
             m = g.op("Add", m, np.zeros((3, 1, 1, 1), np.float32))
         s = g.op("Add", s, m)
         inputs.append(("attention_mask", TensorProto.INT64, ["batch", "seq"] if dynamic else [1, seq]))
-    elif mask == "causal":
+    elif mask in ("causal", "causal_small_fill"):
         tri = np.tril(np.ones((seq, seq), bool))[None, None]
-        s = g.op("Where", g.const(tri, "causal"), s, np.array(np.finfo(np.float32).min, np.float32))
+        fill = np.finfo(np.float32).min if mask == "causal" else -10000.0
+        s = g.op("Where", g.const(tri, "causal"), s, np.array(fill, np.float32))
     elif mask == "causal_add":
         tri = np.where(np.tril(np.ones((seq, seq), bool)), 0.0, -1e9).astype(np.float32)[None, None]
         s = g.op("Add", s, tri)
@@ -388,10 +389,10 @@ def test_gpt2_causal_attention_fuses(mask, runtime, op):
 
 
 @pytest.mark.parametrize("kwargs", [{"softmax_axis": 2}, {"kv_heads": 1}, {"big_mask": True},
-                                    {"scale": "input"}])
+                                    {"scale": "input"}, {"mask": "causal_small_fill", "dynamic": False}])
 def test_attention_negative(kwargs):
     proto = attention_graph(**kwargs)
-    feeds = attention_feeds(proto, batch=1 if kwargs.get("big_mask") else 3)
+    feeds = attention_feeds(proto, batch=1 if kwargs.get("big_mask") or "mask" in kwargs else 3)
     if kwargs.get("scale") == "input":
         feeds = [{**f, "scale": np.array(2.0, np.float32)} for f in feeds]
     out = fuse(proto, "onnxruntime")

@@ -16,7 +16,8 @@ The block, as the TorchScript exporter and hand-written graphs write it::
 Checked: the shapes of the head split and merge (N and H known; the batch and sequence dims of q_in, the
 split and the merged output the same); the scale a float scalar; the mask does not broadcast the scores to a
 bigger shape; Softmax over the last axis. The mask stays what it is, an additive [.., .., S, T] bias
-(Where(cond, s, fill) becomes the bias Where(cond, 0, fill)): a 2-D [batch, seq] mask is never turned into
+(Where(cond, s, fill) becomes the bias Where(cond, 0, fill), for a fill of -inf or <= -1e30 so that s + fill
+is fill): a 2-D [batch, seq] mask is never turned into
 sequence lengths, so masks with holes and left padding keep their meaning (onnxruntime#18945).
 
 Outputs: the standard `Attention` (opset 23+) or onnxruntime's com.microsoft `MultiHeadAttention` with the
@@ -96,7 +97,7 @@ def _as_3d(x_shape, want) -> bool | None:
     return True if _static(want) else None
 
 
-def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:  # noqa: C901 - one list of checks
+def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:  # noqa: C901 - one list of checks
     """The attention's sizes: {"heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape it to, or
     None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects what is not a plain multi-head
     attention."""
@@ -145,6 +146,11 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond) -> dict:  # noqa: C9
         require(_fits(full_shape(mask), scores_shape), "the mask broadcasts the scores to another shape")
     if cond is not None:
         require(cond.dtype is not None and DataType(cond.dtype) == DataType.BOOL, "Where's condition is not bool")
+        f = float(np.asarray(m.const(fill)).reshape(-1)[0])
+        # s + fill must round to fill, as Where writes it (a fully masked row stays uniform): -inf, or a float32
+        # fill at or below -1e30 (finfo.min, as exporters write it), which any |s| < 1e22 cannot move
+        require(f == -np.inf or (DataType(q_in.dtype) in (DataType.FLOAT, DataType.DOUBLE) and f <= -1e30),
+                "Where's fill is not -inf or <= -1e30: as a bias it would not stand for a masked score")
         require(_fits(full_shape(cond), scores_shape), "the Where broadcasts the scores to another shape")
     return {"heads": n, "scale": value, "S": q4[1], "T": k4[1],
             "reshape": reshape, "out": full_shape(m.root.outputs[0]) if how else None, "merged": out_want}
@@ -194,7 +200,7 @@ class FuseAttention(Rule):
                                  kscale)
 
     def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
-        m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond)
+        m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill)
         return True
 
     def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
