@@ -322,7 +322,7 @@ def _two_inputs(tmp_path) -> str:
          helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w])
     path = str(tmp_path / "two.onnx")
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return path
 
 
@@ -466,7 +466,7 @@ def test_cuda_parameter_names_become_c_identifiers(tmp_path):
                               [helper.make_tensor_value_info("gpu_0/data_0", TensorProto.FLOAT, [2, 3]),
                                helper.make_tensor_value_info("x:0", TensorProto.FLOAT, [2, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     renamed = c_identifier_params()(lower(load(path)))
     assert [p.name for p in renamed["main"].params] == ["gpu_0_data_0", "x_0"]
     import tvm
