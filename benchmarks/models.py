@@ -435,7 +435,8 @@ def _torch_vit_llama():
             b, t = ids.shape
             x = self.emb(ids)
             cos, sin = self.cos[:t], self.sin[:t]
-            bias = torch.where(self.causal[:t, :t], 0.0, torch.finfo(x.dtype).min)
+            fill = torch.full((), torch.finfo(x.dtype).min, dtype=x.dtype)
+            bias = torch.where(self.causal[:t, :t], torch.zeros((), dtype=x.dtype), fill)
             for blk in self.blocks:
                 h = blk["n1"](x)
                 q = blk["q"](h).view(b, t, self.heads, self.dh).transpose(1, 2)

@@ -96,7 +96,12 @@ def rms_norm_graph(*, opset: int = 23, square: str = "pow", div: str = "recip", 
     g = G()
     sq = g.op("Pow", "x", np.array(2.0, np.float32)) if square == "pow" else g.op("Mul", "x", "x")
     std = g.op("Sqrt", g.op("Add", reduce_mean(g, sq, [-1], 1, opset), np.asarray(eps, np.float32)))
-    n = g.op("Mul", "x", g.op("Reciprocal", std)) if div == "recip" else g.op("Div", "x", std)
+    if div == "recip":
+        n = g.op("Mul", "x", g.op("Reciprocal", std))
+    elif div == "one_over":  # torch.rsqrt in a TorchScript export
+        n = g.op("Mul", "x", g.op("Div", np.array(1.0, np.float32), std))
+    else:
+        n = g.op("Div", "x", std)
     y = g.op("Mul", n, RNG.uniform(0.5, 1.5, 8).astype(np.float32))
     return g.model([("x", F, [2, 5, 8])], [y], opset)
 
@@ -303,7 +308,7 @@ def test_skip_layernorm_keeps_a_sum_used_elsewhere():
 # -- RMSNormalization -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("square,div", [("pow", "recip"), ("mul", "div")])
+@pytest.mark.parametrize("square,div", [("pow", "recip"), ("mul", "div"), ("pow", "one_over")])
 def test_rms_norm_fuses_at_opset_23(square, div):
     check_fused(rms_norm_graph(square=square, div=div), "standard", ["RMSNormalization"], gone=["ReduceMean"])
 

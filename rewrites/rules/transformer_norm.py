@@ -5,7 +5,7 @@ Decomposed LayerNormalization (last axis, as PyTorch exports `nn.LayerNorm` belo
 
     mean = ReduceMean(x, axes=[-1], keepdims=1)      d = Sub(x, mean)
     var  = ReduceMean(Pow(d, 2) | Mul(d, d), axes=[-1], keepdims=1)
-    y    = Add(Mul(Div(d, Sqrt(Add(var, eps))), gamma), beta)         (or Mul(d, Reciprocal(Sqrt(...))))
+    y    = Add(Mul(Div(d, Sqrt(Add(var, eps))), gamma), beta)         (or d * Reciprocal(Sqrt(..)) or d * (1 / Sqrt(..)))
                                                                       (no Mul when gamma is ones)
 
 Checked: both means reduce the same last axis of the same tensor with keepdims=1 (with keepdims=0 the Sub
@@ -48,9 +48,9 @@ def _square(op, d):
 
 
 def _inv_sqrt_times(op, d, var, eps):
-    """d / sqrt(var + eps), as Div or as Mul by Reciprocal."""
+    """d / sqrt(var + eps), as Div, or as Mul by Reciprocal or by 1 / sqrt (torch.rsqrt in a TorchScript export)."""
     std = op.Sqrt(op.Add(var, eps.const(scalar=True)))
-    return Or(op.Div(d, std), op.Mul(d, op.Reciprocal(std)))
+    return Or(op.Div(d, std), op.Mul(d, op.Reciprocal(std)), op.Mul(d, op.Div(op.Constant(value=1.0), std)))
 
 
 def layer_norm_core(op, x, eps):
