@@ -434,6 +434,67 @@ def test_standard_form_raises_the_opset_only_when_needed():
     assert ops(out)["com.microsoft::Gelu"] == 1 and {o.domain: o.version for o in out.opset_import}[""] == 18
 
 
+def core_graph(*, opset: int = 18, kv_heads: int = 4, q_from: str = "rope") -> onnx.ModelProto:
+    """The attention core on [B, N, S, H] heads as a Llama export has it: q and k rotary-embedded (q * cos +
+    rotate_half(q) * sin), K/V heads repeated by Unsqueeze/Tile/Reshape (repeat_interleave), a causal bias,
+    MatMul(q, Transpose(k, [0,1,3,2])) / sqrt(H), Softmax, MatMul with v. `q_from="transpose"`: q straight from
+    a Transpose (the head-split form, FuseAttention's), `kv_heads=1` with no repeat: a broadcast K (not fused)."""
+    g = G()
+    n, s, h = 4, 8, 16
+    i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+    ang = np.outer(np.arange(s), 1.0 / 10000 ** (np.arange(0, h, 2) / h))
+    cos = g.const(np.cos(np.concatenate([ang, ang], -1)).astype(np.float32), "cos")
+    sin = g.const(np.sin(np.concatenate([ang, ang], -1)).astype(np.float32), "sin")
+
+    def rope(x):
+        first = g.op("Slice", x, i64([0]), i64([h // 2]), i64([3]))
+        second = g.op("Slice", x, i64([h // 2]), i64([h]), i64([3]))
+        rot = g.op("Concat", g.op("Neg", second), first, axis=-1)
+        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rot, sin))
+
+    def repeat(x):
+        if kv_heads in (1, n):
+            return x
+        tiled = g.op("Tile", g.op("Unsqueeze", x, i64([2])), i64([1, 1, n // kv_heads, 1, 1]))
+        return g.op("Reshape", tiled, i64([1, n, s, h]))
+
+    q = rope("q") if q_from == "rope" else g.op("Transpose", "q_bsnh", perm=[0, 2, 1, 3])
+    k, v = repeat(rope("k")), repeat("v")
+    scores = g.op("Div", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), np.array(4.0, np.float32))
+    tri = np.where(np.tril(np.ones((s, s), bool)), 0.0, np.finfo(np.float32).min).astype(np.float32)
+    p = g.op("Softmax", g.op("Add", scores, tri), axis=-1)
+    y = g.op("MatMul", p, v)
+    q_in = ("q", F, [1, n, s, h]) if q_from == "rope" else ("q_bsnh", F, [1, s, n, h])
+    return g.model([q_in, ("k", F, [1, kv_heads, s, h]), ("v", F, [1, kv_heads, s, h])], [y], opset)
+
+
+def core_feeds(proto) -> list[dict]:
+    rng = np.random.default_rng(4)
+    return [{i.name: rng.normal(0, 1, [d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in proto.graph.input}]
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+def test_rotary_and_repeated_kv_attention_fuses_on_4d_heads(runtime, kv_heads):
+    proto = core_graph(kv_heads=kv_heads)
+    out = check_fused(proto, runtime, ["Attention"], gone=["Softmax"], feeds_list=core_feeds(proto))
+    assert {o.domain: o.version for o in out.opset_import}[""] == 23
+
+
+@pytest.mark.parametrize("kwargs", [{"kv_heads": 1}, {"q_from": "transpose"}, {"opset": 17}])
+def test_4d_attention_negative(kwargs):
+    # a K/V head broadcast by MatMul; q from a head-split Transpose (FuseAttention's, which wants the split);
+    # an opset-17 model that cannot be raised to 23 (a ReduceMean with attribute axes)
+    proto = core_graph(**kwargs)
+    if kwargs.get("opset") == 17:
+        proto.graph.node.append(helper.make_node("ReduceMean", ["v"], ["m"], axes=[-1], keepdims=1))
+        proto.graph.output.append(helper.make_tensor_value_info("m", F, [1, 4, 8, 1]))
+    out = fuse(proto, "standard")
+    assert ops(out)["Attention"] == 0 and ops(out)["Softmax"] == 1
+    assert_close(proto, out, core_feeds(proto))
+
+
 # -- pipeline, API and CLI --------------------------------------------------------------------------------
 
 

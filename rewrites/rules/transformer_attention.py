@@ -97,10 +97,43 @@ def _as_3d(x_shape, want) -> bool | None:
     return True if _static(want) else None
 
 
-def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:  # noqa: C901 - one list of checks
+def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
+    """Checks of the scores part (one float type, Softmax's axis, the scale, the mask); returns the scale."""
+    require(all(is_float(x) and x.dtype == q.dtype for x in qkv), "Q, K, V are not one float type")
+    sm = m["softmax"]
+    default_axis = -1 if (m.opset("") or 13) >= 13 else 1
+    require(int(sm.attr("axis", default_axis)) in (-1, 3), "Softmax is not over the last axis")
+    c = np.asarray(m.const(scale)) if scale is not None else np.ones((), np.float32)
+    require(c.dtype.kind == "f" and np.isfinite(c).all() and float(c.reshape(-1)[0]) != 0.0,
+            "the scale is not a finite nonzero float")
+    value = float(c.reshape(-1)[0])
+    if m.get("div") is not None:
+        value = 1.0 / value
+    for name in ("qscale", "kscale"):  # q and k scaled before their MatMul
+        if m.get(name) is not None:
+            f = np.asarray(m.const(name))
+            require(f.dtype.kind == "f" and np.isfinite(f).all() and float(f.reshape(-1)[0]) != 0.0,
+                    "a q / k scale is not a finite nonzero float")
+            value *= float(f.reshape(-1)[0])
+    scores_shape = full_shape(m["scores"].outputs[0])
+    if mask is not None:
+        require(is_float(mask) and mask.dtype == q.dtype, "the mask is not of the scores' float type")
+        require(_fits(full_shape(mask), scores_shape), "the mask broadcasts the scores to another shape")
+    if cond is not None:
+        require(cond.dtype is not None and DataType(cond.dtype) == DataType.BOOL, "Where's condition is not bool")
+        f = float(np.asarray(m.const(fill)).reshape(-1)[0])
+        # s + fill must round to fill, as Where writes it (a fully masked row stays uniform): -inf, or a float32
+        # fill at or below -1e30 (finfo.min, as exporters write it), which any |s| < 1e22 cannot move
+        require(f == -np.inf or (DataType(q.dtype) in (DataType.FLOAT, DataType.DOUBLE) and f <= -1e30),
+                "Where's fill is not -inf or <= -1e30: as a bias it would not stand for a masked score")
+        require(_fits(full_shape(cond), scores_shape), "the Where broadcasts the scores to another shape")
+    return value
+
+
+def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:
     """The attention's sizes: {"heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape it to, or
-    None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects what is not a plain multi-head
-    attention."""
+    None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects what
+    is not a plain multi-head attention."""
     shapes, reshape = {}, {}
     for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
         split = next(u.node for u in x.uses() if u.node.op_type == "Reshape" and u.node in m.nodes)
@@ -124,34 +157,7 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:  # no
     require(how is not None and (not how or _static(out)), "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]")
     if list(m["merge"].attr("perm")) != _SPLIT:
         require(q4[0] == 1, "a sequence-first head merge ([S, B, N, H]) is [B, S, N, H] only for B = 1")
-    require(all(is_float(x) and x.dtype == q_in.dtype for x in (q_in, k_in, v_in)), "Q, K, V are not one float type")
-    sm = m["softmax"]
-    default_axis = -1 if (m.opset("") or 13) >= 13 else 1
-    require(int(sm.attr("axis", default_axis)) in (-1, 3), "Softmax is not over the last axis")
-    c = np.asarray(m.const(scale)) if scale is not None else np.ones((), np.float32)
-    require(c.dtype.kind == "f" and np.isfinite(c).all() and float(c.reshape(-1)[0]) != 0.0,
-            "the scale is not a finite nonzero float")
-    value = float(c.reshape(-1)[0])
-    if m.get("div") is not None:
-        value = 1.0 / value
-    for name in ("qscale", "kscale"):  # q and k scaled before their MatMul
-        if m.get(name) is not None:
-            f = np.asarray(m.const(name))
-            require(f.dtype.kind == "f" and np.isfinite(f).all() and float(f.reshape(-1)[0]) != 0.0,
-                    "a q / k scale is not a finite nonzero float")
-            value *= float(f.reshape(-1)[0])
-    scores_shape = full_shape(m["scores"].outputs[0])
-    if mask is not None:
-        require(is_float(mask) and mask.dtype == q_in.dtype, "the mask is not of the scores' float type")
-        require(_fits(full_shape(mask), scores_shape), "the mask broadcasts the scores to another shape")
-    if cond is not None:
-        require(cond.dtype is not None and DataType(cond.dtype) == DataType.BOOL, "Where's condition is not bool")
-        f = float(np.asarray(m.const(fill)).reshape(-1)[0])
-        # s + fill must round to fill, as Where writes it (a fully masked row stays uniform): -inf, or a float32
-        # fill at or below -1e30 (finfo.min, as exporters write it), which any |s| < 1e22 cannot move
-        require(f == -np.inf or (DataType(q_in.dtype) in (DataType.FLOAT, DataType.DOUBLE) and f <= -1e30),
-                "Where's fill is not -inf or <= -1e30: as a bias it would not stand for a masked score")
-        require(_fits(full_shape(cond), scores_shape), "the Where broadcasts the scores to another shape")
+    value = check_scores(m, q_in, (q_in, k_in, v_in), scale, mask, cond, fill)
     return {"heads": n, "scale": value, "S": q4[1], "T": k4[1],
             "reshape": reshape, "out": full_shape(m.root.outputs[0]) if how else None, "merged": out_want}
 
@@ -182,10 +188,11 @@ def _bias(op, m, info, q3, k3, mask, cond, fill):
         if len(ms) == 4 and ms[2] == s and ms[3] == t:
             return mask
         target = op.const(np.array([1, 1, s, t], np.int64), hint="attn_bias_shape")
-    else:
-        one, two = np.array([1], np.int64), np.array([2], np.int64)
-        target = op.Concat(np.array([1, 1], np.int64), op.Slice(op.Shape(q3), one, two),
-                           op.Slice(op.Shape(k3), one, two), axis=0)
+    else:  # S and T from q's and k's sequence axes (1 in [B, S, D], 2 in [B, N, S, H])
+        axis = info.get("seq_axis", 1)
+        lo, hi = np.array([axis], np.int64), np.array([axis + 1], np.int64)
+        target = op.Concat(np.array([1, 1], np.int64), op.Slice(op.Shape(q3), lo, hi),
+                           op.Slice(op.Shape(k3), lo, hi), axis=0)
     return op.Expand(mask, target)
 
 
@@ -230,3 +237,41 @@ class FuseMultiHeadAttention(FuseAttention):
                                   scale=info["scale"])
         y.type = TensorType(q_in.dtype, info["merged"])  # ONNX's inference does not know contrib ops
         return _output(op, info, y)
+
+
+def core_pattern(op, q4, k4, v4, scale, mask, cond, fill):
+    s = op.MatMul(q4, op.Transpose(k4, perm=[0, 1, 3, 2]), _name="scores")
+    scaled = Or(op.Div(s, scale.const(scalar=True), _name="div"), op.Mul(s, scale.const(scalar=True)), s)
+    masked = Or(op.Add(scaled, mask, _name="add_mask"), op.Where(cond, scaled, fill.const(scalar=True)), scaled)
+    return op.MatMul(op.Softmax(masked, _name="softmax"), v4)
+
+
+class FuseAttention4D(Rule):
+    """Attention on [B, N, S, H] heads that are not a plain head split (rotary-embedded q and k, K/V heads
+    repeated for grouped-query attention): MatMul(Softmax(MatMul(q, Transpose(k, [0,1,3,2])) * scale + mask), v)
+    -> Attention(q, k, v, bias) with 4-D inputs (opset 23+). Repeated K/V heads stay repeated (the op runs as
+    multi-head attention over them). q made by a head-split Transpose is left to FuseAttention /
+    FuseMultiHeadAttention, which also take the split and merge."""
+
+    min_opset: ClassVar[int | None] = 23
+    rounding: ClassVar[str] = ROUNDING
+
+    def pattern(self, op, q4, k4, v4, scale, mask, cond, fill):
+        return core_pattern(op, q4, k4, v4, scale, mask, cond, fill)
+
+    def check(self, m, q4, k4, v4, scale, mask, cond, fill):
+        p = q4.producer
+        require(p is None or p.op_type != "Transpose", "q is a head split: FuseAttention's")
+        qs, ks, vs = (full_shape(x) for x in (q4, k4, v4))
+        require(all(s is not None and len(s) == 4 for s in (qs, ks, vs)), "q, k, v are not 4-D")
+        require(_same_dim(qs[1], ks[1]) and _same_dim(qs[1], vs[1]) and isinstance(qs[1], int),
+                "q, k, v have different (or unknown) head counts")
+        require(_same_dim(qs[3], ks[3]) and _same_dim(ks[2], vs[2]) and _same_dim(qs[0], ks[0])
+                and _same_dim(qs[0], vs[0]), "q, k, v disagree on B, T or the head size")
+        value = check_scores(m, q4, (q4, k4, v4), scale, mask, cond, fill)
+        m.info = {"scale": value, "S": qs[2], "T": ks[2], "seq_axis": 2}
+        return True
+
+    def rewrite(self, op, m, q4, k4, v4, scale, mask, cond, fill):
+        bias = _bias(op, m, m.info, q4, k4, mask, cond, fill)
+        return op.Attention(q4, k4, v4, bias, scale=m.info["scale"])
