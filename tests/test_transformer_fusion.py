@@ -61,6 +61,16 @@ class G:
         return m
 
 
+def block_raise(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with a GridSample node (its modes changed meaning at opset 20) on a new graph input `gs_x`: its
+    opset cannot be raised to 23."""
+    proto.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 2, 2, 2), np.float32), "gs_grid"))
+    proto.graph.input.append(helper.make_tensor_value_info("gs_x", F, [1, 1, 4, 4]))
+    proto.graph.node.append(helper.make_node("GridSample", ["gs_x", "gs_grid"], ["gs_y"]))
+    proto.graph.output.append(helper.make_tensor_value_info("gs_y", F, [1, 1, 2, 2]))
+    return proto
+
+
 def reduce_mean(g: G, x: str, axes, keepdims: int, opset: int) -> str:
     if opset >= 18:
         return g.op("ReduceMean", x, np.array(axes, np.int64), keepdims=keepdims)
@@ -217,8 +227,11 @@ def fuse(proto: onnx.ModelProto, runtime: str) -> onnx.ModelProto:
 
 
 def assert_close(proto: onnx.ModelProto, out: onnx.ModelProto, feeds_list) -> None:
-    """Same outputs on onnxruntime within 1e-4 of each output's largest magnitude (+1e-6)."""
+    """Same outputs on onnxruntime within 1e-4 of each output's largest magnitude (+1e-6); `block_raise`'s input
+    is fed ones."""
     for feeds in feeds_list:
+        if any(i.name == "gs_x" for i in proto.graph.input):
+            feeds = {**feeds, "gs_x": np.ones((1, 1, 4, 4), np.float32)}
         for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
             assert got.shape == want.shape and got.dtype == want.dtype
             tol = 1e-4 * float(np.max(np.abs(want))) + 1e-6
@@ -250,11 +263,14 @@ def check_not_fused(proto, runtime, feeds_list=None) -> None:
 
 
 @pytest.mark.parametrize("square,div,gamma,opset", [("pow", "div", True, 17), ("mul", "recip", True, 17),
-                                                    ("pow", "div", False, 17), ("pow", "div", True, 18)])
+                                                    ("pow", "div", False, 17), ("pow", "div", True, 18),
+                                                    ("pow", "div", True, 14)])
 @pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
 def test_decomposed_layernorm_fuses(square, div, gamma, opset, runtime):
     proto = layer_norm_graph(square=square, div=div, gamma=gamma, opset=opset)
-    check_fused(proto, runtime, ["LayerNormalization"], gone=["ReduceMean", "Sqrt", "Sub"])
+    out = check_fused(proto, runtime, ["LayerNormalization"], gone=["ReduceMean", "Sqrt", "Sub"])
+    # opset 14: raised to LayerNormalization's 17 (its ReduceMean ops, gone now, took attribute axes)
+    assert {o.domain: o.version for o in out.opset_import}[""] == max(opset, 17)
 
 
 def test_layernorm_keepdims0_is_not_a_layernorm():
@@ -263,7 +279,7 @@ def test_layernorm_keepdims0_is_not_a_layernorm():
     check_not_fused(proto, "standard", [x_feeds((8, 8))])
 
 
-@pytest.mark.parametrize("case", ["other_axis", "eps_input", "opset14"])
+@pytest.mark.parametrize("case", ["other_axis", "eps_input", "not_raisable"])
 def test_layernorm_negative(case):
     if case == "other_axis":
         proto = layer_norm_graph(axes=(1,), shape=(2, 8, 8))
@@ -271,8 +287,8 @@ def test_layernorm_negative(case):
     elif case == "eps_input":
         proto = layer_norm_graph(eps_input=True)
         feeds = [x_feeds(eps=np.array(1e-5, np.float32))]
-    else:
-        proto = layer_norm_graph(opset=14)
+    else:  # opset 16 without LayerNormalization, and a GridSample that keeps it there
+        proto = block_raise(layer_norm_graph(opset=16))
         feeds = None
     check_not_fused(proto, "standard", feeds)
 
@@ -281,9 +297,11 @@ def test_layernorm_means_of_one_tensor():
     proto = layer_norm_graph()
     sub = next(n for n in proto.graph.node if n.op_type == "Sub")
     other = helper.make_node("Identity", ["x"], ["x_copy"])
-    sub.input[0] = "x_copy"  # (x' - mean(x)): not a layer norm of one tensor
+    sub.input[0] = "x_copy"  # (x' - mean(x)): not a layer norm of one tensor (an RMS norm of d = x' - mean(x))
     proto.graph.node.insert(0, other)
-    check_not_fused(proto, "standard")
+    out = fuse(proto, "standard")
+    assert ops(out)["LayerNormalization"] == 0 and ops(out)["ReduceMean"] >= 1
+    assert_close(proto, out, [x_feeds()])
 
 
 # -- SkipLayerNormalization -------------------------------------------------------------------------------
@@ -314,7 +332,7 @@ def test_rms_norm_fuses_at_opset_23(square, div):
 
 
 def test_rms_norm_negative():
-    check_not_fused(rms_norm_graph(opset=17), "standard")  # ReduceMean-17's attribute axes: no opset 23
+    check_not_fused(block_raise(rms_norm_graph(opset=17)), "standard")  # opset 23 out of reach
     check_not_fused(rms_norm_graph(eps=np.full(8, 1e-6)), "standard")  # eps not a scalar
 
 
@@ -415,14 +433,26 @@ def test_standard_attention_raises_the_opset_when_safe(opset):
 
 
 def test_standard_form_keeps_the_opset_when_an_op_changed_meaning():
-    # ReduceMean takes its axes as an input from opset 18: a model with the attribute form is not upgraded, so
-    # no opset-23 Attention; the opset stays
+    # GridSample's modes changed meaning at opset 20: no raise, so no opset-23 Attention; the opset stays
+    proto = block_raise(attention_graph(opset=17))
+    out = fuse(proto, "standard")
+    assert ops(out)["Attention"] == 0 and {o.domain: o.version for o in out.opset_import}[""] == 17
+    assert_close(proto, out, attention_feeds(proto))
+
+
+def test_reduce_ops_take_their_opset_18_form_only_when_the_opset_is_raised():
+    # a ReduceMean with attribute axes beside the attention: rewritten to its opset-18 form (same axes) as the
+    # model goes to opset 23 for Attention; without a fusion that needs it, the model keeps opset 17 and its form
     proto = attention_graph(opset=17)
     proto.graph.node.append(helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1], keepdims=1))
     proto.graph.output.append(helper.make_tensor_value_info("m", F, ["batch", "seq", 1]))
     out = fuse(proto, "standard")
-    assert ops(out)["Attention"] == 0 and {o.domain: o.version for o in out.opset_import}[""] == 17
+    assert ops(out)["Attention"] == 1 and {o.domain: o.version for o in out.opset_import}[""] == 23
     assert_close(proto, out, attention_feeds(proto))
+    out = fuse(proto, "onnxruntime")  # MultiHeadAttention needs no raise
+    assert ops(out)["com.microsoft::MultiHeadAttention"] == 1
+    assert {o.domain: o.version for o in out.opset_import}[""] == 17
+    assert all(len(n.input) == 1 for n in out.graph.node if n.op_type == "ReduceMean")
 
 
 def test_standard_form_raises_the_opset_only_when_needed():
@@ -485,11 +515,10 @@ def test_rotary_and_repeated_kv_attention_fuses_on_4d_heads(runtime, kv_heads):
 @pytest.mark.parametrize("kwargs", [{"kv_heads": 1}, {"q_from": "transpose"}, {"opset": 17}])
 def test_4d_attention_negative(kwargs):
     # a K/V head broadcast by MatMul; q from a head-split Transpose (FuseAttention's, which wants the split);
-    # an opset-17 model that cannot be raised to 23 (a ReduceMean with attribute axes)
+    # an opset-17 model that cannot be raised to 23
     proto = core_graph(**kwargs)
     if kwargs.get("opset") == 17:
-        proto.graph.node.append(helper.make_node("ReduceMean", ["v"], ["m"], axes=[-1], keepdims=1))
-        proto.graph.output.append(helper.make_tensor_value_info("m", F, [1, 4, 8, 1]))
+        proto = block_raise(proto)
     out = fuse(proto, "standard")
     assert ops(out)["Attention"] == 0 and ops(out)["Softmax"] == 1
     assert_close(proto, out, core_feeds(proto))

@@ -23,6 +23,7 @@ from typing import ClassVar
 from ...errors import OptcError
 from ...ir.core import Model
 from ..context import PassContext, PassResult
+from ..driver import apply_rules
 from ..pass_manager import Pass, register_pass
 from .transformer_attention import FuseAttention, FuseAttention4D, FuseMultiHeadAttention
 from .transformer_gelu import (
@@ -34,7 +35,7 @@ from .transformer_gelu import (
     FuseGeluTanh,
 )
 from .transformer_norm import MS, FuseLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
-from .transformer_opset import TARGET, opset_key, settle_opset, upgrade_problem
+from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
 
 STANDARD = [FuseAttention, FuseAttention4D, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
 ONNXRUNTIME = [FuseMultiHeadAttention, FuseAttention4D, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm, FuseGeluErfContrib,
@@ -75,11 +76,14 @@ class FuseTransformer(Pass):
         had = MS in model.opset_imports
         key = opset_key(model)
         old = model.opset_imports.get(key)
-        raise_to = TARGET if old is not None and old < TARGET and upgrade_problem(model) is None else None
+        raise_to = TARGET if old is not None and old < TARGET and self._worth_raising(model, old) else None
+        convert = raise_to is not None and upgrade_problem(model) is not None  # Reduce ops with attribute axes
         if self.runtime == "onnxruntime" and not had:
             self._set(model, ctx, MS, 1)
         if raise_to is not None:  # fuse as if at opset 23; settle_opset keeps what the new ops need
             self._set(model, ctx, key, raise_to)
+            if convert:
+                apply_rules(model, [ReduceAxesToInput], ctx, self.name)
         try:
             return _run_sets(model, ctx, [f"transformer-{self.runtime}"], self.name, True)
         finally:
@@ -88,6 +92,26 @@ class FuseTransformer(Pass):
             if not had and MS in model.opset_imports and not _uses_domain(model, MS):
                 del model.opset_imports[MS]
                 ctx.opsets.pop(MS, None)
+
+    def _worth_raising(self, model: Model, old: int) -> bool:
+        """Whether to fuse at the raised opset: safe to raise, and, when the Reduce ops must change form for it,
+        only if a trial on a copy makes an op that needs more than `old` (else the opset stays as it is)."""
+        if upgrade_problem(model) is None:
+            return True
+        if upgrade_problem(model, convert_reduce=True) is not None:
+            return False
+        from ..pipelines import copy_model
+
+        trial = copy_model(model)
+        trial.opset_imports[opset_key(trial)] = TARGET
+        trial.opset_imports.setdefault(MS, 1)
+        tctx = PassContext(opsets=dict(trial.opset_imports))
+        apply_rules(trial, [ReduceAxesToInput], tctx, self.name)
+        from ..passes.rule_pass import _run_sets
+
+        _run_sets(trial, tctx, [f"transformer-{self.runtime}"], self.name, True)
+        return max([0] + [NEEDS.get(n.op_type, 0) for g in trial.graphs() for n in g
+                          if n.domain in ("", "ai.onnx")]) > old
 
     @staticmethod
     def _set(model: Model, ctx: PassContext, domain: str, version: int) -> None:
