@@ -147,7 +147,6 @@ class FuseLayerNorm(Rule):
         return True
 
     def rewrite(self, op, m, x, eps, gamma, beta):
-        c = int(full_shape(x)[-1])
         g, b = scale_and_bias(op, x, gamma, beta)
         return op.LayerNormalization(x, g, b, axis=-1, epsilon=eps_of(m, eps))
 

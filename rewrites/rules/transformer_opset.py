@@ -18,7 +18,6 @@ from functools import cache
 from typing import ClassVar
 
 import numpy as np
-
 import onnx
 
 from ...ir.core import Model
