@@ -172,9 +172,9 @@ def register(sub) -> None:
                    help='a pass pipeline instead of a level, e.g. "fold-constants,cse,fuse{set=conv-bn},dce" or '
                    '"fixed-point{max-iterations=4}(cse,dce)"')
     p.add_argument("--for", dest="runtime", choices=("standard", "onnxruntime"), default=None,
-                   help="also fuse transformer blocks (attention, layer norms, Gelu) into standard ONNX ops the "
-                        "model's opset has (standard) or into onnxruntime's com.microsoft contrib ops "
-                        "(onnxruntime); default: keep the input's operator set")
+                   help="also fuse transformer blocks (attention, layer norms, Gelu) into standard ONNX ops "
+                        "(standard; the opset raised up to 23 only where needed and safe) or into onnxruntime's "
+                        "com.microsoft contrib ops (onnxruntime); default: keep the input's operator set")
     p.add_argument("--fast-math", action="store_true",
                    help="also apply rewrites that are exact only in real arithmetic, not under IEEE 754 (x + 0.0 -> x "
                    "changes -0.0; `optc passes` marks them); off by default: every rewrite keeps NaN, infinities and "

@@ -63,7 +63,8 @@ class FuseTransformer(Pass):
     description: ClassVar[str] = ("transformer fusions: attention, LayerNorm / SkipLayerNorm / RMSNorm, Gelu / "
                                   "FastGelu / BiasGelu, as standard ONNX ops or onnxruntime contrib ops")
     option_help: ClassVar[dict[str, str]] = {
-        "runtime": "standard (ONNX ops the model's opset has) or onnxruntime (com.microsoft contrib ops)",
+        "runtime": "standard (ONNX ops; the opset raised, up to 23, only where a fusion needs it and it is safe) or "
+                   "onnxruntime (com.microsoft contrib ops)",
     }
     runtime: str = "standard"
 
