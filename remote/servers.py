@@ -23,6 +23,9 @@ from .tracker import Address, summary
 
 __all__ = ["listen", "serve_emulated", "serve_server", "serve_tracker"]
 
+#: receives where a tracker or server listens: a line for people and the same as a dict
+Announce = Callable[[str, dict], None]
+
 
 def listen(host: str, port: int, port_end: int | None = None) -> socket.socket:
     """A listening TCP socket on `host`:`port`, or on the first free port of [`port`, `port_end`) when
@@ -81,10 +84,10 @@ def _quiet_tvm_logs(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def serve_tracker(host: str = "127.0.0.1", port: int = 9190, *, announce: Callable[[str], None] = print,
+def serve_tracker(host: str = "127.0.0.1", port: int = 9190, *, announce: Announce = lambda line, _info: print(line),
                   verbose: bool = False) -> None:
     """Run TVM's RPC tracker on `host`:`port` (0: a free port) until interrupted. `announce` receives one line,
-    ``RPC tracker listening on HOST:PORT``. OptcError (one line) when the port cannot be bound."""
+    ``RPC tracker listening on HOST:PORT``, and the same as ``{"tracker": "HOST:PORT"}``. OptcError (one line) when the port cannot be bound."""
     import asyncio  # noqa: PLC0415
 
     from tvm.rpc import base  # noqa: PLC0415
@@ -93,7 +96,7 @@ def serve_tracker(host: str = "127.0.0.1", port: int = 9190, *, announce: Callab
     _quiet_tvm_logs(verbose)
     sock = listen(host, port)
     where = sock.getsockname()
-    announce(f"RPC tracker listening on {host}:{where[1]}")
+    announce(f"RPC tracker listening on {host}:{where[1]}", {"tracker": f"{host}:{where[1]}"})
     asyncio.set_event_loop(asyncio.new_event_loop())
     with _sigterm_interrupts(), contextlib.suppress(KeyboardInterrupt):
         TrackerServerHandler(sock, base.random_key("tracker")).run()
@@ -101,12 +104,12 @@ def serve_tracker(host: str = "127.0.0.1", port: int = 9190, *, announce: Callab
 
 
 def serve_server(tracker: Address, key: str, host: str = "127.0.0.1", port: int = 9090,
-                 port_end: int | None = 9199, *, announce: Callable[[str], None] = print,
+                 port_end: int | None = 9199, *, announce: Announce = lambda line, _info: print(line),
                  verbose: bool = False) -> None:
     """Run TVM's RPC server on `host` (first free port of [`port`, `port_end`); port 0: any free port),
     registered with the tracker at `tracker` under `key`, until interrupted. The tracker must answer first
     (OptcError, one line, otherwise). `announce` receives ``RPC server for key KEY listening on HOST:PORT,
-    registered with tracker HOST:PORT``. OptcError when the tracker goes away for more than a minute."""
+    registered with tracker HOST:PORT`` and the same as ``{"server", "key", "tracker"}``. OptcError when the tracker goes away for more than a minute."""
     from tvm.rpc.server import _listen_loop  # noqa: PLC0415
 
     if not key or ":" in key or any(c.isspace() for c in key):
@@ -115,7 +118,8 @@ def serve_server(tracker: Address, key: str, host: str = "127.0.0.1", port: int 
     _quiet_tvm_logs(verbose)
     sock = listen(host, port, port_end)
     bound = sock.getsockname()[1]
-    announce(f"RPC server for key {key} listening on {host}:{bound}, registered with tracker {tracker.tracker}")
+    announce(f"RPC server for key {key} listening on {host}:{bound}, registered with tracker {tracker.tracker}",
+             {"server": f"{host}:{bound}", "key": key, "tracker": tracker.tracker})
     with _sigterm_interrupts():
         try:
             _listen_loop(sock, bound, key, (tracker.host, tracker.port), None, None)
@@ -129,7 +133,7 @@ def serve_server(tracker: Address, key: str, host: str = "127.0.0.1", port: int 
 
 
 def serve_emulated(tracker: Address, key: str, host: str = "127.0.0.1", port: int = 9090,
-                   port_end: int = 9199, *, arch: str = "aarch64", announce: Callable[[str], None] = print,
+                   port_end: int = 9199, *, arch: str = "aarch64", announce: Announce = lambda line, _info: print(line),
                    progress: bool = True) -> int:
     """Run an emulated `arch` RPC server (``optc.remote.emulate``: qemu user-mode, the sysroot built on first
     use) as a child process registered with `tracker` under `key`, until interrupted or until it exits.
@@ -144,7 +148,9 @@ def serve_emulated(tracker: Address, key: str, host: str = "127.0.0.1", port: in
     argv = server_argv(tracker.host, tracker.port, key, host=host, port=port, port_end=port_end)
     child = subprocess.Popen(argv, start_new_session=True)  # its own group: one signal ends it and its sessions
     announce(f"emulated {arch} RPC server for key {key} starting on {host}:[{port}, {port_end}) (pid {child.pid}), "
-             f"registering with tracker {tracker.tracker}")
+             f"registering with tracker {tracker.tracker}",
+             {"server": f"{host}:[{port}, {port_end})", "key": key, "tracker": tracker.tracker, "emulate": arch,
+              "pid": child.pid})
     with _sigterm_interrupts():
         try:
             return child.wait()

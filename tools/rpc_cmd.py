@@ -7,14 +7,19 @@ import json
 import sys
 
 
-def _announce(line: str) -> None:
-    print(line, flush=True)
+def _announcer(as_json: bool):
+    """Prints where a tracker or server listens: its line, or (--json) one JSON object on one line."""
+
+    def _announce(line: str, info: dict) -> None:
+        print(json.dumps(info) if as_json else line, flush=True)
+
+    return _announce
 
 
 def _tracker(args) -> int:
     from ..remote.servers import serve_tracker
 
-    serve_tracker(args.host, args.port, announce=_announce, verbose=args.verbose)
+    serve_tracker(args.host, args.port, announce=_announcer(args.json), verbose=args.verbose)
     return 0
 
 
@@ -26,8 +31,9 @@ def _server(args) -> int:
     port_end = args.port_end if args.port_end is not None else (args.port + 100 if args.port else None)
     if args.emulate:
         return serve_emulated(tracker, args.key, args.host, args.port or 9090, port_end or 9199, arch=args.emulate,
-                              announce=_announce)
-    serve_server(tracker, args.key, args.host, args.port, port_end, announce=_announce, verbose=args.verbose)
+                              announce=_announcer(args.json))
+    serve_server(tracker, args.key, args.host, args.port, port_end, announce=_announcer(args.json),
+                 verbose=args.verbose)
     return 0
 
 
@@ -68,6 +74,8 @@ def register(sub) -> None:
     t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     t.add_argument("--port", type=int, default=9190, help="port to listen on (default 9190; 0: any free port)")
     t.add_argument("-v", "--verbose", action="store_true", help="log TVM's tracker messages on stderr")
+    t.add_argument("--json", action="store_true", help='print where it listens as one JSON line: {"tracker": '
+                   '"HOST:PORT"}')
     t.set_defaults(rpc_func=_tracker)
 
     s = rpc_sub.add_parser("server", help="run an RPC server registered with a tracker",
@@ -83,6 +91,8 @@ def register(sub) -> None:
                    "--port + 100)")
     s.add_argument("--emulate", choices=["aarch64"], help="run an emulated aarch64 server (qemu user-mode)")
     s.add_argument("-v", "--verbose", action="store_true", help="log TVM's server messages (sessions) on stderr")
+    s.add_argument("--json", action="store_true", help='print where it listens as one JSON line: {"server": '
+                   '"HOST:PORT", "key", "tracker"}')
     s.set_defaults(rpc_func=_server)
 
     st = rpc_sub.add_parser("status", help="list a tracker's servers per key",
