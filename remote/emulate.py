@@ -98,7 +98,7 @@ def _complete(root: Path) -> bool:
 def ensure_sysroot(arch: str = "aarch64", cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
     """The aarch64 root, built on first use and reused after (see the module docstring); returns its path.
 
-    Building downloads about 110 MB (Debian's arm64 packages with the host's apt, wheels with this Python's pip)
+    Building downloads about 130 MB (Debian's arm64 packages with the host's apt, wheels with this Python's pip)
     and takes 20-60 s. It happens in a temporary directory beside the root, renamed into place when complete; a
     lock file serializes concurrent callers. `progress` prints one line per step on stderr.
 
