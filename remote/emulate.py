@@ -4,8 +4,8 @@
 runtime libraries, fetched with the host's own apt sources into a private apt state, extracted with
 ``dpkg-deb -x``) and the registry's aarch64 wheels (``apache-tvm``, ``apache-tvm-ffi``, numpy and what TVM's RPC
 server imports, fetched with ``pip download`` and unpacked into the root's site-packages). TVM's compiler library
-is left out: the device only runs code (``TVM_USE_RUNTIME_LIB=1``), which keeps the root near 130 MB and the
-server's start near 5 s under emulation instead of 20 s.
+is left out: the device only runs code (``TVM_USE_RUNTIME_LIB=1``), which keeps the root near 190 MB instead of
+420 MB and TVM's import under emulation near 5 s instead of 22 s.
 
 The root holds ``optc-python``, a host shell script that runs the root's Python under qemu
 (``qemu-aarch64-static`` or ``qemu-aarch64`` from PATH, ``-L ROOT``); it is the Python's ``sys.executable``,
