@@ -64,6 +64,34 @@ def _create_session(rpc_config, *, timeout: float):
     return session
 
 
+def _host_fill(tensor) -> None:
+    """Fill a (remote) tensor with random values made here: for servers with TVM's runtime only, which lack
+    ``tvm.contrib.random.random_fill_for_measure`` (the emulated aarch64 one)."""
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng()
+    dtype = np.dtype(str(tensor.dtype))
+    shape = tuple(int(d) for d in tensor.shape)
+    if dtype.kind == "f":
+        values = rng.standard_normal(shape).astype(dtype)
+    elif dtype.kind in "iu":
+        values = rng.integers(0, 8, shape).astype(dtype)
+    else:
+        values = np.zeros(shape, dtype)
+    tensor.copyfrom(values)
+
+
+def _alloc_argument(session, device, args_info, alloc_repeat):
+    """RPCRunner's f_alloc_argument: the server's random fill when it has one, else values uploaded from here."""
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common  # noqa: PLC0415
+
+    try:
+        fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
+    except AttributeError:
+        fill = _host_fill
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
 def _log(log: str, line: str) -> None:
     with open(log, "a") as f:  # one short line per write: appends from the workers do not interleave
         f.write(line + "\n")
@@ -104,6 +132,7 @@ def rpc_runner(rpc: str | Address, evaluator_config, log: str | os.PathLike, *,
     runner = ms.runner.RPCRunner(
         config, evaluator_config, max_workers=servers,
         f_create_session=functools.partial(_create_session, timeout=connect_timeout),
+        f_alloc_argument=_alloc_argument,
         f_run_evaluator=functools.partial(_run_evaluator, log=str(log)),
         f_cleanup=functools.partial(_cleanup, log=str(log)))
     return runner, servers

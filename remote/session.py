@@ -56,7 +56,8 @@ def load_remote(path: str | os.PathLike, meta: Mapping, rpc: str | Address, *,
         session.upload(str(path), path.name)
         lib = session.load_module(path.name)
     except Exception as exc:  # noqa: BLE001 - the server's loader error, e.g. another architecture
-        raise OptcError(f"RPC server {where} cannot load artifact '{path}': {first_line(exc, last=True)}") from None
+        raise OptcError(f"RPC server {where} cannot load artifact '{path}' (built for {target}): "
+                        f"{first_line(exc, last=True)}") from None
     try:
         vm = VirtualMachine(lib, device)
     except Exception as exc:  # noqa: BLE001
