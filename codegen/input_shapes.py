@@ -6,17 +6,21 @@ with them accepts only those shapes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from ..errors import OptcError, did_you_mean
 from ..ir import Model
 from ..ir.types import TensorType
 
+#: the most elements an input may have: TVM (and ONNX) index tensors with int64
+MAX_ELEMENTS = 2**63 - 1
+
 
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     """``"input_ids:1x128"`` -> ``("input_ids", (1, 128))``; ``"x:"`` is a scalar. The name is what precedes the last
-    colon (names may hold colons). OptcError (one line) for a missing colon or name, or a dim that is not an
-    integer >= 1."""
+    colon (names may hold colons). OptcError (one line) for a missing colon or name, a dim that is not an
+    integer >= 1, or more than ``MAX_ELEMENTS`` elements in all."""
     name, colon, dims = spec.rpartition(":")
     if not colon or not name:
         raise OptcError(f"--input-shape expects NAME:DIMS such as input_ids:1x128, got '{spec}'")
@@ -30,6 +34,8 @@ def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
         if value < 1:
             raise OptcError(f"--input-shape {name}: dims must be >= 1, got {value}")
         shape.append(value)
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise OptcError(f"--input-shape {name}: {'x'.join(map(str, shape))} has more than 2**63 - 1 elements")
     return name, tuple(shape)
 
 

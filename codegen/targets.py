@@ -240,6 +240,8 @@ def _dict_target(spec: dict, mcpu: str | None):
     if mcpu is not None:
         if spec.get("kind") != "llvm":
             raise OptcError(f"--mcpu applies to llvm targets, not '{spec.get('kind')}'")
+        if "mcpu" in spec and str(spec["mcpu"]) != mcpu:
+            raise OptcError(f"--mcpu {mcpu} contradicts the target's own mcpu '{spec['mcpu']}': give the CPU once")
         spec["mcpu"] = mcpu
     if spec.get("kind") == "llvm" and "mcpu" in spec:
         triple = spec.get("mtriple")

@@ -174,6 +174,10 @@ def test_mcpu_only_for_llvm_targets():
         targets.resolve_target({"kind": "cuda", "arch": "sm_80"}, mcpu="skylake")
     # --mcpu with a JSON llvm target sets its mcpu
     assert str(targets.resolve_target('{"kind": "llvm"}', mcpu="x86-64-v3").attrs["mcpu"]) == "x86-64-v3"
+    # ... or repeats it; one that contradicts the target's own mcpu is refused, not silently preferred
+    assert str(targets.resolve_target("llvm -mcpu=skylake", mcpu="skylake").attrs["mcpu"]) == "skylake"
+    with pytest.raises(OptcError, match="--mcpu znver4 contradicts the target's own mcpu 'skylake'"):
+        targets.resolve_target('{"kind": "llvm", "mcpu": "skylake"}', mcpu="znver4")
 
 
 def test_cuda_targets():
@@ -342,6 +346,8 @@ def test_input_shape_binds_a_dim_shared_by_inputs(tmp_path):
     ("x", "--input-shape expects NAME:DIMS such as input_ids:1x128, got 'x'"),
     ("x:1xAx32x32", "--input-shape x: 'A' is not an integer"),
     ("x:0x3x32x32", "--input-shape x: dims must be >= 1, got 0"),
+    ("x:1x3x99999999999999999999x32", "--input-shape x: 1x3x99999999999999999999x32 has more than 2**63 - 1"),
+    ("x:4294967296x3x4294967296x1", "--input-shape x: 4294967296x3x4294967296x1 has more than 2**63 - 1"),
     ("xx:1x3x32x32", "--input-shape: the model has no input 'xx' (did you mean 'x'?) (inputs: x)"),
     ("x:1x3x32", "--input-shape x: the model's input has rank 4 float32[N,3,32,32], got 3 dims"),
     ("x:1x4x32x32", "--input-shape x: the model fixes this input to float32[N,3,32,32], got 1x4x32x32"),
@@ -349,6 +355,12 @@ def test_input_shape_binds_a_dim_shared_by_inputs(tmp_path):
 def test_input_shape_errors(capsys, spec, fragment):
     assert fragment in _cli_error(capsys, "compile", TINY_CNN, "-o", "/tmp/optc-targets-never.so",
                                   "--input-shape", spec)
+
+
+def test_input_shape_large_but_indexable():
+    from optc.codegen.input_shapes import parse_input_shape
+
+    assert parse_input_shape("x:3037000499x3037000499") == ("x", (3037000499, 3037000499))  # < 2**63 elements
 
 
 def test_input_shape_given_twice(capsys):
