@@ -117,9 +117,9 @@ def rms_norm_graph(*, opset: int = 23, square: str = "pow", div: str = "recip", 
 
 
 def gelu_graph(*, form: str = "erf", order: int = 0, opset: int = 17, bias: str | None = None,
-               sqrt2: float = math.sqrt(2.0), k: float = 0.044715) -> onnx.ModelProto:
+               sqrt2: float = math.sqrt(2.0), k: float = 0.044715, half_shape=()) -> onnx.ModelProto:
     """Gelu as exporters write it (three orders of the 0.5 * x * t product); `bias`: "vec" (a [C] bias Add
-    first, BiasGelu), "mat" (a [S, C] bias, no BiasGelu)."""
+    first, BiasGelu), "mat" (a [S, C] bias, no BiasGelu); `half_shape`: the shape of the 0.5 constant."""
     g = G()
     x = "x"
     if bias is not None:
@@ -132,7 +132,7 @@ def gelu_graph(*, form: str = "erf", order: int = 0, opset: int = 17, bias: str 
         inner = g.op("Add", x, g.op("Mul", g.op("Pow", x, np.array(3.0, np.float32)), np.array(k, np.float32)))
         t = g.op("Add", g.op("Tanh", g.op("Mul", inner, np.array(math.sqrt(2 / math.pi), np.float32))),
                  np.array(1.0, np.float32))
-    half = np.array(0.5, np.float32)
+    half = np.full(half_shape, 0.5, np.float32)
     if order == 0:
         y = g.op("Mul", g.op("Mul", x, t), half)
     elif order == 1:
@@ -356,6 +356,14 @@ def test_gelu_negative(kwargs):
     # wrong constants are another function
     for runtime in ("standard", "onnxruntime"):
         check_not_fused(gelu_graph(**{"opset": 20, **kwargs}), runtime)
+
+
+@pytest.mark.parametrize("form", ["erf", "tanh"])
+def test_gelu_constant_that_broadcasts_is_not_fused(form):
+    # a [1, 1, 1] 0.5 keeps x's 3-D shape: Gelu; a [1, 1, 1, 1] one makes the result 4-D, which Gelu(x) is not
+    check_fused(gelu_graph(form=form, opset=20, half_shape=(1, 1, 1)), "standard", ["Gelu"], gone=["Mul"])
+    for runtime in ("standard", "onnxruntime"):
+        check_not_fused(gelu_graph(form=form, opset=20, half_shape=(1, 1, 1, 1)), runtime)
 
 
 @pytest.mark.parametrize("form,op", [("erf", "com.microsoft::BiasGelu"), ("tanh", "com.microsoft::FastGelu")])

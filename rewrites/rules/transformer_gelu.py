@@ -48,8 +48,17 @@ def gelu_tanh(op, x):
     return _half_x_times(op, x, op.Add(op.Tanh(inner), _c(op, 1.0)))
 
 
-def _check_x(x) -> bool:
-    return require(is_float(x), "x is not a float tensor")
+def _check_x(m, x) -> bool:
+    """x is a float tensor, and no matched constant (0.5, 1, sqrt 2, ...) has more dims than x: a [1, 1, 1, 1]
+    constant on a 3-D x broadcasts the result to 4-D, which the fused op (of x's shape) would not."""
+    require(is_float(x), "x is not a float tensor")
+    xs = full_shape(x)
+    rank = len(xs) if xs is not None else 0
+    for node in m.nodes:
+        for value in node.inputs:
+            c = m.const(value) if value is not None else None
+            require(c is None or c.ndim <= rank, "a constant has more dims than x (it broadcasts the result)")
+    return True
 
 
 class FuseGeluErf(Rule):
@@ -62,7 +71,7 @@ class FuseGeluErf(Rule):
         return gelu_erf(op, x)
 
     def check(self, m, x):
-        return _check_x(x)
+        return _check_x(m, x)
 
     def rewrite(self, op, m, x):
         return op.Gelu(x)
@@ -78,7 +87,7 @@ class FuseGeluTanh(Rule):
         return gelu_tanh(op, x)
 
     def check(self, m, x):
-        return _check_x(x)
+        return _check_x(m, x)
 
     def rewrite(self, op, m, x):
         return op.Gelu(x, approximate="tanh")
@@ -93,7 +102,7 @@ class FuseGeluErfContrib(Rule):
         return gelu_erf(op, x)
 
     def check(self, m, x):
-        return _check_x(x)
+        return _check_x(m, x)
 
     def rewrite(self, op, m, x):
         return op.Gelu(x, _domain=MS)
@@ -108,7 +117,7 @@ class FuseFastGelu(Rule):
         return gelu_tanh(op, x)
 
     def check(self, m, x):
-        return _check_x(x)
+        return _check_x(m, x)
 
     def rewrite(self, op, m, x):
         return op.FastGelu(x, _domain=MS)
