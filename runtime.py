@@ -93,10 +93,19 @@ class Module:
             names = names + [f"output_{i}" for i in range(len(names), len(values))]
         return {n: v.numpy() for n, v in zip(names, values, strict=False)}
 
+    def _call(self, args):
+        if self._remote is None:
+            return self._main(*args)
+        # over RPC a returned tuple is a remote handle that cannot be read: the VM's stateful calling convention
+        # hands the outputs back as tensors (a Python tuple for several)
+        self._vm.set_input("main", *args)
+        self._vm.invoke_stateful("main")
+        return self._vm.get_outputs("main")
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model: ``{input name: array}`` -> ``{output name: array}``."""
         args = self._to_device(self.check_inputs(inputs))
-        return self._outputs(self._main(*args))
+        return self._outputs(self._call(args))
 
     __call__ = run
 
@@ -105,11 +114,11 @@ class Module:
         on the device; includes copying the outputs back to the host)."""
         args = self._to_device(self.check_inputs(inputs))
         for _ in range(max(0, warmup)):
-            self._sync(self._main(*args))
+            self._sync(self._call(args))
         times = []
         for _ in range(max(1, repeat)):
             t0 = time.perf_counter()
-            self._sync(self._main(*args))
+            self._sync(self._call(args))
             times.append(time.perf_counter() - t0)
         return float(np.median(times) * 1e3)
 

@@ -226,6 +226,25 @@ def test_runtime_load_rpc(cluster, artifact):
         module.run({"x": x.astype(np.float64)})
 
 
+def test_remote_model_with_two_outputs(cluster, tmp_path):
+    """Several outputs come back from a remote VM (a returned tuple is a remote handle: read through the VM's
+    stateful calls)."""
+    from optc.codegen.compile import compile_to_file
+
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Mul", ["a", "b"], ["p"]),
+             helper.make_node("Tanh", ["s"], ["t"])]
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 8]) for n in ("a", "b", "t", "p")]
+    model = helper.make_model(helper.make_graph(nodes, "two", spec[:2], spec[2:]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    lib = compile_to_file(model, tmp_path / "two.so")
+    rng = np.random.default_rng(5)
+    feeds = {"a": rng.standard_normal((2, 8)).astype(np.float32), "b": rng.standard_normal((2, 8)).astype(np.float32)}
+    got = runtime.load(lib, rpc=cluster.rpc).run(feeds)
+    assert list(got) == ["t", "p"]
+    for name, want in zip(("t", "p"), run_ort(model, feeds), strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
+
+
 def test_run_rpc_errors(cluster, artifact, capsys):
     port = _free_port()
     _one_line_error(optc_cli("run", artifact, "--rpc", f"127.0.0.1:{port}:x86"),  # the real command, once
