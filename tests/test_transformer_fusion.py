@@ -323,6 +323,36 @@ def test_skip_layernorm_keeps_a_sum_used_elsewhere():
     assert ops(out)["com.microsoft::SkipLayerNormalization"] == 0
 
 
+def with_float_type(proto: onnx.ModelProto, dtype) -> onnx.ModelProto:
+    """`proto` with its float32 inputs, outputs and initializers in `dtype` (np.float16 / np.float64)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    for i, t in enumerate(out.graph.initializer):
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32:
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(a.astype(dtype), t.name))
+    for vi in [*out.graph.input, *out.graph.output, *out.graph.value_info]:
+        if vi.type.tensor_type.elem_type == F:
+            vi.type.tensor_type.elem_type = elem
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+@pytest.mark.parametrize("dtype,fused", [(np.float16, True), (np.float64, False)])
+def test_skip_layernorm_only_for_types_onnxruntime_has(dtype, fused):
+    # onnxruntime's SkipLayerNormalization has float and float16 kernels: a double one would not load
+    proto = with_float_type(layer_norm_graph(residual=True), dtype)
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.normal(0, 1, (2, 5, 8)).astype(dtype), "r": rng.normal(0, 1, (2, 5, 8)).astype(dtype)}
+    out = fuse(proto, "onnxruntime")
+    assert ops(out)["com.microsoft::SkipLayerNormalization"] == int(fused), dict(ops(out))
+    for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        tol = (3e-3 if dtype == np.float16 else 1e-4) * float(np.max(np.abs(want)))
+        assert float(np.max(np.abs(got.astype(np.float64) - want))) <= tol
+
+
 # -- RMSNormalization -------------------------------------------------------------------------------------
 
 

@@ -160,7 +160,7 @@ def _layer_norm(op, x, eps, gamma, beta):
 class FuseSkipLayerNorm(Rule):
     """LayerNorm(Add(a, b)) over the last axis -> com.microsoft SkipLayerNormalization(a, b, gamma, beta).
 
-    For a post-LN residual block (BERT): a, b of the same 3-D shape; the sum must not be used elsewhere (a
+    For a post-LN residual block (BERT): a, b of the same 3-D float32 or float16 shape; the sum must not be used elsewhere (a
     pre-LN block, whose sum feeds the next residual, is left alone)."""
 
     rounding: ClassVar[str] = ROUNDING
@@ -170,6 +170,8 @@ class FuseSkipLayerNorm(Rule):
 
     def check(self, m, a, b, eps, gamma, beta):
         s = m["skip"].outputs[0]
+        # onnxruntime's SkipLayerNormalization takes float and float16 only (a double one does not load)
+        require(np_dtype(s) in (np.float32, np.float16), "the sum is not float32 or float16")
         sa, sb = full_shape(a), full_shape(b)
         require(sa is not None and sa == sb and len(sa) == 3, "the residual Add's operands are not of one 3-D shape")
         ln = m.get("ln")
