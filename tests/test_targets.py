@@ -397,6 +397,15 @@ def test_db_alone_needs_an_existing_database(tmp_path, capsys):
     assert not list((tmp_path / "empty").iterdir()) and not (tmp_path / "m.so").exists()
 
 
+@pytest.mark.parametrize("trials", ["0", "-3"])
+def test_tune_needs_a_trial(tmp_path, capsys, trials):
+    # --tune --trials 0 used to apply the (missing) database and say "tune into it first: --tune --db"
+    line = _cli_error(capsys, "compile", TINY_CNN, "-o", str(tmp_path / "m.so"), "--tune", "--trials", trials,
+                      "--db", str(tmp_path / "db"))
+    assert f"--trials must be >= 1 with --tune, got {trials}" in line
+    assert not (tmp_path / "db").exists() and not (tmp_path / "m.so").exists()
+
+
 @pytest.mark.slow
 def test_db_alone_applies_tuned_records(tmp_path, capsys):
     model, db = _two_inputs(tmp_path), tmp_path / "db"

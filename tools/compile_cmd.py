@@ -18,6 +18,9 @@ def run(args) -> int:
     from ..ir import load
 
     check_output_path(args.model, args.output, (EMIT_SUFFIXES[args.emit],) if args.emit else (LIBRARY_SUFFIX,))
+    if args.tune and args.trials < 1:
+        raise OptcError(f"--trials must be >= 1 with --tune, got {args.trials} (without --tune, --db applies an "
+                        "existing database)")
     if args.tune and not args.db:
         raise OptcError("--tune needs --db DIR, the tuning database directory (reused by later compiles)")
     if args.db and not args.tune and not os.path.isdir(args.db):
