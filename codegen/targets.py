@@ -371,13 +371,19 @@ def check_measurable(target, remote: bool = False) -> None:
 
 def linker(target, cc: str | None = None) -> str | None:
     """The compiler that links the library: ``cc`` (a name on PATH or a path; OptcError when it does not exist), else
-    the arm64 cross compiler for arm64 on another machine (``cross_compiler``), else None (TVM's default, g++).
+    the arm64 cross compiler for arm64 on another machine (``cross_compiler``), else None (TVM's default, g++);
+    OptcError for an llvm target of another architecture (``mtriple``) without ``cc``, which g++ cannot link.
     Called before the build, so a missing compiler costs nothing."""
     if cc is not None:
         found = shutil.which(cc)
         if not found:
             raise OptcError(f"--cc '{cc}': no such compiler (not an executable on PATH or a path)")
         return found
+    if target.kind.name == "llvm" and target_kind(target) == "cpu" and target.attrs.get("mtriple"):
+        triple = str(target.attrs["mtriple"])
+        if _triple_arch(triple) != _machine():
+            raise OptcError(f"cannot link a library for {_triple_arch(triple)} ({triple}) with this {_machine()} "
+                            "machine's g++: give --cc COMPILER (a cross compiler), or write the objects with --emit tar")
     return cross_compiler(target)
 
 

@@ -276,6 +276,21 @@ def test_cc_links_and_is_checked_before_the_build(tmp_path, capsys, monkeypatch)
     assert not list(tmp_path.glob("x.so*"))
 
 
+def test_foreign_triple_needs_a_cross_compiler_before_the_build(tmp_path, capsys, monkeypatch):
+    import optc.codegen.compile as compile_mod
+
+    riscv = targets.resolve_target('{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}')
+    assert targets.linker(riscv, "g++")  # named: the user's choice
+    assert targets.linker(targets.resolve_target('{"kind": "llvm", "mtriple": "x86_64-linux-gnu"}')) is None
+    with pytest.raises(OptcError, match=r"cannot link a library for riscv64 \(riscv64-linux-gnu\) with this"):
+        targets.linker(riscv)
+    monkeypatch.setattr(compile_mod, "lower", lambda *_a, **_k: pytest.fail("lowered before the linker check"))
+    line = _cli_error(capsys, "compile", TINY_CNN, "-o", str(tmp_path / "r.so"), "--target",
+                      '{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}')
+    assert "give --cc COMPILER (a cross compiler), or write the objects with --emit tar" in line
+    assert not list(tmp_path.iterdir())
+
+
 def test_emit_llvm_asm_tar(tmp_path, capsys):
     _cli_ok(capsys, "compile", TINY_CNN, "-o", str(tmp_path / "v3.ll"), "--emit", "llvm", "--mcpu", "x86-64-v3", "-q")
     ir = (tmp_path / "v3.ll").read_text()
