@@ -172,14 +172,14 @@ def attention_graph(*, opset: int = 17, mask: str = "padding", heads: int = 4, k
     q = split(proj(hidden), heads, [0, 2, 1, 3])
     k = split(proj(kvh * dh), kvh, [0, 2, 3, 1])
     v = split(proj(kvh * dh), kvh, [0, 2, 1, 3])
-    if scale == "qk":  # torch's nn.MultiheadAttention: q and k each times sqrt(1/sqrt(H))
-        f = np.array(math.sqrt(1 / math.sqrt(dh)), np.float32)
+    if scale in ("qk", "qk_neg"):  # torch's nn.MultiheadAttention: q and k each times sqrt(1/sqrt(H))
+        f = np.array(math.sqrt(1 / math.sqrt(dh)) * (-1 if scale == "qk_neg" else 1), np.float32)
         q, k = g.op("Mul", q, f), g.op("Mul", k, f)
     s = g.op("MatMul", q, k)
     if scale == "div":
         s = g.op("Div", s, np.array(math.sqrt(dh), np.float32))
-    elif scale == "mul":
-        s = g.op("Mul", s, np.array(1 / math.sqrt(dh), np.float32))
+    elif scale in ("mul", "neg"):  # "neg": a negative scale (Attention refuses it)
+        s = g.op("Mul", s, np.array((1 if scale == "mul" else -1) / math.sqrt(dh), np.float32))
     elif scale == "input":  # a scale that is a graph input: not fused
         s = g.op("Div", s, "scale")
     inputs = [("x", F, ["batch", "seq", hidden] if dynamic else [1, seq, hidden])]
@@ -439,6 +439,20 @@ def test_bert_attention_with_padding_mask_fuses(scale):
 def test_attention_to_standard_attention_at_opset_23():
     proto = attention_graph(opset=23)
     check_fused(proto, "standard", ["Attention"], gone=["Softmax"], feeds_list=attention_feeds(proto))
+
+
+@pytest.mark.parametrize("runtime,op", [("onnxruntime", "com.microsoft::MultiHeadAttention"),
+                                        ("standard", "Attention")])
+def test_attention_scale_must_be_positive(runtime, op):
+    # onnxruntime's Attention refuses a scale <= 0 when the session loads: a negative one stays unfused; q and k
+    # both scaled by a negative factor make a positive scale and fuse
+    opset = 23 if runtime == "standard" else 17
+    proto = attention_graph(scale="neg", opset=opset)
+    out = fuse(proto, runtime)
+    assert ops(out)[op] == 0 and ops(out)["Softmax"] == 1
+    assert_close(proto, out, attention_feeds(proto))
+    proto = attention_graph(scale="qk_neg", opset=opset)
+    check_fused(proto, runtime, [op], gone=["Softmax"], feeds_list=attention_feeds(proto))
 
 
 @pytest.mark.parametrize("mask", ["causal", "causal_add", "none"])

@@ -14,8 +14,9 @@ The block, as the TorchScript exporter and hand-written graphs write it::
                                          (the shape constant, or computed from the Transpose's own Shape)
 
 Checked: the shapes of the head split and merge (N and H known; the batch and sequence dims of q_in, the
-split and the merged output the same); the scale a float scalar; the mask does not broadcast the scores to a
-bigger shape; Softmax over the last axis. The mask stays what it is, an additive [.., .., S, T] bias
+split and the merged output the same); the scale a float scalar (the product of the scales > 0, as
+onnxruntime's Attention wants); the mask does not broadcast the scores to a bigger shape; Softmax over the last
+axis. The mask stays what it is, an additive [.., .., S, T] bias
 (Where(cond, s, fill) becomes the bias Where(cond, 0, fill), for a fill of -inf or <= -1e30 so that s + fill
 is fill): a 2-D [batch, seq] mask is never turned into
 sequence lengths, so masks with holes and left padding keep their meaning (onnxruntime#18945).
@@ -115,6 +116,8 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
             require(f.dtype.kind == "f" and np.isfinite(f).all() and float(f.reshape(-1)[0]) != 0.0,
                     "a q / k scale is not a finite nonzero float")
             value *= float(f.reshape(-1)[0])
+    # onnxruntime's Attention refuses a scale <= 0 when the session loads (MultiHeadAttention reads 0 as "default")
+    require(value > 0.0, "the product of the scales is not positive")
     scores_shape = full_shape(m["scores"].outputs[0])
     if mask is not None:
         require(is_float(mask) and mask.dtype == q.dtype, "the mask is not of the scores' float type")
