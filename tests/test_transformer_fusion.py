@@ -441,6 +441,37 @@ def test_attention_to_standard_attention_at_opset_23():
     check_fused(proto, "standard", ["Attention"], gone=["Softmax"], feeds_list=attention_feeds(proto))
 
 
+def causal_with_cond_input(opset: int) -> onnx.ModelProto:
+    """attention_graph's causal block with the Where condition a [1, 1, 8, 8] bool graph input `cond`."""
+    proto = attention_graph(mask="causal", dynamic=False, opset=opset)
+    next(n for n in proto.graph.node if n.op_type == "Where").input[0] = "cond"
+    proto.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, [1, 1, 8, 8]))
+    del proto.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+
+
+def test_standard_attention_keeps_rows_that_may_be_fully_masked():
+    # onnxruntime's Attention computes a row masked everywhere (finfo.min / -inf) unlike the graph (a uniform
+    # average of V): a Where condition known only at run time stays unfused for it, MultiHeadAttention matches
+    cond = np.tril(np.ones((1, 1, 8, 8), bool))
+    cond[..., 3, :] = False  # row 3 masks every key
+    feeds = [{**f, "cond": cond} for f in attention_feeds(attention_graph(mask="none"), batch=1)]
+    out = fuse(causal_with_cond_input(23), "standard")
+    assert ops(out)["Attention"] == 0 and ops(out)["Softmax"] == 1
+    check_fused(causal_with_cond_input(17), "onnxruntime", ["com.microsoft::MultiHeadAttention"], gone=["Softmax"],
+                feeds_list=feeds)
+    # a constant additive mask with a fully masked row: unfused too; one that keeps a score per row fuses
+    proto = attention_graph(mask="causal_add", dynamic=False, opset=23)
+    tri = next(t for t in proto.graph.initializer if numpy_helper.to_array(t).ndim == 4)
+    for row, fused in ((np.finfo(np.float32).min, 0), (-1e4, 1)):
+        a = numpy_helper.to_array(tri).copy()
+        a[..., 3, :] = row
+        tri.CopyFrom(numpy_helper.from_array(a, tri.name))
+        out = fuse(proto, "standard")
+        assert ops(out)["Attention"] == fused
+        assert_close(proto, out, attention_feeds(proto, batch=1))
+
+
 @pytest.mark.parametrize("runtime,op", [("onnxruntime", "com.microsoft::MultiHeadAttention"),
                                         ("standard", "Attention")])
 def test_attention_scale_must_be_positive(runtime, op):

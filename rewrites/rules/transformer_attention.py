@@ -23,7 +23,10 @@ sequence lengths, so masks with holes and left padding keep their meaning (onnxr
 
 Outputs: the standard `Attention` (opset 23+) or onnxruntime's com.microsoft `MultiHeadAttention` with the
 mask as its `attention_bias`; both want the bias's last two dims to be [S, T], so a smaller one is Expanded.
-Grouped-query attention (fewer K/V heads) is not matched.
+Grouped-query attention (fewer K/V heads) is not matched. The standard form also needs a kept score in every
+row of a constant mask or Where condition, and a constant condition (`check_no_masked_row`): onnxruntime's
+Attention computes fully masked rows otherwise than the graph; an additive mask computed at run time is still fused
+(a row of it that masks every key gives other values on onnxruntime's Attention).
 
 Rounding: not bit-exact: the fused kernel applies the scale and sums the products in its own order.
 """
@@ -199,6 +202,21 @@ def _bias(op, m, info, q3, k3, mask, cond, fill):
     return op.Expand(mask, target)
 
 
+def check_no_masked_row(m, mask, cond) -> None:
+    """For the standard Attention: no row of the mask may mask every key. onnxruntime's Attention (1.31) does not
+    compute a row whose bias is all -inf or finfo.min as the spec (and the unfused graph) does, a NaN row or a
+    uniform average of V: it writes other values. A Where condition must be a constant with a True in every row;
+    an additive mask that is a constant must have a score above -1e30 in every row (one computed at run time,
+    such as BERT's (1 - mask) * -10000, is taken as it is)."""
+    if cond is not None:
+        c = m.const(cond)
+        require(c is not None and bool(np.all(np.any(c, axis=-1))),
+                "Where's condition is not a constant with a kept score in every row")
+    if mask is not None:
+        c = m.const(mask)
+        require(c is None or bool(np.all(np.max(c, axis=-1) > -1e30)), "the mask masks every score of a row")
+
+
 class FuseAttention(Rule):
     """The multi-head attention block -> Attention(q_in, k_in, v_in, bias) (opset 23+, 3-D inputs)."""
 
@@ -211,6 +229,7 @@ class FuseAttention(Rule):
 
     def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill)
+        check_no_masked_row(m, mask, cond)
         return True
 
     def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
@@ -229,8 +248,8 @@ class FuseMultiHeadAttention(FuseAttention):
 
     def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         require(q_in.dtype is not None and DataType(q_in.dtype) == DataType.FLOAT, "not float32")
-        return super().check(m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale,
-                             kscale)
+        m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill)  # fully masked rows as the graph
+        return True
 
     def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         info = m.info
@@ -272,6 +291,7 @@ class FuseAttention4D(Rule):
         require(_same_dim(qs[3], ks[3]) and _same_dim(ks[2], vs[2]) and _same_dim(qs[0], ks[0])
                 and _same_dim(qs[0], vs[0]), "q, k, v disagree on B, T or the head size")
         value = check_scores(m, q4, (q4, k4, v4), scale, mask, cond, fill)
+        check_no_masked_row(m, mask, cond)
         m.info = {"scale": value, "S": qs[2], "T": ks[2], "seq_axis": 2}
         return True
 
