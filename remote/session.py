@@ -7,6 +7,7 @@ there, the Relax VM run on the server's cpu (or cuda, for a cuda artifact), outp
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,4 +76,11 @@ def run_remote(path: str | os.PathLike, inputs: Mapping[str, np.ndarray], rpc: s
     Errors as `load_remote`, plus the artifact's own one-line input errors."""
     from ..codegen.artifact import read_metadata  # noqa: PLC0415
 
-    return load_remote(path, read_metadata(path), rpc, timeout=timeout, session_timeout=session_timeout).run(inputs)
+    module = load_remote(path, read_metadata(path), rpc, timeout=timeout, session_timeout=session_timeout)
+    try:
+        return module.run(inputs)
+    finally:
+        # The session ends when its last reference goes; the VM and module hold it in reference cycles, so collect
+        # them now: a one-slot server stays busy otherwise, and the next request for it waits forever.
+        del module
+        gc.collect()

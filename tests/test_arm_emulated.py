@@ -179,7 +179,7 @@ def _max_rel_error(actual: list[np.ndarray], expected: list[np.ndarray]) -> floa
 def test_arm64_artifacts_match_onnxruntime_on_emulated_aarch64(arm_rpc, tmp_path, report):
     """The corpus-style ResNet-like and BERT-like, compiled for arm64, run on the emulated device (one test, so
     that pytest-xdist does not start a second emulated server): outputs within 1e-4 relative of onnxruntime on
-    this host. optc's own path (`optc run --rpc`, `optc.remote.session.run_remote`) runs the ResNet-like too; a
+    this host. optc's own path (`optc run --rpc`, `optc.remote.session.run_remote`) runs both too; a
     library built for this host's CPU is refused there with one line (the negative twin)."""
     from optc.codegen.compile import compile_to_file
     from optc.remote.session import run_remote
@@ -194,10 +194,9 @@ def test_arm64_artifacts_match_onnxruntime_on_emulated_aarch64(arm_rpc, tmp_path
         lines.append(f"{name}: max relative error vs onnxruntime {error:.2e}, "
                      f"session + upload + load + run {time.perf_counter() - start:.2f} s")
         assert error < 1e-4, lines[-1]
-        if name == "resnet_like":  # one output: run_remote cannot read a remote tuple yet (see the ARM report)
-            got = run_remote(lib, feeds, arm_rpc, timeout=120)
-            assert list(got) == [o.name for o in model.graph.output]
-            assert _max_rel_error(list(got.values()), expected) < 1e-4
+        got = run_remote(lib, feeds, arm_rpc, timeout=120)  # optc's own path, several outputs (BERT-like) too
+        assert list(got) == [o.name for o in model.graph.output]
+        assert _max_rel_error(list(got.values()), expected) < 1e-4
     report("ARM (emulated aarch64)", lines)
     x86 = onnx.load(ROOT / "examples" / "tiny_cnn.onnx")
     lib = compile_to_file(x86, tmp_path / "x86.so", "cpu")
