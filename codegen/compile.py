@@ -57,14 +57,16 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         from ..remote.measure import check_servers
 
         check_servers(rpc)
+    report = report if report is not None else {}
     model = _as_model(model)
     if input_shapes:
         model = copy_model(model)
         fix_input_shapes(model, input_shapes)
     model = optimize(model, level=level)
+    kernels = integer_kernels(model, level)
+    report["kernels"] = kernels
     mod = lower(model)
     database = None
-    report = report if report is not None else {}
     if db is not None and trials == 0:
         if not (Path(db) / "database_workload.json").is_file():
             raise OptcError(f"no tuning database in '{db}' (tune into it first: --tune --db {db})")
@@ -82,8 +84,44 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     inputs, outputs = signature(model)
     meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target),
             "target_spec": json.loads(str(tvm_target)), "opt_level": level,
-            "fast_math": bool(fast_math)}
+            "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels)}
     return executable, meta
+
+
+def integer_kernels(model: Model, level: int) -> dict:
+    """From -O1 on, turn the model's QDQ patterns into optc's integer ops (in place: `model` is the optimized
+    copy; `rewrites/rules/qinteger.py`); return how its convolutions and matmuls run (`kernel_summary`)."""
+    from ..rewrites.rules.qinteger import kernel_summary, to_integer_ops
+
+    return to_integer_ops(model) if level >= 1 else kernel_summary(model)
+
+
+#: float ops listed with their reason in the artifact's metadata (the compile report lists them all)
+_META_REASONS = 8
+
+
+def kernel_metadata(kernels: dict) -> dict:
+    """The artifact metadata key `kernels`: `{"integer": n, "bfloat16": n, "float": n, "float_reasons": {op: why}}`
+    counting the convolutions and matmuls (Conv, MatMul, Gemm and the integer ops) by how they run; at most
+    8 float ops keep their reason."""
+    reasons = dict(list(kernels["float_reasons"].items())[:_META_REASONS])
+    return {**{k: kernels[k] for k in ("integer", "bfloat16", "float")}, "float_reasons": reasons}
+
+
+def describe_kernels(kernels: dict | None) -> str:
+    """One line for the compile / bench summaries, e.g. 'integer kernels: 12 of 14 conv/matmul (2 float: ...)'."""
+    if not kernels:
+        return "integer kernels: unknown (an artifact from before optc recorded them)"
+    total = kernels["integer"] + kernels["bfloat16"] + kernels["float"]
+    line = f"integer kernels: {kernels['integer']} of {total} conv/matmul"
+    if kernels["bfloat16"]:
+        line += f", {kernels['bfloat16']} bfloat16"
+    if kernels["float"]:
+        whys: dict[str, int] = {}
+        for why in kernels["float_reasons"].values():
+            whys[why] = whys.get(why, 0) + 1
+        line += f" ({kernels['float']} float: " + "; ".join(f"{n} {w}" for w, n in whys.items()) + ")"
+    return line
 
 
 def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike, target="cpu", *,

@@ -1,0 +1,150 @@
+"""Lowering of optc's integer ops `optc.QConv` / `optc.QMatMul` (made by `rewrites/rules/qinteger.py`, whose
+docstring defines their inputs and attributes) to integer compute.
+
+The kernel is an integer convolution or matmul on the RAW quantized operands: `relax.op.nn.conv2d` (1-D and
+3-D alike) / `relax.op.matmul` of uint8 or int8 x and int8 w with `out_dtype="int32"` (the interface the
+int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on the int32 accumulator:
+
+* zero points: w has none (the rule subtracted it from the constant weight). With x = xq - x_zp,
+  sum (xq - x_zp) * w = sum xq * w - x_zp * sum w, and sum w over the reduction (the columns of w, or a
+  conv filter's C/group x k... window) is a per-output-channel constant: folded here with the int32 bias into
+  one constant vector `bias - x_zp * colsum(w)`, added once. Exact in int32 (|acc| < 2**31 for
+  K < 2**16 / 255 / 128 ... in practice: K <= 65793 terms of 255 x 128; larger K is refused).
+* padded convolutions: ONNX pads the float input with 0.0 = DQ(x_zp), so padded xq equals x_zp. With a
+  nonzero x_zp the input is padded explicitly with x_zp (`nn.pad`) and the convolution runs unpadded, which
+  keeps the per-channel correction exact at the borders; x_zp = 0 keeps the convolution's own zero padding.
+* requantize: `saturate(rint(float32(acc) * M) + y_zp)`, M = float32(float32(x_scale * w_scale) / y_scale),
+  round half to even: onnxruntime's MlasRequantizeOutput (float32 multiplier, nearbyint, zero point added
+  after rounding, saturate). Then the fused activation's clamp to [qmin, qmax].
+* float output (no y_scale): `float32(acc) * float32(x_scale * w_scale)` (onnxruntime's QGemm float output).
+
+REDUCTION OF ONE (see `quant.py`): a one-term reduction gets a zero term more (x padded with 0, w with 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..converters import const, constant_value, converter, dtype_of, refuse
+from .quant import _INT_RANGES, _conv_pads, _rank, _rint_saturate, _scalar
+
+#: the largest reduction whose int32 sum cannot overflow (255 * 128 per term, the x_zp correction included)
+_MAX_TERMS = (2**31 - 1) // (255 * 128 * 2)
+
+
+def _constant(expr, what: str) -> np.ndarray:
+    value = constant_value(expr) if expr is not None else None
+    if value is None:
+        raise refuse(f"{what} is not a constant (optc's integer ops need constant weights and quantization "
+                     "parameters)")
+    return value
+
+
+def _operands(inputs, op: str):
+    """(x, x_zp, w, w_scale, x_scale, y_scale, y_zp, bias) as numpy where constant; checks the types."""
+    get = lambda i: inputs[i] if len(inputs) > i else None  # noqa: E731
+    x = inputs[0]
+    if dtype_of(x) not in ("uint8", "int8"):
+        raise refuse(f"{op} of {dtype_of(x)} (uint8 / int8 inputs)")
+    x_scale = _constant(inputs[1], "x_scale").astype(np.float32).reshape(())
+    x_zp = int(_constant(inputs[2], "x_zero_point").reshape(()))
+    w = _constant(inputs[3], "w")
+    if w.dtype != np.int8:
+        raise refuse(f"{op} with {w.dtype} weights (int8, zero point subtracted)")
+    w_scale = _constant(inputs[4], "w_scale").astype(np.float32)
+    y_scale = None if get(5) is None else _constant(inputs[5], "y_scale").astype(np.float32).reshape(())
+    y_zp = None if get(6) is None else _constant(inputs[6], "y_zero_point")
+    bias = None if get(7) is None else _constant(inputs[7], "bias").astype(np.int32)
+    if (y_scale is None) != (y_zp is None):
+        raise refuse(f"{op} needs both y_scale and y_zero_point, or neither (float output)")
+    return x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias
+
+
+def _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
+    """Requantize (or scale to float) the int32 accumulator `acc`; per-channel scales lie along `axis`."""
+    rank = _rank(acc)
+    shape = [1] * rank
+    if w_scale.size > 1:
+        shape[axis] = w_scale.size
+    xw = (x_scale * w_scale.reshape(-1)).astype(np.float32)  # float32 product, as onnxruntime
+    f = bb.emit(relax.op.astype(acc, "float32"))
+    if y_scale is None:
+        return relax.op.multiply(f, const(xw.reshape(shape)))
+    m = (xw / y_scale).astype(np.float32)
+    r = bb.emit(relax.op.round(relax.op.multiply(f, const(m.reshape(shape)))))
+    out_dtype = str(y_zp.dtype)
+    y = bb.emit(_rint_saturate(bb, r, _scalar(int(y_zp.reshape(())), "int32", rank), out_dtype))
+    lo, hi = _INT_RANGES[out_dtype]
+    qmin, qmax = max(lo, int(attrs.get("qmin", lo))), min(hi, int(attrs.get("qmax", hi)))
+    if (qmin, qmax) == (lo, hi):
+        return y
+    if qmin > lo:
+        y = bb.emit(relax.op.maximum(y, _scalar(qmin, out_dtype, rank)))
+    if qmax < hi:
+        y = relax.op.minimum(y, _scalar(qmax, out_dtype, rank))
+    return y
+
+
+def _correction(w_sum: np.ndarray, x_zp: int, bias: np.ndarray | None, channels: int) -> np.ndarray | None:
+    """bias - x_zp * sum(w) per output channel (int64 checked to fit int32), or None when it is all zero."""
+    c = -np.int64(x_zp) * w_sum.astype(np.int64)
+    if bias is not None:
+        c = c + np.broadcast_to(bias.reshape(-1), (channels,)).astype(np.int64)
+    if not c.any():
+        return None
+    if np.abs(c).max() >= 2**31:
+        raise refuse("the bias and zero point correction overflow int32")
+    return c.astype(np.int32)
+
+
+@converter("optc", "QMatMul")
+def qmatmul(bb, inputs, attrs, ctx):
+    x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias = _operands(inputs, "QMatMul")
+    if w.ndim != 2 or _rank(x) < 2:
+        raise refuse(f"QMatMul of a rank-{_rank(x)} input and a {w.ndim}-D weight (needs >= 2 and 2)")
+    k, n = w.shape
+    if k > _MAX_TERMS:
+        raise refuse(f"QMatMul with a reduction of {k} terms could overflow int32")
+    wx = const(w)
+    if k == 1:  # REDUCTION OF ONE: a zero term more
+        x = bb.emit(relax.op.nn.pad(x, [0, 0] * (_rank(x) - 1) + [0, 1]))
+        wx = const(np.concatenate([w, np.zeros_like(w)]))
+    acc = bb.emit(relax.op.matmul(x, wx, out_dtype="int32"))
+    c = _correction(w.astype(np.int64).sum(axis=0), x_zp, bias, n)
+    if c is not None:
+        acc = bb.emit(relax.op.add(acc, const(c)))
+    return _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
+
+
+@converter("optc", "QConv")
+def qconv(bb, inputs, attrs, ctx):
+    x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias = _operands(inputs, "QConv")
+    rank = _rank(x)
+    spatial = rank - 2
+    if spatial not in (1, 2, 3) or w.ndim != rank:
+        raise refuse(f"QConv with a rank-{rank} input and a {w.ndim}-D weight (1-D, 2-D and 3-D convolutions)")
+    terms = int(np.prod(w.shape[1:]))
+    if terms > _MAX_TERMS:
+        raise refuse(f"QConv with a reduction of {terms} terms could overflow int32")
+    strides = list(attrs.get("strides", [1] * spatial))
+    dilations = list(attrs.get("dilations", [1] * spatial))
+    pads = _conv_pads(attrs, x, const(w), spatial)
+    if x_zp != 0 and any(pads):  # padded x must read x_zp (= DQ 0.0): pad explicitly, convolve unpadded
+        width = [0, 0, 0, 0] + [p for i in range(spatial) for p in (pads[i], pads[spatial + i])]
+        x = bb.emit(relax.op.nn.pad(x, width, pad_value=float(x_zp)))
+        pads = [0] * (2 * spatial)
+    wk = w
+    if terms == 1:  # REDUCTION OF ONE: a zero tap more, read from one more column of (zero) padding
+        wk = np.concatenate([w, np.zeros_like(w)], axis=-1)
+        pads[-1] += dilations[-1]
+    conv = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d, 3: relax.op.nn.conv3d}[spatial]
+    layout = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}[spatial]
+    acc = bb.emit(conv(x, const(wk), strides=strides, padding=pads, dilation=dilations,
+                       groups=int(attrs.get("group", 1)), data_layout=layout[0], kernel_layout=layout[1],
+                       out_dtype="int32"))
+    channels = w.shape[0]
+    c = _correction(w.reshape(channels, -1).astype(np.int64).sum(axis=1), x_zp, bias, channels)
+    if c is not None:
+        acc = bb.emit(relax.op.add(acc, const(c.reshape([channels] + [1] * spatial))))
+    return _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, 1)

@@ -1,0 +1,467 @@
+"""QDQ patterns to integer ops: the rules that turn quantized float islands into `optc.QConv` / `optc.QMatMul`.
+
+Only the TVM compile path runs them (`to_integer_ops`, called by `codegen.compile.build_executable`): the ops
+are optc's own (domain `optc`), so `optc optimize`, whose output must stay standard ONNX, never does.
+
+Patterns (x: uint8/int8 activations, w: int8/uint8 constant weights):
+
+    QuantizeLinear(Conv(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], y_scale, y_zp)  -> optc.QConv
+    QuantizeLinear(MatMul(DQ(x), DQ(w)) [-> Relu | Clip], ...)                         -> optc.QMatMul
+    QuantizeLinear(Gemm(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], ...)             -> optc.QMatMul
+    MatMul / Gemm(DQ(x), DQ(w), DQ(b_int32)?) with a float output (no QuantizeLinear)  -> optc.QMatMul, float out
+    QLinearConv / QLinearMatMul with constant weights                                  -> optc.QConv / optc.QMatMul
+
+The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` optional):
+
+    optc.QConv(x, x_scale, x_zero_point, w, w_scale, y_scale?, y_zero_point?, B?)
+        attributes: Conv's (strides, pads, dilations, group, auto_pad, kernel_shape), qmin, qmax
+    optc.QMatMul(a, a_scale, a_zero_point, b, b_scale, y_scale?, y_zero_point?, bias?)
+        attributes: qmin, qmax
+
+* x / a: uint8 or int8, any shape the float op takes; x_scale float32 and x_zero_point (x's type) per tensor.
+* w: int8 constant with the zero point already subtracted (`w - w_zero_point` must fit int8, else no rewrite):
+  Conv's layout [M, C/group, k...]; for QMatMul [K, N] (a Gemm's transB weight is transposed here).
+  w_scale float32, per tensor or per output channel ([M] / [N]).
+* B / bias: int32 [M] / [N] in units of x_scale * w_scale (zero point 0), added to the int32 accumulator: the
+  DequantizeLinear of the bias must have exactly that scale (float32 product, relative tolerance 2**-20, which
+  moves the result by far less than one rounding) else no rewrite. A float bias is not fused.
+* y_scale float32 and y_zero_point (uint8 / int8) per tensor: the output is `saturate(rint(acc * M) + y_zp)`,
+  M = x_scale * w_scale / y_scale (float32, onnxruntime's requantize). Without them the output is float32:
+  `float32(acc) * (x_scale * w_scale)` (onnxruntime's QGemm / MatMulIntegerToFloat).
+* qmin / qmax (ints, optional): the fused Relu / Clip, applied after requantizing as a clamp to
+  [qmin, qmax] = [Q(lo), Q(hi)] (Relu: lo = 0, no hi).
+
+Exactness of the fused activation: Q(v) = saturate(rint(v / y_scale) + y_zp) is monotone non-decreasing in v,
+so Q(max(v, lo)) = max(Q(v), Q(lo)) and Q(min(v, hi)) = min(Q(v), Q(hi)); Relu then QuantizeLinear is
+max(Q(v), Q(0)) with Q(0) = saturate(y_zp) since rint(0) = 0. Clip(lo, hi) = min(max(v, lo), hi) gives
+min(max(Q(v), Q(lo)), Q(hi)) in the same order (also for lo > hi, where both are Q(hi)). The clamp commutes
+with the integer requantize in the same way, since it is monotone too.
+
+Exactness of the rewrite as a whole: the float graph sums rounded float32 products of dequantized values; the
+integer op sums the exact integer products and rounds once (acc * M). The results agree but where the float
+sum lies within its rounding error of a rounding boundary of Q: at most 1 quantized unit apart, the same
+contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py measures the histogram).
+
+Not rewritten (each a negative test): non-constant weights, scales or zero points; non-float32 scales
+(float16 scales keep the float path, whose rounding the integer op does not reproduce); blocked or
+mismatched per-axis quantization; float ops between DequantizeLinear and the op other than Relu / Clip; an
+intermediate used elsewhere or a graph output; Gemm with transA or alpha / beta != 1; an int32 bias whose
+scale is not x_scale * w_scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.core import Model, Node, Value
+from ...ir.types import DataType
+from ..context import PassContext
+from ..pattern import ANY, Optional, Or, require
+from ..rule import Rule
+from ._util import np_dtype
+
+DOMAIN = "optc"
+_INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
+_RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+#: the float ops these rules turn into integer ops (what the compile summary counts)
+COUNTED = ("Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+
+
+class _QParams:
+    """A constant per-tensor or per-axis (scale, zero point) pair of a DequantizeLinear / QuantizeLinear."""
+
+    def __init__(self, scale: np.ndarray, zero_point: np.ndarray):
+        self.scale, self.zero_point = scale, zero_point
+
+
+def _const(m, v: Value | None) -> np.ndarray | None:
+    return None if v is None else m.const(v)
+
+
+def _dq_producer(v: Value | None) -> Node | None:
+    p = v.producer if v is not None else None
+    return p if p is not None and p.op_type == "DequantizeLinear" and p.domain in ("", "ai.onnx") else None
+
+
+def _scale(m, v: Value | None, what: str) -> np.ndarray:
+    s = _const(m, v)
+    require(s is not None, f"{what} is not a constant")
+    require(s.dtype == np.float32, f"{what} is {s.dtype}, not float32")
+    require(np.isfinite(s).all() and (s > 0).all(), f"{what} is not finite and positive")
+    return s
+
+
+def _zero_point(m, v: Value | None, qtype: np.dtype, what: str) -> np.ndarray:
+    if v is None:
+        return np.zeros(1, qtype)
+    z = _const(m, v)
+    require(z is not None, f"{what} is not a constant")
+    require(z.dtype == qtype, f"{what} is {z.dtype}, the quantized values {qtype}")
+    return z
+
+
+def _no_extra_attrs(node: Node, *allowed: str) -> None:
+    extra = sorted(set(node.attributes) - set(allowed))
+    require(not extra, f"{node.op_type} has attributes {extra}")
+
+
+def _activation_dq(m, v: Value, what: str) -> tuple[Value, _QParams]:
+    """The quantized input behind DequantizeLinear `v` (per tensor, uint8/int8, float32 scale)."""
+    dq = _dq_producer(v)
+    require(dq is not None, f"{what} is not a DequantizeLinear output")
+    _no_extra_attrs(dq, "axis")
+    x = dq.inputs[0]
+    qtype = np_dtype(x)
+    require(qtype in _INT8, f"{what} is dequantized from {qtype}, not uint8/int8")
+    s = _scale(m, dq.inputs[1], f"{what}'s scale")
+    z = _zero_point(m, dq.inputs[2] if len(dq.inputs) > 2 else None, qtype, f"{what}'s zero point")
+    require(s.size == 1 and z.size == 1, f"{what} is not quantized per tensor")
+    return x, _QParams(s.reshape(()), z.reshape(()))
+
+
+def _weight_dq(m, v: Value, channel_axis: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(w - w_zero_point as int8, w_scale as a scalar or a vector along `channel_axis`) of a constant weight."""
+    dq = _dq_producer(v)
+    require(dq is not None, f"{what} is not a DequantizeLinear output")
+    _no_extra_attrs(dq, "axis")
+    w = _const(m, dq.inputs[0])
+    require(w is not None, f"{what}'s quantized values are not a constant")
+    require(w.dtype in _INT8, f"{what} is dequantized from {w.dtype}, not uint8/int8")
+    s = _scale(m, dq.inputs[1], f"{what}'s scale")
+    z = _zero_point(m, dq.inputs[2] if len(dq.inputs) > 2 else None, w.dtype, f"{what}'s zero point")
+    return _weight(w, s, z, int(dq.attr("axis", 1)), channel_axis, what)
+
+
+def _weight(w: np.ndarray, s: np.ndarray, z: np.ndarray, axis: int, channel_axis: int, what: str):
+    require(s.shape == z.shape or z.size == 1, f"{what}'s scale and zero point differ in shape")
+    if s.size == 1 and z.size == 1:
+        shifted = w.astype(np.int32) - np.int32(z.reshape(()))
+        scale = s.reshape(())
+    else:
+        require(s.ndim == 1 and w.ndim > 0, f"{what}'s scale of shape {s.shape} is neither per tensor nor per axis")
+        require(axis % w.ndim == channel_axis % w.ndim, f"{what} is quantized along axis {axis}, not the output "
+                                                        "channels")
+        require(s.shape[0] == w.shape[channel_axis], f"{what}'s scale has {s.shape[0]} values for "
+                                                     f"{w.shape[channel_axis]} channels")
+        shape = [1] * w.ndim
+        shape[channel_axis] = -1
+        shifted = w.astype(np.int32) - np.broadcast_to(z.reshape(-1), s.shape).reshape(shape).astype(np.int32)
+        scale = s
+    require(shifted.min(initial=0) >= -128 and shifted.max(initial=0) <= 127,
+            f"{what} minus its zero point does not fit int8")
+    return shifted.astype(np.int8), scale
+
+
+def _bias_dq(m, v: Value | None, x_scale: np.ndarray, w_scale: np.ndarray, channels: int) -> np.ndarray | None:
+    """The int32 bias behind DequantizeLinear `v` (scale x_scale * w_scale, zero point 0), as a vector."""
+    if v is None:
+        return None
+    dq = _dq_producer(v)
+    require(dq is not None, "the bias is not dequantized from int32 (a float bias is not fused)")
+    _no_extra_attrs(dq, "axis")
+    b = _const(m, dq.inputs[0])
+    require(b is not None and b.dtype == np.int32, "the bias is not an int32 constant")
+    s = _scale(m, dq.inputs[1], "the bias's scale")
+    z = _zero_point(m, dq.inputs[2] if len(dq.inputs) > 2 else None, np.dtype(np.int32), "the bias's zero point")
+    require(not z.any(), "the bias's zero point is not 0")
+    require(b.size in (1, channels) and b.ndim <= 1, f"the bias has shape {b.shape}, not [{channels}]")
+    require(s.size in (1, channels), "the bias's scale is neither per tensor nor per channel")
+    want = (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
+    got = np.broadcast_to(s.reshape(-1), (channels,)) if s.size == 1 else s.reshape(-1)
+    require(np.allclose(got, np.broadcast_to(want.reshape(-1), (channels,)), rtol=2.0**-20, atol=0),
+            "the bias's scale is not input scale x weight scale")
+    return np.broadcast_to(b.reshape(-1), (channels,)).astype(np.int32)
+
+
+def _quantized_clamp(m, act: Node | None, y: _QParams, qtype: np.dtype) -> dict:
+    """qmin / qmax of a Relu / Clip between the op and its QuantizeLinear: Q(lo), Q(hi) (module docstring)."""
+    if act is None:
+        return {}
+
+    def q(v) -> int:  # QuantizeLinear of a float32 bound, in float32 as the spec divides
+        lo, hi = _RANGE[qtype]
+        r = np.rint(np.float32(v) / np.float32(y.scale))
+        return int(np.clip(r + int(y.zero_point), lo, hi))
+
+    if act.op_type == "Relu":
+        return {"qmin": q(0.0)}
+    bounds = []
+    for i, name in ((1, "min"), (2, "max")):
+        v = act.inputs[i] if len(act.inputs) > i else None
+        if v is not None:
+            c = _const(m, v)
+            require(c is not None and c.size == 1, f"Clip's {name} is not a constant scalar")
+            bounds.append(float(c.reshape(())))
+        elif name in act.attributes:
+            bounds.append(float(act.attr(name)))
+        else:
+            bounds.append(None)
+    require(all(b is None or not np.isnan(b) for b in bounds), "a Clip bound is NaN")
+    out = {}
+    if bounds[0] is not None:
+        out["qmin"] = q(bounds[0])
+    if bounds[1] is not None:
+        out["qmax"] = q(bounds[1])
+    return out
+
+
+def _output_q(m, q: Node) -> tuple[_QParams, np.dtype]:
+    _no_extra_attrs(q, "axis", "saturate")
+    s = _scale(m, q.inputs[1], "the output scale")
+    zv = q.inputs[2] if len(q.inputs) > 2 else None
+    qtype = np_dtype(zv) if zv is not None else np.dtype(np.uint8)
+    require(qtype in _INT8, f"the output is quantized to {qtype}, not uint8/int8")
+    z = _zero_point(m, zv, qtype, "the output zero point")
+    require(s.size == 1 and z.size == 1, "the output is not quantized per tensor")
+    return _QParams(s.reshape(()), z.reshape(())), qtype
+
+
+def _float32_out(v: Value) -> None:
+    require(np_dtype(v) == np.float32, "the float op does not compute in float32")
+
+
+def _activated(op, inner):
+    """`inner`, or Relu / Clip of it (captured as `act`; Clip's bounds are checked to be constants)."""
+    return Or(inner, op.Relu(inner, _name="act"), op.Clip(inner, Optional(ANY), Optional(ANY), _name="act"))
+
+
+def _conv_attrs(conv: Node) -> dict:
+    return {k: a.value for k, a in conv.attributes.items()
+            if k in ("strides", "pads", "dilations", "group", "auto_pad", "kernel_shape")}
+
+
+class _QdqRule(Rule):
+    """The common tail: the output QuantizeLinear and the fused activation."""
+
+    @staticmethod
+    def _tail(m) -> tuple[_QParams, dict]:
+        y, qtype = _output_q(m, m["q"])
+        return y, _quantized_clamp(m, m.get("act"), y, qtype)
+
+
+class QdqConvToQConv(_QdqRule):
+    """QuantizeLinear(Conv(DQ(x), DQ(w), DQ(b)) [-> Relu | Clip]) -> optc.QConv (int32 accumulation)."""
+
+    rounding = ("the float Conv's sum of rounded products becomes an exact integer sum rounded once: at most 1 "
+                "quantized unit apart (onnxruntime's QDQ -> QLinearConv fusion does the same)")
+
+    def pattern(self, op, xd, wd, bd, ys, yzp):
+        conv = op.Conv(xd, wd, Optional(bd), _name="conv")
+        return op.QuantizeLinear(_activated(op, conv), ys, Optional(yzp), _name="q")
+
+    def check(self, m, xd, wd, bd, ys, yzp):
+        conv = m["conv"]
+        _float32_out(conv.outputs[0])
+        x, xq = _activation_dq(m, xd, "the input")
+        w, ws = _weight_dq(m, wd, 0, "the weight")
+        require(w.ndim == len(x.shape) if x.shape is not None else w.ndim >= 3, "input and weight ranks differ")
+        b = _bias_dq(m, bd, xq.scale, ws, w.shape[0])
+        y, clamp = self._tail(m)
+        m.qconv = (x, xq, w, ws, b, y, clamp)
+        return True
+
+    def rewrite(self, op, m, xd, wd, bd, ys, yzp):
+        x, xq, w, ws, b, y, clamp = m.qconv
+        return op.QConv(x, xq.scale, xq.zero_point.astype(np_dtype(x)), w, ws, y.scale, y.zero_point, b,
+                        _domain=DOMAIN, **_conv_attrs(m["conv"]), **clamp)
+
+
+def _gemm_weight(m, gemm: Node, wd: Value):
+    require(gemm.attr("transA", 0) == 0, "Gemm transposes A")
+    require(float(gemm.attr("alpha", 1.0)) == 1.0 and float(gemm.attr("beta", 1.0)) == 1.0, "Gemm alpha/beta != 1")
+    trans = bool(gemm.attr("transB", 0))
+    w, ws = _weight_dq(m, wd, 0 if trans else 1, "the weight")
+    require(w.ndim == 2, "Gemm's weight is not 2-D")
+    return (np.ascontiguousarray(w.T) if trans else w), ws
+
+
+class QdqMatMulToQMatMul(_QdqRule):
+    """QuantizeLinear(MatMul / Gemm(DQ(a), DQ(w), DQ(b)?) [-> Relu | Clip]) -> optc.QMatMul."""
+
+    rounding = QdqConvToQConv.rounding
+
+    def pattern(self, op, ad, wd, bd, ys, yzp):
+        mm = Or(op.MatMul(ad, wd, _name="mm"), op.Gemm(ad, wd, Optional(bd), _name="mm"))
+        return op.QuantizeLinear(_activated(op, mm), ys, Optional(yzp), _name="q")
+
+    def check(self, m, ad, wd, bd, ys, yzp):
+        m.qmm = _matmul_operands(m, ad, wd, bd)
+        y, clamp = self._tail(m)
+        m.qmm += (y, clamp)
+        return True
+
+    def rewrite(self, op, m, ad, wd, bd, ys, yzp):
+        a, aq, w, ws, b, y, clamp = m.qmm
+        return op.QMatMul(a, aq.scale, aq.zero_point, w, ws, y.scale, y.zero_point, b, _domain=DOMAIN, **clamp)
+
+
+def _matmul_operands(m, ad, wd, bd):
+    mm = m["mm"]
+    _float32_out(mm.outputs[0])
+    a, aq = _activation_dq(m, ad, "the input")
+    if mm.op_type == "Gemm":
+        w, ws = _gemm_weight(m, mm, wd)
+        require(a.rank == 2, "Gemm's A is not 2-D")
+    else:
+        w, ws = _weight_dq(m, wd, 1, "the weight")
+        require(w.ndim == 2, "the weight is not 2-D")
+        require(a.rank is not None and a.rank >= 2, "the input's rank is unknown or < 2")
+    b = _bias_dq(m, bd, aq.scale, ws, w.shape[1])
+    return a, aq, w, ws, b
+
+
+class QdqMatMulFloatOut(Rule):
+    """MatMul / Gemm(DQ(a), DQ(w), DQ(b)?) with a float output -> optc.QMatMul with a float32 output."""
+
+    rounding = ("the float sum of rounded products becomes an exact integer sum scaled once in float32 "
+                "(onnxruntime's QGemm / MatMulIntegerToFloat)")
+
+    def pattern(self, op, ad, wd, bd):
+        return Or(op.MatMul(ad, wd, _name="mm"), op.Gemm(ad, wd, Optional(bd), _name="mm"))
+
+    def check(self, m, ad, wd, bd):
+        m.qmm = _matmul_operands(m, ad, wd, bd)
+        return True
+
+    def rewrite(self, op, m, ad, wd, bd):
+        a, aq, w, ws, b = m.qmm
+        return op.QMatMul(a, aq.scale, aq.zero_point, w, ws, None, None, b, _domain=DOMAIN)
+
+
+def _qlinear_params(m, node: Node, scale: int, zero_point: int, what: str) -> _QParams:
+    """Per-tensor constant parameters of a QLinear* op (inputs `scale`, `zero_point`)."""
+    zv = node.inputs[zero_point] if len(node.inputs) > zero_point else None
+    qtype = np_dtype(zv) if zv is not None else np.dtype(np.uint8)
+    require(qtype in _INT8, f"{what} is {qtype}, not uint8/int8")
+    s = _scale(m, node.inputs[scale], f"{what}'s scale")
+    z = _zero_point(m, zv, qtype, f"{what}'s zero point")
+    require(s.size == 1 and z.size == 1, f"{what} is not quantized per tensor")
+    return _QParams(s.reshape(()), z.reshape(()))
+
+
+def _qlinear_weight(m, node: Node, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    w = _const(m, node.inputs[3])
+    require(w is not None and w.dtype in _INT8, "the weight is not a uint8/int8 constant")
+    s = _scale(m, node.inputs[4], "the weight's scale")
+    z = _zero_point(m, node.inputs[5], w.dtype, "the weight's zero point")
+    return _weight(w, s.reshape(-1) if s.size > 1 else s, z.reshape(-1) if z.size > 1 else z, channel_axis,
+                   channel_axis, "the weight")
+
+
+class QLinearConvToQConv(Rule):
+    """QLinearConv with constant weights -> optc.QConv (the same integer computation, weights pre-shifted).
+
+    Exact: both sum the integer products in int32 and requantize once; the lowering of QLinearConv
+    (`lowering/ops/quant.py`) rounds acc * M in float64, optc.QConv in float32 as onnxruntime does."""
+
+    def pattern(self, op):
+        return op.QLinearConv(_allow_other_inputs=True, _name="qc")
+
+    def check(self, m):
+        qc = m["qc"]
+        require(len(qc.inputs) >= 8 and all(v is not None for v in qc.inputs[:8]), "QLinearConv lacks an input")
+        x = _qlinear_params(m, qc, 1, 2, "the input")
+        require(np_dtype(qc.inputs[0]) == x.zero_point.dtype, "the input and its zero point differ in type")
+        w, ws = _qlinear_weight(m, qc, 0)
+        y = _qlinear_params(m, qc, 6, 7, "the output")
+        bias = None
+        if len(qc.inputs) > 8 and qc.inputs[8] is not None:
+            bias = _const(m, qc.inputs[8])
+            require(bias is not None and bias.dtype == np.int32, "the bias is not an int32 constant")
+        m.qconv = (x, w, ws, y, bias)
+        return True
+
+    def rewrite(self, op, m):
+        x, w, ws, y, bias = m.qconv
+        qc = m["qc"]
+        return op.QConv(qc.inputs[0], x.scale, x.zero_point, w, ws, y.scale, y.zero_point, bias, _domain=DOMAIN,
+                        **_conv_attrs(qc))
+
+
+class QLinearMatMulToQMatMul(Rule):
+    """QLinearMatMul with a constant 2-D b (per tensor or per column) -> optc.QMatMul; exact as QLinearConvToQConv."""
+
+    def pattern(self, op):
+        return op.QLinearMatMul(_allow_other_inputs=True, _name="qm")
+
+    def check(self, m):
+        qm = m["qm"]
+        require(len(qm.inputs) >= 8 and all(v is not None for v in qm.inputs[:8]), "QLinearMatMul lacks an input")
+        require(qm.inputs[0].rank is not None and qm.inputs[0].rank >= 2, "a's rank is unknown or < 2")
+        a = _qlinear_params(m, qm, 1, 2, "a")
+        require(np_dtype(qm.inputs[0]) == a.zero_point.dtype, "a and its zero point differ in type")
+        w, ws = _qlinear_weight(m, qm, 1)
+        require(w.ndim == 2, "b is not 2-D")
+        y = _qlinear_params(m, qm, 6, 7, "the output")
+        m.qmm = (a, w, ws, y)
+        return True
+
+    def rewrite(self, op, m):
+        a, w, ws, y = m.qmm
+        return op.QMatMul(m["qm"].inputs[0], a.scale, a.zero_point, w, ws, y.scale, y.zero_point, _domain=DOMAIN)
+
+
+RULES = [QdqConvToQConv, QdqMatMulToQMatMul, QdqMatMulFloatOut, QLinearConvToQConv, QLinearMatMulToQMatMul]
+
+
+def to_integer_ops(model: Model) -> dict:
+    """Apply the rules to `model` in place (the TVM compile path only: the result is not standard ONNX) and
+    return `kernel_summary(model, reasons)`: the reasons are those of the rules that tried a float op and
+    rejected it."""
+    from ..driver import apply_rules
+
+    model.opset_imports.setdefault(DOMAIN, 1)
+    reasons: dict[str, str] = {}
+
+    def sink(line: str) -> None:  # "<rule> at <op> '<name>' (pass p): no match: <reason>"
+        if ": no match: " in line:
+            head, why = line.split(": no match: ", 1)
+            reasons.setdefault(head.split(" at ", 1)[1].split(" (pass ", 1)[0], why)
+
+    ctx = PassContext(opsets=dict(model.opset_imports), trace_rules=frozenset(r.name for r in RULES),
+                      trace_sink=sink)
+    apply_rules(model, RULES, ctx, "qinteger")
+    if not any(n.domain == DOMAIN for g in model.graphs() for n in g):
+        del model.opset_imports[DOMAIN]
+    return kernel_summary(model, reasons)
+
+
+def kernel_summary(model: Model, reasons: dict[str, str] | None = None) -> dict:
+    """How the convolutions and matmuls of `model` will run: `{"integer": n, "bfloat16": n, "float": n,
+    "float_reasons": {"<op> '<name>'": why}}` (integer: optc.QConv / optc.QMatMul and the ONNX integer ops;
+    bfloat16: float ops on bfloat16 inputs; float: the rest, each with why it stayed float: not quantized, or
+    the reason the rules gave for a quantized one, or for QuantizeLinear after it)."""
+    out = {"integer": 0, "bfloat16": 0, "float": 0, "float_reasons": {}}
+    for g in model.graphs():
+        for n in g:
+            if n.domain == DOMAIN and n.op_type in ("QConv", "QMatMul") or (
+                    n.domain in ("", "ai.onnx") and n.op_type in COUNTED[3:]):
+                out["integer"] += 1
+            elif n.domain in ("", "ai.onnx") and n.op_type in COUNTED[:3]:
+                if n.inputs and n.inputs[0] is not None and n.inputs[0].dtype == DataType.BFLOAT16:
+                    out["bfloat16"] += 1
+                    continue
+                out["float"] += 1
+                out["float_reasons"][_label(n)] = _why_float(n, reasons or {})
+    return out
+
+
+def _label(n: Node) -> str:
+    """How the driver's trace names a node."""
+    return f"{n.op_type} '{n.name or n.outputs[0].name}'"
+
+
+def _why_float(n: Node, reasons: dict[str, str]) -> str:
+    """Why float op `n` was not turned into an integer op (for the compile summary)."""
+    if not any(_dq_producer(v) is not None for v in n.inputs[:2]):
+        return "not quantized (its inputs are not DequantizeLinear outputs)"
+    if _label(n) in reasons and n.op_type != "Conv":
+        return reasons[_label(n)]
+    out = n.outputs[0]
+    users = [u.node for u in out._uses]
+    if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+        users = [u.node for u in users[0].outputs[0]._uses]
+    qs = [u for u in users if u.op_type == "QuantizeLinear"]
+    if not qs:
+        return "its output is not quantized (no QuantizeLinear after it)"
+    return reasons.get(_label(qs[0]), "the QDQ pattern around it does not match")
