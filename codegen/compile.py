@@ -16,6 +16,7 @@ from .artifact import check_emit, export
 from .artifact import emit as emit_file
 from .build import build, compile_cuda_kernels, fast_math_default, find_nvcc
 from .input_shapes import fix_input_shapes
+from .precision import bf16_kernels, check_precision, native_bf16, to_bfloat16
 from .targets import check_measurable, gpu_arch, linker, resolve_target, target_kind
 from .tuning import open_database
 from .tuning import tune as tune_kernels
@@ -28,7 +29,8 @@ def _as_model(model: Model | str | os.PathLike | bytes) -> Model:
 def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: int = 2,
                      trials: int = 0, db: str | os.PathLike | None = None, progress: bool = False,
                      report: dict | None = None, fast_math: bool = True, rpc: str | None = None,
-                     mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None):
+                     mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                     precision: str = "fp32"):
     """Optimize, lower and build a model. Returns `(executable, metadata)`.
 
     `target`, `mcpu`: see `targets.resolve_target` (a preset, any TVM target as dict/JSON, an LLVM CPU name).
@@ -42,11 +44,15 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     libm's. The graph rewrites before lowering are IEEE-exact either way (their own `fast_math` stays off).
     `rpc` (`HOST:PORT:KEY`): tuning measures on the servers of that key of a TVM RPC tracker (see
     `codegen.tuning.tune`); the tracker, the key and one server are checked before anything else (OptcError).
+    `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm / attention matmuls on bfloat16 operands with
+    float32 accumulation, float32 I/O (`precision.to_bfloat16`, error bound there); `report["bf16"]` and the
+    metadata's `precision` / `bf16` say what was converted and whether the target has native bf16 instructions.
     """
     from ..rewrites import optimize
     from ..rewrites.pipelines import copy_model
 
     tvm_target = resolve_target(target, mcpu=mcpu)
+    check_precision(precision, tvm_target)
     if trials < 0:
         raise OptcError(f"--trials must be >= 0, got {trials}")
     if trials > 0:
@@ -64,8 +70,13 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         fix_input_shapes(model, input_shapes)
     model = optimize(model, level=level)
     kernels = integer_kernels(model, level)
+    if precision == "bf16":
+        kernels = bf16_kernels(model, kernels)
     report["kernels"] = kernels
     mod = lower(model)
+    if precision == "bf16":
+        mod, converted = to_bfloat16(mod)
+        report["bf16"] = {**converted, "native": native_bf16(tvm_target)}
     database = None
     if db is not None and trials == 0:
         if not (Path(db) / "database_workload.json").is_file():
@@ -84,7 +95,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     inputs, outputs = signature(model)
     meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target),
             "target_spec": json.loads(str(tvm_target)), "opt_level": level,
-            "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels)}
+            "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels), "precision": precision}
+    if precision == "bf16":
+        meta["bf16"] = report["bf16"]
     return executable, meta
 
 
@@ -152,14 +165,15 @@ def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike,
 
 def compile(model: Model | str | os.PathLike, target="cpu", *, level: int = 2, trials: int = 0,  # noqa: A001
             db: str | os.PathLike | None = None, progress: bool = False, fast_math: bool = True,
-            mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None):
+            mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+            precision: str = "fp32"):
     """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
     compiled to a file (`optc compile`); `Module.export(path)` writes the artifact `optc compile` would.
     `fast_math=False`: libm's exp / tanh / erf and the plain softmax
     instead of the polynomial approximations (see `build_executable`). `trials` > 0 tunes with MetaSchedule
     into the database `db` (a directory, reused across runs); `trials=0` with `db` applies that database. `mcpu`,
-    `input_shapes`: see `build_executable`.
+    `input_shapes`, `precision` (`fp32`, `bf16`): see `build_executable`.
 
     Raises OptcError (one line) for an unreadable model, an unknown target, an op or attribute the back end
     refuses (`UnsupportedError`, naming the node and the reason), a target this machine cannot run, and a
@@ -173,6 +187,6 @@ def compile(model: Model | str | os.PathLike, target="cpu", *, level: int = 2, t
     if kind == "arm64":
         raise OptcError("an arm64 module cannot run here; compile it to a file with `optc compile --target arm64`")
     executable, meta = build_executable(model, tvm_target, level=level, trials=trials, db=db, progress=progress,
-                                        fast_math=fast_math, input_shapes=input_shapes)
+                                        fast_math=fast_math, input_shapes=input_shapes, precision=precision)
     device = _device_for(kind)
     return Module(None, meta, VirtualMachine(executable, device), device, executable)

@@ -8,6 +8,7 @@ import time
 
 from ..codegen.artifact import EMIT_SUFFIXES
 from ..codegen.input_shapes import parse_input_shapes
+from ..codegen.precision import PRECISIONS, describe_precision
 from ..errors import OptcError
 from ..runtime import LIBRARY_SUFFIX
 from .native_log import stdout_to_stderr
@@ -36,13 +37,15 @@ def run(args) -> int:
     with stdout_to_stderr(args.json):
         path = compile_to_file(model, args.output, target, level=args.level, trials=args.trials if args.tune else 0,
                                db=args.db, progress=not args.quiet, report=report, fast_math=args.fast_math,
-                               rpc=args.rpc, cc=args.cc, emit=args.emit, input_shapes=input_shapes)
+                               rpc=args.rpc, cc=args.cc, emit=args.emit, input_shapes=input_shapes,
+                               precision=args.precision)
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"model": args.model, "output": str(path),
                           "metadata": None if args.emit else f"{path}.json", "emit": args.emit or "so",
                           "target": args.target, "target_info": target_metadata(target), "opt_level": args.level,
-                          "fast_math": args.fast_math, "seconds": seconds, **report}, indent=2, default=str))
+                          "fast_math": args.fast_math, "precision": args.precision, "seconds": seconds,
+                          **report}, indent=2, default=str))
         return 0
     build = report.get("build", {})
     math = "" if args.fast_math else ", no fast math"
@@ -63,6 +66,8 @@ def run(args) -> int:
             line += (f"; {tuning['skipped_symbolic']} kernels with symbolic shapes were not tuned "
                      "(fix them with --input-shape NAME:DIMS)")
     print(line)
+    if "bf16" in report:
+        print(describe_precision(report["bf16"]))
     return 0
 
 
@@ -101,8 +106,12 @@ def register(sub) -> None:
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                    help="use libm's exp, tanh and erf and the plain softmax instead of the vectorized polynomial "
                    "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), or bf16: Conv, MatMul, "
+                   "Gemm and attention matmuls on bfloat16 operands with float32 accumulation, float32 inputs and "
+                   "outputs (error bound in codegen/precision.py; emulated on CPUs without AVX512-BF16/AMX-BF16)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, output, metadata, "
-                   "emit, target, target_info, opt_level, fast_math, seconds, build (kernels, tuned, ...), "
-                   "database (--db without --tune) and, when tuning, tuning")
+                   "emit, target, target_info, opt_level, fast_math, precision, seconds, build (kernels, tuned, ...), "
+                   "database (--db without --tune), when tuning, tuning, and with --precision bf16 "
+                   "bf16 (converted and kept_float32 op counts, native)")
     p.set_defaults(func=run)

@@ -1,0 +1,168 @@
+"""Reduced-precision compute for `optc compile --precision bf16`: Conv / MatMul / Gemm (and the matmuls of a
+lowered attention) on bfloat16 operands with float32 accumulation; everything else, and the model's inputs and
+outputs, stay float32.
+
+The conversion works on the lowered Relax module (before `build.prepare`): every ``relax.nn.conv1d/2d/3d`` and
+``relax.matmul`` whose two operands are float32 gets both operands rounded to bfloat16 and ``out_dtype="float32"``.
+Weights are constants, so their rounding is folded at compile time (the library stores them as bfloat16: half
+the bytes). TVM legalizes ``matmul(bf16, bf16, out_dtype="float32")`` and ``conv*d(..., out_dtype="float32")``
+as ``sum(float32(a) * float32(b))`` (``relax/transform/legalize_ops/linear_algebra.py`` ``_matmul``,
+``topi.nn.conv``): each product of two 8-bit-significand values is exact in float32 and the sum is a float32 sum.
+Like OpenVINO's bf16 inference precision (all Conv / MatMul in bf16), no layer is kept float32 by position (first
+conv, last gemm) or by reduction length: the bound below is relative to ``sum_k |a_k||b_k|`` whatever K is.
+A call stays float32 when an operand is not float32 (float16 / float64 models, integer matmuls).
+
+Error bound (per output element y = sum_k a_k b_k, u = 2^-8 the unit roundoff of bfloat16's 8 significant bits):
+rounding a and b to bfloat16 gives a~ = a(1 + d1), b~ = b(1 + d2) with |d1|, |d2| <= u, so each product has
+relative error |d1 + d2 + d1 d2| <= 2u + u^2; the float32 accumulation of K terms adds at most
+gamma_K = K u32 / (1 - K u32) (u32 = 2^-24; Higham, Accuracy and Stability of Numerical Algorithms, eq. 3.5)::
+
+    |y_bf16 - y_fp32| <= (2u + u^2) * sum_k |a_k||b_k| + 2 * gamma_K * sum_k |a_k||b_k|
+
+(the last term: both sides' float32 accumulation; `error_bound` computes it). Subnormal float32 operands below
+bfloat16's range flush toward zero by the same rounding and keep the bound's absolute form.
+
+Rounding float32 -> bfloat16 is round-to-nearest-even on the bits, NaN kept NaN (quiet, sign kept) and infinities
+kept, as ``ml_dtypes.bfloat16`` does. TVM's own ``astype(x, "bfloat16")`` is not used: on x86 it turns a NaN with
+a small payload into infinity (0x7f800001 -> 0x7f80) and 0x7fffffff into -0.0 (measured on TVM 0.27).
+
+Speed: plain TVM CPU code computes bfloat16 by widening to float32 (no vdpbf16ps; see shared/TVM-NOTES.md
+"Reduced precision on x86"), so on every CPU this build is emulated bf16; `native_bf16` says whether the target
+CPU has AVX512-BF16 / AMX-BF16 (or Arm's BF16), where hand-written kernels could run it natively.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..errors import OptcError
+
+PRECISIONS = ("fp32", "bf16")
+BF16_UNIT_ROUNDOFF = 2.0**-8
+FP32_UNIT_ROUNDOFF = 2.0**-24
+_CONVERTED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
+_NATIVE_FEATURES = ("avx512bf16", "amx-bf16", "bf16")
+EMULATED_NOTE = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect it slower than fp32"
+
+
+def check_precision(precision: str, target) -> None:
+    """OptcError (one line) for an unknown precision, or bf16 for a non-CPU target (only the LLVM CPU path is
+    built and tested with bf16)."""
+    from .targets import target_kind  # noqa: PLC0415
+
+    if precision not in PRECISIONS:
+        raise OptcError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision == "bf16" and target_kind(target) not in ("cpu", "arm64"):
+        raise OptcError(f"--precision bf16 is supported for CPU targets (cpu, arm64, llvm), not "
+                        f"{target_kind(target)}")
+
+
+def native_bf16(target) -> bool:
+    """Whether the target CPU has bfloat16 dot-product instructions (x86 AVX512-BF16 / AMX-BF16, Arm BF16)."""
+    from .targets import llvm_features  # noqa: PLC0415
+
+    return any(f in _NATIVE_FEATURES for f in llvm_features(target))
+
+
+def error_bound(abs_products: np.ndarray, k: int) -> np.ndarray:
+    """The bound on |y_bf16 - y_fp32| for outputs with ``sum_k |a_k||b_k| = abs_products`` (float64) over a
+    reduction of length ``k`` (see the module docstring)."""
+    u = BF16_UNIT_ROUNDOFF
+    gamma = k * FP32_UNIT_ROUNDOFF / (1 - k * FP32_UNIT_ROUNDOFF)
+    return (2 * u + u * u + 2 * gamma) * np.asarray(abs_products, np.float64)
+
+
+def _round_to_bfloat16(x):
+    """TE: float32 tensor -> bfloat16 tensor, round-to-nearest-even on the bits, NaN kept (quiet, sign kept)."""
+    from tvm import te, tirx  # noqa: PLC0415
+
+    def element(*i):
+        v = x(*i)
+        bits = tirx.reinterpret("uint32", v)
+        lsb = (bits >> tirx.const(16, "uint32")) & tirx.const(1, "uint32")
+        rounded = (bits + tirx.const(0x7FFF, "uint32") + lsb) >> tirx.const(16, "uint32")
+        quiet_nan = (bits >> tirx.const(16, "uint32")) | tirx.const(0x40, "uint32")
+        return tirx.reinterpret("bfloat16", tirx.if_then_else(tirx.isnan(v), quiet_nan, rounded).astype("uint16"))
+
+    return te.compute(x.shape, element, name="round_to_bfloat16")
+
+
+def to_bfloat16(mod) -> tuple[object, dict]:
+    """Convert the Conv / MatMul compute of the Relax functions of ``mod`` to bfloat16 operands with float32
+    accumulation.
+
+    Returns ``(module, summary)``: ``summary["converted"]`` counts the calls converted to bf16 by op
+    (``{"conv2d": 3, "matmul": 2}``), ``summary["kept_float32"]`` the calls left as they were, by reason
+    (``{"matmul: operands float64": 1}``). The module's inputs and outputs keep their types."""
+    from tvm import relax  # noqa: PLC0415
+    from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+
+    converted: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+
+    @mutator
+    class _ToBF16(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            op_name = getattr(call.op, "name", "")
+            if op_name not in _CONVERTED_OPS:
+                return call
+            short = op_name.rsplit(".", 1)[-1]
+            dtypes = sorted({str(a.ty.dtype) for a in call.args[:2]} | {str(call.ty.dtype)})
+            if dtypes != ["float32"]:
+                kept[f"{short}: operands {'/'.join(dtypes)}"] += 1
+                return call
+            a, b = (self.builder_.emit_te(_round_to_bfloat16, x, primfunc_name_hint="round_to_bfloat16")
+                    for x in call.args[:2])
+            converted[short] += 1
+            if short == "matmul":
+                return relax.op.matmul(a, b, out_dtype="float32")
+            attrs = call.attrs
+            conv = getattr(relax.op.nn, short)
+            return conv(a, b, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+                        groups=attrs.groups, data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout,
+                        out_layout=attrs.out_layout, out_dtype="float32")
+
+    rewriter = _ToBF16(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    out = relax.transform.FoldConstant()(rewriter.builder_.get())  # weights rounded once, at compile time
+    return out, {"converted": dict(converted), "kept_float32": dict(kept)}
+
+
+def bf16_kernels(model, kernels: dict) -> dict:
+    """`kernels` (``rewrites.rules.qinteger.kernel_summary`` of the optimized `model`) for a bf16 build: the float
+    Conv / MatMul / Gemm on float32 inputs are counted as bfloat16 (``to_bfloat16`` converts every one of them);
+    the rest keep their entry."""
+    from ..ir.types import DataType  # noqa: PLC0415
+    from ..rewrites.rules.qinteger import _label  # noqa: PLC0415 - the label kernel_summary keys its reasons by
+
+    out = {**kernels, "float_reasons": dict(kernels["float_reasons"])}
+    for g in model.graphs():
+        for n in g:
+            label = _label(n) if n.outputs else None
+            if label in out["float_reasons"] and n.inputs and n.inputs[0] is not None \
+                    and n.inputs[0].dtype == DataType.FLOAT:
+                del out["float_reasons"][label]
+                out["float"] -= 1
+                out["bfloat16"] += 1
+    return out
+
+
+def describe_precision(summary: dict) -> str:
+    """The compile summary's lines for a bf16 build: what computes in bf16, what stayed as it was and why, and
+    (without native bf16 instructions on the target) the emulation note. `summary`: ``to_bfloat16``'s plus
+    ``native``."""
+
+    def counts(d: dict) -> str:
+        return ", ".join(f"{n} {op}" for op, n in sorted(d.items())) or "none"
+
+    line = f"bf16: {counts(summary['converted'])} on bfloat16 operands with float32 accumulation"
+    if summary["kept_float32"]:
+        line += f"; not converted: {counts(summary['kept_float32'])}"
+    if not summary["native"]:
+        line += f"\n{EMULATED_NOTE}"
+    return line
