@@ -462,6 +462,8 @@ def _why_float(n: Node, reasons: dict[str, str]) -> str:
     if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
         users = [u.node for u in users[0].outputs[0]._uses]
     qs = [u for u in users if u.op_type == "QuantizeLinear"]
+    if not qs and users:
+        return f"{users[0].op_type} follows it, not QuantizeLinear (only Relu / Clip are fused)"
     if not qs:
         return "its output is not quantized (no QuantizeLinear after it)"
     return reasons.get(_label(qs[0]), "the QDQ pattern around it does not match")

@@ -1,0 +1,352 @@
+"""QDQ patterns -> optc.QConv / optc.QMatMul (rewrites/rules/qinteger.py, lowering/ops/qinteger.py).
+
+Exactness contract: on every element the integer op is within 1 quantized unit of onnxruntime running the same
+QDQ model as written (ORT_DISABLE_ALL: DequantizeLinear, the float op, QuantizeLinear), and, for weights of
+7 bits (what optc's quantizer makes on x86 without VNNI), of onnxruntime's own fused integer kernels
+(ORT_ENABLE_ALL: QLinearConv / QGemm). With full 8-bit weights onnxruntime's u8 x s8 kernels on AVX2 (no VNNI)
+saturate pairs of products in VPMADDUBSW (255 * 127 * 2 > 32767): measured up to 58 units off the QDQ model on
+a 1x1 conv, where optc's integer kernel had no difference at all; those histograms are printed, not asserted.
+Each compiled model holds several branches (shape classes) so that one build covers them; every assertion
+message carries the histogram of the differences, {difference in quantized units: count}.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import optc
+import pytest
+from onnx import TensorProto
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from optc.ir import load
+from optc.rewrites import optimize
+from optc.rewrites.rules.qinteger import DOMAIN, kernel_summary, to_integer_ops
+
+RNG = np.random.default_rng(7)
+XS, YS = np.float32(0.02), np.float32(0.05)
+
+
+class Builder:
+    """A QDQ graph: one quantized input `x`, branches that each end in a graph output."""
+
+    def __init__(self, shape, x_dtype=np.uint8, x_zp=128, weight_max=127):
+        self.weight_max = weight_max
+        self.shape, self.nodes, self.inits, self.outputs = list(shape), [], [], []
+        self.x_dtype = x_dtype
+        self.init("xs", np.array(XS))
+        self.init("xz", np.array(x_zp, x_dtype))
+        self.nodes += [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+                       h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"])]
+
+    def init(self, name, value):
+        self.inits.append(nh.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, p, shape, per_channel, axis, w_dtype=np.int8, w_zp=0):
+        lo, hi = (-self.weight_max, self.weight_max + 1) if w_dtype == np.int8 else (0, 256)
+        w = RNG.integers(lo, hi, shape).astype(w_dtype)
+        n = shape[axis]
+        ws = (RNG.random(n).astype(np.float32) * 0.01 + 0.002) if per_channel else np.array(0.006, np.float32)
+        wz = np.full(ws.shape, w_zp, w_dtype)
+        self.init(f"{p}_w", w), self.init(f"{p}_ws", ws), self.init(f"{p}_wz", wz)
+        self.nodes.append(h.make_node("DequantizeLinear", [f"{p}_w", f"{p}_ws", f"{p}_wz"], [f"{p}_wd"], axis=axis))
+        return ws
+
+    def bias(self, p, n, ws):
+        bs = (XS * np.broadcast_to(ws, (n,))).astype(np.float32)
+        self.init(f"{p}_b", RNG.integers(-3000, 3000, n).astype(np.int32))
+        self.init(f"{p}_bs", bs), self.init(f"{p}_bz", np.zeros(n, np.int32))
+        self.nodes.append(h.make_node("DequantizeLinear", [f"{p}_b", f"{p}_bs", f"{p}_bz"], [f"{p}_bd"], axis=0))
+        return f"{p}_bd"
+
+    def finish(self, p, out, act=None, y_dtype=np.uint8, y_zp=10):
+        if act == "relu":
+            self.nodes.append(h.make_node("Relu", [out], [f"{p}_act"]))
+            out = f"{p}_act"
+        elif act == "clip":
+            self.init(f"{p}_lo", np.float32(-0.3)), self.init(f"{p}_hi", np.float32(2.5))
+            self.nodes.append(h.make_node("Clip", [out, f"{p}_lo", f"{p}_hi"], [f"{p}_act"]))
+            out = f"{p}_act"
+        self.init(f"{p}_ys", YS), self.init(f"{p}_yz", np.array(y_zp, y_dtype))
+        self.nodes.append(h.make_node("QuantizeLinear", [out, f"{p}_ys", f"{p}_yz"], [p]))
+        self.outputs.append(h.make_tensor_value_info(p, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(y_dtype)),
+                                                     None))
+
+    def conv(self, p, m, k, stride=1, pad=0, group=1, per_channel=True, bias=True, act=None, **kw):
+        c = self.shape[1]
+        ws = self.weight(p, [m, c // group, k, k], per_channel, 0, **kw)
+        ins = [f"{p}_wd"] + ([self.bias(p, m, ws)] if bias else [])
+        self.nodes.append(h.make_node("Conv", ["xd", *ins], [f"{p}_c"], strides=[stride] * 2, pads=[pad] * 4,
+                                      group=group))
+        self.finish(p, f"{p}_c", act)
+
+    def matmul(self, p, n, gemm=False, trans_b=True, per_channel=True, bias=True, act=None, quantized_out=True,
+               y_dtype=np.uint8):
+        k = self.shape[-1]
+        shape, axis = ([n, k], 0) if gemm and trans_b else ([k, n], 1)
+        ws = self.weight(p, shape, per_channel, axis)
+        if gemm:
+            ins = [f"{p}_wd"] + ([self.bias(p, n, ws)] if bias else [])
+            self.nodes.append(h.make_node("Gemm", ["xd", *ins], [f"{p}_c"], transB=int(trans_b)))
+        else:
+            self.nodes.append(h.make_node("MatMul", ["xd", f"{p}_wd"], [f"{p}_c"]))
+        if quantized_out:
+            self.finish(p, f"{p}_c", act, y_dtype=y_dtype, y_zp=0 if y_dtype == np.int8 else 10)
+        else:
+            self.outputs.append(h.make_tensor_value_info(f"{p}_c", TensorProto.FLOAT, None))
+
+    def model(self, opset=17) -> onnx.ModelProto:
+        x = h.make_tensor_value_info("x", TensorProto.FLOAT, self.shape)
+        graph = h.make_graph(self.nodes, "g", [x], self.outputs, self.inits)
+        return h.make_model(graph, opset_imports=[h.make_opsetid("", opset)], ir_version=8)
+
+
+def _ort(model: onnx.ModelProto, x: np.ndarray, optimized: bool) -> dict[str, np.ndarray]:
+    options = ort.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in model.graph.output], sess.run(None, {"x": x}), strict=True))
+
+
+def histogram(diff: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(diff, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def assert_within_one_unit(model: onnx.ModelProto, x: np.ndarray, fused_too: bool = False) -> dict:
+    """optc vs onnxruntime on the QDQ model as written (asserted), and vs onnxruntime's fused integer kernels
+    (asserted when `fused_too`); returns {output: histogram} of the first."""
+    got = optc.compile(model).run({"x": x})
+    hists, fused_hists = {}, {}
+    for (name, r), f in zip(_ort(model, x, False).items(), _ort(model, x, True).values(), strict=True):
+        g = got[name]
+        assert g.dtype == r.dtype and g.shape == r.shape, (name, g.dtype, g.shape, r.dtype, r.shape)
+        if r.dtype.kind == "f":  # a float output (MatMul / Gemm without QuantizeLinear)
+            for ref in (r, f):
+                err = np.abs(g.astype(np.float64) - ref) / (np.abs(ref).max() + 1e-30)
+                assert err.max() < 1e-5, f"{name}: relative error {err.max():.3g}"
+            continue
+        hists[name] = histogram(g.astype(np.int64) - r)
+        fused_hists[name] = histogram(g.astype(np.int64) - f)
+        assert max(map(abs, hists[name])) <= 1, f"{name}: histogram of differences {hists[name]}"
+        if fused_too:
+            assert max(map(abs, fused_hists[name])) <= 1, f"{name} vs fused: histogram {fused_hists[name]}"
+    print("differences (quantized units) vs the QDQ model:", hists, "; vs onnxruntime's fused kernels:", fused_hists)
+    return hists
+
+
+def _integer_ops(model: onnx.ModelProto):
+    m = optimize(load(model.SerializeToString()), level=2)
+    summary = to_integer_ops(m)
+    ops = [n.op_type for g in m.graphs() for n in g]
+    return m, summary, ops
+
+
+# -- exactness against onnxruntime ------------------------------------------------------------------------------
+
+def test_convs_of_every_shape_class_within_one_unit():
+    b = Builder([2, 8, 11, 11], x_zp=131, weight_max=63)
+    b.conv("c1x1", 16, 1)
+    b.conv("c3x3", 12, 3, act="relu")
+    b.conv("strided_padded", 8, 3, stride=2, pad=1)  # padded with a nonzero x zero point
+    b.conv("depthwise", 8, 3, pad=1, group=8, act="clip")
+    b.conv("grouped", 8, 3, pad=2, group=4, bias=False)
+    b.conv("per_tensor", 6, 5, pad=1, per_channel=False)
+    b.conv("u8_weight", 4, 3, w_dtype=np.uint8, w_zp=128, per_channel=False)
+    model = b.model()
+    _, summary, ops = _integer_ops(model)
+    assert summary["integer"] == 7 and summary["float"] == 0, summary
+    assert "Conv" not in ops and ops.count("QConv") == 7
+    x = RNG.standard_normal(b.shape).astype(np.float32) * 1.5
+    hists = assert_within_one_unit(model, x, fused_too=True)
+    assert len(hists) == 7
+
+
+def test_full_range_weights_match_the_qdq_model():
+    """8-bit weights: exact against the QDQ model; onnxruntime's saturating u8 x s8 kernels may differ (printed)."""
+    b = Builder([1, 16, 6, 6], x_zp=131)
+    b.conv("c1x1", 16, 1)
+    b.matmul("mm", 8)
+    assert_within_one_unit(b.model(), RNG.standard_normal(b.shape).astype(np.float32) * 1.5)
+
+
+def test_signed_activations_and_one_input_channel():
+    b = Builder([1, 1, 7, 7], x_dtype=np.int8, x_zp=-3)
+    b.conv("one_term", 4, 1)  # a reduction of one term (REDUCTION OF ONE)
+    b.conv("s8_padded", 5, 3, pad=1, act="relu")
+    model = b.model()
+    assert _integer_ops(model)[1]["integer"] == 2
+    assert_within_one_unit(model, RNG.standard_normal(b.shape).astype(np.float32))
+
+
+def test_matmuls_within_one_unit():
+    b = Builder([3, 5, 24], x_zp=120, weight_max=63)
+    b.matmul("batched", 16)
+    b.matmul("batched_relu_s8_out", 9, act="relu", y_dtype=np.int8)
+    b.matmul("per_tensor", 7, per_channel=False, act="clip")
+    b.matmul("float_out", 6, quantized_out=False)
+    model = b.model()
+    _, summary, ops = _integer_ops(model)
+    assert summary == {"integer": 4, "bfloat16": 0, "float": 0, "float_reasons": {}}, summary
+    assert_within_one_unit(model, RNG.standard_normal(b.shape).astype(np.float32), fused_too=True)
+
+
+def test_gemms_within_one_unit():
+    b = Builder([4, 32], x_dtype=np.int8, x_zp=5)
+    b.matmul("gemm_bias", 10, gemm=True)
+    b.matmul("gemm_no_trans", 12, gemm=True, trans_b=False, act="relu")
+    b.matmul("gemm_no_bias", 3, gemm=True, bias=False)
+    b.matmul("gemm_float_out", 8, gemm=True, quantized_out=False)
+    model = b.model()
+    _, summary, ops = _integer_ops(model)
+    assert summary["integer"] == 4 and "Gemm" not in ops
+    assert_within_one_unit(model, RNG.standard_normal(b.shape).astype(np.float32))
+
+
+def test_qlinear_ops_import_to_the_integer_ops():
+    """7-bit weights: onnxruntime's QLinearConv is a saturating u8 x s8 kernel on AVX2 (module docstring)."""
+    xz, yz = np.array(100, np.uint8), np.array(7, np.uint8)
+    w = RNG.integers(-63, 64, (6, 4, 3, 3)).astype(np.int8)
+    ws = (RNG.random(6).astype(np.float32) * 0.01 + 0.002)
+    wm = RNG.integers(-63, 64, (81, 5)).astype(np.int8)
+    inits = [nh.from_array(v, n) for v, n in [
+        (np.array(XS), "xs"), (xz, "xz"), (w, "w"), (ws, "ws"), (np.zeros(6, np.int8), "wz"), (np.array(YS), "ys"),
+        (yz, "yz"), (RNG.integers(-900, 900, 6).astype(np.int32), "b"), (wm, "wm"), (np.array(0.004, np.float32), "wms"),
+        (np.array(0, np.int8), "wmz")]]
+    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             h.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], pads=[1] * 4),
+             h.make_node("Reshape", ["y", "shape"], ["flat"]),
+             h.make_node("QLinearMatMul", ["flat", "ys", "yz", "wm", "wms", "wmz", "ys", "yz"], ["z"])]
+    inits.append(nh.from_array(np.array([1, 6, 81], np.int64), "shape"))
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+                         [h.make_tensor_value_info("y", TensorProto.UINT8, None),
+                          h.make_tensor_value_info("z", TensorProto.UINT8, None)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    _, summary, ops = _integer_ops(model)
+    assert ops.count("QConv") == 1 and ops.count("QMatMul") == 1 and "QLinearConv" not in ops, ops
+    assert summary["integer"] == 2
+    assert_within_one_unit(model, RNG.standard_normal((1, 4, 9, 9)).astype(np.float32) * 2)
+
+
+def test_corpus_model_quantized_by_optc():
+    from optc.ir.onnx_export import to_onnx
+    from optc.quantization.api import quantize
+
+    q = to_onnx(quantize("examples/digits_cnn.onnx", calibration="examples/digits_calib.npz"))
+    q.ir_version = min(q.ir_version, 10)
+    _, summary, ops = _integer_ops(q)
+    assert summary["integer"] == 5 and summary["float"] == 0, summary  # 3 Conv + 2 Gemm
+    x = np.load("examples/digits_test.npz")["x"][:16]
+    ref = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = optc.compile(q).run({"x": x})[q.graph.output[0].name]
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 0.05, f"logits relative difference {err:.3g}"
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+# -- what is and is not rewritten -------------------------------------------------------------------------------
+
+def _single_conv(mutate) -> onnx.ModelProto:
+    b = Builder([1, 4, 6, 6])
+    b.conv("y", 4, 3, pad=1)
+    model = b.model()
+    mutate(model)
+    return model
+
+
+def _node(model, op):
+    return next(n for n in model.graph.node if n.op_type == op)
+
+
+def _inits(model):
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _weight_as_input(model):
+    w = _inits(model)["y_w"]
+    model.graph.initializer.remove(w)
+    model.graph.input.append(h.make_tensor_value_info("y_w", w.data_type, list(w.dims)))
+
+
+def _scale_as_input(model):
+    model.graph.initializer.remove(_inits(model)["xs"])
+    model.graph.input.append(h.make_tensor_value_info("xs", TensorProto.FLOAT, []))
+
+
+def _sigmoid_between(model):
+    conv = _node(model, "Conv")
+    model.graph.node.insert(list(model.graph.node).index(conv) + 1, h.make_node("Sigmoid", ["y_c"], ["y_s"]))
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] == "y_c":
+            n.input[0] = "y_s"
+
+
+def _output_is_graph_output(model):
+    model.graph.output.append(h.make_tensor_value_info("y_c", TensorProto.FLOAT, None))
+
+
+def _output_used_elsewhere(model):
+    model.graph.node.append(h.make_node("Neg", ["y_c"], ["neg"]))
+    model.graph.output.append(h.make_tensor_value_info("neg", TensorProto.FLOAT, None))
+
+
+def _float_bias(model):
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            n.input[2] = "fbias"
+    model.graph.initializer.append(nh.from_array(np.linspace(-1, 1, 4).astype(np.float32), "fbias"))
+
+
+def _bias_scale_off(model):
+    bs = _inits(model)["y_bs"]
+    bs.CopyFrom(nh.from_array(nh.to_array(bs) * np.float32(1.01), "y_bs"))
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (_weight_as_input, "the weight's quantized values are not a constant"),
+    (_scale_as_input, "the input's scale is not a constant"),
+    (_sigmoid_between, "Sigmoid follows it, not QuantizeLinear"),
+    (_output_is_graph_output, "is a graph output"),
+    (_output_used_elsewhere, "also used outside the match"),
+    (_float_bias, "a float bias is not fused"),
+    (_bias_scale_off, "the bias's scale is not input scale x weight scale"),
+])
+def test_not_rewritten(mutate, reason):
+    model = _single_conv(mutate)
+    _, summary, ops = _integer_ops(model)
+    assert "QConv" not in ops and "Conv" in ops
+    assert summary["float"] == 1 and summary["integer"] == 0
+    (why,) = summary["float_reasons"].values()
+    assert reason in why, why
+
+
+def test_float16_scales_not_rewritten():
+    b = Builder([1, 4, 6, 6])
+    b.conv("y", 4, 3)
+    model = b.model()
+    for t in model.graph.initializer:
+        if t.name in ("y_ws", "y_ys"):
+            t.CopyFrom(nh.from_array(nh.to_array(t).astype(np.float16), t.name))
+    _, summary, ops = _integer_ops(model)
+    assert "QConv" not in ops and summary["float"] == 1
+    assert "not float32" in next(iter(summary["float_reasons"].values()))
+
+
+def test_float_model_counts_float_and_standard_optimize_keeps_onnx():
+    b = Builder([1, 4, 6, 6])
+    b.conv("y", 4, 3, act="relu")
+    model = b.model()
+    m = optimize(load(model.SerializeToString()), level=3)  # `optc optimize`: standard ONNX only
+    assert all(n.domain != DOMAIN for g in m.graphs() for n in g)
+    assert kernel_summary(m)["float"] == 1
+
+
+def test_unrewritten_patterns_still_exact():
+    """Rejected patterns (a Sigmoid in between, a float bias) keep the exact float path through the lowering."""
+    model = _single_conv(_sigmoid_between)
+    _, summary, _ = _integer_ops(model)
+    assert summary["integer"] == 0
+    assert_within_one_unit(model, RNG.standard_normal((1, 4, 6, 6)).astype(np.float32))
