@@ -1,0 +1,270 @@
+"""`--precision bf16` (codegen/precision.py): Conv / MatMul / Gemm on bfloat16 operands with float32 accumulation.
+
+Per op, every output element is checked against the bound of `precision.error_bound` (sum |a||b| in float64 from
+onnx's reference evaluator), against onnxruntime's float32 result, and against a numpy-style emulation (operands
+rounded with ml_dtypes.bfloat16, float64 accumulation) to float32-accumulation error. Models (a transformer block,
+the digits CNN) are compared with the same model where every Conv / MatMul / Gemm operand goes through
+Cast(bfloat16) -> Cast(float) on onnxruntime. NaN / inf propagate; float32 builds are unchanged bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from optc.codegen.precision import BF16_UNIT_ROUNDOFF, FP32_UNIT_ROUNDOFF, error_bound
+from optc.errors import OptcError
+
+from .conftest import run_ort
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RNG = np.random.default_rng(20261201)
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16 (ml_dtypes: round to nearest even), as float64."""
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def _op_model(op: str, attrs: dict, x: np.ndarray, consts: list[np.ndarray], out_rank: int,
+              dtype=TensorProto.FLOAT, consts_as_inputs: bool = False) -> onnx.ModelProto:
+    """One `op` node on input x and operands `consts` (initializers, or graph inputs c0, c1...)."""
+    names = [f"c{i}" for i in range(len(consts))]
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
+    inits = [] if consts_as_inputs else [numpy_helper.from_array(c.astype(np_type), n) for c, n in zip(consts, names)]
+    inputs = [helper.make_tensor_value_info("x", dtype, x.shape)]
+    if consts_as_inputs:
+        inputs += [helper.make_tensor_value_info(n, dtype, c.shape) for c, n in zip(consts, names)]
+    graph = helper.make_graph([helper.make_node(op, ["x", *names], ["y"], **attrs)], "g", inputs,
+                              [helper.make_tensor_value_info("y", dtype, [None] * out_rank)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _reference64(op, attrs, x, consts, out_rank) -> np.ndarray:
+    model = _op_model(op, attrs, x, consts, out_rank, TensorProto.DOUBLE, consts_as_inputs=True)
+    feeds = {"x": x.astype(np.float64), **{f"c{i}": c.astype(np.float64) for i, c in enumerate(consts)}}
+    return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+def _compile_run(model: onnx.ModelProto, feeds: dict, **options) -> np.ndarray:
+    module = optc.compile(model.SerializeToString(), **options)
+    return next(iter(module.run(feeds).values()))
+
+
+CONV = {  # name: (x shape, w shape, attrs)
+    "1x1": ((1, 16, 6, 6), (8, 16, 1, 1), {}),
+    "3x3": ((2, 8, 7, 7), (12, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "grouped": ((1, 8, 6, 6), (6, 4, 3, 3), {"group": 2}),
+    "depthwise": ((1, 8, 9, 9), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
+    "strided": ((1, 4, 11, 11), (6, 4, 3, 3), {"strides": [2, 2], "pads": [0, 1, 0, 1]}),
+    "bias": ((1, 96, 4, 4), (5, 96, 3, 3), {"pads": [1, 1, 1, 1]}),
+}
+
+
+def _cases():
+    for name, (xs, ws, attrs) in CONV.items():
+        consts = [RNG.standard_normal(ws).astype(np.float32)]
+        if name == "bias":
+            consts.append(RNG.standard_normal(ws[0]).astype(np.float32))
+        yield pytest.param("Conv", attrs, RNG.standard_normal(xs).astype(np.float32), consts, 4,
+                           ws[1] * ws[2] * ws[3], id=f"conv-{name}")
+    yield pytest.param("MatMul", {}, RNG.standard_normal((2, 3, 5, 40)).astype(np.float32),
+                       [RNG.standard_normal((2, 1, 40, 7)).astype(np.float32)], 4, 40, id="matmul-batched")
+    yield pytest.param("Gemm", {"transB": 1}, RNG.standard_normal((4, 300)).astype(np.float32),
+                       [RNG.standard_normal((9, 300)).astype(np.float32),
+                        RNG.standard_normal(9).astype(np.float32)], 2, 300, id="gemm-transB-bias")
+
+
+@pytest.mark.parametrize("op, attrs, x, consts, rank, k", list(_cases()))
+def test_op_within_bound(op, attrs, x, consts, rank, k):
+    model = _op_model(op, attrs, x, consts, rank)
+    y = _compile_run(model, {"x": x}, precision="bf16")
+    y32 = run_ort(model, {"x": x})[0]
+    # sum_k |a_k||b_k| (+ |bias|: one more float32 addition, so K + 1 terms) and the bf16 emulation, in float64
+    abs_products = _reference64(op, attrs, np.abs(x), [np.abs(c) for c in consts], rank)
+    emulated = _reference64(op, attrs, _bf16(x), [_bf16(consts[0]), *consts[1:]], rank)
+    terms = k + (len(consts) > 1)
+    bound = error_bound(abs_products, terms)
+    assert y.dtype == np.float32 and y.shape == y32.shape
+    assert np.all(np.abs(y - y32) <= bound), float(np.max(np.abs(y - y32) / bound))
+    # against the emulation: only the float32 accumulation differs (gamma_K on the rounded operands)
+    gamma = terms * FP32_UNIT_ROUNDOFF / (1 - terms * FP32_UNIT_ROUNDOFF)
+    to_emulation = np.abs(y - emulated)
+    assert np.all(to_emulation <= gamma * (1 + BF16_UNIT_ROUNDOFF) ** 2 * abs_products * 1.0001)
+    # the operands really were rounded: the float32 result is much farther from the bf16 emulation
+    assert np.max(np.abs(y32 - emulated)) > 20 * np.max(to_emulation)
+
+
+def test_rounding_matches_ml_dtypes():
+    """float32 -> bfloat16: round to nearest even on random bit patterns and the edge cases; NaN stays NaN with its
+    sign (TVM's own astype turns 0x7f800001 into inf and 0x7fffffff into -0), infinities and signed zeros stay."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    from optc.codegen.precision import _round_to_bfloat16
+
+    special = np.array([0x7F800001, 0xFF800001, 0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800000, 0xFF800000,
+                        0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x3F807FFF, 0x00000001, 0x80000000, 0x00008000,
+                        0x00018000, 0x807FFFFF], np.uint32)
+    bits = np.concatenate([special, RNG.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)])
+    x = bits.view(np.float32)
+    bb = relax.BlockBuilder()
+    var = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.call_te(_round_to_bfloat16, var))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy().view(np.uint16)
+    with np.errstate(invalid="ignore"):
+        want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(got[~nan], want[~nan])
+    assert np.all((got[nan] & 0x7F80) == 0x7F80) and np.all(got[nan] & 0x7F)  # NaN, not inf
+    assert np.array_equal(got[nan] >> 15, want[nan] >> 15)  # the sign kept
+
+
+def test_nan_and_inf_propagate():
+    w = np.abs(RNG.standard_normal((8, 5))).astype(np.float32) + 0.1  # positive: inf * w stays inf
+    x = RNG.standard_normal((4, 8)).astype(np.float32)
+    x[0, 3] = np.uint32(0x7F800001).view(np.float32)  # a NaN that a truncating cast makes inf
+    x[1, 2] = np.inf
+    x[2, 6] = -np.inf
+    x[3, 1] = np.uint32(0xFFFFFFFF).view(np.float32)
+    model = _op_model("MatMul", {}, x, [w], 2)
+    y = _compile_run(model, {"x": x}, precision="bf16")
+    y32 = run_ort(model, {"x": x})[0]
+    assert np.all(np.isnan(y[[0, 3]])) and np.array_equal(np.isnan(y), np.isnan(y32))
+    assert np.all(y[1] == np.inf) and np.all(y[2] == -np.inf)
+
+
+def _block_model() -> onnx.ModelProto:
+    """A pre-norm transformer block: LayerNorm -> Q/K/V MatMul -> 2 heads of 4 (scale 0.5, a power of two) ->
+    softmax attention -> output Gemm-like MatMul + residual -> LayerNorm -> MLP (MatMul, Gelu-free Relu, MatMul)."""
+    d, heads, seq = 8, 2, 6
+    w = {n: (RNG.standard_normal(s) * 0.5).astype(np.float32) for n, s in
+         [("wq", (d, d)), ("wk", (d, d)), ("wv", (d, d)), ("wo", (d, d)), ("w1", (d, 32)), ("w2", (32, d))]}
+    w["gamma"], w["beta"] = np.ones(d, np.float32), np.zeros(d, np.float32)
+    w["shape"] = np.array([1, seq, heads, d // heads], np.int64)
+    w["back"] = np.array([1, seq, d], np.int64)
+    w["scale"] = np.array(0.5, np.float32)
+    n = helper.make_node
+    nodes = [n("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1)]
+    for p in "qkv":
+        nodes += [n("MatMul", ["h", f"w{p}"], [f"{p}0"]), n("Reshape", [f"{p}0", "shape"], [f"{p}1"]),
+                  n("Transpose", [f"{p}1"], [p], perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3])]
+    nodes += [n("MatMul", ["q", "k"], ["s0"]), n("Mul", ["s0", "scale"], ["s"]), n("Softmax", ["s"], ["p"], axis=-1),
+              n("MatMul", ["p", "v"], ["o0"]), n("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+              n("Reshape", ["o1", "back"], ["o2"]), n("MatMul", ["o2", "wo"], ["o"]), n("Add", ["x", "o"], ["r"]),
+              n("LayerNormalization", ["r", "gamma", "beta"], ["h2"], axis=-1),
+              n("MatMul", ["h2", "w1"], ["m0"]), n("Relu", ["m0"], ["m1"]), n("MatMul", ["m1", "w2"], ["m"]),
+              n("Add", ["r", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, d])],
+                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _emulated(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with Cast(bfloat16) -> Cast(float) on the two operands of every Conv / MatMul / Gemm."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type in ("Conv", "MatMul", "Gemm"):
+            for i in range(2):
+                name = node.input[i]
+                nodes += [helper.make_node("Cast", [name], [f"{name}_bf_{node.output[0]}"], to=TensorProto.BFLOAT16),
+                          helper.make_node("Cast", [f"{name}_bf_{node.output[0]}"], [f"{name}_r_{node.output[0]}"],
+                                           to=TensorProto.FLOAT)]
+                node.input[i] = f"{name}_r_{node.output[0]}"
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _check_model(model: onnx.ModelProto, x: np.ndarray) -> tuple[float, float]:
+    """bf16 build vs the Cast-emulated model and vs float32 (onnxruntime): (max error to emulation, to float32),
+    relative to the largest output."""
+    y = _compile_run(model, {"x": x}, precision="bf16")
+    emulated = run_ort(_emulated(model), {"x": x})[0]
+    y32 = run_ort(model, {"x": x})[0]
+    scale = float(np.max(np.abs(y32)))
+    return float(np.max(np.abs(y - emulated))) / scale, float(np.max(np.abs(y - y32))) / scale
+
+
+def test_transformer_block():
+    model = _block_model()
+    x = RNG.standard_normal((1, 6, 8)).astype(np.float32)
+    to_emulation, to_fp32 = _check_model(model, x)
+    assert to_fp32 < 2**-5  # bf16-level
+    assert to_emulation < to_fp32 / 10 and to_emulation < 2**-12
+
+
+def test_digits_cnn():
+    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    x = np.load(EXAMPLES / "digits_test.npz")["x"][:64].astype(np.float32)
+    to_emulation, to_fp32 = _check_model(model, x)
+    assert to_fp32 < 2**-5
+    assert to_emulation < to_fp32 / 10 and to_emulation < 2**-12
+
+
+def test_fp32_unchanged_bit_for_bit():
+    """Negative: precision fp32 (the default) builds as before the option existed; a float64 model under bf16
+    converts nothing and matches its fp32 build bit for bit."""
+    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    x = np.load(EXAMPLES / "digits_test.npz")["x"][:8].astype(np.float32)
+    default = _compile_run(model, {"x": x})
+    assert np.array_equal(default, _compile_run(model, {"x": x}, precision="fp32"))
+    assert not np.array_equal(default, _compile_run(model, {"x": x}, precision="bf16"))
+    w = RNG.standard_normal((6, 3))
+    x64 = RNG.standard_normal((4, 6))
+    m64 = _op_model("MatMul", {}, x64, [w], 2, TensorProto.DOUBLE)
+    report: dict = {}
+    from optc.codegen.compile import build_executable
+
+    build_executable(m64.SerializeToString(), precision="bf16", report=report)
+    assert report["bf16"]["converted"] == {} and report["bf16"]["kept_float32"] == {"matmul: operands float64": 1}
+    assert np.array_equal(_compile_run(m64, {"x": x64}, precision="bf16"), _compile_run(m64, {"x": x64}))
+
+
+def test_bad_precision_refused():
+    with pytest.raises(OptcError, match="--precision must be one of fp32, bf16"):
+        optc.compile(str(EXAMPLES / "digits_cnn.onnx"), precision="fp16")
+    with pytest.raises(OptcError, match="CPU targets"):
+        optc.compile(str(EXAMPLES / "digits_cnn.onnx"), target="cuda", precision="bf16")
+
+
+def test_cli_summary_json_and_metadata(tmp_path):
+    out = tmp_path / "m.so"
+    cli = [sys.executable, "-m", "optc.tools.cli", "compile", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(out),
+           "--precision", "bf16", "-q"]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "bf16: 3 conv2d, 2 matmul on bfloat16 operands with float32 accumulation" in lines
+    emulated = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect it slower than fp32"
+    from optc.codegen.precision import native_bf16
+    from optc.codegen.targets import resolve_target
+
+    assert (emulated in lines) == (not native_bf16(resolve_target("cpu")))
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["precision"] == "bf16" and meta["bf16"]["converted"] == {"conv2d": 3, "matmul": 2}
+    assert meta["kernels"]["bfloat16"] == 5 and meta["kernels"]["float"] == 0
+    proc = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=600)
+    report = json.loads(proc.stdout)
+    assert report["precision"] == "bf16" and report["bf16"]["kept_float32"] == {}
+    bad = subprocess.run([*cli[:-3], "--precision", "bf16", "--target", "cuda"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "optc: error: --precision bf16 is supported for CPU targets (cpu, arm64, llvm), not cuda"]
