@@ -32,6 +32,9 @@ def run(args) -> int:
     console = Console()
     console.print(table)
     console.print(f"ratio optc/onnxruntime: {result['ratio']:.2f}x   max abs difference: {result['max_abs_diff']:.3g}")
+    from ..codegen.compile import describe_kernels
+
+    console.print(describe_kernels(result["kernels"]), highlight=False, markup=False)
     return 0
 
 
@@ -49,5 +52,6 @@ def register(sub) -> None:
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                    help="when compiling here: libm's exp / tanh / erf and the plain softmax (as optc compile)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, artifact, threads, "
-                   "repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s, fast_math")
+                   "repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s, fast_math, kernels "
+                   "(integer / bfloat16 / float conv-matmul counts, float_reasons)")
     p.set_defaults(func=run)

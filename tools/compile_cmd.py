@@ -28,7 +28,7 @@ def run(args) -> int:
         raise OptcError(f"--db {args.db}: no such directory (without --tune, --db applies an existing database)")
     input_shapes = parse_input_shapes(args.input_shape)
     model = load(args.model)  # a bad input fails here, before TVM is imported
-    from ..codegen.compile import compile_to_file
+    from ..codegen.compile import compile_to_file, describe_kernels
     from ..codegen.targets import describe_target, resolve_target, target_metadata
 
     target = resolve_target(args.target, mcpu=args.mcpu)
@@ -66,6 +66,9 @@ def run(args) -> int:
             line += (f"; {tuning['skipped_symbolic']} kernels with symbolic shapes were not tuned "
                      "(fix them with --input-shape NAME:DIMS)")
     print(line)
+    kernels = report.get("kernels")
+    if kernels and kernels["integer"] + kernels["bfloat16"] + kernels["float"]:
+        print(describe_kernels(kernels))
     if "bf16" in report:
         print(describe_precision(report["bf16"]))
     return 0
@@ -112,6 +115,7 @@ def register(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, output, metadata, "
                    "emit, target, target_info, opt_level, fast_math, precision, seconds, build (kernels, tuned, ...), "
+                   "kernels (conv/matmul ops by how they run: integer, bfloat16, float, float_reasons), "
                    "database (--db without --tune), when tuning, tuning, and with --precision bf16 "
                    "bf16 (converted and kept_float32 op counts, native)")
     p.set_defaults(func=run)

@@ -37,7 +37,8 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     `db` when given; `compile_s` is then the compile time in seconds). `threads`: onnxruntime's intra-op threads
     (TVM's pool reads `TVM_NUM_THREADS` when it starts, as `optc bench --threads` sets it). Returns a dict:
     model, artifact, threads, repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s,
-    fast_math. OptcError (one line) for a bad model or artifact or `threads`/`repeat` < 1."""
+    fast_math, kernels (how the conv/matmul ops run: the artifact metadata's `kernels`, None for an older
+    artifact). OptcError (one line) for a bad model or artifact or `threads`/`repeat` < 1."""
     if threads < 1:
         raise OptcError("--threads must be at least 1")
     if repeat < 1 or warmup < 0:
@@ -63,4 +64,4 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     return {"model": model_path, "artifact": artifact, "threads": threads, "repeat": repeat,
             "optc_ms": optc_ms, "onnxruntime_ms": ort_ms, "ratio": optc_ms / ort_ms, "max_abs_diff": diff,
             "max_abs_output": scale, "compile_s": compile_s,
-            "fast_math": None if artifact else bool(fast_math)}
+            "fast_math": None if artifact else bool(fast_math), "kernels": module.metadata.get("kernels")}
