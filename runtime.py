@@ -28,7 +28,10 @@ def _fmt_shape(shape) -> str:
 class Module:
     """A loaded artifact. ``run({name: array}) -> {name: array}`` checks inputs against the metadata (names,
     dtypes, fixed dims; OptcError, one line, on a mismatch) before calling the kernels; ``benchmark`` times
-    it (milliseconds); ``export(path)`` writes the library and its metadata."""
+    it (milliseconds); ``export(path)`` writes the library and its metadata. On the host a call costs a few
+    microseconds besides the kernels (``_to_device``: no TVM allocation per input; outputs copied with numpy;
+    measured in benchmarks/RESULTS.md "Per-call overhead"). One module runs one call at a time (TVM's VM keeps
+    its frames in the VM, and the inputs' staging buffers are the module's): give each thread its own."""
 
     def __init__(self, path, metadata: dict, vm, device, executable=None, remote=None):
         self.path = Path(path) if path is not None else None
@@ -41,7 +44,16 @@ class Module:
         self.target: str = metadata.get("target", "cpu")
         self._vm = vm
         self._device = device
-        self._main = vm["main"]
+        self._main = vm["main"]  # looked up once: a lookup per call costs a few microseconds
+        # host memory the kernels read directly: inputs pass by DLPack (no TVM-side allocation and copy)
+        self._host = remote is None and int(device.dlpack_device_type()) == 1  # kDLCPU
+        self._specs = [(i["name"], np.dtype(i["dtype"]), tuple(i["shape"]),
+                        all(isinstance(d, int) for d in i["shape"])) for i in self.inputs]
+        self._names = frozenset(self.input_names)
+        self._staging: dict[tuple, tuple] = {}  # (input index, shape, dtype) -> (aligned array, TVM tensor over it)
+        import tvm  # noqa: PLC0415
+
+        self._tensor_type = tvm.runtime.Tensor
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{i['name']}: {_fmt_shape(i['shape'])} {i['dtype']}" for i in self.inputs)
@@ -58,40 +70,82 @@ class Module:
         return [o["name"] for o in self.outputs]
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Arrays in signature order; raises OptcError (one line) on a wrong name, shape or dtype."""
+        """Arrays in signature order, C-contiguous (the given array itself when it already is); raises OptcError
+        (one line) on a wrong name, shape or dtype."""
         if not isinstance(inputs, Mapping):
             raise OptcError("inputs must be a mapping {name: array}")
-        check_input_names(inputs, self.input_names)
+        if len(inputs) != len(self._names) or not self._names.issuperset(inputs):
+            check_input_names(inputs, self.input_names)
         bound: dict[str, int] = {}
         arrays = []
-        for spec in self.inputs:
-            name = spec["name"]
+        for name, want_dtype, want_shape, static in self._specs:
             value = inputs[name]
             arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-            want_shape, want_dtype = spec["shape"], spec["dtype"]
-            msg = f"input '{name}': expected {want_dtype} {_fmt_shape(want_shape)}, got {arr.dtype} {_fmt_shape(arr.shape)}"
-            if arr.dtype != np.dtype(want_dtype) or arr.ndim != len(want_shape):
-                raise OptcError(msg)
-            for want, have in zip(want_shape, arr.shape, strict=False):
-                if isinstance(want, str):
-                    if bound.setdefault(want, have) != have:
-                        raise OptcError(f"{msg}; dimension '{want}' is {bound[want]} elsewhere")
-                elif want != have:
-                    raise OptcError(msg)
-            arrays.append(np.array(arr, order="C", copy=None))  # (ascontiguousarray makes a 0-d array 1-d)
+            if arr.dtype != want_dtype or (arr.shape != want_shape if static else
+                                           not self._dims_match(arr.shape, want_shape, bound)):
+                raise OptcError(self._mismatch(name, arr, want_dtype, want_shape, bound))
+            arrays.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
         return arrays
 
+    @staticmethod
+    def _dims_match(shape: tuple, want: tuple, bound: dict[str, int]) -> bool:
+        """Whether `shape` fits `want` (ints fixed, strings symbolic, bound in `bound` on first sight)."""
+        if len(shape) != len(want):
+            return False
+        for w, have in zip(want, shape, strict=True):
+            if isinstance(w, str):
+                if bound.setdefault(w, have) != have:
+                    return False
+            elif w != have:
+                return False
+        return True
+
+    @staticmethod
+    def _mismatch(name: str, arr: np.ndarray, dtype: np.dtype, shape: tuple, bound: dict[str, int]) -> str:
+        msg = f"input '{name}': expected {dtype} {_fmt_shape(shape)}, got {arr.dtype} {_fmt_shape(arr.shape)}"
+        clash = next((w for w, have in zip(shape, arr.shape, strict=False)
+                      if isinstance(w, str) and bound.get(w, have) != have), None)
+        if arr.dtype == dtype and len(shape) == arr.ndim and clash is not None:
+            msg += f"; dimension '{clash}' is {bound[clash]} elsewhere"
+        return msg
+
     def _to_device(self, arrays):
+        """TVM tensors for the VM. On the host: an array of at least `ZERO_COPY_BYTES` that is
+        `ALIGNMENT`-aligned and writable is passed as it is (DLPack, no copy); any other is copied into an
+        aligned staging buffer kept per input and shape (numpy aligns to 16 bytes only), cheaper than a new
+        TVM tensor per call. The kernels never write their inputs."""
         import tvm  # noqa: PLC0415
 
-        return [tvm.runtime.tensor(a, self._device) for a in arrays]
+        if not self._host:
+            return [tvm.runtime.tensor(a, self._device) for a in arrays]
+        out = []
+        for index, arr in enumerate(arrays):
+            tensor = None
+            if arr.nbytes >= ZERO_COPY_BYTES and arr.flags.writeable and arr.ctypes.data % ALIGNMENT == 0:
+                tensor = _dlpack_tensor(arr)
+            if tensor is None:
+                key = (index, arr.shape, arr.dtype)
+                slot = self._staging.get(key)
+                if slot is None:
+                    if len(self._staging) >= 4 * len(self._specs):  # symbolic shapes: keep the recent ones
+                        self._staging.clear()
+                    view = _aligned_empty(arr.shape, arr.dtype)
+                    slot = self._staging[key] = (view, _dlpack_tensor(view))
+                if slot[1] is None:  # a dtype DLPack cannot describe (bfloat16): TVM's own copy
+                    tensor = tvm.runtime.tensor(arr, self._device)
+                else:
+                    np.copyto(slot[0], arr)
+                    tensor = slot[1]
+            out.append(tensor)
+        return out
 
     def _outputs(self, result) -> dict[str, np.ndarray]:
-        values = list(result) if not hasattr(result, "numpy") else [result]
+        values = (result,) if isinstance(result, self._tensor_type) else tuple(result)
         names = self.output_names
         if len(values) != len(names):
             names = names + [f"output_{i}" for i in range(len(names), len(values))]
-        return {n: v.numpy() for n, v in zip(names, values, strict=False)}
+        to_host = _host_copy if self._host else _device_copy
+        return {n: to_host(v) for n, v in zip(names, values, strict=False)}
 
     def _call(self, args):
         if self._remote is None:
@@ -110,15 +164,15 @@ class Module:
     __call__ = run
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 50, warmup: int = 5) -> float:
-        """Median latency in milliseconds of ``repeat`` runs after ``warmup`` runs (inputs already
-        on the device; includes copying the outputs back to the host)."""
-        args = self._to_device(self.check_inputs(inputs))
+        """Median latency in milliseconds of ``repeat`` calls of ``run(inputs)`` after ``warmup`` calls: what a
+        caller pays, input checks and conversion and the copies of the outputs to numpy included (as
+        onnxruntime's ``InferenceSession.run`` is timed)."""
         for _ in range(max(0, warmup)):
-            self._sync(self._call(args))
+            self.run(inputs)
         times = []
         for _ in range(max(1, repeat)):
             t0 = time.perf_counter()
-            self._sync(self._call(args))
+            self.run(inputs)
             times.append(time.perf_counter() - t0)
         return float(np.median(times) * 1e3)
 
@@ -148,6 +202,43 @@ class Module:
         if int(self._device.dlpack_device_type()) != 1:  # not kDLCPU: wait for the kernels
             self._device.sync()
         return result
+
+
+ALIGNMENT = 64  # bytes: TVM allocates with this alignment and its kernels may assume it of every buffer
+
+
+ZERO_COPY_BYTES = 1 << 16  # smaller inputs are copied: checking a pointer's alignment costs about as much
+
+
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts at an `ALIGNMENT`-byte boundary."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -buf.ctypes.data % ALIGNMENT
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _dlpack_tensor(arr: np.ndarray):
+    """A TVM tensor over `arr`'s own memory (DLPack, no copy), or None for a dtype DLPack cannot describe."""
+    import tvm_ffi  # noqa: PLC0415
+
+    try:
+        return tvm_ffi.from_dlpack(arr, require_alignment=ALIGNMENT)
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _host_copy(value) -> np.ndarray:
+    """A numpy copy of a host tensor the VM returned (a copy: an output may share memory with an input or a
+    constant of the library, which the caller must not be able to change)."""
+    try:
+        return np.from_dlpack(value).copy()
+    except (BufferError, RuntimeError, TypeError, ValueError):  # e.g. bfloat16, which numpy cannot import
+        return value.numpy()
+
+
+def _device_copy(value) -> np.ndarray:
+    return value.numpy()
 
 
 def _device_for(target: str):
