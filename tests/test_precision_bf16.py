@@ -10,8 +10,6 @@ Cast(bfloat16) -> Cast(float) on onnxruntime. NaN / inf propagate; float32 build
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -21,7 +19,6 @@ import optc
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-
 from optc.codegen.precision import BF16_UNIT_ROUNDOFF, FP32_UNIT_ROUNDOFF, error_bound
 from optc.errors import OptcError
 
@@ -41,10 +38,10 @@ def _op_model(op: str, attrs: dict, x: np.ndarray, consts: list[np.ndarray], out
     """One `op` node on input x and operands `consts` (initializers, or graph inputs c0, c1...)."""
     names = [f"c{i}" for i in range(len(consts))]
     np_type = helper.tensor_dtype_to_np_dtype(dtype)
-    inits = [] if consts_as_inputs else [numpy_helper.from_array(c.astype(np_type), n) for c, n in zip(consts, names)]
+    inits = [] if consts_as_inputs else [numpy_helper.from_array(c.astype(np_type), n) for c, n in zip(consts, names, strict=True)]
     inputs = [helper.make_tensor_value_info("x", dtype, x.shape)]
     if consts_as_inputs:
-        inputs += [helper.make_tensor_value_info(n, dtype, c.shape) for c, n in zip(consts, names)]
+        inputs += [helper.make_tensor_value_info(n, dtype, c.shape) for c, n in zip(consts, names, strict=True)]
     graph = helper.make_graph([helper.make_node(op, ["x", *names], ["y"], **attrs)], "g", inputs,
                               [helper.make_tensor_value_info("y", dtype, [None] * out_rank)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -109,9 +106,8 @@ def test_rounding_matches_ml_dtypes():
     """float32 -> bfloat16: round to nearest even on random bit patterns and the edge cases; NaN stays NaN with its
     sign (TVM's own astype turns 0x7f800001 into inf and 0x7fffffff into -0), infinities and signed zeros stay."""
     tvm = pytest.importorskip("tvm")
-    from tvm import relax
-
     from optc.codegen.precision import _round_to_bfloat16
+    from tvm import relax
 
     special = np.array([0x7F800001, 0xFF800001, 0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800000, 0xFF800000,
                         0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x3F807FFF, 0x00000001, 0x80000000, 0x00008000,
@@ -214,26 +210,40 @@ def test_transformer_block():
 
 def test_digits_cnn():
     model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
-    x = np.load(EXAMPLES / "digits_test.npz")["x"][:64].astype(np.float32)
+    x = np.load(EXAMPLES / "digits_test.npz")["x"][:16].astype(np.float32)
     to_emulation, to_fp32 = _check_model(model, x)
     assert to_fp32 < 2**-5
     assert to_emulation < to_fp32 / 10 and to_emulation < 2**-12
 
 
+def _small_cnn() -> onnx.ModelProto:
+    """Conv 3x3 -> Relu -> Flatten -> MatMul -> Gemm (transB, bias): one of each converted op."""
+    rng = np.random.default_rng(7)
+    c = {"w": rng.standard_normal((4, 3, 3, 3)), "b": rng.standard_normal((64, 10)),
+         "g": rng.standard_normal((5, 10)), "bias": rng.standard_normal(5)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]), n("Relu", ["c"], ["r"]),
+             n("Flatten", ["r"], ["f"]), n("MatMul", ["f", "b"], ["m"]), n("Gemm", ["m", "g", "bias"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in c.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def test_fp32_unchanged_bit_for_bit():
     """Negative: precision fp32 (the default) builds as before the option existed; a float64 model under bf16
     converts nothing and matches its fp32 build bit for bit."""
-    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
-    x = np.load(EXAMPLES / "digits_test.npz")["x"][:8].astype(np.float32)
-    default = _compile_run(model, {"x": x})
-    assert np.array_equal(default, _compile_run(model, {"x": x}, precision="fp32"))
-    assert not np.array_equal(default, _compile_run(model, {"x": x}, precision="bf16"))
-    w = RNG.standard_normal((6, 3))
-    x64 = RNG.standard_normal((4, 6))
-    m64 = _op_model("MatMul", {}, x64, [w], 2, TensorProto.DOUBLE)
-    report: dict = {}
     from optc.codegen.compile import build_executable
 
+    model = _small_cnn()
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    default = _compile_run(model, {"x": x})
+    assert np.array_equal(default, _compile_run(model, {"x": x}, precision="fp32"))
+    report: dict = {}
+    executable, meta = build_executable(model.SerializeToString(), report=report)
+    assert "bf16" not in report and meta["precision"] == "fp32" and "bf16" not in meta
+    x64 = RNG.standard_normal((4, 6))
+    m64 = _op_model("MatMul", {}, x64, [RNG.standard_normal((6, 3))], 2, TensorProto.DOUBLE)
     build_executable(m64.SerializeToString(), precision="bf16", report=report)
     assert report["bf16"]["converted"] == {} and report["bf16"]["kept_float32"] == {"matmul: operands float64": 1}
     assert np.array_equal(_compile_run(m64, {"x": x64}, precision="bf16"), _compile_run(m64, {"x": x64}))
@@ -246,25 +256,25 @@ def test_bad_precision_refused():
         optc.compile(str(EXAMPLES / "digits_cnn.onnx"), target="cuda", precision="bf16")
 
 
-def test_cli_summary_json_and_metadata(tmp_path):
-    out = tmp_path / "m.so"
-    cli = [sys.executable, "-m", "optc.tools.cli", "compile", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(out),
-           "--precision", "bf16", "-q"]
-    proc = subprocess.run(cli, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert "bf16: 3 conv2d, 2 matmul on bfloat16 operands with float32 accumulation" in lines
-    emulated = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect it slower than fp32"
+def test_cli_summary_json_and_metadata(tmp_path, capsys):
     from optc.codegen.precision import native_bf16
     from optc.codegen.targets import resolve_target
+    from optc.tools.cli import main
 
+    src, out = tmp_path / "cnn.onnx", tmp_path / "m.so"
+    onnx.save(_small_cnn(), str(src))
+    cli = ["compile", str(src), "-o", str(out), "-q", "--precision"]
+    assert main([*cli, "bf16", "--target", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "optc: error: --precision bf16 is supported for CPU targets (cpu, arm64, llvm), not cuda"]
+    assert main([*cli, "bf16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "bf16: 1 conv2d, 2 matmul on bfloat16 operands with float32 accumulation" in lines
+    emulated = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect it slower than fp32"
     assert (emulated in lines) == (not native_bf16(resolve_target("cpu")))
     meta = json.loads(Path(f"{out}.json").read_text())
-    assert meta["precision"] == "bf16" and meta["bf16"]["converted"] == {"conv2d": 3, "matmul": 2}
-    assert meta["kernels"]["bfloat16"] == 5 and meta["kernels"]["float"] == 0
-    proc = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=600)
-    report = json.loads(proc.stdout)
-    assert report["precision"] == "bf16" and report["bf16"]["kept_float32"] == {}
-    bad = subprocess.run([*cli[:-3], "--precision", "bf16", "--target", "cuda"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "optc: error: --precision bf16 is supported for CPU targets (cpu, arm64, llvm), not cuda"]
+    assert meta["precision"] == "bf16" and meta["bf16"]["converted"] == {"conv2d": 1, "matmul": 2}
+    assert meta["kernels"]["bfloat16"] == 3 and meta["kernels"]["float"] == 0
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = next(iter(optc.runtime.load(str(out)).run({"x": x}).values()))
+    assert 0 < np.max(np.abs(y - run_ort(_small_cnn(), {"x": x})[0])) < 2**-5 * np.max(np.abs(y))
