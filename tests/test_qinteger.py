@@ -191,6 +191,7 @@ def test_matmuls_within_one_unit():
     model = b.model()
     _, summary, ops = _integer_ops(model)
     assert summary == {"integer": 4, "bfloat16": 0, "float": 0, "float_reasons": {}}, summary
+    assert ops.count("QuantizeLinear") == 1  # the input's: each output's requantize is inside its QMatMul
     assert_within_one_unit(model, RNG.standard_normal(b.shape).astype(np.float32), fused_too=True)
 
 
@@ -202,7 +203,7 @@ def test_gemms_within_one_unit():
     b.matmul("gemm_float_out", 8, gemm=True, quantized_out=False)
     model = b.model()
     _, summary, ops = _integer_ops(model)
-    assert summary["integer"] == 4 and "Gemm" not in ops
+    assert summary["integer"] == 4 and "Gemm" not in ops and ops.count("QuantizeLinear") == 1
     assert_within_one_unit(model, RNG.standard_normal(b.shape).astype(np.float32))
 
 
@@ -231,6 +232,7 @@ def test_qlinear_ops_import_to_the_integer_ops():
     assert_within_one_unit(model, RNG.standard_normal((1, 4, 9, 9)).astype(np.float32) * 2)
 
 
+@pytest.mark.slow
 def test_corpus_model_quantized_by_optc():
     from optc.ir.onnx_export import to_onnx
     from optc.quantization.api import quantize

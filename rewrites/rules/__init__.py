@@ -1,7 +1,8 @@
 """Rule sets, by the names the CLI and the passes use (`rules{rule-set=NAME}`, `fuse{set=conv-bn}`).
 
 One module per family: `noops` (eliminate-noops), `canonicalize`, `fusion` (the fuse-* sets), `transformer`
-(transformer-standard / transformer-onnxruntime, run by the fuse-transformer pass and `optc optimize --for`).
+(transformer-standard / transformer-onnxruntime, run by the fuse-transformer pass and `optc optimize --for`),
+`qinteger` (QDQ patterns to optc's integer ops, for the TVM compile path only).
 
 Rule sets are a registry, open to plugins: `register_rule_set(name, rules, level=2)` from Python, or a package
 that declares an entry point in the `optc.rules` group (its object: a callable that calls `register_rule_set`,
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from ...errors import OptcError, did_you_mean
 from ..rule import Rule
-from . import canonicalize, fusion, noops, transformer
+from . import canonicalize, fusion, noops, qinteger, transformer
 
 
 @dataclass(frozen=True)
@@ -115,5 +116,8 @@ register_rule_set("fuse-pad", fusion.PAD)
 register_rule_set("fuse-matmul-add", fusion.MATMUL_ADD)
 register_rule_set("transformer-standard", transformer.STANDARD)
 register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
+# optc-domain integer ops for the TVM back end: in no -O pipeline (`optc optimize` writes standard ONNX); the compile
+# path applies them (`qinteger.to_integer_ops`); named in a pipeline only to inspect them (FileCheck tests).
+register_rule_set("qinteger", qinteger.RULES)
 
 __all__ = ["RULE_SETS", "RuleSetInfo", "all_rules", "check_rule_names", "register_rule_set", "rule_sets"]

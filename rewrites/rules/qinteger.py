@@ -310,6 +310,15 @@ def _matmul_operands(m, ad, wd, bd):
     return a, aq, w, ws, b
 
 
+def _feeds_quantize(node: Node) -> bool:
+    """Whether `node`'s output goes (through a Relu / Clip) to a QuantizeLinear only: the integer op with a
+    quantized output is the one to make there (the driver may visit the matmul before its QuantizeLinear)."""
+    users = [u.node for u in node.outputs[0]._uses]
+    if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+        users = [u.node for u in users[0].outputs[0]._uses]
+    return len(users) == 1 and users[0].op_type == "QuantizeLinear"
+
+
 class QdqMatMulFloatOut(Rule):
     """MatMul / Gemm(DQ(a), DQ(w), DQ(b)?) with a float output -> optc.QMatMul with a float32 output."""
 
@@ -320,6 +329,7 @@ class QdqMatMulFloatOut(Rule):
         return Or(op.MatMul(ad, wd, _name="mm"), op.Gemm(ad, wd, Optional(bd), _name="mm"))
 
     def check(self, m, ad, wd, bd):
+        require(not _feeds_quantize(m["mm"]), "its output is quantized (QdqMatMulToQMatMul's pattern)")
         m.qmm = _matmul_operands(m, ad, wd, bd)
         return True
 
