@@ -352,3 +352,39 @@ def test_unrewritten_patterns_still_exact():
     _, summary, _ = _integer_ops(model)
     assert summary["integer"] == 0
     assert_within_one_unit(model, RNG.standard_normal((1, 4, 6, 6)).astype(np.float32))
+
+
+def test_dynamic_quantization_matmul_integer_runs_on_raw_operands():
+    """optc's dynamic quantizer: DynamicQuantizeLinear + MatMulInteger (a's zero point known at run time) ->
+    optc.QMatMul with an int32 output; the whole model equal to the ONNX reference evaluator's (the integer
+    part exactly; the float scaling after it is the same float32 ops)."""
+    from onnx.reference import ReferenceEvaluator
+    from optc.ir.onnx_export import to_onnx
+    from optc.quantization.api import quantize
+
+    w = RNG.standard_normal((32, 24)).astype(np.float32)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 32])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], [nh.from_array(w, "w")])
+    q = to_onnx(quantize(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8), dynamic=True))
+    q.ir_version = min(q.ir_version, 10)
+    _, summary, ops = _integer_ops(q)
+    assert "MatMulInteger" not in ops and ops.count("QMatMul") == 1 and summary["integer"] == 1, ops
+    x = RNG.standard_normal((2, 3, 32)).astype(np.float32)
+    ref = ReferenceEvaluator(q).run(None, {"x": x})[0]
+    got = optc.compile(q).run({"x": x})[q.graph.output[0].name]
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def test_matmul_integer_with_constant_zero_points():
+    a_zp, b = np.array(3, np.uint8), RNG.integers(0, 256, (20, 6)).astype(np.uint8)
+    nodes = [h.make_node("MatMulInteger", ["a", "b", "a_zp", "b_zp"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", TensorProto.UINT8, [4, 20])],
+                         [h.make_tensor_value_info("y", TensorProto.INT32, None)],
+                         [nh.from_array(b, "b"), nh.from_array(a_zp, "a_zp"),
+                          nh.from_array(np.array(128, np.uint8), "b_zp")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    assert _integer_ops(model)[2].count("QMatMul") == 1
+    a = RNG.integers(0, 256, (4, 20)).astype(np.uint8)
+    want = (a.astype(np.int64) - 3) @ (b.astype(np.int64) - 128)
+    np.testing.assert_array_equal(optc.compile(model).run({"a": a})["y"], want)

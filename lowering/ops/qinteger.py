@@ -17,6 +17,8 @@ int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on th
   round half to even: onnxruntime's MlasRequantizeOutput (float32 multiplier, nearbyint, zero point added
   after rounding, saturate). Then the fused activation's clamp to [qmin, qmax].
 * float output (no y_scale): `float32(acc) * float32(x_scale * w_scale)` (onnxruntime's QGemm float output).
+* int32 output (QMatMul without x_scale: MatMulInteger with constant weights, whose x_zp may be a run-time
+  scalar, as DynamicQuantizeLinear makes it): the corrected accumulator `acc - x_zp * colsum(w)`.
 
 REDUCTION OF ONE (see `quant.py`): a one-term reduction gets a zero term more (x padded with 0, w with 0).
 """
@@ -27,7 +29,7 @@ import numpy as np
 from tvm import relax
 
 from ..converters import const, constant_value, converter, dtype_of, refuse
-from .quant import _INT_RANGES, _conv_pads, _rank, _rint_saturate, _scalar
+from .quant import _INT_RANGES, _conv_pads, _rank, _rint_saturate, _scalar, _shape
 
 #: the largest reduction whose int32 sum cannot overflow (255 * 128 per term, the x_zp correction included)
 _MAX_TERMS = (2**31 - 1) // (255 * 128 * 2)
@@ -42,16 +44,29 @@ def _constant(expr, what: str) -> np.ndarray:
 
 
 def _operands(inputs, op: str):
-    """(x, x_zp, w, w_scale, x_scale, y_scale, y_zp, bias) as numpy where constant; checks the types."""
+    """(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias): numpy arrays but x, and x_zp when it is known only
+    at run time (an int32 scalar expression then; only without x_scale: the int32-output form). x_scale None:
+    no scales at all, the output is the int32 accumulator."""
     get = lambda i: inputs[i] if len(inputs) > i else None  # noqa: E731
     x = inputs[0]
     if dtype_of(x) not in ("uint8", "int8"):
         raise refuse(f"{op} of {dtype_of(x)} (uint8 / int8 inputs)")
-    x_scale = _constant(inputs[1], "x_scale").astype(np.float32).reshape(())
-    x_zp = int(_constant(inputs[2], "x_zero_point").reshape(()))
     w = _constant(inputs[3], "w")
     if w.dtype != np.int8:
         raise refuse(f"{op} with {w.dtype} weights (int8, zero point subtracted)")
+    if get(1) is None:  # int32 output: MatMulInteger with a zero point of a at run time (dynamic quantization)
+        if any(get(i) is not None for i in (4, 5, 6, 7)):
+            raise refuse(f"{op} without x_scale takes no other scale, zero point or bias")
+        zp = get(2)
+        if zp is not None and constant_value(zp) is None:
+            if dtype_of(zp) != dtype_of(x) or _shape(zp) is None or int(np.prod(_shape(zp) or [1])) != 1:
+                raise refuse(f"{op}: a run-time x_zero_point must be one {dtype_of(x)} value")
+            zp = relax.op.astype(relax.op.reshape(zp, []), "int32")
+        else:
+            zp = 0 if zp is None else int(constant_value(zp).reshape(()))
+        return x, None, zp, w, None, None, None, None
+    x_scale = _constant(inputs[1], "x_scale").astype(np.float32).reshape(())
+    x_zp = int(_constant(inputs[2], "x_zero_point").reshape(()))
     w_scale = _constant(inputs[4], "w_scale").astype(np.float32)
     y_scale = None if get(5) is None else _constant(inputs[5], "y_scale").astype(np.float32).reshape(())
     y_zp = None if get(6) is None else _constant(inputs[6], "y_zero_point")
@@ -111,15 +126,24 @@ def qmatmul(bb, inputs, attrs, ctx):
         x = bb.emit(relax.op.nn.pad(x, [0, 0] * (_rank(x) - 1) + [0, 1]))
         wx = const(np.concatenate([w, np.zeros_like(w)]))
     acc = bb.emit(relax.op.matmul(x, wx, out_dtype="int32"))
-    c = _correction(w.astype(np.int64).sum(axis=0), x_zp, bias, n)
+    colsum = w.astype(np.int64).sum(axis=0)
+    if not isinstance(x_zp, int):  # run time: acc - x_zp * colsum(w)
+        if np.abs(colsum).max(initial=0) * 255 >= 2**31:
+            raise refuse("QMatMul: the zero point correction could overflow int32")
+        return relax.op.subtract(acc, relax.op.multiply(bb.emit(x_zp), const(colsum.astype(np.int32))))
+    c = _correction(colsum, x_zp, bias, n)
     if c is not None:
         acc = bb.emit(relax.op.add(acc, const(c)))
+    if x_scale is None:
+        return acc
     return _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
 
 
 @converter("optc", "QConv")
 def qconv(bb, inputs, attrs, ctx):
     x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias = _operands(inputs, "QConv")
+    if x_scale is None:
+        raise refuse("QConv needs x_scale (the int32-output form is QMatMul's)")
     rank = _rank(x)
     spatial = rank - 2
     if spatial not in (1, 2, 3) or w.ndim != rank:

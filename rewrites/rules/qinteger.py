@@ -10,6 +10,7 @@ Patterns (x: uint8/int8 activations, w: int8/uint8 constant weights):
     QuantizeLinear(Gemm(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], ...)             -> optc.QMatMul
     MatMul / Gemm(DQ(x), DQ(w), DQ(b_int32)?) with a float output (no QuantizeLinear)  -> optc.QMatMul, float out
     QLinearConv / QLinearMatMul with constant weights                                  -> optc.QConv / optc.QMatMul
+    MatMulInteger(a, constant b, a_zp) (dynamic quantization: a_zp at run time)        -> optc.QMatMul, int32 out
 
 The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` optional):
 
@@ -25,6 +26,8 @@ The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` option
 * B / bias: int32 [M] / [N] in units of x_scale * w_scale (zero point 0), added to the int32 accumulator: the
   DequantizeLinear of the bias must have exactly that scale (float32 product, relative tolerance 2**-20, which
   moves the result by far less than one rounding) else no rewrite. A float bias is not fused.
+* QMatMul without a_scale (nor w_scale, y_*, bias): the int32 accumulator, MatMulInteger's output; then
+  a_zero_point may be a run-time scalar.
 * y_scale float32 and y_zero_point (uint8 / int8) per tensor: the output is `saturate(rint(acc * M) + y_zp)`,
   M = x_scale * w_scale / y_scale (float32, onnxruntime's requantize). Without them the output is float32:
   `float32(acc) * (x_scale * w_scale)` (onnxruntime's QGemm / MatMulIntegerToFloat).
@@ -411,7 +414,39 @@ class QLinearMatMulToQMatMul(Rule):
         return op.QMatMul(m["qm"].inputs[0], a.scale, a.zero_point, w, ws, y.scale, y.zero_point, _domain=DOMAIN)
 
 
-RULES = [QdqConvToQConv, QdqMatMulToQMatMul, QdqMatMulFloatOut, QLinearConvToQConv, QLinearMatMulToQMatMul]
+class MatMulIntegerToQMatMul(Rule):
+    """MatMulInteger(a, constant 2-D b, a_zp?, constant b_zp?) -> optc.QMatMul(a, -, a_zp, b - b_zp) with an
+    int32 output: raw uint8/int8 operands, a's zero point (per tensor; a run-time scalar too, as
+    DynamicQuantizeLinear makes it) corrected after the matmul. Exact: the same int32 sum."""
+
+    def pattern(self, op):
+        return op.MatMulInteger(_allow_other_inputs=True, _name="mi")
+
+    def check(self, m):
+        mi = m["mi"]
+        a = mi.inputs[0]
+        require(np_dtype(a) in _INT8 and a.rank is not None and a.rank >= 2, "a is not uint8/int8 of rank >= 2")
+        b = _const(m, mi.inputs[1])
+        require(b is not None and b.dtype in _INT8 and b.ndim == 2, "b is not a 2-D uint8/int8 constant")
+        a_zp = mi.inputs[2] if len(mi.inputs) > 2 else None
+        if a_zp is not None:
+            require(a_zp.shape is not None and all(d == 1 for d in a_zp.shape), "a_zero_point is not per tensor")
+            require(np_dtype(a_zp) == np_dtype(a), "a_zero_point's type is not a's")
+        bz = _zero_point(m, mi.inputs[3] if len(mi.inputs) > 3 else None, b.dtype, "b_zero_point")
+        require(bz.size in (1, b.shape[1]) and bz.ndim <= 1, "b_zero_point is neither per tensor nor per column")
+        shifted = b.astype(np.int32) - bz.reshape(-1).astype(np.int32)[None, :]
+        require(shifted.min(initial=0) >= -128 and shifted.max(initial=0) <= 127, "b minus its zero point does not "
+                                                                                  "fit int8")
+        m.qmi = (a, a_zp, shifted.astype(np.int8))
+        return True
+
+    def rewrite(self, op, m):
+        a, a_zp, w = m.qmi
+        return op.QMatMul(a, None, a_zp, w, _domain=DOMAIN)
+
+
+RULES = [QdqConvToQConv, QdqMatMulToQMatMul, QdqMatMulFloatOut, QLinearConvToQConv, QLinearMatMulToQMatMul,
+         MatMulIntegerToQMatMul]
 
 
 def to_integer_ops(model: Model) -> dict:
