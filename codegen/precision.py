@@ -17,9 +17,10 @@ rounding a and b to bfloat16 gives a~ = a(1 + d1), b~ = b(1 + d2) with |d1|, |d2
 relative error |d1 + d2 + d1 d2| <= 2u + u^2; the float32 accumulation of K terms adds at most
 gamma_K = K u32 / (1 - K u32) (u32 = 2^-24; Higham, Accuracy and Stability of Numerical Algorithms, eq. 3.5)::
 
-    |y_bf16 - y_fp32| <= (2u + u^2) * sum_k |a_k||b_k| + 2 * gamma_K * sum_k |a_k||b_k|
+    |y_bf16 - y_fp32| <= (2u + u^2) * sum_k |a_k||b_k| + gamma_K * (1 + (1 + u)^2) * sum_k |a_k||b_k|
 
-(the last term: both sides' float32 accumulation; `error_bound` computes it). Subnormal float32 operands below
+(the last term: the float32 accumulation of both results, the bf16 one over products up to (1 + u)^2 larger;
+`error_bound` computes it). Subnormal float32 operands below
 bfloat16's range flush toward zero by the same rounding and keep the bound's absolute form.
 
 Rounding float32 -> bfloat16 is round-to-nearest-even on the bits, NaN kept NaN (quiet, sign kept) and infinities
@@ -44,7 +45,7 @@ BF16_UNIT_ROUNDOFF = 2.0**-8
 FP32_UNIT_ROUNDOFF = 2.0**-24
 _CONVERTED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
 _NATIVE_FEATURES = ("avx512bf16", "amx-bf16", "bf16")
-EMULATED_NOTE = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect it slower than fp32"
+EMULATED_NOTE = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect no speed-up over fp32"
 
 
 def check_precision(precision: str, target) -> None:
@@ -71,7 +72,7 @@ def error_bound(abs_products: np.ndarray, k: int) -> np.ndarray:
     reduction of length ``k`` (see the module docstring)."""
     u = BF16_UNIT_ROUNDOFF
     gamma = k * FP32_UNIT_ROUNDOFF / (1 - k * FP32_UNIT_ROUNDOFF)
-    return (2 * u + u * u + 2 * gamma) * np.asarray(abs_products, np.float64)
+    return (2 * u + u * u + gamma * (1 + (1 + u) ** 2)) * np.asarray(abs_products, np.float64)
 
 
 def _round_to_bfloat16(x):

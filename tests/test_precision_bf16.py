@@ -270,7 +270,7 @@ def test_cli_summary_json_and_metadata(tmp_path, capsys):
     assert main([*cli, "bf16"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "bf16: 1 conv2d, 2 matmul on bfloat16 operands with float32 accumulation" in lines
-    emulated = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect it slower than fp32"
+    emulated = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect no speed-up over fp32"
     assert (emulated in lines) == (not native_bf16(resolve_target("cpu")))
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["precision"] == "bf16" and meta["bf16"]["converted"] == {"conv2d": 1, "matmul": 2}
