@@ -159,7 +159,7 @@ def test_convs_of_every_shape_class_within_one_unit():
     model = b.model()
     _, summary, ops = _integer_ops(model)
     assert summary["integer"] == 7 and summary["float"] == 0, summary
-    assert "Conv" not in ops and ops.count("QConv") == 7
+    assert "Conv" not in ops and "DequantizeLinear" not in ops and ops.count("QConv") == 7
     x = RNG.standard_normal(b.shape).astype(np.float32) * 1.5
     hists = assert_within_one_unit(model, x, fused_too=True)
     assert len(hists) == 7
@@ -388,3 +388,12 @@ def test_matmul_integer_with_constant_zero_points():
     a = RNG.integers(0, 256, (4, 20)).astype(np.uint8)
     want = (a.astype(np.int64) - 3) @ (b.astype(np.int64) - 128)
     np.testing.assert_array_equal(optc.compile(model).run({"a": a})["y"], want)
+
+
+def test_reduction_too_long_for_int32_stays_float(monkeypatch):
+    """A reduction longer than MAX_TERMS could overflow the int32 accumulator: the float path stays."""
+    import optc.rewrites.rules.qinteger as rules
+
+    monkeypatch.setattr(rules, "MAX_TERMS", 8)  # a 4 x 3 x 3 filter has 36 terms
+    _, summary, ops = _integer_ops(_single_conv(lambda m: None))
+    assert "QConv" not in ops and "too long for an int32" in next(iter(summary["float_reasons"].values()))

@@ -8,8 +8,8 @@ int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on th
 * zero points: w has none (the rule subtracted it from the constant weight). With x = xq - x_zp,
   sum (xq - x_zp) * w = sum xq * w - x_zp * sum w, and sum w over the reduction (the columns of w, or a
   conv filter's C/group x k... window) is a per-output-channel constant: folded here with the int32 bias into
-  one constant vector `bias - x_zp * colsum(w)`, added once. Exact in int32 (|acc| < 2**31 for
-  K < 2**16 / 255 / 128 ... in practice: K <= 65793 terms of 255 x 128; larger K is refused).
+  one constant vector `bias - x_zp * colsum(w)`, added once. Exact in int32 for reductions of up to
+  `MAX_TERMS` (32896) terms of 255 x 128, the raw sum and the correction each; the rules leave longer ones float.
 * padded convolutions: ONNX pads the float input with 0.0 = DQ(x_zp), so padded xq equals x_zp. With a
   nonzero x_zp the input is padded explicitly with x_zp (`nn.pad`) and the convolution runs unpadded, which
   keeps the per-channel correction exact at the borders; x_zp = 0 keeps the convolution's own zero padding.
@@ -28,11 +28,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
+from ...rewrites.rules.qinteger import MAX_TERMS
 from ..converters import const, constant_value, converter, dtype_of, refuse
 from .quant import _INT_RANGES, _conv_pads, _rank, _rint_saturate, _scalar, _shape
-
-#: the largest reduction whose int32 sum cannot overflow (255 * 128 per term, the x_zp correction included)
-_MAX_TERMS = (2**31 - 1) // (255 * 128 * 2)
 
 
 def _constant(expr, what: str) -> np.ndarray:
@@ -119,7 +117,7 @@ def qmatmul(bb, inputs, attrs, ctx):
     if w.ndim != 2 or _rank(x) < 2:
         raise refuse(f"QMatMul of a rank-{_rank(x)} input and a {w.ndim}-D weight (needs >= 2 and 2)")
     k, n = w.shape
-    if k > _MAX_TERMS:
+    if k > MAX_TERMS:
         raise refuse(f"QMatMul with a reduction of {k} terms could overflow int32")
     wx = const(w)
     if k == 1:  # REDUCTION OF ONE: a zero term more
@@ -149,7 +147,7 @@ def qconv(bb, inputs, attrs, ctx):
     if spatial not in (1, 2, 3) or w.ndim != rank:
         raise refuse(f"QConv with a rank-{rank} input and a {w.ndim}-D weight (1-D, 2-D and 3-D convolutions)")
     terms = int(np.prod(w.shape[1:]))
-    if terms > _MAX_TERMS:
+    if terms > MAX_TERMS:
         raise refuse(f"QConv with a reduction of {terms} terms could overflow int32")
     strides = list(attrs.get("strides", [1] * spatial))
     dilations = list(attrs.get("dilations", [1] * spatial))

@@ -66,6 +66,9 @@ from ._util import np_dtype
 DOMAIN = "optc"
 _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
 _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+#: the longest reduction (terms per output) an integer op takes: 255 * 128 per term, a raw sum and a zero point
+#: correction of the same size both within int32 (longer ones keep the float path)
+MAX_TERMS = (2**31 - 1) // (255 * 128 * 2)
 #: the float ops these rules turn into integer ops (what the compile summary counts)
 COUNTED = ("Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
 
@@ -228,6 +231,19 @@ def _activated(op, inner):
     return Or(inner, op.Relu(inner, _name="act"), op.Clip(inner, Optional(ANY), Optional(ANY), _name="act"))
 
 
+def _check_conv(conv: Node, x: Value, w: np.ndarray) -> None:
+    """What the lowering of optc.QConv needs: 1-D to 3-D, a reduction that cannot overflow int32, explicit
+    pads or a static input shape for auto_pad SAME."""
+    require(w.ndim in (3, 4, 5), f"a {w.ndim - 2}-D convolution (1-D to 3-D are)")
+    require(int(np.prod(w.shape[1:])) <= MAX_TERMS, "the reduction is too long for an int32 accumulator")
+    auto_pad = conv.attr("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        shape = x.shape
+        require(shape is not None and all(isinstance(d, int) for d in shape[2:]),
+                "auto_pad SAME with a run-time spatial size")
+
+
 def _conv_attrs(conv: Node) -> dict:
     return {k: a.value for k, a in conv.attributes.items()
             if k in ("strides", "pads", "dilations", "group", "auto_pad", "kernel_shape")}
@@ -259,6 +275,7 @@ class QdqConvToQConv(_QdqRule):
         w, ws = _weight_dq(m, wd, 0, "the weight")
         require(w.ndim == len(x.shape) if x.shape is not None else w.ndim >= 3, "input and weight ranks differ")
         b = _bias_dq(m, bd, xq.scale, ws, w.shape[0])
+        _check_conv(conv, x, w)
         y, clamp = self._tail(m)
         m.qconv = (x, xq, w, ws, b, y, clamp)
         return True
@@ -309,6 +326,7 @@ def _matmul_operands(m, ad, wd, bd):
         w, ws = _weight_dq(m, wd, 1, "the weight")
         require(w.ndim == 2, "the weight is not 2-D")
         require(a.rank is not None and a.rank >= 2, "the input's rank is unknown or < 2")
+    require(w.shape[0] <= MAX_TERMS, "the reduction is too long for an int32 accumulator")
     b = _bias_dq(m, bd, aq.scale, ws, w.shape[1])
     return a, aq, w, ws, b
 
@@ -376,6 +394,7 @@ class QLinearConvToQConv(Rule):
         x = _qlinear_params(m, qc, 1, 2, "the input")
         require(np_dtype(qc.inputs[0]) == x.zero_point.dtype, "the input and its zero point differ in type")
         w, ws = _qlinear_weight(m, qc, 0)
+        _check_conv(qc, qc.inputs[0], w)
         y = _qlinear_params(m, qc, 6, 7, "the output")
         bias = None
         if len(qc.inputs) > 8 and qc.inputs[8] is not None:
@@ -404,7 +423,7 @@ class QLinearMatMulToQMatMul(Rule):
         a = _qlinear_params(m, qm, 1, 2, "a")
         require(np_dtype(qm.inputs[0]) == a.zero_point.dtype, "a and its zero point differ in type")
         w, ws = _qlinear_weight(m, qm, 1)
-        require(w.ndim == 2, "b is not 2-D")
+        require(w.ndim == 2 and w.shape[0] <= MAX_TERMS, "b is not 2-D or its reduction is too long for int32")
         y = _qlinear_params(m, qm, 6, 7, "the output")
         m.qmm = (a, w, ws, y)
         return True
@@ -428,6 +447,7 @@ class MatMulIntegerToQMatMul(Rule):
         require(np_dtype(a) in _INT8 and a.rank is not None and a.rank >= 2, "a is not uint8/int8 of rank >= 2")
         b = _const(m, mi.inputs[1])
         require(b is not None and b.dtype in _INT8 and b.ndim == 2, "b is not a 2-D uint8/int8 constant")
+        require(b.shape[0] <= MAX_TERMS, "the reduction is too long for an int32 accumulator")
         a_zp = mi.inputs[2] if len(mi.inputs) > 2 else None
         if a_zp is not None:
             require(a_zp.shape is not None and all(d == 1 for d in a_zp.shape), "a_zero_point is not per tensor")
