@@ -208,6 +208,26 @@ def test_transformer_block():
     assert to_emulation < to_fp32 / 10 and to_emulation < 2**-12
 
 
+def test_attention_op():
+    """ONNX Attention (opset 23), lowered by optc to two matmuls: both in bf16. Emulated in float64 with Q, K
+    (times sqrt(scale) = 0.5, exact), V and the softmax probabilities rounded to bfloat16."""
+    shape = (1, 2, 5, 8)
+    q, k, v = (RNG.standard_normal(shape).astype(np.float32) for _ in range(3))
+    graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"], scale=0.25)], "attn",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    feeds = {"q": q, "k": k, "v": v}
+    y = _compile_run(model, feeds, precision="bf16", fast_math=False)
+    y32 = run_ort(model, feeds)[0]
+    s = (_bf16(q) * 0.5) @ (_bf16(k) * 0.5).transpose(0, 1, 3, 2)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    emulated = _bf16(p / p.sum(-1, keepdims=True)) @ _bf16(v)
+    to_emulation, to_fp32 = np.max(np.abs(y - emulated)), np.max(np.abs(y - y32))
+    assert to_fp32 < 2**-5 * np.max(np.abs(y32))
+    assert to_emulation < to_fp32 / 10
+
+
 def test_digits_cnn():
     model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
     x = np.load(EXAMPLES / "digits_test.npz")["x"][:16].astype(np.float32)
