@@ -192,9 +192,11 @@ def _layout_free_reads(func, stmt) -> list[int]:
     return [i for i, region in enumerate(stmt.reads) if any(region.source.same_as(p) for p in params)]
 
 
-def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int) -> None:
+def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=None) -> None:
     """Store a constant weight ``W[..., n]`` as ``W[n // panel, ..., n % panel]`` so that one register tile's
-    weights over the whole reduction are one contiguous stream.
+    weights over the whole reduction are one contiguous stream. ``index_map`` (a function of the weight's
+    indices, as ``IndexMap.from_func`` takes) replaces that layout (the int8 kernels also group the reduction
+    axis: ``int8_kernels.py``).
 
     The copy is a block annotated ``meta_schedule.layout_rewrite_preproc``: the build splits it into a
     function of its own (``SplitLayoutRewritePreproc``) and evaluates that on the constant at compile time
@@ -208,7 +210,7 @@ def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int) -> None:
     copy = sch.cache_read(block, read_index, "global")
     sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", 1)
     sch.transform_layout(block, ("read", read_index), IndexMap.from_func(
-        lambda *idx: (idx[-1] // panel, *idx[:-1], idx[-1] % panel), ndim=ndim))
+        index_map or (lambda *idx: (idx[-1] // panel, *idx[:-1], idx[-1] % panel)), ndim=ndim))
 
 
 def _packing_splits_off(sch: s_tir.Schedule) -> bool:
@@ -631,4 +633,7 @@ def cpu_rules():
     """The rules ApplyDefaultSchedule tries, in order, on every unscheduled PrimFunc (llvm targets)."""
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
-    return [TiledReduction(), Injective(), Guarded(dl.cpu.GEMV()), RowReduction(), ParallelFallback()]
+    from .int8_kernels import Int8Reduction  # noqa: PLC0415 (it imports this module's helpers)
+
+    return [Int8Reduction(), TiledReduction(), Injective(), Guarded(dl.cpu.GEMV()), RowReduction(),
+            ParallelFallback()]

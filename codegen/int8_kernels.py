@@ -1,0 +1,294 @@
+"""Integer (8-bit x 8-bit -> int32) reduction kernels on x86 CPUs: dot-product tensor intrinsics and the schedule
+rule ``Int8Reduction`` that uses them.
+
+Interface: a fused PrimFunc with one reduction block ``C[.., n] += int32(A[.., k]) * int32(B[.., k, n])`` (relax
+``matmul(a, w, out_dtype="int32")``, ``conv2d(x, w, out_dtype="int32")`` in NHWC/HWIO after optc's layout pass), A
+and B uint8/int8, B a constant weight (``layout_free_buffers``), followed by injective epilogues (zero-point
+corrections, the float requantize: multiply, add, round, clip, cast). Every kernel is exact: the int32 result
+equals the integer sum (no int16 saturation).
+
+Instruction sets, chosen from the *target's* LLVM features (``targets.llvm_features``; the ``cpu`` preset's
+features are this host's, corrected from /proc/cpuinfo) before anything is built, because an intrinsic the target
+lacks kills the process inside LLVM (TVM-NOTES "Reduced precision on x86"):
+
+* ``avx512vnni``: ``vpdpbusd`` zmm (u8 x s8, 16 lanes x 4 products), uint8 activations x int8 weights;
+* ``avxvnni``: ``vpdpbusd`` ymm (AVX-VNNI, 8 lanes x 4), the same operands;
+* ``avx512bw``: ``vpmaddwd`` zmm on operands widened to int16 (16 lanes x 2 products);
+* ``avx2``: ``vpmaddwd`` ymm on operands widened to int16 (8 lanes x 2 products).
+
+``vpmaddwd`` multiplies int16 pairs and adds each pair into one int32 exactly (|products| <= 2 * 128 * 255), so
+the widened path is exact for u8 x s8 and s8 x s8 alike; ``vpmaddubsw`` (u8 x s8 summed in *saturating* int16,
+TVM's ``dot_16x4_avx512``, onnxruntime's AVX2 u8s8 kernel) is not used. ``vpdpbusd`` sums four u8 x s8 products
+into int32 without intermediate saturation (Intel SDM, VPDPBUSD), so it is exact too; int8 x int8 operands use
+the widened path on VNNI machines as well. AMX (``tdpbusd``) is not implemented here (see benchmarks/RESULTS.md).
+
+Schedule: the output's last spatial axis (the contiguous output channel, N) is split into SIMD vectors, the one
+before it (matmul's rows, the conv output's width: M) into tile rows, the last reduction axis (K: the input channel / matmul's k) into groups of
+2 (vpmaddwd) or 4 (vpdpbusd). Register tile u_m rows x u_n vectors, all reduction loops outside the tile, the tile
+computed by the tensor intrinsic (one instruction per row and vector), the weight prepacked at compile time into
+``W[n // P, ..., k // G, n % P, k % G]`` (P = tile width, G = group) so each instruction reads G x lanes contiguous
+bytes, and the epilogue computed per tile. Kernels it cannot take (K not a multiple of G, N not a multiple of the
+lanes, weights computed at run time, depthwise / grouped convolutions) are left to ``schedules.TiledReduction``,
+which is exact but slower (int32 multiplies).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from tvm import s_tir
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from .schedules import (
+    PARALLEL_MIN_MACS,
+    PARALLEL_MIN_WORK,
+    Injective,
+    _buffer_last_index_vars,
+    _bytes,
+    _extent,
+    _fuse_parallel,
+    _is_padding,
+    _layout_free_reads,
+    _packing_splits_off,
+    _prepack_weight,
+    _Rule,
+    _vars_in,
+    _vector_lanes,
+    _vectorize_innermost,
+    try_inline,
+)
+from .targets import llvm_features
+
+#: instruction sets in order of preference: name -> (LLVM features the target needs, int32 lanes, group size G,
+#: activation dtypes it multiplies exactly with int8 weights)
+ISAS = {
+    "avx512vnni": (("avx512vnni", "avx512bw"), 16, 4, ("uint8",)),
+    "avxvnni": (("avxvnni",), 8, 4, ("uint8",)),
+    "avx512bw": (("avx512bw",), 16, 2, ("uint8", "int8")),
+    "avx2": (("avx2",), 8, 2, ("uint8", "int8")),
+}
+
+#: vector registers of each register file (ymm on AVX2 / AVX-VNNI, zmm with AVX-512)
+_REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw": 32, "avx2": 16}
+
+
+def int8_isas(target: Target) -> list[str]:
+    """The instruction sets of ``ISAS`` that ``target``'s code may use, best first ([] for a non-x86 target).
+
+    Decided from the target's LLVM feature list, never from trying a build (a missing feature aborts LLVM)."""
+    if target.kind.name != "llvm":
+        return []
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple and not triple.startswith("x86_64"):
+        return []
+    feats = set(llvm_features(target))
+    return [name for name, (needs, *_rest) in ISAS.items() if all(f in feats for f in needs)]
+
+
+def _intrin_name(isa: str, a_dtype: str) -> str:
+    return f"optc_dot_{isa}_{a_dtype}_int8"
+
+
+def _make_intrin(isa: str, a_dtype: str):
+    """(desc, impl) of ``C[i] += sum_k int32(A[k]) * int32(B[i, k])`` for i < lanes, k < G, on ``isa``."""
+    _, lanes, group, _ = ISAS[isa]
+    wide = lanes * group
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+    if group == 4:  # vpdpbusd: the activation's 4 bytes broadcast as one int32, the weights as 64 / 32 bytes
+        intrinsic = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                a_i32 = T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32")
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    f"int32x{lanes}", intrinsic, C.vload([0], f"int32x{lanes}"),
+                    T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"int8x{wide}"),
+                    B.vload([0, 0], f"int8x{wide}"))
+    else:  # vpmaddwd: both operands widened to int16; the activation pair broadcast as one int32
+        intrinsic = "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd"
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                # the byte pair broadcast as one 16-bit word, then widened (vpbroadcastw + vpmov[sz]xbw)
+                a_u16 = T.reinterpret(A.vload([0], f"{a_dtype}x2"), dtype="uint16")
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                    f"int32x{lanes}", intrinsic,
+                    T.Cast(f"int16x{wide}", T.reinterpret(T.broadcast(a_u16, lanes), dtype=f"{a_dtype}x{wide}")),
+                    T.Cast(f"int16x{wide}", B.vload([0, 0], f"int8x{wide}")))
+
+    return desc, impl
+
+
+@functools.cache
+def register_intrin(isa: str, a_dtype: str) -> str:
+    """Register (once per process) the tensor intrinsic of ``isa`` for ``a_dtype`` x int8; returns its name."""
+    name = _intrin_name(isa, a_dtype)
+    s_tir.TensorIntrin.register(name, *_make_intrin(isa, a_dtype), override=True)
+    return name
+
+
+def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
+    """(u_m rows, u_n vectors) of the register tile. u_m * u_n accumulators + u_n weight vectors + a broadcast
+    activation + the product before it is added stay within the register file (one more spills an accumulator
+    through memory in every iteration); u_m and u_n divide the extents (the tensor intrinsic takes no predicated
+    tail). Among those, the most products per instruction: u_m * u_n products (2 instructions each: multiply,
+    add; fused on VNNI) against u_n weight loads and u_m broadcasts (2 instructions each when widened)."""
+    regs = _REGISTERS[isa] - 2
+    fused = ISAS[isa][2] == 4
+    best, best_score = (1, 1), 0.0
+    for u_n in range(1, min(n_vecs, 8) + 1):
+        if n_vecs % u_n or 2 * u_n > regs:
+            continue
+        max_m = min(8, (regs - u_n) // u_n) if m_ext > 1 else 1
+        u_m = max((d for d in range(1, max(max_m, 1) + 1) if m_ext % d == 0), default=1)
+        products = u_m * u_n
+        score = products / (products * (1 if fused else 2) + u_n + u_m * (1 if fused else 2))
+        if score > best_score:
+            best, best_score = (u_m, u_n), score
+    return best
+
+
+class Int8Reduction(_Rule):
+    """Exact u8/s8 x s8 -> int32 matmul / NHWC conv kernels with fused epilogues on the best dot-product
+    instruction ``target`` has (``int8_isas``); declines (next rule) whatever it cannot tensorize."""
+
+    def __init__(self, *, tile: tuple[int, int] | None = None):
+        self.tile = tile
+
+    def schedule(self, func, target: Target):
+        # cheap rejections first: this rule is asked about every kernel of every model
+        if not any(str(getattr(p, "dtype", "")) == "int8" for p in func.params):
+            return None
+        isas = int8_isas(target)
+        if not isas:
+            return None
+        from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
+
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        pads = [i for i in infos if _is_padding(sch, i)]
+        infos = try_inline(sch, [i for i in infos if i not in pads])
+        if not infos or infos[0].is_injective() or any(not e.is_injective() for e in infos[1:]):
+            return None
+        main, epilogues = infos[0], infos[1:]
+        kinds = main.dom_kind()
+        n_s = len(kinds) - len(kinds.lstrip("S"))
+        if n_s == 0 or kinds[n_s:].strip("R") or len(kinds) == n_s:
+            return None
+        block = main.block_rv
+        stmt = sch.get(block)
+        operands = self._operands(func, stmt, n_s)
+        if operands is None:
+            return None
+        a_index, b_index = operands
+        a_dtype = str(stmt.reads[a_index].source.dtype)
+        isa = next((i for i in isas if a_dtype in ISAS[i][3]), None)
+        if isa is None:
+            return None
+        _, lanes, group, _ = ISAS[isa]
+
+        loops = sch.get_loops(block)
+        s_loops, r_loops = list(loops[:n_s]), list(loops[n_s:])
+        extents = [_extent(sch, lp) for lp in loops]
+        if any(e is None for e in extents):
+            return None
+        n_ext, k_ext = extents[n_s - 1], extents[-1]
+        if n_ext % lanes or k_ext % group:
+            return None
+        m_ext = extents[n_s - 2] if n_s >= 2 else 1
+        work = math.prod(extents[:n_s])
+        reduction = math.prod(extents[n_s:])
+        u_m, u_n = self.tile or _tile(isa, m_ext, n_ext // lanes)
+        panel = u_n * lanes
+
+        n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, lanes])
+        k_o, k_i = sch.split(r_loops[-1], factors=[None, group])
+        if n_s >= 2:
+            m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
+            outer, inner = [*s_loops[:-2], m_o, n_o], [m_i, n_u]
+        else:
+            outer, inner = [n_o], [n_u]
+        weight_bytes = _bytes(stmt.reads[b_index].source)
+        act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i != b_index)
+        if len(outer) > 1 and weight_bytes > act_bytes:
+            outer = [outer[-1], *outer[:-1]]  # each weight panel streams from memory once
+        sch.reorder(*outer, *r_loops[:-1], k_o, *inner, n_v, k_i)
+        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
+                             else work)
+        if epilogues:
+            for epi in epilogues:
+                sch.reverse_compute_at(epi.block_rv, par, preserve_unit_loops=True)
+        init = sch.decompose_reduction(block, r_loops[0] if len(r_loops) > 1 else k_o)
+        init_loops = sch.get_loops(init)
+        sch.vectorize(init_loops[-1])
+        for epi in epilogues:
+            epi_loops = sch.get_loops(epi.block_rv)[1:]
+            if len(epi_loops) > 1:
+                sch.fuse(*epi_loops)
+            _vectorize_innermost(sch, epi.block_rv, _vector_lanes(target, 32), keep_outer=1)
+        for pad in pads:
+            Injective.schedule_block(sch, pad.block_rv, target)
+        sch.enter_postproc()
+        _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=lambda *idx: (
+            idx[-1] // panel, *idx[:-2], idx[-2] // group, idx[-1] % panel, idx[-2] % group))
+        if not _packing_splits_off(sch):
+            return None
+        sch.tensorize(n_v, register_intrin(isa, a_dtype))
+        for lp in inner:
+            sch.unroll(lp)
+        return sch
+
+    @staticmethod
+    def _operands(func, stmt, n_s: int) -> tuple[int, int] | None:
+        """(activation read, weight read) indices when ``stmt`` is ``C[.., n] += A[.., k] * B[.., k, n]`` with
+        8-bit A, int8 constant B, int32 C, n the last spatial and k the last reduction iterator; else None."""
+        if len(stmt.writes) != 1 or str(stmt.writes[0].source.dtype) != "int32" or len(stmt.reads) not in (2, 3):
+            return None
+        iter_vars = [iv.var for iv in stmt.iter_vars]
+        n_var, k_var = iter_vars[n_s - 1], iter_vars[-1]
+        if _buffer_last_index_vars(stmt.writes[0]) != {n_var}:
+            return None
+        free = set(_layout_free_reads(func, stmt))
+        a_index = b_index = None
+        for i, region in enumerate(stmt.reads):
+            dtype = str(region.source.dtype)
+            if region.source.same_as(stmt.writes[0].source):
+                continue
+            dims = region.region
+            if (dtype == "int8" and i in free and len(dims) >= 2 and _vars_in(dims[-1].min) == {n_var}
+                    and _vars_in(dims[-2].min) == {k_var}):
+                b_index = i
+            elif dtype in ("uint8", "int8") and len(dims) >= 1 and _vars_in(dims[-1].min) == {k_var}:
+                a_index = i
+        if a_index is None or b_index is None:
+            return None
+        return a_index, b_index

@@ -1,0 +1,275 @@
+"""The int8 CPU kernels (codegen/int8_kernels.py): instruction-set choice, exactness, and build-only checks of the
+VNNI / AVX-512 paths this machine cannot run.
+
+Exactness: every kernel's int32 output equals numpy's int64 sum (edge values 0/255, -128/127, K not a multiple of
+the group size, N not a multiple of the lanes, odd shapes); the requantize epilogue equals the same module built
+with TVM's unscheduled loops. Tests that say `build_only` compile for a CPU other than this one and only read the
+assembly (running it could kill the process with SIGILL)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from optc.codegen import int8_kernels  # noqa: E402
+from optc.codegen.build import build, fuse, prepare  # noqa: E402
+from optc.codegen.schedules import TiledReduction  # noqa: E402
+from optc.codegen.targets import host_cpu_flags, resolve_target  # noqa: E402
+from tvm import relax  # noqa: E402
+
+RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+def _values(rng, shape, dtype, edge: str = "random") -> np.ndarray:
+    lo, hi = RANGES[dtype]
+    if edge == "max":
+        return np.full(shape, hi if dtype == "uint8" else lo, dtype)
+    if edge == "extremes":  # only the two ends of the range
+        return np.where(rng.random(shape) < 0.5, lo, hi).astype(dtype)
+    return rng.integers(lo, hi + 1, shape).astype(dtype)
+
+
+def _module(x_shape, w_shape, x_dtype, op: str, requantize: bool = False, **conv):
+    """main(x, w) = matmul / conv2d (NCHW, OIHW) of x and w with out_dtype int32; optionally requantized to uint8
+    (per-output-channel multiplier, zero point 3: multiply, add, round, clip, cast)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, x_dtype))
+    w = relax.Var("w", relax.TensorType(w_shape, "int8"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            if op == "matmul":
+                y = bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
+                channels, bshape = w_shape[-1], (w_shape[-1],)
+            else:
+                y = bb.emit(relax.op.nn.conv2d(x, w, out_dtype="int32", **conv))
+                channels, bshape = w_shape[0], (1, w_shape[0], 1, 1)
+            if requantize:
+                mult = np.linspace(1e-4, 3e-3, channels, dtype=np.float32).reshape(bshape)
+                f = relax.op.add(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(mult)),
+                                 relax.const(np.float32(3)))
+                y = bb.emit(relax.op.astype(relax.op.clip(relax.op.round(f), 0, 255), "uint8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run(mod, w, x, schedule="default"):
+    vm = relax.VirtualMachine(build(mod, {"w": w}, "cpu", schedule=schedule), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _reduction_kernel(mod, w):
+    """The fused PrimFunc holding the int32 reduction, as the default rules see it (after NHWC conversion)."""
+    target = resolve_target("cpu")
+    fused = fuse(prepare(mod, {"w": w}, target), target)
+    funcs = [f for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+             and any(k in gv.name_hint for k in ("matmul", "conv2d"))]
+    assert len(funcs) == 1
+    return funcs[0], target
+
+
+def _takes(mod, w) -> bool:
+    func, target = _reduction_kernel(mod, w)
+    return int8_kernels.Int8Reduction().apply(func, target, False) is not None
+
+
+def _conv_reference(x, w, stride=1, pad=0, groups=1):
+    """int64 NCHW convolution by explicit loops over the kernel window (numpy only)."""
+    x = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, o, oh, ow), np.int64)
+    og = o // groups
+    for g in range(groups):
+        xs = x[:, g * cg:(g + 1) * cg]
+        ws = w[g * og:(g + 1) * og].astype(np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    return out
+
+
+# --- the instruction-set decision -------------------------------------------------------------------------------
+
+def test_host_decision_follows_cpuinfo():
+    """On this host the choice is what /proc/cpuinfo allows (this AVX2-only EPYC: the widened vpmaddwd path)."""
+    isas = int8_kernels.int8_isas(resolve_target("cpu"))
+    flags = host_cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    assert ("avx512vnni" in isas) == ({"avx512_vnni", "avx512bw"} <= flags)
+    assert ("avxvnni" in isas) == ("avx_vnni" in flags)
+    assert ("avx2" in isas) == ("avx2" in flags)
+    if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "avx512bw"}:
+        assert isas == ["avx2"]
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["avx512vnni", "avxvnni", "avx512bw", "avx2"]),
+    ({"kind": "llvm", "mcpu": "alderlake"}, ["avxvnni", "avx2"]),
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, ["avx512bw", "avx2"]),
+    ({"kind": "llvm", "mcpu": "haswell"}, ["avx2"]),
+    ({"kind": "llvm", "mcpu": "x86-64"}, []),  # SSE2 only: the rule declines, TiledReduction schedules
+    ("arm64", []),
+])
+def test_decision_from_target_features(target, expected):
+    assert int8_kernels.int8_isas(resolve_target(target)) == expected
+
+
+def test_no_dot_product_isa_declines():
+    """Without AVX2 the rule declines (no intrinsic is built that the target lacks) and the build still works."""
+    rng = np.random.default_rng(0)
+    w = _values(rng, (64, 64), "int8")
+    func, _ = _reduction_kernel(_module((4, 64), (64, 64), "uint8", "matmul"), w)
+    assert int8_kernels.Int8Reduction().apply(func, resolve_target({"kind": "llvm", "mcpu": "x86-64"}), False) is None
+
+
+# --- exactness on this machine ----------------------------------------------------------------------------------
+
+MATMULS = [  # (x shape, K, N, takes): takes = the dot-product rule schedules it (else TiledReduction does)
+    ((1, 64), 64, 64, True),
+    ((7, 130), 130, 72, True),
+    ((3, 5, 96), 96, 136, True),      # batch of 3
+    ((64, 1024), 1024, 256, True),
+    ((512, 64), 64, 1024, True),
+    ((5, 65), 65, 64, False),         # K odd: not a whole number of pairs
+    ((4, 64), 64, 100, False),        # N not a multiple of 8 lanes
+]
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize(("x_shape", "k", "n", "takes"), MATMULS)
+def test_matmul_exact(x_dtype, x_shape, k, n, takes):
+    rng = np.random.default_rng(k * n)
+    w = _values(rng, (k, n), "int8")
+    x = _values(rng, x_shape, x_dtype)
+    mod = _module(x_shape, (k, n), x_dtype, "matmul")
+    if int8_kernels.int8_isas(resolve_target("cpu")):
+        assert _takes(mod, w) == takes
+    np.testing.assert_array_equal(_run(mod, w, x), x.astype(np.int64) @ w.astype(np.int64))
+
+
+@pytest.mark.parametrize("edge", ["max", "extremes"])
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+def test_matmul_edge_values_exact(edge, x_dtype):
+    """255 x -128 (u8) / -128 x -128 (s8) in every product: each pair sums to +-65280 / 32768, beyond int16, and
+    the whole row to K times that; a saturating int16 pair sum (vpmaddubsw) would differ."""
+    rng = np.random.default_rng(1)
+    k, n = 1024, 64
+    w = _values(rng, (k, n), "int8", edge)
+    x = _values(rng, (6, k), x_dtype, edge)
+    mod = _module((6, k), (k, n), x_dtype, "matmul")
+    out = _run(mod, w, x)
+    ref = x.astype(np.int64) @ w.astype(np.int64)
+    if edge == "max":
+        assert abs(int(ref[0, 0])) == k * 128 * (255 if x_dtype == "uint8" else 128)
+    np.testing.assert_array_equal(out, ref)
+
+
+CONVS = [  # (x shape NCHW, w shape OIHW, conv attributes, takes)
+    ((1, 32, 9, 9), (64, 32, 1, 1), {}, True),                                  # 1x1
+    ((1, 16, 10, 10), (32, 16, 3, 3), {"padding": 1}, True),                     # 3x3, zero padded
+    ((2, 8, 11, 11), (16, 8, 3, 3), {"strides": 2}, True),                       # strided, batch 2
+    ((1, 3, 12, 12), (16, 3, 3, 3), {"padding": 1}, False),                      # 3 input channels: odd K
+    ((1, 16, 8, 8), (16, 1, 3, 3), {"padding": 1, "groups": 16}, False),         # depthwise
+    ((1, 16, 8, 8), (32, 4, 3, 3), {"padding": 1, "groups": 4}, False),          # grouped
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "takes"), CONVS)
+def test_conv_exact(x_shape, w_shape, attrs, takes):
+    rng = np.random.default_rng(w_shape[0] * w_shape[1])
+    w = _values(rng, w_shape, "int8", "extremes")
+    x = _values(rng, x_shape, "uint8", "extremes")
+    mod = _module(x_shape, w_shape, "uint8", "conv", **attrs)
+    if int8_kernels.int8_isas(resolve_target("cpu")):
+        assert _takes(mod, w) == takes
+    ref = _conv_reference(x, w, attrs.get("strides", 1), attrs.get("padding", 0), attrs.get("groups", 1))
+    np.testing.assert_array_equal(_run(mod, w, x), ref)
+
+
+@pytest.mark.parametrize(("op", "x_shape", "w_shape", "attrs"), [
+    ("matmul", (8, 128), (128, 64), {}),
+    ("matmul", (1, 512), (512, 128), {}),
+    ("conv", (1, 16, 7, 7), (32, 16, 3, 3), {"padding": 1}),
+])
+def test_requantize_epilogue_matches_unscheduled(op, x_shape, w_shape, attrs):
+    """The fused requantize computed per tile gives the same uint8 as TVM's naive loops (and is not constant)."""
+    rng = np.random.default_rng(2)
+    w = _values(rng, w_shape, "int8")
+    x = _values(rng, x_shape, "uint8")
+    mod = _module(x_shape, w_shape, "uint8", op, requantize=True, **attrs)
+    if int8_kernels.int8_isas(resolve_target("cpu")):
+        assert _takes(mod, w)
+    ours = _run(mod, w, x)
+    np.testing.assert_array_equal(ours, _run(mod, w, x, schedule="none"))
+    assert len(np.unique(ours)) > 10
+
+
+def test_declines_activation_times_activation():
+    """Both operands computed at run time (no constant weight to prepack): left to TiledReduction, still exact."""
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((8, 64), "uint8"))
+    b = relax.Var("b", relax.TensorType((64, 32), "int8"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(a, b, out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = resolve_target("cpu")
+    fused = fuse(prepare(mod, None, target), target)
+    func = next(f for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert int8_kernels.Int8Reduction().apply(func, target, False) is None
+    assert TiledReduction().apply(func, target, False) is not None
+    rng = np.random.default_rng(3)
+    x, y = _values(rng, (8, 64), "uint8"), _values(rng, (64, 32), "int8")
+    vm = relax.VirtualMachine(build(mod, None, "cpu"), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y)).numpy()
+    np.testing.assert_array_equal(out, x.astype(np.int64) @ y.astype(np.int64))
+
+
+def test_tile_fits_register_file():
+    for isa in int8_kernels.ISAS:
+        for m, n_vecs in [(1, 128), (128, 96), (49, 8), (3136, 8), (7, 9), (1, 1)]:
+            u_m, u_n = int8_kernels._tile(isa, m, n_vecs)
+            assert m % u_m == 0 and n_vecs % u_n == 0
+            assert u_m * u_n + u_n + 2 <= int8_kernels._REGISTERS[isa]
+
+
+# --- build only: instruction sets this machine lacks ------------------------------------------------------------
+
+def _asm(mod, w, target) -> str:
+    executable = build(mod, {"w": w}, resolve_target(target))
+    return next(m for m in executable.mod.imports if m.kind == "llvm").inspect_source("asm")
+
+
+@pytest.mark.parametrize(("mcpu", "pattern"), [
+    ("sapphirerapids", r"vpdpbusd\s+%zmm"),      # AVX512-VNNI
+    ("alderlake", r"vpdpbusd\s+%ymm"),           # AVX-VNNI
+    ("skylake-avx512", r"vpmaddwd\s+%zmm"),      # AVX-512BW, no VNNI
+    ("haswell", r"vpmaddwd\s+%ymm"),             # AVX2
+])
+def test_build_only_dot_product_instructions(mcpu, pattern):
+    """build only (never run here): the u8 x s8 matmul and 3x3 conv compile for each instruction set and their
+    assembly holds its dot-product instruction, and no saturating vpmaddubsw."""
+    rng = np.random.default_rng(4)
+    w_mm = _values(rng, (256, 128), "int8")
+    w_conv = _values(rng, (64, 32, 3, 3), "int8")
+    for mod, w in [(_module((16, 256), (256, 128), "uint8", "matmul", requantize=True), w_mm),
+                   (_module((1, 32, 14, 14), (64, 32, 3, 3), "uint8", "conv", padding=1), w_conv)]:
+        asm = _asm(mod, w, {"kind": "llvm", "mcpu": mcpu})
+        assert re.search(pattern, asm), f"{mcpu}: no {pattern}"
+        assert "vpmaddubsw" not in asm
+
+
+def test_build_only_int8_activations_on_vnni_use_widened_path():
+    """build only: vpdpbusd multiplies unsigned x signed bytes, so int8 x int8 on a VNNI CPU takes vpmaddwd."""
+    rng = np.random.default_rng(5)
+    w = _values(rng, (128, 64), "int8")
+    asm = _asm(_module((8, 128), (128, 64), "int8", "matmul"), w, {"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert re.search(r"vpmaddwd\s+%zmm", asm) and "vpdpbusd" not in asm
