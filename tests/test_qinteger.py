@@ -397,3 +397,32 @@ def test_reduction_too_long_for_int32_stays_float(monkeypatch):
     monkeypatch.setattr(rules, "MAX_TERMS", 8)  # a 4 x 3 x 3 filter has 36 terms
     _, summary, ops = _integer_ops(_single_conv(lambda m: None))
     assert "QConv" not in ops and "too long for an int32" in next(iter(summary["float_reasons"].values()))
+
+
+@pytest.mark.slow
+def test_compile_and_bench_say_which_kernels_ran_integer(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    b = Builder([1, 4, 6, 6], weight_max=63)
+    b.conv("q", 4, 3, pad=1)
+    b.init("wf", RNG.standard_normal((2, 4, 1, 1)).astype(np.float32))
+    b.nodes.append(h.make_node("Conv", ["x", "wf"], ["f"]))
+    b.outputs.append(h.make_tensor_value_info("f", TensorProto.FLOAT, None))
+    path, lib = tmp_path / "m.onnx", tmp_path / "m.so"
+    onnx.save(b.model(), path)
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "optc.tools.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    line = "integer kernels: 1 of 2 conv/matmul (1 float: 1 not quantized (its inputs are not DequantizeLinear outputs))"
+    assert line in cli("compile", path, "-o", lib, "-q").splitlines()
+    meta = json.loads((tmp_path / "m.so.json").read_text())["kernels"]
+    assert meta == {"integer": 1, "bfloat16": 0, "float": 1,
+                    "float_reasons": {"Conv 'f'": "not quantized (its inputs are not DequantizeLinear outputs)"}}
+    assert line in cli("bench", path, "--artifact", lib, "--repeat", 2, "--warmup", 0).splitlines()
+    assert json.loads(cli("bench", path, "--artifact", lib, "--repeat", 1, "--json"))["kernels"] == meta
