@@ -517,18 +517,18 @@ def _label(n: Node) -> str:
 
 
 def _why_float(n: Node, reasons: dict[str, str]) -> str:
-    """Why float op `n` was not turned into an integer op (for the compile summary)."""
+    """Why float op `n` was not turned into an integer op (for the compile summary): the reason the rules gave
+    at the QuantizeLinear after it, else at the op itself (the float-output MatMul / Gemm rule)."""
     if not any(_dq_producer(v) is not None for v in n.inputs[:2]):
         return "not quantized (its inputs are not DequantizeLinear outputs)"
-    if _label(n) in reasons and n.op_type != "Conv":
-        return reasons[_label(n)]
-    out = n.outputs[0]
-    users = [u.node for u in out._uses]
+    users = [u.node for u in n.outputs[0]._uses]
     if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
         users = [u.node for u in users[0].outputs[0]._uses]
     qs = [u for u in users if u.op_type == "QuantizeLinear"]
-    if not qs and users:
+    if qs:
+        return reasons.get(_label(qs[0]), "the QDQ pattern around it does not match")
+    if _label(n) in reasons:
+        return reasons[_label(n)]
+    if users:
         return f"{users[0].op_type} follows it, not QuantizeLinear (only Relu / Clip are fused)"
-    if not qs:
-        return "its output is not quantized (no QuantizeLinear after it)"
-    return reasons.get(_label(qs[0]), "the QDQ pattern around it does not match")
+    return "its output is not quantized (no QuantizeLinear after it)"
