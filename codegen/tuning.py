@@ -13,7 +13,13 @@ A second ``tune`` with the same database runs no new trials. Pitfalls handled he
   fusion of the same module (never re-fusing a fused module), so records do match;
 * the LocalBuilder's default build function imports ``tvm.s_tir.tensor_intrin`` (slower than the
   builder's timeout on small machines): a build function without that import is used;
-* the cost model is ``xgb`` when xgboost is installed, else ``random``.
+* the cost model is ``xgb`` (xgboost is a dependency; ``random`` if it does not import);
+* the trials go where the untuned model spends its time: optc's default schedule of every kernel is measured
+  first, and each kernel's search gets trials in proportion to its measured time x calls per inference
+  (``profile_shares``, ``allocate_trials``), the largest first, one shared cost model; kernels with too
+  small a share keep their default schedule;
+* candidates are timed as the library runs: caches flushed before every run (``measure_config``), in runner
+  processes that inherit ``TVM_NUM_THREADS`` (the thread count the library will run with).
 """
 
 from __future__ import annotations
@@ -95,27 +101,21 @@ def _cost_model(kind: str):
     return kind
 
 
-def _progress_callback(progress, task_names, total: int):
+def _progress_callback(progress, bar, best: dict, index: int, name: str):
+    """A measure callback advancing the rich `progress` bar `bar` for the search of task `index` (`name`);
+    `best` (shared by the callbacks of all tasks) keeps each task's best measured milliseconds."""
     from tvm.ir.utils import derived_object  # noqa: PLC0415
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: PLC0415
-
-    bar = progress.add_task("tuning", total=total)
-    state = {"best": {}}
 
     @derived_object
     class _Progress(PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            best = state["best"]
             for res in runner_results:
                 secs = [float(s) for s in (res.run_secs or [])]
                 if res.error_msg is None and secs:
-                    t = float(np.mean(secs)) * 1e3
-                    if t < best.get(task_id, float("inf")):
-                        best[task_id] = t
-            name = task_names[task_id] if task_id < len(task_names) else str(task_id)
-            total_best = sum(best.values())
+                    best[index] = min(best.get(index, float("inf")), float(np.mean(secs)) * 1e3)
             progress.update(bar, advance=len(measure_candidates),
-                            description=f"tuning {name[:32]:32s} sum of best kernels {total_best:8.3f} ms")
+                            description=f"tuning {name[:32]:32s} sum of best kernels {sum(best.values()):8.3f} ms")
 
     return _Progress()
 
@@ -192,13 +192,16 @@ def _rule_variants(func, target, seen: set) -> list:
     return out
 
 
-def seed_default_records(tasks, database, target, builder, runner, max_variants: int = 0) -> tuple[int, int]:
+def seed_default_records(tasks, database, target, builder, runner, max_variants: int = 0,
+                         default_secs: dict[int, float] | None = None) -> tuple[int, int]:
     """Measure optc's default schedule of each task and commit it to ``database`` as a tuning record; also
     measure up to ``max_variants`` schedules by variants of optc's rules (``TiledReduction.variants()``).
 
     The database's best record for a kernel is then never slower than what an untuned build gets (a
     small trial budget cannot make a model slower), and MetaSchedule's evolutionary search starts its
-    population from it. Returns (default records committed, variant records committed).
+    population from it. Returns (default records committed, variant records committed); ``default_secs``
+    (a dict), when given, receives the mean measured seconds of each task's default schedule by task index
+    (tasks whose default schedule did not build or run are missing).
     """
     import tvm_ffi  # noqa: PLC0415
 
@@ -206,14 +209,14 @@ def seed_default_records(tasks, database, target, builder, runner, max_variants:
     from tvm.s_tir.meta_schedule.utils import remove_build_dir  # noqa: PLC0415
 
     defaults, variants = [], []
-    for task in tasks:
+    for index, task in enumerate(tasks):
         mod = task.dispatched[0]
         sch = default_schedule(mod["main"], target)
         seen = set()
         if sch is not None:
-            defaults.append((mod, sch, True))
+            defaults.append((mod, sch, index))
             seen.add(tvm_ffi.structural_hash(sch.mod))
-        variants += [(mod, v, False) for v in _rule_variants(mod["main"], target, seen)]
+        variants += [(mod, v, None) for v in _rule_variants(mod["main"], target, seen)]
     entries = defaults + variants[:max_variants]
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch, _ in entries])
     ready = [(*entry, res.artifact_path) for entry, res in zip(entries, built, strict=True) if res.error_msg is None]
@@ -221,7 +224,7 @@ def seed_default_records(tasks, database, target, builder, runner, max_variants:
                                                 args_info=ms.arg_info.ArgInfo.from_entry_func(sch.mod))
                           for _, sch, _, path in ready])
     committed = [0, 0]
-    for (mod, sch, is_default, path), future in zip(ready, futures, strict=True):
+    for (mod, sch, index, path), future in zip(ready, futures, strict=True):
         result = future.result()
         remove_build_dir(path)
         if result.error_msg is not None or not result.run_secs:
@@ -229,8 +232,49 @@ def seed_default_records(tasks, database, target, builder, runner, max_variants:
         database.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, database.commit_workload(mod), result.run_secs, target,
             ms.arg_info.ArgInfo.from_entry_func(sch.mod)))
-        committed[0 if is_default else 1] += 1
+        committed[0 if index is not None else 1] += 1
+        if index is not None and default_secs is not None:
+            default_secs[index] = float(np.mean([float(t) for t in result.run_secs]))
     return committed[0], committed[1]
+
+
+#: a task's own search gets at least this many trials, or none: fewer rarely beat optc's default schedule
+MIN_TASK_TRIALS = 16
+
+
+def profile_shares(weights, default_secs: Mapping[int, float]) -> list[float]:
+    """Each task's share of the untuned model's kernel time: its default schedule's measured seconds times
+    its calls per inference (``weights``: MetaSchedule's task weights), normalized to sum 1. A task whose
+    default schedule was not measured counts as the slowest measured one (it may well be slow); with no
+    measurement at all every call counts alike."""
+    measured = [default_secs[i] for i in range(len(weights)) if i in default_secs]
+    fallback = max(measured) if measured else 1.0
+    times = [float(w) * default_secs.get(i, fallback) for i, w in enumerate(weights)]
+    total = sum(times)
+    return [t / total for t in times] if total > 0 else [1.0 / len(times)] * len(times)
+
+
+def allocate_trials(shares, trials: int, min_trials: int = MIN_TASK_TRIALS,
+                    max_per_task: int | None = None) -> list[int]:
+    """Split ``trials`` over tasks in proportion to ``shares`` (their share of the model's time): the search
+    goes where the time is. A task whose proportional part is under ``min_trials`` gets none (the smallest
+    such share is dropped first and the rest re-split), unless it is the last one left; ``max_per_task``
+    caps every task. Rounding by largest remainder; the parts sum to ``trials`` (less where capped)."""
+    if trials <= 0 or not shares:
+        return [0] * len(shares)
+    alive = [i for i, s in enumerate(shares) if s > 0] or list(range(len(shares)))
+    while True:
+        total = sum(shares[i] for i in alive)
+        exact = {i: trials * (shares[i] / total if total > 0 else 1.0 / len(alive)) for i in alive}
+        small = [i for i in alive if exact[i] < min_trials]
+        if not small or len(alive) == 1:
+            break
+        alive.remove(min(small, key=lambda i: (shares[i], -i)))
+    parts = {i: int(exact[i]) for i in alive}
+    for i in sorted(alive, key=lambda i: (parts[i] - exact[i], -shares[i]))[:trials - sum(parts.values())]:
+        parts[i] += 1
+    out = [parts.get(i, 0) for i in range(len(shares))]
+    return [min(p, max_per_task) for p in out] if max_per_task is not None else out
 
 
 def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: int, progress: bool = True,
@@ -247,6 +291,8 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     (a dict), when given, receives ``tasks``, ``skipped_symbolic`` (kernels with symbolic shapes, not tuned),
     ``tuned_tasks``, ``trials`` (all measured candidates),
     ``default_records``, ``variant_trials`` (schedules by variants of optc's rules, measured first),
+    ``task_trials`` (``[{"task", "share", "trials"}]``: each searched kernel's share of the untuned time and its
+    trials, largest share first),
     ``cost_model`` and, with ``rpc``, ``rpc``: ``servers`` (registered at the start), ``measured`` and
     ``failed`` (candidates per ``host:port``). OptcError (one line) for a bad ``rpc`` address, an
     unreachable tracker or no server with the key, before any kernel is extracted.
@@ -309,25 +355,32 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
         builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0)
     if runner is None:
         runner = ms.runner.LocalRunner(timeout_sec=30.0, evaluator_config=measure_config())
+    default_secs: dict[int, float] = {}
     info["default_records"], info["variant_trials"] = seed_default_records(todo, database, target, builder, runner,
-                                                                           max_variants=trials)
+                                                                           max_variants=trials,
+                                                                           default_secs=default_secs)
     trials -= info["variant_trials"]  # the rule variants are measured candidates: they count as trials
     if trials <= 0:
         info["trials"] = info["variant_trials"]
         if report is not None:
             report.update(info)
         return database
-    per_task = max_trials_per_task or max(1, trials // len(contexts))
-    per_task = min(per_task, trials)
-    callbacks = ms.measure_callback.MeasureCallback.create("default")
-    progress_ctx = None
+    # the search goes where the untuned model spends its time: each task's trials in proportion to its
+    # default schedule's measured time x its calls per inference (an even split gave a 1%-kernel as many
+    # trials as the 60% one); the largest first, each task with its own budget
+    shares = profile_shares([float(w) for w in weights], default_secs)
+    budgets = allocate_trials(shares, trials, min(MIN_TASK_TRIALS, trials), max_trials_per_task)
+    order = sorted((i for i in range(len(todo)) if budgets[i] > 0), key=lambda i: -shares[i])
+    info["task_trials"] = [{"task": todo[i].task_name, "share": round(shares[i], 4), "trials": budgets[i]}
+                           for i in order]
+    cost_model = ms.cost_model.CostModel.create(info["cost_model"], num_tuning_cores=host_num_cores())
+    progress_ctx, bar, best = None, None, {}
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
         progress_ctx = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), transient=False)
-        callbacks = list(callbacks) + [_progress_callback(progress_ctx, [t.task_name for t in todo],
-                                                          min(trials, per_task * len(contexts)))]
+        bar = progress_ctx.add_task("tuning", total=sum(budgets))
     before = len(database.get_all_tuning_records())
     import logging  # noqa: PLC0415
 
@@ -337,20 +390,24 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
         if progress_ctx is not None:
             ms_logger.setLevel(logging.WARNING)  # the bar replaces MetaSchedule's per-batch tables
             progress_ctx.start()
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(work_dir),
-            max_trials_global=trials,
-            max_trials_per_task=per_task,
-            num_trials_per_iter=min(num_trials_per_iter, per_task),
-            builder=builder,
-            runner=runner,
-            database=database,
-            cost_model=info["cost_model"],
-            measure_callbacks=callbacks,
-            task_scheduler="gradient" if len(contexts) > 1 else "round-robin",
-        )
+        for i in order:
+            callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+            if progress_ctx is not None:
+                callbacks.append(_progress_callback(progress_ctx, bar, best, i, todo[i].task_name))
+            ms.tune.tune_tasks(
+                tasks=[contexts[i]],
+                task_weights=[weights[i]],
+                work_dir=str(work_dir),
+                max_trials_global=budgets[i],
+                max_trials_per_task=budgets[i],
+                num_trials_per_iter=min(num_trials_per_iter, budgets[i]),
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model=cost_model,  # one model for all tasks: what it learnt on one guides the next
+                measure_callbacks=callbacks,
+                task_scheduler="round-robin",
+            )
     finally:
         ms_logger.setLevel(old_level)
         if progress_ctx is not None:
