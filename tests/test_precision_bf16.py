@@ -259,6 +259,13 @@ def test_fp32_unchanged_bit_for_bit():
     x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
     default = _compile_run(model, {"x": x})
     assert np.array_equal(default, _compile_run(model, {"x": x}, precision="fp32"))
+    import tvm  # the build path as it was before precision existed: optimize -> lower -> build
+    from optc.codegen.build import build
+    from optc.lowering import lower
+    from tvm import relax
+
+    vm = relax.VirtualMachine(build(lower(optc.optimize(optc.from_onnx(model), level=2))), tvm.cpu())
+    assert np.array_equal(default, vm["main"](tvm.runtime.tensor(x)).numpy())
     report: dict = {}
     executable, meta = build_executable(model.SerializeToString(), report=report)
     assert "bf16" not in report and meta["precision"] == "fp32" and "bf16" not in meta
