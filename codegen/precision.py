@@ -46,6 +46,8 @@ FP32_UNIT_ROUNDOFF = 2.0**-24
 _CONVERTED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
 _NATIVE_FEATURES = ("avx512bf16", "amx-bf16", "bf16")
 EMULATED_NOTE = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect no speed-up over fp32"
+NATIVE_NOTE = ("bf16 emulated: the target has bf16 instructions, but optc's kernels widen bfloat16 to float32 "
+               "(no vdpbf16ps / AMX kernels yet)")
 
 
 def check_precision(precision: str, target) -> None:
@@ -154,9 +156,9 @@ def bf16_kernels(model, kernels: dict) -> dict:
 
 
 def describe_precision(summary: dict) -> str:
-    """The compile summary's lines for a bf16 build: what computes in bf16, what stayed as it was and why, and
-    (without native bf16 instructions on the target) the emulation note. `summary`: ``to_bfloat16``'s plus
-    ``native``."""
+    """The compile summary's two lines for a bf16 build: what computes in bf16 (what stayed as it was, and why),
+    then the emulation note (another where the target has bf16 instructions the kernels do not use yet).
+    `summary`: ``to_bfloat16``'s plus ``native``."""
 
     def counts(d: dict) -> str:
         return ", ".join(f"{n} {op}" for op, n in sorted(d.items())) or "none"
@@ -164,6 +166,4 @@ def describe_precision(summary: dict) -> str:
     line = f"bf16: {counts(summary['converted'])} on bfloat16 operands with float32 accumulation"
     if summary["kept_float32"]:
         line += f"; not converted: {counts(summary['kept_float32'])}"
-    if not summary["native"]:
-        line += f"\n{EMULATED_NOTE}"
-    return line
+    return f"{line}\n{NATIVE_NOTE if summary['native'] else EMULATED_NOTE}"

@@ -283,6 +283,16 @@ def test_bad_precision_refused():
         optc.compile(str(EXAMPLES / "digits_cnn.onnx"), target="cuda", precision="bf16")
 
 
+def test_summary_lines():
+    from optc.codegen.precision import EMULATED_NOTE, NATIVE_NOTE, describe_precision
+
+    summary = {"converted": {"matmul": 2, "conv2d": 1}, "kept_float32": {"matmul: operands float64": 1}}
+    lines = describe_precision({**summary, "native": False}).splitlines()
+    assert lines == ["bf16: 1 conv2d, 2 matmul on bfloat16 operands with float32 accumulation; not converted: "
+                     "1 matmul: operands float64", EMULATED_NOTE]
+    assert describe_precision({**summary, "native": True}).splitlines()[1] == NATIVE_NOTE
+
+
 def test_cli_summary_json_and_metadata(tmp_path, capsys):
     from optc.codegen.precision import native_bf16
     from optc.codegen.targets import resolve_target
