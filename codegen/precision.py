@@ -20,8 +20,13 @@ gamma_K = K u32 / (1 - K u32) (u32 = 2^-24; Higham, Accuracy and Stability of Nu
     |y_bf16 - y_fp32| <= (2u + u^2) * sum_k |a_k||b_k| + gamma_K * (1 + (1 + u)^2) * sum_k |a_k||b_k|
 
 (the last term: the float32 accumulation of both results, the bf16 one over products up to (1 + u)^2 larger;
-`error_bound` computes it). Subnormal float32 operands below
-bfloat16's range flush toward zero by the same rounding and keep the bound's absolute form.
+`error_bound` computes it). Outside bfloat16's normal range the rounding error is not relative: a subnormal
+operand (|x| < 2^-126) is rounded with an absolute error up to 2^-134, and |x| >= (2 - 2^-8) * 2^127 rounds to
+infinity (as in ml_dtypes); the bound does not cover those.
+
+The Relax-level conversion also reaches the matmuls that optc's lowering emits for other ops: the gates of
+RNN / GRU / LSTM, DFT / STFT as a matrix product, LinearAttention. Each such matmul keeps the bound above, but a
+recurrence compounds it over its time steps.
 
 Rounding float32 -> bfloat16 is round-to-nearest-even on the bits, NaN kept NaN (quiet, sign kept) and infinities
 kept, as ``ml_dtypes.bfloat16`` does. TVM's own ``astype(x, "bfloat16")`` is not used: on x86 it turns a NaN with
