@@ -8,7 +8,7 @@ Patterns (x: uint8/int8 activations, w: int8/uint8 constant weights):
     QuantizeLinear(Conv(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], y_scale, y_zp)  -> optc.QConv
     QuantizeLinear(MatMul(DQ(x), DQ(w)) [-> Relu | Clip], ...)                         -> optc.QMatMul
     QuantizeLinear(Gemm(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], ...)             -> optc.QMatMul
-    MatMul / Gemm(DQ(x), DQ(w), DQ(b_int32)?) with a float output (no QuantizeLinear)  -> optc.QMatMul, float out
+    Conv / MatMul / Gemm(DQ(x), DQ(w), DQ(b_int32)?) with a float output (no Q)      -> optc.QConv / QMatMul, float out
     QLinearConv / QLinearMatMul with constant weights                                  -> optc.QConv / optc.QMatMul
     MatMulInteger(a, constant b, a_zp) (dynamic quantization: a_zp at run time)        -> optc.QMatMul, int32 out
 
@@ -269,21 +269,45 @@ class QdqConvToQConv(_QdqRule):
         return op.QuantizeLinear(_activated(op, conv), ys, Optional(yzp), _name="q")
 
     def check(self, m, xd, wd, bd, ys, yzp):
-        conv = m["conv"]
-        _float32_out(conv.outputs[0])
-        x, xq = _activation_dq(m, xd, "the input")
-        w, ws = _weight_dq(m, wd, 0, "the weight")
-        require(w.ndim == len(x.shape) if x.shape is not None else w.ndim >= 3, "input and weight ranks differ")
-        b = _bias_dq(m, bd, xq.scale, ws, w.shape[0])
-        _check_conv(conv, x, w)
+        m.qconv = _conv_operands(m, xd, wd, bd)
         y, clamp = self._tail(m)
-        m.qconv = (x, xq, w, ws, b, y, clamp)
+        m.qconv += (y, clamp)
         return True
 
     def rewrite(self, op, m, xd, wd, bd, ys, yzp):
         x, xq, w, ws, b, y, clamp = m.qconv
-        return op.QConv(x, xq.scale, xq.zero_point.astype(np_dtype(x)), w, ws, y.scale, y.zero_point, b,
-                        _domain=DOMAIN, **_conv_attrs(m["conv"]), **clamp)
+        return op.QConv(x, xq.scale, xq.zero_point, w, ws, y.scale, y.zero_point, b, _domain=DOMAIN,
+                        **_conv_attrs(m["conv"]), **clamp)
+
+
+def _conv_operands(m, xd, wd, bd):
+    conv = m["conv"]
+    _float32_out(conv.outputs[0])
+    x, xq = _activation_dq(m, xd, "the input")
+    w, ws = _weight_dq(m, wd, 0, "the weight")
+    require(w.ndim == len(x.shape) if x.shape is not None else w.ndim >= 3, "input and weight ranks differ")
+    b = _bias_dq(m, bd, xq.scale, ws, w.shape[0])
+    _check_conv(conv, x, w)
+    return x, xq, w, ws, b
+
+
+class QdqConvFloatOut(Rule):
+    """Conv(DQ(x), DQ(w), DQ(b)?) with a float output (no QuantizeLinear) -> optc.QConv with a float32 output."""
+
+    rounding = ("the float sum of rounded products becomes an exact integer sum scaled once in float32 "
+                "(float32(acc) * x_scale * w_scale)")
+
+    def pattern(self, op, xd, wd, bd):
+        return op.Conv(xd, wd, Optional(bd), _name="conv")
+
+    def check(self, m, xd, wd, bd):
+        require(not _feeds_quantize(m["conv"]), "its output is quantized (QdqConvToQConv's pattern)")
+        m.qconv = _conv_operands(m, xd, wd, bd)
+        return True
+
+    def rewrite(self, op, m, xd, wd, bd):
+        x, xq, w, ws, b = m.qconv
+        return op.QConv(x, xq.scale, xq.zero_point, w, ws, None, None, b, _domain=DOMAIN, **_conv_attrs(m["conv"]))
 
 
 def _gemm_weight(m, gemm: Node, wd: Value):
@@ -334,10 +358,14 @@ def _matmul_operands(m, ad, wd, bd):
 def _feeds_quantize(node: Node) -> bool:
     """Whether `node`'s output goes (through a Relu / Clip) to a QuantizeLinear only: the integer op with a
     quantized output is the one to make there (the driver may visit the matmul before its QuantizeLinear)."""
-    users = [u.node for u in node.outputs[0]._uses]
+    out = node.outputs[0]
+    users = [u.node for u in out._uses]
     if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
-        users = [u.node for u in users[0].outputs[0]._uses]
-    return len(users) == 1 and users[0].op_type == "QuantizeLinear"
+        out = users[0].outputs[0]
+        users = [u.node for u in out._uses]
+    graph_outputs = node.graph.outputs if node.graph is not None else []
+    escapes = any(v in graph_outputs for v in (node.outputs[0], out))
+    return not escapes and len(users) == 1 and users[0].op_type == "QuantizeLinear"
 
 
 class QdqMatMulFloatOut(Rule):
@@ -465,7 +493,7 @@ class MatMulIntegerToQMatMul(Rule):
         return op.QMatMul(a, None, a_zp, w, _domain=DOMAIN)
 
 
-RULES = [QdqConvToQConv, QdqMatMulToQMatMul, QdqMatMulFloatOut, QLinearConvToQConv, QLinearMatMulToQMatMul,
+RULES = [QdqConvToQConv, QdqConvFloatOut, QdqMatMulToQMatMul, QdqMatMulFloatOut, QLinearConvToQConv, QLinearMatMulToQMatMul,
          MatMulIntegerToQMatMul]
 
 
