@@ -47,9 +47,11 @@ contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py 
 
 Not rewritten (each a negative test): non-constant weights, scales or zero points; non-float32 scales
 (float16 scales keep the float path, whose rounding the integer op does not reproduce); blocked or
-mismatched per-axis quantization; float ops between DequantizeLinear and the op other than Relu / Clip; an
-intermediate used elsewhere or a graph output; Gemm with transA or alpha / beta != 1; an int32 bias whose
-scale is not x_scale * w_scale.
+mismatched per-axis quantization; Gemm with transA or alpha / beta != 1; an int32 bias whose scale is not
+x_scale * w_scale, a float bias; reductions over MAX_TERMS. A float op other than Relu / Clip between the op
+and its QuantizeLinear, or an intermediate used elsewhere or a graph output, keeps the QuantizeLinear: the op
+becomes the float-output form instead. An op feeding a QuantizeLinear that the quantized-output rule refuses
+(a per-channel output scale) stays float.
 """
 
 from __future__ import annotations
