@@ -117,7 +117,8 @@ register_rule_set("fuse-matmul-add", fusion.MATMUL_ADD)
 register_rule_set("transformer-standard", transformer.STANDARD)
 register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
 # optc-domain integer ops for the TVM back end: in no -O pipeline (`optc optimize` writes standard ONNX); the compile
-# path applies them (`qinteger.to_integer_ops`); named in a pipeline only to inspect them (FileCheck tests).
+# path applies them (`qinteger.to_integer_ops`, which also declares the `optc` opset); named in a pipeline only to
+# inspect them (FileCheck tests): such an ONNX output does not declare the domain and runs nowhere else.
 register_rule_set("qinteger", qinteger.RULES)
 
 __all__ = ["RULE_SETS", "RuleSetInfo", "all_rules", "check_rule_names", "register_rule_set", "rule_sets"]
