@@ -154,6 +154,13 @@ def register_intrin(isa: str, a_dtype: str) -> str:
     return name
 
 
+def register_intrinsics() -> list[str]:
+    """Register every tensor intrinsic of this module (~0.5 s of TVMScript parsing); returns their names. A
+    tuning database holding the schedule of an int8 kernel names them in its traces, and MetaSchedule's
+    JSONDatabase refuses to load unless they are registered (``tuning.open_database`` calls this first)."""
+    return [register_intrin(isa, a_dtype) for isa, (*_rest, a_dtypes) in ISAS.items() for a_dtype in a_dtypes]
+
+
 def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     """(u_m rows, u_n vectors) of the register tile. u_m * u_n accumulators + u_n weight vectors + a broadcast
     activation + the product before it is added stay within the register file (one more spills an accumulator

@@ -51,6 +51,9 @@ def open_database(db_dir, *, create: bool = True):
         if not create:
             raise OptcError(f"no tuning database at '{db_dir}'")
         path.mkdir(parents=True)
+    from .int8_kernels import register_intrinsics  # noqa: PLC0415
+
+    register_intrinsics()  # the records of int8 kernels name optc's tensor intrinsics: loading needs them
     return ms.database.JSONDatabase(
         path_workload=str(path / "database_workload.json"),
         path_tuning_record=str(path / "database_tuning_record.json"),

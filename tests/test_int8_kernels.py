@@ -273,3 +273,39 @@ def test_build_only_int8_activations_on_vnni_use_widened_path():
     w = _values(rng, (128, 64), "int8")
     asm = _asm(_module((8, 128), (128, 64), "int8", "matmul"), w, {"kind": "llvm", "mcpu": "sapphirerapids"})
     assert re.search(r"vpmaddwd\s+%zmm", asm) and "vpdpbusd" not in asm
+
+
+# --- tuning records -------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tuning_record_of_int8_kernel_loads_in_fresh_process(tmp_path):
+    """The seeded default record of an int8 kernel names optc's tensor intrinsic: a new process opens that
+    database (open_database registers the intrinsics first; JSONDatabase refused it before) and builds an exact
+    kernel from it."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from optc.codegen.tuning import tune  # noqa: PLC0415
+
+    rng = np.random.default_rng(6)
+    w, x = _values(rng, (256, 128), "int8"), _values(rng, (16, 256), "uint8")
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "x.npy", x)
+    tune(_module((16, 256), (256, 128), "uint8", "matmul"), {"w": w}, "cpu", tmp_path / "db", trials=1,
+         progress=False)
+    script = f"""
+import numpy as np, tvm
+from tvm import relax
+from optc.codegen import build
+from optc.codegen.tuning import open_database
+from optc.tests.test_int8_kernels import _module
+w, x = np.load(r"{tmp_path / 'w.npy'}"), np.load(r"{tmp_path / 'x.npy'}")
+report = {{}}
+ex = build(_module((16, 256), (256, 128), "uint8", "matmul"), {{"w": w}}, "cpu",
+           database=open_database(r"{tmp_path / 'db'}", create=False), report=report)
+out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+print(report["tuned"], bool(np.array_equal(out, x.astype(np.int64) @ w.astype(np.int64))))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["1", "True"]
