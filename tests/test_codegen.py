@@ -511,3 +511,71 @@ def test_data_dependent_kernels_never_compute_wrong_results(case):
 
     status, detail = overall(run_case(conformance_case(case)))
     assert status not in ("mismatch", "crash"), detail
+
+
+# ----------------------------------------------------------------------------- ragged tiles (ViT's 197 tokens)
+def _attention_scores(tokens: int, dh: int = 16, heads: int = 3, n_out: int = 24):
+    """Q @ K^T (both activations, [1, heads, tokens, tokens]) scaled, softmax, @ V, then a dense layer with a
+    constant weight: matmuls whose rows (and, for the scores, vector axis) are `tokens` long."""
+    rng = np.random.default_rng(5)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, heads, tokens, dh])
+    inits = [_w("w", (dh, n_out), rng), numpy_helper.from_array(np.array(0.25, np.float32), "s")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["x", "xt"], ["qk"]), helper.make_node("Mul", ["qk", "s"], ["qks"]),
+             helper.make_node("Softmax", ["qks"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "x"], ["pv"]),
+             helper.make_node("MatMul", ["pv", "w"], ["y"])]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, heads, tokens, n_out])
+    return _model(nodes, [x], [out], inits)
+
+
+@pytest.mark.parametrize("tokens", [197, 13, 64])
+def test_ragged_matmuls_match(tokens, tmp_path):
+    """Odd token counts pad the matmul's iteration space (`_pad_ragged_tile`); results match onnxruntime
+    and every kernel matches its unscheduled form (64 tokens: nothing to pad)."""
+    model = _attention_scores(tokens)
+    _assert_kernels_match(model)
+    module = _compile(model, tmp_path / "att.so")
+    feed = _random_inputs(model)
+    assert _rel_err(module.run(feed)["y"], _ort(model, feed)["y"]) < 1e-4
+
+
+def _batched_matmul(m: int, n: int, k: int, weight: bool = False):
+    from tvm import te
+
+    a = te.placeholder((1, 3, m, k), name="A")
+    b = te.placeholder((k, n) if weight else (1, 3, k, n), name="B")
+    r = te.reduce_axis((0, k), "k")
+    c = te.compute((1, 3, m, n), lambda x, h, i, j: te.sum(a[x, h, i, r] * (b[r, j] if weight else b[x, h, r, j]),
+                                                           axis=r), name="matmul")
+    func = te.create_prim_func([a, b, c])
+    return func.with_attr("layout_free_buffers", [1]) if weight else func
+
+
+@pytest.mark.parametrize("m, n, weight, padded", [
+    (197, 197, False, {"A_pad", "B_pad"}),  # rows and vector axis ragged: both operands padded
+    (197, 64, False, {"A_pad"}),             # only the rows
+    (200, 200, False, set()),                # whole tiles: nothing to pad
+    (197, 197, True, {"A_pad"}),             # a constant weight is never padded (it stays prepacked)
+])
+def test_pad_ragged_tile(m, n, weight, padded):
+    from optc.codegen.schedules import _pad_ragged_tile
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(_batched_matmul(m, n, 32, weight))
+    assert _pad_ragged_tile(sch, resolve_target("cpu")) == bool(padded)
+    script = sch.mod["main"].script()
+    assert {name for name in ("A_pad", "B_pad") if f'T.sblock("{name}")' in script} == padded
+
+
+def test_pad_ragged_tile_declines_strided_windows():
+    """A strided convolution is not an einsum: no padding, the predicated tile stays (still exact)."""
+    from optc.codegen.schedules import _pad_ragged_tile
+    from tvm import s_tir, te
+
+    x = te.placeholder((1, 29, 29, 5), name="x")
+    w = te.placeholder((3, 3, 5, 13), name="w")
+    ry, rx, rc = te.reduce_axis((0, 3), "ry"), te.reduce_axis((0, 3), "rx"), te.reduce_axis((0, 5), "rc")
+    y = te.compute((1, 14, 14, 13), lambda b, i, j, c: te.sum(x[b, 2 * i + ry, 2 * j + rx, rc] * w[ry, rx, rc, c],
+                                                              axis=[ry, rx, rc]), name="conv")
+    sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
+    assert not _pad_ragged_tile(sch, resolve_target("cpu"))
