@@ -370,12 +370,11 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
         return database
     # the search goes where the untuned model spends its time: each task's trials in proportion to its
     # default schedule's measured time x its calls per inference (an even split gave a 1%-kernel as many
-    # trials as the 60% one); the largest first, each task with its own budget
+    # trials as the 60% one); the largest first, each task with its own budget, re-split after each task over
+    # the tasks left (a small search space is exhausted early: its unused trials go to the others)
     shares = profile_shares([float(w) for w in weights], default_secs)
-    budgets = allocate_trials(shares, trials, min(MIN_TASK_TRIALS, trials), max_trials_per_task)
-    order = sorted((i for i in range(len(todo)) if budgets[i] > 0), key=lambda i: -shares[i])
-    info["task_trials"] = [{"task": todo[i].task_name, "share": round(shares[i], 4), "trials": budgets[i]}
-                           for i in order]
+    remaining = sorted(range(len(todo)), key=lambda i: -shares[i])
+    info["task_trials"] = []
     cost_model = ms.cost_model.CostModel.create(info["cost_model"], num_tuning_cores=host_num_cores())
     progress_ctx, bar, best = None, None, {}
     if progress:
@@ -383,7 +382,7 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
 
         progress_ctx = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), transient=False)
-        bar = progress_ctx.add_task("tuning", total=sum(budgets))
+        bar = progress_ctx.add_task("tuning", total=trials)
     before = len(database.get_all_tuning_records())
     import logging  # noqa: PLC0415
 
@@ -393,17 +392,24 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
         if progress_ctx is not None:
             ms_logger.setLevel(logging.WARNING)  # the bar replaces MetaSchedule's per-batch tables
             progress_ctx.start()
-        for i in order:
+        left = trials
+        while remaining and left > 0:
+            budget = allocate_trials([shares[i] for i in remaining], left, min(MIN_TASK_TRIALS, left),
+                                     max_trials_per_task)[0]
+            i = remaining.pop(0)
+            if budget == 0:
+                continue
             callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
             if progress_ctx is not None:
                 callbacks.append(_progress_callback(progress_ctx, bar, best, i, todo[i].task_name))
+            start = len(database.get_all_tuning_records())
             ms.tune.tune_tasks(
                 tasks=[contexts[i]],
                 task_weights=[weights[i]],
                 work_dir=str(work_dir),
-                max_trials_global=budgets[i],
-                max_trials_per_task=budgets[i],
-                num_trials_per_iter=min(num_trials_per_iter, budgets[i]),
+                max_trials_global=budget,
+                max_trials_per_task=budget,
+                num_trials_per_iter=min(num_trials_per_iter, budget),
                 builder=builder,
                 runner=runner,
                 database=database,
@@ -411,6 +417,9 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
                 measure_callbacks=callbacks,
                 task_scheduler="round-robin",
             )
+            used = len(database.get_all_tuning_records()) - start
+            info["task_trials"].append({"task": todo[i].task_name, "share": round(shares[i], 4), "trials": used})
+            left -= used
     finally:
         ms_logger.setLevel(old_level)
         if progress_ctx is not None:
