@@ -133,7 +133,13 @@ def describe_kernels(kernels: dict | None) -> str:
         whys: dict[str, int] = {}
         for why in kernels["float_reasons"].values():
             whys[why] = whys.get(why, 0) + 1
-        line += f" ({kernels['float']} float: " + "; ".join(f"{n} {w}" for w, n in whys.items()) + ")"
+        if not kernels["integer"] and list(whys) and all(w.startswith("not quantized") for w in whys):
+            return f"integer kernels: none ({total} conv/matmul, the model is not quantized)"
+        listed = [f"{n} {w}" for w, n in whys.items()]
+        unlisted = kernels["float"] - sum(whys.values())  # the artifact metadata keeps 8 reasons
+        if unlisted > 0:
+            listed.append(f"{unlisted} more")
+        line += f" ({kernels['float']} float: " + "; ".join(listed) + ")"
     return line
 
 
