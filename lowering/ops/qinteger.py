@@ -87,7 +87,8 @@ def _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
     m = (xw / y_scale).astype(np.float32)
     r = bb.emit(relax.op.round(relax.op.multiply(f, const(m.reshape(shape)))))
     out_dtype = str(y_zp.dtype)
-    y = bb.emit(_rint_saturate(bb, r, _scalar(int(y_zp.reshape(())), "int32", rank), out_dtype))
+    y = bb.emit(_rint_saturate(bb, r, _scalar(int(y_zp.reshape(())), "int32", rank), out_dtype,
+                               nan_free=bool(np.isfinite(m).all())))
     lo, hi = _INT_RANGES[out_dtype]
     qmin, qmax = max(lo, int(attrs.get("qmin", lo))), min(hi, int(attrs.get("qmax", hi)))
     if (qmin, qmax) == (lo, hi):
@@ -168,5 +169,6 @@ def qconv(bb, inputs, attrs, ctx):
     channels = w.shape[0]
     c = _correction(w.reshape(channels, -1).astype(np.int64).sum(axis=1), x_zp, bias, channels)
     if c is not None:
-        acc = bb.emit(relax.op.add(acc, const(c.reshape([channels] + [1] * spatial))))
+        acc = bb.emit(relax.op.add(acc, const(c.reshape([1, channels] + [1] * spatial))))  # full rank: ConvertLayout
+        # moves a same-rank operand to NHWC with the conv; a [C, 1, 1] one kept the epilogue in NCHW (two transposes)
     return _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, 1)

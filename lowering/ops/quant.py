@@ -128,16 +128,18 @@ def _qparam(bb, p, x, axis: int, block_size: int, what: str):
     return rep
 
 
-def _rint_saturate(bb, r, zp, out_dtype: str):
+def _rint_saturate(bb, r, zp, out_dtype: str, *, nan_free: bool = False):
     """`saturate(r + zp)` for an already rounded float tensor `r` (any float type) and an optional zero point
     (already broadcastable), computed exactly: NaN is taken as 0 (ONNX leaves it undefined), r is first clamped
     to +-(qmax - qmin) in float (it cannot change the saturated result, and keeps the int32 cast defined), the
-    zero point added in int32."""
+    zero point added in int32. `nan_free`: the caller knows `r` holds no NaN (an int32 accumulator times a finite
+    multiplier), so the NaN select is left out (a `where` keeps ConvertLayout from moving the epilogue to NHWC)."""
     rank = _rank(r)
     lo, hi = _INT_RANGES[out_dtype]
     fdtype = dtype_of(r) if dtype_of(r) in ("float32", "float64") else "float32"
     r = _cast(bb, r, fdtype)
-    r = bb.emit(relax.op.where(relax.op.isnan(r), _scalar(0, fdtype, rank), r))
+    if not nan_free:
+        r = bb.emit(relax.op.where(relax.op.isnan(r), _scalar(0, fdtype, rank), r))
     r = bb.emit(relax.op.minimum(relax.op.maximum(r, _scalar(lo - hi, fdtype, rank)), _scalar(hi - lo, fdtype, rank)))
     q = bb.emit(relax.op.astype(r, "int32"))
     if zp is not None:
