@@ -10,6 +10,7 @@ Patterns (x: uint8/int8 activations, w: int8/uint8 constant weights):
     QuantizeLinear(Gemm(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], ...)             -> optc.QMatMul
     Conv / MatMul / Gemm(DQ(x), DQ(w), DQ(b_int32)?) with a float output (no Q)      -> optc.QConv / QMatMul, float out
     QLinearConv / QLinearMatMul with constant weights                                  -> optc.QConv / optc.QMatMul
+    com.microsoft QGemm (constant B, transA 0, alpha 1; QOperator format)              -> optc.QMatMul
     MatMulInteger(a, constant b, a_zp) (dynamic quantization: a_zp at run time)        -> optc.QMatMul, int32 out
 
 The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` optional):
@@ -463,6 +464,55 @@ class QLinearMatMulToQMatMul(Rule):
         return op.QMatMul(m["qm"].inputs[0], a.scale, a.zero_point, w, ws, y.scale, y.zero_point, _domain=DOMAIN)
 
 
+class QGemmToQMatMul(Rule):
+    """onnxruntime's com.microsoft QGemm (what `quantize_static` makes of a Gemm in QOperator format) with a
+    constant 2-D B, transA = 0 and alpha = 1 -> optc.QMatMul; exact as QLinearConvToQConv.
+
+    QGemm (onnxruntime contrib_ops/cpu/quantization/quant_gemm.cc): inputs A, a_scale, a_zero_point, B, b_scale,
+    b_zero_point, C? (int32, added to the int32 accumulator), y_scale?, y_zero_point?; Y = requantize(acc, alpha *
+    a_scale * b_scale / y_scale, y_zero_point), or float32 acc * alpha * a_scale * b_scale without y_scale and
+    y_zero_point. Only a C of shape (), [1], [N] or [1, N] (one value per column) is taken."""
+
+    def pattern(self, op):
+        return op.QGemm(_allow_other_inputs=True, _domain="com.microsoft", _name="qg")
+
+    def check(self, m):
+        qg = m["qg"]
+        get = lambda i: qg.inputs[i] if len(qg.inputs) > i else None  # noqa: E731
+        require(all(get(i) is not None for i in range(6)), "QGemm lacks an input")
+        require(qg.attr("transA", 0) == 0 and float(qg.attr("alpha", 1.0)) == 1.0, "QGemm transposes A or alpha != 1")
+        require(qg.inputs[0].rank == 2, "A is not 2-D")
+        a = _qlinear_params(m, qg, 1, 2, "a")
+        require(np_dtype(qg.inputs[0]) == a.zero_point.dtype, "a and its zero point differ in type")
+        trans = bool(qg.attr("transB", 0))
+        b = _const(m, qg.inputs[3])
+        require(b is not None and b.dtype in _INT8 and b.ndim == 2, "B is not a 2-D uint8/int8 constant")
+        s = _scale(m, qg.inputs[4], "b's scale")
+        z = _zero_point(m, qg.inputs[5], b.dtype, "b's zero point")
+        w, ws = _weight(b, s.reshape(-1) if s.size > 1 else s, z.reshape(-1) if z.size > 1 else z, 0 if trans else 1,
+                        0 if trans else 1, "B")
+        w = np.ascontiguousarray(w.T) if trans else w
+        require(w.shape[0] <= MAX_TERMS, "the reduction is too long for an int32 accumulator")
+        bias = None
+        if get(6) is not None:
+            c = _const(m, get(6))
+            require(c is not None and c.dtype == np.int32, "C is not an int32 constant")
+            require(c.size in (1, w.shape[1]) and (c.ndim <= 1 or c.shape[0] == 1 and c.ndim == 2),
+                    f"C of shape {c.shape} is not one value per column")
+            bias = np.broadcast_to(c.reshape(-1), (w.shape[1],)).astype(np.int32)
+        y = None
+        if get(7) is not None or get(8) is not None:
+            require(get(7) is not None and get(8) is not None, "QGemm has y_scale or y_zero_point but not both")
+            y = _qlinear_params(m, qg, 7, 8, "the output")
+        m.qgemm = (a, w, ws, y, bias)
+        return True
+
+    def rewrite(self, op, m):
+        a, w, ws, y, bias = m.qgemm
+        ys, yz = (None, None) if y is None else (y.scale, y.zero_point)
+        return op.QMatMul(m["qg"].inputs[0], a.scale, a.zero_point, w, ws, ys, yz, bias, _domain=DOMAIN)
+
+
 class MatMulIntegerToQMatMul(Rule):
     """MatMulInteger(a, constant 2-D b, a_zp?, constant b_zp?) -> optc.QMatMul(a, -, a_zp, b - b_zp) with an
     int32 output: raw uint8/int8 operands, a's zero point (per tensor; a run-time scalar too, as
@@ -496,7 +546,7 @@ class MatMulIntegerToQMatMul(Rule):
 
 
 RULES = [QdqConvToQConv, QdqConvFloatOut, QdqMatMulToQMatMul, QdqMatMulFloatOut, QLinearConvToQConv, QLinearMatMulToQMatMul,
-         MatMulIntegerToQMatMul]
+         QGemmToQMatMul, MatMulIntegerToQMatMul]
 
 
 def to_integer_ops(model: Model) -> dict:
@@ -511,7 +561,9 @@ def to_integer_ops(model: Model) -> dict:
     def sink(line: str) -> None:  # "<rule> at <op> '<name>' (pass p): no match: <reason>"
         if ": no match: " in line:
             head, why = line.split(": no match: ", 1)
-            reasons.setdefault(head.split(" at ", 1)[1].split(" (pass ", 1)[0], why)
+            key = head.split(" at ", 1)[1].split(" (pass ", 1)[0]
+            if key not in reasons or reasons[key].startswith("expected ") and not why.startswith("expected "):
+                reasons[key] = why  # the rule that got as far as its check says more than another op's pattern
 
     ctx = PassContext(opsets=dict(model.opset_imports), trace_rules=frozenset(r.name for r in RULES),
                       trace_sink=sink)
