@@ -562,6 +562,9 @@ def to_integer_ops(model: Model) -> dict:
         if ": no match: " in line:
             head, why = line.split(": no match: ", 1)
             key = head.split(" at ", 1)[1].split(" (pass ", 1)[0]
+            # the node is the key: without the match it names ("... (best partial match: [...])") and the phase,
+            # the summary can count equal reasons together
+            why = why.split(" (best partial match: ", 1)[0].removeprefix("check: ")
             if key not in reasons or reasons[key].startswith("expected ") and not why.startswith("expected "):
                 reasons[key] = why  # the rule that got as far as its check says more than another op's pattern
 
