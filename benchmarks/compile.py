@@ -220,7 +220,7 @@ def run_precisions(names: list[str], paths: dict[str, str], threads: list[int], 
     every runtime side by side; rows kept in WORK/precisions.json (`--resume` keeps those already there)."""
     from importlib.metadata import version
 
-    results_path = os.path.join(WORK, "precisions.json")
+    results_path = os.path.join(WORK, args.results)
     old = json.load(open(results_path))["models"] if args.resume and os.path.exists(results_path) else []
     done = {r["model"]: _int_keys(r) for r in old}
     load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
@@ -269,6 +269,8 @@ def main() -> int:
                     help=argparse.SUPPRESS)
     ap.add_argument("--precisions", help="comma-separated optc precisions among fp32,int8,bf16: measure them beside "
                     "onnxruntime and OpenVINO on the float and the QDQ model (own RESULTS.md section)")
+    ap.add_argument("--results", default="precisions.json", help="--precisions: the rows' JSON file under "
+                    "benchmarks/_work/compile (default precisions.json; another name lets runs go side by side)")
     ap.add_argument("--calib-samples", type=int, default=8, help="random calibration samples for the QDQ model "
                     "(--precisions; default 8)")
     ap.add_argument("--models", help="comma-separated model names (default: all)")
