@@ -195,7 +195,8 @@ def test_equal_reasons_are_counted_together():
 
 # -- onnxruntime's QOperator QGemm ------------------------------------------------------------------------------
 
-def _qgemm_model(trans_b: bool, per_column: bool, bias: bool, quantized_out: bool, alpha: float = 1.0):
+def _qgemm_model(trans_b: bool, per_column: bool, bias: bool, quantized_out: bool, alpha: float = 1.0,
+                 trans_a: bool = False):
     g = Graph()
     xq, _ = g.quantize("x", "x", 0.02, 100, np.uint8)
     n, k = 5, 6
@@ -206,9 +207,9 @@ def _qgemm_model(trans_b: bool, per_column: bool, bias: bool, quantized_out: boo
     ins.append(g.const("c", RNG.integers(-900, 900, n).astype(np.int32)) if bias else "")
     if quantized_out:
         ins += [g.const("ys", np.float32(0.05)), g.const("yz", np.uint8(7))]
-    g.node("QGemm", ins, ["y"], domain="com.microsoft", transB=int(trans_b), alpha=alpha)
+    g.node("QGemm", ins, ["y"], domain="com.microsoft", transA=int(trans_a), transB=int(trans_b), alpha=alpha)
     g.outputs.append("y")
-    model = g.model([3, k])
+    model = g.model([k, 3] if trans_a else [3, k])
     model.graph.output[0].CopyFrom(  # typed, as onnxruntime's quantizer writes it (no inference for QGemm)
         h.make_tensor_value_info("y", TensorProto.UINT8 if quantized_out else TensorProto.FLOAT, [3, n]))
     return model
@@ -229,6 +230,18 @@ def test_qgemm_becomes_qmatmul_within_one_unit():
 def test_qgemm_with_alpha_is_not_rewritten():
     summary, ops = summary_of(_qgemm_model(True, False, True, True, alpha=0.5))
     assert "QGemm" in ops and "QMatMul" not in ops, ops
+
+
+@pytest.mark.parametrize("trans_b, per_column, bias, quantized_out", [(True, True, True, True),
+                                                                      (False, False, False, False)])
+def test_qgemm_the_rule_leaves_compiles_within_one_unit(trans_b, per_column, bias, quantized_out):
+    """A QGemm the integer rule refuses (alpha != 1) runs through lowering/ops/quant.py's QGemm converter (before:
+    'no converter: com.microsoft::QGemm', exit 2)."""
+    model = _qgemm_model(trans_b, per_column, bias, quantized_out, alpha=0.5)
+    assert_matches_onnxruntime(model, RNG.standard_normal([3, 6]).astype(np.float32))
+    transposed = _qgemm_model(trans_b, per_column, bias, quantized_out, trans_a=True)
+    assert "QGemm" in summary_of(transposed)[1]
+    assert_matches_onnxruntime(transposed, RNG.standard_normal([6, 3]).astype(np.float32))
 
 
 # -- the command line --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 - DynamicQuantizeLinear: the reference's formula, including its scale of 1/255 when min == max (all-zero
   input) that the function body (`_expanded`) would turn into a division by zero.
 - MatMulInteger / ConvInteger: zero points subtracted in int32 first, int32 accumulation.
+- com.microsoft QGemm (what optc's integer rule leaves): int32 accumulation, onnxruntime's float32 requantize.
 - QLinearMatMul / QLinearConv: the int32 accumulator requantized as the reference evaluator does: the
   multiplier `a_scale * b_scale / y_scale` in the scales' type, `acc * multiplier + y_zero_point` in float64
   (exact for any int32 accumulator and float32 multiplier but for one rounding), round half to even, saturate.
@@ -362,6 +363,41 @@ def qlinear_matmul(bb, inputs, attrs, ctx):
     m = _in_precision(bb, relax.op.multiply, a_scale, b_scale, scale_dtype)
     m = _in_precision(bb, relax.op.divide, m, y_scale, scale_dtype)
     return _requantize(bb, acc, m, y_zp, dtype_of(y_zp) if y_zp is not None else dtype_of(a))
+
+
+@converter("com.microsoft", "QGemm")
+def qgemm(bb, inputs, attrs, ctx):
+    """onnxruntime's QGemm (contrib_ops/cpu/quantization/quant_gemm.cc) where optc's integer rule leaves it
+    (`rewrites/rules/qinteger.py`: alpha != 1, transA, a [M, N] C, a uint8 B that does not fit int8 after its zero
+    point): acc = (A - a_zp) @ (B - b_zp) in int32 (A, B transposed as transA / transB say; b's zero point and scale
+    per tensor or per column), plus the int32 C; then `saturate(rint(acc * m) + y_zp)` with the float32
+    multiplier m = alpha * a_scale * b_scale / y_scale, or float32 `acc * alpha * a_scale * b_scale` without
+    y_scale / y_zero_point."""
+    get = lambda i: inputs[i] if len(inputs) > i and inputs[i] is not None else None  # noqa: E731
+    a, a_scale, a_zp, b, b_scale, b_zp = (get(i) for i in range(6))
+    c, y_scale, y_zp = get(6), get(7), get(8)
+    if any(v is None for v in (a, a_scale, b, b_scale)) or (y_scale is None) != (y_zp is None):
+        raise refuse("QGemm needs A, a_scale, B, b_scale, and y_scale with y_zero_point or neither")
+    if _rank(a) != 2 or _rank(b) != 2:
+        raise refuse("QGemm of operands that are not 2-D")
+    if dtype_of(a_scale) != "float32" or dtype_of(b_scale) != "float32":
+        raise refuse("QGemm scales other than float32 (onnxruntime defines it for float32)")
+    if int(attrs.get("transA", 0)):
+        a = bb.emit(relax.op.permute_dims(a, [1, 0]))
+    if int(attrs.get("transB", 0)):
+        b = bb.emit(relax.op.permute_dims(b, [1, 0]))
+    acc = _integer_matmul(bb, "QGemm", a, b, a_zp, b_zp)
+    if c is not None:
+        acc = bb.emit(relax.op.add(acc, _cast(bb, c, "int32")))
+    scale = bb.emit(relax.op.multiply(_flat_scalar(bb, _per_tensor(a_scale, "a_scale"), 2),
+                                      _matmul_param(bb, b_scale, b, False, "b_scale", 2)))
+    scale = bb.emit(relax.op.multiply(scale, const(np.float32(attrs.get("alpha", 1.0)))))
+    f = bb.emit(relax.op.astype(acc, "float32"))
+    if y_scale is None:
+        return relax.op.multiply(f, scale)
+    m = bb.emit(relax.op.divide(scale, _flat_scalar(bb, _per_tensor(y_scale, "y_scale"), 2)))
+    r = bb.emit(relax.op.round(relax.op.multiply(f, m)))
+    return _rint_saturate(bb, r, _flat_scalar(bb, _per_tensor(y_zp, "y_zero_point"), 2), dtype_of(y_zp))
 
 
 def _conv_pads(attrs, x, w, spatial: int) -> list[int]:
