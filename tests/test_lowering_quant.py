@@ -353,3 +353,33 @@ def test_sub_byte_and_float8_types_are_refused_with_a_reason():
     m = _model("DequantizeLinear", [("x", TP.FLOAT8E4M3FN, [4]), ("s", TP.FLOAT, [])], [("y", TP.FLOAT, [4])], 21)
     with pytest.raises(optc.UnsupportedError, match="DequantizeLinear of float8_e4m3fn.*float8"):
         optc.compile(m)
+
+
+def test_quantize_linear_nan_and_infinities_in_a_long_qdq_chain():
+    """NaN quantizes to the zero point (optc's choice: ONNX leaves it undefined), +-inf saturate; through 40
+    QuantizeLinear -> DequantizeLinear -> Add links, which once took TVM's simplifier more than 20 minutes (each
+    NaN select read its input twice, doubling the inlined expression per link; it is now a kernel of its own)."""
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(17, np.uint8), "z"),
+             numpy_helper.from_array(np.array(0.25, np.float32), "c")]
+    nodes, prev = [], "x"
+    for i in range(40):
+        nodes += [helper.make_node("QuantizeLinear", [prev, "s", "z"], [f"q{i}"]),
+                  helper.make_node("DequantizeLinear", [f"q{i}", "s", "z"], [f"d{i}"]),
+                  helper.make_node("Add", [f"d{i}", "c"], [f"a{i}"])]
+        prev = f"a{i}"
+    nodes.append(helper.make_node("QuantizeLinear", [prev, "s", "z"], ["y"]))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TP.FLOAT, [6])],
+                              [helper.make_tensor_value_info("y", TP.UINT8, [6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    onnx.checker.check_model(model)
+    x = np.array([np.nan, np.inf, -np.inf, -0.0, 1.0, -1e30], np.float32)
+    got = optc.compile(model).run({"x": x})["y"]
+    # first link: NaN -> 17 (zero point), inf -> 255, -inf -> 0; every later link adds 0.25 = 5 steps of 0.05
+    q0 = np.array([17, 255, 0, 17, 37, 0], np.int64)
+    want = q0.copy()
+    for _ in range(40):
+        want = np.clip(want + 5, 0, 255)
+    assert got.tolist() == want.tolist()

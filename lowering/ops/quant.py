@@ -129,6 +129,20 @@ def _qparam(bb, p, x, axis: int, block_size: int, what: str):
     return rep
 
 
+def _nan_to_zero(bb, r):
+    """`where(isnan(r), 0, r)` as a kernel of its own (op_pattern opaque: FuseOps leaves it unfused). Fused, the
+    select's two reads of `r` doubled the inlined expression at every QuantizeLinear of a Q -> DQ -> ... chain,
+    and TVM's simplifier ran for more than 20 minutes on a QDQ BERT-like (177 QuantizeLinear)."""
+    from tvm import te, tirx
+
+    t = te.placeholder(list(r.ty.shape.values), dtype=dtype_of(r), name="r")
+    y = te.compute(t.shape, lambda *i: tirx.Select(tirx.isnan(t(*i)), tirx.const(0, t.dtype), t(*i)),
+                   name="nan_to_zero")
+    func = te.create_prim_func([t, y]).without_attr("global_symbol").with_attr("op_pattern", 8)  # kOpaque
+    gv = bb.add_func(func, "nan_to_zero")
+    return bb.emit(relax.call_tir(gv, [r], r.ty))
+
+
 def _rint_saturate(bb, r, zp, out_dtype: str, *, nan_free: bool = False):
     """`saturate(r + zp)` for an already rounded float tensor `r` (any float type) and an optional zero point
     (already broadcastable), computed exactly: NaN is taken as 0 (ONNX leaves it undefined), r is first clamped
@@ -140,7 +154,7 @@ def _rint_saturate(bb, r, zp, out_dtype: str, *, nan_free: bool = False):
     fdtype = dtype_of(r) if dtype_of(r) in ("float32", "float64") else "float32"
     r = _cast(bb, r, fdtype)
     if not nan_free:
-        r = bb.emit(relax.op.where(relax.op.isnan(r), _scalar(0, fdtype, rank), r))
+        r = _nan_to_zero(bb, r)
     r = bb.emit(relax.op.minimum(relax.op.maximum(r, _scalar(lo - hi, fdtype, rank)), _scalar(hi - lo, fdtype, rank)))
     q = bb.emit(relax.op.astype(r, "int32"))
     if zp is not None:
