@@ -120,6 +120,9 @@ class Module:
             return [tvm.runtime.tensor(a, self._device) for a in arrays]
         out = []
         for index, arr in enumerate(arrays):
+            if arr.size == 0:  # numpy's strides of an empty array need not be compact, which the kernels check
+                out.append(tvm.runtime.tensor(np.empty(arr.shape, arr.dtype), self._device))
+                continue
             tensor = None
             if arr.nbytes >= ZERO_COPY_BYTES and arr.flags.writeable and arr.ctypes.data % ALIGNMENT == 0:
                 tensor = _dlpack_tensor(arr)

@@ -122,7 +122,8 @@ def kernel_metadata(kernels: dict) -> dict:
 
 
 def describe_kernels(kernels: dict | None) -> str:
-    """One line for the compile / bench summaries, e.g. 'integer kernels: 12 of 14 conv/matmul (2 float: ...)'."""
+    """One line for the compile / bench summaries, e.g. 'integer kernels: 12 of 14 conv/matmul (2 float: ...)';
+    empty for a model with no quantized conv/matmul (a float model)."""
     if not kernels:
         return "integer kernels: unknown (an artifact from before optc recorded them)"
     total = kernels["integer"] + kernels["bfloat16"] + kernels["float"]
@@ -133,8 +134,9 @@ def describe_kernels(kernels: dict | None) -> str:
         whys: dict[str, int] = {}
         for why in kernels["float_reasons"].values():
             whys[why] = whys.get(why, 0) + 1
-        if not kernels["integer"] and list(whys) and all(w.startswith("not quantized") for w in whys):
-            return f"integer kernels: none ({total} conv/matmul, the model is not quantized)"
+        if not kernels["integer"] and not kernels["bfloat16"] and list(whys) \
+                and all(w.startswith("not quantized") for w in whys):
+            return ""  # a float model: nothing to say
         listed = [f"{n} {w}" for w, n in whys.items()]
         unlisted = kernels["float"] - sum(whys.values())  # the artifact metadata keeps 8 reasons
         if unlisted > 0:

@@ -348,10 +348,23 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
                 report.update(info)
 
 
+def _drop_foreign_handlers() -> None:
+    """Remove the handlers MetaSchedule did not configure from its logger: its logging setup lists the logger's
+    handlers by name in a `dictConfig`, and one without a name (attached after a first tune in the process)
+    failed the second tune with `'NoneType' object has no attribute 'format'`."""
+    import logging  # noqa: PLC0415
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if not (handler.get_name() or "").startswith("tvm.s_tir.meta_schedule"):
+            logger.removeHandler(handler)
+
+
 def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, progress, max_trials_per_task,
           num_trials_per_iter, seed, report):
     """`tune` once the tasks to tune, the builder and the runner are known."""
     _import_tensor_intrin()
+    _drop_foreign_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         todo, str(work_dir), strategy=_search_strategy(info["cost_model"]), num_threads=host_num_cores(), seed=seed)
     if builder is None:

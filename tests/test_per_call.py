@@ -119,3 +119,16 @@ def test_bad_inputs_are_still_refused(affine):
         module.run({})
     with pytest.raises(OptcError, match="unknown input 'z'"):
         module.run({"x": np.zeros((2, 128), np.float32), "z": np.zeros(1)})
+
+
+def test_zero_size_inputs_run_every_time():
+    """An empty input (whose numpy strides need not be compact, which the kernels check) runs on every call."""
+    import optc
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Ceil", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [4, 3, 0])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [4, 3, 0])])
+    module = optc.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    for x in (np.zeros((4, 3, 0)), np.zeros((4, 3, 0)), np.zeros((4, 6, 0))[:, ::2]):
+        assert module.run({"x": x})["y"].shape == (4, 3, 0)

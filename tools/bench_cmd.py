@@ -34,7 +34,9 @@ def run(args) -> int:
     console.print(f"ratio optc/onnxruntime: {result['ratio']:.2f}x   max abs difference: {result['max_abs_diff']:.3g}")
     from ..codegen.compile import describe_kernels
 
-    console.print(describe_kernels(result["kernels"]), highlight=False, markup=False, soft_wrap=True)
+    line = describe_kernels(result["kernels"])
+    if line:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

@@ -68,7 +68,9 @@ def run(args) -> int:
     print(line)
     kernels = report.get("kernels")
     if kernels and kernels["integer"] + kernels["bfloat16"] + kernels["float"]:
-        print(describe_kernels(kernels))
+        line = describe_kernels(kernels)
+        if line:
+            print(line)
     if "bf16" in report:
         print(describe_precision(report["bf16"]))
     return 0
