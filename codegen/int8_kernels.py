@@ -218,19 +218,19 @@ class Int8Reduction(_Rule):
             return None
         a_index, b_index = operands
         a_dtype = str(stmt.reads[a_index].source.dtype)
-        isa = next((i for i in isas if a_dtype in ISAS[i][3]), None)
-        if isa is None:
-            return None
-        _, lanes, group, _ = ISAS[isa]
-
         loops = sch.get_loops(block)
         s_loops, r_loops = list(loops[:n_s]), list(loops[n_s:])
         extents = [_extent(sch, lp) for lp in loops]
         if any(e is None for e in extents):
             return None
         n_ext, k_ext = extents[n_s - 1], extents[-1]
-        if n_ext % lanes or k_ext % group:
+        # the best instruction set that multiplies these operands and whose lanes / group divide N / K (a VNNI
+        # machine takes K = 130 with vpmaddwd pairs, N = 72 with ymm vectors)
+        isa = next((i for i in isas if a_dtype in ISAS[i][3] and not n_ext % ISAS[i][1]
+                    and not k_ext % ISAS[i][2]), None)
+        if isa is None:
             return None
+        _, lanes, group, _ = ISAS[isa]
         m_ext = extents[n_s - 2] if n_s >= 2 else 1
         work = math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])

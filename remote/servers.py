@@ -96,10 +96,11 @@ def serve_tracker(host: str = "127.0.0.1", port: int = 9190, *, announce: Announ
     _quiet_tvm_logs(verbose)
     sock = listen(host, port)
     where = sock.getsockname()
-    announce(f"RPC tracker listening on {host}:{where[1]}", {"tracker": f"{host}:{where[1]}"})
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    with _sigterm_interrupts(), contextlib.suppress(KeyboardInterrupt):
-        TrackerServerHandler(sock, base.random_key("tracker")).run()
+    with _sigterm_interrupts(), contextlib.suppress(KeyboardInterrupt):  # before the line: a Ctrl-C right after it exits 0
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        handler = TrackerServerHandler(sock, base.random_key("tracker"))
+        announce(f"RPC tracker listening on {host}:{where[1]}", {"tracker": f"{host}:{where[1]}"})
+        handler.run()
     sock.close()
 
 
@@ -118,10 +119,10 @@ def serve_server(tracker: Address, key: str, host: str = "127.0.0.1", port: int 
     _quiet_tvm_logs(verbose)
     sock = listen(host, port, port_end)
     bound = sock.getsockname()[1]
-    announce(f"RPC server for key {key} listening on {host}:{bound}, registered with tracker {tracker.tracker}",
-             {"server": f"{host}:{bound}", "key": key, "tracker": tracker.tracker})
     with _sigterm_interrupts():
         try:
+            announce(f"RPC server for key {key} listening on {host}:{bound}, registered with tracker "
+                     f"{tracker.tracker}", {"server": f"{host}:{bound}", "key": key, "tracker": tracker.tracker})
             _listen_loop(sock, bound, key, (tracker.host, tracker.port), None, None)
         except KeyboardInterrupt:
             pass
@@ -146,13 +147,13 @@ def serve_emulated(tracker: Address, key: str, host: str = "127.0.0.1", port: in
     summary(tracker, timeout=10.0)
     ensure_sysroot(arch=arch, progress=progress)
     argv = server_argv(tracker.host, tracker.port, key, host=host, port=port, port_end=port_end)
-    child = subprocess.Popen(argv, start_new_session=True)  # its own group: one signal ends it and its sessions
-    announce(f"emulated {arch} RPC server for key {key} starting on {host}:[{port}, {port_end}) (pid {child.pid}), "
-             f"registering with tracker {tracker.tracker}",
-             {"server": f"{host}:[{port}, {port_end})", "key": key, "tracker": tracker.tracker, "emulate": arch,
-              "pid": child.pid})
     with _sigterm_interrupts():
+        child = subprocess.Popen(argv, start_new_session=True)  # its own group: one signal ends it and its sessions
         try:
+            announce(f"emulated {arch} RPC server for key {key} starting on {host}:[{port}, {port_end}) "
+                     f"(pid {child.pid}), registering with tracker {tracker.tracker}",
+                     {"server": f"{host}:[{port}, {port_end})", "key": key, "tracker": tracker.tracker,
+                      "emulate": arch, "pid": child.pid})
             return child.wait()
         except KeyboardInterrupt:
             return 0
