@@ -274,6 +274,9 @@ def load(path, rpc: str | None = None, *, timeout: float = 30.0) -> Module:
     from .codegen.targets import check_runs_here  # noqa: PLC0415
 
     check_runs_here(meta, path)  # built for another architecture or instructions this CPU lacks: one line, no SIGILL
+    from .codegen.amx import request_permission  # noqa: PLC0415
+
+    request_permission()  # AMX kernels' tile registers (a no-op without AMX)
     import tvm  # noqa: PLC0415
     from tvm.runtime.vm import VirtualMachine  # noqa: PLC0415
 

@@ -289,6 +289,10 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
     """
     tvm = _tvm()
     target = resolve_target(target)
+    if target.kind.name == "llvm":
+        from .amx import request_permission  # noqa: PLC0415
+
+        request_permission()  # a build for this host is often run in this process: its AMX kernels need the tiles
     mod = prepare(mod, params, target, layout=layout, fast_math=fast_math)
     try:
         return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule, report))

@@ -37,7 +37,8 @@ from __future__ import annotations
 import functools
 import math
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.error import InternalError
 from tvm.script import tirx as T
 from tvm.target import Target
 
@@ -59,6 +60,8 @@ from .schedules import (
     _vectorize_innermost,
     try_inline,
 )
+from .amx import FEATURES as AMX_FEATURES
+from .amx import register_intrin as amx_register_intrin
 from .targets import llvm_features
 
 #: instruction sets in order of preference: name -> (LLVM features the target needs, int32 lanes, group size G,
@@ -84,7 +87,8 @@ def int8_isas(target: Target) -> list[str]:
     if triple and not triple.startswith("x86_64"):
         return []
     feats = set(llvm_features(target))
-    return [name for name, (needs, *_rest) in ISAS.items() if all(f in feats for f in needs)]
+    amx = ["amx"] if all(f in feats for f in AMX_FEATURES) else []
+    return amx + [name for name, (needs, *_rest) in ISAS.items() if all(f in feats for f in needs)]
 
 
 def _intrin_name(isa: str, a_dtype: str) -> str:
@@ -161,6 +165,34 @@ def register_intrinsics() -> list[str]:
     return [register_intrin(isa, a_dtype) for isa, (*_rest, a_dtypes) in ISAS.items() for a_dtype in a_dtypes]
 
 
+def _amx_tiles(m_ext: int, n_ext: int, k_ext: int) -> tuple[int, int, int, int, int] | None:
+    """(rows, m tiles, n tiles, k step, k steps) of an AMX block for an M x N x K reduction, or None when AMX
+    does not pay or fit: rows the largest divisor of M up to 16 (at least 4: below that vpdpbusd does more per
+    cycle), two A tiles when M holds an even number of them, two B tiles of 16 int32 columns when N allows (one
+    when N is an odd multiple of 16), k step the largest multiple of 4 up to 64 dividing K (the A tile's bytes per
+    row), and up to 16 steps per call (C stays in its tiles through them)."""
+    rows = max(d for d in range(1, 17) if m_ext % d == 0)
+    if rows < 4 or n_ext % 16 or k_ext % 4:
+        return None
+    m_tiles = 2 if (m_ext // rows) % 2 == 0 else 1
+    n_tiles = 2 if n_ext % 32 == 0 else 1
+    k_step = max(s for s in range(4, 65, 4) if k_ext % s == 0)
+    k_steps = max(d for d in range(1, 17) if (k_ext // k_step) % d == 0)
+    return rows, m_tiles, n_tiles, k_step, k_steps
+
+
+def _unit_row_step(stmt, a_index: int, m_var) -> bool:
+    """Whether the activation's rows follow the M iterator with step 1 in its second-last dimension (an AMX A tile
+    is rows of one stride apart: a strided convolution's rows are ``s`` pixels apart and take the VNNI path)."""
+    from tvm.sym.pattern import detect_linear_equation  # noqa: PLC0415
+
+    dims = stmt.reads[a_index].region
+    if len(dims) < 2 or any(m_var in _vars_in(d.min) for d in dims[:-2]):
+        return False
+    coeff = detect_linear_equation(dims[-2].min, [m_var])
+    return len(coeff) == 2 and isinstance(coeff[0], tirx.IntImm) and int(coeff[0]) == 1
+
+
 def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     """(u_m rows, u_n vectors) of the register tile. u_m * u_n accumulators + u_n weight vectors + a broadcast
     activation + the product before it is added stay within the register file (one more spills an accumulator
@@ -196,6 +228,16 @@ class Int8Reduction(_Rule):
         isas = int8_isas(target)
         if not isas:
             return None
+        if "amx" in isas and self.tile is None:
+            try:
+                sch = self._schedule(func, target, isas, amx=True)
+            except (s_tir.ScheduleError, InternalError, ValueError):  # the AMX intrinsic does not match (e.g. a strided conv)
+                sch = None
+            if sch is not None:
+                return sch
+        return self._schedule(func, target, [i for i in isas if i != "amx"], amx=False)
+
+    def _schedule(self, func, target: Target, isas: list[str], *, amx: bool):
         from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
 
         sch = s_tir.Schedule(func)
@@ -218,37 +260,50 @@ class Int8Reduction(_Rule):
             return None
         a_index, b_index = operands
         a_dtype = str(stmt.reads[a_index].source.dtype)
+
         loops = sch.get_loops(block)
         s_loops, r_loops = list(loops[:n_s]), list(loops[n_s:])
         extents = [_extent(sch, lp) for lp in loops]
         if any(e is None for e in extents):
             return None
         n_ext, k_ext = extents[n_s - 1], extents[-1]
-        # the best instruction set that multiplies these operands and whose lanes / group divide N / K (a VNNI
-        # machine takes K = 130 with vpmaddwd pairs, N = 72 with ymm vectors)
-        isa = next((i for i in isas if a_dtype in ISAS[i][3] and not n_ext % ISAS[i][1]
-                    and not k_ext % ISAS[i][2]), None)
-        if isa is None:
-            return None
-        _, lanes, group, _ = ISAS[isa]
         m_ext = extents[n_s - 2] if n_s >= 2 else 1
         work = math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
-        u_m, u_n = self.tile or _tile(isa, m_ext, n_ext // lanes)
-        panel = u_n * lanes
+        if amx:
+            tiles = _amx_tiles(m_ext, n_ext, k_ext)
+            if tiles is None or n_s < 2 or not _unit_row_step(stmt, a_index, stmt.iter_vars[n_s - 2].var):
+                return None
+            rows, m_tiles, n_tiles, k_step, k_steps = tiles
+            u_m, panel, group, chunk = rows * m_tiles, 16 * n_tiles, 4, k_step * k_steps
+            isa = "amx"
+        else:
+            # the best instruction set that multiplies these operands and whose lanes / group divide N / K (a
+            # VNNI machine takes K = 130 with vpmaddwd pairs, N = 72 with ymm vectors)
+            isa = next((i for i in isas if a_dtype in ISAS[i][3] and not n_ext % ISAS[i][1]
+                        and not k_ext % ISAS[i][2]), None)
+            if isa is None:
+                return None
+            _, lanes, group, _ = ISAS[isa]
+            u_m, u_n = self.tile or _tile(isa, m_ext, n_ext // lanes)
+            panel, chunk = u_n * lanes, group
 
-        n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, lanes])
-        k_o, k_i = sch.split(r_loops[-1], factors=[None, group])
+        if amx:
+            n_o, n_p = sch.split(s_loops[-1], factors=[None, panel])
+        else:
+            n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, lanes])
+        k_o, k_i = sch.split(r_loops[-1], factors=[None, chunk])
         if n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
-            outer, inner = [*s_loops[:-2], m_o, n_o], [m_i, n_u]
+            outer, inner = [*s_loops[:-2], m_o, n_o], [m_i]
         else:
-            outer, inner = [n_o], [n_u]
+            outer, inner = [n_o], []
+        inner = [*inner, n_p] if amx else [*inner, n_u]
         weight_bytes = _bytes(stmt.reads[b_index].source)
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i != b_index)
         if len(outer) > 1 and weight_bytes > act_bytes:
             outer = [outer[-1], *outer[:-1]]  # each weight panel streams from memory once
-        sch.reorder(*outer, *r_loops[:-1], k_o, *inner, n_v, k_i)
+        sch.reorder(*outer, *r_loops[:-1], k_o, *inner, *([] if amx else [n_v]), k_i)
         par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
                              else work)
         if epilogues:
@@ -269,6 +324,9 @@ class Int8Reduction(_Rule):
             idx[-1] // panel, *idx[:-2], idx[-2] // group, idx[-1] % panel, idx[-2] % group))
         if not _packing_splits_off(sch):
             return None
+        if amx:
+            sch.tensorize(inner[0], amx_register_intrin(a_dtype, *tiles))
+            return sch
         sch.tensorize(n_v, register_intrin(isa, a_dtype))
         for lp in inner:
             sch.unroll(lp)

@@ -51,9 +51,13 @@ def open_database(db_dir, *, create: bool = True):
         if not create:
             raise OptcError(f"no tuning database at '{db_dir}'")
         path.mkdir(parents=True)
+    from .amx import register_named  # noqa: PLC0415
     from .int8_kernels import register_intrinsics  # noqa: PLC0415
 
     register_intrinsics()  # the records of int8 kernels name optc's tensor intrinsics: loading needs them
+    records = path / "database_tuning_record.json"
+    if records.exists():
+        register_named(records.read_text())  # AMX intrinsics are registered per tile shape, as records name them
     return ms.database.JSONDatabase(
         path_workload=str(path / "database_workload.json"),
         path_tuning_record=str(path / "database_tuning_record.json"),
@@ -138,6 +142,13 @@ def measure_config():
     as they are in a whole model (the weights of one layer stream in from memory once per inference);
     with warm caches the tuner favoured schedules that were slower end to end. 10 runs, no batching."""
     return _ms().runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
+
+
+def _runner_worker_init() -> None:
+    """Each runner worker (a fresh process: the AMX permission does not survive exec) asks for the AMX tiles."""
+    from optc.codegen.amx import request_permission  # noqa: PLC0415
+
+    request_permission()
 
 
 def _static_shapes(task) -> bool:
@@ -370,7 +381,8 @@ def _tune(ms, todo, database, target, trials, info, work_dir, builder, runner, p
     if builder is None:
         builder = _make_builder(max_workers=host_num_cores(), timeout_sec=60.0)
     if runner is None:
-        runner = ms.runner.LocalRunner(timeout_sec=30.0, evaluator_config=measure_config())
+        runner = ms.runner.LocalRunner(timeout_sec=30.0, evaluator_config=measure_config(),
+                                       initializer=_runner_worker_init)
     default_secs: dict[int, float] = {}
     info["default_records"], info["variant_trials"] = seed_default_records(todo, database, target, builder, runner,
                                                                            max_variants=trials,

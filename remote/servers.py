@@ -116,6 +116,9 @@ def serve_server(tracker: Address, key: str, host: str = "127.0.0.1", port: int 
     if not key or ":" in key or any(c.isspace() for c in key):
         raise OptcError(f"bad RPC key '{key}': give a non-empty name without spaces or colons (e.g. arm64)")
     summary(tracker, timeout=10.0)  # an unreachable tracker is one line now, not a minute of retries
+    from ..codegen.amx import request_permission  # noqa: PLC0415
+
+    request_permission()  # the sessions it forks run AMX kernels (the permission is inherited by fork)
     _quiet_tvm_logs(verbose)
     sock = listen(host, port, port_end)
     bound = sock.getsockname()[1]

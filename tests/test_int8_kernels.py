@@ -97,7 +97,8 @@ def _conv_reference(x, w, stride=1, pad=0, groups=1):
 # --- the instruction-set decision -------------------------------------------------------------------------------
 
 def test_host_decision_follows_cpuinfo():
-    """On this host the choice is what /proc/cpuinfo allows (this AVX2-only EPYC: the widened vpmaddwd path)."""
+    """On this host the choice is what /proc/cpuinfo allows (an AVX2-only EPYC: the widened vpmaddwd path; a
+    Sapphire Rapids-class Xeon: AMX first)."""
     isas = int8_kernels.int8_isas(resolve_target("cpu"))
     flags = host_cpu_flags()
     if not flags:
@@ -105,12 +106,14 @@ def test_host_decision_follows_cpuinfo():
     assert ("avx512vnni" in isas) == ({"avx512_vnni", "avx512bw"} <= flags)
     assert ("avxvnni" in isas) == ("avx_vnni" in flags)
     assert ("avx2" in isas) == ("avx2" in flags)
+    assert ("amx" in isas) == ({"amx_tile", "amx_int8"} <= flags)
     if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "avx512bw"}:
         assert isas == ["avx2"]
 
 
 @pytest.mark.parametrize(("target", "expected"), [
-    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["avx512vnni", "avxvnni", "avx512bw", "avx2"]),
+    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["amx", "avx512vnni", "avxvnni", "avx512bw", "avx2"]),
+    ({"kind": "llvm", "mcpu": "icelake-server"}, ["avx512vnni", "avx512bw", "avx2"]),
     ({"kind": "llvm", "mcpu": "alderlake"}, ["avxvnni", "avx2"]),
     ({"kind": "llvm", "mcpu": "skylake-avx512"}, ["avx512bw", "avx2"]),
     ({"kind": "llvm", "mcpu": "haswell"}, ["avx2"]),
@@ -241,6 +244,96 @@ def test_tile_fits_register_file():
             assert u_m * u_n + u_n + 2 <= int8_kernels._REGISTERS[isa]
 
 
+# --- AMX tiles (Sapphire Rapids and later) ---------------------------------------------------------------------
+
+AMX_CASES = [  # (op, x shape, w shape, conv attrs, (rows, m tiles, n tiles, k step, k steps) expected)
+    ("matmul", (64, 256), (256, 64), {}, (16, 2, 2, 64, 4)),
+    ("matmul", (48, 96), (96, 16), {}, (16, 1, 1, 48, 2)),            # 3 row blocks, one n tile, k step 48
+    ("matmul", (28, 3072), (3072, 48), {}, (14, 2, 1, 64, 16)),       # 14 rows; K in 3 calls of 16 steps
+    ("matmul", (2, 20, 128), (128, 32), {}, (10, 2, 2, 64, 2)),       # batch, 10 rows
+    ("matmul", (7, 12), (12, 32), {}, (7, 1, 2, 12, 1)),               # 7 rows, k step 12
+    ("conv", (1, 64, 14, 14), (32, 64, 3, 3), {"padding": 1}, (14, 1, 2, 64, 1)),
+    ("conv", (2, 32, 16, 16), (64, 32, 1, 1), {}, (16, 1, 2, 32, 1)),
+]
+
+
+def _amx_host() -> bool:
+    from optc.codegen.amx import request_permission  # noqa: PLC0415
+
+    return "amx" in int8_kernels.int8_isas(resolve_target("cpu")) and request_permission()
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize(("op", "x_shape", "w_shape", "attrs", "tiles"), AMX_CASES)
+def test_amx_tiles_exact(op, x_shape, w_shape, attrs, tiles, x_dtype):
+    """Each tile geometry: the block the rule picks, its assembly (tdpbusd / tdpbssd), and (on an AMX host)
+    exact results with edge values (every product 255 x -128 or -128 x -128 somewhere)."""
+    if op == "matmul":
+        m, k, n = x_shape[-2], w_shape[0], w_shape[1]
+    else:
+        m, k, n = x_shape[3] + 2 * attrs.get("padding", 0) - w_shape[3] + 1, w_shape[1], w_shape[0]
+    assert int8_kernels._amx_tiles(m, n, k) == tiles
+    rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
+    w = _values(rng, w_shape, "int8", "extremes")
+    x = _values(rng, x_shape, x_dtype, "extremes")
+    mod = _module(x_shape, w_shape, x_dtype, op, **attrs)
+    asm = _asm(mod, w, {"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert re.search(r"tdpbusd\s+%tmm" if x_dtype == "uint8" else r"tdpbssd\s+%tmm", asm)
+    if not _amx_host():
+        pytest.skip("build only: this CPU has no AMX (the asm check above ran)")
+    ref = (x.astype(np.int64) @ w.astype(np.int64) if op == "matmul"
+           else _conv_reference(x, w, 1, attrs.get("padding", 0)))
+    np.testing.assert_array_equal(_run(mod, w, x), ref)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(3, 64, 64), (64, 24, 64), (64, 64, 30), (1, 1024, 1024)])
+def test_amx_declines(m, n, k):
+    """Fewer than 4 rows per tile (vpdpbusd does more per cycle), N not a multiple of 16 int32 columns, K not
+    a multiple of 4 bytes: no AMX block (the VNNI / widened paths take what they can)."""
+    assert int8_kernels._amx_tiles(m, n, k) is None
+
+
+def test_amx_strided_conv_takes_vnni():
+    """A stride-2 convolution's activation rows are 2 pixels apart: not an AMX tile, the VNNI kernel instead (no
+    failed tensorize, nothing printed)."""
+    rng = np.random.default_rng(9)
+    w = _values(rng, (32, 32, 3, 3), "int8")
+    asm = _asm(_module((1, 32, 33, 33), (32, 32, 3, 3), "uint8", "conv", strides=2),
+               w, {"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert "tdpbusd" not in asm and re.search(r"vpdpbusd\s+%zmm", asm)
+
+
+def test_amx_permission_in_a_fresh_process(tmp_path):
+    """A library with AMX kernels runs in a new process once it asks Linux for the tile state
+    (``amx.request_permission``, which optc.runtime.load and build call); without that the first tile
+    instruction is SIGILL: the permission is what makes it work."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if not _amx_host():
+        pytest.skip("this CPU has no AMX")
+    rng = np.random.default_rng(10)
+    w, x = _values(rng, (128, 64), "int8"), _values(rng, (32, 128), "uint8")
+    lib = tmp_path / "m.so"
+    build(_module((32, 128), (128, 64), "uint8", "matmul"), {"w": w}, "cpu").export_library(str(lib))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    code = (
+        "import numpy as np, tvm\n"
+        "from tvm import relax\n"
+        "from optc.codegen.amx import request_permission\n"
+        "assert request_permission()\n"
+        f"vm = relax.VirtualMachine(tvm.runtime.load_module({str(lib)!r}), tvm.cpu())\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r}); w = np.load({str(tmp_path / 'w.npy')!r})\n"
+        "y = vm['main'](tvm.runtime.tensor(x)).numpy()\n"
+        "assert np.array_equal(y, x.astype(np.int64) @ w.astype(np.int64))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    bare = code.replace("assert request_permission()\n", "")
+    assert subprocess.run([sys.executable, "-c", bare], capture_output=True, text=True).returncode == -4  # SIGILL
+
+
 # --- build only: instruction sets this machine lacks ------------------------------------------------------------
 
 def _asm(mod, w, target) -> str:
@@ -249,7 +342,8 @@ def _asm(mod, w, target) -> str:
 
 
 @pytest.mark.parametrize(("mcpu", "pattern"), [
-    ("sapphirerapids", r"vpdpbusd\s+%zmm"),      # AVX512-VNNI
+    ("sapphirerapids", r"tdpbusd\s+%tmm"),       # AMX
+    ("icelake-server", r"vpdpbusd\s+%zmm"),      # AVX512-VNNI
     ("alderlake", r"vpdpbusd\s+%ymm"),           # AVX-VNNI
     ("skylake-avx512", r"vpmaddwd\s+%zmm"),      # AVX-512BW, no VNNI
     ("haswell", r"vpmaddwd\s+%ymm"),             # AVX2
@@ -268,11 +362,16 @@ def test_build_only_dot_product_instructions(mcpu, pattern):
 
 
 def test_build_only_int8_activations_on_vnni_use_widened_path():
-    """build only: vpdpbusd multiplies unsigned x signed bytes, so int8 x int8 on a VNNI CPU takes vpmaddwd."""
+    """build only: vpdpbusd multiplies unsigned x signed bytes, so int8 x int8 on a VNNI CPU takes the widened
+    int16 path; AMX has a signed x signed instruction."""
     rng = np.random.default_rng(5)
     w = _values(rng, (128, 64), "int8")
+    asm = _asm(_module((8, 128), (128, 64), "int8", "matmul"), w, {"kind": "llvm", "mcpu": "icelake-server"})
+    # LLVM may fuse vpmaddwd and the add into AVX512-VNNI's vpdpwssd (exact too; vpdpwssds would saturate)
+    assert re.search(r"(vpmaddwd|vpdpwssd)\s+%zmm", asm) and "vpdpbusd" not in asm and "vpdpwssds" not in asm
+    # AMX multiplies signed x signed bytes itself (tdpbssd)
     asm = _asm(_module((8, 128), (128, 64), "int8", "matmul"), w, {"kind": "llvm", "mcpu": "sapphirerapids"})
-    assert re.search(r"vpmaddwd\s+%zmm", asm) and "vpdpbusd" not in asm
+    assert re.search(r"tdpbssd\s+%tmm", asm) and "tdpbusd" not in asm
 
 
 # --- tuning records -------------------------------------------------------------------------------------------
