@@ -29,10 +29,15 @@ from .targets import host_cpu_flags
 
 #: LLVM features an AMX int8 kernel needs in its target
 FEATURES = ("amx-tile", "amx-int8")
+#: the same for a bfloat16 kernel (``tdpbf16ps``)
+BF16_FEATURES = ("amx-tile", "amx-bf16")
+#: operand dtype -> (weight dtype, accumulator dtype, elements per 4-byte group G, largest k step in elements)
+OPERANDS = {"uint8": ("int8", "int32", 4, 64), "int8": ("int8", "int32", 4, 64),
+            "bfloat16": ("bfloat16", "float32", 2, 32)}
 #: tile registers: C tiles 0..3, A tiles 4..5, B tiles 6..7
 _C0, _A0, _B0 = 0, 4, 6
 _ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
-_NAME = re.compile(r"optc_amx_(uint8|int8)_r(\d+)_m(\d)_n(\d)_k(\d+)x(\d+)")
+_NAME = re.compile(r"optc_amx_(uint8|int8|bfloat16)_r(\d+)_m(\d)_n(\d)_k(\d+)x(\d+)")
 
 
 @functools.cache
@@ -55,35 +60,38 @@ def intrin_name(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: int
 
 
 def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: int, k_steps: int):
-    """(desc, impl) of ``C[i, j] += sum_k int32(A[i, k]) * int32(B[k // 4, j, k % 4])`` for i < rows * m_tiles,
-    j < 16 * n_tiles, k < k_step * k_steps: m_tiles x n_tiles C tiles of rows x 16 int32, A and C with any row
-    stride, B the packed weight panel (contiguous, 16 * n_tiles x 4 bytes per row)."""
+    """(desc, impl) of ``C[i, j] += sum_k acc(A[i, k]) * acc(B[k // G, j, k % G])`` for i < rows * m_tiles,
+    j < 16 * n_tiles, k < k_step * k_steps (G, acc: ``OPERANDS``; int8: int32 sums, bfloat16: float32):
+    m_tiles x n_tiles C tiles of rows x 16 accumulators, A and C with any row stride, B the packed weight panel
+    (contiguous, 16 * n_tiles x 4 bytes per row)."""
     um, panel, kc = rows * m_tiles, 16 * n_tiles, k_step * k_steps
-    dot = "llvm.x86.tdpbusd" if a_dtype == "uint8" else "llvm.x86.tdpbssd"
-    b_stride = panel * 4  # bytes per row of the packed panel
+    w_dtype, acc, group, _ = OPERANDS[a_dtype]
+    dot = {"uint8": "llvm.x86.tdpbusd", "int8": "llvm.x86.tdpbssd", "bfloat16": "llvm.x86.tdpbf16ps"}[a_dtype]
+    b_stride = panel * 4  # bytes (= elements of the packed panel's 4-byte groups x 4) per row
+    a_bytes = 4 // group  # bytes per A element
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (um, kc), a_dtype, offset_factor=1)
-        B = T.match_buffer(b, (kc // 4, panel, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (um, panel), "int32", offset_factor=1)
+        B = T.match_buffer(b, (kc // group, panel, group), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (um, panel), acc, offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:um, 0:panel], A[0:um, 0:kc], B[0:kc // 4, 0:panel, 0:4])
+            T.reads(C[0:um, 0:panel], A[0:um, 0:kc], B[0:kc // group, 0:panel, 0:group])
             T.writes(C[0:um, 0:panel])
             for i, j, k in T.grid(um, panel, kc):
                 with T.sblock("update"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                    C[vi, vj] = C[vi, vj] + T.Cast("int32", A[vi, vk]) * T.Cast("int32", B[vk // 4, vj, vk % 4])
+                    C[vi, vj] = C[vi, vj] + T.Cast(acc, A[vi, vk]) * T.Cast(acc, B[vk // group, vj, vk % group])
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
         sc = T.int32()
         A = T.match_buffer(a, (um, kc), a_dtype, offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (kc // 4, panel, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (um, panel), "int32", offset_factor=1, strides=[sc, 1])
+        B = T.match_buffer(b, (kc // group, panel, group), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (um, panel), acc, offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
-            T.reads(C[0:um, 0:panel], A[0:um, 0:kc], B[0:kc // 4, 0:panel, 0:4])
+            T.reads(C[0:um, 0:panel], A[0:um, 0:kc], B[0:kc // group, 0:panel, 0:group])
             T.writes(C[0:um, 0:panel])
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             for i in T.serial(64):
@@ -93,26 +101,26 @@ def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: in
                 cfg[16 + 2 * (_C0 + t)] = T.uint8(64)
                 cfg[48 + _C0 + t] = T.uint8(rows)
             for t in T.serial(m_tiles):
-                cfg[16 + 2 * (_A0 + t)] = T.uint8(k_step)
+                cfg[16 + 2 * (_A0 + t)] = T.uint8(k_step * a_bytes)
                 cfg[48 + _A0 + t] = T.uint8(rows)
             for t in T.serial(n_tiles):
                 cfg[16 + 2 * (_B0 + t)] = T.uint8(64)
-                cfg[48 + _B0 + t] = T.uint8(k_step // 4)
+                cfg[48 + _B0 + t] = T.uint8(k_step // group)
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
             for mi in T.unroll(m_tiles):
                 for nj in T.unroll(n_tiles):
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tileloadd64", T.uint8(_C0 + mi * n_tiles + nj),
-                        C.access_ptr("r", offset=mi * rows * sc + nj * 16), T.int64(sc * 4)))
+                        T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
             for ks in T.serial(k_steps):
                 for mi in T.unroll(m_tiles):
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tileloadd64", T.uint8(_A0 + mi),
-                        A.access_ptr("r", offset=mi * rows * sa + ks * k_step), T.int64(sa)))
+                        T.address_of(A[mi * rows, ks * k_step]), T.int64(sa * a_bytes)))
                 for nj in T.unroll(n_tiles):
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tileloadd64", T.uint8(_B0 + nj),
-                        B.access_ptr("r", offset=ks * (k_step // 4) * b_stride + nj * 64), T.int64(b_stride)))
+                        T.address_of(B[ks * (k_step // group), nj * 16, 0]), T.int64(b_stride)))
                 for mi in T.unroll(m_tiles):
                     for nj in T.unroll(n_tiles):
                         T.evaluate(T.call_llvm_intrin("void", dot, T.uint8(_C0 + mi * n_tiles + nj),
@@ -121,7 +129,7 @@ def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: in
                 for nj in T.unroll(n_tiles):
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tilestored64", T.uint8(_C0 + mi * n_tiles + nj),
-                        C.access_ptr("w", offset=mi * rows * sc + nj * 16), T.int64(sc * 4)))
+                        T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
 
     return desc, impl
 
@@ -129,8 +137,9 @@ def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: in
 @functools.cache
 def register_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: int, k_steps: int) -> str:
     """Register (once per process) the AMX tensor intrinsic of these tile parameters; returns its name."""
-    if a_dtype not in ("uint8", "int8") or not (1 <= rows <= 16 and m_tiles in (1, 2) and n_tiles in (1, 2)
-                                                 and 4 <= k_step <= 64 and k_step % 4 == 0 and k_steps >= 1):
+    group, max_step = OPERANDS[a_dtype][2:] if a_dtype in OPERANDS else (0, 0)
+    if not group or not (1 <= rows <= 16 and m_tiles in (1, 2) and n_tiles in (1, 2)
+                         and group <= k_step <= max_step and k_step % group == 0 and k_steps >= 1):
         raise ValueError(f"no AMX tile intrinsic for {a_dtype}, {rows} rows, {m_tiles}x{n_tiles} tiles, "
                          f"k {k_step}x{k_steps}")
     name = intrin_name(a_dtype, rows, m_tiles, n_tiles, k_step, k_steps)

@@ -226,6 +226,49 @@ def _count_kernels(report: dict | None, key: str):
     return _count
 
 
+#: LLVM intrinsic -> the dot-product instruction set a kernel calling it runs on (int8_kernels.py, amx.py)
+DOT_PRODUCT_INTRINSICS = {
+    "llvm.x86.tdpbusd": "AMX int8", "llvm.x86.tdpbssd": "AMX int8", "llvm.x86.tdpbf16ps": "AMX bf16",
+    "llvm.x86.avx512.vpdpbusd.512": "AVX512-VNNI", "llvm.x86.avx512.vpdpbusd.256": "AVX-VNNI",
+    "llvm.x86.avx512.pmaddw.d.512": "AVX-512BW", "llvm.x86.avx2.pmadd.wd": "AVX2"}
+
+
+def _count_dot_products(report: dict | None):
+    """A pass that records into ``report["dot_products"]`` how many scheduled kernels run on each dot-product
+    instruction set of ``DOT_PRODUCT_INTRINSICS`` (a kernel counts once, under its first such intrinsic)."""
+    tvm = _tvm()
+    import tvm_ffi  # noqa: PLC0415
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_count_dot_products")
+    def _count(mod, _ctx):
+        if report is None:
+            return mod
+        from tvm.target.codegen import llvm_lookup_intrinsic_id  # noqa: PLC0415
+
+        by_id = {int(llvm_lookup_intrinsic_id(name)): isa for name, isa in DOT_PRODUCT_INTRINSICS.items()}
+        counts: dict[str, int] = {}
+        for _, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            found: list[str] = []
+
+            def visit(call, found=found):  # call_llvm_intrin's first argument: the intrinsic's LLVM id
+                if found or not call.args or not isinstance(call.args[0], tvm.tirx.IntImm):
+                    return
+                isa = (by_id.get(int(call.args[0].value)) if str(getattr(call.op, "name", "")).startswith("tirx.call_llvm")
+                       else None)
+                if isa is not None:
+                    found.append(isa)
+
+            tvm_ffi.structural_walk(func.body, (tvm.ir.Call, visit), order="post")
+            if found:
+                counts[found[0]] = counts.get(found[0], 0) + 1
+        report["dot_products"] = counts
+        return mod
+
+    return _count
+
+
 def _lowering_pipeline(target, database=None, schedule: str = "default", report: dict | None = None):
     tvm = _tvm()
     from tvm import relax  # noqa: PLC0415
@@ -243,6 +286,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
         passes.append(_count_kernels(report, "tuned"))
         passes += schedule_passes(target, schedule=schedule)
         passes.append(_count_kernels(report, "scheduled"))
+        passes.append(_count_dot_products(report))
         passes += [
             schedules.split_packed_weights(),  # packed weights: computed once, at compile time
             relax.transform.FoldConstant(),

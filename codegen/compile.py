@@ -92,6 +92,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         raise OptcError("tuning needs a database directory (--db DIR) to keep its results")
     report["build"] = {}
     executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math)
+    kernels["instructions"] = dict(report["build"].get("dot_products", {}))
+    if precision == "bf16":
+        report["bf16"]["amx"] = kernels["instructions"].get("AMX bf16", 0)
     inputs, outputs = signature(model)
     meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target),
             "target_spec": json.loads(str(tvm_target)), "opt_level": level,
@@ -114,11 +117,13 @@ _META_REASONS = 8
 
 
 def kernel_metadata(kernels: dict) -> dict:
-    """The artifact metadata key `kernels`: `{"integer": n, "bfloat16": n, "float": n, "float_reasons": {op: why}}`
-    counting the convolutions and matmuls (Conv, MatMul, Gemm and the integer ops) by how they run; at most
-    8 float ops keep their reason."""
+    """The artifact metadata key `kernels`: `{"integer": n, "bfloat16": n, "float": n, "float_reasons": {op: why},
+    "instructions": {isa: n}}` counting the convolutions and matmuls (Conv, MatMul, Gemm and the integer ops) by
+    how they run (at most 8 float ops keep their reason) and the compiled kernels by the dot-product instructions
+    they use (``build.DOT_PRODUCT_INTRINSICS``: "AMX int8", "AVX512-VNNI", "AMX bf16", ...)."""
     reasons = dict(list(kernels["float_reasons"].items())[:_META_REASONS])
-    return {**{k: kernels[k] for k in ("integer", "bfloat16", "float")}, "float_reasons": reasons}
+    return {**{k: kernels[k] for k in ("integer", "bfloat16", "float")}, "float_reasons": reasons,
+            "instructions": dict(kernels.get("instructions", {}))}
 
 
 def describe_kernels(kernels: dict | None) -> str:
@@ -130,6 +135,9 @@ def describe_kernels(kernels: dict | None) -> str:
     line = f"integer kernels: {kernels['integer']} of {total} conv/matmul"
     if kernels["bfloat16"]:
         line += f", {kernels['bfloat16']} bfloat16"
+    integer_isas = {isa: n for isa, n in kernels.get("instructions", {}).items() if isa != "AMX bf16"}
+    if integer_isas:
+        line += " [compiled kernels by instruction: " + ", ".join(f"{n} {isa}" for isa, n in integer_isas.items()) + "]"
     if kernels["float"]:
         whys: dict[str, int] = {}
         for why in kernels["float_reasons"].values():

@@ -42,6 +42,10 @@ from tvm.error import InternalError
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from .amx import BF16_FEATURES as AMX_BF16_FEATURES
+from .amx import FEATURES as AMX_FEATURES
+from .amx import OPERANDS as AMX_OPERANDS
+from .amx import register_intrin as amx_register_intrin
 from .schedules import (
     PARALLEL_MIN_MACS,
     PARALLEL_MIN_WORK,
@@ -60,8 +64,6 @@ from .schedules import (
     _vectorize_innermost,
     try_inline,
 )
-from .amx import FEATURES as AMX_FEATURES
-from .amx import register_intrin as amx_register_intrin
 from .targets import llvm_features
 
 #: instruction sets in order of preference: name -> (LLVM features the target needs, int32 lanes, group size G,
@@ -165,18 +167,20 @@ def register_intrinsics() -> list[str]:
     return [register_intrin(isa, a_dtype) for isa, (*_rest, a_dtypes) in ISAS.items() for a_dtype in a_dtypes]
 
 
-def _amx_tiles(m_ext: int, n_ext: int, k_ext: int) -> tuple[int, int, int, int, int] | None:
+def _amx_tiles(m_ext: int, n_ext: int, k_ext: int, group: int = 4,
+               max_step: int = 64) -> tuple[int, int, int, int, int] | None:
     """(rows, m tiles, n tiles, k step, k steps) of an AMX block for an M x N x K reduction, or None when AMX
     does not pay or fit: rows the largest divisor of M up to 16 (at least 4: below that vpdpbusd does more per
-    cycle), two A tiles when M holds an even number of them, two B tiles of 16 int32 columns when N allows (one
-    when N is an odd multiple of 16), k step the largest multiple of 4 up to 64 dividing K (the A tile's bytes per
-    row), and up to 16 steps per call (C stays in its tiles through them)."""
+    cycle), two A tiles when M holds an even number of them, two B tiles of 16 accumulator columns when N allows
+    (one when N is an odd multiple of 16), k step the largest multiple of ``group`` (4 int8 / 2 bf16 elements per
+    4-byte group) up to ``max_step`` (64 bytes: an A tile row) dividing K, and up to 16 steps per call (C stays in
+    its tiles through them)."""
     rows = max(d for d in range(1, 17) if m_ext % d == 0)
-    if rows < 4 or n_ext % 16 or k_ext % 4:
+    if rows < 4 or n_ext % 16 or k_ext % group:
         return None
     m_tiles = 2 if (m_ext // rows) % 2 == 0 else 1
     n_tiles = 2 if n_ext % 32 == 0 else 1
-    k_step = max(s for s in range(4, 65, 4) if k_ext % s == 0)
+    k_step = max(s for s in range(group, max_step + 1, group) if k_ext % s == 0)
     k_steps = max(d for d in range(1, 17) if (k_ext // k_step) % d == 0)
     return rows, m_tiles, n_tiles, k_step, k_steps
 
@@ -223,7 +227,15 @@ class Int8Reduction(_Rule):
 
     def schedule(self, func, target: Target):
         # cheap rejections first: this rule is asked about every kernel of every model
-        if not any(str(getattr(p, "dtype", "")) == "int8" for p in func.params):
+        dtypes = {str(getattr(p, "dtype", "")) for p in func.params}
+        if "bfloat16" in dtypes and "int8" not in dtypes:  # bf16 operands: AMX tdpbf16ps only
+            if self.tile is not None or not all(f in llvm_features(target) for f in AMX_BF16_FEATURES):
+                return None
+            try:
+                return self._schedule(func, target, ["amx"], amx=True)
+            except (s_tir.ScheduleError, InternalError, ValueError):
+                return None
+        if "int8" not in dtypes:
             return None
         isas = int8_isas(target)
         if not isas:
@@ -271,11 +283,16 @@ class Int8Reduction(_Rule):
         work = math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
         if amx:
-            tiles = _amx_tiles(m_ext, n_ext, k_ext)
+            _, _, group, max_step = AMX_OPERANDS[a_dtype]
+            tiles = _amx_tiles(m_ext, n_ext, k_ext, group, max_step)
             if tiles is None or n_s < 2 or not _unit_row_step(stmt, a_index, stmt.iter_vars[n_s - 2].var):
                 return None
+            if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
+                # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: the
+                # tile would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.
+                return None
             rows, m_tiles, n_tiles, k_step, k_steps = tiles
-            u_m, panel, group, chunk = rows * m_tiles, 16 * n_tiles, 4, k_step * k_steps
+            u_m, panel, chunk = rows * m_tiles, 16 * n_tiles, k_step * k_steps
             isa = "amx"
         else:
             # the best instruction set that multiplies these operands and whose lanes / group divide N / K (a
@@ -335,9 +352,12 @@ class Int8Reduction(_Rule):
     @staticmethod
     def _operands(func, stmt, n_s: int) -> tuple[int, int] | None:
         """(activation read, weight read) indices when ``stmt`` is ``C[.., n] += A[.., k] * B[.., k, n]`` with
-        8-bit A, int8 constant B, int32 C, n the last spatial and k the last reduction iterator; else None."""
-        if len(stmt.writes) != 1 or str(stmt.writes[0].source.dtype) != "int32" or len(stmt.reads) not in (2, 3):
+        8-bit A, int8 constant B and int32 C (or bfloat16 A and constant B, float32 C), n the last spatial and k
+        the last reduction iterator; else None."""
+        out_dtype = str(stmt.writes[0].source.dtype) if len(stmt.writes) == 1 else ""
+        if out_dtype not in ("int32", "float32") or len(stmt.reads) not in (2, 3):
             return None
+        w_dtype, a_dtypes = ("int8", ("uint8", "int8")) if out_dtype == "int32" else ("bfloat16", ("bfloat16",))
         iter_vars = [iv.var for iv in stmt.iter_vars]
         n_var, k_var = iter_vars[n_s - 1], iter_vars[-1]
         if _buffer_last_index_vars(stmt.writes[0]) != {n_var}:
@@ -349,10 +369,10 @@ class Int8Reduction(_Rule):
             if region.source.same_as(stmt.writes[0].source):
                 continue
             dims = region.region
-            if (dtype == "int8" and i in free and len(dims) >= 2 and _vars_in(dims[-1].min) == {n_var}
+            if (dtype == w_dtype and i in free and len(dims) >= 2 and _vars_in(dims[-1].min) == {n_var}
                     and _vars_in(dims[-2].min) == {k_var}):
                 b_index = i
-            elif dtype in ("uint8", "int8") and len(dims) >= 1 and _vars_in(dims[-1].min) == {k_var}:
+            elif dtype in a_dtypes and len(dims) >= 1 and _vars_in(dims[-1].min) == {k_var}:
                 a_index = i
         if a_index is None or b_index is None:
             return None

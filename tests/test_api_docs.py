@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
-
 import optc
+import pytest
 from optc import runtime
 
 PUBLIC = [(n, getattr(optc, n)) for n in optc.__all__ if callable(getattr(optc, n))

@@ -341,24 +341,28 @@ def _asm(mod, w, target) -> str:
     return next(m for m in executable.mod.imports if m.kind == "llvm").inspect_source("asm")
 
 
-@pytest.mark.parametrize(("mcpu", "pattern"), [
-    ("sapphirerapids", r"tdpbusd\s+%tmm"),       # AMX
-    ("icelake-server", r"vpdpbusd\s+%zmm"),      # AVX512-VNNI
-    ("alderlake", r"vpdpbusd\s+%ymm"),           # AVX-VNNI
-    ("skylake-avx512", r"vpmaddwd\s+%zmm"),      # AVX-512BW, no VNNI
-    ("haswell", r"vpmaddwd\s+%ymm"),             # AVX2
+@pytest.mark.parametrize(("mcpu", "pattern", "isa"), [
+    ("sapphirerapids", r"tdpbusd\s+%tmm", "AMX int8"),
+    ("icelake-server", r"vpdpbusd\s+%zmm", "AVX512-VNNI"),
+    ("alderlake", r"vpdpbusd\s+%ymm", "AVX-VNNI"),
+    ("skylake-avx512", r"vpmaddwd\s+%zmm", "AVX-512BW"),    # no VNNI
+    ("haswell", r"vpmaddwd\s+%ymm", "AVX2"),
 ])
-def test_build_only_dot_product_instructions(mcpu, pattern):
+def test_build_only_dot_product_instructions(mcpu, pattern, isa):
     """build only (never run here): the u8 x s8 matmul and 3x3 conv compile for each instruction set and their
-    assembly holds its dot-product instruction, and no saturating vpmaddubsw."""
+    assembly holds its dot-product instruction, and no saturating vpmaddubsw; the build report counts the
+    kernel under that instruction set (what the compile summary prints)."""
     rng = np.random.default_rng(4)
     w_mm = _values(rng, (256, 128), "int8")
     w_conv = _values(rng, (64, 32, 3, 3), "int8")
     for mod, w in [(_module((16, 256), (256, 128), "uint8", "matmul", requantize=True), w_mm),
                    (_module((1, 32, 14, 14), (64, 32, 3, 3), "uint8", "conv", padding=1), w_conv)]:
-        asm = _asm(mod, w, {"kind": "llvm", "mcpu": mcpu})
+        report: dict = {}
+        executable = build(mod, {"w": w}, resolve_target({"kind": "llvm", "mcpu": mcpu}), report=report)
+        asm = next(m for m in executable.mod.imports if m.kind == "llvm").inspect_source("asm")
         assert re.search(pattern, asm), f"{mcpu}: no {pattern}"
         assert "vpmaddubsw" not in asm
+        assert report["dot_products"] == {isa: 1}
 
 
 def test_build_only_int8_activations_on_vnni_use_widened_path():

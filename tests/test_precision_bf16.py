@@ -10,6 +10,8 @@ Cast(bfloat16) -> Cast(float) on onnxruntime. NaN / inf propagate; float32 build
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import ml_dtypes
@@ -65,6 +67,9 @@ CONV = {  # name: (x shape, w shape, attrs)
     "depthwise": ((1, 8, 9, 9), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
     "strided": ((1, 4, 11, 11), (6, 4, 3, 3), {"strides": [2, 2], "pads": [0, 1, 0, 1]}),
     "bias": ((1, 96, 4, 4), (5, 96, 3, 3), {"pads": [1, 1, 1, 1]}),
+    # shapes that fit an AMX block (rows >= 4, N % 16, K even): tdpbf16ps where the CPU has AMX-BF16
+    "amx-1x1": ((1, 64, 8, 8), (32, 64, 1, 1), {}),
+    "amx-3x3": ((1, 32, 10, 10), (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}),
 }
 
 
@@ -77,6 +82,8 @@ def _cases():
                            ws[1] * ws[2] * ws[3], id=f"conv-{name}")
     yield pytest.param("MatMul", {}, RNG.standard_normal((2, 3, 5, 40)).astype(np.float32),
                        [RNG.standard_normal((2, 1, 40, 7)).astype(np.float32)], 4, 40, id="matmul-batched")
+    yield pytest.param("MatMul", {}, RNG.standard_normal((3, 20, 96)).astype(np.float32),
+                       [RNG.standard_normal((96, 48)).astype(np.float32)], 3, 96, id="matmul-amx")
     yield pytest.param("Gemm", {"transB": 1}, RNG.standard_normal((4, 300)).astype(np.float32),
                        [RNG.standard_normal((9, 300)).astype(np.float32),
                         RNG.standard_normal(9).astype(np.float32)], 2, 300, id="gemm-transB-bias")
@@ -284,13 +291,50 @@ def test_bad_precision_refused():
 
 
 def test_summary_lines():
-    from optc.codegen.precision import EMULATED_NOTE, NATIVE_NOTE, describe_precision
+    from optc.codegen.precision import AMX_NOTE, EMULATED_NOTE, NATIVE_NOTE, describe_precision
 
     summary = {"converted": {"matmul": 2, "conv2d": 1}, "kept_float32": {"matmul: operands float64": 1}}
     lines = describe_precision({**summary, "native": False}).splitlines()
     assert lines == ["bf16: 1 conv2d, 2 matmul on bfloat16 operands with float32 accumulation; not converted: "
                      "1 matmul: operands float64", EMULATED_NOTE]
-    assert describe_precision({**summary, "native": True}).splitlines()[1] == NATIVE_NOTE
+    assert describe_precision({**summary, "native": True, "amx": 0}).splitlines()[1] == NATIVE_NOTE
+    assert describe_precision({**summary, "native": True, "amx": 2}).splitlines()[1] == AMX_NOTE.format(amx=2)
+    assert AMX_NOTE.format(amx=2).startswith("bf16 on AMX: 2 kernels on tdpbf16ps tiles")
+
+
+AMX_BF16 = [  # (op, attrs, x shape, w shape, on AMX)
+    ("MatMul", {}, (3, 20, 96), (96, 48), True),
+    ("Conv", {}, (1, 64, 8, 8), (32, 64, 1, 1), True),
+    # the padded input is the kernel's own bf16 buffer, which TVM's bf16 legalization stores as float32: no tile
+    # may read it as bf16 (it did, and computed garbage), so the kernel widens to float32
+    ("Conv", {"pads": [1, 1, 1, 1]}, (1, 32, 10, 10), (16, 32, 3, 3), False),
+]
+
+
+@pytest.mark.parametrize("op, attrs, xs, ws, amx", AMX_BF16)
+def test_amx_bf16_kernels(op, attrs, xs, ws, amx):
+    """Build only, on any CPU: for a Sapphire Rapids target the bf16 kernels that fit are AMX tdpbf16ps tiles.
+    On an AMX-BF16 host the compile report counts them (the within-bound checks of test_op_within_bound run the
+    same shapes: conv-amx-*, matmul-amx)."""
+    from optc.codegen.compile import compile_to_file
+    from optc.codegen.precision import native_bf16
+    from optc.codegen.targets import resolve_target
+
+    x = RNG.standard_normal(xs).astype(np.float32)
+    w = RNG.standard_normal(ws).astype(np.float32)
+    model = _op_model(op, attrs, x, [w], len(xs))
+    with tempfile.TemporaryDirectory() as tmp:
+        asm = Path(tmp) / "m.s"
+        compile_to_file(model.SerializeToString(), asm, target="cpu", mcpu="sapphirerapids", emit="asm",
+                        precision="bf16")
+        assert bool(re.search(r"tdpbf16ps\s+%tmm", asm.read_text())) == amx
+    if not native_bf16(resolve_target("cpu")):
+        pytest.skip("build only: this CPU has no AMX-BF16 (the asm check above ran)")
+    from optc.codegen.compile import build_executable
+
+    report: dict = {}
+    build_executable(model.SerializeToString(), precision="bf16", report=report)
+    assert report["bf16"]["amx"] == int(amx) and report["kernels"]["instructions"] == ({"AMX bf16": 1} if amx else {})
 
 
 def test_cli_summary_json_and_metadata(tmp_path, capsys):
@@ -307,8 +351,9 @@ def test_cli_summary_json_and_metadata(tmp_path, capsys):
     assert main([*cli, "bf16"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "bf16: 1 conv2d, 2 matmul on bfloat16 operands with float32 accumulation" in lines
-    emulated = "bf16 emulated: this CPU has no AVX512-BF16/AMX-BF16; expect no speed-up over fp32"
-    assert (emulated in lines) == (not native_bf16(resolve_target("cpu")))
+    from optc.codegen.precision import EMULATED_NOTE
+
+    assert (EMULATED_NOTE in lines) == (not native_bf16(resolve_target("cpu")))
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["precision"] == "bf16" and meta["bf16"]["converted"] == {"conv2d": 1, "matmul": 2}
     assert meta["kernels"]["bfloat16"] == 3 and meta["kernels"]["float"] == 0

@@ -435,7 +435,8 @@ def test_compile_and_bench_say_which_kernels_ran_integer(tmp_path):
     assert line in cli("compile", path, "-o", lib, "-q").splitlines()
     meta = json.loads((tmp_path / "m.so.json").read_text())["kernels"]
     assert meta == {"integer": 1, "bfloat16": 0, "float": 1,
-                    "float_reasons": {"Conv 'f'": "not quantized (its inputs are not DequantizeLinear outputs)"}}
+                    "float_reasons": {"Conv 'f'": "not quantized (its inputs are not DequantizeLinear outputs)"},
+                    "instructions": {}}  # 3 output channels: no dot-product kernel takes the integer conv
     assert line in cli("bench", path, "--artifact", lib, "--repeat", 2, "--warmup", 0).splitlines()
     assert json.loads(cli("bench", path, "--artifact", lib, "--repeat", 1, "--json"))["kernels"] == meta
 
@@ -451,6 +452,10 @@ def test_kernel_line_of_a_float_model_and_of_truncated_reasons():
     mixed = {**dict(list(kept.items())[:7]), "Conv 'c'": "its weight is computed at run time"}
     assert describe_kernels({"integer": 2, "bfloat16": 0, "float": 26, "float_reasons": mixed}) == \
         (f"integer kernels: 2 of 28 conv/matmul (26 float: 7 {why}; 1 its weight is computed at run time; 18 more)")
+    # the compiled kernels' dot-product instructions (build's count), bf16 tiles left to the bf16 summary
+    isas = {"AMX int8": 3, "AVX2": 1, "AMX bf16": 2}
+    assert describe_kernels({"integer": 4, "bfloat16": 0, "float": 0, "float_reasons": {}, "instructions": isas}) \
+        == "integer kernels: 4 of 4 conv/matmul [compiled kernels by instruction: 3 AMX int8, 1 AVX2]"
 
 
 def test_integer_conv_chain_stays_in_nhwc(tmp_path):

@@ -4,7 +4,6 @@ kind with dlpack_device_type(); it has no device_type attribute)."""
 from __future__ import annotations
 
 import tvm
-
 from optc.runtime import Module
 
 
