@@ -274,6 +274,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
     from tvm import relax  # noqa: PLC0415
 
     from . import schedules  # noqa: PLC0415
+    from .ieee_bits import class_tests_on_bits  # noqa: PLC0415
 
     kind = target_kind(target)
 
@@ -287,6 +288,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
         passes += schedule_passes(target, schedule=schedule)
         passes.append(_count_kernels(report, "scheduled"))
         passes.append(_count_dot_products(report))
+        passes.append(class_tests_on_bits())  # vectorizable NaN / infinity tests
         passes += [
             schedules.split_packed_weights(),  # packed weights: computed once, at compile time
             relax.transform.FoldConstant(),

@@ -1,5 +1,5 @@
-"""Integer (8-bit x 8-bit -> int32) reduction kernels on x86 CPUs: dot-product tensor intrinsics and the schedule
-rule ``Int8Reduction`` that uses them.
+"""Integer (8-bit x 8-bit -> int32) reduction kernels on x86 CPUs, and bfloat16 ones on AMX: dot-product tensor
+intrinsics and the schedule rule ``Int8Reduction`` that uses them.
 
 Interface: a fused PrimFunc with one reduction block ``C[.., n] += int32(A[.., k]) * int32(B[.., k, n])`` (relax
 ``matmul(a, w, out_dtype="int32")``, ``conv2d(x, w, out_dtype="int32")`` in NHWC/HWIO after optc's layout pass), A
@@ -11,6 +11,10 @@ Instruction sets, chosen from the *target's* LLVM features (``targets.llvm_featu
 features are this host's, corrected from /proc/cpuinfo) before anything is built, because an intrinsic the target
 lacks kills the process inside LLVM (TVM-NOTES "Reduced precision on x86"):
 
+* ``amx``: AMX tiles (``amx.py``: ``tdpbusd`` u8 x s8 / ``tdpbssd`` s8 x s8, blocks of up to 2 x 2 tiles of up
+  to 16 rows x 16 int32, the accumulators kept in the tiles through up to 16 k steps of 64 bytes), for blocks of
+  at least 4 rows, N a multiple of 16, K of 4, activation rows one stride apart (not a strided conv); the rest of
+  the kernels take the next instruction set that fits;
 * ``avx512vnni``: ``vpdpbusd`` zmm (u8 x s8, 16 lanes x 4 products), uint8 activations x int8 weights;
 * ``avxvnni``: ``vpdpbusd`` ymm (AVX-VNNI, 8 lanes x 4), the same operands;
 * ``avx512bw``: ``vpmaddwd`` zmm on operands widened to int16 (16 lanes x 2 products);
@@ -20,11 +24,17 @@ lacks kills the process inside LLVM (TVM-NOTES "Reduced precision on x86"):
 the widened path is exact for u8 x s8 and s8 x s8 alike; ``vpmaddubsw`` (u8 x s8 summed in *saturating* int16,
 TVM's ``dot_16x4_avx512``, onnxruntime's AVX2 u8s8 kernel) is not used. ``vpdpbusd`` sums four u8 x s8 products
 into int32 without intermediate saturation (Intel SDM, VPDPBUSD), so it is exact too; int8 x int8 operands use
-the widened path on VNNI machines as well. AMX (``tdpbusd``) is not implemented here (see benchmarks/RESULTS.md).
+the widened path on VNNI machines as well; the AMX instructions sum into int32 without saturation too (Intel
+SDM, TDPBUSD). Per kernel, the first instruction set in this order whose lanes and group divide N and K is used.
+
+bfloat16 x bfloat16 -> float32 kernels (``--precision bf16``, ``precision.py``) take only the AMX path
+(``tdpbf16ps``, pairs of bf16 per 4-byte group), when the target has AMX-BF16 and the activation is a kernel
+parameter (TVM's bf16 legalization stores a kernel's own bf16 buffers, e.g. a padded input, as float32);
+everything else widens to float32 (``schedules.TiledReduction``).
 
 Schedule: the output's last spatial axis (the contiguous output channel, N) is split into SIMD vectors, the one
-before it (matmul's rows, the conv output's width: M) into tile rows, the last reduction axis (K: the input channel / matmul's k) into groups of
-2 (vpmaddwd) or 4 (vpdpbusd). Register tile u_m rows x u_n vectors, all reduction loops outside the tile, the tile
+before it (matmul's rows, the conv output's width: M) into tile rows, the last reduction axis (K: the input
+channel / matmul's k) into groups of 2 (vpmaddwd) or 4 (vpdpbusd). Register tile u_m rows x u_n vectors, all reduction loops outside the tile, the tile
 computed by the tensor intrinsic (one instruction per row and vector), the weight prepacked at compile time into
 ``W[n // P, ..., k // G, n % P, k % G]`` (P = tile width, G = group) so each instruction reads G x lanes contiguous
 bytes, and the epilogue computed per tile. Kernels it cannot take (K not a multiple of G, N not a multiple of the
