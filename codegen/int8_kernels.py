@@ -251,15 +251,16 @@ class Int8Reduction(_Rule):
         if not isas:
             return None
         if "amx" in isas and self.tile is None:
-            try:
-                sch = self._schedule(func, target, isas, amx=True)
-            except (s_tir.ScheduleError, InternalError, ValueError):  # the AMX intrinsic does not match (e.g. a strided conv)
-                sch = None
-            if sch is not None:
-                return sch
+            for pad_rows in (0, 16):  # M without a divisor of 4..16 (197 tokens): padded to whole tiles
+                try:
+                    sch = self._schedule(func, target, isas, amx=True, pad_rows=pad_rows)
+                except (s_tir.ScheduleError, InternalError, ValueError):  # no match (e.g. a strided conv)
+                    sch = None
+                if sch is not None:
+                    return sch
         return self._schedule(func, target, [i for i in isas if i != "amx"], amx=False)
 
-    def _schedule(self, func, target: Target, isas: list[str], *, amx: bool):
+    def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0):
         from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
 
         sch = s_tir.Schedule(func)
@@ -292,6 +293,16 @@ class Int8Reduction(_Rule):
         m_ext = extents[n_s - 2] if n_s >= 2 else 1
         work = math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
+        if amx and pad_rows:
+            # zero-padded rows (pad_einsum: a padded copy of the activation, the padded products cropped away;
+            # exact) for an M that no tile height from 4 to 16 divides; then scheduled as any other kernel
+            if n_s < 2 or m_ext < pad_rows or _amx_tiles(m_ext, n_ext, k_ext, *AMX_OPERANDS[a_dtype][2:]) \
+                    or a_dtype == "bfloat16" or m_ext % pad_rows == 0:
+                return None
+            padding = [1] * len(extents)
+            padding[n_s - 2] = pad_rows
+            sch.pad_einsum(block, padding)
+            return self._schedule(sch.mod["main"], target, isas, amx=True)
         if amx:
             _, _, group, max_step = AMX_OPERANDS[a_dtype]
             tiles = _amx_tiles(m_ext, n_ext, k_ext, group, max_step)

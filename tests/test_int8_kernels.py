@@ -286,6 +286,27 @@ def test_amx_tiles_exact(op, x_shape, w_shape, attrs, tiles, x_dtype):
     np.testing.assert_array_equal(_run(mod, w, x), ref)
 
 
+@pytest.mark.parametrize("requantize", [False, True])
+@pytest.mark.parametrize("x_shape", [(197, 96), (2, 37, 64)])
+def test_amx_ragged_rows_padded(x_shape, requantize):
+    """197 tokens (prime) and 37 rows: no tile height from 4 to 16 divides M, so the rows are zero-padded to whole
+    tiles (pad_einsum) and cropped; exact, with the requantize epilogue over the cropped rows only."""
+    rng = np.random.default_rng(x_shape[-2])
+    k = x_shape[-1]
+    w = _values(rng, (k, 32), "int8", "extremes")
+    x = _values(rng, x_shape, "uint8", "extremes")
+    mod = _module(x_shape, (k, 32), "uint8", "matmul", requantize=requantize)
+    asm = _asm(mod, w, {"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert re.search(r"tdpbusd\s+%tmm", asm)
+    if not _amx_host():
+        pytest.skip("build only: this CPU has no AMX (the asm check above ran)")
+    got = _run(mod, w, x)
+    want = _run(mod, w, x, schedule="none")  # TVM's unscheduled loops: the same epilogue, no padding
+    np.testing.assert_array_equal(got, want)
+    if not requantize:
+        np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
+
+
 @pytest.mark.parametrize(("m", "n", "k"), [(3, 64, 64), (64, 24, 64), (64, 64, 30), (1, 1024, 1024)])
 def test_amx_declines(m, n, k):
     """Fewer than 4 rows per tile (vpdpbusd does more per cycle), N not a multiple of 16 int32 columns, K not
