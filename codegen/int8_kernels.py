@@ -251,16 +251,18 @@ class Int8Reduction(_Rule):
         if not isas:
             return None
         if "amx" in isas and self.tile is None:
-            for pad_rows in (0, 16):  # M without a divisor of 4..16 (197 tokens): padded to whole tiles
+            # a stride-1 conv with its window inside the tile block; any block; M padded to whole tiles
+            for window, pad_rows in ((True, 0), (False, 0), (False, 16)):
                 try:
-                    sch = self._schedule(func, target, isas, amx=True, pad_rows=pad_rows)
+                    sch = self._schedule(func, target, isas, amx=True, pad_rows=pad_rows, window=window)
                 except (s_tir.ScheduleError, InternalError, ValueError):  # no match (e.g. a strided conv)
                     sch = None
                 if sch is not None:
                     return sch
         return self._schedule(func, target, [i for i in isas if i != "amx"], amx=False)
 
-    def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0):
+    def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0,
+                  window: bool = False):
         from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
 
         sch = s_tir.Schedule(func)
@@ -313,6 +315,11 @@ class Int8Reduction(_Rule):
                 # tile would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.
                 return None
             rows, m_tiles, n_tiles, k_step, k_steps = tiles
+            if window:  # the window (kh, kw) and all of K in one call: C loaded and stored once per block
+                if len(r_loops) != 3 or a_dtype == "bfloat16":
+                    return None
+                k_steps = k_ext // k_step
+                tiles = (rows, m_tiles, n_tiles, k_step, k_steps, extents[n_s], extents[n_s + 1])
             u_m, panel, chunk = rows * m_tiles, 16 * n_tiles, k_step * k_steps
             isa = "amx"
         else:
@@ -341,13 +348,16 @@ class Int8Reduction(_Rule):
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i != b_index)
         if len(outer) > 1 and weight_bytes > act_bytes:
             outer = [outer[-1], *outer[:-1]]  # each weight panel streams from memory once
-        sch.reorder(*outer, *r_loops[:-1], k_o, *inner, *([] if amx else [n_v]), k_i)
+        if window:
+            sch.reorder(*outer, k_o, *inner, *r_loops[:-1], k_i)
+        else:
+            sch.reorder(*outer, *r_loops[:-1], k_o, *inner, *([] if amx else [n_v]), k_i)
         par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
                              else work)
         if epilogues:
             for epi in epilogues:
                 sch.reverse_compute_at(epi.block_rv, par, preserve_unit_loops=True)
-        init = sch.decompose_reduction(block, r_loops[0] if len(r_loops) > 1 else k_o)
+        init = sch.decompose_reduction(block, r_loops[0] if len(r_loops) > 1 and not window else k_o)
         init_loops = sch.get_loops(init)
         sch.vectorize(init_loops[-1])
         for epi in epilogues:

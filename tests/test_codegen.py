@@ -310,8 +310,12 @@ def test_rule_variants_match_unscheduled(variant):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LIGHT_FAST + LIGHT_SLOW)
+@pytest.mark.parametrize("name", LIGHT_FAST + [n for n in LIGHT_SLOW if n != "densenet121"])
 def test_kernels_match_unscheduled_light(name):
+    """Every kernel of the light models, scheduled vs TVM's unscheduled loops. densenet121 is left out (its
+    unscheduled 224x224 convs took 5 of CI's 30 minutes; its kernel kinds — 1x1 / 3x3 convs, pooling, concat —
+    are checked here on resnet50 and the inceptions, and the whole model against onnxruntime in
+    test_light_models_slow)."""
     _assert_kernels_match(_light(name))
 
 

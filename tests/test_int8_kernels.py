@@ -279,6 +279,11 @@ def test_amx_tiles_exact(op, x_shape, w_shape, attrs, tiles, x_dtype):
     mod = _module(x_shape, w_shape, x_dtype, op, **attrs)
     asm = _asm(mod, w, {"kind": "llvm", "mcpu": "sapphirerapids"})
     assert re.search(r"tdpbusd\s+%tmm" if x_dtype == "uint8" else r"tdpbssd\s+%tmm", asm)
+    # a stride-1 conv with a window takes the window block (C tiles loaded once for all kh x kw positions); a
+    # matmul or a 1x1 conv (no window loops: all of K in one call already) does not
+    func, target = _reduction_kernel(mod, w)
+    windowed = int8_kernels.Int8Reduction()._schedule(func, target, ["amx"], amx=True, window=True)
+    assert (windowed is not None) == (op == "conv" and w_shape[2] * w_shape[3] > 1)
     if not _amx_host():
         pytest.skip("build only: this CPU has no AMX (the asm check above ran)")
     ref = (x.astype(np.int64) @ w.astype(np.int64) if op == "matmul"
@@ -312,6 +317,17 @@ def test_amx_declines(m, n, k):
     """Fewer than 4 rows per tile (vpdpbusd does more per cycle), N not a multiple of 16 int32 columns, K not
     a multiple of 4 bytes: no AMX block (the VNNI / widened paths take what they can)."""
     assert int8_kernels._amx_tiles(m, n, k) is None
+
+
+def test_amx_intrinsic_names_in_a_database_register():
+    """A tuning record names the AMX intrinsics its schedule tensorizes with (block and window shapes in the
+    name): open_database registers each one found, so the record loads in a new process."""
+    from optc.codegen import amx  # noqa: PLC0415
+
+    text = '["optc_amx_uint8_r14_m1_n2_k64x1_w3x3", "x", "optc_amx_int8_r16_m2_n2_k64x12"]'
+    assert amx.register_named(text) == ["optc_amx_int8_r16_m2_n2_k64x12", "optc_amx_uint8_r14_m1_n2_k64x1_w3x3"]
+    with pytest.raises(ValueError, match="no AMX tile intrinsic"):
+        amx.register_intrin("uint8", 17, 1, 1, 64, 1)
 
 
 def test_amx_strided_conv_takes_vnni():
