@@ -4,8 +4,9 @@
 Per model: build both optc precisions once, then time the three runtimes in alternating rounds (fp32, bf16,
 onnxruntime; one run each per round, so drift in the machine's load hits all three alike) and report medians,
 plus the largest bf16 - fp32 difference relative to the largest output. One thread (TVM_NUM_THREADS=1 is set
-before TVM starts). On a CPU without AVX512-BF16 / AMX-BF16 bf16 is emulated (TVM widens bfloat16 to float32
-inside the kernels), so this measures the cost of the operand rounding and the bfloat16 weight reads.
+before TVM starts). On a CPU with AMX-BF16 the matmuls and unpadded convolutions run on AMX tiles; elsewhere bf16
+is emulated (TVM widens bfloat16 to float32 inside the kernels), so this measures the cost of the operand
+rounding and the bfloat16 weight reads.
 
     python benchmarks/bf16.py                    # results into RESULTS.md ("bf16")
     python benchmarks/bf16.py --rounds 20 --no-write
@@ -64,8 +65,10 @@ def markdown(rows: list[dict], rounds: int) -> str:
     lines = ["## bf16", "",
              f"`python benchmarks/bf16.py` on {platform.processor() or platform.machine()} ({host_cpu_name()}), "
              f"1 thread, median of {rounds} alternating rounds, optc -O2 untuned. This CPU "
-             + ("has" if native else "has **no** AVX512-BF16 / AMX-BF16: bf16 is emulated here")
-             + " (TVM's kernels widen bfloat16 to float32 on every CPU; see codegen/precision.py).", "",
+             + ("has AMX-BF16: optc's matmuls and unpadded convolutions run on AMX tdpbf16ps tiles, the other "
+                "kernels widen bfloat16 to float32" if native else
+                "has **no** AMX-BF16: bf16 is emulated here (TVM's kernels widen bfloat16 to float32)")
+             + "; see codegen/precision.py.", "",
              "| model | optc fp32 ms | optc bf16 ms | bf16 / fp32 | onnxruntime fp32 ms | max abs(bf16 - fp32) / "
              "max abs(fp32) |", "|---|---|---|---|---|---|"]
     for r in rows:

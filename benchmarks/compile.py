@@ -247,11 +247,13 @@ def run_precisions(names: list[str], paths: dict[str, str], threads: list[int], 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx_vnni", "avx512_vnni", "amx_bf16")
-                   if f in flags) + "; no " + "/".join(f for f in ("avx512f", "avx512_bf16", "avx_vnni", "amx_bf16")
-                                                     if f not in flags)
+    isa = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx_vnni", "avx512_vnni", "amx_int8",
+                               "amx_bf16") if f in flags)
+    missing = [f for f in ("avx512f", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16") if f not in flags]
+    isa += f"; no {'/'.join(missing)}" if missing else ""
     hints = sorted({r[t]["ov_precision_hint"] for r in rows for t in threads if "ov_precision_hint" in r.get(t, {})})
     meta = {**_meta(args), "cpu": cpu, "llvm_cpu": host_cpu_name(), "isa": isa, "load": load,
+            "amx": {"amx_int8", "amx_bf16"} <= set(flags),
             "openvino": version("openvino"), "calib": args.calib_samples, "ov_hint": " / ".join(hints) or "?"}
     section = compile_precisions.markdown(rows, threads, meta)
     write_section(args.out, section)

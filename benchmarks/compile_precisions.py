@@ -162,9 +162,12 @@ def markdown(rows: list[dict], threads: list[int], meta: dict) -> str:
            "QDQ: the same file for onnxruntime, OpenVINO and optc int8: `optc.quantize(model, calibration=npz, "
            f"method=\"minmax\")` (x86 defaults: uint8 asymmetric activations, per-channel int8 weights, 7-bit "
            f"weights without VNNI) calibrated on {meta['calib']} random input sets (speed, not accuracy). "
-           f"OpenVINO's default inference precision here: {meta['ov_hint']} (this CPU has no AVX512-BF16 / AMX, so "
-           "OpenVINO's default is fp32); optc bf16 is emulated on this CPU (bfloat16 weights and operand "
-           "rounding, float32 multiply-add).", ""]
+           f"OpenVINO's default inference precision here: {meta['ov_hint']}. "
+           + ("This CPU has AMX: optc int8 runs its conv/matmul kernels on AMX tiles where they fit (else "
+              "AVX512-VNNI), optc bf16 its matmuls and unpadded convs on AMX bf16 tiles (the rest widened to "
+              "float32)." if meta.get("amx") else
+              "This CPU has no AMX: optc bf16 is emulated (bfloat16 weights and operand rounding, float32 "
+              "multiply-add)."), ""]
     for t in threads:
         head = ["model"] + [label for _, label in CANDIDATES] + [
             "int8 / ORT QDQ (<= 1.0)", "int8 / optc fp32 (<= 0.5)", "best(bf16, int8) / OV default (<= 1.0)",
