@@ -1,12 +1,14 @@
-"""Intel AMX (Advanced Matrix Extensions) for optc's int8 kernels: the tile tensor intrinsic and the process
-permission the tile registers need.
+"""Intel AMX (Advanced Matrix Extensions) for optc's int8 and bf16 kernels: the tile tensor intrinsics (a matmul
+block, and a stride-1 convolution block with its kh x kw window inside) and the process permission the tile
+registers need.
 
 An AMX core has eight tile registers of up to 16 rows x 64 bytes and a tile configuration (palette 1: for each
 tile its rows and bytes per row) loaded with ``ldtilecfg``. ``tdpbusd`` / ``tdpbssd`` multiply a uint8 / int8
 tile A (rows x 4K bytes) by an int8 tile B in the "VNNI" layout (K rows of 4 bytes x N int32 columns: B[k // 4, n,
 k % 4]) and add the exact int32 sums into tile C (rows x N int32): ``C[m, n] += sum_k A[m, k] * B[k // 4, n, k %
 4]`` (Intel SDM, "Intel AMX Instruction Set Reference", TDPBUSD/TDPBSSD: products summed in int32 without
-intermediate saturation). TVM 0.27 has no AMX intrinsic; the kernel calls LLVM's tile intrinsics
+intermediate saturation); ``tdpbf16ps`` does the same for bfloat16 pairs into float32 (denormals flushed).
+TVM 0.27 has no AMX intrinsic; the kernel calls LLVM's tile intrinsics
 (``llvm.x86.ldtilecfg``, ``tileloadd64``, ``tdpbusd``, ``tilestored64``: tile numbers are immediates) through
 ``T.call_llvm_intrin``, with the 64-byte configuration built on the stack (TVM-NOTES "Reduced precision on x86").
 
