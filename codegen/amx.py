@@ -63,6 +63,54 @@ def intrin_name(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: int
     return name if window is None else f"{name}_w{window[0]}x{window[1]}"
 
 
+def _tile_macros(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: int):
+    """The TVMScript macros both intrinsics share: configure the tiles (palette 1; config bytes 16 + 2t: tile t's
+    bytes per row as uint16, 48 + t: its rows) and load the C tiles from ``C`` (row stride ``sc`` elements); one
+    ``tdp*`` per C tile from the loaded A and B tiles; store the C tiles back."""
+    group = OPERANDS[a_dtype][2]
+    a_bytes = 4 // group
+    dot = {"uint8": "llvm.x86.tdpbusd", "int8": "llvm.x86.tdpbssd", "bfloat16": "llvm.x86.tdpbf16ps"}[a_dtype]
+
+    @T.macro
+    def configure_and_load_c(C, sc):
+        cfg = T.alloc_buffer((64,), "uint8", scope="local")
+        for i in T.serial(64):
+            cfg[i] = T.uint8(0)
+        cfg[0] = T.uint8(1)
+        for t in T.serial(m_tiles * n_tiles):
+            cfg[16 + 2 * (_C0 + t)] = T.uint8(64)
+            cfg[48 + _C0 + t] = T.uint8(rows)
+        for t in T.serial(m_tiles):
+            cfg[16 + 2 * (_A0 + t)] = T.uint8(k_step * a_bytes)
+            cfg[48 + _A0 + t] = T.uint8(rows)
+        for t in T.serial(n_tiles):
+            cfg[16 + 2 * (_B0 + t)] = T.uint8(64)
+            cfg[48 + _B0 + t] = T.uint8(k_step // group)
+        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
+        for mi in T.unroll(m_tiles):
+            for nj in T.unroll(n_tiles):
+                T.evaluate(T.call_llvm_intrin(
+                    "void", "llvm.x86.tileloadd64", T.uint8(_C0 + mi * n_tiles + nj),
+                    T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
+
+    @T.macro
+    def multiply_tiles():
+        for mi in T.unroll(m_tiles):
+            for nj in T.unroll(n_tiles):
+                T.evaluate(T.call_llvm_intrin("void", dot, T.uint8(_C0 + mi * n_tiles + nj),
+                                              T.uint8(_A0 + mi), T.uint8(_B0 + nj)))
+
+    @T.macro
+    def store_c(C, sc):
+        for mi in T.unroll(m_tiles):
+            for nj in T.unroll(n_tiles):
+                T.evaluate(T.call_llvm_intrin(
+                    "void", "llvm.x86.tilestored64", T.uint8(_C0 + mi * n_tiles + nj),
+                    T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
+
+    return configure_and_load_c, multiply_tiles, store_c
+
+
 def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: int, k_steps: int):
     """(desc, impl) of ``C[i, j] += sum_k acc(A[i, k]) * acc(B[k // G, j, k % G])`` for i < rows * m_tiles,
     j < 16 * n_tiles, k < k_step * k_steps (G, acc: ``OPERANDS``; int8: int32 sums, bfloat16: float32):
@@ -70,9 +118,9 @@ def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: in
     (contiguous, 16 * n_tiles x 4 bytes per row)."""
     um, panel, kc = rows * m_tiles, 16 * n_tiles, k_step * k_steps
     w_dtype, acc, group, _ = OPERANDS[a_dtype]
-    dot = {"uint8": "llvm.x86.tdpbusd", "int8": "llvm.x86.tdpbssd", "bfloat16": "llvm.x86.tdpbf16ps"}[a_dtype]
     b_stride = panel * 4  # bytes (= elements of the packed panel's 4-byte groups x 4) per row
     a_bytes = 4 // group  # bytes per A element
+    configure_and_load_c, multiply_tiles, store_c = _tile_macros(a_dtype, rows, m_tiles, n_tiles, k_step)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -97,25 +145,7 @@ def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: in
         with T.sblock("root"):
             T.reads(C[0:um, 0:panel], A[0:um, 0:kc], B[0:kc // group, 0:panel, 0:group])
             T.writes(C[0:um, 0:panel])
-            cfg = T.alloc_buffer((64,), "uint8", scope="local")
-            for i in T.serial(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)  # palette 1; bytes 16 + 2t: tile t's bytes per row (uint16), 48 + t: its rows
-            for t in T.serial(m_tiles * n_tiles):
-                cfg[16 + 2 * (_C0 + t)] = T.uint8(64)
-                cfg[48 + _C0 + t] = T.uint8(rows)
-            for t in T.serial(m_tiles):
-                cfg[16 + 2 * (_A0 + t)] = T.uint8(k_step * a_bytes)
-                cfg[48 + _A0 + t] = T.uint8(rows)
-            for t in T.serial(n_tiles):
-                cfg[16 + 2 * (_B0 + t)] = T.uint8(64)
-                cfg[48 + _B0 + t] = T.uint8(k_step // group)
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
-            for mi in T.unroll(m_tiles):
-                for nj in T.unroll(n_tiles):
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.x86.tileloadd64", T.uint8(_C0 + mi * n_tiles + nj),
-                        T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
+            configure_and_load_c(C, sc)
             for ks in T.serial(k_steps):
                 for mi in T.unroll(m_tiles):
                     T.evaluate(T.call_llvm_intrin(
@@ -125,15 +155,8 @@ def _make_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_step: in
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tileloadd64", T.uint8(_B0 + nj),
                         T.address_of(B[ks * (k_step // group), nj * 16, 0]), T.int64(b_stride)))
-                for mi in T.unroll(m_tiles):
-                    for nj in T.unroll(n_tiles):
-                        T.evaluate(T.call_llvm_intrin("void", dot, T.uint8(_C0 + mi * n_tiles + nj),
-                                                      T.uint8(_A0 + mi), T.uint8(_B0 + nj)))
-            for mi in T.unroll(m_tiles):
-                for nj in T.unroll(n_tiles):
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.x86.tilestored64", T.uint8(_C0 + mi * n_tiles + nj),
-                        T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
+                multiply_tiles()
+            store_c(C, sc)
 
     return desc, impl
 
@@ -147,10 +170,10 @@ def _make_window_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_s
     of the panel for every window position (contiguous)."""
     um, panel, kc = rows * m_tiles, 16 * n_tiles, k_step * k_steps
     w_dtype, acc, group, _ = OPERANDS[a_dtype]
-    dot = {"uint8": "llvm.x86.tdpbusd", "int8": "llvm.x86.tdpbssd", "bfloat16": "llvm.x86.tdpbf16ps"}[a_dtype]
     b_stride = panel * 4
     a_bytes = 4 // group
     aw = um + kw - 1
+    configure_and_load_c, multiply_tiles, store_c = _tile_macros(a_dtype, rows, m_tiles, n_tiles, k_step)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -177,25 +200,7 @@ def _make_window_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_s
         with T.sblock("root"):
             T.reads(C[0:um, 0:panel], A[0:kh, 0:aw, 0:kc], B[0:kh, 0:kw, 0:kc // group, 0:panel, 0:group])
             T.writes(C[0:um, 0:panel])
-            cfg = T.alloc_buffer((64,), "uint8", scope="local")
-            for i in T.serial(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for t in T.serial(m_tiles * n_tiles):
-                cfg[16 + 2 * (_C0 + t)] = T.uint8(64)
-                cfg[48 + _C0 + t] = T.uint8(rows)
-            for t in T.serial(m_tiles):
-                cfg[16 + 2 * (_A0 + t)] = T.uint8(k_step * a_bytes)
-                cfg[48 + _A0 + t] = T.uint8(rows)
-            for t in T.serial(n_tiles):
-                cfg[16 + 2 * (_B0 + t)] = T.uint8(64)
-                cfg[48 + _B0 + t] = T.uint8(k_step // group)
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
-            for mi in T.unroll(m_tiles):
-                for nj in T.unroll(n_tiles):
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.x86.tileloadd64", T.uint8(_C0 + mi * n_tiles + nj),
-                        T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
+            configure_and_load_c(C, sc)
             for r, q, ks in T.grid(kh, kw, k_steps):
                 for mi in T.unroll(m_tiles):
                     T.evaluate(T.call_llvm_intrin(
@@ -205,15 +210,8 @@ def _make_window_intrin(a_dtype: str, rows: int, m_tiles: int, n_tiles: int, k_s
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tileloadd64", T.uint8(_B0 + nj),
                         T.address_of(B[r, q, ks * (k_step // group), nj * 16, 0]), T.int64(b_stride)))
-                for mi in T.unroll(m_tiles):
-                    for nj in T.unroll(n_tiles):
-                        T.evaluate(T.call_llvm_intrin("void", dot, T.uint8(_C0 + mi * n_tiles + nj),
-                                                      T.uint8(_A0 + mi), T.uint8(_B0 + nj)))
-            for mi in T.unroll(m_tiles):
-                for nj in T.unroll(n_tiles):
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.x86.tilestored64", T.uint8(_C0 + mi * n_tiles + nj),
-                        T.address_of(C[mi * rows, nj * 16]), T.int64(sc * 4)))
+                multiply_tiles()
+            store_c(C, sc)
 
     return desc, impl
 
