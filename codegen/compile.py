@@ -50,6 +50,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     """
     from ..rewrites import optimize
     from ..rewrites.pipelines import copy_model
+    from ..rewrites.rules.weight_int4 import to_weight_int4_ops
 
     tvm_target = resolve_target(target, mcpu=mcpu)
     check_precision(precision, tvm_target)
@@ -69,7 +70,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         model = copy_model(model)
         fix_input_shapes(model, input_shapes)
     model = optimize(model, level=level)
+    int4_matmuls = to_weight_int4_ops(model)
     kernels = integer_kernels(model, level)
+    kernels["int4_weights"] = int4_matmuls
     if precision == "bf16":
         kernels = bf16_kernels(model, kernels)
     report["kernels"] = kernels
@@ -123,15 +126,28 @@ def kernel_metadata(kernels: dict) -> dict:
     they use (``build.DOT_PRODUCT_INTRINSICS``: "AMX int8", "AVX512-VNNI", "AMX bf16", ...)."""
     reasons = dict(list(kernels["float_reasons"].items())[:_META_REASONS])
     return {**{k: kernels[k] for k in ("integer", "bfloat16", "float")}, "float_reasons": reasons,
-            "instructions": dict(kernels.get("instructions", {}))}
+            "instructions": dict(kernels.get("instructions", {})), "int4_weights": kernels.get("int4_weights", 0)}
 
 
 def describe_kernels(kernels: dict | None) -> str:
-    """One line for the compile / bench summaries, e.g. 'integer kernels: 12 of 14 conv/matmul (2 float: ...)';
-    empty for a model with no quantized conv/matmul (a float model)."""
+    """One line for the compile / bench summaries, e.g. 'integer kernels: 12 of 14 conv/matmul (2 float: ...)',
+    followed by 'weight-only int4: N matmuls ...' when the model has 4-bit weights (`int4_weights`); empty for a
+    model with no quantized conv/matmul (a float model)."""
     if not kernels:
         return "integer kernels: unknown (an artifact from before optc recorded them)"
+    int4 = kernels.get("int4_weights", 0)
+    line = _describe_integer(kernels)
+    if int4:
+        what = f"weight-only int4: {int4} matmul{'s' if int4 != 1 else ''} with 4-bit weights unpacked in the kernel " \
+               "(float32 compute)"
+        line = f"{line}; {what}" if line else what
+    return line
+
+
+def _describe_integer(kernels: dict) -> str:
     total = kernels["integer"] + kernels["bfloat16"] + kernels["float"]
+    if not total:
+        return ""
     line = f"integer kernels: {kernels['integer']} of {total} conv/matmul"
     if kernels["bfloat16"]:
         line += f", {kernels['bfloat16']} bfloat16"

@@ -692,6 +692,7 @@ def cpu_rules():
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
     from .int8_kernels import Int8Reduction  # noqa: PLC0415 (it imports this module's helpers)
+    from .nbits_kernels import NBitsMatMul  # noqa: PLC0415 (likewise)
 
-    return [Int8Reduction(), TiledReduction(), Injective(), Guarded(dl.cpu.GEMV()), RowReduction(),
+    return [Int8Reduction(), NBitsMatMul(), TiledReduction(), Injective(), Guarded(dl.cpu.GEMV()), RowReduction(),
             ParallelFallback()]

@@ -436,7 +436,7 @@ def test_compile_and_bench_say_which_kernels_ran_integer(tmp_path):
     meta = json.loads((tmp_path / "m.so.json").read_text())["kernels"]
     assert meta == {"integer": 1, "bfloat16": 0, "float": 1,
                     "float_reasons": {"Conv 'f'": "not quantized (its inputs are not DequantizeLinear outputs)"},
-                    "instructions": {}}  # 3 output channels: no dot-product kernel takes the integer conv
+                    "instructions": {}, "int4_weights": 0}  # 3 output channels: no dot-product kernel takes the integer conv
     assert line in cli("bench", path, "--artifact", lib, "--repeat", 2, "--warmup", 0).splitlines()
     assert json.loads(cli("bench", path, "--artifact", lib, "--repeat", 1, "--json"))["kernels"] == meta
 
