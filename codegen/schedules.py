@@ -482,7 +482,9 @@ class TiledReduction(_Rule):
             u_m = max_m
 
         whole_panels = n_ext % (u_n * vec) == 0
-        exact_tile = whole_panels and m_ext % u_m == 0
+        # a padded kernel's tile is whole in the padded buffer but not in the output its epilogue writes (13 rows
+        # of a tile of 8 padded to 16): its epilogue is predicated, so it is not exact either
+        exact_tile = whole_panels and m_ext % u_m == 0 and not padded
         n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
         if n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
@@ -529,7 +531,8 @@ class TiledReduction(_Rule):
             epi_loops = sch.get_loops(epi_rv)[1:]
             if epi_loops:
                 # one vector across tile rows only when the tile is whole: LLVM codegen of a predicated
-                # vector whose lanes span two rows computed wrong values (a 13-wide conv output, 8 lanes)
+                # vector whose lanes span two rows computed wrong values (a 13-wide conv output, 8 lanes; with
+                # -mcpu=znver4, inception_v1's 1x1 conv over 13 rows padded to 16, 16 lanes over two rows of 8)
                 if len(epi_loops) > 1 and exact_tile:
                     sch.fuse(*epi_loops)
                 _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1)
