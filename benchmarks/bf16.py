@@ -58,16 +58,17 @@ def measure(name: str, model, rounds: int) -> dict:
 
 
 def markdown(rows: list[dict], rounds: int) -> str:
-    from optc.codegen.precision import native_bf16  # noqa: PLC0415
-    from optc.codegen.targets import host_cpu_name, resolve_target  # noqa: PLC0415
+    from optc.codegen.targets import host_cpu_name, llvm_features, resolve_target  # noqa: PLC0415
 
-    native = native_bf16(resolve_target("cpu"))
+    feats = set(llvm_features(resolve_target("cpu")))
     lines = ["## bf16", "",
              f"`python benchmarks/bf16.py` on {platform.processor() or platform.machine()} ({host_cpu_name()}), "
              f"1 thread, median of {rounds} alternating rounds, optc -O2 untuned. This CPU "
-             + ("has AMX-BF16: optc's matmuls and unpadded convolutions run on AMX tdpbf16ps tiles, the other "
-                "kernels widen bfloat16 to float32" if native else
-                "has **no** AMX-BF16: bf16 is emulated here (TVM's kernels widen bfloat16 to float32)")
+             + ("has AMX-BF16: optc's matmuls and unpadded convolutions run on AMX tdpbf16ps tiles, the others that "
+                "fit on AVX512-BF16 vdpbf16ps, the rest widen bfloat16 to float32" if "amx-bf16" in feats else
+                "has AVX512-BF16 (no AMX): the matmuls and unpadded convolutions run on vdpbf16ps, the rest widen "
+                "bfloat16 to float32" if "avx512bf16" in feats else
+                "has **no** AMX-BF16 or AVX512-BF16: bf16 is emulated here (TVM's kernels widen bfloat16 to float32)")
              + "; see codegen/precision.py.", "",
              "| model | optc fp32 ms | optc bf16 ms | bf16 / fp32 | onnxruntime fp32 ms | max abs(bf16 - fp32) / "
              "max abs(fp32) |", "|---|---|---|---|---|---|"]

@@ -231,6 +231,8 @@ DOT_PRODUCT_INTRINSICS = {
     "llvm.x86.tdpbusd": "AMX int8", "llvm.x86.tdpbssd": "AMX int8", "llvm.x86.tdpbf16ps": "AMX bf16",
     "llvm.x86.avx512.vpdpbusd.512": "AVX512-VNNI", "llvm.x86.avx512.vpdpbusd.256": "AVX-VNNI",
     "llvm.x86.avx512.pmaddw.d.512": "AVX-512BW", "llvm.x86.avx2.pmadd.wd": "AVX2"}
+#: the same for the functions optc's kernels import as LLVM IR and call with call_extern (``bf16_dot.py``)
+DOT_PRODUCT_EXTERNS = {"optc_dpbf16ps": "AVX512-BF16"}
 
 
 def _count_dot_products(report: dict | None):
@@ -253,10 +255,14 @@ def _count_dot_products(report: dict | None):
             found: list[str] = []
 
             def visit(call, found=found):  # call_llvm_intrin's first argument: the intrinsic's LLVM id
-                if found or not call.args or not isinstance(call.args[0], tvm.tirx.IntImm):
+                if found or not call.args:
                     return
-                isa = (by_id.get(int(call.args[0].value)) if str(getattr(call.op, "name", "")).startswith("tirx.call_llvm")
-                       else None)
+                op, first = str(getattr(call.op, "name", "")), call.args[0]
+                isa = None
+                if op.startswith("tirx.call_llvm") and isinstance(first, tvm.tirx.IntImm):
+                    isa = by_id.get(int(first.value))
+                elif op == "tirx.call_extern" and isinstance(first, tvm.ir.StringImm):
+                    isa = DOT_PRODUCT_EXTERNS.get(str(first.value))
                 if isa is not None:
                     found.append(isa)
 

@@ -98,6 +98,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     kernels["instructions"] = dict(report["build"].get("dot_products", {}))
     if precision == "bf16":
         report["bf16"]["amx"] = kernels["instructions"].get("AMX bf16", 0)
+        report["bf16"]["avx512bf16"] = kernels["instructions"].get("AVX512-BF16", 0)
     inputs, outputs = signature(model)
     meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target),
             "target_spec": json.loads(str(tvm_target)), "opt_level": level,
@@ -151,7 +152,8 @@ def _describe_integer(kernels: dict) -> str:
     line = f"integer kernels: {kernels['integer']} of {total} conv/matmul"
     if kernels["bfloat16"]:
         line += f", {kernels['bfloat16']} bfloat16"
-    integer_isas = {isa: n for isa, n in kernels.get("instructions", {}).items() if isa != "AMX bf16"}
+    integer_isas = {isa: n for isa, n in kernels.get("instructions", {}).items()
+                    if isa not in ("AMX bf16", "AVX512-BF16")}
     if integer_isas:
         line += " [compiled kernels by instruction: " + ", ".join(f"{n} {isa}" for isa, n in integer_isas.items()) + "]"
     if kernels["float"]:

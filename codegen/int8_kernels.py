@@ -27,10 +27,11 @@ into int32 without intermediate saturation (Intel SDM, VPDPBUSD), so it is exact
 the widened path on VNNI machines as well; the AMX instructions sum into int32 without saturation too (Intel
 SDM, TDPBUSD). Per kernel, the first instruction set in this order whose lanes and group divide N and K is used.
 
-bfloat16 x bfloat16 -> float32 kernels (``--precision bf16``, ``precision.py``) take only the AMX path
-(``tdpbf16ps``, pairs of bf16 per 4-byte group), when the target has AMX-BF16 and the activation is a kernel
-parameter (TVM's bf16 legalization stores a kernel's own bf16 buffers, e.g. a padded input, as float32);
-everything else widens to float32 (``schedules.TiledReduction``).
+bfloat16 x bfloat16 -> float32 kernels (``--precision bf16``, ``precision.py``) take the AMX path (``tdpbf16ps``,
+pairs of bf16 per 4-byte group) when the target has AMX-BF16 and the kernel fits a block, else the ``avx512bf16``
+register tile (``vdpbf16ps``, ``bf16_dot.py``) when the target has AVX512-BF16; only when the activation is a
+kernel parameter (TVM's bf16 legalization stores a kernel's own bf16 buffers, e.g. a padded input, as float32).
+Everything else widens to float32 (``schedules.TiledReduction``).
 
 Schedule: the output's last spatial axis (the contiguous output channel, N) is split into SIMD vectors, the one
 before it (matmul's rows, the conv output's width: M) into tile rows, the last reduction axis (K: the input
@@ -56,6 +57,9 @@ from .amx import BF16_FEATURES as AMX_BF16_FEATURES
 from .amx import FEATURES as AMX_FEATURES
 from .amx import OPERANDS as AMX_OPERANDS
 from .amx import register_intrin as amx_register_intrin
+from .bf16_dot import FEATURES as BF16_DOT_FEATURES
+from .bf16_dot import import_into as bf16_dot_import_into
+from .bf16_dot import make_impl as bf16_dot_impl
 from .schedules import (
     PARALLEL_MIN_MACS,
     PARALLEL_MIN_WORK,
@@ -83,10 +87,14 @@ ISAS = {
     "avxvnni": (("avxvnni",), 8, 4, ("uint8",)),
     "avx512bw": (("avx512bw",), 16, 2, ("uint8", "int8")),
     "avx2": (("avx2",), 8, 2, ("uint8", "int8")),
+    # bfloat16 x bfloat16 -> float32 (``bf16_dot.py``: vdpbf16ps, 16 lanes x 2 products)
+    "avx512bf16": (BF16_DOT_FEATURES, 16, 2, ("bfloat16",)),
 }
 
 #: vector registers of each register file (ymm on AVX2 / AVX-VNNI, zmm with AVX-512)
-_REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw": 32, "avx2": 16}
+_REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw": 32, "avx2": 16, "avx512bf16": 32}
+#: instruction sets that multiply and accumulate in one instruction (the others: multiply-add pairs, then add)
+_FUSED = ("avx512vnni", "avxvnni", "avx512bf16")
 
 
 def int8_isas(target: Target) -> list[str]:
@@ -104,27 +112,31 @@ def int8_isas(target: Target) -> list[str]:
 
 
 def _intrin_name(isa: str, a_dtype: str) -> str:
-    return f"optc_dot_{isa}_{a_dtype}_int8"
+    return f"optc_dot_{isa}_{a_dtype}_{'bfloat16' if isa == 'avx512bf16' else 'int8'}"
 
 
 def _make_intrin(isa: str, a_dtype: str):
-    """(desc, impl) of ``C[i] += sum_k int32(A[k]) * int32(B[i, k])`` for i < lanes, k < G, on ``isa``."""
+    """(desc, impl) of ``C[i] += sum_k acc(A[k]) * acc(B[i, k])`` for i < lanes, k < G, on ``isa`` (int8 weights
+    and int32 sums; bfloat16 weights and float32 sums for ``avx512bf16``)."""
     _, lanes, group, _ = ISAS[isa]
     wide = lanes * group
+    w_dtype, acc = ("bfloat16", "float32") if isa == "avx512bf16" else ("int8", "int32")
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
-        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        B = T.match_buffer(b, (lanes, group), w_dtype, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), acc, offset_factor=1)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
             for i, k in T.grid(lanes, group):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+                    C[vi] = C[vi] + T.Cast(acc, A[vk]) * T.Cast(acc, B[vi, vk])
 
+    if isa == "avx512bf16":
+        return desc, bf16_dot_impl()
     if group == 4:  # vpdpbusd: the activation's 4 bytes broadcast as one int32, the weights as 64 / 32 bytes
         intrinsic = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
 
@@ -164,7 +176,8 @@ def _make_intrin(isa: str, a_dtype: str):
 
 @functools.cache
 def register_intrin(isa: str, a_dtype: str) -> str:
-    """Register (once per process) the tensor intrinsic of ``isa`` for ``a_dtype`` x int8; returns its name."""
+    """Register (once per process) the tensor intrinsic of ``isa`` for ``a_dtype`` x int8 (x bfloat16 for
+    ``avx512bf16``); returns its name."""
     name = _intrin_name(isa, a_dtype)
     s_tir.TensorIntrin.register(name, *_make_intrin(isa, a_dtype), override=True)
     return name
@@ -214,7 +227,7 @@ def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     tail). Among those, the most products per instruction: u_m * u_n products (2 instructions each: multiply,
     add; fused on VNNI) against u_n weight loads and u_m broadcasts (2 instructions each when widened)."""
     regs = _REGISTERS[isa] - 2
-    fused = ISAS[isa][2] == 4
+    fused = isa in _FUSED
     best, best_score = (1, 1), 0.0
     for u_n in range(1, min(n_vecs, 8) + 1):
         if n_vecs % u_n or 2 * u_n > regs:
@@ -238,13 +251,18 @@ class Int8Reduction(_Rule):
     def schedule(self, func, target: Target):
         # cheap rejections first: this rule is asked about every kernel of every model
         dtypes = {str(getattr(p, "dtype", "")) for p in func.params}
-        if "bfloat16" in dtypes and "int8" not in dtypes:  # bf16 operands: AMX tdpbf16ps only
-            if self.tile is not None or not all(f in llvm_features(target) for f in AMX_BF16_FEATURES):
+        if "bfloat16" in dtypes and "int8" not in dtypes:  # bf16 operands: AMX tdpbf16ps, else vdpbf16ps
+            feats = llvm_features(target)
+            if self.tile is None and all(f in feats for f in AMX_BF16_FEATURES):
+                try:
+                    sch = self._schedule(func, target, ["amx"], amx=True)
+                except (s_tir.ScheduleError, InternalError, ValueError):
+                    sch = None
+                if sch is not None:
+                    return sch
+            if not all(f in feats for f in BF16_DOT_FEATURES):
                 return None
-            try:
-                return self._schedule(func, target, ["amx"], amx=True)
-            except (s_tir.ScheduleError, InternalError, ValueError):
-                return None
+            return self._schedule(func, target, ["avx512bf16"], amx=False)
         if "int8" not in dtypes:
             return None
         isas = int8_isas(target)
@@ -262,7 +280,7 @@ class Int8Reduction(_Rule):
         return self._schedule(func, target, [i for i in isas if i != "amx"], amx=False)
 
     def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0,
-                  window: bool = False):
+                  window: bool = False, padded: bool = False):
         from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
 
         sch = s_tir.Schedule(func)
@@ -304,15 +322,15 @@ class Int8Reduction(_Rule):
             padding = [1] * len(extents)
             padding[n_s - 2] = pad_rows
             sch.pad_einsum(block, padding)
-            return self._schedule(sch.mod["main"], target, isas, amx=True)
+            return self._schedule(sch.mod["main"], target, isas, amx=True, padded=True)
+        if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
+            # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: a tile or a
+            # vdpbf16ps would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.
+            return None
         if amx:
             _, _, group, max_step = AMX_OPERANDS[a_dtype]
             tiles = _amx_tiles(m_ext, n_ext, k_ext, group, max_step)
             if tiles is None or n_s < 2 or not _unit_row_step(stmt, a_index, stmt.iter_vars[n_s - 2].var):
-                return None
-            if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
-                # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: the
-                # tile would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.
                 return None
             rows, m_tiles, n_tiles, k_step, k_steps = tiles
             if window:  # the window (kh, kw) and all of K in one call: C loaded and stored once per block
@@ -362,8 +380,8 @@ class Int8Reduction(_Rule):
         sch.vectorize(init_loops[-1])
         for epi in epilogues:
             epi_loops = sch.get_loops(epi.block_rv)[1:]
-            if len(epi_loops) > 1:
-                sch.fuse(*epi_loops)
+            if len(epi_loops) > 1 and not padded:  # (padded: the last tile's epilogue is predicated by rows, and
+                sch.fuse(*epi_loops)                # a vector across predicated rows is miscompiled: TiledReduction)
             _vectorize_innermost(sch, epi.block_rv, _vector_lanes(target, 32), keep_outer=1)
         for pad in pads:
             Injective.schedule_block(sch, pad.block_rv, target)
@@ -378,6 +396,8 @@ class Int8Reduction(_Rule):
         sch.tensorize(n_v, register_intrin(isa, a_dtype))
         for lp in inner:
             sch.unroll(lp)
+        if isa == "avx512bf16":
+            bf16_dot_import_into(sch, par)
         return sch
 
     @staticmethod

@@ -34,10 +34,12 @@ a small payload into infinity (0x7f800001 -> 0x7f80) and 0x7fffffff into -0.0 (m
 
 Speed: plain TVM CPU code computes bfloat16 by widening to float32 (no vdpbf16ps; see shared/TVM-NOTES.md
 "Reduced precision on x86"). On a CPU with AMX-BF16 the conv / matmul kernels that fit an AMX block
-(``int8_kernels.Int8Reduction``, ``amx.py``) run on ``tdpbf16ps`` tiles instead: float32 accumulation in the
-tile (the order of the float32 sum differs, which the bound above allows for any order), with denormal operands
-and results flushed to zero (Intel SDM, TDPBF16PS: DAZ/FTZ): an absolute error up to 2^-126 per term, outside
-the relative bound like the subnormal operands above. `native_bf16` says whether the target has AMX-BF16.
+(``int8_kernels.Int8Reduction``, ``amx.py``) run on ``tdpbf16ps`` tiles instead; with AVX512-BF16 (AMD Zen 4,
+Intel Cooper Lake and the AMX CPUs) the others that fit 16-lane vectors run on ``vdpbf16ps`` (``bf16_dot.py``).
+Both accumulate in float32 (the order of the float32 sum differs, which the bound above allows for any order),
+with denormal operands and results flushed to zero (Intel SDM, TDPBF16PS / VDPBF16PS: DAZ/FTZ): an absolute error
+up to 2^-126 per term, outside the relative bound like the subnormal operands above. `native_bf16` says whether
+the target has either.
 """
 
 from __future__ import annotations
@@ -52,12 +54,16 @@ PRECISIONS = ("fp32", "bf16")
 BF16_UNIT_ROUNDOFF = 2.0**-8
 FP32_UNIT_ROUNDOFF = 2.0**-24
 _CONVERTED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
-_NATIVE_FEATURES = ("amx-bf16",)
-EMULATED_NOTE = "bf16 emulated: this CPU has no AMX-BF16; expect no speed-up over fp32"
-NATIVE_NOTE = ("bf16 emulated: the target has AMX-BF16, but no kernel of this model fits an AMX block (rows >= 4, "
-               "N a multiple of 16, K even, unit row step); they widen bfloat16 to float32")
+_NATIVE_FEATURES = ("amx-bf16", "avx512bf16")
+EMULATED_NOTE = "bf16 emulated: this CPU has neither AMX-BF16 nor AVX512-BF16; expect no speed-up over fp32"
+NATIVE_NOTE = ("bf16 emulated: the target has bfloat16 dot-product instructions, but no kernel of this model fits "
+               "them (N a multiple of 16, K even, the activation a kernel input); they widen bfloat16 to float32")
 AMX_NOTE = ("bf16 on AMX: {amx} kernels on tdpbf16ps tiles (float32 accumulation; denormal operands and results "
             "flushed to zero); any others widen bfloat16 to float32")
+DOT_NOTE = ("bf16 on AVX512-BF16: {dot} kernels on vdpbf16ps (float32 accumulation; denormal operands and results "
+            "flushed to zero); any others widen bfloat16 to float32")
+BOTH_NOTE = ("bf16 on AMX: {amx} kernels on tdpbf16ps tiles, {dot} on AVX512-BF16 vdpbf16ps (float32 accumulation; "
+             "denormal operands and results flushed to zero); any others widen bfloat16 to float32")
 
 
 def check_precision(precision: str, target) -> None:
@@ -73,7 +79,7 @@ def check_precision(precision: str, target) -> None:
 
 
 def native_bf16(target) -> bool:
-    """Whether the target CPU has the bfloat16 instructions optc's kernels use (x86 AMX-BF16)."""
+    """Whether the target CPU has the bfloat16 instructions optc's kernels use (x86 AMX-BF16 or AVX512-BF16)."""
     from .targets import llvm_features  # noqa: PLC0415
 
     return any(f in _NATIVE_FEATURES for f in llvm_features(target))
@@ -167,9 +173,9 @@ def bf16_kernels(model, kernels: dict) -> dict:
 
 def describe_precision(summary: dict) -> str:
     """The compile summary's two lines for a bf16 build: what computes in bf16 (what stayed as it was, and why),
-    then how the kernels run: on AMX tiles (``amx``: how many kernels), or emulated (widened to float32) on a CPU
-    without AMX-BF16 or where no kernel fits an AMX block. `summary`: ``to_bfloat16``'s plus ``native`` and
-    ``amx``."""
+    then how the kernels run: on AMX tiles (``amx``: how many kernels) and / or AVX512-BF16 ``vdpbf16ps``
+    (``avx512bf16``: how many), or emulated (widened to float32) on a CPU without either or where no kernel fits
+    them. `summary`: ``to_bfloat16``'s plus ``native``, ``amx`` and ``avx512bf16``."""
 
     def counts(d: dict) -> str:
         return ", ".join(f"{n} {op}" for op, n in sorted(d.items())) or "none"
@@ -177,6 +183,8 @@ def describe_precision(summary: dict) -> str:
     line = f"bf16: {counts(summary['converted'])} on bfloat16 operands with float32 accumulation"
     if summary["kept_float32"]:
         line += f"; not converted: {counts(summary['kept_float32'])}"
-    if summary.get("amx"):
-        return f"{line}\n{AMX_NOTE.format(amx=summary['amx'])}"
+    amx, dot = summary.get("amx", 0), summary.get("avx512bf16", 0)
+    if amx or dot:
+        note = BOTH_NOTE if amx and dot else AMX_NOTE if amx else DOT_NOTE
+        return f"{line}\n{note.format(amx=amx, dot=dot)}"
     return f"{line}\n{NATIVE_NOTE if summary['native'] else EMULATED_NOTE}"

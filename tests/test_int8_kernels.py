@@ -112,7 +112,8 @@ def test_host_decision_follows_cpuinfo():
 
 
 @pytest.mark.parametrize(("target", "expected"), [
-    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["amx", "avx512vnni", "avxvnni", "avx512bw", "avx2"]),
+    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["amx", "avx512vnni", "avxvnni", "avx512bw", "avx2", "avx512bf16"]),
+    ({"kind": "llvm", "mcpu": "znver4"}, ["avx512vnni", "avx512bw", "avx2", "avx512bf16"]),  # bf16 kernels only
     ({"kind": "llvm", "mcpu": "icelake-server"}, ["avx512vnni", "avx512bw", "avx2"]),
     ({"kind": "llvm", "mcpu": "alderlake"}, ["avxvnni", "avx2"]),
     ({"kind": "llvm", "mcpu": "skylake-avx512"}, ["avx512bw", "avx2"]),

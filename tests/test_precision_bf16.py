@@ -84,6 +84,9 @@ def _cases():
                        [RNG.standard_normal((2, 1, 40, 7)).astype(np.float32)], 4, 40, id="matmul-batched")
     yield pytest.param("MatMul", {}, RNG.standard_normal((3, 20, 96)).astype(np.float32),
                        [RNG.standard_normal((96, 48)).astype(np.float32)], 3, 96, id="matmul-amx")
+    # one row (matrix x vector) and N = 64 columns over K = 256: the vdpbf16ps tile of a GEMV
+    yield pytest.param("MatMul", {}, RNG.standard_normal((1, 256)).astype(np.float32),
+                       [RNG.standard_normal((256, 64)).astype(np.float32)], 2, 256, id="matmul-gemv")
     yield pytest.param("Gemm", {"transB": 1}, RNG.standard_normal((4, 300)).astype(np.float32),
                        [RNG.standard_normal((9, 300)).astype(np.float32),
                         RNG.standard_normal(9).astype(np.float32)], 2, 300, id="gemm-transB-bias")
@@ -300,6 +303,13 @@ def test_summary_lines():
     assert describe_precision({**summary, "native": True, "amx": 0}).splitlines()[1] == NATIVE_NOTE
     assert describe_precision({**summary, "native": True, "amx": 2}).splitlines()[1] == AMX_NOTE.format(amx=2)
     assert AMX_NOTE.format(amx=2).startswith("bf16 on AMX: 2 kernels on tdpbf16ps tiles")
+    from optc.codegen.precision import BOTH_NOTE, DOT_NOTE
+
+    assert describe_precision({**summary, "native": True, "amx": 0, "avx512bf16": 3}).splitlines()[1] == \
+        DOT_NOTE.format(dot=3)
+    assert describe_precision({**summary, "native": True, "amx": 1, "avx512bf16": 3}).splitlines()[1] == \
+        BOTH_NOTE.format(amx=1, dot=3)
+    assert DOT_NOTE.format(dot=3).startswith("bf16 on AVX512-BF16: 3 kernels on vdpbf16ps")
 
 
 AMX_BF16 = [  # (op, attrs, x shape, w shape, on AMX)
@@ -317,8 +327,7 @@ def test_amx_bf16_kernels(op, attrs, xs, ws, amx):
     On an AMX-BF16 host the compile report counts them (the within-bound checks of test_op_within_bound run the
     same shapes: conv-amx-*, matmul-amx)."""
     from optc.codegen.compile import compile_to_file
-    from optc.codegen.precision import native_bf16
-    from optc.codegen.targets import resolve_target
+    from optc.codegen.targets import llvm_features, resolve_target
 
     x = RNG.standard_normal(xs).astype(np.float32)
     w = RNG.standard_normal(ws).astype(np.float32)
@@ -328,13 +337,54 @@ def test_amx_bf16_kernels(op, attrs, xs, ws, amx):
         compile_to_file(model.SerializeToString(), asm, target="cpu", mcpu="sapphirerapids", emit="asm",
                         precision="bf16")
         assert bool(re.search(r"tdpbf16ps\s+%tmm", asm.read_text())) == amx
-    if not native_bf16(resolve_target("cpu")):
+    if "amx-bf16" not in llvm_features(resolve_target("cpu")):
         pytest.skip("build only: this CPU has no AMX-BF16 (the asm check above ran)")
     from optc.codegen.compile import build_executable
 
     report: dict = {}
     build_executable(model.SerializeToString(), precision="bf16", report=report)
     assert report["bf16"]["amx"] == int(amx) and report["kernels"]["instructions"] == ({"AMX bf16": 1} if amx else {})
+
+
+DOT_BF16 = [  # (op, attrs, x shape, w shape, on vdpbf16ps)
+    ("MatMul", {}, (3, 20, 96), (96, 48), True),
+    ("MatMul", {}, (1, 256), (256, 64), True),
+    ("Conv", {}, (1, 64, 8, 8), (32, 64, 1, 1), True),
+    ("Conv", {"strides": [2, 2]}, (1, 32, 9, 9), (16, 32, 3, 3), True),
+    # negatives: the padded input is the kernel's own bf16 buffer (stored as float32 by TVM's legalization), and
+    # N = 40 columns fill no 16-lane vector: both widen to float32
+    ("Conv", {"pads": [1, 1, 1, 1]}, (1, 32, 10, 10), (16, 32, 3, 3), False),
+    ("MatMul", {}, (8, 64), (64, 40), False),
+]
+
+
+@pytest.mark.parametrize("op, attrs, xs, ws, dot", DOT_BF16)
+def test_avx512bf16_kernels(op, attrs, xs, ws, dot):
+    """Build only, on any CPU: for a Zen 4 target (AVX512-BF16, no AMX) the bf16 kernels that fit 16-lane vectors
+    run on vdpbf16ps (`bf16_dot.py`). On a host with AVX512-BF16 the compile report counts them and the result is
+    within the bf16 bound (test_op_within_bound runs the same kinds of shapes through them)."""
+    from optc.codegen.compile import build_executable, compile_to_file
+    from optc.codegen.targets import host_cpu_flags
+
+    x = RNG.standard_normal(xs).astype(np.float32)
+    w = RNG.standard_normal(ws).astype(np.float32)
+    model = _op_model(op, attrs, x, [w], len(xs))
+    with tempfile.TemporaryDirectory() as tmp:
+        asm = Path(tmp) / "m.s"
+        compile_to_file(model.SerializeToString(), asm, target="cpu", mcpu="znver4", emit="asm", precision="bf16")
+        text = asm.read_text()
+        assert bool(re.search(r"vdpbf16ps\s", text)) == dot
+        assert "call" not in "".join(line for line in text.splitlines() if "optc_dpbf16ps" in line)  # inlined
+    if "avx512_bf16" not in host_cpu_flags():
+        pytest.skip("build only: this CPU has no AVX512-BF16 (the asm check above ran)")
+    report: dict = {}
+    module = build_executable(model.SerializeToString(), precision="bf16", report=report)
+    assert report["bf16"]["avx512bf16"] + report["bf16"]["amx"] == int(dot)
+    del module
+    y = _compile_run(model, {"x": x}, precision="bf16")
+    y32 = run_ort(model, {"x": x})[0]
+    abs_products = _reference64(op, attrs, np.abs(x), [np.abs(w)], len(xs))
+    assert np.all(np.abs(y - y32) <= error_bound(abs_products, int(np.prod(ws[1:])) if op == "Conv" else ws[0]))
 
 
 def test_cli_summary_json_and_metadata(tmp_path, capsys):
