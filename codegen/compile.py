@@ -78,8 +78,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     report["kernels"] = kernels
     mod = lower(model)
     if precision == "bf16":
-        mod, converted = to_bfloat16(mod)
-        report["bf16"] = {**converted, "native": native_bf16(tvm_target)}
+        native = native_bf16(tvm_target)
+        mod, converted = to_bfloat16(mod, separate_padding=native)
+        report["bf16"] = {**converted, "native": native}
     database = None
     if db is not None and trials == 0:
         if not (Path(db) / "database_workload.json").is_file():

@@ -108,9 +108,24 @@ def _round_to_bfloat16(x):
     return te.compute(x.shape, element, name="round_to_bfloat16")
 
 
-def to_bfloat16(mod) -> tuple[object, dict]:
+def _fits_dot_products(conv) -> bool:
+    """Whether a Relax NCHW-family convolution can run on the bf16 dot-product kernels (``int8_kernels``): one
+    group, output channels a multiple of 16, an even number of input channels, static shapes."""
+    from tvm import relax  # noqa: PLC0415
+
+    w = conv.args[1].ty.shape
+    if not isinstance(w, relax.ShapeExpr) or not all(hasattr(d, "value") for d in w.values):
+        return False
+    out_channels, in_channels = int(w.values[0].value), int(w.values[1].value)
+    return (int(conv.attrs.groups) == 1 and out_channels % 16 == 0 and in_channels % 2 == 0
+            and str(conv.attrs.data_layout) in ("NCW", "NCHW", "NCDHW"))
+
+
+def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:
     """Convert the Conv / MatMul compute of the Relax functions of ``mod`` to bfloat16 operands with float32
-    accumulation.
+    accumulation. ``separate_padding`` (for targets with bf16 dot-product instructions, ``native_bf16``): the
+    zero padding of a convolution that fits those kernels becomes an ``nn.pad`` of the bf16 input, so that the
+    kernel reads its input with bf16 storage (the same values: padding with 0 commutes with rounding 0 to bf16).
 
     Returns ``(module, summary)``: ``summary["converted"]`` counts the calls converted to bf16 by op
     (``{"conv2d": 3, "matmul": 2}``), ``summary["kept_float32"]`` the calls left as they were, by reason
@@ -139,8 +154,17 @@ def to_bfloat16(mod) -> tuple[object, dict]:
             if short == "matmul":
                 return relax.op.matmul(a, b, out_dtype="float32")
             attrs = call.attrs
+            padding = [int(p) for p in attrs.padding]
+            if separate_padding and any(padding) and _fits_dot_products(call):
+                # the zero padding as a kernel of its own, on the bf16 input: the convolution then reads a kernel
+                # input, which keeps its 2-byte bf16 storage (its own padded buffer would be stored as float32
+                # and widen the whole kernel to float32 FMAs)
+                n = len(padding) // 2
+                width = [0, 0, 0, 0] + [p for i in range(n) for p in (padding[i], padding[n + i])]
+                a = self.builder_.emit(relax.op.nn.pad(a, width))
+                padding = [0] * len(padding)
             conv = getattr(relax.op.nn, short)
-            return conv(a, b, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+            return conv(a, b, strides=attrs.strides, padding=padding, dilation=attrs.dilation,
                         groups=attrs.groups, data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout,
                         out_layout=attrs.out_layout, out_dtype="float32")
 

@@ -315,9 +315,11 @@ def test_summary_lines():
 AMX_BF16 = [  # (op, attrs, x shape, w shape, on AMX)
     ("MatMul", {}, (3, 20, 96), (96, 48), True),
     ("Conv", {}, (1, 64, 8, 8), (32, 64, 1, 1), True),
-    # the padded input is the kernel's own bf16 buffer, which TVM's bf16 legalization stores as float32: no tile
-    # may read it as bf16 (it did, and computed garbage), so the kernel widens to float32
-    ("Conv", {"pads": [1, 1, 1, 1]}, (1, 32, 10, 10), (16, 32, 3, 3), False),
+    # a padded conv: its zero padding is a kernel of its own (a kernel's own padded buffer would be stored as
+    # float32 by TVM's bf16 legalization, and a tile read it as bf16 pairs: garbage, before the padding moved out)
+    ("Conv", {"pads": [1, 1, 1, 1]}, (1, 32, 10, 10), (16, 32, 3, 3), True),
+    # a grouped conv fits no tile: widened to float32
+    ("Conv", {"group": 2}, (1, 32, 6, 6), (16, 16, 3, 3), False),
 ]
 
 
@@ -351,10 +353,11 @@ DOT_BF16 = [  # (op, attrs, x shape, w shape, on vdpbf16ps)
     ("MatMul", {}, (1, 256), (256, 64), True),
     ("Conv", {}, (1, 64, 8, 8), (32, 64, 1, 1), True),
     ("Conv", {"strides": [2, 2]}, (1, 32, 9, 9), (16, 32, 3, 3), True),
-    # negatives: the padded input is the kernel's own bf16 buffer (stored as float32 by TVM's legalization), and
-    # N = 40 columns fill no 16-lane vector: both widen to float32
-    ("Conv", {"pads": [1, 1, 1, 1]}, (1, 32, 10, 10), (16, 32, 3, 3), False),
+    # padded: the zero padding is a kernel of its own, so the conv reads a kernel input with bf16 storage
+    ("Conv", {"pads": [1, 1, 1, 1]}, (1, 32, 10, 10), (16, 32, 3, 3), True),
+    # negatives: N = 40 columns fill no 16-lane vector; a grouped conv: both widen to float32
     ("MatMul", {}, (8, 64), (64, 40), False),
+    ("Conv", {"group": 2, "pads": [1, 1, 1, 1]}, (1, 32, 6, 6), (16, 16, 3, 3), False),
 ]
 
 
