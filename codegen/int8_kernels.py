@@ -93,6 +93,8 @@ ISAS = {
 
 #: vector registers of each register file (ymm on AVX2 / AVX-VNNI, zmm with AVX-512)
 _REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw": 32, "avx2": 16, "avx512bf16": 32}
+#: the register tiles' largest height (rows): a row count no height from 3 to this divides is padded to it
+REGISTER_TILE_ROWS = 8
 #: instruction sets that multiply and accumulate in one instruction (the others: multiply-add pairs, then add)
 _FUSED = ("avx512vnni", "avxvnni", "avx512bf16")
 
@@ -277,7 +279,15 @@ class Int8Reduction(_Rule):
                     sch = None
                 if sch is not None:
                     return sch
-        return self._schedule(func, target, [i for i in isas if i != "amx"], amx=False)
+        register_isas = [i for i in isas if i != "amx"]
+        if self.tile is None:  # rows that no register tile height divides (197 tokens): padded to whole tiles
+            try:
+                sch = self._schedule(func, target, register_isas, amx=False, pad_rows=REGISTER_TILE_ROWS)
+            except (s_tir.ScheduleError, InternalError, ValueError):
+                sch = None
+            if sch is not None:
+                return sch
+        return self._schedule(func, target, register_isas, amx=False)
 
     def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0,
                   window: bool = False, padded: bool = False):
@@ -313,16 +323,19 @@ class Int8Reduction(_Rule):
         m_ext = extents[n_s - 2] if n_s >= 2 else 1
         work = math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
-        if amx and pad_rows:
+        if pad_rows:
             # zero-padded rows (pad_einsum: a padded copy of the activation, the padded products cropped away;
-            # exact) for an M that no tile height from 4 to 16 divides; then scheduled as any other kernel
-            if n_s < 2 or m_ext < pad_rows or _amx_tiles(m_ext, n_ext, k_ext, *AMX_OPERANDS[a_dtype][2:]) \
-                    or a_dtype == "bfloat16" or m_ext % pad_rows == 0:
+            # exact) for an M that no tile height divides (AMX: 4 to 16 rows; register tiles: 3 to 8); then
+            # scheduled as any other kernel. Not bf16: the padded copy would be the kernel's own bf16 buffer,
+            # stored as float32 (bf16 matmuls get their rows padded in Relax instead: precision.py)
+            fits = _amx_tiles(m_ext, n_ext, k_ext, *AMX_OPERANDS[a_dtype][2:]) if amx else \
+                any(m_ext % d == 0 for d in range(3, REGISTER_TILE_ROWS + 1))
+            if n_s < 2 or m_ext < pad_rows or fits or a_dtype == "bfloat16" or m_ext % pad_rows == 0:
                 return None
             padding = [1] * len(extents)
             padding[n_s - 2] = pad_rows
             sch.pad_einsum(block, padding)
-            return self._schedule(sch.mod["main"], target, isas, amx=True, padded=True)
+            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=True)
         if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
             # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: a tile or a
             # vdpbf16ps would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.

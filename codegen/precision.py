@@ -121,11 +121,35 @@ def _fits_dot_products(conv) -> bool:
             and str(conv.attrs.data_layout) in ("NCW", "NCHW", "NCDHW"))
 
 
+#: a bf16 matmul's rows are padded to a multiple of this (the dot-product kernels' tile height) when no height
+#: from MIN_TILE_ROWS to it divides them
+TILE_ROWS, MIN_TILE_ROWS = 8, 3
+
+
+def _ragged_rows(matmul) -> int:
+    """Zero rows to append to a bf16 matmul's activation so that a register tile height divides its rows: 0 when
+    one already does, or when the matmul does not fit the dot-product kernels (a constant 2-D weight of a
+    multiple of 16 columns and an even K, a static activation of rank >= 2)."""
+    from tvm import relax  # noqa: PLC0415
+    from tvm.ir.expr import Constant  # noqa: PLC0415
+
+    a, b = matmul.args[0].ty.shape, matmul.args[1].ty.shape
+    if not isinstance(matmul.args[1], Constant) or not isinstance(a, relax.ShapeExpr) or len(a.values) < 2:
+        return 0
+    if not all(hasattr(d, "value") for d in [*a.values, *b.values]) or len(b.values) != 2:
+        return 0
+    m, (k, n) = int(a.values[-2].value), (int(d.value) for d in b.values)
+    if n % 16 or k % 2 or m <= TILE_ROWS or any(m % d == 0 for d in range(MIN_TILE_ROWS, TILE_ROWS + 1)):
+        return 0
+    return -m % TILE_ROWS
+
+
 def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:
     """Convert the Conv / MatMul compute of the Relax functions of ``mod`` to bfloat16 operands with float32
     accumulation. ``separate_padding`` (for targets with bf16 dot-product instructions, ``native_bf16``): the
     zero padding of a convolution that fits those kernels becomes an ``nn.pad`` of the bf16 input, so that the
-    kernel reads its input with bf16 storage (the same values: padding with 0 commutes with rounding 0 to bf16).
+    kernel reads its input with bf16 storage (the same values: padding with 0 commutes with rounding 0 to bf16);
+    a matmul whose rows no tile height divides gets zero rows appended (``_ragged_rows``) and its result cropped.
 
     Returns ``(module, summary)``: ``summary["converted"]`` counts the calls converted to bf16 by op
     (``{"conv2d": 3, "matmul": 2}``), ``summary["kept_float32"]`` the calls left as they were, by reason
@@ -152,7 +176,18 @@ def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:
                     for x in call.args[:2])
             converted[short] += 1
             if short == "matmul":
-                return relax.op.matmul(a, b, out_dtype="float32")
+                rows = _ragged_rows(call) if separate_padding else 0
+                if not rows:
+                    return relax.op.matmul(a, b, out_dtype="float32")
+                # rows that no register tile height divides (ViT's 197 tokens): padded with zero rows to whole
+                # tiles on the bf16 input and cropped after (the padded rows' products are never read)
+                rank = len(call.args[0].ty.shape.values)
+                width = [0] * (2 * rank)
+                width[2 * (rank - 2) + 1] = rows
+                padded = self.builder_.emit(relax.op.nn.pad(a, width))
+                y = self.builder_.emit(relax.op.matmul(padded, b, out_dtype="float32"))
+                m = int(call.args[0].ty.shape.values[-2].value)
+                return relax.op.strided_slice(y, axes=[rank - 2], begin=[0], end=[m])
             attrs = call.attrs
             padding = [int(p) for p in attrs.padding]
             if separate_padding and any(padding) and _fits_dot_products(call):

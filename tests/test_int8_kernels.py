@@ -313,6 +313,29 @@ def test_amx_ragged_rows_padded(x_shape, requantize):
         np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
 
 
+@pytest.mark.parametrize("requantize", [False, True])
+@pytest.mark.parametrize(("x_shape", "padded"), [((197, 96), True), ((2, 37, 64), True), ((2, 35, 64), False)])
+def test_register_tile_ragged_rows_padded(x_shape, padded, requantize):
+    """The VNNI / widened register tiles (3 to 8 rows, no predicated tail): 197 and 37 rows, which no height from 3
+    to 8 divides, are zero-padded to whole tiles of 8 and cropped (35 = 5 x 7 is tiled as it is); exact."""
+    rng = np.random.default_rng(x_shape[-2])
+    k = x_shape[-1]
+    w = _values(rng, (k, 32), "int8", "extremes")
+    x = _values(rng, x_shape, "uint8", "extremes")
+    mod = _module(x_shape, (k, 32), "uint8", "matmul", requantize=requantize)
+    func, target = _reduction_kernel(mod, w)
+    isas = [i for i in int8_kernels.int8_isas(target) if i != "amx"]
+    if not isas:
+        pytest.skip("this CPU has no integer dot-product instructions")
+    sch = int8_kernels.Int8Reduction()._schedule(func, target, isas, amx=False, pad_rows=8)
+    assert (sch is not None) == padded
+    got = _run(mod, w, x)
+    want = _run(mod, w, x, schedule="none")  # TVM's unscheduled loops: the same epilogue, no padding
+    np.testing.assert_array_equal(got, want)
+    if not requantize:
+        np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
+
+
 @pytest.mark.parametrize(("m", "n", "k"), [(3, 64, 64), (64, 24, 64), (64, 64, 30), (1, 1024, 1024)])
 def test_amx_declines(m, n, k):
     """Fewer than 4 rows per tile (vpdpbusd does more per cycle), N not a multiple of 16 int32 columns, K not

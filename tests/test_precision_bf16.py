@@ -84,6 +84,9 @@ def _cases():
                        [RNG.standard_normal((2, 1, 40, 7)).astype(np.float32)], 4, 40, id="matmul-batched")
     yield pytest.param("MatMul", {}, RNG.standard_normal((3, 20, 96)).astype(np.float32),
                        [RNG.standard_normal((96, 48)).astype(np.float32)], 3, 96, id="matmul-amx")
+    # 197 rows (prime): padded to whole register tiles in Relax and cropped (precision._ragged_rows)
+    yield pytest.param("MatMul", {}, RNG.standard_normal((1, 197, 64)).astype(np.float32),
+                       [RNG.standard_normal((64, 32)).astype(np.float32)], 3, 64, id="matmul-197-rows")
     # one row (matrix x vector) and N = 64 columns over K = 256: the vdpbf16ps tile of a GEMV
     yield pytest.param("MatMul", {}, RNG.standard_normal((1, 256)).astype(np.float32),
                        [RNG.standard_normal((256, 64)).astype(np.float32)], 2, 256, id="matmul-gemv")
@@ -351,6 +354,7 @@ def test_amx_bf16_kernels(op, attrs, xs, ws, amx):
 DOT_BF16 = [  # (op, attrs, x shape, w shape, on vdpbf16ps)
     ("MatMul", {}, (3, 20, 96), (96, 48), True),
     ("MatMul", {}, (1, 256), (256, 64), True),
+    ("MatMul", {}, (1, 197, 64), (64, 32), True),  # ragged rows, padded in Relax
     ("Conv", {}, (1, 64, 8, 8), (32, 64, 1, 1), True),
     ("Conv", {"strides": [2, 2]}, (1, 32, 9, 9), (16, 32, 3, 3), True),
     # padded: the zero padding is a kernel of its own, so the conv reads a kernel input with bf16 storage

@@ -14,8 +14,10 @@ The steps (each composes with the steps kept before it):
     prune 10/25/50%       structured channel pruning of the best float model (optc.workflow.prune), the kept
                           precision re-applied on top; a larger ratio is tried only while the smaller keeps
                           the accuracy budget
-    tvm untuned, tuned    the best float32 model compiled by TVM (optc.compile), then tuned by MetaSchedule in
-                          the time left (TVM's CPU kernels are fastest in float32)
+    tvm untuned, bf16,    the best float32 model compiled by TVM (optc.compile); then with --precision bf16
+    tuned                 where the CPU has bf16 dot-product instructions (AMX-BF16 / AVX512-BF16: skipped
+                          elsewhere, where bf16 is emulated); then the kept one tuned by MetaSchedule in the time
+                          left (TVM's float16 kernels are slower than its float32 ones)
 
 The workflow owns no optimization of its own: it composes the passes, `evaluate` and `profile`.
 
@@ -222,8 +224,9 @@ def _steps(backends: tuple[str, ...]) -> list[dict]:
                   {"name": "int4 weight-only", "kind": "precision", "param": "int4"}]
         steps += [{"name": f"prune {round(r * 100)}%", "kind": "prune", "param": r} for r in PRUNE_RATIOS]
     if "tvm-cpu" in backends:
-        steps += [{"name": "tvm untuned", "kind": "tvm", "param": 0}, {"name": "tvm tuned", "kind": "tvm",
-                                                                       "param": "tuned"}]
+        steps += [{"name": "tvm untuned", "kind": "tvm", "param": 0}, {"name": "tvm bf16", "kind": "tvm",
+                                                                       "param": "bf16"},
+                  {"name": "tvm tuned", "kind": "tvm", "param": "tuned"}]
     return steps
 
 
@@ -357,17 +360,20 @@ class _Search:
 
     # -- building candidates ----------------------------------------------------------------------------------
 
-    def _compile(self, source: str, out: str, trials: int | str, untuned_s: float | None = None) -> str:
+    def _compile(self, source: str, out: str, param: int | str, untuned_s: float | None = None,
+                 precision: str = "fp32") -> str:
+        """Compile `source` (`param`: 0 untuned, "bf16" untuned in bf16, "tuned": tuned in `precision`)."""
         from ..codegen.compile import compile_to_file
 
-        if trials == "tuned":
-            return self._tune(source, out, untuned_s)
-        with progress_bar(f"compiling {os.path.basename(source)} with TVM", total=None, enabled=self.progress,
-                          unit=""):
-            compile_to_file(source, out, "cpu", level=2)
+        if param == "tuned":
+            return self._tune(source, out, untuned_s, precision)
+        precision = "bf16" if param == "bf16" else "fp32"
+        with progress_bar(f"compiling {os.path.basename(source)} with TVM ({precision})", total=None,
+                          enabled=self.progress, unit=""):
+            compile_to_file(source, out, "cpu", level=2, precision=precision)
         return out
 
-    def _tune(self, source: str, out: str, untuned_s: float | None) -> str:
+    def _tune(self, source: str, out: str, untuned_s: float | None, precision: str = "fp32") -> str:
         """Tune with MetaSchedule in a child process (`optc compile --tune`, `TUNE_TRIALS` trials) that gets what
         is left of the budget, less the time to build and measure the library (1.2 x the untuned step's
         `untuned_s` + 10 s, at least `TUNE_RESERVE_S`): at the deadline it is
@@ -385,7 +391,7 @@ class _Search:
         if left < TUNE_MIN_S:
             raise OptcError(f"{max(0.0, left + reserve):.0f} s left of the budget: too little to tune")
         cmd = [sys.executable, "-m", "optc.tools.cli", "compile", source, "-o", out + ".tuning.so", "--tune",
-               "--trials", str(TUNE_TRIALS), "--db", db, "-q"]
+               "--trials", str(TUNE_TRIALS), "--db", db, "--precision", precision, "-q"]
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True)
         with progress_bar(f"tuning {TUNE_TRIALS} trials, at most {left:.0f} s", total=None, enabled=self.progress,
@@ -439,8 +445,10 @@ class _Search:
             # TVM compiles the best float32 model (the ResNet-like in float16 ran 3.5x slower than in float32 on it)
             source = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
             untuned = [r["seconds"] for r in state["records"] if r["name"] == "tvm untuned" and "seconds" in r]
-            return (self._compile(source, stem + ".so", step["param"], untuned[0] if untuned else None), None,
-                    {"compiled": os.path.basename(source)})
+            precision = state.get("tvm_precision", "fp32")
+            return (self._compile(source, stem + ".so", step["param"], untuned[0] if untuned else None, precision),
+                    None, {"compiled": os.path.basename(source),
+                           "precision": "bf16" if step["param"] == "bf16" else precision})
         float_path = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
         if kind == "precision":
             model, details = self._precision(step["param"], float_path, state["float_drop"])
@@ -485,6 +493,13 @@ def _helps(rec: dict, best: dict, req: Requirements) -> tuple[bool, str]:
             and gain >= 1 - MIN_GAIN):
         return True, f"{best['size_mb'] / rec['size_mb']:.2f}x smaller, not slower"
     return False, f"no gain ({gain:.2f}x the best kept model's speed)"
+
+
+def _native_bf16() -> bool:
+    from ..codegen.precision import native_bf16
+    from ..codegen.targets import resolve_target
+
+    return native_bf16(resolve_target("cpu"))
 
 
 def _available(module: str) -> bool:
@@ -642,6 +657,8 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
             skip = "a smaller pruning ratio already broke the accuracy budget"
         elif step["param"] == "static" and search.calibration is None:
             skip = "no calibration data (--calibration)"
+        elif step["param"] == "bf16" and not _native_bf16():
+            skip = "this CPU has no bf16 dot-product instructions (AMX-BF16 / AVX512-BF16): bf16 would be emulated"
         log(f"step {i + 1}/{len(steps)}: {step['name']}")
         if skip is None:
             t0 = time.perf_counter()
@@ -702,6 +719,8 @@ def _keep(state: dict, step: dict, rec: dict, path: str, float_path: str | None,
     rel = os.path.relpath(path, outdir)
     if step["kind"] == "tvm":
         state["tvm_file"] = rel
+        if step["param"] == "bf16":
+            state["tvm_precision"] = "bf16"  # what the tuning step then tunes
     else:
         state["onnx_file"] = rel
         if step["kind"] == "precision":
