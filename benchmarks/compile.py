@@ -253,7 +253,8 @@ def run_precisions(names: list[str], paths: dict[str, str], threads: list[int], 
     isa += f"; no {'/'.join(missing)}" if missing else ""
     hints = sorted({r[t]["ov_precision_hint"] for r in rows for t in threads if "ov_precision_hint" in r.get(t, {})})
     meta = {**_meta(args), "cpu": cpu, "llvm_cpu": host_cpu_name(), "isa": isa, "load": load,
-            "amx": {"amx_int8", "amx_bf16"} <= set(flags),
+            "amx": {"amx_int8", "amx_bf16"} <= set(flags), "avx512_bf16": "avx512_bf16" in flags,
+            "avx512_vnni": "avx512_vnni" in flags,
             "openvino": version("openvino"), "calib": args.calib_samples, "ov_hint": " / ".join(hints) or "?"}
     section = compile_precisions.markdown(rows, threads, meta)
     write_section(args.out, section)

@@ -164,10 +164,13 @@ def markdown(rows: list[dict], threads: list[int], meta: dict) -> str:
            f"weights without VNNI) calibrated on {meta['calib']} random input sets (speed, not accuracy). "
            f"OpenVINO's default inference precision here: {meta['ov_hint']}. "
            + ("This CPU has AMX: optc int8 runs its conv/matmul kernels on AMX tiles where they fit (else "
-              "AVX512-VNNI), optc bf16 its matmuls and unpadded convs on AMX bf16 tiles (the rest widened to "
-              "float32)." if meta.get("amx") else
-              "This CPU has no AMX: optc bf16 is emulated (bfloat16 weights and operand rounding, float32 "
-              "multiply-add)."), ""]
+              "AVX512-VNNI), optc bf16 its matmuls and convs on AMX bf16 tiles where they fit (else AVX512-BF16 "
+              "vdpbf16ps; the rest widened to float32)." if meta.get("amx") else
+              "This CPU has AVX512-BF16 and AVX512-VNNI, no AMX: optc int8 runs its conv/matmul kernels on "
+              "vpdpbusd, optc bf16 its matmuls and convs (16-column multiples, one group) on vdpbf16ps, the rest "
+              "widened to float32." if meta.get("avx512_bf16") and meta.get("avx512_vnni") else
+              "This CPU has no AMX and no AVX512-BF16: optc bf16 is emulated (bfloat16 weights and operand "
+              "rounding, float32 multiply-add)."), ""]
     for t in threads:
         head = ["model"] + [label for _, label in CANDIDATES] + [
             "int8 / ORT QDQ (<= 1.0)", "int8 / optc fp32 (<= 0.5)", "best(bf16, int8) / OV default (<= 1.0)",

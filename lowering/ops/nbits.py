@@ -25,22 +25,24 @@ DECODE_ATTR = "optc.nbits_decode"
 
 
 def _nbits_matmul(a, packed, scales, zero_points, *, k: int, block: int):
-    """The TE compute (see the module docstring): a decode stage W[K, N] (float32, annotated DECODE_ATTR) and the
-    matmul reading it; the schedule inlines the decode or computes it per column panel. `zero_points` None: 8."""
+    """The TE compute (see the module docstring): a decode stage W[ceil(K / 2), 2, N] (float32, row k at [k // 2,
+    k % 2], annotated DECODE_ATTR) and the matmul reading it; the schedule inlines the decode or computes it per
+    column panel. `zero_points` None: 8 for every block."""
     lead = list(a.shape[:-1])
     n = packed.shape[1]
     fifteen, four = tirx.const(15, "int32"), tirx.const(4, "int32")
 
-    def decode(kk, j):
-        # the nibble is chosen with a select on the row's parity, not a shift by it: all in int32 lanes (a shift by
-        # the int64 loop variable made every lane int64), and constant once a loop over the parity is unrolled
-        byte = packed[kk // 2, j].astype("int32")
-        code = tirx.Select(kk % 2 == 1, tirx.shift_right(byte, four), tirx.bitwise_and(byte, fifteen))
-        blk = kk // block
+    def decode(half, nibble, j):
+        # the nibble is chosen with a select on its own index, not a shift by the row's parity: all in int32 lanes
+        # (a shift by the int64 loop variable made every lane int64), and constant once that 2-step loop is
+        # unrolled; an even block size never splits a byte, so the block is the byte row's
+        byte = packed[half, j].astype("int32")
+        code = tirx.Select(nibble == 1, tirx.shift_right(byte, four), tirx.bitwise_and(byte, fifteen))
+        blk = half // (block // 2) if block % 2 == 0 else (half * 2 + nibble) // block
         zp = tirx.const(8, "int32") if zero_points is None else zero_points[blk, j].astype("int32")
         return (code - zp).astype("float32") * scales[blk, j]
 
-    w = te.compute((k, n), decode, name="nbits_decode", attrs={DECODE_ATTR: 1})
+    w = te.compute(((k + 1) // 2, 2, n), decode, name="nbits_decode", attrs={DECODE_ATTR: 1})
     if k % block == 0 and block % 2 == 0:
         # (block, byte of the block, nibble): once the decode is inlined, the block's scales and zero points are
         # invariant in the two inner loops
@@ -50,14 +52,14 @@ def _nbits_matmul(a, packed, scales, zero_points, *, k: int, block: int):
 
         def body(*idx):
             *rows, j = idx
-            kk = rb * block + rh * 2 + rp
-            return te.sum(a[(*rows, kk)] * w[kk, j], axis=[rb, rh, rp])
+            half = rb * (block // 2) + rh
+            return te.sum(a[(*rows, half * 2 + rp)] * w[half, rp, j], axis=[rb, rh, rp])
     else:
         rk = te.reduce_axis((0, k), name="k")
 
         def body(*idx):
             *rows, j = idx
-            return te.sum(a[(*rows, rk)] * w[rk, j], axis=rk)
+            return te.sum(a[(*rows, rk)] * w[rk // 2, rk % 2, j], axis=rk)
 
     return te.compute([*lead, n], body, name="matmul_nbits")
 
