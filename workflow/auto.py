@@ -350,7 +350,7 @@ class _Search:
         for backend in self.backends:
             path, t0 = self.model, time.perf_counter()
             if backend == "tvm-cpu":
-                path = self._compile(self.model, os.path.join(self.work, "baseline.so"), trials=0)
+                path = self._compile(self.model, os.path.join(self.work, "baseline.so"), 0)
             if self.base_out is None:
                 self.base_out = np.concatenate([o for _, o in self._first_outputs(self.model)])
             rec = self.measure(f"baseline ({backend})", path, backend, records[0] if records else None)
