@@ -268,3 +268,31 @@ def test_report_renders_in_chromium(digits_run, tmp_path):
     assert pixels((31, 119, 180)) > 500  # the baseline's blue: per-class bars and markers
     assert pixels((255, 127, 14)) > 500  # the chosen model's orange: per-class bars and star
     assert pixels((23, 190, 207)) > 500  # the profile chart's bars
+
+
+def test_tuning_step_keeps_the_kept_precision(tmp_path, monkeypatch):
+    """The tuning step tunes and builds the library in the precision of the kept TVM step (bf16 after a kept
+    `tvm bf16`): both the tuning child's command line and the final build from its database say so (the final
+    build once dropped it and measured a float32 library under the name 'tvm tuned')."""
+    import time
+    import types
+
+    import optc.codegen.compile as compile_mod
+
+    calls: dict = {}
+
+    class FakeChild:
+        pid, returncode = 0, 0
+
+        def __init__(self, cmd, **_kw):
+            calls["cmd"] = cmd
+
+        def communicate(self, timeout=None):
+            return "", ""
+
+    monkeypatch.setattr(subprocess, "Popen", FakeChild)
+    monkeypatch.setattr(compile_mod, "compile_to_file", lambda *a, **kw: calls.setdefault("build", kw))
+    search = types.SimpleNamespace(work=str(tmp_path), deadline=time.monotonic() + 600, progress=False)
+    _Search._tune(search, "m.onnx", str(tmp_path / "t.so"), None, "bf16")
+    assert calls["cmd"][calls["cmd"].index("--precision") + 1] == "bf16"
+    assert calls["build"]["precision"] == "bf16" and calls["build"]["trials"] == 0

@@ -407,7 +407,8 @@ class _Search:
         for leftover in (out + ".tuning.so", out + ".tuning.so.json"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
-        compile_to_file(source, out, "cpu", level=2, trials=0, db=db)  # 0 new trials: the database's kernels
+        # 0 new trials: the database's kernels, in the precision they were tuned in
+        compile_to_file(source, out, "cpu", level=2, trials=0, db=db, precision=precision)
         return out
 
     def _precision(self, mode: str, float_path: str, float_drop: float) -> tuple[Any, dict]:
