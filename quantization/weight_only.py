@@ -319,6 +319,7 @@ class QuantizeGemmWeight(_WeightRule):
         c_arr = None if c is None else m.const(c)
         if c_arr is not None and c_arr.size in (1, n) and (c_arr.ndim < 2 or c_arr.shape[0] == 1):
             bias = (np.broadcast_to(c_arr.reshape(-1).astype(np.float32), (n,)) * np.float32(beta)).astype(dtype)
+            self.log.weights.append(c)  # folded into the bias: removed with the weights when nothing else reads it
         y = self._matmul_nbits(op, x, bq, w.name, bias)
         if c is not None and bias is None:
             y = op.Add(y, c if beta == 1.0 else op.Mul(c, np.asarray(beta, dtype=dtype)))

@@ -432,3 +432,13 @@ def test_an_output_does_not_overwrite_the_input_models_external_data(tmp_path, c
 def test_dims_that_do_not_exist_or_do_not_fit_are_one_line(tmp_path, capfd):
     one_line_error(in_process(capfd, "run", TINY, "--dim", "Q=3"), "no input has a dimension named 'Q'")
     one_line_error(in_process(capfd, "run", TINY, "--dim", "N=99999999999"), "do not fit in the memory")
+
+
+def test_no_abbreviated_options(capsys):
+    """An option that is only the start of another is not taken as that one: `--symmetric` was read as
+    `--symmetric-activations` and refused with that option's error (which names a flag the user never gave)."""
+    from optc.tools.cli import main
+
+    assert main(["quantize", "m.onnx", "-o", "q.onnx", "--weight-only", "int4", "--symmetric"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "optc: error: unrecognized arguments: --symmetric (see 'optc --help')"

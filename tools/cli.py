@@ -39,7 +39,12 @@ COMMANDS += [rpc_cmd]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with optc's error format: one line on stderr, exit code 2 (not the usage block)."""
+    """argparse with optc's error format: one line on stderr, exit code 2 (not the usage block). No abbreviated
+    options: `--symmetric` was taken as `--symmetric-activations` and refused with that option's error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"optc: error: {message} (see '{self.prog} --help')\n")
