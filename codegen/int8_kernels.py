@@ -61,6 +61,7 @@ from .bf16_dot import FEATURES as BF16_DOT_FEATURES
 from .bf16_dot import import_into as bf16_dot_import_into
 from .bf16_dot import make_impl as bf16_dot_impl
 from .schedules import (
+    MAX_TILE_ROWS,
     PARALLEL_MIN_MACS,
     PARALLEL_MIN_WORK,
     Injective,
@@ -76,6 +77,7 @@ from .schedules import (
     _vars_in,
     _vector_lanes,
     _vectorize_innermost,
+    rows_divide_into_tiles,
     try_inline,
 )
 from .targets import llvm_features
@@ -93,8 +95,6 @@ ISAS = {
 
 #: vector registers of each register file (ymm on AVX2 / AVX-VNNI, zmm with AVX-512)
 _REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw": 32, "avx2": 16, "avx512bf16": 32}
-#: the register tiles' largest height (rows): a row count no height from 3 to this divides is padded to it
-REGISTER_TILE_ROWS = 8
 #: instruction sets that multiply and accumulate in one instruction (the others: multiply-add pairs, then add)
 _FUSED = ("avx512vnni", "avxvnni", "avx512bf16")
 
@@ -234,7 +234,7 @@ def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     for u_n in range(1, min(n_vecs, 8) + 1):
         if n_vecs % u_n or 2 * u_n > regs:
             continue
-        max_m = min(8, (regs - u_n) // u_n) if m_ext > 1 else 1
+        max_m = min(MAX_TILE_ROWS, (regs - u_n) // u_n) if m_ext > 1 else 1
         u_m = max((d for d in range(1, max(max_m, 1) + 1) if m_ext % d == 0), default=1)
         products = u_m * u_n
         score = products / (products * (1 if fused else 2) + u_n + u_m * (1 if fused else 2))
@@ -282,7 +282,7 @@ class Int8Reduction(_Rule):
         register_isas = [i for i in isas if i != "amx"]
         if self.tile is None:  # rows that no register tile height divides (197 tokens): padded to whole tiles
             try:
-                sch = self._schedule(func, target, register_isas, amx=False, pad_rows=REGISTER_TILE_ROWS)
+                sch = self._schedule(func, target, register_isas, amx=False, pad_rows=MAX_TILE_ROWS)
             except (s_tir.ScheduleError, InternalError, ValueError):
                 sch = None
             if sch is not None:
@@ -329,7 +329,7 @@ class Int8Reduction(_Rule):
             # scheduled as any other kernel. Not bf16: the padded copy would be the kernel's own bf16 buffer,
             # stored as float32 (bf16 matmuls get their rows padded in Relax instead: precision.py)
             fits = _amx_tiles(m_ext, n_ext, k_ext, *AMX_OPERANDS[a_dtype][2:]) if amx else \
-                any(m_ext % d == 0 for d in range(3, REGISTER_TILE_ROWS + 1))
+                rows_divide_into_tiles(m_ext)
             if n_s < 2 or m_ext < pad_rows or fits or a_dtype == "bfloat16" or m_ext % pad_rows == 0:
                 return None
             padding = [1] * len(extents)

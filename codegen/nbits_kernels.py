@@ -22,12 +22,10 @@ from tvm import s_tir
 from tvm.target import Target
 
 from ..lowering.ops.nbits import DECODE_ATTR
-from .schedules import MAX_ACC_VECTORS, _extent, _largest_divisor, _Rule, _vector_lanes, _vectorize_innermost
+from .schedules import MAX_ACC_VECTORS, MAX_TILE_ROWS, _extent, _Rule, _vector_lanes, _vectorize_innermost, tile_rows
 
 #: from this many rows on the weight is decoded per column panel (below, inside the matmul's inner loop)
 PANEL_MIN_ROWS = 4
-#: row tiles: at most this many rows of accumulators
-MAX_TILE_ROWS = 8
 
 
 def _decode_block(sch: s_tir.Schedule):
@@ -68,9 +66,7 @@ class NBitsMatMul(_Rule):
             return None
         u_n = 2 if n_ext % (2 * lanes) == 0 else 1
         m_ext = extents[-2]
-        u_m = min(MAX_TILE_ROWS, MAX_ACC_VECTORS // u_n)
-        divisor = _largest_divisor(m_ext, u_m)
-        u_m = divisor if divisor >= 3 or m_ext <= u_m else u_m  # awkward row counts: a predicated last tile
+        u_m = tile_rows(m_ext, min(MAX_TILE_ROWS, MAX_ACC_VECTORS // u_n))
         # the batch loops stay whole (a row tile never straddles two batch elements: fused, the tile's write-back
         # region was a box over both and wrote rows of the next element before they were computed), inside the
         # panel loop so that one decoded panel serves every batch element

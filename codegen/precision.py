@@ -121,11 +121,6 @@ def _fits_dot_products(conv) -> bool:
             and str(conv.attrs.data_layout) in ("NCW", "NCHW", "NCDHW"))
 
 
-#: a bf16 matmul's rows are padded to a multiple of this (the dot-product kernels' tile height) when no height
-#: from MIN_TILE_ROWS to it divides them
-TILE_ROWS, MIN_TILE_ROWS = 8, 3
-
-
 def _ragged_rows(matmul) -> int:
     """Zero rows to append to a bf16 matmul's activation so that a register tile height divides its rows: 0 when
     one already does, or when the matmul does not fit the dot-product kernels (a constant 2-D weight of a
@@ -133,15 +128,17 @@ def _ragged_rows(matmul) -> int:
     from tvm import relax  # noqa: PLC0415
     from tvm.ir.expr import Constant  # noqa: PLC0415
 
+    from .schedules import MAX_TILE_ROWS, rows_divide_into_tiles  # noqa: PLC0415
+
     a, b = matmul.args[0].ty.shape, matmul.args[1].ty.shape
     if not isinstance(matmul.args[1], Constant) or not isinstance(a, relax.ShapeExpr) or len(a.values) < 2:
         return 0
     if not all(hasattr(d, "value") for d in [*a.values, *b.values]) or len(b.values) != 2:
         return 0
     m, (k, n) = int(a.values[-2].value), (int(d.value) for d in b.values)
-    if n % 16 or k % 2 or m <= TILE_ROWS or any(m % d == 0 for d in range(MIN_TILE_ROWS, TILE_ROWS + 1)):
+    if n % 16 or k % 2 or m <= MAX_TILE_ROWS or rows_divide_into_tiles(m):
         return 0
-    return -m % TILE_ROWS
+    return -m % MAX_TILE_ROWS
 
 
 def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:

@@ -35,6 +35,8 @@ PARALLEL_MIN_MACS = 1 << 22
 GROUP_PAIR_MAX = 32
 #: at most this many float accumulators per register tile (AVX-512 has 32 x 16 registers)
 MAX_ACC_VECTORS = 16
+#: register tiles hold at most MAX_TILE_ROWS rows of accumulators; fewer than MIN_TILE_ROWS rows per tile do not pay
+MAX_TILE_ROWS, MIN_TILE_ROWS = 8, 3
 #: repack a constant weight into tile-contiguous panels when it is at least this large (bytes)
 PREPACK_MIN_BYTES = 1 << 16
 
@@ -78,6 +80,19 @@ def _largest_divisor(n: int, limit: int, candidates=None) -> int:
         if d <= limit and n % d == 0:
             return d
     return 1
+
+
+def rows_divide_into_tiles(m: int) -> bool:
+    """Whether some tile height from MIN_TILE_ROWS to MAX_TILE_ROWS divides m rows (else the last tile is
+    predicated, or the rows are padded where a tensor intrinsic takes no predicate)."""
+    return any(m % d == 0 for d in range(MIN_TILE_ROWS, MAX_TILE_ROWS + 1))
+
+
+def tile_rows(m: int, limit: int) -> int:
+    """The tile height for m rows of at most `limit`: the largest divisor of m up to `limit`, or `limit` itself
+    (a predicated last tile) when that divisor is below MIN_TILE_ROWS and m is larger (awkward extents: primes)."""
+    d = _largest_divisor(m, limit)
+    return limit if d < MIN_TILE_ROWS and m > limit else d
 
 
 def _fuse_parallel(sch: s_tir.Schedule, loops: list, work: int | None):
@@ -476,10 +491,8 @@ class TiledReduction(_Rule):
             vec, u_n = 2, n_ext // 2
         if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
             u_n = self.u_n
-        max_m = max(1, min(8, MAX_ACC_VECTORS // u_n))
-        u_m = _largest_divisor(m_ext, max_m) if n_s >= 2 else 1
-        if u_m < 3 and m_ext > max_m:  # awkward extents (primes): take a predicated tail instead
-            u_m = max_m
+        max_m = max(1, min(MAX_TILE_ROWS, MAX_ACC_VECTORS // u_n))
+        u_m = tile_rows(m_ext, max_m) if n_s >= 2 else 1
 
         whole_panels = n_ext % (u_n * vec) == 0
         # a padded kernel's tile is whole in the padded buffer but not in the output its epilogue writes (13 rows
