@@ -369,9 +369,7 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> bool:
     stmt = sch.get(block)
     if len(stmt.writes) != 1:
         return False
-    extents = [_extent(sch, lp) for lp in sch.get_loops(block)]
-    if any(e is None for e in extents):
-        return False
+    extents = [_extent(sch, lp) for lp in sch.get_loops(block)]  # None: symbolic
     lanes = _vector_lanes(target, stmt.writes[0].source.dtype.bits)
     s_vars = [iv.var for iv in stmt.iter_vars][:n_s]
     weights = [stmt.reads[i] for i in _layout_free_reads(sch.mod["main"], stmt)]
@@ -380,8 +378,13 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> bool:
         return any(var in _vars_in_region(r) for r in weights)
 
     m, n = extents[n_s - 2], extents[n_s - 1]
+    if n is None:
+        return False
     padding = [1] * len(extents)
-    if m > PAD_ROWS and _largest_divisor(m, PAD_ROWS) < 3 and not indexes_weight(s_vars[-2]):
+    # symbolic rows (a dynamic batch or sequence length) are padded too: a predicated tile's intermediate
+    # cannot be compacted to the tile, and every tile then allocated all N rows (a dense layer 14x slower)
+    ragged = m is None or (m > PAD_ROWS and _largest_divisor(m, PAD_ROWS) < 3)
+    if ragged and not indexes_weight(s_vars[-2]):
         padding[n_s - 2] = PAD_ROWS
     if n > lanes and _largest_divisor(n, lanes, [lanes, lanes // 2, lanes // 4]) < 2 \
             and not indexes_weight(s_vars[-1]):
@@ -458,11 +461,15 @@ class TiledReduction(_Rule):
         loops = sch.get_loops(block)
         s_loops, r_loops = loops[:n_s], loops[n_s:]
         extents = [_extent(sch, lp) for lp in s_loops]
-        if any(e is None for e in extents):
+        if extents[-1] is None:
             return None
+        # a symbolic axis other than the vector one (a dynamic batch or sequence length): the tile is chosen
+        # from the static axes, rows tile at the largest height (the last tile predicated), and the kernel
+        # runs parallel (its size is unknown until run time)
+        symbolic = any(e is None for e in extents)
         dtype_bits = stmt.writes[0].source.dtype.bits
         lanes = _vector_lanes(target, dtype_bits)
-        work = math.prod(extents)
+        work = None if symbolic else math.prod(extents)
         reduction = math.prod(e for e in (_extent(sch, lp) for lp in r_loops) if e is not None)
 
         # --- grouped convolution: split the channel axis into (group, channel in group) so that the input
@@ -484,7 +491,7 @@ class TiledReduction(_Rule):
         u_n = 2 if n_vecs % 2 == 0 and n_vecs >= 2 else 1
         if n_ext > vec * u_n and n_vecs % 4 == 0 and vec * 4 <= 32:
             u_n = 4  # narrow vectors (e.g. 4 lanes on NEON): block more of them
-        m_ext = extents[-2] if n_s >= 2 else 1
+        m_ext = extents[-2] if n_s >= 2 else 1  # None: symbolic rows
         if m_ext == 1 and n_vecs % 8 == 0 and not group_loops:
             u_n = 8  # matrix x vector: one row of the weights gives 8 whole vectors (512 contiguous bytes)
         if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
@@ -492,12 +499,12 @@ class TiledReduction(_Rule):
         if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
             u_n = self.u_n
         max_m = max(1, min(MAX_TILE_ROWS, MAX_ACC_VECTORS // u_n))
-        u_m = tile_rows(m_ext, max_m) if n_s >= 2 else 1
+        u_m = (max_m if m_ext is None else tile_rows(m_ext, max_m)) if n_s >= 2 else 1
 
         whole_panels = n_ext % (u_n * vec) == 0
         # a padded kernel's tile is whole in the padded buffer but not in the output its epilogue writes (13 rows
         # of a tile of 8 padded to 16): its epilogue is predicated, so it is not exact either
-        exact_tile = whole_panels and m_ext % u_m == 0 and not padded
+        exact_tile = whole_panels and m_ext is not None and m_ext % u_m == 0 and not padded
         n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
         if n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
@@ -516,11 +523,15 @@ class TiledReduction(_Rule):
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i not in packed)
         if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):
             outer = [outer[-1], *outer[:-1]]
+        if symbolic:
+            # symbolic loops outermost: fused under them, the static loops' indices divide by constants only; a
+            # symbolic loop fused inside a static one is indexed `fused % ((N + 7) // 8)`, which the buffer
+            # compaction cannot bound, and every tile then allocated a whole N-row intermediate on the heap
+            outer = sorted(outer, key=lambda lp: _extent(sch, lp) is not None)
         sch.reorder(*outer, *r_loops, *inner)
         # few outputs but long sums (matrix x vector: 4096 outputs of 9216 products) still pay for threads
-        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
-                             else work)
-
+        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK)
+                             if work is not None and work * reduction >= PARALLEL_MIN_MACS else work)
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
         if epilogues:
             for epi in epilogues:
@@ -579,15 +590,26 @@ class Injective(_Rule):
 
     @staticmethod
     def schedule_block(sch: s_tir.Schedule, block, target: Target) -> None:
+        """Fuse the loops, vectorize a contiguous innermost chunk, parallelize the rest when large. Loops up
+        to the last symbolic one (a dynamic batch) stay outside: the static loops after it are fused and
+        vectorized as a kernel of their own size, and run in parallel over the symbolic ones when one
+        iteration of those is large enough to pay for threads."""
         loops = sch.get_loops(block)
         if not loops:
             return
         stmt = sch.get(block)
         extents = [_extent(sch, lp) for lp in loops]
-        if any(e is None for e in extents):
-            _fuse_parallel(sch, loops[:1], None)
-            return
+        symbolic = [i for i, e in enumerate(extents) if e is None]
+        n_outer = symbolic[-1] + 1 if symbolic else 0
+        outer, loops, extents = loops[:n_outer], loops[n_outer:], extents[n_outer:]
         work = math.prod(extents)
+        if outer:
+            if work >= PARALLEL_MIN_WORK:
+                _fuse_parallel(sch, outer, None)
+            elif len(outer) > 1:
+                sch.fuse(*outer)
+            if not loops:
+                return
         bits = stmt.writes[0].source.dtype.bits if stmt.writes else 32
         lanes = _vector_lanes(target, bits)
         iter_vars = [iv.var for iv in stmt.iter_vars]
@@ -604,15 +626,18 @@ class Injective(_Rule):
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         chunk = 1
         if contiguous and extents[-1] >= 4:
-            chunk = _largest_divisor(extents[-1], lanes, [lanes, lanes // 2, lanes // 4])
+            # narrow outputs (bool, int8: 64 lanes) vectorize in as few as 4 lanes (8 = a row of an 8 x 8 image)
+            chunk = _largest_divisor(extents[-1], lanes, [c for c in (lanes, lanes // 2, lanes // 4, lanes // 8)
+                                                          if c >= 4])
             if chunk < 2:
                 chunk = 1
+        parallel_here = not outer and work >= PARALLEL_MIN_WORK
         if chunk > 1:
             o, v = sch.split(fused, factors=[None, chunk])
-            if work >= PARALLEL_MIN_WORK:
+            if parallel_here:
                 sch.parallel(o)
             sch.vectorize(v)
-        elif work >= PARALLEL_MIN_WORK:
+        elif parallel_here:
             o, _ = sch.split(fused, factors=[None, 64])
             sch.parallel(o)
 

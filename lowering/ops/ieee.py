@@ -76,13 +76,14 @@ def _max_pool(op_type: str):
         pool = lookup_frontend(op_type, ctx.opset)
         if not _is_float(x):
             return pool(bb, inputs, attrs, ctx)
-        dtype = dtype_of(x)
-        nan = bb.normalize(relax.op.isnan(x))
-        clean = bb.normalize(relax.op.where(nan, const(-np.inf, dtype), x))
-        pooled = bb.normalize(pool(bb, [clean, *list(inputs)[1:]], attrs, ctx))
-        flags = bb.normalize(relax.op.astype(nan, dtype))
+        # TVM's max keeps its first operand unless the second is greater, so a NaN in a window may be dropped; a
+        # max-pool of the NaN flags finds the windows holding one, and sqrt(-flag) is -0.0 (x + -0.0 == x for every
+        # x, signed zeros included) or NaN. Only layout-aware elementwise ops, no `where` (TVM 0.27's ConvertLayout
+        # has no layout rule for it and kept each NHWC model's max-pools in NCHW, between transposes).
+        flags = bb.normalize(relax.op.astype(relax.op.isnan(x), dtype_of(x)))
         any_nan = bb.normalize(pool(bb, [flags, *list(inputs)[1:]], attrs, ctx))
-        return relax.op.where(relax.op.greater(any_nan, const(0, dtype)), const(np.nan, dtype), pooled)
+        pooled = bb.normalize(pool(bb, inputs, attrs, ctx))
+        return relax.op.add(pooled, relax.op.sqrt(relax.op.negative(any_nan)))
 
     return max_pool
 
