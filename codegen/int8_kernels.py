@@ -290,7 +290,7 @@ class Int8Reduction(_Rule):
         return self._schedule(func, target, register_isas, amx=False)
 
     def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0,
-                  window: bool = False, padded: bool = False):
+                  window: bool = False, padded: int = 0):
         from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
 
         sch = s_tir.Schedule(func)
@@ -317,25 +317,35 @@ class Int8Reduction(_Rule):
         loops = sch.get_loops(block)
         s_loops, r_loops = list(loops[:n_s]), list(loops[n_s:])
         extents = [_extent(sch, lp) for lp in loops]
-        if any(e is None for e in extents):
+        # N and K static; a symbolic row axis (a dynamic batch or sequence length) is padded to whole tiles below
+        # (the tensor intrinsic takes no predicate), symbolic axes before it stay outer loops
+        if n_s < 2 and None in extents or any(e is None for e in extents[n_s - 1:]):
             return None
+        symbolic = None in extents
         n_ext, k_ext = extents[n_s - 1], extents[-1]
-        m_ext = extents[n_s - 2] if n_s >= 2 else 1
-        work = math.prod(extents[:n_s])
+        m_ext = extents[n_s - 2] if n_s >= 2 else 1  # None: symbolic rows
+        work = None if symbolic else math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
+        if m_ext is None and not padded and not pad_rows:
+            return None
+        if symbolic and amx:
+            return None
         if pad_rows:
             # zero-padded rows (pad_einsum: a padded copy of the activation, the padded products cropped away;
             # exact) for an M that no tile height divides (AMX: 4 to 16 rows; register tiles: 3 to 8); then
             # scheduled as any other kernel. Not bf16: the padded copy would be the kernel's own bf16 buffer,
             # stored as float32 (bf16 matmuls get their rows padded in Relax instead: precision.py)
-            fits = _amx_tiles(m_ext, n_ext, k_ext, *AMX_OPERANDS[a_dtype][2:]) if amx else \
-                rows_divide_into_tiles(m_ext)
-            if n_s < 2 or m_ext < pad_rows or fits or a_dtype == "bfloat16" or m_ext % pad_rows == 0:
+            if m_ext is not None:
+                fits = _amx_tiles(m_ext, n_ext, k_ext, *AMX_OPERANDS[a_dtype][2:]) if amx else \
+                    rows_divide_into_tiles(m_ext)
+                if m_ext < pad_rows or fits or m_ext % pad_rows == 0:
+                    return None
+            if n_s < 2 or a_dtype == "bfloat16":
                 return None
             padding = [1] * len(extents)
             padding[n_s - 2] = pad_rows
             sch.pad_einsum(block, padding)
-            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=True)
+            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=pad_rows)
         if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
             # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: a tile or a
             # vdpbf16ps would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.
@@ -361,7 +371,8 @@ class Int8Reduction(_Rule):
             if isa is None:
                 return None
             _, lanes, group, _ = ISAS[isa]
-            u_m, u_n = self.tile or _tile(isa, m_ext, n_ext // lanes)
+            # symbolic rows were padded to a multiple of `padded`: a tile height dividing that divides them
+            u_m, u_n = self.tile or _tile(isa, padded if m_ext is None else m_ext, n_ext // lanes)
             panel, chunk = u_n * lanes, group
 
         if amx:
@@ -379,12 +390,14 @@ class Int8Reduction(_Rule):
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i != b_index)
         if len(outer) > 1 and weight_bytes > act_bytes:
             outer = [outer[-1], *outer[:-1]]  # each weight panel streams from memory once
+        if symbolic:  # symbolic loops outermost (TiledReduction: a tile's buffers then compact to the tile)
+            outer = sorted(outer, key=lambda lp: _extent(sch, lp) is not None)
         if window:
             sch.reorder(*outer, k_o, *inner, *r_loops[:-1], k_i)
         else:
             sch.reorder(*outer, *r_loops[:-1], k_o, *inner, *([] if amx else [n_v]), k_i)
-        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK) if work * reduction >= PARALLEL_MIN_MACS
-                             else work)
+        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK)
+                             if work is not None and work * reduction >= PARALLEL_MIN_MACS else work)
         if epilogues:
             for epi in epilogues:
                 sch.reverse_compute_at(epi.block_rv, par, preserve_unit_loops=True)

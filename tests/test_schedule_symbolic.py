@@ -20,6 +20,7 @@ from onnx import TensorProto
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from optc.codegen import schedules
+from optc.codegen.int8_kernels import int8_isas
 from optc.codegen.kernel_check import fused_kernels
 from optc.codegen.targets import resolve_target
 from optc.ir import from_onnx
@@ -177,6 +178,9 @@ def test_quantized_kernels_with_symbolic_rows_match_the_static_build(mode, tmp_p
     quantized = optc.quantize(dense(), **options)
     symbolic = optc.compile(quantized, "cpu")
     static = optc.compile(quantized, "cpu", input_shapes={"x": (13, 512)})
+    if mode == "static_int8" and int8_isas(resolve_target("cpu")):
+        # the symbolic build's integer kernel is tensorized as the static one's (it fell back to TiledReduction)
+        assert symbolic.metadata["kernels"]["instructions"] == static.metadata["kernels"]["instructions"] != {}
     x = np.random.default_rng(6).standard_normal((13, 512)).astype(np.float32)
     got, ref = symbolic.run({"x": x})["y"], static.run({"x": x})["y"]
     if mode == "static_int8":
@@ -188,3 +192,17 @@ def test_quantized_kernels_with_symbolic_rows_match_the_static_build(mode, tmp_p
         [want] = _ort(optc.to_onnx(quantized), {"x": xn})
         scale = np.abs(want).max() / 127 if mode == "static_int8" else 1e-5  # one quantized unit at most
         np.testing.assert_allclose(symbolic.run({"x": xn})["y"], want, rtol=1e-4, atol=scale)
+
+
+def test_int8_cnn_with_a_symbolic_batch_matches_the_static_build():
+    """Integer convs over a symbolic batch (the batch loop outside the tile, no padding) and the dense layer
+    (symbolic rows, padded): bit-identical to the same QDQ model compiled for a fixed batch."""
+    model = onnx.load(EXAMPLES / "digits_cnn.onnx")
+    quantized = optc.quantize(model, calibration=str(EXAMPLES / "digits_calib.npz"))
+    symbolic = optc.compile(quantized, "cpu")
+    static = optc.compile(quantized, "cpu", input_shapes={"x": (13, 1, 8, 8)})
+    kernels = symbolic.metadata["kernels"]
+    assert kernels["integer"] >= 4 and kernels["instructions"] == static.metadata["kernels"]["instructions"]
+    x = np.random.default_rng(7).random((13, 1, 8, 8), dtype=np.float32)
+    [got], [want] = symbolic.run({"x": x}).values(), static.run({"x": x}).values()
+    np.testing.assert_array_equal(got, want)
