@@ -710,14 +710,26 @@ class RowReduction(_Rule):
         lanes = _vector_lanes(target, bits)
         extents = [_extent(sch, lp) for lp in loops]
         work = math.prod(extents) if all(e is not None for e in extents) else None
+        partials = {id(info): _vector_partials(sch, info, lanes) for info in reductions}
         if row_loops:
             sch.reorder(*row_loops, *rest)
             row = _fuse_parallel(sch, row_loops, work)
             for info in reversed(infos[:-1]):
                 sch.compute_at(info.block_rv, row, preserve_unit_loops=True)
+                if partials.get(id(info)) is not None:  # its vector of partial results, computed before it
+                    sch.compute_at(partials[id(info)], row)
         for info in infos:
             if info.is_injective():
                 _vectorize_innermost(sch, info.block_rv, lanes, keep_outer=1 if row_loops else 0)
+            elif partials[id(info)] is not None:
+                rf = partials[id(info)]
+                # compute_at orders the partials' loops as it likes: the partials' own loop goes innermost
+                rf_loops = [lp for lp in sch.get_loops(rf)[1 if row_loops else 0:] if _extent(sch, lp) != 1]
+                lane = next(lp for lp in rf_loops if _extent(sch, lp) == lanes and _binds_spatial(sch, rf, lp))
+                others = [lp for lp in rf_loops if not lp.same_as(lane)]
+                sch.reorder(*others, lane)
+                sch.vectorize(lane)
+                sch.decompose_reduction(rf, others[-1])
             else:
                 inner = sch.get_loops(info.block_rv)[-1]
                 ext = _extent(sch, inner)
@@ -726,6 +738,42 @@ class RowReduction(_Rule):
                     sch.annotate(unrolled, "pragma_auto_unroll_max_step", lanes)
                     sch.annotate(unrolled, "pragma_unroll_explicit", 1)
         return sch
+
+
+def _binds_spatial(sch: s_tir.Schedule, block, loop) -> bool:
+    """Whether `loop`'s variable appears only in the bindings of `block`'s data-parallel iterators."""
+    import tvm_ffi  # noqa: PLC0415
+
+    stmt, var = sch.get(block), sch.get(loop).loop_var
+    realizes: list = []
+    tvm_ffi.structural_walk(sch.mod["main"].body, (s_tir.SBlockRealize, lambda r: realizes.append(r)
+                                                   if r.block.same_as(stmt) else None), order="post")
+    return len(realizes) == 1 and all(
+        iv.iter_type == 0 for iv, value in zip(realizes[0].block.iter_vars, realizes[0].iter_values, strict=True)
+        if var in _vars_in(value))
+
+
+def _vector_partials(sch: s_tir.Schedule, info, lanes: int):
+    """rfactor the innermost reduction loop of `info`'s block when its extent is a multiple of `lanes` (and at least
+    twice it): a block computing `lanes` partial results (the vector; the caller vectorizes it), which the block
+    then reduces. A scalar sum over a row is one chain of dependent adds (LLVM may not reorder them: 4 cycles
+    each); the partials are `lanes` chains. The sum is taken in another order (as a matmul's); max and min give
+    the same result. Returns the partials' block, or None (nothing changed) where it does not apply (another
+    extent, a reducer rfactor does not know, a block it cannot split off)."""
+    loops = sch.get_loops(info.block_rv)
+    ext = _extent(sch, loops[-1]) if loops else None
+    if ext is None or ext < 2 * lanes or ext % lanes:
+        return None
+    ndim = len(sch.get(info.block_rv).writes[0].region)
+    trial = sch.copy()
+    try:
+        block = trial.get_sblock(trial.get(info.block_rv).name_hint)
+        _, ri = trial.split(trial.get_loops(block)[-1], factors=[None, lanes])
+        trial.rfactor(ri, factor_axis=ndim)
+    except (s_tir.ScheduleError, InternalError, ValueError):
+        return None
+    _, ri = sch.split(loops[-1], factors=[None, lanes])
+    return sch.rfactor(ri, factor_axis=ndim)
 
 
 def cpu_rules():
