@@ -464,8 +464,9 @@ class TiledReduction(_Rule):
         if extents[-1] is None:
             return None
         # a symbolic axis other than the vector one (a dynamic batch or sequence length): the tile is chosen
-        # from the static axes, rows tile at the largest height (the last tile predicated), and the kernel
-        # runs parallel (its size is unknown until run time)
+        # from the static axes, symbolic rows tile at the largest height (padded to whole tiles above where the
+        # kernel is an einsum, else the last tile predicated), and the kernel runs parallel (its size is unknown
+        # until run time)
         symbolic = any(e is None for e in extents)
         dtype_bits = stmt.writes[0].source.dtype.bits
         lanes = _vector_lanes(target, dtype_bits)
@@ -725,11 +726,13 @@ class RowReduction(_Rule):
                 rf = partials[id(info)]
                 # compute_at orders the partials' loops as it likes: the partials' own loop goes innermost
                 rf_loops = [lp for lp in sch.get_loops(rf)[1 if row_loops else 0:] if _extent(sch, lp) != 1]
-                lane = next(lp for lp in rf_loops if _extent(sch, lp) == lanes and _binds_spatial(sch, rf, lp))
+                lane = next((lp for lp in rf_loops if _extent(sch, lp) == lanes and _binds_spatial(sch, rf, lp)),
+                            None)
                 others = [lp for lp in rf_loops if not lp.same_as(lane)]
-                sch.reorder(*others, lane)
-                sch.vectorize(lane)
-                sch.decompose_reduction(rf, others[-1])
+                if lane is not None and others:  # (else the partials stay a scalar loop: still lanes chains)
+                    sch.reorder(*others, lane)
+                    sch.vectorize(lane)
+                    sch.decompose_reduction(rf, others[-1])
             else:
                 inner = sch.get_loops(info.block_rv)[-1]
                 ext = _extent(sch, inner)
