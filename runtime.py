@@ -6,6 +6,7 @@ Only needs TVM's runtime (``tvm.runtime``), numpy and the JSON metadata written 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -160,9 +161,20 @@ class Module:
         return self._vm.get_outputs("main")
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model: ``{input name: array}`` -> ``{output name: array}``."""
+        """Run the model: ``{input name: array}`` -> ``{output name: array}``. OptcError (one line) for inputs
+        that do not fit: names, dtypes, ranks and static dims (checked here), and the sizes the library checks
+        when it runs (a Reshape to a fixed shape of an input with a symbolic dim)."""
         args = self._to_device(self.check_inputs(inputs))
-        return self._outputs(self._call(args))
+        try:
+            result = self._call(args)
+        except Exception as exc:  # noqa: BLE001 - only the library's own shape checks are turned into OptcError
+            if "match_cast" not in str(exc):
+                raise
+            sizes = re.search(r"\((\d+) vs\. (\d+)\)", str(exc))
+            what = f"{sizes[1]} elements where the model needs {sizes[2]}" if sizes else first_line(exc)
+            raise OptcError(f"the inputs do not fit the model's shapes: a shape check in the library failed "
+                            f"({what})") from None
+        return self._outputs(result)
 
     __call__ = run
 

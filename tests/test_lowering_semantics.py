@@ -193,6 +193,36 @@ def test_reshape_zero_copies_or_is_zero_with_allowzero(shape, allowzero, x_shape
     _assert_as_onnxruntime(model, {"x": x})
 
 
+@pytest.mark.parametrize("shape, ok, bad", [([1, 4], (1, 4), (3, 4)), ([-1, 4], (2, 6), (1, 6)),
+                                            ([0, 2, 2], (5, 4), None)])
+def test_reshape_of_a_symbolic_input_checks_the_size_when_it_runs(shape, ok, bad, tmp_path):
+    """A Reshape to a fixed shape of an input with a symbolic dim: the VM's reshape does not check the element
+    count (`[N, 4] -> [1, 4]` at N = 3 returned the first row); the library now checks it (onnxruntime refuses
+    such inputs too). No check where the sizes agree for every N (0 copies the symbolic dim)."""
+    s = numpy_helper.from_array(np.array(shape, np.int64), "s")
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [_in("x", ["N", ok[1]])], [_out()], [s])
+    x = np.arange(int(np.prod(ok)), dtype=np.float32).reshape(ok)
+    _assert_as_onnxruntime(model, {"x": x})
+    module = optc.compile(model)
+    if bad is None:
+        assert "match_cast" not in optc.lowering.lower(optc.from_onnx(model))["main"].script()
+        return
+    xb = np.zeros(bad, np.float32)
+    with pytest.raises(optc.OptcError, match=r"^the inputs do not fit the model's shapes: .*elements where"):
+        module.run({"x": xb})
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error type
+        run_ort(model, {"x": xb})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "x.npz", x=xb)
+    subprocess.run([sys.executable, "-m", "optc.tools.cli", "compile", str(path), "-o", str(tmp_path / "m.so"), "-q"],
+                   check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "optc.tools.cli", "run", str(tmp_path / "m.so"), "--inputs",
+                           str(tmp_path / "x.npz")], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "do not fit the model's shapes" in proc.stderr
+
+
 @pytest.mark.parametrize("depth", [np.array(5, np.int64), np.array([5], np.int64), np.array(5.7, np.float32)])
 @pytest.mark.parametrize("axis", [-1, 0, 1])
 def test_one_hot_depth_of_any_rank(depth, axis):

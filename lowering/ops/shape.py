@@ -44,7 +44,30 @@ def reshape(bb, inputs, attrs, ctx):
         for d in in_dims:
             total = total * d
         out[out.index(-1)] = tirx.floordiv(total, known) if not isinstance(total * known, int) else total // known
-    return reshape_exactly(x, out)
+    return reshape_exactly(_checked_size(bb, x, in_dims, out), out)
+
+
+def _checked_size(bb, x, in_dims: list, out: list):
+    """x, checked at run time to hold as many elements as `out` when that depends on symbolic dims: the VM's
+    reshape does not check, and `[N, 4] -> [1, 4]` at N = 3 returned the first row (onnxruntime refuses it). The
+    check is a match_cast of x flattened to `[prod(out)]` (the VM raises on a mismatch); none when the sizes are
+    equal for every value of the dims."""
+    from tvm.sym.analyzer import Analyzer
+
+    total, want = 1, 1
+    for d in in_dims:
+        total = total * d
+    for d in out:
+        want = want * d
+    if isinstance(total, int) and isinstance(want, int):
+        if total != want:
+            raise refuse(f"Reshape of {total} elements to a shape of {want}")
+        return x
+    diff = Analyzer().simplify(total - want)
+    if isinstance(diff, tirx.IntImm) and int(diff.value) == 0:
+        return x
+    flat = bb.normalize(relax.op.reshape(x, [total]))
+    return bb.match_cast(flat, relax.TensorType([want], dtype_of(x)))
 
 
 def reshape_exactly(x, out: list):
