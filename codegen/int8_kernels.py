@@ -62,18 +62,17 @@ from .bf16_dot import import_into as bf16_dot_import_into
 from .bf16_dot import make_impl as bf16_dot_impl
 from .schedules import (
     MAX_TILE_ROWS,
-    PARALLEL_MIN_MACS,
-    PARALLEL_MIN_WORK,
     Injective,
     _buffer_last_index_vars,
     _bytes,
     _extent,
-    _fuse_parallel,
+    _fuse_tiles_parallel,
     _is_padding,
     _layout_free_reads,
     _packing_splits_off,
     _prepack_weight,
     _Rule,
+    _symbolic_outermost,
     _vars_in,
     _vector_lanes,
     _vectorize_innermost,
@@ -390,14 +389,12 @@ class Int8Reduction(_Rule):
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i != b_index)
         if len(outer) > 1 and weight_bytes > act_bytes:
             outer = [outer[-1], *outer[:-1]]  # each weight panel streams from memory once
-        if symbolic:  # symbolic loops outermost (TiledReduction: a tile's buffers then compact to the tile)
-            outer = sorted(outer, key=lambda lp: _extent(sch, lp) is not None)
+        outer = _symbolic_outermost(sch, outer)
         if window:
             sch.reorder(*outer, k_o, *inner, *r_loops[:-1], k_i)
         else:
             sch.reorder(*outer, *r_loops[:-1], k_o, *inner, *([] if amx else [n_v]), k_i)
-        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK)
-                             if work is not None and work * reduction >= PARALLEL_MIN_MACS else work)
+        par = _fuse_tiles_parallel(sch, outer, work, reduction)
         if epilogues:
             for epi in epilogues:
                 sch.reverse_compute_at(epi.block_rv, par, preserve_unit_loops=True)

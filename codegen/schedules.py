@@ -105,6 +105,20 @@ def _fuse_parallel(sch: s_tir.Schedule, loops: list, work: int | None):
     return fused
 
 
+def _symbolic_outermost(sch: s_tir.Schedule, loops: list) -> list:
+    """`loops` with the symbolic ones first, the others in their order. Fused under them, the static loops' indices
+    divide by constants only; a symbolic loop fused inside a static one is indexed `fused % ((N + 7) // 8)`, which
+    the buffer compaction cannot bound, and every tile then allocated a whole N-row intermediate on the heap."""
+    return sorted(loops, key=lambda lp: _extent(sch, lp) is not None)
+
+
+def _fuse_tiles_parallel(sch: s_tir.Schedule, outer: list, work: int | None, reduction: int):
+    """Fuse a register-tiled kernel's outer (tile) loops into one, parallel when it is big enough: `work` outputs
+    (None: symbolic, parallel), or few outputs with long sums (matrix x vector: 4096 outputs of 9216 products)."""
+    return _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK)
+                          if work is not None and work * reduction >= PARALLEL_MIN_MACS else work)
+
+
 def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int, *, keep_outer: int = 0) -> None:
     """Split the innermost loop of ``block`` by ``lanes`` (when it divides) and vectorize it."""
     loops = sch.get_loops(block)[keep_outer:]
@@ -524,15 +538,9 @@ class TiledReduction(_Rule):
         act_bytes = sum(_bytes(r.source) for i, r in enumerate(stmt.reads) if i not in packed)
         if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):
             outer = [outer[-1], *outer[:-1]]
-        if symbolic:
-            # symbolic loops outermost: fused under them, the static loops' indices divide by constants only; a
-            # symbolic loop fused inside a static one is indexed `fused % ((N + 7) // 8)`, which the buffer
-            # compaction cannot bound, and every tile then allocated a whole N-row intermediate on the heap
-            outer = sorted(outer, key=lambda lp: _extent(sch, lp) is not None)
+        outer = _symbolic_outermost(sch, outer)
         sch.reorder(*outer, *r_loops, *inner)
-        # few outputs but long sums (matrix x vector: 4096 outputs of 9216 products) still pay for threads
-        par = _fuse_parallel(sch, outer, max(work, PARALLEL_MIN_WORK)
-                             if work is not None and work * reduction >= PARALLEL_MIN_MACS else work)
+        par = _fuse_tiles_parallel(sch, outer, work, reduction)
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
         if epilogues:
             for epi in epilogues:
