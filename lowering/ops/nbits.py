@@ -19,7 +19,6 @@ from tvm import relax, te, tirx
 
 from ..converters import constant_value, converter, dims_of, dtype_of, refuse
 
-
 #: the decode stage's block annotation (`codegen/nbits_kernels.py` finds the stage by it)
 DECODE_ATTR = "optc.nbits_decode"
 

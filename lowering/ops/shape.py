@@ -34,31 +34,31 @@ def reshape(bb, inputs, attrs, ctx):
         out.append(d)
     if out.count(-1) > 1:
         raise refuse("Reshape to a shape with more than one -1")
+    total = _product(in_dims)
     if -1 in out:
         if any(isinstance(d, int) and d == 0 for d in out):
             raise refuse("Reshape with both -1 and a 0 dim (allowzero=1) is ambiguous")
-        known = 1
-        for d in out:
-            known = known * d if not (isinstance(d, int) and d == -1) else known
-        total = 1
-        for d in in_dims:
-            total = total * d
+        known = _product(d for d in out if not (isinstance(d, int) and d == -1))
         out[out.index(-1)] = tirx.floordiv(total, known) if not isinstance(total * known, int) else total // known
-    return reshape_exactly(_checked_size(bb, x, in_dims, out), out)
+    return reshape_exactly(_checked_size(bb, x, total, out), out)
 
 
-def _checked_size(bb, x, in_dims: list, out: list):
-    """x, checked at run time to hold as many elements as `out` when that depends on symbolic dims: the VM's
+def _product(dims):
+    """The product of dims (ints, or TIR expressions where symbolic); 1 for none."""
+    result = 1
+    for d in dims:
+        result = result * d
+    return result
+
+
+def _checked_size(bb, x, total, out: list):
+    """x (`total` elements), checked at run time to hold as many as `out` when that depends on symbolic dims: the VM's
     reshape does not check, and `[N, 4] -> [1, 4]` at N = 3 returned the first row (onnxruntime refuses it). The
     check is a match_cast of x flattened to `[prod(out)]` (the VM raises on a mismatch); none when the sizes are
     equal for every value of the dims."""
     from tvm.sym.analyzer import Analyzer
 
-    total, want = 1, 1
-    for d in in_dims:
-        total = total * d
-    for d in out:
-        want = want * d
+    want = _product(out)
     if isinstance(total, int) and isinstance(want, int):
         if total != want:
             raise refuse(f"Reshape of {total} elements to a shape of {want}")
@@ -90,12 +90,7 @@ def flatten(bb, inputs, attrs, ctx):
         raise refuse(f"Flatten axis {axis} is out of range for a rank-{len(dims)} input")
     if axis < 0:
         axis += len(dims)
-    outer, inner = 1, 1
-    for d in dims[:axis]:
-        outer = outer * d
-    for d in dims[axis:]:
-        inner = inner * d
-    return reshape_exactly(x, [outer, inner])
+    return reshape_exactly(x, [_product(dims[:axis]), _product(dims[axis:])])
 
 
 def _slice_args(inputs):
