@@ -498,8 +498,10 @@ def dynamo_export(kind: str, path: str, batch: int = 1, seq: int = 128, dynamic:
                   **sizes) -> onnx.ModelProto:
     """Export the BERT-like (`kind="bert"`, with last-token pooling) or GPT-2-like (`"gpt2"`) module with
     torch's dynamo exporter (opset 18) to `path` (weights inside the file) and load it. `sizes`: the module's
-    constructor arguments (layers, hidden, heads, vocab, ...); `dynamic`: symbolic batch and seq dims. The
-    inputs are `input_ids` and `attention_mask` (int64, [batch, seq]). Raises ImportError without torch."""
+    constructor arguments (layers, hidden, heads, vocab, ...); `dynamic`: symbolic batch and seq dims, traced at a
+    batch and seq of at least 2 (torch specializes a dim of size 1: traced at batch 1, the export's reshapes fold
+    the batch into the sequence and it runs only at batch 1, on onnxruntime too). The inputs are `input_ids` and
+    `attention_mask` (int64, [batch, seq]). Raises ImportError without torch."""
     mods = _torch_transformers()
     if mods is None:
         raise ImportError("torch is not installed")
@@ -511,6 +513,8 @@ def dynamo_export(kind: str, path: str, batch: int = 1, seq: int = 128, dynamic:
         pass
     module = (Bert(pool=True, **sizes) if kind == "bert" else Gpt2(**sizes)).eval()
     vocab = sizes.get("vocab", 2000)
+    if dynamic:
+        batch, seq = max(batch, 2), max(seq, 2)
     ids = torch.randint(0, vocab, (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.int64)
     dims = {0: "batch", 1: "seq"} if dynamic else None

@@ -85,6 +85,7 @@ class _Lowering:
         self.shapes = ShapeEvaluator(self)
         self.dims: dict[str, Any] = {}
         self.node: Node | None = None  # the node being converted (converters may read its IR types)
+        self.unknown_from: dict[Value, str] = {}  # a value of unknown shape -> the node where shapes were lost
         self._anonymous = 0
 
     # -- entry ------------------------------------------------------------------------------------
@@ -241,15 +242,41 @@ class _Lowering:
                        and x.ty.shape is None]
             if unknown:  # TVM's converters need shapes: one computed from input values is a limit, not a bug
                 what = "rank" if inputs[unknown[0]].ty.ndim == -1 else "shape"
+                origin = self.unknown_from.get(n.inputs[unknown[0]])
                 raise UnsupportedError(
-                    f"cannot lower {_label(n)}: the {what} of input {unknown[0]} depends on input values (known only "
-                    f"at run time); the TVM back end needs it at compile time") from exc
+                    f"cannot lower {_label(n)}: the {what} of input {unknown[0]} depends on input values or on "
+                    f"symbolic dims TVM cannot relate{origin or ''}; the TVM back end needs it at compile time (fix the "
+                    f"input shapes: --input-shape)"
+                ) from exc
             raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: {first_line(exc)}") from exc
         if isinstance(result, relax.Expr):
             result = self.bb.normalize(result)
         if scalar_result:  # back to 0-d (see _scalar_constants_as_tensors)
             result = self.bb.normalize(relax.op.reshape(result, ()))
         self._bind_outputs(n, result)
+        self._note_unknown_shapes(n, inputs)
+
+    def _note_unknown_shapes(self, n: Node, inputs: list) -> None:
+        """Remember where an output's shape became unknown, for the refusal of a later node that needs it: a node
+        whose inputs all had known shapes but whose output has none (a broadcast TVM cannot prove, such as
+        [batch, seq, 256] + [1, seq * batch, 256] in an export specialized to batch 1; a shape computed from
+        values), or the origin an input of unknown shape carries."""
+        from tvm import relax
+        from tvm.sym.analyzer import Analyzer
+
+        outs = [v for v in n.outputs if v is not None and isinstance(getattr(self.exprs.get(v), "ty", None),
+                                                                         relax.TensorType)
+                and self.exprs[v].ty.shape is None]
+        if not outs:
+            return
+        inherited = next((self.unknown_from[v] for v in n.inputs if v in self.unknown_from), None)
+        if inherited is None:
+            analyzer = Analyzer()
+            shapes = [_shape_text(x.ty.shape, analyzer) for x in inputs
+                      if x is not None and isinstance(x.ty, relax.TensorType)]
+            inherited = f" (from {_label(n)}, inputs {' and '.join(shapes)})"
+        for v in outs:
+            self.unknown_from[v] = inherited
 
     def _self_op(self, op: str, x):
         """Sub or Div of a float tensor by itself, in the form IEEE 754 gives it: inside a fused kernel TVM's
@@ -333,6 +360,16 @@ _SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", 
                      "Equal", "Where", "Cast", "CastLike", "Squeeze"}
 _RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
                         "SequenceInsert", "ConcatFromSequence", "SplitToSequence"}
+
+
+def _shape_text(shape, analyzer) -> str:
+    """A Relax shape as `[batch, seq * 4, 256]` (dims simplified; `?` when unknown)."""
+    from tvm import relax
+
+    if not isinstance(shape, relax.ShapeExpr):  # unknown, or a shape variable
+        return "?"
+    dims = [analyzer.simplify(d) for d in shape.values]
+    return "[" + ", ".join(str(d.value) if hasattr(d, "value") else str(d) for d in dims) + "]"
 
 
 def _label(n: Node) -> str:
