@@ -62,7 +62,6 @@ from .bf16_dot import import_into as bf16_dot_import_into
 from .bf16_dot import make_impl as bf16_dot_impl
 from .schedules import (
     MAX_TILE_ROWS,
-    Injective,
     _buffer_last_index_vars,
     _bytes,
     _extent,
@@ -77,6 +76,7 @@ from .schedules import (
     _vector_lanes,
     _vectorize_innermost,
     rows_divide_into_tiles,
+    schedule_padding,
     try_inline,
 )
 from .targets import llvm_features
@@ -407,7 +407,7 @@ class Int8Reduction(_Rule):
                 sch.fuse(*epi_loops)                # a vector across predicated rows is miscompiled: TiledReduction)
             _vectorize_innermost(sch, epi.block_rv, _vector_lanes(target, 32), keep_outer=1)
         for pad in pads:
-            Injective.schedule_block(sch, pad.block_rv, target)
+            schedule_padding(sch, pad.block_rv, target)
         sch.enter_postproc()
         _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=lambda *idx: (
             idx[-1] // panel, *idx[:-2], idx[-2] // group, idx[-1] % panel, idx[-2] % group))
