@@ -3,14 +3,15 @@
 A folded node's outputs become initializers (the output Value object is kept, so its name, its uses and its
 place among the graph outputs stay the same). Inside model-local functions, which cannot hold initializers, they
 become `Constant` nodes instead. Evaluation uses numpy for the common cheap ops and onnx's reference evaluator
-for everything else. Never folded: non-deterministic ops (op table trait), ops with side effects, nodes with
-subgraphs, calls of model-local functions, ops of domains the reference evaluator does not know,
-DequantizeLinear (a QDQ model's int8/int4 weights stay quantized, for the runtime's integer kernels), a Cast
-that widens a float16/bfloat16 weight of 64 or more elements (weights stored in half precision stay half the
-size; the runtime widens them), and results
-larger than the size limit when folding them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...): the
-pass option `size-limit` (bytes), else the run's `PassContext.fold_size_limit` (`optc optimize --size-limit`;
-1 MiB by default). Refused folds are listed in `PassContext.fold_refusals` so the summary can say so.
+for everything else, except the cases that evaluator computes wrong (`_REFERENCE_WRONG`: LRN, Softmax before
+opset 13, LpNormalization p=1, ...), which are not folded. Never folded: non-deterministic ops (op table trait),
+ops with side effects, nodes with subgraphs, calls of model-local functions, ops of domains the reference
+evaluator does not know, DequantizeLinear (a QDQ model's int8/int4 weights stay quantized, for the runtime's
+integer kernels), a Cast that widens a float16/bfloat16 weight of 64 or more elements (weights stored in half
+precision stay half the size; the runtime widens them), and results larger than the size limit when folding
+them would grow the model (`ConstantOfShape`, `Expand`, `Tile`...): the pass option `size-limit` (bytes), else
+the run's `PassContext.fold_size_limit` (`optc optimize --size-limit`; 1 MiB by default). Refused folds are
+listed in `PassContext.fold_refusals` so the summary can say so.
 
 IEEE semantics: data movement, integer arithmetic (wrapping as onnxruntime does; integer Div truncates toward
 zero, in integers: no float64 round trip of int64 values) and the correctly rounded float operations (+ - * /,
@@ -125,6 +126,36 @@ def _shape_slice(node: Node, shape: tuple) -> np.ndarray:
     end = node.attr("end")
     dims = list(shape)[start:None if end is None else int(end)]
     return np.array(dims, dtype=np.int64)
+
+
+# Cases where onnx's reference evaluator (onnx 1.23) disagrees with the ONNX spec and onnxruntime on ordinary
+# inputs: folding them would change what the model computes, so they are left to the runtime. Each entry is
+# (does this node hit the fault, given the node and its opset version; the fault). Found by folding every
+# standard op with random constant inputs and comparing with onnxruntime (tests/test_fixes_folding_runtime.py
+# checks each entry); re-check when onnx is upgraded.
+_REFERENCE_WRONG: dict[str, tuple[Callable[[Node, int], bool], str]] = {
+    "LRN": (lambda n, v: True, "sums the squares over a window of the batch axis, not of the channels"),
+    "Softmax": (lambda n, v: v < 13, "only the opset-13 semantics (one axis), not the older 2-D coercion"),
+    "LogSoftmax": (lambda n, v: v < 13, "only the opset-13 semantics (one axis), not the older 2-D coercion"),
+    "Hardmax": (lambda n, v: v < 13, "only the opset-13 semantics (one axis), not the older 2-D coercion"),
+    "LpNormalization": (lambda n, v: int(n.attr("p", 2)) == 1, "p=1 sums x, not |x|"),
+    "MaxPool": (lambda n, v: len(n.outputs) > 1 and n.outputs[1] is not None,
+                "its Indices are not the flat positions in the input"),
+    "MaxUnpool": (lambda n, v: len(n.inputs) > 2 and n.inputs[2] is not None,
+                  "with output_shape it scatters into the default shape and pads that"),
+    "RoiAlign": (lambda n, v: v < 16, "before opset 16 the coordinates are output_half_pixel, it uses half_pixel"),
+    "Resize": (lambda n, v: n.attr("mode", "nearest") == "nearest",
+               "nearest picks are computed in float64, a runtime's in float32: they differ at ties "
+               "(e.g. scale 0.6, nearest_mode floor)"),
+}
+
+
+def reference_eval_fault(node: Node, version: int) -> str | None:
+    """Why onnx's reference evaluator computes this node (of opset `version`) wrong, or None if it does not."""
+    entry = _REFERENCE_WRONG.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if entry is None or not entry[0](node, version):
+        return None
+    return entry[1]
 
 
 def _reference_eval(node: Node, vals: list[np.ndarray | None], opsets: dict[str, int]) -> list:
@@ -272,6 +303,8 @@ class ConstantFolder:
                 return None
         outs = _fast_eval(node, vals, version) if node.domain == "" else None
         if outs is None:
+            if reference_eval_fault(node, version) is not None:
+                return None
             outs = _reference_eval(node, vals, opsets)
         return outs
 
