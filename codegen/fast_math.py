@@ -5,7 +5,8 @@ softmax and the Erf of GELU take longer than the matmuls. With fast math (the de
 ``--no-fast-math`` / ``fast_math=False`` turns it off) this pass uses TOPI's polynomial versions, which
 vectorize, float32 only:
 
-* ``exp`` and ``softmax`` -> ``topi.fast_exp`` / ``topi.nn.fast_softmax``;
+* ``exp`` and ``softmax`` -> ``topi.fast_exp`` / ``topi.nn.fast_softmax`` (a row whose length is not a multiple
+  of 16: ``softmax.lane_partial_softmax``, the same values summed in vectorizable partials);
 * ``tanh`` -> ``topi.fast_tanh`` (Eigen's rational approximation) with Eigen's small-|x| branch put back
   (tanh x = x below 2^-12), clamped to [-1, 1], NaN passed through;
 * ``erf`` -> TOPI's fast_erf polynomial in one elementwise expression, with NaN passed through
@@ -60,6 +61,8 @@ def fast_math_pass(enabled: bool = True):
     from tvm import relax, te, topi  # noqa: PLC0415
     from tvm.relax import expr_functor  # noqa: PLC0415
 
+    from .softmax import is_ragged_row, lane_partial_softmax  # noqa: PLC0415
+
     def libm_tanh(x):
         """tanh as a call of the C library's double tanh per element (float32: on the promoted value, rounded
         back once, which is correctly rounded but for near-ties; glibc's tanhf alone is off by up to 2 ulp)."""
@@ -107,6 +110,13 @@ def fast_math_pass(enabled: bool = True):
         ty = getattr(expr, "ty", None)
         return ty.dtype if isinstance(ty, relax.TensorType) else None
 
+    def _static_shape(expr) -> tuple:
+        """The dims of a tensor expression (ints; a symbolic dim as its expression), () when unknown."""
+        shape = getattr(getattr(expr, "ty", None), "shape", None)
+        if not isinstance(shape, relax.ShapeExpr):
+            return ()
+        return tuple(int(d.value) if isinstance(d, tvm.tirx.IntImm) else d for d in shape.values)
+
     def _exponent(expr) -> float | None:
         """The value of a one-element floating-point constant (a broadcast exponent), else None."""
         if not isinstance(expr, tvm.ir.expr.Constant):
@@ -138,6 +148,8 @@ def fast_math_pass(enabled: bool = True):
             if dtype != "float32":
                 return call
             if op == "relax.nn.softmax":
+                if is_ragged_row(_static_shape(x), int(call.attrs.axis)):
+                    return self.builder_.call_te(lane_partial_softmax, x)
                 return self.builder_.call_te(topi.nn.fast_softmax, x, int(call.attrs.axis))
             if op == "relax.exp":
                 return self.builder_.call_te(topi.fast_exp, x)

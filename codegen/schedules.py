@@ -748,7 +748,14 @@ class RowReduction(_Rule):
         lanes = _vector_lanes(target, bits)
         extents = [_extent(sch, lp) for lp in loops]
         work = math.prod(extents) if all(e is not None for e in extents) else None
-        partials = {id(info): _vector_partials(sch, info, lanes) for info in reductions}
+        # a reduction already written as partial results (codegen/softmax.py: a lane axis per row) is its own
+        # partials block; others are rfactored into one where the row divides into vectors
+        row_shapes = [[d.value if hasattr(d, "value") else d for d in r.source.shape] for r in last.reads
+                      if r.source in reduced]
+        lane_blocks = {id(info) for info in reductions
+                       if _has_lane_axis(sch, info, row_shapes[0] if row_shapes else None)}
+        partials = {id(info): None if id(info) in lane_blocks else _vector_partials(sch, info, lanes)
+                    for info in reductions}
         if row_loops:
             sch.reorder(*row_loops, *rest)
             row = _fuse_parallel(sch, row_loops, work)
@@ -759,11 +766,11 @@ class RowReduction(_Rule):
         for info in infos:
             if info.is_injective():
                 _vectorize_innermost(sch, info.block_rv, lanes, keep_outer=1 if row_loops else 0, tail=True)
-            elif partials[id(info)] is not None:
-                rf = partials[id(info)]
+            elif partials[id(info)] is not None or id(info) in lane_blocks:
+                rf = partials[id(info)] if partials[id(info)] is not None else info.block_rv
                 # compute_at orders the partials' loops as it likes: the partials' own loop goes innermost
                 rf_loops = [lp for lp in sch.get_loops(rf)[1 if row_loops else 0:] if _extent(sch, lp) != 1]
-                lane = next((lp for lp in rf_loops if _extent(sch, lp) == lanes and _binds_spatial(sch, rf, lp)),
+                lane = next((lp for lp in rf_loops if _extent(sch, lp) % lanes == 0 and _binds_spatial(sch, rf, lp)),
                             None)
                 others = [lp for lp in rf_loops if not lp.same_as(lane)]
                 if lane is not None and others:  # (else the partials stay a scalar loop: still lanes chains)
@@ -778,6 +785,18 @@ class RowReduction(_Rule):
                     sch.annotate(unrolled, "pragma_auto_unroll_max_step", lanes)
                     sch.annotate(unrolled, "pragma_unroll_explicit", 1)
         return sch
+
+
+def _has_lane_axis(sch: s_tir.Schedule, info, row_shape: list | None) -> bool:
+    """Whether a reduction block ``S...S R...R`` computes partial results per row (codegen/softmax.py's
+    ``lanes`` partials): its output's shape is the rows' shape (`row_shape`, the reduced buffers the last block
+    reads) and one more axis, of a multiple of 4 up to 64."""
+    stmt = sch.get(info.block_rv)
+    if row_shape is None or len(stmt.writes) != 1:
+        return False
+    shape = [d.value if hasattr(d, "value") else d for d in stmt.writes[0].source.shape]
+    return (len(shape) == len(row_shape) + 1 and shape[:-1] == row_shape and isinstance(shape[-1], int)
+            and shape[-1] % 4 == 0 and 4 <= shape[-1] <= 64)
 
 
 def _binds_spatial(sch: s_tir.Schedule, block, loop) -> bool:

@@ -1,7 +1,8 @@
 """Rows of a length with no vector divisor (ViT's 197 tokens): the zero-padding copy pad_einsum adds for a batched
 matmul copies whole rows (its source indexed without a division and a modulo per element: ViT's [3, 197, 197] ->
 [3, 200, 197] copy took longer than the matmul it padded), and elementwise row loops vectorize all whole vectors
-with a scalar tail (loop_partition). Values against onnxruntime at odd sizes."""
+with a scalar tail (loop_partition); a softmax over such rows sums in vector partials (codegen/softmax.py).
+Values against onnxruntime at odd sizes, with NaN / inf / -inf / -0 rows."""
 
 from __future__ import annotations
 
@@ -74,3 +75,42 @@ def test_an_elementwise_row_of_197_vectorizes_its_whole_vectors():
     lanes = schedules._vector_lanes(resolve_target("cpu"), 32)
     norm = text[text.rindex("T.vectorized", 0, text.index('T.sblock("T_softmax_norm')) - 40:]
     assert f"T.vectorized(T.int64({lanes}))" in norm, text
+
+
+def _softmax(shape: list) -> onnx.ModelProto:
+    g = h.make_graph([h.make_node("Softmax", ["x"], ["y"], axis=-1)], "g",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.mark.parametrize("shape", [[3, 5, 197], ["N", 5, 197], [4, 33]])
+def test_a_ragged_softmax_row_sums_in_vector_partials(shape):
+    """codegen/softmax.py's lane partials: the row max and sum accumulate whole vectors over the row's chunks."""
+    sch = schedules.RowReduction().apply(_only_kernel(_softmax(shape)), resolve_target("cpu"), False)
+    assert sch is not None
+    text = sch.mod["main"].script()
+    for block in ("T_softmax_maxpart_update", "T_softmax_sumpart_update"):
+        loop = text[:text.index(f'T.sblock("{block}")')].splitlines()[-2]  # the loop right around the block
+        assert re.fullmatch(r"\s*for ax\d+ in T\.vectorized\(T\.int64\(16\)\):", loop), text
+
+
+def test_rows_that_divide_keep_topi_softmax():
+    text = _only_kernel(_softmax([3, 5, 208])).script()
+    assert "T_softmax_maxpart" not in text and "T_softmax_maxelem" in text
+
+
+@pytest.mark.parametrize("width", [17, 31, 33, 77, 197])
+def test_ragged_softmax_matches_onnxruntime_with_special_rows(width):
+    model = _softmax([7, width])
+    rng = np.random.default_rng(width)
+    x = (rng.standard_normal((7, width)) * rng.choice([0.1, 4.0, 30.0], (7, 1))).astype(np.float32)
+    x[0, width - 1] = np.nan  # NaN in the tail
+    x[1, 3] = np.inf  # +inf in a whole chunk
+    x[2, :] = -np.inf  # a row of -inf: 0 / 0
+    x[3, width - 1] = 50.0  # the max in the tail
+    x[4, :] = -0.0
+    got = optc.compile(from_onnx(model)).run({"x": x})["y"]
+    want = _onnxruntime(model, {"x": x})[0]
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got[:5], want[:5])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)

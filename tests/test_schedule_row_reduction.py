@@ -1,6 +1,7 @@
 """RowReduction reduces a row whose length is a multiple of the vector width into one vector of partial results
 (rfactor), then those into one: a scalar sum over a row is one chain of dependent adds (a ViT-like's layer norms
-ran at 3x onnxruntime's time). Rows of other lengths keep the scalar loop. Values are checked against
+ran at 3x onnxruntime's time). Rows of other lengths keep the scalar loop (a softmax's are written in lane
+partials instead: codegen/softmax.py, tests/test_schedule_ragged.py). Values are checked against
 onnxruntime (sums in another order: within float32 rounding) and the IEEE cases of a row with NaN / inf."""
 
 from __future__ import annotations
