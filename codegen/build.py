@@ -133,8 +133,15 @@ def c_identifier_params(func_name: str = "main"):
     return _pass
 
 
+#: ConvertLayout's desired layouts on CPU: conv2d in NHWC / HWIO. conv2d_transpose is pinned to NCHW / IOHW, the only
+#: layout TOPI lowers it in: left out, it follows its NHWC producer and stays an op no pass legalizes (the VM
+#: codegen then fails on it). Every other op ConvertLayout moves to NHWC is legalized in any layout.
+NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
 def _convert_layout_nhwc():
-    """conv2d -> NHWC activations / HWIO weights (weight transposes fold away once weights are bound).
+    """conv2d -> NHWC activations / HWIO weights (weight transposes fold away once weights are bound); see
+    ``NHWC_LAYOUTS``.
 
     TVM's ConvertLayout fails on some graphs (tuples through Concat/Split); the module is then kept
     in its own layout, which the CPU rules still schedule (vectorized along the width axis).
@@ -143,7 +150,7 @@ def _convert_layout_nhwc():
     from tvm import relax  # noqa: PLC0415
 
     seq = tvm.transform.Sequential([
-        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.ConvertLayout(NHWC_LAYOUTS),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),
     ])

@@ -1,0 +1,133 @@
+"""Layouts and shapes the CPU build got wrong, each checked against onnxruntime:
+
+- a ConvTranspose after a Conv: the NHWC layout conversion of the Conv moved the conv2d_transpose to NHWC too, a
+  layout TOPI cannot lower, and the TVM build failed (every encoder-decoder / U-Net); the other layout-sensitive
+  ops after an NHWC Conv are checked beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from .conftest import run_ort
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset: int = 18) -> onnx.ModelProto:
+    g = h.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=9)
+
+
+def _f32(*shape) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _check(model: onnx.ModelProto, feeds: dict, rtol: float = 1e-4, atol: float = 1e-4) -> None:
+    """The compiled library's outputs equal onnxruntime's (shapes and values)."""
+    want = run_ort(model, feeds)
+    got = optc.compile(optc.from_onnx(model)).run(feeds)
+    for out, expected in zip(model.graph.output, want, strict=True):
+        assert got[out.name].shape == expected.shape, out.name
+        np.testing.assert_allclose(got[out.name], expected, rtol=rtol, atol=atol, err_msg=out.name)
+
+
+# -- 1. layout-sensitive ops after an NHWC Conv ---------------------------------------------------------------------
+
+def _after_conv(rank: int, tail: list, inits: dict, outputs=(("y", TensorProto.FLOAT),), batch="N",
+                channels: int = 8, spatial: int = 6) -> tuple[onnx.ModelProto, dict]:
+    """x [batch, 3, spatial...] -> Conv (3 -> `channels`, 3x3, pads 1) -> c -> `tail`; and a feed at batch 2."""
+    w = _f32(channels, 3, *([3] * rank))
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1] * (2 * rank)), *tail]
+    model = _model(nodes, [h.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3] + [spatial] * rank)],
+                   [h.make_tensor_value_info(n, t, None) for n, t in outputs],
+                   [nh.from_array(w, "w")] + [nh.from_array(v, k) for k, v in inits.items()])
+    return model, {"x": _f32(2, 3, *([spatial] * rank))}
+
+
+CONV_TRANSPOSES = {
+    "2d": (2, dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]), (8, 4, 3, 3)),
+    "2d_groups_dilated": (2, dict(strides=[2, 3], group=2, output_padding=[1, 2], dilations=[1, 2]), (8, 3, 3, 2)),
+    "2d_depthwise": (2, dict(strides=[2, 2], group=8, pads=[0, 1, 1, 0]), (8, 1, 2, 2)),
+    "1d_groups": (1, dict(strides=[2], group=2, output_padding=[1]), (8, 3, 3)),
+    "3d_groups": (3, dict(strides=[2, 1, 2], group=4, pads=[1, 0, 0, 1, 0, 1]), (8, 2, 2, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("batch", ["N", 2])
+@pytest.mark.parametrize("case", sorted(CONV_TRANSPOSES))
+def test_conv_transpose_after_a_conv_equals_onnxruntime(case, batch):
+    rank, attrs, wshape = CONV_TRANSPOSES[case]
+    node = h.make_node("ConvTranspose", ["c", "wt", "bt"], ["y"], **attrs)
+    out_channels = wshape[1] * attrs.get("group", 1)
+    model, feeds = _after_conv(rank, [node], {"wt": _f32(*wshape), "bt": _f32(out_channels)}, batch=batch)
+    _check(model, feeds)
+
+
+def test_conv_transpose_stays_nchw_in_the_nhwc_module():
+    from optc.codegen.build import prepare
+    from optc.lowering import lower
+
+    model, _ = _after_conv(2, [h.make_node("ConvTranspose", ["c", "wt"], ["y"], strides=[2, 2])],
+                           {"wt": _f32(8, 4, 3, 3)})
+    text = prepare(lower(optc.from_onnx(model)), target="cpu").script()
+    assert 'R.nn.conv2d(' in text and 'data_layout="NHWC"' in text
+    assert 'conv2d_transpose' in text and 'data_layout="NCHW", kernel_layout="IOHW"' in text
+
+
+def _scales(*v) -> np.ndarray:
+    return np.array(v, np.float32)
+
+
+def _ints(*v) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+C8 = {"s": _f32(8), "b": _f32(8)}
+LAYOUT_SENSITIVE = {
+    "resize_linear": ([h.make_node("Resize", ["c", "", "sc"], ["y"], mode="linear")], {"sc": _scales(1, 1, 2, 2)}),
+    "resize_nearest": ([h.make_node("Resize", ["c", "", "sc"], ["y"], mode="nearest")], {"sc": _scales(1, 1, 2, 3)}),
+    "maxpool": ([h.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])], {}),
+    "avgpool": ([h.make_node("AveragePool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                             count_include_pad=0)], {}),
+    "lppool": ([h.make_node("LpPool", ["c"], ["y"], kernel_shape=[2, 2], p=2)], {}),
+    "global_average_pool": ([h.make_node("GlobalAveragePool", ["c"], ["y"])], {}),
+    "global_max_pool": ([h.make_node("GlobalMaxPool", ["c"], ["y"])], {}),
+    "global_lp_pool": ([h.make_node("GlobalLpPool", ["c"], ["y"], p=2)], {}),
+    "depth_to_space_dcr": ([h.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="DCR")], {}),
+    "depth_to_space_crd": ([h.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="CRD")], {}),
+    "space_to_depth": ([h.make_node("SpaceToDepth", ["c"], ["y"], blocksize=2)], {}),
+    "instance_norm": ([h.make_node("InstanceNormalization", ["c", "s", "b"], ["y"])], C8),
+    "batch_norm_after_relu": ([h.make_node("Relu", ["c"], ["r"]),
+                               h.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["y"])],
+                              {**C8, "m": _f32(8), "v": np.abs(_f32(8)) + 0.5}),
+    "concat_channels": ([h.make_node("Concat", ["c", "x"], ["y"], axis=1)], {}),
+    "split_channels": ([h.make_node("Split", ["c", "sp"], ["y", "y2"], axis=1)], {"sp": _ints(3, 5)}),
+    "reduce_mean_channels": ([h.make_node("ReduceMean", ["c", "ax"], ["y"])], {"ax": _ints(1)}),
+    "reduce_sum_channels_no_keepdims": ([h.make_node("ReduceSum", ["c", "ax"], ["y"], keepdims=0)], {"ax": _ints(1)}),
+    "softmax_axis_1": ([h.make_node("Softmax", ["c"], ["y"], axis=1)], {}),
+    "argmax_channels": ([h.make_node("ArgMax", ["c"], ["i"], axis=1), h.make_node("Cast", ["i"], ["y"], to=1)], {}),
+    "lrn": ([h.make_node("LRN", ["c"], ["y"], size=3)], {}),
+    "prelu_per_channel": ([h.make_node("PRelu", ["c", "sl"], ["y"])], {"sl": _f32(8, 1, 1)}),
+    "flatten": ([h.make_node("Flatten", ["c"], ["y"])], {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT_SENSITIVE))
+def test_layout_sensitive_op_after_a_conv_equals_onnxruntime(case):
+    tail, inits = LAYOUT_SENSITIVE[case]
+    outputs = [("y", TensorProto.FLOAT)] + ([("y2", TensorProto.FLOAT)] if case == "split_channels" else [])
+    model, feeds = _after_conv(2, tail, inits, outputs=outputs, batch=2)
+    _check(model, feeds)
+
+
+def test_group_norm_after_a_conv_equals_onnxruntime():
+    model, feeds = _after_conv(2, [h.make_node("GroupNormalization", ["c", "s", "b"], ["y"], num_groups=4)], C8)
+    model.opset_import[0].version = 21
+    _check(model, feeds)
