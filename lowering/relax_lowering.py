@@ -230,7 +230,7 @@ class _Lowering:
         convert = lookup(n.domain, n.op_type, self.opset)
         self.node = n
         try:
-            result = convert(self.bb, inputs, attrs, self)
+            result = self._converted(convert, inputs, attrs, scalar_result)
         except UnsupportedError as exc:  # a deliberate refusal: name the node
             raise UnsupportedError(f"cannot lower {_label(n)}: {exc}") from exc
         except OptcError:
@@ -249,12 +249,21 @@ class _Lowering:
                     f"input shapes: --input-shape)"
                 ) from exc
             raise OptcError(f"cannot lower {_label(n)}: {type(exc).__name__}: {first_line(exc)}") from exc
-        if isinstance(result, relax.Expr):
-            result = self.bb.normalize(result)
-        if scalar_result:  # back to 0-d (see _scalar_constants_as_tensors)
-            result = self.bb.normalize(relax.op.reshape(result, ()))
         self._bind_outputs(n, result)
         self._note_unknown_shapes(n, inputs)
+
+    def _converted(self, convert, inputs, attrs: dict, scalar_result: bool):
+        """The converter's result, normalized: TVM checks an op's operands when the expression is normalized, so a
+        converter's call TVM rejects fails here, inside the node's error handling (`_node`), never as an internal
+        error. `scalar_result`: reshaped back to 0-d (see `_scalar_constants_as_tensors`)."""
+        from tvm import relax
+
+        result = convert(self.bb, inputs, attrs, self)
+        if isinstance(result, relax.Expr):
+            result = self.bb.normalize(result)
+        if scalar_result:
+            result = self.bb.normalize(relax.op.reshape(result, ()))
+        return result
 
     def _note_unknown_shapes(self, n: Node, inputs: list) -> None:
         """Remember where an output's shape became unknown, for the refusal of a later node that needs it: a node

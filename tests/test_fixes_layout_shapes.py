@@ -2,7 +2,9 @@
 
 - a ConvTranspose after a Conv: the NHWC layout conversion of the Conv moved the conv2d_transpose to NHWC too, a
   layout TOPI cannot lower, and the TVM build failed (every encoder-decoder / U-Net); the other layout-sensitive
-  ops after an NHWC Conv are checked beside it.
+  ops after an NHWC Conv are checked beside it;
+- a LayerNormalization whose Scale / B broadcast (0-d, `[1, C]` on a normalized `[R, C]`): relax.nn.layer_norm
+  wants them of the normalized shape, and TVM's rejection escaped as an internal error (exit 3).
 """
 
 from __future__ import annotations
@@ -131,3 +133,80 @@ def test_group_norm_after_a_conv_equals_onnxruntime():
     model, feeds = _after_conv(2, [h.make_node("GroupNormalization", ["c", "s", "b"], ["y"], num_groups=4)], C8)
     model.opset_import[0].version = 21
     _check(model, feeds)
+
+
+# -- 2. LayerNormalization / RMSNormalization with a Scale and B that broadcast ------------------------------------
+
+def _norm_model(node, inits: dict, x_shape, outputs=("y",), opset: int = 17) -> onnx.ModelProto:
+    return _model([node], [h.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                  [h.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                  [nh.from_array(v, k) for k, v in inits.items()], opset=opset)
+
+
+def _scalar(v: float) -> np.ndarray:
+    return np.array(v, np.float32)
+
+
+LAYER_NORMS = {  # name: (attributes, scale, bias or None, x shape)
+    "scale_1x7_axis1": (dict(axis=1, epsilon=1e-3), _f32(1, 7), None, ["N", 5, 7]),
+    "scale_and_bias_0d": (dict(axis=-1), _scalar(1.5), _scalar(0.5), ["N", 5, 7]),
+    "scale_0d_no_bias": (dict(axis=-1), _scalar(2.0), None, ["N", 5, 7]),
+    "scale_5x1_bias_7": (dict(axis=1), _f32(5, 1), _f32(7), ["N", 5, 7]),
+    "leading_ones_beyond_the_normalized_rank": (dict(axis=-1), _f32(1, 1, 7), _f32(1, 7), ["N", 5, 7]),
+    "scale_over_the_batch_axis": (dict(axis=2), _f32(3, 1, 7), _f32(7), [3, 5, 7]),
+    "symbolic_normalized_dim": (dict(axis=1), _f32(1, 7), _scalar(0.25), ["N", "S", 7]),
+    "normalized_shape": (dict(axis=1), _f32(5, 7), _f32(5, 7), ["N", 5, 7]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_NORMS))
+def test_layer_norm_with_a_broadcast_scale_equals_onnxruntime(case):
+    attrs, scale, bias, x_shape = LAYER_NORMS[case]
+    inits = {"s": scale} if bias is None else {"s": scale, "b": bias}
+    model = _norm_model(h.make_node("LayerNormalization", ["x", *inits], ["y"], **attrs), inits, x_shape)
+    _check(model, {"x": _f32(3, 5, 7)})
+
+
+def test_layer_norm_statistics_outputs_with_a_broadcast_scale_equal_onnxruntime():
+    node = h.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean", "inv_std"], axis=1)
+    model = _norm_model(node, {"s": _f32(1, 7), "b": _scalar(0.5)}, ["N", 5, 7], outputs=("y", "mean", "inv_std"))
+    _check(model, {"x": _f32(3, 5, 7)})
+
+
+@pytest.mark.parametrize("scale", [_f32(1, 7), _scalar(1.5)], ids=["1x7", "0d"])
+def test_rms_norm_with_a_broadcast_scale_equals_onnxruntime(scale):
+    model = _norm_model(h.make_node("RMSNormalization", ["x", "s"], ["y"], axis=1), {"s": scale}, ["N", 5, 7],
+                        opset=23)
+    _check(model, {"x": _f32(3, 5, 7)})
+
+
+def test_decomposed_layer_norm_with_a_broadcast_gamma_and_0d_beta_equals_onnxruntime():
+    nodes = [h.make_node("ReduceMean", ["x", "ax"], ["mu"]), h.make_node("Sub", ["x", "mu"], ["d"]),
+             h.make_node("Mul", ["d", "d"], ["d2"]), h.make_node("ReduceMean", ["d2", "ax"], ["var"]),
+             h.make_node("Add", ["var", "eps"], ["ve"]), h.make_node("Sqrt", ["ve"], ["sd"]),
+             h.make_node("Div", ["d", "sd"], ["n"]), h.make_node("Mul", ["n", "g"], ["ng"]),
+             h.make_node("Add", ["ng", "b"], ["y"])]
+    inits = {"ax": _ints(-1), "eps": _scalar(1e-5), "g": _f32(1, 1, 7), "b": _scalar(0.25)}
+    model = _model(nodes, [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 7])],
+                   [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                   [nh.from_array(v, k) for k, v in inits.items()])
+    _check(model, {"x": _f32(3, 5, 7)})
+
+
+def test_a_call_tvm_rejects_when_normalized_is_a_one_line_error_naming_the_node(monkeypatch):
+    """A converter whose expression TVM's normalizer rejects (here a layer_norm with a gamma of the wrong shape) fails
+    inside the node's error handling: an OptcError naming the node, not an escaped TVM error (exit 3)."""
+    from optc.lowering import converters
+    from tvm import relax
+
+    def bad(bb, inputs, attrs, ctx):
+        gamma = relax.const(np.ones((1, 7), np.float32))
+        return relax.op.nn.layer_norm(inputs[0], gamma, gamma, [1, 2])
+
+    converters._register_builtin()
+    monkeypatch.setitem(converters._OPTC_CONVERTERS, ("", "Relu"), bad)
+    model = _norm_model(h.make_node("Relu", ["x"], ["y"], name="the_relu"), {}, ["N", 5, 7])
+    with pytest.raises(optc.OptcError) as info:
+        optc.compile(optc.from_onnx(model), level=0)
+    assert "cannot lower Relu node 'the_relu'" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -151,29 +151,6 @@ def python_style_float_mod(bb, inputs, attrs, ctx):
     fix = bb.normalize(relax.op.logical_and(relax.op.not_equal(r, zero), wrong_sign))
     return relax.op.where(fix, relax.op.add(r, y), r)
 
-@converter("", "LayerNormalization")
-def layer_norm_with_statistics(bb, inputs, attrs, ctx):
-    # The frontend returns placeholder zeros for the Mean and InvStdDev outputs: compute them for real.
-    if attrs["tvm_custom"]["num_outputs"] == 1:
-        return lookup_frontend("LayerNormalization", ctx.opset)(bb, inputs, attrs, ctx)
-    x, scale, bias = inputs[0], inputs[1], inputs[2]
-    rank = len(x.ty.shape)
-    axis = attrs.get("axis", -1)
-    axes = list(range(axis % rank, rank))
-    eps = relax.const(attrs.get("epsilon", 1e-5), "float32")
-    xf = x if dtype_of(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))
-    mean = bb.normalize(relax.op.mean(xf, axes, keepdims=True))
-    centered = bb.normalize(relax.op.subtract(xf, mean))
-    var = bb.normalize(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
-    inv_std = bb.normalize(relax.op.rsqrt(relax.op.add(var, eps)))
-    y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, "float32"))
-    if bias is not None:
-        y = relax.op.add(y, relax.op.astype(bias, "float32"))
-    y = bb.normalize(relax.op.astype(y, dtype_of(x)))
-    return relax.Tuple([y, mean, inv_std])
-
-
-
 @converter("", "Pow")
 def power(bb, inputs, attrs, ctx):
     # ONNX lets the exponent's type differ from the base's; the result has the base's type. Relax's power
