@@ -114,3 +114,14 @@ def test_ragged_softmax_matches_onnxruntime_with_special_rows(width):
     want = _onnxruntime(model, {"x": x})[0]
     assert np.array_equal(np.isnan(got), np.isnan(want)), (got[:5], want[:5])
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
+def test_padded_columns_keep_the_panel_loop_serial_inside_the_parallel_one():
+    """197 columns = 12 whole panels of 16 and a padded one: parallel over (heads, row tiles), the 13 panels a
+    loop of their own, so LLVM drops the whole panels' crop predicate (fused, every store was predicated)."""
+    sch = schedules.TiledReduction().apply(_only_kernel(_matmul([1, 3, 197, 64], [1, 3, 64, 197])),
+                                           resolve_target("cpu"), False)
+    assert sch is not None
+    text = sch.mod["main"].script()
+    assert "T.parallel(T.int64(75))" in text, text  # 3 heads x 25 row tiles of 8 (197 rows padded to 200)
+    assert "in range(T.int64(13)):" in text, text
