@@ -4,9 +4,12 @@ onnxruntime or the ONNX spec formula."""
 from __future__ import annotations
 
 import numpy as np
+import optc
 import pytest
+from onnx import helper, numpy_helper
 from optc.rewrites.passes.fold_constants import _REFERENCE_WRONG
 
+from .conftest import run_ort
 from .test_passes_support import check, op_types
 
 
@@ -92,3 +95,78 @@ RIGHT_CASES = {
 def test_reference_evaluator_ops_still_fold_where_right(op):
     _, after, _ = check(RIGHT_CASES[op], "fold-constants")
     assert op_types(after) == ["Add"]
+
+
+# -- piecewise activations at +-0.0 and NaN, compiled -------------------------------------------------
+
+_SPECIAL = np.array([-0.0, 0.0, -1.0, 2.0, -0.3, 0.7, np.nan, -np.inf, np.inf], np.float32)
+
+
+def _activation_model(op: str, attrs: dict, slope: np.ndarray | None = None, dtype: int = 1):
+    """y = op(x[, slope]) for x of 9 elements; the slope (PRelu) is an initializer, or an input when None."""
+    names = ["x"] if op != "PRelu" else ["x", "s"]
+    inits = [numpy_helper.from_array(slope, "s")] if slope is not None else []
+    inputs = [helper.make_tensor_value_info("x", dtype, [9])]
+    if op == "PRelu" and slope is None:
+        inputs.append(helper.make_tensor_value_info("s", dtype, [1]))
+    graph = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g", inputs,
+                              [helper.make_tensor_value_info("y", dtype, [9])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def _zeros_and_nans_equal(got: np.ndarray, want: np.ndarray) -> bool:
+    """NaN at the same places, and where `want` is a zero, the same zero (same sign)."""
+    zero = want == 0
+    return bool((np.isnan(got) == np.isnan(want)).all() and (got[zero] == 0).all()
+                and (np.signbit(got[zero]) == np.signbit(want[zero])).all())
+
+
+ACTIVATIONS = {
+    "LeakyRelu-negative-alpha": ("LeakyRelu", {"alpha": -0.5}, None),
+    "LeakyRelu": ("LeakyRelu", {"alpha": 0.1}, None),
+    "PRelu-negative-slope": ("PRelu", {}, np.array([-0.25], np.float32)),
+    "PRelu-positive-slope": ("PRelu", {}, np.array([0.25], np.float32)),
+    "PRelu-slope-input": ("PRelu", {}, None),
+    "Selu": ("Selu", {}, None),
+    "ThresholdedRelu": ("ThresholdedRelu", {"alpha": 0.5}, None),
+    "HardSigmoid": ("HardSigmoid", {"alpha": 0.3, "beta": 0.6}, None),
+    "HardSigmoid-zero-beta": ("HardSigmoid", {"alpha": 0.2, "beta": 0.0}, None),
+    "Elu": ("Elu", {"alpha": 0.7}, None),
+    "Celu": ("Celu", {"alpha": 0.5}, None),
+    "Shrink": ("Shrink", {"lambd": 0.5, "bias": 0.2}, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACTIVATIONS))
+def test_piecewise_activation_signed_zero_and_nan_as_onnxruntime(case):
+    """Before: LeakyRelu(alpha=-0.5) and PRelu with a negative slope gave +0.0 for -0.0 and -0.0 for +0.0,
+    Selu and HardSigmoid turned NaN into a number, ThresholdedRelu gave -0.0 and NaN where ONNX says 0."""
+    op, attrs, slope = ACTIVATIONS[case]
+    model = _activation_model(op, attrs, slope)
+    feeds = {"x": _SPECIAL}
+    if op == "PRelu" and slope is None:
+        feeds["s"] = np.array([-0.25], np.float32)
+    want = run_ort(model, feeds)[0]
+    got = optc.compile(model).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert _zeros_and_nans_equal(got, want), f"{case}: optc {got} vs onnxruntime {want}"
+
+
+@pytest.mark.parametrize("op", ["Selu", "ThresholdedRelu", "LeakyRelu", "HardSigmoid"])
+def test_piecewise_activation_builds_for_float16_and_double(op):
+    """Before: the frontend's Selu and ThresholdedRelu used float32 constants and failed to build for float16,
+    LeakyRelu(alpha < 0) swapped the signed zeros and HardSigmoid turned NaN into 1. Compared with the ONNX formula computed in float64 (onnxruntime has no double kernels for these)."""
+    x = np.array([-0.0, 0.0, -1.0, 2.0, -0.25, 0.75, np.nan, -3.0, 3.0], np.float64)
+    alpha, gamma = 1.67326319217681884765625, 1.05070102214813232421875
+    formulas = {
+        "Selu": (lambda v: np.where(v <= 0, gamma * (alpha * np.exp(v) - alpha), gamma * v), {}),
+        "ThresholdedRelu": (lambda v: np.where(v > 0.5, v, 0.0), {"alpha": 0.5}),
+        "LeakyRelu": (lambda v: np.where(v < 0, -0.5 * v, v), {"alpha": -0.5}),
+        "HardSigmoid": (lambda v: np.maximum(0, np.minimum(1, 0.2 * v + 0.5)), {}),
+    }
+    formula, attrs = formulas[op]
+    for onnx_type, np_type, tol in ((10, np.float16, 2e-3), (11, np.float64, 1e-12)):
+        got = optc.compile(_activation_model(op, attrs, dtype=onnx_type)).run({"x": x.astype(np_type)})["y"]
+        assert got.dtype == np_type
+        np.testing.assert_allclose(got.astype(np.float64), formula(x), rtol=tol, atol=tol)
+        assert _zeros_and_nans_equal(got.astype(np.float64), formula(x))
