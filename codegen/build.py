@@ -288,6 +288,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
     from . import schedules  # noqa: PLC0415
     from .ieee_bits import class_tests_on_bits  # noqa: PLC0415
+    from .zero_size import zero_size_constants_as_allocations  # noqa: PLC0415
 
     kind = target_kind(target)
 
@@ -309,6 +310,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
             relax.transform.ToNonDataflow(),
             relax.transform.RemovePurityChecking(),
             relax.transform.CallTIRRewrite(),
+            zero_size_constants_as_allocations(),  # after the last FoldConstant: TVM cannot load them back
             relax.transform.StaticPlanBlockMemory(),
         ]
         if kind == "cuda":

@@ -4,7 +4,10 @@
   layout TOPI cannot lower, and the TVM build failed (every encoder-decoder / U-Net); the other layout-sensitive
   ops after an NHWC Conv are checked beside it;
 - a LayerNormalization whose Scale / B broadcast (0-d, `[1, C]` on a normalized `[R, C]`): relax.nn.layer_norm
-  wants them of the normalized shape, and TVM's rejection escaped as an internal error (exit 3).
+  wants them of the normalized shape, and TVM's rejection escaped as an internal error (exit 3);
+- a constant with a zero in a dim other than the first (float[2, 0], [3, 0], [2, 0, 3]): TVM stored it in the
+  library in a form its loader rejects ("Invalid DLTensor file format"): `optc compile` wrote a library that could
+  not be loaded. -O2 now also drops such empty operands of a Concat (eliminate-noops ConcatEmpty).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from .conftest import run_ort
+
+H17 = '<ir_version: 8, opset_import: ["" : 17]>\n'
 
 RNG = np.random.default_rng(0)
 
@@ -210,3 +215,70 @@ def test_a_call_tvm_rejects_when_normalized_is_a_one_line_error_naming_the_node(
         optc.compile(optc.from_onnx(model), level=0)
     assert "cannot lower Relu node 'the_relu'" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# -- 3. zero-size constants in a library ---------------------------------------------------------------------------
+
+ZERO_SIZE = {  # name: (ONNX text of the graph, feeds)
+    "concat_with_2x0": ("""g (float[2, 3] x) => (float[2, 3] y) {
+        z = Constant<value=float[2, 0] {}>()
+        y = Concat<axis=1>(x, z) }""", {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}),
+    "3x0_output": ("""g (float[N, 3] x) => (float[N, 3] y, float[3, 0] z) {
+        z = Constant<value=float[3, 0] {}>()
+        y = Relu(x) }""", {"x": np.arange(-3, 3, dtype=np.float32).reshape(2, 3)}),
+    "2x0x3_int64_output": ("""g (float[2] x) => (float[2] y, int64[2, 0, 3] z) {
+        z = Constant<value=int64[2, 0, 3] {}>()
+        y = Neg(x) }""", {"x": np.ones(2, np.float32)}),
+    "reshape_to_3x0": ("""g (float[2] x) => (float[2] y, float[3, 0] z) {
+        e = Constant<value=float[0] {}>()
+        s = Constant<value=int64[2] {3, 0}>()
+        z = Reshape<allowzero=1>(e, s)
+        y = Neg(x) }""", {"x": np.ones(2, np.float32)}),
+    "tile_by_0": ("""g (float[1] x) => (float[2, 0] y) {
+        c = Constant<value=float[2, 2] {1, 2, 3, 4}>()
+        r = Constant<value=int64[2] {1, 0}>()
+        t = Tile(c, r)
+        y = Add(t, x) }""", {"x": np.ones(1, np.float32)}),
+}
+
+
+@pytest.mark.parametrize("level", [0, 2])
+@pytest.mark.parametrize("case", sorted(ZERO_SIZE))
+def test_a_library_with_a_zero_size_constant_loads_and_equals_onnxruntime(case, level, tmp_path):
+    text, feeds = ZERO_SIZE[case]
+    model = onnx.parser.parse_model(H17 + text)
+    path = optc.compile(optc.from_onnx(model), level=level).export(tmp_path / f"{case}.so")
+    got = optc.runtime.load(path).run(feeds)
+    for out, expected in zip(model.graph.output, run_ort(model, feeds), strict=True):
+        assert got[out.name].shape == expected.shape, out.name
+        np.testing.assert_array_equal(got[out.name], expected)
+
+
+def test_concat_empty_drops_the_empty_operands():
+    from optc.rewrites.rules import noops
+    from optc.rewrites.rules._testing import check_rewrite
+
+    model, _ = check_rewrite(noops.ConcatEmpty, H17 + """
+    g (float[2, 3] x, float[2, 2] w) => (float[2, 5] y) {
+      e = Constant<value=float[2, 0] {}>()
+      c = Concat<axis=-1>(e, x, e, w)
+      y = Relu(c) }""", expect="ConcatEmpty")
+    concat = next(n for n in model.graph if n.op_type == "Concat")
+    assert [v.name for v in concat.inputs] == ["x", "w"]
+
+
+@pytest.mark.parametrize("text", [
+    """g (float[2, 0] x) => (float[2, 0] y) {
+      e = Constant<value=float[2, 0] {}>()
+      c = Concat<axis=1>(x, e)
+      y = Relu(c) }""",
+    """g (float[2, K] x, float[2, 3] w) => (float[2, ?] y) {
+      c = Concat<axis=1>(x, w)
+      y = Relu(c) }""",
+], ids=["every_operand_empty", "symbolic_size"])
+def test_concat_empty_keeps_a_concat_with_no_static_empty_operand_or_only_empty_ones(text):
+    from optc.rewrites.rules import noops
+    from optc.rewrites.rules._testing import check_rewrite
+
+    check_rewrite(noops.ConcatEmpty, H17 + text, expect=None, feeds={"x": np.ones((2, 0), np.float32)}
+                  if "float[2, 0] x" in text else {"x": np.ones((2, 4), np.float32), "w": np.ones((2, 3), np.float32)})

@@ -213,6 +213,36 @@ class ConcatSingle(Rule):
         return x
 
 
+class ConcatEmpty(Rule):
+    """Concat without its operands of static size 0 along the axis (they add no element) -> the Concat of the
+    others, in order (when one is left, ConcatSingle removes it). Not when every operand is empty."""
+
+    def pattern(self, op, x):
+        return op.Concat(x, _allow_other_inputs=True)
+
+    def check(self, m, x):
+        empty = _empty_along_axis(m.root)
+        require(empty, "no operand is empty along the axis")
+        return require(len(empty) < len(m.root.inputs), "every operand is empty")
+
+    def rewrite(self, op, m, x):
+        empty = _empty_along_axis(m.root)
+        return op.Concat(*[v for i, v in enumerate(m.root.inputs) if i not in empty], axis=m.root.attr("axis"))
+
+
+def _empty_along_axis(concat) -> set[int]:
+    """The positions of a Concat's operands whose dim along its axis is a static 0."""
+    axis = concat.attr("axis")
+    found = set()
+    for i, v in enumerate(concat.inputs):
+        shape = v.shape if v is not None else None
+        if axis is None or shape is None or not -len(shape) <= axis < len(shape):
+            continue
+        if isinstance(shape[axis], int) and shape[axis] == 0:
+            found.add(i)
+    return found
+
+
 class SplitSingle(Rule):
     """Split with a single output -> its input (when the output keeps the input's shape)."""
 
@@ -379,7 +409,7 @@ class IfConstant(Rule):
 
 RULES: list[type[Rule]] = [
     IdentityNoop, DropoutNoop, CastNoop, ShapeOpNoop, ShapeRoundTrip, TransposeIdentity, TransposeInverse,
-    SliceFull, PadZero, ExpandNoop, ConcatSingle, SplitSingle, MulOne, AddZero, SubZero, DivOne, PowOne,
+    SliceFull, PadZero, ExpandNoop, ConcatSingle, ConcatEmpty, SplitSingle, MulOne, AddZero, SubZero, DivOne, PowOne,
     WhereConstant, IfConstant,
 ]
 
