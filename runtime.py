@@ -20,6 +20,8 @@ from .inputs import check_input_names
 __all__ = ["LIBRARY_SUFFIX", "Module", "load"]
 
 LIBRARY_SUFFIX = ".so"  # what an artifact's library is called (export_library links a shared object)
+#: how the message starts when a library's call fails on an out-of-range index (`lowering.ops.indexing`)
+INDEX_ERROR = "optc index out of range: "
 
 
 def _fmt_shape(shape) -> str:
@@ -162,18 +164,14 @@ class Module:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model: ``{input name: array}`` -> ``{output name: array}``. OptcError (one line) for inputs
-        that do not fit: names, dtypes, ranks and static dims (checked here), and the sizes the library checks
-        when it runs (a Reshape to a fixed shape of an input with a symbolic dim)."""
+        that do not fit: names, dtypes, ranks and static dims (checked here), and what the library checks when
+        it runs: sizes (a Reshape to a fixed shape of an input with a symbolic dim) and indices (Gather,
+        GatherElements, GatherND, ScatterElements, ScatterND: out of range)."""
         args = self._to_device(self.check_inputs(inputs))
         try:
             result = self._call(args)
-        except Exception as exc:  # noqa: BLE001 - only the library's own shape checks are turned into OptcError
-            if "match_cast" not in str(exc):
-                raise
-            sizes = re.search(r"\((\d+) vs\. (\d+)\)", str(exc))
-            what = f"{sizes[1]} elements where the model needs {sizes[2]}" if sizes else first_line(exc)
-            raise OptcError(f"the inputs do not fit the model's shapes: a shape check in the library failed "
-                            f"({what})") from None
+        except Exception as exc:  # noqa: BLE001 - only the library's own checks are turned into OptcError
+            raise _check_failure(exc) from None
         return self._outputs(result)
 
     __call__ = run
@@ -217,6 +215,19 @@ class Module:
         if int(self._device.dlpack_device_type()) != 1:  # not kDLCPU: wait for the kernels
             self._device.sync()
         return result
+
+
+def _check_failure(exc: Exception) -> Exception:
+    """The OptcError for a failed check of the library (a shape's size, an index), else `exc` itself."""
+    text = str(exc)
+    if INDEX_ERROR in text:
+        message = text[text.index(INDEX_ERROR) + len(INDEX_ERROR):].splitlines()[0]
+        return OptcError(f"the inputs do not fit the model: {message}")
+    if "match_cast" not in text:
+        return exc
+    sizes = re.search(r"\((\d+) vs\. (\d+)\)", text)
+    what = f"{sizes[1]} elements where the model needs {sizes[2]}" if sizes else first_line(exc)
+    return OptcError(f"the inputs do not fit the model's shapes: a shape check in the library failed ({what})")
 
 
 ALIGNMENT = 64  # bytes: TVM allocates with this alignment and its kernels may assume it of every buffer

@@ -162,14 +162,18 @@ def _static_shapes(task) -> bool:
 
 def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: dict | None = None):
     """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module (kernels with symbolic
-    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them)."""
+    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them). The
+    index checks of gathers and scatters are left out: a loop over the indices with nothing to tune, which the
+    random indices of a measurement would fail."""
+    from ..lowering.ops.indexing import INDEX_CHECK_ATTR  # noqa: PLC0415
     from .build import fuse, prepare  # noqa: PLC0415
 
     ms = _ms()
     target = resolve_target(target)
     fused = fuse(prepare(mod, params, target, layout=layout), target)
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
-             if not t.mod.attrs.get("tirx.is_scheduled", False)]
+             if not t.mod.attrs.get("tirx.is_scheduled", False)
+             and INDEX_CHECK_ATTR not in (t.mod["main"].attrs or {})]
     static = [t for t in tasks if _static_shapes(t)]
     if skipped is not None:
         skipped["symbolic"] = len(tasks) - len(static)

@@ -3,10 +3,18 @@ onnxruntime or the ONNX spec formula."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
+import onnx
+import onnx.parser
 import optc
 import pytest
 from onnx import helper, numpy_helper
+from optc import OptcError
+from optc.codegen.build import find_nvcc
+from optc.codegen.compile import compile_to_file
 from optc.rewrites.passes.fold_constants import _REFERENCE_WRONG
 
 from .conftest import run_ort
@@ -170,3 +178,92 @@ def test_piecewise_activation_builds_for_float16_and_double(op):
         assert got.dtype == np_type
         np.testing.assert_allclose(got.astype(np.float64), formula(x), rtol=tol, atol=tol)
         assert _zeros_and_nans_equal(got.astype(np.float64), formula(x))
+
+
+# -- out-of-range indices in compiled code ------------------------------------------------------------
+
+_X26 = np.arange(12, dtype=np.float32).reshape(2, 6)
+_ONES = np.ones((2, 2), np.float32)
+
+# op -> (graph signature and body, valid feeds, feeds with an index out of range). onnxruntime refuses the
+# latter; before, the library read or wrote out of bounds: garbage for an index just past the end, a segfault
+# for a far one.
+INDEX_CASES = {
+    "Gather": ("(float[N, 6] x, int64[K] i) => (float[N, K] y) { y = Gather<axis=1>(x, i) }",
+               {"x": _X26, "i": np.array([0, -6, 5])}, [{"i": np.array([6])}, {"i": np.array([-7])},
+                                                        {"i": np.array([10**8])}]),
+    "Gather-int32": ("(float[2, 6] x, int32[2, 2] i) => (float[2, 2, 6] y) { y = Gather<axis=0>(x, i) }",
+                     {"x": _X26, "i": np.array([[0, -1], [1, -2]], np.int32)},
+                     [{"i": np.array([[0, 2], [1, 1]], np.int32)}]),
+    "GatherElements": ("(float[N, 6] x, int64[N, 3] i) => (float[N, 3] y) { y = GatherElements<axis=1>(x, i) }",
+                       {"x": _X26, "i": np.array([[0, -6, 5], [1, 2, 3]])},
+                       [{"i": np.array([[0, 6, 5], [1, 2, 3]])}, {"i": np.array([[0, 1, 5], [1, 2, -10**9]])}]),
+    "GatherND": ("(float[2, 6] x, int64[K, 2] i) => (float[K] y) { y = GatherND(x, i) }",
+                 {"x": _X26, "i": np.array([[0, 5], [-1, -6]])}, [{"i": np.array([[2, 0]])},
+                                                                   {"i": np.array([[0, 10**8]])}]),
+    "ScatterElements": ("(float[N, 6] x, int64[N, 2] i, float[N, 2] u) => (float[N, 6] y) "
+                        "{ y = ScatterElements<axis=1>(x, i, u) }",
+                        {"x": _X26, "i": np.array([[0, -1], [2, 3]]), "u": _ONES},
+                        [{"i": np.array([[0, 6], [2, 3]])}, {"i": np.array([[0, 10**8], [2, 3]])}]),
+    "ScatterND": ("(float[2, 6] x, int64[K, 2] i, float[K] u) => (float[2, 6] y) { y = ScatterND(x, i, u) }",
+                  {"x": _X26, "i": np.array([[0, 5], [-1, -6]]), "u": np.ones(2, np.float32)},
+                  [{"i": np.array([[0, 6], [1, 1]])}, {"i": np.array([[10**8, 0], [1, 1]])}]),
+    "NegativeLogLikelihoodLoss": ("(float[N, 6] x, int64[N] i) => (float y) "
+                                  "{ y = NegativeLogLikelihoodLoss<reduction=\"mean\">(x, i) }",
+                                  {"x": _X26, "i": np.array([5, -1])}, [{"i": np.array([0, 6])},
+                                                                        {"i": np.array([10**8, 0])}]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(INDEX_CASES))
+def index_case(request):
+    text, ok, bad = INDEX_CASES[request.param]
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 18]>\ng {text}')
+    return request.param, model, optc.compile(model), ok, bad
+
+
+def test_indices_in_range_as_onnxruntime(index_case):
+    _, model, module, ok, _ = index_case
+    np.testing.assert_array_equal(module.run(ok)["y"], run_ort(model, ok)[0])
+
+
+def test_out_of_range_index_is_a_one_line_error(index_case):
+    """Before: garbage (an index just past the end) or a segfault (a far one); onnxruntime refuses them."""
+    op, model, module, ok, bad = index_case
+    for change in bad:
+        feeds = {**ok, **change}
+        with pytest.raises(Exception, match="(?i)out of|invalid ind"):  # onnxruntime refuses them too
+            run_ort(model, feeds)
+        with pytest.raises(OptcError, match=rf"^the inputs do not fit the model: {op.split('-')[0]} node 'y': "
+                                            "an index is out of range for data ax[ie]s"):
+            module.run(feeds)
+
+
+def test_constant_out_of_range_index_is_refused_at_compile_time():
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 6] x) => (float[N, 2] y) { i = Constant<value=int64[2] {1, 6}>() y = Gather<axis=1>(x, i) }""")
+    with pytest.raises(OptcError, match=r"^Gather node 'y': index 6 is out of range for data axis 1 of size 6"):
+        optc.compile(model)
+
+
+def test_optc_run_out_of_range_index_exits_2(tmp_path):
+    """Before: SIGSEGV (rc 139) for index 1e8, exit 0 with garbage for index 6."""
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 18]>\ng {INDEX_CASES["Gather"][0]}')
+    onnx.save(model, tmp_path / "g.onnx")
+    lib = optc.compile(model).export(tmp_path / "g.so")
+    for index in (10**8, 6):
+        np.savez(tmp_path / "in.npz", x=_X26, i=np.array([index]))
+        run = subprocess.run([sys.executable, "-m", "optc", "run", str(lib), "--inputs", str(tmp_path / "in.npz")],
+                             capture_output=True, text=True)
+        assert run.returncode == 2, run.stderr[-500:]
+        assert run.stderr.count("\n") == 1 and "Gather node 'y': an index is out of range" in run.stderr
+
+
+def test_index_checks_build_for_cuda(tmp_path):
+    """A CUDA kernel cannot fail the call: for GPU targets the checks only wrap negative indices, and the
+    library builds (nvcc; no GPU needed)."""
+    if find_nvcc() is None:
+        pytest.skip("no nvcc")
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 18]>\ng {INDEX_CASES["Gather"][0]}')
+    compile_to_file(model, tmp_path / "g.so", target="cuda")
+    assert (tmp_path / "g.so").stat().st_size > 0

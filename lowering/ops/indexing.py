@@ -5,16 +5,27 @@ TVM's `gather_nd` and `scatter_nd` accept only int64 indices (exporters write in
 exporter turns `x[idx]` into GatherND with the index tensor's own dtype), and its `scatter_elements` kernel is
 an opaque extern that the build's layout-rewrite pass rejects. Every converter here casts the indices to
 int64 and maps negative ones to `index + extent`; ScatterElements (and the older Scatter) become a
-`scatter_nd` on explicit coordinates. Out-of-range indices are an error in ONNX; as in the frontend, the
-compiled code does not check them.
+`scatter_nd` on explicit coordinates.
+
+Out-of-range indices are an error in ONNX (onnxruntime refuses them); TVM's kernels do not check and read or
+write out of bounds (a segfault, or garbage). So every index is checked: constant indices when the model is
+lowered (OptcError naming the node), run-time ones by a small kernel (`_index_check`) that also wraps the
+negative ones and fails the call with `INDEX_ERROR` (one line naming the node; `runtime.Module.run` turns it
+into an OptcError). Its cost is one pass over the indices, next to a gather or scatter that reads them anyway.
+A GPU kernel cannot fail the call: for GPU targets the checks only wrap (`without_index_asserts`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
+from tvm.script import tirx as T
 
+from ...errors import OptcError
+from ...runtime import INDEX_ERROR
 from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse
+
+INDEX_CHECK_ATTR = "optc.index_check"  # marks the PrimFuncs of `_index_check` (its value: k)
 
 
 def _index_tensor(bb, idx, op: str):
@@ -53,13 +64,104 @@ def _extents(bb, data, start: int, count: int):
     return bb.normalize(relax.op.strided_slice(shape, [0], [start], [start + count]))
 
 
-def _wrap_negative(bb, idx, extent):
-    """ONNX: a negative index counts from the end of its axis (`extent` broadcasts against `idx`)."""
-    value = constant_value(idx)
-    if value is not None and not (value < 0).any():
-        return idx
-    zero = const(0, "int64")
-    return bb.normalize(relax.op.where(relax.op.less(idx, zero), relax.op.add(idx, extent), idx))
+def _node_label(ctx, op: str) -> str:
+    node = ctx.node
+    name = node.name or next((o.name for o in node.outputs if o is not None), "")
+    return f"{op} node '{name}'"
+
+
+def _index_check(k: int, message: str):
+    """A PrimFunc `(idx int64[m, k], extents int64[k]) -> int64[m, k]`: each index with a negative one wrapped
+    (`+ extents[j]`); the call fails with `message` when `idx[i, j]` is outside `[-extents[j], extents[j])`.
+    A serial loop (one compare and select per index, beside a gather or scatter that reads them anyway): no block
+    for the schedules, and tuning leaves it out (`INDEX_CHECK_ATTR`); for GPU targets see `without_index_asserts`."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def index_check(var_idx: T.handle, var_extents: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True, "op_pattern": 8, INDEX_CHECK_ATTR: k})
+        m = T.int64()
+        idx = T.match_buffer(var_idx, (m, k), "int64")
+        extents = T.match_buffer(var_extents, (k,), "int64")
+        out = T.match_buffer(var_out, (m, k), "int64")
+        for i, j in T.grid(m, k):
+            assert -extents[j] <= idx[i, j] and idx[i, j] < extents[j], message
+            out[i, j] = T.if_then_else(idx[i, j] < T.int64(0), idx[i, j] + extents[j], idx[i, j])
+
+    return index_check
+
+
+def _index_wrap(k: int):
+    """`_index_check` without the check, as a block that GPU schedules (dlight) bind to threads."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def index_wrap(var_idx: T.handle, var_extents: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True, "op_pattern": 8})
+        m = T.int64()
+        idx = T.match_buffer(var_idx, (m, k), "int64")
+        extents = T.match_buffer(var_extents, (k,), "int64")
+        out = T.match_buffer(var_out, (m, k), "int64")
+        for i, j in T.grid(m, k):
+            with T.sblock("wrap"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                out[vi, vj] = T.if_then_else(idx[vi, vj] < T.int64(0), idx[vi, vj] + extents[vj], idx[vi, vj])
+
+    return index_wrap
+
+
+def without_index_asserts(mod):
+    """`mod` with its index checks replaced by `_index_wrap`: a GPU kernel cannot fail the call (CUDA code has
+    no way to raise TVM's error), so on a GPU target an out-of-range index is wrapped, not refused."""
+    from tvm import tirx as tir
+
+    checks = {gv: int(f.attrs[INDEX_CHECK_ATTR]) for gv, f in mod.functions_items()
+              if isinstance(f, tir.PrimFunc) and f.attrs is not None and INDEX_CHECK_ATTR in f.attrs}
+    if not checks:
+        return mod
+    mod = mod.__class__(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, k in checks.items():
+        mod[gv] = _index_wrap(k)
+    return mod
+
+
+def _checked_constant(idx: np.ndarray, extents: list, label: str, what: str) -> np.ndarray | None:
+    """Constant int64 indices of shape [m, k] (k coordinates into data axes of the given extents) with negative
+    ones wrapped; OptcError when one is out of range. None when an extent is symbolic (checked at run time)."""
+    if not all(isinstance(e, int) for e in extents):
+        return None
+    ext = np.array(extents, np.int64)
+    bad = (idx < -ext) | (idx >= ext)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise OptcError(f"{label}: index {int(idx[row, col])} is out of range for {what} of size {int(ext[col])} "
+                        "(ONNX allows -size to size - 1)")
+    return np.where(idx < 0, idx + ext, idx)
+
+
+def checked_indices(bb, ctx, idx, data, start: int, k: int, op: str):
+    """int64 indices of any shape whose elements, taken k at a time (k > 1: the last axis holds them), index data
+    axes start..start+k-1; returned with negative ones wrapped. An out-of-range index is an OptcError now when the
+    indices and those data dims are constants, else the library's call fails with `INDEX_ERROR`."""
+    label = _node_label(ctx, op)
+    what = f"data axis {start}" if k == 1 else f"data axes {start}..{start + k - 1}"
+    value, data_dims = constant_value(idx), dims_of(data)
+    if value is not None and data_dims is not None:
+        checked = _checked_constant(value.reshape(-1, k), data_dims[start:start + k], label, what)
+        if checked is not None:
+            return const(checked.reshape(value.shape))
+    shape = dims_of(idx)
+    if shape is None:  # computed from values: name the row count when the library runs
+        rows = tirx.Var("m", "int64")
+        flat = bb.match_cast(relax.op.reshape(idx, [-1, k]), relax.TensorType([rows, k], "int64"))
+    else:
+        rows = 1
+        for d in shape[:-1] if k > 1 else shape:
+            rows = rows * d
+        flat = bb.normalize(relax.op.reshape(idx, [rows, k]))
+    message = f"{INDEX_ERROR}{label}: an index is out of range for {what} (ONNX allows -size to size - 1)"
+    check = bb.add_func(_index_check(k, message), "optc_index_check")
+    checked = bb.emit(relax.call_tir(check, [flat, _extents(bb, data, start, k)],
+                                     relax.TensorType([rows, k], "int64")))
+    return bb.normalize(relax.op.reshape(checked, relax.op.shape_of(idx) if shape is None else shape))
 
 
 def _coordinate_count(idx, op: str) -> int:
@@ -89,11 +191,19 @@ def _allowed_reductions(opset: int) -> tuple[str, ...]:
 
 @converter("", "Gather")
 def gather(bb, inputs, attrs, ctx):
-    # The frontend handles shape-valued data and constant folding; give it int64 indices.
+    """Gather of a tensor: `take` of checked indices (mode "clip" never clips them; TVM's default "fast" warns
+    that it segfaults on bad ones). The frontend handles shape-valued data and indices (values known when the
+    model is lowered)."""
     data, idx = inputs[0], inputs[1]
-    if not isinstance(idx, relax.ShapeExpr):
-        idx = _index_tensor(bb, idx, "Gather")
-    return lookup_frontend("Gather", ctx.opset)(bb, [data, idx], attrs, ctx)
+    if isinstance(data, relax.ShapeExpr) or isinstance(idx, relax.ShapeExpr):
+        return lookup_frontend("Gather", ctx.opset)(bb, [data, idx], attrs, ctx)
+    idx = _index_tensor(bb, idx, "Gather")
+    rank = _rank(data, "data", "Gather")
+    axis = attrs.get("axis", 0)
+    if not -rank <= axis < rank:
+        raise refuse(f"Gather axis {axis} is out of range for rank-{rank} data")
+    axis %= rank
+    return relax.op.take(data, checked_indices(bb, ctx, idx, data, axis, 1, "Gather"), axis, mode="clip")
 
 
 @converter("", "GatherElements")
@@ -106,7 +216,7 @@ def gather_elements(bb, inputs, attrs, ctx):
     if not -rank <= axis < rank:
         raise refuse(f"GatherElements axis {axis} is out of range for rank-{rank} data")
     axis %= rank
-    idx = _wrap_negative(bb, idx, _extents(bb, data, axis, 1))
+    idx = checked_indices(bb, ctx, idx, data, axis, 1, "GatherElements")
     return relax.op.gather_elements(data, idx, axis)
 
 
@@ -126,7 +236,7 @@ def gather_nd(bb, inputs, attrs, ctx):
             d, n = data_dims[i], idx_dims[i]
             if isinstance(d, int) and isinstance(n, int) and d != n:
                 raise refuse(f"GatherND with batch dim {i} of size {d} in the data and {n} in the indices")
-    idx = _wrap_negative(bb, idx, _extents(bb, data, b, k))
+    idx = checked_indices(bb, ctx, idx, data, b, k, "GatherND")
     return relax.op.gather_nd(data, idx, b)
 
 
@@ -140,7 +250,7 @@ def scatter_nd(bb, inputs, attrs, ctx):
         raise refuse(f"ScatterND with index tuples of length {k} into rank-{r} data")
     if _rank(updates, "updates", "ScatterND") != q - 1 + r - k:
         raise refuse("ScatterND with updates of a rank other than indices' rank - 1 + data's rank - tuple length")
-    idx = _wrap_negative(bb, idx, _extents(bb, data, 0, k))
+    idx = checked_indices(bb, ctx, idx, data, 0, k, "ScatterND")
     return relax.op.scatter_nd(data, idx, updates, reduction)
 
 
@@ -159,7 +269,7 @@ def _scatter_elements(bb, inputs, attrs, ctx, op: str, reductions: tuple[str, ..
     shape = dims_of(idx)
     if shape is None:
         raise refuse(f"{op} with indices of unknown shape is not supported by the TVM back end")
-    idx = _wrap_negative(bb, idx, _extents(bb, data, axis, 1))
+    idx = checked_indices(bb, ctx, idx, data, axis, 1, op)
     columns = []
     for i in range(rank):
         if i == axis:
