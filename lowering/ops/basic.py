@@ -49,31 +49,6 @@ def _run_time(*positions: int):
 # TVM's frontend needs these parameters as constants (after optc's constant folding, most models have them so)
 refuse_when("CumSum", "with an axis computed at run time", _run_time(1))
 refuse_when("Pad", "with pads or a constant value computed at run time", _run_time(1, 2, 3))
-_RESIZE_MODES = (b"half_pixel", b"align_corners", b"asymmetric", b"pytorch_half_pixel", b"tf_crop_and_resize")
-
-
-@converter("", "Resize")
-def resize(bb, inputs, attrs, ctx):
-    # TVM's Resize ignores antialias (wrong values when downsampling), and lacks axes, keep_aspect_ratio_policy
-    # and the half_pixel_symmetric coordinate mode
-    why = ("with roi, scales or sizes computed at run time" if _run_time(1, 2, 3)(inputs, attrs)
-           else "with antialias=1" if attrs.get("antialias", 0)
-           else "with the axes attribute" if "axes" in attrs
-           else "with a keep_aspect_ratio_policy" if attrs.get("keep_aspect_ratio_policy", b"stretch") != b"stretch"
-           else "with coordinate_transformation_mode "
-                f"'{attrs['coordinate_transformation_mode'].decode()}'"
-           if attrs.get("coordinate_transformation_mode", b"half_pixel") not in _RESIZE_MODES else None)
-    scales = constant_value(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
-    sizes_given = len(inputs) > 3 and inputs[3] is not None
-    if not why and scales is not None and scales.size and not sizes_given:
-        dims = [getattr(d, "value", None) for d in inputs[0].ty.shape.values]
-        if any(d is None or float(int(d * f)) != d * f for d, f in zip(dims, scales.tolist(), strict=False)):
-            why = "with scales whose output size is rounded (TVM maps coordinates by the size ratio, ONNX by 1/scale)"
-    if why:
-        raise UnsupportedError(f"Resize {why} is not supported by the TVM back end")
-    return lookup_frontend("Resize", ctx.opset)(bb, inputs, attrs, ctx)
-
-
 refuse_when("AffineGrid", "with a size computed at run time", _run_time(1))
 refuse_when("BatchNormalization", "in training mode", lambda i, a: a.get("training_mode", 0))
 refuse_when("ConvTranspose", "with an output_shape attribute", lambda i, a: "output_shape" in a)
@@ -251,27 +226,6 @@ def max_unpool(bb, inputs, attrs, ctx):
         return y
     pad_width = [w for o, i in zip(out, inferred, strict=True) for w in (0, o - i)]  # (before, after) per axis
     return relax.op.nn.pad(y, pad_width)
-
-
-@converter("", "Upsample")
-def upsample(bb, inputs, attrs, ctx):
-    """Upsample (deprecated in opset 10) in nearest mode with integer scales: each element repeated
-    `scales[axis]` times along every axis, as onnx's reference computes it. Other modes and fractional
-    scales are refused (the reference does not define them either)."""
-    scales = (np.asarray(attrs["scales"], np.float32) if "scales" in attrs
-              else constant_value(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None)
-    if scales is None:
-        raise UnsupportedError("Upsample with scales computed at run time is not supported by the TVM back end")
-    mode = attrs.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "nearest" or not np.array_equal(scales, np.floor(scales)) or (scales < 1).any():
-        raise UnsupportedError(f"Upsample in mode '{mode}' with scales {scales.tolist()} (only nearest with whole "
-                               "scales) is not supported by the TVM back end")
-    y = inputs[0]
-    for axis, scale in enumerate(scales.astype(np.int64).tolist()):
-        if scale != 1:
-            y = bb.normalize(relax.op.repeat(y, scale, axis=axis))
-    return y
 
 
 @converter("", "OptionalHasElement")

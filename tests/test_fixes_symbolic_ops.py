@@ -1,0 +1,137 @@
+"""Ops the TVM back end refused or failed to build on symbolic dims, and the forms of them it computed wrong at
+fixed shapes, each compiled once and checked against onnxruntime at several input sizes:
+
+1. Resize with scales on a symbolic dim (an exact size: scale 1 or a whole scale), Resize-10, Resize with an
+   empty scales input beside sizes, sizes from a shape computation; Upsample in linear mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from .conftest import run_ort
+
+RNG = np.random.default_rng(0)
+F = TensorProto.FLOAT
+
+
+def _model(nodes: list, dims: list, inits: dict | None = None, opset: int = 18, dtype: int = F) -> onnx.ModelProto:
+    """One input x of `dims` (ints and dim names), one output y."""
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", dtype, dims)],
+                     [h.make_tensor_value_info("y", dtype, None)],
+                     [nh.from_array(v, k) for k, v in (inits or {}).items()])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=8)
+
+
+def _f32(*shape) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _equals_onnxruntime(model: onnx.ModelProto, shapes: list[tuple], dtype=np.float32, rtol: float = 1e-4,
+                        atol: float = 1e-5) -> None:
+    """The model compiled once equals onnxruntime at every input shape (shapes and values)."""
+    lib = optc.compile(optc.from_onnx(model))
+    for shape in shapes:
+        x = RNG.standard_normal(shape).astype(dtype) if dtype == np.float32 else \
+            RNG.integers(-3, 4, shape).astype(dtype)
+        want = run_ort(model, {"x": x})[0]
+        got = lib.run({"x": x})["y"]
+        assert got.shape == want.shape, shape
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=str(shape))
+
+
+def _refused(model: onnx.ModelProto, match: str) -> None:
+    with pytest.raises(optc.UnsupportedError, match=match) as info:
+        optc.compile(optc.from_onnx(model))
+    assert "\n" not in str(info.value)
+
+
+def _scales(*values: float) -> np.ndarray:
+    return np.array(values, np.float32)
+
+
+def _ints(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
+# -- 1. Resize / Upsample -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_scales_on_a_symbolic_batch(mode):
+    node = h.make_node("Resize", ["x", "", "sc"], ["y"], mode=mode)
+    _equals_onnxruntime(_model([node], ["N", 3, 5, 7], {"sc": _scales(1, 1, 2, 3)}), [(1, 3, 5, 7), (3, 3, 5, 7)])
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_whole_scales_on_symbolic_spatial_dims(mode):
+    node = h.make_node("Resize", ["x", "", "sc"], ["y"], mode=mode, coordinate_transformation_mode="asymmetric",
+                       nearest_mode="floor")
+    _equals_onnxruntime(_model([node], ["N", 3, "H", "W"], {"sc": _scales(1, 1, 2, 3)}),
+                        [(2, 3, 5, 7), (1, 3, 1, 2), (1, 3, 8, 8)])
+
+
+@pytest.mark.parametrize("rank", [3, 5])
+def test_resize_1d_and_3d_on_symbolic_dims(rank):
+    node = h.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear" if rank == 3 else "nearest")
+    dims = ["N", 2] + [f"d{i}" for i in range(rank - 2)]
+    scales = _scales(1, 1, *([2, 1, 3][: rank - 2]))
+    _equals_onnxruntime(_model([node], dims, {"sc": scales}), [(2, 2, *range(3, rank + 1)), (1, 2, *[1] * (rank - 2))])
+
+
+@pytest.mark.parametrize(("mode", "scales", "dims"), [
+    ("linear", (1, 1, 2, 2), ["N", 3, 4, 4]),
+    ("nearest", (1, 1, 2, 2), [2, 3, 4, 4]),
+    ("nearest", (1, 1, 1.5, 1.5), [1, 2, 4, 6]),  # upsampling: the coordinate floored
+    ("nearest", (1, 1, 0.75, 0.5), [1, 2, 8, 8]),  # downsampling: ceiled
+    ("linear", (1, 1, 1.5, 1.5), [1, 2, 4, 6]),
+])
+def test_resize_opset_10(mode, scales, dims):
+    model = _model([h.make_node("Resize", ["x", "sc"], ["y"], mode=mode)], dims, {"sc": _scales(*scales)}, opset=10)
+    _equals_onnxruntime(model, [tuple(2 if d == "N" else d for d in dims), tuple(1 if d == "N" else d for d in dims)])
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_resize_empty_scales_beside_sizes(opset):
+    node = h.make_node("Resize", ["x", "e", "e", "sz"], ["y"], mode="linear")
+    model = _model([node], [2, 3, 5, 7], {"e": np.zeros(0, np.float32), "sz": _ints(2, 3, 9, 4)}, opset=opset)
+    _equals_onnxruntime(model, [(2, 3, 5, 7)])
+
+
+def test_resize_sizes_from_a_shape_computation():
+    """sizes = Concat(Shape(x)[:2], Shape(x)[2:] * [2, 3]) on a symbolic N, H, W."""
+    nodes = [h.make_node("Shape", ["x"], ["s"]),
+             h.make_node("Slice", ["s", "zero", "two"], ["batch_channels"]),
+             h.make_node("Slice", ["s", "two", "four"], ["spatial"]),
+             h.make_node("Mul", ["spatial", "k"], ["scaled"]),
+             h.make_node("Concat", ["batch_channels", "scaled"], ["sizes"], axis=0),
+             h.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")]
+    inits = {"zero": _ints(0), "two": _ints(2), "four": _ints(4), "k": _ints(2, 3)}
+    _equals_onnxruntime(_model(nodes, ["N", 3, "H", "W"], inits), [(2, 3, 5, 7), (1, 3, 2, 3)])
+
+
+@pytest.mark.parametrize(("mode", "scales"), [("linear", (1, 1, 2, 2)), ("nearest", (1, 1, 1.5, 2))])
+def test_upsample_through_resize(mode, scales):
+    model = _model([h.make_node("Upsample", ["x", "sc"], ["y"], mode=mode)], [2, 3, 4, 6],
+                   {"sc": _scales(*scales)}, opset=9)
+    _equals_onnxruntime(model, [(2, 3, 4, 6)])
+
+
+@pytest.mark.parametrize(("scales", "dims", "match"), [
+    ((1, 1, 1.5, 2), ["N", 3, "H", "W"], "fractional scale 1.5 on the symbolic dim H .*--input-shape"),
+    ((1, 1, 1.5, 2), ["N", 3, 5, 5], "output size is rounded"),
+    ((2, 1, 1, 2), [2, 3, 4, 4], "of axis 0"),
+])
+def test_resize_refusals_name_the_reason(scales, dims, match):
+    node = h.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")
+    _refused(_model([node], dims, {"sc": _scales(*scales)}), match)
+
+
+def test_resize_sizes_fixing_a_symbolic_batch_is_refused():
+    node = h.make_node("Resize", ["x", "", "", "sz"], ["y"], mode="nearest")
+    _refused(_model([node], ["N", 3, 4, 4], {"sz": _ints(1, 3, 8, 8)}), "of axis 0 .*--input-shape")
