@@ -360,9 +360,19 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
     except OptcError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()
         raise OptcError(f"TVM build for {target_kind(target)} failed: {type(exc).__name__}: "
-                        f"{first[-1] if first else ''}") from exc
+                        f"{_build_failure(exc)}") from exc
+
+
+def _build_failure(exc: BaseException) -> str:
+    """One line for a failed TVM build: the call that reached the VM code generator unlowered (an op in a form no
+    pass legalizes; TVM's message ends in the call and a '# Metadata omitted' note), else the last line of TVM's
+    message that is not such a note."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if "Offending call:" in lines[:-1]:
+        call = lines[lines.index("Offending call:") + 1]
+        return f"no pass lowered the call {call[:300]} (TVM's VM code generator cannot emit it)"
+    return lines[-1] if lines else ""
 
 
 def find_nvcc() -> str | None:

@@ -206,6 +206,8 @@ class _Lowering:
         from tvm import relax
         from tvm.relax.frontend.onnx.onnx_frontend import onnx_input
 
+        from .broadcast import BROADCAST_OPS, align_batch_dims, align_operands
+
         if self.shapes.try_lower(n):
             return
         inputs = onnx_input()
@@ -225,6 +227,10 @@ class _Lowering:
         scalar_result = False
         if n.op_type in _ARITHMETIC and n.domain in ("", "ai.onnx"):
             inputs, scalar_result = self._scalar_constants_as_tensors(inputs)
+        if n.op_type in BROADCAST_OPS and n.domain in ("", "ai.onnx"):
+            inputs = align_operands(self.bb, inputs)  # symbolic dims TVM cannot broadcast (see broadcast.py)
+        elif n.op_type == "MatMul" and n.domain in ("", "ai.onnx"):
+            inputs = align_batch_dims(self.bb, inputs)
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)
@@ -267,9 +273,8 @@ class _Lowering:
 
     def _note_unknown_shapes(self, n: Node, inputs: list) -> None:
         """Remember where an output's shape became unknown, for the refusal of a later node that needs it: a node
-        whose inputs all had known shapes but whose output has none (a broadcast TVM cannot prove, such as
-        [batch, seq, 256] + [1, seq * batch, 256] in an export specialized to batch 1; a shape computed from
-        values), or the origin an input of unknown shape carries."""
+        whose inputs all had known shapes but whose output has none (a Squeeze without axes of symbolic dims; a
+        shape computed from values), or the origin an input of unknown shape carries."""
         from tvm import relax
         from tvm.sym.analyzer import Analyzer
 

@@ -339,7 +339,7 @@ class ShapeEvaluator:
         return self.lowering.bb.emit(relax.op.reshape(data, relax.ShapeExpr([_simplify(d) for d in dims])))
 
     def _op_Expand(self, n: Node):
-        from tvm import relax
+        from .broadcast import broadcast_to
 
         target = self.of(n.inputs[1])
         in_dims = self._input_shape(n.inputs[0])
@@ -355,7 +355,7 @@ class ShapeEvaluator:
         src = [1] * (rank - len(in_dims)) + list(in_dims)
         out = [s if (isinstance(t, int) and t == 1) else t for t, s in zip(shape, src, strict=False)]
         data = self.lowering.exprs[n.inputs[0]]
-        return self.lowering.bb.emit(relax.op.broadcast_to(data, relax.ShapeExpr([_simplify(d) for d in out])))
+        return broadcast_to(self.lowering.bb, data, [_simplify(d) for d in out])
 
     def _op_ConstantOfShape(self, n: Node):
         from tvm import relax

@@ -7,7 +7,10 @@
   wants them of the normalized shape, and TVM's rejection escaped as an internal error (exit 3);
 - a constant with a zero in a dim other than the first (float[2, 0], [3, 0], [2, 0, 3]): TVM stored it in the
   library in a form its loader rejects ("Invalid DLTensor file format"): `optc compile` wrote a library that could
-  not be loaded. -O2 now also drops such empty operands of a Concat (eliminate-noops ConcatEmpty).
+  not be loaded. -O2 now also drops such empty operands of a Concat (eliminate-noops ConcatEmpty);
+- a symbolic dim broadcast against a fixed dim or another symbolic dim (`Add(t[N, 4, 7], c[4, 1, 1])`, MatMul
+  batch dims): TVM gave the result an unknown shape and the build failed with a bare InternalError; TOPI's
+  broadcast_to read past a symbolic input dim that was 1 (Expand of x[N, 3] to [4, 3] at N = 1: garbage).
 """
 
 from __future__ import annotations
@@ -282,3 +285,99 @@ def test_concat_empty_keeps_a_concat_with_no_static_empty_operand_or_only_empty_
 
     check_rewrite(noops.ConcatEmpty, H17 + text, expect=None, feeds={"x": np.ones((2, 0), np.float32)}
                   if "float[2, 0] x" in text else {"x": np.ones((2, 4), np.float32), "w": np.ones((2, 3), np.float32)})
+
+
+# -- 4. broadcasting a symbolic dim -----------------------------------------------------------------------------
+
+def _text_model(text: str) -> onnx.ModelProto:
+    return onnx.parser.parse_model(H17 + text)
+
+
+def _run_both(model: onnx.ModelProto, lib, feeds: dict) -> None:
+    """The library equals onnxruntime where onnxruntime runs the feeds; where onnxruntime refuses them (a dim
+    neither 1 nor the broadcast one), the library refuses them too, with a one-line OptcError."""
+    try:
+        want = run_ort(model, feeds)
+    except Exception:  # noqa: BLE001 - onnxruntime's own refusal
+        with pytest.raises(optc.OptcError) as info:
+            lib.run(feeds)
+        assert "\n" not in str(info.value)
+        return
+    got = lib.run(feeds)
+    for out, expected in zip(model.graph.output, want, strict=True):
+        assert got[out.name].shape == expected.shape, (out.name, {k: v.shape for k, v in feeds.items()})
+        np.testing.assert_allclose(got[out.name], expected, rtol=1e-5, atol=1e-5)
+
+
+SYMBOLIC_BROADCASTS = {  # name: (graph text, feeds at several sizes; the last ones invalid for onnxruntime)
+    "add_constant_4x1x1": ("""g (float[N, 4, 7] t) => (float[?, 4, 7] y) {
+        c = Constant<value=float[4, 1, 1] {1.0, 2.0, 3.0, 4.0}>()
+        y = Add(t, c) }""", [{"t": _f32(n, 4, 7)} for n in (1, 4, 2)]),
+    "add_input_4x1x1": ("""g (float[N, 4, 7] t, float[4, 1, 1] c) => (float[?, 4, 7] y) {
+        y = Add(t, c) }""", [{"t": _f32(n, 4, 7), "c": _f32(4, 1, 1)} for n in (1, 4, 3)]),
+    "two_symbolic_dims": ("""g (float[N, 3] x, float[M, 3] z) => (float[?, 3] y) {
+        y = Mul(x, z) }""", [{"x": _f32(a, 3), "z": _f32(b, 3)} for a, b in ((1, 5), (5, 1), (5, 5), (0, 1), (2, 3))]),
+    "different_ranks": ("""g (float[N, 7] x, float[3, 1, 1] z) => (float[3, ?, 7] y) {
+        y = Sub(z, x) }""", [{"x": _f32(n, 7), "z": _f32(3, 1, 1)} for n in (1, 5)]),
+    "all_dims_symbolic": ("""g (float[N, C, L] x) => (float[?, C, L] y) {
+        c = Constant<value=float[4, 1, 1] {1.0, 2.0, 3.0, 4.0}>()
+        y = Div(x, c) }""", [{"x": _f32(n, c, length)} for n, c, length in ((1, 4, 3), (4, 4, 2), (4, 1, 2), (2, 4, 3))]),
+    "where_three_ways": ("""g (bool[N, 1] c, float[4, 3] a, float[S] b) => (float[4, 3] y) {
+        y = Where(c, a, b) }""", [{"c": RNG.random((n, 1)) > 0.5, "a": _f32(4, 3), "b": _f32(s)}
+                                  for n, s in ((1, 1), (4, 3), (4, 1), (2, 3))]),
+    "variadic_max": ("""g (float[N, 3] x, float[4, 1] z, float[M] w) => (float[4, 3] y) {
+        y = Max(x, z, w) }""", [{"x": _f32(n, 3), "z": _f32(4, 1), "w": _f32(m)} for n, m in ((1, 3), (4, 1), (3, 3))]),
+    "prelu_slope": ("""g (float[N, 2, 5] x, float[K, 1] s) => (float[N, 2, 5] y) {
+        y = PRelu(x, s) }""", [{"x": _f32(n, 2, 5), "s": _f32(k, 1)} for n, k in ((3, 1), (3, 2))]),
+    "expand_to_a_constant_shape": ("""g (float[N, 3] x) => (float[?, 3] y) {
+        s = Constant<value=int64[2] {4, 3}>()
+        y = Expand(x, s) }""", [{"x": _f32(n, 3)} for n in (1, 4, 2)]),
+    "matmul_batch_against_fixed": ("""g (float[N, 4, 5] x, float[3, 5, 6] w) => (float[?, 4, 6] y) {
+        y = MatMul(x, w) }""", [{"x": _f32(n, 4, 5), "w": _f32(3, 5, 6)} for n in (1, 3, 2)]),
+    "matmul_batch_two_symbolic": ("""g (float[B, S, 4] x, float[C, 4, 4] w) => (float[?, ?, 4] y) {
+        y = MatMul(x, w) }""", [{"x": _f32(b, s, 4), "w": _f32(c, 4, 4)} for b, s, c in ((1, 3, 2), (2, 3, 1), (2, 3, 3))]),
+    "batch_one_specialized_export": ("""g (float[B, S, 4] x) => (float[?, 4] z) {
+        flat = Constant<value=int64[3] {1, -1, 4}>()
+        two = Constant<value=int64[2] {-1, 4}>()
+        r = Reshape(x, flat)
+        y = Add(x, r)
+        z = Reshape(y, two) }""", [{"x": _f32(b, s, 4)} for b, s in ((1, 5), (2, 5))]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYMBOLIC_BROADCASTS))
+def test_symbolic_broadcast_equals_onnxruntime_at_several_sizes(case):
+    text, feeds = SYMBOLIC_BROADCASTS[case]
+    model = _text_model(text)
+    lib = optc.compile(optc.from_onnx(model))
+    for feed in feeds:
+        _run_both(model, lib, feed)
+
+
+def test_broadcast_of_a_symbolic_dim_reads_index_0_where_it_is_1():
+    """The kernel, not TOPI's broadcast_to (which reads x[i] along a symbolic dim whatever its size)."""
+    from optc.lowering import lower
+
+    model = _text_model(SYMBOLIC_BROADCASTS["expand_to_a_constant_shape"][0])
+    text = lower(optc.from_onnx(model)).script()
+    assert "broadcast_symbolic" in text and "R.broadcast_to" not in text
+    assert "R.match_cast" in text  # the run-time check
+
+
+def test_a_call_left_unlowered_is_named_in_the_build_error():
+    """A call no pass legalizes (here a conv2d_transpose in NHWC, built without the layout pass) fails the VM code
+    generator; the error names the call instead of TVM's last line, '# Metadata omitted ...'."""
+    from optc.codegen.build import build
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 4, 4, 3], "float32"))
+    w = relax.const(_f32(3, 2, 3, 3))  # a constant: TVM's message then ends in '# Metadata omitted ...'
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.nn.conv2d_transpose(x, w, data_layout="NHWC", kernel_layout="IOHW"))
+        bb.emit_func_output(y)
+    with pytest.raises(optc.OptcError) as info:
+        build(bb.get(), target="cpu", layout=None)
+    message = str(info.value)
+    assert "no pass lowered the call R.nn.conv2d_transpose(" in message, message
+    assert "Metadata" not in message and "\n" not in message

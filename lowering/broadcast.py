@@ -1,0 +1,166 @@
+"""Broadcasting where a symbolic dim meets a dim it cannot be proven equal to.
+
+ONNX broadcasting lets a symbolic dim N meet a fixed dim 4 (N must then be 1 or 4 when the model runs) or another
+symbolic dim M. TVM handles neither: Relax's shape inference gives the result of `add([N, 4, 7], [4, 1, 1])` an
+unknown shape, LegalizeOps leaves such a call alone, and the VM codegen fails on it ("InternalError"); and TOPI's
+broadcast indexes a symbolic input dim as if it were never 1 (`broadcast_to(x[N, 3], [4, 3])` read past x at
+N = 1). Here the result dim is worked out as ONNX defines it, and an operand whose symbolic dim may need
+broadcasting is first broadcast to it by a kernel that reads index 0 along that dim where it is 1, after a run-time
+check that the dim is 1 or the result's (the VM raises on a mismatch, as onnxruntime refuses the model).
+"""
+
+from __future__ import annotations
+
+from tvm import relax, te, tirx
+
+from .converters import dims_of, dtype_of
+
+#: default-domain ops whose tensor inputs broadcast against each other (PRelu's slope broadcasts to X)
+BROADCAST_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
+    "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "BitwiseAnd", "BitwiseOr",
+    "BitwiseXor"})
+
+
+def align_operands(bb: relax.BlockBuilder, inputs: list) -> list:
+    """`inputs` (Relax expressions, None for omitted ones) with every tensor operand whose symbolic dim may need
+    broadcasting broadcast to the result dims first (`broadcast_to`), so that TVM sees operands whose dims are
+    1 or provably equal to the result's. Operands of unknown shape, and inputs where nothing is symbolic, are
+    returned as they are; so are operands whose static dims conflict (the converter reports that)."""
+    shapes = [dims_of(x) if _is_tensor(x) else None for x in inputs]
+    known = [s for x, s in zip(inputs, shapes, strict=True) if _is_tensor(x)]
+    if not known or any(s is None for s in known) or all(_static(d) for s in known for d in s):
+        return inputs
+    out = result_dims(known)
+    if out is None:
+        return inputs
+    aligned = type(inputs)()
+    for x, dims in zip(inputs, shapes, strict=True):
+        if dims is not None and _risky(dims, out):
+            x = broadcast_to(bb, x, out[len(out) - len(dims):])
+        aligned.append(x)
+    return aligned
+
+
+def align_batch_dims(bb: relax.BlockBuilder, inputs: list) -> list:
+    """MatMul's operands with their batch dims (all but the last two) aligned as `align_operands` aligns
+    elementwise operands: `[N, 4, 5] @ [3, 5, 6]` had an unknown result shape. Operands of rank < 3 on either
+    side (no batch dims to broadcast against each other), of unknown shape or with static batch dims only are
+    returned as they are."""
+    dims = [dims_of(x) if _is_tensor(x) else None for x in inputs[:2]]
+    if len(dims) < 2 or any(d is None or len(d) < 3 for d in dims):
+        return inputs
+    batches = [d[:-2] for d in dims]
+    if all(_static(d) for b in batches for d in b):
+        return inputs
+    out = result_dims(batches)
+    if out is None:
+        return inputs
+    aligned = type(inputs)()
+    for i, x in enumerate(inputs):
+        if i < 2 and _risky(batches[i], out):
+            x = broadcast_to(bb, x, out[len(out) - len(batches[i]):] + dims[i][-2:])
+        aligned.append(x)
+    return aligned
+
+
+def result_dims(shapes: list[list]) -> list | None:
+    """The ONNX broadcast of `shapes` (ints, or TIR expressions where symbolic), right-aligned; None when two static
+    dims other than 1 differ. Per dim: a static dim other than 1 wins (a symbolic one must be 1 or equal to it);
+    else the symbolic dims not provably equal combine as max(a, b) * min(a, b, 1) (a if b is 1, b if a is 1, 0
+    when one is 0 and the other 1)."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for axis in range(rank):
+        dims = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]
+        fixed = {d for d in dims if _static(d) and d != 1}
+        if len(fixed) > 1:
+            return None
+        if fixed:
+            out.append(fixed.pop())
+            continue
+        result = 1
+        for d in dims:
+            if _static(d) or _equal(d, result):
+                continue
+            result = d if _static(result) else tirx.max(result, d) * tirx.min(tirx.min(result, d), 1)
+        out.append(_simplify(result))
+    return out
+
+
+def broadcast_to(bb: relax.BlockBuilder, x, shape: list):
+    """x (a Relax tensor of known dims) broadcast to `shape` (ints or TIR expressions, rank >= x's), as ONNX
+    Expand / broadcasting define it. `relax.op.broadcast_to` where every dim of x is 1 or provably equal to the
+    target's; otherwise a kernel that reads index 0 along each dim that is 1 when it runs, after a run-time check
+    that each such dim is 1 or the target's (the VM raises otherwise)."""
+    dims = dims_of(x)
+    target = list(shape)
+    if not _risky(dims, target):
+        return bb.emit(relax.op.broadcast_to(x, relax.ShapeExpr(target)))
+    return bb.emit_te(_broadcast_kernel, x, _run_time_check(bb, dims, target, dtype_of(x)), target,
+                      primfunc_name_hint="broadcast_symbolic")
+
+
+def _risky(dims: list, target: list) -> bool:
+    """Some dim of `dims` (right-aligned against `target`) is neither a static 1 nor provably the target's."""
+    tail = target[len(target) - len(dims):]
+    return any(not (_static(d) and d == 1) and not _equal(d, t) for d, t in zip(dims, tail, strict=True))
+
+
+def _run_time_check(bb: relax.BlockBuilder, dims: list, target: list, dtype: str):
+    """An empty tensor whose match_cast to [0] fails when it runs unless every risky dim d of `dims` is 1 or its
+    target t: its size is the sum over them of min(|d - 1|, |d - t|)."""
+    tail = target[len(target) - len(dims):]
+    terms = [tirx.min(tirx.max(d - 1, 1 - d), tirx.max(d - t, t - d))
+             for d, t in zip(dims, tail, strict=True) if not (_static(d) and d == 1) and not _equal(d, t)]
+    size = terms[0]
+    for term in terms[1:]:
+        size = size + term
+    empty = bb.normalize(relax.op.zeros(relax.ShapeExpr([_simplify(size)]), dtype))
+    return bb.match_cast(empty, relax.TensorType([0], dtype))
+
+
+def _broadcast_kernel(x: te.Tensor, _check: te.Tensor, shape: list) -> te.Tensor:
+    """TE: out[i...] = x[j...], where j is 0 along a dim of x that is 1 (statically or when it runs) and i
+    otherwise. `_check` (the run-time check, an empty tensor) is an argument only, so that it runs first."""
+    rank, offset = len(shape), len(shape) - len(x.shape)
+
+    def element(*idx):
+        src = []
+        for d, t, i in zip(x.shape, shape[offset:], idx[offset:], strict=True):
+            zero = tirx.const(0, str(i.ty))
+            if _static(_simplify(d)) and int(_simplify(d)) == 1:
+                src.append(zero)
+            elif _equal(d, t):
+                src.append(i)
+            else:
+                src.append(tirx.Select(d == 1, zero, i))
+        return x(*src)
+
+    return te.compute([shape[i] for i in range(rank)], element, name="broadcast_symbolic")
+
+
+def _is_tensor(x) -> bool:
+    return x is not None and isinstance(getattr(x, "ty", None), relax.TensorType)
+
+
+def _static(d) -> bool:
+    return isinstance(d, int)
+
+
+def _simplify(d):
+    """A dim simplified, as an int when it is constant."""
+    if _static(d):
+        return d
+    from tvm.sym.analyzer import Analyzer
+
+    s = Analyzer().simplify(d)
+    return int(s.value) if isinstance(s, tirx.IntImm) else s
+
+
+def _equal(a, b) -> bool:
+    """Two dims (ints or TIR expressions) provably equal."""
+    if _static(a) and _static(b):
+        return a == b
+    diff = _simplify(a - b)
+    return _static(diff) and diff == 0
