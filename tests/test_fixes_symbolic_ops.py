@@ -3,6 +3,7 @@ fixed shapes, each compiled once and checked against onnxruntime at several inpu
 
 1. Resize with scales on a symbolic dim (an exact size: scale 1 or a whole scale), Resize-10, Resize with an
    empty scales input beside sizes, sizes from a shape computation; Upsample in linear mode.
+2. CumSum along a symbolic axis (the position ids of RoBERTa / GPT-2 exports): the TVM build failed.
 """
 
 from __future__ import annotations
@@ -135,3 +136,25 @@ def test_resize_refusals_name_the_reason(scales, dims, match):
 def test_resize_sizes_fixing_a_symbolic_batch_is_refused():
     node = h.make_node("Resize", ["x", "", "", "sz"], ["y"], mode="nearest")
     _refused(_model([node], ["N", 3, 4, 4], {"sz": _ints(1, 3, 8, 8)}), "of axis 0 .*--input-shape")
+
+
+# -- 2. CumSum ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("exclusive", "reverse"), [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize(("dtype", "onnx_type"), [(np.int64, TensorProto.INT64), (np.float32, F)])
+def test_cumsum_along_a_symbolic_axis(dtype, onnx_type, exclusive, reverse):
+    """CumSum(mask[B, S], axis 1) * mask, the position ids of RoBERTa / GPT-2 exports."""
+    nodes = [h.make_node("CumSum", ["x", "axis"], ["c"], exclusive=exclusive, reverse=reverse),
+             h.make_node("Mul", ["c", "x"], ["y"])]
+    model = _model(nodes, ["B", "S"], {"axis": _ints(1)}, opset=17, dtype=onnx_type)
+    _equals_onnxruntime(model, [(2, 5), (1, 1), (3, 17), (2, 0)], dtype=dtype)
+
+
+@pytest.mark.parametrize(("dims", "axis", "shapes"), [
+    ([2, "S"], 1, [(2, 5), (2, 9)]),
+    (["B", "S", "C"], 0, [(3, 4, 5), (1, 2, 3)]),
+    (["B", "S", "C"], -2, [(3, 4, 5), (2, 1, 7)]),
+])
+def test_cumsum_axes_of_symbolic_shapes(dims, axis, shapes):
+    model = _model([h.make_node("CumSum", ["x", "axis"], ["y"], reverse=1)], dims, {"axis": _ints(axis)}, opset=17)
+    _equals_onnxruntime(model, shapes)
