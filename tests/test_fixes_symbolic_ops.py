@@ -4,6 +4,9 @@ fixed shapes, each compiled once and checked against onnxruntime at several inpu
 1. Resize with scales on a symbolic dim (an exact size: scale 1 or a whole scale), Resize-10, Resize with an
    empty scales input beside sizes, sizes from a shape computation; Upsample in linear mode.
 2. CumSum along a symbolic axis (the position ids of RoBERTa / GPT-2 exports): the TVM build failed.
+3. MaxPool / AveragePool / LpPool with ceil_mode=1 and pads, or auto_pad SAME_UPPER / SAME_LOWER, on symbolic
+   H / W: the TVM build failed, or a Python error in the lowering; at fixed shapes LpPool with ceil_mode computed
+   wrong values and MaxPool SAME_LOWER gave a wrong output shape.
 """
 
 from __future__ import annotations
@@ -158,3 +161,64 @@ def test_cumsum_along_a_symbolic_axis(dtype, onnx_type, exclusive, reverse):
 def test_cumsum_axes_of_symbolic_shapes(dims, axis, shapes):
     model = _model([h.make_node("CumSum", ["x", "axis"], ["y"], reverse=1)], dims, {"axis": _ints(axis)}, opset=17)
     _equals_onnxruntime(model, shapes)
+
+
+# -- 3. pools with ceil_mode or auto_pad SAME -----------------------------------------------------------------------
+
+CEIL_POOLS = {
+    "max_pads": ("MaxPool", dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1])),
+    "max_stride_above_kernel": ("MaxPool", dict(kernel_shape=[2, 2], strides=[3, 3])),
+    "max_dilated": ("MaxPool", dict(kernel_shape=[2, 3], strides=[2, 2], pads=[1, 1, 0, 2], dilations=[2, 1])),
+    "average_pads": ("AveragePool", dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1])),
+    "average_counting_pads": ("AveragePool", dict(kernel_shape=[3, 3], strides=[3, 2], pads=[2, 1, 1, 0],
+                                                  count_include_pad=1)),
+    "lp_pads": ("LpPool", dict(kernel_shape=[3, 3], strides=[3, 2], pads=[1, 1, 1, 0], p=1)),
+}
+SPATIAL_SHAPES = [(2, 3, 7, 9), (1, 3, 8, 8), (3, 3, 5, 6), (1, 3, 1, 1)]
+
+
+def _pool_then_relu(op: str, attrs: dict, dims: list) -> onnx.ModelProto:
+    """x -> op -> Relu (an elementwise consumer: relax's FuseOps is where the ceil-mode shape failed)."""
+    return _model([h.make_node(op, ["x"], ["p"], **attrs), h.make_node("Relu", ["p"], ["y"])], dims)
+
+
+@pytest.mark.parametrize("case", sorted(CEIL_POOLS))
+def test_ceil_mode_pools_on_symbolic_spatial_dims(case):
+    op, attrs = CEIL_POOLS[case]
+    _equals_onnxruntime(_pool_then_relu(op, {**attrs, "ceil_mode": 1}, ["N", 3, "H", "W"]), SPATIAL_SHAPES)
+
+
+def test_ceil_mode_max_pool_after_a_conv_on_symbolic_spatial_dims():
+    """The pool runs NHWC after the Conv; the crop of its windows stays NCHW between layout transposes."""
+    op, attrs = CEIL_POOLS["max_pads"]
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node(op, ["c"], ["y"], ceil_mode=1, **attrs)]
+    _equals_onnxruntime(_model(nodes, ["N", 3, "H", "W"], {"w": _f32(4, 3, 3, 3)}), SPATIAL_SHAPES)
+
+
+def test_ceil_mode_lp_pool_at_a_fixed_shape():
+    """The frontend's LpPool is AveragePool * kernel size, and TOPI's ceil-mode divisor is the clipped window."""
+    op, attrs = CEIL_POOLS["lp_pads"]
+    _equals_onnxruntime(_pool_then_relu(op, {**attrs, "ceil_mode": 1}, [2, 3, 7, 9]), [(2, 3, 7, 9)])
+
+
+SAME_POOLS = {
+    "max": ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2])),
+    "max_stride_1": ("MaxPool", dict(kernel_shape=[3, 2], strides=[1, 1])),
+    "average": ("AveragePool", dict(kernel_shape=[3, 3], strides=[3, 2])),
+    "average_counting_pads": ("AveragePool", dict(kernel_shape=[3, 2], strides=[2, 2], count_include_pad=1)),
+    "lp": ("LpPool", dict(kernel_shape=[3, 3], strides=[2, 2])),
+}
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("case", sorted(SAME_POOLS))
+def test_same_pools_on_symbolic_spatial_dims(case, auto_pad):
+    op, attrs = SAME_POOLS[case]
+    _equals_onnxruntime(_pool_then_relu(op, {**attrs, "auto_pad": auto_pad}, ["N", 3, "H", "W"]), SPATIAL_SHAPES)
+
+
+def test_max_pool_same_lower_at_a_fixed_shape():
+    """The frontend gave SAME_LOWER floor(in / stride) windows: [2, 3, 3, 4] for [2, 3, 7, 8], not [2, 3, 4, 4]."""
+    op, attrs = SAME_POOLS["max"]
+    _equals_onnxruntime(_pool_then_relu(op, {**attrs, "auto_pad": "SAME_LOWER"}, [2, 3, 7, 8]), [(2, 3, 7, 8)])

@@ -20,6 +20,7 @@ import numpy as np
 from tvm import relax
 
 from ..converters import const, converter, dtype_of, lookup_frontend, refuse
+from . import windows
 
 
 def _is_float(expr) -> bool:
@@ -73,7 +74,7 @@ def _max_pool(op_type: str):
         if attrs["tvm_custom"]["num_outputs"] > 1:
             raise refuse(f"{op_type}'s Indices output is not supported by the TVM back end")
         x = inputs[0]
-        pool = lookup_frontend(op_type, ctx.opset)
+        pool = windows.pool(op_type) if op_type == "MaxPool" else lookup_frontend(op_type, ctx.opset)
         if not _is_float(x):
             return pool(bb, inputs, attrs, ctx)
         # TVM's max keeps its first operand unless the second is greater, so a NaN in a window may be dropped; a
