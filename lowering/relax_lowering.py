@@ -244,8 +244,7 @@ class _Lowering:
         except NotImplementedError as exc:  # TVM's frontend says it does not handle this form: a refusal
             raise UnsupportedError(f"cannot lower {_label(n)}: {first_line(exc)}") from exc
         except Exception as exc:  # the converter failed: a back-end bug, named with its node
-            unknown = [i for i, x in enumerate(inputs) if x is not None and isinstance(x.ty, relax.TensorType)
-                       and x.ty.shape is None]
+            unknown = [i for i, x in enumerate(inputs) if _dims_unknown(x)]
             if unknown:  # TVM's converters need shapes: one computed from input values is a limit, not a bug
                 what = "rank" if inputs[unknown[0]].ty.ndim == -1 else "shape"
                 origin = self.unknown_from.get(n.inputs[unknown[0]])
@@ -278,9 +277,7 @@ class _Lowering:
         from tvm import relax
         from tvm.sym.analyzer import Analyzer
 
-        outs = [v for v in n.outputs if v is not None and isinstance(getattr(self.exprs.get(v), "ty", None),
-                                                                         relax.TensorType)
-                and self.exprs[v].ty.shape is None]
+        outs = [v for v in n.outputs if v is not None and _dims_unknown(self.exprs.get(v))]
         if not outs:
             return
         inherited = next((self.unknown_from[v] for v in n.inputs if v in self.unknown_from), None)
@@ -374,6 +371,15 @@ _SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", 
                      "Equal", "Where", "Cast", "CastLike", "Squeeze"}
 _RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
                         "SequenceInsert", "ConcatFromSequence", "SplitToSequence"}
+
+
+def _dims_unknown(expr) -> bool:
+    """A Relax tensor expression whose dims TVM does not know: no shape, or a shape held in a shape variable (a
+    shape computed from values, such as ConstantOfShape of an input)."""
+    from tvm import relax
+
+    ty = getattr(expr, "ty", None)
+    return isinstance(ty, relax.TensorType) and not isinstance(ty.shape, relax.ShapeExpr)
 
 
 def _shape_text(shape, analyzer) -> str:

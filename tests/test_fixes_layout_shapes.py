@@ -381,3 +381,17 @@ def test_a_call_left_unlowered_is_named_in_the_build_error():
     message = str(info.value)
     assert "no pass lowered the call R.nn.conv2d_transpose(" in message, message
     assert "Metadata" not in message and "\n" not in message
+
+
+def test_a_shape_held_in_a_shape_variable_is_refused_with_its_origin():
+    """ConstantOfShape of a shape input: TVM types the result with a shape variable, not dims; the Reshape after
+    it is refused naming where the shape was lost, not with a Python error ('NoneType' object is not iterable)."""
+    nodes = [h.make_node("ConstantOfShape", ["sh"], ["y"], name="by_values"),
+             h.make_node("Reshape", ["y", "two_d"], ["z"], name="needs_shape")]
+    model = _model(nodes, [h.make_tensor_value_info("sh", TensorProto.INT64, [2])],
+                   [h.make_tensor_value_info("z", TensorProto.FLOAT, None)], [nh.from_array(_ints(-1, 4), "two_d")])
+    with pytest.raises(optc.UnsupportedError) as info:
+        optc.compile(optc.from_onnx(model), level=0)
+    message = str(info.value)
+    assert "Reshape node 'needs_shape': the shape of input 0 depends on input values" in message, message
+    assert "from ConstantOfShape node 'by_values', inputs [2]" in message
