@@ -7,6 +7,7 @@ fixed shapes, each compiled once and checked against onnxruntime at several inpu
 3. MaxPool / AveragePool / LpPool with ceil_mode=1 and pads, or auto_pad SAME_UPPER / SAME_LOWER, on symbolic
    H / W: the TVM build failed, or a Python error in the lowering; at fixed shapes LpPool with ceil_mode computed
    wrong values and MaxPool SAME_LOWER gave a wrong output shape.
+4. Conv with auto_pad SAME_UPPER / SAME_LOWER on symbolic H / W: a Python error in the lowering.
 """
 
 from __future__ import annotations
@@ -222,3 +223,21 @@ def test_max_pool_same_lower_at_a_fixed_shape():
     """The frontend gave SAME_LOWER floor(in / stride) windows: [2, 3, 3, 4] for [2, 3, 7, 8], not [2, 3, 4, 4]."""
     op, attrs = SAME_POOLS["max"]
     _equals_onnxruntime(_pool_then_relu(op, {**attrs, "auto_pad": "SAME_LOWER"}, [2, 3, 7, 8]), [(2, 3, 7, 8)])
+
+
+# -- 4. Conv with auto_pad SAME_UPPER / SAME_LOWER ------------------------------------------------------------------
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize(("kernel", "strides"), [([3, 3], [2, 2]), ([3, 2], [1, 1]), ([2, 2], [3, 2])])
+def test_conv_same_on_symbolic_spatial_dims(kernel, strides, auto_pad):
+    node = h.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=kernel, strides=strides, auto_pad=auto_pad)
+    model = _model([node], ["N", 3, "H", "W"], {"w": _f32(4, 3, *kernel), "b": _f32(4)}, opset=17)
+    _equals_onnxruntime(model, SPATIAL_SHAPES)
+
+
+def test_conv_same_after_a_conv_on_symbolic_spatial_dims():
+    """The second Conv's input is NHWC after the first (the explicit pad sits between layout transposes)."""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("Conv", ["c", "w2"], ["y"], strides=[2, 2], auto_pad="SAME_LOWER")]
+    model = _model(nodes, ["N", 3, "H", "W"], {"w1": _f32(4, 3, 3, 3), "w2": _f32(5, 4, 3, 3)}, opset=17)
+    _equals_onnxruntime(model, SPATIAL_SHAPES)

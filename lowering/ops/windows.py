@@ -1,7 +1,8 @@
-"""Sliding windows with padding that depends on the input size: MaxPool, AveragePool and LpPool with auto_pad
-SAME_UPPER / SAME_LOWER, and with ceil_mode=1 on symbolic spatial dims.
+"""Sliding windows with padding that depends on the input size: Conv, MaxPool, AveragePool and LpPool with
+auto_pad SAME_UPPER / SAME_LOWER, and the pools with ceil_mode=1 on symbolic spatial dims.
 
-TVM's frontend computes SAME pads with numpy, which fails on a symbolic dim, and gave MaxPool SAME_LOWER floor(in / stride) windows where ONNX says ceil. Relax's pool
+TVM's frontend computes SAME pads with numpy, which fails on a symbolic dim (Conv: "Cannot use and / or / not
+operator to Expr"), and gave MaxPool SAME_LOWER floor(in / stride) windows where ONNX says ceil. Relax's pool
 shape in ceil mode holds an if_then_else (the last window is dropped when it would start in the end padding),
 which relax's FuseOps cannot type ("Cannot find the FInferType attribute registered to op: prim.if_then_else")
 when the analyzer cannot decide it for every size. Here, per spatial axis (in, kernel k, stride s, dilation d,
@@ -11,8 +12,8 @@ pads b / a, the window's extent e = (k - 1) * d + 1):
   after it (SAME_LOWER), as onnxruntime; ceil_mode does not apply. Pads that are ints become the op's pads; a
   symbolic one is an explicit pad of the input (zeros; the lowest value for MaxPool) and the op pads nothing,
   AveragePool without count_include_pad dividing by the pool of a padded ones-mask (the window's input count).
-  With dilations this is the spec's formula, which onnx's shape inference follows (onnxruntime pads for the
-  undilated kernel).
+  With dilations this is the spec's formula, which onnx's shape inference follows (onnxruntime pads a pool for
+  the undilated kernel, and refuses a dilated SAME Conv).
 - ceil_mode on a symbolic dim (and for LpPool, whose frontend form, AveragePool times the kernel size, was wrong
   where TOPI's ceil-mode divisor is the clipped window): the pool in floor mode with s - 1 more end padding
   gives the ceil-mode count of windows; the result keeps min(that, ceil((in + b) / s)) of them, i.e. the last is
@@ -194,3 +195,31 @@ def pool(op_type: str) -> Converter:
 converter("", "AveragePool")(pool("AveragePool"))
 converter("", "LpPool")(pool("LpPool"))
 
+
+def _kernel(attrs: dict, weight) -> list[int]:
+    if "kernel_shape" in attrs:
+        return list(attrs["kernel_shape"])
+    dims = dims_of(weight)
+    if dims is None or not _static(dims[2:]):
+        raise refuse("Conv with auto_pad and a weight of symbolic shape is not supported by the TVM back end")
+    return dims[2:]
+
+
+@converter("", "Conv")
+def conv(bb, inputs, attrs, ctx):
+    """Conv; auto_pad SAME_UPPER / SAME_LOWER as explicit pads (see the module's docstring)."""
+    frontend = lookup_frontend("Conv", ctx.opset)
+    auto_pad = _auto_pad(attrs)
+    if auto_pad not in _SAME:
+        return frontend(bb, inputs, attrs, ctx)
+    x = inputs[0]
+    dims = dims_of(x)
+    if dims is None:
+        raise refuse("Conv with auto_pad of an input of unknown shape is not supported by the TVM back end")
+    window = _Window.of(attrs, _kernel(attrs, inputs[1]))
+    before, after = _same_pads(dims[2:], window, auto_pad == "SAME_LOWER")
+    attrs = {k: v for k, v in attrs.items() if k != "auto_pad"}
+    if _static(before) and _static(after):
+        return frontend(bb, inputs, {**attrs, "pads": tuple(before + after)}, ctx)
+    padded = type(inputs)([_pad(bb, x, before, 0.0, window), *list(inputs)[1:]])  # onnx_input: None past the end
+    return frontend(bb, padded, {**attrs, "pads": (0,) * (2 * len(before))}, ctx)
