@@ -8,6 +8,7 @@ fixed shapes, each compiled once and checked against onnxruntime at several inpu
    H / W: the TVM build failed, or a Python error in the lowering; at fixed shapes LpPool with ceil_mode computed
    wrong values and MaxPool SAME_LOWER gave a wrong output shape.
 4. Conv with auto_pad SAME_UPPER / SAME_LOWER on symbolic H / W: a Python error in the lowering.
+5. Cast to string: the refusal says what is not supported.
 """
 
 from __future__ import annotations
@@ -241,3 +242,12 @@ def test_conv_same_after_a_conv_on_symbolic_spatial_dims():
              h.make_node("Conv", ["c", "w2"], ["y"], strides=[2, 2], auto_pad="SAME_LOWER")]
     model = _model(nodes, ["N", 3, "H", "W"], {"w1": _f32(4, 3, 3, 3), "w2": _f32(5, 4, 3, 3)}, opset=17)
     _equals_onnxruntime(model, SPATIAL_SHAPES)
+
+
+# -- 5. Cast to string ----------------------------------------------------------------------------------------------
+
+def test_cast_to_string_is_refused_in_one_line():
+    g = h.make_graph([h.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING)], "g",
+                     [h.make_tensor_value_info("x", F, [2])], [h.make_tensor_value_info("y", TensorProto.STRING, [2])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    _refused(model, "Cast to string: string tensors are not supported by the TVM back end")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 from tvm import relax
 from tvm.ir.expr import Constant
 
@@ -148,6 +149,8 @@ def _unsupported_type(*dtypes: str) -> str | None:
 def cast(bb, inputs, attrs, ctx):
     from tvm.relax.frontend.onnx.onnx_frontend import get_type
 
+    if attrs["to"] == TensorProto.STRING:
+        raise UnsupportedError("Cast to string: string tensors are not supported by the TVM back end")
     x = inputs[0]
     bad = _unsupported_type(str(get_type(attrs["to"])), dtype_of(x) if isinstance(x.ty, relax.TensorType) else "")
     if bad:
