@@ -284,7 +284,8 @@ def load(path, rpc: str | None = None, *, timeout: float = 30.0) -> Module:
     With `rpc` (``HOST:PORT:KEY`` of a TVM RPC tracker and a server key) the library is uploaded to a free
     server of that key and runs there (``optc.remote.session.load_remote``; `timeout`: seconds to wait for the
     server). Raises OptcError (one line) for a missing file or metadata, an artifact of another format version,
-    and a library that does not load (built for another target); with `rpc`, also for a bad address, an
+    a library that is truncated, is not the one its metadata records (size, sha256), does not load (built for
+    another target) or takes other inputs than its metadata lists; with `rpc`, also for a bad address, an
     unreachable tracker, no server with the key and a server that does not answer."""
     from .codegen.artifact import read_metadata  # noqa: PLC0415
 
@@ -306,7 +307,18 @@ def load(path, rpc: str | None = None, *, timeout: float = 30.0) -> Module:
     device = _device_for(meta.get("target", "cpu"))
     try:
         lib = tvm.runtime.load_module(str(path.resolve()))
+        vm = VirtualMachine(lib, device)
+        params = [vm._get_function_param_name("main", i) for i in range(vm._get_function_arity("main"))]
     except Exception as exc:
         raise OptcError(f"cannot load artifact '{path}': {first_line(exc, last=True)}") from exc
-    vm = VirtualMachine(lib, device)
+    _check_signature(path, params, meta)
     return Module(path, meta, vm, device)
+
+
+def _check_signature(path: Path, params: list[str], meta: dict) -> None:
+    """OptcError (one line) unless the library's `main` takes the inputs its metadata lists, by name and in order
+    (a library of another model beside this metadata failed at its first call)."""
+    names = [i.get("name") if isinstance(i, dict) else None for i in meta.get("inputs") or []]
+    if params != names:
+        raise OptcError(f"artifact '{path}' does not match its metadata: the library takes inputs ({', '.join(params)}), "
+                        f"the metadata lists ({', '.join(map(str, names))}) (compile it again)")

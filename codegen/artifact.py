@@ -7,10 +7,14 @@
      "outputs": [{"name": "y", "shape": [1, 10], "dtype": "float32"}],
      "target": "cpu", "target_spec": {...}, "optc_version": "...", "tvm_version": "0.27.0.post1",
      "target_info": {"kind": "llvm", "mtriple": "x86_64-...", "mcpu": "znver3", "mattr": [],
-                     "features": ["avx", "avx2", "fma", ...]}}
+                     "features": ["avx", "avx2", "fma", ...]},
+     "library": "model.so", "library_size": 43184, "library_sha256": "9f86d0..."}
 
 ``target_spec`` is the TVM target as JSON; ``target_info`` what ``optc.runtime.load`` checks against this CPU
-(``targets.target_metadata`` / ``targets.check_runs_here``).
+(``targets.target_metadata`` / ``targets.check_runs_here``). ``library_size`` (bytes) and ``library_sha256``
+are checked by ``read_metadata`` before anything loads the library: a truncated library died in dlopen with
+SIGBUS, and one of another model beside this metadata failed at its first call. Metadata written before optc
+recorded them has neither and is not checked.
 
 Symbolic dimensions are strings. Both files are written to a temporary name and renamed, so an
 interrupted export leaves no half-written artifact.
@@ -18,7 +22,10 @@ interrupted export leaves no half-written artifact.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -137,8 +144,59 @@ def export(executable, path, metadata: Mapping, *, target=None, cc: str | None =
             executable.export_library(lib_tmp, **kwargs)
         except Exception as exc:
             raise OptcError(f"export_library failed for '{path}': {first_line(exc, last=True)}") from exc
+        meta["library_size"], meta["library_sha256"] = library_digest(lib_tmp)
         Path(meta_tmp).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def library_digest(path) -> tuple[int, str]:
+    """Size in bytes and sha256 (hex) of the file at `path`."""
+    with open(path, "rb") as f:
+        return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _elf_end(head: bytes) -> int | None:
+    """How many bytes an ELF shared object needs, from its header and program headers in `head` (the file's
+    first bytes): the end of its section header table and of every loadable segment's file image. None when
+    `head` is not a whole ELF header (not ELF: the loader refuses it with a message of its own)."""
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return None
+    wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+    phoff, shoff = struct.unpack_from(order + ("QQ" if wide else "II"), head, 32 if wide else 28)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54 if wide else 42)
+    end = shoff + shentsize * shnum
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if at + phentsize > len(head):
+            return max(end, at + phentsize)
+        if struct.unpack_from(order + "I", head, at)[0] == 1:  # PT_LOAD
+            offset, filesz = struct.unpack_from(order + ("Q16xQ" if wide else "I8xI"), head, at + (8 if wide else 4))
+            end = max(end, offset + filesz)
+    return end
+
+
+def _check_library(path: Path, meta_file: Path, meta: dict) -> None:
+    """OptcError (one line) unless the library at `path` is whole (an ELF file as long as its headers say) and,
+    where its metadata records them, has that size and sha256."""
+    with open(path, "rb") as f:
+        head, size_now = f.read(1 << 16), os.fstat(f.fileno()).st_size
+    end = _elf_end(head)
+    if end is not None and end > size_now:
+        raise OptcError(f"artifact '{path}' is truncated: {size_now} bytes, its ELF headers need {end} "
+                        "(compile it again)")
+    size, digest = meta.get("library_size"), meta.get("library_sha256")
+    if size is None and digest is None:  # written before optc recorded them
+        return
+    try:
+        actual_size, actual_digest = library_digest(path)
+    except OSError as exc:
+        raise OptcError(f"cannot read artifact '{path}': {exc.strerror or exc}") from None
+    if actual_size != size:
+        raise OptcError(f"artifact '{path}' is {actual_size} bytes, its metadata '{meta_file.name}' says {size}: "
+                        "the library is truncated or not the one compiled with it (compile it again)")
+    if actual_digest != digest:
+        raise OptcError(f"artifact '{path}' does not match its metadata '{meta_file.name}' (sha256 differs): the "
+                        "library was changed or replaced (compile it again)")
 
 
 #: what ``emit`` writes, by kind, and the file suffix it wants
@@ -181,7 +239,9 @@ def emit(executable, path, kind: str, *, target=None) -> Path:
 
 
 def read_metadata(path) -> dict:
-    """Metadata of an exported artifact (``path`` is the library; its ``.json`` sibling is read)."""
+    """Metadata of an exported artifact (``path`` is the library; its ``.json`` sibling is read). OptcError (one
+    line) for a missing or unreadable file, metadata of another format, and a library whose size or sha256 is
+    not what the metadata records."""
     meta_file = metadata_path(path)
     if not Path(path).exists():
         raise OptcError(f"no such artifact: '{path}'")
@@ -193,4 +253,5 @@ def read_metadata(path) -> dict:
         raise OptcError(f"cannot read artifact metadata '{meta_file}': {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise OptcError(f"'{meta_file}' is not optc artifact metadata")
+    _check_library(Path(path), meta_file, meta)
     return meta

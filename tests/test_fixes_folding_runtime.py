@@ -3,6 +3,8 @@ onnxruntime or the ONNX spec formula."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -267,3 +269,78 @@ def test_index_checks_build_for_cuda(tmp_path):
     model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 18]>\ng {INDEX_CASES["Gather"][0]}')
     compile_to_file(model, tmp_path / "g.so", target="cuda")
     assert (tmp_path / "g.so").stat().st_size > 0
+
+
+# -- artifacts whose library is not the one their metadata describes ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Two compiled models (a: y = x + 1; b: y = Gather(x, i)) and their ONNX files."""
+    root = tmp_path_factory.mktemp("artifacts")
+    models = {"a": "(float[N, 6] x) => (float[N, 6] y) { one = Constant<value=float {1.0}>() y = Add(x, one) }",
+              "b": INDEX_CASES["Gather"][0]}
+    for name, text in models.items():
+        model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 18]>\ng {text}')
+        onnx.save(model, root / f"{name}.onnx")
+        compile_to_file(model, root / f"{name}.so")
+    return root
+
+
+def _artifact(root, name: str, library: bytes, meta: dict) -> str:
+    (root / f"{name}.so").write_bytes(library)
+    (root / f"{name}.so.json").write_text(json.dumps(meta))
+    return str(root / f"{name}.so")
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optc", *map(str, args)], capture_output=True, text=True)
+
+
+def _old_metadata(meta: dict) -> dict:
+    """Metadata as optc wrote it before it recorded the library's size and sha256."""
+    return {k: v for k, v in meta.items() if k not in ("library_size", "library_sha256")}
+
+
+def test_export_records_library_size_and_sha256(artifacts):
+    meta = json.loads((artifacts / "a.so.json").read_text())
+    data = (artifacts / "a.so").read_bytes()
+    assert meta["library_size"] == len(data)
+    assert meta["library_sha256"] == hashlib.sha256(data).hexdigest()
+    optc.runtime.load(artifacts / "a.so")
+    optc.runtime.load(_artifact(artifacts, "old", data, _old_metadata(meta)))  # older metadata still loads
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["metadata", "old-metadata"])
+def test_truncated_library_is_a_one_line_error(artifacts, old):
+    """Before: `optc run` died with SIGBUS (rc 135) and no message; `optc inspect` exited 0."""
+    meta = json.loads((artifacts / "a.so.json").read_text())
+    lib = _artifact(artifacts, "trunc", (artifacts / "a.so").read_bytes()[:5000],
+                    _old_metadata(meta) if old else meta)
+    with pytest.raises(OptcError, match=r"^artifact '.*trunc.so' is (truncated|5000 bytes)"):
+        optc.runtime.load(lib)
+    for command in ("run", "inspect"):
+        result = _cli(command, lib)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-400:]
+
+
+def test_changed_library_is_a_one_line_error(artifacts):
+    meta = json.loads((artifacts / "a.so.json").read_text())
+    data = bytearray((artifacts / "a.so").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(OptcError, match="sha256 differs"):
+        optc.runtime.load(_artifact(artifacts, "changed", bytes(data), meta))
+
+
+def test_library_of_another_model_is_a_one_line_error(artifacts):
+    """b's library beside a's metadata (of an older optc, without size and sha256). Before: `optc bench
+    --artifact` exited 3 with TVM's 'expects 2 arguments (x, i), but 1 arguments were provided'."""
+    meta = _old_metadata(json.loads((artifacts / "a.so.json").read_text()))
+    lib = _artifact(artifacts, "swapped", (artifacts / "b.so").read_bytes(), meta)
+    with pytest.raises(OptcError, match=r"does not match its metadata: the library takes inputs \(x, i\), the "
+                                        r"metadata lists \(x\)"):
+        optc.runtime.load(lib)
+    for args in (("run", lib), ("bench", artifacts / "a.onnx", "--artifact", lib, "--repeat", 1, "--warmup", 0)):
+        result = _cli(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-400:]
+        assert "does not match its metadata" in result.stderr

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..errors import OptcError
+from ..errors import OptcError, first_line
 from ..inputs import random_inputs, session_input_specs
 from ..ortsession import session
 
@@ -25,6 +25,17 @@ def _median_ms(fn, repeat: int, warmup: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
+
+
+def _first_run(module, feeds: dict, what: str) -> dict:
+    """`module.run(feeds)`; a failure of the library (`what`: how to name it) is an OptcError (one line), as
+    `optc run` and `optc verify` report it."""
+    try:
+        return module.run(feeds)
+    except OptcError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the library's own failure, not optc's
+        raise OptcError(f"{what} failed to run: {first_line(exc, last=True)}") from None
 
 
 def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat: int = 50, warmup: int = 5,
@@ -55,7 +66,8 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
                                                                    fast_math=fast_math)
     compile_s = None if artifact else time.perf_counter() - start
     ort_out = session.run(None, feeds)
-    optc_out = module.run(feeds)
+    optc_out = _first_run(module, feeds, f"the artifact '{artifact}'" if artifact else
+                          f"the library compiled from '{model_path}'")
     diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0)
                for a, b in zip(ort_out, optc_out.values(), strict=False))
     scale = max((float(np.max(np.abs(np.asarray(a, np.float64)))) if np.size(a) else 0.0) for a in ort_out)
