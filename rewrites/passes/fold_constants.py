@@ -128,11 +128,12 @@ def _shape_slice(node: Node, shape: tuple) -> np.ndarray:
     return np.array(dims, dtype=np.int64)
 
 
-# Cases where onnx's reference evaluator (onnx 1.23) disagrees with the ONNX spec and onnxruntime on ordinary
-# inputs: folding them would change what the model computes, so they are left to the runtime. Each entry is
-# (does this node hit the fault, given the node and its opset version; the fault). Found by folding every
-# standard op with random constant inputs and comparing with onnxruntime (tests/test_fixes_folding_runtime.py
-# checks each entry); re-check when onnx is upgraded.
+# Cases where onnx's reference evaluator (onnx 1.23) computes something else than onnxruntime on ordinary
+# inputs (against the ONNX spec, but for MaxUnpool and Resize, where the spec leaves room): folding them would
+# change what the model computes on its runtime, so they are left to the runtime. Each entry is (does this node
+# hit the fault, given the node and its opset version; the fault). Found by folding every standard op with random
+# constant inputs and comparing with onnxruntime (tests/test_fixes_folding_runtime.py checks each entry);
+# re-check when onnx is upgraded.
 _REFERENCE_WRONG: dict[str, tuple[Callable[[Node, int], bool], str]] = {
     "LRN": (lambda n, v: True, "sums the squares over a window of the batch axis, not of the channels"),
     "Softmax": (lambda n, v: v < 13, "only the opset-13 semantics (one axis), not the older 2-D coercion"),
@@ -142,7 +143,8 @@ _REFERENCE_WRONG: dict[str, tuple[Callable[[Node, int], bool], str]] = {
     "MaxPool": (lambda n, v: len(n.outputs) > 1 and n.outputs[1] is not None,
                 "its Indices are not the flat positions in the input"),
     "MaxUnpool": (lambda n, v: len(n.inputs) > 2 and n.inputs[2] is not None,
-                  "with output_shape it scatters into the default shape and pads that"),
+                  "with output_shape it scatters into the default shape and pads that (as ONNX's conformance case "
+                  "does); onnxruntime scatters the flat indices into output_shape"),
     "RoiAlign": (lambda n, v: v < 16, "before opset 16 the coordinates are output_half_pixel, it uses half_pixel"),
     "Resize": (lambda n, v: n.attr("mode", "nearest") == "nearest",
                "nearest picks are computed in float64, a runtime's in float32: they differ at ties "
