@@ -30,6 +30,7 @@ import numpy as np
 from tvm import relax
 
 from ..converters import const, constant_value, converter, dtype_of, refuse
+from ..finite import finite_quotient
 
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 _FLOATS = ("float32", "float16", "bfloat16")
@@ -223,8 +224,13 @@ def quantize_linear(bb, inputs, attrs, ctx):
     axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
     scale = _qparam(bb, scale, x, axis, block, "y_scale")
     zp = _qparam(bb, zp, x, axis, block, "y_zero_point")
+    # an input proven finite (a QDQ model's dequantized values through residual adds, pools, ...) needs no NaN
+    # select: the select is a kernel of its own that ConvertLayout cannot move (lowering/finite.py)
+    node = ctx.node
+    nan_free = node is not None and len(node.inputs) > 1 and node.inputs[1] is not None and \
+        finite_quotient(node.inputs[0], node.inputs[1])
     q = _in_precision(bb, relax.op.divide, x, scale, precision)
-    return _rint_saturate(bb, bb.emit(relax.op.round(q)), zp, out_dtype)
+    return _rint_saturate(bb, bb.emit(relax.op.round(q)), zp, out_dtype, nan_free=nan_free)
 
 
 @converter("", "DequantizeLinear")
