@@ -221,10 +221,13 @@ def _count_kernels(report: dict | None, key: str):
     """A pass that records how many PrimFuncs exist / are already scheduled into ``report[key]``."""
     tvm = _tvm()
 
+    from ..lowering.ops.indexing import INDEX_CHECK_ATTR  # noqa: PLC0415
+
     @tvm.transform.module_pass(opt_level=0, name=f"optc_count_{key}")
     def _count(mod, _ctx):
         if report is not None:
-            funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+            funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+                     and not (f.attrs is not None and INDEX_CHECK_ATTR in f.attrs)]  # (marked scheduled: not tuned)
             scheduled = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
             report[key] = scheduled
             report["kernels"] = len(funcs)

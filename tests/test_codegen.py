@@ -566,7 +566,7 @@ def test_pad_ragged_tile(m, n, weight, padded):
     from tvm import s_tir
 
     sch = s_tir.Schedule(_batched_matmul(m, n, 32, weight))
-    assert _pad_ragged_tile(sch, resolve_target("cpu")) == bool(padded)
+    assert _pad_ragged_tile(sch, resolve_target("cpu")) == (bool(padded), "B_pad" in padded)
     script = sch.mod["main"].script()
     assert {name for name in ("A_pad", "B_pad") if f'T.sblock("{name}")' in script} == padded
 
@@ -582,4 +582,4 @@ def test_pad_ragged_tile_declines_strided_windows():
     y = te.compute((1, 14, 14, 13), lambda b, i, j, c: te.sum(x[b, 2 * i + ry, 2 * j + rx, rc] * w[ry, rx, rc, c],
                                                               axis=[ry, rx, rc]), name="conv")
     sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
-    assert not _pad_ragged_tile(sch, resolve_target("cpu"))
+    assert _pad_ragged_tile(sch, resolve_target("cpu")) == (False, False)

@@ -73,19 +73,24 @@ def _node_label(ctx, op: str) -> str:
 def _index_check(k: int, message: str):
     """A PrimFunc `(idx int64[m, k], extents int64[k]) -> int64[m, k]`: each index with a negative one wrapped
     (`+ extents[j]`); the call fails with `message` when `idx[i, j]` is outside `[-extents[j], extents[j])`.
-    A serial loop (one compare and select per index, beside a gather or scatter that reads them anyway): no block
-    for the schedules, and tuning leaves it out (`INDEX_CHECK_ATTR`); for GPU targets see `without_index_asserts`."""
+    A serial loop over one block (one compare and select per index, beside a gather or scatter that reads them
+    anyway), marked scheduled so that no schedule rule moves the assert (the block: TVM's layout passes want one
+    where `extents` is a constant), and tuning leaves it out (`INDEX_CHECK_ATTR`); GPU targets: `without_index_asserts`."""
 
     @T.prim_func(private=True, s_tir=True)
     def index_check(var_idx: T.handle, var_extents: T.handle, var_out: T.handle):
-        T.func_attr({"tirx.noalias": True, "op_pattern": 8, INDEX_CHECK_ATTR: k})
+        T.func_attr({"tirx.noalias": True, "op_pattern": 8, INDEX_CHECK_ATTR: k, "tirx.is_scheduled": True})
         m = T.int64()
         idx = T.match_buffer(var_idx, (m, k), "int64")
         extents = T.match_buffer(var_extents, (k,), "int64")
         out = T.match_buffer(var_out, (m, k), "int64")
         for i, j in T.grid(m, k):
-            assert -extents[j] <= idx[i, j] and idx[i, j] < extents[j], message
-            out[i, j] = T.if_then_else(idx[i, j] < T.int64(0), idx[i, j] + extents[j], idx[i, j])
+            with T.sblock("check"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                T.reads(idx[vi, vj], extents[vj])
+                T.writes(out[vi, vj])
+                assert -extents[vj] <= idx[vi, vj] and idx[vi, vj] < extents[vj], message
+                out[vi, vj] = T.if_then_else(idx[vi, vj] < T.int64(0), idx[vi, vj] + extents[vj], idx[vi, vj])
 
     return index_check
 
