@@ -344,3 +344,22 @@ def test_library_of_another_model_is_a_one_line_error(artifacts):
         result = _cli(*args)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-400:]
         assert "does not match its metadata" in result.stderr
+
+
+def test_index_check_builds_beside_a_packed_weight():
+    """An embedding Gather (run-time ids, constant table) before a MatMul whose weight is packed at compile time:
+    the packing pass inspects every called kernel and refused the check's bare loop (a QDQ GPT-2-like failed to
+    build: 'The body of the primfunc should be a root block')."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((50, 128)).astype(np.float32), "table")
+    weight = numpy_helper.from_array(rng.standard_normal((128, 256)).astype(np.float32), "w")  # 128 KiB: packed
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [table, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    module = optc.compile(model)
+    ids = rng.integers(-50, 50, (1, 16)).astype(np.int64)
+    np.testing.assert_allclose(module.run({"ids": ids})["y"], run_ort(model, {"ids": ids})[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(OptcError, match="out of range"):
+        module.run({"ids": np.full((1, 16), 50, np.int64)})
