@@ -110,10 +110,6 @@ class Fault:
 _H = '<ir_version: 8, opset_import: ["" : 18]>\n'
 
 KNOWN_FAULTS: list[Fault] = [
-    Fault(("empty-constant-output",), "compile",
-          "a graph output that is a zero-size constant (an initializer, or a subgraph that folds to one) fails to "
-          "compile: TVM InternalError 'Invalid DLTensor file format'",
-          _H + "g () => (float[1,0] y) <float[1,0] c = {}> { y = Tanh(c) }"),
     Fault(("zero-size-shared",), "compile",
           "a zero-size tensor read by a shape op and by another op fails to build: Unsqueeze + Neg gives TVM "
           "IndexError 'Index 1 out of bounds 1', Transpose + Relu a Reshape ValueError",
@@ -123,6 +119,10 @@ KNOWN_FAULTS: list[Fault] = [
 
 # Faults this test found that are fixed: their reproducers are regression tests (test_fixed_fault_stays_fixed).
 FIXED_FAULTS: list[Fault] = [
+    Fault(("empty-constant-output",), "compile",
+          "a graph output that is a zero-size constant (an initializer, or a subgraph that folds to one) failed to "
+          "compile: TVM InternalError 'Invalid DLTensor file format' (fixed: codegen/zero_size.py)",
+          _H + "g () => (float[1,0] y) <float[1,0] c = {}> { y = Tanh(c) }"),
     Fault(("matmul-of-expand",), "compile",
           "MatMul of an Expand (of a scalar or [1] tensor) by a 1-D operand: dlight's CPU GEMV rule fails "
           "(normalize: assert s_loops) and the TVM build raises",
