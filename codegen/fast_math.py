@@ -61,6 +61,7 @@ def fast_math_pass(enabled: bool = True):
     from tvm import relax, te, topi  # noqa: PLC0415
     from tvm.relax import expr_functor  # noqa: PLC0415
 
+    from ..lowering.converters import dims_of  # noqa: PLC0415
     from .softmax import is_ragged_row, lane_partial_softmax  # noqa: PLC0415
 
     def libm_tanh(x):
@@ -110,13 +111,6 @@ def fast_math_pass(enabled: bool = True):
         ty = getattr(expr, "ty", None)
         return ty.dtype if isinstance(ty, relax.TensorType) else None
 
-    def _static_shape(expr) -> tuple:
-        """The dims of a tensor expression (ints; a symbolic dim as its expression), () when unknown."""
-        shape = getattr(getattr(expr, "ty", None), "shape", None)
-        if not isinstance(shape, relax.ShapeExpr):
-            return ()
-        return tuple(int(d.value) if isinstance(d, tvm.tirx.IntImm) else d for d in shape.values)
-
     def _exponent(expr) -> float | None:
         """The value of a one-element floating-point constant (a broadcast exponent), else None."""
         if not isinstance(expr, tvm.ir.expr.Constant):
@@ -148,7 +142,7 @@ def fast_math_pass(enabled: bool = True):
             if dtype != "float32":
                 return call
             if op == "relax.nn.softmax":
-                if is_ragged_row(_static_shape(x), int(call.attrs.axis)):
+                if is_ragged_row(tuple(dims_of(x) or ()), int(call.attrs.axis)):
                     return self.builder_.call_te(lane_partial_softmax, x)
                 return self.builder_.call_te(topi.nn.fast_softmax, x, int(call.attrs.axis))
             if op == "relax.exp":
