@@ -735,6 +735,7 @@ class RowReduction(_Rule):
         reductions = [i for i in infos if not i.is_injective()]
         if not reductions:
             return None
+        infos = _inline_tail(sch, infos)
         for info in reductions:
             kinds = info.dom_kind()
             if kinds.rstrip("R").strip("S") or not kinds.endswith("R"):
@@ -792,6 +793,39 @@ class RowReduction(_Rule):
                     sch.annotate(unrolled, "pragma_auto_unroll_max_step", lanes)
                     sch.annotate(unrolled, "pragma_unroll_explicit", 1)
         return sch
+
+
+def _inline_tail(sch: s_tir.Schedule, infos: list) -> list:
+    """Inline the elementwise blocks after the last reduction into the last block (producers first), so that
+    the last block reads the reductions' results and RowReduction finds the rows in it. A softmax followed by
+    a QuantizeLinear -> DequantizeLinear pair (a QDQ model's fake quantization: ten elementwise blocks) left the
+    last block reading only the previous elementwise block: no rows, every block at the root, and the rfactor of
+    the row maximum failed, so the kernel fell to the scalar ParallelFallback (3x slower). Blocks that cannot
+    be inlined, or whose value is read more than once (inlining would compute it twice), stay (computed per
+    row like the others)."""
+    import tvm_ffi  # noqa: PLC0415
+    from tvm.ir.expr import TensorLoad  # noqa: PLC0415  (a tirx.BufferLoad)
+
+    def read_once(block) -> bool:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1 or len(sch.get(block).writes) != 1:
+            return False
+        out = sch.get(block).writes[0].source
+        loads: list = []
+        tvm_ffi.structural_walk(sch.get(consumers[0]).body, (TensorLoad, lambda load: loads.append(load)
+                                                             if load.source.same_as(out) else None), order="post")
+        return len(loads) == 1
+
+    last_reduction = max(i for i, info in enumerate(infos) if not info.is_injective())
+    kept = infos[:last_reduction + 1]
+    for info in infos[last_reduction + 1:-1]:
+        try:
+            if not read_once(info.block_rv):
+                raise ValueError("read more than once")
+            sch.compute_inline(info.block_rv)
+        except (s_tir.ScheduleError, InternalError, ValueError):
+            kept.append(info)
+    return [*kept, infos[-1]]
 
 
 def _has_lane_axis(sch: s_tir.Schedule, info, row_shape: list | None) -> bool:

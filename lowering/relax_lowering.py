@@ -85,6 +85,7 @@ class _Lowering:
         self.shapes = ShapeEvaluator(self)
         self.dims: dict[str, Any] = {}
         self.node: Node | None = None  # the node being converted (converters may read its IR types)
+        self.float_grid: dict[Value, Any] = {}  # a quantized value -> it as float32 (ops/quant.record_float_grid)
         self.unknown_from: dict[Value, str] = {}  # a value of unknown shape -> the node where shapes were lost
         self._anonymous = 0
 

@@ -30,7 +30,7 @@ from tvm import relax
 
 from ...rewrites.rules.qinteger import MAX_TERMS
 from ..converters import const, constant_value, converter, dtype_of, refuse
-from .quant import _INT_RANGES, _conv_pads, _rank, _rint_saturate, _scalar, _shape
+from .quant import _INT_RANGES, _conv_pads, _rank, _saturate, _scalar, _shape, _without_nan, record_float_grid
 
 
 def _constant(expr, what: str) -> np.ndarray:
@@ -74,8 +74,10 @@ def _operands(inputs, op: str):
     return x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias
 
 
-def _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
-    """Requantize (or scale to float) the int32 accumulator `acc`; per-channel scales lie along `axis`."""
+def _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
+    """Requantize (or scale to float) the int32 accumulator `acc`; per-channel scales lie along `axis`. The
+    requantized output is also noted as float32 for the DequantizeLinear nodes that read it
+    (`quant.record_float_grid`)."""
     rank = _rank(acc)
     shape = [1] * rank
     if w_scale.size > 1:
@@ -87,10 +89,12 @@ def _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
     m = (xw / y_scale).astype(np.float32)
     r = bb.emit(relax.op.round(relax.op.multiply(f, const(m.reshape(shape)))))
     out_dtype = str(y_zp.dtype)
-    y = bb.emit(_rint_saturate(bb, r, _scalar(int(y_zp.reshape(())), "int32", rank), out_dtype,
-                               nan_free=bool(np.isfinite(m).all())))
+    zp = int(y_zp.reshape(()))
+    r = _without_nan(bb, r, bool(np.isfinite(m).all()))
+    y = bb.emit(_saturate(bb, r, _scalar(zp, "int32", rank), out_dtype))
     lo, hi = _INT_RANGES[out_dtype]
     qmin, qmax = max(lo, int(attrs.get("qmin", lo))), min(hi, int(attrs.get("qmax", hi)))
+    record_float_grid(bb, ctx, r, _scalar(zp, "float32", rank), qmin, qmax)
     if (qmin, qmax) == (lo, hi):
         return y
     if qmin > lo:
@@ -135,7 +139,7 @@ def qmatmul(bb, inputs, attrs, ctx):
         acc = bb.emit(relax.op.add(acc, const(c)))
     if x_scale is None:
         return acc
-    return _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
+    return _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
 
 
 @converter("optc", "QConv")
@@ -171,4 +175,4 @@ def qconv(bb, inputs, attrs, ctx):
     if c is not None:
         acc = bb.emit(relax.op.add(acc, const(c.reshape([1, channels] + [1] * spatial))))  # full rank: ConvertLayout
         # moves a same-rank operand to NHWC with the conv; a [C, 1, 1] one kept the epilogue in NCHW (two transposes)
-    return _epilogue(bb, acc, x_scale, w_scale, y_scale, y_zp, attrs, 1)
+    return _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, 1)

@@ -150,18 +150,45 @@ def _rint_saturate(bb, r, zp, out_dtype: str, *, nan_free: bool = False):
     to +-(qmax - qmin) in float (it cannot change the saturated result, and keeps the int32 cast defined), the
     zero point added in int32. `nan_free`: the caller knows `r` holds no NaN (an int32 accumulator times a finite
     multiplier), so the NaN select is left out (a `where` keeps ConvertLayout from moving the epilogue to NHWC)."""
-    rank = _rank(r)
-    lo, hi = _INT_RANGES[out_dtype]
+    return _saturate(bb, _without_nan(bb, r, nan_free), zp, out_dtype)
+
+
+def _without_nan(bb, r, nan_free: bool):
+    """`r` as float32 (float64 stays) with NaN taken as 0 unless the caller knows there is none."""
     fdtype = dtype_of(r) if dtype_of(r) in ("float32", "float64") else "float32"
     r = _cast(bb, r, fdtype)
-    if not nan_free:
-        r = _nan_to_zero(bb, r)
+    return r if nan_free else _nan_to_zero(bb, r)
+
+
+def _saturate(bb, r, zp, out_dtype: str):
+    """`saturate(r + zp)` of a NaN-free rounded float `r` (see `_rint_saturate`)."""
+    rank = _rank(r)
+    lo, hi = _INT_RANGES[out_dtype]
+    fdtype = dtype_of(r)
     r = bb.emit(relax.op.minimum(relax.op.maximum(r, _scalar(lo - hi, fdtype, rank)), _scalar(hi - lo, fdtype, rank)))
     q = bb.emit(relax.op.astype(r, "int32"))
     if zp is not None:
         q = bb.emit(relax.op.add(q, _cast(bb, zp, "int32")))
     q = bb.emit(relax.op.minimum(relax.op.maximum(q, _scalar(lo, "int32", rank)), _scalar(hi, "int32", rank)))
     return relax.op.astype(q, out_dtype)
+
+
+def record_float_grid(bb, ctx, r, zp, lo: int, hi: int) -> None:
+    """Note, for the DequantizeLinear nodes that read the node being converted (a QuantizeLinear, a requantizing
+    QMatMul / QConv), its output as float32 computed without the integer round trip: `clamp(r + zp, lo, hi)` in
+    float32 for the NaN-free rounded float32 `r`, equal to `float32(q)` bit for bit (the 8/16-bit ranges are
+    exact in float32; r + zp is exact below 2^24 and, rounded above it, still saturates; -0.0 + zp is +0.0 as
+    float32(0) is, since the zero point, 0 too, is always added). A QDQ model's float islands run
+    Q -> DQ pairs back to back; the fused kernels then skip four integer conversions and clamps per pair
+    (`DequantizeLinear` reads it from `ctx.float_grid`). Unused (no DequantizeLinear reads it), it is dead code
+    that Relax removes."""
+    node = getattr(ctx, "node", None)
+    if node is None or not node.outputs or node.outputs[0] is None or dtype_of(r) != "float32":
+        return
+    rank = _rank(r)
+    shifted = bb.emit(relax.op.add(r, _cast(bb, zp, "float32") if zp is not None else _scalar(0.0, "float32", rank)))
+    ctx.float_grid[node.outputs[0]] = bb.emit(relax.op.minimum(
+        relax.op.maximum(shifted, _scalar(lo, "float32", rank)), _scalar(hi, "float32", rank)))
 
 
 def _to_grid(bb, v, precision: str):
@@ -230,7 +257,9 @@ def quantize_linear(bb, inputs, attrs, ctx):
     nan_free = node is not None and len(node.inputs) > 1 and node.inputs[1] is not None and \
         finite_quotient(node.inputs[0], node.inputs[1])
     q = _in_precision(bb, relax.op.divide, x, scale, precision)
-    return _rint_saturate(bb, bb.emit(relax.op.round(q)), zp, out_dtype, nan_free=nan_free)
+    r = _without_nan(bb, bb.emit(relax.op.round(q)), nan_free)
+    record_float_grid(bb, ctx, r, zp, *_INT_RANGES[out_dtype])
+    return _saturate(bb, r, zp, out_dtype)
 
 
 @converter("", "DequantizeLinear")
@@ -249,7 +278,9 @@ def dequantize_linear(bb, inputs, attrs, ctx):
     axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
     scale = _qparam(bb, scale, x, axis, block, "x_scale")
     zp = _qparam(bb, zp, x, axis, block, "x_zero_point")
-    dx = _cast(bb, x, "float32")
+    node = ctx.node if ctx is not None else None
+    grid = getattr(ctx, "float_grid", {}).get(node.inputs[0]) if node is not None and node.inputs else None
+    dx = grid if grid is not None else _cast(bb, x, "float32")  # float32(x), from its QuantizeLinear when known
     if zp is not None:
         dx = bb.emit(relax.op.subtract(dx, _cast(bb, zp, "float32")))
     y = bb.emit(relax.op.multiply(dx, _cast(bb, scale, "float32")))

@@ -1,0 +1,183 @@
+"""A QDQ model's QuantizeLinear -> DequantizeLinear pairs lowered without the integer round trip
+(lowering/ops/quant.py `record_float_grid`), and RowReduction on a softmax followed by such a pair
+(codegen/schedules.py `_inline_tail`).
+
+The float form must equal the integer form bit for bit (signed zeros, saturation, infinities, NaN taken as the
+zero point): checked against onnxruntime, and against the same model built with the integer round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from optc.codegen import schedules
+from optc.codegen.kernel_check import fused_kernels
+from optc.codegen.targets import resolve_target
+from optc.ir import from_onnx
+from optc.lowering.ops import quant
+
+from .conftest import run_ort
+
+_NP = {TP.UINT8: np.uint8, TP.INT8: np.int8, TP.UINT16: np.uint16, TP.INT16: np.int16}
+
+
+def _qdq_chain(qtype: int, zero_point: int | None, scale: float = 0.5, shape=(2, 64)) -> onnx.ModelProto:
+    """y = 1 / DQ(Q(x)) + DQ(Q(x)): the reciprocal shows the sign of a zero (1 / -0 = -inf)."""
+    inits = [nh.from_array(np.array(scale, np.float32), "s"), nh.from_array(np.array(1.0, np.float32), "one")]
+    q_inputs = ["x", "s"]
+    if zero_point is not None:
+        inits.append(nh.from_array(np.array(zero_point, _NP[qtype]), "z"))
+        q_inputs.append("z")
+    nodes = [h.make_node("QuantizeLinear", q_inputs, ["q"]),
+             h.make_node("DequantizeLinear", ["q", *q_inputs[1:]], ["d"]),
+             h.make_node("Div", ["one", "d"], ["r"]),
+             h.make_node("Add", ["r", "d"], ["y"])]
+    g = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", TP.FLOAT, list(shape))],
+                     [h.make_tensor_value_info("y", TP.FLOAT, list(shape)),
+                      h.make_tensor_value_info("d", TP.FLOAT, list(shape))], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 21)], ir_version=10)  # 21: 16-bit Q / DQ
+
+
+def _inputs(scale: float, n: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    special = np.array([-0.0, 0.0, -0.1 * scale, 0.1 * scale, -0.5 * scale, 0.5 * scale, 1.5 * scale,
+                        -1.5 * scale, 1e30, -1e30, np.inf, -np.inf, 2.5 * scale, -2.5 * scale], np.float32)
+    x = (rng.standard_normal(n) * 200 * scale).astype(np.float32)
+    x[:special.size] = special
+    return x.reshape(2, n // 2)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("qtype,zero_point", [(TP.UINT8, 0), (TP.UINT8, 131), (TP.UINT8, None), (TP.INT8, 0),
+                                              (TP.INT8, -7), (TP.UINT16, 40000), (TP.INT16, -3)])
+def test_qdq_pair_equals_onnxruntime_bit_for_bit(qtype, zero_point):
+    model = _qdq_chain(qtype, zero_point)
+    x = _inputs(0.5)
+    got = optc.compile(model).run({"x": x})
+    want = run_ort(model, {"x": x})
+    for name, w in zip(("y", "d"), want, strict=True):
+        assert np.array_equal(_bits(got[name]), _bits(w)), name  # +0.0, never -0.0; inf; saturation
+
+
+def test_qdq_pair_skips_the_integer_round_trip():
+    """The fused kernel of Q -> DQ -> Div -> Add computes in float32: no int32 conversion left."""
+    fused = fused_kernels(from_onnx(_qdq_chain(TP.UINT8, 131)), "cpu")
+    text = "\n".join(f.script() for gv, f in fused.functions_items() if gv.name_hint != "main")
+    assert "nearbyint" in text and 'T.Cast("int32"' not in text and 'T.Cast("uint8"' not in text
+
+
+def test_quantized_graph_output_keeps_its_integer_form():
+    """A QuantizeLinear whose output is also a graph output: the integer tensor is still computed, and the
+    DequantizeLinear beside it gets the float form; both equal onnxruntime."""
+    model = _qdq_chain(TP.INT8, -7)
+    model.graph.output.append(h.make_tensor_value_info("q", TP.INT8, [2, 64]))
+    x = _inputs(0.5)
+    got = optc.compile(model).run({"x": x})
+    want = run_ort(model, {"x": x})
+    for name, w in zip(("y", "d", "q"), want, strict=True):
+        assert got[name].dtype == w.dtype and np.array_equal(got[name].view(np.uint8), w.view(np.uint8)), name
+
+
+def test_nan_is_the_zero_point_in_the_float_form_too():
+    model = _qdq_chain(TP.UINT8, 131)
+    x = np.full((2, 64), np.nan, np.float32)
+    d = optc.compile(model).run({"x": x})["d"]
+    assert np.array_equal(_bits(d), _bits(np.zeros_like(d)))  # DQ(zero point) = +0.0
+
+
+def _qdq_matmul_relu(with_relu: bool) -> onnx.ModelProto:
+    """DQ(x) @ DQ(w) [-> Relu] -> Q -> DQ -> Add: QMatMul with the float form of its requantized output."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (32, 16)).astype(np.int8)
+    inits = [nh.from_array(np.array(0.02, np.float32), "xs"), nh.from_array(np.array(128, np.uint8), "xz"),
+             nh.from_array(w, "w"), nh.from_array(np.array(0.01, np.float32), "ws"),
+             nh.from_array(np.array(0, np.int8), "wz"), nh.from_array(np.array(0.05, np.float32), "ys"),
+             nh.from_array(np.array(120, np.uint8), "yz"), nh.from_array(np.array(0.3, np.float32), "c")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
+             h.make_node("MatMul", ["xd", "wd"], ["mm"])]
+    last = "mm"
+    if with_relu:
+        nodes.append(h.make_node("Relu", ["mm"], ["act"]))
+        last = "act"
+    nodes += [h.make_node("QuantizeLinear", [last, "ys", "yz"], ["yq"]),
+              h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["yd"]),
+              h.make_node("Add", ["yd", "c"], ["y"])]
+    g = h.make_graph(nodes, "qmm", [h.make_tensor_value_info("x", TP.FLOAT, [4, 32])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [4, 32 // 2])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("with_relu", [False, True])
+def test_requantized_integer_matmul_float_form_equals_the_integer_form(with_relu, monkeypatch):
+    model = _qdq_matmul_relu(with_relu)
+    x = (np.random.default_rng(4).standard_normal((4, 32)) * 2).astype(np.float32)
+    x[0, :4] = [-0.0, 0.0, np.inf, -np.inf]
+    compiled = optc.compile(model)
+    assert compiled.metadata["kernels"]["integer"] >= 1  # the QMatMul path, not float
+    got = compiled.run({"x": x})["y"]
+    monkeypatch.setattr(quant, "record_float_grid", lambda *a, **k: None)
+    import optc.lowering.ops.qinteger as qinteger
+
+    monkeypatch.setattr(qinteger, "record_float_grid", lambda *a, **k: None)
+    old = optc.compile(model).run({"x": x})["y"]
+    assert np.array_equal(_bits(got), _bits(old))
+    want = run_ort(model, {"x": x})[0]  # onnxruntime's QDQ: within one quantized step (0.05) of it
+    assert np.abs(got - want).max() <= 0.05 + 1e-6
+
+
+def _softmax_qdq(width: int) -> onnx.ModelProto:
+    inits = [nh.from_array(np.array(1 / 255, np.float32), "s"), nh.from_array(np.array(0, np.uint8), "z")]
+    nodes = [h.make_node("Softmax", ["x"], ["p"], axis=-1),
+             h.make_node("QuantizeLinear", ["p", "s", "z"], ["q"]),
+             h.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = h.make_graph(nodes, "smq", [h.make_tensor_value_info("x", TP.FLOAT, [2, 4, 32, width])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [2, 4, 32, width])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("width", [128, 197])
+def test_softmax_then_fake_quantization_is_a_row_reduction(width):
+    """The fake-quantization blocks after the softmax are inlined into the last block, which then reads the
+    row sums: RowReduction schedules the kernel (before: it declined, and the scalar fallback ran it)."""
+    fused = fused_kernels(from_onnx(_softmax_qdq(width)), "cpu")
+    funcs = [f for gv, f in fused.functions_items() if "softmax" in gv.name_hint]
+    assert funcs
+    target = resolve_target("cpu")
+    for func in funcs:
+        sch = schedules.RowReduction().apply(func, target, False)
+        assert sch is not None
+        assert "T.vectorized" in sch.mod["main"].script()
+
+
+@pytest.mark.parametrize("width", [128, 197])
+def test_softmax_then_fake_quantization_matches_onnxruntime(width):
+    model = _softmax_qdq(width)
+    x = (np.random.default_rng(5).standard_normal((2, 4, 32, width)) * 3).astype(np.float32)
+    got = optc.compile(model).run({"x": x})["y"]
+    want = run_ort(model, {"x": x})[0]
+    # the softmax itself is fast-math (rel. error ~1e-6): a probability within that of a rounding boundary of
+    # the 1/255 grid may land one step over
+    steps = np.abs(got - want) * 255
+    assert steps.max() <= 1.0 + 1e-3
+    assert (steps > 0.5).mean() < 1e-3
+
+
+def test_inline_tail_keeps_a_block_read_twice():
+    """A block after the last reduction whose value the next block reads twice is not inlined (it would be
+    computed twice): RowReduction still schedules the kernel, computed per row."""
+    nodes = [h.make_node("Softmax", ["x"], ["p"], axis=-1), h.make_node("Mul", ["p", "p"], ["y"])]
+    g = h.make_graph(nodes, "sq", [h.make_tensor_value_info("x", TP.FLOAT, [8, 64])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [8, 64])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+    x = np.random.default_rng(6).standard_normal((8, 64)).astype(np.float32)
+    got = optc.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, run_ort(model, {"x": x})[0], rtol=2e-5, atol=1e-7)
