@@ -30,6 +30,8 @@ from tvm.target import Target
 PARALLEL_MIN_WORK = 1 << 14
 #: ... unless the kernel does at least this many multiply-adds (~1 ms single-threaded)
 PARALLEL_MIN_MACS = 1 << 22
+#: a strided (transpose) kernel keeps its innermost loops unfused over at least this many elements
+STRIDED_ROW = 64
 #: grouped convs with an even number of channels per group up to twice this, and no divisor of 4 or more:
 #: pairs of lanes across the whole group (shufflenet's 34 channels: 17 accumulators of 2 lanes, not scalars)
 GROUP_PAIR_MAX = 32
@@ -647,6 +649,9 @@ class Injective(_Rule):
                 for r in stmt.reads
             )
         )
+        if not contiguous and len(loops) > 1:
+            _schedule_strided(sch, loops, extents, parallel=not outer and work >= PARALLEL_MIN_WORK)
+            return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         chunk = 1
         if contiguous and extents[-1] >= 4:
@@ -664,6 +669,24 @@ class Injective(_Rule):
         elif parallel_here:
             o, _ = sch.split(fused, factors=[None, 64])
             sch.parallel(o)
+
+
+def _schedule_strided(sch: s_tir.Schedule, loops: list, extents: list[int], *, parallel: bool) -> None:
+    """A layout kernel whose innermost loop does not run along both the output's and the inputs' last axes (a
+    transpose, NCHW -> NHWC): the innermost loops that make up at least STRIDED_ROW elements stay loops of
+    their own (indices linear in them, the innermost unrolled when short), the others are fused (parallel when
+    the kernel is large). Fused into one loop, every element computed its indices with a division and a modulo
+    per axis: a QDQ ResNet-like's input quantize + pad + NHWC transpose ran 0.9 ms for 0.2 M bytes."""
+    n_inner, size = 0, 1
+    while n_inner < min(len(loops) - 1, 3) and size < STRIDED_ROW:
+        n_inner += 1
+        size *= extents[-n_inner]
+    outer = loops[:-n_inner]
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if parallel:
+        sch.parallel(fused)
+    if extents[-1] <= 16:
+        sch.unroll(loops[-1])
 
 
 def schedule_padding(sch: s_tir.Schedule, block, target: Target) -> None:
