@@ -159,6 +159,7 @@ class _Lowering:
             for v in n.outputs:
                 if v is not None:
                     self.exprs.pop(v, None)
+                    self.float_grid.pop(v, None)
                     self.shapes.values.pop(v, None)
         for v, expr in zip(body.inputs, bindings, strict=True):
             self.exprs[v] = expr
