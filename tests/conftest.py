@@ -27,6 +27,20 @@ def ort_session_options():
     return so
 
 
+def scheduled_script(model: onnx.ModelProto, rule) -> str:
+    """The TVMScript of `model`'s one fused kernel (-O2, cpu) as schedule rule `rule` (an instance from
+    optc.codegen.schedules) schedules it; asserts that the rule applies."""
+    from optc.codegen.kernel_check import fused_kernels
+    from optc.codegen.targets import resolve_target
+    from optc.ir import from_onnx
+
+    fused = fused_kernels(from_onnx(model), "cpu")
+    [func] = [f for gv, f in fused.functions_items() if gv.name_hint != "main"]
+    sch = rule.apply(func, resolve_target("cpu"), False)
+    assert sch is not None
+    return sch.mod["main"].script()
+
+
 def _model_bytes(model: onnx.ModelProto | bytes | str) -> bytes | str:
     return model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
 

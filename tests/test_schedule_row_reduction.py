@@ -15,9 +15,9 @@ from onnx import TensorProto
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from optc.codegen import schedules
-from optc.codegen.kernel_check import fused_kernels
 from optc.codegen.targets import resolve_target
-from optc.ir import from_onnx
+
+from .conftest import scheduled_script
 
 
 def _model(op: str, width: int) -> onnx.ModelProto:
@@ -33,18 +33,10 @@ def _model(op: str, width: int) -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
 
 
-def _scheduled(model: onnx.ModelProto) -> str:
-    fused = fused_kernels(from_onnx(model), "cpu")
-    [func] = [f for gv, f in fused.functions_items() if gv.name_hint != "main"]
-    sch = schedules.RowReduction().apply(func, resolve_target("cpu"), False)
-    assert sch is not None
-    return sch.mod["main"].script()
-
-
 @pytest.mark.parametrize("op", ["LayerNormalization", "Softmax"])
 @pytest.mark.parametrize("width", [128, 192, 197])
 def test_rows_reduce_in_vector_partials_when_they_divide(op, width):
-    text = _scheduled(_model(op, width))
+    text = scheduled_script(_model(op, width), schedules.RowReduction())
     lanes = schedules._vector_lanes(resolve_target("cpu"), 32)
     if width % lanes == 0:
         assert "_rf" in text and f"T.vectorized(T.int64({lanes}))" in text

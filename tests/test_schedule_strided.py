@@ -12,11 +12,8 @@ from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from optc.codegen import schedules
-from optc.codegen.kernel_check import fused_kernels
-from optc.codegen.targets import resolve_target
-from optc.ir import from_onnx
 
-from .conftest import run_ort
+from .conftest import run_ort, scheduled_script
 
 
 def _transpose(shape: list[int], perm: list[int], dtype=TP.FLOAT) -> onnx.ModelProto:
@@ -26,23 +23,15 @@ def _transpose(shape: list[int], perm: list[int], dtype=TP.FLOAT) -> onnx.ModelP
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
 
 
-def _scheduled(model: onnx.ModelProto) -> str:
-    fused = fused_kernels(from_onnx(model), "cpu")
-    [func] = [f for gv, f in fused.functions_items() if gv.name_hint != "main"]
-    sch = schedules.Injective().apply(func, resolve_target("cpu"), False)
-    assert sch is not None
-    return sch.mod["main"].script()
-
-
 def test_nchw_to_nhwc_keeps_rows_as_loops():
-    text = _scheduled(_transpose([1, 3, 224, 224], [0, 2, 3, 1]))
+    text = scheduled_script(_transpose([1, 3, 224, 224], [0, 2, 3, 1]), schedules.Injective())
     assert "T.parallel(T.int64(224))" in text and "T.unroll(T.int64(3))" in text
     assert "//" not in text and "%" not in text  # indices linear in the loops: no division per element
 
 
 def test_contiguous_transpose_still_vectorizes():
     """[1, 128, 4, 64] -> [1, 4, 128, 64]: the last axis is the last on both sides: the vector path, unchanged."""
-    text = _scheduled(_transpose([1, 128, 4, 64], [0, 2, 1, 3]))
+    text = scheduled_script(_transpose([1, 128, 4, 64], [0, 2, 1, 3]), schedules.Injective())
     assert "T.vectorized" in text
 
 
