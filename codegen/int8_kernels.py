@@ -75,6 +75,7 @@ from .schedules import (
     _vars_in,
     _vector_lanes,
     _vectorize_innermost,
+    max_accumulators,
     rows_divide_into_tiles,
     schedule_padding,
     try_inline,
@@ -149,10 +150,10 @@ def _make_intrin(isa: str, a_dtype: str):
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
                 T.writes(C[0:lanes])
-                a_i32 = T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32")
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     f"int32x{lanes}", intrinsic, C.vload([0], f"int32x{lanes}"),
-                    T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"int8x{wide}"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                                  dtype=f"int8x{wide}"),
                     B.vload([0, 0], f"int8x{wide}"))
     else:  # vpmaddwd: both operands widened to int16; the activation pair broadcast as one int32
         intrinsic = "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd"
@@ -225,15 +226,17 @@ def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     """(u_m rows, u_n vectors) of the register tile. u_m * u_n accumulators + u_n weight vectors + a broadcast
     activation + the product before it is added stay within the register file (one more spills an accumulator
     through memory in every iteration); u_m and u_n divide the extents (the tensor intrinsic takes no predicated
-    tail). Among those, the most products per instruction: u_m * u_n products (2 instructions each: multiply,
-    add; fused on VNNI) against u_n weight loads and u_m broadcasts (2 instructions each when widened)."""
+    tail), and the u_m * u_n accumulators of 4-byte lanes fit a stack slot (``schedules.max_accumulators``). Among
+    those, the most products per instruction: u_m * u_n products (2 instructions each: multiply, add; fused on VNNI)
+    against u_n weight loads and u_m broadcasts (2 instructions each when widened)."""
     regs = _REGISTERS[isa] - 2
     fused = isa in _FUSED
+    accumulators = max_accumulators(ISAS[isa][1] * 4)
     best, best_score = (1, 1), 0.0
     for u_n in range(1, min(n_vecs, 8) + 1):
-        if n_vecs % u_n or 2 * u_n > regs:
+        if n_vecs % u_n or 2 * u_n > regs or u_n > accumulators:
             continue
-        max_m = min(MAX_TILE_ROWS, (regs - u_n) // u_n) if m_ext > 1 else 1
+        max_m = min(MAX_TILE_ROWS, (regs - u_n) // u_n, accumulators // u_n) if m_ext > 1 else 1
         u_m = max((d for d in range(1, max(max_m, 1) + 1) if m_ext % d == 0), default=1)
         products = u_m * u_n
         score = products / (products * (1 if fused else 2) + u_n + u_m * (1 if fused else 2))

@@ -22,7 +22,7 @@ from tvm import s_tir
 from tvm.target import Target
 
 from ..lowering.ops.nbits import DECODE_ATTR
-from .schedules import MAX_ACC_VECTORS, MAX_TILE_ROWS, _extent, _Rule, _vector_lanes, _vectorize_innermost, tile_rows
+from .schedules import MAX_TILE_ROWS, _extent, _Rule, _vector_lanes, _vectorize_innermost, max_accumulators, tile_rows
 
 #: from this many rows on the weight is decoded per column panel (below, inside the matmul's inner loop)
 PANEL_MIN_ROWS = 4
@@ -66,7 +66,8 @@ class NBitsMatMul(_Rule):
             return None
         u_n = 2 if n_ext % (2 * lanes) == 0 else 1
         m_ext = extents[-2]
-        u_m = tile_rows(m_ext, min(MAX_TILE_ROWS, MAX_ACC_VECTORS // u_n))
+        reduction = math.prod(_extent(sch, lp) or 1 for lp in r_loops)
+        u_m = tile_rows(m_ext, min(MAX_TILE_ROWS, max_accumulators(lanes * 4, reduction) // u_n))
         # the batch loops stay whole (a row tile never straddles two batch elements: fused, the tile's write-back
         # region was a box over both and wrote rows of the next element before they were computed), inside the
         # panel loop so that one decoded panel serves every batch element

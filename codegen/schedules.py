@@ -39,6 +39,14 @@ GROUP_PAIR_MAX = 32
 MAX_ACC_VECTORS = 16
 #: register tiles hold at most MAX_TILE_ROWS rows of accumulators; fewer than MIN_TILE_ROWS rows per tile do not pay
 MAX_TILE_ROWS, MIN_TILE_ROWS = 8, 3
+#: TVM keeps a buffer allocated inside a kernel's loops on the stack only when it is smaller than this
+#: (``runtime::kMaxStackAlloca``, tested by ``tir.LowerTVMBuiltin``); a larger one is taken from the workspace pool
+#: by a ``TVMBackendAllocWorkspace`` call, and given back by another, in every iteration of the loop around it
+STACK_ALLOCA_BYTES = 1024
+#: a float register tile may still take MAX_ACC_VECTORS (a workspace buffer, ~100 ns of calls per tile) when each
+#: output sums at least this many products: 16 accumulators then beat 8 by 3-10% (float32 matmuls with K = 768 to
+#: 2048, AMD EPYC Zen 4); below it the calls cost more than the smaller tile (a 1x1 conv with K = 64: 1.5x)
+WORKSPACE_TILE_MIN_REDUCTION = 512
 #: repack a constant weight into tile-contiguous panels when it is at least this large (bytes)
 PREPACK_MIN_BYTES = 1 << 16
 
@@ -88,6 +96,18 @@ def rows_divide_into_tiles(m: int) -> bool:
     """Whether some tile height from MIN_TILE_ROWS to MAX_TILE_ROWS divides m rows (else the last tile is
     predicated, or the rows are padded where a tensor intrinsic takes no predicate)."""
     return any(m % d == 0 for d in range(MIN_TILE_ROWS, MAX_TILE_ROWS + 1))
+
+
+def max_accumulators(vector_bytes: int, reduction: int = 0) -> int:
+    """Accumulator vectors per register tile for vectors of ``vector_bytes`` bytes: at most MAX_ACC_VECTORS, and
+    fewer than STACK_ALLOCA_BYTES in all (a stack slot LLVM keeps in registers) unless each output sums at least
+    WORKSPACE_TILE_MIN_REDUCTION products (``reduction``). 16 vectors of 16 float32 / int32 lanes (AVX-512) are
+    exactly 1024 bytes: each tile then called the workspace allocator twice, which made an int8 1x1 conv
+    64 -> 256 at 56 x 56 (K = 64: 256 vpdpbusd per tile) ~1.3x slower, and a float32 one ~1.5x (AMD EPYC
+    Zen 4, 1 thread)."""
+    if reduction >= WORKSPACE_TILE_MIN_REDUCTION:
+        return MAX_ACC_VECTORS
+    return min(MAX_ACC_VECTORS, (STACK_ALLOCA_BYTES - 1) // vector_bytes)
 
 
 def tile_rows(m: int, limit: int) -> int:
@@ -560,7 +580,9 @@ class TiledReduction(_Rule):
             vec, u_n = 2, n_ext // 2
         if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
             u_n = self.u_n
-        max_m = max(1, min(MAX_TILE_ROWS, MAX_ACC_VECTORS // u_n))
+        max_m = max(1, min(MAX_TILE_ROWS, max_accumulators(vec * dtype_bits // 8, reduction) // u_n))
+        if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
+            max_m = _largest_divisor(PAD_ROWS, max_m)
         u_m = (max_m if m_ext is None else tile_rows(m_ext, max_m)) if n_s >= 2 else 1
 
         whole_panels = n_ext % (u_n * vec) == 0
