@@ -150,6 +150,7 @@ def _make_intrin(isa: str, a_dtype: str):
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
                 T.writes(C[0:lanes])
+                # the 4 activation bytes as one int32, broadcast (an expression: see the vpmaddwd impl below)
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     f"int32x{lanes}", intrinsic, C.vload([0], f"int32x{lanes}"),
                     T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
@@ -166,11 +167,14 @@ def _make_intrin(isa: str, a_dtype: str):
             with T.sblock("root"):
                 T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
                 T.writes(C[0:lanes])
-                # the byte pair broadcast as one 16-bit word, then widened (vpbroadcastw + vpmov[sz]xbw)
-                a_u16 = T.reinterpret(A.vload([0], f"{a_dtype}x2"), dtype="uint16")
+                # the byte pair broadcast as one 16-bit word, then widened (vpbroadcastw + vpmov[sz]xbw); an
+                # expression, not a name bound to it: TVMScript makes a name a local buffer, which TVM 0.27 took
+                # from the workspace pool by a call per tile
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
                     f"int32x{lanes}", intrinsic,
-                    T.Cast(f"int16x{wide}", T.reinterpret(T.broadcast(a_u16, lanes), dtype=f"{a_dtype}x{wide}")),
+                    T.Cast(f"int16x{wide}", T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x2"), dtype="uint16"), lanes),
+                        dtype=f"{a_dtype}x{wide}")),
                     T.Cast(f"int16x{wide}", B.vload([0, 0], f"int8x{wide}")))
 
     return desc, impl

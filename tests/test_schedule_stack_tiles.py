@@ -107,11 +107,12 @@ def test_int8_tiles_fit_the_stack(isa):
 
 
 @pytest.mark.skipif(not int8_kernels.int8_isas(resolve_target("cpu")), reason="this CPU has no int8 dot product")
-def test_int8_conv_tile_stays_on_the_stack():
-    """An int8 1x1 conv (u8 x s8 -> int32, requantized) as Int8Reduction schedules it: no buffer under the parallel
-    loop reaches 1024 bytes, and the dot-product intrinsic allocates nothing (it read its 4 activation bytes through
-    a 4-byte local buffer, which also took a workspace call per tile)."""
-    x = relax.Var("x", relax.TensorType((1, 64, 28, 28), "uint8"))
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])  # vpdpbusd on VNNI; int8 activations: vpmaddwd pairs
+def test_int8_conv_tile_stays_on_the_stack(x_dtype):
+    """An int8 1x1 conv (u8 / s8 x s8 -> int32, requantized) as Int8Reduction schedules it: no buffer under the
+    parallel loop reaches 1024 bytes, and the dot-product intrinsic allocates nothing (it read its activation bytes
+    through a 4- or 2-byte local buffer, which also took a workspace call per tile)."""
+    x = relax.Var("x", relax.TensorType((1, 64, 28, 28), x_dtype))
     w = np.random.default_rng(0).integers(-128, 128, (256, 64, 1, 1)).astype(np.int8)
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
