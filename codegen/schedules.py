@@ -298,40 +298,12 @@ def _read_by_opaque_blocks(sch: s_tir.Schedule) -> list:
     return buffers
 
 
-def _select_meets_rint(sch: s_tir.Schedule, a, b) -> bool:
-    """Whether one of blocks `a`, `b` has a select (Select, if_then_else) and the other a round half to even
-    (`nearbyint`). TVM 0.27's loop vectorizer scalarizes a loop whose stored value has both (either alone
-    vectorizes; floor, trunc, exp under a select too), and LLVM then rebuilt the loop with masked gathers: a QDQ
-    GPT-2-like's attention scores (QuantizeLinear, the causal mask's where, QuantizeLinear) ran 3x slower than the
-    same matmul without the mask. Kept apart, each block is a vector loop of its own."""
-    import tvm  # noqa: PLC0415
-    import tvm_ffi  # noqa: PLC0415
-
-    rint, if_then_else = tvm.ir.Op.get("tirx.nearbyint"), tvm.ir.Op.get("prim.if_then_else")
-
-    def kinds(block) -> set[str]:
-        found: set[str] = set()
-
-        def visit(node):
-            if isinstance(node, tirx.Select) or isinstance(node, tvm.ir.Call) and node.op.same_as(if_then_else):
-                found.add("select")
-            elif isinstance(node, tvm.ir.Call) and node.op.same_as(rint):
-                found.add("rint")
-
-        tvm_ffi.structural_walk(sch.get(block).body, visit, order="post")
-        return found
-
-    ka, kb = kinds(a), kinds(b)
-    return "select" in ka and "rint" in kb or "rint" in ka and "select" in kb
-
-
 def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
     """dlight's `try_inline` (inline every block that can be, producers first; returns the rest), except that
     a block read inside an opaque block is never inlined (`_read_by_opaque_blocks`), and a consumer is never
     inlined into a block with an init statement. normalize_prim_func calls a sum of one
     term (K = 1) spatial, and TVM's reverse_compute_inline then put the consumer into both the init and the
-    update: `x @ w + bias` computed `x @ w + 2 * bias`. Nor is a block with a select inlined into one that rounds
-    (`nearbyint`) or the reverse (`_select_meets_rint`)."""
+    update: `x @ w + bias` computed `x @ w + 2 * bias`."""
 
     def trial(inline, allowed) -> int | None:
         for i, block in enumerate(blocks):
@@ -353,12 +325,10 @@ def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
         return not any(w.source.same_as(b) for w in sch.get(block.block_rv).writes for b in hidden)
 
     def into_consumers(block) -> bool:
-        return not_read_opaquely(block) and not any(
-            _select_meets_rint(sch, block.block_rv, c) for c in sch.get_consumers(block.block_rv))
+        return not_read_opaquely(block)
 
     def into_producer(block) -> bool:
-        return producers_have_no_init(block) and not any(
-            _select_meets_rint(sch, block.block_rv, p) for p in sch.get_producers(block.block_rv))
+        return producers_have_no_init(block)
 
     while True:
         i = trial(sch.compute_inline, into_consumers)

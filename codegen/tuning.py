@@ -71,9 +71,11 @@ def _make_builder(max_workers: int, timeout_sec: float, f_export=None):
     ms = _ms()
 
     def f_build(mod, target, _params):  # pickled by value (nested function) into the workers
+        from optc.codegen import tvm_ops  # noqa: PLC0415
         from tvm.driver import build as tvm_build  # noqa: PLC0415
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # noqa: PLC0415
 
+        tvm_ops.register()
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
         return tvm_build(mod, target=target)
 
