@@ -112,15 +112,16 @@ def test_reference_evaluator_ops_still_fold_where_right(op):
 _SPECIAL = np.array([-0.0, 0.0, -1.0, 2.0, -0.3, 0.7, np.nan, -np.inf, np.inf], np.float32)
 
 
-def _activation_model(op: str, attrs: dict, slope: np.ndarray | None = None, dtype: int = 1):
-    """y = op(x[, slope]) for x of 9 elements; the slope (PRelu) is an initializer, or an input when None."""
+def _activation_model(op: str, attrs: dict, slope: np.ndarray | None = None, dtype: int = 1, shape=(9,)):
+    """y = op(x[, slope]) for x of `shape` (9 elements); the slope (PRelu) is an initializer, or an input when
+    None."""
     names = ["x"] if op != "PRelu" else ["x", "s"]
     inits = [numpy_helper.from_array(slope, "s")] if slope is not None else []
-    inputs = [helper.make_tensor_value_info("x", dtype, [9])]
+    inputs = [helper.make_tensor_value_info("x", dtype, list(shape))]
     if op == "PRelu" and slope is None:
         inputs.append(helper.make_tensor_value_info("s", dtype, [1]))
     graph = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g", inputs,
-                              [helper.make_tensor_value_info("y", dtype, [9])], inits)
+                              [helper.make_tensor_value_info("y", dtype, list(shape))], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
@@ -160,6 +161,24 @@ def test_piecewise_activation_signed_zero_and_nan_as_onnxruntime(case):
     got = optc.compile(model).run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert _zeros_and_nans_equal(got, want), f"{case}: optc {got} vs onnxruntime {want}"
+
+
+@pytest.mark.parametrize("case", sorted(c for c in ACTIVATIONS if ACTIVATIONS[c][2] is not None or
+                                         ACTIVATIONS[c][0] != "PRelu"))
+def test_piecewise_activation_of_a_0d_tensor_as_onnxruntime(case):
+    """The same on a 0-d x, one special value at a time: a 0-d kernel's constants are immediates, and TVM's
+    simplifier dropped HardSigmoid's `+ 0.0` (beta = 0): HardSigmoid(-0.0) gave -0.0, onnxruntime +0.0."""
+    op, attrs, slope = ACTIVATIONS[case]
+    if slope is not None:
+        slope = slope.reshape(())
+    model = _activation_model(op, attrs, slope, shape=())
+    lib = optc.compile(model)
+    for v in _SPECIAL:
+        feeds = {"x": np.array(v, np.float32)}
+        want = run_ort(model, feeds)[0]
+        got = lib.run(feeds)["y"]
+        assert got.shape == () and _zeros_and_nans_equal(np.atleast_1d(got), np.atleast_1d(want)), (case, v, got, want)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["Selu", "ThresholdedRelu", "LeakyRelu", "HardSigmoid"])

@@ -66,6 +66,19 @@ def test_qdq_pair_equals_onnxruntime_bit_for_bit(qtype, zero_point):
         assert np.array_equal(_bits(got[name]), _bits(w)), name  # +0.0, never -0.0; inf; saturation
 
 
+@pytest.mark.parametrize("qtype,zero_point", [(TP.UINT8, None), (TP.INT8, None), (TP.INT8, 0), (TP.UINT8, 3)])
+@pytest.mark.parametrize("value", [-0.1, -0.0, 0.7, -300.0])
+def test_qdq_pair_of_a_0d_tensor_equals_onnxruntime(qtype, zero_point, value):
+    """A 0-d tensor: its kernel's constants are immediates, and TVM's simplifier dropped the `+ 0.0` that turns
+    -0.0 into +0.0 (Q -> DQ of -0.1 gave -0.0; onnxruntime and the reference give +0.0)."""
+    model = _qdq_chain(qtype, zero_point, shape=())
+    x = np.array(value * 0.5, np.float32)
+    got = optc.compile(model).run({"x": x})
+    want = run_ort(model, {"x": x})
+    for name, w in zip(("y", "d"), want, strict=True):
+        assert got[name].shape == () and np.array_equal(_bits(got[name]), _bits(w)), (name, got[name], w)
+
+
 def test_qdq_pair_skips_the_integer_round_trip():
     """The fused kernel of Q -> DQ -> Div -> Add computes in float32: no int32 conversion left."""
     fused = fused_kernels(from_onnx(_qdq_chain(TP.UINT8, 131)), "cpu")

@@ -45,7 +45,7 @@ def prelu(bb, inputs, attrs, ctx):
     x, slope: float or integer tensors of one dtype."""
     x, slope = inputs[0], inputs[1]
     value = constant_value(slope)
-    if value is not None and _keeps_zero_sign(value):
+    if value is not None and _keeps_zero_sign(value) and x.ty.ndim != 0:  # relax.nn.prelu refuses a 0-d x
         return lookup_frontend("PRelu", ctx.opset)(bb, inputs, attrs, ctx)
     return _negative_branch(x, slope)
 
@@ -74,13 +74,18 @@ def thresholded_relu(bb, inputs, attrs, ctx):
 def hard_sigmoid(bb, inputs, attrs, ctx):
     """HardSigmoid(x) = max(0, min(1, alpha * x + beta)) (alpha 0.2, beta 0.5 by default), NaN in gives NaN out:
     maximum/minimum with rank-matched constant bounds, which codegen's nan_order pass puts first (as Clip).
-    beta is a rank-matched tensor too: TVM's simplifier drops a scalar `+ 0.0`, which must turn -0.0 into +0.0.
+    beta is a rank-matched tensor too: TVM's simplifier drops a scalar `+ 0.0`, which must turn -0.0 into +0.0;
+    a 0-d x is computed as [1] (a 0-d kernel's constants are immediates, and the `+ 0.0` went again).
     x: float tensor."""
     x = inputs[0]
     t = dtype_of(x)
+    scalar = x.ty.ndim == 0
+    if scalar:
+        x = bb.emit(relax.op.reshape(x, [1]))
     rank = max(x.ty.ndim, 0)
     y = relax.op.add(relax.op.multiply(x, const(float(attrs.get("alpha", 0.2)), t)),
                      const(np.full([1] * rank, float(attrs.get("beta", 0.5))), t))
     y = bb.normalize(relax.op.maximum(y, const(np.zeros([1] * rank), t)))
-    return relax.op.minimum(y, const(np.ones([1] * rank), t))
+    y = relax.op.minimum(y, const(np.ones([1] * rank), t))
+    return relax.op.reshape(bb.emit(y), []) if scalar else y
 

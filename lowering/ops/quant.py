@@ -186,9 +186,15 @@ def record_float_grid(bb, ctx, r, zp, lo: int, hi: int) -> None:
     if node is None or not node.outputs or node.outputs[0] is None or dtype_of(r) != "float32":
         return
     rank = _rank(r)
+    scalar = rank == 0
+    if scalar:  # as [1]: a 0-d kernel's constants are immediates, and TVM's simplifier drops `x + 0.0` (the
+        # zero point's add that turns -0.0 into +0.0); HardSigmoid's beta had the same fault
+        r, rank = bb.emit(relax.op.reshape(r, [1])), 1
+        zp = None if zp is None else bb.emit(relax.op.reshape(zp, [1]))
     shifted = bb.emit(relax.op.add(r, _cast(bb, zp, "float32") if zp is not None else _scalar(0.0, "float32", rank)))
-    ctx.float_grid[node.outputs[0]] = bb.emit(relax.op.minimum(
+    grid = bb.emit(relax.op.minimum(
         relax.op.maximum(shifted, _scalar(lo, "float32", rank)), _scalar(hi, "float32", rank)))
+    ctx.float_grid[node.outputs[0]] = bb.emit(relax.op.reshape(grid, [])) if scalar else grid
 
 
 def _to_grid(bb, v, precision: str):
