@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from ..errors import OptcError
+from . import tvm_ops
 from .targets import resolve_target, target_kind
 
 
@@ -358,6 +359,7 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
 
         request_permission()  # a build for this host is often run in this process: its AMX kernels need the tiles
     mod = prepare(mod, params, target, layout=layout, fast_math=fast_math)
+    tvm_ops.register()
     try:
         return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule, report))
     except OptcError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import tvm_ops
 from .targets import resolve_target
 
 
@@ -56,6 +57,7 @@ def _run(func, arrays, target):
     import tvm  # noqa: PLC0415
     from tvm.driver import build as tvm_build  # noqa: PLC0415
 
+    tvm_ops.register()
     lib = tvm_build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
     device = tvm.cpu()
     args = [tvm.runtime.tensor(a, device) for a in arrays]

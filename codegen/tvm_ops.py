@@ -10,15 +10,16 @@ bit-identical, NaN, infinities and signed zeros included."""
 
 from __future__ import annotations
 
-import tvm
-
 #: (op, attribute, value) set once per process when the op lacks the attribute
 _CORRECTIONS = (("tirx.nearbyint", "TVectorizable", True),)
 
 
 def register() -> None:
-    """Apply the corrections (idempotent: an attribute the op already has is left alone). Called when
-    ``optc.codegen`` is imported and in MetaSchedule's builder processes, which build candidates without it."""
+    """Apply the corrections (idempotent: an attribute the op already has is left alone). Called before every
+    build (``build.build``, ``kernel_check``, MetaSchedule's builder processes); importing optc does not import
+    TVM (``optc --version`` stays fast)."""
+    import tvm  # noqa: PLC0415
+
     for name, attr, value in _CORRECTIONS:
         if tvm.ir.Op.get(name).get_attr(attr) is None:
             tvm.ir.register_op_attr(name, attr, value)

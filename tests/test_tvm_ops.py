@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import optc
-import optc.codegen  # noqa: F401 - registers the corrections
 import pytest
 import tvm
 from onnx import TensorProto as TP
@@ -21,6 +20,7 @@ from tvm.script import tirx as T
 
 from .conftest import run_ort
 
+tvm_ops.register()  # what every optc build does first
 
 def _vectorized(func) -> str:
     """`func` (one vectorized loop) after TVM's lowering up to and including VectorizeLoop, as TVMScript."""
