@@ -324,16 +324,10 @@ def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
     def not_read_opaquely(block) -> bool:
         return not any(w.source.same_as(b) for w in sch.get(block.block_rv).writes for b in hidden)
 
-    def into_consumers(block) -> bool:
-        return not_read_opaquely(block)
-
-    def into_producer(block) -> bool:
-        return producers_have_no_init(block)
-
     while True:
-        i = trial(sch.compute_inline, into_consumers)
+        i = trial(sch.compute_inline, not_read_opaquely)
         if i is None:
-            i = trial(sch.reverse_compute_inline, into_producer)
+            i = trial(sch.reverse_compute_inline, producers_have_no_init)
         if i is None:
             return blocks
         blocks.pop(i)
