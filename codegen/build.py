@@ -166,6 +166,23 @@ def _convert_layout_nhwc():
     return _pass
 
 
+def _declared_op_patterns():
+    """Put back the fusion pattern a converter declared for its kernel (``lowering.converters.DECLARED_OP_PATTERN``:
+    a table lookup is elementwise, though its indirect read makes AnnotateTIROpPattern call it opaque)."""
+    tvm = _tvm()
+    from ..lowering.converters import DECLARED_OP_PATTERN  # noqa: PLC0415
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_declared_op_patterns")
+    def _pass(mod, _ctx):
+        declared = {gv: f for gv, f in mod.functions_items()
+                    if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and DECLARED_OP_PATTERN in f.attrs}
+        for gv, f in declared.items():
+            mod[gv] = f.with_attr("op_pattern", int(f.attrs[DECLARED_OP_PATTERN]))
+        return mod
+
+    return _pass
+
+
 def fusion_passes():
     """Legalize and fuse: the module that MetaSchedule tunes (same as relax's 'zero' pipeline)."""
     from tvm import relax  # noqa: PLC0415
@@ -173,6 +190,7 @@ def fusion_passes():
     return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        _declared_op_patterns(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

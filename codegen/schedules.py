@@ -211,15 +211,19 @@ def _is_padding(sch: s_tir.Schedule, info) -> bool:
 
 
 def _data_dependent(sch: s_tir.Schedule, infos) -> bool:
-    """Whether some block indexes a buffer with values loaded from memory (gathers, NMS-style selections):
-    compute_at / reverse_compute_at would move such blocks on a region estimate they do not satisfy."""
+    """Whether some block indexes a buffer that the function computes (or writes any buffer) with values loaded
+    from memory (gathers, NMS-style selections): compute_at / reverse_compute_at would move such blocks on a
+    region estimate they do not satisfy. A data-dependent read of a buffer nothing in the function writes (a
+    lookup table parameter: `lowering/ops/lookup.py`) moves no block and is not counted."""
     import tvm_ffi  # noqa: PLC0415
     from tvm.ir.expr import TensorLoad  # noqa: PLC0415  (a tirx.BufferLoad)
 
+    stmts = [sch.get(info.block_rv) for info in infos]
+    computed = [w.source for stmt in stmts for w in stmt.writes]
     found = []
-    for info in infos:
-        stmt = sch.get(info.block_rv)
-        for region in [*stmt.reads, *stmt.writes]:
+    for stmt in stmts:
+        regions = [*(r for r in stmt.reads if any(r.source.same_as(b) for b in computed)), *stmt.writes]
+        for region in regions:
             for rng in region.region:
                 tvm_ffi.structural_walk(rng.min, (TensorLoad, found.append), order="post")
                 tvm_ffi.structural_walk(rng.extent, (TensorLoad, found.append), order="post")

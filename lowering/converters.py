@@ -39,6 +39,17 @@ def converter(domain: str, op_type: str) -> Callable[[Converter], Converter]:
     return register
 
 
+#: the PrimFunc attribute with which a converter declares its kernel's fusion pattern (TVM's op_pattern numbers:
+#: 0 elementwise, 8 opaque): Relax's AnnotateTIROpPattern recomputes `op_pattern` for every PrimFunc from its body,
+#: and `codegen.build`'s fusion passes put the declared one back before FuseOps
+DECLARED_OP_PATTERN = "optc.op_pattern"
+
+
+def declare_op_pattern(func, pattern: int):
+    """`func` (a PrimFunc) with its fusion pattern declared (see DECLARED_OP_PATTERN)."""
+    return func.with_attr(DECLARED_OP_PATTERN, pattern)
+
+
 def refuse(reason: str) -> UnsupportedError:
     """The error a converter raises to refuse a node: `raise refuse("with a run-time axis")`."""
     return UnsupportedError(reason)

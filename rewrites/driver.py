@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..ir.core import Graph, Model, Node, Value
 from ..ir.rewriter import Rewriter
-from ..ir.schema import Trait, get_schema, has_trait
+from ..ir.schema import OPTC_DOMAIN, Trait, get_schema, has_trait
 from .context import PassContext, PassResult
 from .rule import Rule, RuleApplier, discard
 
@@ -118,10 +118,10 @@ def index_rules(rules: Sequence[Rule], opsets: dict[str, int]) -> dict[tuple[str
 
 
 def is_erasable(node: Node) -> bool:
-    """May a node with no used outputs be dropped? Not side-effect ops, not ops of unknown schema."""
+    """May a node with no used outputs be dropped? Not side-effect ops, not ops of unknown schema (but optc's own)."""
     if not node.outputs or has_trait(node.domain, node.op_type, Trait.SIDE_EFFECTS):
         return False
-    return get_schema(node.domain, node.op_type) is not None
+    return node.domain == OPTC_DOMAIN or get_schema(node.domain, node.op_type) is not None
 
 
 def apply_rules(model: Model | Graph, rules: Iterable[Rule | type[Rule]], ctx: PassContext, pass_name: str, *,

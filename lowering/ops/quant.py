@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, constant_value, converter, dtype_of, refuse
+from ..converters import const, constant_value, converter, declare_op_pattern, dtype_of, refuse
 from ..finite import finite_quotient
 
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
@@ -139,7 +139,7 @@ def _nan_to_zero(bb, r):
     t = te.placeholder(list(r.ty.shape.values), dtype=dtype_of(r), name="r")
     y = te.compute(t.shape, lambda *i: tirx.Select(tirx.isnan(t(*i)), tirx.const(0, t.dtype), t(*i)),
                    name="nan_to_zero")
-    func = te.create_prim_func([t, y]).without_attr("global_symbol").with_attr("op_pattern", 8)  # kOpaque
+    func = declare_op_pattern(te.create_prim_func([t, y]).without_attr("global_symbol"), 8)  # kOpaque
     gv = bb.add_func(func, "nan_to_zero")
     return bb.emit(relax.call_tir(gv, [r], r.ty))
 

@@ -176,6 +176,20 @@ def _reference_eval(node: Node, vals: list[np.ndarray | None], opsets: dict[str,
     return list(outs)
 
 
+def evaluate_node(node: Node, vals: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray] | None:
+    """The outputs of `node` on the constant inputs `vals` (None for an absent optional input): numpy for the cheap
+    common ops, onnx's reference evaluator for the rest; None where that evaluator computes the op wrong
+    (`reference_eval_fault`). Raises whatever the evaluator raises on a case it cannot run. IEEE semantics as in
+    the module docstring (the folder and `rules/qlookup.py`'s tables use this one evaluator)."""
+    version = opsets.get(node.domain, opsets.get("", 21))
+    outs = _fast_eval(node, vals, version) if node.domain == "" else None
+    if outs is None:
+        if reference_eval_fault(node, version) is not None:
+            return None
+        outs = _reference_eval(node, vals, opsets)
+    return outs
+
+
 class ConstantFolder:
     """Folds one node at a time (`fold(node) -> bool`); shared by the pass and the rewrite driver."""
 
@@ -303,12 +317,7 @@ class ConstantFolder:
             if est is not None and est > self.size_limit and est > in_bytes:
                 self._refuse(node, est)
                 return None
-        outs = _fast_eval(node, vals, version) if node.domain == "" else None
-        if outs is None:
-            if reference_eval_fault(node, version) is not None:
-                return None
-            outs = _reference_eval(node, vals, opsets)
-        return outs
+        return evaluate_node(node, vals, opsets)
 
     @staticmethod
     def _estimate_size(op: str, vals: list, node: Node) -> int | None:

@@ -2,7 +2,8 @@
 
 One module per family: `noops` (eliminate-noops), `canonicalize`, `fusion` (the fuse-* sets), `transformer`
 (transformer-standard / transformer-onnxruntime, run by the fuse-transformer pass and `optc optimize --for`),
-`qinteger` (QDQ patterns to optc's integer ops) and `weight-int4` (4-bit weights to optc.MatMulNBits and byte-sized
+`qinteger` (QDQ patterns to optc's integer ops, with `qlookup`'s 256-entry tables for elementwise functions of one
+8-bit tensor) and `weight-int4` (4-bit weights to optc.MatMulNBits and byte-sized
 codes), both for the TVM compile path only.
 
 Rule sets are a registry, open to plugins: `register_rule_set(name, rules, level=2)` from Python, or a package
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from ...errors import OptcError, did_you_mean
 from ..rule import Rule
-from . import canonicalize, fusion, noops, qinteger, transformer, weight_int4
+from . import canonicalize, fusion, noops, qinteger, qlookup, transformer, weight_int4
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
 # optc-domain integer ops for the TVM back end: in no -O pipeline (`optc optimize` writes standard ONNX); the compile
 # path applies them (`qinteger.to_integer_ops`, which also declares the `optc` opset); named in a pipeline only to
 # inspect them (FileCheck tests): such an ONNX output does not declare the domain and runs nowhere else.
-register_rule_set("qinteger", qinteger.RULES)
+register_rule_set("qinteger", qinteger.RULES + qlookup.RULES)
 # the same for weight-only 4-bit models (optc.MatMulNBits; `weight_int4.to_weight_int4_ops` on the compile path)
 register_rule_set("weight-int4", weight_int4.RULES)
 

@@ -60,13 +60,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.core import Model, Node, Value
+from ...ir.schema import OPTC_DOMAIN
 from ...ir.types import DataType
 from ..context import PassContext
 from ..pattern import ANY, Optional, Or, require
 from ..rule import Rule
 from ._util import np_dtype
 
-DOMAIN = "optc"
+DOMAIN = OPTC_DOMAIN
 _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
 _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 #: the longest reduction (terms per output) an integer op takes: 255 * 128 per term, a raw sum and a zero point
@@ -554,6 +555,7 @@ def to_integer_ops(model: Model) -> dict:
     return `kernel_summary(model, reasons)`: the reasons are those of the rules that tried a float op and
     rejected it."""
     from ..driver import apply_rules
+    from .qlookup import RULES as TABLE_RULES  # (qlookup imports this module)
 
     model.opset_imports.setdefault(DOMAIN, 1)
     reasons: dict[str, str] = {}
@@ -568,9 +570,10 @@ def to_integer_ops(model: Model) -> dict:
             if key not in reasons or reasons[key].startswith("expected ") and not why.startswith("expected "):
                 reasons[key] = why  # the rule that got as far as its check says more than another op's pattern
 
-    ctx = PassContext(opsets=dict(model.opset_imports), trace_rules=frozenset(r.name for r in RULES),
+    rules = RULES + TABLE_RULES
+    ctx = PassContext(opsets=dict(model.opset_imports), trace_rules=frozenset(r.name for r in rules),
                       trace_sink=sink)
-    apply_rules(model, RULES, ctx, "qinteger")
+    apply_rules(model, rules, ctx, "qinteger")
     if not any(n.domain == DOMAIN for g in model.graphs() for n in g):
         del model.opset_imports[DOMAIN]
     return kernel_summary(model, reasons)

@@ -43,12 +43,13 @@ import ml_dtypes
 import numpy as np
 
 from ...ir.core import Model
+from ...ir.schema import OPTC_DOMAIN
 from ...ir.types import DataType, TensorType
 from ..context import PassContext
 from ..pattern import Optional, require
 from ..rule import Rule
 
-DOMAIN = "optc"
+DOMAIN = OPTC_DOMAIN
 MS_DOMAIN = "com.microsoft"
 #: the 4-bit element types and the byte-sized type each widens to (the same signedness)
 _SUB_BYTE = {np.dtype(ml_dtypes.int4): np.int8, np.dtype(ml_dtypes.uint4): np.uint8,

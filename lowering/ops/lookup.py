@@ -1,0 +1,32 @@
+"""Lowering of `optc.TableLookup(x, table)` (made by `rewrites/rules/qlookup.py`, whose docstring defines it):
+a kernel `y[i] = table[int32(x[i]) - lowest]` marked elementwise (op_pattern kElemWise), so TVM's FuseOps puts
+it into the producer's epilogue (an integer matmul's requantize: the table read right after the rounding) like
+any other elementwise op. Relax's `take` is an injective op, which FuseOps does not fuse after a matmul: the
+lookup ran as a kernel of its own, one more pass over memory.
+
+x is uint8 (index x) or int8 (index x + 128); the table has 256 entries, so every index is in range."""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from ..converters import const, constant_value, converter, declare_op_pattern, dtype_of, refuse
+
+_LOWEST = {"uint8": 0, "int8": -128}
+
+
+@converter("optc", "TableLookup")
+def table_lookup(bb, inputs, attrs, ctx):
+    x, table = inputs
+    lowest = _LOWEST.get(dtype_of(x))
+    values = constant_value(table) if table is not None else None
+    if lowest is None or values is None or values.ndim != 1 or values.size != 256:
+        raise refuse("TableLookup takes a uint8 / int8 x and a constant table of 256 entries")
+    from tvm import te
+
+    xs = te.placeholder(list(x.ty.shape.values), dtype=dtype_of(x), name="x")
+    ts = te.placeholder([256], dtype=str(values.dtype), name="table")
+    y = te.compute(xs.shape, lambda *i: ts[xs(*i).astype("int32") - lowest], name="table_lookup")
+    func = declare_op_pattern(te.create_prim_func([xs, ts, y]).without_attr("global_symbol"), 0)  # kElemWise
+    gv = bb.add_func(func, "table_lookup")
+    return bb.emit(relax.call_tir(gv, [x, const(values)], relax.TensorType(x.ty.shape, str(values.dtype))))
