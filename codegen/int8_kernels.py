@@ -3,8 +3,9 @@ intrinsics and the schedule rule ``Int8Reduction`` that uses them.
 
 Interface: a fused PrimFunc with one reduction block ``C[.., n] += int32(A[.., k]) * int32(B[.., k, n])`` (relax
 ``matmul(a, w, out_dtype="int32")``, ``conv2d(x, w, out_dtype="int32")`` in NHWC/HWIO after optc's layout pass), A
-and B uint8/int8, B a constant weight (``layout_free_buffers``), followed by injective epilogues (zero-point
-corrections, the float requantize: multiply, add, round, clip, cast). Every kernel is exact: the int32 result
+and B uint8/int8, B a constant weight (``layout_free_buffers``; or an int8 B computed at run time, an activation x
+activation matmul, which the kernel packs itself before its tiles: ``_pack_at_run_time``, register tiles only),
+followed by injective epilogues (zero-point corrections, the float requantize: multiply, add, round, clip, cast). Every kernel is exact: the int32 result
 equals the integer sum (no int16 saturation).
 
 Instruction sets, chosen from the *target's* LLVM features (``targets.llvm_features``; the ``cpu`` preset's
@@ -249,6 +250,21 @@ def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     return best
 
 
+def _pack_at_run_time(sch: s_tir.Schedule, block, weight, index_map) -> None:
+    """The layout ``_prepack_weight`` gives a constant weight, for an int8 B computed at run time: a copy in the
+    kernel, before the tiles (a parallel loop over everything but B's last axis; B is one operand of an
+    activation x activation matmul, small next to the products it feeds)."""
+    from tvm.tirx import IndexMap  # noqa: PLC0415
+
+    reads = sch.get(block).reads
+    read_index = next(i for i, region in enumerate(reads) if region.source.same_as(weight))
+    ndim = len(reads[read_index].region)
+    copy = sch.cache_read(block, read_index, "global")
+    sch.transform_layout(block, ("read", read_index), IndexMap.from_func(index_map, ndim=ndim))
+    loops = sch.get_loops(copy)
+    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+
+
 class Int8Reduction(_Rule):
     """Exact u8/s8 x s8 -> int32 matmul / NHWC conv kernels with fused epilogues on the best dot-product
     instruction ``target`` has (``int8_isas``); declines (next rule) whatever it cannot tensorize."""
@@ -317,7 +333,9 @@ class Int8Reduction(_Rule):
         operands = self._operands(func, stmt, n_s)
         if operands is None:
             return None
-        a_index, b_index = operands
+        a_index, b_index, constant_b = operands
+        if amx and not constant_b:  # the AMX blocks take prepacked weights only
+            return None
         a_dtype = str(stmt.reads[a_index].source.dtype)
 
         loops = sch.get_loops(block)
@@ -416,10 +434,14 @@ class Int8Reduction(_Rule):
         for pad in pads:
             schedule_padding(sch, pad.block_rv, target)
         sch.enter_postproc()
-        _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=lambda *idx: (
-            idx[-1] // panel, *idx[:-2], idx[-2] // group, idx[-1] % panel, idx[-2] % group))
-        if not _packing_splits_off(sch):
-            return None
+        packed = lambda *idx: (  # noqa: E731
+            idx[-1] // panel, *idx[:-2], idx[-2] // group, idx[-1] % panel, idx[-2] % group)
+        if constant_b:
+            _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=packed)
+            if not _packing_splits_off(sch):
+                return None
+        else:
+            _pack_at_run_time(sch, block, stmt.reads[b_index].source, packed)
         if amx:
             sch.tensorize(inner[0], amx_register_intrin(a_dtype, *tiles))
             return sch
@@ -431,10 +453,11 @@ class Int8Reduction(_Rule):
         return sch
 
     @staticmethod
-    def _operands(func, stmt, n_s: int) -> tuple[int, int] | None:
-        """(activation read, weight read) indices when ``stmt`` is ``C[.., n] += A[.., k] * B[.., k, n]`` with
-        8-bit A, int8 constant B and int32 C (or bfloat16 A and constant B, float32 C), n the last spatial and k
-        the last reduction iterator; else None."""
+    def _operands(func, stmt, n_s: int) -> tuple[int, int, bool] | None:
+        """(activation read, weight read, whether the weight is a constant) indices when ``stmt`` is
+        ``C[.., n] += A[.., k] * B[.., k, n]`` with 8-bit A, int8 B and int32 C (or bfloat16 A and constant B,
+        float32 C), n the last spatial and k the last reduction iterator; else None. An int8 B computed at run
+        time (an activation x activation matmul: optc.QMatMul with a run-time w) is packed by the kernel."""
         out_dtype = str(stmt.writes[0].source.dtype) if len(stmt.writes) == 1 else ""
         if out_dtype not in ("int32", "float32") or len(stmt.reads) not in (2, 3):
             return None
@@ -450,11 +473,11 @@ class Int8Reduction(_Rule):
             if region.source.same_as(stmt.writes[0].source):
                 continue
             dims = region.region
-            if (dtype == w_dtype and i in free and len(dims) >= 2 and _vars_in(dims[-1].min) == {n_var}
-                    and _vars_in(dims[-2].min) == {k_var}):
+            if (dtype == w_dtype and (i in free or out_dtype == "int32") and len(dims) >= 2
+                    and _vars_in(dims[-1].min) == {n_var} and _vars_in(dims[-2].min) == {k_var}):
                 b_index = i
             elif dtype in a_dtypes and len(dims) >= 1 and _vars_in(dims[-1].min) == {k_var}:
                 a_index = i
         if a_index is None or b_index is None:
             return None
-        return a_index, b_index
+        return a_index, b_index, b_index in free

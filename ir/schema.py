@@ -12,7 +12,6 @@ from functools import lru_cache
 import onnx
 from onnx import defs
 
-
 #: the domain of optc's own ops (integer kernels, lookup tables, 4-bit matmuls: `rewrites/rules/qinteger.py`,
 #: `qlookup.py`, `weight_int4.py`), made on the TVM compile path only; they have no ONNX schema and are pure
 OPTC_DOMAIN = "optc"

@@ -502,3 +502,120 @@ def test_rgb_stem_conv_runs_on_the_dot_product_instruction(x_dtype, x_zp):
     if int8_isas(resolve_target("cpu")):
         assert sum(instructions.values()) == 2, instructions
     assert_within_one_unit(model, RNG.standard_normal(b.shape).astype(np.float32) * 2)
+
+
+# -- activation x activation matmuls (attention's Q K^T and P V): a run-time w ---------------------------------
+
+def _act_matmul(shape_a, shape_b, *, a_dtype=np.uint8, b_dtype=np.uint8, a_zp=128, b_zp=121, y_dtype=np.uint8,
+                act=None, quantized_out=True, b_axis=None) -> onnx.ModelProto:
+    """x (float, shape_a) quantized to a; b = a second quantization of a float input z (shape_b); MatMul of the
+    dequantized pair [-> Relu] -> QuantizeLinear (or a float output)."""
+    inits = [nh.from_array(np.float32(0.031), "as"), nh.from_array(np.array(a_zp, a_dtype), "az"),
+             nh.from_array(np.float32(0.027) if b_axis is None else np.full(shape_b[b_axis], 0.027, np.float32), "bs"),
+             nh.from_array(np.array(b_zp, b_dtype) if b_axis is None else np.full(shape_b[b_axis], b_zp, b_dtype),
+                           "bz"),
+             nh.from_array(np.float32(0.4), "ys"), nh.from_array(np.array(7 if y_dtype == np.uint8 else -3, y_dtype),
+                                                                 "yz")]
+    extra = {} if b_axis is None else {"axis": b_axis}
+    nodes = [h.make_node("QuantizeLinear", ["x", "as", "az"], ["aq"]),
+             h.make_node("DequantizeLinear", ["aq", "as", "az"], ["ad"]),
+             h.make_node("QuantizeLinear", ["z", "bs", "bz"], ["bq"], **extra),
+             h.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"], **extra),
+             h.make_node("MatMul", ["ad", "bd"], ["mm"])]
+    out = "mm"
+    if act == "relu":
+        nodes.append(h.make_node("Relu", ["mm"], ["mm_r"]))
+        out = "mm_r"
+    if quantized_out:
+        nodes.append(h.make_node("QuantizeLinear", [out, "ys", "yz"], ["y"]))
+        y = h.make_tensor_value_info("y", onnx.helper.np_dtype_to_tensor_dtype(np.dtype(y_dtype)), None)
+    else:
+        nodes.append(h.make_node("Identity", [out], ["y"]))
+        y = h.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inputs = [h.make_tensor_value_info("x", TensorProto.FLOAT, list(shape_a)),
+              h.make_tensor_value_info("z", TensorProto.FLOAT, list(shape_b))]
+    graph = h.make_graph(nodes, "g", inputs, [y], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def _act_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    return {name: (RNG.standard_normal(s) * 2).astype(np.float32) for name, s in shapes.items()}
+
+
+ACT_CASES = {
+    "vit-qk": dict(shape_a=(1, 3, 197, 64), shape_b=(1, 3, 64, 197)),  # N = 197: padded to 208, cropped back
+    "vit-pv": dict(shape_a=(1, 3, 197, 197), shape_b=(1, 3, 197, 64), b_zp=128),  # K = 197: padded to 200
+    "bert-qk-s8": dict(shape_a=(1, 4, 128, 64), shape_b=(1, 4, 64, 128), a_dtype=np.int8, a_zp=-5,
+                       b_dtype=np.int8, b_zp=0, y_dtype=np.int8),
+    "2d-relu-narrow": dict(shape_a=(13, 40), shape_b=(40, 10), act="relu", a_zp=0),  # N = 10: a plain slice
+    "broadcast-b-float-out": dict(shape_a=(2, 9, 33), shape_b=(33, 24), quantized_out=False, b_dtype=np.int8,
+                                  b_zp=-7),
+}
+
+
+@pytest.mark.parametrize("case", list(ACT_CASES), ids=list(ACT_CASES))
+def test_activation_matmuls_run_integer_within_one_unit(case):
+    model = _act_matmul(**ACT_CASES[case])
+    _, summary, ops = _integer_ops(model)
+    assert summary["integer"] == 1 and summary["float"] == 0, summary
+    assert "MatMul" not in ops and "QMatMul" in ops, ops
+    feeds = _act_feeds(model)
+    got = optc.compile(model).run(feeds)["y"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if want.dtype.kind == "f":
+        err = np.abs(got.astype(np.float64) - want) / (np.abs(want).max() + 1e-30)
+        assert err.max() < 1e-5, err.max()
+        return
+    hist = histogram(got.astype(np.int64) - want)
+    print(case, "differences (quantized units) vs the QDQ model:", hist)
+    assert max(map(abs, hist)) <= 1, hist
+
+
+def test_activation_matmul_kernel_is_the_dot_product_schedule():
+    """The Q K^T kernel (197 rows and columns) is scheduled by Int8Reduction (w packed in the kernel), with the
+    crop of the padded columns a kernel of its own, where the target has a dot-product instruction."""
+    from optc.codegen.build import fuse, prepare
+    from optc.codegen.int8_kernels import Int8Reduction, int8_isas
+    from optc.codegen.targets import resolve_target
+    from optc.lowering import lower
+
+    target = resolve_target("cpu")
+    if not [i for i in int8_isas(target) if i != "amx"]:
+        pytest.skip("this CPU has no int8 dot-product instruction")
+    m, _, _ = _integer_ops(_act_matmul(**ACT_CASES["vit-qk"]))
+    fused = fuse(prepare(lower(m), None, target), target)
+    kernels = {gv.name_hint: f for gv, f in fused.functions_items() if hasattr(f, "body")}
+    matmul = [f for name, f in kernels.items() if "matmul" in name]
+    assert len(matmul) == 1 and Int8Reduction().apply(matmul[0], target, False) is not None
+    assert any(name.startswith("crop_last_axis") for name in kernels), list(kernels)
+
+
+def _per_column_b(model):
+    for init in model.graph.initializer:
+        if init.name in ("bs", "bz"):
+            arr = nh.to_array(init)
+            init.CopyFrom(nh.from_array(np.full(197, arr, arr.dtype), init.name))
+    for n in model.graph.node:
+        if n.input[0] in ("z", "bq"):
+            n.attribute.append(h.make_attribute("axis", 3))
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (_per_column_b, "per tensor"),
+    (lambda m: None, "reduction is too long"),
+], ids=["per-column-b", "long-k"])
+def test_activation_matmul_not_rewritten(mutate, reason, monkeypatch):
+    import optc.lowering.ops.qinteger as lowering
+
+    if reason.startswith("reduction"):
+        monkeypatch.setattr(lowering, "MAX_RUNTIME_TERMS", 32)  # K = 64
+    model = _act_matmul(**ACT_CASES["vit-qk"])
+    mutate(model)
+    _, summary, ops = _integer_ops(model)
+    assert "MatMul" in ops and summary["float"] == 1, (ops, summary)
+    assert reason in next(iter(summary["float_reasons"].values())), summary

@@ -17,6 +17,10 @@ int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on th
   round half to even: onnxruntime's MlasRequantizeOutput (float32 multiplier, nearbyint, zero point added
   after rounding, saturate). Then the fused activation's clamp to [qmin, qmax].
 * float output (no y_scale): `float32(acc) * float32(x_scale * w_scale)` (onnxruntime's QGemm float output).
+* run-time w (QMatMul of two activations, `_run_time_w`): a as uint8 and w as int8 (the other type shifted by 128,
+  its zero point with it), K padded to a multiple of 4 and N to one of 16 with zeros, `matmul(a', w')` on the
+  dot-product instructions (the kernel packs w' itself), then `- za' colsum(w') - zw' rowsum(a') + K za' zw'`
+  from run-time sums, the usual requantize, and the padded columns cropped by a kernel of their own.
 * int32 output (QMatMul without x_scale: MatMulInteger with constant weights, whose x_zp may be a run-time
   scalar, as DynamicQuantizeLinear makes it): the corrected accumulator `acc - x_zp * colsum(w)`.
 
@@ -29,7 +33,7 @@ import numpy as np
 from tvm import relax
 
 from ...rewrites.rules.qinteger import MAX_TERMS
-from ..converters import const, constant_value, converter, dtype_of, refuse
+from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dtype_of, refuse
 from .quant import _INT_RANGES, _conv_pads, _rank, _saturate, _scalar, _shape, _without_nan, record_float_grid
 
 #: input channels a dot-product instruction multiply-adds per lane (x86 VNNI vpdpbusd, Arm sdot / udot: 4)
@@ -119,8 +123,117 @@ def _correction(w_sum: np.ndarray, x_zp: int, bias: np.ndarray | None, channels:
     return c.astype(np.int32)
 
 
+#: the longest reduction of a run-time w: the raw u8 x s8 sum and the three zero point terms each stay below
+#: 255 * 128 * K, so every partial sum of the four fits int32 (no wrap-around)
+MAX_RUNTIME_TERMS = (2**31 - 1) // (255 * 128 * 4)
+
+
+def _run_time_w(bb, ctx, inputs, attrs):
+    """QMatMul of two activations (a run-time w, uint8 or int8, per-tensor w_zero_point at input 8): an exact
+    u8 x s8 integer matmul on the dot-product instructions. With a' = a (as uint8: int8 a + 128, zero point
+    + 128) and w' = w (as int8: uint8 w - 128, zero point - 128), sum (a - za)(w - zw) =
+    sum a'w' - za' colsum(w') - zw' rowsum(a') + K za' zw' (the sums over the reduction, at run time). K is padded
+    to a multiple of 4 and N to one of 16 with zeros (they add nothing to any sum), the result cropped back."""
+    x, w = inputs[0], inputs[3]
+    get = lambda i: inputs[i] if len(inputs) > i else None  # noqa: E731
+    if dtype_of(w) not in ("uint8", "int8") or get(7) is not None:
+        raise refuse("QMatMul with a run-time w takes a uint8 / int8 w and no bias")
+    x_scale = _constant(inputs[1], "x_scale").astype(np.float32).reshape(())
+    x_zp = int(_constant(inputs[2], "x_zero_point").reshape(()))
+    w_scale = _constant(inputs[4], "w_scale").astype(np.float32)
+    w_zp = 0 if get(8) is None else int(_constant(inputs[8], "w_zero_point").reshape(()))
+    y_scale = None if get(5) is None else _constant(inputs[5], "y_scale").astype(np.float32).reshape(())
+    y_zp = None if get(6) is None else _constant(inputs[6], "y_zero_point")
+    xs, ws = _shape(x), _shape(w)
+    if w_scale.size != 1 or xs is None or ws is None or len(xs) < 2 or len(ws) < 2 or \
+            not isinstance(ws[-2], int) or not isinstance(ws[-1], int) or xs[-1] != ws[-2]:
+        raise refuse("QMatMul with a run-time w needs per-tensor scales, ranks >= 2 and a static K and N")
+    k, n = ws[-2], ws[-1]
+    if k > MAX_RUNTIME_TERMS:
+        raise refuse(f"QMatMul of two activations with a reduction of {k} terms could overflow int32")
+    a = x
+    if dtype_of(x) == "int8":
+        a, x_zp = relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), _scalar(128, "int16", len(xs))),
+                                  "uint8"), x_zp + 128
+    b = w
+    if dtype_of(w) == "uint8":
+        b, w_zp = relax.op.astype(relax.op.subtract(relax.op.astype(w, "int16"), _scalar(128, "int16", len(ws))),
+                                  "int8"), w_zp - 128
+    k4, n16 = -(-k // DOT_GROUP) * DOT_GROUP, -(-n // 16) * 16
+    if k4 != k:
+        a = relax.op.nn.pad(a, [0, 0] * (len(xs) - 1) + [0, k4 - k])
+    if k4 != k or n16 != n:
+        b = relax.op.nn.pad(b, [0, 0] * (len(ws) - 2) + [0, k4 - k, 0, n16 - n])
+    a, b = bb.emit(a), bb.emit(b)
+    acc = bb.emit(relax.op.matmul(a, b, out_dtype="int32"))
+    if x_zp:
+        colsum = relax.op.sum(relax.op.astype(b, "int32"), axis=[-2], keepdims=True)
+        acc = bb.emit(relax.op.subtract(acc, relax.op.multiply(colsum, const(x_zp, "int32"))))
+    if w_zp:
+        rowsum = relax.op.sum(relax.op.astype(a, "int32"), axis=[-1], keepdims=True)
+        acc = bb.emit(relax.op.subtract(acc, relax.op.multiply(rowsum, const(w_zp, "int32"))))
+    if x_zp and w_zp:
+        acc = bb.emit(relax.op.add(acc, const(k * x_zp * w_zp, "int32")))
+    y = _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
+    if n16 == n:
+        return y
+    crop = lambda t: _crop_last_axis(bb, t, n)  # noqa: E731
+    node = getattr(ctx, "node", None)
+    grid = getattr(ctx, "float_grid", {})
+    if node is not None and node.outputs and node.outputs[0] in grid:  # the float form noted for DequantizeLinear
+        grid[node.outputs[0]] = crop(grid[node.outputs[0]])
+    return crop(bb.emit(y))
+
+
+def _crop_last_axis(bb, t, n: int):
+    """t[..., :n] (t static, its last axis longer than n, which is no multiple of 16) as a kernel of its own,
+    written out: rows in parallel, each copied in vectors (up to 64 bytes) and a scalar tail. Fused after the matmul
+    instead (FuseOps takes a strided_slice into the epilogue), the epilogue's stores were predicated lane by lane
+    and TVM scalarized them; a strided_slice kernel of 197-wide rows got no vectors either (no schedule rule
+    vectorizes a row whose width no vector divides)."""
+    shape = [int(d) for d in t.ty.shape.values]
+    if n <= 16:
+        return bb.emit(relax.op.strided_slice(t, [len(shape) - 1], [0], [n]))
+    rows, width = int(np.prod(shape[:-1])), shape[-1]
+    dtype = dtype_of(t)
+    lanes = 64 // np.dtype(dtype).itemsize
+    while lanes > n or n % lanes == 0:  # ends at 16 at the latest: n > 16 is no multiple of 16
+        lanes //= 2
+    flat = bb.emit(relax.op.reshape(t, [rows, width]))
+    gv = bb.add_func(_crop_kernel(rows, width, n, lanes, dtype), "crop_last_axis")
+    out = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, n], dtype)))
+    return bb.emit(relax.op.reshape(out, [*shape[:-1], n]))
+
+
+def _crop_kernel(rows: int, width: int, n: int, lanes: int, dtype: str):
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    vectors, tail = n // lanes, n % lanes
+    start = vectors * lanes
+
+    @T.prim_func(private=True, s_tir=True)
+    def crop(a: T.Buffer((T.int64(rows), T.int64(width)), dtype), b: T.Buffer((T.int64(rows), T.int64(n)), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
+        for r in T.parallel(T.int64(rows)):
+            for v in range(T.int64(vectors)):
+                for j in T.vectorized(T.int64(lanes)):
+                    with T.sblock("body"):
+                        vr = T.axis.spatial(T.int64(rows), r)
+                        vj = T.axis.spatial(T.int64(n), v * T.int64(lanes) + j)
+                        b[vr, vj] = a[vr, vj]
+            for j in range(T.int64(tail)):
+                with T.sblock("tail"):
+                    vr = T.axis.spatial(T.int64(rows), r)
+                    vj = T.axis.spatial(T.int64(n), T.int64(start) + j)
+                    b[vr, vj] = a[vr, vj]
+
+    return crop
+
+
 @converter("optc", "QMatMul")
 def qmatmul(bb, inputs, attrs, ctx):
+    if constant_value(inputs[3]) is None:
+        return _run_time_w(bb, ctx, inputs, attrs)
     x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias = _operands(inputs, "QMatMul")
     if w.ndim != 2 or _rank(x) < 2:
         raise refuse(f"QMatMul of a rank-{_rank(x)} input and a {w.ndim}-D weight (needs >= 2 and 2)")

@@ -7,6 +7,7 @@ Patterns (x: uint8/int8 activations, w: int8/uint8 constant weights):
 
     QuantizeLinear(Conv(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], y_scale, y_zp)  -> optc.QConv
     QuantizeLinear(MatMul(DQ(x), DQ(w)) [-> Relu | Clip], ...)                         -> optc.QMatMul
+    QuantizeLinear(MatMul(DQ(x), DQ(y)) [-> Relu | Clip], ...), y an activation        -> optc.QMatMul, run-time w
     QuantizeLinear(Gemm(DQ(x), DQ(w), DQ(b_int32)?) [-> Relu | Clip], ...)             -> optc.QMatMul
     Conv / MatMul / Gemm(DQ(x), DQ(w), DQ(b_int32)?) with a float output (no Q)      -> optc.QConv / QMatMul, float out
     QLinearConv / QLinearMatMul with constant weights                                  -> optc.QConv / optc.QMatMul
@@ -17,13 +18,17 @@ The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` option
 
     optc.QConv(x, x_scale, x_zero_point, w, w_scale, y_scale?, y_zero_point?, B?)
         attributes: Conv's (strides, pads, dilations, group, auto_pad, kernel_shape), qmin, qmax
-    optc.QMatMul(a, a_scale, a_zero_point, b, b_scale, y_scale?, y_zero_point?, bias?)
+    optc.QMatMul(a, a_scale, a_zero_point, b, b_scale, y_scale?, y_zero_point?, bias?, b_zero_point?)
         attributes: qmin, qmax
 
 * x / a: uint8 or int8, any shape the float op takes; x_scale float32 and x_zero_point (x's type) per tensor.
 * w: int8 constant with the zero point already subtracted (`w - w_zero_point` must fit int8, else no rewrite):
   Conv's layout [M, C/group, k...]; for QMatMul [K, N] (a Gemm's transB weight is transposed here).
   w_scale float32, per tensor or per output channel ([M] / [N]).
+* QMatMul's w may instead be a run-time uint8 / int8 tensor (an activation x activation MatMul: attention's
+  Q K^T and P V) of rank >= 2 with static K and N, quantized per tensor: b_zero_point (input 8) is then its zero
+  point, w_scale a scalar, and there is no bias. The lowering corrects for both zero points with the row sums of a
+  and the column sums of w at run time (`lowering/ops/qinteger.py`, `MAX_RUNTIME_TERMS` bounds K).
 * B / bias: int32 [M] / [N] in units of x_scale * w_scale (zero point 0), added to the int32 accumulator: the
   DequantizeLinear of the bias must have exactly that scale (float32 product, relative tolerance 2**-20, which
   moves the result by far less than one rounding) else no rewrite. A float bias is not fused.
@@ -46,7 +51,8 @@ integer op sums the exact integer products and rounds once (acc * M). The result
 sum lies within its rounding error of a rounding boundary of Q: at most 1 quantized unit apart, the same
 contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py measures the histogram).
 
-Not rewritten (each a negative test): non-constant weights, scales or zero points; non-float32 scales
+Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
+column, of a symbolic K or N, or of a reduction over MAX_RUNTIME_TERMS; non-constant weights of a Conv or Gemm; non-float32 scales
 (float16 scales keep the float path, whose rounding the integer op does not reproduce); blocked or
 mismatched per-axis quantization; Gemm with transA or alpha / beta != 1; an int32 bias whose scale is not
 x_scale * w_scale, a float bias; reductions over MAX_TERMS. A float op other than Relu / Clip between the op
@@ -339,24 +345,44 @@ class QdqMatMulToQMatMul(_QdqRule):
         return True
 
     def rewrite(self, op, m, ad, wd, bd, ys, yzp):
-        a, aq, w, ws, b, y, clamp = m.qmm
-        return op.QMatMul(a, aq.scale, aq.zero_point, w, ws, y.scale, y.zero_point, b, _domain=DOMAIN, **clamp)
+        a, aq, w, ws, b, wz, y, clamp = m.qmm
+        return op.QMatMul(a, aq.scale, aq.zero_point, w, ws, y.scale, y.zero_point, b, wz, _domain=DOMAIN,
+                          **clamp)
 
 
 def _matmul_operands(m, ad, wd, bd):
+    """(a, a's parameters, w, w_scale, bias, w_zero_point): w an int8 constant (zero point subtracted; then
+    w_zero_point is None), or for a MatMul of two activations the second one's quantized Value with its own
+    per-tensor zero point (a run-time w)."""
     mm = m["mm"]
     _float32_out(mm.outputs[0])
     a, aq = _activation_dq(m, ad, "the input")
     if mm.op_type == "Gemm":
         w, ws = _gemm_weight(m, mm, wd)
         require(a.rank == 2, "Gemm's A is not 2-D")
+    elif _dq_producer(wd) is not None and _const(m, _dq_producer(wd).inputs[0]) is None:
+        return (a, aq, *_run_time_weight(m, a, wd))
     else:
         w, ws = _weight_dq(m, wd, 1, "the weight")
         require(w.ndim == 2, "the weight is not 2-D")
         require(a.rank is not None and a.rank >= 2, "the input's rank is unknown or < 2")
     require(w.shape[0] <= MAX_TERMS, "the reduction is too long for an int32 accumulator")
     b = _bias_dq(m, bd, aq.scale, ws, w.shape[1])
-    return a, aq, w, ws, b
+    return a, aq, w, ws, b, None
+
+
+def _run_time_weight(m, a: Value, wd: Value):
+    """The second operand of an activation x activation MatMul (attention's Q K^T and P V): per tensor, 8-bit,
+    a static K and N (the kernel pads them to its instruction's lanes), K short enough for the zero point terms."""
+    from ...lowering.ops.qinteger import MAX_RUNTIME_TERMS  # noqa: PLC0415 - TVM only on the compile path
+
+    w, wq = _activation_dq(m, wd, "the second input")
+    require(a.rank is not None and a.rank >= 2 and w.rank is not None and w.rank >= 2, "a rank is unknown or < 2")
+    k, n = w.shape[-2], w.shape[-1]
+    require(isinstance(k, int) and isinstance(n, int), "the second input's K or N is not static")
+    require(a.shape[-1] == k, "the inputs' reduction lengths differ")
+    require(k <= MAX_RUNTIME_TERMS, "the reduction is too long for an int32 accumulator with run-time zero points")
+    return w, wq.scale, None, wq.zero_point
 
 
 def _feeds_quantize(node: Node) -> bool:
@@ -387,8 +413,8 @@ class QdqMatMulFloatOut(Rule):
         return True
 
     def rewrite(self, op, m, ad, wd, bd):
-        a, aq, w, ws, b = m.qmm
-        return op.QMatMul(a, aq.scale, aq.zero_point, w, ws, None, None, b, _domain=DOMAIN)
+        a, aq, w, ws, b, wz = m.qmm
+        return op.QMatMul(a, aq.scale, aq.zero_point, w, ws, None, None, b, wz, _domain=DOMAIN)
 
 
 def _qlinear_params(m, node: Node, scale: int, zero_point: int, what: str) -> _QParams:
