@@ -153,11 +153,18 @@ def _rint_saturate(bb, r, zp, out_dtype: str, *, nan_free: bool = False):
     return _saturate(bb, _without_nan(bb, r, nan_free), zp, out_dtype)
 
 
-def _without_nan(bb, r, nan_free: bool):
-    """`r` as float32 (float64 stays) with NaN taken as 0 unless the caller knows there is none."""
+def _without_nan(bb, r, nan_free: bool, *, fusable: bool = False):
+    """`r` as float32 (float64 stays) with NaN taken as 0 unless the caller knows there is none. `fusable`: the
+    select is an ordinary elementwise op that fuses with its neighbours, for an `r` computed from a graph input
+    alone (a model's float input quantized: the kernel it would be alone costs a pass over the image, and the
+    expression it doubles is one division)."""
     fdtype = dtype_of(r) if dtype_of(r) in ("float32", "float64") else "float32"
     r = _cast(bb, r, fdtype)
-    return r if nan_free else _nan_to_zero(bb, r)
+    if nan_free:
+        return r
+    if fusable:
+        return bb.emit(relax.op.where(relax.op.isnan(r), _scalar(0.0, fdtype, _rank(r)), r))
+    return _nan_to_zero(bb, r)
 
 
 def _saturate(bb, r, zp, out_dtype: str):
@@ -263,7 +270,9 @@ def quantize_linear(bb, inputs, attrs, ctx):
     nan_free = node is not None and len(node.inputs) > 1 and node.inputs[1] is not None and \
         finite_quotient(node.inputs[0], node.inputs[1])
     q = _in_precision(bb, relax.op.divide, x, scale, precision)
-    r = _without_nan(bb, bb.emit(relax.op.round(q)), nan_free)
+    from_input = node is not None and bool(node.inputs) and node.inputs[0] is not None and \
+        node.inputs[0].producer is None and node.inputs[0].const is None
+    r = _without_nan(bb, bb.emit(relax.op.round(q)), nan_free, fusable=from_input)
     record_float_grid(bb, ctx, r, zp, *_INT_RANGES[out_dtype])
     return _saturate(bb, r, zp, out_dtype)
 
