@@ -340,3 +340,30 @@ def test_a_half_precision_weight_is_widened_at_run_time_not_folded_to_float32(ha
     assert {t.name: t.data_type for t in out.graph.initializer}["w"] == elem
     x = rng.standard_normal((2, 16)).astype(np.float32)
     np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize(("zp_dtype", "zp", "axis_scales"), [
+    (np.uint8, 0, False), (np.uint8, 128, False), (np.int8, -128, False), (np.int8, 127, False),
+    (np.uint16, 7, False), (np.int8, 3, True)])
+def test_quantize_linear_of_huge_and_infinite_constants_saturates(zp_dtype, zp, axis_scales):
+    """QuantizeLinear folds to onnxruntime's values where x / y_scale leaves the int32 range (1e7 / 0.01, +-inf):
+    onnx's reference evaluator converted to int32 first and wrapped to the wrong end. Folded and unfolded models
+    agree on every element but NaN's (ONNX leaves it undefined)."""
+    import optc
+    from onnx import helper, numpy_helper
+
+    from .conftest import run_ort
+
+    c = np.array([[1e7, 3e7, -3e7, np.inf], [-np.inf, 2.5, -0.0, 1e-30]], np.float32)
+    scale = np.array([0.01, 0.5], np.float32) if axis_scales else np.array(0.01, np.float32)
+    z = np.full(scale.shape, zp, zp_dtype)
+    ttype = helper.np_dtype_to_tensor_dtype(np.dtype(zp_dtype))
+    inits = [numpy_helper.from_array(c, "c"), numpy_helper.from_array(scale, "s"), numpy_helper.from_array(z, "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"], axis=0), helper.make_node("Add", ["q", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", ttype, [2, 4])],
+                              [helper.make_tensor_value_info("y", ttype, [2, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(model), level=2))
+    assert "QuantizeLinear" not in [n.op_type for n in out.graph.node]
+    x = np.zeros((2, 4), zp_dtype)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])

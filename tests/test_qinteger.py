@@ -619,3 +619,28 @@ def test_activation_matmul_not_rewritten(mutate, reason, monkeypatch):
     _, summary, ops = _integer_ops(model)
     assert "MatMul" in ops and summary["float"] == 1, (ops, summary)
     assert reason in next(iter(summary["float_reasons"].values())), summary
+
+
+@pytest.mark.parametrize(("shape_a", "shape_b", "rewritten"), [
+    (["batch", 33, 64], ["batch", 64, 17], True),  # symbolic batch, N = 17: the padded columns are sliced off
+    ([2, "M", 64], [2, 64, 17], True),
+    (["B", 33, 64], [2, 64, 16], False),  # a symbolic batch against a static one: left to the float MatMul
+])
+def test_activation_matmuls_with_symbolic_dims(shape_a, shape_b, rewritten):
+    """Found by a breaker: the crop of the padded columns needed static dims, and a symbolic batch broadcast against
+    a static one failed inside TVM's legalization."""
+    model = _act_matmul(shape_a=[1, 1, 64], shape_b=[1, 64, 16])
+    for vi, shape in zip(model.graph.input, (shape_a, shape_b), strict=True):
+        vi.CopyFrom(h.make_tensor_value_info(vi.name, TensorProto.FLOAT, shape))
+    _, summary, ops = _integer_ops(model)
+    assert ("QMatMul" in ops) is rewritten, ops
+    concrete = lambda s: [2 if isinstance(d, str) and d in ("batch", "B") else 19 if d == "M" else d for d in s]  # noqa: E731
+    feeds = {"x": (RNG.standard_normal(concrete(shape_a)) * 2).astype(np.float32),
+             "z": (RNG.standard_normal(concrete(shape_b)) * 2).astype(np.float32)}
+    got = optc.compile(model).run(feeds)["y"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0]
+    hist = histogram(got.astype(np.int64) - want)
+    assert max(map(abs, hist)) <= 1, hist

@@ -241,8 +241,8 @@ def test_quantized_model_end_to_end_smaller_library(tmp_path):
     """`optc quantize --weight-only int4` (both formats) then compile: the summary says what ran 4-bit, the
     outputs match the weight-only model's reference, the library is at most a third of the float32 one."""
     from optc.codegen.compile import compile_to_file
-    from optc.quantization.weight_only import quantize_weight_only
     from optc.ir import load, save
+    from optc.quantization.weight_only import quantize_weight_only
 
     k, n = 256, 512
     nodes = [h.make_node("MatMul", ["x", "w1"], ["h"]), h.make_node("Relu", ["h"], ["r"]),

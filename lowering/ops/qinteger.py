@@ -30,7 +30,7 @@ REDUCTION OF ONE (see `quant.py`): a one-term reduction gets a zero term more (x
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from ...rewrites.rules.qinteger import MAX_TERMS
 from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dtype_of, refuse
@@ -93,7 +93,8 @@ def _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
     f = bb.emit(relax.op.astype(acc, "float32"))
     if y_scale is None:
         return relax.op.multiply(f, const(xw.reshape(shape)))
-    m = (xw / y_scale).astype(np.float32)
+    with np.errstate(over="ignore"):  # absurd scales: an infinite multiplier (its NaNs then go to the zero point)
+        m = (xw / y_scale).astype(np.float32)
     r = bb.emit(relax.op.round(relax.op.multiply(f, const(m.reshape(shape)))))
     out_dtype = str(y_zp.dtype)
     zp = int(y_zp.reshape(()))
@@ -191,9 +192,10 @@ def _crop_last_axis(bb, t, n: int):
     instead (FuseOps takes a strided_slice into the epilogue), the epilogue's stores were predicated lane by lane
     and TVM scalarized them; a strided_slice kernel of 197-wide rows got no vectors either (no schedule rule
     vectorizes a row whose width no vector divides)."""
-    shape = [int(d) for d in t.ty.shape.values]
-    if n <= 16:
-        return bb.emit(relax.op.strided_slice(t, [len(shape) - 1], [0], [n]))
+    dims = list(t.ty.shape.values)
+    if n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims):  # short rows, or symbolic dims: a slice
+        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))
+    shape = [int(d) for d in dims]
     rows, width = int(np.prod(shape[:-1])), shape[-1]
     dtype = dtype_of(t)
     lanes = 64 // np.dtype(dtype).itemsize

@@ -118,7 +118,41 @@ def _fast_eval(node: Node, vals: list[np.ndarray | None], version: int) -> list[
         return [_shape_slice(node, x.shape)]
     if op == "Size":
         return [np.array(x.size, dtype=np.int64)]
+    if op == "QuantizeLinear":
+        return _quantize(node, vals)
     return None
+
+
+_SATURATE = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in (np.uint8, np.int8, np.uint16, np.int16)}
+
+
+def _quantize(node: Node, vals: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """QuantizeLinear of float32 x with a float32 scale, per tensor or per axis, to (u)int8 / (u)int16:
+    saturate(rint(x / y_scale) + y_zero_point), the division in float32, round half to even, NaN taken as 0 (ONNX
+    leaves it undefined; onnxruntime and optc's kernels give the zero point). onnx's reference evaluator converts
+    rint(x / y_scale) to int32 before it saturates, so a quotient beyond the int32 range (exp(17) / 0.01, +-inf)
+    wrapped to the wrong end. None (the reference evaluator then) for other types and blocked quantization."""
+    x, scale = vals[0], vals[1]
+    zp = vals[2] if len(vals) > 2 else None
+    out = zp.dtype if zp is not None else np.dtype(np.uint8)
+    if x.dtype != np.float32 or scale.dtype != np.float32 or out not in _SATURATE or node.attr("block_size", 0) \
+            or (node.attr("output_dtype", 0) and zp is None) or node.attr("precision", 0):
+        return None
+    if scale.size != 1 or (zp is not None and zp.size != 1):
+        if scale.ndim != 1 or x.ndim == 0 or (zp is not None and zp.shape != scale.shape):
+            return None
+        shape = [1] * x.ndim
+        shape[int(node.attr("axis", 1)) % x.ndim] = -1
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape) if zp is not None else None
+    else:
+        scale = scale.reshape(())
+        zp = zp.reshape(()) if zp is not None else None
+    with np.errstate(all="ignore"):
+        q = np.rint(np.divide(x, scale, dtype=np.float32)).astype(np.float64)
+    q = np.where(np.isnan(q), 0.0, q) + (0 if zp is None else zp.astype(np.float64))
+    lo, hi = _SATURATE[out]
+    return [np.clip(q, lo, hi).astype(out)]
 
 
 def _shape_slice(node: Node, shape: tuple) -> np.ndarray:
@@ -182,11 +216,12 @@ def evaluate_node(node: Node, vals: list[np.ndarray | None], opsets: dict[str, i
     (`reference_eval_fault`). Raises whatever the evaluator raises on a case it cannot run. IEEE semantics as in
     the module docstring (the folder and `rules/qlookup.py`'s tables use this one evaluator)."""
     version = opsets.get(node.domain, opsets.get("", 21))
-    outs = _fast_eval(node, vals, version) if node.domain == "" else None
-    if outs is None:
-        if reference_eval_fault(node, version) is not None:
-            return None
-        outs = _reference_eval(node, vals, opsets)
+    with np.errstate(all="ignore"):  # log(0), x / 0, overflow: IEEE results, not warnings on the user's terminal
+        outs = _fast_eval(node, vals, version) if node.domain == "" else None
+        if outs is None:
+            if reference_eval_fault(node, version) is not None:
+                return None
+            outs = _reference_eval(node, vals, opsets)
     return outs
 
 
