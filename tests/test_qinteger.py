@@ -625,6 +625,7 @@ def test_activation_matmul_not_rewritten(mutate, reason, monkeypatch):
     (["batch", 33, 64], ["batch", 64, 17], True),  # symbolic batch, N = 17: the padded columns are sliced off
     ([2, "M", 64], [2, 64, 17], True),
     (["B", 33, 64], [2, 64, 16], False),  # a symbolic batch against a static one: left to the float MatMul
+    (["B", 4, 33, 64], [1, 4, 64, 16], True),  # ... but against 1 it broadcasts (GPT-2's P V after the mask)
 ])
 def test_activation_matmuls_with_symbolic_dims(shape_a, shape_b, rewritten):
     """Found by a breaker: the crop of the padded columns needed static dims, and a symbolic batch broadcast against
@@ -634,7 +635,10 @@ def test_activation_matmuls_with_symbolic_dims(shape_a, shape_b, rewritten):
         vi.CopyFrom(h.make_tensor_value_info(vi.name, TensorProto.FLOAT, shape))
     _, summary, ops = _integer_ops(model)
     assert ("QMatMul" in ops) is rewritten, ops
-    concrete = lambda s: [2 if isinstance(d, str) and d in ("batch", "B") else 19 if d == "M" else d for d in s]  # noqa: E731
+
+    def concrete(s):
+        return [1 if d == "B" and len(s) == 4 else 2 if d in ("batch", "B") else 19 if d == "M" else d for d in s]
+
     feeds = {"x": (RNG.standard_normal(concrete(shape_a)) * 2).astype(np.float32),
              "z": (RNG.standard_normal(concrete(shape_b)) * 2).astype(np.float32)}
     got = optc.compile(model).run(feeds)["y"]

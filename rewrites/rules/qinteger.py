@@ -381,9 +381,11 @@ def _run_time_weight(m, a: Value, wd: Value):
     k, n = w.shape[-2], w.shape[-1]
     require(isinstance(k, int) and isinstance(n, int), "the second input's K or N is not static")
     require(a.shape[-1] == k, "the inputs' reduction lengths differ")
-    batch_a, batch_w = tuple(a.shape[:-2]), tuple(w.shape[:-2])
-    require(w.rank == 2 or batch_a == batch_w or all(isinstance(d, int) for d in (*batch_a, *batch_w)),
-            "the batch dims of a batched second input are neither static nor the same as the first's")
+    # batch dims (aligned from the right) that TVM broadcasts: equal, one of them 1, or both static (a symbolic
+    # dim against a static one other than 1 failed inside TVM's matmul legalization)
+    pairs = zip(reversed(a.shape[:-2]), reversed(w.shape[:-2]), strict=False)
+    require(all(da == dw or 1 in (da, dw) or isinstance(da, int) and isinstance(dw, int) for da, dw in pairs),
+            "a symbolic batch dim of one input meets a different one of the other")
     require(k <= MAX_RUNTIME_TERMS, "the reduction is too long for an int32 accumulator with run-time zero points")
     return w, wq.scale, None, wq.zero_point
 
