@@ -610,10 +610,10 @@ def _per_column_b(model):
     (lambda m: None, "reduction is too long"),
 ], ids=["per-column-b", "long-k"])
 def test_activation_matmul_not_rewritten(mutate, reason, monkeypatch):
-    import optc.lowering.ops.qinteger as lowering
+    import optc.rewrites.rules.qinteger as rules
 
     if reason.startswith("reduction"):
-        monkeypatch.setattr(lowering, "MAX_RUNTIME_TERMS", 32)  # K = 64
+        monkeypatch.setattr(rules, "MAX_RUNTIME_TERMS", 32)  # K = 64
     model = _act_matmul(**ACT_CASES["vit-qk"])
     mutate(model)
     _, summary, ops = _integer_ops(model)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, tirx
 
-from ...rewrites.rules.qinteger import MAX_TERMS
+from ...rewrites.rules.qinteger import MAX_RUNTIME_TERMS, MAX_TERMS
 from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dtype_of, refuse
 from .quant import _INT_RANGES, _conv_pads, _rank, _saturate, _scalar, _shape, _without_nan, record_float_grid
 
@@ -122,11 +122,6 @@ def _correction(w_sum: np.ndarray, x_zp: int, bias: np.ndarray | None, channels:
     if np.abs(c).max() >= 2**31:
         raise refuse("the bias and zero point correction overflow int32")
     return c.astype(np.int32)
-
-
-#: the longest reduction of a run-time w: the raw u8 x s8 sum and the three zero point terms each stay below
-#: 255 * 128 * K, so every partial sum of the four fits int32 (no wrap-around)
-MAX_RUNTIME_TERMS = (2**31 - 1) // (255 * 128 * 4)
 
 
 def _run_time_w(bb, ctx, inputs, attrs):

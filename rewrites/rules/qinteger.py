@@ -52,9 +52,9 @@ sum lies within its rounding error of a rounding boundary of Q: at most 1 quanti
 contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py measures the histogram).
 
 Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
-column, of a symbolic K or N, or of a reduction over MAX_RUNTIME_TERMS; non-constant weights of a Conv or Gemm; non-float32 scales
-(float16 scales keep the float path, whose rounding the integer op does not reproduce); blocked or
-mismatched per-axis quantization; Gemm with transA or alpha / beta != 1; an int32 bias whose scale is not
+column, of a symbolic K or N, of a reduction over MAX_RUNTIME_TERMS, or whose symbolic batch dim meets another
+(not 1) of a; non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the float path,
+whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA or alpha / beta != 1; an int32 bias whose scale is not
 x_scale * w_scale, a float bias; reductions over MAX_TERMS. A float op other than Relu / Clip between the op
 and its QuantizeLinear, or an intermediate used elsewhere or a graph output, keeps the QuantizeLinear: the op
 becomes the float-output form instead. An op feeding a QuantizeLinear that the quantized-output rule refuses
@@ -80,6 +80,11 @@ _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 #: correction of the same size both within int32 (longer ones keep the float path)
 MAX_TERMS = (2**31 - 1) // (255 * 128 * 2)
 #: the float ops these rules turn into integer ops (what the compile summary counts)
+#: the longest reduction of a run-time w (an activation x activation MatMul): the raw u8 x s8 sum and the three
+#: zero point terms (`lowering/ops/qinteger.py` `_run_time_w`) each stay below 255 * 128 * K, so every partial sum
+#: of the four fits int32 (no wrap-around)
+MAX_RUNTIME_TERMS = (2**31 - 1) // (255 * 128 * 4)
+
 COUNTED = ("Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
 
 
@@ -374,8 +379,6 @@ def _matmul_operands(m, ad, wd, bd):
 def _run_time_weight(m, a: Value, wd: Value):
     """The second operand of an activation x activation MatMul (attention's Q K^T and P V): per tensor, 8-bit,
     a static K and N (the kernel pads them to its instruction's lanes), K short enough for the zero point terms."""
-    from ...lowering.ops.qinteger import MAX_RUNTIME_TERMS  # noqa: PLC0415 - TVM only on the compile path
-
     w, wq = _activation_dq(m, wd, "the second input")
     require(a.rank is not None and a.rank >= 2 and w.rank is not None and w.rank >= 2, "a rank is unknown or < 2")
     k, n = w.shape[-2], w.shape[-1]
