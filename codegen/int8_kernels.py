@@ -4,9 +4,9 @@ intrinsics and the schedule rule ``Int8Reduction`` that uses them.
 Interface: a fused PrimFunc with one reduction block ``C[.., n] += int32(A[.., k]) * int32(B[.., k, n])`` (relax
 ``matmul(a, w, out_dtype="int32")``, ``conv2d(x, w, out_dtype="int32")`` in NHWC/HWIO after optc's layout pass), A
 and B uint8/int8, B a constant weight (``layout_free_buffers``; or an int8 B computed at run time, an activation x
-activation matmul, which the kernel packs itself before its tiles: ``_pack_at_run_time``, register tiles only),
-followed by injective epilogues (zero-point corrections, the float requantize: multiply, add, round, clip, cast). Every kernel is exact: the int32 result
-equals the integer sum (no int16 saturation).
+activation matmul, which the kernel packs itself before its tiles: ``_prepack_weight(..., at_run_time=True)``,
+register tiles only), followed by injective epilogues (zero-point corrections, the float requantize: multiply,
+add, round, clip, cast). Every kernel is exact: the int32 result equals the integer sum (no int16 saturation).
 
 Instruction sets, chosen from the *target's* LLVM features (``targets.llvm_features``; the ``cpu`` preset's
 features are this host's, corrected from /proc/cpuinfo) before anything is built, because an intrinsic the target
@@ -250,21 +250,6 @@ def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     return best
 
 
-def _pack_at_run_time(sch: s_tir.Schedule, block, weight, index_map) -> None:
-    """The layout ``_prepack_weight`` gives a constant weight, for an int8 B computed at run time: a copy in the
-    kernel, before the tiles (a parallel loop over everything but B's last axis; B is one operand of an
-    activation x activation matmul, small next to the products it feeds)."""
-    from tvm.tirx import IndexMap  # noqa: PLC0415
-
-    reads = sch.get(block).reads
-    read_index = next(i for i, region in enumerate(reads) if region.source.same_as(weight))
-    ndim = len(reads[read_index].region)
-    copy = sch.cache_read(block, read_index, "global")
-    sch.transform_layout(block, ("read", read_index), IndexMap.from_func(index_map, ndim=ndim))
-    loops = sch.get_loops(copy)
-    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
-
-
 class Int8Reduction(_Rule):
     """Exact u8/s8 x s8 -> int32 matmul / NHWC conv kernels with fused epilogues on the best dot-product
     instruction ``target`` has (``int8_isas``); declines (next rule) whatever it cannot tensorize."""
@@ -440,8 +425,10 @@ class Int8Reduction(_Rule):
             _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=packed)
             if not _packing_splits_off(sch):
                 return None
-        else:
-            _pack_at_run_time(sch, block, stmt.reads[b_index].source, packed)
+        else:  # B computed at run time: packed by the kernel, before its tiles
+            copy = _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=packed, at_run_time=True)
+            loops = sch.get_loops(copy)
+            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         if amx:
             sch.tensorize(inner[0], amx_register_intrin(a_dtype, *tiles))
             return sch

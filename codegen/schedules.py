@@ -158,14 +158,20 @@ def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int, *, keep_outer: 
         return
     vec = _largest_divisor(ext, lanes, [lanes, lanes // 2, lanes // 4])
     if vec < 2 and tail and ext >= 2 * lanes:
-        body, _rest = sch.loop_partition(inner, factors=[ext - ext % lanes, None])
-        _, v = sch.split(body, factors=[None, lanes])
-        sch.vectorize(v)
+        _vectors_and_tail(sch, inner, ext, lanes)
         return
     if vec < 2:
         return
     _, v = sch.split(inner, factors=[None, vec])
     sch.vectorize(v)
+
+
+def _vectors_and_tail(sch: s_tir.Schedule, loop, ext: int, width: int) -> None:
+    """Partition ``loop`` (static extent ``ext``) into whole vectors of ``width`` lanes, vectorized, and a scalar
+    tail (``loop_partition``): a split by a non-divisor would predicate every lane, and TVM scalarizes that."""
+    body, _tail = sch.loop_partition(loop, factors=[ext - ext % width, None])
+    _, vector = sch.split(body, factors=[None, width])
+    sch.vectorize(vector)
 
 
 def _group_size(stmt, var) -> int | None:
@@ -255,7 +261,7 @@ def _layout_free_reads(func, stmt) -> list[int]:
     return [i for i, region in enumerate(stmt.reads) if any(region.source.same_as(p) for p in params)]
 
 
-def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=None) -> None:
+def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=None, *, at_run_time: bool = False):
     """Store a constant weight ``W[..., n]`` as ``W[n // panel, ..., n % panel]`` so that one register tile's
     weights over the whole reduction are one contiguous stream. ``index_map`` (a function of the weight's
     indices, as ``IndexMap.from_func`` takes) replaces that layout (the int8 kernels also group the reduction
@@ -263,7 +269,8 @@ def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=No
 
     The copy is a block annotated ``meta_schedule.layout_rewrite_preproc``: the build splits it into a
     function of its own (``SplitLayoutRewritePreproc``) and evaluates that on the constant at compile time
-    (``FoldConstant``), so the library holds only the packed weight.
+    (``FoldConstant``), so the library holds only the packed weight. ``at_run_time``: B is computed at run time
+    (an activation x activation matmul), the copy stays in the kernel, before the tiles. Returns the copy block.
     """
     from tvm.tirx import IndexMap  # noqa: PLC0415
 
@@ -271,9 +278,11 @@ def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=No
     read_index = next(i for i, region in enumerate(reads) if region.source.same_as(weight))
     ndim = len(reads[read_index].region)
     copy = sch.cache_read(block, read_index, "global")
-    sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", 1)
+    if not at_run_time:
+        sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", 1)
     sch.transform_layout(block, ("read", read_index), IndexMap.from_func(
         index_map or (lambda *idx: (idx[-1] // panel, *idx[:-1], idx[-1] % panel)), ndim=ndim))
+    return copy
 
 
 def _packing_splits_off(sch: s_tir.Schedule) -> bool:
@@ -707,11 +716,8 @@ def _vector_rows_and_tail(sch: s_tir.Schedule, loops: list, extents: list[int], 
     width = next((c for c in (lanes, lanes // 2, lanes // 4) if c >= 4 and extents[-1] >= 2 * c), 0)
     if not width:
         return False
-    main = extents[-1] // width * width
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else (loops[0] if len(loops) == 2 else None)
-    body, _tail = sch.loop_partition(loops[-1], [main, None])
-    _, vector = sch.split(body, factors=[None, width])
-    sch.vectorize(vector)
+    _vectors_and_tail(sch, loops[-1], extents[-1], width)
     if rows is not None and parallel:
         sch.parallel(rows)
     return True

@@ -216,7 +216,7 @@ def test_requantize_epilogue_matches_unscheduled(op, x_shape, w_shape, attrs):
 
 def test_packs_a_run_time_weight_in_the_kernel():
     """Both operands computed at run time (an activation x activation matmul): B is packed by the kernel itself
-    (`_pack_at_run_time`), the product exact."""
+    (`_prepack_weight(..., at_run_time=True)`), the product exact."""
     bb = relax.BlockBuilder()
     a = relax.Var("a", relax.TensorType((8, 64), "uint8"))
     b = relax.Var("b", relax.TensorType((64, 32), "int8"))

@@ -1,14 +1,14 @@
 """Lowering of `optc.TableLookup(x, table)` (made by `rewrites/rules/qlookup.py`, whose docstring defines it):
 a kernel `y[i] = table[int32(x[i]) - lowest]` marked elementwise (op_pattern kElemWise), so TVM's FuseOps puts
 it into the producer's epilogue (an integer matmul's requantize: the table read right after the rounding) like
-any other elementwise op. Relax's `take` is an injective op, which FuseOps does not fuse after a matmul: the
-lookup ran as a kernel of its own, one more pass over memory.
+any other elementwise op. As Relax's `take`, or undeclared, AnnotateTIROpPattern calls the indirect read opaque
+and the lookup ran as a kernel of its own, one more pass over memory.
 
 x is uint8 (index x) or int8 (index x + 128); the table has 256 entries, so every index is in range."""
 
 from __future__ import annotations
 
-from tvm import relax
+from tvm import relax, te
 
 from ..converters import const, constant_value, converter, declare_op_pattern, dtype_of, refuse
 
@@ -22,8 +22,6 @@ def table_lookup(bb, inputs, attrs, ctx):
     values = constant_value(table) if table is not None else None
     if lowest is None or values is None or values.ndim != 1 or values.size != 256:
         raise refuse("TableLookup takes a uint8 / int8 x and a constant table of 256 entries")
-    from tvm import te
-
     xs = te.placeholder(list(x.ty.shape.values), dtype=dtype_of(x), name="x")
     ts = te.placeholder([256], dtype=str(values.dtype), name="table")
     y = te.compute(xs.shape, lambda *i: ts[xs(*i).astype("int32") - lowest], name="table_lookup")

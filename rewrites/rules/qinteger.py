@@ -54,8 +54,9 @@ contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py 
 Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
 column, of a symbolic K or N, of a reduction over MAX_RUNTIME_TERMS, or whose symbolic batch dim meets another
 (not 1) of a; non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the float path,
-whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA or alpha / beta != 1; an int32 bias whose scale is not
-x_scale * w_scale, a float bias; reductions over MAX_TERMS. A float op other than Relu / Clip between the op
+whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA
+or alpha / beta != 1; an int32 bias whose scale is not x_scale * w_scale, a float bias; reductions over
+MAX_TERMS. A float op other than Relu / Clip between the op
 and its QuantizeLinear, or an intermediate used elsewhere or a graph output, keeps the QuantizeLinear: the op
 becomes the float-output form instead. An op feeding a QuantizeLinear that the quantized-output rule refuses
 (a per-channel output scale) stays float.
@@ -79,12 +80,11 @@ _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 #: the longest reduction (terms per output) an integer op takes: 255 * 128 per term, a raw sum and a zero point
 #: correction of the same size both within int32 (longer ones keep the float path)
 MAX_TERMS = (2**31 - 1) // (255 * 128 * 2)
-#: the float ops these rules turn into integer ops (what the compile summary counts)
 #: the longest reduction of a run-time w (an activation x activation MatMul): the raw u8 x s8 sum and the three
 #: zero point terms (`lowering/ops/qinteger.py` `_run_time_w`) each stay below 255 * 128 * K, so every partial sum
 #: of the four fits int32 (no wrap-around)
 MAX_RUNTIME_TERMS = (2**31 - 1) // (255 * 128 * 4)
-
+#: the float ops these rules turn into integer ops (what the compile summary counts)
 COUNTED = ("Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
 
 
