@@ -230,7 +230,7 @@ def test_cli_runs_and_exit_code_says_unmet(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tvm_backend(tmp_path):
-    result = _run(tmp_path / "out", backends="onnxruntime,tvm-cpu", budget_minutes=1.5)
+    result = _run(tmp_path / "out", backends="onnxruntime,tvm-cpu", budget_minutes=3)
     assert [b["backend"] for b in result.baseline] == ["onnxruntime", "tvm-cpu"]
     tvm_base = result.baseline[1]
     assert tvm_base["drop"] <= 0.5 and tvm_base["max_abs_diff"] < 1e-3 and tvm_base["latency_ms"]["median_ms"] > 0
@@ -240,6 +240,14 @@ def test_tvm_backend(tmp_path):
     assert first["status"] in ("kept", "rejected", "failed")
     if first["status"] != "failed":
         assert first["backend"] == "tvm-cpu" and first["file"].endswith(".so")
+    # the static int8 QDQ model of the same float model, compiled to integer kernels (reused, not re-quantized)
+    static = next(s for s in result.steps if s["name"] == "static int8")
+    int8 = next(s for s in tvm_steps if s["name"] == "tvm int8")
+    assert int8["status"] in ("kept", "rejected"), int8.get("reason")
+    assert int8["details"]["precision"] == "int8" and int8["file"].endswith(".so")
+    assert int8["details"]["kernels"].startswith("integer kernels: 5 of 5 conv/matmul"), int8["details"]
+    if static["status"] in ("kept", "rejected") and static["drop"] <= 0.5:
+        assert int8["details"]["source"] == static["file"] and "static int8" in int8["details"]["quantized_by"]
     if result.chosen["backend"] == "tvm-cpu":
         assert (tmp_path / "out" / "model.so").is_file() and (tmp_path / "out" / "model.so.json").is_file()
         ev = optc.evaluate(str(tmp_path / "out" / "model.so"), TEST)
@@ -296,3 +304,33 @@ def test_tuning_step_keeps_the_kept_precision(tmp_path, monkeypatch):
     _Search._tune(search, "m.onnx", str(tmp_path / "t.so"), None, "bf16")
     assert calls["cmd"][calls["cmd"].index("--precision") + 1] == "bf16"
     assert calls["build"]["precision"] == "bf16" and calls["build"]["trials"] == 0
+
+
+def test_tvm_int8_step_quantizes_the_best_float_model_once(tmp_path, monkeypatch):
+    """`tvm int8` compiles the static int8 QDQ model of the best float model: the kept one when static int8 was
+    kept; the `static int8` step's when it came from the same float model and kept the accuracy budget; else a
+    new one (never a QDQ model of another float model, nor one over the budget)."""
+    import types
+
+    out = str(tmp_path)
+    made = []
+    search = types.SimpleNamespace(outdir=out, req=Requirements.parse(0.5))
+    search._rel = lambda p: _Search._rel(search, p)
+    search._precision = lambda mode, src, drop: (made.append((mode, src)) or object(), {"quantized": 3})
+    monkeypatch.setattr("optc.ir.save", lambda model, path: made.append(("saved", path)))
+    static = {"name": "static int8", "drop": 0.25, "file": "work/05-static-int8.onnx",
+              "details": {"source": "work/00-o2.onnx"}}
+    state = {"precision": None, "onnx_file": None, "float_drop": 0.0, "records": [static]}
+    same, other = os.path.join(out, "work/00-o2.onnx"), os.path.join(out, "work/07-prune-10.float.onnx")
+    path, details = _Search._static_qdq(search, state, same, os.path.join(out, "work/12-tvm-int8"))
+    assert path == os.path.join(out, static["file"]) and not made
+    path, details = _Search._static_qdq(search, state, other, os.path.join(out, "work/12-tvm-int8"))
+    assert path.endswith("12-tvm-int8.qdq.onnx") and made[0] == ("static", other) and details["quantized"] == 3
+    made.clear()
+    static["drop"] = 0.75  # over the budget: quantized again (the accuracy-aware search with what is left)
+    _Search._static_qdq(search, state, same, os.path.join(out, "work/12-tvm-int8"))
+    assert made and made[0] == ("static", same)
+    made.clear()
+    state.update(precision="static", onnx_file="work/08-prune-25.onnx")
+    path, _ = _Search._static_qdq(search, state, other, os.path.join(out, "work/12-tvm-int8"))
+    assert path == os.path.join(out, "work/08-prune-25.onnx") and not made

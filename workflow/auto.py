@@ -15,9 +15,11 @@ The steps (each composes with the steps kept before it):
                           precision re-applied on top; a larger ratio is tried only while the smaller keeps
                           the accuracy budget
     tvm untuned, bf16,    the best float32 model compiled by TVM (optc.compile); then with --precision bf16
-    tuned                 where the CPU has bf16 dot-product instructions (AMX-BF16 / AVX512-BF16: skipped
-                          elsewhere, where bf16 is emulated); then the kept one tuned by MetaSchedule in the time
-                          left (TVM's float16 kernels are slower than its float32 ones)
+    int8, tuned           where the CPU has bf16 dot-product instructions (AMX-BF16 / AVX512-BF16: skipped
+                          elsewhere, where bf16 is emulated); then its static int8 QDQ model (the `static int8`
+                          step's when it was built from the same float model and kept the accuracy budget, else
+                          quantized the same way) compiled to integer kernels; then the kept one tuned by
+                          MetaSchedule in the time left (TVM's float16 kernels are slower than its float32 ones)
 
 The workflow owns no optimization of its own: it composes the passes, `evaluate` and `profile`.
 
@@ -224,8 +226,9 @@ def _steps(backends: tuple[str, ...]) -> list[dict]:
                   {"name": "int4 weight-only", "kind": "precision", "param": "int4"}]
         steps += [{"name": f"prune {round(r * 100)}%", "kind": "prune", "param": r} for r in PRUNE_RATIOS]
     if "tvm-cpu" in backends:
-        steps += [{"name": "tvm untuned", "kind": "tvm", "param": 0}, {"name": "tvm bf16", "kind": "tvm",
-                                                                       "param": "bf16"},
+        steps += [{"name": "tvm untuned", "kind": "tvm", "param": 0},
+                  {"name": "tvm bf16", "kind": "tvm", "param": "bf16"},
+                  {"name": "tvm int8", "kind": "tvm", "param": "int8"},
                   {"name": "tvm tuned", "kind": "tvm", "param": "tuned"}]
     return steps
 
@@ -434,6 +437,27 @@ class _Search:
             details["float_layers"] = report["accuracy"]["float_layers"]
         return model, details
 
+    def _rel(self, path: str) -> str:
+        """`path` relative to the output directory when it lies in it (as the state stores files), else as is."""
+        return os.path.relpath(path, self.outdir) if path.startswith(self.outdir + os.sep) else path
+
+    def _static_qdq(self, state: dict, float_path: str, stem: str) -> tuple[str, dict]:
+        """The static int8 QDQ model of the best float model, for the `tvm int8` step: the kept ONNX model when
+        static int8 was kept, else the `static int8` step's model when it was quantized from the same float
+        model and kept the accuracy budget (on onnxruntime), else quantized now (accuracy-aware, as that step)."""
+        if state["precision"] == "static" and state.get("onnx_file"):
+            return os.path.join(self.outdir, state["onnx_file"]), {"quantized_by": "the kept static int8 step"}
+        for rec in state["records"]:
+            if (rec["name"] == "static int8" and rec.get("drop") is not None and rec.get("file")
+                    and rec["drop"] <= self.req.max_accuracy_drop + _EPS
+                    and rec.get("details", {}).get("source") == self._rel(float_path)):
+                return os.path.join(self.outdir, rec["file"]), {"quantized_by": "the static int8 step"}
+        from ..ir import save
+
+        model, details = self._precision("static", float_path, state["float_drop"])
+        save(model, stem + ".qdq.onnx")
+        return stem + ".qdq.onnx", {**details, "quantized_by": "this step"}
+
     def candidate(self, step: dict, state: dict, index: int) -> tuple[str, str | None, dict]:
         """Build a step's candidate from the kept state: returns (its file, its float model's file or None when
         the step does not change the float model, details)."""
@@ -442,17 +466,27 @@ class _Search:
 
         stem = os.path.join(self.work, f"{index:02d}-{_slug(step['name'])}")
         kind, details = step["kind"], {}
-        if kind == "tvm":
-            # TVM compiles the best float32 model (the ResNet-like in float16 ran 3.5x slower than in float32 on it)
-            source = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
-            untuned = [r["seconds"] for r in state["records"] if r["name"] == "tvm untuned" and "seconds" in r]
-            precision = state.get("tvm_precision", "fp32")
-            return (self._compile(source, stem + ".so", step["param"], untuned[0] if untuned else None, precision),
-                    None, {"compiled": os.path.basename(source),
-                           "precision": "bf16" if step["param"] == "bf16" else precision})
         float_path = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
+        if kind == "tvm":
+            # TVM compiles the best float32 model (the ResNet-like in float16 ran 3.5x slower than in float32 on it),
+            # its static int8 QDQ model, or (tuning) the kept TVM step's source
+            source, precision = float_path, state.get("tvm_precision", "fp32")
+            if step["param"] == "int8":
+                source, details = self._static_qdq(state, float_path, stem)
+            elif step["param"] == "tuned" and state.get("tvm_source"):
+                source = os.path.join(self.outdir, state["tvm_source"])
+            untuned = [r["seconds"] for r in state["records"] if r["name"] == "tvm untuned" and "seconds" in r]
+            lib = self._compile(source, stem + ".so", step["param"], untuned[0] if untuned else None, precision)
+            details.update(compiled=os.path.basename(source), source=self._rel(source),
+                           precision=step["param"] if step["param"] in ("bf16", "int8") else precision)
+            if step["param"] == "int8" or details["source"] != self._rel(float_path):
+                from ..codegen.compile import describe_kernels
+
+                details["kernels"] = describe_kernels(json.load(open(lib + ".json")).get("kernels"))
+            return lib, None, details
         if kind == "precision":
             model, details = self._precision(step["param"], float_path, state["float_drop"])
+            details["source"] = self._rel(float_path)
             save(model, stem + ".onnx")
             return stem + ".onnx", None, details
         if kind == "optimize":
@@ -656,7 +690,7 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
             skip = "optc.workflow.prune is not available in this build"
         elif step["kind"] == "prune" and pruning_broke:
             skip = "a smaller pruning ratio already broke the accuracy budget"
-        elif step["param"] == "static" and search.calibration is None:
+        elif step["param"] in ("static", "int8") and search.calibration is None:
             skip = "no calibration data (--calibration)"
         elif step["param"] == "bf16" and not _native_bf16():
             skip = "this CPU has no bf16 dot-product instructions (AMX-BF16 / AVX512-BF16): bf16 would be emulated"
@@ -720,8 +754,9 @@ def _keep(state: dict, step: dict, rec: dict, path: str, float_path: str | None,
     rel = os.path.relpath(path, outdir)
     if step["kind"] == "tvm":
         state["tvm_file"] = rel
-        if step["param"] == "bf16":
-            state["tvm_precision"] = "bf16"  # what the tuning step then tunes
+        if step["param"] != "tuned":  # what the tuning step then tunes: this source in this compute precision
+            state["tvm_source"] = rec["details"]["source"]
+            state["tvm_precision"] = "bf16" if step["param"] == "bf16" else "fp32"
     else:
         state["onnx_file"] = rel
         if step["kind"] == "precision":
