@@ -79,6 +79,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     from tvm import relax  # noqa: PLC0415
 
     from .fast_math import fast_math_pass  # noqa: PLC0415
+    from .layout_copies import layout_copies_pass  # noqa: PLC0415
     from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
 
     passes = [
@@ -92,7 +93,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
-        passes += [_convert_layout_nhwc()]
+        passes += [_convert_layout_nhwc(), layout_copies_pass()]
     passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes
 
@@ -187,8 +188,10 @@ def fusion_passes():
     """Legalize and fuse: the module that MetaSchedule tunes (same as relax's 'zero' pipeline)."""
     from tvm import relax  # noqa: PLC0415
 
+    from .max_pool import legalize_map  # noqa: PLC0415
+
     return [
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(customize_legalize_map=legalize_map()),
         relax.transform.AnnotateTIROpPattern(),
         _declared_op_patterns(),
         relax.transform.FoldConstant(),

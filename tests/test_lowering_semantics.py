@@ -118,6 +118,80 @@ def test_maxpool_propagates_nan(op):
     assert identical(_compiled(model, {"x": x})[0], want) is None
 
 
+POOLS = {  # name: (input shape, MaxPool attributes)
+    "3x3 s2 pad1": ([2, 3, 7, 7], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "2x2 s2 ceil": ([1, 2, 5, 5], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    "3x3 dilation 2": ([1, 2, 7, 6], {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [0, 1, 2, 1]}),
+    "1-D k3": ([2, 3, 9], {"kernel_shape": [3], "strides": [2], "pads": [1, 0]}),
+    "3-D k2": ([1, 2, 4, 4, 4], {"kernel_shape": [2, 2, 2], "strides": [2, 2, 2]}),
+    "same upper": ([1, 2, 6, 5], {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+}
+
+
+def _ieee_max_pool(x: np.ndarray, attrs: dict, out_shape: tuple) -> np.ndarray:
+    """MaxPool by numpy over the windows' elements inside x (padding is no element): NaN when one is NaN, -inf
+    for a window of -inf. `out_shape`: onnxruntime's output shape (its ceil mode and auto_pad sizes)."""
+    k = attrs["kernel_shape"]
+    n = len(k)
+    strides, dil = attrs.get("strides", [1] * n), attrs.get("dilations", [1] * n)
+    if attrs.get("auto_pad") == "SAME_UPPER":
+        total = [max(0, (o - 1) * s + (kk - 1) * d + 1 - i)
+                 for o, s, kk, d, i in zip(out_shape[2:], strides, k, dil, x.shape[2:], strict=True)]
+        before = [t // 2 for t in total]
+    else:
+        before = attrs.get("pads", [0] * 2 * n)[:n]
+    y = np.empty(out_shape, x.dtype)
+    for out in np.ndindex(*out_shape[2:]):
+        index = []
+        for axis in range(n):
+            pos = out[axis] * strides[axis] + np.arange(k[axis]) * dil[axis] - before[axis]
+            index.append(pos[(pos >= 0) & (pos < x.shape[2 + axis])])
+        window = x[(slice(None), slice(None), *np.ix_(*index))].reshape(*x.shape[:2], -1)
+        y[(slice(None), slice(None), *out)] = window.max(axis=-1)  # numpy's max propagates NaN
+    return y
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_maxpool_is_ieee_in_every_window_shape(name):
+    """optc's max-pool kernel (codegen/max_pool.py): finite inputs as onnxruntime exactly; windows of -inf give
+    -inf (TOPI started and padded with -3.4e38, as onnxruntime does in a padded window) and a NaN in a window
+    gives NaN, as numpy's max of the window's elements."""
+    shape, attrs = POOLS[name]
+    model = _model([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], [_in("x", shape)], [_out()])
+    rng = np.random.default_rng(3)
+    finite = rng.standard_normal(shape).astype(np.float32)
+    _assert_as_onnxruntime(model, {"x": finite})
+    special = np.where(rng.random(shape) < 0.85, -INF, finite).astype(np.float32)
+    special.reshape(-1)[rng.choice(special.size, 3, replace=False)] = NAN
+    special.reshape(-1)[:4] = -0.0
+    got = _compiled(model, {"x": special})[0]
+    want = _ieee_max_pool(special, attrs, run_ort(model, {"x": finite})[0].shape)
+    assert identical(got, want) is None, identical(got, want)
+    assert (want == -INF).any() and np.isnan(want).any()  # the cases this test is about occur
+
+
+def test_global_maxpool_of_infinities_and_nan():
+    x = np.full([2, 3, 4, 5], -INF, np.float32)
+    x[0, 1, 2, 3], x[1, 2, 0, 0], x[1, 0, 1, 1] = 7.0, NAN, -0.0
+    model = _model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], [_in("x", list(x.shape))], [_out()])
+    want = x.max(axis=(2, 3), keepdims=True)
+    assert identical(_compiled(model, {"x": x})[0], want) is None
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT8, TensorProto.UINT8])
+def test_integer_maxpool_keeps_topi(dtype):
+    """Integer max-pools keep TOPI's kernel (their lowest value is exact, no NaN): as onnxruntime, padding
+    included."""
+    np_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}[dtype]
+    attrs = POOLS["3x3 s2 pad1"][1]
+    model = _model([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], [_in("x", [1, 2, 7, 7], dtype)],
+                   [_out("y", dtype)])
+    info = np.iinfo(np_type)
+    x = np.random.default_rng(0).integers(info.min, info.max + 1, [1, 2, 7, 7]).astype(np_type)
+    x[0, 0] = info.min
+    _assert_as_onnxruntime(model, {"x": x})
+
+
 # -- attribute semantics ------------------------------------------------------------------------------
 
 

@@ -63,8 +63,7 @@ def attention() -> onnx.ModelProto:
 
 
 def nan_pool() -> onnx.ModelProto:
-    """MaxPool (NaN-propagating in optc's lowering: an IsNaN kernel with a bool output) and a Transpose over a
-    symbolic batch."""
+    """MaxPool (NaN-propagating: optc's IEEE max-pool kernel) and a Transpose over a symbolic batch."""
     nodes = [h.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
              h.make_node("Transpose", ["p"], ["y"], perm=[0, 2, 3, 1])]
     return _model(nodes, [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 24, 8, 8])],
@@ -150,7 +149,10 @@ def test_symbolic_rows_are_padded_to_whole_register_tiles():
 
 
 def test_symbolic_batch_elementwise_kernels_vectorize():
-    sch = schedules.Injective().apply(_kernel(nan_pool(), "isnan"), resolve_target("cpu"), False)
+    model = _model([h.make_node("Sigmoid", ["x"], ["y"])],
+                   [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 24, 8, 8])],
+                   [h.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 24, 8, 8])])
+    sch = schedules.Injective().apply(_kernel(model, "sigmoid"), resolve_target("cpu"), False)
     assert sch is not None and "T.vectorized" in sch.mod["main"].script()
 
 

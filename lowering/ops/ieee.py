@@ -7,9 +7,12 @@ converters say what happens instead, each as onnxruntime computes it where onnxr
 - Sign(NaN) = NaN.
 - Relu(x) = max(0, x), the 0 first (codegen/nan_order.py): NaN stays NaN, Relu(-0.0) = -0.0 (onnxruntime; the reference evaluator gives +0.0).
 - Max / Min (float): NaN when any operand is NaN at that position (onnxruntime and the reference agree).
-- MaxPool / GlobalMaxPool (float): a window holding a NaN gives NaN, as ReduceMax does. onnxruntime's MLAS
-  kernels return NaN or skip it depending on where in the window it is, and the reference evaluator skips NaN
-  (it marks padding with NaN), so neither is a semantics to copy. The `Indices` output of MaxPool is refused.
+- MaxPool / GlobalMaxPool (float): a window holding a NaN gives NaN, as ReduceMax does, and a window of -inf
+  gives -inf. onnxruntime's MLAS kernels return NaN or skip it depending on where in the window it is (and
+  give -3.4e38 for a padded window of -inf), and the reference evaluator skips NaN (it marks padding with
+  NaN), so neither is a semantics to copy. MaxPool keeps relax's max_pool op, whose legalization is IEEE
+  (codegen/max_pool.py); GlobalMaxPool is ReduceMax's IEEE max over the spatial axes (reduce.py). The
+  `Indices` output of MaxPool is refused.
 - ArgMax / ArgMin (float): a slice holding a NaN gives the index of its first NaN (last with
   `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
 """
@@ -19,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, converter, dtype_of, lookup_frontend, refuse
+from ..converters import const, converter, dims_of, dtype_of, lookup_frontend, refuse
 from . import windows
+from .reduce import nan_propagating
 
 
 def _is_float(expr) -> bool:
@@ -68,29 +72,25 @@ _variadic("Max", relax.op.maximum)
 _variadic("Min", relax.op.minimum)
 
 
-def _max_pool(op_type: str):
-    @converter("", op_type)
-    def max_pool(bb, inputs, attrs, ctx):
-        if attrs["tvm_custom"]["num_outputs"] > 1:
-            raise refuse(f"{op_type}'s Indices output is not supported by the TVM back end")
-        x = inputs[0]
-        pool = windows.pool(op_type) if op_type == "MaxPool" else lookup_frontend(op_type, ctx.opset)
-        if not _is_float(x):
-            return pool(bb, inputs, attrs, ctx)
-        # TVM's max keeps its first operand unless the second is greater, so a NaN in a window may be dropped; a
-        # max-pool of the NaN flags finds the windows holding one, and sqrt(-flag) is -0.0 (x + -0.0 == x for every
-        # x, signed zeros included) or NaN. Only layout-aware elementwise ops, no `where` (TVM 0.27's ConvertLayout
-        # has no layout rule for it and kept each NHWC model's max-pools in NCHW, between transposes).
-        flags = bb.normalize(relax.op.astype(relax.op.isnan(x), dtype_of(x)))
-        any_nan = bb.normalize(pool(bb, [flags, *list(inputs)[1:]], attrs, ctx))
-        pooled = bb.normalize(pool(bb, inputs, attrs, ctx))
-        return relax.op.add(pooled, relax.op.sqrt(relax.op.negative(any_nan)))
-
-    return max_pool
+@converter("", "MaxPool")
+def max_pool(bb, inputs, attrs, ctx):
+    # a float MaxPool's kernel is IEEE (codegen/max_pool.py: relax keeps the op for ConvertLayout)
+    if attrs["tvm_custom"]["num_outputs"] > 1:
+        raise refuse("MaxPool's Indices output is not supported by the TVM back end")
+    return windows.pool("MaxPool")(bb, inputs, attrs, ctx)
 
 
-_max_pool("MaxPool")
-_max_pool("GlobalMaxPool")
+@converter("", "GlobalMaxPool")
+def global_max_pool(bb, inputs, attrs, ctx):
+    x, dims = inputs[0], dims_of(inputs[0])
+    spatial = dims[2:] if dims is not None else None
+    pools = {1: relax.op.nn.max_pool1d, 2: relax.op.nn.max_pool2d, 3: relax.op.nn.max_pool3d}
+    if _is_float(x) and spatial and len(spatial) in pools and all(isinstance(d, int) for d in spatial):
+        # one window over the whole map: the IEEE max-pool kernel, which ConvertLayout keeps in NHWC
+        return pools[len(spatial)](x, pool_size=spatial)
+    # else ReduceMax over the spatial axes, keepdims: NaN and -inf as ReduceMax gives them
+    return nan_propagating(relax.op.max, bb, x, list(range(2, x.ty.ndim)), True) if _is_float(x) else \
+        lookup_frontend("GlobalMaxPool", ctx.opset)(bb, inputs, attrs, ctx)
 
 
 def _arg(op_type: str):

@@ -46,7 +46,7 @@ def _is_float(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat"))
 
 
-def _nan_propagating(reduce_fn, bb, x, axes, keepdims):
+def nan_propagating(reduce_fn, bb, x, axes, keepdims):
     """max/min with IEEE results: NaN where the reduced slice holds a NaN (LLVM's max/min drop it), and -inf
     (+inf for min) where every element is -inf (TVM starts a max from the lowest finite value, not -inf)."""
     y = bb.normalize(reduce_fn(x, axes, keepdims))
@@ -146,9 +146,9 @@ def _make(op_type: str):
             return relax.op.astype(y, "bool")
         y = pre(x) if pre else x
         if reduce_fn == "max":
-            y = _nan_propagating(relax.op.max, bb, y, axes, keepdims)
+            y = nan_propagating(relax.op.max, bb, y, axes, keepdims)
         elif reduce_fn == "min":
-            y = _nan_propagating(relax.op.min, bb, y, axes, keepdims)
+            y = nan_propagating(relax.op.min, bb, y, axes, keepdims)
         elif reduce_fn == "logsumexp":
             y = _log_sum_exp(bb, y, axes, keepdims)
         elif post is not None and not _is_float(dtype):  # ReduceL2 / ReduceLogSum of integers: in float64
