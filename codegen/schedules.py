@@ -557,7 +557,9 @@ class TiledReduction(_Rule):
             vec, u_n = 2, n_ext // 2
         if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
             u_n = self.u_n
-        max_m = max(1, min(MAX_TILE_ROWS, max_accumulators(vec * dtype_bits // 8, reduction) // u_n))
+        # a padded kernel reads a workspace copy, which LLVM cannot tell apart from a workspace register tile: it
+        # stored the tile back after every product (digits' [N, 512] @ [512, 64] at N = 32: 2x slower)
+        max_m = max(1, min(MAX_TILE_ROWS, max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction) // u_n))
         if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
             max_m = _largest_divisor(PAD_ROWS, max_m)
         u_m = (max_m if m_ext is None else tile_rows(m_ext, max_m)) if n_s >= 2 else 1

@@ -1,0 +1,124 @@
+"""codegen/layout_copies.py: the transposes ConvertLayout leaves that need not copy. A transpose before a
+Flatten folds into the next matmul's constant weight; a transpose that only moves axes of size 1 is a reshape.
+Each case compiles with `optc.compile`, compares with onnxruntime, and checks the prepared Relax module for
+the transpose that should (or should not) be left."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from .conftest import run_ort
+
+
+def _model(nodes, shape, inits, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+
+
+def _w(rng, name, shape):
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+
+def _conv_then(tail, channels_in=3, channels=8, batch="N", size=6, extra=()):
+    """x -> Conv(3x3, pad 1) -> Relu -> `tail` nodes reading 'r', writing 'y'."""
+    rng = np.random.default_rng(0)
+    inits = [_w(rng, "cw", [channels, channels_in, 3, 3]), _w(rng, "cb", [channels])]
+    inits += [init(rng) for init in extra]
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), *tail]
+    return _model(nodes, [batch, channels_in, size, size], inits)
+
+
+def _permutes(model: onnx.ModelProto) -> list[str]:
+    """The permute_dims calls left in the prepared (layout-converted) Relax main function, as text."""
+    from optc.codegen.build import prepare
+    from optc.lowering import lower
+
+    text = prepare(lower(optc.from_onnx(model)), None, "cpu")["main"].script()
+    return [line.strip() for line in text.splitlines() if "permute_dims" in line]
+
+
+def _check(model: onnx.ModelProto, batch: int = 3, tol: float = 1e-5) -> None:
+    shape = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    got = list(optc.compile(model).run({"x": x}).values())[0]
+    want = run_ort(model, {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+FLATTENS = {  # the classifier's head after an NHWC conv: the transpose back to NCHW folds into the weight
+    "Flatten + Gemm transB": ([helper.make_node("Flatten", ["r"], ["f"]),
+                               helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], transB=1)],
+                              [lambda r: _w(r, "gw", [5, 8 * 36]), lambda r: _w(r, "gb", [5])]),
+    "Flatten + Gemm": ([helper.make_node("Flatten", ["r"], ["f"]),
+                        helper.make_node("Gemm", ["f", "gw"], ["y"])], [lambda r: _w(r, "gw", [8 * 36, 7])]),
+    "MaxPool, Reshape + MatMul": ([helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+                                   helper.make_node("Reshape", ["p", "shape"], ["f"]),
+                                   helper.make_node("MatMul", ["f", "gw"], ["y"])],
+                                  [lambda r: numpy_helper.from_array(np.array([0, -1], np.int64), "shape"),
+                                   lambda r: _w(r, "gw", [8 * 9, 4])]),
+}
+
+
+@pytest.mark.parametrize("name", list(FLATTENS))
+@pytest.mark.parametrize("batch", ["N", 2])
+def test_flatten_transpose_folds_into_the_weight(name, batch):
+    tail, extra = FLATTENS[name]
+    model = _conv_then(tail, batch=batch, extra=extra)
+    assert not [p for p in _permutes(model) if "(0, 3, 1, 2)" in p]  # NHWC -> NCHW before the matmul: gone
+    _check(model)
+
+
+def test_flatten_into_two_readers_keeps_the_other_reader_right():
+    """The flattened map also feeds an output of its own: the matmul reads x directly, the other reader still
+    sees NCHW order."""
+    rng = np.random.default_rng(0)
+    model = _conv_then([helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "gw"], ["m"]),
+                        helper.make_node("ReduceSum", ["m"], ["s"], keepdims=1),
+                        helper.make_node("Mul", ["f", "s"], ["y"])], batch=2, extra=[lambda r: _w(rng, "gw",
+                                                                                                   [8 * 36, 4])])
+    _check(model, tol=1e-4)
+
+
+def test_transposes_that_must_stay():
+    """Negative cases: the flattened rows are not [batch, K] (a Reshape to 3-D), and a transpose moving the
+    batch axis: both keep their permute_dims and compute what onnxruntime does."""
+    rng = np.random.default_rng(0)
+    three_d = _conv_then([helper.make_node("Reshape", ["r", "shape"], ["f"]),
+                          helper.make_node("MatMul", ["f", "gw"], ["y"])], batch=2,
+                         extra=[lambda r: numpy_helper.from_array(np.array([2, 4, 72], np.int64), "shape"),
+                                lambda r: _w(rng, "gw", [72, 5])])
+    assert _permutes(three_d)
+    _check(three_d)
+    batch_moved = _conv_then([helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2, 3]),
+                              helper.make_node("Reshape", ["t", "shape"], ["f"]),
+                              helper.make_node("MatMul", ["f", "gw"], ["y"])], batch=2,
+                             extra=[lambda r: numpy_helper.from_array(np.array([8, -1], np.int64), "shape"),
+                                    lambda r: _w(rng, "gw", [72, 5])])
+    assert _permutes(batch_moved)
+    _check(batch_moved)
+
+
+def test_unit_axis_transposes_become_reshapes():
+    """A one-channel image's NCHW -> NHWC transpose and a pooled [N, C, 1, 1] map's way back move only axes of
+    size 1: no permute_dims is left at all."""
+    rng = np.random.default_rng(0)
+    model = _conv_then([helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+                        helper.make_node("Flatten", ["g"], ["f"]),
+                        helper.make_node("Gemm", ["f", "gw"], ["y"], transB=1)], channels_in=1,
+                       extra=[lambda r: _w(rng, "gw", [5, 8])])
+    assert _permutes(model) == []
+    _check(model)
+
+
+def test_symbolic_axis_is_not_a_unit_axis():
+    """An axis of symbolic size may be more than 1: a transpose moving it past another stays a transpose."""
+    model = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])], [1, "S", 4], [])
+    assert _permutes(model)
+    _check(model)
