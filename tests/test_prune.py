@@ -19,7 +19,13 @@ from optc import to_onnx
 from optc.errors import OptcError
 from optc.rewrites import optimize
 from optc.tools import cli
-from optc.workflow.prune import prune
+from optc.rewrites.passes.prune import CHANNEL_MULTIPLE, kept_channels
+from optc.workflow.prune import prune as default_prune
+
+
+def prune(model, ratio, **kw):
+    """optc.prune with exactly the ratio (multiple=1): the small models here test the channel analysis."""
+    return default_prune(model, ratio, **{"multiple": 1, **kw})
 
 from .conftest import run_ort
 
@@ -318,7 +324,7 @@ def test_unknown_criterion_is_an_error():
 
 
 def test_pass_in_a_pipeline():
-    model = optimize(chain_cnn([1, 5]), passes="prune{ratio=0.25},dce")
+    model = optimize(chain_cnn([1, 5]), passes="prune{ratio=0.25,multiple=1},dce")
     assert _params(_valid(model)) == CASES["chain"][3]
 
 
@@ -466,3 +472,32 @@ def test_unstructured_pruning_keeps_the_weights_names():
     assert report.zeroed == 32 and add.input[1] == w and mm.input[1] == f"{w}_1"
     feeds = _feeds(model)
     np.testing.assert_array_equal(run_ort(proto, feeds)[1], run_ort(model, feeds)[1])  # the Add is unchanged
+
+
+@pytest.mark.parametrize("channels, ratio, multiple, kept", [
+    (16, 0.25, 1, 12), (10, 0.5, 1, 5), (3, 0.9, 1, 1),          # exactly the ratio, at least one
+    (64, 0.25, 16, 48), (32, 0.5, 16, 16), (64, 0.1, 16, 64),    # rounded up to whole vectors
+    (16, 0.25, 16, 16), (24, 0.25, 16, 24), (40, 0.5, 16, 32),   # never more removed than the ratio
+    (48, 0.3, 8, 40), (8, 0.9, 8, 8)])
+def test_kept_channels(channels, ratio, multiple, kept):
+    assert kept_channels(channels, ratio, multiple) == kept
+
+
+def test_default_keeps_whole_vectors_of_channels():
+    """By default every pruned group keeps a multiple of CHANNEL_MULTIPLE channels and loses at most the ratio;
+    a group too small to lose a whole multiple is left alone and the report says why."""
+    pruned, report = default_prune(DIGITS, 0.5)
+    assert report.groups_pruned
+    for g in report.groups_pruned:
+        assert g.channels_after % CHANNEL_MULTIPLE == 0 and g.channels_before - g.channels_after <= 0.5 * g.channels_before
+    _, report = default_prune(DIGITS, 0.25)
+    assert any("multiple of 16" in g.reason for g in report.groups_skipped)
+    _valid(pruned)
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-16"])
+def test_cli_bad_multiple_exits_2(tmp_path, capsys, value):
+    out = tmp_path / "p.onnx"
+    assert cli.main(["prune", DIGITS, "-o", str(out), "--ratio", "0.5", "--multiple", value]) == 2
+    err = capsys.readouterr().err
+    assert "--multiple" in err and len(err.strip().splitlines()) == 1 and not out.exists()

@@ -11,9 +11,10 @@ The steps (each composes with the steps kept before it):
     static int8           calibrated QDQ, accuracy-aware (layers returned   }
                           to float until the drop is within what is left)   }
     int4 weight-only      MatMulNBits (onnxruntime's contrib op)            }
-    prune 10/25/50%       structured channel pruning of the best float model (optc.workflow.prune), the kept
-                          precision re-applied on top; a larger ratio is tried only while the smaller keeps
-                          the accuracy budget
+    prune 10/25/50%       structured channel pruning of the best float model (optc.workflow.prune: whole
+                          multiples of 16 channels kept), the kept precision re-applied on top; a larger ratio is
+                          tried only while the smaller keeps the accuracy budget (skipped where no group of
+                          channels can lose a multiple at that ratio)
     tvm untuned, bf16,    the best float32 model compiled by TVM (optc.compile); then with --precision bf16
     int8, tuned           where the CPU has bf16 dot-product instructions (AMX-BF16 / AVX512-BF16: skipped
                           elsewhere, where bf16 is emulated); then its static int8 QDQ model (the `static int8`
@@ -473,6 +474,7 @@ class _Search:
             source, precision = float_path, state.get("tvm_precision", "fp32")
             if step["param"] == "int8":
                 source, details = self._static_qdq(state, float_path, stem)
+                details["float_model"] = self._rel(float_path)
             elif step["param"] == "tuned" and state.get("tvm_source"):
                 source = os.path.join(self.outdir, state["tvm_source"])
             untuned = [r["seconds"] for r in state["records"] if r["name"] == "tvm untuned" and "seconds" in r]
@@ -497,6 +499,9 @@ class _Search:
             # "path" ranks a channel by what its readers make of it too: on the digits classifier it kept the
             # accuracy at 25% where the plain filter norm lost 1.4 points (benchmarks/RESULTS.md, "Pruning")
             new_float, report = prune(load(float_path), step["param"], criterion="path")
+            if not report.groups_pruned:
+                reasons = sorted({g.reason for g in report.groups_skipped})
+                raise _Skip("no channel group can be pruned at this ratio: " + "; ".join(reasons[:2]))
             details = {k: v for k, v in _jsonable(report).items() if isinstance(v, int | float | str)}
         save(new_float, stem + ".float.onnx")
         if state["precision"] is None:
@@ -505,6 +510,10 @@ class _Search:
         model, more = self._precision(state["precision"], stem + ".float.onnx", state["float_drop"])
         save(model, stem + ".onnx")
         return stem + ".onnx", stem + ".float.onnx", {**details, **more}
+
+
+class _Skip(Exception):
+    """A step that turns out to have nothing to try (its reason is the message)."""
 
 
 def _jsonable(obj: Any) -> Any:
@@ -716,6 +725,8 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
                 else:
                     rec["status"], rec["reason"] = "kept", why
                     _keep(state, step, rec, path, float_path, search.outdir)
+            except _Skip as why:
+                rec.update(status="skipped", reason=str(why))
             except OptcError as exc:
                 rec.update(status="failed", reason=str(exc), seconds=time.perf_counter() - t0)
         else:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import OptcError
 from ..ir.core import Model
-from ..rewrites.passes.prune import GroupResult, Prune, node_macs
+from ..rewrites.passes.prune import CHANNEL_MULTIPLE, GroupResult, Prune, node_macs
 
 __all__ = ["PruneReport", "count_macs", "count_params", "prune"]
 
@@ -82,12 +82,14 @@ def _load(model) -> Model:
     raise OptcError(f"prune: expected a path, an optc Model or an onnx.ModelProto, got {type(model).__name__}")
 
 
-def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = False) -> tuple[Model, PruneReport]:
+def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = False,
+          multiple: int = CHANNEL_MULTIPLE) -> tuple[Model, PruneReport]:
     """Prune a copy of `model` (a path, an `onnx.ModelProto` or an optc `Model`; never modified).
 
     Structured (default): in every group of Conv/Gemm/MatMul output channels that must be dropped together and
     that nothing blocks (a graph output, an op the analysis does not understand: see
-    `optc.rewrites.passes.prune_analysis`), `ratio` of the channels (rounded down, one kept at least) with the
+    `optc.rewrites.passes.prune_analysis`), `ratio` of the channels (rounded down, one kept at least; with
+    `multiple` > 1 the kept count rounded up to a multiple of it, see `kept_channels`) with the
     smallest `criterion` score are removed, with the matching inputs of their consumers: "l1" / "l2", the norm of
     the producers' filters; "path", that L1 norm times the depthwise filters' and BatchNorm scales' on the way
     and the summed L1 norm of the next layers' weights that read the channel (better on the digits CNN: see
@@ -100,7 +102,8 @@ def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = Fa
     from ..rewrites.passes.infer_shapes import infer_model_types
     from ..rewrites.passes.interface import RemoveInitializerInputs
 
-    prune_pass = Prune(ratio=ratio, criterion=criterion, unstructured=bool(unstructured))  # checks the options
+    prune_pass = Prune(ratio=ratio, criterion=criterion, unstructured=bool(unstructured),
+                       multiple=multiple)  # checks the options
     pruned = _load(model)
     infer_model_types(pruned)
     params_before, nonzero_before = count_params(pruned)
