@@ -18,16 +18,17 @@ from onnx import TensorProto, helper, numpy_helper
 from optc import to_onnx
 from optc.errors import OptcError
 from optc.rewrites import optimize
-from optc.tools import cli
 from optc.rewrites.passes.prune import CHANNEL_MULTIPLE, kept_channels
+from optc.tools import cli
 from optc.workflow.prune import prune as default_prune
+
+from .conftest import run_ort
 
 
 def prune(model, ratio, **kw):
     """optc.prune with exactly the ratio (multiple=1): the small models here test the channel analysis."""
     return default_prune(model, ratio, **{"multiple": 1, **kw})
 
-from .conftest import run_ort
 
 HERE = os.path.dirname(__file__)
 DIGITS = os.path.join(HERE, "..", "examples", "digits_cnn.onnx")
