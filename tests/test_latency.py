@@ -1,0 +1,31 @@
+"""workflow/latency.py: side-by-side timing. What is asserted is how often each model is called (the warm
+bursts of short calls, one call per round for long ones) and the shape of the result, never a time."""
+
+from __future__ import annotations
+
+import time
+
+from optc.workflow.latency import MAX_BURST, time_alternating
+
+
+def test_short_calls_run_in_warm_bursts_long_ones_once_per_round():
+    calls = {"short": 0, "long": 0}
+
+    def short():
+        calls["short"] += 1
+
+    def long():
+        calls["long"] += 1
+        time.sleep(0.004)  # longer than BURST_S: one call per round
+
+    out = time_alternating({"short": short, "long": long}, reference="long", min_runs=5, max_runs=5, warmup=2)
+    assert out["short"]["runs"] == out["long"]["runs"] == 5
+    assert calls["long"] == 2 + 5
+    assert calls["short"] == 2 + 5 * (MAX_BURST + 1)  # each turn: one untimed call, then the timed burst
+    assert out["long"]["speedup"] == 1.0 and out["short"]["speedup"] > 1.0
+    assert all(v["median_ms"] <= v["p90_ms"] for v in out.values())
+
+
+def test_without_reference_there_is_no_speedup():
+    out = time_alternating({"a": lambda: None}, min_runs=3, max_runs=3)
+    assert out["a"]["runs"] == 3 and "speedup" not in out["a"]
