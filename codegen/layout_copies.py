@@ -61,7 +61,7 @@ def layout_copies_pass():
         if x_dims is None or y_dims is None:
             return expr
         perm = [int(a) for a in expr.attrs.axes] if expr.attrs.axes is not None else list(range(len(x_dims)))[::-1]
-        moved = [a for a in perm if x_dims[a] != 1]  # the order the other axes keep (symbolic: not of size 1)
+        moved = [a for a in perm if not isinstance(x_dims[a], int) or x_dims[a] != 1]  # (symbolic: not size 1)
         if moved != sorted(moved):
             return expr
         return relax.op.reshape(x, expr.ty.shape)
