@@ -353,3 +353,28 @@ def test_prune_step_with_nothing_to_prune_is_skipped(tmp_path):
     path, float_path, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5},
                                                   state, 9)
     assert path == float_path and os.path.isfile(path) and details["params_after"] < details["params_before"]
+
+
+def test_a_step_that_would_not_fit_is_skipped_and_retried_on_resume(tmp_path, monkeypatch):
+    """A step estimated to take longer than the time left is skipped and the later steps still run; the stop
+    reason names it; --resume (with time left) tries it first and puts its record in its place."""
+    import sys
+
+    auto_mod = sys.modules["optc.workflow.auto"]  # (optc.workflow.auto the attribute is the function)
+    real = auto_mod._estimate
+    monkeypatch.setattr(auto_mod, "_estimate", lambda step, state: 1e9 if step["name"] == "float16" else
+                        real(step, state))
+    out = tmp_path / "out"
+    first = _run(out)
+    names = [s["name"] for s in first.steps]
+    skipped = first.steps[names.index("float16")]
+    assert skipped["status"] == "skipped" and "would take about" in skipped["reason"]
+    later = first.steps[names.index("float16") + 1:]
+    assert any(s["status"] in ("kept", "rejected") for s in later)  # the search went on after it
+    assert first.stop_reason == "the time budget ended (not tried for lack of time: float16)"
+    monkeypatch.setattr(auto_mod, "_estimate", real)
+    more = _run(out, resume=True)
+    again = [s["name"] for s in more.steps]
+    assert again == names  # same order: the retried step's record replaced in place
+    assert more.steps[again.index("float16")]["status"] in ("kept", "rejected")
+    assert more.stop_reason == "every step was tried"

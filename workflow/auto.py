@@ -29,7 +29,12 @@ baseline) beats the best kept model's by `MIN_GAIN`, or, while a size requiremen
 without being slower by more than `MIN_GAIN`. Without any latency, speed-up or size requirement, every step is
 tried and the fastest model within the accuracy budget is chosen.
 
-State is saved in `outdir/state.json` (atomically) after every step; `resume=True` continues from it.
+Time: a step whose estimate (the longest earlier step of its kind) exceeds the time left is skipped, and the
+search goes on to later steps that may fit (the TVM library after a slow accuracy-aware quantization); the
+search stops when no time is left, and the stop reason lists the steps left out.
+
+State is saved in `outdir/state.json` (atomically) after every step; `resume=True` continues from it, trying
+the steps left out for lack of time first.
 """
 
 from __future__ import annotations
@@ -681,18 +686,27 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
     steps = _steps(search.backends)
     pruning_broke = any(r.get("kind") == "prune" and r["status"] == "rejected" and r.get("over_budget")
                         for r in state["records"])
+    # steps an earlier session left for lack of time are tried again first (their records are replaced in place)
+    retry = [i for i, s in enumerate(steps[:state["next_step"]])
+             if any(r["name"] == s["name"] and r.get("time_skipped") for r in state["records"])]
     # one line per step (log); each long operation inside a step has its own progress bar (rich shows one at a time)
-    while state["next_step"] < len(steps):
-        i = state["next_step"]
+    for i in [*retry, *range(state["next_step"], len(steps))]:
         step = steps[i]
         if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
             state["stop_reason"] = "every requirement holds"
         left, need = search.deadline - time.monotonic(), _estimate(step, state)
-        if state["stop_reason"] is None and left < need:
-            state["stop_reason"] = "the time budget ended" + (
-                f" ({step['name']} would take about {need:.0f} s; {max(0.0, left):.0f} s were left)" if left > 0 else "")
+        if state["stop_reason"] is None and left <= 0:
+            state["stop_reason"] = "the time budget ended"
         if state["stop_reason"] is not None:
             break
+        if left < need:  # this step would not fit: a later, shorter one may (the report says what was left out)
+            rec = {"name": step["name"], "kind": step["kind"], "status": "skipped", "time_skipped": True,
+                   "reason": f"not tried: it would take about {need:.0f} s; {left:.0f} s of the budget were left"}
+            log(f"step {i + 1}/{len(steps)}: {step['name']}")
+            log(f"  skipped: {rec['reason']}")
+            _record(state, rec, i)
+            save_state()
+            continue
         rec = {"name": step["name"], "kind": step["kind"]}
         skip = None
         if step["kind"] == "prune" and not _available("prune"):
@@ -732,12 +746,25 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
         else:
             rec.update(status="skipped", reason=skip)
         log(f"  {rec['status']}: {rec.get('reason', '')}")
-        state["records"].append(rec)
-        state["next_step"] = i + 1
+        _record(state, rec, i)
         save_state()
+    left_out = [r["name"] for r in state["records"] if r.get("time_skipped")]
+    if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
+        state["stop_reason"] = "every requirement holds"
     if state["stop_reason"] is None:
-        state["stop_reason"] = ("every requirement holds" if req.performance and
-                                _all_met(req, state["best"], search.unit) else "every step was tried")
+        state["stop_reason"] = (f"the time budget ended (not tried for lack of time: {', '.join(left_out)})"
+                                if left_out else "every step was tried")
+
+
+def _record(state: dict, rec: dict, index: int) -> None:
+    """Put a step's record in the state: in place of the record of a retried step, else appended; the next step
+    to run moves past `index`."""
+    same = [k for k, r in enumerate(state["records"]) if r["name"] == rec["name"]]
+    if same:
+        state["records"][same[0]] = rec
+    else:
+        state["records"].append(rec)
+    state["next_step"] = max(state["next_step"], index + 1)
 
 
 def _estimate(step: dict, state: dict) -> float:
