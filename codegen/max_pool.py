@@ -29,7 +29,10 @@ def max_pool_te(x, pool_size: list[int], strides: list[int], dilation: list[int]
     n = len(pool_size)
     before = padding[:n]
     neg_inf = tirx.const(float("-inf"), x.dtype)
-    reducer = te.comm_reducer(lambda acc, v: tirx.Select(tirx.Or(tirx.isnan(acc), acc > v), acc, v),
+    def nan(v):  # (TVM has no isnan for bfloat16; v != v is the same test)
+        return v != v if x.dtype == "bfloat16" else tirx.isnan(v)
+
+    reducer = te.comm_reducer(lambda acc, v: tirx.Select(tirx.Or(nan(acc), acc > v), acc, v),
                               lambda dtype: tirx.const(float("-inf"), dtype), name="ieee_max")
     window = [te.reduce_axis((0, k), name=f"r{i}") for i, k in enumerate(pool_size)]
     checked = [i for i, axis in enumerate(spatial_axes) if padding[i] or padding[n + i]

@@ -378,3 +378,35 @@ def test_a_step_that_would_not_fit_is_skipped_and_retried_on_resume(tmp_path, mo
     assert again == names  # same order: the retried step's record replaced in place
     assert more.steps[again.index("float16")]["status"] in ("kept", "rejected")
     assert more.stop_reason == "every step was tried"
+
+
+def test_precision_on_a_pruned_model_gets_what_is_left_of_the_budget(tmp_path, monkeypatch):
+    """A prune step on top of a kept precision measures the pruned float model's own drop and gives the
+    precision (and later the tvm int8 step's quantizer) only what is left of the budget (it got the whole
+    budget, the pruning's drop unaccounted)."""
+    import types
+
+    budgets = []
+    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
+                                   metric="top1", req=Requirements.parse(0.5))
+    search._evaluate = lambda path: {"value": 0.98}
+    search._drop = lambda path, state: _Search._drop(search, path, state)
+    search._precision = lambda mode, src, drop: (budgets.append((mode, drop)) or optc.load(src), {})
+    state = {"float_file": None, "precision": "dynamic", "float_drop": 0.0,
+             "baseline": {"records": [{"value": 0.9861}]}}
+    _, float_path, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state,
+                                               9)
+    assert budgets == [("dynamic", pytest.approx(0.61))] and details["float_drop"] == pytest.approx(0.61)
+
+
+def test_kept_tvm_int8_is_what_the_tuning_step_tunes(tmp_path):
+    """After a kept `tvm int8`, the tuning step compiles that step's QDQ source with float32 compute for its float
+    ops, and says int8 (it said fp32)."""
+    from optc.workflow.auto import _keep
+
+    state = {"records": []}
+    rec = {"name": "tvm int8", "drop": 0.2, "details": {"source": "work/12-tvm-int8.qdq.onnx", "precision": "int8"}}
+    _keep(state, {"name": "tvm int8", "kind": "tvm", "param": "int8"}, rec, str(tmp_path / "work/12.so"), None,
+          str(tmp_path))
+    assert state["tvm_source"] == "work/12-tvm-int8.qdq.onnx"
+    assert state["tvm_precision"] == "fp32" and state["tvm_kind"] == "int8"

@@ -24,12 +24,11 @@ def _ratio(text: str) -> float:
 
 
 def _multiple(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise OptcError(f"--multiple: '{text}' is not an integer") from None
-    if value < 1:
-        raise OptcError(f"--multiple must be a positive integer, got {text}")
+    if not text.isdigit() or not text.isascii():
+        raise OptcError(f"--multiple must be a positive integer, got '{text}'")
+    value = int(text)
+    if not 1 <= value <= 1 << 16:
+        raise OptcError(f"--multiple must be in 1..65536, got {text}")
     return value
 
 
@@ -40,7 +39,8 @@ def _change(before: int, after: int) -> str:
 
 def print_report(report: PruneReport, output: str) -> None:
     print(f"{report.mode} pruning, ratio {report.ratio:g}" +
-          (f", criterion {report.criterion}" if report.mode == "structured" else "") + f"; wrote {output}")
+          (f", criterion {report.criterion}, channels kept in multiples of {report.multiple}"
+           if report.mode == "structured" else "") + f"; wrote {output}")
     print(f"parameters: {_change(report.params_before, report.params_after)}")
     if report.mode == "unstructured":
         print(f"non-zero parameters: {_change(report.nonzero_before, report.nonzero_after)} ({report.zeroed:,} "
@@ -97,7 +97,7 @@ def register(sub) -> None:
                    "(default: l1)")
     p.add_argument("--multiple", default=str(CHANNEL_MULTIPLE), metavar="N", help="keep a multiple "
                    "of N channels in each group, rounding the kept count up (never more than --ratio removed; a "
-                   "group of fewer than 2N channels is left alone): vector kernels run whole vectors of channels, "
+                   "group of N channels or fewer is left alone): vector kernels run whole vectors of channels, "
                    "and onnxruntime's convolutions ran up to 9x slower on other counts. 1: exactly the ratio "
                    f"(default: {CHANNEL_MULTIPLE})")
     p.add_argument("--unstructured", action="store_true", help="magnitude pruning: set the smallest weights of "

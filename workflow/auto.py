@@ -443,6 +443,19 @@ class _Search:
             details["float_layers"] = report["accuracy"]["float_layers"]
         return model, details
 
+    def _drop(self, path: str, state: dict) -> float:
+        """The accuracy drop of the model at `path` (ONNX, on onnxruntime) against the baseline; inf when its
+        metric is NaN."""
+        from .evaluate import metric_drop
+
+        ev = self._evaluate(path)
+        if self.against_baseline:
+            drop = ev["drop"]
+        else:
+            base = state["baseline"]["records"][0]["value"]
+            drop = None if ev["value"] is None else metric_drop(base, ev["value"], self.metric)
+        return math.inf if drop is None or math.isnan(drop) else float(drop)
+
     def _rel(self, path: str) -> str:
         """`path` relative to the output directory when it lies in it (as the state stores files), else as is."""
         return os.path.relpath(path, self.outdir) if path.startswith(self.outdir + os.sep) else path
@@ -452,7 +465,7 @@ class _Search:
         static int8 was kept, else the `static int8` step's model when it was quantized from the same float
         model and kept the accuracy budget (on onnxruntime), else quantized now (accuracy-aware, as that step)."""
         if state["precision"] == "static" and state.get("onnx_file"):
-            return os.path.join(self.outdir, state["onnx_file"]), {"quantized_by": "the kept static int8 step"}
+            return os.path.join(self.outdir, state["onnx_file"]), {"quantized_by": "the kept ONNX model (static int8)"}
         for rec in state["records"]:
             if (rec["name"] == "static int8" and rec.get("drop") is not None and rec.get("file")
                     and rec["drop"] <= self.req.max_accuracy_drop + _EPS
@@ -485,7 +498,8 @@ class _Search:
             untuned = [r["seconds"] for r in state["records"] if r["name"] == "tvm untuned" and "seconds" in r]
             lib = self._compile(source, stem + ".so", step["param"], untuned[0] if untuned else None, precision)
             details.update(compiled=os.path.basename(source), source=self._rel(source),
-                           precision=step["param"] if step["param"] in ("bf16", "int8") else precision)
+                           precision=step["param"] if step["param"] in ("bf16", "int8") else
+                           state.get("tvm_kind", precision))
             if step["param"] == "int8" or details["source"] != self._rel(float_path):
                 from ..codegen.compile import describe_kernels
 
@@ -512,9 +526,10 @@ class _Search:
         if state["precision"] is None:
             os.replace(stem + ".float.onnx", stem + ".onnx")
             return stem + ".onnx", stem + ".onnx", details
-        model, more = self._precision(state["precision"], stem + ".float.onnx", state["float_drop"])
+        float_drop = self._drop(stem + ".float.onnx", state)  # (what is left of the budget for the precision)
+        model, more = self._precision(state["precision"], stem + ".float.onnx", float_drop)
         save(model, stem + ".onnx")
-        return stem + ".onnx", stem + ".float.onnx", {**details, **more}
+        return stem + ".onnx", stem + ".float.onnx", {**details, **more, "float_drop": float_drop}
 
 
 class _Skip(Exception):
@@ -795,13 +810,15 @@ def _keep(state: dict, step: dict, rec: dict, path: str, float_path: str | None,
         if step["param"] != "tuned":  # what the tuning step then tunes: this source in this compute precision
             state["tvm_source"] = rec["details"]["source"]
             state["tvm_precision"] = "bf16" if step["param"] == "bf16" else "fp32"
+            state["tvm_kind"] = rec["details"]["precision"]  # fp32, bf16 or int8 (a QDQ source)
     else:
         state["onnx_file"] = rel
         if step["kind"] == "precision":
             state["precision"] = step["param"]
         if float_path is not None:
             state["float_file"] = os.path.relpath(float_path, outdir)
-            state["float_drop"] = rec["drop"] if state["precision"] is None else state["float_drop"]
+            # the float model's own drop: measured apart when a precision was applied on top of it
+            state["float_drop"] = rec["details"].get("float_drop", rec["drop"])
     state["best"] = {k: v for k, v in rec.items() if k != "details"}
 
 

@@ -37,12 +37,12 @@ def time_alternating(fns: Mapping[str, Callable[[], object]], *, reference: str 
     rounds of reference time / this time, dimensionless) for every name when `reference` names one of `fns`.
     """
     names = list(fns)
-    once = dict.fromkeys(names, 0.0)
+    once = dict.fromkeys(names, float("inf"))  # the fastest warm-up call of each (the first is cold)
     for _ in range(max(1, warmup)):
         for name in names:
             t0 = time.perf_counter()
             fns[name]()
-            once[name] += (time.perf_counter() - t0) / max(1, warmup)
+            once[name] = min(once[name], time.perf_counter() - t0)
     burst = {name: max(1, min(MAX_BURST, int(BURST_S / max(t, 1e-9)))) for name, t in once.items()}
     per_round = sum(t * (burst[name] + (burst[name] > 1)) for name, t in once.items())
     runs = int(min(max_runs, max(min_runs, target_s / max(per_round, 1e-9))))

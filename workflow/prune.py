@@ -30,7 +30,8 @@ class PruneReport:
     """What `prune` did. `params_*`: elements of all initializers; `nonzero_*`: of those, the non-zero ones;
     `flops_*`: multiply-accumulates (MACs) of Conv/Gemm/MatMul per sample (symbolic dims count 1);
     `groups_pruned` / `groups_skipped`: see `GroupResult` (structured only); `zeroed`: weights set to zero
-    (unstructured only); `accuracy`: an `optc.evaluate` result against the original, when measured."""
+    (unstructured only); `accuracy`: an `optc.evaluate` result against the original, when measured;
+    `multiple`: channels were kept in multiples of this (structured)."""
 
     mode: str
     ratio: float
@@ -46,6 +47,7 @@ class PruneReport:
     zeroed: int = 0
     note: str = ""
     accuracy: dict | None = None
+    multiple: int = 1
 
     def to_json(self) -> dict:
         """A JSON-serializable dict of the fields above."""
@@ -116,4 +118,4 @@ def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = Fa
     return pruned, PruneReport(
         "unstructured" if unstructured else "structured", float(ratio), criterion, params_before, params_after,
         nonzero_before, nonzero_after, macs_before, count_macs(pruned), result.pruned, result.skipped, result.zeroed,
-        UNSTRUCTURED_NOTE if unstructured else STRUCTURED_NOTE)
+        UNSTRUCTURED_NOTE if unstructured else STRUCTURED_NOTE, multiple=multiple)

@@ -98,7 +98,8 @@ CHANNEL_MULTIPLE = 16
 def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
     """How many of a group's `channels` pruning keeps: `channels - floor(ratio * channels)`, at least one; with
     `multiple` > 1, that rounded up to a multiple (so no more than `ratio` is ever removed), or all `channels`
-    when that is no fewer (a group of fewer than 2 x `multiple` channels is left alone)."""
+    when that is no fewer (a group of at most `multiple` channels is never pruned; one of 24 with a multiple of
+    16 loses 8 once `ratio` >= 1/3)."""
     kept = max(1, channels - int(ratio * channels))
     rounded = -(-kept // multiple) * multiple
     return min(rounded, channels)
