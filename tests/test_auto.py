@@ -250,7 +250,7 @@ def test_tvm_backend(tmp_path):
             and static["details"]["source"] == int8["details"]["float_model"]:
         assert int8["details"]["source"] == static["file"] and "static int8" in int8["details"]["quantized_by"]
     else:  # (a pruning step kept since: the new float model is quantized anew)
-        assert int8["details"]["quantized_by"] in ("this step", "the kept static int8 step")
+        assert int8["details"]["quantized_by"] in ("this step", "the kept ONNX model (static int8)")
     if result.chosen["backend"] == "tvm-cpu":
         assert (tmp_path / "out" / "model.so").is_file() and (tmp_path / "out" / "model.so.json").is_file()
         ev = optc.evaluate(str(tmp_path / "out" / "model.so"), TEST)
@@ -319,6 +319,7 @@ def test_tvm_int8_step_quantizes_the_best_float_model_once(tmp_path, monkeypatch
     made = []
     search = types.SimpleNamespace(outdir=out, req=Requirements.parse(0.5))
     search._rel = lambda p: _Search._rel(search, p)
+    search.reusable_qdq = lambda st, fp: _Search.reusable_qdq(search, st, fp)
     search._precision = lambda mode, src, drop: (made.append((mode, src)) or object(), {"quantized": 3})
     monkeypatch.setattr("optc.ir.save", lambda model, path: made.append(("saved", path)))
     static = {"name": "static int8", "drop": 0.25, "file": "work/05-static-int8.onnx",

@@ -460,17 +460,26 @@ class _Search:
         """`path` relative to the output directory when it lies in it (as the state stores files), else as is."""
         return os.path.relpath(path, self.outdir) if path.startswith(self.outdir + os.sep) else path
 
-    def _static_qdq(self, state: dict, float_path: str, stem: str) -> tuple[str, dict]:
-        """The static int8 QDQ model of the best float model, for the `tvm int8` step: the kept ONNX model when
-        static int8 was kept, else the `static int8` step's model when it was quantized from the same float
-        model and kept the accuracy budget (on onnxruntime), else quantized now (accuracy-aware, as that step)."""
+    def reusable_qdq(self, state: dict, float_path: str) -> tuple[str, str] | None:
+        """(path, what made it) of a static int8 QDQ model of `float_path` already built within the accuracy
+        budget: the kept ONNX model when static int8 was kept, else the `static int8` step's; None when there is
+        none (`tvm int8` then quantizes, which takes as long as that step did)."""
         if state["precision"] == "static" and state.get("onnx_file"):
-            return os.path.join(self.outdir, state["onnx_file"]), {"quantized_by": "the kept ONNX model (static int8)"}
+            return os.path.join(self.outdir, state["onnx_file"]), "the kept ONNX model (static int8)"
         for rec in state["records"]:
             if (rec["name"] == "static int8" and rec.get("drop") is not None and rec.get("file")
                     and rec["drop"] <= self.req.max_accuracy_drop + _EPS
                     and rec.get("details", {}).get("source") == self._rel(float_path)):
-                return os.path.join(self.outdir, rec["file"]), {"quantized_by": "the static int8 step"}
+                return os.path.join(self.outdir, rec["file"]), "the static int8 step"
+        return None
+
+    def _static_qdq(self, state: dict, float_path: str, stem: str) -> tuple[str, dict]:
+        """The static int8 QDQ model of the best float model, for the `tvm int8` step: the kept ONNX model when
+        static int8 was kept, else the `static int8` step's model when it was quantized from the same float
+        model and kept the accuracy budget (on onnxruntime), else quantized now (accuracy-aware, as that step)."""
+        reused = self.reusable_qdq(state, float_path)
+        if reused is not None:
+            return reused[0], {"quantized_by": reused[1]}
         from ..ir import save
 
         model, details = self._precision("static", float_path, state["float_drop"])
@@ -710,6 +719,11 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
         if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
             state["stop_reason"] = "every requirement holds"
         left, need = search.deadline - time.monotonic(), _estimate(step, state)
+        if step["param"] == "int8":
+            float_path = os.path.join(search.outdir, state["float_file"]) if state["float_file"] else search.model
+            if search.reusable_qdq(state, float_path) is None:  # it quantizes as the static int8 step did
+                need += max((r["seconds"] for r in state["records"] if r["name"] == "static int8"
+                             and "seconds" in r), default=0.0)
         if state["stop_reason"] is None and left <= 0:
             state["stop_reason"] = "the time budget ended"
         if state["stop_reason"] is not None:
