@@ -304,9 +304,8 @@ def markdown(results: list[dict], argv: str, budget: float) -> str:
               "own top-1) flip with small output changes, so most candidates' drops there come from a few samples. "
               "optc's run time is the whole `optc.auto` call (measurements, compiles, tuning, profile, report); the "
               "side-by-side timing is a separate session, so its speed-ups differ from the search's by the noise of "
-              "this shared machine. The TVM libraries' speed-ups agree with `optc bench` run separately on the "
-              "ResNet-like's compiled baseline (TVM 11.3 ms vs onnxruntime 6.1 ms, 1 thread): optc's CPU kernels for "
-              "these models are about 2x slower than onnxruntime's here, untuned or tuned within the budget.", ""]
+              "this shared machine. Both time warm calls (`optc.workflow.latency`: a model faster than 2 ms runs in "
+              "bursts within its turn of each round).", ""]
     return "\n".join(lines)
 
 
