@@ -29,6 +29,7 @@ def max_pool_te(x, pool_size: list[int], strides: list[int], dilation: list[int]
     n = len(pool_size)
     before = padding[:n]
     neg_inf = tirx.const(float("-inf"), x.dtype)
+
     def nan(v):  # (TVM has no isnan for bfloat16; v != v is the same test)
         return v != v if x.dtype == "bfloat16" else tirx.isnan(v)
 
