@@ -411,3 +411,25 @@ def test_kept_tvm_int8_is_what_the_tuning_step_tunes(tmp_path):
           str(tmp_path))
     assert state["tvm_source"] == "work/12-tvm-int8.qdq.onnx"
     assert state["tvm_precision"] == "fp32" and state["tvm_kind"] == "int8"
+
+
+def test_tvm_int8_estimate_counts_quantizing_unless_a_qdq_model_is_reused(tmp_path):
+    """The tvm int8 step quantizes (as long as the static int8 step took) unless it can reuse that step's model:
+    its estimate says so (BERT-like ran 285 s of a 240 s budget when it did not)."""
+    import types
+
+    from optc.workflow.auto import _step_estimate
+
+    out = str(tmp_path)
+    search = types.SimpleNamespace(outdir=out, model=MODEL, req=Requirements.parse(0.5))
+    search._rel = lambda p: _Search._rel(search, p)
+    search.reusable_qdq = lambda st, fp: _Search.reusable_qdq(search, st, fp)
+    static = {"name": "static int8", "kind": "precision", "status": "rejected", "seconds": 100.0, "drop": 1.0,
+              "file": "work/05-static-int8.onnx", "details": {"source": MODEL}}
+    compiled = {"name": "tvm untuned", "kind": "tvm", "status": "rejected", "seconds": 20.0}
+    state = {"float_file": None, "precision": None, "records": [static, compiled], "baseline": {"records": []}}
+    step = {"name": "tvm int8", "kind": "tvm", "param": "int8"}
+    assert _step_estimate(search, step, state) == 120.0  # over the budget: quantized again
+    static["drop"] = 0.25
+    assert _step_estimate(search, step, state) == 20.0  # reused: only the compile
+    assert _step_estimate(search, {"name": "tvm bf16", "kind": "tvm", "param": "bf16"}, state) == 20.0

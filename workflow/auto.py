@@ -718,12 +718,7 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
         step = steps[i]
         if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
             state["stop_reason"] = "every requirement holds"
-        left, need = search.deadline - time.monotonic(), _estimate(step, state)
-        if step["param"] == "int8":
-            float_path = os.path.join(search.outdir, state["float_file"]) if state["float_file"] else search.model
-            if search.reusable_qdq(state, float_path) is None:  # it quantizes as the static int8 step did
-                need += max((r["seconds"] for r in state["records"] if r["name"] == "static int8"
-                             and "seconds" in r), default=0.0)
+        left, need = search.deadline - time.monotonic(), _step_estimate(search, step, state)
         if state["stop_reason"] is None and left <= 0:
             state["stop_reason"] = "the time budget ended"
         if state["stop_reason"] is not None:
@@ -794,6 +789,18 @@ def _record(state: dict, rec: dict, index: int) -> None:
     else:
         state["records"].append(rec)
     state["next_step"] = max(state["next_step"], index + 1)
+
+
+def _step_estimate(search: _Search, step: dict, state: dict) -> float:
+    """`_estimate`, plus for `tvm int8` the static int8 step's time when no QDQ model of the best float model can
+    be reused (the step then quantizes as that step did)."""
+    need = _estimate(step, state)
+    if step["param"] == "int8":
+        float_path = os.path.join(search.outdir, state["float_file"]) if state["float_file"] else search.model
+        if search.reusable_qdq(state, float_path) is None:
+            need += max((r["seconds"] for r in state["records"] if r["name"] == "static int8" and "seconds" in r),
+                        default=0.0)
+    return need
 
 
 def _estimate(step: dict, state: dict) -> float:
