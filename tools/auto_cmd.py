@@ -42,9 +42,11 @@ def register(sub) -> None:
         "auto", help="the optimization workflow in one command: baseline, one step at a time, stop when met",
         description="Measure the baseline (accuracy, per-class accuracy, latency median and p90, size), then try "
         "graph optimization (-O2/-O3), float16/bfloat16, dynamic int8, static int8 (accuracy-aware), int4 "
-        "weight-only, pruning at increasing ratios and the TVM-compiled library (untuned, then tuned within the "
-        "budget), keeping a step only when it is faster (or smaller, under --max-size-mb) and within the accuracy "
-        "budget; stop as soon as every requirement holds. Writes report.md, report.html, report.json and the "
+        "weight-only, pruning at increasing ratios (whole multiples of 16 channels) and the TVM-compiled library "
+        "(untuned, bf16 where the CPU has bf16 dot products, the static int8 model on integer kernels, then tuned "
+        "within the budget), keeping a step only when it is faster (or smaller, under --max-size-mb) and within "
+        "the accuracy budget; a step that would not fit in the time left is skipped (--resume tries it again); "
+        "stop as soon as every requirement holds. Writes report.md, report.html, report.json and the "
         "chosen model(s) into OUTDIR. Exit 0 when every requirement holds, 1 when one fails (the report says by "
         "how much), 2 on errors.")
     p.add_argument("model", help="an ONNX file")
