@@ -348,6 +348,7 @@ def test_prune_step_with_nothing_to_prune_is_skipped(tmp_path):
     from optc.workflow.auto import _Skip
 
     search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL)
+    search.float_path = lambda st: _Search.float_path(search, st)
     state = {"float_file": None, "precision": None, "float_drop": 0.0}
     with pytest.raises(_Skip, match="multiple of 16"):
         _Search.candidate(search, {"name": "prune 10%", "kind": "prune", "param": 0.1}, state, 7)
@@ -392,6 +393,8 @@ def test_precision_on_a_pruned_model_gets_what_is_left_of_the_budget(tmp_path, m
                                    metric="top1", req=Requirements.parse(0.5))
     search._evaluate = lambda path: {"value": 0.98}
     search._drop = lambda path, state: _Search._drop(search, path, state)
+    search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
+    search.float_path = lambda st: _Search.float_path(search, st)
     search._precision = lambda mode, src, drop: (budgets.append((mode, drop)) or optc.load(src), {})
     state = {"float_file": None, "precision": "dynamic", "float_drop": 0.0,
              "baseline": {"records": [{"value": 0.9861}]}}
@@ -424,6 +427,7 @@ def test_tvm_int8_estimate_counts_quantizing_unless_a_qdq_model_is_reused(tmp_pa
     search = types.SimpleNamespace(outdir=out, model=MODEL, req=Requirements.parse(0.5))
     search._rel = lambda p: _Search._rel(search, p)
     search.reusable_qdq = lambda st, fp: _Search.reusable_qdq(search, st, fp)
+    search.float_path = lambda st: _Search.float_path(search, st)
     static = {"name": "static int8", "kind": "precision", "status": "rejected", "seconds": 100.0, "drop": 1.0,
               "file": "work/05-static-int8.onnx", "details": {"source": MODEL}}
     compiled = {"name": "tvm untuned", "kind": "tvm", "status": "rejected", "seconds": 20.0}

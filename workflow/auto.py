@@ -329,10 +329,8 @@ class _Search:
             rec["per_class"] = {c: e["accuracy"] for c, e in ev["per_class"].items()}
         if base is None:
             rec["drop"] = 0.0 if not self.against_baseline else ev["drop"]
-        elif self.against_baseline:
-            rec["drop"] = ev["drop"]
         else:
-            rec["drop"] = None if ev["value"] is None else metric_drop(base["value"], ev["value"], self.metric)
+            rec["drop"] = self._drop_of(ev, base["value"])
         if self.topk and base is not None:
             drops = {c: metric_drop(base["per_class"][c], a, self.metric) for c, a in rec["per_class"].items()
                      if c in base["per_class"]}
@@ -443,18 +441,23 @@ class _Search:
             details["float_layers"] = report["accuracy"]["float_layers"]
         return model, details
 
+    def _drop_of(self, ev: dict, base_value: float) -> float | None:
+        """An `evaluate` result's drop against the baseline's metric value `base_value` (None: no value)."""
+        from .evaluate import metric_drop
+
+        if self.against_baseline:
+            return ev["drop"]
+        return None if ev["value"] is None else metric_drop(base_value, ev["value"], self.metric)
+
     def _drop(self, path: str, state: dict) -> float:
         """The accuracy drop of the model at `path` (ONNX, on onnxruntime) against the baseline; inf when its
         metric is NaN."""
-        from .evaluate import metric_drop
-
-        ev = self._evaluate(path)
-        if self.against_baseline:
-            drop = ev["drop"]
-        else:
-            base = state["baseline"]["records"][0]["value"]
-            drop = None if ev["value"] is None else metric_drop(base, ev["value"], self.metric)
+        drop = self._drop_of(self._evaluate(path), state["baseline"]["records"][0]["value"])
         return math.inf if drop is None or math.isnan(drop) else float(drop)
+
+    def float_path(self, state: dict) -> str:
+        """The best float model so far: the kept float file, else the input model."""
+        return os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
 
     def _rel(self, path: str) -> str:
         """`path` relative to the output directory when it lies in it (as the state stores files), else as is."""
@@ -494,7 +497,7 @@ class _Search:
 
         stem = os.path.join(self.work, f"{index:02d}-{_slug(step['name'])}")
         kind, details = step["kind"], {}
-        float_path = os.path.join(self.outdir, state["float_file"]) if state["float_file"] else self.model
+        float_path = self.float_path(state)
         if kind == "tvm":
             # TVM compiles the best float32 model (the ResNet-like in float16 ran 3.5x slower than in float32 on it),
             # its static int8 QDQ model, or (tuning) the kept TVM step's source
@@ -796,8 +799,7 @@ def _step_estimate(search: _Search, step: dict, state: dict) -> float:
     be reused (the step then quantizes as that step did)."""
     need = _estimate(step, state)
     if step["param"] == "int8":
-        float_path = os.path.join(search.outdir, state["float_file"]) if state["float_file"] else search.model
-        if search.reusable_qdq(state, float_path) is None:
+        if search.reusable_qdq(state, search.float_path(state)) is None:
             need += max((r["seconds"] for r in state["records"] if r["name"] == "static int8" and "seconds" in r),
                         default=0.0)
     return need
