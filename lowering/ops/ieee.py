@@ -11,8 +11,8 @@ converters say what happens instead, each as onnxruntime computes it where onnxr
   gives -inf. onnxruntime's MLAS kernels return NaN or skip it depending on where in the window it is (and
   give -3.4e38 for a padded window of -inf), and the reference evaluator skips NaN (it marks padding with
   NaN), so neither is a semantics to copy. MaxPool keeps relax's max_pool op, whose legalization is IEEE
-  (codegen/max_pool.py); GlobalMaxPool is ReduceMax's IEEE max over the spatial axes (reduce.py). The
-  `Indices` output of MaxPool is refused.
+  (codegen/max_pool.py); GlobalMaxPool is that kernel with one window over a static map, and ReduceMax's IEEE
+  max over the spatial axes (reduce.py) for a symbolic one. The `Indices` output of MaxPool is refused.
 - ArgMax / ArgMin (float): a slice holding a NaN gives the index of its first NaN (last with
   `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
 """

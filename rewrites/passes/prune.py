@@ -2,8 +2,10 @@
 
 Structured: the channel analysis (`prune_analysis`) groups the output channels of Conv/Gemm/MatMul weights that
 must be dropped together; in every group that nothing blocks, the `ratio` fraction of channels (rounded down,
-at least one kept; the kept count rounded up to a multiple of `multiple`, `CHANNEL_MULTIPLE` by default) with the smallest summed weight norm (`criterion` l1: sum of |w|, l2: Euclidean, over each
-producer's filter; path: the L1 norm times what lies on the channel's way, see `_path_factors`) is removed from the producers' weights and biases and from every consumer on the way
+at least one kept; the kept count rounded up to a multiple of `multiple`, `CHANNEL_MULTIPLE` by default) with
+the smallest summed weight norm (`criterion` l1: sum of |w|, l2: Euclidean, over each producer's filter; path:
+the L1 norm times what lies on the channel's way, see `_path_factors`) is removed from the producers' weights
+and biases and from every consumer on the way
 (BatchNorm parameters, broadcast constants, depthwise filters, the input rows of the next Conv/Gemm/MatMul,
 the flattened columns behind a Flatten). Graph outputs keep their shapes. No fine-tuning happens here: the
 outputs change (unless the dropped channels were zero all along) and accuracy must be measured.
