@@ -55,9 +55,9 @@ def layer_sensitivity(float_model: Model, quantized: Model, outputs: dict[str, t
     `outputs`: quantized node name -> (its output's name in the float model, its float output's name in the
     quantized model), as `QdqContext.outputs` records them. `batch_size`: samples per run (default: the
     batch the model's inputs fix, else 16)."""
-    from .calibrate import _fixed_batch
+    from .calibrate import fixed_batch
 
-    batch_size = batch_size or _fixed_batch(float_model) or 16
+    batch_size = batch_size or fixed_batch(float_model) or 16
     feeds = []
     count = 0
     for batch in data.batches(batch_size, [v.name for v in float_model.graph.inputs if v.const is None]):

@@ -37,7 +37,7 @@ from ..ortsession import first_line, session
 from ..progress import progress
 from .data import Dataset
 
-__all__ = ["METHODS", "Calibration", "calibrate", "observable_values", "with_outputs"]
+__all__ = ["METHODS", "ActivationRunner", "Calibration", "calibrate", "fixed_batch", "observable_values", "with_outputs"]
 
 METHODS = ("minmax", "percentile", "entropy")
 HISTOGRAM_BINS = 2048
@@ -152,7 +152,7 @@ def _write_cache(path: str, model_hash: str, stamp: list, key: str, cal: Calibra
         pass
 
 
-class _Runner:
+class ActivationRunner:
     """The augmented model (serialized; every observed value a graph output) on onnxruntime, fed one batch at a
     time."""
 
@@ -178,7 +178,7 @@ class _Runner:
                 advance(n)
 
 
-def _minmax(runner: _Runner, show: bool | None) -> tuple[dict, set, int]:
+def _minmax(runner: ActivationRunner, show: bool | None) -> tuple[dict, set, int]:
     lo = {n: np.inf for n in runner.names}
     hi = {n: -np.inf for n in runner.names}
     nonfinite: set[str] = set()
@@ -201,7 +201,7 @@ def _minmax(runner: _Runner, show: bool | None) -> tuple[dict, set, int]:
     return ranges, nonfinite, samples
 
 
-def _histograms(runner: _Runner, ranges: dict, absolute: bool, show: bool | None) -> dict[str, np.ndarray]:
+def _histograms(runner: ActivationRunner, ranges: dict, absolute: bool, show: bool | None) -> dict[str, np.ndarray]:
     hists = {n: np.zeros(HISTOGRAM_BINS, np.float64) for n in ranges}
     for _, values in runner.batches("calibrating (histograms)", show):
         for name, v in zip(runner.names, values, strict=True):
@@ -289,7 +289,7 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     if not names:
         raise OptcError("the model has no float activations to calibrate")
     if batch_size is None:
-        batch_size = _fixed_batch(model) or 1
+        batch_size = fixed_batch(model) or 1
     start = time.perf_counter()
     # One serialization serves both the cache key and the session: a second copy of a big model's weights
     # (hashing the plain model, then building the augmented one) doubled calibration's peak memory.
@@ -302,7 +302,7 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
         hit = _read_cache(cache, model_hash, stamp, key, names)
         if hit is not None:
             return hit
-    runner = _Runner(augmented, names, data, batch_size)
+    runner = ActivationRunner(augmented, names, data, batch_size)
     del augmented  # onnxruntime holds its own copy now
     ranges, nonfinite, samples = _minmax(runner, show_progress)
     if samples == 0:
@@ -331,7 +331,7 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     return cal
 
 
-def _fixed_batch(model: Model) -> int | None:
+def fixed_batch(model: Model) -> int | None:
     """The batch size the model's inputs fix (axis 0 a number on every input), else None."""
     dims = set()
     for v in model.graph.inputs:

@@ -51,6 +51,14 @@ def print_report(report: PruneReport, output: str) -> None:
               f"-{g.params_removed:,} params, -{g.macs_removed:,} MACs")
     for g in report.groups_skipped:
         print(f"  kept    {', '.join(g.producers)} ({g.channels_before} channels): {g.reason}")
+    for f in report.reconstruction or []:
+        if f.status == "skipped":
+            print(f"  as is   {f.node}: not refitted: {f.reason}")
+        else:
+            print(f"  {'refit ' if f.status == 'refitted' else 'as is '}  {f.node}: held-out error "
+                  f"{100 * f.error_before:.3g}% -> {100 * f.error_after:.3g}%"
+                  f"{'' if f.status == 'refitted' else ' (no gain: weights left as pruned)'} ({f.columns} "
+                  f"unknowns per channel, {f.rows:,} rows, ridge {f.ridge:g})")
     acc = report.accuracy
     if acc is not None:
         print(f"{acc['metric']} on {acc['samples']} samples: {100 * acc['baseline']['value']:.2f}% -> "
@@ -67,7 +75,7 @@ def run(args) -> int:
         from ..workflow.evaluate import evaluate
 
         model, report = prune(args.model, ratio, criterion=args.criterion, unstructured=args.unstructured,
-                              multiple=multiple)
+                              multiple=multiple, calibration=args.calibration)
         if args.eval:
             report.accuracy = evaluate(model, args.eval, labels=args.labels, metric="top1", baseline=args.model,
                                        threads=args.threads)
@@ -86,7 +94,8 @@ def register(sub) -> None:
         "dropped together (residual Adds, Concat, BatchNorm, depthwise convs, Flatten are followed through), "
         "remove the --ratio of channels with the smallest weight norm, and the matching inputs of every "
         "consumer. Channels that reach a graph output or an op the analysis does not understand are left alone "
-        "(the report says why). No fine-tuning: accuracy usually drops; measure it with --eval. "
+        "(the report says why). No fine-tuning: accuracy usually drops; measure it with --eval, and win much of "
+        "it back with --calibration (least-squares refit of the next layers). "
         "--unstructured sets the smallest weights to zero instead (no CPU speed-up by itself).")
     p.add_argument("model", help="the ONNX model (never modified)")
     p.add_argument("-o", "--output", required=True, help="the pruned ONNX model")
@@ -103,6 +112,9 @@ def register(sub) -> None:
     p.add_argument("--unstructured", action="store_true", help="magnitude pruning: set the smallest weights of "
                    "each Conv/Gemm/MatMul to zero, shapes unchanged (for compression and sparse-aware back ends; no "
                    "CPU speed-up by itself)")
+    p.add_argument("--calibration", metavar="DATA", help="the model's inputs (.npz or directory, as for optc "
+                   "quantize; 5 samples or more, every 5th held out): refit the layers that read pruned channels by "
+                   "least squares to reproduce the original model's outputs on them (structured only)")
     p.add_argument("--eval", metavar="DATA", help="a labelled test set (.npz or directory, as for optc evaluate): "
                    "top-1 accuracy before and after")
     p.add_argument("--labels", default="y", metavar="NAME", help="the labels array in --eval data (default: y)")

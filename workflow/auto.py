@@ -12,7 +12,9 @@ The steps (each composes with the steps kept before it):
                           to float until the drop is within what is left)   }
     int4 weight-only      MatMulNBits (onnxruntime's contrib op)            }
     prune 10/25/50%       structured channel pruning of the best float model (optc.workflow.prune: whole
-                          multiples of 16 channels kept), the kept precision re-applied on top; a larger ratio is
+                          multiples of 16 channels kept; with calibration data, also with the layers that read
+                          the pruned channels refitted by least squares, optc.workflow.reconstruct, and the
+                          more accurate of the two kept), the kept precision re-applied on top; a larger ratio is
                           tried only while the smaller keeps the accuracy budget (skipped where no group of
                           channels can lose a multiple at that ratio)
     tvm untuned, bf16,    the best float32 model compiled by TVM (optc.compile); then with --precision bf16
@@ -535,13 +537,46 @@ class _Search:
                 raise _Skip("no channel group can be pruned at this ratio: " + "; ".join(reasons[:2]))
             details = {k: v for k, v in _jsonable(report).items() if isinstance(v, int | float | str)}
         save(new_float, stem + ".float.onnx")
+        float_drop = None
+        if kind == "prune" and self.calibration is not None:
+            float_drop = self._reconstructed(float_path, step["param"], stem, state, details)
         if state["precision"] is None:
             os.replace(stem + ".float.onnx", stem + ".onnx")
             return stem + ".onnx", stem + ".onnx", details
-        float_drop = self._drop(stem + ".float.onnx", state)  # (what is left of the budget for the precision)
+        if float_drop is None:  # (what is left of the budget for the precision)
+            float_drop = self._drop(stem + ".float.onnx", state)
         model, more = self._precision(state["precision"], stem + ".float.onnx", float_drop)
         save(model, stem + ".onnx")
         return stem + ".onnx", stem + ".float.onnx", {**details, **more, "float_drop": float_drop}
+
+
+    def _reconstructed(self, float_path: str, ratio: float, stem: str, state: dict, details: dict) -> float:
+        """Prune `float_path` again with the layers that read the pruned channels refitted on the calibration
+        data (`optc.workflow.reconstruct`); keep at `stem`.float.onnx whichever of the two pruned models, refitted
+        or plain (already there), has the smaller accuracy drop (the refitted one on a tie: its outputs are
+        closer to the original's), note both drops and the layers refitted in `details`, and return the kept
+        model's drop."""
+        from ..ir import load, save
+        from .prune import prune
+
+        plain_drop = self._drop(stem + ".float.onnx", state)
+        refit, report = prune(load(float_path), ratio, criterion="path", calibration=self.calibration)
+        fits = report.reconstruction or []
+        done = [f for f in fits if f.status == "refitted"]
+        details["refitted"] = f"{len(done)} of {len(fits)} layers that read pruned channels"
+        details["drop_plain"] = plain_drop
+        if not done:
+            return plain_drop
+        save(refit, stem + ".refit.onnx")
+        refit_drop = self._drop(stem + ".refit.onnx", state)
+        details["drop_refitted"] = refit_drop
+        if refit_drop <= plain_drop:
+            os.replace(stem + ".refit.onnx", stem + ".float.onnx")
+            details["reconstruction"] = "kept (the refitted model's drop is no larger)"
+            return refit_drop
+        os.remove(stem + ".refit.onnx")
+        details["reconstruction"] = "not kept (the plain pruned model's drop is smaller)"
+        return plain_drop
 
 
 class _Skip(Exception):

@@ -39,7 +39,7 @@ from ..pass_manager import Pass, register_pass
 from .infer_shapes import infer_model_types
 from .prune_analysis import _PER_CHANNEL_PARAMS, ChannelAnalysis, ChannelMap, analyze, producer_weight_axis
 
-__all__ = ["GroupResult", "Prune", "node_macs"]
+__all__ = ["GroupResult", "Prune", "drop_unused", "node_macs", "own_initializer"]
 
 CRITERIA = ("l1", "l2", "path")
 
@@ -66,6 +66,9 @@ class PruneResult:
     pruned: list[GroupResult] = field(default_factory=list)
     skipped: list[GroupResult] = field(default_factory=list)
     zeroed: int = 0  # unstructured: weights set to zero
+    #: structured: the Conv/Gemm/MatMul nodes whose input channels were cut, in graph order, each with the mask of
+    #: its original output channels it keeps (None: all), for `optc.workflow.reconstruct`
+    consumers: list[tuple[Node, np.ndarray | None]] = field(default_factory=list)
 
 
 def node_macs(node: Node) -> int:
@@ -201,14 +204,14 @@ class Prune(Pass):
             flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
             self.last_report.zeroed += k
             zeroed = np.ascontiguousarray(flat.reshape(w.shape))
-            if all(use.index == 1 and _zeroable(use.node) for use in w_value.uses()) and _own_initializer(rw, w_value):
+            if all(use.index == 1 and _zeroable(use.node) for use in w_value.uses()) and own_initializer(rw, w_value):
                 rw.set_constant(w_value, NumpyTensor(zeroed))  # every reader is zeroed alike: the name stays
                 replaced[w_value] = w_value
             else:
                 replaced[w_value] = rw.add_initializer(zeroed, hint=w_value.name or "weight")
                 rw.set_input(node, 1, replaced[w_value])
             ctx.record(self.name, "zero-weights", f"{k} of {w.size} weights of {_label(node)}")
-        _drop_unused(rw, [old for old, new in replaced.items() if new is not old])
+        drop_unused(rw, [old for old, new in replaced.items() if new is not old])
         return PassResult(bool(replaced), converged=not ctx.budget.exhausted, counts={"zero-weights": len(replaced)})
 
 
@@ -217,9 +220,9 @@ def _zeroable(node: Node) -> bool:
     return producer_weight_axis(node) is not None and not node.domain and len(node.inputs) >= 2
 
 
-def _own_initializer(rw: Rewriter, v: Value) -> bool:
+def own_initializer(rw: Rewriter, v: Value) -> bool:
     """`v` is an initializer of the main graph that is neither a graph input nor a graph output: its payload
-    may be replaced in place, keeping the user's name."""
+    may be replaced in place, keeping the user's name (also used by `optc.workflow.reconstruct`)."""
     return (rw.graph.initializers.get(v.name) is v and not rw.is_graph_output(v)
             and not any(i is v for i in rw.graph.inputs))
 
@@ -278,7 +281,7 @@ def _const_input(node: Node, i: int) -> np.ndarray | None:
     return None if v is None else v.const_value()
 
 
-def _drop_unused(rw: Rewriter, values: list[Value]) -> None:
+def drop_unused(rw: Rewriter, values: list[Value]) -> None:
     """Remove the replaced constants nothing reads any more (initializers, Constant nodes)."""
     for v in dict.fromkeys(values):
         if v.num_uses or rw.is_graph_output(v):
@@ -293,7 +296,7 @@ class _Apply:
     """Slice every weight, bias and per-channel constant the kept channels touch; update value types."""
 
     def __init__(self, rw: Rewriter, analysis: ChannelAnalysis, kept: dict[int, np.ndarray], report: PruneResult):
-        self.rw, self.a, self.kept = rw, analysis, kept
+        self.rw, self.a, self.kept, self.report = rw, analysis, kept, report
         self.by_root = {root: g for root, g in zip(kept, report.pruned, strict=True)}
         self.replaced: list[Value] = []
         self.producers = {p.node for p in analysis.producers}
@@ -325,7 +328,7 @@ class _Apply:
                 shape = list(v.shape)
                 shape[m.axis] = int(keep.sum())
                 v.type = TensorType(v.type.dtype, tuple(shape))
-        _drop_unused(self.rw, self.replaced)
+        drop_unused(self.rw, self.replaced)
 
     def node(self, node: Node) -> None:
         cuts: dict[int, list[tuple[int, ChannelMap, np.ndarray]]] = {}  # input -> (axis, map, kept positions)
@@ -338,7 +341,11 @@ class _Apply:
         m_out = maps.get(out) if out is not None else None
         macs = node_macs(node)
         if wa is not None and m_in is not None and not (op == "Conv" and node.attr("group", 1) != 1):
-            cuts.setdefault(1, []).append((_consumer_axis(node), m_in, self.positions(m_in)))
+            in_keep = self.positions(m_in)
+            cuts.setdefault(1, []).append((_consumer_axis(node), m_in, in_keep))
+            if not in_keep.all():
+                out_keep = self.positions(m_out) if m_out is not None and node in self.producers else None
+                self.report.consumers.append((node, None if out_keep is None or out_keep.all() else out_keep))
         if wa is not None and m_out is not None and node in self.producers:
             keep = self.positions(m_out)
             cuts.setdefault(1, []).append((wa[1], m_out, keep))
@@ -384,7 +391,7 @@ class _Apply:
             macs = macs * int(keep.sum()) // n
             arr = np.compress(keep, arr, axis=axis)
         arr = np.ascontiguousarray(arr)
-        if old.num_uses == 1 and old not in self.a.maps and _own_initializer(self.rw, old):
+        if old.num_uses == 1 and old not in self.a.maps and own_initializer(self.rw, old):
             self.rw.set_constant(old, NumpyTensor(arr))  # its last reader: the sliced weight keeps the name
             return
         self.rw.set_input(node, i, self.rw.add_initializer(arr, hint=old.name or "pruned"))
