@@ -184,9 +184,9 @@ def test_softmax_then_fake_quantization_matches_onnxruntime(width):
     assert (steps > 0.5).mean() < 1e-3
 
 
-def test_inline_tail_keeps_a_block_read_twice():
-    """A block after the last reduction whose value the next block reads twice is not inlined (it would be
-    computed twice): RowReduction still schedules the kernel, computed per row."""
+def test_inline_tail_handles_a_block_read_twice():
+    """A block after the last reduction whose element the next block reads twice (p * p) is one value: it is
+    inlined (LLVM computes the expression once) and the kernel still matches onnxruntime."""
     nodes = [h.make_node("Softmax", ["x"], ["p"], axis=-1), h.make_node("Mul", ["p", "p"], ["y"])]
     g = h.make_graph(nodes, "sq", [h.make_tensor_value_info("x", TP.FLOAT, [8, 64])],
                      [h.make_tensor_value_info("y", TP.FLOAT, [8, 64])])
