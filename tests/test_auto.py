@@ -437,3 +437,35 @@ def test_tvm_int8_estimate_counts_quantizing_unless_a_qdq_model_is_reused(tmp_pa
     static["drop"] = 0.25
     assert _step_estimate(search, step, state) == 20.0  # reused: only the compile
     assert _step_estimate(search, {"name": "tvm bf16", "kind": "tvm", "param": "bf16"}, state) == 20.0
+
+
+@pytest.mark.parametrize("refit_better", [True, False])
+def test_prune_step_keeps_the_more_accurate_of_plain_and_refitted(tmp_path, refit_better):
+    """With calibration data the prune step also builds the pruned model with the layers that read the pruned
+    channels refitted (optc.workflow.reconstruct) and keeps whichever has the smaller drop on the test set."""
+    import types
+
+    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
+                                   metric="top1", req=Requirements.parse(0.5), calibration=CALIB)
+    refit_value, plain_value = (0.9861, 0.9833) if refit_better else (0.9806, 0.9833)
+    search._evaluate = lambda path: {"value": refit_value if path.endswith(".refit.onnx") else plain_value}
+    search._drop = lambda path, state: _Search._drop(search, path, state)
+    search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
+    search.float_path = lambda st: _Search.float_path(search, st)
+    search._reconstructed = lambda *a: _Search._reconstructed(search, *a)
+    state = {"float_file": None, "precision": None, "float_drop": 0.0, "baseline": {"records": [{"value": 0.9861}]}}
+    path, _, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state, 9)
+    assert details["refitted"].startswith("1 of 2 layers")
+    assert details["drop_plain"] == pytest.approx(0.28)
+    assert details["drop_refitted"] == pytest.approx(0.0 if refit_better else 0.55)
+    assert details["reconstruction"].startswith("kept" if refit_better else "not kept")
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".refit.onnx")]
+    from optc.workflow.prune import prune
+
+    plain, _ = prune(MODEL, 0.5, criterion="path")
+    refit, _ = prune(MODEL, 0.5, criterion="path", calibration=CALIB)
+    chosen = optc.load(path)
+    want = refit if refit_better else plain
+    for name in ("10.weight", "10.bias", "12.weight"):
+        np.testing.assert_array_equal(chosen.graph.initializers[name].const.numpy(),
+                                      want.graph.initializers[name].const.numpy())
