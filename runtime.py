@@ -47,7 +47,17 @@ class Module:
         self.target: str = metadata.get("target", "cpu")
         self._vm = vm
         self._device = device
-        self._main = vm["main"]  # looked up once: a lookup per call costs a few microseconds
+        # entry functions, looked up once (a lookup per call costs a few microseconds): "main", and for a symbolic
+        # batch the batch-1 entry (codegen/batch_one.py) with the dims it binds
+        self._functions = {"main": vm["main"]}
+        self._entries: list[tuple[str, dict[str, int]]] = []
+        for name, dims in metadata.get("entries", {}).items():
+            try:
+                self._functions[name] = vm[name]
+            except (AttributeError, KeyError, ValueError):  # metadata of another library: main serves
+                continue
+            self._entries.append((name, dict(dims)))
+        self._main = self._functions["main"]
         # host memory the kernels read directly: inputs pass by DLPack (no TVM-side allocation and copy)
         self._host = remote is None and int(device.dlpack_device_type()) == 1  # kDLCPU
         self._specs = [(i["name"], np.dtype(i["dtype"]), tuple(i["shape"]),
@@ -75,6 +85,19 @@ class Module:
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Arrays in signature order, C-contiguous (the given array itself when it already is); raises OptcError
         (one line) on a wrong name, shape or dtype."""
+        return self._checked(inputs)[0]
+
+    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> tuple[list, str]:
+        """The VM arguments for `inputs` (checked, see `check_inputs`) and the name of the entry function to
+        call: the batch-1 entry when the library has one and every dim it binds is that size here, else main."""
+        arrays, bound = self._checked(inputs)
+        for name, dims in self._entries:
+            if bound == dims:  # (every symbolic dim is a batch dim the entry binds)
+                return self._to_device(arrays), name
+        return self._to_device(arrays), "main"
+
+    def _checked(self, inputs: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, int]]:
+        """`check_inputs`, and the sizes the symbolic dims take."""
         if not isinstance(inputs, Mapping):
             raise OptcError("inputs must be a mapping {name: array}")
         if len(inputs) != len(self._names) or not self._names.issuperset(inputs):
@@ -88,7 +111,7 @@ class Module:
                                            not self._dims_match(arr.shape, want_shape, bound)):
                 raise OptcError(self._mismatch(name, arr, want_dtype, want_shape, bound))
             arrays.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
-        return arrays
+        return arrays, bound
 
     @staticmethod
     def _dims_match(shape: tuple, want: tuple, bound: dict[str, int]) -> bool:
@@ -153,23 +176,23 @@ class Module:
         to_host = _host_copy if self._host else _device_copy
         return {n: to_host(v) for n, v in zip(names, values, strict=False)}
 
-    def _call(self, args):
+    def _call(self, args, name: str = "main"):
         if self._remote is None:
-            return self._main(*args)
+            return self._functions[name](*args)
         # over RPC a returned tuple is a remote handle that cannot be read: the VM's stateful calling convention
         # hands the outputs back as tensors (a Python tuple for several)
-        self._vm.set_input("main", *args)
-        self._vm.invoke_stateful("main")
-        return self._vm.get_outputs("main")
+        self._vm.set_input(name, *args)
+        self._vm.invoke_stateful(name)
+        return self._vm.get_outputs(name)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model: ``{input name: array}`` -> ``{output name: array}``. OptcError (one line) for inputs
         that do not fit: names, dtypes, ranks and static dims (checked here), and what the library checks when
         it runs: sizes (a Reshape to a fixed shape of an input with a symbolic dim) and indices (Gather,
         GatherElements, GatherND, ScatterElements, ScatterND: out of range)."""
-        args = self._to_device(self.check_inputs(inputs))
+        args, name = self._prepare(inputs)
         try:
-            result = self._call(args)
+            result = self._call(args, name)
         except Exception as exc:  # noqa: BLE001 - only the library's own checks are turned into OptcError
             raise _check_failure(exc) from None
         return self._outputs(result)

@@ -46,16 +46,16 @@ def _old_path(module, feeds):
     import tvm
 
     args = [tvm.runtime.tensor(a, module._device) for a in module.check_inputs(feeds)]
-    result = module._main(*args)
+    result = module._main(*args)  # (main: the old path had no batch-1 entry)
     return [v.numpy() for v in (list(result) if not hasattr(result, "numpy") else [result])]
 
 
 def measure(name: str, module, session, feeds: dict, rounds: int, repeat: int) -> dict:
     """Median microseconds of each way of calling, alternating them round by round; checks that `run` gives
     onnxruntime's outputs (max abs difference) and the old path's bytes."""
-    args = module._to_device(module.check_inputs(feeds))
+    args, entry = module._prepare(feeds)
     ways = {"onnxruntime": lambda: session.run(None, feeds), "run": lambda: module.run(feeds),
-            "VM call": lambda: module._main(*args), "old path": lambda: _old_path(module, feeds)}
+            "VM call": lambda: module._functions[entry](*args), "old path": lambda: _old_path(module, feeds)}
     times: dict[str, list[float]] = {k: [] for k in ways}
     for fn in ways.values():  # warm-up
         for _ in range(max(3, repeat // 10)):

@@ -307,11 +307,13 @@ def _count_dot_products(report: dict | None):
     return _count
 
 
-def _lowering_pipeline(target, database=None, schedule: str = "default", report: dict | None = None):
+def _lowering_pipeline(target, database=None, schedule: str = "default", report: dict | None = None,
+                       batch_one: bool = False):
     tvm = _tvm()
     from tvm import relax  # noqa: PLC0415
 
     from . import schedules  # noqa: PLC0415
+    from .batch_one import batch_one_entry  # noqa: PLC0415
     from .ieee_bits import class_tests_on_bits  # noqa: PLC0415
     from .zero_size import zero_size_constants_as_allocations  # noqa: PLC0415
 
@@ -319,7 +321,8 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
     @tvm.transform.module_pass(opt_level=0, name="optc_lowering")
     def _pipeline(mod, _ctx):
-        passes = [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
+        passes = [batch_one_entry(report)] if batch_one else []  # before legalization: its own static kernels
+        passes += [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
         passes += fusion_passes()
         if database is not None:
             passes.append(relax.transform.MetaScheduleApplyDatabase())
@@ -359,7 +362,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
 def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, database=None,
           schedule: str = "default", layout: str | None = "auto", report: dict | None = None,
-          fast_math: bool | None = None):
+          fast_math: bool | None = None, batch_one: bool = False):
     """Compile a Relax IRModule to a ``tvm.relax.VMExecutable``.
 
     - ``params``: weights by ``main`` parameter name; bound as constants (folded into the library).
@@ -372,6 +375,8 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
       database) and ``scheduled`` (with a schedule after the default rules).
     - ``fast_math``: polynomial exp / softmax / tanh / erf (``fast_math.py``, errors measured in
       benchmarks/RESULTS.md "Fast math"); False: libm's. None: ``fast_math_default``'s setting (True).
+    - ``batch_one``: add ``batch_one.BATCH_ONE`` (``main`` with its batch vars bound to 1, its own kernels) when
+      ``main``'s symbolic dims are all batch dims; ``report["batch_one"]`` gets the vars bound (or None).
     """
     tvm = _tvm()
     target = resolve_target(target)
@@ -382,7 +387,8 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
     mod = prepare(mod, params, target, layout=layout, fast_math=fast_math)
     tvm_ops.register()
     try:
-        return tvm.compile(mod, target=target, relax_pipeline=_lowering_pipeline(target, database, schedule, report))
+        return tvm.compile(mod, target=target,
+                           relax_pipeline=_lowering_pipeline(target, database, schedule, report, batch_one))
     except OptcError:
         raise
     except Exception as exc:

@@ -14,6 +14,7 @@ from ..ir import Model, load
 from ..lowering import lower, signature
 from .artifact import check_emit, export
 from .artifact import emit as emit_file
+from .batch_one import BATCH_ONE, wants_batch_one
 from .build import build, compile_cuda_kernels, fast_math_default, find_nvcc
 from .input_shapes import fix_input_shapes
 from .precision import bf16_kernels, check_precision, native_bf16, to_bfloat16
@@ -99,7 +100,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     elif trials:
         raise OptcError("tuning needs a database directory (--db DIR) to keep its results")
     report["build"] = {}
-    executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math)
+    batch_dims = wants_batch_one(model)
+    executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math,
+                       batch_one=batch_dims is not None)
     kernels["instructions"] = dict(report["build"].get("dot_products", {}))
     if precision == "bf16":
         report["bf16"]["amx"] = kernels["instructions"].get("AMX bf16", 0)
@@ -110,6 +113,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
             "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels), "precision": precision}
     if precision == "bf16":
         meta["bf16"] = report["bf16"]
+    if report["build"].get("batch_one"):  # the runtime calls it when every one of these input dims is 1
+        meta["entries"] = {BATCH_ONE: dict.fromkeys(batch_dims, 1)}
     return executable, meta
 
 

@@ -11,6 +11,7 @@ The ranges are calibrated once; each step re-runs only the QDQ rules (cheap) and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -115,7 +116,7 @@ def _value(model: Model, name: str):
 def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, method: str, percentile: float,
                    exclude: set[str], labels: str, metric: str, max_drop: float, batch_size: int | None,
                    cache: str | None, show_progress: bool | None, quantize: Callable,
-                   try_full_range: bool = False) -> tuple[Model, dict]:
+                   try_full_range: bool = False, time_limit: float | None = None) -> tuple[Model, dict]:
     """Quantize `model` (the optimized float model, not modified) with `quantize` (api._static); while the drop
     of `metric` on `eval_data` exceeds `max_drop`, return the next most sensitive layer to float. Returns the
     model that met the budget (or, when none did, the one with the smallest drop, with `met: false`) and the
@@ -123,11 +124,16 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
 
     `try_full_range`: the scheme's 7-bit weights (`reduce_range`) are only the host's default, not the user's
     choice: when they break the budget, 8-bit weights are measured first (same ranges, same speed) and kept when
-    they drop less; layers go back to float only after that (onnxruntime's own U8S8 default is 8-bit)."""
+    they drop less; layers go back to float only after that (onnxruntime's own U8S8 default is 8-bit).
+
+    `time_limit` (seconds from the call): no layer is returned to float after it; the best model so far is
+    returned, and the report's `stopped` says so (BERT-like's 70 layers, one evaluation each, had run 200 s)."""
     from ..workflow.evaluate import evaluate, metric_drop
 
     if max_drop < 0:
         raise OptcError(f"--max-accuracy-drop must be 0 or more, not {max_drop}")
+    started = time.perf_counter()
+    stopped = None
     data = calibration if isinstance(calibration, Dataset) else open_dataset(
         calibration, model_input_specs(model), role="calibration data")
     test = eval_data if isinstance(eval_data, Dataset) else open_dataset(
@@ -164,6 +170,9 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
     if drop0 > max_drop:
         ranked = layer_sensitivity(model, q, report.pop("_outputs"), data)
         for node, sensitivity in ranked:
+            if time_limit is not None and time.perf_counter() - started > time_limit:
+                stopped = f"the time limit of {time_limit:.0f} s ended the search ({len(kept)} layers in float)"
+                break
             kept.add(node)
             if len(kept) == len(ranked):  # every layer back in float: nothing quantized is left to measure
                 break
@@ -185,5 +194,5 @@ def accuracy_aware(model: Model, calibration: Any, eval_data: Any, *, scheme, me
     met = best[0] <= max_drop
     report["accuracy"] = {"metric": metric, "baseline": base["value"], "max_drop": max_drop, "met": met,
                           "drop": best[0], "steps": steps,
-                          "float_layers": best[3]}
+                          "float_layers": best[3], "stopped": stopped}
     return best[1], report

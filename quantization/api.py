@@ -124,7 +124,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
                          eval_data: Any = None, labels: str = "y", metric: str = "top1",
                          max_accuracy_drop: float | None = None, ranges_cache: str | None = None,
                          batch_size: int | None = None, optimize_first: bool = True,
-                         progress: bool | None = None) -> tuple[Model, dict]:
+                         progress: bool | None = None, accuracy_seconds: float | None = None) -> tuple[Model, dict]:
     """Quantize `model` (a path, an `onnx.ModelProto` or an optc `Model`, which is not modified); return the
     quantized Model and a JSON-serializable report (mode, scheme, calibrated ranges, quantized and skipped nodes
     with reasons, accuracy steps).
@@ -138,7 +138,8 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
     `arm64`: int8; `cuda`: int8 symmetric); `reduce_range` (7-bit weights; None: on for `cpu` when this x86 host
     lacks VNNI, whose VPMADDUBSW saturates u8 x s8 sums); `exclude`: node names, op types or output names left in float;
     `ranges_cache`: JSON file of cached ranges; `eval_data` + `max_accuracy_drop` (points of `metric`):
-    accuracy-aware, returning the most sensitive layers to float until the drop is within budget.
+    accuracy-aware, returning the most sensitive layers to float until the drop is within budget (or until
+    `accuracy_seconds` have passed: the best model so far, `report["accuracy"]["stopped"]` saying so).
     Raises OptcError (one line) for bad options, bad data or a model with nothing to quantize.
     """
     mode = _mode(calibration, dynamic, weight_only, float16, bfloat16)
@@ -174,7 +175,7 @@ def quantize_with_report(model: Any, *, calibration: Any = None, method: str = "
                                            percentile=percentile, exclude=exclude_set, labels=labels, metric=metric,
                                            max_drop=max_accuracy_drop, batch_size=batch_size, cache=ranges_cache,
                                            show_progress=progress, quantize=_static,
-                                           try_full_range=reduce_range is None)
+                                           try_full_range=reduce_range is None, time_limit=accuracy_seconds)
         else:
             result, extra, _ = _static(source, calibration, scheme=scheme, method=method,
                                        percentile=percentile, exclude=exclude_set, batch_size=batch_size,

@@ -347,7 +347,7 @@ def test_prune_step_with_nothing_to_prune_is_skipped(tmp_path):
 
     from optc.workflow.auto import _Skip
 
-    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL)
+    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, calibration=None)
     search.float_path = lambda st: _Search.float_path(search, st)
     state = {"float_file": None, "precision": None, "float_drop": 0.0}
     with pytest.raises(_Skip, match="multiple of 16"):
@@ -390,7 +390,7 @@ def test_precision_on_a_pruned_model_gets_what_is_left_of_the_budget(tmp_path, m
 
     budgets = []
     search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
-                                   metric="top1", req=Requirements.parse(0.5))
+                                   metric="top1", req=Requirements.parse(0.5), calibration=None)
     search._evaluate = lambda path: {"value": 0.98}
     search._drop = lambda path, state: _Search._drop(search, path, state)
     search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)

@@ -576,3 +576,18 @@ def test_accuracy_aware_keeps_a_chosen_reduce_range(tmp_path):
     w = lambda m: numpy_helper.to_array(optc.to_onnx(m).graph.initializer[0])  # noqa: E731
     assert schemes == [True] and np.array_equal(w(result), -w(float_model))
     assert not report["accuracy"]["met"] and report["accuracy"]["drop"] > 0.5
+
+
+def test_accuracy_aware_search_stops_at_its_time_limit(tmp_path):
+    """With a time limit of 0 s no layer is returned to float: the fully quantized model comes back, and the
+    report says the limit stopped the search (BERT-like's one-layer-at-a-time search had run 200 s)."""
+    from optc.quantization.api import quantize_with_report
+
+    here = os.path.join(os.path.dirname(__file__), "..", "examples")
+    _, report = quantize_with_report(os.path.join(here, "digits_cnn.onnx"),
+                                     calibration=os.path.join(here, "digits_calib.npz"),
+                                     eval_data=os.path.join(here, "digits_test.npz"), max_accuracy_drop=0.0,
+                                     accuracy_seconds=0.0)
+    acc = report["accuracy"]
+    assert acc["float_layers"] == [] and "time limit" in acc["stopped"]
+    assert all(step["returned_to_float"] is None for step in acc["steps"])

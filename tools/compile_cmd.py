@@ -51,6 +51,9 @@ def run(args) -> int:
     math = "" if args.fast_math else ", no fast math"
     line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
+    if build.get("batch_one"):
+        line += (f" (with a batch-1 entry: {', '.join(build['batch_one'])} = 1 runs static kernels, the symbolic "
+                 "batch's shape work skipped)")
     cuda = report.get("cuda")
     if cuda is not None:
         line += f"; CUDA kernels compiled with nvcc to a {cuda['arch']} cubin ({cuda['cubin_bytes'] / 1024:.0f} KiB)"

@@ -9,7 +9,8 @@ The steps (each composes with the steps kept before it):
     float16, bfloat16     reduced-precision floats (optc.quantize)          } one precision is kept: each
     dynamic int8          int8 weights, activations quantized at run time   } applies to the best float model
     static int8           calibrated QDQ, accuracy-aware (layers returned   }
-                          to float until the drop is within what is left)   }
+                          to float until the drop is within what is left,   }
+                          for at most half the time left)                   }
     int4 weight-only      MatMulNBits (onnxruntime's contrib op)            }
     prune 10/25/50%       structured channel pruning of the best float model (optc.workflow.prune: whole
                           multiples of 16 channels kept; with calibration data, also with the layers that read
@@ -66,6 +67,7 @@ TUNE_TRIALS = 400  # MetaSchedule trials asked of the tuning step; the time budg
 TUNE_RESERVE_S = 30.0  # kept from the tuning for building the tuned library and measuring it
 TUNE_MIN_S = 30.0  # less time than this for tuning: the step fails with the reason
 MIN_GAIN = 0.03  # a step must be 3% faster than the best kept model to be kept
+ACCURACY_SHARE = 0.5  # static int8's accuracy-aware search may use this share of the time left
 STATE_FILE = "state.json"
 WORK_DIR = "work"
 STATE_VERSION = 1
@@ -433,14 +435,18 @@ class _Search:
         else:
             if self.calibration is None:
                 raise OptcError("static int8 needs calibration data (--calibration)")
+            # half the time left at most for returning layers to float: the TVM steps after it need time too
             opts.update(calibration=self.calibration, eval_data=self.eval_path, labels=self.labels,
-                        metric=self.metric, max_accuracy_drop=max(0.0, self.req.max_accuracy_drop - float_drop))
+                        metric=self.metric, max_accuracy_drop=max(0.0, self.req.max_accuracy_drop - float_drop),
+                        accuracy_seconds=max(0.0, ACCURACY_SHARE * (self.deadline - time.monotonic())))
         details: dict[str, Any] = {}
         model, report = quantize_with_report(float_path, **opts)
         if "quantized" in report:
             details["quantized"] = len(report["quantized"])
         if "accuracy" in report:
             details["float_layers"] = report["accuracy"]["float_layers"]
+            if report["accuracy"].get("stopped"):
+                details["stopped"] = report["accuracy"]["stopped"]
         return model, details
 
     def _drop_of(self, ev: dict, base_value: float) -> float | None:

@@ -204,7 +204,8 @@ def _np_dtype(name: str) -> np.dtype | None:
 def _profile_module(module, feeds, runs, warmup, label, backend, threads, sync) -> Profile:
     """Time every VM call instruction of `module` (an `optc.runtime.Module`) over `warmup + runs` runs."""
     device = module._device
-    args = module._to_device(module.check_inputs(feeds))
+    args, entry = module._prepare(feeds)
+    function = module._functions[entry]
     samples: list[tuple[str, str, float]] = []
     started: list[tuple[str, float]] = []
     recording = [False]
@@ -228,7 +229,7 @@ def _profile_module(module, feeds, runs, warmup, label, backend, threads, sync) 
         for i in range(warmup + runs):
             recording[0] = i >= warmup
             t0 = time.perf_counter()
-            module._sync(module._main(*args))
+            module._sync(function(*args))
             if i >= warmup:
                 walls.append((time.perf_counter() - t0) * 1e6)
     except OptcError:

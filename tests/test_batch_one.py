@@ -1,0 +1,130 @@
+"""The batch-1 entry (codegen/batch_one.py): a small model whose only symbolic dims are batch dims gets
+``main_batch1`` beside ``main`` (the batch bound to 1, its own static kernels), and `optc.runtime` calls it when
+every batch dim is 1. Both entries must compute what onnxruntime computes; models with other symbolic dims, with
+no symbolic dim, or too many MACs get no entry."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from optc.codegen import batch_one
+from optc.codegen.batch_one import BATCH_ONE, wants_batch_one
+from optc.tools import cli
+
+from .conftest import run_ort
+
+HERE = os.path.dirname(__file__)
+DIGITS = os.path.join(HERE, "..", "examples", "digits_cnn.onnx")
+DIGITS_TEST = os.path.join(HERE, "..", "examples", "digits_test.npz")
+
+
+def _two_input_model(dims_x: list, dims_y: list) -> onnx.ModelProto:
+    """z = Relu(x @ w) + y: x [., 4, 16], y [., 4, 8]."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Add", ["r", "y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims_x),
+                                           helper.make_tensor_value_info("y", TensorProto.FLOAT, dims_y)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return optc.compile(DIGITS)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 32])
+def test_digits_batch_one_entry_and_main_match_onnxruntime(digits, n):
+    assert digits.metadata["entries"] == {BATCH_ONE: {"N": 1}}
+    x = np.load(DIGITS_TEST)["x"][:n]
+    args, entry = digits._prepare({"x": x})
+    assert entry == (BATCH_ONE if n == 1 else "main")
+    want = run_ort(DIGITS, {"x": x})[0]
+    got = digits.run({"x": x})["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    by_main = digits._call(args, "main").numpy()  # the symbolic entry at the same size agrees
+    np.testing.assert_allclose(by_main, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_zero_size_batch_runs_main(digits):
+    x = np.zeros((0, 1, 8, 8), np.float32)
+    assert digits._prepare({"x": x})[1] == "main"
+    assert digits.run({"x": x})["logits"].shape == (0, 10)
+
+
+def test_two_inputs_sharing_the_batch_dim():
+    model = _two_input_model(["B", 4, 16], ["B", 4, 8])
+    module = optc.compile(model)
+    assert module.metadata["entries"] == {BATCH_ONE: {"B": 1}}
+    rng = np.random.default_rng(1)
+    for n in (1, 3):
+        feeds = {"x": rng.standard_normal((n, 4, 16)).astype(np.float32),
+                 "y": rng.standard_normal((n, 4, 8)).astype(np.float32)}
+        assert module._prepare(feeds)[1] == (BATCH_ONE if n == 1 else "main")
+        np.testing.assert_allclose(module.run(feeds)["z"], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(optc.OptcError, match="dimension 'B' is 1 elsewhere"):
+        module.run({"x": np.zeros((1, 4, 16), np.float32), "y": np.zeros((2, 4, 8), np.float32)})
+
+
+@pytest.mark.parametrize("dims_x, dims_y", [
+    (["B", "S", 16], ["B", "S", 8]),  # a sequence length besides the batch
+    ([4, "B", 16], [4, "B", 8]),  # a symbolic dim that is not the leading one
+    ([2, 4, 16], [2, 4, 8]),  # static
+])
+def test_no_entry_unless_every_symbolic_dim_is_a_batch_dim(dims_x, dims_y):
+    model = _two_input_model(dims_x, dims_y)
+    assert wants_batch_one(optc.load(model)) is None
+    module = optc.compile(model)
+    assert "entries" not in module.metadata
+
+
+def test_no_entry_for_a_model_over_the_mac_limit(monkeypatch):
+    monkeypatch.setattr(batch_one, "MAX_MACS", 80_000)  # the digits CNN: 84,608 per sample
+    assert wants_batch_one(optc.load(DIGITS)) is None
+    monkeypatch.setattr(batch_one, "MAX_MACS", 90_000)
+    assert wants_batch_one(optc.load(DIGITS)) == ["N"]
+
+
+def test_artifact_keeps_the_entry_and_a_stale_entry_falls_back_to_main(tmp_path, capsys):
+    lib = tmp_path / "d.so"
+    assert cli.main(["compile", DIGITS, "-o", str(lib)]) == 0
+    assert "batch-1 entry: N = 1" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "d.so.json").read_text())
+    assert meta["entries"] == {BATCH_ONE: {"N": 1}}
+    x = np.load(DIGITS_TEST)["x"][:1]
+    module = optc.runtime.load(str(lib))
+    assert module._prepare({"x": x})[1] == BATCH_ONE
+    want = run_ort(DIGITS, {"x": x})[0]
+    np.testing.assert_allclose(module.run({"x": x})["logits"], want, rtol=1e-4, atol=1e-5)
+    meta["entries"] = {"no_such_function": {"N": 1}}
+    (tmp_path / "d.so.json").write_text(json.dumps(meta))
+    stale = optc.runtime.load(str(lib))
+    assert stale._prepare({"x": x})[1] == "main"
+    np.testing.assert_allclose(stale.run({"x": x})["logits"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_lowerings_own_tir_gets_a_static_copy(tmp_path):
+    """A PrimFunc that the lowering emits itself (libm's tanh without fast math) and that the batch-1 entry calls
+    is copied and specialized for it; the symbolic one stays main's (one PrimFunc with two call shapes made
+    FuseTIR fail: "inconsistent buffers")."""
+    ops = ["Exp", "Tanh", "Erf", "Softmax"]
+    nodes = [helper.make_node(op, ["x"], [f"y_{op.lower()}"]) for op in ops]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info(f"y_{op.lower()}", TensorProto.FLOAT, ["N", 8])
+                               for op in ops])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    module = optc.compile(model, fast_math=False)
+    assert module.metadata["entries"] == {BATCH_ONE: {"N": 1}}
+    for n in (1, 3):
+        x = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32) * 3
+        assert module._prepare({"x": x})[1] == (BATCH_ONE if n == 1 else "main")
+        got, want = module.run({"x": x}), run_ort(model, {"x": x})
+        for name, ref in zip(got, want, strict=True):
+            np.testing.assert_allclose(got[name], ref, rtol=2e-6, atol=1e-7)
