@@ -11,13 +11,15 @@ is 1, and ``main`` otherwise.
 
 A symbolic var is a batch var when it appears in the inputs' shapes only as the leading dim, as itself (``N``,
 not ``N * 2``). A model with any other symbolic dim (a sequence length) gets no extra entry: binding the batch
-alone would leave the shape work in place. Nor does a model of more than ``MAX_MACS`` multiply-accumulates per
+alone would leave the shape work in place. Nor does one whose lowering wrote TIR of its own (see
+`batch_one_entry`), and a build that fails with the entry is built again without it (the entry only saves
+time). Nor does a model of more than ``MAX_MACS`` multiply-accumulates per
 sample: its kernels take long enough that the fixed cost is noise, and the entry compiles every kernel twice.
 """
 
 from __future__ import annotations
 
-__all__ = ["BATCH_ONE", "MAX_MACS", "batch_one_entry", "batch_vars", "wants_batch_one"]
+__all__ = ["BATCH_ONE", "MAX_MACS", "batch_one_entry", "batch_vars", "entry_only_kernels", "wants_batch_one"]
 
 #: the name of the batch-1 entry function in the library
 BATCH_ONE = "main_batch1"
@@ -79,8 +81,10 @@ def batch_vars(func) -> list[str] | None:
 
 def batch_one_entry(report: dict | None = None):
     """A module pass, first in the lowering: add ``BATCH_ONE``, ``main`` with its batch vars bound to 1, when
-    ``main``'s symbolic dims are all batch dims (else the module is returned as it is); ``report["batch_one"]``
-    receives the names bound (or None)."""
+    ``main``'s symbolic dims are all batch dims and it calls no TIR of the lowering's own (libm math, index
+    checks, integer kernels: written for the symbolic shapes, they would be fused with static kernels reading the
+    same values, which FuseTIR refuses); else the module is returned as it is. ``report["batch_one"]`` receives
+    the names bound (or None)."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
 
@@ -88,7 +92,8 @@ def batch_one_entry(report: dict | None = None):
     def _pass(mod, _ctx):
         names = [gv.name_hint for gv in mod.get_global_vars()]
         main = mod["main"] if "main" in names else None
-        found = batch_vars(main) if isinstance(main, relax.Function) and BATCH_ONE not in names else None
+        found = batch_vars(main) if isinstance(main, relax.Function) and BATCH_ONE not in names \
+            and not _calls_tir(main) else None
         if report is not None:
             report["batch_one"] = found
         if not found:
@@ -100,41 +105,44 @@ def batch_one_entry(report: dict | None = None):
             entry = entry.with_attr("global_symbol", BATCH_ONE)
         new = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
         new[BATCH_ONE] = entry
-        new = relax.transform.BindSymbolicVars(dict.fromkeys(found, 1), BATCH_ONE)(new)
-        return _own_prim_funcs(new)
+        return relax.transform.BindSymbolicVars(dict.fromkeys(found, 1), BATCH_ONE)(new)
 
     return _pass
 
 
-def _own_prim_funcs(mod):
-    """Give ``BATCH_ONE`` its own copy of every PrimFunc it calls with ``call_tir`` (the lowering's own TIR: libm
-    math, ...) and specialize each copy to the static shapes of its call: a symbolic PrimFunc and a static one
-    reading the same input in one fused kernel cannot be fused (FuseTIR: "inconsistent buffers")."""
+
+def _calls_tir(func) -> bool:
+    """Whether the Relax function `func` has a ``call_tir`` (to a PrimFunc the lowering wrote)."""
     import tvm  # noqa: PLC0415
-    from tvm import relax, tirx  # noqa: PLC0415
-    from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    taken = {gv.name_hint for gv in mod.get_global_vars()}
-    copies: dict = {}
+    found = []
+    relax.analysis.post_order_visit(func.body, lambda e: found.append(e) if isinstance(e, relax.Call)
+                                    and e.op.same_as(call_tir) else None)
+    return bool(found)
 
-    @mutator
-    class _Retarget(PyExprMutator):
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not call.op.same_as(call_tir) or not isinstance(mod[call.args[0]], tirx.PrimFunc):
-                return call
-            gv = call.args[0]
-            if gv not in copies:
-                name = f"{gv.name_hint}_batch1"
-                while name in taken:
-                    name += "_"
-                taken.add(name)
-                copies[gv] = self.builder_.add_func(mod[gv].with_attr("global_symbol", name), name)
-            return relax.Call(call.op, [copies[gv], *call.args[1:]], call.attrs, call.ty_args, call.span)
 
-    retarget = _Retarget(mod)
-    func = retarget.visit_expr(mod[BATCH_ONE])
-    out = retarget.builder_.finalize()
-    out[BATCH_ONE] = func
-    return relax.transform.SpecializePrimFuncBasedOnCallSite()(out) if copies else out
+def entry_only_kernels(mod) -> set[str]:
+    """Names of the PrimFuncs that only ``BATCH_ONE`` calls (its static copies of main's kernels): kernel counts
+    and instruction summaries describe the model's kernels once. Empty without the entry."""
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    if BATCH_ONE not in names:
+        return set()
+
+    def called(func) -> set[str]:
+        out: set[str] = set()
+
+        def visit(e):
+            if isinstance(e, relax.Call):
+                for arg in [e.op, *e.args]:
+                    if isinstance(arg, tvm.ir.GlobalVar):
+                        out.add(arg.name_hint)
+
+        relax.analysis.post_order_visit(func.body, visit)
+        return out
+
+    return called(mod[BATCH_ONE]) - called(mod["main"]) if "main" in names else set()

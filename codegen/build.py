@@ -221,12 +221,19 @@ def default_rules(target):
     return schedules.cpu_rules()
 
 
-def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto", fast_math: bool | None = None):
+def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto", fast_math: bool | None = None,
+            batch_one: dict | None = None):
     """Bind params and run the relax-level passes before legalization (fast math, layout, decompositions).
-    ``fast_math=None``: the setting of the enclosing ``fast_math_default`` (on by default)."""
+    ``fast_math=None``: the setting of the enclosing ``fast_math_default`` (on by default). ``batch_one`` (a
+    report dict): first add the batch-1 entry where ``main`` qualifies (``batch_one.batch_one_entry``), so that
+    the passes below write its own static TIR (fast math's softmax)."""
     tvm = _tvm()
     target = resolve_target(target)
     mod = bind_params(mod, params)
+    if batch_one is not None:
+        from .batch_one import batch_one_entry  # noqa: PLC0415
+
+        mod = batch_one_entry(batch_one)(mod)
     with target:
         mod = tvm.transform.Sequential(preprocess_passes(target, layout, fast_math))(mod)
     return mod
@@ -244,11 +251,14 @@ def _count_kernels(report: dict | None, key: str):
     tvm = _tvm()
 
     from ..lowering.ops.indexing import INDEX_CHECK_ATTR  # noqa: PLC0415
+    from .batch_one import entry_only_kernels  # noqa: PLC0415
 
     @tvm.transform.module_pass(opt_level=0, name=f"optc_count_{key}")
     def _count(mod, _ctx):
         if report is not None:
-            funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+            copies = entry_only_kernels(mod)  # the batch-1 entry's kernels: the model's kernels, counted once
+            funcs = [f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+                     and gv.name_hint not in copies
                      and not (f.attrs is not None and INDEX_CHECK_ATTR in f.attrs)]  # (marked scheduled: not tuned)
             scheduled = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
             report[key] = scheduled
@@ -273,6 +283,8 @@ def _count_dot_products(report: dict | None):
     tvm = _tvm()
     import tvm_ffi  # noqa: PLC0415
 
+    from .batch_one import entry_only_kernels  # noqa: PLC0415
+
     @tvm.transform.module_pass(opt_level=0, name="optc_count_dot_products")
     def _count(mod, _ctx):
         if report is None:
@@ -281,8 +293,9 @@ def _count_dot_products(report: dict | None):
 
         by_id = {int(llvm_lookup_intrinsic_id(name)): isa for name, isa in DOT_PRODUCT_INTRINSICS.items()}
         counts: dict[str, int] = {}
-        for _, func in mod.functions_items():
-            if not isinstance(func, tvm.tirx.PrimFunc):
+        copies = entry_only_kernels(mod)  # the batch-1 entry's kernels: the model's kernels, counted once
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint in copies:
                 continue
             found: list[str] = []
 
@@ -307,13 +320,11 @@ def _count_dot_products(report: dict | None):
     return _count
 
 
-def _lowering_pipeline(target, database=None, schedule: str = "default", report: dict | None = None,
-                       batch_one: bool = False):
+def _lowering_pipeline(target, database=None, schedule: str = "default", report: dict | None = None):
     tvm = _tvm()
     from tvm import relax  # noqa: PLC0415
 
     from . import schedules  # noqa: PLC0415
-    from .batch_one import batch_one_entry  # noqa: PLC0415
     from .ieee_bits import class_tests_on_bits  # noqa: PLC0415
     from .zero_size import zero_size_constants_as_allocations  # noqa: PLC0415
 
@@ -321,8 +332,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
     @tvm.transform.module_pass(opt_level=0, name="optc_lowering")
     def _pipeline(mod, _ctx):
-        passes = [batch_one_entry(report)] if batch_one else []  # before legalization: its own static kernels
-        passes += [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
+        passes = [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
         passes += fusion_passes()
         if database is not None:
             passes.append(relax.transform.MetaScheduleApplyDatabase())
@@ -384,11 +394,22 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
         from .amx import request_permission  # noqa: PLC0415
 
         request_permission()  # a build for this host is often run in this process: its AMX kernels need the tiles
-    mod = prepare(mod, params, target, layout=layout, fast_math=fast_math)
+    batch_one = batch_one and target.kind.name == "llvm"  # (CPU targets: a GPU call's fixed cost is elsewhere)
     tvm_ops.register()
+    pipeline = _lowering_pipeline(target, database, schedule, report)
     try:
-        return tvm.compile(mod, target=target,
-                           relax_pipeline=_lowering_pipeline(target, database, schedule, report, batch_one))
+        if batch_one:
+            entry: dict = {}
+            try:
+                built = tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math,
+                                            batch_one=entry), target=target, relax_pipeline=pipeline)
+                if report is not None:
+                    report["batch_one"] = entry.get("batch_one")
+                return built
+            except Exception:  # noqa: BLE001, S110 - the batch-1 entry only saves time: built again without it
+                pass
+        return tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math), target=target,
+                           relax_pipeline=pipeline)
     except OptcError:
         raise
     except Exception as exc:

@@ -110,21 +110,57 @@ def test_artifact_keeps_the_entry_and_a_stale_entry_falls_back_to_main(tmp_path,
     np.testing.assert_allclose(stale.run({"x": x})["logits"], want, rtol=1e-4, atol=1e-5)
 
 
-def test_the_lowerings_own_tir_gets_a_static_copy(tmp_path):
-    """A PrimFunc that the lowering emits itself (libm's tanh without fast math) and that the batch-1 entry calls
-    is copied and specialized for it; the symbolic one stays main's (one PrimFunc with two call shapes made
-    FuseTIR fail: "inconsistent buffers")."""
+def test_the_tir_that_preparation_writes_is_written_for_the_entry_too():
+    """libm's tanh without fast math (and fast math's softmax) are TIR written when the module is prepared, after
+    the entry is added: the entry gets its own static copy (one symbolic PrimFunc called with two shapes had made
+    FuseTIR fail: "inconsistent buffers"). Both entries compute what onnxruntime computes."""
     ops = ["Exp", "Tanh", "Erf", "Softmax"]
     nodes = [helper.make_node(op, ["x"], [f"y_{op.lower()}"]) for op in ops]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
                               [helper.make_tensor_value_info(f"y_{op.lower()}", TensorProto.FLOAT, ["N", 8])
                                for op in ops])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    module = optc.compile(model, fast_math=False)
-    assert module.metadata["entries"] == {BATCH_ONE: {"N": 1}}
-    for n in (1, 3):
-        x = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32) * 3
-        assert module._prepare({"x": x})[1] == (BATCH_ONE if n == 1 else "main")
-        got, want = module.run({"x": x}), run_ort(model, {"x": x})
-        for name, ref in zip(got, want, strict=True):
-            np.testing.assert_allclose(got[name], ref, rtol=2e-6, atol=1e-7)
+    for fast_math in (False, True):
+        module = optc.compile(model, fast_math=fast_math)
+        assert module.metadata["entries"] == {BATCH_ONE: {"N": 1}}
+        for n in (1, 3):
+            x = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32) * 3
+            assert module._prepare({"x": x})[1] == (BATCH_ONE if n == 1 else "main")
+            got, want = module.run({"x": x}), run_ort(model, {"x": x})
+            for name, ref in zip(got, want, strict=True):
+                np.testing.assert_allclose(got[name], ref, rtol=2e-6 if not fast_math else 1e-5, atol=1e-7)
+
+
+def test_a_model_whose_lowering_writes_tir_gets_no_entry():
+    """GatherElements with indices from an input: the lowering writes the index check as TIR for the symbolic
+    shapes (fused with static kernels reading the same values, FuseTIR refuses it): no entry, and the model
+    compiles and runs as before."""
+    nodes = [helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                                           helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    module = optc.compile(model)
+    assert "entries" not in module.metadata
+    rng = np.random.default_rng(0)
+    for n in (1, 4):
+        feeds = {"x": rng.standard_normal((n, 8)).astype(np.float32), "i": rng.integers(-8, 8, (n, 3))}
+        np.testing.assert_array_equal(module.run(feeds)["y"], run_ort(model, feeds)[0])
+
+
+def test_a_build_that_fails_with_the_entry_is_built_without_it(monkeypatch):
+    """The entry only saves time: when the build with it fails, the library is built again without it."""
+    def broken(report=None):
+        import tvm
+
+        @tvm.transform.module_pass(opt_level=0, name="broken")
+        def _pass(mod, _ctx):
+            raise RuntimeError("simulated failure of the batch-1 entry")
+
+        return _pass
+
+    monkeypatch.setattr(batch_one, "batch_one_entry", broken)
+    module = optc.compile(DIGITS)
+    assert "entries" not in module.metadata
+    x = np.load(DIGITS_TEST)["x"][:1]
+    np.testing.assert_allclose(module.run({"x": x})["logits"], run_ort(DIGITS, {"x": x})[0], rtol=1e-4, atol=1e-5)
