@@ -114,6 +114,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     if precision == "bf16":
         meta["bf16"] = report["bf16"]
     if report["build"].get("batch_one"):  # the runtime calls it when every one of these input dims is 1
+        report["build"]["batch_one"] = batch_dims  # the model's names (TVM's vars have C identifiers)
         meta["entries"] = {BATCH_ONE: dict.fromkeys(batch_dims, 1)}
     return executable, meta
 

@@ -20,7 +20,7 @@ from optc.errors import OptcError
 from optc.ir import load
 from optc.tools import cli
 from optc.workflow.prune import prune
-from optc.workflow.reconstruct import HOLDOUT, _Layer, _Refuse
+from optc.workflow.reconstruct import MIN_SAMPLES, _Layer, _Refuse
 
 from .conftest import run_ort
 from .test_prune import CASES, DIGITS, _valid
@@ -63,7 +63,7 @@ def test_channels_that_were_zero_leave_nothing_to_refit(tmp_path, case):
     build, ratio, zero, _ = CASES[case]
     original = build(zero, seed=0)
     calib = tmp_path / "calib.npz"
-    np.savez(calib, **_samples(original, 20, 1))
+    np.savez(calib, **_samples(original, 25, 1))
     plain, _ = prune(original, ratio, multiple=1)
     refit, report = prune(original, ratio, multiple=1, calibration=calib)
     assert report.reconstruction and all(f.status == "no gain" for f in report.reconstruction), report.reconstruction
@@ -151,8 +151,8 @@ def test_float64_model_keeps_its_dtype(tmp_path):
 
 
 def test_too_few_samples_and_unstructured_are_errors(tmp_path):
-    np.savez(tmp_path / "few.npz", x=np.zeros((HOLDOUT - 1, 1, 8, 8), np.float32))
-    with pytest.raises(OptcError, match="at least 5 calibration samples"):
+    np.savez(tmp_path / "few.npz", x=np.zeros((MIN_SAMPLES - 1, 1, 8, 8), np.float32))
+    with pytest.raises(OptcError, match="at least 20 calibration samples"):
         prune(DIGITS, 0.5, calibration=tmp_path / "few.npz")
     with pytest.raises(OptcError, match="unstructured"):
         prune(DIGITS, 0.5, unstructured=True, calibration=tmp_path / "few.npz")

@@ -113,7 +113,7 @@ def register(sub) -> None:
                    "each Conv/Gemm/MatMul to zero, shapes unchanged (for compression and sparse-aware back ends; no "
                    "CPU speed-up by itself)")
     p.add_argument("--calibration", metavar="DATA", help="the model's inputs (.npz or directory, as for optc "
-                   "quantize; 5 samples or more, every 5th held out): refit the layers that read pruned channels by "
+                   "quantize; 20 samples or more, every 5th held out): refit the layers that read pruned channels by "
                    "least squares to reproduce the original model's outputs on them (structured only)")
     p.add_argument("--eval", metavar="DATA", help="a labelled test set (.npz or directory, as for optc evaluate): "
                    "top-1 accuracy before and after")

@@ -104,7 +104,7 @@ def prune(model, ratio: float, *, criterion: str = "l1", unstructured: bool = Fa
     the README).
     `calibration` (structured only): a .npz file or directory of the model's inputs (as for `optc quantize`);
     the layers that read pruned channels are then refitted to reproduce the original model's outputs on it
-    (least squares; see `optc.workflow.reconstruct`; at least `HOLDOUT` samples, some held out).
+    (least squares; see `optc.workflow.reconstruct`; at least `MIN_SAMPLES` (20) samples, every 5th held out).
     `unstructured=True`: the `ratio` smallest-magnitude entries of each Conv/Gemm/MatMul weight become zero.
     Returns `(pruned model, PruneReport)`. Raises OptcError (one line) for `ratio` outside (0, 1), an unknown
     criterion, a model that cannot be read, calibration data that does not match the model's inputs or is
