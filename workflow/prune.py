@@ -31,7 +31,8 @@ UNSTRUCTURED_NOTE = ("unstructured: weights set to zero, shapes and compute unch
 
 @dataclass
 class PruneReport:
-    """What `prune` did. `params_*`: elements of all initializers; `nonzero_*`: of those, the non-zero ones;
+    """What `prune` did. `params_*`: elements of all initializers and Constant nodes; `nonzero_*`: of those, the
+    non-zero ones;
     `flops_*`: multiply-accumulates (MACs) of Conv/Gemm/MatMul per sample (symbolic dims count 1);
     `groups_pruned` / `groups_skipped`: see `GroupResult` (structured only); `zeroed`: weights set to zero
     (unstructured only); `accuracy`: an `optc.evaluate` result against the original, when measured;
@@ -61,14 +62,13 @@ class PruneReport:
 
 
 def count_params(model: Model) -> tuple[int, int]:
-    """(elements, non-zero elements) of the main graph's initializers."""
-    total = nonzero = 0
-    for v in model.graph.initializers.values():
-        if v.const is None:
-            continue
-        total += int(v.const.size)
-        nonzero += int(np.count_nonzero(v.const.numpy()))
-    return total, nonzero
+    """(elements, non-zero elements) of the main graph's initializers and standard Constant nodes (weights held
+    in Constant nodes counted 0 before; pruning turns the ones it slices into initializers)."""
+    arrays = [v.const.numpy() for v in model.graph.initializers.values() if v.const is not None]
+    arrays += [n.outputs[0].const_value() for n in model.graph
+               if n.op_type == "Constant" and not n.domain and n.outputs and n.outputs[0] is not None]
+    arrays = [a for a in arrays if a is not None]
+    return sum(int(a.size) for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays)
 
 
 def count_macs(model: Model) -> int:
