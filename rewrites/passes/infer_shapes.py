@@ -44,6 +44,16 @@ def _known(t) -> bool:
     return t is not None and not (isinstance(t, TensorType) and t.dtype == DataType.UNDEFINED and t.shape is None)
 
 
+def _refines(old, new) -> bool:
+    """`new` may replace the value type `old`: `old` is unknown, or a tensor of the same element type declared
+    without a shape (a graph output declared as `FLOAT` with no rank, which left every pass that needs its rank,
+    such as pruning, refusing the value) and `new` has one."""
+    if not _known(old):
+        return True
+    return (isinstance(old, TensorType) and old.shape is None and isinstance(new, TensorType)
+            and new.shape is not None and new.dtype == old.dtype)
+
+
 def _collect(gp: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
     for vi in (*gp.value_info, *gp.output):
         if vi.HasField("type"):
@@ -72,7 +82,8 @@ def infer_model_types(model: Model) -> int:
     for g in graphs:
         for node in g:
             for o in node.outputs:
-                if o is None or _known(o.type) or not o.name:
+                if o is None or not o.name or (_known(o.type) and not (isinstance(o.type, TensorType)
+                                                                       and o.type.shape is None)):
                     continue
                 tp = types.get(o.name)
                 if tp is None:
@@ -85,7 +96,7 @@ def infer_model_types(model: Model) -> int:
                     except Exception:
                         t = None
                     cache[key] = t
-                if t is not None:
+                if t is not None and _refines(o.type, t):
                     o.type = t
                     count += 1
     return count
