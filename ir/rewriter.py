@@ -56,6 +56,7 @@ class Rewriter:
         self._outputs: dict[Value, list[Graph]] | None = None
         self._constants: Constants | None = None
         self._node_counter = 0
+        self._node_names: set[str] | None = None
 
     # -- listeners --------------------------------------------------------------------------------
     def add_listener(self, listener: RewriteListener) -> None:
@@ -114,8 +115,16 @@ class Rewriter:
             self._name_set().add(name)
 
     def fresh_node_name(self, hint: str) -> str:
-        self._node_counter += 1
-        return f"{hint}_{self._node_counter}"
+        """A node name used by no node of the model yet (onnxruntime rejects a model with two nodes of one name;
+        a counter per Rewriter alone had repeated `UnitTransposeReshape_1` across two passes), reserved."""
+        if self._node_names is None:
+            self._node_names = {n.name for g in self.graphs() for n in g if n.name}
+        while True:
+            self._node_counter += 1
+            name = f"{hint}_{self._node_counter}"
+            if name not in self._node_names:
+                self._node_names.add(name)
+                return name
 
     # -- graph outputs ----------------------------------------------------------------------------
     def _output_index(self) -> dict[Value, list[Graph]]:

@@ -146,3 +146,21 @@ def test_declared_side_effects_keep_a_dead_custom_op(monkeypatch):
     assert sorted(n.op_type for n in kept.graph) == ["Print", "Relu"]  # dead Pure dropped, dead Print kept
     kept = optc.optimize(optc.from_onnx(m), passes="dce")
     assert sorted(n.op_type for n in kept.graph) == ["Print", "Pure", "Relu"]  # unknown ops kept by default
+
+
+def test_fresh_node_names_are_unique_across_rewriters():
+    """Each Rewriter numbered node names from 1: two passes (or -O3's second pipeline run) each named a node
+    `UnitTransposeReshape_1`, and onnxruntime rejected the model ("two nodes with same node name")."""
+    from optc.ir.rewriter import Rewriter
+
+    model = optc.load(h.make_model(h.make_graph(
+        [h.make_node("Relu", ["x"], ["y"], name="Rule_1"), h.make_node("Relu", ["y"], ["z"], name="Rule_3")], "g",
+        [h.make_tensor_value_info("x", T.FLOAT, [2])], [h.make_tensor_value_info("z", T.FLOAT, [2])]),
+        opset_imports=[h.make_opsetid("", 17)]))
+    first = Rewriter(model).fresh_node_name("Rule")
+    assert first == "Rule_2"  # Rule_1 and Rule_3 are taken
+    list(model.graph)[1].name = first  # a pass renamed a node with it: Rule_1 and Rule_2 are taken now
+    second = Rewriter(model).fresh_node_name("Rule")  # the next pass's Rewriter
+    assert second not in {"Rule_1", "Rule_2"}
+    rw = Rewriter(model)
+    assert len({rw.fresh_node_name("Rule") for _ in range(5)} | {"Rule_1", "Rule_2"}) == 7
