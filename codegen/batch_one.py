@@ -13,8 +13,8 @@ A symbolic var is a batch var when it appears in the inputs' shapes only as the 
 not ``N * 2``). A model with any other symbolic dim (a sequence length) gets no extra entry: binding the batch
 alone would leave the shape work in place. Nor does one whose lowering wrote TIR of its own (see
 `batch_one_entry`), and a build that fails with the entry is built again without it (the entry only saves
-time). Nor does a model of more than ``MAX_MACS`` multiply-accumulates per
-sample: its kernels take long enough that the fixed cost is noise, and the entry compiles every kernel twice.
+time). Nor does a model of more than ``MAX_MACS`` multiply-accumulates per sample: its kernels take long
+enough that the fixed cost is noise, and the entry compiles every kernel twice.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def batch_vars(func) -> list[str] | None:
 
 
 def batch_one_entry(report: dict | None = None):
-    """A module pass, first in the lowering: add ``BATCH_ONE``, ``main`` with its batch vars bound to 1, when
+    """A module pass, run by `build.prepare` before the relax-level passes: add ``BATCH_ONE``, ``main`` with its batch vars bound to 1, when
     ``main``'s symbolic dims are all batch dims and it calls no TIR of the lowering's own (libm math, index
     checks, integer kernels: written for the symbolic shapes, they would be fused with static kernels reading the
     same values, which FuseTIR refuses); else the module is returned as it is. ``report["batch_one"]`` receives
@@ -108,7 +108,6 @@ def batch_one_entry(report: dict | None = None):
         return relax.transform.BindSymbolicVars(dict.fromkeys(found, 1), BATCH_ONE)(new)
 
     return _pass
-
 
 
 def _calls_tir(func) -> bool:
