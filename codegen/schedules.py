@@ -404,29 +404,30 @@ class Guarded(_Rule):
 PAD_ROWS = 8
 
 
-def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool]:
+def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, bool]:
     """Pad the iteration space of an einsum-shaped reduction (matmul, batched matmul: ``S...S R...R`` whose
     reads are indexed by the loop variables) whose output rows have no divisor in 3..8 or whose contiguous
     axis has no even divisor up to the vector width, with ``pad_einsum``: zero-padded copies of the
     activations, the products over the padding discarded by a crop. Without it the register tile runs with
     a predicate on every lane (a 197 x 197 x 64 batched matmul: 21 ms predicated, 0.5 ms padded, AMD EPYC).
-    Constant weights are never padded (they stay prepacked at compile time): an axis that indexes one is left
-    as it is. Exact: the padded products are zeros that no output reads. Returns (whether it padded, whether it
-    padded the columns: the vector axis)."""
+    Rows that index a constant weight are never padded; columns that do are padded only in weights too small
+    to be packed into panels (below PREPACK_MIN_BYTES), and that zero-padded copy is computed at compile time.
+    Exact: the padded products are zeros that no output reads. Returns (whether it padded, whether it padded
+    the columns: the vector axis, whether it padded a weight's columns)."""
     infos = normalize_prim_func(sch)
     if infos is None:
-        return False, False
+        return False, False, False
     mains = [i for i in infos if not i.is_injective()]
     if len(mains) != 1:
-        return False, False
+        return False, False, False
     kinds = mains[0].dom_kind()
     n_s = len(kinds) - len(kinds.lstrip("S"))
     if n_s < 2 or n_s == len(kinds) or kinds[n_s:].strip("R"):
-        return False, False
+        return False, False, False
     block = mains[0].block_rv
     stmt = sch.get(block)
     if len(stmt.writes) != 1:
-        return False, False
+        return False, False, False
     extents = [_extent(sch, lp) for lp in sch.get_loops(block)]  # None: symbolic
     lanes = _vector_lanes(target, stmt.writes[0].source.dtype.bits)
     s_vars = [iv.var for iv in stmt.iter_vars][:n_s]
@@ -437,7 +438,7 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool]:
 
     m, n = extents[n_s - 2], extents[n_s - 1]
     if n is None:
-        return False, False
+        return False, False, False
     padding = [1] * len(extents)
     # symbolic rows (a dynamic batch or sequence length) are padded too: a predicated tile's intermediate
     # cannot be compacted to the tile, and every tile then allocated all N rows (a dense layer 14x slower)
@@ -447,15 +448,51 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool]:
     if n > lanes and _largest_divisor(n, lanes, [lanes, lanes // 2, lanes // 4]) < 2 \
             and not indexes_weight(s_vars[-1]):
         padding[n_s - 1] = lanes
+    # a weight's columns that are not whole vectors (24, 40 output channels: pruned or MobileNet-style layers)
+    # ran in half-width vectors: zero-padded to whole ones at compile time (a constant's pad copy is split off
+    # and folded as packing is), the products over the padding discarded by the crop. Weights large enough to
+    # be packed into panels are left alone (packing reads the weight itself)
+    activations = [r for r in stmt.reads if not any(r.source.same_as(w.source) for w in weights)]
+    weight_columns = n > lanes and n % lanes != 0 and indexes_weight(s_vars[-1]) and all(
+        _bytes(r.source) < PREPACK_MIN_BYTES for r in weights if s_vars[-1] in _vars_in_region(r)) and not any(
+        s_vars[-1] in _vars_in_region(r) for r in activations)  # (a depthwise conv's would be copied per call)
+    if weight_columns:
+        padding[n_s - 1] = lanes
+    if not _pads_as_einsum(sch, stmt, padding):
+        if not weight_columns:
+            return False, False, False  # not an einsum (strided windows, gathers): the predicated tile stays
+        weight_columns, padding[n_s - 1] = False, 1
+        if not _pads_as_einsum(sch, stmt, padding):
+            return False, False, False
     if padding == [1] * len(extents):
-        return False, False
+        return False, False, False
+    before = {b.name_hint for b in _block_stmts(sch)}
+    sch.pad_einsum(block, padding)
+    if weight_columns:
+        weight_buffers = {r.source.name for r in weights}
+        for blk in _block_stmts(sch):
+            if blk.name_hint not in before and {r.source.name for r in blk.reads} & weight_buffers:
+                # a constant weight's zero-padded copy: computed at compile time, as packing is
+                sch.annotate(sch.get_sblock(blk.name_hint), "meta_schedule.layout_rewrite_preproc", 1)
+    return True, padding[n_s - 1] > 1, weight_columns
+
+
+def _pads_as_einsum(sch: s_tir.Schedule, stmt, padding: list[int]) -> bool:
+    """Whether `pad_einsum` takes this padding (on a copy of the schedule): no padding at all, or an einsum
+    (not strided windows or gathers, where the predicated tile stays)."""
+    if padding == [1] * len(padding):
+        return True
     trial = sch.copy()
     try:
         trial.pad_einsum(trial.get_sblock(stmt.name_hint), padding)
     except (s_tir.ScheduleError, InternalError, ValueError):
-        return False, False  # not an einsum (strided windows, gathers): the predicated tile stays
-    sch.pad_einsum(block, padding)
-    return True, padding[n_s - 1] > 1
+        return False
+    return True
+
+
+def _block_stmts(sch: s_tir.Schedule) -> list:
+    """The blocks directly under the root block (pad_einsum's copies are)."""
+    return [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
 class TiledReduction(_Rule):
@@ -480,7 +517,7 @@ class TiledReduction(_Rule):
         infos = normalize_prim_func(sch)
         if infos is None or _data_dependent(sch, infos):
             return None
-        padded, padded_columns = _pad_ragged_tile(sch, target)
+        padded, padded_columns, padded_weight = _pad_ragged_tile(sch, target)
         if padded:
             infos = normalize_prim_func(sch)
         # zero padding stays a block of its own: inlined, it puts a bounds check on every load of the
@@ -631,7 +668,7 @@ class TiledReduction(_Rule):
             sch.enter_postproc()
         for idx in packed:
             _prepack_weight(sch, block, stmt.reads[idx].source, u_n * vec)
-        if packed and not _packing_splits_off(sch):
+        if (packed or padded_weight) and not _packing_splits_off(sch):
             return None
         return sch
 

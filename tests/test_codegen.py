@@ -555,20 +555,26 @@ def _batched_matmul(m: int, n: int, k: int, weight: bool = False):
     return func.with_attr("layout_free_buffers", [1]) if weight else func
 
 
-@pytest.mark.parametrize("m, n, weight, padded", [
-    (197, 197, False, {"A_pad", "B_pad"}),  # rows and vector axis ragged: both operands padded
-    (197, 64, False, {"A_pad"}),             # only the rows
-    (200, 200, False, set()),                # whole tiles: nothing to pad
-    (197, 197, True, {"A_pad"}),             # a constant weight is never padded (it stays prepacked)
+@pytest.mark.parametrize("m, n, k, weight, padded", [
+    (197, 197, 32, False, {"A_pad", "B_pad"}),  # rows and vector axis ragged: both operands padded
+    (197, 64, 32, False, {"A_pad"}),             # only the rows
+    (200, 200, 32, False, set()),                # whole tiles: nothing to pad
+    (197, 197, 32, True, {"A_pad", "B_pad"}),    # a small constant weight's columns: padded at compile time
+    (200, 24, 32, True, {"B_pad"}),              # 24 output channels: 2 whole vectors instead of 3 half ones
+    (197, 197, 128, True, {"A_pad"}),            # a weight large enough to be packed is not padded
 ])
-def test_pad_ragged_tile(m, n, weight, padded):
+def test_pad_ragged_tile(m, n, k, weight, padded):
     from optc.codegen.schedules import _pad_ragged_tile
     from tvm import s_tir
 
-    sch = s_tir.Schedule(_batched_matmul(m, n, 32, weight))
-    assert _pad_ragged_tile(sch, resolve_target("cpu")) == (bool(padded), "B_pad" in padded)
+    sch = s_tir.Schedule(_batched_matmul(m, n, k, weight))
+    assert _pad_ragged_tile(sch, resolve_target("cpu")) == (bool(padded), "B_pad" in padded,
+                                                            weight and "B_pad" in padded)
     script = sch.mod["main"].script()
     assert {name for name in ("A_pad", "B_pad") if f'T.sblock("{name}")' in script} == padded
+    if weight and "B_pad" in padded:  # the weight's padded copy is split off and folded at compile time
+        pad = script[script.index('T.sblock("B_pad")'):]
+        assert "meta_schedule.layout_rewrite_preproc" in pad[:pad.index("T.if_then_else")]
 
 
 def test_pad_ragged_tile_declines_strided_windows():
@@ -582,4 +588,4 @@ def test_pad_ragged_tile_declines_strided_windows():
     y = te.compute((1, 14, 14, 13), lambda b, i, j, c: te.sum(x[b, 2 * i + ry, 2 * j + rx, rc] * w[ry, rx, rc, c],
                                                               axis=[ry, rx, rc]), name="conv")
     sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
-    assert _pad_ragged_tile(sch, resolve_target("cpu")) == (False, False)
+    assert _pad_ragged_tile(sch, resolve_target("cpu")) == (False, False, False)
