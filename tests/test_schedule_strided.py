@@ -75,3 +75,43 @@ def test_quantized_stem_input_quantize_pad_transpose_matches_onnxruntime():
     got = optc.compile(model).run({"x": x})["y"].astype(np.int64)
     want = run_ort(model, {"x": x})[0].astype(np.int64)
     assert np.abs(got - want).max() <= 1
+
+
+def _quantize_to_nhwc(shape: list[int], pad: int, zero_point: int) -> onnx.ModelProto:
+    """QuantizeLinear of a float NCHW tensor to uint8, transposed to NHWC and padded spatially with the zero
+    point: one fused layout kernel with arithmetic (what a QDQ model's graph input becomes)."""
+    n, c, hh, ww = shape
+    inits = [nh.from_array(np.array(0.05, np.float32), "s"), nh.from_array(np.array(zero_point, np.uint8), "z"),
+             nh.from_array(np.array([0, pad, pad, 0, 0, pad, pad, 0], np.int64), "pads"),
+             nh.from_array(np.array(zero_point, np.uint8), "pv")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             h.make_node("Transpose", ["q"], ["t"], perm=[0, 2, 3, 1]),
+             h.make_node("Pad", ["t", "pads", "pv"], ["y"])]
+    g = h.make_graph(nodes, "q", [h.make_tensor_value_info("x", TP.FLOAT, shape)],
+                     [h.make_tensor_value_info("y", TP.UINT8, [n, hh + 2 * pad, ww + 2 * pad, c])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("shape,pad", [([1, 3, 64, 64], 1), ([1, 96, 20, 40], 0), ([2, 3, 37, 41], 2),
+                                       ([1, 5, 9, 70], 1)])
+def test_quantize_to_nhwc_computes_in_vectors_along_the_source(shape, pad):
+    """The quantize runs in vectors along the source's rows (scattered stores); with padding, the pad value is
+    a fill of its own first and the interior has no condition (`decompose_padding`)."""
+    text = scheduled_script(_quantize_to_nhwc(shape, pad, 120), schedules.Injective())
+    assert "T.vectorized" in text and "T.isnan" in text
+    assert ("pad_const" in text) == (pad > 0)
+
+
+@pytest.mark.parametrize("shape,pad,zero_point", [([1, 3, 64, 64], 1, 120), ([1, 96, 20, 40], 0, 0),
+                                                  ([2, 3, 37, 41], 2, 255), ([1, 5, 9, 70], 1, 7),
+                                                  ([1, 3, 5, 5], 1, 120)])  # rows too short: one at a time
+def test_quantize_to_nhwc_matches_onnxruntime(shape, pad, zero_point):
+    model = _quantize_to_nhwc(shape, pad, zero_point)
+    x = (np.random.default_rng(2).standard_normal(shape) * 8).astype(np.float32)
+    x.flat[:7] = [np.nan, np.inf, -np.inf, -0.0, 1e30, -1e30, 0.025]  # (0.025 / 0.05 = 0.5: ties to even)
+    got = optc.compile(model).run({"x": x})["y"]
+    want = run_ort(model, {"x": x})[0]
+    nan = np.transpose(np.isnan(x), [0, 2, 3, 1])
+    nan = np.pad(nan, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    # NaN: ONNX leaves it undefined; optc takes it as 0.0 (the zero point), onnxruntime casts it to 0
+    assert got.dtype == want.dtype and np.array_equal(got[~nan], want[~nan]) and np.all(got[nan] == zero_point)
