@@ -69,10 +69,6 @@ class Rule:
     #: replace every output of the root node (for roots of variable arity, e.g. If): `rewrite` returns one value
     #: per output of the matched root node instead of one per pattern output
     replace_all_outputs: ClassVar[bool] = False
-    #: names of pattern nodes (`_name=...`) whose first output may also be used outside the match (a pre-LN
-    #: residual sum that feeds both the layer norm and the next residual): where it is, `m.outputs` ends with
-    #: it and `rewrite` returns a replacement for it too, after the pattern's outputs
-    also_replaces: ClassVar[tuple[str, ...]] = ()
     #: the cases that apply only under fast-math (not exact under IEEE 754); empty when there are none
     fast_math: ClassVar[str] = ""
     #: how the rewrite changes rounding at default settings (a documented, accepted reassociation); empty when
@@ -250,7 +246,7 @@ class RewriteBuilder:
             raise AttributeError(op_type)
 
         def build(*inputs: Any, _domain: str = "", _outputs: int = 1, _version: int | None = None,
-                  _hint: str | None = None, _absent: Sequence[int] = (), **attrs: Any):
+                  _hint: str | None = None, **attrs: Any):
             ins: list[Value | None] = []
             for x in inputs:
                 if x is None or isinstance(x, Value):
@@ -260,9 +256,7 @@ class RewriteBuilder:
             while ins and ins[-1] is None:
                 ins.pop()
             attributes = {k: v for k, v in attrs.items() if v is not None}
-            # `_absent`: positions of optional outputs left out (None; "" in ONNX)
-            outs = [None if i in _absent else Value(self._rw.fresh_name(_hint or self._hint))
-                    for i in range(_outputs)]
+            outs = [Value(self._rw.fresh_name(_hint or self._hint)) for _ in range(_outputs)]
             node = Node(op_type, ins, attributes, domain=_domain, outputs=outs, version=_version,
                         name=self._rw.fresh_node_name(f"{self._rule_name}"))
             node.meta = {"rule": self._rule_name}
@@ -347,7 +341,6 @@ class RuleApplier:
                     st.fail("the root node lacks an output the pattern returns")
                     continue
                 nodes = list(st.node_list)
-                outputs += self._escaping(rule, st.bindings, nodes, outputs)
                 why = self._escapes(nodes, outputs)
                 if why:
                     st.fail(why)
@@ -369,20 +362,6 @@ class RuleApplier:
             matched = ", ".join(f"{n.op_type} '{_label(n)}'" for n in nodes)
             self.last_reason = reason + (f" (best partial match: [{matched}])" if matched else "")
         return None
-
-    def _escaping(self, rule: Rule, bindings: dict[str, Any], nodes: list[Node], outputs: list[Value]) -> list[Value]:
-        """The first outputs of the nodes named in `rule.also_replaces` that are used outside the match or are
-        graph outputs (in the order named)."""
-        inside = set(nodes)
-        found = []
-        for name in rule.also_replaces:
-            node = bindings.get(name)
-            v = node.outputs[0] if isinstance(node, Node) and node.outputs else None
-            if v is None or v in outputs or v in found:
-                continue
-            if self.rw.is_graph_output(v) or any(use.node not in inside for use in v._uses):
-                found.append(v)
-        return found
 
     def _escapes(self, nodes: list[Node], outputs: list[Value]) -> str | None:
         inside = set(nodes)

@@ -7,9 +7,9 @@ Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.p
   a rule made one of them and every op of the model means the same at the new opset (transformer_opset.py);
   otherwise a fusion whose op the model's opset lacks is not made.
 * `transformer-onnxruntime`: onnxruntime's com.microsoft contrib ops MultiHeadAttention, SkipLayerNormalization,
-  SkipSimplifiedLayerNormalization (a residual Add before an RMS norm), Gelu, FastGelu, BiasGelu (any opset), and
-  the standard LayerNormalization (17+) / RMSNormalization (23+) and 4-D Attention (23+, for rotary-embedded or
-  repeated-K/V heads, which MultiHeadAttention does not take), the opset raised as for the standard form.
+  Gelu, FastGelu, BiasGelu (any opset), and the standard LayerNormalization (17+) / RMSNormalization (23+) and
+  4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take), the
+  opset raised as for the standard form.
 
 The pass `fuse-transformer{runtime=standard|onnxruntime}` runs one of them (with constant folding in the loop),
 adding the com.microsoft opset import while it runs and keeping it only if a contrib op was made.
@@ -34,12 +34,12 @@ from .transformer_gelu import (
     FuseGeluErfContrib,
     FuseGeluTanh,
 )
-from .transformer_norm import MS, FuseLayerNorm, FuseRMSNorm, FuseSkipLayerNorm, FuseSkipRMSNorm
+from .transformer_norm import MS, FuseLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
 
 STANDARD = [FuseAttention, FuseAttention4D, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, FuseAttention4D, FuseSkipLayerNorm, FuseLayerNorm, FuseSkipRMSNorm, FuseRMSNorm,
-               FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
+ONNXRUNTIME = [FuseMultiHeadAttention, FuseAttention4D, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm, FuseGeluErfContrib,
+               FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 
 

@@ -160,12 +160,10 @@ def _layer_norm(op, x, eps, gamma, beta):
 class FuseSkipLayerNorm(Rule):
     """LayerNorm(Add(a, b)) over the last axis -> com.microsoft SkipLayerNormalization(a, b, gamma, beta).
 
-    a, b of the same 3-D float32 or float16 shape. A post-LN residual block (BERT) uses the sum only in the
-    layer norm; a pre-LN one (GPT-2, ViT) also in the next residual Add, which then reads SkipLayerNormalization's
-    fourth output, the sum itself (`input_skip_bias_sum`: a + b, the same float addition, bit for bit)."""
+    For a post-LN residual block (BERT): a, b of the same 3-D float32 or float16 shape; the sum must not be used elsewhere (a
+    pre-LN block, whose sum feeds the next residual, is left alone)."""
 
     rounding: ClassVar[str] = ROUNDING
-    also_replaces: ClassVar[tuple[str, ...]] = ("skip",)
 
     def pattern(self, op, a, b, eps, gamma, beta):
         return _layer_norm(op, op.Add(a, b, _name="skip"), eps, gamma, beta)
@@ -192,49 +190,7 @@ class FuseSkipLayerNorm(Rule):
         ln = m.get("ln")
         e = float(ln.attr("epsilon", 1e-5)) if ln is not None else eps_of(m, eps)
         g, bias = scale_and_bias(op, a, gamma, beta)
-        if len(m.outputs) == 1:
-            return op.SkipLayerNormalization(a, b, g, bias, _domain=MS, epsilon=e)
-        y, _, _, total = op.SkipLayerNormalization(a, b, g, bias, _domain=MS, epsilon=e, _outputs=4, _absent=(1, 2))
-        return y, total
-
-
-class FuseSkipRMSNorm(Rule):
-    """RMSNorm(Add(a, b)) over the last axis (decomposed, or RMSNormalization) -> com.microsoft
-    SkipSimplifiedLayerNormalization(a, b, gamma): the pre-norm residual of a Llama-style decoder.
-
-    a, b of the same 3-D float32 or float16 shape. Where the sum also feeds the next residual Add, that reads the
-    fused node's fourth output (`input_skip_bias_sum`: a + b, the same float addition, bit for bit)."""
-
-    rounding: ClassVar[str] = ROUNDING
-    also_replaces: ClassVar[tuple[str, ...]] = ("skip",)
-
-    def pattern(self, op, a, b, eps, gamma):
-        s = op.Add(a, b, _name="skip")
-        return Or(op.Mul(rms_norm_core(op, s, eps), gamma), op.RMSNormalization(s, gamma, _name="rms"))
-
-    def check(self, m, a, b, eps, gamma):
-        s = m["skip"].outputs[0]
-        require(np_dtype(s) in (np.float32, np.float16), "the sum is not float32 or float16")
-        sa, sb = full_shape(a), full_shape(b)
-        require(sa is not None and sa == sb and len(sa) == 3, "the residual Add's operands are not of one 3-D shape")
-        rms = m.get("rms")
-        if rms is None:
-            check_norm(m, s, eps, gamma)
-        else:
-            require(int(rms.attr("axis", -1)) in (-1, 2), "RMSNormalization is not over the last axis")
-            require(int(rms.attr("stash_type", 1)) == 1, "RMSNormalization does not compute in float32")
-            require(full_shape(gamma) == (sa[-1],), "gamma is not of the last dim")
-        return True
-
-    def rewrite(self, op, m, a, b, eps, gamma):
-        rms = m.get("rms")
-        e = float(rms.attr("epsilon", 1e-5)) if rms is not None else eps_of(m, eps)
-        g = vector(op, gamma, int(full_shape(a)[-1]))
-        if len(m.outputs) == 1:
-            return op.SkipSimplifiedLayerNormalization(a, b, g, _domain=MS, epsilon=e)
-        y, _, _, total = op.SkipSimplifiedLayerNormalization(a, b, g, _domain=MS, epsilon=e, _outputs=4,
-                                                             _absent=(1, 2))
-        return y, total
+        return op.SkipLayerNormalization(a, b, g, bias, _domain=MS, epsilon=e)
 
 
 class FuseRMSNorm(Rule):
