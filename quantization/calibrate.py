@@ -35,7 +35,7 @@ from ..ir.core import Model, Value
 from ..ir.types import DataType
 from ..ortsession import first_line, session
 from ..progress import progress
-from .data import Dataset
+from .data import Dataset, complete_batch
 
 __all__ = ["METHODS", "ActivationRunner", "Calibration", "calibrate", "fixed_batch", "observable_values", "with_outputs"]
 
@@ -154,14 +154,19 @@ def _write_cache(path: str, model_hash: str, stamp: list, key: str, cal: Calibra
 
 class ActivationRunner:
     """The augmented model (serialized; every observed value a graph output) on onnxruntime, fed one batch at a
-    time."""
+    time. A model whose inputs fix the batch size takes batches of exactly that size: a last, shorter batch is
+    completed by repeating its last sample (min / max ranges are unchanged by it; histograms and least-squares
+    sums count that sample once more per repeat)."""
 
     def __init__(self, augmented: bytes, names: list[str], data: Dataset, batch_size: int | None):
         self.names = names
         self.data = data
         self.batch_size = batch_size
         self.sess = session(augmented, optimize=False, label="the calibration model")
-        self.feeds = [i.name for i in self.sess.get_inputs()]
+        inputs = self.sess.get_inputs()
+        self.feeds = [i.name for i in inputs]
+        self.fixed = batch_size is not None and bool(inputs) and all(
+            i.shape and i.shape[0] == batch_size for i in inputs)
         outputs = [o.name for o in self.sess.get_outputs()]
         self.index = [outputs.index(n) for n in names]
 
@@ -169,6 +174,8 @@ class ActivationRunner:
         with progress(label, self.data.num_samples, enabled=show) as advance:
             for batch in self.data.batches(self.batch_size, self.feeds):
                 n = len(next(iter(batch.values())))
+                if self.fixed:
+                    batch = complete_batch(batch, self.batch_size)
                 try:
                     values = self.sess.run(None, {k: batch[k] for k in self.feeds})
                 except Exception as exc:

@@ -28,7 +28,7 @@ from numpy.lib import format as npy_format
 from ..errors import OptcError
 from ..inputs import InputSpec
 
-__all__ = ["Dataset", "InputSpec", "model_input_specs", "open_dataset", "read_npz"]
+__all__ = ["Dataset", "InputSpec", "complete_batch", "model_input_specs", "open_dataset", "read_npz"]
 
 # What reading a broken zip or .npy member can raise.
 _READ_ERRORS = (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error)
@@ -37,6 +37,17 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, e
 
 def _fmt_dims(shape: Sequence[int | str | None]) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def complete_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """`batch` ({name: array}, the batch on axis 0) grown to `size` samples by repeating its last sample: what a
+    model whose inputs fix the batch size needs for the last, shorter batch of a dataset. The repeats compute
+    what the last sample computes (inference ops act per sample); callers that read per-sample outputs drop
+    them. A batch of `size` or more samples is returned as it is."""
+    n = len(next(iter(batch.values()))) if batch else size
+    if n >= size or n == 0:
+        return batch
+    return {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in batch.items()}
 
 
 def model_input_specs(model) -> list[InputSpec]:

@@ -181,6 +181,25 @@ def test_layer_norm_statistics_outputs_with_a_broadcast_scale_equal_onnxruntime(
     _check(model, {"x": _f32(3, 5, 7)})
 
 
+@pytest.mark.parametrize("stash_type", [1, 11])
+def test_float64_layer_norm_compiles_with_statistics_in_its_stash_type(stash_type):
+    """relax's layer_norm takes float32 / float16 only (a float64 LayerNormalization failed the build): float64
+    follows the definition, its statistics in float32 (stash_type 1, as ONNX specifies) or float64 (11)."""
+    inits = {"s": RNG.uniform(0.5, 1.5, 7), "b": RNG.normal(0, 1, 7)}
+    node = h.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1, stash_type=stash_type)
+    model = _model([node], [h.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 5, 7])],
+                   [h.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+                   [nh.from_array(v, k) for k, v in inits.items()])
+    x = RNG.normal(3, 2, (3, 5, 7))
+    got = optc.compile(model).run({"x": x})["y"]
+    mean = x.mean(-1, keepdims=True)
+    want = (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * inits["s"] + inits["b"]
+    assert got.dtype == np.float64
+    assert np.abs(got - want).max() <= (1e-12 if stash_type == 11 else 1e-5) * np.abs(want).max()
+    if stash_type == 1:  # float32 statistics: not float64-exact
+        assert np.abs(got - want).max() > 1e-12 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("scale", [_f32(1, 7), _scalar(1.5)], ids=["1x7", "0d"])
 def test_rms_norm_with_a_broadcast_scale_equals_onnxruntime(scale):
     model = _norm_model(h.make_node("RMSNormalization", ["x", "s"], ["y"], axis=1), {"s": scale}, ["N", 5, 7],

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import OptcError
 from ..ortsession import first_line, session
 from ..progress import progress as progress_bar
-from ..quantization.data import Dataset, InputSpec, model_input_specs, open_dataset
+from ..quantization.data import Dataset, InputSpec, complete_batch, model_input_specs, open_dataset
 
 __all__ = ["DEFAULT_BATCH_SIZE", "METRICS", "evaluate", "metric_drop"]
 
@@ -50,12 +50,7 @@ class _Runner:
         outputs = []
         for start in range(0, n, step):
             stop = min(start + step, n)
-            feeds = {}
-            for s in self.specs:
-                chunk = batch[s.name][start:stop]
-                if stop - start < step:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - (stop - start), axis=0)])
-                feeds[s.name] = chunk
+            feeds = complete_batch({s.name: batch[s.name][start:stop] for s in self.specs}, step)
             out = np.asarray(self.run_first(feeds))
             if out.ndim == 0 or out.shape[0] != step:
                 raise OptcError(f"'{self.label}': the first output is {out.dtype} {list(out.shape)} for a batch of "

@@ -33,9 +33,15 @@ def layer_normalization(bb, inputs, attrs, ctx):
     gamma = _to_shape(bb, scale, normalized)
     beta = None if bias is None else _to_shape(bb, bias, normalized)
     whole = gamma is not None and (bias is None or beta is not None)
-    if attrs["tvm_custom"]["num_outputs"] == 1 and whole and all(isinstance(d, int) for d in normalized):
+    # relax's layer_norm takes float32 and float16 only (a float64 one failed the build) and computes in float32:
+    # other types, and float64 statistics (stash_type 11), follow the definition
+    if attrs["tvm_custom"]["num_outputs"] == 1 and whole and all(isinstance(d, int) for d in normalized) \
+            and dtype_of(x) in ("float32", "float16") and int(attrs.get("stash_type", 1)) == 1:
         return lookup_frontend("LayerNormalization", ctx.opset)(bb, [x, gamma, beta], {**attrs, "axis": axis}, ctx)
-    return _from_definition(bb, x, scale, bias, list(range(axis, len(dims))), attrs.get("epsilon", 1e-5))
+    stash = {1: "float32", 11: "float64"}.get(int(attrs.get("stash_type", 1)))
+    if stash is None:
+        raise refuse(f"LayerNormalization with stash_type={attrs.get('stash_type')} (1: float32, 11: float64)")
+    return _from_definition(bb, x, scale, bias, list(range(axis, len(dims))), attrs.get("epsilon", 1e-5), stash)
 
 
 def _to_shape(bb, p, shape: list):
@@ -68,17 +74,17 @@ def _same(a, b) -> bool:
     return bool(Analyzer().can_prove_equal(a, b))
 
 
-def _from_definition(bb, x, scale, bias, axes: list[int], epsilon: float):
-    """(Y, Mean, InvStdDev) computed as the ONNX function body does (float32 statistics, Scale and B broadcast by
-    Mul / Add), Y cast back to X's type."""
-    eps = relax.const(epsilon, "float32")
-    xf = x if dtype_of(x) == "float32" else bb.normalize(relax.op.astype(x, "float32"))
+def _from_definition(bb, x, scale, bias, axes: list[int], epsilon: float, stash: str = "float32"):
+    """(Y, Mean, InvStdDev) computed as the ONNX function body does (statistics in the `stash` type: float32 for
+    stash_type 1, float64 for 11; Scale and B broadcast by Mul / Add), Y cast back to X's type."""
+    eps = relax.const(epsilon, stash)
+    xf = x if dtype_of(x) == stash else bb.normalize(relax.op.astype(x, stash))
     mean = bb.normalize(relax.op.mean(xf, axes, keepdims=True))
     centered = bb.normalize(relax.op.subtract(xf, mean))
     var = bb.normalize(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
     inv_std = bb.normalize(relax.op.rsqrt(relax.op.add(var, eps)))
-    y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, "float32"))
+    y = relax.op.multiply(relax.op.multiply(centered, inv_std), relax.op.astype(scale, stash))
     if bias is not None:
-        y = relax.op.add(y, relax.op.astype(bias, "float32"))
+        y = relax.op.add(y, relax.op.astype(bias, stash))
     y = bb.normalize(relax.op.astype(y, dtype_of(x)))
     return relax.Tuple([y, mean, inv_std])
