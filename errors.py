@@ -3,13 +3,21 @@
 __all__ = ["OptcError", "UnsupportedError", "first_line"]
 
 
+#: a first line ending so announces what the next line says: the two are joined (onnxruntime's "Got invalid
+#: dimensions for input: x for the following indices" / " index: 0 Got: 3 Expected: 4")
+LEAD_INS = (":", "the following indices")
+
+
 def first_line(exc: BaseException, last: bool = False) -> str:
-    """The first (or, with `last`, the last) non-empty line of an exception's message, stripped; its type name
-    when the message is empty. The one way optc shortens a library's multi-line error to a one-line message."""
+    """The first (or, with `last`, the last) non-empty line of an exception's message, stripped (a first line
+    that ends in one of `LEAD_INS` joined with the line after it); its type name when the message is empty. The
+    one way optc shortens a library's multi-line error to a one-line message."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__
-    return lines[-1] if last else lines[0]
+    if last:
+        return lines[-1]
+    return f"{lines[0]} {lines[1]}" if len(lines) > 1 and lines[0].endswith(LEAD_INS) else lines[0]
 
 
 class OptcError(Exception):

@@ -22,7 +22,7 @@ from ..errors import OptcError
 from ..ir.core import Model
 from ..ortsession import first_line, session
 from ..rewrites.pipelines import copy_model
-from .data import Dataset, complete_batch, model_input_specs, open_dataset
+from .data import Dataset, complete_batch, drop_repeats, model_input_specs, open_dataset
 from .qdq_rules import node_label
 
 __all__ = ["accuracy_aware", "layer_sensitivity"]
@@ -39,9 +39,10 @@ def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> 
     outs = [o.name for o in sess.get_outputs()]
     inputs = [i.name for i in sess.get_inputs()]
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    fixed = {i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in sess.get_inputs()}
-    size = fixed.pop() if len(fixed) == 1 else None  # the batch size the model fixes, if any
+    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    size = fixed.pop() if len(fixed) == 1 else None  # the batch size the model's inputs fix, if any
     for batch in feeds:
+        rows = len(next(iter(batch.values())))
         if size is not None:  # its last batch completed (the float and the quantized model alike)
             batch = complete_batch(batch, size)
         try:
@@ -49,7 +50,7 @@ def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> 
         except Exception as exc:
             raise OptcError(f"onnxruntime failed in the sensitivity analysis: {first_line(exc)}") from None
         for n in names:
-            got[n].append(values[outs.index(n)])
+            got[n].append(drop_repeats(values[outs.index(n)], rows, size))
     return {n: np.concatenate(v) for n, v in got.items()}
 
 

@@ -35,7 +35,7 @@ from ..ir.core import Model, Value
 from ..ir.types import DataType
 from ..ortsession import first_line, session
 from ..progress import progress
-from .data import Dataset, complete_batch
+from .data import Dataset, complete_batch, drop_repeats
 
 __all__ = ["METHODS", "ActivationRunner", "Calibration", "calibrate", "fixed_batch", "observable_values", "with_outputs"]
 
@@ -155,8 +155,8 @@ def _write_cache(path: str, model_hash: str, stamp: list, key: str, cal: Calibra
 class ActivationRunner:
     """The augmented model (serialized; every observed value a graph output) on onnxruntime, fed one batch at a
     time. A model whose inputs fix the batch size takes batches of exactly that size: a last, shorter batch is
-    completed by repeating its last sample (min / max ranges are unchanged by it; histograms and least-squares
-    sums count that sample once more per repeat)."""
+    completed by repeating its last sample (`complete_batch`), and the repeats' rows are dropped from every value
+    whose axis 0 is that batch (`drop_repeats`)."""
 
     def __init__(self, augmented: bytes, names: list[str], data: Dataset, batch_size: int | None):
         self.names = names
@@ -165,8 +165,7 @@ class ActivationRunner:
         self.sess = session(augmented, optimize=False, label="the calibration model")
         inputs = self.sess.get_inputs()
         self.feeds = [i.name for i in inputs]
-        self.fixed = batch_size is not None and bool(inputs) and all(
-            i.shape and i.shape[0] == batch_size for i in inputs)
+        self.fixed = batch_size is not None and any(i.shape and i.shape[0] == batch_size for i in inputs)
         outputs = [o.name for o in self.sess.get_outputs()]
         self.index = [outputs.index(n) for n in names]
 
@@ -181,7 +180,7 @@ class ActivationRunner:
                 except Exception as exc:
                     raise OptcError(f"onnxruntime failed to run the model on the calibration data: "
                                     f"{first_line(exc)}") from None
-                yield n, [values[i] for i in self.index]
+                yield n, [drop_repeats(values[i], n, self.batch_size) for i in self.index]
                 advance(n)
 
 
@@ -295,8 +294,11 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
     names = [v.name for v in observable_values(model)]
     if not names:
         raise OptcError("the model has no float activations to calibrate")
+    fixed = fixed_batch(model)
+    if batch_size is not None and fixed is not None and batch_size != fixed:
+        raise OptcError(f"--batch-size {batch_size} does not fit the model, whose inputs fix a batch of {fixed}")
     if batch_size is None:
-        batch_size = fixed_batch(model) or 1
+        batch_size = fixed or 1
     start = time.perf_counter()
     # One serialization serves both the cache key and the session: a second copy of a big model's weights
     # (hashing the plain model, then building the augmented one) doubled calibration's peak memory.
@@ -339,15 +341,13 @@ def calibrate(model: Model, data: Dataset, *, method: str = "minmax", percentile
 
 
 def fixed_batch(model: Model) -> int | None:
-    """The batch size the model's inputs fix (axis 0 a number on every input), else None."""
+    """The batch size the model's inputs fix: axis 0 a number on the inputs that have one (inputs with a symbolic
+    axis 0 follow it), the same on all of them; else None."""
     dims = set()
     for v in model.graph.inputs:
         if v.const is not None:
             continue
         shape = v.shape
-        if not shape:
-            return None
-        if not isinstance(shape[0], int):
-            return None
-        dims.add(shape[0])
+        if shape and isinstance(shape[0], int):
+            dims.add(shape[0])
     return dims.pop() if len(dims) == 1 else None

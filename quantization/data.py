@@ -28,7 +28,7 @@ from numpy.lib import format as npy_format
 from ..errors import OptcError
 from ..inputs import InputSpec
 
-__all__ = ["Dataset", "InputSpec", "complete_batch", "model_input_specs", "open_dataset", "read_npz"]
+__all__ = ["Dataset", "InputSpec", "complete_batch", "drop_repeats", "model_input_specs", "open_dataset", "read_npz"]
 
 # What reading a broken zip or .npy member can raise.
 _READ_ERRORS = (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error)
@@ -42,12 +42,20 @@ def _fmt_dims(shape: Sequence[int | str | None]) -> str:
 def complete_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """`batch` ({name: array}, the batch on axis 0) grown to `size` samples by repeating its last sample: what a
     model whose inputs fix the batch size needs for the last, shorter batch of a dataset. The repeats compute
-    what the last sample computes (inference ops act per sample); callers that read per-sample outputs drop
-    them. A batch of `size` or more samples is returned as it is."""
+    what the last sample computes (inference ops act per sample); callers drop their rows (`drop_repeats`). A
+    batch of `size` or more samples is returned as it is."""
     n = len(next(iter(batch.values()))) if batch else size
     if n >= size or n == 0:
         return batch
     return {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in batch.items()}
+
+
+def drop_repeats(value: np.ndarray, n: int, size: int | None) -> np.ndarray:
+    """`value` computed on a batch that `complete_batch` grew from `n` samples to `size`: its first `n` rows when
+    its axis 0 is that batch (an activation of the model), else `value` as it is."""
+    if size is None or n >= size or np.ndim(value) == 0 or value.shape[0] != size:
+        return value
+    return value[:n]
 
 
 def model_input_specs(model) -> list[InputSpec]:

@@ -337,3 +337,15 @@ def test_good_model_passes_every_subcommand(tmp_path):
         assert proc.returncode == 0, (argv, proc.stderr)
         if "-o" in argv:
             assert os.listdir(out_dir) == [os.path.basename(argv[argv.index("-o") + 1])]
+
+
+def test_first_line_keeps_what_a_lead_in_announces():
+    """onnxruntime's shape error puts the detail on its second line: a first line ending in a lead-in is joined
+    with it (the one-line message kept 'for the following indices' and lost which index and sizes)."""
+    from optc.errors import first_line
+
+    exc = RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for the "
+                       "following indices\n index: 0 Got: 3 Expected: 4\n Please fix either the inputs or the model.")
+    assert first_line(exc).endswith("for the following indices index: 0 Got: 3 Expected: 4")
+    assert first_line(RuntimeError("one\ntwo")) == "one"  # no lead-in: the first line alone
+    assert first_line(RuntimeError("a:\nb\nc"), last=True) == "c"

@@ -174,7 +174,31 @@ def test_a_model_that_fixes_its_batch_calibrates_on_any_sample_count(tmp_path, s
     assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
     labels = str(tmp_path / "eval.npz")
     write_npz(labels, {"x": np.random.default_rng(2).standard_normal((samples, 3, 8, 8)).astype(np.float32)})
-    _q(_fixed_batch(net, 4), calib, eval_data=labels, metric="mse", max_accuracy_drop=1e-9)
+    # the layer ranking and every step of the accuracy-aware search: the repeated sample's rows are dropped
+    search = {}
+    for key, model in (("symbolic", net), ("fixed", _fixed_batch(net, 4))):
+        _, report = _q(model, calib, eval_data=labels, metric="mse", max_accuracy_drop=1e-9)
+        search[key] = report["accuracy"]["steps"]
+    assert search["fixed"] == search["symbolic"]
+
+
+def test_one_input_fixing_the_batch_fixes_it_for_calibration(tmp_path):
+    """Inputs [4, 3, 8, 8] and ["N", 5]: the fixed one sets the batch (onnxruntime refused a short last batch),
+    and a --batch-size that contradicts it is refused in one line."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("Concat", ["m", "z"], ["c"], axis=1),
+             helper.make_node("Gemm", ["c", "w"], ["y"], transB=1)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 5])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])], [_w("w", 6, 8)], opset=17)
+    rng = np.random.default_rng(4)
+    calib = str(tmp_path / "two.npz")
+    write_npz(calib, {"x": rng.standard_normal((3, 3, 8, 8)).astype(np.float32),
+                      "z": rng.standard_normal((3, 5)).astype(np.float32)})
+    quantized, _ = _q(model, calib)
+    assert _ops(quantized)["QuantizeLinear"] >= 1
+    with pytest.raises(OptcError, match="--batch-size 3 does not fit the model, whose inputs fix a batch of 4"):
+        _q(model, calib, batch_size=3)
 
 
 def test_percentile_and_entropy_clip_the_tail_that_minmax_keeps(tmp_path):
