@@ -72,7 +72,7 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
-def tvm_ffi_walk(root, callbacks) -> None:
+def _walk(root, callbacks) -> None:
     """`tvm_ffi.structural_walk` in post order (imported when called)."""
     import tvm_ffi  # noqa: PLC0415
 
@@ -81,13 +81,7 @@ def tvm_ffi_walk(root, callbacks) -> None:
 
 def _vars_in(expr) -> set:
     found = set()
-
-    def visit(node):
-        found.add(node)
-
-    import tvm_ffi  # noqa: PLC0415
-
-    tvm_ffi.structural_walk(expr, (tirx.Var, visit), order="post")
+    _walk(expr, (tirx.Var, found.add))
     return found
 
 
@@ -838,7 +832,7 @@ def _arithmetic_ops(stmt) -> int:
     """The arithmetic nodes (binary ops, casts, min / max, selects, calls) in a block's body."""
     kinds = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Min, tirx.Max, tirx.Cast, tirx.Select, ir.expr.Call)
     count = [0]
-    tvm_ffi_walk(stmt, (kinds, lambda _: count.__setitem__(0, count[0] + 1)))
+    _walk(stmt, (kinds, lambda _: count.__setitem__(0, count[0] + 1)))
     return count[0]
 
 
