@@ -33,14 +33,13 @@ SENSITIVITY_SAMPLES = 64
 
 def _run(model: Model, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The values `names` of `model` on the batches `feeds`, concatenated along axis 0."""
-    from .calibrate import with_outputs
+    from .calibrate import fixed_batch, with_outputs
 
     sess = session(with_outputs(model, names), optimize=False, label="the sensitivity model")
     outs = [o.name for o in sess.get_outputs()]
     inputs = [i.name for i in sess.get_inputs()]
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    size = fixed.pop() if len(fixed) == 1 else None  # the batch size the model's inputs fix, if any
+    size = fixed_batch(model)
     for batch in feeds:
         rows = len(next(iter(batch.values())))
         if size is not None:  # its last batch completed (the float and the quantized model alike)

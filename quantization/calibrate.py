@@ -180,7 +180,7 @@ class ActivationRunner:
                 except Exception as exc:
                     raise OptcError(f"onnxruntime failed to run the model on the calibration data: "
                                     f"{first_line(exc)}") from None
-                yield n, [drop_repeats(values[i], n, self.batch_size) for i in self.index]
+                yield n, [drop_repeats(values[i], n, self.batch_size if self.fixed else None) for i in self.index]
                 advance(n)
 
 

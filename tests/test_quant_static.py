@@ -201,6 +201,21 @@ def test_one_input_fixing_the_batch_fixes_it_for_calibration(tmp_path):
         _q(model, calib, batch_size=3)
 
 
+def test_a_short_last_batch_of_a_symbolic_batch_model_keeps_every_row(tmp_path):
+    """Only a completed batch has rows to drop: with a symbolic batch, a [16, 8] activation that does not carry
+    the batch (a mean over it) stays whole in the last, shorter batch, even with a batch size of 16."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=0), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Exp", ["r"], ["y"])]
+    model = optc.from_onnx(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 8])]))
+    path = str(tmp_path / "c.npz")
+    x = np.random.default_rng(9).standard_normal((20, 16, 8)).astype(np.float32)
+    write_npz(path, {"x": x})
+    got = calibrate(model, open_dataset(path, model_input_specs(model)), method="minmax", batch_size=16).ranges["m"]
+    means = np.stack([x[:16].mean(0), x[16:].mean(0)])  # the two batches' [16, 8] means, all their rows
+    np.testing.assert_allclose(got, (means.min(), means.max()), rtol=1e-6)
+
+
 def test_percentile_and_entropy_clip_the_tail_that_minmax_keeps(tmp_path):
     x = np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32)
     x[0, 0] = 80.0  # one outlier

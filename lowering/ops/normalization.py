@@ -33,14 +33,14 @@ def layer_normalization(bb, inputs, attrs, ctx):
     gamma = _to_shape(bb, scale, normalized)
     beta = None if bias is None else _to_shape(bb, bias, normalized)
     whole = gamma is not None and (bias is None or beta is not None)
-    # relax's layer_norm takes float32 and float16 only (a float64 one failed the build) and computes in float32:
-    # other types, and float64 statistics (stash_type 11), follow the definition
-    if attrs["tvm_custom"]["num_outputs"] == 1 and whole and all(isinstance(d, int) for d in normalized) \
-            and dtype_of(x) in ("float32", "float16") and int(attrs.get("stash_type", 1)) == 1:
-        return lookup_frontend("LayerNormalization", ctx.opset)(bb, [x, gamma, beta], {**attrs, "axis": axis}, ctx)
     stash = {1: "float32", 11: "float64"}.get(int(attrs.get("stash_type", 1)))
     if stash is None:
         raise refuse(f"LayerNormalization with stash_type={attrs.get('stash_type')} (1: float32, 11: float64)")
+    # relax's layer_norm takes float32 and float16 only (a float64 one failed the build) and computes in float32:
+    # other types, and float64 statistics (stash_type 11), follow the definition
+    if attrs["tvm_custom"]["num_outputs"] == 1 and whole and all(isinstance(d, int) for d in normalized) \
+            and dtype_of(x) in ("float32", "float16") and stash == "float32":
+        return lookup_frontend("LayerNormalization", ctx.opset)(bb, [x, gamma, beta], {**attrs, "axis": axis}, ctx)
     return _from_definition(bb, x, scale, bias, list(range(axis, len(dims))), attrs.get("epsilon", 1e-5), stash)
 
 
