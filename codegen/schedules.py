@@ -478,6 +478,29 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, b
     return True, padding[n_s - 1] > 1, weight_columns
 
 
+#: a sliding-window reduction loop (a depthwise conv's kernel width) of at most this many taps is unrolled inside
+#: the register tile (``_window_loop``)
+WINDOW_UNROLL_MAX = 7
+
+
+def _window_loop(sch: s_tir.Schedule, stmt, r_loops: list, row_var):
+    """The innermost reduction loop when it slides along the tile rows: an operand is read at ``row + tap`` (any
+    strides) in one index, as a depthwise or pooling kernel's width is, its extent is at most WINDOW_UNROLL_MAX and
+    an outer reduction loop is left (the tile's init goes there). Else None.
+
+    Unrolled inside the tile, the taps of neighbouring outputs read the same input vector, which LLVM then loads
+    and widens once (a 3x3 depthwise conv over 7 rows: 9 loads per tap row instead of 21). A uint8 depthwise conv
+    also becomes pairs of products on ``vpdpwssd``: MobileNetV2-like int8 (depthwise 3x3 at 112x112 to 7x7)
+    2.07 -> 1.93 ms, float32 3.79 -> 3.75 ms (AMD EPYC Zen 5, 1 thread)."""
+    if len(r_loops) < 2 or (_extent(sch, r_loops[-1]) or WINDOW_UNROLL_MAX + 1) > WINDOW_UNROLL_MAX:
+        return None
+    tap = stmt.iter_vars[len(stmt.iter_vars) - 1].var
+    slides = any({row_var, tap} <= _vars_in(rng.min)
+                 for region in stmt.reads if not region.source.same_as(stmt.writes[0].source)
+                 for rng in region.region)
+    return r_loops[-1] if slides else None
+
+
 def _pads_as_einsum(sch: s_tir.Schedule, stmt, padding: list[int]) -> bool:
     """Whether `pad_einsum` takes this padding (on a copy of the schedule): no padding at all, or an einsum
     (not strided windows or gathers, where the predicated tile stays)."""
@@ -626,6 +649,11 @@ class TiledReduction(_Rule):
             outer = [outer[-1], *outer[:-1]]
         outer = _symbolic_outermost(sch, outer)
         sch.reorder(*outer, *r_loops, *inner)
+        window = _window_loop(sch, stmt, r_loops, s_vars[-2]) if n_s >= 2 else None
+        if window is not None:  # a sliding window along the tile rows: its taps unrolled inside the tile
+            r_loops = r_loops[:-1]
+            inner = [*inner[:-1], window, inner[-1]]
+            sch.reorder(*outer, *r_loops, *inner)
         # padded columns (ViT's 197 = 12 whole panels of 16 and a padded one): the panel loop stays a serial loop
         # inside the parallel one, so a tile's rows stay in cache across the panels and LLVM, unrolling it, drops
         # the column predicate of the whole panels' crop (in the fused loop every store was predicated per lane):
