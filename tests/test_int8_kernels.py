@@ -141,7 +141,9 @@ MATMULS = [  # (x shape, K, N, takes): takes = the dot-product rule schedules it
     ((64, 1024), 1024, 256, True),
     ((512, 64), 64, 1024, True),
     ((5, 65), 65, 64, False),         # K odd: not a whole number of pairs
-    ((4, 64), 64, 100, False),        # N not a multiple of 8 lanes
+    ((4, 64), 64, 100, True),         # N not whole vectors: the weight zero-padded to whole ones
+    ((1, 1280), 1280, 1000, True),    # a classifier's 1000 columns (padded to 1008 on 16 lanes)
+    ((4, 64), 64, 6, False),          # N below one vector: not padded, not a multiple of any vector
 ]
 
 
@@ -179,6 +181,8 @@ CONVS = [  # (x shape NCHW, w shape OIHW, conv attributes, takes)
     ((1, 16, 10, 10), (32, 16, 3, 3), {"padding": 1}, True),                     # 3x3, zero padded
     ((2, 8, 11, 11), (16, 8, 3, 3), {"strides": 2}, True),                       # strided, batch 2
     ((1, 3, 12, 12), (16, 3, 3, 3), {"padding": 1}, False),                      # 3 input channels: odd K
+    ((1, 96, 6, 6), (24, 96, 1, 1), {}, True),                                  # 24 channels: padded
+    ((1, 16, 10, 10), (40, 16, 3, 3), {"padding": 1}, True),                     # 40 channels: padded
     ((1, 16, 8, 8), (16, 1, 3, 3), {"padding": 1, "groups": 16}, False),         # depthwise
     ((1, 16, 8, 8), (32, 4, 3, 3), {"padding": 1, "groups": 4}, False),          # grouped
 ]
@@ -200,6 +204,8 @@ def test_conv_exact(x_shape, w_shape, attrs, takes):
     ("matmul", (8, 128), (128, 64), {}),
     ("matmul", (1, 512), (512, 128), {}),
     ("conv", (1, 16, 7, 7), (32, 16, 3, 3), {"padding": 1}),
+    ("conv", (1, 144, 8, 8), (24, 144, 1, 1), {}),   # padded columns: the epilogue crops them
+    ("matmul", (3, 64), (64, 40), {}),
 ])
 def test_requantize_epilogue_matches_unscheduled(op, x_shape, w_shape, attrs):
     """The fused requantize computed per tile gives the same uint8 as TVM's naive loops (and is not constant)."""
@@ -212,6 +218,25 @@ def test_requantize_epilogue_matches_unscheduled(op, x_shape, w_shape, attrs):
     ours = _run(mod, w, x)
     np.testing.assert_array_equal(ours, _run(mod, w, x, schedule="none"))
     assert len(np.unique(ours)) > 10
+
+
+@pytest.mark.parametrize(("k", "n"), [(96, 24), (64, 100)])
+def test_ragged_columns_are_padded_in_the_packed_weight(k, n):
+    """A constant weight whose N is not whole vectors: one compile-time copy (marked as packing is) pads it with
+    zero columns to whole vectors of the widest instruction set and packs it; the tile then runs whole vectors."""
+    target = resolve_target("cpu")
+    isas = [i for i in int8_kernels.int8_isas(target) if i != "amx"]
+    if not isas:
+        pytest.skip("this CPU has no integer dot-product instruction set")
+    lanes = max(int8_kernels.ISAS[i][1] for i in isas)
+    w = _values(np.random.default_rng(4), (k, n), "int8")
+    func, _ = _reduction_kernel(_module((16, k), (k, n), "uint8", "matmul"), w)
+    script = int8_kernels.Int8Reduction().apply(func, target, False).mod["main"].script()
+    padded_n = -(-n // lanes) * lanes
+    copies = [b for b in script.split('T.sblock("')[1:] if "meta_schedule.layout_rewrite_preproc" in b]
+    assert len(copies) == 1 and "T.if_then_else" in copies[0], script  # padding inlined into the packing
+    assert f"T.int64({padded_n}), T.int64(4)), \"int8\")" in script  # the packed weight holds whole vectors
+    assert f"T.int64({padded_n})), \"int32\")" in script            # so does the accumulator
 
 
 def test_packs_a_run_time_weight_in_the_kernel():
