@@ -817,7 +817,7 @@ def _vectorize_source_rows(sch: s_tir.Schedule, block, target: Target, *, parall
         fused = sch.fuse(*fill_loops) if len(fill_loops) > 1 else fill_loops[0]
         width = _vector_lanes(target, stmt.writes[0].source.dtype.bits)
         if size >= 2 * width:  # one constant stored in whole vectors over the flat buffer, and a scalar tail
-            body, _tail = sch.loop_partition(fused, factors=[size - size % width, None])
+            body = sch.loop_partition(fused, factors=[size - size % width, None])[0] if size % width else fused
             chunks, vector = sch.split(body, factors=[None, width])
             sch.vectorize(vector)
             if parallel:
@@ -828,11 +828,14 @@ def _vectorize_source_rows(sch: s_tir.Schedule, block, target: Target, *, parall
     if len(iter_vars) != len(loops) or any(e is None for e in extents):
         return False
     source = max(stmt.reads, key=lambda r: _bytes(r.source))
+    # the source's contiguous axis: the innermost loop variable its last index steps by one (a head split fused
+    # into the transpose reads x[.., head * 64 + d]: d)
     src_last, out_last = _buffer_last_index_vars(source), _buffer_last_index_vars(stmt.writes[0])
-    axis = next((i for i, v in enumerate(iter_vars) if {v} == src_last), None)
-    if axis is None or src_last == out_last:
+    axis = next((i for i in reversed(range(len(iter_vars))) if iter_vars[i] in src_last
+                 and _steps_by_one(source.region[-1].min, iter_vars[i])), None)
+    if axis is None or iter_vars[axis] in out_last:
         return False
-    lanes = _vector_lanes(target, source.source.dtype.bits)
+    lanes = _vector_lanes(target, max(source.source.dtype.bits, 32))  # (narrow sources compute in 32 bits)
     if extents[axis] < 2 * lanes:
         return False
     rest = [lp for k, lp in enumerate(loops) if k != axis]
@@ -848,6 +851,14 @@ def _vectorize_source_rows(sch: s_tir.Schedule, block, target: Target, *, parall
         _, vector = sch.split(loops[axis], factors=[None, lanes])
         sch.vectorize(vector)
     return True
+
+
+def _steps_by_one(index, var) -> bool:
+    """Whether ``index`` is linear in ``var`` with coefficient 1."""
+    from tvm.sym.pattern import detect_linear_equation  # noqa: PLC0415
+
+    coeffs = detect_linear_equation(index, [var])
+    return len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) and int(coeffs[0]) == 1
 
 
 #: a strided layout kernel is computed in vectors along its source (`_vectorize_source_rows`) when its value

@@ -93,7 +93,8 @@ def _quantize_to_nhwc(shape: list[int], pad: int, zero_point: int) -> onnx.Model
 
 
 @pytest.mark.parametrize("shape,pad", [([1, 3, 64, 64], 1), ([1, 96, 20, 40], 0), ([2, 3, 37, 41], 2),
-                                       ([1, 5, 9, 70], 1)])
+                                       ([1, 5, 9, 70], 1),
+                                       ([1, 2, 62, 62], 1)])  # 64 x 64 x 2: the fill is whole vectors, no tail
 def test_quantize_to_nhwc_computes_in_vectors_along_the_source(shape, pad):
     """The quantize runs in vectors along the source's rows (scattered stores); with padding, the pad value is
     a fill of its own first and the interior has no condition (`decompose_padding`)."""
@@ -104,6 +105,7 @@ def test_quantize_to_nhwc_computes_in_vectors_along_the_source(shape, pad):
 
 @pytest.mark.parametrize("shape,pad,zero_point", [([1, 3, 64, 64], 1, 120), ([1, 96, 20, 40], 0, 0),
                                                   ([2, 3, 37, 41], 2, 255), ([1, 5, 9, 70], 1, 7),
+                                                  ([1, 2, 62, 62], 1, 9),
                                                   ([1, 3, 5, 5], 1, 120)])  # rows too short: one at a time
 def test_quantize_to_nhwc_matches_onnxruntime(shape, pad, zero_point):
     model = _quantize_to_nhwc(shape, pad, zero_point)
@@ -115,3 +117,36 @@ def test_quantize_to_nhwc_matches_onnxruntime(shape, pad, zero_point):
     nan = np.pad(nan, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
     # NaN: ONNX leaves it undefined; optc takes it as 0.0 (the zero point), onnxruntime casts it to 0
     assert got.dtype == want.dtype and np.array_equal(got[~nan], want[~nan]) and np.all(got[nan] == zero_point)
+
+
+def _quantize_heads(seq: int, heads: int, dim: int, pad: int, zero_point: int) -> onnx.ModelProto:
+    """QuantizeLinear of [seq, heads * dim] split into heads and transposed to [heads, dim, seq] (an attention's
+    K^T), the sequence padded to whole vectors with the zero point: the source's contiguous index is
+    head * dim + d, linear in d."""
+    inits = [nh.from_array(np.array(0.05, np.float32), "s"), nh.from_array(np.array(zero_point, np.uint8), "z"),
+             nh.from_array(np.array([seq, heads, dim], np.int64), "split"),
+             nh.from_array(np.array([0, 0, 0, 0, 0, pad], np.int64), "pads"),
+             nh.from_array(np.array(zero_point, np.uint8), "pv")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             h.make_node("Reshape", ["q", "split"], ["r"]),
+             h.make_node("Transpose", ["r"], ["t"], perm=[1, 2, 0]),
+             h.make_node("Pad", ["t", "pads", "pv"], ["y"])]
+    g = h.make_graph(nodes, "kt", [h.make_tensor_value_info("x", TP.FLOAT, [seq, heads * dim])],
+                     [h.make_tensor_value_info("y", TP.UINT8, [heads, dim, seq + pad])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("seq,heads,dim,pad", [(197, 3, 64, 11), (50, 4, 32, 14), (64, 2, 48, 0)])
+def test_quantized_head_split_transpose_computes_in_vectors_and_matches_onnxruntime(seq, heads, dim, pad):
+    """ViT's K^T for its integer attention matmul ([197, 192] -> [3, 64, 208]) ran one element at a time
+    (142 us a layer, ten times the float32 transpose; AMD EPYC Zen 5): its source index head * 64 + d was not
+    taken for a contiguous axis, and a fill of whole vectors with no tail failed to schedule."""
+    model = _quantize_heads(seq, heads, dim, pad, 7)
+    text = scheduled_script(model, schedules.Injective())
+    interior = text.split('T.sblock("', 2)[-1] if pad else text
+    assert "T.vectorized(T.int64(16))" in text and "T.isnan" in interior
+    x = (np.random.default_rng(3).standard_normal((seq, heads * dim)) * 8).astype(np.float32)
+    x.flat[:5] = [np.inf, -np.inf, -0.0, 1e30, 0.025]
+    got = optc.compile(model).run({"x": x})["y"]
+    want = run_ort(model, {"x": x})[0]
+    assert got.dtype == want.dtype and np.array_equal(got, want)
