@@ -754,8 +754,12 @@ class Injective(_Rule):
         )
         if not contiguous and len(loops) > 1:
             parallel = not outer and work >= PARALLEL_MIN_WORK
-            trial = sch.copy()
-            if _vectorize_source_rows(trial, block, target, parallel=parallel):  # (a copy keeps the symbol table)
+            trial = sch.copy()  # (a copy keeps the symbol table; a failed trial leaves the strided schedule)
+            try:
+                vectors = _vectorize_source_rows(trial, block, target, parallel=parallel)
+            except s_tir.ScheduleError:
+                vectors = False
+            if vectors:
                 _vectorize_source_rows(sch, block, target, parallel=parallel)
             else:
                 _schedule_strided(sch, loops, extents, parallel=parallel)
