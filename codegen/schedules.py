@@ -983,7 +983,10 @@ class RowReduction(_Rule):
             return None
         row_loops = [lp for lp, v in zip(loops, loop_vars, strict=True) if v in row_vars]
         rest = [lp for lp, v in zip(loops, loop_vars, strict=True) if v not in row_vars]
-        bits = last.writes[0].source.dtype.bits if last.writes else 32
+        # vectors as wide as the widest value computed: a softmax whose output is quantized to uint8 computes in
+        # float32 (64-lane float vectors, from the uint8 output, made BERT-like's int8 softmax 2.5x the float one)
+        bits = max(sch.get(i.block_rv).writes[0].source.dtype.bits for i in [*reductions, infos[-1]]
+                   if sch.get(i.block_rv).writes)
         lanes = _vector_lanes(target, bits)
         extents = [_extent(sch, lp) for lp in loops]
         work = math.prod(extents) if all(e is not None for e in extents) else None
