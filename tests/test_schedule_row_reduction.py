@@ -63,28 +63,27 @@ def test_row_reductions_match_onnxruntime(op, width):
 
 
 def _quantized_attention_probabilities(tmp_path, width: int) -> onnx.ModelProto:
-    """Softmax -> MatMul quantized by optc (QDQ): the softmax kernel then writes the uint8 probabilities the
-    integer matmul reads (BERT's attention). The quantized probabilities are a graph output as well."""
-    w = nh.from_array(np.random.default_rng(0).standard_normal((width, 32)).astype(np.float32), "w")
-    nodes = [h.make_node("Softmax", ["x"], ["p"], axis=-1), h.make_node("MatMul", ["p", "w"], ["y"])]
-    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 16, width])],
-                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 16, 32])], [w])
+    """Softmax(x) @ v quantized by optc (QDQ): the softmax kernel then writes the uint8 probabilities the
+    integer matmul reads (an attention's P V; a row of 197 padded to 200 for its dot products)."""
+    nodes = [h.make_node("Softmax", ["x"], ["p"], axis=-1), h.make_node("MatMul", ["p", "v"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 16, width]),
+                                  h.make_tensor_value_info("v", TensorProto.FLOAT, [2, 4, width, 32])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 16, 32])])
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9), tmp_path / "f.onnx")
-    calib = np.random.default_rng(1).standard_normal((8, 4, 16, width)).astype(np.float32) * 5
-    np.savez(tmp_path / "c.npz", x=calib)
-    model = optc.to_onnx(optc.quantize(str(tmp_path / "f.onnx"), calibration=str(tmp_path / "c.npz"),
-                                       method="minmax"))
-    [q] = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"
-           and any(m.op_type == "Softmax" and m.output[0] == n.input[0] for m in model.graph.node)]
-    model.graph.output.append(h.make_tensor_value_info(q, TensorProto.UINT8, [2, 4, 16, width]))
-    return model
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 4, 16, width)).astype(np.float32) * 5,
+             v=rng.standard_normal((8, 4, width, 32)).astype(np.float32))
+    return optc.to_onnx(optc.quantize(str(tmp_path / "f.onnx"), calibration=str(tmp_path / "c.npz"),
+                                      method="minmax"))
 
 
 @pytest.mark.parametrize("width", [128, 197])
 def test_a_quantized_softmax_computes_in_float32_vectors(tmp_path, width):
     """Vectors as wide as the float32 the row is computed in, not as the uint8 it is stored in (64-lane float
-    vectors made BERT-like's int8 softmax 2.5x the float32 one, AMD EPYC Zen 5); the uint8 probabilities within
-    one quantized unit of onnxruntime's (optc's exp is the fast-math one)."""
+    vectors made BERT-like's int8 softmax 2.5x the float32 one, AMD EPYC Zen 5); a padded row's padding is a fill
+    of its own (`_split_padding`), so the interior has no per-lane condition. The attention's output against
+    onnxruntime's on the same QDQ model: optc's exp is the fast-math one, so a probability may round to the
+    neighbouring uint8 value, and onnxruntime sums the dequantized products in float32."""
     from optc.codegen.compile import integer_kernels
     from optc.codegen.kernel_check import fused_kernels
     from optc.ir import from_onnx
@@ -97,8 +96,13 @@ def test_a_quantized_softmax_computes_in_float32_vectors(tmp_path, width):
     text = schedules.RowReduction().apply(func, resolve_target("cpu"), False).mod["main"].script()
     lanes = schedules._vector_lanes(resolve_target("cpu"), 32)
     assert f"T.vectorized(T.int64({lanes}))" in text and f"T.vectorized(T.int64({4 * lanes}))" not in text
-    x = (np.random.default_rng(2).standard_normal((2, 4, 16, width)) * 5).astype(np.float32)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    got = list(optc.compile(model.SerializeToString(), "cpu").run({"x": x}).values())
-    assert got[1].dtype == np.uint8 and np.abs(got[1].astype(np.int64) - want[1].astype(np.int64)).max() <= 1
-    assert len(np.unique(got[1])) > 20
+    padded = int(func.params[-1].ty.shape[-1]) > width
+    assert padded == (width % 4 != 0) and ("_pad_const" in text) == padded
+    assert "T.if_then_else" not in text.split('_pad_const")', 1)[-1]  # the interior has no condition
+    rng = np.random.default_rng(2)
+    feeds = {"x": (rng.standard_normal((2, 4, 16, width)) * 5).astype(np.float32),
+             "v": rng.standard_normal((2, 4, width, 32)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = list(optc.compile(model.SerializeToString(), "cpu").run(feeds).values())
+    diff = np.abs(got[0] - want[0])
+    assert diff.max() <= 4 / 255 * np.abs(feeds["v"]).max() and np.abs(want[0]).max() > 0.5, diff.max()
