@@ -246,12 +246,16 @@ def test_corpus_model_quantized_by_optc():
     q.ir_version = min(q.ir_version, 10)
     _, summary, ops = _integer_ops(q)
     assert summary["integer"] == 5 and summary["float"] == 0, summary  # 3 Conv + 2 Gemm
-    x = np.load("examples/digits_test.npz")["x"][:16]
+    # the trained classifier keeps its int8 accuracy when compiled: within 0.2 points of onnxruntime's on the same
+    # QDQ model over the whole held-out split (360 images: the same number right)
+    test = np.load("examples/digits_test.npz")
+    x, labels = test["x"].astype(np.float32), test["y"]
     ref = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = optc.compile(q).run({"x": x})[q.graph.output[0].name]
     err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < 0.05, f"logits relative difference {err:.3g}"
-    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert err < 1e-5, f"logits relative difference {err:.3g}"
+    accuracy, ort_accuracy = (got.argmax(1) == labels).mean(), (ref.argmax(1) == labels).mean()
+    assert abs(accuracy - ort_accuracy) < 0.002 and accuracy > 0.95, (accuracy, ort_accuracy)
 
 
 # -- what is and is not rewritten -------------------------------------------------------------------------------
