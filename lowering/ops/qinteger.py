@@ -15,7 +15,9 @@ int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on th
   keeps the per-channel correction exact at the borders; x_zp = 0 keeps the convolution's own zero padding.
 * requantize: `saturate(rint(float32(acc) * M) + y_zp)`, M = float32(float32(x_scale * w_scale) / y_scale),
   round half to even: onnxruntime's MlasRequantizeOutput (float32 multiplier, nearbyint, zero point added
-  after rounding, saturate). Then the fused activation's clamp to [qmin, qmax].
+  after rounding, saturate). Then the fused activation's clamp to [qmin, qmax]. Computed as
+  `cast(clamp(rint(float32(acc) * M) + y_zp, qmin, qmax))` in float32 (`quant.record_float_grid`: exact, the
+  8-bit range and the zero point are exact in float32 and a sum rounded above 2^24 still saturates).
 * float output (no y_scale): `float32(acc) * float32(x_scale * w_scale)` (onnxruntime's QGemm float output).
 * run-time w (QMatMul of two activations, `_run_time_w`): a as uint8 and w as int8 (the other type shifted by 128,
   its zero point with it), K padded to a multiple of 4 and N to one of 16 with zeros, `matmul(a', w')` on the
@@ -99,10 +101,12 @@ def _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, axis: int):
     out_dtype = str(y_zp.dtype)
     zp = int(y_zp.reshape(()))
     r = _without_nan(bb, r, bool(np.isfinite(m).all()))
-    y = bb.emit(_saturate(bb, r, _scalar(zp, "int32", rank), out_dtype))
     lo, hi = _INT_RANGES[out_dtype]
     qmin, qmax = max(lo, int(attrs.get("qmin", lo))), min(hi, int(attrs.get("qmax", hi)))
-    record_float_grid(bb, ctx, r, _scalar(zp, "float32", rank), qmin, qmax)
+    grid = record_float_grid(bb, ctx, r, _scalar(zp, "float32", rank), qmin, qmax)
+    if grid is not None:  # clamp(r + zp, qmin, qmax) in float32 is the quantized value: one exact cast (half the
+        return relax.op.astype(grid, out_dtype)  # epilogue of the int32 round trip; small-K 1x1 convs are bound by it)
+    y = bb.emit(_saturate(bb, r, _scalar(zp, "int32", rank), out_dtype))
     if (qmin, qmax) == (lo, hi):
         return y
     if qmin > lo:

@@ -180,7 +180,7 @@ def _saturate(bb, r, zp, out_dtype: str):
     return relax.op.astype(q, out_dtype)
 
 
-def record_float_grid(bb, ctx, r, zp, lo: int, hi: int) -> None:
+def record_float_grid(bb, ctx, r, zp, lo: int, hi: int):
     """Note, for the DequantizeLinear nodes that read the node being converted (a QuantizeLinear, a requantizing
     QMatMul / QConv), its output as float32 computed without the integer round trip: `clamp(r + zp, lo, hi)` in
     float32 for the NaN-free rounded float32 `r`, equal to `float32(q)` bit for bit (the 8/16-bit ranges are
@@ -188,10 +188,11 @@ def record_float_grid(bb, ctx, r, zp, lo: int, hi: int) -> None:
     float32(0) is, since the zero point, 0 too, is always added). A QDQ model's float islands run
     Q -> DQ pairs back to back; the fused kernels then skip four integer conversions and clamps per pair
     (`DequantizeLinear` reads it from `ctx.float_grid`). Unused (no DequantizeLinear reads it), it is dead code
-    that Relax removes."""
+    that Relax removes. Returns that float32 tensor (None when nothing is recorded: no node, not float32), whose
+    cast to the quantized type is the quantized value itself."""
     node = getattr(ctx, "node", None)
     if node is None or not node.outputs or node.outputs[0] is None or dtype_of(r) != "float32":
-        return
+        return None
     rank = _rank(r)
     scalar = rank == 0
     if scalar:  # as [1]: a 0-d kernel's constants are immediates, and TVM's simplifier drops `x + 0.0` (the
@@ -202,6 +203,7 @@ def record_float_grid(bb, ctx, r, zp, lo: int, hi: int) -> None:
     grid = bb.emit(relax.op.minimum(
         relax.op.maximum(shifted, _scalar(lo, "float32", rank)), _scalar(hi, "float32", rank)))
     ctx.float_grid[node.outputs[0]] = bb.emit(relax.op.reshape(grid, [])) if scalar else grid
+    return ctx.float_grid[node.outputs[0]]
 
 
 def _to_grid(bb, v, precision: str):
