@@ -30,6 +30,8 @@ from tvm.target import Target
 PARALLEL_MIN_WORK = 1 << 14
 #: ... unless the kernel does at least this many multiply-adds (~1 ms single-threaded)
 PARALLEL_MIN_MACS = 1 << 22
+#: a parallel loop over fewer iterations than this takes the next loop in too (work in even shares)
+PARALLEL_MIN_ROWS = 16
 #: a strided (transpose) kernel keeps its innermost loops unfused over at least this many elements
 STRIDED_ROW = 64
 #: grouped convs with an even number of channels per group up to twice this, and no divisor of 4 or more:
@@ -842,9 +844,13 @@ def _vectorize_source_rows(sch: s_tir.Schedule, block, target: Target, *, parall
     lanes = _vector_lanes(target, max(source.source.dtype.bits, 32))  # (narrow sources compute in 32 bits)
     if extents[axis] < 2 * lanes:
         return False
-    rest = [lp for k, lp in enumerate(loops) if k != axis]
-    sch.reorder(*rest, loops[axis])
-    outer = rest[:-1]
+    rest = [k for k in range(len(loops)) if k != axis]
+    sch.reorder(*[loops[k] for k in rest], loops[axis])
+    # the loops but the source's row run in parallel; too few of them to share among threads (a K^T's 3 heads:
+    # two on one thread), the rows too
+    n_outer = len(rest) - 1 if not parallel or math.prod(extents[k] for k in rest[:-1]) >= PARALLEL_MIN_ROWS \
+        else len(rest)
+    outer = [loops[k] for k in rest[:n_outer]]
     if outer:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         if parallel:
