@@ -1045,7 +1045,10 @@ def _split_padding(sch: s_tir.Schedule, block, loop):
     computed at the interior's loops: done after, it dropped them); returns the fill block, or None (nothing to
     split). A per-lane condition in a vectorized loop is computed one lane at a time: a ViT-like's
     int8 softmax, its uint8 rows padded from 197 to 200 for the next matmul, took 2x as long (AMD EPYC Zen 5)."""
-    if "if_then_else" not in sch.get(block).body.script() or not sch.can_decompose_padding(block, loop):
+    stmt = sch.get(block)
+    if "bfloat16" in {str(w.source.dtype) for w in stmt.writes}:  # (TVM stores a bf16 fill vector as uint16
+        return None                                                   # lanes its legalization rejects)
+    if "if_then_else" not in stmt.body.script() or not sch.can_decompose_padding(block, loop):
         return None
     return sch.decompose_padding(block, loop)
 
