@@ -65,8 +65,8 @@ from .bf16_dot import import_into as bf16_dot_import_into
 from .bf16_dot import make_impl as bf16_dot_impl
 from .schedules import (
     MAX_TILE_ROWS,
-    _buffer_last_index_vars,
     _block_stmts,
+    _buffer_last_index_vars,
     _bytes,
     _extent,
     _fuse_tiles_parallel,
@@ -266,10 +266,7 @@ class Int8Reduction(_Rule):
         if "bfloat16" in dtypes and "int8" not in dtypes:  # bf16 operands: AMX tdpbf16ps, else vdpbf16ps
             feats = llvm_features(target)
             if self.tile is None and all(f in feats for f in AMX_BF16_FEATURES):
-                try:
-                    sch = self._schedule(func, target, ["amx"], amx=True)
-                except (s_tir.ScheduleError, InternalError, ValueError):
-                    sch = None
+                sch = self._first(func, target, [(["amx"], {"amx": True})])
                 if sch is not None:
                     return sch
             if not all(f in feats for f in BF16_DOT_FEATURES):
@@ -280,32 +277,30 @@ class Int8Reduction(_Rule):
         isas = int8_isas(target)
         if not isas:
             return None
-        if "amx" in isas and self.tile is None:
-            # a stride-1 conv with its window inside the tile block; any block; M padded to whole tiles
-            for window, pad_rows in ((True, 0), (False, 0), (False, 16)):
-                try:
-                    sch = self._schedule(func, target, isas, amx=True, pad_rows=pad_rows, window=window)
-                except (s_tir.ScheduleError, InternalError, ValueError):  # no match (e.g. a strided conv)
-                    sch = None
-                if sch is not None:
-                    return sch
         register_isas = [i for i in isas if i != "amx"]
         lanes = max((ISAS[i][1] for i in register_isas), default=0)
-        if self.tile is None and lanes:  # a weight's columns that are not whole vectors: padded with zeros
+        attempts = []
+        if self.tile is None:
+            if "amx" in isas:  # a stride-1 conv with its window inside the tile block; any block; M padded
+                attempts += [(isas, {"amx": True, "pad_rows": rows, "window": window})
+                             for window, rows in ((True, 0), (False, 0), (False, 16))]
+            if lanes:  # a weight's columns that are not whole vectors: padded with zeros
+                attempts.append((register_isas, {"amx": False, "pad_cols": lanes}))
+            # rows that no register tile height divides (197 tokens): padded to whole tiles
+            attempts.append((register_isas, {"amx": False, "pad_rows": MAX_TILE_ROWS}))
+        return self._first(func, target, attempts) or self._schedule(func, target, register_isas, amx=False)
+
+    def _first(self, func, target: Target, attempts: list):
+        """The first of ``attempts`` ((isas, options) for ``_schedule``) that schedules the kernel, or None (a
+        schedule error is a declined attempt: the geometry does not fit that form)."""
+        for isas, options in attempts:
             try:
-                sch = self._schedule(func, target, register_isas, amx=False, pad_cols=lanes)
+                sch = self._schedule(func, target, isas, **options)
             except (s_tir.ScheduleError, InternalError, ValueError):
                 sch = None
             if sch is not None:
                 return sch
-        if self.tile is None:  # rows that no register tile height divides (197 tokens): padded to whole tiles
-            try:
-                sch = self._schedule(func, target, register_isas, amx=False, pad_rows=MAX_TILE_ROWS)
-            except (s_tir.ScheduleError, InternalError, ValueError):
-                sch = None
-            if sch is not None:
-                return sch
-        return self._schedule(func, target, register_isas, amx=False)
+        return None
 
     def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0,
                   window: bool = False, padded: int = 0, pad_cols: int = 0, padded_weight=None):

@@ -27,18 +27,42 @@ def ort_session_options():
     return so
 
 
-def scheduled_script(model: onnx.ModelProto, rule) -> str:
-    """The TVMScript of `model`'s one fused kernel (-O2, cpu) as schedule rule `rule` (an instance from
-    optc.codegen.schedules) schedules it; asserts that the rule applies."""
+def scheduled_script(model: onnx.ModelProto, rule, names: tuple[str, ...] = ()) -> str:
+    """The TVMScript of `model`'s one fused kernel (-O2, cpu; with `names`, the one whose name holds one of them:
+    a conv among its layout transposes) as schedule rule `rule` (an instance from optc.codegen.schedules)
+    schedules it; asserts that the rule applies."""
     from optc.codegen.kernel_check import fused_kernels
     from optc.codegen.targets import resolve_target
     from optc.ir import from_onnx
 
     fused = fused_kernels(from_onnx(model), "cpu")
-    [func] = [f for gv, f in fused.functions_items() if gv.name_hint != "main"]
+    [func] = [f for gv, f in fused.functions_items() if gv.name_hint != "main"
+              and (not names or any(n in gv.name_hint for n in names))]
     sch = rule.apply(func, resolve_target("cpu"), False)
     assert sch is not None
     return sch.mod["main"].script()
+
+
+def special_float_feeds(model: onnx.ModelProto, batch: int, special: bool) -> dict:
+    """Random normal values for a one-input float32 / float64 model `x` (symbolic dims set to `batch`); `special`:
+    the first four values NaN, +inf, -inf and -0.0."""
+    t = model.graph.input[0].type.tensor_type
+    shape = [d.dim_value or batch for d in t.shape.dim]
+    dtype = np.float64 if t.elem_type == onnx.TensorProto.DOUBLE else np.float32
+    x = np.random.default_rng(batch).standard_normal(shape).astype(dtype)
+    if special:
+        x.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    return {"x": x}
+
+
+def assert_ieee_close(got: np.ndarray, want: np.ndarray, rtol: float, atol_scale: float) -> None:
+    """Same shape, values within rtol and atol_scale x the largest finite |want|, NaN in the same places and the
+    same signs of zeros."""
+    assert got.shape == want.shape
+    scale = np.abs(np.nan_to_num(want, posinf=0, neginf=0)).max()
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol_scale * scale, equal_nan=True)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.signbit(got[got == 0]), np.signbit(want[want == 0]))
 
 
 def _model_bytes(model: onnx.ModelProto | bytes | str) -> bytes | str:

@@ -18,8 +18,9 @@ from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
 from optc.codegen import schedules
 from optc.codegen.kernel_check import check_kernels, fused_kernels
-from optc.codegen.targets import resolve_target
 from optc.ir import from_onnx
+
+from .conftest import assert_ieee_close, scheduled_script, special_float_feeds
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 
@@ -67,17 +68,6 @@ CASES = {
 }
 
 
-def _feeds(model: onnx.ModelProto, batch: int, special: bool) -> dict:
-    t = model.graph.input[0].type.tensor_type
-    shape = [d.dim_value or batch for d in t.shape.dim]
-    dtype = np.float64 if t.elem_type == F64 else np.float32
-    x = np.random.default_rng(batch).standard_normal(shape).astype(dtype)
-    if special:
-        flat = x.reshape(-1)
-        flat[[0, 7, 40, 41, 100]] = [np.nan, np.inf, -np.inf, -0.0, np.nan]
-    return {"x": x}
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_window_kernels_match_onnxruntime(case):
     make, kwargs = CASES[case]
@@ -88,21 +78,12 @@ def test_window_kernels_match_onnxruntime(case):
     sess = ReferenceEvaluator(model) if f64 else \
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch, special in ((1, False), (3, True)):
-        feeds = _feeds(model, batch, special)
-        got, want = module.run(feeds)["y"], sess.run(None, feeds)[0]
-        assert got.shape == want.shape
-        scale = np.abs(np.nan_to_num(want, posinf=0, neginf=0)).max()
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, equal_nan=True)
-        assert np.array_equal(np.isnan(got), np.isnan(want))
-        assert np.array_equal(np.signbit(got[got == 0]), np.signbit(want[want == 0]))
+        feeds = special_float_feeds(model, batch, special)
+        assert_ieee_close(module.run(feeds)["y"], sess.run(None, feeds)[0], rtol=1e-5, atol_scale=1e-6)
 
 
 def _scheduled(model: onnx.ModelProto) -> str:
-    fused = fused_kernels(from_onnx(model), "cpu")
-    [func] = [f for gv, f in fused.functions_items() if "conv" in gv.name_hint or "pool" in gv.name_hint]
-    sch = schedules.TiledReduction().apply(func, resolve_target("cpu"), False)
-    assert sch is not None
-    return sch.mod["main"].script()
+    return scheduled_script(model, schedules.TiledReduction(), ("conv", "pool"))
 
 
 def _unrolled_tap(script: str) -> int | None:
