@@ -776,6 +776,19 @@ class Injective(_Rule):
         parallel_here = not outer and work >= PARALLEL_MIN_WORK
         if contiguous and chunk == 1 and _vector_rows_and_tail(sch, loops, extents, lanes, parallel_here):
             return
+        # an operand broadcast along the rows (a per-row statistic: a layer norm's variance, quantized): the row
+        # loop stays its own, so that what is computed from it alone is hoisted out of the row's vectors (fused
+        # with the columns, every vector recomputed it: BERT-like int8's normalizing kernel 19 us a call)
+        rows_of_their_own = chunk > 1 and len(loops) > 1 and extents[-1] % chunk == 0 and \
+            extents[-1] >= 2 * chunk and math.prod(extents[:-1]) >= PARALLEL_MIN_ROWS and any(
+                _vars_in_region(r) and last_var not in _vars_in_region(r) for r in stmt.reads)
+        if rows_of_their_own:
+            rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+            _, v = sch.split(loops[-1], factors=[None, chunk])
+            if parallel_here:
+                sch.parallel(rows)
+            sch.vectorize(v)
+            return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         if chunk > 1:
             o, v = sch.split(fused, factors=[None, chunk])
