@@ -650,12 +650,11 @@ class TiledReduction(_Rule):
         if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):
             outer = [outer[-1], *outer[:-1]]
         outer = _symbolic_outermost(sch, outer)
-        sch.reorder(*outer, *r_loops, *inner)
         window = _window_loop(sch, stmt, r_loops, s_vars[-2]) if n_s >= 2 else None
         if window is not None:  # a sliding window along the tile rows: its taps unrolled inside the tile
             r_loops = r_loops[:-1]
             inner = [*inner[:-1], window, inner[-1]]
-            sch.reorder(*outer, *r_loops, *inner)
+        sch.reorder(*outer, *r_loops, *inner)
         # padded columns (ViT's 197 = 12 whole panels of 16 and a padded one): the panel loop stays a serial loop
         # inside the parallel one, so a tile's rows stay in cache across the panels and LLVM, unrolling it, drops
         # the column predicate of the whole panels' crop (in the fused loop every store was predicated per lane):
