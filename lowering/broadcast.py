@@ -42,13 +42,16 @@ def align_operands(bb: relax.BlockBuilder, inputs: list) -> list:
     return aligned
 
 
-def align_batch_dims(bb: relax.BlockBuilder, inputs: list) -> list:
-    """MatMul's operands with their batch dims (all but the last two) aligned as `align_operands` aligns
-    elementwise operands: `[N, 4, 5] @ [3, 5, 6]` had an unknown result shape. Operands of rank < 3 on either
-    side (no batch dims to broadcast against each other), of unknown shape or with static batch dims only are
-    returned as they are."""
-    dims = [dims_of(x) if _is_tensor(x) else None for x in inputs[:2]]
-    if len(dims) < 2 or any(d is None or len(d) < 3 for d in dims):
+def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, int] = (0, 1)) -> list:
+    """A matmul's two operands (`inputs` at the positions `operands`: (0, 1) for MatMul and MatMulInteger, (0, 3)
+    for QLinearMatMul and optc's QMatMul) with their batch dims (all but the last two) aligned as `align_operands`
+    aligns elementwise operands: `[N, 4, 5] @ [3, 5, 6]`, or two graph inputs' unrelated symbolic batches, had an
+    unknown result shape. Operands of rank < 3 on either side (no batch dims to broadcast against each other), of
+    unknown shape or with static batch dims only are returned as they are."""
+    if len(inputs) <= max(operands):
+        return inputs
+    dims = [dims_of(inputs[i]) if _is_tensor(inputs[i]) else None for i in operands]
+    if any(d is None or len(d) < 3 for d in dims):
         return inputs
     batches = [d[:-2] for d in dims]
     if all(_static(d) for b in batches for d in b):
@@ -56,12 +59,11 @@ def align_batch_dims(bb: relax.BlockBuilder, inputs: list) -> list:
     out = result_dims(batches)
     if out is None:
         return inputs
-    aligned = type(inputs)()
-    for i, x in enumerate(inputs):
-        if i < 2 and _risky(batches[i], out):
-            x = broadcast_to(bb, x, out[len(out) - len(batches[i]):] + dims[i][-2:])
-        aligned.append(x)
-    return aligned
+    aligned = list(inputs)
+    for k, i in enumerate(operands):
+        if _risky(batches[k], out):
+            aligned[i] = broadcast_to(bb, inputs[i], out[len(out) - len(batches[k]):] + dims[k][-2:])
+    return type(inputs)(aligned)
 
 
 def result_dims(shapes: list[list]) -> list | None:

@@ -231,8 +231,8 @@ class _Lowering:
             inputs, scalar_result = self._scalar_constants_as_tensors(inputs)
         if n.op_type in BROADCAST_OPS and n.domain in ("", "ai.onnx"):
             inputs = align_operands(self.bb, inputs)  # symbolic dims TVM cannot broadcast (see broadcast.py)
-        elif n.op_type == "MatMul" and n.domain in ("", "ai.onnx"):
-            inputs = align_batch_dims(self.bb, inputs)
+        elif (_domain(n.domain), n.op_type) in _MATMUL_OPERANDS:
+            inputs = align_batch_dims(self.bb, inputs, _MATMUL_OPERANDS[_domain(n.domain), n.op_type])
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)
@@ -369,6 +369,13 @@ class _Lowering:
 
 _ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu"}
 _SELF_OPS = {"Sub", "Div"}  # see _Lowering._self_op
+# (domain, op) -> the positions of a matmul's two operands, whose batch dims `align_batch_dims` aligns
+_MATMUL_OPERANDS = {("", "MatMul"): (0, 1), ("", "MatMulInteger"): (0, 1), ("", "QLinearMatMul"): (0, 3),
+                    ("optc", "QMatMul"): (0, 3)}
+
+
+def _domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
 _SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
                      "Equal", "Where", "Cast", "CastLike", "Squeeze"}
 _RETURNS_TUPLE_VALUE = {"Optional", "OptionalGetElement", "SequenceConstruct", "SequenceEmpty", "SequenceErase",

@@ -628,12 +628,15 @@ def test_activation_matmul_not_rewritten(mutate, reason, monkeypatch):
 @pytest.mark.parametrize(("shape_a", "shape_b", "rewritten"), [
     (["batch", 33, 64], ["batch", 64, 17], True),  # symbolic batch, N = 17: the padded columns are sliced off
     ([2, "M", 64], [2, 64, 17], True),
-    (["B", 33, 64], [2, 64, 16], False),  # a symbolic batch against a static one: left to the float MatMul
+    (["B", 33, 64], [2, 64, 16], True),  # a symbolic batch against a static one
     (["B", 4, 33, 64], [1, 4, 64, 16], True),  # ... but against 1 it broadcasts (GPT-2's P V after the mask)
+    ([None, 33, 64], [None, 64, 17], True),  # two unknown batches, unrelated symbols to TVM (a breaker's case)
+    (["P", 33, 64], ["Q", 64, 17], True),  # two named batches, run as 1 against 3: broadcast at run time
 ])
 def test_activation_matmuls_with_symbolic_dims(shape_a, shape_b, rewritten):
-    """Found by a breaker: the crop of the padded columns needed static dims, and a symbolic batch broadcast against
-    a static one failed inside TVM's legalization."""
+    """Found by breakers: the crop of the padded columns needed static dims, a symbolic batch broadcast against
+    a static one failed inside TVM's legalization, and two unrelated symbolic batches left the integer matmul's
+    result shape unknown (its batch dims are now aligned as MatMul's are)."""
     model = _act_matmul(shape_a=[1, 1, 64], shape_b=[1, 64, 16])
     for vi, shape in zip(model.graph.input, (shape_a, shape_b), strict=True):
         vi.CopyFrom(h.make_tensor_value_info(vi.name, TensorProto.FLOAT, shape))
@@ -641,7 +644,8 @@ def test_activation_matmuls_with_symbolic_dims(shape_a, shape_b, rewritten):
     assert ("QMatMul" in ops) is rewritten, ops
 
     def concrete(s):
-        return [1 if d == "B" and len(s) == 4 else 2 if d in ("batch", "B") else 19 if d == "M" else d for d in s]
+        named = {"batch": 2, "B": 1 if len(s) == 4 else 2, "M": 19, "P": 1, "Q": 3, None: 2}
+        return [named[d] if d is None or isinstance(d, str) else d for d in s]
 
     feeds = {"x": (RNG.standard_normal(concrete(shape_a)) * 2).astype(np.float32),
              "z": (RNG.standard_normal(concrete(shape_b)) * 2).astype(np.float32)}
@@ -652,3 +656,38 @@ def test_activation_matmuls_with_symbolic_dims(shape_a, shape_b, rewritten):
         None, feeds)[0]
     hist = histogram(got.astype(np.int64) - want)
     assert max(map(abs, hist)) <= 1, hist
+
+
+def _integer_matmul_of_inputs(op: str) -> onnx.ModelProto:
+    a = h.make_tensor_value_info("a", TensorProto.UINT8, ["P", 5, 8])
+    b = h.make_tensor_value_info("b", TensorProto.INT8, ["Q", 8, 6])
+    if op == "MatMulInteger":
+        nodes = [h.make_node(op, ["a", "b", "az"], ["y"])]
+        inits = [h.make_tensor("az", TensorProto.UINT8, [], [3])]
+    else:
+        nodes = [h.make_node(op, ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])]
+        inits = [h.make_tensor("as", TensorProto.FLOAT, [], [0.1]), h.make_tensor("az", TensorProto.UINT8, [], [3]),
+                 h.make_tensor("bs", TensorProto.FLOAT, [], [0.05]), h.make_tensor("bz", TensorProto.INT8, [], [0]),
+                 h.make_tensor("ys", TensorProto.FLOAT, [], [0.2]), h.make_tensor("yz", TensorProto.UINT8, [], [100])]
+    y = h.make_tensor_value_info("y", TensorProto.INT32 if op == "MatMulInteger" else TensorProto.UINT8, None)
+    graph = h.make_graph(nodes, "g", [a, b], [y], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.mark.parametrize("op", ["MatMulInteger", "QLinearMatMul"])
+def test_integer_matmuls_of_unrelated_symbolic_batches(op):
+    """MatMulInteger / QLinearMatMul of two graph inputs whose batches are different symbols (P, Q): the result's
+    batch is their broadcast, a dim computed from both, which the NaN select's kernel could not take from its
+    buffers ("variables (P, Q) are used, but are not passed in"). Exact against onnxruntime at equal and
+    broadcast batches; unequal batches other than 1 are refused at run time."""
+    model = _integer_matmul_of_inputs(op)
+    lib = optc.compile(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for pa, pb in ((2, 2), (1, 3), (3, 1)):
+        feeds = {"a": RNG.integers(0, 256, (pa, 5, 8)).astype(np.uint8),
+                 "b": RNG.integers(-128, 128, (pb, 8, 6)).astype(np.int8)}
+        got, want = lib.run(feeds)["y"], session.run(None, feeds)[0]
+        assert got.shape == want.shape == (max(pa, pb), 5, 6)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(optc.OptcError, match="shape"):
+        lib.run({"a": np.zeros((2, 5, 8), np.uint8), "b": np.zeros((3, 8, 6), np.int8)})

@@ -136,7 +136,11 @@ def _nan_to_zero(bb, r):
     and TVM's simplifier ran for more than 20 minutes on a QDQ BERT-like (177 QuantizeLinear)."""
     from tvm import te, tirx
 
-    t = te.placeholder(list(r.ty.shape.values), dtype=dtype_of(r), name="r")
+    # a dim computed from symbolic ones (max(P, Q) * min(P, Q, 1) of a broadcast) becomes a var of its own: the
+    # kernel cannot take P and Q from its buffers' shapes
+    dims = [d if isinstance(d, (tirx.IntImm, tirx.Var)) else tirx.Var(f"n{i}", "int64")
+            for i, d in enumerate(r.ty.shape.values)]
+    t = te.placeholder(dims, dtype=dtype_of(r), name="r")
     y = te.compute(t.shape, lambda *i: tirx.Select(tirx.isnan(t(*i)), tirx.const(0, t.dtype), t(*i)),
                    name="nan_to_zero")
     func = declare_op_pattern(te.create_prim_func([t, y]).without_attr("global_symbol"), 8)  # kOpaque

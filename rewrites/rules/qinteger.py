@@ -52,8 +52,8 @@ sum lies within its rounding error of a rounding boundary of Q: at most 1 quanti
 contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py measures the histogram).
 
 Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
-column, of a symbolic K or N, of a reduction over MAX_RUNTIME_TERMS, or whose symbolic batch dim meets another
-(not 1) of a; non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the float path,
+column, of a symbolic K or N or of a reduction over MAX_RUNTIME_TERMS (symbolic batch dims are aligned in the
+lowering, as MatMul's are); non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the float path,
 whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA
 or alpha / beta != 1; an int32 bias whose scale is not x_scale * w_scale, a float bias; reductions over
 MAX_TERMS. A float op other than Relu / Clip between the op
@@ -384,11 +384,6 @@ def _run_time_weight(m, a: Value, wd: Value):
     k, n = w.shape[-2], w.shape[-1]
     require(isinstance(k, int) and isinstance(n, int), "the second input's K or N is not static")
     require(a.shape[-1] == k, "the inputs' reduction lengths differ")
-    # batch dims (aligned from the right) that TVM broadcasts: equal, one of them 1, or both static (a symbolic
-    # dim against a static one other than 1 failed inside TVM's matmul legalization)
-    pairs = zip(reversed(a.shape[:-2]), reversed(w.shape[:-2]), strict=False)
-    require(all(da == dw or 1 in (da, dw) or isinstance(da, int) and isinstance(dw, int) for da, dw in pairs),
-            "a symbolic batch dim of one input meets a different one of the other")
     require(k <= MAX_RUNTIME_TERMS, "the reduction is too long for an int32 accumulator with run-time zero points")
     return w, wq.scale, None, wq.zero_point
 
