@@ -52,6 +52,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     from ..rewrites import optimize
     from ..rewrites.pipelines import copy_model
     from ..rewrites.rules.weight_int4 import to_weight_int4_ops
+    from ..rewrites.rules.qoperator import to_qdq_ops
 
     tvm_target = resolve_target(target, mcpu=mcpu)
     check_precision(precision, tvm_target)
@@ -71,6 +72,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         model = copy_model(model)
         fix_input_shapes(model, input_shapes)
     model = optimize(model, level=level)
+    to_qdq_ops(model)
     int4_matmuls = to_weight_int4_ops(model)
     kernels = integer_kernels(model, level)
     kernels["int4_weights"] = int4_matmuls
