@@ -3,8 +3,8 @@
 One module per family: `noops` (eliminate-noops), `canonicalize`, `fusion` (the fuse-* sets), `transformer`
 (transformer-standard / transformer-onnxruntime, run by the fuse-transformer pass and `optc optimize --for`),
 `qinteger` (QDQ patterns to optc's integer ops, with `qlookup`'s 256-entry tables for elementwise functions of one
-8-bit tensor) and `weight-int4` (4-bit weights to optc.MatMulNBits and byte-sized
-codes), both for the TVM compile path only.
+8-bit tensor), `weight-int4` (4-bit weights to optc.MatMulNBits and byte-sized codes) and `qoperator-to-qdq`
+(onnxruntime's QLinear* contrib ops to standard QDQ), all for the TVM compile path only.
 
 Rule sets are a registry, open to plugins: `register_rule_set(name, rules, level=2)` from Python, or a package
 that declares an entry point in the `optc.rules` group (its object: a callable that calls `register_rule_set`,
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ...errors import OptcError, did_you_mean
 from ..rule import Rule
-from . import canonicalize, fusion, noops, qinteger, qlookup, transformer, weight_int4
+from . import canonicalize, fusion, noops, qinteger, qlookup, qoperator, transformer, weight_int4
 
 
 @dataclass(frozen=True)
@@ -124,5 +124,8 @@ register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
 register_rule_set("qinteger", qinteger.RULES + qlookup.RULES)
 # the same for weight-only 4-bit models (optc.MatMulNBits; `weight_int4.to_weight_int4_ops` on the compile path)
 register_rule_set("weight-int4", weight_int4.RULES)
+# onnxruntime's QOperator contrib ops as standard QDQ (`qoperator.to_qdq_ops` on the compile path; ONNX out keeps
+# them: onnxruntime runs them natively)
+register_rule_set("qoperator-to-qdq", qoperator.RULES)
 
 __all__ = ["RULE_SETS", "RuleSetInfo", "all_rules", "check_rule_names", "register_rule_set", "rule_sets"]

@@ -116,10 +116,14 @@ class QLinearBinaryToQdq(_QLinearToQdq):
 
 
 class QLinearAddToQdq(QLinearBinaryToQdq):
+    """QLinearAdd(A, A_scale, A_zp?, B, B_scale, B_zp?, C_scale, C_zp?) -> Q(Add(DQ(A), DQ(B)), C_scale, C_zp)."""
+
     op_type = "QLinearAdd"
 
 
 class QLinearMulToQdq(QLinearBinaryToQdq):
+    """QLinearMul(A, A_scale, A_zp?, B, B_scale, B_zp?, C_scale, C_zp?) -> Q(Mul(DQ(A), DQ(B)), C_scale, C_zp)."""
+
     op_type = "QLinearMul"
 
 
