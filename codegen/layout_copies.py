@@ -10,6 +10,11 @@
    32: the transpose took 10-18 us of about 80.
 2. A transpose that moves only axes of size 1 (the NCHW -> NHWC transpose of a one-channel image, of a
    [N, C, 1, 1] pooled map) keeps every element where it is: a reshape, a view.
+3. The NCHW -> NHWC transpose of a padded 8-bit tensor whose channels are padded to 4 (a quantized image before
+   an integer convolution, whose dot-product instructions take groups of 4 channels): each output pixel's 4
+   bytes written as one uint32 (`_nhwc4_kernel`), 16 pixels to a vector store, the input planes read in
+   vectors. Scheduled as an elementwise kernel, the transpose stored the bytes one at a time: MobileNetV2-like's
+   quantized image took 126 us of its 2.1 ms (AMD EPYC Zen 5). The same bytes in the same places: exact.
 """
 
 from __future__ import annotations
@@ -26,6 +31,67 @@ def _weight_rows_permuted(w: np.ndarray, transposed_dims: list[int], perm: list[
     view = w.reshape(*transposed_dims, w.shape[-1])
     return np.ascontiguousarray(view.transpose([int(inverse[a]) - 1 for a in range(1, rank)] + [rank - 1])
                                 ).reshape(w.shape)
+
+
+#: the channels of an NHWC tensor packed into one 32-bit word per pixel by rewrite 3
+PACKED_CHANNELS = 4
+#: the pixels of one vector store of rewrite 3 (16 x 32 bits: one AVX-512 register, four NEON ones)
+PACKED_LANES = 16
+
+
+def _nhwc4_kernel(n: int, c: int, h: int, w: int, pads: tuple[int, int, int, int], fill: int, dtype: str):
+    """y[n, pt + i, pl + j, k] = x[n, k, i, j] (k < c), `fill` elsewhere (the padded border and channels k >= c):
+    x [n, c, h, w] and y [n, pt + h + pb, pl + w + pr, 4] of the 8-bit `dtype`, y written as uint32 words
+    (little-endian: channel k is byte k of its pixel's word). `pads`: (pt, pb, pl, pr), >= 0; `fill` in 0..255
+    (the pad value's byte)."""
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    from ..lowering.converters import DECLARED_OP_PATTERN  # noqa: PLC0415
+
+    pt, pb, pl, pr = pads
+    h2, w2 = pt + h + pb, pl + w + pr
+    word_fill = sum(fill << (8 * k) for k in range(PACKED_CHANNELS))
+    pad_word = sum(fill << (8 * k) for k in range(c, PACKED_CHANNELS))
+    body, lanes = w // PACKED_LANES, PACKED_LANES
+    i64 = T.int64
+
+    def word(x, b, i, j):  # the pixel's packed word: byte k = channel k
+        packed = T.uint32(pad_word)
+        for k in range(c):
+            packed = packed | (T.Cast("uint32", T.Cast("uint8", x[b, k, i, j])) << T.uint32(8 * k))
+        return packed
+
+    @T.prim_func(private=True, s_tir=True)
+    def nhwc4(x: T.Buffer((i64(n), i64(c), i64(h), i64(w)), dtype),
+              y: T.Buffer((i64(n), i64(h2), i64(w2), i64(PACKED_CHANNELS)), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
+        with T.sblock("root"):
+            T.reads(x[0:n, 0:c, 0:h, 0:w])
+            T.writes(y[0:n, 0:h2, 0:w2, 0:PACKED_CHANNELS])
+            for r in T.parallel(i64(n * h2)):
+                y32 = T.decl_buffer((i64(n), i64(h2), i64(w2)), "uint32", data=y.data)
+                if r % i64(h2) < i64(pt) or r % i64(h2) >= i64(pt + h):
+                    for j in T.vectorized(i64(w2)):
+                        with T.sblock("border_row"):
+                            y32[r // i64(h2), r % i64(h2), j] = T.uint32(word_fill)
+                else:
+                    for j in range(i64(pl)):
+                        with T.sblock("border_left"):
+                            y32[r // i64(h2), r % i64(h2), j] = T.uint32(word_fill)
+                    for v in range(i64(body)):
+                        for j in T.vectorized(i64(lanes)):
+                            with T.sblock("packed"):
+                                y32[r // i64(h2), r % i64(h2), i64(pl) + v * i64(lanes) + j] = word(
+                                    x, r // i64(h2), r % i64(h2) - i64(pt), v * i64(lanes) + j)
+                    for j in range(i64(body * lanes), i64(w)):
+                        with T.sblock("packed_tail"):
+                            y32[r // i64(h2), r % i64(h2), i64(pl) + j] = word(x, r // i64(h2), r % i64(h2) - i64(pt), j)
+                    for j in range(i64(pr)):
+                        with T.sblock("border_right"):
+                            y32[r // i64(h2), r % i64(h2), i64(pl + w) + j] = T.uint32(word_fill)
+
+
+    return nhwc4
 
 
 def layout_copies_pass():
@@ -66,11 +132,40 @@ def layout_copies_pass():
             return expr
         return relax.op.reshape(x, expr.ty.shape)
 
+    padded_pat = is_op("relax.nn.pad")(wildcard())
+    nhwc_pat = is_op("relax.permute_dims")(padded_pat)
+    builder = []  # the BlockBuilder over the module being rewritten (rewrite 3 adds its kernels to it)
+
+    def packed_nhwc4(expr, matches):
+        pad = matches[padded_pat]
+        x = pad.args[0]
+        x_dims = dims_of(x)
+        perm = [int(a) for a in expr.attrs.axes] if expr.attrs.axes is not None else None
+        widths = [int(p) for p in pad.attrs.pad_width]
+        if (perm != [0, 2, 3, 1] or x_dims is None or len(x_dims) != 4 or not all(isinstance(d, int) for d in x_dims)
+                or str(x.ty.dtype) not in ("uint8", "int8") or pad.attrs.pad_mode != "constant"
+                or min(widths) < 0 or widths[:3] != [0, 0, 0] or x_dims[1] + widths[3] != PACKED_CHANNELS):
+            return expr
+        dtype = str(x.ty.dtype)
+        fill = float(pad.attrs.pad_value)
+        lo, hi = (0, 255) if dtype == "uint8" else (-128, 127)
+        if fill != int(fill) or not lo <= fill <= hi:
+            return expr
+        n, c, h, w = x_dims
+        gv = builder[0].add_func(_nhwc4_kernel(n, c, h, w, tuple(widths[4:]), int(fill) & 0xFF, dtype), "pack_nhwc4")
+        return relax.call_tir(gv, [x], expr.ty)
+
     @tvm.transform.module_pass(opt_level=0, name="optc_layout_copies")
     def _pass(mod, _ctx):
+        builder[:] = [relax.BlockBuilder(mod)]
+        rewritten = {}
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(unit_pat, unit_axes_only, rewrite_call(pattern, rewriter, func))
+                func = rewrite_call(unit_pat, unit_axes_only, rewrite_call(pattern, rewriter, func))
+                rewritten[gv] = rewrite_call(nhwc_pat, packed_nhwc4, func)
+        mod = builder.pop().get()
+        for gv, func in rewritten.items():
+            mod[gv] = func
         return mod
 
     return _pass

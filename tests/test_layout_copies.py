@@ -122,3 +122,60 @@ def test_symbolic_axis_is_not_a_unit_axis():
     model = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])], [1, "S", 4], [])
     assert _permutes(model)
     _check(model)
+
+
+def _prepared_main(model: onnx.ModelProto) -> str:
+    """The prepared Relax main function of the compile path (QDQ patterns as integer ops), as text."""
+    from optc.codegen.build import prepare
+    from optc.codegen.compile import integer_kernels
+    from optc.lowering import lower
+    from optc.rewrites import optimize
+
+    ir = optimize(optc.from_onnx(model), level=2)
+    integer_kernels(ir, 2)
+    return prepare(lower(ir), None, "cpu")["main"].script()
+
+
+@pytest.mark.parametrize(("channels", "pad", "stride", "x_dtype", "batch"), [
+    (3, 1, 2, np.uint8, 1),  # MobileNetV2's stem: a padded image
+    (3, 0, 1, np.int8, 2),  # ViT's patch embedding (no spatial padding), int8 activations
+    (2, 2, 1, np.uint8, 1),
+    (1, 1, 1, np.int8, 1),
+    (4, 1, 1, np.uint8, 2),  # no channel padding
+])
+def test_quantized_image_is_packed_into_nhwc4_words(channels, pad, stride, x_dtype, batch):
+    """Rewrite 3: a quantized image of at most 4 channels, padded to 4 and moved to NHWC for the integer conv,
+    is written 4 bytes (one pixel) to a word by `pack_nhwc4` instead of a byte-strided transpose. Within 1 unit
+    of onnxruntime's QDQ result (the integer conv's contract; the packing itself is exact), the transpose gone."""
+    from .test_qinteger import Builder, assert_within_one_unit
+
+    b = Builder([batch, channels, 13, 19], x_dtype=x_dtype, x_zp=0 if x_dtype == np.int8 else 128)
+    b.conv("y", 16, 3, stride=stride, pad=pad, act="relu")
+    model = b.model()
+    text = _prepared_main(model)
+    assert "pack_nhwc4" in text
+    assert not any("permute_dims" in line and f"({batch}, {channels}," in line for line in text.splitlines())
+    x = np.random.default_rng(2).standard_normal((batch, channels, 13, 19)).astype(np.float32) * 2
+    assert_within_one_unit(model, x)
+
+
+@pytest.mark.parametrize("case", ["5 channels", "float conv"])
+def test_other_nhwc_transposes_are_not_packed(case):
+    """Negative cases: 5 channels (padded to 8, two words a pixel) and a float image keep the transpose."""
+    from .test_qinteger import Builder
+
+    if case == "5 channels":
+        b = Builder([1, 5, 9, 9])
+        b.conv("y", 16, 3, pad=1)
+        model = b.model()
+    else:
+        model = _conv_then([helper.make_node("Identity", ["r"], ["y"])], batch=1)
+    text = _prepared_main(model)
+    assert "pack_nhwc4" not in text
+    assert any("permute_dims" in line for line in text.splitlines())
+    if case == "5 channels":
+        from .test_qinteger import assert_within_one_unit
+
+        assert_within_one_unit(model, np.random.default_rng(3).standard_normal((1, 5, 9, 9)).astype(np.float32))
+    else:
+        _check(model, batch=1)
