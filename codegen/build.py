@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import OptcError
 from . import tvm_ops
+from .gather import tir_pipeline
 from .targets import resolve_target, target_kind
 
 
@@ -400,19 +401,21 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
     batch_one = batch_one and target.kind.name == "llvm"  # (CPU targets: a GPU call's fixed cost is elsewhere)
     tvm_ops.register()
     pipeline = _lowering_pipeline(target, database, schedule, report)
+    tir = tir_pipeline(target)  # table lookups as AVX-512 gathers where the target has them (gather.py)
     try:
         if batch_one:
             entry: dict = {}
             try:
                 built = tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math,
-                                            batch_one=entry), target=target, relax_pipeline=pipeline)
+                                            batch_one=entry), target=target, relax_pipeline=pipeline,
+                                    tir_pipeline=tir)
                 if report is not None:
                     report["batch_one"] = entry.get("batch_one")
                 return built
             except Exception:  # noqa: BLE001, S110 - the batch-1 entry only saves time: built again without it
                 pass
         return tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math), target=target,
-                           relax_pipeline=pipeline)
+                           relax_pipeline=pipeline, tir_pipeline=tir)
     except OptcError:
         raise
     except Exception as exc:
