@@ -47,10 +47,10 @@ def _float_model(kind: str) -> onnx.ModelProto:
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
-def _qoperator(model: onnx.ModelProto, tmp_path, activation: str) -> onnx.ModelProto:
+def _qoperator(model: onnx.ModelProto, tmp_path, activation: str, shape=(2, 3, 8, 8)) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    feeds = [{"x": RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    feeds = [{"x": RNG.standard_normal(shape).astype(np.float32)} for _ in range(4)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -196,3 +196,43 @@ def test_not_rewritten(mutate, reason):
     assert to_qdq_ops(ir) == 0
     node = next(n for n in ir.graph if n.op_type == "QLinearSoftmax")
     assert reason in explain(QLinearSoftmaxToQdq, node, ir)
+
+
+def _from_image(nodes: list, inits: list, shape=(2, 4, 6, 6)) -> onnx.ModelProto:
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("level", [0, 2])
+@pytest.mark.parametrize("case", ["sigmoid-conv-add", "sigmoid-flatten-softmax"])
+def test_contrib_ops_chained_through_standard_ops(case, level, tmp_path):
+    """Found by a breaker: a contrib op reading a standard op (QLinearConv, Flatten) that reads another contrib op
+    was left unconverted (its input had no type until the first contrib op was rewritten: the rules now run in
+    rounds of type inference and rewriting), and QLinearSoftmax of opset >= 13 asked for its input's rank."""
+    w = nh.from_array((RNG.standard_normal((4, 4, 1, 1)) * 0.5).astype(np.float32), "w")
+    if case == "sigmoid-conv-add":
+        nodes = [h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Conv", ["s", "w"], ["c"]),
+                 h.make_node("Add", ["c", "s"], ["y"])]
+    else:
+        nodes = [h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Flatten", ["s"], ["f"]),
+                 h.make_node("Softmax", ["f"], ["y"], axis=1)]
+    model = _qoperator(_from_image(nodes, [w]), tmp_path, "uint8", shape=(2, 4, 6, 6))
+    assert sum(n.domain == "com.microsoft" for n in model.graph.node) == 2, [n.op_type for n in model.graph.node]
+    _assert_within_one_unit(model, (RNG.standard_normal((2, 4, 6, 6)) * 1.5).astype(np.float32), level)
+
+
+def test_16_bit_contrib_quantize_before_opset_21():
+    """Found by a breaker: uint16 contrib QuantizeLinear / DequantizeLinear in an opset-17 model (where the standard
+    ops have no 16-bit types: the rule declines) lower as they are: exact."""
+    scale = nh.from_array(np.array(0.01, np.float32), "s")
+    zp = nh.from_array(np.array(30000, np.uint16), "z")
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], domain="com.microsoft"),
+             h.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], domain="com.microsoft")]
+    graph = h.make_graph(nodes, "qdq16", [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 10])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], [scale, zp])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)],
+                         ir_version=8)
+    x = (RNG.standard_normal((3, 10)) * 300).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(optc.compile(model).run({"x": x})["y"], want)

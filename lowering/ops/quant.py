@@ -245,6 +245,7 @@ def _in_precision(bb, op, a, b, precision: str):
     return _to_grid(bb, bb.emit(op(a, b)), precision)
 
 
+@converter("com.microsoft", "QuantizeLinear")  # onnxruntime's contrib form: the same formula, 16-bit before opset 21
 @converter("", "QuantizeLinear")
 def quantize_linear(bb, inputs, attrs, ctx):
     x, scale = inputs[0], inputs[1]
@@ -283,6 +284,7 @@ def quantize_linear(bb, inputs, attrs, ctx):
     return _saturate(bb, r, zp, out_dtype)
 
 
+@converter("com.microsoft", "DequantizeLinear")
 @converter("", "DequantizeLinear")
 def dequantize_linear(bb, inputs, attrs, ctx):
     x, scale = inputs[0], inputs[1]

@@ -19,7 +19,8 @@ alone.) The formulas are those of onnxruntime's operator schemas
         (channels_last = 1: NHWC, transposed to NCHW around the float pool and back)
     QLinearWhere(condition, X, x_scale, x_zp, Y, y_scale, y_zp, z_scale, z_zp)
                                                                 -> Q(Where(condition, DQ(X), DQ(Y)), ...)
-    QuantizeLinear / DequantizeLinear (com.microsoft, 8- and 16-bit) -> the standard ops (the same formula)
+    QuantizeLinear / DequantizeLinear (com.microsoft, 8- and 16-bit) -> the standard ops (the same formula), where
+        the model's opset has the type (16-bit: 21 on); else they lower as they are (`lowering/ops/quant.py`)
 
 An absent output zero point becomes a zero of the input's type (the contrib ops keep their input's type; a
 standard QuantizeLinear without one would write uint8).
@@ -43,6 +44,9 @@ from ._util import np_dtype
 
 MS_DOMAIN = "com.microsoft"
 _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
+#: rounds of type inference and rewriting (each types what the previous rewrote: contrib ops chained through
+#: standard ones)
+MAX_ROUNDS = 16
 _QDQ_TYPES = (*_INT8, np.dtype(np.uint16), np.dtype(np.int16))
 #: the pooling attributes QLinearAveragePool shares with AveragePool
 _POOL_ATTRS = ("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides")
@@ -176,7 +180,8 @@ class QLinearSoftmaxToQdq(_QLinearUnaryToQdq):
         super().check(m)
         q = m["q"]
         require(q.attr("opset", None) is not None, "QLinearSoftmax lacks its opset attribute")
-        require(q.inputs[0].rank is not None, "the input's rank is unknown")
+        require(int(q.attr("opset")) >= 13 or q.inputs[0].rank is not None, "the input's rank is unknown (opset < "
+                                                                               "13 coerces it to 2-D at axis)")
         return True
 
     def float_op(self, op, x, q, m):
@@ -317,6 +322,13 @@ def to_qdq_ops(model: Model) -> int:
     roots = {rule.op_type for rule in RULES if issubclass(rule, _QLinearToQdq)} | {"QuantizeLinear", "DequantizeLinear"}
     if not any(n.domain == MS_DOMAIN and n.op_type in roots for g in model.graphs() for n in g):
         return 0
-    create_pass("infer-shapes").run(model, PassContext())  # -O0 / -O1 infer no types; the new nodes need them
-    result = apply_rules(model, RULES, PassContext(opsets=dict(model.opset_imports)), "qoperator-to-qdq")
-    return result.rewrites
+    # the new nodes need their inputs' types, which -O0 / -O1 do not infer, and a contrib op's output has none until
+    # it is rewritten: a standard op between two contrib ops is typed only by the round after the first's rewrite
+    total = 0
+    for _ in range(MAX_ROUNDS):
+        create_pass("infer-shapes").run(model, PassContext())
+        rewrites = apply_rules(model, RULES, PassContext(opsets=dict(model.opset_imports)), "qoperator-to-qdq").rewrites
+        total += rewrites
+        if not rewrites:
+            break
+    return total
