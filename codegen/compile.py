@@ -51,8 +51,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     """
     from ..rewrites import optimize
     from ..rewrites.pipelines import copy_model
-    from ..rewrites.rules.weight_int4 import to_weight_int4_ops
     from ..rewrites.rules.qoperator import to_qdq_ops
+    from ..rewrites.rules.weight_int4 import to_weight_int4_ops
 
     tvm_target = resolve_target(target, mcpu=mcpu)
     check_precision(precision, tvm_target)

@@ -239,8 +239,8 @@ def _schedule_run_time_packing(sch: s_tir.Schedule, copy, group: int) -> None:
     n % panel, k % group]``): the `group` rows of a reduction group and `PACK_COLUMNS` columns go to one
     contiguous vector store of the packed buffer (the loads: `group` row segments of `PACK_COLUMNS` bytes,
     interleaved by byte), the rest in parallel. Copied in B's order instead, every byte was a store of its own
-    at a stride of `group` bytes: BERT-like int8's Q K^T and P V kernels spent about a third of their time
-    there. Extents that do not divide keep B's order, the rows in parallel."""
+    at a stride of `group` bytes: BERT-like int8's Q K^T and P V kernels were about 3% slower (Zen 5).
+    Extents that do not divide keep B's order, the rows in parallel."""
     loops = sch.get_loops(copy)
     extents = [_extent(sch, lp) for lp in loops]
     if len(loops) >= 2 and extents[-2] is not None and extents[-1] is not None and \

@@ -70,26 +70,26 @@ def _nhwc4_kernel(n: int, c: int, h: int, w: int, pads: tuple[int, int, int, int
             T.writes(y[0:n, 0:h2, 0:w2, 0:PACKED_CHANNELS])
             for r in T.parallel(i64(n * h2)):
                 y32 = T.decl_buffer((i64(n), i64(h2), i64(w2)), "uint32", data=y.data)
-                if r % i64(h2) < i64(pt) or r % i64(h2) >= i64(pt + h):
+                b, row = r // i64(h2), r % i64(h2)
+                if row < i64(pt) or row >= i64(pt + h):
                     for j in T.vectorized(i64(w2)):
                         with T.sblock("border_row"):
-                            y32[r // i64(h2), r % i64(h2), j] = T.uint32(word_fill)
+                            y32[b, row, j] = T.uint32(word_fill)
                 else:
                     for j in range(i64(pl)):
                         with T.sblock("border_left"):
-                            y32[r // i64(h2), r % i64(h2), j] = T.uint32(word_fill)
+                            y32[b, row, j] = T.uint32(word_fill)
                     for v in range(i64(body)):
                         for j in T.vectorized(i64(lanes)):
                             with T.sblock("packed"):
-                                y32[r // i64(h2), r % i64(h2), i64(pl) + v * i64(lanes) + j] = word(
-                                    x, r // i64(h2), r % i64(h2) - i64(pt), v * i64(lanes) + j)
+                                y32[b, row, i64(pl) + v * i64(lanes) + j] = word(x, b, row - i64(pt),
+                                                                                 v * i64(lanes) + j)
                     for j in range(i64(body * lanes), i64(w)):
                         with T.sblock("packed_tail"):
-                            y32[r // i64(h2), r % i64(h2), i64(pl) + j] = word(x, r // i64(h2), r % i64(h2) - i64(pt), j)
+                            y32[b, row, i64(pl) + j] = word(x, b, row - i64(pt), j)
                     for j in range(i64(pr)):
                         with T.sblock("border_right"):
-                            y32[r // i64(h2), r % i64(h2), i64(pl + w) + j] = T.uint32(word_fill)
-
+                            y32[b, row, i64(pl + w) + j] = T.uint32(word_fill)
 
     return nhwc4
 

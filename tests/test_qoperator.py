@@ -144,8 +144,8 @@ def _single(op: str, inputs: list[str], inits: list, attrs: dict, x_shape=(2, 4,
 ])
 @pytest.mark.parametrize("qtype", [TensorProto.UINT8, TensorProto.INT8])
 def test_contrib_op_forms(op, inputs, attrs, opset, qtype):
-    """Forms the quantizer does not write here: Softmax of opset 11 (2-D coercion), channels-last pools, absent zero points, default alpha, Where, a Concat and
-    a Mul with a broadcast constant; infinities in the float input (quantized first)."""
+    """Forms the quantizer does not write here: Softmax of opset 11 (2-D coercion), channels-last pools, absent zero
+    points, default alpha, Where, a Concat and a Mul with a broadcast constant; infinities in the float input (quantized first)."""
     model = _single(op, inputs, [], attrs, qtype=qtype, opset=opset)
     if len(inputs) == 7:  # the output's type follows the input's without a zero point: DequantizeLinear without one
         model.graph.node[3].input[2:] = []

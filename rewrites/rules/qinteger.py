@@ -53,8 +53,8 @@ contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py 
 
 Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
 column, of a symbolic K or N or of a reduction over MAX_RUNTIME_TERMS (symbolic batch dims are aligned in the
-lowering, as MatMul's are); non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the float path,
-whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA
+lowering, as MatMul's are); non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the
+float path, whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA
 or alpha / beta != 1; an int32 bias whose scale is not x_scale * w_scale, a float bias; reductions over
 MAX_TERMS. A float op other than Relu / Clip between the op
 and its QuantizeLinear, or an intermediate used elsewhere or a graph output, keeps the QuantizeLinear: the op
