@@ -234,25 +234,52 @@ def _unit_row_step(stmt, a_index: int, m_var) -> bool:
 PACK_COLUMNS = 16
 
 
-def _schedule_run_time_packing(sch: s_tir.Schedule, copy, group: int) -> None:
-    """The copy of a run-time B[..., K, N] into its packed layout (``packed[n // panel, ..., k // group,
-    n % panel, k % group]``): the `group` rows of a reduction group and `PACK_COLUMNS` columns go to one
-    contiguous vector store of the packed buffer (the loads: `group` row segments of `PACK_COLUMNS` bytes,
-    interleaved by byte), the rest in parallel. Copied in B's order instead, every byte was a store of its own
-    at a stride of `group` bytes: BERT-like int8's Q K^T and P V kernels were about 3% slower (Zen 5).
-    Extents that do not divide keep B's order, the rows in parallel."""
+def _schedule_run_time_packing(sch: s_tir.Schedule, copy, group: int, b_axes: tuple[int, int]) -> None:
+    """The copy of a run-time B into its packed layout (``packed[n // panel, ..., k // group, n % panel,
+    k % group]``; B's loops in B's axis order, k and n at ``b_axes``).
+
+    B[..., K, N]: the `group` rows of a reduction group and `PACK_COLUMNS` columns go to one contiguous vector
+    store of the packed buffer (the loads: `group` row segments of `PACK_COLUMNS` bytes, interleaved by byte), the
+    rest in parallel. Copied in B's order instead, every byte was a store of its own at a stride of `group` bytes:
+    BERT-like int8's Q K^T and P V kernels were about 3% slower (Zen 5).
+
+    B read through a permutation with k last (attention's K in its own [N, ..., K] layout): a reduction group is
+    `group` contiguous bytes of B, copied as one word (a `group`-lane vector) into its place; `PACK_COLUMNS` such
+    words of consecutive n fill one contiguous 64-byte run of the packed buffer. Extents that do not divide keep
+    B's order, the outer loops in parallel."""
     loops = sch.get_loops(copy)
     extents = [_extent(sch, lp) for lp in loops]
-    if len(loops) >= 2 and extents[-2] is not None and extents[-1] is not None and \
-            extents[-2] % group == 0 and extents[-1] % PACK_COLUMNS == 0:
-        k_out, k_in = sch.split(loops[-2], factors=[None, group])
-        n_out, n_in = sch.split(loops[-1], factors=[None, PACK_COLUMNS])
-        sch.reorder(k_out, n_out, n_in, k_in)
-        sch.vectorize(sch.fuse(n_in, k_in))
-        outer = [*loops[:-2], k_out]
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    k_axis, n_axis = b_axes
+    k_ext, n_ext = (extents[k_axis], extents[n_axis]) if len(loops) > max(b_axes) else (None, None)
+    if k_ext is None or n_ext is None or k_ext % group or n_ext % PACK_COLUMNS:
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         return
-    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    k_out, k_in = sch.split(loops[k_axis], factors=[None, group])
+    n_out, n_in = sch.split(loops[n_axis], factors=[None, PACK_COLUMNS])
+    others = [lp for i, lp in enumerate(loops) if i not in b_axes]
+    if b_axes == (len(loops) - 2, len(loops) - 1):
+        sch.reorder(*others, k_out, n_out, n_in, k_in)
+        sch.vectorize(sch.fuse(n_in, k_in))
+        outer = [*others, k_out]
+    else:
+        sch.reorder(*others, n_out, k_out, n_in, k_in)
+        sch.vectorize(k_in)
+        outer = [*others, n_out, k_out]
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _k_n_axes(dims, k_var, n_var) -> tuple[int, int] | None:
+    """(k axis, n axis) of a B region read with k alone in one axis and n alone in another (no other axis using
+    either), else None."""
+    k_axes = [i for i, d in enumerate(dims) if _vars_in(d.min) == {k_var}]
+    n_axes = [i for i, d in enumerate(dims) if _vars_in(d.min) == {n_var}]
+    if len(k_axes) != 1 or len(n_axes) != 1:
+        return None
+    if any(_vars_in(d.min) & {k_var, n_var} for i, d in enumerate(dims) if i not in (k_axes[0], n_axes[0])):
+        return None
+    if any(int(d.extent) != 1 for d in dims if isinstance(d.extent, tirx.IntImm)):
+        return None
+    return k_axes[0], n_axes[0]
 
 
 def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
@@ -349,7 +376,7 @@ class Int8Reduction(_Rule):
         operands = self._operands(func, stmt, n_s)
         if operands is None:
             return None
-        a_index, b_index, constant_b = operands
+        a_index, b_index, constant_b, b_axes = operands
         if padded_weight is not None:  # the zero-padded copy of a constant weight (pad_cols below)
             constant_b = stmt.reads[b_index].source.same_as(padded_weight)
         if amx and not constant_b:  # the AMX blocks take prepacked weights only
@@ -470,8 +497,10 @@ class Int8Reduction(_Rule):
         for pad in pads:
             schedule_padding(sch, pad.block_rv, target)
         sch.enter_postproc()
+        k_axis, n_axis = b_axes
         packed = lambda *idx: (  # noqa: E731
-            idx[-1] // panel, *idx[:-2], idx[-2] // group, idx[-1] % panel, idx[-2] % group)
+            idx[n_axis] // panel, *(x for i, x in enumerate(idx) if i not in b_axes), idx[k_axis] // group,
+            idx[n_axis] % panel, idx[k_axis] % group)
         if constant_b:
             _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=packed)
             if padded_weight is not None:  # one compile-time copy: the zero padding inlined into the packing
@@ -481,7 +510,7 @@ class Int8Reduction(_Rule):
                 return None
         else:  # B computed at run time: packed by the kernel, before its tiles
             copy = _prepack_weight(sch, block, stmt.reads[b_index].source, panel, index_map=packed, at_run_time=True)
-            _schedule_run_time_packing(sch, copy, group)
+            _schedule_run_time_packing(sch, copy, group, b_axes)
         if amx:
             sch.tensorize(inner[0], amx_register_intrin(a_dtype, *tiles))
             return sch
@@ -493,11 +522,13 @@ class Int8Reduction(_Rule):
         return sch
 
     @staticmethod
-    def _operands(func, stmt, n_s: int) -> tuple[int, int, bool] | None:
-        """(activation read, weight read, whether the weight is a constant) indices when ``stmt`` is
+    def _operands(func, stmt, n_s: int) -> tuple[int, int, bool, tuple[int, int]] | None:
+        """(activation read, weight read, whether the weight is a constant, B's k and n axes) when ``stmt`` is
         ``C[.., n] += A[.., k] * B[.., k, n]`` with 8-bit A, int8 B and int32 C (or bfloat16 A and constant B,
         float32 C), n the last spatial and k the last reduction iterator; else None. An int8 B computed at run
-        time (an activation x activation matmul: optc.QMatMul with a run-time w) is packed by the kernel."""
+        time (an activation x activation matmul: optc.QMatMul with a run-time w) is packed by the kernel; it may
+        be indexed in any order (``B[.., n, .., k]``: attention's K read through its transpose), each of k and n
+        alone in one axis."""
         out_dtype = str(stmt.writes[0].source.dtype) if len(stmt.writes) == 1 else ""
         if out_dtype not in ("int32", "float32") or len(stmt.reads) not in (2, 3):
             return None
@@ -515,9 +546,12 @@ class Int8Reduction(_Rule):
             dims = region.region
             if (dtype == w_dtype and (i in free or out_dtype == "int32") and len(dims) >= 2
                     and _vars_in(dims[-1].min) == {n_var} and _vars_in(dims[-2].min) == {k_var}):
-                b_index = i
+                b_index, b_axes = i, (len(dims) - 2, len(dims) - 1)
+            elif dtype == w_dtype and out_dtype == "int32" and i not in free and len(dims) >= 2 and \
+                    (axes := _k_n_axes(dims, k_var, n_var)) is not None:
+                b_index, b_axes = i, axes  # a run-time B read through a permutation (qinteger's _permuted_matmul)
             elif dtype in a_dtypes and len(dims) >= 1 and _vars_in(dims[-1].min) == {k_var}:
                 a_index = i
         if a_index is None or b_index is None:
             return None
-        return a_index, b_index, b_index in free
+        return a_index, b_index, b_index in free, b_axes

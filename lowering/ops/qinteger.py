@@ -35,7 +35,7 @@ import numpy as np
 from tvm import relax, tirx
 
 from ...rewrites.rules.qinteger import MAX_RUNTIME_TERMS, MAX_TERMS
-from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dtype_of, refuse
+from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dims_of, dtype_of, refuse
 from .quant import _INT_RANGES, _conv_pads, _rank, _saturate, _scalar, _shape, _without_nan, record_float_grid
 
 #: input channels a dot-product instruction multiply-adds per lane (x86 VNNI vpdpbusd, Arm sdot / udot: 4)
@@ -162,12 +162,27 @@ def _run_time_w(bb, ctx, inputs, attrs):
     k4, n16 = -(-k // DOT_GROUP) * DOT_GROUP, -(-n // 16) * 16
     if k4 != k:
         a = relax.op.nn.pad(a, [0, 0] * (len(xs) - 1) + [0, k4 - k])
-    if k4 != k or n16 != n:
-        b = relax.op.nn.pad(b, [0, 0] * (len(ws) - 2) + [0, k4 - k, 0, n16 - n])
-    a, b = bb.emit(a), bb.emit(b)
-    acc = bb.emit(relax.op.matmul(a, b, out_dtype="int32"))
-    if x_zp:
+    source = _transposed_source(ctx, inputs[3])
+    if source is not None:  # w = Transpose(t, perm): the kernel reads t (shifted and padded) through perm
+        t, perm = source
+        if dtype_of(t) == "uint8":
+            t = relax.op.astype(relax.op.subtract(relax.op.astype(t, "int16"), _scalar(128, "int16", len(perm))),
+                                "int8")
+        widths = [[0, 0] for _ in perm]
+        widths[perm[-2]][1], widths[perm[-1]][1] = k4 - k, n16 - n
+        if k4 != k or n16 != n:
+            t = relax.op.nn.pad(t, [w for pair in widths for w in pair])
+        a, t = bb.emit(a), bb.emit(t)
+        acc = bb.emit(_permuted_matmul(bb, a, t, perm))
+        colsum = relax.op.permute_dims(relax.op.sum(relax.op.astype(t, "int32"), axis=[perm[-2]], keepdims=True),
+                                       perm)
+    else:
+        if k4 != k or n16 != n:
+            b = relax.op.nn.pad(b, [0, 0] * (len(ws) - 2) + [0, k4 - k, 0, n16 - n])
+        a, b = bb.emit(a), bb.emit(b)
+        acc = bb.emit(relax.op.matmul(a, b, out_dtype="int32"))
         colsum = relax.op.sum(relax.op.astype(b, "int32"), axis=[-2], keepdims=True)
+    if x_zp:
         acc = bb.emit(relax.op.subtract(acc, relax.op.multiply(colsum, const(x_zp, "int32"))))
     if w_zp:
         rowsum = relax.op.sum(relax.op.astype(a, "int32"), axis=[-1], keepdims=True)
@@ -183,6 +198,61 @@ def _run_time_w(bb, ctx, inputs, attrs):
     if node is not None and node.outputs and node.outputs[0] in grid:  # the float form noted for DequantizeLinear
         grid[node.outputs[0]] = crop(grid[node.outputs[0]])
     return crop(bb.emit(y))
+
+
+def _transposed_source(ctx, w) -> tuple | None:
+    """(t, perm) when QMatMul's run-time w (the Relax expression `w`) is the IR's Transpose(t, perm) of a static t
+    (`rewrites/rules/qtranspose.py` moves attention's K transpose there): the kernel then reads t through perm and
+    packs its dot-product groups from t's contiguous rows. None otherwise (w used as it is)."""
+    node = getattr(ctx, "node", None)
+    exprs = getattr(ctx, "exprs", None)
+    if node is None or exprs is None or len(node.inputs) < 4 or node.inputs[3] is None:
+        return None
+    producer = node.inputs[3].producer
+    if producer is None or producer.op_type != "Transpose" or producer.domain not in ("", "ai.onnx"):
+        return None
+    t = exprs.get(producer.inputs[0])
+    if t is None or exprs.get(node.inputs[3]) is not w:  # (w re-broadcast for symbolic batch dims: keep it)
+        return None
+    dims = dims_of(t)
+    if dims is None or not all(isinstance(d, int | tirx.IntImm) for d in dims):
+        return None
+    perm = producer.attr("perm")
+    perm = [int(p) for p in perm] if perm is not None else list(range(len(dims)))[::-1]
+    return t, perm
+
+
+def _permuted_matmul(bb, a, t, perm: list[int]):
+    """int32 `matmul(a, permute_dims(t, perm))` as one kernel that reads t through perm (no transposed copy of t):
+    a [..., M, K] uint8, t int8 with t.shape[perm[-2]] = K, t.shape[perm[-1]] = N; batch dims broadcast as
+    MatMul's. The int8 schedule (`codegen/int8_kernels.py`) packs t's 4-byte groups from its own layout."""
+    from tvm import te  # noqa: PLC0415
+
+    shape = bb.normalize(relax.op.matmul(a, relax.op.permute_dims(t, perm), out_dtype="int32")).ty.shape.values
+
+    def compute(a_t, t_t):
+        a_batch = list(a_t.shape[:-2])
+        w_shape = [t_t.shape[p] for p in perm]
+        w_batch = w_shape[:-2]
+        k = te.reduce_axis((0, a_t.shape[-1]), name="k")
+
+        def aligned(batch_dims, idx):
+            lead = len(idx) - len(batch_dims)
+            return [0 if isinstance(d, tirx.IntImm) and int(d) == 1 else idx[lead + i]
+                    for i, d in enumerate(batch_dims)]
+
+        def body(*idx):
+            batch, m, n = idx[:-2], idx[-2], idx[-1]
+            w_idx = [*aligned(w_batch, batch), k, n]
+            t_idx = [None] * len(perm)
+            for j, p in enumerate(perm):
+                t_idx[p] = w_idx[j]
+            return te.sum(a_t(*aligned(a_batch, batch), m, k).astype("int32") * t_t(*t_idx).astype("int32"),
+                          axis=k)
+
+        return te.compute(shape, body, name="matmul")
+
+    return bb.call_te(compute, a, t, primfunc_name_hint="matmul_permuted")
 
 
 def _crop_last_axis(bb, t, n: int):

@@ -585,6 +585,7 @@ def to_integer_ops(model: Model) -> dict:
     rejected it."""
     from ..driver import apply_rules
     from .qlookup import RULES as TABLE_RULES  # (qlookup imports this module)
+    from .qtranspose import SinkTransposeToQMatMul
 
     model.opset_imports.setdefault(DOMAIN, 1)
     reasons: dict[str, str] = {}
@@ -599,7 +600,7 @@ def to_integer_ops(model: Model) -> dict:
             if key not in reasons or reasons[key].startswith("expected ") and not why.startswith("expected "):
                 reasons[key] = why  # the rule that got as far as its check says more than another op's pattern
 
-    rules = RULES + TABLE_RULES
+    rules = RULES + TABLE_RULES + [SinkTransposeToQMatMul]
     ctx = PassContext(opsets=dict(model.opset_imports), trace_rules=frozenset(r.name for r in rules),
                       trace_sink=sink)
     apply_rules(model, rules, ctx, "qinteger")
