@@ -151,41 +151,28 @@ def _run_time_w(bb, ctx, inputs, attrs):
     k, n = ws[-2], ws[-1]
     if k > MAX_RUNTIME_TERMS:
         raise refuse(f"QMatMul of two activations with a reduction of {k} terms could overflow int32")
-    a = x
-    if dtype_of(x) == "int8":
-        a, x_zp = relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), _scalar(128, "int16", len(xs))),
-                                  "uint8"), x_zp + 128
-    b = w
-    if dtype_of(w) == "uint8":
-        b, w_zp = relax.op.astype(relax.op.subtract(relax.op.astype(w, "int16"), _scalar(128, "int16", len(ws))),
-                                  "int8"), w_zp - 128
     k4, n16 = -(-k // DOT_GROUP) * DOT_GROUP, -(-n // 16) * 16
-    if k4 != k:
-        a = relax.op.nn.pad(a, [0, 0] * (len(xs) - 1) + [0, k4 - k])
-    source = _transposed_source(ctx, inputs[3])
-    if source is not None:  # w = Transpose(t, perm): the kernel reads t (shifted and padded) through perm
-        t, perm = source
-        if dtype_of(t) == "uint8":
-            t = relax.op.astype(relax.op.subtract(relax.op.astype(t, "int16"), _scalar(128, "int16", len(perm))),
-                                "int8")
-        widths = [[0, 0] for _ in perm]
-        widths[perm[-2]][1], widths[perm[-1]][1] = k4 - k, n16 - n
-        if k4 != k or n16 != n:
-            t = relax.op.nn.pad(t, [w for pair in widths for w in pair])
-        a, t = bb.emit(a), bb.emit(t)
-        acc = bb.emit(_permuted_matmul(bb, a, t, perm))
-        colsum = relax.op.permute_dims(relax.op.sum(relax.op.astype(t, "int32"), axis=[perm[-2]], keepdims=True),
-                                       perm)
+    # the operands as the kernel reads them: a, and w or the input t of the Transpose that made w (read through
+    # perm: no transposed copy); shifted to uint8 (a) / int8 (w) and zero-padded to k4 (and w to n16)
+    w_src = _transposed_source(ctx, w)
+    ta = x
+    tw, w_perm = w_src or (w, list(range(len(ws))))
+    if dtype_of(x) == "int8":
+        ta, x_zp = _shifted(ta, len(xs), 128, "uint8"), x_zp + 128
+    if dtype_of(w) == "uint8":
+        tw, w_zp = _shifted(tw, len(w_perm), -128, "int8"), w_zp - 128
+    ta = bb.emit(_padded(ta, len(xs), {len(xs) - 1: k4 - k}))
+    tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k, w_perm[-1]: n16 - n}))
+    if w_src is None:
+        acc = bb.emit(relax.op.matmul(ta, tw, out_dtype="int32"))
     else:
-        if k4 != k or n16 != n:
-            b = relax.op.nn.pad(b, [0, 0] * (len(ws) - 2) + [0, k4 - k, 0, n16 - n])
-        a, b = bb.emit(a), bb.emit(b)
-        acc = bb.emit(relax.op.matmul(a, b, out_dtype="int32"))
-        colsum = relax.op.sum(relax.op.astype(b, "int32"), axis=[-2], keepdims=True)
-    if x_zp:
+        acc = bb.emit(_permuted_matmul(bb, ta, tw, w_perm))
+    if x_zp:  # colsum(w'): the sum over w's K axis, laid out as w's [..., 1, N]
+        colsum = relax.op.sum(relax.op.astype(tw, "int32"), axis=[w_perm[-2]], keepdims=True)
+        colsum = relax.op.permute_dims(colsum, w_perm) if w_src is not None else colsum
         acc = bb.emit(relax.op.subtract(acc, relax.op.multiply(colsum, const(x_zp, "int32"))))
     if w_zp:
-        rowsum = relax.op.sum(relax.op.astype(a, "int32"), axis=[-1], keepdims=True)
+        rowsum = relax.op.sum(relax.op.astype(ta, "int32"), axis=[-1], keepdims=True)
         acc = bb.emit(relax.op.subtract(acc, relax.op.multiply(rowsum, const(w_zp, "int32"))))
     if x_zp and w_zp:
         acc = bb.emit(relax.op.add(acc, const(k * x_zp * w_zp, "int32")))
@@ -200,10 +187,23 @@ def _run_time_w(bb, ctx, inputs, attrs):
     return crop(bb.emit(y))
 
 
+def _shifted(t, rank: int, delta: int, dtype: str):
+    """8-bit t (of rank `rank`) + delta (128 or -128) as `dtype`: uint8 <-> int8, its zero point moved with it."""
+    return relax.op.astype(relax.op.add(relax.op.astype(t, "int16"), _scalar(delta, "int16", rank)), dtype)
+
+
+def _padded(t, rank: int, widths: dict[int, int]):
+    """t (of rank `rank`) zero-padded at the end of the axes in `widths` (axis -> elements); t itself when there
+    is nothing to pad."""
+    if not any(widths.values()):
+        return t
+    return relax.op.nn.pad(t, [w for axis in range(rank) for w in (0, widths.get(axis, 0))])
+
+
 def _transposed_source(ctx, w) -> tuple | None:
-    """(t, perm) when QMatMul's run-time w (the Relax expression `w`) is the IR's Transpose(t, perm) of a static t
-    (`rewrites/rules/qtranspose.py` moves attention's K transpose there): the kernel then reads t through perm and
-    packs its dot-product groups from t's contiguous rows. None otherwise (w used as it is)."""
+    """(t, perm) when QMatMul's run-time w (the Relax expression `w`) is the IR's Transpose(t, perm) of a
+    statically shaped t (`rewrites/rules/qtranspose.py` moves attention's K transpose there): the kernel then
+    reads t through perm and packs its dot-product groups from t's own rows. None otherwise (w used as it is)."""
     node = getattr(ctx, "node", None)
     exprs = getattr(ctx, "exprs", None)
     if node is None or exprs is None or len(node.inputs) < 4 or node.inputs[3] is None:
@@ -218,37 +218,33 @@ def _transposed_source(ctx, w) -> tuple | None:
     if dims is None or not all(isinstance(d, int | tirx.IntImm) for d in dims):
         return None
     perm = producer.attr("perm")
-    perm = [int(p) for p in perm] if perm is not None else list(range(len(dims)))[::-1]
-    return t, perm
+    return t, [int(p) for p in perm] if perm is not None else list(range(len(dims)))[::-1]
 
 
 def _permuted_matmul(bb, a, t, perm: list[int]):
     """int32 `matmul(a, permute_dims(t, perm))` as one kernel that reads t through perm (no transposed copy of t):
-    a [..., M, K] uint8, t int8 with t.shape[perm[-2]] = K, t.shape[perm[-1]] = N; batch dims broadcast as
-    MatMul's. The int8 schedule (`codegen/int8_kernels.py`) packs t's 4-byte groups from its own layout."""
+    a [..., M, K] uint8, w = t permuted [..., K, N] int8; batch dims broadcast as MatMul's. The int8 schedule
+    (`codegen/int8_kernels.py`) packs t's 4-byte groups from its own layout."""
     from tvm import te  # noqa: PLC0415
 
     shape = bb.normalize(relax.op.matmul(a, relax.op.permute_dims(t, perm), out_dtype="int32")).ty.shape.values
 
     def compute(a_t, t_t):
         a_batch = list(a_t.shape[:-2])
-        w_shape = [t_t.shape[p] for p in perm]
-        w_batch = w_shape[:-2]
+        w_batch = [t_t.shape[p] for p in perm][:-2]
         k = te.reduce_axis((0, a_t.shape[-1]), name="k")
 
-        def aligned(batch_dims, idx):
-            lead = len(idx) - len(batch_dims)
-            return [0 if isinstance(d, tirx.IntImm) and int(d) == 1 else idx[lead + i]
-                    for i, d in enumerate(batch_dims)]
+        def batch(dims, idx):
+            lead = len(idx) - len(dims)
+            return [0 if isinstance(d, tirx.IntImm) and int(d) == 1 else idx[lead + i] for i, d in enumerate(dims)]
 
         def body(*idx):
-            batch, m, n = idx[:-2], idx[-2], idx[-1]
-            w_idx = [*aligned(w_batch, batch), k, n]
+            b, m, n = idx[:-2], idx[-2], idx[-1]
+            w_idx = [*batch(w_batch, b), k, n]
             t_idx = [None] * len(perm)
             for j, p in enumerate(perm):
                 t_idx[p] = w_idx[j]
-            return te.sum(a_t(*aligned(a_batch, batch), m, k).astype("int32") * t_t(*t_idx).astype("int32"),
-                          axis=k)
+            return te.sum(a_t(*batch(a_batch, b), m, k).astype("int32") * t_t(*t_idx).astype("int32"), axis=k)
 
         return te.compute(shape, body, name="matmul")
 
