@@ -1,7 +1,8 @@
 """codegen/gather.py: vector reads of a lookup table become AVX-512 gathers (16 lanes of 32 bits), on targets
-with AVX-512F only. The assembly checks build for a named x86 CPU (any x86 host can); the value checks run the
-gathers where this CPU has AVX-512F (tests/test_qlookup.py compares every table input against the reference
-evaluator on whatever CPU runs it)."""
+with AVX-512F only, and the reads of a byte result vpermi2b lookups on targets with AVX512-VBMI. The assembly
+checks build for a named x86 CPU (any x86 host can); the value checks run this CPU's form (vpermi2b, gathers or the
+scalar reads; tests/test_qlookup.py compares every table input against the reference evaluator on whatever CPU runs
+it)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def test_table_lookups_are_gathers_on_avx512_only(build, x_dtype, tmp_path):
     assert not any(g in _asm(model, tmp_path, "haswell") for g in GATHERS)
 
 
+@pytest.mark.skipif(not X86, reason="x86 assembly")
+@pytest.mark.parametrize(("build", "x_dtype"), [(gelu_erf, np.uint8), (sigmoid_int8, np.int8)])
+def test_byte_tables_are_vpermi2b_with_vbmi(build, x_dtype, tmp_path):
+    """The same 8-bit results on a CPU with AVX512-VBMI (Ice Lake, Zen 4): two vpermi2b per 16 lanes (the table's
+    256 bytes in four registers), no gather; without VBMI (Skylake-X) the gathers above."""
+    c = Chain(x_dtype)
+    model = c.model(build(c))
+    asm = _asm(model, tmp_path, "icelake-server")
+    assert ("vpermi2b" in asm or "vpermt2b" in asm) and not any(g in asm for g in GATHERS)
+    assert "vpermi2b" not in _asm(model, tmp_path, "skylake-avx512")
+
+
 def test_the_pass_rewrites_only_vector_reads_of_small_tables():
     """The TIR pass itself: a 16-lane read of a 256-entry table at per-lane indices becomes the gather call; a
     64-lane one four; a 16-lane contiguous read (a ramp), a read of a large buffer and an 8-lane read do not."""
@@ -57,10 +70,38 @@ def test_the_pass_rewrites_only_vector_reads_of_small_tables():
     assert "y[0:16] = T.call_llvm_pure_intrin" in text, text
 
 
+def test_the_pass_reads_byte_tables_with_vpermi2b():
+    """With VBMI: `uint8/int8(table[i])` of a 256-entry int32 table at an 8-bit index (int32(x) for uint8 x,
+    int32(x) + 128 for int8 x) becomes vpermi2b lookups, 64 lanes four of them; a 16-bit result, a 257-entry
+    buffer and an index of 32-bit values keep the gather; without VBMI every read is a gather."""
+    from optc.codegen.gather import _gather_reads
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def reads(xu: T.Buffer((64,), "uint8"), xi: T.Buffer((64,), "int8"), x32: T.Buffer((64,), "int32"),
+              table: T.Buffer((256,), "int32"), big: T.Buffer((257,), "int32"), yu: T.Buffer((64,), "uint8"),
+              yi: T.Buffer((64,), "int8"), y16: T.Buffer((64,), "int16"), yb: T.Buffer((64,), "uint8"),
+              y32: T.Buffer((64,), "uint8"), y64: T.Buffer((64,), "uint8")):
+        yu[T.ramp(0, 1, 16)] = T.Cast("uint8x16", table[T.Cast("int32x16", xu[T.ramp(0, 1, 16)])])
+        yi[T.ramp(0, 1, 16)] = T.Cast("int8x16", table[T.Cast("int32x16", xi[T.ramp(0, 1, 16)])
+                                                         + T.Broadcast(128, 16)])
+        y16[T.ramp(0, 1, 16)] = T.Cast("int16x16", table[T.Cast("int32x16", xu[T.ramp(0, 1, 16)])])
+        yb[T.ramp(0, 1, 16)] = T.Cast("uint8x16", big[T.Cast("int32x16", xu[T.ramp(0, 1, 16)])])
+        y32[T.ramp(0, 1, 16)] = T.Cast("uint8x16", table[x32[T.ramp(0, 1, 16)]])
+        y64[T.ramp(0, 1, 64)] = T.Cast("uint8x64", table[T.Cast("int32x64", xu[T.ramp(0, 1, 64)])])
+
+    text = _gather_reads(reads, vbmi=True).script()
+    assert text.count("llvm.x86.avx512.vpermi2var.qi.512") == 2 * (1 + 1 + 4), text
+    assert text.count("llvm.x86.avx512.gather.dpi.512") == 3, text  # y16, yb, y32
+    plain = _gather_reads(reads).script()
+    assert "vpermi2var" not in plain and plain.count("llvm.x86.avx512.gather.dpi.512") == 5 + 4, plain
+
+
 @pytest.mark.skipif("avx512f" not in host_cpu_flags(), reason="runs AVX-512 gathers: this CPU has no AVX-512F")
 @pytest.mark.parametrize("x_dtype", [np.uint8, np.int8])
 def test_gathered_table_values_are_the_tables(x_dtype):
-    """Every input value of the table, through the gathers on this CPU: the same as the unoptimized model."""
+    """Every input value of the table, through this CPU's form (vpermi2b with AVX512-VBMI, else the gathers): the
+    same as the unoptimized model."""
     from onnx.reference import ReferenceEvaluator
 
     c = Chain(x_dtype, shape=(3, 256))
