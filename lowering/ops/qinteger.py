@@ -258,8 +258,8 @@ def _crop_last_axis(bb, t, n: int):
     and TVM scalarized them; a strided_slice kernel of 197-wide rows got no vectors either (no schedule rule
     vectorizes a row whose width no vector divides)."""
     dims = list(t.ty.shape.values)
-    if n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims):  # short rows, or symbolic dims: a slice
-        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))
+    if n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims) or any(int(d) == 0 for d in dims):
+        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))  # short rows, symbolic or empty: a slice
     shape = [int(d) for d in dims]
     rows, width = int(np.prod(shape[:-1])), shape[-1]
     dtype = dtype_of(t)

@@ -13,15 +13,17 @@ layout: the 4 bytes of a dot-product group are contiguous there).
 
 E_i: elementwise ops whose other inputs are the same for every element: DequantizeLinear / QuantizeLinear with
 rank-0 scale and zero point, Cast, Relu, Add / Sub / Mul / Div with an operand of one element whose rank is at
-most the chain's, optc.TableLookup (its table indexed by the element's own value). Each step's output feeds the
-next step only (and no graph output), so nothing else sees the layout change.
+most the chain's. Each step's output feeds the next step only (and no graph output), so nothing else sees the
+layout change.
 
 Exactness: each E_i computes the same scalar function of each element in either layout; the transpose only
 moves elements. Bit for bit the same values reach the QMatMul.
 
 Not rewritten (negative tests in tests/test_qtranspose.py): a per-axis Q / DQ (its axis would move), an operand of
 more than one element (a per-channel bias), an intermediate with another use, a constant w, no elementwise step
-between the Transpose and the QMatMul (nothing to move), a step that is not elementwise (Softmax).
+between the Transpose and the QMatMul (nothing to move), a step that is not elementwise (Softmax), an
+optc.TableLookup (elementwise, but the rewriter infers the types of new nodes with ONNX's inference, which does not
+know optc's ops: the rewrite was rejected; a K through a sigmoid is no attention pattern).
 """
 
 from __future__ import annotations
@@ -54,8 +56,6 @@ def _scalar(v: Value | None, rank: int | None) -> bool:
 def _step(node: Node, v: Value) -> int | None:
     """The input position of `v` in `node` when `node` is an elementwise step the transpose moves past, else None."""
     rank = v.rank
-    if node.domain == OPTC_DOMAIN and node.op_type == "TableLookup":
-        return 0 if node.inputs[0] is v and node.inputs[1] is not v else None
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type in _SCALAR_INPUTS:
