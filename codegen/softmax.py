@@ -22,21 +22,30 @@ def is_ragged_row(shape: tuple, axis: int) -> bool:
     return shape[-1] > SOFTMAX_LANES and shape[-1] % SOFTMAX_LANES != 0
 
 
-def lane_partial_softmax(x, lanes: int = SOFTMAX_LANES):
+def lane_partial_softmax(x, lanes: int = SOFTMAX_LANES, *, n: int | None = None, prologue=None):
     """fast_softmax over the last axis of the TE tensor `x` (float32, static row length n > `lanes`): the same
     values as `topi.nn.fast_softmax` (its fast_exp, its max) but for the order of the sum.
 
     The row max is the max of `lanes` partial maxima, each over x[j * lanes + l] for the whole chunks j of the
     row and then the tail element n - n % lanes + l (the last element where there is none: a duplicate does not
     change a max); the row sum likewise, the tail's duplicates skipped with a select. The whole chunks read
-    contiguous vectors; only the tail's vector per row is a gather. Returns the [..., n] result."""
+    contiguous vectors; only the tail's vector per row is a gather. Returns the [..., n] result.
+
+    `n`: the softmax of each row's first n elements only (x's rows may be longer: a matmul's output padded to
+    whole vectors, read in place instead of cropped first). `prologue`: a function of one float32 TE value applied
+    to every element read (a DequantizeLinear's `(v - zero_point) * scale`), instead of a kernel of its own."""
     from tvm import te, tirx, topi
 
     shape = tuple(x.shape)
-    n = int(shape[-1])
+    n = int(shape[-1]) if n is None else n
     rows = shape[:-1]
+    shape = (*rows, n)
     body = n // lanes  # whole chunks: every x[j * lanes + l] with j < body is in the row
     tail = body * lanes
+    if prologue is not None or n != int(x.shape[-1]):
+        source = x
+        x = te.compute(shape, lambda *i: prologue(source(*i)) if prologue is not None else source(*i),
+                       name="T_softmax_input")
 
     j = te.reduce_axis((0, body), name="j")
     body_max = te.compute((*rows, lanes), lambda *i: te.max(x[(*i[:-1], j * lanes + i[-1])], axis=j),
