@@ -109,6 +109,8 @@ POSITIVE = {
                                     k_zp=-4),
     # the plain swap of the last two axes
     "swap-last-two": dict(x_shape=(2, 7, 32), z_shape=(2, 48, 32), perm=(0, 2, 1)),
+    # V split into heads [tokens, heads, 32] -> [heads, tokens, 32]: K (the tokens) is not t's last axis
+    "v-head-split": dict(x_shape=(1, 3, 7, 20), z_shape=(20, 3, 32), perm=(1, 0, 2)),
 }
 
 
