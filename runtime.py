@@ -329,13 +329,41 @@ def load(path, rpc: str | None = None, *, timeout: float = 30.0) -> Module:
 
     device = _device_for(meta.get("target", "cpu"))
     try:
-        lib = tvm.runtime.load_module(str(path.resolve()))
+        lib = tvm.runtime.load_module(_library_to_open(path, meta))
         vm = VirtualMachine(lib, device)
         params = [vm._get_function_param_name("main", i) for i in range(vm._get_function_arity("main"))]
     except Exception as exc:
         raise OptcError(f"cannot load artifact '{path}': {first_line(exc, last=True)}") from exc
     _check_signature(path, params, meta)
     return Module(path, meta, vm, device)
+
+
+#: resolved library path -> the content (sha256, or size and mtime) first loaded from it in this process
+_OPENED: dict[str, str] = {}
+_COPIES: list[str] = []  # the private directory of renamed copies, created on first need
+
+
+def _library_to_open(path: Path, meta: dict) -> str:
+    """The file to dlopen for the library at `path`. dlopen hands back the library it already loaded from a path,
+    even after the file was replaced: a library rebuilt at the same path in this process ran the old one. So the
+    first content seen at a path opens from there, any other from a private copy named by its content (removed
+    when the process exits)."""
+    real = str(path.resolve())
+    stat = os.stat(real)
+    content = meta.get("library_sha256") or f"{stat.st_size}-{stat.st_mtime_ns}"
+    if _OPENED.setdefault(real, content) == content:
+        return real
+    if not _COPIES:
+        import atexit  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        _COPIES.append(tempfile.mkdtemp(prefix="optc-libs-"))
+        atexit.register(shutil.rmtree, _COPIES[0], True)
+    copy = os.path.join(_COPIES[0], f"{content[:32]}-{path.name}")
+    if not os.path.exists(copy):
+        shutil.copyfile(real, copy + ".tmp")
+        os.replace(copy + ".tmp", copy)
+    return copy
 
 
 def _check_signature(path: Path, params: list[str], meta: dict) -> None:

@@ -414,6 +414,25 @@ def test_artifact_metadata(mlp_module):
     assert leftovers == []  # atomic writes leave no temporary files
 
 
+def test_a_library_rebuilt_at_the_same_path_runs_the_new_one(tmp_path):
+    """Found by a breaker: dlopen hands back the library it already loaded from a path, so a model compiled again
+    to the same path in the same process ran the old one. Each content now opens once, the first from its path,
+    a later one from a private copy; loading the first again keeps its own results."""
+    from optc.codegen.compile import compile_to_file
+
+    def times(k: float):
+        g = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+                              [numpy_helper.from_array(np.full(4, k, np.float32), "k")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=8)
+
+    path, x = tmp_path / "m.so", np.ones(4, np.float32)
+    for k in (2.0, 3.0, 2.0):
+        compile_to_file(times(k), path)
+        np.testing.assert_array_equal(runtime.load(path).run({"x": x})["y"], np.full(4, k, np.float32))
+
+
 def test_wrong_input_name(mlp_module):
     module, _ = mlp_module
     with pytest.raises(OptcError, match=r"unknown input 'z' \(expected inputs: x\)"):
