@@ -26,7 +26,10 @@ and sqrt correctly rounded, QuantizeLinear's round half to even and saturation, 
 graph computes for that value. Transcendental functions (Erf, Tanh, Exp, ...) come out correctly rounded from
 float64, which ONNX does not require of a runtime: another runtime's erf may differ by an ulp, and where that
 ulp crosses a rounding boundary of a QuantizeLinear the results differ by one quantized unit (the integer ops'
-contract; tests/test_qlookup.py measures it against onnxruntime).
+contract; tests/test_qlookup.py measures it against onnxruntime). A table after an integer conv / matmul maps that
+op's result, which may itself be one unit from onnxruntime's: the table then differs by the step of f there (in
+output units: f' x in_scale / out_scale), more than one unit for a steep f (a breaker measured up to 7 for an Exp
+into a small output scale). Both runtimes compute the graph's formula; they round the matmul differently.
 
 Worth it (`_worth_a_table`): f has an op beyond dequantization and cheap arithmetic (Relu, Clip, Min, Max, Add,
 Sub, Mul, Neg, Abs, Cast, Identity), or a quantize step inside, or an earlier table. DQ -> Relu -> Q stays as it
