@@ -7,12 +7,13 @@ float32 input, against a float64 reference. Writes the "Fast math" section of be
 With `--stride N` the i-th tested pattern is i * N + (i * 2654435761 mod N), so every residue of the low
 mantissa bits is exercised.
 
-Each op (exp, tanh, erf, and softmax on rows [x, 0]) is compiled with `optc.codegen.fast_math.compiled_op`:
+Each op (exp, tanh, erf, softmax on rows [x, 0], and sigmoid) is compiled with `optc.codegen.fast_math.compiled_op`:
 a tiny Relax function built by `codegen.build.build` exactly as inside a model (the fast-math pass, or its
 libm replacement, legalization, optc's CPU schedules), run on chunks of 2^24 inputs.
 
 References (float64, no scipy): numpy's exp and tanh, `math.erf`, softmax [x, 0] = [1, t] / (1 + t) with
-t = exp(-|x|), all rounded once more to float32 only for the "correctly rounded" count. tanh and erf are odd
+t = exp(-|x|), sigmoid = 1 / (1 + t) for x >= 0 and t / (1 + t) below, all rounded once more to float32 only
+for the "correctly rounded" count. tanh and erf are odd
 (computed for |x|, negated), softmax of [-x, 0] is softmax of [x, 0] with its columns swapped; where the
 float64 value is known in closed form it is used (tanh x = x and erf x = 2x / sqrt(pi) below 2^-30, +-1 beyond
 20 and 6, exp(x) = 0 / inf beyond -/+128).
@@ -105,6 +106,14 @@ def reference(op: str, x32: np.ndarray) -> np.ndarray:
         if op == "erf":
             return _odd(x, lambda a: a * (2.0 / math.sqrt(math.pi)), 6.0,
                         lambda a: _erf(a).astype(np.float64))
+        if op == "sigmoid":  # 1 / (1 + t) for x >= 0, t / (1 + t) below, t = exp(-|x|)
+            a = np.abs(x)
+            t = np.zeros_like(a)
+            mid = a < 128
+            t[mid] = np.exp(-a[mid])
+            out = np.where(~(x < 0), 1.0 / (1.0 + t), t / (1.0 + t))
+            out[np.isnan(x)] = np.nan
+            return out
         if op == "softmax":
             a = np.abs(x)
             t = np.zeros_like(a)
@@ -382,8 +391,8 @@ def main(argv=None) -> int:
     section = [
         "## Fast math",
         "",
-        "Written by `benchmarks/fast_math_ulp.py`. Max error of the kernels `optc compile` emits for exp, tanh, erf "
-        "and softmax (rows [x, 0]) with fast math (the default) and with `--no-fast-math` (libm), in float32 "
+        "Written by `benchmarks/fast_math_ulp.py`. Max error of the kernels `optc compile` emits for exp, tanh, erf, "
+        "softmax (rows [x, 0]) and sigmoid with fast math (the default) and with `--no-fast-math` (libm), in float32 "
         f"ulp of a float64 reference, over {patterns} plus special values; each op compiled through TVM as in "
         "a model (`codegen.fast_math.compiled_op`).",
         "",

@@ -1,4 +1,4 @@
-"""codegen fast math: the polynomial exp / tanh / erf / softmax stay within their documented ulp bounds
+"""codegen fast math: the polynomial exp / tanh / erf / softmax / sigmoid stay within their documented ulp bounds
 (`codegen.fast_math.MAX_ULP`, measured by benchmarks/fast_math_ulp.py), and `fast_math=False` gives libm's
 results: within 1 ulp of the correctly rounded value, NaN, infinities and signed zeros exactly."""
 
@@ -30,6 +30,9 @@ def _reference(op: str, x: np.ndarray) -> np.ndarray:
             return np.tanh(x64)
         if op == "erf":
             return np.vectorize(math.erf, otypes=[np.float64])(x64)
+        if op == "sigmoid":
+            t = np.exp(-np.abs(x64))
+            return np.where(x64 < 0, t / (1 + t), 1 / (1 + t))
         e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
@@ -96,7 +99,7 @@ def test_no_fast_math_softmax_is_the_plain_one():
     assert err.max() <= 2.5, _describe(np.repeat(x, 2), y, ref, err)
 
 
-@pytest.mark.parametrize("op", ["exp", "tanh", "erf", "softmax"])
+@pytest.mark.parametrize("op", ["exp", "tanh", "erf", "softmax", "sigmoid"])
 def test_fast_math_within_documented_bound(op):
     # the bound measured over every float32 input (benchmarks/RESULTS.md "Fast math"), checked on a sample;
     # subnormal results flushed to 0 are documented separately and not counted
@@ -118,6 +121,25 @@ def test_fast_math_keeps_special_values(op):
     assert np.isnan(y[0]) and not np.signbit(y[1]) and np.signbit(y[2])
     assert y[3] == 1 and y[4] == -1
     assert (err[1:] <= 1.0).all(), _describe(x[1:], y[1:], ref[1:], err[1:])
+
+
+def test_fast_math_sigmoid_special_values_and_vectors(tmp_path):
+    """NaN -> NaN, +-inf -> 1 / 0, +-0 -> 0.5, far tails 1 / 0; and no scalar libm call: the kernel is vectors
+    (libm's sigmoid was 16 expf calls per 16 lanes, the Llama-style SwiGLU MLP's gate kernel 3x its matmul)."""
+    from onnx import TensorProto, helper
+    from optc.codegen.compile import compile_to_file
+
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 200.0, -200.0], np.float32)
+    y, _ = _run("sigmoid", x, fast_math=True)
+    assert np.isnan(y[0]) and y[1] == 1 and y[2] == 0 and y[3] == 0.5 and y[4] == 0.5 and y[5] == 1 and y[6] == 0
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for fast, calls in ((True, False), (False, True)):
+        out = tmp_path / f"sigmoid_{fast}.s"
+        compile_to_file(model, out, emit="asm", fast_math=fast)
+        assert ("expf" in out.read_text()) is calls
 
 
 def test_fast_math_exp_special_values():
