@@ -14,7 +14,7 @@ __all__ = ["first_line", "session"]
 
 
 def session(source: Any, *, optimize: bool = True, threads: int | None = None, label: str | None = None,
-            profile_prefix: str | None = None):
+            profile_prefix: str | None = None, spin: bool = True):
     """An onnxruntime CPU session for `source`: a path, serialized bytes, an `onnx.ModelProto` or an optc `Model`.
 
     `optimize`: onnxruntime's graph optimizations (all levels) on, or all off (to run a model exactly as
@@ -42,6 +42,8 @@ def session(source: Any, *, optimize: bool = True, threads: int | None = None, l
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

@@ -79,12 +79,14 @@ def side_by_side(path: str, qdq_path: str, threads: int, repeat: int, precisions
     from optc.inputs import random_inputs, session_input_specs
     from optc.ortsession import session
 
-    ort32 = session(path, optimize=True, threads=threads)
+    spin = threads == 1  # (several threads: no runtime's idle pool may spin on the cores the next one runs on)
+    ort32 = session(path, optimize=True, threads=threads, spin=spin)
     feeds = random_inputs(session_input_specs(ort32), seed=seed)
     result: dict = {"threads": threads, "repeat": repeat}
     builders: dict[str, Callable[[], Callable]] = {
         "ort_fp32": lambda: (lambda: ort32.run(None, feeds)),
-        "ort_qdq": lambda: (lambda s: lambda: s.run(None, feeds))(session(qdq_path, optimize=True, threads=threads)),
+        "ort_qdq": lambda: (lambda s: lambda: s.run(None, feeds))(session(qdq_path, optimize=True, threads=threads,
+                                                                            spin=spin)),
         "ov_fp32": lambda: _ov(path), "ov_qdq": lambda: _ov(qdq_path)}
 
     def _ov(p: str) -> Callable:
@@ -159,6 +161,10 @@ def markdown(rows: list[dict], threads: list[int], meta: dict) -> str:
            f"{meta['openvino']} (CPU plugin, INFERENCE_NUM_THREADS = the thread count), TVM {meta['tvm']} (optc -O2, "
            "untuned). Per (model, threads) one process builds every runtime, then runs each once a round in a new "
            f"random order for {meta['repeat']} rounds (after warm-up); latency: median ms of one run call, batch 1. "
+           "At 2 threads and more, the thread pools stop spinning soon after a run (onnxruntime "
+           "`session.force_spinning_stop=1`, TVM `TVM_THREAD_POOL_SPIN_COUNT=1000`): one runtime's idle threads "
+           "spinning after its run otherwise held the cores the next runtime ran on (onnxruntime fp32 took "
+           "twice its 1-thread time at 2 threads). "
            "QDQ: the same file for onnxruntime, OpenVINO and optc int8: `optc.quantize(model, calibration=npz, "
            f"method=\"minmax\")` (x86 defaults: uint8 asymmetric activations, per-channel int8 weights, 7-bit "
            f"weights without VNNI) calibrated on {meta['calib']} random input sets (speed, not accuracy). "
