@@ -40,9 +40,9 @@ _PERMUTE = "llvm.x86.avx512.vpermi2var.qi.512"
 _INTRINSICS = {"float32": "llvm.x86.avx512.gather.dps.512", "int32": "llvm.x86.avx512.gather.dpi.512"}
 
 
-def _byte_index(index):
-    """The 8-bit value behind a table index `int32(x)` (x uint8) or `int32(x) + 128` (x int8): the index in
-    [0, 256), whose low byte the table read needs; None for any other index."""
+def _is_byte_index(index) -> bool:
+    """Whether a table index is `int32(x)` (x uint8) or `int32(x) + 128` (x int8): in [0, 256), so its low byte is
+    the whole index."""
     import tvm  # noqa: PLC0415
     from tvm import tirx  # noqa: PLC0415
 
@@ -50,13 +50,11 @@ def _byte_index(index):
         t = tvm.DataType(str(e.ty.dtype))
         return t.bits == 8 and t.type_code == (tvm.DataTypeCode.UINT if kind == "u" else tvm.DataTypeCode.INT)
 
-    if isinstance(index, tirx.Cast) and eight_bit(index.value, "u"):
-        return index
-    if isinstance(index, tirx.Add) and isinstance(index.b, tirx.Broadcast) and \
-            isinstance(index.b.value, tirx.IntImm) and int(index.b.value) == 128 and \
-            isinstance(index.a, tirx.Cast) and eight_bit(index.a.value, "i"):
-        return index
-    return None
+    if isinstance(index, tirx.Cast):
+        return eight_bit(index.value, "u")
+    return isinstance(index, tirx.Add) and isinstance(index.b, tirx.Broadcast) and \
+        isinstance(index.b.value, tirx.IntImm) and int(index.b.value) == 128 and \
+        isinstance(index.a, tirx.Cast) and eight_bit(index.a.value, "i")
 
 
 def _byte_table_read(cast, mutator):
@@ -73,7 +71,7 @@ def _byte_table_read(cast, mutator):
         return None
     shape = load.source.shape
     if str(load.ty.dtype) != f"int32x{dtype.lanes}" or len(shape) != 1 or not isinstance(shape[0], tirx.IntImm) \
-            or int(shape[0]) != 256 or _byte_index(load.indices[0]) is None:
+            or int(shape[0]) != 256 or not _is_byte_index(load.indices[0]):
         return None
     lanes = dtype.lanes
     index = mutator.mutate(load.indices[0])
