@@ -295,7 +295,7 @@ def test_kernels_match_unscheduled(make):
     _assert_kernels_match(make())
 
 
-@pytest.mark.parametrize("variant", range(7))
+@pytest.mark.parametrize("variant", range(8))
 def test_rule_variants_match_unscheduled(variant):
     """The schedules that tuning measures besides the default (one heuristic choice fixed each way) are
     correct too: they become the build's schedule when they measure fastest."""
@@ -303,7 +303,7 @@ def test_rule_variants_match_unscheduled(variant):
     from optc.codegen.schedules import TiledReduction, cpu_rules
 
     rules = TiledReduction.variants()
-    assert len(rules) == 7
+    assert len(rules) == 8
     for model in (small_cnn(res=26), wide_convs()):
         fused = fused_kernels(from_onnx(model), "cpu")
         assert check_kernels(fused, "cpu", rules=[rules[variant], *cpu_rules()]) == []
