@@ -121,8 +121,8 @@ def tile_rows(m: int, limit: int) -> int:
 
 
 #: a tile width (vectors per tile row) tried besides the default two (one for an odd count of vectors). Five (a
-#: Llama head's 2000 columns: 2 x 5 instead of 8 x 1) was 4% faster alone and 20% slower inside the model (its
-#: 80-column weight panels do not stay in L1 across the tiles), so it is not tried
+#: Llama head's 2000 columns: 2 x 5 instead of 8 x 1) was 4% faster alone and 20% slower inside the model, for a
+#: reason not found (its 80-column weight panels, 80 KB, do not fit in L1 as 16-column ones do), so it is not tried
 WIDE_TILE_VECTORS = 3
 
 
@@ -131,7 +131,8 @@ def _widest_tile(m: int, n_vecs: int, u_n: int, max_acc: int) -> tuple[int, int 
     vectors of columns, at most `max_acc` accumulators: the default width `u_n`, or WIDE_TILE_VECTORS where that
     divides `n_vecs` and holds more accumulators in whole tiles of at least two rows. Two vectors wide gave ViT's
     197 x 192 x 768 matmul 5 x 2 = 10 accumulators and a BERT's 128 x 256 x 768 4 x 2 = 8; three give 15 and 12,
-    fewer loads per multiply-add (the kernels 4% and 13% faster, AMD EPYC Zen 5, 1 thread)."""
+    fewer loads per multiply-add (the kernels 4% and 13% faster, AMD EPYC Zen 5, 1 thread). Any dtype (the tile
+    counts vectors); static rows only (symbolic ones keep the default width)."""
     default = u_n * tile_rows(m, max(1, min(MAX_TILE_ROWS, max_acc // u_n)))
     u = WIDE_TILE_VECTORS
     rows = _largest_divisor(m, max(1, min(MAX_TILE_ROWS, max_acc // u)))

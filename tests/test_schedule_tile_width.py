@@ -1,4 +1,4 @@
-"""A float register tile three vectors wide where that holds more accumulators (codegen/schedules.py,
+"""A register tile (float32 here) three vectors wide where that holds more accumulators (codegen/schedules.py,
 `_widest_tile`).
 
 Two vectors per tile row gave ViT's [197, 192] @ [192, 768] a tile of 5 x 2 = 10 accumulators (of the 15 that fit
