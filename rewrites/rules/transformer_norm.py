@@ -157,55 +157,9 @@ def _layer_norm(op, x, eps, gamma, beta):
               op.LayerNormalization(x, gamma, beta, _name="ln"))
 
 
-def check_residual_norm(m, a, b, eps, gamma, beta) -> bool:
-    """The checks of a post-LN residual block LayerNorm(Add(a, b)) (match names "skip", "ln"): a float32 or
-    float16 sum (onnxruntime's SkipLayerNormalization has no double kernel) of two operands of one 3-D shape, the
-    norm over the last axis with a bias; raises RuleMismatch (`require`) otherwise."""
-    s = m["skip"].outputs[0]
-    require(np_dtype(s) in (np.float32, np.float16), "the sum is not float32 or float16")
-    sa, sb = full_shape(a), full_shape(b)
-    require(sa is not None and sa == sb and len(sa) == 3, "the residual Add's operands are not of one 3-D shape")
-    ln = m.get("ln")
-    if ln is None:
-        check_norm(m, s, eps, gamma, beta)
-    else:
-        require(int(ln.attr("axis", -1)) in (-1, 2), "LayerNormalization is not over the last axis")
-        require(len([o for o in ln.outputs if o is not None]) == 1, "LayerNormalization has stat outputs")
-        require(int(ln.attr("stash_type", 1)) == 1, "LayerNormalization does not compute in float32")
-        require(beta is not None, "LayerNormalization has no bias")
-        c = sa[-1]
-        require(all(full_shape(p) == (c,) for p in (gamma, beta)), "gamma/beta are not of the last dim")
-    return True
-
-
 def _epsilon(m, eps) -> float:
     ln = m.get("ln")
     return float(ln.attr("epsilon", 1e-5)) if ln is not None else eps_of(m, eps)
-
-
-class FuseResidualLayerNorm(Rule):
-    """LayerNorm(Add(a, b)) over the last axis -> LayerNormalization(Sum(a, b), gamma, beta) (opset 17+): the
-    onnxruntime form of a post-LN residual block (BERT) on its CPU kernels, in place of SkipLayerNormalization.
-
-    onnxruntime's CPU SkipLayerNormalization took 130 us on a BERT-like [1, 128, 256] residual where Add +
-    LayerNormalization take about 20 (onnxruntime 1.31, AMD EPYC Zen 5), and onnxruntime fuses an Add in front of
-    a LayerNormalization into it on its own (a TorchScript BERT export: 13 of them, 22% of its run time). Sum of
-    two inputs is the same sum as Add (same broadcasting, same rounding), and onnxruntime's fusion does not match
-    it: the export ran 0.79x as long. Where SkipLayerNormalization is fast (onnxruntime's CUDA kernels),
-    `--disable-rule FuseResidualLayerNorm` leaves the block to FuseSkipLayerNorm. Same checks as that rule."""
-
-    min_opset: ClassVar[int | None] = 17
-    rounding: ClassVar[str] = ROUNDING
-
-    def pattern(self, op, a, b, eps, gamma, beta):
-        return _layer_norm(op, op.Add(a, b, _name="skip"), eps, gamma, beta)
-
-    def check(self, m, a, b, eps, gamma, beta):
-        return check_residual_norm(m, a, b, eps, gamma, beta)
-
-    def rewrite(self, op, m, a, b, eps, gamma, beta):
-        g, bias = scale_and_bias(op, a, gamma, beta)
-        return op.LayerNormalization(op.Sum(a, b), g, bias, axis=-1, epsilon=_epsilon(m, eps))
 
 
 class FuseSkipLayerNorm(Rule):
@@ -215,7 +169,8 @@ class FuseSkipLayerNorm(Rule):
     elsewhere. A pre-LN block, whose sum feeds the next residual, is left alone: SkipLayerNormalization with its
     sum output measured 10% slower than Add + LayerNormalization on onnxruntime 1.31's CPU kernels (GPT-2-like
     and ViT-like exports, AMD EPYC Zen 4), which is why onnxruntime's own transformers optimizer, fusing them,
-    makes those models slower; a Llama's Add + RMSNorm as SkipSimplifiedLayerNormalization measured no faster."""
+    makes those models slower; a Llama's Add + RMSNorm as SkipSimplifiedLayerNormalization measured no faster.
+    From opset 17 FuseResidualLayerNorm takes the block first (the onnxruntime rule set)."""
 
     rounding: ClassVar[str] = ROUNDING
 
@@ -223,11 +178,45 @@ class FuseSkipLayerNorm(Rule):
         return _layer_norm(op, op.Add(a, b, _name="skip"), eps, gamma, beta)
 
     def check(self, m, a, b, eps, gamma, beta):
-        return check_residual_norm(m, a, b, eps, gamma, beta)
+        s = m["skip"].outputs[0]
+        # onnxruntime's SkipLayerNormalization takes float and float16 only (a double one does not load)
+        require(np_dtype(s) in (np.float32, np.float16), "the sum is not float32 or float16")
+        sa, sb = full_shape(a), full_shape(b)
+        require(sa is not None and sa == sb and len(sa) == 3, "the residual Add's operands are not of one 3-D shape")
+        ln = m.get("ln")
+        if ln is None:
+            check_norm(m, s, eps, gamma, beta)
+        else:
+            require(int(ln.attr("axis", -1)) in (-1, 2), "LayerNormalization is not over the last axis")
+            require(len([o for o in ln.outputs if o is not None]) == 1, "LayerNormalization has stat outputs")
+            require(int(ln.attr("stash_type", 1)) == 1, "LayerNormalization does not compute in float32")
+            require(beta is not None, "LayerNormalization has no bias")
+            c = sa[-1]
+            require(all(full_shape(p) == (c,) for p in (gamma, beta)), "gamma/beta are not of the last dim")
+        return True
 
     def rewrite(self, op, m, a, b, eps, gamma, beta):
         g, bias = scale_and_bias(op, a, gamma, beta)
         return op.SkipLayerNormalization(a, b, g, bias, _domain=MS, epsilon=_epsilon(m, eps))
+
+
+class FuseResidualLayerNorm(FuseSkipLayerNorm):
+    """LayerNorm(Add(a, b)) over the last axis -> LayerNormalization(Sum(a, b), gamma, beta) (opset 17+): the
+    onnxruntime form of a post-LN residual block (BERT) on its CPU kernels, in place of SkipLayerNormalization;
+    the pattern and checks are FuseSkipLayerNorm's.
+
+    onnxruntime's CPU SkipLayerNormalization took 130 us on a BERT-like [1, 128, 256] residual where Sum +
+    LayerNormalization take about 20 (onnxruntime 1.31, AMD EPYC Zen 5), and onnxruntime fuses an Add in front of
+    a LayerNormalization into it on its own (a TorchScript BERT export: 13 of them, 22% of its run time). Sum of
+    two inputs is the same sum as Add (same broadcasting, same rounding), and onnxruntime's fusion does not match
+    it: the export's onnxruntime form ran 0.82x as long as the export. Where SkipLayerNormalization is fast
+    (onnxruntime's CUDA kernels), `--disable-rule FuseResidualLayerNorm` leaves the block to FuseSkipLayerNorm."""
+
+    min_opset: ClassVar[int | None] = 17
+
+    def rewrite(self, op, m, a, b, eps, gamma, beta):
+        g, bias = scale_and_bias(op, a, gamma, beta)
+        return op.LayerNormalization(op.Sum(a, b), g, bias, axis=-1, epsilon=_epsilon(m, eps))
 
 
 class FuseRMSNorm(Rule):
