@@ -5,8 +5,7 @@ TOPI's fast_softmax reduces the row max and the row sum in one loop each; the su
 scalar adds (LLVM may not reorder float adds), and RowReduction's vector partials (an rfactor of the row split
 into whole vectors) need a row length that is a multiple of the vector width. Here each reduction is written in
 two steps, ``lanes`` partial results over strided chunks of the row and then those, so that RowReduction
-vectorizes the partials. A [3, 197, 197] softmax: 206 -> 83 us (onnxruntime 54), AMD EPYC Zen 4; with the tail's
-exponentials in one vector, a model of that one softmax 70 -> 61 us a call (AMD EPYC Zen 5, 1 thread).
+vectorizes the partials. A [3, 197, 197] softmax: 206 -> 83 us (onnxruntime 54), AMD EPYC Zen 4.
 """
 
 from __future__ import annotations
@@ -28,11 +27,9 @@ def lane_partial_softmax(x, lanes: int = SOFTMAX_LANES, *, n: int | None = None,
     values as `topi.nn.fast_softmax` (its fast_exp, its max) but for the order of the sum.
 
     The row max is the max of `lanes` partial maxima, each over x[j * lanes + l] for the whole chunks j of the
-    row and then x[n - lanes + l], the row's last whole vector (elements read twice do not change a max). The
-    exponentials are computed for the whole chunks and for that last vector, whose lanes past the chunks are the
-    tail's (a vector of exps, not a scalar loop over the tail); the row sum adds tail element n - n % lanes + l
-    to partial l, the other lanes skipped with a select. Every read is a contiguous vector. Returns the [..., n]
-    result.
+    row and then the tail element n - n % lanes + l (the last element where there is none: a duplicate does not
+    change a max); the row sum likewise, the tail's duplicates skipped with a select. The whole chunks read
+    contiguous vectors; only the tail's vector per row is a gather. Returns the [..., n] result.
 
     `n`: the softmax of each row's first n elements only (x's rows may be longer: a matmul's output padded to
     whole vectors, read in place instead of cropped first). `prologue`: a function of one float32 TE value applied
@@ -51,28 +48,25 @@ def lane_partial_softmax(x, lanes: int = SOFTMAX_LANES, *, n: int | None = None,
                        name="T_softmax_input")
 
     j = te.reduce_axis((0, body), name="j")
-    start = n - lanes  # the row's last whole vector: x[start + l], overlapping the chunks (start >= 0: n > lanes)
     body_max = te.compute((*rows, lanes), lambda *i: te.max(x[(*i[:-1], j * lanes + i[-1])], axis=j),
                           name="T_softmax_maxpart")
-    part_max = te.compute((*rows, lanes), lambda *i: te.max(body_max[i], x[(*i[:-1], start + i[-1])]),
-                          name="T_softmax_maxtail")  # (elements read twice do not change a max)
+    part_max = te.compute((*rows, lanes), lambda *i: te.max(
+        body_max[i], x[(*i[:-1], te.min(tail + i[-1], n - 1))]), name="T_softmax_maxtail")
     lane = te.reduce_axis((0, lanes), name="l")
     max_elem = te.compute(rows, lambda *i: te.max(part_max[(*i, lane)], axis=lane), name="T_softmax_maxelem")
-    exp = topi.math.fast_exp(te.compute((*rows, tail), lambda *i: x[i] - max_elem[i[:-1]], name="T_softmax_delta"))
-    # the tail's exps as one vector (the row's last `lanes` elements), not a scalar loop over the tail elements: a
-    # model of ViT's [3, 197, 197] softmax took 70 us a call with the loop, 61 with the vector
-    last = topi.math.fast_exp(te.compute((*rows, lanes), lambda *i: x[(*i[:-1], start + i[-1])] - max_elem[i[:-1]],
-                                         name="T_softmax_lastdelta"))
+    delta = te.compute(shape, lambda *i: x[i] - max_elem[i[:-1]], name="T_softmax_delta")
+    exp = topi.math.fast_exp(delta)
     j2 = te.reduce_axis((0, body), name="j")
     body_sum = te.compute((*rows, lanes), lambda *i: te.sum(exp[(*i[:-1], j2 * lanes + i[-1])], axis=j2),
                           name="T_softmax_sumpart")
+    # the tail's values read in a block of their own: under the select's condition TVM's simplifier drops the
+    # clamp of an index (the select evaluates both sides, so the lanes past the row would read past the buffer)
+    tail_exp = te.compute((*rows, lanes), lambda *i: exp[(*i[:-1], te.min(tail + i[-1], n - 1))],
+                          name="T_softmax_exptail")
     zero = tirx.const(0.0, x.dtype)
-    # tail element tail + l goes to partial l, as it did when the tail was read element by element: the same sum
-    ragged = n - tail
-    part_sum = te.compute((*rows, lanes), lambda *i: body_sum[i] + tirx.Select(
-        i[-1] < ragged, last[(*i[:-1], te.min(i[-1] + lanes - ragged, lanes - 1))], zero), name="T_softmax_sumtail")
+    part_sum = te.compute((*rows, lanes), lambda *i: body_sum[i] + tirx.Select(tail + i[-1] < n, tail_exp[i], zero),
+                          name="T_softmax_sumtail")
     lane2 = te.reduce_axis((0, lanes), name="l")
     expsum = te.compute(rows, lambda *i: te.sum(part_sum[(*i, lane2)], axis=lane2), name="T_softmax_expsum")
-    return te.compute(shape, lambda *i: tirx.Select(
-        i[-1] < tail, exp[(*i[:-1], te.min(i[-1], tail - 1))], last[(*i[:-1], te.max(i[-1] - start, 0))])
-        / expsum[i[:-1]], name="T_softmax_norm", attrs={"axis": len(shape) - 1})
+    return te.compute(shape, lambda *i: exp[i] / expsum[i[:-1]], name="T_softmax_norm",
+                      attrs={"axis": len(shape) - 1})

@@ -1,7 +1,9 @@
-"""The exponentials of a softmax over rows that are no whole vectors (ViT's 197 tokens) all run in vectors
-(`codegen/softmax.py`): the row's tail is exponentiated as the row's last whole vector, not element by element.
-The tests read the scheduled kernel (every fast_exp block under a vectorized loop) and compare values with
-onnxruntime and with TVM's own softmax (libm's exp, no fast math); they never time anything."""
+"""Softmax over rows that are no whole vectors of 16 (`codegen/softmax.py` `lane_partial_softmax`): rows with
+no divisor up to 16 (ViT's 197, 37, 31, 17: the elementwise steps run in vectors and a scalar tail) and rows with
+a divisor of 4 or 8 (20, 24, 36, 40: vectors of 4 or 8 lanes over the whole row). An attempt to exponentiate the
+tail as the row's last whole vector read the row's two parts through one select; TVM's simplifier dropped the
+clamps of its indices under the select's condition, and rows of 20-40 came out wrong (NaN at 36): these shapes
+are here for that. Values are compared with onnxruntime and with the build without fast math."""
 
 from __future__ import annotations
 
@@ -9,11 +11,8 @@ import numpy as np
 import onnx
 import optc
 import pytest
-import tvm
-import tvm_ffi
 from onnx import TensorProto
 from onnx import helper as h
-from tvm import s_tir
 
 from .conftest import run_ort
 
@@ -25,47 +24,8 @@ def _softmax(shape: list[int]) -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
 
 
-def _scheduled_softmax(model: onnx.ModelProto):
-    from optc.codegen.build import fuse, prepare, schedule_passes
-    from optc.codegen.targets import resolve_target
-    from optc.ir import from_onnx
-    from optc.lowering import lower
-
-    target = resolve_target("cpu")
-    mod = fuse(prepare(lower(from_onnx(model)), None, target), target)
-    with target:
-        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
-    [func] = [f for gv, f in mod.functions_items() if "softmax" in gv.name_hint and hasattr(f, "body")]
-    return func
-
-
-def _exp_blocks(func) -> tuple[set[str], set[str]]:
-    """(names of the fast_exp blocks, names of those under a vectorized loop)."""
-    every: set[str] = set()
-    vectorized: set[str] = set()
-
-    def block(node) -> None:
-        if node.name_hint.startswith("T_fast_exp"):
-            every.add(node.name_hint)
-
-    def loop(node) -> None:
-        if node.kind == tvm.tirx.ForKind.VECTORIZED:
-            inner: set[str] = set()
-            tvm_ffi.structural_walk(node.body, (s_tir.SBlock, lambda b: inner.add(b.name_hint)), order="post")
-            vectorized.update(n for n in inner if n.startswith("T_fast_exp"))
-
-    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, block), order="post")
-    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, loop), order="post")
-    return every, vectorized
-
-
-@pytest.mark.parametrize("shape", [[1, 3, 197, 197], [2, 37], [4, 17], [5, 31]])
-def test_ragged_row_exponentials_are_vectors(shape):
-    every, vectorized = _exp_blocks(_scheduled_softmax(_softmax(shape)))
-    assert len(every) >= 2 and every == vectorized, (every, vectorized)
-
-
-@pytest.mark.parametrize("shape", [[1, 3, 197, 197], [2, 37], [4, 17], [5, 31], [0, 33]])
+@pytest.mark.parametrize("shape", [[1, 3, 197, 197], [2, 37], [4, 17], [5, 31], [0, 33], [8, 36], [3, 40],
+                                   [4, 20], [4, 24], [1, 3, 197, 36]])
 def test_ragged_row_softmax_values(shape):
     model = _softmax(shape)
     x = (np.random.default_rng(2).standard_normal(shape) * 4).astype(np.float32)
