@@ -4,8 +4,10 @@ OpenVINO, on the float model and on one QDQ model that every runtime reads (a sc
 Per (model, threads), in one process: onnxruntime fp32 and on the QDQ model (ORT_ENABLE_ALL), OpenVINO's CPU plugin
 at its default precision on the float model and on the QDQ model, optc fp32, optc int8 (the QDQ model compiled:
 QDQ Conv / MatMul / Gemm become integer kernels) and optc bf16 (`precision="bf16"` on the float model). Every
-candidate runs once a round, in a new random order each round, so drift in the shared machine's load hits all
-alike; the latency is the median over the rounds of one `run` call (inputs in, outputs back as numpy arrays).
+candidate has a turn of two `run` calls a round, in a new random order each round, so drift in the shared
+machine's load hits all alike; the latency is the median over the rounds of the turn's second call (inputs in,
+outputs back as numpy arrays), and the first call's median, after another runtime's call (its caches and idle
+threads), is kept beside it as `<candidate>_cold`.
 The QDQ model is optc's static int8 quantizer output (`optc.quantize(..., calibration=npz, method="minmax")`,
 x86 defaults) calibrated on a few random samples: it measures speed, not accuracy.
 """
