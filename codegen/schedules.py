@@ -126,6 +126,11 @@ def tile_rows(m: int, limit: int) -> int:
 WIDE_TILE_VECTORS = 3
 
 
+def _height_limit(max_acc: int, u_n: int) -> int:
+    """The most rows a tile `u_n` vectors wide may have with `max_acc` accumulators (1 to MAX_TILE_ROWS)."""
+    return max(1, min(MAX_TILE_ROWS, max_acc // u_n))
+
+
 def _widest_tile(m: int, n_vecs: int, u_n: int, max_acc: int) -> tuple[int, int | None]:
     """(vectors per tile row, tile height or None: the default's) for a register tile over `m` rows and `n_vecs`
     vectors of columns, at most `max_acc` accumulators: the default width `u_n`, or WIDE_TILE_VECTORS where that
@@ -133,9 +138,9 @@ def _widest_tile(m: int, n_vecs: int, u_n: int, max_acc: int) -> tuple[int, int 
     197 x 192 x 768 matmul 5 x 2 = 10 accumulators and a BERT's 128 x 256 x 768 4 x 2 = 8; three give 15 and 12,
     fewer loads per multiply-add (the kernels 4% and 13% faster, AMD EPYC Zen 5, 1 thread). Any dtype (the tile
     counts vectors); static rows only (symbolic ones keep the default width)."""
-    default = u_n * tile_rows(m, max(1, min(MAX_TILE_ROWS, max_acc // u_n)))
+    default = u_n * tile_rows(m, _height_limit(max_acc, u_n))
     u = WIDE_TILE_VECTORS
-    rows = _largest_divisor(m, max(1, min(MAX_TILE_ROWS, max_acc // u)))
+    rows = _largest_divisor(m, _height_limit(max_acc, u))
     if n_vecs % u == 0 and rows >= 2 and u * rows > default:
         return u, rows
     return u_n, None
@@ -647,7 +652,7 @@ class TiledReduction(_Rule):
         rows = None
         if self.u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not group_loops:
             u_n, rows = _widest_tile(m_ext, n_vecs, u_n, max_acc)
-        max_m = max(1, min(MAX_TILE_ROWS, max_acc // u_n))
+        max_m = _height_limit(max_acc, u_n)
         if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
             max_m = _largest_divisor(PAD_ROWS, max_m)
         u_m = (max_m if m_ext is None else rows or tile_rows(m_ext, max_m)) if n_s >= 2 else 1
