@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -261,18 +261,19 @@ def default_rules(target):
 
 
 def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto", fast_math: bool | None = None,
-            batch_one: dict | None = None):
+            batch_sizes: Sequence[int] = (), batch_report: dict | None = None):
     """Bind params and run the relax-level passes before legalization (fast math, layout, decompositions).
-    ``fast_math=None``: the setting of the enclosing ``fast_math_default`` (on by default). ``batch_one`` (a
-    report dict): first add the batch-1 entry where ``main`` qualifies (``batch_one.batch_one_entry``), so that
-    the passes below write its own static TIR (fast math's softmax)."""
+    ``fast_math=None``: the setting of the enclosing ``fast_math_default`` (on by default). ``batch_sizes``:
+    first add a static entry for each of these batch sizes where ``main`` qualifies
+    (``static_batch.static_batch_entries``, reporting into ``batch_report``), so that the passes below write the
+    entries' own static TIR (fast math's softmax)."""
     tvm = _tvm()
     target = resolve_target(target)
     mod = bind_params(mod, params)
-    if batch_one is not None:
-        from .batch_one import batch_one_entry  # noqa: PLC0415
+    if batch_sizes:
+        from .static_batch import static_batch_entries  # noqa: PLC0415
 
-        mod = batch_one_entry(batch_one)(mod)
+        mod = static_batch_entries(batch_sizes, batch_report)(mod)
     with target:
         mod = tvm.transform.Sequential(preprocess_passes(target, layout, fast_math))(mod)
     return mod
@@ -290,12 +291,12 @@ def _count_kernels(report: dict | None, key: str):
     tvm = _tvm()
 
     from ..lowering.ops.indexing import INDEX_CHECK_ATTR  # noqa: PLC0415
-    from .batch_one import entry_only_kernels  # noqa: PLC0415
+    from .static_batch import entry_only_kernels  # noqa: PLC0415
 
     @tvm.transform.module_pass(opt_level=0, name=f"optc_count_{key}")
     def _count(mod, _ctx):
         if report is not None:
-            copies = entry_only_kernels(mod)  # the batch-1 entry's kernels: the model's kernels, counted once
+            copies = entry_only_kernels(mod)  # the static batch entries' kernels: the model's kernels, counted once
             funcs = [f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
                      and gv.name_hint not in copies
                      and not (f.attrs is not None and INDEX_CHECK_ATTR in f.attrs)]  # (marked scheduled: not tuned)
@@ -323,7 +324,7 @@ def _count_dot_products(report: dict | None):
     tvm = _tvm()
     import tvm_ffi  # noqa: PLC0415
 
-    from .batch_one import entry_only_kernels  # noqa: PLC0415
+    from .static_batch import entry_only_kernels  # noqa: PLC0415
 
     @tvm.transform.module_pass(opt_level=0, name="optc_count_dot_products")
     def _count(mod, _ctx):
@@ -333,7 +334,7 @@ def _count_dot_products(report: dict | None):
 
         by_id = {int(llvm_lookup_intrinsic_id(name)): isa for name, isa in DOT_PRODUCT_INTRINSICS.items()}
         counts: dict[str, int] = {}
-        copies = entry_only_kernels(mod)  # the batch-1 entry's kernels: the model's kernels, counted once
+        copies = entry_only_kernels(mod)  # the static batch entries' kernels: the model's kernels, counted once
         for gv, func in mod.functions_items():
             if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint in copies:
                 continue
@@ -413,7 +414,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
 def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, database=None,
           schedule: str = "default", layout: str | None = "auto", report: dict | None = None,
-          fast_math: bool | None = None, batch_one: bool = False):
+          fast_math: bool | None = None, batch_sizes: Sequence[int] = ()):
     """Compile a Relax IRModule to a ``tvm.relax.VMExecutable``.
 
     - ``params``: weights by ``main`` parameter name; bound as constants (folded into the library).
@@ -427,8 +428,9 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
       schedule after the default rules).
     - ``fast_math``: polynomial exp / softmax / tanh / erf (``fast_math.py``, errors measured in
       benchmarks/RESULTS.md "Fast math"); False: libm's. None: ``fast_math_default``'s setting (True).
-    - ``batch_one``: add ``batch_one.BATCH_ONE`` (``main`` with its batch vars bound to 1, its own kernels) when
-      ``main``'s symbolic dims are all batch dims; ``report["batch_one"]`` gets the vars bound (or None).
+    - ``batch_sizes``: add a static entry for each of these batch sizes (``static_batch.entry_name``: ``main``
+      with its batch vars bound to the size, its own kernels) when ``main``'s symbolic dims are all batch dims
+      (CPU targets only); ``report["batch_vars"]`` gets the vars bound (or None).
     """
     tvm = _tvm()
     target = resolve_target(target)
@@ -436,21 +438,22 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
         from .amx import request_permission  # noqa: PLC0415
 
         request_permission()  # a build for this host is often run in this process: its AMX kernels need the tiles
-    batch_one = batch_one and target.kind.name == "llvm"  # (CPU targets: a GPU call's fixed cost is elsewhere)
+    if target.kind.name != "llvm":  # (CPU targets: a GPU call's fixed cost is elsewhere)
+        batch_sizes = ()
     tvm_ops.register()
     pipeline = _lowering_pipeline(target, database, schedule, report)
     tir = tir_pipeline(target)  # table lookups as AVX-512 gathers where the target has them (gather.py)
     try:
-        if batch_one:
+        if batch_sizes:
             entry: dict = {}
             try:
                 built = tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math,
-                                            batch_one=entry), target=target, relax_pipeline=pipeline,
-                                    tir_pipeline=tir)
+                                            batch_sizes=batch_sizes, batch_report=entry), target=target,
+                                    relax_pipeline=pipeline, tir_pipeline=tir)
                 if report is not None:
-                    report["batch_one"] = entry.get("batch_one")
+                    report["batch_vars"] = entry.get("batch_vars")
                 return built
-            except Exception:  # noqa: BLE001, S110 - the batch-1 entry only saves time: built again without it
+            except Exception:  # noqa: BLE001, S110 - the entries only save time: built again without them
                 pass
         return tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math), target=target,
                            relax_pipeline=pipeline, tir_pipeline=tir)

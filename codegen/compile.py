@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import OptcError
@@ -14,10 +15,10 @@ from ..ir import Model, load
 from ..lowering import lower, signature
 from .artifact import check_emit, export
 from .artifact import emit as emit_file
-from .batch_one import BATCH_ONE, wants_batch_one
 from .build import build, compile_cuda_kernels, fast_math_default, find_nvcc
 from .input_shapes import fix_input_shapes
 from .precision import bf16_kernels, check_precision, native_bf16, to_bfloat16
+from .static_batch import check_sizes, default_sizes, entry_name, model_batch_vars
 from .targets import check_measurable, gpu_arch, linker, resolve_target, target_kind
 from .tuning import open_database
 from .tuning import tune as tune_kernels
@@ -31,7 +32,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
                      trials: int = 0, db: str | os.PathLike | None = None, progress: bool = False,
                      report: dict | None = None, fast_math: bool = True, rpc: str | None = None,
                      mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                     precision: str = "fp32"):
+                     precision: str = "fp32", static_batch: Sequence[int] | None = None):
     """Optimize, lower and build a model. Returns `(executable, metadata)`.
 
     `target`, `mcpu`: see `targets.resolve_target` (a preset, any TVM target as dict/JSON, an LLVM CPU name).
@@ -48,6 +49,11 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm / attention matmuls on bfloat16 operands with
     float32 accumulation, float32 I/O (`precision.to_bfloat16`, error bound there); `report["bf16"]` and the
     metadata's `precision` / `bf16` say what was converted and whether the target has native bf16 instructions.
+    `static_batch` (batch sizes, each 1..65536): a model whose symbolic input dims are all leading batch dims
+    also gets an entry with static shapes and kernels for each, which `optc.runtime` calls at that batch size
+    (`static_batch.py`; OptcError for another model); None: batch 1 for such a model of at most 16M
+    multiply-accumulates per sample (`static_batch.default_sizes`); (): none. `report["build"]["static_batch"]`
+    and the metadata's `entries` say which were built.
     """
     from ..rewrites import optimize
     from ..rewrites.pipelines import copy_model
@@ -71,6 +77,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     if input_shapes:
         model = copy_model(model)
         fix_input_shapes(model, input_shapes)
+    sizes = check_sizes(static_batch, model) if static_batch is not None else None
     model = optimize(model, level=level)
     to_qdq_ops(model)
     int4_matmuls = to_weight_int4_ops(model)
@@ -79,6 +86,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     if precision == "bf16":
         kernels = bf16_kernels(model, kernels)
     report["kernels"] = kernels
+    batch_dims = model_batch_vars(model)
+    sizes = (default_sizes(model) if sizes is None else sizes) if batch_dims else ()
     mod = lower(model)
     if tvm_target.kind.name != "llvm":  # a GPU kernel cannot fail the call
         from ..lowering.ops.indexing import without_index_asserts
@@ -98,13 +107,12 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         report["tuning"] = {}
         with fast_math_default(fast_math):  # tuning prepares the module itself: the same kernels as the build
             database = tune_kernels(mod, None, tvm_target, Path(db), trials, progress=progress,
-                                    report=report["tuning"], rpc=rpc)
+                                    report=report["tuning"], rpc=rpc, batch_sizes=sizes)
     elif trials:
         raise OptcError("tuning needs a database directory (--db DIR) to keep its results")
     report["build"] = {}
-    batch_dims = wants_batch_one(model)
     executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math,
-                       batch_one=batch_dims is not None)
+                       batch_sizes=sizes)
     kernels["instructions"] = dict(report["build"].get("dot_products", {}))
     if precision == "bf16":
         report["bf16"]["amx"] = kernels["instructions"].get("AMX bf16", 0)
@@ -115,9 +123,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
             "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels), "precision": precision}
     if precision == "bf16":
         meta["bf16"] = report["bf16"]
-    if report["build"].get("batch_one"):  # the runtime calls it when every one of these input dims is 1
-        report["build"]["batch_one"] = batch_dims  # the model's names (TVM's vars have C identifiers)
-        meta["entries"] = {BATCH_ONE: dict.fromkeys(batch_dims, 1)}
+    if report["build"].pop("batch_vars", None):  # the runtime calls an entry when every one of these dims is its size
+        report["build"]["static_batch"] = {"dims": batch_dims, "sizes": list(sizes)}  # the model's names (TVM's
+        meta["entries"] = {entry_name(n): dict.fromkeys(batch_dims, n) for n in sizes}  # are C identifiers)
     return executable, meta
 
 
@@ -213,14 +221,14 @@ def compile_to_file(model: Model | str | os.PathLike, output: str | os.PathLike,
 def compile(model: Model | str | os.PathLike, target="cpu", *, level: int = 2, trials: int = 0,  # noqa: A001
             db: str | os.PathLike | None = None, progress: bool = False, fast_math: bool = True,
             mcpu: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
-            precision: str = "fp32"):
+            precision: str = "fp32", static_batch: Sequence[int] | None = None):
     """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
     compiled to a file (`optc compile`); `Module.export(path)` writes the artifact `optc compile` would.
     `fast_math=False`: libm's exp / tanh / erf and the plain softmax
     instead of the polynomial approximations (see `build_executable`). `trials` > 0 tunes with MetaSchedule
     into the database `db` (a directory, reused across runs); `trials=0` with `db` applies that database. `mcpu`,
-    `input_shapes`, `precision` (`fp32`, `bf16`): see `build_executable`.
+    `input_shapes`, `precision` (`fp32`, `bf16`), `static_batch`: see `build_executable`.
 
     Raises OptcError (one line) for an unreadable model, an unknown target, an op or attribute the back end
     refuses (`UnsupportedError`, naming the node and the reason), a target this machine cannot run, and a
@@ -234,6 +242,7 @@ def compile(model: Model | str | os.PathLike, target="cpu", *, level: int = 2, t
     if kind == "arm64":
         raise OptcError("an arm64 module cannot run here; compile it to a file with `optc compile --target arm64`")
     executable, meta = build_executable(model, tvm_target, level=level, trials=trials, db=db, progress=progress,
-                                        fast_math=fast_math, input_shapes=input_shapes, precision=precision)
+                                        fast_math=fast_math, input_shapes=input_shapes, precision=precision,
+                                        static_batch=static_batch)
     device = _device_for(kind)
     return Module(None, meta, VirtualMachine(executable, device), device, executable)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -162,17 +162,24 @@ def _static_shapes(task) -> bool:
     return True
 
 
-def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: dict | None = None):
+def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: dict | None = None,
+                  batch_sizes: Sequence[int] = ()):
     """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module (kernels with symbolic
-    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them). The
-    index checks of gathers and scatters are left out: a loop over the indices with nothing to tune, which the
-    random indices of a measurement would fail."""
+    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them), with
+    the static batch entries of ``batch_sizes`` that the build adds (``static_batch.py``: their static kernels
+    are tuned; the build applies the records to them). The index checks of gathers and scatters are left out: a
+    loop over the indices with nothing to tune, which the random indices of a measurement would fail."""
     from ..lowering.ops.indexing import INDEX_CHECK_ATTR  # noqa: PLC0415
     from .build import fuse, prepare  # noqa: PLC0415
 
     ms = _ms()
     target = resolve_target(target)
-    fused = fuse(prepare(mod, params, target, layout=layout), target)
+    try:
+        fused = fuse(prepare(mod, params, target, layout=layout, batch_sizes=batch_sizes), target)
+    except Exception:  # noqa: BLE001 - as the build does: without the entries when they fail
+        if not batch_sizes:
+            raise
+        fused = fuse(prepare(mod, params, target, layout=layout), target)
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
              if not t.mod.attrs.get("tirx.is_scheduled", False)
              and INDEX_CHECK_ATTR not in (t.mod["main"].attrs or {})]
@@ -300,8 +307,10 @@ def allocate_trials(shares, trials: int, min_trials: int = MIN_TASK_TRIALS,
 def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: int, progress: bool = True,
          *, max_trials_per_task: int | None = None, num_trials_per_iter: int = 64,
          cost_model: str = "auto", runner=None, builder=None, seed: int | None = None,
-         layout: str | None = "auto", report: dict | None = None, rpc: str | None = None):
-    """Tune the kernels of ``mod`` for ``target`` with at most ``trials`` measured candidates in all.
+         layout: str | None = "auto", report: dict | None = None, rpc: str | None = None,
+         batch_sizes: Sequence[int] = ()):
+    """Tune the kernels of ``mod`` for ``target`` with at most ``trials`` measured candidates in all, those of
+    the static batch entries of ``batch_sizes`` included (``extract_tasks``).
 
     Kernels already in the database at ``db_dir`` are skipped (0 new trials when all are known).
     ``rpc`` (``HOST:PORT:KEY``): measure on the servers of that key of a TVM RPC tracker, in parallel
@@ -329,7 +338,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
         require_key(parse_address(rpc))
     database = open_database(db_dir)
     skipped: dict = {}
-    tasks = extract_tasks(mod, params, target, layout=layout, skipped=skipped)
+    tasks = extract_tasks(mod, params, target, layout=layout, skipped=skipped, batch_sizes=batch_sizes)
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
     info = {"tasks": len(tasks), "tuned_tasks": len(todo), "trials": 0, "cost_model": _cost_model(cost_model),
             "skipped_symbolic": skipped["symbolic"]}

@@ -9,6 +9,7 @@ import time
 from ..codegen.artifact import EMIT_SUFFIXES
 from ..codegen.input_shapes import parse_input_shapes
 from ..codegen.precision import PRECISIONS, describe_precision
+from ..codegen.static_batch import parse_sizes
 from ..errors import OptcError
 from ..runtime import LIBRARY_SUFFIX
 from .native_log import stdout_to_stderr
@@ -27,6 +28,7 @@ def run(args) -> int:
     if args.db and not args.tune and not os.path.isdir(args.db):
         raise OptcError(f"--db {args.db}: no such directory (without --tune, --db applies an existing database)")
     input_shapes = parse_input_shapes(args.input_shape)
+    static_batch = parse_sizes(args.static_batch) if args.static_batch is not None else None
     model = load(args.model)  # a bad input fails here, before TVM is imported
     from ..codegen.compile import compile_to_file, describe_kernels
     from ..codegen.targets import describe_target, resolve_target, target_metadata
@@ -38,7 +40,7 @@ def run(args) -> int:
         path = compile_to_file(model, args.output, target, level=args.level, trials=args.trials if args.tune else 0,
                                db=args.db, progress=not args.quiet, report=report, fast_math=args.fast_math,
                                rpc=args.rpc, cc=args.cc, emit=args.emit, input_shapes=input_shapes,
-                               precision=args.precision)
+                               precision=args.precision, static_batch=static_batch)
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"model": args.model, "output": str(path),
@@ -51,9 +53,13 @@ def run(args) -> int:
     math = "" if args.fast_math else ", no fast math"
     line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
-    if build.get("batch_one"):
-        line += (f" (with a batch-1 entry: {', '.join(build['batch_one'])} = 1 runs static kernels, the symbolic "
-                 "batch's shape work skipped)")
+    entries = build.get("static_batch")
+    if entries:
+        sizes = entries["sizes"]
+        which = f"a batch-{sizes[0]} entry" if len(sizes) == 1 else \
+            "batch-" + ", batch-".join(map(str, sizes[:-1])) + f" and batch-{sizes[-1]} entries"
+        line += (f" (with {which}: {', '.join(entries['dims'])} = {' or '.join(map(str, sizes))} runs static "
+                 "kernels, the symbolic batch's shape work skipped)")
     cuda = report.get("cuda")
     if cuda is not None:
         line += f"; CUDA kernels compiled with nvcc to a {cuda['arch']} cubin ({cuda['cubin_bytes'] / 1024:.0f} KiB)"
@@ -99,6 +105,10 @@ def register(sub) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix an input's shape before "
                    "compiling, e.g. input_ids:1x128 (repeatable); symbolic dims it names are fixed everywhere, and "
                    "the library then takes only that shape")
+    p.add_argument("--static-batch", metavar="N[,N...]", help="batch sizes that get an entry with static shapes and "
+                   "kernels beside the symbolic one (no shape work at run time; each compiles the kernels once "
+                   "more), for a model whose symbolic input dims are all leading batch dims, e.g. 1,32, or none "
+                   "(default: 1 for such a model of at most 16M multiply-accumulates per sample)")
     levels = p.add_mutually_exclusive_group()
     for level in range(4):
         levels.add_argument(f"-O{level}", dest="level", action="store_const", const=level,

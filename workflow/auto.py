@@ -381,8 +381,19 @@ class _Search:
         precision = "bf16" if param == "bf16" else "fp32"
         with progress_bar(f"compiling {os.path.basename(source)} with TVM ({precision})", total=None,
                           enabled=self.progress, unit=""):
-            compile_to_file(source, out, "cpu", level=2, precision=precision)
+            compile_to_file(source, out, "cpu", level=2, precision=precision, static_batch=self._static_batch(source))
         return out
+
+    def _static_batch(self, source: str) -> tuple[int, ...] | None:
+        """The static batch entries of `source`'s library: batch 1 and the latency batch for a model that gets a
+        batch-1 entry by default (`static_batch.default_sizes`: symbolic batch dims only, a small model), so the
+        latency measured is that of static kernels; else None (the default)."""
+        from ..codegen.static_batch import default_sizes
+        from ..ir import load
+
+        if self.latency_batch <= 1 or not default_sizes(load(source)):
+            return None
+        return (1, self.latency_batch)
 
     def _tune(self, source: str, out: str, untuned_s: float | None, precision: str = "fp32") -> str:
         """Tune with MetaSchedule in a child process (`optc compile --tune`, `TUNE_TRIALS` trials) that gets what
@@ -401,8 +412,11 @@ class _Search:
         left = self.deadline - time.monotonic() - reserve
         if left < TUNE_MIN_S:
             raise OptcError(f"{max(0.0, left + reserve):.0f} s left of the budget: too little to tune")
+        static_batch = self._static_batch(source)
         cmd = [sys.executable, "-m", "optc.tools.cli", "compile", source, "-o", out + ".tuning.so", "--tune",
                "--trials", str(TUNE_TRIALS), "--db", db, "--precision", precision, "-q"]
+        if static_batch:
+            cmd += ["--static-batch", ",".join(map(str, static_batch))]
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True)
         with progress_bar(f"tuning {TUNE_TRIALS} trials, at most {left:.0f} s", total=None, enabled=self.progress,
@@ -419,7 +433,7 @@ class _Search:
             if os.path.exists(leftover):
                 os.unlink(leftover)
         # 0 new trials: the database's kernels, in the precision they were tuned in
-        compile_to_file(source, out, "cpu", level=2, trials=0, db=db, precision=precision)
+        compile_to_file(source, out, "cpu", level=2, trials=0, db=db, precision=precision, static_batch=static_batch)
         return out
 
     def _precision(self, mode: str, float_path: str, float_drop: float) -> tuple[Any, dict]:

@@ -1,7 +1,8 @@
-"""The batch-1 entry (codegen/batch_one.py): a small model whose only symbolic dims are batch dims gets
+"""Static batch entries (codegen/static_batch.py): a small model whose only symbolic dims are batch dims gets
 ``main_batch1`` beside ``main`` (the batch bound to 1, its own static kernels), and `optc.runtime` calls it when
-every batch dim is 1. Both entries must compute what onnxruntime computes; models with other symbolic dims, with
-no symbolic dim, or too many MACs get no entry."""
+every batch dim is 1; `static_batch` / ``--static-batch`` asks for other sizes. Every entry must compute what
+onnxruntime computes; models with other symbolic dims, with no symbolic dim, or too many MACs get no entry by
+default, and asking for one on such a model is a one-line error."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import onnx
 import optc
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from optc.codegen import batch_one
-from optc.codegen.batch_one import BATCH_ONE, wants_batch_one
+from optc.codegen import static_batch
+from optc.codegen.static_batch import default_sizes, entry_name, model_batch_vars
 from optc.tools import cli
 
 from .conftest import run_ort
@@ -22,6 +23,7 @@ from .conftest import run_ort
 HERE = os.path.dirname(__file__)
 DIGITS = os.path.join(HERE, "..", "examples", "digits_cnn.onnx")
 DIGITS_TEST = os.path.join(HERE, "..", "examples", "digits_test.npz")
+BATCH_ONE = entry_name(1)
 
 
 def _two_input_model(dims_x: list, dims_y: list) -> onnx.ModelProto:
@@ -80,16 +82,20 @@ def test_two_inputs_sharing_the_batch_dim():
 ])
 def test_no_entry_unless_every_symbolic_dim_is_a_batch_dim(dims_x, dims_y):
     model = _two_input_model(dims_x, dims_y)
-    assert wants_batch_one(optc.load(model)) is None
+    assert default_sizes(optc.load(model)) == ()
+    if dims_x[0] == 2:
+        assert model_batch_vars(optc.load(model)) is None
     module = optc.compile(model)
     assert "entries" not in module.metadata
 
 
 def test_no_entry_for_a_model_over_the_mac_limit(monkeypatch):
-    monkeypatch.setattr(batch_one, "MAX_MACS", 80_000)  # the digits CNN: 84,608 per sample
-    assert wants_batch_one(optc.load(DIGITS)) is None
-    monkeypatch.setattr(batch_one, "MAX_MACS", 90_000)
-    assert wants_batch_one(optc.load(DIGITS)) == ["N"]
+    monkeypatch.setattr(static_batch, "MAX_MACS", 80_000)  # the digits CNN: 84,608 per sample
+    assert default_sizes(optc.load(DIGITS)) == ()
+    assert model_batch_vars(optc.load(DIGITS)) == ["N"]  # asked for, entries are still built
+    assert optc.compile(DIGITS, static_batch=[4]).metadata["entries"] == {entry_name(4): {"N": 4}}
+    monkeypatch.setattr(static_batch, "MAX_MACS", 90_000)
+    assert default_sizes(optc.load(DIGITS)) == (1,)
 
 
 def test_artifact_keeps_the_entry_and_a_stale_entry_falls_back_to_main(tmp_path, capsys):
@@ -150,7 +156,7 @@ def test_a_model_whose_lowering_writes_tir_gets_no_entry():
 
 def test_a_build_that_fails_with_the_entry_is_built_without_it(monkeypatch):
     """The entry only saves time: when the build with it fails, the library is built again without it."""
-    def broken(report=None):
+    def broken(sizes, report=None):
         import tvm
 
         @tvm.transform.module_pass(opt_level=0, name="broken")
@@ -159,8 +165,68 @@ def test_a_build_that_fails_with_the_entry_is_built_without_it(monkeypatch):
 
         return _pass
 
-    monkeypatch.setattr(batch_one, "batch_one_entry", broken)
+    monkeypatch.setattr(static_batch, "static_batch_entries", broken)
     module = optc.compile(DIGITS)
     assert "entries" not in module.metadata
     x = np.load(DIGITS_TEST)["x"][:1]
     np.testing.assert_allclose(module.run({"x": x})["logits"], run_ort(DIGITS, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def digits_1_32():
+    return optc.compile(DIGITS, static_batch=(32, 1, 32))
+
+
+@pytest.mark.parametrize("n", [1, 7, 32, 33])
+def test_entries_for_the_sizes_asked_for_match_onnxruntime(digits_1_32, n):
+    assert digits_1_32.metadata["entries"] == {entry_name(1): {"N": 1}, entry_name(32): {"N": 32}}
+    x = np.load(DIGITS_TEST)["x"][:n]
+    args, entry = digits_1_32._prepare({"x": x})
+    assert entry == {1: entry_name(1), 32: entry_name(32)}.get(n, "main")
+    want = run_ort(DIGITS, {"x": x})[0]
+    np.testing.assert_allclose(digits_1_32.run({"x": x})["logits"], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(digits_1_32._call(args, "main").numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_no_entries_when_asked_for_none():
+    assert "entries" not in optc.compile(DIGITS, static_batch=()).metadata
+
+
+def test_tuning_sees_the_entries_static_kernels():
+    """With a symbolic batch every kernel of main is symbolic (not measurable); the entries' are static tasks."""
+    from optc.codegen.tuning import extract_tasks
+    from optc.lowering import lower
+    from optc.rewrites import optimize
+
+    mod = lower(optimize(optc.load(DIGITS), level=2))
+    skipped: dict = {}
+    assert extract_tasks(mod, None, "cpu", skipped=skipped) == [] and skipped["symbolic"] > 0
+    tasks = extract_tasks(mod, None, "cpu", batch_sizes=(1, 32))
+    scripts = [t.mod.script() for t in tasks]
+    assert any("T.Buffer((T.int64(32)," in s for s in scripts) and any("T.Buffer((T.int64(1)," in s for s in scripts)
+
+
+def test_cli_static_batch(tmp_path, capsys):
+    lib = tmp_path / "d.so"
+    assert cli.main(["compile", DIGITS, "-o", str(lib), "--static-batch", "1,32", "-q"]) == 0
+    assert "with batch-1 and batch-32 entries: N = 1 or 32 runs static kernels" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d.so.json").read_text())["entries"] == {entry_name(1): {"N": 1},
+                                                                           entry_name(32): {"N": 32}}
+    assert cli.main(["compile", DIGITS, "-o", str(tmp_path / "n.so"), "--static-batch", "none", "-q"]) == 0
+    assert "entries" not in json.loads((tmp_path / "n.so.json").read_text())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--static-batch", "1,x"], "--static-batch 1,x: expected batch sizes separated by commas (1,32) or none"),
+    (["--static-batch", "0"], "a static batch size must be an integer from 1 to 65536, got 0"),
+    (["--static-batch", "70000"], "a static batch size must be an integer from 1 to 65536, got 70000"),
+    (["--static-batch", "2", "--input-shape", "x:3x1x8x8"],
+     "static batch entries need a model whose symbolic input dims are all leading batch dims; this model's inputs "
+     "are x [3, 1, 8, 8]"),
+])
+def test_cli_static_batch_errors(tmp_path, capsys, args, message):
+    out = tmp_path / "d.so"
+    assert cli.main(["compile", DIGITS, "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"optc: error: {message}"
+    assert not out.exists() and not os.listdir(tmp_path)
