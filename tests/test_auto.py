@@ -234,6 +234,10 @@ def test_tvm_backend(tmp_path):
     assert [b["backend"] for b in result.baseline] == ["onnxruntime", "tvm-cpu"]
     tvm_base = result.baseline[1]
     assert tvm_base["drop"] <= 0.5 and tvm_base["max_abs_diff"] < 1e-3 and tvm_base["latency_ms"]["median_ms"] > 0
+    # a symbolic batch timed at 32: static entries for batch 1 and 32 (`_Search._static_batch`), so the latency
+    # measured is that of static kernels
+    meta = json.loads((tmp_path / "out" / "work" / "baseline.so.json").read_text())
+    assert meta["entries"] == {"main_batch1": {"N": 1}, "main_batch32": {"N": 32}}
     tvm_steps = [s for s in result.steps if s["name"].startswith("tvm")]
     assert tvm_steps and tvm_steps[0]["name"] == "tvm untuned"
     first = tvm_steps[0]
@@ -303,10 +307,14 @@ def test_tuning_step_keeps_the_kept_precision(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", FakeChild)
     monkeypatch.setattr(compile_mod, "compile_to_file", lambda *a, **kw: calls.setdefault("build", kw))
-    search = types.SimpleNamespace(work=str(tmp_path), deadline=time.monotonic() + 600, progress=False)
+    search = types.SimpleNamespace(work=str(tmp_path), deadline=time.monotonic() + 600, progress=False,
+                                   _static_batch=lambda source: (1, 32))
     _Search._tune(search, "m.onnx", str(tmp_path / "t.so"), None, "bf16")
     assert calls["cmd"][calls["cmd"].index("--precision") + 1] == "bf16"
     assert calls["build"]["precision"] == "bf16" and calls["build"]["trials"] == 0
+    # the static batch entries too (tuned and built: tuning measures the entries' static kernels)
+    assert calls["cmd"][calls["cmd"].index("--static-batch") + 1] == "1,32"
+    assert calls["build"]["static_batch"] == (1, 32)
 
 
 def test_tvm_int8_step_quantizes_the_best_float_model_once(tmp_path, monkeypatch):
@@ -469,3 +477,20 @@ def test_prune_step_keeps_the_more_accurate_of_plain_and_refitted(tmp_path, refi
     for name in ("10.weight", "10.bias", "12.weight"):
         np.testing.assert_array_equal(chosen.graph.initializers[name].const.numpy(),
                                       want.graph.initializers[name].const.numpy())
+
+
+def test_static_batch_only_for_a_batch_above_one_of_a_small_symbolic_model(tmp_path):
+    import types
+
+    import onnx
+
+    search = types.SimpleNamespace(latency_batch=32)
+    assert _Search._static_batch(search, MODEL) == (1, 32)
+    search.latency_batch = 1
+    assert _Search._static_batch(search, MODEL) is None  # the default batch-1 entry serves
+    static = str(tmp_path / "static.onnx")
+    m = onnx.load(MODEL)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 32
+    onnx.save(m, static)
+    search.latency_batch = 32
+    assert _Search._static_batch(search, static) is None  # no symbolic batch: nothing to bind
