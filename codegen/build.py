@@ -287,7 +287,8 @@ def fuse(mod, target):
 
 
 def _count_kernels(report: dict | None, key: str):
-    """A pass that records how many PrimFuncs exist / are already scheduled into ``report[key]``."""
+    """A pass that records how many PrimFuncs exist / are already scheduled into ``report[key]`` (and of the static
+    batch entries' own copies of the kernels, when there are any, into ``report[key + "_entries"]``)."""
     tvm = _tvm()
 
     from ..lowering.ops.indexing import INDEX_CHECK_ATTR  # noqa: PLC0415
@@ -297,13 +298,18 @@ def _count_kernels(report: dict | None, key: str):
     def _count(mod, _ctx):
         if report is not None:
             copies = entry_only_kernels(mod)  # the static batch entries' kernels: the model's kernels, counted once
-            funcs = [f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
-                     and gv.name_hint not in copies
+            funcs = [(gv.name_hint in copies, f) for gv, f in mod.functions_items()
+                     if isinstance(f, tvm.tirx.PrimFunc)
                      and not (f.attrs is not None and INDEX_CHECK_ATTR in f.attrs)]  # (marked scheduled: not tuned)
-            scheduled = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
-            # kernels written scheduled by optc (a crop, a packed transpose) are not tuned ones
-            report[key] = scheduled - (report.get("handwritten", 0) if key == "tuned" else 0)
-            report["kernels"] = len(funcs)
+            for entries, suffix in ((False, ""), (True, "_entries")):
+                group = [f for copy, f in funcs if copy == entries]
+                if entries and not group:
+                    continue
+                scheduled = sum(1 for f in group if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
+                # kernels written scheduled by optc (a crop, a packed transpose) are not tuned ones
+                handwritten = report.get("handwritten" + suffix, 0) if key == "tuned" else 0
+                report[key + suffix] = scheduled - handwritten
+                report["kernels" + suffix] = len(group)
         return mod
 
     return _count

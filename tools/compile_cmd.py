@@ -53,6 +53,8 @@ def run(args) -> int:
     math = "" if args.fast_math else ", no fast math"
     line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
+    if build.get("tuned_entries"):
+        line += f" (and {build['tuned_entries']} of the static batch entries' {build['kernels_entries']})"
     entries = build.get("static_batch")
     if entries:
         sizes = entries["sizes"]
@@ -73,7 +75,8 @@ def run(args) -> int:
                 f"{tuning.get('tasks', 0)} tasks"
         if tuning.get("skipped_symbolic"):
             line += (f"; {tuning['skipped_symbolic']} kernels with symbolic shapes were not tuned "
-                     "(fix them with --input-shape NAME:DIMS)")
+                     + ("(main's: the static batch entries' run at their sizes)" if entries else
+                        "(fix them with --input-shape NAME:DIMS)"))
     print(line)
     kernels = report.get("kernels")
     if kernels and kernels["integer"] + kernels["bfloat16"] + kernels["float"]:
