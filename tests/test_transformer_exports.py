@@ -64,7 +64,7 @@ def _ops(proto: onnx.ModelProto) -> Counter:
 
 
 WANT = {  # per runtime: the fused ops every BERT / GPT-2 / ViT export must have
-    "onnxruntime": ["com.microsoft::MultiHeadAttention"],
+    "onnxruntime": ["com.microsoft::Attention"],  # MultiHeadAttention with its q, k, v projections packed in
     "standard": ["Attention", "Gelu", "LayerNormalization"],
 }
 

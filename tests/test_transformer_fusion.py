@@ -214,6 +214,10 @@ def attention_graph(*, opset: int = 17, mask: str = "padding", heads: int = 4, k
 # -- running ----------------------------------------------------------------------------------------------
 
 
+ORT_ATTENTION = "com.microsoft::Attention"
+MHA = "com.microsoft::MultiHeadAttention"
+
+
 def ops(model: onnx.ModelProto) -> Counter:
     return Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
 
@@ -453,11 +457,18 @@ def attention_feeds(proto, batch: int = 3, seq: int = 8) -> list[dict]:
 @pytest.mark.parametrize("scale", ["div", "mul", "qk"])
 def test_bert_attention_with_padding_mask_fuses(scale):
     proto = attention_graph(scale=scale)
-    out = check_fused(proto, "onnxruntime", ["com.microsoft::MultiHeadAttention"], gone=["Softmax", "Transpose"],
+    # MultiHeadAttention, then its q, k, v projections packed into onnxruntime's Attention (transformer_packed.py)
+    out = check_fused(proto, "onnxruntime", [ORT_ATTENTION], gone=["Softmax", "Transpose", MHA],
                       feeds_list=attention_feeds(proto))
+    node = next(n for n in out.graph.node if n.op_type == "Attention")
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["num_heads"] == 4
+    assert node.input[3] == "" and node.input[5]  # no mask_index: the mask stays an additive attention_bias
+    assert ops(out)["MatMul"] == 1  # the output projection; q, k, v's are in the Attention
+    out = fuse(proto, "onnxruntime", disable_rules=("FusePackedAttention",))
     node = next(n for n in out.graph.node if n.op_type == "MultiHeadAttention")
     assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["num_heads"] == 4
     assert node.input[4] == ""  # no key_padding_mask: the mask stays an additive bias
+    assert_close(proto, out, attention_feeds(proto))
 
 
 def test_attention_to_standard_attention_at_opset_23():
@@ -482,7 +493,7 @@ def test_standard_attention_keeps_rows_that_may_be_fully_masked():
     feeds = [{**f, "cond": cond} for f in attention_feeds(attention_graph(mask="none"), batch=1)]
     out = fuse(causal_with_cond_input(23), "standard")
     assert ops(out)["Attention"] == 0 and ops(out)["Softmax"] == 1
-    check_fused(causal_with_cond_input(17), "onnxruntime", ["com.microsoft::MultiHeadAttention"], gone=["Softmax"],
+    check_fused(causal_with_cond_input(17), "onnxruntime", [ORT_ATTENTION], gone=["Softmax"],
                 feeds_list=feeds)
     # a constant additive mask with a fully masked row: unfused too; one that keeps a score per row fuses
     proto = attention_graph(mask="causal_add", dynamic=False, opset=23)
@@ -496,7 +507,7 @@ def test_standard_attention_keeps_rows_that_may_be_fully_masked():
         assert_close(proto, out, attention_feeds(proto, batch=1))
 
 
-@pytest.mark.parametrize("runtime,op", [("onnxruntime", "com.microsoft::MultiHeadAttention"),
+@pytest.mark.parametrize("runtime,op", [("onnxruntime", ORT_ATTENTION),
                                         ("standard", "Attention")])
 def test_attention_scale_must_be_positive(runtime, op):
     # onnxruntime's Attention refuses a scale <= 0 when the session loads: a negative one stays unfused; q and k
@@ -511,7 +522,7 @@ def test_attention_scale_must_be_positive(runtime, op):
 
 
 @pytest.mark.parametrize("mask", ["causal", "causal_add", "none"])
-@pytest.mark.parametrize("runtime,op", [("onnxruntime", "com.microsoft::MultiHeadAttention"),
+@pytest.mark.parametrize("runtime,op", [("onnxruntime", ORT_ATTENTION),
                                         ("standard", "Attention")])
 def test_gpt2_causal_attention_fuses(mask, runtime, op):
     proto = attention_graph(mask=mask, dynamic=False, opset=23 if runtime == "standard" else 17)
@@ -526,7 +537,7 @@ def test_attention_negative(kwargs):
     if kwargs.get("scale") == "input":
         feeds = [{**f, "scale": np.array(2.0, np.float32)} for f in feeds]
     out = fuse(proto, "onnxruntime")
-    assert ops(out)["com.microsoft::MultiHeadAttention"] == 0 and ops(out)["Softmax"] == 1
+    assert ops(out)[ORT_ATTENTION] == ops(out)[MHA] == 0 and ops(out)["Softmax"] == 1
     assert_close(proto, out, feeds)
     assert "com.microsoft" not in {o.domain for o in out.opset_import}
 
@@ -556,8 +567,8 @@ def test_reduce_ops_take_their_opset_18_form_only_when_the_opset_is_raised():
     out = fuse(proto, "standard")
     assert ops(out)["Attention"] == 1 and {o.domain: o.version for o in out.opset_import}[""] == 23
     assert_close(proto, out, attention_feeds(proto))
-    out = fuse(proto, "onnxruntime")  # MultiHeadAttention needs no raise
-    assert ops(out)["com.microsoft::MultiHeadAttention"] == 1
+    out = fuse(proto, "onnxruntime")  # com.microsoft Attention needs no raise
+    assert ops(out)[ORT_ATTENTION] == 1
     assert {o.domain: o.version for o in out.opset_import}[""] == 17
     assert all(len(n.input) == 1 for n in out.graph.node if n.op_type == "ReduceMean")
 
@@ -647,7 +658,7 @@ def test_levels_run_the_fusions_only_when_asked():
 def test_optimize_api_fuses_at_O2():
     proto = attention_graph()
     out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
-    assert ops(out)["com.microsoft::MultiHeadAttention"] == 1
+    assert ops(out)[ORT_ATTENTION] == 1
     assert_close(proto, out, attention_feeds(proto))
     assert ops(optc.to_onnx(optc.optimize(proto)))["Softmax"] == 1  # without runtime: no fusion
 
@@ -662,7 +673,7 @@ def test_cli_for(tmp_path):
 
     r = cli("--for", "onnxruntime")
     assert r.returncode == 0, r.stderr
-    assert ops(onnx.load(dst))["com.microsoft::MultiHeadAttention"] == 1
+    assert ops(onnx.load(dst))[ORT_ATTENTION] == 1
     r = cli("--for", "tvm")
     assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
     r = cli("--for", "standard", "-p", "dce")

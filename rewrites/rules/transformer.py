@@ -6,8 +6,9 @@ Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.p
   LayerNormalization (17+), Gelu (20+). The model's opset is raised to what the fused ops need, and only when
   a rule made one of them and every op of the model means the same at the new opset (transformer_opset.py);
   otherwise a fusion whose op the model's opset lacks is not made.
-* `transformer-onnxruntime`: onnxruntime's com.microsoft contrib ops MultiHeadAttention, Gelu, FastGelu, BiasGelu
-  (any opset), SkipLayerNormalization (below opset 17 only: from 17 a residual block is Sum + LayerNormalization,
+* `transformer-onnxruntime`: onnxruntime's com.microsoft contrib ops MultiHeadAttention (and Attention, its
+  input projections packed in, where they are linear projections of one input: transformer_packed.py), Gelu,
+  FastGelu, BiasGelu (any opset), SkipLayerNormalization (below opset 17 only: from 17 a residual block is Sum + LayerNormalization,
   which onnxruntime's CPU kernels run faster), and the standard LayerNormalization (17+) / RMSNormalization (23+) and
   4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take), the
   opset raised as for the standard form.
@@ -37,9 +38,10 @@ from .transformer_gelu import (
 )
 from .transformer_norm import MS, FuseLayerNorm, FuseResidualLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
+from .transformer_packed import FusePackedAttention, ShapeOfProjection
 
 STANDARD = [FuseAttention, FuseAttention4D, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, FuseAttention4D, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
+ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
                FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 
