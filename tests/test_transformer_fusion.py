@@ -626,7 +626,8 @@ def core_feeds(proto) -> list[dict]:
 @pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
 def test_rotary_and_repeated_kv_attention_fuses_on_4d_heads(runtime, kv_heads):
     proto = core_graph(kv_heads=kv_heads)
-    out = check_fused(proto, runtime, ["Attention"], gone=["Softmax"], feeds_list=core_feeds(proto))
+    out = check_fused(proto, runtime, ["Attention", "RotaryEmbedding"], gone=["Softmax", "Neg"],
+                      feeds_list=core_feeds(proto))
     assert {o.domain: o.version for o in out.opset_import}[""] == 23
 
 

@@ -2,7 +2,7 @@
 
 Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.py for the patterns and checks):
 
-* `transformer-standard`: standard ONNX ops only: Attention (opset 23+), RMSNormalization (23+),
+* `transformer-standard`: standard ONNX ops only: Attention (opset 23+), RotaryEmbedding (23+), RMSNormalization (23+),
   LayerNormalization (17+), Gelu (20+). The model's opset is raised to what the fused ops need, and only when
   a rule made one of them and every op of the model means the same at the new opset (transformer_opset.py);
   otherwise a fusion whose op the model's opset lacks is not made.
@@ -10,8 +10,8 @@ Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.p
   input projections packed in, where they are linear projections of one input: transformer_packed.py), Gelu,
   FastGelu, BiasGelu (any opset), SkipLayerNormalization (below opset 17 only: from 17 a residual block is Sum + LayerNormalization,
   which onnxruntime's CPU kernels run faster), and the standard LayerNormalization (17+) / RMSNormalization (23+) and
-  4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take), the
-  opset raised as for the standard form.
+  4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take) and
+  RotaryEmbedding (23+), the opset raised as for the standard form.
 
 The pass `fuse-transformer{runtime=standard|onnxruntime}` runs one of them (with constant folding in the loop),
 adding the com.microsoft opset import while it runs and keeping it only if a contrib op was made.
@@ -39,9 +39,10 @@ from .transformer_gelu import (
 from .transformer_norm import MS, FuseLayerNorm, FuseResidualLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
 from .transformer_packed import FusePackedAttention, ShapeOfProjection
+from .transformer_rotary import FuseRotaryEmbedding
 
-STANDARD = [FuseAttention, FuseAttention4D, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
+STANDARD = [FuseAttention, FuseAttention4D, FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
+ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D, FuseRotaryEmbedding, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
                FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 

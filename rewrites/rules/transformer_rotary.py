@@ -1,0 +1,119 @@
+"""Rotary position embedding (RoPE, Su et al. 2021, "RoFormer", eq. 34) as Llama-style exports write it, the
+rotate-half form::
+
+    rotate_half(x) = Concat(Neg(x[..., h:]), x[..., :h], axis=-1)        x: [B, N, S, H] heads, h = H / 2
+                     (the halves by two Slices, or by one Split into two)
+    y = Add(Mul(x, cos), Mul(rotate_half(x), sin))                      cos, sin: constants [.., S, H]
+
+-> RotaryEmbedding(x, cos_cache, sin_cache, position_ids) (ONNX opset 23, interleaved = 0), with the caches the
+first half of the constants' rows ([S, h]) and position_ids = 0 .. S-1 for every batch row. ONNX's definition
+computes y[..., :h] = cos * x1 - sin * x2 and y[..., h:] = sin * x1 + cos * x2 (x1, x2 the halves), which is what
+the graph computes when cos and sin repeat their first half in their second (as `torch.cat([freqs, freqs])`
+makes them); checked on the constants, with the slices being exactly the two halves of the last axis, the Concat
+on that axis in rotate-half order, cos and sin the same for every batch row and head, S known.
+
+Rounding: exact in ONNX's arithmetic ((-a) * b + c = c - a * b in IEEE 754); a runtime's kernel may contract the
+multiply-adds (onnxruntime's: one rounding fewer), hence "not bit-exact".
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ..pattern import ANY, Or, require
+from ..rule import Rule
+from ._util import full_shape, is_float
+
+ROUNDING = "not bit-exact: a runtime's RotaryEmbedding may contract the multiply-adds (one rounding fewer)"
+
+
+def _last_axis(axes, rank: int) -> bool:
+    a = np.asarray(axes).reshape(-1)
+    return a.size == 1 and int(a[0]) in (-1, rank - 1)
+
+
+def _slice_range(m, node, rank: int, size: int) -> tuple[int, int] | None:
+    """(start, end) of a Slice over the last axis of a tensor whose last dim is `size` (step 1, ends clamped),
+    or None for any other Slice."""
+    ins = list(node.inputs) + [None] * (5 - len(node.inputs))
+    starts, ends, axes, steps = (None if v is None else m.const(v) for v in ins[1:5])
+    if starts is None or ends is None or (ins[3] is not None and axes is None) or (ins[4] is not None and steps is None):
+        return None
+    if axes is None and rank != 1 or axes is not None and not _last_axis(axes, rank):
+        return None
+    if steps is not None and (steps.size != 1 or int(steps.reshape(-1)[0]) != 1):
+        return None
+    if starts.size != 1 or ends.size != 1:
+        return None
+    start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+    start = start + size if start < 0 else start
+    end = end + size if end < 0 else end
+    return max(0, min(start, size)), max(0, min(end, size))
+
+
+def _halves_of_split(m, node, rank: int, h: int) -> bool:
+    """Whether a two-output Split cuts the last axis into two halves of `h`."""
+    if not _last_axis([node.attr("axis", 0)], rank):
+        return False
+    sizes = m.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if sizes is None:
+        sizes = node.attr("split")
+    if sizes is None:  # equal parts (num_outputs = 2 from opset 18)
+        return True
+    return [int(v) for v in np.asarray(sizes).reshape(-1)] == [h, h]
+
+
+def _cache(c: np.ndarray, s: int, h: int) -> np.ndarray | None:
+    """The [S, h] cache of a cos / sin constant that broadcasts as [.., S, 2h] over every batch row and head and
+    repeats its first half in its second; None otherwise."""
+    if c.ndim < 2 or c.ndim > 4 or c.shape[-2:] != (s, 2 * h) or any(d != 1 for d in c.shape[:-2]):
+        return None
+    c = c.reshape(s, 2 * h)
+    return np.ascontiguousarray(c[:, :h]) if np.array_equal(c[:, :h], c[:, h:]) else None
+
+
+class FuseRotaryEmbedding(Rule):
+    """x * cos + rotate_half(x) * sin on [B, N, S, H] heads -> RotaryEmbedding (opset 23; see the module
+    docstring)."""
+
+    min_opset: ClassVar[int | None] = 23
+    rounding: ClassVar[str] = ROUNDING
+
+    def pattern(self, op, x, cos, sin):
+        by_slices = op.Concat(op.Neg(op.Slice(x, ANY, ANY, _allow_other_inputs=True, _name="hi")),
+                              op.Slice(x, ANY, ANY, _allow_other_inputs=True, _name="lo"), _name="cat")
+        lo, hi = op.Split(x, _outputs=2, _allow_other_inputs=True, _name="split")
+        by_split = op.Concat(op.Neg(hi), lo, _name="cat")
+        return op.Add(op.Mul(x, cos.const()), op.Mul(Or(by_slices, by_split), sin.const()))
+
+    def check(self, m, x, cos, sin):
+        shape = full_shape(x)
+        require(shape is not None and len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int)
+                and shape[3] % 2 == 0, "x is not [B, N, S, H] with S and an even H known")
+        require(is_float(x) and x.dtype == cos.dtype == sin.dtype, "x, cos and sin are not one float type")
+        rank, s, size = 4, shape[2], shape[3]
+        h = size // 2
+        require(_last_axis([m["cat"].attr("axis")], rank), "the Concat is not over the last axis")
+        if m.get("split") is not None:
+            require(_halves_of_split(m, m["split"], rank, h), "the Split does not cut the last axis in halves")
+        else:
+            require(_slice_range(m, m["hi"], rank, size) == (h, size) and _slice_range(m, m["lo"], rank, size)
+                    == (0, h), "the Slices are not the two halves of the last axis")
+        caches = [_cache(np.asarray(m.const(c)), s, h) for c in (cos, sin)]
+        require(all(c is not None for c in caches), "cos / sin are not [S, H] tables repeating their first half")
+        m.info = {"caches": caches, "batch": shape[0], "S": s}
+        return True
+
+    def rewrite(self, op, m, x, cos, sin):
+        cos_cache, sin_cache = m.info["caches"]
+        b, s = m.info["batch"], m.info["S"]
+        if isinstance(b, int):
+            positions = op.const(np.broadcast_to(np.arange(s, dtype=np.int64), (b, s)).copy(), hint="position_ids")
+        else:  # one row of positions per batch row, the batch from x's shape
+            batch = op.Slice(op.Shape(x), np.array([0], np.int64), np.array([1], np.int64))
+            positions = op.Expand(np.arange(s, dtype=np.int64)[None],
+                                  op.Concat(batch, np.array([s], np.int64), axis=0))
+        return op.RotaryEmbedding(x, op.const(cos_cache, hint="cos_cache"), op.const(sin_cache, hint="sin_cache"),
+                                  positions, interleaved=0)

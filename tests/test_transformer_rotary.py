@@ -1,0 +1,75 @@
+"""FuseRotaryEmbedding (rewrites/rules/transformer_rotary.py): x * cos + rotate_half(x) * sin on [B, N, S, H] heads
+-> ONNX RotaryEmbedding (opset 23), in both output forms. Positive cases (rotate_half by two Slices or one Split,
+cos / sin as [S, H] or [1, 1, S, H], static or symbolic batch) fuse and compute the same on onnxruntime; negative
+ones (cos whose halves differ, a cos per head, slices that are not the halves, the halves in the other order, an
+opset that cannot be raised) stay as they are and compute the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from .test_transformer_fusion import F, G, assert_close, block_raise, fuse, ops
+
+N, S, H = 4, 8, 16
+
+
+def rope_graph(*, batch=1, split: str = "slice", table_shape=(S, H), halves_differ=False, per_head=False,
+               lo_start: int = 0, swap=False, opset: int = 18):
+    """y = x * cos + rotate_half(x) * sin, x [batch, N, S, H]; rotate_half by "slice" (two Slices) or "split"
+    (Split with sizes). Negative knobs: `halves_differ` (cos's second half is another table), `per_head` (cos
+    differs per head), `lo_start` (where the first half's Slice starts), `swap` (Concat(x1, -x2), not rotate_half)."""
+    g = G()
+    h = H // 2
+    ang = np.outer(np.arange(S), 1.0 / 10000 ** (np.arange(0, H, 2) / H))
+    second = ang * 1.5 if halves_differ else ang
+    cos = np.cos(np.concatenate([ang, second], -1)).astype(np.float32)
+    sin = np.sin(np.concatenate([ang, ang], -1)).astype(np.float32)
+    if per_head:
+        cos = np.stack([cos * (1 + 0.1 * i) for i in range(N)])[None]
+    else:
+        cos, sin = cos.reshape(table_shape), sin.reshape(table_shape)
+    i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+    if split == "slice":
+        x1 = g.op("Slice", "x", i64([lo_start]), i64([lo_start + h]), i64([-1]))
+        x2 = g.op("Slice", "x", i64([h]), i64([np.iinfo(np.int64).max]), i64([3]), i64([1]))
+    else:
+        x1, x2 = g.name("split"), g.name("split")
+        g.nodes.append(helper.make_node("Split", ["x", g.const(i64([h, h]))], [x1, x2], axis=-1))
+    rot = g.op("Concat", x1, g.op("Neg", x2), axis=-1) if swap else g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+    y = g.op("Add", g.op("Mul", "x", g.const(cos, "cos")), g.op("Mul", rot, g.const(sin, "sin")))
+    return g.model([("x", F, [batch, N, S, H])], [y], opset)
+
+
+def feeds(batch: int = 1) -> list[dict]:
+    rng = np.random.default_rng(5)
+    return [{"x": rng.normal(0, 1, (batch, N, S, H)).astype(np.float32)}]
+
+
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+@pytest.mark.parametrize("kwargs", [{}, {"split": "split"}, {"table_shape": (1, 1, S, H)}, {"batch": 3},
+                                    {"batch": "B"}])
+def test_rotary_embedding_fuses(runtime, kwargs):
+    proto = rope_graph(**kwargs)
+    out = fuse(proto, runtime)
+    have = ops(out)
+    assert have["RotaryEmbedding"] == 1 and have["Neg"] == have["Mul"] == 0, dict(have)
+    # a symbolic batch: the position ids are Expanded to [B, S], B from x's shape (Shape, Slice, Concat, Expand)
+    assert have["Concat"] == (kwargs.get("batch") == "B") and have["Expand"] == (kwargs.get("batch") == "B")
+    assert {o.domain: o.version for o in out.opset_import}[""] == 23
+    node = next(n for n in out.graph.node if n.op_type == "RotaryEmbedding")
+    assert [a.name for a in node.attribute] == ["interleaved"] and node.attribute[0].i == 0
+    batches = {"B": [2, 1]}.get(kwargs.get("batch"), [kwargs.get("batch", 1)])
+    assert_close(proto, out, [f for b in batches for f in feeds(b)])
+
+
+@pytest.mark.parametrize("kwargs", [{"halves_differ": True}, {"per_head": True}, {"lo_start": 1},
+                                    {"swap": True}, {"opset": 17}])
+def test_rotary_embedding_negative(kwargs):
+    proto = rope_graph(**kwargs)
+    if kwargs.get("opset") == 17:
+        proto = block_raise(proto)
+    out = fuse(proto, "standard")
+    assert ops(out)["RotaryEmbedding"] == 0 and ops(out)["Neg"] == 1, dict(ops(out))
+    assert_close(proto, out, feeds())
