@@ -136,6 +136,8 @@ def _source(m, a: Value, b: int, s: int) -> tuple[Value, np.ndarray] | None:
     A's row r; the farthest such X back first (its moves then go with the projection), or None."""
     src, chain = moves_back(m, a)
     a_shape = full_shape(a)
+    if a_shape is None:
+        return None
     for i in range(len(chain) + 1):
         x = src if i == 0 else chain[i - 1][0].outputs[chain[i - 1][1]]
         shape = full_shape(x)
