@@ -7,8 +7,12 @@ opset that cannot be raised) stay as they are and compute the same."""
 from __future__ import annotations
 
 import numpy as np
+import optc
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
+from optc.rewrites.passes.infer_shapes import infer_model_types
+from optc.rewrites.rule import explain
+from optc.rewrites.rules.transformer_rotary import FuseRotaryEmbeddingContrib
 
 from .test_transformer_fusion import F, G, assert_close, block_raise, fuse, ops
 
@@ -73,3 +77,32 @@ def test_rotary_embedding_negative(kwargs):
     out = fuse(proto, "standard")
     assert ops(out)["RotaryEmbedding"] == 0 and ops(out)["Neg"] == 1, dict(ops(out))
     assert_close(proto, out, feeds())
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"split": "split"}, {"batch": "B"}])
+def test_onnxruntime_form_below_opset_23_takes_the_contrib_op(kwargs):
+    """A model that stays below opset 23 (its GridSample changed meaning at 20): com.microsoft RotaryEmbedding
+    for onnxruntime, nothing for the standard form (the negative case above)."""
+    proto = block_raise(rope_graph(opset=17, **kwargs))
+    out = fuse(proto, "onnxruntime")
+    have = ops(out)
+    assert have["com.microsoft::RotaryEmbedding"] == 1 and have["Neg"] == have["Mul"] == 0, dict(have)
+    assert {o.domain: o.version for o in out.opset_import}[""] == 17
+    batches = [2, 1] if kwargs.get("batch") == "B" else [1]
+    assert_close(proto, out, [f for b in batches for f in feeds(b)])
+
+
+def test_contrib_rotary_only_for_the_types_onnxruntime_has():
+    proto = block_raise(rope_graph(opset=17))
+    for t in proto.graph.initializer:  # x, cos and sin in float64
+        if t.name.startswith(("cos", "sin")):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    proto.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    proto.graph.output[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    del proto.graph.value_info[:]
+    out = fuse(proto, "onnxruntime")
+    assert ops(out)["com.microsoft::RotaryEmbedding"] == 0 and ops(out)["Neg"] == 1
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    add = next(n for n in model.graph if n.op_type == "Add")
+    assert "check: not float32 / float16" in explain(FuseRotaryEmbeddingContrib, add, model)

@@ -11,7 +11,7 @@ Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.p
   FastGelu, BiasGelu (any opset), SkipLayerNormalization (below opset 17 only: from 17 a residual block is Sum + LayerNormalization,
   which onnxruntime's CPU kernels run faster), and the standard LayerNormalization (17+) / RMSNormalization (23+) and
   4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take) and
-  RotaryEmbedding (23+), the opset raised as for the standard form.
+  RotaryEmbedding (23+; below, com.microsoft RotaryEmbedding), the opset raised as for the standard form.
 
 The pass `fuse-transformer{runtime=standard|onnxruntime}` runs one of them (with constant folding in the loop),
 adding the com.microsoft opset import while it runs and keeping it only if a contrib op was made.
@@ -39,10 +39,11 @@ from .transformer_gelu import (
 from .transformer_norm import MS, FuseLayerNorm, FuseResidualLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
 from .transformer_packed import FusePackedAttention, ShapeOfProjection
-from .transformer_rotary import FuseRotaryEmbedding
+from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
 STANDARD = [FuseAttention, FuseAttention4D, FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D, FuseRotaryEmbedding, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
+ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D, FuseRotaryEmbedding,
+               FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
                FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 

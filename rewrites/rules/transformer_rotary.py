@@ -5,7 +5,9 @@ rotate-half form::
                      (the halves by two Slices, or by one Split into two)
     y = Add(Mul(x, cos), Mul(rotate_half(x), sin))                      cos, sin: constants [.., S, H]
 
--> RotaryEmbedding(x, cos_cache, sin_cache, position_ids) (ONNX opset 23, interleaved = 0), with the caches the
+-> RotaryEmbedding(x, cos_cache, sin_cache, position_ids) (ONNX opset 23, interleaved = 0; for onnxruntime, in a
+model whose opset stays below 23, com.microsoft RotaryEmbedding(x, position_ids, cos_cache, sin_cache), the same
+computation on the same inputs: `FuseRotaryEmbeddingContrib`), with the caches the
 first half of the constants' rows ([S, h]) and position_ids = 0 .. S-1 for every batch row. ONNX's definition
 computes y[..., :h] = cos * x1 - sin * x2 and y[..., h:] = sin * x1 + cos * x2 (x1, x2 the halves), which is what
 the graph computes when cos and sin repeat their first half in their second (as `torch.cat([freqs, freqs])`
@@ -22,9 +24,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...ir.types import DataType, TensorType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float
+from .transformer_norm import MS
 
 ROUNDING = "not bit-exact: a runtime's RotaryEmbedding may contract the multiply-adds (one rounding fewer)"
 
@@ -107,6 +111,12 @@ class FuseRotaryEmbedding(Rule):
         return True
 
     def rewrite(self, op, m, x, cos, sin):
+        cos_cache, sin_cache, positions = self._inputs(op, m, x)
+        return op.RotaryEmbedding(x, cos_cache, sin_cache, positions, interleaved=0)
+
+    @staticmethod
+    def _inputs(op, m, x):
+        """The caches (constants [S, h]) and the position ids ([B, S] int64: 0 .. S-1 in every row)."""
         cos_cache, sin_cache = m.info["caches"]
         b, s = m.info["batch"], m.info["S"]
         if isinstance(b, int):
@@ -115,5 +125,24 @@ class FuseRotaryEmbedding(Rule):
             batch = op.Slice(op.Shape(x), np.array([0], np.int64), np.array([1], np.int64))
             positions = op.Expand(np.arange(s, dtype=np.int64)[None],
                                   op.Concat(batch, np.array([s], np.int64), axis=0))
-        return op.RotaryEmbedding(x, op.const(cos_cache, hint="cos_cache"), op.const(sin_cache, hint="sin_cache"),
-                                  positions, interleaved=0)
+        return op.const(cos_cache, hint="cos_cache"), op.const(sin_cache, hint="sin_cache"), positions
+
+
+class FuseRotaryEmbeddingContrib(FuseRotaryEmbedding):
+    """The same block -> com.microsoft RotaryEmbedding (float32 / float16, which onnxruntime's CPU kernel takes),
+    where the model's opset is below 23 (the transformer pass raises it to 23, and the standard op is made, when
+    that is safe)."""
+
+    min_opset: ClassVar[int | None] = None
+    max_opset: ClassVar[int | None] = 22
+
+    def check(self, m, x, cos, sin):
+        require(x.dtype is not None and DataType(x.dtype) in (DataType.FLOAT, DataType.FLOAT16),
+                "not float32 / float16")
+        return super().check(m, x, cos, sin)
+
+    def rewrite(self, op, m, x, cos, sin):
+        cos_cache, sin_cache, positions = self._inputs(op, m, x)
+        y = op.RotaryEmbedding(x, positions, cos_cache, sin_cache, _domain=MS, interleaved=0)
+        y.type = TensorType(x.dtype, full_shape(x))  # ONNX's inference does not know contrib ops
+        return y
