@@ -34,8 +34,8 @@ ORT_TYPES = {"bert": "bert", "gpt2": "gpt2", "vit": "vit"}
 QUICK = {"bert": dict(layers=2, hidden=128, heads=4, ffn=512), "gpt2": dict(layers=2, hidden=128, heads=4),
          "vit": dict(layers=2, hidden=96, heads=3, image=112, ffn=384), "llama": dict(layers=2, hidden=128, heads=4,
                                                                                          kv_heads=2, ffn=344)}
-FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization", "LayerNormalization",
-         "RMSNormalization", "SimplifiedLayerNormalization", "Gelu", "FastGelu", "BiasGelu")
+FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "SkipLayerNormalization",
+         "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "Gelu", "FastGelu", "BiasGelu")
 
 
 def cpu_name() -> str:
