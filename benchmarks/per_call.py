@@ -94,17 +94,19 @@ def main() -> int:
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 1, 8, 8), np.float32)
     x32 = rng.standard_normal((32, 1, 8, 8), np.float32)
-    cases = [("identity, 1x1x8x8", ident, {}, x1), ("digits CNN, batch 1", DIGITS, {"x": (1, 1, 8, 8)}, x1),
-             ("digits CNN, batch 32", DIGITS, {"x": (32, 1, 8, 8)}, x32),
-             ("digits CNN, symbolic batch, at 1", DIGITS, None, x1),
-             ("digits CNN, symbolic batch, at 32", DIGITS, None, x32)]
+    cases = [("identity, 1x1x8x8", ident, {}, x1, {}), ("digits CNN, batch 1", DIGITS, {"x": (1, 1, 8, 8)}, x1, {}),
+             ("digits CNN, batch 32", DIGITS, {"x": (32, 1, 8, 8)}, x32, {}),
+             ("digits CNN, symbolic batch, at 1", DIGITS, None, x1, {}),
+             ("digits CNN, symbolic batch, at 32", DIGITS, None, x32, {}),
+             ("digits CNN, symbolic batch with a batch-32 entry, at 32", DIGITS, None, x32,
+              {"static_batch": (1, 32)})]
     if args.trials:
-        cases.append((f"digits CNN, batch 32, tuned ({args.trials} trials)", DIGITS, {"x": (32, 1, 8, 8)}, x32))
+        cases.append((f"digits CNN, batch 32, tuned ({args.trials} trials)", DIGITS, {"x": (32, 1, 8, 8)}, x32,
+                      {"trials": args.trials, "db": os.path.join(WORK, "db")}))
     rows, modules = [], {}
-    for name, path, shapes, x in cases:
-        key = (path, tuple(sorted(shapes.items())) if shapes is not None else None, "tuned" in name)
+    for name, path, shapes, x, kw in cases:
+        key = (path, tuple(sorted(shapes.items())) if shapes is not None else None, tuple(sorted(kw)))
         if key not in modules:
-            kw = {"trials": args.trials, "db": os.path.join(WORK, "db")} if "tuned" in name else {}
             modules[key] = compile_model(path, "cpu", input_shapes=shapes or None, **kw)
         sess = session(path, optimize=True, threads=THREADS)
         rows.append(measure(name, modules[key], sess, {"x": x}, args.rounds, args.repeat))
