@@ -146,6 +146,54 @@ def _widest_tile(m: int, n_vecs: int, u_n: int, max_acc: int) -> tuple[int, int 
     return u_n, None
 
 
+def _default_width(n_vecs: int, vec: int, *, matrix_vector: bool) -> int:
+    """Vectors per tile row before `_widest_tile` widens it, for `n_vecs` vectors of `vec` lanes: 2 for an even
+    count, else 1; 4 for narrow vectors (at most 32 lanes in 4) where 4 divide the count and more than 2 are
+    left; 8 for a `matrix_vector` product (one row) whose count 8 divides (512 contiguous weight bytes)."""
+    u_n = 2 if n_vecs % 2 == 0 and n_vecs >= 2 else 1
+    if n_vecs > u_n and n_vecs % 4 == 0 and vec * 4 <= 32:
+        u_n = 4
+    if matrix_vector and n_vecs % 8 == 0:
+        u_n = 8
+    return u_n
+
+
+def _tile_accumulators(m: int, n_vecs: int, vec: int, max_acc: int) -> int:
+    """Accumulator vectors in TiledReduction's register tile over `m` static rows and `n_vecs` vectors of `vec`
+    lanes with at most `max_acc` of them (the default width, widened by `_widest_tile`, and its height)."""
+    u_n, rows = _default_width(n_vecs, vec, matrix_vector=m == 1), None
+    if u_n in (1, 2):
+        u_n, rows = _widest_tile(m, n_vecs, u_n, max_acc)
+    return u_n * (rows or tile_rows(m, _height_limit(max_acc, u_n)))
+
+
+#: a packed weight's columns are zero-padded to a multiple of one of these many vectors where that holds more
+#: accumulators per useful column (``_column_step``)
+COLUMN_STEPS = (2, WIDE_TILE_VECTORS)
+#: ... and only where the padding is at most this share of the columns: [128, 256] @ [256, N] ran 10% faster at
+#: N = 688 -> 720 (4.7% padding), 9% at 512 -> 528 (3.1%), and no faster at 256 -> 288 (12.5%), each 8 -> 12
+#: accumulators (AMD EPYC Zen 5, 1 thread)
+MAX_COLUMN_PADDING = 1 / 16
+
+
+def _column_step(m: int, n: int, lanes: int, max_acc: int, padded_max_acc: int) -> int:
+    """The vectors of `lanes` lanes whose multiple `n` columns are zero-padded to (0: not padded) for a register
+    tile over `m` static rows. Columns that are not whole vectors are padded to whole ones at least (unpadded,
+    the tile runs in half vectors or a predicated tail); a step of COLUMN_STEPS that pads at most
+    MAX_COLUMN_PADDING of the columns is taken where its tile holds the most accumulators times the share of
+    useful columns, more than the tile without it (`max_acc` accumulators unpadded, `padded_max_acc` padded:
+    TiledReduction's limit for a padded kernel). 43 vectors (688 columns, a prime) tile 8 x 1 = 8; padded to 45,
+    4 x 3 = 12 on 95.6% useful columns; 125 vectors (2000 columns) padded to 126: 4 x 3 instead of 8 x 1."""
+    whole = n % lanes == 0
+    best, best_score = 0, float(_tile_accumulators(m, n // lanes, lanes, max_acc)) if whole else 0.0
+    for step in (1, *COLUMN_STEPS):
+        vecs = -(-n // (lanes * step)) * step
+        score = _tile_accumulators(m, vecs, lanes, padded_max_acc) * n / (vecs * lanes)
+        if vecs * lanes > n and (step == 1 or vecs * lanes <= n * (1 + MAX_COLUMN_PADDING)) and score > best_score:
+            best, best_score = step, score
+    return best
+
+
 def _fuse_parallel(sch: s_tir.Schedule, loops: list, work: int | None):
     """Fuse ``loops`` and mark the result parallel when the kernel is big enough to pay for threads."""
     if not loops:
@@ -290,7 +338,8 @@ def _layout_free_reads(func, stmt) -> list[int]:
     return [i for i, region in enumerate(stmt.reads) if any(region.source.same_as(p) for p in params)]
 
 
-def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=None, *, at_run_time: bool = False):
+def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=None, *, at_run_time: bool = False,
+                    in_place: bool = False):
     """Store a constant weight ``W[..., n]`` as ``W[n // panel, ..., n % panel]`` so that one register tile's
     weights over the whole reduction are one contiguous stream. ``index_map`` (a function of the weight's
     indices, as ``IndexMap.from_func`` takes) replaces that layout (the int8 kernels also group the reduction
@@ -299,19 +348,29 @@ def _prepack_weight(sch: s_tir.Schedule, block, weight, panel: int, index_map=No
     The copy is a block annotated ``meta_schedule.layout_rewrite_preproc``: the build splits it into a
     function of its own (``SplitLayoutRewritePreproc``) and evaluates that on the constant at compile time
     (``FoldConstant``), so the library holds only the packed weight. ``at_run_time``: B is computed at run time
-    (an activation x activation matmul), the copy stays in the kernel, before the tiles. Returns the copy block.
+    (an activation x activation matmul), the copy stays in the kernel, before the tiles. ``in_place``: ``weight``
+    is already such a copy (a zero-padded one: ``_folded_weight_reads``), whose own layout becomes the panels.
+    Returns the copy block (None: in place).
     """
     from tvm.tirx import IndexMap  # noqa: PLC0415
 
     reads = sch.get(block).reads
     read_index = next(i for i, region in enumerate(reads) if region.source.same_as(weight))
     ndim = len(reads[read_index].region)
-    copy = sch.cache_read(block, read_index, "global")
-    if not at_run_time:
+    copy = None if in_place else sch.cache_read(block, read_index, "global")
+    if copy is not None and not at_run_time:
         sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", 1)
     sch.transform_layout(block, ("read", read_index), IndexMap.from_func(
         index_map or (lambda *idx: (idx[-1] // panel, *idx[:-1], idx[-1] % panel)), ndim=ndim))
     return copy
+
+
+def _folded_weight_reads(sch: s_tir.Schedule, stmt) -> list[int]:
+    """Indices (into ``stmt.reads``) of the buffers that a block marked ``meta_schedule.layout_rewrite_preproc``
+    writes: a constant weight's zero-padded copy (``_pad_ragged_tile``), computed at compile time."""
+    folded = [w.source for blk in _block_stmts(sch) if "meta_schedule.layout_rewrite_preproc" in blk.annotations
+              for w in blk.writes]
+    return [i for i, region in enumerate(stmt.reads) if any(region.source.same_as(b) for b in folded)]
 
 
 def _packing_splits_off(sch: s_tir.Schedule) -> bool:
@@ -439,8 +498,10 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, b
     axis has no even divisor up to the vector width, with ``pad_einsum``: zero-padded copies of the
     activations, the products over the padding discarded by a crop. Without it the register tile runs with
     a predicate on every lane (a 197 x 197 x 64 batched matmul: 21 ms predicated, 0.5 ms padded, AMD EPYC).
-    Rows that index a constant weight are never padded; columns that do are padded only in weights too small
-    to be packed into panels (below PREPACK_MIN_BYTES), and that zero-padded copy is computed at compile time.
+    Rows that index a constant weight are never padded; columns that do are padded to whole vectors in weights
+    too small to be packed into panels (below PREPACK_MIN_BYTES), and in packed ones to the count of vectors
+    `_column_step` chooses (a wider tile: 43 vectors to 45); that zero-padded copy is computed at compile time
+    (a packed one is packed in place by TiledReduction: the library holds only the padded, packed weight).
     Exact: the padded products are zeros that no output reads. Returns (whether it padded, whether it padded
     the columns: the vector axis, whether it padded a weight's columns)."""
     infos = normalize_prim_func(sch)
@@ -479,14 +540,23 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, b
         padding[n_s - 1] = lanes
     # a weight's columns that are not whole vectors (24, 40 output channels: pruned or MobileNet-style layers)
     # ran in half-width vectors: zero-padded to whole ones at compile time (a constant's pad copy is split off
-    # and folded as packing is), the products over the padding discarded by the crop. Weights large enough to
-    # be packed into panels are left alone (packing reads the weight itself)
+    # and folded as packing is), the products over the padding discarded by the crop. A weight large enough to
+    # be packed into panels is padded where that gives a tile with more accumulators (`_column_step`: 43
+    # vectors to 45), its padded copy packed in place (TiledReduction), so the library holds one weight
     activations = [r for r in stmt.reads if not any(r.source.same_as(w.source) for w in weights)]
-    weight_columns = n > lanes and n % lanes != 0 and indexes_weight(s_vars[-1]) and all(
-        _bytes(r.source) < PREPACK_MIN_BYTES for r in weights if s_vars[-1] in _vars_in_region(r)) and not any(
-        s_vars[-1] in _vars_in_region(r) for r in activations)  # (a depthwise conv's would be copied per call)
+    column_weights = [r for r in weights if s_vars[-1] in _vars_in_region(r)]
+    step = 0  # vectors whose multiple the weight's columns are padded to (0: not padded)
+    # (not where the columns index an activation too: a depthwise conv's padded copy would be made per call)
+    if n > lanes and column_weights and not any(s_vars[-1] in _vars_in_region(r) for r in activations):
+        if all(_bytes(r.source) < PREPACK_MIN_BYTES for r in column_weights):
+            step = 1 if n % lanes else 0
+        else:
+            step = _packed_column_step(stmt, s_vars[-1], column_weights, m, n, lanes,
+                                       math.prod(e for e in extents[n_s:] if e is not None),
+                                       rows_padded=padding[n_s - 2] > 1)
+    weight_columns = step > 0
     if weight_columns:
-        padding[n_s - 1] = lanes
+        padding[n_s - 1] = lanes * step
     if not _pads_as_einsum(sch, stmt, padding):
         if not weight_columns:
             return False, False, False  # not an einsum (strided windows, gathers): the predicated tile stays
@@ -504,6 +574,22 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, b
                 # a constant weight's zero-padded copy: computed at compile time, as packing is
                 sch.annotate(sch.get_sblock(blk.name_hint), "meta_schedule.layout_rewrite_preproc", 1)
     return True, padding[n_s - 1] > 1, weight_columns
+
+
+def _packed_column_step(stmt, col, column_weights: list, m: int | None, n: int, lanes: int, reduction: int, *,
+                        rows_padded: bool) -> int:
+    """`_column_step` for an einsum block `stmt` whose `n` output columns (variable `col`) index only constant
+    weights large enough to be packed into panels (`column_weights`, regions of `stmt.reads`), each output a sum
+    of `reduction` products: 0 (not padded) unless each weight's last index is `col` (a panel per tile) and the
+    `m` rows are static (padded to whole tiles of PAD_ROWS where `rows_padded`), at least two (a matrix x
+    vector's tile is one row)."""
+    if m is None or m < 2 or any(_buffer_last_index_vars(r) != {col} or not _bytes(r.source)
+                                 for r in column_weights):
+        return 0
+    rows = -(-m // PAD_ROWS) * PAD_ROWS if rows_padded else m
+    vector_bytes = lanes * stmt.writes[0].source.dtype.bits // 8
+    return _column_step(rows, n, lanes, max_accumulators(vector_bytes, 0 if rows_padded else reduction),
+                        max_accumulators(vector_bytes, 0))
 
 
 #: a sliding-window reduction loop (a depthwise conv's kernel width) of at most this many taps is unrolled inside
@@ -636,12 +722,8 @@ class TiledReduction(_Rule):
         if vec < 2 and n_ext > lanes and not group_loops:
             vec = lanes  # no divisor: let the tail be predicated
         n_vecs = math.ceil(n_ext / vec)
-        u_n = 2 if n_vecs % 2 == 0 and n_vecs >= 2 else 1
-        if n_ext > vec * u_n and n_vecs % 4 == 0 and vec * 4 <= 32:
-            u_n = 4  # narrow vectors (e.g. 4 lanes on NEON): block more of them
         m_ext = extents[-2] if n_s >= 2 else 1  # None: symbolic rows
-        if m_ext == 1 and n_vecs % 8 == 0 and not group_loops:
-            u_n = 8  # matrix x vector: one row of the weights gives 8 whole vectors (512 contiguous bytes)
+        u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not group_loops)
         if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
             vec, u_n = 2, n_ext // 2
         if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
@@ -671,7 +753,8 @@ class TiledReduction(_Rule):
             inner = [n_u, n_v]
         # --- constant weights read along the vector axis: packed into panels of one tile's width; when they
         # outweigh the activations, the panel loop goes outermost so each panel streams from memory once
-        packed = [idx for idx in _layout_free_reads(func, stmt)
+        folded = _folded_weight_reads(sch, stmt)
+        packed = [idx for idx in [*_layout_free_reads(func, stmt), *folded]
                   if _buffer_last_index_vars(stmt.reads[idx]) == {vec_var}
                   and _bytes(stmt.reads[idx].source) >= PREPACK_MIN_BYTES] \
             if not group_loops and whole_panels else []
@@ -688,8 +771,10 @@ class TiledReduction(_Rule):
         # padded columns (ViT's 197 = 12 whole panels of 16 and a padded one): the panel loop stays a serial loop
         # inside the parallel one, so a tile's rows stay in cache across the panels and LLVM, unrolling it, drops
         # the column predicate of the whole panels' crop (in the fused loop every store was predicated per lane):
-        # ViT's [3, 197, 64] @ [3, 64, 197] 218 -> 177 us (onnxruntime 158), AMD EPYC Zen 4
-        ragged_cols = padded_columns and len(outer) > 1 and not group_loops
+        # ViT's [3, 197, 64] @ [3, 64, 197] 218 -> 177 us (onnxruntime 158), AMD EPYC Zen 4. Not where a packed
+        # weight's panel loop went outermost: the serial loop would be the rows', unrolled with the tile (a copy of
+        # the reduction loop per row tile); the crop's column test is then made once per vector (688 = 43 x 16)
+        ragged_cols = padded_columns and len(outer) > 1 and not group_loops and outer[-1].same_as(n_o)
         par = _fuse_tiles_parallel(sch, outer[:-1] if ragged_cols else outer, work, reduction)
         tile = outer[-1] if ragged_cols else par
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
@@ -727,7 +812,7 @@ class TiledReduction(_Rule):
             # this trace (the seeded default record) drops it and lets its postprocessor pack instead
             sch.enter_postproc()
         for idx in packed:
-            _prepack_weight(sch, block, stmt.reads[idx].source, u_n * vec)
+            _prepack_weight(sch, block, stmt.reads[idx].source, u_n * vec, in_place=idx in folded)
         if (packed or padded_weight) and not _packing_splits_off(sch):
             return None
         return sch

@@ -580,7 +580,8 @@ def _batched_matmul(m: int, n: int, k: int, weight: bool = False):
     (200, 200, 32, False, set()),                # whole tiles: nothing to pad
     (197, 197, 32, True, {"A_pad", "B_pad"}),    # a small constant weight's columns: padded at compile time
     (200, 24, 32, True, {"B_pad"}),              # 24 output channels: 2 whole vectors instead of 3 half ones
-    (197, 197, 128, True, {"A_pad"}),            # a weight large enough to be packed is not padded
+    (197, 197, 128, True, {"A_pad", "B_pad"}),   # a weight large enough to be packed: to whole vectors too
+    (200, 192, 128, True, set()),                # a packed weight whose 12 vectors tile 5 x 3: not padded
 ])
 def test_pad_ragged_tile(m, n, k, weight, padded):
     from optc.codegen.schedules import _pad_ragged_tile

@@ -59,11 +59,13 @@ def test_three_vectors_wide_where_it_holds_more_accumulators(m, k, n, tile):
 
 
 @pytest.mark.parametrize(("m", "k", "n", "target", "tile"), [
-    (128, 256, 512, AVX512, (4, 2, 16)),   # 32 vectors: no multiple of 3, the tile stays two wide
+    # (weights under PREPACK_MIN_BYTES where the count of vectors has no multiple of 3: a packed weight's columns
+    # would be padded to one, test_pad_packed_columns.py)
+    (128, 16, 512, AVX512, (4, 2, 16)),    # 32 vectors: no multiple of 3, the tile stays two wide
     (14, 256, 768, AVX512, (7, 2, 16)),    # 7 x 2 = 14 beats 2 x 3 = 6 (no height of 3 to 5 divides 14 rows)
     (12, 256, 768, AVX512, (6, 2, 16)),    # 6 x 2 = 4 x 3 = 12: a tie keeps two
-    (128, 256, 688, AVX512, (8, 1, 16)),   # 43 vectors (a prime): one wide
-    (128, 256, 2000, AVX512, (8, 1, 16)),  # 125 vectors: five wide is not tried (slower in a model)
+    (128, 16, 688, AVX512, (8, 1, 16)),    # 43 vectors (a prime): one wide
+    (128, 8, 2000, AVX512, (8, 1, 16)),    # 125 vectors: five wide is not tried (slower in a model)
 ])
 def test_two_vectors_wide_where_three_hold_fewer(m, k, n, target, tile):
     assert _tile(_matmul_model(m, k, n), target) == tile
