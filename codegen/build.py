@@ -249,15 +249,16 @@ def schedule_passes(target, *, schedule: str = "default"):
     return [dl.ApplyDefaultSchedule(*default_rules(target))]
 
 
-def default_rules(target):
-    """The dlight-style rules that schedule what no tuning record covers, first match wins."""
+def default_rules(target, *, tunable: bool = False):
+    """The dlight-style rules that schedule what no tuning record covers, first match wins; ``tunable``: the
+    tuner's (schedules MetaSchedule can measure: ``schedules.cpu_rules``)."""
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
     if target_kind(target) == "cuda":
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     from . import schedules  # noqa: PLC0415
 
-    return schedules.cpu_rules()
+    return schedules.cpu_rules(tunable=tunable)
 
 
 def prepare(mod, params=None, target="cpu", *, layout: str | None = "auto", fast_math: bool | None = None,

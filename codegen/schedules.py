@@ -492,7 +492,7 @@ class Guarded(_Rule):
 PAD_ROWS = 8
 
 
-def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, bool]:
+def _pad_ragged_tile(sch: s_tir.Schedule, target: Target, *, pad_weights: bool = True) -> tuple[bool, bool, bool]:
     """Pad the iteration space of an einsum-shaped reduction (matmul, batched matmul: ``S...S R...R`` whose
     reads are indexed by the loop variables) whose output rows have no divisor in 3..8 or whose contiguous
     axis has no even divisor up to the vector width, with ``pad_einsum``: zero-padded copies of the
@@ -502,8 +502,9 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, b
     too small to be packed into panels (below PREPACK_MIN_BYTES), and in packed ones to the count of vectors
     `_column_step` chooses (a wider tile: 43 vectors to 45); that zero-padded copy is computed at compile time
     (a packed one is packed in place by TiledReduction: the library holds only the padded, packed weight).
-    Exact: the padded products are zeros that no output reads. Returns (whether it padded, whether it padded
-    the columns: the vector axis, whether it padded a weight's columns)."""
+    Exact: the padded products are zeros that no output reads. ``pad_weights=False``: no weight is padded (for
+    MetaSchedule: ``TiledReduction``'s). Returns (whether it padded, whether it padded the
+    columns: the vector axis, whether it padded a weight's columns)."""
     infos = normalize_prim_func(sch)
     if infos is None:
         return False, False, False
@@ -547,7 +548,7 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target) -> tuple[bool, bool, b
     column_weights = [r for r in weights if s_vars[-1] in _vars_in_region(r)]
     step = 0  # vectors whose multiple the weight's columns are padded to (0: not padded)
     # (not where the columns index an activation too: a depthwise conv's padded copy would be made per call)
-    if n > lanes and column_weights and not any(s_vars[-1] in _vars_in_region(r) for r in activations):
+    if pad_weights and n > lanes and column_weights and not any(s_vars[-1] in _vars_in_region(r) for r in activations):
         if all(_bytes(r.source) < PREPACK_MIN_BYTES for r in column_weights):
             step = 1 if n % lanes else 0
         else:
@@ -638,24 +639,32 @@ class TiledReduction(_Rule):
 
     With no arguments every choice is a heuristic. The tuner also measures variants (``variants()``) that fix
     one choice: ``u_n`` vectors per tile row, whether the packed-weight ``panel_outer`` loop goes outermost,
-    and whether zero padding is a ``pad_copy`` of its own.
+    and whether zero padding is a ``pad_copy`` of its own. ``pad_weights=False`` (the tuner's rules) pads no
+    constant weight's columns: MetaSchedule's builder and its argument lists drop compile-time blocks with
+    ``RemoveWeightLayoutRewriteBlock``, which takes only plain copies (a zero-padded one failed its check, so the
+    default schedule of such a kernel was never measured, and a tuned [128, 256] @ [256, 688] ran 3.6x slower
+    than the untuned one).
     """
 
-    def __init__(self, *, u_n: int | None = None, panel_outer: bool | None = None, pad_copy: bool | None = None):
-        self.u_n, self.panel_outer, self.pad_copy = u_n, panel_outer, pad_copy
+    def __init__(self, *, u_n: int | None = None, panel_outer: bool | None = None, pad_copy: bool | None = None,
+                 pad_weights: bool = True):
+        self.u_n, self.panel_outer, self.pad_copy, self.pad_weights = u_n, panel_outer, pad_copy, pad_weights
 
     @classmethod
     def variants(cls) -> list[TiledReduction]:
-        """The rule with one heuristic choice fixed each way (for measuring, not for untuned builds)."""
-        return [cls(u_n=1), cls(u_n=2), cls(u_n=3), cls(u_n=4), cls(panel_outer=True), cls(panel_outer=False),
-                cls(pad_copy=True), cls(pad_copy=False)]
+        """The rule with one heuristic choice fixed each way (for measuring, not for untuned builds; padding no
+        weight, as the tuner's ``cpu_rules(tunable=True)``)."""
+        return [cls(u_n=1, pad_weights=False), cls(u_n=2, pad_weights=False), cls(u_n=3, pad_weights=False),
+                cls(u_n=4, pad_weights=False), cls(panel_outer=True, pad_weights=False),
+                cls(panel_outer=False, pad_weights=False), cls(pad_copy=True, pad_weights=False),
+                cls(pad_copy=False, pad_weights=False)]
 
     def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None or _data_dependent(sch, infos):
             return None
-        padded, padded_columns, padded_weight = _pad_ragged_tile(sch, target)
+        padded, padded_columns, padded_weight = _pad_ragged_tile(sch, target, pad_weights=self.pad_weights)
         if padded:
             infos = normalize_prim_func(sch)
         # zero padding stays a block of its own: inlined, it puts a bounds check on every load of the
@@ -1265,12 +1274,13 @@ def _vector_partials(sch: s_tir.Schedule, info, lanes: int):
     return sch.rfactor(ri, factor_axis=ndim)
 
 
-def cpu_rules():
-    """The rules ApplyDefaultSchedule tries, in order, on every unscheduled PrimFunc (llvm targets)."""
+def cpu_rules(*, tunable: bool = False):
+    """The rules ApplyDefaultSchedule tries, in order, on every unscheduled PrimFunc (llvm targets); ``tunable``:
+    the tuner's, whose schedules MetaSchedule can build and measure (``TiledReduction``'s ``pad_weights``)."""
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
     from .int8_kernels import Int8Reduction  # noqa: PLC0415 (it imports this module's helpers)
     from .nbits_kernels import NBitsMatMul  # noqa: PLC0415 (likewise)
 
-    return [Int8Reduction(), NBitsMatMul(), TiledReduction(), Injective(), Guarded(dl.cpu.GEMV()), RowReduction(),
-            ParallelFallback()]
+    return [Int8Reduction(), NBitsMatMul(), TiledReduction(pad_weights=not tunable), Injective(),
+            Guarded(dl.cpu.GEMV()), RowReduction(), ParallelFallback()]

@@ -190,12 +190,13 @@ def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: 
 
 
 def default_schedule(func, target):
-    """optc's untuned schedule of one kernel (the rule that ``build`` would apply), or None."""
+    """optc's untuned schedule of one kernel as the tuner measures it (the rule that ``build`` would apply, but
+    padding no constant weight: ``schedules.cpu_rules(tunable=True)``), or None."""
     from tvm.s_tir.dlight.base.transform import _apply_rules  # noqa: PLC0415
 
     from .build import default_rules  # noqa: PLC0415
 
-    space = _apply_rules(func, target, default_rules(target), tunable=False)
+    space = _apply_rules(func, target, default_rules(target, tunable=True), tunable=False)
     return space[0] if space else None
 
 

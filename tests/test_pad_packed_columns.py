@@ -111,6 +111,21 @@ def test_the_library_holds_only_the_padded_packed_weight():
     assert shapes == [(15, 256, 48)]
 
 
+def test_the_tuner_measures_the_unpadded_schedule():
+    """MetaSchedule's builder drops compile-time blocks with RemoveWeightLayoutRewriteBlock, which takes plain
+    copies only: the tuner's default schedule and rule variants pad no weight, so they build and are measured."""
+    from optc.codegen import tuning
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    fused = fused_kernels(from_onnx(_matmul(128, 256, 688)), "cpu")
+    [func] = [f for gv, f in fused.functions_items() if "matmul" in gv.name_hint]
+    target = resolve_target(AVX512)
+    schedules_measured = [tuning.default_schedule(func, target), *tuning._rule_variants(func, target, set())]
+    for sch in schedules_measured:
+        assert _folded_weights(sch) in ([(43, 256, 16)], [])  # packed (or not), never padded
+        RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod)  # (a padded copy fails its check)
+
+
 def test_run_time_weights_are_not_padded():
     """B an input (computed at run time): a padded copy would be made at every call."""
     sch = _schedule(_matmul(128, 256, 688, weight=False))
