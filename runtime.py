@@ -48,7 +48,7 @@ class Module:
         self._vm = vm
         self._device = device
         # entry functions, looked up once (a lookup per call costs a few microseconds): "main", and for a symbolic
-        # batch the batch-1 entry (codegen/batch_one.py) with the dims it binds
+        # batch the static batch entries (codegen/static_batch.py) with the dims they bind
         self._functions = {"main": vm["main"]}
         self._entries: list[tuple[str, dict[str, int]]] = []
         for name, dims in metadata.get("entries", {}).items():

@@ -437,7 +437,8 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
       benchmarks/RESULTS.md "Fast math"); False: libm's. None: ``fast_math_default``'s setting (True).
     - ``batch_sizes``: add a static entry for each of these batch sizes (``static_batch.entry_name``: ``main``
       with its batch vars bound to the size, its own kernels) when ``main``'s symbolic dims are all batch dims
-      (CPU targets only); ``report["batch_vars"]`` gets the vars bound (or None).
+      (CPU targets only); ``report["batch_vars"]`` gets the vars bound (or None), ``report["batch_skipped"]``
+      why none were built where that was not for the model's dims.
     """
     tvm = _tvm()
     target = resolve_target(target)
@@ -445,8 +446,10 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
         from .amx import request_permission  # noqa: PLC0415
 
         request_permission()  # a build for this host is often run in this process: its AMX kernels need the tiles
-    if target.kind.name != "llvm":  # (CPU targets: a GPU call's fixed cost is elsewhere)
+    if target.kind.name != "llvm" and batch_sizes:  # (CPU targets: a GPU call's fixed cost is elsewhere)
         batch_sizes = ()
+        if report is not None:
+            report["batch_skipped"] = "CPU targets only"
     tvm_ops.register()
     pipeline = _lowering_pipeline(target, database, schedule, report)
     tir = tir_pipeline(target)  # table lookups as AVX-512 gathers where the target has them (gather.py)
@@ -459,9 +462,12 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
                                     relax_pipeline=pipeline, tir_pipeline=tir)
                 if report is not None:
                     report["batch_vars"] = entry.get("batch_vars")
+                    if "batch_skipped" in entry:
+                        report["batch_skipped"] = entry["batch_skipped"]
                 return built
-            except Exception:  # noqa: BLE001, S110 - the entries only save time: built again without them
-                pass
+            except Exception as exc:  # noqa: BLE001 - the entries only save time: built again without them
+                if report is not None:
+                    report["batch_skipped"] = f"the build with them failed ({type(exc).__name__})"
         return tvm.compile(prepare(mod, params, target, layout=layout, fast_math=fast_math), target=target,
                            relax_pipeline=pipeline, tir_pipeline=tir)
     except OptcError:

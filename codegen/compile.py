@@ -49,11 +49,13 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm / attention matmuls on bfloat16 operands with
     float32 accumulation, float32 I/O (`precision.to_bfloat16`, error bound there); `report["bf16"]` and the
     metadata's `precision` / `bf16` say what was converted and whether the target has native bf16 instructions.
-    `static_batch` (batch sizes, each 1..65536): a model whose symbolic input dims are all leading batch dims
-    also gets an entry with static shapes and kernels for each, which `optc.runtime` calls at that batch size
-    (`static_batch.py`; OptcError for another model); None: batch 1 for such a model of at most 16M
-    multiply-accumulates per sample (`static_batch.default_sizes`); (): none. `report["build"]["static_batch"]`
-    and the metadata's `entries` say which were built.
+    `static_batch` (batch sizes, each 1..65536, or one int): a model whose symbolic input dims are all named
+    leading batch dims also gets an entry with static shapes and kernels for each, which `optc.runtime` calls at
+    that batch size (`static_batch.py`; OptcError for another model); None: batch 1 for such a model of at most
+    16M multiply-accumulates per sample (`static_batch.default_sizes`); (): none. CPU targets only, and not
+    where the lowering writes kernels of its own for the symbolic shapes (integer and bf16 kernels, libm math,
+    index checks): then none are built and `report["build"]["static_batch"]["skipped"]` says why, as the
+    compile summary does. `report["build"]["static_batch"]` and the metadata's `entries` say which were built.
     """
     from ..rewrites import optimize
     from ..rewrites.pipelines import copy_model
@@ -123,9 +125,12 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
             "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels), "precision": precision}
     if precision == "bf16":
         meta["bf16"] = report["bf16"]
+    skipped = report["build"].pop("batch_skipped", None)
     if report["build"].pop("batch_vars", None):  # the runtime calls an entry when every one of these dims is its size
         report["build"]["static_batch"] = {"dims": batch_dims, "sizes": list(sizes)}  # the model's names (TVM's
         meta["entries"] = {entry_name(n): dict.fromkeys(batch_dims, n) for n in sizes}  # are C identifiers)
+    elif static_batch and skipped:  # asked for and not built: the summary says why
+        report["build"]["static_batch"] = {"dims": batch_dims, "sizes": [], "skipped": skipped}
     return executable, meta
 
 

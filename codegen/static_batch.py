@@ -21,6 +21,8 @@ long enough that the fixed cost is noise.
 
 from __future__ import annotations
 
+import numbers
+import re
 from collections.abc import Sequence
 
 __all__ = ["ENTRY_PREFIX", "MAX_MACS", "MAX_SIZE", "batch_vars", "check_sizes", "default_sizes", "entry_name",
@@ -74,17 +76,21 @@ def default_sizes(model) -> tuple[int, ...]:
     return () if sum(node_macs(n) for n in model.graph) > MAX_MACS else (1,)
 
 
-def check_sizes(sizes: Sequence[int], model) -> tuple[int, ...]:
-    """`sizes` sorted, without repeats, checked: each an int in 1..`MAX_SIZE`, and some only for a model with
-    batch vars. Raises OptcError (one line) otherwise."""
+def check_sizes(sizes: Sequence[int] | int, model) -> tuple[int, ...]:
+    """`sizes` (one int or a sequence; Python or numpy integers) sorted, without repeats, checked: each in
+    1..`MAX_SIZE`, and some only for a model with batch vars. Raises OptcError (one line) otherwise."""
     from ..errors import OptcError  # noqa: PLC0415
 
-    out = sorted(set(sizes))
-    for size in out:
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+    if isinstance(sizes, numbers.Integral):
+        sizes = (sizes,)
+    out = []
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= int(size) <= MAX_SIZE:
             raise OptcError(f"a static batch size must be an integer from 1 to {MAX_SIZE}, got {size!r}")
+        out.append(int(size))
+    out = sorted(set(out))
     if out and model_batch_vars(model) is None:
-        raise OptcError("static batch entries need a model whose symbolic input dims are all leading batch dims; "
+        raise OptcError("static batch entries need a model whose symbolic input dims are all named leading batch dims; "
                         "this model's inputs are " + ", ".join(
                             f"{v.name} {_fmt(v.shape)}" for v in model.graph.inputs if v.const is None))
     return tuple(out)
@@ -97,10 +103,10 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
     if text.strip().lower() == "none":
         return ()
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise OptcError(f"--static-batch {text}: expected batch sizes separated by commas (1,32) or none") from None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch("[0-9]+", part, flags=re.ASCII) for part in parts):
+        raise OptcError(f"--static-batch {text}: expected batch sizes separated by commas (1,32) or none")
+    return tuple(int(part) for part in parts)
 
 
 def _fmt(shape) -> str:
@@ -134,7 +140,8 @@ def static_batch_entries(sizes: Sequence[int], report: dict | None = None):
     `sizes`, ``main`` with its batch vars bound to n, when ``main``'s symbolic dims are all batch dims and it calls
     no TIR of the lowering's own (libm math, index checks, integer kernels: written for the symbolic shapes, they
     would be fused with static kernels reading the same values, which FuseTIR refuses); else the module is
-    returned as it is. ``report["batch_vars"]`` receives the names bound (or None)."""
+    returned as it is. ``report["batch_vars"]`` receives the names bound (or None), and ``report["batch_skipped"]``
+    why there are none when main's dims are batch dims but it calls such TIR."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
 
@@ -143,7 +150,12 @@ def static_batch_entries(sizes: Sequence[int], report: dict | None = None):
         names = {gv.name_hint for gv in mod.get_global_vars()}
         main = mod["main"] if "main" in names else None
         found = batch_vars(main) if isinstance(main, relax.Function) and sizes \
-            and not names.intersection(map(entry_name, sizes)) and not _calls_tir(main) else None
+            and not names.intersection(map(entry_name, sizes)) else None
+        if found and _calls_tir(main):
+            found = None
+            if report is not None:
+                report["batch_skipped"] = ("the lowering wrote kernels of its own for the symbolic shapes (integer, "
+                                           "bf16 or libm kernels, index checks)")
         if report is not None:
             report["batch_vars"] = found
         if not found:

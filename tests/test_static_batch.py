@@ -15,7 +15,7 @@ import optc
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from optc.codegen import static_batch
-from optc.codegen.static_batch import default_sizes, entry_name, model_batch_vars
+from optc.codegen.static_batch import check_sizes, default_sizes, entry_name, model_batch_vars, parse_sizes
 from optc.tools import cli
 
 from .conftest import run_ort
@@ -221,8 +221,8 @@ def test_cli_static_batch(tmp_path, capsys):
     (["--static-batch", "0"], "a static batch size must be an integer from 1 to 65536, got 0"),
     (["--static-batch", "70000"], "a static batch size must be an integer from 1 to 65536, got 70000"),
     (["--static-batch", "2", "--input-shape", "x:3x1x8x8"],
-     "static batch entries need a model whose symbolic input dims are all leading batch dims; this model's inputs "
-     "are x [3, 1, 8, 8]"),
+     "static batch entries need a model whose symbolic input dims are all named leading batch dims; this model's "
+     "inputs are x [3, 1, 8, 8]"),
 ])
 def test_cli_static_batch_errors(tmp_path, capsys, args, message):
     out = tmp_path / "d.so"
@@ -230,3 +230,31 @@ def test_cli_static_batch_errors(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.strip() == f"optc: error: {message}"
     assert not out.exists() and not os.listdir(tmp_path)
+
+
+def test_sizes_from_python_and_numpy_integers():
+    assert check_sizes(4, optc.load(DIGITS)) == (4,)
+    assert check_sizes((np.int64(4), 1, 4), optc.load(DIGITS)) == (1, 4)
+    with pytest.raises(optc.OptcError, match="got True"):
+        check_sizes((True,), optc.load(DIGITS))
+
+
+@pytest.mark.parametrize("text", ["1_0", "+2", "\uff11", "1,,2", "", " "])
+def test_only_decimal_sizes_parse(text):
+    with pytest.raises(optc.OptcError, match="expected batch sizes separated by commas"):
+        parse_sizes(text)
+
+
+def test_an_unnamed_batch_dim_is_refused_saying_it_must_be_named():
+    model = _two_input_model([None, 4, 16], [None, 4, 8])
+    with pytest.raises(optc.OptcError, match="all named leading batch dims; this model's inputs are x \\[\\?, 4, 16\\]"):
+        optc.compile(model, static_batch=(2,))
+
+
+def test_entries_asked_for_and_not_built_are_reported(tmp_path, capsys):
+    """bf16 kernels are TIR the lowering writes for the symbolic shapes: no entries, and the summary says so
+    (it said nothing)."""
+    lib = tmp_path / "b.so"
+    assert cli.main(["compile", DIGITS, "-o", str(lib), "--static-batch", "1,4", "--precision", "bf16", "-q"]) == 0
+    assert "(no static batch entries: the lowering wrote kernels of its own" in capsys.readouterr().out
+    assert "entries" not in json.loads((tmp_path / "b.so.json").read_text())

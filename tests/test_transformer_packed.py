@@ -177,3 +177,22 @@ def test_shape_of_projection(bias_shape, start, rewritten):
         feeds = {"x": np.random.default_rng(1).normal(0, 1, dims).astype(np.float32)}
         for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("x_shape", [[0, 5, 12], [2, 0, 12]])
+def test_zero_size_batch_or_sequence_is_not_traced(x_shape):
+    """GPT-2's c_attn + Split into MultiHeadAttention with a static batch or sequence of 0: nothing to trace, not
+    fused (it indexed an empty index map)."""
+    e = x_shape[-1]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["g"]),
+             helper.make_node("Split", ["g", "sizes"], ["q", "k", "v"], axis=2),
+             helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain=MS, num_heads=3)]
+    graph = helper.make_graph(nodes, "mha", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x_shape)],
+                              [numpy_helper.from_array(RNG.normal(0, 0.3, (e, 3 * e)).astype(np.float32), "W"),
+                               numpy_helper.from_array(RNG.normal(0, 0.3, 3 * e).astype(np.float32), "b"),
+                               numpy_helper.from_array(np.array([e, e, e], np.int64), "sizes")])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)], ir_version=8))
+    out = _fuse(proto)
+    assert _ops(out)[f"{MS}::MultiHeadAttention"] == 1 and _ops(out)[f"{MS}::Attention"] == 0

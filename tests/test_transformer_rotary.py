@@ -106,3 +106,23 @@ def test_contrib_rotary_only_for_the_types_onnxruntime_has():
     infer_model_types(model)
     add = next(n for n in model.graph if n.op_type == "Add")
     assert "check: not float32 / float16" in explain(FuseRotaryEmbeddingContrib, add, model)
+
+
+def test_split_sizes_computed_at_run_time_are_not_halves():
+    """A Split whose sizes are a graph input may cut anywhere: not fused (it was taken for halves, and the
+    RotaryEmbedding computed something else for sizes [3, 13])."""
+    tables = {t.name.split("_")[0]: t for t in rope_graph().graph.initializer if t.name.startswith(("cos", "sin"))}
+    tables["cos"].name, tables["sin"].name = "cos", "sin"
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["lo", "hi"], axis=-1), helper.make_node("Neg", ["hi"], ["n"]),
+             helper.make_node("Concat", ["n", "lo"], ["rot"], axis=-1), helper.make_node("Mul", ["x", "cos"], ["a"]),
+             helper.make_node("Mul", ["rot", "sin"], ["b"]), helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "rope", [helper.make_tensor_value_info("x", F, [1, N, S, H]),
+                                              helper.make_tensor_value_info("sizes", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", F, [1, N, S, H])], list(tables.values()))
+    for opset in (17, 23):
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        for runtime in ("onnxruntime", "standard"):
+            out = fuse(proto, runtime)
+            assert ops(out)["RotaryEmbedding"] == ops(out)["com.microsoft::RotaryEmbedding"] == 0, dict(ops(out))
+            x = feeds()[0]["x"]
+            assert_close(proto, out, [{"x": x, "sizes": np.array(s, np.int64)} for s in ([3, 13], [8, 8])])

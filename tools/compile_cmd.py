@@ -56,6 +56,9 @@ def run(args) -> int:
     if build.get("tuned_entries"):
         line += f" (and {build['tuned_entries']} of the static batch entries' {build['kernels_entries']})"
     entries = build.get("static_batch")
+    if entries and not entries["sizes"]:
+        line += f" (no static batch entries: {entries['skipped']})"
+        entries = None
     if entries:
         sizes = entries["sizes"]
         which = f"a batch-{sizes[0]} entry" if len(sizes) == 1 else \
@@ -110,8 +113,9 @@ def register(sub) -> None:
                    "the library then takes only that shape")
     p.add_argument("--static-batch", metavar="N[,N...]", help="batch sizes that get an entry with static shapes and "
                    "kernels beside the symbolic one (no shape work at run time; each compiles the kernels once "
-                   "more), for a model whose symbolic input dims are all leading batch dims, e.g. 1,32, or none "
-                   "(default: 1 for such a model of at most 16M multiply-accumulates per sample)")
+                   "more), for a model whose symbolic input dims are all named leading batch dims, e.g. 1,32, or "
+                   "none (default: 1 for such a model of at most 16M multiply-accumulates per sample); CPU "
+                   "targets only, and not for integer or bf16 kernels (the summary says when none were built)")
     levels = p.add_mutually_exclusive_group()
     for level in range(4):
         levels.add_argument(f"-O{level}", dest="level", action="store_const", const=level,

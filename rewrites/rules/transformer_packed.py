@@ -215,11 +215,12 @@ class FusePackedAttention(Rule):
                 biases.append(c)
         else:
             require(isinstance(b, int) and isinstance(s, int), "symbolic shapes with moves: cannot be traced")
+            require(b * s > 0, "a zero-size batch or sequence: nothing to trace")
             x = None
             for (t, g, ch), (a, w, c, _) in zip(traced, projections, strict=True):
                 g_shape = full_shape(g)
-                require(g_shape is not None and all(isinstance(d, int) for d in g_shape), "the projection's shape "
-                        "is not static")
+                require(g_shape is not None and all(isinstance(d, int) and d > 0 for d in g_shape),
+                        "the projection's shape is not static and nonzero")
                 rows, cols = columns(m, ch, g_shape, full_shape(t))
                 found = _source(m, a, b, s)
                 require(found is not None, "the projection's input is not the rows of one [B, S, E] tensor")

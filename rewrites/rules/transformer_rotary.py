@@ -61,8 +61,11 @@ def _halves_of_split(m, node, rank: int, h: int) -> bool:
     """Whether a two-output Split cuts the last axis into two halves of `h`."""
     if not _last_axis([node.attr("axis", 0)], rank):
         return False
-    sizes = m.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    if sizes is None:
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        sizes = m.const(node.inputs[1])
+        if sizes is None:  # sizes computed at run time: not known to be halves
+            return False
+    else:
         sizes = node.attr("split")
     if sizes is None:  # equal parts (num_outputs = 2 from opset 18)
         return True
