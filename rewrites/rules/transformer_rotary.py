@@ -27,15 +27,14 @@ import numpy as np
 from ...ir.types import DataType, TensorType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, is_float
+from ._util import full_shape, is_float, normalize_axes, operand
 from .transformer_norm import MS
 
 ROUNDING = "not bit-exact: a runtime's RotaryEmbedding may contract the multiply-adds (one rounding fewer)"
 
 
 def _last_axis(axes, rank: int) -> bool:
-    a = np.asarray(axes).reshape(-1)
-    return a.size == 1 and int(a[0]) in (-1, rank - 1)
+    return normalize_axes(axes, rank) == [rank - 1]
 
 
 def _slice_range(m, node, rank: int, size: int) -> tuple[int, int] | None:
@@ -61,12 +60,9 @@ def _halves_of_split(m, node, rank: int, h: int) -> bool:
     """Whether a two-output Split cuts the last axis into two halves of `h`."""
     if not _last_axis([node.attr("axis", 0)], rank):
         return False
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        sizes = m.const(node.inputs[1])
-        if sizes is None:  # sizes computed at run time: not known to be halves
-            return False
-    else:
-        sizes = node.attr("split")
+    known, sizes = operand(node, 1, "split", m.opsets, m)  # an input from opset 13, an attribute before
+    if not known:  # sizes computed at run time: not known to be halves
+        return False
     if sizes is None:  # equal parts (num_outputs = 2 from opset 18)
         return True
     return [int(v) for v in np.asarray(sizes).reshape(-1)] == [h, h]
