@@ -654,10 +654,9 @@ class TiledReduction(_Rule):
     def variants(cls) -> list[TiledReduction]:
         """The rule with one heuristic choice fixed each way (for measuring, not for untuned builds; padding no
         weight, as the tuner's ``cpu_rules(tunable=True)``)."""
-        return [cls(u_n=1, pad_weights=False), cls(u_n=2, pad_weights=False), cls(u_n=3, pad_weights=False),
-                cls(u_n=4, pad_weights=False), cls(panel_outer=True, pad_weights=False),
-                cls(panel_outer=False, pad_weights=False), cls(pad_copy=True, pad_weights=False),
-                cls(pad_copy=False, pad_weights=False)]
+        choices = [{"u_n": u} for u in (1, 2, 3, 4)] + [{"panel_outer": b} for b in (True, False)] \
+            + [{"pad_copy": b} for b in (True, False)]
+        return [cls(**choice, pad_weights=False) for choice in choices]
 
     def schedule(self, func, target: Target):  # noqa: C901 (one linear recipe)
         sch = s_tir.Schedule(func)
