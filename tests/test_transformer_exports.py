@@ -84,8 +84,9 @@ def test_export_fuses_and_computes_the_same(kind, dynamo, tmp_path):
             for op in WANT[runtime]:
                 assert have[op] >= 1, f"{kind} {runtime}: no {op}: {dict(have)}"
         else:  # raised to opset 23 (the TorchScript export's ReduceMean to its opset-18 form): RMSNormalization,
-            # and Attention on the rotary-embedded heads
+            # and grouped-query Attention on the rotary-embedded heads (the K/V repeat gone: Tile or Expand)
             assert have["RMSNormalization"] >= 1 and have["Attention"] >= 1 and have["Softmax"] == 0, dict(have)
+            assert have["RotaryEmbedding"] >= 1 and have["Tile"] == have["Expand"] == 0, dict(have)
         for f in feeds:
             for want, got in zip(run_ort(proto, f), run_ort(out, f), strict=True):
                 err, bound = float(np.max(np.abs(got - want))), 1e-4 * float(np.max(np.abs(want))) + 1e-6

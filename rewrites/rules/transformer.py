@@ -2,7 +2,8 @@
 
 Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.py for the patterns and checks):
 
-* `transformer-standard`: standard ONNX ops only: Attention (opset 23+), RotaryEmbedding (23+), RMSNormalization (23+),
+* `transformer-standard`: standard ONNX ops only: Attention (opset 23+; grouped-query where the graph repeats the
+  K/V heads, transformer_gqa.py), RotaryEmbedding (23+), RMSNormalization (23+),
   LayerNormalization (17+), Gelu (20+). The model's opset is raised to what the fused ops need, and only when
   a rule made one of them and every op of the model means the same at the new opset (transformer_opset.py);
   otherwise a fusion whose op the model's opset lacks is not made.
@@ -36,14 +37,16 @@ from .transformer_gelu import (
     FuseGeluErfContrib,
     FuseGeluTanh,
 )
+from .transformer_gqa import FuseGroupedQueryAttention
 from .transformer_norm import MS, FuseLayerNorm, FuseResidualLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
 from .transformer_packed import FusePackedAttention, ShapeOfProjection
 from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
-STANDARD = [FuseAttention, FuseAttention4D, FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D, FuseRotaryEmbedding,
-               FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
+STANDARD = [FuseAttention, FuseAttention4D, FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseLayerNorm,
+            FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
+ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D,
+               FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
                FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 

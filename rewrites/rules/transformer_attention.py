@@ -271,8 +271,8 @@ def core_pattern(op, q4, k4, v4, scale, mask, cond, fill):
 class FuseAttention4D(Rule):
     """Attention on [B, N, S, H] heads that are not a plain head split (rotary-embedded q and k, K/V heads
     repeated for grouped-query attention): MatMul(Softmax(MatMul(q, Transpose(k, [0,1,3,2])) * scale + mask), v)
-    -> Attention(q, k, v, bias) with 4-D inputs (opset 23+). Repeated K/V heads stay repeated (the op runs as
-    multi-head attention over them). q made by a head-split Transpose is left to FuseAttention /
+    -> Attention(q, k, v, bias) with 4-D inputs (opset 23+). Repeated K/V heads are then taken unrepeated, as
+    grouped-query attention, by FuseGroupedQueryAttention (transformer_gqa.py). q made by a head-split Transpose is left to FuseAttention /
     FuseMultiHeadAttention, which also take the split and merge."""
 
     min_opset: ClassVar[int | None] = 23

@@ -1,0 +1,142 @@
+"""FuseGroupedQueryAttention (rewrites/rules/transformer_gqa.py): an Attention over K/V heads repeated in place
+(torch's repeat_interleave as Unsqueeze + Tile + Reshape, Hugging Face's repeat_kv as Expand + Reshape, or a
+Gather of each head index rep times) takes the unrepeated K and V (ONNX Attention's grouped-query form). Positive
+cases fuse in both output forms and compute the same on onnxruntime; negative ones (heads in the tiled order,
+K and V repeated differently, an Expand that also broadcasts the batch, a present K output in use) keep the
+repetition, say why, and compute the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import optc
+import pytest
+from onnx import helper
+from optc.rewrites.passes.infer_shapes import infer_model_types
+from optc.rewrites.rule import explain
+from optc.rewrites.rules.transformer_gqa import FuseGroupedQueryAttention
+
+from .test_transformer_fusion import F, G, assert_close, fuse, ops
+
+N, S, H = 8, 6, 16
+i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+
+
+def repeat(g: G, x: str, kv: int, rep: int, form: str, batch) -> str:
+    """x's kv heads ([batch, kv, S, H]) repeated rep times each: "tile" (Unsqueeze + Tile + Reshape), "expand"
+    (Unsqueeze + Expand + Reshape), "expand5" (Reshape to 5-D + Expand + Reshape), "gather" (Gather of each
+    head index rep times). Negative forms: "tile_order" (Tile on the heads axis: h0, h1, h0, h1), "gather_order"
+    (indices 0, 1, 0, 1), "expand_batch" (the Expand also broadcasts a batch of 1 to 2)."""
+    b = 2 if form == "expand_batch" else batch
+    merged = i64([0, kv * rep, S, H])  # 0: the batch dim as it is (symbolic or not)
+    if form in ("tile", "expand", "expand_batch"):
+        x5 = g.op("Unsqueeze", x, i64([2]))
+    elif form == "expand5":
+        x5 = g.op("Reshape", x, i64([0, kv, 1, S, H]))
+    if form == "tile":
+        t = g.op("Tile", x5, i64([1, 1, rep, 1, 1]))
+    elif form in ("expand", "expand5", "expand_batch"):
+        target = g.op("Concat", g.op("Slice", g.op("Shape", x5), i64([0]), i64([1])), i64([kv, rep, S, H]), axis=0)
+        t = g.op("Expand", x5, i64([b, kv, rep, S, H]) if form == "expand_batch" else target)
+    elif form == "tile_order":
+        return g.op("Tile", x, i64([1, rep, 1, 1]))
+    elif form in ("gather", "gather_order"):
+        idx = np.repeat(np.arange(kv), rep) if form == "gather" else np.tile(np.arange(kv), rep)
+        return g.op("Gather", x, i64(idx), axis=1)
+    return g.op("Reshape", t, merged)
+
+
+def gqa_graph(*, kv: int = 2, form: str = "tile", v_kv: int | None = None, batch=1):
+    """Attention core (MatMul, scale, causal Where, Softmax, MatMul) on q [batch, N, S, H] and K/V heads
+    repeated from [batch, kv, S, H] (V from `v_kv` heads when given), opset 23."""
+    g = G()
+    v_kv = v_kv or kv
+    k = repeat(g, "k", kv, N // kv, form, batch)
+    v = repeat(g, "v", v_kv, N // v_kv, form, batch)
+    s = g.op("Mul", g.op("MatMul", "q", g.op("Transpose", k, perm=[0, 1, 3, 2])), np.array(H ** -0.5, np.float32))
+    s = g.op("Where", g.const(np.tril(np.ones((S, S), bool))[None, None], "causal"), s,
+             np.array(np.finfo(np.float32).min, np.float32))
+    y = g.op("MatMul", g.op("Softmax", s, axis=-1), v)
+    qb = 2 if form == "expand_batch" else batch
+    return g.model([("q", F, [qb, N, S, H]), ("k", F, [batch, kv, S, H]), ("v", F, [batch, v_kv, S, H])], [y], 23)
+
+
+def feeds(batch=1, kv: int = 2, v_kv: int | None = None, qb=None) -> list[dict]:
+    rng = np.random.default_rng(7)
+    return [{"q": rng.normal(0, 1, (qb or batch, N, S, H)).astype(np.float32),
+             "k": rng.normal(0, 1, (batch, kv, S, H)).astype(np.float32),
+             "v": rng.normal(0, 1, (batch, v_kv or kv, S, H)).astype(np.float32)}]
+
+
+def attention_inputs(out) -> list[tuple]:
+    """(K's, V's) shapes as graph inputs feed them to each Attention (the graph's k / v, or a Squeeze of one)."""
+    return [tuple(n.input[1:3]) for n in out.graph.node if n.op_type == "Attention"]
+
+
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+@pytest.mark.parametrize("form,kv,batch", [("tile", 2, 1), ("expand", 2, 1), ("expand5", 4, 1), ("gather", 2, 1),
+                                           ("tile", 1, 1), ("expand", 2, "B")])
+def test_repeated_kv_heads_become_grouped_query_attention(runtime, form, kv, batch):
+    proto = gqa_graph(kv=kv, form=form, batch=batch)
+    out = fuse(proto, runtime)
+    have = ops(out)
+    assert have["Attention"] == 1 and have["Softmax"] == 0, dict(have)
+    assert have["Tile"] == have["Expand"] == have["Gather"] == 0, dict(have)
+    # K and V reach the Attention with their kv heads: the inputs themselves, or a Squeeze of the 5-D value
+    assert have["Squeeze"] == (2 if form == "expand5" else 0)
+    if form != "expand5":
+        assert attention_inputs(out) == [("k", "v")]
+    batches = [2, 1] if batch == "B" else [batch]
+    assert_close(proto, out, [f for b in batches for f in feeds(b, kv)])
+
+
+@pytest.mark.parametrize("form,kw,reason", [
+    ("tile_order", {}, "K or V is not a repeat of each head in place"),
+    ("gather_order", {}, "K or V is not a repeat of each head in place"),
+    ("expand_batch", {}, "K or V is not a repeat of each head in place"),
+    ("tile", {"v_kv": 1}, "K and V repeat their heads a different number of times"),
+])
+def test_other_repeats_are_not_grouped_query_attention(form, kw, reason):
+    proto = gqa_graph(form=form, **kw)
+    out = fuse(proto, "standard")
+    have = ops(out)
+    assert have["Attention"] == 1 and have["Tile"] + have["Expand"] + have["Gather"] >= 1, dict(have)
+    model = optc.from_onnx(out)
+    infer_model_types(model)
+    attention = next(n for n in model.graph if n.op_type == "Attention")
+    assert reason in explain(FuseGroupedQueryAttention, attention, model)
+    assert_close(proto, out, feeds(kv=2, v_kv=kw.get("v_kv"), qb=2 if form == "expand_batch" else None))
+
+
+def test_present_key_in_use_keeps_the_repeat():
+    """A hand-written Attention whose present_key is a graph output: that output has the repeated heads' shape,
+    so the repetition stays (the rewrite engine refuses a match with another output in use)."""
+    g = G()
+    k, v = repeat(g, "k", 2, N // 2, "tile", 1), repeat(g, "v", 2, N // 2, "tile", 1)
+    g.nodes.append(helper.make_node("Attention", ["q", k, v], ["y", "present_key"]))
+    graph = helper.make_graph(g.nodes, "g", [helper.make_tensor_value_info(n, F, s) for n, s in
+                                             (("q", [1, N, S, H]), ("k", [1, 2, S, H]), ("v", [1, 2, S, H]))],
+                              [helper.make_tensor_value_info(n, F, [1, N, S, H]) for n in ("y", "present_key")],
+                              g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    out = fuse(proto, "standard")
+    assert ops(out)["Tile"] == 2
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    attention = next(n for n in model.graph if n.op_type == "Attention")
+    assert "'present_key' (of Attention 'y') is a graph output" in explain(FuseGroupedQueryAttention, attention, model)
+    assert_close(proto, out, feeds())
+
+
+def test_hand_written_attention_with_a_mask_input():
+    """The rule takes any standard Attention (here with an additive mask input and is_causal unset), keeping its
+    other inputs and attributes."""
+    g = G()
+    k, v = repeat(g, "k", 2, N // 2, "expand", 1), repeat(g, "v", 2, N // 2, "expand", 1)
+    mask = g.const(np.random.default_rng(3).normal(0, 1, (S, S)).astype(np.float32), "mask")
+    g.nodes.append(helper.make_node("Attention", ["q", k, v, mask], ["y"], scale=0.3))
+    proto = g.model([("q", F, [1, N, S, H]), ("k", F, [1, 2, S, H]), ("v", F, [1, 2, S, H])], ["y"], 23)
+    out = fuse(proto, "onnxruntime")
+    node = next(n for n in out.graph.node if n.op_type == "Attention")
+    assert list(node.input)[:3] == ["q", "k", "v"] and len(node.input) == 4
+    assert [(a.name, a.f) for a in node.attribute] == [("scale", pytest.approx(0.3))]
+    assert_close(proto, out, feeds())
