@@ -374,6 +374,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
 
     from . import schedules  # noqa: PLC0415
     from .ieee_bits import class_tests_on_bits  # noqa: PLC0415
+    from .noalias import single_buffer_noalias  # noqa: PLC0415
     from .zero_size import zero_size_constants_as_allocations  # noqa: PLC0415
 
     kind = target_kind(target)
@@ -408,6 +409,7 @@ def _lowering_pipeline(target, database=None, schedule: str = "default", report:
             relax.transform.LowerRuntimeBuiltin(),
             relax.transform.ComputePrimValue(),
             relax.transform.VMShapeLower(),
+            single_buffer_noalias(),  # the shape function's missing noalias cost every kernel its own
             relax.transform.AttachGlobalSymbol(),
         ]
         with target:
