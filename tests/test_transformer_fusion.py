@@ -12,11 +12,15 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import optc
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+import optc
+from optc.rewrites.passes.infer_shapes import infer_model_types
 from optc.rewrites.pipelines import level_spec
+from optc.rewrites.rule import explain
 from optc.rewrites.rules._testing import run_ort
+from optc.rewrites.rules.transformer_attention import FuseMultiHeadAttention
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(0)
@@ -149,7 +153,8 @@ def attention_graph(*, opset: int = 17, mask: str = "padding", heads: int = 4, k
     Reshape (shape computed from Shape/Gather/Concat when `dynamic`) + Transpose, MatMul, Div or Mul scale, a mask
     ("padding": from a 2-D int mask through Unsqueeze/Cast/Sub/Mul; "causal": Where with a constant lower
     triangle; "causal_add": an additive constant triangle; "none"), Softmax, MatMul, Transpose + Reshape merge,
-    the output projection. `kv_heads=1`: one K/V head broadcast over the query heads by MatMul (multi-query attention, not fused)."""
+    the output projection. `kv_heads=1`: one K/V head broadcast over the query heads by MatMul (multi-query
+    attention); another count below the query heads' does not broadcast (an invalid model)."""
     g = G()
     dh = hidden // heads
     kvh = kv_heads or heads
@@ -529,7 +534,25 @@ def test_gpt2_causal_attention_fuses(mask, runtime, op):
     check_fused(proto, runtime, [op], gone=["Softmax"], feeds_list=attention_feeds(proto, batch=1))
 
 
-@pytest.mark.parametrize("kwargs", [{"softmax_axis": 2}, {"kv_heads": 1}, {"big_mask": True},
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_one_broadcast_kv_head_is_multi_query_attention(runtime, dynamic):
+    """One K/V head that the MatMuls broadcast over the query heads (multi-query attention): the standard
+    Attention with kv_num_heads = 1 in both forms (com.microsoft MultiHeadAttention does not take it)."""
+    proto = attention_graph(kv_heads=1, dynamic=dynamic)
+    out = check_fused(proto, runtime, ["Attention"], gone=["Softmax", MHA],
+                      feeds_list=attention_feeds(proto, batch=3 if dynamic else 1))
+    node = next(n for n in out.graph.node if n.op_type == "Attention")
+    heads = {a.name: a.i for a in node.attribute if a.name.endswith("num_heads")}
+    assert heads == {"q_num_heads": 4, "kv_num_heads": 1}
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    root = [n for n in model.graph if n.op_type == "Reshape"][-1]  # the head merge, the pattern's root
+    assert "K/V have another head count (a single K/V head: the standard form's Attention takes it)" in \
+        explain(FuseMultiHeadAttention, root, model)
+
+
+@pytest.mark.parametrize("kwargs", [{"softmax_axis": 2}, {"big_mask": True},
                                     {"scale": "input"}, {"mask": "causal_small_fill", "dynamic": False}])
 def test_attention_negative(kwargs):
     proto = attention_graph(**kwargs)
@@ -586,7 +609,8 @@ def core_graph(*, opset: int = 18, kv_heads: int = 4, q_from: str = "rope") -> o
     """The attention core on [B, N, S, H] heads as a Llama export has it: q and k rotary-embedded (q * cos +
     rotate_half(q) * sin), K/V heads repeated by Unsqueeze/Tile/Reshape (repeat_interleave), a causal bias,
     MatMul(q, Transpose(k, [0,1,3,2])) / sqrt(H), Softmax, MatMul with v. `q_from="transpose"`: q straight from
-    a Transpose (the head-split form, FuseAttention's), `kv_heads=1` with no repeat: a broadcast K (not fused)."""
+    a Transpose (the head-split form, FuseAttention's), `kv_heads=1` with no repeat: a K/V head broadcast by the
+    MatMuls (multi-query attention)."""
     g = G()
     n, s, h = 4, 8, 16
     i64 = lambda v: np.array(v, np.int64)  # noqa: E731
@@ -631,10 +655,19 @@ def test_rotary_and_repeated_kv_attention_fuses_on_4d_heads(runtime, kv_heads):
     assert {o.domain: o.version for o in out.opset_import}[""] == 23
 
 
-@pytest.mark.parametrize("kwargs", [{"kv_heads": 1}, {"q_from": "transpose"}, {"opset": 17}])
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+def test_one_broadcast_kv_head_is_multi_query_attention_on_4d_heads(runtime):
+    """K/V [1, 1, S, H] that the MatMuls broadcast over 4 query heads: Attention with K/V of one head."""
+    proto = core_graph(kv_heads=1)
+    out = check_fused(proto, runtime, ["Attention", "RotaryEmbedding"], gone=["Softmax"],
+                      feeds_list=core_feeds(proto))
+    assert {o.domain: o.version for o in out.opset_import}[""] == 23
+
+
+@pytest.mark.parametrize("kwargs", [{"q_from": "transpose"}, {"opset": 17}])
 def test_4d_attention_negative(kwargs):
-    # a K/V head broadcast by MatMul; q from a head-split Transpose (FuseAttention's, which wants the split);
-    # an opset-17 model that cannot be raised to 23
+    # q from a head-split Transpose (FuseAttention's, which wants the split); an opset-17 model that cannot be
+    # raised to 23
     proto = core_graph(**kwargs)
     if kwargs.get("opset") == 17:
         proto = block_raise(proto)

@@ -15,7 +15,7 @@ from optc.rewrites.passes.infer_shapes import infer_model_types
 from optc.rewrites.rule import explain
 from optc.rewrites.rules.transformer_gqa import FuseGroupedQueryAttention
 
-from .test_transformer_fusion import F, G, assert_close, fuse, ops
+from .test_transformer_fusion import F, G, assert_close, fuse, ops, run_ort
 
 N, S, H = 8, 6, 16
 i64 = lambda v: np.array(v, np.int64)  # noqa: E731
@@ -140,3 +140,16 @@ def test_hand_written_attention_with_a_mask_input():
     assert list(node.input)[:3] == ["q", "k", "v"] and len(node.input) == 4
     assert [(a.name, a.f) for a in node.attribute] == [("scale", pytest.approx(0.3))]
     assert_close(proto, out, feeds())
+
+
+@pytest.mark.parametrize("form", ["tile", "gather"])
+def test_grouped_query_attention_compiles_and_matches_onnxruntime(form):
+    """The compile path lowers the grouped-query Attention (K/V of 2 heads for 8 query heads) and computes what
+    the unfused graph computes on onnxruntime."""
+    proto = gqa_graph(kv=2, form=form)
+    out = fuse(proto, "standard")
+    assert ops(out)["Tile"] == ops(out)["Gather"] == 0
+    f = feeds()[0]
+    got = next(iter(optc.compile(out).run(f).values()))
+    want = run_ort(proto, f)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -9,8 +9,9 @@ Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.p
   otherwise a fusion whose op the model's opset lacks is not made.
 * `transformer-onnxruntime`: onnxruntime's com.microsoft contrib ops MultiHeadAttention (and Attention, its
   input projections packed in, where they are linear projections of one input: transformer_packed.py), Gelu,
-  FastGelu, BiasGelu (any opset), SkipLayerNormalization (below opset 17 only: from 17 a residual block is Sum + LayerNormalization,
-  which onnxruntime's CPU kernels run faster), and the standard LayerNormalization (17+) / RMSNormalization (23+) and
+  FastGelu, BiasGelu (any opset), SkipLayerNormalization (below opset 17 only: from 17 a residual block is Sum +
+  LayerNormalization, which onnxruntime's CPU kernels run faster), and the standard LayerNormalization (17+) /
+  RMSNormalization (23+), 3-D Attention (23+, one K/V head: multi-query attention) and
   4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take) and
   RotaryEmbedding (23+; below, com.microsoft RotaryEmbedding), the opset raised as for the standard form.
 
@@ -28,7 +29,7 @@ from ...ir.core import Model
 from ..context import PassContext, PassResult
 from ..driver import apply_rules
 from ..pass_manager import Pass, register_pass
-from .transformer_attention import FuseAttention, FuseAttention4D, FuseMultiHeadAttention
+from .transformer_attention import FuseAttention, FuseAttention4D, FuseMultiHeadAttention, FuseMultiQueryAttention
 from .transformer_gelu import (
     FuseBiasGelu,
     FuseFastGelu,
@@ -45,9 +46,10 @@ from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
 STANDARD = [FuseAttention, FuseAttention4D, FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseLayerNorm,
             FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, ShapeOfProjection, FusePackedAttention, FuseAttention4D,
-               FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm,
-               FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
+ONNXRUNTIME = [FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjection, FusePackedAttention,
+               FuseAttention4D, FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseRotaryEmbeddingContrib,
+               FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu,
+               FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 
 

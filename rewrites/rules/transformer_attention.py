@@ -23,7 +23,10 @@ sequence lengths, so masks with holes and left padding keep their meaning (onnxr
 
 Outputs: the standard `Attention` (opset 23+) or onnxruntime's com.microsoft `MultiHeadAttention` with the
 mask as its `attention_bias`; both want the bias's last two dims to be [S, T], so a smaller one is Expanded.
-Grouped-query attention (fewer K/V heads) is not matched. The standard form also needs a kept score in every
+Grouped-query attention with one K/V head (multi-query attention, the head broadcast by the MatMuls) is
+fused too (kv_num_heads = 1; for onnxruntime, whose MultiHeadAttention does not take it, as the standard op:
+`FuseMultiQueryAttention`); K/V heads repeated in the graph are FuseGroupedQueryAttention's (transformer_gqa.py).
+The standard form also needs a kept score in every
 row of a constant mask or Where condition, and a constant condition (`check_no_masked_row`): onnxruntime's
 Attention computes fully masked rows otherwise than the graph; an additive mask computed at run time is still fused
 (a row of it that masks every key gives other values on onnxruntime's Attention).
@@ -136,10 +139,11 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
     return value
 
 
-def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:
-    """The attention's sizes: {"heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape it to, or
-    None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects what
-    is not a plain multi-head attention."""
+def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query: bool = False) -> dict:
+    """The attention's sizes: {"heads", "kv_heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape
+    it to, or None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects
+    what is not a plain multi-head attention (`multi_query`: or one K/V head that the MatMuls broadcast over the
+    query heads)."""
     shapes, reshape = {}, {}
     for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
         split = next(u.node for u in x.uses() if u.node.op_type == "Reshape" and u.node in m.nodes)
@@ -153,7 +157,9 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:
         shapes[name] = s4
     q4, k4, v4 = shapes["q"], shapes["k"], shapes["v"]
     n, h = q4[2], q4[3]
-    require(k4[2] == n and v4[2] == n, "K/V have another head count (grouped-query attention is not fused)")
+    one = multi_query and k4[2] == v4[2] == 1
+    require(k4[2] == v4[2] == n or one, "K/V have another head count" + (
+        "" if multi_query else " (a single K/V head: the standard form's Attention takes it)"))
     require(k4[3] == h, "Q and K heads differ in size")
     require(_same_dim(k4[0], q4[0]) and _same_dim(v4[0], q4[0]) and _same_dim(k4[1], v4[1]),
             "Q, K and V disagree on B or T")
@@ -164,7 +170,7 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill) -> dict:
     if list(m["merge"].attr("perm")) != _SPLIT:
         require(q4[0] == 1, "a sequence-first head merge ([S, B, N, H]) is [B, S, N, H] only for B = 1")
     value = check_scores(m, q_in, (q_in, k_in, v_in), scale, mask, cond, fill)
-    return {"heads": n, "scale": value, "S": q4[1], "T": k4[1],
+    return {"heads": n, "kv_heads": k4[2], "scale": value, "S": q4[1], "T": k4[1],
             "reshape": reshape, "out": full_shape(m.root.outputs[0]) if how else None, "merged": out_want}
 
 
@@ -218,7 +224,8 @@ def check_no_masked_row(m, mask, cond) -> None:
 
 
 class FuseAttention(Rule):
-    """The multi-head attention block -> Attention(q_in, k_in, v_in, bias) (opset 23+, 3-D inputs)."""
+    """The multi-head attention block -> Attention(q_in, k_in, v_in, bias) (opset 23+, 3-D inputs); with a
+    single K/V head broadcast over the query heads (multi-query attention), kv_num_heads = 1."""
 
     min_opset: ClassVar[int | None] = 23
     rounding: ClassVar[str] = ROUNDING
@@ -228,7 +235,7 @@ class FuseAttention(Rule):
                                  kscale)
 
     def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
-        m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill)
+        m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, multi_query=True)
         check_no_masked_row(m, mask, cond)
         return True
 
@@ -237,7 +244,16 @@ class FuseAttention(Rule):
         q3, k3, v3 = _inputs_3d(op, info, q_in, k_in, v_in)
         bias = _bias(op, m, info, q3, k3, mask, cond, fill)
         return _output(op, info, op.Attention(q3, k3, v3, bias, q_num_heads=info["heads"],
-                                              kv_num_heads=info["heads"], scale=info["scale"]))
+                                              kv_num_heads=info["kv_heads"], scale=info["scale"]))
+
+
+class FuseMultiQueryAttention(FuseAttention):
+    """For onnxruntime: the block with a single K/V head broadcast over the query heads, which com.microsoft
+    MultiHeadAttention does not take, -> the standard Attention with kv_num_heads = 1 (opset 23+)."""
+
+    def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
+        super().check(m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale)
+        return require(m.info["kv_heads"] == 1 < m.info["heads"], "K/V have the query heads: MultiHeadAttention's")
 
 
 class FuseMultiHeadAttention(FuseAttention):
@@ -271,8 +287,9 @@ def core_pattern(op, q4, k4, v4, scale, mask, cond, fill):
 class FuseAttention4D(Rule):
     """Attention on [B, N, S, H] heads that are not a plain head split (rotary-embedded q and k, K/V heads
     repeated for grouped-query attention): MatMul(Softmax(MatMul(q, Transpose(k, [0,1,3,2])) * scale + mask), v)
-    -> Attention(q, k, v, bias) with 4-D inputs (opset 23+). Repeated K/V heads are then taken unrepeated, as
-    grouped-query attention, by FuseGroupedQueryAttention (transformer_gqa.py). q made by a head-split Transpose is left to FuseAttention /
+    -> Attention(q, k, v, bias) with 4-D inputs (opset 23+); one K/V head broadcast by the MatMuls is taken as
+    it is (multi-query attention). Repeated K/V heads are then taken unrepeated, as grouped-query attention, by
+    FuseGroupedQueryAttention (transformer_gqa.py). q made by a head-split Transpose is left to FuseAttention /
     FuseMultiHeadAttention, which also take the split and merge."""
 
     min_opset: ClassVar[int | None] = 23
@@ -286,7 +303,10 @@ class FuseAttention4D(Rule):
         require(p is None or p.op_type != "Transpose", "q is a head split: FuseAttention's")
         qs, ks, vs = (full_shape(x) for x in (q4, k4, v4))
         require(all(s is not None and len(s) == 4 for s in (qs, ks, vs)), "q, k, v are not 4-D")
-        require(_same_dim(qs[1], ks[1]) and _same_dim(qs[1], vs[1]) and isinstance(qs[1], int),
+        # one K/V head broadcast by the MatMuls over the query heads is multi-query attention (ONNX's Attention
+        # reads K/V head j // N for query head j: head 0 for all)
+        require(isinstance(qs[1], int) and (_same_dim(qs[1], ks[1]) and _same_dim(qs[1], vs[1])
+                                            or ks[1] == vs[1] == 1),
                 "q, k, v have different (or unknown) head counts")
         require(_same_dim(qs[3], ks[3]) and _same_dim(ks[2], vs[2]) and _same_dim(qs[0], ks[0])
                 and _same_dim(qs[0], vs[0]), "q, k, v disagree on B, T or the head size")
