@@ -12,10 +12,9 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import optc
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-import optc
 from optc.rewrites.passes.infer_shapes import infer_model_types
 from optc.rewrites.pipelines import level_spec
 from optc.rewrites.rule import explain

@@ -28,8 +28,10 @@ fused too (kv_num_heads = 1; for onnxruntime, whose MultiHeadAttention does not 
 `FuseMultiQueryAttention`); K/V heads repeated in the graph are FuseGroupedQueryAttention's (transformer_gqa.py).
 The standard form also needs a kept score in every
 row of a constant mask or Where condition, and a constant condition (`check_no_masked_row`): onnxruntime's
-Attention computes fully masked rows otherwise than the graph; an additive mask computed at run time is still fused
-(a row of it that masks every key gives other values on onnxruntime's Attention).
+Attention computes fully masked rows otherwise than the graph; an additive mask computed at run time is fused only
+when its values are bounded above its dtype's minimum (value_bounds.py: BERT's (1 - mask) * -10000 from an integer
+mask, not a float mask input) or it is a key-padding mask, the same for every query row (then only a sequence with
+every key masked computes otherwise on onnxruntime).
 
 Rounding: not bit-exact: the fused kernel applies the scale and sums the products in its own order.
 """
@@ -45,6 +47,7 @@ from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float
 from .transformer_norm import MS
+from .value_bounds import value_bounds
 
 ROUNDING = "not bit-exact: the fused attention applies the scale and sums the products in its own order"
 
@@ -210,17 +213,32 @@ def _bias(op, m, info, q3, k3, mask, cond, fill):
 
 def check_no_masked_row(m, mask, cond) -> None:
     """For the standard Attention: no row of the mask may mask every key. onnxruntime's Attention (1.31) does not
-    compute a row whose bias is all -inf or finfo.min as the spec (and the unfused graph) does, a NaN row or a
-    uniform average of V: it writes other values. A Where condition must be a constant with a True in every row;
-    an additive mask that is a constant must have a score above -1e30 in every row (one computed at run time,
-    such as BERT's (1 - mask) * -10000, is taken as it is)."""
+    compute a row whose bias is all -inf or its dtype's minimum as the spec (and the unfused graph) does, a NaN
+    row or a uniform average of V: it writes zeros. A Where condition must be a constant with a True in every
+    row; an additive mask that is a constant must have a score above max(-1e30, the dtype's minimum) in every row
+    (compared in float64: -1e30 is -inf in float16); one computed at run time must be bounded above that floor
+    (`value_bounds`: BERT's (1 - mask) * -10000 from an integer mask is, a float graph input or a Where that
+    writes finfo.min is not) or be a key-padding mask, the same for every query row ([.., 1, T]), which masks a
+    whole row only for a sequence whose every key is masked (there onnxruntime writes zeros where the graph
+    gives NaN for a -inf fill, or the mean of V for a finite one)."""
     if cond is not None:
         c = m.const(cond)
         require(c is not None and bool(np.all(np.any(c, axis=-1))),
                 "Where's condition is not a constant with a kept score in every row")
     if mask is not None:
         c = m.const(mask)
-        require(c is None or bool(np.all(np.max(c, axis=-1) > -1e30)), "the mask masks every score of a row")
+        dtype = np.dtype(DataType(mask.dtype).numpy()) if mask.dtype is not None else np.dtype(np.float32)
+        floor = max(-1e30, float(np.finfo(dtype).min)) if dtype.kind == "f" else -1e30
+        if c is not None:
+            require(bool(np.all(np.max(np.asarray(c, np.float64), axis=-1) > floor)),
+                    "the mask masks every score of a row")
+        else:
+            bounds = value_bounds(m, mask)
+            shape = full_shape(mask)
+            key_padding = shape is not None and len(shape) >= 2 and shape[-2] == 1
+            require(key_padding or (bounds is not None and bounds[0] > floor),
+                    "a mask computed at run time may mask every score of a row (it varies by query row and is not "
+                    "bounded above the dtype's minimum)")
 
 
 class FuseAttention(Rule):

@@ -1,0 +1,104 @@
+"""Bounds of a value computed from constants and integer / bool graph inputs (interval arithmetic), for rules whose
+rewrite is exact only when some value cannot reach a threshold (an attention mask that never holds its dtype's
+minimum: see transformer_attention.check_no_masked_row).
+
+`value_bounds(m, v)` gives (lo, hi) with every element of v in [lo, hi] (float64 endpoints, +-inf allowed), or None
+when no bound is known: a float graph input, an op this module does not model, NaN in a constant, a chain deeper
+than `MAX_DEPTH`. Modelled: constants (the rule match's `m.const`), bool inputs [0, 1], integer inputs their dtype's
+range, Cast (the input's bounds; a float cast rounds by less than the bound's own magnitude, so the bound stays a
+bound once widened by one part in 2^10), data movement (Reshape, Unsqueeze, Squeeze, Expand, Transpose, Slice,
+Gather's data, Identity, Tile, Flatten: the input's bounds), Concat and Where (the union), Neg, Add, Sub and Mul
+(interval arithmetic, rounded outwards by the same margin).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.core import Value
+from ...ir.types import DataType
+
+MAX_DEPTH = 24
+_MOVES = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose", "Slice", "Gather", "Identity", "Tile",
+                    "Flatten"})
+_MARGIN = 2.0 ** -10  # relative widening for a float result's rounding (float16's is 2^-11)
+
+Bounds = tuple[float, float]
+
+
+def _widen(lo: float, hi: float) -> Bounds:
+    return lo - abs(lo) * _MARGIN, hi + abs(hi) * _MARGIN
+
+
+def _input_bounds(v: Value) -> Bounds | None:
+    if v.dtype is None:
+        return None
+    dt = DataType(v.dtype)
+    if dt == DataType.BOOL:
+        return 0.0, 1.0
+    np_dt = dt.numpy()
+    if np.issubdtype(np_dt, np.integer):
+        info = np.iinfo(np_dt)
+        return float(info.min), float(info.max)
+    return None
+
+
+def _mul(a: Bounds, b: Bounds) -> Bounds | None:
+    products = [x * y for x in a for y in b]
+    if any(np.isnan(p) for p in products):  # 0 * inf
+        return None
+    return _widen(min(products), max(products))
+
+
+def value_bounds(m, v: Value | None, depth: int = 0) -> Bounds | None:
+    """(lo, hi) bounding every element of `v`, or None (see the module doc). `m`: a rule match (for `m.const`)."""
+    if v is None or depth > MAX_DEPTH:
+        return None
+    c = m.const(v)
+    if c is not None:
+        arr = np.asarray(c)
+        if arr.dtype.kind not in "biuf" or arr.size == 0 or (arr.dtype.kind == "f" and np.isnan(arr).any()):
+            return None
+        return float(arr.min()), float(arr.max())
+    node = v.producer
+    if node is None:
+        return _input_bounds(v)
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    op = node.op_type
+
+    def of(i: int) -> Bounds | None:
+        return value_bounds(m, node.inputs[i], depth + 1) if i < len(node.inputs) else None
+
+    if op in _MOVES:
+        return of(0)
+    if op == "Cast":
+        b = of(0)
+        if b is None:
+            return None
+        lo, hi = _widen(*b)
+        try:
+            target = np.dtype(DataType(int(node.attr("to"))).numpy())
+        except (TypeError, ValueError):
+            return None
+        if target.kind == "f":  # a value past the target's range becomes an infinity
+            info = np.finfo(target)
+            lo, hi = (lo if lo >= float(info.min) else -np.inf), (hi if hi <= float(info.max) else np.inf)
+        return lo, hi
+    if op in ("Concat", "Where"):
+        parts = [of(i) for i in (range(len(node.inputs)) if op == "Concat" else (1, 2))]
+        if any(p is None for p in parts):
+            return None
+        return min(p[0] for p in parts), max(p[1] for p in parts)
+    if op == "Neg":
+        b = of(0)
+        return None if b is None else (-b[1], -b[0])
+    if op in ("Add", "Sub", "Mul"):
+        a, b = of(0), of(1)
+        if a is None or b is None:
+            return None
+        if op == "Mul":
+            return _mul(a, b)
+        lo, hi = (a[0] + b[0], a[1] + b[1]) if op == "Add" else (a[0] - b[1], a[1] - b[0])
+        return None if np.isnan(lo) or np.isnan(hi) else _widen(lo, hi)
+    return None
