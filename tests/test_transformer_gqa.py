@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import optc
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 from optc.rewrites.passes.infer_shapes import infer_model_types
 from optc.rewrites.rule import explain
 from optc.rewrites.rules.transformer_gqa import FuseGroupedQueryAttention
@@ -153,3 +153,47 @@ def test_grouped_query_attention_compiles_and_matches_onnxruntime(form):
     got = next(iter(optc.compile(out).run(f).values()))
     want = run_ort(proto, f)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_mask_sized_by_the_repeated_k_reads_the_unrepeated_shape():
+    """A symbolic sequence: the fused attention's mask is Expanded to [1, 1, S, T] with T from Shape(K). With K
+    a head repeat, ShapeOfRepeatedHeads reads T from the unrepeated K, so the repeat (here a Gather) is gone from
+    the graph and the TVM build proves the mask's T equal to K's (it refused the model before)."""
+    g = G()
+    k, v = repeat(g, "k", 2, N // 2, "gather", 1), repeat(g, "v", 2, N // 2, "gather", 1)
+    mask = g.op("Mul", g.op("Sub", np.array(1.0, np.float32), g.op("Cast", "keep", to=F)),
+                np.array(-10000.0, np.float32))
+    s = g.op("Mul", g.op("MatMul", "q", g.op("Transpose", k, perm=[0, 1, 3, 2])), np.array(H ** -0.5, np.float32))
+    y = g.op("MatMul", g.op("Softmax", g.op("Add", s, mask), axis=-1), v)
+    proto = g.model([("q", F, [1, N, "S", H]), ("k", F, [1, 2, "S", H]), ("v", F, [1, 2, "S", H]),
+                     ("keep", TensorProto.INT64, [1, 1, 1, "S"])], [y], 23)
+    out = optc.to_onnx(optc.optimize(proto, runtime="standard"))
+    have = ops(out)
+    assert have["Attention"] == 1 and have["Gather"] == 0, dict(have)
+    rng = np.random.default_rng(9)
+    for seq in (5, 3):
+        keep = np.ones((1, 1, 1, seq), np.int64)
+        keep[..., 0] = 0
+        f = {"q": rng.normal(0, 1, (1, N, seq, H)).astype(np.float32), "keep": keep,
+             **{n: rng.normal(0, 1, (1, 2, seq, H)).astype(np.float32) for n in "kv"}}
+        assert_close(proto, out, [f])
+        got = next(iter(optc.compile(out).run(f).values()))
+        np.testing.assert_allclose(got, run_ort(proto, f)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lo,hi,taken", [(2, 3, True), (-2, -1, True), (0, 1, True), (0, 2, False), (1, 4, False)])
+def test_shape_of_repeated_heads_only_off_the_heads_axis(lo, hi, taken):
+    from optc.rewrites.rules.transformer_gqa import ShapeOfRepeatedHeads
+
+    g = G()
+    k = repeat(g, "k", 2, N // 2, "tile", 1)
+    y = g.op("Slice", g.op("Shape", k), np.array([lo], np.int64), np.array([hi], np.int64))
+    proto = g.model([("k", F, [1, 2, S, H])], [], 23)
+    proto.graph.output.append(helper.make_tensor_value_info(y, TensorProto.INT64, None))
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    node = next(n for n in model.graph if n.op_type == "Slice")
+    text = explain(ShapeOfRepeatedHeads, node, model)
+    assert (" matches at " in text) == taken, text
+    if not taken:
+        assert "the range covers the heads axis" in text

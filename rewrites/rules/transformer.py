@@ -38,18 +38,18 @@ from .transformer_gelu import (
     FuseGeluErfContrib,
     FuseGeluTanh,
 )
-from .transformer_gqa import FuseGroupedQueryAttention
+from .transformer_gqa import FuseGroupedQueryAttention, ShapeOfRepeatedHeads
 from .transformer_norm import MS, FuseLayerNorm, FuseResidualLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
 from .transformer_packed import FusePackedAttention, ShapeOfProjection
 from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
-STANDARD = [FuseAttention, FuseAttention4D, FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseLayerNorm,
-            FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
+STANDARD = [FuseAttention, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
+            FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
 ONNXRUNTIME = [FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjection, FusePackedAttention,
-               FuseAttention4D, FuseGroupedQueryAttention, FuseRotaryEmbedding, FuseRotaryEmbeddingContrib,
-               FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm, FuseGeluErfContrib, FuseFastGelu,
-               FuseBiasGelu, FuseFastGeluBias]
+               FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
+               FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm,
+               FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 RUNTIMES = ("standard", "onnxruntime")
 
 

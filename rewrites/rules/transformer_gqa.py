@@ -15,6 +15,9 @@ axes, symbolic dims the same names), the same repeat count for K and V, no past 
 used (the present K/V would change shape; the rewrite engine refuses a match whose other outputs are used). The tiled order (heads [h0, h1, h0, h1], `Tile(x, [1, rep, 1, 1])`) is
 not GQA's and is refused.
 
+`ShapeOfRepeatedHeads` reads a repeat's dims other than the heads from the unrepeated value (the fused attention's
+mask is sized by Shape(K)), so that the repeat leaves the graph with the fusion.
+
 Rounding: bit-exact in ONNX's arithmetic (the same products and sums; a runtime's kernel may order them otherwise).
 """
 
@@ -88,6 +91,32 @@ def repeated_heads(m, r: Value) -> tuple[Value, Value | None, int] | None:
         if known and axes is not None and normalize_axes(axes, 5) == [2]:
             return p.inputs[0], None, rep
     return None, x5, rep
+
+
+class ShapeOfRepeatedHeads(Rule):
+    """Slice(Shape(r), [lo], [hi]) of a K/V head repeat r (see `repeated_heads`) over dims other than the heads
+    axis -> the same Slice of the unrepeated value's shape: the dims agree there. The fused attention's mask is
+    Expanded to [1, 1, S, T] with T read this way; once FuseGroupedQueryAttention takes the unrepeated K, the
+    repeat would otherwise stay only for its Shape (onnxruntime computing it every call; TVM unable to prove the
+    mask's T equal to K's)."""
+
+    def pattern(self, op, r, lo, hi):
+        return op.Slice(op.Shape(r), lo.const(), hi.const())
+
+    def check(self, m, r, lo, hi):
+        found = repeated_heads(m, r)
+        require(found is not None, "not a repeat of each head in place")
+        starts, ends = np.asarray(m.const(lo)), np.asarray(m.const(hi))
+        require(starts.size == 1 and ends.size == 1, "not one range")
+        a, b = (min(max(v + 4 if v < 0 else v, 0), 4) for v in (int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])))
+        require(a < b and (b <= 1 or a >= 2), "the range covers the heads axis")
+        m.info = found
+        return True
+
+    def rewrite(self, op, m, r, lo, hi):
+        x, x5, _ = m.info
+        base = x if x is not None else op.Squeeze(x5, np.array([2], np.int64))
+        return op.Slice(op.Shape(base), lo, hi)
 
 
 class FuseGroupedQueryAttention(Rule):
