@@ -357,6 +357,7 @@ def test_prune_step_with_nothing_to_prune_is_skipped(tmp_path):
 
     search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, calibration=None)
     search.float_path = lambda st: _Search.float_path(search, st)
+    search._best_criterion = lambda *a: 0.0  # (the choice of criterion: test_prune_step_keeps_the_more_accurate_...)
     state = {"float_file": None, "precision": None, "float_drop": 0.0}
     with pytest.raises(_Skip, match="multiple of 16"):
         _Search.candidate(search, {"name": "prune 10%", "kind": "prune", "param": 0.1}, state, 7)
@@ -403,6 +404,7 @@ def test_precision_on_a_pruned_model_gets_what_is_left_of_the_budget(tmp_path, m
     search._drop = lambda path, state: _Search._drop(search, path, state)
     search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
     search.float_path = lambda st: _Search.float_path(search, st)
+    search._best_criterion = lambda *a: _Search._best_criterion(search, *a)
     search._precision = lambda mode, src, drop: (budgets.append((mode, drop)) or optc.load(src), {})
     state = {"float_file": None, "precision": "dynamic", "float_drop": 0.0,
              "baseline": {"records": [{"value": 0.9861}]}}
@@ -461,8 +463,10 @@ def test_prune_step_keeps_the_more_accurate_of_plain_and_refitted(tmp_path, refi
     search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
     search.float_path = lambda st: _Search.float_path(search, st)
     search._reconstructed = lambda *a: _Search._reconstructed(search, *a)
+    search._best_criterion = lambda *a: _Search._best_criterion(search, *a)
     state = {"float_file": None, "precision": None, "float_drop": 0.0, "baseline": {"records": [{"value": 0.9861}]}}
     path, _, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state, 9)
+    assert details["criterion"] == "path" and details["drop_l1"] == details["drop_path"]  # a tie keeps "path"
     assert details["refitted"].startswith("1 of 2 layers")
     assert details["drop_plain"] == pytest.approx(0.28)
     assert details["drop_refitted"] == pytest.approx(0.0 if refit_better else 0.55)
@@ -475,6 +479,35 @@ def test_prune_step_keeps_the_more_accurate_of_plain_and_refitted(tmp_path, refi
     chosen = optc.load(path)
     want = refit if refit_better else plain
     for name in ("10.weight", "10.bias", "12.weight"):
+        np.testing.assert_array_equal(chosen.graph.initializers[name].const.numpy(),
+                                      want.graph.initializers[name].const.numpy())
+
+
+@pytest.mark.parametrize("l1_better", [True, False])
+def test_prune_step_keeps_the_more_accurate_criterion(tmp_path, l1_better):
+    """The prune step prunes by the "path" score and by the filter norm ("l1") and keeps the one with the smaller
+    drop on the test set (without calibration data: no refit)."""
+    import types
+
+    from optc.workflow.prune import prune
+
+    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
+                                   metric="top1", req=Requirements.parse(0.5), calibration=None)
+    l1_value, path_value = (0.9889, 0.9833) if l1_better else (0.9806, 0.9833)
+    search._evaluate = lambda p: {"value": l1_value if p.endswith(".l1.onnx") else path_value}
+    search._drop = lambda p, state: _Search._drop(search, p, state)
+    search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
+    search.float_path = lambda st: _Search.float_path(search, st)
+    search._best_criterion = lambda *a: _Search._best_criterion(search, *a)
+    state = {"float_file": None, "precision": None, "float_drop": 0.0, "baseline": {"records": [{"value": 0.9861}]}}
+    path, _, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state, 9)
+    assert details["criterion"] == ("l1" if l1_better else "path")
+    assert details["drop_l1"] == pytest.approx(-0.28 if l1_better else 0.55)
+    assert details["drop_path"] == pytest.approx(0.28)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".l1.onnx")]
+    want, _ = prune(MODEL, 0.5, criterion=details["criterion"])
+    chosen = optc.load(path)
+    for name in ("10.weight", "12.weight"):
         np.testing.assert_array_equal(chosen.graph.initializers[name].const.numpy(),
                                       want.graph.initializers[name].const.numpy())
 

@@ -550,7 +550,8 @@ class _Search:
             from .prune import prune
 
             # "path" ranks a channel by what its readers make of it too: on the digits classifier it kept the
-            # accuracy at 25% where the plain filter norm lost 1.4 points (benchmarks/RESULTS.md, "Pruning")
+            # accuracy at 25% where the plain filter norm lost 1.4 points (benchmarks/RESULTS.md, "Pruning"); at
+            # 50% the filter norm lost none where "path" lost a test sample: both are tried (`_best_criterion`)
             new_float, report = prune(load(float_path), step["param"], criterion="path")
             if not report.groups_pruned:
                 reasons = sorted({g.reason for g in report.groups_skipped})
@@ -558,8 +559,10 @@ class _Search:
             details = {k: v for k, v in _jsonable(report).items() if isinstance(v, int | float | str)}
         save(new_float, stem + ".float.onnx")
         float_drop = None
+        if kind == "prune":
+            float_drop = self._best_criterion(float_path, step["param"], stem, state, details)
         if kind == "prune" and self.calibration is not None:
-            float_drop = self._reconstructed(float_path, step["param"], stem, state, details)
+            float_drop = self._reconstructed(float_path, step["param"], stem, state, details, float_drop)
         if state["precision"] is None:
             os.replace(stem + ".float.onnx", stem + ".onnx")
             return stem + ".onnx", stem + ".onnx", details
@@ -570,17 +573,37 @@ class _Search:
         return stem + ".onnx", stem + ".float.onnx", {**details, **more, "float_drop": float_drop}
 
 
-    def _reconstructed(self, float_path: str, ratio: float, stem: str, state: dict, details: dict) -> float:
-        """Prune `float_path` again with the layers that read the pruned channels refitted on the calibration
-        data (`optc.workflow.reconstruct`); keep at `stem`.float.onnx whichever of the two pruned models, refitted
-        or plain (already there), has the smaller accuracy drop (the refitted one on a tie: its outputs are
-        closer to the original's), note both drops and the layers refitted in `details`, and return the kept
-        model's drop."""
+    def _best_criterion(self, float_path: str, ratio: float, stem: str, state: dict, details: dict) -> float:
+        """`stem`.float.onnx holds `float_path` pruned by the "path" criterion; prune it by "l1" (the filter norm)
+        too and keep there whichever has the smaller accuracy drop ("path" on a tie), note both drops and the
+        criterion in `details`, and return the kept model's drop."""
         from ..ir import load, save
         from .prune import prune
 
-        plain_drop = self._drop(stem + ".float.onnx", state)
-        refit, report = prune(load(float_path), ratio, criterion="path", calibration=self.calibration)
+        drops = {"path": self._drop(stem + ".float.onnx", state)}
+        other, report = prune(load(float_path), ratio, criterion="l1")
+        if report.groups_pruned:
+            save(other, stem + ".l1.onnx")
+            drops["l1"] = self._drop(stem + ".l1.onnx", state)
+            if drops["l1"] < drops["path"]:
+                os.replace(stem + ".l1.onnx", stem + ".float.onnx")
+            else:
+                os.remove(stem + ".l1.onnx")
+        details["criterion"] = min(drops, key=lambda c: (drops[c], c != "path"))
+        details.update({f"drop_{c}": d for c, d in drops.items()})
+        return drops[details["criterion"]]
+
+    def _reconstructed(self, float_path: str, ratio: float, stem: str, state: dict, details: dict,
+                       plain_drop: float) -> float:
+        """Prune `float_path` again by `details["criterion"]` with the layers that read the pruned channels
+        refitted on the calibration data (`optc.workflow.reconstruct`); keep at `stem`.float.onnx whichever of the
+        two pruned models, refitted or plain (already there, with `plain_drop`), has the smaller accuracy drop
+        (the refitted one on a tie: its outputs are closer to the original's), note both drops and the layers
+        refitted in `details`, and return the kept model's drop."""
+        from ..ir import load, save
+        from .prune import prune
+
+        refit, report = prune(load(float_path), ratio, criterion=details["criterion"], calibration=self.calibration)
         fits = report.reconstruction or []
         done = [f for f in fits if f.status == "refitted"]
         details["refitted"] = f"{len(done)} of {len(fits)} layers that read pruned channels"
