@@ -449,23 +449,27 @@ def test_tvm_int8_estimate_counts_quantizing_unless_a_qdq_model_is_reused(tmp_pa
     assert _step_estimate(search, {"name": "tvm bf16", "kind": "tvm", "param": "bf16"}, state) == 20.0
 
 
+def _prune_step(tmp_path, calibration, values: dict[str, float], other: float) -> tuple[str, dict]:
+    """Run the `prune 50%` step of a stand-in search on MODEL whose test-set top-1 is values[suffix] for a file
+    ending in that suffix, else `other` (baseline 0.9861); (the kept model's path, the step's details)."""
+    import types
+
+    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
+                                   metric="top1", req=Requirements.parse(0.5), calibration=calibration)
+    search._evaluate = lambda p: {"value": next((v for k, v in values.items() if p.endswith(k)), other)}
+    for name in ("_drop", "_drop_of", "float_path", "_reconstructed", "_best_criterion"):
+        setattr(search, name, getattr(_Search, name).__get__(search))
+    state = {"float_file": None, "precision": None, "float_drop": 0.0, "baseline": {"records": [{"value": 0.9861}]}}
+    path, _, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state, 9)
+    return path, details
+
+
 @pytest.mark.parametrize("refit_better", [True, False])
 def test_prune_step_keeps_the_more_accurate_of_plain_and_refitted(tmp_path, refit_better):
     """With calibration data the prune step also builds the pruned model with the layers that read the pruned
     channels refitted (optc.workflow.reconstruct) and keeps whichever has the smaller drop on the test set."""
-    import types
-
-    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
-                                   metric="top1", req=Requirements.parse(0.5), calibration=CALIB)
     refit_value, plain_value = (0.9861, 0.9833) if refit_better else (0.9806, 0.9833)
-    search._evaluate = lambda path: {"value": refit_value if path.endswith(".refit.onnx") else plain_value}
-    search._drop = lambda path, state: _Search._drop(search, path, state)
-    search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
-    search.float_path = lambda st: _Search.float_path(search, st)
-    search._reconstructed = lambda *a: _Search._reconstructed(search, *a)
-    search._best_criterion = lambda *a: _Search._best_criterion(search, *a)
-    state = {"float_file": None, "precision": None, "float_drop": 0.0, "baseline": {"records": [{"value": 0.9861}]}}
-    path, _, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state, 9)
+    path, details = _prune_step(tmp_path, CALIB, {".refit.onnx": refit_value}, plain_value)
     assert details["criterion"] == "path" and details["drop_l1"] == details["drop_path"]  # a tie keeps "path"
     assert details["refitted"].startswith("1 of 2 layers")
     assert details["drop_plain"] == pytest.approx(0.28)
@@ -487,20 +491,10 @@ def test_prune_step_keeps_the_more_accurate_of_plain_and_refitted(tmp_path, refi
 def test_prune_step_keeps_the_more_accurate_criterion(tmp_path, l1_better):
     """The prune step prunes by the "path" score and by the filter norm ("l1") and keeps the one with the smaller
     drop on the test set (without calibration data: no refit)."""
-    import types
-
     from optc.workflow.prune import prune
 
-    search = types.SimpleNamespace(work=str(tmp_path), outdir=str(tmp_path), model=MODEL, against_baseline=False,
-                                   metric="top1", req=Requirements.parse(0.5), calibration=None)
     l1_value, path_value = (0.9889, 0.9833) if l1_better else (0.9806, 0.9833)
-    search._evaluate = lambda p: {"value": l1_value if p.endswith(".l1.onnx") else path_value}
-    search._drop = lambda p, state: _Search._drop(search, p, state)
-    search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
-    search.float_path = lambda st: _Search.float_path(search, st)
-    search._best_criterion = lambda *a: _Search._best_criterion(search, *a)
-    state = {"float_file": None, "precision": None, "float_drop": 0.0, "baseline": {"records": [{"value": 0.9861}]}}
-    path, _, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state, 9)
+    path, details = _prune_step(tmp_path, None, {".l1.onnx": l1_value}, path_value)
     assert details["criterion"] == ("l1" if l1_better else "path")
     assert details["drop_l1"] == pytest.approx(-0.28 if l1_better else 0.55)
     assert details["drop_path"] == pytest.approx(0.28)
