@@ -160,9 +160,9 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query
         shapes[name] = s4
     q4, k4, v4 = shapes["q"], shapes["k"], shapes["v"]
     n, h = q4[2], q4[3]
-    one = multi_query and k4[2] == v4[2] == 1
-    require(k4[2] == v4[2] == n or one, "K/V have another head count" + (
-        "" if multi_query else " (a single K/V head: the standard form's Attention takes it)"))
+    single = k4[2] == v4[2] == 1
+    require(k4[2] == v4[2] == n or (multi_query and single), "K/V have another head count" + (
+        " (a single K/V head: the standard form's Attention takes it)" if single and not multi_query else ""))
     require(k4[3] == h, "Q and K heads differ in size")
     require(_same_dim(k4[0], q4[0]) and _same_dim(v4[0], q4[0]) and _same_dim(k4[1], v4[1]),
             "Q, K and V disagree on B or T")
