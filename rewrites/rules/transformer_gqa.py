@@ -93,6 +93,12 @@ def repeated_heads(m, r: Value) -> tuple[Value, Value | None, int] | None:
     return None, x5, rep
 
 
+def unrepeated(op, found: tuple[Value, Value | None, int]) -> Value:
+    """The [B, Nkv, T, H] source of a `repeated_heads` result: x itself, or Squeeze(x5, [2])."""
+    x, x5, _ = found
+    return x if x is not None else op.Squeeze(x5, np.array([2], np.int64))
+
+
 class ShapeOfRepeatedHeads(Rule):
     """Slice(Shape(r), [lo], [hi]) of a K/V head repeat r (see `repeated_heads`) over dims other than the heads
     axis -> the same Slice of the unrepeated value's shape: the dims agree there. The fused attention's mask is
@@ -114,9 +120,7 @@ class ShapeOfRepeatedHeads(Rule):
         return True
 
     def rewrite(self, op, m, r, lo, hi):
-        x, x5, _ = m.info
-        base = x if x is not None else op.Squeeze(x5, np.array([2], np.int64))
-        return op.Slice(op.Shape(base), lo, hi)
+        return op.Slice(op.Shape(unrepeated(op, m.info)), lo, hi)
 
 
 class FuseGroupedQueryAttention(Rule):
@@ -140,6 +144,4 @@ class FuseGroupedQueryAttention(Rule):
         return True
 
     def rewrite(self, op, m, q, k, v):
-        kv = [x if x is not None else op.Squeeze(x5, np.array([2], np.int64)) for x, x5, _ in m.info]
-        rest = list(m.root.inputs[3:])
-        return op.Attention(q, *kv, *rest, **dict(m.root.attributes))
+        return op.Attention(q, *(unrepeated(op, f) for f in m.info), *m.root.inputs[3:], **dict(m.root.attributes))
