@@ -45,7 +45,7 @@ import numpy as np
 from ...ir.types import DataType, TensorType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, is_float
+from ._util import full_shape, is_float, np_dtype
 from .transformer_norm import MS
 from .value_bounds import value_bounds
 
@@ -227,7 +227,7 @@ def check_no_masked_row(m, mask, cond) -> None:
                 "Where's condition is not a constant with a kept score in every row")
     if mask is not None:
         c = m.const(mask)
-        dtype = np.dtype(DataType(mask.dtype).numpy()) if mask.dtype is not None else np.dtype(np.float32)
+        dtype = np.dtype(np_dtype(mask) or np.float32)
         floor = max(-1e30, float(np.finfo(dtype).min)) if dtype.kind == "f" else -1e30
         if c is not None:
             require(bool(np.all(np.max(np.asarray(c, np.float64), axis=-1) > floor)),

@@ -17,6 +17,7 @@ import numpy as np
 
 from ...ir.core import Value
 from ...ir.types import DataType
+from ._util import np_dtype
 
 MAX_DEPTH = 24
 _MOVES = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose", "Slice", "Gather", "Identity", "Tile",
@@ -31,12 +32,11 @@ def _widen(lo: float, hi: float) -> Bounds:
 
 
 def _input_bounds(v: Value) -> Bounds | None:
-    if v.dtype is None:
+    np_dt = np_dtype(v)
+    if np_dt is None:
         return None
-    dt = DataType(v.dtype)
-    if dt == DataType.BOOL:
+    if np.dtype(np_dt) == np.bool_:
         return 0.0, 1.0
-    np_dt = dt.numpy()
     if np.issubdtype(np_dt, np.integer):
         info = np.iinfo(np_dt)
         return float(info.min), float(info.max)
