@@ -3,8 +3,9 @@ time until the accuracy drop is within the budget (as NNCF's and Intel Neural Co
 
 Sensitivity of a quantized layer: the error it *adds*, measured on the calibration data in one run of the float
 and one of the quantized model: NRMSE(output) - max NRMSE(the nearest quantized layers feeding it), where
-NRMSE = sqrt(mean((quantized - float)^2)) / std(float) of the layer's output tensor. A layer with a large error
-of its own ranks first; a layer that only inherits its inputs' error ranks low.
+NRMSE = sqrt(mean((quantized - float)^2)) / std(float) of the layer's output as its readers see it (after the
+layer's own output QuantizeLinear/DequantizeLinear, where it has one). A layer with a large error of its own ranks
+first; a layer that only inherits its inputs' error ranks low.
 
 The ranges are calibrated once; each step re-runs only the QDQ rules (cheap) and the evaluation.
 """

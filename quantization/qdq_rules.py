@@ -61,8 +61,9 @@ class QdqContext:
     keep_float: set[str] = field(default_factory=set)
     quantized: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: quantized node name -> (its output's name before quantization, the new node's float output Value)
-    outputs: dict[str, tuple[str, Value]] = field(default_factory=dict)
+    #: quantized node name -> (its output's name before quantization, the new node's float output Value, the
+    #: dequantized output its readers see: None where it has no output Q/DQ pair of its own or absorbed a Relu)
+    outputs: dict[str, tuple[str, Value, Value | None]] = field(default_factory=dict)
     _params: dict[str, QParams] = field(default_factory=dict)
 
     def excluded(self, node: Node) -> bool:
@@ -372,12 +373,15 @@ class QuantizeOp(Rule):
         label = node_label(node)
         self.ctx.quantized[label] = node.op_type
         self.ctx.skipped.pop(label, None)
-        self.ctx.outputs[label] = (node.outputs[0].name, y)
+        self.ctx.outputs[label] = (node.outputs[0].name, y, None)
         if out_qp is None:
             return y
         if absorbed is not None:
             self.ctx.quantized[node_label(absorbed)] = f"{absorbed.op_type} (absorbed into {node.op_type}'s output range)"
-        return _qdq(op, y, out_qp, f"{node.outputs[0].name}")
+            return _qdq(op, y, out_qp, f"{node.outputs[0].name}")
+        seen = _qdq(op, y, out_qp, f"{node.outputs[0].name}")
+        self.ctx.outputs[label] = (node.outputs[0].name, y, seen)
+        return seen
 
     def _bias(self, op, node: Node, inputs: list, act_scale, wq: QParams | None, hint: str):
         """The int32 bias behind a DequantizeLinear; the float bias when the scales are not known constants."""
