@@ -949,13 +949,10 @@ def _pick_boundary(stmt, var) -> int:
 
     _walk(stmt.body, (ir.Call, on_call))
     _walk(stmt.body, (tirx.Select, on_select))
-    step = 0
+    constants: list[int] = []
     for cond in conditions:
-        constants: list[int] = []
         _walk(cond, (tirx.IntImm, lambda imm: constants.append(abs(int(imm.value)))))
-        for c in constants:
-            step = math.gcd(step, c)
-    return step if conditions else 0
+    return math.gcd(*constants) if conditions else 0
 
 
 def _vector_rows_and_tail(sch: s_tir.Schedule, loops: list, extents: list[int], lanes: int, parallel: bool) -> bool:
