@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from models import bert_like, resnet_like
 from onnxruntime.quantization import CalibrationDataReader
-from report import RESULTS, write_section
+from report import RESULTS, cpu_model, write_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
@@ -233,13 +233,6 @@ def _best_ort(rows: list[dict]) -> dict | None:
     if within:
         return max(within, key=lambda r: r["speedup"])
     return max(ok, key=lambda r: r["value"]) if ok else None
-
-
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _cell(x, spec: str, scale: float = 1.0, suffix: str = "") -> str:

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers: the same MLP and processes
+from report import cpu_model  # noqa: E402
+
 from tests.test_rpc import CLI, Cluster, mlp  # noqa: E402
 
 
@@ -65,7 +67,7 @@ def main() -> None:
             finally:
                 cluster.stop()
     base = rows[0][1]["wall"]
-    print(f"trials {args.trials}; CPU: {_cpu()} ({os.cpu_count()} cores)\n")
+    print(f"trials {args.trials}; CPU: {cpu_model()} ({os.cpu_count()} cores)\n")
     print("| run | wall (s) | vs 1 server | trials | measured per server | failed |")
     print("|---|---:|---:|---:|---|---|")
     for label, r in rows:
@@ -73,13 +75,6 @@ def main() -> None:
         failed = sum(r["rpc"]["failed"].values())
         print(f"| {label} | {r['wall']:.1f} | {base / r['wall']:.2f}x | {r['trials']} | {per} | {failed}"
               + (" (killed during its first measurement)" if r["killed"] else "") + " |")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -29,27 +29,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from optc.codegen.fast_math import MAX_ULP, OPS, compiled_op
-from report import RESULTS, write_section
+from report import RESULTS, cpu_model, write_section
 
 TINY_NORMAL = 2.0**-126
 F32_MAX = float(np.finfo(np.float32).max)
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def llvm_cpu() -> str:

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from report import RESULTS, write_section  # noqa: E402
+from report import RESULTS, cpu_model, write_section  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -208,14 +208,6 @@ def measure(run: dict, rounds: int, repeat: int) -> dict[str, float]:
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -260,7 +252,7 @@ def markdown(rows: list[dict], args, isas: list[str], flags: list[str]) -> str:
     lines = [
         "## int8 kernels",
         "",
-        f"`python benchmarks/int8_kernels.py` — {cpu_name()} ({', '.join(flags)}; optc's int8 instruction set: "
+        f"`python benchmarks/int8_kernels.py` — {cpu_model()} ({', '.join(flags)}; optc's int8 instruction set: "
         f"{isas[0] if isas else 'none'}), {THREADS} thread(s), {args.rounds} alternating rounds x {args.repeat} "
         "calls, medians of the calling thread's CPU time in ms (GOPS = 2 x multiply-adds / s). int8: uint8 "
         f"activations (zero point {A_ZP}) x int8 per-channel weights, requantized to uint8; onnxruntime runs the same "

@@ -27,7 +27,7 @@ THREADS = int(os.environ.setdefault("TVM_NUM_THREADS", "1"))  # TVM reads it onc
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
-from report import RESULTS, write_section  # noqa: E402
+from report import RESULTS, cpu_model, write_section  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "_work", "per_call")
@@ -115,21 +115,13 @@ def main() -> int:
     return 0
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def markdown(rows: list[dict], args) -> str:
     from importlib.metadata import version
 
     argv = " ".join(a for a in sys.argv[1:] if a not in args.note and a != "--note")
     lines = ["## Per-call overhead", "",
              f"`python benchmarks/per_call.py {argv}`".replace(" `", "`") + f" — {time.strftime('%Y-%m-%d')}, "
-             f"{_cpu_name()}, {platform.machine()}, {os.cpu_count()} cores (shared with other engineers' jobs), "
+             f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores (shared with other engineers' jobs), "
              f"Python {platform.python_version()}; TVM {version('apache-tvm')}, onnxruntime "
              f"{version('onnxruntime')} (ORT_ENABLE_ALL), {THREADS} thread(s) each. Median microseconds per call "
              f"over {args.rounds} alternating rounds of {args.repeat} calls. ratio = optc run / onnxruntime "

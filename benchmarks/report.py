@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -23,3 +24,16 @@ def write_section(path: str, section: str) -> None:
     with open(tmp, "w") as f:
         f.write(new)
     os.replace(tmp, path)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC 9B45"), else what `platform` knows: the CPU that
+    every figure of RESULTS.md names."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

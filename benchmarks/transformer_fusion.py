@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 import onnx
 from models import TRANSFORMER_KINDS, export_transformer
-from report import RESULTS, write_section
+from report import RESULTS, cpu_model, write_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "_work", "transformer_fusion")
@@ -36,14 +36,6 @@ QUICK = {"bert": dict(layers=2, hidden=128, heads=4, ffn=512), "gpt2": dict(laye
                                                                                          kv_heads=2, ffn=344)}
 FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "SkipLayerNormalization",
          "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "Gelu", "FastGelu", "BiasGelu")
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def feeds(proto: onnx.ModelProto, seq: int) -> dict:
@@ -151,7 +143,7 @@ def main() -> int:
     section = "\n".join([
         "## Transformer fusion",
         "",
-        f"`python benchmarks/transformer_fusion.py{' --quick' if args.quick else ''}` on {cpu_name()}, "
+        f"`python benchmarks/transformer_fusion.py{' --quick' if args.quick else ''}` on {cpu_model()}, "
         f"onnxruntime {__import__('onnxruntime').__version__}, ORT_ENABLE_ALL, 1 thread, batch 1, sequence {seq} "
         f"(ViT: 197 tokens{' at 224x224' if not args.quick else ''}), left-padded mask; median ms of {rounds} "
         "rounds alternating the variants. The machine is shared: compare ratios within a row.",

@@ -31,10 +31,10 @@ THREADS = int(os.environ.setdefault("TVM_NUM_THREADS", "1"))  # read once, when 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from int8_kernels import cpu_name, measure  # noqa: E402
+from int8_kernels import measure  # noqa: E402
 from models import bert_like, gpt2_like  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from report import RESULTS, write_section  # noqa: E402
+from report import RESULTS, cpu_model, write_section  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -115,7 +115,7 @@ def markdown(rows: list[dict], args) -> str:
     lines = [
         "## Weight-only int4",
         "",
-        f"`python benchmarks/weight_int4.py` — {cpu_name()}, {THREADS} thread(s), {args.rounds} alternating rounds x "
+        f"`python benchmarks/weight_int4.py` — {cpu_model()}, {THREADS} thread(s), {args.rounds} alternating rounds x "
         f"{args.repeat} calls, medians of the calling thread's CPU time in ms. int4: `optc quantize --weight-only int4 "
         f"--format contrib` (block 32, asymmetric); onnxruntime {ort.__version__} runs the same MatMulNBits model "
         "(accuracy_level 0: float32 compute, the computation optc's kernel does). `diff`: largest |optc int4 - ort "
