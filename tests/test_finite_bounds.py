@@ -155,3 +155,93 @@ def test_a_qdq_residual_block_equals_onnxruntime_and_the_select_everywhere_build
 
     monkeypatch.setattr(quant, "finite_quotient", lambda x, scale: False)
     np.testing.assert_array_equal(got, optc.compile(model).run({"x": x})["y"])
+
+
+_F32_MIN = float(np.finfo(np.float32).min)
+
+
+def _mask_model(mask_value: float, then: str = "Softmax") -> onnx.ModelProto:
+    """Scores a = DQ(q) plus an additive mask holding `mask_value` (attention's causal fill), then `then`."""
+    mask = np.zeros((4, 8), np.float32)
+    mask[:, 4:] = mask_value
+    return _graph([h.make_node("DequantizeLinear", ["q", "s", "z"], ["a"]), h.make_node("Add", ["a", "m"], ["sum"]),
+                   h.make_node(then, ["sum"], ["y"], **({"axis": -1} if then == "Softmax" else {}))],
+                  _Q, [*_SCALE, nh.from_array(mask, "m")])
+
+
+def test_a_softmax_of_scores_masked_with_the_float_minimum_is_bounded():
+    """Scores + float32's minimum are finite (the sum rounds to the minimum), so the softmax holds no NaN (its row
+    maximum is finite and exp(0) = 1 is in every sum): bound 1, and the masked sum's quantization needs no NaN
+    select. A Llama-style QDQ export had 26 NaN selects, 9 after this and the RMS norm bounds."""
+    assert magnitude_bound(_value(_mask_model(_F32_MIN))) == 1.0
+    assert magnitude_bound(_value(_mask_model(_F32_MIN), "sum")) is None  # (not for sums: only finite)
+    m = from_onnx(onnx.shape_inference.infer_shapes(_mask_model(_F32_MIN)))
+    total = next(o for n in m.graph for o in n.outputs if o is not None and o.name == "sum")
+    assert finite_quotient(total, m.graph.initializers["s"])
+
+
+@pytest.mark.parametrize("case", ["infinite mask", "averaged", "exponent 0.5", "sqrt of a signed value",
+                                  "rms without eps", "dequantized floor 0"])
+def test_no_finite_claim_where_a_nan_or_infinity_can_happen(case):
+    """-inf in the mask; a mean of values near float32's largest (its float sum overflows); a fractional power and
+    the square root of a value that can be negative (NaN); x / sqrt(mean(x^2)) with no epsilon and a division by a
+    dequantized uint8 with zero point 0 (0 / 0)."""
+    x = h.make_tensor_value_info("x", TP.FLOAT, [4, 8])
+    dq = h.make_node("DequantizeLinear", ["q", "s", "z"], ["a"])
+    if case == "infinite mask":
+        model = _mask_model(-np.inf)
+    elif case == "averaged":
+        model = _mask_model(_F32_MIN, then="ReduceMean")
+        model = _graph([*model.graph.node, h.make_node("Softmax", ["y"], ["y2"])], _Q, list(model.graph.initializer))
+        assert magnitude_bound(_value(model, "y2")) is None
+        return
+    elif case == "exponent 0.5":
+        half = nh.from_array(np.array(0.5, np.float32), "p")
+        model = _graph([dq, h.make_node("Pow", ["a", "p"], ["y"])], _Q, [*_SCALE, half])
+    elif case == "sqrt of a signed value":
+        model = _graph([dq, h.make_node("Sqrt", ["a"], ["y"])], _Q, _SCALE)
+    elif case == "rms without eps":
+        two = nh.from_array(np.array(2.0, np.float32), "two")
+        model = _graph([dq, h.make_node("Pow", ["a", "two"], ["sq"]),
+                        h.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+                        h.make_node("Sqrt", ["ms"], ["rms"]), h.make_node("Div", ["a", "rms"], ["y"])],
+                       _Q, [*_SCALE, two], opset=17)
+        assert magnitude_bound(_value(model, "rms")) is not None  # (the denominator itself is bounded)
+    else:
+        uq = h.make_tensor_value_info("u", TP.UINT8, [4, 1])
+        model = _graph([dq, h.make_node("DequantizeLinear", ["u", "s", "uz"], ["d"]),
+                        h.make_node("Div", ["a", "d"], ["y"])], [*_Q, uq],
+                       [*_SCALE, nh.from_array(np.array(0, np.uint8), "uz")])
+    del x
+    assert magnitude_bound(_value(model)) is None
+
+
+def test_an_rms_norm_of_dequantized_values_is_bounded():
+    """x / sqrt(mean(x^2) + eps) (TorchScript's RMSNorm: Pow, ReduceMean, Add, Sqrt, Div(1, .), Mul): at most
+    |x| / sqrt(eps); the Reciprocal form too."""
+    two, eps, one = (nh.from_array(np.array(v, np.float32), n) for v, n in ((2.0, "two"), (1e-6, "eps"), (1.0, "one")))
+    for inverse in (h.make_node("Div", ["one", "rms"], ["inv"]), h.make_node("Reciprocal", ["rms"], ["inv"])):
+        model = _graph([h.make_node("DequantizeLinear", ["q", "s", "z"], ["a"]),
+                        h.make_node("Pow", ["a", "two"], ["sq"]),
+                        h.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+                        h.make_node("Add", ["ms", "eps"], ["v"]), h.make_node("Sqrt", ["v"], ["rms"]), inverse,
+                        h.make_node("Mul", ["a", "inv"], ["y"])], _Q, [*_SCALE, two, eps, one], opset=17)
+        assert magnitude_bound(_value(model)) == pytest.approx(25.5 / math.sqrt(1e-6), rel=1e-6)
+
+
+def test_a_qdq_attention_softmax_with_a_float_minimum_mask_equals_onnxruntime():
+    """Q(Softmax(DQ(scores) + mask)) with float32's minimum in the mask, a fully masked row included: compiled
+    without a NaN select for the softmax's quantization, bit for bit onnxruntime's."""
+    rows, cols = 4, 16
+    mask = np.triu(np.full((rows, cols), _F32_MIN, np.float32), 1)
+    mask[3, :] = _F32_MIN  # a fully masked row: every score is the minimum (plus a small dequantized value)
+    model = _graph([h.make_node("DequantizeLinear", ["q", "s", "z"], ["a"]), h.make_node("Add", ["a", "m"], ["sum"]),
+                    h.make_node("Softmax", ["sum"], ["p"], axis=-1),
+                    h.make_node("QuantizeLinear", ["p", "ps", "pz"], ["pq"]),
+                    h.make_node("DequantizeLinear", ["pq", "ps", "pz"], ["y"])],
+                   [h.make_tensor_value_info("q", TP.INT8, [rows, cols])],
+                   [*_SCALE, nh.from_array(mask, "m"), nh.from_array(np.array(1 / 255, np.float32), "ps"),
+                    nh.from_array(np.array(0, np.uint8), "pz")])
+    assert not any("nan_to_zero" in c for c in _called_kernels(model)), _called_kernels(model)
+    q = np.random.default_rng(2).integers(-128, 128, (rows, cols)).astype(np.int8)
+    np.testing.assert_array_equal(optc.compile(model).run({"q": q})["y"], run_ort(model, {"q": q})[0])
