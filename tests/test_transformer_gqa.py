@@ -197,3 +197,54 @@ def test_shape_of_repeated_heads_only_off_the_heads_axis(lo, hi, taken):
     assert (" matches at " in text) == taken, text
     if not taken:
         assert "the range covers the heads axis" in text
+
+
+def _dynamic_repeat(g: G, x: str, kv: int, rep: int, form: str) -> str:
+    """x ([B, kv, S, H], B and S symbolic) repeated as a dynamic-shape export writes it: the Reshape's target (and
+    the Expand's) computed from Shape(x); "tile_last": a Tile that also repeats the last axis (not a head repeat)."""
+    x5 = g.op("Unsqueeze", x, i64([2]))
+    if form in ("tile", "tile_last"):
+        t = g.op("Tile", x5, i64([1, 1, rep, 1, 2 if form == "tile_last" else 1]))
+    else:
+        sh = g.op("Shape", x5)
+        t = g.op("Expand", x5, g.op("Concat", g.op("Slice", sh, i64([0]), i64([2])), i64([rep]),
+                                     g.op("Slice", sh, i64([3]), i64([5])), axis=0))
+    sh = g.op("Shape", x)
+    last = i64([2 * H]) if form == "tile_last" else g.op("Slice", sh, i64([3]), i64([4]))
+    return g.op("Reshape", t, g.op("Concat", g.op("Slice", sh, i64([0]), i64([1])), i64([kv * rep]),
+                                   g.op("Slice", sh, i64([2]), i64([3])), last, axis=0))
+
+
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+@pytest.mark.parametrize("form", ["tile", "expand", "tile_last"])
+def test_a_dynamic_sequence_repeat_is_grouped_query_attention(runtime, form):
+    """Batch and sequence symbolic, the repeat's shapes computed at run time: ONNX's inference gives the Tile's
+    output fresh symbols for both (`unk__N`), so its dims are read from its input and repeats (the Tile form was
+    left unfused). A Tile that also repeats the head size is no head repeat: refused."""
+    g = G()
+    k, v = _dynamic_repeat(g, "k", 2, N // 2, form), _dynamic_repeat(g, "v", 2, N // 2, form)
+    width = 2 * H if form == "tile_last" else H
+    s = g.op("Mul", g.op("MatMul", "q", g.op("Transpose", k, perm=[0, 1, 3, 2])), np.array(H ** -0.5, np.float32))
+    y = g.op("MatMul", g.op("Softmax", s, axis=-1), v)
+    proto = g.model([("q", F, ["B", N, "S", width]), ("k", F, ["B", 2, "S", H]), ("v", F, ["B", 2, "S", H])],
+                    [y], 23)
+    out = fuse(proto, runtime)
+    have = ops(out)
+    assert have["Attention"] == 1, dict(have)
+    assert (have["Tile"] + have["Expand"] == 0) == (form != "tile_last"), dict(have)
+    rng = np.random.default_rng(3)
+    for batch, seq in ((2, 5), (1, 3)):
+        f = {"q": rng.normal(0, 1, (batch, N, seq, width)).astype(np.float32),
+             **{n: rng.normal(0, 1, (batch, 2, seq, H)).astype(np.float32) for n in "kv"}}
+        assert_close(proto, out, [f])
+
+
+def test_inference_keeps_a_tiles_symbolic_dims():
+    """infer-shapes: a Tile's dims from its input's and its repeats (ONNX's own inference made fresh symbols)."""
+    g = G()
+    t = g.op("Tile", g.op("Unsqueeze", "k", i64([2])), i64([1, 1, 3, 1, 2]))
+    proto = g.model([("k", F, ["B", 2, "S", H])], [t], 23)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    tile = next(n for n in model.graph if n.op_type == "Tile")
+    assert tile.outputs[0].shape == ("B", 2, 3, "S", 2 * H)

@@ -99,7 +99,32 @@ def infer_model_types(model: Model) -> int:
                 if t is not None and _refines(o.type, t):
                     o.type = t
                     count += 1
+    for g in graphs:
+        for node in g:
+            if node.op_type == "Tile" and node.domain in ("", "ai.onnx"):
+                count += _tile_dims(node)
     return count
+
+
+def _tile_dims(node) -> int:
+    """Tile's symbolic output dims (ONNX's inference makes fresh ones, `unk__N`, for every symbolic input dim) from
+    its input's: dim i is the input's dim i times repeats[i], so a repeat of 1 keeps the input's symbol
+    (repeat_interleave's Unsqueeze + Tile of a [batch, heads, 1, seq, dim] tensor lost both the batch and the
+    sequence), and a known input dim gives the product. Returns 1 when the type changed, else 0."""
+    x, y = node.inputs[0], node.outputs[0]
+    repeats = node.inputs[1].const_value() if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if x is None or y is None or repeats is None or not isinstance(x.type, TensorType) or \
+            not isinstance(y.type, TensorType) or x.type.shape is None or y.type.shape is None or \
+            len(x.type.shape) != len(y.type.shape) or repeats.size != len(x.type.shape):
+        return 0
+    dims = list(y.type.shape)
+    for i, (d_in, d_out, r) in enumerate(zip(x.type.shape, dims, repeats.reshape(-1).tolist(), strict=True)):
+        if isinstance(d_out, str) and d_in is not None:
+            dims[i] = d_in * int(r) if isinstance(d_in, int) else d_in if int(r) == 1 else d_out
+    if dims == list(y.type.shape):
+        return 0
+    y.type = TensorType(y.type.dtype, tuple(dims))
+    return 1
 
 
 def infer_graph_nodewise(g: Graph, opsets: dict[str, int]) -> int:

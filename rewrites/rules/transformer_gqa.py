@@ -52,18 +52,23 @@ def _interleaved_gather(m, r: Value) -> tuple[Value, int] | None:
     return (x, rep) if np.array_equal(idx, np.repeat(np.arange(xs[1]), rep)) else None
 
 
-def _repeat_axis(m, t: Value, x5: Value) -> int | None:
-    """The repeat count of Tile / Expand `t` of x5 ([B, Nkv, 1, T, H]) along axis 2 only, else None."""
-    node, ts, xs = t.producer, full_shape(t), full_shape(x5)
-    if ts is None or xs is None or len(ts) != 5 or len(xs) != 5 or xs[2] != 1 or not isinstance(ts[2], int):
-        return None
-    if not _dims_equal(ts, xs, 2):
+def _repeat_axis(m, t: Value, x5: Value) -> tuple[int, tuple] | None:
+    """(rep, the [B, Nkv, rep, T, H] dims) of Tile / Expand `t` of x5 ([B, Nkv, 1, T, H]) repeating axis 2 only,
+    else None. A Tile's dims come from x5's and its repeats (ONNX's inference gives a Tile fresh symbols for its
+    symbolic dims, a dynamic sequence's among them); an Expand's from its output (what it broadcast)."""
+    node, xs = t.producer, full_shape(x5)
+    if xs is None or len(xs) != 5 or xs[2] != 1:
         return None
     if node.op_type == "Tile":
         reps = m.const(node.inputs[1])
-        want = [1, 1, ts[2], 1, 1]
-        return ts[2] if reps is not None and reps.reshape(-1).tolist() == want else None
-    return ts[2]  # Expand: the output's dims say what it broadcast (only axis 2, from 1)
+        if reps is None or reps.size != 5:
+            return None
+        r = reps.reshape(-1).tolist()
+        return (int(r[2]), (*xs[:2], int(r[2]), *xs[3:])) if r[:2] == [1, 1] and r[3:] == [1, 1] else None
+    ts = full_shape(t)  # Expand: the output's dims say what it broadcast (only axis 2, from 1)
+    if ts is None or len(ts) != 5 or not isinstance(ts[2], int) or not _dims_equal(ts, xs, 2):
+        return None
+    return ts[2], ts
 
 
 def repeated_heads(m, r: Value) -> tuple[Value, Value | None, int] | None:
@@ -79,10 +84,10 @@ def repeated_heads(m, r: Value) -> tuple[Value, Value | None, int] | None:
     if t is None or t.producer is None or t.producer.op_type not in ("Tile", "Expand") or t.producer.domain:
         return None
     x5 = t.producer.inputs[0]
-    rep = _repeat_axis(m, t, x5)
-    ts, rs = full_shape(t), full_shape(r)
-    if rep is None or rs is None or len(rs) != 4 or not isinstance(ts[1], int):
+    found, rs = _repeat_axis(m, t, x5), full_shape(r)
+    if found is None or rs is None or len(rs) != 4 or not isinstance(found[1][1], int):
         return None
+    rep, ts = found
     if (rs[0], rs[1], rs[2], rs[3]) != (ts[0], ts[1] * ts[2], ts[3], ts[4]):
         return None
     p = x5.producer
