@@ -155,6 +155,27 @@ def _quantize(node: Node, vals: list[np.ndarray | None]) -> list[np.ndarray] | N
     return [np.clip(q, lo, hi).astype(out)]
 
 
+def _static_shape_pick(node: Node, graph: Graph, constant) -> np.ndarray | None:
+    """Gather(Shape(x), idx) along axis 0 where the dims it picks are known integers (x's others symbolic: the head
+    size of a dynamic-shape export, an attention's scale computed from it): those dims; else None. `constant`:
+    the pass's reader of a constant value (the indices)."""
+    shape_node = node.inputs[0].producer if node.inputs and node.inputs[0] is not None else None
+    if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain != "" or len(node.inputs) < 2:
+        return None
+    x = shape_node.inputs[0] if shape_node.inputs else None
+    if x is None or x.shape is None or int(node.attr("axis", 0)) != 0:
+        return None
+    idx = constant(node.inputs[1], graph) if node.inputs[1] is not None else None
+    end = shape_node.attr("end")
+    dims = list(x.shape)[int(shape_node.attr("start", 0)):None if end is None else int(end)]
+    if idx is None or idx.dtype.kind not in "iu" or not dims:
+        return None
+    flat = [int(i) + len(dims) if int(i) < 0 else int(i) for i in idx.reshape(-1)]
+    if any(not 0 <= i < len(dims) or not isinstance(dims[i], int | np.integer) for i in flat):
+        return None
+    return np.array([int(dims[i]) for i in flat], dtype=np.int64).reshape(idx.shape)
+
+
 def _shape_slice(node: Node, shape: tuple) -> np.ndarray:
     start = int(node.attr("start", 0))
     end = node.attr("end")
@@ -323,6 +344,10 @@ class ConstantFolder:
                     part = list(shape)[start:None if end is None else int(end)]
                     if all(isinstance(d, int) for d in part):
                         return [np.array(part, dtype=np.int64)]
+        if self.fold_shapes and op == "Gather" and node.domain == "":
+            picked = _static_shape_pick(node, graph, self._constant)
+            if picked is not None:
+                return [picked]
         if not any(v is not None for v in node.inputs):
             return None  # nothing to fold (random ops and Constant are handled elsewhere)
         # Constness first (cheap), data second: a Gather of a big embedding by a runtime index decodes nothing.

@@ -1,5 +1,6 @@
 """`infer-shapes`: fill in unknown value types and shapes with ONNX's own inference, so shape folding and
-rules that check ranks and shapes see them.
+rules that check ranks and shapes see them. Where it leaves dims unnamed (a dynamic-shape export's
+`view(b, t, heads, -1)`), onnxruntime's symbolic shape inference fills them in (`_symbolic_types`).
 
 The whole model goes through `onnx.shape_inference.infer_shapes` (C++, with data propagation) in one call;
 weights above a few KB are handed over as external-data stubs (dims and type only), so no weight is copied.
@@ -22,6 +23,9 @@ from ..pass_manager import Pass, register_pass
 from ._util import function_graphs, root_graph
 
 _INLINE_ELEMENTS = 1024
+#: onnxruntime's symbolic shape inference (pure Python, sympy: about 3 ms a node on a GPT-2-like export) only for
+#: graphs up to this many nodes
+SYMBOLIC_MAX_NODES = 20_000
 
 
 def _stub_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
@@ -44,14 +48,50 @@ def _known(t) -> bool:
     return t is not None and not (isinstance(t, TensorType) and t.dtype == DataType.UNDEFINED and t.shape is None)
 
 
+def _unknown_dims(shape) -> int:
+    """How many dims of `shape` (a tuple, or None) nothing names: None, or a fresh symbol of ONNX's inference."""
+    return sum(1 for d in shape if d is None or (isinstance(d, str) and d.startswith("unk__"))) if shape else 0
+
+
 def _refines(old, new) -> bool:
-    """`new` may replace the value type `old`: `old` is unknown, or a tensor of the same element type declared
+    """`new` may replace the value type `old`: `old` is unknown; or a tensor of the same element type declared
     without a shape (a graph output declared as `FLOAT` with no rank, which left every pass that needs its rank,
-    such as pruning, refusing the value) and `new` has one."""
+    such as pruning, refusing the value) and `new` has one; or one of the same rank with dims only a fresh symbol
+    names (`unk__N`) that `new` knows."""
     if not _known(old):
         return True
-    return (isinstance(old, TensorType) and old.shape is None and isinstance(new, TensorType)
-            and new.shape is not None and new.dtype == old.dtype)
+    if not (isinstance(old, TensorType) and isinstance(new, TensorType) and new.shape is not None
+            and new.dtype == old.dtype):
+        return False
+    if old.shape is None:
+        return True
+    return len(old.shape) == len(new.shape) and _unknown_dims(new.shape) < _unknown_dims(old.shape)
+
+
+def _proto_unknown_dims(tp: onnx.TypeProto) -> int:
+    if not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+        return 0
+    return sum(1 for d in tp.tensor_type.shape.dim
+               if not d.HasField("dim_value") and (not d.dim_param or d.dim_param.startswith("unk__")))
+
+
+def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    """Where ONNX's inference left dims unnamed (a Reshape to [batch, seq, heads, -1] of a dynamic-shape export: the
+    head size, and through it an attention's scale), onnxruntime's symbolic shape inference (sympy: it divides
+    the symbolic sizes) may know them: its types replace those with more unnamed dims in `types`. Any failure of
+    it (an op it does not model, a weight it would read) leaves `types` as they are."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    except Exception:  # noqa: BLE001 - an optional refinement
+        return
+    found: dict[str, onnx.TypeProto] = {}
+    _collect(inferred.graph, found)
+    for name, tp in found.items():
+        old = types.get(name)
+        if old is None or _proto_unknown_dims(tp) < _proto_unknown_dims(old):
+            types[name] = tp
 
 
 def _collect(gp: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
@@ -76,14 +116,16 @@ def infer_model_types(model: Model) -> int:
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     types: dict[str, onnx.TypeProto] = {}
     _collect(inferred.graph, types)
+    if len(proto.graph.node) <= SYMBOLIC_MAX_NODES and any(_proto_unknown_dims(tp) for tp in types.values()):
+        _symbolic_types(proto, types)
     count = 0
     cache: dict[bytes, object] = {}
     graphs = [model.graph, *model.graph.subgraphs()]
     for g in graphs:
         for node in g:
             for o in node.outputs:
-                if o is None or not o.name or (_known(o.type) and not (isinstance(o.type, TensorType)
-                                                                       and o.type.shape is None)):
+                if o is None or not o.name or (_known(o.type) and not (isinstance(o.type, TensorType) and (
+                        o.type.shape is None or _unknown_dims(o.type.shape)))):
                     continue
                 tp = types.get(o.name)
                 if tp is None:

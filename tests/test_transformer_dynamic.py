@@ -1,0 +1,94 @@
+"""Attention in a dynamic-shape export (batch and sequence symbolic, as `torch.onnx.export(dynamic_axes=...)`
+writes GPT-2's `view(b, t, heads, -1)` and `q.shape[-1] ** 0.5`): ONNX's shape inference cannot divide the
+symbolic sizes, so the head size was unknown and the scale a Pow of a Shape computed at run time, and attention
+stayed unfused. onnxruntime's symbolic shape inference (infer-shapes) gives the head size, fold-constants folds a
+Gather of a Shape's known dims, and the block fuses; outputs on onnxruntime at several batch / sequence sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import optc
+import pytest
+from onnx import TensorProto
+from optc.rewrites.passes.infer_shapes import infer_model_types
+
+from .test_transformer_fusion import F, G, assert_close, ops
+
+HID, HEADS = 32, 4
+i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+
+
+def dynamic_attention(scale_from_shape: bool = True) -> tuple:
+    """x [B, T, HID] -> causal multi-head self-attention with the head split as `view(b, t, HEADS, -1)` from
+    Shape(x) and (by default) the scale 1 / sqrt(q.shape[-1]) computed from Shape(q)."""
+    g = G()
+    rng = np.random.default_rng(0)
+    sh = g.op("Shape", "x")
+    b, t = g.op("Gather", sh, i64(0), axis=0), g.op("Gather", sh, i64(1), axis=0)
+    split = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([HEADS]), i64([-1]),
+                 axis=0)
+    heads = []
+    for _ in "qkv":
+        w = rng.normal(0, 0.2, (HID, HID)).astype(np.float32)
+        heads.append(g.op("Transpose", g.op("Reshape", g.op("MatMul", "x", w), split), perm=[0, 2, 1, 3]))
+    q, k, v = heads
+    s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    if scale_from_shape:
+        dim = g.op("Cast", g.op("Gather", g.op("Shape", q), i64(3), axis=0), to=TensorProto.FLOAT)
+        s = g.op("Div", s, g.op("Pow", dim, np.array(0.5, np.float32)))
+    else:
+        s = g.op("Div", s, np.array(np.sqrt(HID // HEADS), np.float32))
+    causal = np.triu(np.full((64, 64), -1e4, np.float32), 1)
+    bias = g.op("Slice", g.op("Slice", causal, i64([0]), g.op("Unsqueeze", t, i64([0])), i64([0])), i64([0]),
+                g.op("Unsqueeze", t, i64([0])), i64([1]))
+    p = g.op("Softmax", g.op("Add", s, bias), axis=-1)
+    merge = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([-1]), axis=0)
+    y = g.op("Reshape", g.op("Transpose", g.op("MatMul", p, v), perm=[0, 2, 1, 3]), merge)
+    return g.model([("x", F, ["batch", "seq", HID])], [y], 17), y
+
+
+def test_infer_shapes_divides_symbolic_sizes():
+    """Reshape(x [batch, seq, 32], [batch, seq, 4, -1]): the last dim is 8 (ONNX's inference: a fresh symbol)."""
+    proto, _ = dynamic_attention()
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    reshapes = [n.outputs[0].shape for n in model.graph if n.op_type == "Reshape"]
+    assert reshapes[0] == ("batch", "seq", HEADS, HID // HEADS), reshapes
+
+
+def test_infer_shapes_without_symbolic_inference_keeps_onnx_types(monkeypatch):
+    """onnxruntime's symbolic inference failing (an op it does not model) leaves ONNX's types: no error."""
+    import onnxruntime.tools.symbolic_shape_infer as ssi
+
+    def fail(*_a, **_kw):
+        raise AssertionError("unsupported")
+
+    monkeypatch.setattr(ssi.SymbolicShapeInference, "infer_shapes", staticmethod(fail))
+    proto, _ = dynamic_attention()
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    first = next(n for n in model.graph if n.op_type == "Reshape").outputs[0].shape
+    assert first is not None and len(first) == 4 and first[3] != HID // HEADS, first
+
+
+def test_gather_of_a_shapes_known_dim_folds():
+    """Gather(Shape(q), 3) is the head size 8 although q's batch and sequence are symbolic; Gather(Shape(x), 1)
+    (the sequence) stays."""
+    proto, _ = dynamic_attention()
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2))
+    assert ops(out)["Pow"] == 0, dict(ops(out))
+    assert ops(out)["Shape"] >= 1  # the batch and the sequence are still read at run time
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "standard"])
+@pytest.mark.parametrize("scale_from_shape", [True, False])
+def test_dynamic_shape_attention_fuses(runtime, scale_from_shape):
+    proto, _ = dynamic_attention(scale_from_shape)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+    have = ops(out)
+    fused = ("com.microsoft::Attention", "com.microsoft::MultiHeadAttention") if runtime == "onnxruntime" else \
+        ("Attention",)
+    assert sum(have[f] for f in fused) == 1 and have["Softmax"] == 0, dict(have)
+    rng = np.random.default_rng(1)
+    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
+                              for b, t in ((1, 16), (3, 5), (2, 1))])
