@@ -18,9 +18,11 @@ HID, HEADS = 32, 4
 i64 = lambda v: np.array(v, np.int64)  # noqa: E731
 
 
-def dynamic_attention(scale_from_shape: bool = True) -> tuple:
+def dynamic_attention(scale_from_shape: bool = True, mask: str = "additive") -> tuple:
     """x [B, T, HID] -> causal multi-head self-attention with the head split as `view(b, t, HEADS, -1)` from
-    Shape(x) and (by default) the scale 1 / sqrt(q.shape[-1]) computed from Shape(q)."""
+    Shape(x) and (by default) the scale 1 / sqrt(q.shape[-1]) computed from Shape(q). `mask`: "additive" (a crop
+    of a constant -1e4 table), "where" (Llama's `where(causal[:t, :t], 0, finfo.min)`), "where_upper" (a table
+    strictly upper: a crop's last row keeps nothing), "where_offset" (a crop starting at row 1)."""
     g = G()
     rng = np.random.default_rng(0)
     sh = g.op("Shape", "x")
@@ -38,9 +40,16 @@ def dynamic_attention(scale_from_shape: bool = True) -> tuple:
         s = g.op("Div", s, g.op("Pow", dim, np.array(0.5, np.float32)))
     else:
         s = g.op("Div", s, np.array(np.sqrt(HID // HEADS), np.float32))
-    causal = np.triu(np.full((64, 64), -1e4, np.float32), 1)
-    bias = g.op("Slice", g.op("Slice", causal, i64([0]), g.op("Unsqueeze", t, i64([0])), i64([0])), i64([0]),
-                g.op("Unsqueeze", t, i64([0])), i64([1]))
+    end = g.op("Unsqueeze", t, i64([0]))
+    if mask == "additive":
+        table = np.triu(np.full((64, 64), -1e4, np.float32), 1)
+    else:
+        table = np.tril(np.ones((64, 64), bool)) if mask != "where_upper" else np.triu(np.ones((64, 64), bool), 1)
+    first = i64([1]) if mask == "where_offset" else i64([0])
+    crop = g.op("Slice", g.op("Slice", table, first, g.op("Add", end, first) if mask == "where_offset" else end,
+                              i64([0])), i64([0]), end, i64([1]))
+    bias = crop if mask == "additive" else g.op("Where", crop, np.array(0.0, np.float32),
+                                                 np.array(np.finfo(np.float32).min, np.float32))
     p = g.op("Softmax", g.op("Add", s, bias), axis=-1)
     merge = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([-1]), axis=0)
     y = g.op("Reshape", g.op("Transpose", g.op("MatMul", p, v), perm=[0, 2, 1, 3]), merge)
@@ -92,3 +101,18 @@ def test_dynamic_shape_attention_fuses(runtime, scale_from_shape):
     rng = np.random.default_rng(1)
     assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
                               for b, t in ((1, 16), (3, 5), (2, 1))])
+
+
+@pytest.mark.parametrize(("mask", "fused"), [("where", True), ("where_upper", False), ("where_offset", False)])
+def test_a_causal_crop_computed_at_run_time_keeps_a_score_in_every_row(mask, fused):
+    """The standard Attention only where no query row can be fully masked (onnxruntime writes zeros there): a
+    runtime crop `causal[:t, :t]` of a constant table qualifies when every row of the table keeps a score left of
+    its diagonal (so does every row of a square crop from the origin); a strictly upper-triangular table (a crop's
+    last row keeps nothing) or a crop from row 1 does not qualify and stays unfused; outputs equal either way."""
+    proto, _ = dynamic_attention(mask=mask)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
+    have = ops(out)
+    assert (have["Attention"] == 1 and have["Softmax"] == 0) == fused, dict(have)
+    rng = np.random.default_rng(2)
+    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
+                              for b, t in ((1, 16), (2, 5), (1, 1))])

@@ -42,6 +42,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...ir.core import Value
 from ...ir.types import DataType, TensorType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
@@ -223,7 +224,9 @@ def check_no_masked_row(m, mask, cond) -> None:
     gives NaN for a -inf fill, or the mean of V for a finite one)."""
     if cond is not None:
         c = m.const(cond)
-        require(c is not None and bool(np.all(np.any(c, axis=-1))),
+        table = _origin_crop(m, cond) if c is None else None
+        require((c is not None and bool(np.all(np.any(c, axis=-1))))
+                or (table is not None and _kept_left_of_diagonal(table.astype(bool))),
                 "Where's condition is not a constant with a kept score in every row")
     if mask is not None:
         c = m.const(mask)
@@ -236,9 +239,49 @@ def check_no_masked_row(m, mask, cond) -> None:
             bounds = value_bounds(m, mask)
             shape = full_shape(mask)
             key_padding = shape is not None and len(shape) >= 2 and shape[-2] == 1
-            require(key_padding or (bounds is not None and bounds[0] > floor),
+            require(key_padding or (bounds is not None and bounds[0] > floor) or _cropped_causal(m, mask, floor),
                     "a mask computed at run time may mask every score of a row (it varies by query row and is not "
                     "bounded above the dtype's minimum)")
+
+
+def _origin_crop(m, v: Value) -> np.ndarray | None:
+    """The constant table T when `v` is T cropped from its origin (Slices with starts 0 and steps 1) to a shape
+    whose last two dims are equal (the same symbol: `causal[:t, :t]` of a dynamic-shape export), else None."""
+    shape = full_shape(v)
+    if shape is None or len(shape) < 2 or shape[-1] != shape[-2]:
+        return None
+    node = v.producer
+    while node is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
+        starts = m.const(node.inputs[1])
+        steps = m.const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+        if starts is None or np.any(np.asarray(starts) != 0) or (steps is not None and np.any(np.asarray(steps) != 1)):
+            return None
+        v = node.inputs[0]
+        node = v.producer
+    table = m.const(v)
+    return np.asarray(table) if table is not None and np.ndim(table) == len(shape) and v is not None else None
+
+
+def _kept_left_of_diagonal(keep: np.ndarray) -> bool:
+    """Every row i of every [.., R, C] matrix of `keep` (bool) keeps a score at some column j <= i: then so does
+    every row of its square crops from the origin (row i of `T[:t, :t]` holds columns 0..i)."""
+    rows, cols = keep.shape[-2:]
+    lower = np.tril(np.ones((rows, cols), bool))
+    return bool(np.all(np.any(keep & lower, axis=-1)[..., :min(rows, cols)]))
+
+
+def _cropped_causal(m, mask: Value, floor: float) -> bool:
+    """A mask computed at run time from a square crop of a constant table (`where(causal[:t, :t], 0, fill)` or the
+    crop of an additive table) that keeps a score above `floor` left of the diagonal in every row."""
+    table = _origin_crop(m, mask)
+    if table is not None:
+        return table.dtype.kind == "f" and _kept_left_of_diagonal(np.asarray(table, np.float64) > floor)
+    node = mask.producer
+    if node is None or node.op_type != "Where" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 3:
+        return False
+    cond = _origin_crop(m, node.inputs[0])
+    kept = value_bounds(m, node.inputs[1])
+    return cond is not None and kept is not None and kept[0] > floor and _kept_left_of_diagonal(cond.astype(bool))
 
 
 class FuseAttention(Rule):
