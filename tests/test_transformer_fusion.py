@@ -580,6 +580,24 @@ def test_standard_form_keeps_the_opset_when_an_op_changed_meaning():
     assert_close(proto, out, attention_feeds(proto))
 
 
+@pytest.mark.parametrize("sizes", [False, True])
+def test_a_split_into_equal_parts_keeps_the_opset(sizes):
+    """A Split without sizes (equal parts by its output count, valid to opset 17) is invalid from opset 18 without
+    num_outputs: beside it the opset is not raised (the raised model did not load); with a sizes input it is."""
+    proto = attention_graph(opset=17)
+    ins = ["x", "halves"] if sizes else ["x"]
+    if sizes:
+        proto.graph.initializer.append(numpy_helper.from_array(np.array([16, 16], np.int64), "halves"))
+    proto.graph.node.append(helper.make_node("Split", ins, ["p0", "p1"], axis=-1))
+    x = next(i for i in proto.graph.input if i.name == "x").type.tensor_type.shape.dim
+    dims = [d.dim_param or d.dim_value for d in x][:-1] + [16]
+    proto.graph.output.extend(helper.make_tensor_value_info(n, F, dims) for n in ("p0", "p1"))
+    out = fuse(proto, "standard")
+    assert {o.domain: o.version for o in out.opset_import}[""] == (23 if sizes else 17)
+    assert ops(out)["Attention"] == (1 if sizes else 0)
+    assert_close(proto, out, attention_feeds(proto))
+
+
 def test_reduce_ops_take_their_opset_18_form_only_when_the_opset_is_raised():
     # a ReduceMean with attribute axes beside the attention: rewritten to its opset-18 form (same axes) as the
     # model goes to opset 23 for Attention; without a fusion that needs it, the model keeps opset 17 and its form

@@ -248,3 +248,21 @@ def test_inference_keeps_a_tiles_symbolic_dims():
     infer_model_types(model)
     tile = next(n for n in model.graph if n.op_type == "Tile")
     assert tile.outputs[0].shape == ("B", 2, 3, "S", 2 * H)
+
+
+def test_shape_of_repeated_heads_refuses_a_shape_with_start():
+    """Slice(Shape(r, start=2), [0], [1]) is r's dim 2 (the sequence), not dim 0: the rule reads a Shape's dims
+    from axis 0 and is refused for one with start or end (it made the batch of it)."""
+    from optc.rewrites.rules.transformer_gqa import ShapeOfRepeatedHeads
+
+    g = G()
+    k = repeat(g, "k", 2, N // 2, "tile", 1)
+    shape = g.name("shape")
+    g.nodes.append(helper.make_node("Shape", [k], [shape], start=2))
+    y = g.op("Slice", shape, np.array([0], np.int64), np.array([1], np.int64))
+    proto = g.model([("k", F, [1, 2, S, H])], [], 23)
+    proto.graph.output.append(helper.make_tensor_value_info(y, TensorProto.INT64, None))
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    node = next(n for n in model.graph if n.op_type == "Slice")
+    assert "Shape with start or end" in explain(ShapeOfRepeatedHeads, node, model)

@@ -62,6 +62,22 @@ def test_a_cast_past_float16s_range_is_an_infinity():
     assert lo == -np.inf and hi == 0.0
 
 
+@pytest.mark.parametrize("case", ["add", "cast"])
+def test_integer_results_that_can_wrap_have_no_bound(case):
+    """uint8 m + 200 wraps (56 + 200 = 0), as does a Cast of [0, 300] to uint8: no bound (it was [200, 455]
+    and the standard Attention was made under a mask that held -inf); within range the bound stands."""
+    if case == "add":
+        nodes = [helper.make_node("Add", ["m", "c"], ["s"]), helper.make_node("Cast", ["s"], ["y"], to=F)]
+        assert _bounds(nodes, [("m", TensorProto.UINT8, [4])], [("c", np.uint8(200))]) is None
+        assert _bounds(nodes, [("m", TensorProto.UINT8, [4])], [("c", np.uint8(0))]) is not None
+    else:
+        nodes = [helper.make_node("Cast", ["w"], ["s"], to=TensorProto.UINT8),
+                 helper.make_node("Cast", ["s"], ["y"], to=F)]
+        assert _bounds(nodes, [], [("w", np.array([0, 300], np.int64))]) is None
+        lo, hi = _bounds(nodes, [], [("w", np.array([0, 200], np.int64))])
+        assert lo <= 0.0 and 200.0 <= hi < 201.0
+
+
 @pytest.mark.parametrize("case", ["float_input", "unknown_op", "nan_constant"])
 def test_no_bound_where_none_is_known(case):
     if case == "float_input":

@@ -61,6 +61,8 @@ def upgrade_problem(model: Model, new: int = TARGET, *, convert_reduce: bool = F
         for n in g:
             if n.domain not in ("", "ai.onnx"):
                 continue
+            if n.op_type == "Split" and old < 18 <= new and (len(n.inputs) < 2 or n.inputs[1] is None):
+                return "a Split into equal parts needs num_outputs from opset 18"  # (an invalid model there)
             for v in versions.get(n.op_type, ()):
                 if old < v <= new and (n.op_type, v) in UNSAFE_BUMPS and not (convert_reduce and v == 18
                                                                                and n.op_type in REDUCE_18):

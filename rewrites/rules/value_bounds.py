@@ -8,7 +8,8 @@ than `MAX_DEPTH`. Modelled: constants (the rule match's `m.const`), bool inputs 
 range, Cast (the input's bounds; a float cast rounds by less than the bound's own magnitude, so the bound stays a
 bound once widened by one part in 2^10), data movement (Reshape, Unsqueeze, Squeeze, Expand, Transpose, Slice,
 Gather's data, Identity, Tile, Flatten: the input's bounds), Concat and Where (the union), Neg, Add, Sub and Mul
-(interval arithmetic, rounded outwards by the same margin).
+(interval arithmetic, rounded outwards by the same margin). An integer result (or Cast to an integer type) whose
+bounds leave its type's range would wrap: no bound.
 """
 
 from __future__ import annotations
@@ -84,21 +85,42 @@ def value_bounds(m, v: Value | None, depth: int = 0) -> Bounds | None:
         if target.kind == "f":  # a value past the target's range becomes an infinity
             info = np.finfo(target)
             lo, hi = (lo if lo >= float(info.min) else -np.inf), (hi if hi <= float(info.max) else np.inf)
+        elif target.kind in "iu" and not _fits((lo, hi), target):  # (it would wrap or saturate)
+            return None
         return lo, hi
     if op in ("Concat", "Where"):
         parts = [of(i) for i in (range(len(node.inputs)) if op == "Concat" else (1, 2))]
         if any(p is None for p in parts):
             return None
         return min(p[0] for p in parts), max(p[1] for p in parts)
-    if op == "Neg":
-        b = of(0)
-        return None if b is None else (-b[1], -b[0])
-    if op in ("Add", "Sub", "Mul"):
-        a, b = of(0), of(1)
-        if a is None or b is None:
+    if op in ("Neg", "Add", "Sub", "Mul"):
+        np_dt = np_dtype(v)
+        integer = np_dt is not None and np.dtype(np_dt).kind in "iu"
+        result = _arithmetic(op, of(0), of(1) if op != "Neg" else None, exact=integer)
+        if result is None or (integer and not _fits(result, np_dt)):  # it would wrap: no bound
             return None
-        if op == "Mul":
-            return _mul(a, b)
-        lo, hi = (a[0] + b[0], a[1] + b[1]) if op == "Add" else (a[0] - b[1], a[1] - b[0])
-        return None if np.isnan(lo) or np.isnan(hi) else _widen(lo, hi)
+        return result
     return None
+
+
+def _fits(b: Bounds, dtype) -> bool:
+    info = np.iinfo(np.dtype(dtype))
+    return float(info.min) <= b[0] and b[1] <= float(info.max)
+
+
+def _arithmetic(op: str, a: Bounds | None, b: Bounds | None, *, exact: bool) -> Bounds | None:
+    """Interval arithmetic of Neg (a only), Add, Sub, Mul, rounded outwards unless `exact` (integers); None for an
+    unknown operand or NaN."""
+    if a is None or (op != "Neg" and b is None):
+        return None
+    if op == "Neg":
+        return -a[1], -a[0]
+    if op == "Mul":
+        if exact:
+            products = [x * y for x in a for y in b]
+            return None if any(np.isnan(p) for p in products) else (min(products), max(products))
+        return _mul(a, b)
+    lo, hi = (a[0] + b[0], a[1] + b[1]) if op == "Add" else (a[0] - b[1], a[1] - b[0])
+    if np.isnan(lo) or np.isnan(hi):
+        return None
+    return (lo, hi) if exact else _widen(lo, hi)
