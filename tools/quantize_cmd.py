@@ -121,14 +121,14 @@ def _summary(report: dict) -> None:
     if acc:
         first = acc["steps"][0]
         print(f"optc: {acc['metric']}: float {acc['baseline']:.4f}, quantized {first['value']:.4f} "
-              f"(drop {first['drop']:.2f})", file=err)
+              f"(drop {first['drop']:.3g})", file=err)
         for step in acc["steps"][1:]:
-            print(f"optc:   {step['returned_to_float']} back to float -> {step['value']:.4f} (drop {step['drop']:.2f})",
+            print(f"optc:   {step['returned_to_float']} back to float -> {step['value']:.4f} (drop {step['drop']:.3g})",
                   file=err)
         if acc["max_drop"] is not None:
             verdict = "within" if acc["met"] else "NOT within"
             kept = ", ".join(acc["float_layers"]) or "none"
-            print(f"optc: drop {acc['drop']:.2f} is {verdict} the budget {acc['max_drop']}; layers kept in float: "
+            print(f"optc: drop {acc['drop']:.3g} is {verdict} the budget {acc['max_drop']}; layers kept in float: "
                   f"{kept}", file=err)
 
 
