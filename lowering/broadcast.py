@@ -66,6 +66,39 @@ def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, 
     return type(inputs)(aligned)
 
 
+def align_concat(bb: relax.BlockBuilder, inputs: list, axis: int) -> list:
+    """Concat's tensor inputs with their dims off the concatenation axis made the same expressions: where one is
+    static, or another symbol names it (`[B, 16, 16]` beside `[3, 16, 48]`, two graph inputs' unrelated batches),
+    the input is match_cast to the first static dim (else the first input's), which the VM checks when it runs
+    (onnxruntime refuses such a mismatch too). TVM could not infer the result's shape, and the build failed on
+    the unlowered concat. Inputs returned as they are when their shapes are unknown, ranks differ, or two static
+    dims conflict (the converter reports that). (The check: a reshape to the aligned dims after a match_cast of
+    the flat input to their size, `ops.shape`'s checked reshape; a match_cast of the input itself is dropped by
+    TVM's CanonicalizeBindings when the input is a function parameter.)"""
+    from .ops.shape import checked_reshape
+    dims = [dims_of(x) if _is_tensor(x) else None for x in inputs]
+    known = [d for x, d in zip(inputs, dims, strict=True) if _is_tensor(x)]
+    if len(known) < 2 or any(d is None for d in known) or len({len(d) for d in known}) != 1:
+        return inputs
+    rank = len(known[0])
+    ax = axis % rank if rank else 0
+    target = []
+    for i in range(rank):
+        column = [d[i] for d in known]
+        static = {c for c in column if _static(c)}
+        if i != ax and len(static) > 1:
+            return inputs
+        target.append(next(iter(static)) if static else column[0])
+    if all(i == ax or _equal(d[i], target[i]) for d in known for i in range(rank)):
+        return inputs
+    aligned = type(inputs)()
+    for x, d in zip(inputs, dims, strict=True):
+        if d is not None and any(i != ax and not _equal(d[i], target[i]) for i in range(rank)):
+            x = bb.emit(checked_reshape(bb, x, d, [d[i] if i == ax else target[i] for i in range(rank)]))
+        aligned.append(x)
+    return aligned
+
+
 def result_dims(shapes: list[list]) -> list | None:
     """The ONNX broadcast of `shapes` (ints, or TIR expressions where symbolic), right-aligned; None when two static
     dims other than 1 differ. Per dim: a static dim other than 1 wins (a symbolic one must be 1 or equal to it);

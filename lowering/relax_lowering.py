@@ -208,7 +208,7 @@ class _Lowering:
         from tvm import relax
         from tvm.relax.frontend.onnx.onnx_frontend import onnx_input
 
-        from .broadcast import BROADCAST_OPS, align_batch_dims, align_operands
+        from .broadcast import BROADCAST_OPS, align_batch_dims, align_concat, align_operands
 
         if self.shapes.try_lower(n):
             return
@@ -233,6 +233,8 @@ class _Lowering:
             inputs = align_operands(self.bb, inputs)  # symbolic dims TVM cannot broadcast (see broadcast.py)
         elif (_domain(n.domain), n.op_type) in _MATMUL_OPERANDS:
             inputs = align_batch_dims(self.bb, inputs, _MATMUL_OPERANDS[_domain(n.domain), n.op_type])
+        elif n.op_type == "Concat" and n.domain in ("", "ai.onnx"):
+            inputs = align_concat(self.bb, inputs, int(n.attr("axis", 0)))
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)

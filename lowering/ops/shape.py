@@ -40,7 +40,13 @@ def reshape(bb, inputs, attrs, ctx):
             raise refuse("Reshape with both -1 and a 0 dim (allowzero=1) is ambiguous")
         known = _product(d for d in out if not (isinstance(d, int) and d == -1))
         out[out.index(-1)] = tirx.floordiv(total, known) if not isinstance(total * known, int) else total // known
-    return reshape_exactly(_checked_size(bb, x, total, out), out)
+    return checked_reshape(bb, x, in_dims, out, total)
+
+
+def checked_reshape(bb, x, dims: list, out: list, total=None):
+    """x (dims `dims`) reshaped to `out` (ints or TIR dims, no -1), with a run-time check that the sizes agree
+    where they depend on symbolic dims (`_checked_size`); `total`: x's size when the caller has it."""
+    return reshape_exactly(_checked_size(bb, x, _product(dims) if total is None else total, out), out)
 
 
 def _product(dims):
