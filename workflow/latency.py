@@ -2,9 +2,10 @@
 slow spell of a shared machine hits all of them alike, and the speed-up is the median of per-round ratios.
 
 A model's turn in a round is warm: a model that runs in less than `BURST_S` is called once untimed and then
-enough times back to back to fill it, and its time is the mean of those calls. One cold call after a dozen
-other models' turns measured caches refilling: the 8x8 digits CNN at batch 32 (a ~60 us TVM library) timed at
-0.25 ms among 14 candidates, 0.06 ms beside one."""
+enough times back to back to fill it (once, for a call of more than half of it), and its time is the mean of
+those calls. One cold call after a dozen other models' turns measured caches refilling: the 8x8 digits CNN at
+batch 32 (a ~60 us TVM library) timed at 0.25 ms among 14 candidates, 0.06 ms beside one; a 1 ms QDQ ResNet-like
+timed cold at 1.03 ms beside onnxruntime's own QDQ model at 0.76 ms, the two equal when both are warm."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def time_alternating(fns: Mapping[str, Callable[[], object]], *, reference: str 
             fns[name]()
             once[name] = min(once[name], time.perf_counter() - t0)
     burst = {name: max(1, min(MAX_BURST, int(BURST_S / max(t, 1e-9)))) for name, t in once.items()}
-    per_round = sum(t * (burst[name] + (burst[name] > 1)) for name, t in once.items())
+    warm = {name: t < BURST_S for name, t in once.items()}  # a short call's turn starts with an untimed one
+    per_round = sum(t * (burst[name] + warm[name]) for name, t in once.items())
     runs = int(min(max_runs, max(min_runs, target_s / max(per_round, 1e-9))))
     times = {name: np.empty(runs) for name in names}
     rng = random.Random(seed)
@@ -54,7 +56,7 @@ def time_alternating(fns: Mapping[str, Callable[[], object]], *, reference: str 
             rng.shuffle(order)
             for name in order:
                 fn, k = fns[name], burst[name]
-                if k > 1:
+                if warm[name]:
                     fn()  # the turn's first call refills the caches the other models' turns took
                 t0 = time.perf_counter()
                 for _ in range(k):
