@@ -126,3 +126,47 @@ def test_split_sizes_computed_at_run_time_are_not_halves():
             assert ops(out)["RotaryEmbedding"] == ops(out)["com.microsoft::RotaryEmbedding"] == 0, dict(ops(out))
             x = feeds()[0]["x"]
             assert_close(proto, out, [{"x": x, "sizes": np.array(s, np.int64)} for s in ([3, 13], [8, 8])])
+
+
+def cropped_rope_graph(crop: str = "rows", batch="B"):
+    """rotate-half RoPE on x [batch, N, "S", H] with cos / sin the first S rows of [64, H] tables, cropped at run
+    time as a dynamic-shape export does (`self.cos[:t]`, t from Shape(x)). Negative knobs: crop "from_row_1" (rows
+    1 .. S), "columns" (also a crop of the columns: not the rows only), "constant_rows" (a fixed 8-row crop)."""
+    g = G()
+    h = H // 2
+    ang = np.outer(np.arange(64), 1.0 / 10000 ** (np.arange(0, H, 2) / H))
+    tables = {n: f(np.concatenate([ang, ang], -1)).astype(np.float32) for n, f in (("cos", np.cos), ("sin", np.sin))}
+    i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+    t = g.op("Slice", g.op("Shape", "x"), i64([2]), i64([3]))
+    crops = {}
+    for name, table in tables.items():
+        if crop == "from_row_1":
+            crops[name] = g.op("Slice", g.const(table, name), i64([1]), g.op("Add", t, i64([1])), i64([0]))
+        elif crop == "columns":
+            crops[name] = g.op("Slice", g.const(table, name), i64([0, 0]), g.op("Concat", t, i64([H]), axis=0),
+                               i64([0, 1]))
+        elif crop == "constant_rows":
+            crops[name] = g.op("Slice", g.const(table, name), i64([0]), i64([S]), i64([0]))
+        else:
+            crops[name] = g.op("Slice", g.const(table, name), i64([0]), t, i64([0]))
+    x1 = g.op("Slice", "x", i64([0]), i64([h]), i64([-1]))
+    x2 = g.op("Slice", "x", i64([h]), i64([H]), i64([-1]))
+    rot = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+    y = g.op("Add", g.op("Mul", "x", crops["cos"]), g.op("Mul", rot, crops["sin"]))
+    return g.model([("x", F, [batch, N, "S" if crop != "constant_rows" else S, H])], [y], 18)
+
+
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+@pytest.mark.parametrize("crop", ["rows", "from_row_1", "columns"])
+def test_rotary_tables_cropped_at_run_time(runtime, crop):
+    """Cropped to the sequence at run time: RotaryEmbedding on the whole tables' first halves, position ids 0 ..
+    S-1 from x's shape; a crop that does not start at row 0 (positions 1 .. S) is refused, and so is one that also
+    slices the columns (only a crop of the rows is taken). Outputs at several sequence lengths."""
+    proto = cropped_rope_graph(crop)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))  # (infer-shapes: S)
+    have = ops(out)
+    fused = crop == "rows"
+    assert (have["RotaryEmbedding"] + have["com.microsoft::RotaryEmbedding"] == 1) == fused, dict(have)
+    rng = np.random.default_rng(6)
+    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)}
+                              for b, s in ((2, S), (1, 1), (1, 40))])

@@ -8,7 +8,9 @@ rotate-half form::
 -> RotaryEmbedding(x, cos_cache, sin_cache, position_ids) (ONNX opset 23, interleaved = 0; for onnxruntime, in a
 model whose opset stays below 23, com.microsoft RotaryEmbedding(x, position_ids, cos_cache, sin_cache), the same
 computation on the same inputs: `FuseRotaryEmbeddingContrib`), with the caches the
-first half of the constants' rows ([S, h]) and position_ids = 0 .. S-1 for every batch row. ONNX's definition
+first half of the constants' rows ([S, h]) and position_ids = 0 .. S-1 for every batch row. In a dynamic-shape
+export cos and sin are the first S rows of constant tables, cropped at run time (`self.cos[:t]`): the caches are
+then the tables' first halves and position_ids 0 .. S-1 computed from x's shape (`Range`). ONNX's definition
 computes y[..., :h] = cos * x1 - sin * x2 and y[..., h:] = sin * x1 + cos * x2 (x1, x2 the halves), which is what
 the graph computes when cos and sin repeat their first half in their second (as `torch.cat([freqs, freqs])`
 makes them); checked on the constants, with the slices being exactly the two halves of the last axis, the Concat
@@ -77,6 +79,28 @@ def _cache(c: np.ndarray, s: int, h: int) -> np.ndarray | None:
     return np.ascontiguousarray(c[:, :h]) if np.array_equal(c[:, :h], c[:, h:]) else None
 
 
+def _row_crop(m, v, s) -> np.ndarray | None:
+    """The constant table T ([.., rows, H]) when `v` is its first `s` rows (Slices with start 0 and step 1 along the
+    rows axis only, `v`'s rows dim the same as x's sequence `s`), else None."""
+    shape = full_shape(v)
+    if shape is None or len(shape) < 2 or shape[-2] != s:
+        return None
+    node = v.producer
+    while node is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
+        ins = list(node.inputs) + [None] * (5 - len(node.inputs))
+        starts = m.const(ins[1])
+        axes = m.const(ins[3]) if ins[3] is not None else np.arange(len(shape))
+        steps = m.const(ins[4]) if ins[4] is not None else None
+        if starts is None or axes is None or np.any(np.asarray(starts) != 0) or (
+                steps is not None and np.any(np.asarray(steps) != 1)) or normalize_axes(axes, len(shape)) != \
+                [len(shape) - 2]:
+            return None
+        v = node.inputs[0]
+        node = v.producer
+    table = m.const(v)
+    return np.asarray(table) if table is not None and np.ndim(table) == len(shape) else None
+
+
 class FuseRotaryEmbedding(Rule):
     """x * cos + rotate_half(x) * sin on [B, N, S, H] heads -> RotaryEmbedding (opset 23; see the module
     docstring)."""
@@ -89,12 +113,12 @@ class FuseRotaryEmbedding(Rule):
                               op.Slice(x, ANY, ANY, _allow_other_inputs=True, _name="lo"), _name="cat")
         lo, hi = op.Split(x, _outputs=2, _allow_other_inputs=True, _name="split")
         by_split = op.Concat(op.Neg(hi), lo, _name="cat")
-        return op.Add(op.Mul(x, cos.const()), op.Mul(Or(by_slices, by_split), sin.const()))
+        return op.Add(op.Mul(x, cos), op.Mul(Or(by_slices, by_split), sin))
 
     def check(self, m, x, cos, sin):
         shape = full_shape(x)
-        require(shape is not None and len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int)
-                and shape[3] % 2 == 0, "x is not [B, N, S, H] with S and an even H known")
+        require(shape is not None and len(shape) == 4 and isinstance(shape[3], int) and shape[3] % 2 == 0,
+                "x is not [B, N, S, H] with an even H known")
         require(is_float(x) and x.dtype == cos.dtype == sin.dtype, "x, cos and sin are not one float type")
         rank, s, size = 4, shape[2], shape[3]
         h = size // 2
@@ -104,9 +128,18 @@ class FuseRotaryEmbedding(Rule):
         else:
             require(_slice_range(m, m["hi"], rank, size) == (h, size) and _slice_range(m, m["lo"], rank, size)
                     == (0, h), "the Slices are not the two halves of the last axis")
-        caches = [_cache(np.asarray(m.const(c)), s, h) for c in (cos, sin)]
+        if m.const(cos) is not None and m.const(sin) is not None:
+            require(isinstance(s, int), "cos / sin are constants but S is not known")
+            caches = [_cache(np.asarray(m.const(c)), s, h) for c in (cos, sin)]
+            cropped = False
+        else:  # a dynamic sequence: the first S rows of constant tables, cropped at run time (`self.cos[:t]`)
+            tables = [_row_crop(m, c, s) for c in (cos, sin)]
+            require(all(t is not None for t in tables), "cos / sin are neither constants nor the first S rows of "
+                    "constant tables")
+            caches = [_cache(t, t.shape[-2], h) for t in tables]
+            cropped = True
         require(all(c is not None for c in caches), "cos / sin are not [S, H] tables repeating their first half")
-        m.info = {"caches": caches, "batch": shape[0], "S": s}
+        m.info = {"caches": caches, "batch": shape[0], "S": s, "cropped": cropped}
         return True
 
     def rewrite(self, op, m, x, cos, sin):
@@ -115,10 +148,18 @@ class FuseRotaryEmbedding(Rule):
 
     @staticmethod
     def _inputs(op, m, x):
-        """The caches (constants [S, h]) and the position ids ([B, S] int64: 0 .. S-1 in every row)."""
+        """The caches (constants [S, h], or [rows, h] of tables cropped at run time) and the position ids ([B, S]
+        int64: 0 .. S-1 in every row; for a cropped table S read from x's shape)."""
         cos_cache, sin_cache = m.info["caches"]
         b, s = m.info["batch"], m.info["S"]
-        if isinstance(b, int):
+        if m.info["cropped"]:
+            i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+            dims = op.Shape(x)
+            seq = op.Squeeze(op.Slice(dims, i64([2]), i64([3])), i64([0]))
+            positions = op.Expand(op.Unsqueeze(op.Range(i64(0), seq, i64(1)), i64([0])),
+                                  op.Concat(op.Slice(dims, i64([0]), i64([1])), op.Slice(dims, i64([2]), i64([3])),
+                                            axis=0))
+        elif isinstance(b, int):
             positions = op.const(np.broadcast_to(np.arange(s, dtype=np.int64), (b, s)).copy(), hint="position_ids")
         else:  # one row of positions per batch row, the batch from x's shape
             batch = op.Slice(op.Shape(x), np.array([0], np.int64), np.array([1], np.int64))
