@@ -18,9 +18,10 @@ HID, HEADS = 32, 4
 i64 = lambda v: np.array(v, np.int64)  # noqa: E731
 
 
-def dynamic_attention(scale_from_shape: bool = True, mask: str = "additive") -> tuple:
+def dynamic_attention(scale: str = "gather", mask: str = "additive") -> tuple:
     """x [B, T, HID] -> causal multi-head self-attention with the head split as `view(b, t, HEADS, -1)` from
-    Shape(x) and (by default) the scale 1 / sqrt(q.shape[-1]) computed from Shape(q). `mask`: "additive" (a crop
+    Shape(x) and the scale 1 / sqrt(q.shape[-1]) computed from Shape(q) by a Gather ("gather") or a Slice
+    ("slice", nn.MultiheadAttention's export), or a constant ("constant"). `mask`: "additive" (a crop
     of a constant -1e4 table), "where" (Llama's `where(causal[:t, :t], 0, finfo.min)`), "where_upper" (a table
     strictly upper: a crop's last row keeps nothing), "where_offset" (a crop starting at row 1)."""
     g = G()
@@ -35,8 +36,11 @@ def dynamic_attention(scale_from_shape: bool = True, mask: str = "additive") -> 
         heads.append(g.op("Transpose", g.op("Reshape", g.op("MatMul", "x", w), split), perm=[0, 2, 1, 3]))
     q, k, v = heads
     s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
-    if scale_from_shape:
-        dim = g.op("Cast", g.op("Gather", g.op("Shape", q), i64(3), axis=0), to=TensorProto.FLOAT)
+    if scale != "constant":
+        dims = g.op("Shape", q)
+        last = g.op("Gather", dims, i64(3), axis=0) if scale == "gather" else \
+            g.op("Slice", dims, i64([-1]), i64([np.iinfo(np.int64).max]))
+        dim = g.op("Cast", last, to=TensorProto.FLOAT)
         s = g.op("Div", s, g.op("Pow", dim, np.array(0.5, np.float32)))
     else:
         s = g.op("Div", s, np.array(np.sqrt(HID // HEADS), np.float32))
@@ -80,19 +84,20 @@ def test_infer_shapes_without_symbolic_inference_keeps_onnx_types(monkeypatch):
     assert first is not None and len(first) == 4 and first[3] != HID // HEADS, first
 
 
-def test_gather_of_a_shapes_known_dim_folds():
-    """Gather(Shape(q), 3) is the head size 8 although q's batch and sequence are symbolic; Gather(Shape(x), 1)
-    (the sequence) stays."""
-    proto, _ = dynamic_attention()
+@pytest.mark.parametrize("scale", ["gather", "slice"])
+def test_gather_of_a_shapes_known_dim_folds(scale):
+    """Gather(Shape(q), 3) and Slice(Shape(q), [-1], [max]) are the head size 8 although q's batch and sequence are
+    symbolic; Gather(Shape(x), 1) (the sequence) stays."""
+    proto, _ = dynamic_attention(scale)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2))
     assert ops(out)["Pow"] == 0, dict(ops(out))
     assert ops(out)["Shape"] >= 1  # the batch and the sequence are still read at run time
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "standard"])
-@pytest.mark.parametrize("scale_from_shape", [True, False])
-def test_dynamic_shape_attention_fuses(runtime, scale_from_shape):
-    proto, _ = dynamic_attention(scale_from_shape)
+@pytest.mark.parametrize("scale", ["gather", "slice", "constant"])
+def test_dynamic_shape_attention_fuses(runtime, scale):
+    proto, _ = dynamic_attention(scale)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
     have = ops(out)
     fused = ("com.microsoft::Attention", "com.microsoft::MultiHeadAttention") if runtime == "onnxruntime" else \

@@ -156,24 +156,35 @@ def _quantize(node: Node, vals: list[np.ndarray | None]) -> list[np.ndarray] | N
 
 
 def _static_shape_pick(node: Node, graph: Graph, constant) -> np.ndarray | None:
-    """Gather(Shape(x), idx) along axis 0 where the dims it picks are known integers (x's others symbolic: the head
-    size of a dynamic-shape export, an attention's scale computed from it): those dims; else None. `constant`:
-    the pass's reader of a constant value (the indices)."""
+    """Gather(Shape(x), idx) along axis 0, or Slice(Shape(x), starts, ends[, 0[, 1]]), where the dims it picks are
+    known integers (x's others symbolic: the head size of a dynamic-shape export, an attention's scale computed
+    from it): those dims; else None. `constant`: the pass's reader of a constant value (indices, starts, ends)."""
     shape_node = node.inputs[0].producer if node.inputs and node.inputs[0] is not None else None
     if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain != "" or len(node.inputs) < 2:
         return None
     x = shape_node.inputs[0] if shape_node.inputs else None
     if x is None or x.shape is None or int(node.attr("axis", 0)) != 0:
         return None
-    idx = constant(node.inputs[1], graph) if node.inputs[1] is not None else None
     end = shape_node.attr("end")
     dims = list(x.shape)[int(shape_node.attr("start", 0)):None if end is None else int(end)]
-    if idx is None or idx.dtype.kind not in "iu" or not dims:
+    args = [constant(v, graph) if v is not None else None for v in node.inputs[1:]]
+    if not dims or any(a is None or a.dtype.kind not in "iu" for a in args[:1 if node.op_type == "Gather" else 2]):
         return None
-    flat = [int(i) + len(dims) if int(i) < 0 else int(i) for i in idx.reshape(-1)]
-    if any(not 0 <= i < len(dims) or not isinstance(dims[i], int | np.integer) for i in flat):
+    if node.op_type == "Gather":
+        idx = args[0]
+        flat = [int(i) + len(dims) if int(i) < 0 else int(i) for i in idx.reshape(-1)]
+        if any(not 0 <= i < len(dims) for i in flat):
+            return None
+        shape = idx.shape
+    else:  # one range of the 1-D shape, step 1
+        if any(a is not None and (a.size != 1 or int(a.reshape(-1)[0]) != want)
+               for a, want in zip(args[2:4], (0, 1), strict=False)) or args[0].size != 1 or args[1].size != 1:
+            return None
+        flat = list(range(len(dims)))[slice(int(args[0].reshape(-1)[0]), int(args[1].reshape(-1)[0]))]
+        shape = (len(flat),)
+    if not all(isinstance(dims[i], int | np.integer) for i in flat):
         return None
-    return np.array([int(dims[i]) for i in flat], dtype=np.int64).reshape(idx.shape)
+    return np.array([int(dims[i]) for i in flat], dtype=np.int64).reshape(shape)
 
 
 def _shape_slice(node: Node, shape: tuple) -> np.ndarray:
@@ -344,7 +355,7 @@ class ConstantFolder:
                     part = list(shape)[start:None if end is None else int(end)]
                     if all(isinstance(d, int) for d in part):
                         return [np.array(part, dtype=np.int64)]
-        if self.fold_shapes and op == "Gather" and node.domain == "":
+        if self.fold_shapes and op in ("Gather", "Slice") and node.domain == "":
             picked = _static_shape_pick(node, graph, self._constant)
             if picked is not None:
                 return [picked]
