@@ -459,12 +459,13 @@ TRANSFORMER_KINDS = ("bert", "gpt2", "vit", "llama")
 
 
 def export_transformer(kind: str, path: str, *, dynamo: bool, batch: int = 1, seq: int = 128, seed: int = 0,
-                       **sizes) -> onnx.ModelProto:
+                       dynamic: bool = False, **sizes) -> onnx.ModelProto:
     """Export one of TRANSFORMER_KINDS with torch's TorchScript exporter (`dynamo=False`, opset 17) or its
     dynamo exporter (opset 18) to `path` (weights inside) and load it. Inputs: bert / gpt2 `input_ids` and
     `attention_mask` (int64 [batch, seq]); vit `image` (float32 [batch, 3, image, image], `image` a size, 224 by
-    default: 197 tokens); llama `input_ids`. `sizes`: the module's constructor arguments. Raises ImportError
-    without torch (or onnxscript, for dynamo)."""
+    default: 197 tokens); llama `input_ids`. `dynamic` (TorchScript only): the batch and sequence dims symbolic
+    (`dynamic_axes`: "batch", "seq"; the ViT's batch). `sizes`: the module's constructor arguments. Raises
+    ImportError without torch (or onnxscript, for dynamo)."""
     first, more = _torch_transformers(), _torch_vit_llama()
     if first is None or more is None:
         raise ImportError("torch is not installed")
@@ -485,12 +486,16 @@ def export_transformer(kind: str, path: str, *, dynamo: bool, batch: int = 1, se
             args, names = (ids,), ["input_ids"]
         else:
             args, names = (ids, torch.ones(batch, seq, dtype=torch.int64)), ["input_ids", "attention_mask"]
+    if dynamic and dynamo:
+        raise ValueError("dynamic=True is for the TorchScript exporter")
     with torch.no_grad():
         if dynamo:
             torch.onnx.export(module, args, path, input_names=names, opset_version=18, dynamo=True,
                               external_data=False)
         else:
-            torch.onnx.export(module, args, path, input_names=names, opset_version=17, dynamo=False)
+            axes = {n: ({0: "batch"} if n == "image" else {0: "batch", 1: "seq"}) for n in names} if dynamic else None
+            torch.onnx.export(module, args, path, input_names=names, opset_version=17, dynamo=False,
+                              dynamic_axes=axes)
     return onnx.load(path)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Transformer fusion on onnxruntime (a script, not a test): for TorchScript and dynamo exports of the BERT-like,
-GPT-2-like, ViT-like (197 tokens) and Llama-style modules of benchmarks/models.py, which fusions
+"""Transformer fusion on onnxruntime (a script, not a test): for TorchScript (static shapes, and with dynamic batch
+and sequence axes) and dynamo exports of the BERT-like, GPT-2-like, ViT-like (197 tokens) and Llama-style modules
+of benchmarks/models.py, which fusions
 `optc optimize --for onnxruntime` and `--for standard` make, and onnxruntime's latency (ORT_ENABLE_ALL, one
 thread; medians of rounds that alternate the variants) of the export as it is, of both optc outputs and of
 onnxruntime's own transformers optimizer's output (`optimize_model`, model_type bert / gpt2 / vit; none for the
@@ -42,7 +43,7 @@ def feeds(proto: onnx.ModelProto, seq: int) -> dict:
     rng = np.random.default_rng(0)
     names = [i.name for i in proto.graph.input]
     if names == ["image"]:
-        dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]  # (a dynamic batch: 1)
         return {"image": rng.normal(0, 1, dims).astype(np.float32)}
     out = {"input_ids": rng.integers(0, 2000, (1, seq))}
     if "attention_mask" in names:
@@ -107,11 +108,13 @@ def main() -> int:
     os.makedirs(WORK, exist_ok=True)
     rows, lat_rows = [], []
     for kind in TRANSFORMER_KINDS:
-        for dynamo in (False, True):
-            name = f"{kind} {'dynamo' if dynamo else 'torchscript'}"
-            path = os.path.join(WORK, f"{kind}_{'dynamo' if dynamo else 'ts'}.onnx")
+        for dynamo, dynamic in ((False, False), (True, False), (False, True)):
+            exporter = "dynamo" if dynamo else "torchscript dynamic-axes" if dynamic else "torchscript"
+            name = f"{kind} {exporter}"
+            path = os.path.join(WORK, f"{kind}_{'dynamo' if dynamo else 'ts_dyn' if dynamic else 'ts'}.onnx")
             with contextlib.redirect_stdout(io.StringIO()):
-                proto = export_transformer(kind, path, dynamo=dynamo, seq=seq, **(QUICK[kind] if args.quick else {}))
+                proto = export_transformer(kind, path, dynamo=dynamo, dynamic=dynamic, seq=seq,
+                                           **(QUICK[kind] if args.quick else {}))
             variants: dict[str, onnx.ModelProto | str] = {"export": proto}
             for rt in ("onnxruntime", "standard"):
                 variants[f"optc --for {rt}"] = optc.to_onnx(optc.optimize(proto, runtime=rt))
