@@ -7,7 +7,6 @@ import math
 import os
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import optc
@@ -329,7 +328,7 @@ def test_tvm_int8_step_quantizes_the_best_float_model_once(tmp_path, monkeypatch
     search = types.SimpleNamespace(outdir=out, req=Requirements.parse(0.5))
     search._rel = lambda p: _Search._rel(search, p)
     search.reusable_qdq = lambda st, fp: _Search.reusable_qdq(search, st, fp)
-    search._precision = lambda mode, src, drop, state: (made.append((mode, src)) or object(), {"quantized": 3})
+    search._precision = lambda mode, src, drop: (made.append((mode, src)) or object(), {"quantized": 3})
     monkeypatch.setattr("optc.ir.save", lambda model, path: made.append(("saved", path)))
     static = {"name": "static int8", "drop": 0.25, "file": "work/05-static-int8.onnx",
               "details": {"source": "work/00-o2.onnx"}}
@@ -406,7 +405,7 @@ def test_precision_on_a_pruned_model_gets_what_is_left_of_the_budget(tmp_path, m
     search._drop_of = lambda ev, base: _Search._drop_of(search, ev, base)
     search.float_path = lambda st: _Search.float_path(search, st)
     search._best_criterion = lambda *a: _Search._best_criterion(search, *a)
-    search._precision = lambda mode, src, drop, state: (budgets.append((mode, drop)) or optc.load(src), {})
+    search._precision = lambda mode, src, drop: (budgets.append((mode, drop)) or optc.load(src), {})
     state = {"float_file": None, "precision": "dynamic", "float_drop": 0.0,
              "baseline": {"records": [{"value": 0.9861}]}}
     _, float_path, details = _Search.candidate(search, {"name": "prune 50%", "kind": "prune", "param": 0.5}, state,
@@ -522,26 +521,3 @@ def test_static_batch_only_for_a_batch_above_one_of_a_small_symbolic_model(tmp_p
     onnx.save(m, static)
     search.latency_batch = 32
     assert _Search._static_batch(search, static) is None  # no symbolic batch: nothing to bind
-
-
-@pytest.mark.parametrize(("per_tensor_drop", "weights"), [(0.25, "per-tensor"), (2.0, "per-channel")])
-def test_static_int8_takes_per_tensor_weights_when_they_keep_the_budget(tmp_path, per_tensor_drop, weights):
-    """Static int8 first tries one scale per weight tensor (onnxruntime's x86 kernels run it fastest) and keeps it
-    when it keeps the accuracy budget with every layer quantized; else per-channel weights with the accuracy-aware
-    fallback. The trial file is not left behind, and both share one calibration (the ranges cache)."""
-    import types
-
-    search = types.SimpleNamespace(work=str(tmp_path), calibration=CALIB, progress=False, eval_path=TEST,
-                                   labels="y", metric="top1", req=Requirements.parse(0.5),
-                                   deadline=time.monotonic() + 600, _ranges_cache=str(tmp_path / "ranges.json"))
-    drops = []
-    search._drop = lambda path, state: (drops.append(os.path.exists(path)) or per_tensor_drop)
-    search._per_tensor = lambda fp, st: _Search._per_tensor(search, fp, st)
-    model, details = _Search._precision(search, "static", MODEL, 0.0, {})
-    assert details["weights"] == weights and drops == [True]
-    assert not os.path.exists(tmp_path / "per-tensor-trial.onnx") and os.path.exists(tmp_path / "ranges.json")
-    weight_scales = [n for n in optc.to_onnx(model).graph.node if n.op_type == "DequantizeLinear"
-                     and any(i.endswith("weight_scale") for i in n.input)]
-    inits = {t.name: t for t in optc.to_onnx(model).graph.initializer}
-    sizes = {int(np.prod(inits[n.input[1]].dims)) for n in weight_scales if n.input[1] in inits}
-    assert sizes and (sizes == {1} if weights == "per-tensor" else max(sizes) > 1), sizes

@@ -270,8 +270,6 @@ class _Search:
                             f"{self.test.num_samples}")
         self.feeds = {k: np.ascontiguousarray(v).copy() for k, v in batch.items()}
         self.work = os.path.join(outdir, WORK_DIR)
-        #: calibrated ranges, keyed by the model's bytes: the per-tensor trial and the per-channel model share them
-        self._ranges_cache = os.path.join(self.work, "ranges.json")
         self._fns: dict[str, Callable[[], object]] = {}
         self.base_out: np.ndarray | None = None
         self.deadline = math.inf
@@ -438,15 +436,9 @@ class _Search:
         compile_to_file(source, out, "cpu", level=2, trials=0, db=db, precision=precision, static_batch=static_batch)
         return out
 
-    def _precision(self, mode: str, float_path: str, float_drop: float, state: dict) -> tuple[Any, dict]:
+    def _precision(self, mode: str, float_path: str, float_drop: float) -> tuple[Any, dict]:
         from ..quantization.api import quantize_with_report
 
-        if mode == "static":
-            if self.calibration is None:
-                raise OptcError("static int8 needs calibration data (--calibration)")
-            per_tensor = self._per_tensor(float_path, state)
-            if per_tensor is not None:
-                return per_tensor
         opts: dict[str, Any] = {"progress": self.progress}
         if mode in ("float16", "bfloat16"):
             opts[mode] = True
@@ -455,12 +447,13 @@ class _Search:
         elif mode == "int4":
             opts.update(weight_only="int4", format="contrib")
         else:
+            if self.calibration is None:
+                raise OptcError("static int8 needs calibration data (--calibration)")
             # half the time left at most for returning layers to float: the TVM steps after it need time too
-            opts.update(calibration=self.calibration, ranges_cache=self._ranges_cache, eval_data=self.eval_path,
-                        labels=self.labels, metric=self.metric,
-                        max_accuracy_drop=max(0.0, self.req.max_accuracy_drop - float_drop),
+            opts.update(calibration=self.calibration, eval_data=self.eval_path, labels=self.labels,
+                        metric=self.metric, max_accuracy_drop=max(0.0, self.req.max_accuracy_drop - float_drop),
                         accuracy_seconds=max(0.0, ACCURACY_SHARE * (self.deadline - time.monotonic())))
-        details: dict[str, Any] = {"weights": "per-channel"} if mode == "static" else {}
+        details: dict[str, Any] = {}
         model, report = quantize_with_report(float_path, **opts)
         if "quantized" in report:
             details["quantized"] = len(report["quantized"])
@@ -469,27 +462,6 @@ class _Search:
             if report["accuracy"].get("stopped"):
                 details["stopped"] = report["accuracy"]["stopped"]
         return model, details
-
-    def _per_tensor(self, float_path: str, state: dict) -> tuple[Any, dict] | None:
-        """Static int8 with one scale per weight tensor (onnxruntime's quantize_static default), when it keeps the
-        accuracy budget with every layer quantized: (model, details); else None (per-channel weights then, with
-        the accuracy-aware fallback). onnxruntime's kernels run per-tensor weights faster on x86: the ResNet-like's
-        QDQ model 2.61x the float model's speed against 2.15x per channel, at the same accuracy
-        (benchmarks/RESULTS.md, "optc auto")."""
-        from ..ir import save
-        from ..quantization.api import quantize_with_report
-
-        model, report = quantize_with_report(float_path, calibration=self.calibration, per_channel=False,
-                                             ranges_cache=self._ranges_cache, progress=self.progress)
-        path = os.path.join(self.work, "per-tensor-trial.onnx")
-        save(model, path)
-        try:
-            drop = self._drop(path, state)
-        finally:
-            os.remove(path)
-        if drop > self.req.max_accuracy_drop + _EPS:
-            return None
-        return model, {"weights": "per-tensor", "quantized": len(report.get("quantized", []))}
 
     def _drop_of(self, ev: dict, base_value: float) -> float | None:
         """An `evaluate` result's drop against the baseline's metric value `base_value` (None: no value)."""
@@ -535,7 +507,7 @@ class _Search:
             return reused[0], {"quantized_by": reused[1]}
         from ..ir import save
 
-        model, details = self._precision("static", float_path, state["float_drop"], state)
+        model, details = self._precision("static", float_path, state["float_drop"])
         save(model, stem + ".qdq.onnx")
         return stem + ".qdq.onnx", {**details, "quantized_by": "this step"}
 
@@ -568,7 +540,7 @@ class _Search:
                 details["kernels"] = describe_kernels(json.load(open(lib + ".json")).get("kernels"))
             return lib, None, details
         if kind == "precision":
-            model, details = self._precision(step["param"], float_path, state["float_drop"], state)
+            model, details = self._precision(step["param"], float_path, state["float_drop"])
             details["source"] = self._rel(float_path)
             save(model, stem + ".onnx")
             return stem + ".onnx", None, details
@@ -596,7 +568,7 @@ class _Search:
             return stem + ".onnx", stem + ".onnx", details
         if float_drop is None:  # (what is left of the budget for the precision)
             float_drop = self._drop(stem + ".float.onnx", state)
-        model, more = self._precision(state["precision"], stem + ".float.onnx", float_drop, state)
+        model, more = self._precision(state["precision"], stem + ".float.onnx", float_drop)
         save(model, stem + ".onnx")
         return stem + ".onnx", stem + ".float.onnx", {**details, **more, "float_drop": float_drop}
 
