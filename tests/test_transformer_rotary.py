@@ -128,10 +128,11 @@ def test_split_sizes_computed_at_run_time_are_not_halves():
             assert_close(proto, out, [{"x": x, "sizes": np.array(s, np.int64)} for s in ([3, 13], [8, 8])])
 
 
-def cropped_rope_graph(crop: str = "rows", batch="B"):
+def cropped_rope_graph(crop: str = "rows", batch="B", branches: int = 1):
     """rotate-half RoPE on x [batch, N, "S", H] with cos / sin the first S rows of [64, H] tables, cropped at run
     time as a dynamic-shape export does (`self.cos[:t]`, t from Shape(x)). Negative knobs: crop "from_row_1" (rows
-    1 .. S), "columns" (also a crop of the columns: not the rows only), "constant_rows" (a fixed 8-row crop)."""
+    1 .. S), "columns" (also a crop of the columns: not the rows only), "constant_rows" (a fixed 8-row crop).
+    `branches` > 1: that many rotary embeddings, of x times 1, 2, ... (an attention's q and k), summed."""
     g = G()
     h = H // 2
     ang = np.outer(np.arange(64), 1.0 / 10000 ** (np.arange(0, H, 2) / H))
@@ -149,10 +150,14 @@ def cropped_rope_graph(crop: str = "rows", batch="B"):
             crops[name] = g.op("Slice", g.const(table, name), i64([0]), i64([S]), i64([0]))
         else:
             crops[name] = g.op("Slice", g.const(table, name), i64([0]), t, i64([0]))
-    x1 = g.op("Slice", "x", i64([0]), i64([h]), i64([-1]))
-    x2 = g.op("Slice", "x", i64([h]), i64([H]), i64([-1]))
-    rot = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
-    y = g.op("Add", g.op("Mul", "x", crops["cos"]), g.op("Mul", rot, crops["sin"]))
+    outs = []
+    for k in range(branches):
+        xb = "x" if branches == 1 else g.op("Mul", "x", np.array(k + 1.0, np.float32))
+        x1 = g.op("Slice", xb, i64([0]), i64([h]), i64([-1]))
+        x2 = g.op("Slice", xb, i64([h]), i64([H]), i64([-1]))
+        rot = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+        outs.append(g.op("Add", g.op("Mul", xb, crops["cos"]), g.op("Mul", rot, crops["sin"])))
+    y = outs[0] if branches == 1 else g.op("Sum", *outs)
     return g.model([("x", F, [batch, N, "S" if crop != "constant_rows" else S, H])], [y], 18)
 
 
@@ -170,3 +175,14 @@ def test_rotary_tables_cropped_at_run_time(runtime, crop):
     rng = np.random.default_rng(6)
     assert_close(proto, out, [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)}
                               for b, s in ((2, S), (1, 1), (1, 40))])
+
+
+def test_rotary_embeddings_of_one_sequence_share_their_position_ids():
+    """Two rotary embeddings (q and k) on values of the graph input's batch and sequence: both read the sizes from
+    that input, so CSE leaves one set of position ids (a Llama-style export computed them 8 times a call)."""
+    proto = cropped_rope_graph(branches=2)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
+    have = ops(out)
+    assert have["RotaryEmbedding"] == 2 and have["Range"] == 1, dict(have)
+    rng = np.random.default_rng(7)
+    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)} for b, s in ((2, S), (1, 1))])

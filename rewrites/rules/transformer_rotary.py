@@ -79,6 +79,18 @@ def _cache(c: np.ndarray, s: int, h: int) -> np.ndarray | None:
     return np.ascontiguousarray(c[:, :h]) if np.array_equal(c[:, :h], c[:, h:]) else None
 
 
+def _shape_source(m, x, batch, seq) -> tuple:
+    """(value, batch axis, sequence axis) to read the position ids' sizes from: a graph input whose dims name the
+    same batch and sequence symbols as x's (every rotary embedding then builds the same position ids, which CSE
+    merges: a Llama-style export computed them 8 times a call, 2% of its time), else x itself (axes 0, 2)."""
+    if isinstance(batch, str) and isinstance(seq, str) and m.graph is not None:
+        for v in m.graph.inputs:
+            dims = list(v.shape or ())
+            if v.const is None and batch in dims and seq in dims:
+                return v, dims.index(batch), dims.index(seq)
+    return x, 0, 2
+
+
 def _row_crop(m, v, s) -> np.ndarray | None:
     """The constant table T ([.., rows, H]) when `v` is its first `s` rows (Slices with start 0 and step 1 along the
     rows axis only, `v`'s rows dim the same as x's sequence `s`), else None."""
@@ -154,11 +166,11 @@ class FuseRotaryEmbedding(Rule):
         b, s = m.info["batch"], m.info["S"]
         if m.info["cropped"]:
             i64 = lambda v: np.array(v, np.int64)  # noqa: E731
-            dims = op.Shape(x)
-            seq = op.Squeeze(op.Slice(dims, i64([2]), i64([3])), i64([0]))
-            positions = op.Expand(op.Unsqueeze(op.Range(i64(0), seq, i64(1)), i64([0])),
-                                  op.Concat(op.Slice(dims, i64([0]), i64([1])), op.Slice(dims, i64([2]), i64([3])),
-                                            axis=0))
+            src, b_axis, s_axis = _shape_source(m, x, b, s)
+            dims = op.Shape(src)
+            seq = op.Slice(dims, i64([s_axis]), i64([s_axis + 1]))
+            positions = op.Expand(op.Unsqueeze(op.Range(i64(0), op.Squeeze(seq, i64([0])), i64(1)), i64([0])),
+                                  op.Concat(op.Slice(dims, i64([b_axis]), i64([b_axis + 1])), seq, axis=0))
         elif isinstance(b, int):
             positions = op.const(np.broadcast_to(np.arange(s, dtype=np.int64), (b, s)).copy(), hint="position_ids")
         else:  # one row of positions per batch row, the batch from x's shape
