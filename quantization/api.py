@@ -90,8 +90,11 @@ def _static(model: Model, calibration, *, scheme: QuantScheme, method: str, perc
     quantized, skipped = _entries(ctx.quantized, ctx.skipped, model)
     # the output a layer's readers see (its own output quantization included, what the accuracy-aware mode blames
     # the layer for: a residual Add's quantized sum was BERT's worst error), else its float output
-    outputs = {k: (f, v.name) for k, (f, *values) in ctx.outputs.items()
-               for v in [next((x for x in reversed(values) if _alive(x)), None)] if v is not None}
+    outputs = {}
+    for k, (f, y, seen) in ctx.outputs.items():
+        v = seen if _alive(seen) else y if _alive(y) else None
+        if v is not None:
+            outputs[k] = (f, v.name)
     report = {"scheme": scheme.to_json(), "calibration": ranges.to_json(), "quantized": quantized,
               "skipped": skipped, "_outputs": outputs}
     return model, report, ranges
