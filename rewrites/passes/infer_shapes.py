@@ -75,11 +75,36 @@ def _proto_unknown_dims(tp: onnx.TypeProto) -> int:
                if not d.HasField("dim_value") and (not d.dim_param or d.dim_param.startswith("unk__")))
 
 
+def _unsound_for_symbolic(proto: onnx.ModelProto) -> bool:
+    """A graph where onnxruntime's symbolic inference guesses: a Split whose sizes are computed (not a constant),
+    which it takes as equal parts when it cannot evaluate them (the ONNX test of RotaryEmbedding's function splits
+    [8, 0] and it wrote [4, 4]; onnxruntime then refused the optimized model)."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    return any(n.op_type == "Split" and len(n.input) > 1 and n.input[1] and n.input[1] not in constants
+               for n in proto.graph.node)
+
+
+def _contradicts(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
+    """Two tensor types that cannot both hold: ranks differ, or a dim both know differs."""
+    if not (a.HasField("tensor_type") and b.HasField("tensor_type") and a.tensor_type.HasField("shape")
+            and b.tensor_type.HasField("shape")):
+        return False
+    da, db = a.tensor_type.shape.dim, b.tensor_type.shape.dim
+    return len(da) != len(db) or any(x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value != y.dim_value
+                                     for x, y in zip(da, db, strict=True))
+
+
 def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
     """Where ONNX's inference left dims unnamed (a Reshape to [batch, seq, heads, -1] of a dynamic-shape export: the
     head size, and through it an attention's scale), onnxruntime's symbolic shape inference (sympy: it divides
     the symbolic sizes) may know them: its types replace those with more unnamed dims in `types`. Any failure of
-    it (an op it does not model, a weight it would read) leaves `types` as they are."""
+    it (an op it does not model, a weight it would read), a graph where it would guess (`_unsound_for_symbolic`),
+    or any type of it that contradicts ONNX's (a rank or a dim both know: it misread an op, and its other types
+    are not to be trusted either) leaves `types` as they are: a wrong dim would mislead every rule that checks
+    shapes."""
+    if _unsound_for_symbolic(proto):
+        return
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -88,6 +113,8 @@ def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) ->
         return
     found: dict[str, onnx.TypeProto] = {}
     _collect(inferred.graph, found)
+    if any(_contradicts(tp, types[name]) for name, tp in found.items() if name in types):
+        return  # it misread some op (a Shape's start / end: the ONNX test of RotaryEmbedding's function): trust none
     for name, tp in found.items():
         old = types.get(name)
         if old is None or _proto_unknown_dims(tp) < _proto_unknown_dims(old):
