@@ -102,7 +102,9 @@ def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) ->
     it (an op it does not model, a weight it would read), a graph where it would guess (`_unsound_for_symbolic`),
     or any type of it that contradicts ONNX's (a rank or a dim both know: it misread an op, and its other types
     are not to be trusted either) leaves `types` as they are: a wrong dim would mislead every rule that checks
-    shapes."""
+    shapes. It runs with `auto_merge` (as onnxruntime's transformers optimizer runs it): two different symbols that
+    meet in a broadcast are taken to be equal, which exporters' graphs satisfy (a broadcast dim is written as 1);
+    without it, it fails on the GPT-2- and Llama-style exports."""
     if _unsound_for_symbolic(proto):
         return
     try:
