@@ -94,3 +94,25 @@ def normalize_axes(axes, rank: int) -> list[int] | None:
             return None
         out.append(a + rank if a < 0 else a)
     return out
+
+
+def origin_crop(m, v: Value, only_axis: int | None = None) -> np.ndarray | None:
+    """The constant table T when `v` is T cropped from its origin at run time (a chain of Slices with starts 0 and
+    steps 1, ends computed: `causal[:t, :t]`, `cos[:t]` of a dynamic-shape export), of `v`'s rank, else None.
+    `only_axis`: every Slice cuts that axis only. `m`: a rule match (for `m.const`)."""
+    rank = len(full_shape(v) or ())
+    node = v.producer
+    while node is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
+        ins = list(node.inputs) + [None] * (5 - len(node.inputs))
+        starts = m.const(ins[1])
+        steps = m.const(ins[4]) if ins[4] is not None else None
+        if starts is None or np.any(np.asarray(starts) != 0) or (steps is not None and np.any(np.asarray(steps) != 1)):
+            return None
+        if only_axis is not None:
+            axes = m.const(ins[3]) if ins[3] is not None else np.arange(rank)
+            if axes is None or normalize_axes(axes, rank) != [only_axis]:
+                return None
+        v = ins[0]
+        node = v.producer
+    table = m.const(v)
+    return np.asarray(table) if table is not None and rank and np.ndim(table) == rank else None

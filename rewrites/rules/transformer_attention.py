@@ -46,7 +46,7 @@ from ...ir.core import Value
 from ...ir.types import DataType, TensorType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, is_float, np_dtype
+from ._util import full_shape, is_float, np_dtype, origin_crop
 from .transformer_norm import MS
 from .value_bounds import value_bounds
 
@@ -245,21 +245,10 @@ def check_no_masked_row(m, mask, cond) -> None:
 
 
 def _origin_crop(m, v: Value) -> np.ndarray | None:
-    """The constant table T when `v` is T cropped from its origin (Slices with starts 0 and steps 1) to a shape
-    whose last two dims are equal (the same symbol: `causal[:t, :t]` of a dynamic-shape export), else None."""
+    """The constant table T when `v` is T cropped from its origin (`origin_crop`) to a shape whose last two dims are
+    equal (the same symbol: `causal[:t, :t]` of a dynamic-shape export), else None."""
     shape = full_shape(v)
-    if shape is None or len(shape) < 2 or shape[-1] != shape[-2]:
-        return None
-    node = v.producer
-    while node is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
-        starts = m.const(node.inputs[1])
-        steps = m.const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
-        if starts is None or np.any(np.asarray(starts) != 0) or (steps is not None and np.any(np.asarray(steps) != 1)):
-            return None
-        v = node.inputs[0]
-        node = v.producer
-    table = m.const(v)
-    return np.asarray(table) if table is not None and np.ndim(table) == len(shape) and v is not None else None
+    return origin_crop(m, v) if shape is not None and len(shape) >= 2 and shape[-1] == shape[-2] else None
 
 
 def _kept_left_of_diagonal(keep: np.ndarray) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from ...ir.types import DataType, TensorType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, is_float, normalize_axes, operand
+from ._util import full_shape, is_float, normalize_axes, operand, origin_crop
 from .transformer_norm import MS
 
 ROUNDING = "not bit-exact: a runtime's RotaryEmbedding may contract the multiply-adds (one rounding fewer)"
@@ -92,25 +92,10 @@ def _shape_source(m, x, batch, seq) -> tuple:
 
 
 def _row_crop(m, v, s) -> np.ndarray | None:
-    """The constant table T ([.., rows, H]) when `v` is its first `s` rows (Slices with start 0 and step 1 along the
-    rows axis only, `v`'s rows dim the same as x's sequence `s`), else None."""
+    """The constant table T ([.., rows, H]) when `v` is its first `s` rows (`origin_crop` along the rows axis only,
+    `v`'s rows dim the same as x's sequence `s`), else None."""
     shape = full_shape(v)
-    if shape is None or len(shape) < 2 or shape[-2] != s:
-        return None
-    node = v.producer
-    while node is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
-        ins = list(node.inputs) + [None] * (5 - len(node.inputs))
-        starts = m.const(ins[1])
-        axes = m.const(ins[3]) if ins[3] is not None else np.arange(len(shape))
-        steps = m.const(ins[4]) if ins[4] is not None else None
-        if starts is None or axes is None or np.any(np.asarray(starts) != 0) or (
-                steps is not None and np.any(np.asarray(steps) != 1)) or normalize_axes(axes, len(shape)) != \
-                [len(shape) - 2]:
-            return None
-        v = node.inputs[0]
-        node = v.producer
-    table = m.const(v)
-    return np.asarray(table) if table is not None and np.ndim(table) == len(shape) else None
+    return origin_crop(m, v, len(shape) - 2) if shape is not None and len(shape) >= 2 and shape[-2] == s else None
 
 
 class FuseRotaryEmbedding(Rule):

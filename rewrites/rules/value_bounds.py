@@ -44,11 +44,11 @@ def _input_bounds(v: Value) -> Bounds | None:
     return None
 
 
-def _mul(a: Bounds, b: Bounds) -> Bounds | None:
+def _mul(a: Bounds, b: Bounds, *, exact: bool = False) -> Bounds | None:
     products = [x * y for x in a for y in b]
     if any(np.isnan(p) for p in products):  # 0 * inf
         return None
-    return _widen(min(products), max(products))
+    return (min(products), max(products)) if exact else _widen(min(products), max(products))
 
 
 def value_bounds(m, v: Value | None, depth: int = 0) -> Bounds | None:
@@ -116,10 +116,7 @@ def _arithmetic(op: str, a: Bounds | None, b: Bounds | None, *, exact: bool) -> 
     if op == "Neg":
         return -a[1], -a[0]
     if op == "Mul":
-        if exact:
-            products = [x * y for x in a for y in b]
-            return None if any(np.isnan(p) for p in products) else (min(products), max(products))
-        return _mul(a, b)
+        return _mul(a, b, exact=exact)
     lo, hi = (a[0] + b[0], a[1] + b[1]) if op == "Add" else (a[0] - b[1], a[1] - b[0])
     if np.isnan(lo) or np.isnan(hi):
         return None
