@@ -61,13 +61,15 @@ def dynamic_attention(scale: str = "gather", mask: str = "additive") -> tuple:
     return g.model([("x", F, ["batch", "seq", HID])], [y], 17), y
 
 
-def test_infer_shapes_divides_symbolic_sizes():
-    """Reshape(x [batch, seq, 32], [batch, seq, 4, -1]): the last dim is 8 (ONNX's inference: a fresh symbol)."""
+def test_infer_shapes_refuses_types_that_rest_on_merged_symbols():
+    """onnxruntime's symbolic inference types this graph only by merging the mask crop's rows with `seq` where they
+    meet in a broadcast (an assumption a crop of 1 row also satisfies): its types are not used, and the head split
+    keeps ONNX's fresh symbol for the head size (a breaker's graphs fused into ops that compute otherwise)."""
     proto, _ = dynamic_attention()
     model = optc.from_onnx(proto)
     infer_model_types(model)
     reshapes = [n.outputs[0].shape for n in model.graph if n.op_type == "Reshape"]
-    assert reshapes[0] == ("batch", "seq", HEADS, HID // HEADS), reshapes
+    assert reshapes[0][:3] == ("batch", "seq", HEADS) and reshapes[0][3] != HID // HEADS, reshapes
 
 
 def test_infer_shapes_without_symbolic_inference_keeps_onnx_types(monkeypatch):
@@ -85,36 +87,44 @@ def test_infer_shapes_without_symbolic_inference_keeps_onnx_types(monkeypatch):
     assert first is not None and len(first) == 4 and first[3] != HID // HEADS, first
 
 
-@pytest.mark.parametrize("scale", ["gather", "slice"])
-def test_gather_of_a_shapes_known_dim_folds(scale):
-    """Gather(Shape(q), 3) and Slice(Shape(q), [-1], [max]) are the head size 8 although q's batch and sequence are
-    symbolic; Gather(Shape(x), 1) (the sequence) stays."""
-    proto, _ = dynamic_attention(scale)
+@pytest.mark.parametrize("pick", ["gather", "slice"])
+def test_gather_of_a_shapes_known_dim_folds(pick):
+    """Gather(Shape(x), 2) and Slice(Shape(x), [-1], [max]) are x's known last dim 8 although its batch and sequence
+    are symbolic (an attention's scale q.shape[-1] ** 0.5): folded; Gather(Shape(x), 1) (the sequence) stays."""
+    g = G()
+    dims = g.op("Shape", "x")
+    last = g.op("Gather", dims, i64(2), axis=0) if pick == "gather" else \
+        g.op("Slice", dims, i64([-1]), i64([np.iinfo(np.int64).max]))
+    seq = g.op("Cast", g.op("Gather", dims, i64(1), axis=0), to=TensorProto.FLOAT)
+    y = g.op("Mul", g.op("Mul", "x", g.op("Cast", last, to=TensorProto.FLOAT)), seq)
+    proto = g.model([("x", F, ["batch", "seq", 8])], [y], 17)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2))
-    assert ops(out)["Pow"] == 0, dict(ops(out))
-    assert ops(out)["Shape"] >= 1  # the batch and the sequence are still read at run time
+    assert ops(out)["Shape"] == 1 and ops(out)["Gather"] == 1 and ops(out)["Slice"] == 0, dict(ops(out))
+    x = np.random.default_rng(3).normal(0, 1, (2, 5, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(proto, {"x": x})[0])
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "standard"])
 @pytest.mark.parametrize("scale", ["gather", "slice", "constant"])
-def test_dynamic_shape_attention_fuses(runtime, scale):
+def test_dynamic_shape_attention_whose_head_size_rests_on_merges_stays_unfused(runtime, scale):
+    """The head size is known only through merged symbols (see above): the block is left as it is, computing the
+    same."""
     proto, _ = dynamic_attention(scale)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
     have = ops(out)
-    fused = ("com.microsoft::Attention", "com.microsoft::MultiHeadAttention") if runtime == "onnxruntime" else \
-        ("Attention",)
-    assert sum(have[f] for f in fused) == 1 and have["Softmax"] == 0, dict(have)
+    assert have["Softmax"] == 1 and have["Attention"] + have["com.microsoft::MultiHeadAttention"] == 0, dict(have)
     rng = np.random.default_rng(1)
     assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
                               for b, t in ((1, 16), (3, 5), (2, 1))])
 
 
-@pytest.mark.parametrize(("mask", "fused"), [("where", True), ("where_upper", False), ("where_offset", False)])
+@pytest.mark.parametrize(("mask", "fused"), [("where", False), ("where_upper", False), ("where_offset", False)])
 def test_a_causal_crop_computed_at_run_time_keeps_a_score_in_every_row(mask, fused):
     """The standard Attention only where no query row can be fully masked (onnxruntime writes zeros there): a
     runtime crop `causal[:t, :t]` of a constant table qualifies when every row of the table keeps a score left of
     its diagonal (so does every row of a square crop from the origin); a strictly upper-triangular table (a crop's
-    last row keeps nothing) or a crop from row 1 does not qualify and stays unfused; outputs equal either way."""
+    last row keeps nothing) or a crop from row 1 does not qualify and stays unfused; outputs equal either way. In
+    these graphs the head size rests on merged symbols, so even the qualifying crop stays unfused."""
     proto, _ = dynamic_attention(mask=mask)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
     have = ops(out)

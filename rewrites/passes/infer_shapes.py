@@ -102,17 +102,27 @@ def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) ->
     it (an op it does not model, a weight it would read), a graph where it would guess (`_unsound_for_symbolic`),
     or any type of it that contradicts ONNX's (a rank or a dim both know: it misread an op, and its other types
     are not to be trusted either) leaves `types` as they are: a wrong dim would mislead every rule that checks
-    shapes. It runs with `auto_merge` (as onnxruntime's transformers optimizer runs it): two different symbols that
-    meet in a broadcast are taken to be equal, which exporters' graphs satisfy (a broadcast dim is written as 1);
-    without it, it fails on the GPT-2- and Llama-style exports."""
+    shapes. It runs with `auto_merge` (without it, it stops at the first two symbols that meet in a broadcast), but
+    its types are used only when it merged none: a merge takes two symbols to be equal where they met in a
+    broadcast, which a dim of 1 satisfies too (a breaker's `x * cos[:Shape(y)[1]]`, valid at a y of length 1, was
+    typed as a crop to x's sequence and fused into a RotaryEmbedding that computes otherwise; the GPT-2- and
+    Llama-style dynamic-axes exports need such merges, and stay unfused)."""
     if _unsound_for_symbolic(proto):
         return
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        tool = SymbolicShapeInference(2**31 - 1, True, False, 0)  # (int_max, auto_merge, guess_output_rank, verbose)
+        tool._preprocess(proto)  # (its infer_shapes, unrolled: the merges it assumed are read below)
+        done = False
+        while tool.run_:
+            done = tool._infer_impl()
+        tool._update_output_from_vi()
     except Exception:  # noqa: BLE001 - an optional refinement
         return
+    if not done or tool.suggested_merge_:
+        return  # two dims taken as equal where they met in a broadcast: an assumption, not a fact
+    inferred = tool.out_mp_
     found: dict[str, onnx.TypeProto] = {}
     _collect(inferred.graph, found)
     if any(_contradicts(tp, types[name]) for name, tp in found.items() if name in types):
