@@ -26,14 +26,21 @@ def test_short_calls_run_in_warm_bursts_long_ones_once_per_round():
     assert all(v["median_ms"] <= v["p90_ms"] for v in out.values())
 
 
-def test_a_call_of_more_than_half_a_burst_still_gets_a_warm_turn():
+def test_a_call_of_more_than_half_a_burst_still_gets_a_warm_turn(monkeypatch):
     """A call of 1.2 ms (one timed call fills BURST_S) is still preceded by an untimed one in each turn: timed
-    cold after the other models' turns, a 1 ms QDQ model measured 1.35x slower than an equal one."""
+    cold after the other models' turns, a 1 ms QDQ model measured 1.35x slower than an equal one. (A fake clock:
+    the call advances it by 1.2 ms, whatever the machine's load.)"""
+    import types
+
+    import optc.workflow.latency as latency
+
+    clock = [0.0]
+    monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = {"mid": 0}
 
     def mid():
         calls["mid"] += 1
-        time.sleep(0.0012)
+        clock[0] += 0.0012
 
     out = time_alternating({"mid": mid, "other": lambda: None}, min_runs=4, max_runs=4, warmup=1)
     assert out["mid"]["runs"] == 4 and calls["mid"] == 1 + 4 * 2
