@@ -51,14 +51,16 @@ SHAPES = [
 ]
 
 
-def _weights(kind: str, shape: tuple, rng) -> tuple[np.ndarray, np.ndarray]:
-    """int8 weights (K x N for matmul, OIHW for conv) and per-output-channel float32 scales."""
+def _weights(kind: str, shape: tuple, rng, seven_bit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights (K x N for matmul, OIHW for conv; within [-64, 64] when ``seven_bit``: onnxruntime's
+    ``reduce_range``, optc quantize's default on CPUs without VNNI) and per-output-channel float32 scales."""
+    lo, hi = (-64, 65) if seven_bit else (-128, 128)
     if kind == "matmul":
         k, n = shape[-2], shape[-1]
-        w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        w = rng.integers(lo, hi, (k, n), dtype=np.int8)
     else:
         c, _, _, o, ks, _ = shape
-        w = rng.integers(-128, 128, (o, c, ks, ks), dtype=np.int8)
+        w = rng.integers(lo, hi, (o, c, ks, ks), dtype=np.int8)
         n = o
     return w, rng.uniform(0.0005, 0.002, n).astype(np.float32)
 
@@ -145,11 +147,11 @@ def _optc(mod, params):
     return vm["main"]
 
 
-def contestants(kind: str, shape: tuple, rng) -> tuple[dict, np.ndarray, np.ndarray]:
+def contestants(kind: str, shape: tuple, rng, seven_bit: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:
     """name -> zero-argument callable; and the int8 outputs of optc and onnxruntime's QDQ model (to compare)."""
     import tvm  # noqa: PLC0415
 
-    w, w_scale = _weights(kind, shape, rng)
+    w, w_scale = _weights(kind, shape, rng, seven_bit)
     x = _activation(kind, shape, rng)
     w_relax = w if kind == "matmul" else w  # relax conv2d takes OIHW like ONNX
     int8 = _optc(relax_module(kind, shape, w, w_scale, "uint8"), {"w": w_relax})
@@ -213,6 +215,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default="", help="comma-separated substrings of the shape names to run")
+    parser.add_argument("--weights", choices=("full", "7bit", "both"), default="both",
+                        help="int8 weights over the full range, within [-64, 64] (7-bit: reduce_range), or both")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args()
 
@@ -223,10 +227,12 @@ def main() -> int:
     flags = sorted(f for f in host_cpu_flags() if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
     rng = np.random.default_rng(0)
     rows = []
-    for name, kind, shape in SHAPES:
+    kinds = {"full": (False,), "7bit": (True,), "both": (False, True)}[args.weights]
+    for (name, kind, shape), seven_bit in [(case, b) for case in SHAPES for b in kinds]:
         if args.shapes and not any(s.strip() in name for s in args.shapes.split(",")):
             continue
-        run, ours, theirs, exact = contestants(kind, shape, rng)
+        run, ours, theirs, exact = contestants(kind, shape, rng, seven_bit)
+        name += ", 7-bit w" if seven_bit else ""
         d_ours = np.abs(ours.astype(np.int32) - exact.astype(np.int32))
         d_ort = np.abs(theirs.astype(np.int32) - exact.astype(np.int32))
         t = measure(run, args.rounds, args.repeat)
@@ -255,7 +261,9 @@ def markdown(rows: list[dict], args, isas: list[str], flags: list[str]) -> str:
         f"`python benchmarks/int8_kernels.py` — {cpu_model()} ({', '.join(flags)}; optc's int8 instruction set: "
         f"{isas[0] if isas else 'none'}), {THREADS} thread(s), {args.rounds} alternating rounds x {args.repeat} "
         "calls, medians of the calling thread's CPU time in ms (GOPS = 2 x multiply-adds / s). int8: uint8 "
-        f"activations (zero point {A_ZP}) x int8 per-channel weights, requantized to uint8; onnxruntime runs the same "
+        f"activations (zero point {A_ZP}) x int8 per-channel weights (rows marked `7-bit w`: weights within [-64, 64], "
+        "onnxruntime's reduce_range, which optc's kernels multiply with vpmaddubsw where the CPU has no VNNI), "
+        "requantized to uint8; onnxruntime runs the same "
         f"QDQ model (onnxruntime {ort.__version__}). Ratios < 1: optc faster. `vs exact`: largest difference of the "
         "uint8 outputs from the exact int64 sum requantized in float32 (share of outputs that differ), optc / "
         "onnxruntime's QDQ model.",

@@ -226,6 +226,7 @@ def fusion_passes():
     """Legalize and fuse: the module that MetaSchedule tunes (same as relax's 'zero' pipeline)."""
     from tvm import relax  # noqa: PLC0415
 
+    from .int8_kernels import mark_7bit_weights  # noqa: PLC0415
     from .max_pool import legalize_map  # noqa: PLC0415
 
     return [
@@ -237,6 +238,7 @@ def fusion_passes():
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.AttachAttrLayoutFreeBuffers(),
+        mark_7bit_weights(),
     ]
 
 
@@ -320,6 +322,7 @@ def _count_kernels(report: dict | None, key: str):
 DOT_PRODUCT_INTRINSICS = {
     "llvm.x86.tdpbusd": "AMX int8", "llvm.x86.tdpbssd": "AMX int8", "llvm.x86.tdpbf16ps": "AMX bf16",
     "llvm.x86.avx512.vpdpbusd.512": "AVX512-VNNI", "llvm.x86.avx512.vpdpbusd.256": "AVX-VNNI",
+    "llvm.x86.avx512.pmaddubs.w.512": "AVX-512BW (7-bit weights)", "llvm.x86.avx2.pmadd.ub.sw": "AVX2 (7-bit weights)",
     "llvm.x86.avx512.pmaddw.d.512": "AVX-512BW", "llvm.x86.avx2.pmadd.wd": "AVX2"}
 #: the same for the functions optc's kernels import as LLVM IR and call with call_extern (``bf16_dot.py``)
 DOT_PRODUCT_EXTERNS = {"optc_dpbf16ps": "AVX512-BF16"}

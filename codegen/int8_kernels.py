@@ -19,14 +19,20 @@ lacks kills the process inside LLVM (TVM-NOTES "Reduced precision on x86"):
 * ``avx512vnni``: ``vpdpbusd`` zmm (u8 x s8, 16 lanes x 4 products), uint8 activations x int8 weights;
 * ``avxvnni``: ``vpdpbusd`` ymm (AVX-VNNI, 8 lanes x 4), the same operands;
 * ``avx512bw``: ``vpmaddwd`` zmm on operands widened to int16 (16 lanes x 2 products);
-* ``avx2``: ``vpmaddwd`` ymm on operands widened to int16 (8 lanes x 2 products).
+* ``avx2``: ``vpmaddwd`` ymm on operands widened to int16 (8 lanes x 2 products);
+* ``avx512bw_7bit`` / ``avx2_7bit``: ``vpmaddubsw`` + ``vpmaddwd`` by ones (zmm / ymm; 16 / 8 lanes x 4 products),
+  uint8 activations x int8 weights, for constant weights within [-64, 64] only (``WEIGHT_LIMIT``: onnxruntime's
+  ``reduce_range``, which ``optc quantize`` uses by default on such CPUs), marked by ``mark_7bit_weights``.
 
 ``vpmaddwd`` multiplies int16 pairs and adds each pair into one int32 exactly (|products| <= 2 * 128 * 255), so
-the widened path is exact for u8 x s8 and s8 x s8 alike; ``vpmaddubsw`` (u8 x s8 summed in *saturating* int16,
-TVM's ``dot_16x4_avx512``, onnxruntime's AVX2 u8s8 kernel) is not used. ``vpdpbusd`` sums four u8 x s8 products
+the widened path is exact for u8 x s8 and s8 x s8 alike. ``vpmaddubsw`` sums pairs of u8 x s8 products in
+*saturating* int16 (TVM's ``dot_16x4_avx512``, onnxruntime's AVX2 u8s8 kernel: 255 x 127 x 2 > 32767), so it is used
+only where no pair can saturate: weights within [-64, 64] give |pair| <= 255 x 64 x 2 = 32640 (Intel SDM,
+PMADDUBSW), exact, at twice ``vpmaddwd``'s products per instruction with no widening. ``vpdpbusd`` sums four u8 x s8 products
 into int32 without intermediate saturation (Intel SDM, VPDPBUSD), so it is exact too; int8 x int8 operands use
 the widened path on VNNI machines as well; the AMX instructions sum into int32 without saturation too (Intel
-SDM, TDPBUSD). Per kernel, the first instruction set in this order whose lanes and group divide N and K is used.
+SDM, TDPBUSD). Per kernel, the first instruction set in this order whose lanes and group divide N and K is used
+(the ``*_7bit`` ones only where ``mark_7bit_weights`` marked the weight).
 
 bfloat16 x bfloat16 -> float32 kernels (``--precision bf16``, ``precision.py``) take the AMX path (``tdpbf16ps``,
 pairs of bf16 per 4-byte group) when the target has AMX-BF16 and the kernel fits a block, else the ``avx512bf16``
@@ -91,14 +97,22 @@ from .targets import llvm_features
 ISAS = {
     "avx512vnni": (("avx512vnni", "avx512bw"), 16, 4, ("uint8",)),
     "avxvnni": (("avxvnni",), 8, 4, ("uint8",)),
+    "avx512bw_7bit": (("avx512bw",), 16, 4, ("uint8",)),
     "avx512bw": (("avx512bw",), 16, 2, ("uint8", "int8")),
+    "avx2_7bit": (("avx2",), 8, 4, ("uint8",)),
     "avx2": (("avx2",), 8, 2, ("uint8", "int8")),
     # bfloat16 x bfloat16 -> float32 (``bf16_dot.py``: vdpbf16ps, 16 lanes x 2 products)
     "avx512bf16": (BF16_DOT_FEATURES, 16, 2, ("bfloat16",)),
 }
 
 #: vector registers of each register file (ymm on AVX2 / AVX-VNNI, zmm with AVX-512)
-_REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw": 32, "avx2": 16, "avx512bf16": 32}
+_REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw_7bit": 32, "avx512bw": 32, "avx2_7bit": 16, "avx2": 16,
+              "avx512bf16": 32}
+#: instruction sets exact only for constant int8 weights within [-WEIGHT_LIMIT, WEIGHT_LIMIT] (vpmaddubsw pairs)
+SEVEN_BIT = ("avx512bw_7bit", "avx2_7bit")
+WEIGHT_LIMIT = 64
+#: PrimFunc attribute: indices of the params whose every call passes a constant int8 weight within the limit
+SEVEN_BIT_ATTR = "optc.int8_weights_7bit"
 #: instruction sets that multiply and accumulate in one instruction (the others: multiply-add pairs, then add)
 _FUSED = ("avx512vnni", "avxvnni", "avx512bf16")
 
@@ -143,6 +157,29 @@ def _make_intrin(isa: str, a_dtype: str):
 
     if isa == "avx512bf16":
         return desc, bf16_dot_impl()
+    if isa in SEVEN_BIT:  # vpmaddubsw (u8 x s8 pairs into int16, exact for weights within the limit), then vpmaddwd
+        # by ones (int16 pairs into int32): 4 products per int32 lane, in vpdpbusd's layout
+        pairs = "llvm.x86.avx512.pmaddubs.w.512" if lanes == 16 else "llvm.x86.avx2.pmadd.ub.sw"
+        widen = "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd"
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (group,), a_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                    f"int32x{lanes}", widen,
+                    T.call_llvm_pure_intrin(
+                        f"int16x{2 * lanes}", pairs,
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                                      dtype=f"int8x{wide}"),
+                        B.vload([0, 0], f"int8x{wide}")),
+                    T.broadcast(T.int16(1), 2 * lanes))
+
+        return desc, impl
     if group == 4:  # vpdpbusd: the activation's 4 bytes broadcast as one int32, the weights as 64 / 32 bytes
         intrinsic = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
 
@@ -305,6 +342,63 @@ def _tile(isa: str, m_ext: int, n_vecs: int) -> tuple[int, int]:
     return best
 
 
+def _weights_7bit(func, buffer) -> bool:
+    """Whether ``buffer`` is a param of ``func`` that ``mark_7bit_weights`` found within the limit at every call."""
+    marked = func.attrs.get(SEVEN_BIT_ATTR) if func.attrs is not None else None
+    if not marked:
+        return False
+    return any(func.params[int(i)].same_as(buffer) for i in marked)
+
+
+def mark_7bit_weights():
+    """A Relax pass (after FuseTIR and AttachAttrLayoutFreeBuffers) that gives each PrimFunc the ``SEVEN_BIT_ATTR``
+    list of its layout-free params to which every ``call_tir`` of it passes an int8 constant within
+    [-WEIGHT_LIMIT, WEIGHT_LIMIT] (the ``*_7bit`` instruction sets are exact only there); PrimFuncs without such a
+    param are left as they are."""
+    import numpy as np  # noqa: PLC0415
+    from tvm import ir, relax, transform  # noqa: PLC0415
+    from tvm.ir.expr import GenericConst  # noqa: PLC0415
+    from tvm.runtime import Tensor  # noqa: PLC0415
+
+    call_tir = ir.Op.get("relax.call_tir")
+
+    @transform.module_pass(opt_level=0, name="optc_mark_7bit_weights")
+    def _pass(mod, _ctx):
+        found: dict = {}  # GlobalVar -> indices still within the limit at every call so far
+        limits: dict = {}  # id of a constant -> whether it is an int8 tensor within the limit
+
+        def within(arg) -> bool:
+            data = arg.value if isinstance(arg, GenericConst) else None
+            if not isinstance(data, Tensor) or str(data.dtype) != "int8":
+                return False
+            key = id(data)
+            if key not in limits:
+                w = data.numpy()
+                limits[key] = w.size > 0 and int(np.abs(w.astype(np.int16)).max()) <= WEIGHT_LIMIT
+            return limits[key]
+
+        def visit(call):
+            if not isinstance(call, relax.Call) or not call.op.same_as(call_tir):
+                return
+            gv, args = call.args[0], call.args[1]
+            func = mod[gv] if isinstance(gv, ir.GlobalVar) and gv in mod.get_global_vars() else None
+            if func is None or func.attrs is None or "layout_free_buffers" not in func.attrs:
+                return
+            fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
+            ok = {int(i) for i in func.attrs["layout_free_buffers"] if int(i) < len(fields) and within(fields[int(i)])}
+            found[gv] = ok if gv not in found else found[gv] & ok
+
+        for _gv, f in mod.functions_items():
+            if isinstance(f, relax.Function):
+                relax.analysis.post_order_visit(f, visit)
+        for gv, ok in found.items():
+            if ok:
+                mod[gv] = mod[gv].with_attr(SEVEN_BIT_ATTR, sorted(ok))
+        return mod
+
+    return _pass
+
+
 class Int8Reduction(_Rule):
     """Exact u8/s8 x s8 -> int32 matmul / NHWC conv kernels with fused epilogues on the best dot-product
     instruction ``target`` has (``int8_isas``); declines (next rule) whatever it cannot tensorize."""
@@ -355,7 +449,8 @@ class Int8Reduction(_Rule):
         return None
 
     def _schedule(self, func, target: Target, isas: list[str], *, amx: bool, pad_rows: int = 0,
-                  window: bool = False, padded: int = 0, pad_cols: int = 0, padded_weight=None):
+                  window: bool = False, padded: int = 0, pad_cols: int = 0, padded_weight=None,
+                  seven_bit: bool | None = None):
         from tvm.s_tir.dlight.analysis import normalize_prim_func  # noqa: PLC0415
 
         sch = s_tir.Schedule(func)
@@ -377,6 +472,8 @@ class Int8Reduction(_Rule):
         if operands is None:
             return None
         a_index, b_index, constant_b, b_axes = operands
+        if seven_bit is None:  # (the padded copies below keep the answer of the kernel as it came)
+            seven_bit = constant_b and _weights_7bit(func, stmt.reads[b_index].source)
         if padded_weight is not None:  # the zero-padded copy of a constant weight (pad_cols below)
             constant_b = stmt.reads[b_index].source.same_as(padded_weight)
         if amx and not constant_b:  # the AMX blocks take prepacked weights only
@@ -414,7 +511,7 @@ class Int8Reduction(_Rule):
             padding = [1] * len(extents)
             padding[n_s - 2] = pad_rows
             sch.pad_einsum(block, padding)
-            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=pad_rows)
+            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=pad_rows, seven_bit=seven_bit)
         if pad_cols:
             # N not a multiple of the widest vector (24, 40, 1000 output channels): a constant weight is zero-padded
             # to whole vectors at compile time (the padding inlined into its packing), the padded products cropped
@@ -432,7 +529,8 @@ class Int8Reduction(_Rule):
             if len(copies) != 1:
                 return None
             sch.annotate(sch.get_sblock(copies[0].name_hint), "meta_schedule.layout_rewrite_preproc", 1)
-            return self._schedule(sch.mod["main"], target, isas, amx=False, padded_weight=copies[0].writes[0].source)
+            return self._schedule(sch.mod["main"], target, isas, amx=False, padded_weight=copies[0].writes[0].source,
+                                  seven_bit=seven_bit)
         if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
             # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: a tile or a
             # vdpbf16ps would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.
@@ -454,7 +552,7 @@ class Int8Reduction(_Rule):
             # the best instruction set that multiplies these operands and whose lanes / group divide N / K (a
             # VNNI machine takes K = 130 with vpmaddwd pairs, N = 72 with ymm vectors)
             isa = next((i for i in isas if a_dtype in ISAS[i][3] and not n_ext % ISAS[i][1]
-                        and not k_ext % ISAS[i][2]), None)
+                        and not k_ext % ISAS[i][2] and (seven_bit or i not in SEVEN_BIT)), None)
             if isa is None:
                 return None
             _, lanes, group, _ = ISAS[isa]

@@ -15,7 +15,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 from optc.codegen import int8_kernels  # noqa: E402
-from optc.codegen.build import build, fuse, prepare  # noqa: E402
+from optc.codegen.build import DOT_PRODUCT_INTRINSICS, build, fuse, prepare  # noqa: E402
 from optc.codegen.targets import host_cpu_flags, resolve_target  # noqa: E402
 from tvm import relax  # noqa: E402
 
@@ -107,16 +107,18 @@ def test_host_decision_follows_cpuinfo():
     assert ("avx2" in isas) == ("avx2" in flags)
     assert ("amx" in isas) == ({"amx_tile", "amx_int8"} <= flags)
     if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "avx512bw"}:
-        assert isas == ["avx2"]
+        assert isas == ["avx2_7bit", "avx2"]
 
 
 @pytest.mark.parametrize(("target", "expected"), [
-    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["amx", "avx512vnni", "avxvnni", "avx512bw", "avx2", "avx512bf16"]),
-    ({"kind": "llvm", "mcpu": "znver4"}, ["avx512vnni", "avx512bw", "avx2", "avx512bf16"]),  # bf16 kernels only
-    ({"kind": "llvm", "mcpu": "icelake-server"}, ["avx512vnni", "avx512bw", "avx2"]),
-    ({"kind": "llvm", "mcpu": "alderlake"}, ["avxvnni", "avx2"]),
-    ({"kind": "llvm", "mcpu": "skylake-avx512"}, ["avx512bw", "avx2"]),
-    ({"kind": "llvm", "mcpu": "haswell"}, ["avx2"]),
+    ({"kind": "llvm", "mcpu": "sapphirerapids"}, ["amx", "avx512vnni", "avxvnni", "avx512bw_7bit", "avx512bw",
+                                                   "avx2_7bit", "avx2", "avx512bf16"]),
+    ({"kind": "llvm", "mcpu": "znver4"},  # bf16 kernels only
+     ["avx512vnni", "avx512bw_7bit", "avx512bw", "avx2_7bit", "avx2", "avx512bf16"]),
+    ({"kind": "llvm", "mcpu": "icelake-server"}, ["avx512vnni", "avx512bw_7bit", "avx512bw", "avx2_7bit", "avx2"]),
+    ({"kind": "llvm", "mcpu": "alderlake"}, ["avxvnni", "avx2_7bit", "avx2"]),
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, ["avx512bw_7bit", "avx512bw", "avx2_7bit", "avx2"]),
+    ({"kind": "llvm", "mcpu": "haswell"}, ["avx2_7bit", "avx2"]),
     ({"kind": "llvm", "mcpu": "x86-64"}, []),  # SSE2 only: the rule declines, TiledReduction schedules
     ("arm64", []),
 ])
@@ -269,6 +271,111 @@ def test_tile_fits_register_file():
             u_m, u_n = int8_kernels._tile(isa, m, n_vecs)
             assert m % u_m == 0 and n_vecs % u_n == 0
             assert u_m * u_n + u_n + 2 <= int8_kernels._REGISTERS[isa]
+
+
+# --- 7-bit weights: vpmaddubsw where no pair can saturate ------------------------------------------------------
+
+def _seven_bit(rng, shape, limit: int = int8_kernels.WEIGHT_LIMIT) -> np.ndarray:
+    """int8 weights of only +-limit (every vpmaddubsw pair at its largest: 255 x 64 x 2 = 32640 for 64)."""
+    return np.where(rng.random(shape) < 0.5, -limit, limit).astype(np.int8)
+
+
+def _host_7bit() -> str | None:
+    """The 7-bit instruction set this host's kernels take (None on a VNNI or non-x86 host)."""
+    isas = [i for i in int8_kernels.int8_isas(resolve_target("cpu")) if i != "amx"]
+    return isas[0] if isas and isas[0] in int8_kernels.SEVEN_BIT else None
+
+
+@pytest.mark.parametrize(("op", "x_shape", "w_shape", "attrs"), [
+    ("matmul", (16, 256), (256, 128), {}),
+    ("matmul", (1, 64), (64, 64), {}),
+    ("matmul", (7, 132), (132, 72), {}),
+    ("matmul", (5, 64), (64, 100), {}),                          # padded columns
+    ("matmul", (3, 5, 96), (96, 136), {}),                       # batch
+    ("conv", (1, 16, 10, 10), (32, 16, 3, 3), {"padding": 1}),
+    ("conv", (2, 8, 11, 11), (16, 8, 3, 3), {"strides": 2}),
+    ("conv", (1, 96, 6, 6), (24, 96, 1, 1), {}),
+])
+@pytest.mark.parametrize("limit", [64, 65])
+def test_seven_bit_weights_exact(op, x_shape, w_shape, attrs, limit):
+    """Weights within [-64, 64] take vpmaddubsw on a CPU without VNNI and stay exact with every pair at its
+    largest (activations 0 / 255, weights +-64); one weight of 65 could saturate a pair, and the kernel keeps the
+    widened vpmaddwd path (exact too)."""
+    rng = np.random.default_rng(limit)
+    w = _seven_bit(rng, w_shape)
+    if limit > int8_kernels.WEIGHT_LIMIT:
+        w.flat[5] = -limit
+    x = _values(rng, x_shape, "uint8", "extremes")
+    mod = _module(x_shape, w_shape, "uint8", op, **attrs)
+    report: dict = {}
+    vm = relax.VirtualMachine(build(mod, {"w": w}, "cpu", report=report), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    ref = x.astype(np.int64) @ w.astype(np.int64) if op == "matmul" else \
+        _conv_reference(x, w, attrs.get("strides", 1), attrs.get("padding", 0))
+    np.testing.assert_array_equal(out, ref)
+    isa = _host_7bit()
+    if isa is not None:
+        label = DOT_PRODUCT_INTRINSICS[
+            "llvm.x86.avx2.pmadd.ub.sw" if isa == "avx2_7bit" else "llvm.x86.avx512.pmaddubs.w.512"]
+        assert (label in report["dot_products"]) == (limit == int8_kernels.WEIGHT_LIMIT), report
+
+
+@pytest.mark.parametrize("second_within", [True, False])
+def test_seven_bit_needs_every_call_within_the_limit(second_within):
+    """One kernel called with two weights: marked for 7 bits only when both are within the limit (one weight of
+    100 keeps both calls on the widened path); both products exact either way."""
+    rng = np.random.default_rng(6)
+    w1, w2 = _seven_bit(rng, (64, 32)), _seven_bit(rng, (64, 32))
+    if not second_within:
+        w2[3, 4] = 100
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((8, 64), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.matmul(x, relax.const(w1), out_dtype="int32"))
+            b = bb.emit(relax.op.matmul(x, relax.const(w2), out_dtype="int32"))
+            out = bb.emit_output(relax.Tuple([a, b]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = resolve_target("cpu")
+    kernels = [f for _, f in fuse(prepare(mod, None, target), target).functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 1  # one kernel, two calls
+    marked = kernels[0].attrs.get(int8_kernels.SEVEN_BIT_ATTR)
+    assert (marked is not None and [int(i) for i in marked] == [1]) == second_within
+    xv = _values(rng, (8, 64), "uint8", "extremes")
+    outs = relax.VirtualMachine(build(mod, None, "cpu"), tvm.cpu())["main"](tvm.runtime.tensor(xv))
+    for got, w in zip(outs, (w1, w2), strict=True):
+        np.testing.assert_array_equal(got.numpy(), xv.astype(np.int64) @ w.astype(np.int64))
+
+
+def test_seven_bit_int8_activations_keep_the_widened_path():
+    """vpmaddubsw takes unsigned activations only: int8 x int8 with 7-bit weights stays on vpmaddwd, exact."""
+    rng = np.random.default_rng(7)
+    w = _seven_bit(rng, (128, 64))
+    x = _values(rng, (8, 128), "int8", "extremes")
+    mod = _module((8, 128), (128, 64), "int8", "matmul")
+    report: dict = {}
+    vm = relax.VirtualMachine(build(mod, {"w": w}, "cpu", report=report), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x.astype(np.int64) @ w)
+    assert not any("7-bit" in k for k in report.get("dot_products", {})), report
+
+
+@pytest.mark.parametrize(("mcpu", "pattern", "isa"), [
+    ("haswell", r"vpmaddubsw\s+%ymm", "AVX2 (7-bit weights)"),
+    ("skylake-avx512", r"vpmaddubsw\s+%zmm", "AVX-512BW (7-bit weights)"),
+    ("icelake-server", r"vpdpbusd\s+%zmm", "AVX512-VNNI"),   # VNNI first: exact for any weight
+])
+def test_build_only_seven_bit_instructions(mcpu, pattern, isa):
+    """build only: 7-bit weights on a CPU without VNNI compile to vpmaddubsw (ymm / zmm), counted as such; a VNNI
+    CPU keeps vpdpbusd."""
+    w = _seven_bit(np.random.default_rng(8), (256, 128))
+    report: dict = {}
+    executable = build(_module((16, 256), (256, 128), "uint8", "matmul", requantize=True), {"w": w},
+                       resolve_target({"kind": "llvm", "mcpu": mcpu}), report=report)
+    asm = next(m for m in executable.mod.imports if m.kind == "llvm").inspect_source("asm")
+    assert re.search(pattern, asm), f"{mcpu}: no {pattern}"
+    assert report["dot_products"] == {isa: 1}
 
 
 # --- AMX tiles (Sapphire Rapids and later) ---------------------------------------------------------------------
