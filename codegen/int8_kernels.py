@@ -434,6 +434,8 @@ class Int8Reduction(_Rule):
                 attempts.append((register_isas, {"amx": False, "pad_cols": lanes}))
             # rows that no register tile height divides (197 tokens): padded to whole tiles
             attempts.append((register_isas, {"amx": False, "pad_rows": MAX_TILE_ROWS}))
+            if lanes:  # both: symbolic rows (a batch) of a weight whose columns are not whole vectors (10 classes)
+                attempts.append((register_isas, {"amx": False, "pad_rows": MAX_TILE_ROWS, "pad_cols": lanes}))
         return self._first(func, target, attempts) or self._schedule(func, target, register_isas, amx=False)
 
     def _first(self, func, target: Target, attempts: list):
@@ -511,7 +513,8 @@ class Int8Reduction(_Rule):
             padding = [1] * len(extents)
             padding[n_s - 2] = pad_rows
             sch.pad_einsum(block, padding)
-            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=pad_rows, seven_bit=seven_bit)
+            return self._schedule(sch.mod["main"], target, isas, amx=amx, padded=pad_rows, pad_cols=pad_cols,
+                                  seven_bit=seven_bit)
         if pad_cols:
             # N not a multiple of the widest vector (24, 40, 1000 output channels): a constant weight is zero-padded
             # to whole vectors at compile time (the padding inlined into its packing), the padded products cropped
@@ -530,7 +533,7 @@ class Int8Reduction(_Rule):
                 return None
             sch.annotate(sch.get_sblock(copies[0].name_hint), "meta_schedule.layout_rewrite_preproc", 1)
             return self._schedule(sch.mod["main"], target, isas, amx=False, padded_weight=copies[0].writes[0].source,
-                                  seven_bit=seven_bit)
+                                  padded=padded, seven_bit=seven_bit)
         if a_dtype == "bfloat16" and not any(stmt.reads[a_index].source.same_as(p) for p in func.params):
             # TVM's bf16 legalization stores a kernel's own bf16 buffers (a padded input) as float32: a tile or a
             # vdpbf16ps would read float32 bytes as bf16 pairs. Only parameters keep their bf16 storage.

@@ -98,6 +98,15 @@ def run_reference(model: onnx.ModelProto | str, feeds: dict | Sequence) -> list:
     return list(ref.run(None, feeds))
 
 
+def run_qdq_exact(model: onnx.ModelProto, feeds: dict | Sequence) -> list:
+    """A QDQ model's result from onnxruntime where its uint8 x int8 kernels are exact, else (x86 without VNNI,
+    whose VPMADDUBSW saturates int16 pairs of full-range products: up to 80 units off) from onnx's reference
+    evaluator (float ops on the dequantized values)."""
+    from optc.quantization.scheme import QuantScheme
+
+    return run_reference(model, feeds) if QuantScheme.host_saturates() else run_ort(model, feeds)
+
+
 def bind_inputs(model: onnx.ModelProto, inputs: list, keep_first: bool) -> tuple[onnx.ModelProto, list] | None:
     """`model` with its tensor inputs (all, or all but the first) made initializers holding `inputs`' values,
     and the inputs that are still fed; None if nothing could be bound. (IR < 4 models keep the bound names

@@ -222,7 +222,7 @@ def test_requantize_epilogue_matches_unscheduled(op, x_shape, w_shape, attrs):
     assert len(np.unique(ours)) > 10
 
 
-@pytest.mark.parametrize(("k", "n"), [(96, 24), (64, 100)])
+@pytest.mark.parametrize(("k", "n"), [(96, 24), (64, 100), (96, 20)])
 def test_ragged_columns_are_padded_in_the_packed_weight(k, n):
     """A constant weight whose N is not whole vectors: one compile-time copy (marked as packing is) pads it with
     zero columns to whole vectors of the widest instruction set and packs it; the tile then runs whole vectors."""
@@ -231,14 +231,44 @@ def test_ragged_columns_are_padded_in_the_packed_weight(k, n):
     if not isas:
         pytest.skip("this CPU has no integer dot-product instruction set")
     lanes = max(int8_kernels.ISAS[i][1] for i in isas)
+    if n % lanes == 0 or n < lanes:
+        pytest.skip(f"{n} columns are whole vectors of {lanes} lanes (or below one) on this CPU")
     w = _values(np.random.default_rng(4), (k, n), "int8")
     func, _ = _reduction_kernel(_module((16, k), (k, n), "uint8", "matmul"), w)
     script = int8_kernels.Int8Reduction().apply(func, target, False).mod["main"].script()
     padded_n = -(-n // lanes) * lanes
+    group = next(int8_kernels.ISAS[i][2] for i in isas if i not in int8_kernels.SEVEN_BIT
+                 and int8_kernels.ISAS[i][1] == lanes)  # (full-range weights: no 7-bit instruction set)
     copies = [b for b in script.split('T.sblock("')[1:] if "meta_schedule.layout_rewrite_preproc" in b]
     assert len(copies) == 1 and "T.if_then_else" in copies[0], script  # padding inlined into the packing
-    assert f"T.int64({padded_n}), T.int64(4)), \"int8\")" in script  # the packed weight holds whole vectors
+    packed = re.search(r"_pad_global = T\.sblock_alloc_buffer\(\((.*?)\), \"int8\"\)", script)
+    dims = [int(d) for d in re.findall(r"T\.int64\((\d+)\)", packed.group(1))]  # [n // panel, k // G, panel, G]
+    assert dims[0] * dims[2] == padded_n and dims[-1] == group, dims  # the packed weight holds whole vectors
     assert f"T.int64({padded_n})), \"int32\")" in script            # so does the accumulator
+
+
+def test_symbolic_rows_and_ragged_columns_are_both_padded():
+    """A dense layer over a symbolic batch whose columns are not whole vectors (20 classes): rows padded to whole
+    tiles and the weight's columns to whole vectors in one kernel (it fell back to TiledReduction before), exact
+    at batches that are and are not multiples of the tile."""
+    n = tvm.tirx.Var("n", "int64")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((n, 64), "uint8"))
+    w = _values(np.random.default_rng(9), (64, 20), "int8", "extremes")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = resolve_target("cpu")
+    if [i for i in int8_kernels.int8_isas(target) if i != "amx"]:
+        func = next(f for _, f in fuse(prepare(mod, None, target), target).functions_items()
+                    if isinstance(f, tvm.tirx.PrimFunc))
+        assert int8_kernels.Int8Reduction().apply(func, target, False) is not None
+    vm = relax.VirtualMachine(build(mod, None, "cpu"), tvm.cpu())
+    for rows in (1, 5, 13, 16):
+        xv = _values(np.random.default_rng(rows), (rows, 64), "uint8", "extremes")
+        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(xv)).numpy(), xv.astype(np.int64) @ w)
 
 
 def test_packs_a_run_time_weight_in_the_kernel():

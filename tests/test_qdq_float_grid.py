@@ -108,7 +108,7 @@ def test_nan_is_the_zero_point_in_the_float_form_too():
 def _qdq_matmul_relu(with_relu: bool) -> onnx.ModelProto:
     """DQ(x) @ DQ(w) [-> Relu] -> Q -> DQ -> Add: QMatMul with the float form of its requantized output."""
     rng = np.random.default_rng(3)
-    w = rng.integers(-127, 128, (32, 16)).astype(np.int8)
+    w = rng.integers(-64, 65, (32, 16)).astype(np.int8)  # 7 bits: onnxruntime without VNNI saturates wider ones
     inits = [nh.from_array(np.array(0.02, np.float32), "xs"), nh.from_array(np.array(128, np.uint8), "xz"),
              nh.from_array(w, "w"), nh.from_array(np.array(0.01, np.float32), "ws"),
              nh.from_array(np.array(0, np.int8), "wz"), nh.from_array(np.array(0.05, np.float32), "ys"),
