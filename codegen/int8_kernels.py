@@ -365,17 +365,13 @@ def mark_7bit_weights():
     @transform.module_pass(opt_level=0, name="optc_mark_7bit_weights")
     def _pass(mod, _ctx):
         found: dict = {}  # GlobalVar -> indices still within the limit at every call so far
-        limits: dict = {}  # id of a constant -> whether it is an int8 tensor within the limit
 
-        def within(arg) -> bool:
+        def within(arg) -> bool:  # (no cache by id(): each access makes a new Python object, whose id is reused)
             data = arg.value if isinstance(arg, GenericConst) else None
             if not isinstance(data, Tensor) or str(data.dtype) != "int8":
                 return False
-            key = id(data)
-            if key not in limits:
-                w = data.numpy()
-                limits[key] = w.size > 0 and int(np.abs(w.astype(np.int16)).max()) <= WEIGHT_LIMIT
-            return limits[key]
+            w = data.numpy()
+            return w.size > 0 and int(np.abs(w.astype(np.int16)).max()) <= WEIGHT_LIMIT
 
         def visit(call):
             if not isinstance(call, relax.Call) or not call.op.same_as(call_tir):

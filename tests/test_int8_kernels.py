@@ -379,6 +379,36 @@ def test_seven_bit_needs_every_call_within_the_limit(second_within):
         np.testing.assert_array_equal(got.numpy(), xv.astype(np.int64) @ w.astype(np.int64))
 
 
+def test_seven_bit_marks_each_weight_by_its_own_values():
+    """Found by a breaker: the marking cached each constant's answer by id() of a short-lived wrapper, so a weight
+    of 127 could inherit an earlier in-range weight's answer and run on vpmaddubsw (every output 130052 instead
+    of 258064). Three MatMulInteger nodes, the first within the limit: only its kernel takes the 7-bit path."""
+    import onnx  # noqa: PLC0415
+    import optc  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    specs = [(24, 8, 64, None), (24, 16, 127, 1), (8, 16, 127, 1)]  # (K, N, weight value, activation zero point)
+    nodes, inputs, outputs, inits = [], [], [], []
+    for j, (k, n, value, zp) in enumerate(specs):
+        extra = [] if zp is None else [f"az{j}"]
+        if zp is not None:
+            inits.append(numpy_helper.from_array(np.array(zp, np.uint8), f"az{j}"))
+        inits.append(numpy_helper.from_array(np.full((k, n), value, np.int8), f"B{j}"))
+        nodes.append(helper.make_node("MatMulInteger", [f"A{j}", f"B{j}", *extra], [f"Y{j}"]))
+        inputs.append(helper.make_tensor_value_info(f"A{j}", TensorProto.UINT8, [4, k]))
+        outputs.append(helper.make_tensor_value_info(f"Y{j}", TensorProto.INT32, [4, n]))
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    onnx.checker.check_model(model)
+    lib = optc.compile(model)
+    feeds = {f"A{j}": np.full((4, k), 255, np.uint8) for j, (k, _, _, _) in enumerate(specs)}
+    got = lib.run(feeds)
+    for j, (k, n, value, zp) in enumerate(specs):
+        np.testing.assert_array_equal(got[f"Y{j}"], np.full((4, n), (255 - (zp or 0)) * value * k, np.int64))
+    if _host_7bit() is not None:
+        assert sum(v for key, v in lib.metadata["kernels"]["instructions"].items() if "7-bit" in key) == 1
+
+
 def test_seven_bit_int8_activations_keep_the_widened_path():
     """vpmaddubsw takes unsigned activations only: int8 x int8 with 7-bit weights stays on vpmaddwd, exact."""
     rng = np.random.default_rng(7)
