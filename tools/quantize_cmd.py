@@ -105,8 +105,7 @@ def _summary(report: dict) -> None:
     what = mode
     if mode == "static":
         s = report["scheme"]
-        weights = f"{s['weights']} weights{' (7-bit range)' if s.get('reduce_range') else ''}"
-        what = (f"static, {s['activations']} activations x {weights}, "
+        what = (f"static, {s['activations']} activations x {s['weights']} weights, "
                 f"{'per-channel' if s['per_channel'] else 'per-tensor'}, {report['calibration']['method']}"
                 f"{' (cached ranges)' if report['calibration']['cached'] else ''}")
     err = sys.stderr
