@@ -49,6 +49,11 @@ STACK_ALLOCA_BYTES = 1024
 #: output sums at least this many products: 16 accumulators then beat 8 by 3-10% (float32 matmuls with K = 768 to
 #: 2048, AMD EPYC Zen 4); below it the calls cost more than the smaller tile (a 1x1 conv with K = 64: 1.5x)
 WORKSPACE_TILE_MIN_REDUCTION = 512
+#: vector registers a float register tile leaves to its operands: up to 3 weight vectors (or row broadcasts) live
+#: across the tile and the broadcast / load in flight. With AVX2's 16 registers the tile had 16 accumulators and 4
+#: weight vectors, and LLVM spilled accumulators to the stack in every step: 64 x 256 x 1024 float32 matmul 2.7x
+#: onnxruntime's time, 12 accumulators ... (AMD EPYC Zen 3, 1 thread)
+REGISTERS_BESIDE_ACCUMULATORS = 4
 #: repack a constant weight into tile-contiguous panels when it is at least this large (bytes)
 PREPACK_MIN_BYTES = 1 << 16
 
@@ -57,13 +62,35 @@ def _is_cpu(target: Target) -> bool:
     return target.kind.name == "llvm"
 
 
-def _vector_lanes(target: Target, dtype_bits: int) -> int:
+def _is_x86(target: Target) -> bool:
+    """An LLVM target for x86-64 (its triple, or this host's when the target names none, as the `cpu` preset)."""
+    import platform  # noqa: PLC0415
+
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return _is_cpu(target) and (triple.startswith("x86_64") if triple else
+                                platform.machine().lower() in ("x86_64", "amd64"))
+
+
+def vector_bits(target: Target) -> int:
+    """The widest SIMD register of ``target`` in bits. On x86 from its features (512 with AVX-512F, 256 with AVX,
+    else 128): TVM 0.27's ``llvm_get_vector_width`` says 512 for every x86 CPU, and on an AVX2 CPU a 16-lane float32
+    "vector" is two ymm registers, so every register tile held twice the accumulators it was sized for and LLVM
+    spilled them (float32 matmuls 2.4-2.7x onnxruntime's time on AMD Zen 3)."""
     from tvm.target.codegen import llvm_get_vector_width  # noqa: PLC0415
 
+    if _is_x86(target):
+        from .targets import llvm_features  # noqa: PLC0415
+
+        feats = set(llvm_features(target))
+        return 512 if "avx512f" in feats else 256 if "avx" in feats else 128
     try:
-        width = int(llvm_get_vector_width(target))
+        return int(llvm_get_vector_width(target))
     except Exception:  # pragma: no cover
-        width = 128
+        return 128
+
+
+def _vector_lanes(target: Target, dtype_bits: int) -> int:
+    width = vector_bits(target)
     if width <= 0:
         width = 128
     return max(2, width // max(8, dtype_bits))
@@ -101,16 +128,27 @@ def rows_divide_into_tiles(m: int) -> bool:
     return any(m % d == 0 for d in range(MIN_TILE_ROWS, MAX_TILE_ROWS + 1))
 
 
-def max_accumulators(vector_bytes: int, reduction: int = 0) -> int:
+def vector_registers(target: Target) -> int:
+    """Vector registers of ``target``'s register file: 16 on x86 without AVX-512 (ymm0-15), else 32 (zmm0-31,
+    Arm NEON / SVE's v0-31)."""
+    if _is_x86(target):
+        from .targets import llvm_features  # noqa: PLC0415
+
+        return 32 if "avx512f" in llvm_features(target) else 16
+    return 32
+
+
+def max_accumulators(vector_bytes: int, reduction: int = 0, registers: int = 32) -> int:
     """Accumulator vectors per register tile for vectors of ``vector_bytes`` bytes: at most MAX_ACC_VECTORS, and
     fewer than STACK_ALLOCA_BYTES in all (a stack slot LLVM keeps in registers) unless each output sums at least
     WORKSPACE_TILE_MIN_REDUCTION products (``reduction``). 16 vectors of 16 float32 / int32 lanes (AVX-512) are
     exactly 1024 bytes: each tile then called the workspace allocator twice, which made an int8 1x1 conv
     64 -> 256 at 56 x 56 (K = 64: 256 vpdpbusd per tile) ~1.3x slower, and a float32 one ~1.5x (AMD EPYC
     Zen 4, 1 thread)."""
+    limit = min(MAX_ACC_VECTORS, registers - REGISTERS_BESIDE_ACCUMULATORS)
     if reduction >= WORKSPACE_TILE_MIN_REDUCTION:
-        return MAX_ACC_VECTORS
-    return min(MAX_ACC_VECTORS, (STACK_ALLOCA_BYTES - 1) // vector_bytes)
+        return limit
+    return min(limit, (STACK_ALLOCA_BYTES - 1) // vector_bytes)
 
 
 def tile_rows(m: int, limit: int) -> int:
@@ -146,22 +184,23 @@ def _widest_tile(m: int, n_vecs: int, u_n: int, max_acc: int) -> tuple[int, int 
     return u_n, None
 
 
-def _default_width(n_vecs: int, vec: int, *, matrix_vector: bool) -> int:
+def _default_width(n_vecs: int, vec: int, *, matrix_vector: bool, registers: int = 32) -> int:
     """Vectors per tile row before `_widest_tile` widens it, for `n_vecs` vectors of `vec` lanes: 2 for an even
     count, else 1; 4 for narrow vectors (at most 32 lanes in 4) where 4 divide the count and more than 2 are
-    left; 8 for a `matrix_vector` product (one row) whose count 8 divides (512 contiguous weight bytes)."""
+    left, with 32 vector `registers` (NEON, AVX-512; with AVX2's 16 a tile 4 vectors wide has at most 2 rows); 8
+    for a `matrix_vector` product (one row) whose count 8 divides (512 contiguous weight bytes)."""
     u_n = 2 if n_vecs % 2 == 0 and n_vecs >= 2 else 1
-    if n_vecs > u_n and n_vecs % 4 == 0 and vec * 4 <= 32:
+    if n_vecs > u_n and n_vecs % 4 == 0 and vec * 4 <= 32 and registers >= 32:
         u_n = 4
     if matrix_vector and n_vecs % 8 == 0:
         u_n = 8
     return u_n
 
 
-def _tile_accumulators(m: int, n_vecs: int, vec: int, max_acc: int) -> int:
+def _tile_accumulators(m: int, n_vecs: int, vec: int, max_acc: int, registers: int = 32) -> int:
     """Accumulator vectors in TiledReduction's register tile over `m` static rows and `n_vecs` vectors of `vec`
     lanes with at most `max_acc` of them (the default width, widened by `_widest_tile`, and its height)."""
-    u_n, rows = _default_width(n_vecs, vec, matrix_vector=m == 1), None
+    u_n, rows = _default_width(n_vecs, vec, matrix_vector=m == 1, registers=registers), None
     if u_n in (1, 2):
         u_n, rows = _widest_tile(m, n_vecs, u_n, max_acc)
     return u_n * (rows or tile_rows(m, _height_limit(max_acc, u_n)))
@@ -176,7 +215,7 @@ COLUMN_STEPS = (2, WIDE_TILE_VECTORS)
 MAX_COLUMN_PADDING = 1 / 16
 
 
-def _column_step(m: int, n: int, lanes: int, max_acc: int, padded_max_acc: int) -> int:
+def _column_step(m: int, n: int, lanes: int, max_acc: int, padded_max_acc: int, registers: int = 32) -> int:
     """The vectors of `lanes` lanes whose multiple `n` columns are zero-padded to (0: not padded) for a register
     tile over `m` static rows. Columns that are not whole vectors are padded to whole ones at least (unpadded,
     the tile runs in half vectors or a predicated tail); a step of COLUMN_STEPS that pads at most
@@ -185,10 +224,10 @@ def _column_step(m: int, n: int, lanes: int, max_acc: int, padded_max_acc: int) 
     TiledReduction's limit for a padded kernel). 43 vectors (688 columns, a prime) tile 8 x 1 = 8; padded to 45,
     4 x 3 = 12 on 95.6% useful columns; 125 vectors (2000 columns) padded to 126: 4 x 3 instead of 8 x 1."""
     whole = n % lanes == 0
-    best, best_score = 0, float(_tile_accumulators(m, n // lanes, lanes, max_acc)) if whole else 0.0
+    best, best_score = 0, float(_tile_accumulators(m, n // lanes, lanes, max_acc, registers)) if whole else 0.0
     for step in (1, *COLUMN_STEPS):
         vecs = -(-n // (lanes * step)) * step
-        score = _tile_accumulators(m, vecs, lanes, padded_max_acc) * n / (vecs * lanes)
+        score = _tile_accumulators(m, vecs, lanes, padded_max_acc, registers) * n / (vecs * lanes)
         if vecs * lanes > n and (step == 1 or vecs * lanes <= n * (1 + MAX_COLUMN_PADDING)) and score > best_score:
             best, best_score = step, score
     return best
@@ -554,7 +593,7 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target, *, pad_weights: bool =
         else:
             step = _packed_column_step(stmt, s_vars[-1], column_weights, m, n, lanes,
                                        math.prod(e for e in extents[n_s:] if e is not None),
-                                       rows_padded=padding[n_s - 2] > 1)
+                                       rows_padded=padding[n_s - 2] > 1, registers=vector_registers(target))
     weight_columns = step > 0
     if weight_columns:
         padding[n_s - 1] = lanes * step
@@ -578,7 +617,7 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target, *, pad_weights: bool =
 
 
 def _packed_column_step(stmt, col, column_weights: list, m: int | None, n: int, lanes: int, reduction: int, *,
-                        rows_padded: bool) -> int:
+                        rows_padded: bool, registers: int = 32) -> int:
     """`_column_step` for an einsum block `stmt` whose `n` output columns (variable `col`) index only constant
     weights large enough to be packed into panels (`column_weights`, regions of `stmt.reads`), each output a sum
     of `reduction` products: 0 (not padded) unless each weight's last index is `col` (a panel per tile) and the
@@ -589,8 +628,8 @@ def _packed_column_step(stmt, col, column_weights: list, m: int | None, n: int, 
         return 0
     rows = -(-m // PAD_ROWS) * PAD_ROWS if rows_padded else m
     vector_bytes = lanes * stmt.writes[0].source.dtype.bits // 8
-    return _column_step(rows, n, lanes, max_accumulators(vector_bytes, 0 if rows_padded else reduction),
-                        max_accumulators(vector_bytes, 0))
+    return _column_step(rows, n, lanes, max_accumulators(vector_bytes, 0 if rows_padded else reduction, registers),
+                        max_accumulators(vector_bytes, 0, registers), registers)
 
 
 #: a sliding-window reduction loop (a depthwise conv's kernel width) of at most this many taps is unrolled inside
@@ -731,14 +770,15 @@ class TiledReduction(_Rule):
             vec = lanes  # no divisor: let the tail be predicated
         n_vecs = math.ceil(n_ext / vec)
         m_ext = extents[-2] if n_s >= 2 else 1  # None: symbolic rows
-        u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not group_loops)
+        registers = vector_registers(target)
+        u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not group_loops, registers=registers)
         if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
             vec, u_n = 2, n_ext // 2
         if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
             u_n = self.u_n
         # a padded kernel reads a workspace copy, which LLVM cannot tell apart from a workspace register tile: it
         # stored the tile back after every product (digits' [N, 512] @ [512, 64] at N = 32: 2x slower)
-        max_acc = max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction)
+        max_acc = max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction, registers)
         rows = None
         if self.u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not group_loops:
             u_n, rows = _widest_tile(m_ext, n_vecs, u_n, max_acc)

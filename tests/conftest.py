@@ -27,18 +27,23 @@ def ort_session_options():
     return so
 
 
-def scheduled_script(model: onnx.ModelProto, rule, names: tuple[str, ...] = ()) -> str:
-    """The TVMScript of `model`'s one fused kernel (-O2, cpu; with `names`, the one whose name holds one of them:
-    a conv among its layout transposes) as schedule rule `rule` (an instance from optc.codegen.schedules)
+#: an AVX-512 CPU (16 float32 lanes, 32 registers) for structural schedule tests written for its geometry; only
+#: scheduled, never run, so they hold on any host (an AVX2 host's 8 lanes divide 24 / 40 channels whole)
+AVX512 = {"kind": "llvm", "mcpu": "znver4"}
+
+
+def scheduled_script(model: onnx.ModelProto, rule, names: tuple[str, ...] = (), target="cpu") -> str:
+    """The TVMScript of `model`'s one fused kernel (-O2, `target`; with `names`, the one whose name holds one of
+    them: a conv among its layout transposes) as schedule rule `rule` (an instance from optc.codegen.schedules)
     schedules it; asserts that the rule applies."""
     from optc.codegen.kernel_check import fused_kernels
     from optc.codegen.targets import resolve_target
     from optc.ir import from_onnx
 
-    fused = fused_kernels(from_onnx(model), "cpu")
+    fused = fused_kernels(from_onnx(model), target)
     [func] = [f for gv, f in fused.functions_items() if gv.name_hint != "main"
               and (not names or any(n in gv.name_hint for n in names))]
-    sch = rule.apply(func, resolve_target("cpu"), False)
+    sch = rule.apply(func, resolve_target(target), False)
     assert sch is not None
     return sch.mod["main"].script()
 

@@ -19,7 +19,7 @@ from optc.codegen import schedules
 from optc.codegen.kernel_check import check_kernels, fused_kernels
 from optc.ir import from_onnx
 
-from .conftest import assert_ieee_close, scheduled_script, special_float_feeds
+from .conftest import AVX512, assert_ieee_close, scheduled_script, special_float_feeds
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 
@@ -83,7 +83,7 @@ def test_odd_output_channels_match_onnxruntime(case):
 
 
 def _scheduled(model: onnx.ModelProto) -> str:
-    return scheduled_script(model, schedules.TiledReduction(), ("conv", "matmul"))
+    return scheduled_script(model, schedules.TiledReduction(), ("conv", "matmul"), AVX512)  # (16 lanes)
 
 
 @pytest.mark.parametrize(("make", "kwargs", "padded"), [
