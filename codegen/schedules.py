@@ -50,9 +50,9 @@ STACK_ALLOCA_BYTES = 1024
 #: 2048, AMD EPYC Zen 4); below it the calls cost more than the smaller tile (a 1x1 conv with K = 64: 1.5x)
 WORKSPACE_TILE_MIN_REDUCTION = 512
 #: vector registers a float register tile leaves to its operands: up to 3 weight vectors (or row broadcasts) live
-#: across the tile and the broadcast / load in flight. With AVX2's 16 registers the tile had 16 accumulators and 4
-#: weight vectors, and LLVM spilled accumulators to the stack in every step: 64 x 256 x 1024 float32 matmul 2.7x
-#: onnxruntime's time, 12 accumulators ... (AMD EPYC Zen 3, 1 thread)
+#: across the tile and the broadcast / load in flight (at most 12 accumulators with AVX2's 16 registers). With 8-lane
+#: vectors and AVX-512's 16 accumulators LLVM still spilled: float32 matmuls 1.64-2.02x onnxruntime's time, 0.90-1.03x
+#: with this limit (AMD EPYC Zen 3, 1 thread)
 REGISTERS_BESIDE_ACCUMULATORS = 4
 #: repack a constant weight into tile-contiguous panels when it is at least this large (bytes)
 PREPACK_MIN_BYTES = 1 << 16
