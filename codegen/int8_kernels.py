@@ -365,6 +365,7 @@ def mark_7bit_weights():
     @transform.module_pass(opt_level=0, name="optc_mark_7bit_weights")
     def _pass(mod, _ctx):
         found: dict = {}  # GlobalVar -> indices still within the limit at every call so far
+        kernels = {gv: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
         def within(arg) -> bool:  # (no cache by id(): each access makes a new Python object, whose id is reused)
             data = arg.value if isinstance(arg, GenericConst) else None
@@ -377,7 +378,7 @@ def mark_7bit_weights():
             if not isinstance(call, relax.Call) or not call.op.same_as(call_tir):
                 return
             gv, args = call.args[0], call.args[1]
-            func = mod[gv] if isinstance(gv, ir.GlobalVar) and gv in mod.get_global_vars() else None
+            func = kernels.get(gv)
             if func is None or func.attrs is None or "layout_free_buffers" not in func.attrs:
                 return
             fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
