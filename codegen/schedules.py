@@ -184,6 +184,31 @@ def _widest_tile(m: int, n_vecs: int, u_n: int, max_acc: int) -> tuple[int, int 
     return u_n, None
 
 
+def _plane_tile(h: int, w: int, n_vecs: int, u_n: int, u_w: int, max_acc: int) -> tuple[int, int, int] | None:
+    """A register tile over two row axes, (vectors per tile row, rows of the outer axis, rows of the inner axis),
+    for an output of `h` x `w` rows (a conv's height and width) and `n_vecs` vectors of columns, at most `max_acc`
+    accumulators and MAX_TILE_ROWS rows, where every axis is whole: returned when it holds more accumulators than
+    the one-axis tile chosen (`u_n` vectors by `u_w` rows; predicated when `u_w` does not divide `w`), or when that
+    one is predicated and this one holds at least half of `max_acc`. Else None.
+
+    AVX2's 12 accumulators in tiles two vectors wide leave 6 rows: a 14 or 7 wide conv output ran with its last
+    tile of 6 predicated (14 = 6 + 6 + 2), and every tile carried the predicate through its reduction loop: a 1x1
+    conv 256 -> 1024 at 14 x 14 reached 63 GFLOP/s (onnxruntime 96), 2048 -> 512 at 7 x 7 39 (onnxruntime 93).
+    Tiles of 2 x 2 rows x 2 vectors and 1 x 7 rows x 1 vector are whole: 90 and 80 (AMD EPYC Zen 3, 1 thread)."""
+    predicated = w % u_w != 0
+    best, best_acc = None, u_n * u_w if not predicated else 0
+    widths = {u_n, 1, *(v for v in (2, WIDE_TILE_VECTORS) if n_vecs % v == 0)}
+    for vecs in sorted(widths, reverse=True):
+        limit = min(MAX_TILE_ROWS, max_acc // vecs)
+        for inner in (d for d in range(limit, 0, -1) if w % d == 0):
+            outer = _largest_divisor(h, limit // inner)
+            if vecs * outer * inner > best_acc:
+                best, best_acc = (vecs, outer, inner), vecs * outer * inner
+    if best is None or (predicated and best_acc < max_acc // 2):
+        return None
+    return best
+
+
 def _default_width(n_vecs: int, vec: int, *, matrix_vector: bool, registers: int = 32) -> int:
     """Vectors per tile row before `_widest_tile` widens it, for `n_vecs` vectors of `vec` lanes: 2 for an even
     count, else 1; 4 for narrow vectors (at most 32 lanes in 4) where 4 divide the count and more than 2 are
@@ -786,13 +811,24 @@ class TiledReduction(_Rule):
         if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
             max_m = _largest_divisor(PAD_ROWS, max_m)
         u_m = (max_m if m_ext is None else rows or tile_rows(m_ext, max_m)) if n_s >= 2 else 1
+        u_h = 1  # rows of the axis before the tile rows' (a conv's height): a tile over two row axes
+        if self.u_n is None and n_s >= 3 and m_ext is not None and extents[-3] is not None and not group_loops \
+                and not padded:
+            plane = _plane_tile(extents[-3], m_ext, n_vecs, u_n, u_m, max_acc)
+            if plane is not None:
+                u_n, u_h, u_m = plane
 
         whole_panels = n_ext % (u_n * vec) == 0
         # a padded kernel's tile is whole in the padded buffer but not in the output its epilogue writes (13 rows
         # of a tile of 8 padded to 16): its epilogue is predicated, so it is not exact either
         exact_tile = whole_panels and m_ext is not None and m_ext % u_m == 0 and not padded
         n_o, n_u, n_v = sch.split(s_loops[-1], factors=[None, u_n, vec])
-        if n_s >= 2:
+        if u_h > 1:
+            h_o, h_i = sch.split(s_loops[-3], factors=[None, u_h])
+            m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
+            outer = list(s_loops[:-3]) + [h_o, m_o, n_o]
+            inner = [h_i, m_i, n_u, n_v]
+        elif n_s >= 2:
             m_o, m_i = sch.split(s_loops[-2], factors=[None, u_m])
             outer = list(s_loops[:-2]) + [m_o, *group_loops, n_o]
             inner = [m_i, n_u, n_v]
