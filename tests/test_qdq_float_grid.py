@@ -87,8 +87,8 @@ def test_qdq_pair_skips_the_integer_round_trip():
 
 
 def test_quantized_graph_output_keeps_its_integer_form():
-    """A QuantizeLinear whose output is also a graph output: the integer tensor is still computed, and the
-    DequantizeLinear beside it gets the float form; both equal onnxruntime."""
+    """A QuantizeLinear whose output is also a graph output: the integer tensor is computed, and the
+    DequantizeLinear beside it reads it (`record_float_grid`); both equal onnxruntime."""
     model = _qdq_chain(TP.INT8, -7)
     model.graph.output.append(h.make_tensor_value_info("q", TP.INT8, [2, 64]))
     x = _inputs(0.5)
@@ -227,3 +227,70 @@ def test_masked_scores_match_onnxruntime():
     # rounding boundary of the first quantization: one step of 0.1, then of the 0.2 grid
     assert np.abs(got - want).max() <= 0.2 + 1e-6
     assert (got == want).mean() > 0.99
+
+
+def _qdq_residual_matmuls() -> onnx.ModelProto:
+    """yq = Q(DQ(x) @ DQ(w1)); y = DQ(yq) + DQ(Q(DQ(yq) @ DQ(w2))): the quantized `yq` is read by a QMatMul
+    (an integer op) and by a DequantizeLinear into a float Add, as a ResNet block's output is."""
+    rng = np.random.default_rng(5)
+    w1, w2 = (rng.integers(-64, 65, (32, 16)).astype(np.int8), rng.integers(-64, 65, (16, 16)).astype(np.int8))
+    inits = [nh.from_array(np.array(0.02, np.float32), "xs"), nh.from_array(np.array(128, np.uint8), "xz"),
+             nh.from_array(w1, "w1"), nh.from_array(w2, "w2"), nh.from_array(np.array(0.01, np.float32), "ws"),
+             nh.from_array(np.array(0, np.int8), "wz"), nh.from_array(np.array(0.05, np.float32), "ys"),
+             nh.from_array(np.array(120, np.uint8), "yz"), nh.from_array(np.array(0.04, np.float32), "zs"),
+             nh.from_array(np.array(125, np.uint8), "zz")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w1", "ws", "wz"], ["w1d"]),
+             h.make_node("MatMul", ["xd", "w1d"], ["mm1"]),
+             h.make_node("QuantizeLinear", ["mm1", "ys", "yz"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["yd"]),
+             h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["yd2"]),
+             h.make_node("DequantizeLinear", ["w2", "ws", "wz"], ["w2d"]),
+             h.make_node("MatMul", ["yd2", "w2d"], ["mm2"]),
+             h.make_node("QuantizeLinear", ["mm2", "zs", "zz"], ["zq"]),
+             h.make_node("DequantizeLinear", ["zq", "zs", "zz"], ["zd"]),
+             h.make_node("Add", ["yd", "zd"], ["y"])]
+    g = h.make_graph(nodes, "residual", [h.make_tensor_value_info("x", TP.FLOAT, [4, 32])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [4, 16])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+
+
+def _kernel_output_dtypes(model: onnx.ModelProto) -> list[str]:
+    """The dtypes of the tensors the fused kernels of `model`'s integer build store (in call order)."""
+    import tvm
+    from optc.codegen.build import fuse, prepare
+    from optc.codegen.compile import integer_kernels
+    from optc.lowering import lower
+    from optc.rewrites import optimize
+
+    optimized = optimize(from_onnx(model), level=2)
+    assert integer_kernels(optimized, 2)["integer"] >= 1  # the QMatMul path, not float
+    target = resolve_target("cpu")
+    fused = fuse(prepare(lower(optimized), None, target), target)
+    dtypes: list[str] = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, tvm.relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            dtypes.append(str(expr.ty.dtype))
+
+    tvm.relax.analysis.post_order_visit(fused["main"].body, visit)
+    return dtypes
+
+
+def test_a_quantized_value_read_by_an_integer_op_is_stored_as_integers():
+    """The block output `yq` is stored once, as uint8 (its float32 form, shared by both readers, was stored
+    before: 4 bytes per element, clamped and converted again by each reader), and the DequantizeLinear beside
+    the QMatMul reads it; the outputs equal the build without any float form bit for bit."""
+    model = _qdq_residual_matmuls()
+    dtypes = _kernel_output_dtypes(model)
+    assert dtypes.count("float32") == 1 and "uint8" in dtypes, dtypes  # the model's output alone is float32
+    x = (np.random.default_rng(6).standard_normal((4, 32)) * 2).astype(np.float32)
+    got = optc.compile(model).run({"x": x})["y"]
+    want = run_ort(model, {"x": x})[0]
+    assert np.abs(got - want).max() <= 0.05 + 0.04 + 1e-6  # one quantized step of each addend
+
+
+def test_a_quantized_value_read_only_by_dequantize_nodes_stays_float():
+    """(negative) Q -> DQ pairs alone keep the float form: no uint8 tensor is stored between kernels."""
+    assert "uint8" not in _kernel_output_dtypes(_qdq_matmul_relu(False))[1:]

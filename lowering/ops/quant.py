@@ -193,7 +193,13 @@ def record_float_grid(bb, ctx, r, zp, lo: int, hi: int):
     Q -> DQ pairs back to back; the fused kernels then skip four integer conversions and clamps per pair
     (`DequantizeLinear` reads it from `ctx.float_grid`). Unused (no DequantizeLinear reads it), it is dead code
     that Relax removes. Returns that float32 tensor (None when nothing is recorded: no node, not float32), whose
-    cast to the quantized type is the quantized value itself."""
+    cast to the quantized type is the quantized value itself.
+
+    The DequantizeLinear nodes read it only where every reader of the quantized value is one and it is no graph
+    output: when an integer op (a QConv) reads it too, the 8-bit tensor is needed anyway, and a DequantizeLinear of
+    the float copy made the float32 `r` the value both branches share, so the producing kernel stored 4 bytes per
+    element instead of 1 and every reader clamped and converted again (a QDQ ResNet-like's residual block outputs:
+    3.2 MB float32 stores, and 12 kernels of their own to convert them for the next block's first conv)."""
     node = getattr(ctx, "node", None)
     if node is None or not node.outputs or node.outputs[0] is None or dtype_of(r) != "float32":
         return None
@@ -206,8 +212,12 @@ def record_float_grid(bb, ctx, r, zp, lo: int, hi: int):
     shifted = bb.emit(relax.op.add(r, _cast(bb, zp, "float32") if zp is not None else _scalar(0.0, "float32", rank)))
     grid = bb.emit(relax.op.minimum(
         relax.op.maximum(shifted, _scalar(lo, "float32", rank)), _scalar(hi, "float32", rank)))
-    ctx.float_grid[node.outputs[0]] = bb.emit(relax.op.reshape(grid, [])) if scalar else grid
-    return ctx.float_grid[node.outputs[0]]
+    grid = bb.emit(relax.op.reshape(grid, [])) if scalar else grid
+    value, model = node.outputs[0], getattr(ctx, "model", None)
+    if all(u.op_type == "DequantizeLinear" for u in value.users()) and \
+            not (model is not None and model.graph.is_output(value)):
+        ctx.float_grid[value] = grid
+    return grid
 
 
 def _to_grid(bb, v, precision: str):
@@ -280,7 +290,9 @@ def quantize_linear(bb, inputs, attrs, ctx):
     from_input = node is not None and bool(node.inputs) and node.inputs[0] is not None and \
         node.inputs[0].producer is None and node.inputs[0].const is None
     r = _without_nan(bb, bb.emit(relax.op.round(q)), nan_free, fusable=from_input)
-    record_float_grid(bb, ctx, r, zp, *_INT_RANGES[out_dtype])
+    grid = record_float_grid(bb, ctx, r, zp, *_INT_RANGES[out_dtype])
+    if grid is not None:  # clamp(r + zp) in float32 is the quantized value: one exact cast, no int32 round trip
+        return relax.op.astype(grid, out_dtype)
     return _saturate(bb, r, zp, out_dtype)
 
 
