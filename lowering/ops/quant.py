@@ -191,9 +191,9 @@ def record_float_grid(bb, ctx, r, zp, lo: int, hi: int):
     exact in float32; r + zp is exact below 2^24 and, rounded above it, still saturates; -0.0 + zp is +0.0 as
     float32(0) is, since the zero point, 0 too, is always added). A QDQ model's float islands run
     Q -> DQ pairs back to back; the fused kernels then skip four integer conversions and clamps per pair
-    (`DequantizeLinear` reads it from `ctx.float_grid`). Unused (no DequantizeLinear reads it), it is dead code
-    that Relax removes. Returns that float32 tensor (None when nothing is recorded: no node, not float32), whose
-    cast to the quantized type is the quantized value itself.
+    (`DequantizeLinear` reads it from `ctx.float_grid`). Returns that float32 tensor, whose cast to the quantized
+    type is the quantized value itself (the callers compute the quantized value so), or None when there is no node
+    or `r` is not float32.
 
     The DequantizeLinear nodes read it only where every reader of the quantized value is one and it is no graph
     output: when an integer op (a QConv) reads it too, the 8-bit tensor is needed anyway, and a DequantizeLinear of
