@@ -79,11 +79,13 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     exp / tanh / erf and the plain softmax), inference decompositions and layout choice."""
     from tvm import relax  # noqa: PLC0415
 
+    from .attention import fused_attention_pass  # noqa: PLC0415
     from .fast_math import fast_math_pass  # noqa: PLC0415
     from .layout_copies import layout_copies_pass  # noqa: PLC0415
     from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
 
     passes = [
+        fused_attention_pass(target, _fast_math(fast_math)),
         fast_math_pass(_fast_math(fast_math)),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

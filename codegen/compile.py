@@ -80,7 +80,11 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         model = copy_model(model)
         fix_input_shapes(model, input_shapes)
     sizes = check_sizes(static_batch, model) if static_batch is not None else None
-    model = optimize(model, level=level)
+    # from -O2 the transformer blocks become the standard fused ops, which lower to kernels of their own (one
+    # float32 attention kernel: codegen/attention.py); not for bf16, which computes the graph's own matmuls in
+    # bfloat16 (an Attention's would round Q and K after its sqrt(scale), not before the graph's scale)
+    fuse = "standard" if level >= 2 and precision != "bf16" else None
+    model = optimize(model, level=level, runtime=fuse)
     to_qdq_ops(model)
     int4_matmuls = to_weight_int4_ops(model)
     kernels = integer_kernels(model, level)

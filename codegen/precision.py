@@ -154,6 +154,10 @@ def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
 
+    from .attention import fused_attention_pass  # noqa: PLC0415
+
+    mod = fused_attention_pass(None)(mod)  # attention as its two matmuls, which become bfloat16 below
+
     converted: Counter[str] = Counter()
     kept: Counter[str] = Counter()
 

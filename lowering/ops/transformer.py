@@ -62,15 +62,14 @@ def _difference(a, b):
 # -- Attention ------------------------------------------------------------------------------------------------
 
 
-def _split_heads(bb, x, heads: int, name: str):
-    """(batch, seq, heads * size) -> (batch, heads, seq, size)."""
+def _heads_last(bb, x, heads: int, name: str):
+    """(batch, seq, heads * size) -> (batch, seq, heads, size), a view."""
     b, s, hidden = dims_of(x)
     if not _static(hidden):
         raise refuse(f"a 3-D {name} with a symbolic hidden size is not supported by the TVM back end")
     if heads <= 0 or hidden % heads:
         raise refuse(f"the hidden size {hidden} of {name} is not a multiple of its {heads} heads")
-    x = bb.normalize(relax.op.reshape(x, [b, s, heads, hidden // heads]))
-    return bb.normalize(relax.op.permute_dims(x, [0, 2, 1, 3]))
+    return bb.normalize(relax.op.reshape(x, [b, s, heads, hidden // heads]))
 
 
 def _frontier_bias(bb, sq, skv, offset, allowed, dtype: str):
@@ -175,7 +174,12 @@ def attention(bb, inputs, attrs, ctx):
         hq, hkv = attrs.get("q_num_heads", 0), attrs.get("kv_num_heads", 0)
         if not hq or not hkv:
             raise refuse("3-D Attention needs the q_num_heads and kv_num_heads attributes")
-        q, k, v = _split_heads(bb, q, hq, "Q"), _split_heads(bb, k, hkv, "K"), _split_heads(bb, v, hkv, "V")
+        q_heads_last, k_heads_last, v_heads_last = (_heads_last(bb, q, hq, "Q"), _heads_last(bb, k, hkv, "K"),
+                                                    _heads_last(bb, v, hkv, "V"))
+        q, k, v = (bb.normalize(relax.op.permute_dims(x, [0, 2, 1, 3]))
+                   for x in (q_heads_last, k_heads_last, v_heads_last))
+    else:
+        q_heads_last = k_heads_last = v_heads_last = None
     if past_k is not None:
         if past_k.ty.ndim != 4 or past_v.ty.ndim != 4:
             raise refuse("Attention needs 4-D past_key and past_value")
@@ -236,19 +240,8 @@ def attention(bb, inputs, attrs, ctx):
         valid = bb.normalize(relax.op.less(j, relax.op.reshape(nonpad, [-1, 1])))
         padding = bb.normalize(relax.op.where(valid, _scalar(bb, 0.0, bias_dtype), _scalar(bb, -np.inf, bias_dtype)))
         bias = _add(bb, bias, bb.normalize(relax.op.reshape(padding, [batch, 1, 1, skv])))
-    fully_masked = None
     if bias is not None:
         bias = _cast(bb, bias, t)
-        # A query row whose bias is all -inf attends no key: its probabilities (and Y's row) are 0. (Not
-        # max(bias) == -inf: TVM's max reduction starts at the lowest finite value, not at -inf.)
-        open_key = relax.op.astype(relax.op.not_equal(bias, _scalar(bb, -np.inf, t)), "int8")
-        any_open = bb.normalize(relax.op.max(open_key, axis=-1, keepdims=True))
-        fully_masked = bb.normalize(relax.op.equal(any_open, const(np.int8(0))))
-
-    # Grouped-query attention: each K/V head serves hq / hk consecutive query heads.
-    if hq != hk:
-        k = bb.normalize(relax.op.repeat(k, hq // hk, axis=1))
-        v = bb.normalize(relax.op.repeat(v, hq // hk, axis=1))
 
     scale = attrs.get("scale")
     if scale is None:
@@ -258,9 +251,82 @@ def attention(bb, inputs, attrs, ctx):
         scale = 1.0 / np.sqrt(qd[3])
     with np.errstate(invalid="ignore"):  # a negative scale gives NaN, as the spec's Sqrt does
         root = _scalar(bb, np.sqrt(np.float64(scale)), t)  # Q and K are each scaled by sqrt(scale)
+
+    if t == "float32" and softmax_dtype == "float32" and not softcap > 0 and num_outputs <= 3:
+        # Only Y and the present cache: one relax attention call (BSNH), which codegen's fused_attention_pass
+        # turns into one kernel (CPU) or back into the decomposition below (see ATTENTION_CARRIER).
+        def bsnh(x, heads_last):  # a 3-D input's view, else (batch, heads, seq, size) transposed
+            return heads_last if heads_last is not None else bb.normalize(relax.op.permute_dims(x, [0, 2, 1, 3]))
+
+        cached = past_k is not None
+        qs = bb.normalize(relax.op.multiply(bsnh(q, q_heads_last), root))
+        ks = bb.normalize(relax.op.multiply(bsnh(k, None if cached else k_heads_last), root))
+        vb = bsnh(v, None if cached else v_heads_last)
+        if bias is not None:
+            bd = dims_of(bias)
+            bias = bb.normalize(relax.op.reshape(bias, [1] * (4 - len(bd)) + list(bd)))
+        y = bb.normalize(relax.op.nn.attention(qs, ks, vb, bias, scale=1.0))
+        if rank == 3:
+            y = bb.normalize(relax.op.reshape(y, [batch, sq, hq * vd[3] if _static(vd[3]) else -1]))
+        else:
+            y = bb.normalize(relax.op.permute_dims(y, [0, 2, 1, 3]))
+        return y if num_outputs == 1 else relax.Tuple([y, present_k, present_v][:num_outputs])
+
+    if hq != hk:  # grouped-query attention: each K/V head serves hq / hk consecutive query heads
+        k = bb.normalize(relax.op.repeat(k, hq // hk, axis=1))
+        v = bb.normalize(relax.op.repeat(v, hq // hk, axis=1))
     qs = bb.normalize(relax.op.multiply(q, root))
     ks = bb.normalize(relax.op.multiply(relax.op.permute_dims(k, [0, 1, 3, 2]), root))
-    qk = _matmul(bb, qs, ks, t)
+    qk, capped, scores, probs, y = scaled_dot_product(bb, qs, ks, v, bias, softmax_dtype=softmax_dtype,
+                                                      softcap=softcap)
+    if rank == 3:
+        y = bb.normalize(relax.op.permute_dims(y, [0, 2, 1, 3]))
+        y = bb.normalize(relax.op.reshape(y, [batch, sq, hq * vd[3] if _static(vd[3]) else -1]))
+    if num_outputs == 1:
+        return y
+    outputs = [y, present_k, present_v, (qk, capped, scores, probs)[mode]]
+    return relax.Tuple(outputs[:num_outputs])
+
+
+#: How the Attention converter hands a float32 attention with no softcap and no scores output to codegen:
+#: ``relax.nn.attention(qs, ks, v, bias, scale=1.0)`` (or ``relax.nn.attention_bias``), Q, K (each already
+#: multiplied by sqrt(scale)) and V in BSNH layout (batch, seq, heads, size), K/V heads dividing Q's (GQA),
+#: ``bias`` an additive float32 bias of rank 4 broadcastable to (batch, q heads, sq, skv), and the softmax the
+#: spec's (a fully masked row gives 0, not NaN). TVM's own legalization of the op differs (NaN rows, one head
+#: count): codegen's fused_attention_pass must replace every such call, with one kernel or with
+#: ``expand_attention``.
+ATTENTION_CARRIER = ("relax.nn.attention", "relax.nn.attention_bias")
+
+
+def expand_attention(bb, qs, ks, v, bias):
+    """The decomposed form (matmul, bias, safe softmax, matmul) of an ATTENTION_CARRIER call's arguments:
+    returns Y (batch, sq, q heads, v size), BSNH."""
+    qh = bb.normalize(relax.op.permute_dims(qs, [0, 2, 1, 3]))
+    kh = bb.normalize(relax.op.permute_dims(ks, [0, 2, 1, 3]))
+    vh = bb.normalize(relax.op.permute_dims(v, [0, 2, 1, 3]))
+    hq, hk = dims_of(qh)[1], dims_of(kh)[1]
+    if hq != hk:
+        kh = bb.normalize(relax.op.repeat(kh, hq // hk, axis=1))
+        vh = bb.normalize(relax.op.repeat(vh, hq // hk, axis=1))
+    kt = bb.normalize(relax.op.permute_dims(kh, [0, 1, 3, 2]))
+    y = scaled_dot_product(bb, qh, kt, vh, bias, softmax_dtype=dtype_of(qs), softcap=0.0)[-1]
+    return bb.normalize(relax.op.permute_dims(y, [0, 2, 1, 3]))
+
+
+def scaled_dot_product(bb, qs, ks_t, v, bias, *, softmax_dtype: str, softcap: float):
+    """Attention's scores and output from Q (batch, heads, sq, d), K^T (batch, heads, d, skv) -- each already
+    multiplied by sqrt(scale), K/V heads repeated to Q's -- and V (batch, heads, skv, dv); `bias`: None or the
+    additive bias (Q's type) broadcastable to the scores. Returns (qk, capped, scores, probs, y): the
+    spec's QK matmul output modes 0-3 and Y (batch, heads, sq, dv)."""
+    t = dtype_of(qs)
+    fully_masked = None
+    if bias is not None:
+        # A query row whose bias is all -inf attends no key: its probabilities (and Y's row) are 0. (Not
+        # max(bias) == -inf: TVM's max reduction starts at the lowest finite value, not at -inf.)
+        open_key = relax.op.astype(relax.op.not_equal(bias, _scalar(bb, -np.inf, t)), "int8")
+        any_open = bb.normalize(relax.op.max(open_key, axis=-1, keepdims=True))
+        fully_masked = bb.normalize(relax.op.equal(any_open, const(np.int8(0))))
+    qk = _matmul(bb, qs, ks_t, t)
     capped = qk
     if softcap > 0:
         cap = _scalar(bb, softcap, t)
@@ -269,14 +335,7 @@ def attention(bb, inputs, attrs, ctx):
     probs = _cast(bb, _safe_softmax(bb, _cast(bb, scores, softmax_dtype)), t)
     if fully_masked is not None:
         probs = bb.normalize(relax.op.where(fully_masked, _scalar(bb, 0.0, t), probs))
-    y = _matmul(bb, probs, v, t)
-    if rank == 3:
-        y = bb.normalize(relax.op.permute_dims(y, [0, 2, 1, 3]))
-        y = bb.normalize(relax.op.reshape(y, [batch, sq, hq * vd[3] if _static(vd[3]) else -1]))
-    if num_outputs == 1:
-        return y
-    outputs = [y, present_k, present_v, (qk, capped, scores, probs)[mode]]
-    return relax.Tuple(outputs[:num_outputs])
+    return qk, capped, scores, probs, _matmul(bb, probs, v, t)
 
 
 def _dim_tensor(bb, n):

@@ -1,0 +1,358 @@
+"""One CPU kernel for scaled dot-product attention: scores, bias, softmax and the second matmul fused.
+
+Decomposed, attention is a Q K^T matmul writing [batch, heads, sq, skv] scores to memory, a softmax reading and
+writing them again, and a P V matmul reading them a third time, with the head split and merge transposes of Q, V
+and the output as copies of their own (ViT-like: 4 layout kernels, 2 matmuls and a softmax per layer). Here one
+kernel computes, for each (batch, query head) and each block of ``rows`` query rows:
+
+1. the block's scores S = Q_block K^T into a scratch buffer of rows x skv (L1-sized: 6 x 197 float32 for ViT), a
+   register tile of ``rows`` x ``s_vectors`` vectors at a time (broadcast one Q element per row, load the vectors
+   of K^T, multiply-add), K^T read from a [batch, kv heads, d, skv padded] copy made by the caller;
+2. the bias added (an additive mask, broadcast over any of its leading dims), the padding columns set to -inf;
+3. the safe softmax of ONNX's Attention reference (onnx/reference/ops/op_attention.py, `_softmax`): the row max
+   (0 when it is -inf), e = exp(s - max), their sum (1 when it is 0), p = e / sum; a row whose bias is -inf for
+   every key gives zeros (the spec's fully masked row); NaN propagates through its row;
+4. Y_block = P V, a register tile of ``rows`` x ``o_vectors`` vectors, written to the output's rows.
+
+Q, V and Y are read and written in BSNH layout ([batch, seq, heads, size]), the layout the projections write:
+the head split and merge are index arithmetic, not copies. The scores never leave the scratch buffer. The
+same float32 operations as the decomposed form, summed in another order (the matmuls' reductions and the
+softmax's row sums as ``lanes`` partial sums): results equal to within float32 rounding, not bitwise.
+
+``exp``: "fast" uses TOPI's fast_exp polynomial (``fast_exp_expr``: the same expression, exactly, as the
+elementwise fast math pass uses), "libm" LLVM's expf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: query rows per block of the kernel's work (its register tiles' height): the largest within the accumulator
+#: budget, at least MIN_ROWS
+MIN_ROWS = 4
+#: blocks of query rows per parallel task: each task allocates its scratch buffer once
+BLOCKS_PER_TASK = 4
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """The static shape of one attention: Q [batch, sq, q_heads, d], K [batch, skv, kv_heads, d],
+    V [batch, skv, kv_heads, dv], Y [batch, sq, q_heads, dv]; ``bias``: the additive bias's 4 dims, each 1 or
+    (batch, q_heads, sq, skv)'s, or None. q_heads is a multiple of kv_heads (grouped-query attention: query head
+    h reads K/V head h // (q_heads / kv_heads))."""
+
+    batch: int
+    q_heads: int
+    kv_heads: int
+    sq: int
+    skv: int
+    d: int
+    dv: int
+    bias: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class AttentionTiles:
+    """The kernel's register tiles: ``lanes`` float32 per vector, ``rows`` query rows per block,
+    ``s_vectors`` / ``o_vectors``: vectors per tile row of the scores / the output."""
+
+    lanes: int
+    rows: int
+    s_vectors: int
+    o_vectors: int
+
+    @property
+    def key_step(self) -> int:
+        """Keys per score tile: skv is padded to a multiple of it."""
+        return self.lanes * self.s_vectors
+
+
+def choose_tiles(shape: AttentionShape, lanes: int, max_acc: int) -> AttentionTiles | None:
+    """The tiles for `shape` with vectors of `lanes` float32 and at most `max_acc` accumulator vectors per tile
+    (``schedules.max_accumulators``); None when dv is not a multiple of a vector of at least 4 lanes."""
+    while lanes > 4 and shape.dv % lanes:
+        lanes //= 2
+    if shape.dv % lanes:
+        return None
+    best = None
+    for s_vectors in range(max_acc // MIN_ROWS, 0, -1):
+        rows = max_acc // s_vectors
+        if rows < MIN_ROWS:
+            continue
+        # the fewest loads per multiply-add (rows broadcasts + s_vectors loads for rows x s_vectors of them)
+        cost = (rows + s_vectors) / (rows * s_vectors)
+        if best is None or cost < best[0]:
+            best = (cost, rows, s_vectors)
+    if best is None:
+        return None
+    _, rows, s_vectors = best
+    rows = min(rows, max(MIN_ROWS, shape.sq))
+    o_vecs = shape.dv // lanes
+    o_vectors = max(v for v in range(1, o_vecs + 1) if o_vecs % v == 0 and rows * v <= max_acc)
+    return AttentionTiles(lanes, rows, s_vectors, o_vectors)
+
+
+def padded_keys(shape: AttentionShape, tiles: AttentionTiles) -> int:
+    """skv rounded up to whole score tiles: the last axis of the K^T copy the kernel reads."""
+    step = tiles.key_step
+    return -(-shape.skv // step) * step
+
+
+def fast_exp_expr(x):
+    """TOPI's ``fast_exp`` (Cephes' polynomial, as in topi/elemwise.h) of the float32 PrimExpr `x`: the same
+    expression, so the same value, as ``topi.fast_exp`` gives elementwise."""
+    from tvm import tirx  # noqa: PLC0415
+
+    def f32(v: float):
+        return tirx.const(v, "float32")
+
+    clamped = tirx.max(tirx.min(x, f32(88.3762626647950)), f32(-88.3762626647949))
+    n = tirx.floor(clamped * f32(1.44269504088896341) + f32(0.5))
+    f = clamped - n * f32(0.6931471805599453)
+    p = f32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * f + f32(c)
+    y = p * f * f + f + f32(1.0)
+    two_n = tirx.reinterpret("float32", tirx.Cast("int32", n + f32(127.0)) << tirx.const(23, "int32"))
+    return tirx.max(two_n * y, x)
+
+
+def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str = "fast"):
+    """The fused kernel (a scheduled PrimFunc) for `shape` with `tiles`; parameters q, kt, v[, bias], y (float32):
+    q [batch, sq, q_heads, d] (already multiplied by its share of the scale), kt [batch, kv_heads, skvp / key_step,
+    d, key_step] (K^T in panels of ``tiles.key_step`` keys, each contiguous; scaled likewise; skvp =
+    ``padded_keys``; the padding keys' scores are never read into a result: ``packed_keys``), v
+    [batch, skv, kv_heads, dv], bias (``shape.bias``), y [batch, sq, q_heads, dv] (written)."""
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    from ..lowering.converters import DECLARED_OP_PATTERN  # noqa: PLC0415
+
+    b_n, hq, hk, sq, skv, d, dv = (shape.batch, shape.q_heads, shape.kv_heads, shape.sq, shape.skv, shape.d,
+                                   shape.dv)
+    lanes, rows = tiles.lanes, tiles.rows
+    w1, w2 = tiles.key_step, tiles.lanes * tiles.o_vectors
+    skvp = padded_keys(shape, tiles)
+    blocks = -(-sq // rows)
+    per_task = min(BLOCKS_PER_TASK, blocks)
+    tasks = -(-blocks // per_task)
+    group = hq // hk
+    key_chunks, key_tail = skv // lanes, skv // lanes * lanes
+    has_bias = shape.bias is not None
+    bias_shape = shape.bias or (1, 1, 1, 1)
+    exp_fn = fast_exp_expr if exp == "fast" else T.exp
+    i64 = T.int64
+    neg_inf = T.float32(float("-inf"))
+
+    def bias_at(bias, b, h, i, j):
+        dims = (b, h, i, j)
+        return bias[tuple(x if n != 1 else i64(0) for x, n in zip(dims, bias_shape, strict=True))]
+
+    @T.macro
+    def body(q, kt, v, bias, y):
+      with T.sblock("root"):
+       with T.sblock("fused_attention"):
+        if has_bias:
+            T.reads(q[:, :, :, :], kt[:, :, :, :, :], v[:, :, :, :], bias[:, :, :, :])
+        else:
+            T.reads(q[:, :, :, :], kt[:, :, :, :, :], v[:, :, :, :])
+        T.writes(y[:, :, :, :])
+        for task in T.parallel(i64(b_n * hq * tasks)):
+            b = task // i64(hq * tasks)
+            h = task // i64(tasks) % i64(hq)
+            g = h // i64(group)
+            s = T.decl_buffer((rows, skvp), "float32", scope="global")
+            part = T.decl_buffer((lanes,), "float32", scope="local")
+            stat = T.decl_buffer((2,), "float32", scope="local")
+            total = T.decl_buffer((rows,), "float32", scope="local")
+            for bi in range(i64(per_task)):
+                blk = task % i64(tasks) * i64(per_task) + bi
+                if blk < i64(blocks):
+                    i0 = blk * i64(rows)
+                    for jt in range(i64(skvp // w1)):
+                        acc = T.decl_buffer((rows * w1,), "float32", scope="local")
+                        for r in T.unroll(rows):
+                            for c in T.vectorized(w1):
+                                acc[r * w1 + c] = T.float32(0)
+                        for k in range(i64(d)):
+                            for r in T.unroll(rows):
+                                for vv in T.unroll(tiles.s_vectors):
+                                    for ln in T.vectorized(lanes):
+                                        acc[r * w1 + vv * lanes + ln] = acc[r * w1 + vv * lanes + ln] + q[
+                                            b, T.min(i0 + r, i64(sq - 1)), h, k] * kt[
+                                            b, g, jt, k, vv * lanes + ln]
+                        for r in T.unroll(rows):
+                            for c in T.vectorized(w1):
+                                s[r, jt * i64(w1) + c] = acc[r * w1 + c]
+                    for r in range(rows):
+                        qi = T.min(i0 + r, i64(sq - 1))
+                        if has_bias:
+                            for ln in T.vectorized(lanes):
+                                part[ln] = T.float32(0)
+                            for jc in range(i64(key_chunks)):
+                                for ln in T.vectorized(lanes):
+                                    s[r, jc * lanes + ln] = s[r, jc * lanes + ln] + bias_at(
+                                        bias, b, h, qi, jc * lanes + ln)
+                                    part[ln] = T.max(part[ln], T.Select(
+                                        bias_at(bias, b, h, qi, jc * lanes + ln) == neg_inf,
+                                        T.float32(0), T.float32(1)))
+                            for j in range(i64(key_tail), i64(skv)):
+                                s[r, j] = s[r, j] + bias_at(bias, b, h, qi, j)
+                                part[0] = T.max(part[0], T.Select(bias_at(bias, b, h, qi, j) == neg_inf,
+                                                                  T.float32(0), T.float32(1)))
+                            stat[1] = part[0]
+                            for ln in range(1, lanes):
+                                stat[1] = T.max(stat[1], part[ln])
+                        for j in range(i64(skv), i64(skvp)):
+                            s[r, j] = neg_inf
+                        for ln in T.vectorized(lanes):
+                            part[ln] = neg_inf
+                        for jc in range(i64(skvp // lanes)):
+                            for ln in T.vectorized(lanes):
+                                part[ln] = T.max(part[ln], s[r, jc * lanes + ln])
+                        stat[0] = part[0]
+                        for ln in range(1, lanes):
+                            stat[0] = T.max(stat[0], part[ln])
+                        stat[0] = T.Select(stat[0] == neg_inf, T.float32(0), stat[0])
+                        for ln in T.vectorized(lanes):
+                            part[ln] = T.float32(0)
+                        for jc in range(i64(skvp // lanes)):
+                            for ln in T.vectorized(lanes):
+                                if has_bias:  # a fully masked row: probabilities 0 (y = 0 @ v, NaN where v is inf)
+                                    s[r, jc * lanes + ln] = T.Select(stat[1] == T.float32(0), T.float32(0),
+                                                                     exp_fn(s[r, jc * lanes + ln] - stat[0]))
+                                else:
+                                    s[r, jc * lanes + ln] = exp_fn(s[r, jc * lanes + ln] - stat[0])
+                                part[ln] = part[ln] + s[r, jc * lanes + ln]
+                        total[r] = part[0]
+                        for ln in range(1, lanes):
+                            total[r] = total[r] + part[ln]
+                        total[r] = T.Select(total[r] == T.float32(0), T.float32(1), total[r])
+                    for ct in range(i64(dv // w2)):
+                        acc2 = T.decl_buffer((rows * w2,), "float32", scope="local")
+                        for r in T.unroll(rows):
+                            for c in T.vectorized(w2):
+                                acc2[r * w2 + c] = T.float32(0)
+                        for j in range(i64(skv)):
+                            for r in T.unroll(rows):
+                                for vv in T.unroll(tiles.o_vectors):
+                                    for ln in T.vectorized(lanes):
+                                        acc2[r * w2 + vv * lanes + ln] = acc2[r * w2 + vv * lanes + ln] + s[
+                                            r, j] * v[b, j, g, ct * i64(w2) + vv * lanes + ln]
+                        for r in T.unroll(rows):
+                            if i0 + r < i64(sq):
+                                for c in T.vectorized(w2):
+                                    y[b, i0 + r, h, ct * i64(w2) + c] = acc2[r * w2 + c] / total[r]
+
+    q_shape = (i64(b_n), i64(sq), i64(hq), i64(d))
+    kt_shape = (i64(b_n), i64(hk), i64(skvp // w1), i64(d), i64(w1))
+    v_shape = (i64(b_n), i64(skv), i64(hk), i64(dv))
+    y_shape = (i64(b_n), i64(sq), i64(hq), i64(dv))
+    attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8}
+    if has_bias:
+        b_shape = tuple(i64(n) for n in bias_shape)
+
+        @T.prim_func(private=True, s_tir=True)
+        def fused_attention(q: T.Buffer(q_shape, "float32"), kt: T.Buffer(kt_shape, "float32"),
+                            v: T.Buffer(v_shape, "float32"), bias: T.Buffer(b_shape, "float32"),
+                            y: T.Buffer(y_shape, "float32")):
+            T.func_attr(attrs)
+            body(q, kt, v, bias, y)
+
+        return fused_attention
+
+    @T.prim_func(private=True, s_tir=True)
+    def fused_attention_nobias(q: T.Buffer(q_shape, "float32"), kt: T.Buffer(kt_shape, "float32"),
+                               v: T.Buffer(v_shape, "float32"), y: T.Buffer(y_shape, "float32")):
+        T.func_attr(attrs)
+        body(q, kt, v, None, y)
+
+    return fused_attention_nobias
+
+
+def _static_dims(expr) -> tuple[int, ...] | None:
+    from tvm import tirx  # noqa: PLC0415
+
+    from ..lowering.converters import dims_of  # noqa: PLC0415
+
+    dims = dims_of(expr)
+    if dims is None or not all(isinstance(d, int | tirx.IntImm) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def carrier_shape(qs, ks, v, bias) -> AttentionShape | None:
+    """The AttentionShape of an ATTENTION_CARRIER call's arguments (lowering/ops/transformer.py), or None where
+    the fused kernel does not apply: a dim known only at run time, a type other than float32."""
+    from ..lowering.converters import dtype_of  # noqa: PLC0415
+
+    args = [qs, ks, v] + ([bias] if bias is not None else [])
+    dims = [_static_dims(a) for a in args]
+    if any(d is None or len(d) != 4 for d in dims) or any(dtype_of(a) != "float32" for a in args):
+        return None
+    (b, sq, hq, d), (_, skv, hk, _), (_, _, _, dv) = dims[:3]
+    if hk == 0 or hq % hk or 0 in (b, sq, skv, hq, d, dv):
+        return None
+    return AttentionShape(b, hq, hk, sq, skv, d, dv, dims[3] if bias is not None else None)
+
+
+def _pack_keys(ks, shape: AttentionShape, tiles: AttentionTiles):
+    """K [batch, skv, kv heads, d] (TE) as the kernel's kt: [batch, kv heads, skvp / key_step, d, key_step],
+    zeros past skv."""
+    from tvm import te, tirx  # noqa: PLC0415
+
+    step = tiles.key_step
+    panels = padded_keys(shape, tiles) // step
+
+    def element(b, h, p, k, lane):
+        j = p * step + lane
+        return tirx.if_then_else(j < shape.skv, ks[b, tirx.min(j, shape.skv - 1), h, k], tirx.const(0, "float32"))
+
+    return te.compute((shape.batch, shape.kv_heads, panels, shape.d, step), element, name="T_packed_keys")
+
+
+def fused_attention_pass(target, fast_math: bool = True):
+    """The module pass (a function, so that importing optc does not import TVM) that replaces every
+    ATTENTION_CARRIER call: on a CPU target with static float32 shapes, by the K^T packing and the fused kernel
+    (``attention_kernel``, exp per `fast_math`); elsewhere, and everywhere for ``target=None`` (bf16: its
+    conversion makes the decomposition's matmuls bfloat16), by ``expand_attention``'s decomposition."""
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+    from tvm.relax import expr_functor  # noqa: PLC0415
+
+    from ..lowering.ops.transformer import ATTENTION_CARRIER, expand_attention  # noqa: PLC0415
+    from .schedules import _is_cpu, _vector_lanes, max_accumulators, vector_registers  # noqa: PLC0415
+
+    cpu = target is not None and _is_cpu(target)
+
+    @expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) not in ATTENTION_CARRIER:
+                return call
+            qs, ks, v = call.args[:3]
+            bias = call.args[3] if len(call.args) > 3 else None
+            shape = carrier_shape(qs, ks, v, bias) if cpu else None
+            tiles = None
+            if shape is not None:
+                lanes = _vector_lanes(target, 32)
+                tiles = choose_tiles(shape, lanes, max_accumulators(lanes * 4, registers=vector_registers(target)))
+            if tiles is None:
+                return expand_attention(self.builder_, qs, ks, v, bias)
+            kt = self.builder_.emit_te(lambda k: _pack_keys(k, shape, tiles), ks,
+                                       primfunc_name_hint="pack_attention_keys")
+            kernel = attention_kernel(shape, tiles, exp="fast" if fast_math else "libm")
+            gv = self.builder_.add_func(kernel, "fused_attention")
+            out = relax.TensorType((shape.batch, shape.sq, shape.q_heads, shape.dv), "float32")
+            args = [qs, kt, v] + ([bias] if bias is not None else [])
+            return relax.call_tir(gv, args, out)
+
+    @tvm.transform.module_pass(opt_level=0, name="optc_fused_attention")
+    def _pass(mod, _ctx):
+        rewriter = _Rewriter(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return _pass

@@ -1,0 +1,235 @@
+"""The fused CPU attention kernel (codegen/attention.py): the kernel alone against a float64 reference, ONNX
+Attention nodes compiled through it against onnx's reference evaluator, and where it must not be used."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper
+
+from .conftest import run_reference
+
+tvm = pytest.importorskip("tvm")
+
+from optc.codegen.attention import (  # noqa: E402
+    AttentionShape,
+    attention_kernel,
+    choose_tiles,
+    fast_exp_expr,
+    padded_keys,
+)
+
+
+def _host_target():
+    from optc.codegen.targets import resolve_target
+
+    return resolve_target("cpu")
+
+
+def _reference(q, k, v, bias):
+    """float64 attention of BSNH q [b, sq, hq, d], k [b, skv, hk, d], v [b, skv, hk, dv] with the spec's safe
+    softmax (a row whose bias is all -inf: probabilities 0)."""
+    hq, hk = q.shape[2], k.shape[2]
+    k = np.repeat(k.astype(np.float64), hq // hk, axis=2)
+    v = np.repeat(v.astype(np.float64), hq // hk, axis=2)
+    s = np.einsum("bihd,bjhd->bhij", q.astype(np.float64), k)
+    if bias is not None:
+        s = s + bias
+    with np.errstate(invalid="ignore"):
+        m = s.max(-1, keepdims=True)
+        m[m == -np.inf] = 0
+        e = np.exp(s - m)
+        z = e.sum(-1, keepdims=True)
+        z[z == 0] = 1
+        p = e / z
+    if bias is not None:
+        p = np.where((np.broadcast_to(bias, s.shape) == -np.inf).all(-1, keepdims=True), 0.0, p)
+    return np.einsum("bhij,bjhd->bihd", p, v)
+
+
+def _run_kernel(shape: AttentionShape, q, k, v, bias, *, lanes=8, max_acc=12, exp="fast"):
+    tiles = choose_tiles(shape, lanes, max_acc)
+    assert tiles is not None
+    func = attention_kernel(shape, tiles, exp=exp).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=_host_target())
+    skvp, step = padded_keys(shape, tiles), tiles.key_step
+    kt = np.zeros((shape.batch, shape.kv_heads, shape.d, skvp), np.float32)
+    kt[..., :shape.skv] = k.transpose(0, 2, 3, 1)
+    kt = np.ascontiguousarray(kt.reshape(*kt.shape[:3], skvp // step, step).transpose(0, 1, 3, 2, 4))
+    y = np.zeros((shape.batch, shape.sq, shape.q_heads, shape.dv), np.float32)
+    args = [q, kt, v] + ([bias] if bias is not None else []) + [y]
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+@pytest.mark.parametrize(("b", "hq", "hk", "sq", "skv", "d", "dv", "bias_shape", "lanes", "max_acc"), [
+    (1, 3, 3, 197, 197, 64, 64, None, 8, 12),  # ViT-like: rows and keys not multiples of the tiles
+    (2, 4, 2, 9, 13, 16, 8, (2, 1, 1, 13), 8, 12),  # GQA, a padding bias per batch
+    (1, 2, 2, 1, 40, 8, 16, (1, 1, 1, 40), 8, 12),  # one query row (decoding)
+    (1, 8, 1, 5, 7, 4, 4, (1, 8, 5, 7), 4, 16),  # multi-query, a bias per head, NEON-sized vectors
+    (1, 2, 2, 33, 64, 32, 32, (1, 1, 33, 64), 16, 15),  # AVX-512-sized tiles
+])
+def test_kernel_matches_float64_reference(b, hq, hk, sq, skv, d, dv, bias_shape, lanes, max_acc):
+    rng = np.random.default_rng(0)
+    q = (rng.standard_normal((b, sq, hq, d)) * 0.5).astype(np.float32)
+    k = (rng.standard_normal((b, skv, hk, d)) * 0.5).astype(np.float32)
+    v = rng.standard_normal((b, skv, hk, dv)).astype(np.float32)
+    bias = None
+    if bias_shape is not None:
+        bias = np.where(rng.random(bias_shape) < 0.3, -np.inf, rng.standard_normal(bias_shape)).astype(np.float32)
+    shape = AttentionShape(b, hq, hk, sq, skv, d, dv, bias_shape)
+    for exp in ("fast", "libm"):
+        got = _run_kernel(shape, q, k, v, bias, lanes=lanes, max_acc=max_acc, exp=exp)
+        np.testing.assert_allclose(got, _reference(q, k, v, bias), rtol=2e-5, atol=2e-6)
+
+
+def test_kernel_special_values():
+    """A fully masked row gives 0 (NaN in the column where V has an infinity: 0 x inf, as the spec's P V); a NaN
+    in Q makes its row NaN; a -inf bias entry removes one key; overflowing scores (+-inf) give the reference's
+    NaN."""
+    rng = np.random.default_rng(1)
+    shape = AttentionShape(1, 1, 1, 6, 10, 8, 8, (1, 1, 6, 10))
+    q = rng.standard_normal((1, 6, 1, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 10, 1, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 10, 1, 8)).astype(np.float32)
+    bias = np.zeros((1, 1, 6, 10), np.float32)
+    bias[0, 0, 0, :] = -np.inf  # row 0: fully masked
+    bias[0, 0, 2, 4] = -np.inf  # row 2: one key removed
+    v[0, 7, 0, 3] = np.inf
+    q[0, 3, 0, 5] = np.nan  # row 3: NaN
+    q[0, 4, 0, :] = np.float32(1e30)  # row 4: overflowing scores (+inf and -inf: NaN)
+    got = _run_kernel(shape, q, k, v, bias)
+    want = _reference(q, k, v, bias)
+    others = [0, 1, 2, 4, 5, 6, 7]
+    assert np.all(got[0, 0, 0, others] == 0) and np.isnan(got[0, 0, 0, 3])  # 0 x inf
+    assert np.all(np.isnan(got[0, 3, 0]))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)  # (NaN where the reference has NaN)
+
+
+def test_fast_exp_expr_is_topi_fast_exp():
+    """The kernel's exp is TOPI's fast_exp expression, so the same values bit for bit."""
+    from tvm import te, topi
+
+    x = te.placeholder((4096,), "float32", name="x")
+    ours = te.compute(x.shape, lambda i: fast_exp_expr(x[i]), name="ours")
+    theirs = topi.fast_exp(x)
+    lib = tvm.compile(te.create_prim_func([x, ours, theirs]), target=_host_target())
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.uniform(-100, 100, 4000), [0.0, -0.0, np.inf, -np.inf, np.nan, 88.3, -88.3, 89.0,
+                                                            -104.0, 1e-30, -1e-30]]).astype(np.float32)
+    values = np.resize(values, 4096)
+    a, b, c = (tvm.runtime.tensor(t) for t in (values, np.zeros(4096, np.float32), np.zeros(4096, np.float32)))
+    lib(a, b, c)
+    np.testing.assert_array_equal(b.numpy().view(np.int32), c.numpy().view(np.int32))
+
+
+def test_tiles_respect_the_accumulator_budget():
+    shape = AttentionShape(1, 3, 3, 197, 197, 64, 64)
+    for lanes, max_acc in ((8, 12), (16, 15), (4, 16)):
+        tiles = choose_tiles(shape, lanes, max_acc)
+        assert tiles.rows * tiles.s_vectors <= max_acc and tiles.rows * tiles.o_vectors <= max_acc
+        assert 64 % (tiles.lanes * tiles.o_vectors) == 0
+    assert choose_tiles(AttentionShape(1, 1, 1, 4, 4, 8, 6), 8, 12) is None  # dv = 6: no vector of 4 divides it
+
+
+# -- Attention nodes through optc.compile -----------------------------------------------------------------------
+
+
+def _attention_model(feeds: dict, outputs: list[str], node_inputs: list[str] | None = None, shapes=None,
+                     **attrs) -> onnx.ModelProto:
+    types = {np.float32: TensorProto.FLOAT, np.bool_: TensorProto.BOOL}
+    shapes = shapes or {}
+    inputs = [helper.make_tensor_value_info(n, types[x.dtype.type], shapes.get(n, x.shape)) for n, x in feeds.items()]
+    node = helper.make_node("Attention", node_inputs or list(feeds), outputs, **attrs)
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs if n]
+    graph = helper.make_graph([node], "attention", inputs, outs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def _fused(model: onnx.ModelProto, target: str = "cpu") -> bool:
+    """Whether codegen's relax-level passes call the fused kernel; asserts that no carrier call is left."""
+    from optc.codegen.build import prepare
+    from optc.lowering import lower
+
+    mod = prepare(lower(optc.from_onnx(model)), None, target)
+    assert "nn.attention" not in mod["main"].script()
+    return any(gv.name_hint.startswith("fused_attention") for gv, f in mod.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def _check(model, feeds, rtol=2e-5, atol=2e-6):
+    got = optc.compile(model).run(feeds)
+    want = run_reference(model, feeds)
+    for o, w in zip(model.graph.output, want, strict=True):
+        np.testing.assert_allclose(got[o.name], w, rtol=rtol, atol=atol)
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", ["3d", "4d_causal", "gqa_bool_mask", "past_cache", "padded_mask"])
+def test_attention_nodes_use_the_fused_kernel_and_match_the_reference(case):
+    rng = np.random.default_rng(3)
+    attrs, node_inputs, outputs = {}, None, ["Y"]
+    if case == "3d":
+        feeds = {"Q": _rand(rng, 2, 11, 2 * 16), "K": _rand(rng, 2, 11, 2 * 16), "V": _rand(rng, 2, 11, 2 * 8)}
+        attrs = {"q_num_heads": 2, "kv_num_heads": 2}
+    elif case == "4d_causal":
+        feeds = {"Q": _rand(rng, 1, 3, 17, 8), "K": _rand(rng, 1, 3, 17, 8), "V": _rand(rng, 1, 3, 17, 8)}
+        attrs = {"is_causal": 1, "scale": 0.3}
+    elif case == "gqa_bool_mask":
+        feeds = {"Q": _rand(rng, 1, 4, 6, 8), "K": _rand(rng, 1, 2, 9, 8), "V": _rand(rng, 1, 2, 9, 16),
+                 "attn_mask": rng.random((6, 9)) < 0.6}
+        feeds["attn_mask"][2] = False  # a fully masked row
+    elif case == "past_cache":
+        feeds = {"Q": _rand(rng, 1, 2, 3, 8), "K": _rand(rng, 1, 2, 3, 8), "V": _rand(rng, 1, 2, 3, 8),
+                 "past_key": _rand(rng, 1, 2, 5, 8), "past_value": _rand(rng, 1, 2, 5, 8)}
+        node_inputs = ["Q", "K", "V", "", "past_key", "past_value"]
+        outputs = ["Y", "present_key", "present_value"]
+        attrs = {"is_causal": 1}
+    else:  # a float mask shorter than the keys: padded with -inf
+        feeds = {"Q": _rand(rng, 2, 1, 5, 8), "K": _rand(rng, 2, 1, 12, 8), "V": _rand(rng, 2, 1, 12, 8),
+                 "attn_mask": _rand(rng, 2, 1, 5, 10)}
+    model = _attention_model(feeds, outputs, node_inputs, **attrs)
+    assert _fused(model)
+    _check(model, feeds)
+
+
+@pytest.mark.parametrize("case", ["softcap", "scores_output", "float64", "symbolic_sequence"])
+def test_attention_outside_the_kernel_keeps_the_decomposition(case):
+    """Negative cases: a softcap, the QK output, a float64 model or a sequence length known only at run time
+    are computed by the decomposed form, and still match the reference."""
+    rng = np.random.default_rng(4)
+    feeds = {"Q": _rand(rng, 1, 2, 6, 8), "K": _rand(rng, 1, 2, 7, 8), "V": _rand(rng, 1, 2, 7, 8)}
+    attrs, outputs, shapes = {}, ["Y"], None
+    if case == "softcap":
+        attrs = {"softcap": 2.0}
+    elif case == "scores_output":
+        outputs = ["Y", "", "", "qk"]
+        attrs = {"qk_matmul_output_mode": 1}
+    elif case == "float64":
+        feeds = {n: x.astype(np.float64) for n, x in feeds.items()}
+    else:
+        shapes = {n: [1, 2, "s" if n == "Q" else "t", 8] for n in feeds}
+    if case == "float64":
+        model = _attention_model({n: x.astype(np.float32) for n, x in feeds.items()}, outputs, **attrs)
+        for vi in list(model.graph.input) + list(model.graph.output):
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    else:
+        model = _attention_model(feeds, outputs, shapes=shapes, **attrs)
+    assert not _fused(model)
+    _check(model, feeds, rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_target_gets_the_decomposition():
+    """The fused kernel is for CPUs; a CUDA target gets the decomposed form (no carrier call left for TVM's own
+    legalization, whose softmax differs from the spec's)."""
+    rng = np.random.default_rng(5)
+    feeds = {"Q": _rand(rng, 1, 2, 6, 8), "K": _rand(rng, 1, 2, 7, 8), "V": _rand(rng, 1, 2, 7, 8)}
+    assert _fused(_attention_model(feeds, ["Y"]))
+    assert not _fused(_attention_model(feeds, ["Y"]), target="cuda")
