@@ -32,6 +32,8 @@ from dataclasses import dataclass
 MIN_ROWS = 4
 #: blocks of query rows per parallel task: each task allocates its scratch buffer once
 BLOCKS_PER_TASK = 4
+#: score tile width (vectors) for fewer than MIN_ROWS query rows: wider tiles pad the keys further
+MAX_SHORT_VECTORS = 4
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,23 @@ def choose_tiles(shape: AttentionShape, lanes: int, max_acc: int) -> AttentionTi
         lanes //= 2
     if shape.dv % lanes:
         return None
-    best = None
-    for s_vectors in range(max_acc // MIN_ROWS, 0, -1):
-        rows = max_acc // s_vectors
-        if rows < MIN_ROWS:
-            continue
-        # the fewest loads per multiply-add (rows broadcasts + s_vectors loads for rows x s_vectors of them)
-        cost = (rows + s_vectors) / (rows * s_vectors)
-        if best is None or cost < best[0]:
-            best = (cost, rows, s_vectors)
-    if best is None:
-        return None
-    _, rows, s_vectors = best
-    rows = min(rows, max(MIN_ROWS, shape.sq))
+    if shape.sq < MIN_ROWS:  # a few query rows (decoding with a cache: one): no rows computed for nothing
+        rows = shape.sq
+        s_vectors = max(1, min(max_acc // rows, MAX_SHORT_VECTORS, -(-shape.skv // lanes)))
+    else:
+        best = None
+        for s_vectors in range(max_acc // MIN_ROWS, 0, -1):
+            rows = max_acc // s_vectors
+            if rows < MIN_ROWS:
+                continue
+            # the fewest loads per multiply-add (rows broadcasts + s_vectors loads for rows x s_vectors of them)
+            cost = (rows + s_vectors) / (rows * s_vectors)
+            if best is None or cost < best[0]:
+                best = (cost, rows, s_vectors)
+        if best is None:
+            return None
+        _, rows, s_vectors = best
+        rows = min(rows, shape.sq)
     o_vecs = shape.dv // lanes
     o_vectors = max(v for v in range(1, o_vecs + 1) if o_vecs % v == 0 and rows * v <= max_acc)
     return AttentionTiles(lanes, rows, s_vectors, o_vectors)

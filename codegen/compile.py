@@ -43,7 +43,10 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     without a GPU, arm64 on x86) without `rpc` is refused before lowering. `report` receives `tuning` (tasks,
     trials, skipped_symbolic) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
     exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math"); False uses
-    libm's. The graph rewrites before lowering are IEEE-exact either way (their own `fast_math` stays off).
+    libm's. With fast math, from -O2, the transformer blocks are also fused into the standard ops (attention into
+    one kernel: ``codegen/attention.py``), which differ from the graph where the scores hold NaN, infinities or
+    overflow (README, "Transformers"); the other graph rewrites are IEEE-exact either way (their own `fast_math`
+    stays off).
     `rpc` (`HOST:PORT:KEY`): tuning measures on the servers of that key of a TVM RPC tracker (see
     `codegen.tuning.tune`); the tracker, the key and one server are checked before anything else (OptcError).
     `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm / attention matmuls on bfloat16 operands with
@@ -80,10 +83,13 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         model = copy_model(model)
         fix_input_shapes(model, input_shapes)
     sizes = check_sizes(static_batch, model) if static_batch is not None else None
-    # from -O2 the transformer blocks become the standard fused ops, which lower to kernels of their own (one
-    # float32 attention kernel: codegen/attention.py); not for bf16, which computes the graph's own matmuls in
-    # bfloat16 (an Attention's would round Q and K after its sqrt(scale), not before the graph's scale)
-    fuse = "standard" if level >= 2 and precision != "bf16" else None
+    # with fast math, from -O2, the transformer blocks become the standard fused ops, which lower to kernels of
+    # their own (one float32 attention kernel: codegen/attention.py). Only with fast math: the fused Attention adds
+    # its mask where the graph's Where replaced masked scores (a NaN key score then spoils the row), zeroes a fully
+    # masked row where the graph's Softmax gives NaN, and scales Q and K by sqrt(scale) each (another overflow
+    # threshold). Not for bf16, which computes the graph's own matmuls in bfloat16 (an Attention's would round Q
+    # and K after its sqrt(scale), not before the graph's scale).
+    fuse = "standard" if level >= 2 and fast_math and precision != "bf16" else None
     model = optimize(model, level=level, runtime=fuse)
     to_qdq_ops(model)
     int4_matmuls = to_weight_int4_ops(model)

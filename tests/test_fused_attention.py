@@ -134,6 +134,8 @@ def test_tiles_respect_the_accumulator_budget():
         assert tiles.rows * tiles.s_vectors <= max_acc and tiles.rows * tiles.o_vectors <= max_acc
         assert 64 % (tiles.lanes * tiles.o_vectors) == 0
     assert choose_tiles(AttentionShape(1, 1, 1, 4, 4, 8, 6), 8, 12) is None  # dv = 6: no vector of 4 divides it
+    decode = choose_tiles(AttentionShape(1, 8, 2, 1, 500, 64, 64), 8, 12)  # one query row: one tile row
+    assert decode.rows == 1 and decode.s_vectors >= 2 and decode.o_vectors == 8
 
 
 # -- Attention nodes through optc.compile -----------------------------------------------------------------------
@@ -233,3 +235,50 @@ def test_gpu_target_gets_the_decomposition():
     feeds = {"Q": _rand(rng, 1, 2, 6, 8), "K": _rand(rng, 1, 2, 7, 8), "V": _rand(rng, 1, 2, 7, 8)}
     assert _fused(_attention_model(feeds, ["Y"]))
     assert not _fused(_attention_model(feeds, ["Y"]), target="cuda")
+
+
+def _decomposed_causal(b=1, s=5, t=6, heads=2, size=8) -> onnx.ModelProto:
+    """Opset-17 attention as exporters write it: heads split by Reshape + Transpose, MatMul, Div by sqrt(size), a
+    causal Where(tril, scores, -inf), Softmax, MatMul, heads merged."""
+    n = helper.make_node
+    inits = [onnx.numpy_helper.from_array(np.array([b, -1, heads, size], np.int64), "split"),
+             onnx.numpy_helper.from_array(np.array([b, -1, heads * size], np.int64), "merge"),
+             onnx.numpy_helper.from_array(np.array(np.sqrt(size), np.float32), "root"),
+             onnx.numpy_helper.from_array(np.tril(np.ones((s, t), bool)), "cond"),
+             onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "fill")]
+    nodes = [n("Reshape", ["q", "split"], ["q4"]), n("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+             n("Reshape", ["k", "split"], ["k4"]), n("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+             n("Reshape", ["v", "split"], ["v4"]), n("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+             n("MatMul", ["qt", "kt"], ["s0"]), n("Div", ["s0", "root"], ["s1"]),
+             n("Where", ["cond", "s1", "fill"], ["s2"]), n("Softmax", ["s2"], ["p"], axis=-1),
+             n("MatMul", ["p", "vt"], ["o"]), n("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+             n("Reshape", ["ot", "merge"], ["y"])]
+    inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [b, s if x == "q" else t, heads * size])
+              for x in "qkv"]
+    graph = helper.make_graph(nodes, "causal", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_compile_fuses_exported_attention_only_with_fast_math():
+    """The fused Attention adds its mask where the graph's Where replaced the masked scores, so a NaN in a key
+    that every query masks spoils every row (a documented fast-math difference); without fast math the compile
+    keeps the graph's attention and matches the reference, NaN key and all."""
+    from optc.codegen.build import prepare
+    from optc.lowering import lower
+    from optc.rewrites import optimize
+
+    model = _decomposed_causal()
+    fused = optimize(optc.from_onnx(model), level=2, runtime="standard")
+    assert any(nd.op_type == "Attention" for nd in fused.graph)
+    assert "fused_attention" in "".join(gv.name_hint for gv in prepare(lower(fused), None, "cpu").get_global_vars())
+
+    rng = np.random.default_rng(6)
+    feeds = {x: _rand(rng, 1, 5 if x == "q" else 6, 16) for x in "qkv"}
+    np.testing.assert_allclose(optc.compile(model).run(feeds)["y"], run_reference(model, feeds)[0],
+                               rtol=2e-5, atol=2e-6)  # finite scores: the fused form within rounding
+    feeds["k"][0, 5] = np.nan  # key 5: masked for every query row
+    want = run_reference(model, feeds)[0]
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(optc.compile(model, fast_math=False).run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isnan(optc.compile(model).run(feeds)["y"]))  # the documented fast-math corner
