@@ -321,11 +321,11 @@ def fused_attention_pass(target, fast_math: bool = True):
     ATTENTION_CARRIER call: on a CPU target with static float32 shapes, by the K^T packing and the fused kernel
     (``attention_kernel``, exp per `fast_math`); elsewhere, and everywhere for ``target=None`` (bf16: its
     conversion makes the decomposition's matmuls bfloat16), by ``expand_attention``'s decomposition."""
-    import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.relax import expr_functor  # noqa: PLC0415
 
     from ..lowering.ops.transformer import ATTENTION_CARRIER, expand_attention  # noqa: PLC0415
+    from .relax_rewrite import function_pass  # noqa: PLC0415
     from .schedules import _is_cpu, _vector_lanes, max_accumulators, vector_registers  # noqa: PLC0415
 
     cpu = target is not None and _is_cpu(target)
@@ -353,12 +353,4 @@ def fused_attention_pass(target, fast_math: bool = True):
             args = [qs, kt, v] + ([bias] if bias is not None else [])
             return relax.call_tir(gv, args, out)
 
-    @tvm.transform.module_pass(opt_level=0, name="optc_fused_attention")
-    def _pass(mod, _ctx):
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return _pass
+    return function_pass("optc_fused_attention", _Rewriter)

@@ -239,15 +239,9 @@ def fast_math_pass(enabled: bool = True):
                 return relax.op.multiply(relax.op.multiply(f32(0.5), x), relax.op.add(f32(1.0), tanh))
             return call
 
-    @tvm.transform.module_pass(opt_level=0, name="optc_fast_math")
-    def _pass(mod, _ctx):
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+    from .relax_rewrite import function_pass  # noqa: PLC0415
 
-    return _pass
+    return function_pass("optc_fast_math", _Rewriter)
 
 
 OPS = ("exp", "tanh", "erf", "softmax", "sigmoid")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 def nan_through_max_min_pass():
     """The module pass (a function, so that importing optc does not import TVM)."""
-    import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.ir.expr import Constant  # noqa: PLC0415
     from tvm.relax import expr_functor  # noqa: PLC0415
@@ -27,12 +26,6 @@ def nan_through_max_min_pass():
                 return call
             return make(call.args[1], call.args[0])
 
-    @tvm.transform.module_pass(opt_level=0, name="optc_nan_through_max_min")
-    def _pass(mod, _ctx):
-        swap = _Swap(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                swap.builder_.update_func(gv, swap.visit_expr(func))
-        return swap.builder_.get()
+    from .relax_rewrite import function_pass  # noqa: PLC0415
 
-    return _pass
+    return function_pass("optc_nan_through_max_min", _Swap)

@@ -155,6 +155,7 @@ def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
 
     from .attention import fused_attention_pass  # noqa: PLC0415
+    from .relax_rewrite import rewrite_functions  # noqa: PLC0415
 
     mod = fused_attention_pass(None)(mod)  # attention as its two matmuls, which become bfloat16 below
 
@@ -204,11 +205,7 @@ def to_bfloat16(mod, *, separate_padding: bool = False) -> tuple[object, dict]:
                         groups=attrs.groups, data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout,
                         out_layout=attrs.out_layout, out_dtype="float32")
 
-    rewriter = _ToBF16(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    out = relax.transform.FoldConstant()(rewriter.builder_.get())  # weights rounded once, at compile time
+    out = relax.transform.FoldConstant()(rewrite_functions(mod, _ToBF16(mod)))  # weights rounded once, at compile time
     return out, {"converted": dict(converted), "kept_float32": dict(kept)}
 
 

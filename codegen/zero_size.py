@@ -15,18 +15,9 @@ from functools import lru_cache
 def zero_size_constants_as_allocations():
     """A module pass: each zero-size Relax tensor constant (of any rank and dtype) of every Relax function becomes an
     `R.builtin.alloc_tensor` of the same shape and dtype on device 0; other constants are left as they are."""
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
+    from .relax_rewrite import function_pass  # noqa: PLC0415
 
-    @tvm.transform.module_pass(opt_level=0, name="optc_zero_size_constants_as_allocations")
-    def _pass(mod, _ctx):
-        mutator = _mutator_class()(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function) and _has_zero_size_constant(func):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return _pass
+    return function_pass("optc_zero_size_constants_as_allocations", _mutator_class(), only=_has_zero_size_constant)
 
 
 def _is_zero_size(expr) -> bool:
