@@ -272,9 +272,6 @@ def attention(bb, inputs, attrs, ctx):
             y = bb.normalize(relax.op.permute_dims(y, [0, 2, 1, 3]))
         return y if num_outputs == 1 else relax.Tuple([y, present_k, present_v][:num_outputs])
 
-    if hq != hk:  # grouped-query attention: each K/V head serves hq / hk consecutive query heads
-        k = bb.normalize(relax.op.repeat(k, hq // hk, axis=1))
-        v = bb.normalize(relax.op.repeat(v, hq // hk, axis=1))
     qs = bb.normalize(relax.op.multiply(q, root))
     ks = bb.normalize(relax.op.multiply(relax.op.permute_dims(k, [0, 1, 3, 2]), root))
     qk, capped, scores, probs, y = scaled_dot_product(bb, qs, ks, v, bias, softmax_dtype=softmax_dtype,
@@ -304,21 +301,21 @@ def expand_attention(bb, qs, ks, v, bias):
     qh = bb.normalize(relax.op.permute_dims(qs, [0, 2, 1, 3]))
     kh = bb.normalize(relax.op.permute_dims(ks, [0, 2, 1, 3]))
     vh = bb.normalize(relax.op.permute_dims(v, [0, 2, 1, 3]))
-    hq, hk = dims_of(qh)[1], dims_of(kh)[1]
-    if hq != hk:
-        kh = bb.normalize(relax.op.repeat(kh, hq // hk, axis=1))
-        vh = bb.normalize(relax.op.repeat(vh, hq // hk, axis=1))
     kt = bb.normalize(relax.op.permute_dims(kh, [0, 1, 3, 2]))
     y = scaled_dot_product(bb, qh, kt, vh, bias, softmax_dtype=dtype_of(qs), softcap=0.0)[-1]
     return bb.normalize(relax.op.permute_dims(y, [0, 2, 1, 3]))
 
 
 def scaled_dot_product(bb, qs, ks_t, v, bias, *, softmax_dtype: str, softcap: float):
-    """Attention's scores and output from Q (batch, heads, sq, d), K^T (batch, heads, d, skv) -- each already
-    multiplied by sqrt(scale), K/V heads repeated to Q's -- and V (batch, heads, skv, dv); `bias`: None or the
-    additive bias (Q's type) broadcastable to the scores. Returns (qk, capped, scores, probs, y): the
-    spec's QK matmul output modes 0-3 and Y (batch, heads, sq, dv)."""
+    """Attention's scores and output from Q (batch, q heads, sq, d), K^T (batch, kv heads, d, skv) -- each already
+    multiplied by sqrt(scale) -- and V (batch, kv heads, skv, dv); `bias`: None or the additive bias (Q's type)
+    broadcastable to the scores. Returns (qk, capped, scores, probs, y): the spec's QK matmul output modes 0-3
+    and Y (batch, q heads, sq, dv)."""
     t = dtype_of(qs)
+    hq, hk = dims_of(qs)[1], dims_of(ks_t)[1]
+    if hq != hk:  # grouped-query attention: each K/V head serves hq / hk consecutive query heads
+        ks_t = bb.normalize(relax.op.repeat(ks_t, hq // hk, axis=1))
+        v = bb.normalize(relax.op.repeat(v, hq // hk, axis=1))
     fully_masked = None
     if bias is not None:
         # A query row whose bias is all -inf attends no key: its probabilities (and Y's row) are 0. (Not
