@@ -1,8 +1,11 @@
 """Attention in a dynamic-shape export (batch and sequence symbolic, as `torch.onnx.export(dynamic_axes=...)`
 writes GPT-2's `view(b, t, heads, -1)` and `q.shape[-1] ** 0.5`): ONNX's shape inference cannot divide the
 symbolic sizes, so the head size was unknown and the scale a Pow of a Shape computed at run time, and attention
-stayed unfused. onnxruntime's symbolic shape inference (infer-shapes) gives the head size, fold-constants folds a
-Gather of a Shape's known dims, and the block fuses; outputs on onnxruntime at several batch / sequence sizes."""
+stayed unfused. infer-shapes now resolves what ONNX leaves unnamed, soundly (the -1 of a Reshape from the element
+count where the symbols cancel, an arange's length, a crop `causal[:t]` as min(t, L), a broadcast of t against its
+crop as t), fold-constants folds a Gather of a Shape's known dims, and the block fuses; outputs on onnxruntime at
+several batch / sequence sizes. A crop by another input's length (valid when that length is 1) is not taken for
+the sequence: those graphs stay unfused."""
 
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ HID, HEADS = 32, 4
 i64 = lambda v: np.array(v, np.int64)  # noqa: E731
 
 
-def dynamic_attention(scale: str = "gather", mask: str = "additive") -> tuple:
+def dynamic_attention(scale: str = "gather", mask: str = "additive", crop_by: str = "x") -> tuple:
     """x [B, T, HID] -> causal multi-head self-attention with the head split as `view(b, t, HEADS, -1)` from
     Shape(x) and the scale 1 / sqrt(q.shape[-1]) computed from Shape(q) by a Gather ("gather") or a Slice
     ("slice", nn.MultiheadAttention's export), or a constant ("constant"). `mask`: "additive" (a crop
     of a constant -1e4 table), "where" (Llama's `where(causal[:t, :t], 0, finfo.min)`), "where_upper" (a table
-    strictly upper: a crop's last row keeps nothing), "where_offset" (a crop starting at row 1)."""
+    strictly upper: a crop's last row keeps nothing), "where_offset" (a crop starting at row 1). `crop_by` "y": the
+    mask cropped to the length of a second input y [batch, "other"] (valid when it is 1 or seq)."""
     g = G()
     rng = np.random.default_rng(0)
     sh = g.op("Shape", "x")
@@ -45,7 +49,7 @@ def dynamic_attention(scale: str = "gather", mask: str = "additive") -> tuple:
         s = g.op("Div", s, g.op("Pow", dim, np.array(0.5, np.float32)))
     else:
         s = g.op("Div", s, np.array(np.sqrt(HID // HEADS), np.float32))
-    end = g.op("Unsqueeze", t, i64([0]))
+    end = g.op("Unsqueeze", t if crop_by == "x" else g.op("Gather", g.op("Shape", "y"), i64(1), axis=0), i64([0]))
     if mask == "additive":
         table = np.triu(np.full((64, 64), -1e4, np.float32), 1)
     else:
@@ -58,33 +62,51 @@ def dynamic_attention(scale: str = "gather", mask: str = "additive") -> tuple:
     p = g.op("Softmax", g.op("Add", s, bias), axis=-1)
     merge = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([-1]), axis=0)
     y = g.op("Reshape", g.op("Transpose", g.op("MatMul", p, v), perm=[0, 2, 1, 3]), merge)
-    return g.model([("x", F, ["batch", "seq", HID])], [y], 17), y
+    inputs = [("x", F, ["batch", "seq", HID])] + ([("y", F, ["batch", "other"])] if crop_by == "y" else [])
+    return g.model(inputs, [y], 17), y
 
 
-def test_infer_shapes_refuses_types_that_rest_on_merged_symbols():
-    """onnxruntime's symbolic inference types this graph only by merging the mask crop's rows with `seq` where they
-    meet in a broadcast (an assumption a crop of 1 row also satisfies): its types are not used, and the head split
-    keeps ONNX's fresh symbol for the head size (a breaker's graphs fused into ops that compute otherwise)."""
+def test_infer_shapes_divides_symbolic_sizes():
+    """Reshape(x [batch, seq, 32], [batch, seq, 4, -1]): the last dim is 8 (ONNX's inference: a fresh symbol);
+    the causal crop is min(seq, 64) square, the masked scores [batch, 4, seq, seq], the head merge [batch, seq, 32]."""
     proto, _ = dynamic_attention()
     model = optc.from_onnx(proto)
     infer_model_types(model)
+    shapes = {n.op_type: n.outputs[0].shape for n in model.graph}  # (the last node of each type)
     reshapes = [n.outputs[0].shape for n in model.graph if n.op_type == "Reshape"]
-    assert reshapes[0][:3] == ("batch", "seq", HEADS) and reshapes[0][3] != HID // HEADS, reshapes
+    assert reshapes[0] == ("batch", "seq", HEADS, HID // HEADS) and reshapes[-1] == ("batch", "seq", HID), reshapes
+    assert shapes["Slice"] == ("min(seq,64)", "min(seq,64)") and shapes["Add"] == ("batch", HEADS, "seq", "seq"), \
+        shapes
 
 
-def test_infer_shapes_without_symbolic_inference_keeps_onnx_types(monkeypatch):
-    """onnxruntime's symbolic inference failing (an op it does not model) leaves ONNX's types: no error."""
+def test_infer_shapes_needs_no_symbolic_inference(monkeypatch):
+    """onnxruntime's symbolic inference failing (an op it does not model) changes nothing: the head size is
+    optc's own reading of the Reshape."""
     import onnxruntime.tools.symbolic_shape_infer as ssi
 
     def fail(*_a, **_kw):
         raise AssertionError("unsupported")
 
-    monkeypatch.setattr(ssi.SymbolicShapeInference, "infer_shapes", staticmethod(fail))
+    monkeypatch.setattr(ssi.SymbolicShapeInference, "_infer_impl", fail)
     proto, _ = dynamic_attention()
     model = optc.from_onnx(proto)
     infer_model_types(model)
     first = next(n for n in model.graph if n.op_type == "Reshape").outputs[0].shape
-    assert first is not None and len(first) == 4 and first[3] != HID // HEADS, first
+    assert first == ("batch", "seq", HEADS, HID // HEADS), first
+
+
+def test_a_crop_by_another_inputs_length_is_not_the_sequence():
+    """A mask cropped to a second input's length (a cross attention's, valid when that length is 1 and broadcast)
+    is min(other, 64), not seq: the masked scores' last dims stay unnamed and the block unfused, computing the same
+    at other = seq and at other = 1 (the breaker's graph that onnxruntime's merged symbols fused wrongly)."""
+    proto, _ = dynamic_attention(mask="where", crop_by="y")
+    for runtime in ("onnxruntime", "standard"):
+        out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+        have = ops(out)
+        assert have["Softmax"] == 1 and have["Attention"] + have["com.microsoft::MultiHeadAttention"] == 0, dict(have)
+        rng = np.random.default_rng(4)
+        assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32),
+                                   "y": np.zeros((b, o), np.float32)} for b, t, o in ((1, 16, 16), (2, 5, 1))])
 
 
 @pytest.mark.parametrize("pick", ["gather", "slice"])
@@ -106,25 +128,24 @@ def test_gather_of_a_shapes_known_dim_folds(pick):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "standard"])
 @pytest.mark.parametrize("scale", ["gather", "slice", "constant"])
-def test_dynamic_shape_attention_whose_head_size_rests_on_merges_stays_unfused(runtime, scale):
-    """The head size is known only through merged symbols (see above): the block is left as it is, computing the
-    same."""
+def test_dynamic_shape_attention_fuses(runtime, scale):
     proto, _ = dynamic_attention(scale)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
     have = ops(out)
-    assert have["Softmax"] == 1 and have["Attention"] + have["com.microsoft::MultiHeadAttention"] == 0, dict(have)
+    fused = ("com.microsoft::Attention", "com.microsoft::MultiHeadAttention") if runtime == "onnxruntime" else \
+        ("Attention",)
+    assert sum(have[f] for f in fused) == 1 and have["Softmax"] == 0, dict(have)
     rng = np.random.default_rng(1)
     assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
                               for b, t in ((1, 16), (3, 5), (2, 1))])
 
 
-@pytest.mark.parametrize(("mask", "fused"), [("where", False), ("where_upper", False), ("where_offset", False)])
+@pytest.mark.parametrize(("mask", "fused"), [("where", True), ("where_upper", False), ("where_offset", False)])
 def test_a_causal_crop_computed_at_run_time_keeps_a_score_in_every_row(mask, fused):
     """The standard Attention only where no query row can be fully masked (onnxruntime writes zeros there): a
     runtime crop `causal[:t, :t]` of a constant table qualifies when every row of the table keeps a score left of
     its diagonal (so does every row of a square crop from the origin); a strictly upper-triangular table (a crop's
-    last row keeps nothing) or a crop from row 1 does not qualify and stays unfused; outputs equal either way. In
-    these graphs the head size rests on merged symbols, so even the qualifying crop stays unfused."""
+    last row keeps nothing) or a crop from row 1 does not qualify and stays unfused; outputs equal either way."""
     proto, _ = dynamic_attention(mask=mask)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
     have = ops(out)

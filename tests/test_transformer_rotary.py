@@ -131,14 +131,15 @@ def test_split_sizes_computed_at_run_time_are_not_halves():
 def cropped_rope_graph(crop: str = "rows", batch="B", branches: int = 1):
     """rotate-half RoPE on x [batch, N, "S", H] with cos / sin the first S rows of [64, H] tables, cropped at run
     time as a dynamic-shape export does (`self.cos[:t]`, t from Shape(x)). Negative knobs: crop "from_row_1" (rows
-    1 .. S), "columns" (also a crop of the columns: not the rows only), "constant_rows" (a fixed 8-row crop).
+    1 .. S), "columns" (also a crop of the columns: not the rows only), "constant_rows" (a fixed 8-row crop),
+    "other_input" (rows cropped to a second input y's length, valid when it is 1 or S: min(T, 64), not S).
     `branches` > 1: that many rotary embeddings, of x times 1, 2, ... (an attention's q and k), summed."""
     g = G()
     h = H // 2
     ang = np.outer(np.arange(64), 1.0 / 10000 ** (np.arange(0, H, 2) / H))
     tables = {n: f(np.concatenate([ang, ang], -1)).astype(np.float32) for n, f in (("cos", np.cos), ("sin", np.sin))}
     i64 = lambda v: np.array(v, np.int64)  # noqa: E731
-    t = g.op("Slice", g.op("Shape", "x"), i64([2]), i64([3]))
+    t = g.op("Slice", g.op("Shape", "y" if crop == "other_input" else "x"), i64([2]), i64([3]))
     crops = {}
     for name, table in tables.items():
         if crop == "from_row_1":
@@ -158,11 +159,13 @@ def cropped_rope_graph(crop: str = "rows", batch="B", branches: int = 1):
         rot = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
         outs.append(g.op("Add", g.op("Mul", xb, crops["cos"]), g.op("Mul", rot, crops["sin"])))
     y = outs[0] if branches == 1 else g.op("Sum", *outs)
-    return g.model([("x", F, [batch, N, "S" if crop != "constant_rows" else S, H])], [y], 18)
+    inputs = [("x", F, [batch, N, "S" if crop != "constant_rows" else S, H])]
+    inputs += [("y", F, [1, 1, "T"])] if crop == "other_input" else []
+    return g.model(inputs, [y], 18)
 
 
 @pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
-@pytest.mark.parametrize("crop", ["rows", "from_row_1", "columns"])
+@pytest.mark.parametrize("crop", ["rows", "from_row_1", "columns", "other_input"])
 def test_rotary_tables_cropped_at_run_time(runtime, crop):
     """Cropped to the sequence at run time: RotaryEmbedding on the whole tables' first halves, position ids 0 ..
     S-1 from x's shape; a crop that does not start at row 0 (positions 1 .. S) is refused, and so is one that also
@@ -170,8 +173,21 @@ def test_rotary_tables_cropped_at_run_time(runtime, crop):
     proto = cropped_rope_graph(crop)
     out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))  # (infer-shapes: S)
     have = ops(out)
-    fused = False  # (the crop's rows are `seq` only through a merged symbol: no type names them so)
+    fused = crop == "rows"
     assert (have["RotaryEmbedding"] + have["com.microsoft::RotaryEmbedding"] == 1) == fused, dict(have)
     rng = np.random.default_rng(6)
-    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)}
-                              for b, s in ((2, S), (1, 1), (1, 40))])
+    feeds = [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)} for b, s in ((2, S), (1, 1), (1, 40))]
+    if crop == "other_input":  # y as long as x's sequence, or 1 (its crop then broadcasts over every row)
+        feeds = [{"x": f["x"], "y": np.zeros((1, 1, t), np.float32)} for f in feeds for t in (f["x"].shape[2], 1)]
+    assert_close(proto, out, feeds)
+
+
+def test_rotary_embeddings_of_one_sequence_share_their_position_ids():
+    """Two rotary embeddings (q and k) on values of the graph input's batch and sequence: both read the sizes from
+    that input, so CSE leaves one set of position ids (a Llama-style export computed them 8 times a call)."""
+    proto = cropped_rope_graph(branches=2)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
+    have = ops(out)
+    assert have["RotaryEmbedding"] == 2 and have["Range"] == 1, dict(have)
+    rng = np.random.default_rng(7)
+    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)} for b, s in ((2, S), (1, 1))])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import onnx
 
 from ...ir.core import Graph, Model
@@ -23,6 +24,9 @@ from ..pass_manager import Pass, register_pass
 from ._util import function_graphs, root_graph
 
 _INLINE_ELEMENTS = 1024
+#: rounds of resolving dims ONNX's inference leaves unnamed (`_resolved_dims`) and inferring again: each resolves
+#: a layer of them (an arange's length, then the head split it reaches, then the head merge)
+_RESOLVE_ROUNDS = 6
 #: onnxruntime's symbolic shape inference (pure Python, sympy: about 3 ms a node on a GPT-2-like export) only for
 #: graphs up to this many nodes
 SYMBOLIC_MAX_NODES = 20_000
@@ -133,6 +137,284 @@ def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) ->
             types[name] = tp
 
 
+def _dim_name(d) -> int | str | None:
+    """A dim of a TensorShapeProto: its value, its symbol, or None where nothing names it (or a fresh `unk__`)."""
+    if d.HasField("dim_value"):
+        return d.dim_value
+    return d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None
+
+
+def _shape_pieces(name: str, producers: dict, constants: dict, types: dict) -> list | None:
+    """The elements of a Reshape's shape input, as far as they are constant: a list with an int for each
+    constant element and None for each other, from a constant or a Concat of constants and values of static
+    length (the `Concat(Unsqueeze(Gather(Shape(x), i)), ..., [-1])` of a dynamic-shape export); None otherwise."""
+    if name in constants:
+        return [int(v) for v in constants[name].reshape(-1)]
+    node = producers.get(name)
+    if node is None or node.op_type != "Concat":
+        return None
+    pieces: list = []
+    for i in node.input:
+        if i in constants:
+            pieces.extend(int(v) for v in constants[i].reshape(-1))
+            continue
+        tp = types.get(i)
+        dims = [_dim_name(d) for d in tp.tensor_type.shape.dim] if tp is not None else None
+        if dims is None or len(dims) != 1 or not isinstance(dims[0], int):
+            return None
+        pieces.extend([None] * dims[0])
+    return pieces
+
+
+def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+    """Dims ONNX's inference leaves unnamed in a dynamic-shape export, where they follow from what it knows (each
+    sound for every input the graph runs on, unlike onnxruntime's symbolic inference, which takes two symbols that
+    meet in a broadcast to be equal):
+
+    - the -1 of a Reshape (`view(b, t, heads, -1)` of an [b, t, 256] tensor: the head size 64, and through it the
+      attention's scale `q.shape[-1] ** 0.5`), from the element count: the input's dims over the output's other
+      dims, where the symbols cancel exactly (the same symbol is the same length) and what is left is a whole
+      number; only a literal -1 of the shape input (a computed element could be anything when a dim is 0);
+    - Range(0, Gather(Shape(x), i), 1) (`arange(t)`): x's dim i;
+    - Slice: an axis not sliced keeps its dim; one sliced from 0 to a dim t is min(t, L) (`_slice_type`);
+    - Tile's symbolic dims under a repeat of 1 (`_tile_type`);
+    - a broadcast of t against 1, t or crops of t is t (`_broadcast_type`).
+
+    `inferred`: the value types known (by name). Returns the types it completed, by value name."""
+    gp = gp_model.graph
+    types = dict(inferred)
+    for vi in gp.input:
+        types.setdefault(vi.name, vi.type)
+    for t in gp.initializer:
+        types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in gp.initializer
+                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64}
+    for n in gp.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and \
+                n.attribute[0].t.data_type == onnx.TensorProto.INT64:
+            constants[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    producers = {o: n for n in gp.node for o in n.output}
+    resolved: dict[str, onnx.TypeProto] = {}
+    for n in gp.node:
+        if n.op_type != "Reshape" or n.domain not in ("", "ai.onnx") or len(n.input) < 2:
+            continue
+        x_tp, y_tp = types.get(n.input[0]), types.get(n.output[0])
+        if x_tp is None or y_tp is None or not y_tp.tensor_type.HasField("shape") or \
+                not x_tp.tensor_type.HasField("shape"):
+            continue
+        x_dims = [_dim_name(d) for d in x_tp.tensor_type.shape.dim]
+        y_dims = [_dim_name(d) for d in y_tp.tensor_type.shape.dim]
+        unknown = [i for i, d in enumerate(y_dims) if d is None]
+        pieces = _shape_pieces(n.input[1], producers, constants, types)
+        if len(unknown) != 1 or None in x_dims or pieces is None or len(pieces) != len(y_dims) or \
+                pieces[unknown[0]] != -1:
+            continue
+        x_syms = sorted(d for d in x_dims if isinstance(d, str))
+        y_syms = sorted(d for d in y_dims if isinstance(d, str))
+        x_int = int(np.prod([d for d in x_dims if isinstance(d, int)], dtype=np.int64))
+        y_int = int(np.prod([d for d in y_dims if isinstance(d, int)], dtype=np.int64))
+        if x_syms != y_syms or y_int <= 0 or x_int % y_int:
+            continue
+        tp = onnx.TypeProto()
+        tp.CopyFrom(y_tp)
+        dim = tp.tensor_type.shape.dim[unknown[0]]
+        dim.Clear()
+        dim.dim_value = x_int // y_int
+        resolved[n.output[0]] = tp
+    for n in gp.node:
+        if n.op_type == "Range" and n.domain in ("", "ai.onnx") and len(n.input) == 3 and \
+                _is_const(constants, n.input[0], 0) and _is_const(constants, n.input[2], 1):
+            tp, length = types.get(n.output[0]), _shape_dim(n.input[1], producers, constants, types)
+            if tp is not None and tp.tensor_type.HasField("shape") and len(tp.tensor_type.shape.dim) == 1 and \
+                    _dim_name(tp.tensor_type.shape.dim[0]) is None and isinstance(length, str):
+                out = onnx.TypeProto()
+                out.CopyFrom(tp)
+                out.tensor_type.shape.dim[0].Clear()
+                out.tensor_type.shape.dim[0].dim_param = length
+                resolved[n.output[0]] = out
+    for n in gp.node:
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type == "Slice":
+            tp = _slice_type(n, producers, constants, types)
+        elif n.op_type == "Tile":
+            tp = _tile_type(n, constants, types)
+        elif n.op_type in _BROADCASTING:
+            tp = _broadcast_type(n, types)
+        else:
+            continue
+        if tp is not None:
+            resolved[n.output[0]] = tp
+    return resolved
+
+
+#: ops whose output shape is their inputs' multidirectional broadcast (ONNX's Broadcasting.md)
+_BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "And", "Or", "Xor", "Equal", "Less", "Greater",
+                           "LessOrEqual", "GreaterOrEqual", "Where", "Max", "Min", "Sum", "Mean", "BitShift",
+                           "BitwiseAnd", "BitwiseOr", "BitwiseXor", "PRelu"})
+
+
+def crop_dim(symbol: str, length: int) -> str:
+    """The name of the dim min(symbol, length): a static axis of `length` sliced from 0 to a dim `symbol` long
+    (`causal[:t]` of a dynamic-shape export). Never a plain symbol's name: it is the same length as `symbol` only
+    where symbol <= length."""
+    return f"min({symbol},{length})"
+
+
+def is_crop_of(d, symbol) -> bool:
+    """`d` is the dim min(symbol, L) of `crop_dim`."""
+    return isinstance(d, str) and d.startswith(f"min({symbol},") and d.endswith(")")
+
+
+def _slice_type(n, producers: dict, constants: dict, types: dict) -> onnx.TypeProto | None:
+    """Slice's output dims that ONNX's inference leaves unnamed where a start or end is computed (it then names
+    none): an axis not sliced keeps the input's dim, and an axis sliced from 0 with step 1 to an end that is a dim
+    t (`Gather(Shape(y), i)`) of a static axis L keeps min(t, L) of it (`crop_dim`: `causal[:t]`)."""
+    tp, x_tp = types.get(n.output[0]), types.get(n.input[0])
+    if tp is None or x_tp is None or not tp.tensor_type.HasField("shape") or not x_tp.tensor_type.HasField("shape") \
+            or len(n.input) < 3 or len(tp.tensor_type.shape.dim) != len(x_tp.tensor_type.shape.dim):
+        return None
+    x_dims = [_dim_name(d) for d in x_tp.tensor_type.shape.dim]
+    rank = len(x_dims)
+    starts = constants.get(n.input[1])
+    steps = constants.get(n.input[4]) if len(n.input) > 4 and n.input[4] else None
+    axes = constants.get(n.input[3]) if len(n.input) > 3 and n.input[3] else (
+        np.arange(starts.size) if starts is not None else None)
+    if axes is None:
+        return None
+    axes = [int(a) + (rank if a < 0 else 0) for a in axes.reshape(-1).tolist()]
+    ends = _end_dims(n.input[2], producers, constants, types)
+    from_origin = starts is not None and starts.size == len(axes) and not np.any(starts != 0) and (
+        steps is None or not np.any(steps != 1)) and ends is not None and len(ends) == len(axes)
+    out = onnx.TypeProto()
+    out.CopyFrom(tp)
+    dims = out.tensor_type.shape.dim
+    changed = False
+    for axis, (dim, d) in enumerate(zip(dims, x_dims, strict=True)):
+        if _dim_name(dim) is not None:
+            continue
+        if axis not in axes:
+            new = d  # an axis not sliced is kept
+        elif from_origin and isinstance(ends[axes.index(axis)], str) and isinstance(d, int):
+            new = crop_dim(ends[axes.index(axis)], d)
+        else:
+            continue
+        if new is None:
+            continue
+        dim.Clear()
+        if isinstance(new, int):
+            dim.dim_value = new
+        else:
+            dim.dim_param = new
+        changed = True
+    return out if changed else None
+
+
+def _tile_type(n, constants: dict, types: dict) -> onnx.TypeProto | None:
+    """Tile's symbolic output dims (ONNX's inference makes fresh ones for every symbolic input dim) from its
+    input's: dim i is the input's dim i times repeats[i], so a repeat of 1 keeps the input's symbol
+    (repeat_interleave's Unsqueeze + Tile of a [batch, heads, 1, seq, dim] tensor lost both the batch and the
+    sequence), and a known input dim gives the product."""
+    tp, x_tp, repeats = types.get(n.output[0]), types.get(n.input[0]), \
+        constants.get(n.input[1]) if len(n.input) > 1 else None
+    if tp is None or x_tp is None or repeats is None or not tp.tensor_type.HasField("shape") or \
+            not x_tp.tensor_type.HasField("shape") or len(x_tp.tensor_type.shape.dim) != repeats.size or \
+            len(tp.tensor_type.shape.dim) != repeats.size:
+        return None
+    out = onnx.TypeProto()
+    out.CopyFrom(tp)
+    changed = False
+    for dim, d, r in zip(out.tensor_type.shape.dim, [_dim_name(d) for d in x_tp.tensor_type.shape.dim],
+                         repeats.reshape(-1).tolist(), strict=True):
+        if _dim_name(dim) is not None or d is None or (isinstance(d, str) and int(r) != 1):
+            continue
+        dim.Clear()
+        if isinstance(d, int):
+            dim.dim_value = d * int(r)
+        else:
+            dim.dim_param = d
+        changed = True
+    return out if changed else None
+
+
+def _end_dims(name: str, producers: dict, constants: dict, types: dict) -> list | None:
+    """Slice ends: a constant's ints, or one dim of a shape (`Unsqueeze(Gather(Shape(y), i))` or
+    `Slice(Shape(y), [i], [i + 1])`) as its name."""
+    if name in constants:
+        return [int(v) for v in constants[name].reshape(-1)]
+    node = producers.get(name)
+    if node is not None and node.op_type == "Unsqueeze":
+        d = _shape_dim(node.input[0], producers, constants, types)
+        return None if d is None else [d]
+    if node is not None and node.op_type == "Slice" and len(node.input) in (3, 4) and \
+            all(i in constants and constants[i].size == 1 for i in node.input[1:3]):
+        shape = producers.get(node.input[0])
+        lo, hi = int(constants[node.input[1]].reshape(-1)[0]), int(constants[node.input[2]].reshape(-1)[0])
+        x_tp = types.get(shape.input[0]) if shape is not None and \
+            shape.op_type == "Shape" and not shape.attribute else None
+        if x_tp is not None and x_tp.tensor_type.HasField("shape") and 0 <= lo == hi - 1 < \
+                len(x_tp.tensor_type.shape.dim) and (len(node.input) == 3 or _is_const(constants, node.input[3], 0)):
+            return [_dim_name(x_tp.tensor_type.shape.dim[lo])]
+    return None
+
+
+def _broadcast_type(n, types: dict) -> onnx.TypeProto | None:
+    """An output dim of a broadcasting op that ONNX's inference leaves unnamed where the inputs' dims there are
+    a symbol t, 1, or crops of t (min(t, L), `crop_dim`): it is t wherever the op runs (a crop shorter than t
+    and not 1 does not broadcast against t: the op fails)."""
+    tp = types.get(n.output[0])
+    ins = [types.get(i) for i in n.input if i]
+    if tp is None or not tp.tensor_type.HasField("shape") or any(
+            t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape") for t in ins):
+        return None
+    rank = len(tp.tensor_type.shape.dim)
+    shapes = [[_dim_name(d) for d in t.tensor_type.shape.dim] for t in ins]
+    if any(len(sh) > rank for sh in shapes):
+        return None
+    out = onnx.TypeProto()
+    out.CopyFrom(tp)
+    changed = False
+    for i, dim in enumerate(out.tensor_type.shape.dim):
+        if _dim_name(dim) is not None:
+            continue
+        here = [sh[i - (rank - len(sh))] for sh in shapes if i - (rank - len(sh)) >= 0]
+        if any(d is None for d in here):
+            continue
+        plain = {d for d in here if isinstance(d, str) and not d.startswith("min(")}
+        if len(plain) == 1:
+            (t,) = plain
+            if all(d == 1 or d == t or is_crop_of(d, t) for d in here):
+                dim.Clear()
+                dim.dim_param = t
+                changed = True
+    return out if changed else None
+
+
+def _is_const(constants: dict, name: str, value: int) -> bool:
+    return name in constants and constants[name].size == 1 and int(constants[name].reshape(-1)[0]) == value
+
+
+def _shape_dim(name: str, producers: dict, constants: dict, types: dict) -> int | str | None:
+    """The dim a scalar is, where it is `Gather(Shape(x), i)` (through Casts to integer types) and x's dim i is
+    named: the `arange(x.shape[i])` of a dynamic-shape export is [that dim] long."""
+    node = producers.get(name)
+    while node is not None and node.op_type == "Cast" and \
+            node.attribute[0].i in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "Gather" or len(node.input) != 2 or node.input[1] not in constants or \
+            constants[node.input[1]].ndim != 0:
+        return None
+    shape = producers.get(node.input[0])
+    if shape is None or shape.op_type != "Shape" or shape.attribute:
+        return None
+    x_tp = types.get(shape.input[0])
+    if x_tp is None or not x_tp.tensor_type.HasField("shape"):
+        return None
+    dims = x_tp.tensor_type.shape.dim
+    i = int(constants[node.input[1]])
+    return _dim_name(dims[i]) if -len(dims) <= i < len(dims) else None
+
+
 def _collect(gp: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
     for vi in (*gp.value_info, *gp.output):
         if vi.HasField("type"):
@@ -155,6 +437,27 @@ def infer_model_types(model: Model) -> int:
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     types: dict[str, onnx.TypeProto] = {}
     _collect(inferred.graph, types)
+    known: dict[str, onnx.TypeProto] = {}
+    for _ in range(_RESOLVE_ROUNDS):
+        resolved = {name: tp for name, tp in _resolved_dims(inferred, types).items() if known.get(name) != tp}
+        if not resolved:
+            break
+        known.update(resolved)
+        # again from the input, the dims resolved so far declared (ONNX keeps a declared dim where it infers none,
+        # and a symbol it inferred before over the one it would infer now)
+        given = onnx.ModelProto()
+        given.CopyFrom(proto)
+        for vi in given.graph.value_info:  # fresh symbols of an earlier inference would stay over what it infers now
+            for d in vi.type.tensor_type.shape.dim:
+                if d.dim_param.startswith("unk__"):
+                    d.Clear()
+        for name, tp in known.items():
+            vi = given.graph.value_info.add()
+            vi.name = name
+            vi.type.CopyFrom(tp)
+        inferred = onnx.shape_inference.infer_shapes(given, check_type=False, strict_mode=False, data_prop=True)
+        types = dict(known)  # (the declared types first: ONNX may list a value again with the type it inferred)
+        _collect(inferred.graph, types)
     if len(proto.graph.node) <= SYMBOLIC_MAX_NODES and any(_proto_unknown_dims(tp) for tp in types.values()):
         _symbolic_types(proto, types)
     count = 0
@@ -180,32 +483,7 @@ def infer_model_types(model: Model) -> int:
                 if t is not None and _refines(o.type, t):
                     o.type = t
                     count += 1
-    for g in graphs:
-        for node in g:
-            if node.op_type == "Tile" and node.domain in ("", "ai.onnx"):
-                count += _tile_dims(node)
     return count
-
-
-def _tile_dims(node) -> int:
-    """Tile's symbolic output dims (ONNX's inference makes fresh ones, `unk__N`, for every symbolic input dim) from
-    its input's: dim i is the input's dim i times repeats[i], so a repeat of 1 keeps the input's symbol
-    (repeat_interleave's Unsqueeze + Tile of a [batch, heads, 1, seq, dim] tensor lost both the batch and the
-    sequence), and a known input dim gives the product. Returns 1 when the type changed, else 0."""
-    x, y = node.inputs[0], node.outputs[0]
-    repeats = node.inputs[1].const_value() if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    if x is None or y is None or repeats is None or not isinstance(x.type, TensorType) or \
-            not isinstance(y.type, TensorType) or x.type.shape is None or y.type.shape is None or \
-            len(x.type.shape) != len(y.type.shape) or repeats.size != len(x.type.shape):
-        return 0
-    dims = list(y.type.shape)
-    for i, (d_in, d_out, r) in enumerate(zip(x.type.shape, dims, repeats.reshape(-1).tolist(), strict=True)):
-        if isinstance(d_out, str) and d_in is not None:
-            dims[i] = d_in * int(r) if isinstance(d_in, int) else d_in if int(r) == 1 else d_out
-    if dims == list(y.type.shape):
-        return 0
-    y.type = TensorType(y.type.dtype, tuple(dims))
-    return 1
 
 
 def infer_graph_nodewise(g: Graph, opsets: dict[str, int]) -> int:

@@ -44,6 +44,7 @@ import numpy as np
 
 from ...ir.core import Value
 from ...ir.types import DataType, TensorType
+from ..passes.infer_shapes import is_crop_of
 from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float, np_dtype, origin_crop
@@ -89,10 +90,12 @@ def _same_dim(a, b) -> bool:
 
 
 def _fits(small, big) -> bool:
-    """Broadcasting a tensor of shape `small` against `big` gives `big` (dims equal, or 1 in `small`)."""
+    """Broadcasting a tensor of shape `small` against `big` gives `big` (dims equal, or 1 in `small`, or a crop of
+    `big`'s symbol, min(t, L), which broadcasts against t only where it is t: the op fails otherwise)."""
     if small is None or big is None or len(small) > len(big):
         return False
-    return all(d == 1 or _same_dim(d, b) for d, b in zip(small, big[len(big) - len(small):], strict=True))
+    return all(d == 1 or _same_dim(d, b) or is_crop_of(d, b)
+               for d, b in zip(small, big[len(big) - len(small):], strict=True))
 
 
 def _static(*shapes) -> bool:

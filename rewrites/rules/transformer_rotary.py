@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...ir.types import DataType, TensorType
+from ..passes.infer_shapes import is_crop_of
 from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float, normalize_axes, operand, origin_crop
@@ -93,9 +94,11 @@ def _shape_source(m, x, batch, seq) -> tuple:
 
 def _row_crop(m, v, s) -> np.ndarray | None:
     """The constant table T ([.., rows, H]) when `v` is its first `s` rows (`origin_crop` along the rows axis only,
-    `v`'s rows dim the same as x's sequence `s`), else None."""
+    `v`'s rows dim the same as x's sequence `s`, or min(s, rows), which broadcasts against x only where it is `s`),
+    else None."""
     shape = full_shape(v)
-    return origin_crop(m, v, len(shape) - 2) if shape is not None and len(shape) >= 2 and shape[-2] == s else None
+    fits = shape is not None and len(shape) >= 2 and (shape[-2] == s or is_crop_of(shape[-2], s))
+    return origin_crop(m, v, len(shape) - 2) if fits else None
 
 
 class FuseRotaryEmbedding(Rule):
