@@ -88,8 +88,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     # its mask where the graph's Where replaced masked scores (a NaN key score then spoils the row), zeroes a fully
     # masked row where the graph's Softmax gives NaN, and scales Q and K by sqrt(scale) each (another overflow
     # threshold). Not for bf16, which computes the graph's own matmuls in bfloat16 (an Attention's would round Q
-    # and K after its sqrt(scale), not before the graph's scale).
-    fuse = "standard" if level >= 2 and fast_math and precision != "bf16" else None
+    # and K after its sqrt(scale), not before the graph's scale). The "optc" form: masks that can mask a whole row
+    # fuse too (GPT-2's causal + padding mask), as optc's lowering computes such a row as the spec does.
+    fuse = "optc" if level >= 2 and fast_math and precision != "bf16" else None
     model = optimize(model, level=level, runtime=fuse)
     to_qdq_ops(model)
     int4_matmuls = to_weight_int4_ops(model)

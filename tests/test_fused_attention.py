@@ -282,3 +282,54 @@ def test_compile_fuses_exported_attention_only_with_fast_math():
     assert np.all(np.isfinite(want))
     np.testing.assert_allclose(optc.compile(model, fast_math=False).run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
     assert np.all(np.isnan(optc.compile(model).run(feeds)["y"]))  # the documented fast-math corner
+
+
+def _runtime_mask_attention(b=2, s=5, heads=2, size=8) -> onnx.ModelProto:
+    """GPT-2's mask as its TorchScript export writes it: allowed = tril & (mask[:, None, :] != 0) from an int64
+    [b, s] input, bias = Where(allowed, 0, finfo.min)[:, None] added to the scores. A sequence whose first keys
+    are padding has query rows with every key masked (finite fill: the graph's row is uniform, the mean of V)."""
+    n = helper.make_node
+    inits = [onnx.numpy_helper.from_array(np.array([b, s, heads, size], np.int64), "split"),
+             onnx.numpy_helper.from_array(np.array([b, s, heads * size], np.int64), "merge"),
+             onnx.numpy_helper.from_array(np.array(np.sqrt(size), np.float32), "root"),
+             onnx.numpy_helper.from_array(np.tril(np.ones((1, s, s), bool)), "causal"),
+             onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+             onnx.numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             onnx.numpy_helper.from_array(np.array(0.0, np.float32), "kept"),
+             onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fill")]
+    nodes = [n("Reshape", ["x", "split"], ["q4"]), n("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+             n("Reshape", ["x", "split"], ["k4"]), n("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+             n("Reshape", ["x", "split"], ["v4"]), n("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+             n("Unsqueeze", ["mask", "one"], ["m3"]), n("Equal", ["m3", "zero"], ["pad"]), n("Not", ["pad"], ["key"]),
+             n("And", ["causal", "key"], ["allowed"]), n("Where", ["allowed", "kept", "fill"], ["b3"]),
+             n("Unsqueeze", ["b3", "one"], ["bias"]),
+             n("MatMul", ["qt", "kt"], ["s0"]), n("Div", ["s0", "root"], ["s1"]), n("Add", ["s1", "bias"], ["s2"]),
+             n("Softmax", ["s2"], ["p"], axis=-1), n("MatMul", ["p", "vt"], ["o"]),
+             n("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]), n("Reshape", ["ot", "merge"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, s, heads * size]),
+              helper.make_tensor_value_info("mask", TensorProto.INT64, [b, s])]
+    graph = helper.make_graph(nodes, "gpt2_mask", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_compile_fuses_attention_whose_mask_can_mask_a_whole_row():
+    """A mask computed at run time that can mask a whole query row: the standard form for onnxruntime refuses it
+    (onnxruntime's Attention writes zeros for such a row), the form optc compile uses fuses it (its kernel, like
+    the graph, gives a uniform row for a finite fill: the mean of V), and the compiled library matches
+    onnxruntime's run of the graph, padded rows included."""
+    from optc.rewrites import optimize
+
+    from .conftest import run_ort
+
+    model = _runtime_mask_attention()
+    ops = lambda rt: [nd.op_type for nd in optimize(optc.from_onnx(model), level=2, runtime=rt).graph]  # noqa: E731
+    assert "Attention" not in ops("standard") and "Softmax" in ops("standard")
+    assert "Attention" in ops("optc") and "Softmax" not in ops("optc")
+    rng = np.random.default_rng(8)
+    feeds = {"x": _rand(rng, 2, 5, 16), "mask": np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int64)}
+    want = run_ort(model, feeds)[0]
+    got = optc.compile(model).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    v = feeds["x"][0, :, :8]  # head 0 of the first sequence: rows 0 and 1 see only padding keys
+    np.testing.assert_allclose(got[0, :2, :8], np.broadcast_to(v.mean(0), (2, 8)), rtol=2e-5, atol=2e-6)

@@ -7,6 +7,7 @@ opset that cannot be raised) stay as they are and compute the same."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import optc
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -132,14 +133,18 @@ def cropped_rope_graph(crop: str = "rows", batch="B", branches: int = 1):
     """rotate-half RoPE on x [batch, N, "S", H] with cos / sin the first S rows of [64, H] tables, cropped at run
     time as a dynamic-shape export does (`self.cos[:t]`, t from Shape(x)). Negative knobs: crop "from_row_1" (rows
     1 .. S), "columns" (also a crop of the columns: not the rows only), "constant_rows" (a fixed 8-row crop),
-    "other_input" (rows cropped to a second input y's length, valid when it is 1 or S: min(T, 64), not S).
+    "other_input" (rows cropped to a second input y's length, valid when it is 1 or S: min(T, 64), not S),
+    "comma_name" (the same, y's length named "S,1": a crop of it is not one of S), "step" (rows 0:S:step, step a
+    graph input), "one_row" (tables of 1 row: a crop of them is 1 row whatever S is, and broadcasts).
     `branches` > 1: that many rotary embeddings, of x times 1, 2, ... (an attention's q and k), summed."""
     g = G()
     h = H // 2
     ang = np.outer(np.arange(64), 1.0 / 10000 ** (np.arange(0, H, 2) / H))
     tables = {n: f(np.concatenate([ang, ang], -1)).astype(np.float32) for n, f in (("cos", np.cos), ("sin", np.sin))}
     i64 = lambda v: np.array(v, np.int64)  # noqa: E731
-    t = g.op("Slice", g.op("Shape", "y" if crop == "other_input" else "x"), i64([2]), i64([3]))
+    if crop == "one_row":
+        tables = {n: t[:1] for n, t in tables.items()}
+    t = g.op("Slice", g.op("Shape", "y" if crop in ("other_input", "comma_name") else "x"), i64([2]), i64([3]))
     crops = {}
     for name, table in tables.items():
         if crop == "from_row_1":
@@ -147,6 +152,8 @@ def cropped_rope_graph(crop: str = "rows", batch="B", branches: int = 1):
         elif crop == "columns":
             crops[name] = g.op("Slice", g.const(table, name), i64([0, 0]), g.op("Concat", t, i64([H]), axis=0),
                                i64([0, 1]))
+        elif crop == "step":
+            crops[name] = g.op("Slice", g.const(table, name), i64([0]), t, i64([0]), "step")
         elif crop == "constant_rows":
             crops[name] = g.op("Slice", g.const(table, name), i64([0]), i64([S]), i64([0]))
         else:
@@ -160,12 +167,13 @@ def cropped_rope_graph(crop: str = "rows", batch="B", branches: int = 1):
         outs.append(g.op("Add", g.op("Mul", xb, crops["cos"]), g.op("Mul", rot, crops["sin"])))
     y = outs[0] if branches == 1 else g.op("Sum", *outs)
     inputs = [("x", F, [batch, N, "S" if crop != "constant_rows" else S, H])]
-    inputs += [("y", F, [1, 1, "T"])] if crop == "other_input" else []
+    inputs += [("y", F, [1, 1, "T" if crop == "other_input" else "S,1"])] if crop in ("other_input", "comma_name") else []
+    inputs += [("step", onnx.TensorProto.INT64, [1])] if crop == "step" else []
     return g.model(inputs, [y], 18)
 
 
 @pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
-@pytest.mark.parametrize("crop", ["rows", "from_row_1", "columns", "other_input"])
+@pytest.mark.parametrize("crop", ["rows", "from_row_1", "columns", "other_input", "comma_name", "step", "one_row"])
 def test_rotary_tables_cropped_at_run_time(runtime, crop):
     """Cropped to the sequence at run time: RotaryEmbedding on the whole tables' first halves, position ids 0 ..
     S-1 from x's shape; a crop that does not start at row 0 (positions 1 .. S) is refused, and so is one that also
@@ -177,8 +185,11 @@ def test_rotary_tables_cropped_at_run_time(runtime, crop):
     assert (have["RotaryEmbedding"] + have["com.microsoft::RotaryEmbedding"] == 1) == fused, dict(have)
     rng = np.random.default_rng(6)
     feeds = [{"x": rng.normal(0, 1, (b, N, s, H)).astype(np.float32)} for b, s in ((2, S), (1, 1), (1, 40))]
-    if crop == "other_input":  # y as long as x's sequence, or 1 (its crop then broadcasts over every row)
+    if crop in ("other_input", "comma_name"):  # y as long as x's sequence, or 1 (its crop broadcasts over every row)
         feeds = [{"x": f["x"], "y": np.zeros((1, 1, t), np.float32)} for f in feeds for t in (f["x"].shape[2], 1)]
+    elif crop == "step":  # a step of 2 crops ceil(S / 2) rows: 1 row at S = 2, which broadcasts
+        feeds = [{"x": rng.normal(0, 1, (1, N, s, H)).astype(np.float32), "step": np.array([k], np.int64)}
+                 for s, k in ((3, 1), (2, 2), (1, 3))]
     assert_close(proto, out, feeds)
 
 

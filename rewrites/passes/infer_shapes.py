@@ -1,6 +1,9 @@
 """`infer-shapes`: fill in unknown value types and shapes with ONNX's own inference, so shape folding and
 rules that check ranks and shapes see them. Where it leaves dims unnamed (a dynamic-shape export's
-`view(b, t, heads, -1)`), onnxruntime's symbolic shape inference fills them in (`_symbolic_types`).
+`view(b, t, heads, -1)`, a crop `causal[:t, :t]`), optc's own rules fill in what follows for every input the graph
+runs on (`_resolved_dims`), and ONNX infers again. (onnxruntime's symbolic shape inference is not used: it takes two
+symbols that meet in a broadcast to be equal, and a Slice's computed step to be 1; a breaker's graphs fused wrongly
+on such types.)
 
 The whole model goes through `onnx.shape_inference.infer_shapes` (C++, with data propagation) in one call;
 weights above a few KB are handed over as external-data stubs (dims and type only), so no weight is copied.
@@ -27,9 +30,6 @@ _INLINE_ELEMENTS = 1024
 #: rounds of resolving dims ONNX's inference leaves unnamed (`_resolved_dims`) and inferring again: each resolves
 #: a layer of them (an arange's length, then the head split it reaches, then the head merge)
 _RESOLVE_ROUNDS = 6
-#: onnxruntime's symbolic shape inference (pure Python, sympy: about 3 ms a node on a GPT-2-like export) only for
-#: graphs up to this many nodes
-SYMBOLIC_MAX_NODES = 20_000
 
 
 def _stub_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
@@ -72,71 +72,6 @@ def _refines(old, new) -> bool:
     return len(old.shape) == len(new.shape) and _unknown_dims(new.shape) < _unknown_dims(old.shape)
 
 
-def _proto_unknown_dims(tp: onnx.TypeProto) -> int:
-    if not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
-        return 0
-    return sum(1 for d in tp.tensor_type.shape.dim
-               if not d.HasField("dim_value") and (not d.dim_param or d.dim_param.startswith("unk__")))
-
-
-def _unsound_for_symbolic(proto: onnx.ModelProto) -> bool:
-    """A graph where onnxruntime's symbolic inference guesses: a Split whose sizes are computed (not a constant),
-    which it takes as equal parts when it cannot evaluate them (the ONNX test of RotaryEmbedding's function splits
-    [8, 0] and it wrote [4, 4]; onnxruntime then refused the optimized model)."""
-    constants = {t.name for t in proto.graph.initializer}
-    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
-    return any(n.op_type == "Split" and len(n.input) > 1 and n.input[1] and n.input[1] not in constants
-               for n in proto.graph.node)
-
-
-def _contradicts(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
-    """Two tensor types that cannot both hold: ranks differ, or a dim both know differs."""
-    if not (a.HasField("tensor_type") and b.HasField("tensor_type") and a.tensor_type.HasField("shape")
-            and b.tensor_type.HasField("shape")):
-        return False
-    da, db = a.tensor_type.shape.dim, b.tensor_type.shape.dim
-    return len(da) != len(db) or any(x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value != y.dim_value
-                                     for x, y in zip(da, db, strict=True))
-
-
-def _symbolic_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
-    """Where ONNX's inference left dims unnamed (a Reshape to [batch, seq, heads, -1] of a dynamic-shape export: the
-    head size, and through it an attention's scale), onnxruntime's symbolic shape inference (sympy: it divides
-    the symbolic sizes) may know them: its types replace those with more unnamed dims in `types`. Any failure of
-    it (an op it does not model, a weight it would read), a graph where it would guess (`_unsound_for_symbolic`),
-    or any type of it that contradicts ONNX's (a rank or a dim both know: it misread an op, and its other types
-    are not to be trusted either) leaves `types` as they are: a wrong dim would mislead every rule that checks
-    shapes. It runs with `auto_merge` (without it, it stops at the first two symbols that meet in a broadcast), but
-    its types are used only when it merged none: a merge takes two symbols to be equal where they met in a
-    broadcast, which a dim of 1 satisfies too (a breaker's `x * cos[:Shape(y)[1]]`, valid at a y of length 1, was
-    typed as a crop to x's sequence and fused into a RotaryEmbedding that computes otherwise; the GPT-2- and
-    Llama-style dynamic-axes exports need such merges, and stay unfused)."""
-    if _unsound_for_symbolic(proto):
-        return
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        tool = SymbolicShapeInference(2**31 - 1, True, False, 0)  # (int_max, auto_merge, guess_output_rank, verbose)
-        tool._preprocess(proto)  # (its infer_shapes, unrolled: the merges it assumed are read below)
-        done = False
-        while tool.run_:
-            done = tool._infer_impl()
-        tool._update_output_from_vi()
-    except Exception:  # noqa: BLE001 - an optional refinement
-        return
-    if not done or tool.suggested_merge_:
-        return  # two dims taken as equal where they met in a broadcast: an assumption, not a fact
-    inferred = tool.out_mp_
-    found: dict[str, onnx.TypeProto] = {}
-    _collect(inferred.graph, found)
-    if any(_contradicts(tp, types[name]) for name, tp in found.items() if name in types):
-        return  # it misread some op (a Shape's start / end: the ONNX test of RotaryEmbedding's function): trust none
-    for name, tp in found.items():
-        old = types.get(name)
-        if old is None or _proto_unknown_dims(tp) < _proto_unknown_dims(old):
-            types[name] = tp
-
-
 def _dim_name(d) -> int | str | None:
     """A dim of a TensorShapeProto: its value, its symbol, or None where nothing names it (or a fresh `unk__`)."""
     if d.HasField("dim_value"):
@@ -166,7 +101,8 @@ def _shape_pieces(name: str, producers: dict, constants: dict, types: dict) -> l
     return pieces
 
 
-def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto],
+                   crops: bool = True) -> dict[str, onnx.TypeProto]:
     """Dims ONNX's inference leaves unnamed in a dynamic-shape export, where they follow from what it knows (each
     sound for every input the graph runs on, unlike onnxruntime's symbolic inference, which takes two symbols that
     meet in a broadcast to be equal):
@@ -180,15 +116,18 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
     - Tile's symbolic dims under a repeat of 1 (`_tile_type`);
     - a broadcast of t against 1, t or crops of t is t (`_broadcast_type`).
 
-    `inferred`: the value types known (by name). Returns the types it completed, by value name."""
+    `inferred`: the value types known (by name); `crops`: name crops (not where the model's inputs name a dim
+    like one). Returns the types it completed, by value name."""
     gp = gp_model.graph
     types = dict(inferred)
     for vi in gp.input:
         types.setdefault(vi.name, vi.type)
     for t in gp.initializer:
         types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+    overridable = {vi.name for vi in gp.input}  # (an initializer that is also a graph input: a default only)
     constants = {t.name: onnx.numpy_helper.to_array(t) for t in gp.initializer
-                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64}
+                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64
+                 and t.name not in overridable}
     for n in gp.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and \
                 n.attribute[0].t.data_type == onnx.TensorProto.INT64:
@@ -236,7 +175,7 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
         if n.domain not in ("", "ai.onnx"):
             continue
         if n.op_type == "Slice":
-            tp = _slice_type(n, producers, constants, types)
+            tp = _slice_type(n, producers, constants, types, crops)
         elif n.op_type == "Tile":
             tp = _tile_type(n, constants, types)
         elif n.op_type in _BROADCASTING:
@@ -248,6 +187,7 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
     return resolved
 
 
+_CROP = "min("
 #: ops whose output shape is their inputs' multidirectional broadcast (ONNX's Broadcasting.md)
 _BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "And", "Or", "Xor", "Equal", "Less", "Greater",
                            "LessOrEqual", "GreaterOrEqual", "Where", "Max", "Min", "Sum", "Mean", "BitShift",
@@ -258,18 +198,23 @@ def crop_dim(symbol: str, length: int) -> str:
     """The name of the dim min(symbol, length): a static axis of `length` sliced from 0 to a dim `symbol` long
     (`causal[:t]` of a dynamic-shape export). Never a plain symbol's name: it is the same length as `symbol` only
     where symbol <= length."""
-    return f"min({symbol},{length})"
+    return f"{_CROP}{symbol},{length})"
 
 
 def is_crop_of(d, symbol) -> bool:
-    """`d` is the dim min(symbol, L) of `crop_dim`."""
-    return isinstance(d, str) and d.startswith(f"min({symbol},") and d.endswith(")")
+    """`d` is the dim min(symbol, L) of `crop_dim`, L >= 2 (exactly: a symbol may itself hold commas)."""
+    prefix = f"min({symbol},"
+    if not (isinstance(symbol, str) and isinstance(d, str) and d.startswith(prefix) and d.endswith(")")):
+        return False
+    length = d[len(prefix):-1]
+    return length.isdigit() and int(length) >= 2
 
 
-def _slice_type(n, producers: dict, constants: dict, types: dict) -> onnx.TypeProto | None:
+def _slice_type(n, producers: dict, constants: dict, types: dict, crops: bool) -> onnx.TypeProto | None:
     """Slice's output dims that ONNX's inference leaves unnamed where a start or end is computed (it then names
     none): an axis not sliced keeps the input's dim, and an axis sliced from 0 with step 1 to an end that is a dim
-    t (`Gather(Shape(y), i)`) of a static axis L keeps min(t, L) of it (`crop_dim`: `causal[:t]`)."""
+    t (`Gather(Shape(y), i)`) of a static axis L >= 2 keeps min(t, L) of it (`crop_dim`: `causal[:t]`; not where
+    `crops` is False: the model names some dim like a crop)."""
     tp, x_tp = types.get(n.output[0]), types.get(n.input[0])
     if tp is None or x_tp is None or not tp.tensor_type.HasField("shape") or not x_tp.tensor_type.HasField("shape") \
             or len(n.input) < 3 or len(tp.tensor_type.shape.dim) != len(x_tp.tensor_type.shape.dim):
@@ -277,7 +222,8 @@ def _slice_type(n, producers: dict, constants: dict, types: dict) -> onnx.TypePr
     x_dims = [_dim_name(d) for d in x_tp.tensor_type.shape.dim]
     rank = len(x_dims)
     starts = constants.get(n.input[1])
-    steps = constants.get(n.input[4]) if len(n.input) > 4 and n.input[4] else None
+    has_steps = len(n.input) > 4 and bool(n.input[4])
+    steps = constants.get(n.input[4]) if has_steps else None  # (a step computed at run time: anything)
     axes = constants.get(n.input[3]) if len(n.input) > 3 and n.input[3] else (
         np.arange(starts.size) if starts is not None else None)
     if axes is None:
@@ -285,7 +231,9 @@ def _slice_type(n, producers: dict, constants: dict, types: dict) -> onnx.TypePr
     axes = [int(a) + (rank if a < 0 else 0) for a in axes.reshape(-1).tolist()]
     ends = _end_dims(n.input[2], producers, constants, types)
     from_origin = starts is not None and starts.size == len(axes) and not np.any(starts != 0) and (
-        steps is None or not np.any(steps != 1)) and ends is not None and len(ends) == len(axes)
+        not has_steps or (steps is not None and not np.any(steps != 1))) and ends is not None and \
+        len(ends) == len(axes) and crops
+    # (a crop of an axis of 0 or 1 is that long whatever t is, and broadcasts: only L >= 2 is named min(t, L))
     out = onnx.TypeProto()
     out.CopyFrom(tp)
     dims = out.tensor_type.shape.dim
@@ -295,7 +243,7 @@ def _slice_type(n, producers: dict, constants: dict, types: dict) -> onnx.TypePr
             continue
         if axis not in axes:
             new = d  # an axis not sliced is kept
-        elif from_origin and isinstance(ends[axes.index(axis)], str) and isinstance(d, int):
+        elif from_origin and isinstance(ends[axes.index(axis)], str) and isinstance(d, int) and d >= 2:
             new = crop_dim(ends[axes.index(axis)], d)
         else:
             continue
@@ -380,7 +328,7 @@ def _broadcast_type(n, types: dict) -> onnx.TypeProto | None:
         here = [sh[i - (rank - len(sh))] for sh in shapes if i - (rank - len(sh)) >= 0]
         if any(d is None for d in here):
             continue
-        plain = {d for d in here if isinstance(d, str) and not d.startswith("min(")}
+        plain = {d for d in here if isinstance(d, str) and not d.startswith(_CROP)}
         if len(plain) == 1:
             (t,) = plain
             if all(d == 1 or d == t or is_crop_of(d, t) for d in here):
@@ -388,6 +336,11 @@ def _broadcast_type(n, types: dict) -> onnx.TypeProto | None:
                 dim.dim_param = t
                 changed = True
     return out if changed else None
+
+
+def _names_like_crops(gp: onnx.GraphProto) -> bool:
+    """A graph input names a dim like a crop (`min(...`): then no dim is named so (it could not be told apart)."""
+    return any(d.dim_param.startswith(_CROP) for vi in gp.input for d in vi.type.tensor_type.shape.dim)
 
 
 def _is_const(constants: dict, name: str, value: int) -> bool:
@@ -438,8 +391,9 @@ def infer_model_types(model: Model) -> int:
     types: dict[str, onnx.TypeProto] = {}
     _collect(inferred.graph, types)
     known: dict[str, onnx.TypeProto] = {}
+    crops = not _names_like_crops(proto.graph)
     for _ in range(_RESOLVE_ROUNDS):
-        resolved = {name: tp for name, tp in _resolved_dims(inferred, types).items() if known.get(name) != tp}
+        resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops).items() if known.get(name) != tp}
         if not resolved:
             break
         known.update(resolved)
@@ -458,8 +412,6 @@ def infer_model_types(model: Model) -> int:
         inferred = onnx.shape_inference.infer_shapes(given, check_type=False, strict_mode=False, data_prop=True)
         types = dict(known)  # (the declared types first: ONNX may list a value again with the type it inferred)
         _collect(inferred.graph, types)
-    if len(proto.graph.node) <= SYMBOLIC_MAX_NODES and any(_proto_unknown_dims(tp) for tp in types.values()):
-        _symbolic_types(proto, types)
     count = 0
     cache: dict[bytes, object] = {}
     graphs = [model.graph, *model.graph.subgraphs()]

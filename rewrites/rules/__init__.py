@@ -118,6 +118,7 @@ register_rule_set("fuse-pad", fusion.PAD)
 register_rule_set("fuse-matmul-add", fusion.MATMUL_ADD)
 register_rule_set("transformer-standard", transformer.STANDARD)
 register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
+register_rule_set("transformer-optc", transformer.OPTC)
 # optc-domain integer ops for the TVM back end: in no -O pipeline (`optc optimize` writes standard ONNX); the compile
 # path applies them (`qinteger.to_integer_ops`, which also declares the `optc` opset); named in a pipeline only to
 # inspect them (FileCheck tests): such an ONNX output does not declare the domain and runs nowhere else.

@@ -105,8 +105,8 @@ def origin_crop(m, v: Value, only_axis: int | None = None) -> np.ndarray | None:
     while node is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
         ins = list(node.inputs) + [None] * (5 - len(node.inputs))
         starts = m.const(ins[1])
-        steps = m.const(ins[4]) if ins[4] is not None else None
-        if starts is None or np.any(np.asarray(starts) != 0) or (steps is not None and np.any(np.asarray(steps) != 1)):
+        steps = m.const(ins[4]) if ins[4] is not None else np.ones(1, np.int64)  # (computed: anything)
+        if starts is None or np.any(np.asarray(starts) != 0) or steps is None or np.any(np.asarray(steps) != 1):
             return None
         if only_axis is not None:
             axes = m.const(ins[3]) if ins[3] is not None else np.arange(rank)

@@ -15,7 +15,10 @@ Rule sets (see transformer_norm.py, transformer_gelu.py, transformer_attention.p
   4-D Attention (23+, for rotary-embedded or repeated-K/V heads, which MultiHeadAttention does not take) and
   RotaryEmbedding (23+; below, com.microsoft RotaryEmbedding), the opset raised as for the standard form.
 
-The pass `fuse-transformer{runtime=standard|onnxruntime}` runs one of them (with constant folding in the loop),
+* `transformer-optc`: the standard set for optc's own lowering (`optc compile`), which computes a fully
+  masked attention row as the spec does: attention is fused whatever rows its mask can mask.
+
+The pass `fuse-transformer{runtime=standard|onnxruntime|optc}` runs one of them (with constant folding in the loop),
 adding the com.microsoft opset import while it runs and keeping it only if a contrib op was made.
 """
 
@@ -29,7 +32,14 @@ from ...ir.core import Model
 from ..context import PassContext, PassResult
 from ..driver import apply_rules
 from ..pass_manager import Pass, register_pass
-from .transformer_attention import FuseAttention, FuseAttention4D, FuseMultiHeadAttention, FuseMultiQueryAttention
+from .transformer_attention import (
+    FuseAttention,
+    FuseAttention4D,
+    FuseAttention4DAnyMask,
+    FuseAttentionAnyMask,
+    FuseMultiHeadAttention,
+    FuseMultiQueryAttention,
+)
 from .transformer_gelu import (
     FuseBiasGelu,
     FuseFastGelu,
@@ -50,13 +60,16 @@ ONNXRUNTIME = [FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjectio
                FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
                FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm,
                FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
-RUNTIMES = ("standard", "onnxruntime")
+#: for optc's own lowering (`optc compile`): the standard ops, with masks that can mask a whole row (it computes
+#: such a row as the spec says, where onnxruntime's Attention writes zeros)
+OPTC = [FuseAttentionAnyMask, FuseAttention4DAnyMask, *STANDARD[2:]]
+RUNTIMES = ("standard", "onnxruntime", "optc")
 
 
 def check_runtime(runtime: str) -> str:
     """`runtime` if it is one of RUNTIMES; else OptcError (one line)."""
     if runtime not in RUNTIMES:
-        raise OptcError(f"unknown runtime '{runtime}' for the transformer fusions (use standard or onnxruntime)")
+        raise OptcError(f"unknown runtime '{runtime}' for the transformer fusions (use standard, onnxruntime or optc)")
     return runtime
 
 
@@ -73,8 +86,8 @@ class FuseTransformer(Pass):
     description: ClassVar[str] = ("transformer fusions: attention, LayerNorm / SkipLayerNorm / RMSNorm, Gelu / "
                                   "FastGelu / BiasGelu, as standard ONNX ops or onnxruntime contrib ops")
     option_help: ClassVar[dict[str, str]] = {
-        "runtime": "standard (ONNX ops; the opset raised, up to 23, only where a fusion needs it and it is safe) or "
-                   "onnxruntime (com.microsoft contrib ops)",
+        "runtime": "standard (ONNX ops; the opset raised, up to 23, only where a fusion needs it and it is safe), "
+                   "onnxruntime (com.microsoft contrib ops) or optc (standard ops for optc's own lowering)",
     }
     runtime: str = "standard"
 

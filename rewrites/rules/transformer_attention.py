@@ -282,6 +282,9 @@ class FuseAttention(Rule):
 
     min_opset: ClassVar[int | None] = 23
     rounding: ClassVar[str] = ROUNDING
+    #: whoever runs the fused op computes a fully masked row as the spec says (optc's own lowering): no mask
+    #: check (`check_no_masked_row` is for onnxruntime's Attention)
+    spec_masked_rows: ClassVar[bool] = False
 
     def pattern(self, op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         return attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale,
@@ -289,7 +292,8 @@ class FuseAttention(Rule):
 
     def check(self, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
         m.info = check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, multi_query=True)
-        check_no_masked_row(m, mask, cond)
+        if not self.spec_masked_rows:
+            check_no_masked_row(m, mask, cond)
         return True
 
     def rewrite(self, op, m, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
@@ -347,6 +351,7 @@ class FuseAttention4D(Rule):
 
     min_opset: ClassVar[int | None] = 23
     rounding: ClassVar[str] = ROUNDING
+    spec_masked_rows: ClassVar[bool] = False  # (as FuseAttention's)
 
     def pattern(self, op, q4, k4, v4, scale, mask, cond, fill):
         return core_pattern(op, q4, k4, v4, scale, mask, cond, fill)
@@ -364,10 +369,25 @@ class FuseAttention4D(Rule):
         require(_same_dim(qs[3], ks[3]) and _same_dim(ks[2], vs[2]) and _same_dim(qs[0], ks[0])
                 and _same_dim(qs[0], vs[0]), "q, k, v disagree on B, T or the head size")
         value = check_scores(m, q4, (q4, k4, v4), scale, mask, cond, fill)
-        check_no_masked_row(m, mask, cond)
+        if not self.spec_masked_rows:
+            check_no_masked_row(m, mask, cond)
         m.info = {"scale": value, "S": qs[2], "T": ks[2], "seq_axis": 2}
         return True
 
     def rewrite(self, op, m, q4, k4, v4, scale, mask, cond, fill):
         bias = _bias(op, m, m.info, q4, k4, mask, cond, fill)
         return op.Attention(q4, k4, v4, bias, scale=m.info["scale"])
+
+
+class FuseAttentionAnyMask(FuseAttention):
+    """FuseAttention for optc's own lowering (`fuse-transformer{runtime=optc}`, which `optc compile` runs), which
+    computes a fully masked row as the spec does: also with a mask that can mask a whole row (GPT-2's causal +
+    padding mask written with finfo.min at run time: such a row is uniform, the graph's mean of V, on both sides)."""
+
+    spec_masked_rows: ClassVar[bool] = True
+
+
+class FuseAttention4DAnyMask(FuseAttention4D):
+    """FuseAttention4D for optc's own lowering (see FuseAttentionAnyMask)."""
+
+    spec_masked_rows: ClassVar[bool] = True
