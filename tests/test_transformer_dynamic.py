@@ -10,6 +10,7 @@ the sequence: those graphs stay unfused."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import optc
 import pytest
 from onnx import TensorProto
@@ -98,6 +99,38 @@ def test_a_slice_with_a_computed_step_keeps_its_dims_unnamed():
     model = optc.from_onnx(proto)
     infer_model_types(model)
     assert [n.outputs[0].shape for n in model.graph if n.op_type == "Mul"][0][0] != "S"
+
+
+def test_a_reshape_whose_computed_elements_could_copy_another_dim_is_not_resolved():
+    """Reshape(x [a, b, 6], [x.shape[1], x.shape[0], -1]): at a = 0 the 0 in the shape copies x's dim 1 (allowzero
+    0), giving [5, 5, 0], not [b, a, 6]: the -1 stays unnamed, and Shape of the result is not folded (a breaker's
+    ConstantOfShape(Shape(y)[2:3]) had become 6 long where the graph makes it empty)."""
+    g = G()
+    sh = g.op("Shape", "x")
+    dims = g.op("Concat", g.op("Unsqueeze", g.op("Gather", sh, i64(1), axis=0), i64([0])),
+                g.op("Unsqueeze", g.op("Gather", sh, i64(0), axis=0), i64([0])), i64([-1]), axis=0)
+    y = g.op("Reshape", "x", dims)
+    size = g.op("Slice", g.op("Shape", y), i64([2]), i64([3]))
+    out = g.op("ConstantOfShape", size, value=onnx.numpy_helper.from_array(np.array([1.0], np.float32)))
+    proto = g.model([("x", F, ["a", "b", 6])], [out], 17)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    assert next(n for n in model.graph if n.op_type == "Reshape").outputs[0].shape[2] != 6
+    for runtime in (None, "standard"):
+        opt = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+        for x in (np.zeros((0, 5, 6), np.float32), np.ones((2, 3, 6), np.float32)):
+            assert run_ort(opt, {"x": x})[0].shape == run_ort(proto, {"x": x})[0].shape
+
+
+def test_dims_a_model_names_like_crops_are_not_read_as_crops():
+    """A graph input with a dim named "min(seq,5)" (the way optc names a crop): optc makes no crop names then, and
+    neither the types nor the attention fusion read it as one: x [t] + y ["min(t,5)"] stays unnamed (at t = 1 and
+    y of 3 it is 3 long)."""
+    g = G()
+    proto = g.model([("x", F, ["t"]), ("y", F, ["min(t,5)"])], [g.op("Add", "x", "y")], 17)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    assert next(n for n in model.graph if n.op_type == "Add").outputs[0].shape != ("t",)
 
 
 def test_a_crop_by_another_inputs_length_is_not_the_sequence():

@@ -62,6 +62,17 @@ def test_a_cast_past_float16s_range_is_an_infinity():
     assert lo == -np.inf and hi == 0.0
 
 
+@pytest.mark.parametrize(("to", "low", "want"), [(B, 2.0, (1.0, 1.0)), (B, -0.25, (0.0, 1.0)),
+                                                 (TensorProto.INT64, 0.5, (0.0, 1.0))])
+def test_a_cast_to_bool_or_from_float_to_int_bounds_what_it_makes(to, low, want):
+    """Cast to BOOL makes 0 or 1 (Cast(b + 2) is always True: it had kept [2, 3]); float to int truncates toward
+    zero ({0.5, 1} becomes {0, 1}: it had kept [0.5, 1]). Both found by a breaker, who turned them into a mask
+    claimed above 0 that was exactly float32's minimum."""
+    nodes = [helper.make_node("Where", ["c", "lo", "hi"], ["w"]), helper.make_node("Cast", ["w"], ["y"], to=to)]
+    lo, hi = _bounds(nodes, [("c", B, [4])], [("lo", np.float32(low)), ("hi", np.float32(low + 0.5))])
+    assert (lo, hi) == want
+
+
 @pytest.mark.parametrize("case", ["add", "cast"])
 def test_integer_results_that_can_wrap_have_no_bound(case):
     """uint8 m + 200 wraps (56 + 200 = 0), as does a Cast of [0, 300] to uint8: no bound (it was [200, 455]
@@ -146,7 +157,7 @@ def _feeds(proto, masked_row: bool):
         else:
             keep = np.ones(shape, bool)
             if masked_row and shape[-2] == 1:
-                keep[..., :2] = False  # key padding: two keys masked, every row keeps the others
+                keep[...] = False  # key padding of every key (a sequence of padding only): every row masked
             elif masked_row:
                 keep[..., 0, :] = False  # query row 0 sees no key
             out[i.name] = keep
@@ -154,7 +165,7 @@ def _feeds(proto, masked_row: bool):
 
 
 @pytest.mark.parametrize("mask_input,fused", [("float", False), ("causal_padding_min", False),
-                                              ("int_padding", True), ("key_padding_min", True)])
+                                              ("int_padding", True), ("key_padding_min", False)])
 def test_standard_attention_takes_a_run_time_mask_only_when_no_row_can_be_all_masked(mask_input, fused):
     proto = _core(mask_input)
     out = _fuse(proto)

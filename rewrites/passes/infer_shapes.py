@@ -101,6 +101,15 @@ def _shape_pieces(name: str, producers: dict, constants: dict, types: dict) -> l
     return pieces
 
 
+def _zero_safe(pieces: list, x_dims: list, y_dims: list) -> bool:
+    """A Reshape's computed shape elements (None in `pieces`) cannot copy another dim than ONNX's inference gave
+    them: each is a nonzero int, or the input's own dim at its position (a 0 there copies the same 0). Else a
+    computed 0 (a symbol of 0 at run time) copies the input's dim and the element count says nothing (a
+    breaker: [x.shape[1], x.shape[0], -1] of an [a, b, 6] x with a = 0 is [5, 5, 0])."""
+    return all(p is not None or (isinstance(y, int) and y != 0) or (i < len(x_dims) and y == x_dims[i])
+               for i, (p, y) in enumerate(zip(pieces, y_dims, strict=True)))
+
+
 def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto],
                    crops: bool = True) -> dict[str, onnx.TypeProto]:
     """Dims ONNX's inference leaves unnamed in a dynamic-shape export, where they follow from what it knows (each
@@ -110,7 +119,8 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
     - the -1 of a Reshape (`view(b, t, heads, -1)` of an [b, t, 256] tensor: the head size 64, and through it the
       attention's scale `q.shape[-1] ** 0.5`), from the element count: the input's dims over the output's other
       dims, where the symbols cancel exactly (the same symbol is the same length) and what is left is a whole
-      number; only a literal -1 of the shape input (a computed element could be anything when a dim is 0);
+      number; only a literal -1 of the shape input, and computed elements only where a 0 among them could not
+      copy another dim (`_zero_safe`);
     - Range(0, Gather(Shape(x), i), 1) (`arange(t)`): x's dim i;
     - Slice: an axis not sliced keeps its dim; one sliced from 0 to a dim t is min(t, L) (`_slice_type`);
     - Tile's symbolic dims under a repeat of 1 (`_tile_type`);
@@ -146,7 +156,7 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
         unknown = [i for i, d in enumerate(y_dims) if d is None]
         pieces = _shape_pieces(n.input[1], producers, constants, types)
         if len(unknown) != 1 or None in x_dims or pieces is None or len(pieces) != len(y_dims) or \
-                pieces[unknown[0]] != -1:
+                pieces[unknown[0]] != -1 or not _zero_safe(pieces, x_dims, y_dims):
             continue
         x_syms = sorted(d for d in x_dims if isinstance(d, str))
         y_syms = sorted(d for d in y_dims if isinstance(d, str))
@@ -179,7 +189,7 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
         elif n.op_type == "Tile":
             tp = _tile_type(n, constants, types)
         elif n.op_type in _BROADCASTING:
-            tp = _broadcast_type(n, types)
+            tp = _broadcast_type(n, types, crops)
         else:
             continue
         if tp is not None:
@@ -306,7 +316,7 @@ def _end_dims(name: str, producers: dict, constants: dict, types: dict) -> list 
     return None
 
 
-def _broadcast_type(n, types: dict) -> onnx.TypeProto | None:
+def _broadcast_type(n, types: dict, crops: bool) -> onnx.TypeProto | None:
     """An output dim of a broadcasting op that ONNX's inference leaves unnamed where the inputs' dims there are
     a symbol t, 1, or crops of t (min(t, L), `crop_dim`): it is t wherever the op runs (a crop shorter than t
     and not 1 does not broadcast against t: the op fails)."""
@@ -331,11 +341,18 @@ def _broadcast_type(n, types: dict) -> onnx.TypeProto | None:
         plain = {d for d in here if isinstance(d, str) and not d.startswith(_CROP)}
         if len(plain) == 1:
             (t,) = plain
-            if all(d == 1 or d == t or is_crop_of(d, t) for d in here):
+            if all(d == 1 or d == t or (crops and is_crop_of(d, t)) for d in here):
                 dim.Clear()
                 dim.dim_param = t
                 changed = True
     return out if changed else None
+
+
+def crops_trusted(graph) -> bool:
+    """Whether dims named like crops (`crop_dim`) in `graph` (an IR Graph, or None) are optc's: no graph input
+    names a dim so (a model whose inputs do gets no crop names, and rules must not read its dims as crops)."""
+    return graph is None or not any(isinstance(d, str) and d.startswith(_CROP)
+                                    for v in graph.inputs for d in (v.shape or ()))
 
 
 def _names_like_crops(gp: onnx.GraphProto) -> bool:

@@ -30,8 +30,8 @@ The standard form also needs a kept score in every
 row of a constant mask or Where condition, and a constant condition (`check_no_masked_row`): onnxruntime's
 Attention computes fully masked rows otherwise than the graph; an additive mask computed at run time is fused only
 when its values are bounded above its dtype's minimum (value_bounds.py: BERT's (1 - mask) * -10000 from an integer
-mask, not a float mask input) or it is a key-padding mask, the same for every query row (then only a sequence with
-every key masked computes otherwise on onnxruntime).
+mask, not a float mask input) or it is a causal crop keeping a score in every row (a key-padding mask that can
+hold the minimum is not: a sequence with every key masked would compute otherwise on onnxruntime).
 
 Rounding: not bit-exact: the fused kernel applies the scale and sums the products in its own order.
 """
@@ -44,7 +44,7 @@ import numpy as np
 
 from ...ir.core import Value
 from ...ir.types import DataType, TensorType
-from ..passes.infer_shapes import is_crop_of
+from ..passes.infer_shapes import crops_trusted, is_crop_of
 from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float, np_dtype, origin_crop
@@ -89,12 +89,13 @@ def _same_dim(a, b) -> bool:
     return a is not None and a == b
 
 
-def _fits(small, big) -> bool:
+def _fits(small, big, crops: bool = False) -> bool:
     """Broadcasting a tensor of shape `small` against `big` gives `big` (dims equal, or 1 in `small`, or a crop of
-    `big`'s symbol, min(t, L), which broadcasts against t only where it is t: the op fails otherwise)."""
+    `big`'s symbol, min(t, L), which broadcasts against t only where it is t: the op fails otherwise; `crops`:
+    the graph's crop names are optc's, `crops_trusted`)."""
     if small is None or big is None or len(small) > len(big):
         return False
-    return all(d == 1 or _same_dim(d, b) or is_crop_of(d, b)
+    return all(d == 1 or _same_dim(d, b) or (crops and is_crop_of(d, b))
                for d, b in zip(small, big[len(big) - len(small):], strict=True))
 
 
@@ -134,7 +135,8 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
     scores_shape = full_shape(m["scores"].outputs[0])
     if mask is not None:
         require(is_float(mask) and mask.dtype == q.dtype, "the mask is not of the scores' float type")
-        require(_fits(full_shape(mask), scores_shape), "the mask broadcasts the scores to another shape")
+        require(_fits(full_shape(mask), scores_shape, crops_trusted(m.graph)),
+                "the mask broadcasts the scores to another shape")
     if cond is not None:
         require(cond.dtype is not None and DataType(cond.dtype) == DataType.BOOL, "Where's condition is not bool")
         f = float(np.asarray(m.const(fill)).reshape(-1)[0])
@@ -142,7 +144,8 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
         # fill at or below -1e30 (finfo.min, as exporters write it), which any |s| < 1e22 cannot move
         require(f == -np.inf or (DataType(q.dtype) in (DataType.FLOAT, DataType.DOUBLE) and f <= -1e30),
                 "Where's fill is not -inf or <= -1e30: as a bias it would not stand for a masked score")
-        require(_fits(full_shape(cond), scores_shape), "the Where broadcasts the scores to another shape")
+        require(_fits(full_shape(cond), scores_shape, crops_trusted(m.graph)),
+                "the Where broadcasts the scores to another shape")
     return value
 
 
@@ -222,9 +225,8 @@ def check_no_masked_row(m, mask, cond) -> None:
     row; an additive mask that is a constant must have a score above max(-1e30, the dtype's minimum) in every row
     (compared in float64: -1e30 is -inf in float16); one computed at run time must be bounded above that floor
     (`value_bounds`: BERT's (1 - mask) * -10000 from an integer mask is, a float graph input or a Where that
-    writes finfo.min is not) or be a key-padding mask, the same for every query row ([.., 1, T]), which masks a
-    whole row only for a sequence whose every key is masked (there onnxruntime writes zeros where the graph
-    gives NaN for a -inf fill, or the mean of V for a finite one)."""
+    writes finfo.min is not), or be a causal crop that keeps a score in every row. A key-padding mask ([.., 1, T])
+    that can hold the minimum is refused too: a sequence whose every key is masked would get zeros (a breaker)."""
     if cond is not None:
         c = m.const(cond)
         table = _origin_crop(m, cond) if c is None else None
@@ -240,11 +242,9 @@ def check_no_masked_row(m, mask, cond) -> None:
                     "the mask masks every score of a row")
         else:
             bounds = value_bounds(m, mask)
-            shape = full_shape(mask)
-            key_padding = shape is not None and len(shape) >= 2 and shape[-2] == 1
-            require(key_padding or (bounds is not None and bounds[0] > floor) or _cropped_causal(m, mask, floor),
-                    "a mask computed at run time may mask every score of a row (it varies by query row and is not "
-                    "bounded above the dtype's minimum)")
+            require((bounds is not None and bounds[0] > floor) or _cropped_causal(m, mask, floor),
+                    "a mask computed at run time may mask every score of a row (it is not bounded above the dtype's "
+                    "minimum, nor a causal crop)")
 
 
 def _origin_crop(m, v: Value) -> np.ndarray | None:

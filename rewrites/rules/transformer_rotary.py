@@ -27,7 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...ir.types import DataType, TensorType
-from ..passes.infer_shapes import is_crop_of
+from ..passes.infer_shapes import crops_trusted, is_crop_of
 from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float, normalize_axes, operand, origin_crop
@@ -97,7 +97,8 @@ def _row_crop(m, v, s) -> np.ndarray | None:
     `v`'s rows dim the same as x's sequence `s`, or min(s, rows), which broadcasts against x only where it is `s`),
     else None."""
     shape = full_shape(v)
-    fits = shape is not None and len(shape) >= 2 and (shape[-2] == s or is_crop_of(shape[-2], s))
+    fits = shape is not None and len(shape) >= 2 and (shape[-2] == s or (is_crop_of(shape[-2], s)
+                                                                          and crops_trusted(m.graph)))
     return origin_crop(m, v, len(shape) - 2) if fits else None
 
 

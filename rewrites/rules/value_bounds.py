@@ -6,7 +6,8 @@ minimum: see transformer_attention.check_no_masked_row).
 when no bound is known: a float graph input, an op this module does not model, NaN in a constant, a chain deeper
 than `MAX_DEPTH`. Modelled: constants (the rule match's `m.const`), bool inputs [0, 1], integer inputs their dtype's
 range, Cast (the input's bounds; a float cast rounds by less than the bound's own magnitude, so the bound stays a
-bound once widened by one part in 2^10), data movement (Reshape, Unsqueeze, Squeeze, Expand, Transpose, Slice,
+bound once widened by one part in 2^10; to an integer type truncated toward zero; to bool [0, 1], or 1 where 0 is
+out of the bounds), data movement (Reshape, Unsqueeze, Squeeze, Expand, Transpose, Slice,
 Gather's data, Identity, Tile, Flatten: the input's bounds), Concat and Where (the union), Neg, Add, Sub and Mul
 (interval arithmetic, rounded outwards by the same margin). An integer result (or Cast to an integer type) whose
 bounds leave its type's range would wrap: no bound.
@@ -82,11 +83,15 @@ def value_bounds(m, v: Value | None, depth: int = 0) -> Bounds | None:
             target = np.dtype(DataType(int(node.attr("to"))).numpy())
         except (TypeError, ValueError):
             return None
+        if target.kind == "b":  # any nonzero is True (a breaker: Cast(b + 2, BOOL) had kept [2, 3])
+            return (1.0, 1.0) if lo > 0 or hi < 0 else (0.0, 1.0)
         if target.kind == "f":  # a value past the target's range becomes an infinity
             info = np.finfo(target)
             lo, hi = (lo if lo >= float(info.min) else -np.inf), (hi if hi <= float(info.max) else np.inf)
-        elif target.kind in "iu" and not _fits((lo, hi), target):  # (it would wrap or saturate)
-            return None
+        elif target.kind in "iu":
+            lo, hi = float(np.trunc(lo)), float(np.trunc(hi))  # (a float truncates toward zero: 0.5 -> 0)
+            if not _fits((lo, hi), target):  # (it would wrap or saturate)
+                return None
         return lo, hi
     if op in ("Concat", "Where"):
         parts = [of(i) for i in (range(len(node.inputs)) if op == "Concat" else (1, 2))]
