@@ -122,12 +122,40 @@ def test_a_reshape_whose_computed_elements_could_copy_another_dim_is_not_resolve
             assert run_ort(opt, {"x": x})[0].shape == run_ort(proto, {"x": x})[0].shape
 
 
+def test_onnx_types_of_a_reshape_whose_computed_zero_copies_a_dim_are_not_trusted():
+    """r = Reshape(t [1, 6], Concat(Shape(x)[0:1], [6])): ONNX's inference types it [a, 6], but at a = 0 the 0
+    copies t's dim 0 (allowzero 0): r is [1, 6]. The type is not trusted, so Where(True, r, x) is not taken for r
+    (a breaker: the optimized model gave (1, 6) where the graph gives (0, 6))."""
+    g = G()
+    shape = g.op("Concat", g.op("Slice", g.op("Shape", "x"), i64([0]), i64([1])), i64([6]), axis=0)
+    r = g.op("Reshape", np.arange(6, dtype=np.float32).reshape(1, 6), shape)
+    proto = g.model([("x", F, ["a", 6])], [g.op("Where", np.array(True), r, "x")], 18)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    assert next(n for n in model.graph if n.op_type == "Reshape").outputs[0].shape[0] != "a"
+    for runtime in ("onnxruntime", "standard"):
+        opt = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+        for a in (0, 1, 3):
+            x = np.zeros((a, 6), np.float32)
+            np.testing.assert_array_equal(run_ort(opt, {"x": x})[0], run_ort(proto, {"x": x})[0])
+
+
 def test_dims_a_model_names_like_crops_are_not_read_as_crops():
     """A graph input with a dim named "min(seq,5)" (the way optc names a crop): optc makes no crop names then, and
     neither the types nor the attention fusion read it as one: x [t] + y ["min(t,5)"] stays unnamed (at t = 1 and
     y of 3 it is 3 long)."""
     g = G()
     proto = g.model([("x", F, ["t"]), ("y", F, ["min(t,5)"])], [g.op("Add", "x", "y")], 17)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    assert next(n for n in model.graph if n.op_type == "Add").outputs[0].shape != ("t",)
+    # the same name on a graph output (z cropped to k, k an input) and on no input
+    nodes = [onnx.helper.make_node("Slice", ["z", "start", "k"], ["o"]), onnx.helper.make_node("Add", ["x", "o"], ["y"])]
+    vi = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(nodes, "g", [vi("x", F, ["t"]), vi("z", F, ["n"]), vi("k", TensorProto.INT64, [1])],
+                                   [vi("o", F, ["min(t,5)"]), vi("y", F, None)],
+                                   [onnx.numpy_helper.from_array(np.zeros(1, np.int64), "start")])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=8)
     model = optc.from_onnx(proto)
     infer_model_types(model)
     assert next(n for n in model.graph if n.op_type == "Add").outputs[0].shape != ("t",)

@@ -73,6 +73,24 @@ def test_a_cast_to_bool_or_from_float_to_int_bounds_what_it_makes(to, low, want)
     assert (lo, hi) == want
 
 
+def test_an_int64_sum_reaching_two_to_the_63_wraps():
+    """Cast(bool) * 2^62 added to itself reaches 2^63, one past int64's maximum (float(iinfo.max) rounds up to
+    2^63, which had let the sum "fit"): it wraps, so no bound."""
+    nodes = [helper.make_node("Cast", ["c"], ["i"], to=I64), helper.make_node("Mul", ["i", "big"], ["p"]),
+             helper.make_node("Add", ["p", "p"], ["y"])]
+    assert _bounds(nodes, [("c", B, [4])], [("big", np.int64(2 ** 62))]) is None
+
+
+def test_a_float_result_past_the_dtype_overflows():
+    """(c * 0 + 2^127) * 4 is +inf in float32 (not the finite 2^129), and inf * 0 a NaN: no bound for the product
+    (a breaker turned the NaN into int64's minimum and that into float32's minimum)."""
+    nodes = [helper.make_node("Cast", ["c"], ["f"], to=F), helper.make_node("Mul", ["f", "zero"], ["z"]),
+             helper.make_node("Add", ["z", "big"], ["b1"]), helper.make_node("Mul", ["b1", "four"], ["inf"]),
+             helper.make_node("Mul", ["inf", "z"], ["y"])]
+    inits = [("zero", np.float32(0)), ("big", np.float32(2.0 ** 127)), ("four", np.float32(4))]
+    assert _bounds(nodes, [("c", B, [4])], inits) is None
+
+
 @pytest.mark.parametrize("case", ["add", "cast"])
 def test_integer_results_that_can_wrap_have_no_bound(case):
     """uint8 m + 200 wraps (56 + 200 = 0), as does a Cast of [0, 300] to uint8: no bound (it was [200, 455]

@@ -30,6 +30,9 @@ _INLINE_ELEMENTS = 1024
 #: rounds of resolving dims ONNX's inference leaves unnamed (`_resolved_dims`) and inferring again: each resolves
 #: a layer of them (an arange's length, then the head split it reaches, then the head merge)
 _RESOLVE_ROUNDS = 6
+#: rounds of hiding the computed shapes of Reshapes whose types rest on no shape element being 0
+#: (`_zero_copying_reshapes`) and inferring everything again
+_OPAQUE_ROUNDS = 3
 
 
 def _stub_writer(name: str, tensor: Tensor) -> onnx.TensorProto:
@@ -349,15 +352,18 @@ def _broadcast_type(n, types: dict, crops: bool) -> onnx.TypeProto | None:
 
 
 def crops_trusted(graph) -> bool:
-    """Whether dims named like crops (`crop_dim`) in `graph` (an IR Graph, or None) are optc's: no graph input
-    names a dim so (a model whose inputs do gets no crop names, and rules must not read its dims as crops)."""
+    """Whether dims named like crops (`crop_dim`) in `graph` (an IR Graph, or None) are optc's: no graph input or
+    output names a dim so (a model whose inputs or outputs do gets no crop names, and rules must not read its dims
+    as crops; a graph output that is itself a crop also turns them off: a lost fusion, not a wrong one)."""
     return graph is None or not any(isinstance(d, str) and d.startswith(_CROP)
-                                    for v in graph.inputs for d in (v.shape or ()))
+                                    for v in (*graph.inputs, *graph.outputs) if v is not None
+                                    for d in (v.shape or ()))
 
 
 def _names_like_crops(gp: onnx.GraphProto) -> bool:
-    """A graph input names a dim like a crop (`min(...`): then no dim is named so (it could not be told apart)."""
-    return any(d.dim_param.startswith(_CROP) for vi in gp.input for d in vi.type.tensor_type.shape.dim)
+    """A graph input or output names a dim like a crop (`min(...`): then no dim is named so (it could not be told
+    apart)."""
+    return any(d.dim_param.startswith(_CROP) for vi in (*gp.input, *gp.output) for d in vi.type.tensor_type.shape.dim)
 
 
 def _is_const(constants: dict, name: str, value: int) -> bool:
@@ -398,45 +404,139 @@ def _collect(gp: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
                     _collect(g, types)
 
 
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+
+
+def _declared(proto: onnx.ModelProto, known: dict[str, onnx.TypeProto]) -> onnx.ModelProto:
+    """A copy of `proto` with the types `known` declared (ONNX keeps a declared dim where it infers none, and a
+    symbol it inferred before over the one it would infer now: the fresh symbols of an earlier inference go)."""
+    given = onnx.ModelProto()
+    given.CopyFrom(proto)
+    for vi in given.graph.value_info:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param.startswith("unk__"):
+                d.Clear()
+    for name, tp in known.items():
+        vi = given.graph.value_info.add()
+        vi.name = name
+        vi.type.CopyFrom(tp)
+    return given
+
+
+def _zero_copying_reshapes(gp_model: onnx.ModelProto, types: dict) -> dict[str, onnx.TypeProto]:
+    """Reshapes (allowzero 0) to which ONNX's inference gave dims that hold only while no computed shape element
+    is 0: such an element copies the input's dim at its position, where ONNX names it by what it computes (a
+    breaker's Reshape(t [1, 6], Concat(Shape(x)[0:1], [6])) typed [a, 6] is [1, 6] at a = 0, and a rule then
+    dropped a Where on it). Returns, by output name, their types with those dims (and a -1's) unnamed."""
+    gp = gp_model.graph
+    overridable = {vi.name for vi in gp.input}
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in gp.initializer
+                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64
+                 and t.name not in overridable}
+    for n in gp.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and \
+                n.attribute[0].t.data_type == onnx.TensorProto.INT64:
+            constants[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    producers = {o: n for n in gp.node for o in n.output}
+    all_types = dict(types)
+    for vi in gp.input:
+        all_types.setdefault(vi.name, vi.type)
+    out: dict[str, onnx.TypeProto] = {}
+    for n in gp.node:
+        if n.op_type != "Reshape" or n.domain not in ("", "ai.onnx") or len(n.input) < 2 or n.input[1] in constants \
+                or any(a.name == "allowzero" and a.i for a in n.attribute):
+            continue
+        y_tp, x_tp = all_types.get(n.output[0]), all_types.get(n.input[0])
+        if y_tp is None or not y_tp.tensor_type.HasField("shape"):
+            continue
+        y_dims = [_dim_name(d) for d in y_tp.tensor_type.shape.dim]
+        x_dims = [_dim_name(d) for d in x_tp.tensor_type.shape.dim] if x_tp is not None and \
+            x_tp.tensor_type.HasField("shape") else []
+        pieces = _shape_pieces(n.input[1], producers, constants, all_types)
+        pieces = pieces if pieces is not None and len(pieces) == len(y_dims) else [None] * len(y_dims)
+        unsafe = [i for i, (p, y) in enumerate(zip(pieces, y_dims, strict=True)) if p is None and y is not None
+                  and not ((isinstance(y, int) and y != 0) or (i < len(x_dims) and y == x_dims[i]))]
+        if not unsafe:
+            continue
+        tp = onnx.TypeProto()
+        tp.CopyFrom(y_tp)
+        for i, p in enumerate(pieces):
+            if i in unsafe or p == -1:
+                tp.tensor_type.shape.dim[i].Clear()
+        out[n.output[0]] = tp
+    return out
+
+
+def _opaque_shapes(proto: onnx.ModelProto, outputs: set[str]) -> onnx.ModelProto:
+    """A copy of `proto` in which the Reshapes making `outputs` read their shapes from graph inputs of their own
+    (int64 [k]: ONNX's inference then knows the rank and no dim)."""
+    given = onnx.ModelProto()
+    given.CopyFrom(proto)
+    types: dict[str, onnx.TypeProto] = {}
+    _collect(_infer(proto).graph, types)
+    for i, n in enumerate(given.graph.node):
+        if n.op_type == "Reshape" and n.output[0] in outputs:
+            name = f"optc_opaque_shape_{i}"
+            tp = types.get(n.input[1])
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tp.tensor_type.shape.dim] \
+                if tp is not None and tp.tensor_type.HasField("shape") else [None]
+            given.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, dims))
+            n.input[1] = name
+    return given
+
+
 def infer_model_types(model: Model) -> int:
     """Whole-model inference; returns how many value types were filled in (raises on failure)."""
     from ...ir.onnx_export import to_onnx
 
-    proto = to_onnx(model, _stub_writer)
-    proto.ClearField("functions") if not model.functions else None
-    inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    types: dict[str, onnx.TypeProto] = {}
-    _collect(inferred.graph, types)
-    known: dict[str, onnx.TypeProto] = {}
-    crops = not _names_like_crops(proto.graph)
-    for _ in range(_RESOLVE_ROUNDS):
-        resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops).items() if known.get(name) != tp}
-        if not resolved:
-            break
-        known.update(resolved)
-        # again from the input, the dims resolved so far declared (ONNX keeps a declared dim where it infers none,
-        # and a symbol it inferred before over the one it would infer now)
-        given = onnx.ModelProto()
-        given.CopyFrom(proto)
-        for vi in given.graph.value_info:  # fresh symbols of an earlier inference would stay over what it infers now
-            for d in vi.type.tensor_type.shape.dim:
-                if d.dim_param.startswith("unk__"):
-                    d.Clear()
-        for name, tp in known.items():
-            vi = given.graph.value_info.add()
-            vi.name = name
-            vi.type.CopyFrom(tp)
-        inferred = onnx.shape_inference.infer_shapes(given, check_type=False, strict_mode=False, data_prop=True)
-        types = dict(known)  # (the declared types first: ONNX may list a value again with the type it inferred)
+    source = to_onnx(model, _stub_writer)
+    source.ClearField("functions") if not model.functions else None
+    crops = not _names_like_crops(source.graph)
+    opaque: dict[str, onnx.TypeProto] = {}
+    for _ in range(_OPAQUE_ROUNDS):
+        proto = _opaque_shapes(source, set(opaque)) if opaque else source
+        known = dict(opaque)
+        inferred = _infer(_declared(proto, known) if known else proto)
+        types = dict(known)
         _collect(inferred.graph, types)
+        for _ in range(_RESOLVE_ROUNDS):
+            resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops).items()
+                        if known.get(name) != tp}
+            if not resolved:
+                break
+            known.update(resolved)
+            inferred = _infer(_declared(proto, known))
+            types = dict(known)  # (the declared types first: ONNX may list a value again with the type it inferred)
+            _collect(inferred.graph, types)
+        # Reshapes whose types hold only while no computed shape element is 0: again, their shapes hidden from
+        # ONNX's data propagation (each round can only add some: the types they rested on were resolved)
+        more = {k: v for k, v in _zero_copying_reshapes(inferred, types).items() if k not in opaque}
+        if not more:
+            break
+        opaque.update(more)
     count = 0
     cache: dict[bytes, object] = {}
     graphs = [model.graph, *model.graph.subgraphs()]
+    # what such a Reshape reaches is typed again, whatever it was declared (an exporter's value_info, or ONNX's
+    # inference as it was read into the model, names those dims just as wrongly)
+    retype = _reached(model.graph, set(opaque))
     for g in graphs:
         for node in g:
             for o in node.outputs:
-                if o is None or not o.name or (_known(o.type) and not (isinstance(o.type, TensorType) and (
-                        o.type.shape is None or _unknown_dims(o.type.shape)))):
+                if o is None or not o.name:
+                    continue
+                if o.name in retype and o.name in types and isinstance(o.type, TensorType):
+                    try:
+                        new = type_from_proto(types[o.name])
+                    except Exception:  # noqa: BLE001 - a type optc's IR does not model: left as it is
+                        new = None
+                    if isinstance(new, TensorType) and new.dtype == o.type.dtype and new != o.type:
+                        o.type = new
+                        count += 1
+                    continue
+                if _known(o.type) and not (isinstance(o.type, TensorType) and (
+                        o.type.shape is None or _unknown_dims(o.type.shape))):
                     continue
                 tp = types.get(o.name)
                 if tp is None:
@@ -453,6 +553,17 @@ def infer_model_types(model: Model) -> int:
                     o.type = t
                     count += 1
     return count
+
+
+def _reached(g: Graph, names: set[str]) -> set[str]:
+    """The names of `names` and of every value of `g` computed from them (its nodes are in topological order)."""
+    reached = set(names)
+    if not reached:
+        return reached
+    for node in g:
+        if any(i is not None and i.name in reached for i in node.inputs):
+            reached.update(o.name for o in node.outputs if o is not None and o.name)
+    return reached
 
 
 def infer_graph_nodewise(g: Graph, opsets: dict[str, int]) -> int:

@@ -104,13 +104,30 @@ def value_bounds(m, v: Value | None, depth: int = 0) -> Bounds | None:
         result = _arithmetic(op, of(0), of(1) if op != "Neg" else None, exact=integer)
         if result is None or (integer and not _fits(result, np_dt)):  # it would wrap: no bound
             return None
+        if not integer and np_dt is not None and np.dtype(np_dt).kind == "f":  # past the dtype's range: an infinity
+            return _overflowed(result, float(np.finfo(np_dt).max))
         return result
     return None
 
 
+def _overflowed(b: Bounds, largest: float) -> Bounds:
+    """Float bounds whose ends past +-largest become infinities, as the computed values do (a breaker:
+    (x * 0 + 2^127) * 4 is +inf in float32, and inf * 0 a NaN, not the finite 2^129 and 0)."""
+    lo, hi = b
+    lo = lo if -largest <= lo <= largest else (np.inf if lo > 0 else -np.inf)
+    hi = hi if -largest <= hi <= largest else (np.inf if hi > 0 else -np.inf)
+    return lo, hi
+
+
+#: integer bounds are float64: exact below 2^53, which integer results must stay under to be bounded
+_EXACT = 2.0 ** 53
+
+
 def _fits(b: Bounds, dtype) -> bool:
+    """Integer bounds `b` within `dtype`'s range (compared exactly: float(int64 max) is 2^63, one past it) and
+    below 2^53 in magnitude (float64 holds them exactly there)."""
     info = np.iinfo(np.dtype(dtype))
-    return float(info.min) <= b[0] and b[1] <= float(info.max)
+    return int(info.min) <= b[0] and b[1] <= int(info.max) and -_EXACT < b[0] and b[1] < _EXACT
 
 
 def _arithmetic(op: str, a: Bounds | None, b: Bounds | None, *, exact: bool) -> Bounds | None:
