@@ -113,6 +113,20 @@ def _zero_safe(pieces: list, x_dims: list, y_dims: list) -> bool:
                for i, (p, y) in enumerate(zip(pieces, y_dims, strict=True)))
 
 
+def _int64_constants(gp: onnx.GraphProto) -> dict:
+    """The int64 constants of `gp` by name: inline initializers that no graph input overrides (one that is also a
+    graph input is a default only) and Constant nodes' values."""
+    overridable = {vi.name for vi in gp.input}
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in gp.initializer
+                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64
+                 and t.name not in overridable}
+    for n in gp.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and \
+                n.attribute[0].t.data_type == onnx.TensorProto.INT64:
+            constants[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    return constants
+
+
 def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto],
                    crops: bool = True) -> dict[str, onnx.TypeProto]:
     """Dims ONNX's inference leaves unnamed in a dynamic-shape export, where they follow from what it knows (each
@@ -137,14 +151,7 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
         types.setdefault(vi.name, vi.type)
     for t in gp.initializer:
         types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
-    overridable = {vi.name for vi in gp.input}  # (an initializer that is also a graph input: a default only)
-    constants = {t.name: onnx.numpy_helper.to_array(t) for t in gp.initializer
-                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64
-                 and t.name not in overridable}
-    for n in gp.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and \
-                n.attribute[0].t.data_type == onnx.TensorProto.INT64:
-            constants[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    constants = _int64_constants(gp)
     producers = {o: n for n in gp.node for o in n.output}
     resolved: dict[str, onnx.TypeProto] = {}
     for n in gp.node:
@@ -430,14 +437,7 @@ def _zero_copying_reshapes(gp_model: onnx.ModelProto, types: dict) -> dict[str, 
     breaker's Reshape(t [1, 6], Concat(Shape(x)[0:1], [6])) typed [a, 6] is [1, 6] at a = 0, and a rule then
     dropped a Where on it). Returns, by output name, their types with those dims (and a -1's) unnamed."""
     gp = gp_model.graph
-    overridable = {vi.name for vi in gp.input}
-    constants = {t.name: onnx.numpy_helper.to_array(t) for t in gp.initializer
-                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type == onnx.TensorProto.INT64
-                 and t.name not in overridable}
-    for n in gp.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and \
-                n.attribute[0].t.data_type == onnx.TensorProto.INT64:
-            constants[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    constants = _int64_constants(gp)
     producers = {o: n for n in gp.node for o in n.output}
     all_types = dict(types)
     for vi in gp.input:
