@@ -125,7 +125,8 @@ def test_a_reshape_whose_computed_elements_could_copy_another_dim_is_not_resolve
 def test_onnx_types_of_a_reshape_whose_computed_zero_copies_a_dim_are_not_trusted():
     """r = Reshape(t [1, 6], Concat(Shape(x)[0:1], [6])): ONNX's inference types it [a, 6], but at a = 0 the 0
     copies t's dim 0 (allowzero 0): r is [1, 6]. The type is not trusted, so Where(True, r, x) is not taken for r
-    (a breaker: the optimized model gave (1, 6) where the graph gives (0, 6))."""
+    (a breaker: the optimized model gave (1, 6) where the graph gives (0, 6)). At a > 1 the graph itself fails
+    (6 elements cannot be [a, 6]), so a runs over 0 and 1 only."""
     g = G()
     shape = g.op("Concat", g.op("Slice", g.op("Shape", "x"), i64([0]), i64([1])), i64([6]), axis=0)
     r = g.op("Reshape", np.arange(6, dtype=np.float32).reshape(1, 6), shape)
@@ -135,7 +136,7 @@ def test_onnx_types_of_a_reshape_whose_computed_zero_copies_a_dim_are_not_truste
     assert next(n for n in model.graph if n.op_type == "Reshape").outputs[0].shape[0] != "a"
     for runtime in ("onnxruntime", "standard"):
         opt = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
-        for a in (0, 1, 3):
+        for a in (0, 1):
             x = np.zeros((a, 6), np.float32)
             np.testing.assert_array_equal(run_ort(opt, {"x": x})[0], run_ort(proto, {"x": x})[0])
 
