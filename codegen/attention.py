@@ -25,6 +25,8 @@ elementwise fast math pass uses), "libm" LLVM's expf.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dataclasses import dataclass
 
 #: query rows per block of the kernel's work (its register tiles' height): the largest within the accumulator
@@ -316,11 +318,12 @@ def _pack_keys(ks, shape: AttentionShape, tiles: AttentionTiles):
     return te.compute((shape.batch, shape.kv_heads, panels, shape.d, step), element, name="T_packed_keys")
 
 
-def fused_attention_pass(target, fast_math: bool = True):
+def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None = None):
     """The module pass (a function, so that importing optc does not import TVM) that replaces every
     ATTENTION_CARRIER call: on a CPU target with static float32 shapes, by the K^T packing and the fused kernel
-    (``attention_kernel``, exp per `fast_math`); elsewhere, and everywhere for ``target=None`` (bf16: its
-    conversion makes the decomposition's matmuls bfloat16), by ``expand_attention``'s decomposition."""
+    (``attention_kernel``, exp per `fast_math`); elsewhere, and everywhere for ``target=None``, by
+    ``expand_attention``'s decomposition. `counts` (optional) gets ``"kernel"`` / ``"expanded"`` added per call
+    (bf16's conversion keeps the kernels float32 and makes the decomposition's matmuls bfloat16)."""
     from tvm import relax  # noqa: PLC0415
     from tvm.relax import expr_functor  # noqa: PLC0415
 
@@ -343,6 +346,8 @@ def fused_attention_pass(target, fast_math: bool = True):
             if shape is not None:
                 lanes = _vector_lanes(target, 32)
                 tiles = choose_tiles(shape, lanes, max_accumulators(lanes * 4, registers=vector_registers(target)))
+            if counts is not None:
+                counts["expanded" if tiles is None else "kernel"] += 1
             if tiles is None:
                 return expand_attention(self.builder_, qs, ks, v, bias)
             kt = self.builder_.emit_te(lambda k: _pack_keys(k, shape, tiles), ks,

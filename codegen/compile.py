@@ -49,8 +49,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     stays off).
     `rpc` (`HOST:PORT:KEY`): tuning measures on the servers of that key of a TVM RPC tracker (see
     `codegen.tuning.tune`); the tracker, the key and one server are checked before anything else (OptcError).
-    `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm / attention matmuls on bfloat16 operands with
-    float32 accumulation, float32 I/O (`precision.to_bfloat16`, error bound there); `report["bf16"]` and the
+    `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm (and attention matmuls that no fused float32
+    attention kernel takes) on bfloat16 operands with float32 accumulation, float32 I/O (`precision.to_bfloat16`, error bound there); `report["bf16"]` and the
     metadata's `precision` / `bf16` say what was converted and whether the target has native bf16 instructions.
     `static_batch` (batch sizes, each 1..65536, or one int): a model whose symbolic input dims are all named
     leading batch dims also gets an entry with static shapes and kernels for each, which `optc.runtime` calls at
@@ -87,10 +87,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     # their own (one float32 attention kernel: codegen/attention.py). Only with fast math: the fused Attention adds
     # its mask where the graph's Where replaced masked scores (a NaN key score then spoils the row), zeroes a fully
     # masked row where the graph's Softmax gives NaN, and scales Q and K by sqrt(scale) each (another overflow
-    # threshold). Not for bf16, which computes the graph's own matmuls in bfloat16 (an Attention's would round Q
-    # and K after its sqrt(scale), not before the graph's scale). The "optc" form: masks that can mask a whole row
+    # threshold). With bf16 too: the fused attention stays the float32 kernel (``to_bfloat16``). The "optc" form: masks that can mask a whole row
     # fuse too (GPT-2's causal + padding mask), as optc's lowering computes such a row as the spec does.
-    fuse = "optc" if level >= 2 and fast_math and precision != "bf16" else None
+    fuse = "optc" if level >= 2 and fast_math else None
     model = optimize(model, level=level, runtime=fuse)
     to_qdq_ops(model)
     int4_matmuls = to_weight_int4_ops(model)
@@ -108,7 +107,7 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
         mod = without_index_asserts(mod)
     if precision == "bf16":
         native = native_bf16(tvm_target)
-        mod, converted = to_bfloat16(mod, separate_padding=native)
+        mod, converted = to_bfloat16(mod, tvm_target, fast_math=fast_math, separate_padding=native)
         report["bf16"] = {**converted, "native": native}
     database = None
     if db is not None and trials == 0:

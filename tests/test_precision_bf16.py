@@ -184,13 +184,14 @@ def _block_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _emulated(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with Cast(bfloat16) -> Cast(float) on the two operands of every Conv / MatMul / Gemm."""
+def _emulated(model: onnx.ModelProto, keep: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """`model` with Cast(bfloat16) -> Cast(float) on the two operands of every Conv / MatMul / Gemm but those whose
+    output is named in `keep`."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = []
     for node in out.graph.node:
-        if node.op_type in ("Conv", "MatMul", "Gemm"):
+        if node.op_type in ("Conv", "MatMul", "Gemm") and node.output[0] not in keep:
             for i in range(2):
                 name = node.input[i]
                 nodes += [helper.make_node("Cast", [name], [f"{name}_bf_{node.output[0]}"], to=TensorProto.BFLOAT16),
@@ -203,33 +204,43 @@ def _emulated(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _check_model(model: onnx.ModelProto, x: np.ndarray, **options) -> tuple[float, float]:
-    """bf16 build vs the Cast-emulated model and vs float32 (onnxruntime): (max error to emulation, to float32),
-    relative to the largest output."""
+def _check_model(model: onnx.ModelProto, x: np.ndarray, keep: frozenset[str] = frozenset(),
+                 **options) -> tuple[float, float]:
+    """bf16 build vs the Cast-emulated model (`keep`: outputs of the matmuls emulated as float32) and vs float32
+    (onnxruntime): (max error to emulation, to float32), relative to the largest output."""
     y = _compile_run(model, {"x": x}, precision="bf16", **options)
-    emulated = run_ort(_emulated(model), {"x": x})[0]
+    emulated = run_ort(_emulated(model, keep), {"x": x})[0]
     y32 = run_ort(model, {"x": x})[0]
     scale = float(np.max(np.abs(y32)))
     return float(np.max(np.abs(y - emulated))) / scale, float(np.max(np.abs(y - y32))) / scale
 
 
-def test_transformer_block():
+@pytest.mark.parametrize("fast_math", [True, False])
+def test_transformer_block(fast_math):
+    """With fast math the attention fuses and its two matmuls (s0 = q k, o0 = p v) stay in the float32 kernel;
+    without, they are bf16 like the others."""
     model = _block_model()
     x = RNG.standard_normal((1, 6, 8)).astype(np.float32)
-    to_emulation, to_fp32 = _check_model(model, x)
+    keep = frozenset({"s0", "o0"}) if fast_math else frozenset()
+    to_emulation, to_fp32 = _check_model(model, x, keep, fast_math=fast_math)
     assert to_fp32 < 2**-5  # bf16-level
     assert to_emulation < to_fp32 / 10 and to_emulation < 2**-12
 
 
-def test_attention_op():
-    """ONNX Attention (opset 23), lowered by optc to two matmuls: both in bf16. Emulated in float64 with Q, K
-    (times sqrt(scale) = 0.5, exact), V and the softmax probabilities rounded to bfloat16."""
-    shape = (1, 2, 5, 8)
-    q, k, v = (RNG.standard_normal(shape).astype(np.float32) for _ in range(3))
+def _attention_model(shape) -> onnx.ModelProto:
     graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"], scale=0.25)], "attn",
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def test_attention_op_decomposed():
+    """ONNX Attention (opset 23) with a symbolic sequence (which the fused CPU kernel does not take), lowered by
+    optc to two matmuls: both in bf16. Emulated in float64 with Q, K (times sqrt(scale) = 0.5, exact), V and the
+    softmax probabilities rounded to bfloat16."""
+    shape = (1, 2, 5, 8)
+    q, k, v = (RNG.standard_normal(shape).astype(np.float32) for _ in range(3))
+    model = _attention_model([1, 2, "s", 8])
     feeds = {"q": q, "k": k, "v": v}
     y = _compile_run(model, feeds, precision="bf16", fast_math=False)
     y32 = run_ort(model, feeds)[0]
@@ -239,6 +250,20 @@ def test_attention_op():
     to_emulation, to_fp32 = np.max(np.abs(y - emulated)), np.max(np.abs(y - y32))
     assert to_fp32 < 2**-5 * np.max(np.abs(y32))
     assert to_emulation < to_fp32 / 10
+
+
+@pytest.mark.parametrize("fast_math", [False, True])
+def test_attention_op_kept_float32_in_the_fused_kernel(fast_math):
+    """The same Attention with static shapes: the CPU's fused attention kernel takes it and it stays float32 (the
+    library's metadata says so); its result is float32's (within 1e-5 of onnxruntime's), not bf16's (~1e-2)."""
+    shape = (1, 2, 5, 8)
+    q, k, v = (RNG.standard_normal(shape).astype(np.float32) for _ in range(3))
+    model = _attention_model(list(shape))
+    module = optc.compile(model.SerializeToString(), precision="bf16", fast_math=fast_math)
+    y = next(iter(module.run({"q": q, "k": k, "v": v}).values()))
+    y32 = run_ort(model, {"q": q, "k": k, "v": v})[0]
+    np.testing.assert_allclose(y, y32, rtol=1e-5, atol=1e-5)
+    assert module.metadata["bf16"]["kept_float32"] == {"attention: fused float32 kernel": 1}, module.metadata["bf16"]
 
 
 def test_digits_cnn():
