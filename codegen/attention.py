@@ -26,7 +26,6 @@ elementwise fast math pass uses), "libm" LLVM's expf.
 from __future__ import annotations
 
 from collections import Counter
-
 from dataclasses import dataclass
 
 #: query rows per block of the kernel's work (its register tiles' height): the largest within the accumulator
@@ -40,19 +39,26 @@ MAX_SHORT_VECTORS = 4
 
 @dataclass(frozen=True)
 class AttentionShape:
-    """The static shape of one attention: Q [batch, sq, q_heads, d], K [batch, skv, kv_heads, d],
+    """The shape of one attention: Q [batch, sq, q_heads, d], K [batch, skv, kv_heads, d],
     V [batch, skv, kv_heads, dv], Y [batch, sq, q_heads, dv]; ``bias``: the additive bias's 4 dims, each 1 or
     (batch, q_heads, sq, skv)'s, or None. q_heads is a multiple of kv_heads (grouped-query attention: query head
-    h reads K/V head h // (q_heads / kv_heads))."""
+    h reads K/V head h // (q_heads / kv_heads)). batch, sq and skv may be symbolic (int64 TIR expressions of the
+    caller's Relax function, known at run time: a dynamic-axes export's batch and sequence); the head counts and
+    sizes are ints."""
 
-    batch: int
+    batch: int | object
     q_heads: int
     kv_heads: int
-    sq: int
-    skv: int
+    sq: int | object
+    skv: int | object
     d: int
     dv: int
-    bias: tuple[int, int, int, int] | None = None
+    bias: tuple | None = None
+
+    @property
+    def static(self) -> bool:
+        """Whether every dim is an int."""
+        return all(isinstance(x, int) for x in (self.batch, self.sq, self.skv))
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,10 @@ def choose_tiles(shape: AttentionShape, lanes: int, max_acc: int) -> AttentionTi
         lanes //= 2
     if shape.dv % lanes:
         return None
-    if shape.sq < MIN_ROWS:  # a few query rows (decoding with a cache: one): no rows computed for nothing
+    if isinstance(shape.sq, int) and shape.sq < MIN_ROWS:  # a few query rows (decoding with a cache: one)
         rows = shape.sq
-        s_vectors = max(1, min(max_acc // rows, MAX_SHORT_VECTORS, -(-shape.skv // lanes)))
+        keys = -(-shape.skv // lanes) if isinstance(shape.skv, int) else MAX_SHORT_VECTORS
+        s_vectors = max(1, min(max_acc // rows, MAX_SHORT_VECTORS, keys))
     else:
         best = None
         for s_vectors in range(max_acc // MIN_ROWS, 0, -1):
@@ -94,14 +101,15 @@ def choose_tiles(shape: AttentionShape, lanes: int, max_acc: int) -> AttentionTi
         if best is None:
             return None
         _, rows, s_vectors = best
-        rows = min(rows, shape.sq)
+        rows = min(rows, shape.sq) if isinstance(shape.sq, int) else rows
     o_vecs = shape.dv // lanes
     o_vectors = max(v for v in range(1, o_vecs + 1) if o_vecs % v == 0 and rows * v <= max_acc)
     return AttentionTiles(lanes, rows, s_vectors, o_vectors)
 
 
-def padded_keys(shape: AttentionShape, tiles: AttentionTiles) -> int:
-    """skv rounded up to whole score tiles: the last axis of the K^T copy the kernel reads."""
+def padded_keys(shape: AttentionShape, tiles: AttentionTiles):
+    """skv rounded up to whole score tiles: the last axis of the K^T copy the kernel reads (an int, or an
+    expression of a symbolic skv)."""
     step = tiles.key_step
     return -(-shape.skv // step) * step
 
@@ -131,29 +139,49 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
     d, key_step] (K^T in panels of ``tiles.key_step`` keys, each contiguous; scaled likewise; skvp =
     ``padded_keys``; the padding keys' scores are never read into a result: ``packed_keys``), v
     [batch, skv, kv_heads, dv], bias (``shape.bias``), y [batch, sq, q_heads, dv] (written)."""
+    from tvm import tirx  # noqa: PLC0415
     from tvm.script import tirx as T  # noqa: PLC0415
 
     from ..lowering.converters import DECLARED_OP_PATTERN  # noqa: PLC0415
 
-    b_n, hq, hk, sq, skv, d, dv = (shape.batch, shape.q_heads, shape.kv_heads, shape.sq, shape.skv, shape.d,
-                                   shape.dv)
+    def own(x, name: str):  # a symbolic dim as the kernel's own int64 var, bound by the first buffer that has it
+        return x if isinstance(x, int) else tirx.Var(name, "int64")
+
+    b_n, sq, skv = own(shape.batch, "batch"), own(shape.sq, "sq"), own(shape.skv, "skv")
+    hq, hk, d, dv = shape.q_heads, shape.kv_heads, shape.d, shape.dv
     lanes, rows = tiles.lanes, tiles.rows
     w1, w2 = tiles.key_step, tiles.lanes * tiles.o_vectors
-    skvp = padded_keys(shape, tiles)
-    blocks = -(-sq // rows)
-    per_task = min(BLOCKS_PER_TASK, blocks)
+    if isinstance(skv, int):
+        skvp = padded_keys(shape, tiles)
+        panels, scratch = skvp // w1, skvp
+    else:  # kt's ceil(skv / key_step) panels, bound by kt; the scratch row never 0 long (a failed allocation)
+        panels = tirx.Var("panels", "int64")
+        skvp = panels * w1
+        scratch = tirx.max(skvp, w1)
+    if isinstance(sq, int):
+        blocks = -(-sq // rows)
+        per_task = min(BLOCKS_PER_TASK, blocks)
+    else:
+        blocks = tirx.floordiv(sq + (rows - 1), rows)
+        per_task = BLOCKS_PER_TASK
     tasks = -(-blocks // per_task)
     group = hq // hk
     key_chunks, key_tail = skv // lanes, skv // lanes * lanes
     has_bias = shape.bias is not None
-    bias_shape = shape.bias or (1, 1, 1, 1)
+    # each bias dim 1 (broadcast) or the kernel's own dim of (batch, q heads, sq, skv)
+    bias_shape = tuple(1 if isinstance(n, int) and n == 1 else full
+                       for n, full in zip(shape.bias or (1, 1, 1, 1), (b_n, hq, sq, skv), strict=True))
     exp_fn = fast_exp_expr if exp == "fast" else T.exp
-    i64 = T.int64
+
+    def i64(x):
+        return T.int64(x) if isinstance(x, int) else x
+
     neg_inf = T.float32(float("-inf"))
 
     def bias_at(bias, b, h, i, j):
         dims = (b, h, i, j)
-        return bias[tuple(x if n != 1 else i64(0) for x, n in zip(dims, bias_shape, strict=True))]
+        return bias[tuple(i64(0) if isinstance(n, int) and n == 1 else x
+                          for x, n in zip(dims, bias_shape, strict=True))]
 
     @T.macro
     def body(q, kt, v, bias, y):
@@ -168,7 +196,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
             b = task // i64(hq * tasks)
             h = task // i64(tasks) % i64(hq)
             g = h // i64(group)
-            s = T.decl_buffer((rows, skvp), "float32", scope="global")
+            s = T.decl_buffer((rows, i64(scratch)), "float32", scope="global")
             part = T.decl_buffer((lanes,), "float32", scope="local")
             stat = T.decl_buffer((2,), "float32", scope="local")
             total = T.decl_buffer((rows,), "float32", scope="local")
@@ -176,7 +204,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                 blk = task % i64(tasks) * i64(per_task) + bi
                 if blk < i64(blocks):
                     i0 = blk * i64(rows)
-                    for jt in range(i64(skvp // w1)):
+                    for jt in range(i64(panels)):
                         acc = T.decl_buffer((rows * w1,), "float32", scope="local")
                         for r in T.unroll(rows):
                             for c in T.vectorized(w1):
@@ -214,7 +242,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                             s[r, j] = neg_inf
                         for ln in T.vectorized(lanes):
                             part[ln] = neg_inf
-                        for jc in range(i64(skvp // lanes)):
+                        for jc in range(i64(panels * (w1 // lanes))):
                             for ln in T.vectorized(lanes):
                                 part[ln] = T.max(part[ln], s[r, jc * lanes + ln])
                         stat[0] = part[0]
@@ -223,7 +251,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         stat[0] = T.Select(stat[0] == neg_inf, T.float32(0), stat[0])
                         for ln in T.vectorized(lanes):
                             part[ln] = T.float32(0)
-                        for jc in range(i64(skvp // lanes)):
+                        for jc in range(i64(panels * (w1 // lanes))):
                             for ln in T.vectorized(lanes):
                                 if has_bias:  # a fully masked row: probabilities 0 (y = 0 @ v, NaN where v is inf)
                                     s[r, jc * lanes + ln] = T.Select(stat[1] == T.float32(0), T.float32(0),
@@ -252,7 +280,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                                     y[b, i0 + r, h, ct * i64(w2) + c] = acc2[r * w2 + c] / total[r]
 
     q_shape = (i64(b_n), i64(sq), i64(hq), i64(d))
-    kt_shape = (i64(b_n), i64(hk), i64(skvp // w1), i64(d), i64(w1))
+    kt_shape = (i64(b_n), i64(hk), i64(panels), i64(d), i64(w1))
     v_shape = (i64(b_n), i64(skv), i64(hk), i64(dv))
     y_shape = (i64(b_n), i64(sq), i64(hq), i64(dv))
     attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8}
@@ -277,30 +305,30 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
     return fused_attention_nobias
 
 
-def _static_dims(expr) -> tuple[int, ...] | None:
-    from tvm import tirx  # noqa: PLC0415
-
-    from ..lowering.converters import dims_of  # noqa: PLC0415
-
-    dims = dims_of(expr)
-    if dims is None or not all(isinstance(d, int | tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
-
-
 def carrier_shape(qs, ks, v, bias) -> AttentionShape | None:
     """The AttentionShape of an ATTENTION_CARRIER call's arguments (lowering/ops/transformer.py), or None where
-    the fused kernel does not apply: a dim known only at run time, a type other than float32."""
-    from ..lowering.converters import dtype_of  # noqa: PLC0415
+    the fused kernel does not apply: a shape unknown (computed from values) or with a symbolic head count or head
+    size, a batch or sequence that the arguments do not provably share (K and V's, Q and the bias's), a bias dim
+    that is neither 1 nor provably the scores' dim (a symbolic dim that may be 1 and broadcast), a static 0, a
+    type other than float32."""
+    from ..lowering.broadcast import dims_equal  # noqa: PLC0415
+    from ..lowering.converters import dims_of, dtype_of  # noqa: PLC0415
 
     args = [qs, ks, v] + ([bias] if bias is not None else [])
-    dims = [_static_dims(a) for a in args]
+    dims = [dims_of(a) for a in args]
     if any(d is None or len(d) != 4 for d in dims) or any(dtype_of(a) != "float32" for a in args):
         return None
-    (b, sq, hq, d), (_, skv, hk, _), (_, _, _, dv) = dims[:3]
-    if hk == 0 or hq % hk or 0 in (b, sq, skv, hq, d, dv):
+    (b, sq, hq, d), (bk, skv, hk, dk), (bv, skv_v, hv, dv) = dims[:3]
+    if not all(isinstance(x, int) for x in (hq, d, hk, dk, hv, dv)) or hk == 0 or hq % hk or hv != hk or dk != d:
         return None
-    return AttentionShape(b, hq, hk, sq, skv, d, dv, dims[3] if bias is not None else None)
+    if not (dims_equal(bk, b) and dims_equal(bv, b) and dims_equal(skv_v, skv)):
+        return None
+    if any(isinstance(x, int) and x == 0 for x in (b, sq, skv, hq, d, dv)):
+        return None
+    if bias is not None and not all((isinstance(n, int) and n == 1) or dims_equal(n, full)
+                                    for n, full in zip(dims[3], (b, hq, sq, skv), strict=True)):
+        return None
+    return AttentionShape(b, hq, hk, sq, skv, d, dv, tuple(dims[3]) if bias is not None else None)
 
 
 def _pack_keys(ks, shape: AttentionShape, tiles: AttentionTiles):
@@ -320,7 +348,8 @@ def _pack_keys(ks, shape: AttentionShape, tiles: AttentionTiles):
 
 def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None = None):
     """The module pass (a function, so that importing optc does not import TVM) that replaces every
-    ATTENTION_CARRIER call: on a CPU target with static float32 shapes, by the K^T packing and the fused kernel
+    ATTENTION_CARRIER call: on a CPU target, float32 and shapes ``carrier_shape`` takes (batch and sequences may
+    be symbolic), by the K^T packing and the fused kernel
     (``attention_kernel``, exp per `fast_math`); elsewhere, and everywhere for ``target=None``, by
     ``expand_attention``'s decomposition. `counts` (optional) gets ``"kernel"`` / ``"expanded"`` added per call
     (bf16's conversion keeps the kernels float32 and makes the decomposition's matmuls bfloat16)."""

@@ -89,11 +89,11 @@ def align_concat(bb: relax.BlockBuilder, inputs: list, axis: int) -> list:
         if i != ax and len(static) > 1:
             return inputs
         target.append(next(iter(static)) if static else column[0])
-    if all(i == ax or _equal(d[i], target[i]) for d in known for i in range(rank)):
+    if all(i == ax or dims_equal(d[i], target[i]) for d in known for i in range(rank)):
         return inputs
     aligned = type(inputs)()
     for x, d in zip(inputs, dims, strict=True):
-        if d is not None and any(i != ax and not _equal(d[i], target[i]) for i in range(rank)):
+        if d is not None and any(i != ax and not dims_equal(d[i], target[i]) for i in range(rank)):
             x = bb.emit(checked_reshape(bb, x, d, [d[i] if i == ax else target[i] for i in range(rank)]))
         aligned.append(x)
     return aligned
@@ -116,7 +116,7 @@ def result_dims(shapes: list[list]) -> list | None:
             continue
         result = 1
         for d in dims:
-            if _static(d) or _equal(d, result):
+            if _static(d) or dims_equal(d, result):
                 continue
             result = d if _static(result) else tirx.max(result, d) * tirx.min(tirx.min(result, d), 1)
         out.append(_simplify(result))
@@ -139,7 +139,7 @@ def broadcast_to(bb: relax.BlockBuilder, x, shape: list):
 def _risky(dims: list, target: list) -> bool:
     """Some dim of `dims` (right-aligned against `target`) is neither a static 1 nor provably the target's."""
     tail = target[len(target) - len(dims):]
-    return any(not (_static(d) and d == 1) and not _equal(d, t) for d, t in zip(dims, tail, strict=True))
+    return any(not (_static(d) and d == 1) and not dims_equal(d, t) for d, t in zip(dims, tail, strict=True))
 
 
 def _run_time_check(bb: relax.BlockBuilder, dims: list, target: list, dtype: str):
@@ -147,7 +147,7 @@ def _run_time_check(bb: relax.BlockBuilder, dims: list, target: list, dtype: str
     target t: its size is the sum over them of min(|d - 1|, |d - t|)."""
     tail = target[len(target) - len(dims):]
     terms = [tirx.min(tirx.max(d - 1, 1 - d), tirx.max(d - t, t - d))
-             for d, t in zip(dims, tail, strict=True) if not (_static(d) and d == 1) and not _equal(d, t)]
+             for d, t in zip(dims, tail, strict=True) if not (_static(d) and d == 1) and not dims_equal(d, t)]
     size = terms[0]
     for term in terms[1:]:
         size = size + term
@@ -166,7 +166,7 @@ def _broadcast_kernel(x: te.Tensor, _check: te.Tensor, shape: list) -> te.Tensor
             zero = tirx.const(0, str(i.ty))
             if _static(_simplify(d)) and int(_simplify(d)) == 1:
                 src.append(zero)
-            elif _equal(d, t):
+            elif dims_equal(d, t):
                 src.append(i)
             else:
                 src.append(tirx.Select(d == 1, zero, i))
@@ -193,8 +193,8 @@ def _simplify(d):
     return int(s.value) if isinstance(s, tirx.IntImm) else s
 
 
-def _equal(a, b) -> bool:
-    """Two dims (ints or TIR expressions) provably equal."""
+def dims_equal(a, b) -> bool:
+    """Whether two dims (ints or TIR expressions of the same symbols) are provably equal."""
     if _static(a) and _static(b):
         return a == b
     diff = _simplify(a - b)

@@ -202,10 +202,11 @@ def test_attention_nodes_use_the_fused_kernel_and_match_the_reference(case):
     _check(model, feeds)
 
 
-@pytest.mark.parametrize("case", ["softcap", "scores_output", "float64", "symbolic_sequence"])
+@pytest.mark.parametrize("case", ["softcap", "scores_output", "float64", "mask_of_another_length"])
 def test_attention_outside_the_kernel_keeps_the_decomposition(case):
-    """Negative cases: a softcap, the QK output, a float64 model or a sequence length known only at run time
-    are computed by the decomposed form, and still match the reference."""
+    """Negative cases: a softcap, the QK output, a float64 model, or a mask whose symbolic key length is not
+    provably the keys' (it may be 1 and broadcast) are computed by the decomposed form, and still match the
+    reference (the mask at the keys' length and at 1)."""
     rng = np.random.default_rng(4)
     feeds = {"Q": _rand(rng, 1, 2, 6, 8), "K": _rand(rng, 1, 2, 7, 8), "V": _rand(rng, 1, 2, 7, 8)}
     attrs, outputs, shapes = {}, ["Y"], None
@@ -217,7 +218,8 @@ def test_attention_outside_the_kernel_keeps_the_decomposition(case):
     elif case == "float64":
         feeds = {n: x.astype(np.float64) for n, x in feeds.items()}
     else:
-        shapes = {n: [1, 2, "s" if n == "Q" else "t", 8] for n in feeds}
+        shapes = {n: [1, 2, "s" if n == "Q" else "t", 8] for n in feeds} | {"attn_mask": ["m", "t"]}
+        feeds["attn_mask"] = _rand(rng, 6, 7)
     if case == "float64":
         model = _attention_model({n: x.astype(np.float32) for n, x in feeds.items()}, outputs, **attrs)
         for vi in list(model.graph.input) + list(model.graph.output):
@@ -226,6 +228,68 @@ def test_attention_outside_the_kernel_keeps_the_decomposition(case):
         model = _attention_model(feeds, outputs, shapes=shapes, **attrs)
     assert not _fused(model)
     _check(model, feeds, rtol=1e-5, atol=1e-6)
+    if case == "mask_of_another_length":
+        _check(model, {**feeds, "attn_mask": feeds["attn_mask"][:1]}, rtol=1e-5, atol=1e-6)
+
+
+def _symbolic_cases(rng, s: int, t: int, case: str):
+    """(feeds, node inputs, outputs, attrs, symbolic shapes) of an Attention whose query length s and key length
+    t are symbolic ("s", "t"; batch "b" too)."""
+    node_inputs, outputs, attrs = None, ["Y"], {}
+    if case == "3d":
+        feeds = {"Q": _rand(rng, 2, s, 32), "K": _rand(rng, 2, t, 32), "V": _rand(rng, 2, t, 16)}
+        shapes = {"Q": ["b", "s", 32], "K": ["b", "t", 32], "V": ["b", "t", 16]}
+        attrs = {"q_num_heads": 2, "kv_num_heads": 2}
+    elif case == "causal":
+        feeds = {n: _rand(rng, 1, 3, s if n == "Q" else t, 8) for n in "QKV"}
+        shapes = {n: ["b", 3, "s" if n == "Q" else "t", 8] for n in "QKV"}
+        attrs = {"is_causal": 1, "scale": 0.3}
+    elif case == "gqa_bool_mask":
+        feeds = {"Q": _rand(rng, 1, 4, s, 8), "K": _rand(rng, 1, 2, t, 8), "V": _rand(rng, 1, 2, t, 16),
+                 "attn_mask": rng.random((s, t)) < 0.6}
+        if s > 2:
+            feeds["attn_mask"][2] = False  # a fully masked row
+        shapes = {"Q": ["b", 4, "s", 8], "K": ["b", 2, "t", 8], "V": ["b", 2, "t", 16], "attn_mask": ["s", "t"]}
+    elif case == "padding_mask":  # a per-batch key-padding mask [b, 1, 1, t]
+        feeds = {"Q": _rand(rng, 3, 2, s, 8), "K": _rand(rng, 3, 2, t, 8), "V": _rand(rng, 3, 2, t, 8),
+                 "attn_mask": np.where(rng.random((3, 1, 1, t)) < 0.3, -np.inf, 0).astype(np.float32)}
+        if t:
+            feeds["attn_mask"][1] = -np.inf  # a batch all padding
+        shapes = {"Q": ["b", 2, "s", 8], "K": ["b", 2, "t", 8], "V": ["b", 2, "t", 8], "attn_mask": ["b", 1, 1, "t"]}
+    else:  # a cache of symbolic length p before t new keys: keys p + t
+        p = max(s - 1, 0)
+        feeds = {"Q": _rand(rng, 1, 2, s, 8), "K": _rand(rng, 1, 2, t, 8), "V": _rand(rng, 1, 2, t, 8),
+                 "past_key": _rand(rng, 1, 2, p, 8), "past_value": _rand(rng, 1, 2, p, 8)}
+        shapes = {"Q": ["b", 2, "s", 8], "K": ["b", 2, "t", 8], "V": ["b", 2, "t", 8],
+                  "past_key": ["b", 2, "p", 8], "past_value": ["b", 2, "p", 8]}
+        node_inputs = ["Q", "K", "V", "", "past_key", "past_value"]
+        outputs = ["Y", "present_key", "present_value"]
+    return feeds, node_inputs, outputs, attrs, shapes
+
+
+@pytest.mark.parametrize("case", ["3d", "causal", "gqa_bool_mask", "padding_mask", "past_cache"])
+def test_symbolic_sequences_use_the_fused_kernel(case):
+    """Batch and sequence lengths known only at run time (a dynamic-axes export's): one library built with the
+    fused kernel, matching the reference at many lengths, 1 and 0 included (no key: Y is 0; no query: empty)."""
+    rng = np.random.default_rng(6)
+    feeds, node_inputs, outputs, attrs, shapes = _symbolic_cases(rng, 5, 7, case)
+    model = _attention_model(feeds, outputs, node_inputs, shapes=shapes, **attrs)
+    assert _fused(model)
+    module = optc.compile(model)
+    for s, t in ((5, 7), (1, 1), (1, 40), (17, 17), (33, 100), (0, 4), (3, 0)):
+        if case == "past_cache" and t == 0:
+            continue
+        feeds = _symbolic_cases(rng, s, t, case)[0]
+        got = module.run(feeds)
+        if 0 in (s, t):  # (the reference evaluator cannot reduce an empty softmax) the spec's empty or zero Y
+            q = feeds["Q"]
+            dv = feeds["V"].shape[-1]
+            want = (q.shape[0], s, dv) if q.ndim == 3 else (q.shape[0], q.shape[1], s, dv)
+            assert got["Y"].shape == want and not np.any(got["Y"]), (s, t, got["Y"].shape)
+            continue
+        for o, w in zip(model.graph.output, run_reference(model, feeds), strict=True):
+            assert got[o.name].shape == w.shape, (s, t, o.name)
+            np.testing.assert_allclose(got[o.name], w, rtol=2e-5, atol=2e-6, err_msg=f"s={s} t={t}")
 
 
 def test_gpu_target_gets_the_decomposition():

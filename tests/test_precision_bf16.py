@@ -227,20 +227,22 @@ def test_transformer_block(fast_math):
     assert to_emulation < to_fp32 / 10 and to_emulation < 2**-12
 
 
-def _attention_model(shape) -> onnx.ModelProto:
+def _attention_model(shape, v_shape=None) -> onnx.ModelProto:
+    v_shape = v_shape or shape
     graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"], scale=0.25)], "attn",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, v_shape if n == "v" else shape)
+                               for n in "qkv"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, v_shape)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
 
 
 def test_attention_op_decomposed():
-    """ONNX Attention (opset 23) with a symbolic sequence (which the fused CPU kernel does not take), lowered by
-    optc to two matmuls: both in bf16. Emulated in float64 with Q, K (times sqrt(scale) = 0.5, exact), V and the
-    softmax probabilities rounded to bfloat16."""
-    shape = (1, 2, 5, 8)
-    q, k, v = (RNG.standard_normal(shape).astype(np.float32) for _ in range(3))
-    model = _attention_model([1, 2, "s", 8])
+    """ONNX Attention (opset 23) with a V head size of 6 (which the fused CPU kernel, whole vectors of at least 4
+    lanes, does not take), lowered by optc to two matmuls: both in bf16. Emulated in float64 with Q, K (times
+    sqrt(scale) = 0.5, exact), V and the softmax probabilities rounded to bfloat16."""
+    q, k = (RNG.standard_normal((1, 2, 5, 8)).astype(np.float32) for _ in range(2))
+    v = RNG.standard_normal((1, 2, 5, 6)).astype(np.float32)
+    model = _attention_model(list(q.shape), list(v.shape))
     feeds = {"q": q, "k": k, "v": v}
     y = _compile_run(model, feeds, precision="bf16", fast_math=False)
     y32 = run_ort(model, feeds)[0]
@@ -254,8 +256,8 @@ def test_attention_op_decomposed():
 
 @pytest.mark.parametrize("fast_math", [False, True])
 def test_attention_op_kept_float32_in_the_fused_kernel(fast_math):
-    """The same Attention with static shapes: the CPU's fused attention kernel takes it and it stays float32 (the
-    library's metadata says so); its result is float32's (within 1e-5 of onnxruntime's), not bf16's (~1e-2)."""
+    """An Attention that the CPU's fused attention kernel takes stays float32 (the library's metadata says so):
+    its result is float32's (within 1e-5 of onnxruntime's), not bf16's (~1e-2)."""
     shape = (1, 2, 5, 8)
     q, k, v = (RNG.standard_normal(shape).astype(np.float32) for _ in range(3))
     model = _attention_model(list(shape))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax, topi
 
+from ..broadcast import dims_equal
 from ..converters import constant_value, converter, dims_of, refuse
 
 _MODES = {"nearest": "nearest_neighbor", "linear": "linear", "cubic": "cubic"}
@@ -130,14 +131,6 @@ def _scaled(dim, scale: float, op: str):
                  "rounded) is not supported by the TVM back end (fix the input shapes: --input-shape)")
 
 
-def _same(a, b) -> bool:
-    from tvm import sym
-
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    return bool(sym.Analyzer().can_prove_equal(a, b))
-
-
 def _output_dims(x, scales: np.ndarray | None, sizes: list | None, op: str) -> list:
     """The output's spatial dims; refuses a size or scale that changes the batch or channel axis."""
     dims = dims_of(x)
@@ -149,7 +142,7 @@ def _output_dims(x, scales: np.ndarray | None, sizes: list | None, op: str) -> l
         raise refuse(f"{op} needs {len(dims)} scales or sizes, one per axis of its input")
     out = sizes if scales is None else [_scaled(d, float(s), op) for d, s in zip(dims, scales.tolist(), strict=True)]
     for axis in (0, 1):
-        if not _same(out[axis], dims[axis]):
+        if not dims_equal(out[axis], dims[axis]):
             hint = "" if isinstance(dims[axis], int) else " (fix the input shapes: --input-shape)"
             raise refuse(f"{op} of axis {axis} ({dims[axis]} -> {out[axis]}; only the spatial axes) is not "
                          f"supported by the TVM back end{hint}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, tirx
 
+from ..broadcast import broadcast_to
 from ..converters import const, converter, dims_of, dtype_of, refuse
 
 _FLOATS = ("float16", "float32", "float64", "bfloat16")
@@ -316,6 +317,11 @@ def scaled_dot_product(bb, qs, ks_t, v, bias, *, softmax_dtype: str, softcap: fl
     if hq != hk:  # grouped-query attention: each K/V head serves hq / hk consecutive query heads
         ks_t = bb.normalize(relax.op.repeat(ks_t, hq // hk, axis=1))
         v = bb.normalize(relax.op.repeat(v, hq // hk, axis=1))
+    qk = _matmul(bb, qs, ks_t, t)
+    if bias is not None and dims_of(bb.normalize(relax.op.add(qk, bias))) is None:
+        # a bias dim neither 1 nor provably the scores' (a symbol that may be 1 at run time and broadcast): the
+        # sum's shape would be unknown, which TVM cannot legalize, and TOPI would read such a dim as never 1
+        bias = broadcast_to(bb, bias, dims_of(qk))
     fully_masked = None
     if bias is not None:
         # A query row whose bias is all -inf attends no key: its probabilities (and Y's row) are 0. (Not
@@ -323,7 +329,6 @@ def scaled_dot_product(bb, qs, ks_t, v, bias, *, softmax_dtype: str, softcap: fl
         open_key = relax.op.astype(relax.op.not_equal(bias, _scalar(bb, -np.inf, t)), "int8")
         any_open = bb.normalize(relax.op.max(open_key, axis=-1, keepdims=True))
         fully_masked = bb.normalize(relax.op.equal(any_open, const(np.int8(0))))
-    qk = _matmul(bb, qs, ks_t, t)
     capped = qk
     if softcap > 0:
         cap = _scalar(bb, softcap, t)
