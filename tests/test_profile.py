@@ -156,6 +156,27 @@ def test_cli_inputs_from_npz(tmp_path, capsys):
     assert err.startswith("optc: error: onnxruntime failed to run") and len(err.strip().splitlines()) == 1
 
 
+def test_cli_dim_sets_the_random_inputs_symbolic_dims(tmp_path, capsys):
+    """Reshape(x [n], [2, -1]) runs only for an even n: at the default n = 1 onnxruntime fails (exit 2), with
+    --dim n=4 it runs; --dim with --inputs is refused in one line."""
+    from optc.fileio import write_npz
+
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
+                              [numpy_helper.from_array(np.array([2, -1], np.int64), "shape")])
+    src = tmp_path / "r.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
+    assert cli.main(["profile", str(src), "--runs", "1"]) == 2
+    capsys.readouterr()
+    assert cli.main(["profile", str(src), "--runs", "1", "--dim", "n=4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["by_op_type"]
+    write_npz(tmp_path / "x.npz", {"x": np.ones(4, np.float32)})
+    assert cli.main(["profile", str(src), "--inputs", str(tmp_path / "x.npz"), "--dim", "n=4"]) == 2
+    err = capsys.readouterr().err
+    assert "not both" in err and len(err.strip().splitlines()) == 1
+
+
 def _fake_artifact(tmp_path, inputs, outputs) -> str:
     """A library file (never loaded) with optc artifact metadata giving this signature."""
     from optc.codegen.artifact import FORMAT, metadata_path

@@ -8,6 +8,7 @@ import json
 from ..errors import OptcError
 from ..workflow.profile import check_artifact_source, profile
 from .native_log import stdout_to_stderr
+from .verify_cmd import parse_dims
 
 
 def run(args) -> int:
@@ -17,7 +18,8 @@ def run(args) -> int:
         check_artifact_source(args.model, args.artifact)  # MODEL must exist and be the artifact's source
     target = args.artifact or args.model
     with stdout_to_stderr(args.json):  # native libraries' chatter must not break the JSON document
-        result = profile(target, args.inputs, threads=args.threads, runs=args.runs, top=args.top)
+        result = profile(target, args.inputs, threads=args.threads, runs=args.runs, top=args.top,
+                         dims=parse_dims(args.dim))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -38,7 +40,10 @@ def register(sub) -> None:
     p.add_argument("--artifact", metavar="LIB", help="profile this compiled artifact (from `optc compile "
                    "MODEL`) instead of the ONNX model on onnxruntime; refused when its inputs and outputs (names, "
                    "dtypes) are not MODEL's")
-    p.add_argument("--inputs", metavar="NPZ", help="input arrays by name (default: random, symbolic dims 1)")
+    p.add_argument("--inputs", metavar="NPZ", help="input arrays by name (default: random, symbolic dims from "
+                   "--dim, else 1)")
+    p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim for the random "
+                   "inputs (repeatable; not with --inputs)")
     p.add_argument("--top", type=int, metavar="N", help="show the N slowest nodes and op types (default: all)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads (default: 1)")
     p.add_argument("--runs", type=int, default=10, metavar="N", help="measured runs after 2 warm-up runs "

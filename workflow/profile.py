@@ -143,11 +143,11 @@ def _ort_samples(trace: list[dict], warmup: int) -> tuple[list[tuple[str, str, f
     return samples, [float(hi - lo) for lo, hi in kept]
 
 
-def _profile_onnx(model, feeds, threads, runs, warmup, label) -> Profile:
+def _profile_onnx(model, feeds, threads, runs, warmup, label, dims=None) -> Profile:
     with tempfile.TemporaryDirectory(prefix="optc-profile-") as tmp:
         sess = session(model, optimize=True, threads=threads, label=label,
                        profile_prefix=os.path.join(tmp, "ort"))
-        feeds = _feeds(session_input_specs(sess), feeds, label)
+        feeds = _feeds(session_input_specs(sess), feeds, label, dims)
         try:
             for _ in range(warmup + runs):
                 sess.run(None, feeds)
@@ -177,19 +177,19 @@ def kernel_op_type(symbol: str) -> str:
     return "_".join(_TRAILING_NUMBER.sub("", p) for p in parts)
 
 
-def _profile_artifact(path: str, feeds, threads, runs, warmup) -> Profile:
+def _profile_artifact(path: str, feeds, threads, runs, warmup, dims=None) -> Profile:
     from .verify import open_side
 
     side = open_side(path)  # checks the metadata, one-line errors for a bad artifact
-    return _profile_loaded(side._module(), feeds, threads, runs, warmup, path)
+    return _profile_loaded(side._module(), feeds, threads, runs, warmup, path, dims)
 
 
-def _profile_loaded(module, feeds, threads, runs, warmup, label: str) -> Profile:
+def _profile_loaded(module, feeds, threads, runs, warmup, label: str, dims=None) -> Profile:
     """Profile a loaded `optc.runtime.Module`."""
     if threads is not None:
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts (first kernel run)
     specs = [InputSpec(s["name"], _np_dtype(s["dtype"]), tuple(s["shape"]), str(s["dtype"])) for s in module.inputs]
-    feeds = _feeds(specs, feeds, label)
+    feeds = _feeds(specs, feeds, label, dims)
     return _profile_module(module, feeds, runs, warmup, label, f"tvm-{module.target}", threads,
                            sync=module.target == "cuda")  # wait for each GPU kernel before reading the clock
 
@@ -245,13 +245,16 @@ def _profile_module(module, feeds, runs, warmup, label, backend, threads, sync) 
 # -- the service ------------------------------------------------------------------------------------------------
 
 
-def _feeds(specs: list[InputSpec], feeds, label: str) -> dict[str, np.ndarray]:
-    """The caller's feeds (a mapping or an .npz path) checked by name, or random ones for `specs`."""
+def _feeds(specs: list[InputSpec], feeds, label: str, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The caller's feeds (a mapping or an .npz path) checked by name, or random ones for `specs` (symbolic dims
+    from `dims`, else 1). Raises OptcError when both feeds and dims are given."""
     from ..inputs import check_input_names
     from ..quantization.data import read_npz
 
     if feeds is None:
-        return random_inputs(specs)
+        return random_inputs(specs, dims=dims)
+    if dims:
+        raise OptcError("give input arrays or symbolic dim values (--dim), not both")
     if isinstance(feeds, str | os.PathLike):
         feeds = read_npz(feeds, role="inputs")
     if not isinstance(feeds, Mapping):
@@ -312,13 +315,14 @@ def check_artifact_source(model, artifact: str | os.PathLike) -> None:
 
 
 def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: int = 10, top: int | None = None,
-            warmup: int = 2) -> Profile:
+            warmup: int = 2, dims: Mapping[str, int] | None = None) -> Profile:
     """Profile one model: an .onnx path, an optc `Model` or `onnx.ModelProto` (onnxruntime's profiler, its graph
     optimizations on: the ops are the ones onnxruntime runs, e.g. `FusedConv`), or an artifact path from
     `optc compile` or an `optc.runtime.Module` (from `optc.compile` or `optc.runtime.load`: every kernel and VM
     builtin of the compiled library, timed through the VM's instrument).
 
-    `inputs`: `{name: array}` or an .npz path; None: random inputs (floats in [-1, 1), symbolic dims 1).
+    `inputs`: `{name: array}` or an .npz path; None: random inputs (floats in [-1, 1), symbolic dims from `dims`
+    (``{"seq": 128}``), else 1; `dims` with `inputs` is an error).
     `threads`: intra-op threads (onnxruntime) or TVM's thread-pool size (TVM_NUM_THREADS, honoured when TVM's
     pool has not started yet in this process); None: the runtime's default. `runs` measured runs after `warmup`
     runs that are not counted. `top`: keep only the `top` largest nodes (the op types are always complete).
@@ -341,17 +345,17 @@ def profile(model_or_artifact, inputs=None, *, threads: int | None = 1, runs: in
         if not os.path.exists(path):
             raise OptcError(f"'{path}' does not exist")
         if is_artifact(path):
-            result = _profile_artifact(path, inputs, threads, runs, warmup)
+            result = _profile_artifact(path, inputs, threads, runs, warmup, dims)
         else:
             from ..ir import load
 
             load(path)  # optc's one-line errors for a file that is not a valid model
-            result = _profile_onnx(path, inputs, threads, runs, warmup, path)
+            result = _profile_onnx(path, inputs, threads, runs, warmup, path, dims)
     elif isinstance(model_or_artifact, Model | onnx.ModelProto):
-        result = _profile_onnx(model_or_artifact, inputs, threads, runs, warmup, "in-memory model")
+        result = _profile_onnx(model_or_artifact, inputs, threads, runs, warmup, "in-memory model", dims)
     elif isinstance(model_or_artifact, runtime.Module):
         result = _profile_loaded(model_or_artifact, inputs, threads, runs, warmup,
-                                 str(model_or_artifact.path or "in-memory module"))
+                                 str(model_or_artifact.path or "in-memory module"), dims)
     else:
         raise OptcError(f"profile: expected a path, an optc Model or an onnx.ModelProto, got "
                         f"{type(model_or_artifact).__name__}")
