@@ -96,6 +96,13 @@ def _vector_lanes(target: Target, dtype_bits: int) -> int:
     return max(2, width // max(8, dtype_bits))
 
 
+def _divisible(extent, step: int) -> bool:
+    """Whether a loop extent (a TIR expression) is provably a multiple of `step`."""
+    from tvm import sym  # noqa: PLC0415
+
+    return bool(sym.Analyzer().can_prove_equal(tirx.floormod(extent, step), 0))
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
     ext = sch.get(loop).extent
     return int(ext) if isinstance(ext, tirx.IntImm) else None
@@ -554,6 +561,9 @@ class Guarded(_Rule):
 #: pad a matmul whose rows or vector axis do not divide into register tiles (ViT's 197 tokens) to the next
 #: multiple of this many rows (a whole tile of u_m <= 8 rows) and of the vector width
 PAD_ROWS = 8
+#: vectors per tile row of a matmul whose columns (its vector axis) are symbolic: the columns are zero-padded to a
+#: multiple of this many vectors (``_pad_ragged_tile``), so that the tile splits them with no predicate
+SYMBOLIC_COLUMN_VECTORS = 2
 
 
 def _pad_ragged_tile(sch: s_tir.Schedule, target: Target, *, pad_weights: bool = True) -> tuple[bool, bool, bool]:
@@ -592,8 +602,18 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target, *, pad_weights: bool =
         return any(var in _vars_in_region(r) for r in weights)
 
     m, n = extents[n_s - 2], extents[n_s - 1]
-    if n is None:
-        return False, False, False
+    if n is None:  # symbolic columns (a dynamic sequence's scores Q K^T): whole tiles of vectors, if no weight's
+        if indexes_weight(s_vars[-1]):
+            return False, False, False
+        padding = [1] * len(extents)
+        padding[n_s - 1] = lanes * SYMBOLIC_COLUMN_VECTORS
+        if m is None or (m > PAD_ROWS and _largest_divisor(m, PAD_ROWS) < 3):
+            if not indexes_weight(s_vars[-2]):
+                padding[n_s - 2] = PAD_ROWS
+        if not _pads_as_einsum(sch, stmt, padding):
+            return False, False, False
+        sch.pad_einsum(block, padding)
+        return True, True, False
     padding = [1] * len(extents)
     # symbolic rows (a dynamic batch or sequence length) are padded too: a predicated tile's intermediate
     # cannot be compacted to the tile, and every tile then allocated all N rows (a dense layer 14x slower)
@@ -766,22 +786,25 @@ class TiledReduction(_Rule):
         loops = sch.get_loops(block)
         s_loops, r_loops = loops[:n_s], loops[n_s:]
         extents = [_extent(sch, lp) for lp in s_loops]
-        if extents[-1] is None:
+        dtype_bits = stmt.writes[0].source.dtype.bits
+        lanes = _vector_lanes(target, dtype_bits)
+        # symbolic columns: only padded to whole tiles of SYMBOLIC_COLUMN_VECTORS vectors (_pad_ragged_tile)
+        symbolic_columns = extents[-1] is None and padded_columns and _divisible(
+            sch.get(s_loops[-1]).extent, lanes * SYMBOLIC_COLUMN_VECTORS)
+        if extents[-1] is None and not symbolic_columns:
             return None
         # a symbolic axis other than the vector one (a dynamic batch or sequence length): the tile is chosen
         # from the static axes, symbolic rows tile at the largest height (padded to whole tiles above where the
         # kernel is an einsum, else the last tile predicated), and the kernel runs parallel (its size is unknown
         # until run time)
         symbolic = any(e is None for e in extents)
-        dtype_bits = stmt.writes[0].source.dtype.bits
-        lanes = _vector_lanes(target, dtype_bits)
         work = None if symbolic else math.prod(extents)
         reduction = math.prod(e for e in (_extent(sch, lp) for lp in r_loops) if e is not None)
 
         # --- grouped convolution: split the channel axis into (group, channel in group) so that the input
         # channel index `c // K * K + rc` is one scalar per group and a vector never straddles two groups
         group_loops = []
-        group = _group_size(stmt, vec_var)
+        group = None if symbolic_columns else _group_size(stmt, vec_var)
         if group is not None and group < extents[-1]:
             if extents[-1] % group:
                 return None
@@ -789,23 +812,27 @@ class TiledReduction(_Rule):
             group_loops, s_loops, extents = [g_loop], [*s_loops[:-1], c_loop], [*extents[:-1], group]
 
         # --- choose the register tile: u_m rows x (u_n x vec) columns
-        n_ext = extents[-1]
-        vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
-        if vec < 2 and n_ext > lanes and not group_loops:
-            vec = lanes  # no divisor: let the tail be predicated
-        n_vecs = math.ceil(n_ext / vec)
+        n_ext = extents[-1]  # None: symbolic columns, whole tiles of SYMBOLIC_COLUMN_VECTORS vectors
         m_ext = extents[-2] if n_s >= 2 else 1  # None: symbolic rows
         registers = vector_registers(target)
-        u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not group_loops, registers=registers)
-        if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
-            vec, u_n = 2, n_ext // 2
-        if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
-            u_n = self.u_n
+        if symbolic_columns:
+            vec, n_vecs, u_n = lanes, None, SYMBOLIC_COLUMN_VECTORS
+        else:
+            vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
+            if vec < 2 and n_ext > lanes and not group_loops:
+                vec = lanes  # no divisor: let the tail be predicated
+            n_vecs = math.ceil(n_ext / vec)
+            u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not group_loops, registers=registers)
+            if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
+                vec, u_n = 2, n_ext // 2
+            if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
+                u_n = self.u_n
         # a padded kernel reads a workspace copy, which LLVM cannot tell apart from a workspace register tile: it
         # stored the tile back after every product (digits' [N, 512] @ [512, 64] at N = 32: 2x slower)
         max_acc = max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction, registers)
         rows = None
-        if self.u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not group_loops:
+        if self.u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not group_loops \
+                and not symbolic_columns:
             u_n, rows = _widest_tile(m_ext, n_vecs, u_n, max_acc)
         max_m = _height_limit(max_acc, u_n)
         if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
@@ -813,12 +840,12 @@ class TiledReduction(_Rule):
         u_m = (max_m if m_ext is None else rows or tile_rows(m_ext, max_m)) if n_s >= 2 else 1
         u_h = 1  # rows of the axis before the tile rows' (a conv's height): a tile over two row axes
         if self.u_n is None and n_s >= 3 and m_ext is not None and extents[-3] is not None and not group_loops \
-                and not padded:
+                and not padded and not symbolic_columns:
             plane = _plane_tile(extents[-3], m_ext, n_vecs, u_n, u_m, max_acc)
             if plane is not None:
                 u_n, u_h, u_m = plane
 
-        whole_panels = n_ext % (u_n * vec) == 0
+        whole_panels = symbolic_columns or n_ext % (u_n * vec) == 0
         # a padded kernel's tile is whole in the padded buffer but not in the output its epilogue writes (13 rows
         # of a tile of 8 padded to 16): its epilogue is predicated, so it is not exact either
         exact_tile = whole_panels and m_ext is not None and m_ext % u_m == 0 and not padded
@@ -858,11 +885,18 @@ class TiledReduction(_Rule):
         # ViT's [3, 197, 64] @ [3, 64, 197] 218 -> 177 us (onnxruntime 158), AMD EPYC Zen 4. Not where a packed
         # weight's panel loop went outermost: the serial loop would be the rows', unrolled with the tile (a copy of
         # the reduction loop per row tile); the crop's column test is then made once per vector (688 = 43 x 16)
-        ragged_cols = padded_columns and len(outer) > 1 and not group_loops and outer[-1].same_as(n_o)
+        ragged_cols = padded_columns and not symbolic_columns and len(outer) > 1 and not group_loops \
+            and outer[-1].same_as(n_o)
         par = _fuse_tiles_parallel(sch, outer[:-1] if ragged_cols else outer, work, reduction)
         tile = outer[-1] if ragged_cols else par
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
         if epilogues:
+            if symbolic:
+                # the tile accumulates in a buffer of its own, which compacts to the tile: with symbolic extents
+                # the intermediate the epilogues read is indexed by expressions of the symbols and stayed whole,
+                # every product stored to memory ([1, 4, S, S] @ [1, 4, S, 64] at S = 128: 946 -> 438 us)
+                wb = sch.cache_write(block, 0, "global")
+                sch.reverse_compute_at(wb, tile, preserve_unit_loops=True)
             for epi in epilogues:
                 sch.reverse_compute_at(epi.block_rv, tile, preserve_unit_loops=True)
         else:
@@ -1155,8 +1189,16 @@ def schedule_padding(sch: s_tir.Schedule, block, target: Target) -> None:
     -> [3, 200, 197] copy took 280 us, longer than the 182 us batched matmul it pads (AMD EPYC Zen 4)."""
     loops = sch.get_loops(block)
     extents = [_extent(sch, lp) for lp in loops]
-    if len(loops) < 2 or any(e is None for e in extents):
+    if len(loops) < 2:
         Injective.schedule_block(sch, block, target)
+        return
+    if any(e is None for e in extents):
+        # symbolic extents (a dynamic sequence's rows and columns): no loop fused (each fused index would divide by
+        # an expression of the symbols per element), the first loop longer than 1 parallel, the row a plain loop
+        # that LLVM vectorizes ([1, 4, S, S] @ [1, 4, S, 64] at S = 128, its rows padded: 438 -> 88 us, AMD Zen 4)
+        wide = [lp for lp, e in zip(loops[:-1], extents[:-1], strict=True) if e is None or e > 1]
+        if wide:
+            sch.parallel(wide[0])
         return
     outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     if math.prod(extents) >= PARALLEL_MIN_WORK:
