@@ -263,6 +263,11 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         for ln in range(1, lanes):
                             total[r] = total[r] + part[ln]
                         total[r] = T.Select(total[r] == T.float32(0), T.float32(1), total[r])
+                        # p = e / sum before the product with V, as the spec (a sum of e * V could overflow
+                        # where p V does not: V near the float32 maximum)
+                        for jc in range(i64(panels * (w1 // lanes))):
+                            for ln in T.vectorized(lanes):
+                                s[r, jc * lanes + ln] = s[r, jc * lanes + ln] / total[r]
                     for ct in range(i64(dv // w2)):
                         acc2 = T.decl_buffer((rows * w2,), "float32", scope="local")
                         for r in T.unroll(rows):
@@ -277,7 +282,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         for r in T.unroll(rows):
                             if i0 + r < i64(sq):
                                 for c in T.vectorized(w2):
-                                    y[b, i0 + r, h, ct * i64(w2) + c] = acc2[r * w2 + c] / total[r]
+                                    y[b, i0 + r, h, ct * i64(w2) + c] = acc2[r * w2 + c]
 
     q_shape = (i64(b_n), i64(sq), i64(hq), i64(d))
     kt_shape = (i64(b_n), i64(hk), i64(panels), i64(d), i64(w1))

@@ -534,7 +534,10 @@ class _Rule(ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
             return None
         try:
-            return self.schedule(func, target)
+            sch = self.schedule(func, target)
+            if sch is not None:
+                _init_before_symbolic_reductions(sch)
+            return sch
         # InternalError: e.g. fusing a zero-extent loop divides by 0; ValueError: reverse_compute_at of an
         # epilogue that reads the output at an offset ("TensorRegion pattern match failed")
         except (s_tir.ScheduleError, InternalError, ValueError):
@@ -542,6 +545,31 @@ class _Rule(ScheduleRule):
 
     def schedule(self, func, target: Target):
         raise NotImplementedError
+
+
+def _init_before_symbolic_reductions(sch: s_tir.Schedule) -> None:
+    """Decompose every reduction block that still holds its init (``T.init()``, run on the first reduction
+    iteration) and has a reduction loop of symbolic extent: the init goes before its outermost reduction loop. A
+    sum over a length that is 0 when the model runs (a matmul over zero keys) otherwise never ran its init and left
+    the output uninitialized (dlight's GEMV rule kept the init inside: [2, 1, 3, 0] @ [2, 1, 0, 1] gave 8e6, not 0)."""
+    import tvm_ffi  # noqa: PLC0415
+
+    realizes: list = []
+    tvm_ffi.structural_walk(sch.mod["main"].body, (s_tir.SBlockRealize, realizes.append), order="post")
+    for realize in realizes:
+        stmt = realize.block
+        if stmt.init is None:
+            continue
+        reduce_vars = set()
+        for iv, value in zip(stmt.iter_vars, realize.iter_values, strict=True):
+            if iv.iter_type != 0:
+                reduce_vars |= _vars_in(value)
+        if not reduce_vars:
+            continue
+        block = sch.get_sblock(stmt.name_hint)
+        loops = [lp for lp in sch.get_loops(block) if sch.get(lp).loop_var in reduce_vars]
+        if loops and any(_extent(sch, lp) is None for lp in loops):
+            sch.decompose_reduction(block, loops[0])
 
 
 class Guarded(_Rule):

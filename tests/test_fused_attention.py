@@ -110,6 +110,21 @@ def test_kernel_special_values():
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)  # (NaN where the reference has NaN)
 
 
+@pytest.mark.parametrize("dims", ["static", "symbolic"])
+def test_kernel_divides_by_the_row_sum_before_the_product_with_v(dims):
+    """P = e / sum, then P V, as the spec: with V near the float32 maximum a sum of e * V overflowed to inf where
+    the reference's P V is finite (a breaker's case: uniform P over two keys of V = 3e38)."""
+    shape = {"static": {"Q": [1, 1, 4, 8], "K": [1, 1, 2, 8], "V": [1, 1, 2, 8]},
+             "symbolic": {n: ["b", 1, "s" if n == "Q" else "t", 8] for n in "QKV"}}[dims]
+    feeds = {"Q": np.zeros((1, 1, 4, 8), np.float32), "K": np.zeros((1, 1, 2, 8), np.float32),
+             "V": np.full((1, 1, 2, 8), 3e38, np.float32)}
+    model = _attention_model(feeds, ["Y"], shapes=shape)
+    assert _fused(model)
+    for fast_math in (True, False):
+        y = optc.compile(model, fast_math=fast_math).run(feeds)["Y"]
+        np.testing.assert_allclose(y, run_reference(model, feeds)[0], rtol=1e-6)
+
+
 def test_fast_exp_expr_is_topi_fast_exp():
     """The kernel's exp is TOPI's fast_exp expression, so the same values bit for bit."""
     from tvm import te, topi

@@ -202,6 +202,24 @@ def test_symbolic_rows_and_reduction_copy_and_accumulate_per_tile():
         np.testing.assert_allclose(module.run(feed)["y"], _ort(model, feed)[0], rtol=1e-5, atol=1e-5, err_msg=str(n))
 
 
+@pytest.mark.parametrize("columns", [1, 16])
+def test_a_symbolic_reduction_of_length_zero_gives_zeros(columns):
+    """[2, 1, 3, t] @ [2, 1, t, columns] at t = 0 is zeros: every rule's kernel runs its init before the reduction
+    loops when one of them is symbolic (dlight's matrix-vector rule, which takes the one-column case, ran the init
+    on the first reduction iteration: at t = 0 never, the output uninitialized); at t = 3 the products."""
+    model = _model([h.make_node("MatMul", ["a", "b"], ["y"])],
+                   [h.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 1, "s", "t"]),
+                    h.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 1, "t", columns])],
+                   [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, "s", columns])])
+    module = optc.compile(model.SerializeToString(), "cpu")
+    rng = np.random.default_rng(5)
+    module.run({"a": rng.standard_normal((2, 1, 64, 64)).astype(np.float32),  # leave values in freed memory
+                "b": rng.standard_normal((2, 1, 64, columns)).astype(np.float32)})
+    for t in (0, 3):
+        feed = {"a": np.ones((2, 1, 3, t), np.float32), "b": np.ones((2, 1, t, columns), np.float32)}
+        np.testing.assert_array_equal(module.run(feed)["y"], np.full((2, 1, 3, columns), t, np.float32))
+
+
 @pytest.mark.parametrize("mode", ["static_int8", "weight_only_int4"])
 def test_quantized_kernels_with_symbolic_rows_match_the_static_build(mode, tmp_path):
     """The integer and 4-bit kernels' rules take static rows only; with a symbolic batch the matmul goes to
