@@ -247,6 +247,37 @@ def test_attention_outside_the_kernel_keeps_the_decomposition(case):
         _check(model, {**feeds, "attn_mask": feeds["attn_mask"][:1]}, rtol=1e-5, atol=1e-6)
 
 
+def test_causal_attention_with_a_mask_of_other_symbols():
+    """is_causal with a mask [ms, t] whose query dim is another symbol (1 or the query length when it runs): the
+    causal bias and the mask broadcast against each other by the checked kernel (the converter failed on the
+    sum's unknown shape). Checked against a float64 numpy form of the spec (onnx's reference builds the causal
+    mask from the mask's own dims)."""
+    rng = np.random.default_rng(7)
+    shapes = {"Q": ["b", 2, "s", 8], "K": ["b", 2, "t", 8], "V": ["b", 2, "t", 8], "M": ["ms", "t"]}
+    feeds = {"Q": _rand(rng, 1, 2, 5, 8), "K": _rand(rng, 1, 2, 6, 8), "V": _rand(rng, 1, 2, 6, 8),
+             "M": _rand(rng, 5, 6)}
+    module = optc.compile(_attention_model(feeds, ["Y"], shapes=shapes, is_causal=1))
+    for ms in (5, 1):
+        mask = feeds["M"][:ms]
+        q, k, v = (feeds[n].astype(np.float64) for n in "QKV")
+        causal = np.where(np.arange(6)[None, :] <= np.arange(5)[:, None], 0.0, -np.inf)
+        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(8) + mask + causal
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        want = (p / p.sum(-1, keepdims=True)) @ v
+        np.testing.assert_allclose(module.run({**feeds, "M": mask})["Y"], want, rtol=2e-5, atol=2e-6)
+
+
+def test_attention_whose_query_and_key_batches_are_other_symbols():
+    """Q [b, ...] and K, V [bk, ...] (equal when it runs): not the fused kernel (the batches are not provably
+    one), the decomposition's matmuls align the batch dims (the build failed on an unknown product shape)."""
+    rng = np.random.default_rng(8)
+    shapes = {"Q": ["b", 2, "s", 8], "K": ["bk", 2, "t", 8], "V": ["bk", 2, "t", 8]}
+    feeds = {"Q": _rand(rng, 2, 2, 5, 8), "K": _rand(rng, 2, 2, 6, 8), "V": _rand(rng, 2, 2, 6, 8)}
+    model = _attention_model(feeds, ["Y"], shapes=shapes)
+    assert not _fused(model)
+    _check(model, feeds)
+
+
 def _symbolic_cases(rng, s: int, t: int, case: str):
     """(feeds, node inputs, outputs, attrs, symbolic shapes) of an Attention whose query length s and key length
     t are symbolic ("s", "t"; batch "b" too)."""

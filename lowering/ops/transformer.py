@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, tirx
 
-from ..broadcast import broadcast_to
+from ..broadcast import align_batch_dims, align_operands, broadcast_to
 from ..converters import const, converter, dims_of, dtype_of, refuse
 
 _FLOATS = ("float16", "float32", "float64", "bfloat16")
@@ -108,7 +108,12 @@ def _window(left: int, right: int):
 
 
 def _add(bb, a, b):
-    return b if a is None else bb.normalize(relax.op.add(a, b))
+    """a + b (b where a is None), an operand whose symbolic dim may broadcast at run time broadcast first (a mask
+    [ms, t] and the causal bias [s, t]: the sum's shape was unknown and the converter failed)."""
+    if a is None:
+        return b
+    a, b = align_operands(bb, [a, b])
+    return bb.normalize(relax.op.add(a, b))
 
 
 def _safe_softmax(bb, x):
@@ -125,7 +130,9 @@ def _safe_softmax(bb, x):
 
 
 def _matmul(bb, a, b, dtype: str):
-    """a @ b rounded to `dtype`; half-precision products accumulate in float32."""
+    """a @ b rounded to `dtype`; half-precision products accumulate in float32. Batch dims that are different
+    symbols (Q's batch b, K's bk) are aligned first (the product's shape was unknown, which TVM cannot build)."""
+    a, b = align_batch_dims(bb, [a, b])
     if dtype in ("float16", "bfloat16"):
         return _cast(bb, bb.normalize(relax.op.matmul(a, b, out_dtype="float32")), dtype)
     return bb.normalize(relax.op.matmul(a, b))
