@@ -13,7 +13,8 @@ because TVM reads its thread count (TVM_NUM_THREADS) once.
 QDQ model) / bf16 beside onnxruntime and OpenVINO on the float model and on the same QDQ model
 (benchmarks/compile_precisions.py; section "Compile: fp32 / int8 / bf16 ..."). More models for it: gpt2_like
 (generated), torch exports of models.py's transformers (bert_ts, bert_dynamo, gpt2_ts, vit_ts with 197 tokens,
-llama_ts) and the digits CNN of examples/ (digits_cnn).
+llama_ts; gpt2_ts_dyn and llama_ts_dyn with a symbolic batch and sequence, run at batch 1 x 128 tokens) and the
+digits CNN of examples/ (digits_cnn).
 
     python benchmarks/compile.py                               # everything; results into RESULTS.md ("Compile")
     python benchmarks/compile.py --models resnet_like --trials 0   # one model, untuned only
@@ -41,8 +42,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "_work", "compile")
 GENERATED = {"resnet_like": resnet_like, "mobilenetv2_like": mobilenetv2_like, "bert_like": bert_like}
 # --precisions only (not in the default fp32 run): torch exports (models.py's default sizes), one more generator
-EXPORTED = {"bert_ts": ("bert", False), "bert_dynamo": ("bert", True), "gpt2_ts": ("gpt2", False),
-            "vit_ts": ("vit", False), "llama_ts": ("llama", False)}
+# (kind, dynamo, dynamic axes): the *_dyn exports have a symbolic batch and sequence, run at compile_precisions.DIMS
+EXPORTED = {"bert_ts": ("bert", False, False), "bert_dynamo": ("bert", True, False), "gpt2_ts": ("gpt2", False, False),
+            "vit_ts": ("vit", False, False), "llama_ts": ("llama", False, False),
+            "gpt2_ts_dyn": ("gpt2", False, True), "llama_ts_dyn": ("llama", False, True)}
 EXTRA = {"gpt2_like": gpt2_like}
 DIGITS = os.path.join(os.path.dirname(HERE), "examples", "digits_cnn.onnx")
 
@@ -62,8 +65,8 @@ def model_paths(names: list[str] | None = None) -> dict[str, str]:
     for name in (n for n in names or [] if n in EXPORTED):
         path = os.path.join(WORK, f"{name}.onnx")
         if not os.path.exists(path):
-            kind, dynamo = EXPORTED[name]
-            export_transformer(kind, path, dynamo=dynamo)
+            kind, dynamo, dynamic = EXPORTED[name]
+            export_transformer(kind, path, dynamo=dynamo, dynamic=dynamic)
         paths[name] = path
     if "digits_cnn" in (names or []):
         paths["digits_cnn"] = DIGITS

@@ -23,6 +23,9 @@ from collections.abc import Callable
 import numpy as np
 
 # (key, label); the order of the table's columns
+#: the run-time values of the dynamic-axes exports' symbolic dims (compile.py's `*_dyn` models; no other model
+#: has symbolic dims of these names)
+DIMS = {"batch": 1, "seq": 128}
 CANDIDATES = (("ort_fp32", "ORT fp32"), ("ort_qdq", "ORT QDQ"), ("ov_fp32", "OV default"), ("ov_qdq", "OV QDQ"),
               ("optc_fp32", "optc fp32"), ("optc_int8", "optc int8"), ("optc_bf16", "optc bf16"))
 
@@ -37,7 +40,7 @@ def make_qdq(path: str, qdq_path: str, samples: int, seed: int = 0) -> dict:
     from optc.quantization.api import quantize_with_report
 
     specs = session_input_specs(session(path, optimize=False))
-    sets = [random_inputs(specs, seed=seed + 1 + i) for i in range(samples)]
+    sets = [random_inputs(specs, dims=DIMS, seed=seed + 1 + i) for i in range(samples)]
     npz = qdq_path[:-5] + "_calib.npz"
     np.savez(npz, **{k: np.concatenate([s[k] for s in sets]) for k in sets[0]})
     start = time.perf_counter()
@@ -83,7 +86,7 @@ def side_by_side(path: str, qdq_path: str, threads: int, repeat: int, precisions
 
     spin = threads == 1  # (several threads: no runtime's idle pool may spin on the cores the next one runs on)
     ort32 = session(path, optimize=True, threads=threads, spin=spin)
-    feeds = random_inputs(session_input_specs(ort32), seed=seed)
+    feeds = random_inputs(session_input_specs(ort32), dims=DIMS, seed=seed)
     result: dict = {"threads": threads, "repeat": repeat}
     builders: dict[str, Callable[[], Callable]] = {
         "ort_fp32": lambda: (lambda: ort32.run(None, feeds)),
