@@ -226,9 +226,12 @@ def test_reduce_noop_with_empty_axes(op, expected):
 
 @pytest.mark.parametrize("op, value", [("ReduceSum", 0.0), ("ReduceProd", 1.0), ("ReduceMax", -INF),
                                        ("ReduceMin", INF), ("ReduceLogSumExp", -INF)])
-def test_reduce_over_zero_elements_gives_the_identity(op, value):
+@pytest.mark.parametrize("dims", [[2, 0, 3], ["a", "n", 3]])
+def test_reduce_over_zero_elements_gives_the_identity(op, value, dims):
+    """A static 0 folds to the identity; a symbolic length that is 0 when it runs gives it too (ReduceMax and
+    ReduceMin gave TVM's start, the lowest / highest finite float)."""
     axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
-    model = _model([helper.make_node(op, ["x", "axes"], ["y"], keepdims=1)], [_in("x", [2, 0, 3])], [_out()], [axes])
+    model = _model([helper.make_node(op, ["x", "axes"], ["y"], keepdims=1)], [_in("x", dims)], [_out()], [axes])
     got = _compiled(model, {"x": np.zeros((2, 0, 3), np.float32)})[0]
     assert identical(got, np.full((2, 1, 3), value, np.float32)) is None
 

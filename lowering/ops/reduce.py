@@ -48,7 +48,8 @@ def _is_float(dtype: str) -> bool:
 
 def nan_propagating(reduce_fn, bb, x, axes, keepdims):
     """max/min with IEEE results: NaN where the reduced slice holds a NaN (LLVM's max/min drop it), and -inf
-    (+inf for min) where every element is -inf (TVM starts a max from the lowest finite value, not -inf)."""
+    (+inf for min) where every element is -inf or the slice is empty (a symbolic length 0 when it runs: the
+    spec's identity; TVM starts a max from the lowest finite value, not -inf)."""
     y = bb.normalize(reduce_fn(x, axes, keepdims))
     dtype = dtype_of(x)
     if not _is_float(dtype):
@@ -56,11 +57,12 @@ def nan_propagating(reduce_fn, bb, x, axes, keepdims):
     xf = x if dtype in ("float16", "float32", "float64") else bb.normalize(relax.op.astype(x, "float32"))  # bf16
     extreme = const(-np.inf if reduce_fn is relax.op.max else np.inf, dtype_of(xf))
     # per element 2: NaN, 1: anything else, 0: the extreme infinity; the slice's max code says which result
+    # (an empty slice's is the int8 max's start, -128: below 1, the extreme too)
     code = relax.op.where(relax.op.isnan(xf), const(2, "int8"),
                           relax.op.where(relax.op.equal(xf, extreme), const(0, "int8"), const(1, "int8")))
     worst = bb.normalize(relax.op.max(code, axes, keepdims))
-    y = relax.op.where(relax.op.equal(worst, const(0, "int8")), const(-np.inf if reduce_fn is relax.op.max
-                                                                        else np.inf, dtype), y)
+    y = relax.op.where(relax.op.less(worst, const(1, "int8")), const(-np.inf if reduce_fn is relax.op.max
+                                                                       else np.inf, dtype), y)
     return relax.op.where(relax.op.equal(worst, const(2, "int8")), const(np.nan, dtype), y)
 
 
