@@ -55,11 +55,6 @@ class AttentionShape:
     dv: int
     bias: tuple | None = None
 
-    @property
-    def static(self) -> bool:
-        """Whether every dim is an int."""
-        return all(isinstance(x, int) for x in (self.batch, self.sq, self.skv))
-
 
 @dataclass(frozen=True)
 class AttentionTiles:
