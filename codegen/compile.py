@@ -50,8 +50,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     `rpc` (`HOST:PORT:KEY`): tuning measures on the servers of that key of a TVM RPC tracker (see
     `codegen.tuning.tune`); the tracker, the key and one server are checked before anything else (OptcError).
     `precision` (`fp32`, `bf16`): `bf16` computes Conv / MatMul / Gemm (and attention matmuls that no fused float32
-    attention kernel takes) on bfloat16 operands with float32 accumulation, float32 I/O (`precision.to_bfloat16`, error bound there); `report["bf16"]` and the
-    metadata's `precision` / `bf16` say what was converted and whether the target has native bf16 instructions.
+    attention kernel takes) on bfloat16 operands with float32 accumulation, float32 I/O (`precision.to_bfloat16`,
+    error bound there); `report["bf16"]` and the metadata's `precision` / `bf16` say what was converted and whether
+    the target has native bf16 instructions.
     `static_batch` (batch sizes, each 1..65536, or one int): a model whose symbolic input dims are all named
     leading batch dims also gets an entry with static shapes and kernels for each, which `optc.runtime` calls at
     that batch size (`static_batch.py`; OptcError for another model); None: batch 1 for such a model of at most
@@ -87,8 +88,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     # their own (one float32 attention kernel: codegen/attention.py). Only with fast math: the fused Attention adds
     # its mask where the graph's Where replaced masked scores (a NaN key score then spoils the row), zeroes a fully
     # masked row where the graph's Softmax gives NaN, and scales Q and K by sqrt(scale) each (another overflow
-    # threshold). With bf16 too: the fused attention stays the float32 kernel (``to_bfloat16``). The "optc" form: masks that can mask a whole row
-    # fuse too (GPT-2's causal + padding mask), as optc's lowering computes such a row as the spec does.
+    # threshold). With bf16 too: the fused attention stays the float32 kernel (``to_bfloat16``). The "optc" form:
+    # masks that can mask a whole row fuse too (GPT-2's causal + padding mask), as optc's lowering computes such a row as the spec does.
     fuse = "optc" if level >= 2 and fast_math else None
     model = optimize(model, level=level, runtime=fuse)
     to_qdq_ops(model)

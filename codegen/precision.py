@@ -146,8 +146,8 @@ def to_bfloat16(mod, target=None, *, fast_math: bool = True, separate_padding: b
     accumulation. Attention (the Attention converter's carrier calls): where `target` is a CPU that the fused
     attention kernel (``attention.fused_attention_pass``, exp per `fast_math`) takes, it stays that float32 kernel
     (more exact, and faster than two bf16 matmuls around a softmax in memory: BERT-like 4.06 -> 3.92 ms on a Zen 4);
-    elsewhere it becomes its decomposition, whose two matmuls are converted. ``separate_padding (for targets with bf16 dot-product instructions, ``native_bf16``): the
-    zero padding of a convolution that fits those kernels becomes an ``nn.pad`` of the bf16 input, so that the
+    elsewhere it becomes its decomposition, whose two matmuls are converted. ``separate_padding`` (for targets
+    with bf16 dot-product instructions, ``native_bf16``): the zero padding of a convolution that fits those kernels becomes an ``nn.pad`` of the bf16 input, so that the
     kernel reads its input with bf16 storage (the same values: padding with 0 commutes with rounding 0 to bf16);
     a matmul whose rows no tile height divides gets zero rows appended (``_ragged_rows``) and its result cropped.
 

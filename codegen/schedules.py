@@ -630,24 +630,18 @@ def _pad_ragged_tile(sch: s_tir.Schedule, target: Target, *, pad_weights: bool =
         return any(var in _vars_in_region(r) for r in weights)
 
     m, n = extents[n_s - 2], extents[n_s - 1]
-    if n is None:  # symbolic columns (a dynamic sequence's scores Q K^T): whole tiles of vectors, if no weight's
-        if indexes_weight(s_vars[-1]):
-            return False, False, False
-        padding = [1] * len(extents)
-        padding[n_s - 1] = lanes * SYMBOLIC_COLUMN_VECTORS
-        if m is None or (m > PAD_ROWS and _largest_divisor(m, PAD_ROWS) < 3):
-            if not indexes_weight(s_vars[-2]):
-                padding[n_s - 2] = PAD_ROWS
-        if not _pads_as_einsum(sch, stmt, padding):
-            return False, False, False
-        sch.pad_einsum(block, padding)
-        return True, True, False
     padding = [1] * len(extents)
     # symbolic rows (a dynamic batch or sequence length) are padded too: a predicated tile's intermediate
     # cannot be compacted to the tile, and every tile then allocated all N rows (a dense layer 14x slower)
     ragged = m is None or (m > PAD_ROWS and _largest_divisor(m, PAD_ROWS) < 3)
     if ragged and not indexes_weight(s_vars[-2]):
         padding[n_s - 2] = PAD_ROWS
+    if n is None:  # symbolic columns (a dynamic sequence's scores Q K^T): whole tiles of vectors, if no weight's
+        padding[n_s - 1] = lanes * SYMBOLIC_COLUMN_VECTORS
+        if indexes_weight(s_vars[-1]) or not _pads_as_einsum(sch, stmt, padding):
+            return False, False, False
+        sch.pad_einsum(block, padding)
+        return True, True, False
     if n > lanes and _largest_divisor(n, lanes, [lanes, lanes // 2, lanes // 4]) < 2 \
             and not indexes_weight(s_vars[-1]):
         padding[n_s - 1] = lanes
