@@ -22,6 +22,8 @@ __all__ = ["LIBRARY_SUFFIX", "Module", "load"]
 LIBRARY_SUFFIX = ".so"  # what an artifact's library is called (export_library links a shared object)
 #: how the message starts when a library's call fails on an out-of-range index (`lowering.ops.indexing`)
 INDEX_ERROR = "optc index out of range: "
+#: ... when a 0 in a Reshape's run-time shape would copy a dim the library was not compiled for (`lowering.ops.shape`)
+ZERO_COPY_ERROR = "optc zero copies a dim: "
 
 
 def _fmt_shape(shape) -> str:
@@ -246,10 +248,17 @@ def _check_failure(exc: Exception) -> Exception:
     if INDEX_ERROR in text:
         message = text[text.index(INDEX_ERROR) + len(INDEX_ERROR):].splitlines()[0]
         return OptcError(f"the inputs do not fit the model: {message}")
+    if ZERO_COPY_ERROR in text:
+        message = text[text.index(ZERO_COPY_ERROR) + len(ZERO_COPY_ERROR):].splitlines()[0]
+        return OptcError(f"the library cannot run these inputs: {message}")
     if "match_cast" not in text:
         return exc
     sizes = re.search(r"\((\d+) vs\. (\d+)\)", text)
-    what = f"{sizes[1]} elements where the model needs {sizes[2]}" if sizes else first_line(exc)
+    dim = re.search(r"shape\[(\d+)\] mismatch", text)  # a 1-d match is a Reshape's size check
+    ty = re.search(r"ty=R\.Tensor\(\(([^)]*)\)", text)
+    dim = dim if ty is None or len([d for d in ty[1].split(",") if d.strip()]) > 1 else None
+    what = first_line(exc) if not sizes else f"{sizes[1]} elements where the model needs {sizes[2]}" if not dim \
+        else f"a result's dim {dim[1]} is {sizes[1]} where the model needs {sizes[2]}"
     return OptcError(f"the inputs do not fit the model's shapes: a shape check in the library failed ({what})")
 
 

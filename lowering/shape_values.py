@@ -55,6 +55,55 @@ def _provably_non_negative(e: Any) -> bool:
     return bool(analyzer.can_prove(e >= 0))
 
 
+def _provably_equal(a: Any, b: Any) -> bool:
+    """True if the dims `a` and `b` (ints or TIR expressions) are equal for every value of their variables."""
+    diff = a - b if isinstance(a, int) and isinstance(b, int) else _simplify(a - b)
+    return isinstance(diff, int) and diff == 0
+
+
+def _may_copy(d: Any, dim: Any) -> bool:
+    """True if a Reshape's shape element `d` (allowzero=0) may be 0 when the library runs and then copy an input
+    `dim` that differs from 0: False where `d` is a constant or provably >= 1, equals `dim`, or is a variable whose
+    0 makes `dim` 0 too (`[B * S, 40] -> [B, S, 40]`: B = 0 empties the input's first dim)."""
+    from tvm import sym, tirx
+
+    if isinstance(d, int) or _provably_equal(d, dim) or _provably_positive(d):
+        return False
+    if isinstance(d, tirx.Var) and not isinstance(dim, int):
+        at_zero = sym.Analyzer()
+        at_zero.bind(d, tirx.const(0, "int64"))  # shape dims are int64
+        if isinstance(zero := at_zero.simplify(dim), tirx.IntImm) and int(zero.value) == 0:
+            return False
+    return not (isinstance(dim, int) and dim == 0)
+
+
+def _inferred(dims: list, in_dims: list) -> list:
+    """`dims` with its -1 (at most one) made the input's size over the product of the others (1 where that is 0:
+    no run-time division by zero; the size check then refuses what cannot fit)."""
+    if -1 not in dims:
+        return dims
+    from tvm import tirx
+
+    total, known = 1, 1
+    for d in in_dims:
+        total = total * d
+    for d in dims:
+        if not (isinstance(d, int) and d == -1):
+            known = known * d
+    if isinstance(total, int) and isinstance(known, int):
+        missing = total // known if known else 0
+    else:
+        missing = _simplify(tirx.floordiv(total, known))
+        if not (_provably_positive(known) or _provably_equal(missing * known, total)):
+            missing = _simplify(tirx.floordiv(total, tirx.max(known, 1)))
+    return [missing if isinstance(d, int) and d == -1 else d for d in dims]
+
+
+def _provably_positive(e: Any) -> bool:
+    """True if `e` >= 1 for every value of its TIR variables (tensor dims, so each >= 0)."""
+    return _provably_non_negative(e - 1)
+
+
 def tirx_ceildiv(a: Any, b: int) -> Any:
     from tvm import tirx
 
@@ -329,14 +378,31 @@ class ShapeEvaluator:
             return None
         data = self.lowering.exprs[n.inputs[0]]
         in_dims = self._input_shape(n.inputs[0])
-        dims = []
-        for i, d in enumerate(target.dims):
-            if isinstance(d, int) and d == 0 and not n.attr("allowzero", 0):
-                if in_dims is None or i >= len(in_dims):
+        copies = not n.attr("allowzero", 0)
+        if in_dims is None:  # an input of unknown shape: the dims as written (Relax infers a -1), no 0 to copy
+            if copies and any(isinstance(_simplify(d), int) and _simplify(d) == 0 for d in target.dims):
+                return None
+            return self.lowering.bb.emit(relax.op.reshape(data, relax.ShapeExpr([_simplify(d) for d in target.dims])))
+        dims, risky = [], []
+        for i, d in enumerate(_simplify(d) for d in target.dims):
+            if copies and isinstance(d, int) and d == 0:
+                if i >= len(in_dims):
                     return None
                 d = in_dims[i]
+            elif isinstance(d, int) and d < -1:
+                return None
+            elif copies and i < len(in_dims) and _may_copy(d, in_dims[i]):
+                risky.append((i, d, in_dims[i]))
             dims.append(d)
-        return self.lowering.bb.emit(relax.op.reshape(data, relax.ShapeExpr([_simplify(d) for d in dims])))
+        if dims.count(-1) > 1:
+            return None
+        from .ops.shape import checked_reshape, zero_copies_checked
+
+        bb = self.lowering.bb
+        if risky:  # lowered for the dims as written; the call fails where a 0 would copy another dim instead
+            name = n.name or next((o.name for o in n.outputs if o is not None), "")
+            data = zero_copies_checked(bb, data, in_dims, risky, f"Reshape node '{name}'")
+        return bb.emit(checked_reshape(bb, data, in_dims, _inferred(dims, in_dims)))
 
     def _op_Expand(self, n: Node):
         from .broadcast import broadcast_to

@@ -316,6 +316,76 @@ def test_reshape_of_a_symbolic_input_checks_the_size_when_it_runs(shape, ok, bad
     assert "do not fit the model's shapes" in proc.stderr
 
 
+def _reshape_to_computed_dims(target: str) -> onnx.ModelProto:
+    """x [B, S, 24] -> h = x.reshape(-1, 24) @ W [B*S, 40] -> h.reshape(Concat(Shape(x)[0:2], tail)), tail [-1]
+    ("minus_one") or [40] ("forty"). At S = 0 the shape's 0 copies h's dim 1 (ONNX, allowzero=0): with -1 the
+    graph gives [B, 40, 0] (onnxruntime), not [B, 0, 40]; with 40 it refuses the inputs (0 elements as [B, 40, 40])."""
+    w = numpy_helper.from_array(np.arange(24 * 40, dtype=np.float32).reshape(24, 40) / 100, "w")
+    i64 = lambda v, n: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["x2"]), helper.make_node("MatMul", ["x2", "w"], ["h"]),
+             helper.make_node("Shape", ["x"], ["shp"]), helper.make_node("Slice", ["shp", "z", "two"], ["bs"]),
+             helper.make_node("Concat", ["bs", "tail"], ["s2"], axis=0), helper.make_node("Reshape", ["h", "s2"], ["y"])]
+    tail = [-1] if target == "minus_one" else [40]
+    return _model(nodes, [_in("x", ["B", "S", 24])], [_out()],
+                  [w, i64([-1, 24], "s1"), i64([0], "z"), i64([2], "two"), i64(tail, "tail")])
+
+
+@pytest.mark.parametrize("target", ["minus_one", "forty"])
+def test_a_computed_reshape_dim_that_is_0_when_it_runs_is_refused_not_given_the_wrong_shape(target, tmp_path):
+    """A symbolic dim of a Reshape's computed shape that is 0 when the library runs copies the input's dim there
+    (ONNX, allowzero=0): the library (lowered for the dims as written) gave [3, 0, 40] where the graph gives
+    [3, 40, 0]. It now fails the call with one line naming the node (an in-place check, no copy); other sizes as
+    onnxruntime; the CLI exits 2 with one line."""
+    model = _reshape_to_computed_dims(target)
+    module = optc.compile(model)
+    assert "optc_reshape_zero_check" in optc.lowering.lower(optc.from_onnx(model)).script()
+    for b, s in [(3, 2), (1, 5), (2, 1)]:
+        x = np.random.default_rng(b + s).standard_normal((b, s, 24)).astype(np.float32)
+        want = run_ort(model, {"x": x})[0]
+        got = module.run({"x": x})["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    x0 = np.zeros((3, 0, 24), np.float32)
+    if target == "minus_one":
+        assert run_ort(model, {"x": x0})[0].shape == (3, 40, 0)
+    else:
+        with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error type
+            run_ort(model, {"x": x0})
+    with pytest.raises(optc.OptcError, match=r"^the library cannot run these inputs: Reshape node 'y': dim 1 of its "
+                                             r"shape is 0 when it runs, which ONNX reads as 'copy the input's dim'"):
+        module.run({"x": x0})
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", x=x0)
+    subprocess.run([sys.executable, "-m", "optc.tools.cli", "compile", str(tmp_path / "m.onnx"), "-o",
+                    str(tmp_path / "m.so"), "-q"], check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "optc.tools.cli", "run", str(tmp_path / "m.so"), "--inputs",
+                           str(tmp_path / "x.npz")], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "copy the input's dim" in proc.stderr
+
+
+def test_computed_reshape_dims_that_cannot_copy_another_dim_get_no_check():
+    """[B * S, 40] -> Concat(Shape(x)[0:1], [-1]) = [B, -1]: where B is 0 the input's dim 0 (B * S) is 0 too, so
+    its copy changes nothing: no check kernel, and outputs as onnxruntime's (B = 0: onnxruntime refuses a -1 beside
+    a 0; optc gives the empty result)."""
+    w = numpy_helper.from_array(np.ones((24, 40), np.float32), "w")
+    i64 = lambda v, n: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["x2"]), helper.make_node("MatMul", ["x2", "w"], ["h"]),
+             helper.make_node("Shape", ["x"], ["shp"]), helper.make_node("Slice", ["shp", "z", "one"], ["b"]),
+             helper.make_node("Concat", ["b", "m1"], ["s2"], axis=0), helper.make_node("Reshape", ["h", "s2"], ["y"])]
+    model = _model(nodes, [_in("x", ["B", "S", 24])], [_out()],
+                   [w, i64([-1, 24], "s1"), i64([0], "z"), i64([1], "one"), i64([-1], "m1")])
+    assert "optc_reshape_zero_check" not in optc.lowering.lower(optc.from_onnx(model)).script()
+    module = optc.compile(model)
+    for b, s in [(2, 3), (0, 3), (2, 0), (0, 0)]:
+        x = np.ones((b, s, 24), np.float32)
+        want = run_ort(model, {"x": x})[0] if b else None
+        got = module.run({"x": x})["y"]
+        if want is not None:
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("depth", [np.array(5, np.int64), np.array([5], np.int64), np.array(5.7, np.float32)])
 @pytest.mark.parametrize("axis", [-1, 0, 1])
 def test_one_hot_depth_of_any_rank(depth, axis):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import relax, tirx
+from tvm.script import tirx as T
 
 from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse
 
@@ -74,6 +75,46 @@ def _checked_size(bb, x, total, out: list):
         return x
     flat = bb.normalize(relax.op.reshape(x, [total]))
     return bb.match_cast(flat, relax.TensorType([want], dtype_of(x)))
+
+
+def zero_copies_checked(bb, x, dims: list, copies: list[tuple], label: str):
+    """x (dims `dims`) as a flat view, after a run-time check of each `(i, d, dim)` of `copies` (shape element `d`
+    of a Reshape, a symbolic dim, at index i where the input's dim is `dim`): the call fails with `ZERO_COPY_ERROR`
+    (one line naming `label`) when d is 0 and dim is not. A 0 in a Reshape's shape copies the input's dim there
+    (ONNX, allowzero=0), a shape the library, lowered for the dims as written, does not compute: refused, not
+    given the wrong shape. The check is an in-place call of a kernel that only asserts (no copy of x)."""
+    from ...runtime import ZERO_COPY_ERROR
+
+    total = _product(dims)
+    flat = bb.emit(reshape_exactly(x, [total]))
+    dtype = dtype_of(x)
+    for i, d, dim in copies:
+        message = (f"{ZERO_COPY_ERROR}{label}: dim {i} of its shape is 0 when it runs, which ONNX reads as 'copy the "
+                   "input's dim' (allowzero=0), a shape this library was not compiled for")
+        check = bb.add_func(_zero_copy_check(dtype, message), "optc_reshape_zero_check")
+        args = [flat, relax.prim_value(d), relax.prim_value(dim if not isinstance(dim, int) else tirx.const(dim, "int64"))]
+        flat = bb.emit(relax.call_tir_inplace(check, args, [0], relax.TensorType([total], dtype)))
+    return flat
+
+
+def _zero_copy_check(dtype: str, message: str):
+    """A PrimFunc `(x dtype[n], d int64, dim int64) -> x` (in place) that fails the call with `message` when d is 0
+    and dim is not; it reads and writes nothing (opaque, scheduled: no rule or fusion moves the assert)."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def zero_copy_check(var_x: T.handle, d: T.int64, dim: T.int64):
+        T.func_attr({"tirx.noalias": True, "op_pattern": 8, "tirx.is_scheduled": True})
+        n = T.int64()
+        T.match_buffer(var_x, (n,), dtype)
+        for i in range(1):  # (one compute block: TVM's layout-rewrite split rejects a kernel without one)
+            with T.sblock("check"):
+                T.axis.spatial(1, i)
+                T.reads()
+                T.writes()
+                assert d != T.int64(0) or dim == T.int64(0), message
+                T.evaluate(0)
+
+    return zero_copy_check
 
 
 def reshape_exactly(x, out: list):
