@@ -51,6 +51,8 @@ def level_spec(level: int, runtime: str | None = None) -> str:
     ("standard" / "onnxruntime"): with the transformer fusions for it (-O2 and -O3). Raises OptcError for an
     unknown level or runtime."""
     tf = [f"fuse-transformer{{runtime={check_runtime(runtime)}}}"] if runtime is not None else []
+    # for optc's own lowering, which checks a Reshape's computed zeros at run time, their ONNX types hold
+    infer = "infer-shapes{checked-zeros=true}" if runtime == "optc" else "infer-shapes"
     noops = ["eliminate-noops"] if _has("eliminate-noops") else []
     canon = ["canonicalize{fold=true}"] if _has("canonicalize") else []
     if level == 0:
@@ -60,12 +62,12 @@ def level_spec(level: int, runtime: str | None = None) -> str:
     if level == 2:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
         # Fusions before cse: merging two Convs that feed different BatchNorms would block both fusions.
-        return ",".join(["remove-initializer-inputs", "infer-shapes", "fold-constants", *noops_f, *canon, *_fuse(), *tf,
+        return ",".join(["remove-initializer-inputs", infer, "fold-constants", *noops_f, *canon, *_fuse(), *tf,
                          *_plugin_sets(2), "cse", "fold-constants", "dce"])
     if level == 3:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
         group = ",".join(["fold-constants", *noops_f, *canon, *_fuse(), *tf, *_plugin_sets(3), "cse", "dce"])
-        return f"remove-initializer-inputs,infer-shapes,fixed-point{{max-iterations=8}}({group}),infer-shapes,fixed-point{{max-iterations=8}}({group})"
+        return f"remove-initializer-inputs,{infer},fixed-point{{max-iterations=8}}({group}),{infer},fixed-point{{max-iterations=8}}({group})"
     raise OptcError(f"unknown optimization level {level} (use 0, 1, 2 or 3)")
 
 
@@ -159,7 +161,9 @@ def optimize(model: Model | onnx.ModelProto | str | os.PathLike, level: int = DE
     that may not fire / the only ones that may. `size_limit`: the largest tensor (bytes, or a size such as
     "64MB"; None: unlimited) that constant folding may create when the fold grows the model (1 MiB by
     default). `runtime`: "standard" or "onnxruntime" also fuses transformer blocks (attention, layer norms, Gelu)
-    into standard ONNX ops the model's opset has, or into onnxruntime's com.microsoft contrib ops (None: not).
+    into standard ONNX ops the model's opset has, or into onnxruntime's com.microsoft contrib ops (None: not);
+    "optc": the forms optc's own lowering takes (`optc.compile`), which also trusts the types of Reshapes whose
+    computed zeros that lowering checks when it runs (`infer-shapes{checked-zeros=true}`): not for other runtimes.
     Raises OptcError for an unknown rule name, runtime or a bad size."""
     from ..ir.io import load
 

@@ -266,3 +266,42 @@ def test_shape_of_repeated_heads_refuses_a_shape_with_start():
     infer_model_types(model)
     node = next(n for n in model.graph if n.op_type == "Slice")
     assert "Shape with start or end" in explain(ShapeOfRepeatedHeads, node, model)
+
+
+def dynamic_repeat_graph(kv: int = 2):
+    """A Llama-style dynamic-axes export's repeat_interleave: K/V [B, kv, T, H] -> Unsqueeze -> Tile(rep) ->
+    Reshape to Concat(Shape(t)[0:1], [-1], Shape(t)[3:5]) = [B, -1, T, H], computed when the graph runs; the
+    attention core on q [B, N, T, H] (scale, no mask)."""
+    g = G()
+
+    def rep(x):
+        t = g.op("Tile", g.op("Unsqueeze", x, i64([2])), i64([1, 1, N // kv, 1, 1]))
+        shape = g.op("Shape", t)
+        target = g.op("Concat", g.op("Slice", shape, i64([0]), i64([1])), i64([-1]),
+                      g.op("Slice", shape, i64([3]), i64([5])), axis=0)
+        return g.op("Reshape", t, target)
+
+    s = g.op("Mul", g.op("MatMul", "q", g.op("Transpose", rep("k"), perm=[0, 1, 3, 2])), np.array(H ** -0.5, np.float32))
+    y = g.op("MatMul", g.op("Softmax", s, axis=-1), rep("v"))
+    return g.model([("q", F, ["B", N, "T", H]), ("k", F, ["B", kv, "T", H]), ("v", F, ["B", kv, "T", H])], [y], 23)
+
+
+def test_a_dynamic_repeat_fuses_for_optcs_lowering_which_checks_its_computed_zero():
+    """[B, -1, T, H] computed from Shape(t): at T = 0 ONNX's Reshape copies t's dim 2 there (allowzero=0), so for
+    ONNX out its types stay unnamed and nothing fuses (negative). For optc's own lowering (`optc compile`'s
+    pipeline, `infer-shapes{checked-zeros=true}`: its library fails the call where such a 0 would copy another
+    dim) the types hold: grouped-query attention fuses, and the library computes what onnxruntime does."""
+    proto = dynamic_repeat_graph()
+    standard = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
+    assert "Attention" not in ops(standard)
+    lowered = optc.optimize(optc.from_onnx(proto), level=2, runtime="optc")
+    assert "Attention" in [n.op_type for n in lowered.graph] and "Tile" not in [n.op_type for n in lowered.graph]
+    module = optc.compile(proto)
+    rng = np.random.default_rng(3)
+    for b, t in [(1, 1), (2, 5), (1, 17)]:
+        feed = {"q": rng.normal(0, 1, (b, N, t, H)).astype(np.float32),
+                "k": rng.normal(0, 1, (b, 2, t, H)).astype(np.float32),
+                "v": rng.normal(0, 1, (b, 2, t, H)).astype(np.float32)}
+        want = run_ort(proto, feed)[0]
+        got = next(iter(module.run(feed).values()))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

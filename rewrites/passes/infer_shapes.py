@@ -128,7 +128,7 @@ def _int64_constants(gp: onnx.GraphProto) -> dict:
 
 
 def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto],
-                   crops: bool = True) -> dict[str, onnx.TypeProto]:
+                   crops: bool = True, checked_zeros: bool = False) -> dict[str, onnx.TypeProto]:
     """Dims ONNX's inference leaves unnamed in a dynamic-shape export, where they follow from what it knows (each
     sound for every input the graph runs on, unlike onnxruntime's symbolic inference, which takes two symbols that
     meet in a broadcast to be equal):
@@ -144,7 +144,8 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
     - a broadcast of t against 1, t or crops of t is t (`_broadcast_type`).
 
     `inferred`: the value types known (by name); `crops`: name crops (not where the model's inputs name a dim
-    like one). Returns the types it completed, by value name."""
+    like one); `checked_zeros`: computed Reshape elements need not be `_zero_safe` (see `infer_model_types`).
+    Returns the types it completed, by value name."""
     gp = gp_model.graph
     types = dict(inferred)
     for vi in gp.input:
@@ -166,7 +167,7 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
         unknown = [i for i, d in enumerate(y_dims) if d is None]
         pieces = _shape_pieces(n.input[1], producers, constants, types)
         if len(unknown) != 1 or None in x_dims or pieces is None or len(pieces) != len(y_dims) or \
-                pieces[unknown[0]] != -1 or not _zero_safe(pieces, x_dims, y_dims):
+                pieces[unknown[0]] != -1 or not (checked_zeros or _zero_safe(pieces, x_dims, y_dims)):
             continue
         x_syms = sorted(d for d in x_dims if isinstance(d, str))
         y_syms = sorted(d for d in y_dims if isinstance(d, str))
@@ -486,8 +487,13 @@ def _opaque_shapes(proto: onnx.ModelProto, outputs: set[str]) -> onnx.ModelProto
     return given
 
 
-def infer_model_types(model: Model) -> int:
-    """Whole-model inference; returns how many value types were filled in (raises on failure)."""
+def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
+    """Whole-model inference; returns how many value types were filled in (raises on failure).
+
+    A Reshape (allowzero 0) whose computed shape element may be 0 at run time copies the input's dim there, so the
+    dims ONNX's inference gives it hold only while no such element is 0: they are left unnamed, unless
+    `checked_zeros` (the model is lowered by optc, whose library fails the call where such a 0 would copy another
+    dim: `lowering.ops.shape.zero_copies_checked`), where they hold for every input the library runs."""
     from ...ir.onnx_export import to_onnx
 
     source = to_onnx(model, _stub_writer)
@@ -501,7 +507,7 @@ def infer_model_types(model: Model) -> int:
         types = dict(known)
         _collect(inferred.graph, types)
         for _ in range(_RESOLVE_ROUNDS):
-            resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops).items()
+            resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops, checked_zeros).items()
                         if known.get(name) != tp}
             if not resolved:
                 break
@@ -511,7 +517,8 @@ def infer_model_types(model: Model) -> int:
             _collect(inferred.graph, types)
         # Reshapes whose types hold only while no computed shape element is 0: again, their shapes hidden from
         # ONNX's data propagation (each round can only add some: the types they rested on were resolved)
-        more = {k: v for k, v in _zero_copying_reshapes(inferred, types).items() if k not in opaque}
+        more = {} if checked_zeros else {k: v for k, v in _zero_copying_reshapes(inferred, types).items()
+                                         if k not in opaque}
         if not more:
             break
         opaque.update(more)
@@ -592,8 +599,12 @@ class InferShapes(Pass):
                                   "propagation; no rewrites)")
     option_help: ClassVar[dict[str, str]] = {
         "nodewise": "infer node by node (slower; for models whole-model inference rejects)",
+        "checked-zeros": "keep ONNX's types of Reshapes whose computed shape element may be 0 at run time (which "
+                         "then copies the input's dim): for a model optc lowers, whose library fails the call where "
+                         "such a 0 would copy another dim (optc compile's pipeline)",
     }
     nodewise: bool = False
+    checked_zeros: bool = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         inferred = 0
@@ -601,7 +612,7 @@ class InferShapes(Pass):
         done_main = False
         if not self.nodewise:
             try:
-                inferred += infer_model_types(model)
+                inferred += infer_model_types(model, checked_zeros=self.checked_zeros)
                 done_main = True
             except Exception:
                 done_main = False
