@@ -22,8 +22,8 @@ __all__ = ["LIBRARY_SUFFIX", "Module", "load"]
 LIBRARY_SUFFIX = ".so"  # what an artifact's library is called (export_library links a shared object)
 #: how the message starts when a library's call fails on an out-of-range index (`lowering.ops.indexing`)
 INDEX_ERROR = "optc index out of range: "
-#: ... when a 0 in a Reshape's run-time shape would copy a dim the library was not compiled for (`lowering.ops.shape`)
-ZERO_COPY_ERROR = "optc zero copies a dim: "
+#: ... when one of its run-time checks of what it cannot compute fails (`lowering.run_checks`)
+CHECK_ERROR = "optc run-time check failed: "
 
 
 def _fmt_shape(shape) -> str:
@@ -248,8 +248,8 @@ def _check_failure(exc: Exception) -> Exception:
     if INDEX_ERROR in text:
         message = text[text.index(INDEX_ERROR) + len(INDEX_ERROR):].splitlines()[0]
         return OptcError(f"the inputs do not fit the model: {message}")
-    if ZERO_COPY_ERROR in text:
-        message = text[text.index(ZERO_COPY_ERROR) + len(ZERO_COPY_ERROR):].splitlines()[0]
+    if CHECK_ERROR in text:
+        message = text[text.index(CHECK_ERROR) + len(CHECK_ERROR):].splitlines()[0]
         return OptcError(f"the library cannot run these inputs: {message}")
     if "match_cast" not in text:
         return exc

@@ -538,9 +538,10 @@ class _Rule(ScheduleRule):
             if sch is not None:
                 _init_before_symbolic_reductions(sch)
             return sch
-        # InternalError: e.g. fusing a zero-extent loop divides by 0; ValueError: reverse_compute_at of an
-        # epilogue that reads the output at an offset ("TensorRegion pattern match failed")
-        except (s_tir.ScheduleError, InternalError, ValueError):
+        # InternalError: e.g. fusing a zero-extent loop divides by 0 (ZeroDivisionError: a recipe's own tile
+        # arithmetic on a zero extent); ValueError: reverse_compute_at of an epilogue that reads the output at an
+        # offset ("TensorRegion pattern match failed")
+        except (s_tir.ScheduleError, InternalError, ValueError, ZeroDivisionError):
             return None
 
     def schedule(self, func, target: Target):

@@ -67,7 +67,7 @@ def _may_copy(d: Any, dim: Any) -> bool:
     0 makes `dim` 0 too (`[B * S, 40] -> [B, S, 40]`: B = 0 empties the input's first dim)."""
     from tvm import sym, tirx
 
-    if isinstance(d, int) or _provably_equal(d, dim) or _provably_positive(d):
+    if isinstance(d, int) or _provably_equal(d, dim) or provably_positive(d):
         return False
     if isinstance(d, tirx.Var) and not isinstance(dim, int):
         at_zero = sym.Analyzer()
@@ -94,12 +94,12 @@ def _inferred(dims: list, in_dims: list) -> list:
         missing = total // known if known else 0
     else:
         missing = _simplify(tirx.floordiv(total, known))
-        if not (_provably_positive(known) or _provably_equal(missing * known, total)):
+        if not (provably_positive(known) or _provably_equal(missing * known, total)):
             missing = _simplify(tirx.floordiv(total, tirx.max(known, 1)))
     return [missing if isinstance(d, int) and d == -1 else d for d in dims]
 
 
-def _provably_positive(e: Any) -> bool:
+def provably_positive(e: Any) -> bool:
     """True if `e` >= 1 for every value of its TIR variables (tensor dims, so each >= 0)."""
     return _provably_non_negative(e - 1)
 

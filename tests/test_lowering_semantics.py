@@ -446,3 +446,32 @@ def test_tvm_native_warnings_never_reach_the_user(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert proc.stdout.strip() == "refused"
     assert "BlockBuilder" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.INT64])
+def test_arg_reductions_over_an_empty_axis_fail_rather_than_give_minus_one(op, dtype):
+    """ArgMax / ArgMin over an axis that is empty when the library runs: an empty slice has no index (onnxruntime
+    and the reference evaluator fail); TVM's kernel gave -1. The call now fails with one line naming the node
+    (a run-time check, none where the axis is static and nonempty); an empty result (B = 0) and nonempty axes as
+    onnxruntime's; a static empty axis is refused when compiling."""
+    node = helper.make_node(op, ["a"], ["y"], axis=1, keepdims=0)
+    model = _model([node], [_in("a", ["B", "S", 3], dtype)], [_out("y", TensorProto.INT64)], opset=13)
+    module = optc.compile(model)
+    np_type = np.float32 if dtype == TensorProto.FLOAT else np.int64
+    for shape in [(2, 4, 3), (1, 1, 3), (0, 0, 3), (0, 5, 3)]:
+        a = np.random.default_rng(sum(shape)).integers(-3, 3, shape).astype(np_type)
+        got = module.run({"a": a})["y"]
+        if a.size:
+            np.testing.assert_array_equal(got, run_ort(model, {"a": a})[0])
+        else:
+            assert got.shape == (0, 3)
+    empty = np.zeros((2, 0, 3), np_type)
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error type
+        run_ort(model, {"a": empty})
+    with pytest.raises(optc.OptcError, match=rf"^the library cannot run these inputs: {op} node 'y': axis 1 is empty"):
+        module.run({"a": empty})
+    static = _model([node], [_in("a", [2, 4, 3], dtype)], [_out("y", TensorProto.INT64)], opset=13)
+    assert "optc_empty_axis_check" not in optc.lowering.lower(optc.from_onnx(static)).script()
+    with pytest.raises(optc.OptcError, match="axis 1 is empty"):
+        optc.compile(_model([node], [_in("a", [2, 0, 3], dtype)], [_out("y", TensorProto.INT64)], opset=13))

@@ -206,3 +206,26 @@ def test_rotary_embedding_3d_partial_without_position_ids(interleaved):
     got = _run(model, feeds)
     _check(got, run_reference(model, feeds))
     np.testing.assert_array_equal(got[0].reshape(2, 4, 2, 8)[..., 4:], feeds["X"].reshape(2, 4, 2, 8)[..., 4:])
+
+
+@pytest.mark.parametrize("sq, skv", [(0, 4), (4, 0), (0, 0)])
+def test_attention_with_a_static_empty_sequence_compiles(sq, skv):
+    """Attention whose static query or key length is 0 failed to build (the matmul schedule's tile arithmetic
+    divided by the zero extent; such kernels now keep TVM's default schedule). sq = 0: an empty result; skv = 0:
+    P @ V sums over no key, so zeros (onnxruntime refuses both lengths, the reference evaluator skv = 0)."""
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.standard_normal((1, 2, sq, 8)).astype(np.float32),
+             "k": rng.standard_normal((1, 2, skv, 8)).astype(np.float32),
+             "v": rng.standard_normal((1, 2, skv, 8)).astype(np.float32)}
+    (y,) = _run(_model("Attention", feeds, ["y"]), feeds)
+    assert y.shape == (1, 2, sq, 8)
+    np.testing.assert_array_equal(y, np.zeros_like(y))
+
+
+def test_matmul_over_a_static_empty_inner_dim_is_zeros_as_onnxruntime():
+    """[4, 0] @ [0, 40], the zero-extent reduction beside the attention case above: zeros, as onnxruntime (and a
+    nonempty inner dim of 3, the register-tiled kernel's, as onnxruntime)."""
+    for k in (0, 3):
+        feeds = {"a": np.ones((4, k), np.float32), "b": np.ones((k, 40), np.float32)}
+        model = _model("MatMul", feeds, ["y"], opset=18)
+        _check(_run(model, feeds), run_ort(model, feeds))

@@ -96,7 +96,8 @@ def global_max_pool(bb, inputs, attrs, ctx):
 def _arg(op_type: str):
     @converter("", op_type)
     def arg(bb, inputs, attrs, ctx):
-        x = inputs[0]
+        x = _nonempty_axis(bb, inputs[0], attrs.get("axis", 0), op_type, ctx)
+        inputs = [x, *inputs[1:]]
         result = bb.normalize(lookup_frontend(op_type, ctx.opset)(bb, inputs, attrs, ctx))
         if not _is_float(x):
             return result
@@ -109,6 +110,30 @@ def _arg(op_type: str):
         return relax.op.where(has_nan, first_nan, result)
 
     return arg
+
+
+def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
+    """x, checked to have a nonempty `axis` where the result has elements: an index of an empty slice does not
+    exist (onnxruntime and the reference fail; TVM's kernel gave -1). Refused now when the dims are constants, else
+    the library's call fails (`run_checks`); x as it is where the axis is provably nonempty or the result empty."""
+    from ..run_checks import fail_if_zero
+    from ..shape_values import provably_positive
+    from .shape import product, reshape_exactly
+
+    dims = dims_of(x)
+    if dims is None or not -len(dims) <= axis < len(dims):
+        return x
+    axis %= len(dims)
+    length, rest = dims[axis], product(dims[:axis] + dims[axis + 1:])
+    if provably_positive(length) or isinstance(rest, int) and rest == 0:
+        return x
+    name = ctx.node.name or next((o.name for o in ctx.node.outputs if o is not None), "")
+    what = f"{op_type} node '{name}': axis {axis} is empty, and an empty slice has no index"
+    if isinstance(length, int) and isinstance(rest, int):
+        raise refuse(what)
+    flat = fail_if_zero(bb, bb.emit(reshape_exactly(x, [product(dims)])), length, rest, "optc_empty_axis_check",
+                        f"{what} (onnxruntime fails too)")
+    return bb.emit(reshape_exactly(flat, dims))
 
 
 _arg("ArgMax")

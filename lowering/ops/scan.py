@@ -13,17 +13,12 @@ itself out (the first sum is 0), `reverse` sums from the end.
 
 from __future__ import annotations
 
-from functools import reduce
-
 from tvm import relax, te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..converters import constant_value, converter, dims_of, refuse
-
-
-def _product(dims: list):
-    return reduce(lambda a, b: a * b, dims, 1)
+from .shape import product
 
 
 def _scan_ir(data, out, exclusive: bool, reverse: bool):
@@ -70,7 +65,7 @@ def cum_sum(bb, inputs, attrs, ctx):
     if dims is None:
         raise refuse("CumSum of an input of unknown shape is not supported by the TVM back end")
     axis = _axis(x, inputs[1])
-    view = [_product(dims[:axis]), dims[axis], _product(dims[axis + 1:])]
+    view = [product(dims[:axis]), dims[axis], product(dims[axis + 1:])]
     y = bb.normalize(relax.op.reshape(x, view))
     y = bb.emit_te(_scan, y, bool(attrs.get("exclusive", 0)), bool(attrs.get("reverse", 0)))
     return relax.op.reshape(y, x.ty.shape)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import relax, tirx
-from tvm.script import tirx as T
 
 from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse
 
@@ -35,11 +34,11 @@ def reshape(bb, inputs, attrs, ctx):
         out.append(d)
     if out.count(-1) > 1:
         raise refuse("Reshape to a shape with more than one -1")
-    total = _product(in_dims)
+    total = product(in_dims)
     if -1 in out:
         if any(isinstance(d, int) and d == 0 for d in out):
             raise refuse("Reshape with both -1 and a 0 dim (allowzero=1) is ambiguous")
-        known = _product(d for d in out if not (isinstance(d, int) and d == -1))
+        known = product(d for d in out if not (isinstance(d, int) and d == -1))
         out[out.index(-1)] = tirx.floordiv(total, known) if not isinstance(total * known, int) else total // known
     return checked_reshape(bb, x, in_dims, out, total)
 
@@ -47,10 +46,10 @@ def reshape(bb, inputs, attrs, ctx):
 def checked_reshape(bb, x, dims: list, out: list, total=None):
     """x (dims `dims`) reshaped to `out` (ints or TIR dims, no -1), with a run-time check that the sizes agree
     where they depend on symbolic dims (`_checked_size`); `total`: x's size when the caller has it."""
-    return reshape_exactly(_checked_size(bb, x, _product(dims) if total is None else total, out), out)
+    return reshape_exactly(_checked_size(bb, x, product(dims) if total is None else total, out), out)
 
 
-def _product(dims):
+def product(dims):
     """The product of dims (ints, or TIR expressions where symbolic); 1 for none."""
     result = 1
     for d in dims:
@@ -65,7 +64,7 @@ def _checked_size(bb, x, total, out: list):
     equal for every value of the dims."""
     from tvm.sym.analyzer import Analyzer
 
-    want = _product(out)
+    want = product(out)
     if isinstance(total, int) and isinstance(want, int):
         if total != want:
             raise refuse(f"Reshape of {total} elements to a shape of {want}")
@@ -79,42 +78,18 @@ def _checked_size(bb, x, total, out: list):
 
 def zero_copies_checked(bb, x, dims: list, copies: list[tuple], label: str):
     """x (dims `dims`) as a flat view, after a run-time check of each `(i, d, dim)` of `copies` (shape element `d`
-    of a Reshape, a symbolic dim, at index i where the input's dim is `dim`): the call fails with `ZERO_COPY_ERROR`
-    (one line naming `label`) when d is 0 and dim is not. A 0 in a Reshape's shape copies the input's dim there
-    (ONNX, allowzero=0), a shape the library, lowered for the dims as written, does not compute: refused, not
-    given the wrong shape. The check is an in-place call of a kernel that only asserts (no copy of x)."""
-    from ...runtime import ZERO_COPY_ERROR
+    of a Reshape, a symbolic dim, at index i where the input's dim is `dim`): the call fails (one line naming
+    `label`, `run_checks.CHECK_ERROR`) when d is 0 and dim is not. A 0 in a Reshape's shape copies the input's dim
+    there (ONNX, allowzero=0), a shape the library, lowered for the dims as written, does not compute: refused, not
+    given the wrong shape."""
+    from ..run_checks import fail_if_zero
 
-    total = _product(dims)
-    flat = bb.emit(reshape_exactly(x, [total]))
-    dtype = dtype_of(x)
+    flat = bb.emit(reshape_exactly(x, [product(dims)]))
     for i, d, dim in copies:
-        message = (f"{ZERO_COPY_ERROR}{label}: dim {i} of its shape is 0 when it runs, which ONNX reads as 'copy the "
-                   "input's dim' (allowzero=0), a shape this library was not compiled for")
-        check = bb.add_func(_zero_copy_check(dtype, message), "optc_reshape_zero_check")
-        args = [flat, relax.prim_value(d), relax.prim_value(dim if not isinstance(dim, int) else tirx.const(dim, "int64"))]
-        flat = bb.emit(relax.call_tir_inplace(check, args, [0], relax.TensorType([total], dtype)))
+        flat = fail_if_zero(bb, flat, d, dim, "optc_reshape_zero_check",
+                            f"{label}: dim {i} of its shape is 0 when it runs, which ONNX reads as 'copy the input's "
+                            "dim' (allowzero=0), a shape this library was not compiled for")
     return flat
-
-
-def _zero_copy_check(dtype: str, message: str):
-    """A PrimFunc `(x dtype[n], d int64, dim int64) -> x` (in place) that fails the call with `message` when d is 0
-    and dim is not; it reads and writes nothing (opaque, scheduled: no rule or fusion moves the assert)."""
-
-    @T.prim_func(private=True, s_tir=True)
-    def zero_copy_check(var_x: T.handle, d: T.int64, dim: T.int64):
-        T.func_attr({"tirx.noalias": True, "op_pattern": 8, "tirx.is_scheduled": True})
-        n = T.int64()
-        T.match_buffer(var_x, (n,), dtype)
-        for i in range(1):  # (one compute block: TVM's layout-rewrite split rejects a kernel without one)
-            with T.sblock("check"):
-                T.axis.spatial(1, i)
-                T.reads()
-                T.writes()
-                assert d != T.int64(0) or dim == T.int64(0), message
-                T.evaluate(0)
-
-    return zero_copy_check
 
 
 def reshape_exactly(x, out: list):
@@ -137,7 +112,7 @@ def flatten(bb, inputs, attrs, ctx):
         raise refuse(f"Flatten axis {axis} is out of range for a rank-{len(dims)} input")
     if axis < 0:
         axis += len(dims)
-    return reshape_exactly(x, [_product(dims[:axis]), _product(dims[axis:])])
+    return reshape_exactly(x, [product(dims[:axis]), product(dims[axis:])])
 
 
 def _slice_args(inputs):

@@ -1,0 +1,50 @@
+"""Run-time checks of what the compiled library cannot compute: the call fails with one line (`CHECK_ERROR`, which
+`runtime.Module.run` turns into an OptcError) instead of returning a result of the wrong shape or values.
+
+A check is an in-place call (`call_tir_inplace`, no copy) of a kernel that reads and writes nothing and only asserts
+on dims passed as scalars; the tensor it is called on carries the data dependence, so no pass removes it. The
+kernel runs on the host on every target (it has no thread binding and touches no memory).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import relax, tirx
+from tvm.script import tirx as T
+
+from ..runtime import CHECK_ERROR  # how the message starts when such a check fails the library's call
+from .converters import dtype_of
+
+
+def fail_if_zero(bb, x, length: Any, unless: Any, name: str, message: str):
+    """x (a 1-d tensor of any dtype) after a check that fails the call with `message` (one line) when `length` is 0
+    and `unless` is not (int64 dims: TIR expressions or ints). Returns the checked x (the same buffer). `name`: the
+    kernel's name hint."""
+    args = [x, relax.prim_value(_int64(length)), relax.prim_value(_int64(unless))]
+    check = bb.add_func(_check_kernel(dtype_of(x), f"{CHECK_ERROR}{message}"), name)
+    return bb.emit(relax.call_tir_inplace(check, args, [0], x.ty))
+
+
+def _int64(d: Any):
+    return tirx.const(d, "int64") if isinstance(d, int) else d
+
+
+def _check_kernel(dtype: str, message: str):
+    """A PrimFunc `(x dtype[n], length int64, unless int64) -> x` (in place) that fails the call with `message` when
+    length is 0 and unless is not; opaque and scheduled: no rule or fusion moves the assert."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def check(var_x: T.handle, length: T.int64, unless: T.int64):
+        T.func_attr({"tirx.noalias": True, "op_pattern": 8, "tirx.is_scheduled": True})
+        n = T.int64()
+        T.match_buffer(var_x, (n,), dtype)
+        for i in range(1):  # (one compute block: TVM's layout-rewrite split rejects a kernel without one)
+            with T.sblock("check"):
+                T.axis.spatial(1, i)
+                T.reads()
+                T.writes()
+                assert length != T.int64(0) or unless == T.int64(0), message
+                T.evaluate(0)
+
+    return check
