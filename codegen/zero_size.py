@@ -1,4 +1,10 @@
-"""Zero-size constants are allocated when the library runs instead of being stored in it.
+"""Zero-size tensors: kernels that would compute one are not built, and zero-size constants are allocated when the
+library runs instead of being stored in it.
+
+A `call_tir` whose result has a static zero-size shape computes nothing; its result becomes a zero-size constant
+(`zero_size_results_as_constants`, before TVM's RewriteDataflowReshape, whose reshape-pattern test fails on such a
+kernel: "Index 1 out of bounds 1" for an Unsqueeze of a float[0] whose input another op also reads). In-place calls
+are kept: optc's run-time checks (`lowering.run_checks`) are such calls.
 
 TVM 0.27 writes a tensor with a zero in a dim other than the first (float[2, 0], [3, 0], [2, 0, 3]) into the
 executable's constant pool in a form its own loader rejects: the library was written, and loading it failed with
@@ -18,6 +24,54 @@ def zero_size_constants_as_allocations():
     from .relax_rewrite import function_pass  # noqa: PLC0415
 
     return function_pass("optc_zero_size_constants_as_allocations", _mutator_class(), only=_has_zero_size_constant)
+
+
+def zero_size_results_as_constants():
+    """A module pass: each `call_tir` (not in place) whose result is one tensor of a static shape with a 0 in it
+    becomes a zero-size constant of that shape and dtype (which `zero_size_constants_as_allocations` allocates)."""
+    from .relax_rewrite import function_pass  # noqa: PLC0415
+
+    return function_pass("optc_zero_size_results_as_constants", _results_mutator_class())
+
+
+def _zero_size_result(call) -> tuple[list[int], str] | None:
+    """(shape, dtype) of a `call_tir` call whose one tensor result has a static shape with a 0; else None."""
+    import numpy as np  # noqa: PLC0415
+    import tvm  # noqa: PLC0415
+    from tvm import relax, tirx  # noqa: PLC0415
+
+    if not isinstance(call, relax.Call) or not call.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+        return None
+    ty = call.ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = list(ty.shape.values)
+    if not all(isinstance(d, tirx.IntImm) for d in dims) or all(int(d) != 0 for d in dims):
+        return None
+    try:
+        np.dtype(str(ty.dtype))
+    except TypeError:  # a dtype numpy cannot hold (bfloat16): the kernel stays
+        return None
+    return [int(d) for d in dims], str(ty.dtype)
+
+
+@lru_cache(maxsize=1)
+def _results_mutator_class():
+    """The PyExprMutator subclass (defined on first use: importing optc does not import TVM)."""
+    import numpy as np  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+    from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+
+    @mutator
+    class _ZeroSizeResults(PyExprMutator):
+        def visit_call_(self, op):
+            found = _zero_size_result(op)
+            if found is None:
+                return super().visit_call_(op)
+            shape, dtype = found
+            return relax.const(np.zeros(shape, dtype), dtype)
+
+    return _ZeroSizeResults
 
 
 def _is_zero_size(expr) -> bool:

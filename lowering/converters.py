@@ -55,6 +55,13 @@ def refuse(reason: str) -> UnsupportedError:
     return UnsupportedError(reason)
 
 
+def node_label(node, op_type: str | None = None) -> str:
+    """How a library's run-time error names a node: `Gather node 'name'` (its first output's name when the node
+    has none); `op_type`: the op to say, default the node's."""
+    name = node.name or next((o.name for o in node.outputs if o is not None), "")
+    return f"{op_type or node.op_type} node '{name}'"
+
+
 def refuse_when(op_type: str, why: str, condition: Callable[[list, dict], Any]) -> None:
     """Lower `op_type` with the frontend, except where `condition(inputs, attrs)` holds: the frontend would
     silently compute something else there, so the node is refused with `why`."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.core import Node, Value
-from .converters import const
+from .converters import const, node_label
 
 MAX_ELEMENTS = 64
 
@@ -400,8 +400,7 @@ class ShapeEvaluator:
 
         bb = self.lowering.bb
         if risky:  # lowered for the dims as written; the call fails where a 0 would copy another dim instead
-            name = n.name or next((o.name for o in n.outputs if o is not None), "")
-            data = zero_copies_checked(bb, data, in_dims, risky, f"Reshape node '{name}'")
+            data = zero_copies_checked(bb, data, in_dims, risky, node_label(n))
         return bb.emit(checked_reshape(bb, data, in_dims, _inferred(dims, in_dims)))
 
     def _op_Expand(self, n: Node):

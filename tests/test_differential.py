@@ -109,16 +109,20 @@ class Fault:
 
 _H = '<ir_version: 8, opset_import: ["" : 18]>\n'
 
-KNOWN_FAULTS: list[Fault] = [
-    Fault(("zero-size-shared",), "compile",
-          "a zero-size tensor read by a shape op and by another op fails to build: Unsqueeze + Neg gives TVM "
-          "IndexError 'Index 1 out of bounds 1', Transpose + Relu a Reshape ValueError",
-          _H + "g (float[0] x) => (float[1,0] y, float[0] z) <int64[1] a = {0}> { y = Unsqueeze(x, a)  z = Neg(x) }",
-          {"x": np.zeros(0, np.float32)}),
-]
+KNOWN_FAULTS: list[Fault] = []
 
 # Faults this test found that are fixed: their reproducers are regression tests (test_fixed_fault_stays_fixed).
 FIXED_FAULTS: list[Fault] = [
+    Fault(("zero-size-shared",), "compile",
+          "a zero-size tensor read by a shape op and by another op failed to build: Unsqueeze + Neg gave TVM "
+          "IndexError 'Index 1 out of bounds 1', Transpose + Relu a Reshape ValueError (fixed: a kernel with a "
+          "zero-size result is not built, codegen/zero_size.py)",
+          _H + "g (float[0] x) => (float[1,0] y, float[0] z) <int64[1] a = {0}> { y = Unsqueeze(x, a)  z = Neg(x) }",
+          {"x": np.zeros(0, np.float32)}),
+    Fault(("zero-size-shared",), "compile",
+          "the Transpose + Relu form of the fault above",
+          _H + "g (float[2,0] x) => (float[0,2] y, float[2,0] z) { y = Transpose(x)  z = Relu(x) }",
+          {"x": np.zeros((2, 0), np.float32)}),
     Fault(("empty-constant-output",), "compile",
           "a graph output that is a zero-size constant (an initializer, or a subgraph that folds to one) failed to "
           "compile: TVM InternalError 'Invalid DLTensor file format' (fixed: codegen/zero_size.py)",

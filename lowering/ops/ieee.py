@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..converters import const, converter, dims_of, dtype_of, lookup_frontend, refuse
+from ..converters import const, converter, dims_of, dtype_of, lookup_frontend, node_label, refuse
 from . import windows
 from .reduce import nan_propagating
 
@@ -127,8 +127,7 @@ def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
     length, rest = dims[axis], product(dims[:axis] + dims[axis + 1:])
     if provably_positive(length) or isinstance(rest, int) and rest == 0:
         return x
-    name = ctx.node.name or next((o.name for o in ctx.node.outputs if o is not None), "")
-    what = f"{op_type} node '{name}': axis {axis} is empty, and an empty slice has no index"
+    what = f"{node_label(ctx.node, op_type)}: axis {axis} is empty, and an empty slice has no index"
     if isinstance(length, int) and isinstance(rest, int):
         raise refuse(what)
     flat = fail_if_zero(bb, bb.emit(reshape_exactly(x, [product(dims)])), length, rest, "optc_empty_axis_check",

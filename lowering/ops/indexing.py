@@ -23,7 +23,7 @@ from tvm.script import tirx as T
 
 from ...errors import OptcError
 from ...runtime import INDEX_ERROR
-from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse
+from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, node_label, refuse
 
 INDEX_CHECK_ATTR = "optc.index_check"  # marks the PrimFuncs of `_index_check` (its value: k)
 
@@ -62,12 +62,6 @@ def _extents(bb, data, start: int, count: int):
         return bb.normalize(relax.op.shape_to_tensor(relax.ShapeExpr(part)))
     shape = bb.normalize(relax.op.shape_to_tensor(relax.op.shape_of(data)))
     return bb.normalize(relax.op.strided_slice(shape, [0], [start], [start + count]))
-
-
-def _node_label(ctx, op: str) -> str:
-    node = ctx.node
-    name = node.name or next((o.name for o in node.outputs if o is not None), "")
-    return f"{op} node '{name}'"
 
 
 def _index_check(k: int, message: str):
@@ -146,7 +140,7 @@ def checked_indices(bb, ctx, idx, data, start: int, k: int, op: str):
     """int64 indices of any shape whose elements, taken k at a time (k > 1: the last axis holds them), index data
     axes start..start+k-1; returned with negative ones wrapped. An out-of-range index is an OptcError now when the
     indices and those data dims are constants, else the library's call fails with `INDEX_ERROR`."""
-    label = _node_label(ctx, op)
+    label = node_label(ctx.node, op)
     what = f"data axis {start}" if k == 1 else f"data axes {start}..{start + k - 1}"
     value, data_dims = constant_value(idx), dims_of(data)
     if value is not None and data_dims is not None:
