@@ -87,6 +87,10 @@ class _Lowering:
         self.node: Node | None = None  # the node being converted (converters may read its IR types)
         self.float_grid: dict[Value, Any] = {}  # a quantized value -> it as float32 (ops/quant.record_float_grid)
         self.unknown_from: dict[Value, str] = {}  # a value of unknown shape -> the node where shapes were lost
+        # run-time checks on the inputs' dims alone (`run_checks.fail_if_zero` arguments: length, unless, message),
+        # made on the function's result, which every call computes (a check on a value read only by a Shape
+        # would be dead code)
+        self.deferred_checks: list[tuple] = []
         self._anonymous = 0
 
     # -- entry ------------------------------------------------------------------------------------
@@ -103,6 +107,7 @@ class _Lowering:
             params.append(var)
         self._constants(g)
         has_if = any(True for _ in _if_nodes(g))
+        self._defer_guards()
         try:
             self._function(g, func_name, params, has_if)
         except BaseException:
@@ -120,11 +125,58 @@ class _Lowering:
                 if not has_if:
                     stack.enter_context(self.bb.dataflow())
                 self._body(g)
-                outs = [self._expr(v) for v in g.outputs]
+                outs = self._checked([self._expr(v) for v in g.outputs])
                 result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
                 if not has_if:
                     result = self.bb.emit_output(result)
             self.bb.emit_func_output(result)
+
+    def defer_check(self, length, unless, message: str) -> bool:
+        """Make `run_checks.fail_if_zero(length, unless, message)` on the function's result if both dims depend on
+        the graph inputs' dims only (True); else False (the caller checks where it is)."""
+        from tvm import tirx
+
+        inputs = {v.name for v in self.dims.values()}
+        free = [v for d in (length, unless) if not isinstance(d, int) for v in tirx.analysis.undefined_vars(d)]
+        if any(v.name not in inputs for v in free):
+            return False
+        if message not in (m for _, _, m in self.deferred_checks):
+            self.deferred_checks.append((length, unless, message))
+        return True
+
+    def _defer_guards(self) -> None:
+        """The run-time checks of the Reshape types the optimizer trusted (`infer_shapes.CHECKED_ZEROS_KEY`): dims
+        named by the graph inputs' dims; a name no input has any more (fixed by a static batch entry to a size of
+        at least 1) cannot be 0."""
+        import json
+
+        from ..rewrites.passes.infer_shapes import CHECKED_ZEROS_KEY
+        from .ops.shape import zero_copy_message
+
+        for label, i, element, dim in json.loads(self.model.metadata_props.get(CHECKED_ZEROS_KEY, "[]")):
+            length = self.dims.get(element) if isinstance(element, str) else element
+            unless = self.dims.get(dim) if isinstance(dim, str) else dim
+            if length is not None and unless is not None:
+                self.defer_check(length, unless, zero_copy_message(label, i))
+
+    def _checked(self, outs: list) -> list:
+        """The function's outputs, the first of known shape passed through the deferred checks (in place)."""
+        from tvm import relax
+
+        from .ops.shape import product, reshape_exactly
+        from .run_checks import fail_if_zero
+
+        if not self.deferred_checks:
+            return outs
+        at = next((i for i, o in enumerate(outs) if isinstance(o.ty, relax.TensorType)
+                   and isinstance(o.ty.shape, relax.ShapeExpr)), None)
+        if at is None:
+            raise UnsupportedError("the model's run-time checks need an output of known rank")
+        dims = list(outs[at].ty.shape.values)
+        flat = self.bb.emit(reshape_exactly(outs[at], [product(dims)]))
+        for length, unless, message in self.deferred_checks:
+            flat = fail_if_zero(self.bb, flat, length, unless, "optc_shape_check", message)
+        return [*outs[:at], self.bb.emit(reshape_exactly(flat, dims)), *outs[at + 1:]]
 
     # -- values -----------------------------------------------------------------------------------
     def _shape(self, v: Value) -> list | None:

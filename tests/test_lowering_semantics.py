@@ -338,7 +338,7 @@ def test_a_computed_reshape_dim_that_is_0_when_it_runs_is_refused_not_given_the_
     onnxruntime; the CLI exits 2 with one line."""
     model = _reshape_to_computed_dims(target)
     module = optc.compile(model)
-    assert "optc_reshape_zero_check" in optc.lowering.lower(optc.from_onnx(model)).script()
+    assert "optc_shape_check" in optc.lowering.lower(optc.from_onnx(model)).script()
     for b, s in [(3, 2), (1, 5), (2, 1)]:
         x = np.random.default_rng(b + s).standard_normal((b, s, 24)).astype(np.float32)
         want = run_ort(model, {"x": x})[0]
@@ -375,7 +375,7 @@ def test_computed_reshape_dims_that_cannot_copy_another_dim_get_no_check():
              helper.make_node("Concat", ["b", "m1"], ["s2"], axis=0), helper.make_node("Reshape", ["h", "s2"], ["y"])]
     model = _model(nodes, [_in("x", ["B", "S", 24])], [_out()],
                    [w, i64([-1, 24], "s1"), i64([0], "z"), i64([1], "one"), i64([-1], "m1")])
-    assert "optc_reshape_zero_check" not in optc.lowering.lower(optc.from_onnx(model)).script()
+    assert "_check" not in optc.lowering.lower(optc.from_onnx(model)).script()
     module = optc.compile(model)
     for b, s in [(2, 3), (0, 3), (2, 0), (0, 0)]:
         x = np.ones((b, s, 24), np.float32)
@@ -472,6 +472,77 @@ def test_arg_reductions_over_an_empty_axis_fail_rather_than_give_minus_one(op, d
     with pytest.raises(optc.OptcError, match=rf"^the library cannot run these inputs: {op} node 'y': axis 1 is empty"):
         module.run({"a": empty})
     static = _model([node], [_in("a", [2, 4, 3], dtype)], [_out("y", TensorProto.INT64)], opset=13)
-    assert "optc_empty_axis_check" not in optc.lowering.lower(optc.from_onnx(static)).script()
+    assert "_check" not in optc.lowering.lower(optc.from_onnx(static)).script()
     with pytest.raises(optc.OptcError, match="axis 1 is empty"):
         optc.compile(_model([node], [_in("a", [2, 0, 3], dtype)], [_out("y", TensorProto.INT64)], opset=13))
+
+
+def _swapped_reshape(tail: str) -> onnx.ModelProto:
+    """y = Reshape(x [A, B, C], Gather(Shape(x), [1, 0, 2])) = [B, A, C] as written; at A = 0 or B = 0 a 0 in the
+    computed shape copies x's dim there (allowzero=0). tail "shape": the output is Shape(y) (y's data is dead);
+    "round_trip": ReduceSum(Reshape(y, Shape(x)), axes [2]), which the compile path's optimizer reduces to
+    ReduceSum(x) once it trusts y's type."""
+    perm = numpy_helper.from_array(np.array([1, 0, 2], np.int64), "perm")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "perm"], ["t"], axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    inits = [perm]
+    if tail == "shape":
+        nodes.append(helper.make_node("Shape", ["y"], ["out"]))
+    else:
+        inits.append(numpy_helper.from_array(np.array([2], np.int64), "ax"))
+        nodes += [helper.make_node("Reshape", ["y", "s"], ["z"]),
+                  helper.make_node("ReduceSum", ["z", "ax"], ["out"], keepdims=0)]
+    return _model(nodes, [_in("x", ["A", "B", "C"])],
+                  [_out("out", TensorProto.INT64 if tail == "shape" else TensorProto.FLOAT)], inits)
+
+
+@pytest.mark.parametrize("tail", ["shape", "round_trip"])
+def test_a_checked_reshape_stays_checked_when_only_its_shape_is_read_or_a_rewrite_removes_it(tail):
+    """Found by a breaker: the run-time check of a computed Reshape element rode on the Reshape's data, so it was
+    dead code where only Shape(y) is read (optc gave [0, 2, 0] for x [2, 0, 0], onnxruntime [2, 2, 0]); and the
+    compile path's trusted types let eliminate-noops remove a Reshape round trip with its checks (optc gave an
+    empty (2, 0), onnxruntime zeros (2, 2)). Checks on the inputs' dims are now made on the function's result,
+    and the optimizer records the conditions its trusted types rest on (`metadata_props`), which the library
+    checks whatever rewrite consumed the Reshape. At other sizes, as onnxruntime."""
+    model = _swapped_reshape(tail)
+    optimized = optc.optimize(model, level=2, runtime="optc")
+    if tail == "round_trip":
+        assert "Reshape" not in [n.op_type for n in optimized.graph]  # the rewrite the guards make safe
+        assert "optc.checked_zeros" in optimized.metadata_props
+        assert "optc.checked_zeros" not in optc.optimize(model, level=2, runtime="standard").metadata_props
+    module = optc.compile(model)
+    for shape in [(2, 3, 4), (3, 3, 0), (1, 1, 1)]:
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        want = run_ort(model, {"x": x})[0]
+        got = module.run({"x": x})["out"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for shape in [(2, 0, 0), (0, 2, 0)]:
+        run_ort(model, {"x": np.ones(shape, np.float32)})  # a result onnxruntime gives; optc refuses, not differs
+        with pytest.raises(optc.OptcError, match=r"^the library cannot run these inputs: Reshape node 'y': dim \d"):
+            module.run({"x": np.ones(shape, np.float32)})
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_topk_of_a_constant_k_of_0_is_empty(k):
+    """Found by a breaker: TopK with a constant k = 0 returned every element, sorted (TVM's topk reads k < 1 as
+    "all"); onnxruntime and the reference give [3, 0] values and indices. k = 2 (negative): TVM's kernel, as
+    onnxruntime."""
+    k_init = numpy_helper.from_array(np.array([k], np.int64), "k")
+    model = _model([helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)], [_in("x", [3, 4])],
+                   [_out("v"), _out("i", TensorProto.INT64)], [k_init])
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    got, want = optc.compile(model).run({"x": x}), run_ort(model, {"x": x})
+    for name, w in zip(("v", "i"), want, strict=True):
+        assert got[name].shape == w.shape == (3, k) and got[name].dtype == w.dtype
+        np.testing.assert_array_equal(got[name], w)
+
+
+def test_global_max_pool_over_a_static_empty_map_is_refused_not_garbage():
+    """Found by a breaker: GlobalMaxPool of [2, 3, 0, 4] returned whatever memory held (onnxruntime and the reference
+    fail: an empty map has no maximum); now refused in one line when compiling. A nonempty map as onnxruntime."""
+    empty = _model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], [_in("x", [2, 3, 0, 4])], [_out()])
+    with pytest.raises(optc.OptcError, match="GlobalMaxPool over an empty map has no maximum"):
+        optc.compile(empty)
+    model = _model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], [_in("x", [2, 3, 2, 4])], [_out()])
+    _assert_as_onnxruntime(model, {"x": np.random.default_rng(1).standard_normal((2, 3, 2, 4)).astype(np.float32)})

@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from ...errors import UnsupportedError
-from ..converters import const, constant_value, converter, dtype_of, lookup_frontend, refuse_when
+from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse_when
 
 
 @converter("", "Sum")
@@ -172,6 +172,11 @@ def top_k(bb, inputs, attrs, ctx):
         raise UnsupportedError("TopK with k computed at run time is not supported by the TVM back end")
     if dtype_of(inputs[0]) == "uint64":  # TVM's sort kernel rejects it at run time
         raise UnsupportedError("TopK of uint64 is not supported by the TVM back end")
+    k, dims = constant_value(inputs[1]), dims_of(inputs[0])
+    if k is not None and int(k.reshape(-1)[0]) == 0 and dims is not None:  # TVM's topk reads k < 1 as "all"
+        axis = attrs.get("axis", -1) % len(dims)
+        shape = relax.ShapeExpr([0 if i == axis else d for i, d in enumerate(dims)])
+        return relax.Tuple([relax.op.zeros(shape, dtype_of(inputs[0])), relax.op.zeros(shape, "int64")])
     return lookup_frontend("TopK", ctx.opset)(bb, inputs, attrs, ctx)
 
 

@@ -85,6 +85,8 @@ def global_max_pool(bb, inputs, attrs, ctx):
     x, dims = inputs[0], dims_of(inputs[0])
     spatial = dims[2:] if dims is not None else None
     pools = {1: relax.op.nn.max_pool1d, 2: relax.op.nn.max_pool2d, 3: relax.op.nn.max_pool3d}
+    if spatial and any(isinstance(d, int) and d == 0 for d in spatial):  # (its kernels read no element as garbage)
+        raise refuse("GlobalMaxPool over an empty map has no maximum (onnxruntime fails too)")
     if _is_float(x) and spatial and len(spatial) in pools and all(isinstance(d, int) for d in spatial):
         # one window over the whole map: the IEEE max-pool kernel, which ConvertLayout keeps in NHWC
         return pools[len(spatial)](x, pool_size=spatial)
@@ -130,8 +132,11 @@ def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
     what = f"{node_label(ctx.node, op_type)}: axis {axis} is empty, and an empty slice has no index"
     if isinstance(length, int) and isinstance(rest, int):
         raise refuse(what)
+    message = f"{what} (onnxruntime fails too)"
+    if ctx.defer_check(length, rest, message):  # on the function's result (see `_Lowering.defer_check`)
+        return x
     flat = fail_if_zero(bb, bb.emit(reshape_exactly(x, [product(dims)])), length, rest, "optc_empty_axis_check",
-                        f"{what} (onnxruntime fails too)")
+                        message)
     return bb.emit(reshape_exactly(flat, dims))
 
 

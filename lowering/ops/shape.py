@@ -76,20 +76,29 @@ def _checked_size(bb, x, total, out: list):
     return bb.match_cast(flat, relax.TensorType([want], dtype_of(x)))
 
 
-def zero_copies_checked(bb, x, dims: list, copies: list[tuple], label: str):
-    """x (dims `dims`) as a flat view, after a run-time check of each `(i, d, dim)` of `copies` (shape element `d`
-    of a Reshape, a symbolic dim, at index i where the input's dim is `dim`): the call fails (one line naming
-    `label`, `run_checks.CHECK_ERROR`) when d is 0 and dim is not. A 0 in a Reshape's shape copies the input's dim
-    there (ONNX, allowzero=0), a shape the library, lowered for the dims as written, does not compute: refused, not
-    given the wrong shape."""
+def zero_copies_checked(bb, lowering, x, dims: list, copies: list[tuple], label: str):
+    """x (dims `dims`), with a run-time check of each `(i, d, dim)` of `copies` (shape element `d` of a Reshape, a
+    symbolic dim, at index i where the input's dim is `dim`): the call fails (one line naming `label`,
+    `run_checks.CHECK_ERROR`) when d is 0 and dim is not. A 0 in a Reshape's shape copies the input's dim there
+    (ONNX, allowzero=0), a shape the library, lowered for the dims as written, does not compute: refused, not given
+    the wrong shape. Checks on the inputs' dims alone are made on the function's result (`lowering.defer_check`:
+    one on x would be dead code where only x's Shape is read); the others on x, returned as a flat view."""
     from ..run_checks import fail_if_zero
 
+    local = [(i, d, dim) for i, d, dim in copies if not lowering.defer_check(d, dim, zero_copy_message(label, i))]
+    if not local:
+        return x
     flat = bb.emit(reshape_exactly(x, [product(dims)]))
-    for i, d, dim in copies:
-        flat = fail_if_zero(bb, flat, d, dim, "optc_reshape_zero_check",
-                            f"{label}: dim {i} of its shape is 0 when it runs, which ONNX reads as 'copy the input's "
-                            "dim' (allowzero=0), a shape this library was not compiled for")
+    for i, d, dim in local:
+        flat = fail_if_zero(bb, flat, d, dim, "optc_reshape_zero_check", zero_copy_message(label, i))
     return flat
+
+
+def zero_copy_message(label: str, i: int) -> str:
+    """The one line a library's call fails with where element i of Reshape `label`'s computed shape is 0 and would
+    copy another dim (see `zero_copies_checked`)."""
+    return (f"{label}: dim {i} of its shape is 0 when it runs, which ONNX reads as 'copy the input's dim' "
+            "(allowzero=0), a shape this library was not compiled for")
 
 
 def reshape_exactly(x, out: list):

@@ -127,8 +127,35 @@ def _int64_constants(gp: onnx.GraphProto) -> dict:
     return constants
 
 
+#: metadata_props key of the Reshape types the compile path's optimizer trusted (`infer-shapes{checked-zeros=true}`):
+#: a JSON list of [label, i, element, input dim], each a computed shape element (an input's dim name, or an int)
+#: that must not be 0 while the input's dim at i (a name or an int) is not, which optc's library checks when it
+#: runs (`lowering.relax_lowering`): the types hold for every input it runs, whatever rewrite consumed the Reshape
+CHECKED_ZEROS_KEY = "optc.checked_zeros"
+
+
+def _zero_copy_guards(pieces: list, x_dims: list, y_dims: list, checkable: set[str]) -> list | None:
+    """[(i, element, input dim)] for the computed elements of a Reshape that a 0 could make copy another dim than
+    ONNX's inference gave (see `_zero_safe`), each named by a graph input's dim (in `checkable`) or an int, as is
+    the input's dim (past the input's rank: 1, a 0 there copies nothing); None when one is not so named."""
+    guards = []
+    for i, (p, y) in enumerate(zip(pieces, y_dims, strict=True)):
+        if p is not None or (isinstance(y, int) and y != 0) or (i < len(x_dims) and y == x_dims[i]):
+            continue
+        x = x_dims[i] if i < len(x_dims) else 1
+        if not isinstance(y, str) or y not in checkable or not (isinstance(x, int) or x in checkable):
+            return None
+        guards.append((i, y, x))
+    return guards
+
+
+def _input_dim_names(gp: onnx.GraphProto) -> set[str]:
+    return {d.dim_param for vi in gp.input if vi.type.tensor_type.HasField("shape")
+            for d in vi.type.tensor_type.shape.dim if d.dim_param}
+
+
 def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto],
-                   crops: bool = True, checked_zeros: bool = False) -> dict[str, onnx.TypeProto]:
+                   crops: bool = True, checkable: set[str] | None = None) -> dict[str, onnx.TypeProto]:
     """Dims ONNX's inference leaves unnamed in a dynamic-shape export, where they follow from what it knows (each
     sound for every input the graph runs on, unlike onnxruntime's symbolic inference, which takes two symbols that
     meet in a broadcast to be equal):
@@ -144,7 +171,8 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
     - a broadcast of t against 1, t or crops of t is t (`_broadcast_type`).
 
     `inferred`: the value types known (by name); `crops`: name crops (not where the model's inputs name a dim
-    like one); `checked_zeros`: computed Reshape elements need not be `_zero_safe` (see `infer_model_types`).
+    like one); `checkable` (the compile path: `infer_model_types(checked_zeros=True)`): the graph inputs' dim
+    names, by which computed Reshape elements that are not `_zero_safe` can be guarded (`_zero_copy_guards`).
     Returns the types it completed, by value name."""
     gp = gp_model.graph
     types = dict(inferred)
@@ -167,7 +195,8 @@ def _resolved_dims(gp_model: onnx.ModelProto, inferred: dict[str, onnx.TypeProto
         unknown = [i for i, d in enumerate(y_dims) if d is None]
         pieces = _shape_pieces(n.input[1], producers, constants, types)
         if len(unknown) != 1 or None in x_dims or pieces is None or len(pieces) != len(y_dims) or \
-                pieces[unknown[0]] != -1 or not (checked_zeros or _zero_safe(pieces, x_dims, y_dims)):
+                pieces[unknown[0]] != -1 or not (_zero_safe(pieces, x_dims, y_dims) or checkable is not None
+                                                 and _zero_copy_guards(pieces, x_dims, y_dims, checkable) is not None):
             continue
         x_syms = sorted(d for d in x_dims if isinstance(d, str))
         y_syms = sorted(d for d in y_dims if isinstance(d, str))
@@ -432,11 +461,14 @@ def _declared(proto: onnx.ModelProto, known: dict[str, onnx.TypeProto]) -> onnx.
     return given
 
 
-def _zero_copying_reshapes(gp_model: onnx.ModelProto, types: dict) -> dict[str, onnx.TypeProto]:
+def _zero_copying_reshapes(gp_model: onnx.ModelProto, types: dict, checkable: set[str] | None = None,
+                           guards: dict | None = None) -> dict[str, onnx.TypeProto]:
     """Reshapes (allowzero 0) to which ONNX's inference gave dims that hold only while no computed shape element
     is 0: such an element copies the input's dim at its position, where ONNX names it by what it computes (a
     breaker's Reshape(t [1, 6], Concat(Shape(x)[0:1], [6])) typed [a, 6] is [1, 6] at a = 0, and a rule then
-    dropped a Where on it). Returns, by output name, their types with those dims (and a -1's) unnamed."""
+    dropped a Where on it). Returns, by output name, their types with those dims (and a -1's) unnamed. With
+    `checkable` (see `_resolved_dims`), a Reshape whose elements can all be guarded keeps its types and its guards
+    go into `guards` (by output name: [label, i, element, input dim] each)."""
     gp = gp_model.graph
     constants = _int64_constants(gp)
     producers = {o: n for n in gp.node for o in n.output}
@@ -459,6 +491,10 @@ def _zero_copying_reshapes(gp_model: onnx.ModelProto, types: dict) -> dict[str, 
         unsafe = [i for i, (p, y) in enumerate(zip(pieces, y_dims, strict=True)) if p is None and y is not None
                   and not ((isinstance(y, int) and y != 0) or (i < len(x_dims) and y == x_dims[i]))]
         if not unsafe:
+            continue
+        found = _zero_copy_guards(pieces, x_dims, y_dims, checkable) if checkable is not None else None
+        if found is not None and guards is not None:
+            guards[n.output[0]] = [[f"{n.op_type} node '{n.name or n.output[0]}'", i, y, x] for i, y, x in found]
             continue
         tp = onnx.TypeProto()
         tp.CopyFrom(y_tp)
@@ -492,14 +528,18 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
 
     A Reshape (allowzero 0) whose computed shape element may be 0 at run time copies the input's dim there, so the
     dims ONNX's inference gives it hold only while no such element is 0: they are left unnamed, unless
-    `checked_zeros` (the model is lowered by optc, whose library fails the call where such a 0 would copy another
-    dim: `lowering.ops.shape.zero_copies_checked`), where they hold for every input the library runs."""
+    `checked_zeros` (the model is lowered by optc) and each such element and the dim it would copy are named by the
+    graph inputs' dims (or are ints): then the types are kept and the conditions recorded in the model's
+    `metadata_props[CHECKED_ZEROS_KEY]`, which optc's library checks when it runs (the call fails where such a 0
+    would copy another dim), so they hold for every input it runs, whatever rewrite later consumes the Reshape."""
     from ...ir.onnx_export import to_onnx
 
     source = to_onnx(model, _stub_writer)
     source.ClearField("functions") if not model.functions else None
     crops = not _names_like_crops(source.graph)
     opaque: dict[str, onnx.TypeProto] = {}
+    checkable = _input_dim_names(source.graph) if checked_zeros else None
+    guards: dict[str, list] = {}
     for _ in range(_OPAQUE_ROUNDS):
         proto = _opaque_shapes(source, set(opaque)) if opaque else source
         known = dict(opaque)
@@ -507,7 +547,7 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
         types = dict(known)
         _collect(inferred.graph, types)
         for _ in range(_RESOLVE_ROUNDS):
-            resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops, checked_zeros).items()
+            resolved = {name: tp for name, tp in _resolved_dims(inferred, types, crops, checkable).items()
                         if known.get(name) != tp}
             if not resolved:
                 break
@@ -517,11 +557,13 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
             _collect(inferred.graph, types)
         # Reshapes whose types hold only while no computed shape element is 0: again, their shapes hidden from
         # ONNX's data propagation (each round can only add some: the types they rested on were resolved)
-        more = {} if checked_zeros else {k: v for k, v in _zero_copying_reshapes(inferred, types).items()
-                                         if k not in opaque}
+        more = {k: v for k, v in _zero_copying_reshapes(inferred, types, checkable, guards).items()
+                if k not in opaque}
         if not more:
             break
         opaque.update(more)
+    if guards:
+        _record_guards(model, [g for name, found in guards.items() if name not in opaque for g in found])
     count = 0
     cache: dict[bytes, object] = {}
     graphs = [model.graph, *model.graph.subgraphs()]
@@ -560,6 +602,15 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
                     o.type = t
                     count += 1
     return count
+
+
+def _record_guards(model: Model, guards: list) -> None:
+    """Add `guards` ([label, i, element, input dim] each) to the model's CHECKED_ZEROS_KEY list (no repeats)."""
+    import json
+
+    known = json.loads(model.metadata_props.get(CHECKED_ZEROS_KEY, "[]"))
+    known += [g for g in guards if g not in known]
+    model.metadata_props[CHECKED_ZEROS_KEY] = json.dumps(known)
 
 
 def _reached(g: Graph, names: set[str]) -> set[str]:
