@@ -550,9 +550,10 @@ class _Rule(ScheduleRule):
 
 def _init_before_symbolic_reductions(sch: s_tir.Schedule) -> None:
     """Decompose every reduction block that still holds its init (``T.init()``, run on the first reduction
-    iteration) and has a reduction loop of symbolic extent: the init goes before its outermost reduction loop. A
-    sum over a length that is 0 when the model runs (a matmul over zero keys) otherwise never ran its init and left
-    the output uninitialized (dlight's GEMV rule kept the init inside: [2, 1, 3, 0] @ [2, 1, 0, 1] gave 8e6, not 0)."""
+    iteration) and has a reduction loop of symbolic or zero extent: the init goes before its outermost reduction
+    loop. A sum over a length that is 0 when the model runs (a matmul over zero keys) otherwise never ran its init
+    and left the output uninitialized (dlight's GEMV rule kept the init inside: [2, 1, 3, 0] @ [2, 1, 0, 1] gave 8e6,
+    not 0; a Conv of 0 input channels with a bias gave NaN, not the bias)."""
     import tvm_ffi  # noqa: PLC0415
 
     realizes: list = []
@@ -569,7 +570,7 @@ def _init_before_symbolic_reductions(sch: s_tir.Schedule) -> None:
             continue
         block = sch.get_sblock(stmt.name_hint)
         loops = [lp for lp in sch.get_loops(block) if sch.get(lp).loop_var in reduce_vars]
-        if loops and any(_extent(sch, lp) is None for lp in loops):
+        if loops and any(_extent(sch, lp) in (None, 0) for lp in loops):
             sch.decompose_reduction(block, loops[0])
 
 

@@ -546,3 +546,19 @@ def test_global_max_pool_over_a_static_empty_map_is_refused_not_garbage():
         optc.compile(empty)
     model = _model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], [_in("x", [2, 3, 2, 4])], [_out()])
     _assert_as_onnxruntime(model, {"x": np.random.default_rng(1).standard_normal((2, 3, 2, 4)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("op, xs, ws", [("Conv", (1, 0, 3), (2, 0, 1)), ("ConvTranspose", (1, 0, 3, 3), (0, 3, 2, 2)),
+                                        ("Conv", (1, 0, 5, 5), (3, 0, 3, 3)), ("Conv", (1, 2, 5, 5), (3, 2, 3, 3))])
+def test_a_conv_over_no_input_channels_is_its_bias(op, xs, ws):
+    """Found by a breaker: a Conv / ConvTranspose of a static 0 input channels with a bias gave NaN, not the bias
+    (an empty sum is 0): the scheduled kernel kept its reduction's init inside a loop of extent 0, which never ran.
+    Such an init now goes before the loops (as for a symbolic length that is 0). As the reference evaluator
+    (onnxruntime refuses the 2-d case); 2 input channels (negative): as the reference too."""
+    cout = ws[0] if op == "Conv" else ws[1]
+    w = numpy_helper.from_array(np.random.default_rng(2).standard_normal(ws).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.arange(1, cout + 1, dtype=np.float32), "b")
+    model = _model([helper.make_node(op, ["x", "w", "b"], ["y"])], [_in("x", list(xs))], [_out()], [w, b])
+    x = np.random.default_rng(3).standard_normal(xs).astype(np.float32)
+    np.testing.assert_allclose(optc.compile(model).run({"x": x})["y"], ReferenceEvaluator(model).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
