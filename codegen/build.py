@@ -80,11 +80,16 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     from tvm import relax  # noqa: PLC0415
 
     from .attention import fused_attention_pass  # noqa: PLC0415
+    from .empty_mean import empty_means_as_nan  # noqa: PLC0415
     from .fast_math import fast_math_pass  # noqa: PLC0415
     from .layout_copies import layout_copies_pass  # noqa: PLC0415
     from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
+    from .zero_size import zero_size_results_as_constants  # noqa: PLC0415
 
     passes = [
+        # before any legalization (FoldConstant's too): TVM's kernels divide by a zero extent or count
+        zero_size_results_as_constants(),
+        empty_means_as_nan(),
         fused_attention_pass(target, _fast_math(fast_math)),
         fast_math_pass(_fast_math(fast_math)),
         relax.transform.DecomposeOpsForInference(),

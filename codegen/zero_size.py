@@ -1,8 +1,9 @@
 """Zero-size tensors: kernels that would compute one are not built, and zero-size constants are allocated when the
 library runs instead of being stored in it.
 
-A `call_tir` whose result has a static zero-size shape computes nothing; its result becomes a zero-size constant
-(`zero_size_results_as_constants`, before TVM's RewriteDataflowReshape, whose reshape-pattern test fails on such a
+An op or a kernel whose result has a static zero-size shape computes nothing; its result becomes a zero-size constant
+(`zero_size_results_as_constants`: before legalization, where TVM's kernels for Resize or InstanceNormalization
+divided by the zero extent, and before TVM's RewriteDataflowReshape, whose reshape-pattern test fails on such a
 kernel: "Index 1 out of bounds 1" for an Unsqueeze of a float[0] whose input another op also reads). In-place calls
 are kept: optc's run-time checks (`lowering.run_checks`) are such calls.
 
@@ -27,21 +28,28 @@ def zero_size_constants_as_allocations():
 
 
 def zero_size_results_as_constants():
-    """A module pass: each `call_tir` (not in place) whose result is one tensor of a static shape with a 0 in it
-    becomes a zero-size constant of that shape and dtype (which `zero_size_constants_as_allocations` allocates)."""
+    """A module pass: each call of a pure Relax op or of a kernel (`call_tir`, not in place) whose result is one
+    tensor of a static shape with a 0 in it becomes a zero-size constant of that shape and dtype (which
+    `zero_size_constants_as_allocations` allocates). Run before legalization too: TVM's own kernels for some ops
+    (Resize, InstanceNormalization) divide by a zero extent when built."""
     from .relax_rewrite import function_pass  # noqa: PLC0415
 
     return function_pass("optc_zero_size_results_as_constants", _results_mutator_class())
 
 
 def _zero_size_result(call) -> tuple[list[int], str] | None:
-    """(shape, dtype) of a `call_tir` call whose one tensor result has a static shape with a 0; else None."""
+    """(shape, dtype) of a call of a pure Relax op or a `call_tir` whose one tensor result has a static shape with
+    a 0; else None."""
     import numpy as np  # noqa: PLC0415
     import tvm  # noqa: PLC0415
     from tvm import relax, tirx  # noqa: PLC0415
 
-    if not isinstance(call, relax.Call) or not call.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
         return None
+    name = call.op.name
+    if name != "relax.call_tir" and (name.startswith(("relax.call_", "relax.builtin.", "relax.memory.", "relax.vm."))
+                                     or not call.op.get_attr("FPurity")):
+        return None  # in-place calls (optc's run-time checks), packed functions, allocations, impure ops
     ty = call.ty
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None

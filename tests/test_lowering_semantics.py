@@ -562,3 +562,35 @@ def test_a_conv_over_no_input_channels_is_its_bias(op, xs, ws):
     x = np.random.default_rng(3).standard_normal(xs).astype(np.float32)
     np.testing.assert_allclose(optc.compile(model).run({"x": x})["y"], ReferenceEvaluator(model).run(None, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["resize", "instance_norm", "reduce_mean"])
+def test_static_zero_extents_that_onnxruntime_runs_compile(case):
+    """Found by a breaker: Resize of [1, 1, 0, 2] and InstanceNormalization of [1, 3, 0, 2] (empty results, as
+    onnxruntime gives them) failed to build: TVM's kernels, legalized when constant folding too, divided by the zero
+    extent or element count. An op with a zero-size result is now a zero-size constant before any legalization, and
+    a mean over no elements NaN (0 / 0; ReduceMean of [2, 0] over axis 1: NaN as numpy, which the README documents
+    where onnxruntime gives 0). Negative: a nonempty input as onnxruntime."""
+    for rows in (0, 3):
+        if case == "resize":
+            scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")
+            model = _model([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")],
+                           [_in("x", [1, 1, rows, 2])], [_out()], [scales])
+            x = np.random.default_rng(rows).standard_normal((1, 1, rows, 2)).astype(np.float32)
+        elif case == "instance_norm":
+            g, b = (numpy_helper.from_array(np.full(3, v, np.float32), n) for v, n in ((1.5, "g"), (0.5, "b")))
+            model = _model([helper.make_node("InstanceNormalization", ["x", "g", "b"], ["y"])],
+                           [_in("x", [1, 3, rows, 2])], [_out()], [g, b])
+            x = np.random.default_rng(rows).standard_normal((1, 3, rows, 2)).astype(np.float32)
+        else:
+            axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+            model = _model([helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)], [_in("x", [2, rows])],
+                           [_out()], [axes])
+            x = np.random.default_rng(rows).standard_normal((2, rows)).astype(np.float32)
+        got = optc.compile(model).run({"x": x})["y"]
+        if case == "reduce_mean" and rows == 0:
+            assert got.shape == (2,) and np.isnan(got).all()
+            continue
+        want = run_ort(model, {"x": x})[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
