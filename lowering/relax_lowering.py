@@ -160,10 +160,9 @@ class _Lowering:
                 self.defer_check(length, unless, zero_copy_message(label, i))
 
     def _checked(self, outs: list) -> list:
-        """The function's outputs, the first of known shape passed through the deferred checks (in place)."""
+        """The function's outputs, the first of known shape passed through the deferred checks (in place, no copy)."""
         from tvm import relax
 
-        from .ops.shape import product, reshape_exactly
         from .run_checks import fail_if_zero
 
         if not self.deferred_checks:
@@ -171,12 +170,11 @@ class _Lowering:
         at = next((i for i, o in enumerate(outs) if isinstance(o.ty, relax.TensorType)
                    and isinstance(o.ty.shape, relax.ShapeExpr)), None)
         if at is None:
-            raise UnsupportedError("the model's run-time checks need an output of known rank")
-        dims = list(outs[at].ty.shape.values)
-        flat = self.bb.emit(reshape_exactly(outs[at], [product(dims)]))
+            raise UnsupportedError("the model's run-time checks need an output of known shape")
+        out = outs[at]
         for length, unless, message in self.deferred_checks:
-            flat = fail_if_zero(self.bb, flat, length, unless, "optc_shape_check", message)
-        return [*outs[:at], self.bb.emit(reshape_exactly(flat, dims)), *outs[at + 1:]]
+            out = fail_if_zero(self.bb, out, length, unless, "optc_shape_check", message)
+        return [*outs[:at], out, *outs[at + 1:]]
 
     # -- values -----------------------------------------------------------------------------------
     def _shape(self, v: Value) -> list | None:

@@ -14,15 +14,14 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 
 from ..runtime import CHECK_ERROR  # how the message starts when such a check fails the library's call
-from .converters import dtype_of
 
 
 def fail_if_zero(bb, x, length: Any, unless: Any, name: str, message: str):
-    """x (a 1-d tensor of any dtype) after a check that fails the call with `message` (one line) when `length` is 0
-    and `unless` is not (int64 dims: TIR expressions or ints). Returns the checked x (the same buffer). `name`: the
-    kernel's name hint."""
+    """x (a tensor of any rank and dtype) after a check that fails the call with `message` (one line) when `length`
+    is 0 and `unless` is not (int64 dims: TIR expressions or ints). Returns the checked x (the same buffer, no
+    copy). `name`: the kernel's name hint."""
     args = [x, relax.prim_value(_int64(length)), relax.prim_value(_int64(unless))]
-    check = bb.add_func(_check_kernel(dtype_of(x), f"{CHECK_ERROR}{message}"), name)
+    check = bb.add_func(_check_kernel(f"{CHECK_ERROR}{message}"), name)
     return bb.emit(relax.call_tir_inplace(check, args, [0], x.ty))
 
 
@@ -30,15 +29,14 @@ def _int64(d: Any):
     return tirx.const(d, "int64") if isinstance(d, int) else d
 
 
-def _check_kernel(dtype: str, message: str):
-    """A PrimFunc `(x dtype[n], length int64, unless int64) -> x` (in place) that fails the call with `message` when
-    length is 0 and unless is not; opaque and scheduled: no rule or fusion moves the assert."""
+def _check_kernel(message: str):
+    """A PrimFunc `(x, length int64, unless int64) -> x` (in place; x a tensor of any rank and dtype, which it does
+    not declare as a buffer) that fails the call with `message` when length is 0 and unless is not; opaque and
+    scheduled: no rule or fusion moves the assert."""
 
     @T.prim_func(private=True, s_tir=True)
     def check(var_x: T.handle, length: T.int64, unless: T.int64):
         T.func_attr({"tirx.noalias": True, "op_pattern": 8, "tirx.is_scheduled": True})
-        n = T.int64()
-        T.match_buffer(var_x, (n,), dtype)
         for i in range(1):  # (one compute block: TVM's layout-rewrite split rejects a kernel without one)
             with T.sblock("check"):
                 T.axis.spatial(1, i)

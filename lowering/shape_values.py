@@ -400,7 +400,7 @@ class ShapeEvaluator:
 
         bb = self.lowering.bb
         if risky:  # lowered for the dims as written; the call fails where a 0 would copy another dim instead
-            data = zero_copies_checked(bb, self.lowering, data, in_dims, risky, node_label(n))
+            data = zero_copies_checked(bb, self.lowering, data, risky, node_label(n))
         return bb.emit(checked_reshape(bb, data, in_dims, _inferred(dims, in_dims)))
 
     def _op_Expand(self, n: Node):

@@ -120,7 +120,7 @@ def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
     the library's call fails (`run_checks`); x as it is where the axis is provably nonempty or the result empty."""
     from ..run_checks import fail_if_zero
     from ..shape_values import provably_positive
-    from .shape import product, reshape_exactly
+    from .shape import product
 
     dims = dims_of(x)
     if dims is None or not -len(dims) <= axis < len(dims):
@@ -135,9 +135,7 @@ def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
     message = f"{what} (onnxruntime fails too)"
     if ctx.defer_check(length, rest, message):  # on the function's result (see `_Lowering.defer_check`)
         return x
-    flat = fail_if_zero(bb, bb.emit(reshape_exactly(x, [product(dims)])), length, rest, "optc_empty_axis_check",
-                        message)
-    return bb.emit(reshape_exactly(flat, dims))
+    return fail_if_zero(bb, x, length, rest, "optc_empty_axis_check", message)
 
 
 _arg("ArgMax")

@@ -76,22 +76,19 @@ def _checked_size(bb, x, total, out: list):
     return bb.match_cast(flat, relax.TensorType([want], dtype_of(x)))
 
 
-def zero_copies_checked(bb, lowering, x, dims: list, copies: list[tuple], label: str):
-    """x (dims `dims`), with a run-time check of each `(i, d, dim)` of `copies` (shape element `d` of a Reshape, a
+def zero_copies_checked(bb, lowering, x, copies: list[tuple], label: str):
+    """x, with a run-time check of each `(i, d, dim)` of `copies` (shape element `d` of a Reshape, a
     symbolic dim, at index i where the input's dim is `dim`): the call fails (one line naming `label`,
     `run_checks.CHECK_ERROR`) when d is 0 and dim is not. A 0 in a Reshape's shape copies the input's dim there
     (ONNX, allowzero=0), a shape the library, lowered for the dims as written, does not compute: refused, not given
     the wrong shape. Checks on the inputs' dims alone are made on the function's result (`lowering.defer_check`:
-    one on x would be dead code where only x's Shape is read); the others on x, returned as a flat view."""
+    one on x would be dead code where only x's Shape is read); the others on x (in place)."""
     from ..run_checks import fail_if_zero
 
-    local = [(i, d, dim) for i, d, dim in copies if not lowering.defer_check(d, dim, zero_copy_message(label, i))]
-    if not local:
-        return x
-    flat = bb.emit(reshape_exactly(x, [product(dims)]))
-    for i, d, dim in local:
-        flat = fail_if_zero(bb, flat, d, dim, "optc_reshape_zero_check", zero_copy_message(label, i))
-    return flat
+    for i, d, dim in copies:
+        if not lowering.defer_check(d, dim, zero_copy_message(label, i)):
+            x = fail_if_zero(bb, x, d, dim, "optc_reshape_zero_check", zero_copy_message(label, i))
+    return x
 
 
 def zero_copy_message(label: str, i: int) -> str:
