@@ -88,7 +88,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
 
     passes = [
         # before any legalization (FoldConstant's too): TVM's kernels divide by a zero extent or count
-        zero_size_results_as_constants(),
+        zero_size_results_as_constants(symbolic=True),
         empty_means_as_nan(),
         fused_attention_pass(target, _fast_math(fast_math)),
         fast_math_pass(_fast_math(fast_math)),

@@ -13,15 +13,16 @@ MEAN_OPS = ("relax.mean", "relax.variance")
 
 
 def empty_means_as_nan():
-    """A module pass: each `R.mean` / `R.variance` (float16/32/64) over axes of which one has a static extent of 0,
-    with a static result shape, becomes a constant of NaN of that shape."""
+    """A module pass: each `R.mean` / `R.variance` (float16/32/64) over axes of which one has a static extent of 0
+    becomes NaN of its result's shape (a constant; a scalar broadcast where that shape is symbolic)."""
     from .relax_rewrite import function_pass  # noqa: PLC0415
 
     return function_pass("optc_empty_means_as_nan", _mutator_class())
 
 
 def _empty_mean_shape(call) -> list | None:
-    """The static result shape of a float mean / variance over a static empty set of elements; else None."""
+    """The result shape (ints, or TIR expressions where symbolic) of a float mean / variance over a static empty set
+    of elements; else None."""
     import tvm  # noqa: PLC0415
     from tvm import relax, tirx  # noqa: PLC0415
 
@@ -35,8 +36,7 @@ def _empty_mean_shape(call) -> list | None:
     axes = [int(a) % len(dims) for a in call.attrs.axis] if call.attrs.axis is not None else range(len(dims))
     if not any(isinstance(dims[a], tirx.IntImm) and int(dims[a]) == 0 for a in axes):
         return None
-    shape = out.shape.values
-    return [int(d) for d in shape] if all(isinstance(d, tirx.IntImm) for d in shape) else None
+    return [int(d) if isinstance(d, tirx.IntImm) else d for d in out.shape.values]
 
 
 @lru_cache(maxsize=1)
@@ -53,6 +53,9 @@ def _mutator_class():
             shape = _empty_mean_shape(call) if isinstance(call, relax.Call) else None
             if shape is None:
                 return call
-            return relax.const(np.full(shape, np.nan, str(call.ty.dtype)))
+            dtype = str(call.ty.dtype)
+            if all(isinstance(d, int) for d in shape):
+                return relax.const(np.full(shape, np.nan, dtype))
+            return relax.op.broadcast_to(relax.const(np.array(np.nan, dtype)), relax.ShapeExpr(shape))
 
     return _EmptyMeans

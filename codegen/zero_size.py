@@ -27,19 +27,20 @@ def zero_size_constants_as_allocations():
     return function_pass("optc_zero_size_constants_as_allocations", _mutator_class(), only=_has_zero_size_constant)
 
 
-def zero_size_results_as_constants():
+def zero_size_results_as_constants(symbolic: bool = False):
     """A module pass: each call of a pure Relax op or of a kernel (`call_tir`, not in place) whose result is one
     tensor of a static shape with a 0 in it becomes a zero-size constant of that shape and dtype (which
     `zero_size_constants_as_allocations` allocates). Run before legalization too: TVM's own kernels for some ops
-    (Resize, InstanceNormalization) divide by a zero extent when built."""
+    (Resize, InstanceNormalization) divide by a zero extent when built. `symbolic` (before legalization only): also a
+    result whose other dims are symbolic (a batch N beside the 0), as a scalar zero broadcast to its shape."""
     from .relax_rewrite import function_pass  # noqa: PLC0415
 
-    return function_pass("optc_zero_size_results_as_constants", _results_mutator_class())
+    return function_pass("optc_zero_size_results_as_constants", lambda mod: _results_mutator_class()(mod, symbolic))
 
 
-def _zero_size_result(call) -> tuple[list[int], str] | None:
-    """(shape, dtype) of a call of a pure Relax op or a `call_tir` whose one tensor result has a static shape with
-    a 0; else None."""
+def _zero_size_result(call) -> tuple[list, str] | None:
+    """(shape, dtype) of a call of a pure Relax op or a `call_tir` whose one tensor result has a static 0 among its
+    dims (the others ints, or TIR expressions where symbolic); else None."""
     import numpy as np  # noqa: PLC0415
     import tvm  # noqa: PLC0415
     from tvm import relax, tirx  # noqa: PLC0415
@@ -53,14 +54,14 @@ def _zero_size_result(call) -> tuple[list[int], str] | None:
     ty = call.ty
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
-    dims = list(ty.shape.values)
-    if not all(isinstance(d, tirx.IntImm) for d in dims) or all(int(d) != 0 for d in dims):
+    dims = [int(d) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
+    if not any(isinstance(d, int) and d == 0 for d in dims):
         return None
     try:
         np.dtype(str(ty.dtype))
     except TypeError:  # a dtype numpy cannot hold (bfloat16): the kernel stays
         return None
-    return [int(d) for d in dims], str(ty.dtype)
+    return dims, str(ty.dtype)
 
 
 @lru_cache(maxsize=1)
@@ -72,12 +73,20 @@ def _results_mutator_class():
 
     @mutator
     class _ZeroSizeResults(PyExprMutator):
+        def __init__(self, mod, symbolic: bool):
+            super().__init__(mod)
+            self.symbolic = symbolic
+
         def visit_call_(self, op):
             found = _zero_size_result(op)
             if found is None:
                 return super().visit_call_(op)
             shape, dtype = found
-            return relax.const(np.zeros(shape, dtype), dtype)
+            if all(isinstance(d, int) for d in shape):
+                return relax.const(np.zeros(shape, dtype), dtype)
+            if not self.symbolic:
+                return super().visit_call_(op)
+            return relax.op.broadcast_to(relax.const(np.zeros((), dtype), dtype), relax.ShapeExpr(shape))
 
     return _ZeroSizeResults
 

@@ -410,8 +410,10 @@ class ShapeEvaluator:
         in_dims = self._input_shape(n.inputs[0])
         if target is None or in_dims is None or target.scalar:
             return None
-        # a constant target too where the input has symbolic dims (the frontend reads static dims only)
-        if n.inputs[1] not in self.values and all(isinstance(_simplify(d), int) for d in in_dims):
+        # a constant target too where the input has symbolic dims (the frontend reads static dims only) or the
+        # target has a 0 (the frontend refuses it; 1 broadcasts to 0 as to any size)
+        if n.inputs[1] not in self.values and all(isinstance(_simplify(d), int) for d in in_dims) and not any(
+                isinstance(t, int) and t == 0 for t in target.dims):
             return None
         if any(isinstance(t, int) and t < 0 for t in target.dims):
             return None

@@ -594,3 +594,36 @@ def test_static_zero_extents_that_onnxruntime_runs_compile(case):
         want = run_ort(model, {"x": x})[0]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["resize", "instance_norm", "reduce_mean", "expand"])
+def test_a_static_zero_beside_a_symbolic_batch_compiles(case):
+    """Found by a second breaker: with a symbolic batch N beside the static 0, the zero-size and empty-mean rewrites
+    (static shapes only) skipped the op and the build divided by zero again (Resize of [N, 1, 0, 2],
+    InstanceNormalization of [N, 3, 0, 2], ReduceMean of [N, 0, 3]); such results are now a scalar broadcast to their
+    shape. And Expand of [2, 1] to [2, 0] (1 broadcasts to 0) was refused by TVM's converter. As onnxruntime (ReduceMean
+    over no elements: NaN, documented; onnxruntime gives 0)."""
+    if case == "resize":
+        scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")
+        model = _model([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")], [_in("x", ["N", 1, 0, 2])],
+                       [_out()], [scales])
+        x = np.zeros((2, 1, 0, 2), np.float32)
+    elif case == "instance_norm":
+        g, b = (numpy_helper.from_array(np.full(3, v, np.float32), n) for v, n in ((1.5, "g"), (0.5, "b")))
+        model = _model([helper.make_node("InstanceNormalization", ["x", "g", "b"], ["y"])], [_in("x", ["N", 3, 0, 2])],
+                       [_out()], [g, b])
+        x = np.zeros((2, 3, 0, 2), np.float32)
+    elif case == "reduce_mean":
+        axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+        model = _model([helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)], [_in("x", ["N", 0, 3])],
+                       [_out()], [axes])
+        x = np.zeros((2, 0, 3), np.float32)
+    else:
+        target = numpy_helper.from_array(np.array([2, 0], np.int64), "t")
+        model = _model([helper.make_node("Expand", ["x", "t"], ["y"])], [_in("x", [2, 1])], [_out()], [target])
+        x = np.ones((2, 1), np.float32)
+    got = optc.compile(model).run({"x": x})["y"]
+    want = run_ort(model, {"x": x})[0]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if case == "reduce_mean":
+        assert np.isnan(got).all()
