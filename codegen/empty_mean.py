@@ -42,9 +42,10 @@ def _empty_mean_shape(call) -> list | None:
 @lru_cache(maxsize=1)
 def _mutator_class():
     """The PyExprMutator subclass (defined on first use: importing optc does not import TVM)."""
-    import numpy as np  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+
+    from .zero_size import filled  # noqa: PLC0415
 
     @mutator
     class _EmptyMeans(PyExprMutator):
@@ -53,9 +54,6 @@ def _mutator_class():
             shape = _empty_mean_shape(call) if isinstance(call, relax.Call) else None
             if shape is None:
                 return call
-            dtype = str(call.ty.dtype)
-            if all(isinstance(d, int) for d in shape):
-                return relax.const(np.full(shape, np.nan, dtype))
-            return relax.op.broadcast_to(relax.const(np.array(np.nan, dtype)), relax.ShapeExpr(shape))
+            return filled(shape, str(call.ty.dtype), float("nan"))
 
     return _EmptyMeans

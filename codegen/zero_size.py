@@ -67,8 +67,6 @@ def _zero_size_result(call) -> tuple[list, str] | None:
 @lru_cache(maxsize=1)
 def _results_mutator_class():
     """The PyExprMutator subclass (defined on first use: importing optc does not import TVM)."""
-    import numpy as np  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
 
     @mutator
@@ -82,13 +80,22 @@ def _results_mutator_class():
             if found is None:
                 return super().visit_call_(op)
             shape, dtype = found
-            if all(isinstance(d, int) for d in shape):
-                return relax.const(np.zeros(shape, dtype), dtype)
-            if not self.symbolic:
+            if not self.symbolic and not all(isinstance(d, int) for d in shape):
                 return super().visit_call_(op)
-            return relax.op.broadcast_to(relax.const(np.zeros((), dtype), dtype), relax.ShapeExpr(shape))
+            return filled(shape, dtype, 0)
 
     return _ZeroSizeResults
+
+
+def filled(shape: list, dtype: str, value: float):
+    """A Relax tensor of `shape` (ints, or TIR expressions where symbolic) and `dtype` holding `value` everywhere: a
+    constant where the shape is static, else a scalar constant broadcast to it."""
+    import numpy as np  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+
+    if all(isinstance(d, int) for d in shape):
+        return relax.const(np.full(shape, value, dtype), dtype)
+    return relax.op.broadcast_to(relax.const(np.array(value, dtype), dtype), relax.ShapeExpr(shape))
 
 
 def _is_zero_size(expr) -> bool:

@@ -86,8 +86,9 @@ def zero_copies_checked(bb, lowering, x, copies: list[tuple], label: str):
     from ..run_checks import fail_if_zero
 
     for i, d, dim in copies:
-        if not lowering.defer_check(d, dim, zero_copy_message(label, i)):
-            x = fail_if_zero(bb, x, d, dim, "optc_reshape_zero_check", zero_copy_message(label, i))
+        message = zero_copy_message(label, i)
+        if not lowering.defer_check(d, dim, message):
+            x = fail_if_zero(bb, x, d, dim, "optc_reshape_zero_check", message)
     return x
 
 
