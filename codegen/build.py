@@ -84,6 +84,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     from .fast_math import fast_math_pass  # noqa: PLC0415
     from .layout_copies import layout_copies_pass  # noqa: PLC0415
     from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
+    from .winograd import winograd_pass  # noqa: PLC0415
     from .zero_size import zero_size_results_as_constants  # noqa: PLC0415
 
     passes = [
@@ -101,7 +102,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
-        passes += [_convert_layout_nhwc(), layout_copies_pass()]
+        passes += [_convert_layout_nhwc(), layout_copies_pass(), winograd_pass(target, _fast_math(fast_math))]
     passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes
 

@@ -1,0 +1,212 @@
+"""Winograd F(2x2, 3x3) for float32 3x3 stride-1 convolutions on CPU (a relax pass, with fast math only).
+
+Source: A. Lavin and S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016, section 4 (the
+matrices B^T, G and A^T of F(2x2, 3x3) below are theirs). An NHWC convolution y = conv(x, g) with a 3x3 HWIO
+kernel g [3, 3, C, K], stride 1 and dilation 1 is computed per 2x2 block of outputs from the 4x4 block of inputs
+that covers it:
+
+    V[e, v, p, c] = (B^T d_p,c B)[e, v]          d_p,c: the 4x4 input block of tile p, channel c (0 outside x)
+    U[e, v, c, k] = (G g_c,k G^T)[e, v]          at compile time, in float64, rounded once to float32
+    M[e, v, p, k] = sum_c V[e, v, p, c] U[e, v, c, k]        16 matmuls [P, C] @ [C, K]: `relax.matmul`
+    y_p,k = A^T M[:, :, p, k] A                  the 2x2 outputs of tile p
+
+The matmuls do 16 / 36 of the direct convolution's multiplies (4 x 4 products per 2 x 2 outputs instead of
+9 x 4); the input and output transforms are additions only (B^T and A^T hold 0 and +-1). Tiles: P = N x
+ceil(Ho / 2) x ceil(Wo / 2); a ragged last row or column of tiles reads zeros and its extra outputs are not
+stored.
+
+Three kernels: `winograd_data_pack` (declared opaque, so no producer is inlined into it: each input element is read
+by up to four tiles), the matmul with the constant transformed weight (packed and tiled like any matmul by
+`schedules.TiledReduction`), and `winograd_inverse`, an elementwise-shaped kernel into which the bias, ReLU and
+residual add that follow fuse.
+
+Numerics: each output is the same sum of products as the direct convolution's, reassociated, and the weights are
+transformed with factors 1/2 (exact in binary) and rounded once, so the results differ from the direct
+convolution's by float32 rounding only (bounded by Lavin and Gray's error analysis; measured in
+tests/test_winograd.py). Infinities and NaN propagate, but where a direct sum of finite products stays finite,
+a transform's intermediate sum can overflow to inf and an inf - inf give NaN: this is why the rewrite is part of
+fast math (`optc compile --no-fast-math` keeps every convolution direct).
+
+Taken where it pays (measured: benchmarks/RESULTS.md "Winograd"): static shapes, groups 1, at least
+`MIN_CHANNELS` input and output channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Lavin and Gray's F(2x2, 3x3) matrices
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+#: output tile (m) and input tile (m + 3 - 1)
+TILE, ALPHA = 2, 4
+#: the fewest input and output channels a convolution needs to be computed this way
+MIN_CHANNELS = 16
+
+
+def transformed_weight(w_hwio: np.ndarray) -> np.ndarray:
+    """U [16, C, K] float32 (row e * 4 + v) = G g G^T of each (c, k) of the HWIO kernel `w_hwio` [3, 3, C, K];
+    computed in float64 and rounded once."""
+    u = np.einsum("ia,abck,jb->ijck", G, w_hwio.astype(np.float64), G)
+    return np.ascontiguousarray(u.reshape(ALPHA * ALPHA, *w_hwio.shape[2:])).astype(np.float32)
+
+
+def _pick(index, values: list[int]):
+    """The TIR expression values[index] for a small loop variable `index` (a chain of selects)."""
+    from tvm import tirx
+
+    expr = tirx.const(values[-1], "int64")
+    for k in range(len(values) - 2, -1, -1):
+        expr = tirx.Select(index == tirx.const(k, "int64"), tirx.const(values[k], "int64"), expr)
+    return expr
+
+
+def _terms(row: np.ndarray) -> list[tuple[int, float]]:
+    return [(int(j), float(row[j])) for j in np.flatnonzero(row)]
+
+
+def data_pack_kernel(n: int, h: int, w: int, c: int, pad_top: int, pad_left: int, tiles_h: int, tiles_w: int,
+                     lanes: int = 1):
+    """The PrimFunc V [16, P, C] = B^T d B of every tile p (row e * 4 + v) from x [n, h, w, c] float32 (NHWC),
+    tile (b, i, j) = p = (b * tiles_h + i) * tiles_w + j reading rows 2i - pad_top .. + 3 and columns
+    2j - pad_left .. + 3 of image b (zeros outside x). Each row of B^T has two nonzero entries (+-1), so an
+    element of V is a sum of four input elements."""
+    from tvm import s_tir, te, tirx
+
+    from ..lowering.converters import DECLARED_OP_PATTERN
+    from .schedules import PARALLEL_MIN_WORK
+
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    x = te.placeholder([i64(n), i64(h), i64(w), i64(c)], "float32", name="x")
+    rows = [_terms(B_T[e]) for e in range(ALPHA)]  # [(offset, sign), (offset, sign)] per transform row
+    first, second = [r[0][0] for r in rows], [r[1][0] for r in rows]
+    sign_first, sign_second = [int(r[0][1]) for r in rows], [int(r[1][1]) for r in rows]
+
+    def element(xi, p, ch):
+        e, v = xi // ALPHA, xi % ALPHA
+        b, rest = p // (tiles_h * tiles_w), p % (tiles_h * tiles_w)
+        y0, x0 = rest // tiles_w * TILE - pad_top, rest % tiles_w * TILE - pad_left
+        total = None
+        for oy, sy in ((_pick(e, first), _pick(e, sign_first)), (_pick(e, second), _pick(e, sign_second))):
+            for ox, sx in ((_pick(v, first), _pick(v, sign_first)), (_pick(v, second), _pick(v, sign_second))):
+                yy, xx = y0 + oy, x0 + ox
+                inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
+                value = tirx.if_then_else(inside, x[b, yy, xx, ch], tirx.const(0.0, "float32"))
+                term = tirx.Select((sy * sx) > 0, value, -value)
+                total = term if total is None else total + term
+        return total
+
+    packed = te.compute([i64(ALPHA * ALPHA), i64(n * tiles_h * tiles_w), i64(c)], element, name="winograd_data_pack")
+    sch = s_tir.Schedule(te.create_prim_func([x, packed]).without_attr("global_symbol"))
+    xi, p, ch = sch.get_loops(sch.get_sblock("winograd_data_pack"))
+    if lanes > 1 and c % lanes == 0:
+        ch, vec = sch.split(ch, [None, lanes])
+        sch.reorder(p, ch, xi, vec)
+        sch.vectorize(vec)
+    else:
+        sch.reorder(p, ch, xi)
+    sch.unroll(xi)
+    if ALPHA * ALPHA * n * tiles_h * tiles_w * c >= PARALLEL_MIN_WORK:
+        sch.parallel(p)
+    func = sch.mod["main"]
+    return func.with_attrs({DECLARED_OP_PATTERN: 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+
+
+def inverse_kernel(n: int, ho: int, wo: int, k: int, tiles_h: int, tiles_w: int):
+    """The PrimFunc y [n, ho, wo, k] = A^T M A of each tile from M [16, P, k] (float32): output (b, oy, ox, ch) is
+    element (oy % 2, ox % 2) of tile (b, oy // 2, ox // 2). Its fusion pattern is declared a reduction's
+    (OutEWiseFusable): the bias, ReLU and residual add after it fuse into it, a layout transpose does not (its
+    strided stores read every tile 16 times)."""
+    from tvm import te, tirx
+
+    from ..lowering.converters import DECLARED_OP_PATTERN
+
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    m = te.placeholder([i64(ALPHA * ALPHA), i64(n * tiles_h * tiles_w), i64(k)], "float32", name="m")
+
+    def element(b, oy, ox, ch):
+        p = (b * tiles_h + oy // TILE) * tiles_w + ox // TILE
+        r, s = oy % TILE, ox % TILE
+
+        def combine(values, which):  # row `which` (0 or 1) of A^T applied to 4 values
+            out = []
+            for row in A_T:
+                total = None
+                for j, sign in _terms(row):
+                    total = values[j] if total is None else (total + values[j] if sign > 0 else total - values[j])
+                out.append(total)
+            return tirx.Select(which == 0, out[0], out[1])
+
+        cols = [combine([m[e * ALPHA + v, p, ch] for v in range(ALPHA)], s) for e in range(ALPHA)]
+        return combine(cols, r)
+
+    y = te.compute([i64(n), i64(ho), i64(wo), i64(k)], element, name="winograd_inverse")
+    func = te.create_prim_func([m, y]).without_attr("global_symbol")
+    return func.with_attrs({DECLARED_OP_PATTERN: 4, "tirx.noalias": True})
+
+
+def winograd_pass(target, enabled: bool = True, counts: dict | None = None):
+    """The module pass (a function, so that importing optc does not import TVM): every conv2d that `eligible`
+    accepts becomes data pack -> matmul -> inverse. ``enabled=False`` (no fast math): the identity. `counts`
+    receives ``{"winograd": number rewritten}``."""
+    from tvm import relax
+    from tvm.relax import expr_functor
+
+    from ..lowering.converters import constant_value, dims_of
+    from .relax_rewrite import function_pass
+    from .schedules import _vector_lanes
+
+    lanes = _vector_lanes(target, 32)
+
+    @expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not enabled or getattr(call.op, "name", None) != "relax.nn.conv2d":
+                return call
+            plan = eligible(call, dims_of, constant_value)
+            if plan is None:
+                return call
+            (n, h, w, c), weight, (pt, pl, pb, pr) = plan
+            k = weight.shape[3]
+            ho, wo = h + pt + pb - 2, w + pl + pr - 2
+            th, tw = -(-ho // TILE), -(-wo // TILE)
+            pack = self.builder_.add_func(data_pack_kernel(n, h, w, c, pt, pl, th, tw, lanes), "winograd_data_pack")
+            packed = self.builder_.emit(relax.call_tir(pack, [call.args[0]], relax.TensorType(
+                (ALPHA * ALPHA, n * th * tw, c), "float32")))
+            product = self.builder_.emit(relax.op.matmul(packed, relax.const(transformed_weight(weight))))
+            if counts is not None:
+                counts["winograd"] = counts.get("winograd", 0) + 1
+            inverse = self.builder_.add_func(inverse_kernel(n, ho, wo, k, th, tw), "winograd_inverse")
+            return relax.call_tir(inverse, [product], relax.TensorType((n, ho, wo, k), "float32"))
+
+    return function_pass("optc_winograd", _Rewriter)
+
+
+def eligible(call, dims_of, constant_value):
+    """((n, h, w, c), HWIO weight, (top, left, bottom, right) padding) of a relax conv2d that F(2x2, 3x3) computes
+    here, else None: NHWC float32 data with static dims, a constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
+    one group, at least MIN_CHANNELS input and output channels, padding at most 2 on each side."""
+    attrs = call.attrs
+    if (attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
+            or int(attrs.groups) != 1 or [int(s) for s in attrs.strides] != [1, 1]
+            or [int(d) for d in attrs.dilation] != [1, 1]
+            or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+        return None
+    x, kernel = call.args
+    dims = dims_of(x)
+    weight = constant_value(kernel)
+    if (dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims) or weight is None
+            or str(getattr(x.ty, "dtype", "")) != "float32" or weight.dtype != np.float32
+            or weight.shape[:2] != (3, 3) or weight.shape[2] != dims[3]):
+        return None
+    pads = [int(p) for p in attrs.padding]
+    if len(pads) != 4 or min(pads) < 0 or max(pads) > 2:
+        return None
+    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_CHANNELS or min(dims) < 1:
+        return None
+    ho, wo = dims[1] + pads[0] + pads[2] - 2, dims[2] + pads[1] + pads[3] - 2
+    if ho < 1 or wo < 1:
+        return None
+    return tuple(dims), weight, tuple(pads)
