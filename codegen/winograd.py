@@ -27,7 +27,8 @@ tests/test_winograd.py). Infinities and NaN propagate, but where a direct sum of
 a transform's intermediate sum can overflow to inf and an inf - inf give NaN: this is why the rewrite is part of
 fast math (`optc compile --no-fast-math` keeps every convolution direct).
 
-Taken where it pays (measured: benchmarks/RESULTS.md "Winograd"): static shapes, groups 1, at least
+Taken where it pays (measured: benchmarks/RESULTS.md "Winograd"): static image size and channels (the batch may be
+symbolic), groups 1, at least
 `MIN_CHANNELS` input and output channels.
 """
 
@@ -62,6 +63,13 @@ def _pick(index, values: list[int]):
     return expr
 
 
+def _i64(value):
+    """An int64 TIR extent: a constant for an int, the expression itself for a symbolic (int64) one."""
+    from tvm import tirx
+
+    return tirx.IntImm("int64", value) if isinstance(value, int) else value
+
+
 def _terms(row: np.ndarray) -> list[tuple[int, float]]:
     return [(int(j), float(row[j])) for j in np.flatnonzero(row)]
 
@@ -77,7 +85,7 @@ def data_pack_kernel(n: int, h: int, w: int, c: int, pad_top: int, pad_left: int
     from ..lowering.converters import DECLARED_OP_PATTERN
     from .schedules import PARALLEL_MIN_WORK
 
-    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    i64 = _i64
     x = te.placeholder([i64(n), i64(h), i64(w), i64(c)], "float32", name="x")
     rows = [_terms(B_T[e]) for e in range(ALPHA)]  # [(offset, sign), (offset, sign)] per transform row
     first, second = [r[0][0] for r in rows], [r[1][0] for r in rows]
@@ -107,7 +115,7 @@ def data_pack_kernel(n: int, h: int, w: int, c: int, pad_top: int, pad_left: int
     else:
         sch.reorder(p, ch, xi)
     sch.unroll(xi)
-    if ALPHA * ALPHA * n * tiles_h * tiles_w * c >= PARALLEL_MIN_WORK:
+    if not isinstance(n, int) or ALPHA * ALPHA * n * tiles_h * tiles_w * c >= PARALLEL_MIN_WORK:
         sch.parallel(p)
     func = sch.mod["main"]
     return func.with_attrs({DECLARED_OP_PATTERN: 8, "tirx.noalias": True, "tirx.is_scheduled": True})
@@ -122,7 +130,7 @@ def inverse_kernel(n: int, ho: int, wo: int, k: int, tiles_h: int, tiles_w: int)
 
     from ..lowering.converters import DECLARED_OP_PATTERN
 
-    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    i64 = _i64
     m = te.placeholder([i64(ALPHA * ALPHA), i64(n * tiles_h * tiles_w), i64(k)], "float32", name="m")
 
     def element(b, oy, ox, ch):
@@ -186,7 +194,8 @@ def winograd_pass(target, enabled: bool = True, counts: dict | None = None):
 
 def eligible(call, dims_of, constant_value):
     """((n, h, w, c), HWIO weight, (top, left, bottom, right) padding) of a relax conv2d that F(2x2, 3x3) computes
-    here, else None: NHWC float32 data with static dims, a constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
+    here, else None: NHWC float32 data with static dims but the batch n (an int, or a symbolic TIR expression), a
+    constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
     one group, at least MIN_CHANNELS input and output channels, padding at most 2 on each side."""
     attrs = call.attrs
     if (attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
@@ -197,14 +206,15 @@ def eligible(call, dims_of, constant_value):
     x, kernel = call.args
     dims = dims_of(x)
     weight = constant_value(kernel)
-    if (dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims) or weight is None
+    if (dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]) or weight is None
             or str(getattr(x.ty, "dtype", "")) != "float32" or weight.dtype != np.float32
             or weight.shape[:2] != (3, 3) or weight.shape[2] != dims[3]):
         return None
     pads = [int(p) for p in attrs.padding]
     if len(pads) != 4 or min(pads) < 0 or max(pads) > 2:
         return None
-    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_CHANNELS or min(dims) < 1:
+    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_CHANNELS or min(dims[1:]) < 1 or (
+            isinstance(dims[0], int) and dims[0] < 1):
         return None
     ho, wo = dims[1] + pads[0] + pads[2] - 2, dims[2] + pads[1] + pads[3] - 2
     if ho < 1 or wo < 1:
