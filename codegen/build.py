@@ -4,7 +4,8 @@ Pipeline (see SCHEDULES.md for why):
 
 1. fast math (``fast_math.py``; off with ``fast_math=False``), bind the weights as constants, decompose
    inference-only ops, canonicalize;
-2. (cpu/arm64) convert conv2d to NHWC activations / HWIO weights and fold the weight transposes;
+2. (cpu/arm64) convert conv2d to NHWC activations / HWIO weights and fold the weight transposes; with fast math,
+   3x3 stride-1 float32 convolutions become Winograd's F(2x2, 3x3) (``winograd.py``);
 3. legalize to TIR, fuse (LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR);
 4. apply the tuning database if one is given (MetaScheduleApplyDatabase), then schedule every
    PrimFunc still unscheduled with optc's CPU rules (``schedules.py``) or dlight's GPU rules;
@@ -76,7 +77,8 @@ def _fast_math(value: bool | None) -> bool:
 
 def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | None = None):
     """Relax-level passes before legalization: fast math (see ``fast_math.py``; ``fast_math=False`` keeps libm's
-    exp / tanh / erf and the plain softmax), inference decompositions and layout choice."""
+    exp / tanh / erf and the plain softmax), inference decompositions, layout choice and, in NHWC with fast math,
+    Winograd convolutions (``winograd.py``)."""
     from tvm import relax  # noqa: PLC0415
 
     from .attention import fused_attention_pass  # noqa: PLC0415
@@ -448,7 +450,8 @@ def build(mod, params: Mapping[str, np.ndarray] | None = None, target="cpu", *, 
       lowering: crops, packed transposes), ``tuned`` (scheduled from the database) and ``scheduled`` (with a
       schedule after the default rules).
     - ``fast_math``: polynomial exp / softmax / tanh / erf (``fast_math.py``, errors measured in
-      benchmarks/RESULTS.md "Fast math"); False: libm's. None: ``fast_math_default``'s setting (True).
+      benchmarks/RESULTS.md "Fast math") and Winograd 3x3 convolutions on CPU (``winograd.py``); False: libm's
+      and direct convolutions. None: ``fast_math_default``'s setting (True).
     - ``batch_sizes``: add a static entry for each of these batch sizes (``static_batch.entry_name``: ``main``
       with its batch vars bound to the size, its own kernels) when ``main``'s symbolic dims are all batch dims
       (CPU targets only); ``report["batch_vars"]`` gets the vars bound (or None), ``report["batch_skipped"]``

@@ -42,8 +42,8 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     applied (OptcError when the directory does not exist). Tuning for a target this machine cannot run (cuda
     without a GPU, arm64 on x86) without `rpc` is refused before lowering. `report` receives `tuning` (tasks,
     trials, skipped_symbolic) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
-    exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math"); False uses
-    libm's. With fast math, from -O2, the transformer blocks are also fused into the standard ops (attention into
+    exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math") and float32 3x3
+    stride-1 convolutions by Winograd's F(2x2, 3x3) (``winograd.py``); False uses libm's and direct convolutions. With fast math, from -O2, the transformer blocks are also fused into the standard ops (attention into
     one kernel: ``codegen/attention.py``), which differ from the graph where the scores hold NaN, infinities or
     overflow (README, "Transformers"); the other graph rewrites are IEEE-exact either way (their own `fast_math`
     stays off).
@@ -241,8 +241,8 @@ def compile(model: Model | str | os.PathLike, target="cpu", *, level: int = 2, t
     """Compile a model for `target` (`cpu`, `cuda`, `arm64`) and load it: returns a `optc.runtime.Module`
     with `run({name: array}) -> {name: array}`. Cross targets (arm64) and cuda without a GPU can only be
     compiled to a file (`optc compile`); `Module.export(path)` writes the artifact `optc compile` would.
-    `fast_math=False`: libm's exp / tanh / erf and the plain softmax
-    instead of the polynomial approximations (see `build_executable`). `trials` > 0 tunes with MetaSchedule
+    `fast_math=False`: libm's exp / tanh / erf, the plain softmax and direct 3x3 convolutions
+    instead of the polynomial approximations and Winograd's (see `build_executable`). `trials` > 0 tunes with MetaSchedule
     into the database `db` (a directory, reused across runs); `trials=0` with `db` applies that database. `mcpu`,
     `input_shapes`, `precision` (`fp32`, `bf16`), `static_batch`: see `build_executable`.
 

@@ -52,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first (default 5)")
     p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim (default 1)")
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
-                   help="when compiling here: libm's exp / tanh / erf and the plain softmax (as optc compile)")
+                   help="when compiling here: libm's exp / tanh / erf, the plain softmax and direct 3x3 "
+                   "convolutions (as optc compile)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout: model, artifact, threads, "
                    "repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s, fast_math, kernels "
                    "(integer / bfloat16 / float conv-matmul counts, float_reasons)")

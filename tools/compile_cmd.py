@@ -130,7 +130,8 @@ def register(sub) -> None:
                    "registered under KEY with the TVM RPC tracker at HOST:PORT, in parallel (see `optc rpc`)")
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                    help="use libm's exp, tanh and erf and the plain softmax instead of the vectorized polynomial "
-                   "approximations (default: fast math; measured errors in benchmarks/RESULTS.md 'Fast math')")
+                   "approximations, and direct 3x3 convolutions instead of Winograd's (default: fast math; measured "
+                   "errors in benchmarks/RESULTS.md 'Fast math' and 'Winograd')")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), or bf16: Conv, MatMul, "
                    "Gemm and attention matmuls on bfloat16 operands with float32 accumulation, float32 inputs and "
                    "outputs (error bound in codegen/precision.py; emulated on CPUs without AVX512-BF16/AMX-BF16)")
