@@ -194,9 +194,11 @@ def winograd_pass(target, enabled: bool = True, counts: dict | None = None):
 
 def eligible(call, dims_of, constant_value):
     """((n, h, w, c), HWIO weight, (top, left, bottom, right) padding) of a relax conv2d that F(2x2, 3x3) computes
-    here, else None: NHWC float32 data with static dims but the batch n (an int, or a symbolic TIR expression), a
+    here, else None: NHWC float32 data with static dims but the batch n (an int, or a symbolic dim: a TIR variable), a
     constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
     one group, at least MIN_CHANNELS input and output channels, padding at most 2 on each side."""
+    from tvm import tirx
+
     attrs = call.attrs
     if (attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
             or int(attrs.groups) != 1 or [int(s) for s in attrs.strides] != [1, 1]
@@ -215,6 +217,8 @@ def eligible(call, dims_of, constant_value):
         return None
     if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_CHANNELS or min(dims[1:]) < 1 or (
             isinstance(dims[0], int) and dims[0] < 1):
+        return None
+    if not isinstance(dims[0], int | tirx.Var):  # (2 * N, N - 1: the kernels' buffers could not define N)
         return None
     ho, wo = dims[1] + pads[0] + pads[2] - 2, dims[2] + pads[1] + pads[3] - 2
     if ho < 1 or wo < 1:

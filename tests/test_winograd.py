@@ -138,6 +138,30 @@ def test_symbolic_batch(batch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(float(np.abs(want).max(initial=0)), 1.0))
 
 
+@pytest.mark.parametrize("batch", [3, 0])
+def test_a_batch_computed_from_symbolic_dims_stays_direct(batch):
+    """[N, 2, C, H, W] reshaped to [2 N, C, H, W] (a video model's frames as a batch): the kernels' buffers could
+    not define N from 2 N, so the conv stays direct (it failed to build)."""
+    model = _conv_model()
+    graph = model.graph
+    graph.input[0].type.tensor_type.shape.Clear()
+    for d in ("N", 2, 16, 9, 9):
+        dim = graph.input[0].type.tensor_type.shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, 16, 9, 9], np.int64), "frames"))
+    graph.node[0].input[0] = "x2"
+    graph.node.insert(0, helper.make_node("Reshape", ["x", "frames"], ["x2"]))
+    assert "winograd" not in _prepared(model)
+    x = np.random.default_rng(0).standard_normal((batch, 2, 16, 9, 9)).astype(np.float32)
+    got = optc.compile(model).run({"x": x})["y"]
+    want = run_ort(model, {"x": x})[0]
+    assert got.shape == want.shape == (2 * batch, 16, 9, 9)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_nan_reaches_exactly_the_outputs_it_reaches_directly():
     """A NaN input pixel makes the direct convolution's 3x3 neighbourhood NaN; the transforms add only their
     nonzero terms, so a tile's outputs whose window misses the pixel stay finite (no 0 * NaN)."""
