@@ -2,8 +2,8 @@
 """Benchmark Winograd F(2x2, 3x3) convolutions (codegen/winograd.py) against optc's direct kernels and onnxruntime.
 
 For each layer (a float32 3x3 stride-1 Conv + bias + ReLU, padding 1, batch 1, the ResNet / VGG shapes), in one
-process, alternating (every round times each contestant `--repeat` times and keeps the median; the result is the
-median over rounds of the per-round times and ratios):
+process, alternating (`optc.workflow.latency.time_alternating`: every round gives each contestant a turn in a new
+order; medians over rounds, the speed-up over direct a median of per-round ratios):
 
 * ``optc winograd``: ``optc.compile(model)`` (fast math: the convolution becomes data pack, 16 matmuls, inverse);
 * ``optc direct``: ``optc.compile(model, fast_math=False)`` (this model has no transcendental op, so the two
@@ -15,7 +15,7 @@ in every contestant's time). Errors: the largest absolute difference from a floa
 largest output magnitude. One thread by default (``TVM_NUM_THREADS``, ``intra_op_num_threads``).
 
     python benchmarks/winograd.py                 # results into RESULTS.md ("Winograd")
-    python benchmarks/winograd.py --rounds 3 --no-write
+    python benchmarks/winograd.py --seconds 1 --no-write
 """
 
 from __future__ import annotations
@@ -62,17 +62,9 @@ def exact(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.maximum(y + b[None, :, None, None], 0.0)
 
 
-def _median_ms(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
-
-
-def measure(c: int, k: int, size: int, rounds: int, repeat: int) -> dict:
+def measure(c: int, k: int, size: int, args) -> dict:
     import optc  # noqa: PLC0415
+    from optc.workflow.latency import time_alternating  # noqa: PLC0415
 
     model = conv_model(c, k, size)
     x = np.random.default_rng(1).standard_normal((1, c, size, size)).astype(np.float32)
@@ -87,27 +79,22 @@ def measure(c: int, k: int, size: int, rounds: int, repeat: int) -> dict:
     errors = {"winograd": float(np.abs(wino.run({"x": x})["y"] - want).max()) / scale,
               "direct": float(np.abs(direct.run({"x": x})["y"] - want).max()) / scale,
               "onnxruntime": float(np.abs(session.run(None, {"x": x})[0] - want).max()) / scale}
-    for fn in runs.values():
-        _median_ms(fn, 3)
-    per_round: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            per_round[name].append(_median_ms(fn, repeat))
-    ms = {name: float(np.median(v)) for name, v in per_round.items()}
-    ratio = {name: float(np.median(np.array(per_round[name]) / np.array(per_round["onnxruntime"])))
-             for name in ("winograd", "direct")}
-    speedup = float(np.median(np.array(per_round["direct"]) / np.array(per_round["winograd"])))
+    timed = time_alternating(runs, reference="direct", min_runs=args.rounds, target_s=args.seconds, progress=False)
+    ms = {name: timed[name]["median_ms"] for name in runs}
+    ratio = {name: ms[name] / ms["onnxruntime"] for name in ("winograd", "direct")}
+    speedup = timed["winograd"]["speedup"]
     return {"layer": f"{c} -> {k} @ {size}x{size}", "gflop": 2 * 9 * c * k * size * size / 1e9, "ms": ms,
             "ratio": ratio, "speedup": speedup, "errors": errors}
 
 
 def markdown(rows: list[dict], args) -> str:
     lines = ["## Winograd", "",
-             f"`python benchmarks/winograd.py --rounds {args.rounds} --repeat {args.repeat}` — "
+             f"`python benchmarks/winograd.py --rounds {args.rounds} --seconds {args.seconds:g}` — "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPU `{cpu_model()}`, {THREADS} thread(s); "
              f"onnxruntime {ort.__version__} (ORT_ENABLE_ALL). One float32 Conv 3x3 (pad 1, bias) + ReLU, batch 1, "
              "NCHW model; optc with Winograd F(2x2, 3x3) (fast math, the default) and with direct kernels "
-             "(`fast_math=False`), alternating in one process; median of the per-round medians. GFLOP/s counts "
+             "(`fast_math=False`), alternating in one process (`optc.workflow.latency.time_alternating`: a new order "
+             "each round, medians over rounds; speed-up: median of the per-round ratios). GFLOP/s counts "
              "the direct convolution's 2 x 9 x C x K x H x W. Error: largest absolute difference from a float64 "
              "reference over the largest output magnitude.", "",
              "| layer (C -> K @ HxW) | onnxruntime ms | optc direct ms | optc winograd ms | winograd / direct speed-up "
@@ -125,13 +112,13 @@ def markdown(rows: list[dict], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
-    parser.add_argument("--repeat", type=int, default=20, help="timed runs per contestant and round (default 20)")
+    parser.add_argument("--rounds", type=int, default=20, help="at least this many alternating rounds (default 20)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per layer, all contestants (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     args = parser.parse_args()
     rows = []
     for c, k, size in LAYERS:
-        rows.append(measure(c, k, size, args.rounds, args.repeat))
+        rows.append(measure(c, k, size, args))
         r = rows[-1]
         print(f"{r['layer']}: winograd {r['ms']['winograd']:.3f} ms, direct {r['ms']['direct']:.3f}, onnxruntime "
               f"{r['ms']['onnxruntime']:.3f} ({r['speedup']:.2f}x over direct)", flush=True)
