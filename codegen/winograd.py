@@ -28,8 +28,7 @@ a transform's intermediate sum can overflow to inf and an inf - inf give NaN: th
 fast math (`optc compile --no-fast-math` keeps every convolution direct).
 
 Taken where it pays (measured: benchmarks/RESULTS.md "Winograd"): static image size and channels (the batch may be
-symbolic), groups 1, at least
-`MIN_CHANNELS` input and output channels.
+symbolic), groups 1, at least `MIN_CHANNELS` input and `MIN_OUTPUT_CHANNELS` output channels.
 """
 
 from __future__ import annotations
@@ -42,8 +41,10 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 #: output tile (m) and input tile (m + 3 - 1)
 TILE, ALPHA = 2, 4
-#: the fewest input and output channels a convolution needs to be computed this way
-MIN_CHANNELS = 16
+#: the fewest input channels (the matmuls' depth) and output channels (their width) a convolution needs to be
+#: computed this way: 16 -> 16 at 112 x 112 ran 4% slower than the direct kernel (one vector of columns), 16 -> 64
+#: (SqueezeNet's expand) and 32 -> 32 faster (benchmarks/RESULTS.md "Winograd")
+MIN_CHANNELS, MIN_OUTPUT_CHANNELS = 16, 32
 
 
 def transformed_weight(w_hwio: np.ndarray) -> np.ndarray:
@@ -196,7 +197,7 @@ def eligible(call, dims_of, constant_value):
     """((n, h, w, c), HWIO weight, (top, left, bottom, right) padding) of a relax conv2d that F(2x2, 3x3) computes
     here, else None: NHWC float32 data with static dims but the batch n (an int, or a symbolic dim: a TIR variable), a
     constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
-    one group, at least MIN_CHANNELS input and output channels, padding at most 2 on each side."""
+    one group, at least MIN_CHANNELS input and MIN_OUTPUT_CHANNELS output channels, padding at most 2 on each side."""
     from tvm import tirx
 
     attrs = call.attrs
@@ -215,7 +216,7 @@ def eligible(call, dims_of, constant_value):
     pads = [int(p) for p in attrs.padding]
     if len(pads) != 4 or min(pads) < 0 or max(pads) > 2:
         return None
-    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_CHANNELS or min(dims[1:]) < 1 or (
+    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_OUTPUT_CHANNELS or min(dims[1:]) < 1 or (
             isinstance(dims[0], int) and dims[0] < 1):
         return None
     if not isinstance(dims[0], int | tirx.Var):  # (2 * N, N - 1: the kernels' buffers could not define N)
