@@ -83,7 +83,7 @@ def data_pack_kernel(n: int, h: int, w: int, c: int, pad_top: int, pad_left: int
     element of V is a sum of four input elements."""
     from tvm import s_tir, te, tirx
 
-    from ..lowering.converters import DECLARED_OP_PATTERN
+    from ..lowering.converters import declare_op_pattern
     from .schedules import PARALLEL_MIN_WORK
 
     i64 = _i64
@@ -118,8 +118,8 @@ def data_pack_kernel(n: int, h: int, w: int, c: int, pad_top: int, pad_left: int
     sch.unroll(xi)
     if not isinstance(n, int) or ALPHA * ALPHA * n * tiles_h * tiles_w * c >= PARALLEL_MIN_WORK:
         sch.parallel(p)
-    func = sch.mod["main"]
-    return func.with_attrs({DECLARED_OP_PATTERN: 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+    func = sch.mod["main"].with_attrs({"tirx.noalias": True, "tirx.is_scheduled": True})
+    return declare_op_pattern(func, 8)  # kOpaque: see the module doc
 
 
 def inverse_kernel(n: int, ho: int, wo: int, k: int, tiles_h: int, tiles_w: int):
@@ -129,7 +129,7 @@ def inverse_kernel(n: int, ho: int, wo: int, k: int, tiles_h: int, tiles_w: int)
     strided stores read every tile 16 times)."""
     from tvm import te, tirx
 
-    from ..lowering.converters import DECLARED_OP_PATTERN
+    from ..lowering.converters import declare_op_pattern
 
     i64 = _i64
     m = te.placeholder([i64(ALPHA * ALPHA), i64(n * tiles_h * tiles_w), i64(k)], "float32", name="m")
@@ -151,18 +151,16 @@ def inverse_kernel(n: int, ho: int, wo: int, k: int, tiles_h: int, tiles_w: int)
         return combine(cols, r)
 
     y = te.compute([i64(n), i64(ho), i64(wo), i64(k)], element, name="winograd_inverse")
-    func = te.create_prim_func([m, y]).without_attr("global_symbol")
-    return func.with_attrs({DECLARED_OP_PATTERN: 4, "tirx.noalias": True})
+    func = te.create_prim_func([m, y]).without_attr("global_symbol").with_attr("tirx.noalias", True)
+    return declare_op_pattern(func, 4)  # kOutEWiseFusable
 
 
-def winograd_pass(target, enabled: bool = True, counts: dict | None = None):
+def winograd_pass(target, enabled: bool = True):
     """The module pass (a function, so that importing optc does not import TVM): every conv2d that `eligible`
-    accepts becomes data pack -> matmul -> inverse. ``enabled=False`` (no fast math): the identity. `counts`
-    receives ``{"winograd": number rewritten}``."""
+    accepts becomes data pack -> matmul -> inverse. ``enabled=False`` (no fast math): the identity."""
     from tvm import relax
     from tvm.relax import expr_functor
 
-    from ..lowering.converters import constant_value, dims_of
     from .relax_rewrite import function_pass
     from .schedules import _vector_lanes
 
@@ -174,7 +172,7 @@ def winograd_pass(target, enabled: bool = True, counts: dict | None = None):
             call = super().visit_call_(call)
             if not enabled or getattr(call.op, "name", None) != "relax.nn.conv2d":
                 return call
-            plan = eligible(call, dims_of, constant_value)
+            plan = eligible(call)
             if plan is None:
                 return call
             (n, h, w, c), weight, (pt, pl, pb, pr) = plan
@@ -185,20 +183,20 @@ def winograd_pass(target, enabled: bool = True, counts: dict | None = None):
             packed = self.builder_.emit(relax.call_tir(pack, [call.args[0]], relax.TensorType(
                 (ALPHA * ALPHA, n * th * tw, c), "float32")))
             product = self.builder_.emit(relax.op.matmul(packed, relax.const(transformed_weight(weight))))
-            if counts is not None:
-                counts["winograd"] = counts.get("winograd", 0) + 1
             inverse = self.builder_.add_func(inverse_kernel(n, ho, wo, k, th, tw), "winograd_inverse")
             return relax.call_tir(inverse, [product], relax.TensorType((n, ho, wo, k), "float32"))
 
     return function_pass("optc_winograd", _Rewriter)
 
 
-def eligible(call, dims_of, constant_value):
+def eligible(call):
     """((n, h, w, c), HWIO weight, (top, left, bottom, right) padding) of a relax conv2d that F(2x2, 3x3) computes
     here, else None: NHWC float32 data with static dims but the batch n (an int, or a symbolic dim: a TIR variable), a
     constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
     one group, at least MIN_CHANNELS input and MIN_OUTPUT_CHANNELS output channels, padding at most 2 on each side."""
     from tvm import tirx
+
+    from ..lowering.converters import constant_value, dims_of
 
     attrs = call.attrs
     if (attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
