@@ -84,6 +84,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     from .attention import fused_attention_pass  # noqa: PLC0415
     from .empty_mean import empty_means_as_nan  # noqa: PLC0415
     from .fast_math import fast_math_pass  # noqa: PLC0415
+    from .grouped_conv import grouped_conv_pass  # noqa: PLC0415
     from .layout_copies import layout_copies_pass  # noqa: PLC0415
     from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
     from .winograd import winograd_pass  # noqa: PLC0415
@@ -104,7 +105,8 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
-        passes += [_convert_layout_nhwc(), layout_copies_pass(), winograd_pass(target, _fast_math(fast_math))]
+        passes += [_convert_layout_nhwc(), layout_copies_pass(), grouped_conv_pass(target),
+                   winograd_pass(target, _fast_math(fast_math))]
     passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes
 

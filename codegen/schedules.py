@@ -470,12 +470,13 @@ def _read_by_opaque_blocks(sch: s_tir.Schedule) -> list:
     return buffers
 
 
-def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
+def try_inline(sch: s_tir.Schedule, blocks: list, keep: frozenset[str] = frozenset()) -> list:
     """dlight's `try_inline` (inline every block that can be, producers first; returns the rest), except that
     a block read inside an opaque block is never inlined (`_read_by_opaque_blocks`), and a consumer is never
     inlined into a block with an init statement. normalize_prim_func calls a sum of one
     term (K = 1) spatial, and TVM's reverse_compute_inline then put the consumer into both the init and the
-    update: `x @ w + bias` computed `x @ w + 2 * bias`."""
+    update: `x @ w + bias` computed `x @ w + 2 * bias`. The blocks named in ``keep`` are not inlined into their
+    consumers (their consumers may still be inlined into them)."""
 
     def trial(inline, allowed) -> int | None:
         for i, block in enumerate(blocks):
@@ -494,7 +495,8 @@ def try_inline(sch: s_tir.Schedule, blocks: list) -> list:
     hidden = _read_by_opaque_blocks(sch)
 
     def not_read_opaquely(block) -> bool:
-        return not any(w.source.same_as(b) for w in sch.get(block.block_rv).writes for b in hidden)
+        stmt = sch.get(block.block_rv)
+        return stmt.name_hint not in keep and not any(w.source.same_as(b) for w in stmt.writes for b in hidden)
 
     while True:
         i = trial(sch.compute_inline, not_read_opaquely)
@@ -737,6 +739,33 @@ def _pads_as_einsum(sch: s_tir.Schedule, stmt, padding: list[int]) -> bool:
     return True
 
 
+def _read_through_arithmetic(sch: s_tir.Schedule, buffer) -> bool:
+    """Whether a block reads ``buffer`` at an index that is neither a loop variable nor a constant."""
+    return any(r.source.same_as(buffer) and not all(isinstance(rng.min, tirx.Var | tirx.IntImm) for rng in r.region)
+               for blk in _block_stmts(sch) for r in blk.reads)
+
+
+def _keep_copy_before_arithmetic_reads(sch: s_tir.Schedule, infos: list) -> frozenset[str]:
+    """Names of the copy blocks that must stay blocks of their own (``try_inline(keep=...)``), computed per tile
+    before the epilogues: where an epilogue reads the reduction's result at an index that is not a loop variable
+    (``y5[b, c // K, i, j, c % K]``: ``grouped_conv.py``), the reduction's result is first copied out by a block
+    that reads it at its loop variables, pad_einsum's crop or else a ``cache_write``, and the epilogues are inlined
+    into that copy. Read directly through that index, reverse_compute_at bounded the epilogue by the padded tile
+    (c in [g K, g K + 48) for K = 34: each tile also wrote the next group's outputs, from values not yet computed),
+    and without padding the buffer's per-tile region kept an inner loop variable (the build failed)."""
+    mains = [i for i in infos if not i.is_injective()]
+    if len(mains) != 1:
+        return frozenset()
+    main = mains[0].block_rv
+    result = sch.get(main).writes[0].source
+    crops = [b for b in _block_stmts(sch) if any(r.source.same_as(result) for r in b.reads)
+             and not any(w.source.same_as(result) for w in b.writes)]
+    kept = {crop.name_hint for crop in crops if _read_through_arithmetic(sch, crop.writes[0].source)}
+    if not kept and _read_through_arithmetic(sch, result):
+        kept.add(sch.get(sch.cache_write(main, 0, "global")).name_hint)
+    return frozenset(kept)
+
+
 def _block_stmts(sch: s_tir.Schedule) -> list:
     """The blocks directly under the root block (pad_einsum's copies are)."""
     return [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
@@ -779,7 +808,11 @@ class TiledReduction(_Rule):
         pad_copy = self.pad_copy if self.pad_copy is not None else \
             padded or _reduction_size(sch, infos) >= PAD_COPY_MIN_REDUCTION
         pads = [i for i in infos if _is_padding(sch, i)] if pad_copy else []
-        infos = try_inline(sch, [i for i in infos if i not in pads])
+        kept_crops = _keep_copy_before_arithmetic_reads(sch, infos)
+        if kept_crops:
+            infos = normalize_prim_func(sch)
+            pads = [i for i in infos if _is_padding(sch, i)] if pad_copy else []
+        infos = try_inline(sch, [i for i in infos if i not in pads], keep=kept_crops)
         reductions = [i for i, b in enumerate(infos) if not b.is_injective()]
         if len(reductions) != 1 or reductions[0] != 0:
             return None
@@ -912,7 +945,10 @@ class TiledReduction(_Rule):
         ragged_cols = padded_columns and not symbolic_columns and len(outer) > 1 and not group_loops \
             and outer[-1].same_as(n_o)
         par = _fuse_tiles_parallel(sch, outer[:-1] if ragged_cols else outer, work, reduction)
-        tile = outer[-1] if ragged_cols else par
+        # a kept crop writes its real columns after all the panels of a row tile: per panel, the last one's
+        # column test sat in every panel's vectorized stores, which TVM scalarized (a grouped 1x1 conv with 68
+        # columns in 5 panels: 147 us, 88 us where LLVM folded the test away)
+        tile = outer[-1] if ragged_cols and not kept_crops else par
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
         if epilogues:
             if symbolic:
@@ -946,7 +982,8 @@ class TiledReduction(_Rule):
                 # -mcpu=znver4, inception_v1's 1x1 conv over 13 rows padded to 16, 16 lanes over two rows of 8)
                 if len(epi_loops) > 1 and exact_tile:
                     sch.fuse(*epi_loops)
-                _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1)
+                # a kept crop writes a group's real columns (34): whole vectors and a scalar tail
+                _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1, tail=bool(kept_crops))
         for pad in pads:
             schedule_padding(sch, pad.block_rv, target)
         if packed:

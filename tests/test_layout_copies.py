@@ -179,3 +179,45 @@ def test_other_nhwc_transposes_are_not_packed(case):
         assert_within_one_unit(model, np.random.default_rng(3).standard_normal((1, 5, 9, 9)).astype(np.float32))
     else:
         _check(model, batch=1)
+
+
+def _shuffled(groups, channels, perm=(0, 2, 1, 3, 4), batch=2, size=5, split=None):
+    """Conv -> Relu -> ShuffleNet's channel shuffle: Reshape [N, G, C / G, H, W] (or `split`), Transpose `perm`,
+    Reshape back to [N, C, H, W] -> depthwise 3x3 Conv (in NHWC after ConvertLayout, as in ShuffleNet)."""
+    split = split or [0, groups, channels // groups, size, size]
+    extra = (lambda r: numpy_helper.from_array(np.array(split, np.int64), "split"),
+             lambda r: numpy_helper.from_array(np.array([0, channels, size, size], np.int64), "merge"),
+             lambda r: _w(r, "dw", [channels, 1, 3, 3]))
+    tail = [helper.make_node("Reshape", ["r", "split"], ["s"]), helper.make_node("Transpose", ["s"], ["t"], perm=perm),
+            helper.make_node("Reshape", ["t", "merge"], ["m"]),
+            helper.make_node("Conv", ["m", "dw"], ["y"], group=channels, pads=[1, 1, 1, 1])]
+    return _conv_then(tail, channels=channels, batch=batch, size=size, extra=extra)
+
+
+def _shuffle_calls(model: onnx.ModelProto) -> int:
+    from optc.codegen.build import prepare
+    from optc.lowering import lower
+
+    return prepare(lower(optc.from_onnx(model)), None, "cpu")["main"].script().count("channel_shuffle")
+
+
+@pytest.mark.parametrize(("groups", "channels", "batch"), [(4, 136, 2), (2, 116, 1), (3, 24, 3), (8, 16, 1)])
+def test_channel_shuffle_is_one_interleaving_copy(groups, channels, batch):
+    from optc.codegen.layout_copies import shuffle_groups
+
+    model = _shuffled(groups, channels, batch=batch)
+    assert _shuffle_calls(model) == 1
+    _check(model, batch=batch)
+    dims = [batch, 5, 5, channels]
+    assert shuffle_groups(dims, [("reshape", [batch, 5, 5, groups, channels // groups]),
+                                 ("permute", [0, 1, 2, 4, 3]), ("reshape", dims)]) == groups
+
+
+@pytest.mark.parametrize("case", ["identity transpose", "spatial transpose", "channels and rows mixed"])
+def test_other_layout_chains_are_not_shuffles(case):
+    """(negative) Chains of the same ops that do not interleave the channels only: left to the layout ops."""
+    model = {"identity transpose": lambda: _shuffled(4, 16, perm=(0, 1, 2, 3, 4)),
+             "spatial transpose": lambda: _shuffled(4, 16, perm=(0, 1, 2, 4, 3)),
+             "channels and rows mixed": lambda: _shuffled(4, 20, perm=(0, 3, 2, 1, 4))}[case]()
+    assert _shuffle_calls(model) == 0
+    _check(model, batch=2)
