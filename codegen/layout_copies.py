@@ -100,8 +100,9 @@ def _nhwc4_kernel(n: int, c: int, h: int, w: int, pads: tuple[int, int, int, int
     return nhwc4
 
 
-#: the most elements a chain of layout ops is traced on (at compile time) to find a channel shuffle
-SHUFFLE_TRACE_MAX = 1 << 24
+#: the most elements a chain of layout ops is traced on (at compile time, int32 indices: 16 MiB) to find a channel
+#: shuffle
+SHUFFLE_TRACE_MAX = 1 << 22
 #: a shuffle's groups (its inner loop) are unrolled up to this many
 SHUFFLE_UNROLL_MAX = 16
 
@@ -113,13 +114,13 @@ def shuffle_groups(dims: list[int], ops: list[tuple[str, list[int]]]) -> int | N
     size = int(np.prod(dims))
     if len(dims) != 4 or size == 0 or size > SHUFFLE_TRACE_MAX:
         return None
-    index = np.arange(size, dtype=np.int64).reshape(dims)
+    index = np.arange(size, dtype=np.int32).reshape(dims)
     for kind, arg in ops:
         index = index.transpose(arg) if kind == "permute" else index.reshape(arg)
     c = dims[3]
     if list(index.shape) != list(dims):
         return None
-    channels = index - (np.arange(size // c, dtype=np.int64) * c).reshape(*dims[:3], 1)
+    channels = index - (np.arange(size // c, dtype=np.int32) * c).reshape(*dims[:3], 1)
     if not (channels == channels.reshape(-1, c)[0]).all():
         return None
     perm, out = channels.reshape(-1, c)[0], np.arange(c)
