@@ -819,6 +819,11 @@ class TiledReduction(_Rule):
         main, epilogues = infos[0], infos[1:]
         if any(not e.is_injective() for e in epilogues):
             return None
+        # epilogues not inlined into a kept copy (one that broadcasts the result to a larger shape): computed after
+        # all the tiles, as an elementwise kernel. At the tile, their region read through the index arithmetic
+        # was bounded by the whole group, not the tile's panel: they read columns not yet computed
+        after = [e for e in epilogues if kept_crops and sch.get(e.block_rv).name_hint not in kept_crops]
+        epilogues = [e for e in epilogues if e not in after]
         kinds = main.dom_kind()
         if "O" in kinds or "S" not in kinds:
             return None
@@ -984,6 +989,8 @@ class TiledReduction(_Rule):
                     sch.fuse(*epi_loops)
                 # a kept crop writes a group's real columns (34): whole vectors and a scalar tail
                 _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1, tail=bool(kept_crops))
+        for epi in after:
+            Injective.schedule_block(sch, epi.block_rv, target)
         for pad in pads:
             schedule_padding(sch, pad.block_rv, target)
         if packed:

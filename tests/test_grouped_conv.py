@@ -149,6 +149,27 @@ def test_special_values_stay_in_their_group_and_pixel():
         np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("cg", "out_shape"), [(64, [1, 272, 2, 6]), (64, [3, 272, 2, 1]), (16, [1, 272, 2, 6])])
+def test_an_epilogue_that_broadcasts_the_result(cg, out_shape):
+    """conv [1, 272, 2, 1] + o `out_shape` (broadcast along the width or the batch; fused into the kernel): the
+    Add is not inlined into the copy block, and at the tile its region read through `c // 68` spanned the whole
+    group where the tile held one panel of 16 columns (a weight of 64 KiB or more is packed in panels): it read
+    columns not yet computed (2304 of 3264 outputs wrong). It now runs after the tiles."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((272, cg, 1, 1)) / np.sqrt(cg)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], group=4), helper.make_node("Add", ["c", "o"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4 * cg, 2, 1]),
+         helper.make_tensor_value_info("o", TensorProto.FLOAT, out_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    assert "grouped_conv" in _prepared(model)
+    feeds = _feeds(model)
+    got, want = optc.compile(model).run(feeds)["y"], run_ort(model, feeds)[0]
+    assert got.shape == want.shape == tuple(out_shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
 def test_repeated_runs_write_only_their_own_group():
     """The epilogue of a tile writes its group's 34 columns only: reading the padded [.., 48] result through
     `c // 34`, it wrote the next group's first 14 too, from values not yet computed, so tiles of neighbouring
