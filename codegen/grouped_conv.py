@@ -82,31 +82,20 @@ def grouped_conv_pass(target):
 def eligible(call, lanes: int):
     """((n, h, w, c), HWIO weight [1, 1, c / groups, k], groups) of a relax conv2d that this pass computes, else
     None: NHWC float32 data with static dims but the batch n (an int, or a symbolic dim: a TIR variable), a
-    constant 1x1 HWIO float32 kernel, more than one group of at least two input channels each, stride 1, no
-    padding, and more output channels per group than the target's float32 ``lanes`` but not a multiple of them
-    (where they are, or fit one vector, TVM's kernel already runs in whole vectors: as fast, measured)."""
-    from tvm import tirx
+    constant 1x1 HWIO float32 kernel, stride 1 (``nhwc_conv.static_float32_conv``), more than one group of at
+    least two input channels each, no padding, and more output channels per group than the target's float32
+    ``lanes`` but not a multiple of them (where they are, or fit one vector, TVM's kernel already runs in whole
+    vectors: as fast, measured)."""
+    from .nhwc_conv import static_float32_conv
 
-    from ..lowering.converters import constant_value, dims_of
-
-    attrs = call.attrs
-    groups = int(attrs.groups)
-    if (attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
-            or groups < 2 or [int(s) for s in attrs.strides] != [1, 1] or any(int(p) for p in attrs.padding)
-            or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+    plan = static_float32_conv(call)
+    groups = int(call.attrs.groups)
+    if plan is None or groups < 2 or any(int(p) for p in call.attrs.padding):
         return None
-    x, kernel = call.args
-    dims = dims_of(x)
-    weight = constant_value(kernel)
-    if (dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]) or weight is None
-            or str(getattr(x.ty, "dtype", "")) != "float32" or weight.dtype != np.float32
-            or weight.ndim != 4 or weight.shape[:2] != (1, 1)):
-        return None
+    dims, weight = plan
     c, k = dims[3], weight.shape[3]
-    if c % groups or k % groups or c // groups < 2 or weight.shape[2] != c // groups or min(dims[1:]) < 1:
+    if weight.shape[:2] != (1, 1) or c % groups or k % groups or c // groups < 2 or weight.shape[2] != c // groups:
         return None
     if k // groups <= lanes or k // groups % lanes == 0:
         return None
-    if not isinstance(dims[0], int | tirx.Var) or (isinstance(dims[0], int) and dims[0] < 1):
-        return None
-    return tuple(dims), weight, groups
+    return dims, weight, groups

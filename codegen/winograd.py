@@ -192,34 +192,23 @@ def winograd_pass(target, enabled: bool = True):
 def eligible(call):
     """((n, h, w, c), HWIO weight, (top, left, bottom, right) padding) of a relax conv2d that F(2x2, 3x3) computes
     here, else None: NHWC float32 data with static dims but the batch n (an int, or a symbolic dim: a TIR variable), a
-    constant 3x3 HWIO float32 kernel, stride 1, dilation 1,
+    constant 3x3 HWIO float32 kernel, stride 1 (``nhwc_conv.static_float32_conv``), dilation 1,
     one group, at least MIN_CHANNELS input and MIN_OUTPUT_CHANNELS output channels, padding at most 2 on each side."""
-    from tvm import tirx
+    from .nhwc_conv import static_float32_conv
 
-    from ..lowering.converters import constant_value, dims_of
-
+    plan = static_float32_conv(call)
     attrs = call.attrs
-    if (attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
-            or int(attrs.groups) != 1 or [int(s) for s in attrs.strides] != [1, 1]
-            or [int(d) for d in attrs.dilation] != [1, 1]
-            or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+    if plan is None or int(attrs.groups) != 1 or [int(d) for d in attrs.dilation] != [1, 1]:
         return None
-    x, kernel = call.args
-    dims = dims_of(x)
-    weight = constant_value(kernel)
-    if (dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]) or weight is None
-            or str(getattr(x.ty, "dtype", "")) != "float32" or weight.dtype != np.float32
-            or weight.shape[:2] != (3, 3) or weight.shape[2] != dims[3]):
+    dims, weight = plan
+    if weight.shape[:2] != (3, 3) or weight.shape[2] != dims[3]:
         return None
     pads = [int(p) for p in attrs.padding]
     if len(pads) != 4 or min(pads) < 0 or max(pads) > 2:
         return None
-    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_OUTPUT_CHANNELS or min(dims[1:]) < 1 or (
-            isinstance(dims[0], int) and dims[0] < 1):
-        return None
-    if not isinstance(dims[0], int | tirx.Var):  # (2 * N, N - 1: the kernels' buffers could not define N)
+    if dims[3] < MIN_CHANNELS or weight.shape[3] < MIN_OUTPUT_CHANNELS:
         return None
     ho, wo = dims[1] + pads[0] + pads[2] - 2, dims[2] + pads[1] + pads[3] - 2
     if ho < 1 or wo < 1:
         return None
-    return tuple(dims), weight, tuple(pads)
+    return dims, weight, tuple(pads)
