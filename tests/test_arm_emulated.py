@@ -39,8 +39,14 @@ def _models() -> dict[str, onnx.ModelProto]:
     spec = importlib.util.spec_from_file_location("optc_benchmark_models", ROOT / "benchmarks" / "models.py")
     models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(models)
+    from .test_grouped_conv import _model as grouped_conv_model
+    from .test_layout_copies import _shuffled
+
     return {"resnet_like": models.resnet_like(width=8, blocks=(1, 1), image=32),
-            "bert_like": models.bert_like(layers=1, hidden=64, heads=2, seq=16, vocab=100, ffn=128)}
+            "bert_like": models.bert_like(layers=1, hidden=64, heads=2, seq=16, vocab=100, ffn=128),
+            # ShuffleNet's grouped 1x1 conv (34 channels a group: NEON's 4 lanes do not divide it) and shuffle
+            "grouped_conv": grouped_conv_model(c=136, k=136, size=(6, 7), tail="residual"),
+            "channel_shuffle": _shuffled(4, 136, batch=1)}
 
 
 def _unavailable(why: str):
