@@ -165,7 +165,9 @@ def _static_shapes(task) -> bool:
 def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: dict | None = None,
                   batch_sizes: Sequence[int] = ()):
     """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module (kernels with symbolic
-    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them), with
+    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them; kernels
+    scheduled when they are made, such as Winograd's data pack, are not tasks: never measured, the trial split
+    counted each as the slowest kernel), with
     the static batch entries of ``batch_sizes`` that the build adds (``static_batch.py``: their static kernels
     are tuned; the build applies the records to them). The index checks of gathers and scatters are left out: a
     loop over the indices with nothing to tune, which the random indices of a measurement would fail."""
@@ -182,6 +184,7 @@ def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: 
         fused = fuse(prepare(mod, params, target, layout=layout), target)
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
              if not t.mod.attrs.get("tirx.is_scheduled", False)
+             and not (t.mod["main"].attrs or {}).get("tirx.is_scheduled", False)
              and INDEX_CHECK_ATTR not in (t.mod["main"].attrs or {})]
     static = [t for t in tasks if _static_shapes(t)]
     if skipped is not None:
