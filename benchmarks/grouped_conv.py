@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Benchmark ShuffleNet's layers: grouped 1x1 convolutions (codegen/grouped_conv.py) and channel shuffles
-(codegen/layout_copies.py), each against the kernels TVM would run without the rewrite and onnxruntime.
+"""Benchmark ShuffleNet's grouped 1x1 convolutions and channel shuffles against TVM's kernels and onnxruntime.
+
+The rewrites: codegen/grouped_conv.py and codegen/layout_copies.py; each layer is timed against the kernels TVM
+would run without the rewrite and against onnxruntime.
 
 For each layer, in one process, alternating (`optc.workflow.latency.time_alternating`: every round gives each
 contestant a turn in a new order; medians over rounds, the speed-up a median of per-round ratios):
@@ -138,7 +140,7 @@ def markdown(rows: list[dict], args) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="at least this many alternating rounds (default 20)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per layer, all contestants (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
