@@ -26,7 +26,6 @@ the largest output magnitude. One thread by default (``TVM_NUM_THREADS``, ``intr
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
-from report import RESULTS, cpu_model, write_section  # noqa: E402
+from report import cpu_model, layer_benchmark  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -140,22 +139,7 @@ def markdown(rows: list[dict], args) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20, help="at least this many alternating rounds (default 20)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="timing per layer, all contestants (default 3)")
-    parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
-    args = parser.parse_args()
-    rows = []
-    for kind, c, k, size in LAYERS:
-        rows.append(measure(kind, c, k, size, args))
-        r = rows[-1]
-        print(f"{r['layer']}: optc {r['ms']['optc']:.3f} ms, no rewrite {r['ms']['optc, no rewrite']:.3f}, "
-              f"onnxruntime {r['ms']['onnxruntime']:.3f} ({r['speedup']:.2f}x)", flush=True)
-    section = markdown(rows, args)
-    if not args.no_write:
-        write_section(RESULTS, section)
-    print(section)
-    return 0
+    return layer_benchmark(__doc__.splitlines()[0], LAYERS, measure, markdown)
 
 
 if __name__ == "__main__":
