@@ -8,7 +8,8 @@ TVM's own kernel (topi ``group_conv2d_nhwc``) iterates over the output channel g
 channel ``(g * Kg + k) // Kg * Cg + c``: a schedule cannot pad that index, so its register tile runs in vectors that
 divide Kg. ShuffleNet's Kg = 34, 68 and 136 gave vectors of 2 or 4 lanes (``schedules.GROUP_PAIR_MAX``): 10-40
 GFLOP/s, 1.7-5.9x onnxruntime's time per layer (AMD EPYC Zen 4, 1 thread). Here the group is an axis of the
-iteration space and the input is read as x5 [n, h, w, G, Cg] (a view), so the reduction is an einsum
+iteration space and the input is read as x5 [n, h, w, G, Cg] (a split block the schedule inlines: no copy), so
+the reduction is an einsum
 
     y5[n, g, h, w, k] = sum_c x5[n, h, w, g, c] * w3[c, g, k]         w3 = w reshaped to [Cg, G, Kg]
     y[n, h, w, g * Kg + k] = y5[n, g, h, w, k]
