@@ -470,13 +470,50 @@ def _read_by_opaque_blocks(sch: s_tir.Schedule) -> list:
     return buffers
 
 
+#: the most expression nodes one inlining may copy into a block that reads the inlined value more than once
+#: (nodes x reads). Inlining substitutes the producer's expression at every read, so a chain of such blocks grows
+#: as a product: two Mish activations in a row (x * tanh(softplus(x)), each fast_exp / fast_tanh reading its
+#: argument 5-20 times) made one expression that took TVM over 5 minutes and 18 GB to inline. A producer over the
+#: limit stays a block of its own (an intermediate buffer, computed by its own vectorized loop). In the 9 light
+#: CNNs' and the benchmark's transformers' kernels (float and QDQ) the products reach 4,806, but for the QDQ
+#: GPT-2's tanh Gelu (25,555: fast_tanh reads its 1,345-node argument 19 times), which now keeps that argument
+#: (the int8 GPT-2-like export ran 4.41 ms against 4.40 with a limit above it: AMD EPYC Zen 4, 1 thread)
+MAX_INLINED_NODES = 8192
+
+
+def _expr_nodes(expr) -> int:
+    count = [0]
+    _walk(expr, lambda _node: count.__setitem__(0, count[0] + 1))
+    return count[0]
+
+
+def _reads_of(stmt, buffer) -> int:
+    """How many loads of `buffer` the block `stmt`'s body has."""
+    from tvm.ir.expr import TensorLoad  # noqa: PLC0415  (a tirx.BufferLoad)
+
+    loads = [0]
+    _walk(stmt.body, (TensorLoad, lambda load: loads.__setitem__(0, loads[0] + load.source.same_as(buffer))))
+    return loads[0]
+
+
+def _inlined_nodes(producer, consumers) -> int:
+    """Expression nodes that inlining block `producer` (a statement) into the blocks `consumers` copies: its
+    expression's nodes times the reads of its result in all of them, when there is more than one read; 0 for a
+    single read (that moves the expression, it does not copy it)."""
+    if not isinstance(producer.body, tirx.BufferStore) or len(producer.writes) != 1:
+        return 0
+    reads = sum(_reads_of(c, producer.writes[0].source) for c in consumers)
+    return reads * _expr_nodes(producer.body.value) if reads > 1 else 0
+
+
 def try_inline(sch: s_tir.Schedule, blocks: list, keep: frozenset[str] = frozenset()) -> list:
     """dlight's `try_inline` (inline every block that can be, producers first; returns the rest), except that
     a block read inside an opaque block is never inlined (`_read_by_opaque_blocks`), and a consumer is never
     inlined into a block with an init statement. normalize_prim_func calls a sum of one
     term (K = 1) spatial, and TVM's reverse_compute_inline then put the consumer into both the init and the
     update: `x @ w + bias` computed `x @ w + 2 * bias`. The blocks named in ``keep`` are not inlined into their
-    consumers (their consumers may still be inlined into them)."""
+    consumers (their consumers may still be inlined into them). No inlining copies more than
+    ``MAX_INLINED_NODES`` expression nodes into a block that reads the value several times."""
 
     def trial(inline, allowed) -> int | None:
         for i, block in enumerate(blocks):
@@ -490,13 +527,18 @@ def try_inline(sch: s_tir.Schedule, blocks: list, keep: frozenset[str] = frozens
         return None
 
     def producers_have_no_init(block) -> bool:
-        return all(sch.get(p).init is None for p in sch.get_producers(block.block_rv))
+        producers = [sch.get(p) for p in sch.get_producers(block.block_rv)]
+        consumer = [sch.get(block.block_rv)]
+        return all(p.init is None and _inlined_nodes(p, consumer) <= MAX_INLINED_NODES for p in producers)
 
     hidden = _read_by_opaque_blocks(sch)
 
     def not_read_opaquely(block) -> bool:
         stmt = sch.get(block.block_rv)
-        return stmt.name_hint not in keep and not any(w.source.same_as(b) for w in stmt.writes for b in hidden)
+        if stmt.name_hint in keep or any(w.source.same_as(b) for w in stmt.writes for b in hidden):
+            return False
+        consumers = [sch.get(c) for c in sch.get_consumers(block.block_rv)]
+        return _inlined_nodes(stmt, consumers) <= MAX_INLINED_NODES
 
     while True:
         i = trial(sch.compute_inline, not_read_opaquely)
