@@ -5,7 +5,8 @@ Interface: a fused PrimFunc with one reduction block ``C[.., n] += int32(A[.., k
 ``matmul(a, w, out_dtype="int32")``, ``conv2d(x, w, out_dtype="int32")`` in NHWC/HWIO after optc's layout pass), A
 and B uint8/int8, B a constant weight (``layout_free_buffers``; or an int8 B computed at run time, an activation x
 activation matmul, which the kernel packs itself before its tiles: ``_prepack_weight(..., at_run_time=True)``,
-register tiles only), followed by injective epilogues (zero-point corrections, the float requantize: multiply,
+register tiles only; its N may be symbolic when provably whole vectors: attention's key length, padded at run time
+by ``lowering/ops/qinteger.py``), followed by injective epilogues (zero-point corrections, the float requantize: multiply,
 add, round, clip, cast). Every kernel is exact: the int32 result equals the integer sum (no int16 saturation).
 
 Instruction sets, chosen from the *target's* LLVM features (``targets.llvm_features``; the ``cpu`` preset's
@@ -74,6 +75,7 @@ from .schedules import (
     _block_stmts,
     _buffer_last_index_vars,
     _bytes,
+    _divisible,
     _extent,
     _fuse_tiles_parallel,
     _is_padding,
@@ -305,6 +307,11 @@ def _schedule_run_time_packing(sch: s_tir.Schedule, copy, group: int, b_axes: tu
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
+def _whole_vectors(extent) -> int:
+    """The largest of 64, 32 and 16 that provably divides the symbolic loop extent `extent`, else 0."""
+    return next((c for c in (64, 32, 16) if _divisible(extent, c)), 0)
+
+
 def _k_n_axes(dims, k_var, n_var) -> tuple[int, int] | None:
     """(k axis, n axis) of a B region read with k alone in one axis and n alone in another (no other axis using
     either), else None."""
@@ -482,12 +489,15 @@ class Int8Reduction(_Rule):
         loops = sch.get_loops(block)
         s_loops, r_loops = list(loops[:n_s]), list(loops[n_s:])
         extents = [_extent(sch, lp) for lp in loops]
-        # N and K static; a symbolic row axis (a dynamic batch or sequence length) is padded to whole tiles below
-        # (the tensor intrinsic takes no predicate), symbolic axes before it stay outer loops
-        if n_s < 2 and None in extents or any(e is None for e in extents[n_s - 1:]):
+        # K static; a symbolic row axis (a dynamic batch or sequence length) is padded to whole tiles below (the
+        # tensor intrinsic takes no predicate), symbolic axes before it stay outer loops; a symbolic N only for a B
+        # computed at run time whose columns are whole vectors (attention's keys, padded: qinteger's _run_time_w)
+        n_whole = 0 if extents[n_s - 1] is not None else _whole_vectors(sch.get(s_loops[-1]).extent)
+        if n_s < 2 and None in extents or any(e is None for e in extents[n_s:]) or \
+                extents[n_s - 1] is None and (constant_b or not n_whole):
             return None
         symbolic = None in extents
-        n_ext, k_ext = extents[n_s - 1], extents[-1]
+        n_ext, k_ext = extents[n_s - 1] or n_whole, extents[-1]
         m_ext = extents[n_s - 2] if n_s >= 2 else 1  # None: symbolic rows
         work = None if symbolic else math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
@@ -556,8 +566,11 @@ class Int8Reduction(_Rule):
             if isa is None:
                 return None
             _, lanes, group, _ = ISAS[isa]
-            # symbolic rows were padded to a multiple of `padded`: a tile height dividing that divides them
+            # symbolic rows were padded to a multiple of `padded`: a tile height dividing that divides them; a
+            # symbolic N is a multiple of n_whole columns: tiles of up to that many
             u_m, u_n = self.tile or _tile(isa, padded if m_ext is None else m_ext, n_ext // lanes)
+            if extents[n_s - 1] is None and n_whole % (u_n * lanes):
+                return None
             panel, chunk = u_n * lanes, group
 
         if amx:

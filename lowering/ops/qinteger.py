@@ -20,9 +20,10 @@ int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on th
   8-bit range and the zero point are exact in float32 and a sum rounded above 2^24 still saturates).
 * float output (no y_scale): `float32(acc) * float32(x_scale * w_scale)` (onnxruntime's QGemm float output).
 * run-time w (QMatMul of two activations, `_run_time_w`): a as uint8 and w as int8 (the other type shifted by 128,
-  its zero point with it), K padded to a multiple of 4 and N to one of 16 with zeros, `matmul(a', w')` on the
-  dot-product instructions (the kernel packs w' itself), then `- za' colsum(w') - zw' rowsum(a') + K za' zw'`
-  from run-time sums, the usual requantize, and the padded columns cropped by a kernel of their own.
+  its zero point with it), K padded to a multiple of 4 and N to one of 16 with zeros (a symbolic N, attention's
+  key length in a dynamic-axes export, by a kernel at run time), `matmul(a', w')` on the dot-product
+  instructions (the kernel packs w' itself), then `- za' colsum(w') - zw' rowsum(a') + K za' zw'` from run-time
+  sums, the usual requantize, and the padded columns cropped by a kernel of their own.
 * int32 output (QMatMul without x_scale: MatMulInteger with constant weights, whose x_zp may be a run-time
   scalar, as DynamicQuantizeLinear makes it): the corrected accumulator `acc - x_zp * colsum(w)`.
 
@@ -145,13 +146,15 @@ def _run_time_w(bb, ctx, inputs, attrs):
     y_scale = None if get(5) is None else _constant(inputs[5], "y_scale").astype(np.float32).reshape(())
     y_zp = None if get(6) is None else _constant(inputs[6], "y_zero_point")
     xs, ws = _shape(x), _shape(w)
+    n = (dims_of(w) or [None])[-1]
     if w_scale.size != 1 or xs is None or ws is None or len(xs) < 2 or len(ws) < 2 or \
-            not isinstance(ws[-2], int) or not isinstance(ws[-1], int) or xs[-1] != ws[-2]:
-        raise refuse("QMatMul with a run-time w needs per-tensor scales, ranks >= 2 and a static K and N")
-    k, n = ws[-2], ws[-1]
+            not isinstance(ws[-2], int) or xs[-1] != ws[-2] or n is None:
+        raise refuse("QMatMul with a run-time w needs per-tensor scales, ranks >= 2 and a static K")
+    k = ws[-2]
     if k > MAX_RUNTIME_TERMS:
         raise refuse(f"QMatMul of two activations with a reduction of {k} terms could overflow int32")
-    k4, n16 = -(-k // DOT_GROUP) * DOT_GROUP, -(-n // 16) * 16
+    # N symbolic (attention's key length): padded to whole vectors at run time, the int8 kernel's columns
+    k4, n16 = -(-k // DOT_GROUP) * DOT_GROUP, -(-n // 16) * 16 if isinstance(n, int) else tirx.floordiv(n + 15, 16) * 16
     # the operands as the kernel reads them: a, and w or the input t of the Transpose that made w (read through
     # perm: no transposed copy); shifted to uint8 (a) / int8 (w) and zero-padded to k4 (and w to n16)
     w_src = _transposed_source(ctx, w)
@@ -162,7 +165,11 @@ def _run_time_w(bb, ctx, inputs, attrs):
     if dtype_of(w) == "uint8":
         tw, w_zp = _shifted(tw, len(w_perm), -128, "int8"), w_zp - 128
     ta = bb.emit(_padded(ta, len(xs), {len(xs) - 1: k4 - k}))
-    tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k, w_perm[-1]: n16 - n}))
+    if isinstance(n, int):
+        tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k, w_perm[-1]: n16 - n}))
+    else:
+        tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k}))
+        tw = _padded_to(bb, tw, w_perm[-1], n16)
     if w_src is None:
         acc = bb.emit(relax.op.matmul(ta, tw, out_dtype="int32"))
     else:
@@ -177,7 +184,7 @@ def _run_time_w(bb, ctx, inputs, attrs):
     if x_zp and w_zp:
         acc = bb.emit(relax.op.add(acc, const(k * x_zp * w_zp, "int32")))
     y = _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
-    if n16 == n:
+    if isinstance(n, int) and n16 == n:
         return y
     crop = lambda t: _crop_last_axis(bb, t, n)  # noqa: E731
     node = getattr(ctx, "node", None)
@@ -200,9 +207,23 @@ def _padded(t, rank: int, widths: dict[int, int]):
     return relax.op.nn.pad(t, [w for axis in range(rank) for w in (0, widths.get(axis, 0))])
 
 
+def _padded_to(bb, t, axis: int, length):
+    """t zero-padded at the end of `axis` to `length` elements (a TIR expression of t's symbolic dims, at least
+    t's dim): a kernel of its own (the int8 matmul packs its operand from it)."""
+    from tvm import te  # noqa: PLC0415
+
+    def pad(x):
+        shape = list(x.shape)
+        shape[axis] = length
+        zero = tirx.const(0, x.dtype)
+        return te.compute(shape, lambda *i: tirx.if_then_else(i[axis] < x.shape[axis], x(*i), zero), name="pad")
+
+    return bb.emit_te(pad, t, primfunc_name_hint="pad_columns")
+
+
 def _transposed_source(ctx, w) -> tuple | None:
     """(t, perm) when QMatMul's run-time w (the Relax expression `w`) is the IR's Transpose(t, perm) of a
-    statically shaped t (`rewrites/rules/qtranspose.py` moves attention's K transpose there): the kernel then
+    t of known shape (`rewrites/rules/qtranspose.py` moves attention's K transpose there): the kernel then
     reads t through perm and packs its dot-product groups from t's own rows. None otherwise (w used as it is)."""
     node = getattr(ctx, "node", None)
     exprs = getattr(ctx, "exprs", None)
@@ -215,7 +236,7 @@ def _transposed_source(ctx, w) -> tuple | None:
     if t is None or exprs.get(node.inputs[3]) is not w:  # (w re-broadcast for symbolic batch dims: keep it)
         return None
     dims = dims_of(t)
-    if dims is None or not all(isinstance(d, int | tirx.IntImm) for d in dims):
+    if dims is None:
         return None
     perm = producer.attr("perm")
     return t, [int(p) for p in perm] if perm is not None else list(range(len(dims)))[::-1]
@@ -251,15 +272,24 @@ def _permuted_matmul(bb, a, t, perm: list[int]):
     return bb.call_te(compute, a, t, primfunc_name_hint="matmul_permuted")
 
 
-def _crop_last_axis(bb, t, n: int):
-    """t[..., :n] (t static, its last axis longer than n, which is no multiple of 16) as a kernel of its own,
+def _crop_last_axis(bb, t, n):
+    """t[..., :n] (t static, its last axis longer than n, which is no multiple of 16; or n symbolic) as a kernel of its own,
     written out: rows in parallel, each copied in vectors (up to 64 bytes) and a scalar tail. Fused after the matmul
     instead (FuseOps takes a strided_slice into the epilogue), the epilogue's stores were predicated lane by lane
     and TVM scalarized them; a strided_slice kernel of 197-wide rows got no vectors either (no schedule rule
     vectorizes a row whose width no vector divides)."""
     dims = list(t.ty.shape.values)
+    if not isinstance(n, int):  # a symbolic n (attention's keys; a strided_slice's type had a T.if_then_else
+        rows = 1               # that FuseOps could not type): the same kernel over symbolic rows and columns
+        for d in dims[:-1]:
+            rows = rows * d
+        dtype = dtype_of(t)
+        flat = bb.emit(relax.op.reshape(t, [rows, dims[-1]]))
+        gv = bb.add_func(_crop_kernel_symbolic(64 // np.dtype(dtype).itemsize, dtype), "crop_columns")
+        out = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, n], dtype)))
+        return bb.emit(relax.op.reshape(out, [*dims[:-1], n]))
     if n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims) or any(int(d) == 0 for d in dims):
-        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))  # short rows, symbolic or empty: a slice
+        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))  # short rows or empty: a slice
     shape = [int(d) for d in dims]
     rows, width = int(np.prod(shape[:-1])), shape[-1]
     dtype = dtype_of(t)
@@ -292,6 +322,32 @@ def _crop_kernel(rows: int, width: int, n: int, lanes: int, dtype: str):
                 with T.sblock("tail"):
                     vr = T.axis.spatial(T.int64(rows), r)
                     vj = T.axis.spatial(T.int64(n), T.int64(start) + j)
+                    b[vr, vj] = a[vr, vj]
+
+    return crop
+
+
+def _crop_kernel_symbolic(lanes: int, dtype: str):
+    """`_crop_kernel` for symbolic rows, width and n (read from the buffers): whole vectors, then a scalar tail."""
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    @T.prim_func(private=True, s_tir=True)
+    def crop(var_a: T.handle, var_b: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
+        rows, width, n = T.int64(), T.int64(), T.int64()
+        a = T.match_buffer(var_a, (rows, width), dtype)
+        b = T.match_buffer(var_b, (rows, n), dtype)
+        for r in T.parallel(rows):
+            for v in range(n // T.int64(lanes)):
+                for j in T.vectorized(T.int64(lanes)):
+                    with T.sblock("body"):
+                        vr = T.axis.spatial(rows, r)
+                        vj = T.axis.spatial(n, v * T.int64(lanes) + j)
+                        b[vr, vj] = a[vr, vj]
+            for j in range(n % T.int64(lanes)):
+                with T.sblock("tail"):
+                    vr = T.axis.spatial(rows, r)
+                    vj = T.axis.spatial(n, n // T.int64(lanes) * T.int64(lanes) + j)
                     b[vr, vj] = a[vr, vj]
 
     return crop

@@ -26,7 +26,7 @@ The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` option
   Conv's layout [M, C/group, k...]; for QMatMul [K, N] (a Gemm's transB weight is transposed here).
   w_scale float32, per tensor or per output channel ([M] / [N]).
 * QMatMul's w may instead be a run-time uint8 / int8 tensor (an activation x activation MatMul: attention's
-  Q K^T and P V) of rank >= 2 with static K and N, quantized per tensor: b_zero_point (input 8) is then its zero
+  Q K^T and P V) of rank >= 2 with a static K and a static or named symbolic N, quantized per tensor: b_zero_point (input 8) is then its zero
   point, w_scale a scalar, and there is no bias. The lowering corrects for both zero points with the row sums of a
   and the column sums of w at run time (`lowering/ops/qinteger.py`, `MAX_RUNTIME_TERMS` bounds K).
 * B / bias: int32 [M] / [N] in units of x_scale * w_scale (zero point 0), added to the int32 accumulator: the
@@ -52,7 +52,8 @@ sum lies within its rounding error of a rounding boundary of Q: at most 1 quanti
 contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py measures the histogram).
 
 Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
-column, of a symbolic K or N or of a reduction over MAX_RUNTIME_TERMS (symbolic batch dims are aligned in the
+column, of a symbolic K (whose length, unknown until run time, could overflow int32) or an unknown N, or of a
+reduction over MAX_RUNTIME_TERMS (symbolic batch dims are aligned in the
 lowering, as MatMul's are); non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the
 float path, whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA
 or alpha / beta != 1; an int32 bias whose scale is not x_scale * w_scale, a float bias; reductions over
@@ -378,11 +379,13 @@ def _matmul_operands(m, ad, wd, bd):
 
 def _run_time_weight(m, a: Value, wd: Value):
     """The second operand of an activation x activation MatMul (attention's Q K^T and P V): per tensor, 8-bit,
-    a static K and N (the kernel pads them to its instruction's lanes), K short enough for the zero point terms."""
+    a static K (the kernel pads it to its instruction's group), K short enough for the zero point terms, and a
+    static or named symbolic N (attention's key length: padded to whole vectors at run time)."""
     w, wq = _activation_dq(m, wd, "the second input")
     require(a.rank is not None and a.rank >= 2 and w.rank is not None and w.rank >= 2, "a rank is unknown or < 2")
     k, n = w.shape[-2], w.shape[-1]
-    require(isinstance(k, int) and isinstance(n, int), "the second input's K or N is not static")
+    require(isinstance(k, int), "the second input's K is not static")
+    require(isinstance(n, int) or isinstance(n, str), "the second input's N is unknown")
     require(a.shape[-1] == k, "the inputs' reduction lengths differ")
     require(k <= MAX_RUNTIME_TERMS, "the reduction is too long for an int32 accumulator with run-time zero points")
     return w, wq.scale, None, wq.zero_point
