@@ -502,7 +502,10 @@ class Int8Reduction(_Rule):
         work = None if symbolic else math.prod(extents[:n_s])
         reduction = math.prod(extents[n_s:])
         if m_ext is None and not padded and not pad_rows:
-            return None
+            # symbolic rows already padded to whole tiles (bf16 matmuls: precision.py pads them in Relax)
+            if n_s < 2 or not _divisible(sch.get(s_loops[-2]).extent, MAX_TILE_ROWS):
+                return None
+            padded = MAX_TILE_ROWS
         if symbolic and amx:
             return None
         if pad_rows:

@@ -124,7 +124,8 @@ def _fits_dot_products(conv) -> bool:
 def _ragged_rows(matmul) -> int:
     """Zero rows to append to a bf16 matmul's activation so that a register tile height divides its rows: 0 when
     one already does, or when the matmul does not fit the dot-product kernels (a constant 2-D weight of a
-    multiple of 16 columns and an even K, a static activation of rank >= 2)."""
+    multiple of 16 columns and an even K, an activation of rank >= 2 and static K); -1 for symbolic rows (padded
+    to a multiple of MAX_TILE_ROWS at run time)."""
     from tvm import relax  # noqa: PLC0415
     from tvm.ir.expr import Constant  # noqa: PLC0415
 
@@ -133,10 +134,15 @@ def _ragged_rows(matmul) -> int:
     a, b = matmul.args[0].ty.shape, matmul.args[1].ty.shape
     if not isinstance(matmul.args[1], Constant) or not isinstance(a, relax.ShapeExpr) or len(a.values) < 2:
         return 0
-    if not all(hasattr(d, "value") for d in [*a.values, *b.values]) or len(b.values) != 2:
+    if not all(hasattr(d, "value") for d in [a.values[-1], *b.values]) or len(b.values) != 2:
         return 0
-    m, (k, n) = int(a.values[-2].value), (int(d.value) for d in b.values)
-    if n % 16 or k % 2 or m <= MAX_TILE_ROWS or rows_divide_into_tiles(m):
+    k, n = (int(d.value) for d in b.values)
+    if n % 16 or k % 2:
+        return 0
+    if not hasattr(a.values[-2], "value"):  # symbolic rows (a dynamic sequence length): padded at run time
+        return -1
+    m = int(a.values[-2].value)
+    if m <= MAX_TILE_ROWS or rows_divide_into_tiles(m):
         return 0
     return -m % MAX_TILE_ROWS
 
@@ -155,11 +161,13 @@ def to_bfloat16(mod, target=None, *, fast_math: bool = True, separate_padding: b
     (``{"conv2d": 3, "matmul": 2}``), ``summary["kept_float32"]`` the calls left as they were, by reason
     (``{"matmul: operands float64": 1}``, ``{"attention: fused float32 kernel": 4}``). The module's inputs and
     outputs keep their types."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax, tirx  # noqa: PLC0415
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
 
+    from ..lowering.symbolic_pad import crop_to, pad_to  # noqa: PLC0415
     from .attention import fused_attention_pass  # noqa: PLC0415
     from .relax_rewrite import rewrite_functions  # noqa: PLC0415
+    from .schedules import MAX_TILE_ROWS  # noqa: PLC0415
 
     attention: Counter[str] = Counter()
     mod = fused_attention_pass(target, fast_math, attention)(mod)
@@ -187,9 +195,15 @@ def to_bfloat16(mod, target=None, *, fast_math: bool = True, separate_padding: b
                 rows = _ragged_rows(call) if separate_padding else 0
                 if not rows:
                     return relax.op.matmul(a, b, out_dtype="float32")
+                rank = len(call.args[0].ty.shape.values)
+                if rows < 0:  # symbolic rows: the same, by kernels of their own (a dynamic-axes export: its bf16
+                    m = call.args[0].ty.shape.values[-2]  # matmuls ran emulated, slower than float32)
+                    padded = pad_to(self.builder_, a, rank - 2, tirx.floordiv(m + MAX_TILE_ROWS - 1, MAX_TILE_ROWS)
+                                    * MAX_TILE_ROWS)
+                    y = self.builder_.emit(relax.op.matmul(padded, b, out_dtype="float32"))
+                    return crop_to(self.builder_, y, rank - 2, m)
                 # rows that no register tile height divides (ViT's 197 tokens): padded with zero rows to whole
                 # tiles on the bf16 input and cropped after (the padded rows' products are never read)
-                rank = len(call.args[0].ty.shape.values)
                 width = [0] * (2 * rank)
                 width[2 * (rank - 2) + 1] = rows
                 padded = self.builder_.emit(relax.op.nn.pad(a, width))

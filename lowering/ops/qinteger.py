@@ -37,6 +37,7 @@ from tvm import relax, tirx
 
 from ...rewrites.rules.qinteger import MAX_RUNTIME_TERMS, MAX_TERMS
 from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dims_of, dtype_of, refuse
+from ..symbolic_pad import pad_to
 from .quant import _INT_RANGES, _conv_pads, _rank, _saturate, _scalar, _shape, _without_nan, record_float_grid
 
 #: input channels a dot-product instruction multiply-adds per lane (x86 VNNI vpdpbusd, Arm sdot / udot: 4)
@@ -169,7 +170,7 @@ def _run_time_w(bb, ctx, inputs, attrs):
         tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k, w_perm[-1]: n16 - n}))
     else:
         tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k}))
-        tw = _padded_to(bb, tw, w_perm[-1], n16)
+        tw = pad_to(bb, tw, w_perm[-1], n16)
     if w_src is None:
         acc = bb.emit(relax.op.matmul(ta, tw, out_dtype="int32"))
     else:
@@ -205,20 +206,6 @@ def _padded(t, rank: int, widths: dict[int, int]):
     if not any(widths.values()):
         return t
     return relax.op.nn.pad(t, [w for axis in range(rank) for w in (0, widths.get(axis, 0))])
-
-
-def _padded_to(bb, t, axis: int, length):
-    """t zero-padded at the end of `axis` to `length` elements (a TIR expression of t's symbolic dims, at least
-    t's dim): a kernel of its own (the int8 matmul packs its operand from it)."""
-    from tvm import te  # noqa: PLC0415
-
-    def pad(x):
-        shape = list(x.shape)
-        shape[axis] = length
-        zero = tirx.const(0, x.dtype)
-        return te.compute(shape, lambda *i: tirx.if_then_else(i[axis] < x.shape[axis], x(*i), zero), name="pad")
-
-    return bb.emit_te(pad, t, primfunc_name_hint="pad_columns")
 
 
 def _transposed_source(ctx, w) -> tuple | None:
