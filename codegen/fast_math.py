@@ -6,7 +6,8 @@ softmax and the Erf of GELU take longer than the matmuls. With fast math (the de
 vectorize, float32 only:
 
 * ``exp`` and ``softmax`` -> ``topi.fast_exp`` / ``topi.nn.fast_softmax`` (a row whose length is not a multiple
-  of 16: ``softmax.lane_partial_softmax``, the same values summed in vectorizable partials);
+  of 16, or symbolic as attention scores' are: ``softmax.lane_partial_softmax``, the same values summed in
+  vectorizable partials);
 * ``sigmoid`` -> ``1 / (1 + t)`` for x >= 0 and ``t / (1 + t)`` below, t = ``topi.fast_exp(-|x|)`` (libm's form
   calls expf once per element: the Llama-style SwiGLU gate kernel took 3x its matmul);
 * ``tanh`` -> ``topi.fast_tanh`` (Eigen's rational approximation) with Eigen's small-|x| branch put back

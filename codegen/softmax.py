@@ -1,5 +1,5 @@
 """Softmax over rows whose length is not a multiple of the vector width (ViT's 197 tokens, any odd sequence
-length), for the fast-math pass (codegen/fast_math.py).
+length) or is symbolic (a dynamic-axes export's attention scores), for the fast-math pass (codegen/fast_math.py).
 
 TOPI's fast_softmax reduces the row max and the row sum in one loop each; the sum is one chain of dependent
 scalar adds (LLVM may not reorder float adds), and RowReduction's vector partials (an rfactor of the row split
@@ -15,16 +15,21 @@ SOFTMAX_LANES = 16
 
 
 def is_ragged_row(shape: tuple, axis: int) -> bool:
-    """Whether a softmax of a static `shape` over `axis` is over the last axis and its length is longer than
-    `SOFTMAX_LANES` and not a multiple of it (shorter rows and multiples keep TOPI's fast_softmax)."""
-    if not shape or axis not in (-1, len(shape) - 1) or not isinstance(shape[-1], int):
+    """Whether a softmax of `shape` over `axis` is over the last axis and its length is longer than
+    `SOFTMAX_LANES` and not a multiple of it (shorter rows and multiples keep TOPI's fast_softmax), or symbolic
+    with the same symbol among the rows' dims (attention scores [B, H, S, S] of a dynamic-axes export: a row
+    length of 0 then leaves no row to compute, so no row reads its partials' clamped indices)."""
+    if not shape or axis not in (-1, len(shape) - 1):
         return False
+    if not isinstance(shape[-1], int):
+        return any(d.same_as(shape[-1]) for d in shape[:-1] if not isinstance(d, int))
     return shape[-1] > SOFTMAX_LANES and shape[-1] % SOFTMAX_LANES != 0
 
 
 def lane_partial_softmax(x, lanes: int = SOFTMAX_LANES, *, n: int | None = None, prologue=None):
-    """fast_softmax over the last axis of the TE tensor `x` (float32, static row length n > `lanes`): the same
-    values as `topi.nn.fast_softmax` (its fast_exp, its max) but for the order of the sum.
+    """fast_softmax over the last axis of the TE tensor `x` (float32, static row length n > `lanes`, or a symbolic
+    one, see `is_ragged_row`): the same values as `topi.nn.fast_softmax` (its fast_exp, its max) but for the
+    order of the sum.
 
     The row max is the max of `lanes` partial maxima, each over x[j * lanes + l] for the whole chunks j of the
     row and then the tail element n - n % lanes + l (the last element where there is none: a duplicate does not
@@ -37,12 +42,13 @@ def lane_partial_softmax(x, lanes: int = SOFTMAX_LANES, *, n: int | None = None,
     from tvm import te, tirx, topi
 
     shape = tuple(x.shape)
-    n = int(shape[-1]) if n is None else n
+    whole = n is None
+    n = (int(shape[-1]) if isinstance(shape[-1], tirx.IntImm) else shape[-1]) if n is None else n
     rows = shape[:-1]
     shape = (*rows, n)
     body = n // lanes  # whole chunks: every x[j * lanes + l] with j < body is in the row
     tail = body * lanes
-    if prologue is not None or n != int(x.shape[-1]):
+    if prologue is not None or not whole:
         source = x
         x = te.compute(shape, lambda *i: prologue(source(*i)) if prologue is not None else source(*i),
                        name="T_softmax_input")
