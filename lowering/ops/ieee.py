@@ -15,20 +15,39 @@ converters say what happens instead, each as onnxruntime computes it where onnxr
   max over the spatial axes (reduce.py) for a symbolic one. The `Indices` output of MaxPool is refused.
 - ArgMax / ArgMin (float): a slice holding a NaN gives the index of its first NaN (last with
   `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
+- Not: a kernel of its own, which no fusion joins to the comparison it negates. In one kernel TVM's simplifier
+  rewrote `!(a > b)` to `a <= b` (src/arith/rewrite_simplify.cc, for every type), which is false where a or b is
+  NaN: `Not(Greater(x, m))` gave False there, and every `Where` on it the other branch.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, te, tirx
 
-from ..converters import const, converter, dims_of, dtype_of, lookup_frontend, node_label, refuse
+from ..converters import const, converter, declare_op_pattern, dims_of, dtype_of, lookup_frontend, node_label, refuse
 from . import windows
 from .reduce import nan_propagating
 
 
 def _is_float(expr) -> bool:
     return dtype_of(expr).startswith(("float", "bfloat"))
+
+
+@converter("", "Not")
+def logical_not(bb, inputs, attrs, ctx):
+    """Not(x) of a bool tensor as an opaque kernel (module docstring: a negated float comparison in the same
+    kernel lost its NaN cases)."""
+    x = inputs[0]
+    dims = dims_of(x)
+    if dims is None:
+        return relax.op.logical_not(x)
+    shape = [d if isinstance(d, (int, tirx.IntImm, tirx.Var)) else tirx.Var(f"n{i}", "int64")
+             for i, d in enumerate(dims)]
+    t = te.placeholder(shape, dtype="bool", name="x")
+    y = te.compute(t.shape, lambda *i: tirx.Not(t(*i)), name="not")
+    func = declare_op_pattern(te.create_prim_func([t, y]).without_attr("global_symbol"), 8)  # kOpaque
+    return bb.emit(relax.call_tir(bb.add_func(func, "logical_not"), [x], x.ty))
 
 
 @converter("", "Relu")
