@@ -1046,6 +1046,23 @@ class TiledReduction(_Rule):
         return sch
 
 
+def _contiguous_in_last(stmt) -> bool:
+    """Whether block `stmt` writes one buffer whose last index is its last iterator, and every read either
+    indexes its last axis by that iterator or does not use it."""
+    last_var = stmt.iter_vars[-1].var if stmt.iter_vars else None
+    return (last_var is not None and len(stmt.writes) == 1
+            and _buffer_last_index_vars(stmt.writes[0]) == {last_var}
+            and all(last_var in _buffer_last_index_vars(r) or not (_vars_in_region(r) & {last_var})
+                    for r in stmt.reads))
+
+
+def _elementwise_along_last(stmt) -> bool:
+    """`_contiguous_in_last`, with every access a single element or a static range (not a gather over a symbolic
+    range: a linear Resize over symbolic H and W reads its input's whole [H, W] plane)."""
+    return _contiguous_in_last(stmt) and all(isinstance(d.extent, tirx.IntImm)
+                                             for r in [*stmt.writes, *stmt.reads] for d in r.region)
+
+
 class Injective(_Rule):
     """Elementwise / broadcast / layout kernels: parallel outer loop, vectorized inner loop."""
 
@@ -1076,11 +1093,13 @@ class Injective(_Rule):
         n_outer = symbolic[-1] + 1 if symbolic else 0
         outer, loops, extents = loops[:n_outer], loops[n_outer:], extents[n_outer:]
         work = math.prod(extents)
-        if outer and not loops and len(outer) > 1:
+        if outer and not loops and len(outer) > 1 and _elementwise_along_last(stmt):
             # the innermost loop is symbolic too (attention scores [B, H, S, S] of a dynamic-axes export): it stays
             # a loop of its own under the others, fused. Fused with them, every element divided the flat index by
             # the symbolic extents (two 64-bit divisions an element: 237 us for 4 x 128 x 128 scores); a loop of
-            # its own is a row that LLVM vectorizes
+            # its own is a row that LLVM vectorizes. Only where each access follows the last axis or ignores it: a
+            # gather by computed coordinates (a linear Resize over symbolic H, W) then failed in TVM's lowering
+            # (IntSetAnalyzer on a float binding)
             sch.fuse(*outer[:-1])
             return
         if outer:
@@ -1094,15 +1113,7 @@ class Injective(_Rule):
         lanes = _vector_lanes(target, bits)
         iter_vars = [iv.var for iv in stmt.iter_vars]
         last_var = iter_vars[-1] if iter_vars else None
-        contiguous = (
-            last_var is not None
-            and len(stmt.writes) == 1
-            and _buffer_last_index_vars(stmt.writes[0]) == {last_var}
-            and all(
-                last_var in _buffer_last_index_vars(r) or not (_vars_in_region(r) & {last_var})
-                for r in stmt.reads
-            )
-        )
+        contiguous = _contiguous_in_last(stmt)
         if not contiguous and len(loops) > 1:
             parallel = not outer and work >= PARALLEL_MIN_WORK
             trial = sch.copy()  # (a copy keeps the symbol table; a failed trial leaves the strided schedule)
