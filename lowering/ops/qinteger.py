@@ -276,7 +276,7 @@ def _crop_last_axis(bb, t, n):
         out = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, n], dtype)))
         return bb.emit(relax.op.reshape(out, [*dims[:-1], n]))
     if n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims) or any(int(d) == 0 for d in dims):
-        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))  # short rows or empty: a slice
+        return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))  # short, symbolic or empty rows: a slice
     shape = [int(d) for d in dims]
     rows, width = int(np.prod(shape[:-1])), shape[-1]
     dtype = dtype_of(t)
