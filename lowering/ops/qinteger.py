@@ -264,58 +264,28 @@ def _crop_last_axis(bb, t, n):
     written out: rows in parallel, each copied in vectors (up to 64 bytes) and a scalar tail. Fused after the matmul
     instead (FuseOps takes a strided_slice into the epilogue), the epilogue's stores were predicated lane by lane
     and TVM scalarized them; a strided_slice kernel of 197-wide rows got no vectors either (no schedule rule
-    vectorizes a row whose width no vector divides)."""
+    vectorizes a row whose width no vector divides). A symbolic n (attention's keys) takes the same kernel: a
+    strided_slice's type had a T.if_then_else that FuseOps could not type."""
     dims = list(t.ty.shape.values)
-    if not isinstance(n, int):  # a symbolic n (attention's keys; a strided_slice's type had a T.if_then_else
-        rows = 1               # that FuseOps could not type): the same kernel over symbolic rows and columns
-        for d in dims[:-1]:
-            rows = rows * d
-        dtype = dtype_of(t)
-        flat = bb.emit(relax.op.reshape(t, [rows, dims[-1]]))
-        gv = bb.add_func(_crop_kernel_symbolic(64 // np.dtype(dtype).itemsize, dtype), "crop_columns")
-        out = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, n], dtype)))
-        return bb.emit(relax.op.reshape(out, [*dims[:-1], n]))
-    if n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims) or any(int(d) == 0 for d in dims):
+    if isinstance(n, int) and (n <= 16 or not all(isinstance(d, tirx.IntImm) for d in dims)
+                               or any(int(d) == 0 for d in dims)):
         return bb.emit(relax.op.strided_slice(t, [len(dims) - 1], [0], [n]))  # short, symbolic or empty rows: a slice
-    shape = [int(d) for d in dims]
-    rows, width = int(np.prod(shape[:-1])), shape[-1]
     dtype = dtype_of(t)
     lanes = 64 // np.dtype(dtype).itemsize
-    while lanes > n or n % lanes == 0:  # ends at 16 at the latest: n > 16 is no multiple of 16
+    while isinstance(n, int) and (lanes > n or n % lanes == 0):  # ends at 16 at the latest: n > 16, no multiple of 16
         lanes //= 2
-    flat = bb.emit(relax.op.reshape(t, [rows, width]))
-    gv = bb.add_func(_crop_kernel(rows, width, n, lanes, dtype), "crop_last_axis")
+    rows = 1
+    for d in dims[:-1]:
+        rows = rows * d
+    flat = bb.emit(relax.op.reshape(t, [rows, dims[-1]]))
+    gv = bb.add_func(_crop_kernel(lanes, dtype), "crop_last_axis")
     out = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, n], dtype)))
-    return bb.emit(relax.op.reshape(out, [*shape[:-1], n]))
+    return bb.emit(relax.op.reshape(out, [*dims[:-1], n]))
 
 
-def _crop_kernel(rows: int, width: int, n: int, lanes: int, dtype: str):
-    from tvm.script import tirx as T  # noqa: PLC0415
-
-    vectors, tail = n // lanes, n % lanes
-    start = vectors * lanes
-
-    @T.prim_func(private=True, s_tir=True)
-    def crop(a: T.Buffer((T.int64(rows), T.int64(width)), dtype), b: T.Buffer((T.int64(rows), T.int64(n)), dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
-        for r in T.parallel(T.int64(rows)):
-            for v in range(T.int64(vectors)):
-                for j in T.vectorized(T.int64(lanes)):
-                    with T.sblock("body"):
-                        vr = T.axis.spatial(T.int64(rows), r)
-                        vj = T.axis.spatial(T.int64(n), v * T.int64(lanes) + j)
-                        b[vr, vj] = a[vr, vj]
-            for j in range(T.int64(tail)):
-                with T.sblock("tail"):
-                    vr = T.axis.spatial(T.int64(rows), r)
-                    vj = T.axis.spatial(T.int64(n), T.int64(start) + j)
-                    b[vr, vj] = a[vr, vj]
-
-    return crop
-
-
-def _crop_kernel_symbolic(lanes: int, dtype: str):
-    """`_crop_kernel` for symbolic rows, width and n (read from the buffers): whole vectors, then a scalar tail."""
+def _crop_kernel(lanes: int, dtype: str):
+    """b = a[:, :n] for a [rows, width] and b [rows, n] (the sizes read from the buffers): rows in parallel, each
+    in vectors of `lanes`, then a scalar tail."""
     from tvm.script import tirx as T  # noqa: PLC0415
 
     @T.prim_func(private=True, s_tir=True)
