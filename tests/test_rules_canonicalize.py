@@ -139,3 +139,43 @@ def test_transpose_between_squeeze_unsqueeze_positive():
     }""", expect="TransposeBetweenReshapes", gone=["Squeeze", "Unsqueeze"])
     assert count_ops(model) == {"Reshape": 1, "Transpose": 1, "Relu": 1}
 
+
+@pytest.mark.parametrize("shape,perm,out", [
+    # torch's sequence-first head split at batch 2: [T, B*N, H] -> [B*N, T, H] -> [B, N, T, H]
+    ((5, 2 * 3, 4), [1, 0, 2], (2, 3, 5, 4)),
+    # splits of two axes, a size-1 axis put in and one dropped
+    ((6, 1, 10), [2, 1, 0], (2, 5, 1, 3, 2)),
+    ((4, 6, 5), [2, 0, 1], (5, 2, 2, 1, 6)),
+])
+def test_transpose_between_reshapes_splits_axes_positive(shape, perm, out):
+    n = int(np.prod(shape))
+    model, _ = check_rewrite(C.TransposeBetweenReshapes, H17 + f"""
+    g (float[{n}] x) => (float[{",".join(map(str, out))}] y) {{
+      s1 = Constant<value = int64[{len(shape)}] {{{",".join(map(str, shape))}}}>()
+      s2 = Constant<value = int64[{len(out)}] {{{",".join(map(str, out))}}}>()
+      a = Reshape(x, s1)
+      t = Transpose<perm = {perm}>(a)
+      b = Reshape(t, s2)
+      y = Relu(b)
+    }}""", expect="TransposeBetweenReshapes", exact=True,
+                             feeds={"x": np.arange(n, dtype=np.float32) - n / 2})
+    assert count_ops(model) == {"Reshape": 1, "Transpose": 1, "Relu": 1}
+
+
+@pytest.mark.parametrize("shape,perm,out", [
+    ((2, 3, 4), [1, 0, 2], (3, 8)),        # merges the axes the Transpose made adjacent
+    ((2, 3, 4), [1, 0, 2], (3, 4, 2)),     # reorders: not a split
+    ((2, 6, 4), [1, 0, 2], (4, 3, 4)),     # a run that does not divide its axis
+])
+def test_transpose_between_reshapes_merges_negative(shape, perm, out):
+    n = int(np.prod(shape))
+    check_rewrite(C.TransposeBetweenReshapes, H17 + f"""
+    g (float[{n}] x) => (float[{",".join(map(str, out))}] y) {{
+      s1 = Constant<value = int64[{len(shape)}] {{{",".join(map(str, shape))}}}>()
+      s2 = Constant<value = int64[{len(out)}] {{{",".join(map(str, out))}}}>()
+      a = Reshape(x, s1)
+      t = Transpose<perm = {perm}>(a)
+      b = Reshape(t, s2)
+      y = Relu(b)
+    }}""", expect=None, feeds={"x": np.arange(n, dtype=np.float32)})
+

@@ -96,3 +96,24 @@ def test_export_fuses_and_computes_the_same(kind, dynamo, tmp_path):
             for want, got in zip(run_ort(proto, f), run_ort(out, f), strict=True):
                 err, bound = float(np.max(np.abs(got - want))), 1e-4 * float(np.max(np.abs(want))) + 1e-6
                 assert err <= bound, f"{kind} {runtime}: max |diff| {err:.3g} > {bound:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_batch_above_one_export_fuses_sequence_first_attention(kind, tmp_path):
+    # nn.MultiheadAttention's sequence-first head split and merge at batch 2 (tests/test_attention_sequence_first.py)
+    with contextlib.redirect_stdout(io.StringIO()):
+        proto = _models().export_transformer(kind, str(tmp_path / f"{kind}.onnx"), dynamo=False, seq=SEQ, batch=2,
+                                             **SMALL[kind])
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["com.microsoft::Attention"] == SMALL[kind]["layers"] and have["Softmax"] == 0, dict(have)
+    rng = np.random.default_rng(0)
+    if kind == "vit":
+        feeds = {"image": rng.normal(0, 1, (2, 3, 64, 64)).astype(np.float32)}
+    else:
+        mask = np.ones((2, SEQ), np.int64)
+        mask[1, :5] = 0
+        feeds = {"input_ids": rng.integers(0, 100, (2, SEQ)), "attention_mask": mask}
+    for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+        assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6

@@ -316,11 +316,13 @@ class UnitTransposeReshape(Rule):
 
 
 class TransposeBetweenReshapes(Rule):
-    """Reshape(Transpose(Reshape(y), p)) whose outer reshape only inserts or removes size-1 axes ->
-    Transpose(Reshape(y), q) (each reshape may also be a Flatten / Squeeze / Unsqueeze; static shapes).
+    """Reshape(Transpose(Reshape(y), p)) whose outer reshape only splits axes and inserts or removes size-1 axes
+    -> Transpose(Reshape(y), q) (each reshape may also be a Flatten / Squeeze / Unsqueeze; static shapes).
 
-    The outer reshape keeps the order of the non-1 axes, so it moves into the inner one: the inner reshape
-    produces x's non-1 axes (in x's order) after the size-1 axes the output needs, and q places them.
+    The outer reshape keeps the order of the non-1 axes, splitting some of them into runs of axes (row-major:
+    [B*N, T, H] -> [B, N, T, H], the head split of torch's sequence-first attention), so it moves into the inner
+    one: the inner reshape produces x's non-1 axes (in x's order, each split into its run) after the size-1 axes
+    the output needs, and q places them. A reshape that merges axes the Transpose made adjacent is not taken.
     """
 
     def pattern(self, op, y):
@@ -345,16 +347,36 @@ def _between_plan(m) -> tuple[list[int], list[int]] | None:
     u = static_shape(m.outputs[0])
     if perm is None or s is None or u is None or 0 in s:  # a 0 in a Reshape target would copy a dim
         return None
-    sp = [s[p] for p in perm]
-    if _non_unit(sp) != _non_unit(u):
+    runs = _split_runs(_non_unit([s[p] for p in perm]), _non_unit(u))
+    if runs is None:
         return None
     k = sum(1 for d in u if d == 1)
-    non_unit_axes = [i for i, d in enumerate(s) if d != 1]      # x's non-1 axes, in order
-    pos = {a: k + r for r, a in enumerate(non_unit_axes)}      # their axis in the new inner shape
-    src = iter(p for p in perm if s[p] != 1)                   # x's axis behind each non-1 output axis
+    src = [p for p in perm if s[p] != 1]                       # x's axis behind each run, in output order
+    run_of = dict(zip(src, runs, strict=True))
+    inner, pos = [1] * k, {}                                   # x's non-1 axes in order, each as its run
+    for a in (i for i, d in enumerate(s) if d != 1):
+        pos[a] = len(inner)
+        inner += run_of[a]
+    placed = iter((pos[a] + j for a, run in zip(src, runs, strict=True) for j in range(len(run))))
     units = iter(range(k))
-    q = [next(units) if d == 1 else pos[next(src)] for d in u]
-    return [1] * k + [s[a] for a in non_unit_axes], q
+    q = [next(units) if d == 1 else next(placed) for d in u]
+    return inner, q
+
+
+def _split_runs(dims: list[int], out: list[int]) -> list[list[int]] | None:
+    """`out` as consecutive runs, one per entry of `dims`, each run's product that entry ([6, 5] and [2, 3, 5]
+    -> [[2, 3], [5]]), or None when `out` merges entries (or the products do not match). Dims are all > 1."""
+    runs, j = [], 0
+    for d in dims:
+        run, prod = [], 1
+        while prod < d and j < len(out):
+            run.append(out[j])
+            prod *= out[j]
+            j += 1
+        if prod != d:
+            return None
+        runs.append(run)
+    return runs if j == len(out) else None
 
 
 class ReshapeOfExpand(Rule):

@@ -13,6 +13,17 @@ The block, as the TorchScript exporter and hand-written graphs write it::
                                          (perm [2, 0, 1, 3], sequence-first, when B = 1)
                                          (the shape constant, or computed from the Transpose's own Shape)
 
+or sequence-first, as torch's nn.MultiheadAttention computes a batch-first module at a batch above 1 (after
+`TransposeBetweenReshapes` has moved its head split into one Reshape), q_in, k_in, v_in then [S|T, B, N*H]:
+
+    q = Transpose(Reshape(q_in, [S, B, N, H]), perm=[1, 2, 0, 3])
+    k = Transpose(Reshape(k_in, [T, B, N, H]), perm=[1, 2, 3, 0])       (or perm [1,2,0,3] then [0,1,3,2])
+    v = Transpose(Reshape(v_in, [T, B, N, Hv]), perm=[1, 2, 0, 3])
+    y = Reshape(Transpose(..., perm=[2, 0, 1, 3]), [S, B, N*Hv])         (or the [S*B, N*Hv] of a Gemm)
+
+which becomes Transpose(Attention(Transpose(q_in, [1, 0, 2]), ...), [1, 0, 2]) (Q, K and V all split
+sequence-first or all batch-first; the merge's layout is its own).
+
 Checked: the shapes of the head split and merge (N and H known; the batch and sequence dims of q_in, the
 split and the merged output the same); the scale a float scalar (the product of the scales > 0, as
 onnxruntime's Attention wants); the mask does not broadcast the scores to a bigger shape; Softmax over the last
@@ -54,17 +65,22 @@ from .value_bounds import value_bounds
 ROUNDING = "not bit-exact: the fused attention applies the scale and sums the products in its own order"
 
 _SPLIT = [0, 2, 1, 3]
+#: the head split of a sequence-first [S, B, N, H] (torch's nn.MultiheadAttention at a batch above 1)
+_SEQ_FIRST = [1, 2, 0, 3]
+#: K's split straight to [B, N, H, T]: batch-first, sequence-first
+_K_SPLIT = ([0, 2, 3, 1], [1, 2, 3, 0])
 
 
-def _heads(op, x, shape, perm):
-    return op.Transpose(op.Reshape(x, shape, _allow_other_inputs=True), perm=perm)
+def _heads(op, x, shape, perms):
+    return op.Transpose(op.Reshape(x, shape, _allow_other_inputs=True), perm=lambda p: list(p) in perms)
 
 
 def attention_pattern(op, q_in, k_in, v_in, qs, ks, vs, scale, mask, cond, fill, out_shape, qscale, kscale):
-    q = _heads(op, q_in, qs, _SPLIT)
-    k = Or(_heads(op, k_in, ks, [0, 2, 3, 1]),
-           op.Transpose(_heads(op, k_in, ks, _SPLIT), perm=[0, 1, 3, 2]))
-    v = _heads(op, v_in, vs, _SPLIT)
+    splits = (_SPLIT, _SEQ_FIRST)
+    q = _heads(op, q_in, qs, splits)
+    k = Or(_heads(op, k_in, ks, _K_SPLIT),
+           op.Transpose(_heads(op, k_in, ks, splits), perm=[0, 1, 3, 2]))
+    v = _heads(op, v_in, vs, splits)
     # PyTorch's nn.MultiheadAttention scales q and k by sqrt(1/sqrt(H)) each before their MatMul
     s = op.MatMul(Or(q, op.Mul(q, qscale.const(scalar=True))), Or(k, op.Mul(k, kscale.const(scalar=True))),
                   _name="scores")
@@ -154,7 +170,7 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query
     it to, or None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects
     what is not a plain multi-head attention (`multi_query`: or one K/V head that the MatMuls broadcast over the
     query heads)."""
-    shapes, reshape = {}, {}
+    shapes, reshape, layouts = {}, {}, set()
     for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
         split = next(u.node for u in x.uses() if u.node.op_type == "Reshape" and u.node in m.nodes)
         s4 = full_shape(split.outputs[0])
@@ -164,7 +180,12 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query
         how = _as_3d(full_shape(x), want)
         require(how is not None, f"the {name} head split is not [B, S, N*H] -> [B, S, N, H]")
         reshape[name] = want if how else None
-        shapes[name] = s4
+        perm = next(list(u.node.attr("perm")) for u in split.outputs[0].uses() if u.node in m.nodes)
+        seq_first = perm in (_SEQ_FIRST, _K_SPLIT[1])
+        layouts.add(seq_first)
+        shapes[name] = (s4[1], s4[0], s4[2], s4[3]) if seq_first else s4  # as [B, S, N, H]
+    require(len(layouts) == 1, "Q, K and V are not all split sequence-first, nor all batch-first")
+    seq_first = layouts.pop()
     q4, k4, v4 = shapes["q"], shapes["k"], shapes["v"]
     n, h = q4[2], q4[3]
     single = k4[2] == v4[2] == 1
@@ -173,27 +194,37 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query
     require(k4[3] == h, "Q and K heads differ in size")
     require(_same_dim(k4[0], q4[0]) and _same_dim(v4[0], q4[0]) and _same_dim(k4[1], v4[1]),
             "Q, K and V disagree on B or T")
-    out_want = (q4[0], q4[1], n * v4[3])
+    merged = (q4[0], q4[1], n * v4[3])
+    # the merge's layout is its own, whatever the split's: o is [B, N, S, Hv] either way; a sequence-first merge
+    # ([S, B, N, Hv]) is the fused [B, S, N*Hv] transposed, or at B = 1 Reshaped
+    merge_seq_first = list(m["merge"].attr("perm")) != _SPLIT and q4[0] != 1
+    out_want = (q4[1], q4[0], n * v4[3]) if merge_seq_first else merged
     out = full_shape(m.root.outputs[0])
     how = _as_3d(out, out_want)
-    require(how is not None and (not how or _static(out)), "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]")
-    if list(m["merge"].attr("perm")) != _SPLIT:
-        require(q4[0] == 1, "a sequence-first head merge ([S, B, N, H]) is [B, S, N, H] only for B = 1")
+    require(how is not None and (not how or _static(out)), "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]"
+            + (" (sequence-first: [S, B, N, Hv] -> [S, B, N*Hv])" if merge_seq_first else ""))
     value = check_scores(m, q_in, (q_in, k_in, v_in), scale, mask, cond, fill)
-    return {"heads": n, "kv_heads": k4[2], "scale": value, "S": q4[1], "T": k4[1],
-            "reshape": reshape, "out": full_shape(m.root.outputs[0]) if how else None, "merged": out_want}
+    return {"heads": n, "kv_heads": k4[2], "scale": value, "S": q4[1], "T": k4[1], "seq_first": seq_first,
+            "merge_seq_first": merge_seq_first, "reshape": reshape,
+            "out": full_shape(m.root.outputs[0]) if how else None, "merged": merged}
 
 
 def _inputs_3d(op, info, q_in, k_in, v_in):
-    """q_in, k_in, v_in as [B, S|T, D] (Reshaped where they are not)."""
+    """q_in, k_in, v_in as [B, S|T, D] (Reshaped where they are not, Transposed from [S|T, B, D] where they are
+    sequence-first)."""
     out = []
     for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
         want = info["reshape"][name]
-        out.append(x if want is None else op.Reshape(x, np.array(want, np.int64)))
+        x = x if want is None else op.Reshape(x, np.array(want, np.int64))
+        out.append(op.Transpose(x, perm=[1, 0, 2]) if info["seq_first"] else x)
     return out
 
 
 def _output(op, info, y):
+    """The fused [B, S, N*Hv] result as the block's output: Transposed to [S, B, N*Hv] for a sequence-first
+    merge, Reshaped where the graph's output is another shape."""
+    if info["merge_seq_first"]:
+        y = op.Transpose(y, perm=[1, 0, 2])
     return y if info["out"] is None else op.Reshape(y, np.array(info["out"], np.int64))
 
 

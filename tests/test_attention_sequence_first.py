@@ -1,0 +1,164 @@
+"""Attention fusion on torch's sequence-first layout at a batch above 1: nn.MultiheadAttention (as a batch-first
+nn.TransformerEncoderLayer calls it) transposes its input to [S, B, E], splits heads with Reshape([S, B*N, H]) ->
+Transpose([1, 0, 2]) -> Reshape([B, N, S, H]) and merges them with Transpose([2, 0, 1, 3]) -> Reshape([S*B, E]).
+TransposeBetweenReshapes moves the head split into one Reshape ([S, B, N, H], perm [1, 2, 0, 3]) and the
+attention rules take it (transformer_attention.py). Hand-written graphs in the exporter's form (CI has no torch;
+tests/test_transformer_exports.py runs the real exports where torch is installed), compared on onnxruntime and,
+compiled, against onnxruntime."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from .conftest import run_ort
+
+F = TensorProto.FLOAT
+I64 = lambda v: np.array(v, np.int64)  # noqa: E731
+
+
+class _G:
+    def __init__(self):
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def op(self, op_type, *inputs, **attrs):
+        names = []
+        for x in inputs:
+            if isinstance(x, np.ndarray):
+                self.n += 1
+                names.append(f"c{self.n}")
+                self.inits.append(numpy_helper.from_array(x, names[-1]))
+            else:
+                names.append(x)
+        self.n += 1
+        out = f"t{self.n}"
+        self.nodes.append(helper.make_node(op_type, names, [out], name=f"n{self.n}", **attrs))
+        return out
+
+
+def mha_graph(*, batch: int = 2, seq: int = 6, hidden: int = 32, heads: int = 4, mask: bool = True,
+              merge: str = "seq", v_split: str = "seq", opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+    """x [batch, seq, hidden] -> a batch-first module's nn.MultiheadAttention as the TorchScript exporter writes
+    it (packed in_proj, q and k scaled by sqrt(1/sqrt(H)) each, an additive key-padding mask [B, 1, 1, S] from
+    an int64 mask when `mask`), output [batch, seq, hidden]. `merge`: "seq" (torch's [2, 0, 1, 3] merge) or
+    "batch" ([0, 2, 1, 3] to [B, S, E], then back to sequence-first). `v_split`: "seq" (torch's) or "batch" (V
+    split from a [B, S, E] tensor: Q/K/V split in different layouts)."""
+    rng = np.random.default_rng(seed)
+    g = _G()
+    dh = hidden // heads
+    xt = g.op("Transpose", "x", perm=[1, 0, 2])                                          # [S, B, E]
+    proj = g.op("Add", g.op("MatMul", xt, rng.normal(0, 0.2, (hidden, 3 * hidden)).astype(np.float32)),
+                rng.normal(0, 0.1, 3 * hidden).astype(np.float32))                       # [S, B, 3E]
+    packed = g.op("Reshape", proj, I64([seq, batch, 3, hidden]))
+    packed = g.op("Squeeze", g.op("Transpose", g.op("Unsqueeze", packed, I64([0])), perm=[3, 1, 2, 0, 4]), I64([3]))
+    q_in, k_in, v_in = (g.op("Gather", packed, I64(i), axis=0) for i in range(3))       # [S, B, E] each
+
+    def split(t):  # [S, B, E] -> [B, N, S, H]
+        t = g.op("Transpose", g.op("Reshape", t, I64([seq, batch * heads, dh])), perm=[1, 0, 2])
+        return g.op("Reshape", t, I64([batch, heads, seq, dh]))
+
+    q, k = split(q_in), split(k_in)
+    if v_split == "seq":
+        v = split(v_in)
+    else:
+        vb = g.op("Transpose", v_in, perm=[1, 0, 2])                                     # [B, S, E]
+        v = g.op("Transpose", g.op("Reshape", vb, I64([batch, seq, heads, dh])), perm=[0, 2, 1, 3])
+    f = np.array(math.sqrt(1 / math.sqrt(dh)), np.float32)
+    s = g.op("MatMul", g.op("Mul", q, f), g.op("Mul", g.op("Transpose", k, perm=[0, 1, 3, 2]), f))
+    inputs = [helper.make_tensor_value_info("x", F, [batch, seq, hidden])]
+    if mask:
+        m = g.op("Cast", g.op("Unsqueeze", "attention_mask", I64([1, 2])), to=F)
+        s = g.op("Add", s, g.op("Mul", g.op("Sub", np.array(1.0, np.float32), m), np.array(-10000.0, np.float32)))
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, seq]))
+    o = g.op("MatMul", g.op("Softmax", s, axis=-1), v)                                   # [B, N, S, H]
+    if merge == "seq":
+        flat = g.op("Reshape", g.op("Transpose", o, perm=[2, 0, 1, 3]), I64([seq * batch, hidden]))
+    else:
+        bse = g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), I64([batch, seq, hidden]))
+        flat = g.op("Reshape", g.op("Transpose", bse, perm=[1, 0, 2]), I64([seq * batch, hidden]))
+    y = g.op("Gemm", flat, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32),
+             rng.normal(0, 0.1, hidden).astype(np.float32), transB=1)
+    y = g.op("Transpose", g.op("Reshape", y, I64([seq, batch, hidden])), perm=[1, 0, 2])
+    g.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(g.nodes, "mha", inputs, [helper.make_tensor_value_info("y", F, [batch, seq, hidden])],
+                              g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _feeds(proto: onnx.ModelProto) -> list[dict]:
+    batch, seq, hidden = (d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim)
+    x = np.random.default_rng(1).normal(0, 1, (batch, seq, hidden)).astype(np.float32)
+    if len(proto.graph.input) == 1:
+        return [{"x": x}]
+    holes = np.ones((batch, seq), np.int64)
+    holes[0, 1] = holes[-1, :2] = 0  # a hole, left padding; rows differ across the batch
+    return [{"x": x, "attention_mask": holes}, {"x": x, "attention_mask": np.ones((batch, seq), np.int64)}]
+
+
+def _ops(proto: onnx.ModelProto) -> Counter:
+    return Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+
+
+def _assert_close(proto, out, feeds_list) -> None:
+    for feeds in feeds_list:
+        for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+            assert got.shape == want.shape
+            tol = 1e-4 * float(np.max(np.abs(want))) + 1e-6
+            assert float(np.max(np.abs(got - want))) <= tol
+
+
+@pytest.mark.parametrize("batch,merge", [(2, "seq"), (3, "seq"), (2, "batch")])
+def test_sequence_first_attention_fuses_for_onnxruntime(batch, merge):
+    proto = mha_graph(batch=batch, merge=merge)
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["com.microsoft::Attention"] == 1 and have["Softmax"] == 0, dict(have)
+    assert have["MatMul"] == 0  # q, k, v's projection packed into the Attention; the output projection a Gemm
+    _assert_close(proto, out, _feeds(proto))
+
+
+def test_sequence_first_attention_fuses_to_standard_attention():
+    proto = mha_graph(batch=3, mask=False, opset=23)
+    out = optc.to_onnx(optc.optimize(proto, runtime="standard"))
+    onnx.checker.check_model(out, full_check=True)
+    have = _ops(out)
+    assert have["Attention"] == 1 and have["Softmax"] == 0, dict(have)
+    _assert_close(proto, out, _feeds(proto))
+
+
+def test_q_k_v_split_in_different_layouts_is_not_fused():
+    # V split batch-first from [B, S, E], Q and K sequence-first: each op is right, but not one attention layout
+    proto = mha_graph(batch=2, v_split="batch")
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["com.microsoft::Attention"] == have["com.microsoft::MultiHeadAttention"] == 0, dict(have)
+    assert have["Softmax"] == 1
+    _assert_close(proto, out, _feeds(proto))
+
+
+def test_batch_one_still_fuses_batch_first():
+    # at B = 1 the split canonicalizes to the batch-first [0, 2, 1, 3] form: no Transposes around the Attention
+    proto = mha_graph(batch=1)
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["com.microsoft::Attention"] == 1 and have["Transpose"] == 0, dict(have)
+    _assert_close(proto, out, _feeds(proto))
+
+
+def test_sequence_first_attention_compiles_fused():
+    pytest.importorskip("tvm")
+    proto = mha_graph(batch=3)
+    fused = optc.to_onnx(optc.optimize(proto, runtime="optc"))
+    assert _ops(fused)["Softmax"] == 0 and _ops(fused)["Attention"] == 1, dict(_ops(fused))
+    module = optc.compile(optc.from_onnx(proto), "cpu")
+    for feeds in _feeds(proto):
+        (want,) = run_ort(proto, feeds)
+        np.testing.assert_allclose(module.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
