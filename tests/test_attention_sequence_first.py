@@ -122,6 +122,7 @@ def test_sequence_first_attention_fuses_for_onnxruntime(batch, merge):
     have = _ops(out)
     assert have["com.microsoft::Attention"] == 1 and have["Softmax"] == 0, dict(have)
     assert have["MatMul"] == 0  # q, k, v's projection packed into the Attention; the output projection a Gemm
+    assert have["Transpose"] == 0  # the out-projection takes the rows batch-first (GemmOfPermutedRows)
     _assert_close(proto, out, _feeds(proto))
 
 

@@ -316,3 +316,48 @@ def test_pad_avgpool_negative_ceil_mode():
       t = Pad(x, p)
       y = AveragePool<kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1>(t)
     }}""", expect=None, fast_math=True)
+
+
+def _permuted_rows(a_dims, p, proj, q, *, c=None, trans_a=0) -> str:
+    """a -> Transpose(p) -> Reshape([rows, K]) -> `proj` -> Reshape(leading dims in p's order + [N]) ->
+    Transpose(q)."""
+    lead = [a_dims[i] for i in p[:-1]]
+    rows, k = int(np.prod(a_dims[:-1])), a_dims[-1]
+    out = [lead[i] for i in q[:-1]] + [6]
+    ws = dict(b=r(k, 6)) if c is None else dict(b=r(k, 6), c=c)
+    call = "MatMul(f, b)" if proj == "MatMul" else f"Gemm<transA = {trans_a}>({'f, b, c' if c is not None else 'f, b'})"
+    if trans_a:
+        call = f"Gemm<transA = 1>(ft, b{', c' if c is not None else ''})"
+    return H17 + f"""
+    g (float[{",".join(map(str, a_dims))}] a) => (float[{",".join(map(str, out))}] y) {inits(**ws)} {{
+      s1 = Constant<value = int64[2] {{{rows}, {k}}}>()
+      s2 = Constant<value = int64[{len(lead) + 1}] {{{", ".join(map(str, lead + [6]))}}}>()
+      t = Transpose<perm = {list(p)}>(a)
+      f = Reshape(t, s1)
+      ft = Transpose<perm = [1, 0]>(f)
+      u = {call}
+      v = Reshape(u, s2)
+      y = Transpose<perm = {list(q)}>(v)
+    }}"""
+
+
+@pytest.mark.parametrize("a_dims,p,q,proj,c", [
+    ((2, 5, 4), [1, 0, 2], [1, 0, 2], "Gemm", r(6)),        # torch's sequence-first attention output projection
+    ((2, 5, 4), [1, 0, 2], [1, 0, 2], "Gemm", None),
+    ((2, 5, 4), [1, 0, 2], [1, 0, 2], "MatMul", None),
+    ((2, 3, 5, 4), [2, 0, 1, 3], [1, 2, 0, 3], "Gemm", r(1, 6)),
+])
+def test_gemm_of_permuted_rows_positive(a_dims, p, q, proj, c):
+    model, _ = check_rewrite(F.GemmOfPermutedRows, _permuted_rows(a_dims, p, proj, q, c=c),
+                             expect="GemmOfPermutedRows", gone=["Transpose"])
+    assert _ops(model) == {"Reshape": 2, proj: 1}
+
+
+@pytest.mark.parametrize("a_dims,p,q,kw", [
+    ((2, 5, 4), [1, 0, 2], [0, 1, 2], {}),                   # the second Transpose does not undo the first
+    ((2, 3, 5, 4), [2, 0, 1, 3], [2, 0, 1, 3], {}),          # nor here (p applied twice)
+    ((2, 5, 4), [1, 0, 2], [1, 0, 2], {"c": r(10, 6)}),      # C varies along the rows: it would need permuting
+    ((2, 5, 4), [1, 0, 2], [1, 0, 2], {"trans_a": 1}),       # transA: the Gemm's rows are a's columns
+])
+def test_gemm_of_permuted_rows_negative(a_dims, p, q, kw):
+    check_rewrite(F.GemmOfPermutedRows, _permuted_rows(a_dims, p, "Gemm", q, **kw), expect=None)

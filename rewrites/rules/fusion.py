@@ -574,9 +574,66 @@ def _reshape_target(m, s):
     return s, m.root.attr("allowzero")
 
 
+
+class GemmOfPermutedRows(Rule):
+    """Transpose(Reshape(Gemm(Reshape(Transpose(a, p), [M, K]), b, c), s), q) with q undoing p on a's leading
+    axes and both keeping the last axis last -> Reshape(Gemm(Reshape(a, [M, K]), b, c), a's leading dims + [N])
+    (static shapes; Gemm without transA, or MatMul with a 2-D b; c constant along the rows).
+
+    The Transposes only reorder the rows that the Gemm multiplies one by one, so the Gemm can take the rows in a's
+    order and the Transposes go: torch's sequence-first attention output at a batch above 1 ([B, S, E] ->
+    [S, B, E] -> [S*B, E] -> out-projection -> [S, B, E] -> [B, S, E]), two copies of the activations a layer.
+    Not bit-exact, like MatMulAddToGemm: a runtime's kernel may sum a row's products otherwise at another row.
+    """
+
+    rounding: ClassVar[str] = _GEMM_ROUNDING
+
+    def pattern(self, op, a, b, c, s1, s2):
+        rows = op.Reshape(op.Transpose(a, _name="t1"), s1)
+        proj = Or(op.Gemm(rows, b, Optional(c), _name="proj"), op.MatMul(rows, b, _name="proj"))
+        return op.Transpose(op.Reshape(proj, s2), _name="t2")
+
+    def check(self, m, a, b, c, s1, s2):
+        sa, sb = static_shape(a), static_shape(b)
+        require(sa is not None and len(sa) >= 2 and 0 not in sa and sb is not None and len(sb) == 2,
+                "a's shape is not static (rank >= 2, no zero dims) or b is not 2-D")
+        r = len(sa)
+        p = [int(i) for i in m["t1"].attr("perm", list(range(r - 1, -1, -1)))]
+        q = [int(i) for i in m["t2"].attr("perm", list(range(r - 1, -1, -1)))]
+        require(len(p) == len(q) == r and p[-1] == q[-1] == r - 1, "a Transpose moves the last axis")
+        require(all(p[q[j]] == j for j in range(r)), "the second Transpose does not undo the first")
+        proj = m["proj"]
+        if proj.op_type == "Gemm":
+            require(not proj.attr("transA", 0), "Gemm transposes A")
+            n = sb[0] if proj.attr("transB", 0) else sb[1]
+            if c is not None:
+                sc = static_shape(c)
+                require(sc is not None and len(sc) <= 2 and (len(sc) < 2 or sc[0] == 1),
+                        "C may vary along the rows")
+        else:
+            n = sb[1]
+        rows = int(np.prod(sa[:-1]))
+        require(static_shape(m["t1"].outputs[0]) is not None and static_shape(proj.inputs[0]) == (rows, sa[-1]),
+                "the first Reshape is not to [rows, K]")
+        lead = [sa[p[i]] for i in range(r - 1)]
+        require(static_shape(m["t2"].inputs[0]) == (*lead, n), "the second Reshape is not to the rows' dims")
+        m.info = (*sa[:-1], n)
+        return True
+
+    def rewrite(self, op, m, a, b, c, s1, s2):
+        sa, proj = static_shape(a), m["proj"]
+        flat = op.Reshape(a, op.const(np.array([int(np.prod(sa[:-1])), sa[-1]], np.int64), hint="shape"))
+        if proj.op_type == "Gemm":
+            attrs = {k: proj.attr(k) for k in ("alpha", "beta", "transB") if k in proj.attributes}
+            y = op.Gemm(flat, b, c, **attrs) if c is not None else op.Gemm(flat, b, **attrs)
+        else:
+            y = op.MatMul(flat, b)
+        return op.Reshape(y, op.const(np.array(m.info, np.int64), hint="shape"))
+
+
 CONV_BN: list[type[Rule]] = [FuseConvBatchNorm, FuseConvTransposeBatchNorm, FuseGemmBatchNorm]
 CONV_ADD_MUL: list[type[Rule]] = [FuseConvAdd, FuseConvMul]
 PAD: list[type[Rule]] = [FusePadConv, FusePadAveragePool, FusePadMaxPool]
-MATMUL_ADD: list[type[Rule]] = [MatMulAddToGemm, MatMulAddReshapeToGemm]
+MATMUL_ADD: list[type[Rule]] = [MatMulAddToGemm, MatMulAddReshapeToGemm, GemmOfPermutedRows]
 
 __all__ = ["CONV_ADD_MUL", "CONV_BN", "MATMUL_ADD", "PAD", "Or"]

@@ -32,6 +32,7 @@ from ...ir.core import Model
 from ..context import PassContext, PassResult
 from ..driver import apply_rules
 from ..pass_manager import Pass, register_pass
+from .fusion import GemmOfPermutedRows
 from .transformer_attention import (
     FuseAttention,
     FuseAttention4D,
@@ -54,15 +55,17 @@ from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, sett
 from .transformer_packed import FusePackedAttention, ShapeOfProjection
 from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
-STANDARD = [FuseAttention, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
-            FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
+#: GemmOfPermutedRows (fusion.py) in each: the out-projection of a sequence-first attention's output, the
+#: Transposes around it gone
+STANDARD = [FuseAttention, GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads,
+            FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
 ONNXRUNTIME = [FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjection, FusePackedAttention,
-               FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
+               GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
                FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm,
                FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 #: for optc's own lowering (`optc compile`): the standard ops, with masks that can mask a whole row (it computes
 #: such a row as the spec says, where onnxruntime's Attention writes zeros)
-OPTC = [FuseAttentionAnyMask, FuseAttention4DAnyMask, *STANDARD[2:]]
+OPTC = [FuseAttentionAnyMask, GemmOfPermutedRows, FuseAttention4DAnyMask, *STANDARD[3:]]
 RUNTIMES = ("standard", "onnxruntime", "optc")
 
 
