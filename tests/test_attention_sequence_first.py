@@ -163,3 +163,53 @@ def test_sequence_first_attention_compiles_fused():
     for feeds in _feeds(proto):
         (want,) = run_ort(proto, feeds)
         np.testing.assert_allclose(module.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def _shared_input_graph(v_shape, v_perm, k_from: str, k_perm=(1, 2, 3, 0)) -> onnx.ModelProto:
+    """Q and V split from one [S, B, E] tensor xs (Q sequence-first into 2 heads, V as `v_shape` / `v_perm`), K from
+    xs or from a second input m (`k_from`), y = the [B, S, *] batch-first merge. Built by hand (a breaker's)."""
+    b, s, n, h = 2, 3, 2, 4
+    e = n * h
+    hv = v_shape[-1]
+    nodes = [helper.make_node("Transpose", ["x"], ["xs"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["m"], ["ms"], perm=[1, 0, 2]),
+             helper.make_node("Reshape", ["xs", "sq"], ["q4"]),
+             helper.make_node("Transpose", ["q4"], ["q"], perm=[1, 2, 0, 3]),
+             helper.make_node("Reshape", [k_from, "sq"], ["k4"]),
+             helper.make_node("Transpose", ["k4"], ["k"], perm=list(k_perm)),
+             helper.make_node("Reshape", ["xs", "sv"], ["v4"]),
+             helper.make_node("Transpose", ["v4"], ["v"], perm=list(v_perm)),
+             helper.make_node("MatMul", ["q", "k"], ["sc"]),
+             helper.make_node("Softmax", ["sc"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["ot", "so"], ["y"])]
+    inits = [numpy_helper.from_array(I64(v), name) for name, v in
+             (("sq", [s, b, n, h]), ("sv", v_shape), ("so", [b, s, n * hv]))]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info(i, F, [b, s, e]) for i in ("x", "m")],
+                              [helper.make_tensor_value_info("y", F, [b, s, n * hv])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+@pytest.mark.parametrize("v_shape,v_perm,k_from,fused", [
+    ((2, 3, 2, 4), (0, 2, 1, 3), "xs", False),  # V split batch-first from the [S, B, E] tensor Q and K are split from
+    ((3, 2, 1, 8), (1, 2, 0, 3), "ms", False),  # V one head of 8 from Q's tensor (Q's split is 2 heads of 4)
+    ((3, 2, 2, 4), (1, 2, 0, 3), "ms", True),   # V split as Q is, from the same tensor: attention
+])
+def test_q_k_v_of_one_tensor_are_each_their_own_split(v_shape, v_perm, k_from, fused):
+    # the splits are found from the MatMuls that read q, k and v; found from the tensor's uses, Q's split stood for
+    # all three: wrong outputs (mixed layouts) and a Reshape to the wrong size (one V head)
+    proto = _shared_input_graph(v_shape, v_perm, k_from)
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.normal(0, 1, (2, 3, 8)).astype(np.float32) for name in ("x", "m")}
+    for runtime in ("onnxruntime", "optc"):
+        out = optc.to_onnx(optc.optimize(proto, runtime=runtime))
+        have = _ops(out)
+        assert (have["Softmax"] == 0) == fused, (runtime, dict(have))
+        if runtime == "onnxruntime":
+            _assert_close(proto, out, [feeds])
+    pytest.importorskip("tvm")
+    (want,) = run_ort(proto, feeds)
+    np.testing.assert_allclose(optc.compile(optc.from_onnx(proto), "cpu").run(feeds)["y"], want, rtol=1e-4, atol=1e-5)

@@ -165,14 +165,29 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
     return value
 
 
+def _head_split(read: Value):
+    """(the head split's Reshape, its Transpose's perm) behind `read`, what a MatMul of the matched block reads as q,
+    k or v: through a scale (Mul), K's [0, 1, 3, 2] Transpose after a split, the split's Transpose. Found from the
+    MatMuls, not from q_in's uses: q, k and v may be split from one tensor, each its own way (a breaker)."""
+    node = read.producer
+    if node.op_type == "Mul":
+        node = node.inputs[0].producer
+    inner = node.inputs[0].producer
+    if inner.op_type == "Transpose":  # k: the split's Transpose, then [0, 1, 3, 2]
+        node, inner = inner, inner.inputs[0].producer
+    return inner, [int(p) for p in node.attr("perm")]
+
+
 def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query: bool = False) -> dict:
     """The attention's sizes: {"heads", "kv_heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape
     it to, or None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects
     what is not a plain multi-head attention (`multi_query`: or one K/V head that the MatMuls broadcast over the
     query heads)."""
     shapes, reshape, layouts = {}, {}, set()
-    for name, x in (("q", q_in), ("k", k_in), ("v", v_in)):
-        split = next(u.node for u in x.uses() if u.node.op_type == "Reshape" and u.node in m.nodes)
+    scores, pv = m["scores"], m["merge"].inputs[0].producer
+    for name, x, read in (("q", q_in, scores.inputs[0]), ("k", k_in, scores.inputs[1]), ("v", v_in, pv.inputs[1])):
+        split, perm = _head_split(read)
+        require(split.inputs[0] is x, f"the {name} head split is not of {name}'s input")
         s4 = full_shape(split.outputs[0])
         require(s4 is not None and len(s4) == 4 and isinstance(s4[2], int) and isinstance(s4[3], int),
                 f"the {name} head split is not [B, S, N, H] with N and H known")
@@ -180,7 +195,6 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query
         how = _as_3d(full_shape(x), want)
         require(how is not None, f"the {name} head split is not [B, S, N*H] -> [B, S, N, H]")
         reshape[name] = want if how else None
-        perm = next(list(u.node.attr("perm")) for u in split.outputs[0].uses() if u.node in m.nodes)
         seq_first = perm in (_SEQ_FIRST, _K_SPLIT[1])
         layouts.add(seq_first)
         shapes[name] = (s4[1], s4[0], s4[2], s4[3]) if seq_first else s4  # as [B, S, N, H]
