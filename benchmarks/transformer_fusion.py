@@ -10,6 +10,8 @@ the output's largest magnitude).
 
     python benchmarks/transformer_fusion.py            # results into benchmarks/RESULTS.md ("Transformer fusion")
     python benchmarks/transformer_fusion.py --quick    # smaller models, fewer rounds, printed only
+    python benchmarks/transformer_fusion.py --batch 2 --no-write   # static exports at batch 2 (nn.MultiheadAttention's
+                                                                   # sequence-first layout), printed only
 Needs torch and onnxscript (the bench extra).
 """
 
@@ -39,15 +41,15 @@ FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedd
          "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "Gelu", "FastGelu", "BiasGelu")
 
 
-def feeds(proto: onnx.ModelProto, seq: int) -> dict:
+def feeds(proto: onnx.ModelProto, seq: int, batch: int = 1) -> dict:
     rng = np.random.default_rng(0)
     names = [i.name for i in proto.graph.input]
     if names == ["image"]:
-        dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]  # (a dynamic batch: 1)
+        dims = [d.dim_value or batch for d in proto.graph.input[0].type.tensor_type.shape.dim]  # a dynamic batch
         return {"image": rng.normal(0, 1, dims).astype(np.float32)}
-    out = {"input_ids": rng.integers(0, 2000, (1, seq))}
+    out = {"input_ids": rng.integers(0, 2000, (batch, seq))}
     if "attention_mask" in names:
-        mask = np.ones((1, seq), np.int64)
+        mask = np.ones((batch, seq), np.int64)
         mask[0, :5] = 0  # left padding
         out["attention_mask"] = mask
     return out
@@ -102,6 +104,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller models, fewer rounds; print, do not write")
     ap.add_argument("--rounds", type=int, default=None, help="timing rounds per model (default 9, quick 3)")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
+    ap.add_argument("--batch", type=int, default=1, help="the static exports' batch, and the dynamic ones' run "
+                                                         "(default 1; another batch is printed, not written)")
     args = ap.parse_args()
     rounds = args.rounds or (3 if args.quick else 9)
     seq = 64 if args.quick else 128
@@ -111,15 +115,16 @@ def main() -> int:
         for dynamo, dynamic in ((False, False), (True, False), (False, True)):
             exporter = "dynamo" if dynamo else "torchscript dynamic-axes" if dynamic else "torchscript"
             name = f"{kind} {exporter}"
-            path = os.path.join(WORK, f"{kind}_{'dynamo' if dynamo else 'ts_dyn' if dynamic else 'ts'}.onnx")
+            tag = f"{'dynamo' if dynamo else 'ts_dyn' if dynamic else 'ts'}{'' if args.batch == 1 else args.batch}"
+            path = os.path.join(WORK, f"{kind}_{tag}.onnx")
             with contextlib.redirect_stdout(io.StringIO()):
-                proto = export_transformer(kind, path, dynamo=dynamo, dynamic=dynamic, seq=seq,
+                proto = export_transformer(kind, path, dynamo=dynamo, dynamic=dynamic, seq=seq, batch=args.batch,
                                            **(QUICK[kind] if args.quick else {}))
             variants: dict[str, onnx.ModelProto | str] = {"export": proto}
             for rt in ("onnxruntime", "standard"):
                 variants[f"optc --for {rt}"] = optc.to_onnx(optc.optimize(proto, runtime=rt))
             variants["ORT optimizer"] = ort_optimizer(path, kind, path.replace(".onnx", "_ort.onnx"))
-            feed = feeds(proto, seq)
+            feed = feeds(proto, seq, args.batch)
             sessions, notes = {}, {}
             for vname, v in variants.items():
                 if isinstance(v, str):
@@ -147,7 +152,7 @@ def main() -> int:
         "## Transformer fusion",
         "",
         f"`python benchmarks/transformer_fusion.py{' --quick' if args.quick else ''}` on {cpu_model()}, "
-        f"onnxruntime {__import__('onnxruntime').__version__}, ORT_ENABLE_ALL, 1 thread, batch 1, sequence {seq} "
+        f"onnxruntime {__import__('onnxruntime').__version__}, ORT_ENABLE_ALL, 1 thread, batch {args.batch}, sequence {seq} "
         f"(ViT: 197 tokens{' at 224x224' if not args.quick else ''}), left-padded mask; median ms of {rounds} "
         "rounds alternating the variants. The machine is shared: compare ratios within a row.",
         "",
@@ -163,7 +168,7 @@ def main() -> int:
         "|---|---|---|---|---|",
         *lat_rows,
     ])
-    if args.quick or args.no_write:
+    if args.quick or args.no_write or args.batch != 1:  # the section holds the batch-1 run
         print(section)
     else:
         write_section(RESULTS, section)
