@@ -361,3 +361,15 @@ def test_gemm_of_permuted_rows_positive(a_dims, p, q, proj, c):
 ])
 def test_gemm_of_permuted_rows_negative(a_dims, p, q, kw):
     check_rewrite(F.GemmOfPermutedRows, _permuted_rows(a_dims, p, "Gemm", q, **kw), expect=None)
+
+
+def test_gemm_of_permuted_rows_not_below_opset_7():
+    # Gemm-6 broadcasts C only with broadcast=1, which the rewrite would not carry over (onnxruntime has no Gemm-6
+    # kernel to compare on: the rule must not fire)
+    from optc.ir import from_onnx
+    from optc.rewrites.rules._testing import apply, parse
+
+    text = _permuted_rows((2, 5, 4), [1, 0, 2], "Gemm", [1, 0, 2], c=r(6)).replace('"" : 17', '"" : 6')
+    text = text.replace("Gemm<transA = 0>", "Gemm<transA = 0, broadcast = 1>")
+    res = apply([F.GemmOfPermutedRows], from_onnx(parse(text)))
+    assert "GemmOfPermutedRows" not in res.counts

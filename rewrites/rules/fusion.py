@@ -588,6 +588,8 @@ class GemmOfPermutedRows(Rule):
 
     rounding: ClassVar[str] = _GEMM_ROUNDING
 
+    min_opset = 7  # Gemm broadcasts C (opset 6's `broadcast` attribute is not carried over: a breaker)
+
     def pattern(self, op, a, b, c, s1, s2):
         rows = op.Reshape(op.Transpose(a, _name="t1"), s1)
         proj = Or(op.Gemm(rows, b, Optional(c), _name="proj"), op.MatMul(rows, b, _name="proj"))
