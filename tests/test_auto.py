@@ -521,3 +521,40 @@ def test_static_batch_only_for_a_batch_above_one_of_a_small_symbolic_model(tmp_p
     onnx.save(m, static)
     search.latency_batch = 32
     assert _Search._static_batch(search, static) is None  # no symbolic batch: nothing to bind
+
+
+@pytest.mark.parametrize("static_kept", [True, False])
+def test_tvm_int8_runs_right_after_a_kept_static_int8(tmp_path, monkeypatch, static_kept):
+    """With tvm-cpu among the backends, a kept static int8 is compiled to integer kernels (`tvm int8`) before the
+    search may stop: the same QDQ model's other way out (the ResNet-like's ran ~10% faster than onnxruntime's,
+    which only tied onnxruntime's own quantizer). A static int8 not kept leaves tvm int8 in its place. The steps
+    are faked (records only); the order and the stop are what is tested."""
+    import sys
+
+    auto_mod = sys.modules["optc.workflow.auto"]
+    order = []
+
+    def fake(search, state, step, i, base, broke):
+        order.append(step["name"])
+        speed = {"static int8": 2.5 if static_kept else 0.5, "tvm int8": 3.0}.get(step["name"], 1.0)
+        rec = {"name": step["name"], "kind": step["kind"], "file": base["file"], "value": base["value"],
+               "backend": "tvm-cpu" if step["kind"] == "tvm" else "onnxruntime", "speedup": speed, "drop": 0.0,
+               "size_mb": 1.0, "status": "rejected", "reason": "faked", "seconds": 0.0}
+        if speed > state["best"]["speedup"]:
+            rec["status"] = "kept"
+            state["best"] = dict(rec)
+        return rec
+
+    monkeypatch.setattr(auto_mod, "_attempt_step", fake)
+    result = _run(tmp_path / "out", min_speedup=2.0, backends="onnxruntime,tvm-cpu")
+    if static_kept:
+        assert order[order.index("static int8"):] == ["static int8", "tvm int8"]
+        assert result.chosen["name"] == "tvm int8" and result.stop_reason == "every requirement holds"
+        names = [s["name"] for s in result.steps]
+        assert names.index("tvm int8") == names.index("static int8") + 1
+        state = json.loads((tmp_path / "out" / "state.json").read_text())
+        assert state["next_step"] == [s["name"] for s in auto_mod._steps(("onnxruntime", "tvm-cpu"))].index(
+            "static int8") + 1  # run out of turn: the steps between are not passed over on --resume
+    else:
+        assert order.index("tvm int8") == order.index("tvm bf16") + 1  # in its own place, after every other
+        assert result.chosen["name"] == "tvm int8"
