@@ -140,6 +140,20 @@ def test_transpose_between_squeeze_unsqueeze_positive():
     assert count_ops(model) == {"Reshape": 1, "Transpose": 1, "Relu": 1}
 
 
+def _reshape_transpose_reshape(shape, perm, out) -> tuple[str, int]:
+    """x [n] -> Reshape(shape) -> Transpose(perm) -> Reshape(out) -> Relu; returns (model text, n)."""
+    n = int(np.prod(shape))
+    return H17 + f"""
+    g (float[{n}] x) => (float[{",".join(map(str, out))}] y) {{
+      s1 = Constant<value = int64[{len(shape)}] {{{",".join(map(str, shape))}}}>()
+      s2 = Constant<value = int64[{len(out)}] {{{",".join(map(str, out))}}}>()
+      a = Reshape(x, s1)
+      t = Transpose<perm = {perm}>(a)
+      b = Reshape(t, s2)
+      y = Relu(b)
+    }}""", n
+
+
 @pytest.mark.parametrize("shape,perm,out", [
     # torch's sequence-first head split at batch 2: [T, B*N, H] -> [B*N, T, H] -> [B, N, T, H]
     ((5, 2 * 3, 4), [1, 0, 2], (2, 3, 5, 4)),
@@ -148,16 +162,8 @@ def test_transpose_between_squeeze_unsqueeze_positive():
     ((4, 6, 5), [2, 0, 1], (5, 2, 2, 1, 6)),
 ])
 def test_transpose_between_reshapes_splits_axes_positive(shape, perm, out):
-    n = int(np.prod(shape))
-    model, _ = check_rewrite(C.TransposeBetweenReshapes, H17 + f"""
-    g (float[{n}] x) => (float[{",".join(map(str, out))}] y) {{
-      s1 = Constant<value = int64[{len(shape)}] {{{",".join(map(str, shape))}}}>()
-      s2 = Constant<value = int64[{len(out)}] {{{",".join(map(str, out))}}}>()
-      a = Reshape(x, s1)
-      t = Transpose<perm = {perm}>(a)
-      b = Reshape(t, s2)
-      y = Relu(b)
-    }}""", expect="TransposeBetweenReshapes", exact=True,
+    text, n = _reshape_transpose_reshape(shape, perm, out)
+    model, _ = check_rewrite(C.TransposeBetweenReshapes, text, expect="TransposeBetweenReshapes", exact=True,
                              feeds={"x": np.arange(n, dtype=np.float32) - n / 2})
     assert count_ops(model) == {"Reshape": 1, "Transpose": 1, "Relu": 1}
 
@@ -168,14 +174,6 @@ def test_transpose_between_reshapes_splits_axes_positive(shape, perm, out):
     ((2, 6, 4), [1, 0, 2], (4, 3, 4)),     # a run that does not divide its axis
 ])
 def test_transpose_between_reshapes_merges_negative(shape, perm, out):
-    n = int(np.prod(shape))
-    check_rewrite(C.TransposeBetweenReshapes, H17 + f"""
-    g (float[{n}] x) => (float[{",".join(map(str, out))}] y) {{
-      s1 = Constant<value = int64[{len(shape)}] {{{",".join(map(str, shape))}}}>()
-      s2 = Constant<value = int64[{len(out)}] {{{",".join(map(str, out))}}}>()
-      a = Reshape(x, s1)
-      t = Transpose<perm = {perm}>(a)
-      b = Reshape(t, s2)
-      y = Relu(b)
-    }}""", expect=None, feeds={"x": np.arange(n, dtype=np.float32)})
+    text, n = _reshape_transpose_reshape(shape, perm, out)
+    check_rewrite(C.TransposeBetweenReshapes, text, expect=None, feeds={"x": np.arange(n, dtype=np.float32)})
 
