@@ -213,3 +213,79 @@ def test_q_k_v_of_one_tensor_are_each_their_own_split(v_shape, v_perm, k_from, f
     pytest.importorskip("tvm")
     (want,) = run_ort(proto, feeds)
     np.testing.assert_allclose(optc.compile(optc.from_onnx(proto), "cpu").run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def bmm_graph(*, batch: int = 2, seq: int = 5, hidden: int = 32, heads: int = 4, mask: bool = False,
+              softmax_axis: int = -1, opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+    """nn.MultiheadAttention with need_weights=True (its default when called directly) as the TorchScript exporter
+    writes it: heads as 3-D [B*N, S, H] batches (Reshape [S, B*N, H], Transpose [1, 0, 2]; K's [1, 2, 0]), q
+    scaled by 1/sqrt(H), MatMul (bmm), an additive float mask [B*N, S, S] (an input) when `mask`, Softmax, MatMul,
+    Transpose [1, 0, 2], Reshape [S*B, E], the output projection. x [batch, seq, hidden] -> y the same."""
+    rng = np.random.default_rng(seed)
+    g = _G()
+    dh = hidden // heads
+    xt = g.op("Transpose", "x", perm=[1, 0, 2])
+    q_in, k_in, v_in = (g.op("Add", g.op("MatMul", xt, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32)),
+                             rng.normal(0, 0.1, hidden).astype(np.float32)) for _ in range(3))
+
+    def split(t, perm):
+        return g.op("Transpose", g.op("Reshape", t, I64([seq, batch * heads, dh])), perm=perm)
+
+    q = g.op("Mul", split(q_in, [1, 0, 2]), np.array(1 / math.sqrt(dh), np.float32))
+    s = g.op("MatMul", q, split(k_in, [1, 2, 0]))
+    inputs = [helper.make_tensor_value_info("x", F, [batch, seq, hidden])]
+    if mask:
+        s = g.op("Add", s, "mask")
+        inputs.append(helper.make_tensor_value_info("mask", F, [batch * heads, seq, seq]))
+    o = g.op("MatMul", g.op("Softmax", s, axis=softmax_axis), split(v_in, [1, 0, 2]))
+    flat = g.op("Reshape", g.op("Transpose", o, perm=[1, 0, 2]), I64([seq * batch, hidden]))
+    y = g.op("Gemm", flat, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32),
+             rng.normal(0, 0.1, hidden).astype(np.float32), transB=1)
+    g.op("Transpose", g.op("Reshape", y, I64([seq, batch, hidden])), perm=[1, 0, 2])
+    g.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(g.nodes, "bmm", inputs, [helper.make_tensor_value_info("y", F, [batch, seq, hidden])],
+                              g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _bmm_feeds(proto) -> dict:
+    rng = np.random.default_rng(1)
+    feeds = {}
+    for i in proto.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        feeds[i.name] = rng.normal(0, 1 if i.name == "x" else 3, shape).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("batch,mask", [(2, False), (3, True), (1, False)])
+def test_bmm_heads_are_lifted_and_fused(batch, mask):
+    # LiftBatchedHeads (transformer_bmm.py) writes the 3-D heads as the 4-D sequence-first ones, then fused
+    proto = bmm_graph(batch=batch, mask=mask)
+    feeds = _bmm_feeds(proto)
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["Softmax"] == 0 and have["com.microsoft::Attention"] + have["com.microsoft::MultiHeadAttention"] == 1
+    _assert_close(proto, out, [feeds])
+    pytest.importorskip("tvm")
+    fused = optc.to_onnx(optc.optimize(proto, runtime="optc"))
+    assert _ops(fused)["Softmax"] == 0 and _ops(fused)["Attention"] == 1, dict(_ops(fused))
+    (want,) = run_ort(proto, feeds)
+    np.testing.assert_allclose(optc.compile(optc.from_onnx(proto), "cpu").run(feeds)["y"], want, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_bmm_heads_to_standard_attention():
+    proto = bmm_graph(opset=23)
+    out = optc.to_onnx(optc.optimize(proto, runtime="standard"))
+    onnx.checker.check_model(out, full_check=True)
+    assert _ops(out)["Attention"] == 1 and _ops(out)["Softmax"] == 0
+    _assert_close(proto, out, [_bmm_feeds(proto)])
+
+
+def test_bmm_softmax_over_another_axis_is_not_lifted():
+    proto = bmm_graph(softmax_axis=1)
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    assert _ops(out)["Softmax"] == 1 and _ops(out)["com.microsoft::Attention"] == 0
+    _assert_close(proto, out, [_bmm_feeds(proto)])

@@ -117,3 +117,26 @@ def test_batch_above_one_export_fuses_sequence_first_attention(kind, tmp_path):
         feeds = {"input_ids": rng.integers(0, 100, (2, SEQ)), "attention_mask": mask}
     for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
         assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 2])
+def test_multihead_attention_with_weights_fuses(batch, tmp_path):
+    # nn.MultiheadAttention called directly (need_weights=True: 3-D bmm heads; transformer_bmm.py), batch-first
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.a(x, x, x)[0]
+
+    path = str(tmp_path / "mha.onnx")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(M().eval(), (torch.randn(batch, 6, 32),), path, dynamo=False, opset_version=17)
+    proto = onnx.load(path)
+    feeds = {proto.graph.input[0].name: np.random.default_rng(0).normal(0, 1, (batch, 6, 32)).astype(np.float32)}
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    assert _ops(out)["com.microsoft::Attention"] == 1 and _ops(out)["Softmax"] == 0, dict(_ops(out))
+    for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+        assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6

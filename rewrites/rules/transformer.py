@@ -41,6 +41,7 @@ from .transformer_attention import (
     FuseMultiHeadAttention,
     FuseMultiQueryAttention,
 )
+from .transformer_bmm import LiftBatchedHeads
 from .transformer_gelu import (
     FuseBiasGelu,
     FuseFastGelu,
@@ -55,17 +56,18 @@ from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, sett
 from .transformer_packed import FusePackedAttention, ShapeOfProjection
 from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
-#: GemmOfPermutedRows (fusion.py) in each: the out-projection of a sequence-first attention's output, the
-#: Transposes around it gone
-STANDARD = [FuseAttention, GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads,
-            FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjection, FusePackedAttention,
+#: in each: LiftBatchedHeads (transformer_bmm.py) first, 3-D `bmm` heads as the 4-D ones the attention rules take;
+#: GemmOfPermutedRows (fusion.py), the out-projection of a sequence-first attention's output, the Transposes around
+#: it gone
+STANDARD = [LiftBatchedHeads, FuseAttention, GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention,
+            ShapeOfRepeatedHeads, FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
+ONNXRUNTIME = [LiftBatchedHeads, FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjection, FusePackedAttention,
                GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
                FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm,
                FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]
 #: for optc's own lowering (`optc compile`): the standard ops, with masks that can mask a whole row (it computes
 #: such a row as the spec says, where onnxruntime's Attention writes zeros)
-OPTC = [FuseAttentionAnyMask, GemmOfPermutedRows, FuseAttention4DAnyMask, *STANDARD[3:]]
+OPTC = [LiftBatchedHeads, FuseAttentionAnyMask, GemmOfPermutedRows, FuseAttention4DAnyMask, *STANDARD[4:]]
 RUNTIMES = ("standard", "onnxruntime", "optc")
 
 
