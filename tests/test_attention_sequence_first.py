@@ -43,12 +43,13 @@ class _G:
 
 
 def mha_graph(*, batch: int = 2, seq: int = 6, hidden: int = 32, heads: int = 4, mask: bool = True,
-              merge: str = "seq", v_split: str = "seq", opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+              merge: str = "seq", v_split: str = "seq", opset: int = 17, seed: int = 0,
+              scale_first: bool = False) -> onnx.ModelProto:
     """x [batch, seq, hidden] -> a batch-first module's nn.MultiheadAttention as the TorchScript exporter writes
     it (packed in_proj, q and k scaled by sqrt(1/sqrt(H)) each, an additive key-padding mask [B, 1, 1, S] from
     an int64 mask when `mask`), output [batch, seq, hidden]. `merge`: "seq" (torch's [2, 0, 1, 3] merge) or
     "batch" ([0, 2, 1, 3] to [B, S, E], then back to sequence-first). `v_split`: "seq" (torch's) or "batch" (V
-    split from a [B, S, E] tensor: Q/K/V split in different layouts)."""
+    split from a [B, S, E] tensor: Q/K/V split in different layouts). `scale_first`: Mul(c, q) instead of Mul(q, c)."""
     rng = np.random.default_rng(seed)
     g = _G()
     dh = hidden // heads
@@ -70,7 +71,9 @@ def mha_graph(*, batch: int = 2, seq: int = 6, hidden: int = 32, heads: int = 4,
         vb = g.op("Transpose", v_in, perm=[1, 0, 2])                                     # [B, S, E]
         v = g.op("Transpose", g.op("Reshape", vb, I64([batch, seq, heads, dh])), perm=[0, 2, 1, 3])
     f = np.array(math.sqrt(1 / math.sqrt(dh)), np.float32)
-    s = g.op("MatMul", g.op("Mul", q, f), g.op("Mul", g.op("Transpose", k, perm=[0, 1, 3, 2]), f))
+    kt = g.op("Transpose", k, perm=[0, 1, 3, 2])
+    s = g.op("MatMul", *((g.op("Mul", f, q), g.op("Mul", f, kt)) if scale_first else (g.op("Mul", q, f),
+                                                                                          g.op("Mul", kt, f))))
     inputs = [helper.make_tensor_value_info("x", F, [batch, seq, hidden])]
     if mask:
         m = g.op("Cast", g.op("Unsqueeze", "attention_mask", I64([1, 2])), to=F)
@@ -216,11 +219,12 @@ def test_q_k_v_of_one_tensor_are_each_their_own_split(v_shape, v_perm, k_from, f
 
 
 def bmm_graph(*, batch: int = 2, seq: int = 5, hidden: int = 32, heads: int = 4, mask: bool = False,
-              softmax_axis: int = -1, opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+              softmax_axis: int = -1, opset: int = 17, seed: int = 0, scale_first: bool = False) -> onnx.ModelProto:
     """nn.MultiheadAttention with need_weights=True (its default when called directly) as the TorchScript exporter
     writes it: heads as 3-D [B*N, S, H] batches (Reshape [S, B*N, H], Transpose [1, 0, 2]; K's [1, 2, 0]), q
     scaled by 1/sqrt(H), MatMul (bmm), an additive float mask [B*N, S, S] (an input) when `mask`, Softmax, MatMul,
-    Transpose [1, 0, 2], Reshape [S*B, E], the output projection. x [batch, seq, hidden] -> y the same."""
+    Transpose [1, 0, 2], Reshape [S*B, E], the output projection. x [batch, seq, hidden] -> y the same.
+    `scale_first`: Mul(c, q) instead of Mul(q, c)."""
     rng = np.random.default_rng(seed)
     g = _G()
     dh = hidden // heads
@@ -231,7 +235,8 @@ def bmm_graph(*, batch: int = 2, seq: int = 5, hidden: int = 32, heads: int = 4,
     def split(t, perm):
         return g.op("Transpose", g.op("Reshape", t, I64([seq, batch * heads, dh])), perm=perm)
 
-    q = g.op("Mul", split(q_in, [1, 0, 2]), np.array(1 / math.sqrt(dh), np.float32))
+    c = np.array(1 / math.sqrt(dh), np.float32)
+    q = g.op("Mul", c, split(q_in, [1, 0, 2])) if scale_first else g.op("Mul", split(q_in, [1, 0, 2]), c)
     s = g.op("MatMul", q, split(k_in, [1, 2, 0]))
     inputs = [helper.make_tensor_value_info("x", F, [batch, seq, hidden])]
     if mask:
@@ -289,3 +294,14 @@ def test_bmm_softmax_over_another_axis_is_not_lifted():
     out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
     assert _ops(out)["Softmax"] == 1 and _ops(out)["com.microsoft::Attention"] == 0
     _assert_close(proto, out, [_bmm_feeds(proto)])
+
+
+@pytest.mark.parametrize("build", [mha_graph, bmm_graph], ids=["4-d", "bmm"])
+def test_scale_written_first_fuses(build):
+    # Mul(c, q): the matcher takes Mul's operands in either order; the head splits are found behind either
+    # (read as Mul's first input, the constant's missing producer crashed optimize: a breaker)
+    proto = build(scale_first=True)
+    feeds = _bmm_feeds(proto) if build is bmm_graph else _feeds(proto)[0]
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    assert _ops(out)["Softmax"] == 0, dict(_ops(out))
+    _assert_close(proto, out, [feeds])

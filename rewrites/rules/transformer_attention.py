@@ -165,13 +165,21 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
     return value
 
 
+def unscaled(read: Value):
+    """The node that makes what a MatMul of the matched block reads, through a scale: Mul(x, c) or Mul(c, x)
+    (the matcher takes Mul's operands in either order) -> x's producer."""
+    node = read.producer
+    if node.op_type == "Mul":
+        x = next(i for i in node.inputs if i.producer is not None and i.producer.op_type != "Constant")
+        node = x.producer
+    return node
+
+
 def _head_split(read: Value):
     """(the head split's Reshape, its Transpose's perm) behind `read`, what a MatMul of the matched block reads as q,
     k or v: through a scale (Mul), K's [0, 1, 3, 2] Transpose after a split, the split's Transpose. Found from the
     MatMuls, not from q_in's uses: q, k and v may be split from one tensor, each its own way (a breaker)."""
-    node = read.producer
-    if node.op_type == "Mul":
-        node = node.inputs[0].producer
+    node = unscaled(read)
     inner = node.inputs[0].producer
     if inner.op_type == "Transpose":  # k: the split's Transpose, then [0, 1, 3, 2]
         node, inner = inner, inner.inputs[0].producer

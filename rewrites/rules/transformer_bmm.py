@@ -22,6 +22,7 @@ import numpy as np
 from ..pattern import Or, require
 from ..rule import Rule
 from ._util import is_float, static_shape
+from .transformer_attention import unscaled
 
 
 def _heads3(op, x, shape, perm):
@@ -30,11 +31,9 @@ def _heads3(op, x, shape, perm):
 
 def _split_shape(read) -> tuple[int, ...] | None:
     """The static output shape of the head split's Reshape behind `read` (what a MatMul reads: the split's
-    Transpose, or a Mul of it): found from the MatMuls, as q, k and v may be split from one tensor."""
-    node = read.producer
-    if node.op_type == "Mul":
-        node = node.inputs[0].producer
-    return static_shape(node.inputs[0])
+    Transpose, or a Mul of it and a constant in either order): found from the MatMuls, as q, k and v may be split
+    from one tensor."""
+    return static_shape(unscaled(read).inputs[0])
 
 
 class LiftBatchedHeads(Rule):
