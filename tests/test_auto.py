@@ -558,3 +558,62 @@ def test_tvm_int8_runs_right_after_a_kept_static_int8(tmp_path, monkeypatch, sta
     else:
         assert order.index("tvm int8") == order.index("tvm bf16") + 1  # in its own place, after every other
         assert result.chosen["name"] == "tvm int8"
+
+
+def _faked_steps(monkeypatch, speeds: dict, sizes: dict | None = None, interrupt: str | None = None):
+    """Candidates and their measurements faked (the baseline's are real): every step's candidate is the input
+    model (a TVM step's, the baseline's library), measured with the given speed-up (1.0 for the others) and size
+    (MB; 1.0) and no accuracy drop; the search's own decisions (`_attempt_step`, `_keep`) run as they are.
+    `interrupt`: raise _Interrupted when that step's candidate is built. Returns the list of steps measured."""
+    order = []
+    real_measure = _Search.measure
+
+    def candidate(self, step, state, i):
+        if step["name"] == interrupt:
+            raise _Interrupted
+        if step["kind"] == "tvm":
+            return os.path.join(self.work, "baseline.so"), None, {"source": MODEL, "precision": "int8"}
+        return MODEL, None, {"source": MODEL}
+
+    def measure(self, name, path, backend, base):
+        if name.startswith("baseline"):
+            return real_measure(self, name, path, backend, base)
+        order.append(name)
+        return {"name": name, "backend": backend, "file": path, "value": base["value"], "drop": 0.0,
+                "per_class": base["per_class"], "speedup": speeds.get(name, 1.0), "size_mb": (sizes or {}).get(name, 1.0),
+                "latency_ms": base["latency_ms"], "max_abs_diff": 0.0, "seconds": 0.0}
+
+    monkeypatch.setattr(_Search, "candidate", candidate)
+    monkeypatch.setattr(_Search, "measure", measure)
+    return order
+
+
+def test_interrupted_tvm_int8_after_static_int8_runs_on_resume(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    speeds = {"static int8": 2.5, "tvm int8": 3.0}
+    _faked_steps(monkeypatch, speeds, interrupt="tvm int8")
+    with pytest.raises(_Interrupted):
+        _run(out, min_speedup=2.0, backends="onnxruntime,tvm-cpu")
+    order = _faked_steps(monkeypatch, speeds)
+    result = _run(out, min_speedup=2.0, backends="onnxruntime,tvm-cpu", resume=True)
+    assert order == ["tvm int8"] and result.chosen["name"] == "tvm int8"  # (requirements held before it ran)
+    assert result.stop_reason == "every requirement holds" and (out / "model.so").exists()
+
+
+def test_tvm_int8_that_would_break_a_met_requirement_is_not_kept(tmp_path, monkeypatch):
+    # static int8 meets every requirement (size included); tvm int8 is faster but its library is too big
+    _faked_steps(monkeypatch, {"static int8": 2.5, "tvm int8": 3.0}, sizes={"static int8": 0.05, "tvm int8": 0.5})
+    result = _run(tmp_path / "out", min_speedup=2.0, max_size_mb=0.1, backends="onnxruntime,tvm-cpu")
+    assert result.met and result.chosen["name"] == "static int8"
+    assert next(s for s in result.steps if s["name"] == "tvm int8")["status"] == "rejected"
+
+
+def test_an_onnx_step_kept_after_a_tvm_step_drops_its_library(tmp_path):
+    # tvm int8 kept right after static int8, then a pruned ONNX model faster still: model.so is not left over
+    from optc.workflow.auto import _keep
+
+    state = {"tvm_file": "work/12.so", "tvm_source": "work/05.onnx", "tvm_precision": "fp32", "tvm_kind": "int8",
+             "precision": "static", "records": []}
+    _keep(state, {"name": "prune 50%", "kind": "prune", "param": 0.5}, {"name": "prune 50%", "drop": 0.0},
+          str(tmp_path / "work" / "09.onnx"), None, str(tmp_path))
+    assert not {"tvm_file", "tvm_source", "tvm_precision", "tvm_kind"} & set(state)

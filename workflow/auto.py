@@ -735,7 +735,10 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
             changed = sorted(k for k in config if state.get("config", {}).get(k) != config[k])
             raise OptcError(f"--resume: the run in '{outdir}' was started with other settings ({', '.join(changed)}"
                             " differ); start a new run in another directory")
-        if (state["stop_reason"] or "").startswith("the time budget ended"):  # resumed with time left: the search goes on
+        # resumed with time left: the search goes on where the budget ended it or left a step out for lack of time
+        # (the requirements held when tvm int8, right after a kept static int8, did not fit)
+        if (state["stop_reason"] or "").startswith("the time budget ended") or \
+                any(r.get("time_skipped") for r in state["records"]):
             state["stop_reason"] = None
     else:
         if os.path.isdir(outdir) and os.listdir(outdir):
@@ -796,15 +799,16 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
              if any(r["name"] == s["name"] and r.get("time_skipped") for r in state["records"])]
 
     def attempt(i: int, advance: bool = True) -> dict | None:
-        """Run step i unless the budget ends first (then the stop reason is set and None returned)."""
+        """Run step i unless the budget ends first (then the stop reason is set and None returned); a step run out
+        of turn (`advance=False`) is left out for lack of time instead (the stop reason lists it)."""
         step = steps[i]
         left, need = search.deadline - time.monotonic(), _step_estimate(search, step, state)
-        if state["stop_reason"] is None and left <= 0:
+        if state["stop_reason"] is None and left <= 0 and advance:
             state["stop_reason"] = "the time budget ended"
         if state["stop_reason"] is not None:
             return None
         log(f"step {i + 1}/{len(steps)}: {step['name']}")
-        if left < need:  # this step would not fit: a later, shorter one may (the report says what was left out)
+        if left < need or left <= 0:  # this step would not fit: a later, shorter one may (the report says so)
             rec = {"name": step["name"], "kind": step["kind"], "status": "skipped", "time_skipped": True,
                    "reason": f"not tried: it would take about {need:.0f} s; {left:.0f} s of the budget were left"}
         else:
@@ -814,29 +818,43 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
         save_state()
         return rec
 
+    def static_int8_on_integer_kernels() -> None:
+        """After a kept static int8 (also when a resumed run finds one whose `tvm int8` was interrupted or left for
+        lack of time): the same QDQ model compiled to integer kernels, before the search may stop: static int8's
+        other way out (its accuracy the same to a unit of the last quantized place; on the ResNet-like ~10%
+        faster than on onnxruntime, where it only tied onnxruntime's own best quantizer option)."""
+        j = next((k for k, s in enumerate(steps) if s["name"] == "tvm int8"), None)
+        kept = any(r["name"] == "static int8" and r.get("status") == "kept" for r in state["records"])
+        done = any(r["name"] == "tvm int8" and not r.get("time_skipped") for r in state["records"])
+        if j is not None and kept and not done and state["stop_reason"] is None:
+            attempt(j, advance=False)
+
+    static_int8_on_integer_kernels()  # (a resumed run)
     # one line per step (log); each long operation inside a step has its own progress bar (rich shows one at a time)
     for i in [*retry, *range(state["next_step"], len(steps))]:
         step = steps[i]
         if i not in retry and any(r["name"] == step["name"] and not r.get("time_skipped") for r in state["records"]):
             continue  # run out of turn (tvm int8 after a kept static int8)
         if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
-            state["stop_reason"] = "every requirement holds"
+            state["stop_reason"] = _met_reason(state)
         rec = attempt(i)
         if rec is None:
             break
         if step["name"] == "static int8" and rec["status"] == "kept":
-            # the same QDQ model compiled to integer kernels, before the search may stop: static int8's other way
-            # out (its accuracy is the same to a unit of the last quantized place; on the ResNet-like, ~10% faster
-            # than onnxruntime's, whose best quantizer option the model kept on onnxruntime only tied)
-            j = next((k for k, s in enumerate(steps) if s["name"] == "tvm int8"), None)
-            if j is not None and not any(r["name"] == "tvm int8" for r in state["records"]):
-                attempt(j, advance=False)
+            static_int8_on_integer_kernels()
     left_out = [r["name"] for r in state["records"] if r.get("time_skipped")]
     if state["stop_reason"] is None and req.performance and _all_met(req, state["best"], search.unit):
-        state["stop_reason"] = "every requirement holds"
+        state["stop_reason"] = _met_reason(state)
     if state["stop_reason"] is None:
         state["stop_reason"] = (f"the time budget ended (not tried for lack of time: {', '.join(left_out)})"
                                 if left_out else "every step was tried")
+
+
+def _met_reason(state: dict) -> str:
+    """The stop reason when every requirement holds, naming the steps left out for lack of time (--resume with more
+    time tries them)."""
+    left_out = [r["name"] for r in state["records"] if r.get("time_skipped")]
+    return "every requirement holds" + (f" (not tried for lack of time: {', '.join(left_out)})" if left_out else "")
 
 
 def _attempt_step(search: _Search, state: dict, step: dict, i: int, base: dict, broke: list[bool]) -> dict:
@@ -865,6 +883,9 @@ def _attempt_step(search: _Search, state: dict, step: dict, i: int, base: dict, 
         rec["seconds"] = time.perf_counter() - t0  # building the candidate included
         ok_acc = rec["drop"] is not None and rec["drop"] <= req.max_accuracy_drop + _EPS
         helps, why = _helps(rec, state["best"], req)
+        if helps and req.performance and _all_met(req, state["best"], search.unit) and \
+                not _all_met(req, rec, search.unit):  # (tvm int8 right after a static int8 that met them all)
+            helps, why = False, "faster, but it breaks a requirement the kept model meets"
         if not ok_acc:
             rec["status"], rec["reason"] = "rejected", (
                 f"accuracy drop {rec['drop']:.3g} {search.unit} over the budget "
@@ -937,6 +958,10 @@ def _keep(state: dict, step: dict, rec: dict, path: str, float_path: str | None,
             state["tvm_kind"] = rec["details"]["precision"]  # fp32, bf16 or int8 (a QDQ source)
     else:
         state["onnx_file"] = rel
+        # a TVM library kept before (tvm int8 right after a kept static int8) is not of this model: the later TVM
+        # steps compile and tune from the new one
+        for key in ("tvm_file", "tvm_source", "tvm_precision", "tvm_kind"):
+            state.pop(key, None)
         if step["kind"] == "precision":
             state["precision"] = step["param"]
         if float_path is not None:
