@@ -42,6 +42,21 @@ class _G:
         return out
 
 
+def _projected_model(g: _G, rng, flat: str, inputs: list, dims: tuple, opset: int, name: str) -> onnx.ModelProto:
+    """The block's end as torch writes it: the output projection (Gemm) of the [S*B, E] rows `flat`, Reshape
+    [S, B, E], Transpose to the batch-first output y [B, S, E]; the model, checked."""
+    batch, seq, hidden = dims
+    y = g.op("Gemm", flat, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32),
+             rng.normal(0, 0.1, hidden).astype(np.float32), transB=1)
+    g.op("Transpose", g.op("Reshape", y, I64([seq, batch, hidden])), perm=[1, 0, 2])
+    g.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(g.nodes, name, inputs, [helper.make_tensor_value_info("y", F, [batch, seq, hidden])],
+                              g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
 def mha_graph(*, batch: int = 2, seq: int = 6, hidden: int = 32, heads: int = 4, mask: bool = True,
               merge: str = "seq", v_split: str = "seq", opset: int = 17, seed: int = 0,
               scale_first: bool = False) -> onnx.ModelProto:
@@ -85,15 +100,7 @@ def mha_graph(*, batch: int = 2, seq: int = 6, hidden: int = 32, heads: int = 4,
     else:
         bse = g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), I64([batch, seq, hidden]))
         flat = g.op("Reshape", g.op("Transpose", bse, perm=[1, 0, 2]), I64([seq * batch, hidden]))
-    y = g.op("Gemm", flat, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32),
-             rng.normal(0, 0.1, hidden).astype(np.float32), transB=1)
-    y = g.op("Transpose", g.op("Reshape", y, I64([seq, batch, hidden])), perm=[1, 0, 2])
-    g.nodes[-1].output[0] = "y"
-    graph = helper.make_graph(g.nodes, "mha", inputs, [helper.make_tensor_value_info("y", F, [batch, seq, hidden])],
-                              g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+    return _projected_model(g, rng, flat, inputs, (batch, seq, hidden), opset, "mha")
 
 
 def _feeds(proto: onnx.ModelProto) -> list[dict]:
@@ -244,24 +251,14 @@ def bmm_graph(*, batch: int = 2, seq: int = 5, hidden: int = 32, heads: int = 4,
         inputs.append(helper.make_tensor_value_info("mask", F, [batch * heads, seq, seq]))
     o = g.op("MatMul", g.op("Softmax", s, axis=softmax_axis), split(v_in, [1, 0, 2]))
     flat = g.op("Reshape", g.op("Transpose", o, perm=[1, 0, 2]), I64([seq * batch, hidden]))
-    y = g.op("Gemm", flat, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32),
-             rng.normal(0, 0.1, hidden).astype(np.float32), transB=1)
-    g.op("Transpose", g.op("Reshape", y, I64([seq, batch, hidden])), perm=[1, 0, 2])
-    g.nodes[-1].output[0] = "y"
-    graph = helper.make_graph(g.nodes, "bmm", inputs, [helper.make_tensor_value_info("y", F, [batch, seq, hidden])],
-                              g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+    return _projected_model(g, rng, flat, inputs, (batch, seq, hidden), opset, "bmm")
 
 
 def _bmm_feeds(proto) -> dict:
+    """x ~ N(0, 1), the mask (if any) ~ N(0, 3), at the inputs' static shapes."""
     rng = np.random.default_rng(1)
-    feeds = {}
-    for i in proto.graph.input:
-        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        feeds[i.name] = rng.normal(0, 1 if i.name == "x" else 3, shape).astype(np.float32)
-    return feeds
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    return {name: rng.normal(0, 1 if name == "x" else 3, shape).astype(np.float32) for name, shape in dims.items()}
 
 
 @pytest.mark.parametrize("batch,mask", [(2, False), (3, True), (1, False)])
