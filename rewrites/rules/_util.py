@@ -81,6 +81,14 @@ def np_dtype(v: Value) -> np.dtype | None:
         return None
 
 
+def transpose_perm(node: Node, rank: int | None) -> list[int] | None:
+    """A Transpose node's permutation: its `perm`, or the reversal of `rank` axes when it has none (ONNX's
+    default); None when it has none and the rank is unknown."""
+    p = node.attr("perm")
+    if p is None:
+        return None if rank is None else list(range(rank - 1, -1, -1))
+    return [int(i) for i in p]
+
 def is_float(v: Value | None) -> bool:
     return v is not None and v.dtype is not None and DataType(v.dtype) in (
         DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16, DataType.BFLOAT16)

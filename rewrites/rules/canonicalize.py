@@ -14,7 +14,7 @@ import numpy as np
 from ...ir.types import DataType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, normalize_axes, operand, static_shape
+from ._util import full_shape, normalize_axes, operand, static_shape, transpose_perm
 
 
 def _shape_producers(op, x):
@@ -49,13 +49,6 @@ class ReshapeChain(Rule):
         return op.Reshape(x, s, allowzero=m.root.attr("allowzero"))
 
 
-def _perm(node, rank):
-    p = node.attr("perm")
-    if p is None:
-        return None if rank is None else list(range(rank - 1, -1, -1))
-    return [int(i) for i in p]
-
-
 class TransposeChain(Rule):
     """Transpose(Transpose(x, p1), p2) -> Transpose(x, p1 o p2)."""
 
@@ -63,11 +56,11 @@ class TransposeChain(Rule):
         return op.Transpose(op.Transpose(x, _name="inner"))
 
     def check(self, m, x):
-        p1, p2 = _perm(m["inner"], x.rank), _perm(m.root, x.rank)
+        p1, p2 = transpose_perm(m["inner"], x.rank), transpose_perm(m.root, x.rank)
         return require(p1 is not None and p2 is not None and len(p1) == len(p2) > 0, "unknown permutations")
 
     def rewrite(self, op, m, x):
-        p1, p2 = _perm(m["inner"], x.rank), _perm(m.root, x.rank)
+        p1, p2 = transpose_perm(m["inner"], x.rank), transpose_perm(m.root, x.rank)
         return op.Transpose(x, perm=[p1[j] for j in p2])
 
 
@@ -282,7 +275,7 @@ def _transpose_perm(m):
     shape = t.inputs[0].shape
     if shape is None:
         return None, None
-    p = _perm(t, len(shape))
+    p = transpose_perm(t, len(shape))
     if p is None or sorted(p) != list(range(len(shape))):
         return None, None
     return p, shape

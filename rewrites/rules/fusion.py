@@ -30,7 +30,7 @@ import numpy as np
 
 from ..pattern import Optional, Or, require
 from ..rule import Rule
-from ._util import is_float, operand, static_shape
+from ._util import is_float, operand, static_shape, transpose_perm
 
 _FLOAT_KINDS = "f"
 
@@ -574,7 +574,6 @@ def _reshape_target(m, s):
     return s, m.root.attr("allowzero")
 
 
-
 class GemmOfPermutedRows(Rule):
     """Transpose(Reshape(Gemm(Reshape(Transpose(a, p), [M, K]), b, c), s), q) with q undoing p on a's leading
     axes and both keeping the last axis last -> Reshape(Gemm(Reshape(a, [M, K]), b, c), a's leading dims + [N])
@@ -600,8 +599,7 @@ class GemmOfPermutedRows(Rule):
         require(sa is not None and len(sa) >= 2 and 0 not in sa and sb is not None and len(sb) == 2,
                 "a's shape is not static (rank >= 2, no zero dims) or b is not 2-D")
         r = len(sa)
-        p = [int(i) for i in m["t1"].attr("perm", list(range(r - 1, -1, -1)))]
-        q = [int(i) for i in m["t2"].attr("perm", list(range(r - 1, -1, -1)))]
+        p, q = transpose_perm(m["t1"], r), transpose_perm(m["t2"], r)
         require(len(p) == len(q) == r and p[-1] == q[-1] == r - 1, "a Transpose moves the last axis")
         require(all(p[q[j]] == j for j in range(r)), "the second Transpose does not undo the first")
         proj = m["proj"]

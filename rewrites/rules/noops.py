@@ -16,7 +16,7 @@ import numpy as np
 
 from ..pattern import ANY, Const, Optional, Or, require
 from ..rule import Rule
-from ._util import INT64_MAX, broadcast_keeps_shape, is_float, normalize_axes, operand, same_shape
+from ._util import INT64_MAX, broadcast_keeps_shape, is_float, normalize_axes, operand, same_shape, transpose_perm
 
 
 class IdentityNoop(Rule):
@@ -103,13 +103,6 @@ class ShapeRoundTrip(Rule):
         return x
 
 
-def _perm(node, rank: int | None) -> list[int] | None:
-    p = node.attr("perm")
-    if p is None:
-        return None if rank is None else list(range(rank - 1, -1, -1))
-    return [int(i) for i in p]
-
-
 class TransposeIdentity(Rule):
     """Transpose with the identity permutation -> its input."""
 
@@ -117,7 +110,7 @@ class TransposeIdentity(Rule):
         return op.Transpose(x)
 
     def check(self, m, x):
-        p = _perm(m.root, x.rank)
+        p = transpose_perm(m.root, x.rank)
         return require(p is not None and p == list(range(len(p))), "the permutation is not the identity")
 
     def rewrite(self, op, m, x):
@@ -131,8 +124,8 @@ class TransposeInverse(Rule):
         return op.Transpose(op.Transpose(x, _name="inner"))
 
     def check(self, m, x):
-        p1 = _perm(m["inner"], x.rank)
-        p2 = _perm(m.root, x.rank)
+        p1 = transpose_perm(m["inner"], x.rank)
+        p2 = transpose_perm(m.root, x.rank)
         require(p1 is not None and p2 is not None and len(p1) == len(p2), "unknown permutations")
         return require([p1[j] for j in p2] == list(range(len(p1))), "the permutations are not inverse")
 
