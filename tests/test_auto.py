@@ -534,7 +534,7 @@ def test_tvm_int8_runs_right_after_a_kept_static_int8(tmp_path, monkeypatch, sta
     auto_mod = sys.modules["optc.workflow.auto"]
     order = []
 
-    def fake(search, state, step, i, base, broke):
+    def fake(search, state, step, i, base):
         order.append(step["name"])
         speed = {"static int8": 2.5 if static_kept else 0.5, "tvm int8": 3.0}.get(step["name"], 1.0)
         rec = {"name": step["name"], "kind": step["kind"], "file": base["file"], "value": base["value"],

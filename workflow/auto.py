@@ -792,8 +792,6 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
         if req.performance and _all_met(req, rec, search.unit) and not _all_met(req, state["best"], search.unit):
             state["best"] = dict(rec)
     steps = _steps(search.backends)
-    broke = [any(r.get("kind") == "prune" and r["status"] == "rejected" and r.get("over_budget")
-                 for r in state["records"])]  # (a list: `attempt` sets it)
     # steps an earlier session left for lack of time are tried again first (their records are replaced in place)
     retry = [i for i, s in enumerate(steps[:state["next_step"]])
              if any(r["name"] == s["name"] and r.get("time_skipped") for r in state["records"])]
@@ -812,7 +810,7 @@ def _run_steps(search: _Search, state: dict, save_state: Callable[[], None]) -> 
             rec = {"name": step["name"], "kind": step["kind"], "status": "skipped", "time_skipped": True,
                    "reason": f"not tried: it would take about {need:.0f} s; {left:.0f} s of the budget were left"}
         else:
-            rec = _attempt_step(search, state, step, i, base, broke)
+            rec = _attempt_step(search, state, step, i, base)
         log(f"  {rec['status']}: {rec.get('reason', '')}")
         _record(state, rec, i, advance=advance)
         save_state()
@@ -857,15 +855,16 @@ def _met_reason(state: dict) -> str:
     return "every requirement holds" + (f" (not tried for lack of time: {', '.join(left_out)})" if left_out else "")
 
 
-def _attempt_step(search: _Search, state: dict, step: dict, i: int, base: dict, broke: list[bool]) -> dict:
+def _attempt_step(search: _Search, state: dict, step: dict, i: int, base: dict) -> dict:
     """Build and measure step i's candidate; its record, kept (into the state) or rejected with the reason, or
-    skipped. `broke[0]`: a smaller pruning ratio already broke the accuracy budget (set here when one does)."""
+    skipped."""
     req = search.req
     rec: dict[str, Any] = {"name": step["name"], "kind": step["kind"]}
     skip = None
     if step["kind"] == "prune" and not _available("prune"):
         skip = "optc.workflow.prune is not available in this build"
-    elif step["kind"] == "prune" and broke[0]:
+    elif step["kind"] == "prune" and any(r.get("kind") == "prune" and r["status"] == "rejected"
+                                         and r.get("over_budget") for r in state["records"]):
         skip = "a smaller pruning ratio already broke the accuracy budget"
     elif step["param"] in ("static", "int8") and search.calibration is None:
         skip = "no calibration data (--calibration)"
@@ -891,7 +890,6 @@ def _attempt_step(search: _Search, state: dict, step: dict, i: int, base: dict, 
                 f"accuracy drop {rec['drop']:.3g} {search.unit} over the budget "
                 f"{req.max_accuracy_drop:g}" if rec["drop"] is not None else "accuracy is NaN")
             rec["over_budget"] = True
-            broke[0] |= step["kind"] == "prune"
         elif not helps:
             rec["status"], rec["reason"] = "rejected", why
         else:
