@@ -87,6 +87,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     from .grouped_conv import grouped_conv_pass  # noqa: PLC0415
     from .layout_copies import layout_copies_pass  # noqa: PLC0415
     from .nan_order import nan_through_max_min_pass  # noqa: PLC0415
+    from .pointwise_conv import pointwise_conv_pass  # noqa: PLC0415
     from .winograd import winograd_pass  # noqa: PLC0415
     from .zero_size import zero_size_results_as_constants  # noqa: PLC0415
 
@@ -105,7 +106,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
-        passes += [_convert_layout_nhwc(), layout_copies_pass(), grouped_conv_pass(target),
+        passes += [_convert_layout_nhwc(), layout_copies_pass(), grouped_conv_pass(target), pointwise_conv_pass(),
                    winograd_pass(target, _fast_math(fast_math))]
     passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes
@@ -238,6 +239,7 @@ def fusion_passes():
     """Legalize and fuse: the module that MetaSchedule tunes (same as relax's 'zero' pipeline)."""
     from tvm import relax  # noqa: PLC0415
 
+    from .concat import concat_copies_pass  # noqa: PLC0415
     from .int8_kernels import mark_7bit_weights  # noqa: PLC0415
     from .max_pool import legalize_map  # noqa: PLC0415
 
@@ -250,6 +252,7 @@ def fusion_passes():
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.AttachAttrLayoutFreeBuffers(),
+        concat_copies_pass(),
         mark_7bit_weights(),
     ]
 
