@@ -768,6 +768,22 @@ def _window_loop(sch: s_tir.Schedule, stmt, r_loops: list, row_var):
     return r_loops[-1] if slides else None
 
 
+#: a pooling window's register tile: one output pixel, up to this many vectors of its channels
+POOL_TILE_VECTORS = 8
+
+
+def _pooling_window(sch: s_tir.Schedule, stmt, r_loops: list, row_var) -> bool:
+    """Whether reduction block `stmt` is a pooling window: it reads one buffer besides its own output, along a
+    window that slides with the tile rows (``_window_loop``). Such a kernel reuses no operand across a tile's rows
+    the way a convolution reuses its weights, and its tile is one pixel by up to POOL_TILE_VECTORS vectors of
+    channels, the taps outside the tile (each tap's channels read contiguously; the accumulators below the stack
+    limit): SqueezeNet's 3x3 stride-2
+    NHWC max-pools over 64, 128 and 256 channels 125 -> 94, 62 -> 55 and 37 -> 27 us against tiles of 5 pixels by
+    2 vectors (AMD EPYC Zen 4, 1 thread)."""
+    operands = {r.source.name for r in stmt.reads if not r.source.same_as(stmt.writes[0].source)}
+    return len(operands) == 1 and _window_loop(sch, stmt, r_loops, row_var) is not None
+
+
 def _pads_as_einsum(sch: s_tir.Schedule, stmt, padding: list[int]) -> bool:
     """Whether `pad_einsum` takes this padding (on a copy of the schedule): no padding at all, or an einsum
     (not strided windows or gathers, where the predicated tile stays)."""
@@ -948,6 +964,10 @@ class TiledReduction(_Rule):
             plane = _plane_tile(extents[-3], m_ext, n_vecs, u_n, u_m, max_acc)
             if plane is not None:
                 u_n, u_h, u_m = plane
+        pooling = self.u_n is None and n_s >= 2 and m_ext is not None and not group_loops \
+            and not symbolic_columns and _pooling_window(sch, stmt, r_loops, s_vars[-2])
+        if pooling:
+            u_n, u_h, u_m = _largest_divisor(n_vecs, POOL_TILE_VECTORS), 1, 1
 
         whole_panels = symbolic_columns or n_ext % (u_n * vec) == 0
         # a padded kernel's tile is whole in the padded buffer but not in the output its epilogue writes (13 rows
@@ -978,7 +998,7 @@ class TiledReduction(_Rule):
         if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):
             outer = [outer[-1], *outer[:-1]]
         outer = _symbolic_outermost(sch, outer)
-        window = _window_loop(sch, stmt, r_loops, s_vars[-2]) if n_s >= 2 else None
+        window = _window_loop(sch, stmt, r_loops, s_vars[-2]) if n_s >= 2 and not pooling else None
         if window is not None:  # a sliding window along the tile rows: its taps unrolled inside the tile
             r_loops = r_loops[:-1]
             inner = [*inner[:-1], window, inner[-1]]
@@ -991,11 +1011,18 @@ class TiledReduction(_Rule):
         # the reduction loop per row tile); the crop's column test is then made once per vector (688 = 43 x 16)
         ragged_cols = padded_columns and not symbolic_columns and len(outer) > 1 and not group_loops \
             and outer[-1].same_as(n_o)
-        par = _fuse_tiles_parallel(sch, outer[:-1] if ragged_cols else outer, work, reduction)
-        # a kept crop writes its real columns after all the panels of a row tile: per panel, the last one's
-        # column test sat in every panel's vectorized stores, which TVM scalarized (a grouped 1x1 conv with 68
-        # columns in 5 panels: 147 us, 88 us where LLVM folded the test away)
-        tile = outer[-1] if ragged_cols and not kept_crops else par
+        if pooling and len(outer) > 2:
+            # a pooling window's pixels in parallel by image rows: fused down to the pixel, each one divided its
+            # flat index by the width (SqueezeNet's 111 x 111 -> 55 x 55 max-pool: 113 -> 94 us)
+            _fuse_tiles_parallel(sch, outer[:-2], work, reduction)
+            tile, tile_depth = outer[-1], 3  # (the parallel rows, the pixel, the channel vectors)
+        else:
+            tile_depth = 1
+            par = _fuse_tiles_parallel(sch, outer[:-1] if ragged_cols else outer, work, reduction)
+            # a kept crop writes its real columns after all the panels of a row tile: per panel, the last one's
+            # column test sat in every panel's vectorized stores, which TVM scalarized (a grouped 1x1 conv with 68
+            # columns in 5 panels: 147 us, 88 us where LLVM folded the test away)
+            tile = outer[-1] if ragged_cols and not kept_crops else par
         # --- epilogues per tile (bias, activation, residual): consumers computed inside the tile loop
         if epilogues:
             if symbolic:
@@ -1017,18 +1044,24 @@ class TiledReduction(_Rule):
         if r_loops:
             init = sch.decompose_reduction(block, r_loops[0])
             init_loops = sch.get_loops(init)
-            for lp in init_loops[1:-1]:
+            for lp in init_loops[tile_depth:-1]:
                 sch.unroll(lp)
             if len(init_loops) > 1:
                 sch.vectorize(init_loops[-1])
         for epi_rv in [e.block_rv for e in epilogues] if epilogues else epilogues_rv:
-            epi_loops = sch.get_loops(epi_rv)[1:]
+            epi_loops = sch.get_loops(epi_rv)[tile_depth:]
             if epi_loops:
                 # one vector across tile rows only when the tile is whole: LLVM codegen of a predicated
                 # vector whose lanes span two rows computed wrong values (a 13-wide conv output, 8 lanes; with
                 # -mcpu=znver4, inception_v1's 1x1 conv over 13 rows padded to 16, 16 lanes over two rows of 8)
                 if len(epi_loops) > 1 and exact_tile:
                     sch.fuse(*epi_loops)
+                if pooling and exact_tile:
+                    # the pixel's channels as one vector (up to 8 of the target's): split into a loop of
+                    # vectors, the write-back kept the accumulators in memory (SqueezeNet's 111 x 111 -> 55 x 55
+                    # max-pool 108 -> 94 us)
+                    sch.vectorize(sch.get_loops(epi_rv)[-1])
+                    continue
                 # a kept crop writes a group's real columns (34): whole vectors and a scalar tail
                 _vectorize_innermost(sch, epi_rv, lanes, keep_outer=1, tail=bool(kept_crops))
         for epi in after:
