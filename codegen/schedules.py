@@ -1592,6 +1592,7 @@ def cpu_rules(*, tunable: bool = False):
 
     from .int8_kernels import Int8Reduction  # noqa: PLC0415 (it imports this module's helpers)
     from .nbits_kernels import NBitsMatMul  # noqa: PLC0415 (likewise)
+    from .winograd import inverse_rule  # noqa: PLC0415 (likewise)
 
-    return [Int8Reduction(), NBitsMatMul(), TiledReduction(pad_weights=not tunable), Injective(),
+    return [Int8Reduction(), NBitsMatMul(), TiledReduction(pad_weights=not tunable), inverse_rule(), Injective(),
             Guarded(dl.cpu.GEMV()), RowReduction(), ParallelFallback()]

@@ -215,3 +215,41 @@ def test_avx2_target_eight_lanes():
         got = optc.compile(model, {"kind": "llvm", "mcpu": "haswell"}).run({"x": x})["y"]
         want = run_ort(model, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("size", [(9, 9), (8, 11), (3, 3)])
+def test_the_inverse_runs_by_output_tiles_with_the_elementwise_kernels_bits(size):
+    """The fused inverse (bias + residual + ReLU inlined) is scheduled by 2 x 2 output tiles, the tile unrolled
+    (`winograd.schedule_inverse`), and computes the same bits as the flat elementwise schedule (ragged last tiles
+    of odd sizes included)."""
+    from optc.codegen import schedules
+    from optc.codegen.kernel_check import _run, _static_float_shapes, fused_kernels
+    from optc.codegen.targets import resolve_target
+
+    target = resolve_target("cpu")
+    kernels = fused_kernels(optc.from_onnx(_conv_model(c=32, k=48, size=size, tail="residual")), "cpu")
+    [func] = [f for gv, f in kernels.functions_items() if "winograd_inverse" in gv.name_hint]
+    with target:
+        tiled = winograd.inverse_rule().apply(func, target, False)
+        flat = schedules.Injective().apply(func, target, False)
+    assert tiled is not None and flat is not None
+    text = tiled.mod["main"].script()
+    assert text.count("T.unroll(T.int64(2))") == 2 and "T.vectorized(T.int64(16))" in text
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape).astype(dtype) for shape, dtype in _static_float_shapes(func)]
+    np.testing.assert_array_equal(_run(tiled.mod["main"], [a.copy() for a in arrays], target),
+                                  _run(flat.mod["main"], [a.copy() for a in arrays], target))
+
+
+def test_other_kernels_are_not_winograd_inverses():
+    """(negative) The rule takes only a fused kernel holding a `winograd_inverse` block."""
+    from optc.codegen.kernel_check import fused_kernels
+    from optc.codegen.targets import resolve_target
+
+    target = resolve_target("cpu")
+    kernels = fused_kernels(optc.from_onnx(_conv_model(c=32, k=48, size=(9, 9), tail="residual")), "cpu")
+    others = [f for gv, f in kernels.functions_items() if "winograd_inverse" not in gv.name_hint
+              and hasattr(f, "params") and not (f.attrs or {}).get("tirx.is_scheduled", False)]
+    assert others
+    with target:
+        assert all(winograd.inverse_rule().apply(f, target, False) is None for f in others)
