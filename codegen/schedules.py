@@ -777,9 +777,8 @@ def _pooling_window(sch: s_tir.Schedule, stmt, r_loops: list, row_var) -> bool:
     window that slides with the tile rows (``_window_loop``). Such a kernel reuses no operand across a tile's rows
     the way a convolution reuses its weights, and its tile is one pixel by up to POOL_TILE_VECTORS vectors of
     channels, the taps outside the tile (each tap's channels read contiguously; the accumulators below the stack
-    limit): SqueezeNet's 3x3 stride-2
-    NHWC max-pools over 64, 128 and 256 channels 125 -> 94, 62 -> 55 and 37 -> 27 us against tiles of 5 pixels by
-    2 vectors (AMD EPYC Zen 4, 1 thread)."""
+    limit): SqueezeNet's 3x3 stride-2 NHWC max-pools over 64, 128 and 256 channels 125 -> 94, 62 -> 55 and 37 -> 27
+    us against tiles of 5 pixels by 2 vectors (AMD EPYC Zen 4, 1 thread)."""
     operands = {r.source.name for r in stmt.reads if not r.source.same_as(stmt.writes[0].source)}
     return len(operands) == 1 and _window_loop(sch, stmt, r_loops, row_var) is not None
 
