@@ -55,9 +55,16 @@ def concat_axis(func) -> int | None:
             continue
         xs = [te.placeholder([tirx.IntImm("int64", d) for d in s], dtype, name=f"x{i}") for i, s in enumerate(ins)]
         ref = te.create_prim_func([*xs, topi.concatenate(xs, axis=axis)])
-        if tvm_ffi.structural_equal(ref.body, func.body, map_free_vars=True):
+        # whole functions: their parameters are definitions, matched in order (an input's place is its offset)
+        if tvm_ffi.structural_equal(_without_attrs(ref), _without_attrs(func)):
             return axis
     return None
+
+
+def _without_attrs(func):
+    for key in list(func.attrs.keys()) if func.attrs is not None else []:
+        func = func.without_attr(key)
+    return func
 
 
 def concat_kernel(shapes: list[list[int]], axis: int, dtype: str, lanes: int):

@@ -114,3 +114,15 @@ def test_only_exact_concatenations_are_recognized():
     other = te.compute(i64([2, 8]), lambda i, j: tirx.if_then_else(j < 3, a[i, j], b[i, 0]), name="T_concat")
     assert concat.concat_axis(te.create_prim_func([a, b, other])) is None
     assert concat.concat_axis(te.create_prim_func([a, topi.nn.relu(a)])) is None
+
+
+def test_parameters_in_another_order_are_not_a_concatenation_of_them():
+    """(negative) A kernel computing concat(b, a) with parameters (a, b, y): the copy would put a first."""
+    from tvm import te, tirx, topi
+
+    def i64(dims):
+        return [tirx.IntImm("int64", d) for d in dims]
+
+    a, b = te.placeholder(i64([2, 3]), "float32", "a"), te.placeholder(i64([2, 3]), "float32", "b")
+    assert concat.concat_axis(te.create_prim_func([a, b, topi.concatenate([a, b], axis=1)])) == 1
+    assert concat.concat_axis(te.create_prim_func([a, b, topi.concatenate([b, a], axis=1)])) is None
