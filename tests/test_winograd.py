@@ -217,8 +217,8 @@ def test_avx2_target_eight_lanes():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
-@pytest.mark.parametrize("size", [(9, 9), (8, 11), (3, 3)])
-def test_the_inverse_runs_by_output_tiles_with_the_elementwise_kernels_bits(size):
+@pytest.mark.parametrize(("size", "batch"), [((9, 9), 1), ((8, 11), 1), ((3, 3), 1), ((7, 6), 2)])
+def test_the_inverse_runs_by_output_tiles_with_the_elementwise_kernels_bits(size, batch):
     """The fused inverse (bias + residual + ReLU inlined) is scheduled by 2 x 2 output tiles, the tile unrolled
     (`winograd.schedule_inverse`), and computes the same bits as the flat elementwise schedule (ragged last tiles
     of odd sizes included)."""
@@ -227,7 +227,7 @@ def test_the_inverse_runs_by_output_tiles_with_the_elementwise_kernels_bits(size
     from optc.codegen.targets import resolve_target
 
     target = resolve_target("cpu")
-    kernels = fused_kernels(optc.from_onnx(_conv_model(c=32, k=48, size=size, tail="residual")), "cpu")
+    kernels = fused_kernels(optc.from_onnx(_conv_model(c=32, k=48, size=size, batch=batch, tail="residual")), "cpu")
     [func] = [f for gv, f in kernels.functions_items() if "winograd_inverse" in gv.name_hint]
     with target:
         tiled = winograd.inverse_rule().apply(func, target, False)
@@ -253,3 +253,18 @@ def test_other_kernels_are_not_winograd_inverses():
     assert others
     with target:
         assert all(winograd.inverse_rule().apply(f, target, False) is None for f in others)
+
+
+def test_the_inverse_of_a_symbolic_batch_runs_by_output_tiles():
+    """The batch loop is fused with the tile rows, in parallel (a breaker: the rule read the batch loop's extent
+    after that fuse had removed it, and every batch but 1 fell back to the elementwise schedule)."""
+    from optc.codegen.targets import resolve_target
+    from tvm import s_tir, tirx
+
+    target = resolve_target("cpu")
+    for n in (2, tirx.Var("n", "int64")):
+        sch = s_tir.Schedule(winograd.inverse_kernel(n, 6, 6, 32, 3, 3))
+        assert winograd.schedule_inverse(sch, target)
+        text = sch.mod["main"].script()
+        assert text.count("T.unroll(T.int64(2))") == 2
+        assert ("T.parallel" in text) == (not isinstance(n, int))  # (2 x 6 x 6 x 32 outputs: too few for threads)
