@@ -957,6 +957,13 @@ class TiledReduction(_Rule):
         if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
             max_m = _largest_divisor(PAD_ROWS, max_m)
         u_m = (max_m if m_ext is None else rows or tile_rows(m_ext, max_m)) if n_s >= 2 else 1
+        if m_ext is None and not padded and sum(e is None for e in extents) > 1:
+            # symbolic rows that are not padded (a window's reads: a pool or a depthwise conv over a symbolic image
+            # width) under another symbolic loop: the tile's predicated rows and the fused symbolic loops gave the
+            # write-back from the tile's buffer a region TVM bounded by the padded width (2x the output's): it
+            # stored past the output's end (a breaker: heap corruption, 1x1 conv -> 3x3/2 max-pool over [1, 40, H,
+            # W]). Left to the rules after this one
+            return None
         u_h = 1  # rows of the axis before the tile rows' (a conv's height): a tile over two row axes
         if self.u_n is None and n_s >= 3 and m_ext is not None and extents[-3] is not None and not group_loops \
                 and not padded and not symbolic_columns:

@@ -139,3 +139,31 @@ def test_a_depthwise_convolution_is_not_a_pooling_window():
     n_s = len(main.dom_kind()) - len(main.dom_kind().lstrip("S"))
     assert not schedules._pooling_window(sch0, stmt, loops[n_s:], stmt.iter_vars[n_s - 2].var)
     assert sch is not None and "T.parallel(T.int64(16))" not in sch.mod["main"].script()
+
+
+@pytest.mark.parametrize("second", ["MaxPool", "AveragePool", "depthwise"])
+def test_a_window_over_a_symbolic_height_and_width(second):
+    """1x1 conv -> a 3x3 / 2 window over x [1, 40, H, W] (NHWC after ConvertLayout: symbolic rows under a symbolic
+    row loop). TiledReduction's predicated symbolic tile wrote past the output's end (a breaker: wrong values, then
+    heap corruption); such kernels are left to the other rules."""
+    c = 40
+    inits = [numpy_helper.from_array((np.eye(c) * 2).astype(np.float32).reshape(c, c, 1, 1), "w")]
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    if second == "depthwise":
+        inits.append(numpy_helper.from_array(np.random.default_rng(0).standard_normal((c, 1, 3, 3)).astype(np.float32),
+                                             "wd"))
+        node = helper.make_node("Conv", ["xc", "wd"], ["y"], group=c, **attrs)
+    else:
+        node = helper.make_node(second, ["xc"], ["y"], **attrs)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["xc"]), node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    lib = optc.compile(model)
+    for size in [(7, 9), (16, 33), (1, 2)]:
+        x = np.random.default_rng(4).standard_normal((1, c, *size)).astype(np.float32)
+        want = run_ort(model, {"x": x})[0]
+        for _ in range(3):
+            got = lib.run({"x": x})["y"]
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
