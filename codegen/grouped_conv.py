@@ -54,30 +54,24 @@ def grouped_conv_pass(target):
     """The module pass (a function, so that importing optc does not import TVM): every conv2d that `eligible`
     accepts for the target's vector width becomes `grouped_conv_kernel`."""
     from tvm import relax
-    from tvm.relax import expr_functor
 
-    from .relax_rewrite import function_pass
+    from .relax_rewrite import call_rewrite_pass
     from .schedules import _vector_lanes
 
     lanes = _vector_lanes(target, 32)
 
-    @expr_functor.mutator
-    class _Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", None) != "relax.nn.conv2d":
-                return call
-            plan = eligible(call, lanes)
-            if plan is None:
-                return call
-            (n, h, w, c), weight, groups = plan
-            cg, k = c // groups, weight.shape[3]
-            kg = k // groups
-            w3 = relax.const(np.ascontiguousarray(weight.reshape(cg, groups, kg)))
-            kernel = self.builder_.add_func(grouped_conv_kernel(n, h, w, groups, cg, kg), "grouped_conv")
-            return relax.call_tir(kernel, [call.args[0], w3], relax.TensorType((n, h, w, k), "float32"))
+    def rewrite(builder, call):
+        plan = eligible(call, lanes)
+        if plan is None:
+            return None
+        (n, h, w, c), weight, groups = plan
+        cg, k = c // groups, weight.shape[3]
+        kg = k // groups
+        w3 = relax.const(np.ascontiguousarray(weight.reshape(cg, groups, kg)))
+        kernel = builder.add_func(grouped_conv_kernel(n, h, w, groups, cg, kg), "grouped_conv")
+        return relax.call_tir(kernel, [call.args[0], w3], relax.TensorType((n, h, w, k), "float32"))
 
-    return function_pass("optc_grouped_conv", _Rewriter)
+    return call_rewrite_pass("optc_grouped_conv", "relax.nn.conv2d", rewrite)
 
 
 def eligible(call, lanes: int):

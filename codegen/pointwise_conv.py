@@ -78,23 +78,16 @@ def pointwise_conv_pass():
     """The module pass (a function, so that importing optc does not import TVM): every conv2d that `eligible`
     accepts becomes `pointwise_conv_kernel`."""
     from tvm import relax
-    from tvm.relax import expr_functor
 
-    from .relax_rewrite import function_pass
+    from .relax_rewrite import call_rewrite_pass
 
-    @expr_functor.mutator
-    class _Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", None) != "relax.nn.conv2d":
-                return call
-            plan = eligible(call)
-            if plan is None:
-                return call
-            (n, h, w, c), weight = plan
-            k = weight.shape[1]
-            kernel = self.builder_.add_func(pointwise_conv_kernel(n, h, w, c, k), "pointwise_conv")
-            return relax.call_tir(kernel, [call.args[0], relax.const(weight)],
-                                  relax.TensorType((n, h, w, k), "float32"))
+    def rewrite(builder, call):
+        plan = eligible(call)
+        if plan is None:
+            return None
+        (n, h, w, c), weight = plan
+        k = weight.shape[1]
+        kernel = builder.add_func(pointwise_conv_kernel(n, h, w, c, k), "pointwise_conv")
+        return relax.call_tir(kernel, [call.args[0], relax.const(weight)], relax.TensorType((n, h, w, k), "float32"))
 
-    return function_pass("optc_pointwise_conv", _Rewriter)
+    return call_rewrite_pass("optc_pointwise_conv", "relax.nn.conv2d", rewrite)

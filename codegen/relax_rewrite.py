@@ -25,3 +25,22 @@ def function_pass(name: str, make_mutator: Callable, *, only: Callable | None = 
         return rewrite_functions(mod, make_mutator(mod), only=only)
 
     return _pass
+
+
+def call_rewrite_pass(name: str, op_name: str, rewrite: Callable):
+    """A module pass called `name` that replaces every call of the relax op `op_name` (``"relax.nn.conv2d"``) by
+    ``rewrite(builder, call)`` (its arguments already rewritten; `builder`: the pass's BlockBuilder, to add kernels
+    and emit bindings), keeping the call where that returns None."""
+    from tvm import relax  # noqa: PLC0415
+    from tvm.relax import expr_functor  # noqa: PLC0415
+
+    @expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) != op_name:
+                return call
+            new = rewrite(self.builder_, call)
+            return call if new is None else new
+
+    return function_pass(name, _Rewriter)

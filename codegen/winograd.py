@@ -223,34 +223,28 @@ def winograd_pass(target, enabled: bool = True):
     """The module pass (a function, so that importing optc does not import TVM): every conv2d that `eligible`
     accepts becomes data pack -> matmul -> inverse. ``enabled=False`` (no fast math): the identity."""
     from tvm import relax
-    from tvm.relax import expr_functor
 
-    from .relax_rewrite import function_pass
+    from .relax_rewrite import call_rewrite_pass
     from .schedules import _vector_lanes
 
     lanes = _vector_lanes(target, 32)
 
-    @expr_functor.mutator
-    class _Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not enabled or getattr(call.op, "name", None) != "relax.nn.conv2d":
-                return call
-            plan = eligible(call)
-            if plan is None:
-                return call
-            (n, h, w, c), weight, (pt, pl, pb, pr) = plan
-            k = weight.shape[3]
-            ho, wo = h + pt + pb - 2, w + pl + pr - 2
-            th, tw = -(-ho // TILE), -(-wo // TILE)
-            pack = self.builder_.add_func(data_pack_kernel(n, h, w, c, pt, pl, th, tw, lanes), "winograd_data_pack")
-            packed = self.builder_.emit(relax.call_tir(pack, [call.args[0]], relax.TensorType(
-                (ALPHA * ALPHA, n * th * tw, c), "float32")))
-            product = self.builder_.emit(relax.op.matmul(packed, relax.const(transformed_weight(weight))))
-            inverse = self.builder_.add_func(inverse_kernel(n, ho, wo, k, th, tw), "winograd_inverse")
-            return relax.call_tir(inverse, [product], relax.TensorType((n, ho, wo, k), "float32"))
+    def rewrite(builder, call):
+        plan = eligible(call) if enabled else None
+        if plan is None:
+            return None
+        (n, h, w, c), weight, (pt, pl, pb, pr) = plan
+        k = weight.shape[3]
+        ho, wo = h + pt + pb - 2, w + pl + pr - 2
+        th, tw = -(-ho // TILE), -(-wo // TILE)
+        pack = builder.add_func(data_pack_kernel(n, h, w, c, pt, pl, th, tw, lanes), "winograd_data_pack")
+        packed = builder.emit(relax.call_tir(pack, [call.args[0]], relax.TensorType(
+            (ALPHA * ALPHA, n * th * tw, c), "float32")))
+        product = builder.emit(relax.op.matmul(packed, relax.const(transformed_weight(weight))))
+        inverse = builder.add_func(inverse_kernel(n, ho, wo, k, th, tw), "winograd_inverse")
+        return relax.call_tir(inverse, [product], relax.TensorType((n, ho, wo, k), "float32"))
 
-    return function_pass("optc_winograd", _Rewriter)
+    return call_rewrite_pass("optc_winograd", "relax.nn.conv2d", rewrite)
 
 
 def eligible(call):
