@@ -17,7 +17,8 @@ from .conftest import run_ort, run_reference
 def _model(c=136, k=136, group=4, size=(6, 7), batch=1, kernel=1, strides=(1, 1), pads=(0, 0, 0, 0),
            tail="relu", dtype=TensorProto.FLOAT, weight_input=False, seed=0) -> onnx.ModelProto:
     """x [batch, c, *size] -> grouped Conv (+ bias) -> `tail` ('relu'; 'residual': + x, then ReLU (k == c);
-    'shuffle': ShuffleNet's channel shuffle; 'none') -> y. ``weight_input``: the weight is a graph input."""
+    'concat': ReLU, then concatenated with x along the channels; 'shuffle': ShuffleNet's channel shuffle; 'none') ->
+    y. ``weight_input``: the weight is a graph input."""
     rng = np.random.default_rng(seed)
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     w = (rng.standard_normal((k, c // group, kernel, kernel)) * np.sqrt(2 / (c // group))).astype(np_dtype)
@@ -33,6 +34,8 @@ def _model(c=136, k=136, group=4, size=(6, 7), batch=1, kernel=1, strides=(1, 1)
         nodes.append(helper.make_node("Relu", ["c"], ["y"]))
     elif tail == "residual":
         nodes += [helper.make_node("Add", ["c", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    elif tail == "concat":  # concatenated with x along the channels, as a fire module's
+        nodes += [helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Concat", ["r", "x"], ["y"], axis=1)]
     elif tail == "shuffle":
         inits += [numpy_helper.from_array(np.array([0, group, k // group, *size], np.int64), "split"),
                   numpy_helper.from_array(np.array([0, k, *size], np.int64), "merge")]

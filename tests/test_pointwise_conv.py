@@ -8,52 +8,17 @@ import numpy as np
 import onnx
 import optc
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 from optc.codegen import pointwise_conv, schedules
 
 from .conftest import run_ort, run_reference
+from .test_grouped_conv import _feeds, _prepared
+from .test_grouped_conv import _model as _conv_model
 
 
-def _model(c=48, k=40, size=(13, 13), batch=1, kernel=1, strides=(1, 1), pads=(0, 0, 0, 0), group=1,
-           tail="relu", dtype=TensorProto.FLOAT, weight_input=False, seed=0) -> onnx.ModelProto:
-    """x [batch, c, *size] -> Conv (+ bias) -> `tail` ('relu'; 'residual': + x then ReLU (k == c); 'concat':
-    concatenated with x along the channels, as a fire module's; 'none') -> y."""
-    rng = np.random.default_rng(seed)
-    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-    w = (rng.standard_normal((k, c // group, kernel, kernel)) * np.sqrt(2 / c)).astype(np_dtype)
-    inits = [numpy_helper.from_array((rng.standard_normal(k) * 0.1).astype(np_dtype), "b")]
-    inputs = [helper.make_tensor_value_info("x", dtype, [batch, c, *size])]
-    if weight_input:
-        inputs.append(helper.make_tensor_value_info("w", dtype, list(w.shape)))
-    else:
-        inits.append(numpy_helper.from_array(w, "w"))
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[kernel, kernel], pads=list(pads),
-                              strides=list(strides), group=group)]
-    if tail == "relu":
-        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
-    elif tail == "residual":
-        nodes += [helper.make_node("Add", ["c", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
-    elif tail == "concat":
-        nodes += [helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Concat", ["r", "x"], ["y"], axis=1)]
-    else:
-        nodes.append(helper.make_node("Identity", ["c"], ["y"]))
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", dtype, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-
-
-def _prepared(model: onnx.ModelProto) -> str:
-    """The compile path's prepared Relax module (before legalization), as text."""
-    from optc.codegen.build import prepare
-    from optc.lowering import lower
-    from optc.rewrites import optimize
-
-    return prepare(lower(optimize(optc.from_onnx(model), level=2)), None, "cpu").script()
-
-
-def _feeds(model: onnx.ModelProto, seed: int = 1) -> dict:
-    rng = np.random.default_rng(seed)
-    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(
-        helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in model.graph.input}
+def _model(c=48, k=40, size=(13, 13), group=1, tail="relu", **options) -> onnx.ModelProto:
+    """x [batch, c, *size] -> Conv (+ bias) -> `tail` -> y (test_grouped_conv's builder, one group by default)."""
+    return _conv_model(c=c, k=k, size=size, group=group, tail=tail, **options)
 
 
 def test_padded_rows():
