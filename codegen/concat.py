@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-#: rows of at most this many elements (all inputs) are split per input into chunks of this size for threads when
-#: there are too few rows to run in parallel (a concat along axis 0)
+#: where there are too few rows to run in parallel (a concat along axis 0), each input's run is copied in chunks of
+#: this many elements, the chunks in parallel
 CHUNK = 4096
 
 
@@ -155,8 +155,7 @@ def concat_copies_pass():
             dtype = func.params[0].dtype
             kernel = concat_kernel([_static_shape(p) for p in func.params[:-1]], axis, str(dtype),
                                    _vector_lanes(target, dtype.bits))
-            attrs = dict(func.attrs or {})
-            mod[gv] = kernel.with_attrs(attrs).with_attrs({"tirx.noalias": True, "tirx.is_scheduled": True})
+            mod[gv] = kernel.with_attrs(dict(func.attrs or {}))  # (kernel's own: noalias, scheduled)
         return mod
 
     return _pass

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-#: the tile heights whose whole tiles TiledReduction prefers (``schedules.MIN_TILE_ROWS``..``MAX_TILE_ROWS``) and
-#: the rows it pads a ragged count to (``schedules.PAD_ROWS``)
-_MIN_ROWS, _MAX_ROWS, _PAD_ROWS = 3, 8, 8
-
 
 def _padded_rows(m: int) -> int:
-    """The rows TiledReduction computes for `m` rows: m where a tile height in 3..8 divides it, else m rounded up
-    to a multiple of 8."""
-    if m <= _MAX_ROWS or any(m % d == 0 for d in range(_MIN_ROWS, _MAX_ROWS + 1)):
+    """The rows TiledReduction computes for `m` rows: m where it is at most a tile's height or a tile height
+    divides it (``schedules.rows_divide_into_tiles``), else m rounded up to a multiple of ``schedules.PAD_ROWS``
+    (``schedules._pad_ragged_tile``)."""
+    from .schedules import MAX_TILE_ROWS, PAD_ROWS, rows_divide_into_tiles
+
+    if m <= MAX_TILE_ROWS or rows_divide_into_tiles(m):
         return m
-    return -(-m // _PAD_ROWS) * _PAD_ROWS
+    return -(-m // PAD_ROWS) * PAD_ROWS
 
 
 def eligible(call):
