@@ -2,9 +2,9 @@
 
 -O0  nothing
 -O1  cleanup: fold-constants, eliminate-noops, dce
--O2  (default) adds cse, canonicalize and the fusions (and makes the weights of IR < 4 models, which had to be
-     listed as graph inputs, plain constants)
--O3  adds shape inference (so more shape computations fold) and runs the groups to a fixed point
+-O2  (default) adds shape inference (before and after the first folding), cse, canonicalize and the fusions (and
+     makes the weights of IR < 4 models, which had to be listed as graph inputs, plain constants)
+-O3  runs the groups to a fixed point, twice, with shape inference again between them
 Rule-set passes appear only when `optc.rewrites.rules` provides their set.
 
 `runtime` ("standard" or "onnxruntime", `optc optimize --for`) adds `fuse-transformer{runtime=...}` to -O2 and
@@ -62,7 +62,9 @@ def level_spec(level: int, runtime: str | None = None) -> str:
     if level == 2:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []
         # Fusions before cse: merging two Convs that feed different BatchNorms would block both fusions.
-        return ",".join(["remove-initializer-inputs", infer, "fold-constants", *noops_f, *canon, *_fuse(), *tf,
+        # inferred again once shape computations are folded: ONNX's data propagation does not compute through
+        # Div or Cast (`q.shape[-1] // heads` of a dynamic-axes export), constant folding does
+        return ",".join(["remove-initializer-inputs", infer, "fold-constants", infer, *noops_f, *canon, *_fuse(), *tf,
                          *_plugin_sets(2), "cse", "fold-constants", "dce"])
     if level == 3:
         noops_f = ["eliminate-noops{fold=true}"] if noops else []

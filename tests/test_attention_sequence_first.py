@@ -302,3 +302,85 @@ def test_scale_written_first_fuses(build):
     out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
     assert _ops(out)["Softmax"] == 0, dict(_ops(out))
     _assert_close(proto, out, [feeds])
+
+
+def mha_graph_symbolic_batch(*, seq: int = 6, hidden: int = 32, heads: int = 4, split_order: str = "bn",
+                             seed: int = 0) -> onnx.ModelProto:
+    """`mha_graph` as torch's TorchScript exporter writes it with `dynamic_axes` on the batch: x ["batch", seq,
+    hidden] and attention_mask ["batch", seq]; every Reshape target computed from the shapes (the batch read
+    from Shape of the sequence-first [S, B, E], the head size as E // heads, which ONNX's inference does not
+    compute), so ONNX's inference leaves the split's [S, B*N, H] middle dim unnamed. `split_order`: "bn" (torch's
+    [B, N, S, H] head split) or "nb" (a graph that splits B*N as [N, B]: another computation, not the heads)."""
+    rng = np.random.default_rng(seed)
+    g = _G()
+    xt = g.op("Transpose", "x", perm=[1, 0, 2])                                          # [S, B, E]
+    sh = g.op("Shape", xt)
+    b1 = g.op("Unsqueeze", g.op("Gather", sh, I64(1), axis=0), I64([0]))                 # [B]
+    dh = g.op("Unsqueeze", g.op("Div", g.op("Gather", sh, I64(2), axis=0), I64(heads)), I64([0]))  # [E // N]
+    proj = g.op("Add", g.op("MatMul", xt, rng.normal(0, 0.2, (hidden, 3 * hidden)).astype(np.float32)),
+                rng.normal(0, 0.1, 3 * hidden).astype(np.float32))                       # [S, B, 3E]
+    lead = g.op("Slice", g.op("Shape", proj), I64([0]), I64([2]))
+    packed = g.op("Reshape", proj, g.op("Concat", lead, I64([3, hidden]), axis=0))
+    packed = g.op("Squeeze", g.op("Transpose", g.op("Unsqueeze", packed, I64([0])), perm=[3, 1, 2, 0, 4]), I64([3]))
+    q_in, k_in, v_in = (g.op("Gather", packed, I64(i), axis=0) for i in range(3))       # [S, B, E] each
+    bn = g.op("Mul", b1, I64([heads]))
+
+    def split(t):  # [S, B, E] -> [S, B*N, H] -> [B*N, S, H] -> [B, N, S, H] (or [N, B, S, H])
+        t = g.op("Transpose", g.op("Reshape", t, g.op("Concat", I64([seq]), bn, dh, axis=0)), perm=[1, 0, 2])
+        four = (b1, I64([heads])) if split_order == "bn" else (I64([heads]), b1)
+        return g.op("Reshape", t, g.op("Concat", *four, I64([seq]), dh, axis=0))
+
+    q, k, v = split(q_in), split(k_in), split(v_in)
+    f = np.array(math.sqrt(1 / math.sqrt(hidden // heads)), np.float32)
+    s = g.op("MatMul", g.op("Mul", q, f), g.op("Mul", g.op("Transpose", k, perm=[0, 1, 3, 2]), f))
+    m = g.op("Cast", g.op("Unsqueeze", "attention_mask", I64([1, 2])), to=F)
+    s = g.op("Add", s, g.op("Mul", g.op("Sub", np.array(1.0, np.float32), m), np.array(-10000.0, np.float32)))
+    o = g.op("MatMul", g.op("Softmax", s, axis=-1), v)                                   # [B, N, S, H]
+    rows = g.op("Mul", b1, I64([seq]))
+    flat = g.op("Reshape", g.op("Transpose", o, perm=[2, 0, 1, 3]), g.op("Concat", rows, I64([hidden]), axis=0))
+    y = g.op("Gemm", flat, rng.normal(0, 0.2, (hidden, hidden)).astype(np.float32),
+             rng.normal(0, 0.1, hidden).astype(np.float32), transB=1)
+    g.op("Transpose", g.op("Reshape", y, g.op("Concat", I64([seq]), b1, I64([hidden]), axis=0)), perm=[1, 0, 2])
+    g.nodes[-1].output[0] = "y"
+    inputs = [helper.make_tensor_value_info("x", F, ["batch", seq, hidden]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", seq])]
+    graph = helper.make_graph(g.nodes, "mha_dynamic", inputs,
+                              [helper.make_tensor_value_info("y", F, ["batch", seq, hidden])], g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _symbolic_feeds(batch: int, seq: int = 6, hidden: int = 32) -> list[dict]:
+    x = np.random.default_rng(batch).normal(0, 1, (batch, seq, hidden)).astype(np.float32)
+    holes = np.ones((batch, seq), np.int64)
+    holes[0, 1] = holes[-1, :2] = 0
+    return [{"x": x, "attention_mask": holes}, {"x": x, "attention_mask": np.ones((batch, seq), np.int64)}]
+
+
+@pytest.mark.parametrize("runtime,op", [("onnxruntime", "com.microsoft::MultiHeadAttention"),
+                                        ("standard", "Attention")])
+def test_symbolic_batch_attention_fuses(runtime, op):
+    # the dynamic-axes export of the layout above: TransposeBetweenReshapes splits the unnamed B*N by the element
+    # count, the merge's [S*B, E] rows are a [-1, E] target, GemmOfPermutedRows takes the rows batch-first
+    proto = mha_graph_symbolic_batch()
+    out = optc.to_onnx(optc.optimize(proto, runtime=runtime, level=2))
+    have = _ops(out)
+    assert have[op] == 1 and have["Softmax"] == 0, dict(have)
+    (att,) = [n for n in out.graph.node if n.op_type in ("MultiHeadAttention", "Attention")]
+    readers = [n.op_type for n in out.graph.node if att.output[0] in n.input]
+    assert readers == ["Reshape"], readers  # the out-projection takes its rows batch-first: no Transpose back
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # still any batch
+    for batch in (1, 2, 3):
+        _assert_close(proto, out, _symbolic_feeds(batch))
+
+
+def test_symbolic_batch_split_in_the_other_order_is_not_fused():
+    # B*N split as [N, B]: a valid graph, but its "heads" mix batch rows: not an attention, computed as it is
+    proto = mha_graph_symbolic_batch(split_order="nb")
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["com.microsoft::MultiHeadAttention"] == have["com.microsoft::Attention"] == 0, dict(have)
+    assert have["Softmax"] == 1
+    for batch in (1, 4):  # (its [B, 1, 1, S] mask broadcasts against its [N, B, S, S] scores where B is 1 or N)
+        _assert_close(proto, out, _symbolic_feeds(batch))

@@ -177,3 +177,67 @@ def test_transpose_between_reshapes_merges_negative(shape, perm, out):
     text, n = _reshape_transpose_reshape(shape, perm, out)
     check_rewrite(C.TransposeBetweenReshapes, text, expect=None, feeds={"x": np.arange(n, dtype=np.float32)})
 
+
+
+def _symbolic_head_split(out: str) -> str:
+    """x [5, b, 12] (b symbolic) -> Reshape([5, b*3, 4], computed from x's shape as a dynamic-axes export writes
+    it: its middle dim unnamed by ONNX's inference) -> Transpose([1, 0, 2]) -> Reshape(`out`, a Concat of
+    `b1` = [b] and constants) -> Relu."""
+    return H17 + f"""
+    g (float[5,b,12] x) => (float[?,?,?,?] y) {{
+      sh = Shape(x)
+      i1 = Constant<value = int64[1] {{1}}>()
+      b1 = Gather<axis = 0>(sh, i1)
+      three = Constant<value = int64[1] {{3}}>()
+      bn = Mul(b1, three)
+      c5 = Constant<value = int64[1] {{5}}>()
+      c4 = Constant<value = int64[1] {{4}}>()
+      c3 = Constant<value = int64[1] {{3}}>()
+      s1 = Concat<axis = 0>(c5, bn, c4)
+      a = Reshape(x, s1)
+      t = Transpose<perm = [1, 0, 2]>(a)
+      s2 = Concat<axis = 0>({out})
+      r = Reshape(t, s2)
+      y = Relu(r)
+    }}"""
+
+
+@pytest.mark.parametrize("batch", [2, 1, 0])
+def test_transpose_between_reshapes_symbolic_batch_positive(batch):
+    # torch's sequence-first head split at a symbolic batch: [5, b*3, 4] -> [b*3, 5, 4] -> [b, 3, 5, 4]; the
+    # unnamed b*3 is split into [b, 3] by the element count, and b is copied from x by a 0 in the new target
+    n = 5 * batch * 12
+    model, _ = check_rewrite(C.TransposeBetweenReshapes, _symbolic_head_split("b1, c3, c5, c4"),
+                             expect="TransposeBetweenReshapes", exact=True,
+                             feeds={"x": np.arange(n, dtype=np.float32).reshape(5, batch, 12) - n / 2})
+    assert count_ops(model) == {"Reshape": 1, "Transpose": 1, "Relu": 1}
+    (reshape,) = [nd for nd in model.graph if nd.op_type == "Reshape"]
+    assert reshape.inputs[1].const_value().tolist() == [5, 0, 3, 4]
+
+
+@pytest.mark.parametrize("out", [
+    "c3, b1, c5, c4",   # splits b*3 the other way round ([3, b]): still a split, the rule takes it
+])
+def test_transpose_between_reshapes_symbolic_other_split_positive(out):
+    # the rule is about linear order, not heads: [3, b] is a split of the run as much as [b, 3]; the new inner
+    # shape [5, 3, b, 4] has b where x has 12, so it is written with a -1
+    model, _ = check_rewrite(C.TransposeBetweenReshapes, _symbolic_head_split(out), expect="TransposeBetweenReshapes",
+                             exact=True, feeds={"x": np.arange(120, dtype=np.float32).reshape(5, 2, 12)})
+    (reshape,) = [nd for nd in model.graph if nd.op_type == "Reshape"]
+    assert reshape.inputs[1].const_value().tolist() == [5, 3, -1, 4]
+
+
+@pytest.mark.parametrize("out", [
+    "b1, c3, c4, c5",   # reorders the static dims: not a split
+    "c3, c5, b1, c4",   # b's run would not be in the middle of the output
+])
+def test_transpose_between_reshapes_symbolic_batch_negative(out):
+    check_rewrite(C.TransposeBetweenReshapes, _symbolic_head_split(out), expect=None,
+                  feeds={"x": np.arange(120, dtype=np.float32).reshape(5, 2, 12)})
+
+
+def test_constant_target_needs_a_copy_or_one_minus_one():
+    assert C._constant_target([5, "b", 3, 4], (5, "b", 12)) == [5, 0, 3, 4]
+    assert C._constant_target([5, 3, "b", 4], (5, "b", 12)) == [5, 3, -1, 4]
+    assert C._constant_target(["s", "b", 3, 4], ("t", "u", 12)) is None  # two dims nothing gives
+    assert C._constant_target(["b", 3, 0], None) is None  # a 0 would be a copy

@@ -373,3 +373,44 @@ def test_gemm_of_permuted_rows_not_below_opset_7():
     text = text.replace("Gemm<transA = 0>", "Gemm<transA = 0, broadcast = 1>")
     res = apply([F.GemmOfPermutedRows], from_onnx(parse(text)))
     assert "GemmOfPermutedRows" not in res.counts
+
+
+def _permuted_rows_symbolic(a_dims: str, out: str, lead: str) -> str:
+    """a [`a_dims`] (symbolic dims) -> Transpose([1, 0, 2]) -> Reshape([-1, 4]) -> Gemm(b [4, 6], c) ->
+    Reshape(Concat(`lead` (names of a's dims as [1] tensors d0, d1), [6])) -> Transpose([1, 0, 2]): the dynamic-axes
+    export of torch's sequence-first output projection."""
+    ws = dict(b=r(4, 6), c=r(6))
+    return H17 + f"""
+    g (float[{a_dims}] a) => (float[{out}] y) {inits(**ws)} {{
+      sh = Shape(a)
+      i0 = Constant<value = int64[1] {{0}}>()
+      i1 = Constant<value = int64[1] {{1}}>()
+      d0 = Gather<axis = 0>(sh, i0)
+      d1 = Gather<axis = 0>(sh, i1)
+      s1 = Constant<value = int64[2] {{-1, 4}}>()
+      n6 = Constant<value = int64[1] {{6}}>()
+      s2 = Concat<axis = 0>({lead}, n6)
+      t = Transpose<perm = [1, 0, 2]>(a)
+      f = Reshape(t, s1)
+      u = Gemm(f, b, c)
+      v = Reshape(u, s2)
+      y = Transpose<perm = [1, 0, 2]>(v)
+    }}"""
+
+
+@pytest.mark.parametrize("batch", [3, 1])
+def test_gemm_of_permuted_rows_symbolic_batch_positive(batch):
+    # a [b, 5, 4], b symbolic: the rows' Reshapes become [-1, 4] and [-1, 5, 6] (at b = 0 the original fails: its
+    # computed 0 copies the Gemm's 6 columns)
+    model, _ = check_rewrite(F.GemmOfPermutedRows, _permuted_rows_symbolic("b,5,4", "b,5,6", "d1, d0"),
+                             expect="GemmOfPermutedRows", gone=["Transpose"],
+                             feeds={"a": np.random.default_rng(0).normal(size=(batch, 5, 4)).astype(np.float32)})
+    assert _ops(model) == {"Reshape": 2, "Gemm": 1}
+    shapes = sorted(n.inputs[1].const_value().tolist() for n in model.graph if n.op_type == "Reshape")
+    assert shapes == [[-1, 4], [-1, 5, 6]]
+
+
+def test_gemm_of_permuted_rows_two_symbolic_dims_negative():
+    # a [b, s, 4]: two symbolic leading dims, no constant target gives them back
+    check_rewrite(F.GemmOfPermutedRows, _permuted_rows_symbolic("b,s,4", "b,s,6", "d1, d0"), expect=None,
+                  feeds={"a": np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32)})

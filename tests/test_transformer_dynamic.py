@@ -141,6 +141,25 @@ def test_onnx_types_of_a_reshape_whose_computed_zero_copies_a_dim_are_not_truste
             np.testing.assert_array_equal(run_ort(opt, {"x": x})[0], run_ort(proto, {"x": x})[0])
 
 
+def test_a_computed_zero_typed_by_onnxs_own_symbol_is_not_trusted_either():
+    """The test above with the dim named by ONNX's inference (unk__N: x expanded to n's length, n of no named
+    length), not by a graph input: the Reshape's type [unk__0, 6] is hidden the same way (before, only named
+    symbols were: the optimized model gave (1, 6) where the graph gives (0, 6))."""
+    g = G()
+    xe = g.op("Expand", "x", g.op("Concat", g.op("Shape", "n"), i64([6]), axis=0))
+    shape = g.op("Concat", g.op("Slice", g.op("Shape", xe), i64([0]), i64([1])), i64([6]), axis=0)
+    r = g.op("Reshape", np.arange(6, dtype=np.float32).reshape(1, 6), shape)
+    proto = g.model([("x", F, [1, 6]), ("n", F, [None])], [g.op("Where", np.array(True), r, xe)], 18)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    assert next(n for n in model.graph if n.op_type == "Reshape").outputs[0].shape[0] is None
+    for runtime in ("onnxruntime", "standard"):
+        opt = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+        for a in (0, 1):
+            feeds = {"x": np.ones((1, 6), np.float32), "n": np.zeros(a, np.float32)}
+            np.testing.assert_array_equal(run_ort(opt, feeds)[0], run_ort(proto, feeds)[0])
+
+
 def test_dims_a_model_names_like_crops_are_not_read_as_crops():
     """A graph input with a dim named "min(seq,5)" (the way optc names a crop): optc makes no crop names then, and
     neither the types nor the attention fusion read it as one: x [t] + y ["min(t,5)"] stays unnamed (at t = 1 and

@@ -104,6 +104,26 @@ def _shape_pieces(name: str, producers: dict, constants: dict, types: dict) -> l
     return pieces
 
 
+def _symbol(d) -> int | str | None:
+    """A dim of a TensorShapeProto: its value, its symbol (ONNX's fresh unk__N included), or None."""
+    if d.HasField("dim_value"):
+        return d.dim_value
+    return d.dim_param or None
+
+
+def _count_forbids_copy(pieces: list, x_dims: list, i: int) -> bool:
+    """A Reshape's one computed shape element, at i, cannot copy the input's dim there and succeed unless that dim
+    is 0 too: the other elements are constants > 0, the input's other dims ints, and their products differ (a 0 at
+    i gives the output x[i] * prod(other elements) elements against the input's x[i] * prod(other dims), equal
+    only where x[i] is 0: torch's head split [B*N, S, H] -> [B, N, S, H] with B computed). The dim ONNX gave the
+    element then holds wherever the Reshape runs."""
+    others = [p for j, p in enumerate(pieces) if j != i]
+    rest = [d for j, d in enumerate(x_dims) if j != i]
+    return (i < len(x_dims) and all(isinstance(p, int) and p > 0 for p in others)
+            and all(isinstance(d, int) for d in rest)
+            and int(np.prod(rest, dtype=np.int64)) != int(np.prod(others, dtype=np.int64)))
+
+
 def _zero_safe(pieces: list, x_dims: list, y_dims: list) -> bool:
     """A Reshape's computed shape elements (None in `pieces`) cannot copy another dim than ONNX's inference gave
     them: each is a nonzero int, or the input's own dim at its position (a 0 there copies the same 0). Else a
@@ -483,13 +503,15 @@ def _zero_copying_reshapes(gp_model: onnx.ModelProto, types: dict, checkable: se
         y_tp, x_tp = all_types.get(n.output[0]), all_types.get(n.input[0])
         if y_tp is None or not y_tp.tensor_type.HasField("shape"):
             continue
-        y_dims = [_dim_name(d) for d in y_tp.tensor_type.shape.dim]
-        x_dims = [_dim_name(d) for d in x_tp.tensor_type.shape.dim] if x_tp is not None and \
+        # ONNX's fresh symbols (unk__N) too: they name a dim as much as a graph input's symbol does
+        y_dims = [_symbol(d) for d in y_tp.tensor_type.shape.dim]
+        x_dims = [_symbol(d) for d in x_tp.tensor_type.shape.dim] if x_tp is not None and \
             x_tp.tensor_type.HasField("shape") else []
         pieces = _shape_pieces(n.input[1], producers, constants, all_types)
         pieces = pieces if pieces is not None and len(pieces) == len(y_dims) else [None] * len(y_dims)
         unsafe = [i for i, (p, y) in enumerate(zip(pieces, y_dims, strict=True)) if p is None and y is not None
-                  and not ((isinstance(y, int) and y != 0) or (i < len(x_dims) and y == x_dims[i]))]
+                  and not ((isinstance(y, int) and y != 0) or (i < len(x_dims) and y == x_dims[i])
+                           or _count_forbids_copy(pieces, x_dims, i))]
         if not unsafe:
             continue
         found = _zero_copy_guards(pieces, x_dims, y_dims, checkable) if checkable is not None else None

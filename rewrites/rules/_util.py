@@ -31,6 +31,19 @@ def static_shape(v: Value | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in s)
 
 
+def minus_one_target(shape) -> list[int] | None:
+    """A constant Reshape target giving `shape` (a known rank; ints, symbols, None) from a tensor of as many
+    elements: its ints, and its one dim that is not an int as -1, where the other dims are nonzero ints (the
+    element count then says that dim: [S*b, E] of a symbolic batch b is [-1, E]); None otherwise (no shape, or
+    two dims not ints, or a 0, which a Reshape would take as a copy of a dim)."""
+    if shape is None:
+        return None
+    odd = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if len(odd) > 1 or any(isinstance(d, int) and d <= 0 for d in shape):
+        return None
+    return [-1 if i in odd else int(d) for i, d in enumerate(shape)]
+
+
 def same_shape(a: Value | None, b: Value | None) -> bool:
     """True when both shapes are fully known and equal (equal symbolic names count as equal)."""
     sa, sb = full_shape(a), full_shape(b)

@@ -14,7 +14,7 @@ import numpy as np
 from ...ir.types import DataType
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, normalize_axes, operand, static_shape, transpose_perm
+from ._util import full_shape, minus_one_target, normalize_axes, operand, static_shape, transpose_perm
 
 
 def _shape_producers(op, x):
@@ -310,35 +310,44 @@ class UnitTransposeReshape(Rule):
 
 class TransposeBetweenReshapes(Rule):
     """Reshape(Transpose(Reshape(y), p)) whose outer reshape only splits axes and inserts or removes size-1 axes
-    -> Transpose(Reshape(y), q) (each reshape may also be a Flatten / Squeeze / Unsqueeze; static shapes).
+    -> Transpose(Reshape(y), q) (each reshape may also be a Flatten / Squeeze / Unsqueeze).
 
     The outer reshape keeps the order of the non-1 axes, splitting some of them into runs of axes (row-major:
     [B*N, T, H] -> [B, N, T, H], the head split of torch's sequence-first attention), so it moves into the inner
     one: the inner reshape produces x's non-1 axes (in x's order, each split into its run) after the size-1 axes
     the output needs, and q places them. A reshape that merges axes the Transpose made adjacent is not taken.
+
+    Shapes static, or with symbolic dims (a dynamic-axes export's batch): x's axes other than one are static and
+    not 0, and that one's run is what is left of the output's dims between the others' runs (the element counts
+    are equal, so its length is their product: [T, b*N, H] -> [b*N, T, H] -> [b, N, T, H] with b symbolic and
+    the middle dim unnamed). The new inner shape is a constant: a symbolic dim is a 0 where y has the same dim at
+    that position (Reshape's allowzero=0 copies it), or the one -1 when every other dim is a static nonzero int.
     """
 
     def pattern(self, op, y):
         return Or(*_shape_consumers(op, lambda: op.Transpose(_shape_producers(op, y), _name="t")))
 
     def check(self, m, y):
-        require(_between_plan(m) is not None, "shapes not static, or the outer reshape moves non-1 axes")
+        require(_between_plan(m, y) is not None, "shapes not known well enough, or the outer reshape moves non-1 "
+                                                  "axes")
         perm, shape = _transpose_perm(m)
         return require(not _moves_only_unit_axes(perm, shape), "the Transpose is a reshape (UnitTransposeReshape)")
 
     def rewrite(self, op, m, y):
-        shape, perm = _between_plan(m)
-        inner = y if static_shape(y) == tuple(shape) else op.Reshape(y, op.const(np.array(shape, np.int64),
-                                                                                hint="shape"))
+        shape, perm = _between_plan(m, y)
+        inner = y if full_shape(y) == tuple(shape) else op.Reshape(
+            y, op.const(np.array(_constant_target(shape, full_shape(y)), np.int64), hint="shape"))
         return op.Transpose(inner, perm=perm)  # not the identity: the Transpose moves non-1 axes (check)
 
 
-def _between_plan(m) -> tuple[list[int], list[int]] | None:
-    """(shape of the new inner reshape, new permutation) for TransposeBetweenReshapes, or None."""
+def _between_plan(m, y) -> tuple[list, list[int]] | None:
+    """(shape of the new inner reshape, ints or symbols; new permutation) for TransposeBetweenReshapes, or None
+    (also where that shape has no constant form, `_constant_target`)."""
     perm, _ = _transpose_perm(m)
-    s = static_shape(m["t"].inputs[0])
-    u = static_shape(m.outputs[0])
-    if perm is None or s is None or u is None or 0 in s:  # a 0 in a Reshape target would copy a dim
+    s = full_shape(m["t"].inputs[0]) if m["t"].inputs[0].shape is not None else None
+    u = full_shape(m.outputs[0])
+    s = s if s is not None else _one_unnamed(m["t"].inputs[0].shape)
+    if perm is None or s is None or u is None or 0 in s or 0 in u:  # a 0 in a Reshape target would copy a dim
         return None
     runs = _split_runs(_non_unit([s[p] for p in perm]), _non_unit(u))
     if runs is None:
@@ -353,23 +362,72 @@ def _between_plan(m) -> tuple[list[int], list[int]] | None:
     placed = iter((pos[a] + j for a, run in zip(src, runs, strict=True) for j in range(len(run))))
     units = iter(range(k))
     q = [next(units) if d == 1 else next(placed) for d in u]
+    if full_shape(y) != tuple(inner) and _constant_target(inner, full_shape(y)) is None:
+        return None
     return inner, q
 
 
-def _split_runs(dims: list[int], out: list[int]) -> list[list[int]] | None:
+_UNNAMED = object()
+
+
+def _one_unnamed(shape) -> tuple | None:
+    """`shape` with its one unknown dim (None) as a placeholder that equals nothing, or None (no shape, or more
+    than one unknown dim)."""
+    if shape is None or sum(1 for d in shape if d is None) != 1:
+        return None
+    return tuple(_UNNAMED if d is None else d for d in shape)
+
+
+def _constant_target(shape: list, y_shape: tuple | None) -> list[int] | None:
+    """A constant Reshape target (allowzero=0) that gives `shape` (ints and symbols) from a tensor of `y_shape`:
+    each symbol a 0 where y has the same symbol at that position (copied), or else the one -1 where every other
+    dim is an int other than 0 (the element count then says it). None where neither holds."""
+    if all(isinstance(d, int) for d in shape):
+        return [int(d) for d in shape]
+    copied = [i for i, d in enumerate(shape) if not isinstance(d, int) and y_shape is not None
+              and i < len(y_shape) and y_shape[i] == d]
+    rest = [i for i, d in enumerate(shape) if not isinstance(d, int) and i not in copied]
+    if not rest:
+        return [0 if i in copied else int(d) for i, d in enumerate(shape)]
+    return minus_one_target(shape)
+
+
+def _split_runs(dims: list, out: list) -> list[list] | None:
     """`out` as consecutive runs, one per entry of `dims`, each run's product that entry ([6, 5] and [2, 3, 5]
-    -> [[2, 3], [5]]), or None when `out` merges entries (or the products do not match). Dims are all > 1."""
+    -> [[2, 3], [5]]), or None when `out` merges entries (or the products do not match). Dims are not 1 (ints
+    > 1, or symbols). Where one entry of `dims` is not an int (a symbol, or unnamed), its run is what the others'
+    runs leave in the middle of `out` (its product by the equal element counts, the others' being nonzero ints)."""
+    odd = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    if not odd:
+        return _int_runs(dims, out)
+    if len(odd) > 1:
+        return None
+    i = odd[0]
+    left = _int_runs(dims[:i], out, partial=True)
+    right = _int_runs(dims[i + 1:][::-1], out[::-1], partial=True)
+    if left is None or right is None:
+        return None
+    used_l, used_r = sum(len(r) for r in left), sum(len(r) for r in right)
+    middle = out[used_l:len(out) - used_r]
+    if not middle or used_l + used_r + len(middle) != len(out):
+        return None
+    return left + [middle] + [r[::-1] for r in right[::-1]]
+
+
+def _int_runs(dims: list, out: list, partial: bool = False) -> list[list] | None:
+    """`_split_runs` for int `dims`, consuming `out` from its start (all of it, unless `partial`); the runs'
+    entries must be ints."""
     runs, j = [], 0
     for d in dims:
         run, prod = [], 1
-        while prod < d and j < len(out):
+        while prod < d and j < len(out) and isinstance(out[j], int):
             run.append(out[j])
             prod *= out[j]
             j += 1
         if prod != d:
             return None
         runs.append(run)
-    return runs if j == len(out) else None
+    return runs if partial or j == len(out) else None
 
 
 class ReshapeOfExpand(Rule):

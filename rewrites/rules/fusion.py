@@ -30,7 +30,7 @@ import numpy as np
 
 from ..pattern import Optional, Or, require
 from ..rule import Rule
-from ._util import is_float, operand, static_shape, transpose_perm
+from ._util import full_shape, is_float, minus_one_target, operand, static_shape, transpose_perm
 
 _FLOAT_KINDS = "f"
 
@@ -577,11 +577,13 @@ def _reshape_target(m, s):
 class GemmOfPermutedRows(Rule):
     """Transpose(Reshape(Gemm(Reshape(Transpose(a, p), [M, K]), b, c), s), q) with q undoing p on a's leading
     axes and both keeping the last axis last -> Reshape(Gemm(Reshape(a, [M, K]), b, c), a's leading dims + [N])
-    (static shapes; Gemm without transA, or MatMul with a 2-D b; c constant along the rows).
+    (Gemm without transA, or MatMul with a 2-D b; c constant along the rows).
 
     The Transposes only reorder the rows that the Gemm multiplies one by one, so the Gemm can take the rows in a's
     order and the Transposes go: torch's sequence-first attention output at a batch above 1 ([B, S, E] ->
     [S, B, E] -> [S*B, E] -> out-projection -> [S, B, E] -> [B, S, E]), two copies of the activations a layer.
+    a's shape: static, or with one symbolic dim (a dynamic-axes export's batch), its other dims nonzero ints (the
+    Reshapes' targets are then constants with a -1: [-1, K] and a's leading dims + [N]).
     Not bit-exact, like MatMulAddToGemm: a runtime's kernel may sum a row's products otherwise at another row.
     """
 
@@ -595,9 +597,11 @@ class GemmOfPermutedRows(Rule):
         return op.Transpose(op.Reshape(proj, s2), _name="t2")
 
     def check(self, m, a, b, c, s1, s2):
-        sa, sb = static_shape(a), static_shape(b)
-        require(sa is not None and len(sa) >= 2 and 0 not in sa and sb is not None and len(sb) == 2,
-                "a's shape is not static (rank >= 2, no zero dims) or b is not 2-D")
+        sa, sb = full_shape(a), static_shape(b)
+        require(sa is not None and len(sa) >= 2 and minus_one_target(sa) is not None and isinstance(sa[-1], int)
+                and sb is not None and len(sb) == 2,
+                "a's shape is not known (rank >= 2; one symbolic dim at most, not the last; no zero dims) or b is "
+                "not 2-D")
         r = len(sa)
         p, q = transpose_perm(m["t1"], r), transpose_perm(m["t2"], r)
         require(len(p) == len(q) == r and p[-1] == q[-1] == r - 1, "a Transpose moves the last axis")
@@ -612,23 +616,36 @@ class GemmOfPermutedRows(Rule):
                         "C may vary along the rows")
         else:
             n = sb[1]
-        rows = int(np.prod(sa[:-1]))
-        require(static_shape(m["t1"].outputs[0]) is not None and static_shape(proj.inputs[0]) == (rows, sa[-1]),
-                "the first Reshape is not to [rows, K]")
+        # [M, K] with K a's last dim: M is a's rows by the element count (K > 0)
+        flat = proj.inputs[0].shape
+        require(flat is not None and len(flat) == 2 and flat[1] == sa[-1], "the first Reshape is not to [rows, K]")
         lead = [sa[p[i]] for i in range(r - 1)]
-        require(static_shape(m["t2"].inputs[0]) == (*lead, n), "the second Reshape is not to the rows' dims")
+        require(_is_shape(m["t2"].inputs[0].shape, (*lead, n)), "the second Reshape is not to the rows' dims")
         m.info = (*sa[:-1], n)
-        return True
+        return require(minus_one_target(m.info) is not None, "the Gemm has no columns")
 
     def rewrite(self, op, m, a, b, c, s1, s2):
-        sa, proj = static_shape(a), m["proj"]
-        flat = op.Reshape(a, op.const(np.array([int(np.prod(sa[:-1])), sa[-1]], np.int64), hint="shape"))
+        sa, proj = full_shape(a), m["proj"]
+        rows = int(np.prod(sa[:-1])) if all(isinstance(d, int) for d in sa) else -1
+        flat = op.Reshape(a, op.const(np.array([rows, sa[-1]], np.int64), hint="shape"))
         if proj.op_type == "Gemm":
             attrs = {k: proj.attr(k) for k in ("alpha", "beta", "transB") if k in proj.attributes}
             y = op.Gemm(flat, b, c, **attrs) if c is not None else op.Gemm(flat, b, **attrs)
         else:
             y = op.MatMul(flat, b)
-        return op.Reshape(y, op.const(np.array(m.info, np.int64), hint="shape"))
+        return op.Reshape(y, op.const(np.array(minus_one_target(m.info), np.int64), hint="shape"))
+
+
+def _is_shape(got: tuple | None, want: tuple) -> bool:
+    """A Reshape's output typed `got` is `want` (the element counts equal): the same dims, or all but one that
+    is unknown where `want`'s others are ints > 0 (the count then says it: the [S, ?, E] that a computed batch
+    element leaves where it could copy a dim)."""
+    if got is None or len(got) != len(want):
+        return False
+    unknown = [i for i, d in enumerate(got) if d is None]
+    return all(g is None or g == w for g, w in zip(got, want, strict=True)) and (
+        not unknown or len(unknown) == 1 and all(isinstance(w, int) and w > 0
+                                                 for i, w in enumerate(want) if i != unknown[0]))
 
 
 CONV_BN: list[type[Rule]] = [FuseConvBatchNorm, FuseConvTransposeBatchNorm, FuseGemmBatchNorm]

@@ -58,7 +58,7 @@ from ...ir.types import DataType, TensorType
 from ..passes.infer_shapes import crops_trusted, is_crop_of
 from ..pattern import ANY, Or, require
 from ..rule import Rule
-from ._util import full_shape, is_float, np_dtype, origin_crop
+from ._util import full_shape, is_float, minus_one_target, np_dtype, origin_crop
 from .transformer_norm import MS
 from .value_bounds import value_bounds
 
@@ -188,7 +188,7 @@ def _head_split(read: Value):
 
 def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query: bool = False) -> dict:
     """The attention's sizes: {"heads", "kv_heads", "scale", "S", "T", "reshape" (name -> [B, S, D] to Reshape
-    it to, or None), "merged" ([B, S, N*Hv]), "out" (the output shape to Reshape the result to, or None)}; rejects
+    it to, or None), "merged" ([B, S, N*Hv]), "out" (a constant target to Reshape the result to, or None)}; rejects
     what is not a plain multi-head attention (`multi_query`: or one K/V head that the MatMuls broadcast over the
     query heads)."""
     shapes, reshape, layouts = {}, {}, set()
@@ -221,14 +221,16 @@ def check_attention(m, q_in, k_in, v_in, scale, mask, cond, fill, *, multi_query
     # ([S, B, N, Hv]) is the fused [B, S, N*Hv] transposed, or at B = 1 Reshaped
     merge_seq_first = list(m["merge"].attr("perm")) != _SPLIT and q4[0] != 1
     out_want = (q4[1], q4[0], n * v4[3]) if merge_seq_first else merged
-    out = full_shape(m.root.outputs[0])
-    how = _as_3d(out, out_want)
-    require(how is not None and (not how or _static(out)), "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]"
+    # the merge's output: [B, S, N*Hv] itself, or another shape of it that a constant target gives (a static
+    # one, or the [S*b, N*Hv] rows of a Gemm at a symbolic batch b as [-1, N*Hv])
+    how = _as_3d(full_shape(m.root.outputs[0]), out_want)
+    target = None if how is False else minus_one_target(m.root.outputs[0].shape)
+    require(how is False or target is not None, "the head merge is not [B, S, N, Hv] -> [B, S, N*Hv]"
             + (" (sequence-first: [S, B, N, Hv] -> [S, B, N*Hv])" if merge_seq_first else ""))
     value = check_scores(m, q_in, (q_in, k_in, v_in), scale, mask, cond, fill)
     return {"heads": n, "kv_heads": k4[2], "scale": value, "S": q4[1], "T": k4[1], "seq_first": seq_first,
             "merge_seq_first": merge_seq_first, "reshape": reshape,
-            "out": full_shape(m.root.outputs[0]) if how else None, "merged": merged}
+            "out": target, "merged": merged}
 
 
 def _inputs_3d(op, info, q_in, k_in, v_in):
