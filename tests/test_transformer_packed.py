@@ -196,3 +196,49 @@ def test_zero_size_batch_or_sequence_is_not_traced(x_shape):
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)], ir_version=8))
     out = _fuse(proto)
     assert _ops(out)[f"{MS}::MultiHeadAttention"] == 1 and _ops(out)[f"{MS}::Attention"] == 0
+
+
+class _Consts:
+    """What `batch_transparent` reads of a match: constants."""
+
+    @staticmethod
+    def const(v):
+        return v.const_value() if v is not None else None
+
+
+def _chain(nodes: list, y_shape: list) -> list:
+    """x ["b", 6, 32] through `nodes` (onnx helper nodes, each reading the previous output "t0", "t1", ...), the
+    last output declared `y_shape`, the others declared by ONNX's inference; the chain of (node, 0) in order."""
+    from optc.ir import from_onnx
+
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("start", [-1]), ("end", [-2**63]), ("ax0", [0]), ("ax1", [1]), ("step", [-1]), ("i0", 0))]
+    vi = [helper.make_tensor_value_info(f"t{len(nodes) - 1}", TensorProto.FLOAT, y_shape)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6, 32])], vi,
+                              inits)
+    model = from_onnx(onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    return [(n, 0) for n in model.graph]
+
+
+@pytest.mark.parametrize("nodes,y_shape,carried", [
+    ([helper.make_node("Transpose", ["x"], ["t0"], perm=[1, 0, 2])], [6, "b", 32], True),
+    ([helper.make_node("Reshape", ["x", "s"], ["t0"])], ["b", 6, 4, 8], True),
+    # a Slice over the batch axis keeps its length and reverses it: not the same moves at every length
+    ([helper.make_node("Slice", ["x", "start", "end", "ax0", "step"], ["t0"])], ["b", 6, 32], False),
+    ([helper.make_node("Slice", ["x", "start", "end", "ax1", "step"], ["t0"])], ["b", 6, 32], True),
+    ([helper.make_node("Gather", ["x", "i0"], ["t0"], axis=0)], [6, 32], False),
+    # a Reshape that merges the batch with another axis
+    ([helper.make_node("Reshape", ["x", "s"], ["t0"])], ["m", 32], False),
+])
+def test_batch_transparent(nodes, y_shape, carried):
+    from optc.rewrites.rules.transformer_packed import batch_transparent
+
+    if nodes[0].op_type == "Reshape":
+        nodes = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(
+            np.array([0, 6, 4, 8] if len(y_shape) == 4 else [-1, 32], np.int64))), nodes[0]]
+        nodes[1].output[0] = "t1"
+        chain = _chain(nodes, y_shape)[1:]
+    else:
+        chain = _chain(nodes, y_shape)
+    assert batch_transparent(_Consts(), chain, "b") is carried

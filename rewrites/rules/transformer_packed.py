@@ -39,7 +39,7 @@ from ...ir.types import DataType, TensorType
 from ..passes.fold_constants import evaluate_node
 from ..pattern import require
 from ..rule import Rule
-from ._util import full_shape
+from ._util import full_shape, minus_one_target, normalize_axes
 from .transformer_attention import ROUNDING
 from .transformer_norm import MS
 
@@ -48,21 +48,24 @@ MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Sp
                    "Identity"})
 #: the most elements whose indices are traced through the moves (a projection output of 16M floats)
 MAX_TRACE = 1 << 24
+#: the length a symbolic batch is traced at (`batch_transparent` moves): above 1, so that its axis shows
+_TRACE_BATCH = 2
 #: MultiHeadAttention attributes that Attention takes as they are
 _ATTRS = ("num_heads", "scale", "mask_filter_value")
 
 Chain = list[tuple[Node, int]]
 
 
-def moves_back(m, v: Value) -> tuple[Value, Chain]:
-    """(source, chain): from `v` back through MOVES nodes (their data input first, every other input a constant)
-    to the first value that is not made by one; `chain` lists (node, index of the output taken) from the source
-    on."""
+def moves_back(m, v: Value, computed_shapes: bool = False) -> tuple[Value, Chain]:
+    """(source, chain): from `v` back through MOVES nodes (their data input first, every other input a constant;
+    with `computed_shapes`, also a Reshape whose target is computed and whose output type is fully known) to the
+    first value that is not made by one; `chain` lists (node, index of the output taken) from the source on."""
     chain: Chain = []
     while True:
         node = v.producer
         if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in MOVES or not node.inputs \
-                or node.inputs[0] is None or any(x is not None and m.const(x) is None for x in node.inputs[1:]):
+                or node.inputs[0] is None or any(x is not None and m.const(x) is None for x in node.inputs[1:]) and \
+                not (computed_shapes and node.op_type == "Reshape" and full_shape(v) is not None):
             break
         chain.append((node, next(i for i, o in enumerate(node.outputs) if o is v)))
         v = node.inputs[0]
@@ -70,13 +73,58 @@ def moves_back(m, v: Value) -> tuple[Value, Chain]:
     return v, chain
 
 
-def run_moves(m, chain: Chain, data: np.ndarray) -> np.ndarray:
-    """`data` through the chain's nodes (onnx semantics: `fold_constants.evaluate_node`)."""
+def run_moves(m, chain: Chain, data: np.ndarray, batch: tuple[str, int] | None = None) -> np.ndarray:
+    """`data` through the chain's nodes (onnx semantics: `fold_constants.evaluate_node`). `batch` (symbol,
+    length): a Reshape whose target is computed takes its output type, the symbol at that length."""
     for node, index in chain:
-        outs = evaluate_node(node, [data] + [None if x is None else m.const(x) for x in node.inputs[1:]], m.opsets)
+        args = [None if x is None else m.const(x) for x in node.inputs[1:]]
+        if node.op_type == "Reshape" and args[0] is None:
+            require(batch is not None, "a Reshape's target is computed")
+            args = [np.array(_at(full_shape(node.outputs[0]), batch), np.int64)]
+        outs = evaluate_node(node, [data, *args], m.opsets)
         require(outs is not None, f"{node.op_type} cannot be traced")
         data = np.asarray(outs[index])
     return data
+
+
+def _at(shape: tuple, batch: tuple[str, int]) -> tuple[int, ...]:
+    """`shape` with the symbol batch[0] at the length batch[1] (its other dims are ints: `batch_transparent`)."""
+    return tuple(batch[1] if d == batch[0] else int(d) for d in shape)
+
+
+def _one_symbol(shape: tuple | None, symbol: str) -> int | None:
+    """The axis of `shape` that is `symbol`, where that is its only dim not an int (else None)."""
+    if shape is None:
+        return None
+    odd = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    return odd[0] if len(odd) == 1 and shape[odd[0]] == symbol else None
+
+
+def batch_transparent(m, chain: Chain, symbol: str) -> bool:
+    """Each node of `chain` carries the axis of length `symbol` (a symbolic batch) through as an axis of its own,
+    index for index, so its moves are the same for every length of it: input and output have that symbol as
+    their one dim that is not an int; a Reshape / Flatten keeps the products of the dims before it and after it
+    (row-major, the batch axis is then untouched); Gather, Split and Slice act on other axes (a Slice over the
+    batch axis could keep its length and reverse it). Transpose, Squeeze, Unsqueeze and Identity only move it.
+    Tracing the moves at one length of the batch then gives them at every length."""
+    for node, index in chain:
+        x, y = full_shape(node.inputs[0]), full_shape(node.outputs[index])
+        i, j = _one_symbol(x, symbol), _one_symbol(y, symbol)
+        if i is None or j is None:
+            return False
+        if node.op_type in ("Reshape", "Flatten"):
+            if int(np.prod(x[:i])) != int(np.prod(y[:j])) or int(np.prod(x[i + 1:])) != int(np.prod(y[j + 1:])):
+                return False
+        elif node.op_type in ("Gather", "Split"):
+            if normalize_axes([node.attr("axis", 0)], len(x)) in (None, [i]):
+                return False
+        elif node.op_type == "Slice":
+            axes = m.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+            axes = normalize_axes(np.arange(np.asarray(m.const(node.inputs[1])).size) if axes is None else axes,
+                                  len(x))
+            if axes is None or i in axes:
+                return False
+    return True
 
 
 def projection(m, g: Value) -> tuple[Value, np.ndarray, np.ndarray, list[Node]]:
@@ -112,18 +160,19 @@ def projection(m, g: Value) -> tuple[Value, np.ndarray, np.ndarray, list[Node]]:
     return a, w, np.broadcast_to(c.reshape(-1), (w.shape[1],)).astype(np.float32), nodes
 
 
-def _index_map(m, chain: Chain, shape: tuple) -> np.ndarray:
-    """Element indices of a tensor of `shape` (static) after the chain's moves."""
+def _index_map(m, chain: Chain, shape: tuple, batch: tuple[str, int] | None = None) -> np.ndarray:
+    """Element indices of a tensor of `shape` (static) after the chain's moves (`batch`: see `run_moves`)."""
     size = int(np.prod(shape))
     require(size <= MAX_TRACE, "too many elements to trace")
-    return run_moves(m, chain, np.arange(size, dtype=np.int64).reshape(shape))
+    return run_moves(m, chain, np.arange(size, dtype=np.int64).reshape(shape), batch)
 
 
-def columns(m, chain: Chain, g_shape: tuple, out_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+def columns(m, chain: Chain, g_shape: tuple, out_shape: tuple,
+            batch: tuple[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows [B, S], cols [D]) such that element [b, s, d] of the chain's output is G's [rows[b, s], cols[d]]
-    (G's rows: its leading dims flattened); rejects any other mapping."""
+    (G's rows: its leading dims flattened); rejects any other mapping. Shapes static (`batch`: at that length)."""
     c = g_shape[-1]
-    idx = _index_map(m, chain, g_shape)
+    idx = _index_map(m, chain, g_shape, batch)
     require(idx.shape == tuple(out_shape), "the moves do not give the attention input's shape")
     rows, cols = idx // c, idx % c
     require(bool(np.all(rows == rows[..., :1])) and bool(np.all(cols == cols[:1, :1, :])),
@@ -131,21 +180,25 @@ def columns(m, chain: Chain, g_shape: tuple, out_shape: tuple) -> tuple[np.ndarr
     return rows[..., 0], cols[0, 0]
 
 
-def _source(m, a: Value, b: int, s: int) -> tuple[Value, np.ndarray] | None:
-    """(X, rows): a [B, S, E] value X whose moves make A (static shapes), with rows[r] = the (b * S + s) of
-    A's row r; the farthest such X back first (its moves then go with the projection), or None."""
-    src, chain = moves_back(m, a)
+def _source(m, a: Value, b: int, s: int, batch: tuple[str, int] | None = None) -> tuple[Value, np.ndarray] | None:
+    """(X, rows): a [B, S, E] value X whose moves make A (static shapes, or `batch`'s symbol at its length, the
+    moves `batch_transparent`), with rows[r] = the (b * S + s) of A's row r; the farthest such X back first (its
+    moves then go with the projection), or None."""
+    src, chain = moves_back(m, a, computed_shapes=batch is not None)
     a_shape = full_shape(a)
     if a_shape is None:
         return None
     for i in range(len(chain) + 1):
         x = src if i == 0 else chain[i - 1][0].outputs[chain[i - 1][1]]
         shape = full_shape(x)
+        if batch is not None and shape is not None and _one_symbol(shape, batch[0]) is not None \
+                and batch_transparent(m, chain[i:], batch[0]):
+            shape = _at(shape, batch)
         if shape is None or not all(isinstance(d, int) for d in shape) or len(shape) < 2 \
                 or int(np.prod(shape[:-1])) != b * s or shape[-1] != a_shape[-1]:
             continue
         e = shape[-1]
-        idx = _index_map(m, chain[i:], shape).reshape(-1, e)
+        idx = _index_map(m, chain[i:], shape, batch).reshape(-1, e)
         if np.array_equal(idx % e, np.broadcast_to(np.arange(e), idx.shape)) and np.all(idx // e == idx[:, :1] // e):
             return x, idx[:, 0] // e
     return None
@@ -195,7 +248,10 @@ class FusePackedAttention(Rule):
         require(all(sh is not None and len(sh) == 3 for sh in shapes), "Q, K, V are not [B, S, D]")
         require(shapes[0][:2] == shapes[1][:2] == shapes[2][:2], "not self-attention (Q, K, V of other lengths)")
         b, s = shapes[0][:2]
-        traced = [(x, *moves_back(m, x)) for x in (q3, k3, v3)]
+        # a symbolic batch (a dynamic-axes export's) with moves: traced at a length of it where they carry it
+        # through untouched (`batch_transparent`), which makes them the same at every length
+        batch = (b, _TRACE_BATCH) if isinstance(b, str) and isinstance(s, int) else None
+        traced = [(x, *moves_back(m, x, computed_shapes=batch is not None)) for x in (q3, k3, v3)]
         projections = [projection(m, g) for _, g, _ in traced]
         inner = {id(n) for p in projections for n in p[3]} | {id(n) for _, _, ch in traced for n, _ in ch}
         inner.add(id(mha))
@@ -214,15 +270,23 @@ class FusePackedAttention(Rule):
                 weights.append(w)
                 biases.append(c)
         else:
-            require(isinstance(b, int) and isinstance(s, int), "symbolic shapes with moves: cannot be traced")
+            require(isinstance(b, int) and isinstance(s, int) or batch is not None,
+                    "symbolic shapes with moves (other than one batch symbol): cannot be traced")
+            if batch is not None:
+                require(all(batch_transparent(m, ch, b) for _, _, ch in traced),
+                        "the moves do not carry the symbolic batch through as an axis of its own")
+                b = batch[1]
             require(b * s > 0, "a zero-size batch or sequence: nothing to trace")
             x = None
             for (t, g, ch), (a, w, c, _) in zip(traced, projections, strict=True):
                 g_shape = full_shape(g)
+                if batch is not None and g_shape is not None and _one_symbol(g_shape, batch[0]) is not None:
+                    g_shape = _at(g_shape, batch)
                 require(g_shape is not None and all(isinstance(d, int) and d > 0 for d in g_shape),
                         "the projection's shape is not static and nonzero")
-                rows, cols = columns(m, ch, g_shape, full_shape(t))
-                found = _source(m, a, b, s)
+                t_shape = _at(full_shape(t), batch) if batch is not None else full_shape(t)
+                rows, cols = columns(m, ch, g_shape, t_shape, batch)
+                found = _source(m, a, b, s, batch)
                 require(found is not None, "the projection's input is not the rows of one [B, S, E] tensor")
                 src, a_rows = found
                 require(x is None or src is x, "the projections read different inputs")
@@ -234,7 +298,7 @@ class FusePackedAttention(Rule):
         widths = [w.shape[1] for w in weights]
         require(widths[0] == widths[1], "Q and K have different widths")
         m.info = {"x": x, "w": np.concatenate(weights, axis=1), "b": np.concatenate(biases), "widths": widths,
-                  "shape": (b, s), "out": full_shape(mha.outputs[0])}
+                  "shape": shapes[0][:2], "out": full_shape(mha.outputs[0])}
         return True
 
     def rewrite(self, op, m, q3, k3, v3):
@@ -242,7 +306,7 @@ class FusePackedAttention(Rule):
         x = info["x"]
         b, s = info["shape"]
         if full_shape(x) != (b, s, info["w"].shape[0]):
-            x = op.Reshape(x, np.array([b, s, info["w"].shape[0]], np.int64))
+            x = op.Reshape(x, np.array(minus_one_target((b, s, info["w"].shape[0])), np.int64))
         bias = mha.inputs[5] if len(mha.inputs) > 5 else None
         attrs = {k: mha.attr(k) for k in _ATTRS if k in mha.attributes}
         if info["widths"][2] != info["widths"][0]:
