@@ -23,13 +23,15 @@ HID, HEADS = 32, 4
 i64 = lambda v: np.array(v, np.int64)  # noqa: E731
 
 
-def dynamic_attention(scale: str = "gather", mask: str = "additive", crop_by: str = "x") -> tuple:
+def dynamic_attention(scale: str = "gather", mask: str = "additive", crop_by: str = "x",
+                      packed: bool = False) -> tuple:
     """x [B, T, HID] -> causal multi-head self-attention with the head split as `view(b, t, HEADS, -1)` from
     Shape(x) and the scale 1 / sqrt(q.shape[-1]) computed from Shape(q) by a Gather ("gather") or a Slice
     ("slice", nn.MultiheadAttention's export), or a constant ("constant"). `mask`: "additive" (a crop
     of a constant -1e4 table), "where" (Llama's `where(causal[:t, :t], 0, finfo.min)`), "where_upper" (a table
     strictly upper: a crop's last row keeps nothing), "where_offset" (a crop starting at row 1). `crop_by` "y": the
-    mask cropped to the length of a second input y [batch, "other"] (valid when it is 1 or seq)."""
+    mask cropped to the length of a second input y [batch, "other"] (valid when it is 1 or seq). `packed`: q, k
+    and v Split from one [B, T, 3*HID] projection (GPT-2's c_attn) instead of three MatMuls."""
     g = G()
     rng = np.random.default_rng(0)
     sh = g.op("Shape", "x")
@@ -37,9 +39,15 @@ def dynamic_attention(scale: str = "gather", mask: str = "additive", crop_by: st
     split = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([HEADS]), i64([-1]),
                  axis=0)
     heads = []
-    for _ in "qkv":
+    if packed:
+        qkv = g.op("Add", g.op("MatMul", "x", rng.normal(0, 0.2, (HID, 3 * HID)).astype(np.float32)),
+                   rng.normal(0, 0.1, 3 * HID).astype(np.float32))
+        g.nodes.append(onnx.helper.make_node("Split", [qkv, g.const(i64([HID] * 3), "split")],
+                                             ["q_in", "k_in", "v_in"], axis=2))
+    for name in "qkv":
         w = rng.normal(0, 0.2, (HID, HID)).astype(np.float32)
-        heads.append(g.op("Transpose", g.op("Reshape", g.op("MatMul", "x", w), split), perm=[0, 2, 1, 3]))
+        proj = f"{name}_in" if packed else g.op("MatMul", "x", w)
+        heads.append(g.op("Transpose", g.op("Reshape", proj, split), perm=[0, 2, 1, 3]))
     q, k, v = heads
     s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
     if scale != "constant":
@@ -221,6 +229,20 @@ def test_dynamic_shape_attention_fuses(runtime, scale):
     fused = ("com.microsoft::Attention", "com.microsoft::MultiHeadAttention") if runtime == "onnxruntime" else \
         ("Attention",)
     assert sum(have[f] for f in fused) == 1 and have["Softmax"] == 0, dict(have)
+    rng = np.random.default_rng(1)
+    assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
+                              for b, t in ((1, 16), (3, 5), (2, 1))])
+
+
+def test_dynamic_shape_packed_projection_fuses_with_its_weights():
+    """q, k, v Split from one projection at a symbolic batch and sequence (GPT-2's dynamic-axes export): the
+    attention bias, Expanded to [.., S, T], reads S and T from q's and k's shapes; ShapeOfSplit reads them from the
+    projection's instead, and FusePackedAttention traces the Split at lengths of both symbols (its axis, the
+    last, is neither of them): com.microsoft Attention with the weights packed."""
+    proto, _ = dynamic_attention(packed=True)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="onnxruntime"))
+    have = ops(out)
+    assert have["com.microsoft::Attention"] == 1 and have["MatMul"] == have["Split"] == 0, dict(have)
     rng = np.random.default_rng(1)
     assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
                               for b, t in ((1, 16), (3, 5), (2, 1))])

@@ -199,7 +199,7 @@ def test_zero_size_batch_or_sequence_is_not_traced(x_shape):
 
 
 class _Consts:
-    """What `batch_transparent` reads of a match: constants."""
+    """What `symbols_transparent` reads of a match: constants."""
 
     @staticmethod
     def const(v):
@@ -231,8 +231,8 @@ def _chain(nodes: list, y_shape: list) -> list:
     # a Reshape that merges the batch with another axis
     ([helper.make_node("Reshape", ["x", "s"], ["t0"])], ["m", 32], False),
 ])
-def test_batch_transparent(nodes, y_shape, carried):
-    from optc.rewrites.rules.transformer_packed import batch_transparent
+def test_symbols_transparent(nodes, y_shape, carried):
+    from optc.rewrites.rules.transformer_packed import symbols_transparent
 
     if nodes[0].op_type == "Reshape":
         nodes = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(
@@ -241,4 +241,22 @@ def test_batch_transparent(nodes, y_shape, carried):
         chain = _chain(nodes, y_shape)[1:]
     else:
         chain = _chain(nodes, y_shape)
-    assert batch_transparent(_Consts(), chain, "b") is carried
+    assert symbols_transparent(_Consts(), chain, {"b": 2}) is carried
+
+
+@pytest.mark.parametrize("axis, start, rewritten", [(2, None, True), (0, None, False), (2, 1, False)])
+def test_shape_of_split(axis, start, rewritten):
+    """Shape of a Split's output is the input's shape with the output's static length along the split axis: Shape
+    reads x (positive); a split along the symbolic batch (ONNX's inference leaves its parts' length unnamed) or a
+    Shape with start stays (negative). Same values either way."""
+    sizes = numpy_helper.from_array(np.array([4, 4], np.int64), "sizes")
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=axis),
+             helper.make_node("Shape", ["a"], ["s"], **({} if start is None else {"start": start}))]
+    graph = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+                              [helper.make_tensor_value_info("s", TensorProto.INT64, None)], [sizes])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                                ir_version=8))
+    out = _fuse(proto)
+    assert all(n.op_type != "Split" for n in out.graph.node) == rewritten
+    x = np.random.default_rng(1).normal(0, 1, (8, 5, 8) if axis == 0 else (2, 3, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(proto, {"x": x})[0])

@@ -53,7 +53,7 @@ from .transformer_gelu import (
 from .transformer_gqa import FuseGroupedQueryAttention, ShapeOfRepeatedHeads
 from .transformer_norm import MS, FuseLayerNorm, FuseResidualLayerNorm, FuseRMSNorm, FuseSkipLayerNorm
 from .transformer_opset import NEEDS, TARGET, ReduceAxesToInput, opset_key, settle_opset, upgrade_problem
-from .transformer_packed import FusePackedAttention, ShapeOfProjection
+from .transformer_packed import FusePackedAttention, ShapeOfProjection, ShapeOfSplit
 from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 
 #: in each: LiftBatchedHeads (transformer_bmm.py) first, 3-D `bmm` heads as the 4-D ones the attention rules take;
@@ -61,7 +61,8 @@ from .transformer_rotary import FuseRotaryEmbedding, FuseRotaryEmbeddingContrib
 #: it gone
 STANDARD = [LiftBatchedHeads, FuseAttention, GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention,
             ShapeOfRepeatedHeads, FuseRotaryEmbedding, FuseLayerNorm, FuseRMSNorm, FuseGeluErf, FuseGeluTanh]
-ONNXRUNTIME = [LiftBatchedHeads, FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfProjection, FusePackedAttention,
+ONNXRUNTIME = [LiftBatchedHeads, FuseMultiHeadAttention, FuseMultiQueryAttention, ShapeOfSplit, ShapeOfProjection,
+               FusePackedAttention,
                GemmOfPermutedRows, FuseAttention4D, FuseGroupedQueryAttention, ShapeOfRepeatedHeads, FuseRotaryEmbedding,
                FuseRotaryEmbeddingContrib, FuseResidualLayerNorm, FuseSkipLayerNorm, FuseLayerNorm, FuseRMSNorm,
                FuseGeluErfContrib, FuseFastGelu, FuseBiasGelu, FuseFastGeluBias]

@@ -22,7 +22,9 @@ or sequence-first, as torch's nn.MultiheadAttention computes a batch-first modul
     y = Reshape(Transpose(..., perm=[2, 0, 1, 3]), [S, B, N*Hv])         (or the [S*B, N*Hv] of a Gemm)
 
 which becomes Transpose(Attention(Transpose(q_in, [1, 0, 2]), ...), [1, 0, 2]) (Q, K and V all split
-sequence-first or all batch-first; the merge's layout is its own).
+sequence-first or all batch-first; the merge's layout is its own). At a symbolic batch b (a dynamic-axes export)
+the split is the same after `TransposeBetweenReshapes`, and the merge's [S*b, N*Hv] rows, whose dim the types
+leave unnamed, are Reshaped to with the constant target [-1, N*Hv] (the element count says the rows).
 
 Checked: the shapes of the head split and merge (N and H known; the batch and sequence dims of q_in, the
 split and the merged output the same); the scale a float scalar (the product of the scales > 0, as

@@ -10,7 +10,8 @@ wrote between them and the attention::
                                                                   Squeeze / Gather) or three (BERT's q, k, v Linear)
     y = MultiHeadAttention(q3, k3, v3, attention_bias)
 
-(`ShapeOfProjection` first takes the projections out of the attention bias's shape where it read q's and k's),
+(`ShapeOfProjection` and `ShapeOfSplit` first take the projections and their Split out of the attention bias's
+shape where it read q's and k's),
 where "moves" are ops that only move, copy or drop elements (Reshape, Transpose, Squeeze, Unsqueeze, Gather,
 Split, Slice, Flatten, Identity, their other inputs constants). Which element of G each element of q3 is, is
 worked out by running the moves on a tensor of element indices (the same evaluator as constant folding): q3 is
@@ -22,8 +23,12 @@ from X to A run the same way), for q, k and v alike. Then q3 = X @ W[:, cols_q] 
 with the MultiHeadAttention's heads and scale (qkv_hidden_sizes where V's width differs). onnxruntime's Attention
 computes the three projections as one GEMM and the attention in one kernel: the projection's output, its copies
 through the moves and MultiHeadAttention's own input handling are gone. Without moves (q3 is G itself) the shapes
-may be symbolic; with moves they must be static (the indices are computed). The projections and moves must feed
-nothing else (else they would run twice), and float32 only (onnxruntime's CPU Attention).
+may be symbolic; with moves they must be static (the indices are computed), or symbolic in the batch and the
+sequence only where every move carries their axes through as axes of their own (`symbols_transparent`: dynamic-axes
+exports of torch's nn.MultiheadAttention and of GPT-2's packed c_attn): the moves are then the same at every
+length, and are traced at small lengths (`_TRACE_LENGTHS`), a Reshape whose target is computed taking its output
+type. The projections and moves must feed nothing else (else
+they would run twice), and float32 only (onnxruntime's CPU Attention).
 
 Rounding: not bit-exact: onnxruntime's Attention adds the bias and sums the projection's products in its own order.
 """
@@ -48,8 +53,9 @@ MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Sp
                    "Identity"})
 #: the most elements whose indices are traced through the moves (a projection output of 16M floats)
 MAX_TRACE = 1 << 24
-#: the length a symbolic batch is traced at (`batch_transparent` moves): above 1, so that its axis shows
-_TRACE_BATCH = 2
+#: the lengths symbolic batch and sequence dims are traced at (`symbols_transparent` moves): above 1 and
+#: different, so that each axis shows
+_TRACE_LENGTHS = (2, 3)
 #: MultiHeadAttention attributes that Attention takes as they are
 _ATTRS = ("num_heads", "scale", "mask_filter_value")
 
@@ -73,56 +79,64 @@ def moves_back(m, v: Value, computed_shapes: bool = False) -> tuple[Value, Chain
     return v, chain
 
 
-def run_moves(m, chain: Chain, data: np.ndarray, batch: tuple[str, int] | None = None) -> np.ndarray:
-    """`data` through the chain's nodes (onnx semantics: `fold_constants.evaluate_node`). `batch` (symbol,
-    length): a Reshape whose target is computed takes its output type, the symbol at that length."""
+def run_moves(m, chain: Chain, data: np.ndarray, lengths: dict[str, int] | None = None) -> np.ndarray:
+    """`data` through the chain's nodes (onnx semantics: `fold_constants.evaluate_node`). `lengths` (symbol ->
+    length): a Reshape whose target is computed takes its output type, its symbols at those lengths."""
     for node, index in chain:
         args = [None if x is None else m.const(x) for x in node.inputs[1:]]
         if node.op_type == "Reshape" and args[0] is None:
-            require(batch is not None, "a Reshape's target is computed")
-            args = [np.array(_at(full_shape(node.outputs[0]), batch), np.int64)]
+            require(lengths is not None, "a Reshape's target is computed")
+            args = [np.array(_at(full_shape(node.outputs[0]), lengths), np.int64)]
         outs = evaluate_node(node, [data, *args], m.opsets)
         require(outs is not None, f"{node.op_type} cannot be traced")
         data = np.asarray(outs[index])
     return data
 
 
-def _at(shape: tuple, batch: tuple[str, int]) -> tuple[int, ...]:
-    """`shape` with the symbol batch[0] at the length batch[1] (its other dims are ints: `batch_transparent`)."""
-    return tuple(batch[1] if d == batch[0] else int(d) for d in shape)
+def _at(shape: tuple, lengths: dict[str, int]) -> tuple[int, ...]:
+    """`shape` with its symbols at their `lengths` (its other dims are ints: `symbols_transparent`)."""
+    return tuple(lengths[d] if isinstance(d, str) else int(d) for d in shape)
 
 
-def _one_symbol(shape: tuple | None, symbol: str) -> int | None:
-    """The axis of `shape` that is `symbol`, where that is its only dim not an int (else None)."""
+def _symbol_axes(shape: tuple | None, symbols) -> dict[str, int] | None:
+    """symbol -> its axis in `shape`, where each of `symbols` is one dim of it and its other dims are ints (else
+    None)."""
     if shape is None:
         return None
-    odd = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-    return odd[0] if len(odd) == 1 and shape[odd[0]] == symbol else None
+    odd = {d: i for i, d in enumerate(shape) if not isinstance(d, int)}
+    if sorted(odd) != sorted(symbols) or len(odd) != sum(1 for d in shape if not isinstance(d, int)):
+        return None
+    return odd
 
 
-def batch_transparent(m, chain: Chain, symbol: str) -> bool:
-    """Each node of `chain` carries the axis of length `symbol` (a symbolic batch) through as an axis of its own,
-    index for index, so its moves are the same for every length of it: input and output have that symbol as
-    their one dim that is not an int; a Reshape / Flatten keeps the products of the dims before it and after it
-    (row-major, the batch axis is then untouched); Gather, Split and Slice act on other axes (a Slice over the
-    batch axis could keep its length and reverse it). Transpose, Squeeze, Unsqueeze and Identity only move it.
-    Tracing the moves at one length of the batch then gives them at every length."""
+def symbols_transparent(m, chain: Chain, symbols) -> bool:
+    """Each node of `chain` carries the axes of lengths `symbols` (a symbolic batch and sequence) through as axes
+    of their own, index for index, so its moves are the same for every length of them: input and output have each
+    symbol as one dim, their other dims ints; a Reshape / Flatten keeps the symbols in order and the products of
+    the dims between them (row-major: the same mixed-radix digits, the symbols' axes untouched); Gather, Split and
+    Slice act on other axes (a Slice over one could keep its length and reverse it). Transpose, Squeeze, Unsqueeze
+    and Identity only move them. Tracing the moves at one length of each then gives them at every length."""
     for node, index in chain:
         x, y = full_shape(node.inputs[0]), full_shape(node.outputs[index])
-        i, j = _one_symbol(x, symbol), _one_symbol(y, symbol)
-        if i is None or j is None:
+        xa, ya = _symbol_axes(x, symbols), _symbol_axes(y, symbols)
+        if xa is None or ya is None:
             return False
         if node.op_type in ("Reshape", "Flatten"):
-            if int(np.prod(x[:i])) != int(np.prod(y[:j])) or int(np.prod(x[i + 1:])) != int(np.prod(y[j + 1:])):
+            xs, ys = sorted(xa.values()), sorted(ya.values())
+            if [x[i] for i in xs] != [y[j] for j in ys]:
+                return False
+            cuts = list(zip([-1, *xs], [*xs, len(x)], [-1, *ys], [*ys, len(y)], strict=True))
+            if any(int(np.prod(x[a + 1:b])) != int(np.prod(y[c + 1:d])) for a, b, c, d in cuts):
                 return False
         elif node.op_type in ("Gather", "Split"):
-            if normalize_axes([node.attr("axis", 0)], len(x)) in (None, [i]):
+            axis = normalize_axes([node.attr("axis", 0)], len(x))
+            if axis is None or axis[0] in xa.values():
                 return False
         elif node.op_type == "Slice":
             axes = m.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
             axes = normalize_axes(np.arange(np.asarray(m.const(node.inputs[1])).size) if axes is None else axes,
                                   len(x))
-            if axes is None or i in axes:
+            if axes is None or set(axes) & set(xa.values()):
                 return False
     return True
 
@@ -160,19 +174,20 @@ def projection(m, g: Value) -> tuple[Value, np.ndarray, np.ndarray, list[Node]]:
     return a, w, np.broadcast_to(c.reshape(-1), (w.shape[1],)).astype(np.float32), nodes
 
 
-def _index_map(m, chain: Chain, shape: tuple, batch: tuple[str, int] | None = None) -> np.ndarray:
-    """Element indices of a tensor of `shape` (static) after the chain's moves (`batch`: see `run_moves`)."""
+def _index_map(m, chain: Chain, shape: tuple, lengths: dict[str, int] | None = None) -> np.ndarray:
+    """Element indices of a tensor of `shape` (static) after the chain's moves (`lengths`: see `run_moves`)."""
     size = int(np.prod(shape))
     require(size <= MAX_TRACE, "too many elements to trace")
-    return run_moves(m, chain, np.arange(size, dtype=np.int64).reshape(shape), batch)
+    return run_moves(m, chain, np.arange(size, dtype=np.int64).reshape(shape), lengths)
 
 
 def columns(m, chain: Chain, g_shape: tuple, out_shape: tuple,
-            batch: tuple[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            lengths: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows [B, S], cols [D]) such that element [b, s, d] of the chain's output is G's [rows[b, s], cols[d]]
-    (G's rows: its leading dims flattened); rejects any other mapping. Shapes static (`batch`: at that length)."""
+    (G's rows: its leading dims flattened); rejects any other mapping. Shapes static (`lengths`: see
+    `run_moves`)."""
     c = g_shape[-1]
-    idx = _index_map(m, chain, g_shape, batch)
+    idx = _index_map(m, chain, g_shape, lengths)
     require(idx.shape == tuple(out_shape), "the moves do not give the attention input's shape")
     rows, cols = idx // c, idx % c
     require(bool(np.all(rows == rows[..., :1])) and bool(np.all(cols == cols[:1, :1, :])),
@@ -180,25 +195,25 @@ def columns(m, chain: Chain, g_shape: tuple, out_shape: tuple,
     return rows[..., 0], cols[0, 0]
 
 
-def _source(m, a: Value, b: int, s: int, batch: tuple[str, int] | None = None) -> tuple[Value, np.ndarray] | None:
-    """(X, rows): a [B, S, E] value X whose moves make A (static shapes, or `batch`'s symbol at its length, the
-    moves `batch_transparent`), with rows[r] = the (b * S + s) of A's row r; the farthest such X back first (its
-    moves then go with the projection), or None."""
-    src, chain = moves_back(m, a, computed_shapes=batch is not None)
+def _source(m, a: Value, b: int, s: int, lengths: dict[str, int] | None = None) -> tuple[Value, np.ndarray] | None:
+    """(X, rows): a [B, S, E] value X whose moves make A (static shapes, or with `lengths`' symbols at those
+    lengths, the moves `symbols_transparent`), with rows[r] = the (b * S + s) of A's row r; the farthest such X
+    back first (its moves then go with the projection), or None."""
+    src, chain = moves_back(m, a, computed_shapes=lengths is not None)
     a_shape = full_shape(a)
     if a_shape is None:
         return None
     for i in range(len(chain) + 1):
         x = src if i == 0 else chain[i - 1][0].outputs[chain[i - 1][1]]
         shape = full_shape(x)
-        if batch is not None and shape is not None and _one_symbol(shape, batch[0]) is not None \
-                and batch_transparent(m, chain[i:], batch[0]):
-            shape = _at(shape, batch)
+        if lengths is not None and _symbol_axes(shape, lengths) is not None \
+                and symbols_transparent(m, chain[i:], lengths):
+            shape = _at(shape, lengths)
         if shape is None or not all(isinstance(d, int) for d in shape) or len(shape) < 2 \
                 or int(np.prod(shape[:-1])) != b * s or shape[-1] != a_shape[-1]:
             continue
         e = shape[-1]
-        idx = _index_map(m, chain[i:], shape, batch).reshape(-1, e)
+        idx = _index_map(m, chain[i:], shape, lengths).reshape(-1, e)
         if np.array_equal(idx % e, np.broadcast_to(np.arange(e), idx.shape)) and np.all(idx // e == idx[:, :1] // e):
             return x, idx[:, 0] // e
     return None
@@ -227,6 +242,38 @@ class ShapeOfProjection(Rule):
         return op.Concat(lead, np.array([width], np.int64), axis=0)
 
 
+class ShapeOfSplit(Rule):
+    """Shape(Split(x, axis)[i]) -> Concat(Slice(Shape(x), [0], [axis]), [d], Slice(Shape(x), [axis + 1], [r])),
+    d the output's static dim along the axis: the shape without reading the Split's output. Exact (a shape, no
+    float). Made for the attention bias of GPT-2's dynamic-axes export, which reads S and T from the shapes of q
+    and k split from one packed projection (c_attn): with them no longer read there, the split goes into
+    `FusePackedAttention`'s Attention (and `ShapeOfProjection` then takes Shape(x) off the projection)."""
+
+    def pattern(self, op, y):
+        return op.Shape(y, _name="shape")
+
+    def check(self, m, y):
+        require(not m["shape"].attributes, "Shape with start or end")
+        node = y.producer
+        require(node is not None and node.op_type == "Split" and node.domain in ("", "ai.onnx"), "not a Split's")
+        shape = y.shape
+        require(shape is not None, "the Split's output has no known rank")
+        axis = normalize_axes([node.attr("axis", 0)], len(shape))
+        require(axis is not None and isinstance(shape[axis[0]], int), "the split axis's length is not static")
+        m.info = (node.inputs[0], axis[0], int(shape[axis[0]]), len(shape))
+        return True
+
+    def rewrite(self, op, m, y):
+        x, axis, d, rank = m.info
+        pieces = []
+        if axis > 0:
+            pieces.append(op.Slice(op.Shape(x), np.array([0], np.int64), np.array([axis], np.int64)))
+        pieces.append(np.array([d], np.int64))
+        if axis < rank - 1:
+            pieces.append(op.Slice(op.Shape(x), np.array([axis + 1], np.int64), np.array([rank], np.int64)))
+        return op.Concat(*pieces, axis=0) if len(pieces) > 1 else op.Identity(pieces[0])
+
+
 class FusePackedAttention(Rule):
     """MultiHeadAttention(q3, k3, v3, attention_bias) over projections of one input -> com.microsoft Attention
     with the projections' weights packed (see the module docstring)."""
@@ -248,10 +295,11 @@ class FusePackedAttention(Rule):
         require(all(sh is not None and len(sh) == 3 for sh in shapes), "Q, K, V are not [B, S, D]")
         require(shapes[0][:2] == shapes[1][:2] == shapes[2][:2], "not self-attention (Q, K, V of other lengths)")
         b, s = shapes[0][:2]
-        # a symbolic batch (a dynamic-axes export's) with moves: traced at a length of it where they carry it
-        # through untouched (`batch_transparent`), which makes them the same at every length
-        batch = (b, _TRACE_BATCH) if isinstance(b, str) and isinstance(s, int) else None
-        traced = [(x, *moves_back(m, x, computed_shapes=batch is not None)) for x in (q3, k3, v3)]
+        # a symbolic batch and sequence (a dynamic-axes export's) with moves: traced at lengths of them where the
+        # moves carry their axes through untouched (`symbols_transparent`), which makes them the same at every length
+        named = [d for d in dict.fromkeys((b, s)) if isinstance(d, str)]
+        lengths = dict(zip(named, _TRACE_LENGTHS[:len(named)], strict=True)) if named else None
+        traced = [(x, *moves_back(m, x, computed_shapes=lengths is not None)) for x in (q3, k3, v3)]
         projections = [projection(m, g) for _, g, _ in traced]
         inner = {id(n) for p in projections for n in p[3]} | {id(n) for _, _, ch in traced for n, _ in ch}
         inner.add(id(mha))
@@ -270,23 +318,23 @@ class FusePackedAttention(Rule):
                 weights.append(w)
                 biases.append(c)
         else:
-            require(isinstance(b, int) and isinstance(s, int) or batch is not None,
-                    "symbolic shapes with moves (other than one batch symbol): cannot be traced")
-            if batch is not None:
-                require(all(batch_transparent(m, ch, b) for _, _, ch in traced),
-                        "the moves do not carry the symbolic batch through as an axis of its own")
-                b = batch[1]
+            require(isinstance(b, int) and isinstance(s, int) or lengths is not None,
+                    "symbolic shapes with moves: cannot be traced")
+            if lengths is not None:
+                require(all(symbols_transparent(m, ch, lengths) for _, _, ch in traced),
+                        "the moves do not carry the symbolic batch and sequence through as axes of their own")
+                b, s = _at((b, s), lengths)
             require(b * s > 0, "a zero-size batch or sequence: nothing to trace")
             x = None
             for (t, g, ch), (a, w, c, _) in zip(traced, projections, strict=True):
                 g_shape = full_shape(g)
-                if batch is not None and g_shape is not None and _one_symbol(g_shape, batch[0]) is not None:
-                    g_shape = _at(g_shape, batch)
+                if lengths is not None and _symbol_axes(g_shape, lengths) is not None:
+                    g_shape = _at(g_shape, lengths)
                 require(g_shape is not None and all(isinstance(d, int) and d > 0 for d in g_shape),
                         "the projection's shape is not static and nonzero")
-                t_shape = _at(full_shape(t), batch) if batch is not None else full_shape(t)
-                rows, cols = columns(m, ch, g_shape, t_shape, batch)
-                found = _source(m, a, b, s, batch)
+                t_shape = _at(full_shape(t), lengths) if lengths is not None else full_shape(t)
+                rows, cols = columns(m, ch, g_shape, t_shape, lengths)
+                found = _source(m, a, b, s, lengths)
                 require(found is not None, "the projection's input is not the rows of one [B, S, E] tensor")
                 src, a_rows = found
                 require(x is None or src is x, "the projections read different inputs")
