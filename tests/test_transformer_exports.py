@@ -140,3 +140,27 @@ def test_multihead_attention_with_weights_fuses(batch, tmp_path):
     assert _ops(out)["com.microsoft::Attention"] == 1 and _ops(out)["Softmax"] == 0, dict(_ops(out))
     for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
         assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+def test_dynamic_axes_export_fuses_packed_attention(kind, tmp_path):
+    # TorchScript with dynamic_axes (the ViT-like's batch; the GPT-2-like's batch and sequence): com.microsoft
+    # Attention with the q, k, v projection packed in (tests/test_attention_sequence_first.py and
+    # tests/test_transformer_dynamic.py build such graphs by hand), same outputs at other batches and lengths
+    with contextlib.redirect_stdout(io.StringIO()):
+        proto = _models().export_transformer(kind, str(tmp_path / f"{kind}.onnx"), dynamo=False, dynamic=True,
+                                             seq=SEQ, **SMALL[kind])
+    out = optc.to_onnx(optc.optimize(proto, runtime="onnxruntime"))
+    have = _ops(out)
+    assert have["com.microsoft::Attention"] == SMALL[kind]["layers"] and have["Softmax"] == 0, dict(have)
+    rng = np.random.default_rng(0)
+    for batch, seq in ((1, SEQ), (3, 5)):
+        if kind == "vit":
+            feeds = {"image": rng.normal(0, 1, (batch, 3, 64, 64)).astype(np.float32)}
+        else:
+            mask = np.ones((batch, seq), np.int64)
+            mask[-1, :2] = 0
+            feeds = {"input_ids": rng.integers(0, 100, (batch, seq)), "attention_mask": mask}
+        for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+            assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6
