@@ -24,16 +24,19 @@ i64 = lambda v: np.array(v, np.int64)  # noqa: E731
 
 
 def dynamic_attention(scale: str = "gather", mask: str = "additive", crop_by: str = "x",
-                      packed: bool = False) -> tuple:
+                      packed: bool = False, squeezed: bool = False) -> tuple:
     """x [B, T, HID] -> causal multi-head self-attention with the head split as `view(b, t, HEADS, -1)` from
     Shape(x) and the scale 1 / sqrt(q.shape[-1]) computed from Shape(q) by a Gather ("gather") or a Slice
     ("slice", nn.MultiheadAttention's export), or a constant ("constant"). `mask`: "additive" (a crop
     of a constant -1e4 table), "where" (Llama's `where(causal[:t, :t], 0, finfo.min)`), "where_upper" (a table
     strictly upper: a crop's last row keeps nothing), "where_offset" (a crop starting at row 1). `crop_by` "y": the
     mask cropped to the length of a second input y [batch, "other"] (valid when it is 1 or seq). `packed`: q, k
-    and v Split from one [B, T, 3*HID] projection (GPT-2's c_attn) instead of three MatMuls."""
+    and v Split from one [B, T, 3*HID] projection (GPT-2's c_attn) instead of three MatMuls. `squeezed`: the
+    graph input is x4 [B, T, 1, HID], x its Squeeze (the rows of the projection then come from a 4-D input)."""
     g = G()
     rng = np.random.default_rng(0)
+    if squeezed:
+        g.nodes.append(onnx.helper.make_node("Squeeze", ["x4", g.const(i64([2]), "axes")], ["x"]))
     sh = g.op("Shape", "x")
     b, t = g.op("Gather", sh, i64(0), axis=0), g.op("Gather", sh, i64(1), axis=0)
     split = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([HEADS]), i64([-1]),
@@ -71,7 +74,8 @@ def dynamic_attention(scale: str = "gather", mask: str = "additive", crop_by: st
     p = g.op("Softmax", g.op("Add", s, bias), axis=-1)
     merge = g.op("Concat", g.op("Unsqueeze", b, i64([0])), g.op("Unsqueeze", t, i64([0])), i64([-1]), axis=0)
     y = g.op("Reshape", g.op("Transpose", g.op("MatMul", p, v), perm=[0, 2, 1, 3]), merge)
-    inputs = [("x", F, ["batch", "seq", HID])] + ([("y", F, ["batch", "other"])] if crop_by == "y" else [])
+    inputs = [("x4", F, ["batch", "seq", 1, HID]) if squeezed else ("x", F, ["batch", "seq", HID])] + (
+        [("y", F, ["batch", "other"])] if crop_by == "y" else [])
     return g.model(inputs, [y], 17), y
 
 
@@ -245,6 +249,19 @@ def test_dynamic_shape_packed_projection_fuses_with_its_weights():
     assert have["com.microsoft::Attention"] == 1 and have["MatMul"] == have["Split"] == 0, dict(have)
     rng = np.random.default_rng(1)
     assert_close(proto, out, [{"x": rng.normal(0, 1, (b, t, HID)).astype(np.float32)}
+                              for b, t in ((1, 16), (3, 5), (2, 1))])
+
+
+def test_dynamic_shape_packed_projection_of_a_squeezed_input():
+    """The projection reads Squeeze(x4 [batch, seq, 1, HID]): x4's rows are the attention's, but no constant target
+    Reshapes it to [batch, seq, HID] (two symbols), so the Attention takes the Squeeze's output (a breaker: the
+    rewrite built a Reshape of x4 and crashed)."""
+    proto, _ = dynamic_attention(packed=True, squeezed=True)
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="onnxruntime"))
+    have = ops(out)
+    assert have["com.microsoft::Attention"] == 1 and have["Squeeze"] == 1, dict(have)
+    rng = np.random.default_rng(1)
+    assert_close(proto, out, [{"x4": rng.normal(0, 1, (b, t, 1, HID)).astype(np.float32)}
                               for b, t in ((1, 16), (3, 5), (2, 1))])
 
 

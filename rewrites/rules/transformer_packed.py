@@ -195,10 +195,12 @@ def columns(m, chain: Chain, g_shape: tuple, out_shape: tuple,
     return rows[..., 0], cols[0, 0]
 
 
-def _source(m, a: Value, b: int, s: int, lengths: dict[str, int] | None = None) -> tuple[Value, np.ndarray] | None:
+def _source(m, a: Value, b: int, s: int, lengths: dict[str, int] | None = None,
+            dims: tuple | None = None) -> tuple[Value, np.ndarray] | None:
     """(X, rows): a [B, S, E] value X whose moves make A (static shapes, or with `lengths`' symbols at those
     lengths, the moves `symbols_transparent`), with rows[r] = the (b * S + s) of A's row r; the farthest such X
-    back first (its moves then go with the projection), or None."""
+    back first (its moves then go with the projection), or None. `dims`: the symbolic (B, S): an X not [B, S, E]
+    itself is taken only where a constant target Reshapes it to that (`minus_one_target`: one symbol)."""
     src, chain = moves_back(m, a, computed_shapes=lengths is not None)
     a_shape = full_shape(a)
     if a_shape is None:
@@ -212,6 +214,8 @@ def _source(m, a: Value, b: int, s: int, lengths: dict[str, int] | None = None) 
         if shape is None or not all(isinstance(d, int) for d in shape) or len(shape) < 2 \
                 or int(np.prod(shape[:-1])) != b * s or shape[-1] != a_shape[-1]:
             continue
+        if dims is not None and full_shape(x) != (*dims, shape[-1]) and minus_one_target((*dims, shape[-1])) is None:
+            continue  # (the rewrite could not Reshape it to [B, S, E])
         e = shape[-1]
         idx = _index_map(m, chain[i:], shape, lengths).reshape(-1, e)
         if np.array_equal(idx % e, np.broadcast_to(np.arange(e), idx.shape)) and np.all(idx // e == idx[:, :1] // e):
@@ -334,7 +338,7 @@ class FusePackedAttention(Rule):
                         "the projection's shape is not static and nonzero")
                 t_shape = _at(full_shape(t), lengths) if lengths is not None else full_shape(t)
                 rows, cols = columns(m, ch, g_shape, t_shape, lengths)
-                found = _source(m, a, b, s, lengths)
+                found = _source(m, a, b, s, lengths, shapes[0][:2] if lengths is not None else None)
                 require(found is not None, "the projection's input is not the rows of one [B, S, E] tensor")
                 src, a_rows = found
                 require(x is None or src is x, "the projections read different inputs")
