@@ -589,9 +589,11 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
     count = 0
     cache: dict[bytes, object] = {}
     graphs = [model.graph, *model.graph.subgraphs()]
+
     # what such a Reshape reaches is typed again, whatever it was declared (an exporter's value_info, or ONNX's
     # inference as it was read into the model, names those dims just as wrongly)
     retype = _reached(model.graph, set(opaque))
+    fresh = _fresh_symbols(graphs, types, retype)
     for g in graphs:
         for node in g:
             for o in node.outputs:
@@ -599,7 +601,7 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
                     continue
                 if o.name in retype and o.name in types and isinstance(o.type, TensorType):
                     try:
-                        new = type_from_proto(types[o.name])
+                        new = type_from_proto(fresh(types[o.name]))
                     except Exception:  # noqa: BLE001 - a type optc's IR does not model: left as it is
                         new = None
                     if isinstance(new, TensorType) and new.dtype == o.type.dtype and new != o.type:
@@ -612,6 +614,7 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
                 tp = types.get(o.name)
                 if tp is None:
                     continue
+                tp = fresh(tp)
                 key = tp.SerializeToString()
                 t = cache.get(key, cache)
                 if t is cache:
@@ -624,6 +627,53 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
                     o.type = t
                     count += 1
     return count
+
+
+def _fresh_symbols(graphs: list[Graph], types: dict[str, onnx.TypeProto], retype: set[str]):
+    """A function giving an inferred TypeProto (of `types`, this run's) with ONNX's fresh symbols (unk__N) renamed
+    so they do not collide with the symbols the model's values already have. ONNX's inference numbers them from
+    unk__0 each run (the fresh symbols of earlier runs are cleared from what it is given, `_declared`), so a value
+    typed in an earlier run and kept, and one typed now, could otherwise share a name for two different dims,
+    which the rules and onnxruntime's buffer reuse take for equal (a breaker: AffineGrid's expanded function at
+    -O3, "Shape mismatch attempting to re-use buffer"). A name this run gave a dim of a value whose type the model
+    keeps (not in `retype`) where that type has a symbol is that symbol (the same value's dim); any other is a new
+    unk__N no value has. A graph input's symbols are what ONNX was given: they stay."""
+    used, mapped = set(), {}
+    for g in graphs:
+        for v in g.inputs:
+            if v is not None and isinstance(v.type, TensorType) and v.type.shape is not None:
+                mapped.update((d, d) for d in v.type.shape if isinstance(d, str))
+    for g in graphs:
+        for v in [*g.inputs, *(o for n in g for o in n.outputs)]:
+            if v is None or not isinstance(v.type, TensorType) or v.type.shape is None:
+                continue
+            used.update(d for d in v.type.shape if isinstance(d, str))
+            tp = types.get(v.name) if v.name not in retype else None
+            if tp is None or not tp.HasField("tensor_type") or len(tp.tensor_type.shape.dim) != len(v.type.shape):
+                continue
+            for d, old in zip(tp.tensor_type.shape.dim, v.type.shape, strict=True):
+                if d.dim_param.startswith("unk__") and isinstance(old, str):
+                    mapped.setdefault(d.dim_param, old)
+    numbers = iter(range(1 << 62))
+
+    def fresh(tp: onnx.TypeProto) -> onnx.TypeProto:
+        if not tp.HasField("tensor_type") or not any(d.dim_param.startswith("unk__")
+                                                     for d in tp.tensor_type.shape.dim):
+            return tp
+        out = onnx.TypeProto()
+        out.CopyFrom(tp)
+        for d in out.tensor_type.shape.dim:
+            if d.dim_param.startswith("unk__"):
+                if d.dim_param not in mapped:
+                    name = d.dim_param
+                    while name in used:
+                        name = f"unk__{next(numbers)}"
+                    used.add(name)
+                    mapped[d.dim_param] = name
+                d.dim_param = mapped[d.dim_param]
+        return out
+
+    return fresh
 
 
 def _record_guards(model: Model, guards: list) -> None:
