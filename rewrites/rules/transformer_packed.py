@@ -27,8 +27,8 @@ may be symbolic; with moves they must be static (the indices are computed), or s
 sequence only where every move carries their axes through as axes of their own (`symbols_transparent`: dynamic-axes
 exports of torch's nn.MultiheadAttention and of GPT-2's packed c_attn): the moves are then the same at every
 length, and are traced at small lengths (`_TRACE_LENGTHS`), a Reshape whose target is computed taking its output
-type. The projections and moves must feed nothing else (else
-they would run twice), and float32 only (onnxruntime's CPU Attention).
+type. The projections and moves must feed nothing else (else they would run twice), and float32 only
+(onnxruntime's CPU Attention).
 
 Rounding: not bit-exact: onnxruntime's Attention adds the bias and sums the projection's products in its own order.
 """
