@@ -165,7 +165,8 @@ def _static_shapes(task) -> bool:
 def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: dict | None = None,
                   batch_sizes: Sequence[int] = ()):
     """The tunable kernels of ``mod``: MetaSchedule ExtractedTasks of the fused module (kernels with symbolic
-    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them; kernels
+    shapes cannot be measured; they keep optc's default schedule, and ``skipped["symbolic"]`` counts them; nor can
+    kernels whose default schedule pads a weight, ``skipped["padded_weights"]``; kernels
     scheduled when they are made, such as Winograd's data pack, are not tasks: never measured, the trial split
     counted each as the slowest kernel), with
     the static batch entries of ``batch_sizes`` that the build adds (``static_batch.py``: their static kernels
@@ -187,9 +188,29 @@ def extract_tasks(mod, params, target, *, layout: str | None = "auto", skipped: 
              and not (t.mod["main"].attrs or {}).get("tirx.is_scheduled", False)
              and INDEX_CHECK_ATTR not in (t.mod["main"].attrs or {})]
     static = [t for t in tasks if _static_shapes(t)]
+    measurable = [t for t in static if not _untuned_pads_weights(t.dispatched[0]["main"], target)]
     if skipped is not None:
         skipped["symbolic"] = len(tasks) - len(static)
-    return static
+        skipped["padded_weights"] = len(static) - len(measurable)
+    return measurable
+
+
+def _untuned_pads_weights(func, target) -> bool:
+    """optc's untuned schedule of a kernel pads a constant weight (``TiledReduction(pad_weights=True)``: the grouped
+    1x1 convolutions' columns, folded at compile time), which the tuner's rules cannot build and measure
+    (``cpu_rules(tunable=True)``): such a kernel is not a tuning task, so the build keeps that schedule. Tuned,
+    the database's best of schedules measured without the padding replaced it, 2x slower in the library (a
+    ShuffleNet 0.79x onnxruntime untuned ran 1.33x tuned)."""
+    import tvm_ffi  # noqa: PLC0415
+    from tvm.s_tir.dlight.base.transform import _apply_rules  # noqa: PLC0415
+
+    from .build import default_rules  # noqa: PLC0415
+
+    untuned = _apply_rules(func, target, default_rules(target), tunable=False)
+    measured = _apply_rules(func, target, default_rules(target, tunable=True), tunable=False)
+    if not untuned or not measured:
+        return bool(untuned) != bool(measured)
+    return tvm_ffi.structural_hash(untuned[0].mod) != tvm_ffi.structural_hash(measured[0].mod)
 
 
 def default_schedule(func, target):
@@ -322,6 +343,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     whose server dies fails and tuning goes on. ``runner`` may instead be any MetaSchedule runner. Cross
     targets (arm64 on x86, cuda without a GPU) need one of them. Returns the database; ``report``
     (a dict), when given, receives ``tasks``, ``skipped_symbolic`` (kernels with symbolic shapes, not tuned),
+    ``skipped_padded_weights`` (kernels whose untuned schedule pads a weight, not tuned: ``_untuned_pads_weights``),
     ``tuned_tasks``, ``trials`` (all measured candidates),
     ``default_records``, ``variant_trials`` (schedules by variants of optc's rules, measured first),
     ``task_trials`` (``[{"task", "share", "trials"}]``: each searched kernel's share of the untuned time and its
@@ -345,7 +367,7 @@ def tune(mod, params: Mapping[str, np.ndarray] | None, target, db_dir, trials: i
     tasks = extract_tasks(mod, params, target, layout=layout, skipped=skipped, batch_sizes=batch_sizes)
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
     info = {"tasks": len(tasks), "tuned_tasks": len(todo), "trials": 0, "cost_model": _cost_model(cost_model),
-            "skipped_symbolic": skipped["symbolic"]}
+            "skipped_symbolic": skipped["symbolic"], "skipped_padded_weights": skipped["padded_weights"]}
     if report is not None:
         report.update(info)
     if not todo or trials == 0:

@@ -80,6 +80,9 @@ def run(args) -> int:
             line += (f"; {tuning['skipped_symbolic']} kernels with symbolic shapes were not tuned "
                      + ("(main's: the static batch entries' run at their sizes)" if entries else
                         "(fix them with --input-shape NAME:DIMS)"))
+        if tuning.get("skipped_padded_weights"):
+            line += (f"; {tuning['skipped_padded_weights']} kernels keep their untuned schedule (it pads a weight at "
+                     "compile time, which the tuner cannot measure)")
     print(line)
     kernels = report.get("kernels")
     if kernels and kernels["integer"] + kernels["bfloat16"] + kernels["float"]:
