@@ -589,7 +589,6 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
     count = 0
     cache: dict[bytes, object] = {}
     graphs = [model.graph, *model.graph.subgraphs()]
-
     # what such a Reshape reaches is typed again, whatever it was declared (an exporter's value_info, or ONNX's
     # inference as it was read into the model, names those dims just as wrongly)
     retype = _reached(model.graph, set(opaque))
@@ -634,8 +633,8 @@ def _fresh_symbols(graphs: list[Graph], types: dict[str, onnx.TypeProto], retype
     so they do not collide with the symbols the model's values already have. ONNX's inference numbers them from
     unk__0 each run (the fresh symbols of earlier runs are cleared from what it is given, `_declared`), so a value
     typed in an earlier run and kept, and one typed now, could otherwise share a name for two different dims,
-    which the rules and onnxruntime's buffer reuse take for equal (a breaker: AffineGrid's expanded function at
-    -O3, "Shape mismatch attempting to re-use buffer"). A name this run gave a dim of a value whose type the model
+    which the rules and onnxruntime's buffer reuse take for equal (CI's conformance suite: AffineGrid's expanded
+    function at -O3, "Shape mismatch attempting to re-use buffer"). A name this run gave a dim of a value whose type the model
     keeps (not in `retype`) where that type has a symbol is that symbol (the same value's dim); any other is a new
     unk__N no value has. A graph input's symbols are what ONNX was given: they stay."""
     used, mapped = set(), {}
