@@ -207,10 +207,10 @@ def _untuned_pads_weights(func, target) -> bool:
     from .build import default_rules  # noqa: PLC0415
 
     untuned = _apply_rules(func, target, default_rules(target), tunable=False)
-    measured = _apply_rules(func, target, default_rules(target, tunable=True), tunable=False)
-    if not untuned or not measured:
-        return bool(untuned) != bool(measured)
-    return tvm_ffi.structural_hash(untuned[0].mod) != tvm_ffi.structural_hash(measured[0].mod)
+    measured = default_schedule(func, target)
+    if not untuned or measured is None:
+        return bool(untuned) != (measured is not None)
+    return tvm_ffi.structural_hash(untuned[0].mod) != tvm_ffi.structural_hash(measured.mod)
 
 
 def default_schedule(func, target):
