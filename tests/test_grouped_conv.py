@@ -71,11 +71,12 @@ def _without_the_pass(model, monkeypatch, **options) -> np.ndarray:
 
 
 # Output channels per group that are more than a vector and not a multiple of one, at 8 (AVX2) and 16 (AVX-512)
-# float lanes alike, so the cases below are taken on every x86 host that runs this suite.
+# float lanes alike, so the cases below are taken on every x86 host that runs this suite (ShuffleNet's own 544 / 4,
+# 136 a group, is 17 whole AVX2 vectors: the pass leaves it to TVM's kernel there, and this case failed on one).
 CASES = {
     "ShuffleNet 136 / 4 (34 a group), residual": dict(c=136, k=136, size=(28, 28), tail="residual"),
     "ShuffleNet 272 / 4 (68), 14x14, weight packed": dict(c=272, k=272, size=(14, 14)),
-    "ShuffleNet 544 / 4 (136), 7x7, no epilogue": dict(c=544, k=544, size=(7, 7), tail="none"),
+    "ShuffleNet-like 552 / 4 (138), 7x7, no epilogue": dict(c=552, k=552, size=(7, 7), tail="none"),
     "24 -> 112, 4 groups (6 in, 28 out a group)": dict(c=24, k=112, size=(12, 12)),
     "two groups of 20": dict(c=40, k=40, group=2, size=(5, 9)),
     "8 groups of 25, odd sizes": dict(c=200, k=200, group=8, size=(3, 11)),

@@ -8,6 +8,7 @@ repetition, say why, and compute the same."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import optc
 import pytest
 from onnx import TensorProto, helper
@@ -268,40 +269,126 @@ def test_shape_of_repeated_heads_refuses_a_shape_with_start():
     assert "Shape with start or end" in explain(ShapeOfRepeatedHeads, node, model)
 
 
-def dynamic_repeat_graph(kv: int = 2):
+def dynamic_repeat_graph(kv: int = 2, heads: str = "-1", mask: str | None = None):
     """A Llama-style dynamic-axes export's repeat_interleave: K/V [B, kv, T, H] -> Unsqueeze -> Tile(rep) ->
     Reshape to Concat(Shape(t)[0:1], [-1], Shape(t)[3:5]) = [B, -1, T, H], computed when the graph runs; the
-    attention core on q [B, N, T, H] (scale, no mask)."""
+    attention core on q [B, N, T, H] (scale, no mask). `heads`: "-1", "merged" (the element [kv * rep]) or
+    "swapped" (Shape(t)[4], Shape(t)[3]: not t's dims in order; negative). `mask`: None, "crop" (a causal
+    [min(T, 64), min(T, 64)] crop of a constant, added)."""
     g = G()
 
     def rep(x):
         t = g.op("Tile", g.op("Unsqueeze", x, i64([2])), i64([1, 1, N // kv, 1, 1]))
         shape = g.op("Shape", t)
-        target = g.op("Concat", g.op("Slice", shape, i64([0]), i64([1])), i64([-1]),
-                      g.op("Slice", shape, i64([3]), i64([5])), axis=0)
+        tail = g.op("Slice", shape, i64([3]), i64([5])) if heads != "swapped" else \
+            g.op("Concat", g.op("Slice", shape, i64([4]), i64([5])), g.op("Slice", shape, i64([3]), i64([4])), axis=0)
+        target = g.op("Concat", g.op("Slice", shape, i64([0]), i64([1])), i64([N if heads == "merged" else -1]),
+                      tail, axis=0)
         return g.op("Reshape", t, target)
 
     s = g.op("Mul", g.op("MatMul", "q", g.op("Transpose", rep("k"), perm=[0, 1, 3, 2])), np.array(H ** -0.5, np.float32))
+    inputs = [("q", F, ["B", N, "T", H]), ("k", F, ["B", kv, "T", H]), ("v", F, ["B", kv, "T", H])]
+    if mask == "crop":
+        t = g.op("Slice", g.op("Shape", "q"), i64([2]), i64([3]))
+        causal = np.triu(np.full((64, 64), -1e4, np.float32), 1)
+        s = g.op("Add", s, g.op("Slice", g.op("Slice", g.const(causal, "causal"), i64([0]), t, i64([0])),
+                                i64([0]), t, i64([1])))
     y = g.op("MatMul", g.op("Softmax", s, axis=-1), rep("v"))
-    return g.model([("q", F, ["B", N, "T", H]), ("k", F, ["B", kv, "T", H]), ("v", F, ["B", kv, "T", H])], [y], 23)
+    return g.model(inputs, [y], 23)
 
 
-def test_a_dynamic_repeat_fuses_for_optcs_lowering_which_checks_its_computed_zero():
-    """[B, -1, T, H] computed from Shape(t): at T = 0 ONNX's Reshape copies t's dim 2 there (allowzero=0), so for
-    ONNX out its types stay unnamed and nothing fuses (negative). For optc's own lowering (`optc compile`'s
-    pipeline, `infer-shapes{checked-zeros=true}`: its library fails the call where such a 0 would copy another
-    dim) the types hold: grouped-query attention fuses, and the library computes what onnxruntime does."""
+def _optimized(proto, runtime: str):
+    """-O2 for `runtime` (its shape inference types the Tile), checked by onnx's checker."""
+    out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+    onnx.checker.check_model(out, full_check=runtime == "standard")
+    return out
+
+
+def _dynamic_feed(rng, b: int, t: int, kv: int = 2) -> dict:
+    return {"q": rng.normal(0, 1, (b, N, t, H)).astype(np.float32),
+            "k": rng.normal(0, 1, (b, kv, t, H)).astype(np.float32),
+            "v": rng.normal(0, 1, (b, kv, t, H)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("runtime", ["standard", "onnxruntime"])
+@pytest.mark.parametrize("heads,mask", [("-1", None), ("-1", "crop"), ("merged", None), ("merged", "crop")])
+def test_a_dynamic_repeat_at_a_computed_shape_is_grouped_query_attention(runtime, heads, mask):
+    """[B, -1 | N, T, H] computed from Shape(t): ONNX's inference leaves its dims unnamed (at T = 0 the element T
+    copies t's dim 2), yet where that copy happens the unfused attention fails or gives the same empty result
+    (`computed_repeat`): with -1, zero heads that Q's N cannot broadcast against; with N, at B = T = 0, a mask of
+    T keys (or a crop of T) or none. So it fuses for ONNX out, K and V unrepeated, and computes what onnxruntime
+    does at every length the unfused graph runs at; at the lengths of 0 where it changes the repeat's dims, the
+    unfused graph fails on onnxruntime (checked: the fusion only turns a failure into a result)."""
+    proto = dynamic_repeat_graph(heads=heads, mask=mask)
+    out = _optimized(proto, runtime)
+    have = ops(out)
+    assert have["Attention"] == 1 and have["Tile"] == 0 and have["Softmax"] == 0, dict(have)
+    rng = np.random.default_rng(3)
+    for b, t in [(1, 1), (2, 5), (1, 17)]:
+        assert_close(proto, out, [_dynamic_feed(rng, b, t)])
+    zero = [(1, 0)] + ([(0, 3)] if heads == "-1" else [(0, 0)] if mask == "crop" else [])
+    for b, t in zero:
+        with pytest.raises(Exception):  # noqa: B017 - onnxruntime's failure, of whichever node
+            run_ort(proto, _dynamic_feed(rng, b, t))
+
+
+def test_a_computed_repeat_that_is_not_ts_dims_in_order_is_not_fused():
+    """Negative: the target Concat(Shape(t)[0:1], [-1], Shape(t)[4:5], Shape(t)[3:4]) is not t's dims in order
+    (at T = H it runs and transposes nothing: the keys are read in another order): the repeat stays, and the
+    model computes the same."""
+    from optc.rewrites.rules.transformer_attention import FuseAttention4D
+
+    proto = dynamic_repeat_graph(heads="swapped")
+    out = _optimized(proto, "standard")
+    have = ops(out)
+    assert have["Attention"] == 0 and have["Softmax"] == 1, dict(have)
+    model = optc.from_onnx(proto)
+    infer_model_types(model)
+    node = next(n for n in model.graph if n.op_type == "MatMul" and n.inputs[0].producer is not None
+                and n.inputs[0].producer.op_type == "Softmax")
+    assert "did not match" in explain(FuseAttention4D, node, model)
+    rng = np.random.default_rng(5)
+    assert_close(proto, out, [_dynamic_feed(rng, 2, H)])  # (T = H: the swapped Reshape runs, the same shape)
+
+
+@pytest.mark.parametrize("heads,last,taken", [("merged", "T", True), ("merged", 1, True), ("merged", "M", False),
+                                              ("merged", 4, False), ("merged", "min(T,64)", True),
+                                              ("-1", "M", True)])
+def test_computed_repeat_and_the_masks_key_length(heads, last, taken):
+    """`computed_repeat` with the [N] element: at B = T = 0 the Reshape gives rep keys where the fused K has 0, so
+    a mask whose key length could be rep (a symbol M of its own, the int rep) is refused; 1, T or a crop of T is
+    not (the unfused attention then gives the same empty result, or fails). With -1 (zero heads there) the mask
+    does not matter. (The attention rules' own check that the mask fits the scores refuses M first.)"""
+    from optc.rewrites.rules.transformer_gqa import computed_repeat
+
+    model = optc.from_onnx(dynamic_repeat_graph(heads=heads))
+    infer_model_types(model)
+    reshape = next(n for n in model.graph if n.op_type == "Reshape")
+
+    class _M:  # what computed_repeat reads of a match: constants and opsets
+        opsets = model.opset_imports
+
+        @staticmethod
+        def const(v):
+            return v.const_value()
+
+    found = computed_repeat(_M, reshape.outputs[0], ("B", 1, 1, last), True)
+    assert (found is not None) == taken
+    if taken:
+        assert found[2] == N // 2 and found[3] == ("B", N, "T", H)
+
+
+def test_a_dynamic_repeat_fuses_for_optcs_lowering_too():
+    """optc's own lowering (`optc compile`'s pipeline, `infer-shapes{checked-zeros=true}`) fuses the same repeat
+    (its library fails the call where a 0 would copy another dim), and the library computes what onnxruntime
+    does."""
     proto = dynamic_repeat_graph()
-    standard = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime="standard"))
-    assert "Attention" not in ops(standard)
     lowered = optc.optimize(optc.from_onnx(proto), level=2, runtime="optc")
     assert "Attention" in [n.op_type for n in lowered.graph] and "Tile" not in [n.op_type for n in lowered.graph]
     module = optc.compile(proto)
     rng = np.random.default_rng(3)
     for b, t in [(1, 1), (2, 5), (1, 17)]:
-        feed = {"q": rng.normal(0, 1, (b, N, t, H)).astype(np.float32),
-                "k": rng.normal(0, 1, (b, 2, t, H)).astype(np.float32),
-                "v": rng.normal(0, 1, (b, 2, t, H)).astype(np.float32)}
+        feed = _dynamic_feed(rng, b, t)
         want = run_ort(proto, feed)[0]
         got = next(iter(module.run(feed).values()))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

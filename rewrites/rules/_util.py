@@ -137,3 +137,54 @@ def origin_crop(m, v: Value, only_axis: int | None = None) -> np.ndarray | None:
         node = v.producer
     table = m.const(v)
     return np.asarray(table) if table is not None and rank and np.ndim(table) == rank else None
+
+
+def shape_elements(m, v: Value | None, depth: int = 8) -> list | None:
+    """The elements of `v`, a 1-D (or scalar) int64 value computed from shapes, each an int (a constant element)
+    or `(x, axis)` (the dim `axis` of value x, read by a Shape): what a dynamic-shape export's Reshape target
+    `Concat(Shape(t)[0:1], [8], Shape(t)[3:5])` or `Concat(Unsqueeze(Gather(Shape(x), 0)), ...)` holds. Reads
+    constants, Shape (its start / end), Slice with constant starts and ends (step 1), Gather with constant indices,
+    Unsqueeze / Squeeze / Cast to int64 / Identity, and Concat; None where an element is none of these."""
+    if v is None or depth < 0:
+        return None
+    c = m.const(v)
+    if c is not None:
+        arr = np.asarray(c)
+        return [int(e) for e in arr.reshape(-1)] if arr.dtype.kind in "iu" and arr.ndim <= 1 else None
+    node = v.producer
+    if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return None
+    op = node.op_type
+    if op == "Shape":
+        if node.inputs[0].shape is None:
+            return None
+        rank = len(node.inputs[0].shape)
+        start, end = node.attr("start", 0), node.attr("end", rank)
+        return [(node.inputs[0], a) for a in range(rank)[slice(start, end)]]
+    if op in ("Unsqueeze", "Squeeze", "Identity") or op == "Cast" and node.attr("to") == int(DataType.INT64):
+        return shape_elements(m, node.inputs[0], depth - 1)
+    if op == "Concat":
+        parts = [shape_elements(m, x, depth - 1) for x in node.inputs]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    src = shape_elements(m, node.inputs[0], depth - 1)
+    if src is None:
+        return None
+    if op == "Gather" and node.attr("axis", 0) == 0:
+        idx = m.const(node.inputs[1]) if len(node.inputs) > 1 else None
+        if idx is None or np.asarray(idx).ndim > 1:
+            return None
+        picks = [int(i) for i in np.asarray(idx).reshape(-1)]
+        return [src[i] for i in picks] if all(-len(src) <= i < len(src) for i in picks) else None
+    if op == "Slice":
+        args = [m.const(x) if i < len(node.inputs) and x is not None else None
+                for i, x in enumerate(node.inputs[1:5], start=1)]
+        starts, ends = args[0], args[1] if len(args) > 1 else None
+        axes, steps = (args[2] if len(args) > 2 else None), (args[3] if len(args) > 3 else None)
+        if starts is None or ends is None or np.asarray(starts).size != 1 or np.asarray(ends).size != 1 \
+                or (axes is not None and int(np.asarray(axes).reshape(-1)[0]) not in (0, -1)) \
+                or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1) \
+                or any(len(node.inputs) > i and node.inputs[i] is not None and args[i - 1] is None for i in (3, 4)):
+            return None
+        lo, hi = (int(np.clip(int(np.asarray(a).reshape(-1)[0]), -INT64_MAX, INT64_MAX)) for a in (starts, ends))
+        return src[slice(lo, hi)]
+    return None

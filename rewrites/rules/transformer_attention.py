@@ -61,6 +61,7 @@ from ..passes.infer_shapes import crops_trusted, is_crop_of
 from ..pattern import ANY, Or, require
 from ..rule import Rule
 from ._util import full_shape, is_float, minus_one_target, np_dtype, origin_crop
+from .transformer_gqa import computed_repeat, unrepeated
 from .transformer_norm import MS
 from .value_bounds import value_bounds
 
@@ -130,8 +131,9 @@ def _as_3d(x_shape, want) -> bool | None:
     return True if _static(want) else None
 
 
-def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
-    """Checks of the scores part (one float type, Softmax's axis, the scale, the mask); returns the scale."""
+def check_scores(m, q, qkv, scale, mask, cond, fill, scores_shape: tuple | None = None) -> float:
+    """Checks of the scores part (one float type, Softmax's axis, the scale, the mask); returns the scale.
+    `scores_shape`: the scores' dims where their type leaves some unnamed (K's at a computed shape)."""
     require(all(is_float(x) and x.dtype == q.dtype for x in qkv), "Q, K, V are not one float type")
     sm = m["softmax"]
     default_axis = -1 if (m.opset("") or 13) >= 13 else 1
@@ -150,7 +152,7 @@ def check_scores(m, q, qkv, scale, mask, cond, fill) -> float:
             value *= float(f.reshape(-1)[0])
     # onnxruntime's Attention refuses a scale <= 0 when the session loads (MultiHeadAttention reads 0 as "default")
     require(value > 0.0, "the product of the scales is not positive")
-    scores_shape = full_shape(m["scores"].outputs[0])
+    scores_shape = scores_shape or full_shape(m["scores"].outputs[0])
     if mask is not None:
         require(is_float(mask) and mask.dtype == q.dtype, "the mask is not of the scores' float type")
         require(_fits(full_shape(mask), scores_shape, crops_trusted(m.graph)),
@@ -417,6 +419,14 @@ class FuseAttention4D(Rule):
         p = q4.producer
         require(p is None or p.op_type != "Transpose", "q is a head split: FuseAttention's")
         qs, ks, vs = (full_shape(x) for x in (q4, k4, v4))
+        repeats = None
+        if qs is not None and (ks is None or vs is None):  # K/V heads repeated at a computed shape: taken unrepeated
+            ms = full_shape(cond if cond is not None else mask)
+            repeats = [computed_repeat(m, x, ms, mask is not None or cond is not None) for x in (k4, v4)]
+            require(all(r is not None for r in repeats), "q, k, v are not 4-D (K or V not a repeat of its heads "
+                    "at a computed shape, or one whose mask could broadcast against its length at 0)")
+            require(repeats[0][2] == repeats[1][2], "K and V repeat their heads a different number of times")
+            ks, vs = repeats[0][3], repeats[1][3]
         require(all(s is not None and len(s) == 4 for s in (qs, ks, vs)), "q, k, v are not 4-D")
         # one K/V head broadcast by the MatMuls over the query heads is multi-query attention (ONNX's Attention
         # reads K/V head j // N for query head j: head 0 for all)
@@ -425,13 +435,16 @@ class FuseAttention4D(Rule):
                 "q, k, v have different (or unknown) head counts")
         require(_same_dim(qs[3], ks[3]) and _same_dim(ks[2], vs[2]) and _same_dim(qs[0], ks[0])
                 and _same_dim(qs[0], vs[0]), "q, k, v disagree on B, T or the head size")
-        value = check_scores(m, q4, (q4, k4, v4), scale, mask, cond, fill)
+        value = check_scores(m, q4, (q4, k4, v4), scale, mask, cond, fill,
+                             (*qs[:3], ks[2]) if repeats else None)
         if not self.spec_masked_rows:
             check_no_masked_row(m, mask, cond)
-        m.info = {"scale": value, "S": qs[2], "T": ks[2], "seq_axis": 2}
+        m.info = {"scale": value, "S": qs[2], "T": ks[2], "seq_axis": 2, "repeats": repeats}
         return True
 
     def rewrite(self, op, m, q4, k4, v4, scale, mask, cond, fill):
+        if m.info["repeats"]:  # grouped-query attention at once (FuseGroupedQueryAttention's form), its T from K
+            k4, v4 = (unrepeated(op, r) for r in m.info["repeats"])
         bias = _bias(op, m, m.info, q4, k4, mask, cond, fill)
         return op.Attention(q4, k4, v4, bias, scale=m.info["scale"])
 

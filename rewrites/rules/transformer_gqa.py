@@ -15,6 +15,12 @@ axes, symbolic dims the same names), the same repeat count for K and V, no past 
 used (the present K/V would change shape; the rewrite engine refuses a match whose other outputs are used). The tiled order (heads [h0, h1, h0, h1], `Tile(x, [1, rep, 1, 1])`) is
 not GQA's and is refused.
 
+At a symbolic batch and sequence, torch's repeat_interleave computes the Reshape's target from the Tile's shape,
+`Concat(Shape(t)[0:1], [-1], Shape(t)[3:5])`, and ONNX's inference rightly leaves its dims unnamed: at a sequence of
+0 the element 0 copies t's dim 2. `FuseAttention4D` takes such a repeat as [B, N, T, H] all the same, and the
+attention as grouped-query at once, where the points at which the Reshape gives other dims change no result of the
+attention (`computed_repeat`: the unfused attention fails there, or gives the same empty tensor).
+
 `ShapeOfRepeatedHeads` reads a repeat's dims other than the heads from the unrepeated value (the fused attention's
 mask is sized by Shape(K)), so that the repeat leaves the graph with the fusion.
 
@@ -30,7 +36,8 @@ import numpy as np
 from ...ir.core import Value
 from ..pattern import require
 from ..rule import Rule
-from ._util import full_shape, normalize_axes, operand
+from ..passes.infer_shapes import is_crop_of
+from ._util import full_shape, normalize_axes, operand, shape_elements
 
 _PAST = (4, 5)  # Attention's past_key, past_value inputs
 
@@ -71,20 +78,79 @@ def _repeat_axis(m, t: Value, x5: Value) -> tuple[int, tuple] | None:
     return ts[2], ts
 
 
+def _merged_target(m, node, t: Value, ts: tuple) -> tuple | None:
+    """The dims [B, Nkv*rep, T, H] of Reshape `node` of t ([B, Nkv, rep, T, H], `ts`) whose target is computed as
+    t's own dims with axes 1 and 2 merged, `Concat(Shape(t)[0:1], [Nkv*rep or -1], Shape(t)[3:5])` (torch's
+    repeat_interleave exported at a symbolic batch and sequence; ints where t's dims are), H an int > 0; else None.
+    ONNX's inference leaves such a Reshape's dims unnamed (`infer_shapes._zero_copying_reshapes`), and rightly:
+    at T = 0 the element T copies t's dim 2, rep. With [Nkv*rep] the Reshape then fails for B > 0 and gives
+    [0, Nkv*rep, rep, H] at B = 0; with -1 it fails at B = 0 (nothing to infer -1 from) and gives [B, 0, rep, H]
+    for B > 0, zero heads. `computed_repeat` says when these points change no result."""
+    elems = shape_elements(m, node.inputs[1])
+    if elems is None or len(elems) != 4 or not isinstance(ts[4], int) or ts[4] <= 0:
+        return None
+    for i, axis in ((0, 0), (2, 3), (3, 4)):
+        e = elems[i]
+        if not (isinstance(e, tuple) and e[0] is t and e[1] == axis
+                or isinstance(e, int) and isinstance(ts[axis], int) and e == ts[axis] > 0):
+            return None
+    if elems[1] not in (ts[1] * ts[2], -1):
+        return None
+    return ts[0], ts[1] * ts[2], ts[3], ts[4]
+
+
+def computed_repeat(m, r: Value, mask_shape: tuple | None, masked: bool) -> tuple | None:
+    """(x, x5, rep, dims) for a K/V head repeat r (see `repeated_heads`, rep >= 2) whose Reshape target is
+    computed (`_merged_target`) and read by an attention (Q with N = Nkv*rep heads), where taking r as
+    [B, N, T, H] changes no result of the attention: where the Reshape gives other dims (only at a length of 0),
+    the unfused attention fails or gives the same empty result. With a -1 for the heads: at T = 0, B > 0 it gives
+    zero heads, which Q's N >= 2 cannot broadcast against (the scores' MatMul fails), and fails itself at B = 0.
+    With Nkv*rep: it fails at T = 0, B > 0, and at B = T = 0 gives [0, N, rep, H]; the attention's mask (`masked`,
+    of shape `mask_shape`) must then not broadcast against a key length of rep where K's is 0: its last dim is 1
+    (the unfused and the fused attention both give the empty [0, N, S, Hv]), or K's sequence T or a crop min(T, L)
+    of it (the unfused scores' [.., rep] against 0 fail). Else None. (The unfused graph and onnxruntime fail at a
+    batch or a sequence of 0 on the exports seen.)"""
+    node = r.producer if r is not None else None
+    if node is None or node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") \
+            or node.attr("allowzero", 0) or full_shape(r) is not None:
+        return None
+    found = _repeat_parts(m, r, computed=True)
+    if found is None or found[2] < 2:
+        return None
+    dims = found[3]
+    heads_inferred = shape_elements(m, node.inputs[1])[1] == -1  # (zero heads at T = 0: Q's N >= 2 heads cannot
+    # broadcast against them, the scores' MatMul fails)
+    if not heads_inferred and masked \
+            and not (isinstance(dims[0], int) and dims[0] > 0 or isinstance(dims[2], int) and dims[2] > 0):
+        last = mask_shape[-1] if mask_shape else None
+        if not (last == 1 or last == dims[2] or is_crop_of(last, dims[2])):
+            return None
+    return found
+
+
 def repeated_heads(m, r: Value) -> tuple[Value, Value | None, int] | None:
     """(x, x5, rep) when r is x's heads each repeated rep times in place (see the module doc): x the
     [B, Nkv, T, H] source, or None with x5 the [B, Nkv, 1, T, H] value to Squeeze; else None."""
+    found = _repeat_parts(m, r)
+    return None if found is None else found[:3]
+
+
+def _repeat_parts(m, r: Value, computed: bool = False) -> tuple | None:
+    """(x, x5, rep, the [B, Nkv*rep, T, H] dims of r) for `repeated_heads`; `computed`: r's dims may come from its
+    Reshape's computed target (`_merged_target`) where its type leaves them unnamed."""
     node = r.producer if r is not None else None
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Gather":
         found = _interleaved_gather(m, r)
-        return None if found is None else (found[0], None, found[1])
+        return None if found is None else (found[0], None, found[1], full_shape(r))
     t = node.inputs[0] if node.op_type == "Reshape" else None
     if t is None or t.producer is None or t.producer.op_type not in ("Tile", "Expand") or t.producer.domain:
         return None
     x5 = t.producer.inputs[0]
     found, rs = _repeat_axis(m, t, x5), full_shape(r)
+    if found is not None and rs is None and computed:
+        rs = _merged_target(m, node, t, found[1])
     if found is None or rs is None or len(rs) != 4 or not isinstance(found[1][1], int):
         return None
     rep, ts = found
@@ -94,13 +160,14 @@ def repeated_heads(m, r: Value) -> tuple[Value, Value | None, int] | None:
     if p is not None and p.op_type == "Unsqueeze" and not p.domain:
         known, axes = operand(p, 1, "axes", m.opsets, m)
         if known and axes is not None and normalize_axes(axes, 5) == [2]:
-            return p.inputs[0], None, rep
-    return None, x5, rep
+            return p.inputs[0], None, rep, rs
+    return None, x5, rep, rs
 
 
-def unrepeated(op, found: tuple[Value, Value | None, int]) -> Value:
-    """The [B, Nkv, T, H] source of a `repeated_heads` result: x itself, or Squeeze(x5, [2])."""
-    x, x5, _ = found
+def unrepeated(op, found: tuple) -> Value:
+    """The [B, Nkv, T, H] source of a `repeated_heads` (or `computed_repeat`) result: x itself, or Squeeze(x5,
+    [2])."""
+    x, x5 = found[:2]
     return x if x is not None else op.Squeeze(x5, np.array([2], np.int64))
 
 
