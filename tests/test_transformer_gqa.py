@@ -351,6 +351,39 @@ def test_a_computed_repeat_that_is_not_ts_dims_in_order_is_not_fused():
     assert_close(proto, out, [_dynamic_feed(rng, 2, H)])  # (T = H: the swapped Reshape runs, the same shape)
 
 
+def test_a_target_read_through_a_column_is_not_a_merged_target():
+    """Negative (a breaker's): the target Squeeze(Concat(Slice(Z, [0], [1], axes=[-1]), Slice(Y, [1], [4],
+    axes=[-1]), axis=1)) of two [4, 1] columns (Unsqueeze on axes computed at run time: their rank unknown) is Z,
+    [B, 1, -1, H]: every head's keys in one. Read as lists, the Slices cut [B] off Z and [-1, T, H] off Y, the
+    merged target: fused, the attention gave other outputs. Shape elements are read only through values of rank at
+    most 1: not fused, the same outputs."""
+    g = G()
+
+    def rep(x):
+        t = g.op("Tile", g.op("Unsqueeze", x, i64([2])), i64([1, 1, N // 2, 1, 1]))
+        shape = g.op("Shape", t)
+        sl = lambda a, b: g.op("Slice", shape, i64([a]), i64([b]))  # noqa: E731
+        one = g.op("Min", sl(0, 1), i64([1]))  # [1] where B >= 1, not a constant
+        z = g.op("Unsqueeze", g.op("Concat", sl(0, 1), i64([1, -1]), sl(4, 5), axis=0), one)
+        y = g.op("Unsqueeze", g.op("Concat", i64([0, -1]), sl(3, 5), axis=0), one)
+        target = g.op("Concat", g.op("Slice", z, i64([0]), i64([1]), i64([-1])),
+                      g.op("Slice", y, i64([1]), i64([4]), i64([-1])), axis=1)
+        return g.op("Reshape", t, g.op("Squeeze", target, i64([1])))
+
+    s = g.op("Mul", g.op("MatMul", "q", g.op("Transpose", rep("k"), perm=[0, 1, 3, 2])), np.array(H ** -0.5, np.float32))
+    y = g.op("MatMul", g.op("Softmax", s, axis=-1), rep("v"))
+    inputs = [helper.make_tensor_value_info(n, F, [d0, k, "T", H]) for n, d0, k in
+              (("q", "B", N), ("k", "B", 2), ("v", "B", 2))]
+    proto = helper.make_model(helper.make_graph(g.nodes, "g", inputs, [helper.make_tensor_value_info(y, F, ["B", N, "T", H])],
+                                                g.inits), opset_imports=[helper.make_opsetid("", 23)], ir_version=8)
+    onnx.checker.check_model(proto)  # (not the full check: its inference refuses values of unknown rank)
+    for runtime in ("standard", "onnxruntime"):
+        out = optc.to_onnx(optc.optimize(optc.from_onnx(proto), level=2, runtime=runtime))
+        assert ops(out)["Attention"] == 0, dict(ops(out))
+        rng = np.random.default_rng(1)
+        assert_close(proto, out, [_dynamic_feed(rng, b, t) for b, t in [(1, 5), (2, 3)]])
+
+
 @pytest.mark.parametrize("heads,last,taken", [("merged", "T", True), ("merged", 1, True), ("merged", "M", False),
                                               ("merged", 4, False), ("merged", "min(T,64)", True),
                                               ("-1", "M", True)])

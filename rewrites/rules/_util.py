@@ -144,8 +144,10 @@ def shape_elements(m, v: Value | None, depth: int = 8) -> list | None:
     or `(x, axis)` (the dim `axis` of value x, read by a Shape): what a dynamic-shape export's Reshape target
     `Concat(Shape(t)[0:1], [8], Shape(t)[3:5])` or `Concat(Unsqueeze(Gather(Shape(x), 0)), ...)` holds. Reads
     constants, Shape (its start / end), Slice with constant starts and ends (step 1), Gather with constant indices,
-    Unsqueeze / Squeeze / Cast to int64 / Identity, and Concat; None where an element is none of these."""
-    if v is None or depth < 0:
+    Unsqueeze / Squeeze / Cast to int64 / Identity, and Concat, every value on the way of a known rank of at most 1
+    (a [4, 1] column sliced on its last axis keeps its elements: read as a list it was cut, a breaker's target that
+    was another shape than it read); None where an element is none of these."""
+    if v is None or depth < 0 or v.shape is None or len(v.shape) > 1:
         return None
     c = m.const(v)
     if c is not None:

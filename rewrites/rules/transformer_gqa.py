@@ -107,7 +107,8 @@ def computed_repeat(m, r: Value, mask_shape: tuple | None, masked: bool) -> tupl
     zero heads, which Q's N >= 2 cannot broadcast against (the scores' MatMul fails), and fails itself at B = 0.
     With Nkv*rep: it fails at T = 0, B > 0, and at B = T = 0 gives [0, N, rep, H]; the attention's mask (`masked`,
     of shape `mask_shape`) must then not broadcast against a key length of rep where K's is 0: its last dim is 1
-    (the unfused and the fused attention both give the empty [0, N, S, Hv]), or K's sequence T or a crop min(T, L)
+    (the unfused and the fused attention both give the empty [0, N, S, Hv] as ONNX defines them; onnxruntime's
+    Attention refuses a batch of 0, as README's "Transformer fusions" says), or K's sequence T or a crop min(T, L)
     of it (the unfused scores' [.., rep] against 0 fail). Else None. (The unfused graph and onnxruntime fail at a
     batch or a sequence of 0 on the exports seen.)"""
     node = r.producer if r is not None else None
