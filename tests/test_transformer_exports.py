@@ -164,3 +164,24 @@ def test_dynamic_axes_export_fuses_packed_attention(kind, tmp_path):
             feeds = {"input_ids": rng.integers(0, 100, (batch, seq)), "attention_mask": mask}
         for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
             assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6
+
+
+@pytest.mark.slow
+def test_dynamic_axes_llama_export_fuses_grouped_query_attention(tmp_path):
+    # TorchScript with dynamic_axes (batch and sequence): repeat_interleave's Reshape to [b, -1, t, h] is computed
+    # from the Tile's shape and left untyped by ONNX; grouped-query Attention all the same, in both forms
+    # (transformer_gqa.computed_repeat; tests/test_transformer_gqa.py builds such graphs by hand), K/V unrepeated,
+    # same outputs at other batches and lengths
+    with contextlib.redirect_stdout(io.StringIO()):
+        proto = _models().export_transformer("llama", str(tmp_path / "llama.onnx"), dynamo=False, dynamic=True,
+                                             seq=SEQ, **SMALL["llama"])
+    rng = np.random.default_rng(0)
+    for runtime in ("onnxruntime", "standard"):
+        out = optc.to_onnx(optc.optimize(proto, runtime=runtime))
+        have = _ops(out)
+        assert have["Attention"] == SMALL["llama"]["layers"] and have["Softmax"] == 0, dict(have)
+        assert have["Tile"] == 0, dict(have)  # (the Expands left size the mask to [1, 1, S, T] at run time)
+        for batch, seq in ((1, SEQ), (3, 5), (2, 1)):
+            feeds = {"input_ids": rng.integers(0, 100, (batch, seq))}
+            for want, got in zip(run_ort(proto, feeds), run_ort(out, feeds), strict=True):
+                assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want))) + 1e-6
