@@ -225,3 +225,24 @@ def test_python_optimize_fast_math_flag():
     proto = onnx.parser.parse_model(ADD_ZERO)
     assert "Add" in [n.op_type for n in optc.optimize(proto).graph]
     assert "Add" not in [n.op_type for n in optc.optimize(proto, fast_math=True).graph]
+
+
+def test_input_shape_fixes_symbolic_dims_before_optimizing(model_path, tmp_path):
+    """`--input-shape x:2x3`, as `optc compile` takes it: the optimized model takes only that shape (N fixed
+    everywhere), `--check` runs both models at it, the JSON says what was fixed. Bad specs (a fixed dim that
+    differs, an unknown input), and with --bisect: one line, exit 2, nothing written."""
+    out = tmp_path / "out.onnx"
+    r = optc_cli("optimize", model_path, "-o", out, "--input-shape", "x:2x3", "--check", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["input_shapes"] == {"x": [2, 3]} and data["check"]["equal"] is True
+    proto = onnx.load(out)
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 3]
+    assert [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == [2, 3]
+    for args, needle in [(["--input-shape", "x:2x4"], "fixes this input"),
+                         (["--input-shape", "xx:2x3"], "no input 'xx'"),
+                         (["--input-shape", "x:2x3", "--bisect"], "without --bisect")]:
+        bad = tmp_path / "bad.onnx"
+        r = optc_cli("optimize", model_path, "-o", bad, *args)
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists(), r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..codegen.input_shapes import fix_input_shapes, parse_input_shapes
 from ..errors import OptcError
 from ..fileio import write_json
 from ..ir import load, save
@@ -31,6 +32,9 @@ def run(args) -> int:
         raise OptcError("--bisect compares every step itself; give --bisect or --check, not both")
     if args.inputs and not (args.check or args.bisect):
         raise OptcError("--inputs gives the inputs of --check or --bisect; add one of them")
+    input_shapes = parse_input_shapes(args.input_shape)
+    if input_shapes and args.bisect:
+        raise OptcError("--bisect runs the model as it is: give --input-shape without --bisect")
     if args.bisect:
         from .debug_cmd import run_bisect
 
@@ -47,13 +51,14 @@ def run(args) -> int:
     if args.time_passes:
         instruments.append(TimePasses())
     model = load(args.model)
+    fixed = fix_input_shapes(model, input_shapes) if input_shapes else {}
     before = model_stats(model)
     size_in = file_bytes(args.model, model)
     report = run_pipeline(model, pipeline, instruments=instruments, disable=args.disable or [],
                           bisect_limit=args.bisect_limit, verify_each=args.verify_each, fast_math=args.fast_math,
                           disable_rules=args.disable_rule or (), enable_rules=args.enable_rule,
                           trace_rules=args.trace or (), trace_sink=_trace_line, size_limit=size_limit)
-    checked = _check(args, model) if args.check else None
+    checked = _check(args, model, fixed) if args.check else None
     if checked is not None and not checked["equal"]:
         print(f"optc: check failed: {checked['message']}; {args.output} was not written (find the rewrite with "
               "--bisect)", file=sys.stderr)
@@ -64,6 +69,7 @@ def run(args) -> int:
     after = model_stats(model)
     sizes = (size_in, file_bytes(args.output))
     data = {"input": args.model, "output": args.output, "pipeline": pipeline.spec(), "fast_math": args.fast_math,
+            **({"input_shapes": {k: list(v) for k, v in input_shapes.items()}} if input_shapes else {}),
             "before": _stats_json(before, sizes[0]), "after": _stats_json(after, sizes[1]),
             **({"check": checked} if checked is not None else {}), **report.to_json()}
     if args.report:
@@ -117,10 +123,10 @@ def _stats_json(st, nbytes: int) -> dict:
             "parameter_bytes": st.parameter_bytes, "file_bytes": nbytes}
 
 
-def _check(args, model) -> dict:
+def _check(args, model, dims: dict[str, int]) -> dict:
     """Compare the input model and the optimized one on onnxruntime: on `args.inputs` when given, else on
-    `args.check` random input sets (seeds 0..N-1). Returns {samples, source, rtol, atol, equal} and, when an
-    output differs, `message` naming the first one."""
+    `args.check` random input sets (seeds 0..N-1), the symbolic dims `--input-shape` fixed (`dims`) at their sizes.
+    Returns {samples, source, rtol, atol, equal} and, when an output differs, `message` naming the first one."""
     from ..workflow.compare import compare_models
     from .compare import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -128,7 +134,7 @@ def _check(args, model) -> dict:
     result = {"samples": len(seeds), "source": "given" if args.inputs else "random", "rtol": DEFAULT_RTOL,
               "atol": DEFAULT_ATOL, "equal": True}
     for seed in seeds:
-        rep = compare_models(args.model, model, args.inputs, seed=seed)
+        rep = compare_models(args.model, model, args.inputs, seed=seed, dims=dims or None)
         if not rep.equal:
             bad = next(c for c in rep.comparison.outputs if not c.equal)
             where = f"the inputs of {args.inputs}" if args.inputs else f"random input set {seed}"
@@ -175,6 +181,10 @@ def register(sub) -> None:
                    help="also fuse transformer blocks (attention, layer norms, Gelu) into standard ONNX ops "
                         "(standard; the opset raised up to 23 only where needed and safe) or into onnxruntime's "
                         "com.microsoft contrib ops (onnxruntime); default: keep the input's operator set")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix an input's shape before "
+                   "optimizing, e.g. input_ids:1x128 (repeatable); symbolic dims it names are fixed everywhere, and "
+                   "the optimized model then takes only that shape (an export whose symbolic dims it cannot run at "
+                   "other sizes fuses as a static one)")
     p.add_argument("--fast-math", action="store_true",
                    help="also apply rewrites that are exact only in real arithmetic, not under IEEE 754 (x + 0.0 -> x "
                    "changes -0.0; `optc passes` marks them); off by default: every rewrite keeps NaN, infinities and "
