@@ -26,11 +26,9 @@ def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
         raise OptcError(f"--input-shape expects NAME:DIMS such as input_ids:1x128, got '{spec}'")
     shape = []
     for d in dims.split("x") if dims else []:
-        try:
-            value = int(d)
-        except ValueError:
-            raise OptcError(f"--input-shape {name}: '{d}' is not an integer (dims are separated by x: 1x3x224x224)")\
-                from None
+        if not (d.isascii() and d.isdigit()):  # (int() also takes "1_0", " 2", "+2" and other scripts' digits)
+            raise OptcError(f"--input-shape {name}: '{d}' is not an integer (dims are separated by x: 1x3x224x224)")
+        value = int(d)
         if value < 1:
             raise OptcError(f"--input-shape {name}: dims must be >= 1, got {value}")
         shape.append(value)
@@ -61,6 +59,7 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> dict[
     graph = model.graph
     inputs = {v.name: v for v in graph.inputs if v.name not in graph.initializers}
     bound: dict[str, int] = {}
+    bound_by: dict[str, str] = {}  # symbolic dim -> the input that gave it its size
     for name, shape in shapes.items():
         value = inputs.get(name)
         if value is None:
@@ -73,12 +72,15 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> dict[
         if ty.shape is not None and len(ty.shape) != len(shape):
             raise OptcError(f"--input-shape {name}: the model's input has rank {len(ty.shape)} {ty}, "
                             f"got {len(shape)} dims")
-        for have, want in zip(ty.shape or (), shape, strict=True):
+        for have, want in zip(ty.shape, shape, strict=True) if ty.shape is not None else ():  # (unknown rank: any)
             if isinstance(have, int) and have != want:
                 raise OptcError(f"--input-shape {name}: the model fixes this input to {ty}, got "
                                 f"{'x'.join(map(str, shape))}")
             if isinstance(have, str) and bound.setdefault(have, want) != want:
-                raise OptcError(f"--input-shape {name}: dim '{have}' is {bound[have]} in another input, got {want}")
+                where = "this input" if bound_by[have] == name else f"input '{bound_by[have]}'"
+                raise OptcError(f"--input-shape {name}: dim '{have}' is {bound[have]} in {where}, got {want}")
+            if isinstance(have, str):
+                bound_by.setdefault(have, name)
         value.type = TensorType(ty.dtype, shape)
 
     def substituted(ty):

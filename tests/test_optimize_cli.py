@@ -246,3 +246,30 @@ def test_input_shape_fixes_symbolic_dims_before_optimizing(model_path, tmp_path)
         r = optc_cli("optimize", model_path, "-o", bad, *args)
         assert r.returncode == 2 and needle in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists(), r.stderr
+
+
+def test_input_shape_edge_cases_a_breaker_found(tmp_path):
+    """An input of unknown rank takes the shape given (it crashed: zip over no dims); dims are ASCII digits only
+    (int() took '1_0', ' 2', '+2' and other scripts' digits); one input's own repeated dim [N, N] given two sizes
+    says so (the message named "another input")."""
+    from onnx import TensorProto, helper
+    from optc.codegen.input_shapes import fix_input_shapes, parse_input_shape
+    from optc.errors import OptcError
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "norank.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    r = optc_cli("optimize", path, "-o", tmp_path / "out.onnx", "--input-shape", "x:5x3")
+    assert r.returncode == 0, r.stderr
+    out = onnx.load(tmp_path / "out.onnx")
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [5, 3]
+    for spec in ("x:1_0x3", "x: 2x3", "x:+2", "x:\u0663x3"):
+        with pytest.raises(OptcError, match="is not an integer"):
+            parse_input_shape(spec)
+    square = optc.from_onnx(helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(OptcError, match="dim 'N' is 2 in this input, got 3"):
+        fix_input_shapes(square, {"x": (2, 3)})
