@@ -353,7 +353,7 @@ def test_input_shape_binds_a_dim_shared_by_inputs(tmp_path):
     assert fix_input_shapes(model, {"a": (5, 4)}) == {"batch": 5}
     assert [tuple(v.type.shape) for v in model.graph.inputs] == [(5, 4), (5, 3)]
     assert tuple(model.graph.outputs[0].type.shape) == (5, 3)
-    with pytest.raises(OptcError, match="--input-shape b: dim 'batch' is 2 in another input, got 3"):
+    with pytest.raises(OptcError, match="--input-shape b: dim 'batch' is 2 in input 'a', got 3"):
         fix_input_shapes(load(_two_inputs(tmp_path)), {"a": (2, 4), "b": (3, 3)})
 
 
