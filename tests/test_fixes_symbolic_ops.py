@@ -228,6 +228,88 @@ def test_max_pool_same_lower_at_a_fixed_shape():
     _equals_onnxruntime(_pool_then_relu(op, {**attrs, "auto_pad": "SAME_LOWER"}, [2, 3, 7, 8]), [(2, 3, 7, 8)])
 
 
+#: AveragePool without count_include_pad over windows that can hold padding only (a pad at least the window's
+#: extent, which onnxruntime refuses, or a dilation that skips over the input): the mean of no elements is 0 / 0
+EMPTY_WINDOW_POOLS = {
+    "pads_above_kernel": dict(kernel_shape=[2, 2], pads=[2, 0, 0, 3]),
+    "unit_kernel_end_pads": dict(kernel_shape=[1, 1], pads=[0, 0, 2, 2]),
+    "strided_pads_above_kernel": dict(kernel_shape=[2, 3], strides=[2, 2], pads=[3, 1, 2, 4]),
+    "dilated": dict(kernel_shape=[2, 2], dilations=[4, 3], pads=[1, 1, 1, 1]),
+    "ceil_mode_pads_above_kernel": dict(kernel_shape=[2, 2], strides=[2, 2], pads=[2, 2, 0, 0], ceil_mode=1),
+    "same_dilated": dict(kernel_shape=[2, 2], dilations=[5, 3], auto_pad="SAME_UPPER"),
+}
+
+
+def _average_pool_excluding_pads(x: np.ndarray, attrs: dict, out_spatial: tuple) -> np.ndarray:
+    """AveragePool (count_include_pad=0) by its definition: the mean of the input elements in each window, NaN for
+    a window of none. Pads explicit or SAME_UPPER (the spec's formula: total (out - 1) * s + e - in, the smaller half
+    before); `out_spatial` from the result checked (ceil mode keeps a window only where it starts before the end
+    padding, which the shape says)."""
+    kernel = attrs["kernel_shape"]
+    n = len(kernel)
+    strides, dilations = attrs.get("strides", [1] * n), attrs.get("dilations", [1] * n)
+    if attrs.get("auto_pad") == "SAME_UPPER":
+        totals = [max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+                  for i, k, s, d in zip(x.shape[2:], kernel, strides, dilations, strict=True)]
+        before = [t // 2 for t in totals]
+    else:
+        before = attrs.get("pads", [0] * 2 * n)[:n]
+    y = np.empty((*x.shape[:2], *out_spatial), np.float32)
+    for o in np.ndindex(*out_spatial):
+        axes = [[p for j in range(k) if 0 <= (p := o_ * s - b + j * d) < i] for o_, k, s, d, b, i in
+                zip(o, kernel, strides, dilations, before, x.shape[2:], strict=True)]
+        window = x[(..., *np.ix_(*axes))] if all(axes) else np.empty((*x.shape[:2], 0))
+        y[(..., *o)] = window.reshape(*x.shape[:2], -1).mean(-1) if window.size else np.nan
+    return y
+
+
+@pytest.mark.parametrize("dims", [[2, 3, 3, 2], ["N", 3, "H", "W"]], ids=["static", "symbolic"])
+@pytest.mark.parametrize("case", sorted(EMPTY_WINDOW_POOLS))
+def test_average_pool_of_padding_only_is_nan(case, dims):
+    """A window of padding only averages no element: NaN, 0 / 0, as the definition (and onnx's reference evaluator,
+    where it takes the case: it computes SAME pads for a dilated window wrong) says; TOPI divides by max(count, 1)
+    and gave 0. Windows holding an input element keep their means; with count_include_pad the same windows average
+    the zeros (no NaN)."""
+    from .conftest import run_reference
+
+    attrs = EMPTY_WINDOW_POOLS[case]
+
+    def pool(attrs: dict) -> onnx.ModelProto:  # opset 19: AveragePool's dilations
+        return _model([h.make_node("AveragePool", ["x"], ["p"], **attrs), h.make_node("Relu", ["p"], ["y"])], dims,
+                      opset=19)
+
+    model, counting = pool(attrs), pool({**attrs, "count_include_pad": 1})
+    lib, counting_lib = optc.compile(optc.from_onnx(model)), optc.compile(optc.from_onnx(counting))
+    shapes = [tuple(dims)] if isinstance(dims[2], int) else [(2, 3, 3, 2), (1, 3, 6, 5), (1, 3, 5, 7)]
+    for shape in shapes:
+        x = np.abs(RNG.standard_normal(shape)).astype(np.float32) + 0.5
+        got = lib.run({"x": x})["y"]
+        want = _average_pool_excluding_pads(x, attrs, got.shape[2:])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(shape))  # NaNs where want has them
+        if "auto_pad" not in attrs:
+            np.testing.assert_allclose(got, run_reference(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+        if shape == (2, 3, 3, 2):
+            assert np.isnan(want).any(), "the case must hold a window of padding only"
+        counted = counting_lib.run({"x": x})["y"]
+        assert counted.shape == got.shape and not np.isnan(counted).any()
+        if "auto_pad" not in attrs:
+            np.testing.assert_allclose(counted, run_reference(counting, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_average_pool_windows_that_read_the_input_are_unchanged():
+    """Negative: pads below the window's extent, undilated, without count_include_pad: every window reads an input
+    element, and the pool is TOPI's alone (no NaN mask in the lowered module)."""
+    from optc.lowering import lower
+
+    model = _model([h.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[2, 2, 2, 2])], [1, 2, 4, 4])
+    assert "nan" not in lower(optc.from_onnx(model)).script().lower()
+    x = RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    got = optc.compile(optc.from_onnx(model)).run({"x": x})["y"]
+    np.testing.assert_allclose(got, run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    masked = _model([h.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], pads=[2, 2, 0, 0])], [1, 2, 4, 4])
+    assert "nan" in lower(optc.from_onnx(masked)).script().lower()
+
+
 # -- 4. Conv with auto_pad SAME_UPPER / SAME_LOWER ------------------------------------------------------------------
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])

@@ -21,6 +21,10 @@ pads b / a, the window's extent e = (k - 1) * d + 1):
   requires). The extra padding is outside the input for every count (for AveragePool with count_include_pad,
   the pads are made explicit zeros first, so that they count and the extra padding does not), and LpPool's sum
   over the window ignores it.
+- AveragePool without count_include_pad where a window can hold padding only (a pad at least the window's
+  extent, or a dilation that skips over the input): the mean of no elements is NaN (0 / 0, as onnx's reference
+  evaluator computes it; onnxruntime refuses such pads); TOPI divides by max(count, 1), so those windows are found
+  by the same pool of a ones mask and set to NaN (symbolic SAME pads divide by the pooled mask, which gives it).
 """
 
 from __future__ import annotations
@@ -150,9 +154,35 @@ class _Pool:
         """The pool: symbolic pads made explicit, ceil mode as floor mode and a crop, else TVM's converter."""
         if not (_static(self.before) and _static(self.after)):
             return self.padded()
+        return self.empty_windows_nan(self.pooled(self.x))
+
+    def pooled(self, x):
+        """The pool of `x` (this node's input, or a tensor of its spatial shape) with static pads."""
         if self.ceil and (not _static(self.spatial) or self.op_type == "LpPool"):
-            return self.ceil_mode()
-        return self.frontend(self.x, self.before, self.after, ceil_mode=int(self.ceil))
+            return self.ceil_mode(x)
+        return self.frontend(x, self.before, self.after, ceil_mode=int(self.ceil))
+
+    def may_have_empty_windows(self) -> bool:
+        """Whether a window of an AveragePool without count_include_pad can hold padding only (static pads). An
+        undilated window that starts before the end padding and ends after the start padding reads an input
+        element: it can hold none only where a pad is at least the window's extent (which onnxruntime refuses:
+        "Pad should be smaller than kernel") or where dilation skips over the input."""
+        if self.op_type != "AveragePool" or self.attrs.get("count_include_pad", 0):
+            return False
+        return any(d > 1 or b >= e or a >= e for d, b, a, e in
+                   zip(self.window.dilations, self.before, self.after, self.window.extents(), strict=True))
+
+    def empty_windows_nan(self, y):
+        """`y` with NaN where an AveragePool window without count_include_pad holds no input element: the mean of
+        no elements, 0 / 0 (the ONNX reference evaluator's result; TOPI's pool divides by max(count, 1) and wrote
+        0). The windows are found by the same pool of a ones mask, [1, 1, *spatial]: 0 exactly where a window is
+        empty, else 1."""
+        if not self.may_have_empty_windows() or not dtype_of(self.x).startswith(("float", "bfloat")):
+            return y
+        dtype = dtype_of(self.x)
+        ones = self.bb.normalize(relax.op.ones(relax.ShapeExpr([1, 1, *self.spatial]), dtype))
+        empty = relax.op.equal(self.pooled(ones), relax.const(0, dtype))
+        return self.bb.normalize(relax.op.where(empty, relax.const(float("nan"), dtype), y))
 
     def padded(self):
         """Symbolic (SAME) pads: an explicit pad of the input, the pool without padding."""
@@ -168,10 +198,10 @@ class _Pool:
         return relax.op.divide(self.frontend(x, zeros, zeros, count_include_pad=1),
                                self.frontend(counted, zeros, zeros, count_include_pad=1))
 
-    def ceil_mode(self):
+    def ceil_mode(self, x):
         """ceil_mode: floor mode with stride - 1 more end padding, then the windows that start before the end
         padding."""
-        x, before, after, changes = self.x, self.before, self.after, {}
+        before, after, changes = self.before, self.after, {}
         if self.op_type == "AveragePool" and self.attrs.get("count_include_pad", 0):
             pairs = [w for b, a in zip(before, after, strict=True) for w in (b, a)]
             x = self.bb.normalize(relax.op.nn.pad(x, [0, 0, 0, 0, *pairs]))
