@@ -19,19 +19,17 @@ MAX_ELEMENTS = 2**63 - 1
 
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     """``"input_ids:1x128"`` -> ``("input_ids", (1, 128))``; ``"x:"`` is a scalar. The name is what precedes the last
-    colon (names may hold colons). OptcError (one line) for a missing colon or name, a dim that is not an
-    integer >= 1, or more than ``MAX_ELEMENTS`` elements in all."""
+    colon (names may hold colons); a dim of 0 gives an empty input. OptcError (one line) for a missing colon or name,
+    a dim that is not a non-negative integer, or more than ``MAX_ELEMENTS`` elements in all."""
     name, colon, dims = spec.rpartition(":")
     if not colon or not name:
         raise OptcError(f"--input-shape expects NAME:DIMS such as input_ids:1x128, got '{spec}'")
     shape = []
     for d in dims.split("x") if dims else []:
         if not (d.isascii() and d.isdigit()):  # (int() also takes "1_0", " 2", "+2" and other scripts' digits)
-            raise OptcError(f"--input-shape {name}: '{d}' is not an integer (dims are separated by x: 1x3x224x224)")
-        value = int(d)
-        if value < 1:
-            raise OptcError(f"--input-shape {name}: dims must be >= 1, got {value}")
-        shape.append(value)
+            raise OptcError(f"--input-shape {name}: '{d}' is not a size, an integer >= 0 (dims are separated by x: "
+                            "1x3x224x224)")
+        shape.append(int(d))
     if math.prod(shape) > MAX_ELEMENTS:
         raise OptcError(f"--input-shape {name}: {'x'.join(map(str, shape))} has more than 2**63 - 1 elements")
     return name, tuple(shape)
@@ -62,6 +60,9 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> dict[
     bound_by: dict[str, str] = {}  # symbolic dim -> the input that gave it its size
     for name, shape in shapes.items():
         value = inputs.get(name)
+        if value is None and name in graph.initializers and name in {v.name for v in graph.inputs}:
+            raise OptcError(f"--input-shape {name}: this input has an initializer (a constant that fixes its shape); "
+                            f"inputs without one: {', '.join(inputs) or 'none'}")
         if value is None:
             raise OptcError(f"--input-shape: the model has no input '{name}'{did_you_mean(name, inputs)} "
                             f"(inputs: {', '.join(inputs) or 'none'})")

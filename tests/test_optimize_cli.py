@@ -248,6 +248,41 @@ def test_input_shape_fixes_symbolic_dims_before_optimizing(model_path, tmp_path)
         assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists(), r.stderr
 
 
+def test_input_shape_checks_unranked_initialized_and_empty_inputs(tmp_path):
+    """--check feeds an input of unknown rank at the shape given (it refused: "data files can only feed tensors of
+    known rank"); an input with an initializer is named as such (it was "no input"); a dim of 0 is a size (an
+    empty batch: compiled and checked); inputs too large for --check name both flags that size dims."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [nh.from_array(np.ones(1, np.float32), "w")])
+    path = tmp_path / "unranked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    out = tmp_path / "out.onnx"
+    r = optc_cli("optimize", path, "-o", out, "--input-shape", "x:2x3", "--check", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["check"]["equal"] is True
+    r = optc_cli("optimize", path, "-o", tmp_path / "never.onnx", "--input-shape", "w:1")
+    assert r.returncode == 2 and "--input-shape w: this input has an initializer" in r.stderr, r.stderr
+    assert "inputs without one: x" in r.stderr and not (tmp_path / "never.onnx").exists()
+    batch = tmp_path / "batch.onnx"
+    onnx.save(helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8), batch)
+    r = optc_cli("optimize", batch, "-o", out, "--input-shape", "x:0x3", "--check", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["check"]["equal"] is True and data["input_shapes"] == {"x": [0, 3]}
+    assert [d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim] == [0, 3]
+    r = optc_cli("optimize", batch, "-o", tmp_path / "never.onnx", "--input-shape", "x:100000000000x3", "--check", "1")
+    assert r.returncode == 2 and "(--dim, --input-shape)" in r.stderr, r.stderr
+
+
 def test_input_shape_edge_cases_a_breaker_found(tmp_path):
     """An input of unknown rank takes the shape given (it crashed: zip over no dims); dims are ASCII digits only
     (int() took '1_0', ' 2', '+2' and other scripts' digits); one input's own repeated dim [N, N] given two sizes
@@ -266,7 +301,7 @@ def test_input_shape_edge_cases_a_breaker_found(tmp_path):
     out = onnx.load(tmp_path / "out.onnx")
     assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [5, 3]
     for spec in ("x:1_0x3", "x: 2x3", "x:+2", "x:\u0663x3"):
-        with pytest.raises(OptcError, match="is not an integer"):
+        with pytest.raises(OptcError, match="is not a size"):
             parse_input_shape(spec)
     square = optc.from_onnx(helper.make_model(helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "N"])],

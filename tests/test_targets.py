@@ -359,8 +359,8 @@ def test_input_shape_binds_a_dim_shared_by_inputs(tmp_path):
 
 @pytest.mark.parametrize(("spec", "fragment"), [
     ("x", "--input-shape expects NAME:DIMS such as input_ids:1x128, got 'x'"),
-    ("x:1xAx32x32", "--input-shape x: 'A' is not an integer"),
-    ("x:0x3x32x32", "--input-shape x: dims must be >= 1, got 0"),
+    ("x:1xAx32x32", "--input-shape x: 'A' is not a size, an integer >= 0"),
+    ("x:-1x3x32x32", "--input-shape x: '-1' is not a size, an integer >= 0"),
     ("x:1x3x99999999999999999999x32", "--input-shape x: 1x3x99999999999999999999x32 has more than 2**63 - 1"),
     ("x:4294967296x3x4294967296x1", "--input-shape x: 4294967296x3x4294967296x1 has more than 2**63 - 1"),
     ("xx:1x3x32x32", "--input-shape: the model has no input 'xx' (did you mean 'x'?) (inputs: x)"),

@@ -10,6 +10,7 @@ from ..errors import OptcError
 from ..fileio import write_json
 from ..ir import load, save
 from ..ir.stats import file_bytes, model_stats
+from ..ir.types import TensorType
 from ..units import format_bytes, parse_bytes
 from .paths import check_output_path
 
@@ -51,6 +52,8 @@ def run(args) -> int:
     if args.time_passes:
         instruments.append(TimePasses())
     model = load(args.model)
+    unranked = {v.name: input_shapes[v.name] for v in model.graph.inputs
+                if v.name in input_shapes and isinstance(v.type, TensorType) and v.type.shape is None}
     fixed = fix_input_shapes(model, input_shapes) if input_shapes else {}
     before = model_stats(model)
     size_in = file_bytes(args.model, model)
@@ -58,7 +61,7 @@ def run(args) -> int:
                           bisect_limit=args.bisect_limit, verify_each=args.verify_each, fast_math=args.fast_math,
                           disable_rules=args.disable_rule or (), enable_rules=args.enable_rule,
                           trace_rules=args.trace or (), trace_sink=_trace_line, size_limit=size_limit)
-    checked = _check(args, model, fixed) if args.check else None
+    checked = _check(args, model, fixed, unranked) if args.check else None
     if checked is not None and not checked["equal"]:
         print(f"optc: check failed: {checked['message']}; {args.output} was not written (find the rewrite with "
               "--bisect)", file=sys.stderr)
@@ -123,18 +126,24 @@ def _stats_json(st, nbytes: int) -> dict:
             "parameter_bytes": st.parameter_bytes, "file_bytes": nbytes}
 
 
-def _check(args, model, dims: dict[str, int]) -> dict:
+def _check(args, model, dims: dict[str, int], unranked: dict[str, tuple[int, ...]]) -> dict:
     """Compare the input model and the optimized one on onnxruntime: on `args.inputs` when given, else on
     `args.check` random input sets (seeds 0..N-1), the symbolic dims `--input-shape` fixed (`dims`) at their sizes.
+    Inputs of unknown rank that `--input-shape` gave a shape (`unranked`, {name: shape}) are fed at that shape:
+    the input model is compared with those inputs fixed as the optimized one was.
     Returns {samples, source, rtol, atol, equal} and, when an output differs, `message` naming the first one."""
     from ..workflow.compare import compare_models
     from .compare import DEFAULT_ATOL, DEFAULT_RTOL
 
+    reference = args.model
+    if unranked:
+        reference = load(args.model)
+        fix_input_shapes(reference, unranked)
     seeds = [0] if args.inputs else list(range(args.check))
     result = {"samples": len(seeds), "source": "given" if args.inputs else "random", "rtol": DEFAULT_RTOL,
               "atol": DEFAULT_ATOL, "equal": True}
     for seed in seeds:
-        rep = compare_models(args.model, model, args.inputs, seed=seed, dims=dims or None)
+        rep = compare_models(reference, model, args.inputs, seed=seed, dims=dims or None)
         if not rep.equal:
             bad = next(c for c in rep.comparison.outputs if not c.equal)
             where = f"the inputs of {args.inputs}" if args.inputs else f"random input set {seed}"

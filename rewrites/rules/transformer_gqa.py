@@ -34,9 +34,9 @@ from typing import ClassVar
 import numpy as np
 
 from ...ir.core import Value
+from ..passes.infer_shapes import is_crop_of
 from ..pattern import require
 from ..rule import Rule
-from ..passes.infer_shapes import is_crop_of
 from ._util import full_shape, normalize_axes, operand, shape_elements
 
 _PAST = (4, 5)  # Attention's past_key, past_value inputs
