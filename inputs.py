@@ -102,7 +102,8 @@ def random_inputs(specs: Sequence[InputSpec], *, dims: Mapping[str, int] | None 
     need = sum(8 * int(np.prod(s, dtype=np.float64)) for s in shapes.values())
     if need > psutil.virtual_memory().available:
         raise OptcError(f"random inputs of {need / 2**30:.1f} GiB do not fit in the memory available "
-                        f"({psutil.virtual_memory().available / 2**30:.1f} GiB); check the sizes given to the dims (--dim, --input-shape)")
+                        f"({psutil.virtual_memory().available / 2**30:.1f} GiB); check the sizes given to the dims "
+                        "(--dim, --input-shape)")
     for spec in specs:
         dtype = spec.dtype
         shape = shapes[spec.name]
