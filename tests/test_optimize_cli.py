@@ -270,10 +270,10 @@ def test_input_shape_checks_unranked_initialized_and_empty_inputs(tmp_path):
     assert r.returncode == 2 and "--input-shape w: this input has an initializer" in r.stderr, r.stderr
     assert "inputs without one: x" in r.stderr and not (tmp_path / "never.onnx").exists()
     batch = tmp_path / "batch.onnx"
-    onnx.save(helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])]),
-        opset_imports=[helper.make_opsetid("", 17)], ir_version=8), batch)
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), batch)
     r = optc_cli("optimize", batch, "-o", out, "--input-shape", "x:0x3", "--check", "1", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
