@@ -113,18 +113,65 @@ def bit_shift(bb, inputs, attrs, ctx):
         fill = relax.op.where(negative, relax.op.negative(relax.op.ones_like(shifted)), fill)
     return relax.op.where(out_of_range, fill, shifted)
 
-@converter("", "Mod")
-def python_style_float_mod(bb, inputs, attrs, ctx):
-    # ONNX Mod(fmod=0) on floats is numpy.mod: the result has the divisor's sign, and x mod ±inf is x
-    # (or ±inf). TVM's floor_mod returns NaN for an infinite divisor; build it from the truncated fmod.
+def _integer_divisor(bb, y, dtype: str):
+    """For an integer Div or Mod by `y`: (y with 1 where the CPU's division traps, the mask of y == 0, the mask of
+    y == -1 (None for unsigned types)), or None where `y` is a constant that never traps. x86's idiv raises SIGFPE
+    (the process dies) for a divisor of 0, and for -1 when x is the type's minimum; ONNX leaves both undefined,
+    onnxruntime fails the call, and onnx's reference evaluator (numpy) gives 0 for x / 0 and x % 0, x's negation
+    (wrapped: MIN / -1 = MIN) for x / -1 and 0 for x % -1: optc computes what the reference does."""
+    signed = not dtype.startswith("uint")
+    traps = (0, -1) if signed else (0,)
+    value = constant_value(y)
+    if value is not None and not np.isin(value, traps).any():
+        return None
+    zero = bb.normalize(relax.op.equal(y, relax.const(0, dtype)))
+    minus_one = bb.normalize(relax.op.equal(y, relax.const(-1, dtype))) if signed else None
+    bad = zero if minus_one is None else relax.op.logical_or(zero, minus_one)
+    return bb.normalize(relax.op.where(bad, relax.const(1, dtype), y)), zero, minus_one
+
+
+@converter("", "Div")
+def div(bb, inputs, attrs, ctx):
     x, y = inputs[0], inputs[1]
-    if attrs.get("fmod", 0) or dtype_of(x) not in ("float16", "float32", "float64"):
+    dtype = dtype_of(x)
+    guard = _integer_divisor(bb, y, dtype) if dtype.startswith(("int", "uint")) else None
+    if guard is None:
+        return lookup_frontend("Div", ctx.opset)(bb, inputs, attrs, ctx)
+    safe, zero, minus_one = guard
+    q = bb.normalize(lookup_frontend("Div", ctx.opset)(bb, [x, safe], attrs, ctx))  # x / 1 = x where y traps
+    if minus_one is not None:  # -x, MIN where x is MIN (two's complement wraps; no signed overflow computed)
+        lowest = relax.const(int(np.iinfo(dtype).min), dtype)
+        negated = relax.op.where(relax.op.equal(x, lowest), lowest, relax.op.subtract(relax.const(0, dtype), x))
+        q = bb.normalize(relax.op.where(minus_one, negated, q))
+    # 0 where y is 0 by a product, not a select: TVM's simplifier, given where(y == 0, 0, x / where(y == 0, 1, y)),
+    # took y != 0 into the division's arm and divided by y itself (SIGFPE at run time, unsigned types)
+    return relax.op.multiply(q, relax.op.astype(relax.op.logical_not(zero), dtype))
+
+
+@converter("", "Mod")
+def mod(bb, inputs, attrs, ctx):
+    """Integer Mod by a divisor that can be 0 or -1: by 1 there (`_integer_divisor`: 0, as the reference gives).
+    Float Mod(fmod=0) is numpy.mod: the result has the divisor's sign (a zero remainder too: -6 mod 3 = +0,
+    6 mod -3 = -0), and x mod +-inf is x (or +-inf). TVM's floor_mod returns NaN for an infinite divisor; it is
+    built from the truncated fmod."""
+    x, y = inputs[0], inputs[1]
+    dtype = dtype_of(x)
+    if dtype.startswith(("int", "uint")):
+        guard = _integer_divisor(bb, y, dtype)
+        if guard is not None:
+            inputs = [x, guard[0]]
+        return lookup_frontend("Mod", ctx.opset)(bb, inputs, attrs, ctx)
+    if attrs.get("fmod", 0) or dtype not in ("float16", "float32", "float64"):
         return lookup_frontend("Mod", ctx.opset)(bb, inputs, attrs, ctx)
     r = bb.normalize(relax.op.mod(x, y))
-    zero = relax.const(0, dtype_of(x))
-    wrong_sign = relax.op.logical_xor(relax.op.less(r, zero), relax.op.less(y, zero))
+    zero = relax.const(0, dtype)
+    negative_y = bb.normalize(relax.op.less(y, zero))
+    wrong_sign = relax.op.logical_xor(relax.op.less(r, zero), negative_y)
     fix = bb.normalize(relax.op.logical_and(relax.op.not_equal(r, zero), wrong_sign))
-    return relax.op.where(fix, relax.op.add(r, y), r)
+    r = bb.normalize(relax.op.where(fix, relax.op.add(r, y), r))
+    # a zero remainder takes the divisor's sign (numpy.mod; fmod gave it the dividend's)
+    signed_zero = relax.op.where(negative_y, relax.const(-0.0, dtype), zero)
+    return relax.op.where(relax.op.equal(r, zero), signed_zero, r)
 
 @converter("", "Pow")
 def power(bb, inputs, attrs, ctx):
@@ -138,7 +185,9 @@ def power(bb, inputs, attrs, ctx):
     return relax.op.astype(wide, dtype)
 
 
-_NO_CPU_TYPES = ("float8", "float4", "float6")  # element types TVM cannot compute with on the CPU
+#: element types TVM cannot compute with on the CPU (float6 is "float6_e2m3fn" and the like: the prefix "float6" also
+#: matched float64, and every Cast to or from it was refused)
+_NO_CPU_TYPES = ("float8", "float4", "float6_")
 
 
 def _unsupported_type(*dtypes: str) -> str | None:

@@ -161,9 +161,8 @@ def slice_(bb, inputs, attrs, ctx):
         dim = dims[axis]
         if isinstance(dim, int):
             x = _static_slice(bb, x, axis, dim, start, end, step)
-        elif step > 0:  # clamp INT64 extremes; strided_slice clips the rest to the (symbolic) bounds
-            start, end = (max(-_INT32_MAX, min(_INT32_MAX, v)) for v in (start, end))
-            x = bb.normalize(relax.op.strided_slice(x, [axis], [start], [end], [step]))
+        elif step > 0:
+            x = _symbolic_slice(bb, x, axis, dim, start, end, step)
         else:
             raise refuse("Slice with a negative step along a dimension of unknown size is not supported by the "
                          "TVM back end")
@@ -180,6 +179,20 @@ def slice_indices(dim: int, start: int, end: int, step: int) -> range:
     else:
         start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
     return range(start, end, step)
+
+
+def _symbolic_slice(bb, x, axis: int, dim, start: int, end: int, step: int):
+    """x[..., start:end:step, ...] along `axis` of symbolic size `dim` (a TIR expression), step > 0: the bounds as
+    the spec clamps them (`slice_indices`), written as expressions of `dim`, the end at least the start, so that an
+    empty slice (start >= end at run time) has extent 0. (Given to strided_slice as they were, its symbolic extent
+    had no max(0, .): a negative size, and the run failed allocating it, "std::bad_alloc".)"""
+    def bound(v: int):
+        v = max(-_INT32_MAX, min(_INT32_MAX, v))  # INT64 extremes (sentinels for "to the end")
+        return tirx.min(tirx.max(dim + v if v < 0 else tirx.IntImm("int64", v), 0), dim)
+
+    lo = bound(start)
+    hi = tirx.max(bound(end), lo)
+    return bb.normalize(relax.op.strided_slice(x, [axis], [lo], [hi], [step], assume_inbound=True))
 
 
 def _static_slice(bb, x, axis: int, dim: int, start: int, end: int, step: int):

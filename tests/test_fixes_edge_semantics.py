@@ -1,0 +1,123 @@
+"""Op edge semantics the ONNX backend node cases do not reach, compiled through the TVM back end and compared with
+onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before its fix):
+
+1. Cast to or from float64 was refused (a prefix meant for float6 types matched it).
+2. Slice along a symbolic dim whose bounds cross at run time (start >= end): the run failed allocating a negative
+   extent ("std::bad_alloc") instead of returning an empty tensor.
+3. Integer Div / Mod by 0 (and by -1 of the type's minimum) killed the process with SIGFPE (x86's idiv); the
+   reference gives 0 (x / 0, x % 0, x % -1) and the wrapped negation (MIN / -1 = MIN).
+4. Float Mod (fmod=0) gave a zero remainder the dividend's sign; numpy.mod (the reference) gives it the divisor's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optc
+import pytest
+from onnx import TensorProto
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from .conftest import run_reference
+
+
+def _model(nodes: list, inputs: list, inits: dict | None = None, opset: int = 21) -> onnx.ModelProto:
+    graph = h.make_graph(nodes, "g", inputs, [h.make_tensor_value_info("y", TensorProto.UNDEFINED, None)],
+                         [nh.from_array(v, k) for k, v in (inits or {}).items()])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", opset)], ir_version=10)
+
+
+def _same_as_reference(model: onnx.ModelProto, feeds: dict, lib=None) -> np.ndarray:
+    """Compile (or use `lib`), run, and assert the result equals the reference: values, NaN places, signs of zeros,
+    dtype and shape. Returns the result."""
+    got = (lib or optc.compile(optc.from_onnx(model))).run(feeds)["y"]
+    want = run_reference(model, feeds)[0]
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    np.testing.assert_array_equal(got, want)
+    if got.dtype.kind == "f":
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    return got
+
+
+# -- 1. Cast and float64 ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("src", "dst"), [(np.float32, np.float64), (np.float64, np.float32), (np.int64, np.float64),
+                                          (np.float64, np.int32)])
+def test_cast_to_and_from_float64(src, dst):
+    to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dst))
+    x_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(src))
+    model = _model([h.make_node("Cast", ["x"], ["y"], to=to)], [h.make_tensor_value_info("x", x_type, [5])])
+    x = np.array([1.5, -2.25, 3, 0, 7], dtype=src)
+    _same_as_reference(model, {"x": x})
+
+
+def test_cast_to_a_float8_type_is_still_refused_in_one_line():
+    """Negative: the types TVM cannot compute with on the CPU stay refused."""
+    model = _model([h.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN)],
+                   [h.make_tensor_value_info("x", TensorProto.FLOAT, [3])])
+    with pytest.raises(optc.UnsupportedError, match="float8") as info:
+        optc.compile(optc.from_onnx(model))
+    assert "\n" not in str(info.value)
+
+
+# -- 2. Slice along a symbolic dim --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("starts", "ends", "steps"), [
+    ([3], [1], [1]), ([2], [-100], [1]), ([5], [9], [2]), ([-1], [2], [1]),  # empty at [4, 6]
+    ([1], [3], [1]), ([-3], [2**62], [2]), ([-(2**62)], [-1], [1]),  # not empty
+])
+def test_slice_of_a_symbolic_dim_can_be_empty(starts, ends, steps):
+    inits = {"s": np.array(starts, np.int64), "e": np.array(ends, np.int64), "a": np.array([0], np.int64),
+             "t": np.array(steps, np.int64)}
+    model = _model([h.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"])],
+                   [h.make_tensor_value_info("x", TensorProto.FLOAT, ["A", "B"])], inits)
+    lib = optc.compile(optc.from_onnx(model))
+    for rows in (4, 1, 7, 0):
+        _same_as_reference(model, {"x": np.arange(rows * 6, dtype=np.float32).reshape(rows, 6)}, lib)
+
+
+# -- 3. integer division by 0 and by -1 -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int8, np.uint8, np.uint32])
+@pytest.mark.parametrize(("op", "attrs"), [("Div", {}), ("Mod", {"fmod": 0}), ("Mod", {"fmod": 1})])
+def test_integer_division_by_zero_and_minus_one(op, attrs, dtype):
+    t = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model([h.make_node(op, ["a", "b"], ["y"], **attrs)],
+                   [h.make_tensor_value_info("a", t, [8]), h.make_tensor_value_info("b", t, [8])])
+    info = np.iinfo(dtype)
+    signed = info.min < 0
+    a = np.array([5, 7, info.min, info.max, 0, 9, 100, info.min], dtype=dtype)
+    b = np.array([0, 2, 0, 3, 0, 4, 7, 1], dtype=dtype)
+    if signed:
+        a[[1, 5, 6]] = np.array([-7, -9, 100], dtype=dtype)
+        b[[1, 3, 7]] = np.array([-1, -1, -1], dtype=dtype)
+    _same_as_reference(model, {"a": a, "b": b})
+
+
+def test_integer_division_by_a_constant_that_cannot_trap_is_the_plain_division():
+    """Negative: a constant divisor with no 0 (and no -1) keeps the one division (no guard in the lowered module)."""
+    from optc.lowering import lower
+
+    model = _model([h.make_node("Div", ["a", "b"], ["y"])], [h.make_tensor_value_info("a", TensorProto.INT64, [4])],
+                   {"b": np.array([3, -2, 5, 7], np.int64)})
+    assert "where" not in lower(optc.from_onnx(model)).script()
+    _same_as_reference(model, {"a": np.array([10, -7, 0, np.iinfo(np.int64).min], np.int64)})
+    guarded = _model([h.make_node("Div", ["a", "b"], ["y"])], [h.make_tensor_value_info("a", TensorProto.INT64, [4])],
+                     {"b": np.array([3, -1, 5, 7], np.int64)})
+    assert "where" in lower(optc.from_onnx(guarded)).script()
+    _same_as_reference(guarded, {"a": np.array([10, np.iinfo(np.int64).min, 0, -8], np.int64)})
+
+
+# -- 4. float Mod: the sign of a zero remainder ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_float_mod_zero_remainder_takes_the_divisors_sign(dtype):
+    t = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model([h.make_node("Mod", ["a", "b"], ["y"], fmod=0)],
+                   [h.make_tensor_value_info("a", t, [12]), h.make_tensor_value_info("b", t, [12])])
+    inf, nan = np.inf, np.nan
+    a = np.array([-0.0, -6, 6, 0.0, 5.5, -5.5, 0.0, -0.0, 3, -3, inf, 7], dtype=dtype)
+    b = np.array([3, 3, -3, -3, 2, 2, inf, -inf, -inf, inf, 2, nan], dtype=dtype)
+    got = _same_as_reference(model, {"a": a, "b": b})
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(np.mod(a, b)))
