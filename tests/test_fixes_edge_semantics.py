@@ -7,6 +7,8 @@ onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before it
 3. Integer Div / Mod by 0 (and by -1 of the type's minimum) killed the process with SIGFPE (x86's idiv); the
    reference gives 0 (x / 0, x % 0, x % -1) and the wrapped negation (MIN / -1 = MIN).
 4. Float Mod (fmod=0) gave a zero remainder the dividend's sign; numpy.mod (the reference) gives it the divisor's.
+5. Pad in reflect mode wider than the axis minus one read outside the input (memory past it); the reference
+   reflects again and again (numpy.pad's 'reflect').
 """
 
 from __future__ import annotations
@@ -121,3 +123,40 @@ def test_float_mod_zero_remainder_takes_the_divisors_sign(dtype):
     b = np.array([3, 3, -3, -3, 2, 2, inf, -inf, -inf, inf, 2, nan], dtype=dtype)
     got = _same_as_reference(model, {"a": a, "b": b})
     np.testing.assert_array_equal(np.signbit(got), np.signbit(np.mod(a, b)))
+
+
+# -- 5. Pad, reflect mode, wider than the axis ------------------------------------------------------------------
+
+def _reflect_pad(dims: list, pads: list, axes: list | None = None) -> onnx.ModelProto:
+    inits = {"p": np.array(pads, np.int64), **({"axes": np.array(axes, np.int64)} if axes else {})}
+    names = ["x", "p", "", "axes"] if axes else ["x", "p"]
+    return _model([h.make_node("Pad", names, ["y"], mode="reflect")],
+                  [h.make_tensor_value_info("x", TensorProto.FLOAT, dims)], inits)
+
+
+@pytest.mark.parametrize(("shape", "pads", "axes"), [
+    ([3, 4], [0, 5, 0, 5], None), ([3, 1], [0, 2, 0, 2], None), ([2, 3], [7, 1, 4, 9], None),
+    ([2, 3, 4], [6, 13], [2]), ([1, 1], [3, 2, 1, 4], None),
+])
+def test_reflect_pad_wider_than_the_axis(shape, pads, axes):
+    x = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
+    _same_as_reference(_reflect_pad(shape, pads, axes), {"x": x})
+
+
+def test_reflect_pad_of_symbolic_dims_at_every_size():
+    """A symbolic axis may be 1 at run time: its reflection is computed for any size (and mirror_pad not used)."""
+    model = _reflect_pad(["N", "W"], [0, 2, 0, 3])
+    lib = optc.compile(optc.from_onnx(model))
+    for shape in [(2, 5), (1, 1), (3, 2), (2, 3)]:
+        x = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
+        _same_as_reference(model, {"x": x}, lib)
+
+
+def test_reflect_pad_within_the_axis_keeps_topis_mirror_pad():
+    """Negative: pads of at most dim - 1 on static dims are TOPI's mirror_pad (one mirror), as before."""
+    from optc.lowering import lower
+
+    model = _reflect_pad([3, 4], [1, 3, 2, 0])
+    assert "reflect_pad" not in lower(optc.from_onnx(model)).script()
+    assert "reflect_pad" in lower(optc.from_onnx(_reflect_pad([3, 4], [1, 4, 2, 0]))).script()
+    _same_as_reference(model, {"x": np.arange(12, dtype=np.float32).reshape(3, 4)})

@@ -48,7 +48,6 @@ def _run_time(*positions: int):
 
 
 # TVM's frontend needs these parameters as constants (after optc's constant folding, most models have them so)
-refuse_when("Pad", "with pads or a constant value computed at run time", _run_time(1, 2, 3))
 refuse_when("AffineGrid", "with a size computed at run time", _run_time(1))
 refuse_when("BatchNormalization", "in training mode", lambda i, a: a.get("training_mode", 0))
 refuse_when("ConvTranspose", "with an output_shape attribute", lambda i, a: "output_shape" in a)
