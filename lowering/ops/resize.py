@@ -1,8 +1,13 @@
 """Resize (opset 10 to 19) and Upsample, through TVM's image resize ops with the output size computed here.
 
-TVM's resize maps an output coordinate to the input by the size ratio in / out; ONNX maps by 1 / scale when
-`scales` is given (by in / out when `sizes` is). The two agree exactly when out = in * scale, so a size that
-floor() would round is refused. On a symbolic dim a scale of 1 (or any whole number) is exact: out = in * scale.
+Nearest mode is a gather computed here, by the spec's coordinate formulas in float32 as onnxruntime computes them
+(x_original = (x_resized + 0.5) / scale - 0.5 for half_pixel, with scale = output / input or the given `scales`):
+TVM's resize computes (x_resized + 0.5) * (input / output) - 0.5, which misses a tie (1.5000001 for row 3 of
+4 -> 7 rows) and so the source row. Linear and cubic modes go through TVM's resize, which maps an
+output coordinate to the input by the size ratio in / out; ONNX maps by 1 / scale when `scales` is given (by
+in / out when `sizes` is). The two agree when out = in * scale, so a size that floor() would round is refused.
+With align_corners, an axis resized to length 1 reads the input's first element (x_original = 0; TVM would
+divide by output - 1 = 0). On a symbolic dim a scale of 1 (or any whole number) is exact: out = in * scale.
 Only the spatial dims are resized (TVM cannot resize the batch or channel axis); a scale or size that would
 change those is refused. Resize-10 and Upsample have neither roi nor a coordinate mode: they map asymmetrically
 (x / scale) and, in nearest mode, floor the coordinate when upsampling and ceil it when downsampling, as
@@ -17,10 +22,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import relax, topi
+from tvm import relax, te, tirx, topi
 
 from ..broadcast import dims_equal
-from ..converters import constant_value, converter, dims_of, refuse
+from ..converters import const, constant_value, converter, dims_of, refuse
 
 _MODES = {"nearest": "nearest_neighbor", "linear": "linear", "cubic": "cubic"}
 _COORDINATE_MODES = ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel", "tf_crop_and_resize")
@@ -159,7 +164,109 @@ def _spatial_roi(roi: np.ndarray | None, rank: int) -> list[float]:
     return values
 
 
-def _emit(bb, x, sizes: list, roi: list[float], sampling: _Sampling):
+def _f32(value) -> tirx.PrimExpr:
+    """A dim (int or TIR expression) or a float as a float32 TIR value."""
+    return tirx.const(value, "float32") if isinstance(value, int | float) else value.astype("float32")
+
+
+def _original_coordinate(x_resized: tirx.PrimExpr, length_resized, length_original, roi_start: float,
+                         roi_end: float, mode: str) -> tirx.PrimExpr:
+    """x_original of output index `x_resized` along one axis, by the ONNX Resize spec's formulas in float32, in
+    onnxruntime's order of operations (upsamplebase.h, GetOriginalCoordinateFromResizedCoordinate), with
+    scale = length_resized / length_original (a given `scales` value equals it exactly: _scaled refuses others):
+
+        half_pixel:          (x_resized + 0.5) / scale - 0.5
+        pytorch_half_pixel:  length_resized > 1 ? (x_resized + 0.5) / scale - 0.5 : 0
+        align_corners:       length_resized == 1 ? 0 : x_resized * (length_original - 1) / (length_resized - 1)
+        asymmetric:          x_resized * (length_original / length_resized)
+        tf_crop_and_resize:  length_resized > 1 ? start * (length_original - 1)
+                                 + x_resized * (end - start) * (length_original - 1) / (length_resized - 1)
+                             : 0.5 * (start + end) * (length_original - 1)
+                             (end - start and start + end in float32, the rest in float64, then float32)
+
+    asymmetric multiplies by the inverse ratio: onnxruntime's x_resized / scale lands on the exact tie there
+    (7 -> 4: 2 / (4 / 7) = 3.5, where a float32 division gives 3.4999998), and so does this product.
+    """
+    x = x_resized.astype("float32")
+    more_than_one = length_resized > 1
+    if mode == "asymmetric":
+        return x * te.div(_f32(length_original), _f32(length_resized))
+    if mode in ("half_pixel", "pytorch_half_pixel"):
+        scale = te.div(_f32(length_resized), _f32(length_original))
+        half = tirx.const(0.5, "float32")
+        coordinate = te.div(x + half, scale) - half
+        return coordinate if mode == "half_pixel" else te.if_then_else(more_than_one, coordinate, _f32(0.0))
+    original_last = _f32(length_original - 1)
+    # max(.., 1): the branch not taken must still build (a constant division by zero fails the build)
+    resized_last = _f32(te.max(length_resized - 1, 1) if not isinstance(length_resized, int)
+                        else max(length_resized - 1, 1))
+    if mode == "align_corners":
+        return te.if_then_else(more_than_one, te.div(x * original_last, resized_last), _f32(0.0))
+    start, end = np.float32(roi_start), np.float32(roi_end)
+    last = (length_original - 1).astype("float64")
+    spread = (tirx.const(float(start), "float64") * last
+              + te.div(x_resized.astype("float64") * tirx.const(float(end - start), "float64") * last,
+                       resized_last.astype("float64")))
+    center = tirx.const(0.5 * float(start + end), "float64") * last
+    return te.if_then_else(more_than_one, spread, center).astype("float32")
+
+
+def _nearest_index(coordinate: tirx.PrimExpr, nearest_mode: str) -> tirx.PrimExpr:
+    """The input index nearest to x_original by the spec's nearest_mode (round_prefer_floor: a tie x.5 rounds
+    down; round_prefer_ceil: up), as int64 before clamping."""
+    if nearest_mode == "ceil":
+        return te.ceil(coordinate).astype("int64")
+    below = te.floor(coordinate)
+    if nearest_mode == "floor":
+        return below.astype("int64")
+    fraction = coordinate - below  # exact in float32
+    half = tirx.const(0.5, "float32")
+    up = fraction > half if nearest_mode == "round_prefer_floor" else fraction >= half
+    return below.astype("int64") + up.astype("int64")
+
+
+def _source_table(length_original, length_resized, roi_start: float, roi_end: float,
+                  sampling: _Sampling) -> te.Tensor:
+    """The input index each output index of one axis reads: x_original (_original_coordinate) rounded by
+    nearest_mode and clamped to the input; with tf_crop_and_resize, -1 where x_original is outside
+    [0, length_original - 1] (extrapolation_value there, as onnxruntime does)."""
+    mode = sampling.coordinate_transformation_mode
+
+    def source(i: tirx.PrimExpr) -> tirx.PrimExpr:
+        coordinate = _original_coordinate(i, length_resized, length_original, roi_start, roi_end, mode)
+        index = te.min(te.max(_nearest_index(coordinate, sampling.rounding_method), 0), length_original - 1)
+        if mode != "tf_crop_and_resize":
+            return index
+        outside = tirx.Or(coordinate < _f32(0.0), coordinate > _f32(length_original - 1))
+        return te.if_then_else(outside, tirx.const(-1, "int64"), index)
+
+    return te.compute((length_resized,), source, name="source_index")
+
+
+def _nearest(bb, x, sizes: list, roi: list[float], sampling: _Sampling):
+    """Nearest-mode resize as a gather: out[n, c, i, ..] = x[n, c, source(i), ..] (_source_table per axis)."""
+    spatial = len(sizes)
+    extrapolate = sampling.coordinate_transformation_mode == "tf_crop_and_resize"
+
+    def compute(data: te.Tensor) -> te.Tensor:
+        sources = [_source_table(length_original, length_resized, roi[axis], roi[spatial + axis], sampling)
+                   for axis, (length_original, length_resized) in enumerate(zip(data.shape[2:], sizes, strict=True))]
+
+        def element(n: tirx.PrimExpr, c: tirx.PrimExpr, *out: tirx.PrimExpr) -> tirx.PrimExpr:
+            indices = [table[i] for table, i in zip(sources, out, strict=True)]
+            if not extrapolate:
+                return data(n, c, *indices)
+            outside = tirx.any(*[i < 0 for i in indices])
+            return te.if_then_else(outside, tirx.const(sampling.extrapolation_value, data.dtype),
+                                   data(n, c, *[te.max(i, 0) for i in indices]))
+
+        return te.compute((data.shape[0], data.shape[1], *sizes), element, name="resize_nearest")
+
+    return bb.emit_te(compute, x, primfunc_name_hint="resize_nearest")
+
+
+def _interpolate(bb, x, sizes: list, roi: list[float], sampling: _Sampling):
+    """Linear or cubic resize through TVM's resize1d / 2d / 3d."""
     rank = len(sizes) + 2
     options = dict(method=sampling.method, coordinate_transformation_mode=sampling.coordinate_transformation_mode,
                    rounding_method=sampling.rounding_method, cubic_alpha=sampling.cubic_alpha,
@@ -173,6 +280,56 @@ def _emit(bb, x, sizes: list, roi: list[float], sampling: _Sampling):
     d0, h0, w0, d1, h1, w1 = roi  # TOPI's resize3d takes (start_w, start_h, start_d, end_w, end_h, end_d)
     return relax.op.image.resize3d(x, relax.ShapeExpr(sizes), roi=[w0, h0, d0, w1, h1, d1], layout="NCDHW",
                                    **options)
+
+
+def _interpolate_align_corners(bb, x, sizes: list, sampling: _Sampling):
+    """align_corners maps every output index of an axis resized to length 1 to x_original = 0 (the spec's
+    x_resized * (length_original - 1) / (length_resized - 1) is taken as 0 there, as onnxruntime does), where
+    linear and cubic interpolation read the input's first element exactly: those axes are taken at index 0,
+    the others resized, and the length-1 axes put back. Length 1 on a symbolic output dim is not detected."""
+    ones = [axis for axis, size in enumerate(sizes) if isinstance(size, int) and size == 1]
+    if not ones:
+        return _interpolate(bb, x, sizes, _spatial_roi(None, len(sizes) + 2), sampling)
+    for axis in reversed(ones):
+        x = bb.normalize(relax.op.take(x, const(0, "int64"), axis=2 + axis, mode="clip"))
+    rest = [size for axis, size in enumerate(sizes) if axis not in ones]
+    if rest:
+        x = bb.normalize(_interpolate(bb, x, rest, _spatial_roi(None, len(rest) + 2), sampling))
+    return relax.op.expand_dims(x, [2 + axis for axis in ones])
+
+
+#: power-of-two size ratios TVM's nearest resize computes exactly (2^-4 .. 2^4)
+_EXACT_RATIO_POWERS = range(5)
+
+
+def _power_of_two_ratio(length_original, length_resized) -> bool:
+    """Whether length_resized / length_original is 2^k (|k| < 5) for every value of the dims (ints or TIR): then
+    in / out and out / in are exact in float32, and x * (in / out) equals x / (out / in) (TVM's coordinate and the
+    spec's) bit for bit."""
+    from tvm import sym
+
+    analyzer = sym.Analyzer()
+    for k in _EXACT_RATIO_POWERS:
+        for a, b in ((length_original, length_resized), (length_resized, length_original)):
+            if isinstance(a, int) and isinstance(b, int):
+                if a * 2**k == b:
+                    return True
+            elif analyzer.can_prove_equal(a * 2**k, b):
+                return True
+    return False
+
+
+def _emit(bb, x, sizes: list, roi: list[float], sampling: _Sampling):
+    """Resize of x to the spatial `sizes`. Nearest mode is TVM's resize (a Relax op: layout conversion keeps it in
+    a CNN's NHWC layout) where its coordinates are the spec's exactly: half_pixel, pytorch_half_pixel or asymmetric
+    at power-of-two size ratios (upsampling by 2); else the gather computed here (`_nearest`)."""
+    if sampling.method == "nearest_neighbor":
+        exact = sampling.coordinate_transformation_mode in ("half_pixel", "pytorch_half_pixel", "asymmetric") \
+            and all(_power_of_two_ratio(d, n) for d, n in zip(dims_of(x)[2:], sizes, strict=True))
+        return _interpolate(bb, x, sizes, roi, sampling) if exact else _nearest(bb, x, sizes, roi, sampling)
+    if sampling.coordinate_transformation_mode == "align_corners":
+        return _interpolate_align_corners(bb, x, sizes, sampling)
+    return _interpolate(bb, x, sizes, roi, sampling)
 
 
 def _resize_by_scales(bb, x, scales: np.ndarray, attrs: dict, op: str):
