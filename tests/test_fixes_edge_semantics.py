@@ -9,6 +9,8 @@ onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before it
 4. Float Mod (fmod=0) gave a zero remainder the dividend's sign; numpy.mod (the reference) gives it the divisor's.
 5. Pad in reflect mode wider than the axis minus one read outside the input (memory past it); the reference
    reflects again and again (numpy.pad's 'reflect').
+6. ArgMax / ArgMin of a slice holding only the type's extreme (-inf, the integer minimum, 0 unsigned; +inf, the
+   maximum) gave -1, and with select_last_index the axis' length; Hardmax of a row of -inf had no 1.
 """
 
 from __future__ import annotations
@@ -160,3 +162,29 @@ def test_reflect_pad_within_the_axis_keeps_topis_mirror_pad():
     assert "reflect_pad" not in lower(optc.from_onnx(model)).script()
     assert "reflect_pad" in lower(optc.from_onnx(_reflect_pad([3, 4], [1, 4, 2, 0]))).script()
     _same_as_reference(model, {"x": np.arange(12, dtype=np.float32).reshape(3, 4)})
+
+
+# -- 6. ArgMax / ArgMin / Hardmax of slices of the extreme value ------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8])
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("last", [0, 1])
+def test_arg_of_a_slice_of_the_extreme_value(op, dtype, last):
+    t = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model([h.make_node(op, ["x"], ["y"], axis=1, keepdims=0, select_last_index=last)],
+                   [h.make_tensor_value_info("x", t, [4, 3])])
+    if np.dtype(dtype).kind == "f":
+        lo, hi = -np.inf, np.inf
+    else:
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    extreme, other = (lo, hi) if op == "ArgMax" else (hi, lo)
+    x = np.array([[extreme] * 3, [extreme, 1, extreme], [1, 1, extreme], [extreme, extreme, other]], dtype=dtype)
+    got = _same_as_reference(model, {"x": x})
+    assert ((0 <= got) & (got < 3)).all()
+
+
+def test_hardmax_of_a_row_of_minus_infinity():
+    model = _model([h.make_node("Hardmax", ["x"], ["y"], axis=-1)], [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])])
+    x = np.array([[-np.inf] * 4, [1, 3, 3, -np.inf], [0, np.nan, 2, 1]], np.float32)
+    got = _same_as_reference(model, {"x": x})
+    assert (got.sum(axis=-1) == 1).all()

@@ -120,6 +120,7 @@ def _arg(op_type: str):
         x = _nonempty_axis(bb, inputs[0], attrs.get("axis", 0), op_type, ctx)
         inputs = [x, *inputs[1:]]
         result = bb.normalize(lookup_frontend(op_type, ctx.opset)(bb, inputs, attrs, ctx))
+        result = _all_extreme(bb, x, result, op_type, attrs, ctx)
         if not _is_float(x):
             return result
         # the position of the first (or last) NaN: ArgMax of the NaN mask, with the same attributes
@@ -131,6 +132,23 @@ def _arg(op_type: str):
         return relax.op.where(has_nan, first_nan, result)
 
     return arg
+
+
+def _all_extreme(bb, x, result, op_type: str, attrs: dict, ctx):
+    """`result` (ArgMax / ArgMin of x by TVM's kernel) fixed where a slice holds only the type's extreme value
+    (ArgMax: -inf or the integer minimum, 0 for unsigned types; ArgMin: +inf or the maximum): TVM's reducer starts
+    from (that extreme, index -1) and takes only a strictly greater (smaller) element, so it kept -1 there, which
+    select_last_index made the axis' length, out of range. Such a slice's answer is its first (last) index, what
+    ArgMax of zeros (any type's reducer takes 0 over the int32 minimum) with the same attributes gives: taken where
+    the result is below 0 (above that index). (Not by comparing x with the extreme: TVM 0.27 compiles an int32
+    x == -2147483648 to false.)"""
+    if dtype_of(x) == "bool":
+        return result
+    first_or_last = bb.normalize(lookup_frontend("ArgMax", ctx.opset)(
+        bb, [bb.normalize(relax.op.zeros_like(x, "int32"))], attrs, ctx))
+    out_of_range = relax.op.greater(result, first_or_last) if attrs.get("select_last_index", 0) else \
+        relax.op.less(result, const(0, "int64"))
+    return bb.normalize(relax.op.where(out_of_range, first_or_last, result))
 
 
 def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
@@ -157,5 +175,21 @@ def _nonempty_axis(bb, x, axis: int, op_type: str, ctx):
     return fail_if_zero(bb, x, length, rest, "optc_empty_axis_check", message)
 
 
-_arg("ArgMax")
+argmax = _arg("ArgMax")
 _arg("ArgMin")
+
+
+@converter("", "Hardmax")
+def hardmax(bb, inputs, attrs, ctx):
+    """Hardmax (opset 13+): one_hot of optc's ArgMax (the first maximum, NaN first, a row of -inf at 0), not of
+    TVM's argmax, which gave a row of -inf the index -1 and so no 1 at all."""
+    x = inputs[0]
+    dims = dims_of(x)
+    axis = attrs.get("axis", -1)
+    if ctx.opset < 13 or dims is None or not -len(dims) <= axis < len(dims) or not isinstance(dims[axis], int):
+        return lookup_frontend("Hardmax", ctx.opset)(bb, inputs, attrs, ctx)
+    axis %= len(dims)
+    index = bb.normalize(argmax(bb, [x], {"axis": axis, "keepdims": 0}, ctx))
+    dtype = dtype_of(x)
+    return relax.op.one_hot(index, relax.prim_value(tirx.const(1, dtype)), relax.prim_value(tirx.const(0, dtype)),
+                            dims[axis], axis)
