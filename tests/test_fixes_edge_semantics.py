@@ -11,6 +11,7 @@ onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before it
    reflects again and again (numpy.pad's 'reflect').
 6. ArgMax / ArgMin of a slice holding only the type's extreme (-inf, the integer minimum, 0 unsigned; +inf, the
    maximum) gave -1, and with select_last_index the axis' length; Hardmax of a row of -inf had no 1.
+7. Trilu with a constant k beyond int32 (INT64_MAX: "all", or "none") failed to build.
 """
 
 from __future__ import annotations
@@ -188,3 +189,13 @@ def test_hardmax_of_a_row_of_minus_infinity():
     x = np.array([[-np.inf] * 4, [1, 3, 3, -np.inf], [0, np.nan, 2, 1]], np.float32)
     got = _same_as_reference(model, {"x": x})
     assert (got.sum(axis=-1) == 1).all()
+
+
+# -- 7. Trilu with k beyond int32 ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [2**63 - 1, -(2**62), 2**40, -(2**33), 2])  # (numpy, the reference, overflows at -(2**63) + 1)
+@pytest.mark.parametrize("upper", [0, 1])
+def test_trilu_with_a_k_beyond_int32(k, upper):
+    model = _model([h.make_node("Trilu", ["x", "k"], ["y"], upper=upper)],
+                   [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])], {"k": np.array(k, np.int64)})
+    _same_as_reference(model, {"x": np.arange(1, 13, dtype=np.float32).reshape(3, 4)})
