@@ -12,6 +12,8 @@ onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before it
 6. ArgMax / ArgMin of a slice holding only the type's extreme (-inf, the integer minimum, 0 unsigned; +inf, the
    maximum) gave -1, and with select_last_index the axis' length; Hardmax of a row of -inf had no 1.
 7. Trilu with a constant k beyond int32 (INT64_MAX: "all", or "none") failed to build.
+8. Pow of a float base by an integer exponent: an odd exponent above 2^24 (float32) lost its sign on a negative
+   base (the exponent cast to float32 is even).
 """
 
 from __future__ import annotations
@@ -199,3 +201,25 @@ def test_trilu_with_a_k_beyond_int32(k, upper):
     model = _model([h.make_node("Trilu", ["x", "k"], ["y"], upper=upper)],
                    [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])], {"k": np.array(k, np.int64)})
     _same_as_reference(model, {"x": np.arange(1, 13, dtype=np.float32).reshape(3, 4)})
+
+
+# -- 8. Pow: a float base, a large odd integer exponent -------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pow_of_a_negative_base_by_a_large_odd_integer(dtype):
+    t = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model([h.make_node("Pow", ["x", "e"], ["y"])],
+                   [h.make_tensor_value_info("x", t, [8]), h.make_tensor_value_info("e", TensorProto.INT64, [8])])
+    x = np.array([-1, -1, -1, 1, -2, -0.5, -3, np.nan], dtype=dtype)
+    e = np.array([2**24 + 1, 2**24 + 3, 2**24 + 2, 2**24 + 1, 2**30 + 1, 2**30 + 1, 3, 5], np.int64)
+    _same_as_reference(model, {"x": x, "e": e})
+
+
+def test_pow_by_a_small_constant_exponent_has_no_sign_fix():
+    """Negative: a constant exponent the float holds exactly is the one power (no mask in the lowered module)."""
+    from optc.lowering import lower
+
+    model = _model([h.make_node("Pow", ["x", "e"], ["y"])], [h.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                   {"e": np.array([3, 2, 5], np.int64)})
+    assert "where" not in lower(optc.from_onnx(model)).script()
+    _same_as_reference(model, {"x": np.array([-2, -3, 1.5], np.float32)})

@@ -179,9 +179,23 @@ def power(bb, inputs, attrs, ctx):
     x, y = inputs[0], inputs[1]
     dtype = dtype_of(x)
     if dtype.startswith(("float", "bfloat")):
-        return relax.op.power(x, y if dtype_of(y) == dtype else relax.op.astype(y, dtype))
+        r = bb.normalize(relax.op.power(x, y if dtype_of(y) == dtype else relax.op.astype(y, dtype)))
+        return _odd_power_sign(bb, x, y, r) if dtype_of(y).startswith(("int", "uint")) else r
     wide = relax.op.power(relax.op.astype(x, "float64"), relax.op.astype(y, "float64"))
     return relax.op.astype(wide, dtype)
+
+
+def _odd_power_sign(bb, x, y, r):
+    """r = x ** float(y) for an integer exponent y, with the sign of an odd y on a negative x: an odd y above the
+    float's 2^mantissa (2^24 for float32) rounds to an even float, and (-1) ** 16777217 came out 1. Nothing is added
+    where y is a constant that its float holds exactly."""
+    value = constant_value(y)
+    bits = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}.get(dtype_of(x), 0)
+    if value is not None and (np.abs(value.astype(np.float64)) <= 2.0**bits).all():
+        return r
+    odd = relax.op.not_equal(relax.op.mod(y, relax.const(2, dtype_of(y))), relax.const(0, dtype_of(y)))
+    negative = relax.op.less(x, relax.const(0, dtype_of(x)))
+    return relax.op.where(relax.op.logical_and(odd, negative), relax.op.negative(relax.op.abs(r)), r)
 
 
 #: element types TVM cannot compute with on the CPU (float6 is "float6_e2m3fn" and the like: the prefix "float6" also
