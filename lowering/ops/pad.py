@@ -14,10 +14,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from ..converters import constant_value, converter, dims_of, lookup_frontend, refuse
-
-
-def _run_time(inputs: list) -> bool:
-    return any(len(inputs) > p and inputs[p] is not None and constant_value(inputs[p]) is None for p in (1, 2, 3))
+from .basic import _run_time
 
 
 def _widths(inputs: list, attrs: dict, opset: int, rank: int) -> tuple[list[int], list[int]]:
@@ -43,7 +40,9 @@ def _reflected(dim, j):
 
 @converter("", "Pad")
 def pad(bb, inputs, attrs, ctx):
-    if _run_time(inputs):
+    """Pad with constant pads (TVM's frontend needs them so): reflect pads that can reach past the axis are
+    computed here (module doc), everything else by the frontend."""
+    if _run_time(1, 2, 3)(inputs, attrs):
         raise refuse("Pad with pads or a constant value computed at run time is not supported by the TVM back end")
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
