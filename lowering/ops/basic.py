@@ -9,6 +9,7 @@ from tvm.ir.expr import Constant
 
 from ...errors import UnsupportedError
 from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse_when
+from .shape import _INT32_MAX
 
 
 @converter("", "Sum")
@@ -345,18 +346,14 @@ def eye_like(bb, inputs, attrs, ctx):
     return relax.op.astype(on_diagonal, dtype)
 
 
-_INT32_MAX = 2**31 - 1
-
-
 @converter("", "Trilu")
 def trilu(bb, inputs, attrs, ctx):
     """Trilu: a constant k goes to the frontend (relax triu/tril); a run-time k (0-d int64) keeps the elements
     whose column - row is >= k (upper) or <= k (lower), as a mask over the last two axes."""
     k = None if len(inputs) < 2 or inputs[1] is None else constant_value(inputs[1])
-    if k is not None and abs(int(k.reshape(-1)[0])) > _INT32_MAX:
-        # (TVM's triu / tril take k as an int32 literal: "exceeds range of int32"); past the matrix either way
-        inputs = [inputs[0], const(np.array(np.sign(int(k.reshape(-1)[0])) * _INT32_MAX, dtype=k.dtype))]
-    if len(inputs) < 2 or inputs[1] is None or k is not None:
+    if k is not None or len(inputs) < 2 or inputs[1] is None:
+        if k is not None:  # TVM's triu / tril take k as an int32 literal: clamped, past the matrix either way
+            inputs = [inputs[0], const(np.clip(k, -_INT32_MAX, _INT32_MAX).astype(k.dtype))]
         return lookup_frontend("Trilu", ctx.opset)(bb, inputs, attrs, ctx)
     x = inputs[0]
     if x.ty.shape is None or x.ty.ndim < 2:
