@@ -241,10 +241,11 @@ def fusion_passes():
 
     from .concat import concat_copies_pass  # noqa: PLC0415
     from .int8_kernels import mark_7bit_weights  # noqa: PLC0415
-    from .max_pool import legalize_map  # noqa: PLC0415
+    from . import int_min_literals, max_pool  # noqa: PLC0415
 
     return [
-        relax.transform.LegalizeOps(customize_legalize_map=legalize_map()),
+        relax.transform.LegalizeOps(customize_legalize_map={**max_pool.legalize_map(),
+                                                            **int_min_literals.legalize_map()}),
         relax.transform.AnnotateTIROpPattern(),
         _declared_op_patterns(),
         _replicating_copies_apart(),

@@ -14,6 +14,8 @@ onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before it
 7. Trilu with a constant k beyond int32 (INT64_MAX: "all", or "none") failed to build.
 8. Pow of a float base by an integer exponent: an odd exponent above 2^24 (float32) lost its sign on a negative
    base (the exponent cast to float32 is even).
+9. A binary op with a constant of the int32 minimum (-2**31): Equal and LessOrEqual were false everywhere (TVM's
+   simplifier negates the literal), Mul by it (or by INT64_MIN) failed to build.
 """
 
 from __future__ import annotations
@@ -223,3 +225,48 @@ def test_pow_by_a_small_constant_exponent_has_no_sign_fix():
                    {"e": np.array([3, 2, 5], np.int64)})
     assert "where" not in lower(optc.from_onnx(model)).script()
     _same_as_reference(model, {"x": np.array([-2, -3, 1.5], np.float32)})
+
+
+# -- 9. binary ops with a constant of the type's most negative value ----------------------------------------------
+
+_MOST_NEGATIVE_CASES = [  # op, the constant's side, x values (no signed overflow: TVM's is undefined)
+    ("Equal", "right", "all"), ("Equal", "left", "all"), ("LessOrEqual", "right", "all"),
+    ("GreaterOrEqual", "left", "all"), ("Less", "left", "all"), ("Greater", "right", "all"),
+    ("Max", "right", "all"), ("Min", "left", "all"), ("Div", "right", "all"), ("Mod", "right", "all"),
+    ("Mul", "right", [0, 1]), ("Mul", "left", [0, 1]), ("Sub", "right", [-1, -7, "min"]),
+    ("Add", "left", [0, 1, "max"]),
+]
+
+
+@pytest.mark.parametrize(("op", "side", "values"), _MOST_NEGATIVE_CASES)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_binary_op_with_the_most_negative_constant(op, side, values, dtype):
+    info = np.iinfo(dtype)
+    t = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    operands = ["x", "c"] if side == "right" else ["c", "x"]
+    model = _model([h.make_node(op, operands, ["y"])], [h.make_tensor_value_info("x", t, [None])],
+                   {"c": np.array(info.min, dtype)})
+    if values == "all":
+        values = ["min", "min+1", -1, 0, 1, "max"]
+    named = {"min": info.min, "min+1": info.min + 1, "max": info.max}
+    x = np.array([named.get(v, v) for v in values], dtype)
+    _same_as_reference(model, {"x": x})
+
+
+def test_other_constants_keep_relax_legalization():
+    """Negative: only a 0-d int32/int64 constant of the minimum is written otherwise (not INT32_MIN + 1, not a 1-d
+    constant, not an int16 or float one); a comparison with INT32_MIN + 1 computes as before."""
+    import tvm
+    from optc.codegen.int_min_literals import hidden_most_negative
+
+    def const(v, dtype):
+        return tvm.relax.const(np.array(v, dtype), str(np.dtype(dtype)))
+
+    assert hidden_most_negative(const(-(2**31), np.int32)) is not None
+    assert hidden_most_negative(const(-(2**63), np.int64)) is not None
+    for c in (const(-(2**31) + 1, np.int32), const([-(2**31)], np.int32), const(-(2**15), np.int16),
+              const(-(2**31), np.int64), const(-2.0**31, np.float32)):
+        assert hidden_most_negative(c) is None
+    model = _model([h.make_node("LessOrEqual", ["x", "c"], ["y"])],
+                   [h.make_tensor_value_info("x", TensorProto.INT32, [3])], {"c": np.array(-(2**31) + 1, np.int32)})
+    _same_as_reference(model, {"x": np.array([-(2**31), -(2**31) + 1, 0], np.int32)})
