@@ -16,6 +16,8 @@ onnx's reference evaluator (a breaker's finds, 2026-12-05; each failed before it
    base (the exponent cast to float32 is even).
 9. A binary op with a constant of the int32 minimum (-2**31): Equal and LessOrEqual were false everywhere (TVM's
    simplifier negates the literal), Mul by it (or by INT64_MIN) failed to build.
+10. TopK of a float slice holding a NaN came out unsorted (2, NaN, 3); of int16, uint16, uint32, uint64 and float16
+    it failed at run time (TVM's sort kernel takes neither type).
 """
 
 from __future__ import annotations
@@ -270,3 +272,35 @@ def test_other_constants_keep_relax_legalization():
     model = _model([h.make_node("LessOrEqual", ["x", "c"], ["y"])],
                    [h.make_tensor_value_info("x", TensorProto.INT32, [3])], {"c": np.array(-(2**31) + 1, np.int32)})
     _same_as_reference(model, {"x": np.array([-(2**31), -(2**31) + 1, 0], np.int32)})
+
+
+# -- 10. TopK: NaN, signed zeros, the element types TVM's sort does not take ----------------------------------------
+
+_TOPK_VALUES = {"f": [1, 3, 2, 0, 7, -2, np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0], "i": [1, 3, 2, 0, 7, -3, 9],
+                "u": [1, 3, 2, 0, 7, 9]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64,
+                                   np.uint8, np.uint16, np.uint32, np.uint64])
+@pytest.mark.parametrize(("largest", "axis", "k"), [(1, 1, 3), (0, 1, 3), (1, 0, 5), (0, 0, 1)])
+def test_top_k_in_numpys_order(dtype, largest, axis, k):
+    """The reference evaluator's order (numpy's sort: NaN above +inf, any NaN equal; ties to the lower index)."""
+    t = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model([h.make_node("TopK", ["x", "k"], ["y", "i"], largest=largest, axis=axis)],
+                   [h.make_tensor_value_info("x", t, [5, 6])], {"k": np.array([k], np.int64)})
+    model.graph.output.append(h.make_tensor_value_info("i", TensorProto.INT64, None))
+    x = np.random.default_rng(k + 7 * axis).choice(np.array(_TOPK_VALUES[np.dtype(dtype).kind], dtype), (5, 6))
+    lib = optc.compile(optc.from_onnx(model))
+    indices = lib.run({"x": x})["i"]
+    _same_as_reference(model, {"x": x}, lib)
+    np.testing.assert_array_equal(indices, run_reference(model, {"x": x})[1])
+
+
+def test_top_k_of_int32_keeps_tvms_sort():
+    """Negative: the types TVM's sort ranks as they are get no key kernel."""
+    from optc.lowering import lower
+
+    model = _model([h.make_node("TopK", ["x", "k"], ["y", "i"])], [h.make_tensor_value_info("x", TensorProto.INT32, [6])],
+                   {"k": np.array([2], np.int64)})
+    assert "order_key" not in lower(optc.from_onnx(model)).script()
+    _same_as_reference(model, {"x": np.array([4, -1, 9, 9, 0, 2], np.int32)})

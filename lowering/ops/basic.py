@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import TensorProto
-from tvm import relax
+from tvm import relax, te, tirx
 from tvm.ir.expr import Constant
 
 from ...errors import UnsupportedError
@@ -229,18 +229,45 @@ def cast_like(bb, inputs, attrs, ctx):
     return lookup_frontend("CastLike", ctx.opset)(bb, inputs, attrs, ctx)
 
 
+def _uint64_order_key(t):
+    """int64 keys in the order of the uint64 tensor `t`: its bits with the top one flipped."""
+    return te.compute(t.shape, lambda *i: tirx.reinterpret("int64", t(*i) ^ tirx.const(1 << 63, "uint64")),
+                      name="uint64_order_key")
+
+
+#: the element types TVM's sort kernel ranks as they are (others are ranked by int32 / int64 keys)
+_SORTABLE = ("int8", "uint8", "int32", "int64")
+
+
 @converter("", "TopK")
 def top_k(bb, inputs, attrs, ctx):
+    """TopK (opset 1 to 24), sorted, ties to the lower index. Floats are ranked by `ieee.total_order_key`: NaN
+    above +inf (numpy's sort order, the reference evaluator's result; TVM's float comparisons left a slice with a
+    NaN unsorted), -0.0 equal to +0.0; int16 / uint16 / uint32 by their values widened, uint64 by its bits with
+    the top one flipped, as int64 (TVM's sort kernel failed on these types at run time)."""
+    from .ieee import total_order_key  # noqa: PLC0415
+
     if _run_time(1)(inputs, attrs):
         raise UnsupportedError("TopK with k computed at run time is not supported by the TVM back end")
-    if dtype_of(inputs[0]) == "uint64":  # TVM's sort kernel rejects it at run time
-        raise UnsupportedError("TopK of uint64 is not supported by the TVM back end")
-    k, dims = constant_value(inputs[1]), dims_of(inputs[0])
-    if k is not None and int(k.reshape(-1)[0]) == 0 and dims is not None:  # TVM's topk reads k < 1 as "all"
-        axis = attrs.get("axis", -1) % len(dims)
+    x = inputs[0]
+    k = int(attrs.get("k", 1)) if ctx.opset < 10 else int(constant_value(inputs[1]).reshape(-1)[0])
+    dims = dims_of(x)
+    axis = attrs.get("axis", -1) % len(dims)
+    largest = bool(attrs.get("largest", 1))
+    if k == 0:  # TVM's topk reads k < 1 as "all"
         shape = relax.ShapeExpr([0 if i == axis else d for i, d in enumerate(dims)])
-        return relax.Tuple([relax.op.zeros(shape, dtype_of(inputs[0])), relax.op.zeros(shape, "int64")])
-    return lookup_frontend("TopK", ctx.opset)(bb, inputs, attrs, ctx)
+        return relax.Tuple([relax.op.zeros(shape, dtype_of(x)), relax.op.zeros(shape, "int64")])
+    dtype = dtype_of(x)
+    if dtype in _SORTABLE:
+        return relax.op.topk(x, k, axis, ret_type="both", largest=largest, dtype="int64")
+    if dtype.startswith(("float", "bfloat")):
+        key = total_order_key(bb, x)
+    elif dtype == "uint64":
+        key = bb.emit_te(_uint64_order_key, x, primfunc_name_hint="uint64_order_key")
+    else:
+        key = bb.normalize(relax.op.astype(x, "int64" if dtype == "uint32" else "int32"))
+    indices = bb.normalize(relax.op.topk(key, k, axis, ret_type="indices", largest=largest, dtype="int64"))
+    return relax.Tuple([bb.normalize(relax.op.gather_elements(x, indices, axis)), indices])
 
 
 _NMS_PARAMETERS = {2: "max_output_boxes_per_class", 3: "iou_threshold", 4: "score_threshold"}

@@ -15,6 +15,9 @@ converters say what happens instead, each as onnxruntime computes it where onnxr
   max over the spatial axes (reduce.py) for a symbolic one. The `Indices` output of MaxPool is refused.
 - ArgMax / ArgMin (float): a slice holding a NaN gives the index of its first NaN (last with
   `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
+- TopK (float): ranked by `total_order_key`, numpy's sort order (the reference evaluator's): NaN above +inf, so
+  NaNs come first when `largest=1` and last otherwise, -0.0 equal to +0.0 (ties to the lower index). TVM's sort
+  compares the floats, which left a slice holding a NaN unsorted; onnxruntime puts NaN first either way.
 - Not: a kernel of its own, which no fusion joins to the comparison it negates. In one kernel TVM's simplifier
   rewrote `!(a > b)` to `a <= b` (src/arith/rewrite_simplify.cc, for every type), which is false where a or b is
   NaN: `Not(Greater(x, m))` gave False there, and every `Where` on it the other branch.
@@ -193,3 +196,30 @@ def hardmax(bb, inputs, attrs, ctx):
     dtype = dtype_of(x)
     return relax.op.one_hot(index, relax.prim_value(tirx.const(1, dtype)), relax.prim_value(tirx.const(0, dtype)),
                             dims[axis], axis)
+
+
+#: float dtype -> (the signed integer type of its width, the bits of +infinity)
+_ORDER_BITS = {"float16": ("int16", 0x7C00), "bfloat16": ("int16", 0x7F80), "float32": ("int32", 0x7F800000),
+               "float64": ("int64", 0x7FF0000000000000)}
+
+
+def total_order_key(bb, x):
+    """Integer keys of the float tensor `x` (same shape; int32, or int64 for float64: the types TVM's sort takes)
+    in numpy's sort order: -inf < negatives < -0.0 == +0.0 < positives < +inf < NaN, every NaN equal (any sign or
+    payload). From the IEEE 754 bits (`mag` = the bits without the sign): `mag` for a positive, `-mag` for a
+    negative, inf + 1 for a NaN (mag > the bits of +inf)."""
+    itype, inf_bits = _ORDER_BITS[dtype_of(x)]
+    bits = int(itype[3:])
+    key_type = "int64" if bits == 64 else "int32"
+
+    def keys(t):
+        def element(*i):
+            b = tirx.reinterpret(itype, t(*i))
+            mag = b & tirx.const((1 << (bits - 1)) - 1, itype)
+            ordered = tirx.Select(b < tirx.const(0, itype), -mag, mag)
+            key = tirx.Select(mag > tirx.const(inf_bits, itype), tirx.const(inf_bits + 1, itype), ordered)
+            return key.astype(key_type)
+
+        return te.compute(t.shape, element, name="total_order_key")
+
+    return bb.emit_te(keys, x, primfunc_name_hint="total_order_key")
