@@ -4,7 +4,8 @@
    `scales`), in float32. TVM's resize multiplied by input / output instead, which lands on 1.5000001 instead of the
    tie 1.5 for 4 -> 7 rows (output row 3), so round_prefer_floor took row 2 instead of row 1.
 2. align_corners to an output length of 1: x_original = 0 (the spec's formula divides by output - 1); the TVM build
-   failed with "Divide by zero".
+   failed with "Divide by zero", and where the length is a symbolic dim that is 1 at run time, linear and cubic
+   gave NaN for the whole output.
 
 Nearest mode is checked for equality (not closeness) with onnxruntime (and onnx's reference for the ties above,
 where the two agree; the reference computes in float64 and differs from onnxruntime elsewhere), linear and cubic
@@ -154,6 +155,30 @@ def test_linear_align_corners_to_length_1_in_3d():
     lib = optc.compile(optc.from_onnx(model))
     x = _input((1, 1, 3, 4, 5))
     np.testing.assert_allclose(lib.run({"x": x})["y"], run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_align_corners_to_a_symbolic_length_that_is_1(mode):
+    """Scale 1 on symbolic H, W, and sizes from a shape computation: the output length is 1 at run time."""
+    identity = _model([1, 2, "H", "W"], _resize(["x", "", "sc"], mode, "align_corners"),
+                      {"sc": np.array([1, 1, 1, 1], np.float32)})
+    extra = [h.make_node("Shape", ["x"], ["s"]), h.make_node("Mul", ["s", "num"], ["sizes"])]
+    doubled_w = _model([1, 2, "H", "W"], _resize(["x", "", "", "sizes"], mode, "align_corners"),
+                       {"num": np.array([1, 1, 1, 2], np.int64)}, extra)
+    for model in (identity, doubled_w):
+        lib = optc.compile(optc.from_onnx(model))
+        for shape in [(1, 2, 1, 1), (1, 2, 1, 4), (1, 2, 3, 1), (1, 2, 3, 4)]:
+            x = _input(shape)
+            np.testing.assert_allclose(lib.run({"x": x})["y"], run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_linear_align_corners_to_a_symbolic_length_that_is_1_in_3d():
+    model = _model([1, 1, "D", "H", "W"], _resize(["x", "", "sc"], "linear", "align_corners"),
+                   {"sc": np.array([1, 1, 1, 1, 1], np.float32)})
+    lib = optc.compile(optc.from_onnx(model))
+    for shape in [(1, 1, 1, 1, 1), (1, 1, 2, 1, 3), (1, 1, 2, 3, 4)]:
+        x = _input(shape)
+        np.testing.assert_allclose(lib.run({"x": x})["y"], run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
 
 # -- negative: what was right stays right ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ TVM's resize computes (x_resized + 0.5) * (input / output) - 0.5, which misses a
 output coordinate to the input by the size ratio in / out; ONNX maps by 1 / scale when `scales` is given (by
 in / out when `sizes` is). The two agree when out = in * scale, so a size that floor() would round is refused.
 With align_corners, an axis resized to length 1 reads the input's first element (x_original = 0; TVM would
-divide by output - 1 = 0). On a symbolic dim a scale of 1 (or any whole number) is exact: out = in * scale.
+divide by output - 1 = 0), a symbolic one too. On a symbolic dim a scale of 1 (or any whole number) is exact: out = in * scale.
 Only the spatial dims are resized (TVM cannot resize the batch or channel axis); a scale or size that would
 change those is refused. Resize-10 and Upsample have neither roi nor a coordinate mode: they map asymmetrically
 (x / scale) and, in nearest mode, floor the coordinate when upsampling and ceil it when downsampling, as
@@ -282,20 +282,45 @@ def _interpolate(bb, x, sizes: list, roi: list[float], sampling: _Sampling):
                                    **options)
 
 
+def _at_least_two(size):
+    """max(size, 2) for a symbolic size (as a select: with `tirx.max` the 3-D resize failed to build)."""
+    two = tirx.const(2, size.ty.dtype)
+    return tirx.Select(size < two, two, size)
+
+
+#: spatial rank -> TOPI's resize and its layout
+_TOPI_RESIZE = {1: (topi.image.resize1d, "NCW"), 2: (topi.image.resize2d, "NCHW"), 3: (topi.image.resize3d, "NCDHW")}
+
+
 def _interpolate_align_corners(bb, x, sizes: list, sampling: _Sampling):
     """align_corners maps every output index of an axis resized to length 1 to x_original = 0 (the spec's
     x_resized * (length_original - 1) / (length_resized - 1) is taken as 0 there, as onnxruntime does), where
     linear and cubic interpolation read the input's first element exactly: those axes are taken at index 0,
-    the others resized, and the length-1 axes put back. Length 1 on a symbolic output dim is not detected."""
+    the others resized, and the length-1 axes put back. An axis of symbolic output length n is resized with the
+    coordinates of length max(n, 2) and its first n positions kept: they agree for n >= 2, and for n = 1 the one
+    position is x_original = 0 (TVM's formula gave NaN for the whole output at run time)."""
     ones = [axis for axis, size in enumerate(sizes) if isinstance(size, int) and size == 1]
-    if not ones:
-        return _interpolate(bb, x, sizes, _spatial_roi(None, len(sizes) + 2), sampling)
     for axis in reversed(ones):
         x = bb.normalize(relax.op.take(x, const(0, "int64"), axis=2 + axis, mode="clip"))
     rest = [size for axis, size in enumerate(sizes) if axis not in ones]
-    if rest:
-        x = bb.normalize(_interpolate(bb, x, rest, _spatial_roi(None, len(rest) + 2), sampling))
-    return relax.op.expand_dims(x, [2 + axis for axis in ones])
+    roi = _spatial_roi(None, len(rest) + 2)
+    if any(not isinstance(size, int) for size in rest):
+        coordinate_sizes = [size if isinstance(size, int) else _at_least_two(size) for size in rest]
+        resize, layout = _TOPI_RESIZE[len(rest)]
+        if len(rest) == 3:  # TOPI's resize3d takes (start_w, start_h, start_d, end_w, end_h, end_d)
+            roi = [roi[2], roi[1], roi[0], roi[5], roi[4], roi[3]]
+
+        def compute(data: te.Tensor) -> te.Tensor:
+            resized = resize(data, roi, coordinate_sizes, layout, sampling.method,
+                             sampling.coordinate_transformation_mode, sampling.rounding_method, sampling.cubic_alpha,
+                             sampling.cubic_exclude, sampling.extrapolation_value)
+            # the first `rest` positions of each axis (TOPI's resize3d ignores an `output_shape`)
+            return te.compute((*data.shape[:2], *rest), resized, name="resize_align_corners")
+
+        x = bb.emit_te(compute, x, primfunc_name_hint="resize_align_corners")
+    elif rest:
+        x = bb.normalize(_interpolate(bb, x, rest, roi, sampling))
+    return relax.op.expand_dims(x, [2 + axis for axis in ones]) if ones else x
 
 
 #: power-of-two size ratios TVM's nearest resize computes exactly (2^-4 .. 2^4)
