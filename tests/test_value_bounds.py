@@ -14,6 +14,7 @@ from optc.rewrites.rule import explain
 from optc.rewrites.rules.transformer_attention import FuseAttention4D
 from optc.rewrites.rules.value_bounds import value_bounds
 
+from .conftest import run_ort
 from .test_transformer_fusion import assert_close, ops
 
 F, F16, I64, B = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.BOOL
@@ -210,3 +211,32 @@ def test_float16_constant_mask_row_at_float16s_minimum_is_not_fused():
     rng = np.random.default_rng(3)
     feeds = [{n: rng.normal(0, 1, (1, N, S, H)).astype(np.float16) for n in "qkv"}]
     assert_close(proto, out, feeds)
+
+
+def test_float16_padding_mask_that_can_pad_every_key_is_not_fused():
+    """BERT's (1 - mask) * -10000 in float16: a sequence of padding only adds -10000 to every score of its rows.
+    onnxruntime computes the unfused float16 Add and Softmax in float32 (softmax of the scores), the fused kernel
+    in float16, where -10000 + score rounds to a multiple of 8 (the mean of V): not fused (a breaker's find)."""
+    proto = _core("int_padding", F16)
+    out = _fuse(proto)
+    assert ops(out)["Attention"] == 0, dict(ops(out))
+    rng = np.random.default_rng(4)
+    feeds = {n: rng.normal(0, 1, (1, N, S, H)).astype(np.float16) for n in "qkv"}
+    assert_close(proto, out, [{**feeds, "am": np.zeros((1, 1, 1, S), np.int64)}])
+
+
+def test_float16_constant_mask_keeping_a_score_in_every_row_is_fused():
+    """Negative: a causal float16 mask of -10000 keeps the diagonal (bias 0) in every row: fused, the same outputs
+    to float16's rounding (2 units in the last place of the largest output: the fused kernel rounds the scores to
+    float16, onnxruntime's unfused graph computes them in float32)."""
+    proto = _core("float", F16)
+    mask = np.triu(np.full((S, S), -10000, np.float16), 1)[None, None]
+    proto.graph.input.pop()
+    proto.graph.initializer.append(numpy_helper.from_array(mask, "mask"))
+    out = _fuse(proto)
+    assert ops(out)["Attention"] == 1, dict(ops(out))
+    rng = np.random.default_rng(5)
+    feeds = {n: rng.normal(0, 1, (1, N, S, H)).astype(np.float16) for n in "qkv"}
+    want, got = run_ort(proto, feeds)[0], run_ort(out, feeds)[0]
+    assert got.dtype == want.dtype == np.float16
+    assert float(np.max(np.abs(got.astype(np.float32) - want))) <= 2 * float(np.spacing(np.max(np.abs(want))))

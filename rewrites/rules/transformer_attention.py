@@ -282,7 +282,8 @@ def check_no_masked_row(m, mask, cond) -> None:
     compute a row whose bias is all -inf or its dtype's minimum as the spec (and the unfused graph) does, a NaN
     row or a uniform average of V: it writes zeros. A Where condition must be a constant with a True in every
     row; an additive mask that is a constant must have a score above max(-1e30, the dtype's minimum) in every row
-    (compared in float64: -1e30 is -inf in float16); one computed at run time must be bounded above that floor
+    (compared in float64; -2 for float16 and bfloat16: `_HALF_MASK_FLOOR`); one computed at run time must be
+    bounded above that floor
     (`value_bounds`: BERT's (1 - mask) * -10000 from an integer mask is, a float graph input or a Where that
     writes finfo.min is not), or be a causal crop that keeps a score in every row. A key-padding mask ([.., 1, T])
     that can hold the minimum is refused too: a sequence whose every key is masked would get zeros (a breaker)."""
@@ -295,7 +296,7 @@ def check_no_masked_row(m, mask, cond) -> None:
     if mask is not None:
         c = m.const(mask)
         dtype = np.dtype(np_dtype(mask) or np.float32)
-        floor = max(-1e30, float(np.finfo(dtype).min)) if dtype.kind == "f" else -1e30
+        floor = _mask_floor(dtype)
         if c is not None:
             require(bool(np.all(np.max(np.asarray(c, np.float64), axis=-1) > floor)),
                     "the mask masks every score of a row")
@@ -304,6 +305,22 @@ def check_no_masked_row(m, mask, cond) -> None:
             require((bounds is not None and bounds[0] > floor) or _cropped_causal(m, mask, floor),
                     "a mask computed at run time may mask every score of a row (it is not bounded above the dtype's "
                     "minimum, nor a causal crop)")
+
+
+#: the mask floor of 16-bit floats: a bias below it on every score of a row is, added in float16 in the fused kernel,
+#: coarser than the scores (float16's spacing at 10000 is 8: the row became the mean of V), while onnxruntime
+#: computes the unfused float16 Add and Softmax in float32, which keeps them (a breaker's find); at 2 the spacing
+#: is 2^-9 (float16), below the rounding of the scores themselves
+_HALF_MASK_FLOOR = -2.0
+
+
+def _mask_floor(dtype: np.dtype) -> float:
+    """The value at or below which a mask element counts as masking its score (`check_no_masked_row`):
+    max(-1e30, the dtype's minimum), and `_HALF_MASK_FLOOR` for float16 and bfloat16 (ml_dtypes' bfloat16 is of
+    kind 'V')."""
+    if dtype.itemsize == 2 and dtype.kind in "fV":
+        return _HALF_MASK_FLOOR
+    return max(-1e30, float(np.finfo(dtype).min)) if dtype.kind == "f" else -1e30
 
 
 def _origin_crop(m, v: Value) -> np.ndarray | None:
