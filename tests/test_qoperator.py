@@ -97,6 +97,46 @@ def test_qoperator_models_from_onnxruntimes_quantizer(kind, activation, tmp_path
     _assert_within_one_unit(model, (RNG.standard_normal((2, 3, 8, 8)) * 1.5).astype(np.float32))
 
 
+@pytest.mark.parametrize("activation", ["uint8", "int8"])
+@pytest.mark.parametrize("kind", ["Sigmoid", "LeakyRelu"])
+def test_qgemm_feeding_a_qlinear_op(kind, activation, tmp_path):
+    """Gemm -> LeakyRelu (or Sigmoid) in QOperator format is QGemm -> QLinearLeakyRelu: ONNX's inference has no
+    schema for QGemm, and its output had no type, so the QLinear op after it was not rewritten (no converter, the
+    compile refused; a breaker's find). `ir.infer` types QGemm's output now."""
+    rng = np.random.default_rng(3)
+    op = h.make_node(kind, ["g"], ["y"], **({"alpha": 0.1} if kind == "LeakyRelu" else {}))
+    graph = h.make_graph([h.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), op], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [nh.from_array((rng.standard_normal((8, 16)) * 0.3).astype(np.float32), "w"),
+                          nh.from_array(rng.standard_normal(8).astype(np.float32), "b")])
+    model = _qoperator(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8), tmp_path, activation,
+                       (4, 16))
+    assert [n.op_type for n in model.graph.node][1:3] == ["QGemm", f"QLinear{kind}"]
+    _assert_within_one_unit(model, rng.standard_normal((4, 16)).astype(np.float32))
+
+
+def test_qgemm_output_type():
+    """QGemm's output: [M, N] of y_zero_point's type, float32 without y_scale; a negative: no A, no type."""
+    from optc.ir.infer import infer_node
+
+    def qgemm(inputs, **attrs):
+        graph = h.make_graph([h.make_node("QGemm", inputs, ["y"], domain="com.microsoft", **attrs)], "g",
+                             [h.make_tensor_value_info("a", TensorProto.UINT8, [5, 7])],
+                             [h.make_tensor_value_info("y", TensorProto.UNDEFINED, None)],
+                             [nh.from_array(np.zeros((3, 7), np.int8), "b"), nh.from_array(np.float32(0.1), "s"),
+                              nh.from_array(np.uint8(3), "zu"), nh.from_array(np.int8(0), "zi")])
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+        node = next(iter(optc.from_onnx(model).graph))
+        return infer_node(node, {"": 17, "com.microsoft": 1})[0]
+
+    t = qgemm(["a", "s", "zu", "b", "s", "zi", "", "s", "zi"], transB=1)
+    assert (t.dtype, t.shape) == (TensorProto.INT8, (5, 3))
+    t = qgemm(["a", "s", "zu", "b", "s", "zi"], transB=1)
+    assert (t.dtype, t.shape) == (TensorProto.FLOAT, (5, 3))
+    assert qgemm(["", "s", "zu", "b", "s", "zi"], transB=1) is None
+
+
 @pytest.mark.parametrize("level", [0, 1])
 def test_qoperator_chain_at_low_levels(level, tmp_path):
     """-O0 and -O1 infer no types, which the rules' new nodes need: conv -> Add -> Sigmoid -> AveragePool ->

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ...ir.core import Graph, Model
-from ...ir.infer import InferenceError, infer_node
+from ...ir.infer import CONTRIB_OPS, InferenceError, infer_node
 from ...ir.tensors import ExternalTensor, Tensor
 from ...ir.types import DataType, TensorType, type_from_proto
 from ..context import PassContext, PassResult
@@ -545,6 +545,41 @@ def _opaque_shapes(proto: onnx.ModelProto, outputs: set[str]) -> onnx.ModelProto
     return given
 
 
+def _contradicts(declared: onnx.TypeProto, inferred: onnx.TypeProto) -> bool:
+    """Two tensor types that cannot describe the same value: other element types, ranks, or a dim both give as a
+    different number."""
+    if not (declared.HasField("tensor_type") and inferred.HasField("tensor_type")):
+        return False
+    a, b = declared.tensor_type, inferred.tensor_type
+    if a.elem_type and b.elem_type and a.elem_type != b.elem_type:
+        return True
+    if not (a.HasField("shape") and b.HasField("shape")):
+        return False
+    if len(a.shape.dim) != len(b.shape.dim):
+        return True
+    return any(x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value != y.dim_value
+               for x, y in zip(a.shape.dim, b.shape.dim, strict=True))
+
+
+def _stale_declarations(source: onnx.ModelProto) -> set[str]:
+    """The main graph's values whose declared type (`value_info`: an exporter's, or one a tool left after editing
+    the graph) the graph contradicts: ONNX's inference without the declarations gives another element type, rank
+    or static dim. onnxruntime runs such a model on the graph's own shapes (onnx.checker's full check rejects it);
+    optc's rules read heads and sizes from the types, so a stale one fused an attention with the wrong head count."""
+    declared = {vi.name: vi.type for vi in source.graph.value_info}
+    if not declared:
+        return set()
+    bare = onnx.ModelProto()
+    bare.CopyFrom(source)
+    bare.graph.ClearField("value_info")
+    try:
+        inferred = _infer(bare)
+    except Exception:  # noqa: BLE001 - an inference failure is reported by the main run
+        return set()
+    return {vi.name for vi in inferred.graph.value_info
+            if vi.name in declared and _contradicts(declared[vi.name], vi.type)}
+
+
 def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
     """Whole-model inference; returns how many value types were filled in (raises on failure).
 
@@ -557,6 +592,14 @@ def infer_model_types(model: Model, *, checked_zeros: bool = False) -> int:
     from ...ir.onnx_export import to_onnx
 
     source = to_onnx(model, _stub_writer)
+    stale = _stale_declarations(source)
+    if stale:  # the graph's own types replace them
+        for g in (model.graph, *model.graph.subgraphs()):
+            for node in g:
+                for o in node.outputs:
+                    if o is not None and o.name in stale:
+                        o.type = None
+        source = to_onnx(model, _stub_writer)
     source.ClearField("functions") if not model.functions else None
     crops = not _names_like_crops(source.graph)
     opaque: dict[str, onnx.TypeProto] = {}
@@ -695,10 +738,14 @@ def _reached(g: Graph, names: set[str]) -> set[str]:
     return reached
 
 
-def infer_graph_nodewise(g: Graph, opsets: dict[str, int]) -> int:
+def infer_graph_nodewise(g: Graph, opsets: dict[str, int], ops: frozenset | None = None) -> int:
+    """Infer the unknown output types of `g`'s nodes one by one (only those whose (domain, op type) is in `ops`,
+    when given); returns how many were filled in."""
     count = 0
     for node in g:
         if all(o is None or _known(o.type) for o in node.outputs) or node.subgraphs():
+            continue
+        if ops is not None and (node.domain, node.op_type) not in ops:
             continue
         try:
             types = infer_node(node, opsets)
@@ -740,9 +787,8 @@ class InferShapes(Pass):
                 done_main = False
         for g in list(model.graphs()):
             in_fn = id(root_graph(g)) in fn_opsets
-            if done_main and not in_fn:
-                continue
             opsets = fn_opsets.get(id(root_graph(g))) or dict(model.opset_imports)
-            inferred += infer_graph_nodewise(g, opsets)
+            # ONNX's whole-model inference has no schema for onnxruntime's contrib ops: those optc knows, here
+            inferred += infer_graph_nodewise(g, opsets, CONTRIB_OPS if done_main and not in_fn else None)
         # Types are annotations, not rewrites: report no change so fixed-point groups are not kept spinning.
         return PassResult(False, counts={"inferred-types": inferred} if inferred else {})
