@@ -237,6 +237,24 @@ def test_runtime_int4_input_is_refused():
     assert "\n" not in str(info.value)
 
 
+def test_compile_summary_of_a_model_whose_only_matmuls_are_int4(tmp_path, capsys):
+    """`optc compile` printed no kernel line where every matmul is weight-only int4 (it counted only integer,
+    bfloat16 and float conv/matmul; a breaker's find)."""
+    from optc.ir import load, save
+    from optc.quantization.weight_only import quantize_weight_only
+    from optc.tools.cli import main
+
+    g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, [2, 64])], [h.make_tensor_value_info("y", TP.FLOAT, None)],
+                     [nh.from_array(RNG.standard_normal((64, 32)).astype(np.float32), "w")])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), tmp_path / "f.onnx")
+    m = load(tmp_path / "f.onnx")
+    quantize_weight_only(m, format="contrib")
+    save(m, tmp_path / "q.onnx")
+    assert main(["compile", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "q.so"), "-q"]) == 0
+    assert any(line.startswith("weight-only int4: 1 matmul ") for line in capsys.readouterr().out.splitlines())
+
+
 def test_quantized_model_end_to_end_smaller_library(tmp_path):
     """`optc quantize --weight-only int4` (both formats) then compile: the summary says what ran 4-bit, the
     outputs match the weight-only model's reference, the library is at most a third of the float32 one."""

@@ -195,6 +195,22 @@ def _bias_dq(m, v: Value | None, x_scale: np.ndarray, w_scale: np.ndarray, chann
     return np.broadcast_to(b.reshape(-1), (channels,)).astype(np.int32)
 
 
+def _require_int32_accumulator(w: np.ndarray, axis: int, x: _QParams, bias: np.ndarray | None) -> None:
+    """The kernel accumulates sum(xq * w) + bias - x_zero_point * sum(w) per output channel in int32 (the last two
+    terms as one int32 constant, `lowering/ops/qinteger._correction`; w: int8 with its zero point subtracted,
+    reduced along `axis` after moving the channel to the front). Where that constant, or the sum with the largest
+    products the activation's type allows, leaves int32, the op stays float: an int32 bias near its limit (the
+    QDQ graph computes it in float; int32 wraps around)."""
+    zp = np.asarray(x.zero_point)
+    wc = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).astype(np.int64)
+    c = -np.int64(int(zp.reshape(-1)[0])) * wc.sum(axis=1)
+    if bias is not None:
+        c = c + bias.astype(np.int64)
+    largest_x = 255 if zp.dtype == np.uint8 else 128
+    require(np.abs(c).max(initial=0) < 2**31 and (np.abs(c) + largest_x * np.abs(wc).sum(axis=1)).max(initial=0)
+            < 2**31, "the bias and zero point correction can overflow the int32 accumulator")
+
+
 def _quantized_clamp(m, act: Node | None, y: _QParams, qtype: np.dtype) -> dict:
     """qmin / qmax of a Relu / Clip between the op and its QuantizeLinear: Q(lo), Q(hi) (module docstring)."""
     if act is None:
@@ -304,6 +320,7 @@ def _conv_operands(m, xd, wd, bd):
     require(w.ndim == len(x.shape) if x.shape is not None else w.ndim >= 3, "input and weight ranks differ")
     b = _bias_dq(m, bd, xq.scale, ws, w.shape[0])
     _check_conv(conv, x, w)
+    _require_int32_accumulator(w, 0, xq, b)
     return x, xq, w, ws, b
 
 
@@ -374,6 +391,7 @@ def _matmul_operands(m, ad, wd, bd):
         require(a.rank is not None and a.rank >= 2, "the input's rank is unknown or < 2")
     require(w.shape[0] <= MAX_TERMS, "the reduction is too long for an int32 accumulator")
     b = _bias_dq(m, bd, aq.scale, ws, w.shape[1])
+    _require_int32_accumulator(w, 1, aq, b)
     return a, aq, w, ws, b, None
 
 
