@@ -194,6 +194,25 @@ def test_cli_errors(tmp_path, capsys, extra, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_error_output_below_a_file(tmp_path, capsys):
+    """A parent of the output directory is a file: one line, exit 2 (was an internal error, a breaker's find)."""
+    (tmp_path / "afile").write_text("x")
+    rc = main(["auto", MODEL, "--eval", TEST, "-o", str(tmp_path / "afile" / "sub")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot create the output directory" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"version": 1, "config": []}'])
+def test_cli_error_resume_of_an_unreadable_state(tmp_path, capsys, text):
+    """A state file that is not JSON, or not an object: one line, exit 2 (was an internal error)."""
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "state.json").write_text(text)
+    rc = main(["auto", MODEL, "--eval", TEST, "-o", str(tmp_path / "o"), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "o" / "state.json").read_text() == text  # left as it was
+
+
 def test_cli_error_test_set_does_not_match_model(tmp_path, capsys):
     other = tmp_path / "other.npz"
     np.savez(other, x=np.zeros((4, 3, 8, 8), np.float32), y=np.zeros(4, np.int64))

@@ -522,3 +522,28 @@ def test_weights_in_constant_nodes_count_as_parameters():
     _, report = prune(model, 0.5)
     assert [g.channels_after for g in report.groups_pruned] == [4], report.groups_skipped
     assert (report.params_before, report.params_after) == (6 * 8 + 8 * 5, 6 * 4 + 4 * 5)
+
+
+@pytest.mark.parametrize("bias", ["graph_input", "computed"])
+def test_conv_reading_pruned_channels_with_a_run_time_bias(bias):
+    """A (group 1) Conv that reads pruned channels but whose own bias is not a constant (a graph input, or computed)
+    is not pruned itself: only its input channels are cut. It was taken for a depthwise conv: its filters cut by
+    the input's channels and `group` set to their count (an invalid model, or an internal error; a breaker's
+    find)."""
+    b = Builder(0)
+    h = b.op("Relu", [b.conv("x", 3, 8, [1, 3, 5, 7])])
+    w2 = b.const(b.weights((8, 8, 1, 1), [1, 3, 5, 7], axis=1))
+    if bias == "graph_input":
+        inputs, b2 = {**IMG, "b2": [8]}, "b2"
+    else:
+        inputs, b2 = IMG, b.op("Add", [b.const(np.ones(8)), b.const(np.arange(8))])
+    y = b.op("Conv", [h, w2, b2])
+    model = b.model(inputs, [y])
+    pruned, report = prune(model, 0.5)
+    proto = _valid(pruned)
+    conv = [n for n in proto.graph.node if n.op_type == "Conv"][-1]
+    assert all(a.name != "group" or a.i == 1 for a in conv.attribute)
+    feeds = {**_feeds(model), "b2": np.linspace(-1, 1, 8).astype(np.float32)} if bias == "graph_input" else _feeds(model)
+    for want, got in zip(run_ort(model, feeds), run_ort(proto, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert report.params_after < report.params_before

@@ -730,9 +730,16 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
     if resume:
         if not os.path.isfile(state_path):
             raise OptcError(f"--resume: '{outdir}' holds no run to resume (no {STATE_FILE})")
-        state = json.load(open(state_path))
+        try:
+            with open(state_path) as f:
+                state = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise OptcError(f"--resume: cannot read '{state_path}': {exc}") from None
+        if not isinstance(state, dict):
+            raise OptcError(f"--resume: '{state_path}' is not the state of an optc auto run")
         if state.get("version") != STATE_VERSION or state.get("config") != config:
-            changed = sorted(k for k in config if state.get("config", {}).get(k) != config[k])
+            given = state.get("config") if isinstance(state.get("config"), dict) else {}
+            changed = sorted(k for k in config if given.get(k) != config[k])
             raise OptcError(f"--resume: the run in '{outdir}' was started with other settings ({', '.join(changed)}"
                             " differ); start a new run in another directory")
         # resumed with time left: the search goes on where the budget ended it or left a step out for lack of time
@@ -753,7 +760,10 @@ def auto(model: str | os.PathLike, eval_data: str | os.PathLike, calibration: st
                      threads=threads, budget_s=budget * 60, outdir=outdir, latency_batch=latency_batch,
                      progress=progress, log=log)
     created = [d for d in (outdir, search.work) if not os.path.isdir(d)]
-    os.makedirs(search.work, exist_ok=True)
+    try:
+        os.makedirs(search.work, exist_ok=True)
+    except OSError as exc:
+        raise OptcError(f"cannot create the output directory '{outdir}': {exc.strerror or exc}") from None
     started = time.monotonic()
     search.deadline = started + budget * 60 - state["elapsed_s"]
 

@@ -353,7 +353,7 @@ class _Apply:
                 bias = node.inputs[2]
                 if bias.shape and bias.shape[-1] == m_out.size and m_out.size > 1:
                     cuts.setdefault(2, []).append((len(bias.shape) - 1, m_out, keep))
-        elif op == "Conv" and m_in is not None:  # depthwise: one filter per channel
+        elif op == "Conv" and m_in is not None and node.attr("group", 1) != 1:  # depthwise: one filter per channel
             keep = self.positions(m_in)
             cuts.setdefault(1, []).append((0, m_in, keep))
             if len(node.inputs) > 2 and node.inputs[2] is not None:
