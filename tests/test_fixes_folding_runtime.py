@@ -107,6 +107,81 @@ def test_reference_evaluator_ops_still_fold_where_right(op):
     assert op_types(after) == ["Add"]
 
 
+# -- constants whose value onnxruntime computes otherwise than numpy / the spec (fold_constants._RUNTIMES_DIFFER) --
+
+F32, F64, I32, I64 = np.float32, np.float64, np.int32, np.int64
+NZ = -0.0
+# op -> (attributes, constants where folding changed the output on onnxruntime (a breaker's finds), ordinary
+# constants that still fold); the constants are the node's inputs in order (None: absent)
+DIFFER_CASES = {
+    "Relu": ({}, [np.array([NZ, 1, -2], F32)], [np.array([0.5, 1, -2], F32)]),
+    "Max": ({}, [np.array([NZ, 0], F32), np.array([0, NZ], F32)], [np.array([1, 0], F32), np.array([0, 2], F32)]),
+    "Min": ({}, [np.array([0, NZ], F32), np.array([NZ, 0], F32)], [np.array([1, 0], F32), np.array([0, 2], F32)]),
+    "Sum": ({}, [np.array([NZ], F32), np.array([NZ], F32)], [np.array([1.5], F32), np.array([2], F32)]),
+    "Mean": ({}, [np.array([NZ], F32), np.array([NZ], F32)], [np.array([1.5], F32), np.array([2], F32)]),
+    "ReduceMax": ({"keepdims": 0}, [np.array([[NZ, 0, np.nan]], F32)], [np.array([[1, 0, 3]], F32)]),
+    "ReduceMin": ({"keepdims": 0}, [np.array([[0, NZ, np.nan]], F32)], [np.array([[1, 0, 3]], F32)]),
+    "ArgMax": ({"axis": 1}, [np.array([[np.nan, 1, 5], [2, np.nan, 3]], F32)], [np.array([[0, 1, 5]], F32)]),
+    "ArgMin": ({"axis": 1}, [np.array([[np.nan, 1, 5], [2, np.nan, 3]], F32)], [np.array([[0, 1, 5]], F32)]),
+    "Pow": ({}, [np.array([2**27 + 1, 3, 10], I64), np.array([2, 39, 19], I64)],
+            [np.array([3, -2], I64), np.array([5, 3], I64)]),
+    "Mod": ({"fmod": 1}, [np.array([2**62 + 3, -(2**62) - 3], I64), np.array([5, 5], I64)],
+            [np.array([7, -7], I64), np.array([5, 5], I64)]),
+    "ReduceSum": ({"keepdims": 0}, [np.array([2**31 - 1, 1], I32)], [np.array([2**30, 5], I32)]),
+    "ReduceProd": ({"keepdims": 0}, [np.array([2**20, 2**20], I32)], [np.array([2**10, 2**10], I32)]),
+    "ReduceSumSquare": ({"keepdims": 0}, [np.array([2**30, 3], I32)], [np.array([2**10, 3], I32)]),
+    "ReduceL1": ({"keepdims": 0}, [np.array([2**31 - 1, 1], I32)], [np.array([2**30, -5], I32)]),
+    "ReduceL2": ({"keepdims": 0}, [np.array([2**30, 2**30], I32)], [np.array([3, 4], I32)]),
+    "Clip": ({}, [np.array([np.inf, -np.inf, 1], F32), None, np.array(2, F32)],
+             [np.array([5, -3, 1], F32), None, np.array(2, F32)]),
+    "Cast": ({"to": onnx.TensorProto.FLOAT16}, [np.array([1 + 2**-11 + 2**-40, 2049 + 2**-30], F64)],
+             [np.array([1.5, 2048.25], F64)]),
+    "Range": ({}, [np.array(0.1, F32), np.array(10, F32), np.array(0.1, F32)],
+              [np.array(0.5, F32), np.array(8, F32), np.array(0.5, F32)]),
+}
+
+
+def _constant_model(op: str, attrs: dict, consts: list) -> onnx.ModelProto:
+    names = ["" if c is None else f"c{i}" for i, c in enumerate(consts)]
+    nodes = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(c)) for n, c in zip(names, consts,
+                                                                                                    strict=True) if n]
+    nodes += [helper.make_node(op, names, ["d"], **attrs), helper.make_node("Identity", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return a.tobytes() == b.tobytes() if a.dtype.kind == "f" else np.array_equal(a, b)
+
+
+def test_every_runtime_difference_has_a_case():
+    from optc.rewrites.passes.fold_constants import _RUNTIMES_DIFFER
+
+    assert set(DIFFER_CASES) == set(_RUNTIMES_DIFFER)
+
+
+@pytest.mark.parametrize("op", sorted(DIFFER_CASES))
+def test_constants_onnxruntime_computes_otherwise_are_not_folded(op):
+    """Folded, these gave numpy's / the spec's value where onnxruntime computes another (Relu(-0.0) = +0.0 instead
+    of -0.0, int64 Pow exact instead of through double, ReduceMax skipping NaN, ...): left to the runtime, the
+    outputs are onnxruntime's bit for bit. The same op on ordinary constants still folds."""
+    import onnxruntime as ort
+
+    attrs, differ, ordinary = DIFFER_CASES[op]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for consts, folded in ((differ, False), (ordinary, True)):
+        model = _constant_model(op, attrs, consts)
+        after = optc.to_onnx(optc.optimize(optc.from_onnx(model), level=2))
+        assert (op not in [n.op_type for n in after.graph.node]) == folded, [n.op_type for n in after.graph.node]
+        want = run_ort(model, {}, options)[0]
+        got = run_ort(after, {}, options)[0]
+        assert _bits_equal(got, want), (got, want)
+
+
 # -- piecewise activations at +-0.0 and NaN, compiled -------------------------------------------------
 
 _SPECIAL = np.array([-0.0, 0.0, -1.0, 2.0, -0.3, 0.7, np.nan, -np.inf, np.inf], np.float32)

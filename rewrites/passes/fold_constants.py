@@ -18,9 +18,11 @@ zero, in integers: no float64 round trip of int64 values) and the correctly roun
 sqrt, casts) fold to exactly what a runtime computes, NaN, infinities and signed zeros included. A result in
 another element type than the node's output is refused unless the conversion is exact (a float32 computed
 for a float64 output, or an int64 that does not fit an int32 output, is not folded). Integer Div / Mod by
-zero is left to the runtime. Transcendental functions and reductions fold to numpy's (or the reference
-evaluator's) value, which ONNX does not specify to the bit: it may differ from a runtime's by its libm's
-rounding or summation order.
+zero is left to the runtime, and so is a node whose value on its constants onnxruntime computes otherwise than
+the spec or numpy (`_RUNTIMES_DIFFER`: Relu / Max / Min / Sum of -0.0, ReduceMax and ArgMax over NaN, integer Pow
+beyond 2^53, integer reductions that overflow, float Range, ...). Transcendental functions and reductions fold to
+numpy's (or the reference evaluator's) value, which ONNX does not specify to the bit: it may differ from a
+runtime's by its libm's rounding or summation order.
 """
 
 from __future__ import annotations
@@ -218,6 +220,112 @@ _REFERENCE_WRONG: dict[str, tuple[Callable[[Node, int], bool], str]] = {
 }
 
 
+def _floats(vals: list) -> list[np.ndarray]:
+    return [v for v in vals if v is not None and v.dtype.kind == "f"]
+
+
+def _negative_zero(node: Node, vals: list) -> bool:
+    return any(np.any((v == 0) & np.signbit(v)) for v in _floats(vals))
+
+
+def _nan(node: Node, vals: list) -> bool:
+    return any(np.isnan(v).any() for v in _floats(vals))
+
+
+def _beyond_double(node: Node, vals: list) -> bool:
+    """Integer operands or a result beyond 2^53 (onnxruntime computes integer Pow and fmod through double)."""
+    if vals[0].dtype.kind not in "iu" or (node.op_type == "Mod" and not int(node.attr("fmod", 0))):
+        return False
+    limit = 2.0**53
+    if any(np.abs(v.astype(np.float64)).max(initial=0) > limit for v in vals if v is not None):
+        return True
+    if node.op_type == "Pow":
+        with np.errstate(all="ignore"):
+            return bool(np.abs(np.power(vals[0].astype(np.float64), vals[1].astype(np.float64))).max(initial=0)
+                        > limit)
+    return False
+
+
+def _integer_reduction_overflows(node: Node, vals: list) -> bool:
+    """An integer ReduceSum / ReduceProd / ReduceSumSquare / ReduceL1 / ReduceL2 whose result may leave its type
+    (bounded in float64 over the whole tensor): onnxruntime saturates where the reference wraps around."""
+    x = vals[0]
+    if x.dtype.kind not in "iu" or x.size == 0:
+        return False
+    a = np.abs(x.astype(np.float64))
+    bound = {"ReduceProd": float(np.prod(np.maximum(a, 1.0))), "ReduceSumSquare": float((a * a).sum()),
+             "ReduceL2": float((a * a).sum())}.get(node.op_type, float(a.sum()))
+    return bound >= float(np.iinfo(x.dtype).max)
+
+
+def _clip_unbounded_infinity(node: Node, vals: list) -> bool:
+    """Clip without a min or a max on an infinite input: onnxruntime clamps it to the type's finite range."""
+    bounds = [node.attr("min"), node.attr("max")] if len(vals) == 1 and node.attr("min") is not None \
+        else [vals[i] if len(vals) > i else None for i in (1, 2)]
+    return any(b is None for b in bounds) and any(np.isinf(v).any() for v in _floats(vals[:1]))
+
+
+def _double_rounded_cast(node: Node, vals: list) -> bool:
+    """A float64 -> float16 Cast that onnxruntime rounds twice (through float32), where that differs."""
+    to = DataType(int(node.attr("to")))
+    x = vals[0]
+    if x.dtype != np.float64 or to not in (DataType.FLOAT16, DataType.BFLOAT16):
+        return False
+    target = to.numpy()
+    return not np.array_equal(x.astype(target), x.astype(np.float32).astype(target), equal_nan=True)
+
+
+def _accumulated_range(node: Node, vals: list) -> bool:
+    """A float Range: onnxruntime adds delta step by step, the spec (and the reference) computes start + i * delta;
+    where the two differ."""
+    start, limit, delta = (np.asarray(v).reshape(()) for v in vals[:3])
+    if start.dtype.kind != "f" or not np.isfinite([start, limit, delta]).all() or delta == 0:
+        return False
+    n = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
+    if n > 1 << 20:
+        return True
+    accumulated = np.empty(n, start.dtype)
+    v = start
+    for i in range(n):
+        accumulated[i] = v
+        v = (v + delta).astype(start.dtype)
+    return not np.array_equal(accumulated, (start + np.arange(n, dtype=start.dtype) * delta).astype(start.dtype))
+
+
+# op -> (when the folded value, the spec's or numpy's, may differ from what onnxruntime computes for the node; why):
+# such a node is left to the runtime. A breaker's finds (2026-12-05), each checked on onnxruntime 1.31 in
+# tests/test_fixes_folding_runtime.py.
+_RUNTIMES_DIFFER: dict[str, tuple[Callable[[Node, list], bool], str]] = {
+    "Relu": (_negative_zero, "Relu(-0.0) is -0.0 on onnxruntime, +0.0 in numpy"),
+    "Max": (_negative_zero, "onnxruntime keeps the first of equal zeros"),
+    "Min": (_negative_zero, "onnxruntime keeps the first of equal zeros"),
+    "Sum": (_negative_zero, "the reference sums from +0.0"),
+    "Mean": (_negative_zero, "the reference sums from +0.0"),
+    "ReduceMax": (lambda n, v: _nan(n, v) or _negative_zero(n, v), "onnxruntime skips NaN and keeps the first zero"),
+    "ReduceMin": (lambda n, v: _nan(n, v) or _negative_zero(n, v), "onnxruntime skips NaN and keeps the first zero"),
+    "ArgMax": (_nan, "onnxruntime's index of a slice with a NaN is not numpy's"),
+    "ArgMin": (_nan, "onnxruntime's index of a slice with a NaN is not numpy's"),
+    "Pow": (_beyond_double, "onnxruntime computes integer Pow in double"),
+    "Mod": (_beyond_double, "onnxruntime computes integer fmod in double"),
+    "ReduceSum": (_integer_reduction_overflows, "onnxruntime saturates an integer overflow"),
+    "ReduceProd": (_integer_reduction_overflows, "onnxruntime saturates an integer overflow"),
+    "ReduceSumSquare": (_integer_reduction_overflows, "onnxruntime saturates an integer overflow"),
+    "ReduceL1": (_integer_reduction_overflows, "onnxruntime saturates an integer overflow"),
+    "ReduceL2": (_integer_reduction_overflows, "onnxruntime saturates an integer overflow"),
+    "Clip": (_clip_unbounded_infinity, "onnxruntime clamps an infinity to the type's range without a bound"),
+    "Cast": (_double_rounded_cast, "onnxruntime casts float64 to float16 through float32"),
+    "Range": (_accumulated_range, "onnxruntime accumulates start + delta + delta + ..."),
+}
+
+
+def runtimes_differ(node: Node, vals: list) -> str | None:
+    """Why folding `node` on the constants `vals` could give another value than onnxruntime computes, or None."""
+    entry = _RUNTIMES_DIFFER.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if entry is None or not vals or vals[0] is None or not entry[0](node, vals):
+        return None
+    return entry[1]
+
+
 def reference_eval_fault(node: Node, version: int) -> str | None:
     """Why onnx's reference evaluator computes this node (of opset `version`) wrong, or None if it does not."""
     entry = _REFERENCE_WRONG.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -245,10 +353,12 @@ def _reference_eval(node: Node, vals: list[np.ndarray | None], opsets: dict[str,
 def evaluate_node(node: Node, vals: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray] | None:
     """The outputs of `node` on the constant inputs `vals` (None for an absent optional input): numpy for the cheap
     common ops, onnx's reference evaluator for the rest; None where that evaluator computes the op wrong
-    (`reference_eval_fault`). Raises whatever the evaluator raises on a case it cannot run. IEEE semantics as in
-    the module docstring (the folder and `rules/qlookup.py`'s tables use this one evaluator)."""
+    (`reference_eval_fault`), or where its value on these constants may not be onnxruntime's (`runtimes_differ`).
+    Raises whatever the evaluator raises on a case it cannot run. IEEE semantics as in the module docstring (the folder and `rules/qlookup.py`'s tables use this one evaluator)."""
     version = opsets.get(node.domain, opsets.get("", 21))
     with np.errstate(all="ignore"):  # log(0), x / 0, overflow: IEEE results, not warnings on the user's terminal
+        if runtimes_differ(node, vals) is not None:
+            return None
         outs = _fast_eval(node, vals, version) if node.domain == "" else None
         if outs is None:
             if reference_eval_fault(node, version) is not None:
