@@ -121,6 +121,13 @@ DIFFER_CASES = {
     "Mean": ({}, [np.array([NZ], F32), np.array([NZ], F32)], [np.array([1.5], F32), np.array([2], F32)]),
     "ReduceMax": ({"keepdims": 0}, [np.array([[NZ, 0, np.nan]], F32)], [np.array([[1, 0, 3]], F32)]),
     "ReduceMin": ({"keepdims": 0}, [np.array([[0, NZ, np.nan]], F32)], [np.array([[1, 0, 3]], F32)]),
+    "Selu": ({}, [np.array([NZ, 1], F32)], [np.array([-1, 1], F32)]),
+    "Celu": ({}, [np.array([NZ, 1], F32)], [np.array([-1, 1], F32)]),
+    "ReduceLogSumExp": ({"keepdims": 0}, [np.array([[-np.inf, -np.inf], [np.inf, 1], [np.inf, np.inf]], F32)],
+                        [np.array([[0, 0], [3, 1]], F32)]),
+    "TopK": ({}, [np.array([[np.nan, 1, 2]], F32), np.array([3], I64)], [np.array([[0, 1, 2]], F32), np.array([2], I64)]),
+    "Hardmax": ({}, [np.array([[np.nan, 1, 2], [1, np.nan, 0]], F32)], [np.array([[0, 1, 2], [1, 3, 0]], F32)]),
+    "Unique": ({"sorted": 1}, [np.array([3, 1, np.nan, 1, np.nan], F32)], [np.array([3, 1, 2, 1], F32)]),
     "ArgMax": ({"axis": 1}, [np.array([[np.nan, 1, 5], [2, np.nan, 3]], F32)], [np.array([[0, 1, 5]], F32)]),
     "ArgMin": ({"axis": 1}, [np.array([[np.nan, 1, 5], [2, np.nan, 3]], F32)], [np.array([[0, 1, 5]], F32)]),
     "Pow": ({}, [np.array([2**27 + 1, 3, 10], I64), np.array([2, 39, 19], I64)],
@@ -145,7 +152,8 @@ def _constant_model(op: str, attrs: dict, consts: list) -> onnx.ModelProto:
     names = ["" if c is None else f"c{i}" for i, c in enumerate(consts)]
     nodes = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(c)) for n, c in zip(names, consts,
                                                                                                     strict=True) if n]
-    nodes += [helper.make_node(op, names, ["d"], **attrs), helper.make_node("Identity", ["d"], ["y"])]
+    outputs = ["d", "indices"] if op == "TopK" else ["d"]  # (TopK's Indices output is not optional)
+    nodes += [helper.make_node(op, names, outputs, **attrs), helper.make_node("Identity", ["d"], ["y"])]
     graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return onnx.shape_inference.infer_shapes(model)
