@@ -17,7 +17,7 @@ converters say what happens instead, each as onnxruntime computes it where onnxr
   `select_last_index=1`), as numpy and the reference evaluator do; onnxruntime's answer depends on where the NaN is.
 - TopK (float): ranked by `total_order_key`, numpy's sort order (the reference evaluator's): NaN above +inf, so
   NaNs come first when `largest=1` and last otherwise, -0.0 equal to +0.0 (ties to the lower index). TVM's sort
-  compares the floats, which left a slice holding a NaN unsorted; onnxruntime puts NaN first either way.
+  compares the floats, which left a slice holding a NaN unsorted; onnxruntime places a NaN by where it is in the slice.
 - Not: a kernel of its own, which no fusion joins to the comparison it negates. In one kernel TVM's simplifier
   rewrote `!(a > b)` to `a <= b` (src/arith/rewrite_simplify.cc, for every type), which is false where a or b is
   NaN: `Not(Greater(x, m))` gave False there, and every `Where` on it the other branch.
