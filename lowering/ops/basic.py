@@ -252,6 +252,8 @@ def top_k(bb, inputs, attrs, ctx):
     x = inputs[0]
     k = int(attrs.get("k", 1)) if ctx.opset < 10 else int(constant_value(inputs[1]).reshape(-1)[0])
     dims = dims_of(x)
+    if dims is None:
+        raise UnsupportedError("TopK of a tensor of unknown rank is not supported by the TVM back end")
     axis = attrs.get("axis", -1) % len(dims)
     largest = bool(attrs.get("largest", 1))
     if k == 0:  # TVM's topk reads k < 1 as "all"
