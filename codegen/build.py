@@ -239,9 +239,9 @@ def fusion_passes():
     """Legalize and fuse: the module that MetaSchedule tunes (same as relax's 'zero' pipeline)."""
     from tvm import relax  # noqa: PLC0415
 
+    from . import int_min_literals, max_pool  # noqa: PLC0415
     from .concat import concat_copies_pass  # noqa: PLC0415
     from .int8_kernels import mark_7bit_weights  # noqa: PLC0415
-    from . import int_min_literals, max_pool  # noqa: PLC0415
 
     return [
         relax.transform.LegalizeOps(customize_legalize_map={**max_pool.legalize_map(),
