@@ -9,6 +9,7 @@ from tvm.ir.expr import Constant
 
 from ...errors import UnsupportedError
 from ..converters import const, constant_value, converter, dims_of, dtype_of, lookup_frontend, refuse_when
+from .ieee import total_order_key
 from .shape import _INT32_MAX
 
 
@@ -245,8 +246,6 @@ def top_k(bb, inputs, attrs, ctx):
     above +inf (numpy's sort order, the reference evaluator's result; TVM's float comparisons left a slice with a
     NaN unsorted), -0.0 equal to +0.0; int16 / uint16 / uint32 by their values widened, uint64 by its bits with
     the top one flipped, as int64 (TVM's sort kernel failed on these types at run time)."""
-    from .ieee import total_order_key  # noqa: PLC0415
-
     if _run_time(1)(inputs, attrs):
         raise UnsupportedError("TopK with k computed at run time is not supported by the TVM back end")
     x = inputs[0]
