@@ -33,6 +33,8 @@ from dataclasses import dataclass
 MIN_ROWS = 4
 #: blocks of query rows per parallel task: each task allocates its scratch buffer once
 BLOCKS_PER_TASK = 4
+#: bias rows per parallel task of ``row_limits_kernel`` (its vector buffers are allocated once a task)
+LIMIT_ROWS_PER_TASK = 16
 #: score tile width (vectors) for fewer than MIN_ROWS query rows: wider tiles pad the keys further
 MAX_SHORT_VECTORS = 4
 
@@ -54,6 +56,12 @@ class AttentionShape:
     d: int
     dv: int
     bias: tuple | None = None
+
+    @property
+    def limits_keys(self) -> bool:
+        """Whether the kernel computes each block of query rows only up to the last key its bias leaves open
+        (``row_limits_kernel``): a bias with a key axis of its own."""
+        return self.bias is not None and not (isinstance(self.bias[3], int) and self.bias[3] == 1)
 
 
 @dataclass(frozen=True)
@@ -129,11 +137,21 @@ def fast_exp_expr(x):
 
 
 def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str = "fast"):
-    """The fused kernel (a scheduled PrimFunc) for `shape` with `tiles`; parameters q, kt, v[, bias], y (float32):
-    q [batch, sq, q_heads, d] (already multiplied by its share of the scale), kt [batch, kv_heads, skvp / key_step,
-    d, key_step] (K^T in panels of ``tiles.key_step`` keys, each contiguous; scaled likewise; skvp =
-    ``padded_keys``; the padding keys' scores are never read into a result: ``packed_keys``), v
-    [batch, skv, kv_heads, dv], bias (``shape.bias``), y [batch, sq, q_heads, dv] (written)."""
+    """The fused kernel (a scheduled PrimFunc) for `shape` with `tiles`; parameters q, kt, v[, bias[, rowlim,
+    kfin]], y: q [batch, sq, q_heads, d] (float32, already multiplied by its share of the scale), kt [batch,
+    kv_heads, skvp / key_step, d, key_step] (K^T in panels of ``tiles.key_step`` keys, each contiguous; scaled
+    likewise; skvp = ``padded_keys``; the padding keys' scores are never read into a result), v [batch, skv,
+    kv_heads, dv], bias (``shape.bias``), with ``shape.limits_keys`` rowlim (int64, the bias's first three dims:
+    ``row_limits_kernel``) and kfin [batch, kv_heads] (int64: the last key whose V row holds a NaN or an
+    infinity, -1 for none: ``pack_keys_kernel``), y [batch, sq, q_heads, dv] (written).
+
+    With ``shape.limits_keys``, each block of query rows computes its keys only up to the last one the bias of
+    any of its rows leaves open (and the last non-finite V row): a causal mask's later keys, a padding mask's
+    padding. The keys left out are those whose bias is at most -FLT_MAX (torch's ``finfo.min`` and -inf masks),
+    in rows that each keep a key of bias >= -2^120, with a finite V: where every score is below 1.69e38 in
+    magnitude their probability is exactly 0 (their shifted scores stay below exp's underflow to 0, -104) and
+    they add only zeros, so the results are the kernel's without the limit, bit for bit. A NaN or an infinite
+    score at a key left out (the "overflowing scores" corner of fast math) no longer reaches its row."""
     from tvm import tirx  # noqa: PLC0415
     from tvm.script import tirx as T  # noqa: PLC0415
 
@@ -161,8 +179,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
         per_task = BLOCKS_PER_TASK
     tasks = -(-blocks // per_task)
     group = hq // hk
-    key_chunks, key_tail = skv // lanes, skv // lanes * lanes
-    has_bias = shape.bias is not None
+    has_bias, has_limits = shape.bias is not None, shape.limits_keys
     # each bias dim 1 (broadcast) or the kernel's own dim of (batch, q heads, sq, skv)
     bias_shape = tuple(1 if isinstance(n, int) and n == 1 else full
                        for n, full in zip(shape.bias or (1, 1, 1, 1), (b_n, hq, sq, skv), strict=True))
@@ -178,11 +195,25 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
         return bias[tuple(i64(0) if isinstance(n, int) and n == 1 else x
                           for x, n in zip(dims, bias_shape, strict=True))]
 
+    def rowlim_at(rowlim, b, h, i):
+        return rowlim[tuple(i64(0) if isinstance(n, int) and n == 1 else x
+                            for x, n in zip((b, h, i), bias_shape[:3], strict=True))]
+
     @T.macro
-    def body(q, kt, v, bias, y):
+    def key_limit(rowlim, kfin, b, h, g, i0, lim):
+        """lim[0] = the keys this block of query rows computes: the most of its rows' ``row_limits`` and past the
+        last key whose V row holds a NaN or an infinity (kfin)."""
+        lim[0] = kfin[b, g] + T.int64(1)
+        for r in range(rows):
+            lim[0] = T.max(lim[0], rowlim_at(rowlim, b, h, T.min(i0 + r, i64(sq - 1))))
+
+    @T.macro
+    def body(q, kt, v, bias, rowlim, kfin, y):
       with T.sblock("root"):
        with T.sblock("fused_attention"):
-        if has_bias:
+        if has_limits:
+            T.reads(q[:, :, :, :], kt[:, :, :, :, :], v[:, :, :, :], bias[:, :, :, :], rowlim[:, :, :], kfin[:, :])
+        elif has_bias:
             T.reads(q[:, :, :, :], kt[:, :, :, :, :], v[:, :, :, :], bias[:, :, :, :])
         else:
             T.reads(q[:, :, :, :], kt[:, :, :, :, :], v[:, :, :, :])
@@ -195,11 +226,15 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
             part = T.decl_buffer((lanes,), "float32", scope="local")
             stat = T.decl_buffer((2,), "float32", scope="local")
             total = T.decl_buffer((rows,), "float32", scope="local")
+            lim = T.decl_buffer((1,), "int64", scope="local")  # the keys computed for this block
             for bi in range(i64(per_task)):
                 blk = task % i64(tasks) * i64(per_task) + bi
                 if blk < i64(blocks):
                     i0 = blk * i64(rows)
-                    for jt in range(i64(panels)):
+                    lim[0] = i64(skv)
+                    if has_limits:
+                        key_limit(rowlim, kfin, b, h, g, i0, lim)
+                    for jt in range((lim[0] + i64(w1 - 1)) // i64(w1)):
                         acc = T.decl_buffer((rows * w1,), "float32", scope="local")
                         for r in T.unroll(rows):
                             for c in T.vectorized(w1):
@@ -219,25 +254,25 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         if has_bias:
                             for ln in T.vectorized(lanes):
                                 part[ln] = T.float32(0)
-                            for jc in range(i64(key_chunks)):
+                            for jc in range(lim[0] // i64(lanes)):
                                 for ln in T.vectorized(lanes):
                                     s[r, jc * lanes + ln] = s[r, jc * lanes + ln] + bias_at(
                                         bias, b, h, qi, jc * lanes + ln)
                                     part[ln] = T.max(part[ln], T.Select(
                                         bias_at(bias, b, h, qi, jc * lanes + ln) == neg_inf,
                                         T.float32(0), T.float32(1)))
-                            for j in range(i64(key_tail), i64(skv)):
+                            for j in range(lim[0] // i64(lanes) * i64(lanes), lim[0]):
                                 s[r, j] = s[r, j] + bias_at(bias, b, h, qi, j)
                                 part[0] = T.max(part[0], T.Select(bias_at(bias, b, h, qi, j) == neg_inf,
                                                                   T.float32(0), T.float32(1)))
                             stat[1] = part[0]
                             for ln in range(1, lanes):
                                 stat[1] = T.max(stat[1], part[ln])
-                        for j in range(i64(skv), i64(skvp)):
+                        for j in range(lim[0], (lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1)):
                             s[r, j] = neg_inf
                         for ln in T.vectorized(lanes):
                             part[ln] = neg_inf
-                        for jc in range(i64(panels * (w1 // lanes))):
+                        for jc in range((lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1 // lanes)):
                             for ln in T.vectorized(lanes):
                                 part[ln] = T.max(part[ln], s[r, jc * lanes + ln])
                         stat[0] = part[0]
@@ -246,7 +281,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         stat[0] = T.Select(stat[0] == neg_inf, T.float32(0), stat[0])
                         for ln in T.vectorized(lanes):
                             part[ln] = T.float32(0)
-                        for jc in range(i64(panels * (w1 // lanes))):
+                        for jc in range((lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1 // lanes)):
                             for ln in T.vectorized(lanes):
                                 if has_bias:  # a fully masked row: probabilities 0 (y = 0 @ v, NaN where v is inf)
                                     s[r, jc * lanes + ln] = T.Select(stat[1] == T.float32(0), T.float32(0),
@@ -260,7 +295,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         total[r] = T.Select(total[r] == T.float32(0), T.float32(1), total[r])
                         # p = e / sum before the product with V, as the spec (a sum of e * V could overflow
                         # where p V does not: V near the float32 maximum)
-                        for jc in range(i64(panels * (w1 // lanes))):
+                        for jc in range((lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1 // lanes)):
                             for ln in T.vectorized(lanes):
                                 s[r, jc * lanes + ln] = s[r, jc * lanes + ln] / total[r]
                     for ct in range(i64(dv // w2)):
@@ -268,7 +303,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         for r in T.unroll(rows):
                             for c in T.vectorized(w2):
                                 acc2[r * w2 + c] = T.float32(0)
-                        for j in range(i64(skv)):
+                        for j in range(lim[0]):
                             for r in T.unroll(rows):
                                 for vv in T.unroll(tiles.o_vectors):
                                     for ln in T.vectorized(lanes):
@@ -284,15 +319,24 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
     v_shape = (i64(b_n), i64(skv), i64(hk), i64(dv))
     y_shape = (i64(b_n), i64(sq), i64(hq), i64(dv))
     attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8}
-    if has_bias:
-        b_shape = tuple(i64(n) for n in bias_shape)
+    b_shape = tuple(i64(n) for n in bias_shape)
+    if has_limits:
+        @T.prim_func(private=True, s_tir=True)
+        def fused_attention_limits(q: T.Buffer(q_shape, "float32"), kt: T.Buffer(kt_shape, "float32"),
+                            v: T.Buffer(v_shape, "float32"), bias: T.Buffer(b_shape, "float32"),
+                            rowlim: T.Buffer(b_shape[:3], "int64"), kfin: T.Buffer((i64(b_n), i64(hk)), "int64"),
+                            y: T.Buffer(y_shape, "float32")):
+            T.func_attr(attrs)
+            body(q, kt, v, bias, rowlim, kfin, y)
 
+        return fused_attention_limits
+    if has_bias:
         @T.prim_func(private=True, s_tir=True)
         def fused_attention(q: T.Buffer(q_shape, "float32"), kt: T.Buffer(kt_shape, "float32"),
                             v: T.Buffer(v_shape, "float32"), bias: T.Buffer(b_shape, "float32"),
                             y: T.Buffer(y_shape, "float32")):
             T.func_attr(attrs)
-            body(q, kt, v, bias, y)
+            body(q, kt, v, bias, None, None, y)
 
         return fused_attention
 
@@ -300,7 +344,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
     def fused_attention_nobias(q: T.Buffer(q_shape, "float32"), kt: T.Buffer(kt_shape, "float32"),
                                v: T.Buffer(v_shape, "float32"), y: T.Buffer(y_shape, "float32")):
         T.func_attr(attrs)
-        body(q, kt, v, None, y)
+        body(q, kt, v, None, None, None, y)
 
     return fused_attention_nobias
 
@@ -331,11 +375,14 @@ def carrier_shape(qs, ks, v, bias) -> AttentionShape | None:
     return AttentionShape(b, hq, hk, sq, skv, d, dv, tuple(dims[3]) if bias is not None else None)
 
 
-def pack_keys_kernel(shape: AttentionShape, tiles: AttentionTiles):
+def pack_keys_kernel(shape: AttentionShape, tiles: AttentionTiles, *, finite_keys: bool = False):
     """The kernel (a scheduled PrimFunc) that copies K [batch, skv, kv heads, d] into the attention kernel's kt:
     [batch, kv heads, skvp / key_step, d, key_step], zeros past skv. Parallel over (batch, kv head), each key's d
     values read contiguously; no index divides by an expression of a symbolic length (TE's elementwise form,
-    scheduled by the injective rule, did per element: 177 us for a 128-token GPT-2 layer's keys, AMD Zen 4)."""
+    scheduled by the injective rule, did per element: 177 us for a 128-token GPT-2 layer's keys, AMD Zen 4).
+    With `finite_keys` it also reads V [batch, skv, kv heads, dv] and writes kfin [batch, kv heads] (int64): the
+    last key whose V row holds a NaN or an infinity, -1 for none (the attention kernel computes every key up to
+    it: a probability of 0 times an infinity is NaN)."""
     from tvm import tirx  # noqa: PLC0415
     from tvm.script import tirx as T  # noqa: PLC0415
 
@@ -343,32 +390,136 @@ def pack_keys_kernel(shape: AttentionShape, tiles: AttentionTiles):
 
     b_n = shape.batch if isinstance(shape.batch, int) else tirx.Var("batch", "int64")
     skv = shape.skv if isinstance(shape.skv, int) else tirx.Var("skv", "int64")
-    step, hk, d = tiles.key_step, shape.kv_heads, shape.d
+    step, hk, d, dv = tiles.key_step, shape.kv_heads, shape.d, shape.dv
     panels = padded_keys(shape, tiles) // step if isinstance(skv, int) else tirx.Var("panels", "int64")
+    attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8}
+    flt_max = T.float32(3.4028234663852886e38)
 
     def i64(x):
         return T.int64(x) if isinstance(x, int) else x
 
+    k_shape = (i64(b_n), i64(skv), i64(hk), i64(d))
+    kt_shape = (i64(b_n), i64(hk), i64(panels), i64(d), i64(step))
+
+    @T.macro
+    def copy(k, kt, bh, p, lane, j):
+        if j < i64(skv):
+            for c in range(i64(d)):
+                kt[bh // i64(hk), bh % i64(hk), p, c, lane] = k[bh // i64(hk), j, bh % i64(hk), c]
+        else:
+            for c in range(i64(d)):
+                kt[bh // i64(hk), bh % i64(hk), p, c, lane] = T.float32(0)
+
+    if not finite_keys:
+        @T.prim_func(private=True, s_tir=True)
+        def pack_attention_keys(k: T.Buffer(k_shape, "float32"), kt: T.Buffer(kt_shape, "float32")):
+            T.func_attr(attrs)
+            with T.sblock("root"):
+                with T.sblock("pack_attention_keys"):
+                    T.reads(k[:, :, :, :])
+                    T.writes(kt[:, :, :, :, :])
+                    for bh in T.parallel(i64(b_n) * i64(hk)):
+                        for p in range(i64(panels)):
+                            for lane in range(i64(step)):
+                                copy(k, kt, bh, p, lane, p * i64(step) + lane)
+
+        return pack_attention_keys
+
+    lanes = max(ln for ln in (1, 2, 4, 8, 16) if dv % ln == 0)
+
     @T.prim_func(private=True, s_tir=True)
-    def pack_attention_keys(k: T.Buffer((i64(b_n), i64(skv), i64(hk), i64(d)), "float32"),
-                            kt: T.Buffer((i64(b_n), i64(hk), i64(panels), i64(d), i64(step)), "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
+    def pack_attention_keys_finite(k: T.Buffer(k_shape, "float32"),
+                                   v: T.Buffer((i64(b_n), i64(skv), i64(hk), i64(dv)), "float32"),
+                                   kt: T.Buffer(kt_shape, "float32"), kfin: T.Buffer((i64(b_n), i64(hk)), "int64")):
+        T.func_attr(attrs)
         with T.sblock("root"):
             with T.sblock("pack_attention_keys"):
-                T.reads(k[:, :, :, :])
-                T.writes(kt[:, :, :, :, :])
+                T.reads(k[:, :, :, :], v[:, :, :, :])
+                T.writes(kt[:, :, :, :, :], kfin[:, :])
                 for bh in T.parallel(i64(b_n) * i64(hk)):
+                    bad = T.decl_buffer((lanes,), "float32", scope="local")
+                    kfin[bh // i64(hk), bh % i64(hk)] = T.int64(-1)
                     for p in range(i64(panels)):
                         for lane in range(i64(step)):
-                            j = p * i64(step) + lane
-                            if j < i64(skv):
-                                for c in range(i64(d)):
-                                    kt[bh // i64(hk), bh % i64(hk), p, c, lane] = k[bh // i64(hk), j, bh % i64(hk), c]
-                            else:
-                                for c in range(i64(d)):
-                                    kt[bh // i64(hk), bh % i64(hk), p, c, lane] = T.float32(0)
+                            copy(k, kt, bh, p, lane, p * i64(step) + lane)
+                    for j in range(i64(skv)):
+                        for ln in T.vectorized(lanes):
+                            bad[ln] = T.float32(0)
+                        for c in range(i64(dv // lanes)):
+                            for ln in T.vectorized(lanes):
+                                bad[ln] = T.max(bad[ln], T.Select(T.fabs(v[bh // i64(hk), j, bh % i64(hk), c * lanes + ln])
+                                                                  <= flt_max, T.float32(0), T.float32(1)))
+                        for ln in range(lanes):
+                            if bad[ln] > T.float32(0):
+                                kfin[bh // i64(hk), bh % i64(hk)] = j
 
-    return pack_attention_keys
+    return pack_attention_keys_finite
+
+
+def row_limits_kernel(shape: AttentionShape, lanes: int):
+    """The kernel (a scheduled PrimFunc) that reads the attention's bias (``shape.bias``'s dims, float32) and writes
+    rowlim (int64, the bias's first three dims): for each query row, one past the last key whose bias is above
+    -FLT_MAX or NaN, or skv when the row has no key of bias >= -2^120. The attention kernel computes each block
+    of query rows up to the most of its rows' limits (``attention_kernel``). Parallel over the rows, each read
+    once in vectors of `lanes`."""
+    from tvm import tirx  # noqa: PLC0415
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    from ..lowering.converters import DECLARED_OP_PATTERN  # noqa: PLC0415
+
+    def own(x, name: str):
+        return x if isinstance(x, int) else tirx.Var(name, "int64")
+
+    b_n, sq, skv = own(shape.batch, "batch"), own(shape.sq, "sq"), own(shape.skv, "skv")
+    dims = tuple(1 if isinstance(n, int) and n == 1 else full
+                 for n, full in zip(shape.bias, (b_n, shape.q_heads, sq, skv), strict=True))
+    flt_max = T.float32(3.4028234663852886e38)
+    open_floor = T.float32(-(2.0 ** 120))
+
+    def i64(x):
+        return T.int64(x) if isinstance(x, int) else x
+
+    d0, d1, d2, d3 = (i64(n) for n in dims)
+    chunks = dims[3] // lanes
+
+    @T.prim_func(private=True, s_tir=True)
+    def attention_key_limits(bias: T.Buffer((d0, d1, d2, d3), "float32"),
+                             rowlim: T.Buffer((d0, d1, d2), "int64")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
+        with T.sblock("root"):
+            with T.sblock("attention_key_limits"):
+                T.reads(bias[:, :, :, :])
+                T.writes(rowlim[:, :, :])
+                for task in T.parallel((d0 * d1 * d2 + i64(LIMIT_ROWS_PER_TASK - 1)) // i64(LIMIT_ROWS_PER_TASK)):
+                    lastv = T.decl_buffer((lanes,), "int32", scope="local")
+                    top = T.decl_buffer((lanes,), "float32", scope="local")
+                    for rt in range(i64(LIMIT_ROWS_PER_TASK)):
+                        row = task * i64(LIMIT_ROWS_PER_TASK) + rt
+                        if row < d0 * d1 * d2:
+                            i, h, b = row % d2, row // d2 % d1, row // (d1 * d2)
+                            for ln in T.vectorized(lanes):
+                                lastv[ln] = -1
+                                top[ln] = -flt_max
+                            for jc in range(i64(chunks)):
+                                for ln in T.vectorized(lanes):
+                                    # NaN is not <= -FLT_MAX: a NaN bias is a key computed
+                                    lastv[ln] = T.max(lastv[ln], T.Select(bias[b, h, i, jc * lanes + ln] <= -flt_max,
+                                                                          -1, T.Cast("int32", jc * lanes + ln)))
+                                    top[ln] = T.max(top[ln], bias[b, h, i, jc * lanes + ln])
+                            for j in range(i64(chunks * lanes), d3):
+                                lastv[0] = T.max(lastv[0], T.Select(bias[b, h, i, j] <= -flt_max, -1,
+                                                                    T.Cast("int32", j)))
+                                top[0] = T.max(top[0], bias[b, h, i, j])
+                            rowlim[b, h, i] = T.int64(0)
+                            for ln in range(lanes):
+                                rowlim[b, h, i] = T.max(rowlim[b, h, i], T.Cast("int64", lastv[ln]) + T.int64(1))
+                            for ln in range(lanes):
+                                top[0] = T.max(top[0], top[ln])
+                            # not (>=): a NaN that max kept leaves the row whole
+                            if not (top[0] >= open_floor):
+                                rowlim[b, h, i] = i64(skv)
+
+    return attention_key_limits
 
 
 def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None = None):
@@ -404,14 +555,23 @@ def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None 
                 counts["expanded" if tiles is None else "kernel"] += 1
             if tiles is None:
                 return expand_attention(self.builder_, qs, ks, v, bias)
-            pack = self.builder_.add_func(pack_keys_kernel(shape, tiles), "pack_attention_keys")
-            kt = self.builder_.emit(relax.call_tir(pack, [ks], relax.TensorType(
+            finite = shape.limits_keys  # only a bias over the keys lets a block of rows leave keys out
+            pack = self.builder_.add_func(pack_keys_kernel(shape, tiles, finite_keys=finite), "pack_attention_keys")
+            kt_type = relax.TensorType(
                 (shape.batch, shape.kv_heads, padded_keys(shape, tiles) // tiles.key_step, shape.d, tiles.key_step),
-                "float32")))
+                "float32")
+            if finite:
+                packed = self.builder_.emit(relax.call_tir(pack, [ks, v], [kt_type, relax.TensorType(
+                    (shape.batch, shape.kv_heads), "int64")]))
+                kt = self.builder_.emit(relax.TupleGetItem(packed, 0))
+                limits = self.builder_.add_func(row_limits_kernel(shape, tiles.lanes), "attention_key_limits")
+                rowlim = self.builder_.emit(relax.call_tir(limits, [bias], relax.TensorType(shape.bias[:3], "int64")))
+                extra = [bias, rowlim, self.builder_.emit(relax.TupleGetItem(packed, 1))]
+            else:
+                kt, extra = self.builder_.emit(relax.call_tir(pack, [ks], kt_type)), []
             kernel = attention_kernel(shape, tiles, exp="fast" if fast_math else "libm")
             gv = self.builder_.add_func(kernel, "fused_attention")
             out = relax.TensorType((shape.batch, shape.sq, shape.q_heads, shape.dv), "float32")
-            args = [qs, kt, v] + ([bias] if bias is not None else [])
-            return relax.call_tir(gv, args, out)
+            return relax.call_tir(gv, [qs, kt, v, *extra], out)
 
     return function_pass("optc_fused_attention", _Rewriter)

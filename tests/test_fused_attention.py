@@ -19,6 +19,7 @@ from optc.codegen.attention import (  # noqa: E402
     choose_tiles,
     fast_exp_expr,
     padded_keys,
+    row_limits_kernel,
 )
 
 
@@ -49,7 +50,25 @@ def _reference(q, k, v, bias):
     return np.einsum("bhij,bjhd->bihd", p, v)
 
 
-def _run_kernel(shape: AttentionShape, q, k, v, bias, *, lanes=8, max_acc=12, exp="fast"):
+def _kfin(v):
+    """The pack kernel's kfin of v [b, skv, hk, dv]: per (batch, kv head) the last key whose V row holds a NaN or
+    an infinity, -1 for none."""
+    bad = ~np.isfinite(v).all(-1)  # [b, skv, hk]
+    return np.where(bad, np.arange(v.shape[1])[None, :, None], -1).max(1).astype(np.int64)
+
+
+def _row_limits(bias):
+    """row_limits_kernel's rowlim of `bias` [.., skv]: one past the last key above -FLT_MAX (or NaN), all keys for
+    a row without a key >= -2^120."""
+    skv = bias.shape[-1]
+    kept = ~(bias <= np.finfo(np.float32).min)
+    last = np.where(kept, np.arange(skv), -1).max(-1) + 1
+    return np.where((bias >= -(2.0 ** 120)).any(-1), last, skv).astype(np.int64)
+
+
+def _run_kernel(shape: AttentionShape, q, k, v, bias, *, lanes=8, max_acc=12, exp="fast", key_limit=True):
+    """The kernel's y for BSNH q, k, v and `bias`; `key_limit=False` passes kfin = the last key, so every block
+    computes every key (the kernel as it was before blocks left masked keys out)."""
     tiles = choose_tiles(shape, lanes, max_acc)
     assert tiles is not None
     func = attention_kernel(shape, tiles, exp=exp).with_attr("global_symbol", "main")
@@ -59,7 +78,15 @@ def _run_kernel(shape: AttentionShape, q, k, v, bias, *, lanes=8, max_acc=12, ex
     kt[..., :shape.skv] = k.transpose(0, 2, 3, 1)
     kt = np.ascontiguousarray(kt.reshape(*kt.shape[:3], skvp // step, step).transpose(0, 1, 3, 2, 4))
     y = np.zeros((shape.batch, shape.sq, shape.q_heads, shape.dv), np.float32)
-    args = [q, kt, v] + ([bias] if bias is not None else []) + [y]
+    args = [q, kt, v] + ([bias] if bias is not None else [])
+    if shape.limits_keys:
+        limits = row_limits_kernel(shape, lanes).with_attr("global_symbol", "main")
+        rowlim = tvm.runtime.tensor(np.zeros(bias.shape[:3], np.int64))
+        tvm.compile(tvm.IRModule({"main": limits}), target=_host_target())["main"](tvm.runtime.tensor(bias), rowlim)
+        np.testing.assert_array_equal(rowlim.numpy(), _row_limits(bias))
+        kfin = _kfin(v) if key_limit else np.full((shape.batch, shape.kv_heads), shape.skv - 1, np.int64)
+        args += [rowlim.numpy(), kfin]
+    args.append(y)
     tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
     lib["main"](*tensors)
     return tensors[-1].numpy()
@@ -108,6 +135,98 @@ def test_kernel_special_values():
     assert np.all(np.isnan(got[0, 3, 0]))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)  # (NaN where the reference has NaN)
+
+
+FMIN = np.finfo(np.float32).min
+
+
+def _mask(case: str, rng, b: int, hq: int, sq: int, skv: int) -> np.ndarray:
+    """An additive attention bias of one kind (see test_key_limits_change_no_bit)."""
+    causal = np.triu(np.ones((sq, skv), bool), 1 + skv - sq)  # True where masked (a past cache: skv > sq)
+    if case == "causal_finfo_min":
+        return np.where(causal, FMIN, 0).astype(np.float32)[None, None]
+    if case == "causal_inf":
+        return np.where(causal, -np.inf, 0).astype(np.float32)[None, None]
+    if case == "causal_and_padding":  # GPT-2's sum of both, -inf where they meet; per batch
+        lengths = rng.integers(1, skv + 1, size=b)
+        pad = np.arange(skv)[None, :] >= lengths[:, None]
+        with np.errstate(over="ignore"):
+            m = np.where(causal[None], FMIN, np.float32(0)) + np.where(pad, FMIN, np.float32(0))[:, None]
+        return m.astype(np.float32)[:, None]
+    if case == "padding_row":  # [b, 1, 1, skv]: one row of bias for every query
+        lengths = rng.integers(1, skv + 1, size=b)
+        return np.where(np.arange(skv)[None, :] >= lengths[:, None], FMIN, 0).astype(np.float32)[:, None, None]
+    if case == "per_head_random":  # masked keys anywhere, some rows masked entirely, NaN and -3e38 entries
+        m = np.where(rng.random((1, hq, sq, skv)) < 0.6, FMIN, rng.standard_normal((1, hq, sq, skv)))
+        m[0, 0, 1] = FMIN  # a row with no open key: its block computes every key
+        m[0, 1, 2, skv - 1] = np.nan  # a NaN bias is a key computed
+        m[0, 1, 3, :] = -3e38  # below -2^120 but above -FLT_MAX: every key computed, none open
+        return m.astype(np.float32)
+    if case == "alibi_causal":  # a slope per head on the open keys
+        slopes = np.array([2.0 ** -(i + 1) for i in range(hq)], np.float32)[:, None, None]
+        dist = (np.arange(skv)[None, :] - np.arange(sq)[:, None] - (skv - sq)).astype(np.float32)
+        return np.where(causal[None], FMIN, slopes * dist).astype(np.float32)[None]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["causal_finfo_min", "causal_inf", "causal_and_padding", "padding_row",
+                                  "per_head_random", "alibi_causal"])
+@pytest.mark.parametrize(("b", "hq", "hk", "sq", "skv"), [(1, 4, 2, 21, 21), (2, 2, 1, 9, 30)])
+def test_key_limits_change_no_bit(case, b, hq, hk, sq, skv):
+    """Blocks of query rows that compute keys only up to the last one their bias leaves open give the results of
+    the kernel that computes every key, bit for bit, and the float64 reference's within rounding; a V holding a
+    NaN or an infinity at a masked key is still multiplied (0 x inf is NaN, as in the graph)."""
+    rng = np.random.default_rng(hash((case, sq)) % 2**32)
+    d = dv = 16
+    q = rng.standard_normal((b, sq, hq, d)).astype(np.float32)
+    k = rng.standard_normal((b, skv, hk, d)).astype(np.float32)
+    v = rng.standard_normal((b, skv, hk, dv)).astype(np.float32)
+    bias = _mask(case, rng, b, hq, sq, skv)
+    shape = AttentionShape(b, hq, hk, sq, skv, d, dv, bias.shape)
+    assert shape.limits_keys
+    got = _run_kernel(shape, q, k, v, bias)
+    np.testing.assert_array_equal(got, _run_kernel(shape, q, k, v, bias, key_limit=False))
+    if case != "per_head_random":  # (its fully masked rows of -FLT_MAX are uniform, the reference's are not)
+        np.testing.assert_allclose(got, _reference(q, k, v, bias), rtol=2e-5, atol=2e-6)
+    v[0, skv - 1, 0, 3] = np.inf  # the last key: masked for the first query rows
+    v[-1, skv - 2, -1, 0] = np.nan
+    got = _run_kernel(shape, q, k, v, bias)
+    np.testing.assert_array_equal(got, _run_kernel(shape, q, k, v, bias, key_limit=False))
+    assert np.isnan(got[0, 0, 0, 3]) or case in ("padding_row", "causal_and_padding", "per_head_random")
+
+
+def test_key_limits_leave_out_the_masked_keys_of_a_block():
+    """The limit is in force: an overflowing score (+inf) at a key that a causal mask closes for a whole block of
+    query rows no longer spoils those rows (the kernel without the limit: NaN, inf - inf); rows of a block that
+    still computes that key are NaN either way (the documented fast-math corner)."""
+    rng = np.random.default_rng(3)
+    sq = skv = 8
+    q = rng.standard_normal((1, sq, 1, 8)).astype(np.float32)
+    k = rng.standard_normal((1, skv, 1, 8)).astype(np.float32)
+    v = rng.standard_normal((1, skv, 1, 8)).astype(np.float32)
+    q[..., 0] = 10.0
+    k[0, 7, 0, :] = 0.0
+    k[0, 7, 0, 0] = 1e38  # score 1e39 -> +inf for every query row
+    bias = np.where(np.triu(np.ones((sq, skv), bool), 1), FMIN, 0).astype(np.float32)[None, None]
+    shape = AttentionShape(1, 1, 1, sq, skv, 8, 8, bias.shape)
+    tiles = choose_tiles(shape, 8, 12)
+    assert tiles.rows == 4
+    got = _run_kernel(shape, q, k, v, bias)
+    without = _run_kernel(shape, q, k, v, bias, key_limit=False)
+    assert np.all(np.isnan(without))
+    assert np.all(np.isnan(got[0, 4:]))
+    np.testing.assert_allclose(got[:, :4], _reference(q[:, :4], k[:, :7], v[:, :7], bias[..., :4, :7]),
+                               rtol=2e-5, atol=2e-6)
+
+
+def test_a_bias_broadcast_over_the_keys_limits_nothing():
+    """A bias with one value for every key ([b, h, sq, 1]) has no key axis to limit: the kernel without row limits."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((1, 6, 2, 8)).astype(np.float32) for _ in range(3))
+    bias = np.array([0.5, FMIN, 1.0, -np.inf, 2.0, 0.0], np.float32).reshape(1, 1, 6, 1)
+    shape = AttentionShape(1, 2, 2, 6, 6, 8, 8, bias.shape)
+    assert not shape.limits_keys
+    np.testing.assert_allclose(_run_kernel(shape, q, k, v, bias), _reference(q, k, v, bias), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("dims", ["static", "symbolic"])
@@ -372,8 +491,9 @@ def _decomposed_causal(b=1, s=5, t=6, heads=2, size=8) -> onnx.ModelProto:
 
 def test_compile_fuses_exported_attention_only_with_fast_math():
     """The fused Attention adds its mask where the graph's Where replaced the masked scores, so a NaN in a key
-    that every query masks spoils every row (a documented fast-math difference); without fast math the compile
-    keeps the graph's attention and matches the reference, NaN key and all."""
+    that some queries mask spoils their rows too (a documented fast-math difference); a key past every row's last
+    open key is left out of the kernel's work, so its NaN reaches no row, as in the graph. Without fast math the
+    compile keeps the graph's attention and matches the reference, NaN key and all."""
     from optc.codegen.build import prepare
     from optc.lowering import lower
     from optc.rewrites import optimize
@@ -387,9 +507,15 @@ def test_compile_fuses_exported_attention_only_with_fast_math():
     feeds = {x: _rand(rng, 1, 5 if x == "q" else 6, 16) for x in "qkv"}
     np.testing.assert_allclose(optc.compile(model).run(feeds)["y"], run_reference(model, feeds)[0],
                                rtol=2e-5, atol=2e-6)  # finite scores: the fused form within rounding
-    feeds["k"][0, 5] = np.nan  # key 5: masked for every query row
+    feeds["k"][0, 5] = np.nan  # key 5: masked for every query row, past every row's last open key
     want = run_reference(model, feeds)[0]
     assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(optc.compile(model, fast_math=False).run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(optc.compile(model).run(feeds)["y"], want, rtol=2e-5, atol=2e-6)
+    feeds["k"][0, 5] = 1.0
+    feeds["k"][0, 3] = np.nan  # key 3: open for query rows 3 and 4, masked for rows 0-2 (in their block)
+    want = run_reference(model, feeds)[0]
+    assert np.all(np.isfinite(want[0, :3])) and np.all(np.isnan(want[0, 3:]))
     np.testing.assert_allclose(optc.compile(model, fast_math=False).run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
     assert np.all(np.isnan(optc.compile(model).run(feeds)["y"]))  # the documented fast-math corner
 
