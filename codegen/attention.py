@@ -136,22 +136,23 @@ def fast_exp_expr(x):
     return tirx.max(two_n * y, x)
 
 
-def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str = "fast"):
+def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str = "fast", key_limits: bool = True):
     """The fused kernel (a scheduled PrimFunc) for `shape` with `tiles`; parameters q, kt, v[, bias[, rowlim,
     kfin]], y: q [batch, sq, q_heads, d] (float32, already multiplied by its share of the scale), kt [batch,
     kv_heads, skvp / key_step, d, key_step] (K^T in panels of ``tiles.key_step`` keys, each contiguous; scaled
     likewise; skvp = ``padded_keys``; the padding keys' scores are never read into a result), v [batch, skv,
-    kv_heads, dv], bias (``shape.bias``), with ``shape.limits_keys`` rowlim (int64, the bias's first three dims:
-    ``row_limits_kernel``) and kfin [batch, kv_heads] (int64: the last key whose V row holds a NaN or an
-    infinity, -1 for none: ``pack_keys_kernel``), y [batch, sq, q_heads, dv] (written).
+    kv_heads, dv], bias (``shape.bias``), where `key_limits` and ``shape.limits_keys`` rowlim (int64, the bias's
+    first three dims: ``row_limits_kernel``) and kfin [batch, kv_heads] (int64: the last key whose V row holds a
+    NaN or an infinity, -1 for none: ``pack_keys_kernel``), y [batch, sq, q_heads, dv] (written).
 
-    With ``shape.limits_keys``, each block of query rows computes its keys only up to the last one the bias of
-    any of its rows leaves open (and the last non-finite V row): a causal mask's later keys, a padding mask's
-    padding. The keys left out are those whose bias is at most -FLT_MAX (torch's ``finfo.min`` and -inf masks),
-    in rows that each keep a key of bias >= -2^120, with a finite V: where every score is below 1.69e38 in
-    magnitude their probability is exactly 0 (their shifted scores stay below exp's underflow to 0, -104) and
-    they add only zeros, so the results are the kernel's without the limit, bit for bit. A NaN or an infinite
-    score at a key left out (the "overflowing scores" corner of fast math) no longer reaches its row."""
+    With `key_limits` (fast math) and ``shape.limits_keys``, each block of query rows computes its keys only up
+    to the last one the bias of any of its rows leaves open (and the last non-finite V row): a causal mask's
+    later keys, a padding mask's padding. The keys left out are those whose bias is at most -FLT_MAX (torch's
+    ``finfo.min`` and -inf masks), in rows that each keep a key of bias >= -2^120, with a finite V: where every
+    score is below 1.69e38 in magnitude their probability is exactly 0 (their shifted scores stay below exp's
+    underflow to 0, -104) and they add only zeros, so the results are the kernel's without the limit, bit for
+    bit. A NaN or an infinite score at a key left out no longer reaches its row (ONNX's Attention: NaN), which
+    is why the limit is fast math's."""
     from tvm import tirx  # noqa: PLC0415
     from tvm.script import tirx as T  # noqa: PLC0415
 
@@ -179,7 +180,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
         per_task = BLOCKS_PER_TASK
     tasks = -(-blocks // per_task)
     group = hq // hk
-    has_bias, has_limits = shape.bias is not None, shape.limits_keys
+    has_bias, has_limits = shape.bias is not None, key_limits and shape.limits_keys
     # each bias dim 1 (broadcast) or the kernel's own dim of (batch, q heads, sq, skv)
     bias_shape = tuple(1 if isinstance(n, int) and n == 1 else full
                        for n, full in zip(shape.bias or (1, 1, 1, 1), (b_n, hq, sq, skv), strict=True))
@@ -526,7 +527,7 @@ def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None 
     """The module pass (a function, so that importing optc does not import TVM) that replaces every
     ATTENTION_CARRIER call: on a CPU target, float32 and shapes ``carrier_shape`` takes (batch and sequences may
     be symbolic), by the K^T packing and the fused kernel
-    (``attention_kernel``, exp per `fast_math`); elsewhere, and everywhere for ``target=None``, by
+    (``attention_kernel``, exp and key limits per `fast_math`); elsewhere, and everywhere for ``target=None``, by
     ``expand_attention``'s decomposition. `counts` (optional) gets ``"kernel"`` / ``"expanded"`` added per call
     (bf16's conversion keeps the kernels float32 and makes the decomposition's matmuls bfloat16)."""
     from tvm import relax  # noqa: PLC0415
@@ -555,7 +556,9 @@ def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None 
                 counts["expanded" if tiles is None else "kernel"] += 1
             if tiles is None:
                 return expand_attention(self.builder_, qs, ks, v, bias)
-            finite = shape.limits_keys  # only a bias over the keys lets a block of rows leave keys out
+            # only a bias over the keys lets a block of rows leave keys out; only with fast math (a NaN or an
+            # infinite score at a key left out would reach its row without the limit: ONNX's Attention)
+            finite = fast_math and shape.limits_keys
             pack = self.builder_.add_func(pack_keys_kernel(shape, tiles, finite_keys=finite), "pack_attention_keys")
             kt_type = relax.TensorType(
                 (shape.batch, shape.kv_heads, padded_keys(shape, tiles) // tiles.key_step, shape.d, tiles.key_step),
@@ -568,8 +571,9 @@ def fused_attention_pass(target, fast_math: bool = True, counts: Counter | None 
                 rowlim = self.builder_.emit(relax.call_tir(limits, [bias], relax.TensorType(shape.bias[:3], "int64")))
                 extra = [bias, rowlim, self.builder_.emit(relax.TupleGetItem(packed, 1))]
             else:
-                kt, extra = self.builder_.emit(relax.call_tir(pack, [ks], kt_type)), []
-            kernel = attention_kernel(shape, tiles, exp="fast" if fast_math else "libm")
+                kt = self.builder_.emit(relax.call_tir(pack, [ks], kt_type))
+                extra = [bias] if bias is not None else []
+            kernel = attention_kernel(shape, tiles, exp="fast" if fast_math else "libm", key_limits=finite)
             gv = self.builder_.add_func(kernel, "fused_attention")
             out = relax.TensorType((shape.batch, shape.sq, shape.q_heads, shape.dv), "float32")
             return relax.call_tir(gv, [qs, kt, v, *extra], out)

@@ -229,6 +229,52 @@ def test_a_bias_broadcast_over_the_keys_limits_nothing():
     np.testing.assert_allclose(_run_kernel(shape, q, k, v, bias), _reference(q, k, v, bias), rtol=2e-5, atol=2e-6)
 
 
+def _native_attention(q_rows: int, kv_rows: int, mask_shape=None, **attrs) -> onnx.ModelProto:
+    """One opset-23 Attention node over Q [1, 2, q_rows, 8], K and V [1, 2, kv_rows, 8], with a float mask input M
+    of `mask_shape` if given."""
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, q_rows if n == "Q" else kv_rows, 8])
+           for n in "QKV"]
+    if mask_shape is not None:
+        ins.append(helper.make_tensor_value_info("M", TensorProto.FLOAT, list(mask_shape)))
+    node = helper.make_node("Attention", [i.name for i in ins], ["Y"], **attrs)
+    graph = helper.make_graph([node], "a", ins, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+@pytest.mark.parametrize("fast_math", [True, False])
+@pytest.mark.parametrize("keys", [1, 5])
+def test_attention_with_a_mask_broadcast_over_the_keys(fast_math, keys):
+    """A mask with one value per query row ([sq, 1]: at one key, no key axis to limit) reaches the kernel (a
+    breaker: the call dropped it, 'Number of arguments and parameters mismatch')."""
+    rng = np.random.default_rng(8)
+    model = _native_attention(3, keys, (3, 1))
+    feeds = {n: rng.standard_normal((1, 2, 3 if n == "Q" else keys, 8)).astype(np.float32) for n in "QKV"}
+    feeds["M"] = np.array([[0.5], [-1.0], [2.0]], np.float32)
+    assert _fused(model)
+    np.testing.assert_allclose(optc.compile(model, fast_math=fast_math).run(feeds)["Y"],
+                               run_reference(model, feeds)[0], rtol=2e-5, atol=2e-6)
+
+
+def test_key_limits_only_with_fast_math():
+    """ONNX's causal Attention adds its -inf bias to a NaN score: the rows that mask a NaN key are NaN too. Without
+    fast math the kernel computes every key and gives the reference's NaN rows; with it, a block of query rows
+    that closes the key leaves it out (rows 0-3 finite: the documented fast-math corner), a block that computes it
+    is NaN in every row (a breaker found the limit in the no-fast-math build too)."""
+    s = 8
+    model = _native_attention(s, s, is_causal=1)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((1, 2, s, 8)).astype(np.float32) for n in "QKV"}
+    feeds["K"][0, 0, 7, 0] = np.nan
+    want = run_reference(model, feeds)[0]
+    assert np.all(np.isnan(want[0, 0])) and np.all(np.isfinite(want[0, 1]))
+    exact = optc.compile(model, fast_math=False).run(feeds)["Y"]
+    np.testing.assert_array_equal(np.isnan(exact), np.isnan(want))
+    np.testing.assert_allclose(exact, want, rtol=1e-5, atol=1e-6)
+    fast = optc.compile(model).run(feeds)["Y"]
+    assert np.all(np.isfinite(fast[0, 0, :4])) and np.all(np.isnan(fast[0, 0, 4:]))
+    np.testing.assert_allclose(fast[0, 1], want[0, 1], rtol=2e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("dims", ["static", "symbolic"])
 def test_kernel_divides_by_the_row_sum_before_the_product_with_v(dims):
     """P = e / sum, then P V, as the spec: with V near the float32 maximum a sum of e * V overflowed to inf where
