@@ -33,6 +33,8 @@ from dataclasses import dataclass
 MIN_ROWS = 4
 #: blocks of query rows per parallel task: each task allocates its scratch buffer once
 BLOCKS_PER_TASK = 4
+#: the largest finite float32
+FLT_MAX = 3.4028234663852886e38
 #: bias rows per parallel task of ``row_limits_kernel`` (its vector buffers are allocated once a task)
 LIMIT_ROWS_PER_TASK = 16
 #: score tile width (vectors) for fewer than MIN_ROWS query rows: wider tiles pad the keys further
@@ -191,14 +193,12 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
 
     neg_inf = T.float32(float("-inf"))
 
-    def bias_at(bias, b, h, i, j):
-        dims = (b, h, i, j)
-        return bias[tuple(i64(0) if isinstance(n, int) and n == 1 else x
-                          for x, n in zip(dims, bias_shape, strict=True))]
+    def broadcast_at(buf, *index):  # buf (the bias, or its first dims: rowlim) at index, dims of 1 broadcast
+        return buf[tuple(i64(0) if isinstance(n, int) and n == 1 else x
+                         for x, n in zip(index, bias_shape[:len(index)], strict=True))]
 
-    def rowlim_at(rowlim, b, h, i):
-        return rowlim[tuple(i64(0) if isinstance(n, int) and n == 1 else x
-                            for x, n in zip((b, h, i), bias_shape[:3], strict=True))]
+    def bias_at(bias, b, h, i, j):
+        return broadcast_at(bias, b, h, i, j)
 
     @T.macro
     def key_limit(rowlim, kfin, b, h, g, i0, lim):
@@ -206,7 +206,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
         last key whose V row holds a NaN or an infinity (kfin)."""
         lim[0] = kfin[b, g] + T.int64(1)
         for r in range(rows):
-            lim[0] = T.max(lim[0], rowlim_at(rowlim, b, h, T.min(i0 + r, i64(sq - 1))))
+            lim[0] = T.max(lim[0], broadcast_at(rowlim, b, h, T.min(i0 + r, i64(sq - 1))))
 
     @T.macro
     def body(q, kt, v, bias, rowlim, kfin, y):
@@ -235,7 +235,8 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                     lim[0] = i64(skv)
                     if has_limits:
                         key_limit(rowlim, kfin, b, h, g, i0, lim)
-                    for jt in range((lim[0] + i64(w1 - 1)) // i64(w1)):
+                    keys = (lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1)  # whole score tiles up to the limit
+                    for jt in range(keys // i64(w1)):
                         acc = T.decl_buffer((rows * w1,), "float32", scope="local")
                         for r in T.unroll(rows):
                             for c in T.vectorized(w1):
@@ -269,11 +270,11 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                             stat[1] = part[0]
                             for ln in range(1, lanes):
                                 stat[1] = T.max(stat[1], part[ln])
-                        for j in range(lim[0], (lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1)):
+                        for j in range(lim[0], keys):
                             s[r, j] = neg_inf
                         for ln in T.vectorized(lanes):
                             part[ln] = neg_inf
-                        for jc in range((lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1 // lanes)):
+                        for jc in range(keys // i64(lanes)):
                             for ln in T.vectorized(lanes):
                                 part[ln] = T.max(part[ln], s[r, jc * lanes + ln])
                         stat[0] = part[0]
@@ -282,7 +283,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         stat[0] = T.Select(stat[0] == neg_inf, T.float32(0), stat[0])
                         for ln in T.vectorized(lanes):
                             part[ln] = T.float32(0)
-                        for jc in range((lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1 // lanes)):
+                        for jc in range(keys // i64(lanes)):
                             for ln in T.vectorized(lanes):
                                 if has_bias:  # a fully masked row: probabilities 0 (y = 0 @ v, NaN where v is inf)
                                     s[r, jc * lanes + ln] = T.Select(stat[1] == T.float32(0), T.float32(0),
@@ -296,7 +297,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                         total[r] = T.Select(total[r] == T.float32(0), T.float32(1), total[r])
                         # p = e / sum before the product with V, as the spec (a sum of e * V could overflow
                         # where p V does not: V near the float32 maximum)
-                        for jc in range((lim[0] + i64(w1 - 1)) // i64(w1) * i64(w1 // lanes)):
+                        for jc in range(keys // i64(lanes)):
                             for ln in T.vectorized(lanes):
                                 s[r, jc * lanes + ln] = s[r, jc * lanes + ln] / total[r]
                     for ct in range(i64(dv // w2)):
@@ -394,7 +395,7 @@ def pack_keys_kernel(shape: AttentionShape, tiles: AttentionTiles, *, finite_key
     step, hk, d, dv = tiles.key_step, shape.kv_heads, shape.d, shape.dv
     panels = padded_keys(shape, tiles) // step if isinstance(skv, int) else tirx.Var("panels", "int64")
     attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8}
-    flt_max = T.float32(3.4028234663852886e38)
+    flt_max = T.float32(FLT_MAX)
 
     def i64(x):
         return T.int64(x) if isinstance(x, int) else x
@@ -474,7 +475,7 @@ def row_limits_kernel(shape: AttentionShape, lanes: int):
     b_n, sq, skv = own(shape.batch, "batch"), own(shape.sq, "sq"), own(shape.skv, "skv")
     dims = tuple(1 if isinstance(n, int) and n == 1 else full
                  for n, full in zip(shape.bias, (b_n, shape.q_heads, sq, skv), strict=True))
-    flt_max = T.float32(3.4028234663852886e38)
+    flt_max = T.float32(FLT_MAX)
     open_floor = T.float32(-(2.0 ** 120))
 
     def i64(x):
