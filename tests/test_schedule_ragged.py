@@ -39,16 +39,16 @@ def _onnxruntime(model: onnx.ModelProto, feeds: dict) -> list:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def test_the_padding_copy_of_a_ragged_batched_matmul_copies_whole_rows():
+def test_a_ragged_batched_matmul_reads_its_rows_in_place():
+    """[1, 3, 197, 197] @ [1, 3, 197, 64]: the rows padded to whole tiles read the activation in place at clamped
+    rows (`_read_padded_rows_clamped`; the zero-padded copy it replaced cost a workspace and a pass over `a`: 532 ->
+    490 us, AMD EPYC AVX2), not through a copy with a predicate or a division per element."""
     sch = schedules.TiledReduction().apply(_only_kernel(_matmul([1, 3, 197, 197], [1, 3, 197, 64])),
                                            resolve_target("cpu"), False)
     assert sch is not None
     text = sch.mod["main"].script()
-    pad = text[text.index('T.sblock("a_pad")'):]  # the activation's zero-padding copy
-    pad = pad[:pad.index("T.reads")]
-    assert "T.where" not in pad, pad  # no flattened loop with a predicate
-    columns = re.search(r"T\.axis\.spatial\(T\.int64\(197\), ([^)]*)\)", pad).group(1)
-    assert "%" not in columns and "//" not in columns, pad  # the row index is a loop, not a division
+    assert 'T.sblock("a_pad")' not in text and "if_then_else" not in text
+    assert re.search(r"a\[T\.int64\(0\), v\d, T\.min\(v\d, T\.int64\(196\)\), v\d\]", text), text
 
 
 @pytest.mark.parametrize(("a", "b"), [
