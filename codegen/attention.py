@@ -197,9 +197,6 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
         return buf[tuple(i64(0) if isinstance(n, int) and n == 1 else x
                          for x, n in zip(index, bias_shape[:len(index)], strict=True))]
 
-    def bias_at(bias, b, h, i, j):
-        return broadcast_at(bias, b, h, i, j)
-
     @T.macro
     def key_limit(rowlim, kfin, b, h, g, i0, lim):
         """lim[0] = the keys this block of query rows computes: the most of its rows' ``row_limits`` and past the
@@ -258,14 +255,14 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles, *, exp: str =
                                 part[ln] = T.float32(0)
                             for jc in range(lim[0] // i64(lanes)):
                                 for ln in T.vectorized(lanes):
-                                    s[r, jc * lanes + ln] = s[r, jc * lanes + ln] + bias_at(
+                                    s[r, jc * lanes + ln] = s[r, jc * lanes + ln] + broadcast_at(
                                         bias, b, h, qi, jc * lanes + ln)
                                     part[ln] = T.max(part[ln], T.Select(
-                                        bias_at(bias, b, h, qi, jc * lanes + ln) == neg_inf,
+                                        broadcast_at(bias, b, h, qi, jc * lanes + ln) == neg_inf,
                                         T.float32(0), T.float32(1)))
                             for j in range(lim[0] // i64(lanes) * i64(lanes), lim[0]):
-                                s[r, j] = s[r, j] + bias_at(bias, b, h, qi, j)
-                                part[0] = T.max(part[0], T.Select(bias_at(bias, b, h, qi, j) == neg_inf,
+                                s[r, j] = s[r, j] + broadcast_at(bias, b, h, qi, j)
+                                part[0] = T.max(part[0], T.Select(broadcast_at(bias, b, h, qi, j) == neg_inf,
                                                                   T.float32(0), T.float32(1)))
                             stat[1] = part[0]
                             for ln in range(1, lanes):
