@@ -106,7 +106,7 @@ def preprocess_passes(target, layout: str | None = "auto", fast_math: bool | Non
     if layout == "auto":
         layout = "NHWC" if target_kind(target) in ("cpu", "arm64") else None
     if layout == "NHWC":
-        passes += [_convert_layout_nhwc(), layout_copies_pass(), grouped_conv_pass(target), pointwise_conv_pass(),
+        passes += [_convert_layout_nhwc(), layout_copies_pass(), grouped_conv_pass(target), pointwise_conv_pass(target),
                    winograd_pass(target, _fast_math(fast_math))]
     passes += [nan_through_max_min_pass(), relax.transform.DeadCodeElimination()]
     return passes

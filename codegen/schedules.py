@@ -265,6 +265,51 @@ def _column_step(m: int, n: int, lanes: int, max_acc: int, padded_max_acc: int, 
     return best
 
 
+def register_tile(h_ext: int | None, m_ext: int | None, n_ext: int | None, *, n_s: int, lanes: int,
+                  dtype_bits: int, reduction: int, registers: int, padded: bool = False, grouped: bool = False,
+                  symbolic_columns: bool = False, fixed_u_n: int | None = None
+                  ) -> tuple[int, int | None, int, int, int]:
+    """TiledReduction's register tile, (vec, n_vecs, u_n, u_h, u_m): `u_m` rows of the output's second-to-last
+    axis (`m_ext` rows; None: symbolic) by `u_n` vectors of `vec` lanes of its last axis (`n_ext` columns, `n_vecs`
+    vectors; None with `symbolic_columns`), times `u_h` rows of the axis before (`h_ext`: a conv's height; None:
+    none or symbolic). `n_s`: the output's rank (spatial loops), `lanes`: vector lanes for `dtype_bits`,
+    `reduction`: products summed per output (static part), `registers`: vector registers
+    (``vector_registers``), `padded`: the kernel reads a zero-padded copy (``_pad_ragged_tile``), `grouped`: the
+    channel axis is a group's, `fixed_u_n`: a tile width fixed by a rule variant. A pure function of the shapes, so
+    that a pass choosing between two formulations of a kernel (``pointwise_conv``) compares the tiles this rule
+    will build."""
+    if symbolic_columns:
+        vec, n_vecs, u_n = lanes, None, SYMBOLIC_COLUMN_VECTORS
+    else:
+        vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
+        if vec < 2 and n_ext > lanes and not grouped:
+            vec = lanes  # no divisor: let the tail be predicated
+        n_vecs = math.ceil(n_ext / vec)
+        u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not grouped, registers=registers)
+        if grouped and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
+            vec, u_n = 2, n_ext // 2
+        if fixed_u_n is not None and not grouped and n_vecs % fixed_u_n == 0:
+            u_n = fixed_u_n
+    # a padded kernel reads a workspace copy, which LLVM cannot tell apart from a workspace register tile: it
+    # stored the tile back after every product (digits' [N, 512] @ [512, 64] at N = 32: 2x slower)
+    max_acc = max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction, registers)
+    rows = None
+    if fixed_u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not grouped \
+            and not symbolic_columns:
+        u_n, rows = _widest_tile(m_ext, n_vecs, u_n, max_acc)
+    max_m = _height_limit(max_acc, u_n)
+    if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
+        max_m = _largest_divisor(PAD_ROWS, max_m)
+    u_m = (max_m if m_ext is None else rows or tile_rows(m_ext, max_m)) if n_s >= 2 else 1
+    u_h = 1
+    if fixed_u_n is None and n_s >= 3 and m_ext is not None and h_ext is not None and not grouped \
+            and not padded and not symbolic_columns:
+        plane = _plane_tile(h_ext, m_ext, n_vecs, u_n, u_m, max_acc)
+        if plane is not None:
+            u_n, u_h, u_m = plane
+    return vec, n_vecs, u_n, u_h, u_m
+
+
 def _fuse_parallel(sch: s_tir.Schedule, loops: list, work: int | None):
     """Fuse ``loops`` and mark the result parallel when the kernel is big enough to pay for threads."""
     if not loops:
@@ -973,33 +1018,9 @@ class TiledReduction(_Rule):
             g_loop, c_loop = sch.split(s_loops[-1], factors=[None, group])
             group_loops, s_loops, extents = [g_loop], [*s_loops[:-1], c_loop], [*extents[:-1], group]
 
-        # --- choose the register tile: u_m rows x (u_n x vec) columns
+        # --- choose the register tile: u_m rows x (u_n x vec) columns (u_h rows of the axis before)
         n_ext = extents[-1]  # None: symbolic columns, whole tiles of SYMBOLIC_COLUMN_VECTORS vectors
         m_ext = extents[-2] if n_s >= 2 else 1  # None: symbolic rows
-        registers = vector_registers(target)
-        if symbolic_columns:
-            vec, n_vecs, u_n = lanes, None, SYMBOLIC_COLUMN_VECTORS
-        else:
-            vec = n_ext if n_ext <= lanes else _largest_divisor(n_ext, lanes, [lanes, lanes // 2, lanes // 4])
-            if vec < 2 and n_ext > lanes and not group_loops:
-                vec = lanes  # no divisor: let the tail be predicated
-            n_vecs = math.ceil(n_ext / vec)
-            u_n = _default_width(n_vecs, vec, matrix_vector=m_ext == 1 and not group_loops, registers=registers)
-            if group_loops and vec < 4 and n_ext % 2 == 0 and n_ext // 2 <= GROUP_PAIR_MAX:
-                vec, u_n = 2, n_ext // 2
-            if self.u_n is not None and not group_loops and n_vecs % self.u_n == 0:
-                u_n = self.u_n
-        # a padded kernel reads a workspace copy, which LLVM cannot tell apart from a workspace register tile: it
-        # stored the tile back after every product (digits' [N, 512] @ [512, 64] at N = 32: 2x slower)
-        max_acc = max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction, registers)
-        rows = None
-        if self.u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not group_loops \
-                and not symbolic_columns:
-            u_n, rows = _widest_tile(m_ext, n_vecs, u_n, max_acc)
-        max_m = _height_limit(max_acc, u_n)
-        if m_ext is None:  # symbolic rows padded to PAD_ROWS (_pad_ragged_tile): a tile height dividing them
-            max_m = _largest_divisor(PAD_ROWS, max_m)
-        u_m = (max_m if m_ext is None else rows or tile_rows(m_ext, max_m)) if n_s >= 2 else 1
         if m_ext is None and not padded and sum(e is None for e in extents) > 1:
             # symbolic rows that are not padded (a window's reads: a pool or a depthwise conv over a symbolic image
             # width) under another symbolic loop: the tile's predicated rows and the fused symbolic loops gave the
@@ -1007,12 +1028,10 @@ class TiledReduction(_Rule):
             # stored past the output's end (a breaker: heap corruption, 1x1 conv -> 3x3/2 max-pool over [1, 40, H,
             # W]). Left to the rules after this one
             return None
-        u_h = 1  # rows of the axis before the tile rows' (a conv's height): a tile over two row axes
-        if self.u_n is None and n_s >= 3 and m_ext is not None and extents[-3] is not None and not group_loops \
-                and not padded and not symbolic_columns:
-            plane = _plane_tile(extents[-3], m_ext, n_vecs, u_n, u_m, max_acc)
-            if plane is not None:
-                u_n, u_h, u_m = plane
+        vec, n_vecs, u_n, u_h, u_m = register_tile(
+            extents[-3] if n_s >= 3 else None, m_ext, n_ext, n_s=n_s, lanes=lanes, dtype_bits=dtype_bits,
+            reduction=reduction, registers=vector_registers(target), padded=padded, grouped=bool(group_loops),
+            symbolic_columns=symbolic_columns, fixed_u_n=self.u_n)
         pooling = self.u_n is None and n_s >= 2 and m_ext is not None and not group_loops \
             and not symbolic_columns and _pooling_window(sch, stmt, r_loops, s_vars[-2])
         if pooling:

@@ -1,8 +1,11 @@
-"""1x1 convolutions over a ragged width as a matmul over all pixels (codegen/pointwise_conv.py): which convolutions
-the compile path computes this way, that the results are TVM's direct kernel's bit for bit and onnxruntime's, and
-that the tuner's rule variants build and compute the same."""
+"""1x1 convolutions as a matmul over all pixels (codegen/pointwise_conv.py): a ragged width, or an image whose rows
+tile with fewer accumulators than its pixels do (7 x 7 with AVX2's registers); which convolutions the compile path
+computes this way, that the results are TVM's direct kernel's bit for bit and onnxruntime's, and that the tuner's
+rule variants build and compute the same."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import onnx
@@ -47,8 +50,67 @@ def test_pointwise_convolutions_match_onnxruntime_and_the_direct_kernel(case, mo
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     # the same products summed in the same order as TVM's own kernel: the same bits
     with monkeypatch.context() as patch:
-        patch.setattr(pointwise_conv, "eligible", lambda call: None)
+        patch.setattr(pointwise_conv, "eligible", lambda *args: None)
         np.testing.assert_array_equal(got, optc.compile(model).run(feeds)["y"])
+
+
+#: AVX2's register file (16 vector registers, 8 float32 lanes) and AVX-512's (32, 16)
+AVX2, AVX512 = (8, 16), (16, 32)
+
+
+@pytest.mark.parametrize(("shape", "avx2", "avx512"), [
+    ((1, 7, 7, 160, 960), True, False),  # 7 rows x 1 vector (7 accumulators) -> 6 x 2 over 49 pixels (10.9)
+    ((1, 7, 7, 960, 320), True, False),
+    ((4, 7, 7, 512, 2048), False, False),  # a batch of 4: the pixels' tile spans 4 images x 1 pixel x 2 vectors (8)
+    ((None, 7, 7, 512, 2048), True, False),  # a symbolic batch
+    ((1, 7, 7, 48, 40), False, False),  # 5 vectors: 7 x 1 either way
+    ((1, 14, 14, 256, 1024), False, False),  # 2 x 2 rows x 2 vectors whole: 8 either way
+    ((1, 28, 28, 512, 128), False, False),
+    ((1, 56, 56, 64, 256), False, False),
+    ((1, 13, 13, 512, 1000), True, True),  # a ragged width: 169 -> 176 padded against 13 -> 16 per row
+])
+def test_pixels_pay_where_their_register_tile_does_more(shape, avx2, avx512):
+    n, h, w, c, k = shape
+    assert pointwise_conv.pixels_pay(n, h, w, c, k, *AVX2) is avx2
+    assert pointwise_conv.pixels_pay(n, h, w, c, k, *AVX512) is avx512
+
+
+def test_the_tiles_compared_are_the_ones_tiled_reduction_builds():
+    """`register_tile` is TiledReduction's choice: 7 x 7 over 320 columns tiles 7 rows x 1 vector with AVX2's
+    registers, its 49 pixels 6 x 2."""
+    tile = functools.partial(schedules.register_tile, lanes=8, dtype_bits=32, reduction=960, registers=16)
+    assert tile(7, 7, 320, n_s=3) == (8, 40, 1, 1, 7)
+    assert tile(None, 49, 320, n_s=2) == (8, 40, 2, 1, 6)
+    assert tile(7, 7, 320, n_s=3, lanes=16, registers=32)[2:] == (2, 1, 7)
+
+
+SEVEN = {  # 7 x 7 images, computed over the pixels (forced where this CPU's registers would not take it)
+    "ResNet's 2048 -> 512, residual": dict(c=256, k=256, size=(7, 7), tail="residual"),
+    "MobileNetV2's 160 -> 960, no epilogue": dict(c=160, k=960, size=(7, 7), tail="none"),
+    "batch 2, ReLU": dict(c=64, k=48, batch=2, size=(7, 7)),
+    "7 x 14, concat after": dict(c=24, k=40, size=(7, 14), tail="concat"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEVEN))
+def test_seven_by_seven_as_pixels_matches_onnxruntime_and_the_direct_kernel(case, monkeypatch):
+    model = _model(**SEVEN[case])
+    feeds = _feeds(model)
+    feeds["x"][0, 3, 6, 6], feeds["x"][0, 5, 0, 0] = np.nan, -np.inf  # reach their own pixel only
+    with monkeypatch.context() as patch:
+        patch.setattr(pointwise_conv, "eligible", lambda *args: None)
+        direct = optc.compile(model).run(feeds)["y"]
+    with monkeypatch.context() as patch:
+        patch.setattr(pointwise_conv, "pixels_pay", lambda *args: True)
+        assert "pointwise_conv" in _prepared(model)
+        got = optc.compile(model).run(feeds)["y"]
+    want = run_ort(model, feeds)[0]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite], want[~finite])
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5 * float(np.abs(want[finite]).max()))
+    np.testing.assert_array_equal(got, direct)  # the same products in the same order: the same bits
 
 
 NOT_TAKEN = {  # model arguments the pass leaves to TVM's convolution

@@ -76,27 +76,31 @@ def _conv_model(c: int, hw: int, k: int, r: int, *, stride: int = 1, pad: int = 
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
 
 
-def _update_loops(model: onnx.ModelProto, target: dict) -> list[int]:
-    """The extents of the loops inside the reduction loops of the model's conv (the register tile, lanes last)."""
+def _update_loops(model: onnx.ModelProto, target: dict, kernel: str = "conv2d") -> list[int]:
+    """The extents of the loops inside the reduction loops of the model's `kernel` (`conv2d`, or `pointwise_conv`:
+    a 1x1 conv over the pixels, codegen/pointwise_conv.py) built for `target` (the register tile, lanes last)."""
     with fast_math_default(False):  # the direct conv kernel (a 3x3 conv is Winograd's with fast math)
-        fused = fused_kernels(from_onnx(model), "cpu")
-    [func] = [f for gv, f in fused.functions_items() if "conv2d" in gv.name_hint]
+        fused = fused_kernels(from_onnx(model), target)
+    [func] = [f for gv, f in fused.functions_items() if kernel in gv.name_hint]
     sch = schedules.TiledReduction().apply(func, resolve_target(target), False)
     assert sch is not None
-    update = sch.get_sblock("conv2d_nhwc_update")
+    update = sch.get_sblock(f"{kernel}_nhwc_update" if kernel == "conv2d" else f"{kernel}_update")
     loops = [sch.get(lp) for lp in sch.get_loops(update)]
     tile = [int(lp.extent) for lp in loops if int(lp.kind) in (VECTORIZED, UNROLLED)]
     assert int(loops[-1].kind) == VECTORIZED
     return tile
 
 
-@pytest.mark.parametrize(("model", "tile"), [
-    (_conv_model(256, 14, 1024, 1), [2, 2, 2, 8]),
-    (_conv_model(64, 14, 64, 3, pad=1), [2, 2, 2, 8]),
-    (_conv_model(2048, 7, 512, 1), [7, 1, 8]),
+@pytest.mark.parametrize(("model", "kernel", "tile"), [
+    (_conv_model(256, 14, 1024, 1), "conv2d", [2, 2, 2, 8]),
+    (_conv_model(64, 14, 64, 3, pad=1), "conv2d", [2, 2, 2, 8]),
+    # 7 rows x 1 vector for the image's rows (`test_plane_tile_choice`); its 49 pixels as one axis tile 6 x 2,
+    # one tile of 9 predicated, which pays (codegen/pointwise_conv.py, `pixels_pay`)
+    (_conv_model(2048, 7, 512, 1), "pointwise_conv", [6, 2, 8]),
+    (_conv_model(64, 7, 64, 3, pad=1), "conv2d", [7, 1, 8]),
 ])
-def test_avx2_conv_tiles_are_whole(model, tile):
-    assert _update_loops(model, AVX2) == tile
+def test_avx2_conv_tiles_are_whole(model, kernel, tile):
+    assert _update_loops(model, AVX2, kernel) == tile
 
 
 @pytest.mark.parametrize("model", [_conv_model(256, 14, 1024, 1), _conv_model(2048, 7, 512, 1)])
