@@ -267,7 +267,7 @@ def _column_step(m: int, n: int, lanes: int, max_acc: int, padded_max_acc: int, 
 
 def register_tile(h_ext: int | None, m_ext: int | None, n_ext: int | None, *, n_s: int, lanes: int,
                   dtype_bits: int, reduction: int, registers: int, padded: bool = False, grouped: bool = False,
-                  symbolic_columns: bool = False, fixed_u_n: int | None = None
+                  symbolic_columns: bool = False, fixed_u_n: int | None = None, window: bool = False
                   ) -> tuple[int, int | None, int, int, int]:
     """TiledReduction's register tile, (vec, n_vecs, u_n, u_h, u_m): `u_m` rows of the output's second-to-last
     axis (`m_ext` rows; None: symbolic) by `u_n` vectors of `vec` lanes of its last axis (`n_ext` columns, `n_vecs`
@@ -293,6 +293,8 @@ def register_tile(h_ext: int | None, m_ext: int | None, n_ext: int | None, *, n_
     # a padded kernel reads a workspace copy, which LLVM cannot tell apart from a workspace register tile: it
     # stored the tile back after every product (digits' [N, 512] @ [512, 64] at N = 32: 2x slower)
     max_acc = max_accumulators(vec * dtype_bits // 8, 0 if padded else reduction, registers)
+    if window and registers <= 16:
+        max_acc = min(max_acc, WINDOW_MAX_ACC)
     rows = None
     if fixed_u_n is None and u_n in (1, 2) and m_ext is not None and n_s >= 2 and not grouped \
             and not symbolic_columns:
@@ -858,6 +860,12 @@ def _window_loop(sch: s_tir.Schedule, stmt, r_loops: list, row_var):
 
 #: a pooling window's register tile: one output pixel, up to this many vectors of its channels
 POOL_TILE_VECTORS = 8
+#: accumulators of a tile whose window taps are unrolled inside it (a depthwise conv) with 16 vector registers:
+#: each weight vector is reused across the tile's rows and each input vector across the taps, and with 12
+#: accumulators LLVM spilled both to the stack (151 vector moves in a 108-FMA loop). With 8, MobileNetV2's
+#: depthwise 3x3 convs over 96 channels at 112 x 112 stride 2: 1663 -> 1146 us, 144 at 56 x 56: 982 -> 568, 192
+#: at 28 x 28: 220 -> 152 (onnxruntime 831, 537, 232; 6 or 4 accumulators no better; AMD EPYC znver1, 1 thread)
+WINDOW_MAX_ACC = 8
 
 
 def _pooling_window(sch: s_tir.Schedule, stmt, r_loops: list, row_var) -> bool:
@@ -1031,7 +1039,8 @@ class TiledReduction(_Rule):
         vec, n_vecs, u_n, u_h, u_m = register_tile(
             extents[-3] if n_s >= 3 else None, m_ext, n_ext, n_s=n_s, lanes=lanes, dtype_bits=dtype_bits,
             reduction=reduction, registers=vector_registers(target), padded=padded, grouped=bool(group_loops),
-            symbolic_columns=symbolic_columns, fixed_u_n=self.u_n)
+            symbolic_columns=symbolic_columns, fixed_u_n=self.u_n,
+            window=n_s >= 2 and _window_loop(sch, stmt, r_loops, s_vars[-2]) is not None)
         pooling = self.u_n is None and n_s >= 2 and m_ext is not None and not group_loops \
             and not symbolic_columns and _pooling_window(sch, stmt, r_loops, s_vars[-2])
         if pooling:

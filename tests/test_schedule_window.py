@@ -106,3 +106,30 @@ def _unrolled_tap(script: str) -> int | None:
 def test_the_window_taps_are_unrolled_inside_the_tile(case, tap):
     make, kwargs = CASES[case]
     assert _unrolled_tap(_scheduled(make(**kwargs))) == tap
+
+
+def _tile_accumulators(script: str) -> int:
+    """Vectors in the register tile: the product of the unrolled loops inside the tile's init block's loop nest."""
+    nest = re.search(r'((?:\s+for \w+_init in T\.(?:unroll|vectorized)\(T\.int64\(\d+\)\):)+)', script).group(1)
+    extents = [int(e) for e in re.findall(r"unroll\(T\.int64\((\d+)\)\)", nest)]
+    return int(np.prod(extents))
+
+
+def _window_tiles(target) -> tuple[int, int]:
+    """Accumulators of a depthwise and a dense 3x3 conv's tiles (direct kernels) for `target`."""
+    with fast_math_default(False):
+        return tuple(_tile_accumulators(scheduled_script(m, schedules.TiledReduction(), ("conv",), target))
+                     for m in (depthwise(c=144, size=28), dense3x3(c=64, size=28)))
+
+
+def test_a_depthwise_tile_leaves_avx2_registers_for_its_taps(monkeypatch):
+    """With 16 vector registers a depthwise conv's tile holds at most WINDOW_MAX_ACC accumulators (with 12, LLVM
+    spilled weights and inputs to the stack); without the cap it would hold more. A dense conv, whose taps are
+    not unrolled in the tile, is not capped; nor is any tile with AVX-512's 32 registers."""
+    avx2 = {"kind": "llvm", "mcpu": "haswell"}
+    dw, dense = _window_tiles(avx2)
+    assert dw <= schedules.WINDOW_MAX_ACC
+    assert _window_tiles({"kind": "llvm", "mcpu": "znver4"})[0] > schedules.WINDOW_MAX_ACC
+    monkeypatch.setattr(schedules, "WINDOW_MAX_ACC", 16)
+    uncapped_dw, uncapped_dense = _window_tiles(avx2)
+    assert uncapped_dw > dw and uncapped_dense == dense
