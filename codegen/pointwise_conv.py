@@ -33,14 +33,14 @@ def _padded_rows(m: int) -> int:
     return -(-m // PAD_ROWS) * PAD_ROWS
 
 
-def _tile_work(h: int | None, m: int, k: int, c: int, lanes: int, registers: int, *, padded: bool = False) -> float:
+def _tile_work(h: int | None, m: int, k: int, c: int, lanes: int, registers: int) -> float:
     """Useful multiply-adds per reduction step of TiledReduction's register tile over an output of `h` x `m` rows
     (`h` None: one row axis) and `k` columns summing `c` products each: its accumulators times the share of its
     rows that are not padding or a predicated last tile's."""
     from .schedules import register_tile
 
     _, _, u_n, u_h, u_m = register_tile(h, m, k, n_s=3 if h is not None else 2, lanes=lanes, dtype_bits=32,
-                                        reduction=c, registers=registers, padded=padded)
+                                        reduction=c, registers=registers)
     return u_n * u_h * u_m * m / (-(-m // u_m) * u_m)
 
 
@@ -113,11 +113,10 @@ def pointwise_conv_pass(target):
     accepts for the target's vector width and register file becomes `pointwise_conv_kernel`."""
     from tvm import relax
 
+    from .relax_rewrite import call_rewrite_pass
     from .schedules import _vector_lanes, vector_registers
 
     lanes, registers = _vector_lanes(target, 32), vector_registers(target)
-
-    from .relax_rewrite import call_rewrite_pass
 
     def rewrite(builder, call):
         plan = eligible(call, lanes, registers)

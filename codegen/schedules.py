@@ -275,9 +275,10 @@ def register_tile(h_ext: int | None, m_ext: int | None, n_ext: int | None, *, n_
     none or symbolic). `n_s`: the output's rank (spatial loops), `lanes`: vector lanes for `dtype_bits`,
     `reduction`: products summed per output (static part), `registers`: vector registers
     (``vector_registers``), `padded`: the kernel reads a zero-padded copy (``_pad_ragged_tile``), `grouped`: the
-    channel axis is a group's, `fixed_u_n`: a tile width fixed by a rule variant. A pure function of the shapes, so
-    that a pass choosing between two formulations of a kernel (``pointwise_conv``) compares the tiles this rule
-    will build."""
+    channel axis is a group's, `fixed_u_n`: a tile width fixed by a rule variant, `window`: the taps of a sliding
+    window are unrolled inside the tile (``_window_loop``; then at most WINDOW_MAX_ACC accumulators with 16
+    registers). A pure function of the shapes, so that a pass choosing between two formulations of a kernel
+    (``pointwise_conv``) compares the tiles this rule will build."""
     if symbolic_columns:
         vec, n_vecs, u_n = lanes, None, SYMBOLIC_COLUMN_VECTORS
     else:
