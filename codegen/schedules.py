@@ -1037,11 +1037,11 @@ class TiledReduction(_Rule):
             # stored past the output's end (a breaker: heap corruption, 1x1 conv -> 3x3/2 max-pool over [1, 40, H,
             # W]). Left to the rules after this one
             return None
+        window = _window_loop(sch, stmt, r_loops, s_vars[-2]) if n_s >= 2 else None
         vec, n_vecs, u_n, u_h, u_m = register_tile(
             extents[-3] if n_s >= 3 else None, m_ext, n_ext, n_s=n_s, lanes=lanes, dtype_bits=dtype_bits,
             reduction=reduction, registers=vector_registers(target), padded=padded, grouped=bool(group_loops),
-            symbolic_columns=symbolic_columns, fixed_u_n=self.u_n,
-            window=n_s >= 2 and _window_loop(sch, stmt, r_loops, s_vars[-2]) is not None)
+            symbolic_columns=symbolic_columns, fixed_u_n=self.u_n, window=window is not None)
         pooling = self.u_n is None and n_s >= 2 and m_ext is not None and not group_loops \
             and not symbolic_columns and _pooling_window(sch, stmt, r_loops, s_vars[-2])
         if pooling:
@@ -1076,7 +1076,8 @@ class TiledReduction(_Rule):
         if packed and len(outer) > 1 and (weight_bytes > act_bytes if self.panel_outer is None else self.panel_outer):
             outer = [outer[-1], *outer[:-1]]
         outer = _symbolic_outermost(sch, outer)
-        window = _window_loop(sch, stmt, r_loops, s_vars[-2]) if n_s >= 2 and not pooling else None
+        if pooling:  # a pool's taps stay outside its one-pixel tile
+            window = None
         if window is not None:  # a sliding window along the tile rows: its taps unrolled inside the tile
             r_loops = r_loops[:-1]
             inner = [*inner[:-1], window, inner[-1]]

@@ -30,6 +30,8 @@ def ort_session_options():
 #: an AVX-512 CPU (16 float32 lanes, 32 registers) for structural schedule tests written for its geometry; only
 #: scheduled, never run, so they hold on any host (an AVX2 host's 8 lanes divide 24 / 40 channels whole)
 AVX512 = {"kind": "llvm", "mcpu": "znver4"}
+#: an AVX2 CPU (16 vector registers, 8 float32 lanes), which every x86 host that runs this suite can execute
+AVX2 = {"kind": "llvm", "mcpu": "haswell"}
 
 
 def scheduled_script(model: onnx.ModelProto, rule, names: tuple[str, ...] = (), target="cpu") -> str:

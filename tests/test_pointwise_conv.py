@@ -55,7 +55,7 @@ def test_pointwise_convolutions_match_onnxruntime_and_the_direct_kernel(case, mo
 
 
 #: AVX2's register file (16 vector registers, 8 float32 lanes) and AVX-512's (32, 16)
-AVX2, AVX512 = (8, 16), (16, 32)
+AVX2_REGISTERS, AVX512_REGISTERS = (8, 16), (16, 32)
 
 
 @pytest.mark.parametrize(("shape", "avx2", "avx512"), [
@@ -71,8 +71,8 @@ AVX2, AVX512 = (8, 16), (16, 32)
 ])
 def test_pixels_pay_where_their_register_tile_does_more(shape, avx2, avx512):
     n, h, w, c, k = shape
-    assert pointwise_conv.pixels_pay(n, h, w, c, k, *AVX2) is avx2
-    assert pointwise_conv.pixels_pay(n, h, w, c, k, *AVX512) is avx512
+    assert pointwise_conv.pixels_pay(n, h, w, c, k, *AVX2_REGISTERS) is avx2
+    assert pointwise_conv.pixels_pay(n, h, w, c, k, *AVX512_REGISTERS) is avx512
 
 
 def test_the_tiles_compared_are_the_ones_tiled_reduction_builds():

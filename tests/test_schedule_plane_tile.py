@@ -26,9 +26,8 @@ from optc.codegen.kernel_check import fused_kernels
 from optc.codegen.targets import resolve_target
 from optc.ir import from_onnx
 
-from .conftest import AVX512, run_ort
+from .conftest import AVX2, AVX512, run_ort
 
-AVX2 = {"kind": "llvm", "mcpu": "haswell"}
 #: TVM ForKind values of a tile's loops
 VECTORIZED, UNROLLED = 2, 3
 X86 = platform.machine() in ("x86_64", "AMD64")

@@ -21,7 +21,7 @@ from optc.codegen.build import fast_math_default
 from optc.codegen.kernel_check import check_kernels, fused_kernels
 from optc.ir import from_onnx
 
-from .conftest import assert_ieee_close, scheduled_script, special_float_feeds
+from .conftest import AVX2, AVX512, assert_ieee_close, scheduled_script, special_float_feeds
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 
@@ -126,10 +126,9 @@ def test_a_depthwise_tile_leaves_avx2_registers_for_its_taps(monkeypatch):
     """With 16 vector registers a depthwise conv's tile holds at most WINDOW_MAX_ACC accumulators (with 12, LLVM
     spilled weights and inputs to the stack); without the cap it would hold more. A dense conv, whose taps are
     not unrolled in the tile, is not capped; nor is any tile with AVX-512's 32 registers."""
-    avx2 = {"kind": "llvm", "mcpu": "haswell"}
-    dw, dense = _window_tiles(avx2)
+    dw, dense = _window_tiles(AVX2)
     assert dw <= schedules.WINDOW_MAX_ACC
-    assert _window_tiles({"kind": "llvm", "mcpu": "znver4"})[0] > schedules.WINDOW_MAX_ACC
+    assert _window_tiles(AVX512)[0] > schedules.WINDOW_MAX_ACC
     monkeypatch.setattr(schedules, "WINDOW_MAX_ACC", 16)
-    uncapped_dw, uncapped_dense = _window_tiles(avx2)
+    uncapped_dw, uncapped_dense = _window_tiles(AVX2)
     assert uncapped_dw > dw and uncapped_dense == dense
