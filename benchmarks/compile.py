@@ -159,8 +159,9 @@ def markdown(rows: list[dict], threads: list[int], meta: dict) -> str:
     out = ["## Compile", "",
            f"`python benchmarks/compile.py {meta['argv']}` — {meta['date']}, {meta['machine']}; "
            f"TVM {meta['tvm']}, onnxruntime {meta['onnxruntime']} (ORT_ENABLE_ALL, intra-op threads = optc's "
-           f"threads). Latency: median of {meta['repeat']} runs after warm-up, batch 1, fp32, each measurement "
-           "in a fresh process. Compile time: -O2 optimize + lower + build, untuned. Tuned: MetaSchedule with "
+           f"threads). Latency: medians over {meta['repeat']} rounds after warm-up in which optc and onnxruntime "
+           "take turns (`optc.bench`; ratio: the median of the rounds' ratios; above 1 thread neither "
+           "runtime's idle workers spin), batch 1, fp32, each thread count in a fresh process. Compile time: -O2 optimize + lower + build, untuned. Tuned: MetaSchedule with "
            "the trial budget shown (per model), database reused by the timed compile (0 new trials). "
            "max |diff|: largest absolute difference of the outputs from onnxruntime's, beside the largest "
            "output magnitude.", ""]

@@ -80,8 +80,9 @@ def test_bench_reports_both_runtimes(artifact):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["optc_ms"] > 0 and result["onnxruntime_ms"] > 0
-    assert result["ratio"] == pytest.approx(result["optc_ms"] / result["onnxruntime_ms"])
-    assert result["max_abs_diff"] < 1e-4
+    # the median of 5 rounds' ratios, near the medians' ratio (test_cli_consistency: exactly it for one round)
+    assert result["ratio"] == pytest.approx(result["optc_ms"] / result["onnxruntime_ms"], rel=0.5)
+    assert result["repeat"] == 5 and result["max_abs_diff"] < 1e-4
 
 
 def test_compile_unknown_target(tmp_path):

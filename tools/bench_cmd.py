@@ -24,7 +24,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.model}: median of {args.repeat} runs, {args.threads} thread(s)")
+    table = Table(title=f"{args.model}: median of {args.repeat} alternating rounds, {args.threads} thread(s)")
     for col in ("runtime", "median ms"):
         table.add_column(col, justify="right" if col != "runtime" else "left")
     table.add_row("optc (TVM)", f"{result['optc_ms']:.3f}")
@@ -43,13 +43,15 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("bench", help="latency of optc's compiled model beside onnxruntime",
                        description="Median latency of the optc artifact (compiled for the CPU when --artifact is "
-                       "not given) and of onnxruntime (ORT_ENABLE_ALL, same thread count) after warm-up, their "
-                       "ratio, and the max abs difference of their outputs on the same random inputs.")
+                       "not given) and of onnxruntime (ORT_ENABLE_ALL, same thread count) after warm-up, taking "
+                       "turns round after round in one process (a call under 2 ms timed warm, in a burst), the "
+                       "median of the rounds' ratios, and the max abs difference of their outputs on the same "
+                       "random inputs.")
     p.add_argument("model", help="an ONNX file")
     p.add_argument("--artifact", metavar="MODEL.so", help="a library from optc compile (default: compile now)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="threads for both runtimes (default 1)")
-    p.add_argument("--repeat", type=int, default=50, metavar="N", help="timed runs (default 50)")
-    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first (default 5)")
+    p.add_argument("--repeat", type=int, default=50, metavar="N", help="timed rounds, a turn of each runtime per round (default 50)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed calls of each first (default 5)")
     p.add_argument("--dim", action="append", metavar="NAME=VALUE", help="value of a symbolic dim (default 1)")
     p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                    help="when compiling here: libm's exp / tanh / erf, the plain softmax and direct 3x3 "

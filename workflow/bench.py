@@ -1,8 +1,16 @@
 """`optc.bench`: latency of optc's compiled model beside onnxruntime's on the same inputs, and how far their
-outputs differ (what `optc bench` prints)."""
+outputs differ (what `optc bench` prints).
+
+The two runtimes take turns, round after round (`latency.time_alternating`): timed one after the other, a slow
+spell of a shared machine fell on one of them. On a 2-core VM a MobileNetV2-like library timed 14.7 ms beside
+onnxruntime's 11.5 ms at 2 threads (1.28x) in one such run and 10.5 ms beside 10.5 ms (1.00x) alternating in one
+process. With more than one thread neither runtime's idle workers spin after its turn (onnxruntime's
+`session.force_spinning_stop`, TVM's `TVM_THREAD_POOL_SPIN_COUNT`): spinning, they held the cores the other one
+was about to run on."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -10,21 +18,11 @@ import numpy as np
 from ..errors import OptcError, first_line
 from ..inputs import random_inputs, session_input_specs
 from ..ortsession import session
+from .latency import time_alternating
 
-
-def _ort_session(path: str, threads: int):
-    return session(path, optimize=True, threads=threads)
-
-
-def _median_ms(fn, repeat: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+#: TVM's thread-pool workers spin this many times for work before they sleep, when `bench` times more than one
+#: thread (TVM's default, 300000, kept a core busy through onnxruntime's turn)
+TVM_SPIN_COUNT = "1000"
 
 
 def _first_run(module, feeds: dict, what: str) -> dict:
@@ -46,7 +44,11 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     difference of their outputs. `model_path`: an ONNX file; `artifact`: its library from `optc compile`, or
     None to compile the model for the CPU first (`level`, `fast_math`, and tuned with `trials` into the database
     `db` when given; `compile_s` is then the compile time in seconds). `threads`: onnxruntime's intra-op threads
-    (TVM's pool reads `TVM_NUM_THREADS` when it starts, as `optc bench --threads` sets it). Returns a dict:
+    (TVM's pool reads `TVM_NUM_THREADS` when it starts, as `optc bench --threads` sets it; above 1, this sets
+    `TVM_THREAD_POOL_SPIN_COUNT` to `TVM_SPIN_COUNT` unless it is set). The two run in turns, `repeat` rounds
+    after `warmup` calls each (`latency.time_alternating`; a call under 2 ms is timed warm, in a burst):
+    `optc_ms` and `onnxruntime_ms` are medians over rounds, `ratio` the median of the rounds' optc /
+    onnxruntime. Returns a dict:
     model, artifact, threads, repeat, optc_ms, onnxruntime_ms, ratio, max_abs_diff, max_abs_output, compile_s,
     fast_math, kernels (how the conv/matmul ops run: the artifact metadata's `kernels`, None for an older
     artifact). OptcError (one line) for a bad model or artifact or `threads`/`repeat` < 1."""
@@ -58,22 +60,25 @@ def bench(model_path: str, artifact: str | None = None, threads: int = 1, repeat
     from ..codegen.compile import compile as compile_model
     from ..ir import load
 
+    if threads > 1:
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", TVM_SPIN_COUNT)
     model = load(model_path)
-    session = _ort_session(model_path, threads)
-    feeds = random_inputs(session_input_specs(session), dims=dims, seed=seed)
+    ort_session = session(model_path, optimize=True, threads=threads, spin=threads == 1)
+    feeds = random_inputs(session_input_specs(ort_session), dims=dims, seed=seed)
     start = time.perf_counter()
     module = runtime.load(artifact) if artifact else compile_model(model, "cpu", level=level, trials=trials, db=db,
                                                                    fast_math=fast_math)
     compile_s = None if artifact else time.perf_counter() - start
-    ort_out = session.run(None, feeds)
+    ort_out = ort_session.run(None, feeds)
     optc_out = _first_run(module, feeds, f"the artifact '{artifact}'" if artifact else
                           f"the library compiled from '{model_path}'")
     diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0)
                for a, b in zip(ort_out, optc_out.values(), strict=False))
     scale = max((float(np.max(np.abs(np.asarray(a, np.float64)))) if np.size(a) else 0.0) for a in ort_out)
-    optc_ms = module.benchmark(feeds, repeat=repeat, warmup=warmup)
-    ort_ms = _median_ms(lambda: session.run(None, feeds), repeat, warmup)
+    timed = time_alternating({"optc": lambda: module.run(feeds), "onnxruntime": lambda: ort_session.run(None, feeds)},
+                             reference="optc", min_runs=repeat, max_runs=repeat, warmup=warmup, progress=False)
     return {"model": model_path, "artifact": artifact, "threads": threads, "repeat": repeat,
-            "optc_ms": optc_ms, "onnxruntime_ms": ort_ms, "ratio": optc_ms / ort_ms, "max_abs_diff": diff,
+            "optc_ms": timed["optc"]["median_ms"], "onnxruntime_ms": timed["onnxruntime"]["median_ms"],
+            "ratio": timed["onnxruntime"]["speedup"], "max_abs_diff": diff,
             "max_abs_output": scale, "compile_s": compile_s,
             "fast_math": None if artifact else bool(fast_math), "kernels": module.metadata.get("kernels")}
