@@ -124,3 +124,79 @@ def test_plane_tiles_compute_what_onnxruntime_does(model):
              for i in model.graph.input}
     got = optc.compile(model, AVX2, fast_math=False).run(feeds)["z"]  # the direct kernels' plane tiles
     np.testing.assert_allclose(got, run_ort(model, feeds)[0], rtol=1e-5, atol=1e-4)
+
+
+def _grouped_model(c: int, hw: int, groups: int = 4) -> onnx.ModelProto:
+    """A ShuffleNet-style grouped 1x1 conv, c -> c channels in `groups` groups over hw x hw, with bias and ReLU."""
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((c, c // groups, 1, 1)).astype(np.float32) * 0.1, "w"),
+             nh.from_array(rng.standard_normal(c).astype(np.float32), "b")]
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1], group=groups),
+             h.make_node("Relu", ["y"], ["z"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, [1, c, hw, hw])],
+                     [h.make_tensor_value_info("z", TP.FLOAT, None)], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+
+
+def _batched_matmul_model(batch: int, m: int, k: int, n: int) -> onnx.ModelProto:
+    """x [batch, m, k] @ a constant [batch, k, n] (a Winograd transform's batched product)."""
+    w = np.random.default_rng(0).standard_normal((batch, k, n)).astype(np.float32) * 0.1
+    g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["z"])], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, [batch, m, k])],
+                     [h.make_tensor_value_info("z", TP.FLOAT, None)], [nh.from_array(w, "w")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+
+
+def test_a_padded_weight_alone_allows_the_plane_tile():
+    """`register_tile(plane=...)`: a kernel that is `padded` takes no plane tile unless told it may (its only
+    padding a constant weight's columns); one that is not padded takes it unless told it may not."""
+    args = dict(n_s=4, lanes=8, dtype_bits=32, reduction=68, registers=16)
+    assert schedules.register_tile(14, 14, 72, padded=True, **args) == (8, 9, 1, 1, 7)
+    assert schedules.register_tile(14, 14, 72, padded=True, plane=True, **args) == (8, 9, 3, 2, 2)
+    assert schedules.register_tile(14, 14, 72, **args) == (8, 9, 3, 2, 2)
+    assert schedules.register_tile(14, 14, 72, plane=False, **args) == (8, 9, 1, 1, 7)
+
+
+@pytest.mark.parametrize(("model", "target", "tile"), [
+    # (panels of the group's vectors, then the tile) 68 channels a group padded to 72 (the weight, at compile
+    # time): 3 panels of 3 vectors x 2 x 2 rows, not 9 of 1 vector x 7 rows
+    (_grouped_model(272, 14), AVX2, [3, 2, 2, 3, 8]),
+    # AVX-512: 34 channels a group padded to 48 = 3 vectors of 16
+    (_grouped_model(136, 14), AVX512, [1, 2, 2, 3, 16]),
+    # 13 x 13: the image rows are padded too (13 -> 16, a copy per call): tiles along one row axis
+    (_grouped_model(272, 13), AVX2, [3, 4, 3, 8]),
+])
+def test_grouped_conv_tiles(model, target, tile):
+    assert _update_loops(model, target, "grouped_conv") == tile
+
+
+@pytest.mark.parametrize(("hw", "copies"), [(14, False), (22, True), (13, True)])
+def test_which_padding_copies_an_activation(hw, copies):
+    """`_pads_an_activation`: 68 channels a group padded to 72 pad only the constant weight (a compile-time copy);
+    at 22 or 13 pixels a row the image rows are padded too (to 24, 16), the input copied per call."""
+    from tvm import s_tir
+
+    with fast_math_default(False):
+        fused = fused_kernels(from_onnx(_grouped_model(272, hw)), AVX2)
+    [func] = [f for gv, f in fused.functions_items() if "grouped_conv" in gv.name_hint]
+    sch = s_tir.Schedule(func)
+    assert schedules._pad_ragged_tile(sch, resolve_target(AVX2)) == (True, True, True)
+    assert schedules._pads_an_activation(sch, schedules.normalize_prim_func(sch)) == copies
+
+
+def test_a_padded_batched_matmul_keeps_its_one_axis_tile():
+    """(negative) a batched matmul's batch axis indexes its weight: a tile over batches x rows would load a weight
+    vector per accumulator. Its columns padded (320 -> 336, whole tiles of 3 vectors), it keeps 3 rows x 3
+    vectors (Inception-v1's Winograd product, 12% slower in batch planes)."""
+    assert _update_loops(_batched_matmul_model(16, 9, 160, 320), AVX2, "matmul") == [3, 3, 8]
+
+
+@pytest.mark.skipif(not X86, reason="built for an AVX2 CPU: runs on x86 hosts only")
+@pytest.mark.parametrize("model", [_grouped_model(272, 14), _grouped_model(136, 28), _grouped_model(272, 13),
+                                   _batched_matmul_model(16, 9, 160, 320)])
+def test_padded_weight_tiles_compute_what_onnxruntime_does(model):
+    rng = np.random.default_rng(1)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input}
+    got = optc.compile(model, AVX2).run(feeds)["z"]
+    np.testing.assert_allclose(got, run_ort(model, feeds)[0], rtol=1e-5, atol=1e-4)
