@@ -1070,8 +1070,8 @@ class TiledReduction(_Rule):
             extents[-3] if n_s >= 3 else None, m_ext, n_ext, n_s=n_s, lanes=lanes, dtype_bits=dtype_bits,
             reduction=reduction, registers=vector_registers(target), padded=padded, grouped=bool(group_loops),
             symbolic_columns=symbolic_columns, fixed_u_n=self.u_n, window=window is not None,
-            plane=not padded or not activation_copy and n_s >= 3 and _rows_share_column_reads(stmt, s_vars[-3],
-                                                                                               vec_var))
+            plane=not padded or (not activation_copy and n_s >= 3
+                                 and _rows_share_column_reads(stmt, s_vars[-3], vec_var)))
         pooling = self.u_n is None and n_s >= 2 and m_ext is not None and not group_loops \
             and not symbolic_columns and _pooling_window(sch, stmt, r_loops, s_vars[-2])
         if pooling:

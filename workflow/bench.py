@@ -3,10 +3,10 @@ outputs differ (what `optc bench` prints).
 
 The two runtimes take turns, round after round (`latency.time_alternating`): timed one after the other, a slow
 spell of a shared machine fell on one of them. On a 2-core VM a MobileNetV2-like library timed 14.7 ms beside
-onnxruntime's 11.5 ms at 2 threads (1.28x) in one such run and 10.5 ms beside 10.5 ms (1.00x) alternating in one
-process. With more than one thread neither runtime's idle workers spin after its turn (onnxruntime's
-`session.force_spinning_stop`, TVM's `TVM_THREAD_POOL_SPIN_COUNT`): spinning, they held the cores the other one
-was about to run on."""
+onnxruntime's 11.5 ms at 2 threads (1.28x) in one such run, and 1.00-1.08x in every alternating one. With more
+than one thread neither runtime's idle workers spin after its turn (onnxruntime's `session.force_spinning_stop`,
+TVM's `TVM_THREAD_POOL_SPIN_COUNT`), as in benchmarks/compile_precisions.py, where spinning workers held the
+cores the other runtime was about to run on."""
 
 from __future__ import annotations
 
