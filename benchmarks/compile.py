@@ -100,7 +100,9 @@ def tune_worker(path: str, trials: int, db: str) -> dict:
 def _spawn(args: list[str], threads: int, timeout: float) -> dict:
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     if threads > 1 and "--side-worker" in args:  # side by side in one process: TVM's idle workers sleep soon
-        env["TVM_THREAD_POOL_SPIN_COUNT"] = "1000"
+        from optc.workflow.bench import TVM_SPIN_COUNT
+
+        env["TVM_THREAD_POOL_SPIN_COUNT"] = TVM_SPIN_COUNT  # (as optc.bench sets it for the other workers)
     try:
         proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env,
                               timeout=timeout)
