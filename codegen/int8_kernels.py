@@ -5,8 +5,8 @@ Interface: a fused PrimFunc with one reduction block ``C[.., n] += int32(A[.., k
 ``matmul(a, w, out_dtype="int32")``, ``conv2d(x, w, out_dtype="int32")`` in NHWC/HWIO after optc's layout pass), A
 and B uint8/int8, B a constant weight (``layout_free_buffers``; or an int8 B computed at run time, an activation x
 activation matmul, which the kernel packs itself before its tiles: ``_prepack_weight(..., at_run_time=True)``,
-register tiles only; its N may be symbolic when provably whole vectors: attention's key length, padded at run time
-by ``lowering/ops/qinteger.py``), followed by injective epilogues (zero-point corrections, the float requantize: multiply,
+register tiles only; its N may be symbolic when provably whole vectors and its K when provably whole groups of 4:
+attention's key length, padded at run time by ``lowering/ops/qinteger.py``), followed by injective epilogues (zero-point corrections, the float requantize: multiply,
 add, round, clip, cast). Every kernel is exact: the int32 result equals the integer sum (no int16 saturation).
 
 Instruction sets, chosen from the *target's* LLVM features (``targets.llvm_features``; the ``cpu`` preset's
@@ -106,6 +106,8 @@ ISAS = {
     # bfloat16 x bfloat16 -> float32 (``bf16_dot.py``: vdpbf16ps, 16 lanes x 2 products)
     "avx512bf16": (BF16_DOT_FEATURES, 16, 2, ("bfloat16",)),
 }
+#: the most products one lane of these instructions sums: a symbolic K is scheduled only as a whole number of them
+MAX_GROUP = max(group for _, _, group, _ in ISAS.values())
 
 #: vector registers of each register file (ymm on AVX2 / AVX-VNNI, zmm with AVX-512)
 _REGISTERS = {"avx512vnni": 32, "avxvnni": 16, "avx512bw_7bit": 32, "avx512bw": 32, "avx2_7bit": 16, "avx2": 16,
@@ -290,6 +292,8 @@ def _schedule_run_time_packing(sch: s_tir.Schedule, copy, group: int, b_axes: tu
     extents = [_extent(sch, lp) for lp in loops]
     k_axis, n_axis = b_axes
     k_ext, n_ext = (extents[k_axis], extents[n_axis]) if len(loops) > max(b_axes) else (None, None)
+    if k_ext is None and len(loops) > max(b_axes) and _divisible(sch.get(loops[k_axis]).extent, group):
+        k_ext = group  # a symbolic K of whole groups (attention's P V over its key length)
     if k_ext is None or n_ext is None or k_ext % group or n_ext % PACK_COLUMNS:
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         return
@@ -492,15 +496,18 @@ class Int8Reduction(_Rule):
         # K static; a symbolic row axis (a dynamic batch or sequence length) is padded to whole tiles below (the
         # tensor intrinsic takes no predicate), symbolic axes before it stay outer loops; a symbolic N only for a B
         # computed at run time whose columns are whole vectors (attention's keys, padded: qinteger's _run_time_w)
+        # or a symbolic K of such a B, a whole number of dot-product groups (attention's P V over its key length)
         n_whole = 0 if extents[n_s - 1] is not None else _whole_vectors(sch.get(s_loops[-1]).extent)
-        if n_s < 2 and None in extents or any(e is None for e in extents[n_s:]) or \
-                extents[n_s - 1] is None and (constant_b or not n_whole):
+        k_expr = sch.get(r_loops[-1]).extent
+        if n_s < 2 and None in extents or any(e is None for e in extents[n_s:-1]) or \
+                extents[n_s - 1] is None and (constant_b or not n_whole) or \
+                extents[-1] is None and (constant_b or not _divisible(k_expr, MAX_GROUP)):
             return None
         symbolic = None in extents
-        n_ext, k_ext = extents[n_s - 1] or n_whole, extents[-1]
+        n_ext, k_ext = extents[n_s - 1] or n_whole, extents[-1] or MAX_GROUP  # (a symbolic K: whole groups)
         m_ext = extents[n_s - 2] if n_s >= 2 else 1  # None: symbolic rows
         work = None if symbolic else math.prod(extents[:n_s])
-        reduction = math.prod(extents[n_s:])
+        reduction = None if symbolic else math.prod(extents[n_s:])
         if m_ext is None and not padded and not pad_rows:
             # symbolic rows already padded to whole tiles (bf16 matmuls: precision.py pads them in Relax)
             if n_s < 2 or not _divisible(sch.get(s_loops[-2]).extent, MAX_TILE_ROWS):

@@ -271,6 +271,39 @@ def test_symbolic_rows_and_ragged_columns_are_both_padded():
         np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(xv)).numpy(), xv.astype(np.int64) @ w)
 
 
+def test_symbolic_reduction_of_a_run_time_weight():
+    """Attention's P V over a symbolic key length: K symbolic, a whole number of dot-product groups (padded so by
+    `lowering/ops/qinteger.py`), both operands computed at run time: one kernel on the dot-product instruction,
+    B packed by the kernel, exact at several K. Negative: a constant weight over a symbolic K is declined (its
+    packing is made at compile time)."""
+    from optc.lowering.symbolic_pad import pad_to
+
+    k = tvm.tirx.Var("k", "int64")
+    k4 = tvm.tirx.floordiv(k + 3, 4) * 4
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((8, k), "uint8"))
+    b = relax.Var("b", relax.TensorType((k, 32), "int8"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(pad_to(bb, a, 1, k4), pad_to(bb, b, 0, k4), out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = resolve_target("cpu")
+    func = next(f for gv, f in fuse(prepare(mod, None, target), target).functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in gv.name_hint)
+    if [i for i in int8_kernels.int8_isas(target) if i != "amx"]:
+        assert int8_kernels.Int8Reduction().apply(func, target, False) is not None
+        constant_b = func.with_attr("layout_free_buffers", [1])
+        assert int8_kernels.Int8Reduction().apply(constant_b, target, False) is None
+    vm = relax.VirtualMachine(build(mod, None, "cpu"), tvm.cpu())
+    for length in (1, 4, 13, 132):  # (padded to whole groups of 4 with zeros: exact)
+        rng = np.random.default_rng(length)
+        x = _values(rng, (8, length), "uint8", "extremes")
+        y = _values(rng, (length, 32), "int8", "extremes")
+        got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y)).numpy()
+        np.testing.assert_array_equal(got, x.astype(np.int64) @ y.astype(np.int64))
+
+
 def test_packs_a_run_time_weight_in_the_kernel():
     """Both operands computed at run time (an activation x activation matmul): B is packed by the kernel itself
     (`_prepack_weight(..., at_run_time=True)`), the product exact."""

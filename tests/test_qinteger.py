@@ -707,15 +707,63 @@ def test_attention_scores_with_a_symbolic_key_length(transposed):
         assert max(map(abs, hist)) <= 1, (length, hist)
 
 
-def test_attention_values_with_a_symbolic_reduction_stay_float():
-    """Negative: P V with a symbolic key length is a symbolic K, whose sum could overflow int32 at a length known
-    only at run time: the MatMul stays float, and says why."""
-    model = _act_matmul(shape_a=[1, 1, 64], shape_b=[1, 64, 16])
+def _attention_values(a_dtype=np.uint8, a_zp=0, b_zp=121) -> onnx.ModelProto:
+    """P [B, 4, S, S] x V [B, 4, S, 64]: attention's P V over a symbolic key length S (K = S)."""
+    model = _act_matmul(shape_a=[1, 1, 64], shape_b=[1, 64, 16], a_dtype=a_dtype, a_zp=a_zp, b_zp=b_zp)
     for vi, shape in zip(model.graph.input, (["B", 4, "S", "S"], ["B", 4, "S", 64]), strict=True):
         vi.CopyFrom(h.make_tensor_value_info(vi.name, TensorProto.FLOAT, shape))
+    return model
+
+
+@pytest.mark.parametrize("a_dtype, a_zp", [(np.uint8, 0), (np.int8, -128)], ids=["u8-zp0", "s8-zp-128"])
+def test_attention_values_with_a_symbolic_reduction(a_dtype, a_zp):
+    """P V over a symbolic key length (K = S: dynamic-axes exports) runs as one integer kernel on the dot-product
+    instructions when P's zero point is 0 as the kernel reads it (a softmax quantized to uint8): K padded to whole
+    groups at run time, no K x za x zw term. Before, it stayed float ("the second input's K is not static"): 4 of
+    the dynamic-axes Llama-style int8 build's 37 matmuls. Exact against onnxruntime's QDQ model at lengths that are
+    and are not multiples of 4, batch 1-3."""
+    from optc.codegen.int8_kernels import int8_isas
+    from optc.codegen.targets import resolve_target
+
+    model = _attention_values(a_dtype, a_zp)
     _, summary, ops = _integer_ops(model)
+    assert summary["integer"] == 1 and "QMatMul" in ops, (summary, ops)
+    lib = optc.compile(model)
+    if [i for i in int8_isas(resolve_target("cpu")) if i != "amx"]:  # the dot-product kernel, not the fallback
+        assert lib.metadata["kernels"]["instructions"], lib.metadata["kernels"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 1), (2, 5), (1, 17), (1, 128), (3, 33)):
+        feeds = {"x": RNG.uniform(0, 7, [batch, 4, length, length]).astype(np.float32),
+                 "z": (RNG.standard_normal([batch, 4, length, 64]) * 2).astype(np.float32)}
+        got, want = lib.run(feeds)["y"], session.run(None, feeds)[0]
+        assert got.shape == want.shape == (batch, 4, length, 64)
+        hist = histogram(got.astype(np.int64) - want)
+        assert max(map(abs, hist)) <= 1, (length, hist)
+
+
+def test_attention_values_with_both_zero_points_stay_float():
+    """Negative: over a symbolic K with both zero points nonzero as the kernel reads them, the K x za x zw term
+    would need K at run time: the MatMul stays float, and says why."""
+    _, summary, ops = _integer_ops(_attention_values(np.uint8, 3))
     assert "QMatMul" not in ops and summary["float"] == 1, (summary, ops)
-    assert "K is not static" in next(iter(summary["float_reasons"].values())), summary
+    assert "neither zero point is 0" in next(iter(summary["float_reasons"].values())), summary
+
+
+def test_attention_values_longer_than_int32_keeps_exact_fail_the_call(monkeypatch):
+    """A symbolic K longer than MAX_TERMS when the library runs (a sum that could leave int32) fails the call
+    with one line naming the MatMul, instead of a wrapped-around result; up to it the library runs. (MAX_TERMS
+    lowered to 40 here: the real bound, 32896 keys, needs a [32897, 32897] P.)"""
+    import optc.lowering.ops.qinteger as lowering_qinteger
+
+    monkeypatch.setattr(lowering_qinteger, "MAX_TERMS", 40)
+    lib = optc.compile(_attention_values())
+    feeds = lambda n: {"x": np.ones([1, 4, n, n], np.float32), "z": np.ones([1, 4, n, 64], np.float32)}  # noqa: E731
+    assert lib.run(feeds(40))["y"].shape == (1, 4, 40, 64)
+    with pytest.raises(optc.OptcError, match="the library cannot run these inputs: the integer MatMul computing "
+                       "'y': its reduction over S is longer than 40 terms when it runs"):
+        lib.run(feeds(41))
 
 
 def _integer_matmul_of_inputs(op: str) -> onnx.ModelProto:

@@ -20,10 +20,12 @@ int8 schedules in `codegen/` pick up). Everything else is a cheap epilogue on th
   8-bit range and the zero point are exact in float32 and a sum rounded above 2^24 still saturates).
 * float output (no y_scale): `float32(acc) * float32(x_scale * w_scale)` (onnxruntime's QGemm float output).
 * run-time w (QMatMul of two activations, `_run_time_w`): a as uint8 and w as int8 (the other type shifted by 128,
-  its zero point with it), K padded to a multiple of 4 and N to one of 16 with zeros (a symbolic N, attention's
-  key length in a dynamic-axes export, by a kernel at run time), `matmul(a', w')` on the dot-product
+  its zero point with it), K padded to a multiple of 4 and N to one of 16 with zeros (a symbolic K or N,
+  attention's key length in a dynamic-axes export, by a kernel at run time), `matmul(a', w')` on the dot-product
   instructions (the kernel packs w' itself), then `- za' colsum(w') - zw' rowsum(a') + K za' zw'` from run-time
-  sums, the usual requantize, and the padded columns cropped by a kernel of their own.
+  sums, the usual requantize, and the padded columns cropped by a kernel of their own. A symbolic K needs za' or
+  zw' to be 0 (the rule checks it: the last term vanishes) and is checked against MAX_TERMS when the library runs
+  (`run_checks.fail_if_zero`: one line, not a wrapped-around int32 sum).
 * int32 output (QMatMul without x_scale: MatMulInteger with constant weights, whose x_zp may be a run-time
   scalar, as DynamicQuantizeLinear makes it): the corrected accumulator `acc - x_zp * colsum(w)`.
 
@@ -151,15 +153,17 @@ def _run_time_w(bb, ctx, inputs, attrs):
     y_scale = None if get(5) is None else _constant(inputs[5], "y_scale").astype(np.float32).reshape(())
     y_zp = None if get(6) is None else _constant(inputs[6], "y_zero_point")
     xs, ws = _shape(x), _shape(w)
-    n = (dims_of(w) or [None])[-1]
-    if w_scale.size != 1 or xs is None or ws is None or len(xs) < 2 or len(ws) < 2 or \
-            not isinstance(ws[-2], int) or xs[-1] != ws[-2] or n is None:
-        raise refuse("QMatMul with a run-time w needs per-tensor scales, ranks >= 2 and a static K")
-    k = ws[-2]
-    if k > MAX_RUNTIME_TERMS:
+    xd, wd = dims_of(x), dims_of(w)
+    if w_scale.size != 1 or xs is None or ws is None or len(xs) < 2 or len(ws) < 2 or xd is None or wd is None:
+        raise refuse("QMatMul with a run-time w needs per-tensor scales and ranks >= 2")
+    k, n = wd[-2], wd[-1]
+    if isinstance(k, int) != isinstance(xd[-1], int) or isinstance(k, int) and k != xd[-1]:
+        raise refuse("QMatMul with a run-time w: the operands' reduction lengths differ")
+    if isinstance(k, int) and k > MAX_RUNTIME_TERMS:
         raise refuse(f"QMatMul of two activations with a reduction of {k} terms could overflow int32")
-    # N symbolic (attention's key length): padded to whole vectors at run time, the int8 kernel's columns
-    k4, n16 = -(-k // DOT_GROUP) * DOT_GROUP, -(-n // 16) * 16 if isinstance(n, int) else tirx.floordiv(n + 15, 16) * 16
+    # K or N symbolic (attention's key length): padded to whole groups / vectors at run time (a kernel of its own)
+    pad = lambda d, m: -(-d // m) * m if isinstance(d, int) else tirx.floordiv(d + (m - 1), m) * m  # noqa: E731
+    k4, n16 = pad(k, DOT_GROUP), pad(n, 16)
     # the operands as the kernel reads them: a, and w or the input t of the Transpose that made w (read through
     # perm: no transposed copy); shifted to uint8 (a) / int8 (w) and zero-padded to k4 (and w to n16)
     w_src = _transposed_source(ctx, w)
@@ -169,11 +173,24 @@ def _run_time_w(bb, ctx, inputs, attrs):
         ta, x_zp = _shifted(ta, len(xs), 128, "uint8"), x_zp + 128
     if dtype_of(w) == "uint8":
         tw, w_zp = _shifted(tw, len(w_perm), -128, "int8"), w_zp - 128
-    ta = bb.emit(_padded(ta, len(xs), {len(xs) - 1: k4 - k}))
-    if isinstance(n, int):
-        tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k, w_perm[-1]: n16 - n}))
-    else:
+    if not isinstance(k, int) and x_zp and w_zp:
+        raise refuse("QMatMul of two activations over a symbolic K needs a zero point 0 (as uint8 x int8)")
+    if isinstance(k, int):
+        ta = bb.emit(_padded(ta, len(xs), {len(xs) - 1: k4 - k}))
         tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-2]: k4 - k}))
+    else:  # a symbolic K: a sum of up to MAX_TERMS terms fits int32 with one zero point term (checked at run time)
+        from ..run_checks import fail_if_zero  # noqa: PLC0415
+
+        node = getattr(ctx, "node", None)  # (named by its output: the node's own name is the rewrite's)
+        label = f"the integer MatMul computing '{node.outputs[0].name}'" if node is not None else "an integer MatMul"
+        ta = fail_if_zero(bb, bb.emit(ta), tirx.Cast("int64", k <= MAX_TERMS), 1, "check_reduction_length",
+                          f"{label}: its reduction over {k} is longer than {MAX_TERMS} terms when it runs, the "
+                          "most whose integer sum this library's kernel keeps exact in int32")
+        ta = pad_to(bb, ta, len(xs) - 1, k4)
+        tw = pad_to(bb, bb.emit(tw), w_perm[-2], k4)
+    if isinstance(n, int):
+        tw = bb.emit(_padded(tw, len(w_perm), {w_perm[-1]: n16 - n}))
+    else:
         tw = pad_to(bb, tw, w_perm[-1], n16)
     if w_src is None:
         acc = bb.emit(relax.op.matmul(ta, tw, out_dtype="int32"))
@@ -186,7 +203,7 @@ def _run_time_w(bb, ctx, inputs, attrs):
     if w_zp:
         rowsum = relax.op.sum(relax.op.astype(ta, "int32"), axis=[-1], keepdims=True)
         acc = bb.emit(relax.op.subtract(acc, relax.op.multiply(rowsum, const(w_zp, "int32"))))
-    if x_zp and w_zp:
+    if x_zp and w_zp:  # (a static K: a symbolic one has a zero point 0)
         acc = bb.emit(relax.op.add(acc, const(k * x_zp * w_zp, "int32")))
     y = _epilogue(bb, ctx, acc, x_scale, w_scale, y_scale, y_zp, attrs, _rank(acc) - 1)
     if isinstance(n, int) and n16 == n:

@@ -26,9 +26,12 @@ The ops (lowered in `lowering/ops/qinteger.py`; inputs in this order, `?` option
   Conv's layout [M, C/group, k...]; for QMatMul [K, N] (a Gemm's transB weight is transposed here).
   w_scale float32, per tensor or per output channel ([M] / [N]).
 * QMatMul's w may instead be a run-time uint8 / int8 tensor (an activation x activation MatMul: attention's
-  Q K^T and P V) of rank >= 2 with a static K and a static or named symbolic N, quantized per tensor: b_zero_point (input 8) is then its zero
-  point, w_scale a scalar, and there is no bias. The lowering corrects for both zero points with the row sums of a
-  and the column sums of w at run time (`lowering/ops/qinteger.py`, `MAX_RUNTIME_TERMS` bounds K).
+  Q K^T and P V) of rank >= 2 with a static or named symbolic K and N, quantized per tensor: b_zero_point (input 8)
+  is then its zero point, w_scale a scalar, and there is no bias. The lowering corrects for both zero points with the
+  row sums of a and the column sums of w at run time (`lowering/ops/qinteger.py`; `MAX_RUNTIME_TERMS` bounds a static
+  K). A symbolic K (P V over a dynamic-axes export's key length) needs one of the two zero points to be 0 as the
+  u8 x s8 kernel reads the operands (a softmax's uint8 output has zero point 0): the K x za x zw term vanishes, and
+  the library checks K <= MAX_TERMS when it runs (a longer one fails the call with one line).
 * B / bias: int32 [M] / [N] in units of x_scale * w_scale (zero point 0), added to the int32 accumulator: the
   DequantizeLinear of the bias must have exactly that scale (float32 product, relative tolerance 2**-20, which
   moves the result by far less than one rounding) else no rewrite. A float bias is not fused.
@@ -52,8 +55,8 @@ sum lies within its rounding error of a rounding boundary of Q: at most 1 quanti
 contract as onnxruntime's own QDQ -> QLinearConv fusion (tests/test_qinteger.py measures the histogram).
 
 Not rewritten (each a negative test): non-constant scales or zero points; a run-time weight quantized per
-column, of a symbolic K (whose length, unknown until run time, could overflow int32) or an unknown N, or of a
-reduction over MAX_RUNTIME_TERMS (symbolic batch dims are aligned in the
+column, of a symbolic K with both zero points nonzero as the kernel reads them, of an unknown K or N, or of a
+static reduction over MAX_RUNTIME_TERMS (symbolic batch dims are aligned in the
 lowering, as MatMul's are); non-constant weights of a Conv or Gemm; non-float32 scales (float16 scales keep the
 float path, whose rounding the integer op does not reproduce); blocked or mismatched per-axis quantization; Gemm with transA
 or alpha / beta != 1; an int32 bias whose scale is not x_scale * w_scale, a float bias; reductions over
@@ -384,7 +387,7 @@ def _matmul_operands(m, ad, wd, bd):
         w, ws = _gemm_weight(m, mm, wd)
         require(a.rank == 2, "Gemm's A is not 2-D")
     elif _dq_producer(wd) is not None and _const(m, _dq_producer(wd).inputs[0]) is None:
-        return (a, aq, *_run_time_weight(m, a, wd))
+        return (a, aq, *_run_time_weight(m, a, aq, wd))
     else:
         w, ws = _weight_dq(m, wd, 1, "the weight")
         require(w.ndim == 2, "the weight is not 2-D")
@@ -395,18 +398,32 @@ def _matmul_operands(m, ad, wd, bd):
     return a, aq, w, ws, b, None
 
 
-def _run_time_weight(m, a: Value, wd: Value):
+def _run_time_weight(m, a: Value, aq: _QParams, wd: Value):
     """The second operand of an activation x activation MatMul (attention's Q K^T and P V): per tensor, 8-bit,
-    a static K (the kernel pads it to its instruction's group), K short enough for the zero point terms, and a
-    static or named symbolic N (attention's key length: padded to whole vectors at run time)."""
+    a static K short enough for the zero point terms (the kernel pads it to its instruction's group) or a named
+    symbolic one with a zero point 0 as the kernel reads its operand (P V over a dynamic-axes export's key length:
+    padded at run time, its length checked when the library runs), and a static or named symbolic N (attention's
+    key length: padded to whole vectors at run time)."""
     w, wq = _activation_dq(m, wd, "the second input")
     require(a.rank is not None and a.rank >= 2 and w.rank is not None and w.rank >= 2, "a rank is unknown or < 2")
     k, n = w.shape[-2], w.shape[-1]
-    require(isinstance(k, int), "the second input's K is not static")
+    require(isinstance(k, (int, str)), "the second input's K is unknown")
     require(isinstance(n, int) or isinstance(n, str), "the second input's N is unknown")
     require(a.shape[-1] == k, "the inputs' reduction lengths differ")
-    require(k <= MAX_RUNTIME_TERMS, "the reduction is too long for an int32 accumulator with run-time zero points")
+    if isinstance(k, int):
+        require(k <= MAX_RUNTIME_TERMS, "the reduction is too long for an int32 accumulator with run-time zero points")
+    else:  # attention's P V over a symbolic key length: P (a softmax) as uint8 has zero point 0
+        require(kernel_zero_point(aq.zero_point, "uint8") == 0 or kernel_zero_point(wq.zero_point, "int8") == 0,
+                "the second input's K is symbolic and neither zero point is 0 as the kernel reads the operands "
+                "(uint8 x int8)")
     return w, wq.scale, None, wq.zero_point
+
+
+def kernel_zero_point(zero_point: np.ndarray, kernel_dtype: str) -> int:
+    """A per-tensor zero point of an 8-bit operand as the u8 x s8 kernel reads that operand (`kernel_dtype`):
+    shifted by 128 where the operand's own type is the other one (lowering/ops/qinteger.py `_run_time_w`)."""
+    shift = {("int8", "uint8"): 128, ("uint8", "int8"): -128}.get((str(zero_point.dtype), kernel_dtype), 0)
+    return int(zero_point.reshape(-1)[0]) + shift
 
 
 def _feeds_quantize(node: Node) -> bool:
