@@ -42,14 +42,17 @@ def align_operands(bb: relax.BlockBuilder, inputs: list) -> list:
     return aligned
 
 
-def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, int] = (0, 1)) -> list:
+def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, int] = (0, 1),
+                     label: str = "a MatMul") -> list:
     """A matmul's two operands (`inputs` at the positions `operands`: (0, 1) for MatMul and MatMulInteger, (0, 3)
     for QLinearMatMul and optc's QMatMul) with their batch dims (all but the last two) aligned as `align_operands`
     aligns elementwise operands: `[N, 4, 5] @ [3, 5, 6]`, or two graph inputs' unrelated symbolic batches, had an
     unknown result shape. Operands of rank < 3 on either side (no batch dims to broadcast against each other), of
-    unknown shape or with static batch dims only are returned as they are."""
+    unknown shape or with static batch dims only are returned as they are. First, reduction dims that may differ
+    when the library runs are checked (`_same_reduction`; `label` names the node in the check's message)."""
     if len(inputs) <= max(operands):
         return inputs
+    inputs = _same_reduction(bb, inputs, operands, label)
     dims = [dims_of(inputs[i]) if _is_tensor(inputs[i]) else None for i in operands]
     if any(d is None or len(d) < 3 for d in dims):
         return inputs
@@ -64,6 +67,33 @@ def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, 
         if _risky(batches[k], out):
             aligned[i] = broadcast_to(bb, inputs[i], out[len(out) - len(batches[k]):] + dims[k][-2:])
     return type(inputs)(aligned)
+
+
+def _same_reduction(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, int], label: str) -> list:
+    """A matmul's operands, where the first one's reduction dim (K) and the second one's are not provably equal
+    (symbols of different names, or a symbol against a number), after a run-time check that they are equal (the
+    call fails with one line naming `label`, `run_checks.CHECK_ERROR`, as onnxruntime refuses the model), the
+    second one match-cast to the first one's K. Without it the kernel took K from the first operand and read the
+    second as if it had that many rows: a wrong result, or a read past its end. Operands of unknown shape, or
+    with K static on both sides or provably equal, are returned as they are."""
+    from .run_checks import fail_if_zero  # noqa: PLC0415
+
+    a, b = (inputs[i] for i in operands)
+    da, db = (dims_of(x) if _is_tensor(x) else None for x in (a, b))
+    if not da or not db:
+        return inputs
+    k_axis = len(db) - 2 if len(db) >= 2 else 0
+    ka, kb = da[-1], db[k_axis]
+    if (_static(ka) and _static(kb)) or dims_equal(ka, kb):
+        return inputs
+    same = tirx.Cast("int64", tirx.EQ(tirx.const(ka, "int64") if _static(ka) else ka,
+                                      tirx.const(kb, "int64") if _static(kb) else kb))
+    checked_b = fail_if_zero(bb, b if isinstance(b, relax.Var) else bb.emit(b), same, 1, "optc_matmul_k_check",
+                             f"{label}: its inputs' reduction lengths differ when it runs")
+    checked = list(inputs)
+    checked[operands[1]] = bb.match_cast(checked_b, relax.TensorType([ka if i == k_axis else d
+                                                                      for i, d in enumerate(db)], dtype_of(b)))
+    return type(inputs)(checked)
 
 
 def align_concat(bb: relax.BlockBuilder, inputs: list, axis: int) -> list:

@@ -282,7 +282,7 @@ class _Lowering:
         if n.op_type in BROADCAST_OPS and n.domain in ("", "ai.onnx"):
             inputs = align_operands(self.bb, inputs)  # symbolic dims TVM cannot broadcast (see broadcast.py)
         elif (_domain(n.domain), n.op_type) in _MATMUL_OPERANDS:
-            inputs = align_batch_dims(self.bb, inputs, _MATMUL_OPERANDS[_domain(n.domain), n.op_type])
+            inputs = align_batch_dims(self.bb, inputs, _MATMUL_OPERANDS[_domain(n.domain), n.op_type], _label(n))
         elif n.op_type == "Concat" and n.domain in ("", "ai.onnx"):
             inputs = align_concat(self.bb, inputs, int(n.attr("axis", 0)))
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}

@@ -357,3 +357,67 @@ def test_concat_of_dims_written_differently(a_dims, b_dims, axis):
         short = _f32(*[(2 if isinstance(d, str) else d) for d in a_dims])
         with pytest.raises(optc.OptcError, match="shape check"):
             compiled.run({"a": short, "b": b})
+
+
+# -- a matmul's reduction dims of different names (found by a breaker) ------------------------------------------
+
+def _matmul_of_named_dims(a_shape: list, b_shape: list, qdq: bool = False) -> onnx.ModelProto:
+    """y = x @ z, the inputs' shapes as given (symbols by name); `qdq`: each input quantized first (uint8 x with
+    zero point 0, int8 z with 3: the integer path's rule refuses K of two names, the float MatMul stays)."""
+    nodes, inits, a, b = [], [], "x", "z"
+    if qdq:
+        inits = [nh.from_array(np.float32(0.031), "as"), nh.from_array(np.array(0, np.uint8), "az"),
+                 nh.from_array(np.float32(0.027), "bs"), nh.from_array(np.array(3, np.int8), "bz")]
+        nodes = [h.make_node("QuantizeLinear", ["x", "as", "az"], ["aq"]),
+                 h.make_node("DequantizeLinear", ["aq", "as", "az"], ["ad"]),
+                 h.make_node("QuantizeLinear", ["z", "bs", "bz"], ["bq"]),
+                 h.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"])]
+        a, b = "ad", "bd"
+    nodes.append(h.make_node("MatMul", [a, b], ["y"]))
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, a_shape),
+                                      h.make_tensor_value_info("z", TensorProto.FLOAT, b_shape)],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("a_shape, b_shape, sizes", [
+    (["B", 4, "S", "T"], ["B", 4, "U", 16], {"B": 1, "S": 3}),  # attention-like, two names for K
+    (["S", "T"], ["U", 6], {"S": 2}),  # 2-D
+    (["S", 8], ["U", 6], {"S": 2}),  # a number against a symbol
+    (["S", "T"], ["U"], {"S": 2}),  # a matrix times a vector
+])
+@pytest.mark.parametrize("qdq", [False, True], ids=["float", "qdq"])
+def test_matmul_reduction_lengths_of_different_names_are_checked(a_shape, b_shape, sizes, qdq):
+    """x [.., T] @ z [.., U, N] with T and U different symbols: where they are equal when it runs, the result is
+    onnxruntime's; where they differ, the call fails with one line, as onnxruntime refuses. Before, the kernel took
+    K from x and read z as if it had that many rows: a wrong result (U > T) or a read past z's end (U < T)."""
+    model = _matmul_of_named_dims(a_shape, b_shape, qdq)
+    lib = optc.compile(model)
+    rng = np.random.default_rng(5)
+    for t, u in ((5, 5), (5, 6), (5, 4)):
+        dims = {**sizes, "T": t, "U": u}
+        feeds = {"x": rng.uniform(0, 4, [dims.get(d, d) if isinstance(d, str) else d for d in a_shape]),
+                 "z": rng.standard_normal([dims.get(d, d) if isinstance(d, str) else d for d in b_shape])}
+        if "T" not in a_shape:  # x's K is the number 8
+            feeds["x"] = rng.uniform(0, 4, [dims["S"], 8])
+            if u == 5:
+                feeds["z"] = rng.standard_normal([8, 6])
+        feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+        k_x, k_z = feeds["x"].shape[-1], feeds["z"].shape[-2 if feeds["z"].ndim >= 2 else 0]
+        if k_x == k_z:
+            np.testing.assert_allclose(lib.run(feeds)["y"], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
+        else:
+            with pytest.raises(optc.OptcError, match=r"^the library cannot run these inputs: MatMul node \(output "
+                               r"'y'\): its inputs' reduction lengths differ when it runs$"):
+                lib.run(feeds)
+
+
+def test_matmul_reduction_lengths_of_one_name_get_no_check():
+    """Negative: K of the same name on both sides (P V over S) is provably equal: no check kernel."""
+    from optc import from_onnx
+    from optc.lowering import lower
+
+    mod = lower(from_onnx(_matmul_of_named_dims(["B", 4, "S", "S"], ["B", 4, "S", 16])))
+    assert "optc_matmul_k_check" not in mod.script()
+    mod = lower(from_onnx(_matmul_of_named_dims(["B", 4, "S", "T"], ["B", 4, "U", 16])))
+    assert "optc_matmul_k_check" in mod.script()
