@@ -76,7 +76,7 @@ def _same_reduction(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, i
     second one match-cast to the first one's K. Without it the kernel took K from the first operand and read the
     second as if it had that many rows: a wrong result, or a read past its end. Operands of unknown shape, or
     with K static on both sides or provably equal, are returned as they are."""
-    from .run_checks import fail_if_zero  # noqa: PLC0415
+    from .run_checks import equal_dim_checked  # noqa: PLC0415
 
     a, b = (inputs[i] for i in operands)
     da, db = (dims_of(x) if _is_tensor(x) else None for x in (a, b))
@@ -86,13 +86,33 @@ def _same_reduction(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, i
     ka, kb = da[-1], db[k_axis]
     if (_static(ka) and _static(kb)) or dims_equal(ka, kb):
         return inputs
-    same = tirx.Cast("int64", tirx.EQ(tirx.const(ka, "int64") if _static(ka) else ka,
-                                      tirx.const(kb, "int64") if _static(kb) else kb))
-    checked_b = fail_if_zero(bb, b if isinstance(b, relax.Var) else bb.emit(b), same, 1, "optc_matmul_k_check",
-                             f"{label}: its inputs' reduction lengths differ when it runs")
     checked = list(inputs)
-    checked[operands[1]] = bb.match_cast(checked_b, relax.TensorType([ka if i == k_axis else d
-                                                                      for i, d in enumerate(db)], dtype_of(b)))
+    checked[operands[1]] = equal_dim_checked(bb, b, k_axis, ka, f"{label}: its inputs' reduction lengths differ "
+                                             "when it runs", "optc_matmul_k_check")
+    return type(inputs)(checked)
+
+
+#: convolutions (domain, op) -> the input index of their weight [M, C / group, k...]
+CONV_WEIGHTS = {("", "Conv"): 1, ("", "ConvInteger"): 1, ("", "QLinearConv"): 3, ("optc", "QConv"): 3}
+
+
+def check_conv_channels(bb, inputs: list, w_index: int, group: int, label: str) -> list:
+    """A convolution's inputs with x's channel dim checked against its weight's C / group x group when it runs,
+    where the two are not provably equal (a symbolic C against a constant weight's): the call fails with one line,
+    as onnxruntime refuses; without the check the kernel read C from the weight, ignoring channels or reading past
+    x's end. Inputs of unknown shape are returned as they are."""
+    from .run_checks import equal_dim_checked  # noqa: PLC0415
+
+    x, w = inputs[0], inputs[w_index] if len(inputs) > w_index else None
+    dx, dw = (dims_of(v) if _is_tensor(v) else None for v in (x, w))
+    if not dx or not dw or len(dx) < 2 or len(dw) < 2 or isinstance(dx[1], int) and isinstance(dw[1], int):
+        return inputs
+    want = dw[1] * group
+    if dims_equal(dx[1], want):
+        return inputs
+    checked = list(inputs)
+    checked[0] = equal_dim_checked(bb, x, 1, want, f"{label}: its input's channels differ from its weight's when "
+                                   "it runs", "optc_conv_channel_check")
     return type(inputs)(checked)
 
 

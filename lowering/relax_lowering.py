@@ -258,7 +258,14 @@ class _Lowering:
         from tvm import relax
         from tvm.relax.frontend.onnx.onnx_frontend import onnx_input
 
-        from .broadcast import BROADCAST_OPS, align_batch_dims, align_concat, align_operands
+        from .broadcast import (
+            BROADCAST_OPS,
+            CONV_WEIGHTS,
+            align_batch_dims,
+            align_concat,
+            align_operands,
+            check_conv_channels,
+        )
 
         if self.shapes.try_lower(n):
             return
@@ -285,6 +292,9 @@ class _Lowering:
             inputs = align_batch_dims(self.bb, inputs, _MATMUL_OPERANDS[_domain(n.domain), n.op_type], _label(n))
         elif n.op_type == "Concat" and n.domain in ("", "ai.onnx"):
             inputs = align_concat(self.bb, inputs, int(n.attr("axis", 0)))
+        elif (_domain(n.domain), n.op_type) in CONV_WEIGHTS:
+            inputs = check_conv_channels(self.bb, inputs, CONV_WEIGHTS[_domain(n.domain), n.op_type],
+                                         int(n.attr("group", 1)), _label(n))
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)

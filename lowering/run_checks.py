@@ -25,6 +25,21 @@ def fail_if_zero(bb, x, length: Any, unless: Any, name: str, message: str):
     return bb.emit(relax.call_tir_inplace(check, args, [0], x.ty))
 
 
+def equal_dim_checked(bb, x, axis: int, want: Any, message: str, name: str):
+    """x after a check that fails the call with `message` (one line) unless its dim `axis` equals `want` when it
+    runs (an int or a TIR expression of the function's symbols), match-cast to a type with `want` there, so that
+    the kernels it feeds see one dim (a matmul's K of two names, a conv input's channels against its weight's).
+    x itself where the two are the same expression. `name`: the check kernel's name hint."""
+    dims = list(x.ty.shape.values)
+    have = dims[axis]
+    if isinstance(have, tirx.IntImm) and isinstance(want, int) and int(have) == want:
+        return x
+    same = tirx.Cast("int64", tirx.EQ(_int64(have) if not isinstance(have, tirx.IntImm) else have, _int64(want)))
+    x = fail_if_zero(bb, x if isinstance(x, relax.Var) else bb.emit(x), same, 1, name, message)
+    dims[axis] = want
+    return bb.match_cast(x, relax.TensorType(dims, x.ty.dtype))
+
+
 def _int64(d: Any):
     return tirx.const(d, "int64") if isinstance(d, int) else d
 

@@ -421,3 +421,39 @@ def test_matmul_reduction_lengths_of_one_name_get_no_check():
     assert "optc_matmul_k_check" not in mod.script()
     mod = lower(from_onnx(_matmul_of_named_dims(["B", 4, "S", "T"], ["B", 4, "U", 16])))
     assert "optc_matmul_k_check" in mod.script()
+
+
+def _conv_of_symbolic_channels(group: int) -> onnx.ModelProto:
+    """Conv of x [N, C, 8, 8] (C a symbol) with a constant weight [8, 6 / group, 3, 3]."""
+    w = nh.from_array(np.random.default_rng(1).standard_normal([8, 6 // group, 3, 3]).astype(np.float32), "w")
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], group=group)], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", 8, 8])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_channels_of_a_symbolic_input_are_checked(group):
+    """A symbolic channel dim against a constant weight's: at 6 channels (the weight's C / group x group) the result
+    is onnxruntime's; at 4 or 8 the call fails with one line, as onnxruntime refuses. Before, the kernel took C from
+    the weight: channels ignored (8) or read past x's end (4), with no error."""
+    model = _conv_of_symbolic_channels(group)
+    lib = optc.compile(model)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal([2, 6, 8, 8]).astype(np.float32)
+    np.testing.assert_allclose(lib.run({"x": x})["y"], run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    for c in (4, 8):
+        with pytest.raises(optc.OptcError, match=r"^the library cannot run these inputs: Conv node \(output 'y'\): "
+                           r"its input's channels differ from its weight's when it runs$"):
+            lib.run({"x": rng.standard_normal([1, c, 8, 8]).astype(np.float32)})
+
+
+def test_conv_of_static_channels_gets_no_check():
+    """Negative: channels static on both sides (the usual model): no check kernel."""
+    from optc import from_onnx
+    from optc.lowering import lower
+
+    model = _conv_of_symbolic_channels(1)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 6
+    assert "optc_conv_channel_check" not in lower(from_onnx(model)).script()
+    assert "optc_conv_channel_check" in lower(from_onnx(_conv_of_symbolic_channels(1))).script()
