@@ -116,6 +116,30 @@ def check_conv_channels(bb, inputs: list, w_index: int, group: int, label: str) 
     return type(inputs)(checked)
 
 
+def check_gemm_reduction(bb: relax.BlockBuilder, inputs: list, trans_a: bool, trans_b: bool, label: str) -> list:
+    """Gemm's inputs with A's reduction dim (K: axis 1, or 0 with transA) and B's (axis 0, or 1 with transB)
+    checked to be equal when the library runs where they are not provably equal (a symbolic feature dim against
+    a constant weight's): the call fails with one line, as onnxruntime refuses; the operand with the symbolic K is
+    match-cast to the other's (a static K where one is). Inputs of unknown shape are returned as they are."""
+    from .run_checks import equal_dim_checked  # noqa: PLC0415
+
+    if len(inputs) < 2:
+        return inputs
+    da, db = (dims_of(x) if _is_tensor(x) else None for x in inputs[:2])
+    if not da or not db or len(da) != 2 or len(db) != 2:
+        return inputs
+    axes = (0 if trans_a else 1, 1 if trans_b else 0)
+    ka, kb = da[axes[0]], db[axes[1]]
+    if (_static(ka) and _static(kb)) or dims_equal(ka, kb):
+        return inputs
+    which = 0 if _static(kb) else 1  # the operand whose K is checked against the other's
+    checked = list(inputs)
+    checked[which] = equal_dim_checked(bb, inputs[which], axes[which], kb if which == 0 else ka,
+                                       f"{label}: its inputs' reduction lengths differ when it runs",
+                                       "optc_matmul_k_check")
+    return type(inputs)(checked)
+
+
 def align_concat(bb: relax.BlockBuilder, inputs: list, axis: int) -> list:
     """Concat's tensor inputs with their dims off the concatenation axis made the same expressions: where one is
     static, or another symbol names it (`[B, 16, 16]` beside `[3, 16, 48]`, two graph inputs' unrelated batches),

@@ -265,6 +265,7 @@ class _Lowering:
             align_concat,
             align_operands,
             check_conv_channels,
+            check_gemm_reduction,
         )
 
         if self.shapes.try_lower(n):
@@ -292,6 +293,9 @@ class _Lowering:
             inputs = align_batch_dims(self.bb, inputs, _MATMUL_OPERANDS[_domain(n.domain), n.op_type], _label(n))
         elif n.op_type == "Concat" and n.domain in ("", "ai.onnx"):
             inputs = align_concat(self.bb, inputs, int(n.attr("axis", 0)))
+        elif n.op_type == "Gemm" and n.domain in ("", "ai.onnx"):
+            inputs = check_gemm_reduction(self.bb, inputs, bool(n.attr("transA", 0)), bool(n.attr("transB", 0)),
+                                          _label(n))
         elif (_domain(n.domain), n.op_type) in CONV_WEIGHTS:
             inputs = check_conv_channels(self.bb, inputs, CONV_WEIGHTS[_domain(n.domain), n.op_type],
                                          int(n.attr("group", 1)), _label(n))

@@ -457,3 +457,25 @@ def test_conv_of_static_channels_gets_no_check():
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 6
     assert "optc_conv_channel_check" not in lower(from_onnx(model)).script()
     assert "optc_conv_channel_check" in lower(from_onnx(_conv_of_symbolic_channels(1))).script()
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (0, 1), (1, 0)])
+def test_gemm_reduction_of_a_symbolic_input_is_checked(trans_a, trans_b):
+    """Gemm of x with a symbolic feature dim and a constant [6, 4] weight (transposed as transB says): at 6
+    features the result is onnxruntime's; at 3 or 8 the call fails with one line, as onnxruntime refuses. Before,
+    the kernel took K from the weight and returned a (2, 4) result for any width."""
+    w = np.random.default_rng(3).standard_normal([4, 6] if trans_b else [6, 4]).astype(np.float32)
+    x_shape = ["F", "N"] if trans_a else ["N", "F"]
+    graph = h.make_graph([h.make_node("Gemm", ["x", "w"], ["y"], transA=trans_a, transB=trans_b)], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], [nh.from_array(w, "w")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    lib = optc.compile(model)
+    rng = np.random.default_rng(4)
+    feeds = lambda f: {"x": rng.standard_normal([f, 2] if trans_a else [2, f]).astype(np.float32)}  # noqa: E731
+    x = feeds(6)
+    np.testing.assert_allclose(lib.run(x)["y"], run_ort(model, x)[0], rtol=1e-5, atol=1e-5)
+    for f in (3, 8):
+        with pytest.raises(optc.OptcError, match=r"^the library cannot run these inputs: Gemm node \(output 'y'\): "
+                           r"its inputs' reduction lengths differ when it runs$"):
+            lib.run(feeds(f))
