@@ -679,16 +679,12 @@ def _attention_scores(key_shape: list, transposed: bool) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.parametrize("transposed", [True, False], ids=["k-transposed", "k-t-input"])
-def test_attention_scores_with_a_symbolic_key_length(transposed):
-    """Q K^T with a symbolic key length (N = S: dynamic-axes exports) runs as one integer kernel: N padded to whole
-    vectors at run time, the padded columns cropped by a kernel of its own. Before, such a matmul stayed float
-    ("K or N is not static"): a dynamic-axes GPT-2-like int8 build ran 7.8 ms against 4.6 for the static export.
-    Exact against onnxruntime's QDQ model at lengths that are and are not multiples of 16."""
+def _one_integer_kernel(model: onnx.ModelProto):
+    """(optc's library, onnxruntime's session of the QDQ graph as written) for a model whose one MatMul must become
+    an integer op, run on the dot-product instructions where the CPU has them."""
     from optc.codegen.int8_kernels import int8_isas
     from optc.codegen.targets import resolve_target
 
-    model = _attention_scores(["B", 4, "S", 64] if transposed else ["B", 4, 64, "S"], transposed)
     _, summary, ops = _integer_ops(model)
     assert summary["integer"] == 1 and "QMatMul" in ops, (summary, ops)
     lib = optc.compile(model)
@@ -697,6 +693,17 @@ def test_attention_scores_with_a_symbolic_key_length(transposed):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lib, session
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["k-transposed", "k-t-input"])
+def test_attention_scores_with_a_symbolic_key_length(transposed):
+    """Q K^T with a symbolic key length (N = S: dynamic-axes exports) runs as one integer kernel: N padded to whole
+    vectors at run time, the padded columns cropped by a kernel of its own. Before, such a matmul stayed float
+    ("K or N is not static"): a dynamic-axes GPT-2-like int8 build ran 7.8 ms against 4.6 for the static export.
+    Exact against onnxruntime's QDQ model at lengths that are and are not multiples of 16."""
+    model = _attention_scores(["B", 4, "S", 64] if transposed else ["B", 4, 64, "S"], transposed)
+    lib, session = _one_integer_kernel(model)
     for batch, length in ((2, 33), (1, 128), (1, 1), (3, 7)):
         key = [batch, 4, length, 64] if transposed else [batch, 4, 64, length]
         feeds = {"x": (RNG.standard_normal([batch, 4, length, 64]) * 2).astype(np.float32),
@@ -722,18 +729,8 @@ def test_attention_values_with_a_symbolic_reduction(a_dtype, a_zp):
     groups at run time, no K x za x zw term. Before, it stayed float ("the second input's K is not static"): 4 of
     the dynamic-axes Llama-style int8 build's 37 matmuls. Exact against onnxruntime's QDQ model at lengths that are
     and are not multiples of 4, batch 1-3."""
-    from optc.codegen.int8_kernels import int8_isas
-    from optc.codegen.targets import resolve_target
-
     model = _attention_values(a_dtype, a_zp)
-    _, summary, ops = _integer_ops(model)
-    assert summary["integer"] == 1 and "QMatMul" in ops, (summary, ops)
-    lib = optc.compile(model)
-    if [i for i in int8_isas(resolve_target("cpu")) if i != "amx"]:  # the dot-product kernel, not the fallback
-        assert lib.metadata["kernels"]["instructions"], lib.metadata["kernels"]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    lib, session = _one_integer_kernel(model)
     for batch, length in ((1, 1), (2, 5), (1, 17), (1, 128), (3, 33)):
         feeds = {"x": RNG.uniform(0, 7, [batch, 4, length, length]).astype(np.float32),
                  "z": (RNG.standard_normal([batch, 4, length, 64]) * 2).astype(np.float32)}

@@ -38,8 +38,8 @@ import numpy as np
 from tvm import relax, tirx
 
 from ...rewrites.rules.qinteger import MAX_RUNTIME_TERMS, MAX_TERMS
-from ..converters import DECLARED_OP_PATTERN, const, constant_value, converter, dims_of, dtype_of, refuse
-from ..symbolic_pad import pad_to
+from ..converters import const, constant_value, converter, dims_of, dtype_of, refuse
+from ..symbolic_pad import pad_to, row_copy_kernel
 from .quant import _INT_RANGES, _conv_pads, _rank, _saturate, _scalar, _shape, _without_nan, record_float_grid
 
 #: input channels a dot-product instruction multiply-adds per lane (x86 VNNI vpdpbusd, Arm sdot / udot: 4)
@@ -299,36 +299,9 @@ def _crop_last_axis(bb, t, n):
     for d in dims[:-1]:
         rows = rows * d
     flat = bb.emit(relax.op.reshape(t, [rows, dims[-1]]))
-    gv = bb.add_func(_crop_kernel(lanes, dtype), "crop_last_axis")
+    gv = bb.add_func(row_copy_kernel(lanes, dtype), "crop_last_axis")
     out = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, n], dtype)))
     return bb.emit(relax.op.reshape(out, [*dims[:-1], n]))
-
-
-def _crop_kernel(lanes: int, dtype: str):
-    """b = a[:, :n] for a [rows, width] and b [rows, n] (the sizes read from the buffers): rows in parallel, each
-    in vectors of `lanes`, then a scalar tail."""
-    from tvm.script import tirx as T  # noqa: PLC0415
-
-    @T.prim_func(private=True, s_tir=True)
-    def crop(var_a: T.handle, var_b: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, DECLARED_OP_PATTERN: 8})
-        rows, width, n = T.int64(), T.int64(), T.int64()
-        a = T.match_buffer(var_a, (rows, width), dtype)
-        b = T.match_buffer(var_b, (rows, n), dtype)
-        for r in T.parallel(rows):
-            for v in range(n // T.int64(lanes)):
-                for j in T.vectorized(T.int64(lanes)):
-                    with T.sblock("body"):
-                        vr = T.axis.spatial(rows, r)
-                        vj = T.axis.spatial(n, v * T.int64(lanes) + j)
-                        b[vr, vj] = a[vr, vj]
-            for j in range(n % T.int64(lanes)):
-                with T.sblock("tail"):
-                    vr = T.axis.spatial(rows, r)
-                    vj = T.axis.spatial(n, n // T.int64(lanes) * T.int64(lanes) + j)
-                    b[vr, vj] = a[vr, vj]
-
-    return crop
 
 
 @converter("optc", "QMatMul")
