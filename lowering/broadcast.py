@@ -52,7 +52,9 @@ def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, 
     when the library runs are checked (`_same_reduction`; `label` names the node in the check's message)."""
     if len(inputs) <= max(operands):
         return inputs
-    inputs = _same_reduction(bb, inputs, operands, label)
+    dims = [dims_of(inputs[i]) if _is_tensor(inputs[i]) else None for i in operands]
+    if dims[0] and dims[1]:  # K: the first operand's last axis, the second's next-to-last (a vector's only one)
+        inputs = _same_reduction(bb, inputs, operands, (len(dims[0]) - 1, max(len(dims[1]) - 2, 0)), label)
     dims = [dims_of(inputs[i]) if _is_tensor(inputs[i]) else None for i in operands]
     if any(d is None or len(d) < 3 for d in dims):
         return inputs
@@ -69,26 +71,29 @@ def align_batch_dims(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, 
     return type(inputs)(aligned)
 
 
-def _same_reduction(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, int], label: str) -> list:
-    """A matmul's operands, where the first one's reduction dim (K) and the second one's are not provably equal
-    (symbols of different names, or a symbol against a number), after a run-time check that they are equal (the
-    call fails with one line naming `label`, `run_checks.CHECK_ERROR`, as onnxruntime refuses the model), the
-    second one match-cast to the first one's K. Without it the kernel took K from the first operand and read the
-    second as if it had that many rows: a wrong result, or a read past its end. Operands of unknown shape, or
-    with K static on both sides or provably equal, are returned as they are."""
+def _same_reduction(bb: relax.BlockBuilder, inputs: list, operands: tuple[int, int], axes: tuple[int, int],
+                    label: str) -> list:
+    """A matmul's or Gemm's inputs where the two operands' reduction dims (K: `axes` of the inputs at `operands`)
+    are not provably equal (symbols of different names, or a symbol against a number), after a run-time check that
+    they are equal (the call fails with one line naming `label`, `run_checks.CHECK_ERROR`, as onnxruntime refuses
+    the model): the operand with a symbolic K is match-cast to the other's (a static K where one is; else the
+    second to the first's). Without it the kernel took K from one operand and read the other as if it had that
+    many rows: a wrong result, or a read past its end. Operands of unknown shape, or with K static on both sides or
+    provably equal, are returned as they are."""
     from .run_checks import equal_dim_checked  # noqa: PLC0415
 
-    a, b = (inputs[i] for i in operands)
-    da, db = (dims_of(x) if _is_tensor(x) else None for x in (a, b))
-    if not da or not db:
+    pair = [inputs[i] for i in operands]
+    dims = [dims_of(x) if _is_tensor(x) else None for x in pair]
+    if not dims[0] or not dims[1]:
         return inputs
-    k_axis = len(db) - 2 if len(db) >= 2 else 0
-    ka, kb = da[-1], db[k_axis]
-    if (_static(ka) and _static(kb)) or dims_equal(ka, kb):
+    ks = [d[axis] for d, axis in zip(dims, axes, strict=True)]
+    if (_static(ks[0]) and _static(ks[1])) or dims_equal(ks[0], ks[1]):
         return inputs
+    which = 0 if _static(ks[1]) else 1  # the operand whose K is checked against the other's
     checked = list(inputs)
-    checked[operands[1]] = equal_dim_checked(bb, b, k_axis, ka, f"{label}: its inputs' reduction lengths differ "
-                                             "when it runs", "optc_matmul_k_check")
+    checked[operands[which]] = equal_dim_checked(bb, pair[which], axes[which], ks[1 - which],
+                                                 f"{label}: its inputs' reduction lengths differ when it runs",
+                                                 "optc_matmul_k_check")
     return type(inputs)(checked)
 
 
@@ -118,26 +123,11 @@ def check_conv_channels(bb, inputs: list, w_index: int, group: int, label: str) 
 
 def check_gemm_reduction(bb: relax.BlockBuilder, inputs: list, trans_a: bool, trans_b: bool, label: str) -> list:
     """Gemm's inputs with A's reduction dim (K: axis 1, or 0 with transA) and B's (axis 0, or 1 with transB)
-    checked to be equal when the library runs where they are not provably equal (a symbolic feature dim against
-    a constant weight's): the call fails with one line, as onnxruntime refuses; the operand with the symbolic K is
-    match-cast to the other's (a static K where one is). Inputs of unknown shape are returned as they are."""
-    from .run_checks import equal_dim_checked  # noqa: PLC0415
-
-    if len(inputs) < 2:
+    checked to be equal when the library runs where they are not provably equal (`_same_reduction`: a symbolic
+    feature dim against a constant weight's). Inputs that are not two 2-D tensors are returned as they are."""
+    if len(inputs) < 2 or any(not _is_tensor(x) or len(dims_of(x) or []) != 2 for x in inputs[:2]):
         return inputs
-    da, db = (dims_of(x) if _is_tensor(x) else None for x in inputs[:2])
-    if not da or not db or len(da) != 2 or len(db) != 2:
-        return inputs
-    axes = (0 if trans_a else 1, 1 if trans_b else 0)
-    ka, kb = da[axes[0]], db[axes[1]]
-    if (_static(ka) and _static(kb)) or dims_equal(ka, kb):
-        return inputs
-    which = 0 if _static(kb) else 1  # the operand whose K is checked against the other's
-    checked = list(inputs)
-    checked[which] = equal_dim_checked(bb, inputs[which], axes[which], kb if which == 0 else ka,
-                                       f"{label}: its inputs' reduction lengths differ when it runs",
-                                       "optc_matmul_k_check")
-    return type(inputs)(checked)
+    return _same_reduction(bb, inputs, (0, 1), (0 if trans_a else 1, 1 if trans_b else 0), label)
 
 
 def align_concat(bb: relax.BlockBuilder, inputs: list, axis: int) -> list:

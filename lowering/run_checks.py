@@ -34,7 +34,7 @@ def equal_dim_checked(bb, x, axis: int, want: Any, message: str, name: str):
     have = dims[axis]
     if isinstance(have, tirx.IntImm) and isinstance(want, int) and int(have) == want:
         return x
-    same = tirx.Cast("int64", tirx.EQ(_int64(have) if not isinstance(have, tirx.IntImm) else have, _int64(want)))
+    same = tirx.Cast("int64", tirx.EQ(have, _int64(want)))
     x = fail_if_zero(bb, x if isinstance(x, relax.Var) else bb.emit(x), same, 1, name, message)
     dims[axis] = want
     return bb.match_cast(x, relax.TensorType(dims, x.ty.dtype))

@@ -157,8 +157,6 @@ def _run_time_w(bb, ctx, inputs, attrs):
     if w_scale.size != 1 or xs is None or ws is None or len(xs) < 2 or len(ws) < 2 or xd is None or wd is None:
         raise refuse("QMatMul with a run-time w needs per-tensor scales and ranks >= 2")
     k, n = wd[-2], wd[-1]
-    if isinstance(k, int) != isinstance(xd[-1], int) or isinstance(k, int) and k != xd[-1]:
-        raise refuse("QMatMul with a run-time w: the operands' reduction lengths differ")
     if isinstance(k, int) and k > MAX_RUNTIME_TERMS:
         raise refuse(f"QMatMul of two activations with a reduction of {k} terms could overflow int32")
     # K or N symbolic (attention's key length): padded to whole groups / vectors at run time (a kernel of its own)
