@@ -62,16 +62,19 @@ class MatchState:
         self.node_list: list[Node] = []
         self.opsets = opsets
         self.trace = trace
-        self.best: tuple[int, str, list[Node], dict[str, Any]] | None = None
+        self.best: tuple[tuple[bool, int, int], str, list[Node], dict[str, Any]] | None = None
         # which values are constants (initializers that are also graph inputs are not); default: judged by the
         # inputs of the matched graph and the graphs around it
         self.constants = constants if constants is not None else Constants(_enclosing(graph))
         self.fail_reason = ""
 
-    def fail(self, reason: str | Callable[[], str]) -> None:
-        """Note a failure; with tracing on, keep the deepest one (the best partial match)."""
+    def fail(self, reason: str | Callable[[], str], *, complete: bool = False) -> None:
+        """Note a failure; with tracing on, keep the deepest one (the best partial match). `complete`: the whole
+        pattern matched and what failed came after (a value used outside the match, the rule's check): such a
+        failure outranks any partial one, which an `Or` branch that matched more nodes and then failed could
+        otherwise hide (a merge target's computed branch against the plain one that matched and failed the check)."""
         if self.trace:
-            depth = len(self.node_list) * 1000 + len(self.bindings)
+            depth = (complete, len(self.node_list), len(self.bindings))
             if self.best is None or depth > self.best[0]:
                 text = reason() if callable(reason) else reason
                 self.best = (depth, text, list(self.node_list), dict(self.bindings))

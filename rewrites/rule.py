@@ -338,22 +338,22 @@ class RuleApplier:
                 else:
                     outputs = [node.outputs[o.index] if o.index < len(node.outputs) else None for o in root]
                 if any(o is None for o in outputs):
-                    st.fail("the root node lacks an output the pattern returns")
+                    st.fail("the root node lacks an output the pattern returns", complete=True)
                     continue
                 nodes = list(st.node_list)
                 why = self._escapes(nodes, outputs)
                 if why:
-                    st.fail(why)
+                    st.fail(why, complete=True)
                     continue
                 m = Match(rule, node, nodes, dict(st.bindings), outputs, g, opsets, st, self.fast_math)
                 args = [m.bindings.get(n) for n in cp.var_names]
                 try:
                     ok = rule.check(m, *args)
                 except MatchFailed as exc:
-                    st.fail(f"check: {exc.reason}")
+                    st.fail(f"check: {exc.reason}", complete=True)
                     continue
                 if ok is not None and not ok:
-                    st.fail("check returned False")
+                    st.fail("check returned False", complete=True)
                     continue
                 return m
         if st.best is not None:

@@ -315,6 +315,32 @@ def test_interior_value_used_outside_is_rejected():
     assert any("used outside the match" in t for t in res.trace)
 
 
+class ReluOfShapeOrAny(Rule):
+    """Relu(Reshape(x, Or(Concat(Neg(s), _), s))): the first branch matches more nodes of the test graph (the Concat,
+    then fails at the Neg); the second matches the whole pattern and fails the check."""
+
+    def pattern(self, op, x, s):
+        return op.Relu(op.Reshape(x, Or(op.Concat(op.Neg(s), ANY, axis=0), s)))
+
+    def check(self, m, x, s):
+        return require(False, "the check says no")
+
+    def rewrite(self, op, m, x, s):
+        return op.Relu(x)
+
+
+def test_trace_prefers_a_check_failure_to_a_longer_partial_match():
+    """A failure after the whole pattern matched (the check, a value used outside) outranks a failed Or branch that
+    matched more nodes: the trace gives the check's reason, not the other branch's "expected Neg"."""
+    model = load(H + """
+    g (float[2,3] x, int64[1] a) => (float[3,2] y) { c = Abs(a)  s = Concat<axis = 0>(c, a)  r = Reshape(x, s)
+                                                     y = Relu(r) }""")
+    res = apply([ReluOfShapeOrAny], model, PassContext(trace=True))
+    assert "ReluOfShapeOrAny" not in res.counts
+    line = next(t for t in res.trace if "ReluOfShapeOrAny" in t)
+    assert "check: the check says no" in line and "expected Neg" not in line, line
+
+
 def test_interior_graph_output_is_rejected():
     model = load(H + """
     g (float[3,4] a, float[4,5] b, float[5] c) => (float[3,5] y, float[3,5] t) { t = MatMul(a, b)  y = Add(t, c) }""")
