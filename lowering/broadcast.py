@@ -121,6 +121,45 @@ def check_conv_channels(bb, inputs: list, w_index: int, group: int, label: str) 
     return type(inputs)(checked)
 
 
+#: normalizations whose Scale (input 1) holds one value per channel (x's axis 1: the [C] of BatchNormalization and
+#: InstanceNormalization; B, mean and var are [C] too) or per normalized element (LayerNormalization: the dims from
+#: `axis` on, Scale broadcast against them)
+NORM_SCALES = {("", "BatchNormalization"), ("", "InstanceNormalization"), ("", "LayerNormalization")}
+
+
+def check_norm_channels(bb, inputs: list, op_type: str, axis: int, label: str) -> list:
+    """A normalization's inputs with x's channel dim (BatchNormalization, InstanceNormalization: axis 1) or its
+    normalized dims (LayerNormalization: from `axis` on, against Scale's trailing dims that are not 1) checked
+    against Scale's when the library runs, where they are not provably equal (a symbolic C against a constant
+    Scale's): the call fails with one line, as onnxruntime refuses, and x is match-cast to Scale's dims. Without
+    it TVM could not type the broadcast of a symbolic C against a static one and the build failed ("emit_te now
+    only supports Tensor that has ShapeExpr shape"). Inputs of unknown shape are returned as they are."""
+    from .run_checks import equal_dim_checked  # noqa: PLC0415
+
+    x, scale = inputs[0], inputs[1] if len(inputs) > 1 else None
+    dx, ds = (dims_of(v) if _is_tensor(v) else None for v in (x, scale))
+    if not dx or not ds:
+        return inputs
+    if op_type == "LayerNormalization":
+        start = axis % len(dx) if -len(dx) <= axis < len(dx) else None
+        if start is None or len(ds) > len(dx) - start and any(not (isinstance(d, int) and d == 1)
+                                                               for d in ds[:len(ds) - (len(dx) - start)]):
+            return inputs  # the converter refuses (or broadcasts) what does not line up
+        tail = ds[len(ds) - min(len(ds), len(dx) - start):]
+        pairs = [(len(dx) - len(tail) + i, d) for i, d in enumerate(tail) if not (isinstance(d, int) and d == 1)]
+    else:
+        pairs = [(1, ds[0])] if len(dx) >= 2 and len(ds) == 1 else []
+    for a, want in pairs:
+        if not dims_equal(dx[a], want) and not (isinstance(dx[a], int) and isinstance(want, int)):
+            x = equal_dim_checked(bb, x, a, want, f"{label}: its input's dim {a} differs from its scale's when it "
+                                  "runs", "optc_norm_channel_check")
+    if x is inputs[0]:
+        return inputs
+    checked = list(inputs)
+    checked[0] = x
+    return type(inputs)(checked)
+
+
 def check_gemm_reduction(bb: relax.BlockBuilder, inputs: list, trans_a: bool, trans_b: bool, label: str) -> list:
     """Gemm's inputs with A's reduction dim (K: axis 1, or 0 with transA) and B's (axis 0, or 1 with transB)
     checked to be equal when the library runs where they are not provably equal (`_same_reduction`: a symbolic

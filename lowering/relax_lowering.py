@@ -261,11 +261,13 @@ class _Lowering:
         from .broadcast import (
             BROADCAST_OPS,
             CONV_WEIGHTS,
+            NORM_SCALES,
             align_batch_dims,
             align_concat,
             align_operands,
             check_conv_channels,
             check_gemm_reduction,
+            check_norm_channels,
         )
 
         if self.shapes.try_lower(n):
@@ -299,6 +301,8 @@ class _Lowering:
         elif (_domain(n.domain), n.op_type) in CONV_WEIGHTS:
             inputs = check_conv_channels(self.bb, inputs, CONV_WEIGHTS[_domain(n.domain), n.op_type],
                                          int(n.attr("group", 1)), _label(n))
+        elif (_domain(n.domain), n.op_type) in NORM_SCALES:
+            inputs = check_norm_channels(self.bb, inputs, n.op_type, int(n.attr("axis", -1)), _label(n))
         attrs = {a.name: _frontend_attr(a) for a in n.attributes.values()}
         attrs["tvm_custom"] = {"name": n.name or self._fresh_name(n), "num_outputs": len(n.outputs)}
         convert = lookup(n.domain, n.op_type, self.opset)
