@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ...errors import OptcError, did_you_mean
 from ..rule import Rule
-from . import canonicalize, fusion, noops, qinteger, qlookup, qoperator, transformer, weight_int4
+from . import canonicalize, fusion, noops, qinteger, qlookup, qoperator, row_gather, transformer, weight_int4
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ register_rule_set("fuse-matmul-add", fusion.MATMUL_ADD)
 register_rule_set("transformer-standard", transformer.STANDARD)
 register_rule_set("transformer-onnxruntime", transformer.ONNXRUNTIME)
 register_rule_set("transformer-optc", transformer.OPTC)
+# after the fusions (a set with a level runs after them in -O2 / -O3): a Gather moves into the fused attention too
+register_rule_set("sink-row-gathers", row_gather.RULES, level=2)
 # optc-domain integer ops for the TVM back end: in no -O pipeline (`optc optimize` writes standard ONNX); the compile
 # path applies them (`qinteger.to_integer_ops`, which also declares the `optc` opset); named in a pipeline only to
 # inspect them (FileCheck tests): such an ONNX output does not declare the domain and runs nowhere else.
