@@ -221,3 +221,16 @@ def test_a_computed_index_of_unknown_length_stops_at_a_reshape():
         y = Gather<axis = 0>(f, i)
     }""", expect=None, feeds={"x": np.random.default_rng(5).standard_normal([1, 6, 8]).astype(np.float32),
                               "i": np.array([5, 0, 2], np.int64)})
+
+
+def test_an_empty_index_stops_at_a_reshape():
+    """Negative: a Reshape target with the gathered length 0 would copy the input's dim there (allowzero 0): the
+    rule refuses it (the rewrite's type check would catch this static case too)."""
+    _check(H + """
+    g (float[6,8] x) => (float[1,0,8] y) {
+        t = Tanh(x)
+        s = Constant<value = int64[3] {1, 6, 8}>()
+        r = Reshape(t, s)
+        i = Constant<value = int64[0] {}>()
+        y = Gather<axis = 1>(r, i)
+    }""", expect=None)

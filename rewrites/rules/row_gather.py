@@ -257,8 +257,10 @@ class SinkRowGather(Rule):
         axis = _attr(m["g"], "axis", 0) % rank
         steps = plan(m["p"], axis, m.opset("") or 0)
         require(steps is not None, "the op cannot compute the gathered rows alone")
-        return require(not any(i == "target" for i, _ in steps) or isinstance(_dims(idx)[0], int),
-                       "the index's length is not static (a reshape's target needs it)")
+        n = _dims(idx)[0]
+        # a reshape's new target needs the length; 0 there would copy a dim (Reshape's allowzero=0)
+        return require(not any(i == "target" for i, _ in steps) or isinstance(n, int) and n > 0,
+                       "the index's length is not static and > 0 (a reshape's target needs it)")
 
     def rewrite(self, op, m, idx):
         p, g = m["p"], m["g"]
