@@ -234,3 +234,32 @@ def test_an_empty_index_stops_at_a_reshape():
         i = Constant<value = int64[0] {}>()
         y = Gather<axis = 1>(r, i)
     }""", expect=None)
+
+
+@pytest.mark.parametrize("scale", ["float[4,3]", "float[4,1]", "float[3]"])
+def test_layer_norm_scale_that_varies_along_the_axis_is_gathered(scale):
+    """A breaker's case: LayerNormalization's Scale and B need only broadcast to X, so a [4, 3] or [4, 1] Scale
+    differs from row to row: it is gathered with X (the optimized model gave all four rows, or onnxruntime refused
+    it); a [3] Scale is taken whole."""
+    model, _ = _check(H + f"""
+    g (float[4,3] x, {scale} s, float[3] b) => (float[1,3] y) {{
+        n = LayerNormalization<axis = -1>(x, s, b)
+        i = Constant<value = int64[1] {{1}}>()
+        y = Gather<axis = 0>(n, i)
+    }}""")
+    assert _shapes(model, "LayerNormalization") == [(1, 3)]
+
+
+def test_opset6_broadcast_keeps_the_gather():
+    """Negative (a breaker's case): opset 6's Add(broadcast=1, axis=0) aligns B with A's axis 0, not on the right:
+    not moved (no runtime here runs opset 6's Add, so only the rewrite is checked)."""
+    from optc import from_onnx
+    from optc.rewrites.rules._testing import apply, parse
+
+    model = from_onnx(parse('<ir_version: 3, opset_import: ["" : 6]>' + """
+    g (float[4,3] x, float[4] y) => (float[1,3] z) {
+        a = Add<broadcast = 1, axis = 0>(x, y)
+        i = Constant<value = int64[1] {1}>()
+        z = Gather<axis = 0>(a, i)
+    }""", infer=False))
+    assert not {k for k in apply(RULES, model).counts if k not in ("dead-nodes", "folded")}

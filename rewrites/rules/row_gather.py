@@ -106,10 +106,15 @@ def plan(node: Node, axis: int, opset: int) -> list | None:
         return None
     op = node.op_type
     if op in _ELEMENTWISE:
+        if opset < 7 and _attr(node, "broadcast", 0):  # opset 6's broadcast aligns B at `axis`, not on the right
+            return None
         return _broadcast_plan(node, axis, rank, range(len(node.inputs)))
     if op in ("LayerNormalization", "RMSNormalization"):
-        first = _attr(node, "axis", -1) % rank
-        return [(0, axis)] if axis < first else None
+        if axis >= _attr(node, "axis", -1) % rank:
+            return None
+        # Scale and B broadcast against X (unidirectionally): one that varies along the axis is gathered too
+        rest = _broadcast_plan(node, axis, rank, range(1, len(node.inputs)))
+        return None if rest is None else [(0, axis), *rest]
     if op in ("Softmax", "LogSoftmax", "Hardmax"):
         first = _attr(node, "axis", -1 if opset >= 13 else 1) % rank
         return [(0, axis)] if (axis != first if opset >= 13 else axis < first) else None
