@@ -20,6 +20,7 @@ from .input_shapes import fix_input_shapes
 from .precision import bf16_kernels, check_precision, native_bf16, to_bfloat16
 from .static_batch import check_sizes, default_sizes, entry_name, model_batch_vars
 from .targets import check_measurable, gpu_arch, linker, resolve_target, target_kind
+from .tuned_check import keep_faster, runs_here
 from .tuning import open_database
 from .tuning import tune as tune_kernels
 
@@ -41,7 +42,9 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     (required); a database that already holds them runs no new trials. With `trials == 0` an existing `db` is
     applied (OptcError when the directory does not exist). Tuning for a target this machine cannot run (cuda
     without a GPU, arm64 on x86) without `rpc` is refused before lowering. `report` receives `tuning` (tasks,
-    trials, skipped_symbolic) and `build` (kernels, tuned, scheduled) figures. `fast_math` (default True): polynomial
+    trials, skipped_symbolic) and `build` (kernels, tuned, scheduled) figures; where a database was applied and the
+    library runs on this CPU, `tuning_check` (the tuned and the untuned build timed in turns, the faster returned:
+    `tuned_check.keep_faster`). `fast_math` (default True): polynomial
     exp / softmax / tanh / erf in the kernels (max errors in benchmarks/RESULTS.md "Fast math") and float32 3x3
     stride-1 convolutions by Winograd's F(2x2, 3x3) (``winograd.py``); False uses libm's and direct convolutions. With fast math, from -O2, the transformer blocks are also fused into the standard ops (attention into
     one kernel: ``codegen/attention.py``), which differ from the graph where the scores hold NaN, infinities or
@@ -126,6 +129,12 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     report["build"] = {}
     executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math,
                        batch_sizes=sizes)
+    if database is not None and rpc is None and runs_here(tvm_target):
+        # the tuned library against the untuned one, end to end on this CPU: the faster is kept (tuned_check.py)
+        report["tuning_check"] = {}
+        executable = keep_faster(executable, lambda: build(mod, None, tvm_target, database=None, report={},
+                                                           fast_math=fast_math, batch_sizes=sizes),
+                                 signature(model)[0], report["tuning_check"])
     kernels["instructions"] = dict(report["build"].get("dot_products", {}))
     if precision == "bf16":
         report["bf16"]["amx"] = kernels["instructions"].get("AMX bf16", 0)

@@ -51,8 +51,10 @@ def run(args) -> int:
         return 0
     build = report.get("build", {})
     math = "" if args.fast_math else ", no fast math"
+    check = report.get("tuning_check") or {}
+    tuned = 0 if check.get("kept") == "untuned" else build.get("tuned", 0)  # (the untuned build was written)
     line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
-            f"{build.get('kernels', '?')} kernels, {build.get('tuned', 0)} tuned")
+            f"{build.get('kernels', '?')} kernels, {tuned} tuned")
     if build.get("tuned_entries"):
         line += f" (and {build['tuned_entries']} of the static batch entries' {build['kernels_entries']})"
     entries = build.get("static_batch")
@@ -83,6 +85,9 @@ def run(args) -> int:
         if tuning.get("skipped_padded_weights"):
             line += (f"; {tuning['skipped_padded_weights']} kernels keep their untuned schedule (it pads a weight at "
                      "compile time, which the tuner cannot measure)")
+    if "kept" in check:  # (codegen/tuned_check.py: the two builds timed in turns on this CPU)
+        line += (f"; end to end the tuned build ran {check['ratio']:.2f}x the untuned one's time: "
+                 + ("kept" if check["kept"] == "tuned" else "the untuned schedules are kept"))
     print(line)
     kernels = report.get("kernels")
     if kernels:  # (describe_kernels is empty for a model with no quantized conv/matmul)
