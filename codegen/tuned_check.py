@@ -34,29 +34,42 @@ def runs_here(target) -> bool:
     return True
 
 
-def keep_faster(tuned, build_untuned: Callable[[], object], inputs: list[dict], report: dict):
+def keep_faster(tuned, build_untuned: Callable[[], object], inputs: list[dict], report: dict,
+                entry: tuple[str, dict[str, int]] | None = None):
     """`tuned` (a relax Executable built with a tuning database) or the one `build_untuned()` makes, whichever
-    runs faster on the host; `inputs`: the model's input signature (name, shape, dtype). Fills `report` with
-    "tuned_ms", "untuned_ms" (median ms a call), "ratio" (median over rounds of tuned / untuned time) and "kept"
-    ("tuned" or "untuned"), or "skipped" (why no comparison ran: an input of symbolic shape)."""
+    runs faster on the host; `inputs`: the model's input signature (name, shape, dtype). Inputs of symbolic shape
+    are timed through `entry` (the name of a static batch entry and the sizes it binds the symbolic dims to: what
+    the runtime calls at that batch; the tuner tunes its kernels), else not at all. Fills `report` with
+    "tuned_ms", "untuned_ms" (median ms a call), "ratio" (median over rounds of tuned / untuned time), "kept"
+    ("tuned" or "untuned") and "entry" (the function timed), or "skipped" (why no comparison ran)."""
     import tvm  # noqa: PLC0415
     from tvm.runtime.vm import VirtualMachine  # noqa: PLC0415
 
     from ..inputs import InputSpec, random_inputs  # noqa: PLC0415
     from ..workflow.latency import time_alternating  # noqa: PLC0415
 
-    if any(not isinstance(d, int) for i in inputs for d in i["shape"]):
+    symbolic = {d for i in inputs for d in i["shape"] if not isinstance(d, int)}
+    function, dims = "main", {}
+    if symbolic:
+        if entry is None or not symbolic <= set(entry[1]):
+            report["skipped"] = "an input has a symbolic shape"
+            return tuned
+        function, dims = entry
+    device = tvm.cpu()
+    try:
+        tuned_fn = VirtualMachine(tuned, device)[function]
+    except (AttributeError, KeyError, ValueError):  # (the static entry was not built: main serves every size)
         report["skipped"] = "an input has a symbolic shape"
         return tuned
     untuned = build_untuned()
-    feeds = random_inputs([InputSpec(i["name"], np.dtype(i["dtype"]), tuple(i["shape"])) for i in inputs], seed=0)
-    device = tvm.cpu()
+    untuned_fn = VirtualMachine(untuned, device)[function]
+    feeds = random_inputs([InputSpec(i["name"], np.dtype(i["dtype"]), tuple(i["shape"])) for i in inputs],
+                          dims=dims, seed=0)
     args = [tvm.runtime.tensor(feeds[i["name"]], device) for i in inputs]
-    mains = {"tuned": VirtualMachine(tuned, device)["main"], "untuned": VirtualMachine(untuned, device)["main"]}
-    times = time_alternating({name: (lambda f=f: f(*args)) for name, f in mains.items()}, reference="untuned",
-                             target_s=CHECK_SECONDS)
+    times = time_alternating({"tuned": lambda: tuned_fn(*args), "untuned": lambda: untuned_fn(*args)},
+                             reference="untuned", target_s=CHECK_SECONDS)
     ratio = 1.0 / times["tuned"]["speedup"]  # (speedup: untuned time / tuned time, median over rounds)
     kept = "untuned" if ratio > 1.0 else "tuned"
     report.update(tuned_ms=times["tuned"]["median_ms"], untuned_ms=times["untuned"]["median_ms"], ratio=ratio,
-                  kept=kept)
+                  kept=kept, entry=function)
     return untuned if kept == "untuned" else tuned

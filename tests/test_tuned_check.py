@@ -13,7 +13,7 @@ from optc.codegen.targets import resolve_target
 from optc.codegen.tuned_check import keep_faster, runs_here
 
 
-def _model(matmuls: int, shape=(64, 256)) -> onnx.ModelProto:
+def _model(matmuls: int, shape=(64, 256)) -> onnx.ModelProto:  # (a str dim: symbolic)
     """y = Tanh(x @ W1 @ ... @ Wn) (n random [256, 256] weights; n = 0: Tanh(x))."""
     rng = np.random.default_rng(0)
     names = ["x"] + [f"m{i}" for i in range(matmuls)]
@@ -79,3 +79,17 @@ def test_values_of_the_kept_build(builds):
     x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     y = VirtualMachine(kept, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(y, np.tanh(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_symbolic_batch_is_timed_through_its_static_entry():
+    """A symbolic batch: the two builds' batch-1 entries (what the runtime calls at batch 1, and what the tuner
+    tunes) are timed; the faster build is kept."""
+    slow, meta = build_executable(_model(12, ("n", 256)), "cpu")
+    fast, _ = build_executable(_model(0, ("n", 256)), "cpu")
+    assert set(meta["entries"]) == {"main_batch1"}
+    report: dict = {}
+    assert keep_faster(slow, lambda: fast, meta["inputs"], report, ("main_batch1", {"n": 1})) is fast
+    assert report["kept"] == "untuned" and report["entry"] == "main_batch1" and report["ratio"] > 1
+    report = {}  # an entry that binds other dims than the input's: not timed
+    assert keep_faster(slow, lambda: fast, meta["inputs"], report, ("main_batch1", {"m": 1})) is slow
+    assert report == {"skipped": "an input has a symbolic shape"}

@@ -55,7 +55,7 @@ def run(args) -> int:
     tuned = 0 if check.get("kept") == "untuned" else build.get("tuned", 0)  # (the untuned build was written)
     line = (f"wrote {path} ({describe_target(target, args.target)}, -O{args.level}{math}) in {seconds:.1f} s: "
             f"{build.get('kernels', '?')} kernels, {tuned} tuned")
-    if build.get("tuned_entries"):
+    if build.get("tuned_entries") and check.get("kept") != "untuned":
         line += f" (and {build['tuned_entries']} of the static batch entries' {build['kernels_entries']})"
     entries = build.get("static_batch")
     if entries and not entries["sizes"]:
