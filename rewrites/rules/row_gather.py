@@ -89,11 +89,6 @@ def _broadcast_plan(node: Node, axis: int, rank: int, inputs: range) -> list | N
     return plan
 
 
-def _attr(node: Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
-
-
 def plan(node: Node, axis: int, opset: int) -> list | None:
     """How a Gather on `axis` of node's first output moves above `node`: [(input index, axis)] of the inputs to
     gather (the others taken whole; for the reshapes also ("target", the output shape): they become a Reshape to
@@ -106,17 +101,17 @@ def plan(node: Node, axis: int, opset: int) -> list | None:
         return None
     op = node.op_type
     if op in _ELEMENTWISE:
-        if opset < 7 and _attr(node, "broadcast", 0):  # opset 6's broadcast aligns B at `axis`, not on the right
+        if opset < 7 and node.attr("broadcast", 0):  # opset 6's broadcast aligns B at `axis`, not on the right
             return None
         return _broadcast_plan(node, axis, rank, range(len(node.inputs)))
     if op in ("LayerNormalization", "RMSNormalization"):
-        if axis >= _attr(node, "axis", -1) % rank:
+        if axis >= node.attr("axis", -1) % rank:
             return None
         # Scale and B broadcast against X (unidirectionally): one that varies along the axis is gathered too
         rest = _broadcast_plan(node, axis, rank, range(1, len(node.inputs)))
         return None if rest is None else [(0, axis), *rest]
     if op in ("Softmax", "LogSoftmax", "Hardmax"):
-        first = _attr(node, "axis", -1 if opset >= 13 else 1) % rank
+        first = node.attr("axis", -1 if opset >= 13 else 1) % rank
         return [(0, axis)] if (axis != first if opset >= 13 else axis < first) else None
     if op == "MatMul":
         ra, rb = _rank(node.inputs[0]), _rank(node.inputs[1])
@@ -128,7 +123,7 @@ def plan(node: Node, axis: int, opset: int) -> list | None:
             return _broadcast_plan(node, axis, rank, range(2))
         return None
     if op == "Gemm":
-        if axis != 0 or _attr(node, "transA", 0):
+        if axis != 0 or node.attr("transA", 0):
             return None
         c = node.inputs[2] if len(node.inputs) > 2 else None
         dc = _dims(c) if c is not None else ()
@@ -164,7 +159,7 @@ def _reshape_plan(node: Node, axis: int) -> list | None:
 def _attention_plan(node: Node, axis: int, rank: int) -> list | None:
     """The standard Attention (opset 23) on query rows: 3-D [B, S, D] (axis 1) or 4-D [B, N, S, H] (axis 2) Q,
     no causal mask (it reads the query's position), no past key / value, the mask's query axis gathered."""
-    if _attr(node, "is_causal", 0) or axis != rank - 2 or _rank(node.inputs[0]) != rank:
+    if node.attr("is_causal", 0) or axis != rank - 2 or _rank(node.inputs[0]) != rank:
         return None
     if any(v is not None for v in node.inputs[4:]):
         return None
@@ -205,7 +200,7 @@ def _gathered(op, m, v: Value, axis: int, idx: Value, before: Node) -> Value:
         if n.op_type != "Gather" or n.domain not in ("", "ai.onnx") or use.index != 0 or n.outputs[0] is None:
             continue
         rank = _rank(v)
-        if len(n.inputs) < 2 or rank is None or _attr(n, "axis", 0) % rank != axis or not _same_index(m, n.inputs[1],
+        if len(n.inputs) < 2 or rank is None or n.attr("axis", 0) % rank != axis or not _same_index(m, n.inputs[1],
                                                                                                           idx):
             continue
         order = order or {node: i for i, node in enumerate(m.graph)}
@@ -229,13 +224,13 @@ class RowGatherOfScalarIndex(Rule):
         rank = _rank(src)
         require(rank is not None, "the gathered value's rank is unknown")
         require(src.num_uses == 1, "the gathered value has other uses")
-        axis = _attr(m["g"], "axis", 0) % rank
+        axis = m["g"].attr("axis", 0) % rank
         return require(plan(m["p"], axis, m.opset("") or 0) is not None, "the op cannot compute the gathered rows "
                                                                           "alone")
 
     def rewrite(self, op, m, idx):
         src = m["g"].inputs[0]
-        axis = _attr(m["g"], "axis", 0) % _rank(src)
+        axis = m["g"].attr("axis", 0) % _rank(src)
         one = np.asarray(m.const(idx)).reshape(1)
         g = op.Gather(src, one, axis=axis)
         opset = m.opset("") or 0
@@ -259,7 +254,7 @@ class SinkRowGather(Rule):
         require(src is m["p"].outputs[0], "the Gather reads another output of the op")
         rank = _rank(src)
         require(rank is not None, "the gathered value's rank is unknown")
-        axis = _attr(m["g"], "axis", 0) % rank
+        axis = m["g"].attr("axis", 0) % rank
         steps = plan(m["p"], axis, m.opset("") or 0)
         require(steps is not None, "the op cannot compute the gathered rows alone")
         n = _dims(idx)[0]
@@ -269,7 +264,7 @@ class SinkRowGather(Rule):
 
     def rewrite(self, op, m, idx):
         p, g = m["p"], m["g"]
-        axis = _attr(g, "axis", 0) % _rank(g.inputs[0])
+        axis = g.attr("axis", 0) % _rank(g.inputs[0])
         inputs = list(p.inputs)
         target = None
         for i, a in plan(p, axis, m.opset("") or 0):
