@@ -129,18 +129,18 @@ def build_executable(model: Model | str | os.PathLike, target="cpu", *, level: i
     report["build"] = {}
     executable = build(mod, None, tvm_target, database=database, report=report["build"], fast_math=fast_math,
                        batch_sizes=sizes)
+    inputs, outputs = signature(model)
     if database is not None and rpc is None and runs_here(tvm_target):
         # the tuned library against the untuned one, end to end on this CPU: the faster is kept (tuned_check.py)
         report["tuning_check"] = {}
         entry = (entry_name(sizes[0]), dict.fromkeys(batch_dims, sizes[0])) if sizes else None
         executable = keep_faster(executable, lambda: build(mod, None, tvm_target, database=None, report={},
                                                            fast_math=fast_math, batch_sizes=sizes),
-                                 signature(model)[0], report["tuning_check"], entry)
+                                 inputs, report["tuning_check"], entry)
     kernels["instructions"] = dict(report["build"].get("dot_products", {}))
     if precision == "bf16":
         report["bf16"]["amx"] = kernels["instructions"].get("AMX bf16", 0)
         report["bf16"]["avx512bf16"] = kernels["instructions"].get("AVX512-BF16", 0)
-    inputs, outputs = signature(model)
     meta = {"inputs": inputs, "outputs": outputs, "target": target_kind(tvm_target),
             "target_spec": json.loads(str(tvm_target)), "opt_level": level,
             "fast_math": bool(fast_math), "kernels": kernel_metadata(kernels), "precision": precision}

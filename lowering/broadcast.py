@@ -141,16 +141,17 @@ def check_norm_channels(bb, inputs: list, op_type: str, axis: int, label: str) -
     if not dx or not ds:
         return inputs
     if op_type == "LayerNormalization":
-        start = axis % len(dx) if -len(dx) <= axis < len(dx) else None
-        if start is None or len(ds) > len(dx) - start and any(not (isinstance(d, int) and d == 1)
-                                                               for d in ds[:len(ds) - (len(dx) - start)]):
+        if not -len(dx) <= axis < len(dx):
+            return inputs
+        n = len(dx) - axis % len(dx)  # the normalized dims, against Scale's last n (right-aligned)
+        if any(not (_static(d) and d == 1) for d in ds[:-n]):
             return inputs  # the converter refuses (or broadcasts) what does not line up
-        tail = ds[len(ds) - min(len(ds), len(dx) - start):]
-        pairs = [(len(dx) - len(tail) + i, d) for i, d in enumerate(tail) if not (isinstance(d, int) and d == 1)]
+        tail = ds[-n:]
+        pairs = [(len(dx) - len(tail) + i, d) for i, d in enumerate(tail) if not (_static(d) and d == 1)]
     else:
         pairs = [(1, ds[0])] if len(dx) >= 2 and len(ds) == 1 else []
     for a, want in pairs:
-        if not dims_equal(dx[a], want) and not (isinstance(dx[a], int) and isinstance(want, int)):
+        if not dims_equal(dx[a], want) and not (_static(dx[a]) and _static(want)):
             x = equal_dim_checked(bb, x, a, want, f"{label}: its input's dim {a} differs from its scale's when it "
                                   "runs", "optc_norm_channel_check")
     if x is inputs[0]:

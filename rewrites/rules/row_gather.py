@@ -176,6 +176,12 @@ def _attention_plan(node: Node, axis: int, rank: int) -> list | None:
     return out
 
 
+def _gather_axis(g: Node) -> int | None:
+    """The axis of Gather `g` as a non-negative int, or None when its input's rank is unknown."""
+    rank = _rank(g.inputs[0])
+    return None if rank is None else g.attr("axis", 0) % rank
+
+
 def _same_index(m, a: Value, b: Value) -> bool:
     """Two Gather indices that pick the same rows: the same value, or equal constants."""
     if a is b:
@@ -199,9 +205,7 @@ def _gathered(op, m, v: Value, axis: int, idx: Value, before: Node) -> Value:
         n = use.node
         if n.op_type != "Gather" or n.domain not in ("", "ai.onnx") or use.index != 0 or n.outputs[0] is None:
             continue
-        rank = _rank(v)
-        if len(n.inputs) < 2 or rank is None or n.attr("axis", 0) % rank != axis or not _same_index(m, n.inputs[1],
-                                                                                                          idx):
+        if len(n.inputs) < 2 or _gather_axis(n) != axis or not _same_index(m, n.inputs[1], idx):
             continue
         order = order or {node: i for i, node in enumerate(m.graph)}
         if order.get(n, len(order)) < order.get(before, -1):
@@ -220,19 +224,15 @@ class RowGatherOfScalarIndex(Rule):
     def check(self, m, idx):
         arr = m.const(idx)
         require(arr is not None and arr.ndim == 0 and arr.dtype.kind in "iu", "the index is not a constant scalar")
-        src = m["g"].inputs[0]
-        rank = _rank(src)
-        require(rank is not None, "the gathered value's rank is unknown")
-        require(src.num_uses == 1, "the gathered value has other uses")
-        axis = m["g"].attr("axis", 0) % rank
+        axis = _gather_axis(m["g"])
+        require(axis is not None, "the gathered value's rank is unknown")
+        require(m["g"].inputs[0].num_uses == 1, "the gathered value has other uses")
         return require(plan(m["p"], axis, m.opset("") or 0) is not None, "the op cannot compute the gathered rows "
                                                                           "alone")
 
     def rewrite(self, op, m, idx):
-        src = m["g"].inputs[0]
-        axis = m["g"].attr("axis", 0) % _rank(src)
-        one = np.asarray(m.const(idx)).reshape(1)
-        g = op.Gather(src, one, axis=axis)
+        axis = _gather_axis(m["g"])
+        g = op.Gather(m["g"].inputs[0], np.asarray(m.const(idx)).reshape(1), axis=axis)
         opset = m.opset("") or 0
         return op.Squeeze(g, np.array([axis], np.int64)) if opset >= 13 else op.Squeeze(g, axes=[axis])
 
@@ -250,11 +250,9 @@ class SinkRowGather(Rule):
 
     def check(self, m, idx):
         require(_index_ok(m, idx), "the index is not a 1-D integer tensor")
-        src = m["g"].inputs[0]
-        require(src is m["p"].outputs[0], "the Gather reads another output of the op")
-        rank = _rank(src)
-        require(rank is not None, "the gathered value's rank is unknown")
-        axis = m["g"].attr("axis", 0) % rank
+        require(m["g"].inputs[0] is m["p"].outputs[0], "the Gather reads another output of the op")
+        axis = _gather_axis(m["g"])
+        require(axis is not None, "the gathered value's rank is unknown")
         steps = plan(m["p"], axis, m.opset("") or 0)
         require(steps is not None, "the op cannot compute the gathered rows alone")
         n = _dims(idx)[0]
@@ -264,7 +262,7 @@ class SinkRowGather(Rule):
 
     def rewrite(self, op, m, idx):
         p, g = m["p"], m["g"]
-        axis = g.attr("axis", 0) % _rank(g.inputs[0])
+        axis = _gather_axis(g)
         inputs = list(p.inputs)
         target = None
         for i, a in plan(p, axis, m.opset("") or 0):
@@ -281,4 +279,4 @@ class SinkRowGather(Rule):
 
 RULES: list[type[Rule]] = [RowGatherOfScalarIndex, SinkRowGather]
 
-__all__ = ["RULES", "plan"]
+__all__ = ["RULES"]
